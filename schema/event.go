@@ -1,0 +1,57 @@
+// Package schema defines call-event schema v1: the JSON that producers send to
+// callpipe and that travels on the CALLPIPE_CALLS stream.
+package schema
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Version is the call-event schema version carried by this package.
+const Version = 1
+
+// Sources of a call: made online by a client, or by a batch job.
+const (
+	SourceOnline = "online"
+	SourceBatch  = "batch"
+)
+
+// Event is one model call as producers report it.
+//
+// APIKey is accepted from producers but never leaves ingest in clear: ingest
+// replaces it with APIKeyHash and APIKeyPrefix (see RedactAPIKey).
+type Event struct {
+	ID             string                     `json:"id"`
+	TraceID        string                     `json:"trace_id,omitempty"`
+	SessionID      string                     `json:"session_id,omitempty"`
+	StartTime      time.Time                  `json:"start_time"`
+	EndTime        *time.Time                 `json:"end_time,omitempty"`
+	FirstTokenTime *time.Time                 `json:"first_token_time,omitempty"`
+	Endpoint       string                     `json:"endpoint"`
+	Model          string                     `json:"model"`
+	Instance       string                     `json:"instance,omitempty"`
+	User           string                     `json:"user,omitempty"`
+	APIKey         string                     `json:"api_key,omitempty"`
+	APIKeyHash     string                     `json:"api_key_hash,omitempty"`
+	APIKeyPrefix   string                     `json:"api_key_prefix,omitempty"`
+	Request        json.RawMessage            `json:"request,omitempty"`
+	Response       json.RawMessage            `json:"response,omitempty"`
+	Stream         bool                       `json:"stream,omitempty"`
+	Status         int                        `json:"status,omitempty"`
+	Error          string                     `json:"error,omitempty"`
+	Usage          *Usage                     `json:"usage,omitempty"`
+	Metadata       map[string]json.RawMessage `json:"metadata,omitempty"`
+	Tags           []string                   `json:"tags,omitempty"`
+	Source         string                     `json:"source,omitempty"`
+	BatchID        string                     `json:"batch_id,omitempty"`
+	// RequestTruncated marks a request body captured only in part because it
+	// exceeded the capture limit; the upstream still received all of it.
+	RequestTruncated bool `json:"request_truncated,omitempty"`
+}
+
+// Usage is the OpenAI-shaped token usage of a call. A nil field is unknown.
+type Usage struct {
+	PromptTokens     *int64 `json:"prompt_tokens,omitempty"`
+	CompletionTokens *int64 `json:"completion_tokens,omitempty"`
+	TotalTokens      *int64 `json:"total_tokens,omitempty"`
+}
