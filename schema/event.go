@@ -20,6 +20,19 @@ const (
 //
 // APIKey is accepted from producers but never leaves ingest in clear: ingest
 // replaces it with APIKeyHash and APIKeyPrefix (see RedactAPIKey).
+//
+// Decode parses and validates an Event; Validate checks one built in Go;
+// the JSON Schema (JSONSchema, call-event.v1.json) states the same rules for
+// other languages.
+//
+// Encoding is plain json.Marshal. Zero values are omitted, and mean absent.
+// Time fields marshal as RFC 3339 with nanosecond precision (Go's
+// time.RFC3339Nano: "2024-05-01T12:00:00.123456789+05:30", trailing zeros of
+// the fraction dropped) in their own location, so the offset an event was
+// decoded with is kept ("Z" for UTC). A marshalled valid Event decodes to an
+// equal Event (FuzzDecode checks this round trip). Request, Response and
+// Metadata values are re-emitted compacted, with <, > and & escaped as
+// json.Marshal does; their JSON value is unchanged.
 type Event struct {
 	ID             string                     `json:"id"`
 	TraceID        string                     `json:"trace_id,omitempty"`

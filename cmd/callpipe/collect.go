@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/ingest/collector"
+	"github.com/callpipe/callpipe/schema"
+)
+
+func newCollectCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "collect",
+		Short: "Run the HTTP collector: POST /v1/events → CALLPIPE_CALLS",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := a.load(cmd, map[string]string{"listen": "collect.listen"})
+			if err != nil {
+				return err
+			}
+			log = log.With("component", "collect")
+			nc, err := connectNATS(cfg, "collect", log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			ctx := cmd.Context()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return fmt.Errorf("jetstream: %w", err)
+			}
+			if err := ingest.EnsureStreams(ctx, js, streamOptions(cfg)); err != nil {
+				return err
+			}
+			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{})
+			if err != nil {
+				return err
+			}
+			reg := newRegistry()
+			col := collector.New(pub, collector.Options{
+				MaxBodyBytes: int64(cfg.Collect.MaxBodyBytes),
+				Tokens:       cfg.Collect.Tokens,
+				Limits:       schema.Limits{MaxEventBytes: int(cfg.Event.MaxBytes)},
+				Logger:       log,
+				Registerer:   reg,
+			})
+			mux := opsMux(reg, natsHealth(nc))
+			mux.Handle("/v1/events", col)
+			// Requests in flight finish (their publishes are acknowledged)
+			// before the publisher and the connection close.
+			serveErr := serveHTTP(ctx, cfg.Collect.Listen, mux, log, 30*time.Second)
+			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := pub.Close(fctx); err != nil {
+				log.Error("publisher close", "err", err)
+			}
+			if err := nc.Drain(); err != nil {
+				log.Error("nats drain", "err", err)
+			}
+			return serveErr
+		},
+	}
+	cmd.Flags().String("listen", "", "host:port of the HTTP side (collect.listen)")
+	return cmd
+}

@@ -1,0 +1,323 @@
+// Package collector is the HTTP side of ingest: POST /v1/events takes one
+// event, a JSON array or NDJSON, and answers only after JetStream has
+// acknowledged every event it reports as accepted.
+package collector
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/schema"
+)
+
+// Publisher is what the collector needs from ingest.Publisher.
+type Publisher interface {
+	PublishMsgAsync(msg *nats.Msg) (*ingest.Pending, error)
+	Connected() bool
+}
+
+// Options configure a Collector.
+type Options struct {
+	MaxBodyBytes int64 // after decompression; default 8 MiB
+	Tokens       []string
+	Limits       schema.Limits
+	// AckTimeout bounds the wait for JetStream acknowledgements of one request.
+	AckTimeout time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Collector serves POST /v1/events.
+type Collector struct {
+	pub    Publisher
+	opts   Options
+	log    *slog.Logger
+	events *prometheus.CounterVec
+}
+
+// New returns a collector that publishes through pub.
+func New(pub Publisher, o Options) *Collector {
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 8 << 20
+	}
+	if o.Limits.MaxEventBytes <= 0 {
+		o.Limits = schema.DefaultLimits()
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	c := &Collector{pub: pub, opts: o, log: o.Logger,
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "callpipe_collect_events_total",
+			Help: "Events received by the collector, by result (accepted, duplicate, rejected, unavailable).",
+		}, []string{"result"}),
+	}
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(c.events)
+	}
+	return c
+}
+
+// Rejection is one event that was not accepted, and why.
+type Rejection struct {
+	Index int    `json:"index"`
+	ID    string `json:"id,omitempty"`
+	Error string `json:"error"`
+}
+
+// Reply is the body of every answer to POST /v1/events.
+type Reply struct {
+	Accepted   int         `json:"accepted"`
+	Duplicates int         `json:"duplicates"`
+	Rejected   []Rejection `json:"rejected"`
+	Error      string      `json:"error,omitempty"`
+}
+
+const retryAfterSeconds = "2"
+
+func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeReply(w, http.StatusMethodNotAllowed, Reply{Error: "method " + r.Method + " not allowed; use POST"})
+		return
+	}
+	if !c.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="callpipe"`)
+		writeReply(w, http.StatusUnauthorized, Reply{Error: "Authorization: missing or invalid bearer token"})
+		return
+	}
+	if !c.pub.Connected() {
+		c.unavailable(w, errors.New("NATS is not connected"))
+		return
+	}
+	body, status, err := c.readBody(w, r)
+	if err != nil {
+		writeReply(w, status, Reply{Error: err.Error()})
+		return
+	}
+	raws, err := split(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		var ue *unsupportedTypeError
+		if errors.As(err, &ue) {
+			writeReply(w, http.StatusUnsupportedMediaType, Reply{Error: err.Error()})
+			return
+		}
+		writeReply(w, http.StatusBadRequest, Reply{Error: err.Error(), Rejected: []Rejection{}})
+		return
+	}
+	reply, err := c.publish(r.Context(), raws)
+	if err != nil {
+		c.unavailable(w, err)
+		return
+	}
+	c.events.WithLabelValues("accepted").Add(float64(reply.Accepted))
+	c.events.WithLabelValues("duplicate").Add(float64(reply.Duplicates))
+	c.events.WithLabelValues("rejected").Add(float64(len(reply.Rejected)))
+	if reply.Accepted+reply.Duplicates == 0 {
+		writeReply(w, http.StatusBadRequest, reply)
+		return
+	}
+	writeReply(w, http.StatusAccepted, reply)
+}
+
+func (c *Collector) unavailable(w http.ResponseWriter, err error) {
+	c.events.WithLabelValues("unavailable").Inc()
+	c.log.Warn("collector: jetstream unavailable", "err", err)
+	w.Header().Set("Retry-After", retryAfterSeconds)
+	writeReply(w, http.StatusServiceUnavailable, Reply{Error: "event stream unavailable, retry later: " + err.Error(), Rejected: []Rejection{}})
+}
+
+func (c *Collector) authorized(r *http.Request) bool {
+	if len(c.opts.Tokens) == 0 {
+		return true
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		return false
+	}
+	valid := 0
+	for _, t := range c.opts.Tokens {
+		valid |= subtle.ConstantTimeCompare([]byte(token), []byte(t))
+	}
+	return valid == 1
+}
+
+// readBody decompresses and reads the body, never holding more than
+// MaxBodyBytes+1 decompressed bytes, so a compression bomb costs nothing.
+func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, error) {
+	limit := c.opts.MaxBodyBytes
+	var src io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip":
+		zr, err := gzip.NewReader(src)
+		if err != nil {
+			return nil, http.StatusBadRequest, fmt.Errorf("body: invalid gzip: %v", err)
+		}
+		defer zr.Close()
+		src = zr
+	case "zstd":
+		zr, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(limit)*2))
+		if err != nil {
+			return nil, http.StatusBadRequest, fmt.Errorf("body: invalid zstd: %v", err)
+		}
+		defer zr.Close()
+		src = zr
+	default:
+		return nil, http.StatusUnsupportedMediaType, fmt.Errorf("Content-Encoding: %q not supported (use gzip, zstd or none)", enc)
+	}
+	body, err := io.ReadAll(io.LimitReader(src, limit+1))
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxErr) || int64(len(body)) > limit:
+		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body: larger than the limit of %d bytes", limit)
+	case err != nil:
+		return nil, http.StatusBadRequest, fmt.Errorf("body: %v", err)
+	}
+	return body, 0, nil
+}
+
+type unsupportedTypeError struct{ contentType string }
+
+func (e *unsupportedTypeError) Error() string {
+	return fmt.Sprintf("Content-Type: %q not supported (use application/json or application/x-ndjson)", e.contentType)
+}
+
+// split cuts the body into one raw JSON text per event.
+func split(contentType string, body []byte) ([][]byte, error) {
+	mt := "application/json"
+	if contentType != "" {
+		parsed, _, err := mime.ParseMediaType(contentType)
+		if err != nil {
+			return nil, &unsupportedTypeError{contentType}
+		}
+		mt = parsed
+	}
+	switch mt {
+	case "application/x-ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines":
+		return SplitNDJSON(body), nil
+	case "application/json":
+	default:
+		return nil, &unsupportedTypeError{contentType}
+	}
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 {
+		return nil, errors.New("body: empty")
+	}
+	if trimmed[0] != '[' {
+		return [][]byte{body}, nil
+	}
+	var arr []json.RawMessage
+	if err := json.Unmarshal(trimmed, &arr); err != nil {
+		return nil, fmt.Errorf("body: invalid JSON array: %v", err)
+	}
+	if len(arr) == 0 {
+		return nil, errors.New("body: empty array")
+	}
+	out := make([][]byte, len(arr))
+	for i, raw := range arr {
+		out[i] = raw
+	}
+	return out, nil
+}
+
+// SplitNDJSON returns the non-blank lines of body; CRLF endings are accepted.
+func SplitNDJSON(body []byte) [][]byte {
+	var out [][]byte
+	for len(body) > 0 {
+		line := body
+		if i := bytes.IndexByte(body, '\n'); i >= 0 {
+			line, body = body[:i], body[i+1:]
+		} else {
+			body = nil
+		}
+		if line = bytes.TrimRight(line, "\r"); len(bytes.TrimSpace(line)) > 0 {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// publish decodes each raw event, publishes the valid ones and waits for
+// every acknowledgement. An error means at least one valid event may not be
+// stored; the client must retry the whole request (ids make that safe).
+func (c *Collector) publish(ctx context.Context, raws [][]byte) (Reply, error) {
+	reply := Reply{Rejected: []Rejection{}}
+	pendings := make([]*ingest.Pending, 0, len(raws))
+	for i, raw := range raws {
+		ev, err := schema.Decode(raw, c.opts.Limits)
+		if err == nil {
+			var msg *nats.Msg
+			if msg, err = ingest.Encode(ev); err == nil {
+				p, perr := c.pub.PublishMsgAsync(msg)
+				if perr != nil {
+					return reply, perr
+				}
+				pendings = append(pendings, p)
+				continue
+			}
+		}
+		reply.Rejected = append(reply.Rejected, Rejection{Index: i, ID: peekID(raw, ev), Error: err.Error()})
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opts.AckTimeout)
+	defer cancel()
+	var firstErr error
+	for _, p := range pendings {
+		dup, err := p.Wait(ctx)
+		switch {
+		case err != nil:
+			if firstErr == nil {
+				firstErr = err
+			}
+		case dup:
+			reply.Duplicates++
+		default:
+			reply.Accepted++
+		}
+	}
+	return reply, firstErr
+}
+
+// peekID finds the id of an event that failed validation, for the client's benefit.
+func peekID(raw []byte, ev *schema.Event) string {
+	if ev != nil {
+		return ev.ID
+	}
+	var probe struct {
+		ID any `json:"id"`
+	}
+	if json.Unmarshal(raw, &probe) == nil {
+		if s, ok := probe.ID.(string); ok && len(s) <= 128 {
+			return s
+		}
+	}
+	return ""
+}
+
+func writeReply(w http.ResponseWriter, status int, reply Reply) {
+	if reply.Rejected == nil {
+		reply.Rejected = []Rejection{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(reply)
+}

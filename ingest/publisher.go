@@ -1,0 +1,161 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// Header names set on every call message.
+const (
+	HeaderSchema = "Callpipe-Schema"
+)
+
+// ErrClosed is returned by a Publisher after Close.
+var ErrClosed = errors.New("publisher closed")
+
+// PublisherOptions bound what a Publisher keeps in flight.
+type PublisherOptions struct {
+	// MaxInFlight is the most published events not yet acknowledged by
+	// JetStream; a publish beyond it waits up to StallWait.
+	MaxInFlight int
+	StallWait   time.Duration
+	// AckTimeout fails an unacknowledged publish, so that a NATS outage
+	// surfaces as an error instead of a hang.
+	AckTimeout time.Duration
+}
+
+func (o *PublisherOptions) defaults() {
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 4096
+	}
+	if o.StallWait <= 0 {
+		o.StallWait = 5 * time.Second
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 5 * time.Second
+	}
+}
+
+// Publisher stores call events in CALLPIPE_CALLS with Nats-Msg-Id = event id,
+// so a resent event is stored once. It hashes API keys before anything leaves
+// the process. It is safe for concurrent use.
+type Publisher struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	opts   PublisherOptions
+	closed atomic.Bool
+}
+
+// NewPublisher publishes over nc.
+func NewPublisher(nc *nats.Conn, o PublisherOptions) (*Publisher, error) {
+	o.defaults()
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(o.MaxInFlight),
+		jetstream.WithPublishAsyncTimeout(o.AckTimeout),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	return &Publisher{nc: nc, js: js, opts: o}, nil
+}
+
+// Pending is a publish awaiting its JetStream acknowledgement.
+type Pending struct {
+	future jetstream.PubAckFuture
+}
+
+// Wait returns whether JetStream already held the id, or why it did not store the event.
+func (p *Pending) Wait(ctx context.Context) (duplicate bool, err error) {
+	select {
+	case ack := <-p.future.Ok():
+		return ack.Duplicate, nil
+	case err := <-p.future.Err():
+		return false, fmt.Errorf("jetstream publish %s: %w", p.future.Msg().Header.Get(jetstream.MsgIDHeader), err)
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+}
+
+// Subject is where an event is published: callpipe.calls.<source>.
+func Subject(ev *schema.Event) string {
+	src := ev.Source
+	if src == "" {
+		src = schema.SourceOnline
+	}
+	return CallsSubjectPrefix + "." + src
+}
+
+// Encode hashes the event's API key, validates it and returns the stream message.
+func Encode(ev *schema.Event) (*nats.Msg, error) {
+	ev.RedactAPIKey()
+	if err := ev.Validate(); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode event %q: %w", ev.ID, err)
+	}
+	msg := nats.NewMsg(Subject(ev))
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	msg.Header.Set(HeaderSchema, "1")
+	return msg, nil
+}
+
+// PublishAsync sends ev without waiting for the acknowledgement.
+func (p *Publisher) PublishAsync(ev *schema.Event) (*Pending, error) {
+	msg, err := Encode(ev)
+	if err != nil {
+		return nil, err
+	}
+	return p.PublishMsgAsync(msg)
+}
+
+// PublishMsgAsync sends an already encoded message (see Encode).
+func (p *Publisher) PublishMsgAsync(msg *nats.Msg) (*Pending, error) {
+	if p.closed.Load() {
+		return nil, ErrClosed
+	}
+	f, err := p.js.PublishMsgAsync(msg, jetstream.WithStallWait(p.opts.StallWait))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(jetstream.MsgIDHeader), err)
+	}
+	return &Pending{future: f}, nil
+}
+
+// Publish stores ev and waits for JetStream's acknowledgement.
+func (p *Publisher) Publish(ctx context.Context, ev *schema.Event) (duplicate bool, err error) {
+	pending, err := p.PublishAsync(ev)
+	if err != nil {
+		return false, err
+	}
+	return pending.Wait(ctx)
+}
+
+// Connected reports whether the NATS connection is up.
+func (p *Publisher) Connected() bool { return p.nc.IsConnected() }
+
+// Flush waits until every publish so far is acknowledged or failed.
+func (p *Publisher) Flush(ctx context.Context) error {
+	select {
+	case <-p.js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("flush: %d publishes still pending: %w", p.js.PublishAsyncPending(), ctx.Err())
+	}
+}
+
+// Close refuses new publishes and waits for those in flight.
+func (p *Publisher) Close(ctx context.Context) error {
+	p.closed.Store(true)
+	return p.Flush(ctx)
+}

@@ -1,0 +1,705 @@
+package schema
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// DefaultMaxEventBytes is the default limit on the size of one encoded event.
+const DefaultMaxEventBytes = 1 << 20
+
+// Limits bounds what Decode accepts.
+type Limits struct {
+	// MaxEventBytes is the largest encoded event accepted, in bytes.
+	// Zero means DefaultMaxEventBytes; a negative value means no limit.
+	MaxEventBytes int
+}
+
+// DefaultLimits returns the limits of the collector: events up to 1 MiB.
+func DefaultLimits() Limits { return Limits{MaxEventBytes: DefaultMaxEventBytes} }
+
+// maxDepth bounds nesting in request, response and metadata, as
+// encoding/json does.
+const maxDepth = 10000
+
+// Decode parses one call event (schema v1) from data, applies the defaults
+// (trace_id = id, status = 200, source = "online") and validates it.
+//
+// Decode is strict:
+//   - data must fit lim, be valid UTF-8 (also inside strings; encoding/json
+//     would silently turn bad bytes into U+FFFD) and be exactly one JSON
+//     object, with nothing but whitespace after it;
+//   - field names are matched exactly (case-sensitive); an unknown field or a
+//     field given twice is an error, also inside usage and metadata;
+//   - numbers anywhere, including inside request, response and metadata,
+//     must be finite as float64 (1e999 is rejected);
+//   - integers (status, usage) may be written in any JSON notation with an
+//     integral value (2, 2.0, 2e0), as in JSON Schema;
+//   - null in an optional field means the field is absent; an empty string
+//     in an optional string field is also absent (as with omitempty);
+//   - every rule of Validate applies.
+//
+// All errors are a ValidationError. Errors about the event as a whole (size,
+// UTF-8, JSON syntax, not an object) have Field EventField and are reported
+// alone; otherwise all field errors are reported, in schema order.
+//
+// The returned Event shares no memory with data. To keep allocations few,
+// the strings of one Event share one allocation, and Request, Response and
+// the Metadata values share another (each slice is capped, so appending to
+// one cannot overwrite another).
+func Decode(data []byte, lim Limits) (*Event, error) {
+	limit := lim.MaxEventBytes
+	if limit == 0 {
+		limit = DefaultMaxEventBytes
+	}
+	if limit > 0 && len(data) > limit {
+		return nil, eventError("event is " + strconv.Itoa(len(data)) + " bytes, limit " + strconv.Itoa(limit))
+	}
+	if !utf8.Valid(data) {
+		return nil, eventError("invalid UTF-8 at byte offset " + strconv.Itoa(invalidUTF8Offset(data)))
+	}
+	blk := new(eventBlock)
+	e := &blk.event
+	d := decoder{data: data, blk: blk}
+	d.event(e)
+	if d.fatal != nil {
+		return nil, ValidationError{d.fatal}
+	}
+	d.finish(e)
+	e.ApplyDefaults()
+	e.check(&d.errs, true)
+	if err := d.errs.err(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func invalidUTF8Offset(b []byte) int {
+	for i := 0; i < len(b); {
+		if b[i] < utf8.RuneSelf {
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return i
+		}
+		i += n
+	}
+	return -1
+}
+
+// eventBlock holds an Event and the values its pointers refer to, so that
+// they take one allocation.
+type eventBlock struct {
+	event  Event
+	times  [2]time.Time // end_time, first_token_time
+	usage  Usage
+	tokens [3]int64
+}
+
+// span locates bytes in one of the decoder's buffers.
+type span struct{ off, n int }
+
+// strRef is a top-level string field waiting for the string buffer.
+type strRef struct {
+	dst *string
+	s   span
+}
+
+// metaRef is a metadata member: key in sbuf, value in rbuf.
+type metaRef struct {
+	key, val span
+	overflow int // offset in data of a number overflowing float64, or -1
+}
+
+// decoder is a single-pass, validating JSON scanner specialised for Event.
+// It needs no reflection. Strings are decoded into sbuf and raw values
+// copied into rbuf; finish points the Event into them.
+type decoder struct {
+	data  []byte
+	pos   int
+	fatal *FieldError // syntax error: stops decoding
+	errs  errList
+	// overflow is the offset of the first number seen by skipValue that
+	// overflows float64, or -1. Set to -1 before a skip that cares.
+	overflow int
+
+	blk   *eventBlock
+	sbuf  []byte
+	strs  [numFields]strRef
+	nstrs int
+	tags  []span
+	meta  []metaRef
+	rbuf  []byte
+	req   span
+	resp  span
+}
+
+// finish points e's strings, tags, metadata, request and response into the
+// buffers, now that they are complete.
+func (d *decoder) finish(e *Event) {
+	arena := string(d.sbuf)
+	str := func(s span) string { return arena[s.off : s.off+s.n] }
+	for _, r := range d.strs[:d.nstrs] {
+		*r.dst = str(r.s)
+	}
+	if len(d.tags) > 0 {
+		e.Tags = make([]string, len(d.tags))
+		for i, s := range d.tags {
+			e.Tags[i] = str(s)
+		}
+	}
+	raw := func(s span) json.RawMessage { return d.rbuf[s.off : s.off+s.n : s.off+s.n] }
+	if d.req.n > 0 {
+		e.Request = raw(d.req)
+	}
+	if d.resp.n > 0 {
+		e.Response = raw(d.resp)
+	}
+	if len(d.meta) > 0 {
+		m := make(map[string]json.RawMessage, len(d.meta))
+		for _, r := range d.meta {
+			k := str(r.key)
+			switch _, dup := m[k]; {
+			case dup:
+				d.errs.add(fMetadata, "metadata."+truncField(k), "duplicate key")
+			case r.overflow >= 0:
+				d.errs.add(fMetadata, "metadata."+truncField(k), overflowReason(d.data, r.overflow))
+				m[k] = nil // so that a later duplicate is one
+			default:
+				m[k] = raw(r.val)
+			}
+		}
+		e.Metadata = m
+	}
+}
+
+// event decodes the top-level object into e, recording field errors.
+func (d *decoder) event(e *Event) {
+	d.skipWS()
+	if d.pos >= len(d.data) {
+		d.syntaxError(d.pos, "empty input")
+		return
+	}
+	if d.data[d.pos] != '{' {
+		kind := d.skipValue(0)
+		if d.fatal == nil {
+			d.trailing()
+		}
+		if d.fatal == nil {
+			d.fatal = &FieldError{Field: EventField, Reason: "must be a JSON object, got " + kind}
+		}
+		return
+	}
+	d.pos++
+	var seen uint32
+	d.skipWS()
+	if d.peek() == '}' {
+		d.pos++
+	} else {
+		for {
+			if d.peek() != '"' {
+				d.unexpectedKey()
+				return
+			}
+			key, ok := d.key()
+			if !ok || !d.expect(':', "':'") {
+				return
+			}
+			d.skipWS()
+			f := lookupField(key)
+			switch {
+			case f < 0:
+				d.errs.add(unknownOrder, truncField(string(key)), "unknown field")
+				d.skipValue(1)
+			case seen&(1<<f) != 0:
+				d.errs.add(f, fieldNames[f], "duplicate key")
+				d.skipValue(1)
+			default:
+				seen |= 1 << f
+				d.field(e, f)
+			}
+			if d.fatal != nil {
+				return
+			}
+			d.skipWS()
+			if d.peek() == ',' {
+				d.pos++
+				d.skipWS()
+				continue
+			}
+			if !d.expect('}', "',' or '}'") {
+				return
+			}
+			break
+		}
+	}
+	d.trailing()
+}
+
+// truncField bounds an unknown field name used as an error path.
+func truncField(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && s[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// key scans an object key. The returned bytes alias data unless the key has
+// escapes.
+func (d *decoder) key() ([]byte, bool) {
+	start, end, esc, ok := d.scanString()
+	if !ok {
+		return nil, false
+	}
+	if esc {
+		return appendUnquoted(nil, d.data[start:end]), true
+	}
+	return d.data[start:end], true
+}
+
+func (d *decoder) field(e *Event, f int) {
+	switch f {
+	case fID:
+		d.str(f, &e.ID, false)
+	case fTraceID:
+		d.str(f, &e.TraceID, true)
+	case fSessionID:
+		d.str(f, &e.SessionID, true)
+	case fStartTime:
+		if t, ok := d.timestamp(f, false); ok {
+			e.StartTime = t
+		}
+	case fEndTime:
+		if t, ok := d.timestamp(f, true); ok {
+			d.blk.times[0] = t
+			e.EndTime = &d.blk.times[0]
+		}
+	case fFirstTokenTime:
+		if t, ok := d.timestamp(f, true); ok {
+			d.blk.times[1] = t
+			e.FirstTokenTime = &d.blk.times[1]
+		}
+	case fEndpoint:
+		d.str(f, &e.Endpoint, false)
+	case fModel:
+		d.str(f, &e.Model, false)
+	case fInstance:
+		d.str(f, &e.Instance, true)
+	case fUser:
+		d.str(f, &e.User, true)
+	case fAPIKey:
+		d.str(f, &e.APIKey, true)
+	case fAPIKeyHash:
+		d.str(f, &e.APIKeyHash, true)
+	case fAPIKeyPrefix:
+		d.str(f, &e.APIKeyPrefix, true)
+	case fRequest:
+		d.req = d.raw(f, true)
+	case fResponse:
+		d.resp = d.raw(f, true)
+	case fStream:
+		e.Stream = d.boolean(f)
+	case fStatus:
+		e.Status = d.status()
+	case fError:
+		d.str(f, &e.Error, true)
+	case fUsage:
+		e.Usage = d.usage()
+	case fMetadata:
+		d.metadata()
+	case fTags:
+		d.tagList()
+	case fSource:
+		d.source(e)
+	case fBatchID:
+		d.str(f, &e.BatchID, true)
+	case fRequestTruncated:
+		e.RequestTruncated = d.boolean(f)
+	}
+}
+
+// mismatch records that field f at path holds the wrong JSON type and skips
+// the value.
+func (d *decoder) mismatch(f int, path, want string) {
+	depth := 1 // a top-level field
+	if path != fieldNames[f] {
+		depth = 2 // tags[i], usage.x
+	}
+	kind := d.skipValue(depth)
+	if d.fatal == nil {
+		d.errs.add(f, path, "must be "+want+", got "+kind)
+	}
+}
+
+func (d *decoder) null() bool {
+	if len(d.data)-d.pos >= 4 && string(d.data[d.pos:d.pos+4]) == "null" {
+		d.pos += 4
+		return true
+	}
+	return false
+}
+
+// strValue decodes the string at d.pos into sbuf.
+func (d *decoder) strValue() (span, bool) {
+	start, end, esc, ok := d.scanString()
+	if !ok {
+		return span{}, false
+	}
+	if d.sbuf == nil {
+		d.sbuf = make([]byte, 0, 256)
+	}
+	off := len(d.sbuf)
+	if esc {
+		d.sbuf = appendUnquoted(d.sbuf, d.data[start:end])
+	} else {
+		d.sbuf = append(d.sbuf, d.data[start:end]...)
+	}
+	return span{off, len(d.sbuf) - off}, true
+}
+
+// str decodes a string field into *dst (at finish); null is "" if nullable,
+// otherwise a type error.
+func (d *decoder) str(f int, dst *string, nullable bool) {
+	if d.peek() == '"' {
+		if s, ok := d.strValue(); ok && s.n > 0 {
+			d.strs[d.nstrs] = strRef{dst, s}
+			d.nstrs++
+		}
+		return
+	}
+	if nullable && d.null() {
+		return
+	}
+	d.mismatch(f, fieldNames[f], "a string")
+}
+
+func (d *decoder) source(e *Event) {
+	if d.null() {
+		return
+	}
+	if d.peek() != '"' {
+		d.mismatch(fSource, "source", `"online" or "batch"`)
+		return
+	}
+	start, end, esc, ok := d.scanString()
+	if !ok {
+		return
+	}
+	s := d.data[start:end]
+	if esc {
+		s = appendUnquoted(nil, s)
+	}
+	switch string(s) {
+	case SourceOnline:
+		e.Source = SourceOnline
+	case SourceBatch:
+		e.Source = SourceBatch
+	default:
+		d.errs.add(fSource, "source", `must be "online" or "batch", got `+quoteTrunc(string(s)))
+	}
+}
+
+func (d *decoder) timestamp(f int, nullable bool) (t time.Time, ok bool) {
+	if d.peek() != '"' {
+		if !(nullable && d.null()) {
+			d.mismatch(f, fieldNames[f], "an RFC 3339 timestamp string")
+		}
+		return t, false
+	}
+	start, end, esc, ok := d.scanString()
+	if !ok {
+		return t, false
+	}
+	s := d.data[start:end]
+	if esc {
+		s = appendUnquoted(nil, s)
+	}
+	t, reason := parseTimestamp(s)
+	if reason != "" {
+		d.errs.add(f, fieldNames[f], reason)
+		return t, false
+	}
+	return t, true
+}
+
+func (d *decoder) boolean(f int) bool {
+	switch {
+	case len(d.data)-d.pos >= 4 && string(d.data[d.pos:d.pos+4]) == "true":
+		d.pos += 4
+		return true
+	case len(d.data)-d.pos >= 5 && string(d.data[d.pos:d.pos+5]) == "false":
+		d.pos += 5
+	case d.null():
+	default:
+		d.mismatch(f, fieldNames[f], "a boolean")
+	}
+	return false
+}
+
+// rawValue copies any JSON value into rbuf. overflow is the offset of its
+// first number overflowing float64, or -1.
+func (d *decoder) rawValue(depth int) (s span, kind string, overflow int) {
+	start := d.pos
+	d.overflow = -1
+	kind = d.skipValue(depth)
+	if d.fatal != nil {
+		return span{}, "", -1
+	}
+	if d.rbuf == nil {
+		// Raw values are most of an event: size the buffer for all of them
+		// at once, as what remains of the input bounds their total size;
+		// but don't let a small value pin a large remainder.
+		n := len(d.data) - start
+		if n > 64<<10 && n > 2*(d.pos-start) {
+			n = 2 * (d.pos - start)
+		}
+		d.rbuf = make([]byte, 0, n)
+	}
+	off := len(d.rbuf)
+	d.rbuf = append(d.rbuf, d.data[start:d.pos]...)
+	return span{off, d.pos - start}, kind, d.overflow
+}
+
+// raw decodes request or response; null is absent.
+func (d *decoder) raw(f int, nullable bool) span {
+	s, kind, overflow := d.rawValue(1)
+	switch {
+	case d.fatal != nil:
+	case overflow >= 0:
+		d.errs.add(f, fieldNames[f], overflowReason(d.data, overflow))
+	case nullable && kind == "null":
+	default:
+		return s
+	}
+	return span{}
+}
+
+func overflowReason(data []byte, off int) string {
+	end := off
+	for end < len(data) && strings.IndexByte("+-.0123456789eE", data[end]) >= 0 {
+		end++
+	}
+	return "number " + truncLit(data[off:end]) + " is out of range (overflows float64)"
+}
+
+func (d *decoder) status() int {
+	if d.null() {
+		return 0
+	}
+	c := d.peek()
+	if c != '-' && (c < '0' || c > '9') {
+		d.mismatch(fStatus, "status", "an integer between 100 and 599")
+		return 0
+	}
+	start := d.pos
+	if !d.scanNumber() {
+		return 0
+	}
+	lit := d.data[start:d.pos]
+	v, st := parseInt(lit)
+	if st != intOK || v < 100 || v > 599 {
+		d.errs.add(fStatus, "status", "must be an integer between 100 and 599, got "+truncLit(lit))
+		return 0
+	}
+	return int(v)
+}
+
+func truncLit(lit []byte) string {
+	if len(lit) > 32 {
+		return string(lit[:32]) + "…"
+	}
+	return string(lit)
+}
+
+var usageNames = [3]string{"usage.prompt_tokens", "usage.completion_tokens", "usage.total_tokens"}
+
+func (d *decoder) usage() *Usage {
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '{' {
+		d.mismatch(fUsage, "usage", "an object")
+		return nil
+	}
+	d.pos++
+	u := &d.blk.usage
+	var seen uint8
+	d.skipWS()
+	if d.peek() == '}' {
+		d.pos++
+		return u
+	}
+	for {
+		if d.peek() != '"' {
+			d.unexpectedKey()
+			return nil
+		}
+		key, ok := d.key()
+		if !ok || !d.expect(':', "':'") {
+			return nil
+		}
+		d.skipWS()
+		i := -1
+		switch string(key) {
+		case "prompt_tokens":
+			i = 0
+		case "completion_tokens":
+			i = 1
+		case "total_tokens":
+			i = 2
+		}
+		switch {
+		case i < 0:
+			d.errs.add(fUsage, "usage."+truncField(string(key)), "unknown field")
+			d.skipValue(2)
+		case seen&(1<<i) != 0:
+			d.errs.add(fUsage, usageNames[i], "duplicate key")
+			d.skipValue(2)
+		default:
+			seen |= 1 << i
+			p := d.tokens(usageNames[i], &d.blk.tokens[i])
+			switch i {
+			case 0:
+				u.PromptTokens = p
+			case 1:
+				u.CompletionTokens = p
+			case 2:
+				u.TotalTokens = p
+			}
+		}
+		if d.fatal != nil {
+			return nil
+		}
+		d.skipWS()
+		if d.peek() == ',' {
+			d.pos++
+			d.skipWS()
+			continue
+		}
+		if !d.expect('}', "',' or '}'") {
+			return nil
+		}
+		return u
+	}
+}
+
+// tokens decodes a token count into *dst and returns dst, or nil if the
+// count is null or invalid.
+func (d *decoder) tokens(path string, dst *int64) *int64 {
+	if d.null() {
+		return nil
+	}
+	const want = "a non-negative integer"
+	c := d.peek()
+	if c != '-' && (c < '0' || c > '9') {
+		d.mismatch(fUsage, path, want)
+		return nil
+	}
+	start := d.pos
+	if !d.scanNumber() {
+		return nil
+	}
+	lit := d.data[start:d.pos]
+	v, st := parseInt(lit)
+	switch {
+	case st == intFraction || (st == intOK && v < 0) || (st == intRange && lit[0] == '-'):
+		d.errs.add(fUsage, path, "must be "+want+", got "+truncLit(lit))
+		return nil
+	case st == intRange:
+		d.errs.add(fUsage, path, "must be "+want+" at most 9223372036854775807, got "+truncLit(lit))
+		return nil
+	}
+	*dst = v
+	return dst
+}
+
+// metadata scans the metadata object into d.meta; finish builds the map and
+// reports duplicate keys and overflowing numbers, in document order. An
+// empty object is absent, as with omitempty.
+func (d *decoder) metadata() {
+	if d.null() {
+		return
+	}
+	if d.peek() != '{' {
+		d.mismatch(fMetadata, "metadata", "an object")
+		return
+	}
+	d.pos++
+	d.skipWS()
+	if d.peek() == '}' {
+		d.pos++
+		return
+	}
+	for {
+		if d.peek() != '"' {
+			d.unexpectedKey()
+			return
+		}
+		k, ok := d.strValue()
+		if !ok || !d.expect(':', "':'") {
+			return
+		}
+		d.skipWS()
+		v, _, overflow := d.rawValue(2)
+		if d.fatal != nil {
+			return
+		}
+		d.meta = append(d.meta, metaRef{k, v, overflow})
+		d.skipWS()
+		if d.peek() == ',' {
+			d.pos++
+			d.skipWS()
+			continue
+		}
+		d.expect('}', "',' or '}'")
+		return
+	}
+}
+
+// tagList scans the tags array into d.tags. An empty array is absent, as
+// with omitempty.
+func (d *decoder) tagList() {
+	if d.null() {
+		return
+	}
+	if d.peek() != '[' {
+		d.mismatch(fTags, "tags", "an array of strings")
+		return
+	}
+	d.pos++
+	d.skipWS()
+	if d.peek() == ']' {
+		d.pos++
+		return
+	}
+	for i := 0; ; i++ {
+		if d.peek() == '"' {
+			if s, ok := d.strValue(); ok {
+				d.tags = append(d.tags, s)
+			}
+		} else {
+			d.mismatch(fTags, "tags["+strconv.Itoa(i)+"]", "a string")
+		}
+		if d.fatal != nil {
+			return
+		}
+		d.skipWS()
+		if d.peek() == ',' {
+			d.pos++
+			d.skipWS()
+			continue
+		}
+		d.expect(']', "',' or ']'")
+		return
+	}
+}
