@@ -62,33 +62,42 @@ func newCallStream(t testing.TB) *callStream {
 // how many times each id was stored.
 func (s *callStream) events(t testing.TB) (map[string]*schema.Event, map[string]int) {
 	t.Helper()
+	byID, counts, err := s.tryEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return byID, counts
+}
+
+// tryEvents is events for callers that wait out a reconnect.
+func (s *callStream) tryEvents() (map[string]*schema.Event, map[string]int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := s.js.Stream(ctx, ingest.CallsStream)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	byID, counts := map[string]*schema.Event{}, map[string]int{}
 	for seq := s.start + 1; seq <= info.State.LastSeq; seq++ {
 		raw, err := st.GetMsg(ctx, seq)
 		if err != nil {
-			t.Fatalf("get seq %d: %v", seq, err)
+			return nil, nil, fmt.Errorf("get seq %d: %w", seq, err)
 		}
 		var ev schema.Event
 		if err := json.Unmarshal(raw.Data, &ev); err != nil {
-			t.Fatalf("seq %d: %v", seq, err)
+			return nil, nil, fmt.Errorf("seq %d: %w", seq, err)
 		}
 		if raw.Header.Get(jetstream.MsgIDHeader) != ev.ID {
-			t.Errorf("seq %d: Nats-Msg-Id %q != event id %q", seq, raw.Header.Get(jetstream.MsgIDHeader), ev.ID)
+			return nil, nil, fmt.Errorf("seq %d: Nats-Msg-Id %q != event id %q", seq, raw.Header.Get(jetstream.MsgIDHeader), ev.ID)
 		}
 		byID[ev.ID] = &ev
 		counts[ev.ID]++
 	}
-	return byID, counts
+	return byID, counts, nil
 }
 
 func newCollector(t testing.TB, s *callStream, o collector.Options) *httptest.Server {

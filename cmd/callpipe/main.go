@@ -64,6 +64,8 @@ func newRootCommand() *cobra.Command {
 		newConfigCommand(a),
 		newMigrateCommand(a),
 		newCollectCommand(a),
+		newProxyCommand(a),
+		newUsersCommand(a), newDLQCommand(a),
 	)
 	if len(stages) > 0 {
 		root.AddCommand(newWorkerCommand(a))

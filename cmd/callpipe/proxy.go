@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/ingest/proxy"
+)
+
+func newProxyCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run the OpenAI-compatible capture proxy in front of Xinference",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := a.load(cmd, map[string]string{"listen": "proxy.listen", "upstream": "proxy.upstream"})
+			if err != nil {
+				return err
+			}
+			if cfg.Proxy.Upstream == "" {
+				return fmt.Errorf("%w: proxy.upstream: required (--upstream http://xinference:9997)", errConfig)
+			}
+			upstream, _ := url.Parse(cfg.Proxy.Upstream) // validated by config
+			log = log.With("component", "proxy")
+			nc, err := connectNATS(cfg, "proxy", log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			ctx := cmd.Context()
+			// The proxy serves even while NATS is away (events spool), so a
+			// failed provisioning is logged, not fatal.
+			if js, err := jetstream.New(nc); err == nil {
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				if err := ingest.EnsureStreams(pctx, js, streamOptions(cfg)); err != nil {
+					log.Warn("stream provisioning failed; events spool until NATS is back", "err", err)
+				}
+				cancel()
+			}
+			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{})
+			if err != nil {
+				return err
+			}
+			reg := newRegistry()
+			opts := proxy.DefaultOptions(upstream)
+			opts.CaptureLimit = int(cfg.Proxy.CaptureLimit)
+			opts.AskUsage = cfg.Proxy.AskUsage
+			opts.SpoolDir = cfg.Proxy.SpoolDir
+			opts.SpoolMaxBytes = int64(cfg.Proxy.SpoolMaxBytes)
+			opts.Instance = cfg.Proxy.Instance
+			opts.Logger = log
+			opts.Registerer = reg
+			p, err := proxy.New(opts, pub)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errConfig, err)
+			}
+			// Run outlives the signal: it keeps publishing while in-flight
+			// calls finish, and stops in p.Close below.
+			runDone := make(chan struct{})
+			go func() {
+				defer close(runDone)
+				if err := p.Run(context.WithoutCancel(ctx)); err != nil {
+					log.Error("proxy emitter", "err", err)
+				}
+			}()
+
+			mux := opsMux(reg, func() error { return nil }) // healthy while it can forward; NATS state is in metrics
+			mux.Handle("/", p)
+			serveErr := serveHTTP(ctx, cfg.Proxy.Listen, mux, log, 60*time.Second)
+			// Order matters: no new calls, then every captured event is
+			// published or spooled, then the publisher and NATS close.
+			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := p.Close(cctx); err != nil {
+				log.Error("proxy close", "err", err)
+			}
+			<-runDone
+			if err := pub.Close(cctx); err != nil {
+				log.Error("publisher close", "err", err)
+			}
+			if err := nc.Drain(); err != nil {
+				log.Error("nats drain", "err", err)
+			}
+			return serveErr
+		},
+	}
+	cmd.Flags().String("listen", "", "host:port to listen on (proxy.listen)")
+	cmd.Flags().String("upstream", "", "Xinference base URL (proxy.upstream)")
+	return cmd
+}
