@@ -65,7 +65,6 @@ func newRootCommand() *cobra.Command {
 		newMigrateCommand(a),
 		newCollectCommand(a),
 		newProxyCommand(a),
-		newUsersCommand(a), newDLQCommand(a),
 	)
 	if len(stages) > 0 {
 		root.AddCommand(newWorkerCommand(a))
