@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -100,15 +99,18 @@ func Encode(ev *schema.Event) (*nats.Msg, error) {
 	if err := ev.Validate(); err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("encode event %q: %w", ev.ID, err)
-	}
+	return Message(ev), nil
+}
+
+// Message hashes the API key of an event that is already valid (as
+// schema.Decode returns it) and builds its stream message.
+func Message(ev *schema.Event) *nats.Msg {
+	ev.RedactAPIKey()
 	msg := nats.NewMsg(Subject(ev))
-	msg.Data = data
+	msg.Data = schema.AppendEvent(make([]byte, 0, len(ev.Request)+len(ev.Response)+512), ev)
 	msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
 	msg.Header.Set(HeaderSchema, "1")
-	return msg, nil
+	return msg
 }
 
 // PublishAsync sends ev without waiting for the acknowledgement.

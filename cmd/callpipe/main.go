@@ -51,8 +51,11 @@ type app struct {
 func newRootCommand() *cobra.Command {
 	a := &app{}
 	root := &cobra.Command{
-		Use:           "callpipe",
-		Short:         "Event-stream ETL for LLM call telemetry: Xinference → NATS JetStream → Langfuse, ClickHouse, S3",
+		Use:   "callpipe",
+		Short: "Event-stream ETL for LLM call telemetry: Xinference → NATS JetStream → Langfuse, ClickHouse, S3",
+		Long: "Event-stream ETL for LLM call telemetry: Xinference → NATS JetStream → Langfuse, ClickHouse, S3.\n\n" +
+			"Every configuration key is also a flag --<section>.<key> (e.g. --nats.url) and an environment variable\n" +
+			"CALLPIPE_<SECTION>_<KEY>; `callpipe config example` lists them all with their defaults.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -65,6 +68,7 @@ func newRootCommand() *cobra.Command {
 		newMigrateCommand(a),
 		newCollectCommand(a),
 		newProxyCommand(a),
+		newUsersCommand(a), newDLQCommand(a),
 	)
 	if len(stages) > 0 {
 		root.AddCommand(newWorkerCommand(a))

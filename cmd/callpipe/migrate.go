@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/transform"
 )
 
 func newMigrateCommand(a *app) *cobra.Command {
@@ -31,8 +33,11 @@ func newMigrateCommand(a *app) *cobra.Command {
 			if err := ingest.EnsureStreams(cmd.Context(), js, streamOptions(cfg)); err != nil {
 				return err
 			}
-			log.Info("streams provisioned", "stream", ingest.CallsStream)
-			return nil
+			if err := transform.EnsureStreams(cmd.Context(), js, streamOptions(cfg), time.Duration(cfg.Transform.DLQMaxAge)); err != nil {
+				return err
+			}
+			log.Info("streams provisioned", "streams", []string{ingest.CallsStream, transform.NormalizedStream, transform.DeadLetterStream})
+			return migrateClickHouse(cmd.Context(), cfg, log) // clickhouse.addr "" skips it
 		},
 	}
 }

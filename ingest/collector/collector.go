@@ -266,15 +266,12 @@ func (c *Collector) publish(ctx context.Context, raws [][]byte) (Reply, error) {
 	for i, raw := range raws {
 		ev, err := schema.Decode(raw, c.opts.Limits)
 		if err == nil {
-			var msg *nats.Msg
-			if msg, err = ingest.Encode(ev); err == nil {
-				p, perr := c.pub.PublishMsgAsync(msg)
-				if perr != nil {
-					return reply, perr
-				}
-				pendings = append(pendings, p)
-				continue
+			p, perr := c.pub.PublishMsgAsync(ingest.Message(ev))
+			if perr != nil {
+				return reply, perr
 			}
+			pendings = append(pendings, p)
+			continue
 		}
 		reply.Rejected = append(reply.Rejected, Rejection{Index: i, ID: peekID(raw, ev), Error: err.Error()})
 	}

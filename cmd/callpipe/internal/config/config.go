@@ -20,6 +20,8 @@ type Config struct {
 	Collect    Collect    `yaml:"collect"`
 	Proxy      Proxy      `yaml:"proxy"`
 	Worker     Worker     `yaml:"worker"`
+	Transform  Transform  `yaml:"transform"`
+	Capture    Capture    `yaml:"capture"`
 	Redis      Redis      `yaml:"redis"`
 	S3         S3         `yaml:"s3"`
 	Langfuse   Langfuse   `yaml:"langfuse"`
@@ -73,6 +75,35 @@ type Worker struct {
 	Listen string `yaml:"listen" doc:"host:port for the worker's /healthz and /metrics"`
 }
 
+type Transform struct {
+	Consumer          string   `yaml:"consumer" doc:"durable consumer on CALLPIPE_CALLS shared by every normalize worker"`
+	Subject           string   `yaml:"subject" doc:"subjects of CALLPIPE_CALLS the normalize stage consumes"`
+	Concurrency       int      `yaml:"concurrency" doc:"normalize pipelines per worker process; 0 means one per CPU"`
+	Batch             int      `yaml:"batch" doc:"raw events buffered per pull request"`
+	MaxInFlight       int      `yaml:"max_in_flight" doc:"normalized records awaiting a JetStream ack, per pipeline"`
+	AckWait           Duration `yaml:"ack_wait" doc:"a raw event not acknowledged within this is redelivered"`
+	MaxDeliver        int      `yaml:"max_deliver" doc:"deliveries of a raw event before it is dead-lettered"`
+	MaxAckPending     int      `yaml:"max_ack_pending" doc:"unacknowledged raw events across all normalize workers"`
+	RetryDelay        Duration `yaml:"retry_delay" doc:"first redelivery delay after a transient failure (doubles per delivery, at most 1m)"`
+	DLQMaxAge         Duration `yaml:"dlq_max_age" doc:"how long CALLPIPE_DLQ keeps a dead letter"`
+	Tokenizer         string   `yaml:"tokenizer" doc:"BPE vocabulary for estimated token counts: o200k_base or cl100k_base"`
+	TokenizerModels   []string `yaml:"tokenizer_models" doc:"per-model vocabularies as PATTERN=ENCODING (glob over the lower-cased model name), first match wins"`
+	Prices            []string `yaml:"prices" doc:"model prices as PATTERN=INPUT/OUTPUT in USD per 1M tokens (glob over the lower-cased model name, e.g. qwen2.5-*=0.5/1.5); unknown models get no cost"`
+	UserKeyPrefix     string   `yaml:"user_key_prefix" doc:"Redis key prefix of registered API keys (stored as SHA-256 hashes)"`
+	UserCacheTTL      Duration `yaml:"user_cache_ttl" doc:"how long a resolved API-key user is cached in process"`
+	UserNegativeTTL   Duration `yaml:"user_negative_ttl" doc:"how long an unregistered API key is cached as unknown"`
+	UserLookupTimeout Duration `yaml:"user_lookup_timeout" doc:"timeout of one Redis user lookup; after a failure Redis is skipped for user_retry_after"`
+	UserRetryAfter    Duration `yaml:"user_retry_after" doc:"how long user lookups skip Redis after a failure (records not in the cache are marked unresolved)"`
+}
+
+type Capture struct {
+	Payloads       string   `yaml:"payloads" doc:"payload kept in normalized calls before any sink sees them: full, truncated or none"`
+	PayloadsModels []string `yaml:"payloads_models" doc:"per-model payload modes as PATTERN=full|truncated|none (glob over the lower-cased model name), first match wins"`
+	MaxChars       int      `yaml:"max_chars" doc:"characters kept of each input and output text in truncated mode"`
+	DefaultMasks   bool     `yaml:"default_masks" doc:"replace e-mail addresses, phone numbers and API-key-like strings in input, output, error and metadata by [REDACTED]"`
+	Masks          []string `yaml:"masks" doc:"more regular expressions (RE2 syntax) whose matches are replaced by [REDACTED]"`
+}
+
 type Redis struct {
 	Addr     string `yaml:"addr" doc:"host:port of Redis"`
 	Username string `yaml:"username" doc:"ACL user"`
@@ -97,6 +128,23 @@ type Langfuse struct {
 	PublicKey string `yaml:"public_key" doc:"project public key (also LANGFUSE_PUBLIC_KEY)"`
 	SecretKey string `yaml:"secret_key" secret:"true" doc:"project secret key (also LANGFUSE_SECRET_KEY)"`
 	Transport string `yaml:"transport" doc:"auto, ingestion (v3 batch API) or otlp (v4)"`
+
+	Consumer       string   `yaml:"consumer" doc:"durable consumer on CALLPIPE_NORMALIZED shared by every langfuse worker"`
+	Subject        string   `yaml:"subject" doc:"subjects of CALLPIPE_NORMALIZED the langfuse stage consumes"`
+	Environment    string   `yaml:"environment" doc:"Langfuse environment of every trace and generation (lower case letters, digits, - and _, at most 40, not starting with langfuse); empty means Langfuse's default"`
+	Release        string   `yaml:"release" doc:"release recorded on every trace; empty sends none"`
+	BatchCalls     int      `yaml:"batch_calls" doc:"calls fetched from JetStream and written as one batch"`
+	FlushInterval  Duration `yaml:"flush_interval" doc:"longest wait for batch_calls calls before writing what arrived"`
+	MaxBatchBytes  ByteSize `yaml:"max_batch_bytes" doc:"request body cap of POST /api/public/ingestion (Langfuse documents 3.5 MB; the server refuses over 4.5 MB)"`
+	MaxBatchEvents int      `yaml:"max_batch_events" doc:"events per ingestion request (each call is a trace and a generation)"`
+	MaxFieldBytes  ByteSize `yaml:"max_field_bytes" doc:"input and output are each cut to this size with a visible truncation marker; 0 keeps all"`
+	MaxInFlight    int      `yaml:"max_in_flight" doc:"ingestion requests running at once"`
+	Retries        int      `yaml:"retries" doc:"retries of a failed request (429, 5xx, network, per-event 5xx) before the calls are redelivered after retry_delay"`
+	MinBackoff     Duration `yaml:"min_backoff" doc:"first retry wait; doubles per retry with jitter, at most max_backoff (a longer Retry-After wins)"`
+	MaxBackoff     Duration `yaml:"max_backoff" doc:"longest retry wait"`
+	RequestTimeout Duration `yaml:"request_timeout" doc:"timeout of one request to Langfuse"`
+	RetryDelay     Duration `yaml:"retry_delay" doc:"redelivery delay of calls Langfuse has not accepted yet (and pause after a 401/403)"`
+	AckWait        Duration `yaml:"ack_wait" doc:"a call not settled within this is redelivered (kept alive while its batch is being retried)"`
 }
 
 type ClickHouse struct {
@@ -105,6 +153,12 @@ type ClickHouse struct {
 	User     string `yaml:"user" doc:"user"`
 	Password string `yaml:"password" secret:"true" doc:"password"`
 	TLS      TLS    `yaml:"tls"`
+
+	BatchSize     int      `yaml:"batch_size" doc:"calls per insert: the sink flushes when a batch reaches this size"`
+	FlushInterval Duration `yaml:"flush_interval" doc:"the sink flushes a batch at the latest this long after its first call"`
+	MaxInFlight   int      `yaml:"max_in_flight" doc:"batch inserts running at once"`
+	MaxTextBytes  ByteSize `yaml:"max_text_bytes" doc:"input/output text, structured input/output and error are cut to this size in the calls table; 0 keeps all"`
+	AckWait       Duration `yaml:"ack_wait" doc:"a call not acknowledged by the sink within this is redelivered (must exceed one insert)"`
 }
 
 // Default returns the configuration used when nothing is set.
@@ -118,11 +172,20 @@ func Default() Config {
 		Collect: Collect{Listen: "127.0.0.1:8081", MaxBodyBytes: 8 << 20},
 		Proxy: Proxy{Listen: "127.0.0.1:8080", CaptureLimit: 1 << 20, AskUsage: true,
 			SpoolDir: "callpipe-spool", SpoolMaxBytes: 1 << 30},
-		Worker:     Worker{Listen: "127.0.0.1:8082"},
-		Redis:      Redis{Addr: "127.0.0.1:6379"},
-		S3:         S3{Endpoint: "127.0.0.1:9000", Region: "us-east-1", Bucket: "callpipe", PathStyle: true},
-		Langfuse:   Langfuse{Transport: "auto"},
-		ClickHouse: ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default"},
+		Worker: Worker{Listen: "127.0.0.1:8082"},
+		Transform: Transform{Consumer: "callpipe-normalize", Subject: "callpipe.calls.>", Batch: 500, MaxInFlight: 1000,
+			AckWait: Duration(30 * time.Second), MaxDeliver: 10, MaxAckPending: 20000, RetryDelay: Duration(time.Second),
+			DLQMaxAge: Duration(30 * 24 * time.Hour), Tokenizer: "o200k_base", UserKeyPrefix: "callpipe:apikey:",
+			UserCacheTTL: Duration(5 * time.Minute), UserNegativeTTL: Duration(time.Minute),
+			UserLookupTimeout: Duration(time.Second), UserRetryAfter: Duration(time.Second)},
+		Capture: Capture{Payloads: "full", MaxChars: 2000, DefaultMasks: true},
+		Redis:   Redis{Addr: "127.0.0.1:6379"},
+		S3:      S3{Endpoint: "127.0.0.1:9000", Region: "us-east-1", Bucket: "callpipe", PathStyle: true},
+		Langfuse: Langfuse{Transport: "auto", Consumer: "callpipe-langfuse", Subject: "callpipe.normalized.>", BatchCalls: 500, FlushInterval: Duration(time.Second),
+			MaxBatchBytes: 3_500_000, MaxBatchEvents: 1000, MaxFieldBytes: 256 << 10, MaxInFlight: 4, Retries: 8,
+			MinBackoff: Duration(500 * time.Millisecond), MaxBackoff: Duration(30 * time.Second), RequestTimeout: Duration(30 * time.Second),
+			RetryDelay: Duration(5 * time.Second), AckWait: Duration(2 * time.Minute)},
+		ClickHouse: ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default", BatchSize: 50000, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10, AckWait: Duration(2 * time.Minute)},
 	}
 }
 
@@ -166,14 +229,55 @@ func (c *Config) Validate() error {
 		check(c.Proxy.Upstream == "" || validHTTPURL(c.Proxy.Upstream), "proxy.upstream", c.Proxy.Upstream, "must be an http:// or https:// URL"),
 		check(c.Proxy.CaptureLimit > 0, "proxy.capture_limit", c.Proxy.CaptureLimit, "must be positive"),
 		check(c.Proxy.SpoolMaxBytes > 0, "proxy.spool_max_bytes", c.Proxy.SpoolMaxBytes, "must be positive"),
+		check(validIdent(strings.ReplaceAll(c.Transform.Consumer, "-", "_")), "transform.consumer", c.Transform.Consumer, "must be letters, digits, - and _"),
+		check(strings.HasPrefix(c.Transform.Subject, "callpipe.calls.") && !strings.ContainsAny(c.Transform.Subject, " \t"), "transform.subject", c.Transform.Subject, "must be a subject under callpipe.calls."),
+		check(c.Transform.Concurrency >= 0 && c.Transform.Concurrency <= 1024, "transform.concurrency", c.Transform.Concurrency, "must be 0..1024"),
+		check(c.Transform.Batch >= 1 && c.Transform.Batch <= 10000, "transform.batch", c.Transform.Batch, "must be 1..10000"),
+		check(c.Transform.MaxInFlight >= 1 && c.Transform.MaxInFlight <= 100000, "transform.max_in_flight", c.Transform.MaxInFlight, "must be 1..100000"),
+		check(c.Transform.AckWait >= Duration(time.Second), "transform.ack_wait", c.Transform.AckWait, "must be at least 1s"),
+		check(c.Transform.MaxDeliver >= 1, "transform.max_deliver", c.Transform.MaxDeliver, "must be at least 1"),
+		check(c.Transform.MaxAckPending >= c.Transform.Batch, "transform.max_ack_pending", c.Transform.MaxAckPending, "must be at least transform.batch"),
+		check(c.Transform.RetryDelay > 0, "transform.retry_delay", c.Transform.RetryDelay, "must be positive"),
+		check(c.Transform.DLQMaxAge > 0, "transform.dlq_max_age", c.Transform.DLQMaxAge, "must be positive"),
+		check(oneOf(c.Transform.Tokenizer, "o200k_base", "cl100k_base"), "transform.tokenizer", c.Transform.Tokenizer, "allowed: o200k_base, cl100k_base"),
+		validTokenizerModels(c.Transform.TokenizerModels),
+		validPrices(c.Transform.Prices),
+		check(c.Transform.UserKeyPrefix != "", "transform.user_key_prefix", c.Transform.UserKeyPrefix, "must not be empty"),
+		check(c.Transform.UserCacheTTL > 0, "transform.user_cache_ttl", c.Transform.UserCacheTTL, "must be positive"),
+		check(c.Transform.UserNegativeTTL > 0, "transform.user_negative_ttl", c.Transform.UserNegativeTTL, "must be positive"),
+		check(c.Transform.UserLookupTimeout > 0, "transform.user_lookup_timeout", c.Transform.UserLookupTimeout, "must be positive"),
+		check(c.Transform.UserRetryAfter > 0, "transform.user_retry_after", c.Transform.UserRetryAfter, "must be positive"),
+		check(oneOf(c.Capture.Payloads, "full", "truncated", "none"), "capture.payloads", c.Capture.Payloads, "allowed: full, truncated, none"),
+		validPayloadModels(c.Capture.PayloadsModels),
+		check(c.Capture.MaxChars >= 1, "capture.max_chars", c.Capture.MaxChars, "must be at least 1"),
+		validMasks(c.Capture.Masks),
 		hostPort("redis.addr", c.Redis.Addr, false),
 		check(c.Redis.DB >= 0 && c.Redis.DB < 16384, "redis.db", c.Redis.DB, "must be 0..16383"),
 		hostPort("s3.endpoint", c.S3.Endpoint, false),
 		check(c.S3.Bucket == "" || validBucket(c.S3.Bucket), "s3.bucket", c.S3.Bucket, "must be 3-63 lowercase letters, digits, dots or hyphens"),
 		check(c.Langfuse.Host == "" || validHTTPURL(c.Langfuse.Host), "langfuse.host", c.Langfuse.Host, "must be an http:// or https:// URL"),
 		check(oneOf(c.Langfuse.Transport, "auto", "ingestion", "otlp"), "langfuse.transport", c.Langfuse.Transport, "allowed: auto, ingestion, otlp"),
+		check(validIdent(strings.ReplaceAll(c.Langfuse.Consumer, "-", "_")), "langfuse.consumer", c.Langfuse.Consumer, "must be letters, digits, - and _"),
+		check(strings.HasPrefix(c.Langfuse.Subject, "callpipe.normalized.") && !strings.ContainsAny(c.Langfuse.Subject, " \t"), "langfuse.subject", c.Langfuse.Subject, "must be a subject under callpipe.normalized."),
+		check(validLangfuseEnv(c.Langfuse.Environment), "langfuse.environment", c.Langfuse.Environment, "must be lower case letters, digits, - and _, at most 40, not starting with langfuse"),
+		check(c.Langfuse.BatchCalls >= 1 && c.Langfuse.BatchCalls <= 10000, "langfuse.batch_calls", c.Langfuse.BatchCalls, "must be 1..10000"),
+		check(c.Langfuse.FlushInterval > 0, "langfuse.flush_interval", c.Langfuse.FlushInterval, "must be positive"),
+		check(c.Langfuse.MaxBatchBytes >= 64<<10 && c.Langfuse.MaxBatchBytes <= 4_500_000, "langfuse.max_batch_bytes", c.Langfuse.MaxBatchBytes, "must be 64KiB..4.5MB (Langfuse refuses larger bodies)"),
+		check(c.Langfuse.MaxBatchEvents >= 2 && c.Langfuse.MaxBatchEvents <= 10000, "langfuse.max_batch_events", c.Langfuse.MaxBatchEvents, "must be 2..10000"),
+		check(c.Langfuse.MaxFieldBytes >= 0 && c.Langfuse.MaxFieldBytes < c.Langfuse.MaxBatchBytes/2, "langfuse.max_field_bytes", c.Langfuse.MaxFieldBytes, "must be 0..max_batch_bytes/2"),
+		check(c.Langfuse.MaxInFlight >= 1 && c.Langfuse.MaxInFlight <= 64, "langfuse.max_in_flight", c.Langfuse.MaxInFlight, "must be 1..64"),
+		check(c.Langfuse.Retries >= 0 && c.Langfuse.Retries <= 100, "langfuse.retries", c.Langfuse.Retries, "must be 0..100"),
+		check(c.Langfuse.MinBackoff > 0 && c.Langfuse.MinBackoff <= c.Langfuse.MaxBackoff, "langfuse.min_backoff", c.Langfuse.MinBackoff, "must be positive and at most max_backoff"),
+		check(c.Langfuse.RequestTimeout > 0, "langfuse.request_timeout", c.Langfuse.RequestTimeout, "must be positive"),
+		check(c.Langfuse.RetryDelay > 0, "langfuse.retry_delay", c.Langfuse.RetryDelay, "must be positive"),
+		check(c.Langfuse.AckWait >= Duration(3*time.Second), "langfuse.ack_wait", c.Langfuse.AckWait, "must be at least 3s"),
 		hostPort("clickhouse.addr", c.ClickHouse.Addr, false),
 		check(validIdent(c.ClickHouse.Database), "clickhouse.database", c.ClickHouse.Database, "must be letters, digits and underscores, not starting with a digit"),
+		check(c.ClickHouse.BatchSize >= 1 && c.ClickHouse.BatchSize <= 1000000, "clickhouse.batch_size", c.ClickHouse.BatchSize, "must be 1..1000000"),
+		check(c.ClickHouse.FlushInterval >= Duration(time.Millisecond), "clickhouse.flush_interval", c.ClickHouse.FlushInterval, "must be at least 1ms"),
+		check(c.ClickHouse.MaxInFlight >= 1 && c.ClickHouse.MaxInFlight <= 64, "clickhouse.max_in_flight", c.ClickHouse.MaxInFlight, "must be 1..64"),
+		check(c.ClickHouse.MaxTextBytes >= 0, "clickhouse.max_text_bytes", c.ClickHouse.MaxTextBytes, "must not be negative"),
+		check(c.ClickHouse.AckWait >= Duration(10*time.Second) && c.ClickHouse.AckWait > c.ClickHouse.FlushInterval, "clickhouse.ack_wait", c.ClickHouse.AckWait, "must be at least 10s and more than clickhouse.flush_interval"),
 	}
 	for _, err := range errs {
 		if err != nil {

@@ -100,6 +100,7 @@ func RegisterFlags(fs *pflag.FlagSet) {
 	d := Default()
 	for _, l := range leaves(&d) {
 		f := fs.VarPF(&stringValue{}, l.key, "", l.doc)
+		f.Hidden = true // dozens of keys would drown every command's help; `config example` lists them
 		if l.value.Kind() == reflect.Bool {
 			f.NoOptDefVal = "true"
 		}

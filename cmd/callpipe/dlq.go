@@ -1,0 +1,127 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/transform"
+)
+
+// newDLQCommand lists, shows and retries dead letters of CALLPIPE_DLQ.
+func newDLQCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dlq",
+		Short: "List, show and retry dead letters (CALLPIPE_DLQ)",
+	}
+	withJS := func(cmd *cobra.Command, f func(js jetstream.JetStream) error) error {
+		cfg, log, err := a.load(cmd, nil)
+		if err != nil {
+			return err
+		}
+		nc, err := connectNATS(cfg, "dlq", log)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		return f(js)
+	}
+	var from uint64
+	var limit int
+	var asJSON bool
+	ls := &cobra.Command{
+		Use:   "ls [--from SEQ] [--limit N] [--json]",
+		Short: "List dead letters: sequence, time, stage, source and reason",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withJS(cmd, func(js jetstream.JetStream) error {
+				dls, err := transform.ListDeadLetters(cmd.Context(), js, from, limit)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				if asJSON {
+					enc := json.NewEncoder(out)
+					for _, d := range dls {
+						if err := enc.Encode(d); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SEQ\tTIME\tSTAGE\tSOURCE\tERROR")
+				for _, d := range dls {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s#%d\t%s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), d.Stage,
+						d.SourceSubject, d.SourceSeq, d.Error)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	ls.Flags().Uint64Var(&from, "from", 0, "first DLQ sequence")
+	ls.Flags().IntVar(&limit, "limit", 100, "most dead letters listed; 0 lists all")
+	ls.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
+
+	show := &cobra.Command{
+		Use:   "show SEQ",
+		Short: "Print a dead letter's headers and original bytes",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			seq, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("%w: SEQ %q: %v", errUsage, args[0], err)
+			}
+			return withJS(cmd, func(js jetstream.JetStream) error {
+				d, err := transform.GetDeadLetter(cmd.Context(), js, seq)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				fmt.Fprintf(out, "seq: %d\ntime: %s\nstage: %s\nsource: %s#%d\n", d.Seq, d.Time.UTC().Format(time.RFC3339Nano),
+					d.Stage, d.SourceSubject, d.SourceSeq)
+				if d.Deliveries > 0 {
+					fmt.Fprintf(out, "deliveries: %d\n", d.Deliveries)
+				}
+				fmt.Fprintf(out, "error: %s\n\n%s\n", d.Error, d.Data)
+				return nil
+			})
+		},
+	}
+	retry := &cobra.Command{
+		Use:   "retry SEQ...",
+		Short: "Re-publish dead letters to the subject they came from and delete them from the DLQ",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			seqs := make([]uint64, len(args))
+			for i, s := range args {
+				v, err := strconv.ParseUint(s, 10, 64)
+				if err != nil {
+					return fmt.Errorf("%w: SEQ %q: %v", errUsage, s, err)
+				}
+				seqs[i] = v
+			}
+			return withJS(cmd, func(js jetstream.JetStream) error {
+				for _, seq := range seqs {
+					d, err := transform.RetryDeadLetter(cmd.Context(), js, seq)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "retried %d → %s\n", seq, d.SourceSubject)
+				}
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(ls, show, retry)
+	return cmd
+}

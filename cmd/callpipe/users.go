@@ -1,0 +1,131 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/transform"
+)
+
+// newUsersCommand manages the API keys the normalize stage resolves to users.
+// Keys are stored in Redis only as their SHA-256 hash (schema.HashAPIKey).
+func newUsersCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "users",
+		Short: "Register, remove and list API keys and their users (in Redis, keys stored hashed)",
+	}
+	var key, user, name string
+	add := &cobra.Command{
+		Use:   "add --key KEY --user ID [--name NAME]",
+		Short: "Register an API key as belonging to a user",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if key == "" || user == "" {
+				return fmt.Errorf("%w: --key and --user are required", errUsage)
+			}
+			cfg, _, err := a.load(cmd, nil)
+			if err != nil {
+				return err
+			}
+			rdb, err := newRedis(cfg, 0)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			rec, err := transform.AddUser(cmd.Context(), rdb, cfg.Transform.UserKeyPrefix, key, user, name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added key %s… (sha256 %s) for user %s\n", rec.Prefix, rec.KeyHash, rec.User)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&key, "key", "", "the API key, in clear (only its hash is stored)")
+	add.Flags().StringVar(&user, "user", "", "user id recorded on the key's calls")
+	add.Flags().StringVar(&name, "name", "", "display name of the key")
+
+	var rmKey, rmHash string
+	rm := &cobra.Command{
+		Use:   "rm (--key KEY | --hash SHA256)",
+		Short: "Remove an API key (workers forget it within transform.user_cache_ttl)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (rmKey == "") == (rmHash == "") {
+				return fmt.Errorf("%w: exactly one of --key or --hash is required", errUsage)
+			}
+			if rmKey != "" {
+				rmHash = schema.HashAPIKey(rmKey)
+			}
+			cfg, _, err := a.load(cmd, nil)
+			if err != nil {
+				return err
+			}
+			rdb, err := newRedis(cfg, 0)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			ok, err := transform.RemoveUser(cmd.Context(), rdb, cfg.Transform.UserKeyPrefix, rmHash)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("no registered key with sha256 %s", rmHash)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed key sha256 %s\n", rmHash)
+			return nil
+		},
+	}
+	rm.Flags().StringVar(&rmKey, "key", "", "the API key, in clear")
+	rm.Flags().StringVar(&rmHash, "hash", "", "the key's SHA-256 hash, as `users ls` shows it")
+
+	var asJSON bool
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List registered API keys (prefix and hash only)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, _, err := a.load(cmd, nil)
+			if err != nil {
+				return err
+			}
+			rdb, err := newRedis(cfg, 0)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			recs, err := transform.ListUsers(cmd.Context(), rdb, cfg.Transform.UserKeyPrefix)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				for _, r := range recs {
+					if err := enc.Encode(r); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "USER\tNAME\tKEY PREFIX\tSHA256\tCREATED")
+			for _, r := range recs {
+				created := r.Created
+				if t, err := time.Parse(time.RFC3339, r.Created); err == nil {
+					created = t.Format("2006-01-02 15:04")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, r.Prefix, r.KeyHash, created)
+			}
+			return tw.Flush()
+		},
+	}
+	ls.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
+	cmd.AddCommand(add, rm, ls)
+	return cmd
+}

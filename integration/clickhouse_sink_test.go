@@ -1,0 +1,274 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/schema"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+)
+
+var chBase = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+
+// TestClickHouseSinkExactUnderRedelivery: N calls through NATS; then a random
+// subset published again (a replay after the duplicate window: new msg ids,
+// same call ids); one batch inserted 3 more times directly (an insert whose
+// acks were lost, redelivered 3 times); then the consumer is deleted and every
+// message replayed from the stream start. Calls and every usage number must
+// still equal the ground truth.
+func TestClickHouseSinkExactUnderRedelivery(t *testing.T) {
+	out, db := chTestDB(t)
+	n := newCHNATS(t)
+	const total = 20000
+	calls := genCalls(1, "red-"+chRandHex(t, 3), total, 7, 5, 50, chBase)
+	from, to := chBase, chBase.Add(7*24*time.Hour)
+
+	n.publish(t, calls, "")
+	_, stop := runSink(t, n, out, n.sinkConfig(10000, time.Second))
+	waitStored(t, n, out, db, total, 2*time.Minute)
+	t.Logf("first delivery stored")
+
+	r := mrand.New(mrand.NewPCG(7, 7))
+	var subset []schema.Call
+	for i := range calls {
+		if r.IntN(5) == 0 {
+			subset = append(subset, calls[i])
+		}
+	}
+	n.publish(t, subset, "replay1-")
+	waitStored(t, n, out, db, total, 2*time.Minute)
+	stop()
+	t.Logf("replayed subset of %d stored", len(subset))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	batch := calls[100:1100]
+	for i := 0; i < 3; i++ {
+		if err := out.WriteBatch(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// replay everything: a new consumer from the start of the stream
+	if err := n.js.DeleteConsumer(ctx, chsink.NormalizedStream, n.consumer); err != nil {
+		t.Fatal(err)
+	}
+	_, stop2 := runSink(t, n, out, n.sinkConfig(10000, time.Second))
+	waitStored(t, n, out, db, total, 2*time.Minute)
+	stop2()
+	t.Logf("full replay stored")
+
+	d, stored, err := chsink.CallCounts(ctx, out.Conn(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d calls stored as %d rows (%d redelivered copies)", d, stored, stored-d)
+	checkUsage(t, out.Conn(), db, calls, from, to)
+	// a sub-range that cuts days and hours
+	checkUsage(t, out.Conn(), db, calls, from.Add(30*time.Hour+17*time.Minute), from.Add(75*time.Hour+3*time.Second))
+}
+
+// TestClickHouseSinkCrashBeforeAck: the sink inserts a batch and "dies"
+// before acking it, three times in a row (DropAcks); JetStream redelivers the
+// same calls after AckWait each time. Totals must stay exact.
+func TestClickHouseSinkCrashBeforeAck(t *testing.T) {
+	out, db := chTestDB(t)
+	n := newCHNATS(t)
+	const total = 3000
+	calls := genCalls(6, "crash-"+chRandHex(t, 3), total, 2, 5, 50, chBase)
+	n.publish(t, calls, "")
+	var dropped, droppedRows, insertedRows atomic.Int64
+	cfg := n.sinkConfig(total, 300*time.Millisecond)
+	cfg.AckWait = 2 * time.Second
+	cfg.DropAcks = func(calls int) bool { // called by one flusher at a time per batch
+		insertedRows.Add(int64(calls))
+		if dropped.Add(1) <= 3 {
+			droppedRows.Add(int64(calls))
+			return true
+		}
+		return false
+	}
+	runSink(t, n, out, cfg)
+	waitStored(t, n, out, db, total, 3*time.Minute)
+	if dropped.Load() < 3 || insertedRows.Load() < total+droppedRows.Load() {
+		t.Fatalf("dropped the acks of %d batches (%d calls), inserted %d rows; want >= 3 batches and >= %d rows",
+			dropped.Load(), droppedRows.Load(), insertedRows.Load(), total+droppedRows.Load())
+	}
+	t.Logf("acks of %d calls dropped after their insert; %d rows inserted for %d calls", droppedRows.Load(), insertedRows.Load(), total)
+	checkUsage(t, out.Conn(), db, calls, chBase, chBase.Add(2*24*time.Hour))
+}
+
+// TestClickHouseSinkDeadLetter: an undecodable message goes to CALLPIPE_DLQ
+// with the reason and is terminated; the good ones are stored.
+func TestClickHouseSinkDeadLetter(t *testing.T) {
+	out, db := chTestDB(t)
+	n := newCHNATS(t)
+	calls := genCalls(2, "dlq-"+chRandHex(t, 3), 10, 1, 2, 2, chBase)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dlq, err := n.js.Stream(ctx, chsink.DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := dlq.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poisonID := "poison-" + chRandHex(t, 4)
+	bad := nats.NewMsg(n.subject)
+	bad.Data = []byte(`{"id": "` + poisonID + `", "start_time": 12}`)
+	bad.Header.Set(nats.MsgIdHdr, poisonID)
+	if _, err := n.js.PublishMsg(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	n.publish(t, calls, "")
+	runSink(t, n, out, n.sinkConfig(100, 100*time.Millisecond))
+	waitStored(t, n, out, db, uint64(len(calls)), time.Minute)
+
+	var found bool
+	waitFor(t, 30*time.Second, "the dead letter", func() (bool, string) {
+		cons, err := dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{chsink.DeadLetterSubjectPrefix + "." + chsink.Stage},
+			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: info.State.LastSeq + 1,
+		})
+		if err != nil {
+			return false, err.Error()
+		}
+		batch, err := cons.FetchNoWait(1000)
+		if err != nil {
+			return false, err.Error()
+		}
+		for m := range batch.Messages() {
+			if string(m.Data()) == string(bad.Data) {
+				found = m.Headers().Get(chsink.HeaderError) != "" && m.Headers().Get(chsink.HeaderStage) == chsink.Stage
+			}
+		}
+		return found, "not yet"
+	})
+	// and the poison message is no longer pending
+	waitFor(t, 30*time.Second, "nothing pending", func() (bool, string) {
+		c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+		if err != nil {
+			return false, err.Error()
+		}
+		ci, err := c.Info(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return ci.NumAckPending == 0 && ci.NumPending == 0, "pending"
+	})
+}
+
+// TestClickHouseSinkOutage stops ClickHouse while calls keep coming: the sink
+// reports unhealthy and acks nothing it could not store; after the restart
+// everything arrives, nothing is lost or double counted.
+func TestClickHouseSinkOutage(t *testing.T) {
+	out, db := chTestDB(t)
+	n := newCHNATS(t)
+	const total = 10000
+	calls := genCalls(3, "out-"+chRandHex(t, 3), total, 3, 5, 50, chBase)
+	sink, stop := runSink(t, n, out, n.sinkConfig(2000, 500*time.Millisecond))
+
+	// publish steadily (~4s) while ClickHouse goes away and comes back
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for lo := 0; lo < total; lo += 250 {
+			if err := n.publishE(calls[lo:lo+250], ""); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	waitFor(t, time.Minute, "some calls stored", func() (bool, string) {
+		d, _, err := chsink.CallCounts(context.Background(), out.Conn(), db)
+		return err == nil && d >= 1000, fmt.Sprint(d, err)
+	})
+	harness.StopService(t, harness.ServiceClickHouse)
+	waitFor(t, 30*time.Second, "the sink to report unhealthy", func() (bool, string) {
+		return sink.Healthy() != nil, "healthy"
+	})
+	time.Sleep(3 * time.Second) // several failed attempts, naks and redeliveries
+	harness.StartService(t, harness.ServiceClickHouse)
+	<-pubDone
+
+	waitStored(t, n, out, db, total, 3*time.Minute)
+	waitFor(t, 30*time.Second, "the sink to report healthy", func() (bool, string) {
+		err := sink.Healthy()
+		return err == nil, errString(err)
+	})
+	stop()
+	checkUsage(t, out.Conn(), db, calls, chBase, chBase.Add(3*24*time.Hour))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.NumAckPending != 0 || ci.NumPending != 0 {
+		t.Fatalf("after recovery: %d unacked, %d pending", ci.NumAckPending, ci.NumPending)
+	}
+}
+
+// TestClickHouseSinkGracefulShutdown: a stop with a half-full batch (period far
+// away) flushes it and acks it before Run returns.
+func TestClickHouseSinkGracefulShutdown(t *testing.T) {
+	out, db := chTestDB(t)
+	n := newCHNATS(t)
+	calls := genCalls(4, "gs-"+chRandHex(t, 3), 777, 1, 3, 3, chBase)
+	n.publish(t, calls, "")
+	_, stop := runSink(t, n, out, n.sinkConfig(100000, time.Hour))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	waitFor(t, 30*time.Second, "the sink to hold every message", func() (bool, string) {
+		c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+		if err != nil {
+			return false, err.Error()
+		}
+		ci, err := c.Info(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return ci.NumPending == 0 && ci.NumAckPending == len(calls), "delivering"
+	})
+	if d, _, err := chsink.CallCounts(ctx, out.Conn(), db); err != nil || d != 0 {
+		t.Fatalf("before stop: %d calls stored (err %v), want 0 (batch not due)", d, err)
+	}
+	stop()
+	d, r, err := chsink.CallCounts(ctx, out.Conn(), db)
+	if err != nil || d != uint64(len(calls)) || r != uint64(len(calls)) {
+		t.Fatalf("after stop: %d calls / %d rows (err %v), want %d", d, r, err, len(calls))
+	}
+	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.NumAckPending != 0 {
+		t.Fatalf("after stop: %d messages not acked", ci.NumAckPending)
+	}
+	checkUsage(t, out.Conn(), db, calls, chBase, chBase.Add(24*time.Hour))
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}

@@ -1,0 +1,112 @@
+package integration
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
+)
+
+type lfWorker struct {
+	cmd    *exec.Cmd
+	listen string
+	out    *bytes.Buffer
+	done   chan error
+}
+
+func (e *lfEnv) startWorker(t *testing.T) *lfWorker {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(callpipeBinary(t), "worker", "--stages", "langfuse", "--listen", listen)
+	cmd.Env = append(os.Environ(),
+		"LANGFUSE_HOST="+e.srv.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-test", "LANGFUSE_SECRET_KEY=sk-lf-test",
+		"CALLPIPE_NATS_URL="+harness.NATS(t),
+		"CALLPIPE_LANGFUSE_CONSUMER="+e.consumer, "CALLPIPE_LANGFUSE_SUBJECT="+e.subject+".>",
+		"CALLPIPE_LANGFUSE_ENVIRONMENT=it", "CALLPIPE_LANGFUSE_BATCH_CALLS=200",
+		"CALLPIPE_LANGFUSE_MIN_BACKOFF=20ms", "CALLPIPE_LANGFUSE_MAX_BACKOFF=200ms", "CALLPIPE_LANGFUSE_RETRY_DELAY=500ms",
+		"CALLPIPE_LOG_LEVEL=warn",
+	)
+	w := &lfWorker{cmd: cmd, listen: listen, out: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = w.out, w.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("worker output:\n%s", w.out.String())
+		}
+	})
+	return w
+}
+
+func (w *lfWorker) health() (int, string) {
+	resp, err := http.Get("http://" + w.listen + "/healthz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestLangfuseWorkerBinary runs `callpipe worker --stages langfuse`: /healthz
+// turns 503 while Langfuse refuses the keys and 200 after; SIGTERM stops it
+// with status 0 and every acknowledged call stored; a restart delivers the rest.
+func TestLangfuseWorkerBinary(t *testing.T) {
+	e := newLfEnv(t, langfusetest.Options{SecretKey: "rotated"})
+	const n = 3000
+	calls := lfCalls(e.run, n)
+	e.publish(calls, "")
+	w := e.startWorker(t)
+	lfWait(t, 30*time.Second, "503 on /healthz while refused", func() bool {
+		st, body := w.health()
+		return st == http.StatusServiceUnavailable && strings.Contains(body, "langfuse")
+	})
+	if u, _ := e.consumerState(); u != n {
+		t.Fatalf("%d unsettled during 401, want %d", u, n)
+	}
+	e.srv.SetCredentials("pk-lf-test", "sk-lf-test")
+	e.srv.SetFailureRate(0.5, langfusetest.Fault{Status: 503})
+	lfWait(t, 30*time.Second, "some accepted", func() bool { return len(e.srv.Observations()) > 300 })
+	if st, body := w.health(); st != http.StatusOK {
+		t.Fatalf("healthz %d %s after the keys were fixed", st, body)
+	}
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-w.done:
+		if err != nil {
+			t.Fatalf("worker exit: %v\n%s", err, w.out.String())
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("worker did not stop within 45s of SIGTERM")
+	}
+	stored := len(e.srv.Observations())
+	unsettled, _ := e.consumerState()
+	if acked := n - int(unsettled); acked > stored {
+		t.Fatalf("%d calls acknowledged but %d stored", acked, stored)
+	}
+	t.Logf("after SIGTERM: %d stored, %d unsettled", stored, unsettled)
+	e.srv.SetFailureRate(0)
+	e.startWorker(t)
+	lfWait(t, time.Minute, "rest delivered", func() bool { return len(e.srv.Observations()) == n })
+	e.waitSettled(30 * time.Second)
+	lfCheckStored(t, e.srv, calls)
+}

@@ -1,0 +1,368 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/transform"
+)
+
+func trRand(t testing.TB) string {
+	b := make([]byte, 5)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return "t" + hex.EncodeToString(b)
+}
+
+// trEnv is one test run's isolated slice of the shared services: its own
+// subject under callpipe.calls, its own durable consumer and Redis key prefix.
+type trEnv struct {
+	t         *testing.T
+	natsURL   string
+	redisAddr string
+	run       string
+	subject   string
+	consumer  string
+	keyPrefix string
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	rdb       *redis.Client
+	normStart uint64 // first CALLPIPE_NORMALIZED sequence of this run
+	dlqStart  uint64
+}
+
+func newTrEnv(t *testing.T) *trEnv {
+	t.Helper()
+	e := &trEnv{t: t, natsURL: harness.NATS(t), redisAddr: harness.Redis(t), run: trRand(t)}
+	e.subject = ingest.CallsSubjectPrefix + "." + e.run
+	e.consumer = "callpipe-normalize-" + e.run
+	e.keyPrefix = "callpipe-test:" + e.run + ":apikey:"
+	nc, err := nats.Connect(e.natsURL, nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	e.nc = nc
+	e.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := ingest.EnsureStreams(ctx, e.js, ingest.DefaultStreamOptions()); err != nil {
+		t.Fatal(err)
+	}
+	if err := transform.EnsureStreams(ctx, e.js, ingest.DefaultStreamOptions(), 0); err != nil {
+		t.Fatal(err)
+	}
+	e.normStart = e.lastSeq(transform.NormalizedStream) + 1
+	e.dlqStart = e.lastSeq(transform.DeadLetterStream) + 1
+	e.rdb = redis.NewClient(&redis.Options{Addr: e.redisAddr, MaxRetries: -1})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = e.js.DeleteConsumer(ctx, ingest.CallsStream, e.consumer)
+		if keys, err := e.rdb.Keys(ctx, e.keyPrefix+"*").Result(); err == nil && len(keys) > 0 {
+			e.rdb.Del(ctx, keys...)
+		}
+		e.rdb.Close()
+	})
+	return e
+}
+
+func (e *trEnv) lastSeq(stream string) uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := e.js.Stream(ctx, stream)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// acked is how many raw events the run's consumer has acknowledged (its ack
+// floor), a cheap progress measure.
+func (e *trEnv) acked() uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := e.js.Consumer(ctx, ingest.CallsStream, e.consumer)
+	if err != nil {
+		return 0
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return 0
+	}
+	return info.AckFloor.Consumer
+}
+
+// trWorker is one `callpipe worker --stages normalize` process.
+type trWorker struct {
+	cmd    *exec.Cmd
+	listen string
+	out    *bytes.Buffer
+	done   chan error
+}
+
+func (e *trEnv) startWorker(extraEnv ...string) *trWorker {
+	e.t.Helper()
+	w := &trWorker{listen: freeAddr(e.t), out: &bytes.Buffer{}, done: make(chan error, 1)}
+	w.cmd = exec.Command(callpipeBinary(e.t), "worker", "--stages", "normalize")
+	w.cmd.Env = append(os.Environ(),
+		"CALLPIPE_NATS_URL="+e.natsURL,
+		"CALLPIPE_REDIS_ADDR="+e.redisAddr,
+		"CALLPIPE_WORKER_LISTEN="+w.listen,
+		"CALLPIPE_TRANSFORM_CONSUMER="+e.consumer,
+		"CALLPIPE_TRANSFORM_SUBJECT="+e.subject,
+		"CALLPIPE_TRANSFORM_USER_KEY_PREFIX="+e.keyPrefix,
+		"CALLPIPE_TRANSFORM_ACK_WAIT=4s",
+		"CALLPIPE_TRANSFORM_PRICES=chat-model=1/2",
+		"CALLPIPE_LOG_LEVEL=warn",
+	)
+	w.cmd.Env = append(w.cmd.Env, extraEnv...)
+	w.cmd.Stdout, w.cmd.Stderr = io.Discard, &syncWriter{b: w.out}
+	// w.out is read only after the process ended or under syncWriter's lock
+	if err := w.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { w.done <- w.cmd.Wait() }()
+	e.t.Cleanup(func() {
+		if w.cmd.ProcessState == nil {
+			_ = w.cmd.Process.Kill()
+			<-w.done
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + w.listen + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return w
+			}
+		}
+		select {
+		case err := <-w.done:
+			e.t.Fatalf("worker exited at start: %v\n%s", err, w.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("worker not healthy after 30s:\n%s", w.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// metric returns the value of an unlabelled metric from the worker's /metrics.
+func (w *trWorker) metric(t testing.TB, name string) float64 {
+	resp, err := http.Get("http://" + w.listen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			var v float64
+			fmt.Sscanf(strings.TrimPrefix(line, name+" "), "%g", &v)
+			return v
+		}
+	}
+	return 0
+}
+
+// stop sends SIGTERM and requires a clean exit.
+func (w *trWorker) stop(t testing.TB) {
+	t.Helper()
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-w.done:
+		if err != nil {
+			t.Errorf("worker exit after SIGTERM: %v\n%s", err, w.out)
+		}
+	case <-time.After(60 * time.Second):
+		t.Errorf("worker did not stop within 60s of SIGTERM\n%s", w.out)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// trChatEvent is a ~1 KB chat call event.
+func trChatEvent(id, keyHash, user string) []byte {
+	ev := map[string]any{
+		"id": id, "start_time": "2026-05-01T12:00:00Z", "end_time": "2026-05-01T12:00:01.2Z",
+		"first_token_time": "2026-05-01T12:00:00.3Z",
+		"endpoint":         "/v1/chat/completions", "model": "chat-model", "instance": "node-1:9997",
+		"request": json.RawMessage(`{"model":"chat-model","messages":[{"role":"system","content":"You are a helpful assistant that answers briefly."},` +
+			`{"role":"user","content":"Summarise the plot of a short story about a lighthouse keeper who finds a message in a bottle, in two sentences."}],"temperature":0.7,"max_tokens":256}`),
+		"response": json.RawMessage(`{"id":"chatcmpl-1","object":"chat.completion","model":"chat-model","choices":[{"index":0,"message":{"role":"assistant",` +
+			`"content":"A lonely lighthouse keeper discovers a bottle holding a decades-old plea for help. He traces its writer across the coast and finds a friend."},"finish_reason":"stop"}],` +
+			`"usage":{"prompt_tokens":52,"completion_tokens":31,"total_tokens":83}}`),
+		"usage":  map[string]int{"prompt_tokens": 52, "completion_tokens": 31, "total_tokens": 83},
+		"status": 200,
+	}
+	if keyHash != "" {
+		ev["api_key_hash"] = keyHash
+		ev["api_key_prefix"] = "xf-abcd"
+	}
+	if user != "" {
+		ev["user"] = user
+	}
+	b, _ := json.Marshal(ev)
+	return b
+}
+
+// publish sends raw messages to the run's subject with Nats-Msg-Id = id,
+// waiting for every JetStream ack.
+func (e *trEnv) publish(ids []string, data [][]byte) {
+	e.t.Helper()
+	futs := make([]jetstream.PubAckFuture, 0, len(ids))
+	for i := range ids {
+		m := &nats.Msg{Subject: e.subject, Data: data[i], Header: nats.Header{}}
+		m.Header.Set(jetstream.MsgIDHeader, ids[i])
+		f, err := e.js.PublishMsgAsync(m)
+		for err != nil {
+			time.Sleep(10 * time.Millisecond)
+			f, err = e.js.PublishMsgAsync(m)
+		}
+		futs = append(futs, f)
+	}
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			e.t.Fatalf("publish %s: %v", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+		case <-time.After(30 * time.Second):
+			e.t.Fatal("publish ack timeout")
+		}
+	}
+}
+
+// normalized reads this run's records from CALLPIPE_NORMALIZED (filtered by id
+// prefix, since the stream is shared), keyed by id, counting repeats.
+type trRecords struct {
+	calls map[string]schema.Call
+	dups  []string
+	seq   uint64
+}
+
+func (e *trEnv) readNormalized(r *trRecords) {
+	e.t.Helper()
+	if r.calls == nil {
+		r.calls = map[string]schema.Call{}
+		r.seq = e.normStart
+	}
+	last := e.lastSeq(transform.NormalizedStream)
+	if last < r.seq {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cons, err := e.js.OrderedConsumer(ctx, transform.NormalizedStream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: r.seq})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	prefix := e.run + "-"
+	for r.seq <= last {
+		batch, err := cons.Fetch(2000, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, _ := m.Metadata()
+			r.seq = md.Sequence.Stream + 1
+			if !bytes.Contains(m.Data(), []byte(`"id":"`+prefix)) {
+				continue
+			}
+			var c schema.Call
+			if err := json.Unmarshal(m.Data(), &c); err != nil {
+				e.t.Fatalf("normalized record %d: %v", md.Sequence.Stream, err)
+			}
+			if m.Headers().Get(jetstream.MsgIDHeader) != c.ID {
+				e.t.Fatalf("record %s has Nats-Msg-Id %q", c.ID, m.Headers().Get(jetstream.MsgIDHeader))
+			}
+			if _, dup := r.calls[c.ID]; dup {
+				r.dups = append(r.dups, c.ID)
+			}
+			r.calls[c.ID] = c
+		}
+		if n == 0 {
+			break
+		}
+	}
+}
+
+type trDeadLetter struct {
+	data       string
+	errText    string
+	stage      string
+	sourceSubj string
+}
+
+// readDLQ returns this run's dead letters (by source subject).
+func (e *trEnv) readDLQ() []trDeadLetter {
+	e.t.Helper()
+	dls, err := transform.ListDeadLetters(context.Background(), e.js, e.dlqStart, 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []trDeadLetter
+	for _, d := range dls {
+		if d.SourceSubject != e.subject {
+			continue
+		}
+		out = append(out, trDeadLetter{data: string(d.Data), errText: d.Error, stage: d.Stage, sourceSubj: d.SourceSubject})
+	}
+	return out
+}
+
+func trWait(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var state string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, state = cond(); ok {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s (last: %s)", timeout, what, state)
+}

@@ -1,0 +1,445 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/transform"
+)
+
+// 3 worker processes share the consumer; one is SIGKILLed mid-run, another
+// SIGTERMed (and replaced). Every
+// valid call must end up in CALLPIPE_NORMALIZED exactly once and every
+// invalid raw message in CALLPIPE_DLQ with its reason.
+func TestTransformNormalizeThreeWorkersKill(t *testing.T) {
+	const total = 100_000
+	e := newTrEnv(t)
+	ctx := context.Background()
+
+	// 10 registered keys, 10 unknown ones, and some explicit users.
+	keys := make([]string, 20)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("xf-%s-key-%02d", e.run, i)
+		if i < 10 {
+			if _, err := transform.AddUser(ctx, e.rdb, e.keyPrefix, keys[i], fmt.Sprintf("user-%02d", i), ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	workers := []*trWorker{e.startWorker(), e.startWorker(), e.startWorker()}
+
+	ids := make([]string, total)
+	data := make([][]byte, total)
+	for i := range total {
+		ids[i] = fmt.Sprintf("%s-%06d", e.run, i)
+		user := ""
+		if i%7 == 0 {
+			user = "explicit-user"
+		}
+		data[i] = trChatEvent(ids[i], schema.HashAPIKey(keys[i%20]), user)
+	}
+	bad := map[string]string{ // Nats-Msg-Id → raw bytes
+		e.run + "-bad-0": `{"id":`,
+		e.run + "-bad-1": `not json at all`,
+		e.run + "-bad-2": `{"id":"` + e.run + `-bad-2","start_time":"2026-05-01T12:00:00Z","endpoint":"/v1/chat/completions"}`,
+		e.run + "-bad-3": `{"id":"` + e.run + `-bad-3","start_time":"2026-05-01T12:00:00Z","endpoint":"/v1/x","model":"m","usage":{"prompt_tokens":-1}}`,
+		e.run + "-bad-4": `{"id":"` + e.run + `-bad-4","start_time":"2026-05-01T12:00:00Z","endpoint":"/v1/x","model":"m","surprise":1}`,
+		e.run + "-bad-5": "\xff\xfe",
+	}
+
+	start := time.Now()
+	publishDone := make(chan struct{})
+	go func() {
+		defer close(publishDone)
+		half := total / 2
+		e.publish(ids[:half], data[:half])
+		var bids []string
+		var bdata [][]byte
+		for id, d := range bad {
+			bids, bdata = append(bids, id), append(bdata, []byte(d))
+		}
+		e.publish(bids, bdata)
+		e.publish(ids[half:], data[half:])
+	}()
+
+	// Kill one worker once a quarter of the calls are normalized.
+	var recs trRecords
+	trWait(t, 3*time.Minute, "a fifth acknowledged", func() (bool, string) {
+		n := e.acked()
+		return n >= total/5, fmt.Sprintf("%d acknowledged", n)
+	})
+	if err := workers[0].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-workers[0].done
+	t.Logf("SIGKILLed worker 0 after %d acknowledged", e.acked())
+	// SIGTERM another worker mid-run: it stops fetching, finishes and acks
+	// what it holds, and exits 0; a fresh replica takes its place.
+	trWait(t, 3*time.Minute, "two fifths acknowledged", func() (bool, string) {
+		n := e.acked()
+		return n >= 2*total/5, fmt.Sprintf("%d acknowledged", n)
+	})
+	workers[1].stop(t)
+	t.Logf("SIGTERMed worker 1 after %d acknowledged", e.acked())
+	workers = append(workers, e.startWorker())
+	<-publishDone
+
+	trWait(t, 5*time.Minute, "every call normalized", func() (bool, string) {
+		e.readNormalized(&recs)
+		return len(recs.calls) >= total, fmt.Sprintf("%d/%d records", len(recs.calls), total)
+	})
+	elapsed := time.Since(start)
+	// Let redeliveries of the killed worker's unacked messages (ack_wait 4s) land.
+	time.Sleep(6 * time.Second)
+	e.readNormalized(&recs)
+	t.Logf("%d calls normalized by 3 workers (one killed) in %s", len(recs.calls), elapsed.Round(time.Millisecond))
+
+	if len(recs.dups) > 0 {
+		t.Fatalf("%d duplicate records, e.g. %v", len(recs.dups), recs.dups[:min(5, len(recs.dups))])
+	}
+	var missing []string
+	for _, id := range ids {
+		if _, ok := recs.calls[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 || len(recs.calls) != total {
+		t.Fatalf("normalized %d records for %d calls; %d missing, e.g. %v", len(recs.calls), total, len(missing), missing[:min(5, len(missing))])
+	}
+	for i, id := range ids {
+		c := recs.calls[id]
+		wantUser, wantSrc := "anonymous", schema.UserAnonymous
+		switch {
+		case i%7 == 0:
+			wantUser, wantSrc = "explicit-user", schema.UserExplicit
+		case i%20 < 10:
+			wantUser, wantSrc = fmt.Sprintf("user-%02d", i%20), schema.UserAPIKey
+		}
+		if c.UserID != wantUser || c.UserSource != wantSrc {
+			for i, w := range workers {
+				t.Logf("worker %d log:\n%s", i, w.out)
+			}
+			t.Fatalf("%s: user %s/%s, want %s/%s", id, c.UserID, c.UserSource, wantUser, wantSrc)
+		}
+		if c.Kind != schema.KindChat || c.InputTokens != 52 || c.OutputTokens != 31 || c.UsageSource != schema.UsageReported ||
+			c.LatencyMS != 1200 || c.TTFTMS == nil || *c.TTFTMS != 300 || c.CostUSD == nil || c.FinishReason != "stop" {
+			t.Fatalf("%s: unexpected record %+v", id, c)
+		}
+	}
+
+	// Dead letters: exactly the invalid messages, each with a reason.
+	var dls []trDeadLetter
+	trWait(t, time.Minute, "dead letters", func() (bool, string) {
+		dls = e.readDLQ()
+		return len(dls) >= len(bad), fmt.Sprintf("%d/%d", len(dls), len(bad))
+	})
+	want := map[string]bool{}
+	for _, d := range bad {
+		want[d] = true
+	}
+	got := map[string]bool{}
+	for _, d := range dls {
+		if got[d.data] {
+			t.Errorf("dead letter repeated: %q", d.data)
+		}
+		got[d.data] = true
+		if !want[d.data] {
+			t.Errorf("unexpected dead letter %q (%s)", d.data, d.errText)
+		}
+		if d.errText == "" || d.stage != transform.StageNormalize {
+			t.Errorf("dead letter %q: error %q stage %q", d.data, d.errText, d.stage)
+		}
+		t.Logf("dead letter %.40q: %s", d.data, d.errText)
+	}
+	if len(got) != len(bad) {
+		t.Errorf("DLQ holds %d of the %d invalid messages", len(got), len(bad))
+	}
+
+	for _, w := range workers[2:] {
+		w.stop(t)
+	}
+	// Drained: nothing left unacknowledged or undelivered.
+	cons, err := e.js.Consumer(ctx, "CALLPIPE_CALLS", e.consumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending != 0 || info.NumPending != 0 {
+		t.Errorf("after SIGTERM: %d unacknowledged, %d undelivered", info.NumAckPending, info.NumPending)
+	}
+}
+
+// Redis stops mid-run: no call is lost, calls whose key is not cached are
+// marked unresolved (and counted), cached keys keep resolving, and resolution
+// resumes once Redis is back.
+func TestTransformRedisOutage(t *testing.T) {
+	e := newTrEnv(t)
+	ctx := context.Background()
+	const phase = 3000
+	// retry Redis quickly after a failure so resumption is prompt
+	w := e.startWorker("CALLPIPE_TRANSFORM_USER_RETRY_AFTER=200ms", "CALLPIPE_TRANSFORM_USER_LOOKUP_TIMEOUT=100ms")
+	w2 := e.startWorker("CALLPIPE_TRANSFORM_USER_RETRY_AFTER=200ms", "CALLPIPE_TRANSFORM_USER_LOOKUP_TIMEOUT=100ms")
+
+	warmKey, coldKey := "xf-"+e.run+"-warm", "xf-"+e.run+"-cold"
+	for key, user := range map[string]string{warmKey: "warm-user", coldKey: "cold-user"} {
+		if _, err := transform.AddUser(ctx, e.rdb, e.keyPrefix, key, user, "n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var recs trRecords
+	batch := func(name, key string, n int) []string {
+		ids, data := make([]string, n), make([][]byte, n)
+		for i := range n {
+			ids[i] = fmt.Sprintf("%s-%s-%05d", e.run, name, i)
+			data[i] = trChatEvent(ids[i], schema.HashAPIKey(key), "")
+		}
+		e.publish(ids, data)
+		trWait(t, 2*time.Minute, name+" normalized", func() (bool, string) {
+			e.readNormalized(&recs)
+			c := 0
+			for _, id := range ids {
+				if _, ok := recs.calls[id]; ok {
+					c++
+				}
+			}
+			return c == n, fmt.Sprintf("%d/%d", c, n)
+		})
+		return ids
+	}
+
+	// Phase 1: Redis up; the warm key gets cached by both workers.
+	p1 := batch("p1", warmKey, phase)
+
+	// Phase 2: Redis down; warm key served from cache, cold key unresolved.
+	harness.StopService(t, harness.ServiceRedis)
+	p2warm := batch("p2w", warmKey, phase)
+	p2cold := batch("p2c", coldKey, phase)
+	failures := w.metric(t, "callpipe_transform_user_lookup_failures_total") + w2.metric(t, "callpipe_transform_user_lookup_failures_total")
+
+	// Phase 3: Redis back; the cold key resolves again.
+	harness.StartService(t, harness.ServiceRedis)
+	if n, err := e.rdb.Exists(ctx, e.keyPrefix+schema.HashAPIKey(coldKey)).Result(); err != nil || n == 0 {
+		t.Logf("key registrations lost over the restart (exists=%d err=%v): registering again", n, err)
+		for key, user := range map[string]string{warmKey: "warm-user", coldKey: "cold-user"} {
+			if _, err := transform.AddUser(ctx, e.rdb, e.keyPrefix, key, user, "n"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // > user_retry_after
+	p3 := batch("p3", coldKey, phase)
+
+	e.readNormalized(&recs)
+	if len(recs.dups) > 0 {
+		t.Fatalf("duplicates: %v", recs.dups[:min(5, len(recs.dups))])
+	}
+	count := func(ids []string) map[string]int {
+		m := map[string]int{}
+		for _, id := range ids {
+			c, ok := recs.calls[id]
+			if !ok {
+				t.Fatalf("%s lost", id)
+			}
+			m[c.UserSource+"/"+c.UserID]++
+		}
+		return m
+	}
+	show := func(m map[string]int) string {
+		var s []string
+		for k, v := range m {
+			s = append(s, fmt.Sprintf("%s=%d", k, v))
+		}
+		sort.Strings(s)
+		return strings.Join(s, " ")
+	}
+	if m := count(p1); m["api_key/warm-user"] != phase {
+		t.Errorf("phase 1 (Redis up): %s", show(m))
+	}
+	if m := count(p2warm); m["api_key/warm-user"] != phase {
+		t.Errorf("phase 2, cached key (Redis down): %s", show(m))
+	}
+	if m := count(p2cold); m["unresolved/"+transform.UnresolvedUser] != phase {
+		t.Errorf("phase 2, uncached key (Redis down): want all unresolved, got %s", show(m))
+	}
+	if failures < phase {
+		t.Errorf("callpipe_transform_user_lookup_failures_total = %v across workers, want ≥ %d", failures, phase)
+	}
+	if m := count(p3); m["api_key/cold-user"] != phase {
+		t.Errorf("phase 3 (Redis back): %s", show(m))
+	}
+	t.Logf("unresolved during outage: %d, lookup failures counted: %v", phase, failures)
+	w.stop(t)
+	w2.stop(t)
+}
+
+// callpipe users add/ls/rm against Redis, and callpipe dlq ls/show/retry
+// against JetStream, through the binary.
+func TestTransformUsersAndDLQCommands(t *testing.T) {
+	e := newTrEnv(t)
+	ctx := context.Background()
+	env := []string{"CALLPIPE_NATS_URL=" + e.natsURL, "CALLPIPE_REDIS_ADDR=" + e.redisAddr,
+		"CALLPIPE_TRANSFORM_USER_KEY_PREFIX=" + e.keyPrefix, "CALLPIPE_LOG_LEVEL=warn"}
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(callpipeBinary(t), args...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("callpipe %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	key := "xf-" + e.run + "-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL"
+	run("users", "add", "--key", key, "--user", "carol", "--name", "ci key")
+	stored, err := e.rdb.HGetAll(ctx, e.keyPrefix+schema.HashAPIKey(key)).Result()
+	if err != nil || stored["user"] != "carol" || stored["name"] != "ci key" {
+		t.Fatalf("redis after users add: %v %v", stored, err)
+	}
+	keys, _ := e.rdb.Keys(ctx, e.keyPrefix+"*").Result()
+	for _, k := range keys {
+		if strings.Contains(k, key) {
+			t.Fatalf("clear key stored in Redis: %s", k)
+		}
+	}
+	if out := run("users", "ls"); !strings.Contains(out, "carol") || !strings.Contains(out, schema.HashAPIKey(key)) || strings.Contains(out, key) {
+		t.Fatalf("users ls:\n%s", out)
+	}
+
+	// A worker resolves the key.
+	w := e.startWorker()
+	id := e.run + "-call"
+	e.publish([]string{id, e.run + "-bad"}, [][]byte{trChatEvent(id, schema.HashAPIKey(key), ""), []byte(`{"id":"x"}`)})
+	var recs trRecords
+	trWait(t, time.Minute, "the call", func() (bool, string) {
+		e.readNormalized(&recs)
+		return len(recs.calls) == 1, fmt.Sprint(len(recs.calls))
+	})
+	if c := recs.calls[id]; c.UserID != "carol" || c.UserSource != schema.UserAPIKey {
+		t.Fatalf("user: %s/%s", c.UserID, c.UserSource)
+	}
+	run("users", "rm", "--key", key)
+	if n, _ := e.rdb.Exists(ctx, e.keyPrefix+schema.HashAPIKey(key)).Result(); n != 0 {
+		t.Fatal("users rm left the key")
+	}
+
+	// dlq ls / show / retry
+	var dls []trDeadLetter
+	trWait(t, time.Minute, "the dead letter", func() (bool, string) {
+		dls = e.readDLQ()
+		return len(dls) == 1, fmt.Sprint(len(dls))
+	})
+	list, err := transform.ListDeadLetters(ctx, e.js, e.dlqStart, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seq uint64
+	for _, d := range list {
+		if d.SourceSubject == e.subject {
+			seq = d.Seq
+		}
+	}
+	out := run("dlq", "ls", "--from", fmt.Sprint(e.dlqStart), "--limit", "0")
+	if !strings.Contains(out, e.subject) || !strings.Contains(out, "start_time: required") {
+		t.Fatalf("dlq ls:\n%s", out)
+	}
+	out = run("dlq", "show", fmt.Sprint(seq))
+	if !strings.Contains(out, `{"id":"x"}`) || !strings.Contains(out, "stage: normalize") {
+		t.Fatalf("dlq show:\n%s", out)
+	}
+	run("dlq", "retry", fmt.Sprint(seq))
+	// The retried (still invalid) event is consumed again and dead-lettered again.
+	trWait(t, time.Minute, "the retried dead letter", func() (bool, string) {
+		list, err := transform.ListDeadLetters(ctx, e.js, seq+1, 0)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, d := range list {
+			if d.SourceSubject == e.subject && string(d.Data) == `{"id":"x"}` {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d newer dead letters", len(list))
+	})
+	if _, err := transform.GetDeadLetter(ctx, e.js, seq); err == nil {
+		t.Fatal("retried dead letter still in the DLQ")
+	}
+	w.stop(t)
+}
+
+// MaxDeliver as the last guard: with max_deliver=1, the calls a SIGKILLed
+// worker held are not redelivered; their max-deliveries advisories route them
+// to the DLQ. Every call ends up normalized or dead-lettered (a call whose
+// record was stored just before the kill can be both).
+func TestTransformMaxDeliveriesToDLQ(t *testing.T) {
+	const total = 20_000
+	e := newTrEnv(t)
+	env := []string{"CALLPIPE_TRANSFORM_MAX_DELIVER=1", "CALLPIPE_TRANSFORM_ACK_WAIT=2s"}
+	w0, w1 := e.startWorker(env...), e.startWorker(env...)
+	ids, data := make([]string, total), make([][]byte, total)
+	for i := range total {
+		ids[i] = fmt.Sprintf("%s-%06d", e.run, i)
+		data[i] = trChatEvent(ids[i], "", "")
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); e.publish(ids, data) }()
+	trWait(t, 2*time.Minute, "a fifth acknowledged", func() (bool, string) {
+		n := e.acked()
+		return n >= total/5, fmt.Sprint(n)
+	})
+	_ = w0.cmd.Process.Kill()
+	<-w0.done
+	<-done
+
+	var recs trRecords
+	var dls []trDeadLetter
+	covered := func() (int, int) {
+		e.readNormalized(&recs)
+		dls = e.readDLQ()
+		dead := map[string]bool{}
+		for _, d := range dls {
+			var ev struct {
+				ID string `json:"id"`
+			}
+			_ = json.Unmarshal([]byte(d.data), &ev)
+			dead[ev.ID] = true
+		}
+		n := 0
+		for _, id := range ids {
+			if _, ok := recs.calls[id]; ok || dead[id] {
+				n++
+			}
+		}
+		return n, len(dead)
+	}
+	trWait(t, 3*time.Minute, "every call normalized or dead-lettered", func() (bool, string) {
+		n, d := covered()
+		return n == total, fmt.Sprintf("%d/%d covered, %d dead letters", n, total, d)
+	})
+	if len(recs.dups) > 0 {
+		t.Fatalf("duplicates: %v", recs.dups[:min(5, len(recs.dups))])
+	}
+	for _, d := range dls {
+		if !strings.Contains(d.errText, "max deliveries") {
+			t.Errorf("dead letter with reason %q", d.errText)
+		}
+	}
+	_, d := covered()
+	t.Logf("%d normalized, %d dead-lettered after max deliveries", len(recs.calls), d)
+	if d == 0 {
+		t.Error("no dead letter: the killed worker's unacknowledged calls were not routed to the DLQ")
+	}
+	w1.stop(t)
+}

@@ -1,0 +1,54 @@
+// Package clickhouse is callpipe's ClickHouse sink: the durable JetStream
+// consumer callpipe-clickhouse on CALLPIPE_NORMALIZED (Sink), the batched
+// native-protocol writer (Output: Connect / WriteBatch / Close, with a
+// BatchPolicy and an in-flight limit), the versioned schema migrator
+// (Migrator, over schema/clickhouse/*.sql) and the exact usage queries
+// (Usage) behind the usage overview. Every SQL statement it sends is in
+// queries.go or the migration files.
+//
+// # Exactly once in calls and in the rollups
+//
+// JetStream delivers at least once: a batch whose acks were lost, a sink
+// killed between INSERT and ack, an INSERT that succeeded on the server but
+// failed on the client, or a replay of the stream all insert the same calls
+// again. ClickHouse 18.16 cannot deduplicate those inserts: plain MergeTree
+// never does, insert_deduplication_token and non_replicated_deduplication_window
+// do not exist there, and ReplicatedMergeTree block dedup needs ZooKeeper and
+// only catches byte-identical blocks (a redelivered call rarely lands in an
+// identical batch). Checking "is this id already in calls?" before inserting
+// is racy (two in-flight batches, two sink replicas) and not atomic with the
+// INSERT. Summing rollups (SummingMergeTree / AggregatingMergeTree fed by a
+// materialized view) would count every copy.
+//
+// So duplicates are allowed into storage and removed on read, where it is
+// exact by construction:
+//
+//   - calls is a ReplacingMergeTree(version) ordered by (hour, id): background
+//     merges collapse copies of a call eventually.
+//   - The rollups usage_day_model_user (day × model × user) and
+//     usage_hour_model (hour × model) are narrow per-call ledgers, sorted by
+//     their rollup key, filled by materialized views on calls. An INSERT into
+//     calls fails when a view's insert fails, so the sink's retry covers both.
+//   - Every usage query first collapses the ledger by id (GROUP BY id,
+//     argMax(x, version): the newest copy wins, as ReplacingMergeTree would
+//     decide) and only then aggregates: calls, errors, tokens, cost, and exact
+//     latency / TTFT quantiles (quantilesExact). A call counts once whether or
+//     not ClickHouse has merged its copies yet, and the same holds if a
+//     replay carries a changed record (say, re-priced): the newest version
+//     counts, in the right group.
+//
+// Rollups therefore hold no pre-summed numbers; they are fast because they
+// are narrow (about 100 bytes a call instead of kilobytes of text), sorted
+// and partitioned by their key, so a usage query reads only the days and
+// columns it needs. See schema/clickhouse/README.md.
+//
+// # Delivery
+//
+// A message is acked only after the INSERT holding its call returned
+// success. Insert errors nak the batch with a growing delay (the consumer has
+// no delivery limit, so an outage never drops calls), mark the sink unhealthy
+// until an insert succeeds, and slow reading down. Messages that are not a
+// valid schema.Call go to CALLPIPE_DLQ (Callpipe-Error, Callpipe-Stage
+// headers) and are terminated. On shutdown the sink stops pulling, flushes
+// the batch it holds plus what the client had buffered, acks and returns.
+package clickhouse

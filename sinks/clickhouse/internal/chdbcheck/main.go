@@ -1,0 +1,284 @@
+// Command chdbcheck runs every migration and every statement callpipe sends to
+// ClickHouse on the modern engine embedded in chDB (libchdb.so, loaded from
+// CHDB_LIB_PATH by chdb-go's purego binding), so SQL that only 18.16 accepts
+// fails the build. It is run by integration/clickhouse_chdb_test.go as a
+// separate process because chdb-purego panics at init when the library is
+// missing, which must not take the integration test binary down.
+//
+//	CHDB_LIB_PATH=... go run ./sinks/clickhouse/internal/chdbcheck -calls calls.json -out usage.json
+//
+// It applies the migrations twice (the second run must be a no-op), inserts
+// the calls of -calls twice through the sink's column list (as the redelivery
+// of a whole batch), records a migration, runs every query of
+// clickhouse.AllQueries and writes the Usage results per grouping to -out.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	chdb "github.com/chdb-io/chdb-go/chdb-purego"
+
+	"github.com/callpipe/callpipe/schema"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+)
+
+const db = "callpipe_chdb"
+
+func main() {
+	callsFile := flag.String("calls", "", "JSON array of schema.Call to insert")
+	outFile := flag.String("out", "", "where to write the Usage results (JSON)")
+	from := flag.Int64("from", 0, "Usage range start, unix seconds")
+	to := flag.Int64("to", 0, "Usage range end, unix seconds")
+	flag.Parse()
+	if err := run(*callsFile, *outFile, time.Unix(*from, 0).UTC(), time.Unix(*to, 0).UTC()); err != nil {
+		fmt.Fprintln(os.Stderr, "chdbcheck:", err)
+		os.Exit(1)
+	}
+}
+
+type session struct {
+	conn chdb.ChdbConn
+	n    int
+}
+
+func (s *session) exec(sql, format string) (string, error) {
+	s.n++
+	res, err := s.conn.Query(sql, format)
+	if err != nil {
+		return "", fmt.Errorf("%w\nstatement: %s", err, sql)
+	}
+	defer res.Free()
+	if err := res.Error(); err != nil {
+		return "", fmt.Errorf("%w\nstatement: %s", err, sql)
+	}
+	return res.String(), nil
+}
+
+func run(callsFile, outFile string, from, to time.Time) error {
+	dir, err := os.MkdirTemp("", "callpipe-chdb-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	conn, err := chdb.NewConnection(1, []string{"--path=" + dir})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	s := &session{conn: conn}
+	if v, err := s.exec("SELECT version()", "TabSeparated"); err == nil {
+		fmt.Fprintln(os.Stderr, "chdbcheck: engine", strings.TrimSpace(v))
+	} else {
+		return err
+	}
+
+	migs, err := chsink.Migrations()
+	if err != nil {
+		return err
+	}
+	for round := 0; round < 2; round++ {
+		for _, st := range chsink.BootstrapStatements {
+			if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+				return err
+			}
+		}
+		for _, m := range migs {
+			for _, st := range m.Statements {
+				if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+					return fmt.Errorf("migration %s (run %d): %w", m.Name, round+1, err)
+				}
+			}
+		}
+	}
+	rec := []any{uint32(migs[0].Version), migs[0].Name, migs[0].Checksum, time.Now().UTC().Truncate(time.Second)}
+	if _, err := s.exec(valuesSQL(chsink.WithDB(chsink.InsertMigration, db), [][]any{rec}), "TabSeparated"); err != nil {
+		return err
+	}
+
+	var calls []schema.Call
+	if callsFile != "" {
+		b, err := os.ReadFile(callsFile)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &calls); err != nil {
+			return err
+		}
+	}
+	now := time.Now()
+	for copyN := 0; copyN < 2; copyN++ { // a whole batch redelivered
+		for lo := 0; lo < len(calls); lo += 1000 {
+			hi := min(lo+1000, len(calls))
+			rows := make([][]any, 0, hi-lo)
+			for i := lo; i < hi; i++ {
+				rows = append(rows, chsink.CallRow(&calls[i], 4096, now, uint64(copyN+1)))
+			}
+			if _, err := s.exec(valuesSQL(chsink.WithDB(chsink.InsertCalls, db), rows), "TabSeparated"); err != nil {
+				return err
+			}
+		}
+	}
+
+	if !to.After(from) {
+		from, to = time.Unix(0, 0).UTC(), time.Unix(1<<31, 0).UTC()
+	}
+	for _, q := range chsink.AllQueries(from, to) {
+		if _, err := s.exec(chsink.WithDB(q, db), "TabSeparated"); err != nil {
+			return err
+		}
+	}
+	results := map[string][]chsink.UsageRow{}
+	for _, g := range chsink.AllGroupings() {
+		out, err := s.exec(chsink.WithDB(chsink.UsageQuery(from, to, g), db), "TabSeparated")
+		if err != nil {
+			return err
+		}
+		rows, err := parseUsage(out, g)
+		if err != nil {
+			return fmt.Errorf("usage %s: %w", g, err)
+		}
+		results[g.String()] = rows
+	}
+	fmt.Fprintf(os.Stderr, "chdbcheck: %d statements ran\n", s.n)
+	if outFile != "" {
+		b, err := json.Marshal(results)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(outFile, b, 0o644)
+	}
+	return nil
+}
+
+// valuesSQL renders a batch insert (what the driver sends as a native block)
+// as INSERT ... VALUES, since chDB has no native protocol.
+func valuesSQL(insert string, rows [][]any) string {
+	var b strings.Builder
+	b.WriteString(insert)
+	b.WriteString(" VALUES ")
+	for i, row := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for j, v := range row {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(literal(v))
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
+}
+
+func literal(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "NULL"
+	case string:
+		return quote(x)
+	case time.Time:
+		return quote(x.UTC().Format("2006-01-02 15:04:05"))
+	case *time.Time:
+		if x == nil {
+			return "NULL"
+		}
+		return literal(*x)
+	case *uint16:
+		if x == nil {
+			return "NULL"
+		}
+		return strconv.FormatUint(uint64(*x), 10)
+	case *int64:
+		if x == nil {
+			return "NULL"
+		}
+		return strconv.FormatInt(*x, 10)
+	case *float64:
+		if x == nil {
+			return "NULL"
+		}
+		return strconv.FormatFloat(*x, 'g', -1, 64)
+	case []string:
+		parts := make([]string, len(x))
+		for i, s := range x {
+			parts[i] = quote(s)
+		}
+		return "[" + strings.Join(parts, ",") + "]"
+	case uint8, uint16, uint32, uint64, int32, int64, int:
+		return fmt.Sprint(x)
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64)
+	}
+	panic(fmt.Sprintf("chdbcheck: no literal for %T", v))
+}
+
+func quote(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(s) + "'"
+}
+
+// parseUsage reads UsageQuery's TabSeparated output.
+func parseUsage(out string, g chsink.GroupBy) ([]chsink.UsageRow, error) {
+	var rows []chsink.UsageRow
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		if line == "" {
+			continue
+		}
+		f := strings.Split(line, "\t")
+		if len(f) != 12 {
+			return nil, fmt.Errorf("%d columns in %q", len(f), line)
+		}
+		var r chsink.UsageRow
+		var err error
+		if g.Bucket != chsink.BucketNone {
+			if r.Bucket, err = time.Parse("2006-01-02 15:04:05", f[0]); err != nil {
+				return nil, err
+			}
+		}
+		r.Model, r.UserID = f[1], f[2]
+		ints := []*int64{&r.InputTokens, &r.OutputTokens, &r.TotalTokens}
+		if r.Calls, err = strconv.ParseUint(f[3], 10, 64); err != nil {
+			return nil, err
+		}
+		if r.Errors, err = strconv.ParseUint(f[4], 10, 64); err != nil {
+			return nil, err
+		}
+		for i, p := range ints {
+			if *p, err = strconv.ParseInt(f[5+i], 10, 64); err != nil {
+				return nil, err
+			}
+		}
+		if r.CostUSD, err = strconv.ParseFloat(f[8], 64); err != nil {
+			return nil, err
+		}
+		if r.LatencyMS, err = parseQ(f[9]); err != nil {
+			return nil, err
+		}
+		if r.TTFTCalls, err = strconv.ParseUint(f[10], 10, 64); err != nil {
+			return nil, err
+		}
+		if r.TTFTCalls > 0 {
+			if r.TTFTMS, err = parseQ(f[11]); err != nil {
+				return nil, err
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+func parseQ(s string) (chsink.Quantiles, error) {
+	var v []float64
+	if err := json.Unmarshal([]byte(s), &v); err != nil || len(v) != 3 {
+		return chsink.Quantiles{}, fmt.Errorf("quantiles %q: %v", s, err)
+	}
+	return chsink.Quantiles{P50: v[0], P95: v[1], P99: v[2]}, nil
+}

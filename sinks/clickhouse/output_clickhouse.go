@@ -1,0 +1,164 @@
+package clickhouse
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// BatchPolicy decides when the sink flushes: at Count calls or when the
+// oldest call of the batch is Period old, whichever comes first.
+type BatchPolicy struct {
+	Count  int
+	Period time.Duration
+}
+
+// OutputConfig is how the output reaches ClickHouse.
+type OutputConfig struct {
+	Addr     string // host:port of the native protocol
+	Database string
+	User     string
+	Password string
+	TLS      *tls.Config
+
+	// MaxTextBytes caps input/output text, structured input/output and error
+	// (0 = no cap).
+	MaxTextBytes int
+	// MaxInFlight is how many batch inserts may run at once (default 1).
+	MaxInFlight int
+	// DialTimeout bounds connecting (default 5s).
+	DialTimeout time.Duration
+}
+
+// Output writes batches of calls into {db}.calls (and, through the
+// materialized views, into the usage rollups) with the native protocol's
+// batch insert: PrepareBatch, Append per row, Send. One Send is one INSERT,
+// i.e. one part per partition touched in calls and in each rollup ledger.
+type Output struct {
+	cfg      OutputConfig
+	conn     driver.Conn
+	inflight chan struct{}
+	insert   string
+	mu       sync.Mutex
+	version  uint64
+}
+
+// NewOutput returns an unconnected output.
+func NewOutput(cfg OutputConfig) *Output {
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	return &Output{cfg: cfg, inflight: make(chan struct{}, cfg.MaxInFlight), insert: WithDB(InsertCalls, cfg.Database)}
+}
+
+// Open dials ClickHouse with the settings every callpipe component uses
+// (no per-query settings: 18.16 rejects unknown ones).
+func Open(ctx context.Context, cfg OutputConfig) (driver.Conn, error) {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	conn, err := ch.Open(&ch.Options{
+		Protocol:         ch.Native,
+		Addr:             []string{cfg.Addr},
+		Auth:             ch.Auth{Database: "default", Username: cfg.User, Password: cfg.Password},
+		TLS:              cfg.TLS,
+		DialTimeout:      cfg.DialTimeout,
+		MaxOpenConns:     max(cfg.MaxInFlight, 1) + 2,
+		MaxIdleConns:     max(cfg.MaxInFlight, 1) + 2,
+		ConnMaxLifetime:  time.Hour,
+		Compression:      &ch.Compression{Method: ch.CompressionLZ4},
+		ReadTimeout:      5 * time.Minute,
+		ConnOpenStrategy: ch.ConnOpenInOrder,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse open %s: %w", cfg.Addr, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if err := conn.Ping(pctx); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("clickhouse ping %s: %w", cfg.Addr, err)
+	}
+	return conn, nil
+}
+
+// Connect opens the connection pool. It fails when ClickHouse is unreachable;
+// later outages surface as WriteBatch errors and the driver reconnects.
+func (o *Output) Connect(ctx context.Context) error {
+	conn, err := Open(ctx, o.cfg)
+	if err != nil {
+		return err
+	}
+	o.conn = conn
+	return nil
+}
+
+// Conn is the output's connection (for queries sharing its pool).
+func (o *Output) Conn() driver.Conn { return o.conn }
+
+// nextVersion is a per-process increasing row version: wall-clock
+// microseconds, bumped when the clock stalls or steps back.
+func (o *Output) nextVersion() uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	v := uint64(time.Now().UnixMicro())
+	if v <= o.version {
+		v = o.version + 1
+	}
+	o.version = v
+	return v
+}
+
+// WriteBatch inserts calls as one INSERT. It blocks while MaxInFlight inserts
+// are running. When it returns nil every call is stored; on an error, any
+// subset may be stored (ClickHouse inserts are atomic per block, not per
+// batch), which is safe because reads deduplicate by id.
+func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call) error {
+	if o.conn == nil {
+		return errors.New("clickhouse output: not connected")
+	}
+	if len(calls) == 0 {
+		return nil
+	}
+	select {
+	case o.inflight <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-o.inflight }()
+
+	b, err := o.conn.PrepareBatch(ctx, o.insert)
+	if err != nil {
+		return fmt.Errorf("clickhouse prepare insert: %w", err)
+	}
+	cols := callColumns(calls, o.cfg.MaxTextBytes, time.Now(), o.nextVersion())
+	for j, col := range cols {
+		if err := b.Column(j).Append(col); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("clickhouse append column %s: %w", CallColumns[j], err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("clickhouse insert %d calls: %w", len(calls), err)
+	}
+	return nil
+}
+
+// Close closes the connection pool.
+func (o *Output) Close() error {
+	if o.conn == nil {
+		return nil
+	}
+	return o.conn.Close()
+}

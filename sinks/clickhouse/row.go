@@ -1,0 +1,187 @@
+package clickhouse
+
+import (
+	"encoding/json"
+	"reflect"
+	"sort"
+	"time"
+	"unicode/utf8"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// callBlock is a batch of calls as one typed slice per column of CallColumns
+// (same order), for the driver's columnar append: far cheaper than a
+// reflective Append per row.
+type callBlock struct {
+	id, traceID, sessionID                   []string
+	startTime                                []time.Time
+	startMS                                  []uint16
+	endTime                                  []time.Time
+	endMS                                    []uint16
+	firstTokenTime                           []*time.Time
+	firstTokenMS                             []*uint16
+	latencyMS                                []int64
+	ttftMS                                   []*int64
+	endpoint, kind, model, instance          []string
+	userID, userSource, apiKeyHash, apiKeyPx []string
+	stream                                   []uint8
+	status                                   []int32
+	errorText, finishReason                  []string
+	inputText, outputText, input, output     []string
+	modelParameters                          []string
+	inputTokens, outputTokens, totalTokens   []int64
+	usageSource                              []string
+	costUSD                                  []*float64
+	metadata                                 []string
+	tags                                     [][]string
+	source, batchID                          []string
+	truncated                                []uint8
+	insertedAt                               []time.Time
+	version                                  []uint64
+}
+
+// columns returns the slices in CallColumns order.
+func (b *callBlock) columns() []any {
+	return []any{
+		b.id, b.traceID, b.sessionID,
+		b.startTime, b.startMS, b.endTime, b.endMS, b.firstTokenTime, b.firstTokenMS,
+		b.latencyMS, b.ttftMS,
+		b.endpoint, b.kind, b.model, b.instance,
+		b.userID, b.userSource, b.apiKeyHash, b.apiKeyPx,
+		b.stream, b.status, b.errorText, b.finishReason,
+		b.inputText, b.outputText, b.input, b.output, b.modelParameters,
+		b.inputTokens, b.outputTokens, b.totalTokens, b.usageSource, b.costUSD,
+		b.metadata, b.tags, b.source, b.batchID,
+		b.truncated, b.insertedAt, b.version,
+	}
+}
+
+// callColumns maps calls to the column slices of CallColumns. Text fields
+// (input/output text, structured input/output, error) longer than maxText
+// bytes are cut at a UTF-8 boundary and the row is marked truncated; a cut
+// JSON document (input, output) is then no longer valid JSON.
+func callColumns(calls []schema.Call, maxText int, now time.Time, version uint64) []any {
+	var b callBlock
+	inserted := now.UTC().Truncate(time.Second)
+	for i := range calls {
+		c := &calls[i]
+		truncated := uint8(0)
+		cut := func(s string) string {
+			if maxText <= 0 || len(s) <= maxText {
+				return s
+			}
+			truncated = 1
+			s = s[:maxText]
+			for i := 0; i < utf8.UTFMax-1 && len(s) > 0; i++ { // drop a rune cut in half
+				r, size := utf8.DecodeLastRuneInString(s)
+				if r != utf8.RuneError || size != 1 {
+					break
+				}
+				s = s[:len(s)-1]
+			}
+			return s
+		}
+		sec, ms := splitTime(c.StartTime)
+		esec, ems := splitTime(c.EndTime)
+		var ft *time.Time
+		var ftms *uint16
+		if c.FirstTokenTime != nil {
+			s, m := splitTime(*c.FirstTokenTime)
+			ft, ftms = &s, &m
+		}
+		stream := uint8(0)
+		if c.Stream {
+			stream = 1
+		}
+		tags := c.Tags
+		if tags == nil {
+			tags = []string{}
+		}
+		b.id = append(b.id, c.ID)
+		b.traceID = append(b.traceID, c.TraceID)
+		b.sessionID = append(b.sessionID, c.SessionID)
+		b.startTime = append(b.startTime, sec)
+		b.startMS = append(b.startMS, ms)
+		b.endTime = append(b.endTime, esec)
+		b.endMS = append(b.endMS, ems)
+		b.firstTokenTime = append(b.firstTokenTime, ft)
+		b.firstTokenMS = append(b.firstTokenMS, ftms)
+		b.latencyMS = append(b.latencyMS, c.LatencyMS)
+		b.ttftMS = append(b.ttftMS, c.TTFTMS)
+		b.endpoint = append(b.endpoint, c.Endpoint)
+		b.kind = append(b.kind, c.Kind)
+		b.model = append(b.model, c.Model)
+		b.instance = append(b.instance, c.Instance)
+		b.userID = append(b.userID, c.UserID)
+		b.userSource = append(b.userSource, c.UserSource)
+		b.apiKeyHash = append(b.apiKeyHash, c.APIKeyHash)
+		b.apiKeyPx = append(b.apiKeyPx, c.APIKeyPrefix)
+		b.stream = append(b.stream, stream)
+		b.status = append(b.status, int32(c.Status))
+		b.errorText = append(b.errorText, cut(c.Error))
+		b.finishReason = append(b.finishReason, c.FinishReason)
+		b.inputText = append(b.inputText, cut(c.InputText))
+		b.outputText = append(b.outputText, cut(c.OutputText))
+		b.input = append(b.input, cut(string(c.Input)))
+		b.output = append(b.output, cut(string(c.Output)))
+		b.modelParameters = append(b.modelParameters, jsonObject(c.ModelParameters))
+		b.inputTokens = append(b.inputTokens, c.InputTokens)
+		b.outputTokens = append(b.outputTokens, c.OutputTokens)
+		b.totalTokens = append(b.totalTokens, c.TotalTokens)
+		b.usageSource = append(b.usageSource, c.UsageSource)
+		b.costUSD = append(b.costUSD, c.CostUSD)
+		b.metadata = append(b.metadata, jsonObject(c.Metadata))
+		b.tags = append(b.tags, tags)
+		b.source = append(b.source, c.Source)
+		b.batchID = append(b.batchID, c.BatchID)
+		b.truncated = append(b.truncated, truncated)
+		b.insertedAt = append(b.insertedAt, inserted)
+		b.version = append(b.version, version)
+	}
+	return b.columns()
+}
+
+// CallRow is the row the sink stores for c: the values of CallColumns, in
+// order (what a VALUES insert of the same call must contain).
+func CallRow(c *schema.Call, maxText int, now time.Time, version uint64) []any {
+	cols := callColumns([]schema.Call{*c}, maxText, now, version)
+	row := make([]any, len(cols))
+	for j, col := range cols {
+		row[j] = reflect.ValueOf(col).Index(0).Interface()
+	}
+	return row
+}
+
+// splitTime returns t in UTC truncated to the second, and its milliseconds.
+func splitTime(t time.Time) (time.Time, uint16) {
+	t = t.UTC()
+	return t.Truncate(time.Second), uint16(t.Nanosecond() / int(time.Millisecond))
+}
+
+// jsonObject renders a map as a JSON object with sorted keys ("" when empty).
+func jsonObject(m map[string]json.RawMessage) string {
+	if len(m) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	buf := []byte{'{'}
+	for i, k := range keys {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		kb, _ := json.Marshal(k)
+		buf = append(buf, kb...)
+		buf = append(buf, ':')
+		if v := m[k]; len(v) > 0 {
+			buf = append(buf, v...)
+		} else {
+			buf = append(buf, "null"...)
+		}
+	}
+	return string(append(buf, '}'))
+}

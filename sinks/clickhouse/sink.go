@@ -1,0 +1,405 @@
+package clickhouse
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// ConsumerName is the durable JetStream consumer of the ClickHouse sink.
+const ConsumerName = "callpipe-clickhouse"
+
+// Stage is the value of the Callpipe-Stage header on dead letters of this sink.
+const Stage = "clickhouse"
+
+// Streams, as named in transform/stream.go (mirrored here so the sink does
+// not depend on the transform stage's package).
+const (
+	NormalizedStream        = "CALLPIPE_NORMALIZED"
+	NormalizedSubjectPrefix = "callpipe.normalized"
+	DeadLetterStream        = "CALLPIPE_DLQ"
+	DeadLetterSubjectPrefix = "callpipe.dlq"
+)
+
+// Headers on dead letters (see DeadLetterStream).
+const (
+	HeaderError = "Callpipe-Error"
+	HeaderStage = "Callpipe-Stage"
+)
+
+// SinkConfig configures the JetStream side of the sink.
+type SinkConfig struct {
+	// Stream, Consumer and FilterSubject default to CALLPIPE_NORMALIZED,
+	// callpipe-clickhouse and callpipe.normalized.> (tests use their own).
+	Stream, Consumer, FilterSubject string
+
+	Batch BatchPolicy
+	// AckWait is how long JetStream waits for an ack before redelivering
+	// (default 2m). An insert taking longer than AckWait/2 is abandoned and
+	// its batch nak'ed.
+	AckWait time.Duration
+	// Backoff bounds the wait after a failed insert: it starts at Min and
+	// doubles up to Max (defaults 250ms and 30s).
+	BackoffMin, BackoffMax time.Duration
+	// ShutdownTimeout bounds the last flush on shutdown (default 30s).
+	ShutdownTimeout time.Duration
+	Log             *slog.Logger
+	Registerer      prometheus.Registerer // nil: metrics are not registered
+
+	// DropAcks is fault injection for tests: called after a successful
+	// insert, true makes the sink forget the batch without acking it, as a
+	// crash between insert and ack would (JetStream redelivers it after
+	// AckWait). Nil in production.
+	DropAcks func(calls int) bool
+}
+
+// Sink consumes schema.Call messages from CALLPIPE_NORMALIZED and writes them
+// through an Output, in the style of Prometheus' queue manager: one reader
+// fills a batch until it is Batch.Count calls or Batch.Period old, hands it to
+// a flusher (at most Output.MaxInFlight run at once) and goes on reading.
+//
+// Delivery: a message is acked only after the INSERT holding its call
+// succeeded. On an insert error the batch's messages are nak'ed with the
+// current backoff as delay (JetStream redelivers them; the consumer has no
+// delivery limit), the sink reports unhealthy and the flusher waits out the
+// backoff before taking the next batch, so an outage slows reading down
+// instead of spinning. A message that is not a valid call is published to
+// CALLPIPE_DLQ with the reason in Callpipe-Error and then terminated.
+// Redelivered or replayed calls are inserted again; reads deduplicate by id.
+type Sink struct {
+	js  jetstream.JetStream
+	nc  *nats.Conn
+	out *Output
+	cfg SinkConfig
+	log *slog.Logger
+	m   *sinkMetrics
+
+	lastErr atomic.Pointer[error]
+	backoff time.Duration
+	bmu     sync.Mutex
+}
+
+// NewSink returns a sink reading with nc and writing with out (connected).
+func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Stream == "" {
+		cfg.Stream = NormalizedStream
+	}
+	if cfg.Consumer == "" {
+		cfg.Consumer = ConsumerName
+	}
+	if cfg.FilterSubject == "" {
+		cfg.FilterSubject = NormalizedSubjectPrefix + ".>"
+	}
+	if cfg.Batch.Count <= 0 {
+		cfg.Batch.Count = 50000
+	}
+	if cfg.Batch.Period <= 0 {
+		cfg.Batch.Period = time.Second
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 2 * time.Minute
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = 250 * time.Millisecond
+	}
+	if cfg.BackoffMax < cfg.BackoffMin {
+		cfg.BackoffMax = max(30*time.Second, cfg.BackoffMin)
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newSinkMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Sink{js: js, nc: nc, out: out, cfg: cfg, log: log, m: m}, nil
+}
+
+// Healthy is nil unless the last insert failed.
+func (s *Sink) Healthy() error {
+	if p := s.lastErr.Load(); p != nil {
+		return fmt.Errorf("clickhouse sink: last insert failed: %w", *p)
+	}
+	return nil
+}
+
+// Consumer creates or updates the durable consumer.
+func (s *Sink) Consumer(ctx context.Context) (jetstream.Consumer, error) {
+	pull := s.pullBuffer()
+	return s.js.CreateOrUpdateConsumer(ctx, s.cfg.Stream, jetstream.ConsumerConfig{
+		Durable:       s.cfg.Consumer,
+		Description:   "callpipe ClickHouse sink",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: s.cfg.FilterSubject,
+		// every batch in flight, the one being filled and the client's buffer
+		MaxAckPending: s.cfg.Batch.Count*(s.out.cfg.MaxInFlight+1) + pull,
+	})
+}
+
+func (s *Sink) pullBuffer() int { return min(max(s.cfg.Batch.Count, 500), 10000) }
+
+type pending struct {
+	call schema.Call
+	msg  jetstream.Msg
+}
+
+// Run consumes until ctx ends, then flushes the batch being filled (and what
+// the client had buffered), acks it and returns after every flusher finished.
+func (s *Sink) Run(ctx context.Context) error {
+	cons, err := s.Consumer(ctx)
+	if err != nil {
+		return fmt.Errorf("clickhouse sink: consumer %s on %s: %w", s.cfg.Consumer, s.cfg.Stream, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.pullBuffer()))
+	if err != nil {
+		return fmt.Errorf("clickhouse sink: pull: %w", err)
+	}
+	msgs := make(chan jetstream.Msg, 1024)
+	go func() {
+		defer close(msgs)
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return
+				}
+				s.log.Warn("clickhouse sink: pull", "err", err)
+				continue
+			}
+			msgs <- m
+		}
+	}()
+
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, s.out.cfg.MaxInFlight)
+	flush := func(fctx context.Context, batch []pending) {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			s.write(fctx, batch)
+		}()
+	}
+
+	batch := make([]pending, 0, s.cfg.Batch.Count)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	stopping := false
+	for {
+		var tick <-chan time.Time
+		if len(batch) > 0 {
+			tick = timer.C
+		}
+		var done <-chan struct{}
+		if !stopping {
+			done = ctx.Done()
+		}
+		select {
+		case <-done:
+			stopping = true
+			it.Drain() // deliver what is buffered, then close msgs
+			continue
+		case m, ok := <-msgs:
+			if !ok {
+				timer.Stop()
+				if len(batch) > 0 {
+					fctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+					s.writeFinal(fctx, batch)
+					cancel()
+				}
+				wg.Wait()
+				if err := s.nc.FlushTimeout(5 * time.Second); err != nil {
+					s.log.Warn("clickhouse sink: flushing acks", "err", err)
+				}
+				return nil
+			}
+			call, err := decodeCall(m.Data())
+			if err != nil {
+				s.deadLetter(ctx, m, err)
+				continue
+			}
+			if len(batch) == 0 {
+				timer.Reset(s.cfg.Batch.Period)
+			}
+			batch = append(batch, pending{call: call, msg: m})
+			if len(batch) >= s.cfg.Batch.Count {
+				timer.Stop()
+				if stopping {
+					s.writeFinal(context.Background(), batch)
+				} else {
+					flush(ctx, batch)
+				}
+				batch = make([]pending, 0, s.cfg.Batch.Count)
+			}
+		case <-tick:
+			if stopping {
+				continue
+			}
+			flush(ctx, batch)
+			batch = make([]pending, 0, s.cfg.Batch.Count)
+		}
+	}
+}
+
+// writeFinal is the shutdown flush: one attempt, nak on failure.
+func (s *Sink) writeFinal(ctx context.Context, batch []pending) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.write(fctx, batch)
+}
+
+func (s *Sink) write(ctx context.Context, batch []pending) {
+	calls := make([]schema.Call, len(batch))
+	for i := range batch {
+		calls[i] = batch[i].call
+	}
+	start := time.Now()
+	// an insert that hangs (server stuck behind a lock, half-open connection)
+	// must not hold its in-flight slot for ever: give up before the ack wait
+	// ends and let the batch be redelivered
+	ictx, cancel := context.WithTimeout(ctx, s.cfg.AckWait/2)
+	err := s.out.WriteBatch(ictx, calls)
+	cancel()
+	s.m.batchSeconds.Observe(time.Since(start).Seconds())
+	if err == nil {
+		s.lastErr.Store(nil)
+		s.resetBackoff()
+		if s.cfg.DropAcks != nil && s.cfg.DropAcks(len(batch)) {
+			return
+		}
+		for _, p := range batch {
+			if aerr := p.msg.Ack(); aerr != nil {
+				s.log.Warn("clickhouse sink: ack (the call will be redelivered and deduplicated)", "id", p.call.ID, "err", aerr)
+			}
+		}
+		s.m.rows.Add(float64(len(batch)))
+		s.m.batches.WithLabelValues("ok").Inc()
+		return
+	}
+	s.lastErr.Store(&err)
+	s.m.batches.WithLabelValues("error").Inc()
+	wait := s.nextBackoff()
+	s.log.Error("clickhouse sink: insert failed; batch not acked, will be redelivered", "calls", len(batch), "retry_in", wait, "err", err)
+	for _, p := range batch {
+		_ = p.msg.NakWithDelay(wait)
+	}
+	if ctx.Err() == nil {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+}
+
+func (s *Sink) nextBackoff() time.Duration {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	if s.backoff == 0 {
+		s.backoff = s.cfg.BackoffMin
+	} else {
+		s.backoff = min(2*s.backoff, s.cfg.BackoffMax)
+	}
+	return s.backoff
+}
+
+func (s *Sink) resetBackoff() {
+	s.bmu.Lock()
+	s.backoff = 0
+	s.bmu.Unlock()
+}
+
+// decodeCall decodes a normalized call; an error makes the message poison.
+func decodeCall(data []byte) (schema.Call, error) {
+	var c schema.Call
+	if err := json.Unmarshal(data, &c); err != nil {
+		return c, fmt.Errorf("not a schema.Call: %w", err)
+	}
+	if c.ID == "" {
+		return c, errors.New("not a schema.Call: empty id")
+	}
+	if c.StartTime.IsZero() {
+		return c, errors.New("not a schema.Call: missing start_time")
+	}
+	if c.StartTime.Unix() < 0 || c.StartTime.Unix() >= 1<<32 {
+		return c, fmt.Errorf("start_time %s outside ClickHouse DateTime (1970..2106)", c.StartTime)
+	}
+	return c, nil
+}
+
+// deadLetter stores m in CALLPIPE_DLQ with the reason, then terminates it. If
+// the DLQ is unreachable the message is nak'ed and comes back later.
+func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason error) {
+	subj := DeadLetterSubjectPrefix + "." + Stage
+	dl := nats.NewMsg(subj)
+	dl.Data = m.Data()
+	dl.Header.Set(HeaderError, reason.Error())
+	dl.Header.Set(HeaderStage, Stage)
+	if md, err := m.Metadata(); err == nil {
+		dl.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-%s-%d", Stage, md.Stream, md.Sequence.Stream))
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := s.js.PublishMsg(pctx, dl); err != nil {
+		s.log.Error("clickhouse sink: dead letter publish failed; message nak'ed", "err", err, "reason", reason)
+		_ = m.NakWithDelay(s.cfg.BackoffMax)
+		return
+	}
+	s.m.deadLetters.Inc()
+	s.log.Warn("clickhouse sink: message dead-lettered", "reason", reason, "subject", m.Subject())
+	if err := m.Term(); err != nil {
+		s.log.Warn("clickhouse sink: term", "err", err)
+	}
+}
+
+type sinkMetrics struct {
+	rows         prometheus.Counter
+	batches      *prometheus.CounterVec
+	deadLetters  prometheus.Counter
+	batchSeconds prometheus.Histogram
+}
+
+func newSinkMetrics(reg prometheus.Registerer) (*sinkMetrics, error) {
+	m := &sinkMetrics{
+		rows: prometheus.NewCounter(prometheus.CounterOpts{Name: "callpipe_clickhouse_rows_written_total",
+			Help: "Calls inserted into ClickHouse (and acked)."}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callpipe_clickhouse_batches_total",
+			Help: "Batch inserts by result (ok, error)."}, []string{"result"}),
+		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: "callpipe_clickhouse_dead_letters_total",
+			Help: "Messages sent to CALLPIPE_DLQ by the ClickHouse sink."}),
+		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callpipe_clickhouse_batch_seconds",
+			Help: "Duration of one batch insert.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.rows, m.batches, m.deadLetters, m.batchSeconds} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

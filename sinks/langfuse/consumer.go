@@ -1,0 +1,312 @@
+package langfuse
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// Streams, subjects and headers shared with the transform stage
+// (transform/stream.go, transform/worker.go).
+const (
+	NormalizedStream     = "CALLPIPE_NORMALIZED"
+	NormalizedSubjects   = "callpipe.normalized.>"
+	DeadLetterStream     = "CALLPIPE_DLQ"
+	DeadLetterSubject    = "callpipe.dlq.langfuse"
+	DefaultConsumer      = "callpipe-langfuse"
+	HeaderError          = "Callpipe-Error"
+	HeaderStage          = "Callpipe-Stage"
+	HeaderSourceStream   = "Callpipe-Source-Stream"
+	HeaderSourceSubject  = "Callpipe-Source-Subject"
+	HeaderSourceSeq      = "Callpipe-Source-Seq"
+	HeaderDeliveries     = "Callpipe-Deliveries"
+	StageName            = "langfuse"
+	defaultAckWait       = 2 * time.Minute
+	defaultMaxAckPending = 20000
+)
+
+// BatchPolicy decides when the sink hands a batch to the output: at Count
+// calls or when Period has passed since it started waiting, whichever first.
+type BatchPolicy struct {
+	Count  int
+	Period time.Duration
+}
+
+// SinkConfig is the JetStream side of the sink.
+type SinkConfig struct {
+	Consumer      string // durable name (default callpipe-langfuse)
+	FilterSubject string // default callpipe.normalized.>
+	Batch         BatchPolicy
+	MaxInFlight   int           // batches written at once (default 2)
+	AckWait       time.Duration // default 2m; in-flight messages are kept alive with InProgress
+	MaxAckPending int
+	// RetryDelay is the redelivery delay of a call left pending (default 5s).
+	RetryDelay time.Duration
+	// DrainTimeout bounds how long Run keeps writing after ctx ends (default 20s).
+	DrainTimeout time.Duration
+	Log          *slog.Logger
+	Registerer   prometheus.Registerer
+}
+
+// Sink consumes CALLPIPE_NORMALIZED and writes every call through an Output:
+// accepted calls are acknowledged, rejected ones are published to
+// CALLPIPE_DLQ with the reason and then acknowledged, pending ones are
+// negatively acknowledged with a delay. Nothing is acknowledged before
+// Langfuse accepted it or the DLQ stored it.
+type Sink struct {
+	out  *Output
+	js   jetstream.JetStream
+	cons jetstream.Consumer
+	cfg  SinkConfig
+	log  *slog.Logger
+
+	accepted, rejected, pending prometheus.Counter
+}
+
+// NewSink creates (or updates) the durable consumer.
+func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
+	if cfg.Consumer == "" {
+		cfg.Consumer = DefaultConsumer
+	}
+	if cfg.FilterSubject == "" {
+		cfg.FilterSubject = NormalizedSubjects
+	}
+	if cfg.Batch.Count <= 0 {
+		cfg.Batch.Count = 500
+	}
+	if cfg.Batch.Period <= 0 {
+		cfg.Batch.Period = time.Second
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 2
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = defaultAckWait
+	}
+	if cfg.MaxAckPending <= 0 {
+		cfg.MaxAckPending = max(defaultMaxAckPending, 2*cfg.Batch.Count*cfg.MaxInFlight)
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = 5 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 20 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, NormalizedStream, jetstream.ConsumerConfig{
+		Durable:       cfg.Consumer,
+		Description:   "callpipe langfuse sink",
+		FilterSubject: cfg.FilterSubject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    -1, // never dropped: pending calls come back until Langfuse takes them
+		MaxAckPending: cfg.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Consumer, NormalizedStream, err)
+	}
+	s := &Sink{out: out, js: js, cons: cons, cfg: cfg, log: cfg.Log}
+	counter := func(result string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "callpipe_langfuse_calls_total", Help: "Calls handled by the Langfuse sink, by result.",
+			ConstLabels: prometheus.Labels{"result": result},
+		})
+	}
+	s.accepted, s.rejected, s.pending = counter("accepted"), counter("dead_lettered"), counter("retried")
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{s.accepted, s.rejected, s.pending} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if !errors.As(err, &are) {
+					return nil, err
+				}
+			}
+		}
+	}
+	return s, nil
+}
+
+// Health is the output's health (credentials refused → error).
+func (s *Sink) Health() error { return s.out.Health() }
+
+// Run consumes until ctx ends, then finishes the batches in flight
+// (acknowledging what Langfuse accepted) within DrainTimeout and returns.
+func (s *Sink) Run(ctx context.Context) error {
+	// Writes get their own context: SIGTERM stops fetching, not the batch in flight.
+	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer wcancel()
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(s.cfg.DrainTimeout, wcancel)
+		context.AfterFunc(wctx, func() { t.Stop() })
+	})
+	defer stop()
+
+	sem := make(chan struct{}, s.cfg.MaxInFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var pauseMu sync.Mutex
+	var pauseUntil time.Time
+
+	for ctx.Err() == nil {
+		pauseMu.Lock()
+		wait := time.Until(pauseUntil)
+		pauseMu.Unlock()
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		batch, err := s.cons.Fetch(s.cfg.Batch.Count, jetstream.FetchMaxWait(s.cfg.Batch.Period))
+		if err != nil {
+			<-sem
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("langfuse sink: fetch", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		if len(msgs) == 0 {
+			<-sem
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := s.handle(wctx, msgs); errors.Is(err, ErrUnauthorized) {
+				// Stop sending for a while: every request would be refused.
+				pauseMu.Lock()
+				pauseUntil = time.Now().Add(s.cfg.RetryDelay)
+				pauseMu.Unlock()
+			}
+		}()
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// handle writes one fetched batch and settles every message.
+func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
+	// Keep the messages from being redelivered while we retry.
+	keepAlive := time.NewTicker(max(s.cfg.AckWait/3, time.Second))
+	done := make(chan struct{})
+	defer func() { close(done); keepAlive.Stop() }()
+	go func() {
+		for {
+			select {
+			case <-keepAlive.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+
+	calls := make([]schema.Call, 0, len(msgs))
+	idx := make([]jetstream.Msg, 0, len(msgs))
+	for _, m := range msgs {
+		var c schema.Call
+		if err := json.Unmarshal(m.Data(), &c); err != nil || c.ID == "" {
+			reason := "not a normalized call: missing id"
+			if err != nil {
+				reason = "not a normalized call: " + err.Error()
+			}
+			s.deadLetter(ctx, m, reason)
+			continue
+		}
+		calls = append(calls, c)
+		idx = append(idx, m)
+	}
+	outcomes, err := s.out.WriteBatch(ctx, calls)
+	npending := 0
+	for i, o := range outcomes {
+		m := idx[i]
+		switch o.State {
+		case Accepted:
+			if aerr := m.Ack(); aerr != nil {
+				s.log.Warn("langfuse sink: ack", "call", calls[i].ID, "err", aerr)
+			}
+			s.accepted.Inc()
+		case Rejected:
+			s.deadLetter(ctx, m, o.Reason)
+		default:
+			npending++
+			s.pending.Inc()
+			_ = m.NakWithDelay(s.cfg.RetryDelay)
+		}
+	}
+	if err != nil {
+		s.log.Error("langfuse sink: calls left pending", "pending", npending, "batch", len(calls), "err", err)
+	}
+	return err
+}
+
+// deadLetter publishes m to CALLPIPE_DLQ with the reason and acks it; if
+// the DLQ does not take it, m is nak'ed and comes back.
+func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason string) {
+	dl := &nats.Msg{Subject: DeadLetterSubject, Data: m.Data(), Header: nats.Header{}}
+	dl.Header.Set(HeaderError, reason)
+	dl.Header.Set(HeaderStage, StageName)
+	dl.Header.Set(HeaderSourceStream, NormalizedStream)
+	dl.Header.Set(HeaderSourceSubject, m.Subject())
+	if md, err := m.Metadata(); err == nil {
+		seq := strconv.FormatUint(md.Sequence.Stream, 10)
+		dl.Header.Set(HeaderSourceSeq, seq)
+		dl.Header.Set(HeaderDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+		dl.Header.Set(jetstream.MsgIDHeader, "langfuse:"+NormalizedStream+":"+seq)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := s.js.PublishMsg(pctx, dl); err != nil {
+		s.log.Error("langfuse sink: dead-letter publish failed, will retry", "err", err)
+		_ = m.NakWithDelay(s.cfg.RetryDelay)
+		return
+	}
+	s.rejected.Inc()
+	s.log.Warn("langfuse sink: call dead-lettered", "subject", m.Subject(), "reason", reason)
+	if err := m.Ack(); err != nil {
+		s.log.Warn("langfuse sink: ack", "err", err)
+	}
+}

@@ -1,0 +1,353 @@
+// Package langfuse is callpipe's Langfuse sink: every normalized call
+// (schema.Call) becomes one trace and one generation in Langfuse, sent over
+// the batch ingestion API (Langfuse v3), idempotently (stable ids and
+// timestamps, so a resend merges instead of duplicating) and losslessly (a
+// call's JetStream message is acknowledged only after Langfuse accepted its
+// events, or after it went to the dead-letter stream with Langfuse's reason).
+package langfuse
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// Ingestion event types sent by the sink.
+const (
+	TypeTraceCreate      = "trace-create"
+	TypeGenerationCreate = "generation-create"
+)
+
+// TruncationMarker starts the note appended to an input or output cut to
+// the configured size.
+const TruncationMarker = "…[truncated by callpipe:"
+
+// Event is one ingestion API event envelope.
+type Event struct {
+	ID        string `json:"id"`
+	Type      string `json:"type"`
+	Timestamp string `json:"timestamp"`
+	Body      any    `json:"body"`
+}
+
+// TraceBody is the body of a trace-create event.
+type TraceBody struct {
+	ID          string          `json:"id"`
+	Timestamp   string          `json:"timestamp"`
+	Name        string          `json:"name,omitempty"`
+	UserID      string          `json:"userId,omitempty"`
+	SessionID   string          `json:"sessionId,omitempty"`
+	Input       json.RawMessage `json:"input,omitempty"`
+	Output      json.RawMessage `json:"output,omitempty"`
+	Metadata    json.RawMessage `json:"metadata,omitempty"`
+	Tags        []string        `json:"tags,omitempty"`
+	Environment string          `json:"environment,omitempty"`
+	Release     string          `json:"release,omitempty"`
+}
+
+// GenerationBody is the body of a generation-create event.
+type GenerationBody struct {
+	ID                  string             `json:"id"`
+	TraceID             string             `json:"traceId"`
+	Name                string             `json:"name,omitempty"`
+	StartTime           string             `json:"startTime"`
+	EndTime             string             `json:"endTime,omitempty"`
+	CompletionStartTime string             `json:"completionStartTime,omitempty"`
+	Model               string             `json:"model,omitempty"`
+	ModelParameters     json.RawMessage    `json:"modelParameters,omitempty"`
+	Input               json.RawMessage    `json:"input,omitempty"`
+	Output              json.RawMessage    `json:"output,omitempty"`
+	Metadata            json.RawMessage    `json:"metadata,omitempty"`
+	UsageDetails        map[string]int64   `json:"usageDetails,omitempty"`
+	CostDetails         map[string]float64 `json:"costDetails,omitempty"`
+	Level               string             `json:"level,omitempty"`
+	StatusMessage       string             `json:"statusMessage,omitempty"`
+	Environment         string             `json:"environment,omitempty"`
+}
+
+// MapOptions shape the events of a call.
+type MapOptions struct {
+	// Environment is sent on traces and generations ("" = Langfuse's "default").
+	Environment string
+	// Release is sent on traces ("" = none).
+	Release string
+	// MaxFieldBytes caps each input and output (0 = no cap). A larger value
+	// is replaced by a JSON string holding its first bytes and a marker.
+	MaxFieldBytes int
+}
+
+var envRe = regexp.MustCompile(`^[a-z0-9_-]{1,40}$`)
+
+// ValidEnvironment reports whether Langfuse stores env as it is (lower case
+// letters, digits, '-' and '_', at most 40 characters, no "langfuse" prefix).
+func ValidEnvironment(env string) bool {
+	return env == "" || (envRe.MatchString(env) && !strings.HasPrefix(env, "langfuse"))
+}
+
+// EnvelopeID is the stable envelope id of a call's event of type typ: a
+// UUID-shaped SHA-256 of both, so a resend overwrites the same stored event.
+func EnvelopeID(callID, typ string) string {
+	h := sha256.Sum256([]byte(typ + "\x00" + callID))
+	s := hex.EncodeToString(h[:16])
+	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]
+}
+
+// TraceID is the Langfuse trace id of a call: its trace_id, or its own id.
+func TraceID(c *schema.Call) string {
+	if c.TraceID != "" {
+		return c.TraceID
+	}
+	return c.ID
+}
+
+// Name is the trace and generation name of a call: "<kind> <model>".
+func Name(c *schema.Call) string {
+	kind := c.Kind
+	if kind == "" {
+		kind = schema.KindOther
+	}
+	if c.Model == "" {
+		return kind
+	}
+	return kind + " " + c.Model
+}
+
+func ts(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000000Z")
+}
+
+// Failed reports whether a call ended in an error.
+func Failed(c *schema.Call) bool { return c.Status >= 400 || c.Error != "" }
+
+// MapCall returns the trace-create and generation-create events of c. Their
+// envelope ids and timestamps depend only on c, so sending them again
+// leaves Langfuse's merged state unchanged.
+func MapCall(c *schema.Call, o MapOptions) (trace, gen Event) {
+	traceID := TraceID(c)
+	start := ts(c.StartTime)
+	name := Name(c)
+	input := field(c.Input, c.InputText, o.MaxFieldBytes)
+	output := field(c.Output, c.OutputText, o.MaxFieldBytes)
+	meta := metadata(c)
+
+	tb := &TraceBody{
+		ID: traceID, Timestamp: start, Name: name, UserID: c.UserID, SessionID: c.SessionID,
+		Input: input, Output: output, Metadata: meta, Tags: tags(c.Tags),
+		Environment: o.Environment, Release: o.Release,
+	}
+	gb := &GenerationBody{
+		ID: c.ID, TraceID: traceID, Name: name, StartTime: start, EndTime: ts(c.EndTime),
+		Model: c.Model, ModelParameters: modelParameters(c.ModelParameters),
+		Input: input, Output: output, Metadata: meta, UsageDetails: usage(c),
+		Environment: o.Environment,
+	}
+	if c.FirstTokenTime != nil {
+		gb.CompletionStartTime = ts(*c.FirstTokenTime)
+	}
+	if c.CostUSD != nil && *c.CostUSD >= 0 {
+		gb.CostDetails = map[string]float64{"total": *c.CostUSD}
+	}
+	if Failed(c) {
+		gb.Level = "ERROR"
+		gb.StatusMessage = c.Error
+		if gb.StatusMessage == "" {
+			gb.StatusMessage = "HTTP " + strconv.Itoa(c.Status)
+		}
+	}
+	trace = Event{ID: EnvelopeID(c.ID, TypeTraceCreate), Type: TypeTraceCreate, Timestamp: start, Body: tb}
+	gen = Event{ID: EnvelopeID(c.ID, TypeGenerationCreate), Type: TypeGenerationCreate, Timestamp: start, Body: gb}
+	return trace, gen
+}
+
+// usage is input/output/total, without negative counts (which Langfuse
+// rejects and Xinference reports as -1 when it has none).
+func usage(c *schema.Call) map[string]int64 {
+	u := map[string]int64{}
+	for k, v := range map[string]int64{"input": c.InputTokens, "output": c.OutputTokens, "total": c.TotalTokens} {
+		if v >= 0 {
+			u[k] = v
+		}
+	}
+	if len(u) == 0 {
+		return nil
+	}
+	return u
+}
+
+// metadata is the call's metadata object (the call's own keys first,
+// callpipe's keys overriding them), keys sorted, as compact JSON.
+func metadata(c *schema.Call) json.RawMessage {
+	// Values are appended to one scratch buffer. Slices taken from it stay
+	// valid even if an append moves it: the old array is never written again.
+	scratch := make([]byte, 0, 256+len(c.Error)+len(c.Instance)+len(c.Endpoint))
+	fs := make([]kv, 0, len(c.Metadata)+16)
+	str := func(k, v string) {
+		if v != "" {
+			from := len(scratch)
+			scratch = appendString(scratch, v)
+			fs = append(fs, kv{k, scratch[from:len(scratch):len(scratch)]})
+		}
+	}
+	num := func(k string, v int64) {
+		from := len(scratch)
+		scratch = strconv.AppendInt(scratch, v, 10)
+		fs = append(fs, kv{k, scratch[from:len(scratch):len(scratch)]})
+	}
+	str("instance", c.Instance)
+	str("endpoint", c.Endpoint)
+	str("kind", c.Kind)
+	num("status", int64(c.Status))
+	str("usage_source", c.UsageSource)
+	str("user_source", c.UserSource)
+	str("api_key_prefix", c.APIKeyPrefix)
+	str("finish_reason", c.FinishReason)
+	str("error", c.Error)
+	str("source", c.Source)
+	num("latency_ms", c.LatencyMS)
+	if c.TTFTMS != nil {
+		num("ttft_ms", *c.TTFTMS)
+	}
+	if c.Stream {
+		fs = append(fs, kv{"stream", []byte("true")})
+	}
+	ids := make([]byte, 0, 48+2*(len(c.ID)+len(c.BatchID)+len(c.TraceID)))
+	ids = appendString(append(ids, `{"call_id":`...), c.ID)
+	if c.BatchID != "" {
+		ids = appendString(append(ids, `,"batch_id":`...), c.BatchID)
+	}
+	ids = append(appendString(append(ids, `,"trace_id":`...), TraceID(c)), '}')
+	fs = append(fs, kv{"callpipe", ids})
+	own := len(fs)
+	for k, v := range c.Metadata {
+		if len(v) == 0 || !json.Valid(v) {
+			continue
+		}
+		dup := false
+		for _, f := range fs[:own] {
+			if f.k == k {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			fs = append(fs, kv{k, v})
+		}
+	}
+	return object(fs)
+}
+
+type kv struct {
+	k string
+	v []byte // JSON value
+}
+
+// object renders fields as a JSON object with sorted keys.
+func object(fs []kv) json.RawMessage {
+	slices.SortFunc(fs, func(a, b kv) int { return strings.Compare(a.k, b.k) })
+	n := 2
+	for _, f := range fs {
+		n += len(f.k) + len(f.v) + 4
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '{')
+	for i, f := range fs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, f.k)
+		b = append(b, ':')
+		b = append(b, f.v...)
+	}
+	return append(b, '}')
+}
+
+func tags(t []string) []string {
+	if len(t) == 0 {
+		return nil
+	}
+	out := append([]string(nil), t...)
+	sort.Strings(out)
+	return out
+}
+
+// modelParameters keeps the values Langfuse's OpenAPI MapValue allows
+// (string, number, bool, string list) and sends anything else as its JSON text.
+func modelParameters(p map[string]json.RawMessage) json.RawMessage {
+	if len(p) == 0 {
+		return nil
+	}
+	fs := make([]kv, 0, len(p))
+	for k, raw := range p {
+		raw = bytes.TrimSpace(raw)
+		if len(raw) == 0 {
+			continue
+		}
+		switch raw[0] {
+		case 'n': // null
+			continue
+		case '"', 't', 'f', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+			if json.Valid(raw) {
+				fs = append(fs, kv{k, raw})
+			}
+			continue
+		}
+		// Arrays of strings are kept; everything else (objects, other
+		// arrays) is sent as its JSON text: Langfuse's OpenAPI MapValue is
+		// string | integer | number | boolean | string[].
+		var l []string
+		if raw[0] == '[' && json.Unmarshal(raw, &l) == nil {
+			var buf bytes.Buffer
+			if json.Compact(&buf, raw) == nil {
+				fs = append(fs, kv{k, buf.Bytes()})
+				continue
+			}
+		}
+		var buf bytes.Buffer
+		if json.Compact(&buf, raw) != nil {
+			continue
+		}
+		fs = append(fs, kv{k, appendString(nil, buf.String())})
+	}
+	if len(fs) == 0 {
+		return nil
+	}
+	return object(fs)
+}
+
+// field is the structured value (or else the text, as a JSON string), cut
+// to max bytes with a visible marker.
+func field(structured json.RawMessage, text string, max int) json.RawMessage {
+	raw := structured
+	if len(raw) == 0 || string(raw) == "null" {
+		if text == "" {
+			return nil
+		}
+		b, _ := json.Marshal(text)
+		raw = b
+	}
+	if max <= 0 || len(raw) <= max {
+		return raw
+	}
+	keep := max
+	for keep > 0 && !utf8.RuneStart(raw[keep]) {
+		keep--
+	}
+	s := strings.ToValidUTF8(string(raw[:keep]), "") +
+		fmt.Sprintf(" %s %d of %d bytes kept]", TruncationMarker, keep, len(raw))
+	b, _ := json.Marshal(s)
+	return b
+}

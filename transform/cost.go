@@ -1,0 +1,58 @@
+package transform
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+)
+
+// Price is what a model costs per million tokens, in USD.
+type Price struct {
+	Pattern       string  // path.Match glob over the lower-cased model name
+	InputPerMTok  float64 // USD per 1,000,000 input tokens
+	OutputPerMTok float64 // USD per 1,000,000 output tokens
+}
+
+// PriceTable maps model names to prices; the first matching pattern wins.
+type PriceTable []Price
+
+// ParsePrices reads entries "PATTERN=INPUT/OUTPUT" (USD per million input and
+// output tokens), e.g. "qwen2.5-*=0.5/1.5" or "bge-*=0.02/0".
+func ParsePrices(entries []string) (PriceTable, error) {
+	var pt PriceTable
+	for _, e := range entries {
+		pat, prices, ok := strings.Cut(e, "=")
+		pat = strings.ToLower(strings.TrimSpace(pat))
+		in, out, ok2 := strings.Cut(prices, "/")
+		if !ok || !ok2 || pat == "" {
+			return nil, fmt.Errorf("price %q: want PATTERN=INPUT/OUTPUT (USD per 1M tokens)", e)
+		}
+		if _, err := path.Match(pat, ""); err != nil {
+			return nil, fmt.Errorf("price %q: bad pattern: %w", e, err)
+		}
+		pi, err1 := strconv.ParseFloat(strings.TrimSpace(in), 64)
+		po, err2 := strconv.ParseFloat(strings.TrimSpace(out), 64)
+		if err1 != nil || err2 != nil || pi < 0 || po < 0 || pi != pi || po != po {
+			return nil, fmt.Errorf("price %q: prices must be non-negative numbers", e)
+		}
+		pt = append(pt, Price{Pattern: pat, InputPerMTok: pi, OutputPerMTok: po})
+	}
+	return pt, nil
+}
+
+// Cost returns the cost of a call in USD, or nil when model has no price
+// (unknown models get no cost, not zero).
+func (pt PriceTable) Cost(model string, inputTokens, outputTokens int64) *float64 {
+	if len(pt) == 0 {
+		return nil
+	}
+	m := strings.ToLower(model)
+	for _, p := range pt {
+		if ok, _ := path.Match(p.Pattern, m); ok {
+			c := (float64(inputTokens)*p.InputPerMTok + float64(outputTokens)*p.OutputPerMTok) / 1e6
+			return &c
+		}
+	}
+	return nil
+}

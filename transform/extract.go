@@ -1,0 +1,769 @@
+package transform
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+
+	sjson "github.com/segmentio/encoding/json"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// maxPassthrough is the largest response kept as it is for kinds callpipe
+// does not model (other); larger ones are summarised by size.
+const maxPassthrough = 16 << 10
+
+type usageCounts struct{ in, out, total int64 } // -1: missing
+
+type extracted struct {
+	inputText, outputText string
+	extraOutput           string // counted as output tokens, not shown (reasoning)
+	inputMessages         int
+	input, output         json.RawMessage
+	params                map[string]json.RawMessage
+	finishReason          string
+	errText               string
+	usage                 usageCounts
+	hasOutputTokens       bool
+}
+
+// ---- request ----
+
+type toolCall struct {
+	Index    *int   `json:"index,omitempty"`
+	ID       string `json:"id,omitempty"`
+	Type     string `json:"type,omitempty"`
+	Function struct {
+		Name      string          `json:"name"`
+		Arguments json.RawMessage `json:"arguments"`
+	} `json:"function"`
+}
+
+type reqMessage struct {
+	Role       string          `json:"role"`
+	Content    json.RawMessage `json:"content"`
+	Name       string          `json:"name"`
+	ToolCalls  []toolCall      `json:"tool_calls"`
+	ToolCallID string          `json:"tool_call_id"`
+}
+
+type reqDoc struct {
+	Messages  []reqMessage      `json:"messages"`
+	System    json.RawMessage   `json:"system"`
+	Prompt    json.RawMessage   `json:"prompt"`
+	Input     json.RawMessage   `json:"input"`
+	Query     json.RawMessage   `json:"query"`
+	Documents []json.RawMessage `json:"documents"`
+
+	Temperature         json.RawMessage `json:"temperature"`
+	TopP                json.RawMessage `json:"top_p"`
+	TopK                json.RawMessage `json:"top_k"`
+	MinP                json.RawMessage `json:"min_p"`
+	MaxTokens           json.RawMessage `json:"max_tokens"`
+	MaxCompletionTokens json.RawMessage `json:"max_completion_tokens"`
+	N                   json.RawMessage `json:"n"`
+	Stop                json.RawMessage `json:"stop"`
+	Seed                json.RawMessage `json:"seed"`
+	PresencePenalty     json.RawMessage `json:"presence_penalty"`
+	FrequencyPenalty    json.RawMessage `json:"frequency_penalty"`
+	RepetitionPenalty   json.RawMessage `json:"repetition_penalty"`
+	Logprobs            json.RawMessage `json:"logprobs"`
+	TopLogprobs         json.RawMessage `json:"top_logprobs"`
+	ResponseFormat      json.RawMessage `json:"response_format"`
+	ToolChoice          json.RawMessage `json:"tool_choice"`
+	Stream              json.RawMessage `json:"stream"`
+	Dimensions          json.RawMessage `json:"dimensions"`
+	EncodingFormat      json.RawMessage `json:"encoding_format"`
+	Size                json.RawMessage `json:"size"`
+	Quality             json.RawMessage `json:"quality"`
+	Style               json.RawMessage `json:"style"`
+	Voice               json.RawMessage `json:"voice"`
+	Speed               json.RawMessage `json:"speed"`
+	TopN                json.RawMessage `json:"top_n"`
+	ReturnDocuments     json.RawMessage `json:"return_documents"`
+	Language            json.RawMessage `json:"language"`
+	Tools               []struct {
+		Name     string `json:"name"` // anthropic
+		Function struct {
+			Name string `json:"name"`
+		} `json:"function"`
+	} `json:"tools"`
+}
+
+func (r *reqDoc) modelParameters() map[string]json.RawMessage {
+	fields := [...]struct {
+		name string
+		v    json.RawMessage
+	}{
+		{"temperature", r.Temperature}, {"top_p", r.TopP}, {"top_k", r.TopK}, {"min_p", r.MinP},
+		{"max_tokens", r.MaxTokens}, {"max_completion_tokens", r.MaxCompletionTokens}, {"n", r.N},
+		{"stop", r.Stop}, {"seed", r.Seed}, {"presence_penalty", r.PresencePenalty},
+		{"frequency_penalty", r.FrequencyPenalty}, {"repetition_penalty", r.RepetitionPenalty},
+		{"logprobs", r.Logprobs}, {"top_logprobs", r.TopLogprobs}, {"response_format", r.ResponseFormat},
+		{"tool_choice", r.ToolChoice}, {"stream", r.Stream}, {"dimensions", r.Dimensions},
+		{"encoding_format", r.EncodingFormat}, {"size", r.Size}, {"quality", r.Quality}, {"style", r.Style},
+		{"voice", r.Voice}, {"speed", r.Speed}, {"top_n", r.TopN}, {"return_documents", r.ReturnDocuments},
+		{"language", r.Language},
+	}
+	var m map[string]json.RawMessage
+	for _, f := range fields {
+		if len(f.v) == 0 || isNull(f.v) {
+			continue
+		}
+		if m == nil {
+			m = make(map[string]json.RawMessage, 8)
+		}
+		m[f.name] = f.v
+	}
+	if len(r.Tools) > 0 {
+		names := make([]string, 0, len(r.Tools))
+		for _, t := range r.Tools {
+			n := t.Function.Name
+			if n == "" {
+				n = t.Name
+			}
+			names = append(names, n)
+		}
+		if m == nil {
+			m = map[string]json.RawMessage{}
+		}
+		m["tools"] = mustJSON(names)
+	}
+	return m
+}
+
+// ---- response ----
+
+type respMessage struct {
+	Role             string          `json:"role"`
+	Content          json.RawMessage `json:"content"`
+	ReasoningContent *string         `json:"reasoning_content"`
+	ToolCalls        []toolCall      `json:"tool_calls"`
+}
+
+type respChoice struct {
+	Index        int          `json:"index"`
+	Message      *respMessage `json:"message"`
+	Delta        *respMessage `json:"delta"`
+	Text         *string      `json:"text"`
+	FinishReason *string      `json:"finish_reason"`
+}
+
+type rawUsage struct {
+	PromptTokens     *float64 `json:"prompt_tokens"`
+	CompletionTokens *float64 `json:"completion_tokens"`
+	TotalTokens      *float64 `json:"total_tokens"`
+	InputTokens      *float64 `json:"input_tokens"`
+	OutputTokens     *float64 `json:"output_tokens"`
+}
+
+type respDoc struct {
+	Object  string       `json:"object"`
+	Choices []respChoice `json:"choices"`
+	Data    []struct {
+		Embedding json.RawMessage `json:"embedding"`
+		URL       string          `json:"url"`
+		B64JSON   json.RawMessage `json:"b64_json"`
+	} `json:"data"`
+	Results []struct {
+		Index          int             `json:"index"`
+		RelevanceScore float64         `json:"relevance_score"`
+		Document       json.RawMessage `json:"document"`
+	} `json:"results"`
+	Meta *struct {
+		Tokens *rawUsage `json:"tokens"`
+	} `json:"meta"`
+	Usage      *rawUsage       `json:"usage"`
+	Text       *string         `json:"text"`
+	Content    json.RawMessage `json:"content"` // anthropic
+	StopReason string          `json:"stop_reason"`
+	Error      json.RawMessage `json:"error"`
+	Detail     json.RawMessage `json:"detail"`
+	// summaries written by the proxy for bodies it did not keep
+	ContentType string `json:"content_type"`
+	Bytes       *int64 `json:"bytes"`
+}
+
+// extract reads the text, structure and parameters of a call from its
+// request and response bodies. Bodies it cannot parse are ignored.
+func extract(kind string, reqRaw, respRaw json.RawMessage) extracted {
+	x := extracted{usage: usageCounts{-1, -1, -1}, hasOutputTokens: kind == schema.KindChat || kind == schema.KindCompletion}
+	var req reqDoc
+	if len(reqRaw) > 0 && reqRaw[0] == '{' && unmarshal(reqRaw, &req) == nil {
+		x.params = req.modelParameters()
+		x.request(kind, &req)
+	}
+	if len(respRaw) == 0 {
+		return x
+	}
+	var resp respDoc
+	switch respRaw[0] {
+	case '{':
+		if unmarshal(respRaw, &resp) != nil {
+			return x
+		}
+	case '[': // a streamed response captured as its list of chunks
+		var chunks []respDoc
+		if unmarshal(respRaw, &chunks) != nil {
+			return x
+		}
+		resp = mergeChunks(chunks)
+	default:
+		return x
+	}
+	x.response(kind, &resp, respRaw)
+	return x
+}
+
+func (x *extracted) request(kind string, r *reqDoc) {
+	switch {
+	case len(r.Messages) > 0 || len(r.System) > 0:
+		var text strings.Builder
+		msgs := make([]outMessage, 0, len(r.Messages)+1)
+		if len(r.System) > 0 && !isNull(r.System) {
+			content, t := contentOf(r.System)
+			msgs = append(msgs, outMessage{Role: "system", Content: content})
+			text.WriteString(t)
+		}
+		for i := range r.Messages {
+			m := &r.Messages[i]
+			content, t := contentOf(m.Content)
+			om := outMessage{Role: m.Role, Content: content, Name: m.Name, ToolCallID: m.ToolCallID}
+			if text.Len() > 0 && t != "" {
+				text.WriteByte('\n')
+			}
+			text.WriteString(t)
+			for _, tc := range m.ToolCalls {
+				otc := outToolCallOf(tc)
+				om.ToolCalls = append(om.ToolCalls, otc)
+				if text.Len() > 0 {
+					text.WriteByte('\n')
+				}
+				text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
+			}
+			msgs = append(msgs, om)
+		}
+		x.inputText = text.String()
+		x.inputMessages = len(msgs)
+		x.input = mustJSON(msgs)
+	case kind == schema.KindRerank || (len(r.Query) > 0 && r.Documents != nil):
+		q := stringOf(r.Query)
+		docs := make([]string, 0, len(r.Documents))
+		for _, d := range r.Documents {
+			_, t := contentOf(d)
+			if t == "" {
+				t = stringOf(objectField(d, "text"))
+			}
+			docs = append(docs, t)
+		}
+		x.inputText = strings.Join(append([]string{q}, docs...), "\n")
+		x.input = mustJSON(struct {
+			Query     string   `json:"query"`
+			Documents []string `json:"documents"`
+		}{q, docs})
+	case len(r.Prompt) > 0 && !isNull(r.Prompt):
+		v, t := textsOf(r.Prompt)
+		x.inputText, x.input = t, v
+	case len(r.Input) > 0 && !isNull(r.Input):
+		v, t := textsOf(r.Input)
+		x.inputText, x.input = t, v
+	}
+}
+
+func (x *extracted) response(kind string, r *respDoc, raw json.RawMessage) {
+	x.usage = usageOf(r.Usage)
+	if x.usage.in < 0 && x.usage.out < 0 && r.Meta != nil {
+		x.usage = usageOf(r.Meta.Tokens) // rerank: meta.tokens
+	}
+	if len(r.Error) > 0 && !isNull(r.Error) {
+		x.errText = messageOf(r.Error)
+	} else if len(r.Detail) > 0 && !isNull(r.Detail) {
+		x.errText = messageOf(r.Detail)
+	}
+	switch {
+	case len(r.Choices) > 0:
+		x.choices(r.Choices)
+	case len(r.Content) > 0 && r.Content[0] == '[': // anthropic messages
+		content, text, calls := anthropicOutput(r.Content)
+		x.outputText = text
+		x.finishReason = r.StopReason
+		x.output = mustJSON(outMessage{Role: "assistant", Content: content, ToolCalls: calls})
+	case len(r.Results) > 0:
+		type result struct {
+			Index          int     `json:"index"`
+			RelevanceScore float64 `json:"relevance_score"`
+		}
+		out := make([]result, len(r.Results))
+		for i, res := range r.Results {
+			out[i] = result{res.Index, res.RelevanceScore}
+		}
+		x.output = mustJSON(out)
+	case len(r.Data) > 0 && (kind == schema.KindEmbedding || len(r.Data[0].Embedding) > 0):
+		dims := -1
+		if e := r.Data[0].Embedding; len(e) > 0 && e[0] == '[' {
+			dims = countElements(e)
+		}
+		s := map[string]any{"embeddings": len(r.Data)}
+		if dims >= 0 {
+			s["dimensions"] = dims
+		} else {
+			s["encoding"] = "base64"
+		}
+		x.output = mustJSON(s)
+	case len(r.Data) > 0:
+		urls, b64 := []string{}, 0
+		for _, d := range r.Data {
+			switch {
+			case len(d.B64JSON) > 0 && !isNull(d.B64JSON):
+				b64++
+			case strings.HasPrefix(d.URL, "data:"):
+				b64++
+			case d.URL != "":
+				urls = append(urls, d.URL)
+			}
+		}
+		s := map[string]any{"images": len(r.Data)}
+		if len(urls) > 0 {
+			s["urls"] = urls
+		}
+		if b64 > 0 {
+			s["inline"] = b64
+		}
+		if kind == schema.KindVideo {
+			s = map[string]any{"videos": len(r.Data), "urls": urls}
+		}
+		x.output = mustJSON(s)
+	case r.Text != nil:
+		x.outputText = *r.Text
+		x.output = mustJSON(map[string]string{"text": *r.Text})
+	case r.Bytes != nil: // the proxy's summary of a binary body (speech, video)
+		x.output = raw
+	case x.errText == "" && len(raw) <= maxPassthrough:
+		x.output = raw
+	case x.errText == "":
+		x.output = mustJSON(map[string]int{"bytes": len(raw)})
+	}
+}
+
+func (x *extracted) choices(choices []respChoice) {
+	var text strings.Builder
+	outs := make([]json.RawMessage, 0, len(choices))
+	for _, ch := range choices {
+		if ch.FinishReason != nil && x.finishReason == "" {
+			x.finishReason = *ch.FinishReason
+		}
+		if text.Len() > 0 {
+			text.WriteByte('\n')
+		}
+		if ch.Text != nil && ch.Message == nil { // completion
+			text.WriteString(*ch.Text)
+			outs = append(outs, mustJSON(*ch.Text))
+			continue
+		}
+		m := ch.Message
+		if m == nil {
+			m = ch.Delta
+		}
+		if m == nil {
+			continue
+		}
+		content, t := contentOf(m.Content)
+		text.WriteString(t)
+		role := m.Role
+		if role == "" {
+			role = "assistant"
+		}
+		om := outMessage{Role: role, Content: content}
+		if m.ReasoningContent != nil {
+			om.ReasoningContent = *m.ReasoningContent
+			x.extraOutput += *m.ReasoningContent
+		}
+		for _, tc := range m.ToolCalls {
+			otc := outToolCallOf(tc)
+			om.ToolCalls = append(om.ToolCalls, otc)
+			if text.Len() > 0 {
+				text.WriteByte('\n')
+			}
+			text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
+		}
+		outs = append(outs, mustJSON(om))
+	}
+	x.outputText = text.String()
+	switch len(outs) {
+	case 0:
+	case 1:
+		x.output = outs[0]
+	default:
+		x.output = mustJSON(outs)
+	}
+}
+
+// mergeChunks folds streamed chunks (chat.completion.chunk or completion
+// chunks) into one response: content concatenated per choice, tool calls
+// assembled by index, the last finish reason, usage and error kept.
+func mergeChunks(chunks []respDoc) respDoc {
+	var out respDoc
+	type acc struct {
+		role, content, reasoning strings.Builder
+		text                     *strings.Builder
+		finish                   *string
+		hasReasoning             bool
+		calls                    []toolCall
+		args                     []strings.Builder
+	}
+	byIndex := map[int]*acc{}
+	var order []int
+	for i := range chunks {
+		c := &chunks[i]
+		if c.Usage != nil {
+			out.Usage = c.Usage
+		}
+		if len(c.Error) > 0 && !isNull(c.Error) {
+			out.Error = c.Error
+		}
+		for _, ch := range c.Choices {
+			a := byIndex[ch.Index]
+			if a == nil {
+				a = &acc{}
+				byIndex[ch.Index] = a
+				order = append(order, ch.Index)
+			}
+			if ch.FinishReason != nil {
+				a.finish = ch.FinishReason
+			}
+			if ch.Text != nil {
+				if a.text == nil {
+					a.text = &strings.Builder{}
+				}
+				a.text.WriteString(*ch.Text)
+			}
+			d := ch.Delta
+			if d == nil {
+				d = ch.Message
+			}
+			if d == nil {
+				continue
+			}
+			if d.Role != "" && a.role.Len() == 0 {
+				a.role.WriteString(d.Role)
+			}
+			if len(d.Content) > 0 {
+				_, t := contentOf(d.Content)
+				a.content.WriteString(t)
+			}
+			if d.ReasoningContent != nil {
+				a.hasReasoning = true
+				a.reasoning.WriteString(*d.ReasoningContent)
+			}
+			for _, tc := range d.ToolCalls {
+				idx := len(a.calls)
+				if tc.Index != nil {
+					idx = *tc.Index
+				}
+				for len(a.calls) <= idx {
+					a.calls = append(a.calls, toolCall{})
+					a.args = append(a.args, strings.Builder{})
+				}
+				if tc.ID != "" {
+					a.calls[idx].ID = tc.ID
+				}
+				if tc.Type != "" {
+					a.calls[idx].Type = tc.Type
+				}
+				if tc.Function.Name != "" {
+					a.calls[idx].Function.Name = tc.Function.Name
+				}
+				a.args[idx].WriteString(stringOf(tc.Function.Arguments))
+			}
+		}
+	}
+	for _, i := range order {
+		a := byIndex[i]
+		ch := respChoice{Index: i, FinishReason: a.finish}
+		if a.text != nil && a.content.Len() == 0 && len(a.calls) == 0 {
+			s := a.text.String()
+			ch.Text = &s
+		} else {
+			m := &respMessage{Role: a.role.String(), Content: mustJSON(a.content.String())}
+			if a.hasReasoning {
+				s := a.reasoning.String()
+				m.ReasoningContent = &s
+			}
+			for j, tc := range a.calls {
+				tc.Index = nil
+				tc.Function.Arguments = mustJSON(a.args[j].String())
+				m.ToolCalls = append(m.ToolCalls, tc)
+			}
+			ch.Message = m
+		}
+		out.Choices = append(out.Choices, ch)
+	}
+	return out
+}
+
+// ---- shapes written to schema.Call.Input / Output ----
+
+type outFunction struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
+}
+
+type outToolCall struct {
+	ID       string      `json:"id,omitempty"`
+	Type     string      `json:"type"`
+	Function outFunction `json:"function"`
+}
+
+type outMessage struct {
+	Role             string        `json:"role"`
+	Content          any           `json:"content,omitempty"`
+	ReasoningContent string        `json:"reasoning_content,omitempty"`
+	Name             string        `json:"name,omitempty"`
+	ToolCalls        []outToolCall `json:"tool_calls,omitempty"`
+	ToolCallID       string        `json:"tool_call_id,omitempty"`
+}
+
+func outToolCallOf(tc toolCall) outToolCall {
+	t := tc.Type
+	if t == "" {
+		t = "function"
+	}
+	args := stringOf(tc.Function.Arguments)
+	if args == "" && len(tc.Function.Arguments) > 0 && tc.Function.Arguments[0] == '{' {
+		args = string(tc.Function.Arguments)
+	}
+	return outToolCall{ID: tc.ID, Type: t, Function: outFunction{Name: tc.Function.Name, Arguments: args}}
+}
+
+// contentOf returns a message content for display (string, or parts with
+// text kept and media summarised) and its text.
+func contentOf(raw json.RawMessage) (any, string) {
+	if len(raw) == 0 || isNull(raw) {
+		return nil, ""
+	}
+	switch raw[0] {
+	case '"':
+		s := stringOf(raw)
+		return s, s
+	case '[':
+		var parts []map[string]json.RawMessage
+		if json.Unmarshal(raw, &parts) != nil {
+			return nil, ""
+		}
+		out := make([]map[string]any, 0, len(parts))
+		var text strings.Builder
+		for _, p := range parts {
+			typ := stringOf(p["type"])
+			switch {
+			case typ == "text" || typ == "input_text" || typ == "output_text" || (typ == "" && p["text"] != nil):
+				t := stringOf(p["text"])
+				out = append(out, map[string]any{"type": "text", "text": t})
+				if text.Len() > 0 {
+					text.WriteByte('\n')
+				}
+				text.WriteString(t)
+			case typ == "tool_use": // anthropic
+				args := string(p["input"])
+				out = append(out, map[string]any{"type": typ, "name": stringOf(p["name"]), "input": json.RawMessage(args)})
+				if text.Len() > 0 {
+					text.WriteByte('\n')
+				}
+				text.WriteString(stringOf(p["name"]) + "(" + args + ")")
+			case typ == "tool_result": // anthropic
+				c, t := contentOf(p["content"])
+				out = append(out, map[string]any{"type": typ, "tool_use_id": stringOf(p["tool_use_id"]), "content": c})
+				if text.Len() > 0 && t != "" {
+					text.WriteByte('\n')
+				}
+				text.WriteString(t)
+			default:
+				out = append(out, mediaSummary(typ, p))
+			}
+		}
+		return out, text.String()
+	}
+	return nil, ""
+}
+
+// mediaSummary replaces an image, audio, video or file part with its type,
+// and its URL when it is a link (data: URLs and inline bytes give their size).
+func mediaSummary(typ string, p map[string]json.RawMessage) map[string]any {
+	s := map[string]any{"type": typ}
+	for _, k := range []string{"image_url", "video_url", "audio_url", "input_audio", "file", "source"} {
+		v, ok := p[k]
+		if !ok {
+			continue
+		}
+		url := stringOf(v)
+		if url == "" {
+			url = stringOf(objectField(v, "url"))
+		}
+		switch {
+		case url != "" && !strings.HasPrefix(url, "data:"):
+			s["url"] = url
+		default:
+			s["bytes"] = len(v)
+		}
+	}
+	return s
+}
+
+func anthropicOutput(raw json.RawMessage) (any, string, []outToolCall) {
+	var parts []map[string]json.RawMessage
+	if json.Unmarshal(raw, &parts) != nil {
+		return nil, "", nil
+	}
+	var text strings.Builder
+	var calls []outToolCall
+	for _, p := range parts {
+		switch stringOf(p["type"]) {
+		case "text":
+			text.WriteString(stringOf(p["text"]))
+		case "tool_use":
+			c := outToolCall{ID: stringOf(p["id"]), Type: "function", Function: outFunction{Name: stringOf(p["name"]), Arguments: string(p["input"])}}
+			calls = append(calls, c)
+		}
+	}
+	t := text.String()
+	out := t
+	for _, c := range calls {
+		if out != "" {
+			out += "\n"
+		}
+		out += c.Function.Name + "(" + c.Function.Arguments + ")"
+	}
+	return t, out, calls
+}
+
+// textsOf reads a prompt or input: a string, a list of strings, or token
+// ids (summarised by count).
+func textsOf(raw json.RawMessage) (json.RawMessage, string) {
+	switch raw[0] {
+	case '"':
+		s := stringOf(raw)
+		return mustJSON(s), s
+	case '[':
+		var ss []string
+		if json.Unmarshal(raw, &ss) == nil {
+			return mustJSON(ss), strings.Join(ss, "\n")
+		}
+		var parts []map[string]json.RawMessage // multimodal embedding input
+		if json.Unmarshal(raw, &parts) == nil {
+			content, t := contentOf(raw)
+			return mustJSON(content), t
+		}
+		return mustJSON(map[string]int{"token_ids": countElements(raw)}), ""
+	}
+	return nil, ""
+}
+
+func usageOf(u *rawUsage) usageCounts {
+	out := usageCounts{-1, -1, -1}
+	if u == nil {
+		return out
+	}
+	in, o := u.PromptTokens, u.CompletionTokens
+	if in == nil {
+		in = u.InputTokens
+	}
+	if o == nil {
+		o = u.OutputTokens
+	}
+	out.in, out.out, out.total = count(in), count(o), count(u.TotalTokens)
+	return out
+}
+
+// count is a valid token count, or -1 (missing, negative as Xinference's -1,
+// fractional or absurd).
+func count(f *float64) int64 {
+	if f == nil || *f < 0 || *f != float64(int64(*f)) || *f > 1<<53 {
+		return -1
+	}
+	return int64(*f)
+}
+
+func messageOf(raw json.RawMessage) string {
+	if raw[0] == '"' {
+		return stringOf(raw)
+	}
+	var obj struct {
+		Message json.RawMessage `json:"message"`
+		Detail  json.RawMessage `json:"detail"`
+	}
+	if raw[0] == '{' && json.Unmarshal(raw, &obj) == nil {
+		if s := stringOf(obj.Message); s != "" {
+			return s
+		}
+		if s := stringOf(obj.Detail); s != "" {
+			return s
+		}
+	}
+	var buf bytes.Buffer
+	if json.Compact(&buf, raw) == nil {
+		return buf.String()
+	}
+	return string(raw)
+}
+
+func stringOf(raw json.RawMessage) string {
+	if len(raw) == 0 || raw[0] != '"' {
+		return ""
+	}
+	// fast path: no escapes
+	if bytes.IndexByte(raw[1:len(raw)-1], '\\') < 0 {
+		return string(raw[1 : len(raw)-1])
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return ""
+	}
+	return s
+}
+
+func objectField(raw json.RawMessage, key string) json.RawMessage {
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	return m[key]
+}
+
+// countElements counts the elements of a flat JSON array of scalars.
+func countElements(raw json.RawMessage) int {
+	inner := bytes.TrimSpace(raw[1 : len(raw)-1])
+	if len(inner) == 0 {
+		return 0
+	}
+	return bytes.Count(inner, []byte{','}) + 1
+}
+
+func isNull(raw json.RawMessage) bool {
+	return len(raw) == 4 && string(raw) == "null"
+}
+
+// unmarshal decodes request and response bodies with segmentio's
+// encoding/json-compatible decoder, without copying strings and raw values:
+// they point into the event's own buffers, which live as long as the call.
+func unmarshal(data []byte, v any) error {
+	rest, err := sjson.Parse(data, v, sjson.ZeroCopy)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return errors.New("trailing data after JSON value")
+	}
+	return nil
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	return b
+}

@@ -1,0 +1,352 @@
+package transform
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/schema"
+)
+
+// Stage names, as written in the Callpipe-Stage header of dead letters.
+const StageNormalize = "normalize"
+
+// DefaultConsumer is the durable consumer on CALLPIPE_CALLS shared by every
+// normalize worker.
+const DefaultConsumer = "callpipe-normalize"
+
+// Headers of a dead letter.
+const (
+	HeaderError         = "Callpipe-Error"
+	HeaderStage         = "Callpipe-Stage"
+	HeaderSourceStream  = "Callpipe-Source-Stream"
+	HeaderSourceSubject = "Callpipe-Source-Subject"
+	HeaderSourceSeq     = "Callpipe-Source-Seq"
+	HeaderDeliveries    = "Callpipe-Deliveries"
+)
+
+// WorkerOptions configure a normalize Worker.
+type WorkerOptions struct {
+	Consumer      string        // durable name (DefaultConsumer)
+	FilterSubject string        // subjects consumed (callpipe.calls.>)
+	Concurrency   int           // pipelines per process (GOMAXPROCS)
+	Batch         int           // messages buffered per pull (500)
+	MaxInFlight   int           // records awaiting a JetStream ack per pipeline (1000)
+	AckWait       time.Duration // redelivery after this long without an ack (30s)
+	MaxDeliver    int           // deliveries before a call is dead-lettered (10)
+	MaxAckPending int           // consumer-wide unacknowledged messages (20000)
+	RetryDelay    time.Duration // first NakWithDelay after a transient failure, doubled per delivery (1s, capped at 1m)
+	Log           *slog.Logger
+	Metrics       *Metrics
+}
+
+func (o *WorkerOptions) defaults() {
+	if o.Consumer == "" {
+		o.Consumer = DefaultConsumer
+	}
+	if o.FilterSubject == "" {
+		o.FilterSubject = ingest.CallsSubjectPrefix + ".>"
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = runtime.GOMAXPROCS(0)
+	}
+	if o.Batch <= 0 {
+		o.Batch = 500
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 1000
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = 30 * time.Second
+	}
+	if o.MaxDeliver <= 0 {
+		o.MaxDeliver = 10
+	}
+	if o.MaxAckPending <= 0 {
+		o.MaxAckPending = 20000
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+}
+
+// Worker runs the normalize stage: it consumes CALLPIPE_CALLS through a
+// durable pull consumer shared by all replicas, publishes one schema.Call per
+// call to CALLPIPE_NORMALIZED (Nats-Msg-Id = call id) and acknowledges the raw
+// event only after JetStream acknowledged the record. Poison events go to
+// CALLPIPE_DLQ and are terminated.
+type Worker struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	n    *Normalizer
+	o    WorkerOptions
+	cons jetstream.Consumer
+}
+
+// NewWorker creates or updates the durable consumer. Streams must exist
+// (ingest.EnsureStreams, EnsureStreams).
+func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOptions) (*Worker, error) {
+	o.defaults()
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(o.MaxInFlight*o.Concurrency+o.Batch),
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, ingest.CallsStream, ConsumerConfig(o))
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", o.Consumer, ingest.CallsStream, err)
+	}
+	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons}, nil
+}
+
+// ConsumerConfig is the durable consumer of the normalize stage.
+func ConsumerConfig(o WorkerOptions) jetstream.ConsumerConfig {
+	o.defaults()
+	return jetstream.ConsumerConfig{
+		Durable:       o.Consumer,
+		Description:   "callpipe normalize stage (shared by all worker replicas)",
+		FilterSubject: o.FilterSubject,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       o.AckWait,
+		MaxDeliver:    o.MaxDeliver,
+		MaxAckPending: o.MaxAckPending,
+	}
+}
+
+// Run consumes until ctx ends, then stops fetching, finishes and acknowledges
+// what it holds, and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	adv, err := w.subscribeMaxDeliveries()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = adv.Unsubscribe() }()
+	var wg sync.WaitGroup
+	errs := make(chan error, w.o.Concurrency)
+	for range w.o.Concurrency {
+		wg.Go(func() {
+			if err := w.pipeline(ctx); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := w.nc.Flush(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		w.o.Log.Warn("flush acks", "err", err)
+	}
+	return <-errs
+}
+
+type pending struct {
+	msg    jetstream.Msg
+	fut    jetstream.PubAckFuture
+	pubErr error
+	dead   bool // a dead letter: Term after the DLQ ack
+}
+
+// pipeline reads messages, normalizes and publishes them asynchronously, and
+// hands the publish futures, in order, to an acknowledger.
+func (w *Worker) pipeline(ctx context.Context) error {
+	it, err := w.cons.Messages(jetstream.PullMaxMessages(w.o.Batch))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", w.o.Consumer, err)
+	}
+	stop := context.AfterFunc(ctx, it.Drain)
+	defer stop()
+	defer it.Stop()
+
+	q := make(chan pending, w.o.MaxInFlight)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for p := range q {
+			w.settle(p)
+		}
+	}()
+	defer func() { close(q); <-done }()
+
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			switch {
+			case ctx.Err() != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed):
+				return nil // drained
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed), errors.Is(err, jetstream.ErrConsumerDeleted),
+				errors.Is(err, jetstream.ErrConsumerNotFound):
+				return fmt.Errorf("consumer %s: %w", w.o.Consumer, err)
+			}
+			w.o.Log.Warn("fetch", "err", err)
+			continue
+		}
+		q <- w.handle(ctx, msg)
+	}
+}
+
+// handle normalizes one raw event and starts its publish.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) pending {
+	call, err := w.n.Normalize(ctx, msg.Data())
+	if err != nil {
+		var poison *PoisonError
+		if !errors.As(err, &poison) {
+			return pending{msg: msg, pubErr: err}
+		}
+		return w.deadLetter(msg, poison.Reason, 0)
+	}
+	body := schema.AppendCall(make([]byte, 0, 2*len(msg.Data())), call)
+	out := &nats.Msg{Subject: NormalizedSubjectPrefix + "." + call.Kind, Data: body, Header: nats.Header{}}
+	out.Header.Set(jetstream.MsgIDHeader, call.ID)
+	fut, err := w.js.PublishMsgAsync(out, jetstream.WithExpectStream(NormalizedStream))
+	return pending{msg: msg, fut: fut, pubErr: err}
+}
+
+// deadLetter starts the publish of msg to CALLPIPE_DLQ.
+func (w *Worker) deadLetter(msg jetstream.Msg, reason string, deliveries uint64) pending {
+	dl := deadLetterMsg(StageNormalize, reason, msg.Subject(), msg.Data(), metaSeq(msg), deliveries)
+	fut, err := w.js.PublishMsgAsync(dl, jetstream.WithExpectStream(DeadLetterStream))
+	return pending{msg: msg, fut: fut, pubErr: err, dead: true}
+}
+
+func metaSeq(msg jetstream.Msg) uint64 {
+	if md, err := msg.Metadata(); err == nil {
+		return md.Sequence.Stream
+	}
+	return 0
+}
+
+// deadLetterMsg builds a dead letter: the original bytes, the reason and
+// stage in headers, deduplicated per source sequence.
+func deadLetterMsg(stage, reason, subject string, data []byte, seq, deliveries uint64) *nats.Msg {
+	if len(reason) > 2048 {
+		reason = reason[:2048]
+	}
+	m := &nats.Msg{Subject: DeadLetterSubjectPrefix + "." + stage, Data: data, Header: nats.Header{}}
+	m.Header.Set(HeaderError, sanitizeHeader(reason))
+	m.Header.Set(HeaderStage, stage)
+	m.Header.Set(HeaderSourceStream, ingest.CallsStream)
+	m.Header.Set(HeaderSourceSubject, subject)
+	if seq > 0 {
+		m.Header.Set(HeaderSourceSeq, strconv.FormatUint(seq, 10))
+		m.Header.Set(jetstream.MsgIDHeader, stage+":"+strconv.FormatUint(seq, 10))
+	}
+	if deliveries > 0 {
+		m.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
+	}
+	return m
+}
+
+func sanitizeHeader(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\r' || c == '\n' {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
+// settle waits for p's publish and acknowledges (or terminates) the raw
+// message, or naks it with backoff when the publish failed. A slow ack sends
+// in-progress acks so the raw message is not redelivered meanwhile.
+func (w *Worker) settle(p pending) {
+	m := w.o.Metrics
+	err := p.pubErr
+	if err == nil {
+		tick := time.NewTicker(w.o.AckWait / 3)
+		defer tick.Stop()
+	wait:
+		for {
+			select {
+			case <-p.fut.Ok():
+				break wait
+			case err = <-p.fut.Err():
+				break wait
+			case <-tick.C:
+				_ = p.msg.InProgress()
+			}
+		}
+	}
+	if err != nil {
+		delay := w.o.RetryDelay
+		if md, mdErr := p.msg.Metadata(); mdErr == nil {
+			for i := uint64(1); i < md.NumDelivered && delay < time.Minute; i++ {
+				delay *= 2
+			}
+		}
+		delay = min(delay, time.Minute)
+		m.events.WithLabelValues("retry").Inc()
+		w.o.Log.Warn("publish failed; retrying later", "subject", p.msg.Subject(), "err", err, "delay", delay)
+		_ = p.msg.NakWithDelay(delay)
+		return
+	}
+	if p.dead {
+		m.events.WithLabelValues("dead_letter").Inc()
+		_ = p.msg.Term()
+		return
+	}
+	m.events.WithLabelValues("normalized").Inc()
+	_ = p.msg.Ack()
+}
+
+// maxDeliveriesAdvisory is the part of a JetStream max-deliveries advisory we use.
+type maxDeliveriesAdvisory struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// subscribeMaxDeliveries routes messages that exhausted MaxDeliver to the
+// DLQ. One replica of the queue group handles each advisory; the dead
+// letter's Nats-Msg-Id makes repeats harmless.
+func (w *Worker) subscribeMaxDeliveries() (*nats.Subscription, error) {
+	subj := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + ingest.CallsStream + "." + w.o.Consumer
+	sub, err := w.nc.QueueSubscribe(subj, w.o.Consumer+"-advisories", func(m *nats.Msg) {
+		var a maxDeliveriesAdvisory
+		if err := json.Unmarshal(m.Data, &a); err != nil || a.StreamSeq == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stream, err := w.js.Stream(ctx, ingest.CallsStream)
+		if err != nil {
+			w.o.Log.Warn("max deliveries: stream lookup", "err", err)
+			return
+		}
+		raw, err := stream.GetMsg(ctx, a.StreamSeq)
+		if err != nil {
+			w.o.Log.Warn("max deliveries: get message", "seq", a.StreamSeq, "err", err)
+			return
+		}
+		reason := fmt.Sprintf("max deliveries (%d) exceeded", a.Deliveries)
+		dl := deadLetterMsg(StageNormalize, reason, raw.Subject, raw.Data, a.StreamSeq, a.Deliveries)
+		if _, err := w.js.PublishMsg(ctx, dl, jetstream.WithExpectStream(DeadLetterStream)); err != nil {
+			w.o.Log.Error("max deliveries: dead letter", "seq", a.StreamSeq, "err", err)
+			return
+		}
+		w.o.Metrics.events.WithLabelValues("dead_letter").Inc()
+		w.o.Log.Warn("dead-lettered after max deliveries", "seq", a.StreamSeq, "deliveries", a.Deliveries)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subj, err)
+	}
+	return sub, nil
+}
