@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -24,7 +23,7 @@ func TestCollectBinaryGracefulShutdown(t *testing.T) {
 	addr := freeAddr(t)
 	cmd := exec.Command(callpipeBinary(t), "collect", "--listen", addr, "--log.format=text")
 	cmd.Env = append(os.Environ(), "CALLPIPE_NATS_URL="+harness.NATS(t))
-	var stderr bytes.Buffer
+	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

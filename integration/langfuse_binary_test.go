@@ -1,7 +1,7 @@
 package integration
 
 import (
-	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/sinks/langfuse"
 	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 type lfWorker struct {
 	cmd    *exec.Cmd
 	listen string
-	out    *bytes.Buffer
+	out    *syncBuffer
 	done   chan error
 }
 
@@ -40,7 +41,7 @@ func (e *lfEnv) startWorker(t *testing.T) *lfWorker {
 		"CALLPIPE_LANGFUSE_MIN_BACKOFF=20ms", "CALLPIPE_LANGFUSE_MAX_BACKOFF=200ms", "CALLPIPE_LANGFUSE_RETRY_DELAY=500ms",
 		"CALLPIPE_LOG_LEVEL=warn",
 	)
-	w := &lfWorker{cmd: cmd, listen: listen, out: &bytes.Buffer{}, done: make(chan error, 1)}
+	w := &lfWorker{cmd: cmd, listen: listen, out: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = w.out, w.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -77,6 +78,13 @@ func TestLangfuseWorkerBinary(t *testing.T) {
 	lfWait(t, 30*time.Second, "503 on /healthz while refused", func() bool {
 		st, body := w.health()
 		return st == http.StatusServiceUnavailable && strings.Contains(body, "langfuse")
+	})
+	// The stage may report 503 before it has created its consumer.
+	lfWait(t, 30*time.Second, "consumer created", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := e.js.Consumer(ctx, langfuse.NormalizedStream, e.consumer)
+		return err == nil
 	})
 	if u, _ := e.consumerState(); u != n {
 		t.Fatalf("%d unsettled during 401, want %d", u, n)

@@ -79,7 +79,7 @@ func TestProxyBinaryCapturesAndSpoolsThroughNATSOutage(t *testing.T) {
 	cmd := exec.Command(callpipeBinary(t), "proxy", "--listen", addr, "--upstream", up.URL, "--log.format=text",
 		"--proxy.spool_dir", filepath.Join(t.TempDir(), "spool"))
 	cmd.Env = append(os.Environ(), "CALLPIPE_NATS_URL="+harness.NATS(t))
-	var stderr bytes.Buffer
+	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -125,13 +124,13 @@ func (e *trEnv) acked() uint64 {
 type trWorker struct {
 	cmd    *exec.Cmd
 	listen string
-	out    *bytes.Buffer
+	out    *syncBuffer
 	done   chan error
 }
 
 func (e *trEnv) startWorker(extraEnv ...string) *trWorker {
 	e.t.Helper()
-	w := &trWorker{listen: freeAddr(e.t), out: &bytes.Buffer{}, done: make(chan error, 1)}
+	w := &trWorker{listen: freeAddr(e.t), out: &syncBuffer{}, done: make(chan error, 1)}
 	w.cmd = exec.Command(callpipeBinary(e.t), "worker", "--stages", "normalize")
 	w.cmd.Env = append(os.Environ(),
 		"CALLPIPE_NATS_URL="+e.natsURL,
@@ -145,8 +144,7 @@ func (e *trEnv) startWorker(extraEnv ...string) *trWorker {
 		"CALLPIPE_LOG_LEVEL=warn",
 	)
 	w.cmd.Env = append(w.cmd.Env, extraEnv...)
-	w.cmd.Stdout, w.cmd.Stderr = io.Discard, &syncWriter{b: w.out}
-	// w.out is read only after the process ended or under syncWriter's lock
+	w.cmd.Stdout, w.cmd.Stderr = io.Discard, w.out
 	if err := w.cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
@@ -208,17 +206,6 @@ func (w *trWorker) stop(t testing.TB) {
 	case <-time.After(60 * time.Second):
 		t.Errorf("worker did not stop within 60s of SIGTERM\n%s", w.out)
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
 }
 
 // trChatEvent is a ~1 KB chat call event.
