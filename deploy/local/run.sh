@@ -38,7 +38,12 @@ if [ -n "${CALLPIPE_PROXY_UPSTREAM:-}" ]; then
   bin/callpipe proxy --listen "$proxy_addr" --proxy.spool_dir .state/run/spool 2>.state/run/proxy.log &
   pids+=($!)
 fi
-stages=$(bin/callpipe worker --help 2>/dev/null | sed -n 's/.*Run pipeline stages (\(.*\)) as.*/\1/p' | tr -d ' ')
+stages=normalize,clickhouse
+if [ -n "${CALLPIPE_LANGFUSE_HOST:-${LANGFUSE_HOST:-${LANGFUSE_BASE_URL:-}}}" ]; then
+  stages+=,langfuse
+else
+  echo "langfuse: no LANGFUSE_HOST (or CALLPIPE_LANGFUSE_HOST) set — the langfuse stage is skipped"
+fi
 if [ -n "$stages" ]; then
   bin/callpipe worker --stages "$stages" --listen "$worker_addr" 2>.state/run/worker.log &
   pids+=($!)
@@ -52,6 +57,18 @@ for i in 1 2 3; do
   sample+="{\"id\":\"sample-$(date +%s%N)-$i\",\"start_time\":\"$now\",\"end_time\":\"$now\",\"endpoint\":\"/v1/chat/completions\",\"model\":\"qwen2.5-instruct\",\"user\":\"demo\",\"request\":{\"messages\":[{\"role\":\"user\",\"content\":\"hello $i\"}]},\"response\":{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"hi\"}}]},\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}"$'\n'
 done
 echo "sample events → collector: $(curl -sS -H 'Content-Type: application/x-ndjson' --data-binary "$sample" "http://$collect_addr/v1/events")"
+
+ch_host=${CALLPIPE_CLICKHOUSE_ADDR%:*} ch_port=${CALLPIPE_CLICKHOUSE_ADDR##*:}
+for _ in $(seq 30); do
+  rows=$(clickhouse-client --host "$ch_host" --port "$ch_port" -q "SELECT count() FROM callpipe.calls FINAL WHERE id LIKE 'sample-%'" 2>/dev/null || echo 0)
+  [ "${rows:-0}" -gt 0 ] && break
+  sleep 0.5
+done
+if [ "${rows:-0}" -gt 0 ]; then
+  echo "ClickHouse callpipe.calls holds the ${rows} sample calls: collector → normalize → clickhouse works end to end"
+else
+  echo "ClickHouse callpipe.calls does not show the sample calls yet (a backlog in CALLPIPE_CALLS?); see .state/run/worker.log"
+fi
 
 cat <<TXT
 
