@@ -16,6 +16,8 @@
 # Environment:
 #   CALLPIPE_STATE_DIR          state folder (default: $REPO/.state/services)
 #   CALLPIPE_SERVICES_TIMEOUT   seconds to wait for a service to become healthy (default 60)
+#   CALLPIPE_SERVICES_PORT_OFFSET  added to every port (default 0: NATS 14222, ClickHouse 19000/18123,
+#                               MinIO 19100/19101, Redis 16379)
 #
 # Everything (data, config, logs, pid files, generated MinIO credentials, env file) lives in the
 # state folder. The commands are idempotent: `up` on running, healthy services reuses them.
@@ -29,13 +31,17 @@ TIMEOUT=${CALLPIPE_SERVICES_TIMEOUT:-60}
 STOP_TIMEOUT=30
 
 HOST=127.0.0.1
-NATS_PORT=14222
-NATS_MONITOR_PORT=18222
-CH_TCP_PORT=19000
-CH_HTTP_PORT=18123
-MINIO_PORT=19100
-MINIO_CONSOLE_PORT=19101
-REDIS_PORT=16379
+# CALLPIPE_SERVICES_PORT_OFFSET shifts every port, so that several independent stacks (each with
+# its own CALLPIPE_STATE_DIR) can run side by side, e.g. for outage tests that stop a service.
+PORT_OFFSET=${CALLPIPE_SERVICES_PORT_OFFSET:-0}
+[[ $PORT_OFFSET =~ ^[0-9]+$ ]] || { echo "CALLPIPE_SERVICES_PORT_OFFSET must be a number, got '$PORT_OFFSET'" >&2; exit 2; }
+NATS_PORT=$((14222 + PORT_OFFSET))
+NATS_MONITOR_PORT=$((18222 + PORT_OFFSET))
+CH_TCP_PORT=$((19000 + PORT_OFFSET))
+CH_HTTP_PORT=$((18123 + PORT_OFFSET))
+MINIO_PORT=$((19100 + PORT_OFFSET))
+MINIO_CONSOLE_PORT=$((19101 + PORT_OFFSET))
+REDIS_PORT=$((16379 + PORT_OFFSET))
 
 NATS_MODULE=github.com/nats-io/nats-server/v2
 NATS_VERSION=v2.15.2
@@ -238,6 +244,7 @@ write_env() {
 			echo "export CALLPIPE_SERVICES_MANAGED=1"
 			printf 'export CALLPIPE_STATE_DIR=%q\n' "$STATE"
 			printf 'export CALLPIPE_SERVICES_SCRIPT=%q\n' "$SCRIPT_DIR/services.sh"
+			echo "export CALLPIPE_SERVICES_PORT_OFFSET=$PORT_OFFSET"
 			echo "export CALLPIPE_NATS_URL=nats://$HOST:$NATS_PORT"
 			echo "export CALLPIPE_CLICKHOUSE_ADDR=$HOST:$CH_TCP_PORT"
 			echo "export CALLPIPE_CLICKHOUSE_HTTP_ADDR=$HOST:$CH_HTTP_PORT"
