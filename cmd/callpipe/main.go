@@ -70,11 +70,20 @@ func newRootCommand() *cobra.Command {
 		newProxyCommand(a),
 		newUsersCommand(a), newDLQCommand(a),
 	)
+	for _, newCommand := range commands {
+		root.AddCommand(newCommand(a))
+	}
 	if len(stages) > 0 {
 		root.AddCommand(newWorkerCommand(a))
 	}
 	return root
 }
+
+// commands holds the subcommands that register themselves from their own
+// files (replay.go, export.go, serve.go, ...), so adding a role touches one file.
+var commands []func(*app) *cobra.Command
+
+func registerCommand(newCommand func(*app) *cobra.Command) { commands = append(commands, newCommand) }
 
 // load reads the effective configuration; aliases map a command's own flags
 // (e.g. --listen) to the key they set.

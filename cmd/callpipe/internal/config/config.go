@@ -26,6 +26,9 @@ type Config struct {
 	S3         S3         `yaml:"s3"`
 	Langfuse   Langfuse   `yaml:"langfuse"`
 	ClickHouse ClickHouse `yaml:"clickhouse"`
+	Archive    Archive    `yaml:"archive"`
+	Export     Export     `yaml:"export"`
+	Serve      Serve      `yaml:"serve"`
 }
 
 type Log struct {
@@ -186,6 +189,9 @@ func Default() Config {
 			MinBackoff: Duration(500 * time.Millisecond), MaxBackoff: Duration(30 * time.Second), RequestTimeout: Duration(30 * time.Second),
 			RetryDelay: Duration(5 * time.Second), AckWait: Duration(2 * time.Minute)},
 		ClickHouse: ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default", BatchSize: 50000, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10, AckWait: Duration(2 * time.Minute)},
+		Archive:    defaultArchive(),
+		Export:     defaultExport(),
+		Serve:      defaultServe(),
 	}
 }
 
@@ -279,12 +285,23 @@ func (c *Config) Validate() error {
 		check(c.ClickHouse.MaxTextBytes >= 0, "clickhouse.max_text_bytes", c.ClickHouse.MaxTextBytes, "must not be negative"),
 		check(c.ClickHouse.AckWait >= Duration(10*time.Second) && c.ClickHouse.AckWait > c.ClickHouse.FlushInterval, "clickhouse.ack_wait", c.ClickHouse.AckWait, "must be at least 10s and more than clickhouse.flush_interval"),
 	}
+	errs = append(errs, c.validateArchive()...)
+	errs = append(errs, c.validateExport()...)
+	errs = append(errs, c.validateServe()...)
 	for _, err := range errs {
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// checkKey is an *Error for key unless ok; the per-section validators use it.
+func checkKey(ok bool, key string, value any, allowed string) error {
+	if ok {
+		return nil
+	}
+	return &Error{Key: key, Value: fmt.Sprint(value), Allowed: allowed}
 }
 
 func oneOf(v string, allowed ...string) bool {

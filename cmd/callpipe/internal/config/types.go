@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -118,3 +119,10 @@ func (t TLS) Build() (*tls.Config, error) {
 	}
 	return cfg, nil
 }
+
+func validHostPort(v string) bool {
+	_, port, err := net.SplitHostPort(v)
+	return err == nil && port != ""
+}
+
+func replaceDash(s string) string { return strings.ReplaceAll(s, "-", "_") }
