@@ -29,7 +29,7 @@ func TestCollectBinaryGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	waitHealthy(t, "http://"+addr+"/healthz")
+	waitHealthy(t, "http://"+addr+"/readyz")
 
 	var (
 		mu       sync.Mutex

@@ -57,7 +57,7 @@ func (e *lfEnv) startWorker(t *testing.T) *lfWorker {
 }
 
 func (w *lfWorker) health() (int, string) {
-	resp, err := http.Get("http://" + w.listen + "/healthz")
+	resp, err := http.Get("http://" + w.listen + "/readyz")
 	if err != nil {
 		return 0, err.Error()
 	}
@@ -66,7 +66,7 @@ func (w *lfWorker) health() (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// TestLangfuseWorkerBinary runs `callpipe worker --stages langfuse`: /healthz
+// TestLangfuseWorkerBinary runs `callpipe worker --stages langfuse`: /readyz
 // turns 503 while Langfuse refuses the keys and 200 after; SIGTERM stops it
 // with status 0 and every acknowledged call stored; a restart delivers the rest.
 func TestLangfuseWorkerBinary(t *testing.T) {
@@ -75,7 +75,7 @@ func TestLangfuseWorkerBinary(t *testing.T) {
 	calls := lfCalls(e.run, n)
 	e.publish(calls, "")
 	w := e.startWorker(t)
-	lfWait(t, 30*time.Second, "503 on /healthz while refused", func() bool {
+	lfWait(t, 30*time.Second, "503 on /readyz while refused", func() bool {
 		st, body := w.health()
 		return st == http.StatusServiceUnavailable && strings.Contains(body, "langfuse")
 	})
@@ -93,7 +93,7 @@ func TestLangfuseWorkerBinary(t *testing.T) {
 	e.srv.SetFailureRate(0.5, langfusetest.Fault{Status: 503})
 	lfWait(t, 30*time.Second, "some accepted", func() bool { return len(e.srv.Observations()) > 300 })
 	if st, body := w.health(); st != http.StatusOK {
-		t.Fatalf("healthz %d %s after the keys were fixed", st, body)
+		t.Fatalf("readyz %d %s after the keys were fixed", st, body)
 	}
 	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

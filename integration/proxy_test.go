@@ -85,7 +85,7 @@ func TestProxyBinaryCapturesAndSpoolsThroughNATSOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	waitHealthy(t, "http://"+addr+"/healthz")
+	waitHealthy(t, "http://"+addr+"/readyz")
 	base := "http://" + addr
 
 	direct := func(stream bool) []byte {

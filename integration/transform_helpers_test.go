@@ -157,7 +157,7 @@ func (e *trEnv) startWorker(extraEnv ...string) *trWorker {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get("http://" + w.listen + "/healthz")
+		resp, err := http.Get("http://" + w.listen + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

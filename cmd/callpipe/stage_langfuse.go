@@ -44,7 +44,7 @@ func runLangfuseStage(ctx context.Context, env *workerEnv, log *slog.Logger) err
 		MaxRetries: retries, MinBackoff: time.Duration(l.MinBackoff), MaxBackoff: time.Duration(l.MaxBackoff),
 		Timeout: time.Duration(l.RequestTimeout),
 	})
-	// /healthz reports the stage unready until Langfuse is reached, and
+	// /readyz reports the stage unready until Langfuse is reached, and
 	// unhealthy while it refuses the keys.
 	var ready atomic.Pointer[langfuse.Sink]
 	var lastErr atomic.Pointer[error]

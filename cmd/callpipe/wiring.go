@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -30,6 +32,37 @@ func connectNATS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn,
 	})
 }
 
+// newS3 is the S3 (MinIO or AWS) client of the s3 section. maxRetries bounds
+// minio-go's own retries of a request (0: its default of 10), so that a caller
+// that must answer quickly (doctor) can give up early.
+func newS3(cfg *config.Config, maxRetries int) (*minio.Client, error) {
+	s := cfg.S3
+	tlsCfg, err := s.TLS.Build()
+	if err != nil {
+		return nil, fmt.Errorf("%w: s3.tls: %w", errConfig, err)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if tlsCfg != nil {
+		tr.TLSClientConfig = tlsCfg
+	}
+	lookup := minio.BucketLookupAuto
+	if s.PathStyle {
+		lookup = minio.BucketLookupPath
+	}
+	client, err := minio.New(s.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
+		Secure:       s.UseSSL || s.TLS.Enabled,
+		Region:       s.Region,
+		BucketLookup: lookup,
+		Transport:    tr,
+		MaxRetries:   maxRetries,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: s3.endpoint %q: %w", errConfig, s.Endpoint, err)
+	}
+	return client, nil
+}
+
 func streamOptions(cfg *config.Config) ingest.StreamOptions {
 	return ingest.StreamOptions{
 		MaxAge:          time.Duration(cfg.NATS.Stream.MaxAge),
@@ -46,17 +79,24 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// opsMux serves /healthz (200 when healthy() is nil, else 503 with the reason) and /metrics.
-func opsMux(reg *prometheus.Registry, healthy func() error) *http.ServeMux {
+// opsMux serves /healthz (liveness: 200 while the process serves), /readyz
+// (200 when ready() is nil, else 503 with the reason: a dependency is
+// unreachable) and /metrics. Liveness ignores dependencies so that an
+// orchestrator does not restart every replica when NATS is down.
+func opsMux(reg *prometheus.Registry, ready func() error) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := healthy(); err != nil {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := ready(); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "unhealthy:", err)
+			fmt.Fprintln(w, "not ready:", err)
 			return
 		}
-		fmt.Fprintln(w, "ok")
+		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return mux

@@ -28,7 +28,7 @@ type workerEnv struct {
 	health []func() error
 }
 
-// addHealth adds a readiness check to /healthz.
+// addHealth adds a readiness check to /readyz.
 func (e *workerEnv) addHealth(check func() error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -115,6 +115,6 @@ func newWorkerCommand(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&stageList, "stages", "", "comma-separated stages to run in this process")
-	cmd.Flags().String("listen", "", "host:port for /healthz and /metrics (worker.listen)")
+	cmd.Flags().String("listen", "", "host:port for /healthz, /readyz and /metrics (worker.listen)")
 	return cmd
 }

@@ -404,3 +404,57 @@ func runServices(t testing.TB, script string, args ...string) error {
 	}
 	return nil
 }
+
+// FreshNATS returns the URL of a NATS server with an empty JetStream, for
+// tests whose subject of study reads the fixed streams from the beginning
+// (a demo or bench run), where the shared server's history would leak in. It
+// runs the nats-server binary that deploy/local/services.sh installs on a
+// free port with a temporary store, else a fresh container.
+func FreshNATS(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		if gopath, gerr := exec.Command("go", "env", "GOPATH").Output(); gerr == nil {
+			cand := filepath.Join(strings.TrimSpace(string(gopath)), "bin", "nats-server")
+			if _, serr := os.Stat(cand); serr == nil {
+				bin, err = cand, nil
+			}
+		}
+	}
+	if err != nil {
+		requireDocker(t, "nats-server binary")
+		c := startContainer(t, testcontainers.ContainerRequest{
+			Image: ImageNATS, Cmd: []string{"-js"}, ExposedPorts: []string{"4222/tcp"},
+			WaitingFor: wait.ForLog("Server is ready").WithStartupTimeout(2 * time.Minute),
+		})
+		return "nats://" + hostPort(t, c, "4222/tcp")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("harness: free port: %v", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "-js", "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-sd", t.TempDir())
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("harness: start %s: %v", bin, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return "nats://" + addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("harness: nats-server on %s not up after 20s:\n%s", addr, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
