@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,11 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -66,7 +63,8 @@ func newDemoCommand(a *app) *cobra.Command {
 			if o.calls <= 0 {
 				return fmt.Errorf("%w: --calls must be positive", errUsage)
 			}
-			d := &demo{a: a, cfg: cfg, log: log, o: o, out: cmd.OutOrStdout()}
+			out := cmd.OutOrStdout()
+			d := &demo{cfg: cfg, log: log, o: o, out: out, fleet: &fleet{dir: o.dir, configFile: a.configFile, out: out}}
 			return d.run(cmd.Context())
 		},
 	}
@@ -85,19 +83,11 @@ func newDemoCommand(a *app) *cobra.Command {
 }
 
 type demo struct {
-	a        *app
-	cfg      *config.Config
-	log      *slog.Logger
-	o        demoOptions
-	out      io.Writer
-	children []*demoChild
-}
-
-type demoChild struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan error
+	cfg   *config.Config
+	log   *slog.Logger
+	o     demoOptions
+	out   io.Writer
+	fleet *fleet
 }
 
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format+"\n", args...) }
@@ -107,12 +97,13 @@ func (d *demo) run(ctx context.Context) (err error) {
 		return fmt.Errorf("demo dir: %w", err)
 	}
 	defer func() {
-		if stopErr := d.stopAll(); stopErr != nil && err == nil {
+		// Entry points first, so that what they accepted drains through the workers.
+		if _, stopErr := d.fleet.stop("proxy", "collect", "worker", "serve"); stopErr != nil && err == nil {
 			err = stopErr
 		}
 	}()
 
-	if err := d.runOnce(ctx, "migrate", "migrate"); err != nil {
+	if err := d.fleet.runOnce(ctx, "migrate", "migrate"); err != nil {
 		return err
 	}
 	if err := d.ensureBucket(ctx); err != nil {
@@ -161,12 +152,12 @@ func (d *demo) run(ctx context.Context) (err error) {
 		{"serve", []string{"serve"}, d.cfg.Serve.Listen},
 	}
 	for _, s := range starts {
-		if err := d.start(s.name, s.args...); err != nil {
+		if err := d.fleet.start(s.name, s.args...); err != nil {
 			return err
 		}
 	}
 	for _, s := range starts {
-		if err := d.waitHealthy(ctx, s.name, s.health); err != nil {
+		if err := d.fleet.waitReady(ctx, s.name, s.health); err != nil {
 			return err
 		}
 	}
@@ -224,128 +215,6 @@ func modelUIDs() []string {
 		out = append(out, m.UID)
 	}
 	return out
-}
-
-// childArgs are the global flags every child shares with this process.
-func (d *demo) childArgs(args ...string) []string {
-	if d.a.configFile != "" {
-		args = append(args, "--config", d.a.configFile)
-	}
-	return args
-}
-
-func (d *demo) start(name string, args ...string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("demo: own executable: %w", err)
-	}
-	logPath := filepath.Join(d.o.dir, name+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return fmt.Errorf("demo: %s log: %w", name, err)
-	}
-	c := exec.Command(exe, d.childArgs(args...)...)
-	c.Stdout, c.Stderr = logFile, logFile
-	// Children ignore the terminal's Ctrl-C: the demo stops them in order.
-	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("demo: start %s: %w", name, err)
-	}
-	ch := &demoChild{name: name, cmd: c, log: logPath, done: make(chan error, 1)}
-	go func() {
-		ch.done <- c.Wait()
-		logFile.Close()
-	}()
-	d.children = append(d.children, ch)
-	return nil
-}
-
-// runOnce runs a child to completion (migrate).
-func (d *demo) runOnce(ctx context.Context, name string, args ...string) error {
-	if err := d.start(name, args...); err != nil {
-		return err
-	}
-	ch := d.children[len(d.children)-1]
-	d.children = d.children[:len(d.children)-1]
-	select {
-	case err := <-ch.done:
-		if err != nil {
-			return fmt.Errorf("demo: %s failed: %w\n%s", name, err, tail(ch.log))
-		}
-		d.say("%-10s done", name)
-		return nil
-	case <-ctx.Done():
-		_ = ch.cmd.Process.Signal(syscall.SIGTERM)
-		<-ch.done
-		return ctx.Err()
-	}
-}
-
-func (d *demo) waitHealthy(ctx context.Context, name, listen string) error {
-	ch := d.child(name)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-ch.done:
-			ch.done <- err
-			return fmt.Errorf("demo: %s exited: %v\n%s", name, err, tail(ch.log))
-		default:
-		}
-		resp, err := http.Get("http://" + listen + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("demo: %s not ready on %s after 30s\n%s", name, listen, tail(ch.log))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func (d *demo) child(name string) *demoChild {
-	for _, c := range d.children {
-		if c.name == name {
-			return c
-		}
-	}
-	return nil
-}
-
-// stopAll stops the children in pipeline order — entry points first, so
-// that what they accepted drains through the workers — each with SIGTERM and
-// a grace period.
-func (d *demo) stopAll() error {
-	var errs []error
-	for _, name := range []string{"proxy", "collect", "worker", "serve"} {
-		ch := d.child(name)
-		if ch == nil {
-			continue
-		}
-		_ = ch.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-ch.done:
-			if err != nil {
-				errs = append(errs, fmt.Errorf("demo: %s stopped with %w (log %s)", name, err, ch.log))
-			}
-		case <-time.After(45 * time.Second):
-			_ = ch.cmd.Process.Kill()
-			<-ch.done
-			errs = append(errs, fmt.Errorf("demo: %s did not stop within 45s after SIGTERM (log %s)", name, ch.log))
-		}
-	}
-	d.children = nil
-	if len(errs) == 0 {
-		d.say("stopped    every process exited cleanly")
-	}
-	return errors.Join(errs...)
 }
 
 func (d *demo) registerUsers(ctx context.Context) error {
@@ -440,7 +309,7 @@ func (d *demo) waitUsage(ctx context.Context, from, to time.Time, want int64) (*
 		}
 		if time.Now().After(deadline) {
 			if err != nil {
-				return nil, fmt.Errorf("demo: usage API after %s: %w\n%s", d.o.waitTimeout, err, tail(d.child("worker").log))
+				return nil, fmt.Errorf("demo: usage API after %s: %w\n%s", d.o.waitTimeout, err, tail(d.fleet.child("worker").log))
 			}
 			return ans, nil
 		}
@@ -518,7 +387,7 @@ func (d *demo) waitArchive(ctx context.Context, running bool) (objects int, size
 		}
 		if objects > 0 || time.Now().After(deadline) {
 			if objects == 0 {
-				d.say("archive    no objects yet after 30s; see %s", d.child("worker").log)
+				d.say("archive    no objects yet after 30s; see %s", d.fleet.child("worker").log)
 			}
 			return objects, size, nil
 		}
@@ -541,14 +410,3 @@ func writeJSONFile(path string, v any) error {
 	return nil
 }
 
-// tail is the end of a child's log, for error messages.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
-}

@@ -1,0 +1,757 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/ingest"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/transform"
+)
+
+func init() { registerCommand(newBenchCommand) }
+
+type benchOptions struct {
+	events     int
+	size       int
+	clients    int
+	batch      int
+	sinks      []string
+	latencyFor time.Duration
+	jsonOut    string
+	dir        string
+	natsServer string
+	skipRaw    bool
+	keep       bool
+}
+
+// newBenchCommand measures the whole pipeline on this machine: collector →
+// NATS → normalize → ClickHouse + Langfuse (a local receiver) + archive, each
+// role its own process, then the raw limits of JetStream and ClickHouse for
+// the same bytes and rows.
+func newBenchCommand(a *app) *cobra.Command {
+	var o benchOptions
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure end-to-end throughput, latency, CPU and memory of the pipeline, and the raw limits it runs on",
+		Long: "bench runs its own nats-server (fresh JetStream), a scratch ClickHouse database and archive prefix, and a local\n" +
+			"Langfuse receiver, so it never touches production data; ClickHouse, MinIO and Redis come from the configuration.\n" +
+			"Phase 1 sends --events events of --size bytes through the collector as fast as it accepts them and times each\n" +
+			"stage; phase 2 sends at half the measured rate for --latency and measures accept → visible in the usage API;\n" +
+			"phase 3 measures JetStream publish+consume and ClickHouse insert of the same data with nothing else running.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, _, err := a.load(cmd, nil)
+			if err != nil {
+				return err
+			}
+			if o.events < 1000 || o.size < 256 || o.clients < 1 || o.batch < 1 {
+				return fmt.Errorf("%w: need --events >= 1000, --size >= 256, --clients >= 1, --batch >= 1", errUsage)
+			}
+			for _, s := range o.sinks {
+				if !slices.Contains([]string{"clickhouse", "langfuse", "archive"}, s) {
+					return fmt.Errorf("%w: --sinks: unknown sink %q (allowed: clickhouse, langfuse, archive)", errUsage, s)
+				}
+			}
+			if !slices.Contains(o.sinks, "clickhouse") {
+				return fmt.Errorf("%w: --sinks must include clickhouse: latency is measured through the usage API", errUsage)
+			}
+			b := &bench{a: a, cfg: cfg, o: o, out: cmd.OutOrStdout()}
+			return b.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.events, "events", 100000, "events in the throughput phase")
+	f.IntVar(&o.size, "size", 1024, "bytes per event (a chat call with reported usage)")
+	f.IntVar(&o.clients, "clients", 4, "parallel collector clients")
+	f.IntVar(&o.batch, "batch", 500, "events per NDJSON request")
+	f.StringSliceVar(&o.sinks, "sinks", []string{"clickhouse", "langfuse", "archive"}, "sinks to run")
+	f.DurationVar(&o.latencyFor, "latency", 15*time.Second, "length of the latency phase (0 skips it)")
+	f.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
+	f.StringVar(&o.dir, "dir", filepath.Join(".state", "bench"), "folder for logs and the scratch JetStream store")
+	f.StringVar(&o.natsServer, "nats-server", "", "nats-server binary (default: from PATH or $GOPATH/bin)")
+	f.BoolVar(&o.skipRaw, "skip-raw", false, "skip the raw-limit measurements")
+	f.BoolVar(&o.keep, "keep", false, "keep the scratch ClickHouse database")
+	return cmd
+}
+
+type bench struct {
+	a     *app
+	cfg   *config.Config
+	o     benchOptions
+	out   io.Writer
+	fleet *fleet
+	js    jetstream.JetStream
+	runID string
+	db    string
+	addrs map[string]string // role → ops listen address
+}
+
+// BenchResult is what `callpipe bench --json` writes.
+type BenchResult struct {
+	Events      int                `json:"events"`
+	EventBytes  int                `json:"event_bytes"`
+	Sinks       []string           `json:"sinks"`
+	AcceptPerS  float64            `json:"accept_events_per_s"`
+	StagePerS   map[string]float64 `json:"stage_events_per_s"`
+	EndToEndPS  float64            `json:"end_to_end_events_per_s"`
+	Exact       bool               `json:"exact"`
+	Latency     *LatencyResult     `json:"latency,omitempty"`
+	Processes   map[string]usage   `json:"processes"`
+	RawJSPerS   float64            `json:"raw_jetstream_events_per_s,omitempty"`
+	RawCHPerS   float64            `json:"raw_clickhouse_rows_per_s,omitempty"`
+	RatioToRaw  float64            `json:"ratio_to_raw_limit,omitempty"`
+	MachineCPUs int                `json:"machine_cpus"`
+}
+
+// LatencyResult is accept → visible in the usage API at a fixed rate.
+type LatencyResult struct {
+	RatePerS float64 `json:"rate_per_s"`
+	Events   int     `json:"events"`
+	P50MS    float64 `json:"p50_ms"`
+	P99MS    float64 `json:"p99_ms"`
+	MaxMS    float64 `json:"max_ms"`
+}
+
+func (b *bench) say(format string, args ...any) { fmt.Fprintf(b.out, format+"\n", args...) }
+
+func (b *bench) run(ctx context.Context) (err error) {
+	b.runID = strconv.FormatInt(time.Now().Unix(), 36)
+	b.db = "callpipe_bench_" + b.runID
+	if err := os.MkdirAll(b.o.dir, 0o755); err != nil {
+		return fmt.Errorf("bench dir: %w", err)
+	}
+	natsURL, stopNATS, err := b.startNATS()
+	if err != nil {
+		return err
+	}
+	defer stopNATS()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return fmt.Errorf("bench nats %s: %w", natsURL, err)
+	}
+	defer nc.Close()
+	if b.js, err = jetstream.New(nc); err != nil {
+		return err
+	}
+
+	lf := langfusetest.NewReceiver("3.225.4")
+	defer lf.Close()
+
+	env := []string{
+		"CALLPIPE_NATS_URL=" + natsURL,
+		"CALLPIPE_CLICKHOUSE_DATABASE=" + b.db,
+		"CALLPIPE_ARCHIVE_PREFIX=bench/" + b.runID,
+		"CALLPIPE_LANGFUSE_HOST=" + lf.URL,
+		"CALLPIPE_LANGFUSE_PUBLIC_KEY=pk-lf-bench", "CALLPIPE_LANGFUSE_SECRET_KEY=sk-lf-bench",
+		"CALLPIPE_LANGFUSE_TRANSPORT=ingestion",
+		"CALLPIPE_LOG_LEVEL=warn",
+	}
+	b.fleet = &fleet{dir: b.o.dir, configFile: b.a.configFile, env: env, out: b.out}
+	b.addrs = map[string]string{}
+	defer func() {
+		if b.fleet.children != nil {
+			_, _ = b.fleet.stop()
+		}
+		if !b.o.keep {
+			b.dropDatabase(context.WithoutCancel(ctx), b.db)
+		}
+	}()
+	if err := b.fleet.runOnce(ctx, "migrate", "migrate"); err != nil {
+		return err
+	}
+	if slices.Contains(b.o.sinks, "archive") {
+		if err := (&demo{cfg: b.cfg, out: io.Discard}).ensureBucket(ctx); err != nil {
+			return err
+		}
+	}
+	roles := []struct{ name, listenKey string }{{"collect", "collect.listen"}, {"normalize", "worker.listen"}, {"serve", "serve.listen"}}
+	for _, s := range b.o.sinks {
+		roles = append(roles, struct{ name, listenKey string }{s, "worker.listen"})
+	}
+	for _, r := range roles {
+		addr, err := freeListen()
+		if err != nil {
+			return err
+		}
+		b.addrs[r.name] = addr
+		args := []string{"--" + r.listenKey, addr}
+		switch r.name {
+		case "collect", "serve":
+			args = append([]string{r.name}, args...)
+		default:
+			args = append([]string{"worker", "--stages", r.name}, args...)
+		}
+		if err := b.fleet.start(r.name, args...); err != nil {
+			return err
+		}
+	}
+	for _, r := range roles {
+		if err := b.fleet.waitReady(ctx, r.name, b.addrs[r.name]); err != nil {
+			return err
+		}
+	}
+	res := &BenchResult{Events: b.o.events, EventBytes: b.o.size, Sinks: b.o.sinks, StagePerS: map[string]float64{}, MachineCPUs: runtime.NumCPU()}
+	b.say("bench      run %s: %d events of %d bytes, sinks %s, %d CPUs", b.runID, b.o.events, b.o.size, strings.Join(b.o.sinks, ","), res.MachineCPUs)
+
+	if err := b.throughput(ctx, res); err != nil {
+		return err
+	}
+	if b.o.latencyFor > 0 {
+		if res.Latency, err = b.latency(ctx, res.EndToEndPS/2); err != nil {
+			return err
+		}
+	}
+	if res.Processes, err = b.fleet.stop("collect", "normalize", "clickhouse", "langfuse", "archive", "serve"); err != nil {
+		return err
+	}
+	if lfSink := slices.Contains(b.o.sinks, "langfuse"); lfSink {
+		_, events := lf.Counts()
+		b.say("langfuse   receiver got %d events (trace + generation per call)", events)
+	}
+	if !b.o.skipRaw {
+		if res.RawJSPerS, err = b.rawJetStream(ctx); err != nil {
+			return err
+		}
+		if res.RawCHPerS, err = b.rawClickHouse(ctx); err != nil {
+			return err
+		}
+		res.RatioToRaw = res.EndToEndPS / min(res.RawJSPerS, res.RawCHPerS)
+	}
+	b.report(res)
+	if b.o.jsonOut != "" {
+		if err := writeJSONFile(b.o.jsonOut, res); err != nil {
+			return err
+		}
+	}
+	if !res.Exact {
+		return errors.New("bench: the usage API does not show exactly the events that were sent")
+	}
+	return nil
+}
+
+// startNATS runs a scratch nats-server with an empty JetStream.
+func (b *bench) startNATS() (string, func(), error) {
+	bin := b.o.natsServer
+	if bin == "" {
+		if p, err := exec.LookPath("nats-server"); err == nil {
+			bin = p
+		} else if gopath, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+			bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "nats-server")
+		}
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", nil, fmt.Errorf("bench needs a nats-server binary for its scratch JetStream (go tool task services:up installs one, or pass --nats-server): %w", err)
+	}
+	addr, err := freeListen()
+	if err != nil {
+		return "", nil, err
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	store := filepath.Join(b.o.dir, "jetstream-"+b.runID)
+	cmd := exec.Command(bin, "-js", "-a", host, "-p", port, "-sd", store)
+	logFile, err := os.Create(filepath.Join(b.o.dir, "nats-server.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return "", nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		logFile.Close()
+		_ = os.RemoveAll(store)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return "nats://" + addr, stop, nil
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("scratch nats-server on %s not up after 20s", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freeListen() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// benchEvent appends one chat event of about size bytes with reported usage.
+func benchEvent(dst []byte, run string, n int, size int, start time.Time) []byte {
+	model := benchModels[n%len(benchModels)]
+	user := "user-" + strconv.Itoa(n%50)
+	const frame = 620 // bytes of the event without its two texts
+	text := max(size-frame, 20)
+	prompt, answer := filler(text*6/10), filler(text*4/10)
+	end := start.Add(900 * time.Millisecond)
+	first := start.Add(120 * time.Millisecond)
+	dst = append(dst, `{"id":"bench-`...)
+	dst = append(dst, run...)
+	dst = append(dst, '-')
+	dst = strconv.AppendInt(dst, int64(n), 10)
+	dst = append(dst, `","start_time":"`...)
+	dst = start.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","end_time":"`...)
+	dst = end.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","first_token_time":"`...)
+	dst = first.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","endpoint":"/v1/chat/completions","model":"`...)
+	dst = append(dst, model...)
+	dst = append(dst, `","instance":"bench-node-1","user":"`...)
+	dst = append(dst, user...)
+	dst = append(dst, `","stream":true,"status":200,"source":"online","request":{"model":"`...)
+	dst = append(dst, model...)
+	dst = append(dst, `","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"`...)
+	dst = append(dst, prompt...)
+	dst = append(dst, `"}],"temperature":0.7,"max_tokens":512,"stream":true},"response":{"id":"chatcmpl-bench","object":"chat.completion","model":"`...)
+	dst = append(dst, model...)
+	dst = append(dst, `","choices":[{"index":0,"message":{"role":"assistant","content":"`...)
+	dst = append(dst, answer...)
+	dst = append(dst, `"},"finish_reason":"stop"}]},"usage":{"prompt_tokens":`...)
+	dst = strconv.AppendInt(dst, benchPromptTokens, 10)
+	dst = append(dst, `,"completion_tokens":`...)
+	dst = strconv.AppendInt(dst, benchCompletionTokens, 10)
+	dst = append(dst, `,"total_tokens":`...)
+	dst = strconv.AppendInt(dst, benchPromptTokens+benchCompletionTokens, 10)
+	dst = append(dst, "}}\n"...)
+	return dst
+}
+
+const benchPromptTokens, benchCompletionTokens = 150, 90
+
+var benchModels = []string{"qwen2.5-instruct", "llama-3.1-instruct", "deepseek-r1-distill-qwen", "glm-4-chat", "mistral-instruct"}
+
+func filler(n int) string {
+	const words = "the quick brown fox jumps over the lazy dog while the pipeline counts every token once "
+	var b strings.Builder
+	for b.Len() < n {
+		b.WriteString(words)
+	}
+	return b.String()[:n]
+}
+
+// post sends events [from, to) as one NDJSON request; it retries on 503
+// (the collector's back-pressure signal).
+func (b *bench) post(ctx context.Context, client *http.Client, from, to int, start time.Time) error {
+	var body []byte
+	for n := from; n < to; n++ {
+		body = benchEvent(body, b.runID, n, b.o.size, start)
+	}
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+b.addrs["collect"]+"/v1/events", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("bench collector: %w", err)
+		}
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusAccepted || resp.StatusCode == http.StatusOK:
+			return nil
+		case resp.StatusCode == http.StatusServiceUnavailable && attempt < 50:
+			time.Sleep(100 * time.Millisecond)
+		default:
+			return fmt.Errorf("bench collector answered %s: %s", resp.Status, bytes.TrimSpace(msg))
+		}
+	}
+}
+
+// consumerDone reports whether a durable consumer has processed everything
+// in its stream, and how many of its stream's messages it has acknowledged.
+func (b *bench) consumerDone(ctx context.Context, stream, consumer string, want uint64) (bool, uint64) {
+	c, err := b.js.Consumer(ctx, stream, consumer)
+	if err != nil {
+		return false, 0
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return false, 0
+	}
+	acked := info.AckFloor.Stream
+	return info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= want, acked
+}
+
+func (b *bench) throughput(ctx context.Context, res *BenchResult) error {
+	n := b.o.events
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: b.o.clients}}
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range b.o.clients {
+		wg.Go(func() {
+			for {
+				from := int(next.Add(int64(b.o.batch))) - b.o.batch
+				if from >= n {
+					return
+				}
+				if err := b.post(ctx, client, from, min(from+b.o.batch, n), time.Now()); err != nil {
+					errOnce.Do(func() { firstErr = err })
+					return
+				}
+			}
+		})
+	}
+	stagesOf := map[string][2]string{
+		"normalize":  {ingest.CallsStream, b.cfg.Transform.Consumer},
+		"clickhouse": {transform.NormalizedStream, chsink.ConsumerName},
+		"langfuse":   {transform.NormalizedStream, b.cfg.Langfuse.Consumer},
+		"archive":    {ingest.CallsStream, b.cfg.Archive.Consumer},
+	}
+	stageNames := append([]string{"normalize"}, b.o.sinks...)
+	finished := map[string]time.Duration{}
+	acceptDone := make(chan struct{})
+	go func() { wg.Wait(); close(acceptDone) }()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	lastReport := time.Now()
+	accepted := time.Duration(0)
+	for len(finished) < len(stageNames) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-acceptDone:
+			if firstErr != nil {
+				return firstErr
+			}
+			accepted = time.Since(start)
+			res.AcceptPerS = float64(n) / accepted.Seconds()
+			acceptDone = nil
+		case <-tick.C:
+		}
+		progress := []string{}
+		for _, s := range stageNames {
+			if _, ok := finished[s]; ok {
+				progress = append(progress, s+" done")
+				continue
+			}
+			sc := stagesOf[s]
+			done, acked := b.consumerDone(ctx, sc[0], sc[1], uint64(n))
+			if done && acceptDone == nil {
+				finished[s] = time.Since(start)
+				res.StagePerS[s] = float64(n) / finished[s].Seconds()
+			}
+			progress = append(progress, fmt.Sprintf("%s %d", s, acked))
+		}
+		if time.Since(lastReport) >= time.Second {
+			lastReport = time.Now()
+			b.say("progress   %.1fs  accepted %d  %s", time.Since(start).Seconds(), min(int(next.Load()), n), strings.Join(progress, "  "))
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("bench: stages not done after 10 minutes: %s", strings.Join(progress, ", "))
+		}
+	}
+	// Visible in the usage API: the end of the end-to-end path.
+	from, to := start.Add(-time.Minute), time.Now().Add(time.Minute)
+	for {
+		calls, err := b.usageCalls(ctx, from, to)
+		if err == nil && calls >= int64(n) {
+			res.Exact = calls == int64(n)
+			break
+		}
+		if time.Since(start) > 11*time.Minute {
+			return fmt.Errorf("bench: usage API shows %d of %d calls (%v)", calls, n, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	res.EndToEndPS = float64(n) / time.Since(start).Seconds()
+	return nil
+}
+
+func (b *bench) usageCalls(ctx context.Context, from, to time.Time) (int64, error) {
+	q := url.Values{"from": {from.UTC().Format(time.RFC3339)}, "to": {to.UTC().Format(time.RFC3339)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.addrs["serve"]+"/api/v1/usage?"+q.Encode(), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var ans usageAnswer
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("usage API: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
+		return 0, err
+	}
+	return ans.Totals.Calls, nil
+}
+
+// latency sends batches at rate events/s and, polling the usage API, times
+// each batch from its acceptance to the moment the API's count covers it.
+func (b *bench) latency(ctx context.Context, rate float64) (*LatencyResult, error) {
+	if rate < 1 {
+		return nil, fmt.Errorf("bench: latency rate %.1f/s too low", rate)
+	}
+	batch := max(1, min(b.o.batch, int(rate/20))) // at least 20 requests a second
+	interval := time.Duration(float64(batch) / rate * float64(time.Second))
+	phaseStart := time.Now()
+	from := phaseStart.Add(-time.Second)
+	_ = from
+	type sent struct {
+		cum      int64
+		accepted time.Time
+	}
+	var mu sync.Mutex
+	var sents []sent
+	client := &http.Client{Timeout: time.Minute}
+	offset := b.o.events
+	total := 0
+	sendDone := make(chan error, 1)
+	go func() {
+		next := time.Now()
+		for time.Since(phaseStart) < b.o.latencyFor {
+			lo := offset + total
+			if err := b.post(ctx, client, lo, lo+batch, time.Now()); err != nil {
+				sendDone <- err
+				return
+			}
+			total += batch
+			mu.Lock()
+			sents = append(sents, sent{cum: int64(total), accepted: time.Now()})
+			mu.Unlock()
+			next = next.Add(interval)
+			time.Sleep(time.Until(next))
+		}
+		sendDone <- nil
+	}()
+	var lat []float64
+	seen := 0
+	sending := true
+	for {
+		if sending {
+			select {
+			case err := <-sendDone:
+				if err != nil {
+					return nil, err
+				}
+				sending = false
+			default:
+			}
+		}
+		visible, err := b.usageCalls(ctx, phaseStart.Add(-time.Second), phaseStart.Add(time.Hour))
+		now := time.Now()
+		if err == nil {
+			mu.Lock()
+			for seen < len(sents) && sents[seen].cum <= visible {
+				lat = append(lat, float64(now.Sub(sents[seen].accepted).Milliseconds()))
+				seen++
+			}
+			n := len(sents)
+			mu.Unlock()
+			if !sending && seen == n {
+				break
+			}
+		}
+		if time.Since(phaseStart) > b.o.latencyFor+2*time.Minute {
+			return nil, fmt.Errorf("bench: latency phase: %d of %d batches visible after %s", seen, len(sents), time.Since(phaseStart))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	slices.Sort(lat)
+	q := func(p float64) float64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	b.say("latency    %d events at %.0f/s: p50 %.0f ms, p99 %.0f ms", total, rate, q(0.5), q(0.99))
+	return &LatencyResult{RatePerS: rate, Events: total, P50MS: q(0.5), P99MS: q(0.99), MaxMS: lat[len(lat)-1]}, nil
+}
+
+// rawJetStream publishes and consumes the same events with nothing else
+// running: one publisher (async, Nats-Msg-Id) and one pull consumer acking
+// each message, concurrently, into a file-backed stream.
+func (b *bench) rawJetStream(ctx context.Context) (float64, error) {
+	n := b.o.events
+	name := "BENCH_RAW_" + strings.ToUpper(b.runID)
+	st, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{"bench.raw." + b.runID}, Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute})
+	if err != nil {
+		return 0, fmt.Errorf("raw stream: %w", err)
+	}
+	defer func() { _ = b.js.DeleteStream(context.WithoutCancel(ctx), name) }()
+	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 20000})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	var consumed atomic.Int64
+	done := make(chan struct{})
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		if consumed.Add(1) == int64(n) {
+			close(done)
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Stop()
+	js, err := jetstream.New(b.js.Conn(), jetstream.WithPublishAsyncMaxPending(4000))
+	if err != nil {
+		return 0, err
+	}
+	var buf []byte
+	now := time.Now()
+	for i := 0; i < n; i++ {
+		buf = benchEvent(buf[:0], b.runID, i, b.o.size, now)
+		msg := &nats.Msg{Subject: "bench.raw." + b.runID, Data: slices.Clone(buf), Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, "raw-"+strconv.Itoa(i))
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			return 0, fmt.Errorf("raw publish: %w", err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Minute):
+		return 0, errors.New("raw publish: not acknowledged within 5 minutes")
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		return 0, fmt.Errorf("raw consume: %d of %d within 5 minutes", consumed.Load(), n)
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	b.say("raw        JetStream publish+consume: %.0f events/s", rate)
+	return rate, nil
+}
+
+// rawClickHouse inserts the same events, normalized in process, into a
+// scratch database with the sink's output and nothing else running.
+func (b *bench) rawClickHouse(ctx context.Context) (float64, error) {
+	oc, err := clickhouseOutputConfig(b.cfg)
+	if err != nil {
+		return 0, err
+	}
+	oc.Database = b.db + "_raw"
+	conn, err := chsink.Open(ctx, oc)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	if _, err := (&chsink.Migrator{Conn: conn, Database: oc.Database}).Up(ctx); err != nil {
+		return 0, err
+	}
+	if !b.o.keep {
+		defer b.dropDatabase(context.WithoutCancel(ctx), oc.Database)
+	}
+	norm := &transform.Normalizer{}
+	calls := make([]schema.Call, b.o.events)
+	var buf []byte
+	now := time.Now()
+	for i := range calls {
+		buf = benchEvent(buf[:0], b.runID+"raw", i, b.o.size, now)
+		c, err := norm.Normalize(ctx, buf)
+		if err != nil {
+			return 0, fmt.Errorf("raw clickhouse: normalize: %w", err)
+		}
+		calls[i] = *c
+	}
+	out := chsink.NewOutput(oc)
+	if err := out.Connect(ctx); err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	batch := b.cfg.ClickHouse.BatchSize
+	start := time.Now()
+	var wg sync.WaitGroup
+	var firstErr error
+	var mu sync.Mutex
+	for lo := 0; lo < len(calls); lo += batch {
+		part := calls[lo:min(lo+batch, len(calls))]
+		wg.Go(func() {
+			if err := out.WriteBatch(ctx, part, ""); err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	rate := float64(len(calls)) / time.Since(start).Seconds()
+	b.say("raw        ClickHouse insert (calls + rollups): %.0f rows/s", rate)
+	return rate, nil
+}
+
+func (b *bench) dropDatabase(ctx context.Context, db string) {
+	oc, err := clickhouseOutputConfig(b.cfg)
+	if err != nil {
+		return
+	}
+	conn, err := chsink.Open(ctx, oc)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
+}
+
+func (b *bench) report(r *BenchResult) {
+	b.say("")
+	b.say("result     %d events of %d bytes on %d CPUs, sinks %s", r.Events, r.EventBytes, r.MachineCPUs, strings.Join(r.Sinks, ","))
+	b.say("  accepted by the collector      %8.0f events/s", r.AcceptPerS)
+	for _, s := range append([]string{"normalize"}, r.Sinks...) {
+		b.say("  %-30s %8.0f events/s", s+" done", r.StagePerS[s])
+	}
+	b.say("  end to end (usage API)         %8.0f events/s   exact: %v", r.EndToEndPS, r.Exact)
+	if r.Latency != nil {
+		b.say("  latency at %.0f/s              p50 %.0f ms  p99 %.0f ms  max %.0f ms", r.Latency.RatePerS, r.Latency.P50MS, r.Latency.P99MS, r.Latency.MaxMS)
+	}
+	if r.RawJSPerS > 0 {
+		b.say("  raw JetStream                  %8.0f events/s", r.RawJSPerS)
+		b.say("  raw ClickHouse insert          %8.0f rows/s", r.RawCHPerS)
+		b.say("  ratio to the slower raw limit  %8.2f", r.RatioToRaw)
+	}
+	names := make([]string, 0, len(r.Processes))
+	for n := range r.Processes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := r.Processes[n]
+		b.say("  process %-12s  CPU %6.1f s  peak RSS %6.1f MB", n, p.CPUSeconds, p.PeakRSSMB)
+	}
+}
+

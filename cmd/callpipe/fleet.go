@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// fleet runs callpipe roles as child processes of this binary — what an
+// operator runs, one process per role — for `demo` and `bench`. Children get
+// their own process group, so a terminal's Ctrl-C reaches only the parent,
+// which then stops them in pipeline order.
+type fleet struct {
+	dir        string // logs: <dir>/<name>.log
+	configFile string
+	env        []string // extra environment for every child
+	out        io.Writer
+	children   []*child
+}
+
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan error
+}
+
+// usage is what a child used, read from its rusage when it exited.
+type usage struct {
+	CPUSeconds float64 `json:"cpu_seconds"`
+	PeakRSSMB  float64 `json:"peak_rss_mb"`
+}
+
+func (f *fleet) start(name string, args ...string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("own executable: %w", err)
+	}
+	if f.configFile != "" {
+		args = append(args, "--config", f.configFile)
+	}
+	logPath := filepath.Join(f.dir, name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return fmt.Errorf("%s log: %w", name, err)
+	}
+	c := exec.Command(exe, args...)
+	c.Stdout, c.Stderr = logFile, logFile
+	c.Env = append(os.Environ(), f.env...)
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	ch := &child{name: name, cmd: c, log: logPath, done: make(chan error, 1)}
+	go func() {
+		ch.done <- c.Wait()
+		logFile.Close()
+	}()
+	f.children = append(f.children, ch)
+	return nil
+}
+
+// runOnce runs a child to completion (migrate).
+func (f *fleet) runOnce(ctx context.Context, name string, args ...string) error {
+	if err := f.start(name, args...); err != nil {
+		return err
+	}
+	ch := f.children[len(f.children)-1]
+	f.children = f.children[:len(f.children)-1]
+	select {
+	case err := <-ch.done:
+		if err != nil {
+			return fmt.Errorf("%s failed: %w\n%s", name, err, tail(ch.log))
+		}
+		fmt.Fprintf(f.out, "%-10s done\n", name)
+		return nil
+	case <-ctx.Done():
+		_ = ch.cmd.Process.Signal(syscall.SIGTERM)
+		<-ch.done
+		return ctx.Err()
+	}
+}
+
+// waitReady waits until the child answers 200 on /readyz of listen.
+func (f *fleet) waitReady(ctx context.Context, name, listen string) error {
+	ch := f.child(name)
+	if ch == nil {
+		return fmt.Errorf("no child %s", name)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-ch.done:
+			ch.done <- err
+			return fmt.Errorf("%s exited: %v\n%s", name, err, tail(ch.log))
+		default:
+		}
+		resp, err := http.Get("http://" + listen + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready on %s after 30s\n%s", name, listen, tail(ch.log))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (f *fleet) child(name string) *child {
+	for _, c := range f.children {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// stop sends SIGTERM to the named children one after the other, in the given
+// order (then to any others), waits for each, and returns what each used.
+func (f *fleet) stop(order ...string) (map[string]usage, error) {
+	seen := map[string]bool{}
+	var names []string
+	for _, n := range order {
+		if f.child(n) != nil && !seen[n] {
+			names = append(names, n)
+			seen[n] = true
+		}
+	}
+	for _, c := range f.children {
+		if !seen[c.name] {
+			names = append(names, c.name)
+			seen[c.name] = true
+		}
+	}
+	used := map[string]usage{}
+	var errs []error
+	for _, name := range names {
+		ch := f.child(name)
+		_ = ch.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-ch.done:
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s stopped with %w (log %s)", name, err, ch.log))
+			}
+		case <-time.After(45 * time.Second):
+			_ = ch.cmd.Process.Kill()
+			<-ch.done
+			errs = append(errs, fmt.Errorf("%s did not stop within 45s after SIGTERM (log %s)", name, ch.log))
+		}
+		if ru, ok := ch.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			used[name] = usage{
+				CPUSeconds: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds(),
+				PeakRSSMB:  float64(ru.Maxrss) / 1024, // Linux reports KiB
+			}
+		}
+	}
+	f.children = nil
+	if len(errs) == 0 && len(names) > 0 {
+		fmt.Fprintln(f.out, "stopped    every process exited cleanly")
+	}
+	return used, errors.Join(errs...)
+}
+
+// tail is the end of a child's log, for error messages.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
