@@ -27,9 +27,9 @@ import (
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
-	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -754,4 +754,3 @@ func (b *bench) report(r *BenchResult) {
 		b.say("  process %-12s  CPU %6.1f s  peak RSS %6.1f MB", n, p.CPUSeconds, p.PeakRSSMB)
 	}
 }
-

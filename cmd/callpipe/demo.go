@@ -409,4 +409,3 @@ func writeJSONFile(path string, v any) error {
 	}
 	return nil
 }
-

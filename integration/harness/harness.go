@@ -407,21 +407,12 @@ func runServices(t testing.TB, script string, args ...string) error {
 
 // FreshNATS returns the URL of a NATS server with an empty JetStream, for
 // tests whose subject of study reads the fixed streams from the beginning
-// (a demo or bench run), where the shared server's history would leak in. It
-// runs the nats-server binary that deploy/local/services.sh installs on a
-// free port with a temporary store, else a fresh container.
+// (a demo, bench or fault run), where the shared server's history would leak
+// in: its own nats-server process when the binary that
+// deploy/local/services.sh installs is there, else a fresh container.
 func FreshNATS(t testing.TB) string {
 	t.Helper()
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		if gopath, gerr := exec.Command("go", "env", "GOPATH").Output(); gerr == nil {
-			cand := filepath.Join(strings.TrimSpace(string(gopath)), "bin", "nats-server")
-			if _, serr := os.Stat(cand); serr == nil {
-				bin, err = cand, nil
-			}
-		}
-	}
-	if err != nil {
+	if _, err := natsServerBinary(); err != nil {
 		requireDocker(t, "nats-server binary")
 		c := startContainer(t, testcontainers.ContainerRequest{
 			Image: ImageNATS, Cmd: []string{"-js"}, ExposedPorts: []string{"4222/tcp"},
@@ -429,32 +420,111 @@ func FreshNATS(t testing.TB) string {
 		})
 		return "nats://" + hostPort(t, c, "4222/tcp")
 	}
+	return StartNATSServer(t).URL
+}
+
+// NATSServer is a nats-server process owned by one test, which it can stop
+// and start again on the same port and store (a NATS restart).
+type NATSServer struct {
+	URL   string
+	bin   string
+	addr  string
+	store string
+	mu    sync.Mutex
+	cmd   *exec.Cmd
+	out   *lockedBuffer
+}
+
+func natsServerBinary() (string, error) {
+	if p, err := exec.LookPath("nats-server"); err == nil {
+		return p, nil
+	}
+	gopath, err := exec.Command("go", "env", "GOPATH").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOPATH: %w", err)
+	}
+	cand := filepath.Join(strings.TrimSpace(string(gopath)), "bin", "nats-server")
+	if _, err := os.Stat(cand); err != nil {
+		return "", fmt.Errorf("nats-server not on PATH nor in $GOPATH/bin: %w", err)
+	}
+	return cand, nil
+}
+
+// StartNATSServer runs nats-server with JetStream on a free port and a
+// temporary store; it fails (or skips outside CI) when the binary is missing.
+func StartNATSServer(t testing.TB) *NATSServer {
+	t.Helper()
+	bin, err := natsServerBinary()
+	if err != nil {
+		unavailable(t, "%v; %s", err, setupHint)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("harness: free port: %v", err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
+	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(bin, "-js", "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-sd", t.TempDir())
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("harness: start %s: %v", bin, err)
+	s := &NATSServer{URL: "nats://" + addr, bin: bin, addr: addr, store: t.TempDir()}
+	s.Start(t)
+	t.Cleanup(func() { s.Stop(t) })
+	return s
+}
+
+// Start starts the server (again) and waits until it accepts connections.
+func (s *NATSServer) Start(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	host, port, _ := net.SplitHostPort(s.addr)
+	cmd := exec.Command(s.bin, "-js", "-a", host, "-p", port, "-sd", s.store)
+	s.out = &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = s.out, s.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("harness: start %s: %v", s.bin, err)
+	}
+	s.cmd = cmd
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		if c, err := net.DialTimeout("tcp", s.addr, time.Second); err == nil {
 			c.Close()
-			return "nats://" + addr
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("harness: nats-server on %s not up after 20s:\n%s", addr, out.String())
+			t.Fatalf("harness: nats-server on %s not up after 20s:\n%s", s.addr, s.out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Stop stops the server gracefully (SIGINT: JetStream flushes its store).
+func (s *NATSServer) Stop(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
