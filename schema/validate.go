@@ -12,6 +12,10 @@ import (
 // Limits of single fields.
 const (
 	MaxIDChars           = 128 // id and trace_id, in characters (code points)
+	MaxNameChars         = 256 // model, instance, user, session_id, batch_id
+	MaxEndpointChars     = 2048
+	MaxTags              = 64
+	MaxTagChars          = 200
 	APIKeyPrefixChars    = 7   // api_key_prefix, in characters
 	DefaultStatus        = 200
 	apiKeyHashHexLength  = 64
@@ -145,6 +149,26 @@ func (e *Event) check(errs *errList, trusted bool) {
 
 	if r := checkEndpoint(e.Endpoint); r != "" {
 		add(fEndpoint, r)
+	} else if n := utf8.RuneCountInString(e.Endpoint); n > MaxEndpointChars {
+		add(fEndpoint, strconv.Itoa(n)+" characters, limit "+strconv.Itoa(MaxEndpointChars))
+	}
+	// Names become ClickHouse keys and Langfuse filters: a bounded length
+	// keeps a broken client from blowing up every rollup row.
+	for _, f := range []struct {
+		id int
+		v  string
+	}{{fModel, e.Model}, {fInstance, e.Instance}, {fUser, e.User}, {fSessionID, e.SessionID}, {fBatchID, e.BatchID}} {
+		if n := utf8.RuneCountInString(f.v); n > MaxNameChars {
+			add(f.id, strconv.Itoa(n)+" characters, limit "+strconv.Itoa(MaxNameChars))
+		}
+	}
+	if len(e.Tags) > MaxTags {
+		add(fTags, strconv.Itoa(len(e.Tags))+" tags, limit "+strconv.Itoa(MaxTags))
+	}
+	for i, tag := range e.Tags {
+		if n := utf8.RuneCountInString(tag); n > MaxTagChars {
+			errs.add(fTags, "tags["+strconv.Itoa(i)+"]", strconv.Itoa(n)+" characters, limit "+strconv.Itoa(MaxTagChars))
+		}
 	}
 	if e.Model == "" {
 		add(fModel, "required")

@@ -44,6 +44,7 @@ func newCollectCommand(a *app) *cobra.Command {
 			reg := newRegistry()
 			col := collector.New(pub, collector.Options{
 				MaxBodyBytes: int64(cfg.Collect.MaxBodyBytes),
+				ReadTimeout:  time.Duration(cfg.Collect.ReadTimeout),
 				Tokens:       cfg.Collect.Tokens,
 				Limits:       schema.Limits{MaxEventBytes: int(cfg.Event.MaxBytes)},
 				Logger:       log,

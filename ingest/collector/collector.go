@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -35,6 +36,9 @@ type Publisher interface {
 // Options configure a Collector.
 type Options struct {
 	MaxBodyBytes int64 // after decompression; default 8 MiB
+	// ReadTimeout bounds reading one request body (default 30s), so that a
+	// client sending slowly (or not at all) cannot hold a connection.
+	ReadTimeout time.Duration
 	Tokens       []string
 	Limits       schema.Limits
 	// AckTimeout bounds the wait for JetStream acknowledgements of one request.
@@ -61,6 +65,9 @@ func New(pub Publisher, o Options) *Collector {
 	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 10 * time.Second
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 30 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -165,6 +172,9 @@ func (c *Collector) authorized(r *http.Request) bool {
 // MaxBodyBytes+1 decompressed bytes, so a compression bomb costs nothing.
 func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, error) {
 	limit := c.opts.MaxBodyBytes
+	// Best effort: a ResponseWriter that cannot set deadlines (a test
+	// recorder) reads without one.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
 	var src io.Reader = http.MaxBytesReader(w, r.Body, limit)
 	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
 	case "", "identity":
@@ -190,10 +200,17 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, in
 	switch {
 	case errors.As(err, &maxErr) || int64(len(body)) > limit:
 		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body: larger than the limit of %d bytes", limit)
+	case isTimeout(err):
+		return nil, http.StatusRequestTimeout, fmt.Errorf("body: not received within %s", c.opts.ReadTimeout)
 	case err != nil:
 		return nil, http.StatusBadRequest, fmt.Errorf("body: %v", err)
 	}
 	return body, 0, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 type unsupportedTypeError struct{ contentType string }
