@@ -16,7 +16,7 @@ const (
 	MaxEndpointChars     = 2048
 	MaxTags              = 64
 	MaxTagChars          = 200
-	APIKeyPrefixChars    = 7   // api_key_prefix, in characters
+	APIKeyPrefixChars    = 7 // api_key_prefix, in characters
 	DefaultStatus        = 200
 	apiKeyHashHexLength  = 64
 	exampleEndpoint      = "/v1/chat/completions"

@@ -39,8 +39,8 @@ type Options struct {
 	// ReadTimeout bounds reading one request body (default 30s), so that a
 	// client sending slowly (or not at all) cannot hold a connection.
 	ReadTimeout time.Duration
-	Tokens       []string
-	Limits       schema.Limits
+	Tokens      []string
+	Limits      schema.Limits
 	// AckTimeout bounds the wait for JetStream acknowledgements of one request.
 	AckTimeout time.Duration
 	Logger     *slog.Logger
