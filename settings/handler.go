@@ -1,0 +1,142 @@
+package settings
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+)
+
+// LangfuseView is what the API shows: never the secret in clear.
+type LangfuseView struct {
+	Host           string    `json:"host"`
+	PublicKey      string    `json:"public_key"`
+	SecretKeySet   bool      `json:"secret_key_set"`
+	SecretKeyHint  string    `json:"secret_key_hint,omitempty"`
+	ProjectID      string    `json:"project_id,omitempty"`
+	Source         string    `json:"source"` // saved or config
+	UpdatedAt      time.Time `json:"updated_at,omitzero"`
+	ConfigOverride bool      `json:"config_overridden"` // saved settings hide a configured host
+}
+
+// Handler serves the Langfuse settings API:
+//
+//	GET    /api/v1/settings/langfuse       the settings in effect (secret masked)
+//	PUT    /api/v1/settings/langfuse       save (an empty secret_key keeps the saved one)
+//	DELETE /api/v1/settings/langfuse       forget saved settings: the configuration applies
+//	POST   /api/v1/settings/langfuse/test  test the posted settings (empty secret: the saved one)
+type Handler struct {
+	Store  *Store
+	Config Langfuse // from the configuration file and environment
+	Client *http.Client
+}
+
+func (h *Handler) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/settings/langfuse", h.get)
+	mux.HandleFunc("PUT /api/v1/settings/langfuse", h.put)
+	mux.HandleFunc("DELETE /api/v1/settings/langfuse", h.delete)
+	mux.HandleFunc("POST /api/v1/settings/langfuse/test", h.test)
+}
+
+// effective is the saved settings, else the configured ones.
+func (h *Handler) effective(r *http.Request) (Langfuse, string, error) {
+	saved, ok, err := h.Store.Langfuse(r.Context())
+	if err != nil {
+		return Langfuse{}, "", err
+	}
+	if ok {
+		return saved, SourceSaved, nil
+	}
+	return h.Config, SourceConfig, nil
+}
+
+func (h *Handler) view(l Langfuse, source string) LangfuseView {
+	return LangfuseView{Host: l.Host, PublicKey: l.PublicKey, SecretKeySet: l.SecretKey != "", SecretKeyHint: SecretHint(l.SecretKey),
+		ProjectID: l.ProjectID, Source: source, UpdatedAt: l.UpdatedAt,
+		ConfigOverride: source == SourceSaved && h.Config.Host != "" && h.Config.Host != l.Host}
+}
+
+func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
+	l, source, err := h.effective(r)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, h.view(l, source))
+}
+
+// decode reads a posted Langfuse and fills an empty secret from the settings
+// in effect, so that the dashboard never needs the secret back.
+func (h *Handler) decode(w http.ResponseWriter, r *http.Request) (Langfuse, bool) {
+	var in Langfuse
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		writeError(w, http.StatusBadRequest, "body", "must be a JSON object with host, public_key, secret_key and optional project_id: "+err.Error())
+		return Langfuse{}, false
+	}
+	in.UpdatedAt = time.Time{}
+	if in.SecretKey == "" {
+		cur, _, err := h.effective(r)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, "", err.Error())
+			return Langfuse{}, false
+		}
+		in.SecretKey = cur.SecretKey
+	}
+	return in, true
+}
+
+func (h *Handler) put(w http.ResponseWriter, r *http.Request) {
+	in, ok := h.decode(w, r)
+	if !ok {
+		return
+	}
+	if err := h.Store.PutLangfuse(r.Context(), in); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			writeError(w, http.StatusBadRequest, fe.Field, fe.Reason)
+			return
+		}
+		writeError(w, http.StatusServiceUnavailable, "", err.Error())
+		return
+	}
+	saved, _, err := h.Store.Langfuse(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, h.view(saved, SourceSaved))
+}
+
+func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
+	if err := h.Store.DeleteLangfuse(r.Context()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, h.view(h.Config, SourceConfig))
+}
+
+func (h *Handler) test(w http.ResponseWriter, r *http.Request) {
+	in, ok := h.decode(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, Probe(r.Context(), h.Client, in))
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, field, reason string) {
+	body := map[string]string{"error": reason}
+	if field != "" {
+		body["field"] = field
+		body["error"] = field + ": " + reason
+	}
+	writeJSON(w, code, body)
+}
