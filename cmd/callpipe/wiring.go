@@ -12,12 +12,16 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/pipeline"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/transform"
 )
 
 func connectNATS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn, error) {
@@ -134,4 +138,36 @@ func serveHTTP(ctx context.Context, listen string, h http.Handler, log *slog.Log
 		return fmt.Errorf("http shutdown %s: %w", listen, err)
 	}
 	return nil
+}
+
+// pipelineConsumers is the durable consumer of each worker stage.
+func pipelineConsumers(cfg *config.Config) map[string]pipeline.Consumer {
+	return map[string]pipeline.Consumer{
+		"normalize":  {Stage: "normalize", Stream: ingest.CallsStream, Name: cfg.Transform.Consumer},
+		"archive":    {Stage: "archive", Stream: ingest.CallsStream, Name: cfg.Archive.Consumer},
+		"clickhouse": {Stage: "clickhouse", Stream: transform.NormalizedStream, Name: chsink.ConsumerName},
+		"langfuse":   {Stage: "langfuse", Stream: transform.NormalizedStream, Name: cfg.Langfuse.Consumer},
+	}
+}
+
+// registerLag reports the lag of the named stages' consumers (all when none
+// are named) and the size of the dead-letter stream in reg.
+func registerLag(reg prometheus.Registerer, nc *nats.Conn, cfg *config.Config, log *slog.Logger, stageNames ...string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	all := pipelineConsumers(cfg)
+	var cs []pipeline.Consumer
+	if len(stageNames) == 0 {
+		for _, c := range all {
+			cs = append(cs, c)
+		}
+	}
+	for _, s := range stageNames {
+		if c, ok := all[s]; ok {
+			cs = append(cs, c)
+		}
+	}
+	return reg.Register(pipeline.NewLagCollector(js, cs, []string{transform.DeadLetterStream}, log))
 }

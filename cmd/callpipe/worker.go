@@ -94,6 +94,9 @@ func newWorkerCommand(a *app) *cobra.Command {
 			reg := newRegistry()
 			env := &workerEnv{cfg: cfg, nc: nc, reg: reg}
 			env.addHealth(natsHealth(nc))
+			if err := registerLag(reg, nc, cfg, log, run...); err != nil {
+				return err
+			}
 			g, gctx := errgroup.WithContext(cmd.Context())
 			for _, name := range run {
 				st, stageLog := stages[name], log.With("stage", name)
