@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/integration/harness"
 	"github.com/callpipe/callpipe/schema"
@@ -134,6 +135,13 @@ func lfCall(run string, i int) schema.Call {
 // publish stores calls on the run's subject; msgIDPrefix makes a resend a new message.
 func (e *lfEnv) publish(calls []schema.Call, msgIDPrefix string) {
 	e.t.Helper()
+	e.publishWith(calls, msgIDPrefix, nil)
+}
+
+// publishWith is publish with extra headers on every message (e.g. the
+// replay routing headers of ingest/replay.go).
+func (e *lfEnv) publishWith(calls []schema.Call, msgIDPrefix string, h nats.Header) {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for i := range calls {
@@ -142,6 +150,9 @@ func (e *lfEnv) publish(calls []schema.Call, msgIDPrefix string) {
 			e.t.Fatal(err)
 		}
 		m := &nats.Msg{Subject: e.subject + "." + calls[i].Kind, Data: b, Header: nats.Header{}}
+		for k, v := range h {
+			m.Header[k] = v
+		}
 		m.Header.Set(jetstream.MsgIDHeader, msgIDPrefix+calls[i].ID)
 		if _, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute)); err != nil {
 			e.t.Fatal(err)
@@ -288,4 +299,47 @@ func (e *lfEnv) deadLetters() []*nats.Msg {
 			return out
 		}
 	}
+}
+
+// lfMetric is the value of a gauge or counter in reg (0 when absent),
+// matching the metric name and, if given, its "result" label.
+func lfMetric(t *testing.T, reg *prometheus.Registry, name, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := result == ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					match = true
+				}
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// lfSlow is the sink's request timeout in the slow-server tests and the
+// delay of a slow answer, past it. Under -race the contract server itself
+// can take over a second for a request on a busy machine, so both grow.
+func lfSlow() (timeout, delay time.Duration) {
+	if lfRace {
+		return 3 * time.Second, 4 * time.Second
+	}
+	return time.Second, 1500 * time.Millisecond
 }

@@ -349,10 +349,11 @@ func TestLangfuseSinkSlowServer(t *testing.T) {
 	e := newLfEnv(t, langfusetest.Options{})
 	const n = 2000
 	calls := lfCalls(e.run, n)
-	e.srv.SetFailureRate(0.3, langfusetest.Fault{Delay: 1500 * time.Millisecond}, langfusetest.Fault{Delay: 300 * time.Millisecond})
+	timeout, delay := lfSlow()
+	e.srv.SetFailureRate(0.3, langfusetest.Fault{Delay: delay}, langfusetest.Fault{Delay: 300 * time.Millisecond})
 	e.publish(calls, "")
 	e.startSink(func(oc *langfuse.OutputConfig, sc *langfuse.SinkConfig) {
-		oc.Timeout = time.Second
+		oc.Timeout = timeout
 		oc.MaxBatchCount = 100
 		sc.Batch.Count = 200
 	})

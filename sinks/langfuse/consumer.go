@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -71,7 +72,9 @@ type Sink struct {
 	cfg  SinkConfig
 	log  *slog.Logger
 
-	accepted, rejected, pending prometheus.Counter
+	accepted, rejected, pending, skipped prometheus.Counter
+	// authRefused is 1 while Langfuse refuses the credentials.
+	authRefused prometheus.Gauge
 }
 
 // NewSink creates (or updates) the durable consumer.
@@ -131,8 +134,16 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 		})
 	}
 	s.accepted, s.rejected, s.pending = counter("accepted"), counter("dead_lettered"), counter("retried")
+	s.skipped = counter("skipped_replay") // replayed for other sinks (Callpipe-Sinks)
+	s.authRefused = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "callpipe_langfuse_credentials_refused",
+		Help: "1 while Langfuse refuses the keys (401/403): nothing is sent or acknowledged until they are accepted.",
+	})
+	requests := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "callpipe_langfuse_requests_total", Help: "HTTP requests sent to Langfuse (every attempt).",
+	}, func() float64 { r, _ := out.Stats(); return float64(r) })
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.accepted, s.rejected, s.pending} {
+		for _, c := range []prometheus.Collector{s.accepted, s.rejected, s.pending, s.skipped, s.authRefused, requests} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if !errors.As(err, &are) {
@@ -164,6 +175,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	defer wg.Wait()
 	var pauseMu sync.Mutex
 	var pauseUntil time.Time
+	refusals := 0 // batches refused in a row
 
 	for ctx.Err() == nil {
 		pauseMu.Lock()
@@ -205,15 +217,43 @@ func (s *Sink) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := s.handle(wctx, msgs); errors.Is(err, ErrUnauthorized) {
-				// Stop sending for a while: every request would be refused.
-				pauseMu.Lock()
-				pauseUntil = time.Now().Add(s.cfg.RetryDelay)
-				pauseMu.Unlock()
+			err := s.handle(wctx, msgs)
+			pauseMu.Lock()
+			defer pauseMu.Unlock()
+			if !errors.Is(err, ErrUnauthorized) {
+				// A batch that started before a refusal may end well after
+				// it; only the output knows whether the keys work now.
+				if s.out.Health() == nil {
+					refusals = 0
+					s.authRefused.Set(0)
+				}
+				return
 			}
+			// Stop sending while the keys are refused (every request would
+			// be), longer after each refusal: RetryDelay doubling up to
+			// AuthPauseMax, so a long outage costs a few requests.
+			s.authRefused.Set(1)
+			pause := AuthPause(s.cfg.RetryDelay, refusals)
+			refusals++
+			pauseUntil = time.Now().Add(pause)
+			s.log.Error("langfuse refused the credentials: not sending, nothing acknowledged; check langfuse.public_key/secret_key",
+				"err", err, "refusals", refusals, "retry_in", pause)
 		}()
 	}
 	return nil
+}
+
+// AuthPauseMax caps the pause after repeated credential refusals.
+const AuthPauseMax = 2 * time.Minute
+
+// AuthPause is the pause after the n-th refusal in a row (n from 0):
+// base doubled n times, at most max(base, AuthPauseMax).
+func AuthPause(base time.Duration, n int) time.Duration {
+	d := base << min(n, 16)
+	if d > AuthPauseMax || d <= 0 {
+		d = max(base, AuthPauseMax)
+	}
+	return d
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -247,6 +287,15 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	calls := make([]schema.Call, 0, len(msgs))
 	idx := make([]jetstream.Msg, 0, len(msgs))
 	for _, m := range msgs {
+		// Replay routing (ingest/replay.go): a replayed call meant for other
+		// sinks only is acknowledged and not sent.
+		if !ingest.SinkSelected(m.Headers(), StageName) {
+			if err := m.Ack(); err != nil {
+				s.log.Warn("langfuse sink: ack", "subject", m.Subject(), "err", err)
+			}
+			s.skipped.Inc()
+			continue
+		}
 		var c schema.Call
 		if err := json.Unmarshal(m.Data(), &c); err != nil || c.ID == "" {
 			reason := "not a normalized call: missing id"

@@ -2,6 +2,7 @@ package langfuse
 
 import (
 	"encoding/json"
+	"math"
 	"sort"
 	"strconv"
 
@@ -94,8 +95,42 @@ func (f *fields) floats(k string, m map[string]float64) {
 		return
 	}
 	f.key(k)
-	b, _ := json.Marshal(m) // rare (only when a cost is known) and tiny
-	f.b = append(f.b, b...)
+	keys := make([]string, 0, len(m))
+	for mk := range m {
+		keys = append(keys, mk)
+	}
+	sort.Strings(keys)
+	f.b = append(f.b, '{')
+	for i, mk := range keys {
+		if i > 0 {
+			f.b = append(f.b, ',')
+		}
+		f.b = appendString(f.b, mk)
+		f.b = append(f.b, ':')
+		f.b = appendFloat(f.b, m[mk])
+	}
+	f.b = append(f.b, '}')
+}
+
+// appendFloat formats v as encoding/json does; NaN and ±Inf, which JSON
+// cannot hold, become 0 (MapCall never produces them).
+func appendFloat(b []byte, v float64) []byte {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return append(b, '0')
+	}
+	format := byte('f')
+	if abs := math.Abs(v); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, v, format, -1, 64)
+	if format == 'e' {
+		// clean up e-09 to e-9, as encoding/json does
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
 }
 
 func (t *TraceBody) appendJSON(b []byte) []byte {

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"slices"
 	"sort"
@@ -158,7 +159,7 @@ func MapCall(c *schema.Call, o MapOptions) (trace, gen Event) {
 	if c.FirstTokenTime != nil {
 		gb.CompletionStartTime = ts(*c.FirstTokenTime)
 	}
-	if c.CostUSD != nil && *c.CostUSD >= 0 {
+	if c.CostUSD != nil && *c.CostUSD >= 0 && !math.IsInf(*c.CostUSD, 0) {
 		gb.CostDetails = map[string]float64{"total": *c.CostUSD}
 	}
 	if Failed(c) {
@@ -176,14 +177,18 @@ func MapCall(c *schema.Call, o MapOptions) (trace, gen Event) {
 // usage is input/output/total, without negative counts (which Langfuse
 // rejects and Xinference reports as -1 when it has none).
 func usage(c *schema.Call) map[string]int64 {
-	u := map[string]int64{}
-	for k, v := range map[string]int64{"input": c.InputTokens, "output": c.OutputTokens, "total": c.TotalTokens} {
-		if v >= 0 {
-			u[k] = v
-		}
-	}
-	if len(u) == 0 {
+	if c.InputTokens < 0 && c.OutputTokens < 0 && c.TotalTokens < 0 {
 		return nil
+	}
+	u := make(map[string]int64, 3)
+	if c.InputTokens >= 0 {
+		u["input"] = c.InputTokens
+	}
+	if c.OutputTokens >= 0 {
+		u["output"] = c.OutputTokens
+	}
+	if c.TotalTokens >= 0 {
+		u["total"] = c.TotalTokens
 	}
 	return u
 }
@@ -191,63 +196,97 @@ func usage(c *schema.Call) map[string]int64 {
 // metadata is the call's metadata object (the call's own keys first,
 // callpipe's keys overriding them), keys sorted, as compact JSON.
 func metadata(c *schema.Call) json.RawMessage {
-	// Values are appended to one scratch buffer. Slices taken from it stay
-	// valid even if an append moves it: the old array is never written again.
-	scratch := make([]byte, 0, 256+len(c.Error)+len(c.Instance)+len(c.Endpoint))
-	fs := make([]kv, 0, len(c.Metadata)+16)
-	str := func(k, v string) {
-		if v != "" {
-			from := len(scratch)
-			scratch = appendString(scratch, v)
-			fs = append(fs, kv{k, scratch[from:len(scratch):len(scratch)]})
-		}
-	}
-	num := func(k string, v int64) {
-		from := len(scratch)
-		scratch = strconv.AppendInt(scratch, v, 10)
-		fs = append(fs, kv{k, scratch[from:len(scratch):len(scratch)]})
-	}
-	str("instance", c.Instance)
-	str("endpoint", c.Endpoint)
-	str("kind", c.Kind)
-	num("status", int64(c.Status))
-	str("usage_source", c.UsageSource)
-	str("user_source", c.UserSource)
-	str("api_key_prefix", c.APIKeyPrefix)
-	str("finish_reason", c.FinishReason)
-	str("error", c.Error)
-	str("source", c.Source)
-	num("latency_ms", c.LatencyMS)
-	if c.TTFTMS != nil {
-		num("ttft_ms", *c.TTFTMS)
-	}
-	if c.Stream {
-		fs = append(fs, kv{"stream", []byte("true")})
-	}
-	ids := make([]byte, 0, 48+2*(len(c.ID)+len(c.BatchID)+len(c.TraceID)))
-	ids = appendString(append(ids, `{"call_id":`...), c.ID)
-	if c.BatchID != "" {
-		ids = appendString(append(ids, `,"batch_id":`...), c.BatchID)
-	}
-	ids = append(appendString(append(ids, `,"trace_id":`...), TraceID(c)), '}')
-	fs = append(fs, kv{"callpipe", ids})
-	own := len(fs)
+	var extra []string // the call's own keys that callpipe does not set, sorted
+	size := 320 + len(c.Error) + len(c.Instance) + len(c.Endpoint) + 2*(len(c.ID)+len(c.BatchID)+len(c.TraceID))
 	for k, v := range c.Metadata {
-		if len(v) == 0 || !json.Valid(v) {
+		if len(v) == 0 || ownMetadataKey(k) || !json.Valid(v) {
 			continue
 		}
-		dup := false
-		for _, f := range fs[:own] {
-			if f.k == k {
-				dup = true
-				break
-			}
-		}
-		if !dup {
-			fs = append(fs, kv{k, v})
-		}
+		extra = append(extra, k)
+		size += len(k) + len(v) + 4
 	}
-	return object(fs)
+	slices.Sort(extra)
+	m := metaWriter{b: append(make([]byte, 0, size), '{'), extra: extra, from: c.Metadata}
+	// In key order, so that the object is sorted without sorting.
+	m.str("api_key_prefix", c.APIKeyPrefix)
+	m.key("callpipe")
+	m.b = appendString(append(m.b, `{"call_id":`...), c.ID)
+	if c.BatchID != "" {
+		m.b = appendString(append(m.b, `,"batch_id":`...), c.BatchID)
+	}
+	m.b = append(appendString(append(m.b, `,"trace_id":`...), TraceID(c)), '}')
+	m.str("endpoint", c.Endpoint)
+	m.str("error", c.Error)
+	m.str("finish_reason", c.FinishReason)
+	m.str("instance", c.Instance)
+	m.str("kind", c.Kind)
+	m.num("latency_ms", c.LatencyMS)
+	m.str("source", c.Source)
+	m.num("status", int64(c.Status))
+	if c.Stream {
+		m.key("stream")
+		m.b = append(m.b, "true"...)
+	}
+	if c.TTFTMS != nil {
+		m.num("ttft_ms", *c.TTFTMS)
+	}
+	m.str("usage_source", c.UsageSource)
+	m.str("user_source", c.UserSource)
+	m.flush("\xff") // the remaining extra keys (UTF-8 never has 0xff)
+	return append(m.b, '}')
+}
+
+// ownMetadataKey reports whether callpipe sets key k in metadata.
+func ownMetadataKey(k string) bool {
+	switch k {
+	case "api_key_prefix", "callpipe", "endpoint", "error", "finish_reason", "instance", "kind",
+		"latency_ms", "source", "status", "stream", "ttft_ms", "usage_source", "user_source":
+		return true
+	}
+	return false
+}
+
+// metaWriter writes an object's keys in ascending order, merging in the
+// sorted extra keys (with their values from from) before each own key.
+type metaWriter struct {
+	b     []byte
+	extra []string
+	from  map[string]json.RawMessage
+}
+
+func (m *metaWriter) key(k string) {
+	m.flush(k)
+	m.member(k)
+}
+
+// flush writes the extra keys that sort before k.
+func (m *metaWriter) flush(k string) {
+	for len(m.extra) > 0 && m.extra[0] < k {
+		e := m.extra[0]
+		m.extra = m.extra[1:]
+		m.member(e)
+		m.b = append(m.b, m.from[e]...)
+	}
+}
+
+func (m *metaWriter) member(k string) {
+	if len(m.b) > 1 {
+		m.b = append(m.b, ',')
+	}
+	m.b = appendString(m.b, k)
+	m.b = append(m.b, ':')
+}
+
+func (m *metaWriter) str(k, v string) {
+	if v != "" {
+		m.key(k)
+		m.b = appendString(m.b, v)
+	}
+}
+
+func (m *metaWriter) num(k string, v int64) {
+	m.key(k)
+	m.b = strconv.AppendInt(m.b, v, 10)
 }
 
 type kv struct {
@@ -293,31 +332,26 @@ func modelParameters(p map[string]json.RawMessage) json.RawMessage {
 	fs := make([]kv, 0, len(p))
 	for k, raw := range p {
 		raw = bytes.TrimSpace(raw)
-		if len(raw) == 0 {
+		if len(raw) == 0 || raw[0] == 'n' || !json.Valid(raw) { // null or not JSON
 			continue
 		}
 		switch raw[0] {
-		case 'n': // null
-			continue
 		case '"', 't', 'f', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-			if json.Valid(raw) {
-				fs = append(fs, kv{k, raw})
-			}
+			fs = append(fs, kv{k, raw})
 			continue
 		}
 		// Arrays of strings are kept; everything else (objects, other
 		// arrays) is sent as its JSON text: Langfuse's OpenAPI MapValue is
 		// string | integer | number | boolean | string[].
-		var l []string
-		if raw[0] == '[' && json.Unmarshal(raw, &l) == nil {
-			var buf bytes.Buffer
-			if json.Compact(&buf, raw) == nil {
-				fs = append(fs, kv{k, buf.Bytes()})
-				continue
-			}
+		strs, compact := stringArray(raw)
+		if strs && compact {
+			fs = append(fs, kv{k, raw})
+			continue
 		}
 		var buf bytes.Buffer
-		if json.Compact(&buf, raw) != nil {
+		_ = json.Compact(&buf, raw) // raw is valid JSON
+		if strs {
+			fs = append(fs, kv{k, buf.Bytes()})
 			continue
 		}
 		fs = append(fs, kv{k, appendString(nil, buf.String())})
@@ -326,6 +360,48 @@ func modelParameters(p map[string]json.RawMessage) json.RawMessage {
 		return nil
 	}
 	return object(fs)
+}
+
+// stringArray reports whether raw (valid JSON) is an array of strings, and
+// whether it has no white space outside its strings.
+func stringArray(raw []byte) (strs, compact bool) {
+	if raw[0] != '[' {
+		return false, false
+	}
+	compact = true
+	ws := func(i int) int {
+		for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t' || raw[i] == '\n' || raw[i] == '\r') {
+			compact = false
+			i++
+		}
+		return i
+	}
+	i := ws(1)
+	if i < len(raw) && raw[i] == ']' {
+		return true, compact
+	}
+	for i < len(raw) {
+		if raw[i] != '"' {
+			return false, false
+		}
+		for i++; i < len(raw) && raw[i] != '"'; i++ {
+			if raw[i] == '\\' {
+				i++
+			}
+		}
+		i = ws(i + 1)
+		if i >= len(raw) {
+			return false, false
+		}
+		if raw[i] == ']' {
+			return true, compact
+		}
+		if raw[i] != ',' {
+			return false, false
+		}
+		i = ws(i + 1)
+	}
+	return false, false
 }
 
 // field is the structured value (or else the text, as a JSON string), cut

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -328,5 +330,56 @@ func TestAppendMatchesMarshal(t *testing.T) {
 				t.Errorf("%s:\nappend  %s\nmarshal %s", ev.Type, fast, std)
 			}
 		}
+	}
+}
+
+func TestAppendFloatMatchesMarshal(t *testing.T) {
+	for _, v := range []float64{0, 0.00042, 1e-7, 1.5e-9, 123456.789, 1e21, 3e22, 0.1, 42} {
+		std, _ := json.Marshal(v)
+		tr, gen := langfuse.MapCall(&schema.Call{ID: "f", CostUSD: &v}, langfuse.MapOptions{})
+		_ = tr
+		got := string(gen.AppendJSON(nil))
+		if !strings.Contains(got, `"costDetails":{"total":`+string(std)+`}`) {
+			t.Errorf("%v: %s, want total %s", v, got, std)
+		}
+	}
+	inf := math.Inf(1)
+	_, gen := langfuse.MapCall(&schema.Call{ID: "f", CostUSD: &inf}, langfuse.MapOptions{})
+	if b := gen.AppendJSON(nil); !json.Valid(b) || strings.Contains(string(b), "costDetails") {
+		t.Errorf("infinite cost: %s", b)
+	}
+}
+
+// TestMetadataSortedAndMerged: callpipe's keys override the call's own,
+// the call's other keys are kept, and the object's keys come out sorted
+// (byte-identical resends).
+func TestMetadataSortedAndMerged(t *testing.T) {
+	c := fullCall("m")
+	c.Metadata = map[string]json.RawMessage{"zz": json.RawMessage(`1`), "a": json.RawMessage(`"x"`),
+		"status": json.RawMessage(`"mine"`), "kind2": json.RawMessage(`[1]`), "bad": json.RawMessage(`{`)}
+	tr, _ := langfuse.MapCall(&c, langfuse.MapOptions{})
+	md := tr.Body.(*langfuse.TraceBody).Metadata
+	d := json.NewDecoder(strings.NewReader(string(md)))
+	var keys []string
+	if tok, err := d.Token(); err != nil || tok != json.Delim('{') {
+		t.Fatalf("%s", md)
+	}
+	for d.More() {
+		k, _ := d.Token()
+		keys = append(keys, k.(string))
+		var skip json.RawMessage
+		if err := d.Decode(&skip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !sort.StringsAreSorted(keys) {
+		t.Errorf("keys not sorted: %v", keys)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(md, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["status"] != 200.0 || m["a"] != "x" || m["zz"] != 1.0 || m["kind2"] == nil || m["bad"] != nil || m["instance"] != "qwen2.5-instruct-0" {
+		t.Errorf("metadata %s", md)
 	}
 }

@@ -1,12 +1,15 @@
 package langfuse_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,19 +158,140 @@ func TestOTLPFlakyServer(t *testing.T) {
 //
 //	go test ./sinks/langfuse -run '^$' -bench WriteBatchOTLP -benchtime 100000x
 func BenchmarkWriteBatchOTLP(b *testing.B) {
+	benchWriteBatch(b, "4.16.0", langfuse.TransportOTLP)
+}
+
+// TestAppendSpanMatchesProto: the sink's hand-framed span bytes are exactly
+// the deterministic protobuf encoding of CallSpan (so the official types
+// decode them, attribute for attribute).
+func TestAppendSpanMatchesProto(t *testing.T) {
+	cs := calls(3, "w")
+	cs[1].Status, cs[1].Error = 500, "boom"
+	cs[2].Tags, cs[2].CostUSD, cs[2].InputTokens, cs[2].OutputTokens, cs[2].TotalTokens = nil, nil, -1, -1, -1
+	cs[2].Input = json.RawMessage(`"` + strings.Repeat("é", 300) + `"`) // multi-byte varint lengths
+	for i := range cs {
+		o := langfuse.MapOptions{Environment: "e", Release: "r", MaxFieldBytes: 1 << 20}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(langfuse.CallSpan(&cs[i], o))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := langfuse.AppendSpan(nil, &cs[i], o)
+		if !bytes.Equal(got, want) {
+			var g tracepb.Span
+			_ = proto.Unmarshal(got, &g)
+			t.Fatalf("call %d: appendSpan differs from proto.Marshal(CallSpan):\n got %v\nwant %v", i, &g, langfuse.CallSpan(&cs[i], o))
+		}
+	}
+}
+
+// TestOTLPHeaders: every OTLP request carries the headers Langfuse's route
+// reads, with an ingestion version it accepts (above 4 is refused).
+func TestOTLPHeaders(t *testing.T) {
 	srv := langfusetest.New(langfusetest.Options{Version: "4.16.0"})
 	defer srv.Close()
-	out := newOutput(b, srv, func(c *langfuse.OutputConfig) { c.MaxInFlight = 8 })
-	const batch = 2000
-	cs := calls(batch, "bench")
-	b.ResetTimer()
-	for sent := 0; sent < b.N; {
-		n := min(batch, b.N-sent)
-		res, err := out.WriteBatch(context.Background(), cs[:n])
-		if err != nil || states(res)[langfuse.Accepted] != n {
-			b.Fatal(err, states(res))
-		}
-		sent += n
+	out := newOutput(t, srv, nil)
+	if _, err := out.WriteBatch(context.Background(), calls(5, "h")); err != nil {
+		t.Fatal(err)
 	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "generations/s")
+	reqs := srv.Requests()
+	if len(reqs) == 0 {
+		t.Fatal("no request")
+	}
+	for _, r := range reqs {
+		if r.Path != langfuse.OTLPPath || r.Status != 200 || r.Header.Get("X-Langfuse-Ingestion-Version") != "4" ||
+			r.Header.Get("X-Langfuse-Sdk-Name") != "callpipe" || r.Header.Get("Content-Encoding") != "gzip" ||
+			r.Header.Get("Content-Type") != "application/x-protobuf" {
+			t.Fatalf("request %s %d headers %v", r.Path, r.Status, r.Header)
+		}
+	}
+	// The server enforces Langfuse's rule, so a wrong header would show up above.
+	for v, want := range map[string]int{"5": 400, "x": 400, "3": 200, "4": 200} {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+langfuse.OTLPPath, strings.NewReader(""))
+		req.Header.Set("Authorization", "Basic "+basic("pk-lf-test", "sk-lf-test"))
+		req.Header.Set("Content-Type", "application/x-protobuf")
+		req.Header.Set("x-langfuse-ingestion-version", v)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("ingestion version %q → %d, want %d", v, resp.StatusCode, want)
+		}
+	}
+}
+
+// TestOTLPPartialSuccess: an answer whose partial_success rejects spans
+// without naming them: the accepted spans are found by resending halves
+// (a span upserts, so resending is harmless), a span rejected on its own is
+// resent PartialRetries times and then dead-lettered with Langfuse's
+// message; every other call is accepted and stored once.
+func TestOTLPPartialSuccess(t *testing.T) {
+	srv := langfusetest.New(langfusetest.Options{Version: "4.16.0"})
+	defer srv.Close()
+	bad := map[string]int{}
+	srv.SetSpanFault(func(_ string, a map[string]any) string {
+		id, _ := a["callpipe.call_id"].(string)
+		if strings.HasSuffix(id, "3") {
+			bad[id]++
+			return "span " + id + " has an invalid attribute"
+		}
+		return ""
+	})
+	out := newOutput(t, srv, nil)
+	cs := calls(40, "ps")
+	res, err := out.WriteBatch(context.Background(), cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		id := cs[i].ID
+		if strings.HasSuffix(id, "3") {
+			if r.State != langfuse.Rejected || !strings.Contains(r.Reason, "partial success") ||
+				!strings.Contains(r.Reason, "invalid attribute") {
+				t.Errorf("%s: %+v", id, r)
+			}
+			continue
+		}
+		if r.State != langfuse.Accepted {
+			t.Errorf("%s: %+v", id, r)
+		}
+	}
+	if len(srv.Observations()) != 36 || len(srv.Traces()) != 36 {
+		t.Fatalf("%d observations, %d traces stored, want 36", len(srv.Observations()), len(srv.Traces()))
+	}
+	for i := range cs {
+		if n := srv.Envelopes("observation", hex.EncodeToString(langfuse.OTLPSpanID(&cs[i]))); n != 0 && n != 1 {
+			t.Fatalf("call %s stored as %d objects", cs[i].ID, n)
+		}
+	}
+	// Halving resends accepted spans too: at most once per level (log2(40) < 6).
+	if n := srv.OTLPSpans(); n > 40*7 {
+		t.Errorf("%d spans accepted for 40 calls: the search is not bounded", n)
+	}
+	for id, n := range bad {
+		// Sent in the batch, then in ever smaller halves, then alone 1+PartialRetries times: bounded.
+		if n < 1+langfuse.PartialRetries || n > 20 {
+			t.Errorf("%s sent %d times", id, n)
+		}
+	}
+	if len(bad) != 4 {
+		t.Errorf("%d bad calls seen, want 4", len(bad))
+	}
+	// A transient partial rejection (once) is resent and accepted.
+	srv2 := langfusetest.New(langfusetest.Options{Version: "4.16.0"})
+	defer srv2.Close()
+	once := map[string]bool{}
+	srv2.SetSpanFault(func(id string, _ map[string]any) string {
+		if !once[id] {
+			once[id] = true
+			return "try again"
+		}
+		return ""
+	})
+	out2 := newOutput(t, srv2, nil)
+	res, err = out2.WriteBatch(context.Background(), calls(10, "pt"))
+	if err != nil || states(res)[langfuse.Accepted] != 10 || len(srv2.Observations()) != 10 {
+		t.Fatal(err, states(res), len(srv2.Observations()))
+	}
 }

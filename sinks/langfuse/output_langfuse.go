@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +92,7 @@ type Output struct {
 
 	authMu  sync.Mutex
 	authErr error
+	authAt  time.Time // when authErr was recorded
 
 	requests atomic.Int64
 	events   atomic.Int64
@@ -200,10 +202,21 @@ func (o *Output) Health() error {
 	return o.authErr
 }
 
-func (o *Output) setAuth(err error) {
+// refused records a credential refusal.
+func (o *Output) refused(err error) {
 	o.authMu.Lock()
-	o.authErr = err
-	o.authMu.Unlock()
+	defer o.authMu.Unlock()
+	o.authErr, o.authAt = err, time.Now()
+}
+
+// authorized clears the refusal after a round that started at start got
+// through auth; a round that started before the refusal proves nothing.
+func (o *Output) authorized(start time.Time) {
+	o.authMu.Lock()
+	defer o.authMu.Unlock()
+	if o.authErr != nil && start.After(o.authAt) {
+		o.authErr = nil
+	}
 }
 
 // Stats are the requests sent and events accepted so far.
@@ -225,70 +238,132 @@ type encoded struct {
 	raw  []byte
 }
 
-// encode maps and writes the events of calls into one buffer.
-func (o *Output) encode(calls []schema.Call) ([]encoded, error) {
-	out := make([]encoded, 0, 2*len(calls))
-	type span struct{ from, to int }
-	spans := make([]span, 0, 2*len(calls))
-	buf := make([]byte, 0, 2048*len(calls))
-	if o.otlp != nil {
-		for i := range calls {
-			raw, err := marshalSpan(CallSpan(&calls[i], o.cfg.Map))
-			if err != nil {
-				return nil, fmt.Errorf("encode span of call %s: %w", calls[i].ID, err)
-			}
-			out = append(out, encoded{call: i, id: calls[i].ID, typ: "span", raw: raw})
-		}
-		return out, nil
-	}
-	for i := range calls {
-		tr, gen := MapCall(&calls[i], o.cfg.Map)
-		for _, ev := range []*Event{&tr, &gen} {
-			from := len(buf)
-			buf = ev.AppendJSON(buf)
-			spans = append(spans, span{from, len(buf)})
-			out = append(out, encoded{call: i, id: ev.ID, typ: ev.Type})
-		}
-	}
-	for i, s := range spans {
-		out[i].raw = buf[s.from:s.to:s.to]
-	}
-	return out, nil
+// chunk is the events of one request; body is the request body when the
+// encoder already wrote it (first attempt of an ingestion request).
+type chunk struct {
+	evs  []encoded
+	body []byte
 }
 
-// chunks cuts events (or OTLP spans) into request bodies of at most MaxBatchBytes and
+const (
+	batchHead = `{"batch":[`
+	batchTail = `]}`
+)
+
+// EventsPerCall is how many events (ingestion) or spans (OTLP) a call becomes.
+func (o *Output) EventsPerCall() int {
+	if o.otlp != nil {
+		return 1
+	}
+	return 2
+}
+
+// encode maps calls and hands chunks to emit as soon as each is full, so
+// that the first requests are on the wire while the rest is still being
+// encoded. Ingestion events are written straight into their request body;
+// an event's raw bytes stay valid (and are reused for retries) after emit.
+// It stops early when emit returns false.
+func (o *Output) encode(calls []schema.Call, emit func(chunk) bool) error {
+	per := o.EventsPerCall()
+	evs := make([]encoded, 0, per*len(calls))
+	start := 0 // first event of the chunk being filled
+	if o.otlp != nil {
+		size := 0
+		var buf []byte
+		for i := range calls {
+			from := len(buf)
+			buf = appendSpan(buf, &calls[i], o.cfg.Map)
+			if i == 0 { // every span of the batch lives in buf until WriteBatch returns
+				buf = slices.Grow(buf, min((len(buf)+64)*(len(calls)-1), 8*o.cfg.MaxBatchBytes))
+			}
+			n := len(buf) - from + 6
+			if len(evs) > start && (size+n > o.cfg.MaxBatchBytes || len(evs)-start >= o.cfg.MaxBatchCount) {
+				if !emit(chunk{evs: evs[start:len(evs):len(evs)]}) {
+					return nil
+				}
+				start, size = len(evs), 0
+			}
+			size += n
+			evs = append(evs, encoded{call: i, id: calls[i].ID, typ: "span", raw: buf[from:len(buf):len(buf)]})
+		}
+		if len(evs) > start {
+			emit(chunk{evs: evs[start:]})
+		}
+		return nil
+	}
+	// Size the body buffer from the first call, so that it rarely grows.
+	newBody := func(perEvent, events int) []byte {
+		n := min(o.cfg.MaxBatchBytes, perEvent*min(events, o.cfg.MaxBatchCount)+perEvent) + len(batchHead) + len(batchTail)
+		return append(make([]byte, 0, n), batchHead...)
+	}
+	buf := newBody(1024, per*len(calls))
+	estimated := false
+	for i := range calls {
+		tr, gen := MapCall(&calls[i], o.cfg.Map)
+		for _, ev := range [2]*Event{&tr, &gen} {
+			from := len(buf)
+			if len(evs) > start {
+				buf = append(buf, ',')
+				from++
+			}
+			buf = ev.AppendJSON(buf)
+			if !estimated {
+				want := min((len(buf)-from+64)*min(per*len(calls), o.cfg.MaxBatchCount), o.cfg.MaxBatchBytes+len(batchTail))
+				buf = slices.Grow(buf, max(0, want-len(buf)))
+				estimated = true
+			}
+			if n := len(evs) - start; n > 0 && (len(buf)+len(batchTail) > o.cfg.MaxBatchBytes || n >= o.cfg.MaxBatchCount) {
+				// This event opens the next request.
+				next := newBody(len(buf)/n, per*len(calls)-len(evs))
+				next = append(next, buf[from:]...)
+				body := append(buf[:from-1], batchTail...) // drops the comma
+				if !emit(chunk{evs: evs[start:len(evs):len(evs)], body: body}) {
+					return nil
+				}
+				buf, start, from = next, len(evs), len(batchHead)
+			}
+			evs = append(evs, encoded{call: i, id: ev.ID, typ: ev.Type, raw: buf[from:len(buf):len(buf)]})
+		}
+	}
+	if len(evs) > start {
+		emit(chunk{evs: evs[start:], body: append(buf, batchTail...)})
+	}
+	return nil
+}
+
+// chunks cuts events (or OTLP spans) into requests of at most MaxBatchBytes and
 // MaxBatchCount events (an event larger than MaxBatchBytes goes alone).
-func (o *Output) chunks(evs []encoded) [][]encoded {
-	var out [][]encoded
-	start, size := 0, len(`{"batch":[]}`)
+func (o *Output) chunks(evs []encoded) []chunk {
+	var out []chunk
+	start, size := 0, len(batchHead)+len(batchTail)
 	for i := range evs {
 		n := len(evs[i].raw) + 1
 		if i > start && (size+n > o.cfg.MaxBatchBytes || i-start >= o.cfg.MaxBatchCount) {
-			out = append(out, evs[start:i])
-			start, size = i, len(`{"batch":[]}`)
+			out = append(out, chunk{evs: evs[start:i]})
+			start, size = i, len(batchHead)+len(batchTail)
 		}
 		size += n
 	}
 	if start < len(evs) {
-		out = append(out, evs[start:])
+		out = append(out, chunk{evs: evs[start:]})
 	}
 	return out
 }
 
 func body(evs []encoded) []byte {
-	n := len(`{"batch":[]}`)
+	n := len(batchHead) + len(batchTail)
 	for i := range evs {
 		n += len(evs[i].raw) + 1
 	}
 	b := make([]byte, 0, n)
-	b = append(b, `{"batch":[`...)
+	b = append(b, batchHead...)
 	for i := range evs {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = append(b, evs[i].raw...)
 	}
-	return append(b, "]}"...)
+	return append(b, batchTail...)
 }
 
 // verdict is what one request said about one event.
@@ -312,6 +387,82 @@ type chunkResult struct {
 	retryAfter time.Duration
 }
 
+// round is one attempt at sending a set of events: its requests run
+// concurrently (bounded by MaxInFlight over all WriteBatch calls) and their
+// verdicts are applied to the batch's outcomes as they arrive.
+type round struct {
+	o        *Output
+	ctx      context.Context
+	outcomes []Outcome
+	left     []int // events not yet accepted, per call
+	start    time.Time
+	// probe: the keys were refused last time, so requests go one at a
+	// time and the round stops at the first refusal (one request per
+	// batch while Langfuse refuses them, not one per chunk).
+	probe bool
+	sent  int
+
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	retry      []encoded
+	auth       bool
+	retryAfter time.Duration
+	lastReason string
+}
+
+// dispatch starts the request of ch; false when ctx ended first, or when
+// probing and the keys are still refused.
+func (r *round) dispatch(ch chunk) bool {
+	if r.probe {
+		r.wg.Wait()
+		r.mu.Lock()
+		refused := r.auth
+		r.mu.Unlock()
+		if refused {
+			return false
+		}
+		r.probe = r.sent == 0 // one request got through: the keys work again
+	}
+	r.sent++
+	select {
+	case r.o.inflight <- struct{}{}:
+	case <-r.ctx.Done():
+		return false
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() { <-r.o.inflight }()
+		r.apply(ch.evs, r.o.send(r.ctx, ch.evs, ch.body))
+	}()
+	return true
+}
+
+func (r *round) apply(evs []encoded, res chunkResult) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.retryAfter = max(r.retryAfter, res.retryAfter)
+	for i, v := range res.verdicts {
+		e := evs[i]
+		switch v.v {
+		case vAccepted:
+			r.left[e.call]--
+			if r.left[e.call] == 0 && r.outcomes[e.call].State == Pending {
+				r.outcomes[e.call].State = Accepted
+			}
+		case vRejected:
+			r.outcomes[e.call] = Outcome{State: Rejected, Reason: e.typ + ": " + v.reason}
+		case vAuth:
+			r.auth = true
+			r.lastReason = v.reason
+			r.retry = append(r.retry, e)
+		default:
+			r.lastReason = v.reason
+			r.retry = append(r.retry, e)
+		}
+	}
+}
+
 // WriteBatch sends the trace and generation of every call and returns one
 // outcome per call. Retryable failures (429, 5xx, network, per-event 5xx)
 // are retried with backoff up to MaxRetries times; 413 splits the request.
@@ -325,69 +476,45 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call) ([]Outcome
 	if o.ingest == nil && o.otlp == nil {
 		return outcomes, errors.New("langfuse output: not connected")
 	}
-	pending, err := o.encode(calls)
-	if err != nil {
-		return outcomes, err
+	left := make([]int, len(calls))
+	for i := range left {
+		left[i] = o.EventsPerCall()
 	}
-	left := make([]int, len(calls)) // events not yet accepted, per call
-	for _, e := range pending {
-		left[e.call]++
-	}
-	var lastReason string
+	var (
+		lastReason string
+		pending    []encoded
+	)
 	for attempt := 0; ; attempt++ {
-		var (
-			mu         sync.Mutex
-			retry      []encoded
-			auth       bool
-			retryAfter time.Duration
-			wg         sync.WaitGroup
-		)
-		for _, ch := range o.chunks(pending) {
-			select {
-			case o.inflight <- struct{}{}:
-			case <-ctx.Done():
-				wg.Wait()
-				return outcomes, ctx.Err()
+		r := &round{o: o, ctx: ctx, outcomes: outcomes, left: left, start: time.Now(), probe: o.Health() != nil}
+		if attempt == 0 {
+			err := o.encode(calls, r.dispatch)
+			r.wg.Wait()
+			if err != nil {
+				return outcomes, err
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-o.inflight }()
-				res := o.send(ctx, ch)
-				mu.Lock()
-				defer mu.Unlock()
-				retryAfter = max(retryAfter, res.retryAfter)
-				for i, v := range res.verdicts {
-					e := ch[i]
-					switch v.v {
-					case vAccepted:
-						left[e.call]--
-						if left[e.call] == 0 && outcomes[e.call].State == Pending {
-							outcomes[e.call].State = Accepted
-						}
-					case vRejected:
-						outcomes[e.call] = Outcome{State: Rejected, Reason: e.typ + ": " + v.reason}
-					case vAuth:
-						auth = true
-						lastReason = v.reason
-						retry = append(retry, e)
-					default:
-						lastReason = v.reason
-						retry = append(retry, e)
-					}
+		} else {
+			for _, ch := range o.chunks(pending) {
+				if !r.dispatch(ch) {
+					break
 				}
-			}()
+			}
+			r.wg.Wait()
 		}
-		wg.Wait()
-		if auth {
+		if ctx.Err() != nil {
+			return outcomes, ctx.Err()
+		}
+		if r.lastReason != "" {
+			lastReason = r.lastReason
+		}
+		if r.auth {
 			err := fmt.Errorf("%w: %s", ErrUnauthorized, lastReason)
-			o.setAuth(err)
+			o.refused(err)
 			return outcomes, err
 		}
-		o.setAuth(nil)
+		o.authorized(r.start)
 		// Events of a rejected call need no retry: the call goes to the DLQ.
-		pending = pending[:0]
-		for _, e := range retry {
+		pending = r.retry[:0]
+		for _, e := range r.retry {
 			if outcomes[e.call].State == Pending {
 				pending = append(pending, e)
 			}
@@ -398,8 +525,7 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call) ([]Outcome
 		if attempt >= o.cfg.MaxRetries {
 			return outcomes, fmt.Errorf("%w: %d events after %d attempts, last: %s", ErrRetriesExhausted, len(pending), attempt+1, lastReason)
 		}
-		wait := max(o.Backoff(attempt), retryAfter)
-		t := time.NewTimer(wait)
+		t := time.NewTimer(max(o.Backoff(attempt), r.retryAfter))
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -419,10 +545,39 @@ func (o *Output) Backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
+// PartialRetries is how many times spans are resent after an OTLP partial
+// success that rejected all of them, before they are dead-lettered.
+const PartialRetries = 2
+
 // send posts one chunk and classifies every event; 413 (and a
 // request-level 400, which names no event) split the chunk in halves until
 // the offending event is alone, which is then rejected.
-func (o *Output) send(ctx context.Context, ch []encoded) chunkResult {
+func (o *Output) send(ctx context.Context, ch []encoded, reqBody []byte) chunkResult {
+	resp, err := o.post(ctx, ch, reqBody)
+	return o.classify(ctx, ch, resp, err)
+}
+
+func (o *Output) post(ctx context.Context, ch []encoded, reqBody []byte) (ingestionResponse, error) {
+	rctx, cancel := context.WithTimeout(ctx, o.cfg.Timeout)
+	defer cancel()
+	defer o.requests.Add(1)
+	if o.otlp != nil {
+		return o.otlp.post(rctx, ch)
+	}
+	if reqBody == nil {
+		reqBody = body(ch)
+	}
+	return o.ingest.post(rctx, reqBody)
+}
+
+// halves sends the two halves of ch on their own.
+func (o *Output) halves(ctx context.Context, ch []encoded) chunkResult {
+	h := len(ch) / 2
+	a, b := o.send(ctx, ch[:h], nil), o.send(ctx, ch[h:], nil)
+	return chunkResult{verdicts: append(a.verdicts, b.verdicts...), retryAfter: max(a.retryAfter, b.retryAfter)}
+}
+
+func (o *Output) classify(ctx context.Context, ch []encoded, resp ingestionResponse, err error) chunkResult {
 	res := chunkResult{verdicts: make([]eventVerdict, len(ch))}
 	all := func(v verdict, reason string) chunkResult {
 		for i := range res.verdicts {
@@ -430,23 +585,33 @@ func (o *Output) send(ctx context.Context, ch []encoded) chunkResult {
 		}
 		return res
 	}
-	rctx, cancel := context.WithTimeout(ctx, o.cfg.Timeout)
-	var (
-		resp ingestionResponse
-		err  error
-	)
-	if o.otlp != nil {
-		resp, err = o.otlp.post(rctx, ch)
-	} else {
-		resp, err = o.ingest.post(rctx, body(ch))
-	}
-	cancel()
-	o.requests.Add(1)
 	if err != nil {
 		return all(vRetry, "network: "+err.Error())
 	}
 	reason := fmt.Sprintf("HTTP %d %s", resp.Status, resp.Message)
 	switch {
+	case resp.AllAccepted && resp.Rejected > 0:
+		// OTLP partial success: Langfuse took some spans and does not say
+		// which. Resending is safe (a span upserts by its ids), so narrow it
+		// down by halves; spans rejected on their own (or all of a chunk)
+		// are resent PartialRetries times, then dead-lettered with
+		// Langfuse's message.
+		if resp.Rejected < int64(len(ch)) {
+			return o.halves(ctx, ch)
+		}
+		if resp.tries < PartialRetries {
+			t := time.NewTimer(o.Backoff(resp.tries))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return all(vRetry, "stopped while resending after an OTLP partial success")
+			}
+			next, err := o.post(ctx, ch, nil)
+			next.tries = resp.tries + 1
+			return o.classify(ctx, ch, next, err)
+		}
+		return all(vRejected, fmt.Sprintf("langfuse OTLP partial success rejected %d of %d spans: %s", resp.Rejected, len(ch), resp.Message))
 	case resp.AllAccepted:
 		o.events.Add(int64(len(ch)))
 		return all(vAccepted, "")
@@ -474,11 +639,7 @@ func (o *Output) send(ctx context.Context, ch []encoded) chunkResult {
 		if len(ch) == 1 {
 			return all(vRejected, "langfuse "+reason)
 		}
-		h := len(ch) / 2
-		a, b := o.send(ctx, ch[:h]), o.send(ctx, ch[h:])
-		res.verdicts = append(a.verdicts, b.verdicts...)
-		res.retryAfter = max(a.retryAfter, b.retryAfter)
-		return res
+		return o.halves(ctx, ch)
 	default: // 429, 5xx, anything unexpected
 		res = all(vRetry, reason)
 		res.retryAfter = resp.RetryAfter

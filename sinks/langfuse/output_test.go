@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,16 +139,22 @@ func TestPartialFailures(t *testing.T) {
 func TestUnauthorizedKeepsPending(t *testing.T) {
 	srv := langfusetest.New(langfusetest.Options{SecretKey: "rotated"})
 	defer srv.Close()
-	out := newOutput(t, srv, nil)
+	out := newOutput(t, srv, func(c *langfuse.OutputConfig) { c.MaxBatchCount = 2 }) // 5 requests per batch of 5 calls
 	res, err := out.WriteBatch(context.Background(), calls(5, "u"))
 	if !errors.Is(err, langfuse.ErrUnauthorized) || states(res)[langfuse.Pending] != 5 {
 		t.Fatalf("err %v states %v", err, states(res))
 	}
-	if out.Health() == nil {
-		t.Fatal("healthy while refused")
+	if out.Health() == nil || !strings.Contains(out.Health().Error(), "401") {
+		t.Fatalf("health while refused: %v", out.Health())
 	}
-	if n := len(srv.Requests()); n != 1 {
+	if n := len(srv.Requests()); n > 5 {
 		t.Fatalf("%d requests: auth failures must not be retried in a loop", n)
+	}
+	// Known refused: the next batch costs one request, not one per chunk.
+	n := len(srv.Requests())
+	res, err = out.WriteBatch(context.Background(), calls(5, "u"))
+	if !errors.Is(err, langfuse.ErrUnauthorized) || states(res)[langfuse.Pending] != 5 || len(srv.Requests()) != n+1 {
+		t.Fatalf("probe: err %v states %v, %d requests", err, states(res), len(srv.Requests())-n)
 	}
 	srv.SetCredentials("pk-lf-test", "sk-lf-test")
 	res, err = out.WriteBatch(context.Background(), calls(5, "u"))
@@ -207,6 +216,19 @@ func TestBatchLimits(t *testing.T) {
 	for _, r := range srv.Requests() {
 		if r.Events > 30 || r.Bytes > 50_000 {
 			t.Errorf("request of %d events, %d bytes", r.Events, r.Bytes)
+		}
+	}
+	// An event above the byte limit (here the very first) goes alone.
+	big := calls(10, "big")
+	big[0].Input = json.RawMessage(fmt.Sprintf("%q", strings.Repeat("x", 80_000)))
+	n := len(srv.Requests())
+	res, err = out.WriteBatch(context.Background(), big)
+	if err != nil || states(res)[langfuse.Accepted] != 10 {
+		t.Fatal(err, states(res))
+	}
+	for _, r := range srv.Requests()[n:] {
+		if r.Bytes > 50_000 && r.Events != 1 {
+			t.Errorf("a %d-byte request holds %d events", r.Bytes, r.Events)
 		}
 	}
 }
@@ -297,28 +319,107 @@ func TestResendLeavesMergedStateUnchanged(t *testing.T) {
 	}
 }
 
-// BenchmarkWriteBatch measures calls encoded and delivered to the in-process
-// contract server (each call is one trace + one generation):
+// BenchmarkWriteBatch measures calls (one trace + one generation each)
+// encoded and delivered over the ingestion API to a plain local receiver
+// that decodes every body (langfusetest.Receiver, not the validating
+// contract server), in batches of 2000 calls as the sink hands them over:
 //
-//	go test ./sinks/langfuse -run '^$' -bench WriteBatch -benchtime 100000x
+//	go test ./sinks/langfuse -run '^$' -bench 'WriteBatch$' -benchtime 100000x
+//
+// generations/cpu-s divides by the process's user+system CPU time, which
+// includes the receiver's share.
 func BenchmarkWriteBatch(b *testing.B) {
-	srv := langfusetest.New(langfusetest.Options{})
+	benchWriteBatch(b, "3.225.4", langfuse.TransportIngestion)
+}
+
+func benchWriteBatch(b *testing.B, version, transport string) {
+	srv := langfusetest.NewReceiver(version)
 	defer srv.Close()
-	out := newOutput(b, srv, func(c *langfuse.OutputConfig) { c.MaxInFlight = 8 })
-	const batch = 2000
+	out := langfuse.NewOutput(langfuse.OutputConfig{Host: srv.URL, PublicKey: "pk", SecretKey: "sk",
+		Transport: langfuse.TransportAuto, Map: langfuse.MapOptions{Environment: "bench", MaxFieldBytes: 64 << 10}})
+	if err := out.Connect(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	defer out.Close()
+	if out.Transport() != transport {
+		b.Fatalf("transport %s", out.Transport())
+	}
+	// Two batches in flight, like the sink with its default langfuse.max_in_flight (4 requests, 2 batches).
+	const batch, workers = 2000, 2
 	cs := calls(batch, "bench")
+	b.ReportAllocs()
+	cpu0 := cpuTime()
 	b.ResetTimer()
-	sent := 0
-	for sent < b.N {
-		n := min(batch, b.N-sent)
-		res, err := out.WriteBatch(context.Background(), cs[:n])
-		if err != nil || states(res)[langfuse.Accepted] != n {
-			b.Fatal(err, states(res))
-		}
-		sent += n
+	var taken atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for range workers {
+		wg.Go(func() {
+			for {
+				start := taken.Add(batch) - batch
+				if start >= int64(b.N) {
+					return
+				}
+				n := int(min(batch, int64(b.N)-start))
+				res, err := out.WriteBatch(context.Background(), cs[:n])
+				if err == nil && states(res)[langfuse.Accepted] != n {
+					err = fmt.Errorf("accepted %v of %d", states(res), n)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	cpu := cpuTime() - cpu0
+	if _, events := srv.Counts(); events < int64(b.N*out.EventsPerCall()) {
+		b.Fatalf("receiver got %d events for %d calls", events, b.N)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "generations/s")
-	b.ReportMetric(2*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(b.N)/cpu.Seconds(), "generations/cpu-s")
+	b.ReportMetric(float64(srv.Conns()), "conns")
+}
+
+// TestConnectionReuse: requests reuse kept-alive connections; at most
+// MaxInFlight are ever opened, over both transports and many batches.
+func TestConnectionReuse(t *testing.T) {
+	for _, version := range []string{"3.225.4", "4.16.0"} {
+		srv := langfusetest.NewReceiver(version)
+		out := langfuse.NewOutput(langfuse.OutputConfig{Host: srv.URL, PublicKey: "pk", SecretKey: "sk",
+			MaxInFlight: 3, MaxBatchCount: 50})
+		if err := out.Connect(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		cs := calls(500, "k")
+		for range 4 {
+			if res, err := out.WriteBatch(context.Background(), cs); err != nil || states(res)[langfuse.Accepted] != len(cs) {
+				t.Fatal(err, states(res))
+			}
+		}
+		reqs, _ := srv.Counts()
+		// +1: the health probe of transport auto.
+		if c := srv.Conns(); c > 3+1 || reqs < 40 {
+			t.Errorf("%s: %d connections for %d requests", version, c, reqs)
+		}
+		_ = out.Close()
+		srv.Close()
+	}
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkEncode is the sink's own cost per call (mapping and JSON), without HTTP:
@@ -338,49 +439,77 @@ func BenchmarkEncode(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "generations/s")
 }
 
-// BenchmarkWriteBatchMinimalServer measures the sink against a minimal local
-// server that only reads the envelope ids and answers 201 for each (no
-// validation, no storage), i.e. the sink's own encode + HTTP cost:
-//
-//	go test ./sinks/langfuse -run '^$' -bench WriteBatchMinimalServer -benchtime 100000x
-func BenchmarkWriteBatchMinimalServer(b *testing.B) {
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Batch []struct {
-				ID string `json:"id"`
-			} `json:"batch"`
-		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		w.WriteHeader(http.StatusMultiStatus)
-		out := []byte(`{"errors":[],"successes":[`)
-		for i, e := range req.Batch {
-			if i > 0 {
-				out = append(out, ',')
+// TestAutoTransportHealth: auto reads the version from GET
+// /api/public/health (also from a 503, which has the same shape); without
+// a version or without an answer it does not guess, Connect fails with the
+// reason (the stage retries it); an explicit transport needs no health.
+func TestAutoTransportHealth(t *testing.T) {
+	connect := func(h http.HandlerFunc, transport string) (*langfuse.Output, error) {
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		out := langfuse.NewOutput(langfuse.OutputConfig{Host: srv.URL, PublicKey: "pk", SecretKey: "sk", Transport: transport})
+		return out, out.Connect(context.Background())
+	}
+	health := func(status int, body string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/api/public/health" || r.Method != http.MethodGet {
+				http.NotFound(w, r)
+				return
 			}
-			out = append(out, `{"id":"`+e.ID+`","status":201}`...)
+			w.WriteHeader(status)
+			_, _ = io.WriteString(w, body)
 		}
-		_, _ = w.Write(append(out, "]}"...))
-	})
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	out := langfuse.NewOutput(langfuse.OutputConfig{Host: srv.URL, PublicKey: "pk", SecretKey: "sk",
-		Transport: langfuse.TransportIngestion, MaxInFlight: 8})
-	if err := out.Connect(context.Background()); err != nil {
-		b.Fatal(err)
 	}
-	const batch = 2000
-	cs := calls(batch, "bench")
-	b.ResetTimer()
-	for sent := 0; sent < b.N; {
-		n := min(batch, b.N-sent)
-		res, err := out.WriteBatch(context.Background(), cs[:n])
-		if err != nil || states(res)[langfuse.Accepted] != n {
-			b.Fatal(err, states(res))
+	for _, tc := range []struct {
+		status int
+		body   string
+		want   string // transport, or "" for an error
+	}{
+		{200, `{"status":"OK","version":"3.225.4"}`, langfuse.TransportIngestion},
+		{200, `{"status":"OK","version":"4.16.0"}`, langfuse.TransportOTLP},
+		{503, `{"status":"Database not available","version":"4.2.0"}`, langfuse.TransportOTLP},
+		{200, `{"status":"OK"}`, ""},
+		{502, `<html>Bad Gateway</html>`, ""},
+		{404, `not found`, ""},
+	} {
+		out, err := connect(health(tc.status, tc.body), langfuse.TransportAuto)
+		switch {
+		case tc.want == "" && (err == nil || !strings.Contains(err.Error(), "langfuse health")):
+			t.Errorf("%d %s: err %v, transport %q", tc.status, tc.body, err, out.Transport())
+		case tc.want != "" && (err != nil || out.Transport() != tc.want):
+			t.Errorf("%d %s: err %v, transport %q, want %s", tc.status, tc.body, err, out.Transport(), tc.want)
 		}
-		sent += n
 	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "generations/s")
+	// Unreachable: nothing listens on the port any more.
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	out := langfuse.NewOutput(langfuse.OutputConfig{Host: url, PublicKey: "pk", SecretKey: "sk"})
+	if err := out.Connect(context.Background()); err == nil || !strings.Contains(err.Error(), "langfuse health") ||
+		out.Transport() != "" {
+		t.Fatalf("unreachable health: err %v transport %q", err, out.Transport())
+	}
+	if _, err := out.WriteBatch(context.Background(), calls(1, "u")); err == nil {
+		t.Fatal("an unconnected output accepted a batch")
+	}
+	// An explicit transport does not depend on the health endpoint.
+	if out, err := connect(health(500, ""), langfuse.TransportIngestion); err != nil || out.Transport() != langfuse.TransportIngestion {
+		t.Fatal(err, out.Transport())
+	}
+}
+
+func TestAuthPause(t *testing.T) {
+	base := 300 * time.Millisecond
+	want := []time.Duration{300 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond, 2400 * time.Millisecond}
+	for n, w := range want {
+		if got := langfuse.AuthPause(base, n); got != w {
+			t.Errorf("pause %d = %v, want %v", n, got, w)
+		}
+	}
+	if got := langfuse.AuthPause(base, 40); got != langfuse.AuthPauseMax {
+		t.Errorf("capped pause = %v", got)
+	}
+	if got := langfuse.AuthPause(5*time.Minute, 3); got != 5*time.Minute {
+		t.Errorf("a base above the cap is kept: %v", got)
+	}
 }

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/valyala/fastjson"
 )
 
 // IngestionPath is Langfuse's batch ingestion endpoint.
@@ -28,8 +30,13 @@ type ingestionResponse struct {
 	RetryAfter time.Duration // from Retry-After on 429 and 503 (0 = none)
 	Message    string        // message of a request-level error
 	Results    map[string]eventResult
-	// AllAccepted: a 2xx without per-event results (OTLP) accepts every item.
+	// AllAccepted: a 2xx without per-event results (OTLP) accepts every
+	// item, except that Rejected > 0 (OTLP partial_success.rejected_spans,
+	// with Message its error_message) says that many were not taken.
 	AllAccepted bool
+	Rejected    int64
+	// tries counts resends of the same spans after a partial success.
+	tries int
 }
 
 // ingestionTransport posts batches to /api/public/ingestion with Basic auth.
@@ -72,47 +79,51 @@ func (t *ingestionTransport) post(ctx context.Context, body []byte) (ingestionRe
 	}
 	r := ingestionResponse{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		var body struct {
-			Successes []struct {
-				ID     string `json:"id"`
-				Status int    `json:"status"`
-			} `json:"successes"`
-			Errors []struct {
-				ID      string          `json:"id"`
-				Status  int             `json:"status"`
-				Message string          `json:"message"`
-				Error   json.RawMessage `json:"error"`
-			} `json:"errors"`
-		}
-		if err := json.Unmarshal(data, &body); err != nil {
+		results, err := parseResults(data)
+		if err != nil {
 			// A 2xx we cannot read says nothing about any event: retry them all.
 			r.Status = http.StatusBadGateway
 			r.Message = fmt.Sprintf("unreadable %d answer: %v", resp.StatusCode, err)
 			return r, nil
 		}
-		r.Results = make(map[string]eventResult, len(body.Successes)+len(body.Errors))
-		for _, s := range body.Successes {
-			r.Results[s.ID] = eventResult{Status: s.Status}
-		}
-		for _, e := range body.Errors {
-			msg := e.Message
-			if len(e.Error) > 0 && string(e.Error) != "null" {
-				msg += ": " + errorText(e.Error)
-			}
-			r.Results[e.ID] = eventResult{Status: e.Status, Message: msg}
-		}
+		r.Results = results
 		return r, nil
 	}
 	r.Message = requestMessage(data)
 	return r, nil
 }
 
-func errorText(raw json.RawMessage) string {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s
+var resultParsers fastjson.ParserPool
+
+// parseResults reads a 207 body {"successes":[{id,status}],
+// "errors":[{id,status,message,error}]} into results by envelope id.
+func parseResults(data []byte) (map[string]eventResult, error) {
+	p := resultParsers.Get()
+	defer resultParsers.Put(p)
+	v, err := p.ParseBytes(data)
+	if err != nil {
+		return nil, err
 	}
-	return string(raw)
+	if v.Type() != fastjson.TypeObject {
+		return nil, fmt.Errorf("answer is a JSON %s, not an object", v.Type())
+	}
+	succ, errs := v.GetArray("successes"), v.GetArray("errors")
+	results := make(map[string]eventResult, len(succ)+len(errs))
+	for _, e := range succ {
+		results[string(e.GetStringBytes("id"))] = eventResult{Status: e.GetInt("status")}
+	}
+	for _, e := range errs {
+		msg := string(e.GetStringBytes("message"))
+		if ev := e.Get("error"); ev != nil && ev.Type() != fastjson.TypeNull {
+			if ev.Type() == fastjson.TypeString {
+				msg += ": " + string(ev.GetStringBytes())
+			} else {
+				msg += ": " + ev.String()
+			}
+		}
+		results[string(e.GetStringBytes("id"))] = eventResult{Status: e.GetInt("status"), Message: msg}
+	}
+	return results, nil
 }
 
 // requestMessage is the message of a request-level error body, or its start.

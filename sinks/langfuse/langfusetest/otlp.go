@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -43,7 +44,7 @@ func (s *Server) otel(w http.ResponseWriter, r *http.Request) {
 	data, err := io.ReadAll(body)
 	fail := func(status int, v any) {
 		s.mu.Lock()
-		s.logRequest(status, 0, len(data))
+		s.logRequest(r, status, 0, len(data))
 		s.mu.Unlock()
 		writeJSON(w, status, v)
 	}
@@ -66,15 +67,14 @@ func (s *Server) otel(w http.ResponseWriter, r *http.Request) {
 		s.writeFault(w, *fault, fail)
 		return
 	}
-	if v := r.Header.Get("x-langfuse-ingestion-version"); v != "" {
-		if n, err := strconv.Atoi(v); err == nil && n > 4 {
-			fail(http.StatusBadRequest, map[string]string{"message": "Unsupported ingestion version"})
+	if v := langfuseHeader(r.Header, "x-langfuse-ingestion-version"); v != "" {
+		if n, ok := parseIntPrefix(v); !ok || n > 4 {
+			fail(http.StatusBadRequest, map[string]string{"error": `Unsupported x-langfuse-ingestion-version: "` + v + `". Maximum supported: "4".`})
 			return
 		}
 	}
-	// TracesData is wire-compatible with ExportTraceServiceRequest (both are
-	// "repeated ResourceSpans resource_spans = 1"), per the OTLP spec.
-	var req tracepb.TracesData
+	// The official OTLP request type, as Langfuse decodes it ($root...ExportTraceServiceRequest).
+	var req coltracepb.ExportTraceServiceRequest
 	ct := r.Header.Get("Content-Type")
 	switch {
 	case strings.HasPrefix(ct, "application/x-protobuf"):
@@ -89,7 +89,12 @@ func (s *Server) otel(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, map[string]string{"message": "Invalid OTLP payload: " + err.Error()})
 		return
 	}
-	var events []envelope
+	type spanEvents struct {
+		id     string
+		attrs  attrs
+		events []envelope
+	}
+	var spans []spanEvents
 	nspans := 0
 	for _, rs := range req.ResourceSpans {
 		resAttrs := attrMap(nil)
@@ -103,26 +108,75 @@ func (s *Server) otel(w http.ResponseWriter, r *http.Request) {
 					fail(http.StatusBadRequest, map[string]string{"message": "Invalid span or trace id"})
 					return
 				}
-				evs, verr := spanEvents(sp, resAttrs)
+				evs, verr := spanToEvents(sp, resAttrs)
 				if verr != "" {
 					fail(http.StatusBadRequest, map[string]string{"message": "Invalid span: " + verr})
 					return
 				}
-				events = append(events, evs...)
+				spans = append(spans, spanEvents{hex.EncodeToString(sp.SpanId), attrMap(sp.Attributes), evs})
 			}
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, ev := range events {
-		s.store(ev)
-		s.accepted++
+	var rejected int64
+	var reason string
+	for _, sp := range spans {
+		if s.spanFault != nil {
+			if why := s.spanFault(sp.id, sp.attrs); why != "" {
+				rejected, reason = rejected+1, why
+				s.rejected++
+				continue
+			}
+		}
+		for _, ev := range sp.events {
+			s.store(ev)
+			s.accepted++
+		}
+		s.otlpSpans++
 	}
-	s.otlpSpans += nspans
-	s.logRequest(http.StatusOK, nspans, len(data))
-	w.Header().Set("Content-Type", "application/json")
+	s.logRequest(r, http.StatusOK, nspans, len(data))
+	if rejected == 0 {
+		// What Langfuse answers (the route returns {}).
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("{}"))
+		return
+	}
+	// OTLP/HTTP: the answer is encoded like the request.
+	resp := &coltracepb.ExportTraceServiceResponse{PartialSuccess: &coltracepb.ExportTracePartialSuccess{RejectedSpans: rejected, ErrorMessage: reason}}
+	var out []byte
+	if strings.HasPrefix(ct, "application/x-protobuf") {
+		out, _ = proto.Marshal(resp)
+	} else {
+		out, _ = protojson.Marshal(resp)
+	}
+	w.Header().Set("Content-Type", strings.Split(ct, ";")[0])
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write([]byte("{}"))
+	_, _ = w.Write(out)
+}
+
+// langfuseHeader reads a Langfuse header sent with hyphens or underscores.
+func langfuseHeader(h http.Header, name string) string {
+	if v := h.Get(name); v != "" {
+		return v
+	}
+	return h.Get(strings.ReplaceAll(name, "-", "_"))
+}
+
+// parseIntPrefix is JavaScript's parseInt(v, 10): the leading integer, or
+// not ok (NaN) when there is none.
+func parseIntPrefix(v string) (int, bool) {
+	v = strings.TrimSpace(v)
+	end := 0
+	if end < len(v) && (v[end] == '-' || v[end] == '+') {
+		end++
+	}
+	for end < len(v) && v[end] >= '0' && v[end] <= '9' {
+		end++
+	}
+	n, err := strconv.Atoi(v[:end])
+	return n, err == nil
 }
 
 func allZero(b []byte) bool {
@@ -200,9 +254,9 @@ func isoNanos(n uint64) string {
 	return time.Unix(0, int64(n)).UTC().Format(time.RFC3339Nano)
 }
 
-// spanEvents converts a span into the ingestion events Langfuse's OTLP
+// spanToEvents converts a span into the ingestion events Langfuse's OTLP
 // processor derives from it, validated with the ingestion rules.
-func spanEvents(sp *tracepb.Span, res attrs) ([]envelope, string) {
+func spanToEvents(sp *tracepb.Span, res attrs) ([]envelope, string) {
 	a := attrMap(sp.Attributes)
 	traceID, spanID := hex.EncodeToString(sp.TraceId), hex.EncodeToString(sp.SpanId)
 	start := time.Unix(0, int64(sp.StartTimeUnixNano)).UTC()

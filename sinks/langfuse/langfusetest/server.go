@@ -55,12 +55,16 @@ type Options struct {
 	OpenAPI *OpenAPI
 }
 
-// Request is the log entry of one ingestion request.
+// Request is the log entry of one ingestion or OTLP request.
 type Request struct {
 	Time   time.Time
+	Path   string
 	Status int
-	Events int
+	Events int // events (ingestion) or spans (OTLP) in a processed request
 	Bytes  int
+	Header http.Header
+	// Delayed is how long a slow-server fault held the answer back.
+	Delayed time.Duration
 }
 
 // Server is a running test server; Close it when done.
@@ -74,6 +78,7 @@ type Server struct {
 	failRate   float64
 	failWith   []Fault
 	eventFault EventFault
+	spanFault  SpanFault
 	maxBody    int
 	rng        *rand.Rand
 
@@ -164,6 +169,20 @@ func (s *Server) SetEventFault(f EventFault) {
 	s.eventFault = f
 }
 
+// SpanFault decides whether the OTLP endpoint rejects a valid span, given
+// its hex span id and attributes: a non-empty reason leaves the span
+// unstored and counts it in the answer's partial_success (rejected_spans,
+// and the last reason as error_message), which, as in OTLP, does not say
+// which spans were rejected. It runs under the server's lock.
+type SpanFault func(spanID string, attributes map[string]any) (reason string)
+
+// SetSpanFault installs an OTLP span fault hook (nil removes it).
+func (s *Server) SetSpanFault(f SpanFault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.spanFault = f
+}
+
 // SetMaxBodyBytes changes the body limit (default MaxBodyBytes).
 func (s *Server) SetMaxBodyBytes(n int) {
 	s.mu.Lock()
@@ -215,8 +234,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func (s *Server) logRequest(status, events, n int) {
-	s.requests = append(s.requests, Request{Time: time.Now(), Status: status, Events: events, Bytes: n})
+func (s *Server) logRequest(r *http.Request, status, events, n int) {
+	s.requests = append(s.requests, Request{Time: time.Now(), Path: r.URL.Path, Status: status, Events: events, Bytes: n, Header: r.Header.Clone()})
 }
 
 // accessLevel is "project" for Basic pk:sk, "scores" for Bearer pk, "" otherwise.
@@ -257,7 +276,7 @@ func (s *Server) ingestion(w http.ResponseWriter, r *http.Request) {
 	}
 	fail := func(status int, v any) {
 		s.mu.Lock()
-		s.logRequest(status, 0, len(data))
+		s.logRequest(r, status, 0, len(data))
 		s.mu.Unlock()
 		writeJSON(w, status, v)
 	}
@@ -336,7 +355,10 @@ func (s *Server) ingestion(w http.ResponseWriter, r *http.Request) {
 		s.accepted++
 		resp.Successes = append(resp.Successes, success{ID: id, Status: 201})
 	}
-	s.logRequest(http.StatusMultiStatus, len(batch), len(data))
+	s.logRequest(r, http.StatusMultiStatus, len(batch), len(data))
+	if fault != nil {
+		s.requests[len(s.requests)-1].Delayed = fault.Delay
+	}
 	writeJSON(w, http.StatusMultiStatus, resp)
 }
 

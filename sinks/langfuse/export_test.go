@@ -1,0 +1,4 @@
+package langfuse
+
+// AppendSpan exposes appendSpan to the external tests.
+var AppendSpan = appendSpan
