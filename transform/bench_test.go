@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -84,7 +86,8 @@ func (c cpuClock) report(b *testing.B, units float64, unit string) {
 }
 
 // BenchmarkTokenizerO200k measures estimation throughput over mixed English
-// prose and code, one core:
+// prose and code, one core, on one text counted over and over (the piece
+// cache is warm; see BenchmarkTokenizerUnseenText for text never seen):
 //
 //	go test ./transform -run '^$' -bench Tokenizer -cpu 1
 func BenchmarkTokenizerO200k(b *testing.B) {
@@ -118,8 +121,8 @@ func BenchmarkTokenizerCl100k(b *testing.B) {
 }
 
 // BenchmarkTokenizerO200kCold counts text whose words are new every time
-// (random letters), so the segment cache never helps: the library's own
-// speed, the floor for unusual text.
+// (random letters): no word is a vocabulary entry, each needs several BPE
+// merges and the piece cache never helps. The floor for unusual text.
 func BenchmarkTokenizerO200kCold(b *testing.B) {
 	tok := testTokenizer(b)
 	rng := uint64(7)
@@ -169,5 +172,89 @@ func BenchmarkTokenizerO200kLibrary(b *testing.B) {
 	defer func() { cpu.report(b, float64(b.N)*float64(len(text))/1e6, "MB") }()
 	for b.Loop() {
 		c.direct(text)
+	}
+}
+
+// realisticCorpus is about 2 MB of English prose, HTML, Markdown and Go code
+// from the Go distribution (its specification, memory model, docs and
+// net/http sources), split into chat-sized texts of about 4 KB.
+func realisticCorpus(b testing.TB) []string {
+	root := runtime.GOROOT()
+	var files []string
+	for _, pat := range []string{"doc/*.html", "doc/*.md", "src/net/http/*.go"} {
+		m, _ := filepath.Glob(filepath.Join(root, pat))
+		files = append(files, m...)
+	}
+	var texts []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for s := string(data); len(s) > 0; {
+			n := min(len(s), 4096)
+			for n < len(s) && s[n]&0xc0 == 0x80 { // keep code points whole
+				n++
+			}
+			texts = append(texts, s[:n])
+			s = s[n:]
+		}
+	}
+	if len(texts) < 100 {
+		b.Skipf("no corpus under GOROOT %s", root)
+	}
+	return texts
+}
+
+// BenchmarkTokenizerUnseenText counts a corpus of realistic text with an
+// empty piece cache at the start of every pass, so nothing was seen before
+// the pass (the cache only helps where the corpus repeats itself, as a
+// stream of calls does); one op is the whole corpus:
+//
+//	go test ./transform -run '^$' -bench 'Tokenizer(Unseen|Library)' -cpu 1
+func BenchmarkTokenizerUnseenText(b *testing.B) {
+	for _, enc := range Encodings {
+		b.Run(enc, func(b *testing.B) {
+			texts := realisticCorpus(b)
+			c, err := codecFor(enc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			size := 0
+			for _, t := range texts {
+				size += len(t)
+			}
+			b.SetBytes(int64(size))
+			cpu := startCPU()
+			defer func() { cpu.report(b, float64(b.N)*float64(size)/1e6, "MB") }()
+			for b.Loop() {
+				c.clearCache()
+				for _, t := range texts {
+					c.count(t)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkTokenizerLibraryUnseenText is the library's own Count over the
+// same corpus, for comparison.
+func BenchmarkTokenizerLibraryUnseenText(b *testing.B) {
+	texts := realisticCorpus(b)
+	c, err := codecFor(Encodings[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	size := 0
+	for _, t := range texts {
+		size += len(t)
+	}
+	b.SetBytes(int64(size))
+	cpu := startCPU()
+	defer func() { cpu.report(b, float64(b.N)*float64(size)/1e6, "MB") }()
+	for b.Loop() {
+		for _, t := range texts {
+			c.direct(t)
+		}
 	}
 }

@@ -760,8 +760,9 @@ func unmarshal(data []byte, v any) error {
 	return nil
 }
 
+// mustJSON encodes v like encoding/json, faster (segmentio/encoding).
 func mustJSON(v any) json.RawMessage {
-	b, err := json.Marshal(v)
+	b, err := sjson.Marshal(v)
 	if err != nil {
 		return nil
 	}

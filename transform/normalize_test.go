@@ -417,45 +417,34 @@ func TestTokenizer(t *testing.T) {
 	}
 }
 
-// The segment cache must give exactly the library's counts.
-func TestTokenizerSegmentsExact(t *testing.T) {
-	pieces := []string{"the", "The", "THE", " ", "  ", "\n", "\r\n", "\t", "it's", "I'M", "we'll", "don't", "a", "b",
-		"123", "4567890", "1,000", ".", ",", "!!", "...", "(x)", "func()", "{", "}", "//", "/", "é", "naïve", "café",
-		"世界", "日本語", "😀", "مرحبا", "Привет", "ǅ", "ʰ", "x\u0301", "'s", "'", "\"", "-", "_", "Ab", "aB", "ABC",
-		"hello", "world", "  \n ", "\u00a0", "\u2028", "#", "$5", "e-mail", "https://x.y/z?q=1", "CamelCase", "snake_case",
-		"a.b", "x1", "1x", "é,", "ǅ!", "O'Neil", "'re", "'S", "a'", "rock'n'roll", "x\u0301.", "ab\u0300c", "\u0301", "界。", "ü\n",
-		"\r", "a\r\nb", "(", ")", "\t\t", "0x1F", "v1.2.3", "<|endoftext|>"}
-	rng := uint64(1)
-	next := func(n int) int {
-		rng ^= rng << 13
-		rng ^= rng >> 7
-		rng ^= rng << 17
-		return int(rng % uint64(n))
-	}
-	for _, enc := range Encodings {
-		tok, err := NewTokenizer(enc, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range 6000 {
-			var b strings.Builder
-			for range 1 + next(40) {
-				b.WriteString(pieces[next(len(pieces))])
-				if next(3) > 0 {
-					b.WriteByte(' ')
-				}
+// Every endpoint kind: an error response (Xinference's {"detail": ...}) gives
+// the status and message and no output tokens; usage of -1 in the response
+// is treated as missing, so input tokens are estimated from the request.
+func TestErrorsAndMinusOneUsageEveryKind(t *testing.T) {
+	for _, tc := range []struct {
+		endpoint, kind, req, inputText string
+	}{
+		{"/v1/chat/completions", schema.KindChat, `{"messages":[{"role":"user","content":"hello world"}]}`, "hello world"},
+		{"/v1/completions", schema.KindCompletion, `{"prompt":"hello world"}`, "hello world"},
+		{"/v1/embeddings", schema.KindEmbedding, `{"input":"hello world"}`, "hello world"},
+		{"/v1/rerank", schema.KindRerank, `{"query":"hello","documents":["world"]}`, "hello\nworld"},
+		{"/v1/images/generations", schema.KindImage, `{"prompt":"hello world"}`, "hello world"},
+		{"/v1/audio/speech", schema.KindAudio, `{"input":"hello world"}`, "hello world"},
+		{"/v1/video/generations", schema.KindVideo, `{"prompt":"hello world"}`, "hello world"},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			resp := `{"detail":"[address=node-1:9997] model crashed","usage":{"prompt_tokens":-1,"completion_tokens":-1,"total_tokens":-1}}`
+			c := normalize(t, event("err-"+tc.kind, tc.endpoint, "m", tc.req, resp, map[string]any{"status": 500}))
+			if c.Kind != tc.kind || c.Status != 500 || c.Error != "[address=node-1:9997] model crashed" {
+				t.Fatalf("kind %q status %d error %q", c.Kind, c.Status, c.Error)
 			}
-			text := b.String()
-			want, err := tok.def.codec.Count(text)
-			if err != nil {
-				t.Fatal(err)
+			if c.InputText != tc.inputText || c.OutputText != "" || c.OutputTokens != 0 {
+				t.Fatalf("input %q output %q output tokens %d", c.InputText, c.OutputText, c.OutputTokens)
 			}
-			// twice: the second count comes from the cache
-			for range 2 {
-				if got := tok.Count("m", text); got != int64(want) {
-					t.Fatalf("%s #%d: %q: got %d tokens, library says %d", enc, i, text, got, want)
-				}
+			want := testTokenizer(t).Count("m", tc.inputText)
+			if c.UsageSource != schema.UsageEstimated || c.InputTokens < want || c.InputTokens > want+8 {
+				t.Fatalf("-1 usage: source %s input tokens %d, want estimated ≈ %d", c.UsageSource, c.InputTokens, want)
 			}
-		}
+		})
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"path"
 	"strings"
 	"sync"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/tiktoken-go/tokenizer"
@@ -49,7 +48,10 @@ func codecFor(enc string) (*cachedCodec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s: %w", enc, err)
 	}
-	c := newCachedCodec(tc)
+	c, err := newCachedCodec(tc)
+	if err != nil {
+		return nil, err
+	}
 	codecs[enc] = c
 	return c, nil
 }
@@ -102,18 +104,17 @@ func (t *Tokenizer) Count(model, text string) int64 {
 	return t.codec(model).count(text)
 }
 
-// cachedCodec counts tokens segment by segment, remembering the counts of
-// short segments (words, mostly). The text is cut before every ASCII
-// character other than a letter or an apostrophe that follows a letter. In
-// o200k_base and cl100k_base a letter's pre-tokenizer match always ends
-// there: letters are matched only by the letter alternatives, which continue
-// only with letters, combining marks or an apostrophe contraction, and the
-// split patterns have no look-behind. A new match starts at the cut both in
-// the whole text and in the segment, so the matches, and the BPE tokens, of
-// the whole text are exactly those of its segments (TestTokenizerSegmentsExact
-// checks this against the library on random text).
+// cachedCodec counts tokens without the library's regexp: splitter cuts
+// the text into the pre-tokenizer's pieces; a piece that is a vocabulary
+// entry is one token (most words are); other pieces are byte-pair encoded
+// (bpeCount), and the counts of short ones are remembered, since rare words,
+// identifiers and numbers recur across calls. The result equals the
+// library's Count for every input (TestSplitterMatchesLibrary,
+// TestTokenCountMatchesLibrary, FuzzTokenCount).
 type cachedCodec struct {
-	codec  tokenizer.Codec
+	lib    tokenizer.Codec
+	split  splitter
+	ranks  *ranks
 	shards [64]segShard
 }
 
@@ -123,78 +124,67 @@ type segShard struct {
 }
 
 const (
-	maxCachedSegment = 48      // bytes
+	maxCachedSegment = 32      // bytes
 	maxShardEntries  = 1 << 12 // per shard; a full shard starts over
 )
 
-func newCachedCodec(c tokenizer.Codec) *cachedCodec {
-	cc := &cachedCodec{codec: c}
+func newCachedCodec(c tokenizer.Codec) (*cachedCodec, error) {
+	r, err := loadRanks(c)
+	if err != nil {
+		return nil, err
+	}
+	cc := &cachedCodec{lib: c, split: splitter{o200k: c.GetName() == string(tokenizer.O200kBase)}, ranks: r}
 	for i := range cc.shards {
 		cc.shards[i].m = make(map[string]int32)
 	}
-	return cc
+	return cc, nil
 }
 
 func (c *cachedCodec) count(text string) int64 {
 	var total int64
-	// Uncached segments are counted one by one (and remembered) until a
-	// streak of misses shows the text is mostly new; then they are counted
-	// in runs, one library call per run (any run of whole segments is cut at
-	// safe points too), remembering only every missStride-th one so that
-	// frequent words still get cached.
-	const missStride = 32
-	runStart, runEnd, misses := -1, -1, 0
-	flush := func() {
-		if runStart >= 0 {
-			total += c.direct(text[runStart:runEnd])
-			runStart = -1
-		}
-	}
-	seg := func(a, b int) {
-		s := text[a:b]
-		if len(s) <= maxCachedSegment {
-			if n, ok := c.lookup(s); ok {
-				flush()
-				total += n
-				misses = 0
-				return
-			}
-			misses++
-			if misses <= missStride || misses%missStride == 0 {
-				flush()
-				total += c.store(s)
-				return
-			}
-		}
-		if runStart < 0 {
-			runStart = a
-		}
-		runEnd = b
-	}
-	start := 0
-	for i := 1; i < len(text); i++ {
-		b := text[i]
-		if b >= utf8.RuneSelf || isASCIILetter(b) || b == '\'' {
+	for i := 0; i < len(text); {
+		e := c.split.next(text, i)
+		if e == i {
+			// No alternative matches here (U+007F): the library's regexp
+			// skips the code point, so it yields no token.
+			_, w := utf8.DecodeRuneInString(text[i:])
+			i += w
 			continue
 		}
-		if p := text[i-1]; p < utf8.RuneSelf {
-			if !isASCIILetter(p) {
-				continue
-			}
-		} else if r, _ := utf8.DecodeLastRuneInString(text[:i]); !unicode.IsLetter(r) {
-			continue
-		}
-		seg(start, i)
-		start = i
+		total += c.piece(text[i:e])
+		i = e
 	}
-	if start < len(text) {
-		seg(start, len(text))
-	}
-	flush()
 	return total
 }
 
-func isASCIILetter(b byte) bool { return b|0x20 >= 'a' && b|0x20 <= 'z' }
+func (c *cachedCodec) piece(p string) int64 {
+	if _, ok := c.ranks.get(p); ok {
+		return 1
+	}
+	if len(p) > maxScanPiece {
+		// The library re-splits a whole piece into itself, so its Count is
+		// the piece's BPE, with its O(n log n) merge for long pieces.
+		return c.direct(p)
+	}
+	if len(p) > maxCachedSegment {
+		return int64(c.ranks.bpeCount(p))
+	}
+	sh := c.shard(p)
+	sh.mu.RLock()
+	n, ok := sh.m[p]
+	sh.mu.RUnlock()
+	if ok {
+		return int64(n)
+	}
+	v := c.ranks.bpeCount(p)
+	sh.mu.Lock()
+	if len(sh.m) >= maxShardEntries {
+		clear(sh.m)
+	}
+	sh.m[strings.Clone(p)] = int32(v)
+	sh.mu.Unlock()
+	return int64(v)
+}
 
 func (c *cachedCodec) shard(s string) *segShard {
 	var h uint32 = 2166136261
@@ -204,32 +194,22 @@ func (c *cachedCodec) shard(s string) *segShard {
 	return &c.shards[h%uint32(len(c.shards))]
 }
 
-func (c *cachedCodec) lookup(s string) (int64, bool) {
-	sh := c.shard(s)
-	sh.mu.RLock()
-	n, ok := sh.m[s]
-	sh.mu.RUnlock()
-	return int64(n), ok
-}
-
-// store counts s and remembers the count.
-func (c *cachedCodec) store(s string) int64 {
-	v := c.direct(s)
-	sh := c.shard(s)
-	sh.mu.Lock()
-	if len(sh.m) >= maxShardEntries {
-		clear(sh.m)
-	}
-	sh.m[strings.Clone(s)] = int32(v)
-	sh.mu.Unlock()
-	return v
-}
-
+// direct is the library's own count of s.
 func (c *cachedCodec) direct(s string) int64 {
-	n, err := c.codec.Count(s)
+	n, err := c.lib.Count(s)
 	if err != nil {
 		// Only ErrorModeStrict returns errors; fall back to a byte estimate.
 		return int64(len(s)+3) / 4
 	}
 	return int64(n)
+}
+
+// clearCache forgets every remembered piece count.
+func (c *cachedCodec) clearCache() {
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		clear(sh.m)
+		sh.mu.Unlock()
+	}
 }

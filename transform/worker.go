@@ -174,15 +174,30 @@ func (w *Worker) pipeline(ctx context.Context) error {
 	defer stop()
 	defer it.Stop()
 
+	held := newHeld()
 	q := make(chan pending, w.o.MaxInFlight)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for p := range q {
 			w.settle(p)
+			held.remove(p.msg)
 		}
 	}()
-	defer func() { close(q); <-done }()
+	keepAlive := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(w.o.AckWait / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-keepAlive:
+				return
+			case now := <-tick.C:
+				held.touchOlder(now, w.o.AckWait/3)
+			}
+		}
+	}()
+	defer func() { close(q); <-done; close(keepAlive) }()
 
 	for {
 		msg, err := it.Next()
@@ -197,6 +212,7 @@ func (w *Worker) pipeline(ctx context.Context) error {
 			w.o.Log.Warn("fetch", "err", err)
 			continue
 		}
+		held.add(msg)
 		q <- w.handle(ctx, msg)
 	}
 }
@@ -211,11 +227,26 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) pending {
 		}
 		return w.deadLetter(msg, poison.Reason, 0)
 	}
-	body := schema.AppendCall(make([]byte, 0, 2*len(msg.Data())), call)
-	out := &nats.Msg{Subject: NormalizedSubjectPrefix + "." + call.Kind, Data: body, Header: nats.Header{}}
-	out.Header.Set(jetstream.MsgIDHeader, call.ID)
-	fut, err := w.js.PublishMsgAsync(out, jetstream.WithExpectStream(NormalizedStream))
+	fut, err := w.js.PublishMsgAsync(normalizedMsg(call, msg.Headers(), len(msg.Data())),
+		jetstream.WithExpectStream(NormalizedStream))
 	return pending{msg: msg, fut: fut, pubErr: err}
+}
+
+// normalizedMsg is the CALLPIPE_NORMALIZED message of call, whose raw event
+// had headers raw and size rawSize. Its Nats-Msg-Id is the call id, so a
+// redelivered call is stored once; a replayed call carries the replay marks
+// of its raw event and the replay's own id, so the original record in the
+// duplicate window does not swallow it (ingest/replay.go).
+func normalizedMsg(call *schema.Call, raw nats.Header, rawSize int) *nats.Msg {
+	body := schema.AppendCall(make([]byte, 0, 2*rawSize), call)
+	out := &nats.Msg{Subject: NormalizedSubjectPrefix + "." + call.Kind, Data: body, Header: make(nats.Header, 3)}
+	id := call.ID
+	if ingest.IsReplay(raw) {
+		ingest.CopyReplayHeaders(out.Header, raw)
+		id = ingest.ReplayMsgID(raw.Get(ingest.HeaderReplay), call.ID)
+	}
+	out.Header.Set(jetstream.MsgIDHeader, id)
+	return out
 }
 
 // deadLetter starts the publish of msg to CALLPIPE_DLQ.
@@ -264,36 +295,25 @@ func sanitizeHeader(s string) string {
 }
 
 // settle waits for p's publish and acknowledges (or terminates) the raw
-// message, or naks it with backoff when the publish failed. A slow ack sends
-// in-progress acks so the raw message is not redelivered meanwhile.
+// message, or naks it with a growing delay when the publish failed.
 func (w *Worker) settle(p pending) {
 	m := w.o.Metrics
 	err := p.pubErr
 	if err == nil {
-		tick := time.NewTicker(w.o.AckWait / 3)
-		defer tick.Stop()
-	wait:
-		for {
-			select {
-			case <-p.fut.Ok():
-				break wait
-			case err = <-p.fut.Err():
-				break wait
-			case <-tick.C:
-				_ = p.msg.InProgress()
-			}
+		select {
+		case <-p.fut.Ok():
+		case err = <-p.fut.Err():
 		}
 	}
 	if err != nil {
-		delay := w.o.RetryDelay
+		var delivered uint64 = 1
 		if md, mdErr := p.msg.Metadata(); mdErr == nil {
-			for i := uint64(1); i < md.NumDelivered && delay < time.Minute; i++ {
-				delay *= 2
-			}
+			delivered = md.NumDelivered
 		}
-		delay = min(delay, time.Minute)
+		delay := retryDelay(w.o.RetryDelay, delivered)
 		m.events.WithLabelValues("retry").Inc()
-		w.o.Log.Warn("publish failed; retrying later", "subject", p.msg.Subject(), "err", err, "delay", delay)
+		w.o.Log.Warn("publish failed; retrying later", "subject", p.msg.Subject(), "err", err,
+			"delivery", delivered, "delay", delay)
 		_ = p.msg.NakWithDelay(delay)
 		return
 	}
@@ -304,6 +324,60 @@ func (w *Worker) settle(p pending) {
 	}
 	m.events.WithLabelValues("normalized").Inc()
 	_ = p.msg.Ack()
+}
+
+// maxRetryDelay caps the backoff of transient failures.
+const maxRetryDelay = time.Minute
+
+// retryDelay is the NakWithDelay of a message's delivery-th failed attempt:
+// first, doubled per further delivery, at most maxRetryDelay.
+func retryDelay(first time.Duration, delivered uint64) time.Duration {
+	d := first
+	for i := uint64(1); i < delivered && d < maxRetryDelay; i++ {
+		d *= 2
+	}
+	return min(d, maxRetryDelay)
+}
+
+// held is the set of raw messages a pipeline has taken from the consumer
+// and not yet settled: the one being normalized and those whose publish is
+// pending. When a batch is slow (JetStream slow to acknowledge the records,
+// a slow lookup), every message held longer than a third of AckWait gets an
+// in-progress ack, so JetStream does not redeliver work that is under way.
+type held struct {
+	mu   sync.Mutex
+	msgs map[jetstream.Msg]time.Time // last sign of life
+}
+
+func newHeld() *held { return &held{msgs: make(map[jetstream.Msg]time.Time)} }
+
+func (h *held) add(m jetstream.Msg) {
+	h.mu.Lock()
+	h.msgs[m] = time.Now()
+	h.mu.Unlock()
+}
+
+func (h *held) remove(m jetstream.Msg) {
+	h.mu.Lock()
+	delete(h.msgs, m)
+	h.mu.Unlock()
+}
+
+// touchOlder sends an in-progress ack for every message last touched more
+// than age before now.
+func (h *held) touchOlder(now time.Time, age time.Duration) {
+	h.mu.Lock()
+	var stale []jetstream.Msg
+	for m, t := range h.msgs {
+		if now.Sub(t) >= age {
+			stale = append(stale, m)
+			h.msgs[m] = now
+		}
+	}
+	h.mu.Unlock()
+	for _, m := range stale {
+		_ = m.InProgress()
+	}
 }
 
 // maxDeliveriesAdvisory is the part of a JetStream max-deliveries advisory we use.

@@ -1,0 +1,201 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/transform"
+)
+
+// A transient failure to store the normalized record (here: CALLPIPE_NORMALIZED
+// refuses every message as too large) makes the worker nak the raw event
+// with a delay that doubles per delivery, not redeliver it at once nor wait
+// for AckWait; when the stream accepts records again the call is normalized
+// once.
+func TestTransformPublishFailureBacksOff(t *testing.T) {
+	e := newTrEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stream, err := e.js.Stream(ctx, transform.NormalizedStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := info.Config
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if _, err := e.js.UpdateStream(context.Background(), orig); err != nil {
+				t.Errorf("restore %s: %v", transform.NormalizedStream, err)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	w := e.startWorker("CALLPIPE_TRANSFORM_RETRY_DELAY=300ms", "CALLPIPE_TRANSFORM_ACK_WAIT=30s",
+		"CALLPIPE_TRANSFORM_MAX_DELIVER=8")
+	// after the worker's start-up, which provisions the stream as configured
+	broken := orig
+	broken.MaxMsgSize = 64
+	if _, err := e.js.UpdateStream(ctx, broken); err != nil {
+		t.Fatal(err)
+	}
+	id := e.run + "-000001"
+	e.publish([]string{id}, [][]byte{trChatEvent(id, "", "")})
+
+	// The time of each failed attempt, from the worker's retry counter.
+	const retries = `callpipe_transform_events_total{result="retry"}`
+	var at []time.Time
+	deadline := time.Now().Add(time.Minute)
+	for len(at) < 4 && time.Now().Before(deadline) {
+		if n := int(w.metric(t, retries)); n > len(at) {
+			for range n - len(at) {
+				at = append(at, time.Now())
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(at) < 4 {
+		t.Fatalf("%d failed attempts within a minute, want 4\n%s", len(at), w.out)
+	}
+	gaps := []time.Duration{at[1].Sub(at[0]), at[2].Sub(at[1]), at[3].Sub(at[2])}
+	t.Logf("gaps between failed attempts: %v (naks of 300ms, 600ms, 1.2s)", gaps)
+	for i, want := range []time.Duration{300 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond} {
+		// polling every 20ms and JetStream's redelivery timer blur the gaps a little
+		if gaps[i] < want*8/10 || gaps[i] > want*3+time.Second {
+			t.Errorf("gap %d = %s, want about %s", i+1, gaps[i], want)
+		}
+	}
+	if gaps[2] < gaps[0]*3 {
+		t.Errorf("backoff does not grow: gaps %v", gaps)
+	}
+
+	restore()
+	var recs trRecords
+	trWait(t, time.Minute, "the call normalized after the stream recovered", func() (bool, string) {
+		e.readNormalized(&recs)
+		return len(recs.calls) == 1, fmt.Sprint(len(recs.calls))
+	})
+	trWait(t, 30*time.Second, "the raw event acknowledged", func() (bool, string) {
+		info := e.consumerInfo(e.consumer)
+		return info.NumAckPending == 0 && info.NumPending == 0, fmt.Sprintf("%+v", info)
+	})
+	if len(recs.dups) > 0 || len(e.readDLQ()) > 0 {
+		t.Fatalf("duplicates %v or dead letters after a transient failure", recs.dups)
+	}
+	w.stop(t)
+}
+
+// Replay contract (ingest/replay.go): a replayed raw event's record carries
+// Callpipe-Replay and Callpipe-Sinks and has Nats-Msg-Id
+// ingest.ReplayMsgID(job, call id), so the live record of the same call in
+// the duplicate window does not swallow it, while a replay re-sent after a
+// crash is stored once.
+func TestTransformReplayHeaders(t *testing.T) {
+	e := newTrEnv(t)
+	id := e.run + "-000001"
+	ev := trChatEvent(id, "", "")
+	live := e.startWorker()
+	e.publish([]string{id}, [][]byte{ev})
+
+	type rec struct {
+		msgID, replay, sinks string
+	}
+	read := func() []rec {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cons, err := e.js.OrderedConsumer(ctx, transform.NormalizedStream, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: e.normStart})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []rec
+		last := e.lastSeq(transform.NormalizedStream)
+		for seq := e.normStart; seq <= last; {
+			batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for m := range batch.Messages() {
+				n++
+				md, _ := m.Metadata()
+				seq = md.Sequence.Stream + 1
+				var c struct {
+					ID string `json:"id"`
+				}
+				if json.Unmarshal(m.Data(), &c) != nil || c.ID != id {
+					continue
+				}
+				h := m.Headers()
+				out = append(out, rec{h.Get(jetstream.MsgIDHeader), h.Get(ingest.HeaderReplay), h.Get(ingest.HeaderSinks)})
+			}
+			if n == 0 {
+				break
+			}
+		}
+		return out
+	}
+	var recs []rec
+	trWait(t, time.Minute, "the live record", func() (bool, string) {
+		recs = read()
+		return len(recs) == 1, fmt.Sprint(recs)
+	})
+
+	job := e.run
+	replaySubject := ingest.ReplaySubjectPrefix + "." + job
+	replay := e.startWorker("CALLPIPE_TRANSFORM_SUBJECT="+replaySubject,
+		"CALLPIPE_TRANSFORM_CONSUMER="+e.consumer+"-replay")
+	for i := range 2 { // the second time as a crashed replay job would re-send it
+		m := &nats.Msg{Subject: replaySubject, Data: ev, Header: nats.Header{}}
+		m.Header.Set(ingest.HeaderReplay, job)
+		m.Header.Set(ingest.HeaderSinks, "clickhouse")
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s#%d", ingest.ReplayMsgID(job, id), i))
+		if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	trWait(t, time.Minute, "the live and the replayed record", func() (bool, string) {
+		recs = read()
+		return len(recs) >= 2, fmt.Sprint(recs)
+	})
+	// both replay deliveries are settled before the count is final
+	trWait(t, 30*time.Second, "the replay consumer done", func() (bool, string) {
+		info := e.consumerInfo(e.consumer + "-replay")
+		return info.NumAckPending == 0 && info.NumPending == 0 && info.AckFloor.Stream > 0, fmt.Sprintf("%+v", info)
+	})
+	recs = read()
+	want := []rec{{id, "", ""}, {ingest.ReplayMsgID(job, id), job, "clickhouse"}}
+	if fmt.Sprint(recs) != fmt.Sprint(want) {
+		t.Fatalf("records of %s:\n got %v\nwant %v", id, recs, want)
+	}
+	live.stop(t)
+	replay.stop(t)
+}
+
+// consumerInfo returns the state of durable consumer name on CALLPIPE_CALLS.
+func (e *trEnv) consumerInfo(name string) *jetstream.ConsumerInfo {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := e.js.Consumer(ctx, ingest.CallsStream, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info
+}
