@@ -6,8 +6,10 @@ import (
 	"time"
 )
 
-// The read side: SQL behind the usage overview and the call list. Every
-// statement here must be listed by readQueries so that the chDB check runs it.
+// The read side: SQL behind the usage overview, the call list, call details
+// and traces. Every statement here must be listed by readQueries so that the
+// chDB check runs it. ClickHouse 18.16 has no server-side parameters, so
+// values are rendered as literals with quote (strings) or as integers.
 
 // Bucket is the time grain of a usage row.
 type Bucket string
@@ -19,14 +21,17 @@ const (
 	BucketDay  Bucket = "day"
 )
 
-// GroupBy says how Usage groups calls: by time bucket, model and/or user.
+// GroupBy says how Usage groups calls: by time bucket, model, user and/or
+// source (online or batch).
 type GroupBy struct {
 	Bucket Bucket
 	Model  bool
 	User   bool
+	Source bool
 }
 
-// AllGroupings is every GroupBy Usage accepts.
+// AllGroupings is every GroupBy of bucket, model and user (the groupings the
+// rollup ledgers serve; AllSourceGroupings adds source).
 func AllGroupings() []GroupBy {
 	var out []GroupBy
 	for _, b := range []Bucket{BucketNone, BucketHour, BucketDay} {
@@ -35,6 +40,16 @@ func AllGroupings() []GroupBy {
 				out = append(out, GroupBy{Bucket: b, Model: m, User: u})
 			}
 		}
+	}
+	return out
+}
+
+// AllSourceGroupings is every GroupBy that includes source.
+func AllSourceGroupings() []GroupBy {
+	var out []GroupBy
+	for _, g := range AllGroupings() {
+		g.Source = true
+		out = append(out, g)
 	}
 	return out
 }
@@ -50,46 +65,121 @@ func (g GroupBy) String() string {
 	if g.User {
 		parts = append(parts, "user")
 	}
+	if g.Source {
+		parts = append(parts, "source")
+	}
 	return strings.Join(parts, "x")
 }
 
-// usageSource picks the rollup whose sort key serves g: hour x model from
-// usage_hour_model, anything with a user or by day from usage_day_model_user.
-// Both ledgers hold every call, so either gives the same numbers.
-func (g GroupBy) source() (table, dayFilter string) {
-	if g.Bucket == BucketHour && !g.User {
-		return "usage_hour_model", "hour >= toStartOfHour(toDateTime(%[1]d, 'UTC')) AND hour <= toStartOfHour(toDateTime(%[2]d, 'UTC'))"
-	}
-	return "usage_day_model_user", "day >= toDate(toDateTime(%[1]d, 'UTC')) AND day <= toDate(toDateTime(%[2]d, 'UTC'))"
+// UsageFilter narrows Usage to calls whose newest stored copy matches every
+// non-empty field.
+type UsageFilter struct {
+	Model, User, Source, BatchID string
 }
 
-// UsageQuery is the SQL of Usage for the half-open range [from, to) (whole
-// seconds). The inner query collapses the per-call ledger by id — the copy
-// with the highest version wins, like ReplacingMergeTree — so a call stored
-// several times (redelivery, replay, retried insert) counts once whether or
-// not ClickHouse has merged the copies yet. Quantiles are exact
-// (quantilesExact) over the deduplicated calls.
+// UsageSpec is one usage request: calls that started in [From, To) (whole
+// seconds), grouped by Group, filtered by Filter, with hour and day buckets
+// in the IANA zone TZ ("" means UTC).
+type UsageSpec struct {
+	From, To time.Time
+	Group    GroupBy
+	Filter   UsageFilter
+	TZ       string
+}
+
+// needsCalls reports whether s needs columns the rollup ledgers lack
+// (source, batch_id): then it reads the wide calls table, still deduplicated
+// by id the same way.
+func (s UsageSpec) needsCalls() bool {
+	return s.Group.Source || s.Filter.Source != "" || s.Filter.BatchID != ""
+}
+
+// source picks the table whose sort key serves s: hour x model from
+// usage_hour_model, anything else from usage_day_model_user, and calls when
+// source or batch_id is involved. Every one holds every call, so each gives
+// the same numbers.
+func (s UsageSpec) source() (table, prefilter string) {
+	f, t := s.From.Unix(), s.To.Unix()
+	switch {
+	case s.needsCalls():
+		return "calls", "1"
+	case s.Group.Bucket == BucketHour && !s.Group.User:
+		return "usage_hour_model", fmt.Sprintf("hour >= toStartOfHour(toDateTime(%d, 'UTC')) AND hour <= toStartOfHour(toDateTime(%d, 'UTC'))", f, t)
+	}
+	return "usage_day_model_user", fmt.Sprintf("day >= toDate(toDateTime(%d, 'UTC')) AND day <= toDate(toDateTime(%d, 'UTC'))", f, t)
+}
+
+func (g GroupBy) source() (table, dayFilter string) {
+	return UsageSpec{Group: g}.source()
+}
+
+// UsageQuery is the SQL of Usage for the half-open range [from, to), UTC
+// buckets, no filter.
 func UsageQuery(from, to time.Time, g GroupBy) string {
-	table, dayFilter := g.source()
-	f, t := from.Unix(), to.Unix()
+	return UsageSQL(UsageSpec{From: from, To: to, Group: g})
+}
+
+// UsageSQL is the SQL of UsageSpec. The inner query collapses the per-call
+// ledger by id — the copy with the highest version wins, like
+// ReplacingMergeTree — so a call stored several times (redelivery, replay,
+// retried insert) counts once whether or not ClickHouse has merged the
+// copies yet. Filters apply to that newest copy (a replay that re-attributes
+// a call moves it), so they sit in the outer query. Quantiles are exact
+// (quantilesExact) over the deduplicated calls. Columns: bucket, model_key,
+// user_key, [source_key when grouped by source], calls, errors,
+// input/output/total tokens, cost, latency quantiles, ttft calls, ttft
+// quantiles.
+func UsageSQL(s UsageSpec) string {
+	table, prefilter := s.source()
+	f, t := s.From.Unix(), s.To.Unix()
+	g := s.Group
+	tz := ""
+	if s.TZ != "" && s.TZ != "UTC" {
+		tz = ", " + quote(s.TZ)
+	}
 	bucket := "toDateTime(0, 'UTC')"
 	switch g.Bucket {
 	case BucketHour:
-		bucket = "toStartOfHour(c_start)"
+		bucket = "toStartOfHour(c_start" + tz + ")"
 	case BucketDay:
-		bucket = "toStartOfDay(c_start)"
+		bucket = "toStartOfDay(c_start" + tz + ")"
 	}
-	model, user := "''", "''"
-	if g.Model {
-		model = "c_model"
+	keys := []string{bucket + " AS bucket"}
+	order := []string{"bucket"}
+	add := func(on bool, col, alias string) {
+		if on {
+			keys = append(keys, col+" AS "+alias)
+		} else {
+			keys = append(keys, "'' AS "+alias)
+		}
+		order = append(order, alias)
 	}
-	if g.User {
-		user = "c_user"
+	add(g.Model, "c_model", "model_key")
+	add(g.User, "c_user", "user_key")
+	if g.Source {
+		add(true, "c_source", "source_key")
+	}
+	isError, cost, extra := "is_error", "cost", ""
+	if table == "calls" {
+		isError, cost = "toUInt8((status >= 400) OR (error != ''))", "ifNull(cost_usd, 0.)"
+		extra = `,
+        argMax(source, version) AS c_source,
+        argMax(batch_id, version) AS c_batch`
+	}
+	var where []string
+	for _, c := range []struct{ col, v string }{
+		{"c_model", s.Filter.Model}, {"c_user", s.Filter.User}, {"c_source", s.Filter.Source}, {"c_batch", s.Filter.BatchID},
+	} {
+		if c.v != "" {
+			where = append(where, c.col+" = "+quote(c.v))
+		}
+	}
+	outerWhere := ""
+	if len(where) > 0 {
+		outerWhere = "\nWHERE " + strings.Join(where, " AND ")
 	}
 	return fmt.Sprintf(`SELECT
-    %[1]s AS bucket,
-    %[2]s AS model_key,
-    %[3]s AS user_key,
+    %[1]s,
     toUInt64(count()) AS calls,
     toUInt64(sum(c_error)) AS errors,
     toInt64(sum(c_in)) AS input_tokens,
@@ -106,28 +196,179 @@ FROM
         argMax(start_time, version) AS c_start,
         argMax(model, version) AS c_model,
         argMax(user_id, version) AS c_user,
-        argMax(is_error, version) AS c_error,
+        argMax(%[2]s, version) AS c_error,
         argMax(input_tokens, version) AS c_in,
         argMax(output_tokens, version) AS c_out,
         argMax(total_tokens, version) AS c_total,
-        argMax(cost, version) AS c_cost,
+        argMax(%[3]s, version) AS c_cost,
         argMax(latency_ms, version) AS c_latency,
         argMax(ifNull(ttft_ms, 0), version) AS c_ttft,
-        argMax(toUInt8(isNotNull(ttft_ms)), version) AS c_has_ttft
-    FROM {db}.%[4]s
-    WHERE %[5]s
-      AND start_time >= toDateTime(%[6]d, 'UTC') AND start_time < toDateTime(%[7]d, 'UTC')
+        argMax(toUInt8(isNotNull(ttft_ms)), version) AS c_has_ttft%[4]s
+    FROM {db}.%[5]s
+    WHERE %[6]s
+      AND start_time >= toDateTime(%[7]d, 'UTC') AND start_time < toDateTime(%[8]d, 'UTC')
     GROUP BY id
-)
-GROUP BY bucket, model_key, user_key
-ORDER BY bucket, model_key, user_key`, bucket, model, user, table, fmt.Sprintf(dayFilter, f, t), f, t)
+)%[9]s
+GROUP BY %[10]s
+ORDER BY %[10]s`, strings.Join(keys, ",\n    "), isError, cost, extra, table, prefilter, f, t, outerWhere, strings.Join(order, ", "))
 }
 
-// readQueries is every read statement with sample arguments, for AllQueries.
+// Call list, details and traces read {db}.calls, newest copy per id.
+
+// callDetailColumns are the columns CallDetail scans into a StoredCall, in order.
+const callDetailColumns = `id, trace_id, session_id, start_time, start_ms, end_time, end_ms,
+    first_token_time, first_token_ms, latency_ms, ttft_ms,
+    endpoint, kind, model, instance, user_id, user_source, api_key_hash, api_key_prefix,
+    stream, status, error, finish_reason, input_text, output_text, input, output, model_parameters,
+    input_tokens, output_tokens, total_tokens, usage_source, cost_usd, metadata, tags, source, batch_id, truncated`
+
+// CallQuery is the newest stored copy of call id.
+func CallQuery(id string) string {
+	return `SELECT ` + callDetailColumns + `
+FROM {db}.calls
+WHERE id = ` + quote(id) + `
+ORDER BY version DESC
+LIMIT 1`
+}
+
+// TraceQuery is the newest copy of every call whose trace_id or session_id
+// is id, at most limit of them (earliest first).
+func TraceQuery(id string, limit int) string {
+	return fmt.Sprintf(`SELECT %s
+FROM
+(
+    SELECT %s, version
+    FROM {db}.calls
+    WHERE trace_id = %s OR session_id = %s
+    ORDER BY version DESC
+    LIMIT 1 BY id
+)
+ORDER BY start_time, start_ms, id
+LIMIT %d`, callDetailColumns, callDetailColumns, quote(id), quote(id), limit)
+}
+
+// CallStatus filters the call list: "" (all), "ok", "error" or an HTTP status.
+type CallStatus string
+
+// CallListSpec is one page of the call list: calls that started in
+// [From, To), newest first, after the cursor position (StartMS, ID) when
+// After is set.
+type CallListSpec struct {
+	From, To    time.Time
+	User, Model string
+	Status      CallStatus
+	Limit       int
+	After       *CallCursor
+}
+
+// CallCursor is the position of the last call of a page: its start time in
+// Unix milliseconds and its id. Paging by this key (not by offset) keeps
+// pages stable while calls are inserted.
+type CallCursor struct {
+	StartMS int64  `json:"t"`
+	ID      string `json:"id"`
+}
+
+// CallListQuery is the SQL of CallList: it returns Limit+1 rows so the caller
+// knows whether another page follows.
+func CallListQuery(s CallListSpec) string {
+	f, t := s.From.Unix(), s.To.Unix()
+	inner := []string{fmt.Sprintf("start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC')", f, t)}
+	var outer []string
+	if s.After != nil {
+		// start_time is never re-attributed, so the cursor also prunes the scan.
+		inner = append(inner, fmt.Sprintf("start_time <= toDateTime(%d, 'UTC')", floorDiv(s.After.StartMS, 1000)))
+		outer = append(outer, fmt.Sprintf("(c_ts < %d OR (c_ts = %d AND id < %s))", s.After.StartMS, s.After.StartMS, quote(s.After.ID)))
+	}
+	if s.User != "" {
+		outer = append(outer, "c_user = "+quote(s.User))
+	}
+	if s.Model != "" {
+		outer = append(outer, "c_model = "+quote(s.Model))
+	}
+	switch s.Status {
+	case "":
+	case "ok":
+		outer = append(outer, "c_error = 0")
+	case "error":
+		outer = append(outer, "c_error = 1")
+	default:
+		outer = append(outer, "c_status = "+string(s.Status)) // validated as 3 digits by the caller
+	}
+	where := ""
+	if len(outer) > 0 {
+		where = "\nWHERE " + strings.Join(outer, " AND ")
+	}
+	return fmt.Sprintf(`SELECT id, c_trace, c_session, c_ts, c_latency, c_has_ttft, c_ttft, c_kind, c_model, c_instance, c_user,
+    c_status, c_error, c_error_text, c_in, c_out, c_total, c_has_cost, c_cost, c_source, c_batch, c_preview
+FROM
+(
+    SELECT
+        id,
+        argMax(trace_id, version) AS c_trace,
+        argMax(session_id, version) AS c_session,
+        argMax(toInt64(toUInt32(start_time)) * 1000 + start_ms, version) AS c_ts,
+        argMax(latency_ms, version) AS c_latency,
+        argMax(toUInt8(isNotNull(ttft_ms)), version) AS c_has_ttft,
+        argMax(ifNull(ttft_ms, 0), version) AS c_ttft,
+        argMax(kind, version) AS c_kind,
+        argMax(model, version) AS c_model,
+        argMax(instance, version) AS c_instance,
+        argMax(user_id, version) AS c_user,
+        argMax(status, version) AS c_status,
+        argMax(toUInt8((status >= 400) OR (error != '')), version) AS c_error,
+        argMax(error, version) AS c_error_text,
+        argMax(input_tokens, version) AS c_in,
+        argMax(output_tokens, version) AS c_out,
+        argMax(total_tokens, version) AS c_total,
+        argMax(toUInt8(isNotNull(cost_usd)), version) AS c_has_cost,
+        argMax(ifNull(cost_usd, 0.), version) AS c_cost,
+        argMax(source, version) AS c_source,
+        argMax(batch_id, version) AS c_batch,
+        argMax(substring(input_text, 1, 240), version) AS c_preview
+    FROM {db}.calls
+    WHERE %s
+    GROUP BY id
+)%s
+ORDER BY c_ts DESC, id DESC
+LIMIT %d`, strings.Join(inner, " AND "), where, s.Limit+1)
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// quote renders s as a ClickHouse string literal.
+func quote(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(s) + "'"
+}
+
+// readQueries is every read statement with sample arguments, for AllQueries:
+// each grouping on each table, filters, a time zone, the call list pages,
+// a call and a trace.
 func readQueries(sampleFrom, sampleTo time.Time) []string {
 	var q []string
 	for _, g := range AllGroupings() {
 		q = append(q, UsageQuery(sampleFrom, sampleTo, g))
+		q = append(q, UsageSQL(UsageSpec{From: sampleFrom, To: sampleTo, Group: g, TZ: "Asia/Kolkata",
+			Filter: UsageFilter{Model: "model-1", User: "o'brien"}}))
 	}
-	return q
+	for _, g := range AllSourceGroupings() {
+		q = append(q, UsageSQL(UsageSpec{From: sampleFrom, To: sampleTo, Group: g, TZ: "America/New_York",
+			Filter: UsageFilter{Source: "batch", BatchID: "b-1"}}))
+	}
+	for _, st := range []CallStatus{"", "ok", "error", "500"} {
+		q = append(q, CallListQuery(CallListSpec{From: sampleFrom, To: sampleTo, User: "user-01", Model: "model-1", Status: st, Limit: 50}))
+	}
+	q = append(q,
+		CallListQuery(CallListSpec{From: sampleFrom, To: sampleTo, Limit: 10, After: &CallCursor{StartMS: sampleTo.UnixMilli() - 1, ID: "x"}}),
+		CallQuery("chdb-0000001"),
+		TraceQuery("t-1", 1000),
+	)
+	return append(q, exportQueries(sampleFrom, sampleTo)...) // export owns queries_export.go
 }

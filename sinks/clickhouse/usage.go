@@ -2,18 +2,23 @@ package clickhouse
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/callpipe/callpipe/schema"
 )
 
-// UsageRow is one group of the usage overview. Empty Model/UserID and a zero
-// Bucket mean "not grouped by it".
+// UsageRow is one group of the usage overview. Empty Model/UserID/Source and
+// a zero Bucket mean "not grouped by it".
 type UsageRow struct {
-	Bucket       time.Time // start of the hour or day (UTC)
+	Bucket       time.Time // start of the hour or day (in the spec's zone)
 	Model        string
 	UserID       string
+	Source       string `json:",omitempty"`
 	Calls        uint64
 	Errors       uint64 // status >= 400 or an error message
 	InputTokens  int64
@@ -33,24 +38,41 @@ type Quantiles struct{ P50, P95, P99 float64 }
 // seconds, UTC), grouped as g says, ordered by bucket, model, user. Each call
 // counts once however often it was delivered or inserted.
 func Usage(ctx context.Context, conn driver.Conn, db string, from, to time.Time, g GroupBy) ([]UsageRow, error) {
-	if !to.After(from) {
-		return nil, fmt.Errorf("clickhouse usage: empty range [%s, %s)", from, to)
+	return UsageOf(ctx, conn, db, UsageSpec{From: from, To: to, Group: g})
+}
+
+// UsageOf returns exact usage for s, ordered by its group keys. Buckets are
+// the start of the hour or day in s.TZ (times in that location).
+func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]UsageRow, error) {
+	if !s.To.After(s.From) {
+		return nil, fmt.Errorf("clickhouse usage: empty range [%s, %s)", s.From, s.To)
 	}
-	rows, err := conn.Query(ctx, WithDB(UsageQuery(from, to, g), db))
+	loc := time.UTC
+	if s.TZ != "" {
+		var err error
+		if loc, err = time.LoadLocation(s.TZ); err != nil {
+			return nil, fmt.Errorf("clickhouse usage: time zone: %w", err)
+		}
+	}
+	rows, err := conn.Query(ctx, WithDB(UsageSQL(s), db))
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse usage %s: %w", g, err)
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}
 	defer rows.Close()
 	var out []UsageRow
 	for rows.Next() {
 		var r UsageRow
 		var lat, ttft []float64
-		if err := rows.Scan(&r.Bucket, &r.Model, &r.UserID, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens,
-			&r.TotalTokens, &r.CostUSD, &lat, &r.TTFTCalls, &ttft); err != nil {
-			return nil, fmt.Errorf("clickhouse usage %s: %w", g, err)
+		dest := []any{&r.Bucket, &r.Model, &r.UserID}
+		if s.Group.Source {
+			dest = append(dest, &r.Source)
 		}
-		r.Bucket = r.Bucket.UTC()
-		if g.Bucket == BucketNone {
+		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD, &lat, &r.TTFTCalls, &ttft)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+		}
+		r.Bucket = r.Bucket.In(loc)
+		if s.Group.Bucket == BucketNone {
 			r.Bucket = time.Time{}
 		}
 		r.LatencyMS = quantiles(lat)
@@ -59,7 +81,10 @@ func Usage(ctx context.Context, conn driver.Conn, db string, from, to time.Time,
 		}
 		out = append(out, r)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	return out, nil
 }
 
 func quantiles(v []float64) Quantiles {
@@ -80,4 +105,176 @@ func CallCounts(ctx context.Context, conn driver.Conn, db string) (distinct, row
 		return 0, 0, fmt.Errorf("clickhouse count rows: %w", err)
 	}
 	return distinct, rows, nil
+}
+
+// CallSummary is one call of the call list (its newest stored copy).
+type CallSummary struct {
+	ID           string    `json:"id"`
+	TraceID      string    `json:"trace_id"`
+	SessionID    string    `json:"session_id,omitempty"`
+	StartTime    time.Time `json:"start_time"`
+	LatencyMS    int64     `json:"latency_ms"`
+	TTFTMS       *int64    `json:"ttft_ms,omitempty"`
+	Kind         string    `json:"kind"`
+	Model        string    `json:"model"`
+	Instance     string    `json:"instance,omitempty"`
+	UserID       string    `json:"user_id"`
+	Status       int       `json:"status"`
+	IsError      bool      `json:"is_error"`
+	Error        string    `json:"error,omitempty"`
+	InputTokens  int64     `json:"input_tokens"`
+	OutputTokens int64     `json:"output_tokens"`
+	TotalTokens  int64     `json:"total_tokens"`
+	CostUSD      *float64  `json:"cost_usd,omitempty"`
+	Source       string    `json:"source"`
+	BatchID      string    `json:"batch_id,omitempty"`
+	Preview      string    `json:"input_preview,omitempty"` // first 240 bytes of the input text
+}
+
+// CallList returns one page of calls (newest first) and the cursor of the
+// next page (nil on the last page).
+func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) ([]CallSummary, *CallCursor, error) {
+	if s.Limit <= 0 {
+		return nil, nil, errors.New("clickhouse call list: limit must be positive")
+	}
+	rows, err := conn.Query(ctx, WithDB(CallListQuery(s), db))
+	if err != nil {
+		return nil, nil, fmt.Errorf("clickhouse call list: %w", err)
+	}
+	defer rows.Close()
+	out := []CallSummary{}
+	for rows.Next() {
+		var c CallSummary
+		var ts int64
+		var status int32
+		var hasTTFT, isErr, hasCost uint8
+		var ttft int64
+		var cost float64
+		if err := rows.Scan(&c.ID, &c.TraceID, &c.SessionID, &ts, &c.LatencyMS, &hasTTFT, &ttft, &c.Kind, &c.Model, &c.Instance,
+			&c.UserID, &status, &isErr, &c.Error, &c.InputTokens, &c.OutputTokens, &c.TotalTokens, &hasCost, &cost,
+			&c.Source, &c.BatchID, &c.Preview); err != nil {
+			return nil, nil, fmt.Errorf("clickhouse call list: %w", err)
+		}
+		c.StartTime = time.UnixMilli(ts).UTC()
+		c.Status, c.IsError = int(status), isErr == 1
+		if hasTTFT == 1 {
+			c.TTFTMS = &ttft
+		}
+		if hasCost == 1 {
+			c.CostUSD = &cost
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("clickhouse call list: %w", err)
+	}
+	var next *CallCursor
+	if len(out) > s.Limit {
+		out = out[:s.Limit]
+		last := out[len(out)-1]
+		next = &CallCursor{StartMS: last.StartTime.UnixMilli(), ID: last.ID}
+	}
+	return out, next, nil
+}
+
+// StoredCall is a call as stored in {db}.calls: the normalized record, and
+// whether text was cut to clickhouse.max_text_bytes (then Input/Output may
+// be cut JSON, returned as a JSON string).
+type StoredCall struct {
+	schema.Call
+	Truncated bool `json:"truncated"`
+}
+
+// ErrNotFound is returned for a call or trace id that is not stored.
+var ErrNotFound = errors.New("not found")
+
+// CallDetail returns the newest stored copy of call id, or ErrNotFound.
+func CallDetail(ctx context.Context, conn driver.Conn, db, id string) (*StoredCall, error) {
+	calls, err := queryCalls(ctx, conn, WithDB(CallQuery(id), db))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse call %q: %w", id, err)
+	}
+	if len(calls) == 0 {
+		return nil, fmt.Errorf("clickhouse call %q: %w", id, ErrNotFound)
+	}
+	return &calls[0], nil
+}
+
+// TraceCalls returns the calls sharing trace_id or session_id id, earliest
+// first, at most limit.
+func TraceCalls(ctx context.Context, conn driver.Conn, db, id string, limit int) ([]StoredCall, error) {
+	calls, err := queryCalls(ctx, conn, WithDB(TraceQuery(id, limit), db))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse trace %q: %w", id, err)
+	}
+	return calls, nil
+}
+
+func queryCalls(ctx context.Context, conn driver.Conn, sql string) ([]StoredCall, error) {
+	rows, err := conn.Query(ctx, sql)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StoredCall
+	for rows.Next() {
+		var c StoredCall
+		var startMS, endMS uint16
+		var ftMS *uint16
+		var stream, truncated uint8
+		var status int32
+		var input, output, params, metadata string
+		if err := rows.Scan(&c.ID, &c.TraceID, &c.SessionID, &c.StartTime, &startMS, &c.EndTime, &endMS,
+			&c.FirstTokenTime, &ftMS, &c.LatencyMS, &c.TTFTMS,
+			&c.Endpoint, &c.Kind, &c.Model, &c.Instance, &c.UserID, &c.UserSource, &c.APIKeyHash, &c.APIKeyPrefix,
+			&stream, &status, &c.Error, &c.FinishReason, &c.InputText, &c.OutputText, &input, &output, &params,
+			&c.InputTokens, &c.OutputTokens, &c.TotalTokens, &c.UsageSource, &c.CostUSD, &metadata, &c.Tags,
+			&c.Source, &c.BatchID, &truncated); err != nil {
+			return nil, err
+		}
+		c.StartTime = c.StartTime.UTC().Add(time.Duration(startMS) * time.Millisecond)
+		c.EndTime = c.EndTime.UTC().Add(time.Duration(endMS) * time.Millisecond)
+		if c.FirstTokenTime != nil {
+			ft := c.FirstTokenTime.UTC()
+			if ftMS != nil {
+				ft = ft.Add(time.Duration(*ftMS) * time.Millisecond)
+			}
+			c.FirstTokenTime = &ft
+		}
+		c.Stream, c.Status, c.Truncated = stream == 1, int(status), truncated == 1
+		c.Input, c.Output = rawJSON(input), rawJSON(output)
+		c.ModelParameters, c.Metadata = jsonMap(params), jsonMap(metadata)
+		if len(c.Tags) == 0 {
+			c.Tags = nil
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// rawJSON returns s as JSON: itself when valid (the sink stores the
+// structured input/output as JSON text), else as a JSON string (text cut at
+// clickhouse.max_text_bytes).
+func rawJSON(s string) json.RawMessage {
+	if s == "" {
+		return nil
+	}
+	if json.Valid([]byte(s)) {
+		return json.RawMessage(s)
+	}
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// jsonMap parses a stored JSON object (metadata, model parameters); text
+// that is not one is kept under "_raw" rather than dropped.
+func jsonMap(s string) map[string]json.RawMessage {
+	if s == "" {
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		return map[string]json.RawMessage{"_raw": rawJSON(s)}
+	}
+	return m
 }

@@ -1,0 +1,461 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/chromedp"
+
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/usageapi"
+)
+
+// browserTZ is the browser's time zone in the dashboard test: days and
+// "today" are New York days, not UTC ones.
+const browserTZ = "America/New_York"
+
+// chromiumPath finds Debian's chromium (deploy/local/chromium.sh installs
+// it and prints CHROMIUM_PATH); missing, the test skips, or fails under CI.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("CHROMIUM_PATH"), "/usr/bin/chromium", "/usr/bin/chromium-browser"} {
+		if p == "" {
+			continue
+		}
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p
+		}
+	}
+	msg := "chromium not found: run `eval \"$(deploy/local/chromium.sh)\"`"
+	if os.Getenv(harness.EnvCI) != "" {
+		t.Fatal(msg + " (CI: failing instead of skipping)")
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// artifactsDir is where screenshots go: $CALLPIPE_TEST_ARTIFACTS/<test>, or
+// a temporary directory.
+func artifactsDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("CALLPIPE_TEST_ARTIFACTS")
+	if dir == "" {
+		return t.TempDir()
+	}
+	dir = filepath.Join(dir, t.Name())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// browser drives one headless Chromium tab.
+type browser struct {
+	t     *testing.T
+	ctx   context.Context
+	dir   string
+	start time.Time
+}
+
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 960),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() {
+		cancel()
+		cancelAlloc()
+	})
+	b := &browser{t: t, ctx: ctx, dir: artifactsDir(t), start: time.Now()}
+	// The first Run starts the browser; it must not carry a timeout.
+	if _, err := chromedp.Call(ctx, emulation.SetTimezoneOverride, emulation.SetTimezoneOverrideParams{TimezoneID: browserTZ}); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return b
+}
+
+func (b *browser) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		b.shot("failed-" + strings.ReplaceAll(what, " ", "-"))
+		b.t.Fatalf("browser: %s: %v", what, err)
+	}
+}
+
+// eval runs a JavaScript expression and decodes its (JSON) value into v.
+func (b *browser) eval(expr string, v any) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 15*time.Second)
+	defer cancel()
+	raw, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](expr))
+	if err != nil {
+		b.t.Fatalf("browser: eval %s: %v", expr, err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		b.t.Fatalf("browser: eval %s: %v (%s)", expr, err, raw)
+	}
+}
+
+// wait polls a JavaScript condition until it is true.
+func (b *browser) wait(what, expr string) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(15*time.Second))); err != nil {
+		b.shot("failed-" + strings.ReplaceAll(what, " ", "-"))
+		var state string
+		b.eval(`document.getElementById("error-banner").textContent + " | " + document.getElementById("updated").textContent`, &state)
+		b.t.Fatalf("browser: waiting for %s: %v (page: %s)", what, err, state)
+	}
+}
+
+func (b *browser) text(sel string) string {
+	b.t.Helper()
+	var s string
+	b.eval(fmt.Sprintf(`(document.querySelector(%q) || {}).textContent || ""`, sel), &s)
+	return strings.TrimSpace(s)
+}
+
+// setValue sets a form control and fires its change event, as a user's
+// pick in the date picker or a select does.
+func (b *browser) setValue(sel, value string) {
+	b.t.Helper()
+	var ok bool
+	b.eval(fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e) return false; e.value = %q;
+		e.dispatchEvent(new Event("change", {bubbles: true})); return e.value === %q; })()`, sel, value, value), &ok)
+	if !ok {
+		b.t.Fatalf("browser: could not set %s to %q", sel, value)
+	}
+}
+
+func (b *browser) shot(name string) {
+	b.t.Logf("%s: %s", time.Since(b.start).Round(time.Millisecond), name)
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Logf("screenshot %s: %v", name, err)
+		return
+	}
+	p := filepath.Join(b.dir, name+".png")
+	if err := os.WriteFile(p, png, 0o644); err != nil {
+		b.t.Errorf("screenshot %s: %v", name, err)
+		return
+	}
+	b.t.Logf("screenshot: %s", p)
+}
+
+// fmtInt formats n as the dashboard does (en-US grouping).
+func fmtInt(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var out []byte
+	for i := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	if neg {
+		return "-" + string(out)
+	}
+	return string(out)
+}
+
+// TestServeDashboard loads the dashboard of a running `callpipe serve`
+// (with a bearer token, a Langfuse host and a 1 s refresh) in headless
+// Chromium against a seeded database, and checks that what it shows equals
+// the API's answers: the overview cards and charts, the date picker, a
+// polling refresh, the calls page with its filters and paging, a call's
+// detail panel with the Pretty/JSON toggle and the Langfuse link, and the
+// trace view. Screenshots go to $CALLPIPE_TEST_ARTIFACTS.
+func TestServeDashboard(t *testing.T) {
+	t0 := time.Now()
+	out, db := chTestDB(t)
+	ny, _ := time.LoadLocation(browserTZ)
+	now := time.Now()
+	todayStart := time.Date(now.In(ny).Year(), now.In(ny).Month(), now.In(ny).Day(), 0, 0, 0, 0, ny)
+	// Calls over the last week, and some surely today (in New York).
+	calls := serveCalls(21, "ui", 700, now.Add(-6*24*time.Hour-12*time.Hour), 6*24*time.Hour+11*time.Hour)
+	todayFrom := todayStart
+	if now.Sub(todayFrom) > 3*time.Hour {
+		todayFrom = now.Add(-3 * time.Hour)
+	}
+	calls = append(calls, serveCalls(22, "ui-today", 40, todayFrom, max(now.Sub(todayFrom)-time.Minute, time.Second))...)
+	calls = seedServe(t, out, calls)
+	const token = "dash-token"
+	p := startServe(t, db, "CALLPIPE_SERVE_TOKENS="+token, "CALLPIPE_SERVE_REFRESH_INTERVAL=1s",
+		"CALLPIPE_LANGFUSE_HOST=http://langfuse.test:3000", "CALLPIPE_SERVE_LANGFUSE_PROJECT_ID=proj-1")
+
+	usage := func(from, to, groupBy string) usageapi.UsageResponse {
+		t.Helper()
+		var r usageapi.UsageResponse
+		apiGet(t, p.base, "/api/v1/usage", url.Values{"from": {from}, "to": {to}, "group_by": {groupBy}, "tz": {browserTZ}}, token, http.StatusOK, &r)
+		return r
+	}
+	today := now.In(ny).Format(time.DateOnly)
+	weekAgo := now.In(ny).AddDate(0, 0, -6).Format(time.DateOnly)
+
+	t.Logf("seeded and serving after %s", time.Since(t0).Round(time.Millisecond))
+	b := newBrowser(t)
+	t.Logf("browser up after %s", time.Since(t0).Round(time.Millisecond))
+	b.do("open dashboard", chromedp.Navigate(p.base+"/"))
+	// The server wants a token: the dashboard asks for it.
+	b.wait("token prompt", `!document.getElementById("token-modal").hidden`)
+	b.do("enter token", chromedp.SendKeys(chromedp.CSS("#token-input"), token), chromedp.Click(chromedp.CSS("#token-form button")))
+
+	// Overview: cards and charts equal the API (last 7 days, today).
+	checkOverview := func(from, to string) {
+		t.Helper()
+		day, rng, daily := usage(to, to, "model"), usage(from, to, "model"), usage(from, to, "day")
+		want := map[string]string{
+			"calls-today":   fmtInt(int64(day.Totals.Calls)),
+			"input-tokens":  fmtInt(rng.Totals.InputTokens),
+			"output-tokens": fmtInt(rng.Totals.OutputTokens),
+			"calls-range":   fmtInt(int64(rng.Totals.Calls)),
+		}
+		cond := []string{}
+		for id, v := range want {
+			cond = append(cond, fmt.Sprintf(`document.querySelector('[data-testid=%q]').textContent === %q`, id, v))
+		}
+		b.wait(fmt.Sprintf("overview cards %s..%s = %v", from, to, want), strings.Join(cond, " && "))
+		var bars map[string]float64
+		b.eval(`Object.fromEntries([...document.querySelectorAll('#chart-model-calls g[data-label]')].map(g => [g.dataset.label, +g.querySelector('rect').dataset.value]))`, &bars)
+		if len(bars) != len(day.Rows) {
+			t.Errorf("calls-per-model chart: %d bars, API %d models", len(bars), len(day.Rows))
+		}
+		for _, r := range day.Rows {
+			if bars[*r.Model] != float64(r.Calls) {
+				t.Errorf("calls-per-model chart %s: %v, API %d", *r.Model, bars[*r.Model], r.Calls)
+			}
+		}
+		var tok map[string][]float64
+		b.eval(`Object.fromEntries([...document.querySelectorAll('#chart-model-tokens g[data-label]')].map(g => [g.dataset.label, [...g.querySelectorAll('rect')].map(r => +r.dataset.value)]))`, &tok)
+		for _, r := range rng.Rows {
+			if v := tok[*r.Model]; len(v) != 2 || v[0] != float64(r.InputTokens) || v[1] != float64(r.OutputTokens) {
+				t.Errorf("tokens-per-model chart %s: %v, API in %d out %d", *r.Model, v, r.InputTokens, r.OutputTokens)
+			}
+		}
+		var trend []struct {
+			Day   string  `json:"day"`
+			Calls float64 `json:"calls"`
+			In    float64 `json:"in"`
+			Out   float64 `json:"out"`
+		}
+		b.eval(`[...document.querySelectorAll('#chart-daily-calls g.pt')].map(g => {
+			const t = document.querySelector('#chart-daily-tokens g.pt[data-day="' + g.dataset.day + '"]');
+			return {day: g.dataset.day, calls: +g.querySelector('circle').dataset.value,
+				in: +t.querySelector('[data-series=input_tokens]').dataset.value, out: +t.querySelector('[data-series=output_tokens]').dataset.value};
+		})`, &trend)
+		if len(trend) != len(daily.Rows) {
+			t.Fatalf("daily charts: %d days, API %d", len(trend), len(daily.Rows))
+		}
+		for i, r := range daily.Rows {
+			if trend[i].Day != *r.Day || trend[i].Calls != float64(r.Calls) || trend[i].In != float64(r.InputTokens) || trend[i].Out != float64(r.OutputTokens) {
+				t.Errorf("daily charts day %d: %+v, API %s calls %d in %d out %d", i, trend[i], *r.Day, r.Calls, r.InputTokens, r.OutputTokens)
+			}
+		}
+	}
+	checkOverview(weekAgo, today)
+	if d := usage(weekAgo, today, "day"); len(d.Rows) != 7 || d.Totals.Calls != uint64(len(calls)) {
+		t.Fatalf("seeded week: %d days, %d calls, want 7 days, %d calls", len(d.Rows), d.Totals.Calls, len(calls))
+	}
+	b.shot("01-overview")
+
+	// The date picker: three days ending yesterday.
+	from3, to3 := now.In(ny).AddDate(0, 0, -3).Format(time.DateOnly), now.In(ny).AddDate(0, 0, -1).Format(time.DateOnly)
+	b.setValue("#range-to", to3)
+	b.setValue("#range-from", from3)
+	checkOverview(from3, to3)
+	if got := b.text("#calls-today-label"); !strings.HasPrefix(got, "Calls on ") {
+		t.Errorf("card label for a past day: %q", got)
+	}
+	b.shot("02-overview-date-range")
+
+	// Polling: new calls today show up without a page reload.
+	b.do("preset 7 days", chromedp.Click(chromedp.CSS(`[data-preset="7"]`)))
+	checkOverview(weekAgo, today)
+	b.eval(`(window.__noReload = true)`, new(bool))
+	before := usage(today, today, "model").Totals.Calls
+	fresh := serveCalls(23, "ui-fresh", 3, now.Add(-20*time.Second), 10*time.Second)
+	for i := range fresh {
+		fresh[i].StartTime, fresh[i].EndTime = time.Now().Add(-2*time.Second), time.Now()
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if err := out.WriteBatch(wctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	wcancel()
+	if after := usage(today, today, "model").Totals.Calls; after != before+3 {
+		t.Fatalf("API today: %d calls after inserting 3 to %d", after, before)
+	}
+	b.wait("polled refresh", fmt.Sprintf(`document.querySelector('[data-testid="calls-today"]').textContent === %q && window.__noReload === true`, fmtInt(int64(before+3))))
+	calls = append(calls, fresh...)
+
+	// Calls page: the newest calls first, as the API lists them.
+	listAPI := func(params url.Values) usageapi.CallsResponse {
+		t.Helper()
+		var r usageapi.CallsResponse
+		params.Set("tz", browserTZ)
+		params.Set("from", weekAgo)
+		params.Set("to", today)
+		params.Set("limit", "50")
+		apiGet(t, p.base, "/api/v1/calls", params, token, http.StatusOK, &r)
+		return r
+	}
+	rowIDs := `[...document.querySelectorAll('#calls-body tr')].map(r => r.dataset.id)`
+	waitRows := func(what string, want usageapi.CallsResponse) {
+		t.Helper()
+		ids := make([]string, len(want.Calls))
+		for i, c := range want.Calls {
+			ids[i] = c.ID
+		}
+		wantJSON, _ := json.Marshal(ids)
+		b.wait(what, fmt.Sprintf(`JSON.stringify(%s) === %q`, rowIDs, wantJSON))
+	}
+	b.do("calls tab", chromedp.Click(chromedp.CSS(`[data-tab="calls"]`)))
+	all := listAPI(url.Values{})
+	waitRows("calls list", all)
+	if all.NextCursor == "" {
+		t.Fatal("API: expected more than one page of calls")
+	}
+	b.do("load more", chromedp.Click(chromedp.CSS("#calls-more")))
+	b.wait("second page", fmt.Sprintf(`%s.length > 50`, rowIDs))
+	b.shot("03-calls")
+
+	// Filters: user (with a quote in the name), then model, then errors only.
+	b.wait("user options", `[...document.querySelectorAll('#f-user option')].some(o => o.value === "o'brien")`)
+	b.setValue("#f-user", "o'brien")
+	waitRows("user filter", listAPI(url.Values{"user": {"o'brien"}}))
+	b.setValue("#f-model", "qwen2.5-7b")
+	waitRows("user+model filter", listAPI(url.Values{"user": {"o'brien"}, "model": {"qwen2.5-7b"}}))
+	b.setValue("#f-status", "error")
+	waitRows("user+model+error filter", listAPI(url.Values{"user": {"o'brien"}, "model": {"qwen2.5-7b"}, "status": {"error"}}))
+	var users []string
+	b.eval(`[...document.querySelectorAll('#calls-body tr td:nth-child(3)')].map(td => td.textContent)`, &users)
+	for _, u := range users {
+		if u != "o'brien" {
+			t.Errorf("user filter shows a call of %q", u)
+		}
+	}
+	b.shot("04-calls-filtered")
+	b.setValue("#f-status", "")
+	b.setValue("#f-model", "")
+	filtered := listAPI(url.Values{"user": {"o'brien"}})
+	waitRows("user filter again", filtered)
+
+	// A call's detail: numbers equal the API's; Pretty/JSON; Langfuse link.
+	var chat *usageapi.CallResponse
+	for _, c := range filtered.Calls {
+		if c.Kind == schema.KindChat && c.TTFTMS != nil {
+			var d usageapi.CallResponse
+			apiGet(t, p.base, "/api/v1/calls/"+url.PathEscape(c.ID), nil, token, http.StatusOK, &d)
+			chat = &d
+			break
+		}
+	}
+	if chat == nil {
+		t.Fatal("no chat call with TTFT in the filtered list")
+	}
+	b.do("open call", chromedp.Click(chromedp.CSS(fmt.Sprintf(`#calls-body tr[data-id=%q]`, chat.ID))))
+	b.wait("detail panel", fmt.Sprintf(`!document.getElementById("drawer").hidden && document.getElementById("d-id").textContent === %q`, chat.ID))
+	for sel, want := range map[string]string{
+		`[data-testid="detail-tokens-in"]`:    fmtInt(chat.InputTokens),
+		`[data-testid="detail-tokens-out"]`:   fmtInt(chat.OutputTokens),
+		`[data-testid="detail-tokens-total"]`: fmtInt(chat.TotalTokens),
+		`[data-testid="detail-instance"]`:     chat.Instance,
+	} {
+		if got := b.text(sel); got != want {
+			t.Errorf("detail %s: %q, API %q", sel, got, want)
+		}
+	}
+	if got, want := b.text(`[data-testid="detail-latency"]`), latencyText(chat.LatencyMS); got != want {
+		t.Errorf("detail latency: %q, want %q (API %d ms)", got, want, chat.LatencyMS)
+	}
+	if got := b.text(`#d-input .msg:last-child .msg-text`); got != fmt.Sprint(chat.InputText) {
+		t.Errorf("pretty input: %q, API input_text %q", got, chat.InputText)
+	}
+	if got := b.text(`#d-metadata`); !strings.Contains(got, "team") || !strings.Contains(got, "search") {
+		t.Errorf("pretty metadata: %q", got)
+	}
+	var href string
+	b.eval(`document.querySelector('[data-testid="langfuse-link"]').href`, &href)
+	if want := "http://langfuse.test:3000/project/proj-1/traces/" + chat.TraceID; href != want || href != chat.LangfuseURL {
+		t.Errorf("langfuse link %q, want %q (API %q)", href, want, chat.LangfuseURL)
+	}
+	b.shot("05-call-detail-pretty")
+	b.do("JSON toggle", chromedp.Click(chromedp.CSS(`[data-fmt="json"]`)))
+	var inputJSON string
+	b.eval(`document.querySelector('#d-input pre[data-format=json]').textContent`, &inputJSON)
+	var parsed any
+	if err := json.Unmarshal([]byte(inputJSON), &parsed); err != nil || !strings.Contains(inputJSON, `"role": "user"`) {
+		t.Errorf("JSON view of the input: %v: %s", err, inputJSON)
+	}
+	b.shot("06-call-detail-json")
+
+	// The trace view: tree and timeline of the call's trace.
+	var tr usageapi.TraceResponse
+	apiGet(t, p.base, "/api/v1/traces/"+url.PathEscape(chat.TraceID), nil, token, http.StatusOK, &tr)
+	b.do("view trace", chromedp.Click(chromedp.CSS(`[data-testid="detail-trace-link"]`)))
+	b.wait("trace tree", fmt.Sprintf(`document.querySelectorAll('#trace-tree .node.call').length === %d && document.querySelector('[data-testid="trace-id"]').textContent === %q`,
+		tr.Root.Calls, chat.TraceID))
+	b.shot("07-trace-tree")
+	b.do("timeline", chromedp.Click(chromedp.CSS(`[data-traceview="timeline"]`)))
+	b.wait("timeline rows", fmt.Sprintf(`!document.getElementById("trace-timeline").hidden && document.querySelectorAll('#trace-timeline .tl-row').length === %d`, len(tr.Timeline)))
+	b.shot("08-trace-timeline")
+	b.do("open call from timeline", chromedp.Click(chromedp.CSS(fmt.Sprintf(`#trace-timeline .tl-row[data-node=%q]`, chat.ID))))
+	b.wait("detail from timeline", fmt.Sprintf(`!document.getElementById("drawer").hidden && document.getElementById("d-id").textContent === %q`, chat.ID))
+
+	// A session: its traces as children.
+	sess := ""
+	for _, c := range calls {
+		if c.SessionID != "" {
+			sess = c.SessionID
+			break
+		}
+	}
+	b.do("session view", chromedp.Navigate(p.base+"/#/trace/"+url.PathEscape(sess)), chromedp.Click(chromedp.CSS(`[data-traceview="tree"]`)))
+	b.wait("session tree", `!document.getElementById("trace-tree").hidden && document.querySelectorAll('#trace-tree .node.trace').length >= 2 && document.querySelector('#trace-tree .node.session') !== null`)
+	b.shot("09-session-tree")
+
+	p.stop(t)
+	t.Logf("dashboard test: %s", time.Since(t0).Round(time.Millisecond))
+}
+
+// latencyText is how the dashboard shows a latency.
+func latencyText(ms int64) string {
+	switch {
+	case ms >= 60000:
+		return fmt.Sprintf("%.1f min", float64(ms)/60000)
+	case ms >= 1000:
+		return fmt.Sprintf("%.2f s", float64(ms)/1000)
+	}
+	return fmt.Sprintf("%d ms", ms)
+}
