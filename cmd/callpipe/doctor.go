@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/doctor"
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/settings"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/transform"
+)
+
+func init() { registerCommand(newDoctorCommand) }
+
+// errBroken makes `callpipe doctor` exit 1 after it printed what is broken.
+var errBroken = errors.New("some dependencies are broken (see the FAIL lines)")
+
+func newDoctorCommand(a *app) *cobra.Command {
+	var timeout time.Duration
+	var probe string
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check every configured dependency (NATS/JetStream, ClickHouse, S3, Redis, Langfuse); exit 1 when one is broken",
+		Long: "doctor checks, with the same configuration as the other commands: NATS and JetStream, the streams\n" +
+			"CALLPIPE_CALLS, CALLPIPE_NORMALIZED and CALLPIPE_DLQ and the stages' durable consumers; ClickHouse and\n" +
+			"the applied schema version; the S3 bucket and write/delete permission; Redis; Langfuse health and keys\n" +
+			"(when langfuse.host is set). It prints one line per check (ok, skip, warn or FAIL with the fix) and\n" +
+			"exits 1 when any check failed. A dependency whose address is empty is skipped.\n\n" +
+			"--probe URL only GETs URL and exits 0 on a 2xx answer: the container healthcheck of the image,\n" +
+			"which has no shell, curl or wget.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if probe != "" {
+				return probeURL(cmd.Context(), probe, timeout)
+			}
+			cfg, _, err := a.load(cmd, nil)
+			if err != nil {
+				return err
+			}
+			checks, err := doctorChecks(cfg)
+			if err != nil {
+				return err
+			}
+			results := doctor.Run(cmd.Context(), timeout, checks...)
+			if err := doctor.Print(cmd.OutOrStdout(), results); err != nil {
+				return err
+			}
+			if doctor.Broken(results) > 0 {
+				return errBroken
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "time each dependency gets to answer")
+	cmd.Flags().StringVar(&probe, "probe", "", "only GET this URL (e.g. http://127.0.0.1:8081/healthz); exit 0 on 2xx, else 1")
+	return cmd
+}
+
+// doctorChecks builds one check per dependency from the configuration.
+func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
+	natsOpts, err := doctorNATSOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	checks := []doctor.Check{doctor.NATS(func(ctx context.Context) (*nats.Conn, error) {
+		opts := slices.Clone(natsOpts)
+		if dl, ok := ctx.Deadline(); ok {
+			opts = append(opts, nats.Timeout(time.Until(dl)))
+		}
+		return nats.Connect(cfg.NATS.URL, opts...)
+	}, doctorNATSExpect(cfg))}
+
+	if cfg.ClickHouse.Addr == "" {
+		checks = append(checks, skipped("clickhouse", "clickhouse.addr is empty"))
+	} else {
+		oc, err := clickhouseOutputConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		checks = append(checks, doctor.ClickHouse(cfg.ClickHouse.Addr, cfg.ClickHouse.Database, func(ctx context.Context) (driver.Conn, error) {
+			if dl, ok := ctx.Deadline(); ok {
+				oc.DialTimeout = time.Until(dl)
+			}
+			return chsink.Open(ctx, oc)
+		}))
+	}
+
+	if cfg.S3.Endpoint == "" {
+		checks = append(checks, skipped("s3", "s3.endpoint is empty"))
+	} else {
+		client, err := newS3(cfg, 1) // one retry: an unreachable endpoint must be reported within --timeout
+		if err != nil {
+			return nil, err
+		}
+		checks = append(checks, doctor.S3(cfg.S3.Endpoint, cfg.S3.Bucket, client))
+	}
+
+	if cfg.Redis.Addr == "" {
+		checks = append(checks, skipped("redis", "redis.addr is empty (API keys resolve to anonymous)"))
+	} else {
+		rdb, err := newRedis(cfg, 0)
+		if err != nil {
+			return nil, err
+		}
+		checks = append(checks, closing(doctor.Redis(cfg.Redis.Addr, rdb), func() { _ = rdb.Close() }))
+	}
+
+	checks = append(checks, doctorLangfuse(cfg, natsOpts))
+	return checks, nil
+}
+
+// doctorLangfuse checks the Langfuse settings in effect: those saved from the
+// dashboard (NATS KV bucket settings.Bucket) win over the configuration.
+func doctorLangfuse(cfg *config.Config, natsOpts []nats.Option) doctor.Check {
+	return func(ctx context.Context) []doctor.Result {
+		l := settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey}
+		source := settings.SourceConfig
+		if saved, ok := savedLangfuse(ctx, cfg.NATS.URL, natsOpts); ok {
+			l, source = saved, settings.SourceSaved
+		}
+		if l.Host == "" {
+			return []doctor.Result{{Name: "langfuse", Status: doctor.Skip,
+				Detail: "not configured: langfuse.host is empty (LANGFUSE_HOST) and no Langfuse settings were saved from the dashboard"}}
+		}
+		rs := doctor.Langfuse(l.Host, l.PublicKey, l.SecretKey, &http.Client{})(ctx)
+		rs[0].Detail += " (settings from " + source + ")"
+		return rs
+	}
+}
+
+// savedLangfuse reads the Langfuse settings saved at run time, if any. It
+// never creates the bucket; NATS problems are the nats line's to report.
+func savedLangfuse(ctx context.Context, url string, natsOpts []nats.Option) (settings.Langfuse, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(url, append(slices.Clone(natsOpts), nats.Timeout(2*time.Second))...)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	kv, err := js.KeyValue(ctx, settings.Bucket)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	e, err := kv.Get(ctx, settings.LangfuseKey)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	var l settings.Langfuse
+	if err := json.Unmarshal(e.Value(), &l); err != nil || l.Host == "" {
+		return settings.Langfuse{}, false
+	}
+	return l, true
+}
+
+// doctorNATSExpect lists the streams and the consumers of the stages this
+// binary has, leaving out sinks that are not configured.
+func doctorNATSExpect(cfg *config.Config) doctor.NATSExpect {
+	exp := doctor.NATSExpect{
+		URL:         cfg.NATS.URL,
+		Streams:     []string{ingest.CallsStream, transform.NormalizedStream, transform.DeadLetterStream},
+		Replicas:    cfg.NATS.Stream.Replicas,
+		DeadLetters: transform.DeadLetterStream,
+	}
+	want := []struct {
+		stage, stream, name string
+		configured          bool
+	}{
+		{"normalize", ingest.CallsStream, cfg.Transform.Consumer, true},
+		{"archive", ingest.CallsStream, cfg.Archive.Consumer, cfg.S3.Endpoint != ""},
+		{"clickhouse", transform.NormalizedStream, cfg.ClickHouse.Consumer, cfg.ClickHouse.Addr != ""},
+		{"langfuse", transform.NormalizedStream, cfg.Langfuse.Consumer, cfg.Langfuse.Host != ""}, // settings saved at run time are not consulted here: a missing consumer is only a warning
+	}
+	for _, w := range want {
+		if _, built := stages[w.stage]; built && w.configured {
+			exp.Consumers = append(exp.Consumers, doctor.Consumer{Stream: w.stream, Name: w.name, Stage: w.stage})
+		}
+	}
+	return exp
+}
+
+// doctorNATSOptions are the connection options of ingest.Connect without its
+// retry-for-ever, so that an unreachable server shows its real error at once.
+func doctorNATSOptions(cfg *config.Config) ([]nats.Option, error) {
+	n := cfg.NATS
+	opts := []nats.Option{nats.Name("callpipe-doctor"), nats.NoReconnect()}
+	if n.User != "" {
+		opts = append(opts, nats.UserInfo(n.User, n.Password))
+	}
+	if n.Token != "" {
+		opts = append(opts, nats.Token(n.Token))
+	}
+	if n.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(n.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: nats.nkey_file %s: %w", errConfig, n.NKeyFile, err)
+		}
+		opts = append(opts, opt)
+	}
+	if n.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(n.CredsFile))
+	}
+	tlsCfg, err := n.TLS.Build()
+	if err != nil {
+		return nil, fmt.Errorf("%w: nats.tls: %w", errConfig, err)
+	}
+	if tlsCfg != nil {
+		opts = append(opts, nats.Secure(tlsCfg))
+	}
+	return opts, nil
+}
+
+// probeURL is a container healthcheck: nil on a 2xx answer within timeout.
+func probeURL(ctx context.Context, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("%w: --probe %q: %w", errUsage, url, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("probe %s: %s %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+func skipped(name, why string) doctor.Check {
+	return func(context.Context) []doctor.Result {
+		return []doctor.Result{{Name: name, Status: doctor.Skip, Detail: "not configured: " + why}}
+	}
+}
+
+// closing releases a check's client once it ran.
+func closing(c doctor.Check, release func()) doctor.Check {
+	return func(ctx context.Context) []doctor.Result {
+		defer release()
+		return c(ctx)
+	}
+}

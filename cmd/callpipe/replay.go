@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/replay"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/transform"
+)
+
+func init() { registerCommand(newReplayCommand) }
+
+// replaySinks are the stages --sinks may name.
+var replaySinks = []string{"clickhouse", "langfuse"}
+
+// parseReplayTime accepts RFC 3339 (2026-11-26T20:00:00Z), a UTC hour
+// (2026-11-26T20) or a UTC day (2026-11-26).
+func parseReplayTime(flag, s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15", time.DateOnly} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%w: --%s %q: want RFC 3339 (2026-11-26T20:00:00Z), an hour (2026-11-26T20) or a day (2026-11-26), UTC", errUsage, flag, s)
+}
+
+func newReplayCommand(a *app) *cobra.Command {
+	var from, to, model, user, sinks, job string
+	var rateLimit float64
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "replay --from T --to T [--model M] [--user U] [--sinks clickhouse,langfuse] [--rate N] [--dry-run] [--job ID]",
+		Short: "Re-publish archived calls of a time range to the pipeline (resumable, idempotent)",
+		Long: `replay reads the S3 archive objects of [--from, --to), keeps the calls that match
+--model and --user, and publishes them on callpipe.calls.replay.<job> so that
+normalize and the chosen sinks (--sinks; all when empty) process them again; the
+archive sink skips them. Progress goes to stderr. The checkpoint lives in Redis:
+running the same command again (or with the same --job) resumes a stopped job and
+does nothing for a finished one. Replaying a range twice leaves ClickHouse and
+Langfuse unchanged (every sink deduplicates by call id).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" || to == "" {
+				return fmt.Errorf("%w: --from and --to are required", errUsage)
+			}
+			f, err := parseReplayTime("from", from)
+			if err != nil {
+				return err
+			}
+			t, err := parseReplayTime("to", to)
+			if err != nil {
+				return err
+			}
+			if !t.After(f) {
+				return fmt.Errorf("%w: --to %s must be after --from %s", errUsage, to, from)
+			}
+			if rateLimit < 0 {
+				return fmt.Errorf("%w: --rate %v: must be 0 (unlimited) or positive", errUsage, rateLimit)
+			}
+			var sinkList []string
+			for _, s := range strings.Split(sinks, ",") {
+				if s = strings.TrimSpace(s); s == "" {
+					continue
+				}
+				if !oneOfStrings(s, replaySinks) {
+					return fmt.Errorf("%w: --sinks: unknown sink %q (allowed: %s)", errUsage, s, strings.Join(replaySinks, ", "))
+				}
+				sinkList = append(sinkList, s)
+			}
+			cfg, log, err := a.load(cmd, nil)
+			if err != nil {
+				return err
+			}
+			s3, err := s3Client(cfg)
+			if err != nil {
+				return err
+			}
+			o := replay.Options{
+				Job: job, From: f, To: t, Model: model, User: user, Sinks: sinkList, Rate: rateLimit, DryRun: dryRun,
+				Bucket: cfg.S3.Bucket, Prefix: cfg.Archive.Prefix, MaxInFlight: cfg.Archive.ReplayMaxInFlight,
+				Limits: schema.Limits{MaxEventBytes: int(cfg.Event.MaxBytes)}, Progress: cmd.ErrOrStderr(), Log: log,
+			}
+			var cp *replay.Checkpoints
+			if !dryRun || user != "" {
+				rdb, err := newRedis(cfg, 5*time.Second)
+				if err != nil {
+					return fmt.Errorf("%w: redis.addr: required for the replay checkpoint: %w", errConfig, err)
+				}
+				defer rdb.Close()
+				cp = replay.NewCheckpoints(rdb, cfg.Archive.ReplayCheckpointPrefix, 0)
+				if user != "" {
+					users := transform.NewUserResolver(transform.UserOptions{Redis: rdb, KeyPrefix: cfg.Transform.UserKeyPrefix,
+						Timeout: time.Duration(cfg.Transform.UserLookupTimeout), Log: log})
+					o.UserOf = func(ctx context.Context, ev *schema.Event) string {
+						u, _ := users.Resolve(ctx, ev.User, ev.APIKeyHash)
+						return u
+					}
+				}
+			}
+			if dryRun {
+				cp = nil
+			}
+			nc, err := connectNATS(cfg, "replay", log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			res, err := replay.Run(cmd.Context(), nc, s3, cp, o)
+			if errors.Is(err, replay.ErrStopped) {
+				fmt.Fprintf(cmd.OutOrStdout(), "replay %s: stopped after %d calls published (checkpointed); run the same command again to resume\n", res.Job, res.Published)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch {
+			case res.AlreadyDone:
+				fmt.Fprintf(out, "replay %s: already finished earlier (%d calls published); nothing sent. Use another --job to replay again.\n", res.Job, res.Published)
+			case dryRun:
+				fmt.Fprintf(out, "replay %s (dry run): %d objects, %d lines, %d calls match, %d undecodable\n", res.Job, res.Objects, res.Lines, res.Matched, res.Undecodable)
+			default:
+				fmt.Fprintf(out, "replay %s: done: %d objects (%d finished earlier), %d calls published (%d duplicates), %d undecodable lines skipped, %s\n",
+					res.Job, res.Objects, res.Resumed, res.Published, res.Duplicates, res.Undecodable, res.Elapsed.Round(time.Millisecond))
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&from, "from", "", "start of the range (inclusive), RFC 3339, YYYY-MM-DDTHH or YYYY-MM-DD, UTC")
+	fl.StringVar(&to, "to", "", "end of the range (exclusive)")
+	fl.StringVar(&model, "model", "", "only calls of this model")
+	fl.StringVar(&user, "user", "", "only calls of this user (explicit user, else the API key's owner in Redis)")
+	fl.StringVar(&sinks, "sinks", "", "only these sinks process the replayed calls: "+strings.Join(replaySinks, ",")+" (default all)")
+	fl.Float64Var(&rateLimit, "rate", 0, "calls per second (0: unlimited)")
+	fl.BoolVar(&dryRun, "dry-run", false, "count the matching calls, publish nothing")
+	fl.StringVar(&job, "job", "", "job id (letters, digits, - and _); default derived from the arguments, so the same command resumes")
+	return cmd
+}
+
+func oneOfStrings(s string, list []string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

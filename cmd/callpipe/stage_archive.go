@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/sinks/archive"
+)
+
+func init() { stages["archive"] = runArchiveStage }
+
+// s3Client builds the S3 client of the s3 section.
+func s3Client(cfg *config.Config) (*minio.Client, error) {
+	tlsCfg, err := cfg.S3.TLS.Build()
+	if err != nil {
+		return nil, fmt.Errorf("%w: s3.tls: %w", errConfig, err)
+	}
+	s := cfg.S3
+	return archive.NewClient(archive.S3Config{Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey,
+		Region: s.Region, UseSSL: s.UseSSL, PathStyle: s.PathStyle, TLS: tlsCfg})
+}
+
+// runArchiveStage archives CALLPIPE_CALLS to S3 (durable consumer
+// archive.consumer) until ctx ends, then stores what it holds and acks it.
+// It waits for the bucket at start, reporting unhealthy meanwhile.
+func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) error {
+	cfg := env.cfg
+	a := cfg.Archive
+	if cfg.S3.Endpoint == "" || cfg.S3.Bucket == "" {
+		return fmt.Errorf("%w: s3.endpoint and s3.bucket: required by the archive stage", errConfig)
+	}
+	s3, err := s3Client(cfg)
+	if err != nil {
+		return err
+	}
+	var state atomic.Pointer[error]
+	starting := errors.New("archive: connecting to S3")
+	state.Store(&starting)
+	var sink atomic.Pointer[archive.Sink]
+	env.addHealth(func() error {
+		if s := sink.Load(); s != nil {
+			return s.Healthy()
+		}
+		return *state.Load()
+	})
+
+	js, err := jetstream.New(env.nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = provisionStreams(pctx, js, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 30*time.Second) {
+		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := archive.EnsureBucket(bctx, s3, cfg.S3.Bucket, cfg.S3.Region)
+		cancel()
+		if err == nil {
+			break
+		}
+		state.Store(&err)
+		log.Warn("s3 not ready; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+	s, err := archive.NewSink(env.nc, s3, archive.SinkConfig{
+		Stream: ingest.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
+		Bucket: cfg.S3.Bucket, Prefix: a.Prefix, Compression: a.Compression,
+		FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
+		MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,
+		Limits: schema.Limits{MaxEventBytes: int(cfg.Event.MaxBytes)},
+		Log:    log, Metrics: archive.NewMetrics(env.reg),
+	})
+	if err != nil {
+		return fmt.Errorf("%w: archive: %w", errConfig, err)
+	}
+	sink.Store(s)
+	log.Info("archive sink running", "bucket", cfg.S3.Bucket, "prefix", a.Prefix, "consumer", a.Consumer,
+		"flush_bytes", a.FlushBytes.String(), "flush_interval", a.FlushInterval.String())
+	err = s.Run(ctx)
+	log.Info("archive sink stopped")
+	return err
+}

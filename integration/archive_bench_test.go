@@ -1,0 +1,183 @@
+package integration
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/replay"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/sinks/archive"
+)
+
+// benchArchiveEvents are ~1 KB chat events over one hour.
+func benchArchiveEvents(run string, n int) []archEvent {
+	return archEvents(run, n, time.Date(2024, 2, 2, 0, 0, 0, 0, time.UTC), 1, 600, 3)
+}
+
+// BenchmarkArchiveStore measures the archive sink's storage path on real
+// MinIO: decode each raw event's start time, compress into a 64 MiB (raw)
+// object, hash, then store its manifest and multipart-upload it. One op is one
+// object; MB/s is raw JSON per second.
+//
+//	go test -run '^$' -bench ArchiveStore -benchtime 5x ./integration
+func BenchmarkArchiveStore(b *testing.B) {
+	e := newArchEnv(b)
+	evs := benchArchiveEvents(e.run, 20000)
+	var perObject int64
+	n := 0
+	for perObject < 64<<20 {
+		perObject += int64(len(evs[n%len(evs)].raw)) + 1
+		n++
+	}
+	b.SetBytes(perObject)
+	ctx := context.Background()
+	b.ResetTimer()
+	cpu0 := archCPUSeconds()
+	for i := range b.N {
+		bl, err := archive.NewBuilder(e.prefix, "CALLPIPE_CALLS", "default", evs[0].start, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j := range n {
+			raw := evs[j%len(evs)].raw
+			ev, err := schema.Decode(raw, schema.DefaultLimits())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := bl.Add(uint64(i*n+j+1), raw, ev.StartTime); err != nil {
+				b.Fatal(err)
+			}
+		}
+		built, err := bl.Finish(archive.FlushSize, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+			b.Fatal(err)
+		}
+		if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			b.ReportMetric(float64(len(built.Data))/float64(perObject), "compressed/raw")
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "calls/s")
+	b.ReportMetric(float64(perObject)*float64(b.N)/1e6/(archCPUSeconds()-cpu0), "MB/cpu-s")
+}
+
+// BenchmarkArchiveSink measures the whole sink: N ~1 KB events are published
+// to the test's subject, then the sink (in process) consumes, archives and
+// acks them; MB/s is raw JSON archived per second.
+//
+//	go test -run '^$' -bench 'ArchiveSink$' -benchtime 3x ./integration
+func BenchmarkArchiveSink(b *testing.B) {
+	const n = 50000
+	var total time.Duration
+	var cpu float64
+	var bytes int64
+	for range b.N {
+		e := newArchEnv(b)
+		evs := benchArchiveEvents(e.run, n)
+		raws := eventRaws(evs)
+		var size int64
+		for _, r := range raws {
+			size += int64(len(r))
+		}
+		b.SetBytes(size)
+		e.publish(b, raws, func(i int) string { return evs[i].id }, nil)
+		last := e.lastSeq(b)
+		s, err := archive.NewSink(e.nc, e.s3, archive.SinkConfig{Consumer: e.consumer, FilterSubject: e.subject + ".>",
+			Bucket: archBucket, Prefix: e.prefix, FlushBytes: 16 << 20, FlushInterval: time.Second, AckWait: time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		start, cpu0 := time.Now(), archCPUSeconds()
+		go func() { done <- s.Run(ctx) }()
+		e.waitArchived(b, 5*time.Minute, last)
+		total += time.Since(start)
+		cpu += archCPUSeconds() - cpu0
+		bytes += size
+		cancel()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/total.Seconds(), "calls/s")
+	b.ReportMetric(float64(bytes)/1e6/cpu, "MB/cpu-s")
+}
+
+// BenchmarkReplayRate measures `replay` publishing archived ~1 KB calls into
+// CALLPIPE_CALLS (acknowledged by JetStream, checkpointed in Redis); one op is
+// one call.
+//
+//	go test -run '^$' -bench ReplayRate -benchtime 100000x ./integration
+func BenchmarkReplayRate(b *testing.B) {
+	e := newArchEnv(b)
+	evs := benchArchiveEvents(e.run, b.N)
+	ctx := context.Background()
+	bl, err := archive.NewBuilder(e.prefix, "CALLPIPE_CALLS", "default", evs[0].start, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var size int64
+	for i, ev := range evs {
+		if err := bl.Add(uint64(i+1), ev.raw, ev.start); err != nil {
+			b.Fatal(err)
+		}
+		size += int64(len(ev.raw))
+	}
+	built, err := bl.Finish(archive.FlushSize, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+		b.Fatal(err)
+	}
+	if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+		b.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: harness.Redis(b)})
+	defer rdb.Close()
+	cp := replay.NewCheckpoints(rdb, "callpipe:it:replay:", time.Hour)
+	job := e.run + "-bench"
+	b.Cleanup(func() { _ = cp.Delete(context.Background(), job) })
+	nc, err := nats.Connect(harness.NATS(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	b.SetBytes(size / int64(b.N))
+	b.ResetTimer()
+	cpu0 := archCPUSeconds()
+	res, err := replay.Run(ctx, nc, e.s3, cp, replay.Options{Job: job, From: evs[0].start.Truncate(time.Hour),
+		To: evs[0].start.Truncate(time.Hour).Add(time.Hour), Bucket: archBucket, Prefix: e.prefix, Sinks: []string{"clickhouse"}})
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if res.Published != int64(b.N) {
+		b.Fatalf("published %d, want %d", res.Published, b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+	b.ReportMetric(float64(b.N)/(archCPUSeconds()-cpu0), "calls/cpu-s")
+}
+
+// archCPUSeconds is this process's user+system CPU time (the NATS and MinIO
+// servers are separate processes and not included): the machine is shared,
+// so work per CPU-second is the comparable number.
+func archCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}

@@ -1,0 +1,54 @@
+// Package archive keeps every raw call event received on CALLPIPE_CALLS in
+// S3/MinIO, as large zstd-compressed NDJSON objects grouped by the UTC hour of
+// the call's start time, and reads them back for replay and export.
+//
+// # Layout
+//
+//	<prefix>/dt=2026-11-26/hh=20/<first-seq>-<last-seq>.ndjson.zst      the data object
+//	<prefix>/dt=2026-11-26/hh=20/<first-seq>-<last-seq>.manifest.json   its manifest
+//
+// first-seq and last-seq are the smallest and largest CALLPIPE_CALLS stream
+// sequence in the object, zero-padded to 20 digits so that keys sort in
+// sequence order. One line of a data object is one message exactly as it was
+// stored in the stream. Objects carry their count, start-time range, byte size
+// and SHA-256 (of the uncompressed NDJSON) as user metadata; the manifest
+// repeats them and lists the stream sequences of the lines, in line order.
+//
+// # Exactly once
+//
+// Invariant: every archived stream sequence is in exactly one stored data
+// object. A sequence is claimed by a manifest before its object is uploaded,
+// a claimed sequence is never put into another object, and a message is
+// acknowledged only after its object is stored. The sink keeps it with this
+// commit protocol:
+//
+//  1. A buffer (one hour, one process) is closed by size, age or shutdown. Its
+//     manifest is written first: from then on its sequences are claimed.
+//  2. The data object is uploaded (multipart for large objects) under the key
+//     derived from its content; then every message in it is acknowledged.
+//
+// A crash anywhere in between makes JetStream redeliver the messages
+// (NumDelivered > 1). A redelivered message is never buffered blindly: the
+// sink looks its sequence up in the manifests of its hour. Claimed and stored
+// → it is acknowledged. Claimed but the data object is missing (killed
+// mid-upload) → the sink rebuilds that exact object from the stream
+// (sequences from the manifest, read with direct gets, in manifest order),
+// uploads it under the same key and acknowledges. Not claimed → buffered as
+// new. So a redelivered call can never end up in a second, differently
+// grouped object, and an upload retried after a crash overwrites the same key
+// with the same bytes. Readers list only data objects, so a manifest whose
+// object is not uploaded yet is invisible to them. (If messages of an
+// interrupted object expired from the stream before the rebuild, the rebuilt
+// object holds the rest under a new key and manifest; the expired calls are
+// lost, which is logged.)
+//
+// The protocol relies on JetStream not redelivering a message the sink still
+// holds: held messages get in-progress acks every AckWait/3, and a second
+// delivery of a sequence held in this process is ignored.
+//
+// What is not archived: replayed events (ingest.IsReplay) are acknowledged
+// and skipped. Events the schema decoder rejects are archived anyway (the
+// archive keeps what was received), in the hour of their stream timestamp;
+// only a message that is not valid JSON and contains a line break (which
+// cannot be one NDJSON line) goes to CALLPIPE_DLQ with the reason.
+package archive
