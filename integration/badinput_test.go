@@ -140,7 +140,8 @@ func TestCollectorBadInputCorpus(t *testing.T) {
 // answers, stays up, and every event it publishes is a valid schema v1 event.
 func TestProxyBadInputCorpus(t *testing.T) {
 	s := newCallStream(t)
-	up := httptest.NewServer(&workload.Upstream{Models: workload.DefaultModels()})
+	fixed := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	up := httptest.NewServer(&workload.Upstream{Models: workload.DefaultModels(), Now: func() time.Time { return fixed }})
 	defer up.Close()
 	addr := freeAddr(t)
 	cmd := startBinary(t, []string{"CALLPIPE_NATS_URL=" + harness.NATS(t), "CALLPIPE_PROXY_SPOOL_DIR=" + t.TempDir()},

@@ -48,6 +48,8 @@ type Upstream struct {
 	// the delay between streamed chunks. Zero: answer at once.
 	FirstToken time.Duration
 	TokenDelay time.Duration
+	// Now is the clock of the answers' "created" field; nil: time.Now.
+	Now func() time.Time
 }
 
 // Tokens is the upstream's token count of a text: its whitespace-separated words.
@@ -156,7 +158,11 @@ func (u *Upstream) serveChat(w http.ResponseWriter, req *request) {
 	usage := map[string]int64{"prompt_tokens": Tokens(prompt), "completion_tokens": Tokens(answer)}
 	usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
 	id := fmt.Sprintf("chatcmpl-%x", fnv64(prompt))
-	created := time.Now().Unix()
+	now := time.Now
+	if u.Now != nil {
+		now = u.Now
+	}
+	created := now().Unix()
 	if !req.Stream {
 		writeJSON(w, http.StatusOK, map[string]any{
 			"id": id, "object": "chat.completion", "created": created, "model": req.Model,

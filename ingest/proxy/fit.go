@@ -22,9 +22,30 @@ func sanitize(ev *schema.Event) {
 	for _, s := range []*string{&ev.SessionID, &ev.Model, &ev.User, &ev.Error} {
 		*s = strings.ToValidUTF8(*s, "\uFFFD")
 	}
+	// The call happened whatever the client named: cut names to the schema's
+	// limit instead of losing the event.
+	for _, s := range []*string{&ev.SessionID, &ev.Model, &ev.User} {
+		*s = clipRunes(*s, schema.MaxNameChars)
+	}
+	ev.Endpoint = clipRunes(ev.Endpoint, schema.MaxEndpointChars)
 	if ev.Model == "" {
 		ev.Model = "unknown" // schema v1 requires a model; the request named none
 	}
+}
+
+// clipRunes keeps the first n characters of s.
+func clipRunes(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	i := 0
+	for j := range s {
+		if i == n {
+			return s[:j]
+		}
+		i++
+	}
+	return s
 }
 
 // fit shrinks the event's request and response until it encodes within max
