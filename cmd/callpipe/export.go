@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/export"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+)
+
+func init() { registerCommand(newExportCommand) }
+
+// newExportRunner builds the export runner of the configuration: S3 and
+// Redis always, ClickHouse when withClickHouse (source calls). close releases
+// the connections. `callpipe serve` mounts export.NewHandler over the same.
+func newExportRunner(ctx context.Context, cfg *config.Config, log *slog.Logger, withClickHouse bool) (r *export.Runner, closeFn func(), err error) {
+	s3, err := newS3(cfg, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb, err := newRedis(cfg, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: redis.addr: %w (export jobs keep their lease and checkpoint in Redis)", errConfig, err)
+	}
+	closers := []func(){func() { _ = rdb.Close() }}
+	closeFn = func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	e := cfg.Export
+	r = &export.Runner{
+		S3: s3, Redis: rdb, Database: cfg.ClickHouse.Database, Log: log,
+		Config: export.Config{
+			Compression: e.Compression, PartBytes: int64(e.PartBytes), PageRows: e.PageRows,
+			UploadPartSize: uint64(e.UploadPartSize), LeaseTTL: time.Duration(e.LeaseTTL),
+			StateTTL: time.Duration(e.StateTTL), KeyPrefix: e.KeyPrefix,
+			ArchiveBucket: cfg.S3.Bucket, ArchivePrefix: cfg.Archive.Prefix,
+		},
+	}
+	if withClickHouse {
+		if cfg.ClickHouse.Addr == "" {
+			closeFn()
+			return nil, nil, fmt.Errorf("%w: clickhouse.addr: required to export calls", errConfig)
+		}
+		oc, err := clickhouseOutputConfig(cfg)
+		if err != nil {
+			closeFn()
+			return nil, nil, err
+		}
+		conn, err := chsink.Open(ctx, oc)
+		if err != nil {
+			closeFn()
+			return nil, nil, err
+		}
+		r.CH = conn
+		closers = append(closers, func() { _ = conn.Close() })
+	}
+	return r, closeFn, nil
+}
+
+func newExportCommand(a *app) *cobra.Command {
+	var from, to, model, user, dest, jobID string
+	var rate float64
+	cmd := &cobra.Command{
+		Use:   "export --from T --to T --dest s3://bucket/prefix [--format ndjson|csv|parquet] [--model M] [--user U] [--source calls|archive]",
+		Short: "Write the calls of a time range to S3 as large NDJSON, CSV or Parquet objects, a _manifest.json and _SUCCESS",
+		Long: `Export writes the normalized calls (ClickHouse, --source calls) or the raw archived events
+(--source archive) whose start time is in [--from, --to) to s3://bucket/prefix/part-NNNNN.<ext>, then
+_manifest.json (rows, bytes and sha256 per part, the query, the arguments) and _SUCCESS, last.
+
+The job id is derived from the arguments (or --job-id). A Redis lease lets one process run a job; a
+second one exits naming the holder. Every finished part is checkpointed in Redis: rerunning a job
+that died resumes after its last finished part, and rerunning a finished job does nothing.
+Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := a.load(cmd, map[string]string{"format": "export.format", "source": "export.source", "compression": "export.compression"})
+			if err != nil {
+				return err
+			}
+			log = log.With("component", "export")
+			spec := export.Spec{Model: model, User: user, Format: cfg.Export.Format, Dest: dest,
+				Source: cfg.Export.Source, Compression: cfg.Export.Compression, JobID: jobID}
+			if spec.From, err = export.ParseTime("from", from); err == nil {
+				spec.To, err = export.ParseTime("to", to)
+			}
+			if err == nil {
+				err = spec.Normalize(cfg.Export.Compression)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: --%w", errUsage, err)
+			}
+			ctx := cmd.Context()
+			runner, closeRunner, err := newExportRunner(ctx, cfg, log, spec.Source == export.SourceCalls)
+			if err != nil {
+				return err
+			}
+			defer closeRunner()
+
+			stderr := cmd.ErrOrStderr()
+			fmt.Fprintf(stderr, "export %s: %s %s..%s → %s (%s, %s)\n", spec.JobID, spec.Source,
+				spec.From.Format(time.RFC3339), spec.To.Format(time.RFC3339), spec.Dest, spec.Format, spec.Compression)
+			pr := &progressPrinter{w: stderr, job: spec.JobID, every: time.Second}
+			res, err := runner.Run(ctx, spec, export.RunOptions{Rate: rate, Progress: pr.update})
+			pr.final()
+			if err != nil {
+				var held *export.LeaseHeldError
+				var fe *export.FieldError
+				switch {
+				case errors.As(err, &held):
+					return err
+				case errors.As(err, &fe):
+					return fmt.Errorf("%w: --%w", errUsage, err)
+				case ctx.Err() != nil:
+					return fmt.Errorf("export %s stopped; rerun the same command to resume from the last finished part: %w", spec.JobID, err)
+				}
+				return err
+			}
+			out := cmd.OutOrStdout()
+			m := res.Manifest
+			switch {
+			case res.AlreadyDone:
+				fmt.Fprintf(out, "export %s: already complete (%d rows in %d parts, finished %s); nothing written\n",
+					res.JobID, m.Rows, len(m.Parts), m.FinishedAt.Format(time.RFC3339))
+			default:
+				how := ""
+				if res.Resumed {
+					how = fmt.Sprintf(", resumed (attempt %d)", m.Attempts)
+				}
+				fmt.Fprintf(out, "export %s: done: %d rows in %d parts, %d bytes%s → %s/%s\n",
+					res.JobID, m.Rows, len(m.Parts), m.Bytes, how, spec.Dest, export.ManifestName)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&from, "from", "", "start of the range (inclusive)")
+	f.StringVar(&to, "to", "", "end of the range (exclusive)")
+	f.StringVar(&model, "model", "", "only calls of this model")
+	f.StringVar(&user, "user", "", "only calls of this user (source archive: the event's user field)")
+	f.StringVar(&dest, "dest", "", "s3://bucket/prefix the objects are written under")
+	f.String("format", "", "ndjson, csv or parquet (export.format)")
+	f.String("source", "", "calls (normalized, ClickHouse) or archive (raw events, S3) (export.source)")
+	f.String("compression", "", "zstd, gzip or none (export.compression)")
+	f.StringVar(&jobID, "job-id", "", "job id (default: derived from the arguments)")
+	f.Float64Var(&rate, "rate", 0, "at most this many rows per second (0: unlimited)")
+	return cmd
+}
+
+// progressPrinter writes one progress line to stderr at most every `every`.
+type progressPrinter struct {
+	w     io.Writer
+	job   string
+	every time.Duration
+	mu    sync.Mutex
+	last  time.Time
+	p     *export.Progress
+}
+
+func (pp *progressPrinter) update(p export.Progress) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.p = &p
+	if time.Since(pp.last) >= pp.every {
+		pp.last = time.Now()
+		pp.print()
+	}
+}
+
+func (pp *progressPrinter) final() {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pp.p != nil {
+		pp.print()
+	}
+}
+
+func (pp *progressPrinter) print() {
+	p := pp.p
+	est := ""
+	if p.EstimatedRows > 0 {
+		pct := min(100, float64(p.Rows)*100/float64(p.EstimatedRows))
+		est = fmt.Sprintf(" of ≤%d (%.0f%%)", p.EstimatedRows, pct)
+		if p.RowsPerSecond > 0 && p.Rows < p.EstimatedRows {
+			eta := time.Duration(float64(p.EstimatedRows-p.Rows) / p.RowsPerSecond * float64(time.Second))
+			est += fmt.Sprintf(", ETA ≤%s", eta.Round(time.Second))
+		}
+	}
+	fmt.Fprintf(pp.w, "export %s: %d rows%s, %d parts, %.1f MB stored, %.0f rows/s, %.2f MB/s\n",
+		pp.job, p.Rows, est, p.Parts, float64(p.Bytes)/1e6, p.RowsPerSecond, p.BytesPerSec/1e6)
+}
