@@ -132,7 +132,8 @@ func (n *chNATS) publish(t testing.TB, calls []schema.Call, msgIDPrefix string) 
 
 // publishE is publish for goroutines other than the test's.
 func (n *chNATS) publishE(calls []schema.Call, msgIDPrefix string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// a slow (shared, -race) machine publishes a few thousand calls a second
+	ctx, cancel := context.WithTimeout(context.Background(), max(2*time.Minute, time.Duration(len(calls))*2*time.Millisecond))
 	defer cancel()
 	for i := range calls {
 		b, err := json.Marshal(&calls[i])

@@ -2,16 +2,13 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	mrand "math/rand/v2"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/integration/harness"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -29,6 +26,9 @@ func TestClickHouseSinkExactUnderRedelivery(t *testing.T) {
 	n := newCHNATS(t)
 	const total = 20000
 	calls := genCalls(1, "red-"+chRandHex(t, 3), total, 7, 5, 50, chBase)
+	for i := range calls[:total/2] { // half with long texts, half short: publishing dominates the run time
+		calls[i].InputText = "What is the capital of France?"
+	}
 	from, to := chBase, chBase.Add(7*24*time.Hour)
 
 	n.publish(t, calls, "")
@@ -74,36 +74,6 @@ func TestClickHouseSinkExactUnderRedelivery(t *testing.T) {
 	checkUsage(t, out.Conn(), db, calls, from, to)
 	// a sub-range that cuts days and hours
 	checkUsage(t, out.Conn(), db, calls, from.Add(30*time.Hour+17*time.Minute), from.Add(75*time.Hour+3*time.Second))
-}
-
-// TestClickHouseSinkCrashBeforeAck: the sink inserts a batch and "dies"
-// before acking it, three times in a row (DropAcks); JetStream redelivers the
-// same calls after AckWait each time. Totals must stay exact.
-func TestClickHouseSinkCrashBeforeAck(t *testing.T) {
-	out, db := chTestDB(t)
-	n := newCHNATS(t)
-	const total = 3000
-	calls := genCalls(6, "crash-"+chRandHex(t, 3), total, 2, 5, 50, chBase)
-	n.publish(t, calls, "")
-	var dropped, droppedRows, insertedRows atomic.Int64
-	cfg := n.sinkConfig(total, 300*time.Millisecond)
-	cfg.AckWait = 2 * time.Second
-	cfg.DropAcks = func(calls int) bool { // called by one flusher at a time per batch
-		insertedRows.Add(int64(calls))
-		if dropped.Add(1) <= 3 {
-			droppedRows.Add(int64(calls))
-			return true
-		}
-		return false
-	}
-	runSink(t, n, out, cfg)
-	waitStored(t, n, out, db, total, 3*time.Minute)
-	if dropped.Load() < 3 || insertedRows.Load() < total+droppedRows.Load() {
-		t.Fatalf("dropped the acks of %d batches (%d calls), inserted %d rows; want >= 3 batches and >= %d rows",
-			dropped.Load(), droppedRows.Load(), insertedRows.Load(), total+droppedRows.Load())
-	}
-	t.Logf("acks of %d calls dropped after their insert; %d rows inserted for %d calls", droppedRows.Load(), insertedRows.Load(), total)
-	checkUsage(t, out.Conn(), db, calls, chBase, chBase.Add(2*24*time.Hour))
 }
 
 // TestClickHouseSinkDeadLetter: an undecodable message goes to CALLPIPE_DLQ
@@ -165,62 +135,6 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 		}
 		return ci.NumAckPending == 0 && ci.NumPending == 0, "pending"
 	})
-}
-
-// TestClickHouseSinkOutage stops ClickHouse while calls keep coming: the sink
-// reports unhealthy and acks nothing it could not store; after the restart
-// everything arrives, nothing is lost or double counted.
-func TestClickHouseSinkOutage(t *testing.T) {
-	out, db := chTestDB(t)
-	n := newCHNATS(t)
-	const total = 10000
-	calls := genCalls(3, "out-"+chRandHex(t, 3), total, 3, 5, 50, chBase)
-	sink, stop := runSink(t, n, out, n.sinkConfig(2000, 500*time.Millisecond))
-
-	// publish steadily (~4s) while ClickHouse goes away and comes back
-	pubDone := make(chan struct{})
-	go func() {
-		defer close(pubDone)
-		for lo := 0; lo < total; lo += 250 {
-			if err := n.publishE(calls[lo:lo+250], ""); err != nil {
-				t.Error(err)
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}()
-	waitFor(t, time.Minute, "some calls stored", func() (bool, string) {
-		d, _, err := chsink.CallCounts(context.Background(), out.Conn(), db)
-		return err == nil && d >= 1000, fmt.Sprint(d, err)
-	})
-	harness.StopService(t, harness.ServiceClickHouse)
-	waitFor(t, 30*time.Second, "the sink to report unhealthy", func() (bool, string) {
-		return sink.Healthy() != nil, "healthy"
-	})
-	time.Sleep(3 * time.Second) // several failed attempts, naks and redeliveries
-	harness.StartService(t, harness.ServiceClickHouse)
-	<-pubDone
-
-	waitStored(t, n, out, db, total, 3*time.Minute)
-	waitFor(t, 30*time.Second, "the sink to report healthy", func() (bool, string) {
-		err := sink.Healthy()
-		return err == nil, errString(err)
-	})
-	stop()
-	checkUsage(t, out.Conn(), db, calls, chBase, chBase.Add(3*24*time.Hour))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ci, err := c.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ci.NumAckPending != 0 || ci.NumPending != 0 {
-		t.Fatalf("after recovery: %d unacked, %d pending", ci.NumAckPending, ci.NumPending)
-	}
 }
 
 // TestClickHouseSinkGracefulShutdown: a stop with a half-full batch (period far

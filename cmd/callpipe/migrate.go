@@ -12,12 +12,19 @@ import (
 )
 
 func newMigrateCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var retention bool
+	cmd := &cobra.Command{
 		Use:   "migrate",
-		Short: "Create or update the JetStream streams and consumers (idempotent)",
-		Args:  cobra.NoArgs,
+		Short: "Create or update the JetStream streams and the ClickHouse schema (idempotent)",
+		Long: `Create or update the JetStream streams and consumers and apply the ClickHouse
+migrations (clickhouse.addr empty skips ClickHouse). --cluster NAME creates the
+tables as Replicated*MergeTree behind Distributed tables, ON CLUSTER NAME.
+--retention also drops the partitions past clickhouse.retention_days now
+(what the clickhouse stage does every clickhouse.retention_interval on servers
+without TTL).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := a.load(cmd, nil)
+			cfg, log, err := a.load(cmd, map[string]string{"cluster": "clickhouse.cluster"})
 			if err != nil {
 				return err
 			}
@@ -37,7 +44,11 @@ func newMigrateCommand(a *app) *cobra.Command {
 				return err
 			}
 			log.Info("streams provisioned", "streams", []string{ingest.CallsStream, transform.NormalizedStream, transform.DeadLetterStream})
-			return migrateClickHouse(cmd.Context(), cfg, log) // clickhouse.addr "" skips it
+			// clickhouse.addr "" skips it
+			return migrateClickHouse(cmd.Context(), cfg, log, retention)
 		},
 	}
+	cmd.Flags().String("cluster", "", "ClickHouse cluster for Replicated + Distributed tables, DDL ON CLUSTER (clickhouse.cluster)")
+	cmd.Flags().BoolVar(&retention, "retention", false, "also drop ClickHouse partitions past clickhouse.retention_days now")
+	return cmd
 }

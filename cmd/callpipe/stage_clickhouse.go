@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,12 +30,20 @@ func clickhouseOutputConfig(cfg *config.Config) (chsink.OutputConfig, error) {
 	return chsink.OutputConfig{
 		Addr: c.Addr, Database: c.Database, User: c.User, Password: c.Password, TLS: tlsCfg,
 		MaxTextBytes: int(c.MaxTextBytes), MaxInFlight: c.MaxInFlight,
+		Topology: chsink.Topology{Cluster: c.Cluster},
 	}, nil
 }
 
+func clickhouseRetention(cfg *config.Config) chsink.Retention {
+	r := cfg.ClickHouse.RetentionDays
+	return chsink.Retention{Calls: r.Calls, UsageDayModelUser: r.UsageDayModelUser, UsageHourModel: r.UsageHourModel}
+}
+
 // migrateClickHouse applies the ClickHouse migrations (idempotent, safe to run
-// from several processes at once). An empty clickhouse.addr skips it.
-func migrateClickHouse(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+// from several processes at once) and the table settings of the server's
+// version (TTL); dropExpired also drops the partitions past retention. An
+// empty clickhouse.addr skips it.
+func migrateClickHouse(ctx context.Context, cfg *config.Config, log *slog.Logger, dropExpired bool) error {
 	if cfg.ClickHouse.Addr == "" {
 		log.Info("clickhouse.addr is empty: ClickHouse migrations skipped")
 		return nil
@@ -46,12 +57,69 @@ func migrateClickHouse(ctx context.Context, cfg *config.Config, log *slog.Logger
 		return err
 	}
 	defer conn.Close()
-	done, err := (&chsink.Migrator{Conn: conn, Database: cfg.ClickHouse.Database, Log: log}).Up(ctx)
+	m := &chsink.Migrator{Conn: conn, Database: cfg.ClickHouse.Database, Topology: oc.Topology,
+		Retention: clickhouseRetention(cfg), Log: log}
+	done, err := m.Up(ctx)
 	if err != nil {
 		return err
 	}
-	log.Info("clickhouse schema current", "database", cfg.ClickHouse.Database, "applied_now", done)
+	log.Info("clickhouse schema current", "database", cfg.ClickHouse.Database, "server", m.Server.String(),
+		"cluster", cfg.ClickHouse.Cluster, "applied_now", done)
+	if dropExpired {
+		dropped, err := chsink.DropExpired(ctx, conn, cfg.ClickHouse.Database, oc.Topology, clickhouseRetention(cfg), time.Now(), log)
+		if err != nil {
+			return err
+		}
+		log.Info("clickhouse retention applied", "dropped_partitions", len(dropped))
+	}
 	return nil
+}
+
+// runRetention drops expired partitions every clickhouse.retention_interval
+// until ctx ends, on servers without TTL (modern servers expire rows by TTL,
+// set by the migrator). Several workers doing it at once is harmless: a
+// dropped partition is gone for all and DROP PARTITION of a missing one is a
+// no-op.
+func runRetention(ctx context.Context, cfg *config.Config, out *chsink.Output, log *slog.Logger) {
+	ret := clickhouseRetention(cfg)
+	if out.Server().Modern() || ret == (chsink.Retention{}) {
+		return
+	}
+	log.Info("clickhouse retention by partition drops", "server", out.Server().String(), "every", cfg.ClickHouse.RetentionInterval.String())
+	t := time.NewTicker(time.Duration(cfg.ClickHouse.RetentionInterval))
+	defer t.Stop()
+	for {
+		if _, err := chsink.DropExpired(ctx, out.Conn(), cfg.ClickHouse.Database, chsink.Topology{Cluster: cfg.ClickHouse.Cluster}, ret, time.Now(), log); err != nil && ctx.Err() == nil {
+			log.Error("clickhouse retention failed; retried next interval", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// envKillAfterInsert is fault injection for integration tests: when set to
+// N, the process SIGKILLs itself right after its Nth successful insert,
+// before acknowledging that batch (a crash between INSERT and ack).
+const envKillAfterInsert = "CALLPIPE_TEST_CLICKHOUSE_KILL_AFTER_INSERT"
+
+func killAfterInsertHook(log *slog.Logger) func(int) bool {
+	n, err := strconv.Atoi(os.Getenv(envKillAfterInsert))
+	if err != nil || n <= 0 {
+		return nil
+	}
+	var inserts atomic.Int64
+	log.Warn("fault injection: this process kills itself after an insert", "env", envKillAfterInsert, "insert", n)
+	return func(calls int) bool {
+		if inserts.Add(1) == int64(n) {
+			log.Warn("fault injection: SIGKILL after insert, before ack", "calls", calls)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the kill is asynchronous: never ack
+		}
+		return false
+	}
 }
 
 // runClickHouseStage writes CALLPIPE_NORMALIZED into ClickHouse (durable
@@ -93,7 +161,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 30*time.Second) {
 		err := out.Connect(ctx)
 		if err == nil {
-			err = migrateClickHouse(ctx, cfg, log)
+			err = migrateClickHouse(ctx, cfg, log, false)
 		}
 		if err == nil {
 			break
@@ -109,15 +177,19 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	defer out.Close()
 
 	s, err := chsink.NewSink(env.nc, out, chsink.SinkConfig{
-		Batch:      chsink.BatchPolicy{Count: cfg.ClickHouse.BatchSize, Period: time.Duration(cfg.ClickHouse.FlushInterval)},
-		AckWait:    time.Duration(cfg.ClickHouse.AckWait),
-		Log:        log,
-		Registerer: env.reg,
+		Consumer:      cfg.ClickHouse.Consumer,
+		FilterSubject: cfg.ClickHouse.Subject,
+		Batch:         chsink.BatchPolicy{Count: cfg.ClickHouse.BatchSize, Period: time.Duration(cfg.ClickHouse.FlushInterval)},
+		AckWait:       time.Duration(cfg.ClickHouse.AckWait),
+		Log:           log,
+		Registerer:    env.reg,
+		DropAcks:      killAfterInsertHook(log),
 	})
 	if err != nil {
 		return err
 	}
 	sink.Store(s)
+	go runRetention(ctx, cfg, out, log)
 	log.Info("clickhouse sink running", "database", cfg.ClickHouse.Database, "batch_size", cfg.ClickHouse.BatchSize,
 		"flush_interval", cfg.ClickHouse.FlushInterval.String(), "max_in_flight", cfg.ClickHouse.MaxInFlight)
 	return s.Run(ctx)

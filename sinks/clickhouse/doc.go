@@ -2,9 +2,18 @@
 // consumer callpipe-clickhouse on CALLPIPE_NORMALIZED (Sink), the batched
 // native-protocol writer (Output: Connect / WriteBatch / Close, with a
 // BatchPolicy and an in-flight limit), the versioned schema migrator
-// (Migrator, over schema/clickhouse/*.sql) and the exact usage queries
-// (Usage) behind the usage overview. Every SQL statement it sends is in
-// queries.go or the migration files.
+// (Migrator, over schema/clickhouse/*.sql, on one server or a cluster:
+// Topology), retention (Retention: TTL or DropExpired) and the exact usage
+// queries (Usage) behind the usage overview. Every SQL statement it sends is
+// in queries.go, cluster.go, retention.go or the migration files.
+//
+// # Server versions
+//
+// Output.Connect and Migrator.Up ask SELECT version(). From 22.2
+// (Server.Modern) callpipe uses table TTL for retention, sets
+// non_replicated_deduplication_window and sends insert_deduplication_token
+// with every batch; older servers (18.16 is the one tested) get the portable
+// subset: no per-query settings, retention by DROP PARTITION.
 //
 // # Exactly once in calls and in the rollups
 //
@@ -19,6 +28,12 @@
 // is racy (two in-flight batches, two sink replicas) and not atomic with the
 // INSERT. Summing rollups (SummingMergeTree / AggregatingMergeTree fed by a
 // materialized view) would count every copy.
+//
+// On modern servers a batch redelivered unchanged (same JetStream messages,
+// same order) carries the same insert_deduplication_token and is dropped by
+// the server, in calls and in the rollups; that only saves space, since
+// batches are rarely redelivered identically and a replay must not be
+// dropped. Exactness rests on the read side on every version.
 //
 // So duplicates are allowed into storage and removed on read, where it is
 // exact by construction:

@@ -99,10 +99,31 @@ func WithDB(stmt, db string) string { return strings.ReplaceAll(stmt, "{db}", db
 // ReplacingMergeTree keyed by version and is read with DISTINCT, so the double
 // record is harmless. A recorded version whose file checksum changed is an
 // error: migrations are append-only.
+//
+// After the migrations Up brings TTL and dedup settings to what Server,
+// Topology and Retention ask for (TableSettingStatements; nothing on 18.16).
 type Migrator struct {
-	Conn     driver.Conn
-	Database string
-	Log      *slog.Logger
+	Conn      driver.Conn
+	Database  string
+	Topology  Topology  // one server when zero
+	Retention Retention // used on modern servers (TTL)
+	// Server is detected with SELECT version() when zero.
+	Server Server
+	Log    *slog.Logger
+}
+
+// exec runs one statement of the migrations in its topology form.
+func (m *Migrator) exec(ctx context.Context, stmt string) error {
+	stmts, err := m.Topology.Statements(stmt)
+	if err != nil {
+		return err
+	}
+	for _, s := range stmts {
+		if err := execTolerant(ctx, m.Conn, WithDB(s, m.Database)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Applied returns the recorded versions and their checksums.
@@ -137,8 +158,13 @@ func (m *Migrator) Up(ctx context.Context) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	if m.Server.Version == "" {
+		if m.Server, err = DetectServer(ctx, m.Conn); err != nil {
+			return nil, err
+		}
+	}
 	for _, stmt := range BootstrapStatements {
-		if err := execTolerant(ctx, m.Conn, WithDB(stmt, m.Database)); err != nil {
+		if err := m.exec(ctx, stmt); err != nil {
 			return nil, err
 		}
 	}
@@ -156,7 +182,7 @@ func (m *Migrator) Up(ctx context.Context) ([]int, error) {
 			continue
 		}
 		for i, stmt := range mig.Statements {
-			if err := execTolerant(ctx, m.Conn, WithDB(stmt, m.Database)); err != nil {
+			if err := m.exec(ctx, stmt); err != nil {
 				return done, fmt.Errorf("clickhouse: migration %s statement %d: %w", mig.Name, i+1, err)
 			}
 		}
@@ -165,6 +191,16 @@ func (m *Migrator) Up(ctx context.Context) ([]int, error) {
 		}
 		log.Info("clickhouse migration applied", "database", m.Database, "migration", mig.Name)
 		done = append(done, mig.Version)
+	}
+	engines, err := tableEngines(ctx, m.Conn, m.Database)
+	if err != nil {
+		return done, err
+	}
+	for _, stmt := range TableSettingStatements(m.Server, m.Topology, m.Retention, engines) {
+		if err := execTolerant(ctx, m.Conn, WithDB(stmt, m.Database)); err != nil {
+			return done, fmt.Errorf("clickhouse: table settings: %w", err)
+		}
+		log.Info("clickhouse table setting applied", "database", m.Database, "statement", WithDB(stmt, m.Database))
 	}
 	return done, nil
 }

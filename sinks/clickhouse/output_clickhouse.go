@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,6 +37,10 @@ type OutputConfig struct {
 	MaxInFlight int
 	// DialTimeout bounds connecting (default 5s).
 	DialTimeout time.Duration
+	// Topology: in a cluster, inserts go through the Distributed table
+	// synchronously (insert_distributed_sync=1), so an ack means the shards
+	// stored the rows.
+	Topology Topology
 }
 
 // Output writes batches of calls into {db}.calls (and, through the
@@ -47,6 +52,7 @@ type Output struct {
 	conn     driver.Conn
 	inflight chan struct{}
 	insert   string
+	server   Server
 	mu       sync.Mutex
 	version  uint64
 }
@@ -100,9 +106,17 @@ func (o *Output) Connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	o.conn = conn
+	srv, err := DetectServer(ctx, conn)
+	if err != nil {
+		_ = conn.Close()
+		return err
+	}
+	o.conn, o.server = conn, srv
 	return nil
 }
+
+// Server is the server version seen at Connect.
+func (o *Output) Server() Server { return o.server }
 
 // Conn is the output's connection (for queries sharing its pool).
 func (o *Output) Conn() driver.Conn { return o.conn }
@@ -124,7 +138,16 @@ func (o *Output) nextVersion() uint64 {
 // are running. When it returns nil every call is stored; on an error, any
 // subset may be stored (ClickHouse inserts are atomic per block, not per
 // batch), which is safe because reads deduplicate by id.
-func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call) error {
+//
+// The optional dedupToken (at most one) names the batch's content (the sink uses its messages' stream
+// sequences): on modern servers it is sent as insert_deduplication_token, so
+// an identical batch redelivered within the table's dedup window is not
+// stored again (nor are its rollup rows). This only saves space; exactness
+// never depends on it. "" or an 18.16 server: no token.
+func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken ...string) error {
+	if len(dedupToken) > 1 {
+		return errors.New("clickhouse output: at most one dedup token per batch")
+	}
 	if o.conn == nil {
 		return errors.New("clickhouse output: not connected")
 	}
@@ -138,6 +161,9 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call) error {
 	}
 	defer func() { <-o.inflight }()
 
+	if settings := o.insertSettings(strings.Join(dedupToken, "")); len(settings) > 0 {
+		ctx = ch.Context(ctx, ch.WithSettings(settings))
+	}
 	b, err := o.conn.PrepareBatch(ctx, o.insert)
 	if err != nil {
 		return fmt.Errorf("clickhouse prepare insert: %w", err)
@@ -153,6 +179,30 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call) error {
 		return fmt.Errorf("clickhouse insert %d calls: %w", len(calls), err)
 	}
 	return nil
+}
+
+// insertSettings are the per-query settings of one insert: none on 18.16
+// (it rejects string-valued ones), where it is single-server.
+func (o *Output) insertSettings(dedupToken string) ch.Settings {
+	settings := ch.Settings{}
+	if o.cfg.Topology.Clustered() {
+		settings["insert_distributed_sync"] = 1
+	}
+	if dedupToken != "" && o.server.Modern() {
+		for k, v := range DedupSettings(dedupToken) {
+			settings[k] = v
+		}
+	}
+	return settings
+}
+
+// DedupSettings are the per-insert settings that make a modern server drop
+// a repeated batch, in calls and in the rollups its views feed.
+func DedupSettings(token string) map[string]any {
+	return map[string]any{
+		"insert_deduplication_token":                         token,
+		"deduplicate_blocks_in_dependent_materialized_views": 1,
+	}
 }
 
 // Close closes the connection pool.

@@ -57,10 +57,31 @@ const (
 	QueryCallsRows     = `SELECT toUInt64(count()) FROM {db}.calls`
 )
 
+// QueryServerVersion is how callpipe learns what the server supports.
+const QueryServerVersion = `SELECT version()`
+
+// QueryTableEngines lists the tables of the database with their full engine
+// clause (TTL and SETTINGS included), to make TableSettingStatements idempotent.
+const QueryTableEngines = `SELECT name, engine_full FROM system.tables WHERE database = '{db}' ORDER BY name`
+
+// PartitionsQuery lists the active partitions of one table (retention).
+func PartitionsQuery(table string) string {
+	return `SELECT DISTINCT partition_id FROM system.parts WHERE database = '{db}' AND table = '` + table + `' AND active ORDER BY partition_id`
+}
+
+// DropPartitionStatement drops one partition of a table (retention on
+// servers without TTL).
+func DropPartitionStatement(topo Topology, table, partitionID string) string {
+	return "ALTER TABLE {db}." + table + topo.onCluster() + " DROP PARTITION ID '" + partitionID + "'"
+}
+
 // AllQueries returns every statement the project issues, with {db} in place
 // and sample arguments rendered, except the batch inserts (InsertCalls,
 // InsertMigration), which take their rows from the driver.
 func AllQueries(sampleFrom, sampleTo time.Time) []string {
-	q := []string{QueryAppliedMigrations, QueryCallsDistinct, QueryCallsRows}
+	q := []string{QueryAppliedMigrations, QueryCallsDistinct, QueryCallsRows, QueryServerVersion, QueryTableEngines}
+	for _, t := range retainedTables {
+		q = append(q, PartitionsQuery(t.name))
+	}
 	return append(q, readQueries(sampleFrom, sampleTo)...)
 }

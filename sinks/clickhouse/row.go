@@ -41,6 +41,27 @@ type callBlock struct {
 	version                                  []uint64
 }
 
+// newCallBlock sizes every column for n rows up front: appending 40 columns
+// of 50,000 rows into nil slices re-allocates and copies each ~17 times.
+func newCallBlock(n int) *callBlock {
+	return &callBlock{
+		id: mk[string](n), traceID: mk[string](n), sessionID: mk[string](n),
+		startTime: mk[time.Time](n), startMS: mk[uint16](n), endTime: mk[time.Time](n), endMS: mk[uint16](n),
+		firstTokenTime: mk[*time.Time](n), firstTokenMS: mk[*uint16](n),
+		latencyMS: mk[int64](n), ttftMS: mk[*int64](n),
+		endpoint: mk[string](n), kind: mk[string](n), model: mk[string](n), instance: mk[string](n),
+		userID: mk[string](n), userSource: mk[string](n), apiKeyHash: mk[string](n), apiKeyPx: mk[string](n),
+		stream: mk[uint8](n), status: mk[int32](n), errorText: mk[string](n), finishReason: mk[string](n),
+		inputText: mk[string](n), outputText: mk[string](n), input: mk[string](n), output: mk[string](n),
+		modelParameters: mk[string](n), inputTokens: mk[int64](n), outputTokens: mk[int64](n), totalTokens: mk[int64](n),
+		usageSource: mk[string](n), costUSD: mk[*float64](n), metadata: mk[string](n), tags: mk[[]string](n),
+		source: mk[string](n), batchID: mk[string](n), truncated: mk[uint8](n), insertedAt: mk[time.Time](n),
+		version: mk[uint64](n),
+	}
+}
+
+func mk[T any](n int) []T { return make([]T, 0, n) }
+
 // columns returns the slices in CallColumns order.
 func (b *callBlock) columns() []any {
 	return []any{
@@ -62,7 +83,7 @@ func (b *callBlock) columns() []any {
 // bytes are cut at a UTF-8 boundary and the row is marked truncated; a cut
 // JSON document (input, output) is then no longer valid JSON.
 func callColumns(calls []schema.Call, maxText int, now time.Time, version uint64) []any {
-	var b callBlock
+	b := newCallBlock(len(calls))
 	inserted := now.UTC().Truncate(time.Second)
 	for i := range calls {
 		c := &calls[i]

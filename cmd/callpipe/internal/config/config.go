@@ -62,6 +62,7 @@ type Collect struct {
 	Listen       string   `yaml:"listen" doc:"host:port of the collector's HTTP side"`
 	MaxBodyBytes ByteSize `yaml:"max_body_bytes" doc:"largest request body (after decompression); larger gets 413"`
 	Tokens       []string `yaml:"tokens" secret:"true" doc:"bearer tokens accepted on POST /v1/events (comma separated in env); empty disables auth"`
+	ReadTimeout  Duration `yaml:"read_timeout" doc:"a request body not fully received within this is answered 408 (slow clients cannot hold connections)"`
 }
 
 type Proxy struct {
@@ -146,22 +147,8 @@ type Langfuse struct {
 	MinBackoff     Duration `yaml:"min_backoff" doc:"first retry wait; doubles per retry with jitter, at most max_backoff (a longer Retry-After wins)"`
 	MaxBackoff     Duration `yaml:"max_backoff" doc:"longest retry wait"`
 	RequestTimeout Duration `yaml:"request_timeout" doc:"timeout of one request to Langfuse"`
-	RetryDelay     Duration `yaml:"retry_delay" doc:"redelivery delay of calls Langfuse has not accepted yet (and pause after a 401/403)"`
+	RetryDelay     Duration `yaml:"retry_delay" doc:"redelivery delay of calls Langfuse has not accepted yet; also the first pause after a 401/403, doubling per refusal up to 2m"`
 	AckWait        Duration `yaml:"ack_wait" doc:"a call not settled within this is redelivered (kept alive while its batch is being retried)"`
-}
-
-type ClickHouse struct {
-	Addr     string `yaml:"addr" doc:"host:port of the native protocol"`
-	Database string `yaml:"database" doc:"database name"`
-	User     string `yaml:"user" doc:"user"`
-	Password string `yaml:"password" secret:"true" doc:"password"`
-	TLS      TLS    `yaml:"tls"`
-
-	BatchSize     int      `yaml:"batch_size" doc:"calls per insert: the sink flushes when a batch reaches this size"`
-	FlushInterval Duration `yaml:"flush_interval" doc:"the sink flushes a batch at the latest this long after its first call"`
-	MaxInFlight   int      `yaml:"max_in_flight" doc:"batch inserts running at once"`
-	MaxTextBytes  ByteSize `yaml:"max_text_bytes" doc:"input/output text, structured input/output and error are cut to this size in the calls table; 0 keeps all"`
-	AckWait       Duration `yaml:"ack_wait" doc:"a call not acknowledged by the sink within this is redelivered (must exceed one insert)"`
 }
 
 // Default returns the configuration used when nothing is set.
@@ -172,7 +159,7 @@ func Default() Config {
 			MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute), Replicas: 1,
 		}},
 		Event:   Event{MaxBytes: 1 << 20},
-		Collect: Collect{Listen: "127.0.0.1:8081", MaxBodyBytes: 8 << 20},
+		Collect: Collect{Listen: "127.0.0.1:8081", MaxBodyBytes: 8 << 20, ReadTimeout: Duration(30 * time.Second)},
 		Proxy: Proxy{Listen: "127.0.0.1:8080", CaptureLimit: 1 << 20, AskUsage: true,
 			SpoolDir: "callpipe-spool", SpoolMaxBytes: 1 << 30},
 		Worker: Worker{Listen: "127.0.0.1:8082"},
@@ -188,7 +175,7 @@ func Default() Config {
 			MaxBatchBytes: 3_500_000, MaxBatchEvents: 1000, MaxFieldBytes: 256 << 10, MaxInFlight: 4, Retries: 8,
 			MinBackoff: Duration(500 * time.Millisecond), MaxBackoff: Duration(30 * time.Second), RequestTimeout: Duration(30 * time.Second),
 			RetryDelay: Duration(5 * time.Second), AckWait: Duration(2 * time.Minute)},
-		ClickHouse: ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default", BatchSize: 50000, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10, AckWait: Duration(2 * time.Minute)},
+		ClickHouse: defaultClickHouse(),
 		Archive:    defaultArchive(),
 		Export:     defaultExport(),
 		Serve:      defaultServe(),
@@ -229,6 +216,7 @@ func (c *Config) Validate() error {
 		check(c.NATS.Stream.DuplicateWindow > 0 && (c.NATS.Stream.DuplicateWindow <= c.NATS.Stream.MaxAge), "nats.stream.duplicate_window", c.NATS.Stream.DuplicateWindow, "must be positive and at most nats.stream.max_age"),
 		check(c.Event.MaxBytes >= 1024, "event.max_bytes", c.Event.MaxBytes, "must be at least 1KiB"),
 		hostPort("collect.listen", c.Collect.Listen, true),
+		check(c.Collect.ReadTimeout >= Duration(100*time.Millisecond), "collect.read_timeout", c.Collect.ReadTimeout, "must be at least 100ms"),
 		check(c.Collect.MaxBodyBytes >= c.Event.MaxBytes, "collect.max_body_bytes", c.Collect.MaxBodyBytes, "must be at least event.max_bytes"),
 		hostPort("proxy.listen", c.Proxy.Listen, true),
 		hostPort("worker.listen", c.Worker.Listen, true),
@@ -277,14 +265,8 @@ func (c *Config) Validate() error {
 		check(c.Langfuse.RequestTimeout > 0, "langfuse.request_timeout", c.Langfuse.RequestTimeout, "must be positive"),
 		check(c.Langfuse.RetryDelay > 0, "langfuse.retry_delay", c.Langfuse.RetryDelay, "must be positive"),
 		check(c.Langfuse.AckWait >= Duration(3*time.Second), "langfuse.ack_wait", c.Langfuse.AckWait, "must be at least 3s"),
-		hostPort("clickhouse.addr", c.ClickHouse.Addr, false),
-		check(validIdent(c.ClickHouse.Database), "clickhouse.database", c.ClickHouse.Database, "must be letters, digits and underscores, not starting with a digit"),
-		check(c.ClickHouse.BatchSize >= 1 && c.ClickHouse.BatchSize <= 1000000, "clickhouse.batch_size", c.ClickHouse.BatchSize, "must be 1..1000000"),
-		check(c.ClickHouse.FlushInterval >= Duration(time.Millisecond), "clickhouse.flush_interval", c.ClickHouse.FlushInterval, "must be at least 1ms"),
-		check(c.ClickHouse.MaxInFlight >= 1 && c.ClickHouse.MaxInFlight <= 64, "clickhouse.max_in_flight", c.ClickHouse.MaxInFlight, "must be 1..64"),
-		check(c.ClickHouse.MaxTextBytes >= 0, "clickhouse.max_text_bytes", c.ClickHouse.MaxTextBytes, "must not be negative"),
-		check(c.ClickHouse.AckWait >= Duration(10*time.Second) && c.ClickHouse.AckWait > c.ClickHouse.FlushInterval, "clickhouse.ack_wait", c.ClickHouse.AckWait, "must be at least 10s and more than clickhouse.flush_interval"),
 	}
+	errs = append(errs, c.validateClickHouse()...)
 	errs = append(errs, c.validateArchive()...)
 	errs = append(errs, c.validateExport()...)
 	errs = append(errs, c.validateServe()...)

@@ -9,8 +9,11 @@
 //
 // It applies the migrations twice (the second run must be a no-op), inserts
 // the calls of -calls twice through the sink's column list (as the redelivery
-// of a whole batch), records a migration, runs every query of
-// clickhouse.AllQueries and writes the Usage results per grouping to -out.
+// of a whole batch), records a migration, checks what callpipe does only on
+// modern servers (TTL and dedup-window ALTERs, insert_deduplication_token,
+// TTL expiry, DROP PARTITION, and the parse of every cluster-mode DDL
+// statement), runs every query of clickhouse.AllQueries and writes the Usage
+// results per grouping to -out.
 package main
 
 import (
@@ -18,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -125,6 +129,10 @@ func run(callsFile, outFile string, from, to time.Time) error {
 		}
 	}
 
+	if err := checkModern(s, calls, now); err != nil {
+		return err
+	}
+
 	if !to.After(from) {
 		from, to = time.Unix(0, 0).UTC(), time.Unix(1<<31, 0).UTC()
 	}
@@ -154,6 +162,229 @@ func run(callsFile, outFile string, from, to time.Time) error {
 		return os.WriteFile(outFile, b, 0o644)
 	}
 	return nil
+}
+
+// checkModern runs what callpipe does only on modern servers, on the engine
+// in chDB: version detection, the TTL and dedup-window ALTERs (a second pass
+// must find nothing to do), an insert deduplication token dropping a resent
+// batch in calls and in the rollups, TTL expiring rows, a partition drop, and
+// the parse of every cluster-mode DDL statement (EXPLAIN AST: chDB has no
+// ZooKeeper or remote servers to run them on).
+func checkModern(s *session, calls []schema.Call, now time.Time) error {
+	v, err := s.exec(chsink.QueryServerVersion, "TabSeparated")
+	if err != nil {
+		return err
+	}
+	srv, err := chsink.ParseServerVersion(v)
+	if err != nil {
+		return err
+	}
+	if !srv.Modern() {
+		return fmt.Errorf("chDB engine %s is not modern by callpipe's cut-off", srv.Version)
+	}
+	// long retention on the checked database: nothing of the sample expires
+	keep := chsink.Retention{Calls: 3650, UsageDayModelUser: 3650, UsageHourModel: 3650}
+	for pass := 1; pass <= 2; pass++ {
+		engines, err := engines(s, db)
+		if err != nil {
+			return err
+		}
+		stmts := chsink.TableSettingStatements(srv, chsink.Topology{}, keep, engines)
+		if pass == 1 && len(stmts) != 6 {
+			return fmt.Errorf("table settings: %d statements for 3 tables, want TTL + dedup window each: %q", len(stmts), stmts)
+		}
+		if pass == 2 && len(stmts) != 0 {
+			return fmt.Errorf("table settings not idempotent: second pass wants %q", stmts)
+		}
+		for _, st := range stmts {
+			if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+				return err
+			}
+		}
+	}
+
+	// a batch sent 3 times with one token is stored once, rollups included;
+	// the same batch with another token is stored again (the control: a
+	// count that could not see copies would prove nothing). Merges are
+	// stopped so that ReplacingMergeTree does not collapse copies meanwhile.
+	if len(calls) > 0 {
+		const db = "callpipe_chdb_dedup" // apart from the Usage checks
+		if err := migrateDB(s, db); err != nil {
+			return err
+		}
+		eng, err := engines(s, db)
+		if err != nil {
+			return err
+		}
+		for _, st := range chsink.TableSettingStatements(srv, chsink.Topology{}, keep, eng) {
+			if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+				return err
+			}
+		}
+		for _, t := range []string{"calls", "usage_day_model_user", "usage_hour_model"} {
+			if _, err := s.exec("SYSTEM STOP MERGES "+db+"."+t, "TabSeparated"); err != nil {
+				return err
+			}
+		}
+		chunk := append([]schema.Call(nil), calls[:min(500, len(calls))]...)
+		for i := range chunk {
+			chunk[i].ID = "dedup-" + chunk[i].ID
+		}
+		send := func(token string, version uint64) error {
+			rows := make([][]any, len(chunk))
+			for i := range chunk {
+				rows[i] = chsink.CallRow(&chunk[i], 4096, now, version)
+			}
+			_, err := s.exec(insertWithSettings(chsink.WithDB(chsink.InsertCalls, db), chsink.DedupSettings(token), rows), "TabSeparated")
+			return err
+		}
+		n := uint64(len(chunk))
+		for attempt := 0; attempt < 3; attempt++ {
+			if err := send("chdbcheck-token", uint64(10+attempt)); err != nil {
+				return err
+			}
+		}
+		got, err := countsWhere(s, db, "id LIKE 'dedup-%'")
+		if err != nil {
+			return err
+		}
+		if got != [3]uint64{n, n, n} {
+			return fmt.Errorf("dedup token: rows (calls, day rollup, hour rollup) = %v after one batch sent 3 times with one token, want %d each", got, n)
+		}
+		if err := send("chdbcheck-other-token", 20); err != nil {
+			return err
+		}
+		if got, err = countsWhere(s, db, "id LIKE 'dedup-%'"); err != nil || got != [3]uint64{2 * n, 2 * n, 2 * n} {
+			return fmt.Errorf("dedup control: rows %v (err %v) after a second token, want %d each", got, err, 2*n)
+		}
+		fmt.Fprintf(os.Stderr, "chdbcheck: a batch of %d sent 3 times with one token stored once (and again under another token)\n", n)
+	}
+
+	// TTL expires rows: a second database with calls and hour rollup kept 1 day
+	const ttlDB = "callpipe_chdb_ttl"
+	if err := migrateDB(s, ttlDB); err != nil {
+		return err
+	}
+	eng, err := engines(s, ttlDB)
+	if err != nil {
+		return err
+	}
+	for _, st := range chsink.TableSettingStatements(srv, chsink.Topology{}, chsink.Retention{Calls: 1, UsageHourModel: 1}, eng) {
+		if _, err := s.exec(chsink.WithDB(st, ttlDB), "TabSeparated"); err != nil {
+			return err
+		}
+	}
+	old := schema.Call{ID: "old", StartTime: now.AddDate(0, 0, -3), EndTime: now.AddDate(0, 0, -3), Model: "m", UserID: "u", Status: 200}
+	fresh := schema.Call{ID: "fresh", StartTime: now, EndTime: now, Model: "m", UserID: "u", Status: 200}
+	rows := [][]any{chsink.CallRow(&old, 0, now, 1), chsink.CallRow(&fresh, 0, now, 1)}
+	if _, err := s.exec(valuesSQL(chsink.WithDB(chsink.InsertCalls, ttlDB), rows), "TabSeparated"); err != nil {
+		return err
+	}
+	for _, t := range []string{"calls", "usage_day_model_user", "usage_hour_model"} {
+		if _, err := s.exec("OPTIMIZE TABLE "+ttlDB+"."+t+" FINAL", "TabSeparated"); err != nil {
+			return err
+		}
+	}
+	got, err := counts(s, ttlDB)
+	if err != nil {
+		return err
+	}
+	if want := [3]uint64{1, 2, 1}; got != want {
+		return fmt.Errorf("TTL: rows (calls, day rollup, hour rollup) = %v after a merge, want %v (3-day-old call expired where kept 1 day)", got, want)
+	}
+	drop := chsink.WithDB(chsink.DropPartitionStatement(chsink.Topology{}, "calls", fresh.StartTime.UTC().Format("20060102")), ttlDB)
+	if _, err := s.exec(drop, "TabSeparated"); err != nil {
+		return err
+	}
+	if got, err = counts(s, ttlDB); err != nil || got[0] != 0 {
+		return fmt.Errorf("after %s: rows %v (err %v), want calls empty", drop, got, err)
+	}
+
+	cluster, err := chsink.ClusterStatements(chsink.Topology{Cluster: "callpipe_cluster"})
+	if err != nil {
+		return err
+	}
+	for _, st := range cluster {
+		if _, err := s.exec("EXPLAIN AST "+chsink.WithDB(st, db), "TabSeparated"); err != nil {
+			return fmt.Errorf("cluster DDL does not parse: %w", err)
+		}
+	}
+	for _, st := range []string{
+		chsink.DropPartitionStatement(chsink.Topology{Cluster: "callpipe_cluster"}, "calls_local", "20261101"),
+		"ALTER TABLE {db}.calls_local ON CLUSTER callpipe_cluster MODIFY TTL start_time + toIntervalDay(30)",
+	} {
+		if _, err := s.exec("EXPLAIN AST "+chsink.WithDB(st, db), "TabSeparated"); err != nil {
+			return fmt.Errorf("cluster DDL does not parse: %w", err)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "chdbcheck: engine %s: TTL, dedup token, partition drop ok; %d cluster statements parse\n", srv.Version, len(cluster)+2)
+	return nil
+}
+
+func migrateDB(s *session, database string) error {
+	migs, err := chsink.Migrations()
+	if err != nil {
+		return err
+	}
+	for _, st := range chsink.BootstrapStatements {
+		if _, err := s.exec(chsink.WithDB(st, database), "TabSeparated"); err != nil {
+			return err
+		}
+	}
+	for _, m := range migs {
+		for _, st := range m.Statements {
+			if _, err := s.exec(chsink.WithDB(st, database), "TabSeparated"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func engines(s *session, database string) (map[string]string, error) {
+	out, err := s.exec(chsink.WithDB(chsink.QueryTableEngines, database), "TabSeparated")
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		if name, engine, ok := strings.Cut(line, "\t"); ok {
+			m[name] = engine
+		}
+	}
+	return m, nil
+}
+
+// counts returns the stored rows of calls and of the two rollup ledgers.
+func counts(s *session, database string) ([3]uint64, error) { return countsWhere(s, database, "1") }
+
+func countsWhere(s *session, database, where string) ([3]uint64, error) {
+	var c [3]uint64
+	for i, t := range []string{"calls", "usage_day_model_user", "usage_hour_model"} {
+		out, err := s.exec("SELECT count() FROM "+database+"."+t+" WHERE "+where, "TabSeparated")
+		if err != nil {
+			return c, err
+		}
+		if c[i], err = strconv.ParseUint(strings.TrimSpace(out), 10, 64); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// insertWithSettings is valuesSQL with a SETTINGS clause (what the driver
+// sends as per-query settings over the native protocol).
+func insertWithSettings(insert string, settings map[string]any, rows [][]any) string {
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + " = " + literal(settings[k])
+	}
+	return valuesSQL(insert+" SETTINGS "+strings.Join(parts, ", "), rows)
 }
 
 // valuesSQL renders a batch insert (what the driver sends as a native block)
@@ -212,7 +443,7 @@ func literal(v any) string {
 			parts[i] = quote(s)
 		}
 		return "[" + strings.Join(parts, ",") + "]"
-	case uint8, uint16, uint32, uint64, int32, int64, int:
+	case uint8, uint16, uint32, uint64, int32, int64, int, bool:
 		return fmt.Sprint(x)
 	case float64:
 		return strconv.FormatFloat(x, 'g', -1, 64)
