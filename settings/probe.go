@@ -43,32 +43,52 @@ func Probe(ctx context.Context, client *http.Client, l Langfuse) ProbeResult {
 	if err := l.Validate(); err != nil {
 		return ProbeResult{Stage: ProbeInvalid, Message: err.Error()}
 	}
+	version, failed := Health(ctx, client, l.Host)
+	if failed != nil {
+		return *failed
+	}
+	return Keys(ctx, client, l, version)
+}
+
+// Health asks GET /api/public/health and returns Langfuse's version, or what
+// failed (unreachable, TLS, not Langfuse).
+func Health(ctx context.Context, client *http.Client, host string) (version string, failed *ProbeResult) {
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
 	}
-	base := strings.TrimRight(l.Host, "/")
+	base := strings.TrimRight(host, "/")
 	var health struct {
 		Status  string `json:"status"`
 		Version string `json:"version"`
 	}
 	code, body, err := get(ctx, client, base+"/api/public/health", "", "")
 	if err != nil {
-		return transportFailure(l.Host, err)
+		r := transportFailure(host, err)
+		return "", &r
 	}
 	if code != http.StatusOK || json.Unmarshal(body, &health) != nil || health.Version == "" {
-		return ProbeResult{Stage: ProbeNotLangfuse, Message: fmt.Sprintf("%s/api/public/health answered %d %q: not a Langfuse server (or not its base URL)", base, code, snippet(body))}
+		return "", &ProbeResult{Stage: ProbeNotLangfuse, Message: fmt.Sprintf("%s/api/public/health answered %d %q: not a healthy Langfuse server (or not its base URL)", base, code, snippet(body))}
 	}
-	res := ProbeResult{Version: health.Version}
-	code, body, err = get(ctx, client, base+"/api/public/projects", l.PublicKey, l.SecretKey)
+	return health.Version, nil
+}
+
+// Keys checks l's keys with GET /api/public/projects, which names the
+// project they belong to, against l.ProjectID when set.
+func Keys(ctx context.Context, client *http.Client, l Langfuse, version string) ProbeResult {
+	if client == nil {
+		client = &http.Client{Timeout: 10 * time.Second}
+	}
+	res := ProbeResult{Version: version}
+	code, body, err := get(ctx, client, strings.TrimRight(l.Host, "/")+"/api/public/projects", l.PublicKey, l.SecretKey)
 	if err != nil {
 		r := transportFailure(l.Host, err)
-		r.Version = health.Version
+		r.Version = version
 		return r
 	}
 	switch {
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
 		res.Stage = ProbeAuth
-		res.Message = fmt.Sprintf("Langfuse %s refused the keys (%d): check the public key %s and the secret key %s", health.Version, code, l.PublicKey, SecretHint(l.SecretKey))
+		res.Message = fmt.Sprintf("Langfuse %s refused the keys (%d): check the public key %s and the secret key %s", version, code, l.PublicKey, SecretHint(l.SecretKey))
 		return res
 	case code != http.StatusOK:
 		res.Stage = ProbeNotLangfuse
@@ -94,7 +114,7 @@ func Probe(ctx context.Context, client *http.Client, l Langfuse) ProbeResult {
 		return res
 	}
 	res.OK, res.Stage = true, ProbeOK
-	res.Message = fmt.Sprintf("connected to Langfuse %s, project %q (%s)", health.Version, p.Name, p.ID)
+	res.Message = fmt.Sprintf("connected to Langfuse %s, project %q (%s)", version, p.Name, p.ID)
 	return res
 }
 

@@ -55,7 +55,7 @@ func TestProbeSaysWhatFailed(t *testing.T) {
 		{"unknown host", Langfuse{Host: "http://langfuse.invalid", PublicKey: "pk-lf-1", SecretKey: "sk-lf-1"}, ProbeUnreachable, "host name not found"},
 		{"untrusted certificate", Langfuse{Host: tlsSrv.URL, PublicKey: "pk-lf-1", SecretKey: "sk-lf-1"}, ProbeTLS, "not trusted"},
 		{"https to a plain server", Langfuse{Host: strings.Replace(good.URL, "http://", "https://", 1), PublicKey: "pk-lf-1", SecretKey: "sk-lf-1"}, ProbeTLS, "does not speak TLS"},
-		{"not langfuse", Langfuse{Host: notLF.URL, PublicKey: "pk-lf-1", SecretKey: "sk-lf-1"}, ProbeNotLangfuse, "not a Langfuse server"},
+		{"not langfuse", Langfuse{Host: notLF.URL, PublicKey: "pk-lf-1", SecretKey: "sk-lf-1"}, ProbeNotLangfuse, "not a healthy Langfuse server"},
 		{"bad public key", Langfuse{Host: good.URL, PublicKey: "pk-1", SecretKey: "sk-lf-1"}, ProbeInvalid, "public_key"},
 		{"no host", Langfuse{PublicKey: "pk-lf-1", SecretKey: "sk-lf-1"}, ProbeInvalid, "host: required"},
 	} {
