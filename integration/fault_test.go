@@ -26,6 +26,7 @@ import (
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 	"github.com/callpipe/callpipe/transform"
+	"github.com/callpipe/callpipe/workload"
 )
 
 // The fault suite (issue "Benchmark and fault suite"): one pipeline of
@@ -43,37 +44,18 @@ const faultTokensIn, faultTokensOut = 120, 80
 var faultModels = []string{"qwen2.5-instruct", "llama-3.1-instruct", "glm-4-chat", "bge-m3", "mistral-instruct"}
 
 func faultEvent(dst []byte, run string, n int, start time.Time) []byte {
-	model := faultModels[n%len(faultModels)]
-	dst = append(dst, `{"id":"fault-`...)
-	dst = append(dst, run...)
-	dst = append(dst, '-')
-	dst = strconv.AppendInt(dst, int64(n), 10)
-	dst = append(dst, `","start_time":"`...)
-	dst = start.UTC().AppendFormat(dst, time.RFC3339Nano)
-	dst = append(dst, `","end_time":"`...)
-	dst = start.Add(700*time.Millisecond).UTC().AppendFormat(dst, time.RFC3339Nano)
-	dst = append(dst, `","endpoint":"/v1/chat/completions","model":"`...)
-	dst = append(dst, model...)
-	if n%10 == 0 {
-		// Resolved through Redis (stopped for a while during the run).
-		dst = append(dst, `","api_key":"xf-faultkey`...)
-		dst = strconv.AppendInt(dst, int64(n%5), 10)
-	} else {
-		dst = append(dst, `","user":"user-`...)
-		dst = strconv.AppendInt(dst, int64(n%50), 10)
+	e := workload.ChatEvent{
+		ID: "fault-" + run + "-" + strconv.Itoa(n), Model: faultModels[n%len(faultModels)],
+		Start: start, Latency: 700 * time.Millisecond,
+		Prompt: "question number " + strconv.Itoa(n) + " about the pipeline", Answer: "an answer",
+		PromptTokens: faultTokensIn, CompletionTokens: faultTokensOut,
 	}
-	dst = append(dst, `","status":200,"request":{"model":"`...)
-	dst = append(dst, model...)
-	dst = append(dst, `","messages":[{"role":"user","content":"question number `...)
-	dst = strconv.AppendInt(dst, int64(n), 10)
-	dst = append(dst, ` about the pipeline"}]},"response":{"choices":[{"index":0,"message":{"role":"assistant","content":"an answer"},"finish_reason":"stop"}]},"usage":{"prompt_tokens":`...)
-	dst = strconv.AppendInt(dst, faultTokensIn, 10)
-	dst = append(dst, `,"completion_tokens":`...)
-	dst = strconv.AppendInt(dst, faultTokensOut, 10)
-	dst = append(dst, `,"total_tokens":`...)
-	dst = strconv.AppendInt(dst, faultTokensIn+faultTokensOut, 10)
-	dst = append(dst, "}}\n"...)
-	return dst
+	if n%10 == 0 {
+		e.APIKey = "xf-faultkey" + strconv.Itoa(n%5) // resolved through Redis (stopped for a while during the run)
+	} else {
+		e.User = "user-" + strconv.Itoa(n%50)
+	}
+	return e.Append(dst)
 }
 
 // proc is one callpipe process of the suite, restartable.

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/callpipe/callpipe/schema"
 )
 
 // usageRecorder sums the usage the upstream reports, per model, by reading
@@ -172,5 +175,29 @@ func TestUpstreamErrorsLikeXinference(t *testing.T) {
 		if w.Code != 400 || json.Unmarshal(w.Body.Bytes(), &ans) != nil || ans.Detail == "" {
 			t.Errorf("%s %s: %d %s; want 400 with a detail", tc.path, tc.body, w.Code, w.Body)
 		}
+	}
+}
+
+func TestChatEventIsAValidEvent(t *testing.T) {
+	start := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	for _, e := range []ChatEvent{
+		{ID: "a", Model: "m", User: "u", Start: start, Latency: time.Second, TTFT: 100 * time.Millisecond, Prompt: Filler(300), Answer: "ok", PromptTokens: 5, CompletionTokens: 2},
+		{ID: "b", Model: "m", APIKey: "xf-key", Start: start, Latency: time.Second, Prompt: "p", Answer: "a", PromptTokens: 1, CompletionTokens: 1},
+	} {
+		line := e.Append(nil)
+		if line[len(line)-1] != '\n' {
+			t.Fatal("no newline")
+		}
+		ev, err := schema.Decode(line[:len(line)-1], schema.DefaultLimits())
+		if err != nil {
+			t.Fatalf("event %s: %v\n%s", e.ID, err, line)
+		}
+		if ev.ID != e.ID || ev.Model != e.Model || ev.User != e.User || *ev.Usage.TotalTokens != e.PromptTokens+e.CompletionTokens ||
+			!ev.StartTime.Equal(start) || ev.EndTime.Sub(ev.StartTime) != time.Second || ev.Stream != (e.TTFT > 0) {
+			t.Fatalf("decoded %+v from %s", ev, line)
+		}
+	}
+	if len(Filler(1000)) != 1000 {
+		t.Fatal("Filler length")
 	}
 }

@@ -31,6 +31,7 @@ import (
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 	"github.com/callpipe/callpipe/transform"
+	"github.com/callpipe/callpipe/workload"
 )
 
 func init() { registerCommand(newBenchCommand) }
@@ -311,59 +312,20 @@ func freeListen() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// benchEvent appends one chat event of about size bytes with reported usage.
+// benchEvent appends chat event n of about size bytes with reported usage.
 func benchEvent(dst []byte, run string, n int, size int, start time.Time) []byte {
-	model := benchModels[n%len(benchModels)]
-	user := "user-" + strconv.Itoa(n%50)
-	const frame = 620 // bytes of the event without its two texts
+	const frame = 560 // bytes of the event without its two texts
 	text := max(size-frame, 20)
-	prompt, answer := filler(text*6/10), filler(text*4/10)
-	end := start.Add(900 * time.Millisecond)
-	first := start.Add(120 * time.Millisecond)
-	dst = append(dst, `{"id":"bench-`...)
-	dst = append(dst, run...)
-	dst = append(dst, '-')
-	dst = strconv.AppendInt(dst, int64(n), 10)
-	dst = append(dst, `","start_time":"`...)
-	dst = start.UTC().AppendFormat(dst, time.RFC3339Nano)
-	dst = append(dst, `","end_time":"`...)
-	dst = end.UTC().AppendFormat(dst, time.RFC3339Nano)
-	dst = append(dst, `","first_token_time":"`...)
-	dst = first.UTC().AppendFormat(dst, time.RFC3339Nano)
-	dst = append(dst, `","endpoint":"/v1/chat/completions","model":"`...)
-	dst = append(dst, model...)
-	dst = append(dst, `","instance":"bench-node-1","user":"`...)
-	dst = append(dst, user...)
-	dst = append(dst, `","stream":true,"status":200,"source":"online","request":{"model":"`...)
-	dst = append(dst, model...)
-	dst = append(dst, `","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"`...)
-	dst = append(dst, prompt...)
-	dst = append(dst, `"}],"temperature":0.7,"max_tokens":512,"stream":true},"response":{"id":"chatcmpl-bench","object":"chat.completion","model":"`...)
-	dst = append(dst, model...)
-	dst = append(dst, `","choices":[{"index":0,"message":{"role":"assistant","content":"`...)
-	dst = append(dst, answer...)
-	dst = append(dst, `"},"finish_reason":"stop"}]},"usage":{"prompt_tokens":`...)
-	dst = strconv.AppendInt(dst, benchPromptTokens, 10)
-	dst = append(dst, `,"completion_tokens":`...)
-	dst = strconv.AppendInt(dst, benchCompletionTokens, 10)
-	dst = append(dst, `,"total_tokens":`...)
-	dst = strconv.AppendInt(dst, benchPromptTokens+benchCompletionTokens, 10)
-	dst = append(dst, "}}\n"...)
-	return dst
+	e := workload.ChatEvent{
+		ID: "bench-" + run + "-" + strconv.Itoa(n), Model: benchModels[n%len(benchModels)], User: "user-" + strconv.Itoa(n%50),
+		Start: start, Latency: 900 * time.Millisecond, TTFT: 120 * time.Millisecond,
+		Prompt: workload.Filler(text * 6 / 10), Answer: workload.Filler(text * 4 / 10),
+		PromptTokens: 150, CompletionTokens: 90,
+	}
+	return e.Append(dst)
 }
-
-const benchPromptTokens, benchCompletionTokens = 150, 90
 
 var benchModels = []string{"qwen2.5-instruct", "llama-3.1-instruct", "deepseek-r1-distill-qwen", "glm-4-chat", "mistral-instruct"}
-
-func filler(n int) string {
-	const words = "the quick brown fox jumps over the lazy dog while the pipeline counts every token once "
-	var b strings.Builder
-	for b.Len() < n {
-		b.WriteString(words)
-	}
-	return b.String()[:n]
-}
 
 // post sends events [from, to) as one NDJSON request; it retries on 503
 // (the collector's back-pressure signal).
