@@ -18,6 +18,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/harness"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 	"github.com/callpipe/callpipe/usageapi"
 )
 
@@ -458,4 +459,98 @@ func latencyText(ms int64) string {
 		return fmt.Sprintf("%.2f s", float64(ms)/1000)
 	}
 	return fmt.Sprintf("%d ms", ms)
+}
+
+// TestServeSettingsPage drives the dashboard's Settings page of a running
+// `callpipe serve` (Langfuse A configured) in headless Chromium against two
+// Langfuse test servers: the configuration is shown as the source in
+// effect; "Test connection" with a bad secret for B says the keys were
+// refused; saving B's good keys makes "Saved in NATS KV — overrides the
+// configuration" the source, with the secret masked; a test with the saved
+// secret names B's project; "Reset to configuration" goes back to A. The
+// page never holds a secret in clear. Screenshots go to
+// $CALLPIPE_TEST_ARTIFACTS.
+func TestServeSettingsPage(t *testing.T) {
+	settingsStore(t)
+	a := langfusetest.New(langfusetest.Options{PublicKey: "pk-lf-a", SecretKey: "sk-lf-a-secret-0001", ProjectID: "proj-a", ProjectName: "team-a"})
+	defer a.Close()
+	lfB := langfusetest.New(langfusetest.Options{PublicKey: "pk-lf-b", SecretKey: "sk-lf-b-secret-0002", ProjectID: "proj-b", ProjectName: "team-b"})
+	defer lfB.Close()
+	_, db := chTestDB(t)
+	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t),
+		"LANGFUSE_HOST="+a.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-a", "LANGFUSE_SECRET_KEY=sk-lf-a-secret-0001")
+	lfWait(t, 20*time.Second, "settings API", func() bool {
+		code, _, _ := settingsAPI(t, p.base, "", "GET", "/api/v1/settings/langfuse", "")
+		return code == http.StatusOK
+	})
+
+	b := newBrowser(t)
+	b.do("open settings", chromedp.Navigate(p.base+"/#/settings"))
+	b.wait("configuration in effect", fmt.Sprintf(`document.querySelector('[data-testid=lf-source]').dataset.source === "config" && document.getElementById("lf-host").value === %q`, a.URL))
+	if got := b.text(`[data-testid=lf-source]`); !strings.Contains(got, "From configuration file / environment") {
+		t.Errorf("source with only the configuration: %q", got)
+	}
+	var placeholder string
+	b.eval(`document.getElementById("lf-sk").placeholder`, &placeholder)
+	if placeholder != "sk-lf-…0001 (in effect; leave empty to keep)" {
+		t.Errorf("secret placeholder: %q", placeholder)
+	}
+	b.shot("01-settings-config")
+
+	// A bad secret for B: the keys are refused.
+	b.setValue("#lf-host", lfB.URL)
+	b.setValue("#lf-pk", "pk-lf-b")
+	b.setValue("#lf-sk", "sk-lf-wrong-secret-9")
+	if got := b.text("#lf-sk-hint"); !strings.Contains(got, "enter the secret key") {
+		t.Errorf("secret hint for a new host and key: %q", got)
+	}
+	b.do("test bad key", chromedp.Click(chromedp.CSS("#lf-test")))
+	b.wait("auth failure shown", `document.getElementById("lf-result").dataset.stage === "auth"`)
+	if got := b.text(`#lf-result`); !strings.Contains(got, "Keys refused") || !strings.Contains(got, "refused the keys (401): check the public key pk-lf-b") {
+		t.Errorf("bad key result: %q", got)
+	}
+	b.shot("02-settings-bad-key")
+
+	// Save B's good keys: the saved settings are the source now.
+	b.setValue("#lf-sk", "sk-lf-b-secret-0002")
+	b.setValue("#lf-project", "proj-b")
+	b.do("save", chromedp.Click(chromedp.CSS("#lf-save")))
+	b.wait("saved source", `document.querySelector('[data-testid=lf-source]').dataset.source === "saved"`)
+	if got := b.text(`[data-testid=lf-source]`); !strings.Contains(got, "Saved in NATS KV — overrides the configuration") || !strings.Contains(got, a.URL) {
+		t.Errorf("source after saving: %q", got)
+	}
+	var skValue string
+	b.eval(`document.getElementById("lf-sk").value + "|" + document.getElementById("lf-sk").placeholder`, &skValue)
+	if skValue != "|sk-lf-…0002 (in effect; leave empty to keep)" {
+		t.Errorf("secret field after saving: %q", skValue)
+	}
+	var view map[string]any
+	apiGet(t, p.base, "/api/v1/settings/langfuse", nil, "", http.StatusOK, &view)
+	if view["source"] != "saved" || view["host"] != lfB.URL || view["project_id"] != "proj-b" {
+		t.Errorf("API after saving on the page: %v", view)
+	}
+	// Test with the saved secret (the field stays empty).
+	b.do("test saved", chromedp.Click(chromedp.CSS("#lf-test")))
+	b.wait("ok shown", `document.getElementById("lf-result").dataset.stage === "ok"`)
+	if got := b.text(`#lf-result`); !strings.Contains(got, `connected to Langfuse 3.225.4, project "team-b" (proj-b)`) {
+		t.Errorf("good key result: %q", got)
+	}
+	b.shot("03-settings-saved")
+
+	// A new host with an empty secret is refused in the form.
+	b.setValue("#lf-host", "http://elsewhere.example:3000")
+	b.do("save elsewhere", chromedp.Click(chromedp.CSS("#lf-save")))
+	b.wait("secret required", `!document.getElementById("lf-field-error").hidden && document.getElementById("lf-sk").classList.contains("invalid")`)
+
+	b.do("reset", chromedp.Click(chromedp.CSS("#lf-reset")))
+	b.wait("configuration again", fmt.Sprintf(`document.querySelector('[data-testid=lf-source]').dataset.source === "config" && document.getElementById("lf-host").value === %q && document.getElementById("lf-reset").disabled`, a.URL))
+	b.shot("04-settings-reset")
+	var html string
+	b.eval(`document.documentElement.outerHTML`, &html)
+	for _, s := range []string{"sk-lf-a-secret-0001", "sk-lf-b-secret-0002"} {
+		if strings.Contains(html, s) {
+			t.Errorf("the page holds the secret %s", s)
+		}
+	}
+	p.stop(t)
 }

@@ -99,13 +99,34 @@ func TestSettingsAPIAndWatch(t *testing.T) {
 	if e := next("after PUT"); e.Source != settings.SourceSaved || e.SecretKey != "sk-lf-saved-secret-1234" {
 		t.Fatalf("watcher after PUT = %+v", e)
 	}
-	// The dashboard sends an empty secret to keep the saved one.
-	code, _, raw = call("PUT", "/api/v1/settings/langfuse", `{"host":"http://langfuse-saved:3001","public_key":"pk-lf-saved","secret_key":""}`)
+	// The dashboard sends an empty secret to keep the saved one (same host
+	// and public key)...
+	code, _, raw = call("PUT", "/api/v1/settings/langfuse", `{"host":"http://langfuse-saved:3000/","public_key":"pk-lf-saved","secret_key":"","project_id":"proj-7"}`)
 	if code != 200 {
 		t.Fatalf("PUT keeping the secret: %d %s", code, raw)
 	}
-	if e := next("after second PUT"); e.Host != "http://langfuse-saved:3001" || e.SecretKey != "sk-lf-saved-secret-1234" {
+	if e := next("after second PUT"); e.ProjectID != "proj-7" || e.SecretKey != "sk-lf-saved-secret-1234" {
 		t.Fatalf("watcher after keeping the secret = %+v", e)
+	}
+	// ...but never for another host or public key: the saved secret would go
+	// to a host it was not entered for.
+	for _, body := range []string{
+		`{"host":"http://attacker.example:3000","public_key":"pk-lf-saved","secret_key":""}`,
+		`{"host":"http://langfuse-saved:3000","public_key":"pk-lf-other","secret_key":""}`,
+	} {
+		for _, path := range []string{"/api/v1/settings/langfuse", "/api/v1/settings/langfuse/test"} {
+			method := "PUT"
+			if strings.HasSuffix(path, "/test") {
+				method = "POST"
+			}
+			code, view, raw = call(method, path, body)
+			if code != 400 || view["field"] != "secret_key" || strings.Contains(raw, "sk-lf-saved-secret-1234") {
+				t.Fatalf("%s %s %s: %d %s, want 400 naming secret_key", method, path, body, code, raw)
+			}
+		}
+	}
+	if code, view, _ := call("GET", "/api/v1/settings/nothing", ""); code != 404 || !strings.Contains(view["error"].(string), "no settings route") {
+		t.Fatalf("unknown settings route: %d %v", code, view)
 	}
 	code, _, _ = call("DELETE", "/api/v1/settings/langfuse", "")
 	if code != 200 {

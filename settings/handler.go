@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -18,6 +19,9 @@ type LangfuseView struct {
 	Source         string    `json:"source"` // saved or config
 	UpdatedAt      time.Time `json:"updated_at,omitzero"`
 	ConfigOverride bool      `json:"config_overridden"` // saved settings hide a configured host
+	// ConfigHost is the host of the configuration file and environment,
+	// shown so that an operator sees what a reset goes back to.
+	ConfigHost string `json:"config_host,omitempty"`
 }
 
 // Handler serves the Langfuse settings API:
@@ -26,6 +30,10 @@ type LangfuseView struct {
 //	PUT    /api/v1/settings/langfuse       save (an empty secret_key keeps the saved one)
 //	DELETE /api/v1/settings/langfuse       forget saved settings: the configuration applies
 //	POST   /api/v1/settings/langfuse/test  test the posted settings (empty secret: the saved one)
+//
+// An empty secret_key stands for the secret in effect only while host and
+// public_key stay the same: the secret is never sent to a host it was not
+// entered for, so whoever can reach this API cannot redirect it.
 type Handler struct {
 	Store  *Store
 	Config Langfuse // from the configuration file and environment
@@ -37,6 +45,9 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("PUT /api/v1/settings/langfuse", h.put)
 	mux.HandleFunc("DELETE /api/v1/settings/langfuse", h.delete)
 	mux.HandleFunc("POST /api/v1/settings/langfuse/test", h.test)
+	mux.HandleFunc("/api/v1/settings/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "", "no settings route "+r.Method+" "+r.URL.Path)
+	})
 }
 
 // effective is the saved settings, else the configured ones.
@@ -54,7 +65,7 @@ func (h *Handler) effective(r *http.Request) (Langfuse, string, error) {
 func (h *Handler) view(l Langfuse, source string) LangfuseView {
 	return LangfuseView{Host: l.Host, PublicKey: l.PublicKey, SecretKeySet: l.SecretKey != "", SecretKeyHint: SecretHint(l.SecretKey),
 		ProjectID: l.ProjectID, Source: source, UpdatedAt: l.UpdatedAt,
-		ConfigOverride: source == SourceSaved && h.Config.Host != "" && h.Config.Host != l.Host}
+		ConfigOverride: source == SourceSaved && h.Config.Configured(), ConfigHost: h.Config.Host}
 }
 
 func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
@@ -78,9 +89,21 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request) (Langfuse, bool
 	}
 	in.UpdatedAt = time.Time{}
 	if in.SecretKey == "" {
+		// A malformed host or key is reported as such, not as a missing secret.
+		withSecret := in
+		withSecret.SecretKey = "sk-lf-"
+		var fe *FieldError
+		if err := withSecret.Validate(); errors.As(err, &fe) {
+			writeError(w, http.StatusBadRequest, fe.Field, fe.Reason)
+			return Langfuse{}, false
+		}
 		cur, _, err := h.effective(r)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, "", err.Error())
+			return Langfuse{}, false
+		}
+		if cur.SecretKey != "" && (!sameHost(in.Host, cur.Host) || in.PublicKey != cur.PublicKey) {
+			writeError(w, http.StatusBadRequest, "secret_key", "required when the host or the public key changes (the secret in effect is only sent to "+cur.Host+" with "+cur.PublicKey+")")
 			return Langfuse{}, false
 		}
 		in.SecretKey = cur.SecretKey
@@ -139,4 +162,10 @@ func writeError(w http.ResponseWriter, code int, field, reason string) {
 		body["error"] = field + ": " + reason
 	}
 	writeJSON(w, code, body)
+}
+
+// sameHost compares base URLs as the sink uses them (a trailing slash is
+// dropped) and ignores the case of scheme and host.
+func sameHost(a, b string) bool {
+	return strings.EqualFold(strings.TrimRight(a, "/"), strings.TrimRight(b, "/"))
 }

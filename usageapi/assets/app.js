@@ -15,6 +15,7 @@ const state = {
   fmt: "pretty",
   detail: null,
   traceID: "", traceView: "tree",
+  settings: null,           // GET /api/v1/settings/langfuse (secret masked)
   timer: null,
 };
 
@@ -439,21 +440,204 @@ function showTraceView() {
   $("trace-timeline").hidden = state.traceView !== "timeline";
 }
 
+// ---------- settings ----------
+
+// What each stage of a connection test means for the operator.
+const PROBE_TITLES = {
+  ok: "Connection works",
+  invalid: "Invalid setting",
+  unreachable: "Host unreachable",
+  tls: "TLS problem",
+  not_langfuse: "Not a Langfuse server",
+  auth: "Keys refused",
+  wrong_project: "Wrong project",
+};
+const FIELD_INPUTS = { host: "lf-host", public_key: "lf-pk", secret_key: "lf-sk", project_id: "lf-project" };
+
+// apiSend sends a JSON body and returns {status, body} for every answer but
+// 401 (which asks for the token), so forms can show field errors.
+async function apiSend(method, path, body) {
+  const headers = { Accept: "application/json", "Content-Type": "application/json" };
+  const tok = localStorage.getItem("callpipe.token");
+  if (tok) headers.Authorization = "Bearer " + tok;
+  const r = await fetch(new URL(path, location.href), { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try { data = await r.json(); } catch (_) { /* not JSON */ }
+  if (r.status === 401) { askToken(); throw new HTTPError(401, data); }
+  return { status: r.status, body: data || {} };
+}
+
+async function loadSettings() {
+  let v;
+  try {
+    v = await api("api/v1/settings/langfuse");
+  } catch (e) {
+    if (e.status === 401) throw e;
+    renderSource(null, e.message);
+    throw e;
+  }
+  state.settings = v;
+  fillSettingsForm(v);
+  renderSource(v);
+}
+
+function fillSettingsForm(v) {
+  $("lf-host").value = v.host || "";
+  $("lf-pk").value = v.public_key || "";
+  $("lf-project").value = v.project_id || "";
+  $("lf-sk").value = "";
+  clearFieldErrors();
+  secretHint();
+}
+
+// secretHint explains what an empty secret field means right now: the
+// secret in effect is kept only for the same host and public key.
+function secretHint() {
+  const v = state.settings;
+  const sk = $("lf-sk");
+  const hint = $("lf-sk-hint");
+  if (!v || !v.secret_key_set) {
+    sk.placeholder = "sk-lf-…";
+    hint.textContent = "Required.";
+    return;
+  }
+  const same = $("lf-host").value.trim().replace(/\/+$/, "").toLowerCase() === (v.host || "").replace(/\/+$/, "").toLowerCase() &&
+    $("lf-pk").value.trim() === v.public_key;
+  sk.placeholder = same ? `${v.secret_key_hint} (in effect; leave empty to keep)` : "sk-lf-… (required for a new host or key)";
+  hint.textContent = same ? "Leave empty to keep the secret key in effect." : "The secret in effect is only sent to " + v.host + " with " + v.public_key + ": enter the secret key.";
+}
+
+function settingsForm() {
+  return {
+    host: $("lf-host").value.trim(),
+    public_key: $("lf-pk").value.trim(),
+    secret_key: $("lf-sk").value.trim(),
+    project_id: $("lf-project").value.trim(),
+  };
+}
+
+function clearFieldErrors() {
+  for (const id of Object.values(FIELD_INPUTS)) $(id).classList.remove("invalid");
+  $("lf-field-error").hidden = true;
+}
+
+function showFieldError(body) {
+  const id = FIELD_INPUTS[body.field];
+  if (id) { $(id).classList.add("invalid"); $(id).focus(); }
+  $("lf-field-error").textContent = body.error || "Invalid input";
+  $("lf-field-error").hidden = false;
+}
+
+function renderSource(v, unavailable) {
+  const box = $("lf-source");
+  const sub = (t) => h("span", { class: "source-sub" }, t);
+  let cls, title, detail;
+  if (!v) {
+    cls = "none"; title = "Settings unavailable"; detail = unavailable;
+  } else if (v.source === "saved") {
+    cls = "saved"; title = "Saved in NATS KV — overrides the configuration";
+    detail = v.config_host ? "The configuration's host " + v.config_host + " applies again after a reset." : "Nothing is configured underneath: a reset leaves tracing off.";
+  } else if (v.host) {
+    cls = "config"; title = "From configuration file / environment";
+    detail = "Nothing is saved here; saving overrides the configuration.";
+  } else {
+    cls = "none"; title = "Not configured";
+    detail = "Langfuse workers wait, unready, until settings are saved here or configured.";
+  }
+  box.className = "source " + cls;
+  box.dataset.source = v ? (v.host || v.source === "saved" ? v.source : "none") : "unavailable";
+  box.replaceChildren(h("span", {}, title, sub(detail)));
+  const rows = [];
+  if (v) {
+    rows.push(["Host", v.host || "–"], ["Public key", v.public_key || "–"],
+      ["Secret key", v.secret_key_set ? v.secret_key_hint + " (masked)" : "not set"],
+      ["Project", v.project_id || "any"]);
+    if (v.updated_at) rows.push(["Saved", fmtTime(v.updated_at)]);
+  }
+  $("lf-effect").replaceChildren(...rows.map(([k, val]) => h("tr", {}, h("td", {}, k), h("td", { class: k === "Host" || k.endsWith("key") ? "mono" : null }, val))));
+  $("lf-reset").disabled = !v || v.source !== "saved";
+}
+
+// showProbe shows a test (or save) result: what worked or what failed.
+function showProbe(ok, stage, title, message) {
+  const box = $("lf-result");
+  box.hidden = false;
+  box.className = "probe " + (ok === null ? "busy" : ok ? "ok" : "fail");
+  box.dataset.stage = stage;
+  box.replaceChildren(
+    h("span", { class: "probe-stage" }, stage.replace("_", " ")),
+    h("div", {}, h("div", { class: "probe-title" }, title), message ? h("div", { class: "probe-msg", "data-testid": "lf-result-message" }, message) : null));
+}
+
+async function settingsAction(button, fn) {
+  clearFieldErrors();
+  const buttons = ["lf-test", "lf-save", "lf-reset"].map($);
+  const was = buttons.map((b) => b.disabled);
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    await fn();
+  } catch (e) {
+    if (e.status !== 401) showProbe(false, "error", "Request failed", e.message);
+  } finally {
+    buttons.forEach((b, i) => { b.disabled = was[i]; });
+    if (state.settings) $("lf-reset").disabled = state.settings.source !== "saved";
+  }
+}
+
+// answered handles a non-2xx answer of the settings API.
+function answered(r) {
+  if (r.status === 400) { showFieldError(r.body); $("lf-result").hidden = true; return; }
+  showProbe(false, r.status === 503 ? "unavailable" : "error", r.status === 503 ? "Settings unavailable" : "Request failed (" + r.status + ")", r.body.error);
+}
+
+function testConnection() {
+  return settingsAction($("lf-test"), async () => {
+    showProbe(null, "testing", "Testing connection…", "");
+    const r = await apiSend("POST", "api/v1/settings/langfuse/test", settingsForm());
+    if (r.status !== 200) return answered(r);
+    const p = r.body;
+    showProbe(p.ok, p.stage, PROBE_TITLES[p.stage] || p.stage, p.message);
+  });
+}
+
+function saveSettings() {
+  return settingsAction($("lf-save"), async () => {
+    const r = await apiSend("PUT", "api/v1/settings/langfuse", settingsForm());
+    if (r.status !== 200) return answered(r);
+    state.settings = r.body;
+    fillSettingsForm(r.body);
+    renderSource(r.body);
+    showProbe(true, "saved", "Saved in NATS KV — overrides the configuration", "Running Langfuse workers switch to " + r.body.host + " within seconds, without a restart.");
+  });
+}
+
+function resetSettings() {
+  return settingsAction($("lf-reset"), async () => {
+    const r = await apiSend("DELETE", "api/v1/settings/langfuse");
+    if (r.status !== 200) return answered(r);
+    state.settings = r.body;
+    fillSettingsForm(r.body);
+    renderSource(r.body);
+    showProbe(true, "reset", r.body.host ? "Back to the configuration" : "Saved settings removed",
+      r.body.host ? "Workers switch back to " + r.body.host + " (configuration file / environment)." : "Nothing is configured: Langfuse workers wait until settings are saved.");
+  });
+}
+
 // ---------- routing, range, polling ----------
 
 function route() {
   closeDrawer();
   const hash = location.hash.replace(/^#\/?/, "");
   const [page, ...rest] = hash.split("/");
-  state.view = ["overview", "calls", "trace"].includes(page) ? page : "overview";
+  state.view = ["overview", "calls", "trace", "settings"].includes(page) ? page : "overview";
   if (state.view === "trace") {
     state.traceID = decodeURIComponent(rest.join("/"));
     $("tab-trace").hidden = !state.traceID;
     $("tab-trace").href = "#/trace/" + encodeURIComponent(state.traceID);
   }
-  for (const v of ["overview", "calls", "trace"]) $("view-" + v).hidden = v !== state.view;
+  for (const v of ["overview", "calls", "trace", "settings"]) $("view-" + v).hidden = v !== state.view;
   document.querySelectorAll("[data-tab]").forEach((a) => a.classList.toggle("active", a.dataset.tab === state.view));
-  $("range").style.visibility = state.view === "trace" ? "hidden" : "visible";
+  $("range").style.visibility = state.view === "trace" || state.view === "settings" ? "hidden" : "visible";
   refresh(true);
 }
 
@@ -484,6 +668,8 @@ async function refresh(full) {
       else if (state.pages <= 1 && !state.listBusy) await loadCalls(false); // keep pages the user loaded
     } else if (state.view === "trace" && state.traceID) {
       if (full) await loadTrace();
+    } else if (state.view === "settings") {
+      if (full) await loadSettings(); // polling never overwrites what is being typed
     }
     if (my === inflight) { showError(null); markUpdated(); }
   } catch (e) {
@@ -522,6 +708,10 @@ async function start() {
     $("token-modal").hidden = true;
     init();
   });
+  $("lf-test").addEventListener("click", testConnection);
+  $("lf-form").addEventListener("submit", (e) => { e.preventDefault(); saveSettings(); });
+  $("lf-reset").addEventListener("click", resetSettings);
+  for (const id of ["lf-host", "lf-pk"]) for (const ev of ["input", "change"]) $(id).addEventListener(ev, secretHint);
   window.addEventListener("hashchange", route);
   $("range-from").value = state.from; $("range-to").value = state.to;
   init();

@@ -50,6 +50,9 @@ type Options struct {
 	PublicKey string // default pk-lf-test
 	SecretKey string // default sk-lf-test
 	Version   string // reported by /api/public/health; default 3.225.4. 4.x turns on events_only mode.
+	// ProjectID and ProjectName are the keys' project, as GET
+	// /api/public/projects reports it; default proj-test and callpipe-test.
+	ProjectID, ProjectName string
 	// OpenAPI, when set, checks every ingestion request body against this
 	// Langfuse definition (see LoadOpenAPI); mismatches are listed by Violations.
 	OpenAPI *OpenAPI
@@ -71,16 +74,18 @@ type Request struct {
 type Server struct {
 	*httptest.Server
 
-	mu         sync.Mutex
-	pk, sk     string
-	version    string
-	faults     []Fault
-	failRate   float64
-	failWith   []Fault
-	eventFault EventFault
-	spanFault  SpanFault
-	maxBody    int
-	rng        *rand.Rand
+	mu          sync.Mutex
+	pk, sk      string
+	version     string
+	projectID   string
+	projectName string
+	faults      []Fault
+	failRate    float64
+	failWith    []Fault
+	eventFault  EventFault
+	spanFault   SpanFault
+	maxBody     int
+	rng         *rand.Rand
 
 	// stored[entity][bodyID][envelopeID] = event
 	stored     map[string]map[string]map[string]storedEvent
@@ -114,8 +119,15 @@ func New(o Options) *Server {
 	if o.Version == "" {
 		o.Version = "3.225.4"
 	}
+	if o.ProjectID == "" {
+		o.ProjectID = "proj-test"
+	}
+	if o.ProjectName == "" {
+		o.ProjectName = "callpipe-test"
+	}
 	s := &Server{
 		pk: o.PublicKey, sk: o.SecretKey, version: o.Version, maxBody: MaxBodyBytes, openapi: o.OpenAPI,
+		projectID: o.ProjectID, projectName: o.ProjectName,
 		rng:        rand.New(rand.NewPCG(1, 2)),
 		stored:     map[string]map[string]map[string]storedEvent{},
 		eventSeen:  map[string]int{},
@@ -123,6 +135,7 @@ func New(o Options) *Server {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/public/health", s.health)
+	mux.HandleFunc("/api/public/projects", s.projects)
 	mux.HandleFunc("/api/public/ingestion", s.ingestion)
 	mux.HandleFunc("/api/public/otel/v1/traces", s.otel)
 	s.Server = httptest.NewServer(mux)
@@ -226,6 +239,30 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	v := s.version
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]string{"status": "OK", "version": v})
+}
+
+// projects answers GET /api/public/projects (OpenAPI projects_get): the
+// project of a project-scoped key, as the Projects schema.
+func (s *Server) projects(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"message": "Method not allowed"})
+		return
+	}
+	s.mu.Lock()
+	level := s.accessLevel(r.Header.Get("Authorization"))
+	id, name := s.projectID, s.projectName
+	s.mu.Unlock()
+	switch level {
+	case "":
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "Invalid credentials"})
+		return
+	case "scores":
+		writeJSON(w, http.StatusForbidden, map[string]string{"message": "Invalid API key. Are you using an organization key?"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": []map[string]any{{
+		"id": id, "name": name, "organization": map[string]string{"id": "org-test", "name": "callpipe tests"}, "metadata": map[string]any{},
+	}}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/settings"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/usageapi"
+)
+
+func init() { registerCommand(newServeCommand) }
+
+func newServeCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the usage API (/api/v1/...), the tracing settings and the dashboard (/) over ClickHouse",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := a.load(cmd, map[string]string{"listen": "serve.listen"})
+			if err != nil {
+				return err
+			}
+			log = log.With("component", "serve")
+			if cfg.ClickHouse.Addr == "" {
+				return fmt.Errorf("%w: clickhouse.addr: required by serve", errConfig)
+			}
+			oc, err := clickhouseOutputConfig(cfg)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			// The connection pool reconnects by itself; /readyz reports
+			// ClickHouse outages, so serve starts only once it is reachable.
+			conn, err := chsink.Open(ctx, oc)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			// NATS holds the tracing settings and the pipeline's lag; the
+			// usage API does not need it, so serve starts without it and
+			// only the settings routes answer 503 while it is away.
+			nc, err := connectNATS(cfg, "serve", log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+
+			links := usageapi.LangfuseLinks{Host: cfg.Langfuse.Host, ProjectID: cfg.Serve.LangfuseProjectID, OTLP: cfg.Langfuse.Transport == "otlp"}
+			if links.Host != "" && links.ProjectID == "" && cfg.Langfuse.PublicKey != "" && cfg.Langfuse.SecretKey != "" {
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				pid, err := usageapi.LangfuseProject(lctx, http.DefaultClient, links.Host, cfg.Langfuse.PublicKey, cfg.Langfuse.SecretKey)
+				cancel()
+				if err != nil {
+					log.Warn("langfuse project lookup failed; links use <host>/trace/<id>", "err", err)
+				} else {
+					links.ProjectID = pid
+				}
+			}
+			reg := newRegistry()
+			if err := registerLag(reg, nc, cfg, log); err != nil {
+				return err
+			}
+			srv, err := usageapi.New(usageapi.ClickHouseStore{Conn: conn, DB: cfg.ClickHouse.Database}, usageapi.Options{
+				Tokens:          cfg.Serve.Tokens,
+				RefreshInterval: time.Duration(cfg.Serve.RefreshInterval),
+				QueryTimeout:    time.Duration(cfg.Serve.QueryTimeout),
+				Langfuse:        links,
+				Log:             log,
+				Registerer:      reg,
+				Gatherer:        reg,
+			})
+			if err != nil {
+				return err
+			}
+			gate := &settingsGate{nc: nc, natsURL: redactURLs(cfg.NATS.URL)}
+			srv.Mount("/api/v1/settings/", func(mux *http.ServeMux) {
+				for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
+					mux.Handle(m+" /api/v1/settings/", gate) // the settings routes refine the pattern once open
+				}
+			})
+			sctx, stopSettings := context.WithCancel(ctx)
+			defer stopSettings()
+			go gate.open(sctx, cfg, log)
+
+			log.Info("serving usage API and dashboard", "database", cfg.ClickHouse.Database,
+				"auth", len(cfg.Serve.Tokens) > 0, "langfuse_links", links.Host != "")
+			// SIGTERM ends ctx: in-flight requests finish before the pool closes.
+			return serveHTTP(ctx, cfg.Serve.Listen, srv, log, 30*time.Second)
+		},
+	}
+	cmd.Flags().String("listen", "", "host:port of the API and dashboard (serve.listen)")
+	return cmd
+}
+
+// settingsGate serves the settings API once its NATS KV bucket is open, and
+// 503 naming NATS before that or while NATS is disconnected.
+type settingsGate struct {
+	nc      *nats.Conn
+	natsURL string // without credentials
+	handler atomic.Pointer[http.ServeMux]
+	lastErr atomic.Pointer[error]
+}
+
+// configuredLangfuse is the Langfuse of the configuration file and
+// environment: what applies while nothing is saved in the settings bucket.
+func configuredLangfuse(cfg *config.Config) settings.Langfuse {
+	return settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey,
+		ProjectID: cfg.Serve.LangfuseProjectID}
+}
+
+// open opens the settings bucket, retrying until NATS answers or ctx ends.
+func (g *settingsGate) open(ctx context.Context, cfg *config.Config, log *slog.Logger) {
+	js, err := jetstream.New(g.nc)
+	if err != nil {
+		g.lastErr.Store(&err)
+		log.Error("settings: jetstream", "err", err)
+		return
+	}
+	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		store, err := settings.Open(octx, js, cfg.NATS.Stream.Replicas)
+		cancel()
+		if err == nil {
+			mux := http.NewServeMux()
+			(&settings.Handler{Store: store, Config: configuredLangfuse(cfg)}).Register(mux)
+			g.handler.Store(mux)
+			log.Info("settings: bucket open", "bucket", settings.Bucket)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		g.lastErr.Store(&err)
+		log.Warn("settings: NATS KV bucket not available yet; settings routes answer 503", "bucket", settings.Bucket, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (g *settingsGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	mux := g.handler.Load()
+	var reason string
+	switch {
+	case !g.nc.IsConnected():
+		reason = fmt.Sprintf("settings are stored in NATS, which is not reachable (%s: %s)", g.natsURL, g.nc.Status())
+	case mux == nil:
+		reason = "settings are stored in NATS, whose KV bucket " + settings.Bucket + " is not open yet"
+		if e := g.lastErr.Load(); e != nil {
+			reason += ": " + (*e).Error()
+		}
+	}
+	if reason != "" {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": reason})
+		return
+	}
+	mux.ServeHTTP(w, r)
+}
+
+// redactURLs drops the user information of comma-separated URLs, so that an
+// error message never shows a NATS password.
+func redactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if u, err := url.Parse(p); err == nil && u.User != nil {
+			u.User = nil
+			p = u.String()
+		}
+		parts[i] = p
+	}
+	return strings.Join(parts, ",")
+}

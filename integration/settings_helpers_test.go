@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/settings"
+)
+
+// settingsStore opens the settings bucket of the test NATS with nothing
+// saved, and forgets whatever the test saves when it ends: a saved value
+// would redirect every other test's Langfuse worker.
+func settingsStore(t *testing.T) *settings.Store {
+	t.Helper()
+	nc, err := ingest.Connect(ingest.NATSOptions{URL: harness.NATS(t), Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store, err := settings.Open(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.DeleteLangfuse(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := store.DeleteLangfuse(ctx); err != nil {
+			t.Errorf("forgetting the saved Langfuse settings: %v", err)
+		}
+	})
+	return store
+}
+
+// settingsAPI calls the settings API of a running serve and returns the
+// status, the decoded JSON object and the raw body.
+func settingsAPI(t *testing.T, base, token, method, path, body string) (int, map[string]any, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("%s %s: %d, not a JSON object: %s", method, path, resp.StatusCode, raw)
+	}
+	return resp.StatusCode, m, string(raw)
+}
+
+// closedURL is an http:// URL nobody listens on.
+func closedURL(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := "http://" + ln.Addr().String()
+	ln.Close()
+	return u
+}
+
+// startLangfuseWorker runs `callpipe worker --stages langfuse` on the run's
+// subject and consumer of e, with the given Langfuse environment (none: the
+// stage has no configured Langfuse) and info logs in text.
+func startLangfuseWorker(t *testing.T, e *lfEnv, langfuseEnv ...string) *lfWorker {
+	t.Helper()
+	listen := freeAddr(t)
+	cmd := exec.Command(callpipeBinary(t), "worker", "--stages", "langfuse", "--listen", listen, "--log.format=text")
+	env := []string{}
+	for _, kv := range os.Environ() { // the stage must see only the Langfuse the test gives it
+		if !strings.HasPrefix(kv, "LANGFUSE_") && !strings.HasPrefix(kv, "CALLPIPE_LANGFUSE_") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = append(env,
+		"CALLPIPE_NATS_URL="+harness.NATS(t),
+		"CALLPIPE_LANGFUSE_CONSUMER="+e.consumer, "CALLPIPE_LANGFUSE_SUBJECT="+e.subject+".>",
+		"CALLPIPE_LANGFUSE_ENVIRONMENT=it", "CALLPIPE_LANGFUSE_BATCH_CALLS=50", "CALLPIPE_LANGFUSE_FLUSH_INTERVAL=100ms",
+		"CALLPIPE_LANGFUSE_MIN_BACKOFF=20ms", "CALLPIPE_LANGFUSE_MAX_BACKOFF=200ms", "CALLPIPE_LANGFUSE_RETRY_DELAY=500ms",
+		"CALLPIPE_LOG_LEVEL=info",
+	)
+	cmd.Env = append(cmd.Env, langfuseEnv...)
+	w := &lfWorker{cmd: cmd, listen: listen, out: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = w.out, w.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("worker output:\n%s", w.out.String())
+		}
+	})
+	return w
+}
+
+// stop sends SIGTERM and wants a clean exit within a minute.
+func (w *lfWorker) stop(t *testing.T) {
+	t.Helper()
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-w.done:
+		if err != nil {
+			t.Fatalf("worker exit: %v\n%s", err, w.out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("worker did not stop within a minute of SIGTERM")
+	}
+}
