@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/export"
 	"github.com/callpipe/callpipe/settings"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/usageapi"
@@ -95,8 +96,36 @@ func newServeCommand(a *app) *cobra.Command {
 			defer stopSettings()
 			go gate.open(sctx, cfg, log)
 
+			// Export jobs need S3 and Redis; without them serve still serves
+			// usage and answers the jobs API with 503 naming what is missing.
+			var exports http.Handler
+			runner, closeRunner, err := newExportRunner(ctx, cfg, log, true)
+			if err != nil {
+				log.Warn("export jobs API unavailable", "err", err)
+				reason := err.Error()
+				exports = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusServiceUnavailable)
+					_ = json.NewEncoder(w).Encode(map[string]string{"error": "export jobs are unavailable: " + reason})
+				})
+			} else {
+				h := export.NewHandler(runner, log)
+				exports = h
+				defer func() {
+					sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					defer cancel()
+					if err := h.Shutdown(sctx); err != nil {
+						log.Error("export jobs shutdown", "err", err)
+					}
+					closeRunner()
+				}()
+			}
+			for _, prefix := range []string{"/api/v1/exports", "/api/v1/exports/"} {
+				srv.Mount(prefix, func(mux *http.ServeMux) { mux.Handle(prefix, exports) })
+			}
+
 			log.Info("serving usage API and dashboard", "database", cfg.ClickHouse.Database,
-				"auth", len(cfg.Serve.Tokens) > 0, "langfuse_links", links.Host != "")
+				"auth", len(cfg.Serve.Tokens) > 0, "langfuse_links", links.Host != "", "exports", err == nil)
 			// SIGTERM ends ctx: in-flight requests finish before the pool closes.
 			return serveHTTP(ctx, cfg.Serve.Listen, srv, log, 30*time.Second)
 		},
