@@ -77,7 +77,7 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 			if err != nil {
 				return err
 			}
-			s3, err := s3Client(cfg)
+			s3, err := newS3(cfg, 0)
 			if err != nil {
 				return err
 			}

@@ -8,27 +8,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/minio/minio-go/v7"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
 func init() { stages["archive"] = runArchiveStage }
-
-// s3Client builds the S3 client of the s3 section.
-func s3Client(cfg *config.Config) (*minio.Client, error) {
-	tlsCfg, err := cfg.S3.TLS.Build()
-	if err != nil {
-		return nil, fmt.Errorf("%w: s3.tls: %w", errConfig, err)
-	}
-	s := cfg.S3
-	return archive.NewClient(archive.S3Config{Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey,
-		Region: s.Region, UseSSL: s.UseSSL, PathStyle: s.PathStyle, TLS: tlsCfg})
-}
 
 // runArchiveStage archives CALLPIPE_CALLS to S3 (durable consumer
 // archive.consumer) until ctx ends, then stores what it holds and acks it.
@@ -39,7 +26,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if cfg.S3.Endpoint == "" || cfg.S3.Bucket == "" {
 		return fmt.Errorf("%w: s3.endpoint and s3.bucket: required by the archive stage", errConfig)
 	}
-	s3, err := s3Client(cfg)
+	s3, err := newS3(cfg, 0)
 	if err != nil {
 		return err
 	}

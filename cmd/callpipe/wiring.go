@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +19,7 @@ import (
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/pipeline"
+	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/transform"
 )
@@ -37,34 +37,20 @@ func connectNATS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn,
 }
 
 // newS3 is the S3 (MinIO or AWS) client of the s3 section. maxRetries bounds
-// minio-go's own retries of a request (0: its default of 10), so that a caller
-// that must answer quickly (doctor) can give up early.
+// minio-go's own retries of a request (0: its default), so that a caller that
+// must answer quickly (doctor) can give up early.
 func newS3(cfg *config.Config, maxRetries int) (*minio.Client, error) {
 	s := cfg.S3
 	tlsCfg, err := s.TLS.Build()
 	if err != nil {
 		return nil, fmt.Errorf("%w: s3.tls: %w", errConfig, err)
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if tlsCfg != nil {
-		tr.TLSClientConfig = tlsCfg
-	}
-	lookup := minio.BucketLookupAuto
-	if s.PathStyle {
-		lookup = minio.BucketLookupPath
-	}
-	client, err := minio.New(s.Endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
-		Secure:       s.UseSSL || s.TLS.Enabled,
-		Region:       s.Region,
-		BucketLookup: lookup,
-		Transport:    tr,
-		MaxRetries:   maxRetries,
-	})
+	c, err := archive.NewClient(archive.S3Config{Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey,
+		Region: s.Region, UseSSL: s.UseSSL || s.TLS.Enabled, PathStyle: s.PathStyle, TLS: tlsCfg, MaxRetries: maxRetries})
 	if err != nil {
 		return nil, fmt.Errorf("%w: s3.endpoint %q: %w", errConfig, s.Endpoint, err)
 	}
-	return client, nil
+	return c, nil
 }
 
 func streamOptions(cfg *config.Config) ingest.StreamOptions {

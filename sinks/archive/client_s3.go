@@ -21,14 +21,18 @@ type S3Config struct {
 	UseSSL    bool
 	PathStyle bool
 	TLS       *tls.Config // nil: system roots
+	// MaxRetries bounds minio-go's retries of one request (0: its default of
+	// 10), so that a caller that must answer quickly can give up early.
+	MaxRetries int
 }
 
 // NewClient returns a minio-go client for c.
 func NewClient(c S3Config) (*minio.Client, error) {
 	o := &minio.Options{
-		Creds:  credentials.NewStaticV4(c.AccessKey, c.SecretKey, ""),
-		Secure: c.UseSSL,
-		Region: c.Region,
+		Creds:      credentials.NewStaticV4(c.AccessKey, c.SecretKey, ""),
+		Secure:     c.UseSSL,
+		Region:     c.Region,
+		MaxRetries: c.MaxRetries,
 	}
 	if c.PathStyle {
 		o.BucketLookup = minio.BucketLookupPath
