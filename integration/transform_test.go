@@ -220,8 +220,17 @@ func TestTransformRedisOutage(t *testing.T) {
 		return ids
 	}
 
-	// Phase 1: Redis up; the warm key gets cached by both workers.
+	// Phase 1: Redis up; the warm key gets cached by both workers. One worker
+	// may pull a whole batch before the other asks, so warm up until each has
+	// normalized at least one call (and so cached the key).
 	p1 := batch("p1", warmKey, phase)
+	for i := 0; w.metric(t, `callpipe_transform_events_total{result="normalized"}`) == 0 ||
+		w2.metric(t, `callpipe_transform_events_total{result="normalized"}`) == 0; i++ {
+		if i == 20 {
+			t.Fatal("one worker normalized nothing after 20 warm-up batches")
+		}
+		batch(fmt.Sprintf("p1x%d", i), warmKey, 50)
+	}
 
 	// Phase 2: Redis down; warm key served from cache, cold key unresolved.
 	harness.StopService(t, harness.ServiceRedis)
