@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
@@ -30,25 +26,9 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	var state atomic.Pointer[error]
-	starting := errors.New("archive: connecting to S3")
-	state.Store(&starting)
-	var sink atomic.Pointer[archive.Sink]
-	env.addHealth(func() error {
-		if s := sink.Load(); s != nil {
-			return s.Healthy()
-		}
-		return *state.Load()
-	})
+	ready := env.readiness("archive: connecting to S3")
 
-	js, err := jetstream.New(env.nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = provisionStreams(pctx, js, cfg)
-	cancel()
-	if err != nil {
+	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 30*time.Second) {
@@ -58,7 +38,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 		if err == nil {
 			break
 		}
-		state.Store(&err)
+		ready.waiting(err)
 		log.Warn("s3 not ready; retrying", "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
@@ -77,7 +57,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if err != nil {
 		return fmt.Errorf("%w: archive: %w", errConfig, err)
 	}
-	sink.Store(s)
+	ready.running(s.Healthy)
 	log.Info("archive sink running", "bucket", cfg.S3.Bucket, "prefix", a.Prefix, "consumer", a.Consumer,
 		"flush_bytes", a.FlushBytes.String(), "flush_interval", a.FlushInterval.String())
 	err = s.Run(ctx)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,11 +10,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/transform"
 )
 
 func init() { stages["clickhouse"] = runClickHouseStage }
@@ -135,25 +131,9 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	var state atomic.Pointer[error]
-	starting := errors.New("clickhouse: connecting")
-	state.Store(&starting)
-	var sink atomic.Pointer[chsink.Sink]
-	env.addHealth(func() error {
-		if s := sink.Load(); s != nil {
-			return s.Healthy()
-		}
-		return *state.Load()
-	})
+	ready := env.readiness("clickhouse: connecting")
 
-	js, err := jetstream.New(env.nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = transform.EnsureStreams(pctx, js, streamOptions(cfg), time.Duration(cfg.Transform.DLQMaxAge))
-	cancel()
-	if err != nil {
+	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}
 
@@ -166,7 +146,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 		if err == nil {
 			break
 		}
-		state.Store(&err)
+		ready.waiting(err)
 		log.Warn("clickhouse not ready; retrying", "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
@@ -188,7 +168,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	sink.Store(s)
+	ready.running(s.Healthy)
 	go runRetention(ctx, cfg, out, log)
 	log.Info("clickhouse sink running", "database", cfg.ClickHouse.Database, "batch_size", cfg.ClickHouse.BatchSize,
 		"flush_interval", cfg.ClickHouse.FlushInterval.String(), "max_in_flight", cfg.ClickHouse.MaxInFlight)

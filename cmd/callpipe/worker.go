@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
@@ -45,6 +48,44 @@ func (e *workerEnv) healthy() error {
 		}
 	}
 	return nil
+}
+
+// stageReadiness is a stage's part of /readyz: why it is not running yet,
+// then its running sink's own health.
+type stageReadiness struct {
+	notReady atomic.Pointer[error]
+	healthy  atomic.Pointer[func() error]
+}
+
+// readiness adds a stage to /readyz, not ready with reason starting until
+// running is called.
+func (e *workerEnv) readiness(starting string) *stageReadiness {
+	r := &stageReadiness{}
+	r.waiting(errors.New(starting))
+	e.addHealth(r.check)
+	return r
+}
+
+func (r *stageReadiness) waiting(err error)            { r.notReady.Store(&err) }
+func (r *stageReadiness) running(healthy func() error) { r.healthy.Store(&healthy) }
+
+func (r *stageReadiness) check() error {
+	if h := r.healthy.Load(); h != nil {
+		return (*h)()
+	}
+	return *r.notReady.Load()
+}
+
+// provisionStreams creates or updates the pipeline's streams before a stage
+// consumes (safe from every replica).
+func (e *workerEnv) provisionStreams(ctx context.Context) error {
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return provisionStreams(pctx, js, e.cfg)
 }
 
 // stage runs until ctx ends, then finishes or hands back (naks) what it holds.
