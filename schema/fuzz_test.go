@@ -45,6 +45,9 @@ func FuzzDecode(f *testing.F) {
 		if err := e.Validate(); err != nil {
 			t.Fatalf("decoded event fails Validate: %v", err)
 		}
+		if st, ok := StartTime(data); !ok || !st.Equal(e.StartTime) {
+			t.Fatalf("StartTime = %v, %v; Decode says %v", st, ok, e.StartTime)
+		}
 		b1, err := json.Marshal(e)
 		if err != nil {
 			t.Fatalf("Marshal: %v", err)

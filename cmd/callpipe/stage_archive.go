@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
@@ -51,8 +50,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 		Bucket: cfg.S3.Bucket, Prefix: a.Prefix, Compression: a.Compression,
 		FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
 		MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,
-		Limits: schema.Limits{MaxEventBytes: int(cfg.Event.MaxBytes)},
-		Log:    log, Metrics: archive.NewMetrics(env.reg),
+		Log: log, Metrics: archive.NewMetrics(env.reg),
 	})
 	if err != nil {
 		return fmt.Errorf("%w: archive: %w", errConfig, err)

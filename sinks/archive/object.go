@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -141,31 +142,54 @@ var levels = map[string]zstd.EncoderLevel{
 // ValidLevel reports whether name is a compression level Builder accepts.
 func ValidLevel(name string) bool { _, ok := levels[name]; return ok }
 
-var encoders sync.Map // level name → *sync.Pool of *zstd.Encoder
+// frameBytes is the raw size at which a builder hands its lines to a
+// compressor. Each piece becomes one zstd frame and a data object is their
+// concatenation (which every zstd reader reads as one stream), so that an
+// object compresses on all cores while its next lines arrive. Pieces are cut
+// at line boundaries by size only, so rebuilding an object from the same
+// lines yields the same bytes.
+const frameBytes = 4 << 20
 
-func getEncoder(level string) (*zstd.Encoder, error) {
+var (
+	encoders = map[string]*zstd.Encoder{} // level → encoder shared by every builder (EncodeAll is concurrent)
+	encMu    sync.Mutex
+	// compressing bounds the frames being compressed at once, across
+	// builders: a builder that gets ahead waits instead of piling up raw pieces.
+	compressing = make(chan struct{}, runtime.GOMAXPROCS(0))
+	rawPieces   = sync.Pool{New: func() any { b := make([]byte, 0, frameBytes+64<<10); return &b }}
+)
+
+func encoder(level string) (*zstd.Encoder, error) {
 	lv, ok := levels[level]
 	if !ok {
 		return nil, fmt.Errorf("archive: compression level %q: want fastest, default or better", level)
 	}
-	p, _ := encoders.LoadOrStore(level, &sync.Pool{})
-	if e, ok := p.(*sync.Pool).Get().(*zstd.Encoder); ok {
+	encMu.Lock()
+	defer encMu.Unlock()
+	if e := encoders[level]; e != nil {
 		return e, nil
 	}
-	return zstd.NewWriter(nil, zstd.WithEncoderLevel(lv), zstd.WithEncoderConcurrency(1))
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lv), zstd.WithEncoderConcurrency(cap(compressing)))
+	if err != nil {
+		return nil, fmt.Errorf("archive: zstd encoder: %w", err)
+	}
+	encoders[level] = e
+	return e, nil
 }
 
-func putEncoder(level string, e *zstd.Encoder) {
-	p, _ := encoders.LoadOrStore(level, &sync.Pool{})
-	p.(*sync.Pool).Put(e)
+// frame is one compressed piece of an object; data is set when done closes.
+type frame struct {
+	done chan struct{}
+	data []byte
 }
 
-// Builder accumulates the lines of one data object, compressing as they come.
+// Builder accumulates the lines of one data object, compressing them in
+// frameBytes pieces as they come.
 type Builder struct {
 	prefix string
-	level  string
 	enc    *zstd.Encoder
-	buf    bytes.Buffer
+	raw    *[]byte // the piece being filled
+	frames []*frame
 	sum    hash.Hash
 	meta   Meta
 	runs   [][2]uint64
@@ -174,17 +198,13 @@ type Builder struct {
 // NewBuilder starts an object of hour h of stream under prefix, compressed at
 // level (fastest, default or better).
 func NewBuilder(prefix, stream, level string, h, opened time.Time) (*Builder, error) {
-	enc, err := getEncoder(level)
+	enc, err := encoder(level)
 	if err != nil {
 		return nil, err
 	}
-	b := &Builder{prefix: prefix, level: level, enc: enc, sum: sha256.New(),
-		meta: Meta{Stream: stream, Hour: h.UTC().Truncate(time.Hour), Opened: opened.UTC()}}
-	enc.Reset(&b.buf)
-	return b, nil
+	return &Builder{prefix: prefix, enc: enc, sum: sha256.New(),
+		meta: Meta{Stream: stream, Hour: h.UTC().Truncate(time.Hour), Opened: opened.UTC()}}, nil
 }
-
-var newline = []byte{'\n'}
 
 // Add appends one line (without its newline) stored at stream sequence seq;
 // start is the call's start time (zero when the event could not be decoded).
@@ -192,14 +212,15 @@ func (b *Builder) Add(seq uint64, line []byte, start time.Time) error {
 	if bytes.IndexByte(line, '\n') >= 0 {
 		return errors.New("archive: a line must not contain a line break")
 	}
-	if _, err := b.enc.Write(line); err != nil {
-		return fmt.Errorf("archive: compress: %w", err)
+	if b.raw == nil {
+		b.raw = rawPieces.Get().(*[]byte)
 	}
-	if _, err := b.enc.Write(newline); err != nil {
-		return fmt.Errorf("archive: compress: %w", err)
+	piece := append(append(*b.raw, line...), '\n')
+	*b.raw = piece
+	b.sum.Write(piece[len(piece)-len(line)-1:])
+	if len(piece) >= frameBytes {
+		b.seal()
 	}
-	b.sum.Write(line)
-	b.sum.Write(newline)
 	m := &b.meta
 	if m.Count == 0 || seq < m.FirstSeq {
 		m.FirstSeq = seq
@@ -225,6 +246,22 @@ func (b *Builder) Add(seq uint64, line []byte, start time.Time) error {
 	return nil
 }
 
+// seal hands the filled piece to a compressor.
+func (b *Builder) seal() {
+	raw := b.raw
+	b.raw = nil
+	f := &frame{done: make(chan struct{})}
+	b.frames = append(b.frames, f)
+	compressing <- struct{}{}
+	go func() {
+		defer func() { <-compressing }()
+		f.data = b.enc.EncodeAll(*raw, make([]byte, 0, len(*raw)/4))
+		*raw = (*raw)[:0]
+		rawPieces.Put(raw)
+		close(f.done)
+	}()
+}
+
 // Bytes is the uncompressed size so far.
 func (b *Builder) Bytes() int64 { return b.meta.Bytes }
 
@@ -247,19 +284,26 @@ func (b *Builder) Finish(flush string, closed time.Time) (*Built, error) {
 	if b.meta.Count == 0 {
 		return nil, errors.New("archive: empty object")
 	}
-	err := b.enc.Close()
-	putEncoder(b.level, b.enc)
-	b.enc = nil
-	if err != nil {
-		return nil, fmt.Errorf("archive: compress: %w", err)
+	if b.raw != nil {
+		b.seal()
 	}
+	size := 0
+	for _, f := range b.frames {
+		<-f.done
+		size += len(f.data)
+	}
+	data := make([]byte, 0, size)
+	for _, f := range b.frames {
+		data = append(data, f.data...)
+	}
+	b.frames = nil
 	m := b.meta
 	m.Flush, m.Closed = flush, closed.UTC()
 	m.SHA256 = hex.EncodeToString(b.sum.Sum(nil))
 	return &Built{
 		Manifest:    Manifest{Version: 1, Key: DataKey(b.prefix, m.Hour, m.FirstSeq, m.LastSeq), Meta: m, Seqs: b.runs},
 		ManifestKey: ManifestKey(b.prefix, m.Hour, m.FirstSeq, m.LastSeq),
-		Data:        b.buf.Bytes(),
+		Data:        data,
 	}, nil
 }
 

@@ -13,9 +13,9 @@ import (
 )
 
 // recovery is the rebuild of one manifest's data object after a crash; the
-// redelivered messages it covers wait in msgs for its upload.
+// redelivered messages it covers wait in held for its upload.
 type recovery struct {
-	msgs []jetstream.Msg
+	held []heldMsg
 }
 
 // hourIndex is what the archive holds for one hour: the manifests and which
@@ -120,11 +120,11 @@ func (s *Sink) recover(ctx context.Context, m *Manifest, it item, slots chan str
 	s.mu.Lock()
 	s.held[it.seq] = struct{}{}
 	if r := s.recovering[m.Key]; r != nil {
-		r.msgs = append(r.msgs, it.msg)
+		r.held = append(r.held, holdMsg(it.msg, it.seq))
 		s.mu.Unlock()
 		return
 	}
-	r := &recovery{msgs: []jetstream.Msg{it.msg}}
+	r := &recovery{held: []heldMsg{holdMsg(it.msg, it.seq)}}
 	s.recovering[m.Key] = r
 	s.mu.Unlock()
 	s.log.Warn("archive sink: object claimed by a manifest but not stored (crash mid-upload); rebuilding it from the stream",
@@ -138,24 +138,24 @@ func (s *Sink) recover(ctx context.Context, m *Manifest, it item, slots chan str
 		stored := err == nil && s.upload(ctx, built, nil, built.Manifest.Key != m.Key)
 		s.mu.Lock()
 		delete(s.recovering, m.Key)
-		msgs := r.msgs
+		held := r.held
 		s.mu.Unlock()
-		defer s.release(msgs)
+		defer s.release(held)
 		if !stored {
 			if err != nil {
 				s.m.Errors.WithLabelValues("recovery").Inc()
 				s.setErr(err)
 				s.log.Error("archive sink: rebuilding object failed; its calls come back later", "key", m.Key, "err", err)
 			}
-			for _, msg := range msgs {
-				_ = msg.NakWithDelay(s.cfg.BackoffMax)
+			for _, h := range held {
+				s.nakHeld(h)
 			}
 			return
 		}
 		s.m.Recovered.Inc()
-		s.m.Skipped.WithLabelValues("archived").Add(float64(len(msgs)))
-		for _, msg := range msgs {
-			s.ack(msg)
+		s.m.Skipped.WithLabelValues("archived").Add(float64(len(held)))
+		for _, h := range held {
+			s.ackHeld(h)
 		}
 	}()
 }

@@ -55,7 +55,6 @@ type SinkConfig struct {
 	ShutdownTimeout time.Duration
 	// BackoffMin/BackoffMax bound the wait between failed uploads (250ms, 30s).
 	BackoffMin, BackoffMax time.Duration
-	Limits                 schema.Limits
 	Log                    *slog.Logger
 	Metrics                *Metrics // nil: unregistered metrics
 }
@@ -183,7 +182,7 @@ type item struct {
 // buffer is the open object of one hour.
 type buffer struct {
 	b            *Builder
-	msgs         []jetstream.Msg
+	held         []heldMsg
 	lastProgress time.Time
 }
 
@@ -237,16 +236,16 @@ func (s *Sink) Run(ctx context.Context) error {
 		if err != nil { // only an encoder failure: the calls come back after AckWait
 			s.log.Error("archive sink: closing object failed; its calls will be redelivered", "err", err)
 			s.m.Errors.WithLabelValues("compress").Inc()
-			s.release(buf.msgs)
+			s.release(buf.held)
 			return
 		}
-		s.m.Buffered.Sub(float64(len(buf.msgs)))
+		s.m.Buffered.Sub(float64(len(buf.held)))
 		slots <- struct{}{}
 		uploads.Add(1)
 		go func() {
 			defer uploads.Done()
 			defer func() { <-slots }()
-			s.upload(upctx, built, buf.msgs, true)
+			s.upload(upctx, built, buf.held, true)
 		}()
 	}
 	add := func(it item) {
@@ -270,7 +269,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		s.mu.Lock()
 		s.held[it.seq] = struct{}{}
 		s.mu.Unlock()
-		buf.msgs = append(buf.msgs, it.msg)
+		buf.held = append(buf.held, holdMsg(it.msg, it.seq))
 		s.m.Buffered.Inc()
 		if buf.b.Bytes() >= s.cfg.FlushBytes {
 			flush(it.hour, FlushSize)
@@ -332,7 +331,7 @@ func (s *Sink) Run(ctx context.Context) error {
 					continue
 				}
 				if now.Sub(buf.lastProgress) >= s.cfg.AckWait/3 {
-					inProgress(buf.msgs)
+					s.inProgress(buf.held)
 					buf.lastProgress = now
 				}
 			}
@@ -382,15 +381,17 @@ func (s *Sink) classify(m jetstream.Msg) item {
 }
 
 // placement is the hour a line is archived under: the UTC hour of its start
-// time, or of the stream timestamp when the event does not decode. Both are
-// stable across redeliveries, so recovery finds the same hour.
+// time, or of the stream timestamp when it has none (not an object, or no
+// valid top-level start_time). Both are stable across redeliveries, so
+// recovery finds the same hour. Only start_time is read: the archive keeps
+// events as received, valid or not, and normalize judges them.
 func (s *Sink) placement(line []byte, stored time.Time) (hour, start time.Time) {
-	ev, err := schema.Decode(line, s.cfg.Limits)
-	if err != nil || ev.StartTime.IsZero() {
+	st, ok := schema.StartTime(line)
+	if !ok || st.IsZero() {
 		s.m.Undecodable.Inc()
 		return stored.UTC().Truncate(time.Hour), time.Time{}
 	}
-	return ev.StartTime.UTC().Truncate(time.Hour), ev.StartTime
+	return st.UTC().Truncate(time.Hour), st
 }
 
 // storableLine returns data as one NDJSON line: as it is, or compacted when
@@ -414,13 +415,11 @@ func (s *Sink) isHeld(seq uint64) bool {
 	return ok
 }
 
-func (s *Sink) release(msgs []jetstream.Msg) {
+func (s *Sink) release(held []heldMsg) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, m := range msgs {
-		if md, err := m.Metadata(); err == nil {
-			delete(s.held, md.Sequence.Stream)
-		}
+	for _, h := range held {
+		delete(s.held, h.seq)
 	}
 }
 
@@ -430,17 +429,11 @@ func (s *Sink) ack(m jetstream.Msg) {
 	}
 }
 
-func inProgress(msgs []jetstream.Msg) {
-	for _, m := range msgs {
-		_ = m.InProgress()
-	}
-}
-
 // upload stores built (manifest first when claim is set, then the data
-// object), retrying with backoff until ctx ends, then acks msgs.
-func (s *Sink) upload(ctx context.Context, built *Built, msgs []jetstream.Msg, claim bool) bool {
-	defer s.release(msgs)
-	stopProgress := s.keepAlive(msgs)
+// object), retrying with backoff until ctx ends, then acks held.
+func (s *Sink) upload(ctx context.Context, built *Built, held []heldMsg, claim bool) bool {
+	defer s.release(held)
+	stopProgress := s.keepAlive(held)
 	defer stopProgress()
 	start := time.Now()
 	wait := s.cfg.BackoffMin
@@ -475,8 +468,8 @@ func (s *Sink) upload(ctx context.Context, built *Built, msgs []jetstream.Msg, c
 		wait = min(2*wait, s.cfg.BackoffMax)
 	}
 	s.setErr(nil)
-	for _, m := range msgs {
-		s.ack(m)
+	for _, h := range held {
+		s.ackHeld(h)
 	}
 	meta := built.Manifest.Meta
 	s.m.UploadSeconds.Observe(time.Since(start).Seconds())
@@ -489,8 +482,8 @@ func (s *Sink) upload(ctx context.Context, built *Built, msgs []jetstream.Msg, c
 	return true
 }
 
-// keepAlive sends in-progress acks for msgs every AckWait/3 until stopped.
-func (s *Sink) keepAlive(msgs []jetstream.Msg) func() {
+// keepAlive sends in-progress acks for held every AckWait/3 until stopped.
+func (s *Sink) keepAlive(held []heldMsg) func() {
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -502,7 +495,7 @@ func (s *Sink) keepAlive(msgs []jetstream.Msg) func() {
 			case <-stop:
 				return
 			case <-t.C:
-				inProgress(msgs)
+				s.inProgress(held)
 			}
 		}
 	}()
