@@ -53,6 +53,15 @@ func TestArchive100k(t *testing.T) {
 		"worker", "--stages", "archive")
 	e.waitArchived(t, 2*time.Minute, last)
 	t.Logf("archived %d calls in %s (binary build included)", n, time.Since(start).Round(time.Millisecond))
+	// every message acked on its first delivery: the sink acks what it holds
+	// after the upload, not through a redelivery (ack wait 1m)
+	if c, err := e.js.Consumer(context.Background(), ingest.CallsStream, e.consumer); err != nil {
+		t.Fatal(err)
+	} else if ci, err := c.Info(context.Background()); err != nil {
+		t.Fatal(err)
+	} else if want := uint64(n + len(replayed) + len(bad) + 1); ci.Delivered.Consumer != want {
+		t.Errorf("%d deliveries for %d messages: some were redelivered, not acked", ci.Delivered.Consumer, want)
+	}
 	w.stop(t, 30*time.Second)
 
 	now := time.Now().UTC()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -48,6 +49,7 @@ type benchOptions struct {
 	natsServer string
 	skipRaw    bool
 	keep       bool
+	memLimit   string
 }
 
 // newBenchCommand measures the whole pipeline on this machine: collector →
@@ -81,6 +83,9 @@ func newBenchCommand(a *app) *cobra.Command {
 			if !slices.Contains(o.sinks, "clickhouse") {
 				return fmt.Errorf("%w: --sinks must include clickhouse: latency is measured through the usage API", errUsage)
 			}
+			if o.memLimit != "" && !goMemLimit.MatchString(o.memLimit) {
+				return fmt.Errorf("%w: --memory-limit %q: want a GOMEMLIMIT value such as 192MiB or 1GiB", errUsage, o.memLimit)
+			}
 			b := &bench{a: a, cfg: cfg, o: o, out: cmd.OutOrStdout()}
 			return b.run(cmd.Context())
 		},
@@ -97,8 +102,11 @@ func newBenchCommand(a *app) *cobra.Command {
 	f.StringVar(&o.natsServer, "nats-server", "", "nats-server binary (default: from PATH or $GOPATH/bin)")
 	f.BoolVar(&o.skipRaw, "skip-raw", false, "skip the raw-limit measurements")
 	f.BoolVar(&o.keep, "keep", false, "keep the scratch ClickHouse database")
+	f.StringVar(&o.memLimit, "memory-limit", "192MiB", "GOMEMLIMIT of every callpipe process, as a deployment sets it from the container's memory limit (empty: none)")
 	return cmd
 }
+
+var goMemLimit = regexp.MustCompile(`^[0-9]+(B|KiB|MiB|GiB|TiB)?$`)
 
 type bench struct {
 	a     *app
@@ -127,6 +135,7 @@ type BenchResult struct {
 	RawCHPerS   float64            `json:"raw_clickhouse_rows_per_s,omitempty"`
 	RatioToRaw  float64            `json:"ratio_to_raw_limit,omitempty"`
 	MachineCPUs int                `json:"machine_cpus"`
+	MemoryLimit string             `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
 }
 
 // LatencyResult is accept → visible in the usage API at a fixed rate.
@@ -176,6 +185,9 @@ func (b *bench) run(ctx context.Context) (err error) {
 		"CALLPIPE_LANGFUSE_TRANSPORT=ingestion",
 		"CALLPIPE_LOG_LEVEL=warn",
 	}
+	if b.o.memLimit != "" {
+		env = append(env, "GOMEMLIMIT="+b.o.memLimit)
+	}
 	b.fleet = &fleet{dir: b.o.dir, configFile: b.a.configFile, env: env, out: b.out}
 	b.addrs = map[string]string{}
 	defer func() {
@@ -220,7 +232,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	res := &BenchResult{Events: b.o.events, EventBytes: b.o.size, Sinks: b.o.sinks, StagePerS: map[string]float64{}, MachineCPUs: runtime.NumCPU()}
+	res := &BenchResult{Events: b.o.events, EventBytes: b.o.size, Sinks: b.o.sinks, StagePerS: map[string]float64{}, MachineCPUs: runtime.NumCPU(), MemoryLimit: b.o.memLimit}
 	b.say("bench      run %s: %d events of %d bytes, sinks %s, %d CPUs", b.runID, b.o.events, b.o.size, strings.Join(b.o.sinks, ","), res.MachineCPUs)
 
 	if err := b.throughput(ctx, res); err != nil {
@@ -702,6 +714,9 @@ func (b *bench) report(r *BenchResult) {
 		b.say("  %-30s %8.0f events/s", s+" done", r.StagePerS[s])
 	}
 	b.say("  end to end (usage API)         %8.0f events/s   exact: %v", r.EndToEndPS, r.Exact)
+	if r.MemoryLimit != "" {
+		b.say("  processes ran with GOMEMLIMIT=%s", r.MemoryLimit)
+	}
 	if r.Latency != nil {
 		b.say("  latency at %.0f/s              p50 %.0f ms  p99 %.0f ms  max %.0f ms", r.Latency.RatePerS, r.Latency.P50MS, r.Latency.P99MS, r.Latency.MaxMS)
 	}

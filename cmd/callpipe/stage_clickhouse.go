@@ -159,7 +159,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	s, err := chsink.NewSink(env.nc, out, chsink.SinkConfig{
 		Consumer:      cfg.ClickHouse.Consumer,
 		FilterSubject: cfg.ClickHouse.Subject,
-		Batch:         chsink.BatchPolicy{Count: cfg.ClickHouse.BatchSize, Period: time.Duration(cfg.ClickHouse.FlushInterval)},
+		Batch:         chsink.BatchPolicy{Count: cfg.ClickHouse.BatchSize, Bytes: int(cfg.ClickHouse.BatchBytes), Period: time.Duration(cfg.ClickHouse.FlushInterval)},
 		AckWait:       time.Duration(cfg.ClickHouse.AckWait),
 		Log:           log,
 		Registerer:    env.reg,
@@ -170,7 +170,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	}
 	ready.running(s.Healthy)
 	go runRetention(ctx, cfg, out, log)
-	log.Info("clickhouse sink running", "database", cfg.ClickHouse.Database, "batch_size", cfg.ClickHouse.BatchSize,
+	log.Info("clickhouse sink running", "database", cfg.ClickHouse.Database, "batch_size", cfg.ClickHouse.BatchSize, "batch_bytes", int64(cfg.ClickHouse.BatchBytes),
 		"flush_interval", cfg.ClickHouse.FlushInterval.String(), "max_in_flight", cfg.ClickHouse.MaxInFlight)
 	return s.Run(ctx)
 }

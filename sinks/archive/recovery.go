@@ -10,12 +10,14 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/pipeline"
 )
 
 // recovery is the rebuild of one manifest's data object after a crash; the
 // redelivered messages it covers wait in held for its upload.
 type recovery struct {
-	held []heldMsg
+	held []pipeline.AckRef
 }
 
 // hourIndex is what the archive holds for one hour: the manifests and which
@@ -120,11 +122,11 @@ func (s *Sink) recover(ctx context.Context, m *Manifest, it item, slots chan str
 	s.mu.Lock()
 	s.held[it.seq] = struct{}{}
 	if r := s.recovering[m.Key]; r != nil {
-		r.held = append(r.held, holdMsg(it.msg, it.seq))
+		r.held = append(r.held, it.ref)
 		s.mu.Unlock()
 		return
 	}
-	r := &recovery{held: []heldMsg{holdMsg(it.msg, it.seq)}}
+	r := &recovery{held: []pipeline.AckRef{it.ref}}
 	s.recovering[m.Key] = r
 	s.mu.Unlock()
 	s.log.Warn("archive sink: object claimed by a manifest but not stored (crash mid-upload); rebuilding it from the stream",

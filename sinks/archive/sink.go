@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/pipeline"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -171,6 +172,7 @@ func (s *Sink) setErr(err error) {
 type item struct {
 	msg       jetstream.Msg
 	seq       uint64
+	ref       pipeline.AckRef
 	delivered uint64
 	hour      time.Time
 	start     time.Time // zero: undecodable
@@ -182,7 +184,7 @@ type item struct {
 // buffer is the open object of one hour.
 type buffer struct {
 	b            *Builder
-	held         []heldMsg
+	held         []pipeline.AckRef
 	lastProgress time.Time
 }
 
@@ -202,7 +204,8 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("archive sink: consumer %s on %s: %w", s.cfg.Consumer, s.cfg.Stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(s.cfg.MaxAckPending, 10000)))
+	// read-ahead bounded in bytes, so that large calls do not multiply it
+	it, err := cons.Messages(jetstream.PullMaxBytes(8 << 20))
 	if err != nil {
 		return fmt.Errorf("archive sink: pull: %w", err)
 	}
@@ -269,7 +272,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		s.mu.Lock()
 		s.held[it.seq] = struct{}{}
 		s.mu.Unlock()
-		buf.held = append(buf.held, holdMsg(it.msg, it.seq))
+		buf.held = append(buf.held, it.ref)
 		s.m.Buffered.Inc()
 		if buf.b.Bytes() >= s.cfg.FlushBytes {
 			flush(it.hour, FlushSize)
@@ -368,6 +371,7 @@ func (s *Sink) classify(m jetstream.Msg) item {
 		return it
 	}
 	it.seq, it.delivered = md.Sequence.Stream, md.NumDelivered
+	it.ref = pipeline.NewAckRef(m, md)
 	if ingest.IsReplay(m.Headers()) {
 		it.replay = true
 		return it
@@ -415,11 +419,11 @@ func (s *Sink) isHeld(seq uint64) bool {
 	return ok
 }
 
-func (s *Sink) release(held []heldMsg) {
+func (s *Sink) release(held []pipeline.AckRef) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range held {
-		delete(s.held, h.seq)
+		delete(s.held, h.Seq)
 	}
 }
 
@@ -431,7 +435,7 @@ func (s *Sink) ack(m jetstream.Msg) {
 
 // upload stores built (manifest first when claim is set, then the data
 // object), retrying with backoff until ctx ends, then acks held.
-func (s *Sink) upload(ctx context.Context, built *Built, held []heldMsg, claim bool) bool {
+func (s *Sink) upload(ctx context.Context, built *Built, held []pipeline.AckRef, claim bool) bool {
 	defer s.release(held)
 	stopProgress := s.keepAlive(held)
 	defer stopProgress()
@@ -483,7 +487,7 @@ func (s *Sink) upload(ctx context.Context, built *Built, held []heldMsg, claim b
 }
 
 // keepAlive sends in-progress acks for held every AckWait/3 until stopped.
-func (s *Sink) keepAlive(held []heldMsg) func() {
+func (s *Sink) keepAlive(held []pipeline.AckRef) func() {
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {

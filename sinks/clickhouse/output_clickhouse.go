@@ -15,10 +15,13 @@ import (
 	"github.com/callpipe/callpipe/schema"
 )
 
-// BatchPolicy decides when the sink flushes: at Count calls or when the
-// oldest call of the batch is Period old, whichever comes first.
+// BatchPolicy decides when the sink flushes: at Count calls, at Bytes of
+// messages, or when the oldest call of the batch is Period old, whichever
+// comes first. Bytes bounds the worker's memory whatever the call size: it
+// holds MaxInFlight batches being inserted plus the one being filled.
 type BatchPolicy struct {
 	Count  int
+	Bytes  int
 	Period time.Duration
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/pipeline"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -114,6 +115,9 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	if cfg.Batch.Count <= 0 {
 		cfg.Batch.Count = 50000
 	}
+	if cfg.Batch.Bytes <= 0 {
+		cfg.Batch.Bytes = 8 << 20
+	}
 	if cfg.Batch.Period <= 0 {
 		cfg.Batch.Period = time.Second
 	}
@@ -166,9 +170,13 @@ func (s *Sink) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 
 func (s *Sink) pullBuffer() int { return min(max(s.cfg.Batch.Count, 500), 10000) }
 
+func (s *Sink) pullBytes() int { return min(s.cfg.Batch.Bytes, 8<<20) }
+
+// pending is a call waiting for its insert; its message is held as an
+// AckRef so that the payload is not kept twice (the call holds its text).
 type pending struct {
 	call schema.Call
-	msg  jetstream.Msg
+	ref  pipeline.AckRef
 }
 
 // Run consumes until ctx ends, then flushes the batch being filled (and what
@@ -178,7 +186,9 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("clickhouse sink: consumer %s on %s: %w", s.cfg.Consumer, s.cfg.Stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(s.pullBuffer()))
+	// the client's read-ahead is bounded in bytes like the batches, so that
+	// large calls do not multiply it
+	it, err := cons.Messages(jetstream.PullMaxBytes(s.pullBytes()))
 	if err != nil {
 		return fmt.Errorf("clickhouse sink: pull: %w", err)
 	}
@@ -210,7 +220,8 @@ func (s *Sink) Run(ctx context.Context) error {
 		}()
 	}
 
-	batch := make([]pending, 0, s.cfg.Batch.Count)
+	var batch []pending
+	batchBytes := 0
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	stopping := false
@@ -250,6 +261,11 @@ func (s *Sink) Run(ctx context.Context) error {
 				s.m.skipped.Inc()
 				continue
 			}
+			md, err := m.Metadata()
+			if err != nil {
+				s.deadLetter(ctx, m, fmt.Errorf("no JetStream metadata: %w", err))
+				continue
+			}
 			call, err := decodeCall(m.Data())
 			if err != nil {
 				s.deadLetter(ctx, m, err)
@@ -258,22 +274,23 @@ func (s *Sink) Run(ctx context.Context) error {
 			if len(batch) == 0 {
 				timer.Reset(s.cfg.Batch.Period)
 			}
-			batch = append(batch, pending{call: call, msg: m})
-			if len(batch) >= s.cfg.Batch.Count {
+			batch = append(batch, pending{call: call, ref: pipeline.NewAckRef(m, md)})
+			batchBytes += len(m.Data())
+			if len(batch) >= s.cfg.Batch.Count || batchBytes >= s.cfg.Batch.Bytes {
 				timer.Stop()
 				if stopping {
 					s.writeFinal(context.Background(), batch)
 				} else {
 					flush(ctx, batch)
 				}
-				batch = make([]pending, 0, s.cfg.Batch.Count)
+				batch, batchBytes = nil, 0
 			}
 		case <-tick:
 			if stopping {
 				continue
 			}
 			flush(ctx, batch)
-			batch = make([]pending, 0, s.cfg.Batch.Count)
+			batch, batchBytes = nil, 0
 		}
 	}
 }
@@ -309,7 +326,7 @@ func (s *Sink) write(ctx context.Context, batch []pending) {
 			return
 		}
 		for _, p := range batch {
-			if aerr := p.msg.Ack(); aerr != nil {
+			if aerr := p.ref.Ack(s.nc); aerr != nil {
 				s.log.Warn("clickhouse sink: ack (the call will be redelivered and deduplicated)", "id", p.call.ID, "err", aerr)
 			}
 		}
@@ -322,7 +339,7 @@ func (s *Sink) write(ctx context.Context, batch []pending) {
 	wait := s.nextBackoff()
 	s.log.Error("clickhouse sink: insert failed; batch not acked, will be redelivered", "calls", len(batch), "retry_in", wait, "err", err)
 	for _, p := range batch {
-		_ = p.msg.NakWithDelay(wait)
+		_ = p.ref.Nak(s.nc, wait)
 	}
 	if ctx.Err() == nil {
 		t := time.NewTimer(wait)
@@ -343,12 +360,8 @@ func batchToken(batch []pending) string {
 	h := sha256.New()
 	var buf [16]byte
 	for i := range batch {
-		md, err := batch[i].msg.Metadata()
-		if err != nil {
-			return "" // not a JetStream message: no token, no dedup
-		}
-		binary.LittleEndian.PutUint64(buf[:8], md.Sequence.Stream)
-		binary.LittleEndian.PutUint64(buf[8:], uint64(md.Timestamp.UnixNano()))
+		binary.LittleEndian.PutUint64(buf[:8], batch[i].ref.Seq)
+		binary.LittleEndian.PutUint64(buf[8:], uint64(batch[i].ref.Stored.UnixNano()))
 		h.Write(buf[:])
 		h.Write([]byte(batch[i].call.ID))
 	}

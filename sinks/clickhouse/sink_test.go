@@ -7,8 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
+	"github.com/callpipe/callpipe/pipeline"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -44,13 +43,6 @@ func TestDecodeCallMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
-type fakeMsg struct {
-	jetstream.Msg
-	md *jetstream.MsgMetadata
-}
-
-func (f fakeMsg) Metadata() (*jetstream.MsgMetadata, error) { return f.md, nil }
-
 // TestBatchToken: a batch redelivered with the same messages gets the same
 // token; another message, a recreated stream (same sequence, other publish
 // time) or another call id gets another.
@@ -59,9 +51,7 @@ func TestBatchToken(t *testing.T) {
 	batch := func(seqs []uint64, ts time.Time, ids ...string) []pending {
 		var out []pending
 		for i, s := range seqs {
-			md := &jetstream.MsgMetadata{Timestamp: ts}
-			md.Sequence.Stream = s
-			out = append(out, pending{call: schema.Call{ID: ids[i]}, msg: fakeMsg{md: md}})
+			out = append(out, pending{call: schema.Call{ID: ids[i]}, ref: pipeline.AckRef{Seq: s, Stored: ts}})
 		}
 		return out
 	}

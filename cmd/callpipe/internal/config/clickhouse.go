@@ -18,6 +18,7 @@ type ClickHouse struct {
 	Subject  string `yaml:"subject" doc:"subject filter of the ClickHouse sink (under callpipe.normalized.)"`
 
 	BatchSize     int      `yaml:"batch_size" doc:"calls per insert: the sink flushes when a batch reaches this size"`
+	BatchBytes    ByteSize `yaml:"batch_bytes" doc:"the sink also flushes when a batch's messages reach this size; it bounds the worker's memory (about (max_in_flight+1) x batch_bytes x 3) whatever the call size"`
 	FlushInterval Duration `yaml:"flush_interval" doc:"the sink flushes a batch at the latest this long after its first call"`
 	MaxInFlight   int      `yaml:"max_in_flight" doc:"batch inserts running at once"`
 	MaxTextBytes  ByteSize `yaml:"max_text_bytes" doc:"input/output text, structured input/output and error are cut to this size in the calls table; 0 keeps all"`
@@ -40,7 +41,7 @@ type ClickHouseRetention struct {
 func defaultClickHouse() ClickHouse {
 	return ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default",
 		Consumer: "callpipe-clickhouse", Subject: "callpipe.normalized.>",
-		BatchSize: 50000, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
+		BatchSize: 50000, BatchBytes: 8 << 20, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
 		AckWait: Duration(2 * time.Minute), RetentionInterval: Duration(time.Hour)}
 }
 
@@ -57,6 +58,7 @@ func (c *Config) validateClickHouse() []error {
 		checkKey(validIdent(replaceDash(ch.Consumer)), "clickhouse.consumer", ch.Consumer, "must be letters, digits, - and _"),
 		checkKey(strings.HasPrefix(ch.Subject, "callpipe.normalized.") && !strings.ContainsAny(ch.Subject, " \t"), "clickhouse.subject", ch.Subject, "must be a subject under callpipe.normalized."),
 		checkKey(ch.BatchSize >= 1 && ch.BatchSize <= 1000000, "clickhouse.batch_size", ch.BatchSize, "must be 1..1000000"),
+		checkKey(ch.BatchBytes >= 64<<10 && ch.BatchBytes <= 1<<30, "clickhouse.batch_bytes", ch.BatchBytes, "must be 64KiB..1GiB"),
 		checkKey(ch.FlushInterval >= Duration(time.Millisecond), "clickhouse.flush_interval", ch.FlushInterval, "must be at least 1ms"),
 		checkKey(ch.MaxInFlight >= 1 && ch.MaxInFlight <= 64, "clickhouse.max_in_flight", ch.MaxInFlight, "must be 1..64"),
 		checkKey(ch.MaxTextBytes >= 0, "clickhouse.max_text_bytes", ch.MaxTextBytes, "must not be negative"),
