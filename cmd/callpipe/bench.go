@@ -122,20 +122,23 @@ type bench struct {
 
 // BenchResult is what `callpipe bench --json` writes.
 type BenchResult struct {
-	Events      int                `json:"events"`
-	EventBytes  int                `json:"event_bytes"`
-	Sinks       []string           `json:"sinks"`
-	AcceptPerS  float64            `json:"accept_events_per_s"`
-	StagePerS   map[string]float64 `json:"stage_events_per_s"`
-	EndToEndPS  float64            `json:"end_to_end_events_per_s"`
-	Exact       bool               `json:"exact"`
-	Latency     *LatencyResult     `json:"latency,omitempty"`
-	Processes   map[string]usage   `json:"processes"`
-	RawJSPerS   float64            `json:"raw_jetstream_events_per_s,omitempty"`
-	RawCHPerS   float64            `json:"raw_clickhouse_rows_per_s,omitempty"`
-	RatioToRaw  float64            `json:"ratio_to_raw_limit,omitempty"`
-	MachineCPUs int                `json:"machine_cpus"`
-	MemoryLimit string             `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
+	Events     int                `json:"events"`
+	EventBytes int                `json:"event_bytes"`
+	Sinks      []string           `json:"sinks"`
+	AcceptPerS float64            `json:"accept_events_per_s"`
+	StagePerS  map[string]float64 `json:"stage_events_per_s"`
+	EndToEndPS float64            `json:"end_to_end_events_per_s"`
+	Exact      bool               `json:"exact"`
+	Latency    *LatencyResult     `json:"latency,omitempty"`
+	Processes  map[string]usage   `json:"processes"`
+	RawJSPerS  float64            `json:"raw_jetstream_events_per_s,omitempty"`
+	RawCHPerS  float64            `json:"raw_clickhouse_rows_per_s,omitempty"`
+	// RawTopoPerS is callpipe's JetStream topology with no work in it
+	// (rawTopology): the ceiling of the whole pipeline on this machine.
+	RawTopoPerS float64 `json:"raw_jetstream_topology_events_per_s,omitempty"`
+	RatioToRaw  float64 `json:"ratio_to_raw_limit,omitempty"`
+	MachineCPUs int     `json:"machine_cpus"`
+	MemoryLimit string  `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
 }
 
 // LatencyResult is accept → visible in the usage API at a fixed rate.
@@ -258,6 +261,9 @@ func (b *bench) run(ctx context.Context) (err error) {
 			return err
 		}
 		res.RatioToRaw = res.EndToEndPS / min(res.RawJSPerS, res.RawCHPerS)
+		if res.RawTopoPerS, err = b.rawTopology(ctx); err != nil {
+			return err
+		}
 	}
 	b.report(res)
 	if b.o.jsonOut != "" {
@@ -724,6 +730,9 @@ func (b *bench) report(r *BenchResult) {
 		b.say("  raw JetStream                  %8.0f events/s", r.RawJSPerS)
 		b.say("  raw ClickHouse insert          %8.0f rows/s", r.RawCHPerS)
 		b.say("  ratio to the slower raw limit  %8.2f", r.RatioToRaw)
+		if r.RawTopoPerS > 0 {
+			b.say("  JetStream topology, no work    %8.0f events/s   (end to end is %.2f of it)", r.RawTopoPerS, r.EndToEndPS/r.RawTopoPerS)
+		}
 	}
 	names := make([]string, 0, len(r.Processes))
 	for n := range r.Processes {
