@@ -85,3 +85,34 @@ func AllQueries(sampleFrom, sampleTo time.Time) []string {
 	}
 	return append(q, readQueries(sampleFrom, sampleTo)...)
 }
+
+// SQLString quotes s as a ClickHouse string literal. Usage, call-list and
+// export queries filter on user-supplied names and 18.16 has no server-side
+// parameters, so every literal goes through here. '{' is escaped so that a
+// literal can never contain the {db} placeholder WithDB substitutes.
+func SQLString(s string) string {
+	var b strings.Builder
+	b.Grow(len(s) + 2)
+	b.WriteByte('\'')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\', '\'':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case 0:
+			b.WriteString(`\0`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\r':
+			b.WriteString(`\r`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '{': // WithDB substitutes {db} anywhere in a statement
+			b.WriteString(`\x7B`)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('\'')
+	return b.String()
+}

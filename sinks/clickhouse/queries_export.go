@@ -78,37 +78,6 @@ func (r *ExportRow) dest() []any {
 	}
 }
 
-// SQLString quotes s as a ClickHouse string literal. Exports filter on
-// user-supplied model and user names and 18.16 has no server-side
-// parameters, so every literal goes through here. '{' is escaped so that a
-// literal can never contain the {db} placeholder WithDB substitutes.
-func SQLString(s string) string {
-	var b strings.Builder
-	b.Grow(len(s) + 2)
-	b.WriteByte('\'')
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\', '\'':
-			b.WriteByte('\\')
-			b.WriteByte(c)
-		case 0:
-			b.WriteString(`\0`)
-		case '\n':
-			b.WriteString(`\n`)
-		case '\r':
-			b.WriteString(`\r`)
-		case '\t':
-			b.WriteString(`\t`)
-		case '{': // WithDB substitutes {db} anywhere in a statement
-			b.WriteString(`\x7B`)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	b.WriteByte('\'')
-	return b.String()
-}
-
 func (f ExportFilter) where(from, to time.Time) string {
 	w := fmt.Sprintf("start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC')", from.Unix(), to.Unix())
 	if f.Model != "" {

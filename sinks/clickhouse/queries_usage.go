@@ -135,7 +135,7 @@ func UsageSQL(s UsageSpec) string {
 	g := s.Group
 	tz := ""
 	if s.TZ != "" && s.TZ != "UTC" {
-		tz = ", " + quote(s.TZ)
+		tz = ", " + SQLString(s.TZ)
 	}
 	bucket := "toDateTime(0, 'UTC')"
 	switch g.Bucket {
@@ -171,7 +171,7 @@ func UsageSQL(s UsageSpec) string {
 		{"c_model", s.Filter.Model}, {"c_user", s.Filter.User}, {"c_source", s.Filter.Source}, {"c_batch", s.Filter.BatchID},
 	} {
 		if c.v != "" {
-			where = append(where, c.col+" = "+quote(c.v))
+			where = append(where, c.col+" = "+SQLString(c.v))
 		}
 	}
 	outerWhere := ""
@@ -226,7 +226,7 @@ const callDetailColumns = `id, trace_id, session_id, start_time, start_ms, end_t
 func CallQuery(id string) string {
 	return `SELECT ` + callDetailColumns + `
 FROM {db}.calls
-WHERE id = ` + quote(id) + `
+WHERE id = ` + SQLString(id) + `
 ORDER BY version DESC
 LIMIT 1`
 }
@@ -244,7 +244,7 @@ FROM
     LIMIT 1 BY id
 )
 ORDER BY start_time, start_ms, id
-LIMIT %d`, callDetailColumns, callDetailColumns, quote(id), quote(id), limit)
+LIMIT %d`, callDetailColumns, callDetailColumns, SQLString(id), SQLString(id), limit)
 }
 
 // CallStatus filters the call list: "" (all), "ok", "error" or an HTTP status.
@@ -278,13 +278,13 @@ func CallListQuery(s CallListSpec) string {
 	if s.After != nil {
 		// start_time is never re-attributed, so the cursor also prunes the scan.
 		inner = append(inner, fmt.Sprintf("start_time <= toDateTime(%d, 'UTC')", floorDiv(s.After.StartMS, 1000)))
-		outer = append(outer, fmt.Sprintf("(c_ts < %d OR (c_ts = %d AND id < %s))", s.After.StartMS, s.After.StartMS, quote(s.After.ID)))
+		outer = append(outer, fmt.Sprintf("(c_ts < %d OR (c_ts = %d AND id < %s))", s.After.StartMS, s.After.StartMS, SQLString(s.After.ID)))
 	}
 	if s.User != "" {
-		outer = append(outer, "c_user = "+quote(s.User))
+		outer = append(outer, "c_user = "+SQLString(s.User))
 	}
 	if s.Model != "" {
-		outer = append(outer, "c_model = "+quote(s.Model))
+		outer = append(outer, "c_model = "+SQLString(s.Model))
 	}
 	switch s.Status {
 	case "":
@@ -340,12 +340,6 @@ func floorDiv(a, b int64) int64 {
 		q--
 	}
 	return q
-}
-
-// quote renders s as a ClickHouse string literal.
-func quote(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
-	return "'" + r.Replace(s) + "'"
 }
 
 // readQueries is every read statement with sample arguments, for AllQueries:
