@@ -29,15 +29,12 @@ func init() { stages["langfuse"] = runLangfuseStage }
 // With no settings anywhere the stage waits, unready, instead of exiting.
 func runLangfuseStage(ctx context.Context, env *workerEnv, log *slog.Logger) error {
 	cfg := env.cfg
+	if err := env.provisionStreams(ctx); err != nil {
+		return err
+	}
 	js, err := jetstream.New(env.nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = provisionStreams(pctx, js, cfg)
-	cancel()
-	if err != nil {
-		return err
 	}
 	st := &langfuseState{reason: errors.New("langfuse: reading the settings bucket " + settings.Bucket)}
 	env.addHealth(st.health)

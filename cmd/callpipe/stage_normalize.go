@@ -23,14 +23,7 @@ func init() { stages["normalize"] = runNormalizeStage }
 func runNormalizeStage(ctx context.Context, env *workerEnv, log *slog.Logger) error {
 	cfg := env.cfg
 	t := cfg.Transform
-	js, err := jetstream.New(env.nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = provisionStreams(pctx, js, cfg)
-	cancel()
-	if err != nil {
+	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}
 	tok, err := transform.NewTokenizer(t.Tokenizer, t.TokenizerModels)
