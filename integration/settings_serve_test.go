@@ -33,7 +33,7 @@ func TestSettingsServeAPI(t *testing.T) {
 	defer b.Close()
 	secrets := []string{"sk-lf-a-secret-0001", "sk-lf-b-secret-0002", "sk-lf-wrong-secret-9"}
 	out, db := chTestDB(t)
-	seedServe(t, out, serveCalls(7, "set", 20, serveBase, 24*time.Hour))
+	calls := seedServe(t, out, serveCalls(7, "set", 20, serveBase, 24*time.Hour))
 	// A consumer of the langfuse stage, for serve's lag metrics.
 	e := newLfEnv(t, langfusetest.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -67,6 +67,19 @@ func TestSettingsServeAPI(t *testing.T) {
 	if code != 200 || v["source"] != "config" || v["host"] != a.URL || v["secret_key_set"] != true || v["config_overridden"] != false {
 		t.Fatalf("GET with only the configuration: %d %v", code, v)
 	}
+	// "View in Langfuse" links follow the settings in effect.
+	traceID := langfuse.TraceID(&calls[0])
+	waitLink := func(want string) {
+		t.Helper()
+		var last string
+		lfWait(t, 20*time.Second, "langfuse link "+want, func() bool {
+			var c usageapi.CallResponse
+			apiGet(t, p.base, "/api/v1/calls/"+url.PathEscape(calls[0].ID), nil, token, http.StatusOK, &c)
+			last = c.LangfuseURL
+			return last == want
+		})
+	}
+	waitLink(a.URL + "/project/proj-a/traces/" + url.PathEscape(traceID))
 
 	test := func(host, pk, sk, project string) map[string]any {
 		t.Helper()
@@ -107,6 +120,7 @@ func TestSettingsServeAPI(t *testing.T) {
 	if code != 200 || v["source"] != "saved" || v["host"] != b.URL || v["project_id"] != "proj-b" {
 		t.Fatalf("GET after saving B: %d %v", code, v)
 	}
+	waitLink(b.URL + "/project/proj-b/traces/" + url.PathEscape(traceID))
 	// "Test connection" with the saved secret (the form leaves it empty).
 	if v := test(b.URL, "pk-lf-b", "", "proj-b"); v["stage"] != "ok" {
 		t.Errorf("test with the saved secret: %v", v)
@@ -119,6 +133,7 @@ func TestSettingsServeAPI(t *testing.T) {
 	if code != 200 || v["source"] != "config" || v["host"] != a.URL {
 		t.Fatalf("DELETE: %d %v", code, v)
 	}
+	waitLink(a.URL + "/project/proj-a/traces/" + url.PathEscape(traceID))
 
 	// NATS down: the usage API stays, settings answer 503 naming NATS.
 	harness.StopService(t, "nats")

@@ -87,7 +87,7 @@ func (s *Server) handleCall(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.writeJSON(w, http.StatusOK, CallResponse{StoredCall: *c, LangfuseURL: s.links.traceURL(&c.Call)})
+	s.writeJSON(w, http.StatusOK, CallResponse{StoredCall: *c, LangfuseURL: s.links.Load().traceURL(&c.Call)})
 }
 
 func checkID(param, id string) error {
@@ -155,7 +155,7 @@ func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 	if truncated {
 		calls = calls[:maxTraceCalls]
 	}
-	s.writeJSON(w, http.StatusOK, buildTrace(id, calls, truncated, s.links))
+	s.writeJSON(w, http.StatusOK, buildTrace(id, calls, truncated, *s.links.Load()))
 }
 
 func quoteID(id string) string { return "\"" + id + "\"" }

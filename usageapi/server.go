@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -80,11 +81,18 @@ type Server struct {
 	store   Store
 	opts    Options
 	tokens  [][sha256.Size]byte
-	links   langfuseLinks
+	links   atomic.Pointer[langfuseLinks] // replaced when the Langfuse settings change
 	log     *slog.Logger
 	mux     *http.ServeMux
 	reqs    *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+}
+
+// SetLangfuse changes where "View in Langfuse" links point (the settings
+// saved from the dashboard changed); zero: no links. Safe while serving.
+func (s *Server) SetLangfuse(l LangfuseLinks) {
+	c := l.compile()
+	s.links.Store(&c)
 }
 
 // New returns a server reading store.
@@ -102,7 +110,8 @@ func New(store Store, opts Options) (*Server, error) {
 		reg := prometheus.NewRegistry()
 		opts.Registerer, opts.Gatherer = reg, reg
 	}
-	s := &Server{store: store, opts: opts, log: opts.Log, links: opts.Langfuse.compile()}
+	s := &Server{store: store, opts: opts, log: opts.Log}
+	s.SetLangfuse(opts.Langfuse)
 	for _, t := range opts.Tokens {
 		if t == "" {
 			return nil, errors.New("usageapi: empty bearer token")
@@ -239,7 +248,7 @@ type MetaResponse struct {
 
 func (s *Server) handleMeta(w http.ResponseWriter, _ *http.Request) {
 	s.writeJSON(w, http.StatusOK, MetaResponse{
-		RefreshSeconds: s.opts.RefreshInterval.Seconds(), Langfuse: s.links.enabled(),
+		RefreshSeconds: s.opts.RefreshInterval.Seconds(), Langfuse: s.links.Load().enabled(),
 		ServerTime: s.now().UTC().Format(time.RFC3339),
 	})
 }

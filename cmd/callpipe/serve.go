@@ -59,17 +59,7 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 
-			links := usageapi.LangfuseLinks{Host: cfg.Langfuse.Host, ProjectID: cfg.Serve.LangfuseProjectID, OTLP: cfg.Langfuse.Transport == "otlp"}
-			if links.Host != "" && links.ProjectID == "" && cfg.Langfuse.PublicKey != "" && cfg.Langfuse.SecretKey != "" {
-				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				pid, err := usageapi.LangfuseProject(lctx, http.DefaultClient, links.Host, cfg.Langfuse.PublicKey, cfg.Langfuse.SecretKey)
-				cancel()
-				if err != nil {
-					log.Warn("langfuse project lookup failed; links use <host>/trace/<id>", "err", err)
-				} else {
-					links.ProjectID = pid
-				}
-			}
+			links := langfuseLinks(ctx, configuredLangfuse(cfg), cfg, log)
 			reg := newRegistry()
 			if err := registerLag(reg, nc, cfg, log); err != nil {
 				return err
@@ -86,7 +76,19 @@ func newServeCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			gate := &settingsGate{nc: nc, natsURL: redactURLs(cfg.NATS.URL)}
+			gate := &settingsGate{nc: nc, natsURL: redactURLs(cfg.NATS.URL), opened: func(ctx context.Context, store *settings.Store) {
+				// links follow the settings saved from the dashboard
+				err := store.WatchLangfuse(ctx, configuredLangfuse(cfg), func(eff settings.Effective) {
+					if eff.Source == settings.SourceConfig {
+						srv.SetLangfuse(links)
+						return
+					}
+					srv.SetLangfuse(langfuseLinks(ctx, eff.Langfuse, cfg, log))
+				})
+				if err != nil && ctx.Err() == nil {
+					log.Warn("settings: watching the Langfuse settings stopped; links keep the last ones", "err", err)
+				}
+			}}
 			srv.Mount("/api/v1/settings/", func(mux *http.ServeMux) {
 				for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
 					mux.Handle(m+" /api/v1/settings/", gate) // the settings routes refine the pattern once open
@@ -141,6 +143,26 @@ type settingsGate struct {
 	natsURL string // without credentials
 	handler atomic.Pointer[http.ServeMux]
 	lastErr atomic.Pointer[error]
+	// opened runs once the bucket is open, until ctx ends
+	opened func(ctx context.Context, store *settings.Store)
+}
+
+// langfuseLinks is where "View in Langfuse" links of l point: its project
+// when known or looked up with its keys, else <host>/trace/<id>, which
+// Langfuse redirects.
+func langfuseLinks(ctx context.Context, l settings.Langfuse, cfg *config.Config, log *slog.Logger) usageapi.LangfuseLinks {
+	links := usageapi.LangfuseLinks{Host: l.Host, ProjectID: l.ProjectID, OTLP: cfg.Langfuse.Transport == "otlp"}
+	if links.Host != "" && links.ProjectID == "" && l.PublicKey != "" && l.SecretKey != "" {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		pid, err := usageapi.LangfuseProject(lctx, http.DefaultClient, links.Host, l.PublicKey, l.SecretKey)
+		cancel()
+		if err != nil {
+			log.Warn("langfuse project lookup failed; links use <host>/trace/<id>", "host", links.Host, "err", err)
+		} else {
+			links.ProjectID = pid
+		}
+	}
+	return links
 }
 
 // configuredLangfuse is the Langfuse of the configuration file and
@@ -167,6 +189,9 @@ func (g *settingsGate) open(ctx context.Context, cfg *config.Config, log *slog.L
 			(&settings.Handler{Store: store, Config: configuredLangfuse(cfg)}).Register(mux)
 			g.handler.Store(mux)
 			log.Info("settings: bucket open", "bucket", settings.Bucket)
+			if g.opened != nil {
+				g.opened(ctx, store)
+			}
 			return
 		}
 		if ctx.Err() != nil {
