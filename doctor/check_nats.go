@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,6 +18,9 @@ type NATSExpect struct {
 	// DeadLetters is the stream whose messages are reported as a warning.
 	DeadLetters string
 	Consumers   []Consumer
+	// RuntimeConsumers, when set, adds consumers expected because of state
+	// kept in JetStream itself (settings saved from the dashboard).
+	RuntimeConsumers func(ctx context.Context, js jetstream.JetStream) []Consumer
 }
 
 // Consumer is a durable consumer a worker stage creates when it starts.
@@ -59,7 +63,11 @@ func NATS(connect func(ctx context.Context) (*nats.Conn, error), exp NATSExpect)
 			existing[name] = exists
 			rs = append(rs, r)
 		}
-		for _, c := range exp.Consumers {
+		consumers := exp.Consumers
+		if exp.RuntimeConsumers != nil {
+			consumers = append(slices.Clone(consumers), exp.RuntimeConsumers(ctx, js)...)
+		}
+		for _, c := range consumers {
 			if !existing[c.Stream] {
 				continue // the stream's own line already says what to do
 			}

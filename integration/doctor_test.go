@@ -257,8 +257,21 @@ func TestDoctorUsesSavedLangfuseSettings(t *testing.T) {
 		}
 	})
 	out, code := d.run(t, "doctor")
-	got := failing(doctorLines(t, out))
+	lines := doctorLines(t, out)
+	got := failing(lines)
 	if code != 1 || strings.Join(got, ",") != "langfuse" || !strings.Contains(out, closed) || !strings.Contains(out, "settings from saved") {
 		t.Fatalf("exit %d, failing %v; want langfuse failing at the saved host %s\n%s", code, got, closed, out)
+	}
+	// langfuse.host is not configured, but traces go to the saved host: the
+	// langfuse stage's consumer is expected like the configured sinks'
+	if _, ok := lines["consumer callpipe-langfuse"]; !ok {
+		t.Errorf("no line for the langfuse stage's consumer although Langfuse settings are saved:\n%s", out)
+	}
+	if err := store.DeleteLangfuse(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = d.run(t, "doctor")
+	if _, ok := doctorLines(t, out)["consumer callpipe-langfuse"]; ok {
+		t.Errorf("a line for the langfuse consumer with Langfuse neither configured nor saved:\n%s", out)
 	}
 }

@@ -156,6 +156,10 @@ func savedLangfuse(ctx context.Context, url string, natsOpts []nats.Option) (set
 	if err != nil {
 		return settings.Langfuse{}, false
 	}
+	return savedLangfuseIn(ctx, js)
+}
+
+func savedLangfuseIn(ctx context.Context, js jetstream.JetStream) (settings.Langfuse, bool) {
 	kv, err := js.KeyValue(ctx, settings.Bucket)
 	if err != nil {
 		return settings.Langfuse{}, false
@@ -187,11 +191,20 @@ func doctorNATSExpect(cfg *config.Config) doctor.NATSExpect {
 		{"normalize", ingest.CallsStream, cfg.Transform.Consumer, true},
 		{"archive", ingest.CallsStream, cfg.Archive.Consumer, cfg.S3.Endpoint != ""},
 		{"clickhouse", transform.NormalizedStream, cfg.ClickHouse.Consumer, cfg.ClickHouse.Addr != ""},
-		{"langfuse", transform.NormalizedStream, cfg.Langfuse.Consumer, cfg.Langfuse.Host != ""}, // settings saved at run time are not consulted here: a missing consumer is only a warning
+		{"langfuse", transform.NormalizedStream, cfg.Langfuse.Consumer, cfg.Langfuse.Host != ""},
 	}
 	for _, w := range want {
 		if _, built := stages[w.stage]; built && w.configured {
 			exp.Consumers = append(exp.Consumers, doctor.Consumer{Stream: w.stream, Name: w.name, Stage: w.stage})
+		}
+	}
+	if _, built := stages["langfuse"]; built && cfg.Langfuse.Host == "" {
+		// Langfuse set up from the dashboard only: its consumer is expected too
+		exp.RuntimeConsumers = func(ctx context.Context, js jetstream.JetStream) []doctor.Consumer {
+			if _, ok := savedLangfuseIn(ctx, js); !ok {
+				return nil
+			}
+			return []doctor.Consumer{{Stream: transform.NormalizedStream, Name: cfg.Langfuse.Consumer, Stage: "langfuse"}}
 		}
 	}
 	return exp
