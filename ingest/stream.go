@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,8 +52,13 @@ func CallsStreamConfig(o StreamOptions) jetstream.StreamConfig {
 
 // EnsureStreams creates CALLPIPE_CALLS or updates it to o, so that changing a
 // setting takes effect instead of failing. Safe to run from every replica.
+//
+// On nats-server 2.14 and later the stream also allows fast batch publishing
+// (allow_batched, ADR-50), which replay uses; older servers reject that field,
+// so they get the stream without it and replay publishes call by call.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	cfg := CallsStreamConfig(o)
+	cfg.AllowBatchPublish = BatchPublishSupported(js.Conn().ConnectedServerVersion())
 	_, err := js.CreateOrUpdateStream(ctx, cfg)
 	if err != nil {
 		var apiErr *jetstream.APIError
@@ -61,4 +68,28 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 		return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 	}
 	return nil
+}
+
+// BatchPublishSupported reports whether a nats-server of version (as in the
+// INFO of the connection, "2.14.0", "v2.15.2-beta") accepts allow_batched.
+// An unknown version counts as unsupported: a missing fast path costs speed,
+// a rejected stream config stops the pipeline.
+func BatchPublishSupported(version string) bool {
+	major, minor, ok := serverVersion(version)
+	return ok && (major > 2 || major == 2 && minor >= 14)
+}
+
+func serverVersion(v string) (major, minor int, ok bool) {
+	v = strings.TrimPrefix(v, "v")
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return 0, 0, false
+	}
+	minorStr, _, _ := strings.Cut(parts[1], "-")
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(minorStr)
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return major, minor, true
 }

@@ -223,6 +223,8 @@ func BenchmarkReplayRate(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
 	b.ReportMetric(float64(b.N)/(archCPUSeconds()-cpu0), "calls/cpu-s")
+	// 1 when every call went in fast batches (allow_batched on the stream), 0 on the call-by-call path
+	b.ReportMetric(float64(res.Batched)/float64(b.N), "batched/op")
 }
 
 // archCPUSeconds is this process's user+system CPU time (the NATS and MinIO

@@ -36,8 +36,10 @@ type Options struct {
 	// (explicit user, else the API key's owner). Nil: the explicit user field.
 	UserOf func(ctx context.Context, ev *schema.Event) string
 	Sinks  []string // only these sinks process the replayed calls; empty: all
-	Rate   float64  // calls per second; 0: as fast as JetStream acknowledges
-	DryRun bool     // count what would be replayed, publish nothing
+	// Rate is calls per second; 0: as fast as JetStream acknowledges (and in
+	// fast batches when the stream allows them).
+	Rate   float64
+	DryRun bool // count what would be replayed, publish nothing
 
 	Bucket, Prefix string
 	MaxInFlight    int // published calls awaiting an ack (default 4096)
@@ -56,9 +58,13 @@ type Result struct {
 	Objects     int  // objects in the range
 	Resumed     int  // objects skipped because an earlier run finished them
 	Lines       int64
-	Matched     int64 // lines passing the filter (this run)
+	Matched     int64 // calls passing the filter that this run published and checkpointed (dry run: all of them)
 	Published   int64 // acknowledged by JetStream (all runs)
-	Duplicates  int64 // acknowledged as duplicates (already replayed within the duplicate window)
+	// Batched is how many of this run's published calls went in fast batches.
+	// JetStream acknowledges a batch as a whole, so duplicates among them are
+	// not known and not in Duplicates.
+	Batched     int64
+	Duplicates  int64 // acknowledged as duplicates (already replayed within the duplicate window), outside fast batches
 	Undecodable int64 // lines the schema decoder rejects (not replayed: normalize would dead-letter them again)
 	Elapsed     time.Duration
 }
@@ -113,7 +119,12 @@ func Run(ctx context.Context, nc *nats.Conn, s3 *minio.Client, cp *Checkpoints, 
 	if cp == nil && !o.DryRun {
 		return Result{}, errors.New("replay: a checkpoint store is required unless --dry-run")
 	}
-	r := &runner{o: o, cp: cp, s3: s3, res: Result{Job: o.Job}, start: time.Now()}
+	r := &runner{o: o, cp: cp, s3: s3, res: Result{Job: o.Job}, start: time.Now(), subject: Subject(o.Job)}
+	r.hdr = nats.Header{ingest.HeaderReplay: {o.Job}}
+	if len(o.Sinks) > 0 {
+		r.hdr[ingest.HeaderSinks] = []string{strings.Join(o.Sinks, ",")}
+	}
+	r.asyncOpts = []jetstream.PublishOpt{jetstream.WithStallWait(5 * time.Second)}
 	if o.Rate > 0 {
 		r.limit = rate.NewLimiter(rate.Limit(o.Rate), max(1, int(o.Rate/10)))
 	}
@@ -123,6 +134,19 @@ func Run(ctx context.Context, nc *nats.Conn, s3 *minio.Client, cp *Checkpoints, 
 			return r.res, fmt.Errorf("replay: jetstream: %w", err)
 		}
 		r.js = js
+		// a rate-limited job gains nothing from batches, and a slow one could
+		// outlast the server's idle timeout for an open batch
+		if o.Rate == 0 {
+			ok, err := batchAllowed(ctx, js, r.subject)
+			switch {
+			case err != nil:
+				o.Log.Warn("replay: cannot tell whether the stream allows fast batches; publishing call by call", "err", err)
+			case ok:
+				r.batch = newBatcher(js, r.subject, r.hdr)
+			default:
+				o.Log.Info("replay: stream does not allow fast batches (allow_batched; nats-server 2.14+); publishing call by call")
+			}
+		}
 	}
 	objs, err := archive.Keys(ctx, s3, o.Bucket, o.Prefix, o.From, o.To)
 	if err != nil {
@@ -195,73 +219,34 @@ type runner struct {
 	totalBytes  int64
 	doneBytes   atomic.Int64
 	doneObjects atomic.Int64
-	matched     atomic.Int64
+	matched     atomic.Int64 // read and matched (progress; the reader runs ahead of publishing)
+	// committed is how many matched calls of this run lie before the last
+	// checkpoint: what a resumed run must not count again
+	committed int64
 
-	window []jetstream.PubAckFuture
+	subject   string
+	hdr       nats.Header // replay headers shared by every message (read-only)
+	asyncOpts []jetstream.PublishOpt
+	window    []jetstream.PubAckFuture
+	// seg is the segment being published: its calls are kept until the
+	// checkpoint after them is saved.
+	seg      *segment
+	segments []*segment // reused by every object
+	// batch sends each segment as one fast batch; nil: every call on the
+	// async path. segAsync: the current segment's batch failed and the
+	// segment continues on the async path.
+	batch    *batcher
+	segAsync bool
+	segSent  int // calls of seg handed to JetStream
 }
 
 func (r *runner) finish() Result {
 	r.res.Elapsed = time.Since(r.start)
-	r.res.Matched = r.matched.Load()
-	return r.res
-}
-
-// object replays one archive object, checkpointing every CheckpointEvery lines.
-func (r *runner) object(ctx context.Context, ob archive.Object) error {
-	skip := int64(0)
-	if r.st.Object == ob.Key {
-		skip = r.st.Line
-	}
-	subject := Subject(r.o.Job)
-	sinks := strings.Join(r.o.Sinks, ",")
-	var line int64
-	// reading stops on ErrStopped, not on ctx, so that the position is known
-	err := archive.ReadObject(context.WithoutCancel(ctx), r.s3, r.o.Bucket, ob.Key, func(raw []byte) error {
-		if ctx.Err() != nil {
-			return ErrStopped
-		}
-		line++
-		r.res.Lines++
-		if line <= skip {
-			return nil
-		}
-		ev, err := schema.Decode(raw, r.o.Limits)
-		if err != nil {
-			r.res.Undecodable++
-			r.o.Log.Warn("replay: archived line does not decode; not replayed", "object", ob.Key, "line", line, "err", err)
-		} else if r.match(ctx, ev) {
-			r.matched.Add(1)
-			if !r.o.DryRun {
-				if err := r.publish(ctx, subject, sinks, ev.ID, raw); err != nil {
-					if ctx.Err() != nil {
-						line-- // not sent
-						return ErrStopped
-					}
-					return err
-				}
-			}
-		}
-		if !r.o.DryRun && line%int64(r.o.CheckpointEvery) == 0 {
-			return r.checkpoint(context.WithoutCancel(ctx), ob.Key, line, "")
-		}
-		return nil
-	})
-	if errors.Is(err, ErrStopped) {
-		if r.o.DryRun {
-			return ErrStopped
-		}
-		if cerr := r.checkpoint(context.WithoutCancel(ctx), ob.Key, line, ""); cerr != nil {
-			return cerr
-		}
-		return ErrStopped
-	}
-	if err != nil {
-		return fmt.Errorf("replay: %w", err)
-	}
+	r.res.Matched = r.committed
 	if r.o.DryRun {
-		return nil
+		r.res.Matched = r.matched.Load()
 	}
-	return r.checkpoint(context.WithoutCancel(ctx), "", 0, ob.Key)
+	return r.res
 }
 
 func (r *runner) match(ctx context.Context, ev *schema.Event) bool {
@@ -283,34 +268,6 @@ func (r *runner) match(ctx context.Context, ev *schema.Event) bool {
 	return true
 }
 
-func (r *runner) publish(ctx context.Context, subject, sinks, id string, raw []byte) error {
-	if r.limit != nil {
-		if err := r.limit.Wait(ctx); err != nil {
-			return err
-		}
-	}
-	m := nats.NewMsg(subject)
-	m.Data = append([]byte(nil), raw...)
-	m.Header.Set(ingest.HeaderReplay, r.o.Job)
-	if sinks != "" {
-		m.Header.Set(ingest.HeaderSinks, sinks)
-	}
-	for {
-		f, err := r.js.PublishMsgAsync(m, jetstream.WithMsgID(ingest.ReplayMsgID(r.o.Job, id)), jetstream.WithStallWait(5*time.Second))
-		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
-			if err := r.wait(ctx); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("replay: publish %s: %w", id, err)
-		}
-		r.window = append(r.window, f)
-		return nil
-	}
-}
-
 // wait settles every publish in flight: failures are re-sent synchronously
 // (same Nats-Msg-Id, so a publish that did land is not stored twice).
 func (r *runner) wait(ctx context.Context) error {
@@ -319,6 +276,9 @@ func (r *runner) wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	// from here on the window is consumed: a stop must not cut it short, or
+	// the checkpoint after the stop would count a call twice or not at all
+	ctx = context.WithoutCancel(ctx)
 	for _, f := range r.window {
 		var ack *jetstream.PubAck
 		var err error
@@ -328,11 +288,7 @@ func (r *runner) wait(ctx context.Context) error {
 		}
 		for attempt := 1; err != nil && attempt <= 5; attempt++ {
 			r.o.Log.Warn("replay: publish failed; re-sending", "attempt", attempt, "err", err)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
-			}
+			time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			ack, err = r.js.PublishMsg(pctx, f.Msg())
 			cancel()
@@ -347,16 +303,6 @@ func (r *runner) wait(ctx context.Context) error {
 	}
 	r.window = r.window[:0]
 	return nil
-}
-
-// checkpoint waits for the acks, then records the position: inside object
-// (line lines done) or, with objectDone set, after that object.
-func (r *runner) checkpoint(ctx context.Context, object string, line int64, objectDone string) error {
-	if err := r.wait(ctx); err != nil {
-		return err
-	}
-	r.st.Object, r.st.Line, r.st.Published, r.st.Matched = object, line, r.res.Published, r.baseMatched+r.matched.Load()
-	return r.cp.Save(context.WithoutCancel(ctx), r.o.Job, r.st, objectDone)
 }
 
 // progress prints objects, calls, rate and ETA every ProgressEvery until stopped.

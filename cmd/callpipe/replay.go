@@ -126,8 +126,12 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 			case dryRun:
 				fmt.Fprintf(out, "replay %s (dry run): %d objects, %d lines, %d calls match, %d undecodable\n", res.Job, res.Objects, res.Lines, res.Matched, res.Undecodable)
 			default:
-				fmt.Fprintf(out, "replay %s: done: %d objects (%d finished earlier), %d calls published (%d duplicates), %d undecodable lines skipped, %s\n",
-					res.Job, res.Objects, res.Resumed, res.Published, res.Duplicates, res.Undecodable, res.Elapsed.Round(time.Millisecond))
+				dups := fmt.Sprintf("%d duplicates", res.Duplicates)
+				if res.Batched > 0 { // JetStream acks a fast batch as a whole: its duplicates are unknown
+					dups = fmt.Sprintf("%d in fast batches, duplicates not counted; %d duplicates among the others", res.Batched, res.Duplicates)
+				}
+				fmt.Fprintf(out, "replay %s: done: %d objects (%d finished earlier), %d calls published (%s), %d undecodable lines skipped, %s\n",
+					res.Job, res.Objects, res.Resumed, res.Published, dups, res.Undecodable, res.Elapsed.Round(time.Millisecond))
 			}
 			return nil
 		},
