@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/harness"
 	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
@@ -126,47 +128,90 @@ func BenchmarkArchiveStore(b *testing.B) {
 	}
 }
 
-// BenchmarkArchiveSink measures the whole sink: N ~1 KB events are published
-// to the test's subject, then the sink (in process) consumes, archives and
-// acks them; MB/s is raw JSON archived per second.
+// BenchmarkArchiveSink measures the whole sink: N ~1 KB or ~8 KB events are
+// published to the test's subject, then the sink (in process) consumes,
+// archives and acks them; rawMB/s is raw JSON archived per second (the final
+// age flush, 1 s, included). js-consume-calls/s is a consumer of the same
+// messages that only pulls and acks: the sink's ceiling on this machine.
 //
 //	go test -run '^$' -bench 'ArchiveSink$' -benchtime 3x ./integration
 func BenchmarkArchiveSink(b *testing.B) {
-	const n = 50000
-	var total time.Duration
-	var cpu float64
-	var bytes int64
-	for range b.N {
-		e := newArchEnv(b)
-		evs := benchArchiveEvents(e.run, n)
-		raws := eventRaws(evs)
-		var size int64
-		for _, r := range raws {
-			size += int64(len(r))
-		}
-		b.SetBytes(size)
-		e.publish(b, raws, func(i int) string { return evs[i].id }, nil)
-		last := e.lastSeq(b)
-		s, err := archive.NewSink(e.nc, e.s3, archive.SinkConfig{Consumer: e.consumer, FilterSubject: e.subject + ".>",
-			Bucket: archBucket, Prefix: e.prefix, FlushBytes: 16 << 20, FlushInterval: time.Second, AckWait: time.Minute})
+	for _, c := range []struct {
+		name    string
+		n, size int
+	}{{"1KB", 200000, 800}, {"8KB", 40000, 8000}} {
+		b.Run(c.name, func(b *testing.B) {
+			var total, jsTotal time.Duration
+			var cpu float64
+			var bytes int64
+			for range b.N {
+				b.StopTimer()
+				e := newArchEnv(b)
+				evs := archEvents(e.run, c.n, time.Date(2024, 2, 2, 0, 0, 0, 0, time.UTC), 1, c.size, 3)
+				raws := eventRaws(evs)
+				var size int64
+				for _, r := range raws {
+					size += int64(len(r))
+				}
+				e.publish(b, raws, func(i int) string { return evs[i].id }, nil)
+				last := e.lastSeq(b)
+				jsTotal += archJetStreamConsume(b, e, c.n)
+				s, err := archive.NewSink(e.nc, e.s3, archive.SinkConfig{Consumer: e.consumer, FilterSubject: e.subject + ".>",
+					Bucket: archBucket, Prefix: e.prefix, FlushBytes: 16 << 20, FlushInterval: time.Second, AckWait: time.Minute})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				b.StartTimer()
+				start, cpu0 := time.Now(), archCPUSeconds()
+				go func() { done <- s.Run(ctx) }()
+				e.waitArchived(b, 5*time.Minute, last)
+				total += time.Since(start)
+				cpu += archCPUSeconds() - cpu0
+				bytes += size
+				cancel()
+				if err := <-done; err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(c.n*b.N)/total.Seconds(), "calls/s")
+			b.ReportMetric(float64(bytes)/1e6/total.Seconds(), "rawMB/s")
+			b.ReportMetric(float64(bytes)/1e6/cpu, "MB/cpu-s")
+			b.ReportMetric(float64(c.n*b.N)/jsTotal.Seconds(), "js-consume-calls/s")
+		})
+	}
+}
+
+// archJetStreamConsume times a consumer that only pulls and acks the test's
+// n messages: the JetStream side of the sink with no work, its ceiling.
+func archJetStreamConsume(b *testing.B, e *archEnv, n int) time.Duration {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cons, err := e.js.CreateOrUpdateConsumer(ctx, ingest.CallsStream, jetstream.ConsumerConfig{Durable: e.consumer + "-raw",
+		FilterSubject: e.subject + ".>", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 500000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = e.js.DeleteConsumer(context.Background(), ingest.CallsStream, e.consumer+"-raw") }()
+	it, err := cons.Messages(jetstream.PullMaxBytes(8 << 20))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer it.Stop()
+	start := time.Now()
+	for range n {
+		m, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			b.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		start, cpu0 := time.Now(), archCPUSeconds()
-		go func() { done <- s.Run(ctx) }()
-		e.waitArchived(b, 5*time.Minute, last)
-		total += time.Since(start)
-		cpu += archCPUSeconds() - cpu0
-		bytes += size
-		cancel()
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
+		_ = m.Ack()
 	}
-	b.ReportMetric(float64(n*b.N)/total.Seconds(), "calls/s")
-	b.ReportMetric(float64(bytes)/1e6/cpu, "MB/cpu-s")
+	if err := e.nc.FlushWithContext(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
 }
 
 // BenchmarkReplayRate measures `replay` publishing archived ~1 KB calls into
