@@ -203,8 +203,10 @@ func TestServeDashboard(t *testing.T) {
 	ny, _ := time.LoadLocation(browserTZ)
 	now := time.Now()
 	todayStart := time.Date(now.In(ny).Year(), now.In(ny).Month(), now.In(ny).Day(), 0, 0, 0, 0, ny)
-	// Calls over the last week, and some surely today (in New York).
-	calls := serveCalls(21, "ui", 700, now.Add(-6*24*time.Hour-12*time.Hour), 6*24*time.Hour+11*time.Hour)
+	// Calls over the last week — the seven New York dates the overview shows,
+	// whatever the time of day the test runs at — and some surely today.
+	weekStart := todayStart.AddDate(0, 0, -6)
+	calls := serveCalls(21, "ui", 700, weekStart, now.Add(-time.Hour).Sub(weekStart))
 	todayFrom := todayStart
 	if now.Sub(todayFrom) > 3*time.Hour {
 		todayFrom = now.Add(-3 * time.Hour)
