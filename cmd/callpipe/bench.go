@@ -608,19 +608,9 @@ func (b *bench) rawJetStream(ctx context.Context) (float64, error) {
 		return 0, err
 	}
 	defer cc.Stop()
-	js, err := jetstream.New(b.js.Conn(), jetstream.WithPublishAsyncMaxPending(4000))
+	js, err := b.publishEvents("bench.raw."+b.runID, "raw-")
 	if err != nil {
-		return 0, err
-	}
-	var buf []byte
-	now := time.Now()
-	for i := 0; i < n; i++ {
-		buf = benchEvent(buf[:0], b.runID, i, b.o.size, now)
-		msg := &nats.Msg{Subject: "bench.raw." + b.runID, Data: slices.Clone(buf), Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, "raw-"+strconv.Itoa(i))
-		if _, err := js.PublishMsgAsync(msg); err != nil {
-			return 0, fmt.Errorf("raw publish: %w", err)
-		}
+		return 0, fmt.Errorf("raw publish: %w", err)
 	}
 	select {
 	case <-js.PublishAsyncComplete():
@@ -639,6 +629,27 @@ func (b *bench) rawJetStream(ctx context.Context) (float64, error) {
 
 // rawClickHouse inserts the same events, normalized in process, into a
 // scratch database with the sink's output and nothing else running.
+// publishEvents publishes --events bench events of --size bytes to subject
+// asynchronously (Nats-Msg-Id idPrefix+index) and returns the JetStream
+// context whose PublishAsyncComplete says when they are all acknowledged.
+func (b *bench) publishEvents(subject, idPrefix string) (jetstream.JetStream, error) {
+	js, err := jetstream.New(b.js.Conn(), jetstream.WithPublishAsyncMaxPending(4000))
+	if err != nil {
+		return nil, err
+	}
+	var buf []byte
+	now := time.Now()
+	for i := range b.o.events {
+		buf = benchEvent(buf[:0], b.runID, i, b.o.size, now)
+		msg := &nats.Msg{Subject: subject, Data: slices.Clone(buf), Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, idPrefix+strconv.Itoa(i))
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			return nil, err
+		}
+	}
+	return js, nil
+}
+
 func (b *bench) rawClickHouse(ctx context.Context) (float64, error) {
 	oc, err := clickhouseOutputConfig(b.cfg)
 	if err != nil {

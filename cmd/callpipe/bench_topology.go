@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,21 +102,10 @@ func (b *bench) rawTopology(ctx context.Context) (float64, error) {
 			return 0, err
 		}
 	}
-	js, err := jetstream.New(b.js.Conn(), jetstream.WithPublishAsyncMaxPending(4000))
-	if err != nil {
-		return 0, err
-	}
-	var buf []byte
-	now := time.Now()
-	for i := range n {
-		buf = benchEvent(buf[:0], b.runID, i, b.o.size, now)
-		msg := &nats.Msg{Subject: subjects[0], Data: slices.Clone(buf), Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, "topo-"+strconv.Itoa(i))
-		if _, err := js.PublishMsgAsync(msg); err != nil {
-			cancel()
-			wg.Wait()
-			return 0, fmt.Errorf("topology publish: %w", err)
-		}
+	if _, err := b.publishEvents(subjects[0], "topo-"); err != nil {
+		cancel()
+		wg.Wait()
+		return 0, fmt.Errorf("topology publish: %w", err)
 	}
 	wg.Wait()
 	close(errs)

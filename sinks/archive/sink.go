@@ -209,21 +209,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("archive sink: pull: %w", err)
 	}
-	items := make(chan item, 4096)
-	go func() {
-		defer close(items)
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					return
-				}
-				s.log.Warn("archive sink: pull", "err", err)
-				continue
-			}
-			items <- s.classify(m)
-		}
-	}()
+	items := pipeline.Pull(it, 4096, s.log, "archive sink", s.classify)
 
 	var uploads sync.WaitGroup
 	slots := make(chan struct{}, s.cfg.MaxUploads)

@@ -192,21 +192,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("clickhouse sink: pull: %w", err)
 	}
-	msgs := make(chan jetstream.Msg, 1024)
-	go func() {
-		defer close(msgs)
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					return
-				}
-				s.log.Warn("clickhouse sink: pull", "err", err)
-				continue
-			}
-			msgs <- m
-		}
-	}()
+	msgs := pipeline.Pull(it, 1024, s.log, "clickhouse sink", func(m jetstream.Msg) jetstream.Msg { return m })
 
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, s.out.cfg.MaxInFlight)
