@@ -55,12 +55,32 @@ var (
 	reDBTable     = regexp.MustCompile(`\{db\}\.(\w+)`)
 	reIDColumn    = regexp.MustCompile(`(?m)^[\s(]*id\s+[A-Z]`)
 	reColumnAlter = regexp.MustCompile(`(?i)^\s*(ADD|MODIFY|DROP|RENAME|COMMENT) COLUMN\b`)
+	reDropTable   = regexp.MustCompile(`^DROP TABLE IF EXISTS \{db\}\.(\w+)$`)
+	reBackfill    = regexp.MustCompile(`(?s)^INSERT INTO \{db\}\.\w+ \([\w, ]+\)\s+SELECT .*\sFROM \{db\}\.\w+$`)
+	rePeriodCol   = regexp.MustCompile(`(?m)^[\s(]*(period|hour)\s+DateTime`)
 )
+
+// shardingKey is how a table's rows are spread over shards: by call id, so
+// every copy of a call lands on one shard; tables without calls (rollups,
+// seals, dirty marks) by their period, so a seal's rows and its record share
+// a shard.
+func shardingKey(name, cols string) (string, error) {
+	if reIDColumn.MatchString(cols) {
+		return "cityHash64(id)", nil
+	}
+	if m := rePeriodCol.FindStringSubmatch(cols); m != nil {
+		return "toUInt32(" + m[1] + ")", nil
+	}
+	return "", fmt.Errorf("clickhouse cluster mode: table %s has no id or period column to shard by", name)
+}
 
 // Statements returns stmt (a migration or bootstrap statement, {db} in place)
 // as it runs on this topology: itself on one server, the cluster form
 // described at Topology otherwise. A statement the rewrite does not
 // understand is an error rather than something run on one node only.
+// Statements a migration may hold: CREATE TABLE / MATERIALIZED VIEW ... IF
+// NOT EXISTS, ALTER TABLE, DROP TABLE IF EXISTS, and a backfill
+// INSERT INTO {db}.T (columns) SELECT ... FROM {db}.U.
 func (t Topology) Statements(stmt string) ([]string, error) {
 	if !t.Clustered() {
 		return []string{stmt}, nil
@@ -88,12 +108,20 @@ func (t Topology) Statements(stmt string) ([]string, error) {
 			// read and written on the migrating node only: no Distributed layer
 			return []string{strings.Replace(create, "{db}."+local, "{db}.schema_migrations", 1)}, nil
 		}
-		dist := fmt.Sprintf("CREATE TABLE IF NOT EXISTS {db}.%s ON CLUSTER %s AS {db}.%s ENGINE = Distributed(%s, {db}, %s, cityHash64(id))",
-			name, c, local, c, local)
-		if !reIDColumn.MatchString(cols) {
-			return nil, fmt.Errorf("clickhouse cluster mode: table %s has no id column to shard by", name)
+		key, err := shardingKey(name, cols)
+		if err != nil {
+			return nil, err
 		}
+		dist := fmt.Sprintf("CREATE TABLE IF NOT EXISTS {db}.%s ON CLUSTER %s AS {db}.%s ENGINE = Distributed(%s, {db}, %s, %s)",
+			name, c, local, c, local, key)
 		return []string{create, dist}, nil
+	case reDropTable.MatchString(stmt):
+		name := reDropTable.FindStringSubmatch(stmt)[1]
+		return []string{stmt + t.onCluster(), "DROP TABLE IF EXISTS {db}." + name + "_local" + t.onCluster()}, nil
+	case reBackfill.MatchString(stmt):
+		// a backfill runs once, on the migrating node, through the
+		// Distributed tables: it reads every shard and writes by sharding key
+		return []string{stmt}, nil
 	case reCreateMV.MatchString(stmt):
 		m := reCreateMV.FindStringSubmatch(stmt)
 		body := reDBTable.ReplaceAllString(m[3], "{db}.${1}_local")

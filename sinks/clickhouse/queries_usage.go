@@ -87,96 +87,32 @@ type UsageSpec struct {
 	TZ       string
 }
 
-// needsCalls reports whether s needs columns the rollup ledgers lack
-// (source, batch_id): then it reads the wide calls table, still deduplicated
-// by id the same way.
-func (s UsageSpec) needsCalls() bool {
-	return s.Group.Source || s.Filter.Source != "" || s.Filter.BatchID != ""
-}
-
-// source picks the table whose sort key serves s: hour x model from
-// usage_hour_model, anything else from usage_day_model_user, and calls when
-// source or batch_id is involved. Every one holds every call, so each gives
-// the same numbers.
-func (s UsageSpec) source() (table, prefilter string) {
-	f, t := s.From.Unix(), s.To.Unix()
-	switch {
-	case s.needsCalls():
-		return "calls", "1"
-	case s.Group.Bucket == BucketHour && !s.Group.User:
-		return "usage_hour_model", fmt.Sprintf("hour >= toStartOfHour(toDateTime(%d, 'UTC')) AND hour <= toStartOfHour(toDateTime(%d, 'UTC'))", f, t)
-	}
-	return "usage_day_model_user", fmt.Sprintf("day >= toDate(toDateTime(%d, 'UTC')) AND day <= toDate(toDateTime(%d, 'UTC'))", f, t)
-}
-
-func (g GroupBy) source() (table, dayFilter string) {
-	return UsageSpec{Group: g}.source()
-}
-
-// UsageQuery is the SQL of Usage for the half-open range [from, to), UTC
-// buckets, no filter.
+// UsageQuery is the exact per-call SQL of Usage for the half-open range
+// [from, to), UTC buckets, no filter.
 func UsageQuery(from, to time.Time, g GroupBy) string {
 	return UsageSQL(UsageSpec{From: from, To: to, Group: g})
 }
 
-// UsageSQL is the SQL of UsageSpec. The inner query collapses the per-call
-// ledger by id — the copy with the highest version wins, like
-// ReplacingMergeTree — so a call stored several times (redelivery, replay,
-// retried insert) counts once whether or not ClickHouse has merged the
-// copies yet. Filters apply to that newest copy (a replay that re-attributes
-// a call moves it), so they sit in the outer query. Quantiles are exact
-// (quantilesExact) over the deduplicated calls. Columns: bucket, model_key,
-// user_key, [source_key when grouped by source], calls, errors,
-// input/output/total tokens, cost, latency quantiles, ttft calls, ttft
-// quantiles.
+// UsageSQL is the exact per-call SQL of s over all of [From, To): what
+// UsageOf runs when no clean seal covers part of the range.
 func UsageSQL(s UsageSpec) string {
-	table, prefilter := s.source()
-	f, t := s.From.Unix(), s.To.Unix()
-	g := s.Group
-	tz := ""
-	if s.TZ != "" && s.TZ != "UTC" {
-		tz = ", " + SQLString(s.TZ)
-	}
-	bucket := "toDateTime(0, 'UTC')"
-	switch g.Bucket {
-	case BucketHour:
-		bucket = "toStartOfHour(c_start" + tz + ")"
-	case BucketDay:
-		bucket = "toStartOfDay(c_start" + tz + ")"
-	}
-	keys := []string{bucket + " AS bucket"}
-	order := []string{"bucket"}
-	add := func(on bool, col, alias string) {
-		if on {
-			keys = append(keys, col+" AS "+alias)
-		} else {
-			keys = append(keys, "'' AS "+alias)
-		}
-		order = append(order, alias)
-	}
-	add(g.Model, "c_model", "model_key")
-	add(g.User, "c_user", "user_key")
-	if g.Source {
-		add(true, "c_source", "source_key")
-	}
-	isError, cost, extra := "is_error", "cost", ""
-	if table == "calls" {
-		isError, cost = "toUInt8((status >= 400) OR (error != ''))", "ifNull(cost_usd, 0.)"
-		extra = `,
-        argMax(source, version) AS c_source,
-        argMax(batch_id, version) AS c_batch`
-	}
-	var where []string
-	for _, c := range []struct{ col, v string }{
-		{"c_model", s.Filter.Model}, {"c_user", s.Filter.User}, {"c_source", s.Filter.Source}, {"c_batch", s.Filter.BatchID},
-	} {
-		if c.v != "" {
-			where = append(where, c.col+" = "+SQLString(c.v))
-		}
-	}
+	return usageExactSQL(s, timeRangeSQL("start_time", s.From.Unix(), s.To.Unix()))
+}
+
+// usageExactSQL aggregates the per-call rows of calls matching where. The
+// inner query collapses them by id — the copy with the highest version wins,
+// like ReplacingMergeTree — so a call stored several times (redelivery,
+// replay, retried insert) counts once whether or not ClickHouse has merged
+// the copies yet. Filters apply to that newest copy (a replay that
+// re-attributes a call moves it), so they sit in the outer query. Quantiles
+// are exact (quantilesExact). Columns: bucket, model_key, user_key,
+// [source_key when grouped by source], calls, errors, input/output/total
+// tokens, cost, latency quantiles, ttft calls, ttft quantiles.
+func usageExactSQL(s UsageSpec, where string) string {
+	keys, order := usageKeys(s, "c_start", "c_model", "c_user", "c_source")
 	outerWhere := ""
-	if len(where) > 0 {
-		outerWhere = "\nWHERE " + strings.Join(where, " AND ")
+	if w := usageFilters(s.Filter, "c_model", "c_user", "c_source", "c_batch"); len(w) > 0 {
+		outerWhere = "\nWHERE " + strings.Join(w, " AND ")
 	}
 	return fmt.Sprintf(`SELECT
     %[1]s,
@@ -191,26 +127,10 @@ func UsageSQL(s UsageSpec) string {
     arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95, 0.99)(c_ttft, c_has_ttft)) AS ttft_q
 FROM
 (
-    SELECT
-        id,
-        argMax(start_time, version) AS c_start,
-        argMax(model, version) AS c_model,
-        argMax(user_id, version) AS c_user,
-        argMax(%[2]s, version) AS c_error,
-        argMax(input_tokens, version) AS c_in,
-        argMax(output_tokens, version) AS c_out,
-        argMax(total_tokens, version) AS c_total,
-        argMax(%[3]s, version) AS c_cost,
-        argMax(latency_ms, version) AS c_latency,
-        argMax(ifNull(ttft_ms, 0), version) AS c_ttft,
-        argMax(toUInt8(isNotNull(ttft_ms)), version) AS c_has_ttft%[4]s
-    FROM {db}.%[5]s
-    WHERE %[6]s
-      AND start_time >= toDateTime(%[7]d, 'UTC') AND start_time < toDateTime(%[8]d, 'UTC')
-    GROUP BY id
-)%[9]s
-GROUP BY %[10]s
-ORDER BY %[10]s`, strings.Join(keys, ",\n    "), isError, cost, extra, table, prefilter, f, t, outerWhere, strings.Join(order, ", "))
+    %[2]s
+)%[3]s
+GROUP BY %[4]s
+ORDER BY %[4]s`, strings.Join(keys, ",\n    "), collapsedCallsSQL(where), outerWhere, strings.Join(order, ", "))
 }
 
 // Call list, details and traces read {db}.calls, newest copy per id.
@@ -269,5 +189,7 @@ func readQueries(sampleFrom, sampleTo time.Time) []string {
 		CallQuery("chdb-0000001"),
 		TraceQuery("t-1", 1000),
 	)
+	q = append(q, rollupQueries(sampleFrom)...)
+	q = append(q, samplePlannedUsage(sampleFrom, sampleTo)...)
 	return append(q, exportQueries(sampleFrom, sampleTo)...) // export owns queries_export.go
 }

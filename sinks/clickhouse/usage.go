@@ -28,10 +28,13 @@ type UsageRow struct {
 	LatencyMS    Quantiles
 	TTFTCalls    uint64    // calls with a time to first token
 	TTFTMS       Quantiles // over TTFTCalls; zero when there are none
+	// Histogram: the quantiles come from the sealed rollups' histograms
+	// (relative error at most HistogramRelativeError); else they are exact.
+	Histogram bool `json:",omitempty"`
 }
 
-// Quantiles are exact p50/p95/p99 (ClickHouse quantileExact: the element at
-// index floor(level*n) of the sorted values).
+// Quantiles are p50/p95/p99 with ClickHouse quantileExact's ranks (the
+// element at index floor(level*n) of the sorted values).
 type Quantiles struct{ P50, P95, P99 float64 }
 
 // Usage returns exact usage for calls that started in [from, to) (whole
@@ -41,8 +44,13 @@ func Usage(ctx context.Context, conn driver.Conn, db string, from, to time.Time,
 	return UsageOf(ctx, conn, db, UsageSpec{From: from, To: to, Group: g})
 }
 
-// UsageOf returns exact usage for s, ordered by its group keys. Buckets are
-// the start of the hour or day in s.TZ (times in that location).
+// UsageOf returns usage for s, ordered by its group keys. Buckets are the
+// start of the hour or day in s.TZ (times in that location). Counts, tokens
+// and cost are exact; each call counts once however often it was delivered
+// or inserted. Hours with a clean seal are read from the rollups (latency
+// and TTFT quantiles then come from histograms, Histogram set), the rest
+// from the per-call rows (exact quantiles when nothing is read from the
+// rollups).
 func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]UsageRow, error) {
 	if !s.To.After(s.From) {
 		return nil, fmt.Errorf("clickhouse usage: empty range [%s, %s)", s.From, s.To)
@@ -54,20 +62,40 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 			return nil, fmt.Errorf("clickhouse usage: time zone: %w", err)
 		}
 	}
-	rows, err := conn.Query(ctx, WithDB(UsageSQL(s), db))
+	from, to := floorTo(s.From.Unix(), 86400), ceilTo(s.To.Unix(), 86400)
+	st, err := loadSeals(ctx, conn, db, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	if st.dirty, err = loadDirty(ctx, conn, db, from, to); err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	plan := planUsage(s, st, loc)
+	histogram := len(plan.rollup) > 0
+	sql := usageExactSQL(s, plan.perCallWhere())
+	if histogram {
+		sql = usageRollupSQL(s, plan)
+	}
+	rows, err := conn.Query(ctx, WithDB(sql, db))
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}
 	defer rows.Close()
 	var out []UsageRow
 	for rows.Next() {
-		var r UsageRow
-		var lat, ttft []float64
+		r := UsageRow{Histogram: histogram}
 		dest := []any{&r.Bucket, &r.Model, &r.UserID}
 		if s.Group.Source {
 			dest = append(dest, &r.Source)
 		}
-		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD, &lat, &r.TTFTCalls, &ttft)
+		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
+		var lat, ttft []float64
+		var latH, ttftH Histogram
+		if histogram {
+			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
+		} else {
+			dest = append(dest, &lat, &r.TTFTCalls, &ttft)
+		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 		}
@@ -75,9 +103,13 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		if s.Group.Bucket == BucketNone {
 			r.Bucket = time.Time{}
 		}
-		r.LatencyMS = quantiles(lat)
-		if r.TTFTCalls > 0 {
-			r.TTFTMS = quantiles(ttft)
+		if histogram {
+			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
+		} else {
+			r.LatencyMS = quantiles(lat)
+			if r.TTFTCalls > 0 {
+				r.TTFTMS = quantiles(ttft)
+			}
 		}
 		out = append(out, r)
 	}
