@@ -26,13 +26,13 @@ func clickhouseOutputConfig(cfg *config.Config) (chsink.OutputConfig, error) {
 	return chsink.OutputConfig{
 		Addr: c.Addr, Database: c.Database, User: c.User, Password: c.Password, TLS: tlsCfg,
 		MaxTextBytes: int(c.MaxTextBytes), MaxInFlight: c.MaxInFlight,
-		Topology: chsink.Topology{Cluster: c.Cluster},
+		Topology: chsink.Topology{Cluster: c.Cluster}, SealAfter: cfg.SealAfter(),
 	}, nil
 }
 
 func clickhouseRetention(cfg *config.Config) chsink.Retention {
 	r := cfg.ClickHouse.RetentionDays
-	return chsink.Retention{Calls: r.Calls, UsageDayModelUser: r.UsageDayModelUser, UsageHourModel: r.UsageHourModel}
+	return chsink.Retention{Calls: r.Calls, Rollups: r.Rollups}
 }
 
 // migrateClickHouse applies the ClickHouse migrations (idempotent, safe to run

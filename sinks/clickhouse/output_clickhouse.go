@@ -44,6 +44,10 @@ type OutputConfig struct {
 	// synchronously (insert_distributed_sync=1), so an ack means the shards
 	// stored the rows.
 	Topology Topology
+	// SealAfter is the rollups' redelivery horizon (DefaultSealAfter when 0):
+	// calls for hours older than it are late and mark their hours dirty
+	// (see rollup.go). It must match the sealer's.
+	SealAfter time.Duration
 }
 
 // Output writes batches of calls into {db}.calls (and, through the
@@ -164,10 +168,17 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 	}
 	defer func() { <-o.inflight }()
 
-	if settings := o.insertSettings(strings.Join(dedupToken, "")); len(settings) > 0 {
-		ctx = ch.Context(ctx, ch.WithSettings(settings))
+	// A late call's hour is marked before the INSERT (reads switch to its
+	// per-call rows) and again after it (a seal that began reading during
+	// the INSERT is older than that mark, so the hour is sealed again).
+	if err := o.markLate(ctx, calls); err != nil {
+		return err
 	}
-	b, err := o.conn.PrepareBatch(ctx, o.insert)
+	insertCtx := ctx
+	if settings := o.insertSettings(strings.Join(dedupToken, "")); len(settings) > 0 {
+		insertCtx = ch.Context(ctx, ch.WithSettings(settings))
+	}
+	b, err := o.conn.PrepareBatch(insertCtx, o.insert)
 	if err != nil {
 		return fmt.Errorf("clickhouse prepare insert: %w", err)
 	}
@@ -179,6 +190,25 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 		}
 	}
 	if err := b.Send(); err != nil {
+		return fmt.Errorf("clickhouse insert %d calls: %w", len(calls), err)
+	}
+	return o.markLate(ctx, calls)
+}
+
+// markLate marks the hours of calls that are late now.
+func (o *Output) markLate(ctx context.Context, calls []schema.Call) error {
+	now := time.Now()
+	late := LateHours(func(yield func(time.Time) bool) {
+		for i := range calls {
+			if !yield(calls[i].StartTime) {
+				return
+			}
+		}
+	}, now, o.cfg.SealAfter)
+	if len(late) == 0 {
+		return nil
+	}
+	if err := MarkDirty(ctx, o.conn, o.cfg.Database, o.cfg.Topology, late, "late", now); err != nil {
 		return fmt.Errorf("clickhouse insert %d calls: %w", len(calls), err)
 	}
 	return nil

@@ -19,11 +19,13 @@ import (
 // 18.16 has no TTL: DropExpired drops whole partitions once every row in
 // them is expired (ALTER TABLE ... DROP PARTITION ID), run periodically by
 // the clickhouse stage and by `callpipe migrate --retention`. Its grain is
-// the partition: a day for calls, a month for the rollups.
+// the partition: a day for calls, a month for the rollups. The per-call
+// tables (calls, calls_by_user, usage_dirty_hours) keep Calls days, the
+// sealed rollups (usage_rollup, usage_seals) Rollups days; a calls day is
+// dropped only once its day is sealed, so no usage is lost with it.
 type Retention struct {
-	Calls             int
-	UsageDayModelUser int
-	UsageHourModel    int
+	Calls   int
+	Rollups int
 }
 
 // retainedTable is a table with a retention setting: the column its age is
@@ -32,12 +34,18 @@ type retainedTable struct {
 	name, column string
 	monthly      bool // toYYYYMM partitions; else toYYYYMMDD
 	days         func(Retention) int
+	perCall      bool // dropped only once the day is sealed
 }
 
+func callsDays(r Retention) int   { return r.Calls }
+func rollupsDays(r Retention) int { return r.Rollups }
+
 var retainedTables = []retainedTable{
-	{name: "calls", column: "start_time", days: func(r Retention) int { return r.Calls }},
-	{name: "usage_day_model_user", column: "day", monthly: true, days: func(r Retention) int { return r.UsageDayModelUser }},
-	{name: "usage_hour_model", column: "hour", monthly: true, days: func(r Retention) int { return r.UsageHourModel }},
+	{name: "calls", column: "start_time", days: callsDays, perCall: true},
+	{name: "calls_by_user", column: "start_time", days: callsDays, perCall: true},
+	{name: "usage_dirty_hours", column: "hour", monthly: true, days: callsDays},
+	{name: "usage_rollup", column: "period", monthly: true, days: rollupsDays},
+	{name: "usage_seals", column: "period", monthly: true, days: rollupsDays},
 }
 
 // ttlExpr is the TTL expression of a table kept days days.
@@ -161,6 +169,11 @@ func DropExpired(ctx context.Context, conn driver.Conn, db string, topo Topology
 		if err != nil {
 			return dropped, fmt.Errorf("clickhouse retention %s.%s: %w", db, local, err)
 		}
+		if t.perCall && len(expired) > 0 {
+			if expired, err = sealedDays(ctx, conn, db, expired, log); err != nil {
+				return dropped, fmt.Errorf("clickhouse retention %s.%s: %w", db, local, err)
+			}
+		}
 		for _, id := range expired {
 			stmt := WithDB(DropPartitionStatement(topo, local, id), db)
 			if err := conn.Exec(ctx, stmt); err != nil {
@@ -188,4 +201,27 @@ func partitionIDs(ctx context.Context, conn driver.Conn, db, table string) ([]st
 		ids = append(ids, id)
 	}
 	return ids, rows.Err()
+}
+
+// sealedDays keeps the YYYYMMDD partition ids whose day has a seal: their
+// usage is in the rollups. The others wait for the sealer (and are logged).
+func sealedDays(ctx context.Context, conn driver.Conn, db string, ids []string, log *slog.Logger) ([]string, error) {
+	var keep []string
+	for _, id := range ids {
+		end, err := PartitionEnd(id, false)
+		if err != nil {
+			return nil, err
+		}
+		d := end.AddDate(0, 0, -1).Unix()
+		st, err := loadSeals(ctx, conn, db, d, d+86400)
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := st.days[d]; ok {
+			keep = append(keep, id)
+			continue
+		}
+		log.Warn("clickhouse retention: day past retention kept until the rollups seal it", "partition", id)
+	}
+	return keep, nil
 }

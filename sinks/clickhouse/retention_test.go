@@ -44,10 +44,10 @@ func TestTableSettingStatements(t *testing.T) {
 	modern, _ := ParseServerVersion("24.8.1.1")
 	engines := map[string]string{
 		"calls":                "ReplacingMergeTree(version) PARTITION BY toYYYYMMDD(start_time) ORDER BY (toStartOfHour(start_time), id) SETTINGS index_granularity = 8192",
-		"usage_day_model_user": "ReplacingMergeTree(version) PARTITION BY toYYYYMM(day) ORDER BY (day, model, user_id, id) TTL day + toIntervalDay(400) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
-		"usage_hour_model":     "ReplacingMergeTree(version) PARTITION BY toYYYYMM(hour) ORDER BY (hour, model, id) TTL hour + toIntervalDay(5) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
+		"usage_rollup":         "ReplacingMergeTree(version) PARTITION BY toYYYYMM(period) ORDER BY (by_user, grain, period) TTL period + toIntervalDay(400) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
+		"usage_dirty_hours":    "ReplacingMergeTree(marked_at) PARTITION BY toYYYYMM(hour) ORDER BY hour TTL hour + toIntervalDay(5) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
 	}
-	ret := Retention{Calls: 30, UsageDayModelUser: 400}
+	ret := Retention{Calls: 30, Rollups: 400}
 	if got := TableSettingStatements(old, Topology{}, ret, engines); len(got) != 0 {
 		t.Errorf("18.16 must get no TTL or dedup settings, got %q", got)
 	}
@@ -55,8 +55,8 @@ func TestTableSettingStatements(t *testing.T) {
 	want := []string{
 		"ALTER TABLE {db}.calls MODIFY TTL start_time + toIntervalDay(30)",
 		"ALTER TABLE {db}.calls MODIFY SETTING non_replicated_deduplication_window = 1000",
-		// usage_day_model_user already has both: nothing
-		"ALTER TABLE {db}.usage_hour_model REMOVE TTL",
+		"ALTER TABLE {db}.usage_dirty_hours MODIFY TTL hour + toIntervalDay(30)",
+		// usage_rollup already has both: nothing
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("modern:\n got %q\nwant %q", got, want)
@@ -68,7 +68,14 @@ func TestTableSettingStatements(t *testing.T) {
 	got = TableSettingStatements(modern, Topology{Cluster: "c1"}, ret, clustered)
 	want = []string{
 		"ALTER TABLE {db}.calls_local ON CLUSTER c1 MODIFY TTL start_time + toIntervalDay(30)",
-		"ALTER TABLE {db}.usage_hour_model_local ON CLUSTER c1 REMOVE TTL",
+		"ALTER TABLE {db}.usage_dirty_hours_local ON CLUSTER c1 MODIFY TTL hour + toIntervalDay(30)",
+	}
+	if got := TableSettingStatements(modern, Topology{}, Retention{}, engines); !reflect.DeepEqual(got, []string{
+		"ALTER TABLE {db}.calls MODIFY SETTING non_replicated_deduplication_window = 1000",
+		"ALTER TABLE {db}.usage_dirty_hours REMOVE TTL",
+		"ALTER TABLE {db}.usage_rollup REMOVE TTL",
+	}) {
+		t.Errorf("keep forever: %q", got)
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("cluster:\n got %q\nwant %q", got, want)

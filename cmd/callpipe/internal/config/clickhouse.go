@@ -26,6 +26,7 @@ type ClickHouse struct {
 
 	Cluster string `yaml:"cluster" doc:"cluster name from the servers' remote_servers: tables become Replicated*MergeTree ({shard}/{replica} macros) behind Distributed tables, DDL runs ON CLUSTER; empty = one server"`
 
+	Rollup            ClickHouseRollup    `yaml:"rollup"`
 	RetentionDays     ClickHouseRetention `yaml:"retention_days"`
 	RetentionInterval Duration            `yaml:"retention_interval" doc:"how often the clickhouse stage drops expired partitions on servers without TTL (before 22.2)"`
 }
@@ -33,16 +34,41 @@ type ClickHouse struct {
 // ClickHouseRetention is how many days each table keeps; 0 keeps everything.
 // A row expires when its start time is older than that many days.
 type ClickHouseRetention struct {
-	Calls             int `yaml:"calls" doc:"days the calls table keeps (0 = forever)"`
-	UsageDayModelUser int `yaml:"usage_day_model_user" doc:"days the day x model x user rollup keeps (0 = forever)"`
-	UsageHourModel    int `yaml:"usage_hour_model" doc:"days the hour x model rollup keeps (0 = forever)"`
+	Calls   int `yaml:"calls" doc:"days the per-call tables keep (calls, calls_by_user, dirty-hour marks; 0 = forever); a day is dropped only once its rollups are sealed"`
+	Rollups int `yaml:"rollups" doc:"days the sealed usage rollups keep (0 = forever)"`
+}
+
+// ClickHouseRollup configures the sealed usage rollups (the usage overview's
+// pre-aggregates), sealed by the clickhouse stage.
+type ClickHouseRollup struct {
+	SealAfter Duration `yaml:"seal_after" doc:"an hour is sealed into the rollups this long after it ends (the redelivery horizon); later calls for it mark it dirty and it is sealed again. 0 derives it: nats.stream.duplicate_window + transform.ack_wait x transform.max_deliver + 2 x clickhouse.ack_wait + clickhouse.flush_interval, rounded up to a minute"`
+	Interval  Duration `yaml:"interval" doc:"how often the clickhouse stage seals due and dirty hours"`
+	Lease     Duration `yaml:"lease" doc:"the sealing lease (NATS KV): one clickhouse worker seals at a time; another takes over this long after the holder stops renewing"`
+	SliceRows int      `yaml:"slice_rows" doc:"stored call rows one seal query aggregates at most; bigger hours are sealed in slices (bounds ClickHouse memory)"`
+	Grace     Duration `yaml:"grace" doc:"rows of a replaced seal are deleted this long after (longer than any usage query runs)"`
+}
+
+// SealAfter is the rollups' redelivery horizon: clickhouse.rollup.seal_after
+// or, when 0, derived from how late a call can still arrive through the
+// pipeline's retries.
+func (c *Config) SealAfter() time.Duration {
+	if d := time.Duration(c.ClickHouse.Rollup.SealAfter); d > 0 {
+		return d
+	}
+	d := time.Duration(c.NATS.Stream.DuplicateWindow) +
+		time.Duration(c.Transform.AckWait)*time.Duration(c.Transform.MaxDeliver) +
+		2*time.Duration(c.ClickHouse.AckWait) + time.Duration(c.ClickHouse.FlushInterval)
+	return (d + time.Minute - 1).Truncate(time.Minute)
 }
 
 func defaultClickHouse() ClickHouse {
 	return ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default",
 		Consumer: "callpipe-clickhouse", Subject: "callpipe.normalized.>",
 		BatchSize: 50000, BatchBytes: 8 << 20, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
-		AckWait: Duration(2 * time.Minute), RetentionInterval: Duration(time.Hour)}
+		AckWait: Duration(2 * time.Minute), RetentionInterval: Duration(time.Hour),
+		Rollup: ClickHouseRollup{Interval: Duration(30 * time.Second), Lease: Duration(30 * time.Second),
+			SliceRows: 4_000_000, Grace: Duration(10 * time.Minute)},
+		RetentionDays: ClickHouseRetention{Calls: 30, Rollups: 400}}
 }
 
 func (c *Config) validateClickHouse() []error {
@@ -65,8 +91,12 @@ func (c *Config) validateClickHouse() []error {
 		checkKey(ch.AckWait >= Duration(10*time.Second) && ch.AckWait > ch.FlushInterval, "clickhouse.ack_wait", ch.AckWait, "must be at least 10s and more than clickhouse.flush_interval"),
 		checkKey(ch.Cluster == "" || validIdent(ch.Cluster), "clickhouse.cluster", ch.Cluster, "must be empty or letters, digits and underscores, not starting with a digit"),
 		days("clickhouse.retention_days.calls", ch.RetentionDays.Calls),
-		days("clickhouse.retention_days.usage_day_model_user", ch.RetentionDays.UsageDayModelUser),
-		days("clickhouse.retention_days.usage_hour_model", ch.RetentionDays.UsageHourModel),
+		days("clickhouse.retention_days.rollups", ch.RetentionDays.Rollups),
+		checkKey(ch.Rollup.SealAfter == 0 || ch.Rollup.SealAfter >= Duration(2*time.Minute), "clickhouse.rollup.seal_after", ch.Rollup.SealAfter, "must be 0 (derived) or at least 2m"),
+		checkKey(ch.Rollup.Interval >= Duration(time.Second), "clickhouse.rollup.interval", ch.Rollup.Interval, "must be at least 1s"),
+		checkKey(ch.Rollup.Lease >= Duration(3*time.Second), "clickhouse.rollup.lease", ch.Rollup.Lease, "must be at least 3s"),
+		checkKey(ch.Rollup.SliceRows >= 10000, "clickhouse.rollup.slice_rows", ch.Rollup.SliceRows, "must be at least 10000"),
+		checkKey(ch.Rollup.Grace >= Duration(time.Minute), "clickhouse.rollup.grace", ch.Rollup.Grace, "must be at least 1m"),
 		checkKey(ch.RetentionInterval >= Duration(time.Minute), "clickhouse.retention_interval", ch.RetentionInterval, "must be at least 1m"),
 	}
 }

@@ -3,22 +3,29 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestClickHouseSettings(t *testing.T) {
-	c, err := Load(Sources{File: writeFile(t, "clickhouse:\n  cluster: prod\n  retention_days:\n    calls: 30\n    usage_hour_model: 90\n"), Getenv: env(map[string]string{
-		"CALLPIPE_CLICKHOUSE_RETENTION_DAYS_USAGE_DAY_MODEL_USER": "400",
-		"CALLPIPE_CLICKHOUSE_CONSUMER":                            "ch-2",
+	c, err := Load(Sources{File: writeFile(t, "clickhouse:\n  cluster: prod\n  retention_days:\n    calls: 14\n  rollup:\n    seal_after: 45m\n"), Getenv: env(map[string]string{
+		"CALLPIPE_CLICKHOUSE_RETENTION_DAYS_ROLLUPS": "90",
+		"CALLPIPE_CLICKHOUSE_CONSUMER":               "ch-2",
 	})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ch := c.ClickHouse
-	if ch.Cluster != "prod" || ch.RetentionDays != (ClickHouseRetention{Calls: 30, UsageDayModelUser: 400, UsageHourModel: 90}) || ch.Consumer != "ch-2" {
+	if ch.Cluster != "prod" || ch.RetentionDays != (ClickHouseRetention{Calls: 14, Rollups: 90}) || ch.Consumer != "ch-2" || c.SealAfter() != 45*time.Minute {
 		t.Fatalf("%+v", ch)
 	}
-	if d := Default().ClickHouse; d.RetentionDays != (ClickHouseRetention{}) || d.Cluster != "" || d.Subject != "callpipe.normalized.>" {
-		t.Fatalf("defaults keep everything on one server: %+v", d)
+	d := Default()
+	if d.ClickHouse.RetentionDays != (ClickHouseRetention{Calls: 30, Rollups: 400}) || d.ClickHouse.Cluster != "" || d.ClickHouse.Subject != "callpipe.normalized.>" {
+		t.Fatalf("defaults: one server, calls 30 days, rollups 400: %+v", d.ClickHouse)
+	}
+	// derived horizon: 10m duplicate window + 30s x 10 normalize deliveries +
+	// 2 x 2m sink ack wait + 1s flush, rounded up to the minute
+	if got := d.SealAfter(); got != 20*time.Minute {
+		t.Fatalf("derived seal_after %s, want 20m", got)
 	}
 	for name, tc := range map[string]struct{ env, key string }{
 		"addr":               {"CALLPIPE_CLICKHOUSE_ADDR=nohost", "clickhouse.addr"},
@@ -27,7 +34,9 @@ func TestClickHouseSettings(t *testing.T) {
 		"subject":            {"CALLPIPE_CLICKHOUSE_SUBJECT=callpipe.calls.>", "clickhouse.subject"},
 		"consumer":           {"CALLPIPE_CLICKHOUSE_CONSUMER=a.b", "clickhouse.consumer"},
 		"negative retention": {"CALLPIPE_CLICKHOUSE_RETENTION_DAYS_CALLS=-1", "clickhouse.retention_days.calls"},
-		"retention overflow": {"CALLPIPE_CLICKHOUSE_RETENTION_DAYS_USAGE_HOUR_MODEL=40000", "clickhouse.retention_days.usage_hour_model"},
+		"retention overflow": {"CALLPIPE_CLICKHOUSE_RETENTION_DAYS_ROLLUPS=40000", "clickhouse.retention_days.rollups"},
+		"seal after":         {"CALLPIPE_CLICKHOUSE_ROLLUP_SEAL_AFTER=30s", "clickhouse.rollup.seal_after"},
+		"slice rows":         {"CALLPIPE_CLICKHOUSE_ROLLUP_SLICE_ROWS=5", "clickhouse.rollup.slice_rows"},
 		"retention interval": {"CALLPIPE_CLICKHOUSE_RETENTION_INTERVAL=1s", "clickhouse.retention_interval"},
 		"batch":              {"CALLPIPE_CLICKHOUSE_BATCH_SIZE=0", "clickhouse.batch_size"},
 		"ack wait":           {"CALLPIPE_CLICKHOUSE_ACK_WAIT=1s", "clickhouse.ack_wait"},

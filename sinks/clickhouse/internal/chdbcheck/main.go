@@ -183,15 +183,15 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 		return fmt.Errorf("chDB engine %s is not modern by callpipe's cut-off", srv.Version)
 	}
 	// long retention on the checked database: nothing of the sample expires
-	keep := chsink.Retention{Calls: 3650, UsageDayModelUser: 3650, UsageHourModel: 3650}
+	keep := chsink.Retention{Calls: 3650, Rollups: 3650}
 	for pass := 1; pass <= 2; pass++ {
 		engines, err := engines(s, db)
 		if err != nil {
 			return err
 		}
 		stmts := chsink.TableSettingStatements(srv, chsink.Topology{}, keep, engines)
-		if pass == 1 && len(stmts) != 6 {
-			return fmt.Errorf("table settings: %d statements for 3 tables, want TTL + dedup window each: %q", len(stmts), stmts)
+		if pass == 1 && len(stmts) != 10 {
+			return fmt.Errorf("table settings: %d statements for 5 retained tables, want TTL + dedup window each: %q", len(stmts), stmts)
 		}
 		if pass == 2 && len(stmts) != 0 {
 			return fmt.Errorf("table settings not idempotent: second pass wants %q", stmts)
@@ -221,7 +221,7 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 				return err
 			}
 		}
-		for _, t := range []string{"calls", "usage_day_model_user", "usage_hour_model"} {
+		for _, t := range []string{"calls", "calls_by_user"} {
 			if _, err := s.exec("SYSTEM STOP MERGES "+db+"."+t, "TabSeparated"); err != nil {
 				return err
 			}
@@ -248,13 +248,13 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 		if err != nil {
 			return err
 		}
-		if got != [3]uint64{n, n, n} {
-			return fmt.Errorf("dedup token: rows (calls, day rollup, hour rollup) = %v after one batch sent 3 times with one token, want %d each", got, n)
+		if got != [2]uint64{n, n} {
+			return fmt.Errorf("dedup token: rows (calls, calls_by_user) = %v after one batch sent 3 times with one token, want %d each", got, n)
 		}
 		if err := send("chdbcheck-other-token", 20); err != nil {
 			return err
 		}
-		if got, err = countsWhere(s, db, "id LIKE 'dedup-%'"); err != nil || got != [3]uint64{2 * n, 2 * n, 2 * n} {
+		if got, err = countsWhere(s, db, "id LIKE 'dedup-%'"); err != nil || got != [2]uint64{2 * n, 2 * n} {
 			return fmt.Errorf("dedup control: rows %v (err %v) after a second token, want %d each", got, err, 2*n)
 		}
 		fmt.Fprintf(os.Stderr, "chdbcheck: a batch of %d sent 3 times with one token stored once (and again under another token)\n", n)
@@ -269,7 +269,7 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	for _, st := range chsink.TableSettingStatements(srv, chsink.Topology{}, chsink.Retention{Calls: 1, UsageHourModel: 1}, eng) {
+	for _, st := range chsink.TableSettingStatements(srv, chsink.Topology{}, chsink.Retention{Calls: 1}, eng) {
 		if _, err := s.exec(chsink.WithDB(st, ttlDB), "TabSeparated"); err != nil {
 			return err
 		}
@@ -280,7 +280,7 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 	if _, err := s.exec(valuesSQL(chsink.WithDB(chsink.InsertCalls, ttlDB), rows), "TabSeparated"); err != nil {
 		return err
 	}
-	for _, t := range []string{"calls", "usage_day_model_user", "usage_hour_model"} {
+	for _, t := range []string{"calls", "calls_by_user"} {
 		if _, err := s.exec("OPTIMIZE TABLE "+ttlDB+"."+t+" FINAL", "TabSeparated"); err != nil {
 			return err
 		}
@@ -289,8 +289,8 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	if want := [3]uint64{1, 2, 1}; got != want {
-		return fmt.Errorf("TTL: rows (calls, day rollup, hour rollup) = %v after a merge, want %v (3-day-old call expired where kept 1 day)", got, want)
+	if want := [2]uint64{1, 1}; got != want {
+		return fmt.Errorf("TTL: rows (calls, calls_by_user) = %v after a merge, want %v (3-day-old call expired, kept 1 day)", got, want)
 	}
 	drop := chsink.WithDB(chsink.DropPartitionStatement(chsink.Topology{}, "calls", fresh.StartTime.UTC().Format("20060102")), ttlDB)
 	if _, err := s.exec(drop, "TabSeparated"); err != nil {
@@ -355,12 +355,12 @@ func engines(s *session, database string) (map[string]string, error) {
 	return m, nil
 }
 
-// counts returns the stored rows of calls and of the two rollup ledgers.
-func counts(s *session, database string) ([3]uint64, error) { return countsWhere(s, database, "1") }
+// counts returns the stored rows of calls and of its user look-up table.
+func counts(s *session, database string) ([2]uint64, error) { return countsWhere(s, database, "1") }
 
-func countsWhere(s *session, database, where string) ([3]uint64, error) {
-	var c [3]uint64
-	for i, t := range []string{"calls", "usage_day_model_user", "usage_hour_model"} {
+func countsWhere(s *session, database, where string) ([2]uint64, error) {
+	var c [2]uint64
+	for i, t := range []string{"calls", "calls_by_user"} {
 		out, err := s.exec("SELECT count() FROM "+database+"."+t+" WHERE "+where, "TabSeparated")
 		if err != nil {
 			return c, err
