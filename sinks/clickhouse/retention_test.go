@@ -43,9 +43,9 @@ func TestTableSettingStatements(t *testing.T) {
 	old, _ := ParseServerVersion("18.16.1")
 	modern, _ := ParseServerVersion("24.8.1.1")
 	engines := map[string]string{
-		"calls":                "ReplacingMergeTree(version) PARTITION BY toYYYYMMDD(start_time) ORDER BY (toStartOfHour(start_time), id) SETTINGS index_granularity = 8192",
-		"usage_rollup":         "ReplacingMergeTree(version) PARTITION BY toYYYYMM(period) ORDER BY (by_user, grain, period) TTL period + toIntervalDay(400) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
-		"usage_dirty_hours":    "ReplacingMergeTree(marked_at) PARTITION BY toYYYYMM(hour) ORDER BY hour TTL hour + toIntervalDay(5) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
+		"calls":             "ReplacingMergeTree(version) PARTITION BY toYYYYMMDD(start_time) ORDER BY (toStartOfHour(start_time), id) SETTINGS index_granularity = 8192",
+		"usage_rollup":      "ReplacingMergeTree(version) PARTITION BY toYYYYMM(period) ORDER BY (by_user, grain, period) TTL period + toIntervalDay(400) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
+		"usage_dirty_hours": "ReplacingMergeTree(marked_at) PARTITION BY toYYYYMM(hour) ORDER BY hour TTL hour + toIntervalDay(5) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000",
 	}
 	ret := Retention{Calls: 30, Rollups: 400}
 	if got := TableSettingStatements(old, Topology{}, ret, engines); len(got) != 0 {

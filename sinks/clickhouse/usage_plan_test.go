@@ -62,7 +62,7 @@ func TestPlanUsage(t *testing.T) {
 	dirtyHour := d0 + 86400 + 5*3600
 	st := planState(d0, d0+2*86400+12*3600, map[int64]uint64{
 		dirtyHour: uint64(time.Hour) + 30, // newer than its seal: dirty
-		d0 + 3600: 1,                       // long before its seal: clean
+		d0 + 3600: 1,                      // long before its seal: clean
 	}, d0, d0+86400)
 	for name, c := range map[string]struct {
 		s                          UsageSpec
