@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/replay"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/transform"
 )
@@ -106,6 +110,11 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 			if dryRun {
 				cp = nil
 			}
+			if !dryRun {
+				if err := markReplayDirty(cmd.Context(), cfg, f, t, sinkList, log); err != nil {
+					return err
+				}
+			}
 			nc, err := connectNATS(cfg, "replay", log)
 			if err != nil {
 				return err
@@ -155,4 +164,32 @@ func oneOfStrings(s string, list []string) bool {
 		}
 	}
 	return false
+}
+
+// markReplayDirty marks every hour of [from, to) dirty in the usage rollups
+// before replaying into ClickHouse: reads switch to those hours' per-call
+// rows at once (exact while the calls arrive) and the sealer seals them
+// again afterwards (the sink marks them again as the calls land).
+func markReplayDirty(ctx context.Context, cfg *config.Config, from, to time.Time, sinks []string, log *slog.Logger) error {
+	if cfg.ClickHouse.Addr == "" || (len(sinks) > 0 && !slices.Contains(sinks, "clickhouse")) {
+		return nil
+	}
+	oc, err := clickhouseOutputConfig(cfg)
+	if err != nil {
+		return err
+	}
+	conn, err := chsink.Open(ctx, oc)
+	if err != nil {
+		return fmt.Errorf("replay: mark the range dirty in the rollups: %w", err)
+	}
+	defer conn.Close()
+	var hours []int64
+	for h := from.Truncate(time.Hour); h.Before(to) && h.Before(time.Now()); h = h.Add(time.Hour) {
+		hours = append(hours, h.Unix())
+	}
+	if err := chsink.MarkDirty(ctx, conn, cfg.ClickHouse.Database, oc.Topology, hours, "replay", time.Now()); err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	log.Info("replay: range marked dirty in the usage rollups", "hours", len(hours))
+	return nil
 }

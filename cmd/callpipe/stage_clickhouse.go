@@ -10,7 +10,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/pipeline"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -170,7 +175,88 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	}
 	ready.running(s.Healthy)
 	go runRetention(ctx, cfg, out, log)
+	go runSealer(ctx, env, oc.Topology, out, log)
 	log.Info("clickhouse sink running", "database", cfg.ClickHouse.Database, "batch_size", cfg.ClickHouse.BatchSize, "batch_bytes", int64(cfg.ClickHouse.BatchBytes),
 		"flush_interval", cfg.ClickHouse.FlushInterval.String(), "max_in_flight", cfg.ClickHouse.MaxInFlight)
 	return s.Run(ctx)
+}
+
+// runSealer seals the usage rollups (chsink.Sealer.Pass every
+// clickhouse.rollup.interval) while this worker holds the database's sealing
+// lease, so one clickhouse worker seals at a time. A pass stopped by
+// shutdown or a lost lease leaves only rows no seal record names: reads
+// never see them and the next holder seals those hours again.
+func runSealer(ctx context.Context, env *workerEnv, topo chsink.Topology, out *chsink.Output, log *slog.Logger) {
+	cfg := env.cfg
+	js, err := jetstream.New(env.nc)
+	if err != nil {
+		log.Error("rollup sealer not started", "err", err)
+		return
+	}
+	m := newRollupMetrics(env.reg)
+	host, _ := os.Hostname()
+	sealer := &chsink.Sealer{Conn: out.Conn(), Database: cfg.ClickHouse.Database, Topology: topo, SealAfter: cfg.SealAfter(),
+		SliceRows: uint64(cfg.ClickHouse.Rollup.SliceRows), Grace: time.Duration(cfg.ClickHouse.Rollup.Grace), Log: log}
+	lease := &pipeline.Lease{JS: js, Key: "rollup-sealer-" + cfg.ClickHouse.Database, Owner: fmt.Sprintf("%s/%d", host, os.Getpid()),
+		TTL: time.Duration(cfg.ClickHouse.Rollup.Lease), Replicas: cfg.NATS.Stream.Replicas, Log: log,
+		OnChange: func(held bool) { m.leader.Set(map[bool]float64{false: 0, true: 1}[held]) }}
+	log.Info("rollup sealer waiting for its lease", "seal_after", cfg.SealAfter().String(), "interval", cfg.ClickHouse.Rollup.Interval.String())
+	err = lease.Run(ctx, func(ctx context.Context) {
+		for {
+			t0 := time.Now()
+			res, err := sealer.Pass(ctx)
+			m.observe(res, err, time.Since(t0))
+			switch {
+			case err != nil && ctx.Err() == nil:
+				log.Error("rollup seal pass failed; retried next interval", "err", err)
+			case res.HoursSealed+res.EmptyHours+res.DaysSealed+res.Deleted > 0:
+				log.Info("rollup sealed", "hours", res.HoursSealed, "empty_hours", res.EmptyHours, "resealed", res.Resealed, "days", res.DaysSealed,
+					"deleted_superseded", res.Deleted, "sealed_through", res.SealedThrough, "dirty_hours", res.DirtyHours, "took", time.Since(t0).Round(time.Millisecond))
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Duration(cfg.ClickHouse.Rollup.Interval)):
+			}
+		}
+	})
+	if err != nil {
+		log.Error("rollup sealer stopped", "err", err)
+	}
+}
+
+// rollupMetrics are the sealer's gauges and counters in /metrics.
+type rollupMetrics struct {
+	leader, sealedThrough, lag, dirty prometheus.Gauge
+	seals                             *prometheus.CounterVec
+	errors                            prometheus.Counter
+	passSeconds                       prometheus.Histogram
+}
+
+func newRollupMetrics(reg prometheus.Registerer) *rollupMetrics {
+	f := promauto.With(reg)
+	return &rollupMetrics{
+		leader:        f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_sealer_leader", Help: "1 while this worker holds the rollup sealing lease."}),
+		sealedThrough: f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_sealed_through_timestamp_seconds", Help: "Every hour before this time is sealed and clean (Unix seconds; set by the lease holder)."}),
+		lag:           f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_lag_seconds", Help: "Now minus the sealed-through time (the redelivery horizon plus the open hour when the sealer keeps up)."}),
+		dirty:         f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_dirty_hours", Help: "Sealed hours with late calls not yet sealed again (read from per-call rows meanwhile)."}),
+		seals:         f.NewCounterVec(prometheus.CounterOpts{Name: "callpipe_rollup_seals_total", Help: "Seals written, by kind (hour, empty_hour, reseal, day)."}, []string{"kind"}),
+		errors:        f.NewCounter(prometheus.CounterOpts{Name: "callpipe_rollup_seal_errors_total", Help: "Seal passes that failed (retried next interval)."}),
+		passSeconds:   f.NewHistogram(prometheus.HistogramOpts{Name: "callpipe_rollup_pass_seconds", Help: "Time of one seal pass.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}),
+	}
+}
+
+func (m *rollupMetrics) observe(res chsink.PassResult, err error, took time.Duration) {
+	m.passSeconds.Observe(took.Seconds())
+	m.seals.WithLabelValues("hour").Add(float64(res.HoursSealed - res.Resealed))
+	m.seals.WithLabelValues("reseal").Add(float64(res.Resealed))
+	m.seals.WithLabelValues("empty_hour").Add(float64(res.EmptyHours))
+	m.seals.WithLabelValues("day").Add(float64(res.DaysSealed))
+	if err != nil {
+		m.errors.Inc()
+		return
+	}
+	m.sealedThrough.Set(float64(res.SealedThrough.Unix()))
+	m.lag.Set(time.Since(res.SealedThrough).Seconds())
+	m.dirty.Set(float64(res.DirtyHours))
 }

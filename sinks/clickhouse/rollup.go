@@ -217,6 +217,11 @@ type PassResult struct {
 	Resealed       int       // dirty hours among HoursSealed
 	DaysSealed     int
 	Deleted        int // superseded seals whose rows were deleted
+	// SealedThrough: every hour before it is sealed and clean; DirtyHours
+	// are hours still read from per-call rows because late calls were
+	// marked within ClockSkew of their new seal (sealed again next pass).
+	SealedThrough time.Time
+	DirtyHours    int
 }
 
 // Pass seals every hour that is due and not sealed, re-seals dirty hours,
@@ -302,6 +307,13 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 		}
 	}
 	s.watermark = due
+	res.SealedThrough = unixUTC(due)
+	for h := range st.dirty {
+		if !st.clean(h) {
+			res.DirtyHours++
+			res.SealedThrough = unixUTC(min(res.SealedThrough.Unix(), h))
+		}
+	}
 	if now.Sub(s.lastCleanup) >= s.grace() {
 		n, err := s.Cleanup(ctx, min(lo, due-cleanupDays*86400), due)
 		res.Deleted = n
@@ -608,4 +620,66 @@ func ceilTo(x, step int64) int64 {
 		return x
 	}
 	return f + step
+}
+
+// RollupStatus is where sealing stands.
+type RollupStatus struct {
+	Now            time.Time   `json:"now"`
+	SealAfter      string      `json:"seal_after"`
+	SealableBefore time.Time   `json:"sealable_before"` // hours before it are due
+	SealedThrough  time.Time   `json:"sealed_through"`  // every hour before it is sealed and clean
+	LagSeconds     float64     `json:"lag_seconds"`
+	SealedHours    int         `json:"sealed_hours"`
+	SealedDays     int         `json:"sealed_days"`
+	Unsealed       []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
+	Dirty          []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
+	FirstCall      *time.Time  `json:"first_call,omitempty"`
+}
+
+// Status reads the seals, the dirty marks and the hours holding calls.
+func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Duration, now time.Time) (RollupStatus, error) {
+	if sealAfter <= 0 {
+		sealAfter = DefaultSealAfter
+	}
+	due := SealableBefore(now, sealAfter).Unix()
+	out := RollupStatus{Now: now.UTC(), SealAfter: sealAfter.String(), SealableBefore: unixUTC(due), SealedThrough: unixUTC(due), Unsealed: []time.Time{}, Dirty: []time.Time{}}
+	var first int64
+	var n uint64
+	if err := conn.QueryRow(ctx, WithDB(QueryFirstCall, db)).Scan(&first, &n); err != nil {
+		return out, fmt.Errorf("rollup status: %w", err)
+	}
+	lo := floorTo(due, 86400)
+	if n > 0 {
+		f := unixUTC(first)
+		out.FirstCall = &f
+		lo = min(lo, floorTo(first, 86400))
+	}
+	st, err := loadSeals(ctx, conn, db, lo, due)
+	if err != nil {
+		return out, err
+	}
+	if st.dirty, err = loadDirty(ctx, conn, db, lo, due); err != nil {
+		return out, err
+	}
+	withCalls, err := callHours(ctx, conn, db, lo, due)
+	if err != nil {
+		return out, err
+	}
+	out.SealedHours, out.SealedDays = len(st.hours), len(st.days)
+	pending := due
+	for h := lo; h < due; h += 3600 {
+		_, sealed := st.hours[h]
+		switch {
+		case !sealed && withCalls[h]:
+			out.Unsealed = append(out.Unsealed, unixUTC(h))
+		case sealed && !st.clean(h):
+			out.Dirty = append(out.Dirty, unixUTC(h))
+		default:
+			continue
+		}
+		pending = min(pending, h)
+	}
+	out.SealedThrough = unixUTC(pending)
+	out.LagSeconds = now.Sub(out.SealedThrough).Seconds()
+	return out, nil
 }
