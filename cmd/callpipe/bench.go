@@ -103,6 +103,7 @@ func newBenchCommand(a *app) *cobra.Command {
 	f.BoolVar(&o.skipRaw, "skip-raw", false, "skip the raw-limit measurements")
 	f.BoolVar(&o.keep, "keep", false, "keep the scratch ClickHouse database")
 	f.StringVar(&o.memLimit, "memory-limit", "192MiB", "GOMEMLIMIT of every callpipe process, as a deployment sets it from the container's memory limit (empty: none)")
+	cmd.AddCommand(newBenchUsageCommand(a))
 	return cmd
 }
 

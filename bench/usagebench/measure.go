@@ -1,0 +1,335 @@
+package usagebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+)
+
+// TimeZones are the zones the overview shapes run in.
+var TimeZones = []string{"UTC", "America/New_York"}
+
+// shape is one timed request.
+type shape struct {
+	name, kind, rng, tz, group, filter string
+	usage                              chsink.UsageSpec
+	list                               chsink.CallListSpec
+	nextPage                           bool // time the page after the first one (its cursor comes from an untimed first page)
+}
+
+// dayRange is the dashboard's range of the last days days including today
+// in loc: from the start of the first day to the start of tomorrow.
+func dayRange(now time.Time, loc *time.Location, days int) (from, to time.Time) {
+	y, m, d := now.In(loc).Date()
+	return time.Date(y, m, d-(days-1), 0, 0, 0, 0, loc), time.Date(y, m, d+1, 0, 0, 0, 0, loc)
+}
+
+// usageShapes are the requests of the dashboard's overview and filters in
+// zone tz: the range grouped as the charts and filters ask, today by model,
+// and the range filtered by the heaviest and the rarest user.
+func (r *runner) usageShapes(rep *Report, tz string) ([]shape, error) {
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		return nil, err
+	}
+	spec := func(days int, g chsink.GroupBy, user string) chsink.UsageSpec {
+		from, to := dayRange(r.start, loc, days)
+		s := chsink.UsageSpec{From: from, To: to, Group: g, Filter: chsink.UsageFilter{User: user}}
+		if tz != "UTC" {
+			s.TZ = tz
+		}
+		return s
+	}
+	rng := fmt.Sprintf("%dd", r.o.Days)
+	var out []shape
+	add := func(rng string, days int, g chsink.GroupBy, user string) {
+		sh := shape{kind: "usage", rng: rng, tz: tz, group: groupName(g), usage: spec(days, g, user)}
+		sh.name = rng + " " + sh.group
+		if user != "" {
+			sh.filter = "user=" + user
+			sh.name += " " + sh.filter
+		}
+		out = append(out, sh)
+	}
+	for _, g := range []chsink.GroupBy{
+		{Bucket: chsink.BucketDay, Model: true},
+		{Model: true, User: true},
+		{Bucket: chsink.BucketHour, Model: true},
+		{Bucket: chsink.BucketDay},
+		{Model: true},
+		{User: true},
+	} {
+		add(rng, r.o.Days, g, "")
+	}
+	add("today", 1, chsink.GroupBy{Model: true}, "")
+	add(rng, r.o.Days, chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, rep.HeavyUser)
+	add(rng, r.o.Days, chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, rep.RareUser)
+	return out, nil
+}
+
+// callListShapes are the call list's first and next page over the range,
+// for all users, the heaviest and the rarest.
+func (r *runner) callListShapes(rep *Report) []shape {
+	from, to := dayRange(r.start, time.UTC, r.o.Days)
+	rng := fmt.Sprintf("%dd", r.o.Days)
+	var out []shape
+	for _, user := range []string{"", rep.HeavyUser, rep.RareUser} {
+		for _, next := range []bool{false, true} {
+			sh := shape{kind: "calls", rng: rng, tz: "UTC", nextPage: next,
+				list: chsink.CallListSpec{From: from, To: to, User: user, Limit: r.o.PageSize}}
+			sh.name = rng + " calls first page"
+			if next {
+				sh.name = rng + " calls next page"
+			}
+			if user != "" {
+				sh.filter = "user=" + user
+				sh.name += " " + sh.filter
+			}
+			out = append(out, sh)
+		}
+	}
+	return out
+}
+
+func groupName(g chsink.GroupBy) string {
+	var parts []string
+	if g.Bucket != chsink.BucketNone {
+		parts = append(parts, string(g.Bucket))
+	}
+	if g.Model {
+		parts = append(parts, "model")
+	}
+	if g.User {
+		parts = append(parts, "user")
+	}
+	if g.Source {
+		parts = append(parts, "source")
+	}
+	if len(parts) == 0 {
+		return "totals"
+	}
+	return strings.Join(parts, ",")
+}
+
+// measure times every shape Repeat times: the overview shapes with every
+// loaded hour sealed, the call list, then (LiveHours > 0) the overview
+// shapes again with the last hours dirty.
+func (r *runner) measure(ctx context.Context, rep *Report) error {
+	var shapes []shape
+	for _, tz := range TimeZones {
+		s, err := r.usageShapes(rep, tz)
+		if err != nil {
+			return err
+		}
+		shapes = append(shapes, s...)
+	}
+	r.say("")
+	r.say("measure      %d runs of each shape (state sealed: every loaded hour sealed)", r.o.Repeat)
+	if err := r.runShapes(ctx, rep, shapes, "sealed"); err != nil {
+		return err
+	}
+	if err := r.runShapes(ctx, rep, r.callListShapes(rep), "sealed"); err != nil {
+		return err
+	}
+	if r.o.LiveHours <= 0 {
+		return nil
+	}
+	// Mark the last LiveHours hours holding calls dirty after their seals
+	// (the marks must be newer than the seal versions, which the sealer's
+	// clock made): readers then take them from the per-call rows, as they
+	// do for the hours inside the redelivery horizon in production.
+	end := r.start.Truncate(time.Hour)
+	if !end.Equal(r.start) {
+		end = end.Add(time.Hour)
+	}
+	var hours []int64
+	for i := 1; i <= r.o.LiveHours; i++ {
+		hours = append(hours, end.Add(-time.Duration(i)*time.Hour).Unix())
+	}
+	if err := chsink.MarkDirty(ctx, r.conn, r.db, chsink.Topology{}, hours, "bench usage: live edge", r.sealClock().Add(time.Hour)); err != nil {
+		return fmt.Errorf("bench usage: mark the live hours: %w", err)
+	}
+	r.say("measure      state live: the last %d hours read from the per-call rows", r.o.LiveHours)
+	return r.runShapes(ctx, rep, shapes, "live")
+}
+
+// run is one timed run of a shape.
+type run struct {
+	id   string
+	wall time.Duration
+	rows int
+}
+
+func (r *runner) runShapes(ctx context.Context, rep *Report, shapes []shape, state string) error {
+	first := len(rep.Queries)
+	runs := make([][]run, len(shapes))
+	failedID := make([]string, len(shapes))
+	var ids []string
+	for i, sh := range shapes {
+		res := QueryResult{Name: sh.name, Kind: sh.kind, Range: sh.rng, TZ: sh.tz, Group: sh.group, Filter: sh.filter, State: state}
+		for range r.o.Repeat {
+			x, err := r.runOnce(ctx, sh)
+			if x.id != "" {
+				ids = append(ids, x.id)
+			}
+			if errors.Is(err, errNoNextPage) {
+				res.Skipped = err.Error()
+				break
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				res.Error, failedID[i] = err.Error(), x.id
+				break // a failing shape fails every time: do not spend the timeout again
+			}
+			runs[i] = append(runs[i], x)
+			res.Rows = x.rows
+		}
+		rep.Queries = append(rep.Queries, res)
+	}
+	logs, err := r.queryLog(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i := range shapes {
+		q := &rep.Queries[first+i]
+		q.Runs = len(runs[i])
+		var server []float64
+		var mem []uint64
+		for _, x := range runs[i] {
+			q.WallMS = append(q.WallMS, float64(x.wall.Microseconds())/1000)
+			l := logs[x.id]
+			server = append(server, float64(l.durationMS))
+			mem = append(mem, l.memory)
+			q.MemoryBytes = max(q.MemoryBytes, l.memory)
+			q.ReadRows = max(q.ReadRows, l.readRows)
+		}
+		if id := failedID[i]; id != "" { // what the failed statement used before it failed
+			q.MemoryBytes = max(q.MemoryBytes, logs[id].memory)
+			q.ReadRows = max(q.ReadRows, logs[id].readRows)
+		}
+		if len(q.WallMS) > 0 {
+			sorted := slices.Sorted(slices.Values(q.WallMS))
+			q.MinMS, q.MaxMS, q.MedianMS = sorted[0], sorted[len(sorted)-1], median(sorted)
+			q.ServerMS = median(slices.Sorted(slices.Values(server)))
+			slices.Sort(mem)
+			q.MemoryMedian = mem[(len(mem)-1)/2]
+		}
+		r.say("%s", q.line())
+	}
+	return nil
+}
+
+// runOnce runs sh once under QueryTimeout; a query still running then is
+// killed on the server.
+func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
+	qctx, cancel := context.WithTimeout(ctx, r.o.QueryTimeout)
+	defer cancel()
+	list := sh.list
+	if sh.kind == "calls" && sh.nextPage {
+		_, next, err := chsink.CallList(qctx, r.conn, r.db, list)
+		if err != nil {
+			return run{}, r.failed(ctx, "", err)
+		}
+		if next == nil {
+			return run{}, errNoNextPage
+		}
+		list.After = next
+	}
+	x := run{id: r.nextID("q")}
+	t := time.Now()
+	var err error
+	switch sh.kind {
+	case "usage":
+		var rows []chsink.UsageRow
+		rows, err = chsink.UsageOf(r.queryCtx(qctx, x.id), r.conn, r.db, sh.usage)
+		x.rows = len(rows)
+	case "calls":
+		var page []chsink.CallSummary
+		page, _, err = chsink.CallList(r.queryCtx(qctx, x.id), r.conn, r.db, list)
+		x.rows = len(page)
+	}
+	x.wall = time.Since(t)
+	if err != nil {
+		return x, r.failed(ctx, x.id, err)
+	}
+	return x, nil
+}
+
+// errNoNextPage skips a next-page shape whose first page holds every call
+// (a rare user at small --calls).
+var errNoNextPage = errors.New("skipped: the first page holds every call, there is no next page")
+
+// failed kills query id if it may still run and describes err.
+func (r *runner) failed(ctx context.Context, id string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "deadline exceeded") {
+		if id != "" {
+			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_ = r.conn.Exec(kctx, "KILL QUERY WHERE query_id = "+chsink.SQLString(id)+" SYNC")
+		}
+		return fmt.Errorf("not done within %s (killed)", r.o.QueryTimeout)
+	}
+	msg := err.Error()
+	if len(msg) > 300 {
+		msg = msg[:300] + "..."
+	}
+	return errors.New(msg)
+}
+
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
+}
+
+// targets evaluates the targets on the report (worst shape each).
+func targets(rep *Report) []TargetResult {
+	worst := func(name string, limit float64, unit string, pick func(QueryResult) (float64, bool)) TargetResult {
+		t := TargetResult{Name: name, Limit: limit, Unit: unit, Met: true}
+		for _, q := range rep.Queries {
+			v, ok := pick(q)
+			if !ok || q.Skipped != "" {
+				continue
+			}
+			label := q.Name + " " + q.TZ + " " + q.State
+			if q.Error != "" {
+				t.Met = false
+				t.Of = label + " (failed: " + q.Error + ")"
+				t.Worst = -1
+				continue
+			}
+			if t.Worst >= 0 && v > t.Worst {
+				t.Worst, t.Of = v, label
+			}
+			if v > limit {
+				t.Met = false
+			}
+		}
+		return t
+	}
+	overview := func(q QueryResult) (float64, bool) {
+		return q.MedianMS, q.Kind == "usage" && q.Range != "today"
+	}
+	list := func(q QueryResult) (float64, bool) { return q.MedianMS, q.Kind == "calls" }
+	memory := func(q QueryResult) (float64, bool) { return float64(q.MemoryBytes), true }
+	out := []TargetResult{
+		worst(fmt.Sprintf("every %dd overview query, median", rep.Days), TargetOverviewMS, "ms", overview),
+		worst("call list first and next page, median", TargetCallListMS, "ms", list),
+		worst("server memory per query, peak", TargetMemoryBytes, "bytes", memory),
+	}
+	out = append(out, TargetResult{Name: "sealing rate", Limit: TargetSealCallsPerS, Unit: "calls/s", Worst: rep.Seal.CallsPerS,
+		Of: "rollup rebuild", Met: rep.Seal.CallsPerS >= TargetSealCallsPerS})
+	return out
+}
