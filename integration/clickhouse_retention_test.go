@@ -32,9 +32,10 @@ func chPartitions(t *testing.T, out *chsink.Output, db, table string) []string {
 }
 
 // TestClickHouseRetentionDropsPartitions: on 18.16 (no TTL) retention drops
-// whole partitions once all their rows are past retention_days: calls by
-// day, the rollups by month, each table on its own setting; the rest stays
-// exact and a second run drops nothing.
+// whole partitions once all their rows are past retention_days: the per-call
+// tables by day, and only days whose usage is sealed into the rollups; the
+// rollups by month on their own setting. Usage stays exact from the rollups
+// after the calls are gone, and a second run drops nothing.
 func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 	out, db := chTestDB(t)
 	if out.Server().Modern() {
@@ -48,26 +49,37 @@ func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 	}
 	day := func(d int) string { return chBase.AddDate(0, 0, d).Format("20060102") }
 
-	// calls kept 2 days, at 2026-11-06 12:00: days up to 11-03 are expired
+	// calls kept 2 days, at 2026-11-06 12:00: days up to 11-03 are expired,
+	// but nothing is sealed yet: their usage would be lost, so they stay
 	now := chBase.Add(5*24*time.Hour + 12*time.Hour)
 	dropped, err := chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{Calls: 2}, now, nil)
+	if err != nil || len(dropped) != 0 {
+		t.Fatalf("unsealed days dropped: %v (err %v)", dropped, err)
+	}
+	// the sealer's clock a minute ahead of the marks the late writes just
+	// made (else they are within ClockSkew of the seals, which stay dirty)
+	sealer := &chsink.Sealer{Conn: out.Conn(), Database: db, Now: func() time.Time { return time.Now().Add(time.Minute) }}
+	if _, _, err := sealer.Rebuild(ctx, chBase, chBase.AddDate(0, 0, 7), nil); err != nil {
+		t.Fatal(err)
+	}
+	dropped, err = chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{Calls: 2}, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"calls/" + day(0), "calls/" + day(1), "calls/" + day(2)}; !reflect.DeepEqual(dropped, want) {
+	if want := []string{"calls/" + day(0), "calls/" + day(1), "calls/" + day(2), "calls_by_user/" + day(0), "calls_by_user/" + day(1), "calls_by_user/" + day(2)}; !reflect.DeepEqual(dropped, want) {
 		t.Fatalf("dropped %v, want %v", dropped, want)
 	}
 	if got, want := chPartitions(t, out, db, "calls"), []string{day(3), day(4), day(5), day(6)}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("calls partitions %v, want %v", got, want)
 	}
-	var kept uint64
+	var kept []schema.Call
 	for i := range calls {
 		if !calls[i].StartTime.Before(chBase.AddDate(0, 0, 3)) {
-			kept++
+			kept = append(kept, calls[i])
 		}
 	}
-	if d, _, err := chsink.CallCounts(ctx, out.Conn(), db); err != nil || d != kept {
-		t.Fatalf("calls after retention: %d (err %v), want %d", d, err, kept)
+	if d, _, err := chsink.CallCounts(ctx, out.Conn(), db); err != nil || d != uint64(len(kept)) {
+		t.Fatalf("calls after retention: %d (err %v), want %d", d, err, len(kept))
 	}
 	// the rollups have their own retention (none here): still every call
 	checkUsage(t, out.Conn(), db, calls, chBase, chBase.AddDate(0, 0, 7))
@@ -75,26 +87,24 @@ func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 		t.Fatalf("second run dropped %v (err %v), want nothing", again, err)
 	}
 
-	// hour rollup kept 10 days, at 2026-12-12: November ended 12-01, +10 days passed
+	// rollups kept 10 days, at 2026-12-12: November ended 12-01, +10 days
+	// passed; the dirty marks follow the calls' retention (40 days: kept)
 	dec := time.Date(2026, 12, 12, 0, 0, 0, 0, time.UTC)
-	dropped, err = chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{UsageHourModel: 10, UsageDayModelUser: 12}, dec, nil)
+	dropped, err = chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{Calls: 40, Rollups: 10}, dec, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"usage_hour_model/202611"}; !reflect.DeepEqual(dropped, want) {
-		t.Fatalf("dropped %v, want %v (day rollup kept 12 days: November not yet expired on 12-12)", dropped, want)
+	if want := []string{"usage_rollup/202611", "usage_seals/202611"}; !reflect.DeepEqual(dropped, want) {
+		t.Fatalf("dropped %v, want %v", dropped, want)
 	}
-	rows, err := chsink.Usage(ctx, out.Conn(), db, chBase, chBase.AddDate(0, 0, 7), chsink.GroupBy{Bucket: chsink.BucketHour, Model: true})
-	if err != nil || len(rows) != 0 {
-		t.Fatalf("hour x model after its retention: %d rows (err %v), want none", len(rows), err)
-	}
+	// without seals every hour is read from the calls that are left
 	g := chsink.GroupBy{Bucket: chsink.BucketDay, Model: true, User: true}
 	got, err := chsink.Usage(ctx, out.Conn(), db, chBase, chBase.AddDate(0, 0, 7), g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := diffUsage(got, groundTruth(calls, chBase, chBase.AddDate(0, 0, 7), g)); err != nil {
-		t.Fatalf("day x model x user after the hour rollup's retention: %v", err)
+	if err := diffUsage(got, groundTruth(kept, chBase, chBase.AddDate(0, 0, 7), g)); err != nil {
+		t.Fatalf("usage after the rollups' retention: %v", err)
 	}
 }
 
@@ -117,6 +127,17 @@ func TestClickHouseMigrateRetentionBinary(t *testing.T) {
 	defer cancel()
 	if err := out.WriteBatch(ctx, calls); err != nil {
 		t.Fatal(err)
+	}
+	// calls days are dropped only once sealed into the rollups: seal them
+	// (the test's writes marked their hours late moments ago; those marks
+	// would keep the fresh seals dirty for ClockSkew, so they are cleared)
+	if err := out.Conn().Exec(ctx, "TRUNCATE TABLE "+db+".usage_dirty_hours"); err != nil {
+		t.Fatal(err)
+	}
+	rebuild := exec.CommandContext(ctx, callpipeBinary(t), "rollup", "rebuild", "--from", base.Format(time.DateOnly), "--to", today.AddDate(0, 0, 1).Format(time.DateOnly))
+	rebuild.Env = append(os.Environ(), "CALLPIPE_CLICKHOUSE_ADDR="+harness.ClickHouse(t).Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db)
+	if b, err := rebuild.CombinedOutput(); err != nil {
+		t.Fatalf("callpipe rollup rebuild: %v\n%s", err, b)
 	}
 	cmd := exec.CommandContext(ctx, callpipeBinary(t), "migrate", "--retention")
 	cmd.Env = append(os.Environ(),

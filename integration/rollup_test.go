@@ -1,0 +1,427 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/schema"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+)
+
+// rollupTestCalls is how many distinct calls the scale test loads:
+// CALLPIPE_ROLLUP_TEST_CALLS, 10 million by default.
+func rollupTestCalls(t *testing.T) uint64 {
+	if v := os.Getenv("CALLPIPE_ROLLUP_TEST_CALLS"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("CALLPIPE_ROLLUP_TEST_CALLS=%q: %v", v, err)
+		}
+		return n
+	}
+	return 10_000_000
+}
+
+// fineKey is the finest grain the oracle keeps: UTC hour, model, user,
+// source, batch.
+type fineKey struct {
+	hour                       int64
+	model, user, source, batch string
+}
+
+type fineAgg struct {
+	calls, errors  uint64
+	in, out, total int64
+	cost           float64
+	ttftCalls      uint64
+}
+
+// rollupOracle is the usage of the loaded calls, computed day by day by SQL
+// over calls collapsed by id (the newest copy of each), independently of
+// the rollups.
+type rollupOracle map[fineKey]*fineAgg
+
+func (o rollupOracle) loadDays(t *testing.T, conn driver.Conn, db string, from, to time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	for k := range o {
+		if k.hour >= from.Unix() && k.hour < to.Unix() {
+			delete(o, k)
+		}
+	}
+	for d := from; d.Before(to); d = d.Add(24 * time.Hour) {
+		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT toInt64(toUInt32(toStartOfHour(st))) AS h, m, u, s, b,
+    toUInt64(count()), toUInt64(sum(e)), toInt64(sum(i)), toInt64(sum(o)), toInt64(sum(tt)), toFloat64(sum(c)), toUInt64(sum(ht))
+FROM
+(
+    SELECT id, argMax(start_time, version) AS st, argMax(model, version) AS m, argMax(user_id, version) AS u,
+        argMax(source, version) AS s, argMax(batch_id, version) AS b,
+        argMax(toUInt8(status >= 400 OR error != ''), version) AS e, argMax(input_tokens, version) AS i,
+        argMax(output_tokens, version) AS o, argMax(total_tokens, version) AS tt, argMax(ifNull(cost_usd, 0.), version) AS c,
+        argMax(toUInt8(isNotNull(ttft_ms)), version) AS ht
+    FROM %s.calls
+    WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC')
+    GROUP BY id
+)
+GROUP BY h, m, u, s, b`, db, d.Unix(), min(d.Add(24*time.Hour).Unix(), to.Unix())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var k fineKey
+			a := &fineAgg{}
+			if err := rows.Scan(&k.hour, &k.model, &k.user, &k.source, &k.batch, &a.calls, &a.errors, &a.in, &a.out, &a.total, &a.cost, &a.ttftCalls); err != nil {
+				t.Fatal(err)
+			}
+			o[k] = a
+		}
+		if err := rows.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// usage aggregates the oracle for one spec (zones with whole-hour offsets:
+// hours map into their buckets whole).
+func (o rollupOracle) usage(s chsink.UsageSpec, loc *time.Location) map[string]fineAgg {
+	out := map[string]fineAgg{}
+	for k, a := range o {
+		if k.hour < s.From.Unix() || k.hour >= s.To.Unix() {
+			continue
+		}
+		f := s.Filter
+		if (f.Model != "" && k.model != f.Model) || (f.User != "" && k.user != f.User) || (f.Source != "" && k.source != f.Source) || (f.BatchID != "" && k.batch != f.BatchID) {
+			continue
+		}
+		out[oracleKey(s.Group, time.Unix(k.hour, 0).In(loc), k.model, k.user, k.source)] = addAgg(out[oracleKey(s.Group, time.Unix(k.hour, 0).In(loc), k.model, k.user, k.source)], *a)
+	}
+	return out
+}
+
+func addAgg(a, b fineAgg) fineAgg {
+	a.calls += b.calls
+	a.errors += b.errors
+	a.in += b.in
+	a.out += b.out
+	a.total += b.total
+	a.cost += b.cost
+	a.ttftCalls += b.ttftCalls
+	return a
+}
+
+func oracleKey(g chsink.GroupBy, at time.Time, model, user, source string) string {
+	var parts []string
+	switch g.Bucket {
+	case chsink.BucketHour:
+		parts = append(parts, at.Truncate(time.Hour).Format(time.RFC3339))
+	case chsink.BucketDay:
+		y, m, d := at.Date()
+		parts = append(parts, time.Date(y, m, d, 0, 0, 0, 0, at.Location()).Format(time.RFC3339))
+	}
+	if g.Model {
+		parts = append(parts, model)
+	}
+	if g.User {
+		parts = append(parts, user)
+	}
+	if g.Source {
+		parts = append(parts, source)
+	}
+	return strings.Join(parts, "|")
+}
+
+// checkRollupUsage compares UsageOf with the oracle for every grouping in
+// UTC and New York, unfiltered and with filters: counts, errors, tokens and
+// TTFT counts exactly, cost to 1e-9 relative. It returns how many answers
+// used the sealed rollups.
+func checkRollupUsage(t *testing.T, conn driver.Conn, db string, o rollupOracle, from, to time.Time, what string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := 0
+	var worst time.Duration
+	for i, g := range append(chsink.AllGroupings(), chsink.AllSourceGroupings()...) {
+		for _, loc := range []*time.Location{time.UTC, ny} {
+			s := chsink.UsageSpec{From: from, To: to, Group: g}
+			if loc != time.UTC {
+				s.TZ = loc.String()
+				// New York days start at 04:00/05:00 UTC: whole hours, so the range
+				// stays on hours and the oracle's hours map into the buckets whole
+			}
+			switch i % 4 {
+			case 1:
+				s.Filter.Model = "model-3"
+			case 2:
+				s.Filter.User = "user-0"
+			case 3:
+				s.Filter.Source, s.Filter.BatchID = "batch", fmt.Sprintf("batch-%d", from.Add(72*time.Hour).Unix()/86400)
+			}
+			t0 := time.Now()
+			got, err := chsink.UsageOf(ctx, conn, db, s)
+			if err != nil {
+				t.Fatalf("%s: usage %s %s: %v", what, g, loc, err)
+			}
+			worst = max(worst, time.Since(t0))
+			want := o.usage(s, loc)
+			if len(got) != len(want) {
+				t.Fatalf("%s: usage %s %s %+v: %d rows, want %d", what, g, loc, s.Filter, len(got), len(want))
+			}
+			for _, r := range got {
+				if r.Histogram {
+					sealed++
+				}
+				w, ok := want[oracleKey(g, r.Bucket, r.Model, r.UserID, r.Source)]
+				if !ok || r.Calls != w.calls || r.Errors != w.errors || r.InputTokens != w.in || r.OutputTokens != w.out ||
+					r.TotalTokens != w.total || r.TTFTCalls != w.ttftCalls || math.Abs(r.CostUSD-w.cost) > 1e-9*math.Max(1, math.Abs(w.cost)) {
+					t.Fatalf("%s: usage %s %s %+v row %s/%s/%s/%s:\n got  %+v\n want %+v (found %v)", what, g, loc, s.Filter,
+						r.Bucket, r.Model, r.UserID, r.Source, r, w, ok)
+				}
+			}
+		}
+	}
+	t.Logf("%s: every grouping equals the oracle (%d rows from sealed rollups; slowest answer %s)", what, sealed, worst.Round(time.Millisecond))
+	return sealed
+}
+
+// checkHistogramBound compares day x model latency quantiles with exact
+// quantiles of the same calls on a few days: within HistogramRelativeError.
+func checkHistogramBound(t *testing.T, conn driver.Conn, db string, days ...time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	checked := 0
+	for _, d := range days {
+		got, err := chsink.UsageOf(ctx, conn, db, chsink.UsageSpec{From: d, To: d.Add(24 * time.Hour), Group: chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT m, arrayMap(x -> toFloat64(x), quantilesExact(0.5, 0.95, 0.99)(lat)),
+    arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95, 0.99)(tt, ht = 1))
+FROM (SELECT id, argMax(model, version) AS m, argMax(latency_ms, version) AS lat, argMax(ifNull(ttft_ms, 0), version) AS tt,
+        argMax(toUInt8(isNotNull(ttft_ms)), version) AS ht
+    FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC') GROUP BY id)
+GROUP BY m`, db, d.Unix(), d.Add(24*time.Hour).Unix()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		exact := map[string][2][]float64{}
+		for rows.Next() {
+			var m string
+			var lat, tt []float64
+			if err := rows.Scan(&m, &lat, &tt); err != nil {
+				t.Fatal(err)
+			}
+			exact[m] = [2][]float64{lat, tt}
+		}
+		_ = rows.Close()
+		for _, r := range got {
+			if !r.Histogram {
+				t.Fatalf("day %s: not read from the sealed rollups", d)
+			}
+			e := exact[r.Model]
+			for i, q := range [][2]float64{{r.LatencyMS.P50, e[0][0]}, {r.LatencyMS.P95, e[0][1]}, {r.LatencyMS.P99, e[0][2]},
+				{r.TTFTMS.P50, e[1][0]}, {r.TTFTMS.P95, e[1][1]}, {r.TTFTMS.P99, e[1][2]}} {
+				if q[1] == 0 && q[0] == 0 {
+					continue
+				}
+				if rel := math.Abs(q[0]-q[1]) / q[1]; rel > chsink.HistogramRelativeError {
+					t.Fatalf("day %s model %s quantile %d: histogram %v, exact %v: relative error %.5f > %.5f", d, r.Model, i, q[0], q[1], rel, chsink.HistogramRelativeError)
+				}
+				checked++
+			}
+		}
+	}
+	t.Logf("histogram quantiles within %.2f%% of exact: %d checked", 100*chsink.HistogramRelativeError, checked)
+}
+
+// runRebuild runs `callpipe rollup rebuild` on db; killAt > 0 SIGKILLs it
+// once it reported that many sealed hours.
+func runRebuild(t *testing.T, db string, from, to time.Time, killAt int) {
+	t.Helper()
+	ch := harness.ClickHouse(t)
+	cmd := exec.Command(callpipeBinary(t), "rollup", "rebuild", "--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339))
+	cmd.Env = append(os.Environ(), "CALLPIPE_CLICKHOUSE_ADDR="+ch.Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db, "CALLPIPE_LOG_FORMAT=text")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var tail []string
+	killed := false
+	for sc.Scan() {
+		line := sc.Text()
+		tail = append(tail[max(0, len(tail)-20):], line)
+		var done, total int
+		if killAt > 0 && !killed {
+			if _, err := fmt.Sscanf(line, "rollup rebuild: %d/%d", &done, &total); err == nil && done >= killAt {
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				killed = true
+			}
+		}
+	}
+	err = cmd.Wait()
+	if killAt > 0 {
+		if !killed {
+			t.Fatalf("rebuild ended before %d hours: %v\n%s", killAt, err, strings.Join(tail, "\n"))
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("rollup rebuild: %v\n%s\n%s", err, stdout.String(), strings.Join(tail, "\n"))
+	}
+	t.Logf("%s", strings.TrimSpace(stdout.String()))
+}
+
+// TestRollupAtScale loads CALLPIPE_ROLLUP_TEST_CALLS calls (10 million by
+// default) over 30 days with INSERT ... SELECT, 2 % of them stored twice,
+// and checks that the usage reads equal SQL over calls collapsed by id for
+// every grouping: after a rebuild SIGKILLed part-way (sealed and unsealed
+// hours mixed), after the rebuild completes, after late calls and
+// re-attributed copies land in sealed hours (before and after they are
+// sealed again), and after a sealed day is replayed twice. The histogram
+// quantiles stay within their bound of exact ones.
+func TestRollupAtScale(t *testing.T) {
+	n := rollupTestCalls(t)
+	out, db := chTestDB(t)
+	conn := out.Conn()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -32)
+	to := from.AddDate(0, 0, 30)
+	load := chsink.SyntheticLoad{Calls: n, From: from, Span: to.Sub(from), Models: 12, Users: 200, DuplicatePercent: 2, Seed: 7}
+	t0 := time.Now()
+	const chunk = 2_500_000
+	for lo := uint64(0); lo < n; lo += chunk {
+		for _, st := range load.Statements(lo, min(lo+chunk, n)) {
+			if err := conn.Exec(ctx, chsink.WithDB(st, db)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	distinct, stored, err := chsink.CallCounts(ctx, conn, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if distinct != n || stored <= n {
+		t.Fatalf("loaded %d distinct calls in %d rows, want %d distinct and some copies", distinct, stored, n)
+	}
+	t.Logf("loaded %d calls (%d rows with copies) in %s", n, stored, time.Since(t0).Round(time.Second))
+
+	o := rollupOracle{}
+	t0 = time.Now()
+	o.loadDays(t, conn, db, from, to)
+	t.Logf("oracle over calls collapsed by id, day by day: %s", time.Since(t0).Round(time.Second))
+
+	// a rebuild killed after 600 of 720 hours: sealed hours, a half-written
+	// seal maybe, unsealed hours; then the whole rebuild
+	runRebuild(t, db, from, to, 600)
+	checkRollupUsage(t, conn, db, o, from, to, "rebuild SIGKILLed")
+	t0 = time.Now()
+	runRebuild(t, db, from, to, 0)
+	t.Logf("rebuild of 30 days: %s", time.Since(t0).Round(time.Second))
+	st, err := chsink.Status(ctx, conn, db, chsink.DefaultSealAfter, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Unsealed) != 0 || len(st.Dirty) != 0 || st.SealedDays < 30 {
+		t.Fatalf("after rebuild: %d unsealed, %d dirty hours, %d days sealed", len(st.Unsealed), len(st.Dirty), st.SealedDays)
+	}
+	if sealed := checkRollupUsage(t, conn, db, o, from, to, "sealed"); sealed == 0 {
+		t.Fatal("no answer came from the sealed rollups")
+	}
+	checkHistogramBound(t, conn, db, from.AddDate(0, 0, 3), from.AddDate(0, 0, 17))
+
+	// late data into sealed hours: new calls through the sink's output (which
+	// marks their hours dirty), and copies of sealed calls re-attributed to
+	// another user with a higher version (a replayed, corrected record)
+	lateDay := from.AddDate(0, 0, 10)
+	var late []schema.Call
+	for i := 0; i < 3000; i++ {
+		st := lateDay.Add(time.Duration(i%5)*time.Hour + time.Duration(i)*time.Second)
+		late = append(late, schema.Call{ID: fmt.Sprintf("late-%d", i), TraceID: fmt.Sprintf("late-%d", i), StartTime: st, EndTime: st.Add(time.Second),
+			LatencyMS: 1000 + int64(i%700), Model: "model-late", UserID: "user-0", Source: "online", Status: 200, Kind: "chat",
+			InputTokens: 10, OutputTokens: 5, TotalTokens: 15})
+	}
+	if err := out.WriteBatch(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, copyCallsSQL(db, "'user-reattributed'", 10, lateDay, lateDay.Add(3*time.Hour), "cityHash64(id) % 7 = 0")); err != nil {
+		t.Fatal(err)
+	}
+	var hours []int64
+	for h := lateDay; h.Before(lateDay.Add(3 * time.Hour)); h = h.Add(time.Hour) {
+		hours = append(hours, h.Unix())
+	}
+	if err := chsink.MarkDirty(ctx, conn, db, chsink.Topology{}, hours, "test re-attribution", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	o.loadDays(t, conn, db, lateDay, lateDay.Add(24*time.Hour))
+	checkRollupUsage(t, conn, db, o, from, to, "late calls, not sealed again yet")
+	sealer := &chsink.Sealer{Conn: conn, Database: db}
+	res, err := sealer.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Resealed < 5 {
+		t.Fatalf("pass after late data: %+v, want the 5 late hours sealed again", res)
+	}
+	checkRollupUsage(t, conn, db, o, from, to, "late calls sealed again within the clock skew of their marks")
+	time.Sleep(chsink.ClockSkew + time.Second) // marks within the skew of a seal keep it dirty: one more pass
+	if res, err = sealer.Pass(ctx); err != nil || res.Resealed < 5 || res.DaysSealed < 1 {
+		t.Fatalf("second pass after late data: %+v (err %v), want the 5 hours and their day sealed", res, err)
+	}
+	if st, err = chsink.Status(ctx, conn, db, chsink.DefaultSealAfter, time.Now()); err != nil || len(st.Dirty) != 0 {
+		t.Fatalf("dirty hours after sealing again: %v (err %v)", st.Dirty, err)
+	}
+	checkRollupUsage(t, conn, db, o, from, to, "late calls sealed again")
+
+	// a sealed day replayed twice: every call of the day stored again, twice
+	replayDay := from.AddDate(0, 0, 20)
+	for i := 0; i < 2; i++ {
+		if err := conn.Exec(ctx, copyCallsSQL(db, "user_id", uint64(100+i), replayDay, replayDay.Add(24*time.Hour), "1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hours = hours[:0]
+	for h := replayDay; h.Before(replayDay.Add(24 * time.Hour)); h = h.Add(time.Hour) {
+		hours = append(hours, h.Unix())
+	}
+	if err := chsink.MarkDirty(ctx, conn, db, chsink.Topology{}, hours, "replay", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	checkRollupUsage(t, conn, db, o, from, to, "day replayed twice, not sealed again yet")
+	if _, err := sealer.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkRollupUsage(t, conn, db, o, from, to, "day replayed twice, sealed again")
+	t.Logf("late day %s and replayed day %s stayed exact", lateDay.Format(time.DateOnly), replayDay.Format(time.DateOnly))
+}
+
+// copyCallsSQL stores another copy of the calls of [from, to) matching
+// where, with user set to the user expression and the version raised.
+func copyCallsSQL(db, user string, addVersion uint64, from, to time.Time, where string) string {
+	cols := "id, trace_id, session_id, start_time, start_ms, end_time, end_ms, first_token_time, first_token_ms, latency_ms, ttft_ms, endpoint, kind, model, instance, %s, user_source, api_key_hash, api_key_prefix, stream, status, error, finish_reason, input_text, output_text, input, output, model_parameters, input_tokens, output_tokens, total_tokens, usage_source, cost_usd, metadata, tags, source, batch_id, truncated, inserted_at, %s"
+	return fmt.Sprintf("INSERT INTO %s.calls (%s)\nSELECT %s\nFROM %s.calls\nWHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC') AND %s",
+		db, fmt.Sprintf(cols, "user_id", "version"), fmt.Sprintf(cols, user, fmt.Sprintf("version + %d", addVersion)), db, from.Unix(), to.Unix(), where)
+}
