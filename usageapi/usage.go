@@ -48,6 +48,10 @@ type UsageResponse struct {
 	GroupBy []string   `json:"group_by"`
 	Rows    []UsageRow `json:"rows"`
 	Totals  Metrics    `json:"totals"`
+	// Percentiles says how latency percentiles were computed: "exact" (every
+	// call of the range read) or "histogram" (sealed hours read from the
+	// rollups' log-linear histograms, relative error at most 0.79 %).
+	Percentiles string `json:"percentiles"`
 }
 
 func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
@@ -76,9 +80,12 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := UsageResponse{From: spec.From.In(loc), To: spec.To.In(loc), TZ: loc.String(), GroupBy: keys,
-		Rows: renderUsage(fillBuckets(rows, spec.Group, spec.From, spec.To, loc), spec.Group, loc)}
+		Rows: renderUsage(fillBuckets(rows, spec.Group, spec.From, spec.To, loc), spec.Group, loc), Percentiles: "exact"}
 	if len(total) == 1 {
 		resp.Totals = metricsOf(total[0])
+		if total[0].Histogram {
+			resp.Percentiles = "histogram"
+		}
 	}
 	s.writeJSON(w, http.StatusOK, resp)
 }

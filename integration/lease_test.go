@@ -1,0 +1,76 @@
+package integration
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/pipeline"
+)
+
+// TestLeaseOneHolderAndTakeover: two processes' leases on one key run their
+// work one at a time; when the holder stops, the other takes over.
+func TestLeaseOneHolderAndTakeover(t *testing.T) {
+	nc, err := ingest.Connect(ingest.NATSOptions{URL: harness.NATS(t), Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "test-" + chRandHex(t, 4)
+	var running, maxRunning, ran [2]atomic.Int32
+	var total atomic.Int32
+	ctxs := make([]context.CancelFunc, 2)
+	done := make(chan struct{}, 2)
+	for i := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		ctxs[i] = cancel
+		l := &pipeline.Lease{JS: js, Key: key, Owner: []string{"a", "b"}[i], TTL: 3 * time.Second, Log: slog.New(slog.DiscardHandler)}
+		go func() {
+			defer func() { done <- struct{}{} }()
+			_ = l.Run(ctx, func(ctx context.Context) {
+				n := total.Add(1)
+				running[i].Add(1)
+				if n > maxRunning[0].Load() {
+					maxRunning[0].Store(n)
+				}
+				ran[i].Add(1)
+				<-ctx.Done()
+				running[i].Add(-1)
+				total.Add(-1)
+			})
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ran[0].Load()+ran[1].Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	holder := 0
+	if ran[1].Load() > 0 {
+		holder = 1
+	}
+	time.Sleep(3 * time.Second) // several renewals: the other must not get in
+	if maxRunning[0].Load() != 1 || ran[1-holder].Load() != 0 {
+		t.Fatalf("work ran %d at once; the waiting process ran %d times", maxRunning[0].Load(), ran[1-holder].Load())
+	}
+	ctxs[holder]() // the holder stops (and releases)
+	deadline = time.Now().Add(5 * time.Second)
+	for ran[1-holder].Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ran[1-holder].Load() != 1 || maxRunning[0].Load() != 1 {
+		t.Fatalf("after the holder stopped: the other ran %d times, at most %d at once", ran[1-holder].Load(), maxRunning[0].Load())
+	}
+	ctxs[1-holder]()
+	<-done
+	<-done
+}
