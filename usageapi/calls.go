@@ -21,7 +21,7 @@ type CallsResponse struct {
 }
 
 func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
-	q, err := newQuery(r.URL.Query(), "from", "to", "user", "model", "status", "limit", "cursor", "tz")
+	q, err := newQuery(r.URL.Query(), "from", "to", "user", "model", "source", "status", "limit", "cursor", "tz")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -44,6 +44,10 @@ func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, err)
 			return
 		}
+	}
+	if spec.Source, err = q.source(); err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	if spec.Status, err = q.status(); err != nil {
 		s.fail(w, r, err)

@@ -34,14 +34,120 @@ type CallSummary struct {
 }
 
 // CallList returns one page of calls (newest first) and the cursor of the
-// next page (nil on the last page).
+// next page (nil on the last page). It reads keys window by window and
+// fetches the newest copies of just those calls (see queries_calls.go), so
+// its cost follows the page, not the range.
 func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) ([]CallSummary, *CallCursor, error) {
 	if s.Limit <= 0 {
 		return nil, nil, errors.New("clickhouse call list: limit must be positive")
 	}
-	rows, err := conn.Query(ctx, WithDB(CallListQuery(s), db))
+	want := s.Limit + 1 // one more tells whether a next page exists
+	floor := callPos{sec: s.From.Unix()}
+	upper := posOfMS(s.To.UnixMilli())
+	if s.After != nil {
+		if a := (callPos{sec: floorDiv(s.After.StartMS, 1000), ms: s.After.StartMS - floorDiv(s.After.StartMS, 1000)*1000, id: s.After.ID}); a.less(upper) {
+			upper = a
+		}
+	}
+	var (
+		out     []CallSummary
+		pending []callPos // keys read, calls not fetched yet, newest first
+		seen    = map[string]struct{}{}
+		window  = callsFirstWindow
+		checked int // keys fetched so far
+		matched int // of which matched the filters
+	)
+	for len(out) < want {
+		// rate: the share of keys whose newest copy matches (re-attribution,
+		// or filters calls_by_user cannot apply); it sizes the next reads.
+		rate := max(float64(matched+1)/float64(checked+1), 0.01)
+		short := want - len(out)
+		done := !floor.less(upper)
+		if !done && float64(len(pending))*rate < float64(short) {
+			limit := min(int(float64(short)/rate*1.1)+4, callKeysMax)
+			lo := max(floor.sec, upper.sec-window)
+			keys, err := callKeys(ctx, conn, WithDB(callKeysQuery(s, lo, upper, limit), db))
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, k := range keys {
+				if _, dup := seen[k.id]; !dup {
+					seen[k.id] = struct{}{}
+					pending = append(pending, k)
+				}
+			}
+			if len(keys) == limit { // more in this window: go on below the last key
+				upper = keys[len(keys)-1]
+			} else { // window exhausted: the next one is wider
+				upper = callPos{sec: lo}
+				if float64(len(keys)) < float64(limit)/4 {
+					window *= 4
+				} else {
+					window *= 2
+				}
+			}
+			if floor.less(upper) && float64(len(pending))*rate < float64(short) && len(pending) < callFetchMax {
+				continue // read more keys before fetching
+			}
+		}
+		if len(pending) == 0 {
+			if done {
+				break
+			}
+			continue
+		}
+		n, size := 0, 0
+		for n < len(pending) && n < callFetchMax && size < callFetchBytes {
+			size += len(pending[n].id) + 4
+			n++
+		}
+		got, err := callFetch(ctx, conn, db, s, pending[:n])
+		if err != nil {
+			return nil, nil, err
+		}
+		checked, matched = checked+n, matched+len(got)
+		pending = pending[n:]
+		out = append(out, got...)
+	}
+	var next *CallCursor
+	if len(out) > s.Limit {
+		out = out[:s.Limit]
+		last := out[len(out)-1]
+		next = &CallCursor{StartMS: last.StartTime.UnixMilli(), ID: last.ID}
+	}
+	return out, next, nil
+}
+
+// callKeys runs one key window (callKeysQuery).
+func callKeys(ctx context.Context, conn driver.Conn, query string) ([]callPos, error) {
+	rows, err := conn.Query(ctx, query)
 	if err != nil {
-		return nil, nil, fmt.Errorf("clickhouse call list: %w", err)
+		return nil, fmt.Errorf("clickhouse call list keys: %w", err)
+	}
+	defer rows.Close()
+	var keys []callPos
+	for rows.Next() {
+		var ts int64
+		var id string
+		if err := rows.Scan(&ts, &id); err != nil {
+			return nil, fmt.Errorf("clickhouse call list keys: %w", err)
+		}
+		k := posOfMS(ts)
+		k.id = id
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("clickhouse call list keys: %w", err)
+	}
+	return keys, nil
+}
+
+// callFetch returns the newest copies of the calls at keys (newest first)
+// that match the spec's filters.
+func callFetch(ctx context.Context, conn driver.Conn, db string, s CallListSpec, keys []callPos) ([]CallSummary, error) {
+	rows, err := conn.Query(ctx, WithDB(callFetchQuery(s, keys), db))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse call list: %w", err)
 	}
 	defer rows.Close()
 	out := []CallSummary{}
@@ -55,7 +161,7 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 		if err := rows.Scan(&c.ID, &c.TraceID, &c.SessionID, &ts, &c.LatencyMS, &hasTTFT, &ttft, &c.Kind, &c.Model, &c.Instance,
 			&c.UserID, &status, &isErr, &c.Error, &c.InputTokens, &c.OutputTokens, &c.TotalTokens, &hasCost, &cost,
 			&c.Source, &c.BatchID, &c.Preview); err != nil {
-			return nil, nil, fmt.Errorf("clickhouse call list: %w", err)
+			return nil, fmt.Errorf("clickhouse call list: %w", err)
 		}
 		c.StartTime = time.UnixMilli(ts).UTC()
 		c.Status, c.IsError = int(status), isErr == 1
@@ -68,13 +174,7 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("clickhouse call list: %w", err)
+		return nil, fmt.Errorf("clickhouse call list: %w", err)
 	}
-	var next *CallCursor
-	if len(out) > s.Limit {
-		out = out[:s.Limit]
-		last := out[len(out)-1]
-		next = &CallCursor{StartMS: last.StartTime.UnixMilli(), ID: last.ID}
-	}
-	return out, next, nil
+	return out, nil
 }

@@ -181,11 +181,8 @@ func readQueries(sampleFrom, sampleTo time.Time) []string {
 		q = append(q, UsageSQL(UsageSpec{From: sampleFrom, To: sampleTo, Group: g, TZ: "America/New_York",
 			Filter: UsageFilter{Source: "batch", BatchID: "b-1"}}))
 	}
-	for _, st := range []CallStatus{"", "ok", "error", "500"} {
-		q = append(q, CallListQuery(CallListSpec{From: sampleFrom, To: sampleTo, User: "user-01", Model: "model-1", Status: st, Limit: 50}))
-	}
+	q = append(q, callListQueries(sampleFrom, sampleTo)...) // the call list owns queries_calls.go
 	q = append(q,
-		CallListQuery(CallListSpec{From: sampleFrom, To: sampleTo, Limit: 10, After: &CallCursor{StartMS: sampleTo.UnixMilli() - 1, ID: "x"}}),
 		CallQuery("chdb-0000001"),
 		TraceQuery("t-1", 1000),
 	)
