@@ -3,9 +3,10 @@
 // native-protocol writer (Output: Connect / WriteBatch / Close, with a
 // BatchPolicy and an in-flight limit), the versioned schema migrator
 // (Migrator, over schema/clickhouse/*.sql, on one server or a cluster:
-// Topology), retention (Retention: TTL or DropExpired) and the exact usage
-// queries (Usage) behind the usage overview. Every SQL statement it sends is
-// in queries.go, cluster.go, retention.go or the migration files.
+// Topology), retention (Retention: TTL or DropExpired), the sealed usage
+// rollups (Sealer) and the exact usage queries (UsageOf) behind the usage
+// overview. Every SQL statement it sends is in queries*.go, cluster.go,
+// retention.go, synthetic.go or the migration files.
 //
 // # Server versions
 //
@@ -39,23 +40,29 @@
 // exact by construction:
 //
 //   - calls is a ReplacingMergeTree(version) ordered by (hour, id): background
-//     merges collapse copies of a call eventually.
-//   - The rollups usage_day_model_user (day × model × user) and
-//     usage_hour_model (hour × model) are narrow per-call ledgers, sorted by
-//     their rollup key, filled by materialized views on calls. An INSERT into
-//     calls fails when a view's insert fails, so the sink's retry covers both.
-//   - Every usage query first collapses the ledger by id (GROUP BY id,
-//     argMax(x, version): the newest copy wins, as ReplacingMergeTree would
-//     decide) and only then aggregates: calls, errors, tokens, cost, and exact
-//     latency / TTFT quantiles (quantilesExact). A call counts once whether or
-//     not ClickHouse has merged its copies yet, and the same holds if a
-//     replay carries a changed record (say, re-priced): the newest version
-//     counts, in the right group.
+//     merges collapse copies of a call eventually; reads collapse them by id
+//     (GROUP BY id, argMax(x, version): the newest copy wins, as
+//     ReplacingMergeTree would decide). A call counts once whether or not
+//     ClickHouse has merged its copies yet, and a replayed, changed record
+//     (re-priced, re-attributed) counts in its new group.
 //
-// Rollups therefore hold no pre-summed numbers; they are fast because they
-// are narrow (about 100 bytes a call instead of kilobytes of text), sorted
-// and partitioned by their key, so a usage query reads only the days and
-// columns it needs. See schema/clickhouse/README.md.
+// # Sealed rollups (rollup.go, usage_plan.go)
+//
+// The usage overview reads pre-aggregated rows that stay exact, through a
+// protocol of seal records and dirty marks (stated in full in rollup.go):
+//
+//   - A seal of an hour or day is written rows first, record last; readers
+//     use only the rows of the newest record. Sealing again replaces a seal.
+//   - An hour is sealed only past the redelivery horizon (SealAfter); a call
+//     that arrives later marks its hour dirty before and after its INSERT,
+//     and a dirty hour is read from per-call rows until sealed again.
+//   - A day seal is used only while its 24 hour seals are still current.
+//   - Replaced rows are deleted only after Grace, longer than any read.
+//
+// Every second of a read's range comes from exactly one of: a clean seal's
+// rows or the per-call rows. Counts, tokens and cost are exact; latency and
+// TTFT percentiles from seals come from log-linear histograms (relative
+// error at most HistogramRelativeError), exact when nothing is sealed.
 //
 // # Delivery
 //
