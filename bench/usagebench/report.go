@@ -46,6 +46,10 @@ func (rep *Report) Print(w io.Writer) {
 	p("  rollup rebuild       %d hours in %.1f s (%.2f s/hour): %d calls sealed, %.0f calls/s; %d rollup rows, %s",
 		rep.Seal.Hours, rep.Seal.Seconds, rep.Seal.SecondsPerHour, rep.Seal.SealedCalls, rep.Seal.CallsPerS, rep.Seal.RollupRows, gib(rep.Seal.RollupBytes))
 	p("  usage total          %d calls over the loaded range (distinct stored: %d)", rep.Seal.UsageTotalCalls, rep.Stored.DistinctCalls)
+	if len(rep.LoadAverage) > 0 {
+		p("  load average (1 min) before load %.2f, seal %.2f, measure %.2f; at the end %.2f (%d CPUs)",
+			rep.LoadAverage["load"], rep.LoadAverage["seal"], rep.LoadAverage["measure"], rep.LoadAverage["end"], rep.MachineCPUs)
+	}
 	p("  users                heaviest %s (%d calls), rarest %s (%d calls)", rep.HeavyUser, rep.HeavyUserCalls, rep.RareUser, rep.RareUserCalls)
 	p("")
 	p("%s", header())

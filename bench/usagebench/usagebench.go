@@ -15,8 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -76,6 +78,10 @@ type Report struct {
 	HeavyUserCalls uint64 `json:"heavy_user_calls"`
 	RareUser       string `json:"rare_user"` // fewest calls (at least one)
 	RareUserCalls  uint64 `json:"rare_user_calls"`
+
+	// LoadAverage is the machine's 1-minute load average before each phase
+	// (load, seal, measure, end): other work on the machine skews the times.
+	LoadAverage map[string]float64 `json:"load_average,omitempty"`
 
 	Queries []QueryResult  `json:"queries"`
 	Targets []TargetResult `json:"targets"`
@@ -236,20 +242,25 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 			err = errors.Join(err, derr)
 		}
 	}()
+	rep.LoadAverage = map[string]float64{}
 	load := chsink.SyntheticLoad{Calls: o.Calls, From: from, Span: r.start.Sub(from), Models: o.Models, Users: o.Users,
 		DuplicatePercent: o.DupPercent, Seed: o.Seed}
+	loadAverage(rep, "load")
 	if err := r.load(ctx, load, rep); err != nil {
 		return rep, err
 	}
 	if err := r.stored(ctx, rep); err != nil {
 		return rep, err
 	}
+	loadAverage(rep, "seal")
 	if err := r.seal(ctx, rep); err != nil {
 		return rep, err
 	}
+	loadAverage(rep, "measure")
 	if err := r.measure(ctx, rep); err != nil {
 		return rep, err
 	}
+	loadAverage(rep, "end")
 	rep.Targets = targets(rep)
 	return rep, nil
 }
@@ -479,6 +490,21 @@ GROUP BY query_id`, r.start.Add(-24*time.Hour).Unix(), chsink.SQLString("bench-u
 		}
 	}
 	return out, rows.Err()
+}
+
+// loadAverage records the 1-minute load average (Linux; nothing elsewhere).
+func loadAverage(rep *Report, phase string) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return
+	}
+	if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+		rep.LoadAverage[phase] = v
+	}
 }
 
 func gib(b uint64) string {
