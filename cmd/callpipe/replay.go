@@ -13,8 +13,8 @@ import (
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/replay"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/schema"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/transform"
 )
 
