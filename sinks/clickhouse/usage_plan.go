@@ -39,14 +39,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	addCalls(from, first)
 	bucketed := s.Group.Bucket != BucketNone
 	hourUsable := func(h int64) bool {
-		if !st.clean(h) {
-			return false
-		}
-		if bucketed {
-			_, off := unixUTC(h).In(loc).Zone()
-			return off%3600 == 0
-		}
-		return true
+		return st.clean(h) && (!bucketed || !splitsHour(s.Group.Bucket, loc, h))
 	}
 	// whole UTC days can come from day rows when the buckets do not split them
 	dayUsable := func(d int64) ([]Seal, bool) {
@@ -86,6 +79,28 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	}
 	addCalls(last, to)
 	return p
+}
+
+// splitsHour reports whether a bucket boundary of the zone falls strictly
+// inside UTC hour h: then the hour's rollup rows cannot be assigned to one
+// bucket. Hour buckets split every hour of a zone whose offset is not whole
+// hours (India, Nepal, ...); day buckets only the hour holding local
+// midnight there.
+func splitsHour(b Bucket, loc *time.Location, h int64) bool {
+	t := unixUTC(h).In(loc)
+	if _, off := t.Zone(); off%3600 == 0 {
+		_, endOff := unixUTC(h + 3599).In(loc).Zone()
+		if endOff%3600 == 0 {
+			return false // boundaries of both kinds fall on whole UTC hours
+		}
+	}
+	if b == BucketHour {
+		return true
+	}
+	y, m, d := t.Date()
+	next := time.Date(y, m, d+1, 0, 0, 0, 0, loc).Unix()
+	start := time.Date(y, m, d, 0, 0, 0, 0, loc).Unix()
+	return (start > h && start < h+3600) || (next > h && next < h+3600)
 }
 
 // perCallWhere is the time condition of the plan's per-call rows.

@@ -76,6 +76,9 @@ func TestPlanUsage(t *testing.T) {
 		"hour":  {UsageSpec{Group: GroupBy{Bucket: BucketHour}}, time.UTC, 0, 23 + 23 + 12, 3},
 		"ny":    {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "America/New_York"}, ny, 0, 23 + 23 + 12, 3},
 		"india": {UsageSpec{Group: GroupBy{Bucket: BucketHour}, TZ: "Asia/Kolkata"}, kolkata, 0, 0, 1},
+		// India's days start at 18:30 UTC: only that hour of each day is read per call
+		// (days 0 and 1: 18:00, plus the dirty hour and the tail)
+		"india-days": {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "Asia/Kolkata"}, kolkata, 0, 23 + 23 + 12 - 2, 5},
 		// no buckets: a half-hour zone only matters at the edges
 		"india-total": {UsageSpec{Group: GroupBy{User: true}, TZ: "Asia/Kolkata"}, kolkata, 0, 23 + 23 + 12, 3},
 	} {
