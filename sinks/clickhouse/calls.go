@@ -80,9 +80,12 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 				upper = keys[len(keys)-1]
 			} else { // window exhausted: the next one is wider
 				upper = callPos{sec: lo}
-				if float64(len(keys)) < float64(limit)/4 {
+				switch {
+				case len(keys) == 0:
+					window *= 8
+				case len(keys) < limit/4:
 					window *= 4
-				} else {
+				default:
 					window *= 2
 				}
 			}
@@ -96,8 +99,10 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 			}
 			continue
 		}
-		n, size := 0, 0
-		for n < len(pending) && n < callFetchMax && size < callFetchBytes {
+		// Fetch about as many as the page still needs: each id costs a
+		// granule of calls per part holding its hour.
+		n, size, enough := 0, 0, int(float64(short)/rate*1.1)+2
+		for n < len(pending) && n < enough && n < callFetchMax && size < callFetchBytes {
 			size += len(pending[n].id) + 4
 			n++
 		}

@@ -88,8 +88,8 @@ func TestCallFetchQuery(t *testing.T) {
 	keys := []callPos{{sec: 7205, ms: 1, id: "a"}, {sec: 3599, id: "b'{db}"}}
 	q := WithDB(callFetchQuery(CallListSpec{User: "u", Model: "m", Source: "online", Status: "500"}, keys), "cp")
 	for _, want := range []string{
-		"FROM cp.calls\n    PREWHERE (toStartOfHour(start_time), id) IN ((toDateTime(7200, 'UTC'), 'a'), (toDateTime(0, 'UTC'), 'b\\'\\x7Bdb}'))",
-		"WHERE start_time >= toDateTime(3599, 'UTC') AND start_time <= toDateTime(7205, 'UTC')",
+		"FROM cp.calls\n    PREWHERE id IN ('a', 'b\\'\\x7Bdb}')\n",
+		"WHERE start_time >= toDateTime(3599, 'UTC') AND start_time <= toDateTime(7205, 'UTC')\n        AND (toStartOfHour(start_time), id) IN ((toDateTime(7200, 'UTC'), 'a'), (toDateTime(0, 'UTC'), 'b\\'\\x7Bdb}'))",
 		"GROUP BY id",
 		"WHERE c_user = 'u' AND c_model = 'm' AND c_source = 'online' AND c_status = 500",
 		"ORDER BY c_ts DESC, id DESC",
@@ -108,7 +108,7 @@ func TestCallFetchQuery(t *testing.T) {
 func TestCallListQueriesSampled(t *testing.T) {
 	from := time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)
 	all := strings.Join(readQueries(from, from.Add(24*time.Hour)), "\n;\n")
-	for _, want := range []string{"FROM {db}.calls_by_user\n", "PREWHERE (toStartOfHour(start_time), id) IN", "ORDER BY start_time DESC, start_ms DESC, id DESC"} {
+	for _, want := range []string{"FROM {db}.calls_by_user\n", "AND (toStartOfHour(start_time), id) IN", "ORDER BY start_time DESC, start_ms DESC, id DESC"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("readQueries has no call list statement with %q", want)
 		}
