@@ -34,6 +34,24 @@ func parseReplayTime(flag, s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%w: --%s %q: want RFC 3339 (2026-11-26T20:00:00Z), an hour (2026-11-26T20) or a day (2026-11-26), UTC", errUsage, flag, s)
 }
 
+// parseTimeRange parses --from and --to (parseReplayTime forms): both
+// required, --to after --from.
+func parseTimeRange(from, to string) (f, t time.Time, err error) {
+	if from == "" || to == "" {
+		return f, t, fmt.Errorf("%w: --from and --to are required", errUsage)
+	}
+	if f, err = parseReplayTime("from", from); err != nil {
+		return f, t, err
+	}
+	if t, err = parseReplayTime("to", to); err != nil {
+		return f, t, err
+	}
+	if !t.After(f) {
+		return f, t, fmt.Errorf("%w: --to %s must be after --from %s", errUsage, to, from)
+	}
+	return f, t, nil
+}
+
 func newReplayCommand(a *app) *cobra.Command {
 	var from, to, model, user, sinks, job string
 	var rateLimit float64
@@ -50,19 +68,9 @@ does nothing for a finished one. Replaying a range twice leaves ClickHouse and
 Langfuse unchanged (every sink deduplicates by call id).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if from == "" || to == "" {
-				return fmt.Errorf("%w: --from and --to are required", errUsage)
-			}
-			f, err := parseReplayTime("from", from)
+			f, t, err := parseTimeRange(from, to)
 			if err != nil {
 				return err
-			}
-			t, err := parseReplayTime("to", to)
-			if err != nil {
-				return err
-			}
-			if !t.After(f) {
-				return fmt.Errorf("%w: --to %s must be after --from %s", errUsage, to, from)
 			}
 			if rateLimit < 0 {
 				return fmt.Errorf("%w: --rate %v: must be 0 (unlimited) or positive", errUsage, rateLimit)

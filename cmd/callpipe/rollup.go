@@ -108,19 +108,9 @@ point: reads stay exact throughout. Hours within clickhouse.rollup.seal_after of
 now are left to the clickhouse stage. Use it after a bulk load or a repair.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if from == "" || to == "" {
-				return fmt.Errorf("%w: --from and --to are required", errUsage)
-			}
-			f, err := parseReplayTime("from", from)
+			f, t, err := parseTimeRange(from, to)
 			if err != nil {
 				return err
-			}
-			t, err := parseReplayTime("to", to)
-			if err != nil {
-				return err
-			}
-			if !t.After(f) {
-				return fmt.Errorf("%w: --to %s must be after --from %s", errUsage, to, from)
 			}
 			s, closeConn, err := openSealer(a, cmd)
 			if err != nil {
