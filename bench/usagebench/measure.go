@@ -8,6 +8,9 @@ import (
 	"strings"
 	"time"
 
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -209,6 +212,7 @@ func (r *runner) runShapes(ctx context.Context, rep *Report, shapes []shape, sta
 			mem = append(mem, l.memory)
 			q.MemoryBytes = max(q.MemoryBytes, l.memory)
 			q.ReadRows = max(q.ReadRows, l.readRows)
+			q.Statements = max(q.Statements, l.statements)
 		}
 		if id := failedID[i]; id != "" { // what the failed statement used before it failed
 			q.MemoryBytes = max(q.MemoryBytes, logs[id].memory)
@@ -243,23 +247,57 @@ func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
 		list.After = next
 	}
 	x := run{id: r.nextID("q")}
+	conn := &taggedConn{Conn: r.conn, run: x.id}
 	t := time.Now()
 	var err error
 	switch sh.kind {
 	case "usage":
 		var rows []chsink.UsageRow
-		rows, err = chsink.UsageOf(r.queryCtx(qctx, x.id), r.conn, r.db, sh.usage)
+		rows, err = chsink.UsageOf(qctx, conn, r.db, sh.usage)
 		x.rows = len(rows)
 	case "calls":
 		var page []chsink.CallSummary
-		page, _, err = chsink.CallList(r.queryCtx(qctx, x.id), r.conn, r.db, list)
+		page, _, err = chsink.CallList(qctx, conn, r.db, list)
 		x.rows = len(page)
 	}
 	x.wall = time.Since(t)
 	if err != nil {
-		return x, r.failed(ctx, x.id, err)
+		return x, r.failed(ctx, conn.last, err)
 	}
 	return x, nil
+}
+
+// taggedConn gives every statement of a timed run its own query id, the
+// run's id with "-s<n>" appended, and log_queries=1. (One id for all of a
+// run's statements fails now and then: a server may still hold the previous
+// statement under that id when the next one arrives.)
+type taggedConn struct {
+	driver.Conn
+	run  string
+	n    int
+	last string
+}
+
+func (c *taggedConn) tag(ctx context.Context) context.Context {
+	c.n++
+	c.last = fmt.Sprintf("%s-s%d", c.run, c.n)
+	return ch.Context(ctx, ch.WithQueryID(c.last), ch.WithSettings(ch.Settings{"log_queries": 1}))
+}
+
+func (c *taggedConn) Query(ctx context.Context, query string, args ...any) (driver.Rows, error) {
+	return c.Conn.Query(c.tag(ctx), query, args...)
+}
+
+func (c *taggedConn) QueryRow(ctx context.Context, query string, args ...any) driver.Row {
+	return c.Conn.QueryRow(c.tag(ctx), query, args...)
+}
+
+func (c *taggedConn) Select(ctx context.Context, dest any, query string, args ...any) error {
+	return c.Conn.Select(c.tag(ctx), dest, query, args...)
+}
+
+func (c *taggedConn) Exec(ctx context.Context, query string, args ...any) error {
+	return c.Conn.Exec(c.tag(ctx), query, args...)
 }
 
 // errNoNextPage skips a next-page shape whose first page holds every call

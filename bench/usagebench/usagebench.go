@@ -141,7 +141,8 @@ type QueryResult struct {
 	// (system.query_log memory_usage); MemoryMedian the median over runs.
 	MemoryBytes  uint64 `json:"memory_bytes"`
 	MemoryMedian uint64 `json:"memory_median_bytes"`
-	ReadRows     uint64 `json:"read_rows"` // the most of one run, summed over its statements
+	Statements   uint64 `json:"statements"` // statements of one run (UsageOf also reads seals and dirty marks)
+	ReadRows     uint64 `json:"read_rows"`  // the most of one run, summed over its statements
 	Error        string `json:"error,omitempty"`
 	Skipped      string `json:"skipped,omitempty"` // why the shape did not run (not a failure)
 }
@@ -448,7 +449,8 @@ func DropDatabase(ctx context.Context, conn driver.Conn, db string) error {
 
 func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "\\`") + "`" }
 
-// logRow is what system.query_log says about the statements of one query id.
+// logRow is what system.query_log says about the statements of one load
+// statement or timed run.
 type logRow struct {
 	statements  uint64
 	durationMS  uint64 // summed
@@ -469,11 +471,13 @@ func (r *runner) queryLog(ctx context.Context, ids []string) (map[string]logRow,
 	}
 	// QueryStart rows have no duration, memory or rows, so every row can be
 	// summed (the type column is UInt8 on 18.16 and an Enum8 later).
-	q := fmt.Sprintf(`SELECT query_id, toUInt64(countIf(query_duration_ms > 0 OR memory_usage > 0 OR exception != '')),
+	// A timed run's statements have ids <run id>-s<n> (taggedConn).
+	q := fmt.Sprintf(`SELECT replaceRegexpOne(query_id, '-s[0-9]+$', '') AS run_id,
+    toUInt64(countIf(query_duration_ms > 0 OR memory_usage > 0 OR exception != '')),
     toUInt64(sum(query_duration_ms)), toUInt64(max(memory_usage)), toUInt64(sum(read_rows)), toUInt64(sum(written_rows)), max(exception)
 FROM system.query_log
 WHERE event_date >= toDate(toDateTime(%d, 'UTC')) AND query_id LIKE %s
-GROUP BY query_id`, r.start.Add(-24*time.Hour).Unix(), chsink.SQLString("bench-usage-"+r.runID+"-%"))
+GROUP BY run_id`, r.start.Add(-24*time.Hour).Unix(), chsink.SQLString("bench-usage-"+r.runID+"-%"))
 	rows, err := r.conn.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("bench usage: system.query_log: %w", err)
