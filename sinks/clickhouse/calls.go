@@ -45,10 +45,11 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 	floor := callPos{sec: s.From.Unix()}
 	upper := posOfMS(s.To.UnixMilli())
 	if s.After != nil {
-		if a := (callPos{sec: floorDiv(s.After.StartMS, 1000), ms: s.After.StartMS - floorDiv(s.After.StartMS, 1000)*1000, id: s.After.ID}); a.less(upper) {
+		if a := posAt(s.After.StartMS, s.After.ID); a.less(upper) {
 			upper = a
 		}
 	}
+	top := upper
 	var (
 		out     []CallSummary
 		pending []callPos // keys read, calls not fetched yet, newest first
@@ -112,7 +113,14 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 		}
 		checked, matched = checked+n, matched+len(got)
 		pending = pending[n:]
-		out = append(out, got...)
+		for _, c := range got {
+			// Copies share their start time, so the newest copy sits at its
+			// key; should one not, it still never leaves the page's range
+			// (no call on two pages).
+			if p := posAt(c.StartTime.UnixMilli(), c.ID); p.less(top) && !p.less(floor) {
+				out = append(out, c)
+			}
+		}
 	}
 	var next *CallCursor
 	if len(out) > s.Limit {
@@ -137,9 +145,7 @@ func callKeys(ctx context.Context, conn driver.Conn, query string) ([]callPos, e
 		if err := rows.Scan(&ts, &id); err != nil {
 			return nil, fmt.Errorf("clickhouse call list keys: %w", err)
 		}
-		k := posOfMS(ts)
-		k.id = id
-		keys = append(keys, k)
+		keys = append(keys, posAt(ts, id))
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("clickhouse call list keys: %w", err)

@@ -75,6 +75,13 @@ func posOfMS(ms int64) callPos {
 	return callPos{sec: floorDiv(ms, 1000), ms: ms - floorDiv(ms, 1000)*1000}
 }
 
+// posAt is the position of a call that started at ms.
+func posAt(ms int64, id string) callPos {
+	p := posOfMS(ms)
+	p.id = id
+	return p
+}
+
 // less orders positions (ascending; the list reads them descending).
 func (p callPos) less(q callPos) bool {
 	if p.sec != q.sec {
