@@ -86,6 +86,7 @@ func TestBadParameters(t *testing.T) {
 		{"/api/v1/usage?tz=Mars/Olympus", "tz", "unknown time zone"},
 		{"/api/v1/usage?tz=../etc", "tz", "IANA"},
 		{"/api/v1/usage?source=nightly", "source", "online or batch"},
+		{"/api/v1/usage?percentiles=maybe", "percentiles", "true or false"},
 		{"/api/v1/usage?grup_by=day", "grup_by", "unknown parameter"},
 		{"/api/v1/usage?model=a&model=b", "model", "given 2 times"},
 		{"/api/v1/usage?group_by=hour&from=2020-01-01&to=2026-01-01", "from", "buckets"},

@@ -49,13 +49,14 @@ type UsageResponse struct {
 	Rows    []UsageRow `json:"rows"`
 	Totals  Metrics    `json:"totals"`
 	// Percentiles says how latency percentiles were computed: "exact" (every
-	// call of the range read) or "histogram" (sealed hours read from the
-	// rollups' log-linear histograms, relative error at most 0.79 %).
+	// call of the range read), "histogram" (sealed hours read from the
+	// rollups' log-linear histograms, relative error at most 0.79 %) or
+	// "none" (asked with percentiles=false: they are 0).
 	Percentiles string `json:"percentiles"`
 }
 
 func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
-	q, err := newQuery(r.URL.Query(), "from", "to", "group_by", "model", "user", "source", "batch_id", "tz")
+	q, err := newQuery(r.URL.Query(), "from", "to", "group_by", "model", "user", "source", "batch_id", "tz", "percentiles")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -86,6 +87,9 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 		if total[0].Histogram {
 			resp.Percentiles = "histogram"
 		}
+	}
+	if spec.SkipPercentiles {
+		resp.Percentiles = "none"
 	}
 	s.writeJSON(w, http.StatusOK, resp)
 }
@@ -118,6 +122,13 @@ func (s *Server) usageSpec(q *query) (chsink.UsageSpec, []string, *time.Location
 	}
 	if spec.Filter.Source, err = q.source(); err != nil {
 		return spec, nil, nil, err
+	}
+	switch p := q.get("percentiles"); p {
+	case "", "true":
+	case "false":
+		spec.SkipPercentiles = true
+	default:
+		return spec, nil, nil, bad("percentiles", "%q is not true or false", p)
 	}
 	if loc != time.UTC {
 		spec.TZ = loc.String()

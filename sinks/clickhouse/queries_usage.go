@@ -85,6 +85,10 @@ type UsageSpec struct {
 	Group    GroupBy
 	Filter   UsageFilter
 	TZ       string
+	// SkipPercentiles leaves latency and TTFT percentiles out (zero): they
+	// are what a read of the rollups spends most on (merging histograms per
+	// group), and overviews that show counts and tokens do not need them.
+	SkipPercentiles bool
 }
 
 // UsageQuery is the exact per-call SQL of Usage for the half-open range
@@ -122,15 +126,23 @@ func usageExactSQL(s UsageSpec, where string) string {
     toInt64(sum(c_out)) AS output_tokens,
     toInt64(sum(c_total)) AS total_tokens,
     toFloat64(sum(c_cost)) AS cost,
-    arrayMap(x -> toFloat64(x), quantilesExact(0.5, 0.95, 0.99)(c_latency)) AS latency_q,
-    toUInt64(countIf(c_has_ttft)) AS ttft_calls,
-    arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95, 0.99)(c_ttft, c_has_ttft)) AS ttft_q
+    %[5]s
 FROM
 (
     %[2]s
 )%[3]s
 GROUP BY %[4]s
-ORDER BY %[4]s`, strings.Join(keys, ",\n    "), collapsedCallsSQL(where), outerWhere, strings.Join(order, ", "))
+ORDER BY %[4]s`, strings.Join(keys, ",\n    "), collapsedCallsSQL(where), outerWhere, strings.Join(order, ", "), exactPercentilesSQL(s.SkipPercentiles))
+}
+
+// exactPercentilesSQL is the latency and TTFT columns of usageExactSQL:
+// exact quantiles, or empty arrays when skipped.
+func exactPercentilesSQL(skip bool) string {
+	q, qIf := "quantilesExact(0.5, 0.95, 0.99)(c_latency)", "quantilesExactIf(0.5, 0.95, 0.99)(c_ttft, c_has_ttft)"
+	if skip {
+		q, qIf = "emptyArrayFloat64()", "emptyArrayFloat64()"
+	}
+	return "arrayMap(x -> toFloat64(x), " + q + ") AS latency_q,\n    toUInt64(countIf(c_has_ttft)) AS ttft_calls,\n    arrayMap(x -> toFloat64(x), " + qIf + ") AS ttft_q"
 }
 
 // Call list, details and traces read {db}.calls, newest copy per id.

@@ -71,9 +71,10 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}
 	plan := planUsage(s, st, loc)
-	histogram := len(plan.rollup) > 0
+	histogram := len(plan.rollup) > 0 && !s.SkipPercentiles
+	rollup := len(plan.rollup) > 0
 	sql := usageExactSQL(s, plan.perCallWhere())
-	if histogram {
+	if rollup {
 		sql = usageRollupSQL(s, plan)
 	}
 	rows, err := conn.Query(ctx, WithDB(sql, db))
@@ -91,7 +92,7 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
 		var lat, ttft []float64
 		var latH, ttftH Histogram
-		if histogram {
+		if rollup {
 			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
 		} else {
 			dest = append(dest, &lat, &r.TTFTCalls, &ttft)
@@ -103,9 +104,11 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		if s.Group.Bucket == BucketNone {
 			r.Bucket = time.Time{}
 		}
-		if histogram {
+		switch {
+		case s.SkipPercentiles:
+		case histogram:
 			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
-		} else {
+		default:
 			r.LatencyMS = quantiles(lat)
 			if r.TTFTCalls > 0 {
 				r.TTFTMS = quantiles(ttft)

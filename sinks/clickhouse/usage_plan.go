@@ -203,17 +203,22 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
     toInt64(sum(o)) AS output_tokens,
     toInt64(sum(tot)) AS total_tokens,
     toFloat64(sum(c)) AS cost,
-    (sumMap(lb, lc) AS lat).1 AS latency_buckets,
-    lat.2 AS latency_counts,
-    toUInt64(sum(tn)) AS ttft_calls,
-    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,
-    ttf.2 AS ttft_counts
+    %s
 FROM
 (
     %s
 )
 GROUP BY %s
-ORDER BY %s`, strings.Join(keys, ",\n    "), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), strings.Join(order, ", "))
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s.SkipPercentiles), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), strings.Join(order, ", "))
+}
+
+// histogramColumnsSQL is the latency and TTFT columns of usageRollupSQL:
+// merged histograms, or empty ones when percentiles are skipped.
+func histogramColumnsSQL(skip bool) string {
+	if skip {
+		return "emptyArrayUInt16() AS latency_buckets,\n    emptyArrayUInt64() AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    emptyArrayUInt16() AS ttft_buckets,\n    emptyArrayUInt64() AS ttft_counts"
+	}
+	return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    lat.2 AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    ttf.2 AS ttft_counts"
 }
 
 // samplePlannedUsage is usage SQL of plans that mix rollup and per-call
@@ -225,6 +230,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 		s := UsageSpec{From: from, To: to, Group: g}
 		if i%2 == 1 {
 			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
+			s.SkipPercentiles = i%4 == 1
 		}
 		p := usagePlan{byUser: g.User || i%2 == 1,
 			rollup:  []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6}},

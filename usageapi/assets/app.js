@@ -221,9 +221,9 @@ function columns(el, points, series, mode) {
 async function loadOverview() {
   const base = { tz: TZ };
   const [day, range, daily] = await Promise.all([
-    api("api/v1/usage", { ...base, from: state.to, to: state.to, group_by: "model" }),
-    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "model" }),
-    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "day" }),
+    api("api/v1/usage", { ...base, from: state.to, to: state.to, group_by: "model", percentiles: "false" }),
+    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "model", percentiles: "false" }),
+    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "day", percentiles: "false" }),
   ]);
   const isToday = state.to === ymd(new Date());
   $("calls-today-label").textContent = isToday ? "Calls today" : "Calls on " + dayLabel(state.to);
@@ -252,8 +252,8 @@ async function loadOverview() {
 
 async function loadFilterOptions() {
   const [users, models] = await Promise.all([
-    api("api/v1/usage", { tz: TZ, from: state.from, to: state.to, group_by: "user" }),
-    api("api/v1/usage", { tz: TZ, from: state.from, to: state.to, group_by: "model" }),
+    api("api/v1/usage", { tz: TZ, from: state.from, to: state.to, group_by: "user", percentiles: "false" }),
+    api("api/v1/usage", { tz: TZ, from: state.from, to: state.to, group_by: "model", percentiles: "false" }),
   ]);
   fillSelect($("f-user"), "All users", users.rows.map((r) => r.user), state.filters.user);
   fillSelect($("f-model"), "All models", models.rows.map((r) => r.model), state.filters.model);
