@@ -163,22 +163,23 @@ func (r *runner) measure(ctx context.Context, rep *Report) error {
 
 // run is one timed run of a shape.
 type run struct {
-	id   string
-	wall time.Duration
-	rows int
+	id         string
+	statements int
+	wall       time.Duration
+	rows       int
 }
 
 func (r *runner) runShapes(ctx context.Context, rep *Report, shapes []shape, state string) error {
 	first := len(rep.Queries)
 	runs := make([][]run, len(shapes))
 	failedID := make([]string, len(shapes))
-	var ids []string
+	ids := map[string]int{} // run id -> statements issued
 	for i, sh := range shapes {
 		res := QueryResult{Name: sh.name, Kind: sh.kind, Range: sh.rng, TZ: sh.tz, Group: sh.group, Filter: sh.filter, State: state}
 		for range r.o.Repeat {
 			x, err := r.runOnce(ctx, sh)
 			if x.id != "" {
-				ids = append(ids, x.id)
+				ids[x.id] = x.statements
 			}
 			if errors.Is(err, errNoNextPage) {
 				res.Skipped = err.Error()
@@ -260,7 +261,7 @@ func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
 		page, _, err = chsink.CallList(qctx, conn, r.db, list)
 		x.rows = len(page)
 	}
-	x.wall = time.Since(t)
+	x.wall, x.statements = time.Since(t), conn.n
 	if err != nil {
 		return x, r.failed(ctx, conn.last, err)
 	}

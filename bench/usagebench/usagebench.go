@@ -17,7 +17,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -282,12 +281,12 @@ func (r *runner) nextID(kind string) string {
 
 func (r *runner) load(ctx context.Context, l chsink.SyntheticLoad, rep *Report) error {
 	start := time.Now()
-	var ids []string
+	ids := map[string]int{}
 	for lo := uint64(0); lo < l.Calls; lo += r.o.ChunkCalls {
 		hi := min(lo+r.o.ChunkCalls, l.Calls)
 		for _, stmt := range l.Statements(lo, hi) {
 			id := r.nextID("load")
-			ids = append(ids, id)
+			ids[id] = 1
 			if err := r.conn.Exec(r.queryCtx(ctx, id), chsink.WithDB(stmt, r.db)); err != nil {
 				return fmt.Errorf("bench usage: load calls [%d, %d): %w", lo, hi, err)
 			}
@@ -302,7 +301,7 @@ func (r *runner) load(ctx context.Context, l chsink.SyntheticLoad, rep *Report) 
 	if err != nil {
 		return err
 	}
-	for _, id := range ids {
+	for id := range ids {
 		rep.Load.RowsWritten += logs[id].writtenRows
 	}
 	return nil
@@ -460,36 +459,65 @@ type logRow struct {
 	exception   string
 }
 
-// queryLog reads the query_log rows of ids (after SYSTEM FLUSH LOGS).
-func (r *runner) queryLog(ctx context.Context, ids []string) (map[string]logRow, error) {
+// queryLog reads the query_log rows of the statements in want (run or
+// statement id -> statements issued under it). A statement's finish row can
+// reach the log just after the client has its answer, so it flushes and
+// reads again (for up to 10 s) until every statement is there.
+func (r *runner) queryLog(ctx context.Context, want map[string]int) (map[string]logRow, error) {
 	out := map[string]logRow{}
-	if len(ids) == 0 {
-		return out, nil
+	for attempt := 0; len(want) > 0; attempt++ {
+		if err := r.conn.Exec(ctx, "SYSTEM FLUSH LOGS"); err != nil {
+			return nil, fmt.Errorf("bench usage: SYSTEM FLUSH LOGS: %w", err)
+		}
+		var err error
+		if out, err = r.readQueryLog(ctx, want); err != nil {
+			return nil, err
+		}
+		missing := 0
+		for id, n := range want {
+			if out[id].statements < uint64(n) {
+				missing++
+			}
+		}
+		if missing == 0 || attempt == 40 {
+			if missing > 0 {
+				r.say("note         system.query_log lacks statements of %d runs after 10 s: their memory and server time are partial", missing)
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
-	if err := r.conn.Exec(ctx, "SYSTEM FLUSH LOGS"); err != nil {
-		return nil, fmt.Errorf("bench usage: SYSTEM FLUSH LOGS: %w", err)
-	}
-	// QueryStart rows have no duration, memory or rows, so every row can be
-	// summed (the type column is UInt8 on 18.16 and an Enum8 later).
-	// A timed run's statements have ids <run id>-s<n> (taggedConn).
+	return out, nil
+}
+
+func (r *runner) readQueryLog(ctx context.Context, want map[string]int) (map[string]logRow, error) {
+	// A timed run's statements have ids <run id>-s<n> (taggedConn). Only
+	// finish rows count (QueryStart rows carry nothing); type is UInt8 on
+	// 18.16 and an Enum8 later, hence toString.
 	q := fmt.Sprintf(`SELECT replaceRegexpOne(query_id, '-s[0-9]+$', '') AS run_id,
-    toUInt64(countIf(query_duration_ms > 0 OR memory_usage > 0 OR exception != '')),
-    toUInt64(sum(query_duration_ms)), toUInt64(max(memory_usage)), toUInt64(sum(read_rows)), toUInt64(sum(written_rows)), max(exception)
+    toUInt64(count()), toUInt64(sum(query_duration_ms)), toUInt64(max(memory_usage)),
+    toUInt64(sum(read_rows)), toUInt64(sum(written_rows)), max(exception)
 FROM system.query_log
 WHERE event_date >= toDate(toDateTime(%d, 'UTC')) AND query_id LIKE %s
+  AND toString(type) IN ('2', '3', '4', 'QueryFinish', 'ExceptionBeforeStart', 'ExceptionWhileProcessing')
 GROUP BY run_id`, r.start.Add(-24*time.Hour).Unix(), chsink.SQLString("bench-usage-"+r.runID+"-%"))
 	rows, err := r.conn.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("bench usage: system.query_log: %w", err)
 	}
 	defer rows.Close()
+	out := map[string]logRow{}
 	for rows.Next() {
 		var id string
 		var l logRow
 		if err := rows.Scan(&id, &l.statements, &l.durationMS, &l.memory, &l.readRows, &l.writtenRows, &l.exception); err != nil {
 			return nil, fmt.Errorf("bench usage: system.query_log: %w", err)
 		}
-		if slices.Contains(ids, id) {
+		if _, ok := want[id]; ok {
 			out[id] = l
 		}
 	}
