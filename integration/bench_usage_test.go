@@ -49,6 +49,7 @@ type benchUsageReport struct {
 		Kind        string    `json:"kind"`
 		TZ          string    `json:"tz"`
 		State       string    `json:"state"`
+		Percentiles bool      `json:"percentiles"`
 		Rows        int       `json:"rows"`
 		Runs        int       `json:"runs"`
 		WallMS      []float64 `json:"wall_ms"`
@@ -138,10 +139,13 @@ func TestBenchUsageCommand(t *testing.T) {
 		t.Errorf("users: heaviest %s (%d), rarest %s (%d)", r.HeavyUser, r.HeavyUserCalls, r.RareUser, r.RareUserCalls)
 	}
 
-	type key struct{ name, tz, state string }
+	type key struct {
+		name, tz, state string
+		pct             bool
+	}
 	seen := map[key]int{}
 	for _, q := range r.Queries {
-		seen[key{q.Name, q.TZ, q.State}]++
+		seen[key{q.Name, q.TZ, q.State, q.Percentiles}]++
 		if q.Error != "" {
 			t.Errorf("%s %s %s failed: %s", q.Name, q.TZ, q.State, q.Error)
 			continue
@@ -160,19 +164,21 @@ func TestBenchUsageCommand(t *testing.T) {
 	var want []key
 	for _, state := range []string{"sealed", "live"} {
 		for _, tz := range []string{"UTC", "America/New_York"} {
-			for _, g := range []string{"day,model", "model,user", "hour,model", "day", "model", "user",
-				"day,model user=" + r.HeavyUser, "day,model user=" + r.RareUser} {
-				want = append(want, key{rng + " " + g, tz, state})
+			for _, pct := range []bool{false, true} {
+				for _, g := range []string{"day,model", "model,user", "hour,model", "day", "model", "user",
+					"day,model user=" + r.HeavyUser, "day,model user=" + r.RareUser} {
+					want = append(want, key{rng + " " + g, tz, state, pct})
+				}
+				want = append(want, key{"today model", tz, state, pct})
 			}
-			want = append(want, key{"today model", tz, state})
 		}
 	}
 	for _, u := range []string{"", " user=" + r.HeavyUser, " user=" + r.RareUser} {
-		want = append(want, key{rng + " calls first page" + u, "UTC", "sealed"}, key{rng + " calls next page" + u, "UTC", "sealed"})
+		want = append(want, key{rng + " calls first page" + u, "UTC", "sealed", false}, key{rng + " calls next page" + u, "UTC", "sealed", false})
 	}
 	for _, k := range want {
 		if seen[k] != 1 {
-			t.Errorf("shape %q %s %s reported %d times, want once", k.name, k.tz, k.state, seen[k])
+			t.Errorf("shape %q %s %s (percentiles %v) reported %d times, want once", k.name, k.tz, k.state, k.pct, seen[k])
 		}
 	}
 	if len(r.Queries) != len(want) {
@@ -186,7 +192,7 @@ func TestBenchUsageCommand(t *testing.T) {
 			t.Errorf("%s: %d calls, want a page of 50", q.Name, q.Rows)
 		}
 	}
-	if len(r.Targets) != 4 {
+	if len(r.Targets) != 5 {
 		t.Errorf("targets: %+v", r.Targets)
 	}
 

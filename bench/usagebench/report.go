@@ -6,25 +6,35 @@ import (
 	"strings"
 )
 
-const lineFormat = "  %-44s %-16s %-6s %6s %9s %9s %9s %9s %10s %12s"
+const lineFormat = "  %-44s %-16s %-6s %-4s %6s %9s %9s %9s %9s %10s %12s"
 
 func header() string {
-	return fmt.Sprintf(lineFormat, "query", "tz", "state", "rows", "min ms", "median ms", "max ms", "server ms", "peak mem", "read rows")
+	return fmt.Sprintf(lineFormat, "query", "tz", "state", "pct", "rows", "min ms", "median ms", "max ms", "server ms", "peak mem", "read rows")
+}
+
+func (q QueryResult) pct() string {
+	switch {
+	case q.Kind != "usage":
+		return ""
+	case q.Percentiles:
+		return "yes"
+	}
+	return "no"
 }
 
 // line is the query's row of the table.
 func (q QueryResult) line() string {
 	if q.Skipped != "" {
-		return fmt.Sprintf("  %-44s %-16s %-6s %s", q.Name, q.TZ, q.State, q.Skipped)
+		return fmt.Sprintf("  %-44s %-16s %-6s %-4s %s", q.Name, q.TZ, q.State, q.pct(), q.Skipped)
 	}
 	if q.Error != "" && q.Runs == 0 {
 		mem := ""
 		if q.MemoryBytes > 0 {
 			mem = " (peak memory " + gib(q.MemoryBytes) + ", read " + fmt.Sprint(q.ReadRows) + " rows)"
 		}
-		return fmt.Sprintf("  %-44s %-16s %-6s FAILED: %s%s", q.Name, q.TZ, q.State, q.Error, mem)
+		return fmt.Sprintf("  %-44s %-16s %-6s %-4s FAILED: %s%s", q.Name, q.TZ, q.State, q.pct(), q.Error, mem)
 	}
-	s := fmt.Sprintf(lineFormat, q.Name, q.TZ, q.State, fmt.Sprint(q.Rows),
+	s := fmt.Sprintf(lineFormat, q.Name, q.TZ, q.State, q.pct(), fmt.Sprint(q.Rows),
 		fmt.Sprintf("%.1f", q.MinMS), fmt.Sprintf("%.1f", q.MedianMS), fmt.Sprintf("%.1f", q.MaxMS),
 		fmt.Sprintf("%.0f", q.ServerMS), gib(q.MemoryBytes), fmt.Sprint(q.ReadRows))
 	if q.Error != "" {

@@ -126,7 +126,10 @@ type QueryResult struct {
 	Group  string `json:"group_by,omitempty"`
 	Filter string `json:"filter,omitempty"`
 	State  string `json:"state"` // sealed: every loaded hour sealed; live: the last hours dirty
-	Rows   int    `json:"rows"`  // rows (groups or calls) of the answer
+	// Percentiles: the usage request asks for latency and TTFT percentiles
+	// (the API's default); the dashboard asks without (percentiles=false).
+	Percentiles bool `json:"percentiles"`
+	Rows        int  `json:"rows"` // rows (groups or calls) of the answer
 
 	Runs     int       `json:"runs"`
 	WallMS   []float64 `json:"wall_ms"` // client wall time of each run
