@@ -91,6 +91,8 @@ func startCHWorker(t *testing.T, n *chNATS, db string, env ...string) *chWorker 
 		"CALLPIPE_NATS_URL="+harness.NATS(t),
 		"CALLPIPE_CLICKHOUSE_ADDR="+harness.ClickHouse(t).Native,
 		"CALLPIPE_CLICKHOUSE_DATABASE="+db,
+		// the test's calls are older than the default 30 days: kept
+		"CALLPIPE_CLICKHOUSE_RETENTION_DAYS_CALLS=0",
 		"CALLPIPE_CLICKHOUSE_CONSUMER="+n.consumer,
 		"CALLPIPE_CLICKHOUSE_SUBJECT="+n.subject,
 		"CALLPIPE_CLICKHOUSE_BATCH_SIZE=2000",

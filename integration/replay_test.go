@@ -32,7 +32,8 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 	from, to := day, day.Add(24*time.Hour)
 
 	chEnv := func(db, consumer, subject string, extra ...string) []string {
-		return e.env(append([]string{"CALLPIPE_CLICKHOUSE_DATABASE=" + db, "CALLPIPE_CLICKHOUSE_FLUSH_INTERVAL=200ms",
+		// the archived calls are from 2021: kept past the default 30 days
+		return e.env(append([]string{"CALLPIPE_CLICKHOUSE_DATABASE=" + db, "CALLPIPE_CLICKHOUSE_FLUSH_INTERVAL=200ms", "CALLPIPE_CLICKHOUSE_RETENTION_DAYS_CALLS=0",
 			"CALLPIPE_TRANSFORM_CONSUMER=" + consumer, "CALLPIPE_TRANSFORM_SUBJECT=" + subject,
 			"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=2s", "CALLPIPE_ARCHIVE_ACK_WAIT=30s", "CALLPIPE_WORKER_LISTEN=" + freeAddr(t)}, extra...)...)
 	}

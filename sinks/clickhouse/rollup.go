@@ -256,31 +256,31 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	}
 	st.dirty = dirty
 
+	// every hour of [lo, due) without a seal: computed when it holds calls,
+	// recorded as sealed-empty when not (so its day can be sealed); then the
+	// dirty ones. Hours before the watermark were looked at by an earlier
+	// pass, so lo only reaches back to the days of dirty hours.
+	withCalls, err := callHours(ctx, s.Conn, s.Database, lo, due)
+	if err != nil {
+		return res, err
+	}
 	var todo []int64
 	var empty []Seal
-	if s.watermark < due {
-		withCalls, err := callHours(ctx, s.Conn, s.Database, s.watermark, due)
-		if err != nil {
-			return res, err
+	for h := lo; h < due; h += 3600 {
+		if _, ok := st.hours[h]; ok {
+			continue
 		}
-		for h := s.watermark; h < due; h += 3600 {
-			if _, ok := st.hours[h]; ok {
-				continue
-			}
-			if withCalls[h] {
-				todo = append(todo, h)
-			} else {
-				empty = append(empty, Seal{Grain: grainHour, Period: h, Version: s.version()})
-			}
+		if withCalls[h] {
+			todo = append(todo, h)
+		} else {
+			empty = append(empty, Seal{Grain: grainHour, Period: h, Version: s.version()})
 		}
 	}
 	for h := range dirty {
-		if st.clean(h) || slices.Contains(todo, h) {
-			continue
+		if _, sealed := st.hours[h]; !sealed || st.clean(h) {
+			continue // unsealed ones are in todo already
 		}
-		if _, sealed := st.hours[h]; sealed {
-			res.Resealed++
-		}
+		res.Resealed++
 		todo = append(todo, h)
 	}
 	slices.Sort(todo)
@@ -299,7 +299,7 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 		st.hours[h] = seal // clean unless marked within ClockSkew of its start: then sealed again next pass
 		res.HoursSealed++
 	}
-	if len(todo) > 0 || len(empty) > 0 || s.watermark < due {
+	if len(todo) > 0 || len(empty) > 0 {
 		n, err := s.sealDays(ctx, st, lo, due)
 		res.DaysSealed = n
 		if err != nil {
@@ -340,9 +340,22 @@ func (s *Sealer) grace() time.Duration {
 // whose day seal is missing or summed other hour versions.
 func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (int, error) {
 	n := 0
+	var empty []Seal // days without calls: records only, written together
 	for d := floorTo(from, 86400); d+86400 <= to; d += 86400 {
 		hours, ok := st.cleanDay(d)
 		if !ok || st.dayCurrent(d, hours) {
+			continue
+		}
+		var calls uint64
+		for _, h := range hours {
+			calls += h.Calls
+		}
+		if calls == 0 {
+			seal := Seal{Grain: grainDay, Period: d, Version: s.version(), HourVersions: make([]uint64, len(hours))}
+			for i, h := range hours {
+				seal.HourVersions[i] = h.Version
+			}
+			empty = append(empty, seal)
 			continue
 		}
 		seal, err := s.SealDay(ctx, d, hours)
@@ -352,7 +365,13 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 		st.days[d] = seal
 		n++
 	}
-	return n, nil
+	if err := s.record(ctx, empty...); err != nil {
+		return n, err
+	}
+	for _, x := range empty {
+		st.days[x.Period] = x
+	}
+	return n + len(empty), nil
 }
 
 // Rebuild re-seals every hour of [from, to) that is past the horizon, then
