@@ -134,49 +134,27 @@ LIMIT %d`, table, strings.Join(where, "\n  AND "), limit)
 
 // copyFilters are the spec's filters on one stored copy (columns of calls).
 func copyFilters(s CallListSpec) []string {
-	var f []string
-	if s.User != "" {
-		f = append(f, "user_id = "+SQLString(s.User))
-	}
-	if s.Model != "" {
-		f = append(f, "model = "+SQLString(s.Model))
-	}
-	if s.Source != "" {
-		f = append(f, "source = "+SQLString(s.Source))
-	}
-	switch s.Status {
-	case "":
-	case "ok":
-		f = append(f, "status < 400 AND error = ''")
-	case "error":
-		f = append(f, "(status >= 400 OR error != '')")
-	default:
-		f = append(f, "status = "+string(s.Status)) // validated as 3 digits by the caller
-	}
-	return f
+	return callListFilters(s, "model", "user_id", "source", "status", "(status >= 400 OR error != '')")
 }
 
 // newestFilters are the spec's filters on the newest copy (callSummarySQL's
 // columns).
 func newestFilters(s CallListSpec) []string {
-	var f []string
-	if s.User != "" {
-		f = append(f, "c_user = "+SQLString(s.User))
-	}
-	if s.Model != "" {
-		f = append(f, "c_model = "+SQLString(s.Model))
-	}
-	if s.Source != "" {
-		f = append(f, "c_source = "+SQLString(s.Source))
-	}
+	return callListFilters(s, "c_model", "c_user", "c_source", "c_status", "c_error = 1")
+}
+
+// callListFilters renders the spec's filters over the given columns and
+// error condition.
+func callListFilters(s CallListSpec, model, user, source, status, isError string) []string {
+	f := usageFilters(UsageFilter{Model: s.Model, User: s.User, Source: s.Source}, model, user, source, "")
 	switch s.Status {
 	case "":
 	case "ok":
-		f = append(f, "c_error = 0")
+		f = append(f, "NOT "+isError)
 	case "error":
-		f = append(f, "c_error = 1")
+		f = append(f, isError)
 	default:
-		f = append(f, "c_status = "+string(s.Status))
+		f = append(f, status+" = "+string(s.Status)) // validated as 3 digits by the caller
 	}
 	return f
 }
