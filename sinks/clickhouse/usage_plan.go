@@ -2,6 +2,7 @@ package clickhouse
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -167,13 +168,34 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	if p.byUser {
 		byUser = 1
 	}
-	lo, hi := p.rollup[0].Period, p.rollup[0].Period
-	for _, r := range p.rollup {
-		lo, hi = min(lo, r.Period), max(hi, r.Period)
+	// each grain's runs of consecutive periods, for the primary key (a
+	// range over the gaps between them would read every hour of a month);
+	// the tuple IN picks the exact seals
+	var runs []string
+	for _, g := range []uint8{grainHour, grainDay} {
+		step := int64(3600)
+		if g == grainDay {
+			step = 86400
+		}
+		var periods []int64
+		for _, r := range p.rollup {
+			if r.Grain == g {
+				periods = append(periods, r.Period)
+			}
+		}
+		slices.Sort(periods)
+		for i := 0; i < len(periods); {
+			j := i
+			for j+1 < len(periods) && periods[j+1] == periods[j]+step {
+				j++
+			}
+			runs = append(runs, fmt.Sprintf("(grain = %d AND %s)", g, timeRangeSQL("period", periods[i], periods[j]+1)))
+			i = j + 1
+		}
 	}
 	rollupWhere := append([]string{
 		fmt.Sprintf("by_user = %d", byUser),
-		timeRangeSQL("period", lo, hi+1),
+		"(" + strings.Join(runs, " OR ") + ")",
 		sealRefsSQL(p.rollup),
 	}, usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...)
 	branches := []string{`SELECT period AS t, model AS m, user_id AS u, source AS src,
