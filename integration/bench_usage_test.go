@@ -125,12 +125,14 @@ func TestBenchUsageCommand(t *testing.T) {
 	if r.Seal.SealedCalls != distinct || r.Seal.UsageTotalCalls != distinct {
 		t.Errorf("sealed calls %d, usage total %d; want the %d distinct calls loaded", r.Seal.SealedCalls, r.Seal.UsageTotalCalls, distinct)
 	}
-	// 2 % stored twice: about 4,000 copies (hash-chosen)
-	if dup := float64(r.Load.RowsWritten) - calls; dup < 0.015*calls || dup > 0.025*calls {
+	// 2 % stored twice: about 4,000 copies (hash-chosen). rows_written is
+	// query_log's written_rows: the calls rows on 18.16 (later servers may
+	// count the rows of the calls_by_user view too, hence only a lower bound).
+	if dup := float64(r.Load.RowsWritten) - calls; dup < 0.015*calls {
 		t.Errorf("rows written %d for %d calls: %.0f copies, want about 2%%", r.Load.RowsWritten, calls, dup)
 	}
-	if r.Stored.Rows < distinct || r.Stored.Rows > r.Load.RowsWritten || r.Stored.CallsBytes == 0 {
-		t.Errorf("stored %d rows (%d bytes); want between %d and %d", r.Stored.Rows, r.Stored.CallsBytes, distinct, r.Load.RowsWritten)
+	if r.Stored.Rows < distinct || r.Stored.Rows > calls*1.025 || r.Stored.CallsBytes == 0 {
+		t.Errorf("stored %d rows (%d bytes); want between %d and %d", r.Stored.Rows, r.Stored.CallsBytes, distinct, int(calls*1.025))
 	}
 	if r.Seal.Hours < days*24 || r.Seal.Hours > days*24+1 || r.Seal.Seconds <= 0 || r.Seal.CallsPerS <= 0 || r.Seal.RollupRows == 0 {
 		t.Errorf("seal: %+v", r.Seal)

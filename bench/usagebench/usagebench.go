@@ -88,8 +88,11 @@ type Report struct {
 
 // LoadResult is the bulk load.
 type LoadResult struct {
-	Statements  int     `json:"statements"`
-	RowsWritten uint64  `json:"rows_written"` // calls rows the INSERTs wrote (query_log; copies included)
+	Statements int `json:"statements"`
+	// RowsWritten is the INSERTs' written_rows in system.query_log: the calls
+	// rows, copies included, on 18.16 (later servers may add the rows the
+	// calls_by_user view wrote).
+	RowsWritten uint64  `json:"rows_written"`
 	Seconds     float64 `json:"seconds"`
 	CallsPerS   float64 `json:"calls_per_s"`
 }
