@@ -53,7 +53,7 @@ func chDropDB(t testing.TB, out *chsink.Output, db string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for _, obj := range []string{"calls_by_user_mv", "calls", "calls_by_user", "usage_rollup", "usage_seals", "usage_dirty_hours", "schema_migrations"} {
+	for _, obj := range []string{"calls_by_user_mv", "calls", "calls_by_user", "usage_rollup", "usage_rollup_by_user", "usage_seals", "usage_dirty_hours", "schema_migrations"} {
 		if err := out.Conn().Exec(ctx, "DROP TABLE IF EXISTS "+db+"."+obj); err != nil {
 			t.Logf("drop %s.%s: %v", db, obj, err)
 		}

@@ -227,6 +227,10 @@ const (
 	codeTableAlreadyExists    = 57
 	codeDatabaseAlreadyExists = 82
 	codeDuplicateColumn       = 15
+	// ILLEGAL_COLUMN: 18.16 answers an ADD COLUMN of an existing column
+	// with it ("column with this name already exists"); it has no
+	// ADD COLUMN IF NOT EXISTS
+	codeIllegalColumn = 44
 )
 
 func execTolerant(ctx context.Context, conn driver.Conn, stmt string) error {
@@ -239,6 +243,10 @@ func execTolerant(ctx context.Context, conn driver.Conn, stmt string) error {
 		switch ex.Code {
 		case codeTableAlreadyExists, codeDatabaseAlreadyExists, codeDuplicateColumn:
 			return nil
+		case codeIllegalColumn:
+			if strings.Contains(stmt, " ADD COLUMN ") && strings.Contains(ex.Message, "already exists") {
+				return nil
+			}
 		}
 	}
 	return fmt.Errorf("%w\nstatement: %s", err, stmt)

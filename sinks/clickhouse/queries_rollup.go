@@ -75,6 +75,23 @@ GROUP BY c_model, c_user, c_source, c_batch`, rollupColumns, grainHour, hour, v,
 		histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(where))
 }
 
+// userRollupColumns are the columns of usage_rollup_by_user (usage_rollup's
+// by_user = 1 rows, sorted by user first).
+const userRollupColumns = `grain, period, model, user_id, source, batch_id, version,
+    calls, errors, input_tokens, output_tokens, total_tokens, cost,
+    latency_buckets, latency_counts, ttft_calls, ttft_buckets, ttft_counts`
+
+// sealUserCopySQL copies the by_user = 1 rows of seal (grain, period, v)
+// into usage_rollup_by_user, after they are written and before the seal is
+// recorded.
+func sealUserCopySQL(grain uint8, period int64, v uint64) string {
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup_by_user (%s)
+SELECT %s
+FROM {db}.usage_rollup
+WHERE by_user = 1 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d`,
+		userRollupColumns, userRollupColumns, grain, period, v)
+}
+
 // sealSummedSQL writes the by_user = 0 rows of one hour seal (hour, v):
 // its by_user = 1 rows summed over users and batches.
 func sealSummedSQL(hour int64, v uint64) string {
@@ -131,14 +148,14 @@ func sealRefsSQL(refs []sealRef) string {
 }
 
 // InsertSeal records seals (batch insert), after their rows are written.
-const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at)`
+const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy)`
 
 // InsertDirtyHours marks hours for re-sealing (batch insert).
 const InsertDirtyHours = `INSERT INTO {db}.usage_dirty_hours (hour, marked_at, reason)`
 
 // sealsQuery is the newest seal of every period in [from, to).
 func sealsQuery(from, to int64) string {
-	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version)
+	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version)
 FROM {db}.usage_seals
 WHERE ` + timeRangeSQL("period", from, to) + `
 GROUP BY grain, period
@@ -174,15 +191,28 @@ func callHoursQuery(from, to int64) string {
 // QueryFirstCall is the start of the oldest stored call (0 when none).
 const QueryFirstCall = `SELECT toInt64(toUInt32(min(start_time))), toUInt64(count()) FROM {db}.calls`
 
-// rollupVersionsQuery lists the seal versions stored for the periods of
-// grain in [from, to) (superseded ones included), for clean-up.
+// rollupVersionsQuery lists the seal versions stored for the periods in
+// [from, to) (superseded and abandoned ones included) in usage_rollup or its
+// copy keyed by user, for clean-up.
 func rollupVersionsQuery(from, to int64) string {
-	return `SELECT DISTINCT grain, toInt64(toUInt32(period)) AS p, version FROM {db}.usage_rollup WHERE ` + timeRangeSQL("period", from, to) + ` ORDER BY grain, p, version`
+	where := timeRangeSQL("period", from, to)
+	return `SELECT DISTINCT grain, toInt64(toUInt32(period)) AS p, version FROM
+(
+    SELECT grain, period, version FROM {db}.usage_rollup WHERE ` + where + `
+    UNION ALL
+    SELECT grain, period, version FROM {db}.usage_rollup_by_user WHERE ` + where + `
+)
+ORDER BY grain, p, version`
 }
 
-// deleteRollupVersionsStatement deletes the rows of superseded seals.
-func deleteRollupVersionsStatement(topo Topology, refs []sealRef) string {
-	return "ALTER TABLE {db}." + topo.LocalTable("usage_rollup") + topo.onCluster() + " DELETE WHERE " + sealRefsSQL(refs)
+// deleteRollupVersionsStatements delete the rows of superseded seals and
+// their copies keyed by user.
+func deleteRollupVersionsStatements(topo Topology, refs []sealRef) []string {
+	var out []string
+	for _, t := range []string{"usage_rollup", "usage_rollup_by_user"} {
+		out = append(out, "ALTER TABLE {db}."+topo.LocalTable(t)+topo.onCluster()+" DELETE WHERE "+sealRefsSQL(refs))
+	}
+	return out
 }
 
 // rollupQueries are sample statements of the rollups for AllQueries.
@@ -193,10 +223,11 @@ func rollupQueries(sampleFrom time.Time) []string {
 	for i := range hours {
 		hours[i] = sealRef{Grain: grainHour, Period: day + int64(i)*3600, Version: uint64(1000 + i)}
 	}
-	return []string{
+	out := []string{
 		sealHourSQL(h, 7, 0, 1), sealHourSQL(h, 7, 1, 3), sealSummedSQL(h, 7), sealDaySQL(day, 9, hours),
+		sealUserCopySQL(grainHour, h, 7), sealUserCopySQL(grainDay, day, 9),
 		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(h), sealCallsQuery(h, 7),
 		callHoursQuery(h, h+86400), QueryFirstCall, rollupVersionsQuery(h, h+86400),
-		deleteRollupVersionsStatement(Topology{}, hours[:2]),
 	}
+	return append(out, deleteRollupVersionsStatements(Topology{}, hours[:2])...)
 }

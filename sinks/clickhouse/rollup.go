@@ -20,7 +20,8 @@ import (
 //
 //  1. A seal of a period (grain, period) has a version: the sealer's clock in
 //     Unix nanoseconds when it started reading, unique per Sealer. The sealer
-//     writes every usage_rollup row of the seal first, then one usage_seals
+//     writes every usage_rollup row of the seal first, then the copy of its
+//     rows keyed by user (usage_rollup_by_user), then one usage_seals
 //     record (grain, period, version). Readers use a period's rollup rows
 //     only through the newest record, selecting exactly (grain, period,
 //     version): a seal that failed half-way wrote rows no record names, and
@@ -148,6 +149,9 @@ func (s *Sealer) SealHour(ctx context.Context, h int64) (Seal, error) {
 	if err := s.exec(ctx, sealSummedSQL(h, v)); err != nil {
 		return Seal{}, fmt.Errorf("seal hour %s: sum over users: %w", unixUTC(h), err)
 	}
+	if err := s.exec(ctx, sealUserCopySQL(grainHour, h, v)); err != nil {
+		return Seal{}, fmt.Errorf("seal hour %s: copy keyed by user: %w", unixUTC(h), err)
+	}
 	var calls uint64
 	if err := s.Conn.QueryRow(ctx, WithDB(sealCallsQuery(h, v), s.Database)).Scan(&calls); err != nil {
 		return Seal{}, fmt.Errorf("seal hour %s: count calls: %w", unixUTC(h), err)
@@ -176,6 +180,9 @@ func (s *Sealer) SealDay(ctx context.Context, d int64, hours []Seal) (Seal, erro
 		if err := s.exec(ctx, sealDaySQL(d, v, refs)); err != nil {
 			return Seal{}, fmt.Errorf("seal day %s: %w", unixUTC(d), err)
 		}
+		if err := s.exec(ctx, sealUserCopySQL(grainDay, d, v)); err != nil {
+			return Seal{}, fmt.Errorf("seal day %s: copy keyed by user: %w", unixUTC(d), err)
+		}
 	}
 	if err := s.record(ctx, seal); err != nil {
 		return Seal{}, err
@@ -183,7 +190,8 @@ func (s *Sealer) SealDay(ctx context.Context, d int64, hours []Seal) (Seal, erro
 	return seal, nil
 }
 
-// record writes seal records (after their rows).
+// record writes seal records (after their rows, and the copy of those keyed
+// by user: every seal recorded here has it, so user_copy = 1).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -198,7 +206,7 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if hv == nil {
 			hv = []uint64{}
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1)); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -448,8 +456,10 @@ func (s *Sealer) Cleanup(ctx context.Context, from, to int64) (int, error) {
 	}
 	for i := 0; i < len(gone); i += 1000 {
 		part := gone[i:min(i+1000, len(gone))]
-		if err := s.exec(ctx, deleteRollupVersionsStatement(s.Topology, part)); err != nil {
-			return i, fmt.Errorf("rollup cleanup: %w", err)
+		for _, stmt := range deleteRollupVersionsStatements(s.Topology, part) {
+			if err := s.exec(ctx, stmt); err != nil {
+				return i, fmt.Errorf("rollup cleanup: %w", err)
+			}
 		}
 		s.log().Info("rollup: superseded seals deleted", "seals", len(part))
 	}
@@ -463,6 +473,9 @@ type Seal struct {
 	Version      uint64
 	Calls        uint64
 	HourVersions []uint64 // day seals: the versions of hours 0..23
+	// UserCopy: the seal's rows keyed by user are also in
+	// usage_rollup_by_user (seals recorded before migration 0004 are not).
+	UserCopy bool
 }
 
 func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, Version: x.Version} }
@@ -530,9 +543,11 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 	defer rows.Close()
 	for rows.Next() {
 		var x Seal
-		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions); err != nil {
+		var userCopy uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy); err != nil {
 			return nil, fmt.Errorf("rollup: read seals: %w", err)
 		}
+		x.UserCopy = userCopy == 1
 		if x.Grain == grainDay {
 			st.days[x.Period] = x
 		} else {

@@ -13,9 +13,13 @@ import (
 // the result is bucketed). Each second of the range is read from exactly
 // one of the two.
 type usagePlan struct {
-	byUser  bool       // rollup level: keyed by user and batch
-	rollup  []sealRef  // seals whose rows are read
-	perCall [][2]int64 // [from, to) Unix seconds, ascending, disjoint
+	byUser bool // rollup level: keyed by user and batch
+	// userCopy: the read is filtered by one user and every seal read has
+	// its copy sorted by user (usage_rollup_by_user), which holds only that
+	// user's rows in a few index ranges
+	userCopy bool
+	rollup   []sealRef  // seals whose rows are read
+	perCall  [][2]int64 // [from, to) Unix seconds, ascending, disjoint
 }
 
 // planUsage plans s over the seals and dirty marks in st.
@@ -79,6 +83,12 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		h += 3600
 	}
 	addCalls(last, to)
+	p.userCopy = s.Filter.User != "" && len(p.rollup) > 0
+	for _, r := range p.rollup {
+		if x, _ := st.current(r.Grain, r.Period); !x.UserCopy {
+			p.userCopy = false
+		}
+	}
 	return p
 }
 
@@ -193,15 +203,18 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 			i = j + 1
 		}
 	}
-	rollupWhere := append([]string{
-		fmt.Sprintf("by_user = %d", byUser),
-		"(" + strings.Join(runs, " OR ") + ")",
+	table, level := "usage_rollup", []string{fmt.Sprintf("by_user = %d", byUser)}
+	if p.userCopy {
+		table, level = "usage_rollup_by_user", nil
+	}
+	rollupWhere := append(append(level,
+		"("+strings.Join(runs, " OR ")+")",
 		sealRefsSQL(p.rollup),
-	}, usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...)
+	), usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...)
 	branches := []string{`SELECT period AS t, model AS m, user_id AS u, source AS src,
         calls AS n, errors AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
         latency_buckets AS lb, latency_counts AS lc, ttft_calls AS tn, ttft_buckets AS tb, ttft_counts AS tc
-    FROM {db}.usage_rollup
+    FROM {db}.` + table + `
     WHERE ` + strings.Join(rollupWhere, "\n      AND ")}
 	if len(p.perCall) > 0 {
 		outer := ""
@@ -254,7 +267,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
 			s.SkipPercentiles = i%4 == 1
 		}
-		p := usagePlan{byUser: g.User || i%2 == 1,
+		p := usagePlan{byUser: g.User || i%2 == 1, userCopy: i%4 == 1,
 			rollup:  []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6}},
 			perCall: [][2]int64{{h + 3600, h + 7200}, {h + 3*3600, h + 4*3600}}}
 		out = append(out, usageRollupSQL(s, p))

@@ -122,9 +122,28 @@ func TestPlanUsage(t *testing.T) {
 	if len(p.rollup) != 24 || p.rollup[0].Grain != grainHour {
 		t.Fatalf("stale day seal used: %+v", p)
 	}
-	// a user filter reads the by-user level
-	if p := planUsage(UsageSpec{From: time.Unix(d0, 0), To: time.Unix(d0+86400, 0), Filter: UsageFilter{User: "u"}}, st2, time.UTC); !p.byUser {
-		t.Fatal("a user filter needs rows keyed by user")
+	// a user filter reads the by-user level, from the copy sorted by user
+	// only when every seal read has one (seals from before migration 0004
+	// do not)
+	userDay := UsageSpec{From: time.Unix(d0, 0), To: time.Unix(d0+86400, 0), Filter: UsageFilter{User: "u"}}
+	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy {
+		t.Fatalf("a user filter over seals without copies: by_user %v, copy %v", p.byUser, p.userCopy)
+	}
+	for k, x := range st2.hours {
+		x.UserCopy = true
+		st2.hours[k] = x
+	}
+	if p := planUsage(userDay, st2, time.UTC); !p.byUser || !p.userCopy {
+		t.Fatalf("a user filter over seals with copies: by_user %v, copy %v", p.byUser, p.userCopy)
+	}
+	if p := planUsage(UsageSpec{From: userDay.From, To: userDay.To, Group: GroupBy{User: true}}, st2, time.UTC); p.userCopy {
+		t.Fatal("the copy sorted by user is for reads of one user")
+	}
+	x := st2.hours[d0+5*3600]
+	x.UserCopy = false
+	st2.hours[d0+5*3600] = x
+	if p := planUsage(userDay, st2, time.UTC); p.userCopy {
+		t.Fatal("one seal without a copy: the copy must not be read")
 	}
 	// nothing sealed: one per-call interval
 	p = planUsage(UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0)}, planState(0, 0, nil), time.UTC)

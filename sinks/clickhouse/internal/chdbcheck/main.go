@@ -95,7 +95,12 @@ func run(callsFile, outFile string, from, to time.Time) error {
 		for _, m := range migs {
 			for _, st := range m.Statements {
 				if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
-					return fmt.Errorf("migration %s (run %d): %w", m.Name, round+1, err)
+					// no ADD COLUMN IF NOT EXISTS on 18.16: the migrator counts
+					// "already exists" as done, so the second run may meet it
+					readded := round == 1 && strings.Contains(st, " ADD COLUMN ") && strings.Contains(err.Error(), "already exists")
+					if !readded {
+						return fmt.Errorf("migration %s (run %d): %w", m.Name, round+1, err)
+					}
 				}
 			}
 		}
@@ -190,8 +195,8 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 			return err
 		}
 		stmts := chsink.TableSettingStatements(srv, chsink.Topology{}, keep, engines)
-		if pass == 1 && len(stmts) != 10 {
-			return fmt.Errorf("table settings: %d statements for 5 retained tables, want TTL + dedup window each: %q", len(stmts), stmts)
+		if pass == 1 && len(stmts) != 12 {
+			return fmt.Errorf("table settings: %d statements for 6 retained tables, want TTL + dedup window each: %q", len(stmts), stmts)
 		}
 		if pass == 2 && len(stmts) != 0 {
 			return fmt.Errorf("table settings not idempotent: second pass wants %q", stmts)
