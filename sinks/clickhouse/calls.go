@@ -50,6 +50,13 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 		}
 	}
 	top := upper
+	// Windows end at upper and start window seconds before the earlier of
+	// upper and now (plus clock skew): a range that ends in the future (the
+	// dashboard asks up to tomorrow) has no calls there to find, and an
+	// hour-wide first window over it would come back empty and cost a
+	// round trip per widening. Calls stamped ahead of now are still inside
+	// the first window, which always reaches up to upper.
+	now := time.Now().Add(ClockSkew).Unix()
 	var (
 		out     []CallSummary
 		pending []callPos // keys read, calls not fetched yet, newest first
@@ -66,7 +73,7 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 		done := !floor.less(upper)
 		if !done && float64(len(pending))*rate < float64(short) {
 			limit := min(int(float64(short)/rate*1.1)+4, callKeysMax)
-			lo := max(floor.sec, upper.sec-window)
+			lo := max(floor.sec, min(upper.sec, now)-window)
 			keys, err := callKeys(ctx, conn, WithDB(callKeysQuery(s, lo, upper, limit), db))
 			if err != nil {
 				return nil, nil, err
