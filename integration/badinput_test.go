@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
-	"github.com/callpipe/callpipe/internal/badinput"
+	"github.com/callpipe/callpipe/integration/internal/badinput"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/workload"
 )

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 )
 
 // TestBenchCommand runs `callpipe bench` small (its own nats-server, the

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/bench/usagebench"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 

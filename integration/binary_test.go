@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 )
 
 var (

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )

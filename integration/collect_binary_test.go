@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 )
 
 // TestCollectBinaryGracefulShutdown runs `callpipe collect`, keeps clients

@@ -15,7 +15,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/workload"
 )

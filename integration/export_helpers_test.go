@@ -22,7 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/callpipe/callpipe/export"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"

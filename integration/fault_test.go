@@ -21,10 +21,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 	"github.com/callpipe/callpipe/transform"
 	"github.com/callpipe/callpipe/workload"
 )

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 type lfWorker struct {

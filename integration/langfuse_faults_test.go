@@ -11,9 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 // TestLangfuseSinkFaults runs every fault at once through real JetStream:

@@ -18,10 +18,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 // lfEnv is one Langfuse test's slice of NATS: its own subject under
@@ -104,7 +104,7 @@ func newLfEnv(t *testing.T, o langfusetest.Options) *lfEnv {
 // for the contract server to check requests against.
 func lfSpec(t *testing.T, name string) *langfusetest.OpenAPI {
 	t.Helper()
-	spec, err := langfusetest.LoadOpenAPI(filepath.Join(harness.RepoRoot(t), "sinks", "langfuse", "langfusetest", "testdata", name, "openapi.yml"))
+	spec, err := langfusetest.LoadOpenAPI(filepath.Join(harness.RepoRoot(t), "integration", "fakes", "langfusetest", "testdata", name, "openapi.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}

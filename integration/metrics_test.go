@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 )
 
 // scrape reads a /metrics page: family name → samples.

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 )
 
 // fakeXinference answers chat completions like Xinference: JSON with usage,

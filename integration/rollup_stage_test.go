@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/usageapi"
 )
 

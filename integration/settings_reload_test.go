@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 // TestSettingsHotReload runs `callpipe worker --stages langfuse` configured

@@ -28,9 +28,9 @@ import (
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 	"github.com/callpipe/callpipe/transform"
 	"github.com/callpipe/callpipe/workload"
 )
