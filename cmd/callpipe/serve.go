@@ -180,30 +180,19 @@ func (g *settingsGate) open(ctx context.Context, cfg *config.Config, log *slog.L
 		log.Error("settings: jetstream", "err", err)
 		return
 	}
-	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
-		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		store, err := settings.Open(octx, js, cfg.NATS.Stream.Replicas)
-		cancel()
-		if err == nil {
-			mux := http.NewServeMux()
-			(&settings.Handler{Store: store, Config: configuredLangfuse(cfg)}).Register(mux)
-			g.handler.Store(mux)
-			log.Info("settings: bucket open", "bucket", settings.Bucket)
-			if g.opened != nil {
-				g.opened(ctx, store)
-			}
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
+	store, err := settings.OpenWhenReady(ctx, js, cfg.NATS.Stream.Replicas, func(err error, wait time.Duration) {
 		g.lastErr.Store(&err)
 		log.Warn("settings: NATS KV bucket not available yet; settings routes answer 503", "bucket", settings.Bucket, "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
+	})
+	if err != nil {
+		return
+	}
+	mux := http.NewServeMux()
+	(&settings.Handler{Store: store, Config: configuredLangfuse(cfg)}).Register(mux)
+	g.handler.Store(mux)
+	log.Info("settings: bucket open", "bucket", settings.Bucket)
+	if g.opened != nil {
+		g.opened(ctx, store)
 	}
 }
 
