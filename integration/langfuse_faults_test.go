@@ -12,6 +12,7 @@ import (
 
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
 )
@@ -53,7 +54,7 @@ func TestLangfuseSinkFaults(t *testing.T) {
 		return 0, ""
 	})
 	reg := prometheus.NewRegistry()
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	e.publish(calls, "")
 	e.startSink(func(oc *langfuse.OutputConfig, sc *langfuse.SinkConfig) {
 		oc.Timeout = timeout

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
 )
@@ -37,13 +36,7 @@ type lfEnv struct {
 	srv      *langfusetest.Server
 }
 
-func lfRand(t testing.TB) string {
-	b := make([]byte, 5)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return "lf" + hex.EncodeToString(b)
-}
+func lfRand(t testing.TB) string { return "lf" + testkit.RandomHex(t, 5) }
 
 // lfEnsureStream creates a stream when it does not exist (the transform
 // stage owns their settings; this only makes the test self-sufficient).
@@ -246,13 +239,7 @@ func (e *lfEnv) waitSettled(timeout time.Duration) {
 
 func lfWait(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.WaitFor(t, timeout, what, func() (bool, string) { return cond(), "" })
 }
 
 // deadLetters returns this run's dead letters of the langfuse stage.

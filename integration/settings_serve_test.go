@@ -177,7 +177,7 @@ func TestSettingsServeAPI(t *testing.T) {
 	}
 
 	p.stop(t)
-	logs := p.stderr.String()
+	logs := p.Out.String()
 	for _, s := range secrets {
 		for i, body := range bodies {
 			if strings.Contains(body, s) {
