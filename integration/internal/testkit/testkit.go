@@ -5,7 +5,6 @@
 package testkit
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -225,20 +224,5 @@ func Last(s string, n int) string {
 	return s
 }
 
-// Buffer is a bytes.Buffer a child's output goroutine and the test can share.
-type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *Buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *Buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// Buffer is what a child's output goroutine and the test share.
+type Buffer = harness.Buffer
