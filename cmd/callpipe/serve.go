@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"time"
 
@@ -54,7 +52,10 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 
-			links := langfuseLinks(ctx, configuredLangfuse(cfg), cfg, log)
+			langfuseLinks := func(ctx context.Context, l settings.Langfuse) usageapi.LangfuseLinks {
+				return usageapi.LinksFor(ctx, l, cfg.Langfuse.Transport == "otlp", log)
+			}
+			links := langfuseLinks(ctx, configuredLangfuse(cfg))
 			reg := newRegistry()
 			if err := registerLag(reg, nc, cfg, log); err != nil {
 				return err
@@ -79,7 +80,7 @@ func newServeCommand(a *app) *cobra.Command {
 							srv.SetLangfuse(links)
 							return
 						}
-						srv.SetLangfuse(langfuseLinks(ctx, eff.Langfuse, cfg, log))
+						srv.SetLangfuse(langfuseLinks(ctx, eff.Langfuse))
 					})
 					if err != nil && ctx.Err() == nil {
 						log.Warn("settings: watching the Langfuse settings stopped; links keep the last ones", "err", err)
@@ -100,12 +101,7 @@ func newServeCommand(a *app) *cobra.Command {
 			runner, closeRunner, err := newExportRunner(ctx, cfg, log, true)
 			if err != nil {
 				log.Warn("export jobs API unavailable", "err", err)
-				reason := err.Error()
-				exports = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-					w.Header().Set("Content-Type", "application/json")
-					w.WriteHeader(http.StatusServiceUnavailable)
-					_ = json.NewEncoder(w).Encode(map[string]string{"error": "export jobs are unavailable: " + reason})
-				})
+				exports = export.Unavailable(err.Error())
 			} else {
 				h := export.NewHandler(runner, log)
 				exports = h
@@ -130,24 +126,6 @@ func newServeCommand(a *app) *cobra.Command {
 	}
 	cmd.Flags().String("listen", "", "host:port of the API and dashboard (serve.listen)")
 	return cmd
-}
-
-// langfuseLinks is where "View in Langfuse" links of l point: its project
-// when known or looked up with its keys, else <host>/trace/<id>, which
-// Langfuse redirects.
-func langfuseLinks(ctx context.Context, l settings.Langfuse, cfg *config.Config, log *slog.Logger) usageapi.LangfuseLinks {
-	links := usageapi.LangfuseLinks{Host: l.Host, ProjectID: l.ProjectID, OTLP: cfg.Langfuse.Transport == "otlp"}
-	if links.Host != "" && links.ProjectID == "" && l.PublicKey != "" && l.SecretKey != "" {
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		pid, err := usageapi.LangfuseProject(lctx, http.DefaultClient, links.Host, l.PublicKey, l.SecretKey)
-		cancel()
-		if err != nil {
-			log.Warn("langfuse project lookup failed; links use <host>/trace/<id>", "host", links.Host, "err", err)
-		} else {
-			links.ProjectID = pid
-		}
-	}
-	return links
 }
 
 // configuredLangfuse is the Langfuse of the configuration file and
