@@ -8,9 +8,6 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
-	"os/exec"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
@@ -41,7 +39,7 @@ type archEnv struct {
 
 func newArchEnv(t testing.TB) *archEnv {
 	t.Helper()
-	run := "arch" + chRandHex(t, 4)
+	run := "arch" + testkit.RandomHex(t, 4)
 	nc, err := nats.Connect(harness.NATS(t))
 	if err != nil {
 		t.Fatal(err)
@@ -159,44 +157,10 @@ func eventRaws(evs []archEvent) [][]byte {
 	return out
 }
 
-// archProc is a callpipe child process.
-type archProc struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-func (e *archEnv) start(t testing.TB, env []string, args ...string) *archProc {
+// start runs a callpipe child process with the environment env.
+func (e *archEnv) start(t testing.TB, env []string, args ...string) *testkit.Proc {
 	t.Helper()
-	p := &archProc{cmd: exec.Command(callpipeBinary(t), args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = env
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("%s output:\n%s", strings.Join(args, " "), p.out.String())
-		}
-	})
-	return p
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (p *archProc) stop(t testing.TB, timeout time.Duration) {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		if !p.cmd.ProcessState.Success() {
-			t.Fatalf("process exited with %s\n%s", p.cmd.ProcessState, p.out.String())
-		}
-	case <-time.After(timeout):
-		t.Fatalf("process did not stop within %s of SIGTERM", timeout)
-	}
+	return testkit.Start(t, env, args...)
 }
 
 // lastSeq is the stream sequence of the newest message on the test's subject.
@@ -219,7 +183,7 @@ func (e *archEnv) lastSeq(t testing.TB) uint64 {
 // unacked and its ack floor reached stream sequence last.
 func (e *archEnv) waitArchived(t testing.TB, timeout time.Duration, last uint64) {
 	t.Helper()
-	waitFor(t, timeout, "archive consumer caught up", func() (bool, string) {
+	testkit.WaitFor(t, timeout, "archive consumer caught up", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		c, err := e.js.Consumer(ctx, ingest.CallsStream, e.consumer)

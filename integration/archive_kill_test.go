@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
 // TestArchiveKilledMidUpload SIGKILLs the archive worker while an object's
@@ -23,8 +25,8 @@ func TestArchiveKilledMidUpload(t *testing.T) {
 	last := e.lastSeq(t)
 	env := e.env("CALLPIPE_ARCHIVE_FLUSH_BYTES=8MiB", "CALLPIPE_ARCHIVE_PART_SIZE=5MiB", "CALLPIPE_ARCHIVE_MAX_UPLOADS=1",
 		"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=2s", "CALLPIPE_ARCHIVE_ACK_WAIT=5s", "CALLPIPE_LOG_LEVEL=info",
-		"CALLPIPE_WORKER_LISTEN="+freeAddr(t))
-	callpipeBinary(t) // build before the clock matters
+		"CALLPIPE_WORKER_LISTEN="+testkit.FreeAddr(t))
+	testkit.Binary(t) // build before the clock matters
 
 	w := e.start(t, env, "worker", "--stages", "archive")
 	orphan := ""
@@ -32,8 +34,7 @@ func TestArchiveKilledMidUpload(t *testing.T) {
 	for orphan == "" && time.Now().Before(deadline) {
 		orphan = e.claimedNotStored(t)
 	}
-	w.cmd.Process.Kill()
-	<-w.done
+	w.Kill()
 	if orphan == "" {
 		t.Fatal("never saw a manifest without its data object (an upload in progress) within a minute")
 	}
@@ -41,9 +42,9 @@ func TestArchiveKilledMidUpload(t *testing.T) {
 
 	w2 := e.start(t, env, "worker", "--stages", "archive")
 	e.waitArchived(t, 2*time.Minute, last)
-	w2.stop(t, 30*time.Second)
-	if !strings.Contains(w2.out.String(), "rebuilding it from the stream") {
-		t.Errorf("restarted worker did not report rebuilding the interrupted object:\n%s", w2.out.String())
+	w2.Stop(t, 30*time.Second)
+	if !strings.Contains(w2.Out.String(), "rebuilding it from the stream") {
+		t.Errorf("restarted worker did not report rebuilding the interrupted object:\n%s", w2.Out.String())
 	}
 	objs := e.readArchive(t, day, day.Add(time.Hour))
 	checkExactlyOnce(t, objs, want)

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
@@ -49,7 +50,7 @@ func TestArchive100k(t *testing.T) {
 	w := e.start(t, e.env(
 		fmt.Sprintf("CALLPIPE_ARCHIVE_FLUSH_BYTES=%d", flushBytes),
 		"CALLPIPE_ARCHIVE_FLUSH_INTERVAL="+flushInterval.String(), "CALLPIPE_ARCHIVE_ACK_WAIT=1m",
-		"CALLPIPE_WORKER_LISTEN="+freeAddr(t)),
+		"CALLPIPE_WORKER_LISTEN="+testkit.FreeAddr(t)),
 		"worker", "--stages", "archive")
 	e.waitArchived(t, 2*time.Minute, last)
 	t.Logf("archived %d calls in %s (binary build included)", n, time.Since(start).Round(time.Millisecond))
@@ -62,7 +63,7 @@ func TestArchive100k(t *testing.T) {
 	} else if want := uint64(n + len(replayed) + len(bad) + 1); ci.Delivered.Consumer != want {
 		t.Errorf("%d deliveries for %d messages: some were redelivered, not acked", ci.Delivered.Consumer, want)
 	}
-	w.stop(t, 30*time.Second)
+	w.Stop(t, 30*time.Second)
 
 	now := time.Now().UTC()
 	objs := e.readArchive(t, day, now.Add(time.Hour))
@@ -114,9 +115,9 @@ func TestArchiveSIGTERMFlushes(t *testing.T) {
 	want := eventRaws(evs)
 	e.publish(t, want, func(i int) string { return evs[i].id }, nil)
 	last := e.lastSeq(t)
-	w := e.start(t, e.env("CALLPIPE_ARCHIVE_FLUSH_INTERVAL=1h", "CALLPIPE_ARCHIVE_ACK_WAIT=2h", "CALLPIPE_WORKER_LISTEN="+freeAddr(t)),
+	w := e.start(t, e.env("CALLPIPE_ARCHIVE_FLUSH_INTERVAL=1h", "CALLPIPE_ARCHIVE_ACK_WAIT=2h", "CALLPIPE_WORKER_LISTEN="+testkit.FreeAddr(t)),
 		"worker", "--stages", "archive")
-	waitFor(t, time.Minute, "every call delivered and held", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "every call delivered and held", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		c, err := e.js.Consumer(ctx, ingest.CallsStream, e.consumer)
@@ -132,7 +133,7 @@ func TestArchiveSIGTERMFlushes(t *testing.T) {
 	if objs := e.readArchive(t, day, day.Add(2*time.Hour)); len(objs) != 0 {
 		t.Fatalf("%d objects stored before SIGTERM with a 1h flush interval", len(objs))
 	}
-	w.stop(t, 30*time.Second)
+	w.Stop(t, 30*time.Second)
 	e.waitArchived(t, 10*time.Second, last)
 	objs := e.readArchive(t, day, day.Add(2*time.Hour))
 	checkExactlyOnce(t, objs, want)

@@ -9,14 +9,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
-	"github.com/callpipe/callpipe/internal/badinput"
+	"github.com/callpipe/callpipe/integration/internal/badinput"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/workload"
 )
@@ -38,35 +38,16 @@ func peakRSSMB(t *testing.T, pid int) float64 {
 	return 0
 }
 
-func startBinary(t *testing.T, env []string, args ...string) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command(callpipeBinary(t), args...)
-	cmd.Env = append(os.Environ(), env...)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", args[0], lastBytes([]byte(out.String()), 3000))
-		}
-	})
-	return cmd
-}
-
 // TestCollectorBadInputCorpus sends every malformed request of the corpus to
 // the collector binary: each gets the right status and an error naming the
 // field or reason; valid events in the same request are stored; the process
 // neither crashes nor grows (bombs included); a slow-loris body is cut off.
 func TestCollectorBadInputCorpus(t *testing.T) {
 	s := newCallStream(t)
-	addr := freeAddr(t)
-	cmd := startBinary(t, []string{"CALLPIPE_NATS_URL=" + harness.NATS(t), "CALLPIPE_COLLECT_READ_TIMEOUT=2s"},
+	addr := testkit.FreeAddr(t)
+	p := testkit.Start(t, append(os.Environ(), "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_COLLECT_READ_TIMEOUT=2s"),
 		"collect", "--listen", addr, "--log.format=text")
-	waitHealthy(t, "http://"+addr+"/readyz")
+	testkit.WaitHealthy(t, "http://"+addr+"/readyz")
 	url := "http://" + addr
 
 	cases := badinput.Cases(runID + "-bad")
@@ -127,11 +108,13 @@ func TestCollectorBadInputCorpus(t *testing.T) {
 	if len(events) != len(wantIDs) {
 		t.Errorf("stream holds %d new events, want exactly the %d valid ones", len(events), len(wantIDs))
 	}
-	if rss := peakRSSMB(t, cmd.Process.Pid); rss > 256 {
+	if rss := peakRSSMB(t, p.Cmd.Process.Pid); rss > 256 {
 		t.Errorf("collector peak RSS %.0f MB after the corpus (bombs included), want <= 256", rss)
 	}
-	if cmd.ProcessState != nil {
-		t.Fatalf("collector exited: %s", cmd.ProcessState)
+	select {
+	case <-p.Done():
+		t.Fatalf("collector exited: %v", p.Err())
+	default:
 	}
 }
 
@@ -143,10 +126,10 @@ func TestProxyBadInputCorpus(t *testing.T) {
 	fixed := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	up := httptest.NewServer(&workload.Upstream{Models: workload.DefaultModels(), Now: func() time.Time { return fixed }})
 	defer up.Close()
-	addr := freeAddr(t)
-	cmd := startBinary(t, []string{"CALLPIPE_NATS_URL=" + harness.NATS(t), "CALLPIPE_PROXY_SPOOL_DIR=" + t.TempDir()},
+	addr := testkit.FreeAddr(t)
+	p := testkit.Start(t, append(os.Environ(), "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_PROXY_SPOOL_DIR="+t.TempDir()),
 		"proxy", "--listen", addr, "--proxy.upstream", up.URL, "--log.format=text")
-	waitHealthy(t, "http://"+addr+"/readyz")
+	testkit.WaitHealthy(t, "http://"+addr+"/readyz")
 
 	sent := 0
 	for _, c := range badinput.Cases(runID + "-proxybad") {
@@ -162,7 +145,7 @@ func TestProxyBadInputCorpus(t *testing.T) {
 			sent++
 		}
 	}
-	waitFor(t, 30*time.Second, fmt.Sprintf("%d events from the proxy", sent), func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, fmt.Sprintf("%d events from the proxy", sent), func() (bool, string) {
 		evs, _, err := s.tryEvents()
 		if err != nil {
 			return false, err.Error()
@@ -186,7 +169,7 @@ func TestProxyBadInputCorpus(t *testing.T) {
 			t.Errorf("proxy published an invalid event at seq %d: %v\n%.300s", seq, err, m.Data)
 		}
 	}
-	if rss := peakRSSMB(t, cmd.Process.Pid); rss > 256 {
+	if rss := peakRSSMB(t, p.Cmd.Process.Pid); rss > 256 {
 		t.Errorf("proxy peak RSS %.0f MB, want <= 256", rss)
 	}
 }

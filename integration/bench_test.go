@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
 // TestBenchCommand runs `callpipe bench` small (its own nats-server, the
@@ -25,7 +26,7 @@ func TestBenchCommand(t *testing.T) {
 	s3 := harness.S3(t)
 	redisAddr := harness.Redis(t)
 	harness.NATS(t) // the services are up; bench starts its own scratch nats-server
-	bin := callpipeBinary(t)
+	bin := testkit.Binary(t)
 	dir := t.TempDir()
 	jsonOut := filepath.Join(dir, "bench.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

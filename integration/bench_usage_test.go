@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/bench/usagebench"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -74,7 +75,7 @@ type benchUsageReport struct {
 // list pages. Speed is reported by the command, never asserted.
 func TestBenchUsageCommand(t *testing.T) {
 	ch := harness.ClickHouse(t)
-	bin := callpipeBinary(t)
+	bin := testkit.Binary(t)
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

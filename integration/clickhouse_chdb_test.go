@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -21,7 +21,7 @@ import (
 // truth there too. libchdb.so comes from deploy/local/chdb.sh
 // (CHDB_LIB_PATH); without it the test is skipped, or fails under CI.
 //
-// chDB is driven by sinks/clickhouse/internal/chdbcheck in a child process:
+// chDB is driven by integration/internal/chdbcheck in a child process:
 // chdb-go's purego binding panics at init when the library is missing, which
 // must not take this whole test binary down.
 func TestClickHouseChDB(t *testing.T) {
@@ -54,7 +54,7 @@ func TestClickHouseChDB(t *testing.T) {
 	if _, err := os.Stat(goBin); err != nil {
 		goBin = "go"
 	}
-	cmd := exec.CommandContext(ctx, goBin, "run", "./sinks/clickhouse/internal/chdbcheck",
+	cmd := exec.CommandContext(ctx, goBin, "run", "./integration/internal/chdbcheck",
 		"-calls", callsFile, "-out", outFile, "-from", fmt.Sprint(from.Unix()), "-to", fmt.Sprint(to.Unix()))
 	cmd.Dir = harness.RepoRoot(t)
 	cmd.Env = append(os.Environ(), "CHDB_LIB_PATH="+lib)

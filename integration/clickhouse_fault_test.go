@@ -16,7 +16,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -31,7 +32,7 @@ func TestClickHouseSink200kSevenDays(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
 	const total, first = 200000, 2000
-	calls := genCalls(200, "big-"+chRandHex(t, 3), total, 7, 5, 50, chBase)
+	calls := genCalls(200, "big-"+testkit.RandomHex(t, 3), total, 7, 5, 50, chBase)
 	for i := range calls { // short texts: the usage numbers do not depend on them
 		calls[i].InputText, calls[i].OutputText = "What is the capital of France?", "Paris."
 	}
@@ -78,16 +79,11 @@ func TestClickHouseSink200kSevenDays(t *testing.T) {
 
 // chWorker is `callpipe worker --stages clickhouse` on the test's database,
 // subject and consumer.
-type chWorker struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan error
-}
+type chWorker struct{ *testkit.Proc }
 
 func startCHWorker(t *testing.T, n *chNATS, db string, env ...string) *chWorker {
 	t.Helper()
-	cmd := exec.Command(callpipeBinary(t), "worker", "--stages", "clickhouse", "--listen", freeAddr(t))
-	cmd.Env = append(os.Environ(),
+	return &chWorker{testkit.Start(t, append(append(os.Environ(),
 		"CALLPIPE_NATS_URL="+harness.NATS(t),
 		"CALLPIPE_CLICKHOUSE_ADDR="+harness.ClickHouse(t).Native,
 		"CALLPIPE_CLICKHOUSE_DATABASE="+db,
@@ -100,30 +96,16 @@ func startCHWorker(t *testing.T, n *chNATS, db string, env ...string) *chWorker 
 		"CALLPIPE_CLICKHOUSE_MAX_IN_FLIGHT=1",
 		"CALLPIPE_CLICKHOUSE_ACK_WAIT=10s",
 		"CALLPIPE_LOG_LEVEL=info",
-	)
-	cmd.Env = append(cmd.Env, env...)
-	w := &chWorker{cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stdout, cmd.Stderr = w.out, w.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { w.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("worker output:\n%s", w.out.String())
-		}
-	})
-	return w
+	), env...), "worker", "--stages", "clickhouse", "--listen", testkit.FreeAddr(t))}
 }
 
 func (w *chWorker) wait(t *testing.T, timeout time.Duration) error {
 	t.Helper()
 	select {
-	case err := <-w.done:
-		return err
+	case <-w.Done():
+		return w.Err()
 	case <-time.After(timeout):
-		t.Fatalf("worker still running after %s\n%s", timeout, w.out.String())
+		t.Fatalf("worker still running after %s\n%s", timeout, w.Out.String())
 		return nil
 	}
 }
@@ -137,7 +119,7 @@ func TestClickHouseWorkerKilledAfterInsert(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
 	const total = 8000
-	calls := genCalls(21, "kill-"+chRandHex(t, 3), total, 2, 5, 50, chBase)
+	calls := genCalls(21, "kill-"+testkit.RandomHex(t, 3), total, 2, 5, 50, chBase)
 	t0 := time.Now()
 	n.publish(t, calls, "")
 	t.Logf("published %d calls in %s", total, time.Since(t0).Round(time.Millisecond))
@@ -146,7 +128,7 @@ func TestClickHouseWorkerKilledAfterInsert(t *testing.T) {
 	err := w.wait(t, time.Minute)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("worker exit %v, want killed by SIGKILL\n%s", err, w.out.String())
+		t.Fatalf("worker exit %v, want killed by SIGKILL\n%s", err, w.Out.String())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -170,11 +152,11 @@ func TestClickHouseWorkerKilledAfterInsert(t *testing.T) {
 
 	w2 := startCHWorker(t, n, db)
 	waitStored(t, n, out, db, total, 2*time.Minute)
-	if err := w2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := w2.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if err := w2.wait(t, time.Minute); err != nil {
-		t.Fatalf("worker exit after SIGTERM: %v\n%s", err, w2.out.String())
+		t.Fatalf("worker exit after SIGTERM: %v\n%s", err, w2.Out.String())
 	}
 	d, rows, err := chsink.CallCounts(ctx, out.Conn(), db)
 	if err != nil {
@@ -192,7 +174,7 @@ func TestClickHouseSinkOutage60s(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
 	const total, chunk, pace = 18000, 200, 800 * time.Millisecond // ~72 s of load
-	calls := genCalls(3, "out-"+chRandHex(t, 3), total, 3, 5, 50, chBase)
+	calls := genCalls(3, "out-"+testkit.RandomHex(t, 3), total, 3, 5, 50, chBase)
 	for i := range calls { // short texts: publishing must keep pace under -race
 		calls[i].InputText = "What is the capital of France?"
 	}
@@ -211,13 +193,13 @@ func TestClickHouseSinkOutage60s(t *testing.T) {
 			time.Sleep(pace)
 		}
 	}()
-	waitFor(t, time.Minute, "some calls stored", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "some calls stored", func() (bool, string) {
 		d, _, err := chsink.CallCounts(context.Background(), out.Conn(), db)
 		return err == nil && d >= 1000, fmt.Sprint(d, err)
 	})
 	harness.StopService(t, harness.ServiceClickHouse)
 	down := time.Now()
-	waitFor(t, 30*time.Second, "the sink to report unhealthy", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "the sink to report unhealthy", func() (bool, string) {
 		return sink.Healthy() != nil, "healthy"
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -244,7 +226,7 @@ func TestClickHouseSinkOutage60s(t *testing.T) {
 	<-pubDone
 
 	waitStored(t, n, out, db, total, 3*time.Minute)
-	waitFor(t, 30*time.Second, "the sink to report healthy", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "the sink to report healthy", func() (bool, string) {
 		err := sink.Healthy()
 		return err == nil, errString(err)
 	})
@@ -258,7 +240,7 @@ func TestClickHouseSinkOutage60s(t *testing.T) {
 func TestClickHouseSinkReplayRouting(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
-	calls := genCalls(31, "rr-"+chRandHex(t, 3), 40, 1, 2, 2, chBase)
+	calls := genCalls(31, "rr-"+testkit.RandomHex(t, 3), 40, 1, 2, 2, chBase)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	publish := func(cs []schema.Call, sinks string) {

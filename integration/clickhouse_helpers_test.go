@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +17,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -29,7 +28,7 @@ import (
 func chTestDB(t testing.TB) (*chsink.Output, string) {
 	t.Helper()
 	addr := harness.ClickHouse(t)
-	db := "callpipe_test_" + chRandHex(t, 5)
+	db := "callpipe_test_" + testkit.RandomHex(t, 5)
 	out := chsink.NewOutput(chsink.OutputConfig{Addr: addr.Native, Database: db, User: "default", MaxTextBytes: 4096, MaxInFlight: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -61,15 +60,6 @@ func chDropDB(t testing.TB, out *chsink.Output, db string) {
 	if err := out.Conn().Exec(ctx, "DROP DATABASE IF EXISTS "+db); err != nil {
 		t.Logf("drop %s: %v", db, err)
 	}
-}
-
-func chRandHex(t testing.TB, n int) string {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
 }
 
 // chNATS connects to the test NATS and makes sure CALLPIPE_NORMALIZED and
@@ -108,7 +98,7 @@ func newCHNATS(t testing.TB) *chNATS {
 			t.Fatal(err)
 		}
 	}
-	tag := "cht" + chRandHex(t, 4)
+	tag := "cht" + testkit.RandomHex(t, 4)
 	n := &chNATS{nc: nc, js: js, subject: chsink.NormalizedSubjectPrefix + "." + tag, consumer: "callpipe-clickhouse-" + tag}
 	t.Cleanup(func() {
 		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -193,28 +183,12 @@ func runSink(t testing.TB, n *chNATS, out *chsink.Output, cfg chsink.SinkConfig)
 	return s, stop
 }
 
-// waitFor polls cond until it is true or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for time.Now().Before(deadline) {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s (last: %s)", timeout, what, last)
-}
-
 // waitStored waits until {db}.calls holds distinct call ids and the test's
 // consumer has nothing pending or unacked. (Row counts cannot show progress:
 // merges collapse redelivered copies at any time.)
 func waitStored(t testing.TB, n *chNATS, out *chsink.Output, db string, distinct uint64, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, fmt.Sprintf("%d distinct calls, consumer caught up", distinct), func() (bool, string) {
+	testkit.WaitFor(t, timeout, fmt.Sprintf("%d distinct calls, consumer caught up", distinct), func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		d, r, err := chsink.CallCounts(ctx, out.Conn(), db)

@@ -7,7 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -66,7 +67,7 @@ func TestClickHouseMigrateConcurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	for round := 0; round < 3; round++ {
-		db := "callpipe_test_" + chRandHex(t, 5)
+		db := "callpipe_test_" + testkit.RandomHex(t, 5)
 		const replicas = 4
 		outs := make([]*chsink.Output, replicas)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -41,7 +42,7 @@ func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 	if out.Server().Modern() {
 		t.Fatalf("this test is for servers without TTL; got %s", out.Server())
 	}
-	calls := genCalls(41, "ret-"+chRandHex(t, 3), 7000, 7, 5, 50, chBase) // 2026-11-01 .. 07
+	calls := genCalls(41, "ret-"+testkit.RandomHex(t, 3), 7000, 7, 5, 50, chBase) // 2026-11-01 .. 07
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := out.WriteBatch(ctx, calls); err != nil {
@@ -115,7 +116,7 @@ func TestClickHouseMigrateRetentionBinary(t *testing.T) {
 	out, db := chTestDB(t)
 	today := time.Now().UTC().Truncate(24 * time.Hour)
 	base := today.AddDate(0, 0, -9)
-	calls := genCalls(42, "mret-"+chRandHex(t, 3), 2000, 10, 3, 3, base) // 10 days up to today
+	calls := genCalls(42, "mret-"+testkit.RandomHex(t, 3), 2000, 10, 3, 3, base) // 10 days up to today
 	var past []schema.Call
 	for _, c := range calls {
 		if c.StartTime.Before(time.Now()) {
@@ -134,12 +135,12 @@ func TestClickHouseMigrateRetentionBinary(t *testing.T) {
 	if err := out.Conn().Exec(ctx, "TRUNCATE TABLE "+db+".usage_dirty_hours"); err != nil {
 		t.Fatal(err)
 	}
-	rebuild := exec.CommandContext(ctx, callpipeBinary(t), "rollup", "rebuild", "--from", base.Format(time.DateOnly), "--to", today.AddDate(0, 0, 1).Format(time.DateOnly))
+	rebuild := exec.CommandContext(ctx, testkit.Binary(t), "rollup", "rebuild", "--from", base.Format(time.DateOnly), "--to", today.AddDate(0, 0, 1).Format(time.DateOnly))
 	rebuild.Env = append(os.Environ(), "CALLPIPE_CLICKHOUSE_ADDR="+harness.ClickHouse(t).Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db)
 	if b, err := rebuild.CombinedOutput(); err != nil {
 		t.Fatalf("callpipe rollup rebuild: %v\n%s", err, b)
 	}
-	cmd := exec.CommandContext(ctx, callpipeBinary(t), "migrate", "--retention")
+	cmd := exec.CommandContext(ctx, testkit.Binary(t), "migrate", "--retention")
 	cmd.Env = append(os.Environ(),
 		"CALLPIPE_NATS_URL="+harness.NATS(t),
 		"CALLPIPE_CLICKHOUSE_ADDR="+harness.ClickHouse(t).Native,

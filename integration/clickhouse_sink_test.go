@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -25,7 +26,7 @@ func TestClickHouseSinkExactUnderRedelivery(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
 	const total = 20000
-	calls := genCalls(1, "red-"+chRandHex(t, 3), total, 7, 5, 50, chBase)
+	calls := genCalls(1, "red-"+testkit.RandomHex(t, 3), total, 7, 5, 50, chBase)
 	for i := range calls[:total/2] { // half with long texts, half short: publishing dominates the run time
 		calls[i].InputText = "What is the capital of France?"
 	}
@@ -81,7 +82,7 @@ func TestClickHouseSinkExactUnderRedelivery(t *testing.T) {
 func TestClickHouseSinkDeadLetter(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
-	calls := genCalls(2, "dlq-"+chRandHex(t, 3), 10, 1, 2, 2, chBase)
+	calls := genCalls(2, "dlq-"+testkit.RandomHex(t, 3), 10, 1, 2, 2, chBase)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dlq, err := n.js.Stream(ctx, chsink.DeadLetterStream)
@@ -92,7 +93,7 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	poisonID := "poison-" + chRandHex(t, 4)
+	poisonID := "poison-" + testkit.RandomHex(t, 4)
 	bad := nats.NewMsg(n.subject)
 	bad.Data = []byte(`{"id": "` + poisonID + `", "start_time": 12}`)
 	bad.Header.Set(nats.MsgIdHdr, poisonID)
@@ -104,7 +105,7 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 	waitStored(t, n, out, db, uint64(len(calls)), time.Minute)
 
 	var found bool
-	waitFor(t, 30*time.Second, "the dead letter", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "the dead letter", func() (bool, string) {
 		cons, err := dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{chsink.DeadLetterSubjectPrefix + "." + chsink.Stage},
 			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: info.State.LastSeq + 1,
@@ -124,7 +125,7 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 		return found, "not yet"
 	})
 	// and the poison message is no longer pending
-	waitFor(t, 30*time.Second, "nothing pending", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "nothing pending", func() (bool, string) {
 		c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
 		if err != nil {
 			return false, err.Error()
@@ -142,12 +143,12 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 func TestClickHouseSinkGracefulShutdown(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
-	calls := genCalls(4, "gs-"+chRandHex(t, 3), 777, 1, 3, 3, chBase)
+	calls := genCalls(4, "gs-"+testkit.RandomHex(t, 3), 777, 1, 3, 3, chBase)
 	n.publish(t, calls, "")
 	_, stop := runSink(t, n, out, n.sinkConfig(100000, time.Hour))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	waitFor(t, 30*time.Second, "the sink to hold every message", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "the sink to hold every message", func() (bool, string) {
 		c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
 		if err != nil {
 			return false, err.Error()

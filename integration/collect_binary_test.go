@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
 // TestCollectBinaryGracefulShutdown runs `callpipe collect`, keeps clients
@@ -20,16 +21,16 @@ import (
 // stream exactly once and that the process exits 0.
 func TestCollectBinaryGracefulShutdown(t *testing.T) {
 	s := newCallStream(t)
-	addr := freeAddr(t)
-	cmd := exec.Command(callpipeBinary(t), "collect", "--listen", addr, "--log.format=text")
+	addr := testkit.FreeAddr(t)
+	cmd := exec.Command(testkit.Binary(t), "collect", "--listen", addr, "--log.format=text")
 	cmd.Env = append(os.Environ(), "CALLPIPE_NATS_URL="+harness.NATS(t))
-	var stderr syncBuffer
+	var stderr testkit.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	waitHealthy(t, "http://"+addr+"/readyz")
+	testkit.WaitHealthy(t, "http://"+addr+"/readyz")
 
 	var (
 		mu       sync.Mutex
@@ -98,20 +99,4 @@ func TestCollectBinaryGracefulShutdown(t *testing.T) {
 		}
 	}
 	t.Logf("%d events answered 202 before shutdown, all stored once", len(accepted))
-}
-
-func waitHealthy(t testing.TB, url string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s not healthy after 20s", url)
 }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/collector"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
 )
 

@@ -15,7 +15,8 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/workload"
 )
@@ -28,13 +29,13 @@ func TestDemoEndToEnd(t *testing.T) {
 	ch := harness.ClickHouse(t)
 	s3 := harness.S3(t)
 	redisAddr := harness.Redis(t)
-	bin := callpipeBinary(t)
+	bin := testkit.Binary(t)
 
 	tag := fmt.Sprintf("%d", time.Now().UnixNano()%1_000_000_000)
 	db := "demo_" + tag
 	bucket := "demo-" + tag
 	dir := t.TempDir()
-	serve := freeAddr(t)
+	serve := testkit.FreeAddr(t)
 	env := append(os.Environ(),
 		"CALLPIPE_NATS_URL="+natsURL,
 		"CALLPIPE_CLICKHOUSE_ADDR="+ch.Native,
@@ -44,9 +45,9 @@ func TestDemoEndToEnd(t *testing.T) {
 		"CALLPIPE_S3_SECRET_KEY="+s3.SecretKey,
 		"CALLPIPE_S3_BUCKET="+bucket,
 		"CALLPIPE_REDIS_ADDR="+redisAddr,
-		"CALLPIPE_COLLECT_LISTEN="+freeAddr(t),
-		"CALLPIPE_PROXY_LISTEN="+freeAddr(t),
-		"CALLPIPE_WORKER_LISTEN="+freeAddr(t),
+		"CALLPIPE_COLLECT_LISTEN="+testkit.FreeAddr(t),
+		"CALLPIPE_PROXY_LISTEN="+testkit.FreeAddr(t),
+		"CALLPIPE_WORKER_LISTEN="+testkit.FreeAddr(t),
 		"CALLPIPE_SERVE_LISTEN="+serve,
 		"CALLPIPE_LOG_FORMAT=text",
 		"LANGFUSE_HOST=", "CALLPIPE_LANGFUSE_HOST=",
@@ -62,7 +63,7 @@ func TestDemoEndToEnd(t *testing.T) {
 	if err != nil {
 		for _, name := range []string{"worker", "serve", "proxy"} {
 			b, _ := os.ReadFile(filepath.Join(dir, name+".log"))
-			t.Logf("%s.log (end):\n%s", name, lastBytes(b, 3000))
+			t.Logf("%s.log (end):\n%s", name, testkit.Last(string(b), 3000))
 		}
 		t.Fatalf("callpipe demo: %v", err)
 	}
@@ -137,11 +138,4 @@ func TestDemoEndToEnd(t *testing.T) {
 	if objects == 0 {
 		t.Errorf("bucket %s holds no archive objects after the demo", bucket)
 	}
-}
-
-func lastBytes(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }

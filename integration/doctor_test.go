@@ -16,7 +16,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/settings"
 )
 
@@ -36,7 +37,7 @@ func newDoctorEnv(t *testing.T) *doctorEnv {
 	redisAddr := harness.Redis(t)
 	_, db := chTestDB(t) // migrated, dropped at the end
 
-	bucket := "doctor-" + chRandHex(t, 6)
+	bucket := "doctor-" + testkit.RandomHex(t, 6)
 	mc, err := minio.New(s3.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s3.AccessKey, s3.SecretKey, ""), Secure: s3.UseSSL})
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +75,7 @@ func newDoctorEnv(t *testing.T) *doctorEnv {
 		"CALLPIPE_REDIS_ADDR="+redisAddr,
 		"CALLPIPE_LOG_LEVEL=warn",
 	)
-	d := &doctorEnv{bin: callpipeBinary(t), env: env, db: db}
+	d := &doctorEnv{bin: testkit.Binary(t), env: env, db: db}
 	if out, code := d.run(t, "migrate"); code != 0 { // the streams (the database is migrated already)
 		t.Fatalf("callpipe migrate: exit %d\n%s", code, out)
 	}
@@ -196,8 +197,8 @@ func TestDoctorNamesTheStoppedService(t *testing.T) {
 func TestDoctorSchemaAndBucket(t *testing.T) {
 	d := newDoctorEnv(t)
 	out, code := d.runEnv(t, []string{
-		"CALLPIPE_CLICKHOUSE_DATABASE=doctor_never_" + chRandHex(t, 4),
-		"CALLPIPE_S3_BUCKET=doctor-missing-" + chRandHex(t, 4),
+		"CALLPIPE_CLICKHOUSE_DATABASE=doctor_never_" + testkit.RandomHex(t, 4),
+		"CALLPIPE_S3_BUCKET=doctor-missing-" + testkit.RandomHex(t, 4),
 	}, "doctor")
 	got := failing(doctorLines(t, out))
 	if code != 1 || strings.Join(got, ",") != "clickhouse schema,s3" {
@@ -210,7 +211,7 @@ func TestDoctorSchemaAndBucket(t *testing.T) {
 	}
 
 	// --probe is the image's healthcheck: 0 on a 2xx, 1 otherwise.
-	if out, code := d.run(t, "doctor", "--probe", "http://"+freeAddr(t)+"/healthz", "--timeout", "2s"); code != 1 {
+	if out, code := d.run(t, "doctor", "--probe", "http://"+testkit.FreeAddr(t)+"/healthz", "--timeout", "2s"); code != 1 {
 		t.Errorf("--probe of a closed port: exit %d\n%s", code, out)
 	}
 }
@@ -245,7 +246,7 @@ func TestDoctorUsesSavedLangfuseSettings(t *testing.T) {
 	case saved:
 		t.Fatalf("Langfuse settings for %s are saved in this stack: refusing to overwrite them", prev.Host)
 	}
-	closed := "http://" + freeAddr(t)
+	closed := "http://" + testkit.FreeAddr(t)
 	if err := store.PutLangfuse(ctx, settings.Langfuse{Host: closed, PublicKey: "pk-lf-doctor", SecretKey: "sk-lf-doctor"}); err != nil {
 		t.Fatal(err)
 	}

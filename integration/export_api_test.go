@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
 // TestExportAPI drives POST /api/v1/exports and GET /api/v1/exports/{id}
@@ -83,7 +84,7 @@ func TestExportAPI(t *testing.T) {
 		t.Fatalf("POST: %d %v; want 202 with the job id", code, out)
 	}
 	var st export.Status
-	waitFor(t, 2*time.Minute, "job succeeded", func() (bool, string) {
+	testkit.WaitFor(t, 2*time.Minute, "job succeeded", func() (bool, string) {
 		resp, err := http.Get(srv.URL + "/api/v1/exports/" + id)
 		if err != nil {
 			return false, err.Error()

@@ -13,6 +13,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
 // exportArgs is a callpipe export of the fixture's range to prefix.
@@ -25,14 +26,14 @@ func exportArgs(e *exportEnv, prefix string, extra ...string) []string {
 
 type exportProc struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testkit.Buffer
 	done           chan error
 }
 
 func startExport(t *testing.T, e *exportEnv, env []string, args ...string) *exportProc {
 	t.Helper()
-	p := &exportProc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(callpipeBinary(t), args...)
+	p := &exportProc{stdout: &testkit.Buffer{}, stderr: &testkit.Buffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(testkit.Binary(t), args...)
 	p.cmd.Env = e.env(env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -69,7 +70,7 @@ func TestExportKilledResumes(t *testing.T) {
 	prefix := "killed"
 	env := []string{"CALLPIPE_EXPORT_PART_BYTES=256KiB", "CALLPIPE_EXPORT_PAGE_ROWS=500", "CALLPIPE_EXPORT_LEASE_TTL=2s"}
 	p := startExport(t, e, env, exportArgs(e, prefix, "--rate", "400")...)
-	waitFor(t, time.Minute, "two committed parts", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "two committed parts", func() (bool, string) {
 		return strings.Count(p.stderr.String(), "part committed") >= 2, p.stderr.String()
 	})
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -97,7 +98,7 @@ func TestExportKilledResumes(t *testing.T) {
 
 	// the dead process's lease runs out after lease_ttl; until then a rerun
 	// reports it
-	waitFor(t, 10*time.Second, "the killed export's lease to expire", func() (bool, string) {
+	testkit.WaitFor(t, 10*time.Second, "the killed export's lease to expire", func() (bool, string) {
 		n, err := e.rdb.Exists(ctx, e.keyPrefix+"lease:"+jobID).Result()
 		return err == nil && n == 0, "lease still held"
 	})
@@ -145,7 +146,7 @@ func TestExportConcurrentLease(t *testing.T) {
 	prefix := "concurrent"
 	env := []string{"CALLPIPE_EXPORT_PART_BYTES=256KiB", "CALLPIPE_EXPORT_PAGE_ROWS=50"}
 	a := startExport(t, e, env, exportArgs(e, prefix, "--rate", "200")...)
-	waitFor(t, time.Minute, "first export running", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "first export running", func() (bool, string) {
 		return strings.Contains(a.stderr.String(), " rows"), a.stderr.String()
 	})
 	b := startExport(t, e, env, exportArgs(e, prefix)...)

@@ -22,7 +22,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/callpipe/callpipe/export"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
@@ -63,7 +64,7 @@ func newExportEnv(t testing.TB, n int) *exportEnv {
 		t.Fatal(err)
 	}
 	e.s3 = c
-	e.bucket = "export-" + chRandHex(t, 5)
+	e.bucket = "export-" + testkit.RandomHex(t, 5)
 	if err := c.MakeBucket(ctx, e.bucket, minio.MakeBucketOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +81,7 @@ func newExportEnv(t testing.TB, n int) *exportEnv {
 
 	e.redisAddr = harness.Redis(t)
 	e.rdb = redis.NewClient(&redis.Options{Addr: e.redisAddr})
-	e.keyPrefix = "callpipe:export:test:" + chRandHex(t, 4) + ":"
+	e.keyPrefix = "callpipe:export:test:" + testkit.RandomHex(t, 4) + ":"
 	t.Cleanup(func() {
 		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer ccancel()

@@ -21,10 +21,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 	"github.com/callpipe/callpipe/transform"
 	"github.com/callpipe/callpipe/workload"
 )
@@ -63,7 +64,7 @@ type proc struct {
 	name string
 	args []string
 	env  []string
-	out  *syncBuffer
+	out  *testkit.Buffer
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -122,7 +123,7 @@ func TestFaultSuite(t *testing.T) {
 	ch := harness.ClickHouse(t)
 	s3 := harness.S3(t)
 	redisAddr := harness.Redis(t)
-	bin := callpipeBinary(t)
+	bin := testkit.Binary(t)
 
 	run := strconv.FormatInt(time.Now().UnixNano()%1_000_000_000, 36)
 	db := "fault_" + run
@@ -155,18 +156,18 @@ func TestFaultSuite(t *testing.T) {
 		}
 	}
 
-	collectAddr := freeAddr(t)
+	collectAddr := testkit.FreeAddr(t)
 	procs := map[string]*proc{}
 	order := []string{"collect", "normalize-0", "normalize-1", "normalize-2", "clickhouse", "langfuse", "archive"}
 	for _, name := range order {
-		p := &proc{name: name, env: env, out: &syncBuffer{}}
+		p := &proc{name: name, env: env, out: &testkit.Buffer{}}
 		switch {
 		case name == "collect":
 			p.args = []string{"collect", "--collect.listen", collectAddr}
 		case strings.HasPrefix(name, "normalize"):
-			p.args = []string{"worker", "--stages", "normalize", "--worker.listen", freeAddr(t)}
+			p.args = []string{"worker", "--stages", "normalize", "--worker.listen", testkit.FreeAddr(t)}
 		default:
-			p.args = []string{"worker", "--stages", name, "--worker.listen", freeAddr(t)}
+			p.args = []string{"worker", "--stages", name, "--worker.listen", testkit.FreeAddr(t)}
 		}
 		procs[name] = p
 		if err := p.start(bin); err != nil {
@@ -181,11 +182,11 @@ func TestFaultSuite(t *testing.T) {
 			}
 			p.mu.Unlock()
 			if t.Failed() {
-				t.Logf("%s output (end):\n%s", p.name, lastBytes([]byte(p.out.String()), 2500))
+				t.Logf("%s output (end):\n%s", p.name, testkit.Last(p.out.String(), 2500))
 			}
 		}
 	}()
-	waitHealthy(t, "http://"+collectAddr+"/readyz")
+	testkit.WaitHealthy(t, "http://"+collectAddr+"/readyz")
 
 	start := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -301,7 +302,7 @@ func TestFaultSuite(t *testing.T) {
 		{ingest.CallsStream, "callpipe-normalize"}, {transform.NormalizedStream, chsink.ConsumerName},
 		{transform.NormalizedStream, "callpipe-langfuse"}, {ingest.CallsStream, "callpipe-archive"},
 	}
-	waitFor(t, 5*time.Minute, "every consumer drained", func() (bool, string) {
+	testkit.WaitFor(t, 5*time.Minute, "every consumer drained", func() (bool, string) {
 		var states []string
 		all := true
 		for _, c := range consumers {

@@ -3,57 +3,35 @@ package integration
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
+// lfWorker is one `callpipe worker --stages langfuse` process.
 type lfWorker struct {
-	cmd    *exec.Cmd
+	*testkit.Proc
 	listen string
-	out    *syncBuffer
-	done   chan error
 }
 
 func (e *lfEnv) startWorker(t *testing.T) *lfWorker {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln.Addr().String()
-	ln.Close()
-	cmd := exec.Command(callpipeBinary(t), "worker", "--stages", "langfuse", "--listen", listen)
-	cmd.Env = append(os.Environ(),
+	listen := testkit.FreeAddr(t)
+	return &lfWorker{listen: listen, Proc: testkit.Start(t, append(os.Environ(),
 		"LANGFUSE_HOST="+e.srv.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-test", "LANGFUSE_SECRET_KEY=sk-lf-test",
 		"CALLPIPE_NATS_URL="+harness.NATS(t),
 		"CALLPIPE_LANGFUSE_CONSUMER="+e.consumer, "CALLPIPE_LANGFUSE_SUBJECT="+e.subject+".>",
 		"CALLPIPE_LANGFUSE_ENVIRONMENT=it", "CALLPIPE_LANGFUSE_BATCH_CALLS=200",
 		"CALLPIPE_LANGFUSE_MIN_BACKOFF=20ms", "CALLPIPE_LANGFUSE_MAX_BACKOFF=200ms", "CALLPIPE_LANGFUSE_RETRY_DELAY=500ms",
 		"CALLPIPE_LOG_LEVEL=warn",
-	)
-	w := &lfWorker{cmd: cmd, listen: listen, out: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stdout, cmd.Stderr = w.out, w.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { w.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("worker output:\n%s", w.out.String())
-		}
-	})
-	return w
+	), "worker", "--stages", "langfuse", "--listen", listen)}
 }
 
 func (w *lfWorker) health() (int, string) {
@@ -95,17 +73,7 @@ func TestLangfuseWorkerBinary(t *testing.T) {
 	if st, body := w.health(); st != http.StatusOK {
 		t.Fatalf("readyz %d %s after the keys were fixed", st, body)
 	}
-	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-w.done:
-		if err != nil {
-			t.Fatalf("worker exit: %v\n%s", err, w.out.String())
-		}
-	case <-time.After(45 * time.Second):
-		t.Fatal("worker did not stop within 45s of SIGTERM")
-	}
+	w.Stop(t, 45*time.Second)
 	stored := len(e.srv.Observations())
 	unsettled, _ := e.consumerState()
 	if acked := n - int(unsettled); acked > stored {

@@ -11,9 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 // TestLangfuseSinkFaults runs every fault at once through real JetStream:
@@ -53,7 +54,7 @@ func TestLangfuseSinkFaults(t *testing.T) {
 		return 0, ""
 	})
 	reg := prometheus.NewRegistry()
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	e.publish(calls, "")
 	e.startSink(func(oc *langfuse.OutputConfig, sc *langfuse.SinkConfig) {
 		oc.Timeout = timeout

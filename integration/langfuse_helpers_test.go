@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,10 +16,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 // lfEnv is one Langfuse test's slice of NATS: its own subject under
@@ -37,13 +36,7 @@ type lfEnv struct {
 	srv      *langfusetest.Server
 }
 
-func lfRand(t testing.TB) string {
-	b := make([]byte, 5)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return "lf" + hex.EncodeToString(b)
-}
+func lfRand(t testing.TB) string { return "lf" + testkit.RandomHex(t, 5) }
 
 // lfEnsureStream creates a stream when it does not exist (the transform
 // stage owns their settings; this only makes the test self-sufficient).
@@ -104,7 +97,7 @@ func newLfEnv(t *testing.T, o langfusetest.Options) *lfEnv {
 // for the contract server to check requests against.
 func lfSpec(t *testing.T, name string) *langfusetest.OpenAPI {
 	t.Helper()
-	spec, err := langfusetest.LoadOpenAPI(filepath.Join(harness.RepoRoot(t), "sinks", "langfuse", "langfusetest", "testdata", name, "openapi.yml"))
+	spec, err := langfusetest.LoadOpenAPI(filepath.Join(harness.RepoRoot(t), "integration", "fakes", "langfusetest", "testdata", name, "openapi.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,13 +239,7 @@ func (e *lfEnv) waitSettled(timeout time.Duration) {
 
 func lfWait(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.WaitFor(t, timeout, what, func() (bool, string) { return cond(), "" })
 }
 
 // deadLetters returns this run's dead letters of the langfuse stage.

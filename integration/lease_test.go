@@ -10,7 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/pipeline"
 )
 
@@ -26,7 +27,7 @@ func TestLeaseOneHolderAndTakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := "test-" + chRandHex(t, 4)
+	key := "test-" + testkit.RandomHex(t, 4)
 	var running, maxRunning, ran [2]atomic.Int32
 	var total atomic.Int32
 	ctxs := make([]context.CancelFunc, 2)

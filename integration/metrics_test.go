@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +12,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
 // scrape reads a /metrics page: family name → samples.
@@ -67,15 +69,15 @@ next:
 func TestMetricsMoveWithThePipeline(t *testing.T) {
 	natsURL := harness.FreshNATS(t)
 	ch := harness.ClickHouse(t)
-	collectAddr, workerAddr := freeAddr(t), freeAddr(t)
+	collectAddr, workerAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	env := []string{"CALLPIPE_NATS_URL=" + natsURL, "CALLPIPE_CLICKHOUSE_ADDR=" + ch.Native,
 		"CALLPIPE_CLICKHOUSE_DATABASE=metrics_" + fmt.Sprint(time.Now().UnixNano()%1e9), "CALLPIPE_REDIS_ADDR=", "CALLPIPE_LOG_LEVEL=warn"}
-	mig := startBinary(t, env, "migrate")
-	if err := mig.Wait(); err != nil {
+	mig := testkit.Start(t, append(os.Environ(), env...), "migrate")
+	if err := mig.Err(); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	startBinary(t, env, "collect", "--listen", collectAddr)
-	waitHealthy(t, "http://"+collectAddr+"/readyz")
+	testkit.Start(t, append(os.Environ(), env...), "collect", "--listen", collectAddr)
+	testkit.WaitHealthy(t, "http://"+collectAddr+"/readyz")
 
 	const n = 3000
 	send := func(from, to int) {
@@ -95,13 +97,13 @@ func TestMetricsMoveWithThePipeline(t *testing.T) {
 	}
 
 	// The worker starts with a backlog: its lag gauges must show it, then drain.
-	startBinary(t, env, "worker", "--stages", "normalize,clickhouse", "--listen", workerAddr)
-	waitHealthy(t, "http://"+workerAddr+"/readyz")
+	testkit.Start(t, append(os.Environ(), env...), "worker", "--stages", "normalize,clickhouse", "--listen", workerAddr)
+	testkit.WaitHealthy(t, "http://"+workerAddr+"/readyz")
 	send(n/2, n)
 	if v, _ := sample(scrape(t, collectAddr), "callpipe_collect_events_total", map[string]string{"result": "accepted"}); v != n {
 		t.Fatalf("collector accepted counter = %v, want %d", v, n)
 	}
-	waitFor(t, 90*time.Second, "worker metrics show every event through both stages", func() (bool, string) {
+	testkit.WaitFor(t, 90*time.Second, "worker metrics show every event through both stages", func() (bool, string) {
 		f := scrape(t, workerAddr)
 		norm, _ := sample(f, "callpipe_transform_events_total", map[string]string{"result": "normalized"})
 		rows, _ := sample(f, "callpipe_clickhouse_rows_written_total", nil)

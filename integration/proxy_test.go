@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
 // fakeXinference answers chat completions like Xinference: JSON with usage,
@@ -75,17 +76,17 @@ func chatCall(t *testing.T, base string, stream bool, user string) (string, []by
 func TestProxyBinaryCapturesAndSpoolsThroughNATSOutage(t *testing.T) {
 	s := newCallStream(t)
 	up := fakeXinference(t)
-	addr := freeAddr(t)
-	cmd := exec.Command(callpipeBinary(t), "proxy", "--listen", addr, "--upstream", up.URL, "--log.format=text",
+	addr := testkit.FreeAddr(t)
+	cmd := exec.Command(testkit.Binary(t), "proxy", "--listen", addr, "--upstream", up.URL, "--log.format=text",
 		"--proxy.spool_dir", filepath.Join(t.TempDir(), "spool"))
 	cmd.Env = append(os.Environ(), "CALLPIPE_NATS_URL="+harness.NATS(t))
-	var stderr syncBuffer
+	var stderr testkit.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	waitHealthy(t, "http://"+addr+"/readyz")
+	testkit.WaitHealthy(t, "http://"+addr+"/readyz")
 	base := "http://" + addr
 
 	direct := func(stream bool) []byte {

@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"

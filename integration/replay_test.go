@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -35,7 +36,7 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 		// the archived calls are from 2021: kept past the default 30 days
 		return e.env(append([]string{"CALLPIPE_CLICKHOUSE_DATABASE=" + db, "CALLPIPE_CLICKHOUSE_FLUSH_INTERVAL=200ms", "CALLPIPE_CLICKHOUSE_RETENTION_DAYS_CALLS=0",
 			"CALLPIPE_TRANSFORM_CONSUMER=" + consumer, "CALLPIPE_TRANSFORM_SUBJECT=" + subject,
-			"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=2s", "CALLPIPE_ARCHIVE_ACK_WAIT=30s", "CALLPIPE_WORKER_LISTEN=" + freeAddr(t)}, extra...)...)
+			"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=2s", "CALLPIPE_ARCHIVE_ACK_WAIT=30s", "CALLPIPE_WORKER_LISTEN=" + testkit.FreeAddr(t)}, extra...)...)
 	}
 	total := func(out *chsink.Output, db string) (uint64, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -58,15 +59,15 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 		})
 	}
 
-	callpipeBinary(t)
+	testkit.Binary(t)
 	t0 := time.Now()
 	phase := func(what string) { t.Logf("%s: %s", what, time.Since(t0).Round(time.Millisecond)); t0 = time.Now() }
 	// original pipeline: archive + normalize + clickhouse into A
 	cleanupConsumer(e.run + "-norm")
 	w := e.start(t, chEnv(dbA, e.run+"-norm", e.subject+".>"), "worker", "--stages", "archive,normalize,clickhouse")
-	waitFor(t, 2*time.Minute, "day in database A", func() (bool, string) { c, s := total(outA, dbA); return c == n, s })
+	testkit.WaitFor(t, 2*time.Minute, "day in database A", func() (bool, string) { c, s := total(outA, dbA); return c == n, s })
 	e.waitArchived(t, time.Minute, last)
-	w.stop(t, 30*time.Second)
+	w.Stop(t, 30*time.Second)
 	phase("original pipeline into A")
 
 	// replay into B with only normalize + clickhouse running
@@ -75,21 +76,21 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 			"--sinks", "clickhouse", "--job", job}, extra...)...)
 		if stopAfter > 0 {
 			time.Sleep(stopAfter)
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			_ = p.Cmd.Process.Signal(syscall.SIGTERM)
 		}
 		select {
-		case <-p.done:
+		case <-p.Done():
 		case <-time.After(2 * time.Minute):
 			t.Fatalf("replay %s did not finish", job)
 		}
-		if !p.cmd.ProcessState.Success() {
-			t.Fatalf("replay %s: %s\n%s", job, p.cmd.ProcessState, p.out.String())
+		if !p.Cmd.ProcessState.Success() {
+			t.Fatalf("replay %s: %s\n%s", job, p.Cmd.ProcessState, p.Out.String())
 		}
-		return p.out.String()
+		return p.Out.String()
 	}
 	job1, job2 := e.run+"-r1", e.run+"-r2"
 	cleanupConsumer(e.run + "-norm-r1")
-	listen := freeAddr(t)
+	listen := testkit.FreeAddr(t)
 	w = e.start(t, chEnv(dbB, e.run+"-norm-r1", "callpipe.calls.replay."+job1, "CALLPIPE_WORKER_LISTEN="+listen), "worker", "--stages", "normalize,clickhouse")
 	// stopped part way (rate-limited, SIGTERM), then resumed from the Redis checkpoint
 	out := replayRun(job1, 3*time.Second, "--rate", "2000")
@@ -101,7 +102,7 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 		t.Fatalf("resumed replay output lacks the published count:\n%s", out)
 	}
 	t.Logf("resumed: %s", out[strings.LastIndex(out, "replay "+job1+": done"):])
-	waitFor(t, 2*time.Minute, "day in database B", func() (bool, string) { c, s := total(outB, dbB); return c == n, s })
+	testkit.WaitFor(t, 2*time.Minute, "day in database B", func() (bool, string) { c, s := total(outB, dbB); return c == n, s })
 	e.waitConsumer(t, e.run+"-norm-r1")
 	phase("replay into B")
 	compareUsage(t, outA, dbA, outB, dbB, from, to)
@@ -111,22 +112,22 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 	if out := replayRun(job1, 0); !strings.Contains(out, "already finished") {
 		t.Fatalf("second run of job %s: want 'already finished', got:\n%s", job1, out)
 	}
-	w.stop(t, 30*time.Second)
+	w.Stop(t, 30*time.Second)
 
 	// a second job re-sends the whole day: B must not change
 	cleanupConsumer(e.run + "-norm-r2")
-	listen = freeAddr(t)
+	listen = testkit.FreeAddr(t)
 	w = e.start(t, chEnv(dbB, e.run+"-norm-r2", "callpipe.calls.replay."+job2, "CALLPIPE_WORKER_LISTEN="+listen), "worker", "--stages", "normalize,clickhouse")
 	if out := replayRun(job2, 0); !strings.Contains(out, fmt.Sprintf("%d calls published", n)) {
 		t.Fatalf("replay %s output:\n%s", job2, out)
 	}
 	e.waitConsumer(t, e.run+"-norm-r2")
 	// every re-sent call reached ClickHouse again before comparing
-	waitFor(t, 2*time.Minute, "second replay inserted", func() (bool, string) {
+	testkit.WaitFor(t, 2*time.Minute, "second replay inserted", func() (bool, string) {
 		v, err := metricValue(listen, "callpipe_clickhouse_rows_written_total")
 		return err == nil && v >= n, fmt.Sprintf("rows written %v (err %v)", v, err)
 	})
-	w.stop(t, 30*time.Second)
+	w.Stop(t, 30*time.Second)
 	phase("second replay")
 	compareUsage(t, outA, dbA, outB, dbB, from, to)
 }
@@ -134,7 +135,7 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 // archDay is a random UTC day in 2021..2025 for one test run.
 func archDay(t testing.TB) time.Time {
 	var n uint64
-	fmt.Sscanf(chRandHex(t, 4), "%x", &n)
+	fmt.Sscanf(testkit.RandomHex(t, 4), "%x", &n)
 	return time.Date(2021, 1, 1, 0, 0, 0, 0, time.UTC).AddDate(0, 0, int(n%1800))
 }
 
@@ -163,7 +164,7 @@ func metricValue(listen, name string) (float64, error) {
 // pending or unacked.
 func (e *archEnv) waitConsumer(t testing.TB, name string) {
 	t.Helper()
-	waitFor(t, 2*time.Minute, "consumer "+name+" caught up", func() (bool, string) {
+	testkit.WaitFor(t, 2*time.Minute, "consumer "+name+" caught up", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		c, err := e.js.Consumer(ctx, ingest.CallsStream, name)

@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -22,7 +23,7 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 	out, db := chTestDB(t)
 	n := newCHNATS(t)
 	base := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -3)
-	calls := genCalls(61, "seal-"+chRandHex(t, 3), 6000, 2, 4, 20, base)
+	calls := genCalls(61, "seal-"+testkit.RandomHex(t, 3), 6000, 2, 4, 20, base)
 	n.publish(t, calls, "")
 	env := []string{"CALLPIPE_CLICKHOUSE_ROLLUP_INTERVAL=1s", "CALLPIPE_CLICKHOUSE_ROLLUP_LEASE=3s"}
 	w1, w2 := startCHWorker(t, n, db, env...), startCHWorker(t, n, db, env...)
@@ -30,7 +31,7 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 
 	status := func() chsink.RollupStatus {
 		t.Helper()
-		cmd := exec.Command(callpipeBinary(t), "rollup", "status", "--json")
+		cmd := exec.Command(testkit.Binary(t), "rollup", "status", "--json")
 		cmd.Env = append(os.Environ(), "CALLPIPE_CLICKHOUSE_ADDR="+harness.ClickHouse(t).Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db)
 		b, err := cmd.Output()
 		if err != nil {
@@ -51,7 +52,7 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 				return st
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("rollups not sealed within a minute: %+v\nworker 1:\n%s\nworker 2:\n%s", st, w1.out.String(), w2.out.String())
+				t.Fatalf("rollups not sealed within a minute: %+v\nworker 1:\n%s\nworker 2:\n%s", st, w1.Out.String(), w2.Out.String())
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
@@ -70,7 +71,7 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 	checkUsage(t, out.Conn(), db, calls, base, base.AddDate(0, 0, 2))
 
 	// late calls for the sealed days: counted at once, sealed again
-	late := genCalls(62, "seal-late-"+chRandHex(t, 3), 500, 2, 4, 20, base)
+	late := genCalls(62, "seal-late-"+testkit.RandomHex(t, 3), 500, 2, 4, 20, base)
 	n.publish(t, late, "")
 	all := append(append(calls[:0:0], calls...), late...)
 	waitStored(t, n, out, db, uint64(len(all)), 2*time.Minute)
@@ -81,11 +82,11 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 	t.Logf("late calls sealed again: %d hours, %d days sealed", st.SealedHours, st.SealedDays)
 
 	for _, w := range []*chWorker{w1, w2} {
-		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		if err := w.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		if err := w.wait(t, time.Minute); err != nil {
-			t.Fatalf("worker exit after SIGTERM: %v\n%s", err, w.out.String())
+			t.Fatalf("worker exit after SIGTERM: %v\n%s", err, w.Out.String())
 		}
 	}
 }

@@ -15,7 +15,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -315,7 +316,7 @@ GROUP BY m`, db, d.Unix(), d.Add(24*time.Hour).Unix()))
 func runRebuild(t *testing.T, db string, from, to time.Time, killAt int) {
 	t.Helper()
 	ch := harness.ClickHouse(t)
-	cmd := exec.Command(callpipeBinary(t), "rollup", "rebuild", "--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339))
+	cmd := exec.Command(testkit.Binary(t), "rollup", "rebuild", "--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339))
 	cmd.Env = append(os.Environ(), "CALLPIPE_CLICKHOUSE_ADDR="+ch.Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db, "CALLPIPE_LOG_FORMAT=text")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -5,63 +5,37 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/usageapi"
 )
 
 // serveProcess is a running `callpipe serve`.
 type serveProcess struct {
-	cmd    *exec.Cmd
-	base   string // http://host:port
-	stderr *syncBuffer
-	done   chan error
+	*testkit.Proc
+	base string // http://host:port
 }
 
 // startServe runs `callpipe serve` over database db with extra environment.
 func startServe(t *testing.T, db string, env ...string) *serveProcess {
 	t.Helper()
-	addr := freeAddr(t)
-	cmd := exec.Command(callpipeBinary(t), "serve", "--listen", addr, "--log.format=text")
-	cmd.Env = append(os.Environ(), append([]string{
+	addr := testkit.FreeAddr(t)
+	p := &serveProcess{base: "http://" + addr, Proc: testkit.Start(t, append(os.Environ(), append([]string{
 		"CALLPIPE_CLICKHOUSE_ADDR=" + harness.ClickHouse(t).Native,
 		"CALLPIPE_CLICKHOUSE_DATABASE=" + db,
-	}, env...)...)
-	p := &serveProcess{cmd: cmd, base: "http://" + addr, stderr: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("callpipe serve output:\n%s", p.stderr)
-		}
-	})
-	waitHealthy(t, p.base+"/readyz")
+	}, env...)...), "serve", "--listen", addr, "--log.format=text")}
+	testkit.WaitHealthy(t, p.base+"/readyz")
 	return p
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (p *serveProcess) stop(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-p.done:
-		if err != nil {
-			t.Fatalf("callpipe serve exited with %v:\n%s", err, p.stderr)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("callpipe serve did not stop within 30s of SIGTERM")
-	}
+	p.Stop(t, 30*time.Second)
 }
 
 func httpGet(t *testing.T, u string, header ...string) (int, string) {
@@ -142,11 +116,11 @@ func TestServeBinary(t *testing.T) {
 		t.Errorf("usage with ClickHouse down: %d %s (want 500 without internals)", code, body)
 	}
 	harness.StartService(t, "clickhouse")
-	waitHealthy(t, p.base+"/readyz")
+	testkit.WaitHealthy(t, p.base+"/readyz")
 	apiGet(t, p.base, "/api/v1/calls/"+url.PathEscape(calls[5].ID), nil, "tok-a", http.StatusOK, nil)
 
 	p.stop(t)
-	if !strings.Contains(p.stderr.String(), "shutting down") {
-		t.Errorf("no graceful shutdown in the log:\n%s", p.stderr)
+	if !strings.Contains(p.Out.String(), "shutting down") {
+		t.Errorf("no graceful shutdown in the log:\n%s", p.Out)
 	}
 }

@@ -10,7 +10,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
@@ -19,7 +20,7 @@ import (
 // and a real job runs to success and is visible by id.
 func TestServeExportJobs(t *testing.T) {
 	s3 := harness.S3(t)
-	bucket := "serve-exports-" + chRandHex(t, 5)
+	bucket := "serve-exports-" + testkit.RandomHex(t, 5)
 	mc, err := archive.NewClient(archive.S3Config{Endpoint: s3.Endpoint, AccessKey: s3.AccessKey, SecretKey: s3.SecretKey, UseSSL: s3.UseSSL, PathStyle: true})
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +64,7 @@ func TestServeExportJobs(t *testing.T) {
 		t.Fatalf("POST export: %d %v", code, m)
 	}
 	id, _ := m["id"].(string)
-	waitFor(t, 60*time.Second, "export job succeeded", func() (bool, string) {
+	testkit.WaitFor(t, 60*time.Second, "export job succeeded", func() (bool, string) {
 		code, body := httpGet(t, p.base+"/api/v1/exports/"+id, "Authorization", "Bearer tok-1")
 		return code == 200 && strings.Contains(body, `"state":"succeeded"`), fmt.Sprintf("%d %s", code, body)
 	})

@@ -7,16 +7,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/settings"
 )
 
@@ -95,49 +94,26 @@ func closedURL(t *testing.T) string {
 // stage has no configured Langfuse) and info logs in text.
 func startLangfuseWorker(t *testing.T, e *lfEnv, langfuseEnv ...string) *lfWorker {
 	t.Helper()
-	listen := freeAddr(t)
-	cmd := exec.Command(callpipeBinary(t), "worker", "--stages", "langfuse", "--listen", listen, "--log.format=text")
+	listen := testkit.FreeAddr(t)
 	env := []string{}
 	for _, kv := range os.Environ() { // the stage must see only the Langfuse the test gives it
 		if !strings.HasPrefix(kv, "LANGFUSE_") && !strings.HasPrefix(kv, "CALLPIPE_LANGFUSE_") {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env,
+	env = append(env,
 		"CALLPIPE_NATS_URL="+harness.NATS(t),
 		"CALLPIPE_LANGFUSE_CONSUMER="+e.consumer, "CALLPIPE_LANGFUSE_SUBJECT="+e.subject+".>",
 		"CALLPIPE_LANGFUSE_ENVIRONMENT=it", "CALLPIPE_LANGFUSE_BATCH_CALLS=50", "CALLPIPE_LANGFUSE_FLUSH_INTERVAL=100ms",
 		"CALLPIPE_LANGFUSE_MIN_BACKOFF=20ms", "CALLPIPE_LANGFUSE_MAX_BACKOFF=200ms", "CALLPIPE_LANGFUSE_RETRY_DELAY=500ms",
 		"CALLPIPE_LOG_LEVEL=info",
 	)
-	cmd.Env = append(cmd.Env, langfuseEnv...)
-	w := &lfWorker{cmd: cmd, listen: listen, out: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stdout, cmd.Stderr = w.out, w.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { w.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("worker output:\n%s", w.out.String())
-		}
-	})
-	return w
+	env = append(env, langfuseEnv...)
+	return &lfWorker{listen: listen, Proc: testkit.Start(t, env, "worker", "--stages", "langfuse", "--listen", listen, "--log.format=text")}
 }
 
 // stop sends SIGTERM and wants a clean exit within a minute.
 func (w *lfWorker) stop(t *testing.T) {
 	t.Helper()
-	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-w.done:
-		if err != nil {
-			t.Fatalf("worker exit: %v\n%s", err, w.out.String())
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("worker did not stop within a minute of SIGTERM")
-	}
+	w.Stop(t, time.Minute)
 }

@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 // TestSettingsHotReload runs `callpipe worker --stages langfuse` configured
@@ -49,8 +49,8 @@ func TestSettingsHotReload(t *testing.T) {
 	if code, body := w.health(); code != http.StatusOK {
 		t.Fatalf("readyz with A: %d %s", code, body)
 	}
-	if !strings.Contains(w.out.String(), "source=\"configuration (file, environment, flags)\"") {
-		t.Errorf("the worker log does not say the configuration is in effect:\n%s", w.out)
+	if !strings.Contains(w.Out.String(), "source=\"configuration (file, environment, flags)\"") {
+		t.Errorf("the worker log does not say the configuration is in effect:\n%s", w.Out)
 	}
 
 	// Calls keep flowing: 10 every 50 ms from here on.
@@ -79,11 +79,11 @@ func TestSettingsHotReload(t *testing.T) {
 	if code, body := w.health(); code != http.StatusOK {
 		t.Errorf("readyz with B: %d %s", code, body)
 	}
-	if !strings.Contains(w.out.String(), "source=\"saved (NATS KV callpipe_settings, overrides the configuration)\" host="+b.URL) {
-		t.Errorf("the worker log does not say the saved settings are in effect:\n%s", w.out)
+	if !strings.Contains(w.Out.String(), "source=\"saved (NATS KV callpipe_settings, overrides the configuration)\" host="+b.URL) {
+		t.Errorf("the worker log does not say the saved settings are in effect:\n%s", w.Out)
 	}
-	if strings.Contains(w.out.String(), "sk-lf-b-secret-0002") || strings.Contains(w.out.String(), "sk-lf-test") {
-		t.Errorf("the worker log shows a secret:\n%s", w.out)
+	if strings.Contains(w.Out.String(), "sk-lf-b-secret-0002") || strings.Contains(w.Out.String(), "sk-lf-test") {
+		t.Errorf("the worker log shows a secret:\n%s", w.Out)
 	}
 
 	// Reset to the configuration: back to A.
@@ -98,7 +98,7 @@ func TestSettingsHotReload(t *testing.T) {
 	// The third sink (A, B, A) runs once the worker saw the reset.
 	lfWait(t, 15*time.Second, "the worker back at A after the reset", func() bool {
 		n := 0
-		for _, line := range strings.Split(w.out.String(), "\n") {
+		for _, line := range strings.Split(w.Out.String(), "\n") {
 			if strings.Contains(line, `msg="langfuse stage running"`) && strings.Contains(line, "host="+a.URL+" source=config") {
 				n++
 			}

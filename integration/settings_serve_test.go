@@ -11,9 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 	"github.com/callpipe/callpipe/usageapi"
 )
 
@@ -177,7 +177,7 @@ func TestSettingsServeAPI(t *testing.T) {
 	}
 
 	p.stop(t)
-	logs := p.stderr.String()
+	logs := p.Out.String()
 	for _, s := range secrets {
 		for i, body := range bodies {
 			if strings.Contains(body, s) {

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -66,7 +67,7 @@ func TestTransformPublishFailureBacksOff(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if len(at) < 4 {
-		t.Fatalf("%d failed attempts within a minute, want 4\n%s", len(at), w.out)
+		t.Fatalf("%d failed attempts within a minute, want 4\n%s", len(at), w.Out)
 	}
 	gaps := []time.Duration{at[1].Sub(at[0]), at[2].Sub(at[1]), at[3].Sub(at[2])}
 	t.Logf("gaps between failed attempts: %v (naks of 300ms, 600ms, 1.2s)", gaps)
@@ -82,11 +83,11 @@ func TestTransformPublishFailureBacksOff(t *testing.T) {
 
 	restore()
 	var recs trRecords
-	trWait(t, time.Minute, "the call normalized after the stream recovered", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "the call normalized after the stream recovered", func() (bool, string) {
 		e.readNormalized(&recs)
 		return len(recs.calls) == 1, fmt.Sprint(len(recs.calls))
 	})
-	trWait(t, 30*time.Second, "the raw event acknowledged", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "the raw event acknowledged", func() (bool, string) {
 		info := e.consumerInfo(e.consumer)
 		return info.NumAckPending == 0 && info.NumPending == 0, fmt.Sprintf("%+v", info)
 	})
@@ -147,7 +148,7 @@ func TestTransformReplayHeaders(t *testing.T) {
 		return out
 	}
 	var recs []rec
-	trWait(t, time.Minute, "the live record", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "the live record", func() (bool, string) {
 		recs = read()
 		return len(recs) == 1, fmt.Sprint(recs)
 	})
@@ -166,12 +167,12 @@ func TestTransformReplayHeaders(t *testing.T) {
 		}
 	}
 
-	trWait(t, time.Minute, "the live and the replayed record", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "the live and the replayed record", func() (bool, string) {
 		recs = read()
 		return len(recs) >= 2, fmt.Sprint(recs)
 	})
 	// both replay deliveries are settled before the count is final
-	trWait(t, 30*time.Second, "the replay consumer done", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "the replay consumer done", func() (bool, string) {
 		info := e.consumerInfo(e.consumer + "-replay")
 		return info.NumAckPending == 0 && info.NumPending == 0 && info.AckFloor.Stream > 0, fmt.Sprintf("%+v", info)
 	})

@@ -3,16 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,18 +17,13 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/transform"
 )
 
-func trRand(t testing.TB) string {
-	b := make([]byte, 5)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return "t" + hex.EncodeToString(b)
-}
+func trRand(t testing.TB) string { return "t" + testkit.RandomHex(t, 5) }
 
 // trEnv is one test run's isolated slice of the shared services: its own
 // subject under callpipe.calls, its own durable consumer and Redis key prefix.
@@ -122,17 +113,14 @@ func (e *trEnv) acked() uint64 {
 
 // trWorker is one `callpipe worker --stages normalize` process.
 type trWorker struct {
-	cmd    *exec.Cmd
+	*testkit.Proc
 	listen string
-	out    *syncBuffer
-	done   chan error
 }
 
 func (e *trEnv) startWorker(extraEnv ...string) *trWorker {
 	e.t.Helper()
-	w := &trWorker{listen: freeAddr(e.t), out: &syncBuffer{}, done: make(chan error, 1)}
-	w.cmd = exec.Command(callpipeBinary(e.t), "worker", "--stages", "normalize")
-	w.cmd.Env = append(os.Environ(),
+	w := &trWorker{listen: testkit.FreeAddr(e.t)}
+	w.Proc = testkit.Start(e.t, append(append(os.Environ(),
 		"CALLPIPE_NATS_URL="+e.natsURL,
 		"CALLPIPE_REDIS_ADDR="+e.redisAddr,
 		"CALLPIPE_WORKER_LISTEN="+w.listen,
@@ -142,38 +130,9 @@ func (e *trEnv) startWorker(extraEnv ...string) *trWorker {
 		"CALLPIPE_TRANSFORM_ACK_WAIT=4s",
 		"CALLPIPE_TRANSFORM_PRICES=chat-model=1/2",
 		"CALLPIPE_LOG_LEVEL=warn",
-	)
-	w.cmd.Env = append(w.cmd.Env, extraEnv...)
-	w.cmd.Stdout, w.cmd.Stderr = io.Discard, w.out
-	if err := w.cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() { w.done <- w.cmd.Wait() }()
-	e.t.Cleanup(func() {
-		if w.cmd.ProcessState == nil {
-			_ = w.cmd.Process.Kill()
-			<-w.done
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + w.listen + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return w
-			}
-		}
-		select {
-		case err := <-w.done:
-			e.t.Fatalf("worker exited at start: %v\n%s", err, w.out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("worker not healthy after 30s:\n%s", w.out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	), extraEnv...), "worker", "--stages", "normalize")
+	w.WaitReady(e.t, w.listen, 30*time.Second)
+	return w
 }
 
 // metric returns the value of an unlabelled metric from the worker's /metrics.
@@ -197,14 +156,8 @@ func (w *trWorker) metric(t testing.TB, name string) float64 {
 // stop sends SIGTERM and requires a clean exit.
 func (w *trWorker) stop(t testing.TB) {
 	t.Helper()
-	_ = w.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-w.done:
-		if err != nil {
-			t.Errorf("worker exit after SIGTERM: %v\n%s", err, w.out)
-		}
-	case <-time.After(60 * time.Second):
-		t.Errorf("worker did not stop within 60s of SIGTERM\n%s", w.out)
+	if err := w.Terminate(60 * time.Second); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -338,18 +291,4 @@ func (e *trEnv) readDLQ() []trDeadLetter {
 		out = append(out, trDeadLetter{data: string(d.Data), errText: d.Error, stage: d.Stage, sourceSubj: d.SourceSubject})
 	}
 	return out
-}
-
-func trWait(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var state string
-	for time.Now().Before(deadline) {
-		var ok bool
-		if ok, state = cond(); ok {
-			return
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s (last: %s)", timeout, what, state)
 }

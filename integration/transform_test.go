@@ -11,7 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/integration/harness"
+	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/transform"
 )
@@ -74,18 +75,18 @@ func TestTransformNormalizeThreeWorkersKill(t *testing.T) {
 
 	// Kill one worker once a quarter of the calls are normalized.
 	var recs trRecords
-	trWait(t, 3*time.Minute, "a fifth acknowledged", func() (bool, string) {
+	testkit.WaitFor(t, 3*time.Minute, "a fifth acknowledged", func() (bool, string) {
 		n := e.acked()
 		return n >= total/5, fmt.Sprintf("%d acknowledged", n)
 	})
-	if err := workers[0].cmd.Process.Kill(); err != nil {
+	if err := workers[0].Cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	<-workers[0].done
+	<-workers[0].Done()
 	t.Logf("SIGKILLed worker 0 after %d acknowledged", e.acked())
 	// SIGTERM another worker mid-run: it stops fetching, finishes and acks
 	// what it holds, and exits 0; a fresh replica takes its place.
-	trWait(t, 3*time.Minute, "two fifths acknowledged", func() (bool, string) {
+	testkit.WaitFor(t, 3*time.Minute, "two fifths acknowledged", func() (bool, string) {
 		n := e.acked()
 		return n >= 2*total/5, fmt.Sprintf("%d acknowledged", n)
 	})
@@ -94,7 +95,7 @@ func TestTransformNormalizeThreeWorkersKill(t *testing.T) {
 	workers = append(workers, e.startWorker())
 	<-publishDone
 
-	trWait(t, 5*time.Minute, "every call normalized", func() (bool, string) {
+	testkit.WaitFor(t, 5*time.Minute, "every call normalized", func() (bool, string) {
 		e.readNormalized(&recs)
 		return len(recs.calls) >= total, fmt.Sprintf("%d/%d records", len(recs.calls), total)
 	})
@@ -127,7 +128,7 @@ func TestTransformNormalizeThreeWorkersKill(t *testing.T) {
 		}
 		if c.UserID != wantUser || c.UserSource != wantSrc {
 			for i, w := range workers {
-				t.Logf("worker %d log:\n%s", i, w.out)
+				t.Logf("worker %d log:\n%s", i, w.Out)
 			}
 			t.Fatalf("%s: user %s/%s, want %s/%s", id, c.UserID, c.UserSource, wantUser, wantSrc)
 		}
@@ -139,7 +140,7 @@ func TestTransformNormalizeThreeWorkersKill(t *testing.T) {
 
 	// Dead letters: exactly the invalid messages, each with a reason.
 	var dls []trDeadLetter
-	trWait(t, time.Minute, "dead letters", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "dead letters", func() (bool, string) {
 		dls = e.readDLQ()
 		return len(dls) >= len(bad), fmt.Sprintf("%d/%d", len(dls), len(bad))
 	})
@@ -207,7 +208,7 @@ func TestTransformRedisOutage(t *testing.T) {
 			data[i] = trChatEvent(ids[i], schema.HashAPIKey(key), "")
 		}
 		e.publish(ids, data)
-		trWait(t, 2*time.Minute, name+" normalized", func() (bool, string) {
+		testkit.WaitFor(t, 2*time.Minute, name+" normalized", func() (bool, string) {
 			e.readNormalized(&recs)
 			c := 0
 			for _, id := range ids {
@@ -303,7 +304,7 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 		"CALLPIPE_TRANSFORM_USER_KEY_PREFIX=" + e.keyPrefix, "CALLPIPE_LOG_LEVEL=warn"}
 	run := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(callpipeBinary(t), args...)
+		cmd := exec.Command(testkit.Binary(t), args...)
 		cmd.Env = append(os.Environ(), env...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -332,7 +333,7 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 	id := e.run + "-call"
 	e.publish([]string{id, e.run + "-bad"}, [][]byte{trChatEvent(id, schema.HashAPIKey(key), ""), []byte(`{"id":"x"}`)})
 	var recs trRecords
-	trWait(t, time.Minute, "the call", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "the call", func() (bool, string) {
 		e.readNormalized(&recs)
 		return len(recs.calls) == 1, fmt.Sprint(len(recs.calls))
 	})
@@ -346,7 +347,7 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 
 	// dlq ls / show / retry
 	var dls []trDeadLetter
-	trWait(t, time.Minute, "the dead letter", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "the dead letter", func() (bool, string) {
 		dls = e.readDLQ()
 		return len(dls) == 1, fmt.Sprint(len(dls))
 	})
@@ -370,7 +371,7 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 	}
 	run("dlq", "retry", fmt.Sprint(seq))
 	// The retried (still invalid) event is consumed again and dead-lettered again.
-	trWait(t, time.Minute, "the retried dead letter", func() (bool, string) {
+	testkit.WaitFor(t, time.Minute, "the retried dead letter", func() (bool, string) {
 		list, err := transform.ListDeadLetters(ctx, e.js, seq+1, 0)
 		if err != nil {
 			return false, err.Error()
@@ -404,12 +405,12 @@ func TestTransformMaxDeliveriesToDLQ(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); e.publish(ids, data) }()
-	trWait(t, 2*time.Minute, "a fifth acknowledged", func() (bool, string) {
+	testkit.WaitFor(t, 2*time.Minute, "a fifth acknowledged", func() (bool, string) {
 		n := e.acked()
 		return n >= total/5, fmt.Sprint(n)
 	})
-	_ = w0.cmd.Process.Kill()
-	<-w0.done
+	_ = w0.Cmd.Process.Kill()
+	<-w0.Done()
 	<-done
 
 	var recs trRecords
@@ -433,7 +434,7 @@ func TestTransformMaxDeliveriesToDLQ(t *testing.T) {
 		}
 		return n, len(dead)
 	}
-	trWait(t, 3*time.Minute, "every call normalized or dead-lettered", func() (bool, string) {
+	testkit.WaitFor(t, 3*time.Minute, "every call normalized or dead-lettered", func() (bool, string) {
 		n, d := covered()
 		return n == total, fmt.Sprintf("%d/%d covered, %d dead letters", n, total, d)
 	})

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/internal/retry"
 )
 
 // Bucket is the NATS KV bucket of callpipe's run-time settings.
@@ -93,6 +95,21 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		return nil, fmt.Errorf("settings bucket %s: %w", Bucket, err)
 	}
 	return &Store{kv: kv}, nil
+}
+
+// OpenWhenReady opens the bucket as Open does, trying again while NATS does
+// not answer (after 1s, doubling up to 15s; each try bounded by 10s): serve
+// and the Langfuse stage start before NATS without failing. failed reports
+// each failure and the wait before the next try. The error is ctx's when ctx
+// ended first.
+func OpenWhenReady(ctx context.Context, js jetstream.JetStream, replicas int, failed func(err error, wait time.Duration)) (*Store, error) {
+	var store *Store
+	err := retry.Until(ctx, retry.Backoff{First: time.Second, Max: 15 * time.Second, Attempt: 10 * time.Second},
+		func(ctx context.Context) (err error) {
+			store, err = Open(ctx, js, replicas)
+			return err
+		}, failed)
+	return store, err
 }
 
 // Langfuse returns the saved settings; ok is false when none were saved.

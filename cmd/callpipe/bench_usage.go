@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bench/usagebench"
+	"github.com/callpipe/callpipe/internal/fleet"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -55,7 +56,7 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 				rep.Print(cmd.OutOrStdout())
 			}
 			if rep != nil && jsonOut != "" {
-				if werr := writeJSONFile(jsonOut, rep); werr != nil && err == nil {
+				if werr := fleet.WriteJSON(jsonOut, rep); werr != nil && err == nil {
 					err = werr
 				}
 			}

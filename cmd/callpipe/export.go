@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -109,9 +107,9 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 			stderr := cmd.ErrOrStderr()
 			fmt.Fprintf(stderr, "export %s: %s %s..%s → %s (%s, %s)\n", spec.JobID, spec.Source,
 				spec.From.Format(time.RFC3339), spec.To.Format(time.RFC3339), spec.Dest, spec.Format, spec.Compression)
-			pr := &progressPrinter{w: stderr, job: spec.JobID, every: time.Second}
-			res, err := runner.Run(ctx, spec, export.RunOptions{Rate: rate, Progress: pr.update})
-			pr.final()
+			pr := export.NewProgressPrinter(stderr, spec.JobID, time.Second)
+			res, err := runner.Run(ctx, spec, export.RunOptions{Rate: rate, Progress: pr.Update})
+			pr.Final()
 			if err != nil {
 				var held *export.LeaseHeldError
 				var fe *export.FieldError
@@ -154,47 +152,4 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 	f.StringVar(&jobID, "job-id", "", "job id (default: derived from the arguments)")
 	f.Float64Var(&rate, "rate", 0, "at most this many rows per second (0: unlimited)")
 	return cmd
-}
-
-// progressPrinter writes one progress line to stderr at most every `every`.
-type progressPrinter struct {
-	w     io.Writer
-	job   string
-	every time.Duration
-	mu    sync.Mutex
-	last  time.Time
-	p     *export.Progress
-}
-
-func (pp *progressPrinter) update(p export.Progress) {
-	pp.mu.Lock()
-	defer pp.mu.Unlock()
-	pp.p = &p
-	if time.Since(pp.last) >= pp.every {
-		pp.last = time.Now()
-		pp.print()
-	}
-}
-
-func (pp *progressPrinter) final() {
-	pp.mu.Lock()
-	defer pp.mu.Unlock()
-	if pp.p != nil {
-		pp.print()
-	}
-}
-
-func (pp *progressPrinter) print() {
-	p := pp.p
-	est := ""
-	if p.EstimatedRows > 0 {
-		pct := min(100, float64(p.Rows)*100/float64(p.EstimatedRows))
-		est = fmt.Sprintf(" of ≤%d (%.0f%%)", p.EstimatedRows, pct)
-		if p.RowsPerSecond > 0 && p.Rows < p.EstimatedRows {
-			eta := time.Duration(float64(p.EstimatedRows-p.Rows) / p.RowsPerSecond * float64(time.Second))
-			est += fmt.Sprintf(", ETA ≤%s", eta.Round(time.Second))
-		}
-	}
-	fmt.Fprintf(pp.w, "export %s: %d rows%s, %d parts, %.1f MB stored, %.0f rows/s, %.2f MB/s\n",
-		pp.job, p.Rows, est, p.Parts, float64(p.Bytes)/1e6, p.RowsPerSecond, p.BytesPerSec/1e6)
 }

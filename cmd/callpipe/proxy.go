@@ -51,7 +51,7 @@ func newProxyCommand(a *app) *cobra.Command {
 			opts := proxy.DefaultOptions(upstream)
 			opts.CaptureLimit = int(cfg.Proxy.CaptureLimit)
 			opts.AskUsage = cfg.Proxy.AskUsage
-			opts.SpoolDir = cfg.Proxy.SpoolDir
+			opts.SpoolDir = cfg.SpoolDir()
 			opts.SpoolMaxBytes = int64(cfg.Proxy.SpoolMaxBytes)
 			opts.Instance = cfg.Proxy.Instance
 			opts.Logger = log

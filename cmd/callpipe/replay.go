@@ -80,7 +80,7 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 				if s = strings.TrimSpace(s); s == "" {
 					continue
 				}
-				if !oneOfStrings(s, replaySinks) {
+				if !slices.Contains(replaySinks, s) {
 					return fmt.Errorf("%w: --sinks: unknown sink %q (allowed: %s)", errUsage, s, strings.Join(replaySinks, ", "))
 				}
 				sinkList = append(sinkList, s)
@@ -129,27 +129,10 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 			}
 			defer nc.Close()
 			res, err := replay.Run(cmd.Context(), nc, s3, cp, o)
-			if errors.Is(err, replay.ErrStopped) {
-				fmt.Fprintf(cmd.OutOrStdout(), "replay %s: stopped after %d calls published (checkpointed); run the same command again to resume\n", res.Job, res.Published)
-				return nil
-			}
-			if err != nil {
+			if err != nil && !errors.Is(err, replay.ErrStopped) {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			switch {
-			case res.AlreadyDone:
-				fmt.Fprintf(out, "replay %s: already finished earlier (%d calls published); nothing sent. Use another --job to replay again.\n", res.Job, res.Published)
-			case dryRun:
-				fmt.Fprintf(out, "replay %s (dry run): %d objects, %d lines, %d calls match, %d undecodable\n", res.Job, res.Objects, res.Lines, res.Matched, res.Undecodable)
-			default:
-				dups := fmt.Sprintf("%d duplicates", res.Duplicates)
-				if res.Batched > 0 { // JetStream acks a fast batch as a whole: its duplicates are unknown
-					dups = fmt.Sprintf("%d in fast batches, duplicates not counted; %d duplicates among the others", res.Batched, res.Duplicates)
-				}
-				fmt.Fprintf(out, "replay %s: done: %d objects (%d finished earlier), %d calls published (%s), %d undecodable lines skipped, %s\n",
-					res.Job, res.Objects, res.Resumed, res.Published, dups, res.Undecodable, res.Elapsed.Round(time.Millisecond))
-			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.Summary(dryRun, err != nil))
 			return nil
 		},
 	}
@@ -163,15 +146,6 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 	fl.BoolVar(&dryRun, "dry-run", false, "count the matching calls, publish nothing")
 	fl.StringVar(&job, "job", "", "job id (letters, digits, - and _); default derived from the arguments, so the same command resumes")
 	return cmd
-}
-
-func oneOfStrings(s string, list []string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // markReplayDirty marks every hour of [from, to) dirty in the usage rollups

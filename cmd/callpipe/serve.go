@@ -2,17 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"net/url"
-	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
@@ -59,7 +52,10 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 
-			links := langfuseLinks(ctx, configuredLangfuse(cfg), cfg, log)
+			langfuseLinks := func(ctx context.Context, l settings.Langfuse) usageapi.LangfuseLinks {
+				return usageapi.LinksFor(ctx, l, cfg.Langfuse.Transport == "otlp", log)
+			}
+			links := langfuseLinks(ctx, configuredLangfuse(cfg))
 			reg := newRegistry()
 			if err := registerLag(reg, nc, cfg, log); err != nil {
 				return err
@@ -76,19 +72,20 @@ func newServeCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			gate := &settingsGate{nc: nc, natsURL: redactURLs(cfg.NATS.URL), opened: func(ctx context.Context, store *settings.Store) {
-				// links follow the settings saved from the dashboard
-				err := store.WatchLangfuse(ctx, configuredLangfuse(cfg), func(eff settings.Effective) {
-					if eff.Source == settings.SourceConfig {
-						srv.SetLangfuse(links)
-						return
+			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
+				Opened: func(ctx context.Context, store *settings.Store) {
+					// links follow the settings saved from the dashboard
+					err := store.WatchLangfuse(ctx, configuredLangfuse(cfg), func(eff settings.Effective) {
+						if eff.Source == settings.SourceConfig {
+							srv.SetLangfuse(links)
+							return
+						}
+						srv.SetLangfuse(langfuseLinks(ctx, eff.Langfuse))
+					})
+					if err != nil && ctx.Err() == nil {
+						log.Warn("settings: watching the Langfuse settings stopped; links keep the last ones", "err", err)
 					}
-					srv.SetLangfuse(langfuseLinks(ctx, eff.Langfuse, cfg, log))
-				})
-				if err != nil && ctx.Err() == nil {
-					log.Warn("settings: watching the Langfuse settings stopped; links keep the last ones", "err", err)
-				}
-			}}
+				}}
 			srv.Mount("/api/v1/settings/", func(mux *http.ServeMux) {
 				for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
 					mux.Handle(m+" /api/v1/settings/", gate) // the settings routes refine the pattern once open
@@ -96,7 +93,7 @@ func newServeCommand(a *app) *cobra.Command {
 			})
 			sctx, stopSettings := context.WithCancel(ctx)
 			defer stopSettings()
-			go gate.open(sctx, cfg, log)
+			go gate.Open(sctx)
 
 			// Export jobs need S3 and Redis; without them serve still serves
 			// usage and answers the jobs API with 503 naming what is missing.
@@ -104,12 +101,7 @@ func newServeCommand(a *app) *cobra.Command {
 			runner, closeRunner, err := newExportRunner(ctx, cfg, log, true)
 			if err != nil {
 				log.Warn("export jobs API unavailable", "err", err)
-				reason := err.Error()
-				exports = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-					w.Header().Set("Content-Type", "application/json")
-					w.WriteHeader(http.StatusServiceUnavailable)
-					_ = json.NewEncoder(w).Encode(map[string]string{"error": "export jobs are unavailable: " + reason})
-				})
+				exports = export.Unavailable(err.Error())
 			} else {
 				h := export.NewHandler(runner, log)
 				exports = h
@@ -136,110 +128,9 @@ func newServeCommand(a *app) *cobra.Command {
 	return cmd
 }
 
-// settingsGate serves the settings API once its NATS KV bucket is open, and
-// 503 naming NATS before that or while NATS is disconnected.
-type settingsGate struct {
-	nc      *nats.Conn
-	natsURL string // without credentials
-	handler atomic.Pointer[http.ServeMux]
-	lastErr atomic.Pointer[error]
-	// opened runs once the bucket is open, until ctx ends
-	opened func(ctx context.Context, store *settings.Store)
-}
-
-// langfuseLinks is where "View in Langfuse" links of l point: its project
-// when known or looked up with its keys, else <host>/trace/<id>, which
-// Langfuse redirects.
-func langfuseLinks(ctx context.Context, l settings.Langfuse, cfg *config.Config, log *slog.Logger) usageapi.LangfuseLinks {
-	links := usageapi.LangfuseLinks{Host: l.Host, ProjectID: l.ProjectID, OTLP: cfg.Langfuse.Transport == "otlp"}
-	if links.Host != "" && links.ProjectID == "" && l.PublicKey != "" && l.SecretKey != "" {
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		pid, err := usageapi.LangfuseProject(lctx, http.DefaultClient, links.Host, l.PublicKey, l.SecretKey)
-		cancel()
-		if err != nil {
-			log.Warn("langfuse project lookup failed; links use <host>/trace/<id>", "host", links.Host, "err", err)
-		} else {
-			links.ProjectID = pid
-		}
-	}
-	return links
-}
-
 // configuredLangfuse is the Langfuse of the configuration file and
 // environment: what applies while nothing is saved in the settings bucket.
 func configuredLangfuse(cfg *config.Config) settings.Langfuse {
 	return settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey,
 		ProjectID: cfg.Serve.LangfuseProjectID}
-}
-
-// open opens the settings bucket, retrying until NATS answers or ctx ends.
-func (g *settingsGate) open(ctx context.Context, cfg *config.Config, log *slog.Logger) {
-	js, err := jetstream.New(g.nc)
-	if err != nil {
-		g.lastErr.Store(&err)
-		log.Error("settings: jetstream", "err", err)
-		return
-	}
-	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
-		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		store, err := settings.Open(octx, js, cfg.NATS.Stream.Replicas)
-		cancel()
-		if err == nil {
-			mux := http.NewServeMux()
-			(&settings.Handler{Store: store, Config: configuredLangfuse(cfg)}).Register(mux)
-			g.handler.Store(mux)
-			log.Info("settings: bucket open", "bucket", settings.Bucket)
-			if g.opened != nil {
-				g.opened(ctx, store)
-			}
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		g.lastErr.Store(&err)
-		log.Warn("settings: NATS KV bucket not available yet; settings routes answer 503", "bucket", settings.Bucket, "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
-}
-
-func (g *settingsGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	mux := g.handler.Load()
-	var reason string
-	switch {
-	case !g.nc.IsConnected():
-		reason = fmt.Sprintf("settings are stored in NATS, which is not reachable (%s: %s)", g.natsURL, g.nc.Status())
-	case mux == nil:
-		reason = "settings are stored in NATS, whose KV bucket " + settings.Bucket + " is not open yet"
-		if e := g.lastErr.Load(); e != nil {
-			reason += ": " + (*e).Error()
-		}
-	}
-	if reason != "" {
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Retry-After", "5")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": reason})
-		return
-	}
-	mux.ServeHTTP(w, r)
-}
-
-// redactURLs drops the user information of comma-separated URLs, so that an
-// error message never shows a NATS password.
-func redactURLs(list string) string {
-	parts := strings.Split(list, ",")
-	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		if u, err := url.Parse(p); err == nil && u.User != nil {
-			u.User = nil
-			p = u.String()
-		}
-		parts[i] = p
-	}
-	return strings.Join(parts, ",")
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
@@ -30,20 +31,13 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 30*time.Second) {
-		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := archive.EnsureBucket(bctx, s3, cfg.S3.Bucket, cfg.S3.Region)
-		cancel()
-		if err == nil {
-			break
-		}
-		ready.waiting(err)
-		log.Warn("s3 not ready; retrying", "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
+	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second, Attempt: 30 * time.Second},
+		func(ctx context.Context) error { return archive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region) },
+		func(err error, wait time.Duration) {
+			ready.waiting(err)
+			log.Warn("s3 not ready; retrying", "err", err, "retry_in", wait)
+		}); err != nil {
+		return nil
 	}
 	s, err := archive.NewSink(env.nc, s3, archive.SinkConfig{
 		Stream: ingest.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,

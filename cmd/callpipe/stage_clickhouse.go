@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/pipeline"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -143,21 +144,18 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	}
 
 	out := chsink.NewOutput(oc)
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 30*time.Second) {
-		err := out.Connect(ctx)
-		if err == nil {
-			err = migrateClickHouse(ctx, cfg, log, false)
-		}
-		if err == nil {
-			break
-		}
-		ready.waiting(err)
-		log.Warn("clickhouse not ready; retrying", "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
+	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second},
+		func(ctx context.Context) error {
+			if err := out.Connect(ctx); err != nil {
+				return err
+			}
+			return migrateClickHouse(ctx, cfg, log, false)
+		},
+		func(err error, wait time.Duration) {
+			ready.waiting(err)
+			log.Warn("clickhouse not ready; retrying", "err", err, "retry_in", wait)
+		}); err != nil {
+		return nil
 	}
 	defer out.Close()
 

@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/schema"
@@ -28,16 +29,12 @@ func newUsersCommand(a *app) *cobra.Command {
 			if key == "" || user == "" {
 				return fmt.Errorf("%w: --key and --user are required", errUsage)
 			}
-			cfg, _, err := a.load(cmd, nil)
-			if err != nil {
-				return err
-			}
-			rdb, err := newRedis(cfg, 0)
+			rdb, prefix, err := a.userKeys(cmd)
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			rec, err := transform.AddUser(cmd.Context(), rdb, cfg.Transform.UserKeyPrefix, key, user, name)
+			rec, err := transform.AddUser(cmd.Context(), rdb, prefix, key, user, name)
 			if err != nil {
 				return err
 			}
@@ -61,16 +58,12 @@ func newUsersCommand(a *app) *cobra.Command {
 			if rmKey != "" {
 				rmHash = schema.HashAPIKey(rmKey)
 			}
-			cfg, _, err := a.load(cmd, nil)
-			if err != nil {
-				return err
-			}
-			rdb, err := newRedis(cfg, 0)
+			rdb, prefix, err := a.userKeys(cmd)
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			ok, err := transform.RemoveUser(cmd.Context(), rdb, cfg.Transform.UserKeyPrefix, rmHash)
+			ok, err := transform.RemoveUser(cmd.Context(), rdb, prefix, rmHash)
 			if err != nil {
 				return err
 			}
@@ -90,16 +83,12 @@ func newUsersCommand(a *app) *cobra.Command {
 		Short: "List registered API keys (prefix and hash only)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := a.load(cmd, nil)
-			if err != nil {
-				return err
-			}
-			rdb, err := newRedis(cfg, 0)
+			rdb, prefix, err := a.userKeys(cmd)
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			recs, err := transform.ListUsers(cmd.Context(), rdb, cfg.Transform.UserKeyPrefix)
+			recs, err := transform.ListUsers(cmd.Context(), rdb, prefix)
 			if err != nil {
 				return err
 			}
@@ -128,4 +117,18 @@ func newUsersCommand(a *app) *cobra.Command {
 	ls.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
 	cmd.AddCommand(add, rm, ls)
 	return cmd
+}
+
+// userKeys opens the Redis holding the registered API keys, under their key
+// prefix (transform.user_key_prefix).
+func (a *app) userKeys(cmd *cobra.Command) (*redis.Client, string, error) {
+	cfg, _, err := a.load(cmd, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	rdb, err := newRedis(cfg, 0)
+	if err != nil {
+		return nil, "", err
+	}
+	return rdb, cfg.Transform.UserKeyPrefix, nil
 }

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 func ptr[T any](v T) *T { return &v }

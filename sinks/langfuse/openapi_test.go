@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 var specs = []string{"langfuse-3.225.4", "langfuse-4.16.0"}
@@ -18,7 +18,7 @@ var specs = []string{"langfuse-3.225.4", "langfuse-4.16.0"}
 func TestOpenAPIContract(t *testing.T) {
 	for _, name := range specs {
 		t.Run(name, func(t *testing.T) {
-			spec, err := langfusetest.LoadOpenAPI(filepath.Join("langfusetest", "testdata", name, "openapi.yml"))
+			spec, err := langfusetest.LoadOpenAPI(filepath.Join("..", "..", "integration", "fakes", "langfusetest", "testdata", name, "openapi.yml"))
 			if err != nil {
 				t.Fatal(err)
 			}

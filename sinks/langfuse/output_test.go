@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/bench/receiver"
+	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
 func basic(pk, sk string) string { return base64.StdEncoding.EncodeToString([]byte(pk + ":" + sk)) }
@@ -321,7 +322,7 @@ func TestResendLeavesMergedStateUnchanged(t *testing.T) {
 
 // BenchmarkWriteBatch measures calls (one trace + one generation each)
 // encoded and delivered over the ingestion API to a plain local receiver
-// that decodes every body (langfusetest.Receiver, not the validating
+// that decodes every body (bench/receiver.Langfuse, not the validating
 // contract server), in batches of 2000 calls as the sink hands them over:
 //
 //	go test ./sinks/langfuse -run '^$' -bench 'WriteBatch$' -benchtime 100000x
@@ -333,7 +334,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 }
 
 func benchWriteBatch(b *testing.B, version, transport string) {
-	srv := langfusetest.NewReceiver(version)
+	srv := receiver.NewLangfuse(version)
 	defer srv.Close()
 	out := langfuse.NewOutput(langfuse.OutputConfig{Host: srv.URL, PublicKey: "pk", SecretKey: "sk",
 		Transport: langfuse.TransportAuto, Map: langfuse.MapOptions{Environment: "bench", MaxFieldBytes: 64 << 10}})
@@ -391,7 +392,7 @@ func benchWriteBatch(b *testing.B, version, transport string) {
 // MaxInFlight are ever opened, over both transports and many batches.
 func TestConnectionReuse(t *testing.T) {
 	for _, version := range []string{"3.225.4", "4.16.0"} {
-		srv := langfusetest.NewReceiver(version)
+		srv := receiver.NewLangfuse(version)
 		out := langfuse.NewOutput(langfuse.OutputConfig{Host: srv.URL, PublicKey: "pk", SecretKey: "sk",
 			MaxInFlight: 3, MaxBatchCount: 50})
 		if err := out.Connect(context.Background()); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -15,6 +16,7 @@ import (
 // Config is every setting of callpipe.
 type Config struct {
 	Log        Log        `yaml:"log"`
+	Paths      Paths      `yaml:"paths"`
 	NATS       NATS       `yaml:"nats"`
 	Event      Event      `yaml:"event"`
 	Collect    Collect    `yaml:"collect"`
@@ -34,6 +36,13 @@ type Config struct {
 type Log struct {
 	Level  string `yaml:"level" doc:"debug, info, warn or error"`
 	Format string `yaml:"format" doc:"json or text"`
+}
+
+// Paths are where callpipe keeps files on disk. Every default file path is
+// under StateDir, so that one setting (or one volume) holds them all and a
+// checkout's .gitignore covers them.
+type Paths struct {
+	StateDir string `yaml:"state_dir" doc:"folder of every default file path: the proxy spool (<state_dir>/spool), bench and demo logs (<state_dir>/bench, <state_dir>/demo); relative to the working directory"`
 }
 
 type NATS struct {
@@ -70,7 +79,7 @@ type Proxy struct {
 	Upstream      string   `yaml:"upstream" doc:"Xinference base URL, e.g. http://127.0.0.1:9997"`
 	CaptureLimit  ByteSize `yaml:"capture_limit" doc:"request/response bytes kept in an event; the rest is forwarded but not captured"`
 	AskUsage      bool     `yaml:"ask_usage" doc:"ask upstream for usage on streams that did not request it (hidden from the client)"`
-	SpoolDir      string   `yaml:"spool_dir" doc:"on-disk spool for events while NATS is unreachable"`
+	SpoolDir      string   `yaml:"spool_dir" doc:"on-disk spool for events while NATS is unreachable; empty means <paths.state_dir>/spool"`
 	SpoolMaxBytes ByteSize `yaml:"spool_max_bytes" doc:"spool size cap; beyond it events are dropped, counted and logged"`
 	Instance      string   `yaml:"instance" doc:"instance name recorded in events (upstream host:port when empty)"`
 }
@@ -151,17 +160,23 @@ type Langfuse struct {
 	AckWait        Duration `yaml:"ack_wait" doc:"a call not settled within this is redelivered (kept alive while its batch is being retried)"`
 }
 
+// DefaultStateDir is paths.state_dir when nothing sets it: a dot folder of the
+// working directory (as Prometheus keeps data/ there), which a checkout's
+// .gitignore covers; deployments set an absolute path on a volume.
+const DefaultStateDir = ".state"
+
 // Default returns the configuration used when nothing is set.
 func Default() Config {
 	return Config{
-		Log: Log{Level: "info", Format: "json"},
+		Log:   Log{Level: "info", Format: "json"},
+		Paths: Paths{StateDir: DefaultStateDir},
 		NATS: NATS{URL: "nats://127.0.0.1:4222", Stream: Stream{
 			MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute), Replicas: 1,
 		}},
 		Event:   Event{MaxBytes: 1 << 20},
 		Collect: Collect{Listen: "127.0.0.1:8081", MaxBodyBytes: 8 << 20, ReadTimeout: Duration(30 * time.Second)},
 		Proxy: Proxy{Listen: "127.0.0.1:8080", CaptureLimit: 1 << 20, AskUsage: true,
-			SpoolDir: "callpipe-spool", SpoolMaxBytes: 1 << 30},
+			SpoolMaxBytes: 1 << 30},
 		Worker: Worker{Listen: "127.0.0.1:8082"},
 		Transform: Transform{Consumer: "callpipe-normalize", Subject: "callpipe.calls.>", Batch: 500, MaxInFlight: 1000,
 			AckWait: Duration(30 * time.Second), MaxDeliver: 10, MaxAckPending: 20000, RetryDelay: Duration(time.Second),
@@ -189,6 +204,15 @@ type Error struct {
 
 func (e *Error) Error() string {
 	return fmt.Sprintf("config: %s: invalid value %q: %s", e.Key, e.Value, e.Allowed)
+}
+
+// SpoolDir is the proxy's spool folder: proxy.spool_dir, or spool under
+// paths.state_dir when that is empty.
+func (c *Config) SpoolDir() string {
+	if c.Proxy.SpoolDir != "" {
+		return c.Proxy.SpoolDir
+	}
+	return filepath.Join(c.Paths.StateDir, "spool")
 }
 
 // Validate checks every key and names the first bad one.
@@ -222,6 +246,7 @@ func (c *Config) Validate() error {
 		hostPort("worker.listen", c.Worker.Listen, true),
 		check(c.Proxy.Upstream == "" || validHTTPURL(c.Proxy.Upstream), "proxy.upstream", c.Proxy.Upstream, "must be an http:// or https:// URL"),
 		check(c.Proxy.CaptureLimit > 0, "proxy.capture_limit", c.Proxy.CaptureLimit, "must be positive"),
+		check(c.Paths.StateDir != "", "paths.state_dir", c.Paths.StateDir, "must not be empty"),
 		check(c.Proxy.SpoolMaxBytes > 0, "proxy.spool_max_bytes", c.Proxy.SpoolMaxBytes, "must be positive"),
 		check(validIdent(strings.ReplaceAll(c.Transform.Consumer, "-", "_")), "transform.consumer", c.Transform.Consumer, "must be letters, digits, - and _"),
 		check(strings.HasPrefix(c.Transform.Subject, "callpipe.calls.") && !strings.ContainsAny(c.Transform.Subject, " \t"), "transform.subject", c.Transform.Subject, "must be a subject under callpipe.calls."),

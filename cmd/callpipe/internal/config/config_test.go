@@ -29,6 +29,31 @@ func TestDefaultsAreValid(t *testing.T) {
 	}
 }
 
+// Every default file path is under paths.state_dir, which the environment
+// sets as CALLPIPE_PATHS_STATE_DIR; proxy.spool_dir still wins when set.
+func TestDefaultPathsUnderStateDir(t *testing.T) {
+	d := Default()
+	if got, want := d.SpoolDir(), filepath.Join(".state", "spool"); got != want {
+		t.Errorf("default spool %q, want %q", got, want)
+	}
+	c, err := Load(Sources{File: writeFile(t, ""), Getenv: env(map[string]string{"CALLPIPE_PATHS_STATE_DIR": "/var/lib/callpipe"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.SpoolDir(); got != "/var/lib/callpipe/spool" {
+		t.Errorf("spool under CALLPIPE_PATHS_STATE_DIR: %q", got)
+	}
+	c.Proxy.SpoolDir = "/spool"
+	if got := c.SpoolDir(); got != "/spool" {
+		t.Errorf("proxy.spool_dir set: %q", got)
+	}
+	c.Paths.StateDir = ""
+	var e *Error
+	if err := c.Validate(); !errors.As(err, &e) || e.Key != "paths.state_dir" {
+		t.Errorf("empty paths.state_dir: %v", err)
+	}
+}
+
 func TestPrecedenceFileEnvFlag(t *testing.T) {
 	file := writeFile(t, "nats:\n  url: nats://file:1\n  stream:\n    max_age: 3d\ncollect:\n  listen: 0.0.0.0:1\n  tokens: [a, b]\n")
 	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)

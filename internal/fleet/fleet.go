@@ -1,10 +1,14 @@
-package main
+// Package fleet runs callpipe roles as child processes of the running binary
+// — what an operator runs, one process per role — for `callpipe demo` and
+// `callpipe bench`, and reads what they answer.
+package fleet
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,15 +17,14 @@ import (
 	"time"
 )
 
-// fleet runs callpipe roles as child processes of this binary — what an
-// operator runs, one process per role — for `demo` and `bench`. Children get
-// their own process group, so a terminal's Ctrl-C reaches only the parent,
-// which then stops them in pipeline order.
-type fleet struct {
-	dir        string // logs: <dir>/<name>.log
-	configFile string
-	env        []string // extra environment for every child
-	out        io.Writer
+// Fleet is a set of callpipe child processes. Children get their own process
+// group, so a terminal's Ctrl-C reaches only the parent, which then stops
+// them in pipeline order.
+type Fleet struct {
+	Dir        string   // logs: <Dir>/<name>.log
+	ConfigFile string   // passed to every child as --config when set
+	Env        []string // extra environment for every child
+	Out        io.Writer
 	children   []*child
 }
 
@@ -32,28 +35,29 @@ type child struct {
 	done chan error
 }
 
-// usage is what a child used, read from its rusage when it exited.
-type usage struct {
+// Usage is what a child used, read from its rusage when it exited.
+type Usage struct {
 	CPUSeconds float64 `json:"cpu_seconds"`
 	PeakRSSMB  float64 `json:"peak_rss_mb"`
 }
 
-func (f *fleet) start(name string, args ...string) error {
+// Start starts the role name as `callpipe args...`, its output in <Dir>/<name>.log.
+func (f *Fleet) Start(name string, args ...string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("own executable: %w", err)
 	}
-	if f.configFile != "" {
-		args = append(args, "--config", f.configFile)
+	if f.ConfigFile != "" {
+		args = append(args, "--config", f.ConfigFile)
 	}
-	logPath := filepath.Join(f.dir, name+".log")
+	logPath := filepath.Join(f.Dir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return fmt.Errorf("%s log: %w", name, err)
 	}
 	c := exec.Command(exe, args...)
 	c.Stdout, c.Stderr = logFile, logFile
-	c.Env = append(os.Environ(), f.env...)
+	c.Env = append(os.Environ(), f.Env...)
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := c.Start(); err != nil {
 		logFile.Close()
@@ -68,9 +72,9 @@ func (f *fleet) start(name string, args ...string) error {
 	return nil
 }
 
-// runOnce runs a child to completion (migrate).
-func (f *fleet) runOnce(ctx context.Context, name string, args ...string) error {
-	if err := f.start(name, args...); err != nil {
+// RunOnce runs a child to completion (migrate).
+func (f *Fleet) RunOnce(ctx context.Context, name string, args ...string) error {
+	if err := f.Start(name, args...); err != nil {
 		return err
 	}
 	ch := f.children[len(f.children)-1]
@@ -78,9 +82,9 @@ func (f *fleet) runOnce(ctx context.Context, name string, args ...string) error 
 	select {
 	case err := <-ch.done:
 		if err != nil {
-			return fmt.Errorf("%s failed: %w\n%s", name, err, tail(ch.log))
+			return fmt.Errorf("%s failed: %w\n%s", name, err, Tail(ch.log))
 		}
-		fmt.Fprintf(f.out, "%-10s done\n", name)
+		fmt.Fprintf(f.Out, "%-10s done\n", name)
 		return nil
 	case <-ctx.Done():
 		_ = ch.cmd.Process.Signal(syscall.SIGTERM)
@@ -89,8 +93,8 @@ func (f *fleet) runOnce(ctx context.Context, name string, args ...string) error 
 	}
 }
 
-// waitReady waits until the child answers 200 on /readyz of listen.
-func (f *fleet) waitReady(ctx context.Context, name, listen string) error {
+// WaitReady waits until the child answers 200 on /readyz of listen.
+func (f *Fleet) WaitReady(ctx context.Context, name, listen string) error {
 	ch := f.child(name)
 	if ch == nil {
 		return fmt.Errorf("no child %s", name)
@@ -100,7 +104,7 @@ func (f *fleet) waitReady(ctx context.Context, name, listen string) error {
 		select {
 		case err := <-ch.done:
 			ch.done <- err
-			return fmt.Errorf("%s exited: %v\n%s", name, err, tail(ch.log))
+			return fmt.Errorf("%s exited: %v\n%s", name, err, Tail(ch.log))
 		default:
 		}
 		resp, err := http.Get("http://" + listen + "/readyz")
@@ -111,7 +115,7 @@ func (f *fleet) waitReady(ctx context.Context, name, listen string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready on %s after 30s\n%s", name, listen, tail(ch.log))
+			return fmt.Errorf("%s not ready on %s after 30s\n%s", name, listen, Tail(ch.log))
 		}
 		select {
 		case <-ctx.Done():
@@ -121,7 +125,7 @@ func (f *fleet) waitReady(ctx context.Context, name, listen string) error {
 	}
 }
 
-func (f *fleet) child(name string) *child {
+func (f *Fleet) child(name string) *child {
 	for _, c := range f.children {
 		if c.name == name {
 			return c
@@ -130,9 +134,9 @@ func (f *fleet) child(name string) *child {
 	return nil
 }
 
-// stop sends SIGTERM to the named children one after the other, in the given
+// Stop sends SIGTERM to the named children one after the other, in the given
 // order (then to any others), waits for each, and returns what each used.
-func (f *fleet) stop(order ...string) (map[string]usage, error) {
+func (f *Fleet) Stop(order ...string) (map[string]Usage, error) {
 	seen := map[string]bool{}
 	var names []string
 	for _, n := range order {
@@ -147,7 +151,7 @@ func (f *fleet) stop(order ...string) (map[string]usage, error) {
 			seen[c.name] = true
 		}
 	}
-	used := map[string]usage{}
+	used := map[string]Usage{}
 	var errs []error
 	for _, name := range names {
 		ch := f.child(name)
@@ -163,7 +167,7 @@ func (f *fleet) stop(order ...string) (map[string]usage, error) {
 			errs = append(errs, fmt.Errorf("%s did not stop within 45s after SIGTERM (log %s)", name, ch.log))
 		}
 		if ru, ok := ch.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			used[name] = usage{
+			used[name] = Usage{
 				CPUSeconds: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds(),
 				PeakRSSMB:  float64(ru.Maxrss) / 1024, // Linux reports KiB
 			}
@@ -171,13 +175,24 @@ func (f *fleet) stop(order ...string) (map[string]usage, error) {
 	}
 	f.children = nil
 	if len(errs) == 0 && len(names) > 0 {
-		fmt.Fprintln(f.out, "stopped    every process exited cleanly")
+		fmt.Fprintln(f.Out, "stopped    every process exited cleanly")
 	}
 	return used, errors.Join(errs...)
 }
 
-// tail is the end of a child's log, for error messages.
-func tail(path string) string {
+// Running reports whether any child is still to be stopped.
+func (f *Fleet) Running() bool { return f.children != nil }
+
+// Log is the log file of the named child ("" when there is none).
+func (f *Fleet) Log(name string) string {
+	if c := f.child(name); c != nil {
+		return c.log
+	}
+	return ""
+}
+
+// Tail is the end of a log file, for error messages.
+func Tail(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
@@ -186,4 +201,14 @@ func tail(path string) string {
 		b = b[len(b)-2000:]
 	}
 	return string(b)
+}
+
+// FreeListen returns a loopback host:port that was free a moment ago.
+func FreeListen() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }

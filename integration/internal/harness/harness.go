@@ -432,7 +432,7 @@ type NATSServer struct {
 	store string
 	mu    sync.Mutex
 	cmd   *exec.Cmd
-	out   *lockedBuffer
+	out   *Buffer
 }
 
 func natsServerBinary() (string, error) {
@@ -480,7 +480,7 @@ func (s *NATSServer) Start(t testing.TB) {
 	}
 	host, port, _ := net.SplitHostPort(s.addr)
 	cmd := exec.Command(s.bin, "-js", "-a", host, "-p", port, "-sd", s.store)
-	s.out = &lockedBuffer{}
+	s.out = &Buffer{}
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("harness: start %s: %v", s.bin, err)
@@ -512,18 +512,20 @@ func (s *NATSServer) Stop(t testing.TB) {
 	s.cmd = nil
 }
 
-type lockedBuffer struct {
+// Buffer is a strings.Builder a child process's output goroutine and the
+// test can share.
+type Buffer struct {
 	mu sync.Mutex
 	b  strings.Builder
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *Buffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *Buffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()

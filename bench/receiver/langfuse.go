@@ -1,7 +1,12 @@
-package langfusetest
+// Package receiver is a plain, fast Langfuse endpoint for `callpipe bench`
+// and the Langfuse sink's benchmarks: it lives with the production code (not
+// the contract fake of the integration tests) so that the callpipe binary
+// links no test server and no OpenAPI validator.
+package receiver
 
 import (
 	"compress/gzip"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -14,12 +19,12 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Receiver is a plain, fast Langfuse endpoint for benchmarks: it decodes
-// every request body completely (ingestion JSON with fastjson, OTLP with
-// the official protobuf types after gunzip) and accepts every event, without
-// the contract Server's validation, OpenAPI checks and merged storage, so
-// that a benchmark measures the client rather than the test server.
-type Receiver struct {
+// Langfuse decodes every request body completely (ingestion JSON with
+// fastjson, OTLP with the official protobuf types after gunzip) and accepts
+// every event as Langfuse does (207 with one success per event), without the
+// contract fake's validation, OpenAPI checks and merged storage, so that a
+// benchmark measures the client rather than the test server.
+type Langfuse struct {
 	*httptest.Server
 	version  string
 	requests atomic.Int64
@@ -31,10 +36,10 @@ type Receiver struct {
 	bufs    chan *[]byte
 }
 
-// NewReceiver starts a receiver reporting version on /api/public/health
+// NewLangfuse starts a receiver reporting version on /api/public/health
 // (3.x: clients pick the ingestion API, 4.x: OTLP).
-func NewReceiver(version string) *Receiver {
-	r := &Receiver{version: version, parsers: make(chan *fastjson.Parser, 64), bufs: make(chan *[]byte, 64)}
+func NewLangfuse(version string) *Langfuse {
+	r := &Langfuse{version: version, parsers: make(chan *fastjson.Parser, 64), bufs: make(chan *[]byte, 64)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/public/health", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "OK", "version": r.version})
@@ -52,13 +57,13 @@ func NewReceiver(version string) *Receiver {
 }
 
 // Counts are the requests answered and the events (or spans) they held.
-func (r *Receiver) Counts() (requests, events int64) { return r.requests.Load(), r.events.Load() }
+func (r *Langfuse) Counts() (requests, events int64) { return r.requests.Load(), r.events.Load() }
 
 // Conns is the number of TCP connections opened to the receiver so far
 // (with keep-alive, about as many as requests ever ran at once).
-func (r *Receiver) Conns() int64 { return r.conns.Load() }
+func (r *Langfuse) Conns() int64 { return r.conns.Load() }
 
-func (r *Receiver) read(body io.Reader) ([]byte, *[]byte, error) {
+func (r *Langfuse) read(body io.Reader) ([]byte, *[]byte, error) {
 	var bp *[]byte
 	select {
 	case bp = <-r.bufs:
@@ -83,14 +88,14 @@ func (r *Receiver) read(body io.Reader) ([]byte, *[]byte, error) {
 	}
 }
 
-func (r *Receiver) putBuf(bp *[]byte) {
+func (r *Langfuse) putBuf(bp *[]byte) {
 	select {
 	case r.bufs <- bp:
 	default:
 	}
 }
 
-func (r *Receiver) ingestion(w http.ResponseWriter, req *http.Request) {
+func (r *Langfuse) ingestion(w http.ResponseWriter, req *http.Request) {
 	if !strings.HasPrefix(req.Header.Get("Authorization"), "Basic ") {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "Invalid credentials"})
 		return
@@ -141,7 +146,7 @@ func (r *Receiver) ingestion(w http.ResponseWriter, req *http.Request) {
 	_, _ = w.Write(out)
 }
 
-func (r *Receiver) otel(w http.ResponseWriter, req *http.Request) {
+func (r *Langfuse) otel(w http.ResponseWriter, req *http.Request) {
 	if !strings.HasPrefix(req.Header.Get("Authorization"), "Basic ") {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "Invalid credentials"})
 		return
@@ -177,4 +182,10 @@ func (r *Receiver) otel(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Content-Type", "application/x-protobuf")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(resp)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
 }

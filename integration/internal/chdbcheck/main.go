@@ -5,7 +5,7 @@
 // separate process because chdb-purego panics at init when the library is
 // missing, which must not take the integration test binary down.
 //
-//	CHDB_LIB_PATH=... go run ./sinks/clickhouse/internal/chdbcheck -calls calls.json -out usage.json
+//	CHDB_LIB_PATH=... go run ./integration/internal/chdbcheck -calls calls.json -out usage.json
 //
 // It applies the migrations twice (the second run must be a no-op), inserts
 // the calls of -calls twice through the sink's column list (as the redelivery

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 // the ceiling of callpipe's topology on this machine before any stage does
 // anything.
 func (b *bench) rawTopology(ctx context.Context) (float64, error) {
-	n := b.o.events
+	n := b.o.Events
 	url := b.js.Conn().ConnectedUrl()
 	names := [2]string{"BENCH_TOPO_IN_" + strings.ToUpper(b.runID), "BENCH_TOPO_OUT_" + strings.ToUpper(b.runID)}
 	subjects := [2]string{"bench.topo.in." + b.runID, "bench.topo.out." + b.runID}

@@ -1,0 +1,50 @@
+// Package retry waits for a dependency that is not ready yet. A stage that
+// starts before ClickHouse, S3, Langfuse or the NATS KV bucket answers must
+// wait for it (reporting unready meanwhile) rather than exit, so that the
+// order in which an orchestrator starts things does not matter.
+package retry
+
+import (
+	"context"
+	"time"
+)
+
+// Backoff is how often Until tries.
+type Backoff struct {
+	First   time.Duration // wait after the first failure; doubled per failure
+	Max     time.Duration // longest wait (First when smaller)
+	Attempt time.Duration // timeout of one attempt; 0: only ctx bounds it
+}
+
+// Until calls try until it returns nil or ctx ends. After each failure it
+// calls failed (which reports the stage unready and logs) with the error and
+// the wait before the next attempt. It returns nil once try succeeded, or
+// ctx's error when ctx ended first.
+func Until(ctx context.Context, b Backoff, try func(context.Context) error, failed func(err error, wait time.Duration)) error {
+	wait := b.First
+	for {
+		err := attempt(ctx, b.Attempt, try)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		failed(err, wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = max(b.First, min(2*wait, b.Max))
+	}
+}
+
+func attempt(ctx context.Context, timeout time.Duration, try func(context.Context) error) error {
+	if timeout <= 0 {
+		return try(ctx)
+	}
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return try(actx)
+}
