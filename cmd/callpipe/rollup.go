@@ -73,6 +73,9 @@ func newRollupStatusCommand(a *app) *cobra.Command {
 			fmt.Fprintf(out, "sealed           %d hours, %d days\n", st.SealedHours, st.SealedDays)
 			fmt.Fprintf(out, "unsealed hours   %d%s\n", len(st.Unsealed), hourList(st.Unsealed))
 			fmt.Fprintf(out, "dirty hours      %d%s\n", len(st.Dirty), hourList(st.Dirty))
+			if st.WithoutUserCopy > 0 {
+				fmt.Fprintf(out, "without user copy %d seals (sealed before migration 0004: run `callpipe rollup rebuild` over them for fast user filters)\n", st.WithoutUserCopy)
+			}
 			return nil
 		},
 	}

@@ -1,0 +1,111 @@
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+)
+
+// TestRollupUserFilterWithAndWithoutCopy: reads filtered by one user equal
+// the calls collapsed by id whether the seals have their copy sorted by user
+// (usage_rollup_by_user, written by every seal since migration 0004) or not
+// (seals from before it); rollup status counts the ones without, and a
+// rebuild gives them their copy.
+func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
+	out, db := chTestDB(t)
+	conn := out.Conn()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -4)
+	to := from.AddDate(0, 0, 3)
+	load := chsink.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 11}
+	for _, st := range load.Statements(0, load.Calls) {
+		if err := conn.Exec(ctx, chsink.WithDB(st, db)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := rollupOracle{}
+	o.loadDays(t, conn, db, from, to)
+	sealer := &chsink.Sealer{Conn: conn, Database: db}
+	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
+		t.Fatal(err)
+	}
+	status := func() chsink.RollupStatus {
+		t.Helper()
+		st, err := chsink.Status(ctx, conn, db, chsink.DefaultSealAfter, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	var copied uint64
+	if err := conn.QueryRow(ctx, "SELECT toUInt64(count()) FROM "+db+".usage_rollup_by_user").Scan(&copied); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(); st.WithoutUserCopy != 0 || st.SealedDays < 3 || copied == 0 {
+		t.Fatalf("after rebuild: %d seals without copy, %d days sealed, %d copied rows", st.WithoutUserCopy, st.SealedDays, copied)
+	}
+	check := func(what string) {
+		t.Helper()
+		for _, user := range []string{"user-0", "user-29", "user-nobody"} {
+			for _, g := range []chsink.GroupBy{{Bucket: chsink.BucketDay, Model: true}, {Bucket: chsink.BucketHour}, {Model: true, User: true}} {
+				for _, loc := range []*time.Location{time.UTC, mustLoad(t, "America/New_York")} {
+					s := chsink.UsageSpec{From: from, To: to, Group: g, TZ: loc.String(), Filter: chsink.UsageFilter{User: user}}
+					got, err := chsink.UsageOf(ctx, conn, db, s)
+					if err != nil {
+						t.Fatalf("%s: %v", what, err)
+					}
+					want := o.usage(s, loc)
+					if len(got) != len(want) {
+						t.Fatalf("%s: user %s %s %s: %d rows, want %d", what, user, g, loc, len(got), len(want))
+					}
+					for _, r := range got {
+						w, ok := want[oracleKey(g, r.Bucket, r.Model, r.UserID, r.Source)]
+						if !ok || r.Calls != w.calls || r.InputTokens != w.in || r.Errors != w.errors || !r.Histogram {
+							t.Fatalf("%s: user %s %s %s row %+v, want %+v (found %v)", what, user, g, loc, r, w, ok)
+						}
+					}
+				}
+			}
+		}
+	}
+	check("seals with copies")
+
+	// seals as recorded before migration 0004: no copy, user_copy = 0
+	for _, st := range []string{
+		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
+		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, toUInt8(0) FROM {db}.usage_seals",
+		"TRUNCATE TABLE {db}.usage_seals",
+		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
+		"DROP TABLE {db}.seals_old",
+		"TRUNCATE TABLE {db}.usage_rollup_by_user",
+	} {
+		if err := conn.Exec(ctx, chsink.WithDB(st, db)); err != nil {
+			t.Fatalf("%s: %v", st, err)
+		}
+	}
+	st := status()
+	if st.WithoutUserCopy < st.SealedHours+st.SealedDays || st.SealedDays < 3 {
+		t.Fatalf("seals without copy: %d of %d hours + %d days", st.WithoutUserCopy, st.SealedHours, st.SealedDays)
+	}
+	check("seals without copies (read from usage_rollup)")
+
+	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(); st.WithoutUserCopy != 0 {
+		t.Fatalf("after the second rebuild: %d seals without copy", st.WithoutUserCopy)
+	}
+	check("sealed again, with copies")
+}
+
+func mustLoad(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc
+}
