@@ -10,12 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
-)
-
-// Header names set on every call message.
-const (
-	HeaderSchema = "Callpipe-Schema"
 )
 
 // ErrClosed is returned by a Publisher after Close.
@@ -90,7 +86,7 @@ func Subject(ev *schema.Event) string {
 	if src == "" {
 		src = schema.SourceOnline
 	}
-	return CallsSubjectPrefix + "." + src
+	return bus.CallsSubjectPrefix + "." + src
 }
 
 // Encode hashes the event's API key, validates it and returns the stream message.
@@ -108,8 +104,8 @@ func Message(ev *schema.Event) *nats.Msg {
 	ev.RedactAPIKey()
 	msg := nats.NewMsg(Subject(ev))
 	msg.Data = schema.AppendEvent(make([]byte, 0, len(ev.Request)+len(ev.Response)+512), ev)
-	msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
-	msg.Header.Set(HeaderSchema, "1")
+	msg.Header.Set(bus.HeaderMsgID, ev.ID)
+	msg.Header.Set(bus.HeaderSchema, "1")
 	return msg
 }
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/harness"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
@@ -154,7 +154,7 @@ func TestClickHouseWorkerKilledAfterInsert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+	c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestClickHouseSinkOutage60s(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+	c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,11 +269,11 @@ func TestClickHouseSinkReplayRouting(t *testing.T) {
 			}
 			m := nats.NewMsg(n.subject)
 			m.Data = b
-			m.Header.Set(ingest.HeaderReplay, "job1")
+			m.Header.Set(bus.HeaderReplay, "job1")
 			if sinks != "" {
-				m.Header.Set(ingest.HeaderSinks, sinks)
+				m.Header.Set(bus.HeaderSinks, sinks)
 			}
-			m.Header.Set(nats.MsgIdHdr, ingest.ReplayMsgID("job1", cs[i].ID))
+			m.Header.Set(nats.MsgIdHdr, bus.ReplayMsgID("job1", cs[i].ID))
 			if _, err := n.js.PublishMsg(ctx, m); err != nil {
 				t.Fatal(err)
 			}

@@ -20,12 +20,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/harness"
 	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
-	"github.com/callpipe/callpipe/transform"
 	"github.com/callpipe/callpipe/workload"
 )
 
@@ -298,8 +297,8 @@ func TestFaultSuite(t *testing.T) {
 			fmt.Sprintf("%s pending %d ack-pending %d", consumer, info.NumPending, info.NumAckPending)
 	}
 	consumers := [][2]string{
-		{ingest.CallsStream, "callpipe-normalize"}, {transform.NormalizedStream, chsink.ConsumerName},
-		{transform.NormalizedStream, "callpipe-langfuse"}, {ingest.CallsStream, "callpipe-archive"},
+		{bus.CallsStream, "callpipe-normalize"}, {bus.NormalizedStream, bus.StageOf(bus.StageClickHouse).Consumer},
+		{bus.NormalizedStream, "callpipe-langfuse"}, {bus.CallsStream, "callpipe-archive"},
 	}
 	waitFor(t, 5*time.Minute, "every consumer drained", func() (bool, string) {
 		var states []string
@@ -330,7 +329,7 @@ func TestFaultSuite(t *testing.T) {
 		}
 	}
 
-	rawMsgs, dlq := streamMsgs(t, js, ingest.CallsStream), streamMsgs(t, js, transform.DeadLetterStream)
+	rawMsgs, dlq := streamMsgs(t, js, bus.CallsStream), streamMsgs(t, js, bus.DeadLetterStream)
 	row("raw stream messages", calls, rawMsgs)
 	row("dead letters", 0, dlq)
 

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/harness"
-	"github.com/callpipe/callpipe/sinks/langfuse"
 	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
 )
 
@@ -83,7 +83,7 @@ func TestLangfuseWorkerBinary(t *testing.T) {
 	lfWait(t, 30*time.Second, "consumer created", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_, err := e.js.Consumer(ctx, langfuse.NormalizedStream, e.consumer)
+		_, err := e.js.Consumer(ctx, bus.NormalizedStream, e.consumer)
 		return err == nil
 	})
 	if u, _ := e.consumerState(); u != n {

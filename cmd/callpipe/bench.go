@@ -26,8 +26,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/sinks/langfuse/langfusetest"
@@ -417,13 +417,8 @@ func (b *bench) throughput(ctx context.Context, res *BenchResult) error {
 			}
 		})
 	}
-	stagesOf := map[string][2]string{
-		"normalize":  {ingest.CallsStream, b.cfg.Transform.Consumer},
-		"clickhouse": {transform.NormalizedStream, chsink.ConsumerName},
-		"langfuse":   {transform.NormalizedStream, b.cfg.Langfuse.Consumer},
-		"archive":    {ingest.CallsStream, b.cfg.Archive.Consumer},
-	}
-	stageNames := append([]string{"normalize"}, b.o.sinks...)
+	stagesOf := pipelineConsumers(b.cfg)
+	stageNames := append([]string{bus.StageNormalize}, b.o.sinks...)
 	finished := map[string]time.Duration{}
 	acceptDone := make(chan struct{})
 	go func() { wg.Wait(); close(acceptDone) }()
@@ -451,7 +446,7 @@ func (b *bench) throughput(ctx context.Context, res *BenchResult) error {
 				continue
 			}
 			sc := stagesOf[s]
-			done, acked := b.consumerDone(ctx, sc[0], sc[1], uint64(n))
+			done, acked := b.consumerDone(ctx, sc.Stream, sc.Name, uint64(n))
 			if done && acceptDone == nil {
 				finished[s] = time.Since(start)
 				res.StagePerS[s] = float64(n) / finished[s].Seconds()

@@ -11,11 +11,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/settings"
 	"github.com/callpipe/callpipe/sinks/langfuse"
 )
 
-func init() { stages["langfuse"] = runLangfuseStage }
+func init() { stages[bus.StageLangfuse] = runLangfuseStage }
 
 // runLangfuseStage consumes CALLPIPE_NORMALIZED and sends every call to
 // Langfuse as a trace and a generation until ctx ends; then it finishes the
