@@ -163,7 +163,7 @@ func TestLangfuseSinkFaults(t *testing.T) {
 	}
 }
 
-// TestLangfuseSinkReplayRouting: the replay contract (ingest/replay.go):
+// TestLangfuseSinkReplayRouting: the replay contract (bus/route.go):
 // replayed calls whose Callpipe-Sinks names other sinks are acknowledged
 // and not sent; replayed calls for langfuse (or for every sink) and live
 // calls are sent.

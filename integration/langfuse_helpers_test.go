@@ -140,7 +140,7 @@ func (e *lfEnv) publish(calls []schema.Call, msgIDPrefix string) {
 }
 
 // publishWith is publish with extra headers on every message (e.g. the
-// replay routing headers of ingest/replay.go).
+// replay routing headers of bus/route.go).
 func (e *lfEnv) publishWith(calls []schema.Call, msgIDPrefix string, h nats.Header) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

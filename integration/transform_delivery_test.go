@@ -95,7 +95,7 @@ func TestTransformPublishFailureBacksOff(t *testing.T) {
 	w.stop(t)
 }
 
-// Replay contract (ingest/replay.go): a replayed raw event's record carries
+// Replay contract (bus/route.go): a replayed raw event's record carries
 // Callpipe-Replay and Callpipe-Sinks and has Nats-Msg-Id
 // bus.ReplayMsgID(job, call id), so the live record of the same call in
 // the duplicate window does not swallow it, while a replay re-sent after a

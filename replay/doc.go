@@ -1,6 +1,6 @@
 // Package replay re-publishes archived raw calls of a time range so that the
 // pipeline processes them again, following the replay contract of
-// ingest/replay.go: subject callpipe.calls.replay.<job>, header
+// bus/route.go: subject callpipe.calls.replay.<job>, header
 // Callpipe-Replay = job (the archive sink skips these), optional
 // Callpipe-Sinks, and Nats-Msg-Id = bus.ReplayMsgID(job, id).
 //
