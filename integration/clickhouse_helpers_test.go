@@ -210,6 +210,22 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 	t.Fatalf("timed out after %s waiting for %s (last: %s)", timeout, what, last)
 }
 
+// consumerIdle reports whether durable name on stream has nothing pending
+// or unacknowledged, and says how much it has otherwise.
+func consumerIdle(js jetstream.JetStream, stream, name string) (bool, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, stream, name)
+	if err != nil {
+		return false, err.Error()
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		return false, err.Error()
+	}
+	return ci.NumPending == 0 && ci.NumAckPending == 0, fmt.Sprintf("pending=%d unacked=%d", ci.NumPending, ci.NumAckPending)
+}
+
 // waitStored waits until {db}.calls holds distinct call ids and the test's
 // consumer has nothing pending or unacked. (Row counts cannot show progress:
 // merges collapse redelivered copies at any time.)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/harness"
@@ -45,22 +46,6 @@ func dlqRetry(t *testing.T, seqs ...uint64) string {
 		t.Fatalf("callpipe %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// dlqLastSeq is the last sequence of CALLPIPE_DLQ.
-func dlqLastSeq(t *testing.T, js jetstream.JetStream) uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, bus.DeadLetterStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.LastSeq
 }
 
 // dlqFind lists the dead letters from sequence from on whose original bytes
@@ -133,7 +118,7 @@ func checkRetriedAgain(t *testing.T, js jetstream.JetStream, first bus.DeadLette
 func TestDLQRetryClickHouseDeadLetter(t *testing.T) {
 	e := newLfEnv(t, langfusetest.Options{})
 	out, db := chTestDB(t)
-	dlqFrom := dlqLastSeq(t, e.js) + 1
+	dlqFrom := streamState(t, e.js, bus.DeadLetterStream).LastSeq + 1
 
 	calls := lfCalls(e.run, 3)
 	live, poison, good := calls[0], calls[1], calls[2]
@@ -149,6 +134,8 @@ func TestDLQRetryClickHouseDeadLetter(t *testing.T) {
 		_ = e.js.DeleteConsumer(ctx, bus.NormalizedStream, ch.consumer)
 	})
 	cfg := ch.sinkConfig(100, 100*time.Millisecond)
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
 	runSink(t, ch, out, cfg)
 	e.startSink(nil)
 
@@ -188,7 +175,7 @@ func TestDLQRetryClickHouseDeadLetter(t *testing.T) {
 		t.Fatal(err)
 	}
 	goodSeq := dlqWrite(t, e.js, bus.StageClickHouse, bus.NormalizedStream, e.subject+"."+good.Kind, goodData)
-	retryFrom := dlqLastSeq(t, e.js) + 1
+	retryFrom := streamState(t, e.js, bus.DeadLetterStream).LastSeq + 1
 	if out := dlqRetry(t, first[0].Seq, goodSeq); !strings.Contains(out, "stage clickhouse") {
 		t.Fatalf("dlq retry output:\n%s", out)
 	}
@@ -200,20 +187,12 @@ func TestDLQRetryClickHouseDeadLetter(t *testing.T) {
 	checkRetriedAgain(t, e.js, first[0], retryFrom)
 	e.waitSettled(time.Minute)
 	waitFor(t, 30*time.Second, "clickhouse consumer settled", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := e.js.Consumer(ctx, bus.NormalizedStream, ch.consumer)
-		if err != nil {
-			return false, err.Error()
-		}
-		ci, err := c.Info(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		return ci.NumPending == 0 && ci.NumAckPending == 0, fmt.Sprintf("pending=%d unacked=%d", ci.NumPending, ci.NumAckPending)
+		return consumerIdle(e.js, bus.NormalizedStream, ch.consumer)
 	})
-	if n := rows(good.ID); n != 1 {
-		t.Fatalf("retried call stored %d times, want 1", n)
+	// rows written counts inserts (merges may collapse copies of a call in the table)
+	if n := rows(good.ID); n != 1 || lfMetric(t, reg, "callpipe_clickhouse_rows_written_total", "") != 2 {
+		t.Fatalf("retried call: %d rows; %v calls inserted in all, want 2 (the live one and the retried one)",
+			n, lfMetric(t, reg, "callpipe_clickhouse_rows_written_total", ""))
 	}
 	if n := rows(live.ID); n != 1 {
 		t.Fatalf("live call stored %d times after the retries, want 1", n)
@@ -258,8 +237,8 @@ func TestDLQRetryArchiveDeadLetter(t *testing.T) {
 	if err := bus.EnsureStreams(ctx, e.js, bus.DefaultStreamOptions()); err != nil {
 		t.Fatal(err)
 	}
-	dlqFrom := dlqLastSeq(t, e.js) + 1
-	normFrom := streamLastSeq(t, e.js, bus.NormalizedStream) + 1
+	dlqFrom := streamState(t, e.js, bus.DeadLetterStream).LastSeq + 1
+	normFrom := streamState(t, e.js, bus.NormalizedStream).LastSeq + 1
 
 	day := archDay(t)
 	evs := archEvents(e.run, 2, day, 1, 10, 7)
@@ -291,7 +270,7 @@ func TestDLQRetryArchiveDeadLetter(t *testing.T) {
 	e.waitConsumer(t, normConsumer)
 
 	goodSeq := dlqWrite(t, e.js, bus.StageArchive, bus.CallsStream, e.subject+".x", good.raw)
-	retryFrom := dlqLastSeq(t, e.js) + 1
+	retryFrom := streamState(t, e.js, bus.DeadLetterStream).LastSeq + 1
 	dlqRetry(t, archiveDL.Seq, goodSeq)
 
 	from, to := day, day.Add(time.Hour)
@@ -323,28 +302,12 @@ func TestDLQRetryArchiveDeadLetter(t *testing.T) {
 	}
 }
 
-// streamLastSeq is the last sequence of stream.
-func streamLastSeq(t *testing.T, js jetstream.JetStream, stream string) uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.LastSeq
-}
-
 // streamMsgsFrom reads every message of stream from sequence from on.
 func streamMsgsFrom(t *testing.T, js jetstream.JetStream, stream string, from uint64) []*nats.Msg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	last := streamLastSeq(t, js, stream)
+	last := streamState(t, js, stream).LastSeq
 	if last < from {
 		return nil
 	}

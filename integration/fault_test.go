@@ -329,7 +329,7 @@ func TestFaultSuite(t *testing.T) {
 		}
 	}
 
-	rawMsgs, dlq := streamMsgs(t, js, bus.CallsStream), streamMsgs(t, js, bus.DeadLetterStream)
+	rawMsgs, dlq := streamState(t, js, bus.CallsStream).Msgs, streamState(t, js, bus.DeadLetterStream).Msgs
 	row("raw stream messages", calls, rawMsgs)
 	row("dead letters", 0, dlq)
 
@@ -427,7 +427,8 @@ func TestFaultSuite(t *testing.T) {
 	t.Logf("fault suite ground truth:\n%s", strings.Join(report, "\n"))
 }
 
-func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
+// streamState is the state (message count, sequences) of stream name.
+func streamState(t *testing.T, js jetstream.JetStream, name string) jetstream.StreamState {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -439,5 +440,5 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	return info.State
 }
