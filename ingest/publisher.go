@@ -74,7 +74,7 @@ func (p *Pending) Wait(ctx context.Context) (duplicate bool, err error) {
 	case ack := <-p.future.Ok():
 		return ack.Duplicate, nil
 	case err := <-p.future.Err():
-		return false, fmt.Errorf("jetstream publish %s: %w", p.future.Msg().Header.Get(jetstream.MsgIDHeader), err)
+		return false, fmt.Errorf("jetstream publish %s: %w", p.future.Msg().Header.Get(bus.HeaderMsgID), err)
 	case <-ctx.Done():
 		return false, ctx.Err()
 	}
@@ -125,7 +125,7 @@ func (p *Publisher) PublishMsgAsync(msg *nats.Msg) (*Pending, error) {
 	}
 	f, err := p.js.PublishMsgAsync(msg, jetstream.WithStallWait(p.opts.StallWait))
 	if err != nil {
-		return nil, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(jetstream.MsgIDHeader), err)
+		return nil, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
 	}
 	return &Pending{future: f}, nil
 }

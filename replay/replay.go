@@ -294,7 +294,7 @@ func (r *runner) wait(ctx context.Context) error {
 			cancel()
 		}
 		if err != nil {
-			return fmt.Errorf("replay: publish %s: %w", f.Msg().Header.Get(nats.MsgIdHdr), err)
+			return fmt.Errorf("replay: publish %s: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
 		}
 		r.res.Published++
 		if ack.Duplicate {

@@ -638,7 +638,7 @@ func (b *bench) publishEvents(subject, idPrefix string) (jetstream.JetStream, er
 	for i := range b.o.events {
 		buf = benchEvent(buf[:0], b.runID, i, b.o.size, now)
 		msg := &nats.Msg{Subject: subject, Data: slices.Clone(buf), Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, idPrefix+strconv.Itoa(i))
+		msg.Header.Set(bus.HeaderMsgID, idPrefix+strconv.Itoa(i))
 		if _, err := js.PublishMsgAsync(msg); err != nil {
 			return nil, err
 		}
