@@ -110,14 +110,8 @@ func (d DeadLetter) RetryMsg() (*nats.Msg, error) {
 	if d.SourceSubject == "" {
 		return nil, fmt.Errorf("dead letter %d: no %s header (written before callpipe recorded it); cannot tell where it came from", d.Seq, HeaderSourceSubject)
 	}
-	var stage Stage
-	found := false
-	for _, s := range Stages {
-		if s.Name == d.Stage {
-			stage, found = s, true
-		}
-	}
-	if !found {
+	stage, ok := lookupStage(d.Stage)
+	if !ok {
 		return nil, fmt.Errorf("dead letter %d: unknown stage %q in %s", d.Seq, d.Stage, HeaderStage)
 	}
 	seq := strconv.FormatUint(d.Seq, 10)

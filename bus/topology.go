@@ -90,12 +90,21 @@ var Streams = []string{CallsStream, NormalizedStream, DeadLetterStream}
 // StageOf returns the stage named name. It panics on a name not in Stages:
 // stage names are constants of this package.
 func StageOf(name string) Stage {
+	s, ok := lookupStage(name)
+	if !ok {
+		panic("bus: unknown stage " + name)
+	}
+	return s
+}
+
+// lookupStage finds a stage by a name read from outside (a header).
+func lookupStage(name string) (Stage, bool) {
 	for _, s := range Stages {
 		if s.Name == name {
-			return s
+			return s, true
 		}
 	}
-	panic("bus: unknown stage " + name)
+	return Stage{}, false
 }
 
 // SubjectPrefix is the subject prefix of a stream of this package.
