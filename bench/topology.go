@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // rawTopology measures the pipeline's JetStream traffic with no work in it:
@@ -71,7 +73,7 @@ func (b *bench) rawTopology(ctx context.Context) (float64, error) {
 					md, err := m.Metadata()
 					if err == nil {
 						out := &nats.Msg{Subject: subjects[1], Data: m.Data(), Header: nats.Header{}}
-						out.Header.Set(jetstream.MsgIDHeader, strconv.FormatUint(md.Sequence.Stream, 10))
+						out.Header.Set(bus.HeaderMsgID, strconv.FormatUint(md.Sequence.Stream, 10))
 						_, err = js.PublishMsgAsync(out)
 					}
 					if err != nil {

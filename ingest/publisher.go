@@ -10,12 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
-)
-
-// Header names set on every call message.
-const (
-	HeaderSchema = "Callpipe-Schema"
 )
 
 // ErrClosed is returned by a Publisher after Close.
@@ -78,7 +74,7 @@ func (p *Pending) Wait(ctx context.Context) (duplicate bool, err error) {
 	case ack := <-p.future.Ok():
 		return ack.Duplicate, nil
 	case err := <-p.future.Err():
-		return false, fmt.Errorf("jetstream publish %s: %w", p.future.Msg().Header.Get(jetstream.MsgIDHeader), err)
+		return false, fmt.Errorf("jetstream publish %s: %w", p.future.Msg().Header.Get(bus.HeaderMsgID), err)
 	case <-ctx.Done():
 		return false, ctx.Err()
 	}
@@ -90,7 +86,7 @@ func Subject(ev *schema.Event) string {
 	if src == "" {
 		src = schema.SourceOnline
 	}
-	return CallsSubjectPrefix + "." + src
+	return bus.CallsSubjectPrefix + "." + src
 }
 
 // Encode hashes the event's API key, validates it and returns the stream message.
@@ -108,8 +104,8 @@ func Message(ev *schema.Event) *nats.Msg {
 	ev.RedactAPIKey()
 	msg := nats.NewMsg(Subject(ev))
 	msg.Data = schema.AppendEvent(make([]byte, 0, len(ev.Request)+len(ev.Response)+512), ev)
-	msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
-	msg.Header.Set(HeaderSchema, "1")
+	msg.Header.Set(bus.HeaderMsgID, ev.ID)
+	msg.Header.Set(bus.HeaderSchema, "1")
 	return msg
 }
 
@@ -129,7 +125,7 @@ func (p *Publisher) PublishMsgAsync(msg *nats.Msg) (*Pending, error) {
 	}
 	f, err := p.js.PublishMsgAsync(msg, jetstream.WithStallWait(p.opts.StallWait))
 	if err != nil {
-		return nil, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(jetstream.MsgIDHeader), err)
+		return nil, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
 	}
 	return &Pending{future: f}, nil
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
@@ -189,12 +189,12 @@ func archJetStreamConsume(b *testing.B, e *archEnv, n int) time.Duration {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cons, err := e.js.CreateOrUpdateConsumer(ctx, ingest.CallsStream, jetstream.ConsumerConfig{Durable: e.consumer + "-raw",
+	cons, err := e.js.CreateOrUpdateConsumer(ctx, bus.CallsStream, jetstream.ConsumerConfig{Durable: e.consumer + "-raw",
 		FilterSubject: e.subject + ".>", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 500000})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = e.js.DeleteConsumer(context.Background(), ingest.CallsStream, e.consumer+"-raw") }()
+	defer func() { _ = e.js.DeleteConsumer(context.Background(), bus.CallsStream, e.consumer+"-raw") }()
 	it, err := cons.Messages(jetstream.PullMaxBytes(8 << 20))
 	if err != nil {
 		b.Fatal(err)

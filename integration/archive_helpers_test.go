@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/archive"
@@ -51,7 +51,7 @@ func newArchEnv(t testing.TB) *archEnv {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := ingest.EnsureStreams(ctx, js, ingest.DefaultStreamOptions()); err != nil {
+	if err := bus.EnsureCallsStream(ctx, js, bus.DefaultStreamOptions()); err != nil {
 		t.Fatal(err)
 	}
 	sc := harness.S3(t)
@@ -68,7 +68,7 @@ func newArchEnv(t testing.TB) *archEnv {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_ = js.DeleteConsumer(ctx, ingest.CallsStream, e.consumer)
+		_ = js.DeleteConsumer(ctx, bus.CallsStream, e.consumer)
 		objs := s3.ListObjects(ctx, archBucket, minio.ListObjectsOptions{Prefix: e.prefix + "/", Recursive: true})
 		for err := range s3.RemoveObjects(ctx, archBucket, objs, minio.RemoveObjectsOptions{}) {
 			t.Logf("cleanup %s: %v", err.ObjectName, err.Err)
@@ -168,7 +168,7 @@ func (e *archEnv) lastSeq(t testing.TB) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	m, err := e.js.Stream(ctx, ingest.CallsStream)
+	m, err := e.js.Stream(ctx, bus.CallsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func (e *archEnv) waitArchived(t testing.TB, timeout time.Duration, last uint64)
 	testkit.WaitFor(t, timeout, "archive consumer caught up", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		c, err := e.js.Consumer(ctx, ingest.CallsStream, e.consumer)
+		c, err := e.js.Consumer(ctx, bus.CallsStream, e.consumer)
 		if err != nil {
 			return false, err.Error()
 		}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
@@ -33,7 +33,7 @@ func TestArchive100k(t *testing.T) {
 	// replayed calls on the same subjects must be skipped
 	replayed := archEvents(e.run+"-replayed", 50, day, 4, 10, 8)
 	e.publish(t, eventRaws(replayed), func(i int) string { return "rp-" + replayed[i].id },
-		nats.Header{ingest.HeaderReplay: []string{"it-job"}})
+		nats.Header{bus.HeaderReplay: []string{"it-job"}})
 	// undecodable but single-line: archived as received
 	var bad [][]byte
 	for i := range 5 {
@@ -56,7 +56,7 @@ func TestArchive100k(t *testing.T) {
 	t.Logf("archived %d calls in %s (binary build included)", n, time.Since(start).Round(time.Millisecond))
 	// every message acked on its first delivery: the sink acks what it holds
 	// after the upload, not through a redelivery (ack wait 1m)
-	if c, err := e.js.Consumer(context.Background(), ingest.CallsStream, e.consumer); err != nil {
+	if c, err := e.js.Consumer(context.Background(), bus.CallsStream, e.consumer); err != nil {
 		t.Fatal(err)
 	} else if ci, err := c.Info(context.Background()); err != nil {
 		t.Fatal(err)
@@ -120,7 +120,7 @@ func TestArchiveSIGTERMFlushes(t *testing.T) {
 	testkit.WaitFor(t, time.Minute, "every call delivered and held", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		c, err := e.js.Consumer(ctx, ingest.CallsStream, e.consumer)
+		c, err := e.js.Consumer(ctx, bus.CallsStream, e.consumer)
 		if err != nil {
 			return false, err.Error()
 		}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
@@ -136,7 +136,7 @@ func TestClickHouseWorkerKilledAfterInsert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+	c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestClickHouseSinkOutage60s(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+	c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,11 +251,11 @@ func TestClickHouseSinkReplayRouting(t *testing.T) {
 			}
 			m := nats.NewMsg(n.subject)
 			m.Data = b
-			m.Header.Set(ingest.HeaderReplay, "job1")
+			m.Header.Set(bus.HeaderReplay, "job1")
 			if sinks != "" {
-				m.Header.Set(ingest.HeaderSinks, sinks)
+				m.Header.Set(bus.HeaderSinks, sinks)
 			}
-			m.Header.Set(nats.MsgIdHdr, ingest.ReplayMsgID("job1", cs[i].ID))
+			m.Header.Set(nats.MsgIdHdr, bus.ReplayMsgID("job1", cs[i].ID))
 			if _, err := n.js.PublishMsg(ctx, m); err != nil {
 				t.Fatal(err)
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
@@ -87,8 +88,8 @@ func newCHNATS(t testing.TB) *chNATS {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, sc := range []jetstream.StreamConfig{
-		{Name: chsink.NormalizedStream, Subjects: []string{chsink.NormalizedSubjectPrefix + ".>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute},
-		{Name: chsink.DeadLetterStream, Subjects: []string{chsink.DeadLetterSubjectPrefix + ".>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute},
+		{Name: bus.NormalizedStream, Subjects: []string{bus.NormalizedSubjectPrefix + ".>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute},
+		{Name: bus.DeadLetterStream, Subjects: []string{bus.DeadLetterSubjectPrefix + ".>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute},
 	} {
 		if _, err := js.Stream(ctx, sc.Name); errors.Is(err, jetstream.ErrStreamNotFound) {
 			if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
@@ -99,12 +100,12 @@ func newCHNATS(t testing.TB) *chNATS {
 		}
 	}
 	tag := "cht" + testkit.RandomHex(t, 4)
-	n := &chNATS{nc: nc, js: js, subject: chsink.NormalizedSubjectPrefix + "." + tag, consumer: "callpipe-clickhouse-" + tag}
+	n := &chNATS{nc: nc, js: js, subject: bus.NormalizedSubjectPrefix + "." + tag, consumer: "callpipe-clickhouse-" + tag}
 	t.Cleanup(func() {
 		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer dcancel()
-		_ = js.DeleteConsumer(dctx, chsink.NormalizedStream, n.consumer)
-		if st, err := js.Stream(dctx, chsink.NormalizedStream); err == nil {
+		_ = js.DeleteConsumer(dctx, bus.NormalizedStream, n.consumer)
+		if st, err := js.Stream(dctx, bus.NormalizedStream); err == nil {
 			_ = st.Purge(dctx, jetstream.WithPurgeSubject(n.subject))
 		}
 	})
@@ -183,6 +184,22 @@ func runSink(t testing.TB, n *chNATS, out *chsink.Output, cfg chsink.SinkConfig)
 	return s, stop
 }
 
+// consumerIdle reports whether durable name on stream has nothing pending
+// or unacknowledged, and says how much it has otherwise.
+func consumerIdle(js jetstream.JetStream, stream, name string) (bool, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, stream, name)
+	if err != nil {
+		return false, err.Error()
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		return false, err.Error()
+	}
+	return ci.NumPending == 0 && ci.NumAckPending == 0, fmt.Sprintf("pending=%d unacked=%d", ci.NumPending, ci.NumAckPending)
+}
+
 // waitStored waits until {db}.calls holds distinct call ids and the test's
 // consumer has nothing pending or unacked. (Row counts cannot show progress:
 // merges collapse redelivered copies at any time.)
@@ -195,7 +212,7 @@ func waitStored(t testing.TB, n *chNATS, out *chsink.Output, db string, distinct
 		if err != nil {
 			return false, err.Error()
 		}
-		c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+		c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 		if err != nil {
 			return false, err.Error()
 		}

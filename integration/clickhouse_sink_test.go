@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
@@ -59,7 +60,7 @@ func TestClickHouseSinkExactUnderRedelivery(t *testing.T) {
 	}
 
 	// replay everything: a new consumer from the start of the stream
-	if err := n.js.DeleteConsumer(ctx, chsink.NormalizedStream, n.consumer); err != nil {
+	if err := n.js.DeleteConsumer(ctx, bus.NormalizedStream, n.consumer); err != nil {
 		t.Fatal(err)
 	}
 	_, stop2 := runSink(t, n, out, n.sinkConfig(10000, time.Second))
@@ -85,7 +86,7 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 	calls := genCalls(2, "dlq-"+testkit.RandomHex(t, 3), 10, 1, 2, 2, chBase)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dlq, err := n.js.Stream(ctx, chsink.DeadLetterStream)
+	dlq, err := n.js.Stream(ctx, bus.DeadLetterStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 	var found bool
 	testkit.WaitFor(t, 30*time.Second, "the dead letter", func() (bool, string) {
 		cons, err := dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{chsink.DeadLetterSubjectPrefix + "." + chsink.Stage},
+			FilterSubjects: []string{bus.DeadLetterSubjectPrefix + "." + bus.StageClickHouse},
 			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: info.State.LastSeq + 1,
 		})
 		if err != nil {
@@ -119,14 +120,14 @@ func TestClickHouseSinkDeadLetter(t *testing.T) {
 		}
 		for m := range batch.Messages() {
 			if string(m.Data()) == string(bad.Data) {
-				found = m.Headers().Get(chsink.HeaderError) != "" && m.Headers().Get(chsink.HeaderStage) == chsink.Stage
+				found = m.Headers().Get(bus.HeaderError) != "" && m.Headers().Get(bus.HeaderStage) == bus.StageClickHouse
 			}
 		}
 		return found, "not yet"
 	})
 	// and the poison message is no longer pending
 	testkit.WaitFor(t, 30*time.Second, "nothing pending", func() (bool, string) {
-		c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+		c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -149,7 +150,7 @@ func TestClickHouseSinkGracefulShutdown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	testkit.WaitFor(t, 30*time.Second, "the sink to hold every message", func() (bool, string) {
-		c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+		c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -167,7 +168,7 @@ func TestClickHouseSinkGracefulShutdown(t *testing.T) {
 	if err != nil || d != uint64(len(calls)) || r != uint64(len(calls)) {
 		t.Fatalf("after stop: %d calls / %d rows (err %v), want %d", d, r, err, len(calls))
 	}
-	c, err := n.js.Consumer(ctx, chsink.NormalizedStream, n.consumer)
+	c, err := n.js.Consumer(ctx, bus.NormalizedStream, n.consumer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/collector"
 	"github.com/callpipe/callpipe/integration/internal/harness"
@@ -44,10 +45,10 @@ func newCallStream(t testing.TB) *callStream {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := ingest.EnsureStreams(ctx, js, ingest.DefaultStreamOptions()); err != nil {
+	if err := bus.EnsureCallsStream(ctx, js, bus.DefaultStreamOptions()); err != nil {
 		t.Fatal(err)
 	}
-	st, err := js.Stream(ctx, ingest.CallsStream)
+	st, err := js.Stream(ctx, bus.CallsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func (s *callStream) events(t testing.TB) (map[string]*schema.Event, map[string]
 func (s *callStream) tryEvents() (map[string]*schema.Event, map[string]int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := s.js.Stream(ctx, ingest.CallsStream)
+	st, err := s.js.Stream(ctx, bus.CallsStream)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -20,13 +20,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/transform"
 	"github.com/callpipe/callpipe/workload"
 )
 
@@ -299,8 +298,8 @@ func TestFaultSuite(t *testing.T) {
 			fmt.Sprintf("%s pending %d ack-pending %d", consumer, info.NumPending, info.NumAckPending)
 	}
 	consumers := [][2]string{
-		{ingest.CallsStream, "callpipe-normalize"}, {transform.NormalizedStream, chsink.ConsumerName},
-		{transform.NormalizedStream, "callpipe-langfuse"}, {ingest.CallsStream, "callpipe-archive"},
+		{bus.CallsStream, "callpipe-normalize"}, {bus.NormalizedStream, bus.StageOf(bus.StageClickHouse).Consumer},
+		{bus.NormalizedStream, "callpipe-langfuse"}, {bus.CallsStream, "callpipe-archive"},
 	}
 	testkit.WaitFor(t, 5*time.Minute, "every consumer drained", func() (bool, string) {
 		var states []string
@@ -331,7 +330,7 @@ func TestFaultSuite(t *testing.T) {
 		}
 	}
 
-	rawMsgs, dlq := streamMsgs(t, js, ingest.CallsStream), streamMsgs(t, js, transform.DeadLetterStream)
+	rawMsgs, dlq := streamState(t, js, bus.CallsStream).Msgs, streamState(t, js, bus.DeadLetterStream).Msgs
 	row("raw stream messages", calls, rawMsgs)
 	row("dead letters", 0, dlq)
 
@@ -429,7 +428,8 @@ func TestFaultSuite(t *testing.T) {
 	t.Logf("fault suite ground truth:\n%s", strings.Join(report, "\n"))
 }
 
-func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
+// streamState is the state (message count, sequences) of stream name.
+func streamState(t *testing.T, js jetstream.JetStream, name string) jetstream.StreamState {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -441,5 +441,5 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	return info.State
 }

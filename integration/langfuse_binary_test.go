@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/sinks/langfuse"
 )
 
 // lfWorker is one `callpipe worker --stages langfuse` process.
@@ -61,7 +61,7 @@ func TestLangfuseWorkerBinary(t *testing.T) {
 	lfWait(t, 30*time.Second, "consumer created", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_, err := e.js.Consumer(ctx, langfuse.NormalizedStream, e.consumer)
+		_, err := e.js.Consumer(ctx, bus.NormalizedStream, e.consumer)
 		return err == nil
 	})
 	if u, _ := e.consumerState(); u != n {

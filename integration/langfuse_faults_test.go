@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
@@ -121,7 +121,7 @@ func TestLangfuseSinkFaults(t *testing.T) {
 		if _, dup := dead[c.ID]; dup {
 			t.Errorf("%s dead-lettered twice", c.ID)
 		}
-		dead[c.ID] = m.Header.Get(langfuse.HeaderError)
+		dead[c.ID] = m.Header.Get(bus.HeaderError)
 	}
 	for i := range calls {
 		c := &calls[i]
@@ -164,7 +164,7 @@ func TestLangfuseSinkFaults(t *testing.T) {
 	}
 }
 
-// TestLangfuseSinkReplayRouting: the replay contract (ingest/replay.go):
+// TestLangfuseSinkReplayRouting: the replay contract (bus/route.go):
 // replayed calls whose Callpipe-Sinks names other sinks are acknowledged
 // and not sent; replayed calls for langfuse (or for every sink) and live
 // calls are sent.
@@ -174,9 +174,9 @@ func TestLangfuseSinkReplayRouting(t *testing.T) {
 	live, other, mine, every := all[:100], all[100:200], all[200:300], all[300:]
 	replay := func(sinks string) nats.Header {
 		h := nats.Header{}
-		h.Set(ingest.HeaderReplay, "job-"+e.run)
+		h.Set(bus.HeaderReplay, "job-"+e.run)
 		if sinks != "" {
-			h.Set(ingest.HeaderSinks, sinks)
+			h.Set(bus.HeaderSinks, sinks)
 		}
 		return h
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
@@ -72,9 +73,9 @@ func newLfEnv(t *testing.T, o langfusetest.Options) *lfEnv {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	lfEnsureStream(ctx, t, e.js, langfuse.NormalizedStream, langfuse.NormalizedSubjects)
-	lfEnsureStream(ctx, t, e.js, langfuse.DeadLetterStream, "callpipe.dlq.>")
-	s, err := e.js.Stream(ctx, langfuse.DeadLetterStream)
+	lfEnsureStream(ctx, t, e.js, bus.NormalizedStream, bus.NormalizedSubjectPrefix+".>")
+	lfEnsureStream(ctx, t, e.js, bus.DeadLetterStream, "callpipe.dlq.>")
+	s, err := e.js.Stream(ctx, bus.DeadLetterStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +89,7 @@ func newLfEnv(t *testing.T, o langfusetest.Options) *lfEnv {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = e.js.DeleteConsumer(ctx, langfuse.NormalizedStream, e.consumer)
+		_ = e.js.DeleteConsumer(ctx, bus.NormalizedStream, e.consumer)
 	})
 	return e
 }
@@ -132,7 +133,7 @@ func (e *lfEnv) publish(calls []schema.Call, msgIDPrefix string) {
 }
 
 // publishWith is publish with extra headers on every message (e.g. the
-// replay routing headers of ingest/replay.go).
+// replay routing headers of bus/route.go).
 func (e *lfEnv) publishWith(calls []schema.Call, msgIDPrefix string, h nats.Header) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -218,7 +219,7 @@ func (e *lfEnv) consumerState() (unsettled uint64, ackFloor uint64) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := e.js.Consumer(ctx, langfuse.NormalizedStream, e.consumer)
+	c, err := e.js.Consumer(ctx, bus.NormalizedStream, e.consumer)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -247,7 +248,7 @@ func (e *lfEnv) deadLetters() []*nats.Msg {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := e.js.Stream(ctx, langfuse.DeadLetterStream)
+	s, err := e.js.Stream(ctx, bus.DeadLetterStream)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -260,7 +261,7 @@ func (e *lfEnv) deadLetters() []*nats.Msg {
 		return nil
 	}
 	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{langfuse.DeadLetterSubject},
+		FilterSubjects: []string{bus.DeadLetterSubjectPrefix + "." + bus.StageLangfuse},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: e.dlqStart,
 	})
 	if err != nil {
@@ -275,7 +276,7 @@ func (e *lfEnv) deadLetters() []*nats.Msg {
 		for m := range batch.Messages() {
 			n++
 			md, _ := m.Metadata()
-			if strings.HasPrefix(m.Headers().Get(langfuse.HeaderSourceSubject), e.subject+".") {
+			if strings.HasPrefix(m.Headers().Get(bus.HeaderSourceSubject), e.subject+".") {
 				out = append(out, &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
 			}
 			if md != nil && md.Sequence.Stream >= info.State.LastSeq {

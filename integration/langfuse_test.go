@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
@@ -133,8 +134,8 @@ func TestLangfuseSinkPartialFailures(t *testing.T) {
 	e.waitSettled(30 * time.Second)
 	dl := e.deadLetters()
 	for _, m := range dl {
-		reason := m.Header.Get(langfuse.HeaderError)
-		if m.Header.Get(langfuse.HeaderStage) != "langfuse" || !strings.Contains(reason, "injected rejection") ||
+		reason := m.Header.Get(bus.HeaderError)
+		if m.Header.Get(bus.HeaderStage) != "langfuse" || !strings.Contains(reason, "injected rejection") ||
 			!strings.Contains(reason, "400") {
 			t.Errorf("dead letter headers %v", m.Header)
 		}

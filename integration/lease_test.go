@@ -9,10 +9,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/pipeline"
 )
 
 // TestLeaseOneHolderAndTakeover: two processes' leases on one key run their
@@ -35,7 +35,7 @@ func TestLeaseOneHolderAndTakeover(t *testing.T) {
 	for i := range 2 {
 		ctx, cancel := context.WithCancel(context.Background())
 		ctxs[i] = cancel
-		l := &pipeline.Lease{JS: js, Key: key, Owner: []string{"a", "b"}[i], TTL: 3 * time.Second, Log: slog.New(slog.DiscardHandler)}
+		l := &bus.Lease{JS: js, Key: key, Owner: []string{"a", "b"}[i], TTL: 3 * time.Second, Log: slog.New(slog.DiscardHandler)}
 		go func() {
 			defer func() { done <- struct{}{} }()
 			_ = l.Run(ctx, func(ctx context.Context) {

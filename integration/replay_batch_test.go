@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
@@ -43,7 +43,7 @@ func newReplayFixture(t *testing.T, perHour int) *replayFixture {
 	for h := range 2 {
 		hour := day.Add(time.Duration(h) * time.Hour)
 		evs := archEvents(fmt.Sprintf("%s-h%d", e.run, h), perHour, hour, 1, 200, uint64(11+h))
-		bl, err := archive.NewBuilder(e.prefix, ingest.CallsStream, "fastest", hour, time.Now())
+		bl, err := archive.NewBuilder(e.prefix, bus.CallsStream, "fastest", hour, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,7 +93,7 @@ func (f *replayFixture) options(t *testing.T, job string) replay.Options {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_ = f.cp.Delete(ctx, job)
-		if s, err := f.e.js.Stream(ctx, ingest.CallsStream); err == nil {
+		if s, err := f.e.js.Stream(ctx, bus.CallsStream); err == nil {
 			_ = s.Purge(ctx, jetstream.WithPurgeSubject(replay.Subject(job)))
 		}
 	})
@@ -132,7 +132,7 @@ func (f *replayFixture) checkStream(t *testing.T, job string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := f.e.js.OrderedConsumer(ctx, ingest.CallsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{replay.Subject(job)}})
+	c, err := f.e.js.OrderedConsumer(ctx, bus.CallsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{replay.Subject(job)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,9 +158,9 @@ func (f *replayFixture) checkStream(t *testing.T, job string) {
 				t.Fatalf("call %s was replayed but does not match the filter", ev.ID)
 			case string(raw) != string(m.Data()):
 				t.Fatalf("call %s: stored bytes differ from the archive", ev.ID)
-			case m.Headers().Get(nats.MsgIdHdr) != ingest.ReplayMsgID(job, ev.ID):
+			case m.Headers().Get(nats.MsgIdHdr) != bus.ReplayMsgID(job, ev.ID):
 				t.Fatalf("call %s: Nats-Msg-Id %q", ev.ID, m.Headers().Get(nats.MsgIdHdr))
-			case m.Headers().Get(ingest.HeaderReplay) != job || m.Headers().Get(ingest.HeaderSinks) != "clickhouse":
+			case m.Headers().Get(bus.HeaderReplay) != job || m.Headers().Get(bus.HeaderSinks) != "clickhouse":
 				t.Fatalf("call %s: replay headers %v", ev.ID, m.Headers())
 			}
 		}
@@ -192,7 +192,7 @@ func (f *replayFixture) setBatching(t *testing.T, on bool) {
 func (f *replayFixture) batching(on bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := f.e.js.Stream(ctx, ingest.CallsStream)
+	s, err := f.e.js.Stream(ctx, bus.CallsStream)
 	if err != nil {
 		return err
 	}
@@ -226,7 +226,7 @@ func TestReplayBatchedExactlyOnce(t *testing.T) {
 	f := newReplayFixture(t, 4000)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := f.e.js.Stream(ctx, ingest.CallsStream)
+	s, err := f.e.js.Stream(ctx, bus.CallsStream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -55,7 +55,7 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			_ = e.js.DeleteConsumer(ctx, ingest.CallsStream, name)
+			_ = e.js.DeleteConsumer(ctx, bus.CallsStream, name)
 		})
 	}
 
@@ -167,7 +167,7 @@ func (e *archEnv) waitConsumer(t testing.TB, name string) {
 	testkit.WaitFor(t, 2*time.Minute, "consumer "+name+" caught up", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		c, err := e.js.Consumer(ctx, ingest.CallsStream, name)
+		c, err := e.js.Consumer(ctx, bus.CallsStream, name)
 		if err != nil {
 			return false, err.Error()
 		}

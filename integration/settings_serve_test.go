@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/sinks/langfuse"
@@ -38,7 +39,7 @@ func TestSettingsServeAPI(t *testing.T) {
 	e := newLfEnv(t, langfusetest.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := e.js.CreateOrUpdateConsumer(ctx, langfuse.NormalizedStream, jetstream.ConsumerConfig{
+	if _, err := e.js.CreateOrUpdateConsumer(ctx, bus.NormalizedStream, jetstream.ConsumerConfig{
 		Durable: e.consumer, FilterSubject: e.subject + ".>", AckPolicy: jetstream.AckExplicitPolicy,
 	}); err != nil {
 		t.Fatal(err)

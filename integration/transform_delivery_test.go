@@ -10,9 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/transform"
 )
 
 // A transient failure to store the normalized record (here: CALLPIPE_NORMALIZED
@@ -24,7 +23,7 @@ func TestTransformPublishFailureBacksOff(t *testing.T) {
 	e := newTrEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	stream, err := e.js.Stream(ctx, transform.NormalizedStream)
+	stream, err := e.js.Stream(ctx, bus.NormalizedStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +37,7 @@ func TestTransformPublishFailureBacksOff(t *testing.T) {
 		if !restored {
 			restored = true
 			if _, err := e.js.UpdateStream(context.Background(), orig); err != nil {
-				t.Errorf("restore %s: %v", transform.NormalizedStream, err)
+				t.Errorf("restore %s: %v", bus.NormalizedStream, err)
 			}
 		}
 	}
@@ -97,9 +96,9 @@ func TestTransformPublishFailureBacksOff(t *testing.T) {
 	w.stop(t)
 }
 
-// Replay contract (ingest/replay.go): a replayed raw event's record carries
+// Replay contract (bus/route.go): a replayed raw event's record carries
 // Callpipe-Replay and Callpipe-Sinks and has Nats-Msg-Id
-// ingest.ReplayMsgID(job, call id), so the live record of the same call in
+// bus.ReplayMsgID(job, call id), so the live record of the same call in
 // the duplicate window does not swallow it, while a replay re-sent after a
 // crash is stored once.
 func TestTransformReplayHeaders(t *testing.T) {
@@ -115,13 +114,13 @@ func TestTransformReplayHeaders(t *testing.T) {
 	read := func() []rec {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		cons, err := e.js.OrderedConsumer(ctx, transform.NormalizedStream, jetstream.OrderedConsumerConfig{
+		cons, err := e.js.OrderedConsumer(ctx, bus.NormalizedStream, jetstream.OrderedConsumerConfig{
 			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: e.normStart})
 		if err != nil {
 			t.Fatal(err)
 		}
 		var out []rec
-		last := e.lastSeq(transform.NormalizedStream)
+		last := e.lastSeq(bus.NormalizedStream)
 		for seq := e.normStart; seq <= last; {
 			batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
 			if err != nil {
@@ -139,7 +138,7 @@ func TestTransformReplayHeaders(t *testing.T) {
 					continue
 				}
 				h := m.Headers()
-				out = append(out, rec{h.Get(jetstream.MsgIDHeader), h.Get(ingest.HeaderReplay), h.Get(ingest.HeaderSinks)})
+				out = append(out, rec{h.Get(jetstream.MsgIDHeader), h.Get(bus.HeaderReplay), h.Get(bus.HeaderSinks)})
 			}
 			if n == 0 {
 				break
@@ -154,14 +153,14 @@ func TestTransformReplayHeaders(t *testing.T) {
 	})
 
 	job := e.run
-	replaySubject := ingest.ReplaySubjectPrefix + "." + job
+	replaySubject := bus.ReplaySubjectPrefix + "." + job
 	replay := e.startWorker("CALLPIPE_TRANSFORM_SUBJECT="+replaySubject,
 		"CALLPIPE_TRANSFORM_CONSUMER="+e.consumer+"-replay")
 	for i := range 2 { // the second time as a crashed replay job would re-send it
 		m := &nats.Msg{Subject: replaySubject, Data: ev, Header: nats.Header{}}
-		m.Header.Set(ingest.HeaderReplay, job)
-		m.Header.Set(ingest.HeaderSinks, "clickhouse")
-		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s#%d", ingest.ReplayMsgID(job, id), i))
+		m.Header.Set(bus.HeaderReplay, job)
+		m.Header.Set(bus.HeaderSinks, "clickhouse")
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s#%d", bus.ReplayMsgID(job, id), i))
 		if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +176,7 @@ func TestTransformReplayHeaders(t *testing.T) {
 		return info.NumAckPending == 0 && info.NumPending == 0 && info.AckFloor.Stream > 0, fmt.Sprintf("%+v", info)
 	})
 	recs = read()
-	want := []rec{{id, "", ""}, {ingest.ReplayMsgID(job, id), job, "clickhouse"}}
+	want := []rec{{id, "", ""}, {bus.ReplayMsgID(job, id), job, "clickhouse"}}
 	if fmt.Sprint(recs) != fmt.Sprint(want) {
 		t.Fatalf("records of %s:\n got %v\nwant %v", id, recs, want)
 	}
@@ -190,7 +189,7 @@ func (e *trEnv) consumerInfo(name string) *jetstream.ConsumerInfo {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := e.js.Consumer(ctx, ingest.CallsStream, name)
+	c, err := e.js.Consumer(ctx, bus.CallsStream, name)
 	if err != nil {
 		e.t.Fatal(err)
 	}

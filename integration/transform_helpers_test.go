@@ -16,11 +16,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/transform"
 )
 
 func trRand(t testing.TB) string { return "t" + testkit.RandomHex(t, 5) }
@@ -45,7 +44,7 @@ type trEnv struct {
 func newTrEnv(t *testing.T) *trEnv {
 	t.Helper()
 	e := &trEnv{t: t, natsURL: harness.NATS(t), redisAddr: harness.Redis(t), run: trRand(t)}
-	e.subject = ingest.CallsSubjectPrefix + "." + e.run
+	e.subject = bus.CallsSubjectPrefix + "." + e.run
 	e.consumer = "callpipe-normalize-" + e.run
 	e.keyPrefix = "callpipe-test:" + e.run + ":apikey:"
 	nc, err := nats.Connect(e.natsURL, nats.MaxReconnects(-1))
@@ -60,19 +59,16 @@ func newTrEnv(t *testing.T) *trEnv {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := ingest.EnsureStreams(ctx, e.js, ingest.DefaultStreamOptions()); err != nil {
+	if err := bus.EnsureStreams(ctx, e.js, bus.DefaultStreamOptions()); err != nil {
 		t.Fatal(err)
 	}
-	if err := transform.EnsureStreams(ctx, e.js, ingest.DefaultStreamOptions(), 0); err != nil {
-		t.Fatal(err)
-	}
-	e.normStart = e.lastSeq(transform.NormalizedStream) + 1
-	e.dlqStart = e.lastSeq(transform.DeadLetterStream) + 1
+	e.normStart = e.lastSeq(bus.NormalizedStream) + 1
+	e.dlqStart = e.lastSeq(bus.DeadLetterStream) + 1
 	e.rdb = redis.NewClient(&redis.Options{Addr: e.redisAddr, MaxRetries: -1})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = e.js.DeleteConsumer(ctx, ingest.CallsStream, e.consumer)
+		_ = e.js.DeleteConsumer(ctx, bus.CallsStream, e.consumer)
 		if keys, err := e.rdb.Keys(ctx, e.keyPrefix+"*").Result(); err == nil && len(keys) > 0 {
 			e.rdb.Del(ctx, keys...)
 		}
@@ -100,7 +96,7 @@ func (e *trEnv) lastSeq(stream string) uint64 {
 func (e *trEnv) acked() uint64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := e.js.Consumer(ctx, ingest.CallsStream, e.consumer)
+	c, err := e.js.Consumer(ctx, bus.CallsStream, e.consumer)
 	if err != nil {
 		return 0
 	}
@@ -226,13 +222,13 @@ func (e *trEnv) readNormalized(r *trRecords) {
 		r.calls = map[string]schema.Call{}
 		r.seq = e.normStart
 	}
-	last := e.lastSeq(transform.NormalizedStream)
+	last := e.lastSeq(bus.NormalizedStream)
 	if last < r.seq {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cons, err := e.js.OrderedConsumer(ctx, transform.NormalizedStream, jetstream.OrderedConsumerConfig{
+	cons, err := e.js.OrderedConsumer(ctx, bus.NormalizedStream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: r.seq})
 	if err != nil {
 		e.t.Fatal(err)
@@ -279,7 +275,7 @@ type trDeadLetter struct {
 // readDLQ returns this run's dead letters (by source subject).
 func (e *trEnv) readDLQ() []trDeadLetter {
 	e.t.Helper()
-	dls, err := transform.ListDeadLetters(context.Background(), e.js, e.dlqStart, 0)
+	dls, err := bus.ListDeadLetters(context.Background(), e.js, e.dlqStart, 0)
 	if err != nil {
 		e.t.Fatal(err)
 	}

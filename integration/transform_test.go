@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
@@ -157,7 +158,7 @@ func TestTransformNormalizeThreeWorkersKill(t *testing.T) {
 		if !want[d.data] {
 			t.Errorf("unexpected dead letter %q (%s)", d.data, d.errText)
 		}
-		if d.errText == "" || d.stage != transform.StageNormalize {
+		if d.errText == "" || d.stage != bus.StageNormalize {
 			t.Errorf("dead letter %q: error %q stage %q", d.data, d.errText, d.stage)
 		}
 		t.Logf("dead letter %.40q: %s", d.data, d.errText)
@@ -351,7 +352,7 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 		dls = e.readDLQ()
 		return len(dls) == 1, fmt.Sprint(len(dls))
 	})
-	list, err := transform.ListDeadLetters(ctx, e.js, e.dlqStart, 0)
+	list, err := bus.ListDeadLetters(ctx, e.js, e.dlqStart, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,7 +373,7 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 	run("dlq", "retry", fmt.Sprint(seq))
 	// The retried (still invalid) event is consumed again and dead-lettered again.
 	testkit.WaitFor(t, time.Minute, "the retried dead letter", func() (bool, string) {
-		list, err := transform.ListDeadLetters(ctx, e.js, seq+1, 0)
+		list, err := bus.ListDeadLetters(ctx, e.js, seq+1, 0)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -383,7 +384,7 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 		}
 		return false, fmt.Sprintf("%d newer dead letters", len(list))
 	})
-	if _, err := transform.GetDeadLetter(ctx, e.js, seq); err == nil {
+	if _, err := bus.GetDeadLetter(ctx, e.js, seq); err == nil {
 		t.Fatal("retried dead letter still in the DLQ")
 	}
 	w.stop(t)

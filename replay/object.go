@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
@@ -139,7 +139,7 @@ func (r *runner) read(ctx context.Context, key string, skip int64, free <-chan *
 		} else if r.match(ctx, ev) {
 			r.matched.Add(1)
 			if !r.o.DryRun {
-				seg.add(raw, ingest.ReplayMsgID(r.o.Job, ev.ID), line)
+				seg.add(raw, bus.ReplayMsgID(r.o.Job, ev.ID), line)
 			}
 		}
 		if line%int64(r.o.CheckpointEvery) == 0 || seg.size() >= maxSegmentBytes {

@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // publishSegment sends the calls of seg: into one fast batch, or on the async
@@ -68,7 +70,7 @@ func (r *runner) publishAsync(ctx context.Context, data []byte, msgID string) er
 	for k, v := range r.hdr {
 		m.Header[k] = v
 	}
-	m.Header[nats.MsgIdHdr] = []string{msgID}
+	m.Header[bus.HeaderMsgID] = []string{msgID}
 	for {
 		f, err := r.js.PublishMsgAsync(m, r.asyncOpts...)
 		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {

@@ -8,6 +8,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // Fast batches (ADR-50, nats-server 2.14+, stream option allow_batched) let
@@ -62,7 +64,7 @@ func newBatcher(js jetstream.JetStream, subject string, hdr nats.Header) *batche
 	for k, v := range hdr {
 		b.msg.Header[k] = v
 	}
-	b.msg.Header[nats.MsgIdHdr] = b.msgID
+	b.msg.Header[bus.HeaderMsgID] = b.msgID
 	return b
 }
 

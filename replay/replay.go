@@ -19,7 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
@@ -89,7 +89,7 @@ func fingerprint(o Options) string {
 }
 
 // Subject is the subject job publishes on.
-func Subject(job string) string { return ingest.ReplaySubjectPrefix + "." + job }
+func Subject(job string) string { return bus.ReplaySubjectPrefix + "." + job }
 
 // Run replays the job. cp may be nil only for a dry run. Progress goes to
 // o.Progress; the checkpoint is saved as calls are acknowledged, so a job
@@ -120,9 +120,9 @@ func Run(ctx context.Context, nc *nats.Conn, s3 *minio.Client, cp *Checkpoints, 
 		return Result{}, errors.New("replay: a checkpoint store is required unless --dry-run")
 	}
 	r := &runner{o: o, cp: cp, s3: s3, res: Result{Job: o.Job}, start: time.Now(), subject: Subject(o.Job)}
-	r.hdr = nats.Header{ingest.HeaderReplay: {o.Job}}
+	r.hdr = nats.Header{bus.HeaderReplay: {o.Job}}
 	if len(o.Sinks) > 0 {
-		r.hdr[ingest.HeaderSinks] = []string{strings.Join(o.Sinks, ",")}
+		r.hdr[bus.HeaderSinks] = []string{strings.Join(o.Sinks, ",")}
 	}
 	r.asyncOpts = []jetstream.PublishOpt{jetstream.WithStallWait(5 * time.Second)}
 	if o.Rate > 0 {
@@ -294,7 +294,7 @@ func (r *runner) wait(ctx context.Context) error {
 			cancel()
 		}
 		if err != nil {
-			return fmt.Errorf("replay: publish %s: %w", f.Msg().Header.Get(nats.MsgIdHdr), err)
+			return fmt.Errorf("replay: publish %s: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
 		}
 		r.res.Published++
 		if ack.Duplicate {

@@ -7,38 +7,25 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 )
 
-// Stage names, as written in the Callpipe-Stage header of dead letters.
-const StageNormalize = "normalize"
-
-// DefaultConsumer is the durable consumer on CALLPIPE_CALLS shared by every
-// normalize worker.
-const DefaultConsumer = "callpipe-normalize"
-
-// Headers of a dead letter.
-const (
-	HeaderError         = "Callpipe-Error"
-	HeaderStage         = "Callpipe-Stage"
-	HeaderSourceStream  = "Callpipe-Source-Stream"
-	HeaderSourceSubject = "Callpipe-Source-Subject"
-	HeaderSourceSeq     = "Callpipe-Source-Seq"
-	HeaderDeliveries    = "Callpipe-Deliveries"
-)
+// stage is the normalize stage's row of the bus topology: it reads
+// CALLPIPE_CALLS through one durable consumer shared by every normalize
+// worker and feeds CALLPIPE_NORMALIZED.
+var stage = bus.StageOf(bus.StageNormalize)
 
 // WorkerOptions configure a normalize Worker.
 type WorkerOptions struct {
-	Consumer      string        // durable name (DefaultConsumer)
-	FilterSubject string        // subjects consumed (callpipe.calls.>)
+	Consumer      string        // durable name (default: the bus topology's)
+	FilterSubject string        // subjects consumed (default: the bus topology's)
 	Concurrency   int           // pipelines per process (GOMAXPROCS)
 	Batch         int           // messages buffered per pull (500)
 	MaxInFlight   int           // records awaiting a JetStream ack per pipeline (1000)
@@ -52,10 +39,10 @@ type WorkerOptions struct {
 
 func (o *WorkerOptions) defaults() {
 	if o.Consumer == "" {
-		o.Consumer = DefaultConsumer
+		o.Consumer = stage.Consumer
 	}
 	if o.FilterSubject == "" {
-		o.FilterSubject = ingest.CallsSubjectPrefix + ".>"
+		o.FilterSubject = stage.Subject
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = runtime.GOMAXPROCS(0)
@@ -90,7 +77,8 @@ func (o *WorkerOptions) defaults() {
 // durable pull consumer shared by all replicas, publishes one schema.Call per
 // call to CALLPIPE_NORMALIZED (Nats-Msg-Id = call id) and acknowledges the raw
 // event only after JetStream acknowledged the record. Poison events go to
-// CALLPIPE_DLQ and are terminated.
+// CALLPIPE_DLQ (bus.Failure) and are terminated. Events routed to other
+// stages only (bus.Routed: a retried archive dead letter) are acknowledged.
 type Worker struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
@@ -100,7 +88,7 @@ type Worker struct {
 }
 
 // NewWorker creates or updates the durable consumer. Streams must exist
-// (ingest.EnsureStreams, EnsureStreams).
+// (bus.EnsureStreams).
 func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOptions) (*Worker, error) {
 	o.defaults()
 	js, err := jetstream.New(nc,
@@ -109,9 +97,9 @@ func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOption
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, ingest.CallsStream, ConsumerConfig(o))
+	cons, err := js.CreateOrUpdateConsumer(ctx, stage.Reads, ConsumerConfig(o))
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", o.Consumer, ingest.CallsStream, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w", o.Consumer, stage.Reads, err)
 	}
 	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons}, nil
 }
@@ -161,6 +149,7 @@ type pending struct {
 	fut    jetstream.PubAckFuture
 	pubErr error
 	dead   bool // a dead letter: Term after the DLQ ack
+	skip   bool // routed to other stages only: Ack
 }
 
 // pipeline reads messages, normalizes and publishes them asynchronously, and
@@ -219,16 +208,19 @@ func (w *Worker) pipeline(ctx context.Context) error {
 
 // handle normalizes one raw event and starts its publish.
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) pending {
+	if !bus.Routed(msg.Headers(), stage.Name) {
+		return pending{msg: msg, skip: true}
+	}
 	call, err := w.n.Normalize(ctx, msg.Data())
 	if err != nil {
 		var poison *PoisonError
 		if !errors.As(err, &poison) {
 			return pending{msg: msg, pubErr: err}
 		}
-		return w.deadLetter(msg, poison.Reason, 0)
+		return w.deadLetter(msg, poison.Reason)
 	}
 	fut, err := w.js.PublishMsgAsync(normalizedMsg(call, msg.Headers(), len(msg.Data())),
-		jetstream.WithExpectStream(NormalizedStream))
+		jetstream.WithExpectStream(stage.Feeds))
 	return pending{msg: msg, fut: fut, pubErr: err}
 }
 
@@ -236,68 +228,35 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) pending {
 // had headers raw and size rawSize. Its Nats-Msg-Id is the call id, so a
 // redelivered call is stored once; a replayed call carries the replay marks
 // of its raw event and the replay's own id, so the original record in the
-// duplicate window does not swallow it (ingest/replay.go).
+// duplicate window does not swallow it (bus/route.go).
 func normalizedMsg(call *schema.Call, raw nats.Header, rawSize int) *nats.Msg {
 	body := schema.AppendCall(make([]byte, 0, 2*rawSize), call)
-	out := &nats.Msg{Subject: NormalizedSubjectPrefix + "." + call.Kind, Data: body, Header: make(nats.Header, 3)}
+	out := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + "." + call.Kind, Data: body, Header: make(nats.Header, 3)}
 	id := call.ID
-	if ingest.IsReplay(raw) {
-		ingest.CopyReplayHeaders(out.Header, raw)
-		id = ingest.ReplayMsgID(raw.Get(ingest.HeaderReplay), call.ID)
+	if bus.IsReplay(raw) {
+		bus.CopyReplayHeaders(out.Header, raw)
+		id = bus.ReplayMsgID(raw.Get(bus.HeaderReplay), call.ID)
 	}
-	out.Header.Set(jetstream.MsgIDHeader, id)
+	out.Header.Set(bus.HeaderMsgID, id)
 	return out
 }
 
 // deadLetter starts the publish of msg to CALLPIPE_DLQ.
-func (w *Worker) deadLetter(msg jetstream.Msg, reason string, deliveries uint64) pending {
-	dl := deadLetterMsg(StageNormalize, reason, msg.Subject(), msg.Data(), metaSeq(msg), deliveries)
-	fut, err := w.js.PublishMsgAsync(dl, jetstream.WithExpectStream(DeadLetterStream))
+func (w *Worker) deadLetter(msg jetstream.Msg, reason string) pending {
+	dl := bus.FailureOf(stage.Name, msg, reason).Msg(time.Now())
+	fut, err := w.js.PublishMsgAsync(dl, jetstream.WithExpectStream(bus.DeadLetterStream))
 	return pending{msg: msg, fut: fut, pubErr: err, dead: true}
-}
-
-func metaSeq(msg jetstream.Msg) uint64 {
-	if md, err := msg.Metadata(); err == nil {
-		return md.Sequence.Stream
-	}
-	return 0
-}
-
-// deadLetterMsg builds a dead letter: the original bytes, the reason and
-// stage in headers, deduplicated per source sequence.
-func deadLetterMsg(stage, reason, subject string, data []byte, seq, deliveries uint64) *nats.Msg {
-	if len(reason) > 2048 {
-		reason = reason[:2048]
-	}
-	m := &nats.Msg{Subject: DeadLetterSubjectPrefix + "." + stage, Data: data, Header: nats.Header{}}
-	m.Header.Set(HeaderError, sanitizeHeader(reason))
-	m.Header.Set(HeaderStage, stage)
-	m.Header.Set(HeaderSourceStream, ingest.CallsStream)
-	m.Header.Set(HeaderSourceSubject, subject)
-	if seq > 0 {
-		m.Header.Set(HeaderSourceSeq, strconv.FormatUint(seq, 10))
-		m.Header.Set(jetstream.MsgIDHeader, stage+":"+strconv.FormatUint(seq, 10))
-	}
-	if deliveries > 0 {
-		m.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
-	}
-	return m
-}
-
-func sanitizeHeader(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\r' || c == '\n' {
-			b[i] = ' '
-		}
-	}
-	return string(b)
 }
 
 // settle waits for p's publish and acknowledges (or terminates) the raw
 // message, or naks it with a growing delay when the publish failed.
 func (w *Worker) settle(p pending) {
 	m := w.o.Metrics
+	if p.skip {
+		m.events.WithLabelValues("skipped").Inc()
+		_ = p.msg.Ack()
+		return
+	}
 	err := p.pubErr
 	if err == nil {
 		select {
@@ -392,7 +351,7 @@ type maxDeliveriesAdvisory struct {
 // DLQ. One replica of the queue group handles each advisory; the dead
 // letter's Nats-Msg-Id makes repeats harmless.
 func (w *Worker) subscribeMaxDeliveries() (*nats.Subscription, error) {
-	subj := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + ingest.CallsStream + "." + w.o.Consumer
+	subj := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + stage.Reads + "." + w.o.Consumer
 	sub, err := w.nc.QueueSubscribe(subj, w.o.Consumer+"-advisories", func(m *nats.Msg) {
 		var a maxDeliveriesAdvisory
 		if err := json.Unmarshal(m.Data, &a); err != nil || a.StreamSeq == 0 {
@@ -400,7 +359,7 @@ func (w *Worker) subscribeMaxDeliveries() (*nats.Subscription, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		stream, err := w.js.Stream(ctx, ingest.CallsStream)
+		stream, err := w.js.Stream(ctx, stage.Reads)
 		if err != nil {
 			w.o.Log.Warn("max deliveries: stream lookup", "err", err)
 			return
@@ -411,8 +370,9 @@ func (w *Worker) subscribeMaxDeliveries() (*nats.Subscription, error) {
 			return
 		}
 		reason := fmt.Sprintf("max deliveries (%d) exceeded", a.Deliveries)
-		dl := deadLetterMsg(StageNormalize, reason, raw.Subject, raw.Data, a.StreamSeq, a.Deliveries)
-		if _, err := w.js.PublishMsg(ctx, dl, jetstream.WithExpectStream(DeadLetterStream)); err != nil {
+		dl := bus.Failure{Stage: stage.Name, Stream: stage.Reads, Subject: raw.Subject, Seq: a.StreamSeq,
+			Attempts: a.Deliveries, Header: raw.Header, Data: raw.Data, Reason: reason}.Msg(time.Now())
+		if _, err := w.js.PublishMsg(ctx, dl, jetstream.WithExpectStream(bus.DeadLetterStream)); err != nil {
 			w.o.Log.Error("max deliveries: dead letter", "seq", a.StreamSeq, "err", err)
 			return
 		}

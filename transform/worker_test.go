@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 )
 
 // fakeMsg records how a raw message was settled.
@@ -177,7 +177,7 @@ func TestHeldInProgress(t *testing.T) {
 
 // A live call's record is deduplicated by call id and has no replay marks;
 // a replayed call's record carries Callpipe-Replay and Callpipe-Sinks and the
-// replay's id, ingest.ReplayMsgID(job, call id).
+// replay's id, bus.ReplayMsgID(job, call id).
 func TestNormalizedMsgReplayHeaders(t *testing.T) {
 	c, err := testNormalizer(t).Normalize(context.Background(), benchChatEvent(7))
 	if err != nil {
@@ -187,24 +187,24 @@ func TestNormalizedMsgReplayHeaders(t *testing.T) {
 	if got := live.Header.Get(jetstream.MsgIDHeader); got != c.ID {
 		t.Fatalf("live Nats-Msg-Id %q, want %q", got, c.ID)
 	}
-	if ingest.IsReplay(live.Header) || live.Header.Get(ingest.HeaderSinks) != "" {
+	if bus.IsReplay(live.Header) || live.Header.Get(bus.HeaderSinks) != "" {
 		t.Fatalf("live record has replay headers: %v", live.Header)
 	}
-	if live.Subject != NormalizedSubjectPrefix+".chat" {
+	if live.Subject != bus.NormalizedSubjectPrefix+".chat" {
 		t.Fatalf("subject %q", live.Subject)
 	}
 	raw := nats.Header{}
-	raw.Set(ingest.HeaderReplay, "job-42")
-	raw.Set(ingest.HeaderSinks, "clickhouse,langfuse")
-	raw.Set(jetstream.MsgIDHeader, ingest.ReplayMsgID("job-42", c.ID))
+	raw.Set(bus.HeaderReplay, "job-42")
+	raw.Set(bus.HeaderSinks, "clickhouse,langfuse")
+	raw.Set(jetstream.MsgIDHeader, bus.ReplayMsgID("job-42", c.ID))
 	rep := normalizedMsg(c, raw, 1000)
-	if got, want := rep.Header.Get(jetstream.MsgIDHeader), ingest.ReplayMsgID("job-42", c.ID); got != want {
+	if got, want := rep.Header.Get(jetstream.MsgIDHeader), bus.ReplayMsgID("job-42", c.ID); got != want {
 		t.Fatalf("replay Nats-Msg-Id %q, want %q", got, want)
 	}
-	if rep.Header.Get(ingest.HeaderReplay) != "job-42" || rep.Header.Get(ingest.HeaderSinks) != "clickhouse,langfuse" {
+	if rep.Header.Get(bus.HeaderReplay) != "job-42" || rep.Header.Get(bus.HeaderSinks) != "clickhouse,langfuse" {
 		t.Fatalf("replay headers not copied: %v", rep.Header)
 	}
-	if !ingest.SinkSelected(rep.Header, "clickhouse") || ingest.SinkSelected(rep.Header, "archive") {
+	if !bus.Routed(rep.Header, "clickhouse") || bus.Routed(rep.Header, "archive") {
 		t.Fatalf("sink selection of the replayed record: %v", rep.Header)
 	}
 }

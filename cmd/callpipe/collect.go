@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/collector"
 	"github.com/callpipe/callpipe/schema"
@@ -34,7 +35,7 @@ func newCollectCommand(a *app) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("jetstream: %w", err)
 			}
-			if err := ingest.EnsureStreams(ctx, js, streamOptions(cfg)); err != nil {
+			if err := bus.EnsureCallsStream(ctx, js, streamOptions(cfg)); err != nil {
 				return err
 			}
 			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{})

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
-	"text/tabwriter"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/transform"
+	"github.com/callpipe/callpipe/bus"
 )
 
 // newDLQCommand lists, shows and retries dead letters of CALLPIPE_DLQ.
@@ -44,27 +41,11 @@ func newDLQCommand(a *app) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withJS(cmd, func(js jetstream.JetStream) error {
-				dls, err := transform.ListDeadLetters(cmd.Context(), js, from, limit)
+				dls, err := bus.ListDeadLetters(cmd.Context(), js, from, limit)
 				if err != nil {
 					return err
 				}
-				out := cmd.OutOrStdout()
-				if asJSON {
-					enc := json.NewEncoder(out)
-					for _, d := range dls {
-						if err := enc.Encode(d); err != nil {
-							return err
-						}
-					}
-					return nil
-				}
-				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "SEQ\tTIME\tSTAGE\tSOURCE\tERROR")
-				for _, d := range dls {
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s#%d\t%s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), d.Stage,
-						d.SourceSubject, d.SourceSeq, d.Error)
-				}
-				return tw.Flush()
+				return bus.PrintDeadLetters(cmd.OutOrStdout(), dls, asJSON)
 			})
 		},
 	}
@@ -82,24 +63,17 @@ func newDLQCommand(a *app) *cobra.Command {
 				return fmt.Errorf("%w: SEQ %q: %v", errUsage, args[0], err)
 			}
 			return withJS(cmd, func(js jetstream.JetStream) error {
-				d, err := transform.GetDeadLetter(cmd.Context(), js, seq)
+				d, err := bus.GetDeadLetter(cmd.Context(), js, seq)
 				if err != nil {
 					return err
 				}
-				out := cmd.OutOrStdout()
-				fmt.Fprintf(out, "seq: %d\ntime: %s\nstage: %s\nsource: %s#%d\n", d.Seq, d.Time.UTC().Format(time.RFC3339Nano),
-					d.Stage, d.SourceSubject, d.SourceSeq)
-				if d.Deliveries > 0 {
-					fmt.Fprintf(out, "deliveries: %d\n", d.Deliveries)
-				}
-				fmt.Fprintf(out, "error: %s\n\n%s\n", d.Error, d.Data)
-				return nil
+				return bus.PrintDeadLetter(cmd.OutOrStdout(), d)
 			})
 		},
 	}
 	retry := &cobra.Command{
 		Use:   "retry SEQ...",
-		Short: "Re-publish dead letters to the subject they came from and delete them from the DLQ",
+		Short: "Re-publish dead letters to the stage they failed in (only) and delete them from the DLQ",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			seqs := make([]uint64, len(args))
@@ -112,11 +86,11 @@ func newDLQCommand(a *app) *cobra.Command {
 			}
 			return withJS(cmd, func(js jetstream.JetStream) error {
 				for _, seq := range seqs {
-					d, err := transform.RetryDeadLetter(cmd.Context(), js, seq)
+					d, err := bus.RetryDeadLetter(cmd.Context(), js, seq)
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "retried %d → %s\n", seq, d.SourceSubject)
+					fmt.Fprintf(cmd.OutOrStdout(), "retried %d → %s (stage %s)\n", seq, d.SourceSubject, d.Stage)
 				}
 				return nil
 			})

@@ -16,12 +16,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/doctor"
-	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/settings"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/transform"
 )
 
 func init() { registerCommand(newDoctorCommand) }
@@ -36,7 +35,7 @@ func newDoctorCommand(a *app) *cobra.Command {
 		Use:   "doctor",
 		Short: "Check every configured dependency (NATS/JetStream, ClickHouse, S3, Redis, Langfuse); exit 1 when one is broken",
 		Long: "doctor checks, with the same configuration as the other commands: NATS and JetStream, the streams\n" +
-			"CALLPIPE_CALLS, CALLPIPE_NORMALIZED and CALLPIPE_DLQ and the stages' durable consumers; ClickHouse and\n" +
+			strings.Join(bus.Streams, ", ") + " and the stages' durable consumers; ClickHouse and\n" +
 			"the applied schema version; the S3 bucket and write/delete permission; Redis; Langfuse health and keys\n" +
 			"(when langfuse.host is set). It prints one line per check (ok, skip, warn or FAIL with the fix) and\n" +
 			"exits 1 when any check failed. A dependency whose address is empty is skipped.\n\n" +
@@ -180,31 +179,31 @@ func savedLangfuseIn(ctx context.Context, js jetstream.JetStream) (settings.Lang
 func doctorNATSExpect(cfg *config.Config) doctor.NATSExpect {
 	exp := doctor.NATSExpect{
 		URL:         cfg.NATS.URL,
-		Streams:     []string{ingest.CallsStream, transform.NormalizedStream, transform.DeadLetterStream},
+		Streams:     bus.Streams,
 		Replicas:    cfg.NATS.Stream.Replicas,
-		DeadLetters: transform.DeadLetterStream,
+		DeadLetters: bus.DeadLetterStream,
 	}
-	want := []struct {
-		stage, stream, name string
-		configured          bool
-	}{
-		{"normalize", ingest.CallsStream, cfg.Transform.Consumer, true},
-		{"archive", ingest.CallsStream, cfg.Archive.Consumer, cfg.S3.Endpoint != ""},
-		{"clickhouse", transform.NormalizedStream, cfg.ClickHouse.Consumer, cfg.ClickHouse.Addr != ""},
-		{"langfuse", transform.NormalizedStream, cfg.Langfuse.Consumer, cfg.Langfuse.Host != ""},
+	configured := map[string]bool{
+		bus.StageNormalize:  true,
+		bus.StageArchive:    cfg.S3.Endpoint != "",
+		bus.StageClickHouse: cfg.ClickHouse.Addr != "",
+		bus.StageLangfuse:   cfg.Langfuse.Host != "",
 	}
-	for _, w := range want {
-		if _, built := stages[w.stage]; built && w.configured {
-			exp.Consumers = append(exp.Consumers, doctor.Consumer{Stream: w.stream, Name: w.name, Stage: w.stage})
+	consumers := pipelineConsumers(cfg)
+	for _, s := range bus.Stages {
+		if _, built := stages[s.Name]; built && configured[s.Name] {
+			c := consumers[s.Name]
+			exp.Consumers = append(exp.Consumers, doctor.Consumer{Stream: c.Stream, Name: c.Name, Stage: c.Stage})
 		}
 	}
-	if _, built := stages["langfuse"]; built && cfg.Langfuse.Host == "" {
+	if _, built := stages[bus.StageLangfuse]; built && cfg.Langfuse.Host == "" {
 		// Langfuse set up from the dashboard only: its consumer is expected too
+		c := consumers[bus.StageLangfuse]
 		exp.RuntimeConsumers = func(ctx context.Context, js jetstream.JetStream) []doctor.Consumer {
 			if _, ok := savedLangfuseIn(ctx, js); !ok {
 				return nil
 			}
-			return []doctor.Consumer{{Stream: transform.NormalizedStream, Name: cfg.Langfuse.Consumer, Stage: "langfuse"}}
+			return []doctor.Consumer{{Stream: c.Stream, Name: c.Name, Stage: c.Stage}}
 		}
 	}
 	return exp

@@ -2,13 +2,11 @@ package main
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/transform"
+	"github.com/callpipe/callpipe/bus"
 )
 
 func newMigrateCommand(a *app) *cobra.Command {
@@ -37,13 +35,10 @@ without TTL).`,
 			if err != nil {
 				return fmt.Errorf("jetstream: %w", err)
 			}
-			if err := ingest.EnsureStreams(cmd.Context(), js, streamOptions(cfg)); err != nil {
+			if err := bus.EnsureStreams(cmd.Context(), js, streamOptions(cfg)); err != nil {
 				return err
 			}
-			if err := transform.EnsureStreams(cmd.Context(), js, streamOptions(cfg), time.Duration(cfg.Transform.DLQMaxAge)); err != nil {
-				return err
-			}
-			log.Info("streams provisioned", "streams", []string{ingest.CallsStream, transform.NormalizedStream, transform.DeadLetterStream})
+			log.Info("streams provisioned", "streams", bus.Streams)
 			// clickhouse.addr "" skips it
 			return migrateClickHouse(cmd.Context(), cfg, log, retention)
 		},

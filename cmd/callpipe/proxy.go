@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/proxy"
 )
@@ -38,7 +39,7 @@ func newProxyCommand(a *app) *cobra.Command {
 			// failed provisioning is logged, not fatal.
 			if js, err := jetstream.New(nc); err == nil {
 				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				if err := ingest.EnsureStreams(pctx, js, streamOptions(cfg)); err != nil {
+				if err := bus.EnsureCallsStream(pctx, js, streamOptions(cfg)); err != nil {
 					log.Warn("stream provisioning failed; events spool until NATS is back", "err", err)
 				}
 				cancel()

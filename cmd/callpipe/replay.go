@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
@@ -20,8 +21,8 @@ import (
 
 func init() { registerCommand(newReplayCommand) }
 
-// replaySinks are the stages --sinks may name.
-var replaySinks = []string{"clickhouse", "langfuse"}
+// replaySinks are the stages --sinks may name: the sinks of normalized calls.
+var replaySinks = bus.Readers(bus.NormalizedStream)
 
 // parseReplayTime accepts RFC 3339 (2026-11-26T20:00:00Z), a UTC hour
 // (2026-11-26T20) or a UTC day (2026-11-26).
@@ -153,7 +154,7 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 // rows at once (exact while the calls arrive) and the sealer seals them
 // again afterwards (the sink marks them again as the calls land).
 func markReplayDirty(ctx context.Context, cfg *config.Config, from, to time.Time, sinks []string, log *slog.Logger) error {
-	if cfg.ClickHouse.Addr == "" || (len(sinks) > 0 && !slices.Contains(sinks, "clickhouse")) {
+	if cfg.ClickHouse.Addr == "" || (len(sinks) > 0 && !slices.Contains(sinks, bus.StageClickHouse)) {
 		return nil
 	}
 	oc, err := clickhouseOutputConfig(cfg)

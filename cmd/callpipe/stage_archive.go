@@ -6,12 +6,12 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
-func init() { stages["archive"] = runArchiveStage }
+func init() { stages[bus.StageArchive] = runArchiveStage }
 
 // runArchiveStage archives CALLPIPE_CALLS to S3 (durable consumer
 // archive.consumer) until ctx ends, then stores what it holds and acks it.
@@ -40,7 +40,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 		return nil
 	}
 	s, err := archive.NewSink(env.nc, s3, archive.SinkConfig{
-		Stream: ingest.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
+		Stream: bus.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
 		Bucket: cfg.S3.Bucket, Prefix: a.Prefix, Compression: a.Compression,
 		FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
 		MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,

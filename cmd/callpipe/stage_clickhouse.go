@@ -14,13 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/internal/retry"
-	"github.com/callpipe/callpipe/pipeline"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
-func init() { stages["clickhouse"] = runClickHouseStage }
+func init() { stages[bus.StageClickHouse] = runClickHouseStage }
 
 // clickhouseOutputConfig maps the clickhouse section to the sink's output.
 func clickhouseOutputConfig(cfg *config.Config) (chsink.OutputConfig, error) {
@@ -195,7 +195,7 @@ func runSealer(ctx context.Context, env *workerEnv, topo chsink.Topology, out *c
 	host, _ := os.Hostname()
 	sealer := &chsink.Sealer{Conn: out.Conn(), Database: cfg.ClickHouse.Database, Topology: topo, SealAfter: cfg.SealAfter(),
 		SliceRows: uint64(cfg.ClickHouse.Rollup.SliceRows), Grace: time.Duration(cfg.ClickHouse.Rollup.Grace), Log: log}
-	lease := &pipeline.Lease{JS: js, Key: "rollup-sealer-" + cfg.ClickHouse.Database, Owner: fmt.Sprintf("%s/%d", host, os.Getpid()),
+	lease := &bus.Lease{JS: js, Key: "rollup-sealer-" + cfg.ClickHouse.Database, Owner: fmt.Sprintf("%s/%d", host, os.Getpid()),
 		TTL: time.Duration(cfg.ClickHouse.Rollup.Lease), Replicas: cfg.NATS.Stream.Replicas, Log: log,
 		OnChange: func(held bool) { m.leader.Set(map[bool]float64{false: 0, true: 1}[held]) }}
 	log.Info("rollup sealer waiting for its lease", "seal_after", cfg.SealAfter().String(), "interval", cfg.ClickHouse.Rollup.Interval.String())

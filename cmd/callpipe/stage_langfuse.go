@@ -5,11 +5,12 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/settings"
 	"github.com/callpipe/callpipe/sinks/langfuse"
 )
 
-func init() { stages["langfuse"] = runLangfuseStage }
+func init() { stages[bus.StageLangfuse] = runLangfuseStage }
 
 // runLangfuseStage consumes CALLPIPE_NORMALIZED and sends every call to
 // Langfuse as a trace and a generation until ctx ends; then it finishes the

@@ -10,13 +10,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/transform"
 )
 
-func init() { stages["normalize"] = runNormalizeStage }
+func init() { stages[bus.StageNormalize] = runNormalizeStage }
 
 // runNormalizeStage consumes CALLPIPE_CALLS and publishes normalized calls
 // (transform.Worker) until ctx ends, then drains.
@@ -77,12 +77,9 @@ func runNormalizeStage(ctx context.Context, env *workerEnv, log *slog.Logger) er
 	return err
 }
 
-// provisionStreams makes sure CALLPIPE_CALLS, CALLPIPE_NORMALIZED and CALLPIPE_DLQ exist.
+// provisionStreams makes sure every stream of the bus exists.
 func provisionStreams(ctx context.Context, js jetstream.JetStream, cfg *config.Config) error {
-	if err := ingest.EnsureStreams(ctx, js, streamOptions(cfg)); err != nil {
-		return err
-	}
-	return transform.EnsureStreams(ctx, js, streamOptions(cfg), time.Duration(cfg.Transform.DLQMaxAge))
+	return bus.EnsureStreams(ctx, js, streamOptions(cfg))
 }
 
 // newRedis builds a Redis client from the redis section. Lookups time out

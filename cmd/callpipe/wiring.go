@@ -16,12 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/pipeline"
 	"github.com/callpipe/callpipe/sinks/archive"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/transform"
 )
 
 func connectNATS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn, error) {
@@ -53,12 +51,13 @@ func newS3(cfg *config.Config, maxRetries int) (*minio.Client, error) {
 	return c, nil
 }
 
-func streamOptions(cfg *config.Config) ingest.StreamOptions {
-	return ingest.StreamOptions{
+func streamOptions(cfg *config.Config) bus.StreamOptions {
+	return bus.StreamOptions{
 		MaxAge:          time.Duration(cfg.NATS.Stream.MaxAge),
 		MaxBytes:        int64(cfg.NATS.Stream.MaxBytes),
 		DuplicateWindow: time.Duration(cfg.NATS.Stream.DuplicateWindow),
 		Replicas:        cfg.NATS.Stream.Replicas,
+		DLQMaxAge:       time.Duration(cfg.Transform.DLQMaxAge),
 	}
 }
 
@@ -126,14 +125,20 @@ func serveHTTP(ctx context.Context, listen string, h http.Handler, log *slog.Log
 	return nil
 }
 
-// pipelineConsumers is the durable consumer of each worker stage.
-func pipelineConsumers(cfg *config.Config) map[string]pipeline.Consumer {
-	return map[string]pipeline.Consumer{
-		"normalize":  {Stage: "normalize", Stream: ingest.CallsStream, Name: cfg.Transform.Consumer},
-		"archive":    {Stage: "archive", Stream: ingest.CallsStream, Name: cfg.Archive.Consumer},
-		"clickhouse": {Stage: "clickhouse", Stream: transform.NormalizedStream, Name: chsink.ConsumerName},
-		"langfuse":   {Stage: "langfuse", Stream: transform.NormalizedStream, Name: cfg.Langfuse.Consumer},
+// pipelineConsumers is the durable consumer of each worker stage, under
+// the name the configuration gives it.
+func pipelineConsumers(cfg *config.Config) map[string]bus.Consumer {
+	names := map[string]string{
+		bus.StageNormalize:  cfg.Transform.Consumer,
+		bus.StageArchive:    cfg.Archive.Consumer,
+		bus.StageClickHouse: cfg.ClickHouse.Consumer,
+		bus.StageLangfuse:   cfg.Langfuse.Consumer,
 	}
+	out := make(map[string]bus.Consumer, len(bus.Stages))
+	for _, s := range bus.Stages {
+		out[s.Name] = bus.ConsumerOf(s.Name, names[s.Name])
+	}
+	return out
 }
 
 // registerLag reports the lag of the named stages' consumers (all when none
@@ -144,10 +149,10 @@ func registerLag(reg prometheus.Registerer, nc *nats.Conn, cfg *config.Config, l
 		return err
 	}
 	all := pipelineConsumers(cfg)
-	var cs []pipeline.Consumer
+	var cs []bus.Consumer
 	if len(stageNames) == 0 {
-		for _, c := range all {
-			cs = append(cs, c)
+		for _, s := range bus.Stages {
+			cs = append(cs, all[s.Name])
 		}
 	}
 	for _, s := range stageNames {
@@ -155,5 +160,5 @@ func registerLag(reg prometheus.Registerer, nc *nats.Conn, cfg *config.Config, l
 			cs = append(cs, c)
 		}
 	}
-	return reg.Register(pipeline.NewLagCollector(js, cs, []string{transform.DeadLetterStream}, log))
+	return reg.Register(bus.NewLagCollector(js, cs, []string{bus.DeadLetterStream}, log))
 }

@@ -46,9 +46,11 @@
 // holds: held messages get in-progress acks every AckWait/3, and a second
 // delivery of a sequence held in this process is ignored.
 //
-// What is not archived: replayed events (ingest.IsReplay) are acknowledged
-// and skipped. Events the schema decoder rejects are archived anyway (the
-// archive keeps what was received), in the hour of their stream timestamp;
-// only a message that is not valid JSON and contains a line break (which
-// cannot be one NDJSON line) goes to CALLPIPE_DLQ with the reason.
+// What is not archived: replayed events (bus.Routed: a replay reaches the
+// archive only when its Callpipe-Sinks names it, as a retried archive dead
+// letter does) are acknowledged and skipped. Events the schema decoder
+// rejects are archived anyway (the archive keeps what was received), in the
+// hour of their stream timestamp; only a message that is not valid JSON and
+// contains a line break (which cannot be one NDJSON line) goes to
+// CALLPIPE_DLQ, in the bus's dead-letter format (bus.Failure).
 package archive

@@ -11,13 +11,13 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/pipeline"
+	"github.com/callpipe/callpipe/bus"
 )
 
 // recovery is the rebuild of one manifest's data object after a crash; the
 // redelivered messages it covers wait in held for its upload.
 type recovery struct {
-	held []pipeline.AckRef
+	held []bus.AckRef
 }
 
 // hourIndex is what the archive holds for one hour: the manifests and which
@@ -126,7 +126,7 @@ func (s *Sink) recover(ctx context.Context, m *Manifest, it item, slots chan str
 		s.mu.Unlock()
 		return
 	}
-	r := &recovery{held: []pipeline.AckRef{it.ref}}
+	r := &recovery{held: []bus.AckRef{it.ref}}
 	s.recovering[m.Key] = r
 	s.mu.Unlock()
 	s.log.Warn("archive sink: object claimed by a manifest but not stored (crash mid-upload); rebuilding it from the stream",

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,29 +14,17 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/pipeline"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 )
 
-// ConsumerName is the default durable consumer of the archive sink.
-const ConsumerName = "callpipe-archive"
-
-// Stage is the Callpipe-Stage header of this sink's dead letters.
-const Stage = "archive"
-
-// Dead letters (the layout of transform/stream.go, mirrored so the sink does
-// not depend on the normalize stage).
-const (
-	deadLetterSubjectPrefix = "callpipe.dlq"
-	headerError             = "Callpipe-Error"
-	headerStage             = "Callpipe-Stage"
-)
+// stage is the archive's row of the bus topology.
+var stage = bus.StageOf(bus.StageArchive)
 
 // SinkConfig configures the archive sink.
 type SinkConfig struct {
-	// Stream, Consumer and FilterSubject default to CALLPIPE_CALLS,
-	// callpipe-archive and callpipe.calls.> (tests use their own).
+	// Stream, Consumer and FilterSubject default to the archive stage's row
+	// of the bus topology (tests use their own).
 	Stream, Consumer, FilterSubject string
 	Bucket                          string
 	Prefix                          string // default DefaultPrefix
@@ -62,13 +49,13 @@ type SinkConfig struct {
 
 func (c *SinkConfig) defaults() error {
 	if c.Stream == "" {
-		c.Stream = ingest.CallsStream
+		c.Stream = stage.Reads
 	}
 	if c.Consumer == "" {
-		c.Consumer = ConsumerName
+		c.Consumer = stage.Consumer
 	}
 	if c.FilterSubject == "" {
-		c.FilterSubject = ingest.CallsSubjectPrefix + ".>"
+		c.FilterSubject = stage.Subject
 	}
 	if c.Bucket == "" {
 		return errors.New("archive sink: bucket is required")
@@ -124,12 +111,13 @@ func (c *SinkConfig) defaults() error {
 // Sink archives CALLPIPE_CALLS to S3 (see the package comment for the
 // exactly-once protocol).
 type Sink struct {
-	cfg SinkConfig
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	s3  *minio.Client
-	log *slog.Logger
-	m   *Metrics
+	cfg  SinkConfig
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	s3   *minio.Client
+	log  *slog.Logger
+	m    *Metrics
+	dead bus.DeadLetters
 
 	mu         sync.Mutex
 	held       map[uint64]struct{}  // sequences in a buffer, an upload or a recovery
@@ -148,7 +136,7 @@ func NewSink(nc *nats.Conn, s3 *minio.Client, cfg SinkConfig) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("archive sink: jetstream: %w", err)
 	}
-	return &Sink{cfg: cfg, nc: nc, js: js, s3: s3, log: cfg.Log, m: cfg.Metrics,
+	return &Sink{cfg: cfg, nc: nc, js: js, s3: s3, log: cfg.Log, m: cfg.Metrics, dead: bus.DeadLetters{JS: js, Stage: stage.Name},
 		held: map[uint64]struct{}{}, recovering: map[string]*recovery{}, manifests: map[string]*Manifest{}}, nil
 }
 
@@ -172,19 +160,19 @@ func (s *Sink) setErr(err error) {
 type item struct {
 	msg       jetstream.Msg
 	seq       uint64
-	ref       pipeline.AckRef
+	ref       bus.AckRef
 	delivered uint64
 	hour      time.Time
 	start     time.Time // zero: undecodable
 	line      []byte
-	replay    bool
+	replay    bool  // not routed to the archive (bus.Routed): a replay
 	bad       error // not storable as a line (dead letter)
 }
 
 // buffer is the open object of one hour.
 type buffer struct {
 	b            *Builder
-	held         []pipeline.AckRef
+	held         []bus.AckRef
 	lastProgress time.Time
 }
 
@@ -209,7 +197,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("archive sink: pull: %w", err)
 	}
-	items := pipeline.Pull(it, 4096, s.log, "archive sink", s.classify)
+	items := bus.Pull(it, 4096, s.log, "archive sink", s.classify)
 
 	var uploads sync.WaitGroup
 	slots := make(chan struct{}, s.cfg.MaxUploads)
@@ -357,8 +345,8 @@ func (s *Sink) classify(m jetstream.Msg) item {
 		return it
 	}
 	it.seq, it.delivered = md.Sequence.Stream, md.NumDelivered
-	it.ref = pipeline.NewAckRef(m, md)
-	if ingest.IsReplay(m.Headers()) {
+	it.ref = bus.NewAckRef(m, md)
+	if !bus.Routed(m.Headers(), stage.Name) {
 		it.replay = true
 		return it
 	}
@@ -405,7 +393,7 @@ func (s *Sink) isHeld(seq uint64) bool {
 	return ok
 }
 
-func (s *Sink) release(held []pipeline.AckRef) {
+func (s *Sink) release(held []bus.AckRef) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range held {
@@ -421,7 +409,7 @@ func (s *Sink) ack(m jetstream.Msg) {
 
 // upload stores built (manifest first when claim is set, then the data
 // object), retrying with backoff until ctx ends, then acks held.
-func (s *Sink) upload(ctx context.Context, built *Built, held []pipeline.AckRef, claim bool) bool {
+func (s *Sink) upload(ctx context.Context, built *Built, held []bus.AckRef, claim bool) bool {
 	defer s.release(held)
 	stopProgress := s.keepAlive(held)
 	defer stopProgress()
@@ -473,7 +461,7 @@ func (s *Sink) upload(ctx context.Context, built *Built, held []pipeline.AckRef,
 }
 
 // keepAlive sends in-progress acks for held every AckWait/3 until stopped.
-func (s *Sink) keepAlive(held []pipeline.AckRef) func() {
+func (s *Sink) keepAlive(held []bus.AckRef) func() {
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -492,19 +480,10 @@ func (s *Sink) keepAlive(held []pipeline.AckRef) func() {
 	return func() { close(stop); <-done }
 }
 
-// deadLetter stores m in CALLPIPE_DLQ with the reason, then terminates it; if
-// the DLQ is unreachable m is nak'ed and comes back later.
+// deadLetter stores m in CALLPIPE_DLQ with the reason and terminates it
+// (bus.DeadLetters); if the DLQ is unreachable m is nak'ed and comes back later.
 func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason error) {
-	dl := nats.NewMsg(deadLetterSubjectPrefix + "." + Stage)
-	dl.Data = m.Data()
-	dl.Header.Set(headerError, strings.ReplaceAll(reason.Error(), "\n", " "))
-	dl.Header.Set(headerStage, Stage)
-	if md, err := m.Metadata(); err == nil {
-		dl.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-%s-%d", Stage, md.Stream, md.Sequence.Stream))
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if _, err := s.js.PublishMsg(pctx, dl); err != nil {
+	if err := s.dead.Write(ctx, m, reason.Error()); err != nil {
 		s.m.Errors.WithLabelValues("dead_letter").Inc()
 		s.log.Error("archive sink: dead letter publish failed; message nak'ed", "err", err, "reason", reason)
 		_ = m.NakWithDelay(s.cfg.BackoffMax)
@@ -512,7 +491,4 @@ func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason error) {
 	}
 	s.m.DeadLetters.Inc()
 	s.log.Warn("archive sink: message dead-lettered", "reason", reason, "subject", m.Subject())
-	if err := m.Term(); err != nil {
-		s.log.Warn("archive sink: term", "err", err)
-	}
 }

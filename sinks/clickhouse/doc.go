@@ -70,7 +70,8 @@
 // success. Insert errors nak the batch with a growing delay (the consumer has
 // no delivery limit, so an outage never drops calls), mark the sink unhealthy
 // until an insert succeeds, and slow reading down. Messages that are not a
-// valid schema.Call go to CALLPIPE_DLQ (Callpipe-Error, Callpipe-Stage
-// headers) and are terminated. On shutdown the sink stops pulling, flushes
+// valid schema.Call go to CALLPIPE_DLQ in the bus's dead-letter format
+// (bus.Failure) and are terminated; `callpipe dlq retry` sends them back to
+// this stage only. On shutdown the sink stops pulling, flushes
 // the batch it holds plus what the client had buffered, acks and returns.
 package clickhouse

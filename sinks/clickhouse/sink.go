@@ -17,36 +17,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/pipeline"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
-)
-
-// ConsumerName is the durable JetStream consumer of the ClickHouse sink.
-const ConsumerName = "callpipe-clickhouse"
-
-// Stage is the value of the Callpipe-Stage header on dead letters of this sink.
-const Stage = "clickhouse"
-
-// Streams, as named in transform/stream.go (mirrored here so the sink does
-// not depend on the transform stage's package).
-const (
-	NormalizedStream        = "CALLPIPE_NORMALIZED"
-	NormalizedSubjectPrefix = "callpipe.normalized"
-	DeadLetterStream        = "CALLPIPE_DLQ"
-	DeadLetterSubjectPrefix = "callpipe.dlq"
-)
-
-// Headers on dead letters (see DeadLetterStream).
-const (
-	HeaderError = "Callpipe-Error"
-	HeaderStage = "Callpipe-Stage"
 )
 
 // SinkConfig configures the JetStream side of the sink.
 type SinkConfig struct {
-	// Stream, Consumer and FilterSubject default to CALLPIPE_NORMALIZED,
-	// callpipe-clickhouse and callpipe.normalized.> (tests use their own).
+	// Stream, Consumer and FilterSubject default to the clickhouse stage's
+	// row of the bus topology (tests use their own).
 	Stream, Consumer, FilterSubject string
 
 	Batch BatchPolicy
@@ -83,14 +61,15 @@ type SinkConfig struct {
 // CALLPIPE_DLQ with the reason in Callpipe-Error and then terminated.
 // Redelivered or replayed calls are inserted again; reads deduplicate by id.
 // A replayed record whose Callpipe-Sinks header does not name clickhouse
-// (ingest.SinkSelected) is acked and skipped.
+// (bus.Routed) is acked and skipped.
 type Sink struct {
-	js  jetstream.JetStream
-	nc  *nats.Conn
-	out *Output
-	cfg SinkConfig
-	log *slog.Logger
-	m   *sinkMetrics
+	js   jetstream.JetStream
+	nc   *nats.Conn
+	out  *Output
+	cfg  SinkConfig
+	log  *slog.Logger
+	m    *sinkMetrics
+	dead bus.DeadLetters
 
 	lastErr atomic.Pointer[error]
 	backoff time.Duration
@@ -103,14 +82,15 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
+	stage := bus.StageOf(bus.StageClickHouse)
 	if cfg.Stream == "" {
-		cfg.Stream = NormalizedStream
+		cfg.Stream = stage.Reads
 	}
 	if cfg.Consumer == "" {
-		cfg.Consumer = ConsumerName
+		cfg.Consumer = stage.Consumer
 	}
 	if cfg.FilterSubject == "" {
-		cfg.FilterSubject = NormalizedSubjectPrefix + ".>"
+		cfg.FilterSubject = stage.Subject
 	}
 	if cfg.Batch.Count <= 0 {
 		cfg.Batch.Count = 50000
@@ -141,7 +121,8 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Sink{js: js, nc: nc, out: out, cfg: cfg, log: log, m: m}, nil
+	return &Sink{js: js, nc: nc, out: out, cfg: cfg, log: log, m: m,
+		dead: bus.DeadLetters{JS: js, Stage: bus.StageClickHouse}}, nil
 }
 
 // Healthy is nil unless the last insert failed.
@@ -176,7 +157,7 @@ func (s *Sink) pullBytes() int { return min(s.cfg.Batch.Bytes, 8<<20) }
 // AckRef so that the payload is not kept twice (the call holds its text).
 type pending struct {
 	call schema.Call
-	ref  pipeline.AckRef
+	ref  bus.AckRef
 }
 
 // Run consumes until ctx ends, then flushes the batch being filled (and what
@@ -192,7 +173,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("clickhouse sink: pull: %w", err)
 	}
-	msgs := pipeline.Pull(it, 1024, s.log, "clickhouse sink", func(m jetstream.Msg) jetstream.Msg { return m })
+	msgs := bus.Pull(it, 1024, s.log, "clickhouse sink", func(m jetstream.Msg) jetstream.Msg { return m })
 
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, s.out.cfg.MaxInFlight)
@@ -239,7 +220,7 @@ func (s *Sink) Run(ctx context.Context) error {
 				}
 				return nil
 			}
-			if !ingest.SinkSelected(m.Headers(), Stage) {
+			if !bus.Routed(m.Headers(), bus.StageClickHouse) {
 				// a replay addressed to other sinks only (Callpipe-Sinks)
 				if err := m.Ack(); err != nil {
 					s.log.Warn("clickhouse sink: ack of a record for other sinks", "err", err)
@@ -260,7 +241,7 @@ func (s *Sink) Run(ctx context.Context) error {
 			if len(batch) == 0 {
 				timer.Reset(s.cfg.Batch.Period)
 			}
-			batch = append(batch, pending{call: call, ref: pipeline.NewAckRef(m, md)})
+			batch = append(batch, pending{call: call, ref: bus.NewAckRef(m, md)})
 			batchBytes += len(m.Data())
 			if len(batch) >= s.cfg.Batch.Count || batchBytes >= s.cfg.Batch.Bytes {
 				timer.Stop()
@@ -392,29 +373,16 @@ func decodeCall(data []byte) (schema.Call, error) {
 	return c, nil
 }
 
-// deadLetter stores m in CALLPIPE_DLQ with the reason, then terminates it. If
+// deadLetter stores m in CALLPIPE_DLQ with the reason (bus.DeadLetters). If
 // the DLQ is unreachable the message is nak'ed and comes back later.
 func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason error) {
-	subj := DeadLetterSubjectPrefix + "." + Stage
-	dl := nats.NewMsg(subj)
-	dl.Data = m.Data()
-	dl.Header.Set(HeaderError, reason.Error())
-	dl.Header.Set(HeaderStage, Stage)
-	if md, err := m.Metadata(); err == nil {
-		dl.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-%s-%d", Stage, md.Stream, md.Sequence.Stream))
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if _, err := s.js.PublishMsg(pctx, dl); err != nil {
+	if err := s.dead.Write(ctx, m, reason.Error()); err != nil {
 		s.log.Error("clickhouse sink: dead letter publish failed; message nak'ed", "err", err, "reason", reason)
 		_ = m.NakWithDelay(s.cfg.BackoffMax)
 		return
 	}
 	s.m.deadLetters.Inc()
 	s.log.Warn("clickhouse sink: message dead-lettered", "reason", reason, "subject", m.Subject())
-	if err := m.Term(); err != nil {
-		s.log.Warn("clickhouse sink: term", "err", err)
-	}
 }
 
 type sinkMetrics struct {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/pipeline"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -51,7 +51,7 @@ func TestBatchToken(t *testing.T) {
 	batch := func(seqs []uint64, ts time.Time, ids ...string) []pending {
 		var out []pending
 		for i, s := range seqs {
-			out = append(out, pending{call: schema.Call{ID: ids[i]}, ref: pipeline.AckRef{Seq: s, Stored: ts}})
+			out = append(out, pending{call: schema.Call{ID: ids[i]}, ref: bus.AckRef{Seq: s, Stored: ts}})
 		}
 		return out
 	}

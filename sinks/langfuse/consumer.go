@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -14,25 +13,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 )
 
-// Streams, subjects and headers shared with the transform stage
-// (transform/stream.go, transform/worker.go).
+// The stage's row of the bus topology: stream, subject and default consumer.
+var stage = bus.StageOf(bus.StageLangfuse)
+
 const (
-	NormalizedStream     = "CALLPIPE_NORMALIZED"
-	NormalizedSubjects   = "callpipe.normalized.>"
-	DeadLetterStream     = "CALLPIPE_DLQ"
-	DeadLetterSubject    = "callpipe.dlq.langfuse"
-	DefaultConsumer      = "callpipe-langfuse"
-	HeaderError          = "Callpipe-Error"
-	HeaderStage          = "Callpipe-Stage"
-	HeaderSourceStream   = "Callpipe-Source-Stream"
-	HeaderSourceSubject  = "Callpipe-Source-Subject"
-	HeaderSourceSeq      = "Callpipe-Source-Seq"
-	HeaderDeliveries     = "Callpipe-Deliveries"
-	StageName            = "langfuse"
 	defaultAckWait       = 2 * time.Minute
 	defaultMaxAckPending = 20000
 )
@@ -46,8 +34,8 @@ type BatchPolicy struct {
 
 // SinkConfig is the JetStream side of the sink.
 type SinkConfig struct {
-	Consumer      string // durable name (default callpipe-langfuse)
-	FilterSubject string // default callpipe.normalized.>
+	Consumer      string // durable name (default: the bus topology's)
+	FilterSubject string // default: the bus topology's
 	Batch         BatchPolicy
 	MaxInFlight   int           // batches written at once (default 2)
 	AckWait       time.Duration // default 2m; in-flight messages are kept alive with InProgress
@@ -62,7 +50,7 @@ type SinkConfig struct {
 
 // Sink consumes CALLPIPE_NORMALIZED and writes every call through an Output:
 // accepted calls are acknowledged, rejected ones are published to
-// CALLPIPE_DLQ with the reason and then acknowledged, pending ones are
+// CALLPIPE_DLQ with the reason (bus.DeadLetters) and then terminated, pending ones are
 // negatively acknowledged with a delay. Nothing is acknowledged before
 // Langfuse accepted it or the DLQ stored it.
 type Sink struct {
@@ -71,6 +59,7 @@ type Sink struct {
 	cons jetstream.Consumer
 	cfg  SinkConfig
 	log  *slog.Logger
+	dead bus.DeadLetters
 
 	accepted, rejected, pending, skipped prometheus.Counter
 	// authRefused is 1 while Langfuse refuses the credentials.
@@ -80,10 +69,10 @@ type Sink struct {
 // NewSink creates (or updates) the durable consumer.
 func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	if cfg.Consumer == "" {
-		cfg.Consumer = DefaultConsumer
+		cfg.Consumer = stage.Consumer
 	}
 	if cfg.FilterSubject == "" {
-		cfg.FilterSubject = NormalizedSubjects
+		cfg.FilterSubject = stage.Subject
 	}
 	if cfg.Batch.Count <= 0 {
 		cfg.Batch.Count = 500
@@ -113,7 +102,7 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, NormalizedStream, jetstream.ConsumerConfig{
+	cons, err := js.CreateOrUpdateConsumer(ctx, stage.Reads, jetstream.ConsumerConfig{
 		Durable:       cfg.Consumer,
 		Description:   "callpipe langfuse sink",
 		FilterSubject: cfg.FilterSubject,
@@ -124,9 +113,9 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Consumer, NormalizedStream, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Consumer, stage.Reads, err)
 	}
-	s := &Sink{out: out, js: js, cons: cons, cfg: cfg, log: cfg.Log}
+	s := &Sink{out: out, js: js, cons: cons, cfg: cfg, log: cfg.Log, dead: bus.DeadLetters{JS: js, Stage: stage.Name}}
 	counter := func(result string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "callpipe_langfuse_calls_total", Help: "Calls handled by the Langfuse sink, by result.",
@@ -287,9 +276,9 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	calls := make([]schema.Call, 0, len(msgs))
 	idx := make([]jetstream.Msg, 0, len(msgs))
 	for _, m := range msgs {
-		// Replay routing (ingest/replay.go): a replayed call meant for other
+		// Replay routing (bus/route.go): a replayed call meant for other
 		// sinks only is acknowledged and not sent.
-		if !ingest.SinkSelected(m.Headers(), StageName) {
+		if !bus.Routed(m.Headers(), stage.Name) {
 			if err := m.Ack(); err != nil {
 				s.log.Warn("langfuse sink: ack", "subject", m.Subject(), "err", err)
 			}
@@ -332,30 +321,14 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	return err
 }
 
-// deadLetter publishes m to CALLPIPE_DLQ with the reason and acks it; if
-// the DLQ does not take it, m is nak'ed and comes back.
+// deadLetter publishes m to CALLPIPE_DLQ with the reason and terminates it;
+// if the DLQ does not take it, m is nak'ed and comes back.
 func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason string) {
-	dl := &nats.Msg{Subject: DeadLetterSubject, Data: m.Data(), Header: nats.Header{}}
-	dl.Header.Set(HeaderError, reason)
-	dl.Header.Set(HeaderStage, StageName)
-	dl.Header.Set(HeaderSourceStream, NormalizedStream)
-	dl.Header.Set(HeaderSourceSubject, m.Subject())
-	if md, err := m.Metadata(); err == nil {
-		seq := strconv.FormatUint(md.Sequence.Stream, 10)
-		dl.Header.Set(HeaderSourceSeq, seq)
-		dl.Header.Set(HeaderDeliveries, strconv.FormatUint(md.NumDelivered, 10))
-		dl.Header.Set(jetstream.MsgIDHeader, "langfuse:"+NormalizedStream+":"+seq)
-	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := s.js.PublishMsg(pctx, dl); err != nil {
+	if err := s.dead.Write(ctx, m, reason); err != nil {
 		s.log.Error("langfuse sink: dead-letter publish failed, will retry", "err", err)
 		_ = m.NakWithDelay(s.cfg.RetryDelay)
 		return
 	}
 	s.rejected.Inc()
 	s.log.Warn("langfuse sink: call dead-lettered", "subject", m.Subject(), "reason", reason)
-	if err := m.Ack(); err != nil {
-		s.log.Warn("langfuse sink: ack", "err", err)
-	}
 }

@@ -3,6 +3,8 @@ package config
 import (
 	"strings"
 	"time"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // Archive configures the archive sink (raw calls to S3) and replay.
@@ -23,7 +25,7 @@ type Archive struct {
 }
 
 func defaultArchive() Archive {
-	return Archive{Consumer: "callpipe-archive", Subject: "callpipe.calls.>", Prefix: "raw/v1", FlushBytes: 64 << 20,
+	return Archive{Consumer: bus.StageOf(bus.StageArchive).Consumer, Subject: bus.StageOf(bus.StageArchive).Subject, Prefix: "raw/v1", FlushBytes: 64 << 20,
 		FlushInterval: Duration(60 * time.Second), AckWait: Duration(3 * time.Minute), MaxAckPending: 500000,
 		Compression: "fastest", PartSize: 16 << 20, MaxUploads: 2,
 		ReplayCheckpointPrefix: "callpipe:replay:", ReplayMaxInFlight: 4096}
@@ -33,7 +35,7 @@ func (c *Config) validateArchive() []error {
 	a := c.Archive
 	return []error{
 		checkKey(validIdent(replaceDash(a.Consumer)), "archive.consumer", a.Consumer, "must be letters, digits, - and _"),
-		checkKey(strings.HasPrefix(a.Subject, "callpipe.calls.") && !strings.ContainsAny(a.Subject, " \t"), "archive.subject", a.Subject, "must be a subject under callpipe.calls."),
+		checkSubject(bus.StageArchive, "archive.subject", a.Subject),
 		checkKey(a.Prefix != "" && !strings.HasPrefix(a.Prefix, "/") && !strings.Contains(a.Prefix, "//"), "archive.prefix", a.Prefix, "must be a non-empty key prefix without a leading / or empty segments"),
 		checkKey(a.FlushBytes >= 1<<10, "archive.flush_bytes", a.FlushBytes, "must be at least 1KiB"),
 		checkKey(a.FlushInterval > 0, "archive.flush_interval", a.FlushInterval, "must be positive"),

@@ -2,8 +2,9 @@ package config
 
 import (
 	"net"
-	"strings"
 	"time"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // ClickHouse configures the ClickHouse sink, `callpipe migrate` and the usage queries.
@@ -63,7 +64,7 @@ func (c *Config) SealAfter() time.Duration {
 
 func defaultClickHouse() ClickHouse {
 	return ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default",
-		Consumer: "callpipe-clickhouse", Subject: "callpipe.normalized.>",
+		Consumer: bus.StageOf(bus.StageClickHouse).Consumer, Subject: bus.StageOf(bus.StageClickHouse).Subject,
 		BatchSize: 50000, BatchBytes: 8 << 20, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
 		AckWait: Duration(2 * time.Minute), RetentionInterval: Duration(time.Hour),
 		Rollup: ClickHouseRollup{Interval: Duration(30 * time.Second), Lease: Duration(30 * time.Second),
@@ -82,7 +83,7 @@ func (c *Config) validateClickHouse() []error {
 		checkKey(ch.Addr == "" || err == nil && port != "", "clickhouse.addr", ch.Addr, "must be host:port"),
 		checkKey(validIdent(ch.Database), "clickhouse.database", ch.Database, "must be letters, digits and underscores, not starting with a digit"),
 		checkKey(validIdent(replaceDash(ch.Consumer)), "clickhouse.consumer", ch.Consumer, "must be letters, digits, - and _"),
-		checkKey(strings.HasPrefix(ch.Subject, "callpipe.normalized.") && !strings.ContainsAny(ch.Subject, " \t"), "clickhouse.subject", ch.Subject, "must be a subject under callpipe.normalized."),
+		checkSubject(bus.StageClickHouse, "clickhouse.subject", ch.Subject),
 		checkKey(ch.BatchSize >= 1 && ch.BatchSize <= 1000000, "clickhouse.batch_size", ch.BatchSize, "must be 1..1000000"),
 		checkKey(ch.BatchBytes >= 64<<10 && ch.BatchBytes <= 1<<30, "clickhouse.batch_bytes", ch.BatchBytes, "must be 64KiB..1GiB"),
 		checkKey(ch.FlushInterval >= Duration(time.Millisecond), "clickhouse.flush_interval", ch.FlushInterval, "must be at least 1ms"),

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // Config is every setting of callpipe.
@@ -178,7 +180,7 @@ func Default() Config {
 		Proxy: Proxy{Listen: "127.0.0.1:8080", CaptureLimit: 1 << 20, AskUsage: true,
 			SpoolMaxBytes: 1 << 30},
 		Worker: Worker{Listen: "127.0.0.1:8082"},
-		Transform: Transform{Consumer: "callpipe-normalize", Subject: "callpipe.calls.>", Batch: 500, MaxInFlight: 1000,
+		Transform: Transform{Consumer: bus.StageOf(bus.StageNormalize).Consumer, Subject: bus.StageOf(bus.StageNormalize).Subject, Batch: 500, MaxInFlight: 1000,
 			AckWait: Duration(30 * time.Second), MaxDeliver: 10, MaxAckPending: 20000, RetryDelay: Duration(time.Second),
 			DLQMaxAge: Duration(30 * 24 * time.Hour), Tokenizer: "o200k_base", UserKeyPrefix: "callpipe:apikey:",
 			UserCacheTTL: Duration(5 * time.Minute), UserNegativeTTL: Duration(time.Minute),
@@ -186,7 +188,7 @@ func Default() Config {
 		Capture: Capture{Payloads: "full", MaxChars: 2000, DefaultMasks: true},
 		Redis:   Redis{Addr: "127.0.0.1:6379"},
 		S3:      S3{Endpoint: "127.0.0.1:9000", Region: "us-east-1", Bucket: "callpipe", PathStyle: true},
-		Langfuse: Langfuse{Transport: "auto", Consumer: "callpipe-langfuse", Subject: "callpipe.normalized.>", BatchCalls: 500, FlushInterval: Duration(time.Second),
+		Langfuse: Langfuse{Transport: "auto", Consumer: bus.StageOf(bus.StageLangfuse).Consumer, Subject: bus.StageOf(bus.StageLangfuse).Subject, BatchCalls: 500, FlushInterval: Duration(time.Second),
 			MaxBatchBytes: 3_500_000, MaxBatchEvents: 1000, MaxFieldBytes: 256 << 10, MaxInFlight: 4, Retries: 8,
 			MinBackoff: Duration(500 * time.Millisecond), MaxBackoff: Duration(30 * time.Second), RequestTimeout: Duration(30 * time.Second),
 			RetryDelay: Duration(5 * time.Second), AckWait: Duration(2 * time.Minute)},
@@ -249,7 +251,7 @@ func (c *Config) Validate() error {
 		check(c.Paths.StateDir != "", "paths.state_dir", c.Paths.StateDir, "must not be empty"),
 		check(c.Proxy.SpoolMaxBytes > 0, "proxy.spool_max_bytes", c.Proxy.SpoolMaxBytes, "must be positive"),
 		check(validIdent(strings.ReplaceAll(c.Transform.Consumer, "-", "_")), "transform.consumer", c.Transform.Consumer, "must be letters, digits, - and _"),
-		check(strings.HasPrefix(c.Transform.Subject, "callpipe.calls.") && !strings.ContainsAny(c.Transform.Subject, " \t"), "transform.subject", c.Transform.Subject, "must be a subject under callpipe.calls."),
+		checkSubject(bus.StageNormalize, "transform.subject", c.Transform.Subject),
 		check(c.Transform.Concurrency >= 0 && c.Transform.Concurrency <= 1024, "transform.concurrency", c.Transform.Concurrency, "must be 0..1024"),
 		check(c.Transform.Batch >= 1 && c.Transform.Batch <= 10000, "transform.batch", c.Transform.Batch, "must be 1..10000"),
 		check(c.Transform.MaxInFlight >= 1 && c.Transform.MaxInFlight <= 100000, "transform.max_in_flight", c.Transform.MaxInFlight, "must be 1..100000"),
@@ -277,7 +279,7 @@ func (c *Config) Validate() error {
 		check(c.Langfuse.Host == "" || validHTTPURL(c.Langfuse.Host), "langfuse.host", c.Langfuse.Host, "must be an http:// or https:// URL"),
 		check(oneOf(c.Langfuse.Transport, "auto", "ingestion", "otlp"), "langfuse.transport", c.Langfuse.Transport, "allowed: auto, ingestion, otlp"),
 		check(validIdent(strings.ReplaceAll(c.Langfuse.Consumer, "-", "_")), "langfuse.consumer", c.Langfuse.Consumer, "must be letters, digits, - and _"),
-		check(strings.HasPrefix(c.Langfuse.Subject, "callpipe.normalized.") && !strings.ContainsAny(c.Langfuse.Subject, " \t"), "langfuse.subject", c.Langfuse.Subject, "must be a subject under callpipe.normalized."),
+		checkSubject(bus.StageLangfuse, "langfuse.subject", c.Langfuse.Subject),
 		check(validLangfuseEnv(c.Langfuse.Environment), "langfuse.environment", c.Langfuse.Environment, "must be lower case letters, digits, - and _, at most 40, not starting with langfuse"),
 		check(c.Langfuse.BatchCalls >= 1 && c.Langfuse.BatchCalls <= 10000, "langfuse.batch_calls", c.Langfuse.BatchCalls, "must be 1..10000"),
 		check(c.Langfuse.FlushInterval > 0, "langfuse.flush_interval", c.Langfuse.FlushInterval, "must be positive"),
@@ -309,6 +311,15 @@ func checkKey(ok bool, key string, value any, allowed string) error {
 		return nil
 	}
 	return &Error{Key: key, Value: fmt.Sprint(value), Allowed: allowed}
+}
+
+// checkSubject is an *Error for key unless subject is a filter under the
+// prefix of the stream stage reads.
+func checkSubject(stage, key, subject string) error {
+	if err := bus.ValidSubject(bus.StageOf(stage).Reads, subject); err != nil {
+		return &Error{Key: key, Value: subject, Allowed: err.Error()}
+	}
+	return nil
 }
 
 func oneOf(v string, allowed ...string) bool {

@@ -1,4 +1,4 @@
-package ingest
+package bus
 
 import (
 	"context"
@@ -11,18 +11,17 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// The raw call stream: every accepted event, as received (API key hashed).
-const (
-	CallsStream        = "CALLPIPE_CALLS"
-	CallsSubjectPrefix = "callpipe.calls"
-)
+// DefaultDLQMaxAge is how long dead letters are kept unless configured.
+const DefaultDLQMaxAge = 30 * 24 * time.Hour
 
-// StreamOptions size the CALLPIPE_CALLS stream.
+// StreamOptions size the streams: CALLPIPE_CALLS and CALLPIPE_NORMALIZED
+// alike, CALLPIPE_DLQ by age only.
 type StreamOptions struct {
 	MaxAge          time.Duration
 	MaxBytes        int64 // 0: unlimited
 	DuplicateWindow time.Duration
 	Replicas        int
+	DLQMaxAge       time.Duration // 0: DefaultDLQMaxAge
 }
 
 // DefaultStreamOptions keeps a week of calls and deduplicates ids for 10 minutes.
@@ -50,17 +49,66 @@ func CallsStreamConfig(o StreamOptions) jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates CALLPIPE_CALLS or updates it to o, so that changing a
-// setting takes effect instead of failing. Safe to run from every replica.
+// NormalizedStreamConfig is the JetStream definition of CALLPIPE_NORMALIZED:
+// sized like CALLPIPE_CALLS, deduplicating call ids within o.DuplicateWindow.
+func NormalizedStreamConfig(o StreamOptions) jetstream.StreamConfig {
+	cfg := CallsStreamConfig(o)
+	cfg.Name = NormalizedStream
+	cfg.Description = "callpipe normalized calls (schema.Call), one per call id"
+	cfg.Subjects = []string{NormalizedSubjectPrefix + ".>"}
+	return cfg
+}
+
+// DeadLetterStreamConfig is the JetStream definition of CALLPIPE_DLQ. Dead
+// letters are kept for o.DLQMaxAge, never dropped for size.
+func DeadLetterStreamConfig(o StreamOptions) jetstream.StreamConfig {
+	maxAge := o.DLQMaxAge
+	if maxAge <= 0 {
+		maxAge = DefaultDLQMaxAge
+	}
+	return jetstream.StreamConfig{
+		Name:        DeadLetterStream,
+		Description: "callpipe dead letters: original bytes, reason in " + HeaderError + ", stage in " + HeaderStage,
+		Subjects:    []string{DeadLetterSubjectPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      maxAge,
+		MaxBytes:    -1,
+		Duplicates:  o.DuplicateWindow,
+		Replicas:    o.Replicas,
+	}
+}
+
+// EnsureCallsStream creates CALLPIPE_CALLS or updates it to o, so that
+// changing a setting takes effect instead of failing: what producers
+// (collect, proxy) need before they publish. Safe to run from every replica.
 //
 // On nats-server 2.14 and later the stream also allows fast batch publishing
 // (allow_batched, ADR-50), which replay uses; older servers reject that field,
 // so they get the stream without it and replay publishes call by call.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+func EnsureCallsStream(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	cfg := CallsStreamConfig(o)
 	cfg.AllowBatchPublish = BatchPublishSupported(js.Conn().ConnectedServerVersion())
-	_, err := js.CreateOrUpdateStream(ctx, cfg)
-	if err != nil {
+	return ensure(ctx, js, cfg)
+}
+
+// EnsureStreams creates or updates every stream of the pipeline (Streams).
+// Safe to run from every replica.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	if err := EnsureCallsStream(ctx, js, o); err != nil {
+		return err
+	}
+	for _, cfg := range []jetstream.StreamConfig{NormalizedStreamConfig(o), DeadLetterStreamConfig(o)} {
+		if err := ensure(ctx, js, cfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) {
 			return fmt.Errorf("provision stream %s: %s (code %d)", cfg.Name, apiErr.Description, apiErr.ErrorCode)

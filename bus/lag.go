@@ -1,7 +1,4 @@
-// Package pipeline describes callpipe's JetStream topology as a whole — which
-// durable consumer reads which stream — and exposes its lag as Prometheus
-// metrics, so that every process (and an autoscaler) sees what is behind.
-package pipeline
+package bus
 
 import (
 	"context"
@@ -11,11 +8,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// Consumer is one durable consumer of a stream.
-type Consumer struct {
-	Stage, Stream, Name string
-}
 
 // LagCollector reports, at scrape time, each consumer's pending messages
 // (not yet delivered), ack-pending (delivered, not acknowledged) and
@@ -32,6 +24,8 @@ type LagCollector struct {
 	streamMsgs, streamBytes              *prometheus.Desc
 }
 
+// NewLagCollector watches consumers (with the names they run under, which
+// may be configured: see ConsumerOf) and the sizes of streams.
 func NewLagCollector(js jetstream.JetStream, consumers []Consumer, streams []string, log *slog.Logger) *LagCollector {
 	labels := []string{"stage", "stream", "consumer"}
 	return &LagCollector{js: js, consumers: consumers, streams: streams, timeout: 2 * time.Second, log: log,
