@@ -195,7 +195,7 @@ func TestBenchUsageCommand(t *testing.T) {
 			t.Errorf("%s: %d calls, want a page of 50", q.Name, q.Rows)
 		}
 	}
-	if len(r.Targets) != 5 {
+	if len(r.Targets) != 6 {
 		t.Errorf("targets: %+v", r.Targets)
 	}
 
