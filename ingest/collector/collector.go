@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"mime"
 	"net"
@@ -95,9 +96,18 @@ type Rejection struct {
 type Reply struct {
 	Accepted   int         `json:"accepted"`
 	Duplicates int         `json:"duplicates"`
-	Rejected   []Rejection `json:"rejected"`
-	Error      string      `json:"error,omitempty"`
+	Rejected   []Rejection `json:"rejected"` // the first MaxRejections, in body order
+	// RejectionsOmitted counts the rejected events beyond MaxRejections,
+	// which are not listed: the answer stays small whatever the body holds.
+	RejectionsOmitted int    `json:"rejections_omitted"`
+	Error             string `json:"error,omitempty"`
 }
+
+// MaxRejections is the most rejections one answer lists.
+const MaxRejections = 1000
+
+// rejectedTotal is every rejected event, listed or not.
+func (r Reply) rejectedTotal() int { return len(r.Rejected) + r.RejectionsOmitted }
 
 const retryAfterSeconds = "2"
 
@@ -121,7 +131,7 @@ func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeReply(w, status, Reply{Error: err.Error()})
 		return
 	}
-	raws, err := split(r.Header.Get("Content-Type"), body)
+	events, err := split(r.Header.Get("Content-Type"), body)
 	if err != nil {
 		var ue *unsupportedTypeError
 		if errors.As(err, &ue) {
@@ -131,14 +141,14 @@ func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeReply(w, http.StatusBadRequest, Reply{Error: err.Error(), Rejected: []Rejection{}})
 		return
 	}
-	reply, err := c.publish(r.Context(), raws)
+	reply, err := c.publish(r.Context(), events)
 	if err != nil {
 		c.unavailable(w, err)
 		return
 	}
 	c.events.WithLabelValues("accepted").Add(float64(reply.Accepted))
 	c.events.WithLabelValues("duplicate").Add(float64(reply.Duplicates))
-	c.events.WithLabelValues("rejected").Add(float64(len(reply.Rejected)))
+	c.events.WithLabelValues("rejected").Add(float64(reply.rejectedTotal()))
 	if reply.Accepted+reply.Duplicates == 0 {
 		writeReply(w, http.StatusBadRequest, reply)
 		return
@@ -199,7 +209,7 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, in
 	var maxErr *http.MaxBytesError
 	switch {
 	case errors.As(err, &maxErr) || int64(len(body)) > limit:
-		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body: larger than the limit of %d bytes", limit)
+		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body: larger than the limit of %d bytes after decompression (collect.max_body_bytes); send fewer events per request", limit)
 	case isTimeout(err):
 		return nil, http.StatusRequestTimeout, fmt.Errorf("body: not received within %s", c.opts.ReadTimeout)
 	case err != nil:
@@ -219,8 +229,10 @@ func (e *unsupportedTypeError) Error() string {
 	return fmt.Sprintf("Content-Type: %q not supported (use application/json or application/x-ndjson)", e.contentType)
 }
 
-// split cuts the body into one raw JSON text per event.
-func split(contentType string, body []byte) ([][]byte, error) {
+// split returns the events of the body, one raw JSON text each, in order.
+// It walks the body instead of cutting it into a slice first: millions of
+// tiny events (`{}` lines) cost no more memory than the body itself.
+func split(contentType string, body []byte) (iter.Seq2[int, []byte], error) {
 	mt := "application/json"
 	if contentType != "" {
 		parsed, _, err := mime.ParseMediaType(contentType)
@@ -231,7 +243,7 @@ func split(contentType string, body []byte) ([][]byte, error) {
 	}
 	switch mt {
 	case "application/x-ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines":
-		return SplitNDJSON(body), nil
+		return ndjsonLines(body), nil
 	case "application/json":
 	default:
 		return nil, &unsupportedTypeError{contentType}
@@ -241,35 +253,55 @@ func split(contentType string, body []byte) ([][]byte, error) {
 		return nil, errors.New("body: empty")
 	}
 	if trimmed[0] != '[' {
-		return [][]byte{body}, nil
+		return func(yield func(int, []byte) bool) { yield(0, body) }, nil
 	}
-	var arr []json.RawMessage
-	if err := json.Unmarshal(trimmed, &arr); err != nil {
+	// A malformed array is refused whole, before anything is published.
+	if !json.Valid(trimmed) {
+		var arr []json.RawMessage
+		err := json.Unmarshal(trimmed, &arr)
 		return nil, fmt.Errorf("body: invalid JSON array: %v", err)
 	}
-	if len(arr) == 0 {
+	if whole := bytes.TrimSpace(trimmed); len(bytes.TrimSpace(whole[1:len(whole)-1])) == 0 {
 		return nil, errors.New("body: empty array")
 	}
-	out := make([][]byte, len(arr))
-	for i, raw := range arr {
-		out[i] = raw
+	return func(yield func(int, []byte) bool) {
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		_, _ = dec.Token() // [
+		for i := 0; dec.More(); i++ {
+			var raw json.RawMessage
+			if dec.Decode(&raw) != nil || !yield(i, raw) {
+				return
+			}
+		}
+	}, nil
+}
+
+// ndjsonLines yields the non-blank lines of body as SplitNDJSON returns them.
+func ndjsonLines(body []byte) iter.Seq2[int, []byte] {
+	return func(yield func(int, []byte) bool) {
+		i := 0
+		for len(body) > 0 {
+			line := body
+			if n := bytes.IndexByte(body, '\n'); n >= 0 {
+				line, body = body[:n], body[n+1:]
+			} else {
+				body = nil
+			}
+			if line = bytes.TrimRight(line, "\r"); len(bytes.TrimSpace(line)) > 0 {
+				if !yield(i, line) {
+					return
+				}
+				i++
+			}
+		}
 	}
-	return out, nil
 }
 
 // SplitNDJSON returns the non-blank lines of body; CRLF endings are accepted.
 func SplitNDJSON(body []byte) [][]byte {
 	var out [][]byte
-	for len(body) > 0 {
-		line := body
-		if i := bytes.IndexByte(body, '\n'); i >= 0 {
-			line, body = body[:i], body[i+1:]
-		} else {
-			body = nil
-		}
-		if line = bytes.TrimRight(line, "\r"); len(bytes.TrimSpace(line)) > 0 {
-			out = append(out, line)
-		}
+	for _, line := range ndjsonLines(body) {
+		out = append(out, line)
 	}
 	return out
 }
@@ -277,10 +309,10 @@ func SplitNDJSON(body []byte) [][]byte {
 // publish decodes each raw event, publishes the valid ones and waits for
 // every acknowledgement. An error means at least one valid event may not be
 // stored; the client must retry the whole request (ids make that safe).
-func (c *Collector) publish(ctx context.Context, raws [][]byte) (Reply, error) {
+func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) (Reply, error) {
 	reply := Reply{Rejected: []Rejection{}}
-	pendings := make([]*ingest.Pending, 0, len(raws))
-	for i, raw := range raws {
+	var pendings []*ingest.Pending
+	for i, raw := range events {
 		ev, err := schema.Decode(raw, c.opts.Limits)
 		if err == nil {
 			p, perr := c.pub.PublishMsgAsync(ingest.Message(ev))
@@ -288,6 +320,10 @@ func (c *Collector) publish(ctx context.Context, raws [][]byte) (Reply, error) {
 				return reply, perr
 			}
 			pendings = append(pendings, p)
+			continue
+		}
+		if len(reply.Rejected) >= MaxRejections {
+			reply.RejectionsOmitted++
 			continue
 		}
 		reply.Rejected = append(reply.Rejected, Rejection{Index: i, ID: peekID(raw, ev), Error: err.Error()})

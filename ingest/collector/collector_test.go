@@ -2,8 +2,27 @@ package collector
 
 import (
 	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"iter"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/callpipe/callpipe/ingest"
 )
+
+func collect(seq iter.Seq2[int, []byte]) [][]byte {
+	var out [][]byte
+	for _, raw := range seq {
+		out = append(out, raw)
+	}
+	return out
+}
 
 func TestSplitNDJSON(t *testing.T) {
 	cases := []struct {
@@ -33,18 +52,27 @@ func TestSplitByContentType(t *testing.T) {
 	if _, err := split("text/csv", []byte("{}")); err == nil {
 		t.Fatal("text/csv accepted")
 	}
-	got, err := split("application/json; charset=utf-8", []byte(` [ {"a":1} , {"b":2} ] `))
-	if err != nil || len(got) != 2 || string(got[1]) != `{"b":2}` {
+	seq, err := split("application/json; charset=utf-8", []byte(` [ {"a":1} , {"b":2} ] `))
+	if got := collect(seq); err != nil || len(got) != 2 || string(got[1]) != `{"b":2}` {
 		t.Fatalf("array: %q %v", got, err)
 	}
-	if _, err := split("application/json", []byte(`[]`)); err == nil {
-		t.Fatal("empty array accepted")
+	for _, empty := range []string{`[]`, `[ ] `, "[\n]"} {
+		if _, err := split("application/json", []byte(empty)); err == nil || !strings.Contains(err.Error(), "empty array") {
+			t.Fatalf("empty array %q: %v", empty, err)
+		}
+	}
+	if _, err := split("application/json", []byte(`[{"a":1}, {"b":`)); err == nil || !strings.Contains(err.Error(), "invalid JSON array") {
+		t.Fatalf("truncated array: %v", err)
+	}
+	seq, err = split("application/x-ndjson", []byte("{}\n\n{\"a\":1}\r\n"))
+	if got := collect(seq); err != nil || len(got) != 2 || string(got[1]) != `{"a":1}` {
+		t.Fatalf("ndjson: %q %v", got, err)
 	}
 	if _, err := split("application/json", []byte("  ")); err == nil {
 		t.Fatal("empty body accepted")
 	}
-	got, err = split("", []byte(`{"id":"x"}`))
-	if err != nil || len(got) != 1 {
+	seq, err = split("", []byte(`{"id":"x"}`))
+	if got := collect(seq); err != nil || len(got) != 1 {
 		t.Fatalf("default content type: %q %v", got, err)
 	}
 }
@@ -75,4 +103,74 @@ func FuzzSplitNDJSON(f *testing.F) {
 			t.Fatalf("non-blank bytes: kept %d of %d", kept, want)
 		}
 	})
+}
+
+// noPublish is a connected publisher that must not be asked to publish.
+type noPublish struct{ t *testing.T }
+
+func (p noPublish) PublishMsgAsync(*nats.Msg) (*ingest.Pending, error) {
+	p.t.Error("an invalid event was published")
+	return nil, errors.New("not expected")
+}
+func (noPublish) Connected() bool { return true }
+
+// TestRejectionsBounded: a body of thousands of invalid events is answered
+// with the first MaxRejections listed and the rest counted, gzip or not,
+// NDJSON or array.
+func TestRejectionsBounded(t *testing.T) {
+	const n = 2500
+	ndjson := bytes.Repeat([]byte("{}\n"), n)
+	array := append([]byte("["), bytes.Repeat([]byte("{},"), n)...)
+	array[len(array)-1] = ']'
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(ndjson)
+	zw.Close()
+	col := New(noPublish{t}, Options{})
+	for _, tc := range []struct {
+		name, ctype, enc string
+		body             []byte
+	}{
+		{"ndjson", "application/x-ndjson", "", ndjson},
+		{"array", "application/json", "", array},
+		{"gzip ndjson", "application/x-ndjson", "gzip", gz.Bytes()},
+	} {
+		req := httptest.NewRequest(http.MethodPost, "/v1/events", bytes.NewReader(tc.body))
+		req.Header.Set("Content-Type", tc.ctype)
+		if tc.enc != "" {
+			req.Header.Set("Content-Encoding", tc.enc)
+		}
+		rec := httptest.NewRecorder()
+		col.ServeHTTP(rec, req)
+		var r Reply
+		if err := json.Unmarshal(rec.Body.Bytes(), &r); err != nil {
+			t.Fatalf("%s: %v: %s", tc.name, err, rec.Body.Bytes())
+		}
+		if rec.Code != http.StatusBadRequest || len(r.Rejected) != MaxRejections || r.RejectionsOmitted != n-MaxRejections {
+			t.Fatalf("%s: %d, %d listed, %d omitted", tc.name, rec.Code, len(r.Rejected), r.RejectionsOmitted)
+		}
+		if first, last := r.Rejected[0], r.Rejected[MaxRejections-1]; first.Index != 0 || last.Index != MaxRejections-1 || first.Error == "" {
+			t.Fatalf("%s: rejections %+v … %+v", tc.name, first, last)
+		}
+		if rec.Body.Len() > 200<<10 {
+			t.Fatalf("%s: answer of %d bytes", tc.name, rec.Body.Len())
+		}
+	}
+}
+
+// TestBodyLimitNamesTheKey: an inflated body over the limit is 413 naming
+// collect.max_body_bytes, whatever its compressed size.
+func TestBodyLimitNamesTheKey(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(bytes.Repeat([]byte("{}\n"), 1<<20))
+	zw.Close()
+	req := httptest.NewRequest(http.MethodPost, "/v1/events", bytes.NewReader(gz.Bytes()))
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	req.Header.Set("Content-Encoding", "gzip")
+	rec := httptest.NewRecorder()
+	New(noPublish{t}, Options{MaxBodyBytes: 1 << 20}).ServeHTTP(rec, req)
+	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(rec.Body.String(), "collect.max_body_bytes") || !strings.Contains(rec.Body.String(), "1048576") {
+		t.Fatalf("%d %s", rec.Code, rec.Body.String())
+	}
 }
