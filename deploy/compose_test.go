@@ -436,3 +436,24 @@ func TestComposeMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// TestComposeServeWritesNeedAToken: the published serve changes settings and
+// starts exports only with the admin token from .env, reads need a token
+// too, and Test connection may not reach loopback or cloud metadata.
+func TestComposeServeWritesNeedAToken(t *testing.T) {
+	f, _ := loadCompose(t)
+	env := f.Services["serve"].Environment
+	for _, k := range []string{"CALLPIPE_SERVE_TOKENS", "CALLPIPE_SERVE_READ_TOKENS"} {
+		if !requiredRef.MatchString(env[k]) {
+			t.Errorf("serve: %s=%q, want a required ${VAR:?} reference to .env", k, env[k])
+		}
+	}
+	for _, k := range []string{"CALLPIPE_SERVE_ALLOW_UNAUTHENTICATED_WRITES", "CALLPIPE_SERVE_TEST_CONNECTION_ALLOW_PRIVATE"} {
+		if v, ok := env[k]; ok {
+			t.Errorf("serve: %s=%q opens a door the stack does not need", k, v)
+		}
+	}
+	if allow := env["CALLPIPE_SERVE_TEST_CONNECTION_ALLOW"]; strings.Contains(allow, "127.") || strings.Contains(allow, "169.254") || strings.Contains(allow, "0.0.0.0/0") {
+		t.Errorf("serve: Test connection allowed to %q", allow)
+	}
+}

@@ -479,7 +479,10 @@ func TestServeSettingsPage(t *testing.T) {
 	lfB := langfusetest.New(langfusetest.Options{PublicKey: "pk-lf-b", SecretKey: "sk-lf-b-secret-0002", ProjectID: "proj-b", ProjectName: "team-b"})
 	defer lfB.Close()
 	_, db := chTestDB(t)
+	// No tokens: writes must be opened explicitly, and the Langfuse test
+	// servers on 127.0.0.1 allowed to Test connection.
 	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t),
+		"CALLPIPE_SERVE_ALLOW_UNAUTHENTICATED_WRITES=true", "CALLPIPE_SERVE_TEST_CONNECTION_ALLOW_PRIVATE=true",
 		"LANGFUSE_HOST="+a.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-a", "LANGFUSE_SECRET_KEY=sk-lf-a-secret-0001")
 	lfWait(t, 20*time.Second, "settings API", func() bool {
 		code, _, _ := settingsAPI(t, p.base, "", "GET", "/api/v1/settings/langfuse", "")

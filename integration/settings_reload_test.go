@@ -32,7 +32,7 @@ func TestSettingsHotReload(t *testing.T) {
 	b := langfusetest.New(langfusetest.Options{PublicKey: "pk-lf-b", SecretKey: "sk-lf-b-secret-0002", ProjectID: "proj-b", ProjectName: "team-b"})
 	defer b.Close()
 	_, db := chTestDB(t)
-	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t))
+	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_SERVE_ALLOW_UNAUTHENTICATED_WRITES=true")
 
 	// No Langfuse anywhere: unready, waiting, and SIGTERM still stops it.
 	idle := startLangfuseWorker(t, newLfEnv(t, langfusetest.Options{}))

@@ -46,7 +46,9 @@ func TestSettingsServeAPI(t *testing.T) {
 	}
 	e.publish(lfCalls(e.run, 7), "")
 	const token = "settings-token"
-	p := startServe(t, db, "CALLPIPE_SERVE_TOKENS="+token, "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_LANGFUSE_CONSUMER="+e.consumer,
+	// The Langfuse test servers listen on 127.0.0.1, which Test connection
+	// refuses unless allowed.
+	p := startServe(t, db, "CALLPIPE_SERVE_TOKENS="+token, "CALLPIPE_SERVE_TEST_CONNECTION_ALLOW_PRIVATE=true", "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_LANGFUSE_CONSUMER="+e.consumer,
 		"LANGFUSE_HOST="+a.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-a", "LANGFUSE_SECRET_KEY=sk-lf-a-secret-0001")
 
 	var bodies []string

@@ -21,9 +21,10 @@ import (
 // starts without it.
 type Gate struct {
 	NC       *nats.Conn
-	NATSURL  string   // as configured; shown without credentials
-	Config   Langfuse // from the configuration file and environment
-	Replicas int      // of the bucket when the gate creates it
+	NATSURL  string      // as configured; shown without credentials
+	Config   Langfuse    // from the configuration file and environment
+	Replicas int         // of the bucket when the gate creates it
+	Probe    ProbePolicy // where "Test connection" may connect
 	Log      *slog.Logger
 	// Opened runs once the bucket is open, until ctx ends.
 	Opened func(ctx context.Context, store *Store)
@@ -49,7 +50,7 @@ func (g *Gate) Open(ctx context.Context) {
 		return
 	}
 	mux := http.NewServeMux()
-	(&Handler{Store: store, Config: g.Config}).Register(mux)
+	(&Handler{Store: store, Config: g.Config, Probe: g.Probe}).Register(mux)
 	g.handler.Store(mux)
 	g.Log.Info("settings: bucket open", "bucket", Bucket)
 	if g.Opened != nil {

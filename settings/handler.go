@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -34,10 +35,15 @@ type LangfuseView struct {
 // An empty secret_key stands for the secret in effect only while host and
 // public_key stay the same: the secret is never sent to a host it was not
 // entered for, so whoever can reach this API cannot redirect it.
+//
+// Writes take only a JSON body (Content-Type: application/json), so that a
+// cross-site HTML form cannot post one; serve's auth decides who may write.
+// "Test connection" reaches only what Probe allows and never echoes what
+// the tested server answered beyond its status.
 type Handler struct {
 	Store  *Store
 	Config Langfuse // from the configuration file and environment
-	Client *http.Client
+	Probe  ProbePolicy
 }
 
 func (h *Handler) Register(mux *http.ServeMux) {
@@ -80,6 +86,10 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 // decode reads a posted Langfuse and fills an empty secret from the settings
 // in effect, so that the dashboard never needs the secret back.
 func (h *Handler) decode(w http.ResponseWriter, r *http.Request) (Langfuse, bool) {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		writeError(w, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
+		return Langfuse{}, false
+	}
 	var in Langfuse
 	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
 	dec.DisallowUnknownFields()
@@ -146,7 +156,9 @@ func (h *Handler) test(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, Probe(r.Context(), h.Client, in))
+	ctx, cancel := h.Probe.probeContext(r.Context())
+	defer cancel()
+	writeJSON(w, http.StatusOK, Probe(ctx, h.Probe.Client(), in))
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

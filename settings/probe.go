@@ -24,6 +24,7 @@ const (
 	ProbeNotLangfuse = "not_langfuse"
 	ProbeAuth        = "auth"          // 401/403: keys refused
 	ProbeProject     = "wrong_project" // keys of another project
+	ProbeRefused     = "refused"       // the address is not one tests may reach (ProbePolicy)
 )
 
 // ProbeResult says exactly what a connection test found.
@@ -67,7 +68,7 @@ func Health(ctx context.Context, client *http.Client, host string) (version stri
 		return "", &r
 	}
 	if code != http.StatusOK || json.Unmarshal(body, &health) != nil || health.Version == "" {
-		return "", &ProbeResult{Stage: ProbeNotLangfuse, Message: fmt.Sprintf("%s/api/public/health answered %d %q: not a healthy Langfuse server (or not its base URL)", base, code, snippet(body))}
+		return "", &ProbeResult{Stage: ProbeNotLangfuse, Message: fmt.Sprintf("%s/api/public/health answered %d%s: not a healthy Langfuse server (or not its base URL)", base, code, redirectNote(code))}
 	}
 	return health.Version, nil
 }
@@ -92,7 +93,7 @@ func Keys(ctx context.Context, client *http.Client, l Langfuse, version string) 
 		return res
 	case code != http.StatusOK:
 		res.Stage = ProbeNotLangfuse
-		res.Message = fmt.Sprintf("GET /api/public/projects answered %d %q", code, snippet(body))
+		res.Message = fmt.Sprintf("GET /api/public/projects answered %d%s", code, redirectNote(code))
 		return res
 	}
 	var projects struct {
@@ -145,6 +146,9 @@ func transportFailure(host string, err error) ProbeResult {
 		dnsErr       *net.DNSError
 		urlErr       *url.Error
 	)
+	if r, ok := probeRefused(err); ok {
+		return r
+	}
 	switch {
 	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostnameErr):
 		return ProbeResult{Stage: ProbeTLS, Message: fmt.Sprintf("TLS: the certificate of %s is not trusted: %v", host, err)}
@@ -166,10 +170,11 @@ func transportFailure(host string, err error) ProbeResult {
 	return ProbeResult{Stage: ProbeUnreachable, Message: fmt.Sprintf("%s is unreachable: %s", host, msg)}
 }
 
-func snippet(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if len(s) > 120 {
-		s = s[:120] + "…"
+// redirectNote explains a redirect, which tests do not follow: the base URL
+// is where the sink sends traces, and a redirect could lead anywhere.
+func redirectNote(code int) string {
+	if code >= 300 && code < 400 {
+		return " (a redirect, not followed: use the URL it points to as the host)"
 	}
-	return s
+	return ""
 }

@@ -10,6 +10,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -59,8 +60,15 @@ func (c ClickHouseStore) Ping(ctx context.Context) error { return c.Conn.Ping(ct
 
 // Options configure a Server.
 type Options struct {
-	// Tokens are the bearer tokens accepted on /api/; empty disables auth.
+	// Tokens are the admin bearer tokens (serve.tokens): they read
+	// everything and may change settings and start exports.
 	Tokens []string
+	// ReadTokens read everything and change nothing (serve.read_tokens).
+	ReadTokens []string
+	// OpenWrites lets anyone write when there are no tokens at all
+	// (serve.allow_unauthenticated_writes). Without it, a server with no
+	// tokens is read-only: writes answer 403 naming serve.tokens.
+	OpenWrites bool
 	// RefreshInterval is the dashboard's polling period (default 15s).
 	RefreshInterval time.Duration
 	// QueryTimeout bounds the store calls of one request (default 30s).
@@ -80,7 +88,7 @@ type Options struct {
 type Server struct {
 	store   Store
 	opts    Options
-	tokens  [][sha256.Size]byte
+	tokens  []token
 	links   atomic.Pointer[langfuseLinks] // replaced when the Langfuse settings change
 	log     *slog.Logger
 	mux     *http.ServeMux
@@ -112,13 +120,18 @@ func New(store Store, opts Options) (*Server, error) {
 	}
 	s := &Server{store: store, opts: opts, log: opts.Log}
 	s.SetLangfuse(opts.Langfuse)
-	for _, t := range opts.Tokens {
-		if t == "" {
-			return nil, errors.New("usageapi: empty bearer token")
+	for r, list := range map[role][]string{roleAdmin: opts.Tokens, roleRead: opts.ReadTokens} {
+		for _, t := range list {
+			if t == "" {
+				return nil, errors.New("usageapi: empty bearer token")
+			}
+			// Hashing first makes every compare the same length, so
+			// ConstantTimeCompare leaks neither content nor length.
+			s.tokens = append(s.tokens, token{sum: sha256.Sum256([]byte(t)), role: r})
 		}
-		// Hashing first makes every compare the same length, so
-		// ConstantTimeCompare leaks neither content nor length.
-		s.tokens = append(s.tokens, sha256.Sum256([]byte(t)))
+	}
+	if opts.OpenWrites && len(s.tokens) > 0 {
+		return nil, errors.New("usageapi: OpenWrites (serve.allow_unauthenticated_writes) applies only without tokens")
 	}
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "callpipe_serve_requests_total", Help: "HTTP requests of callpipe serve by route and status code.",
@@ -140,11 +153,11 @@ func New(store Store, opts Options) (*Server, error) {
 
 func (s *Server) routes() {
 	m := http.NewServeMux()
-	m.Handle("GET /api/v1/usage", s.auth(s.handleUsage))
-	m.Handle("GET /api/v1/calls", s.auth(s.handleCalls))
-	m.Handle("GET /api/v1/calls/{id}", s.auth(s.handleCall))
-	m.Handle("GET /api/v1/traces/{trace_id}", s.auth(s.handleTrace))
-	m.Handle("GET /api/v1/meta", s.auth(s.handleMeta))
+	m.Handle("GET /api/v1/usage", s.auth(roleRead, s.handleUsage))
+	m.Handle("GET /api/v1/calls", s.auth(roleRead, s.handleCalls))
+	m.Handle("GET /api/v1/calls/{id}", s.auth(roleRead, s.handleCall))
+	m.Handle("GET /api/v1/traces/{trace_id}", s.auth(roleRead, s.handleTrace))
+	m.Handle("GET /api/v1/meta", s.auth(roleRead, s.handleMeta))
 	m.HandleFunc("GET /api/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, http.StatusNotFound, map[string]string{"error": "no API route " + r.Method + " " + r.URL.Path})
 	})
@@ -162,13 +175,20 @@ func (s *Server) routes() {
 
 // Mount serves the routes that register adds to a mux under prefix (e.g.
 // "/api/v1/settings/"), behind the same bearer-token auth and request
-// metrics as the API. Call it before serving.
+// metrics as the API. GET reads with any token; every other method writes
+// and needs an admin token, and is refused when it comes cross-origin from
+// a browser (a form on another site). Call it before serving.
 func (s *Server) Mount(prefix string, register func(*http.ServeMux)) {
 	sub := http.NewServeMux()
 	register(sub)
-	h := s.auth(sub.ServeHTTP)
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
-		s.mux.Handle(m+" "+prefix, h)
+	s.mux.Handle(http.MethodGet+" "+prefix, s.auth(roleRead, sub.ServeHTTP))
+	csrf := http.NewCrossOriginProtection()
+	csrf.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		s.writeJSON(w, http.StatusForbidden, map[string]string{"error": "cross-origin write refused: settings and exports change only from the dashboard's own origin or a non-browser client"})
+	}))
+	write := s.auth(roleAdmin, csrf.Handler(sub).ServeHTTP)
+	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		s.mux.Handle(m+" "+prefix, write)
 	}
 }
 
@@ -201,29 +221,88 @@ func (r *statusRecorder) Flush() {
 	}
 }
 
-// auth requires one of the configured bearer tokens (when there are any).
-func (s *Server) auth(h http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(s.tokens) > 0 && !s.tokenOK(r.Header.Get("Authorization")) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="callpipe"`)
-			s.writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or invalid bearer token (Authorization: Bearer <serve.tokens entry>)"})
-			return
+// role is what a caller of /api/ may do.
+type role int
+
+const (
+	roleNone  role = iota // no valid token where tokens are required
+	roleRead              // read usage, calls, settings and exports
+	roleAdmin             // also change settings and start exports
+)
+
+type token struct {
+	sum  [sha256.Size]byte
+	role role
+}
+
+// AuthMode says how serve authenticates, for its start-up log line.
+func (s *Server) AuthMode() string {
+	switch {
+	case len(s.tokens) > 0:
+		admin := 0
+		for _, t := range s.tokens {
+			if t.role == roleAdmin {
+				admin++
+			}
 		}
-		h(w, r)
+		return fmt.Sprintf("bearer tokens (%d admin, %d read)", admin, len(s.tokens)-admin)
+	case s.opts.OpenWrites:
+		return "none: anyone may read and write (serve.allow_unauthenticated_writes)"
+	}
+	return "none: read-only (set serve.tokens to change settings and start exports)"
+}
+
+// auth lets the request through when its caller has at least need: 401
+// without a valid token where tokens are configured, 403 when the caller may
+// read but need is admin.
+func (s *Server) auth(need role, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := s.callerRole(r.Header.Get("Authorization"))
+		switch {
+		case got == roleNone:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="callpipe"`)
+			s.writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or invalid bearer token (Authorization: Bearer <serve.tokens or serve.read_tokens entry>)"})
+		case got < need && len(s.tokens) == 0:
+			s.writeJSON(w, http.StatusForbidden, map[string]string{"error": "serve has no tokens, so its API is read-only: set serve.tokens (admin bearer tokens) to change settings and start exports, or serve.allow_unauthenticated_writes: true on a trusted network"})
+		case got < need:
+			s.writeJSON(w, http.StatusForbidden, map[string]string{"error": "this is a read token (serve.read_tokens): changing settings and starting exports needs an admin token from serve.tokens"})
+		default:
+			h(w, r)
+		}
 	})
 }
 
-func (s *Server) tokenOK(header string) bool {
+// callerRole is the role of the bearer token in header, compared in
+// constant time with every configured token; without tokens, anyone reads
+// (and writes with OpenWrites).
+func (s *Server) callerRole(header string) role {
+	if len(s.tokens) == 0 {
+		if s.opts.OpenWrites {
+			return roleAdmin
+		}
+		return roleRead
+	}
 	scheme, tok, ok := strings.Cut(header, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return false
+		return roleNone
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	match := 0
-	for i := range s.tokens {
-		match |= subtle.ConstantTimeCompare(got[:], s.tokens[i][:])
+	var admin, read int
+	for _, t := range s.tokens {
+		match := subtle.ConstantTimeCompare(got[:], t.sum[:])
+		if t.role == roleAdmin {
+			admin |= match
+		} else {
+			read |= match
+		}
 	}
-	return match == 1
+	switch {
+	case admin == 1:
+		return roleAdmin
+	case read == 1:
+		return roleRead
+	}
+	return roleNone
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {

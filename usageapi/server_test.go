@@ -290,3 +290,93 @@ func TestMountBehindAuth(t *testing.T) {
 		t.Errorf("unregistered method: %d", c)
 	}
 }
+
+// TestWriteRoles: with no tokens serve is read-only (writes 403 naming
+// serve.tokens) unless OpenWrites; a read token reads and gets 403 on
+// writes; an admin token writes; a cross-origin browser write is refused
+// even with open writes.
+func TestWriteRoles(t *testing.T) {
+	mount := func(opts Options) *Server {
+		s := newTestServer(t, &fakeStore{}, opts)
+		for _, prefix := range []string{"/api/v1/settings/", "/api/v1/exports"} {
+			s.Mount(prefix, func(m *http.ServeMux) {
+				m.HandleFunc(prefix, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+			})
+		}
+		return s
+	}
+	do := func(s *Server, method, path, auth string, hdr ...string) (int, string) {
+		req := httptest.NewRequest(method, path, strings.NewReader(`{}`))
+		req.Header.Set("Content-Type", "application/json")
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, req)
+		return rec.Code, rec.Body.String()
+	}
+	writes := [][2]string{{http.MethodPut, "/api/v1/settings/langfuse"}, {http.MethodPost, "/api/v1/settings/langfuse/test"},
+		{http.MethodDelete, "/api/v1/settings/langfuse"}, {http.MethodPost, "/api/v1/exports"}}
+	reads := []string{"/api/v1/calls", "/api/v1/meta", "/api/v1/settings/langfuse", "/api/v1/exports"}
+
+	open := mount(Options{})
+	for _, w := range writes {
+		if code, body := do(open, w[0], w[1], ""); code != http.StatusForbidden || !strings.Contains(body, "serve.tokens") || !strings.Contains(body, `"error"`) {
+			t.Errorf("no tokens, %s %s: %d %s", w[0], w[1], code, body)
+		}
+	}
+	for _, r := range reads {
+		if code, _ := do(open, http.MethodGet, r, ""); code != http.StatusOK {
+			t.Errorf("no tokens, GET %s: %d", r, code)
+		}
+	}
+	if !strings.Contains(open.AuthMode(), "read-only") {
+		t.Errorf("mode %q", open.AuthMode())
+	}
+
+	openWrites := mount(Options{OpenWrites: true})
+	for _, w := range writes {
+		if code, body := do(openWrites, w[0], w[1], ""); code != http.StatusOK {
+			t.Errorf("open writes, %s %s: %d %s", w[0], w[1], code, body)
+		}
+		code, _ := do(openWrites, w[0], w[1], "", "Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example")
+		if code != http.StatusForbidden {
+			t.Errorf("open writes, cross-site %s %s: %d", w[0], w[1], code)
+		}
+	}
+	if _, err := New(&fakeStore{}, Options{OpenWrites: true, Tokens: []string{"a"}}); err == nil {
+		t.Error("OpenWrites with tokens accepted")
+	}
+
+	roles := mount(Options{Tokens: []string{"admin-1"}, ReadTokens: []string{"read-1", "read-2"}})
+	for _, w := range writes {
+		if code, body := do(roles, w[0], w[1], "read-2"); code != http.StatusForbidden || !strings.Contains(body, "serve.tokens") || !strings.Contains(body, "read token") {
+			t.Errorf("read token, %s %s: %d %s", w[0], w[1], code, body)
+		}
+		if code, _ := do(roles, w[0], w[1], ""); code != http.StatusUnauthorized {
+			t.Errorf("no token, %s %s: %d", w[0], w[1], code)
+		}
+		if code, _ := do(roles, w[0], w[1], "admin-1"); code != http.StatusOK {
+			t.Errorf("admin token, %s %s: %d", w[0], w[1], code)
+		}
+		if code, _ := do(roles, w[0], w[1], "admin-1", "Sec-Fetch-Site", "cross-site"); code != http.StatusForbidden {
+			t.Errorf("admin token, cross-site %s %s: %d", w[0], w[1], code)
+		}
+	}
+	for _, r := range reads {
+		for _, tok := range []string{"read-1", "admin-1"} {
+			if code, _ := do(roles, http.MethodGet, r, tok); code != http.StatusOK {
+				t.Errorf("%s GET %s: %d", tok, r, code)
+			}
+		}
+		if code, _ := do(roles, http.MethodGet, r, "read-3"); code != http.StatusUnauthorized {
+			t.Errorf("unknown token GET %s: %d", r, code)
+		}
+	}
+	if m := roles.AuthMode(); m != "bearer tokens (1 admin, 2 read)" {
+		t.Errorf("mode %q", m)
+	}
+}

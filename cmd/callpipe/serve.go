@@ -62,6 +62,8 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			srv, err := usageapi.New(usageapi.ClickHouseStore{Conn: conn, DB: cfg.ClickHouse.Database}, usageapi.Options{
 				Tokens:          cfg.Serve.Tokens,
+				ReadTokens:      cfg.Serve.ReadTokens,
+				OpenWrites:      cfg.Serve.AllowUnauthenticatedWrites,
 				RefreshInterval: time.Duration(cfg.Serve.RefreshInterval),
 				QueryTimeout:    time.Duration(cfg.Serve.QueryTimeout),
 				Langfuse:        links,
@@ -73,6 +75,7 @@ func newServeCommand(a *app) *cobra.Command {
 				return err
 			}
 			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
+				Probe: cfg.Serve.TestConnection.Policy(),
 				Opened: func(ctx context.Context, store *settings.Store) {
 					// links follow the settings saved from the dashboard
 					err := store.WatchLangfuse(ctx, configuredLangfuse(cfg), func(eff settings.Effective) {
@@ -119,7 +122,7 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 
 			log.Info("serving usage API and dashboard", "database", cfg.ClickHouse.Database,
-				"auth", len(cfg.Serve.Tokens) > 0, "langfuse_links", links.Host != "", "exports", err == nil)
+				"auth", srv.AuthMode(), "langfuse_links", links.Host != "", "exports", err == nil)
 			// SIGTERM ends ctx: in-flight requests finish before the pool closes.
 			return serveHTTP(ctx, cfg.Serve.Listen, srv, log, 30*time.Second)
 		},

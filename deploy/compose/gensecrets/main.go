@@ -38,6 +38,8 @@ var generators = map[string]func() (string, error){
 	"LANGFUSE_INIT_PROJECT_SECRET_KEY": prefixed("sk-lf-", uuid4),
 	"LANGFUSE_INIT_USER_PASSWORD":      hexBytes(16),
 	"COLLECT_TOKEN":                    hexBytes(32),
+	"SERVE_ADMIN_TOKEN":                hexBytes(32),
+	"SERVE_READ_TOKEN":                 hexBytes(32),
 }
 
 // userSupplied are settings only the user knows; they are taken from the

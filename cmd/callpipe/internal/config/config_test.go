@@ -105,6 +105,8 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"log level", "", map[string]string{"CALLPIPE_LOG_LEVEL": "loud"}, "log.level"},
 		{"database", "", map[string]string{"CALLPIPE_CLICKHOUSE_DATABASE": "my-db"}, "clickhouse.database"},
 		{"unknown key", "nats:\n  urll: nats://x:1\n", nil, "urll"},
+		{"open writes with tokens", "", map[string]string{"CALLPIPE_SERVE_TOKENS": "a", "CALLPIPE_SERVE_ALLOW_UNAUTHENTICATED_WRITES": "true"}, "serve.allow_unauthenticated_writes"},
+		{"test connection network", "", map[string]string{"CALLPIPE_SERVE_TEST_CONNECTION_ALLOW": "10.0.0.0/8,langfuse.internal"}, "serve.test_connection.allow"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -150,16 +152,17 @@ func TestMaskedHidesEverySecret(t *testing.T) {
 	c.NATS.Password, c.NATS.Token, c.Redis.Password = "p1", "t1", "p2"
 	c.S3.AccessKey, c.S3.SecretKey, c.Langfuse.SecretKey, c.ClickHouse.Password = "a1", "s1", "s2", "p3"
 	c.Collect.Tokens = []string{"tok1", "tok2"}
+	c.Serve.Tokens, c.Serve.ReadTokens = []string{"adm1"}, []string{"rd1"}
 	out, err := c.Masked().YAML()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{"p1", "t1", "p2", "a1", "s1", "s2", "p3", "tok1", "tok2"} {
+	for _, secret := range []string{"p1", "t1", "p2", "a1", "s1", "s2", "p3", "tok1", "tok2", "adm1", "rd1"} {
 		if strings.Contains(string(out), ": "+secret) || strings.Contains(string(out), "- "+secret) {
 			t.Errorf("secret %q printed:\n%s", secret, out)
 		}
 	}
-	if c.Collect.Tokens[0] != "tok1" {
+	if c.Collect.Tokens[0] != "tok1" || c.Serve.Tokens[0] != "adm1" || c.Serve.ReadTokens[0] != "rd1" {
 		t.Error("Masked modified the original")
 	}
 }

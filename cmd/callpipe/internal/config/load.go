@@ -246,7 +246,6 @@ func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
 // Masked returns a copy with every secret replaced, for printing.
 func (c *Config) Masked() *Config {
 	m := *c
-	m.Collect.Tokens = append([]string(nil), c.Collect.Tokens...)
 	for _, l := range leaves(&m) {
 		if !l.secret {
 			continue
@@ -257,6 +256,8 @@ func (c *Config) Masked() *Config {
 				*p = "********"
 			}
 		case *[]string:
+			// a fresh slice: the copy shares c's backing array
+			*p = append([]string(nil), (*p)...)
 			for i := range *p {
 				(*p)[i] = "********"
 			}
