@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 )
@@ -136,4 +138,28 @@ func TestServeWriteAuth(t *testing.T) {
 		t.Errorf("open writes, cross-site post: %d, want 403", code)
 	}
 	p.stop(t)
+}
+
+// TestServeSettingsPageReadOnly: on a serve without tokens the settings page
+// loads, and saving shows the 403 that names serve.tokens.
+func TestServeSettingsPageReadOnly(t *testing.T) {
+	settingsStore(t)
+	lf := langfusetest.New(langfusetest.Options{PublicKey: "pk-lf-a", SecretKey: "sk-lf-a-secret-0001"})
+	defer lf.Close()
+	_, db := chTestDB(t)
+	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t),
+		"LANGFUSE_HOST="+lf.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-a", "LANGFUSE_SECRET_KEY=sk-lf-a-secret-0001")
+	lfWait(t, 20*time.Second, "settings API", func() bool {
+		code, _, _ := settingsAPI(t, p.base, "", "GET", "/api/v1/settings/langfuse", "")
+		return code == http.StatusOK
+	})
+	b := newBrowser(t)
+	b.do("open settings", chromedp.Navigate(p.base+"/#/settings"))
+	b.wait("configuration in effect", `document.querySelector('[data-testid=lf-source]').dataset.source === "config"`)
+	b.do("save", chromedp.Click(chromedp.CSS("#lf-save")))
+	b.wait("403 shown", `document.getElementById("lf-result").dataset.stage === "forbidden"`)
+	if got := b.text("#lf-result"); !strings.Contains(got, "Not allowed (403)") || !strings.Contains(got, "serve.tokens") {
+		t.Errorf("result of a save on a read-only serve: %q", got)
+	}
+	b.shot("settings-read-only")
 }

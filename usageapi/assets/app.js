@@ -451,6 +451,7 @@ const PROBE_TITLES = {
   not_langfuse: "Not a Langfuse server",
   auth: "Keys refused",
   wrong_project: "Wrong project",
+  refused: "Address not allowed",
 };
 const FIELD_INPUTS = { host: "lf-host", public_key: "lf-pk", secret_key: "lf-sk", project_id: "lf-project" };
 
@@ -587,7 +588,8 @@ async function settingsAction(button, fn) {
 // answered handles a non-2xx answer of the settings API.
 function answered(r) {
   if (r.status === 400) { showFieldError(r.body); $("lf-result").hidden = true; return; }
-  showProbe(false, r.status === 503 ? "unavailable" : "error", r.status === 503 ? "Settings unavailable" : "Request failed (" + r.status + ")", r.body.error);
+  const title = r.status === 503 ? "Settings unavailable" : r.status === 403 ? "Not allowed (403)" : "Request failed (" + r.status + ")";
+  showProbe(false, r.status === 503 ? "unavailable" : r.status === 403 ? "forbidden" : "error", title, r.body.error);
 }
 
 function testConnection() {
