@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
 
@@ -31,13 +30,6 @@ func TestServeWriteAuth(t *testing.T) {
 	defer lf.Close()
 	_, db := chTestDB(t)
 	lfBody := fmt.Sprintf(`{"host":%q,"public_key":"pk-lf-a","secret_key":"sk-lf-a-secret-0001"}`, lf.URL)
-	waitSettings := func(base, token string) {
-		t.Helper()
-		lfWait(t, 20*time.Second, "settings API", func() bool {
-			code, _, _ := settingsAPI(t, base, token, "GET", "/api/v1/settings/langfuse", "")
-			return code == http.StatusOK
-		})
-	}
 	writes := func(base, token string) map[string]int {
 		t.Helper()
 		got := map[string]int{}
@@ -57,7 +49,7 @@ func TestServeWriteAuth(t *testing.T) {
 
 	// No tokens: read-only.
 	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t))
-	waitSettings(p.base, "")
+	waitSettingsAPI(t, p.base, "")
 	for route, code := range writes(p.base, "") {
 		if code != http.StatusForbidden {
 			t.Errorf("no tokens, %s: %d, want 403", route, code)
@@ -70,7 +62,7 @@ func TestServeWriteAuth(t *testing.T) {
 
 	// An admin and a read token.
 	p = startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_SERVE_TOKENS=admin-tok", "CALLPIPE_SERVE_READ_TOKENS=read-tok")
-	waitSettings(p.base, "read-tok")
+	waitSettingsAPI(t, p.base, "read-tok")
 	for route, code := range writes(p.base, "read-tok") {
 		if code != http.StatusForbidden {
 			t.Errorf("read token, %s: %d, want 403", route, code)
@@ -123,7 +115,7 @@ func TestServeWriteAuth(t *testing.T) {
 
 	// Open writes on a trusted network, loopback allowed to Test connection.
 	p = startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_SERVE_ALLOW_UNAUTHENTICATED_WRITES=true", "CALLPIPE_SERVE_TEST_CONNECTION_ALLOW_PRIVATE=true")
-	waitSettings(p.base, "")
+	waitSettingsAPI(t, p.base, "")
 	code, v, raw := settingsAPI(t, p.base, "", "POST", "/api/v1/settings/langfuse/test", lfBody)
 	if code != http.StatusOK || v["stage"] != "ok" {
 		t.Errorf("open writes, test of the local Langfuse: %d %s", code, raw)
@@ -149,10 +141,7 @@ func TestServeSettingsPageReadOnly(t *testing.T) {
 	_, db := chTestDB(t)
 	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t),
 		"LANGFUSE_HOST="+lf.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-a", "LANGFUSE_SECRET_KEY=sk-lf-a-secret-0001")
-	lfWait(t, 20*time.Second, "settings API", func() bool {
-		code, _, _ := settingsAPI(t, p.base, "", "GET", "/api/v1/settings/langfuse", "")
-		return code == http.StatusOK
-	})
+	waitSettingsAPI(t, p.base, "")
 	b := newBrowser(t)
 	b.do("open settings", chromedp.Navigate(p.base+"/#/settings"))
 	b.wait("configuration in effect", `document.querySelector('[data-testid=lf-source]').dataset.source === "config"`)

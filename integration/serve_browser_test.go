@@ -484,10 +484,7 @@ func TestServeSettingsPage(t *testing.T) {
 	p := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t),
 		"CALLPIPE_SERVE_ALLOW_UNAUTHENTICATED_WRITES=true", "CALLPIPE_SERVE_TEST_CONNECTION_ALLOW_PRIVATE=true",
 		"LANGFUSE_HOST="+a.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-a", "LANGFUSE_SECRET_KEY=sk-lf-a-secret-0001")
-	lfWait(t, 20*time.Second, "settings API", func() bool {
-		code, _, _ := settingsAPI(t, p.base, "", "GET", "/api/v1/settings/langfuse", "")
-		return code == http.StatusOK
-	})
+	waitSettingsAPI(t, p.base, "")
 
 	b := newBrowser(t)
 	b.do("open settings", chromedp.Navigate(p.base+"/#/settings"))

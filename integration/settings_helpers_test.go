@@ -77,6 +77,16 @@ func settingsAPI(t *testing.T, base, token, method, path, body string) (int, map
 	return resp.StatusCode, m, string(raw)
 }
 
+// waitSettingsAPI waits until serve at base has opened its settings bucket
+// (it does in the background) and answers GET with token.
+func waitSettingsAPI(t *testing.T, base, token string) {
+	t.Helper()
+	lfWait(t, 20*time.Second, "settings API", func() bool {
+		code, _, _ := settingsAPI(t, base, token, "GET", "/api/v1/settings/langfuse", "")
+		return code == http.StatusOK
+	})
+}
+
 // closedURL is an http:// URL nobody listens on.
 func closedURL(t *testing.T) string {
 	t.Helper()

@@ -59,10 +59,7 @@ func TestSettingsServeAPI(t *testing.T) {
 		return code, m
 	}
 	// The bucket opens in the background: wait for the first answer.
-	lfWait(t, 20*time.Second, "settings API", func() bool {
-		code, _, _ := settingsAPI(t, p.base, token, "GET", "/api/v1/settings/langfuse", "")
-		return code == http.StatusOK
-	})
+	waitSettingsAPI(t, p.base, token)
 	if code, _, _ := settingsAPI(t, p.base, "", "GET", "/api/v1/settings/langfuse", ""); code != http.StatusUnauthorized {
 		t.Fatalf("settings without the bearer token: %d, want 401", code)
 	}
