@@ -390,6 +390,9 @@ func targets(rep *Report) []TargetResult {
 		worst("call list first and next page, median", TargetCallListMS, "ms", list),
 		worst("server memory per query, peak", TargetMemoryBytes, "bytes", memory),
 	}
+	if rep.Seal.CallsPerS == 0 { // a reused database was not sealed by this run
+		return out
+	}
 	out = append(out, TargetResult{Name: "sealing rate", Limit: TargetSealCallsPerS, Unit: "calls/s", Worst: rep.Seal.CallsPerS,
 		Of: "rollup rebuild", Met: rep.Seal.CallsPerS >= TargetSealCallsPerS})
 	return out

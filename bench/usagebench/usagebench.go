@@ -48,6 +48,11 @@ type Options struct {
 	SealAfter    time.Duration // the sealer's horizon (chsink.DefaultSealAfter when 0)
 	Keep         bool          // keep the scratch database
 	Database     string        // default callpipe_bench_usage_<random>
+	// Reuse measures the calls and seals already in Database (a database
+	// kept by an earlier run) without loading or sealing; the run's clock
+	// is the newest stored call, so the ranges are the earlier run's. The
+	// database is kept.
+	Reuse bool
 	Now          func() time.Time
 	Out          io.Writer // progress and the report (default io.Discard)
 }
@@ -220,12 +225,23 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
+	if o.Reuse && o.Database == "" {
+		return nil, errors.New("bench usage: reuse needs the database of an earlier run")
+	}
+	o.Keep = o.Keep || o.Reuse
 	r := &runner{o: o, conn: conn, out: o.Out}
 	r.db, r.runID = NewDatabaseName()
 	if o.Database != "" {
 		r.db = o.Database
 	}
 	r.start = o.Now().UTC().Truncate(time.Second)
+	if o.Reuse {
+		var last int64
+		if err := conn.QueryRow(ctx, chsink.WithDB("SELECT toInt64(toUInt32(max(start_time))) FROM {db}.calls", r.db)).Scan(&last); err != nil || last == 0 {
+			return nil, fmt.Errorf("bench usage: reuse %s: no stored calls (%v)", r.db, err)
+		}
+		r.start = time.Unix(last+1, 0).UTC()
+	}
 	from := r.start.Add(-time.Duration(o.Days) * 24 * time.Hour)
 	rep = &Report{RunID: r.runID, Database: r.db, Kept: o.Keep, MachineCPUs: runtime.NumCPU(), Calls: o.Calls, Days: o.Days,
 		Models: o.Models, Users: o.Users, DupPercent: o.DupPercent, Seed: o.Seed, Repeat: o.Repeat, From: from, To: r.start}
@@ -251,16 +267,23 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 	rep.LoadAverage = map[string]float64{}
 	load := chsink.SyntheticLoad{Calls: o.Calls, From: from, Span: r.start.Sub(from), Models: o.Models, Users: o.Users,
 		DuplicatePercent: o.DupPercent, Seed: o.Seed}
-	loadAverage(rep, "load")
-	if err := r.load(ctx, load, rep); err != nil {
-		return rep, err
+	if !o.Reuse {
+		loadAverage(rep, "load")
+		if err := r.load(ctx, load, rep); err != nil {
+			return rep, err
+		}
 	}
 	if err := r.stored(ctx, rep); err != nil {
 		return rep, err
 	}
-	loadAverage(rep, "seal")
-	if err := r.seal(ctx, rep); err != nil {
-		return rep, err
+	if !o.Reuse {
+		loadAverage(rep, "seal")
+		if err := r.seal(ctx, rep); err != nil {
+			return rep, err
+		}
+	} else {
+		now := r.sealClock()
+		r.sealer = &chsink.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
 	}
 	loadAverage(rep, "measure")
 	if err := r.measure(ctx, rep); err != nil {

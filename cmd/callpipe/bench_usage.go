@@ -35,6 +35,7 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 			if o.Calls < 1 || o.Days < 1 || o.Models < 1 || o.Users < 1 || o.DupPercent < 0 || o.DupPercent > 100 || o.Repeat < 1 || o.LiveHours < 0 {
 				return fmt.Errorf("%w: need --calls, --days, --models, --users, --repeat >= 1, --live-hours >= 0 and 0 <= --dup-percent <= 100", errUsage)
 			}
+			o.Reuse = o.Database != ""
 			if cfg.ClickHouse.Addr == "" {
 				return fmt.Errorf("%w: clickhouse.addr: required", errConfig)
 			}
@@ -75,6 +76,7 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 	f.Uint64Var(&o.ChunkCalls, "chunk", 5_000_000, "calls per load statement")
 	f.DurationVar(&o.QueryTimeout, "query-timeout", 2*time.Minute, "a timed query running longer is killed and reported as failed")
 	f.BoolVar(&o.Keep, "keep", false, "keep the scratch database")
+	f.StringVar(&o.Database, "reuse", "", "measure the database an earlier run kept (--keep) instead of loading and sealing a new one")
 	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
 	return cmd
 }
