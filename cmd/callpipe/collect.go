@@ -11,6 +11,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/collector"
+	"github.com/callpipe/callpipe/internal/ops"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -42,7 +43,7 @@ func newCollectCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reg := newRegistry()
+			reg := ops.NewRegistry()
 			col := collector.New(pub, collector.Options{
 				MaxBodyBytes: int64(cfg.Collect.MaxBodyBytes),
 				ReadTimeout:  time.Duration(cfg.Collect.ReadTimeout),
@@ -51,11 +52,11 @@ func newCollectCommand(a *app) *cobra.Command {
 				Logger:       log,
 				Registerer:   reg,
 			})
-			mux := opsMux(reg, natsHealth(nc))
+			mux := ops.Mux(reg, ops.NATSHealth(nc))
 			mux.Handle("/v1/events", col)
 			// Requests in flight finish (their publishes are acknowledged)
 			// before the publisher and the connection close.
-			serveErr := serveHTTP(ctx, cfg.Collect.Listen, mux, log, 30*time.Second)
+			serveErr := ops.Serve(ctx, cfg.Collect.Listen, mux, log, 30*time.Second)
 			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := pub.Close(fctx); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/proxy"
+	"github.com/callpipe/callpipe/internal/ops"
 )
 
 func newProxyCommand(a *app) *cobra.Command {
@@ -48,7 +49,7 @@ func newProxyCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reg := newRegistry()
+			reg := ops.NewRegistry()
 			opts := proxy.DefaultOptions(upstream)
 			opts.CaptureLimit = int(cfg.Proxy.CaptureLimit)
 			opts.AskUsage = cfg.Proxy.AskUsage
@@ -71,9 +72,9 @@ func newProxyCommand(a *app) *cobra.Command {
 				}
 			}()
 
-			mux := opsMux(reg, func() error { return nil }) // healthy while it can forward; NATS state is in metrics
+			mux := ops.Mux(reg, func() error { return nil }) // healthy while it can forward; NATS state is in metrics
 			mux.Handle("/", p)
-			serveErr := serveHTTP(ctx, cfg.Proxy.Listen, mux, log, 60*time.Second)
+			serveErr := ops.Serve(ctx, cfg.Proxy.Listen, mux, log, 60*time.Second)
 			// Order matters: no new calls, then every captured event is
 			// published or spooled, then the publisher and NATS close.
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

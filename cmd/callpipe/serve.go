@@ -10,6 +10,7 @@ import (
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/internal/ops"
 	"github.com/callpipe/callpipe/settings"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/usageapi"
@@ -56,7 +57,7 @@ func newServeCommand(a *app) *cobra.Command {
 				return usageapi.LinksFor(ctx, l, cfg.Langfuse.Transport == "otlp", log)
 			}
 			links := langfuseLinks(ctx, configuredLangfuse(cfg))
-			reg := newRegistry()
+			reg := ops.NewRegistry()
 			if err := registerLag(reg, nc, cfg, log); err != nil {
 				return err
 			}
@@ -121,7 +122,7 @@ func newServeCommand(a *app) *cobra.Command {
 			log.Info("serving usage API and dashboard", "database", cfg.ClickHouse.Database,
 				"auth", len(cfg.Serve.Tokens) > 0, "langfuse_links", links.Host != "", "exports", err == nil)
 			// SIGTERM ends ctx: in-flight requests finish before the pool closes.
-			return serveHTTP(ctx, cfg.Serve.Listen, srv, log, 30*time.Second)
+			return ops.Serve(ctx, cfg.Serve.Listen, srv, log, 30*time.Second)
 		},
 	}
 	cmd.Flags().String("listen", "", "host:port of the API and dashboard (serve.listen)")

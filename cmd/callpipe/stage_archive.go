@@ -26,7 +26,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	ready := env.readiness("archive: connecting to S3")
+	ready := env.health.Stage("archive: connecting to S3")
 
 	if err := env.provisionStreams(ctx); err != nil {
 		return err
@@ -34,7 +34,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second, Attempt: 30 * time.Second},
 		func(ctx context.Context) error { return archive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region) },
 		func(err error, wait time.Duration) {
-			ready.waiting(err)
+			ready.Waiting(err)
 			log.Warn("s3 not ready; retrying", "err", err, "retry_in", wait)
 		}); err != nil {
 		return nil
@@ -49,7 +49,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if err != nil {
 		return fmt.Errorf("%w: archive: %w", errConfig, err)
 	}
-	ready.running(s.Healthy)
+	ready.Running(s.Healthy)
 	log.Info("archive sink running", "bucket", cfg.S3.Bucket, "prefix", a.Prefix, "consumer", a.Consumer,
 		"flush_bytes", a.FlushBytes.String(), "flush_interval", a.FlushInterval.String())
 	err = s.Run(ctx)

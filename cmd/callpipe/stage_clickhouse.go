@@ -57,7 +57,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	ready := env.readiness("clickhouse: connecting")
+	ready := env.health.Stage("clickhouse: connecting")
 	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 			SliceRows: uint64(c.Rollup.SliceRows), Grace: time.Duration(c.Rollup.Grace)},
 		LeaseReplicas: cfg.NATS.Stream.Replicas,
 		Log:           log, Registerer: env.reg,
-		Waiting: ready.waiting, Running: ready.running,
+		Waiting: ready.Waiting, Running: ready.Running,
 	}
 	return st.Run(ctx, env.nc)
 }
