@@ -104,12 +104,7 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 			}
 			defer closeRunner()
 
-			stderr := cmd.ErrOrStderr()
-			fmt.Fprintf(stderr, "export %s: %s %s..%s → %s (%s, %s)\n", spec.JobID, spec.Source,
-				spec.From.Format(time.RFC3339), spec.To.Format(time.RFC3339), spec.Dest, spec.Format, spec.Compression)
-			pr := export.NewProgressPrinter(stderr, spec.JobID, time.Second)
-			res, err := runner.Run(ctx, spec, export.RunOptions{Rate: rate, Progress: pr.Update})
-			pr.Final()
+			res, err := runner.RunPrinting(ctx, spec, rate, cmd.ErrOrStderr())
 			if err != nil {
 				var held *export.LeaseHeldError
 				var fe *export.FieldError
@@ -123,20 +118,7 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 				}
 				return err
 			}
-			out := cmd.OutOrStdout()
-			m := res.Manifest
-			switch {
-			case res.AlreadyDone:
-				fmt.Fprintf(out, "export %s: already complete (%d rows in %d parts, finished %s); nothing written\n",
-					res.JobID, m.Rows, len(m.Parts), m.FinishedAt.Format(time.RFC3339))
-			default:
-				how := ""
-				if res.Resumed {
-					how = fmt.Sprintf(", resumed (attempt %d)", m.Attempts)
-				}
-				fmt.Fprintf(out, "export %s: done: %d rows in %d parts, %d bytes%s → %s/%s\n",
-					res.JobID, m.Rows, len(m.Parts), m.Bytes, how, spec.Dest, export.ManifestName)
-			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.Summary(spec.Dest))
 			return nil
 		},
 	}

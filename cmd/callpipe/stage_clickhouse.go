@@ -32,6 +32,12 @@ func clickhouseRetention(cfg *config.Config) chsink.Retention {
 	return chsink.Retention{Calls: r.Calls, Rollups: r.Rollups}
 }
 
+func clickhouseRollup(cfg *config.Config) chsink.RollupConfig {
+	r := cfg.ClickHouse.Rollup
+	return chsink.RollupConfig{Interval: time.Duration(r.Interval), Lease: time.Duration(r.Lease),
+		SliceRows: uint64(r.SliceRows), Grace: time.Duration(r.Grace)}
+}
+
 // migrateClickHouse runs chsink.Migrate with the configuration; an empty
 // clickhouse.addr skips it.
 func migrateClickHouse(ctx context.Context, cfg *config.Config, log *slog.Logger, dropExpired bool) error {
@@ -73,10 +79,9 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, log *slog.Logger) e
 		},
 		Retention:         clickhouseRetention(cfg),
 		RetentionInterval: time.Duration(c.RetentionInterval),
-		Rollup: chsink.RollupConfig{Interval: time.Duration(c.Rollup.Interval), Lease: time.Duration(c.Rollup.Lease),
-			SliceRows: uint64(c.Rollup.SliceRows), Grace: time.Duration(c.Rollup.Grace)},
-		LeaseReplicas: cfg.NATS.Stream.Replicas,
-		Log:           log, Registerer: env.reg,
+		Rollup:            clickhouseRollup(cfg),
+		LeaseReplicas:     cfg.NATS.Stream.Replicas,
+		Log:               log, Registerer: env.reg,
 		Waiting: ready.Waiting, Running: ready.Running,
 	}
 	return st.Run(ctx, env.nc)

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +50,13 @@ type RollupConfig struct {
 	Lease     time.Duration // TTL of the sealing lease
 	SliceRows uint64
 	Grace     time.Duration
+}
+
+// NewSealer is the Sealer of the database and topology of oc, with rc's
+// sizes.
+func NewSealer(conn driver.Conn, oc OutputConfig, rc RollupConfig, log *slog.Logger) *Sealer {
+	return &Sealer{Conn: conn, Database: oc.Database, Topology: oc.Topology, SealAfter: oc.SealAfter,
+		SliceRows: rc.SliceRows, Grace: rc.Grace, Log: log}
 }
 
 // Run runs the stage until ctx ends. It returns nil when ctx ends before
@@ -154,8 +162,7 @@ func (st *Stage) runSealer(ctx context.Context, nc *nats.Conn, out *Output) {
 	}
 	m := newRollupMetrics(st.Registerer)
 	host, _ := os.Hostname()
-	sealer := &Sealer{Conn: out.Conn(), Database: st.Output.Database, Topology: st.Output.Topology, SealAfter: st.Output.SealAfter,
-		SliceRows: st.Rollup.SliceRows, Grace: st.Rollup.Grace, Log: log}
+	sealer := NewSealer(out.Conn(), st.Output, st.Rollup, log)
 	lease := &bus.Lease{JS: js, Key: "rollup-sealer-" + st.Output.Database, Owner: fmt.Sprintf("%s/%d", host, os.Getpid()),
 		TTL: st.Rollup.Lease, Replicas: st.LeaseReplicas, Log: log,
 		OnChange: func(held bool) { m.leader.Set(map[bool]float64{false: 0, true: 1}[held]) }}
