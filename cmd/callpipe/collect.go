@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
@@ -26,16 +24,12 @@ func newCollectCommand(a *app) *cobra.Command {
 				return err
 			}
 			log = log.With("component", "collect")
-			nc, err := connectNATS(cfg, "collect", log)
+			nc, js, err := connectJS(cfg, "collect", log)
 			if err != nil {
 				return err
 			}
 			defer nc.Close()
 			ctx := cmd.Context()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				return fmt.Errorf("jetstream: %w", err)
-			}
 			if err := bus.EnsureCallsStream(ctx, js, streamOptions(cfg)); err != nil {
 				return err
 			}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
@@ -128,36 +127,19 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 // doctorNATSExpect lists the streams and the consumers of the stages this
 // binary has, leaving out sinks that are not configured.
 func doctorNATSExpect(cfg *config.Config) doctor.NATSExpect {
-	exp := doctor.NATSExpect{
-		URL:         cfg.NATS.URL,
-		Streams:     bus.Streams,
-		Replicas:    cfg.NATS.Stream.Replicas,
-		DeadLetters: bus.DeadLetterStream,
-	}
 	configured := map[string]bool{
 		bus.StageNormalize:  true,
 		bus.StageArchive:    cfg.S3.Endpoint != "",
 		bus.StageClickHouse: cfg.ClickHouse.Addr != "",
 		bus.StageLangfuse:   cfg.Langfuse.Host != "",
 	}
-	consumers := pipelineConsumers(cfg)
-	for _, s := range bus.Stages {
-		if _, built := stages[s.Name]; built && configured[s.Name] {
-			c := consumers[s.Name]
-			exp.Consumers = append(exp.Consumers, doctor.Consumer{Stream: c.Stream, Name: c.Name, Stage: c.Stage})
-		}
+	runs := map[string]bool{}
+	for name := range stages {
+		runs[name] = configured[name]
 	}
-	if _, built := stages[bus.StageLangfuse]; built && cfg.Langfuse.Host == "" {
-		// Langfuse set up from the dashboard only: its consumer is expected too
-		c := consumers[bus.StageLangfuse]
-		exp.RuntimeConsumers = func(ctx context.Context, js jetstream.JetStream) []doctor.Consumer {
-			if _, ok := doctor.SavedLangfuse(ctx, js); !ok {
-				return nil
-			}
-			return []doctor.Consumer{{Stream: c.Stream, Name: c.Name, Stage: c.Stage}}
-		}
-	}
-	return exp
+	_, langfuse := stages[bus.StageLangfuse]
+	return doctor.ExpectPipeline(cfg.NATS.URL, cfg.NATS.Stream.Replicas, pipelineConsumers(cfg), runs,
+		langfuse && cfg.Langfuse.Host == "") // Langfuse set up from the dashboard only: its consumer is expected too
 }
 
 // doctorNATSOptions are the connection options of ingest.Connect without its

@@ -53,10 +53,8 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 
-			langfuseLinks := func(ctx context.Context, l settings.Langfuse) usageapi.LangfuseLinks {
-				return usageapi.LinksFor(ctx, l, cfg.Langfuse.Transport == "otlp", log)
-			}
-			links := langfuseLinks(ctx, configuredLangfuse(cfg))
+			otlp := cfg.Langfuse.Transport == "otlp"
+			links := usageapi.LinksFor(ctx, configuredLangfuse(cfg), otlp, log)
 			reg := ops.NewRegistry()
 			if err := registerLag(reg, nc, cfg, log); err != nil {
 				return err
@@ -73,25 +71,8 @@ func newServeCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
-				Opened: func(ctx context.Context, store *settings.Store) {
-					// links follow the settings saved from the dashboard
-					err := store.WatchLangfuse(ctx, configuredLangfuse(cfg), func(eff settings.Effective) {
-						if eff.Source == settings.SourceConfig {
-							srv.SetLangfuse(links)
-							return
-						}
-						srv.SetLangfuse(langfuseLinks(ctx, eff.Langfuse))
-					})
-					if err != nil && ctx.Err() == nil {
-						log.Warn("settings: watching the Langfuse settings stopped; links keep the last ones", "err", err)
-					}
-				}}
-			srv.Mount("/api/v1/settings/", func(mux *http.ServeMux) {
-				for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
-					mux.Handle(m+" /api/v1/settings/", gate) // the settings routes refine the pattern once open
-				}
-			})
+			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log}
+			srv.MountSettings(gate, configuredLangfuse(cfg), links, otlp, log)
 			sctx, stopSettings := context.WithCancel(ctx)
 			defer stopSettings()
 			go gate.Open(sctx)

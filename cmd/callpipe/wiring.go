@@ -28,6 +28,20 @@ func connectNATS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn,
 	})
 }
 
+// connectJS is connectNATS and its JetStream context.
+func connectJS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := connectNATS(cfg, name, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
 // newS3 is the S3 (MinIO or AWS) client of the s3 section. maxRetries bounds
 // minio-go's own retries of a request (0: its default), so that a caller that
 // must answer quickly (doctor) can give up early.
@@ -78,17 +92,5 @@ func registerLag(reg prometheus.Registerer, nc *nats.Conn, cfg *config.Config, l
 	if err != nil {
 		return err
 	}
-	all := pipelineConsumers(cfg)
-	var cs []bus.Consumer
-	if len(stageNames) == 0 {
-		for _, s := range bus.Stages {
-			cs = append(cs, all[s.Name])
-		}
-	}
-	for _, s := range stageNames {
-		if c, ok := all[s]; ok {
-			cs = append(cs, c)
-		}
-	}
-	return reg.Register(bus.NewLagCollector(js, cs, []string{bus.DeadLetterStream}, log))
+	return reg.Register(bus.NewStageLagCollector(js, pipelineConsumers(cfg), log, stageNames...))
 }
