@@ -1,11 +1,11 @@
 package transform
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
+
+	"github.com/callpipe/callpipe/internal/textout"
 )
 
 // WriteUsers writes the registered keys as `callpipe users ls` shows them: a
@@ -13,16 +13,9 @@ import (
 // per line when asJSON.
 func WriteUsers(w io.Writer, recs []UserRecord, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		for _, r := range recs {
-			if err := enc.Encode(r); err != nil {
-				return err
-			}
-		}
-		return nil
+		return textout.JSONLines(w, recs)
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "USER\tNAME\tKEY PREFIX\tSHA256\tCREATED")
+	tw := textout.Table(w, "USER\tNAME\tKEY PREFIX\tSHA256\tCREATED")
 	for _, r := range recs {
 		created := r.Created
 		if t, err := time.Parse(time.RFC3339, r.Created); err == nil {
