@@ -62,30 +62,8 @@ func newProxyCommand(a *app) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%w: %w", errConfig, err)
 			}
-			// Run outlives the signal: it keeps publishing while in-flight
-			// calls finish, and stops in p.Close below.
-			runDone := make(chan struct{})
-			go func() {
-				defer close(runDone)
-				if err := p.Run(context.WithoutCancel(ctx)); err != nil {
-					log.Error("proxy emitter", "err", err)
-				}
-			}()
-
 			mux := ops.Mux(reg, func() error { return nil }) // healthy while it can forward; NATS state is in metrics
-			mux.Handle("/", p)
-			serveErr := ops.Serve(ctx, cfg.Proxy.Listen, mux, log, 60*time.Second)
-			// Order matters: no new calls, then every captured event is
-			// published or spooled, then the publisher and NATS close.
-			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := p.Close(cctx); err != nil {
-				log.Error("proxy close", "err", err)
-			}
-			<-runDone
-			if err := pub.Close(cctx); err != nil {
-				log.Error("publisher close", "err", err)
-			}
+			serveErr := p.Serve(ctx, cfg.Proxy.Listen, mux, pub.Close, log)
 			if err := nc.Drain(); err != nil {
 				log.Error("nats drain", "err", err)
 			}

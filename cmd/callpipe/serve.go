@@ -79,23 +79,9 @@ func newServeCommand(a *app) *cobra.Command {
 
 			// Export jobs need S3 and Redis; without them serve still serves
 			// usage and answers the jobs API with 503 naming what is missing.
-			var exports http.Handler
 			runner, closeRunner, err := newExportRunner(ctx, cfg, log, true)
-			if err != nil {
-				log.Warn("export jobs API unavailable", "err", err)
-				exports = export.Unavailable(err.Error())
-			} else {
-				h := export.NewHandler(runner, log)
-				exports = h
-				defer func() {
-					sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					defer cancel()
-					if err := h.Shutdown(sctx); err != nil {
-						log.Error("export jobs shutdown", "err", err)
-					}
-					closeRunner()
-				}()
-			}
+			exports, stopExports := export.JobsAPI(runner, closeRunner, err, log)
+			defer stopExports()
 			for _, prefix := range []string{"/api/v1/exports", "/api/v1/exports/"} {
 				srv.Mount(prefix, func(mux *http.ServeMux) { mux.Handle(prefix, exports) })
 			}
