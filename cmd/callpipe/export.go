@@ -11,7 +11,6 @@ import (
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/export"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
 func init() { registerCommand(newExportCommand) }
@@ -28,12 +27,7 @@ func newExportRunner(ctx context.Context, cfg *config.Config, log *slog.Logger, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: redis.addr: %w (export jobs keep their lease and checkpoint in Redis)", errConfig, err)
 	}
-	closers := []func(){func() { _ = rdb.Close() }}
-	closeFn = func() {
-		for _, c := range closers {
-			c()
-		}
-	}
+	closeFn = func() { _ = rdb.Close() }
 	e := cfg.Export
 	r = &export.Runner{
 		S3: s3, Redis: rdb, Database: cfg.ClickHouse.Database, Log: log,
@@ -45,22 +39,13 @@ func newExportRunner(ctx context.Context, cfg *config.Config, log *slog.Logger, 
 		},
 	}
 	if withClickHouse {
-		if cfg.ClickHouse.Addr == "" {
-			closeFn()
-			return nil, nil, fmt.Errorf("%w: clickhouse.addr: required to export calls", errConfig)
-		}
-		oc, err := clickhouseOutputConfig(cfg)
-		if err != nil {
-			closeFn()
-			return nil, nil, err
-		}
-		conn, err := chsink.Open(ctx, oc)
+		conn, _, err := openClickHouse(ctx, cfg, "required to export calls")
 		if err != nil {
 			closeFn()
 			return nil, nil, err
 		}
 		r.CH = conn
-		closers = append(closers, func() { _ = conn.Close() })
+		closeFn = func() { _ = rdb.Close(); _ = conn.Close() }
 	}
 	return r, closeFn, nil
 }

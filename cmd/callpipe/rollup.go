@@ -30,14 +30,7 @@ func openSealer(a *app, cmd *cobra.Command) (*chsink.Sealer, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if cfg.ClickHouse.Addr == "" {
-		return nil, nil, fmt.Errorf("%w: clickhouse.addr: required", errConfig)
-	}
-	oc, err := clickhouseOutputConfig(cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	conn, err := chsink.Open(cmd.Context(), oc)
+	conn, oc, err := openClickHouse(cmd.Context(), cfg, "required")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/callpipe/callpipe/export"
 	"github.com/callpipe/callpipe/internal/ops"
 	"github.com/callpipe/callpipe/settings"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/usageapi"
 )
 
@@ -29,17 +27,10 @@ func newServeCommand(a *app) *cobra.Command {
 				return err
 			}
 			log = log.With("component", "serve")
-			if cfg.ClickHouse.Addr == "" {
-				return fmt.Errorf("%w: clickhouse.addr: required by serve", errConfig)
-			}
-			oc, err := clickhouseOutputConfig(cfg)
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			// The connection pool reconnects by itself; /readyz reports
 			// ClickHouse outages, so serve starts only once it is reachable.
-			conn, err := chsink.Open(ctx, oc)
+			conn, _, err := openClickHouse(ctx, cfg, "required by serve")
 			if err != nil {
 				return err
 			}

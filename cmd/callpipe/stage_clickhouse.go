@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
@@ -25,6 +26,20 @@ func clickhouseOutputConfig(cfg *config.Config) (chsink.OutputConfig, error) {
 		MaxTextBytes: int(c.MaxTextBytes), MaxInFlight: c.MaxInFlight,
 		Topology: chsink.Topology{Cluster: c.Cluster}, SealAfter: cfg.SealAfter(),
 	}, nil
+}
+
+// openClickHouse connects to the configured ClickHouse (chsink.Open pings);
+// an empty clickhouse.addr is a configuration error saying why it is needed.
+func openClickHouse(ctx context.Context, cfg *config.Config, why string) (driver.Conn, chsink.OutputConfig, error) {
+	if cfg.ClickHouse.Addr == "" {
+		return nil, chsink.OutputConfig{}, fmt.Errorf("%w: clickhouse.addr: %s", errConfig, why)
+	}
+	oc, err := clickhouseOutputConfig(cfg)
+	if err != nil {
+		return nil, oc, err
+	}
+	conn, err := chsink.Open(ctx, oc)
+	return conn, oc, err
 }
 
 func clickhouseRetention(cfg *config.Config) chsink.Retention {
