@@ -1,11 +1,13 @@
 package transform
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/callpipe/callpipe/internal/textout"
+	"github.com/callpipe/callpipe/schema"
 )
 
 // WriteUsers writes the registered keys as `callpipe users ls` shows them: a
@@ -24,4 +26,11 @@ func WriteUsers(w io.Writer, recs []UserRecord, asJSON bool) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, r.Prefix, r.KeyHash, created)
 	}
 	return tw.Flush()
+}
+
+// UserOf is the user id ev is attributed to, as normalize resolves it: its
+// explicit user, else its API key's owner (replay's --user filter).
+func (r *UserResolver) UserOf(ctx context.Context, ev *schema.Event) string {
+	u, _ := r.Resolve(ctx, ev.User, ev.APIKeyHash)
+	return u
 }

@@ -70,12 +70,8 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 				defer rdb.Close()
 				cp = replay.NewCheckpoints(rdb, cfg.Archive.ReplayCheckpointPrefix, 0)
 				if user != "" {
-					users := transform.NewUserResolver(transform.UserOptions{Redis: rdb, KeyPrefix: cfg.Transform.UserKeyPrefix,
-						Timeout: time.Duration(cfg.Transform.UserLookupTimeout), Log: log})
-					o.UserOf = func(ctx context.Context, ev *schema.Event) string {
-						u, _ := users.Resolve(ctx, ev.User, ev.APIKeyHash)
-						return u
-					}
+					o.UserOf = transform.NewUserResolver(transform.UserOptions{Redis: rdb, KeyPrefix: cfg.Transform.UserKeyPrefix,
+						Timeout: time.Duration(cfg.Transform.UserLookupTimeout), Log: log}).UserOf
 				}
 			}
 			if dryRun {
