@@ -40,12 +40,7 @@ func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 	}
 	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second, Attempt: 30 * time.Second},
 		func(ctx context.Context) error { return EnsureBucket(ctx, st.S3, st.Sink.Bucket, st.Region) },
-		func(err error, wait time.Duration) {
-			if st.Waiting != nil {
-				st.Waiting(err)
-			}
-			log.Warn("s3 not ready; retrying", "err", err, "retry_in", wait)
-		}); err != nil {
+		retry.Reporting("s3", st.Waiting, log)); err != nil {
 		return nil
 	}
 	s, err := NewSink(nc, st.S3, st.Sink)

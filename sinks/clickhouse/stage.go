@@ -62,6 +62,9 @@ func NewSealer(conn driver.Conn, oc OutputConfig, rc RollupConfig, log *slog.Log
 // Run runs the stage until ctx ends. It returns nil when ctx ends before
 // ClickHouse became ready.
 func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
+	if st.Log == nil {
+		st.Log = slog.New(slog.DiscardHandler)
+	}
 	log := st.Log
 	out := NewOutput(st.Output)
 	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second},
@@ -71,12 +74,7 @@ func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 			}
 			return Migrate(ctx, st.Output, st.Retention, log, false)
 		},
-		func(err error, wait time.Duration) {
-			if st.Waiting != nil {
-				st.Waiting(err)
-			}
-			log.Warn("clickhouse not ready; retrying", "err", err, "retry_in", wait)
-		}); err != nil {
+		retry.Reporting("clickhouse", st.Waiting, log)); err != nil {
 		return nil
 	}
 	defer out.Close()
