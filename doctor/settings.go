@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +15,18 @@ import (
 
 	"github.com/callpipe/callpipe/settings"
 )
+
+// DialNATS connects to url with opts, giving up when ctx ends (its deadline
+// is the connect timeout): the connect of NATS and LangfuseSettings.
+func DialNATS(url string, opts []nats.Option) func(ctx context.Context) (*nats.Conn, error) {
+	return func(ctx context.Context) (*nats.Conn, error) {
+		opts := slices.Clone(opts)
+		if dl, ok := ctx.Deadline(); ok {
+			opts = append(opts, nats.Timeout(time.Until(dl)))
+		}
+		return nats.Connect(url, opts...)
+	}
+}
 
 // LangfuseSettings checks the Langfuse settings in effect: those saved from
 // the dashboard (NATS KV bucket settings.Bucket, read with a connection from

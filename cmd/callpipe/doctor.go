@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -76,13 +75,7 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 	if err != nil {
 		return nil, err
 	}
-	connect := func(ctx context.Context) (*nats.Conn, error) {
-		opts := slices.Clone(natsOpts)
-		if dl, ok := ctx.Deadline(); ok {
-			opts = append(opts, nats.Timeout(time.Until(dl)))
-		}
-		return nats.Connect(cfg.NATS.URL, opts...)
-	}
+	connect := doctor.DialNATS(cfg.NATS.URL, natsOpts)
 	checks := []doctor.Check{doctor.NATS(connect, doctorNATSExpect(cfg))}
 
 	if cfg.ClickHouse.Addr == "" {
