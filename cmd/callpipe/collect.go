@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -46,16 +45,7 @@ func newCollectCommand(a *app) *cobra.Command {
 				Logger:       log,
 				Registerer:   reg,
 			})
-			mux := ops.Mux(reg, ops.NATSHealth(nc))
-			mux.Handle("/v1/events", col)
-			// Requests in flight finish (their publishes are acknowledged)
-			// before the publisher and the connection close.
-			serveErr := ops.Serve(ctx, cfg.Collect.Listen, mux, log, 30*time.Second)
-			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := pub.Close(fctx); err != nil {
-				log.Error("publisher close", "err", err)
-			}
+			serveErr := col.Serve(ctx, cfg.Collect.Listen, ops.Mux(reg, ops.NATSHealth(nc)), pub.Close, log)
 			if err := nc.Drain(); err != nil {
 				log.Error("nats drain", "err", err)
 			}
