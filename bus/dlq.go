@@ -3,14 +3,13 @@ package bus
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"strconv"
-	"text/tabwriter"
 	"time"
 
+	"github.com/callpipe/callpipe/internal/textout"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -165,16 +164,9 @@ func RetryDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (D
 // object per line.
 func PrintDeadLetters(w io.Writer, dls []DeadLetter, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		for _, d := range dls {
-			if err := enc.Encode(d); err != nil {
-				return err
-			}
-		}
-		return nil
+		return textout.JSONLines(w, dls)
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tSTAGE\tSOURCE\tATTEMPTS\tERROR")
+	tw := textout.Table(w, "SEQ\tTIME\tSTAGE\tSOURCE\tATTEMPTS\tERROR")
 	for _, d := range dls {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s#%d\t%d\t%s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), d.Stage,
 			d.SourceSubject, d.SourceSeq, d.Attempts, d.Error)

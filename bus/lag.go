@@ -24,6 +24,24 @@ type LagCollector struct {
 	streamMsgs, streamBytes              *prometheus.Desc
 }
 
+// NewStageLagCollector watches the consumers of the named stages (every
+// stage of Stages when none is named; names without a consumer in all are
+// left out), as all names them, and the size of the dead-letter stream.
+func NewStageLagCollector(js jetstream.JetStream, all map[string]Consumer, log *slog.Logger, stageNames ...string) *LagCollector {
+	if len(stageNames) == 0 {
+		for _, s := range Stages {
+			stageNames = append(stageNames, s.Name)
+		}
+	}
+	var cs []Consumer
+	for _, s := range stageNames {
+		if c, ok := all[s]; ok {
+			cs = append(cs, c)
+		}
+	}
+	return NewLagCollector(js, cs, []string{DeadLetterStream}, log)
+}
+
 // NewLagCollector watches consumers (with the names they run under, which
 // may be configured: see ConsumerOf) and the sizes of streams.
 func NewLagCollector(js jetstream.JetStream, consumers []Consumer, streams []string, log *slog.Logger) *LagCollector {

@@ -2,6 +2,12 @@
 // its JetStream streams and consumers, ClickHouse and its schema version, the
 // S3 bucket, Redis, Langfuse) and reports one line per thing checked: ok, or
 // what is wrong and how to fix it.
+//
+// The caller builds the checks from its configuration (clients, addresses,
+// ExpectPipeline for the bus) and prints them; Skipped stands for a
+// dependency that is not configured, LangfuseSettings checks the Langfuse
+// settings in effect (saved from the dashboard over configured) and Probe is
+// the image's healthcheck.
 package doctor
 
 import (

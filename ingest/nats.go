@@ -29,6 +29,33 @@ type NATSOptions struct {
 	ConnectWait time.Duration
 }
 
+// AuthOptions are the credential and TLS options of o (user, token, NKey
+// seed, creds file, TLS). Only reading the NKey seed file can fail; the error
+// is that of nats.NkeyOptionFromSeed.
+func AuthOptions(o NATSOptions) ([]nats.Option, error) {
+	var opts []nats.Option
+	if o.User != "" {
+		opts = append(opts, nats.UserInfo(o.User, o.Password))
+	}
+	if o.Token != "" {
+		opts = append(opts, nats.Token(o.Token))
+	}
+	if o.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(o.NKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, opt)
+	}
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	}
+	if o.TLS != nil {
+		opts = append(opts, nats.Secure(o.TLS))
+	}
+	return opts, nil
+}
+
 // Connect dials NATS and keeps reconnecting for ever: a component that starts
 // before NATS, or outlives a NATS restart, recovers without a restart of its own.
 func Connect(o NATSOptions) (*nats.Conn, error) {
@@ -50,25 +77,11 @@ func Connect(o NATSOptions) (*nats.Conn, error) {
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("nats async error", "err", err) }),
 	}
-	if o.User != "" {
-		opts = append(opts, nats.UserInfo(o.User, o.Password))
+	auth, err := AuthOptions(o)
+	if err != nil {
+		return nil, fmt.Errorf("nats nkey file %s: %w", o.NKeyFile, err)
 	}
-	if o.Token != "" {
-		opts = append(opts, nats.Token(o.Token))
-	}
-	if o.NKeyFile != "" {
-		opt, err := nats.NkeyOptionFromSeed(o.NKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("nats nkey file %s: %w", o.NKeyFile, err)
-		}
-		opts = append(opts, opt)
-	}
-	if o.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(o.CredsFile))
-	}
-	if o.TLS != nil {
-		opts = append(opts, nats.Secure(o.TLS))
-	}
+	opts = append(opts, auth...)
 	connected := make(chan struct{})
 	var once sync.Once
 	opts = append(opts, nats.ConnectHandler(func(*nats.Conn) { once.Do(func() { close(connected) }) }))

@@ -1,16 +1,14 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/collector"
+	"github.com/callpipe/callpipe/internal/ops"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -25,16 +23,12 @@ func newCollectCommand(a *app) *cobra.Command {
 				return err
 			}
 			log = log.With("component", "collect")
-			nc, err := connectNATS(cfg, "collect", log)
+			nc, js, err := connectJS(cfg, "collect", log)
 			if err != nil {
 				return err
 			}
 			defer nc.Close()
 			ctx := cmd.Context()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				return fmt.Errorf("jetstream: %w", err)
-			}
 			if err := bus.EnsureCallsStream(ctx, js, streamOptions(cfg)); err != nil {
 				return err
 			}
@@ -42,7 +36,7 @@ func newCollectCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reg := newRegistry()
+			reg := ops.NewRegistry()
 			col := collector.New(pub, collector.Options{
 				MaxBodyBytes: int64(cfg.Collect.MaxBodyBytes),
 				ReadTimeout:  time.Duration(cfg.Collect.ReadTimeout),
@@ -51,16 +45,7 @@ func newCollectCommand(a *app) *cobra.Command {
 				Logger:       log,
 				Registerer:   reg,
 			})
-			mux := opsMux(reg, natsHealth(nc))
-			mux.Handle("/v1/events", col)
-			// Requests in flight finish (their publishes are acknowledged)
-			// before the publisher and the connection close.
-			serveErr := serveHTTP(ctx, cfg.Collect.Listen, mux, log, 30*time.Second)
-			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := pub.Close(fctx); err != nil {
-				log.Error("publisher close", "err", err)
-			}
+			serveErr := col.Serve(ctx, cfg.Collect.Listen, ops.Mux(reg, ops.NATSHealth(nc)), pub.Close, log)
 			if err := nc.Drain(); err != nil {
 				log.Error("nats drain", "err", err)
 			}

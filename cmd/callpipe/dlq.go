@@ -21,15 +21,11 @@ func newDLQCommand(a *app) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		nc, err := connectNATS(cfg, "dlq", log)
+		nc, js, err := connectJS(cfg, "dlq", log)
 		if err != nil {
 			return err
 		}
 		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return fmt.Errorf("jetstream: %w", err)
-		}
 		return f(js)
 	}
 	var from uint64

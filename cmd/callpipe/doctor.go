@@ -2,23 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/doctor"
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/settings"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
@@ -44,7 +41,10 @@ func newDoctorCommand(a *app) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if probe != "" {
-				return probeURL(cmd.Context(), probe, timeout)
+				if _, err := http.NewRequest(http.MethodGet, probe, nil); err != nil {
+					return fmt.Errorf("%w: --probe %q: %w", errUsage, probe, err)
+				}
+				return doctor.Probe(cmd.Context(), probe, timeout)
 			}
 			cfg, _, err := a.load(cmd, nil)
 			if err != nil {
@@ -75,16 +75,11 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 	if err != nil {
 		return nil, err
 	}
-	checks := []doctor.Check{doctor.NATS(func(ctx context.Context) (*nats.Conn, error) {
-		opts := slices.Clone(natsOpts)
-		if dl, ok := ctx.Deadline(); ok {
-			opts = append(opts, nats.Timeout(time.Until(dl)))
-		}
-		return nats.Connect(cfg.NATS.URL, opts...)
-	}, doctorNATSExpect(cfg))}
+	connect := doctor.DialNATS(cfg.NATS.URL, natsOpts)
+	checks := []doctor.Check{doctor.NATS(connect, doctorNATSExpect(cfg))}
 
 	if cfg.ClickHouse.Addr == "" {
-		checks = append(checks, skipped("clickhouse", "clickhouse.addr is empty"))
+		checks = append(checks, doctor.Skipped("clickhouse", "clickhouse.addr is empty"))
 	} else {
 		oc, err := clickhouseOutputConfig(cfg)
 		if err != nil {
@@ -99,7 +94,7 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 	}
 
 	if cfg.S3.Endpoint == "" {
-		checks = append(checks, skipped("s3", "s3.endpoint is empty"))
+		checks = append(checks, doctor.Skipped("s3", "s3.endpoint is empty"))
 	} else {
 		client, err := newS3(cfg, 1) // one retry: an unreachable endpoint must be reported within --timeout
 		if err != nil {
@@ -109,167 +104,49 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 	}
 
 	if cfg.Redis.Addr == "" {
-		checks = append(checks, skipped("redis", "redis.addr is empty (API keys resolve to anonymous)"))
+		checks = append(checks, doctor.Skipped("redis", "redis.addr is empty (API keys resolve to anonymous)"))
 	} else {
 		rdb, err := newRedis(cfg, 0)
 		if err != nil {
 			return nil, err
 		}
-		checks = append(checks, closing(doctor.Redis(cfg.Redis.Addr, rdb), func() { _ = rdb.Close() }))
+		checks = append(checks, doctor.Closing(doctor.Redis(cfg.Redis.Addr, rdb), func() { _ = rdb.Close() }))
 	}
 
-	checks = append(checks, doctorLangfuse(cfg, natsOpts))
+	checks = append(checks, doctor.LangfuseSettings(settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey}, connect))
 	return checks, nil
-}
-
-// doctorLangfuse checks the Langfuse settings in effect: those saved from the
-// dashboard (NATS KV bucket settings.Bucket) win over the configuration.
-func doctorLangfuse(cfg *config.Config, natsOpts []nats.Option) doctor.Check {
-	return func(ctx context.Context) []doctor.Result {
-		l := settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey}
-		source := settings.SourceConfig
-		if saved, ok := savedLangfuse(ctx, cfg.NATS.URL, natsOpts); ok {
-			l, source = saved, settings.SourceSaved
-		}
-		if l.Host == "" {
-			return []doctor.Result{{Name: "langfuse", Status: doctor.Skip,
-				Detail: "not configured: langfuse.host is empty (LANGFUSE_HOST) and no Langfuse settings were saved from the dashboard"}}
-		}
-		rs := doctor.Langfuse(l.Host, l.PublicKey, l.SecretKey, &http.Client{})(ctx)
-		rs[0].Detail += " (settings from " + source + ")"
-		return rs
-	}
-}
-
-// savedLangfuse reads the Langfuse settings saved at run time, if any. It
-// never creates the bucket; NATS problems are the nats line's to report.
-func savedLangfuse(ctx context.Context, url string, natsOpts []nats.Option) (settings.Langfuse, bool) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	nc, err := nats.Connect(url, append(slices.Clone(natsOpts), nats.Timeout(2*time.Second))...)
-	if err != nil {
-		return settings.Langfuse{}, false
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return settings.Langfuse{}, false
-	}
-	return savedLangfuseIn(ctx, js)
-}
-
-func savedLangfuseIn(ctx context.Context, js jetstream.JetStream) (settings.Langfuse, bool) {
-	kv, err := js.KeyValue(ctx, settings.Bucket)
-	if err != nil {
-		return settings.Langfuse{}, false
-	}
-	e, err := kv.Get(ctx, settings.LangfuseKey)
-	if err != nil {
-		return settings.Langfuse{}, false
-	}
-	var l settings.Langfuse
-	if err := json.Unmarshal(e.Value(), &l); err != nil || l.Host == "" {
-		return settings.Langfuse{}, false
-	}
-	return l, true
 }
 
 // doctorNATSExpect lists the streams and the consumers of the stages this
 // binary has, leaving out sinks that are not configured.
 func doctorNATSExpect(cfg *config.Config) doctor.NATSExpect {
-	exp := doctor.NATSExpect{
-		URL:         cfg.NATS.URL,
-		Streams:     bus.Streams,
-		Replicas:    cfg.NATS.Stream.Replicas,
-		DeadLetters: bus.DeadLetterStream,
-	}
 	configured := map[string]bool{
 		bus.StageNormalize:  true,
 		bus.StageArchive:    cfg.S3.Endpoint != "",
 		bus.StageClickHouse: cfg.ClickHouse.Addr != "",
 		bus.StageLangfuse:   cfg.Langfuse.Host != "",
 	}
-	consumers := pipelineConsumers(cfg)
-	for _, s := range bus.Stages {
-		if _, built := stages[s.Name]; built && configured[s.Name] {
-			c := consumers[s.Name]
-			exp.Consumers = append(exp.Consumers, doctor.Consumer{Stream: c.Stream, Name: c.Name, Stage: c.Stage})
-		}
+	runs := map[string]bool{}
+	for name := range stages {
+		runs[name] = configured[name]
 	}
-	if _, built := stages[bus.StageLangfuse]; built && cfg.Langfuse.Host == "" {
-		// Langfuse set up from the dashboard only: its consumer is expected too
-		c := consumers[bus.StageLangfuse]
-		exp.RuntimeConsumers = func(ctx context.Context, js jetstream.JetStream) []doctor.Consumer {
-			if _, ok := savedLangfuseIn(ctx, js); !ok {
-				return nil
-			}
-			return []doctor.Consumer{{Stream: c.Stream, Name: c.Name, Stage: c.Stage}}
-		}
-	}
-	return exp
+	_, langfuse := stages[bus.StageLangfuse]
+	return doctor.ExpectPipeline(cfg.NATS.URL, cfg.NATS.Stream.Replicas, pipelineConsumers(cfg), runs,
+		langfuse && cfg.Langfuse.Host == "") // Langfuse set up from the dashboard only: its consumer is expected too
 }
 
 // doctorNATSOptions are the connection options of ingest.Connect without its
 // retry-for-ever, so that an unreachable server shows its real error at once.
 func doctorNATSOptions(cfg *config.Config) ([]nats.Option, error) {
 	n := cfg.NATS
-	opts := []nats.Option{nats.Name("callpipe-doctor"), nats.NoReconnect()}
-	if n.User != "" {
-		opts = append(opts, nats.UserInfo(n.User, n.Password))
-	}
-	if n.Token != "" {
-		opts = append(opts, nats.Token(n.Token))
-	}
-	if n.NKeyFile != "" {
-		opt, err := nats.NkeyOptionFromSeed(n.NKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: nats.nkey_file %s: %w", errConfig, n.NKeyFile, err)
-		}
-		opts = append(opts, opt)
-	}
-	if n.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(n.CredsFile))
-	}
 	tlsCfg, err := n.TLS.Build()
 	if err != nil {
 		return nil, fmt.Errorf("%w: nats.tls: %w", errConfig, err)
 	}
-	if tlsCfg != nil {
-		opts = append(opts, nats.Secure(tlsCfg))
-	}
-	return opts, nil
-}
-
-// probeURL is a container healthcheck: nil on a 2xx answer within timeout.
-func probeURL(ctx context.Context, url string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	auth, err := ingest.AuthOptions(ingest.NATSOptions{User: n.User, Password: n.Password, Token: n.Token,
+		NKeyFile: n.NKeyFile, CredsFile: n.CredsFile, TLS: tlsCfg})
 	if err != nil {
-		return fmt.Errorf("%w: --probe %q: %w", errUsage, url, err)
+		return nil, fmt.Errorf("%w: nats.nkey_file %s: %w", errConfig, n.NKeyFile, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("probe %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("probe %s: %s %s", url, resp.Status, strings.TrimSpace(string(body)))
-	}
-	return nil
-}
-
-func skipped(name, why string) doctor.Check {
-	return func(context.Context) []doctor.Result {
-		return []doctor.Result{{Name: name, Status: doctor.Skip, Detail: "not configured: " + why}}
-	}
-}
-
-// closing releases a check's client once it ran.
-func closing(c doctor.Check, release func()) doctor.Check {
-	return func(ctx context.Context) []doctor.Result {
-		defer release()
-		return c(ctx)
-	}
+	return append([]nats.Option{nats.Name("callpipe-doctor"), nats.NoReconnect()}, auth...), nil
 }

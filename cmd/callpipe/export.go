@@ -11,7 +11,6 @@ import (
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/export"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
 func init() { registerCommand(newExportCommand) }
@@ -28,12 +27,7 @@ func newExportRunner(ctx context.Context, cfg *config.Config, log *slog.Logger, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: redis.addr: %w (export jobs keep their lease and checkpoint in Redis)", errConfig, err)
 	}
-	closers := []func(){func() { _ = rdb.Close() }}
-	closeFn = func() {
-		for _, c := range closers {
-			c()
-		}
-	}
+	closeFn = func() { _ = rdb.Close() }
 	e := cfg.Export
 	r = &export.Runner{
 		S3: s3, Redis: rdb, Database: cfg.ClickHouse.Database, Log: log,
@@ -45,22 +39,13 @@ func newExportRunner(ctx context.Context, cfg *config.Config, log *slog.Logger, 
 		},
 	}
 	if withClickHouse {
-		if cfg.ClickHouse.Addr == "" {
-			closeFn()
-			return nil, nil, fmt.Errorf("%w: clickhouse.addr: required to export calls", errConfig)
-		}
-		oc, err := clickhouseOutputConfig(cfg)
-		if err != nil {
-			closeFn()
-			return nil, nil, err
-		}
-		conn, err := chsink.Open(ctx, oc)
+		conn, _, err := openClickHouse(ctx, cfg, "required to export calls")
 		if err != nil {
 			closeFn()
 			return nil, nil, err
 		}
 		r.CH = conn
-		closers = append(closers, func() { _ = conn.Close() })
+		closeFn = func() { _ = rdb.Close(); _ = conn.Close() }
 	}
 	return r, closeFn, nil
 }
@@ -104,12 +89,7 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 			}
 			defer closeRunner()
 
-			stderr := cmd.ErrOrStderr()
-			fmt.Fprintf(stderr, "export %s: %s %s..%s → %s (%s, %s)\n", spec.JobID, spec.Source,
-				spec.From.Format(time.RFC3339), spec.To.Format(time.RFC3339), spec.Dest, spec.Format, spec.Compression)
-			pr := export.NewProgressPrinter(stderr, spec.JobID, time.Second)
-			res, err := runner.Run(ctx, spec, export.RunOptions{Rate: rate, Progress: pr.Update})
-			pr.Final()
+			res, err := runner.RunPrinting(ctx, spec, rate, cmd.ErrOrStderr())
 			if err != nil {
 				var held *export.LeaseHeldError
 				var fe *export.FieldError
@@ -123,20 +103,7 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 				}
 				return err
 			}
-			out := cmd.OutOrStdout()
-			m := res.Manifest
-			switch {
-			case res.AlreadyDone:
-				fmt.Fprintf(out, "export %s: already complete (%d rows in %d parts, finished %s); nothing written\n",
-					res.JobID, m.Rows, len(m.Parts), m.FinishedAt.Format(time.RFC3339))
-			default:
-				how := ""
-				if res.Resumed {
-					how = fmt.Sprintf(", resumed (attempt %d)", m.Attempts)
-				}
-				fmt.Fprintf(out, "export %s: done: %d rows in %d parts, %d bytes%s → %s/%s\n",
-					res.JobID, m.Rows, len(m.Parts), m.Bytes, how, spec.Dest, export.ManifestName)
-			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.Summary(spec.Dest))
 			return nil
 		},
 	}

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"fmt"
-
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
@@ -26,15 +23,11 @@ without TTL).`,
 			if err != nil {
 				return err
 			}
-			nc, err := connectNATS(cfg, "migrate", log)
+			nc, js, err := connectJS(cfg, "migrate", log)
 			if err != nil {
 				return err
 			}
 			defer nc.Close()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				return fmt.Errorf("jetstream: %w", err)
-			}
 			if err := bus.EnsureStreams(cmd.Context(), js, streamOptions(cfg)); err != nil {
 				return err
 			}

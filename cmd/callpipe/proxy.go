@@ -12,6 +12,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/proxy"
+	"github.com/callpipe/callpipe/internal/ops"
 )
 
 func newProxyCommand(a *app) *cobra.Command {
@@ -48,7 +49,7 @@ func newProxyCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reg := newRegistry()
+			reg := ops.NewRegistry()
 			opts := proxy.DefaultOptions(upstream)
 			opts.CaptureLimit = int(cfg.Proxy.CaptureLimit)
 			opts.AskUsage = cfg.Proxy.AskUsage
@@ -61,30 +62,8 @@ func newProxyCommand(a *app) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%w: %w", errConfig, err)
 			}
-			// Run outlives the signal: it keeps publishing while in-flight
-			// calls finish, and stops in p.Close below.
-			runDone := make(chan struct{})
-			go func() {
-				defer close(runDone)
-				if err := p.Run(context.WithoutCancel(ctx)); err != nil {
-					log.Error("proxy emitter", "err", err)
-				}
-			}()
-
-			mux := opsMux(reg, func() error { return nil }) // healthy while it can forward; NATS state is in metrics
-			mux.Handle("/", p)
-			serveErr := serveHTTP(ctx, cfg.Proxy.Listen, mux, log, 60*time.Second)
-			// Order matters: no new calls, then every captured event is
-			// published or spooled, then the publisher and NATS close.
-			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := p.Close(cctx); err != nil {
-				log.Error("proxy close", "err", err)
-			}
-			<-runDone
-			if err := pub.Close(cctx); err != nil {
-				log.Error("publisher close", "err", err)
-			}
+			mux := ops.Mux(reg, func() error { return nil }) // healthy while it can forward; NATS state is in metrics
+			serveErr := p.Serve(ctx, cfg.Proxy.Listen, mux, pub.Close, log)
 			if err := nc.Drain(); err != nil {
 				log.Error("nats drain", "err", err)
 			}

@@ -21,38 +21,6 @@ import (
 
 func init() { registerCommand(newReplayCommand) }
 
-// replaySinks are the stages --sinks may name: the sinks of normalized calls.
-var replaySinks = bus.Readers(bus.NormalizedStream)
-
-// parseReplayTime accepts RFC 3339 (2026-11-26T20:00:00Z), a UTC hour
-// (2026-11-26T20) or a UTC day (2026-11-26).
-func parseReplayTime(flag, s string) (time.Time, error) {
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15", time.DateOnly} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t.UTC(), nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("%w: --%s %q: want RFC 3339 (2026-11-26T20:00:00Z), an hour (2026-11-26T20) or a day (2026-11-26), UTC", errUsage, flag, s)
-}
-
-// parseTimeRange parses --from and --to (parseReplayTime forms): both
-// required, --to after --from.
-func parseTimeRange(from, to string) (f, t time.Time, err error) {
-	if from == "" || to == "" {
-		return f, t, fmt.Errorf("%w: --from and --to are required", errUsage)
-	}
-	if f, err = parseReplayTime("from", from); err != nil {
-		return f, t, err
-	}
-	if t, err = parseReplayTime("to", to); err != nil {
-		return f, t, err
-	}
-	if !t.After(f) {
-		return f, t, fmt.Errorf("%w: --to %s must be after --from %s", errUsage, to, from)
-	}
-	return f, t, nil
-}
-
 func newReplayCommand(a *app) *cobra.Command {
 	var from, to, model, user, sinks, job string
 	var rateLimit float64
@@ -69,22 +37,16 @@ does nothing for a finished one. Replaying a range twice leaves ClickHouse and
 Langfuse unchanged (every sink deduplicates by call id).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, t, err := parseTimeRange(from, to)
+			f, t, err := replay.ParseRange(from, to)
 			if err != nil {
-				return err
+				return fmt.Errorf("%w: %w", errUsage, err)
 			}
 			if rateLimit < 0 {
 				return fmt.Errorf("%w: --rate %v: must be 0 (unlimited) or positive", errUsage, rateLimit)
 			}
-			var sinkList []string
-			for _, s := range strings.Split(sinks, ",") {
-				if s = strings.TrimSpace(s); s == "" {
-					continue
-				}
-				if !slices.Contains(replaySinks, s) {
-					return fmt.Errorf("%w: --sinks: unknown sink %q (allowed: %s)", errUsage, s, strings.Join(replaySinks, ", "))
-				}
-				sinkList = append(sinkList, s)
+			sinkList, err := replay.ParseSinks(sinks)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errUsage, err)
 			}
 			cfg, log, err := a.load(cmd, nil)
 			if err != nil {
@@ -108,12 +70,8 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 				defer rdb.Close()
 				cp = replay.NewCheckpoints(rdb, cfg.Archive.ReplayCheckpointPrefix, 0)
 				if user != "" {
-					users := transform.NewUserResolver(transform.UserOptions{Redis: rdb, KeyPrefix: cfg.Transform.UserKeyPrefix,
-						Timeout: time.Duration(cfg.Transform.UserLookupTimeout), Log: log})
-					o.UserOf = func(ctx context.Context, ev *schema.Event) string {
-						u, _ := users.Resolve(ctx, ev.User, ev.APIKeyHash)
-						return u
-					}
+					o.UserOf = transform.NewUserResolver(transform.UserOptions{Redis: rdb, KeyPrefix: cfg.Transform.UserKeyPrefix,
+						Timeout: time.Duration(cfg.Transform.UserLookupTimeout), Log: log}).UserOf
 				}
 			}
 			if dryRun {
@@ -142,7 +100,7 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 	fl.StringVar(&to, "to", "", "end of the range (exclusive)")
 	fl.StringVar(&model, "model", "", "only calls of this model")
 	fl.StringVar(&user, "user", "", "only calls of this user (explicit user, else the API key's owner in Redis)")
-	fl.StringVar(&sinks, "sinks", "", "only these sinks process the replayed calls: "+strings.Join(replaySinks, ",")+" (default all)")
+	fl.StringVar(&sinks, "sinks", "", "only these sinks process the replayed calls: "+strings.Join(replay.SinkNames, ",")+" (default all)")
 	fl.Float64Var(&rateLimit, "rate", 0, "calls per second (0: unlimited)")
 	fl.BoolVar(&dryRun, "dry-run", false, "count the matching calls, publish nothing")
 	fl.StringVar(&job, "job", "", "job id (letters, digits, - and _); default derived from the arguments, so the same command resumes")
@@ -166,10 +124,7 @@ func markReplayDirty(ctx context.Context, cfg *config.Config, from, to time.Time
 		return fmt.Errorf("replay: mark the range dirty in the rollups: %w", err)
 	}
 	defer conn.Close()
-	var hours []int64
-	for h := from.Truncate(time.Hour); h.Before(to) && h.Before(time.Now()); h = h.Add(time.Hour) {
-		hours = append(hours, h.Unix())
-	}
+	hours := replay.Hours(from, to, time.Now())
 	if err := chsink.MarkDirty(ctx, conn, cfg.ClickHouse.Database, oc.Topology, hours, "replay", time.Now()); err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/replay"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
@@ -30,20 +30,11 @@ func openSealer(a *app, cmd *cobra.Command) (*chsink.Sealer, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if cfg.ClickHouse.Addr == "" {
-		return nil, nil, fmt.Errorf("%w: clickhouse.addr: required", errConfig)
-	}
-	oc, err := clickhouseOutputConfig(cfg)
+	conn, oc, err := openClickHouse(cmd.Context(), cfg, "required")
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := chsink.Open(cmd.Context(), oc)
-	if err != nil {
-		return nil, nil, err
-	}
-	s := &chsink.Sealer{Conn: conn, Database: cfg.ClickHouse.Database, Topology: oc.Topology, SealAfter: cfg.SealAfter(),
-		SliceRows: uint64(cfg.ClickHouse.Rollup.SliceRows), Grace: time.Duration(cfg.ClickHouse.Rollup.Grace), Log: log}
-	return s, func() { _ = conn.Close() }, nil
+	return chsink.NewSealer(conn, oc, clickhouseRollup(cfg), log), func() { _ = conn.Close() }, nil
 }
 
 func newRollupStatusCommand(a *app) *cobra.Command {
@@ -62,41 +53,11 @@ func newRollupStatusCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
-			}
-			fmt.Fprintf(out, "sealed through   %s (lag %s)\n", st.SealedThrough.Format(time.RFC3339), (time.Duration(st.LagSeconds) * time.Second).String())
-			fmt.Fprintf(out, "sealable before  %s (seal_after %s)\n", st.SealableBefore.Format(time.RFC3339), st.SealAfter)
-			fmt.Fprintf(out, "sealed           %d hours, %d days\n", st.SealedHours, st.SealedDays)
-			fmt.Fprintf(out, "unsealed hours   %d%s\n", len(st.Unsealed), hourList(st.Unsealed))
-			fmt.Fprintf(out, "dirty hours      %d%s\n", len(st.Dirty), hourList(st.Dirty))
-			if st.WithoutUserCopy > 0 {
-				fmt.Fprintf(out, "without user copy %d seals (sealed before migration 0004: run `callpipe rollup rebuild` over them for fast user filters)\n", st.WithoutUserCopy)
-			}
-			return nil
+			return st.WriteText(cmd.OutOrStdout(), asJSON)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
-}
-
-func hourList(hours []time.Time) string {
-	s := ""
-	for i, h := range hours {
-		if i == 5 {
-			return s + fmt.Sprintf(", ... (%d more)", len(hours)-5)
-		}
-		if i == 0 {
-			s = ": "
-		} else {
-			s += ", "
-		}
-		s += h.Format("2006-01-02T15")
-	}
-	return s
 }
 
 func newRollupRebuildCommand(a *app) *cobra.Command {
@@ -111,9 +72,9 @@ point: reads stay exact throughout. Hours within clickhouse.rollup.seal_after of
 now are left to the clickhouse stage. Use it after a bulk load or a repair.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, t, err := parseTimeRange(from, to)
+			f, t, err := replay.ParseRange(from, to)
 			if err != nil {
-				return err
+				return fmt.Errorf("%w: %w", errUsage, err)
 			}
 			s, closeConn, err := openSealer(a, cmd)
 			if err != nil {

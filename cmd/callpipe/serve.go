@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -10,8 +9,8 @@ import (
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/internal/ops"
 	"github.com/callpipe/callpipe/settings"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/usageapi"
 )
 
@@ -28,17 +27,10 @@ func newServeCommand(a *app) *cobra.Command {
 				return err
 			}
 			log = log.With("component", "serve")
-			if cfg.ClickHouse.Addr == "" {
-				return fmt.Errorf("%w: clickhouse.addr: required by serve", errConfig)
-			}
-			oc, err := clickhouseOutputConfig(cfg)
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			// The connection pool reconnects by itself; /readyz reports
 			// ClickHouse outages, so serve starts only once it is reachable.
-			conn, err := chsink.Open(ctx, oc)
+			conn, _, err := openClickHouse(ctx, cfg, "required by serve")
 			if err != nil {
 				return err
 			}
@@ -52,11 +44,9 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 
-			langfuseLinks := func(ctx context.Context, l settings.Langfuse) usageapi.LangfuseLinks {
-				return usageapi.LinksFor(ctx, l, cfg.Langfuse.Transport == "otlp", log)
-			}
-			links := langfuseLinks(ctx, configuredLangfuse(cfg))
-			reg := newRegistry()
+			otlp := cfg.Langfuse.Transport == "otlp"
+			links := usageapi.LinksFor(ctx, configuredLangfuse(cfg), otlp, log)
+			reg := ops.NewRegistry()
 			if err := registerLag(reg, nc, cfg, log); err != nil {
 				return err
 			}
@@ -75,48 +65,17 @@ func newServeCommand(a *app) *cobra.Command {
 				return err
 			}
 			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
-				Probe: cfg.Serve.TestConnection.Policy(),
-				Opened: func(ctx context.Context, store *settings.Store) {
-					// links follow the settings saved from the dashboard
-					err := store.WatchLangfuse(ctx, configuredLangfuse(cfg), func(eff settings.Effective) {
-						if eff.Source == settings.SourceConfig {
-							srv.SetLangfuse(links)
-							return
-						}
-						srv.SetLangfuse(langfuseLinks(ctx, eff.Langfuse))
-					})
-					if err != nil && ctx.Err() == nil {
-						log.Warn("settings: watching the Langfuse settings stopped; links keep the last ones", "err", err)
-					}
-				}}
-			srv.Mount("/api/v1/settings/", func(mux *http.ServeMux) {
-				for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
-					mux.Handle(m+" /api/v1/settings/", gate) // the settings routes refine the pattern once open
-				}
-			})
+				Probe: cfg.Serve.TestConnection.Policy()}
+			srv.MountSettings(gate, configuredLangfuse(cfg), links, otlp, log)
 			sctx, stopSettings := context.WithCancel(ctx)
 			defer stopSettings()
 			go gate.Open(sctx)
 
 			// Export jobs need S3 and Redis; without them serve still serves
 			// usage and answers the jobs API with 503 naming what is missing.
-			var exports http.Handler
 			runner, closeRunner, err := newExportRunner(ctx, cfg, log, true)
-			if err != nil {
-				log.Warn("export jobs API unavailable", "err", err)
-				exports = export.Unavailable(err.Error())
-			} else {
-				h := export.NewHandler(runner, log)
-				exports = h
-				defer func() {
-					sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					defer cancel()
-					if err := h.Shutdown(sctx); err != nil {
-						log.Error("export jobs shutdown", "err", err)
-					}
-					closeRunner()
-				}()
-			}
+			exports, stopExports := export.JobsAPI(runner, closeRunner, err, log)
+			defer stopExports()
 			for _, prefix := range []string{"/api/v1/exports", "/api/v1/exports/"} {
 				srv.Mount(prefix, func(mux *http.ServeMux) { mux.Handle(prefix, exports) })
 			}
@@ -124,7 +83,7 @@ func newServeCommand(a *app) *cobra.Command {
 			log.Info("serving usage API and dashboard", "database", cfg.ClickHouse.Database,
 				"auth", srv.AuthMode(), "langfuse_links", links.Host != "", "exports", err == nil)
 			// SIGTERM ends ctx: in-flight requests finish before the pool closes.
-			return serveHTTP(ctx, cfg.Serve.Listen, srv, log, 30*time.Second)
+			return ops.Serve(ctx, cfg.Serve.Listen, srv, log, 30*time.Second)
 		},
 	}
 	cmd.Flags().String("listen", "", "host:port of the API and dashboard (serve.listen)")

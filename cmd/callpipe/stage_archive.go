@@ -2,20 +2,19 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/sinks/archive"
 )
 
 func init() { stages[bus.StageArchive] = runArchiveStage }
 
-// runArchiveStage archives CALLPIPE_CALLS to S3 (durable consumer
-// archive.consumer) until ctx ends, then stores what it holds and acks it.
-// It waits for the bucket at start, reporting unhealthy meanwhile.
+// runArchiveStage runs archive.Stage: CALLPIPE_CALLS to S3 (durable
+// consumer archive.consumer), waiting for the bucket at start.
 func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) error {
 	cfg := env.cfg
 	a := cfg.Archive
@@ -26,33 +25,28 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	ready := env.readiness("archive: connecting to S3")
+	ready := env.health.Stage("archive: connecting to S3")
 
 	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}
-	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second, Attempt: 30 * time.Second},
-		func(ctx context.Context) error { return archive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region) },
-		func(err error, wait time.Duration) {
-			ready.waiting(err)
-			log.Warn("s3 not ready; retrying", "err", err, "retry_in", wait)
-		}); err != nil {
-		return nil
+	st := &archive.Stage{S3: s3, Region: cfg.S3.Region, Waiting: ready.Waiting,
+		Sink: archive.SinkConfig{
+			Stream: bus.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
+			Bucket: cfg.S3.Bucket, Prefix: a.Prefix, Compression: a.Compression,
+			FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
+			MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,
+			Log: log, Metrics: archive.NewMetrics(env.reg),
+		},
+		Running: func(healthy func() error) {
+			ready.Running(healthy)
+			log.Info("archive sink running", "bucket", cfg.S3.Bucket, "prefix", a.Prefix, "consumer", a.Consumer,
+				"flush_bytes", a.FlushBytes.String(), "flush_interval", a.FlushInterval.String())
+		},
 	}
-	s, err := archive.NewSink(env.nc, s3, archive.SinkConfig{
-		Stream: bus.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
-		Bucket: cfg.S3.Bucket, Prefix: a.Prefix, Compression: a.Compression,
-		FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
-		MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,
-		Log: log, Metrics: archive.NewMetrics(env.reg),
-	})
-	if err != nil {
-		return fmt.Errorf("%w: archive: %w", errConfig, err)
+	err = st.Run(ctx, env.nc)
+	if errors.Is(err, archive.ErrSinkConfig) {
+		return fmt.Errorf("%w: %w", errConfig, err)
 	}
-	ready.running(s.Healthy)
-	log.Info("archive sink running", "bucket", cfg.S3.Bucket, "prefix", a.Prefix, "consumer", a.Consumer,
-		"flush_bytes", a.FlushBytes.String(), "flush_interval", a.FlushInterval.String())
-	err = s.Run(ctx)
-	log.Info("archive sink stopped")
 	return err
 }

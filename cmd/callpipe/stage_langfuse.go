@@ -43,6 +43,6 @@ func runLangfuseStage(ctx context.Context, env *workerEnv, log *slog.Logger) err
 		Replicas:   cfg.NATS.Stream.Replicas,
 		Log:        log, Registerer: env.reg,
 	})
-	env.addHealth(sup.Health)
+	env.health.Add(sup.Health)
 	return sup.Run(ctx)
 }

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"text/tabwriter"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
@@ -92,26 +89,7 @@ func newUsersCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				for _, r := range recs {
-					if err := enc.Encode(r); err != nil {
-						return err
-					}
-				}
-				return nil
-			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "USER\tNAME\tKEY PREFIX\tSHA256\tCREATED")
-			for _, r := range recs {
-				created := r.Created
-				if t, err := time.Parse(time.RFC3339, r.Created); err == nil {
-					created = t.Format("2006-01-02 15:04")
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, r.Prefix, r.KeyHash, created)
-			}
-			return tw.Flush()
+			return transform.WriteUsers(cmd.OutOrStdout(), recs, asJSON)
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")

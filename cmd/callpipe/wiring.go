@@ -1,20 +1,14 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
@@ -32,6 +26,20 @@ func connectNATS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn,
 		User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token,
 		NKeyFile: cfg.NATS.NKeyFile, CredsFile: cfg.NATS.CredsFile, TLS: tlsCfg, Logger: log,
 	})
+}
+
+// connectJS is connectNATS and its JetStream context.
+func connectJS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := connectNATS(cfg, name, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
 }
 
 // newS3 is the S3 (MinIO or AWS) client of the s3 section. maxRetries bounds
@@ -61,70 +69,6 @@ func streamOptions(cfg *config.Config) bus.StreamOptions {
 	}
 }
 
-// newRegistry is the Prometheus registry of one process, with Go and process metrics.
-func newRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
-}
-
-// opsMux serves /healthz (liveness: 200 while the process serves), /readyz
-// (200 when ready() is nil, else 503 with the reason: a dependency is
-// unreachable) and /metrics. Liveness ignores dependencies so that an
-// orchestrator does not restart every replica when NATS is down.
-func opsMux(reg *prometheus.Registry, ready func() error) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := ready(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready:", err)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	return mux
-}
-
-func natsHealth(nc *nats.Conn) func() error {
-	return func() error {
-		if !nc.IsConnected() {
-			return errors.New("nats: " + nc.Status().String())
-		}
-		return nil
-	}
-}
-
-// serveHTTP serves h on listen until ctx ends, then lets in-flight requests
-// finish (up to grace) before returning.
-func serveHTTP(ctx context.Context, listen string, h http.Handler, log *slog.Logger, grace time.Duration) error {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", listen, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String())
-	select {
-	case err := <-errc:
-		return fmt.Errorf("http server %s: %w", listen, err)
-	case <-ctx.Done():
-	}
-	log.Info("shutting down: finishing in-flight requests", "grace", grace)
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("http shutdown %s: %w", listen, err)
-	}
-	return nil
-}
-
 // pipelineConsumers is the durable consumer of each worker stage, under
 // the name the configuration gives it.
 func pipelineConsumers(cfg *config.Config) map[string]bus.Consumer {
@@ -148,17 +92,5 @@ func registerLag(reg prometheus.Registerer, nc *nats.Conn, cfg *config.Config, l
 	if err != nil {
 		return err
 	}
-	all := pipelineConsumers(cfg)
-	var cs []bus.Consumer
-	if len(stageNames) == 0 {
-		for _, s := range bus.Stages {
-			cs = append(cs, all[s.Name])
-		}
-	}
-	for _, s := range stageNames {
-		if c, ok := all[s]; ok {
-			cs = append(cs, c)
-		}
-	}
-	return reg.Register(bus.NewLagCollector(js, cs, []string{bus.DeadLetterStream}, log))
+	return reg.Register(bus.NewStageLagCollector(js, pipelineConsumers(cfg), log, stageNames...))
 }

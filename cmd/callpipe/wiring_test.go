@@ -1,11 +1,6 @@
 package main
 
 import (
-	"errors"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/callpipe/callpipe/bus"
@@ -39,35 +34,5 @@ func TestPipelineConsumersAreConfigured(t *testing.T) {
 		if c.Name != want[c.Stage].Name {
 			t.Errorf("doctor expects %s under %q, want %q", c.Stage, c.Name, want[c.Stage].Name)
 		}
-	}
-}
-
-// Liveness must not follow dependencies (an orchestrator would restart every
-// replica during a NATS outage); readiness must, and say why.
-func TestOpsMuxLivenessAndReadiness(t *testing.T) {
-	var notReady error = errors.New("nats: disconnected")
-	srv := httptest.NewServer(opsMux(newRegistry(), func() error { return notReady }))
-	defer srv.Close()
-	get := func(path string) (int, string) {
-		resp, err := http.Get(srv.URL + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	if code, _ := get("/healthz"); code != 200 {
-		t.Fatalf("/healthz = %d while a dependency is down, want 200", code)
-	}
-	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "nats: disconnected") {
-		t.Fatalf("/readyz = %d %q, want 503 naming the reason", code, body)
-	}
-	notReady = nil
-	if code, _ := get("/readyz"); code != 200 {
-		t.Fatalf("/readyz = %d once ready, want 200", code)
-	}
-	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
-		t.Fatalf("/metrics = %d", code)
 	}
 }

@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,62 +15,16 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/internal/ops"
 )
 
 // workerEnv is what every stage gets: configuration, the shared NATS
-// connection, the process's metrics registry and a logger.
+// connection, the process's metrics registry and its readiness (/readyz).
 type workerEnv struct {
-	cfg *config.Config
-	nc  *nats.Conn
-	reg prometheus.Registerer
-
-	mu     sync.Mutex
-	health []func() error
-}
-
-// addHealth adds a readiness check to /readyz.
-func (e *workerEnv) addHealth(check func() error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.health = append(e.health, check)
-}
-
-func (e *workerEnv) healthy() error {
-	e.mu.Lock()
-	checks := append([]func() error(nil), e.health...)
-	e.mu.Unlock()
-	for _, check := range checks {
-		if err := check(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// stageReadiness is a stage's part of /readyz: why it is not running yet,
-// then its running sink's own health.
-type stageReadiness struct {
-	notReady atomic.Pointer[error]
-	healthy  atomic.Pointer[func() error]
-}
-
-// readiness adds a stage to /readyz, not ready with reason starting until
-// running is called.
-func (e *workerEnv) readiness(starting string) *stageReadiness {
-	r := &stageReadiness{}
-	r.waiting(errors.New(starting))
-	e.addHealth(r.check)
-	return r
-}
-
-func (r *stageReadiness) waiting(err error)            { r.notReady.Store(&err) }
-func (r *stageReadiness) running(healthy func() error) { r.healthy.Store(&healthy) }
-
-func (r *stageReadiness) check() error {
-	if h := r.healthy.Load(); h != nil {
-		return (*h)()
-	}
-	return *r.notReady.Load()
+	cfg    *config.Config
+	nc     *nats.Conn
+	reg    prometheus.Registerer
+	health ops.Health
 }
 
 // provisionStreams creates or updates the pipeline's streams before a stage
@@ -132,9 +83,9 @@ func newWorkerCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer nc.Close()
-			reg := newRegistry()
+			reg := ops.NewRegistry()
 			env := &workerEnv{cfg: cfg, nc: nc, reg: reg}
-			env.addHealth(natsHealth(nc))
+			env.health.Add(ops.NATSHealth(nc))
 			if err := registerLag(reg, nc, cfg, log, run...); err != nil {
 				return err
 			}
@@ -149,7 +100,7 @@ func newWorkerCommand(a *app) *cobra.Command {
 				})
 			}
 			g.Go(func() error {
-				return serveHTTP(gctx, cfg.Worker.Listen, opsMux(reg, env.healthy), log, 5*time.Second)
+				return ops.Serve(gctx, cfg.Worker.Listen, ops.Mux(reg, env.health.Check), log, 5*time.Second)
 			})
 			err = g.Wait()
 			if dErr := nc.Drain(); dErr != nil {

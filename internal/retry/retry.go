@@ -6,6 +6,7 @@ package retry
 
 import (
 	"context"
+	"log/slog"
 	"time"
 )
 
@@ -47,4 +48,16 @@ func attempt(ctx context.Context, timeout time.Duration, try func(context.Contex
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return try(actx)
+}
+
+// Reporting is the failed callback of a stage waiting for what: it tells
+// waiting (nil: nobody) why the stage is not ready and logs
+// "<what> not ready; retrying" with the error and the wait.
+func Reporting(what string, waiting func(error), log *slog.Logger) func(err error, wait time.Duration) {
+	return func(err error, wait time.Duration) {
+		if waiting != nil {
+			waiting(err)
+		}
+		log.Warn(what+" not ready; retrying", "err", err, "retry_in", wait)
+	}
 }

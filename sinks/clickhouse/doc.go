@@ -8,6 +8,12 @@
 // overview. Every SQL statement it sends is in queries*.go, cluster.go,
 // retention.go, synthetic.go or the migration files.
 //
+// Stage (stage.go) is the clickhouse worker stage as a whole: it waits for
+// the server and applies the migrations (Migrate), runs the Sink, drops
+// expired partitions on servers without TTL, and runs the Sealer behind a
+// bus.Lease so that one worker seals at a time (metrics callpipe_rollup_*).
+// cmd/callpipe only maps the configuration onto it.
+//
 // # Server versions
 //
 // Output.Connect and Migrator.Up ask SELECT version(). From 22.2

@@ -1,0 +1,117 @@
+package doctor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/settings"
+)
+
+// DialNATS connects to url with opts, giving up when ctx ends (its deadline
+// is the connect timeout): the connect of NATS and LangfuseSettings.
+func DialNATS(url string, opts []nats.Option) func(ctx context.Context) (*nats.Conn, error) {
+	return func(ctx context.Context) (*nats.Conn, error) {
+		opts := slices.Clone(opts)
+		if dl, ok := ctx.Deadline(); ok {
+			opts = append(opts, nats.Timeout(time.Until(dl)))
+		}
+		return nats.Connect(url, opts...)
+	}
+}
+
+// LangfuseSettings checks the Langfuse settings in effect: those saved from
+// the dashboard (NATS KV bucket settings.Bucket, read with a connection from
+// connect) win over configured. Skipped when neither names a host.
+func LangfuseSettings(configured settings.Langfuse, connect func(ctx context.Context) (*nats.Conn, error)) Check {
+	return func(ctx context.Context) []Result {
+		l, source := configured, settings.SourceConfig
+		if saved, ok := savedLangfuse(ctx, connect); ok {
+			l, source = saved, settings.SourceSaved
+		}
+		if l.Host == "" {
+			return []Result{skip("langfuse", "not configured: langfuse.host is empty (LANGFUSE_HOST) and no Langfuse settings were saved from the dashboard")}
+		}
+		rs := Langfuse(l.Host, l.PublicKey, l.SecretKey, &http.Client{})(ctx)
+		rs[0].Detail += " (settings from " + source + ")"
+		return rs
+	}
+}
+
+// savedLangfuse reads the Langfuse settings saved at run time, if any. It
+// never creates the bucket; NATS problems are the nats line's to report.
+func savedLangfuse(ctx context.Context, connect func(ctx context.Context) (*nats.Conn, error)) (settings.Langfuse, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	nc, err := connect(ctx)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	return SavedLangfuse(ctx, js)
+}
+
+// SavedLangfuse is the Langfuse saved from the dashboard in js, if any.
+func SavedLangfuse(ctx context.Context, js jetstream.JetStream) (settings.Langfuse, bool) {
+	kv, err := js.KeyValue(ctx, settings.Bucket)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	e, err := kv.Get(ctx, settings.LangfuseKey)
+	if err != nil {
+		return settings.Langfuse{}, false
+	}
+	var l settings.Langfuse
+	if err := json.Unmarshal(e.Value(), &l); err != nil || l.Host == "" {
+		return settings.Langfuse{}, false
+	}
+	return l, true
+}
+
+// Probe is a container healthcheck: nil when a GET of url is answered 2xx
+// within timeout.
+func Probe(ctx context.Context, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", url, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("probe %s: %s %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// Skipped is the check of a dependency that is not configured (why says so).
+func Skipped(name, why string) Check {
+	return func(context.Context) []Result {
+		return []Result{skip(name, "not configured: %s", why)}
+	}
+}
+
+// Closing releases a check's client once it ran.
+func Closing(c Check, release func()) Check {
+	return func(ctx context.Context) []Result {
+		defer release()
+		return c(ctx)
+	}
+}

@@ -1,0 +1,38 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/callpipe/callpipe/internal/ops"
+)
+
+// Serve serves the proxy under mux (which keeps its own routes, such as the
+// ops endpoints) on listen until ctx ends, then shuts down in this order: no
+// new calls (in-flight ones get up to 60 s), then every captured event is
+// published or spooled (Close), then closePublisher runs; the last two share
+// 30 s. Run is started here and outlives ctx: it keeps publishing while
+// in-flight calls finish.
+func (p *Proxy) Serve(ctx context.Context, listen string, mux *http.ServeMux, closePublisher func(context.Context) error, log *slog.Logger) error {
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		if err := p.Run(context.WithoutCancel(ctx)); err != nil {
+			log.Error("proxy emitter", "err", err)
+		}
+	}()
+	mux.Handle("/", p)
+	serveErr := ops.Serve(ctx, listen, mux, log, 60*time.Second)
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Close(cctx); err != nil {
+		log.Error("proxy close", "err", err)
+	}
+	<-runDone
+	if err := closePublisher(cctx); err != nil {
+		log.Error("publisher close", "err", err)
+	}
+	return serveErr
+}
