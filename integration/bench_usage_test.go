@@ -26,6 +26,7 @@ type benchUsageReport struct {
 	Repeat     int    `json:"repeat"`
 	Load       struct {
 		RowsWritten uint64  `json:"rows_written"`
+		Statements  int     `json:"statements"`
 		Seconds     float64 `json:"seconds"`
 	} `json:"load"`
 	Stored struct {
@@ -197,6 +198,36 @@ func TestBenchUsageCommand(t *testing.T) {
 	}
 	if len(r.Targets) != 6 {
 		t.Errorf("targets: %+v", r.Targets)
+	}
+
+	// --reuse measures the kept database again without loading or sealing:
+	// the same calls, users and ranges (the run's clock is its newest call).
+	reuseOut := filepath.Join(dir, "bench-usage-reuse.json")
+	cmd = exec.CommandContext(ctx, bin, "bench", "usage", "--reuse", r.Database, "--calls", fmt.Sprint(calls), "--days", fmt.Sprint(days),
+		"--repeat", "1", "--live-hours", "0", "--json", reuseOut)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("bench usage --reuse: %v\n%s", err, out)
+	}
+	var r3 benchUsageReport
+	if b, err := os.ReadFile(reuseOut); err != nil || json.Unmarshal(b, &r3) != nil {
+		t.Fatalf("reuse report: %v", err)
+	}
+	if r3.Database != r.Database || !r3.Kept || r3.Load.Statements != 0 || r3.Seal.Hours != 0 || r3.Stored.DistinctCalls != distinct ||
+		r3.HeavyUser != r.HeavyUser || r3.RareUser != r.RareUser || r3.Seal.UsageTotalCalls != distinct || len(r3.Targets) != 5 {
+		t.Errorf("reuse report: database %s kept %v, load statements %d, sealed hours %d, %d calls, users %s/%s, usage total %d, %d targets",
+			r3.Database, r3.Kept, r3.Load.Statements, r3.Seal.Hours, r3.Stored.DistinctCalls, r3.HeavyUser, r3.RareUser, r3.Seal.UsageTotalCalls, len(r3.Targets))
+	}
+	dayRows := func(rep benchUsageReport) int {
+		for _, q := range rep.Queries {
+			if q.Name == rng+" day" && q.TZ == "UTC" && q.State == "sealed" && !q.Percentiles {
+				return q.Rows
+			}
+		}
+		return -1
+	}
+	if dayRows(r3) != dayRows(r) || dayRows(r) < 1 {
+		t.Errorf("reuse: %d day rows, the first run %d", dayRows(r3), dayRows(r))
 	}
 
 	// Without --keep the scratch database is gone at the end.

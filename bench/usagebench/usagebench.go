@@ -284,6 +284,9 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 	} else {
 		now := r.sealClock()
 		r.sealer = &chsink.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
+		if err := r.users(ctx, rep); err != nil {
+			return rep, err
+		}
 	}
 	loadAverage(rep, "measure")
 	if err := r.measure(ctx, rep); err != nil {
@@ -416,9 +419,15 @@ func (r *runner) seal(ctx context.Context, rep *Report) error {
 	if rep.Seal.RollupBytes, _, err = r.tableBytes(ctx, "usage_rollup"); err != nil {
 		return err
 	}
-	// The usage overview by user over the whole loaded range (through the
-	// seals): its total must be the distinct calls, and it names the heaviest
-	// and the rarest user for the filtered shapes.
+	r.say("seal         %d hours in %.1fs: %d calls sealed, %.0f calls/s; %d rollup rows (%s)",
+		hours, rep.Seal.Seconds, rep.Seal.SealedCalls, rep.Seal.CallsPerS, rep.Seal.RollupRows, gib(rep.Seal.RollupBytes))
+	return r.users(ctx, rep)
+}
+
+// users reads the usage overview by user over the whole loaded range
+// (through the seals): its total must be the distinct calls, and it names
+// the heaviest and the rarest user for the filtered shapes.
+func (r *runner) users(ctx context.Context, rep *Report) error {
 	rows, err := chsink.UsageOf(ctx, r.conn, r.db, chsink.UsageSpec{From: rep.From.Truncate(time.Hour), To: rep.To.Truncate(time.Hour).Add(time.Hour),
 		Group: chsink.GroupBy{User: true}})
 	if err != nil {
@@ -433,9 +442,7 @@ func (r *runner) seal(ctx context.Context, rep *Report) error {
 			rep.RareUser, rep.RareUserCalls = x.UserID, x.Calls
 		}
 	}
-	r.say("seal         %d hours in %.1fs: %d calls sealed, %.0f calls/s; %d rollup rows (%s); usage total %d calls of %d users",
-		hours, rep.Seal.Seconds, rep.Seal.SealedCalls, rep.Seal.CallsPerS, rep.Seal.RollupRows, gib(rep.Seal.RollupBytes), rep.Seal.UsageTotalCalls, len(rows))
-	r.say("users        heaviest %s (%d calls), rarest %s (%d calls)", rep.HeavyUser, rep.HeavyUserCalls, rep.RareUser, rep.RareUserCalls)
+	r.say("users        usage total %d calls of %d users; heaviest %s (%d calls), rarest %s (%d calls)", rep.HeavyUser, rep.HeavyUserCalls, rep.RareUser, rep.RareUserCalls)
 	return nil
 }
 
