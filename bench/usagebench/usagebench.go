@@ -53,8 +53,8 @@ type Options struct {
 	// is the newest stored call, so the ranges are the earlier run's. The
 	// database is kept.
 	Reuse bool
-	Now          func() time.Time
-	Out          io.Writer // progress and the report (default io.Discard)
+	Now   func() time.Time
+	Out   io.Writer // progress and the report (default io.Discard)
 }
 
 // Report is the result of a run; `callpipe bench usage --json` writes it.
