@@ -49,22 +49,30 @@ func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
 	}
 	check := func(what string) {
 		t.Helper()
-		for _, user := range []string{"user-0", "user-29", "user-nobody"} {
-			for _, g := range []chsink.GroupBy{{Bucket: chsink.BucketDay, Model: true}, {Bucket: chsink.BucketHour}, {Model: true, User: true}} {
-				for _, loc := range []*time.Location{time.UTC, mustLoad(t, "America/New_York")} {
-					s := chsink.UsageSpec{From: from, To: to, Group: g, TZ: loc.String(), Filter: chsink.UsageFilter{User: user}}
-					got, err := chsink.UsageOf(ctx, conn, db, s)
-					if err != nil {
-						t.Fatalf("%s: %v", what, err)
-					}
-					want := o.usage(s, loc)
-					if len(got) != len(want) {
-						t.Fatalf("%s: user %s %s %s: %d rows, want %d", what, user, g, loc, len(got), len(want))
-					}
-					for _, r := range got {
-						w, ok := want[oracleKey(g, r.Bucket, r.Model, r.UserID, r.Source)]
-						if !ok || r.Calls != w.calls || r.InputTokens != w.in || r.Errors != w.errors || !r.Histogram {
-							t.Fatalf("%s: user %s %s %s row %+v, want %+v (found %v)", what, user, g, loc, r, w, ok)
+		// whole UTC days, and ragged edges (day rows minus the hours out of
+		// the range) with and without a user filter
+		for _, rg := range [][2]time.Time{{from, to}, {from.Add(5 * time.Hour), to.Add(-7 * time.Hour)}, {from.Add(19 * time.Hour), to.Add(-20 * time.Hour)}} {
+			for _, user := range []string{"user-0", "user-29", "user-nobody", ""} {
+				for _, g := range []chsink.GroupBy{{Bucket: chsink.BucketDay, Model: true}, {Bucket: chsink.BucketHour}, {Model: true, User: true}, {Model: true}, {Bucket: chsink.BucketDay}} {
+					for _, loc := range []*time.Location{time.UTC, mustLoad(t, "America/New_York"), mustLoad(t, "Asia/Tokyo")} {
+						s := chsink.UsageSpec{From: rg[0], To: rg[1], Group: g, TZ: loc.String(), Filter: chsink.UsageFilter{User: user}, SkipPercentiles: user == "user-29"}
+						got, err := chsink.UsageOf(ctx, conn, db, s)
+						if err != nil {
+							t.Fatalf("%s: %v", what, err)
+						}
+						want := o.usage(s, loc)
+						if len(got) != len(want) {
+							t.Fatalf("%s: user %s %s %s: %d rows, want %d", what, user, g, loc, len(got), len(want))
+						}
+						for _, r := range got {
+							w, ok := want[oracleKey(g, r.Bucket, r.Model, r.UserID, r.Source)]
+							if !ok || r.Calls != w.calls || r.InputTokens != w.in || r.OutputTokens != w.out || r.Errors != w.errors ||
+								r.TTFTCalls != w.ttftCalls || r.Histogram == s.SkipPercentiles {
+								t.Fatalf("%s: %s..%s user %q %s %s row %+v, want %+v (found %v)", what, rg[0], rg[1], user, g, loc, r, w, ok)
+							}
+							if !s.SkipPercentiles && (r.LatencyMS.P50 <= 0 || r.LatencyMS.P99 < r.LatencyMS.P50) {
+								t.Fatalf("%s: user %q %s %s row %+v: latency percentiles", what, user, g, loc, r)
+							}
 						}
 					}
 				}

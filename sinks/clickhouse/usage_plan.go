@@ -10,17 +10,27 @@ import (
 // usagePlan splits a usage read into rollup rows of clean seals and
 // per-call rows of everything else (partial hours at the edges, hours not
 // sealed yet, dirty hours, hours whose zone offset is not whole hours when
-// the result is bucketed). Each second of the range is read from exactly
-// one of the two.
+// the result is bucketed). Each second of the range is counted exactly once:
+// from per-call rows, from an hour seal, or from a day seal whose hours
+// outside the range (or in another bucket) are subtracted again (minus).
 type usagePlan struct {
 	byUser bool // rollup level: keyed by user and batch
 	// userCopy: the read is filtered by one user and every seal read has
 	// its copy sorted by user (usage_rollup_by_user), which holds only that
 	// user's rows in a few index ranges
 	userCopy bool
-	rollup   []sealRef  // seals whose rows are read
-	perCall  [][2]int64 // [from, to) Unix seconds, ascending, disjoint
+	rollup   []sealRef // seals whose rows are added
+	// minus: hour seals whose rows are subtracted from their UTC day's row
+	// (in the bucket of the day's noon): a day row stands for the hours of
+	// its day that are in the range and in the noon's bucket once these are
+	// taken out, and reads far fewer rows than those hours
+	minus   []sealRef
+	perCall [][2]int64 // [from, to) Unix seconds, ascending, disjoint
 }
+
+// dayRowHours is what reading a day row costs in hour rows (a day's rows
+// keyed by user are about 1.6 times an hour's).
+const dayRowHours = 2
 
 // planUsage plans s over the seals and dirty marks in st.
 func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
@@ -39,6 +49,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	first, last := ceilTo(from, 3600), floorTo(to, 3600)
 	if first >= last {
 		addCalls(from, to)
+		p.userCopy = false
 		return p
 	}
 	addCalls(from, first)
@@ -46,45 +57,73 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	hourUsable := func(h int64) bool {
 		return st.clean(h) && (!bucketed || !splitsHour(s.Group.Bucket, loc, h))
 	}
-	// whole UTC days can come from day rows when the buckets do not split them
-	dayUsable := func(d int64) ([]Seal, bool) {
-		if d < first || d+86400 > last {
-			return nil, false
-		}
+	// sameBucket reports whether hour h falls in the bucket of its UTC
+	// day's noon (where a day row is counted)
+	sameBucket := func(h int64) bool {
 		switch s.Group.Bucket {
-		case BucketHour:
-			return nil, false
+		case BucketNone:
+			return true
 		case BucketDay:
-			for h := d; h < d+86400; h += 3600 {
-				if _, off := unixUTC(h).In(loc).Zone(); off != 0 {
-					return nil, false
-				}
-			}
+			noon := floorTo(h, 86400) + 43200
+			y, m, d := unixUTC(h).In(loc).Date()
+			ny, nm, nd := unixUTC(noon).In(loc).Date()
+			return y == ny && m == nm && d == nd
 		}
-		hours, ok := st.cleanDay(d)
-		if !ok || !st.dayCurrent(d, hours) {
-			return nil, false
-		}
-		return hours, true
+		return false
 	}
-	for h := first; h < last; {
-		if h%86400 == 0 {
-			if _, ok := dayUsable(h); ok {
-				p.rollup = append(p.rollup, st.days[h].ref())
-				h += 86400
-				continue
+	// dayPlan: day d's hours in [first, last) read as its day row, minus
+	// the hours the row holds that are out of the range or of its bucket,
+	// plus (as hour rows) those in the range in another bucket; ok when
+	// that reads fewer rows than the hours themselves.
+	dayPlan := func(d int64) (minus, plus []int64, ok bool) {
+		if s.Group.Bucket == BucketHour {
+			return nil, nil, false
+		}
+		hours, clean := st.cleanDay(d)
+		if !clean || !st.dayCurrent(d, hours) {
+			return nil, nil, false
+		}
+		in := 0
+		for h := d; h < d+86400; h += 3600 {
+			if bucketed && splitsHour(s.Group.Bucket, loc, h) {
+				return nil, nil, false
+			}
+			inRange := h >= first && h < last
+			if inRange {
+				in++
+			}
+			switch {
+			case inRange && sameBucket(h):
+			case inRange:
+				minus, plus = append(minus, h), append(plus, h)
+			default:
+				minus = append(minus, h)
 			}
 		}
-		if hourUsable(h) {
-			p.rollup = append(p.rollup, st.hours[h].ref())
-		} else {
-			addCalls(h, h+3600)
+		return minus, plus, dayRowHours+len(minus)+len(plus) < in
+	}
+	for d := floorTo(first, 86400); d < last; d += 86400 {
+		if minus, plus, ok := dayPlan(d); ok {
+			p.rollup = append(p.rollup, st.days[d].ref())
+			for _, h := range minus {
+				p.minus = append(p.minus, st.hours[h].ref())
+			}
+			for _, h := range plus {
+				p.rollup = append(p.rollup, st.hours[h].ref())
+			}
+			continue
 		}
-		h += 3600
+		for h := max(d, first); h < min(d+86400, last); h += 3600 {
+			if hourUsable(h) {
+				p.rollup = append(p.rollup, st.hours[h].ref())
+			} else {
+				addCalls(h, h+3600)
+			}
+		}
 	}
 	addCalls(last, to)
 	p.userCopy = s.Filter.User != "" && len(p.rollup) > 0
-	for _, r := range p.rollup {
+	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
 		if x, _ := st.current(r.Grain, r.Period); !x.UserCopy {
 			p.userCopy = false
 		}
@@ -178,57 +217,62 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	if p.byUser {
 		byUser = 1
 	}
-	// each grain's runs of consecutive periods, for the primary key (a
-	// range over the gaps between them would read every hour of a month);
-	// the tuple IN picks the exact seals
-	var runs []string
-	for _, g := range []uint8{grainHour, grainDay} {
-		step := int64(3600)
-		if g == grainDay {
-			step = 86400
-		}
-		var periods []int64
-		for _, r := range p.rollup {
-			if r.Grain == g {
-				periods = append(periods, r.Period)
-			}
-		}
-		slices.Sort(periods)
-		for i := 0; i < len(periods); {
-			j := i
-			for j+1 < len(periods) && periods[j+1] == periods[j]+step {
-				j++
-			}
-			runs = append(runs, fmt.Sprintf("(grain = %d AND %s)", g, timeRangeSQL("period", periods[i], periods[j]+1)))
-			i = j + 1
-		}
-	}
 	table, level := "usage_rollup", []string{fmt.Sprintf("by_user = %d", byUser)}
 	if p.userCopy {
 		table, level = "usage_rollup_by_user", nil
 	}
-	rollupWhere := append(append(level,
-		"("+strings.Join(runs, " OR ")+")",
-		sealRefsSQL(p.rollup),
-	), usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...)
-	branches := []string{`SELECT period AS t, model AS m, user_id AS u, source AS src,
-        calls AS n, errors AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
-        latency_buckets AS lb, latency_counts AS lc, ttft_calls AS tn, ttft_buckets AS tb, ttft_counts AS tc
+	where := func(refs []sealRef) string {
+		return strings.Join(append(append(slices.Clone(level),
+			"("+strings.Join(sealRuns(refs), " OR ")+")",
+			sealRefsSQL(refs),
+		), usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...), "\n      AND ")
+	}
+	// Subtracted rows make the sums signed: every branch then counts in
+	// Int64 (UNION ALL needs one type), and groups left at zero calls (all
+	// their calls were subtracted again) are dropped.
+	signed := len(p.minus) > 0
+	count, counts, having := "toUInt64", "", ""
+	if signed {
+		count, counts, having = "toInt64", "arrayMap(x -> toInt64(x), %s)", "\nHAVING sum(n) != 0"
+	}
+	cnt := func(col string) string { return count + "(" + col + ")" }
+	arr := func(col string) string {
+		if !signed {
+			return col
+		}
+		return fmt.Sprintf(counts, col)
+	}
+	// a day row counts in the bucket of its day's noon (planUsage)
+	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
+	// which the UTC buckets' toStartOfDay(t) reads)
+	branches := []string{`SELECT toDateTime(period + if(grain = ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
+        ` + cnt("calls") + ` AS n, ` + cnt("errors") + ` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
+        latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ` + cnt("ttft_calls") + ` AS tn, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc
     FROM {db}.` + table + `
-    WHERE ` + strings.Join(rollupWhere, "\n      AND ")}
+    WHERE ` + where(p.rollup)}
+	if signed {
+		branches = append(branches, `SELECT toDateTime(period - toUInt32(period) % 86400 + 43200, 'UTC') AS t, model AS m, user_id AS u, source AS src,
+        -toInt64(calls) AS n, -toInt64(errors) AS e, -input_tokens AS i, -output_tokens AS o, -total_tokens AS tot, -cost AS c,
+        latency_buckets AS lb, arrayMap(x -> -toInt64(x), latency_counts) AS lc, -toInt64(ttft_calls) AS tn,
+        ttft_buckets AS tb, arrayMap(x -> -toInt64(x), ttft_counts) AS tc
+    FROM {db}.`+table+`
+    WHERE `+where(p.minus))
+	}
 	if len(p.perCall) > 0 {
 		outer := ""
 		if w := usageFilters(s.Filter, "c_model", "c_user", "c_source", "c_batch"); len(w) > 0 {
 			outer = "\n    WHERE " + strings.Join(w, " AND ")
 		}
+		one := cnt("1")
 		branches = append(branches, fmt.Sprintf(`SELECT c_start AS t, c_model AS m, c_user AS u, c_source AS src,
-        toUInt64(1) AS n, toUInt64(c_error) AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c,
-        [%s] AS lb, [toUInt64(1)] AS lc, toUInt64(c_has_ttft) AS tn,
-        if(c_has_ttft = 1, [%s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [toUInt64(1)], emptyArrayUInt64()) AS tc
+        %[4]s AS n, %[5]s AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c,
+        [%[1]s] AS lb, [%[4]s] AS lc, %[6]s AS tn,
+        if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[4]s], empty%[7]s()) AS tc
     FROM
     (
-    %s
-    )%s`, histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(p.perCallWhere()), outer))
+    %[3]s
+    )%[8]s`, histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(p.perCallWhere()),
+			one, cnt("c_error"), cnt("c_has_ttft"), map[bool]string{false: "ArrayUInt64", true: "ArrayInt64"}[signed], outer))
 	}
 	return fmt.Sprintf(`SELECT
     %s,
@@ -243,15 +287,47 @@ FROM
 (
     %s
 )
-GROUP BY %s
-ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s.SkipPercentiles), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), strings.Join(order, ", "))
+GROUP BY %s%s
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s.SkipPercentiles, signed), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), having, strings.Join(order, ", "))
+}
+
+// sealRuns are each grain's runs of consecutive periods of refs, for the
+// primary key (a range over the gaps between them would read every hour of
+// a month); the tuple IN of sealRefsSQL picks the exact seals.
+func sealRuns(refs []sealRef) []string {
+	var runs []string
+	for _, g := range []uint8{grainHour, grainDay} {
+		step := int64(3600)
+		if g == grainDay {
+			step = 86400
+		}
+		var periods []int64
+		for _, r := range refs {
+			if r.Grain == g {
+				periods = append(periods, r.Period)
+			}
+		}
+		slices.Sort(periods)
+		for i := 0; i < len(periods); {
+			j := i
+			for j+1 < len(periods) && periods[j+1] == periods[j]+step {
+				j++
+			}
+			runs = append(runs, fmt.Sprintf("(grain = %d AND %s)", g, timeRangeSQL("period", periods[i], periods[j]+1)))
+			i = j + 1
+		}
+	}
+	return runs
 }
 
 // histogramColumnsSQL is the latency and TTFT columns of usageRollupSQL:
 // merged histograms, or empty ones when percentiles are skipped.
-func histogramColumnsSQL(skip bool) string {
+func histogramColumnsSQL(skip, signed bool) string {
 	if skip {
 		return "emptyArrayUInt16() AS latency_buckets,\n    emptyArrayUInt64() AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    emptyArrayUInt16() AS ttft_buckets,\n    emptyArrayUInt64() AS ttft_counts"
+	}
+	if signed { // sumMap drops buckets whose counts cancel out
+		return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    arrayMap(x -> toUInt64(x), lat.2) AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    arrayMap(x -> toUInt64(x), ttf.2) AS ttft_counts"
 	}
 	return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    lat.2 AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    ttf.2 AS ttft_counts"
 }
@@ -270,6 +346,9 @@ func samplePlannedUsage(from, to time.Time) []string {
 		p := usagePlan{byUser: g.User || i%2 == 1, userCopy: i%4 == 1,
 			rollup:  []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6}},
 			perCall: [][2]int64{{h + 3600, h + 7200}, {h + 3*3600, h + 4*3600}}}
+		if i%3 == 0 { // a day row with hours subtracted: signed sums
+			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
+		}
 		out = append(out, usageRollupSQL(s, p))
 	}
 	return out

@@ -1,6 +1,7 @@
 package clickhouse
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -22,35 +23,54 @@ func planState(from, to int64, dirty map[int64]uint64, days ...int64) *sealState
 	return st
 }
 
-// covered checks that every second of [from, to) is read exactly once.
+// covered checks that every second of [from, to) is counted exactly once
+// and nothing outside it: day and hour rows and per-call intervals add, the
+// plan's minus hours subtract.
 func covered(t *testing.T, p usagePlan, from, to int64) {
 	t.Helper()
-	type span struct{ a, b int64 }
-	var spans []span
+	delta := map[int64]int{}
+	add := func(a, b int64, w int) {
+		if a >= b {
+			t.Fatalf("empty span [%d, %d)", a, b)
+		}
+		delta[a] += w
+		delta[b] -= w
+	}
 	for _, r := range p.rollup {
 		w := int64(3600)
 		if r.Grain == grainDay {
 			w = 86400
 		}
-		spans = append(spans, span{r.Period, r.Period + w})
+		add(r.Period, r.Period+w, 1)
+	}
+	for _, r := range p.minus {
+		if r.Grain != grainHour {
+			t.Fatalf("minus %+v: only hours are subtracted", r)
+		}
+		add(r.Period, r.Period+3600, -1)
 	}
 	for _, r := range p.perCall {
-		spans = append(spans, span{r[0], r[1]})
+		add(r[0], r[1], 1)
 	}
-	var total int64
-	for i, a := range spans {
-		if a.a < from || a.b > to || a.a >= a.b {
-			t.Fatalf("span [%d, %d) outside [%d, %d)", a.a, a.b, from, to)
-		}
-		for _, b := range spans[i+1:] {
-			if a.a < b.b && b.a < a.b {
-				t.Fatalf("spans [%d, %d) and [%d, %d) overlap: a second read twice", a.a, a.b, b.a, b.b)
-			}
-		}
-		total += a.b - a.a
+	delta[from], delta[to] = delta[from], delta[to] // both are boundaries
+	var at []int64
+	for x := range delta {
+		at = append(at, x)
 	}
-	if total != to-from {
-		t.Fatalf("plan covers %d s of %d", total, to-from)
+	slices.Sort(at)
+	level := 0
+	for i, x := range at {
+		level += delta[x]
+		if i+1 == len(at) {
+			break
+		}
+		inside := x >= from && at[i+1] <= to
+		if (inside && level != 1) || (!inside && level != 0) {
+			t.Fatalf("[%d, %d) counted %d times (range [%d, %d))", x, at[i+1], level, from, to)
+		}
+	}
+	if at[0] > from || at[len(at)-1] < to || level != 0 {
+		t.Fatalf("plan spans %v, range [%d, %d)", at, from, to)
 	}
 }
 
@@ -65,22 +85,25 @@ func TestPlanUsage(t *testing.T) {
 		d0 + 3600: 1,                      // long before its seal: clean
 	}, d0, d0+86400)
 	for name, c := range map[string]struct {
-		s                          UsageSpec
-		loc                        *time.Location
-		wantDays, wantHours, calls int
+		s                                 UsageSpec
+		loc                               *time.Location
+		wantDays, wantHours, minus, calls int
 	}{
-		// day 0 from its day seal minus the first half hour: hour 0 per call,
-		// hours 1..23; day 1 has a dirty hour: 23 hours; day 2: 12 sealed hours
-		"none":  {UsageSpec{Group: GroupBy{Model: true}}, time.UTC, 0, 23 + 23 + 12, 3},
-		"day":   {UsageSpec{Group: GroupBy{Bucket: BucketDay}}, time.UTC, 0, 23 + 23 + 12, 3},
-		"hour":  {UsageSpec{Group: GroupBy{Bucket: BucketHour}}, time.UTC, 0, 23 + 23 + 12, 3},
-		"ny":    {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "America/New_York"}, ny, 0, 23 + 23 + 12, 3},
-		"india": {UsageSpec{Group: GroupBy{Bucket: BucketHour}, TZ: "Asia/Kolkata"}, kolkata, 0, 0, 1},
+		// the first half hour per call; hours 1..23 of day 0 as its day row
+		// minus hour 0; day 1 has a dirty hour: 23 sealed hours; day 2: 12
+		// sealed hours, the rest per call
+		"none": {UsageSpec{Group: GroupBy{Model: true}}, time.UTC, 1, 23 + 12, 1, 3},
+		"day":  {UsageSpec{Group: GroupBy{Bucket: BucketDay}}, time.UTC, 1, 23 + 12, 1, 3},
+		"hour": {UsageSpec{Group: GroupBy{Bucket: BucketHour}}, time.UTC, 0, 23 + 23 + 12, 0, 3},
+		// New York's Nov 1 starts at 04:00 UTC (EDT): day 0's row counts on
+		// Nov 1 minus hours 0..3; hours 1..3 are added again on Oct 31
+		"ny":    {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "America/New_York"}, ny, 1, 3 + 23 + 12, 4, 3},
+		"india": {UsageSpec{Group: GroupBy{Bucket: BucketHour}, TZ: "Asia/Kolkata"}, kolkata, 0, 0, 0, 1},
 		// India's days start at 18:30 UTC: only that hour of each day is read per call
 		// (days 0 and 1: 18:00, plus the dirty hour and the tail)
-		"india-days": {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "Asia/Kolkata"}, kolkata, 0, 23 + 23 + 12 - 2, 5},
+		"india-days": {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "Asia/Kolkata"}, kolkata, 0, 23 + 23 + 12 - 2, 0, 5},
 		// no buckets: a half-hour zone only matters at the edges
-		"india-total": {UsageSpec{Group: GroupBy{User: true}, TZ: "Asia/Kolkata"}, kolkata, 0, 23 + 23 + 12, 3},
+		"india-total": {UsageSpec{Group: GroupBy{User: true}, TZ: "Asia/Kolkata"}, kolkata, 1, 23 + 12, 1, 3},
 	} {
 		c.s.From, c.s.To = time.Unix(from, 0), time.Unix(to, 0)
 		p := planUsage(c.s, st, c.loc)
@@ -93,10 +116,11 @@ func TestPlanUsage(t *testing.T) {
 				hours++
 			}
 		}
-		if days != c.wantDays || hours != c.wantHours || len(p.perCall) != c.calls {
-			t.Errorf("%s: %d days, %d hours, per-call %v; want %d, %d, %d intervals", name, days, hours, p.perCall, c.wantDays, c.wantHours, c.calls)
+		if days != c.wantDays || hours != c.wantHours || len(p.minus) != c.minus || len(p.perCall) != c.calls {
+			t.Errorf("%s: %d days, %d hours, %d minus, per-call %v; want %d, %d, %d, %d intervals",
+				name, days, hours, len(p.minus), p.perCall, c.wantDays, c.wantHours, c.minus, c.calls)
 		}
-		for _, r := range p.rollup {
+		for _, r := range append(slices.Clone(p.rollup), p.minus...) {
 			if r.Period == dirtyHour {
 				t.Errorf("%s: the dirty hour is read from its seal", name)
 			}
