@@ -442,7 +442,7 @@ func (r *runner) users(ctx context.Context, rep *Report) error {
 			rep.RareUser, rep.RareUserCalls = x.UserID, x.Calls
 		}
 	}
-	r.say("users        usage total %d calls of %d users; heaviest %s (%d calls), rarest %s (%d calls)", rep.HeavyUser, rep.HeavyUserCalls, rep.RareUser, rep.RareUserCalls)
+	r.say("users        usage total %d calls of %d users; heaviest %s (%d calls), rarest %s (%d calls)", rep.Seal.UsageTotalCalls, len(rows), rep.HeavyUser, rep.HeavyUserCalls, rep.RareUser, rep.RareUserCalls)
 	return nil
 }
 
