@@ -282,8 +282,7 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 			return rep, err
 		}
 	} else {
-		now := r.sealClock()
-		r.sealer = &chsink.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
+		r.sealer = r.newSealer()
 		if err := r.users(ctx, rep); err != nil {
 			return rep, err
 		}
@@ -387,9 +386,14 @@ func (r *runner) sealClock() time.Time {
 	return r.start.Truncate(time.Hour).Add(time.Hour + r.o.SealAfter + time.Minute)
 }
 
-func (r *runner) seal(ctx context.Context, rep *Report) error {
+// newSealer is the run's sealer, on sealClock.
+func (r *runner) newSealer() *chsink.Sealer {
 	now := r.sealClock()
-	r.sealer = &chsink.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
+	return &chsink.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
+}
+
+func (r *runner) seal(ctx context.Context, rep *Report) error {
+	r.sealer = r.newSealer()
 	start := time.Now()
 	last := start
 	hours, _, err := r.sealer.Rebuild(ctx, rep.From, rep.To, func(done, total int, h time.Time) {

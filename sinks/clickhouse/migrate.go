@@ -233,6 +233,12 @@ const (
 	codeIllegalColumn = 44
 )
 
+// ColumnAlreadyAdded reports whether err (its message) answers an ADD COLUMN
+// of a column that exists: a migration run again, which counts as done.
+func ColumnAlreadyAdded(stmt, err string) bool {
+	return strings.Contains(stmt, " ADD COLUMN ") && strings.Contains(err, "already exists")
+}
+
 func execTolerant(ctx context.Context, conn driver.Conn, stmt string) error {
 	err := conn.Exec(ctx, stmt)
 	if err == nil {
@@ -244,7 +250,7 @@ func execTolerant(ctx context.Context, conn driver.Conn, stmt string) error {
 		case codeTableAlreadyExists, codeDatabaseAlreadyExists, codeDuplicateColumn:
 			return nil
 		case codeIllegalColumn:
-			if strings.Contains(stmt, " ADD COLUMN ") && strings.Contains(ex.Message, "already exists") {
+			if ColumnAlreadyAdded(stmt, ex.Message) {
 				return nil
 			}
 		}

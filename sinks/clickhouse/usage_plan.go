@@ -231,17 +231,13 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	// Int64 (UNION ALL needs one type), and groups left at zero calls (all
 	// their calls were subtracted again) are dropped.
 	signed := len(p.minus) > 0
-	count, counts, having := "toUInt64", "", ""
+	count, emptyCounts, having := "toUInt64", "emptyArrayUInt64", ""
+	arr := func(col string) string { return col }
 	if signed {
-		count, counts, having = "toInt64", "arrayMap(x -> toInt64(x), %s)", "\nHAVING sum(n) != 0"
+		count, emptyCounts, having = "toInt64", "emptyArrayInt64", "\nHAVING sum(n) != 0"
+		arr = func(col string) string { return "arrayMap(x -> toInt64(x), " + col + ")" }
 	}
 	cnt := func(col string) string { return count + "(" + col + ")" }
-	arr := func(col string) string {
-		if !signed {
-			return col
-		}
-		return fmt.Sprintf(counts, col)
-	}
 	// a day row counts in the bucket of its day's noon (planUsage)
 	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
 	// which the UTC buckets' toStartOfDay(t) reads)
@@ -267,12 +263,12 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 		branches = append(branches, fmt.Sprintf(`SELECT c_start AS t, c_model AS m, c_user AS u, c_source AS src,
         %[4]s AS n, %[5]s AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c,
         [%[1]s] AS lb, [%[4]s] AS lc, %[6]s AS tn,
-        if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[4]s], empty%[7]s()) AS tc
+        if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[4]s], %[7]s()) AS tc
     FROM
     (
     %[3]s
     )%[8]s`, histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(p.perCallWhere()),
-			one, cnt("c_error"), cnt("c_has_ttft"), map[bool]string{false: "ArrayUInt64", true: "ArrayInt64"}[signed], outer))
+			one, cnt("c_error"), cnt("c_has_ttft"), emptyCounts, outer))
 	}
 	return fmt.Sprintf(`SELECT
     %s,

@@ -97,7 +97,7 @@ func run(callsFile, outFile string, from, to time.Time) error {
 				if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
 					// no ADD COLUMN IF NOT EXISTS on 18.16: the migrator counts
 					// "already exists" as done, so the second run may meet it
-					readded := round == 1 && strings.Contains(st, " ADD COLUMN ") && strings.Contains(err.Error(), "already exists")
+					readded := round == 1 && chsink.ColumnAlreadyAdded(st, err.Error())
 					if !readded {
 						return fmt.Errorf("migration %s (run %d): %w", m.Name, round+1, err)
 					}
