@@ -2,7 +2,7 @@ package doctor
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,11 +30,17 @@ func DialNATS(url string, opts []nats.Option) func(ctx context.Context) (*nats.C
 
 // LangfuseSettings checks the Langfuse settings in effect: those saved from
 // the dashboard (NATS KV bucket settings.Bucket, read with a connection from
-// connect) win over configured. Skipped when neither names a host.
-func LangfuseSettings(configured settings.Langfuse, connect func(ctx context.Context) (*nats.Conn, error)) Check {
+// connect, the secret unsealed with sealer) win over configured. Skipped when
+// neither names a host.
+func LangfuseSettings(configured settings.Langfuse, sealer *settings.Sealer, connect func(ctx context.Context) (*nats.Conn, error)) Check {
 	return func(ctx context.Context) []Result {
 		l, source := configured, settings.SourceConfig
-		if saved, ok := savedLangfuse(ctx, connect); ok {
+		saved, ok, err := savedLangfuse(ctx, connect, sealer)
+		if err != nil {
+			return []Result{fail("langfuse", "set "+settings.KeyConfig+" to the key serve saved the settings with (every serve and langfuse worker needs the same key), or save them again on the dashboard's Settings page",
+				"the Langfuse settings saved from the dashboard cannot be read: %v", err)}
+		}
+		if ok {
 			l, source = saved, settings.SourceSaved
 		}
 		if l.Host == "" {
@@ -47,37 +53,41 @@ func LangfuseSettings(configured settings.Langfuse, connect func(ctx context.Con
 }
 
 // savedLangfuse reads the Langfuse settings saved at run time, if any. It
-// never creates the bucket; NATS problems are the nats line's to report.
-func savedLangfuse(ctx context.Context, connect func(ctx context.Context) (*nats.Conn, error)) (settings.Langfuse, bool) {
+// never creates the bucket; NATS problems are the nats line's to report, so
+// only a saved value that cannot be read is an error.
+func savedLangfuse(ctx context.Context, connect func(ctx context.Context) (*nats.Conn, error), sealer *settings.Sealer) (settings.Langfuse, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	nc, err := connect(ctx)
 	if err != nil {
-		return settings.Langfuse{}, false
+		return settings.Langfuse{}, false, nil
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return settings.Langfuse{}, false
+		return settings.Langfuse{}, false, nil
 	}
-	return SavedLangfuse(ctx, js)
+	return SavedLangfuse(ctx, js, sealer)
 }
 
-// SavedLangfuse is the Langfuse saved from the dashboard in js, if any.
-func SavedLangfuse(ctx context.Context, js jetstream.JetStream) (settings.Langfuse, bool) {
-	kv, err := js.KeyValue(ctx, settings.Bucket)
+// SavedLangfuse is the Langfuse saved from the dashboard in js, if any; ok
+// is false when the bucket or the value is missing or names no host. The
+// error is that of a saved value that cannot be read (a sealed secret and
+// no or another key, a damaged value).
+func SavedLangfuse(ctx context.Context, js jetstream.JetStream, sealer *settings.Sealer) (l settings.Langfuse, ok bool, err error) {
+	store, err := settings.OpenExisting(ctx, js, settings.WithSealer(sealer))
 	if err != nil {
-		return settings.Langfuse{}, false
+		return settings.Langfuse{}, false, nil
 	}
-	e, err := kv.Get(ctx, settings.LangfuseKey)
+	l, ok, err = store.Langfuse(ctx)
 	if err != nil {
-		return settings.Langfuse{}, false
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			return settings.Langfuse{}, false, nil // NATS trouble, not the value's
+		}
+		return settings.Langfuse{}, false, err
 	}
-	var l settings.Langfuse
-	if err := json.Unmarshal(e.Value(), &l); err != nil || l.Host == "" {
-		return settings.Langfuse{}, false
-	}
-	return l, true
+	return l, ok && l.Host != "", nil
 }
 
 // Probe is a container healthcheck: nil when a GET of url is answered 2xx

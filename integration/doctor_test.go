@@ -231,7 +231,7 @@ func TestDoctorUsesSavedLangfuseSettings(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := settings.Open(ctx, js, 1)
+	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

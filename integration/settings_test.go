@@ -31,7 +31,7 @@ func TestSettingsAPIAndWatch(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	store, err := settings.Open(ctx, js, 1)
+	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ type Gate struct {
 	Config   Langfuse    // from the configuration file and environment
 	Replicas int         // of the bucket when the gate creates it
 	Probe    ProbePolicy // where "Test connection" may connect
+	Sealer   *Sealer     // seals the saved secret key; nil: no secret can be saved
 	Log      *slog.Logger
 	// Opened runs once the bucket is open, until ctx ends.
 	Opened func(ctx context.Context, store *Store)
@@ -45,7 +46,7 @@ func (g *Gate) Open(ctx context.Context) {
 	store, err := OpenWhenReady(ctx, js, g.Replicas, func(err error, wait time.Duration) {
 		g.lastErr.Store(&err)
 		g.Log.Warn("settings: NATS KV bucket not available yet; settings routes answer 503", "bucket", Bucket, "err", err, "retry_in", wait)
-	})
+	}, WithSealer(g.Sealer))
 	if err != nil {
 		return
 	}

@@ -80,13 +80,26 @@ func SecretHint(secret string) string {
 	return secret[:6] + "…" + secret[len(secret)-4:]
 }
 
-// Store reads and writes settings in the KV bucket.
+// Store reads and writes settings in the KV bucket. The Langfuse secret key
+// is stored sealed (Sealer): without a sealer a Store reads settings that
+// have no secret, or a plain one saved by an older release, but saves no
+// secret.
 type Store struct {
-	kv jetstream.KeyValue
+	kv     jetstream.KeyValue
+	sealer *Sealer
 }
 
-// Open creates the bucket when missing (safe from every replica).
-func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
+// Option configures a Store.
+type Option func(*Store)
+
+// WithSealer seals the secret key on save and unseals it on read; nil is
+// no sealer.
+func WithSealer(s *Sealer) Option { return func(st *Store) { st.sealer = s } }
+
+// Open creates the bucket when missing (safe from every replica). With a
+// sealer, a secret saved in plain text by an older release is sealed in
+// place.
+func Open(ctx context.Context, js jetstream.JetStream, replicas int, opts ...Option) (*Store, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: Bucket, Description: "callpipe run-time settings (Langfuse host and keys)", History: 5,
 		Storage: jetstream.FileStorage, Replicas: max(replicas, 1),
@@ -94,7 +107,107 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 	if err != nil {
 		return nil, fmt.Errorf("settings bucket %s: %w", Bucket, err)
 	}
-	return &Store{kv: kv}, nil
+	s := &Store{kv: kv}
+	for _, o := range opts {
+		o(s)
+	}
+	if err := s.sealPlain(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenExisting opens the bucket without creating it (readers that must not
+// change NATS, such as doctor); jetstream.ErrBucketNotFound when missing.
+func OpenExisting(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Store, error) {
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("settings bucket %s: %w", Bucket, err)
+	}
+	s := &Store{kv: kv}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// stored is the bucket's form of Langfuse: the secret only sealed.
+type stored struct {
+	Host      string `json:"host"`
+	PublicKey string `json:"public_key"`
+	// SecretKey is a plain secret saved before sealing existed; read, never
+	// written.
+	SecretKey string    `json:"secret_key,omitempty"`
+	Sealed    string    `json:"secret_key_sealed,omitempty"`
+	ProjectID string    `json:"project_id,omitempty"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+}
+
+// decode turns a bucket value into Langfuse, unsealing the secret.
+func (s *Store) decode(raw []byte) (Langfuse, error) {
+	var v stored
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return Langfuse{}, fmt.Errorf("settings %s: stored value is not valid: %w", LangfuseKey, err)
+	}
+	l := Langfuse{Host: v.Host, PublicKey: v.PublicKey, SecretKey: v.SecretKey, ProjectID: v.ProjectID, UpdatedAt: v.UpdatedAt}
+	if v.Sealed != "" {
+		if s.sealer == nil {
+			return Langfuse{}, fmt.Errorf("settings %s: the saved secret key is sealed: %w", LangfuseKey, ErrNoKey)
+		}
+		secret, err := s.sealer.Open(v.Sealed, v.Host, v.PublicKey)
+		if err != nil {
+			return Langfuse{}, fmt.Errorf("settings %s: %w", LangfuseKey, err)
+		}
+		l.SecretKey = secret
+	}
+	return l, nil
+}
+
+// encode is the bucket value of l, its secret sealed.
+func (s *Store) encode(l Langfuse) ([]byte, error) {
+	v := stored{Host: l.Host, PublicKey: l.PublicKey, ProjectID: l.ProjectID, UpdatedAt: l.UpdatedAt}
+	if l.SecretKey != "" {
+		if s.sealer == nil {
+			return nil, fmt.Errorf("settings %s: saving a secret key: %w", LangfuseKey, ErrNoKey)
+		}
+		sealed, err := s.sealer.Seal(l.SecretKey, l.Host, l.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		v.Sealed = sealed
+	}
+	return json.Marshal(v)
+}
+
+// sealPlain seals a plain secret saved by an older release (only if the
+// value did not change meanwhile).
+func (s *Store) sealPlain(ctx context.Context) error {
+	if s.sealer == nil {
+		return nil
+	}
+	e, err := s.kv.Get(ctx, LangfuseKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("settings get %s: %w", LangfuseKey, err)
+	}
+	var v stored
+	if json.Unmarshal(e.Value(), &v) != nil || v.SecretKey == "" {
+		return nil // sealed already, or broken: readers report it
+	}
+	l, err := s.decode(e.Value())
+	if err != nil {
+		return err
+	}
+	b, err := s.encode(l)
+	if err != nil {
+		return err
+	}
+	if _, err := s.kv.Update(ctx, LangfuseKey, b, e.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("settings %s: sealing the plain secret saved by an older release: %w", LangfuseKey, err)
+	}
+	return nil
 }
 
 // OpenWhenReady opens the bucket as Open does, trying again while NATS does
@@ -102,11 +215,11 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 // and the Langfuse stage start before NATS without failing. failed reports
 // each failure and the wait before the next try. The error is ctx's when ctx
 // ended first.
-func OpenWhenReady(ctx context.Context, js jetstream.JetStream, replicas int, failed func(err error, wait time.Duration)) (*Store, error) {
+func OpenWhenReady(ctx context.Context, js jetstream.JetStream, replicas int, failed func(err error, wait time.Duration), opts ...Option) (*Store, error) {
 	var store *Store
 	err := retry.Until(ctx, retry.Backoff{First: time.Second, Max: 15 * time.Second, Attempt: 10 * time.Second},
 		func(ctx context.Context) (err error) {
-			store, err = Open(ctx, js, replicas)
+			store, err = Open(ctx, js, replicas, opts...)
 			return err
 		}, failed)
 	return store, err
@@ -121,8 +234,9 @@ func (s *Store) Langfuse(ctx context.Context) (l Langfuse, ok bool, err error) {
 	if err != nil {
 		return Langfuse{}, false, fmt.Errorf("settings get %s: %w", LangfuseKey, err)
 	}
-	if err := json.Unmarshal(e.Value(), &l); err != nil {
-		return Langfuse{}, false, fmt.Errorf("settings %s: stored value is not valid: %w", LangfuseKey, err)
+	l, err = s.decode(e.Value())
+	if err != nil {
+		return Langfuse{}, false, err
 	}
 	return l, true, nil
 }
@@ -135,7 +249,7 @@ func (s *Store) PutLangfuse(ctx context.Context, l Langfuse) error {
 	if l.UpdatedAt.IsZero() {
 		l.UpdatedAt = time.Now().UTC()
 	}
-	b, err := json.Marshal(l)
+	b, err := s.encode(l)
 	if err != nil {
 		return err
 	}
@@ -154,9 +268,13 @@ func (s *Store) DeleteLangfuse(ctx context.Context) error {
 }
 
 // Effective is the Langfuse settings in effect and where they come from.
+// Err is set (and Langfuse empty) when saved settings exist but cannot be
+// read, e.g. their secret is sealed under another key: nothing should be
+// sent then, rather than fall back to the configuration.
 type Effective struct {
 	Langfuse
 	Source string
+	Err    error
 }
 
 // WatchLangfuse calls fn with the settings in effect now and after every
@@ -188,9 +306,10 @@ func (s *Store) WatchLangfuse(ctx context.Context, fallback Langfuse, fn func(Ef
 				fn(Effective{Langfuse: fallback, Source: SourceConfig})
 				continue
 			}
-			var l Langfuse
-			if err := json.Unmarshal(e.Value(), &l); err != nil {
-				continue // a broken value is reported by readers, not applied
+			l, err := s.decode(e.Value())
+			if err != nil {
+				fn(Effective{Source: SourceSaved, Err: err})
+				continue
 			}
 			fn(Effective{Langfuse: l, Source: SourceSaved})
 		}

@@ -113,7 +113,7 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 		checks = append(checks, doctor.Closing(doctor.Redis(cfg.Redis.Addr, rdb), func() { _ = rdb.Close() }))
 	}
 
-	checks = append(checks, doctor.LangfuseSettings(settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey}, connect))
+	checks = append(checks, doctor.LangfuseSettings(settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey}, cfg.Sealer(), connect))
 	return checks, nil
 }
 

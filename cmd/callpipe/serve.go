@@ -65,7 +65,7 @@ func newServeCommand(a *app) *cobra.Command {
 				return err
 			}
 			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
-				Probe: cfg.Serve.TestConnection.Policy()}
+				Probe: cfg.Serve.TestConnection.Policy(), Sealer: cfg.Sealer()}
 			srv.MountSettings(gate, configuredLangfuse(cfg), links, otlp, log)
 			sctx, stopSettings := context.WithCancel(ctx)
 			defer stopSettings()

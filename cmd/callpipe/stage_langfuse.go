@@ -40,6 +40,7 @@ func runLangfuseStage(ctx context.Context, env *workerEnv, log *slog.Logger) err
 			MaxInFlight: max(1, l.MaxInFlight/2), AckWait: time.Duration(l.AckWait), RetryDelay: time.Duration(l.RetryDelay),
 		},
 		Configured: settings.Langfuse{Host: l.Host, PublicKey: l.PublicKey, SecretKey: l.SecretKey},
+		Sealer:     cfg.Sealer(),
 		Replicas:   cfg.NATS.Stream.Replicas,
 		Log:        log, Registerer: env.reg,
 	})

@@ -143,6 +143,8 @@ type Langfuse struct {
 	PublicKey string `yaml:"public_key" doc:"project public key (also LANGFUSE_PUBLIC_KEY)"`
 	SecretKey string `yaml:"secret_key" secret:"true" doc:"project secret key (also LANGFUSE_SECRET_KEY)"`
 	Transport string `yaml:"transport" doc:"auto, ingestion (v3 batch API) or otlp (v4)"`
+	// SettingsKey is the one key of the settings bucket's encryption.
+	SettingsKey string `yaml:"settings_key" secret:"true" doc:"32 random bytes, base64 (openssl rand -base64 32): seals (AES-256-GCM) the secret key saved from the dashboard in the NATS KV bucket; serve and every langfuse worker need the same key; empty: no secret can be saved from the dashboard"`
 
 	Consumer       string   `yaml:"consumer" doc:"durable consumer on CALLPIPE_NORMALIZED shared by every langfuse worker"`
 	Subject        string   `yaml:"subject" doc:"subjects of CALLPIPE_NORMALIZED the langfuse stage consumes"`
@@ -278,6 +280,7 @@ func (c *Config) Validate() error {
 		check(c.S3.Bucket == "" || validBucket(c.S3.Bucket), "s3.bucket", c.S3.Bucket, "must be 3-63 lowercase letters, digits, dots or hyphens"),
 		check(c.Langfuse.Host == "" || validHTTPURL(c.Langfuse.Host), "langfuse.host", c.Langfuse.Host, "must be an http:// or https:// URL"),
 		check(oneOf(c.Langfuse.Transport, "auto", "ingestion", "otlp"), "langfuse.transport", c.Langfuse.Transport, "allowed: auto, ingestion, otlp"),
+		validSettingsKey(c.Langfuse.SettingsKey),
 		check(validIdent(strings.ReplaceAll(c.Langfuse.Consumer, "-", "_")), "langfuse.consumer", c.Langfuse.Consumer, "must be letters, digits, - and _"),
 		checkSubject(bus.StageLangfuse, "langfuse.subject", c.Langfuse.Subject),
 		check(validLangfuseEnv(c.Langfuse.Environment), "langfuse.environment", c.Langfuse.Environment, "must be lower case letters, digits, - and _, at most 40, not starting with langfuse"),
