@@ -148,8 +148,9 @@ func TestFaultSuite(t *testing.T) {
 		t.Fatalf("migrate: %v\n%s", err, out)
 	}
 	for k := range 5 {
-		add := exec.Command(bin, "users", "add", "--key", "xf-faultkey"+strconv.Itoa(k), "--user", "keyuser-"+strconv.Itoa(k))
+		add := exec.Command(bin, "users", "add", "--key-file", "-", "--user", "keyuser-"+strconv.Itoa(k))
 		add.Env = env
+		add.Stdin = strings.NewReader("xf-faultkey" + strconv.Itoa(k))
 		if out, err := add.CombinedOutput(); err != nil {
 			t.Fatalf("users add: %v\n%s", err, out)
 		}
