@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/encrypt"
 )
 
 // partUpload streams one object to S3 as a multipart upload (minio-go with
@@ -26,12 +27,12 @@ type partUpload struct {
 	info minio.UploadInfo
 }
 
-func startPart(ctx context.Context, c *minio.Client, bucket, key, contentType string, partSize uint64) *partUpload {
+func startPart(ctx context.Context, c *minio.Client, bucket, key, contentType string, partSize uint64, sse encrypt.ServerSide) *partUpload {
 	pr, pw := io.Pipe()
 	u := &partUpload{key: key, pw: pw, sum: sha256.New(), done: make(chan error, 1)}
 	go func() {
 		info, err := c.PutObject(ctx, bucket, key, pr, -1, minio.PutObjectOptions{
-			ContentType: contentType, PartSize: partSize,
+			ContentType: contentType, PartSize: partSize, ServerSideEncryption: sse,
 		})
 		if err != nil {
 			err = fmt.Errorf("s3 upload %s/%s: %w", bucket, key, err)
@@ -65,9 +66,9 @@ func (u *partUpload) abort(cause error) {
 func (u *partUpload) digest() string { return hex.EncodeToString(u.sum.Sum(nil)) }
 
 // putSmall stores a small object in one request.
-func putSmall(ctx context.Context, c *minio.Client, bucket, key, contentType string, body []byte) error {
+func putSmall(ctx context.Context, c *minio.Client, bucket, key, contentType string, body []byte, sse encrypt.ServerSide) error {
 	if _, err := c.PutObject(ctx, bucket, key, bytes.NewReader(body), int64(len(body)),
-		minio.PutObjectOptions{ContentType: contentType}); err != nil {
+		minio.PutObjectOptions{ContentType: contentType, ServerSideEncryption: sse}); err != nil {
 		return fmt.Errorf("s3 put %s/%s: %w", bucket, key, err)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/encrypt"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -36,6 +37,9 @@ type Config struct {
 	ArchivePrefix string
 	// ArchiveBucket holds the raw archive (source archive).
 	ArchiveBucket string
+	// SSE is the server-side encryption of every object written (nil: the
+	// bucket's default applies).
+	SSE encrypt.ServerSide
 }
 
 // Runner runs export jobs against ClickHouse (database Database), S3 and Redis.
@@ -400,7 +404,7 @@ func (j *job[T, P]) partKey(n int) string {
 
 func (j *job[T, P]) openPart(ctx context.Context) error {
 	_, cols := j.src.describe()
-	j.cur = startPart(ctx, j.r.S3, j.bucket, j.partKey(len(j.st.Parts)), contentType(j.spec.Format), j.c.UploadPartSize)
+	j.cur = startPart(ctx, j.r.S3, j.bucket, j.partKey(len(j.st.Parts)), contentType(j.spec.Format), j.c.UploadPartSize, j.c.SSE)
 	enc, err := newEncoder[T, P](j.spec.Format, j.spec.Compression, cols, j.cur)
 	if err != nil {
 		j.cur.abort(err)
@@ -519,13 +523,13 @@ func (j *job[T, P]) finalize(ctx context.Context) (*Manifest, error) {
 	if err := j.lease.check(ctx); err != nil {
 		return nil, err
 	}
-	if err := putSmall(ctx, j.r.S3, j.bucket, j.key(ManifestName), "application/json", body); err != nil {
+	if err := putSmall(ctx, j.r.S3, j.bucket, j.key(ManifestName), "application/json", body, j.c.SSE); err != nil {
 		return nil, err
 	}
 	if err := j.lease.check(ctx); err != nil {
 		return nil, err
 	}
-	if err := putSmall(ctx, j.r.S3, j.bucket, j.key(SuccessName), "text/plain", nil); err != nil {
+	if err := putSmall(ctx, j.r.S3, j.bucket, j.key(SuccessName), "text/plain", nil, j.c.SSE); err != nil {
 		return nil, err
 	}
 	j.st.State, j.st.Manifest = StateSucceeded, m

@@ -113,10 +113,10 @@ func BenchmarkArchiveStore(b *testing.B) {
 				slots <- struct{}{}
 				uploads.Go(func() {
 					defer func() { <-slots }()
-					if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+					if err := archive.PutManifest(ctx, e.s3, archBucket, built, nil); err != nil {
 						b.Error(err)
 					}
-					if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+					if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20, nil); err != nil {
 						b.Error(err)
 					}
 				})
@@ -238,10 +238,10 @@ func BenchmarkReplayRate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+	if err := archive.PutManifest(ctx, e.s3, archBucket, built, nil); err != nil {
 		b.Fatal(err)
 	}
-	if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+	if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20, nil); err != nil {
 		b.Fatal(err)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: harness.Redis(b)})

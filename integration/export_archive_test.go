@@ -55,10 +55,10 @@ func TestExportArchive(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := archive.PutManifest(ctx, e.s3, e.bucket, built); err != nil {
+			if err := archive.PutManifest(ctx, e.s3, e.bucket, built, nil); err != nil {
 				t.Fatal(err)
 			}
-			if err := archive.PutData(ctx, e.s3, e.bucket, built, 16<<20); err != nil {
+			if err := archive.PutData(ctx, e.s3, e.bucket, built, 16<<20, nil); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -73,10 +73,10 @@ func newReplayFixture(t *testing.T, perHour int) *replayFixture {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+		if err := archive.PutManifest(ctx, e.s3, archBucket, built, nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+		if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

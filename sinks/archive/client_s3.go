@@ -10,6 +10,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/encrypt"
 )
 
 // S3Config is how to reach the bucket (the s3 configuration section).
@@ -70,27 +71,31 @@ func EnsureBucket(ctx context.Context, c *minio.Client, bucket, region string) e
 	return nil
 }
 
-// PutManifest stores b's manifest, which claims its stream sequences.
-func PutManifest(ctx context.Context, c *minio.Client, bucket string, b *Built) error {
+// PutManifest stores b's manifest, which claims its stream sequences. sse is
+// the server-side encryption asked for (nil: the bucket's default).
+func PutManifest(ctx context.Context, c *minio.Client, bucket string, b *Built, sse encrypt.ServerSide) error {
 	body, err := json.Marshal(&b.Manifest)
 	if err != nil {
 		return fmt.Errorf("archive manifest %s: %w", b.ManifestKey, err)
 	}
 	if _, err := c.PutObject(ctx, bucket, b.ManifestKey, bytes.NewReader(body), int64(len(body)),
-		minio.PutObjectOptions{ContentType: "application/json"}); err != nil {
+		minio.PutObjectOptions{ContentType: "application/json", ServerSideEncryption: sse}); err != nil {
 		return fmt.Errorf("archive put manifest %s: %w", b.ManifestKey, err)
 	}
 	return nil
 }
 
 // PutData uploads b's data object (multipart in parts of partSize when larger)
-// with its Meta as user metadata.
-func PutData(ctx context.Context, c *minio.Client, bucket string, b *Built, partSize uint64) error {
+// with its Meta as user metadata, encrypted by the server as sse asks (nil:
+// the bucket's default).
+func PutData(ctx context.Context, c *minio.Client, bucket string, b *Built, partSize uint64, sse encrypt.ServerSide) error {
 	key := b.Manifest.Key
 	if _, err := c.PutObject(ctx, bucket, key, bytes.NewReader(b.Data), int64(len(b.Data)), minio.PutObjectOptions{
 		ContentType:  "application/zstd",
 		UserMetadata: b.Manifest.Meta.userMetadata(),
 		PartSize:     partSize,
+
+		ServerSideEncryption: sse,
 	}); err != nil {
 		return fmt.Errorf("archive put %s: %w", key, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/encrypt"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -45,6 +46,9 @@ type SinkConfig struct {
 	BackoffMin, BackoffMax time.Duration
 	Log                    *slog.Logger
 	Metrics                *Metrics // nil: unregistered metrics
+	// SSE is the server-side encryption of every object (nil: the bucket's
+	// default applies).
+	SSE encrypt.ServerSide
 }
 
 func (c *SinkConfig) defaults() error {
@@ -418,14 +422,14 @@ func (s *Sink) upload(ctx context.Context, built *Built, held []bus.AckRef, clai
 	for attempt := 0; ; attempt++ {
 		err := error(nil)
 		if claim {
-			if err = PutManifest(ctx, s.s3, s.cfg.Bucket, built); err == nil {
+			if err = PutManifest(ctx, s.s3, s.cfg.Bucket, built, s.cfg.SSE); err == nil {
 				claim = false
 			} else {
 				s.m.Errors.WithLabelValues("manifest").Inc()
 			}
 		}
 		if err == nil {
-			if err = PutData(ctx, s.s3, s.cfg.Bucket, built, s.cfg.PartSize); err != nil {
+			if err = PutData(ctx, s.s3, s.cfg.Bucket, built, s.cfg.PartSize, s.cfg.SSE); err != nil {
 				s.m.Errors.WithLabelValues("upload").Inc()
 			}
 		}
