@@ -94,6 +94,23 @@ func Run(ctx context.Context, timeout time.Duration, checks ...Check) []Result {
 	return all
 }
 
+// Encrypted marks the first line of c (the dependency's) with how its
+// connection travels: "TLS", or "plain text" — credentials and call data
+// readable on the network path.
+func Encrypted(c Check, tls bool) Check {
+	return func(ctx context.Context) []Result {
+		rs := c(ctx)
+		if len(rs) > 0 && rs[0].Status != Skip {
+			if tls {
+				rs[0].Detail += " [TLS]"
+			} else {
+				rs[0].Detail += " [plain text]"
+			}
+		}
+		return rs
+	}
+}
+
 // Broken counts the failed results.
 func Broken(rs []Result) int {
 	n := 0

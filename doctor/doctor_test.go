@@ -303,3 +303,17 @@ func TestStatusString(t *testing.T) {
 		}
 	}
 }
+
+func TestEncryptedMarksTheDependencyLine(t *testing.T) {
+	c := func(context.Context) []Result { return []Result{ok("redis", "PING answered"), ok("redis more", "x")} }
+	plain := Encrypted(c, false)(context.Background())
+	if plain[0].Detail != "PING answered [plain text]" || plain[1].Detail != "x" {
+		t.Errorf("plain: %+v", plain)
+	}
+	if rs := Encrypted(c, true)(context.Background()); rs[0].Detail != "PING answered [TLS]" {
+		t.Errorf("tls: %+v", rs)
+	}
+	if rs := Encrypted(Skipped("s3", "s3.endpoint is empty"), false)(context.Background()); strings.Contains(rs[0].Detail, "plain") {
+		t.Errorf("a skipped dependency has no connection: %+v", rs)
+	}
+}

@@ -32,7 +32,7 @@ func DialNATS(url string, opts []nats.Option) func(ctx context.Context) (*nats.C
 // the dashboard (NATS KV bucket settings.Bucket, read with a connection from
 // connect, the secret unsealed with sealer) win over configured. Skipped when
 // neither names a host.
-func LangfuseSettings(configured settings.Langfuse, sealer *settings.Sealer, connect func(ctx context.Context) (*nats.Conn, error)) Check {
+func LangfuseSettings(configured settings.Langfuse, sealer *settings.Sealer, client *http.Client, connect func(ctx context.Context) (*nats.Conn, error)) Check {
 	return func(ctx context.Context) []Result {
 		l, source := configured, settings.SourceConfig
 		saved, ok, err := savedLangfuse(ctx, connect, sealer)
@@ -46,9 +46,9 @@ func LangfuseSettings(configured settings.Langfuse, sealer *settings.Sealer, con
 		if l.Host == "" {
 			return []Result{skip("langfuse", "not configured: langfuse.host is empty (LANGFUSE_HOST) and no Langfuse settings were saved from the dashboard")}
 		}
-		rs := Langfuse(l.Host, l.PublicKey, l.SecretKey, &http.Client{})(ctx)
+		rs := Langfuse(l.Host, l.PublicKey, l.SecretKey, client)(ctx)
 		rs[0].Detail += " (settings from " + source + ")"
-		return rs
+		return Encrypted(func(context.Context) []Result { return rs }, strings.HasPrefix(strings.ToLower(l.Host), "https://"))(ctx)
 	}
 }
 

@@ -2,6 +2,7 @@ package settings
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -27,6 +28,9 @@ type ProbePolicy struct {
 	Allow []netip.Prefix
 	// Timeout bounds one whole test (default 5s).
 	Timeout time.Duration
+	// TLS is the client TLS of https:// hosts (langfuse.tls); nil: system
+	// roots.
+	TLS *tls.Config
 }
 
 // DefaultProbeTimeout bounds a connection test when the policy sets none.
@@ -162,6 +166,7 @@ func (p ProbePolicy) Client() *http.Client {
 		ResponseHeaderTimeout:  timeout,
 		MaxResponseHeaderBytes: 64 << 10,
 		DisableKeepAlives:      true,
+		TLSClientConfig:        p.TLS,
 	}
 	return &http.Client{
 		Transport: tr,

@@ -64,8 +64,12 @@ func newServeCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			probe := cfg.Serve.TestConnection.Policy()
+			if probe.TLS, err = langfuseTLS(cfg); err != nil {
+				return err
+			}
 			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
-				Probe: cfg.Serve.TestConnection.Policy(), Sealer: cfg.Sealer()}
+				Probe: probe, Sealer: cfg.Sealer()}
 			srv.MountSettings(gate, configuredLangfuse(cfg), links, otlp, log)
 			sctx, stopSettings := context.WithCancel(ctx)
 			defer stopSettings()

@@ -146,6 +146,8 @@ type Langfuse struct {
 	SecretKey string `yaml:"secret_key" secret:"true" doc:"project secret key (also LANGFUSE_SECRET_KEY)"`
 	Transport string `yaml:"transport" doc:"auto, ingestion (v3 batch API) or otlp (v4)"`
 	// SettingsKey is the one key of the settings bucket's encryption.
+	// TLS applies to https:// hosts (the scheme turns TLS on; enabled is ignored).
+	TLS         TLS    `yaml:"tls"`
 	SettingsKey string `yaml:"settings_key" secret:"true" doc:"32 random bytes, base64 (openssl rand -base64 32): seals (AES-256-GCM) the secret key saved from the dashboard in the NATS KV bucket; serve and every langfuse worker need the same key; empty: no secret can be saved from the dashboard"`
 
 	Consumer       string   `yaml:"consumer" doc:"durable consumer on CALLPIPE_NORMALIZED shared by every langfuse worker"`
