@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io/fs"
@@ -163,6 +164,33 @@ func TestTLSEveryClient(t *testing.T) {
 	if out, code := runCallpipe(t, env, "", "users", "ls"); code != 0 || !strings.Contains(out, "tls-user") {
 		t.Fatalf("users ls over TLS: exit %d\n%s", code, out)
 	}
+
+	// The langfuse stage reads NATS over TLS and sends to Langfuse over https.
+	w := testkit.Start(t, s.env(true, "CALLPIPE_WORKER_LISTEN="+testkit.FreeAddr(t), "CALLPIPE_LANGFUSE_FLUSH_INTERVAL=100ms"),
+		"worker", "--stages", "langfuse")
+	nc, err := s.nats.connect(s.pki)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := lfCalls("tls"+testkit.RandomHex(t, 3), 20)
+	for _, c := range calls {
+		data, _ := json.Marshal(&c)
+		m := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + ".tls." + c.Kind, Data: data, Header: nats.Header{}}
+		m.Header.Set(jetstream.MsgIDHeader, c.ID)
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, 60*time.Second, "calls at the https Langfuse", func() (bool, string) {
+		n := len(s.langfuse.Observations())
+		return n == len(calls), fmt.Sprint(n)
+	})
+	w.Stop(t, time.Minute)
 
 	// The same clients in plain text: refused, and doctor says plain text.
 	out, code := runCallpipe(t, s.env(false), "", "doctor", "--timeout", "5s")
