@@ -96,6 +96,12 @@ func TestSettingsSecretSealedInKV(t *testing.T) {
 	})
 	other.stop(t)
 
+	// doctor with another key: the langfuse line fails naming the key.
+	out, _ := runCallpipe(t, append(os.Environ(), "CALLPIPE_LANGFUSE_SETTINGS_KEY="+strings.Repeat("cd", 32)), "", "doctor", "--timeout", "5s")
+	if l := doctorReport(out)["langfuse"]; !strings.HasPrefix(l, "FAIL") || !strings.Contains(l, "sealed under settings key id") || !strings.Contains(l, "langfuse.settings_key") {
+		t.Errorf("doctor with another settings key: langfuse line %q\n%s", l, out)
+	}
+
 	// serve without a key: reading and saving a secret name the missing key.
 	bare := startServe(t, db, "CALLPIPE_NATS_URL="+harness.NATS(t), "CALLPIPE_SERVE_TOKENS="+admin, "CALLPIPE_LANGFUSE_SETTINGS_KEY=")
 	lfWait(t, 20*time.Second, "settings API of serve without a key", func() bool {
@@ -109,4 +115,35 @@ func TestSettingsSecretSealedInKV(t *testing.T) {
 	}
 	bare.stop(t)
 	p.stop(t)
+
+	// A secret saved in clear by an older release is sealed when a process
+	// with the key opens the bucket.
+	kv, err := e.js.KeyValue(ctx, settings.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := fmt.Sprintf(`{"host":%q,"public_key":"pk-lf-sealed","secret_key":%q}`, b.URL, secret)
+	if _, err := kv.Put(ctx, settings.LangfuseKey, []byte(legacy)); err != nil {
+		t.Fatal(err)
+	}
+	store, err := settings.Open(ctx, e.js, 1, settings.WithSealer(itSealer(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := kv.Get(ctx, settings.LangfuseKey)
+	if err != nil || bytes.Contains(entry.Value(), []byte(secret)) || !bytes.Contains(entry.Value(), []byte("secret_key_sealed")) {
+		t.Fatalf("legacy value not sealed on open: %s (%v)", entry.Value(), err)
+	}
+	if l, ok, err := store.Langfuse(ctx); err != nil || !ok || l.SecretKey != secret {
+		t.Errorf("resealed value reads back as %+v %v %v", l, ok, err)
+	}
+	hist, err := kv.History(ctx, settings.LangfuseKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hist {
+		if bytes.Contains(h.Value(), []byte(secret)) {
+			t.Errorf("revision %d of the settings still holds the plain secret", h.Revision())
+		}
+	}
 }

@@ -111,7 +111,7 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int, opts ...Opt
 	for _, o := range opts {
 		o(s)
 	}
-	if err := s.sealPlain(ctx); err != nil {
+	if err := s.sealPlain(ctx, js); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -180,8 +180,9 @@ func (s *Store) encode(l Langfuse) ([]byte, error) {
 }
 
 // sealPlain seals a plain secret saved by an older release (only if the
-// value did not change meanwhile).
-func (s *Store) sealPlain(ctx context.Context) error {
+// value did not change meanwhile), then drops the older revisions of the
+// key, which may hold it in clear too.
+func (s *Store) sealPlain(ctx context.Context, js jetstream.JetStream) error {
 	if s.sealer == nil {
 		return nil
 	}
@@ -204,8 +205,18 @@ func (s *Store) sealPlain(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.kv.Update(ctx, LangfuseKey, b, e.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	if _, err := s.kv.Update(ctx, LangfuseKey, b, e.Revision()); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil // changed meanwhile: whoever wrote it sealed it
+		}
 		return fmt.Errorf("settings %s: sealing the plain secret saved by an older release: %w", LangfuseKey, err)
+	}
+	stream, err := js.Stream(ctx, "KV_"+Bucket)
+	if err == nil {
+		err = stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+Bucket+"."+LangfuseKey), jetstream.WithPurgeKeep(1))
+	}
+	if err != nil {
+		return fmt.Errorf("settings %s: dropping the revisions that hold the plain secret: %w", LangfuseKey, err)
 	}
 	return nil
 }
