@@ -6,8 +6,9 @@
 // The caller builds the checks from its configuration (clients, addresses,
 // ExpectPipeline for the bus) and prints them; Skipped stands for a
 // dependency that is not configured, LangfuseSettings checks the Langfuse
-// settings in effect (saved from the dashboard over configured) and Probe is
-// the image's healthcheck.
+// settings in effect (saved from the dashboard over configured, the secret
+// unsealed) and Probe is the image's healthcheck. Encrypted marks a
+// dependency's line with how its connection travels: [TLS] or [plain text].
 package doctor
 
 import (

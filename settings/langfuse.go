@@ -6,6 +6,12 @@
 // Precedence: a value saved here wins over the configuration file and the
 // environment, which remain the bootstrap (and the whole story when nothing
 // was saved). Every reader reports which source is in effect.
+//
+// The Langfuse secret key never reaches the bucket in clear: a Store seals it
+// with a Sealer (AES-256-GCM under langfuse.settings_key, bound to the host
+// and public key) and refuses to save a secret without one. Reading a sealed
+// value without the key, or with another, is an error that names the key; a
+// watcher gets it as Effective.Err, so that nothing is sent until it is fixed.
 package settings
 
 import (

@@ -240,8 +240,23 @@ ensure_minio_credentials() {
 	[[ -n $MINIO_ROOT_USER && -n $MINIO_ROOT_PASSWORD ]] || die "bad MinIO credentials file $f (delete it to regenerate)"
 }
 
+# Settings key of the local stack (langfuse.settings_key): generated once, kept in the state folder,
+# so that serve and the langfuse workers started with the env file share it.
+ensure_settings_key() {
+	local f=$STATE/settings.key
+	if [[ ! -s $f ]]; then
+		(
+			umask 077
+			head -c 32 /dev/urandom | base64 >"$f.tmp"
+		)
+		mv "$f.tmp" "$f"
+	fi
+	SETTINGS_KEY=$(<"$f")
+}
+
 write_env() {
 	ensure_minio_credentials
+	ensure_settings_key
 	local f=$STATE/env
 	(
 		umask 077
@@ -259,6 +274,7 @@ write_env() {
 			echo "export CALLPIPE_S3_SECRET_KEY=$MINIO_ROOT_PASSWORD"
 			echo "export CALLPIPE_S3_USE_SSL=false"
 			echo "export CALLPIPE_REDIS_ADDR=$HOST:$REDIS_PORT"
+			echo "export CALLPIPE_LANGFUSE_SETTINGS_KEY=$SETTINGS_KEY"
 		} >"$f.tmp"
 	)
 	mv "$f.tmp" "$f"
