@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
 
@@ -309,8 +311,8 @@ func startTLSMinIO(t *testing.T, pki *testPKI) *tlsMinIO {
 }
 
 // tlsRedis is a redis-server with only a TLS port and one ACL user,
-// "callpipe", with the rules of the compose stack (keys under callpipe:,
-// no dangerous or admin commands); the default user is off.
+// "callpipe", with the rules of the compose stack (composeRedisACL); the
+// default user is off.
 type tlsRedis struct {
 	addr, user, password string
 }
@@ -320,11 +322,12 @@ func startTLSRedis(t *testing.T, pki *testPKI) *tlsRedis {
 	bin := serverBin(t, "redis-server")
 	r := &tlsRedis{addr: testkit.FreeAddr(t), user: "callpipe", password: testkit.RandomHex(t, 16)}
 	_, port, _ := net.SplitHostPort(r.addr)
-	startDaemon(t, "redis-tls", nil, bin, "--port", "0", "--tls-port", port, "--bind", "127.0.0.1",
+	args := []string{"--port", "0", "--tls-port", port, "--bind", "127.0.0.1",
 		"--tls-cert-file", pki.certFile, "--tls-key-file", pki.keyFile, "--tls-ca-cert-file", pki.caFile, "--tls-auth-clients", "no",
 		"--save", "", "--appendonly", "no", "--dir", t.TempDir(),
 		"--user", "default", "off",
-		"--user", "callpipe", "on", ">"+r.password, "~callpipe:*", "resetchannels", "+@all", "-@dangerous", "-@admin")
+		"--user", "callpipe", "on", ">" + r.password}
+	startDaemon(t, "redis-tls", nil, bin, append(args, composeRedisACL(t)...)...)
 	waitReady(t, "TLS Redis", func() error {
 		c := redis.NewClient(&redis.Options{Addr: r.addr, Username: r.user, Password: r.password, TLSConfig: pki.clientTLS(),
 			MaxRetries: -1, DisableIdentity: true})
@@ -334,4 +337,20 @@ func startTLSRedis(t *testing.T, pki *testPKI) *tlsRedis {
 		return c.Ping(ctx).Err()
 	})
 	return r
+}
+
+// composeRedisACL is the ACL rules of user callpipe in the compose stack's
+// Redis command (deploy/compose/docker-compose.yml), so that the tests run
+// callpipe under exactly the rights the stack gives it.
+func composeRedisACL(t *testing.T) []string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), "deploy", "compose", "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`--user callpipe on >\$\{CALLPIPE_REDIS_PASSWORD:\?[^}]*\} ([^\n]+)`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("the compose file's redis command declares no ACL user callpipe")
+	}
+	return strings.Fields(string(m[1]))
 }
