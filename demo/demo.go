@@ -21,7 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/callpipe/callpipe/internal/fleet"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 	"github.com/callpipe/callpipe/transform"
 	"github.com/callpipe/callpipe/workload"
 )
@@ -213,7 +213,7 @@ func (d *demo) registerUsers(ctx context.Context) error {
 }
 
 func (d *demo) ensureBucket(ctx context.Context) error {
-	if err := archive.EnsureBucket(ctx, d.env.S3, d.env.Bucket, d.env.Region); err != nil {
+	if err := rawarchive.EnsureBucket(ctx, d.env.S3, d.env.Bucket, d.env.Region); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	return nil

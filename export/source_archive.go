@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callpipe/callpipe/store/rawarchive"
 	"github.com/minio/minio-go/v7"
-
-	"github.com/callpipe/callpipe/sinks/archive"
 )
 
 // RawRow is one archived raw event as exported with --source archive: the
@@ -43,7 +42,7 @@ type archiveSource struct {
 	c              *minio.Client
 	bucket, prefix string
 	spec           *Spec
-	objects        []archive.Object
+	objects        []rawarchive.Object
 	// skipped counts lines that are not JSON objects with an id and a
 	// start_time (the archive keeps what it received), in this run.
 	skipped int64
@@ -72,12 +71,12 @@ func (s *archiveSource) list(ctx context.Context) error {
 	if s.objects != nil {
 		return nil
 	}
-	objs, err := archive.Keys(ctx, s.c, s.bucket, s.prefix, s.spec.From, s.spec.To)
+	objs, err := rawarchive.Keys(ctx, s.c, s.bucket, s.prefix, s.spec.From, s.spec.To)
 	if err != nil {
 		return err
 	}
 	if objs == nil {
-		objs = []archive.Object{}
+		objs = []rawarchive.Object{}
 	}
 	s.objects = objs
 	return nil
@@ -113,7 +112,7 @@ func (s *archiveSource) estimate(ctx context.Context, after string) (int64, erro
 		if o.Key < key {
 			continue
 		}
-		m, err := archive.Stat(ctx, s.c, s.bucket, s.prefix, o.Key)
+		m, err := rawarchive.Stat(ctx, s.c, s.bucket, s.prefix, o.Key)
 		if err != nil {
 			return 0, nil // metadata is only for progress
 		}
@@ -158,7 +157,7 @@ func (s *archiveSource) read(ctx context.Context, after string, emit func([]RawR
 			skipTo = curLine
 		}
 		var n int64 = -1
-		err := archive.ReadObject(ctx, s.c, s.bucket, o.Key, func(line []byte) error {
+		err := rawarchive.ReadObject(ctx, s.c, s.bucket, o.Key, func(line []byte) error {
 			n++
 			if n <= skipTo {
 				return nil

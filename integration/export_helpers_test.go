@@ -25,8 +25,8 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // exportEnv is a fresh ClickHouse database seeded with calls through the
@@ -59,7 +59,7 @@ func newExportEnv(t testing.TB, n int) *exportEnv {
 	t.Cleanup(func() { _ = e.seed.Close() })
 
 	e.s3cfg = harness.S3(t)
-	c, err := archive.NewClient(archive.S3Config{Endpoint: e.s3cfg.Endpoint, AccessKey: e.s3cfg.AccessKey, SecretKey: e.s3cfg.SecretKey, UseSSL: e.s3cfg.UseSSL, PathStyle: true})
+	c, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: e.s3cfg.Endpoint, AccessKey: e.s3cfg.AccessKey, SecretKey: e.s3cfg.SecretKey, UseSSL: e.s3cfg.UseSSL, PathStyle: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // segmentsInFlight is how many segments one object has at a time: one being
@@ -18,7 +18,7 @@ const segmentsInFlight = 3
 // lines. A reader goroutine decompresses, decodes and filters the lines into
 // segments (the lines between two checkpoints) while this goroutine publishes
 // the previous segment: decoding and waiting for JetStream overlap.
-func (r *runner) object(ctx context.Context, ob archive.Object) error {
+func (r *runner) object(ctx context.Context, ob rawarchive.Object) error {
 	skip := int64(0)
 	if r.st.Object == ob.Key {
 		skip = r.st.Line
@@ -122,7 +122,7 @@ func (r *runner) read(ctx context.Context, key string, skip int64, free <-chan *
 	}
 	errQuit := errors.New("quit")
 	// reading stops on ErrStopped, not on ctx, so that the position is known
-	err := archive.ReadObject(context.WithoutCancel(ctx), r.s3, r.o.Bucket, key, func(raw []byte) error {
+	err := rawarchive.ReadObject(context.WithoutCancel(ctx), r.s3, r.o.Bucket, key, func(raw []byte) error {
 		if ctx.Err() != nil {
 			return ErrStopped
 		}

@@ -21,7 +21,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // Options describe one replay job.
@@ -148,7 +148,7 @@ func Run(ctx context.Context, nc *nats.Conn, s3 *minio.Client, cp *Checkpoints, 
 			}
 		}
 	}
-	objs, err := archive.Keys(ctx, s3, o.Bucket, o.Prefix, o.From, o.To)
+	objs, err := rawarchive.Keys(ctx, s3, o.Bucket, o.Prefix, o.From, o.To)
 	if err != nil {
 		return r.res, fmt.Errorf("replay: %w", err)
 	}

@@ -1,4 +1,4 @@
-package archive
+package rawarchive
 
 import (
 	"bytes"
@@ -308,3 +308,17 @@ func (b *Builder) Finish(flush string, closed time.Time) (*Built, error) {
 }
 
 func (m *Manifest) encode() ([]byte, error) { return json.Marshal(m) }
+
+// StorableLine returns data as one NDJSON line: as it is, or compacted when
+// it is JSON spread over several lines (only whitespace changes). Non-JSON
+// with a line break cannot be a line.
+func StorableLine(data []byte) ([]byte, error) {
+	if bytes.IndexByte(data, '\n') < 0 {
+		return data, nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, data); err != nil {
+		return nil, fmt.Errorf("not JSON and contains a line break, so it cannot be stored as one NDJSON line: %w", err)
+	}
+	return buf.Bytes(), nil
+}

@@ -1,4 +1,4 @@
-package archive
+package rawarchive
 
 import (
 	"bufio"
@@ -123,10 +123,11 @@ func ReadManifest(ctx context.Context, c *minio.Client, bucket, prefix, key stri
 	if err != nil {
 		return nil, err
 	}
-	return getManifest(ctx, c, bucket, ManifestKey(prefix, o.Hour, o.FirstSeq, o.LastSeq))
+	return GetManifest(ctx, c, bucket, ManifestKey(prefix, o.Hour, o.FirstSeq, o.LastSeq))
 }
 
-func getManifest(ctx context.Context, c *minio.Client, bucket, mkey string) (*Manifest, error) {
+// GetManifest reads the manifest stored under the manifest key mkey.
+func GetManifest(ctx context.Context, c *minio.Client, bucket, mkey string) (*Manifest, error) {
 	obj, err := c.GetObject(ctx, bucket, mkey, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("archive get manifest %s: %w", mkey, err)
@@ -137,4 +138,24 @@ func getManifest(ctx context.Context, c *minio.Client, bucket, mkey string) (*Ma
 		return nil, fmt.Errorf("archive manifest %s: %w", mkey, err)
 	}
 	return &m, nil
+}
+
+// HourKeys lists what is stored for hour h: the keys of its data objects (as
+// a set) and of its manifests. A manifest without its data object is an
+// upload that was interrupted (see the sink's commit protocol).
+func HourKeys(ctx context.Context, c *minio.Client, bucket, prefix string, h time.Time) (data map[string]bool, manifests []string, err error) {
+	hp := HourPrefix(prefix, h)
+	data = map[string]bool{}
+	for info := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: hp, Recursive: true}) {
+		if info.Err != nil {
+			return nil, nil, fmt.Errorf("archive list %s: %w", hp, info.Err)
+		}
+		switch {
+		case strings.HasSuffix(info.Key, dataSuffix):
+			data[info.Key] = true
+		case strings.HasSuffix(info.Key, manifestSuffix):
+			manifests = append(manifests, info.Key)
+		}
+	}
+	return data, manifests, nil
 }

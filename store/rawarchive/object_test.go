@@ -1,4 +1,4 @@
-package archive
+package rawarchive
 
 import (
 	"bytes"
@@ -147,13 +147,13 @@ func TestReadLinesLong(t *testing.T) {
 }
 
 func TestStorableLine(t *testing.T) {
-	if l, err := storableLine([]byte(`{"a":1}`)); err != nil || string(l) != `{"a":1}` {
+	if l, err := StorableLine([]byte(`{"a":1}`)); err != nil || string(l) != `{"a":1}` {
 		t.Fatalf("%s %v", l, err)
 	}
-	if l, err := storableLine([]byte("{\n \"a\": \"x y\"\n}")); err != nil || string(l) != `{"a":"x y"}` {
+	if l, err := StorableLine([]byte("{\n \"a\": \"x y\"\n}")); err != nil || string(l) != `{"a":"x y"}` {
 		t.Fatalf("%s %v", l, err)
 	}
-	if _, err := storableLine([]byte("not json\nat all")); err == nil || !strings.Contains(err.Error(), "line break") {
+	if _, err := StorableLine([]byte("not json\nat all")); err == nil || !strings.Contains(err.Error(), "line break") {
 		t.Fatalf("err %v", err)
 	}
 }
