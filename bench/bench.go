@@ -32,6 +32,7 @@ import (
 	"github.com/callpipe/callpipe/internal/fleet"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 	"github.com/callpipe/callpipe/transform"
 	"github.com/callpipe/callpipe/workload"
 )
@@ -611,12 +612,12 @@ func (b *bench) publishEvents(subject, idPrefix string) (jetstream.JetStream, er
 func (b *bench) rawClickHouse(ctx context.Context) (float64, error) {
 	oc := b.env.ClickHouse
 	oc.Database = b.db + "_raw"
-	conn, err := chsink.Open(ctx, oc)
+	conn, err := callsdb.Open(ctx, oc.Config)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close()
-	if _, err := (&chsink.Migrator{Conn: conn, Database: oc.Database}).Up(ctx); err != nil {
+	if _, err := (&callsdb.Migrator{Conn: conn, Database: oc.Database}).Up(ctx); err != nil {
 		return 0, err
 	}
 	if !b.o.Keep {
@@ -666,7 +667,7 @@ func (b *bench) rawClickHouse(ctx context.Context) (float64, error) {
 }
 
 func (b *bench) dropDatabase(ctx context.Context, db string) {
-	conn, err := chsink.Open(ctx, b.env.ClickHouse)
+	conn, err := callsdb.Open(ctx, b.env.ClickHouse.Config)
 	if err != nil {
 		return
 	}

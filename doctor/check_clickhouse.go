@@ -9,7 +9,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // ClickHouse error codes that mean the schema was never applied.
@@ -38,11 +38,11 @@ func ClickHouse(addr, database string, open func(ctx context.Context) (driver.Co
 			return []Result{fail("clickhouse", "check the ClickHouse server log", "%s: SELECT version(): %v", addr, err)}
 		}
 		rs := []Result{ok("clickhouse", "%s: server %s", addr, version)}
-		want, err := chsink.Migrations()
+		want, err := callsdb.Migrations()
 		if err != nil {
 			return append(rs, fail("clickhouse schema", "rebuild callpipe: its embedded migrations are invalid", "%v", err))
 		}
-		applied, err := (&chsink.Migrator{Conn: conn, Database: database}).Applied(ctx)
+		applied, err := (&callsdb.Migrator{Conn: conn, Database: database}).Applied(ctx)
 		if err != nil {
 			var ex *ch.Exception
 			if errors.As(err, &ex) && (ex.Code == codeUnknownTable || ex.Code == codeUnknownDatabase) {
@@ -56,7 +56,7 @@ func ClickHouse(addr, database string, open func(ctx context.Context) (driver.Co
 }
 
 // compareSchema judges the recorded migrations against the shipped ones.
-func compareSchema(database string, want []chsink.Migration, applied map[int]string) Result {
+func compareSchema(database string, want []callsdb.Migration, applied map[int]string) Result {
 	const label = "clickhouse schema"
 	known := map[int]bool{}
 	var missing, changed []string

@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 func TestPrintAndBroken(t *testing.T) {
@@ -79,7 +79,7 @@ func TestRunKeepsOrderAndBoundsEachCheck(t *testing.T) {
 }
 
 func TestCompareSchema(t *testing.T) {
-	migs, err := chsink.Migrations()
+	migs, err := callsdb.Migrations()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // Row is one normalized call as exported: the Parquet schema (typed columns,
@@ -64,7 +64,7 @@ var RowColumns = []string{
 
 // rowFromStored joins ClickHouse's second + millisecond columns back into
 // timestamps.
-func rowFromStored(s *chsink.ExportRow) Row {
+func rowFromStored(s *callsdb.ExportRow) Row {
 	at := func(t time.Time, ms uint16) time.Time { return t.UTC().Add(time.Duration(ms) * time.Millisecond) }
 	r := Row{
 		ID: s.ID, TraceID: s.TraceID, SessionID: s.SessionID,

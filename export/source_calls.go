@@ -9,7 +9,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // source reads an export's rows in a fixed order and can restart after any
@@ -30,18 +30,18 @@ type source[T any] interface {
 type callsSource struct {
 	conn     driver.Conn
 	db       string
-	filter   chsink.ExportFilter
+	filter   callsdb.ExportFilter
 	pageRows int
-	hours    []chsink.ExportHour
+	hours    []callsdb.ExportHour
 }
 
 func newCallsSource(conn driver.Conn, db string, spec *Spec, pageRows int) *callsSource {
 	return &callsSource{conn: conn, db: db, pageRows: pageRows,
-		filter: chsink.ExportFilter{From: spec.From, To: spec.To, Model: spec.Model, User: spec.User}}
+		filter: callsdb.ExportFilter{From: spec.From, To: spec.To, Model: spec.Model, User: spec.User}}
 }
 
 func (s *callsSource) describe() (string, []string) {
-	return chsink.WithDB(chsink.ExportQuery(s.filter), s.db), RowColumns
+	return callsdb.WithDB(callsdb.ExportQuery(s.filter), s.db), RowColumns
 }
 
 func parseCallsCursor(c string) (hour time.Time, id string, err error) {
@@ -64,12 +64,12 @@ func (s *callsSource) loadHours(ctx context.Context) error {
 	if s.hours != nil {
 		return nil
 	}
-	h, err := chsink.ExportHours(ctx, s.conn, s.db, s.filter)
+	h, err := callsdb.ExportHours(ctx, s.conn, s.db, s.filter)
 	if err != nil {
 		return err
 	}
 	if h == nil {
-		h = []chsink.ExportHour{} // loaded: no hour holds calls
+		h = []callsdb.ExportHour{} // loaded: no hour holds calls
 	}
 	s.hours = h
 	return nil
@@ -100,15 +100,15 @@ func (s *callsSource) read(ctx context.Context, after string, emit func([]Row, [
 	if err != nil {
 		return err
 	}
-	var cur *chsink.ExportCursor
+	var cur *callsdb.ExportCursor
 	if after != "" {
-		cur = &chsink.ExportCursor{Hour: curHour, ID: curID}
+		cur = &callsdb.ExportCursor{Hour: curHour, ID: curID}
 	}
 	hours := s.hours
 	for len(hours) > 0 && hours[0].Hour.Before(curHour) {
 		hours = hours[1:]
 	}
-	var page []chsink.ExportRow
+	var page []callsdb.ExportRow
 	rows := make([]Row, 0, s.pageRows)
 	cursors := make([]string, 0, s.pageRows)
 	for len(hours) > 0 {
@@ -122,7 +122,7 @@ func (s *callsSource) read(ctx context.Context, after string, emit func([]Row, [
 		from, to := maxTime(hours[0].Hour, s.filter.From), minTime(hours[n-1].Hour.Add(time.Hour), s.filter.To)
 		hours = hours[n:]
 		for {
-			page, err = chsink.ExportPage(ctx, s.conn, s.db, s.filter, from, to, cur, s.pageRows, page)
+			page, err = callsdb.ExportPage(ctx, s.conn, s.db, s.filter, from, to, cur, s.pageRows, page)
 			if err != nil {
 				return err
 			}
@@ -136,7 +136,7 @@ func (s *callsSource) read(ctx context.Context, after string, emit func([]Row, [
 				cursors = append(cursors, callsCursor(&r))
 			}
 			last := &rows[len(rows)-1]
-			cur = &chsink.ExportCursor{Hour: last.StartTime.Truncate(time.Hour), ID: last.ID}
+			cur = &callsdb.ExportCursor{Hour: last.StartTime.Truncate(time.Hour), ID: last.ID}
 			if err := emit(rows, cursors); err != nil {
 				return err
 			}

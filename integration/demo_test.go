@@ -17,7 +17,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 	"github.com/callpipe/callpipe/workload"
 )
 
@@ -101,7 +101,7 @@ func TestDemoEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	rows, err := chsink.Usage(ctx, conn, db, summary.From, summary.To, chsink.GroupBy{Model: true})
+	rows, err := callsdb.Usage(ctx, conn, db, summary.From, summary.To, callsdb.GroupBy{Model: true})
 	if err != nil {
 		t.Fatal(err)
 	}

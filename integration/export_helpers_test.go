@@ -26,6 +26,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
@@ -50,7 +51,7 @@ func newExportEnv(t testing.TB, n int) *exportEnv {
 	t.Helper()
 	_, db := chTestDB(t)
 	e := &exportEnv{db: db, chAddr: harness.ClickHouse(t).Native}
-	e.seed = chsink.NewOutput(chsink.OutputConfig{Addr: e.chAddr, Database: db, User: "default", MaxInFlight: 1})
+	e.seed = chsink.NewOutput(chsink.OutputConfig{Config: callsdb.Config{Addr: e.chAddr, Database: db, User: "default"}, MaxInFlight: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := e.seed.Connect(ctx); err != nil {

@@ -24,7 +24,7 @@ import (
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 	"github.com/callpipe/callpipe/store/rawarchive"
 	"github.com/callpipe/callpipe/workload"
 )
@@ -348,7 +348,7 @@ func TestFaultSuite(t *testing.T) {
 	}
 	row("clickhouse distinct ids", calls, distinct)
 	row("clickhouse rows (FINAL)", calls, final)
-	usage, err := chsink.Usage(ctx, conn, db, start.Add(-time.Hour), time.Now().Add(time.Hour), chsink.GroupBy{Model: true})
+	usage, err := callsdb.Usage(ctx, conn, db, start.Add(-time.Hour), time.Now().Add(time.Hour), callsdb.GroupBy{Model: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // maxTraceCalls caps the calls of one trace answer.
@@ -14,10 +14,10 @@ const maxTraceCalls = 2000
 
 // CallsResponse is the body of GET /api/v1/calls.
 type CallsResponse struct {
-	From       time.Time            `json:"from"`
-	To         time.Time            `json:"to"`
-	Calls      []chsink.CallSummary `json:"calls"`
-	NextCursor string               `json:"next_cursor,omitempty"`
+	From       time.Time             `json:"from"`
+	To         time.Time             `json:"to"`
+	Calls      []callsdb.CallSummary `json:"calls"`
+	NextCursor string                `json:"next_cursor,omitempty"`
 }
 
 func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
@@ -31,7 +31,7 @@ func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var spec chsink.CallListSpec
+	var spec callsdb.CallListSpec
 	if spec.From, spec.To, err = q.timeRange(loc, s.now()); err != nil {
 		s.fail(w, r, err)
 		return
@@ -74,7 +74,7 @@ func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
 // CallResponse is the body of GET /api/v1/calls/{id}: the full normalized
 // call, whether its stored text was cut, and its Langfuse trace link.
 type CallResponse struct {
-	chsink.StoredCall
+	callsdb.StoredCall
 	LangfuseURL string `json:"langfuse_url,omitempty"`
 }
 
@@ -167,7 +167,7 @@ func quoteID(id string) string { return "\"" + id + "\"" }
 // buildTrace arranges calls (earliest first) as a tree: when id is their
 // trace_id, the trace holds the calls; when some calls matched by session_id,
 // the session holds one trace per trace_id, each holding its calls.
-func buildTrace(id string, calls []chsink.StoredCall, truncated bool, links langfuseLinks) TraceResponse {
+func buildTrace(id string, calls []callsdb.StoredCall, truncated bool, links langfuseLinks) TraceResponse {
 	bySession := false
 	for i := range calls {
 		if calls[i].TraceID != id {
@@ -180,7 +180,7 @@ func buildTrace(id string, calls []chsink.StoredCall, truncated bool, links lang
 			t0 = calls[i].StartTime
 		}
 	}
-	leaf := func(c *chsink.StoredCall) TraceNode {
+	leaf := func(c *callsdb.StoredCall) TraceNode {
 		n := TraceNode{Type: "call", ID: c.ID, Name: c.Kind + " " + c.Model, Model: c.Model, Status: c.Status,
 			StartTime: c.StartTime, EndTime: c.EndTime, Calls: 1,
 			InputTokens: c.InputTokens, OutputTokens: c.OutputTokens, TotalTokens: c.TotalTokens}
@@ -193,7 +193,7 @@ func buildTrace(id string, calls []chsink.StoredCall, truncated bool, links lang
 		return n
 	}
 	var timeline []TraceNode
-	group := func(typ, gid string, members []*chsink.StoredCall) TraceNode {
+	group := func(typ, gid string, members []*callsdb.StoredCall) TraceNode {
 		n := TraceNode{Type: typ, ID: gid, Name: typ + " " + gid}
 		for _, c := range members {
 			l := leaf(c)
@@ -208,7 +208,7 @@ func buildTrace(id string, calls []chsink.StoredCall, truncated bool, links lang
 	}
 	var root TraceNode
 	if !bySession {
-		members := make([]*chsink.StoredCall, len(calls))
+		members := make([]*callsdb.StoredCall, len(calls))
 		for i := range calls {
 			members[i] = &calls[i]
 		}
@@ -216,7 +216,7 @@ func buildTrace(id string, calls []chsink.StoredCall, truncated bool, links lang
 	} else {
 		root = TraceNode{Type: "session", ID: id, Name: "session " + id}
 		var order []string
-		byTrace := map[string][]*chsink.StoredCall{}
+		byTrace := map[string][]*callsdb.StoredCall{}
 		for i := range calls {
 			tid := calls[i].TraceID
 			if tid == "" {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TestCallsFilters: user, model, source and status reach the call list's
@@ -17,7 +17,7 @@ func TestCallsFilters(t *testing.T) {
 		t.Fatalf("%d %v", code, body)
 	}
 	got := st.list[0]
-	if got.User != "o'brien" || got.Model != "m" || got.Source != "batch" || got.Status != chsink.CallStatus("429") || got.Limit != 7 {
+	if got.User != "o'brien" || got.Model != "m" || got.Source != "batch" || got.Status != callsdb.CallStatus("429") || got.Limit != 7 {
 		t.Errorf("spec %+v", got)
 	}
 	code, body := get(t, s, "/api/v1/calls?source=nightly")

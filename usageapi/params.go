@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // ParamError is a bad query parameter; the API answers 400 with both fields.
@@ -132,8 +132,8 @@ func parseTime(param, s string, loc *time.Location, end bool) (time.Time, error)
 }
 
 // groupBy parses "day,model": at most one of day and hour, each key once.
-func (q *query) groupBy() (chsink.GroupBy, []string, error) {
-	var g chsink.GroupBy
+func (q *query) groupBy() (callsdb.GroupBy, []string, error) {
+	var g callsdb.GroupBy
 	var keys []string
 	s := q.get("group_by")
 	if s == "" {
@@ -148,10 +148,10 @@ func (q *query) groupBy() (chsink.GroupBy, []string, error) {
 		seen[k] = true
 		switch k {
 		case "day", "hour":
-			if g.Bucket != chsink.BucketNone {
+			if g.Bucket != callsdb.BucketNone {
 				return g, nil, bad("group_by", "day and hour exclude each other")
 			}
-			g.Bucket = chsink.Bucket(k)
+			g.Bucket = callsdb.Bucket(k)
 		case "model":
 			g.Model = true
 		case "user":
@@ -189,16 +189,16 @@ func (q *query) limit() (int, error) {
 
 var statusRe = regexp.MustCompile(`^[1-5][0-9][0-9]$`)
 
-func (q *query) status() (chsink.CallStatus, error) {
+func (q *query) status() (callsdb.CallStatus, error) {
 	s := q.get("status")
 	if s == "" || s == "ok" || s == "error" || statusRe.MatchString(s) {
-		return chsink.CallStatus(s), nil
+		return callsdb.CallStatus(s), nil
 	}
 	return "", bad("status", "%q is not ok, error or an HTTP status (100..599)", s)
 }
 
 // Cursors are opaque to clients: base64url of the JSON position.
-func encodeCursor(c *chsink.CallCursor) string {
+func encodeCursor(c *callsdb.CallCursor) string {
 	if c == nil {
 		return ""
 	}
@@ -206,13 +206,13 @@ func encodeCursor(c *chsink.CallCursor) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func (q *query) cursor() (*chsink.CallCursor, error) {
+func (q *query) cursor() (*callsdb.CallCursor, error) {
 	s := q.get("cursor")
 	if s == "" {
 		return nil, nil
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	var c chsink.CallCursor
+	var c callsdb.CallCursor
 	if err != nil || json.Unmarshal(b, &c) != nil || c.ID == "" {
 		return nil, bad("cursor", "malformed; pass next_cursor of the previous page unchanged")
 	}
@@ -220,11 +220,11 @@ func (q *query) cursor() (*chsink.CallCursor, error) {
 }
 
 // buckets is how many hour or day buckets [from, to) spans in loc.
-func buckets(b chsink.Bucket, from, to time.Time, loc *time.Location) int {
+func buckets(b callsdb.Bucket, from, to time.Time, loc *time.Location) int {
 	switch b {
-	case chsink.BucketHour:
+	case callsdb.BucketHour:
 		return int(to.Sub(from)/time.Hour) + 2
-	case chsink.BucketDay:
+	case callsdb.BucketDay:
 		return int(to.Sub(from)/(24*time.Hour)) + 2
 	}
 	return 1

@@ -22,15 +22,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // Store is what the API reads. ClickHouseStore is the real one.
 type Store interface {
-	Usage(ctx context.Context, s chsink.UsageSpec) ([]chsink.UsageRow, error)
-	Calls(ctx context.Context, s chsink.CallListSpec) ([]chsink.CallSummary, *chsink.CallCursor, error)
-	Call(ctx context.Context, id string) (*chsink.StoredCall, error)
-	Trace(ctx context.Context, id string, limit int) ([]chsink.StoredCall, error)
+	Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, error)
+	Calls(ctx context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error)
+	Call(ctx context.Context, id string) (*callsdb.StoredCall, error)
+	Trace(ctx context.Context, id string, limit int) ([]callsdb.StoredCall, error)
 	Ping(ctx context.Context) error
 }
 
@@ -40,20 +40,20 @@ type ClickHouseStore struct {
 	DB   string
 }
 
-func (c ClickHouseStore) Usage(ctx context.Context, s chsink.UsageSpec) ([]chsink.UsageRow, error) {
-	return chsink.UsageOf(ctx, c.Conn, c.DB, s)
+func (c ClickHouseStore) Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, error) {
+	return callsdb.UsageOf(ctx, c.Conn, c.DB, s)
 }
 
-func (c ClickHouseStore) Calls(ctx context.Context, s chsink.CallListSpec) ([]chsink.CallSummary, *chsink.CallCursor, error) {
-	return chsink.CallList(ctx, c.Conn, c.DB, s)
+func (c ClickHouseStore) Calls(ctx context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error) {
+	return callsdb.CallList(ctx, c.Conn, c.DB, s)
 }
 
-func (c ClickHouseStore) Call(ctx context.Context, id string) (*chsink.StoredCall, error) {
-	return chsink.CallDetail(ctx, c.Conn, c.DB, id)
+func (c ClickHouseStore) Call(ctx context.Context, id string) (*callsdb.StoredCall, error) {
+	return callsdb.CallDetail(ctx, c.Conn, c.DB, id)
 }
 
-func (c ClickHouseStore) Trace(ctx context.Context, id string, limit int) ([]chsink.StoredCall, error) {
-	return chsink.TraceCalls(ctx, c.Conn, c.DB, id, limit)
+func (c ClickHouseStore) Trace(ctx context.Context, id string, limit int) ([]callsdb.StoredCall, error) {
+	return callsdb.TraceCalls(ctx, c.Conn, c.DB, id, limit)
 }
 
 func (c ClickHouseStore) Ping(ctx context.Context) error { return c.Conn.Ping(ctx) }
@@ -362,7 +362,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &pe):
 		s.writeJSON(w, http.StatusBadRequest, pe)
-	case errors.Is(err, chsink.ErrNotFound):
+	case errors.Is(err, callsdb.ErrNotFound):
 		s.writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
 	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
 		s.log.Warn("query timed out", "path", r.URL.Path, "err", err)

@@ -14,32 +14,32 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/callpipe/callpipe/schema"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // fakeStore records the specs it was asked for; the SQL side is tested
 // against real ClickHouse in integration/serve_api_test.go.
 type fakeStore struct {
-	usage   []chsink.UsageSpec
-	list    []chsink.CallListSpec
+	usage   []callsdb.UsageSpec
+	list    []callsdb.CallListSpec
 	pingErr error
 }
 
-func (f *fakeStore) Usage(_ context.Context, s chsink.UsageSpec) ([]chsink.UsageRow, error) {
+func (f *fakeStore) Usage(_ context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, error) {
 	f.usage = append(f.usage, s)
 	return nil, nil
 }
 
-func (f *fakeStore) Calls(_ context.Context, s chsink.CallListSpec) ([]chsink.CallSummary, *chsink.CallCursor, error) {
+func (f *fakeStore) Calls(_ context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error) {
 	f.list = append(f.list, s)
-	return []chsink.CallSummary{}, nil, nil
+	return []callsdb.CallSummary{}, nil, nil
 }
 
-func (f *fakeStore) Call(_ context.Context, id string) (*chsink.StoredCall, error) {
-	return nil, chsink.ErrNotFound
+func (f *fakeStore) Call(_ context.Context, id string) (*callsdb.StoredCall, error) {
+	return nil, callsdb.ErrNotFound
 }
 
-func (f *fakeStore) Trace(_ context.Context, id string, limit int) ([]chsink.StoredCall, error) {
+func (f *fakeStore) Trace(_ context.Context, id string, limit int) ([]callsdb.StoredCall, error) {
 	return nil, nil
 }
 
@@ -129,10 +129,10 @@ func TestUsageDefaultsAndDates(t *testing.T) {
 	if !got.From.Equal(time.Date(2026, 3, 7, 0, 0, 0, 0, ny)) || !got.To.Equal(time.Date(2026, 3, 9, 0, 0, 0, 0, ny)) || got.TZ != "America/New_York" {
 		t.Errorf("range [%s, %s) tz %q", got.From, got.To, got.TZ)
 	}
-	if got.Filter != (chsink.UsageFilter{Model: "m", User: "o'brien", Source: "batch", BatchID: "b1"}) {
+	if got.Filter != (callsdb.UsageFilter{Model: "m", User: "o'brien", Source: "batch", BatchID: "b1"}) {
 		t.Errorf("filter %+v", got.Filter)
 	}
-	if len(st.usage) != 2 || st.usage[1].Group != (chsink.GroupBy{}) || st.usage[1].Filter != got.Filter {
+	if len(st.usage) != 2 || st.usage[1].Group != (callsdb.GroupBy{}) || st.usage[1].Filter != got.Filter {
 		t.Errorf("totals query: %+v", st.usage)
 	}
 	days := []string{}
@@ -149,19 +149,19 @@ func TestFillBuckets(t *testing.T) {
 	ny, _ := time.LoadLocation("America/New_York")
 	for _, tc := range []struct {
 		name     string
-		b        chsink.Bucket
+		b        callsdb.Bucket
 		from, to time.Time
 		loc      *time.Location
 		want     int
 	}{
-		{"utc hours", chsink.BucketHour, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), time.UTC, 24},
-		{"half-hour zone: partial first and last hour", chsink.BucketHour, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), kolkata, 25},
-		{"DST start day has 23 hours", chsink.BucketHour, time.Date(2026, 3, 8, 0, 0, 0, 0, ny), time.Date(2026, 3, 9, 0, 0, 0, 0, ny), ny, 23},
-		{"DST end day has 25 hours", chsink.BucketHour, time.Date(2026, 11, 1, 0, 0, 0, 0, ny), time.Date(2026, 11, 2, 0, 0, 0, 0, ny), ny, 25},
-		{"days across DST", chsink.BucketDay, time.Date(2026, 3, 6, 0, 0, 0, 0, ny), time.Date(2026, 3, 11, 0, 0, 0, 0, ny), ny, 5},
-		{"partial days", chsink.BucketDay, time.Date(2026, 3, 6, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 7, 0, 0, 1, 0, time.UTC), time.UTC, 2},
+		{"utc hours", callsdb.BucketHour, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), time.UTC, 24},
+		{"half-hour zone: partial first and last hour", callsdb.BucketHour, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), kolkata, 25},
+		{"DST start day has 23 hours", callsdb.BucketHour, time.Date(2026, 3, 8, 0, 0, 0, 0, ny), time.Date(2026, 3, 9, 0, 0, 0, 0, ny), ny, 23},
+		{"DST end day has 25 hours", callsdb.BucketHour, time.Date(2026, 11, 1, 0, 0, 0, 0, ny), time.Date(2026, 11, 2, 0, 0, 0, 0, ny), ny, 25},
+		{"days across DST", callsdb.BucketDay, time.Date(2026, 3, 6, 0, 0, 0, 0, ny), time.Date(2026, 3, 11, 0, 0, 0, 0, ny), ny, 5},
+		{"partial days", callsdb.BucketDay, time.Date(2026, 3, 6, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 7, 0, 0, 1, 0, time.UTC), time.UTC, 2},
 	} {
-		rows := fillBuckets(nil, chsink.GroupBy{Bucket: tc.b}, tc.from, tc.to, tc.loc)
+		rows := fillBuckets(nil, callsdb.GroupBy{Bucket: tc.b}, tc.from, tc.to, tc.loc)
 		if len(rows) != tc.want {
 			t.Errorf("%s: %d buckets, want %d", tc.name, len(rows), tc.want)
 		}
@@ -173,11 +173,11 @@ func TestFillBuckets(t *testing.T) {
 	}
 	// Grouped by model too: each model seen gets every day; models never seen get none.
 	from, to := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 4, 0, 0, 0, 0, time.UTC)
-	in := []chsink.UsageRow{
+	in := []callsdb.UsageRow{
 		{Bucket: from.AddDate(0, 0, 1), Model: "b", Calls: 2},
 		{Bucket: from, Model: "a", Calls: 1},
 	}
-	rows := fillBuckets(in, chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, from, to, time.UTC)
+	rows := fillBuckets(in, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, from, to, time.UTC)
 	var got []string
 	for _, r := range rows {
 		got = append(got, r.Bucket.Format("02")+r.Model+string(rune('0'+r.Calls)))
@@ -185,7 +185,7 @@ func TestFillBuckets(t *testing.T) {
 	if strings.Join(got, " ") != "01a1 01b0 02a0 02b2 03a0 03b0" {
 		t.Errorf("filled %v", got)
 	}
-	if rows := fillBuckets(nil, chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, from, to, time.UTC); len(rows) != 0 {
+	if rows := fillBuckets(nil, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, from, to, time.UTC); len(rows) != 0 {
 		t.Errorf("no calls, grouped by model: %d rows", len(rows))
 	}
 }
@@ -232,14 +232,14 @@ func TestAuthAndOps(t *testing.T) {
 
 func TestBuildTrace(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
-	call := func(id, trace, session string, startMS, latMS int64, status int) chsink.StoredCall {
+	call := func(id, trace, session string, startMS, latMS int64, status int) callsdb.StoredCall {
 		st := t0.Add(time.Duration(startMS) * time.Millisecond)
-		return chsink.StoredCall{Call: schema.Call{ID: id, TraceID: trace, SessionID: session, Kind: "chat", Model: "m",
+		return callsdb.StoredCall{Call: schema.Call{ID: id, TraceID: trace, SessionID: session, Kind: "chat", Model: "m",
 			StartTime: st, EndTime: st.Add(time.Duration(latMS) * time.Millisecond), LatencyMS: latMS, Status: status,
 			InputTokens: 10, OutputTokens: 5, TotalTokens: 15}}
 	}
 	links := LangfuseLinks{Host: "http://lf:3000/", ProjectID: "p1"}.compile()
-	tr := buildTrace("t1", []chsink.StoredCall{call("a", "t1", "", 0, 100, 200), call("b", "t1", "", 50, 300, 500)}, false, links)
+	tr := buildTrace("t1", []callsdb.StoredCall{call("a", "t1", "", 0, 100, 200), call("b", "t1", "", 50, 300, 500)}, false, links)
 	if tr.MatchedBy != "trace_id" || tr.Root.Type != "trace" || len(tr.Root.Children) != 2 || tr.Root.DurationMS != 350 ||
 		tr.Root.Errors != 1 || tr.Root.TotalTokens != 30 || tr.Timeline[1].OffsetMS != 50 {
 		t.Errorf("trace: %+v", tr)
@@ -247,7 +247,7 @@ func TestBuildTrace(t *testing.T) {
 	if tr.Root.LangfuseURL != "http://lf:3000/project/p1/traces/t1" {
 		t.Errorf("langfuse url %q", tr.Root.LangfuseURL)
 	}
-	sess := buildTrace("s1", []chsink.StoredCall{call("a", "t1", "s1", 0, 100, 200), call("b", "t2", "s1", 1000, 100, 200), call("c", "t1", "s1", 2000, 100, 200)}, false, links)
+	sess := buildTrace("s1", []callsdb.StoredCall{call("a", "t1", "s1", 0, 100, 200), call("b", "t2", "s1", 1000, 100, 200), call("c", "t1", "s1", 2000, 100, 200)}, false, links)
 	if sess.MatchedBy != "session_id" || sess.Root.Type != "session" || len(sess.Root.Children) != 2 ||
 		len(sess.Root.Children[0].Children) != 2 || sess.Root.Children[1].OffsetMS != 1000 || sess.Root.Calls != 3 {
 		t.Errorf("session: %+v", sess.Root)

@@ -5,7 +5,7 @@ import (
 	"sort"
 	"time"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // Metrics are the numbers of one usage row and of the totals.
@@ -21,7 +21,7 @@ type Metrics struct {
 	LatencyP99   float64 `json:"latency_ms_p99"`
 }
 
-func metricsOf(r chsink.UsageRow) Metrics {
+func metricsOf(r callsdb.UsageRow) Metrics {
 	return Metrics{
 		Calls: r.Calls, Errors: r.Errors, InputTokens: r.InputTokens, OutputTokens: r.OutputTokens,
 		TotalTokens: r.TotalTokens, CostUSD: r.CostUSD,
@@ -74,7 +74,7 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	totalSpec := spec
-	totalSpec.Group = chsink.GroupBy{}
+	totalSpec.Group = callsdb.GroupBy{}
 	total, err := s.store.Usage(ctx, totalSpec)
 	if err != nil {
 		s.fail(w, r, err)
@@ -94,8 +94,8 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, http.StatusOK, resp)
 }
 
-func (s *Server) usageSpec(q *query) (chsink.UsageSpec, []string, *time.Location, error) {
-	var spec chsink.UsageSpec
+func (s *Server) usageSpec(q *query) (callsdb.UsageSpec, []string, *time.Location, error) {
+	var spec callsdb.UsageSpec
 	loc, err := q.location()
 	if err != nil {
 		return spec, nil, nil, err
@@ -138,11 +138,11 @@ func (s *Server) usageSpec(q *query) (chsink.UsageSpec, []string, *time.Location
 
 // bucketStarts lists the starts of the hours or days (in loc) that overlap
 // [from, to).
-func bucketStarts(b chsink.Bucket, from, to time.Time, loc *time.Location) []time.Time {
+func bucketStarts(b callsdb.Bucket, from, to time.Time, loc *time.Location) []time.Time {
 	var out []time.Time
 	f := from.In(loc)
 	switch b {
-	case chsink.BucketHour:
+	case callsdb.BucketHour:
 		// The local hour start is found by cutting the local minutes and
 		// seconds off the instant (not by rebuilding a wall-clock time, which
 		// is ambiguous in the hour repeated at a DST end): right for zones
@@ -154,7 +154,7 @@ func bucketStarts(b chsink.Bucket, from, to time.Time, loc *time.Location) []tim
 		for t := hourStart(f); t.Before(to); t = hourStart(t.Add(time.Hour)) {
 			out = append(out, t)
 		}
-	case chsink.BucketDay:
+	case callsdb.BucketDay:
 		for t := time.Date(f.Year(), f.Month(), f.Day(), 0, 0, 0, 0, loc); t.Before(to); t = time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, loc) {
 			out = append(out, t)
 		}
@@ -168,18 +168,18 @@ type groupKey struct{ model, user, source string }
 // no calls, for each combination of the other group keys that has calls in
 // the range (ClickHouse 18.16 has no WITH FILL). Grouped by time only, every
 // bucket appears even when the range holds no call at all.
-func fillBuckets(rows []chsink.UsageRow, g chsink.GroupBy, from, to time.Time, loc *time.Location) []chsink.UsageRow {
-	if g.Bucket == chsink.BucketNone {
+func fillBuckets(rows []callsdb.UsageRow, g callsdb.GroupBy, from, to time.Time, loc *time.Location) []callsdb.UsageRow {
+	if g.Bucket == callsdb.BucketNone {
 		return rows
 	}
-	have := map[int64]map[groupKey]chsink.UsageRow{}
+	have := map[int64]map[groupKey]callsdb.UsageRow{}
 	combos := map[groupKey]bool{}
 	for _, r := range rows {
 		k := groupKey{r.Model, r.UserID, r.Source}
 		combos[k] = true
 		b := r.Bucket.Unix()
 		if have[b] == nil {
-			have[b] = map[groupKey]chsink.UsageRow{}
+			have[b] = map[groupKey]callsdb.UsageRow{}
 		}
 		have[b][k] = r
 	}
@@ -211,12 +211,12 @@ func fillBuckets(rows []chsink.UsageRow, g chsink.GroupBy, from, to time.Time, l
 		}
 	}
 	sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
-	out := make([]chsink.UsageRow, 0, len(starts)*len(keys))
+	out := make([]callsdb.UsageRow, 0, len(starts)*len(keys))
 	for _, t := range starts {
 		for _, k := range keys {
 			r, ok := have[t.Unix()][k]
 			if !ok {
-				r = chsink.UsageRow{Model: k.model, UserID: k.user, Source: k.source}
+				r = callsdb.UsageRow{Model: k.model, UserID: k.user, Source: k.source}
 			}
 			r.Bucket = t
 			out = append(out, r)
@@ -225,15 +225,15 @@ func fillBuckets(rows []chsink.UsageRow, g chsink.GroupBy, from, to time.Time, l
 	return out
 }
 
-func renderUsage(rows []chsink.UsageRow, g chsink.GroupBy, loc *time.Location) []UsageRow {
+func renderUsage(rows []callsdb.UsageRow, g callsdb.GroupBy, loc *time.Location) []UsageRow {
 	out := make([]UsageRow, 0, len(rows))
 	for _, r := range rows {
 		u := UsageRow{Metrics: metricsOf(r)}
 		switch g.Bucket {
-		case chsink.BucketDay:
+		case callsdb.BucketDay:
 			d := r.Bucket.In(loc).Format(time.DateOnly)
 			u.Day = &d
-		case chsink.BucketHour:
+		case callsdb.BucketHour:
 			h := r.Bucket.In(loc).Format(time.RFC3339)
 			u.Hour = &h
 		}

@@ -11,7 +11,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TimeZones are the zones the overview shapes run in.
@@ -20,9 +20,9 @@ var TimeZones = []string{"UTC", "America/New_York"}
 // shape is one timed request.
 type shape struct {
 	name, kind, rng, tz, group, filter string
-	usage                              chsink.UsageSpec
+	usage                              callsdb.UsageSpec
 	percentiles                        bool // usage: latency and TTFT percentiles asked for
-	list                               chsink.CallListSpec
+	list                               callsdb.CallListSpec
 	nextPage                           bool // time the page after the first one (its cursor comes from an untimed first page)
 }
 
@@ -43,9 +43,9 @@ func (r *runner) usageShapes(rep *Report, tz string) ([]shape, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec := func(days int, g chsink.GroupBy, user string) chsink.UsageSpec {
+	spec := func(days int, g callsdb.GroupBy, user string) callsdb.UsageSpec {
 		from, to := dayRange(r.start, loc, days)
-		s := chsink.UsageSpec{From: from, To: to, Group: g, Filter: chsink.UsageFilter{User: user}}
+		s := callsdb.UsageSpec{From: from, To: to, Group: g, Filter: callsdb.UsageFilter{User: user}}
 		if tz != "UTC" {
 			s.TZ = tz
 		}
@@ -53,7 +53,7 @@ func (r *runner) usageShapes(rep *Report, tz string) ([]shape, error) {
 	}
 	rng := fmt.Sprintf("%dd", r.o.Days)
 	var out []shape
-	add := func(rng string, days int, g chsink.GroupBy, user string) {
+	add := func(rng string, days int, g callsdb.GroupBy, user string) {
 		for _, pct := range []bool{false, true} {
 			sh := shape{kind: "usage", rng: rng, tz: tz, group: groupName(g), usage: spec(days, g, user), percentiles: pct}
 			sh.usage.SkipPercentiles = !pct
@@ -65,19 +65,19 @@ func (r *runner) usageShapes(rep *Report, tz string) ([]shape, error) {
 			out = append(out, sh)
 		}
 	}
-	for _, g := range []chsink.GroupBy{
-		{Bucket: chsink.BucketDay, Model: true},
+	for _, g := range []callsdb.GroupBy{
+		{Bucket: callsdb.BucketDay, Model: true},
 		{Model: true, User: true},
-		{Bucket: chsink.BucketHour, Model: true},
-		{Bucket: chsink.BucketDay},
+		{Bucket: callsdb.BucketHour, Model: true},
+		{Bucket: callsdb.BucketDay},
 		{Model: true},
 		{User: true},
 	} {
 		add(rng, r.o.Days, g, "")
 	}
-	add("today", 1, chsink.GroupBy{Model: true}, "")
-	add(rng, r.o.Days, chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, rep.HeavyUser)
-	add(rng, r.o.Days, chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, rep.RareUser)
+	add("today", 1, callsdb.GroupBy{Model: true}, "")
+	add(rng, r.o.Days, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, rep.HeavyUser)
+	add(rng, r.o.Days, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, rep.RareUser)
 	return out, nil
 }
 
@@ -90,7 +90,7 @@ func (r *runner) callListShapes(rep *Report) []shape {
 	for _, user := range []string{"", rep.HeavyUser, rep.RareUser} {
 		for _, next := range []bool{false, true} {
 			sh := shape{kind: "calls", rng: rng, tz: "UTC", nextPage: next,
-				list: chsink.CallListSpec{From: from, To: to, User: user, Limit: r.o.PageSize}}
+				list: callsdb.CallListSpec{From: from, To: to, User: user, Limit: r.o.PageSize}}
 			sh.name = rng + " calls first page"
 			if next {
 				sh.name = rng + " calls next page"
@@ -105,9 +105,9 @@ func (r *runner) callListShapes(rep *Report) []shape {
 	return out
 }
 
-func groupName(g chsink.GroupBy) string {
+func groupName(g callsdb.GroupBy) string {
 	var parts []string
-	if g.Bucket != chsink.BucketNone {
+	if g.Bucket != callsdb.BucketNone {
 		parts = append(parts, string(g.Bucket))
 	}
 	if g.Model {
@@ -160,7 +160,7 @@ func (r *runner) measure(ctx context.Context, rep *Report) error {
 	for i := 1; i <= r.o.LiveHours; i++ {
 		hours = append(hours, end.Add(-time.Duration(i)*time.Hour).Unix())
 	}
-	if err := chsink.MarkDirty(ctx, r.conn, r.db, chsink.Topology{}, hours, "bench usage: live edge", r.sealClock().Add(time.Hour)); err != nil {
+	if err := callsdb.MarkDirty(ctx, r.conn, r.db, callsdb.Topology{}, hours, "bench usage: live edge", r.sealClock().Add(time.Hour)); err != nil {
 		return fmt.Errorf("bench usage: mark the live hours: %w", err)
 	}
 	r.say("measure      state live: the last %d hours read from the per-call rows", r.o.LiveHours)
@@ -245,7 +245,7 @@ func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
 	defer cancel()
 	list := sh.list
 	if sh.kind == "calls" && sh.nextPage {
-		_, next, err := chsink.CallList(qctx, r.conn, r.db, list)
+		_, next, err := callsdb.CallList(qctx, r.conn, r.db, list)
 		if err != nil {
 			return run{}, r.failed(ctx, "", err)
 		}
@@ -260,12 +260,12 @@ func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
 	var err error
 	switch sh.kind {
 	case "usage":
-		var rows []chsink.UsageRow
-		rows, err = chsink.UsageOf(qctx, conn, r.db, sh.usage)
+		var rows []callsdb.UsageRow
+		rows, err = callsdb.UsageOf(qctx, conn, r.db, sh.usage)
 		x.rows = len(rows)
 	case "calls":
-		var page []chsink.CallSummary
-		page, _, err = chsink.CallList(qctx, conn, r.db, list)
+		var page []callsdb.CallSummary
+		page, _, err = callsdb.CallList(qctx, conn, r.db, list)
 		x.rows = len(page)
 	}
 	x.wall, x.statements = time.Since(t), conn.n
@@ -318,7 +318,7 @@ func (r *runner) failed(ctx context.Context, id string, err error) error {
 		if id != "" {
 			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
-			_ = r.conn.Exec(kctx, "KILL QUERY WHERE query_id = "+chsink.SQLString(id)+" SYNC")
+			_ = r.conn.Exec(kctx, "KILL QUERY WHERE query_id = "+callsdb.SQLString(id)+" SYNC")
 		}
 		return fmt.Errorf("not done within %s (killed)", r.o.QueryTimeout)
 	}

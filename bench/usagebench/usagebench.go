@@ -1,6 +1,6 @@
 // Package usagebench is `callpipe bench usage`: it bulk-loads synthetic calls
-// into a scratch ClickHouse database (chsink.SyntheticLoad, INSERT ... SELECT
-// inside the server), seals every hour of them (chsink.Sealer.Rebuild) and
+// into a scratch ClickHouse database (callsdb.SyntheticLoad, INSERT ... SELECT
+// inside the server), seals every hour of them (callsdb.Sealer.Rebuild) and
 // times the usage overview shapes the dashboard sends and the call list,
 // with the server's peak memory of each query (system.query_log).
 //
@@ -24,7 +24,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // Options is one benchmark run.
@@ -45,7 +45,7 @@ type Options struct {
 	// QueryTimeout bounds one timed query (default 2m); a query that runs
 	// longer is killed and reported as failed.
 	QueryTimeout time.Duration
-	SealAfter    time.Duration // the sealer's horizon (chsink.DefaultSealAfter when 0)
+	SealAfter    time.Duration // the sealer's horizon (callsdb.DefaultSealAfter when 0)
 	Keep         bool          // keep the scratch database
 	Database     string        // default callpipe_bench_usage_<random>
 	// Reuse measures the calls and seals already in Database (a database
@@ -111,7 +111,7 @@ type StoredResult struct {
 	CallsParts    uint64 `json:"calls_active_parts"`
 }
 
-// SealResult is chsink.Sealer.Rebuild over the loaded range.
+// SealResult is callsdb.Sealer.Rebuild over the loaded range.
 type SealResult struct {
 	Hours       int     `json:"hours"`
 	Seconds     float64 `json:"seconds"`
@@ -186,7 +186,7 @@ type runner struct {
 	out    io.Writer
 	seq    int
 	start  time.Time // the run's clock: loaded calls end here
-	sealer *chsink.Sealer
+	sealer *callsdb.Sealer
 }
 
 // NewDatabaseName is a fresh scratch database name.
@@ -217,7 +217,7 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 		o.QueryTimeout = defaultQueryTimeout
 	}
 	if o.SealAfter <= 0 {
-		o.SealAfter = chsink.DefaultSealAfter
+		o.SealAfter = callsdb.DefaultSealAfter
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -237,7 +237,7 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 	r.start = o.Now().UTC().Truncate(time.Second)
 	if o.Reuse {
 		var last int64
-		if err := conn.QueryRow(ctx, chsink.WithDB("SELECT toInt64(toUInt32(max(start_time))) FROM {db}.calls", r.db)).Scan(&last); err != nil || last == 0 {
+		if err := conn.QueryRow(ctx, callsdb.WithDB("SELECT toInt64(toUInt32(max(start_time))) FROM {db}.calls", r.db)).Scan(&last); err != nil || last == 0 {
 			return nil, fmt.Errorf("bench usage: reuse %s: no stored calls (%v)", r.db, err)
 		}
 		r.start = time.Unix(last+1, 0).UTC()
@@ -250,7 +250,7 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 	}
 	r.say("bench usage  run %s: %d calls over %d days (%d models, %d users, %d%% stored twice) into %s on ClickHouse %s, %d CPUs",
 		r.runID, o.Calls, o.Days, o.Models, o.Users, o.DupPercent, r.db, rep.Server, rep.MachineCPUs)
-	if _, err := (&chsink.Migrator{Conn: conn, Database: r.db}).Up(ctx); err != nil {
+	if _, err := (&callsdb.Migrator{Conn: conn, Database: r.db}).Up(ctx); err != nil {
 		return nil, fmt.Errorf("bench usage: migrate %s: %w", r.db, err)
 	}
 	defer func() {
@@ -265,7 +265,7 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 		}
 	}()
 	rep.LoadAverage = map[string]float64{}
-	load := chsink.SyntheticLoad{Calls: o.Calls, From: from, Span: r.start.Sub(from), Models: o.Models, Users: o.Users,
+	load := callsdb.SyntheticLoad{Calls: o.Calls, From: from, Span: r.start.Sub(from), Models: o.Models, Users: o.Users,
 		DuplicatePercent: o.DupPercent, Seed: o.Seed}
 	if !o.Reuse {
 		loadAverage(rep, "load")
@@ -310,7 +310,7 @@ func (r *runner) nextID(kind string) string {
 	return fmt.Sprintf("bench-usage-%s-%s-%d", r.runID, kind, r.seq)
 }
 
-func (r *runner) load(ctx context.Context, l chsink.SyntheticLoad, rep *Report) error {
+func (r *runner) load(ctx context.Context, l callsdb.SyntheticLoad, rep *Report) error {
 	start := time.Now()
 	ids := map[string]int{}
 	for lo := uint64(0); lo < l.Calls; lo += r.o.ChunkCalls {
@@ -318,7 +318,7 @@ func (r *runner) load(ctx context.Context, l chsink.SyntheticLoad, rep *Report) 
 		for _, stmt := range l.Statements(lo, hi) {
 			id := r.nextID("load")
 			ids[id] = 1
-			if err := r.conn.Exec(r.queryCtx(ctx, id), chsink.WithDB(stmt, r.db)); err != nil {
+			if err := r.conn.Exec(r.queryCtx(ctx, id), callsdb.WithDB(stmt, r.db)); err != nil {
 				return fmt.Errorf("bench usage: load calls [%d, %d): %w", lo, hi, err)
 			}
 			rep.Load.Statements++
@@ -368,9 +368,9 @@ func (r *runner) stored(ctx context.Context, rep *Report) error {
 // tableBytes is the bytes on disk and active parts of one table ("" = the
 // whole database).
 func (r *runner) tableBytes(ctx context.Context, table string) (bytes, parts uint64, err error) {
-	where := "database = " + chsink.SQLString(r.db) + " AND active"
+	where := "database = " + callsdb.SQLString(r.db) + " AND active"
 	if table != "" {
-		where += " AND table = " + chsink.SQLString(table)
+		where += " AND table = " + callsdb.SQLString(table)
 	}
 	// bytes: the 18.16 name of bytes_on_disk (modern servers keep it as an alias)
 	q := "SELECT toUInt64(sum(bytes)), toUInt64(count()) FROM system.parts WHERE " + where
@@ -387,9 +387,9 @@ func (r *runner) sealClock() time.Time {
 }
 
 // newSealer is the run's sealer, on sealClock.
-func (r *runner) newSealer() *chsink.Sealer {
+func (r *runner) newSealer() *callsdb.Sealer {
 	now := r.sealClock()
-	return &chsink.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
+	return &callsdb.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
 }
 
 func (r *runner) seal(ctx context.Context, rep *Report) error {
@@ -432,8 +432,8 @@ func (r *runner) seal(ctx context.Context, rep *Report) error {
 // (through the seals): its total must be the distinct calls, and it names
 // the heaviest and the rarest user for the filtered shapes.
 func (r *runner) users(ctx context.Context, rep *Report) error {
-	rows, err := chsink.UsageOf(ctx, r.conn, r.db, chsink.UsageSpec{From: rep.From.Truncate(time.Hour), To: rep.To.Truncate(time.Hour).Add(time.Hour),
-		Group: chsink.GroupBy{User: true}})
+	rows, err := callsdb.UsageOf(ctx, r.conn, r.db, callsdb.UsageSpec{From: rep.From.Truncate(time.Hour), To: rep.To.Truncate(time.Hour).Add(time.Hour),
+		Group: callsdb.GroupBy{User: true}})
 	if err != nil {
 		return fmt.Errorf("bench usage: usage by user over the loaded range: %w", err)
 	}
@@ -454,7 +454,7 @@ func (r *runner) users(ctx context.Context, rep *Report) error {
 // tables, then the database (18.16 can hang in a DROP DATABASE that meets a
 // materialized view whose source table it already dropped).
 func DropDatabase(ctx context.Context, conn driver.Conn, db string) error {
-	rows, err := conn.Query(ctx, "SELECT name, engine FROM system.tables WHERE database = "+chsink.SQLString(db))
+	rows, err := conn.Query(ctx, "SELECT name, engine FROM system.tables WHERE database = "+callsdb.SQLString(db))
 	if err != nil {
 		return fmt.Errorf("bench usage: drop %s: %w", db, err)
 	}
@@ -544,7 +544,7 @@ func (r *runner) readQueryLog(ctx context.Context, want map[string]int) (map[str
 FROM system.query_log
 WHERE event_date >= toDate(toDateTime(%d, 'UTC')) AND query_id LIKE %s
   AND toString(type) IN ('2', '3', '4', 'QueryFinish', 'ExceptionBeforeStart', 'ExceptionWhileProcessing')
-GROUP BY run_id`, r.start.Add(-24*time.Hour).Unix(), chsink.SQLString("bench-usage-"+r.runID+"-%"))
+GROUP BY run_id`, r.start.Add(-24*time.Hour).Unix(), callsdb.SQLString("bench-usage-"+r.runID+"-%"))
 	rows, err := r.conn.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("bench usage: system.query_log: %w", err)

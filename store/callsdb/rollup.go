@@ -1,4 +1,4 @@
-package clickhouse
+package callsdb
 
 import (
 	"context"
@@ -52,6 +52,21 @@ const ClockSkew = 30 * time.Second
 
 // DefaultSealAfter is the redelivery horizon used when none is configured.
 const DefaultSealAfter = 15 * time.Minute
+
+// RollupConfig is how the clickhouse stage seals the usage rollups (Sealer).
+type RollupConfig struct {
+	Interval  time.Duration // between seal passes
+	Lease     time.Duration // TTL of the sealing lease
+	SliceRows uint64
+	Grace     time.Duration
+}
+
+// NewSealer is the Sealer of the database and topology of oc, with rc's
+// sizes.
+func NewSealer(conn driver.Conn, oc Config, rc RollupConfig, log *slog.Logger) *Sealer {
+	return &Sealer{Conn: conn, Database: oc.Database, Topology: oc.Topology, SealAfter: oc.SealAfter,
+		SliceRows: rc.SliceRows, Grace: rc.Grace, Log: log}
+}
 
 // Sealer seals hours and days of usage_rollup. Several may run at once
 // (different versions, the newest record wins); the clickhouse stage runs
