@@ -63,5 +63,4 @@
 // rows or the per-call rows. Counts, tokens and cost are exact; latency and
 // TTFT percentiles from seals come from log-linear histograms (relative
 // error at most HistogramRelativeError), exact when nothing is sealed.
-//
 package callsdb
