@@ -16,10 +16,10 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
-	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
 	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/replay"
 )
 
 // benchArchiveEvents are ~1 KB chat events over one hour.

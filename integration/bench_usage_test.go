@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/bench/usagebench"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/bench/usagebench"
 )
 
 // benchUsageReport is the part of `callpipe bench usage --json` the test reads.

@@ -18,7 +18,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/store/callsdb"
-	"github.com/callpipe/callpipe/workload"
+	"github.com/callpipe/callpipe/tools/workload"
 )
 
 // TestDemoEndToEnd runs `callpipe demo --exit` — the README's main job — on

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/serve/export"
 	"github.com/callpipe/callpipe/store/rawarchive"
 )
 

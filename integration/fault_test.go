@@ -26,7 +26,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/store/callsdb"
 	"github.com/callpipe/callpipe/store/rawarchive"
-	"github.com/callpipe/callpipe/workload"
+	"github.com/callpipe/callpipe/tools/workload"
 )
 
 // The fault suite (issue "Benchmark and fault suite"): one pipeline of

@@ -14,9 +14,9 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
-	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/replay"
 )
 
 // replayFixture is an archive of two hourly objects written straight to

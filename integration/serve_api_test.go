@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/serve/usageapi"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/store/callsdb"
-	"github.com/callpipe/callpipe/usageapi"
 )
 
 // serveBase is the first day of the API tests' data set: the week around

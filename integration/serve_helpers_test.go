@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/serve/usageapi"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/store/callsdb"
-	"github.com/callpipe/callpipe/usageapi"
 )
 
 // The seeded data set of the serve tests: deterministic calls over `days`

@@ -12,8 +12,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/callpipe/callpipe/serve/usageapi"
 	"github.com/callpipe/callpipe/store/callsdb"
-	"github.com/callpipe/callpipe/usageapi"
 )
 
 // TestServeDashboardAtScale opens the dashboard's "30 days" preset and a

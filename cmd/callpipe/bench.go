@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/bench"
 	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/bench"
 )
 
 func init() { registerCommand(newBenchCommand) }

@@ -6,9 +6,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/bench/usagebench"
 	"github.com/callpipe/callpipe/internal/fleet"
 	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/bench/usagebench"
 )
 
 // newBenchUsageCommand is `callpipe bench usage`: the usage overview and the

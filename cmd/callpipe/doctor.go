@@ -14,10 +14,10 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/doctor"
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/serve/settings"
 	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/doctor"
 )
 
 func init() { registerCommand(newDoctorCommand) }

@@ -13,9 +13,9 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/replay"
 	"github.com/callpipe/callpipe/transform"
 )
 

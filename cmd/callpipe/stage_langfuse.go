@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/serve/settings"
 	"github.com/callpipe/callpipe/sinks/langfuse"
 )
 

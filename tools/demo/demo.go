@@ -22,8 +22,8 @@ import (
 
 	"github.com/callpipe/callpipe/internal/fleet"
 	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/workload"
 	"github.com/callpipe/callpipe/transform"
-	"github.com/callpipe/callpipe/workload"
 )
 
 // Options are the demo's own flags.

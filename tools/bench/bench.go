@@ -28,13 +28,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/bench/receiver"
 	"github.com/callpipe/callpipe/internal/fleet"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/bench/receiver"
+	"github.com/callpipe/callpipe/tools/workload"
 	"github.com/callpipe/callpipe/transform"
-	"github.com/callpipe/callpipe/workload"
 )
 
 // Options are the bench's own flags.
