@@ -15,8 +15,8 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/serve/settings"
 	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/store/settings"
 	"github.com/callpipe/callpipe/tools/doctor"
 )
 

@@ -10,8 +10,8 @@ import (
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/internal/ops"
 	"github.com/callpipe/callpipe/serve/export"
-	"github.com/callpipe/callpipe/serve/settings"
 	"github.com/callpipe/callpipe/serve/usageapi"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 func init() { registerCommand(newServeCommand) }

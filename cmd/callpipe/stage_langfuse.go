@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/serve/settings"
 	"github.com/callpipe/callpipe/sinks/langfuse"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 func init() { stages[bus.StageLangfuse] = runLangfuseStage }

@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/callpipe/callpipe/serve/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // LinksFor is where "View in Langfuse" links of l point: its project when

@@ -5,7 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 
-	"github.com/callpipe/callpipe/serve/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // MountSettings serves gate's settings API under /api/v1/settings/ and,

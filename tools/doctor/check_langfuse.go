@@ -4,7 +4,7 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/callpipe/callpipe/serve/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // Langfuse checks GET /api/public/health (no auth) and then the project keys

@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/serve/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // DialNATS connects to url with opts, giving up when ctx ends (its deadline
