@@ -16,9 +16,9 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 
-	"github.com/callpipe/callpipe/doctor"
 	"github.com/callpipe/callpipe/integration/internal/harness"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/doctor"
 )
 
 // composeMinIOPolicy is the policy minio-init of the compose stack gives
@@ -48,12 +48,12 @@ func TestComposeMinIOPolicySuffices(t *testing.T) {
 	m := startTLSMinIO(t, pki)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	root, err := archive.NewClient(archive.S3Config{Endpoint: m.endpoint, AccessKey: m.user, SecretKey: m.password, UseSSL: true, PathStyle: true, TLS: pki.clientTLS()})
+	root, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: m.endpoint, AccessKey: m.user, SecretKey: m.password, UseSSL: true, PathStyle: true, TLS: pki.clientTLS()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, b := range []string{"callpipe", "other-bucket"} {
-		if err := archive.EnsureBucket(ctx, root, b, "us-east-1"); err != nil {
+		if err := rawarchive.EnsureBucket(ctx, root, b, "us-east-1"); err != nil {
 			t.Fatal(err)
 		}
 	}

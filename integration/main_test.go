@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // testSettingsKey seals the Langfuse secret keys the tests save in the

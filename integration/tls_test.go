@@ -21,7 +21,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // tlsStack is one server of each kind that accepts TLS clients only: NATS
@@ -131,14 +131,14 @@ func TestTLSEveryClient(t *testing.T) {
 	if out, code := runCallpipe(t, env, "", "migrate"); code != 0 {
 		t.Fatalf("migrate over TLS: exit %d\n%s", code, out)
 	}
-	mc, err := archive.NewClient(archive.S3Config{Endpoint: s.minio.endpoint, AccessKey: s.minio.user, SecretKey: s.minio.password,
+	mc, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: s.minio.endpoint, AccessKey: s.minio.user, SecretKey: s.minio.password,
 		UseSSL: true, PathStyle: true, TLS: s.pki.clientTLS()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := archive.EnsureBucket(ctx, mc, "callpipe-tls", "us-east-1"); err != nil {
+	if err := rawarchive.EnsureBucket(ctx, mc, "callpipe-tls", "us-east-1"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -245,7 +245,7 @@ func TestTLSArchiveEncryptedAtRest(t *testing.T) {
 		}
 	}
 
-	mc, err := archive.NewClient(archive.S3Config{Endpoint: s.minio.endpoint, AccessKey: s.minio.user, SecretKey: s.minio.password,
+	mc, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: s.minio.endpoint, AccessKey: s.minio.user, SecretKey: s.minio.password,
 		UseSSL: true, PathStyle: true, TLS: s.pki.clientTLS()})
 	if err != nil {
 		t.Fatal(err)

@@ -14,10 +14,10 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/doctor"
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/settings"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/store/settings"
+	"github.com/callpipe/callpipe/tools/doctor"
 )
 
 func init() { registerCommand(newDoctorCommand) }
@@ -81,7 +81,7 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 	if cfg.ClickHouse.Addr == "" {
 		checks = append(checks, doctor.Skipped("clickhouse", "clickhouse.addr is empty"))
 	} else {
-		oc, err := clickhouseOutputConfig(cfg)
+		oc, err := clickhouseStoreConfig(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -89,7 +89,7 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 			if dl, ok := ctx.Deadline(); ok {
 				oc.DialTimeout = time.Until(dl)
 			}
-			return chsink.Open(ctx, oc)
+			return callsdb.Open(ctx, oc)
 		}), cfg.ClickHouse.TLS.Enabled))
 	}
 

@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/serve/export"
 )
 
 func init() { registerCommand(newExportCommand) }

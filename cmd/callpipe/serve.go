@@ -8,10 +8,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/export"
 	"github.com/callpipe/callpipe/internal/ops"
-	"github.com/callpipe/callpipe/settings"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/serve/export"
+	"github.com/callpipe/callpipe/serve/usageapi"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 func init() { registerCommand(newServeCommand) }

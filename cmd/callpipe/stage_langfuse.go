@@ -10,8 +10,8 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/settings"
 	"github.com/callpipe/callpipe/sinks/langfuse"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 func init() { stages[bus.StageLangfuse] = runLangfuseStage }

@@ -4,7 +4,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // validSettingsKey is an *Error unless key is empty or a settings key.
