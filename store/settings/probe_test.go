@@ -2,6 +2,8 @@ package settings
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -76,5 +78,24 @@ func TestSecretHint(t *testing.T) {
 		if got := SecretHint(in); got != want {
 			t.Errorf("SecretHint(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestProbeTrustsTheConfiguredCA: with langfuse.tls's CA in the policy, Test
+// connection reaches a Langfuse whose certificate that CA signed; without
+// it the same server is "not trusted".
+func TestProbeTrustsTheConfiguredCA(t *testing.T) {
+	srv := httptest.NewTLSServer(fakeLangfuse("pk-lf-1", "sk-lf-1", "proj-1"))
+	defer srv.Close()
+	l := Langfuse{Host: srv.URL, PublicKey: "pk-lf-1", SecretKey: "sk-lf-1"}
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	with := ProbePolicy{AllowPrivate: true, TLS: &tls.Config{RootCAs: pool}}
+	if r := Probe(context.Background(), with.Client(), l); r.Stage != ProbeOK {
+		t.Errorf("with the CA: %+v", r)
+	}
+	without := ProbePolicy{AllowPrivate: true}
+	if r := Probe(context.Background(), without.Client(), l); r.Stage != ProbeTLS {
+		t.Errorf("without the CA: %+v, want %s", r, ProbeTLS)
 	}
 }
