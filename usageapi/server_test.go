@@ -20,9 +20,11 @@ import (
 // fakeStore records the specs it was asked for; the SQL side is tested
 // against real ClickHouse in integration/serve_api_test.go.
 type fakeStore struct {
-	usage   []chsink.UsageSpec
-	list    []chsink.CallListSpec
-	pingErr error
+	usage      []chsink.UsageSpec
+	list       []chsink.CallListSpec
+	batchSpecs []chsink.BatchSpec
+	batches    []chsink.BatchSummary
+	pingErr    error
 }
 
 func (f *fakeStore) Usage(_ context.Context, s chsink.UsageSpec) ([]chsink.UsageRow, error) {
@@ -41,6 +43,11 @@ func (f *fakeStore) Call(_ context.Context, id string) (*chsink.StoredCall, erro
 
 func (f *fakeStore) Trace(_ context.Context, id string, limit int) ([]chsink.StoredCall, error) {
 	return nil, nil
+}
+
+func (f *fakeStore) Batches(_ context.Context, s chsink.BatchSpec) ([]chsink.BatchSummary, error) {
+	f.batchSpecs = append(f.batchSpecs, s)
+	return f.batches, nil
 }
 
 func (f *fakeStore) Ping(context.Context) error { return f.pingErr }

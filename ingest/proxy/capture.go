@@ -32,6 +32,7 @@ type call struct {
 	traceID string
 	session string
 	apiKey  string
+	attrs   callerAttrs
 
 	// request
 	reqBody      []byte // captured prefix, at most CaptureLimit bytes
@@ -72,10 +73,10 @@ type call struct {
 	outBuf     []byte
 }
 
-func newCall(p *Proxy, id, kind string, r *http.Request) *call {
-	c := &call{p: p, id: id, kind: kind, start: time.Now()}
-	c.traceID = r.Header.Get(HeaderTraceID)
-	c.session = r.Header.Get(HeaderSessionID)
+func newCall(p *Proxy, id, kind string, r *http.Request, attrs callerAttrs) *call {
+	c := &call{p: p, id: id, kind: kind, start: time.Now(), attrs: attrs}
+	c.traceID = attrs.traceID
+	c.session = attrs.session
 	c.apiKey = apiKey(r.Header)
 	return c
 }
@@ -484,7 +485,9 @@ func (c *call) finish(r *http.Request) {
 		APIKey:           c.apiKey,
 		Stream:           c.sse || c.reqStream,
 		Status:           c.status,
-		Source:           schema.SourceOnline,
+		Source:           c.attrs.source,
+		BatchID:          c.attrs.batchID,
+		Tags:             c.attrs.tags,
 		RequestTruncated: c.reqTruncated,
 	}
 	if ev.TraceID == "" {
