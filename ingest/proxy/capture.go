@@ -490,6 +490,7 @@ func (c *call) finish(r *http.Request) {
 		Tags:             c.attrs.tags,
 		RequestTruncated: c.reqTruncated,
 	}
+	applyBodyAttrs(ev, c.reqFields)
 	if ev.TraceID == "" {
 		ev.TraceID = c.id
 	}
@@ -530,16 +531,14 @@ func (c *call) finish(r *http.Request) {
 		}
 	}
 
-	// First token for streams, first response byte otherwise.
+	// First token for streams only: a whole answer has no first token, and
+	// its first byte would make TTFT percentiles mean latency.
 	var first time.Time
-	switch {
-	case c.sse:
+	if c.sse {
 		first = c.firstToken
-		if !c.headerAt.IsZero() {
-			meta["first_byte_time"] = at(c.headerAt)
-		}
-	default:
-		first = c.headerAt
+	}
+	if !c.headerAt.IsZero() {
+		meta["first_byte_time"] = at(c.headerAt)
 	}
 	if !first.IsZero() {
 		t := at(first)
@@ -571,7 +570,10 @@ func (c *call) finish(r *http.Request) {
 	meta["request_bytes"] = c.reqBytes.Load()
 	meta["response_bytes"] = c.respBytes
 	if b, err := json.Marshal(meta); err == nil {
-		ev.Metadata = map[string]json.RawMessage{"proxy": b}
+		if ev.Metadata == nil {
+			ev.Metadata = map[string]json.RawMessage{}
+		}
+		ev.Metadata["proxy"] = b
 	}
 	c.p.emit(ev, c.kind)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -147,4 +148,59 @@ func refuseHeader(w http.ResponseWriter, e *headerError) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusBadRequest)
 	w.Write(body)
+}
+
+// Keys of the request body's metadata object that name the trace, session,
+// user and tags, as Langfuse's OpenAI integration reads them.
+const (
+	metaTraceID   = "langfuse_trace_id"
+	metaSessionID = "langfuse_session_id"
+	metaUserID    = "langfuse_user_id"
+	metaTags      = "langfuse_tags"
+)
+
+// applyBodyAttrs completes ev from the request body's metadata object:
+// langfuse_trace_id, langfuse_session_id and langfuse_user_id fill what the
+// headers (and the body's user field) left empty, langfuse_tags add to the
+// header's tags, and every other member becomes a metadata key of the call
+// (callpipe's own "proxy" key excepted). The call already happened, so
+// values the schema cannot take are cut, not refused (see sanitize).
+func applyBodyAttrs(ev *schema.Event, fields map[string]json.RawMessage) {
+	var meta map[string]json.RawMessage
+	if raw, ok := fields["metadata"]; !ok || json.Unmarshal(raw, &meta) != nil {
+		return
+	}
+	for k, v := range meta {
+		switch k {
+		case metaTraceID:
+			if s := jsonString(v); s != "" && ev.TraceID == "" {
+				ev.TraceID = s
+			}
+		case metaSessionID:
+			if s := jsonString(v); s != "" && ev.SessionID == "" {
+				ev.SessionID = s
+			}
+		case metaUserID:
+			if s := jsonString(v); s != "" && ev.User == "" {
+				ev.User = s
+			}
+		case metaTags:
+			var tags []string
+			if json.Unmarshal(v, &tags) != nil {
+				continue
+			}
+			for _, t := range tags {
+				t = clipRunes(strings.ToValidUTF8(strings.TrimSpace(t), "\uFFFD"), schema.MaxTagChars)
+				if t != "" && !slices.Contains(ev.Tags, t) && len(ev.Tags) < schema.MaxTags {
+					ev.Tags = append(ev.Tags, t)
+				}
+			}
+		case "proxy":
+		default:
+			if ev.Metadata == nil {
+				ev.Metadata = map[string]json.RawMessage{}
+			}
+			ev.Metadata[k] = v
+		}
+	}
 }

@@ -307,7 +307,12 @@ func TestChatNonStream(t *testing.T) {
 	if usageString(ev.Usage) != "21/8/29" || ev.RequestTruncated {
 		t.Fatalf("usage %s truncated %v", usageString(ev.Usage), ev.RequestTruncated)
 	}
-	checkTimes(t, ev, true)
+	// A whole answer has no first token: TTFT stays null; the first byte's
+	// time is kept in the proxy's metadata.
+	checkTimes(t, ev, false)
+	if !bytes.Contains(ev.Metadata["proxy"], []byte(`"first_byte_time":`)) {
+		t.Fatalf("no first_byte_time in %s", ev.Metadata["proxy"])
+	}
 	if got := value(e.p.m.captured.WithLabelValues(kindChat)); got != 1 {
 		t.Fatalf("captured metric = %v", got)
 	}
@@ -560,7 +565,8 @@ func TestEndpoints(t *testing.T) {
 			if tc.wantStatus < 400 && ev.Error != "" {
 				t.Fatalf("error %q", ev.Error)
 			}
-			checkTimes(t, ev, true)
+			// Only a stream has a first token.
+			checkTimes(t, ev, strings.HasPrefix(r.header.Get("Content-Type"), "text/event-stream"))
 			if tc.check != nil {
 				tc.check(t, ev)
 			}
@@ -1149,5 +1155,32 @@ func TestCallerHeadersRefused(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := len(e.pub.snapshot()); n != 0 {
 		t.Fatalf("%d events for refused calls", n)
+	}
+}
+
+// The request body's metadata names trace, session, user and tags as
+// Langfuse's OpenAI integration reads them; headers and the user field win;
+// other members become metadata of the call.
+func TestBodyMetadata(t *testing.T) {
+	e := newEnv(t, nil)
+	body := `{"model":"qwen3-instruct","messages":[{"role":"user","content":"hi"}],` +
+		`"metadata":{"langfuse_session_id":"s-body","langfuse_user_id":"u-body","langfuse_trace_id":"t-body","langfuse_tags":["rag"," eval "],"team":"search","proxy":"x"}}`
+	r := e.do(t, "POST", "/v1/chat/completions", "application/json", []byte(body), map[string]string{HeaderTags: "eval,web"})
+	ev := find(t, e.pub.wait(t, 1), r.id)
+	if ev.SessionID != "s-body" || ev.User != "u-body" || ev.TraceID != "t-body" || strings.Join(ev.Tags, "|") != "eval|web|rag" {
+		t.Fatalf("session %q user %q trace %q tags %q", ev.SessionID, ev.User, ev.TraceID, ev.Tags)
+	}
+	if string(ev.Metadata["team"]) != `"search"` || bytes.Contains(ev.Metadata["proxy"], []byte(`"x"`)) {
+		t.Fatalf("metadata %v", ev.Metadata)
+	}
+	// Headers and the body's user field win over metadata.
+	body = `{"model":"qwen3-instruct","user":"alice","messages":[],"metadata":{"langfuse_session_id":"s-body","langfuse_user_id":"u-body","langfuse_trace_id":"t-body"}}`
+	r = e.do(t, "POST", "/v1/chat/completions", "application/json", []byte(body), map[string]string{HeaderSessionID: "s-hdr", HeaderTraceID: "t-hdr"})
+	ev = find(t, e.pub.wait(t, 2), r.id)
+	if ev.SessionID != "s-hdr" || ev.User != "alice" || ev.TraceID != "t-hdr" {
+		t.Fatalf("session %q user %q trace %q", ev.SessionID, ev.User, ev.TraceID)
+	}
+	if got := e.x.lastBody("/v1/chat/completions"); string(got) != body {
+		t.Fatalf("upstream body changed: %s", got)
 	}
 }
