@@ -81,7 +81,20 @@ func proxyCall(t *testing.T, base, model string, hdr map[string]string) (int, st
 // upstream, a bad one is refused naming it, and source and batch show in
 // the usage API's group_by=source, the call list's filters, the batch list
 // and the Langfuse trace.
-func TestProxyBatchHeadersEndToEnd(t *testing.T) {
+// proxyPipeline is the real binaries — proxy, a worker with the normalize,
+// clickhouse and langfuse stages, serve — on a fresh JetStream and database,
+// in front of a headerUpstream, with a Langfuse test server.
+type proxyPipeline struct {
+	base  string // the proxy
+	serve *serveProcess
+	lf    *langfusetest.Server
+	up    *headerUpstream
+	tag   string
+	procs []*testkit.Proc
+}
+
+func startProxyPipeline(t *testing.T) *proxyPipeline {
+	t.Helper()
 	natsURL := harness.FreshNATS(t)
 	ch := harness.ClickHouse(t)
 	redisAddr := harness.Redis(t)
@@ -102,7 +115,21 @@ func TestProxyBatchHeadersEndToEnd(t *testing.T) {
 	), "worker", "--stages", "normalize,clickhouse,langfuse", "--listen", workerAddr)
 	worker.WaitReady(t, workerAddr, 60*time.Second)
 	serve := startServe(t, db, "CALLPIPE_NATS_URL="+natsURL)
-	base := "http://" + proxyAddr
+	return &proxyPipeline{base: "http://" + proxyAddr, serve: serve, lf: lf, up: up, tag: tag, procs: []*testkit.Proc{proxy, worker}}
+}
+
+// stop ends serve, the worker and the proxy, each with status 0.
+func (p *proxyPipeline) stop(t *testing.T) {
+	t.Helper()
+	p.serve.stop(t)
+	for i := len(p.procs) - 1; i >= 0; i-- {
+		p.procs[i].Stop(t, 30*time.Second)
+	}
+}
+
+func TestProxyBatchHeadersEndToEnd(t *testing.T) {
+	pl := startProxyPipeline(t)
+	base, serve, lf, up, tag := pl.base, pl.serve, pl.lf, pl.up, pl.tag
 
 	nightly, other := "nightly-"+tag, "reindex-"+tag
 	batchHdr := func(id string) map[string]string {
@@ -229,7 +256,124 @@ func TestProxyBatchHeadersEndToEnd(t *testing.T) {
 			t.Errorf("Langfuse trace %s: %s", id, b)
 		}
 	}
-	serve.stop(t)
-	worker.Stop(t, 30*time.Second)
-	proxy.Stop(t, 30*time.Second)
+	pl.stop(t)
+}
+
+// TestProxyTracesEndToEnd sends an agent loop through the real proxy — one
+// call, two in parallel, one more — under one X-Callpipe-Trace-Id, and a
+// second trace in the same X-Callpipe-Session-Id: /api/v1/traces shows the
+// trace's calls with the right parent, order and overlap, and the session
+// with both traces; Langfuse gets the session and one trace holding the
+// four generations; non-streamed calls have no TTFT.
+func TestProxyTracesEndToEnd(t *testing.T) {
+	pl := startProxyPipeline(t)
+	trace, trace2, sess := "agent-"+pl.tag, "agent2-"+pl.tag, "sess-"+pl.tag
+	hdr := func(tr string) map[string]string {
+		return map[string]string{"X-Callpipe-Trace-Id": tr, "X-Callpipe-Session-Id": sess, "X-Callpipe-Tags": "agent"}
+	}
+	call := func(tr string) string {
+		code, id, body := proxyCall(t, pl.base, "qwen2.5-instruct", hdr(tr))
+		if code != 200 {
+			t.Errorf("call: %d %s", code, body)
+		}
+		return id
+	}
+	first := call(trace)
+	par := make([]string, 2)
+	var wg sync.WaitGroup
+	for i := range par {
+		wg.Go(func() { par[i] = call(trace) })
+	}
+	wg.Wait()
+	last := call(trace)
+	other := call(trace2)
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	var tr usageapi.TraceResponse
+	testkit.WaitFor(t, 60*time.Second, "the trace's 4 calls", func() (bool, string) {
+		tr = usageapi.TraceResponse{}
+		code, body := httpGet(t, pl.serve.base+"/api/v1/traces/"+trace)
+		if code != 200 {
+			return false, body
+		}
+		if err := json.Unmarshal([]byte(body), &tr); err != nil {
+			t.Fatal(err)
+		}
+		return tr.Root.Calls == 4, fmt.Sprintf("%d calls", tr.Root.Calls)
+	})
+	if tr.MatchedBy != "trace_id" || tr.Root.Type != "trace" || tr.Root.ID != trace || len(tr.Root.Children) != 4 || len(tr.Timeline) != 4 {
+		t.Fatalf("trace: matched by %s, root %s %s with %d children, %d timeline rows", tr.MatchedBy, tr.Root.Type, tr.Root.ID, len(tr.Root.Children), len(tr.Timeline))
+	}
+	at := map[string]usageapi.TraceNode{}
+	for _, n := range tr.Root.Children {
+		if n.Type != "call" || len(n.Children) != 0 {
+			t.Errorf("child of the trace: %s %s with %d children", n.Type, n.ID, len(n.Children))
+		}
+		at[n.ID] = n
+	}
+	end := func(n usageapi.TraceNode) int64 { return n.OffsetMS + n.DurationMS }
+	f, p0, p1, l := at[first], at[par[0]], at[par[1]], at[last]
+	if f.OffsetMS != 0 || f.DurationMS < 30 {
+		t.Errorf("first call: offset %d duration %d", f.OffsetMS, f.DurationMS)
+	}
+	for _, p := range []usageapi.TraceNode{p0, p1} {
+		if p.OffsetMS < end(f) || p.DurationMS < 30 {
+			t.Errorf("parallel call %s: offset %d duration %d, first ended at %d", p.ID, p.OffsetMS, p.DurationMS, end(f))
+		}
+	}
+	if p0.OffsetMS >= end(p1) || p1.OffsetMS >= end(p0) {
+		t.Errorf("parallel calls do not overlap: [%d,%d] [%d,%d]", p0.OffsetMS, end(p0), p1.OffsetMS, end(p1))
+	}
+	if l.OffsetMS < max(end(p0), end(p1)) || tr.Timeline[3].ID != last || tr.Timeline[0].ID != first {
+		t.Errorf("last call at %d, parallel ones ended at %d and %d; timeline %v", l.OffsetMS, end(p0), end(p1), tr.Timeline)
+	}
+	if tr.Root.DurationMS != end(l) || tr.Root.TotalTokens != 60 || tr.Root.Errors != 0 {
+		t.Errorf("trace totals: duration %d (last call ends at %d), tokens %d, errors %d", tr.Root.DurationMS, end(l), tr.Root.TotalTokens, tr.Root.Errors)
+	}
+
+	var ss usageapi.TraceResponse
+	testkit.WaitFor(t, 30*time.Second, "the session's 5 calls", func() (bool, string) {
+		ss = usageapi.TraceResponse{}
+		apiGet(t, pl.serve.base, "/api/v1/traces/"+sess, nil, "", 200, &ss)
+		return ss.Root.Calls == 5, fmt.Sprintf("%d calls", ss.Root.Calls)
+	})
+	if ss.MatchedBy != "session_id" || ss.Root.Type != "session" || len(ss.Root.Children) != 2 ||
+		ss.Root.Children[0].ID != trace || ss.Root.Children[0].Calls != 4 || ss.Root.Children[1].ID != trace2 ||
+		len(ss.Root.Children[1].Children) != 1 || ss.Root.Children[1].Children[0].ID != other {
+		b, _ := json.Marshal(ss.Root)
+		t.Fatalf("session tree: %s", b)
+	}
+
+	var calls usageapi.CallsResponse
+	day := time.Now().UTC().Format("2006-01-02")
+	apiGet(t, pl.serve.base, "/api/v1/calls", url.Values{"from": {day}, "to": {day}}, "", 200, &calls)
+	for _, c := range calls.Calls {
+		if c.TTFTMS != nil {
+			t.Errorf("non-streamed call %s has TTFT %d ms", c.ID, *c.TTFTMS)
+		}
+	}
+
+	testkit.WaitFor(t, 60*time.Second, "Langfuse trace with 4 generations", func() (bool, string) {
+		n := 0
+		for _, o := range pl.lf.Observations() {
+			if o.TraceID == trace {
+				n++
+			}
+		}
+		return n == 4, fmt.Sprintf("%d generations", n)
+	})
+	lt := pl.lf.Traces()[trace]
+	if lt.SessionID != sess || !slices.Equal(lt.Tags, []string{"agent"}) || lt.UserID != "alice" {
+		b, _ := json.Marshal(lt)
+		t.Errorf("Langfuse trace: %s", b)
+	}
+	for _, id := range append([]string{first, last}, par...) {
+		if o := pl.lf.Observations()[id]; o.TraceID != trace || o.CompletionStartTime != nil {
+			b, _ := json.Marshal(o)
+			t.Errorf("Langfuse generation %s: %s", id, b)
+		}
+	}
+	pl.stop(t)
 }
