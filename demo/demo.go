@@ -145,7 +145,10 @@ func (d *demo) run(ctx context.Context) (err error) {
 
 	from := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
 	spec := workload.Spec{BaseURL: "http://" + d.env.Proxy, Calls: d.o.Calls, Concurrency: d.o.Concurrency,
-		Rate: d.o.Rate, StreamShare: d.o.StreamShare, ErrorShare: d.o.ErrorShare, AgentShare: 0.1, Seed: d.o.Seed}
+		Rate: d.o.Rate, StreamShare: d.o.StreamShare, ErrorShare: d.o.ErrorShare, Seed: d.o.Seed,
+		// Agent runs in sessions and one batch job give the trace, session
+		// and batch views something real to show.
+		AgentShare: 0.3, BatchCalls: min(40, d.o.Calls/10)}
 	res, err := workload.Run(ctx, spec, func(p workload.Progress) {
 		rate := float64(p.Done) / max(p.Elapsed.Seconds(), 0.001)
 		d.say("workload   %d/%d calls  %.0f calls/s  %d answered with an error", p.Done, p.Total, rate, p.Errors)
