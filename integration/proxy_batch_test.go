@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -85,6 +87,7 @@ func proxyCall(t *testing.T, base, model string, hdr map[string]string) (int, st
 // clickhouse and langfuse stages, serve — on a fresh JetStream and database,
 // in front of a headerUpstream, with a Langfuse test server.
 type proxyPipeline struct {
+	nats  string
 	base  string // the proxy
 	serve *serveProcess
 	lf    *langfusetest.Server
@@ -115,7 +118,7 @@ func startProxyPipeline(t *testing.T) *proxyPipeline {
 	), "worker", "--stages", "normalize,clickhouse,langfuse", "--listen", workerAddr)
 	worker.WaitReady(t, workerAddr, 60*time.Second)
 	serve := startServe(t, db, "CALLPIPE_NATS_URL="+natsURL)
-	return &proxyPipeline{base: "http://" + proxyAddr, serve: serve, lf: lf, up: up, tag: tag, procs: []*testkit.Proc{proxy, worker}}
+	return &proxyPipeline{nats: natsURL, base: "http://" + proxyAddr, serve: serve, lf: lf, up: up, tag: tag, procs: []*testkit.Proc{proxy, worker}}
 }
 
 // stop ends serve, the worker and the proxy, each with status 0.
@@ -374,6 +377,96 @@ func TestProxyTracesEndToEnd(t *testing.T) {
 			b, _ := json.Marshal(o)
 			t.Errorf("Langfuse generation %s: %s", id, b)
 		}
+	}
+	pl.stop(t)
+}
+
+// TestPricesStoredInKV: `callpipe prices set` stores a Langfuse-shaped price
+// table in NATS KV and the running normalize stage prices calls with it from
+// the next call on, ahead of nothing configured; a second table replaces
+// it; `prices delete` leaves calls unpriced again; a bad table is refused
+// naming the row and field.
+func TestPricesStoredInKV(t *testing.T) {
+	pl := startProxyPipeline(t)
+	env := append(os.Environ(), "CALLPIPE_NATS_URL="+pl.nats)
+	prices := func(stdin string, args ...string) (string, error) {
+		cmd := exec.Command(testkit.Binary(t), append([]string{"prices"}, args...)...)
+		cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	table := func(in, out float64) string {
+		return fmt.Sprintf(`{"models":[{"modelName":"qwen2.5-instruct","matchPattern":"(?i)^qwen2\\.5-instruct$","inputPrice":%g,"outputPrice":%g,"unit":"TOKENS"}]}`, in, out)
+	}
+	cost := func(id string) *float64 {
+		var c usageapi.CallResponse
+		testkit.WaitFor(t, 30*time.Second, "call "+id+" stored", func() (bool, string) {
+			code, body := httpGet(t, pl.serve.base+"/api/v1/calls/"+id)
+			if code == 200 {
+				c = usageapi.CallResponse{}
+				json.Unmarshal([]byte(body), &c)
+			}
+			return code == 200, body
+		})
+		return c.CostUSD
+	}
+	call := func() string {
+		code, id, body := proxyCall(t, pl.base, "qwen2.5-instruct", nil)
+		if code != 200 {
+			t.Fatalf("call: %d %s", code, body)
+		}
+		return id
+	}
+	// pricedAt sends calls until one costs want (the stage applies a stored
+	// table within moments), then one more that must cost the same.
+	pricedAt := func(want float64) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			c := cost(call())
+			if c != nil && math.Abs(*c-want) < 1e-12 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("calls still cost %v, want %v", c, want)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if c := cost(call()); c == nil || math.Abs(*c-want) > 1e-12 {
+			t.Fatalf("the next call costs %v, want %v", c, want)
+		}
+	}
+
+	if c := cost(call()); c != nil {
+		t.Fatalf("a call without any price costs %v", *c)
+	}
+	if out, err := prices("", "get"); err == nil || !strings.Contains(out, "no price table stored") {
+		t.Fatalf("prices get before set: %v %s", err, out)
+	}
+	out, err := prices(`{"models":[{"modelName":"x","matchPattern":"(","inputPrice":-1}]}`, "set", "-")
+	if err == nil || !strings.Contains(out, "models[0].matchPattern: not a regular expression") || !strings.Contains(out, "models[0].inputPrice: -1") {
+		t.Fatalf("bad table: %v %s", err, out)
+	}
+	if out, err := prices(table(1e-6, 2e-6), "set", "-"); err != nil || !strings.Contains(out, "stored 1 model prices") {
+		t.Fatalf("prices set: %v %s", err, out)
+	}
+	pricedAt(12*1e-6 + 3*2e-6) // 12 prompt and 3 completion tokens
+	if out, err := prices("", "get"); err != nil || !strings.Contains(out, `"inputPrice": 0.000001`) {
+		t.Fatalf("prices get: %v %s", err, out)
+	}
+	if _, err := prices(table(10e-6, 0), "set", "-"); err != nil {
+		t.Fatal(err)
+	}
+	pricedAt(12 * 10e-6)
+	if out, err := prices("", "delete"); err != nil {
+		t.Fatalf("prices delete: %v %s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for c := cost(call()); c != nil; c = cost(call()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("calls still cost %v after prices delete", *c)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	pl.stop(t)
 }
