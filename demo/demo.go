@@ -53,6 +53,9 @@ type Env struct {
 	Redis                         *redis.Client
 	UserKeyPrefix                 string
 	Out                           io.Writer
+	// ExamplePrices, when set, are the worker's transform.prices, so that
+	// the built-in models' calls have a cost to chart.
+	ExamplePrices string
 }
 
 // Run runs the demo. It fails when the usage API does not show every call
@@ -127,7 +130,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		{"collect", []string{"collect"}, d.env.Collect},
 		{"proxy", []string{"proxy", "--proxy.upstream", upstream, "--proxy.spool_dir", spool}, d.env.Proxy},
 		// A short archive flush so that the demo shows objects within seconds.
-		{"worker", []string{"worker", "--stages", strings.Join(stagesToRun, ","), "--archive.flush_interval", "5s"}, d.env.Worker},
+		{"worker", d.workerArgs(stagesToRun), d.env.Worker},
 		{"serve", []string{"serve"}, d.env.Serve},
 	}
 	for _, s := range starts {
@@ -321,4 +324,15 @@ func (d *demo) waitArchive(ctx context.Context, running bool) (objects int, size
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// workerArgs runs the stages with a short archive flush, so that the demo
+// shows objects within seconds, and the example prices if any.
+func (d *demo) workerArgs(stagesToRun []string) []string {
+	args := []string{"worker", "--stages", strings.Join(stagesToRun, ","), "--archive.flush_interval", "5s"}
+	if d.env.ExamplePrices != "" {
+		args = append(args, "--transform.prices", d.env.ExamplePrices)
+		d.say("prices     example prices for the built-in models (%s); set transform.prices or `callpipe prices set` for real ones", d.env.ExamplePrices)
+	}
+	return args
 }
