@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,9 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
+	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/usageapi"
 )
 
@@ -88,7 +94,8 @@ func proxyCall(t *testing.T, base, model string, hdr map[string]string) (int, st
 // in front of a headerUpstream, with a Langfuse test server.
 type proxyPipeline struct {
 	nats  string
-	base  string // the proxy
+	env   []string // for callpipe commands: NATS, ClickHouse and Redis of the pipeline
+	base  string   // the proxy
 	serve *serveProcess
 	lf    *langfusetest.Server
 	up    *headerUpstream
@@ -112,13 +119,13 @@ func startProxyPipeline(t *testing.T) *proxyPipeline {
 	proxy := testkit.Start(t, env, "proxy", "--listen", proxyAddr, "--upstream", up.URL)
 	proxy.WaitReady(t, proxyAddr, 60*time.Second)
 	workerAddr := testkit.FreeAddr(t)
+	env = append(env, "CALLPIPE_CLICKHOUSE_ADDR="+ch.Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db, "CALLPIPE_REDIS_ADDR="+redisAddr)
 	worker := testkit.Start(t, append(env,
-		"CALLPIPE_CLICKHOUSE_ADDR="+ch.Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db, "CALLPIPE_REDIS_ADDR="+redisAddr,
 		"LANGFUSE_HOST="+lf.URL, "LANGFUSE_PUBLIC_KEY=pk-lf-test", "LANGFUSE_SECRET_KEY=sk-lf-test",
 	), "worker", "--stages", "normalize,clickhouse,langfuse", "--listen", workerAddr)
 	worker.WaitReady(t, workerAddr, 60*time.Second)
 	serve := startServe(t, db, "CALLPIPE_NATS_URL="+natsURL)
-	return &proxyPipeline{nats: natsURL, base: "http://" + proxyAddr, serve: serve, lf: lf, up: up, tag: tag, procs: []*testkit.Proc{proxy, worker}}
+	return &proxyPipeline{env: env, nats: natsURL, base: "http://" + proxyAddr, serve: serve, lf: lf, up: up, tag: tag, procs: []*testkit.Proc{proxy, worker}}
 }
 
 // stop ends serve, the worker and the proxy, each with status 0.
@@ -467,6 +474,85 @@ func TestPricesStoredInKV(t *testing.T) {
 			t.Fatalf("calls still cost %v after prices delete", *c)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	pl.stop(t)
+}
+
+// TestUsersReresolve: a call stored with user unresolved (its key could not
+// be looked up) gets its user from `callpipe users reresolve` once the key
+// is known: the call, the usage by user and the Langfuse trace follow.
+func TestUsersReresolve(t *testing.T) {
+	pl := startProxyPipeline(t)
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(testkit.Binary(t), args...)
+		cmd.Env = pl.env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("callpipe %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	key := "xf-reresolve" + pl.tag + strings.Repeat("0", 30)
+	// Hours ago: an hour the rollup sealer has already sealed, so the
+	// usage must come from the dirty-hour path, not the sealed rollup.
+	start := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Millisecond)
+	c := schema.Call{ID: "unres-" + pl.tag, TraceID: "unres-" + pl.tag, StartTime: start, EndTime: start.Add(time.Second),
+		LatencyMS: 1000, Endpoint: "/v1/chat/completions", Kind: schema.KindChat, Model: "qwen2.5-instruct",
+		UserID: schema.UserUnresolved, UserSource: schema.UserUnresolved, APIKeyHash: schema.HashAPIKey(key), APIKeyPrefix: key[:7],
+		Status: 200, InputTokens: 10, OutputTokens: 5, TotalTokens: 15, UsageSource: schema.UsageReported, Source: schema.SourceOnline,
+		InputText: "hi", OutputText: "hello"}
+	nc, err := nats.Connect(pl.nats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + ".chat", Data: schema.AppendCall(nil, &c), Header: nats.Header{}}
+	m.Header.Set(bus.HeaderMsgID, c.ID)
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	userOf := func() (string, string) {
+		code, body := httpGet(t, pl.serve.base+"/api/v1/calls/"+c.ID)
+		if code != 200 {
+			return "", body
+		}
+		var got usageapi.CallResponse
+		json.Unmarshal([]byte(body), &got)
+		return got.UserID, got.UserSource
+	}
+	testkit.WaitFor(t, 30*time.Second, "the unresolved call stored", func() (bool, string) {
+		u, src := userOf()
+		return u == schema.UserUnresolved, u + " " + src
+	})
+	day, next := start.Format(time.DateOnly), start.Add(24*time.Hour).Format(time.DateOnly)
+	run("users", "add", "--key", key, "--user", "zoe-"+pl.tag)
+	if out := run("users", "reresolve", "--from", day, "--to", next); !strings.Contains(out, "1 unresolved calls") || !strings.Contains(out, "1 resolved, 0 still unresolved") || !strings.Contains(out, "published 1 calls") {
+		t.Fatalf("reresolve: %s", out)
+	}
+	testkit.WaitFor(t, 30*time.Second, "the call's user resolved", func() (bool, string) {
+		u, src := userOf()
+		return u == "zoe-"+pl.tag && src == schema.UserAPIKey, u + " " + src
+	})
+	var usage usageapi.UsageResponse
+	apiGet(t, pl.serve.base, "/api/v1/usage", url.Values{"from": {day}, "to": {day}, "group_by": {"user"}}, "", 200, &usage)
+	if usage.Percentiles != "histogram" {
+		t.Logf("usage read every call (percentiles %s): the hour was not sealed", usage.Percentiles)
+	}
+	if len(usage.Rows) != 1 || str(usage.Rows[0].User) != "zoe-"+pl.tag || usage.Rows[0].Calls != 1 || usage.Rows[0].TotalTokens != 15 {
+		b, _ := json.Marshal(usage.Rows)
+		t.Fatalf("usage by user after reresolve: %s", b)
+	}
+	testkit.WaitFor(t, 30*time.Second, "the Langfuse trace's user", func() (bool, string) {
+		tr := pl.lf.Traces()[c.TraceID]
+		return tr.UserID == "zoe-"+pl.tag, tr.UserID
+	})
+	if out := run("users", "reresolve", "--from", day, "--to", next); !strings.Contains(out, "0 unresolved calls") {
+		t.Fatalf("second reresolve: %s", out)
 	}
 	pl.stop(t)
 }
