@@ -395,7 +395,7 @@ func TestProxyTracesEndToEnd(t *testing.T) {
 // naming the row and field.
 func TestPricesStoredInKV(t *testing.T) {
 	pl := startProxyPipeline(t)
-	env := append(os.Environ(), "CALLPIPE_NATS_URL="+pl.nats)
+	env := pl.env
 	prices := func(stdin string, args ...string) (string, error) {
 		cmd := exec.Command(testkit.Binary(t), append([]string{"prices"}, args...)...)
 		cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
@@ -444,7 +444,8 @@ func TestPricesStoredInKV(t *testing.T) {
 		}
 	}
 
-	if c := cost(call()); c != nil {
+	unpriced := call()
+	if c := cost(unpriced); c != nil {
 		t.Fatalf("a call without any price costs %v", *c)
 	}
 	if out, err := prices("", "get"); err == nil || !strings.Contains(out, "no price table stored") {
@@ -458,6 +459,22 @@ func TestPricesStoredInKV(t *testing.T) {
 		t.Fatalf("prices set: %v %s", err, out)
 	}
 	pricedAt(12*1e-6 + 3*2e-6) // 12 prompt and 3 completion tokens
+	// Calls stored before the table keep their cost until repriced.
+	if c := cost(unpriced); c != nil {
+		t.Fatalf("a stored call was repriced by prices set: %v", *c)
+	}
+	day := time.Now().UTC().Format(time.DateOnly)
+	next := time.Now().UTC().Add(24 * time.Hour).Format(time.DateOnly)
+	if out, err := prices("", "reprice", "--from", day, "--to", next); err != nil || !strings.Contains(out, "with a changed cost") || strings.Contains(out, "; 0 with") {
+		t.Fatalf("prices reprice: %v %s", err, out)
+	}
+	testkit.WaitFor(t, 30*time.Second, "the earlier call repriced", func() (bool, string) {
+		c := cost(unpriced)
+		return c != nil && math.Abs(*c-(12*1e-6+3*2e-6)) < 1e-12, fmt.Sprint(c)
+	})
+	if out, err := prices("", "reprice", "--from", day, "--to", next); err != nil || !strings.Contains(out, "; 0 with a changed cost") {
+		t.Fatalf("second prices reprice: %v %s", err, out)
+	}
 	if out, err := prices("", "get"); err != nil || !strings.Contains(out, `"inputPrice": 0.000001`) {
 		t.Fatalf("prices get: %v %s", err, out)
 	}

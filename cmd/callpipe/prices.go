@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/replay"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -102,7 +106,7 @@ func newPricesCommand(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(printCmd, get, set, del)
+	cmd.AddCommand(printCmd, get, set, del, newPricesRepriceCommand(a))
 	return cmd
 }
 
@@ -129,4 +133,100 @@ func (a *app) pricesKV(cmd *cobra.Command) (kv jetstream.KeyValue, done func(), 
 		return nil, nil, err
 	}
 	return kv, nc.Close, nil
+}
+
+// newPricesRepriceCommand prices the stored calls of a range again with the
+// prices in effect now (the stored table, then transform.prices) and
+// republishes the calls whose cost changed, so the rollups and Langfuse
+// follow; `rollup rebuild` is not needed afterwards.
+func newPricesRepriceCommand(a *app) *cobra.Command {
+	var from, to string
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "reprice --from T --to T [--dry-run]",
+		Short: "Price the stored calls of a range again with the prices in effect and re-store those whose cost changed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, t, err := replay.ParseRange(from, to)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errUsage, err)
+			}
+			cfg, log, err := a.load(cmd, nil)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			configured, err := transform.ParsePrices(cfg.Transform.Prices)
+			if err != nil {
+				return fmt.Errorf("%w: transform.prices: %w", errConfig, err)
+			}
+			live := transform.NewLivePrices(configured)
+			kv, done, err := a.pricesKV(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if stored, ok, err := transform.GetPrices(ctx, kv); err != nil {
+				return err
+			} else if ok {
+				st, err := stored.Compile()
+				if err != nil {
+					return fmt.Errorf("stored prices: %w", err)
+				}
+				live.Set(st)
+			}
+			conn, oc, err := openClickHouse(ctx, cfg, "prices reprice reads the calls from ClickHouse")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			nc, js, err := connectJS(cfg, "prices-reprice", log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			job := "reprice-" + time.Now().UTC().Format("20060102T150405")
+			table := live.Table()
+			var seen, changed int
+			err = chsink.RangeCalls(ctx, conn, oc.Database, f, t, func(calls []chsink.StoredCall) error {
+				var out []*chsink.StoredCall
+				for i := range calls {
+					c := &calls[i]
+					seen++
+					cost := table.Cost(c.Model, c.InputTokens, c.OutputTokens)
+					if sameCost(cost, c.CostUSD) {
+						continue
+					}
+					c.CostUSD = cost
+					out = append(out, c)
+				}
+				changed += len(out)
+				if dryRun {
+					return nil
+				}
+				return republish(ctx, js, job, out)
+			})
+			if err != nil {
+				return fmt.Errorf("prices reprice: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%d calls in [%s, %s); %d with a changed cost\n", seen, f.Format(time.RFC3339), t.Format(time.RFC3339), changed)
+			if !dryRun && changed > 0 {
+				fmt.Fprintf(w, "published them as replay %s; the clickhouse stage stores them and the rollups follow\n", job)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&from, "from", "", "start of the range (RFC 3339, or a UTC hour or day)")
+	cmd.Flags().StringVar(&to, "to", "", "end of the range, exclusive")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count only, publish nothing")
+	return cmd
+}
+
+// sameCost compares costs as stored (Float64 in ClickHouse) and computed.
+func sameCost(a, b *float64) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return math.Abs(*a-*b) <= 1e-12*math.Max(1, math.Abs(*b))
 }

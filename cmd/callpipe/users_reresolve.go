@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
@@ -15,11 +17,10 @@ import (
 )
 
 // newUsersReresolveCommand looks up again the API keys of calls stored with
-// user unresolved (Redis was down and the key not cached) and publishes the
-// resolved calls as a replay on CALLPIPE_NORMALIZED: the ClickHouse stage
-// stores them as newer copies, marking their hours dirty so the rollups
-// follow, and Langfuse gets the trace's user (calls whose stored text was
-// cut go to ClickHouse only, so Langfuse keeps the whole text).
+// user unresolved (Redis was down and the key not cached) and republishes
+// the resolved calls: the ClickHouse stage stores them as newer copies,
+// marking their hours dirty so the rollups follow, and Langfuse gets the
+// trace's user.
 func newUsersReresolveCommand(a *app) *cobra.Command {
 	var from, to string
 	var dryRun bool
@@ -74,18 +75,8 @@ func newUsersReresolveCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 			job := "reresolve-" + time.Now().UTC().Format("20060102T150405")
-			for _, c := range resolved {
-				m := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + "." + c.Kind, Data: schema.AppendCall(nil, &c.Call), Header: nats.Header{}}
-				m.Header.Set(bus.HeaderReplay, job)
-				m.Header.Set(bus.HeaderMsgID, bus.ReplayMsgID(job, c.ID))
-				sinks := "clickhouse,langfuse"
-				if c.Truncated {
-					sinks = "clickhouse"
-				}
-				m.Header.Set(bus.HeaderSinks, sinks)
-				if _, err := js.PublishMsg(ctx, m); err != nil {
-					return fmt.Errorf("users reresolve: publish %s: %w", c.ID, err)
-				}
+			if err := republish(ctx, js, job, resolved); err != nil {
+				return fmt.Errorf("users reresolve: %w", err)
 			}
 			fmt.Fprintf(out, "published %d calls as replay %s; the clickhouse stage stores them and the rollups follow\n", len(resolved), job)
 			return nil
@@ -95,4 +86,24 @@ func newUsersReresolveCommand(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "end of the range, exclusive")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count only, publish nothing")
 	return cmd
+}
+
+// republish publishes corrected calls as replay job on CALLPIPE_NORMALIZED,
+// for the clickhouse and langfuse stages (clickhouse only for a call whose
+// stored text was cut, so that Langfuse keeps the whole text).
+func republish(ctx context.Context, js jetstream.JetStream, job string, calls []*chsink.StoredCall) error {
+	for _, c := range calls {
+		m := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + "." + c.Kind, Data: schema.AppendCall(nil, &c.Call), Header: nats.Header{}}
+		m.Header.Set(bus.HeaderReplay, job)
+		m.Header.Set(bus.HeaderMsgID, bus.ReplayMsgID(job, c.ID))
+		sinks := "clickhouse,langfuse"
+		if c.Truncated {
+			sinks = "clickhouse"
+		}
+		m.Header.Set(bus.HeaderSinks, sinks)
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			return fmt.Errorf("publish %s: %w", c.ID, err)
+		}
+	}
+	return nil
 }
