@@ -469,7 +469,7 @@ func TestServeDashboard(t *testing.T) {
 	b.eval(`Object.fromEntries([...document.querySelectorAll('#batches-body tr')].map(r => [r.dataset.id,
 		['calls', 'errors', 'input_tokens', 'output_tokens', 'duration'].map(c => r.querySelector('[data-col=' + c + ']').textContent)]))`, &shown)
 	for _, bt := range batches.Batches {
-		want := []string{fmtInt(int64(bt.Calls)), fmtInt(int64(bt.Errors)), fmtInt(bt.InputTokens), fmtInt(bt.OutputTokens), latencyText(bt.DurationMS)}
+		want := []string{fmtInt(int64(bt.Calls)), fmtInt(int64(bt.Errors)), fmtInt(bt.InputTokens), fmtInt(bt.OutputTokens), spanText(bt.DurationMS)}
 		if got := shown[bt.BatchID]; strings.Join(got, "|") != strings.Join(want, "|") {
 			t.Errorf("batch %s row %v, API %v", bt.BatchID, got, want)
 		}
@@ -552,6 +552,20 @@ func checkSourceCostLatency(t *testing.T, b *browser, bySource, byModel, daily u
 			t.Errorf("daily cost/latency day %d: %+v, API %s cost %v p50 %v p95 %v p99 %v", i, d, *r.Day, r.CostUSD, r.LatencyP50, r.LatencyP95, r.LatencyP99)
 		}
 	}
+}
+
+// spanText is how the dashboard shows a batch job's duration.
+func spanText(ms int64) string {
+	m := ms / 60000
+	switch {
+	case ms < 60000:
+		return latencyText(ms)
+	case m < 60:
+		return fmt.Sprintf("%d min %d s", m, ms%60000/1000)
+	case m < 1440:
+		return fmt.Sprintf("%d h %d min", m/60, m%60)
+	}
+	return fmt.Sprintf("%d d %d h", m/1440, m%1440/60)
 }
 
 // latencyTextF is how the dashboard shows a latency percentile.

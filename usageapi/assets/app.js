@@ -63,6 +63,15 @@ function fmtMS(ms) {
   if (ms >= 1000) return (ms / 1000).toFixed(2) + " s";
   return Math.round(ms) + " ms";
 }
+// fmtSpan shows how long a batch job ran: hours and days read better than
+// thousands of minutes.
+function fmtSpan(ms) {
+  if (ms < 60000) return fmtMS(ms);
+  const m = Math.floor(ms / 60000);
+  if (m < 60) return `${m} min ${Math.floor((ms % 60000) / 1000)} s`;
+  if (m < 1440) return `${Math.floor(m / 60)} h ${m % 60} min`;
+  return `${Math.floor(m / 1440)} d ${Math.floor((m % 1440) / 60)} h`;
+}
 const fmtCost = (c) => (c === null || c === undefined ? "–" : "$" + (c < 0.01 ? c.toFixed(6) : c.toFixed(4)));
 const dtf = new Intl.DateTimeFormat("en-GB", { timeZone: TZ, year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 const fmtTime = (iso) => dtf.format(new Date(iso));
@@ -366,7 +375,7 @@ async function loadBatches() {
     h("td", { class: "num", "data-col": "output_tokens" }, fmtInt(b.output_tokens)),
     h("td", { class: "num" }, fmtCost(b.cost_usd)),
     h("td", {}, fmtTime(b.first_start)),
-    h("td", { class: "num", "data-col": "duration" }, fmtMS(b.duration_ms)),
+    h("td", { class: "num", "data-col": "duration" }, fmtSpan(b.duration_ms)),
     h("td", { class: "ellipsis", title: b.models.join(", ") }, b.models.join(", ")))));
   $("batches-empty").hidden = r.batches.length > 0;
 }
