@@ -305,15 +305,25 @@ function fmtMSAxis(ms) { return ms >= 1000 ? (ms / 1000).toFixed(ms >= 10000 ? 0
 // ---------- calls ----------
 
 async function loadFilterOptions() {
-  const [users, models, batches] = await Promise.all([
+  const [users, models] = await Promise.all([
     api("api/v1/usage", { tz: TZ, from: state.from, to: state.to, group_by: "user", percentiles: "false" }),
     api("api/v1/usage", { tz: TZ, from: state.from, to: state.to, group_by: "model", percentiles: "false" }),
-    api("api/v1/batches", { tz: TZ, from: state.from, to: state.to, limit: 500 }),
   ]);
   fillSelect($("f-user"), "All users", users.rows.map((r) => r.user), state.filters.user);
   fillSelect($("f-model"), "All models", models.rows.map((r) => r.model), state.filters.model);
-  fillSelect($("f-batch"), "All batches", batches.batches.map((b) => b.batch_id).filter((id) => id), state.filters.batch_id);
+  // Batch ids come from the calls table, not the rollups: they are listed
+  // when the Batch filter is opened, not on every visit.
+  state.batchRange = "";
+  fillSelect($("f-batch"), "All batches", [], state.filters.batch_id);
   $("f-source").value = state.filters.source;
+}
+
+async function loadBatchOptions() {
+  const key = state.from + "/" + state.to;
+  if (state.batchRange === key) return;
+  state.batchRange = key;
+  const r = await api("api/v1/batches", { tz: TZ, from: state.from, to: state.to, limit: 500 });
+  fillSelect($("f-batch"), "All batches", r.batches.map((b) => b.batch_id).filter((id) => id), state.filters.batch_id);
 }
 
 function fillSelect(sel, allText, values, current) {
@@ -788,6 +798,7 @@ async function start() {
       loadCalls(false).catch(showError);
     });
   }
+  for (const ev of ["focus", "mousedown"]) $("f-batch").addEventListener(ev, () => loadBatchOptions().catch(showError));
   $("calls-more").addEventListener("click", () => loadCalls(true).catch(showError));
   $("d-close").addEventListener("click", closeDrawer);
   $("scrim").addEventListener("click", closeDrawer);
