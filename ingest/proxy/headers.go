@@ -153,6 +153,8 @@ func refuseHeader(w http.ResponseWriter, e *headerError) {
 // Keys of the request body's metadata object that name the trace, session,
 // user and tags, as Langfuse's OpenAI integration reads them.
 const (
+	maxBodyMetadata = 16 << 10
+
 	metaTraceID   = "langfuse_trace_id"
 	metaSessionID = "langfuse_session_id"
 	metaUserID    = "langfuse_user_id"
@@ -164,12 +166,17 @@ const (
 // headers (and the body's user field) left empty, langfuse_tags add to the
 // header's tags, and every other member becomes a metadata key of the call
 // (callpipe's own "proxy" key excepted). The call already happened, so
-// values the schema cannot take are cut, not refused (see sanitize).
+// values the schema cannot take are cut, not refused (see sanitize). A
+// metadata object over maxBodyMetadata bytes gives its langfuse_* members
+// only: the request keeps all of it, and fit can shrink the request but not
+// the event's metadata.
 func applyBodyAttrs(ev *schema.Event, fields map[string]json.RawMessage) {
 	var meta map[string]json.RawMessage
-	if raw, ok := fields["metadata"]; !ok || json.Unmarshal(raw, &meta) != nil {
+	raw, ok := fields["metadata"]
+	if !ok || json.Unmarshal(raw, &meta) != nil {
 		return
 	}
+	copyOthers := len(raw) <= maxBodyMetadata
 	for k, v := range meta {
 		switch k {
 		case metaTraceID:
@@ -197,6 +204,9 @@ func applyBodyAttrs(ev *schema.Event, fields map[string]json.RawMessage) {
 			}
 		case "proxy":
 		default:
+			if !copyOthers {
+				continue
+			}
 			if ev.Metadata == nil {
 				ev.Metadata = map[string]json.RawMessage{}
 			}

@@ -1183,4 +1183,11 @@ func TestBodyMetadata(t *testing.T) {
 	if got := e.x.lastBody("/v1/chat/completions"); string(got) != body {
 		t.Fatalf("upstream body changed: %s", got)
 	}
+	// A metadata object too large for the event gives its langfuse_* keys only.
+	body = `{"model":"qwen3-instruct","messages":[],"metadata":{"langfuse_session_id":"s-big","blob":"` + strings.Repeat("x", maxBodyMetadata) + `"}}`
+	r = e.do(t, "POST", "/v1/chat/completions", "application/json", []byte(body), nil)
+	ev = find(t, e.pub.wait(t, 3), r.id)
+	if ev.SessionID != "s-big" || ev.Metadata["blob"] != nil {
+		t.Fatalf("large metadata: session %q, blob kept: %v", ev.SessionID, ev.Metadata["blob"] != nil)
+	}
 }
