@@ -188,7 +188,8 @@ function columns(el, points, series, mode) {
   if (!points.length) return emptyChart(el, "No days in this period.");
   const W = 560, H = 240, L = 48, R = 12, T = 12, B = 28;
   const f = (k) => series[k].fmt || fmtInt;
-  const totals = points.map((p) => (mode === "stack" ? p.values.reduce((a, b) => a + b, 0) : mode === "lines" ? Math.max(...p.values) : p.values[0]));
+  // In "lines" a null value (a day without calls has no latency) is a gap.
+  const totals = points.map((p) => (mode === "stack" ? p.values.reduce((a, b) => a + b, 0) : mode === "lines" ? Math.max(0, ...p.values.filter((v) => v !== null)) : p.values[0]));
   const max = niceMax(Math.max(...totals));
   const iw = W - L - R, ih = H - T - B;
   const step = iw / points.length;
@@ -220,11 +221,17 @@ function columns(el, points, series, mode) {
   } else if (mode === "lines") {
     const xs = points.map((_, i) => L + step * (i + 0.5));
     series.forEach((ser, k) => {
-      svg.append(s("path", { d: points.map((p, i) => `${i ? "L" : "M"}${xs[i].toFixed(1)},${y(p.values[k]).toFixed(1)}`).join(""), class: "line " + ser.cls }));
+      let d = "", pen = "M";
+      points.forEach((p, i) => {
+        if (p.values[k] === null) { pen = "M"; return; }
+        d += `${pen}${xs[i].toFixed(1)},${y(p.values[k]).toFixed(1)}`;
+        pen = "L";
+      });
+      if (d) svg.append(s("path", { d, class: "line " + ser.cls }));
     });
     points.forEach((p, i) => {
       const tip = `${p.day} · ` + series.map((ser, k) => `${ser.name}: ${f(k)(p.values[k])}`).join(" · ");
-      svg.append(s("g", { class: "pt", "data-day": p.day }, series.map((ser, k) =>
+      svg.append(s("g", { class: "pt", "data-day": p.day }, series.map((ser, k) => p.values[k] === null ? null :
         s("circle", { cx: xs[i], cy: y(p.values[k]), r: 3.5, class: "dot " + ser.cls, "data-series": ser.key, "data-value": p.values[k] },
           s("title", {}, tip)))));
     });
@@ -296,7 +303,7 @@ async function loadOverview() {
   ];
   const lat = (r) => LAT.map((x) => r[x.key]);
   hbars($("chart-model-latency"), [...range.rows].sort((a, b) => b.latency_ms_p95 - a.latency_ms_p95).map((r) => ({ label: r.model, values: lat(r) })), LAT);
-  columns($("chart-daily-latency"), daily.rows.map((r) => ({ day: r.day, values: lat(r) })), LAT, "lines");
+  columns($("chart-daily-latency"), daily.rows.map((r) => ({ day: r.day, values: r.calls ? lat(r) : LAT.map(() => null) })), LAT, "lines");
 }
 
 function fmtCostAxis(c) { return c === 0 ? "$0" : c >= 1 ? "$" + fmtCompact(c) : "$" + c.toPrecision(2); }
