@@ -25,7 +25,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/serve/usageapi"
 )
 
 // headerUpstream is a Xinference-like chat upstream that records the

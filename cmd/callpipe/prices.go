@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/replay"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/replay"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -188,8 +188,8 @@ func newPricesRepriceCommand(a *app) *cobra.Command {
 			job := "reprice-" + time.Now().UTC().Format("20060102T150405")
 			table := live.Table()
 			var seen, changed int
-			err = chsink.RangeCalls(ctx, conn, oc.Database, f, t, func(calls []chsink.StoredCall) error {
-				var out []*chsink.StoredCall
+			err = callsdb.RangeCalls(ctx, conn, oc.Database, f, t, func(calls []callsdb.StoredCall) error {
+				var out []*callsdb.StoredCall
 				for i := range calls {
 					c := &calls[i]
 					seen++

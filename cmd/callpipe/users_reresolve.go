@@ -10,9 +10,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/replay"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -43,7 +43,7 @@ func newUsersReresolveCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			calls, err := chsink.UnresolvedCalls(ctx, conn, oc.Database, f, t)
+			calls, err := callsdb.UnresolvedCalls(ctx, conn, oc.Database, f, t)
 			if err != nil {
 				return err
 			}
@@ -53,7 +53,7 @@ func newUsersReresolveCommand(a *app) *cobra.Command {
 			}
 			defer rdb.Close()
 			users := transform.NewUserResolver(transform.UserOptions{Redis: rdb, KeyPrefix: cfg.Transform.UserKeyPrefix, Log: log})
-			var resolved []*chsink.StoredCall
+			var resolved []*callsdb.StoredCall
 			for i := range calls {
 				c := &calls[i]
 				user, src := users.Resolve(ctx, "", c.APIKeyHash)
@@ -91,7 +91,7 @@ func newUsersReresolveCommand(a *app) *cobra.Command {
 // republish publishes corrected calls as replay job on CALLPIPE_NORMALIZED,
 // for the clickhouse and langfuse stages (clickhouse only for a call whose
 // stored text was cut, so that Langfuse keeps the whole text).
-func republish(ctx context.Context, js jetstream.JetStream, job string, calls []*chsink.StoredCall) error {
+func republish(ctx context.Context, js jetstream.JetStream, job string, calls []*callsdb.StoredCall) error {
 	for _, c := range calls {
 		m := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + "." + c.Kind, Data: schema.AppendCall(nil, &c.Call), Header: nats.Header{}}
 		m.Header.Set(bus.HeaderReplay, job)
