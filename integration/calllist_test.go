@@ -130,7 +130,7 @@ func TestCallListCopiesAndReattribution(t *testing.T) {
 			isErr := c.Status >= 400 || c.Error != ""
 			ok := !c.StartTime.Before(s.From) && c.StartTime.Before(s.To) &&
 				(s.User == "" || c.UserID == s.User) && (s.Model == "" || c.Model == s.Model) &&
-				(s.Source == "" || c.Source == s.Source)
+				(s.Source == "" || c.Source == s.Source) && (s.BatchID == "" || c.BatchID == s.BatchID)
 			switch s.Status {
 			case "":
 			case "ok":
@@ -176,6 +176,9 @@ func TestCallListCopiesAndReattribution(t *testing.T) {
 		{Status: "429", User: "alice"},
 		{User: "rare", Model: "m1"},
 		{User: "bob", Model: "m-new", Status: "503", Source: "batch"},
+		{BatchID: "job-1"},
+		{BatchID: "job-2", User: "bob"},
+		{BatchID: "job-1", Source: "batch", Status: "error"},
 	}
 	for _, base := range cases {
 		for _, limit := range []int{1, 7, 50, 500} {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -291,6 +293,9 @@ func TestServeDashboard(t *testing.T) {
 		t.Fatalf("seeded week: %d days, %d calls, want 7 days, %d calls", len(d.Rows), d.Totals.Calls, len(calls))
 	}
 	b.shot("01-overview")
+	checkSourceCostLatency(t, b, usage(weekAgo, today, "source"), usage(weekAgo, today, "model"), usage(weekAgo, today, "day"))
+	b.do("scroll to cost and latency", chromedp.ScrollIntoView(chromedp.CSS("#chart-model-latency")))
+	b.shot("01b-overview-cost-latency")
 
 	// The date picker: three days ending yesterday.
 	from3, to3 := now.In(ny).AddDate(0, 0, -3).Format(time.DateOnly), now.In(ny).AddDate(0, 0, -1).Format(time.DateOnly)
@@ -303,6 +308,17 @@ func TestServeDashboard(t *testing.T) {
 	b.shot("02-overview-date-range")
 
 	// Polling: new calls today show up without a page reload.
+	// 30 days: every day of the range charted, the numbers still the API's.
+	b.do("preset 30 days", chromedp.Click(chromedp.CSS(`[data-preset="30"]`)))
+	from30 := now.In(ny).AddDate(0, 0, -29).Format(time.DateOnly)
+	checkOverview(from30, today)
+	checkSourceCostLatency(t, b, usage(from30, today, "source"), usage(from30, today, "model"), usage(from30, today, "day"))
+	var points int
+	b.eval(`document.querySelectorAll('#chart-daily-calls g.pt').length`, &points)
+	if points != 30 {
+		t.Errorf("30-day range: %d daily points, want 30", points)
+	}
+	b.shot("02b-overview-30-days")
 	b.do("preset 7 days", chromedp.Click(chromedp.CSS(`[data-preset="7"]`)))
 	checkOverview(weekAgo, today)
 	b.eval(`(window.__noReload = true)`, new(bool))
@@ -426,6 +442,9 @@ func TestServeDashboard(t *testing.T) {
 	// The trace view: tree and timeline of the call's trace.
 	var tr usageapi.TraceResponse
 	apiGet(t, p.base, "/api/v1/traces/"+url.PathEscape(chat.TraceID), nil, token, http.StatusOK, &tr)
+	if tr.Root.Calls < 3 || len(tr.Timeline) < 3 {
+		t.Fatalf("trace %s has %d calls; the dashboard test needs one of at least 3", chat.TraceID, tr.Root.Calls)
+	}
 	b.do("view trace", chromedp.Click(chromedp.CSS(`[data-testid="detail-trace-link"]`)))
 	b.wait("trace tree", fmt.Sprintf(`document.querySelectorAll('#trace-tree .node.call').length === %d && document.querySelector('[data-testid="trace-id"]').textContent === %q`,
 		tr.Root.Calls, chat.TraceID))
@@ -448,8 +467,140 @@ func TestServeDashboard(t *testing.T) {
 	b.wait("session tree", `!document.getElementById("trace-tree").hidden && document.querySelectorAll('#trace-tree .node.trace').length >= 2 && document.querySelector('#trace-tree .node.session') !== null`)
 	b.shot("09-session-tree")
 
+	// Batches: one row per batch job with the API's numbers; a row opens the
+	// calls page filtered to that batch.
+	var batches usageapi.BatchesResponse
+	apiGet(t, p.base, "/api/v1/batches", url.Values{"from": {weekAgo}, "to": {today}, "tz": {browserTZ}, "limit": {"500"}}, token, http.StatusOK, &batches)
+	if len(batches.Batches) < 2 {
+		t.Fatalf("API: %d batches, the seed has 2", len(batches.Batches))
+	}
+	b.setValue("#f-user", "") // the calls page's filters outlive the page
+	b.do("batches tab", chromedp.Navigate(p.base+"/#/batches"))
+	b.wait("batch rows", fmt.Sprintf(`document.querySelectorAll('#batches-body tr').length === %d`, len(batches.Batches)))
+	var shown map[string][]string
+	b.eval(`Object.fromEntries([...document.querySelectorAll('#batches-body tr')].map(r => [r.dataset.id,
+		['calls', 'errors', 'input_tokens', 'output_tokens', 'duration'].map(c => r.querySelector('[data-col=' + c + ']').textContent)]))`, &shown)
+	for _, bt := range batches.Batches {
+		want := []string{fmtInt(int64(bt.Calls)), fmtInt(int64(bt.Errors)), fmtInt(bt.InputTokens), fmtInt(bt.OutputTokens), spanText(bt.DurationMS)}
+		if got := shown[bt.BatchID]; strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("batch %s row %v, API %v", bt.BatchID, got, want)
+		}
+	}
+	b.shot("10-batches")
+	job := batches.Batches[0].BatchID
+	b.do("open batch", chromedp.Click(chromedp.CSS(fmt.Sprintf(`#batches-body tr[data-id=%q]`, job))))
+	b.wait("calls of the batch", fmt.Sprintf(`document.getElementById("f-batch").value === %q && document.getElementById("f-source").value === "batch"`, job))
+	waitRows("batch filter", listAPI(url.Values{"source": {"batch"}, "batch_id": {job}}))
+	var srcCol []string
+	b.eval(`[...document.querySelectorAll('#calls-body tr td[data-col=source]')].map(td => td.textContent)`, &srcCol)
+	for _, v := range srcCol {
+		if v != "batch · "+job {
+			t.Errorf("batch filter shows a call with source %q", v)
+		}
+	}
+	b.shot("11-batch-calls")
+	b.setValue("#f-source", "online")
+	waitRows("online filter", listAPI(url.Values{"source": {"online"}}))
+	// The Batch filter lists the range's batches once opened.
+	b.eval(`document.getElementById("f-batch").dispatchEvent(new Event("focus")), true`, new(bool))
+	var opts []string
+	for _, bt := range batches.Batches {
+		opts = append(opts, bt.BatchID)
+	}
+	slices.Sort(opts)
+	wantOpts, _ := json.Marshal(append([]string{""}, opts...))
+	b.wait("batch options", fmt.Sprintf(`JSON.stringify([...document.querySelectorAll('#f-batch option')].map(o => o.value)) === %q`, wantOpts))
+
 	p.stop(t)
 	t.Logf("dashboard test: %s", time.Since(t0).Round(time.Millisecond))
+}
+
+// checkSourceCostLatency compares the overview's source, cost and latency
+// charts with the API's answers for the same range, tooltips included.
+func checkSourceCostLatency(t *testing.T, b *browser, bySource, byModel, daily usageapi.UsageResponse) {
+	t.Helper()
+	var src map[string]float64
+	b.eval(`Object.fromEntries([...document.querySelectorAll('#chart-source g[data-label]')].map(g => [g.dataset.label, +g.querySelector('rect').dataset.value]))`, &src)
+	for _, r := range bySource.Rows {
+		name := map[string]string{"online": "Online", "batch": "Batch"}[str(r.Source)]
+		if src[name] != float64(r.Calls) {
+			t.Errorf("calls-by-source chart %s: %v, API %d", name, src[name], r.Calls)
+		}
+	}
+	if len(bySource.Rows) != 2 {
+		t.Errorf("API group_by=source: %d rows, the seed has online and batch calls", len(bySource.Rows))
+	}
+	type bar struct {
+		Values []float64 `json:"values"`
+		Tips   []string  `json:"tips"`
+	}
+	read := func(chart string) map[string]bar {
+		var m map[string]bar
+		b.eval(fmt.Sprintf(`Object.fromEntries([...document.querySelectorAll('#%s g[data-label]')].map(g => [g.dataset.label, {
+			values: [...g.querySelectorAll('rect')].map(r => +r.dataset.value), tips: [...g.querySelectorAll('rect title')].map(t => t.textContent)}]))`, chart), &m)
+		return m
+	}
+	near := func(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+	cost, lat := read("chart-model-cost"), read("chart-model-latency")
+	for _, r := range byModel.Rows {
+		m := *r.Model
+		if c := cost[m]; len(c.Values) != 1 || !near(c.Values[0], r.CostUSD) || c.Tips[0] != fmt.Sprintf("%s · Cost: $%.4f", m, r.CostUSD) {
+			t.Errorf("cost-per-model chart %s: %+v, API %v", m, c, r.CostUSD)
+		}
+		l := lat[m]
+		if len(l.Values) != 3 || l.Values[0] != r.LatencyP50 || l.Values[1] != r.LatencyP95 || l.Values[2] != r.LatencyP99 ||
+			l.Tips[1] != m+" · p95: "+latencyTextF(r.LatencyP95) {
+			t.Errorf("latency-per-model chart %s: %+v, API p50 %v p95 %v p99 %v", m, l, r.LatencyP50, r.LatencyP95, r.LatencyP99)
+		}
+	}
+	var days []struct {
+		Day  string    `json:"day"`
+		Cost float64   `json:"cost"`
+		Lat  []float64 `json:"lat"`
+	}
+	b.eval(`[...document.querySelectorAll('#chart-daily-latency g.pt')].map(g => ({day: g.dataset.day,
+		cost: +document.querySelector('#chart-daily-cost g.pt[data-day="' + g.dataset.day + '"] circle').dataset.value,
+		lat: [...g.querySelectorAll('circle')].map(c => +c.dataset.value)}))`, &days)
+	if len(days) != len(daily.Rows) {
+		t.Fatalf("daily latency chart: %d days, API %d", len(days), len(daily.Rows))
+	}
+	for i, r := range daily.Rows {
+		d := days[i]
+		if r.Calls == 0 { // no latency that day: a gap in the lines
+			if d.Day != *r.Day || len(d.Lat) != 0 {
+				t.Errorf("daily latency day %d without calls: %+v", i, d)
+			}
+			continue
+		}
+		if d.Day != *r.Day || !near(d.Cost, r.CostUSD) || len(d.Lat) != 3 || d.Lat[0] != r.LatencyP50 || d.Lat[1] != r.LatencyP95 || d.Lat[2] != r.LatencyP99 {
+			t.Errorf("daily cost/latency day %d: %+v, API %s cost %v p50 %v p95 %v p99 %v", i, d, *r.Day, r.CostUSD, r.LatencyP50, r.LatencyP95, r.LatencyP99)
+		}
+	}
+}
+
+// spanText is how the dashboard shows a batch job's duration.
+func spanText(ms int64) string {
+	m := ms / 60000
+	switch {
+	case ms < 60000:
+		return latencyText(ms)
+	case m < 60:
+		return fmt.Sprintf("%d min %d s", m, ms%60000/1000)
+	case m < 1440:
+		return fmt.Sprintf("%d h %d min", m/60, m%60)
+	}
+	return fmt.Sprintf("%d d %d h", m/1440, m%1440/60)
+}
+
+// latencyTextF is how the dashboard shows a latency percentile.
+func latencyTextF(ms float64) string {
+	switch {
+	case ms >= 60000:
+		return fmt.Sprintf("%.1f min", ms/60000)
+	case ms >= 1000:
+		return fmt.Sprintf("%.2f s", ms/1000)
+	}
+	return fmt.Sprintf("%d ms", int64(math.Round(ms)))
 }
 
 // latencyText is how the dashboard shows a latency.

@@ -3,15 +3,27 @@ package transform
 import (
 	"fmt"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 )
 
 // Price is what a model costs per million tokens, in USD.
 type Price struct {
-	Pattern       string  // path.Match glob over the lower-cased model name
+	Pattern       string  // path.Match glob over the lower-cased model name (a row's name when re is set)
 	InputPerMTok  float64 // USD per 1,000,000 input tokens
 	OutputPerMTok float64 // USD per 1,000,000 output tokens
+
+	re       *regexp.Regexp // a ModelPrice row's matchPattern, over the model name as sent
+	unpriced bool           // a row without prices: its models get no cost
+}
+
+func (p *Price) matches(model, lower string) bool {
+	if p.re != nil {
+		return p.re.MatchString(model)
+	}
+	ok, _ := path.Match(p.Pattern, lower)
+	return ok
 }
 
 // PriceTable maps model names to prices; the first matching pattern wins.
@@ -49,7 +61,10 @@ func (pt PriceTable) Cost(model string, inputTokens, outputTokens int64) *float6
 	}
 	m := strings.ToLower(model)
 	for _, p := range pt {
-		if ok, _ := path.Match(p.Pattern, m); ok {
+		if p.matches(model, m) {
+			if p.unpriced {
+				return nil
+			}
 			c := (float64(inputTokens)*p.InputPerMTok + float64(outputTokens)*p.OutputPerMTok) / 1e6
 			return &c
 		}

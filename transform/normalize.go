@@ -22,6 +22,10 @@ type Normalizer struct {
 	Prices    PriceTable    // nil: no cost
 	Privacy   *Privacy      // nil: payloads kept as they are
 	Limits    schema.Limits // event size limit (schema.DefaultLimits when zero)
+
+	// LivePrices, when set, replaces Prices: a table that may change while
+	// calls are normalized (prices stored in NATS KV).
+	LivePrices *LivePrices
 }
 
 // Normalize decodes and validates data (schema v1) and returns its call.
@@ -90,7 +94,11 @@ func (n *Normalizer) NormalizeEvent(ctx context.Context, ev *schema.Event) *sche
 
 	n.tokens(c, ev, &x)
 	c.UserID, c.UserSource = n.Users.Resolve(ctx, ev.User, ev.APIKeyHash)
-	c.CostUSD = n.Prices.Cost(c.Model, c.InputTokens, c.OutputTokens)
+	prices := n.Prices
+	if n.LivePrices != nil {
+		prices = n.LivePrices.Table()
+	}
+	c.CostUSD = prices.Cost(c.Model, c.InputTokens, c.OutputTokens)
 	n.Privacy.Apply(c) // after token counting, which needs the whole text
 	return c
 }

@@ -50,7 +50,7 @@ func newDemoCommand(a *app) *cobra.Command {
 				ArchiveStage: archiveStage, LangfuseHost: cfg.Langfuse.Host,
 				S3: s3, Bucket: cfg.S3.Bucket, Region: cfg.S3.Region, Endpoint: cfg.S3.Endpoint, ArchivePrefix: cfg.Archive.Prefix,
 				Redis: rdb, UserKeyPrefix: cfg.Transform.UserKeyPrefix,
-				Out: cmd.OutOrStdout(),
+				Out: cmd.OutOrStdout(), ExamplePrices: examplePrices(cfg.Transform.Prices, o.Upstream),
 			})
 		},
 	}
@@ -66,4 +66,13 @@ func newDemoCommand(a *app) *cobra.Command {
 	f.DurationVar(&o.WaitTimeout, "wait", 2*time.Minute, "how long to wait for every call to reach the usage API")
 	f.Uint64Var(&o.Seed, "seed", uint64(time.Now().UnixNano()), "workload seed")
 	return cmd
+}
+
+// examplePrices are made-up prices (USD per 1M tokens) for the built-in
+// upstream's models, used by the demo only when nothing is configured.
+func examplePrices(configured []string, upstream string) string {
+	if len(configured) > 0 || upstream != "" {
+		return ""
+	}
+	return "qwen2.5-*=0.4/1.2,llama-3.1-*=0.3/0.6,deepseek-*=0.55/2.19,bge-*=0.02/0"
 }

@@ -44,8 +44,7 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 
-			otlp := cfg.Langfuse.Transport == "otlp"
-			links := usageapi.LinksFor(ctx, configuredLangfuse(cfg), otlp, log)
+			links := usageapi.LinksFor(ctx, configuredLangfuse(cfg), cfg.Langfuse.Transport, log)
 			reg := ops.NewRegistry()
 			if err := registerLag(reg, nc, cfg, log); err != nil {
 				return err
@@ -70,7 +69,7 @@ func newServeCommand(a *app) *cobra.Command {
 			}
 			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
 				Probe: probe, Sealer: cfg.Sealer()}
-			srv.MountSettings(gate, configuredLangfuse(cfg), links, otlp, log)
+			srv.MountSettings(gate, configuredLangfuse(cfg), links, cfg.Langfuse.Transport, log)
 			sctx, stopSettings := context.WithCancel(ctx)
 			defer stopSettings()
 			go gate.Open(sctx)

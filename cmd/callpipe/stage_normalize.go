@@ -63,6 +63,8 @@ func runNormalizeStage(ctx context.Context, env *workerEnv, log *slog.Logger) er
 		Tokenizer: tok, Users: transform.NewUserResolver(uo), Prices: prices, Privacy: privacy,
 		Limits: schema.Limits{MaxEventBytes: int(cfg.Event.MaxBytes)},
 	}
+	n.LivePrices = transform.NewLivePrices(prices)
+	go watchPrices(ctx, env, n.LivePrices, log)
 	w, err := transform.NewWorker(ctx, env.nc, n, transform.WorkerOptions{
 		Consumer: t.Consumer, FilterSubject: t.Subject, Concurrency: t.Concurrency, Batch: t.Batch,
 		MaxInFlight: t.MaxInFlight, AckWait: time.Duration(t.AckWait), MaxDeliver: t.MaxDeliver,
@@ -100,4 +102,30 @@ func newRedis(cfg *config.Config, timeout time.Duration) (*redis.Client, error) 
 		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = timeout, timeout, timeout
 	}
 	return redis.NewClient(o), nil
+}
+
+// watchPrices keeps live at the table `callpipe prices set` stored in NATS
+// KV. Without the bucket the configured prices stay in effect: pricing is
+// never a reason for the stage to stop.
+func watchPrices(ctx context.Context, env *workerEnv, live *transform.LivePrices, log *slog.Logger) {
+	js, err := jetstream.New(env.nc)
+	if err != nil {
+		log.Error("prices: jetstream; configured prices only", "err", err)
+		return
+	}
+	for {
+		kv, err := transform.OpenPrices(ctx, js, env.cfg.NATS.Stream.Replicas)
+		if err == nil {
+			err = transform.WatchPrices(ctx, kv, live, log)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("prices: stored prices not watched; retrying", "bucket", transform.PricesBucket, "err", err, "retry_in", "10s")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Second):
+		}
+	}
 }

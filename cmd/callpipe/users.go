@@ -111,7 +111,7 @@ func newUsersCommand(a *app) *cobra.Command {
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
-	cmd.AddCommand(add, rm, ls)
+	cmd.AddCommand(add, rm, ls, newUsersReresolveCommand(a))
 	return cmd
 }
 

@@ -32,6 +32,7 @@ type call struct {
 	traceID string
 	session string
 	apiKey  string
+	attrs   callerAttrs
 
 	// request
 	reqBody      []byte // captured prefix, at most CaptureLimit bytes
@@ -72,10 +73,10 @@ type call struct {
 	outBuf     []byte
 }
 
-func newCall(p *Proxy, id, kind string, r *http.Request) *call {
-	c := &call{p: p, id: id, kind: kind, start: time.Now()}
-	c.traceID = r.Header.Get(HeaderTraceID)
-	c.session = r.Header.Get(HeaderSessionID)
+func newCall(p *Proxy, id, kind string, r *http.Request, attrs callerAttrs) *call {
+	c := &call{p: p, id: id, kind: kind, start: time.Now(), attrs: attrs}
+	c.traceID = attrs.traceID
+	c.session = attrs.session
 	c.apiKey = apiKey(r.Header)
 	return c
 }
@@ -484,9 +485,12 @@ func (c *call) finish(r *http.Request) {
 		APIKey:           c.apiKey,
 		Stream:           c.sse || c.reqStream,
 		Status:           c.status,
-		Source:           schema.SourceOnline,
+		Source:           c.attrs.source,
+		BatchID:          c.attrs.batchID,
+		Tags:             c.attrs.tags,
 		RequestTruncated: c.reqTruncated,
 	}
+	applyBodyAttrs(ev, c.reqFields)
 	if ev.TraceID == "" {
 		ev.TraceID = c.id
 	}
@@ -527,16 +531,14 @@ func (c *call) finish(r *http.Request) {
 		}
 	}
 
-	// First token for streams, first response byte otherwise.
+	// First token for streams only: a whole answer has no first token, and
+	// its first byte would make TTFT percentiles mean latency.
 	var first time.Time
-	switch {
-	case c.sse:
+	if c.sse {
 		first = c.firstToken
-		if !c.headerAt.IsZero() {
-			meta["first_byte_time"] = at(c.headerAt)
-		}
-	default:
-		first = c.headerAt
+	}
+	if !c.headerAt.IsZero() {
+		meta["first_byte_time"] = at(c.headerAt)
 	}
 	if !first.IsZero() {
 		t := at(first)
@@ -568,7 +570,10 @@ func (c *call) finish(r *http.Request) {
 	meta["request_bytes"] = c.reqBytes.Load()
 	meta["response_bytes"] = c.respBytes
 	if b, err := json.Marshal(meta); err == nil {
-		ev.Metadata = map[string]json.RawMessage{"proxy": b}
+		if ev.Metadata == nil {
+			ev.Metadata = map[string]json.RawMessage{}
+		}
+		ev.Metadata["proxy"] = b
 	}
 	c.p.emit(ev, c.kind)
 }

@@ -80,6 +80,7 @@ const (
 	HeaderEventID   = "X-Callpipe-Event-Id"
 	HeaderTraceID   = "X-Callpipe-Trace-Id"
 	HeaderSessionID = "X-Callpipe-Session-Id"
+	// See headers.go for the other caller headers.
 )
 
 // Defaults for zero Options fields.
@@ -252,6 +253,7 @@ func New(opts Options, pub Publisher) (*Proxy, error) {
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
+			stripCallerHeaders(pr.Out.Header)
 			for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 				if v, ok := pr.In.Header[h]; ok {
 					pr.Out.Header[h] = v
@@ -332,7 +334,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.rp.ServeHTTP(w, r)
 		return
 	}
-	c := newCall(p, id, kind, r)
+	attrs, herr := readCallerHeaders(r.Header)
+	if herr != nil {
+		p.log.Info("proxy: call refused", "header", herr.header, "reason", herr.reason, "event_id", id)
+		refuseHeader(w, herr)
+		return
+	}
+	c := newCall(p, id, kind, r, attrs)
 	c.captureRequest(r)
 	r = r.WithContext(context.WithValue(r.Context(), callKey{}, c))
 	// Deferred so that it also runs when ReverseProxy aborts the response

@@ -307,7 +307,12 @@ func TestChatNonStream(t *testing.T) {
 	if usageString(ev.Usage) != "21/8/29" || ev.RequestTruncated {
 		t.Fatalf("usage %s truncated %v", usageString(ev.Usage), ev.RequestTruncated)
 	}
-	checkTimes(t, ev, true)
+	// A whole answer has no first token: TTFT stays null; the first byte's
+	// time is kept in the proxy's metadata.
+	checkTimes(t, ev, false)
+	if !bytes.Contains(ev.Metadata["proxy"], []byte(`"first_byte_time":`)) {
+		t.Fatalf("no first_byte_time in %s", ev.Metadata["proxy"])
+	}
 	if got := value(e.p.m.captured.WithLabelValues(kindChat)); got != 1 {
 		t.Fatalf("captured metric = %v", got)
 	}
@@ -321,12 +326,18 @@ func TestTraceHeaderAndAPIKeyHeader(t *testing.T) {
 	if ev.TraceID != "trace-abc" || ev.APIKeyHash != schema.HashAPIKey("sk-local-1234567890") {
 		t.Fatalf("trace %q hash %q", ev.TraceID, ev.APIKeyHash)
 	}
-	// A trace id the schema cannot take falls back to the event id.
+	// A trace id the schema cannot take is refused before the upstream,
+	// naming the header.
+	before := e.x.requests("/v1/embeddings")
 	r = e.do(t, "POST", "/v1/embeddings", "application/json", []byte(`{"model":"bge-m3","input":"hi"}`),
 		map[string]string{HeaderTraceID: strings.Repeat("t", 200)})
-	if ev := find(t, e.pub.wait(t, 2), r.id); ev.TraceID != ev.ID {
-		t.Fatalf("long trace id kept: %q", ev.TraceID)
+	if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), HeaderTraceID+": 200 characters, limit 128") {
+		t.Fatalf("long trace id: %d %s", r.status, r.body)
 	}
+	if n := e.x.requests("/v1/embeddings"); n != before {
+		t.Fatalf("refused call reached the upstream (%d requests, was %d)", n, before)
+	}
+	e.pub.exactly(t, 1)
 }
 
 const streamReq = `{"model":"qwen3-instruct","messages":[{"role":"user","content":"weather and time in Paris?"}],"stream":true,"tools":[{"type":"function","function":{"name":"get_weather","parameters":{}}}]}`
@@ -554,7 +565,8 @@ func TestEndpoints(t *testing.T) {
 			if tc.wantStatus < 400 && ev.Error != "" {
 				t.Fatalf("error %q", ev.Error)
 			}
-			checkTimes(t, ev, true)
+			// Only a stream has a first token.
+			checkTimes(t, ev, strings.HasPrefix(r.header.Get("Content-Type"), "text/event-stream"))
 			if tc.check != nil {
 				tc.check(t, ev)
 			}
@@ -1070,5 +1082,112 @@ func TestEventIDs(t *testing.T) {
 			t.Fatalf("ids not time ordered: %s after %s", id, prev)
 		}
 		seen[id], prev = true, id
+	}
+}
+
+// Batch and tag headers set the event's source, batch and tags; no
+// X-Callpipe-* header reaches the upstream.
+func TestCallerHeaders(t *testing.T) {
+	e := newEnv(t, nil)
+	r := e.do(t, "POST", "/v1/chat/completions", "application/json", []byte(chatReqBody), map[string]string{
+		HeaderSource: "Batch", HeaderBatchID: "nightly-2026-12-04", HeaderTags: " eval , nightly,eval,",
+		HeaderTraceID: "trace-1", HeaderSessionID: "sess-1", "X-Callpipe-Anything": "x",
+	})
+	if r.status != 200 {
+		t.Fatalf("status %d %s", r.status, r.body)
+	}
+	for k := range e.x.lastHeader("/v1/chat/completions") {
+		if strings.HasPrefix(strings.ToLower(k), "x-callpipe-") {
+			t.Fatalf("upstream got header %s", k)
+		}
+	}
+	ev := find(t, e.pub.wait(t, 1), r.id)
+	if ev.Source != schema.SourceBatch || ev.BatchID != "nightly-2026-12-04" || strings.Join(ev.Tags, "|") != "eval|nightly" ||
+		ev.TraceID != "trace-1" || ev.SessionID != "sess-1" {
+		t.Fatalf("event source %q batch %q tags %q trace %q session %q", ev.Source, ev.BatchID, ev.Tags, ev.TraceID, ev.SessionID)
+	}
+	// A batch id alone implies source batch.
+	r = e.do(t, "POST", "/v1/embeddings", "application/json", []byte(`{"model":"bge-m3","input":"hi"}`),
+		map[string]string{HeaderBatchID: "b-2"})
+	if ev := find(t, e.pub.wait(t, 2), r.id); ev.Source != schema.SourceBatch || ev.BatchID != "b-2" {
+		t.Fatalf("batch id alone: source %q batch %q", ev.Source, ev.BatchID)
+	}
+	// No header: online.
+	r = e.post(t, "/v1/embeddings", `{"model":"bge-m3","input":"hi"}`)
+	if ev := find(t, e.pub.wait(t, 3), r.id); ev.Source != schema.SourceOnline || ev.BatchID != "" || ev.Tags != nil {
+		t.Fatalf("no header: source %q batch %q tags %q", ev.Source, ev.BatchID, ev.Tags)
+	}
+}
+
+// Headers the schema cannot take are refused with 400 naming the header and
+// the reason, before the upstream, and make no event.
+func TestCallerHeadersRefused(t *testing.T) {
+	e := newEnv(t, nil)
+	many := make([]string, schema.MaxTags+1)
+	for i := range many {
+		many[i] = fmt.Sprint("t", i)
+	}
+	for _, c := range []struct {
+		hdr        map[string]string
+		param, msg string
+	}{
+		{map[string]string{HeaderSource: "nightly"}, HeaderSource, `must be \"online\" or \"batch\", got \"nightly\"`},
+		{map[string]string{HeaderSource: "online", HeaderBatchID: "b"}, HeaderBatchID, "allowed only with X-Callpipe-Source: batch"},
+		{map[string]string{HeaderBatchID: strings.Repeat("b", 257)}, HeaderBatchID, "257 characters, limit 256"},
+		{map[string]string{HeaderSessionID: "a\tb"}, HeaderSessionID, "contains a control character"},
+		{map[string]string{HeaderTags: strings.Join(many, ",")}, HeaderTags, "65 tags, limit 64"},
+		{map[string]string{HeaderTags: "ok," + strings.Repeat("x", 201)}, HeaderTags, "201 characters, limit 200"},
+	} {
+		r := e.do(t, "POST", "/v1/embeddings", "application/json", []byte(`{"model":"bge-m3","input":"hi"}`), c.hdr)
+		var body struct {
+			Error struct {
+				Message, Type, Param string
+			}
+		}
+		if err := json.Unmarshal(r.body, &body); err != nil || r.status != http.StatusBadRequest ||
+			body.Error.Param != c.param || !strings.Contains(string(r.body), c.msg) || body.Error.Type != "invalid_request_error" {
+			t.Fatalf("%v: %d %s (want param %s, %s)", c.hdr, r.status, r.body, c.param, c.msg)
+		}
+	}
+	if n := e.x.requests("/v1/embeddings"); n != 0 {
+		t.Fatalf("upstream got %d refused calls", n)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := len(e.pub.snapshot()); n != 0 {
+		t.Fatalf("%d events for refused calls", n)
+	}
+}
+
+// The request body's metadata names trace, session, user and tags as
+// Langfuse's OpenAI integration reads them; headers and the user field win;
+// other members become metadata of the call.
+func TestBodyMetadata(t *testing.T) {
+	e := newEnv(t, nil)
+	body := `{"model":"qwen3-instruct","messages":[{"role":"user","content":"hi"}],` +
+		`"metadata":{"langfuse_session_id":"s-body","langfuse_user_id":"u-body","langfuse_trace_id":"t-body","langfuse_tags":["rag"," eval "],"team":"search","proxy":"x"}}`
+	r := e.do(t, "POST", "/v1/chat/completions", "application/json", []byte(body), map[string]string{HeaderTags: "eval,web"})
+	ev := find(t, e.pub.wait(t, 1), r.id)
+	if ev.SessionID != "s-body" || ev.User != "u-body" || ev.TraceID != "t-body" || strings.Join(ev.Tags, "|") != "eval|web|rag" {
+		t.Fatalf("session %q user %q trace %q tags %q", ev.SessionID, ev.User, ev.TraceID, ev.Tags)
+	}
+	if string(ev.Metadata["team"]) != `"search"` || bytes.Contains(ev.Metadata["proxy"], []byte(`"x"`)) {
+		t.Fatalf("metadata %v", ev.Metadata)
+	}
+	// Headers and the body's user field win over metadata.
+	body = `{"model":"qwen3-instruct","user":"alice","messages":[],"metadata":{"langfuse_session_id":"s-body","langfuse_user_id":"u-body","langfuse_trace_id":"t-body"}}`
+	r = e.do(t, "POST", "/v1/chat/completions", "application/json", []byte(body), map[string]string{HeaderSessionID: "s-hdr", HeaderTraceID: "t-hdr"})
+	ev = find(t, e.pub.wait(t, 2), r.id)
+	if ev.SessionID != "s-hdr" || ev.User != "alice" || ev.TraceID != "t-hdr" {
+		t.Fatalf("session %q user %q trace %q", ev.SessionID, ev.User, ev.TraceID)
+	}
+	if got := e.x.lastBody("/v1/chat/completions"); string(got) != body {
+		t.Fatalf("upstream body changed: %s", got)
+	}
+	// A metadata object too large for the event gives its langfuse_* keys only.
+	body = `{"model":"qwen3-instruct","messages":[],"metadata":{"langfuse_session_id":"s-big","blob":"` + strings.Repeat("x", maxBodyMetadata) + `"}}`
+	r = e.do(t, "POST", "/v1/chat/completions", "application/json", []byte(body), nil)
+	ev = find(t, e.pub.wait(t, 3), r.id)
+	if ev.SessionID != "s-big" || ev.Metadata["blob"] != nil {
+		t.Fatalf("large metadata: session %q, blob kept: %v", ev.SessionID, ev.Metadata["blob"] != nil)
 	}
 }

@@ -192,6 +192,13 @@ func (x *fakeXinference) lastBody(path string) []byte {
 	return b[len(b)-1]
 }
 
+// requests is the number of requests the upstream got on path.
+func (x *fakeXinference) requests(path string) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.bodies[path])
+}
+
 func (x *fakeXinference) lastHeader(path string) http.Header {
 	x.mu.Lock()
 	defer x.mu.Unlock()

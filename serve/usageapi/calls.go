@@ -21,7 +21,7 @@ type CallsResponse struct {
 }
 
 func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
-	q, err := newQuery(r.URL.Query(), "from", "to", "user", "model", "source", "status", "limit", "cursor", "tz")
+	q, err := newQuery(r.URL.Query(), "from", "to", "user", "model", "source", "batch_id", "status", "limit", "cursor", "tz")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -39,13 +39,17 @@ func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
 	for _, p := range []struct {
 		name string
 		dst  *string
-	}{{"user", &spec.User}, {"model", &spec.Model}} {
+	}{{"user", &spec.User}, {"model", &spec.Model}, {"batch_id", &spec.BatchID}} {
 		if *p.dst, err = q.filter(p.name); err != nil {
 			s.fail(w, r, err)
 			return
 		}
 	}
 	if spec.Source, err = q.source(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := batchWithSource(spec.BatchID, spec.Source); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -268,4 +272,55 @@ func setOffsets(n *TraceNode, t0 time.Time) {
 	for i := range n.Children {
 		setOffsets(&n.Children[i], t0)
 	}
+}
+
+// batchWithSource refuses a batch_id filter that source=online makes
+// match nothing: only batch calls have a batch id.
+func batchWithSource(batchID, source string) error {
+	if batchID != "" && source == "online" {
+		return bad("batch_id", "only batch calls have a batch id; use source=batch or leave source out")
+	}
+	return nil
+}
+
+// BatchesResponse is the body of GET /api/v1/batches.
+type BatchesResponse struct {
+	From    time.Time              `json:"from"`
+	To      time.Time              `json:"to"`
+	Batches []callsdb.BatchSummary `json:"batches"`
+}
+
+// handleBatches lists the batch jobs with calls in the range: calls,
+// errors, tokens, cost and the span of each, the latest-ending first.
+func (s *Server) handleBatches(w http.ResponseWriter, r *http.Request) {
+	q, err := newQuery(r.URL.Query(), "from", "to", "limit", "tz")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	loc, err := q.location()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var spec callsdb.BatchSpec
+	if spec.From, spec.To, err = q.timeRange(loc, s.now()); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if spec.Limit, err = q.limit(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx, cancel := s.queryContext(r)
+	defer cancel()
+	batches, err := s.store.Batches(ctx, spec)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	for i := range batches {
+		batches[i].FirstStart, batches[i].LastEnd = batches[i].FirstStart.In(loc), batches[i].LastEnd.In(loc)
+	}
+	s.writeJSON(w, http.StatusOK, BatchesResponse{From: spec.From.In(loc), To: spec.To.In(loc), Batches: batches})
 }

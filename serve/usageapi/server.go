@@ -31,6 +31,7 @@ type Store interface {
 	Calls(ctx context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error)
 	Call(ctx context.Context, id string) (*callsdb.StoredCall, error)
 	Trace(ctx context.Context, id string, limit int) ([]callsdb.StoredCall, error)
+	Batches(ctx context.Context, s callsdb.BatchSpec) ([]callsdb.BatchSummary, error)
 	Ping(ctx context.Context) error
 }
 
@@ -54,6 +55,10 @@ func (c ClickHouseStore) Call(ctx context.Context, id string) (*callsdb.StoredCa
 
 func (c ClickHouseStore) Trace(ctx context.Context, id string, limit int) ([]callsdb.StoredCall, error) {
 	return callsdb.TraceCalls(ctx, c.Conn, c.DB, id, limit)
+}
+
+func (c ClickHouseStore) Batches(ctx context.Context, s callsdb.BatchSpec) ([]callsdb.BatchSummary, error) {
+	return callsdb.Batches(ctx, c.Conn, c.DB, s)
 }
 
 func (c ClickHouseStore) Ping(ctx context.Context) error { return c.Conn.Ping(ctx) }
@@ -157,6 +162,7 @@ func (s *Server) routes() {
 	m.Handle("GET /api/v1/calls", s.auth(roleRead, s.handleCalls))
 	m.Handle("GET /api/v1/calls/{id}", s.auth(roleRead, s.handleCall))
 	m.Handle("GET /api/v1/traces/{trace_id}", s.auth(roleRead, s.handleTrace))
+	m.Handle("GET /api/v1/batches", s.auth(roleRead, s.handleBatches))
 	m.Handle("GET /api/v1/meta", s.auth(roleRead, s.handleMeta))
 	m.HandleFunc("GET /api/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, http.StatusNotFound, map[string]string{"error": "no API route " + r.Method + " " + r.URL.Path})

@@ -20,9 +20,11 @@ import (
 // fakeStore records the specs it was asked for; the SQL side is tested
 // against real ClickHouse in integration/serve_api_test.go.
 type fakeStore struct {
-	usage   []callsdb.UsageSpec
-	list    []callsdb.CallListSpec
-	pingErr error
+	usage      []callsdb.UsageSpec
+	list       []callsdb.CallListSpec
+	batchSpecs []callsdb.BatchSpec
+	batches    []callsdb.BatchSummary
+	pingErr    error
 }
 
 func (f *fakeStore) Usage(_ context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, error) {
@@ -41,6 +43,11 @@ func (f *fakeStore) Call(_ context.Context, id string) (*callsdb.StoredCall, err
 
 func (f *fakeStore) Trace(_ context.Context, id string, limit int) ([]callsdb.StoredCall, error) {
 	return nil, nil
+}
+
+func (f *fakeStore) Batches(_ context.Context, s callsdb.BatchSpec) ([]callsdb.BatchSummary, error) {
+	f.batchSpecs = append(f.batchSpecs, s)
+	return f.batches, nil
 }
 
 func (f *fakeStore) Ping(context.Context) error { return f.pingErr }

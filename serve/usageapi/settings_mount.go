@@ -13,14 +13,14 @@ import (
 // following the Langfuse settings saved from the dashboard: configured
 // (with links, its links) while none are saved, LinksFor the saved ones
 // otherwise. It sets gate.Opened; the caller runs gate.Open.
-func (s *Server) MountSettings(gate *settings.Gate, configured settings.Langfuse, links LangfuseLinks, otlp bool, log *slog.Logger) {
+func (s *Server) MountSettings(gate *settings.Gate, configured settings.Langfuse, links LangfuseLinks, transport string, log *slog.Logger) {
 	gate.Opened = func(ctx context.Context, store *settings.Store) {
 		err := store.WatchLangfuse(ctx, configured, func(eff settings.Effective) {
 			if eff.Source == settings.SourceConfig {
 				s.SetLangfuse(links)
 				return
 			}
-			s.SetLangfuse(LinksFor(ctx, eff.Langfuse, otlp, log))
+			s.SetLangfuse(LinksFor(ctx, eff.Langfuse, transport, log))
 		})
 		if err != nil && ctx.Err() == nil {
 			log.Warn("settings: watching the Langfuse settings stopped; links keep the last ones", "err", err)

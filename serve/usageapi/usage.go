@@ -123,6 +123,9 @@ func (s *Server) usageSpec(q *query) (callsdb.UsageSpec, []string, *time.Locatio
 	if spec.Filter.Source, err = q.source(); err != nil {
 		return spec, nil, nil, err
 	}
+	if err := batchWithSource(spec.Filter.BatchID, spec.Filter.Source); err != nil {
+		return spec, nil, nil, err
+	}
 	switch p := q.get("percentiles"); p {
 	case "", "true":
 	case "false":

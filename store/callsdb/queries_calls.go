@@ -11,12 +11,13 @@ type CallStatus string
 
 // CallListSpec is one page of the call list: calls that started in
 // [From, To), newest first, after the cursor position (StartMS, ID) when
-// After is set. User, Model, Source and Status filter on the newest copy of
-// each call.
+// After is set. User, Model, Source, BatchID and Status filter on the
+// newest copy of each call.
 type CallListSpec struct {
 	From, To    time.Time
 	User, Model string
 	Source      string // "online", "batch" or "" (all)
+	BatchID     string // "" (all)
 	Status      CallStatus
 	Limit       int
 	After       *CallCursor
@@ -134,19 +135,19 @@ LIMIT %d`, table, strings.Join(where, "\n  AND "), limit)
 
 // copyFilters are the spec's filters on one stored copy (columns of calls).
 func copyFilters(s CallListSpec) []string {
-	return callListFilters(s, "model", "user_id", "source", "status", "(status >= 400 OR error != '')")
+	return callListFilters(s, "model", "user_id", "source", "batch_id", "status", "(status >= 400 OR error != '')")
 }
 
 // newestFilters are the spec's filters on the newest copy (callSummarySQL's
 // columns).
 func newestFilters(s CallListSpec) []string {
-	return callListFilters(s, "c_model", "c_user", "c_source", "c_status", "c_error = 1")
+	return callListFilters(s, "c_model", "c_user", "c_source", "c_batch", "c_status", "c_error = 1")
 }
 
 // callListFilters renders the spec's filters over the given columns and
 // error condition.
-func callListFilters(s CallListSpec, model, user, source, status, isError string) []string {
-	f := usageFilters(UsageFilter{Model: s.Model, User: s.User, Source: s.Source}, model, user, source, "")
+func callListFilters(s CallListSpec, model, user, source, batch, status, isError string) []string {
+	f := usageFilters(UsageFilter{Model: s.Model, User: s.User, Source: s.Source, BatchID: s.BatchID}, model, user, source, batch)
 	switch s.Status {
 	case "":
 	case "ok":
@@ -260,6 +261,7 @@ func callListQueries(from, to time.Time) []string {
 	for _, s := range []CallListSpec{
 		{},
 		{Model: "model-1", Source: "online", Status: "error"},
+		{Source: "batch", BatchID: "b-1"},
 		{Status: "ok"},
 		{Status: "500"},
 		{User: "o'brien", Model: "model-1"},
@@ -268,7 +270,7 @@ func callListQueries(from, to time.Time) []string {
 	}
 	q = append(q, callKeysQuery(CallListSpec{}, lo, callPos{sec: to.Unix(), ms: 5}, 10))
 	keys := []callPos{{sec: from.Unix(), id: "chdb-0000001"}, {sec: from.Unix() + 7200, ms: 5, id: "o'brien"}}
-	for _, s := range []CallListSpec{{}, {User: "user-01", Model: "model-1", Source: "batch", Status: "ok"}} {
+	for _, s := range []CallListSpec{{}, {User: "user-01", Model: "model-1", Source: "batch", BatchID: "b'1", Status: "ok"}} {
 		q = append(q, callFetchQuery(s, keys))
 	}
 	return q

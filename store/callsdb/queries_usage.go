@@ -197,6 +197,9 @@ func readQueries(sampleFrom, sampleTo time.Time) []string {
 	q = append(q,
 		CallQuery("chdb-0000001"),
 		TraceQuery("t-1", 1000),
+		BatchesQuery(BatchSpec{From: sampleFrom, To: sampleTo, Limit: 100}),
+		UnresolvedQuery(sampleFrom, sampleTo, 1000),
+		RangeCallsQuery(sampleFrom, sampleTo, 1000),
 	)
 	q = append(q, rollupQueries(sampleFrom)...)
 	q = append(q, samplePlannedUsage(sampleFrom, sampleTo)...)

@@ -53,6 +53,9 @@ type Env struct {
 	Redis                         *redis.Client
 	UserKeyPrefix                 string
 	Out                           io.Writer
+	// ExamplePrices, when set, are the worker's transform.prices, so that
+	// the built-in models' calls have a cost to chart.
+	ExamplePrices string
 }
 
 // Run runs the demo. It fails when the usage API does not show every call
@@ -127,7 +130,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		{"collect", []string{"collect"}, d.env.Collect},
 		{"proxy", []string{"proxy", "--proxy.upstream", upstream, "--proxy.spool_dir", spool}, d.env.Proxy},
 		// A short archive flush so that the demo shows objects within seconds.
-		{"worker", []string{"worker", "--stages", strings.Join(stagesToRun, ","), "--archive.flush_interval", "5s"}, d.env.Worker},
+		{"worker", d.workerArgs(stagesToRun), d.env.Worker},
 		{"serve", []string{"serve"}, d.env.Serve},
 	}
 	for _, s := range starts {
@@ -145,7 +148,10 @@ func (d *demo) run(ctx context.Context) (err error) {
 
 	from := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
 	spec := workload.Spec{BaseURL: "http://" + d.env.Proxy, Calls: d.o.Calls, Concurrency: d.o.Concurrency,
-		Rate: d.o.Rate, StreamShare: d.o.StreamShare, ErrorShare: d.o.ErrorShare, AgentShare: 0.1, Seed: d.o.Seed}
+		Rate: d.o.Rate, StreamShare: d.o.StreamShare, ErrorShare: d.o.ErrorShare, Seed: d.o.Seed,
+		// Agent runs in sessions and one batch job give the trace, session
+		// and batch views something real to show.
+		AgentShare: 0.3, BatchCalls: min(40, d.o.Calls/10)}
 	res, err := workload.Run(ctx, spec, func(p workload.Progress) {
 		rate := float64(p.Done) / max(p.Elapsed.Seconds(), 0.001)
 		d.say("workload   %d/%d calls  %.0f calls/s  %d answered with an error", p.Done, p.Total, rate, p.Errors)
@@ -318,4 +324,15 @@ func (d *demo) waitArchive(ctx context.Context, running bool) (objects int, size
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// workerArgs runs the stages with a short archive flush, so that the demo
+// shows objects within seconds, and the example prices if any.
+func (d *demo) workerArgs(stagesToRun []string) []string {
+	args := []string{"worker", "--stages", strings.Join(stagesToRun, ","), "--archive.flush_interval", "5s"}
+	if d.env.ExamplePrices != "" {
+		args = append(args, "--transform.prices", d.env.ExamplePrices)
+		d.say("prices     example prices for the built-in models (%s); set transform.prices or `callpipe prices set` for real ones", d.env.ExamplePrices)
+	}
+	return args
 }

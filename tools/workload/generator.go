@@ -45,9 +45,17 @@ type Spec struct {
 	Users       []User
 	StreamShare float64 // share of chat calls that stream
 	ErrorShare  float64 // share of chat calls the upstream fails (see ErrorPrompt)
-	AgentShare  float64 // share of chat calls made as 3-step agent runs sharing a trace id
-	PromptWords int     // mean words per prompt; default 40
-	MaxTokens   int     // max_tokens of chat calls; default 64
+	// AgentShare is the share of chat calls that start an agent run: 3–6
+	// calls sharing a trace id, made one after another, with some steps
+	// fanning out to 2 calls in parallel. A user's runs come in sessions of
+	// 2–4 runs sharing a session id.
+	AgentShare float64
+	// BatchCalls is the size of one batch job (0: none): chat and embedding
+	// calls sent with X-Callpipe-Source: batch and X-Callpipe-Batch-Id,
+	// four at a time. They count in Calls.
+	BatchCalls  int
+	PromptWords int // mean words per prompt; default 40
+	MaxTokens   int // max_tokens of chat calls; default 64
 	Seed        uint64
 	Client      *http.Client
 }
@@ -86,14 +94,30 @@ type Progress struct {
 }
 
 type call struct {
-	model   Model
-	user    User
-	body    []byte
-	path    string
-	stream  bool
-	fail    bool
-	traceID string
-	counts  Counts
+	model     Model
+	user      User
+	body      []byte
+	path      string
+	stream    bool
+	fail      bool
+	traceID   string
+	sessionID string
+	batchID   string
+	counts    Counts
+}
+
+// job is what one client does in order: its steps one after another, the
+// calls of a step in parallel.
+type job struct {
+	steps [][]*call
+}
+
+func (j *job) calls() int {
+	n := 0
+	for _, st := range j.steps {
+		n += len(st)
+	}
+	return n
 }
 
 // Run drives spec.Calls calls through spec.BaseURL and returns the ground
@@ -126,10 +150,10 @@ func Run(ctx context.Context, spec Spec, progress func(Progress)) (*Result, erro
 	var done, failed atomic.Int64
 	var firstErr error
 
-	calls := make(chan *call, spec.Concurrency)
+	jobs := make(chan *job, spec.Concurrency)
 	go func() {
-		defer close(calls)
-		plan(ctx, spec, calls)
+		defer close(jobs)
+		plan(ctx, spec, jobs)
 	}()
 
 	stopProgress := make(chan struct{})
@@ -149,36 +173,46 @@ func Run(ctx context.Context, spec Spec, progress func(Progress)) (*Result, erro
 		})
 	}
 
+	do := func(c *call) {
+		status, err := send(ctx, client, spec.BaseURL, c)
+		mu.Lock()
+		switch {
+		case err != nil:
+			res.Transport++
+			if firstErr == nil {
+				firstErr = err
+			}
+		default:
+			got := c.counts
+			got.Calls = 1
+			if status >= 400 {
+				got = Counts{Calls: 1, Errors: 1}
+				failed.Add(1)
+			}
+			res.Sent++
+			res.Total.add(got)
+			m := res.ByModel[c.model.UID]
+			m.add(got)
+			res.ByModel[c.model.UID] = m
+			u := res.ByUser[c.user.ID]
+			u.add(got)
+			res.ByUser[c.user.ID] = u
+		}
+		mu.Unlock()
+		done.Add(1)
+	}
 	var wg sync.WaitGroup
 	for range spec.Concurrency {
 		wg.Go(func() {
-			for c := range calls {
-				status, err := send(ctx, client, spec.BaseURL, c)
-				mu.Lock()
-				switch {
-				case err != nil:
-					res.Transport++
-					if firstErr == nil {
-						firstErr = err
+			for j := range jobs {
+				for _, step := range j.steps {
+					var par sync.WaitGroup
+					for _, c := range step[1:] {
+						par.Go(func() { do(c) })
 					}
-				default:
-					got := c.counts
-					got.Calls = 1
-					if status >= 400 {
-						got = Counts{Calls: 1, Errors: 1}
-						failed.Add(1)
-					}
-					res.Sent++
-					res.Total.add(got)
-					m := res.ByModel[c.model.UID]
-					m.add(got)
-					res.ByModel[c.model.UID] = m
-					u := res.ByUser[c.user.ID]
-					u.add(got)
-					res.ByUser[c.user.ID] = u
+					do(step[0])
+					par.Wait()
 				}
-				mu.Unlock()
-				done.Add(1)
 			}
 		})
 	}
@@ -198,33 +232,36 @@ func Run(ctx context.Context, spec Spec, progress func(Progress)) (*Result, erro
 	return res, nil
 }
 
-// plan emits spec.Calls calls, paced to spec.Rate.
-func plan(ctx context.Context, spec Spec, out chan<- *call) {
+// plan emits jobs of spec.Calls calls in all, paced to spec.Rate: single
+// calls, agent runs and, a third of the way in, the batch job.
+func plan(ctx context.Context, spec Spec, out chan<- *job) {
 	rng := rand.New(rand.NewPCG(spec.Seed, 0x63616c6c70697065))
 	var interval time.Duration
 	if spec.Rate > 0 {
 		interval = time.Duration(float64(time.Second) / spec.Rate)
 	}
 	next := time.Now()
-	var agent []*call // remaining steps of the current agent run
-	for i := 0; i < spec.Calls; i++ {
-		var c *call
-		if len(agent) > 0 {
-			c, agent = agent[0], agent[1:]
-		} else {
-			c = newCall(rng, spec, i)
+	sessions := map[string]*session{} // by user: the session of the user's next agent run
+	batchAt := -1
+	if spec.BatchCalls > 0 {
+		batchAt = spec.Calls / 3
+	}
+	for i := 0; i < spec.Calls; {
+		var j *job
+		switch {
+		case batchAt >= 0 && i >= batchAt:
+			j = batchJob(rng, spec, i, min(spec.BatchCalls, spec.Calls-i))
+			batchAt = -1
+		default:
+			c := newCall(rng, spec, i)
+			j = &job{steps: [][]*call{{c}}}
 			if c.model.Kind == KindChat && !c.fail && rng.Float64() < spec.AgentShare && spec.Calls-i >= 3 {
-				trace := fmt.Sprintf("agent-%d-%d", spec.Seed, i)
-				c.traceID = trace
-				for step := 1; step < 3; step++ {
-					s := newChat(rng, spec, c.model, c.user, i+step, false)
-					s.traceID = trace
-					agent = append(agent, s)
-				}
+				j = agentRun(rng, spec, c, i, min(3+rng.IntN(4), spec.Calls-i), sessions)
 			}
 		}
+		i += j.calls()
 		if interval > 0 {
-			next = next.Add(interval)
+			next = next.Add(interval * time.Duration(j.calls()))
 			if d := time.Until(next); d > 0 {
 				select {
 				case <-ctx.Done():
@@ -234,11 +271,82 @@ func plan(ctx context.Context, spec Spec, out chan<- *call) {
 			}
 		}
 		select {
-		case out <- c:
+		case out <- j:
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+type session struct {
+	id   string
+	runs int // agent runs left in it
+}
+
+// agentRun makes first the first of n calls of an agent run: the steps
+// after it are one call, or two in parallel (an agent's parallel tool
+// calls), all of the same user and model under one trace id, in the user's
+// current session.
+func agentRun(rng *rand.Rand, spec Spec, first *call, i, n int, sessions map[string]*session) *job {
+	trace := fmt.Sprintf("agent-%d-%d", spec.Seed, i)
+	s := sessions[first.user.ID]
+	if s == nil || s.runs == 0 {
+		s = &session{id: fmt.Sprintf("session-%d-%d", spec.Seed, i), runs: 2 + rng.IntN(3)}
+		sessions[first.user.ID] = s
+	}
+	s.runs--
+	first.traceID, first.sessionID = trace, s.id
+	j := &job{steps: [][]*call{{first}}}
+	for made := 1; made < n; {
+		width := 1
+		if n-made >= 2 && rng.Float64() < 0.35 {
+			width = 2
+		}
+		step := make([]*call, width)
+		for k := range step {
+			c := newChat(rng, spec, first.model, first.user, i+made, false)
+			c.traceID, c.sessionID = trace, s.id
+			step[k] = c
+			made++
+		}
+		j.steps = append(j.steps, step)
+	}
+	return j
+}
+
+// batchJob is n calls of one batch job, four at a time, of one user.
+func batchJob(rng *rand.Rand, spec Spec, i, n int) *job {
+	id := fmt.Sprintf("batch-%d-%d", spec.Seed, i)
+	u := spec.Users[rng.IntN(len(spec.Users))]
+	j := &job{}
+	var models []Model // a batch job embeds or chats
+	for _, m := range spec.Models {
+		if m.Kind == KindChat || m.Kind == KindEmbedding {
+			models = append(models, m)
+		}
+	}
+	if len(models) == 0 {
+		models = spec.Models
+	}
+	for made := 0; made < n; made += 4 {
+		step := make([]*call, min(4, n-made))
+		for k := range step {
+			m := models[rng.IntN(len(models))]
+			var c *call
+			switch m.Kind {
+			case KindEmbedding:
+				c = newEmbedding(rng, spec, m, u)
+			case KindRerank:
+				c = newRerank(rng, spec, m, u)
+			default:
+				c = newChat(rng, spec, m, u, i+made+k, false)
+			}
+			c.batchID = id
+			step[k] = c
+		}
+		j.steps = append(j.steps, step)
+	}
+	return j
 }
 
 func newCall(rng *rand.Rand, spec Spec, i int) *call {
@@ -246,32 +354,40 @@ func newCall(rng *rand.Rand, spec Spec, i int) *call {
 	u := spec.Users[rng.IntN(len(spec.Users))]
 	switch m.Kind {
 	case KindEmbedding:
-		n := 1 + rng.IntN(3)
-		inputs := make([]string, n)
-		var tokens int64
-		for j := range inputs {
-			inputs[j] = words(rng, spec.PromptWords/2+1)
-			tokens += Tokens(inputs[j])
-		}
-		body := map[string]any{"model": m.UID, "input": inputs}
-		if u.APIKey == "" {
-			body["user"] = u.ID
-		}
-		return &call{model: m, user: u, path: "/v1/embeddings", body: mustJSON(body), counts: Counts{InputTokens: tokens}}
+		return newEmbedding(rng, spec, m, u)
 	case KindRerank:
-		q := words(rng, 8)
-		docs := make([]string, 2+rng.IntN(4))
-		for j := range docs {
-			docs[j] = words(rng, spec.PromptWords/2+1)
-		}
-		body := map[string]any{"model": m.UID, "query": q, "documents": docs}
-		if u.APIKey == "" {
-			body["user"] = u.ID
-		}
-		return &call{model: m, user: u, path: "/v1/rerank", body: mustJSON(body), counts: Counts{InputTokens: RerankTokens(q, docs)}}
+		return newRerank(rng, spec, m, u)
 	default:
 		return newChat(rng, spec, m, u, i, rng.Float64() < spec.ErrorShare)
 	}
+}
+
+func newEmbedding(rng *rand.Rand, spec Spec, m Model, u User) *call {
+	n := 1 + rng.IntN(3)
+	inputs := make([]string, n)
+	var tokens int64
+	for j := range inputs {
+		inputs[j] = words(rng, spec.PromptWords/2+1)
+		tokens += Tokens(inputs[j])
+	}
+	body := map[string]any{"model": m.UID, "input": inputs}
+	if u.APIKey == "" {
+		body["user"] = u.ID
+	}
+	return &call{model: m, user: u, path: "/v1/embeddings", body: mustJSON(body), counts: Counts{InputTokens: tokens}}
+}
+
+func newRerank(rng *rand.Rand, spec Spec, m Model, u User) *call {
+	q := words(rng, 8)
+	docs := make([]string, 2+rng.IntN(4))
+	for j := range docs {
+		docs[j] = words(rng, spec.PromptWords/2+1)
+	}
+	body := map[string]any{"model": m.UID, "query": q, "documents": docs}
+	if u.APIKey == "" {
+		body["user"] = u.ID
+	}
+	return &call{model: m, user: u, path: "/v1/rerank", body: mustJSON(body), counts: Counts{InputTokens: RerankTokens(q, docs)}}
 }
 
 func newChat(rng *rand.Rand, spec Spec, m Model, u User, i int, fail bool) *call {
@@ -325,6 +441,13 @@ func send(ctx context.Context, client *http.Client, base string, c *call) (int, 
 	}
 	if c.traceID != "" {
 		req.Header.Set(proxy.HeaderTraceID, c.traceID)
+	}
+	if c.sessionID != "" {
+		req.Header.Set(proxy.HeaderSessionID, c.sessionID)
+	}
+	if c.batchID != "" {
+		req.Header.Set(proxy.HeaderSource, "batch")
+		req.Header.Set(proxy.HeaderBatchID, c.batchID)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -19,15 +19,50 @@ import (
 // usageRecorder sums the usage the upstream reports, per model, by reading
 // every answer — the independent ground truth the generator must match.
 type usageRecorder struct {
-	mu     sync.Mutex
-	counts map[string]Counts
-	traces map[string]int
+	mu       sync.Mutex
+	counts   map[string]Counts
+	traces   map[string]int
+	sessions map[string]map[string]bool // session → its traces
+	inFlight map[string]int             // trace → calls being answered
+	parallel map[string]int             // trace → most calls answered at once
+	batches  map[string]int             // batch id → calls
+	badBatch int                        // batch calls without source batch
+}
+
+func newUsageRecorder() *usageRecorder {
+	return &usageRecorder{counts: map[string]Counts{}, traces: map[string]int{}, sessions: map[string]map[string]bool{},
+		inFlight: map[string]int{}, parallel: map[string]int{}, batches: map[string]int{}}
 }
 
 func (u *usageRecorder) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		trace, sess := r.Header.Get("X-Callpipe-Trace-Id"), r.Header.Get("X-Callpipe-Session-Id")
+		u.mu.Lock()
+		if trace != "" {
+			u.inFlight[trace]++
+			u.parallel[trace] = max(u.parallel[trace], u.inFlight[trace])
+			if sess != "" {
+				if u.sessions[sess] == nil {
+					u.sessions[sess] = map[string]bool{}
+				}
+				u.sessions[sess][trace] = true
+			}
+		}
+		if b := r.Header.Get("X-Callpipe-Batch-Id"); b != "" {
+			u.batches[b]++
+			if r.Header.Get("X-Callpipe-Source") != "batch" {
+				u.badBatch++
+			}
+		}
+		u.mu.Unlock()
 		rec := httptest.NewRecorder()
+		if trace != "" {
+			time.Sleep(5 * time.Millisecond) // parallel steps overlap
+		}
 		next.ServeHTTP(rec, r)
+		u.mu.Lock()
+		u.inFlight[trace]--
+		u.mu.Unlock()
 		for k, v := range rec.Header() {
 			w.Header()[k] = v
 		}
@@ -115,7 +150,7 @@ func mustBody(r *http.Request) []byte {
 }
 
 func TestRunMatchesWhatTheUpstreamAnswered(t *testing.T) {
-	rec := &usageRecorder{counts: map[string]Counts{}, traces: map[string]int{}}
+	rec := newUsageRecorder()
 	up := &Upstream{Models: DefaultModels()}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -127,7 +162,7 @@ func TestRunMatchesWhatTheUpstreamAnswered(t *testing.T) {
 	defer srv.Close()
 
 	res, err := Run(context.Background(), Spec{BaseURL: srv.URL, Calls: 600, Concurrency: 6, StreamShare: 0.5,
-		ErrorShare: 0.05, AgentShare: 0.2, Seed: 7}, nil)
+		ErrorShare: 0.05, AgentShare: 0.2, BatchCalls: 30, Seed: 7}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,9 +190,38 @@ func TestRunMatchesWhatTheUpstreamAnswered(t *testing.T) {
 	if len(rec.traces) == 0 {
 		t.Fatal("no agent runs: AgentShare 0.2 must make calls sharing a trace id")
 	}
+	fanOut := 0
 	for trace, n := range rec.traces {
-		if n != 3 {
-			t.Errorf("trace %s has %d calls, want 3", trace, n)
+		if n < 3 || n > 6 {
+			t.Errorf("trace %s has %d calls, want 3 to 6", trace, n)
+		}
+		if p := rec.parallel[trace]; p > 2 {
+			t.Errorf("trace %s had %d calls at once; steps are at most 2 wide", trace, p)
+		} else if p == 2 {
+			fanOut++
+		}
+	}
+	if fanOut == 0 {
+		t.Error("no agent run made calls in parallel")
+	}
+	multi := 0
+	for _, traces := range rec.sessions {
+		if len(traces) > 4 {
+			t.Errorf("a session has %d agent runs, want at most 4", len(traces))
+		}
+		if len(traces) >= 2 {
+			multi++
+		}
+	}
+	if multi == 0 {
+		t.Error("no session holds more than one agent run")
+	}
+	if len(rec.batches) != 1 || rec.badBatch != 0 {
+		t.Errorf("batches %v (%d calls without source batch), want one job", rec.batches, rec.badBatch)
+	}
+	for id, n := range rec.batches {
+		if n != 30 {
+			t.Errorf("batch %s: %d calls, want 30", id, n)
 		}
 	}
 }

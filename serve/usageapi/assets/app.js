@@ -10,7 +10,7 @@ const state = {
   from: "", to: "",          // YYYY-MM-DD in TZ, inclusive
   view: "overview",
   meta: { refresh_seconds: 15, langfuse: false },
-  filters: { user: "", model: "", status: "" },
+  filters: { user: "", model: "", status: "", source: "", batch_id: "" },
   cursor: "", pages: 0, listGen: 0, listBusy: 0,
   fmt: "pretty",
   detail: null,
@@ -62,6 +62,15 @@ function fmtMS(ms) {
   if (ms >= 60000) return (ms / 60000).toFixed(1) + " min";
   if (ms >= 1000) return (ms / 1000).toFixed(2) + " s";
   return Math.round(ms) + " ms";
+}
+// fmtSpan shows how long a batch job ran: hours and days read better than
+// thousands of minutes.
+function fmtSpan(ms) {
+  if (ms < 60000) return fmtMS(ms);
+  const m = Math.floor(ms / 60000);
+  if (m < 60) return `${m} min ${Math.floor((ms % 60000) / 1000)} s`;
+  if (m < 1440) return `${Math.floor(m / 60)} h ${m % 60} min`;
+  return `${Math.floor(m / 1440)} d ${Math.floor((m % 1440) / 60)} h`;
 }
 const fmtCost = (c) => (c === null || c === undefined ? "–" : "$" + (c < 0.01 ? c.toFixed(6) : c.toFixed(4)));
 const dtf = new Intl.DateTimeFormat("en-GB", { timeZone: TZ, year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
@@ -137,7 +146,7 @@ function emptyChart(el, text) {
 // series (stacked vertically inside a row).
 function hbars(el, items, series) {
   if (!items.length) return emptyChart(el, "No calls in this period.");
-  const W = 560, labelW = 150, valueW = 90, barH = 14, gap = 4, rowPad = 12;
+  const W = 560, labelW = 170, valueW = 90, barH = 14, gap = 4, rowPad = 12;
   const rowH = series.length * barH + (series.length - 1) * gap + rowPad;
   const H = items.length * rowH + 8;
   const max = Math.max(1, ...items.flatMap((i) => i.values));
@@ -146,13 +155,16 @@ function hbars(el, items, series) {
   items.forEach((it, r) => {
     const y0 = 4 + r * rowH;
     const g = s("g", { "data-label": it.label });
-    g.append(s("text", { x: labelW - 10, y: y0 + (rowH - rowPad) / 2 + 4, "text-anchor": "end", class: "label" }, truncate(it.label, 22)));
+    // Long names are cut to fit left of the bars; hovering shows the whole name.
+    g.append(s("text", { x: labelW - 10, y: y0 + (rowH - rowPad) / 2 + 4, "text-anchor": "end", class: "label" },
+      s("title", {}, it.label), truncate(it.label, 24)));
     series.forEach((ser, k) => {
       const y = y0 + k * (barH + gap);
+      const f = ser.fmt || fmtInt;
       const w = Math.max(it.values[k] * scale, it.values[k] > 0 ? 2 : 0);
       g.append(s("rect", { x: labelW, y, width: w, height: barH, rx: 3, class: ser.cls, "data-series": ser.key, "data-value": it.values[k] },
-        s("title", {}, `${it.label} · ${ser.name}: ${fmtInt(it.values[k])}`)));
-      g.append(s("text", { x: labelW + w + 6, y: y + barH - 3, class: "value" }, fmtInt(it.values[k])));
+        s("title", {}, `${it.label} · ${ser.name}: ${f(it.values[k])}`)));
+      g.append(s("text", { x: labelW + w + 6, y: y + barH - 3, class: "value" }, f(it.values[k])));
     });
     svg.append(g);
   });
@@ -169,11 +181,15 @@ function legend(series) {
 function truncate(t, n) { return t.length > n ? t.slice(0, n - 1) + "…" : t; }
 
 // columns draws a daily chart: points [{day, values: [..]}]; mode "line"
-// draws series 0 as an area line, "stack" stacks the series as bars.
+// draws series 0 as an area line, "lines" every series as a line, "stack"
+// stacks the series as bars. A series' fmt formats its exact values in the
+// tooltips (default: integers); axis labels are compact.
 function columns(el, points, series, mode) {
   if (!points.length) return emptyChart(el, "No days in this period.");
   const W = 560, H = 240, L = 48, R = 12, T = 12, B = 28;
-  const totals = points.map((p) => (mode === "stack" ? p.values.reduce((a, b) => a + b, 0) : p.values[0]));
+  const f = (k) => series[k].fmt || fmtInt;
+  // In "lines" a null value (a day without calls has no latency) is a gap.
+  const totals = points.map((p) => (mode === "stack" ? p.values.reduce((a, b) => a + b, 0) : mode === "lines" ? Math.max(0, ...p.values.filter((v) => v !== null)) : p.values[0]));
   const max = niceMax(Math.max(...totals));
   const iw = W - L - R, ih = H - T - B;
   const step = iw / points.length;
@@ -182,7 +198,7 @@ function columns(el, points, series, mode) {
   for (let i = 0; i <= 4; i++) {
     const v = (max / 4) * i;
     svg.append(s("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: i === 0 ? "axis" : "grid" }));
-    svg.append(s("text", { x: L - 8, y: y(v) + 4, "text-anchor": "end" }, fmtCompact(v)));
+    svg.append(s("text", { x: L - 8, y: y(v) + 4, "text-anchor": "end" }, (series[0].axis || fmtCompact)(v)));
   }
   const every = Math.ceil(points.length / 10);
   points.forEach((p, i) => {
@@ -197,10 +213,27 @@ function columns(el, points, series, mode) {
         const v = p.values[k];
         g.append(s("rect", { x: L + step * (i + 0.5) - bw / 2, y: y(acc + v), width: bw, height: Math.max(0, y(acc) - y(acc + v)),
           class: ser.cls, "data-series": ser.key, "data-value": v },
-        s("title", {}, `${p.day} · ${ser.name}: ${fmtInt(v)}`)));
+        s("title", {}, `${p.day} · ${ser.name}: ${f(k)(v)}`)));
         acc += v;
       });
       svg.append(g);
+    });
+  } else if (mode === "lines") {
+    const xs = points.map((_, i) => L + step * (i + 0.5));
+    series.forEach((ser, k) => {
+      let d = "", pen = "M";
+      points.forEach((p, i) => {
+        if (p.values[k] === null) { pen = "M"; return; }
+        d += `${pen}${xs[i].toFixed(1)},${y(p.values[k]).toFixed(1)}`;
+        pen = "L";
+      });
+      if (d) svg.append(s("path", { d, class: "line " + ser.cls }));
+    });
+    points.forEach((p, i) => {
+      const tip = `${p.day} · ` + series.map((ser, k) => `${ser.name}: ${f(k)(p.values[k])}`).join(" · ");
+      svg.append(s("g", { class: "pt", "data-day": p.day }, series.map((ser, k) => p.values[k] === null ? null :
+        s("circle", { cx: xs[i], cy: y(p.values[k]), r: 3.5, class: "dot " + ser.cls, "data-series": ser.key, "data-value": p.values[k] },
+          s("title", {}, tip)))));
     });
   } else {
     const xs = points.map((_, i) => L + step * (i + 0.5));
@@ -210,7 +243,7 @@ function columns(el, points, series, mode) {
     points.forEach((p, i) => {
       svg.append(s("g", { class: "pt", "data-day": p.day },
         s("circle", { cx: xs[i], cy: y(p.values[0]), r: 3.5, class: "dot", "data-series": series[0].key, "data-value": p.values[0] },
-          s("title", {}, `${p.day} · ${series[0].name}: ${fmtInt(p.values[0])}`))));
+          s("title", {}, `${p.day} · ${series[0].name}: ${f(0)(p.values[0])}`))));
     });
   }
   el.replaceChildren(...(series.length > 1 ? [legend(series), svg] : [svg]));
@@ -220,10 +253,11 @@ function columns(el, points, series, mode) {
 
 async function loadOverview() {
   const base = { tz: TZ };
-  const [day, range, daily] = await Promise.all([
+  const [day, range, daily, sources] = await Promise.all([
     api("api/v1/usage", { ...base, from: state.to, to: state.to, group_by: "model", percentiles: "false" }),
-    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "model", percentiles: "false" }),
-    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "day", percentiles: "false" }),
+    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "model" }),
+    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "day" }),
+    api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "day,source", percentiles: "false" }),
   ]);
   const isToday = state.to === ymd(new Date());
   $("calls-today-label").textContent = isToday ? "Calls today" : "Calls on " + dayLabel(state.to);
@@ -246,7 +280,34 @@ async function loadOverview() {
     [{ key: "calls", name: "Calls" }], "line");
   columns($("chart-daily-tokens"), daily.rows.map((r) => ({ day: r.day, values: [r.input_tokens, r.output_tokens] })),
     [{ key: "input_tokens", name: "Input", cls: "bar-in", sw: "sw-in" }, { key: "output_tokens", name: "Output", cls: "bar-out", sw: "sw-out" }], "stack");
+
+  // Online / batch: one stacked column per day, and the range's totals.
+  const bySource = {};
+  for (const r of sources.rows) (bySource[r.day] ||= { online: 0, batch: 0 })[r.source] = r.calls;
+  const days = daily.rows.map((r) => r.day);
+  const SOURCES = [{ key: "online", name: "Online", cls: "bar-in", sw: "sw-in" }, { key: "batch", name: "Batch", cls: "bar-out", sw: "sw-out" }];
+  columns($("chart-daily-source"), days.map((d) => ({ day: d, values: [(bySource[d] || {}).online || 0, (bySource[d] || {}).batch || 0] })), SOURCES, "stack");
+  const srcTotals = { online: 0, batch: 0 };
+  for (const r of sources.rows) srcTotals[r.source] = (srcTotals[r.source] || 0) + r.calls;
+  hbars($("chart-source"), range.totals.calls ? SOURCES.map((x) => ({ label: x.name, values: [srcTotals[x.key] || 0] })) : [],
+    [{ key: "calls", name: "Calls", cls: "bar-calls", sw: "sw-calls" }]);
+
+  // Cost and latency per model over the range, and their daily trend.
+  const COST = [{ key: "cost_usd", name: "Cost", cls: "bar-calls", sw: "sw-calls", fmt: fmtCost, axis: fmtCostAxis }];
+  hbars($("chart-model-cost"), [...range.rows].sort((a, b) => b.cost_usd - a.cost_usd).map((r) => ({ label: r.model, values: [r.cost_usd] })), COST);
+  columns($("chart-daily-cost"), daily.rows.map((r) => ({ day: r.day, values: [r.cost_usd] })), COST, "line");
+  const LAT = [
+    { key: "latency_ms_p50", name: "p50", cls: "bar-in", sw: "sw-in", fmt: fmtMS, axis: fmtMSAxis },
+    { key: "latency_ms_p95", name: "p95", cls: "bar-out", sw: "sw-out", fmt: fmtMS },
+    { key: "latency_ms_p99", name: "p99", cls: "bar-p99", sw: "sw-p99", fmt: fmtMS },
+  ];
+  const lat = (r) => LAT.map((x) => r[x.key]);
+  hbars($("chart-model-latency"), [...range.rows].sort((a, b) => b.latency_ms_p95 - a.latency_ms_p95).map((r) => ({ label: r.model, values: lat(r) })), LAT);
+  columns($("chart-daily-latency"), daily.rows.map((r) => ({ day: r.day, values: r.calls ? lat(r) : LAT.map(() => null) })), LAT, "lines");
 }
+
+function fmtCostAxis(c) { return c === 0 ? "$0" : c >= 1 ? "$" + fmtCompact(c) : "$" + c.toPrecision(2); }
+function fmtMSAxis(ms) { return ms >= 1000 ? (ms / 1000).toFixed(ms >= 10000 ? 0 : 1) + " s" : Math.round(ms) + " ms"; }
 
 // ---------- calls ----------
 
@@ -257,13 +318,26 @@ async function loadFilterOptions() {
   ]);
   fillSelect($("f-user"), "All users", users.rows.map((r) => r.user), state.filters.user);
   fillSelect($("f-model"), "All models", models.rows.map((r) => r.model), state.filters.model);
+  // Batch ids come from the calls table, not the rollups: they are listed
+  // when the Batch filter is opened, not on every visit.
+  state.batchRange = "";
+  fillSelect($("f-batch"), "All batches", [], state.filters.batch_id);
+  $("f-source").value = state.filters.source;
+}
+
+async function loadBatchOptions() {
+  const key = state.from + "/" + state.to;
+  if (state.batchRange === key) return;
+  state.batchRange = key;
+  const r = await api("api/v1/batches", { tz: TZ, from: state.from, to: state.to, limit: 500 });
+  fillSelect($("f-batch"), "All batches", r.batches.map((b) => b.batch_id).filter((id) => id), state.filters.batch_id);
 }
 
 function fillSelect(sel, allText, values, current) {
   const opts = [h("option", { value: "" }, allText)];
   const vals = [...new Set(values)].sort();
   if (current && !vals.includes(current)) vals.push(current);
-  for (const v of vals) opts.push(h("option", { value: v }, v || "(none)"));
+  for (const v of vals) opts.push(h("option", { value: v, title: v }, v || "(none)"));
   sel.replaceChildren(...opts);
   sel.value = current;
 }
@@ -288,6 +362,7 @@ async function loadCalls(append) {
     h("td", {}, fmtTime(c.start_time)),
     h("td", {}, c.model),
     h("td", {}, c.user_id),
+    h("td", { "data-col": "source", title: c.batch_id || null }, c.source === "batch" ? "batch" + (c.batch_id ? " · " + c.batch_id : "") : c.source),
     h("td", {}, h("span", { class: "chip " + (c.is_error ? "err" : "ok"), title: c.error || null }, c.is_error && c.status < 400 ? "error" : c.status)),
     h("td", { class: "num" }, fmtMS(c.latency_ms)),
     h("td", { class: "num", "data-col": "input_tokens" }, fmtInt(c.input_tokens)),
@@ -301,6 +376,30 @@ async function loadCalls(append) {
   const n = body.children.length;
   $("calls-empty").hidden = n > 0;
   $("calls-count").textContent = `${fmtInt(n)} call${n === 1 ? "" : "s"} shown${state.cursor ? " · more available" : ""}`;
+}
+
+// ---------- batches ----------
+
+// loadBatches lists the batch jobs of the range; a row opens the calls page
+// filtered to that batch.
+async function loadBatches() {
+  const r = await api("api/v1/batches", { tz: TZ, from: state.from, to: state.to, limit: 500 });
+  $("batches-body").replaceChildren(...r.batches.map((b) => h("tr", { "data-id": b.batch_id, onclick: () => showBatch(b.batch_id) },
+    h("td", { class: "mono ellipsis", title: b.batch_id || "(no batch id)" }, b.batch_id || "(no batch id)"),
+    h("td", { class: "num", "data-col": "calls" }, fmtInt(b.calls)),
+    h("td", { class: "num", "data-col": "errors" }, fmtInt(b.errors)),
+    h("td", { class: "num", "data-col": "input_tokens" }, fmtInt(b.input_tokens)),
+    h("td", { class: "num", "data-col": "output_tokens" }, fmtInt(b.output_tokens)),
+    h("td", { class: "num" }, fmtCost(b.cost_usd)),
+    h("td", {}, fmtTime(b.first_start)),
+    h("td", { class: "num", "data-col": "duration" }, fmtSpan(b.duration_ms)),
+    h("td", { class: "ellipsis", title: b.models.join(", ") }, b.models.join(", ")))));
+  $("batches-empty").hidden = r.batches.length > 0;
+}
+
+function showBatch(id) {
+  state.filters = { ...state.filters, source: "batch", batch_id: id };
+  location.hash = "#/calls";
 }
 
 // ---------- call detail ----------
@@ -631,13 +730,13 @@ function route() {
   closeDrawer();
   const hash = location.hash.replace(/^#\/?/, "");
   const [page, ...rest] = hash.split("/");
-  state.view = ["overview", "calls", "trace", "settings"].includes(page) ? page : "overview";
+  state.view = ["overview", "calls", "batches", "trace", "settings"].includes(page) ? page : "overview";
   if (state.view === "trace") {
     state.traceID = decodeURIComponent(rest.join("/"));
     $("tab-trace").hidden = !state.traceID;
     $("tab-trace").href = "#/trace/" + encodeURIComponent(state.traceID);
   }
-  for (const v of ["overview", "calls", "trace", "settings"]) $("view-" + v).hidden = v !== state.view;
+  for (const v of ["overview", "calls", "batches", "trace", "settings"]) $("view-" + v).hidden = v !== state.view;
   document.querySelectorAll("[data-tab]").forEach((a) => a.classList.toggle("active", a.dataset.tab === state.view));
   $("range").style.visibility = state.view === "trace" || state.view === "settings" ? "hidden" : "visible";
   refresh(true);
@@ -668,6 +767,8 @@ async function refresh(full) {
     else if (state.view === "calls") {
       if (full) { await loadFilterOptions(); await loadCalls(false); }
       else if (state.pages <= 1 && !state.listBusy) await loadCalls(false); // keep pages the user loaded
+    } else if (state.view === "batches") {
+      await loadBatches();
     } else if (state.view === "trace" && state.traceID) {
       if (full) await loadTrace();
     } else if (state.view === "settings") {
@@ -695,9 +796,16 @@ async function start() {
   }));
   $("range-from").addEventListener("change", (e) => e.target.value && setRange(e.target.value, state.to));
   $("range-to").addEventListener("change", (e) => e.target.value && setRange(state.from, e.target.value));
-  for (const [id, key] of [["f-user", "user"], ["f-model", "model"], ["f-status", "status"]]) {
-    $(id).addEventListener("change", (e) => { state.filters[key] = e.target.value; loadCalls(false).catch(showError); });
+  for (const [id, key] of [["f-user", "user"], ["f-model", "model"], ["f-status", "status"], ["f-source", "source"], ["f-batch", "batch_id"]]) {
+    $(id).addEventListener("change", (e) => {
+      state.filters[key] = e.target.value;
+      // Only batch calls have a batch id.
+      if (key === "batch_id" && e.target.value) { state.filters.source = "batch"; $("f-source").value = "batch"; }
+      if (key === "source" && e.target.value === "online") { state.filters.batch_id = ""; $("f-batch").value = ""; }
+      loadCalls(false).catch(showError);
+    });
   }
+  for (const ev of ["focus", "mousedown"]) $("f-batch").addEventListener(ev, () => loadBatchOptions().catch(showError));
   $("calls-more").addEventListener("click", () => loadCalls(true).catch(showError));
   $("d-close").addEventListener("click", closeDrawer);
   $("scrim").addEventListener("click", closeDrawer);
