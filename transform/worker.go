@@ -83,13 +83,11 @@ func (o *WorkerOptions) defaults() {
 // (bus.DeliveryLimit): the consumer has no JetStream MaxDeliver, so no
 // event depends on a max-deliveries advisory to reach the DLQ.
 type Worker struct {
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	n     *Normalizer
-	o     WorkerOptions
-	cons  jetstream.Consumer
-	limit bus.DeliveryLimit
-	dl    bus.DeadLetters
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	n    *Normalizer
+	o    WorkerOptions
+	cons jetstream.Consumer
 }
 
 // NewWorker creates or updates the durable consumer. Streams must exist
@@ -106,8 +104,7 @@ func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOption
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", o.Consumer, stage.Reads, err)
 	}
-	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons, limit: bus.DeliveryLimit{Max: uint64(o.MaxDeliver)},
-		dl: bus.DeadLetters{JS: js, Stage: stage.Name}}, nil
+	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons}, nil
 }
 
 // ConsumerConfig is the durable consumer of the normalize stage.
@@ -212,8 +209,8 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) pending {
 	if !bus.Routed(msg.Headers(), stage.Name) {
 		return pending{msg: msg, skip: true}
 	}
-	if w.limit.Exceeded(msg) {
-		return w.deadLetter(msg, w.limit.Reason(nil))
+	if w.limit().Exceeded(msg) {
+		return w.deadLetter(msg, w.limit().Reason(nil))
 	}
 	call, err := w.n.Normalize(ctx, msg.Data())
 	if err != nil {
@@ -268,10 +265,11 @@ func (w *Worker) settle(p pending) {
 		case err = <-p.fut.Err():
 		}
 	}
-	if err != nil && !p.dead && w.limit.Last(p.msg) {
+	if err != nil && !p.dead && w.limit().Last(p.msg) {
 		// The last delivery: the event goes to the DLQ now, or comes back
 		// (nak) over the limit and its dead letter is tried again.
-		dlErr := w.dl.Write(context.Background(), p.msg, w.limit.Reason(err))
+		dl := bus.DeadLetters{JS: w.js, Stage: stage.Name}
+		dlErr := dl.Write(context.Background(), p.msg, w.limit().Reason(err))
 		if dlErr == nil {
 			m.events.WithLabelValues("dead_letter").Inc()
 			w.o.Log.Warn("dead-lettered after max deliveries", "subject", p.msg.Subject(), "err", err)
@@ -296,6 +294,9 @@ func (w *Worker) settle(p pending) {
 	m.events.WithLabelValues("normalized").Inc()
 	_ = p.msg.Ack()
 }
+
+// limit is the bound on deliveries the worker enforces.
+func (w *Worker) limit() bus.DeliveryLimit { return bus.DeliveryLimit{Max: uint64(w.o.MaxDeliver)} }
 
 // maxRetryDelay caps the backoff of transient failures.
 const maxRetryDelay = time.Minute

@@ -45,7 +45,14 @@ func newProxyCommand(a *app) *cobra.Command {
 				}
 				cancel()
 			}
-			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{})
+			policy, err := edgeCapturePolicy(cfg)
+			if err != nil {
+				return err
+			}
+			// The proxy applies the policy before it queues or spools an
+			// event; the publisher's pass covers events spooled before the
+			// proxy applied one (the pass is idempotent).
+			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Capture: policy})
 			if err != nil {
 				return err
 			}
@@ -58,6 +65,7 @@ func newProxyCommand(a *app) *cobra.Command {
 			opts.Instance = cfg.Proxy.Instance
 			opts.Logger = log
 			opts.Registerer = reg
+			opts.Capture = policy
 			p, err := proxy.New(opts, pub)
 			if err != nil {
 				return fmt.Errorf("%w: %w", errConfig, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
 )
@@ -44,6 +45,9 @@ type Options struct {
 	Limits      schema.Limits
 	// AckTimeout bounds the wait for JetStream acknowledgements of one request.
 	AckTimeout time.Duration
+	// Capture is applied to every valid event before it is published
+	// (capture.Policy.Event). Nil: none.
+	Capture    *capture.Policy
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -315,6 +319,7 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) 
 	for i, raw := range events {
 		ev, err := schema.Decode(raw, c.opts.Limits)
 		if err == nil {
+			c.opts.Capture.Event(ev)
 			p, perr := c.pub.PublishMsgAsync(ingest.Message(ev))
 			if perr != nil {
 				return reply, perr

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/callpipe/callpipe/capture"
+	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/transform"
+)
+
+// capturePolicy is the capture section as a policy; count counts the
+// tokens of an event whose payload it drops (nil: none).
+func capturePolicy(cfg *config.Config, count capture.Counter) (*capture.Policy, error) {
+	c := cfg.Capture
+	masks := c.Masks
+	if c.DefaultMasks {
+		masks = append(append([]string(nil), capture.DefaultMasks...), masks...)
+	}
+	p, err := capture.New(capture.Options{Payloads: c.Payloads, Models: c.PayloadsModels, Users: c.PayloadsUsers,
+		MaxChars: c.MaxChars, Masks: masks, Count: count})
+	if err != nil {
+		return nil, fmt.Errorf("%w: capture: %w", errConfig, err)
+	}
+	return p, nil
+}
+
+// edgeCapturePolicy is the policy of the proxy and the collector. When it
+// may change a payload it counts tokens with the tokenizer normalize uses
+// (transform.tokenizer) before it does.
+func edgeCapturePolicy(cfg *config.Config) (*capture.Policy, error) {
+	p, err := capturePolicy(cfg, nil)
+	if err != nil || !p.Redacts() {
+		return p, err
+	}
+	tok, err := transform.NewTokenizer(cfg.Transform.Tokenizer, cfg.Transform.TokenizerModels)
+	if err != nil {
+		return nil, fmt.Errorf("%w: transform.tokenizer: %w", errConfig, err)
+	}
+	return capturePolicy(cfg, (&transform.Normalizer{Tokenizer: tok}).CountUsage)
+}
