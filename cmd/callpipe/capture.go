@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
+	"sync"
 
 	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -26,15 +29,27 @@ func capturePolicy(cfg *config.Config, count capture.Counter) (*capture.Policy, 
 
 // edgeCapturePolicy is the policy of the proxy and the collector. When it
 // may change a payload it counts tokens with the tokenizer normalize uses
-// (transform.tokenizer) before it does.
-func edgeCapturePolicy(cfg *config.Config) (*capture.Policy, error) {
+// (transform.tokenizer) before it does. The tokenizer is loaded on the first
+// count (~0.3 s, ~15 MB per encoding): an edge whose calls all report usage
+// and need no redaction never loads it.
+func edgeCapturePolicy(cfg *config.Config, log *slog.Logger) (*capture.Policy, error) {
 	p, err := capturePolicy(cfg, nil)
 	if err != nil || !p.Redacts() {
 		return p, err
 	}
-	tok, err := transform.NewTokenizer(cfg.Transform.Tokenizer, cfg.Transform.TokenizerModels)
-	if err != nil {
-		return nil, fmt.Errorf("%w: transform.tokenizer: %w", errConfig, err)
+	var (
+		once sync.Once
+		n    *transform.Normalizer
+	)
+	count := func(ev *schema.Event) (int64, int64, bool) {
+		once.Do(func() {
+			tok, err := transform.NewTokenizer(cfg.Transform.Tokenizer, cfg.Transform.TokenizerModels)
+			if err != nil { // not expected: config validation checked the encodings
+				log.Error("transform.tokenizer: cannot load; calls redacted at the edge keep only reported usage", "err", err)
+			}
+			n = &transform.Normalizer{Tokenizer: tok}
+		})
+		return n.CountUsage(ev)
 	}
-	return capturePolicy(cfg, (&transform.Normalizer{Tokenizer: tok}).CountUsage)
+	return capturePolicy(cfg, count)
 }

@@ -32,7 +32,7 @@ func newCollectCommand(a *app) *cobra.Command {
 			if err := bus.EnsureCallsStream(ctx, js, streamOptions(cfg)); err != nil {
 				return err
 			}
-			policy, err := edgeCapturePolicy(cfg)
+			policy, err := edgeCapturePolicy(cfg, log)
 			if err != nil {
 				return err
 			}

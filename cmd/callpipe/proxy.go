@@ -45,7 +45,7 @@ func newProxyCommand(a *app) *cobra.Command {
 				}
 				cancel()
 			}
-			policy, err := edgeCapturePolicy(cfg)
+			policy, err := edgeCapturePolicy(cfg, log)
 			if err != nil {
 				return err
 			}
