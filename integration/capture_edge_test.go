@@ -292,8 +292,12 @@ func TestCapturePolicyAtTheEdge(t *testing.T) {
 		}
 		return stored && n == 1, fmt.Sprintf("stored %v, %d dead letters\n%s", stored, n, sinks.Out)
 	})
-	if obs := lf.Observations()[proxyID]; obs.UsageDetails["input"] != 21 || obs.UsageDetails["output"] != 9 {
+	obs := lf.Observations()[proxyID]
+	if obs.UsageDetails["input"] != 21 || obs.UsageDetails["output"] != 9 {
 		t.Fatalf("Langfuse usage of the proxy's call: %v", obs.UsageDetails)
+	}
+	if ids, _ := obs.Metadata["callpipe"].(map[string]any); fmt.Sprint(ids["capture"]) != fmt.Sprint(map[string]any{"mode": "none", "mask_set": maskSet}) {
+		t.Fatalf("Langfuse metadata of the proxy's call: %v", obs.Metadata)
 	}
 	lfMu.Lock()
 	sent := bytes.Join(lfBodies, []byte("\n"))
