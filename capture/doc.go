@@ -13,8 +13,12 @@
 // Invariants:
 //
 //   - Applying a policy twice gives the same result as applying it once
-//     (Event and Call are idempotent), so normalize's pass over an event the
-//     edge redacted changes nothing when both run the same configuration.
+//     (Event and Call are each idempotent). The edge works on the strings of
+//     the request and response, normalize on the texts it extracts from
+//     them; so over an event the edge redacted, normalize's pass under the
+//     same configuration changes only what joins strings: truncated mode
+//     also cuts a call's joined input or output text to MaxChars, and a mask
+//     may match across two messages joined into one text.
 //   - Every redacted event and call records the policy that produced it
 //     (schema.Capture: mode and mask-set version). A producer's own capture
 //     record is replaced, never trusted.

@@ -49,10 +49,9 @@ func newProxyCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// The proxy applies the policy before it queues or spools an
-			// event; the publisher's pass covers events spooled before the
-			// proxy applied one (the pass is idempotent).
-			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Capture: policy})
+			// The proxy applies the policy itself, before it queues or
+			// spools an event: its publisher needs none.
+			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{})
 			if err != nil {
 				return err
 			}

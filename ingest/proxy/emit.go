@@ -349,6 +349,9 @@ func (p *Proxy) drainLoop(ctx context.Context) {
 			p.ack()
 			continue
 		}
+		// Spooled by prepare, so redacted already, unless a version that
+		// applied no policy spooled it; the pass is idempotent.
+		p.opts.Capture.Event(&ev)
 		err = p.publish(ctx, &ev, "spool")
 		if err == nil || p.permanent(err) {
 			if err != nil {
