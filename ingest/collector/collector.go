@@ -320,12 +320,19 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) 
 		ev, err := schema.Decode(raw, c.opts.Limits)
 		if err == nil {
 			c.opts.Capture.Event(ev)
-			p, perr := c.pub.PublishMsgAsync(ingest.Message(ev))
-			if perr != nil {
-				return reply, perr
+			msg := ingest.Message(ev)
+			// Masks can lengthen a text ([REDACTED] for a short address),
+			// and normalize decodes with the same limit.
+			if lim := c.opts.Limits.MaxEventBytes; lim > 0 && len(msg.Data) > lim {
+				err = fmt.Errorf("event: %d bytes as published (capture masks applied), limit %d (event.max_bytes)", len(msg.Data), lim)
+			} else {
+				p, perr := c.pub.PublishMsgAsync(msg)
+				if perr != nil {
+					return reply, perr
+				}
+				pendings = append(pendings, p)
+				continue
 			}
-			pendings = append(pendings, p)
-			continue
 		}
 		if len(reply.Rejected) >= MaxRejections {
 			reply.RejectionsOmitted++

@@ -15,6 +15,7 @@ import (
 
 	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/schema"
 )
 
 func collect(seq iter.Seq2[int, []byte]) [][]byte {
@@ -209,5 +210,27 @@ func TestCapturePolicyBeforePublish(t *testing.T) {
 	if strings.Contains(data, "diagnosis") || strings.Contains(data, "pat@") || !strings.Contains(data, `"capture":{"mode":"none","mask_set":"`+policy.MaskSet()+`"}`) ||
 		!strings.Contains(data, `"usage":{"prompt_tokens":9,"completion_tokens":0,"total_tokens":9}`) {
 		t.Fatalf("published %s", data)
+	}
+}
+
+// An event that fits the limit as sent but not once its masks lengthened it
+// is rejected, naming the limit, instead of becoming poison for normalize
+// (which decodes with the same limit).
+func TestMaskedEventOverLimitRejected(t *testing.T) {
+	policy, err := capture.New(capture.Options{Masks: capture.DefaultMasks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := `{"id":"big","start_time":"2026-01-01T00:00:00Z","endpoint":"/v1/chat/completions","model":"m","request":{"p":"`
+	tail := `"}}`
+	addrs := strings.Repeat("a@b.co ", 40) // each address becomes [REDACTED]: 4 bytes longer
+	const limit = 4096
+	body := head + addrs + strings.Repeat("x", limit-len(head)-len(addrs)-len(tail)) + tail
+	c := New(noPublish{t}, Options{Capture: policy, Limits: schema.Limits{MaxEventBytes: limit}})
+	req := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(body))
+	rec := httptest.NewRecorder()
+	c.ServeHTTP(rec, req)
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "limit 4096 (event.max_bytes)") {
+		t.Fatalf("%d %s", rec.Code, rec.Body)
 	}
 }
