@@ -15,6 +15,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
+	"github.com/callpipe/callpipe/transform"
 )
 
 // A transient failure to store the normalized record (here: CALLPIPE_NORMALIZED
@@ -310,4 +311,24 @@ func shrinkStream(t *testing.T, js jetstream.JetStream, name string) func() {
 	}
 	t.Cleanup(restore)
 	return restore
+}
+
+// A consumer created by an earlier version, with a JetStream MaxDeliver, is
+// updated to none when a worker starts: after an upgrade no call depends on
+// a max-deliveries advisory.
+func TestTransformConsumerUpgradeDropsMaxDeliver(t *testing.T) {
+	e := newTrEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	old := transform.ConsumerConfig(transform.WorkerOptions{Consumer: e.consumer, FilterSubject: e.subject})
+	old.MaxDeliver = 10
+	if _, err := e.js.CreateConsumer(ctx, bus.CallsStream, old); err != nil {
+		t.Fatal(err)
+	}
+	w := e.startWorker()
+	testkit.WaitFor(t, 30*time.Second, "the consumer without MaxDeliver", func() (bool, string) {
+		info := e.consumerInfo(e.consumer)
+		return info.Config.MaxDeliver == bus.NoMaxDeliver, fmt.Sprint(info.Config.MaxDeliver)
+	})
+	w.stop(t)
 }
