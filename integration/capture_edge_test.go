@@ -352,6 +352,11 @@ func TestCapturePolicyAtTheEdge(t *testing.T) {
 			if len(rs) != 2 {
 				t.Fatalf("export %s %s: %d rows, want 2", x.source, x.format, len(rs))
 			}
+			for _, r := range rs {
+				if r.CaptureMode != capture.None || r.CaptureMaskSet != maskSet {
+					t.Fatalf("export %s %s: row %s has capture %q %q", x.source, x.format, r.ID, r.CaptureMode, r.CaptureMaskSet)
+				}
+			}
 		} else {
 			for _, part := range parts {
 				content = append(content, decompress(t, m.Compression, part)...)
