@@ -16,9 +16,10 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
-	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/replay"
 )
 
 // benchArchiveEvents are ~1 KB chat events over one hour.
@@ -87,7 +88,7 @@ func BenchmarkArchiveStore(b *testing.B) {
 			b.ResetTimer()
 			cpu0 := archCPUSeconds()
 			for i := range b.N {
-				bl, err := archive.NewBuilder(e.prefix, "CALLPIPE_CALLS", "fastest", evs[0].start, time.Now())
+				bl, err := rawarchive.NewBuilder(e.prefix, "CALLPIPE_CALLS", "fastest", evs[0].start, time.Now())
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -101,7 +102,7 @@ func BenchmarkArchiveStore(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				built, err := bl.Finish(archive.FlushSize, time.Now())
+				built, err := bl.Finish(rawarchive.FlushSize, time.Now())
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -113,10 +114,10 @@ func BenchmarkArchiveStore(b *testing.B) {
 				slots <- struct{}{}
 				uploads.Go(func() {
 					defer func() { <-slots }()
-					if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+					if err := rawarchive.PutManifest(ctx, e.s3, archBucket, built, nil); err != nil {
 						b.Error(err)
 					}
-					if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+					if err := rawarchive.PutData(ctx, e.s3, archBucket, built, 16<<20, nil); err != nil {
 						b.Error(err)
 					}
 				})
@@ -223,7 +224,7 @@ func BenchmarkReplayRate(b *testing.B) {
 	e := newArchEnv(b)
 	evs := benchArchiveEvents(e.run, b.N)
 	ctx := context.Background()
-	bl, err := archive.NewBuilder(e.prefix, "CALLPIPE_CALLS", "default", evs[0].start, time.Now())
+	bl, err := rawarchive.NewBuilder(e.prefix, "CALLPIPE_CALLS", "default", evs[0].start, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -234,14 +235,14 @@ func BenchmarkReplayRate(b *testing.B) {
 		}
 		size += int64(len(ev.raw))
 	}
-	built, err := bl.Finish(archive.FlushSize, time.Now())
+	built, err := bl.Finish(rawarchive.FlushSize, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+	if err := rawarchive.PutManifest(ctx, e.s3, archBucket, built, nil); err != nil {
 		b.Fatal(err)
 	}
-	if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+	if err := rawarchive.PutData(ctx, e.s3, archBucket, built, 16<<20, nil); err != nil {
 		b.Fatal(err)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: harness.Redis(b)})

@@ -18,7 +18,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 const archBucket = "callpipe-it-archive"
@@ -55,12 +55,12 @@ func newArchEnv(t testing.TB) *archEnv {
 		t.Fatal(err)
 	}
 	sc := harness.S3(t)
-	s3, err := archive.NewClient(archive.S3Config{Endpoint: sc.Endpoint, AccessKey: sc.AccessKey, SecretKey: sc.SecretKey,
+	s3, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: sc.Endpoint, AccessKey: sc.AccessKey, SecretKey: sc.SecretKey,
 		Region: "us-east-1", UseSSL: sc.UseSSL, PathStyle: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := archive.EnsureBucket(ctx, s3, archBucket, "us-east-1"); err != nil {
+	if err := rawarchive.EnsureBucket(ctx, s3, archBucket, "us-east-1"); err != nil {
 		t.Fatal(err)
 	}
 	e := &archEnv{run: run, natsURL: harness.NATS(t), nc: nc, js: js, s3: s3, s3cfg: sc, prefix: "it/" + run,
@@ -201,8 +201,8 @@ func (e *archEnv) waitArchived(t testing.TB, timeout time.Duration, last uint64)
 
 // archObject is one data object read back.
 type archObject struct {
-	archive.Object
-	meta  archive.Meta
+	rawarchive.Object
+	meta  rawarchive.Meta
 	lines [][]byte
 }
 
@@ -212,19 +212,19 @@ func (e *archEnv) readArchive(t testing.TB, from, to time.Time) []archObject {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	objs, err := archive.Keys(ctx, e.s3, archBucket, e.prefix, from, to)
+	objs, err := rawarchive.Keys(ctx, e.s3, archBucket, e.prefix, from, to)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := make([]archObject, 0, len(objs))
 	for _, o := range objs {
 		a := archObject{Object: o}
-		if a.meta, err = archive.Stat(ctx, e.s3, archBucket, e.prefix, o.Key); err != nil {
+		if a.meta, err = rawarchive.Stat(ctx, e.s3, archBucket, e.prefix, o.Key); err != nil {
 			t.Fatal(err)
 		}
 		sum := sha256.New()
 		var size int64
-		if err := archive.ReadObject(ctx, e.s3, archBucket, o.Key, func(line []byte) error {
+		if err := rawarchive.ReadObject(ctx, e.s3, archBucket, o.Key, func(line []byte) error {
 			a.lines = append(a.lines, bytes.Clone(line))
 			sum.Write(line)
 			sum.Write([]byte{'\n'})
@@ -240,7 +240,7 @@ func (e *archEnv) readArchive(t testing.TB, from, to time.Time) []archObject {
 		if a.meta.FirstSeq != o.FirstSeq || a.meta.LastSeq != o.LastSeq {
 			t.Fatalf("%s: metadata sequences %d-%d differ from the key", o.Key, a.meta.FirstSeq, a.meta.LastSeq)
 		}
-		m, err := archive.ReadManifest(ctx, e.s3, archBucket, e.prefix, o.Key)
+		m, err := rawarchive.ReadManifest(ctx, e.s3, archBucket, e.prefix, o.Key)
 		if err != nil {
 			t.Fatal(err)
 		}

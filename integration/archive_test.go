@@ -11,7 +11,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // TestArchive100k runs `callpipe worker --stages archive` over 100,000 calls
@@ -79,11 +79,11 @@ func TestArchive100k(t *testing.T) {
 	for _, o := range objs {
 		objsPerHour[o.Hour]++
 		switch o.meta.Flush {
-		case archive.FlushSize:
+		case rawarchive.FlushSize:
 			if o.meta.Bytes < flushBytes {
 				t.Errorf("%s closed by size at %d bytes, below flush_bytes %d", o.Key, o.meta.Bytes, flushBytes)
 			}
-		case archive.FlushAge:
+		case rawarchive.FlushAge:
 			if age := o.meta.Closed.Sub(o.meta.Opened); age < flushInterval {
 				t.Errorf("%s closed by age after %s, before flush_interval %s", o.Key, age, flushInterval)
 			}
@@ -138,7 +138,7 @@ func TestArchiveSIGTERMFlushes(t *testing.T) {
 	objs := e.readArchive(t, day, day.Add(2*time.Hour))
 	checkExactlyOnce(t, objs, want)
 	for _, o := range objs {
-		if o.meta.Flush != archive.FlushShutdown {
+		if o.meta.Flush != rawarchive.FlushShutdown {
 			t.Errorf("%s closed by %q, want shutdown", o.Key, o.meta.Flush)
 		}
 	}

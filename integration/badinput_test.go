@@ -18,7 +18,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/workload"
+	"github.com/callpipe/callpipe/tools/workload"
 )
 
 // peakRSSMB is a running process's peak resident set (VmHWM).

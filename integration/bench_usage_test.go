@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/bench/usagebench"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/bench/usagebench"
 )
 
 // benchUsageReport is the part of `callpipe bench usage --json` the test reads.
@@ -95,7 +95,7 @@ func TestBenchUsageCommand(t *testing.T) {
 			t.Fatalf("report JSON: %v\n%s", jerr, b)
 		}
 	}
-	conn, cerr := chsink.Open(ctx, chsink.OutputConfig{Addr: ch.Native, User: "default"})
+	conn, cerr := callsdb.Open(ctx, callsdb.Config{Addr: ch.Native, User: "default"})
 	if cerr != nil {
 		t.Fatal(cerr)
 	}
@@ -242,7 +242,7 @@ func TestBenchUsageCommand(t *testing.T) {
 		t.Fatalf("second report: %v %+v", err, r2)
 	}
 	var n uint64
-	if err := conn.QueryRow(ctx, "SELECT toUInt64(count()) FROM system.databases WHERE name = "+chsink.SQLString(r2.Database)).Scan(&n); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT toUInt64(count()) FROM system.databases WHERE name = "+callsdb.SQLString(r2.Database)).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	if n != 0 {

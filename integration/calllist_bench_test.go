@@ -12,6 +12,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // BenchmarkCallList times the first and the next page (50 calls) of the
@@ -47,16 +48,16 @@ func BenchmarkCallList(b *testing.B) {
 	from, to := callListEnd.Add(-30*24*time.Hour), callListEnd
 	for _, c := range []struct {
 		name string
-		spec chsink.CallListSpec
+		spec callsdb.CallListSpec
 	}{
-		{"all", chsink.CallListSpec{}},
-		{"user", chsink.CallListSpec{User: "user-42"}},
-		{"rare_user", chsink.CallListSpec{User: "user-rare"}},
-		{"model_status", chsink.CallListSpec{Model: "model-3", Status: "error"}},
+		{"all", callsdb.CallListSpec{}},
+		{"user", callsdb.CallListSpec{User: "user-42"}},
+		{"rare_user", callsdb.CallListSpec{User: "user-rare"}},
+		{"model_status", callsdb.CallListSpec{Model: "model-3", Status: "error"}},
 	} {
 		s := c.spec
 		s.From, s.To, s.Limit = from, to, 50
-		_, next, err := chsink.CallList(ctx, conn, db, s)
+		_, next, err := callsdb.CallList(ctx, conn, db, s)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -67,13 +68,13 @@ func BenchmarkCallList(b *testing.B) {
 		second.After = next
 		for _, p := range []struct {
 			name string
-			spec chsink.CallListSpec
+			spec callsdb.CallListSpec
 		}{{"first", s}, {"next", second}} {
 			b.Run(c.name+"/"+p.name, func(b *testing.B) {
 				var read uint64
 				rctx := clickhouse.Context(ctx, clickhouse.WithProgress(func(pr *clickhouse.Progress) { read += pr.Rows }))
 				for range b.N {
-					page, _, err := chsink.CallList(rctx, conn, db, p.spec)
+					page, _, err := callsdb.CallList(rctx, conn, db, p.spec)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -89,7 +90,7 @@ func BenchmarkCallList(b *testing.B) {
 			}
 			b.Run("reference/"+c.name+"/"+p.name, func(b *testing.B) {
 				for range b.N {
-					r, err := conn.Query(ctx, chsink.WithDB(chsink.CallListQuery(p.spec), db))
+					r, err := conn.Query(ctx, callsdb.WithDB(callsdb.CallListQuery(p.spec), db))
 					if err == nil {
 						for r.Next() {
 						}
@@ -115,12 +116,12 @@ func benchCallListDB(b *testing.B, ctx context.Context, n int) (driver.Conn, str
 	if db == "" {
 		out, db = chTestDB(b)
 	} else {
-		out = chsink.NewOutput(chsink.OutputConfig{Addr: harness.ClickHouse(b).Native, Database: db, User: "default", MaxTextBytes: 4096, MaxInFlight: 2})
+		out = chsink.NewOutput(chsink.OutputConfig{Config: callsdb.Config{Addr: harness.ClickHouse(b).Native, Database: db, User: "default"}, MaxTextBytes: 4096, MaxInFlight: 2})
 		if err := out.Connect(ctx); err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { _ = out.Close() })
-		if _, err := (&chsink.Migrator{Conn: out.Conn(), Database: db}).Up(ctx); err != nil {
+		if _, err := (&callsdb.Migrator{Conn: out.Conn(), Database: db}).Up(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/callpipe/callpipe/schema"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // callListEnd is the end of the test ranges: the call list reads 30 days
@@ -123,7 +123,7 @@ func TestCallListCopiesAndReattribution(t *testing.T) {
 	}
 	write(moved) // a later version: it is the call now
 
-	truth := func(s chsink.CallListSpec) []string {
+	truth := func(s callsdb.CallListSpec) []string {
 		var sel []*schema.Call
 		for i := range calls {
 			c := &calls[i]
@@ -161,7 +161,7 @@ func TestCallListCopiesAndReattribution(t *testing.T) {
 	for i := range calls {
 		byID[calls[i].ID] = &calls[i]
 	}
-	cases := []chsink.CallListSpec{
+	cases := []callsdb.CallListSpec{
 		{},
 		{User: "alice"},
 		{User: "bob"},
@@ -188,7 +188,7 @@ func TestCallListCopiesAndReattribution(t *testing.T) {
 			var got []string
 			pages := 0
 			for {
-				page, next, err := chsink.CallList(ctx, out.Conn(), db, s)
+				page, next, err := callsdb.CallList(ctx, out.Conn(), db, s)
 				if err != nil {
 					t.Fatalf("%+v: %v", s, err)
 				}
@@ -223,7 +223,7 @@ func TestCallListCopiesAndReattribution(t *testing.T) {
 	for _, base := range cases {
 		s := base
 		s.From, s.To, s.Limit = from, to, 50
-		page, _, err := chsink.CallList(ctx, out.Conn(), db, s)
+		page, _, err := callsdb.CallList(ctx, out.Conn(), db, s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,21 +254,21 @@ func TestCallListReadsFew(t *testing.T) {
 		return clickhouse.Context(ctx, clickhouse.WithProgress(func(p *clickhouse.Progress) { *read += p.Rows }))
 	}
 	for _, tc := range []struct {
-		spec    chsink.CallListSpec
+		spec    callsdb.CallListSpec
 		bounded bool
 	}{
-		{chsink.CallListSpec{}, true},
-		{chsink.CallListSpec{User: "user-42"}, true},
-		{chsink.CallListSpec{Model: "model-3", Status: "ok"}, true},
-		{chsink.CallListSpec{User: "user-7", Model: "model-3", Status: "error"}, true}, // 1 in 7 keys of user-7 matches
-		{chsink.CallListSpec{User: "user-rare"}, false},
+		{callsdb.CallListSpec{}, true},
+		{callsdb.CallListSpec{User: "user-42"}, true},
+		{callsdb.CallListSpec{Model: "model-3", Status: "ok"}, true},
+		{callsdb.CallListSpec{User: "user-7", Model: "model-3", Status: "error"}, true}, // 1 in 7 keys of user-7 matches
+		{callsdb.CallListSpec{User: "user-rare"}, false},
 	} {
 		s := tc.spec
 		s.From, s.To, s.Limit = from, to, 50
 		var first30 uint64
 		for page := 1; page <= 3; page++ {
 			var read, refRead uint64
-			got, next, err := chsink.CallList(withRead(&read), out.Conn(), db, s)
+			got, next, err := callsdb.CallList(withRead(&read), out.Conn(), db, s)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -295,7 +295,7 @@ func TestCallListReadsFew(t *testing.T) {
 		s3 := tc.spec
 		s3.From, s3.To, s3.Limit = to.Add(-3*24*time.Hour), to, 50
 		var read3 uint64
-		if _, _, err := chsink.CallList(withRead(&read3), out.Conn(), db, s3); err != nil {
+		if _, _, err := callsdb.CallList(withRead(&read3), out.Conn(), db, s3); err != nil {
 			t.Fatal(err)
 		}
 		if float64(first30) > 1.5*float64(read3)+3*8192 {
@@ -303,10 +303,10 @@ func TestCallListReadsFew(t *testing.T) {
 		}
 	}
 	// Every page of the rare user, against the reference.
-	s := chsink.CallListSpec{From: from, To: to, User: "user-rare", Limit: 7}
+	s := callsdb.CallListSpec{From: from, To: to, User: "user-rare", Limit: 7}
 	var got []string
 	for {
-		page, next, err := chsink.CallList(ctx, out.Conn(), db, s)
+		page, next, err := callsdb.CallList(ctx, out.Conn(), db, s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -325,9 +325,9 @@ func TestCallListReadsFew(t *testing.T) {
 
 // referenceCallList is the page of CallListQuery (one statement over the
 // whole range): the ground truth on a small database.
-func referenceCallList(t testing.TB, ctx context.Context, conn driver.Conn, db string, s chsink.CallListSpec) []string {
+func referenceCallList(t testing.TB, ctx context.Context, conn driver.Conn, db string, s callsdb.CallListSpec) []string {
 	t.Helper()
-	rows, err := conn.Query(ctx, chsink.WithDB("SELECT id, c_ts FROM ("+chsink.CallListQuery(s)+") ORDER BY c_ts DESC, id DESC", db))
+	rows, err := conn.Query(ctx, callsdb.WithDB("SELECT id, c_ts FROM ("+callsdb.CallListQuery(s)+") ORDER BY c_ts DESC, id DESC", db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func referenceCallList(t testing.TB, ctx context.Context, conn driver.Conn, db s
 	return ids
 }
 
-func callIDs(cs []chsink.CallSummary) []string {
+func callIDs(cs []callsdb.CallSummary) []string {
 	ids := make([]string, len(cs))
 	for i := range cs {
 		ids[i] = cs[i].ID

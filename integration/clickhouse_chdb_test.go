@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TestClickHouseChDB runs every migration (twice) and every statement the
@@ -67,11 +67,11 @@ func TestClickHouseChDB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got map[string][]chsink.UsageRow
+	var got map[string][]callsdb.UsageRow
 	if err := json.Unmarshal(rb, &got); err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range chsink.AllGroupings() {
+	for _, g := range callsdb.AllGroupings() {
 		rows, ok := got[g.String()]
 		if !ok {
 			t.Fatalf("chdbcheck did not report usage %s", g)

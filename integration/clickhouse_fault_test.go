@@ -19,7 +19,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TestClickHouseSink200kSevenDays: 200,000 calls over 7 days, 5 models and 50
@@ -58,7 +58,7 @@ func TestClickHouseSink200kSevenDays(t *testing.T) {
 		t.Fatalf("first batch: %d inserts, %d rows inserted, %d acks dropped; want 4 inserts of the same %d calls, 3 unacked",
 			inserts.Load(), insertedRows.Load(), dropped.Load(), first)
 	}
-	d, rows, err := chsink.CallCounts(context.Background(), out.Conn(), db)
+	d, rows, err := callsdb.CallCounts(context.Background(), out.Conn(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestClickHouseWorkerKilledAfterInsert(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	before, _, err := chsink.CallCounts(ctx, out.Conn(), db)
+	before, _, err := callsdb.CallCounts(ctx, out.Conn(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestClickHouseWorkerKilledAfterInsert(t *testing.T) {
 	if err := w2.wait(t, time.Minute); err != nil {
 		t.Fatalf("worker exit after SIGTERM: %v\n%s", err, w2.Out.String())
 	}
-	d, rows, err := chsink.CallCounts(ctx, out.Conn(), db)
+	d, rows, err := callsdb.CallCounts(ctx, out.Conn(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestClickHouseSinkOutage60s(t *testing.T) {
 		}
 	}()
 	testkit.WaitFor(t, time.Minute, "some calls stored", func() (bool, string) {
-		d, _, err := chsink.CallCounts(context.Background(), out.Conn(), db)
+		d, _, err := callsdb.CallCounts(context.Background(), out.Conn(), db)
 		return err == nil && d >= 1000, fmt.Sprint(d, err)
 	})
 	harness.StopService(t, harness.ServiceClickHouse)

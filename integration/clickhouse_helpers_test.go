@@ -22,6 +22,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // chTestDB creates a fresh database (dropped at the end), applies the
@@ -30,7 +31,7 @@ func chTestDB(t testing.TB) (*chsink.Output, string) {
 	t.Helper()
 	addr := harness.ClickHouse(t)
 	db := "callpipe_test_" + testkit.RandomHex(t, 5)
-	out := chsink.NewOutput(chsink.OutputConfig{Addr: addr.Native, Database: db, User: "default", MaxTextBytes: 4096, MaxInFlight: 2})
+	out := chsink.NewOutput(chsink.OutputConfig{Config: callsdb.Config{Addr: addr.Native, Database: db, User: "default"}, MaxTextBytes: 4096, MaxInFlight: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := out.Connect(ctx); err != nil {
@@ -40,7 +41,7 @@ func chTestDB(t testing.TB) (*chsink.Output, string) {
 		chDropDB(t, out, db)
 		_ = out.Close()
 	})
-	if _, err := (&chsink.Migrator{Conn: out.Conn(), Database: db}).Up(ctx); err != nil {
+	if _, err := (&callsdb.Migrator{Conn: out.Conn(), Database: db}).Up(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return out, db
@@ -208,7 +209,7 @@ func waitStored(t testing.TB, n *chNATS, out *chsink.Output, db string, distinct
 	testkit.WaitFor(t, timeout, fmt.Sprintf("%d distinct calls, consumer caught up", distinct), func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		d, r, err := chsink.CallCounts(ctx, out.Conn(), db)
+		d, r, err := callsdb.CallCounts(ctx, out.Conn(), db)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -269,9 +270,9 @@ type usageKey struct {
 }
 
 // groundTruth computes what Usage must return, in Go.
-func groundTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy) []chsink.UsageRow {
+func groundTruth(calls []schema.Call, from, to time.Time, g callsdb.GroupBy) []callsdb.UsageRow {
 	type acc struct {
-		row       chsink.UsageRow
+		row       callsdb.UsageRow
 		lat, ttft []float64
 	}
 	groups := map[usageKey]*acc{}
@@ -283,9 +284,9 @@ func groundTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy) []ch
 		}
 		var k usageKey
 		switch g.Bucket {
-		case chsink.BucketHour:
+		case callsdb.BucketHour:
 			k.bucket = st.Truncate(time.Hour)
-		case chsink.BucketDay:
+		case callsdb.BucketDay:
 			k.bucket = time.Date(st.Year(), st.Month(), st.Day(), 0, 0, 0, 0, time.UTC)
 		}
 		if g.Model {
@@ -296,7 +297,7 @@ func groundTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy) []ch
 		}
 		a := groups[k]
 		if a == nil {
-			a = &acc{row: chsink.UsageRow{Bucket: k.bucket, Model: k.model, UserID: k.user}}
+			a = &acc{row: callsdb.UsageRow{Bucket: k.bucket, Model: k.model, UserID: k.user}}
 			groups[k] = a
 		}
 		a.row.Calls++
@@ -315,7 +316,7 @@ func groundTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy) []ch
 			a.ttft = append(a.ttft, float64(*c.TTFTMS))
 		}
 	}
-	out := make([]chsink.UsageRow, 0, len(groups))
+	out := make([]callsdb.UsageRow, 0, len(groups))
 	for _, a := range groups {
 		a.row.LatencyMS = exactQuantiles(a.lat)
 		if len(a.ttft) > 0 {
@@ -337,11 +338,11 @@ func groundTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy) []ch
 }
 
 // exactQuantiles mirrors ClickHouse quantileExact: element floor(level*n) of the sorted values.
-func exactQuantiles(v []float64) chsink.Quantiles {
+func exactQuantiles(v []float64) callsdb.Quantiles {
 	s := append([]float64(nil), v...)
 	sort.Float64s(s)
 	at := func(l float64) float64 { return s[min(int(l*float64(len(s))), len(s)-1)] }
-	return chsink.Quantiles{P50: at(0.5), P95: at(0.95), P99: at(0.99)}
+	return callsdb.Quantiles{P50: at(0.5), P95: at(0.95), P99: at(0.99)}
 }
 
 // checkUsage compares every grouping of Usage with the ground truth: counts,
@@ -353,8 +354,8 @@ func checkUsage(t testing.TB, conn driver.Conn, db string, calls []schema.Call, 
 	defer cancel()
 	t0 := time.Now()
 	defer func() { t.Logf("usage checks [%s, %s): %s", from, to, time.Since(t0).Round(time.Millisecond)) }()
-	for _, g := range chsink.AllGroupings() {
-		got, err := chsink.Usage(ctx, conn, db, from, to, g)
+	for _, g := range callsdb.AllGroupings() {
+		got, err := callsdb.Usage(ctx, conn, db, from, to, g)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -365,14 +366,14 @@ func checkUsage(t testing.TB, conn driver.Conn, db string, calls []schema.Call, 
 	}
 }
 
-func diffUsage(got, want []chsink.UsageRow) error {
+func diffUsage(got, want []callsdb.UsageRow) error {
 	if len(got) != len(want) {
 		return fmt.Errorf("%d rows, want %d", len(got), len(want))
 	}
 	near := func(a, b, rel float64) bool {
 		return math.Abs(a-b) <= rel*math.Max(math.Abs(a), math.Abs(b))+1e-12
 	}
-	nearQ := func(a, b chsink.Quantiles) bool {
+	nearQ := func(a, b callsdb.Quantiles) bool {
 		return near(a.P50, b.P50, 0.01) && near(a.P95, b.P95, 0.01) && near(a.P99, b.P99, 0.01)
 	}
 	for i := range want {

@@ -10,17 +10,18 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 func TestClickHouseMigrateTwiceIsNoop(t *testing.T) {
 	out, db := chTestDB(t) // first run applied everything
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	migs, err := chsink.Migrations()
+	migs, err := callsdb.Migrations()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &chsink.Migrator{Conn: out.Conn(), Database: db}
+	m := &callsdb.Migrator{Conn: out.Conn(), Database: db}
 	applied, err := m.Applied(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func TestClickHouseMigrateTwiceIsNoop(t *testing.T) {
 
 func TestClickHouseMigrateConcurrent(t *testing.T) {
 	addr := harness.ClickHouse(t)
-	migs, err := chsink.Migrations()
+	migs, err := callsdb.Migrations()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestClickHouseMigrateConcurrent(t *testing.T) {
 		outs := make([]*chsink.Output, replicas)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		for i := range outs {
-			outs[i] = chsink.NewOutput(chsink.OutputConfig{Addr: addr.Native, Database: db, User: "default"})
+			outs[i] = chsink.NewOutput(chsink.OutputConfig{Config: callsdb.Config{Addr: addr.Native, Database: db, User: "default"}})
 			if err := outs[i].Connect(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +86,7 @@ func TestClickHouseMigrateConcurrent(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				_, errs[i] = (&chsink.Migrator{Conn: outs[i].Conn(), Database: db}).Up(ctx)
+				_, errs[i] = (&callsdb.Migrator{Conn: outs[i].Conn(), Database: db}).Up(ctx)
 			}()
 		}
 		close(start)
@@ -95,7 +96,7 @@ func TestClickHouseMigrateConcurrent(t *testing.T) {
 				t.Errorf("round %d: migrator %d: %v", round, i, err)
 			}
 		}
-		applied, err := (&chsink.Migrator{Conn: outs[0].Conn(), Database: db}).Applied(ctx)
+		applied, err := (&callsdb.Migrator{Conn: outs[0].Conn(), Database: db}).Applied(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +104,7 @@ func TestClickHouseMigrateConcurrent(t *testing.T) {
 			t.Errorf("round %d: %d versions recorded, want %d", round, len(applied), len(migs))
 		}
 		// and the schema works: a later migrator is a no-op
-		if done, err := (&chsink.Migrator{Conn: outs[1].Conn(), Database: db}).Up(ctx); err != nil || len(done) != 0 {
+		if done, err := (&callsdb.Migrator{Conn: outs[1].Conn(), Database: db}).Up(ctx); err != nil || len(done) != 0 {
 			t.Errorf("round %d: re-run after the race: applied %v, err %v", round, done, err)
 		}
 		chDropDB(t, outs[0], db)

@@ -12,11 +12,12 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 func chPartitions(t *testing.T, out *chsink.Output, db, table string) []string {
 	t.Helper()
-	rows, err := out.Conn().Query(context.Background(), chsink.WithDB(chsink.PartitionsQuery(table), db))
+	rows, err := out.Conn().Query(context.Background(), callsdb.WithDB(callsdb.PartitionsQuery(table), db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,17 +54,17 @@ func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 	// calls kept 2 days, at 2026-11-06 12:00: days up to 11-03 are expired,
 	// but nothing is sealed yet: their usage would be lost, so they stay
 	now := chBase.Add(5*24*time.Hour + 12*time.Hour)
-	dropped, err := chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{Calls: 2}, now, nil)
+	dropped, err := callsdb.DropExpired(ctx, out.Conn(), db, callsdb.Topology{}, callsdb.Retention{Calls: 2}, now, nil)
 	if err != nil || len(dropped) != 0 {
 		t.Fatalf("unsealed days dropped: %v (err %v)", dropped, err)
 	}
 	// the sealer's clock a minute ahead of the marks the late writes just
 	// made (else they are within ClockSkew of the seals, which stay dirty)
-	sealer := &chsink.Sealer{Conn: out.Conn(), Database: db, Now: func() time.Time { return time.Now().Add(time.Minute) }}
+	sealer := &callsdb.Sealer{Conn: out.Conn(), Database: db, Now: func() time.Time { return time.Now().Add(time.Minute) }}
 	if _, _, err := sealer.Rebuild(ctx, chBase, chBase.AddDate(0, 0, 7), nil); err != nil {
 		t.Fatal(err)
 	}
-	dropped, err = chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{Calls: 2}, now, nil)
+	dropped, err = callsdb.DropExpired(ctx, out.Conn(), db, callsdb.Topology{}, callsdb.Retention{Calls: 2}, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,19 +80,19 @@ func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 			kept = append(kept, calls[i])
 		}
 	}
-	if d, _, err := chsink.CallCounts(ctx, out.Conn(), db); err != nil || d != uint64(len(kept)) {
+	if d, _, err := callsdb.CallCounts(ctx, out.Conn(), db); err != nil || d != uint64(len(kept)) {
 		t.Fatalf("calls after retention: %d (err %v), want %d", d, err, len(kept))
 	}
 	// the rollups have their own retention (none here): still every call
 	checkUsage(t, out.Conn(), db, calls, chBase, chBase.AddDate(0, 0, 7))
-	if again, err := chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{Calls: 2}, now, nil); err != nil || len(again) != 0 {
+	if again, err := callsdb.DropExpired(ctx, out.Conn(), db, callsdb.Topology{}, callsdb.Retention{Calls: 2}, now, nil); err != nil || len(again) != 0 {
 		t.Fatalf("second run dropped %v (err %v), want nothing", again, err)
 	}
 
 	// rollups kept 10 days, at 2026-12-12: November ended 12-01, +10 days
 	// passed; the dirty marks follow the calls' retention (40 days: kept)
 	dec := time.Date(2026, 12, 12, 0, 0, 0, 0, time.UTC)
-	dropped, err = chsink.DropExpired(ctx, out.Conn(), db, chsink.Topology{}, chsink.Retention{Calls: 40, Rollups: 10}, dec, nil)
+	dropped, err = callsdb.DropExpired(ctx, out.Conn(), db, callsdb.Topology{}, callsdb.Retention{Calls: 40, Rollups: 10}, dec, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,8 +100,8 @@ func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 		t.Fatalf("dropped %v, want %v", dropped, want)
 	}
 	// without seals every hour is read from the calls that are left
-	g := chsink.GroupBy{Bucket: chsink.BucketDay, Model: true, User: true}
-	got, err := chsink.Usage(ctx, out.Conn(), db, chBase, chBase.AddDate(0, 0, 7), g)
+	g := callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true, User: true}
+	got, err := callsdb.Usage(ctx, out.Conn(), db, chBase, chBase.AddDate(0, 0, 7), g)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 var chBase = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
@@ -68,7 +68,7 @@ func TestClickHouseSinkExactUnderRedelivery(t *testing.T) {
 	stop2()
 	t.Logf("full replay stored")
 
-	d, stored, err := chsink.CallCounts(ctx, out.Conn(), db)
+	d, stored, err := callsdb.CallCounts(ctx, out.Conn(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,11 +160,11 @@ func TestClickHouseSinkGracefulShutdown(t *testing.T) {
 		}
 		return ci.NumPending == 0 && ci.NumAckPending == len(calls), "delivering"
 	})
-	if d, _, err := chsink.CallCounts(ctx, out.Conn(), db); err != nil || d != 0 {
+	if d, _, err := callsdb.CallCounts(ctx, out.Conn(), db); err != nil || d != 0 {
 		t.Fatalf("before stop: %d calls stored (err %v), want 0 (batch not due)", d, err)
 	}
 	stop()
-	d, r, err := chsink.CallCounts(ctx, out.Conn(), db)
+	d, r, err := callsdb.CallCounts(ctx, out.Conn(), db)
 	if err != nil || d != uint64(len(calls)) || r != uint64(len(calls)) {
 		t.Fatalf("after stop: %d calls / %d rows (err %v), want %d", d, r, err, len(calls))
 	}

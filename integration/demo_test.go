@@ -17,8 +17,8 @@ import (
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/workload"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/workload"
 )
 
 // TestDemoEndToEnd runs `callpipe demo --exit` — the README's main job — on
@@ -101,7 +101,7 @@ func TestDemoEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	rows, err := chsink.Usage(ctx, conn, db, summary.From, summary.To, chsink.GroupBy{Model: true})
+	rows, err := callsdb.Usage(ctx, conn, db, summary.From, summary.To, callsdb.GroupBy{Model: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // doctorEnv is the environment of `callpipe doctor` against this stack: a
@@ -231,7 +231,7 @@ func TestDoctorUsesSavedLangfuseSettings(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := settings.Open(ctx, js, 1)
+	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/export"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
+	"github.com/callpipe/callpipe/serve/export"
 )
 
 // TestExportAPI drives POST /api/v1/exports and GET /api/v1/exports/{id}

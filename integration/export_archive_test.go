@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/export"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/serve/export"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // TestExportArchive exports raw archive objects (written with the archive
@@ -33,7 +33,7 @@ func TestExportArchive(t *testing.T) {
 	for h := 0; h < 4; h++ {
 		hour := exportBase.Add(time.Duration(h) * time.Hour)
 		for obj := 0; obj < 2; obj++ {
-			b, err := archive.NewBuilder(prefix, "CALLPIPE_CALLS", "default", hour, time.Now())
+			b, err := rawarchive.NewBuilder(prefix, "CALLPIPE_CALLS", "default", hour, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -51,14 +51,14 @@ func TestExportArchive(t *testing.T) {
 				}
 				all = append(all, line{b: raw, start: start, model: model})
 			}
-			built, err := b.Finish(archive.FlushSize, time.Now())
+			built, err := b.Finish(rawarchive.FlushSize, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := archive.PutManifest(ctx, e.s3, e.bucket, built); err != nil {
+			if err := rawarchive.PutManifest(ctx, e.s3, e.bucket, built, nil); err != nil {
 				t.Fatal(err)
 			}
-			if err := archive.PutData(ctx, e.s3, e.bucket, built, 16<<20); err != nil {
+			if err := rawarchive.PutData(ctx, e.s3, e.bucket, built, 16<<20, nil); err != nil {
 				t.Fatal(err)
 			}
 		}

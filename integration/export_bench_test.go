@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/serve/export"
 )
 
 // BenchmarkExport exports 20,000 calls (~2.5 KB of text each, 2 days,

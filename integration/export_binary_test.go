@@ -12,8 +12,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/callpipe/callpipe/export"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
+	"github.com/callpipe/callpipe/serve/export"
 )
 
 // exportArgs is a callpipe export of the fixture's range to prefix.

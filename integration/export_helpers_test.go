@@ -21,12 +21,13 @@ import (
 	"github.com/parquet-go/parquet-go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/callpipe/callpipe/export"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/serve/export"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // exportEnv is a fresh ClickHouse database seeded with calls through the
@@ -50,7 +51,7 @@ func newExportEnv(t testing.TB, n int) *exportEnv {
 	t.Helper()
 	_, db := chTestDB(t)
 	e := &exportEnv{db: db, chAddr: harness.ClickHouse(t).Native}
-	e.seed = chsink.NewOutput(chsink.OutputConfig{Addr: e.chAddr, Database: db, User: "default", MaxInFlight: 1})
+	e.seed = chsink.NewOutput(chsink.OutputConfig{Config: callsdb.Config{Addr: e.chAddr, Database: db, User: "default"}, MaxInFlight: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := e.seed.Connect(ctx); err != nil {
@@ -59,7 +60,7 @@ func newExportEnv(t testing.TB, n int) *exportEnv {
 	t.Cleanup(func() { _ = e.seed.Close() })
 
 	e.s3cfg = harness.S3(t)
-	c, err := archive.NewClient(archive.S3Config{Endpoint: e.s3cfg.Endpoint, AccessKey: e.s3cfg.AccessKey, SecretKey: e.s3cfg.SecretKey, UseSSL: e.s3cfg.UseSSL, PathStyle: true})
+	c, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: e.s3cfg.Endpoint, AccessKey: e.s3cfg.AccessKey, SecretKey: e.s3cfg.SecretKey, UseSSL: e.s3cfg.UseSSL, PathStyle: true})
 	if err != nil {
 		t.Fatal(err)
 	}

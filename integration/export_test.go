@@ -9,7 +9,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/serve/export"
 )
 
 // TestExportFormats exports a range of calls stored in ClickHouse 18.16

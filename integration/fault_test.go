@@ -24,9 +24,9 @@ import (
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/sinks/archive"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/workload"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/workload"
 )
 
 // The fault suite (issue "Benchmark and fault suite"): one pipeline of
@@ -148,8 +148,9 @@ func TestFaultSuite(t *testing.T) {
 		t.Fatalf("migrate: %v\n%s", err, out)
 	}
 	for k := range 5 {
-		add := exec.Command(bin, "users", "add", "--key", "xf-faultkey"+strconv.Itoa(k), "--user", "keyuser-"+strconv.Itoa(k))
+		add := exec.Command(bin, "users", "add", "--key-file", "-", "--user", "keyuser-"+strconv.Itoa(k))
 		add.Env = env
+		add.Stdin = strings.NewReader("xf-faultkey" + strconv.Itoa(k))
 		if out, err := add.CombinedOutput(); err != nil {
 			t.Fatalf("users add: %v\n%s", err, out)
 		}
@@ -348,7 +349,7 @@ func TestFaultSuite(t *testing.T) {
 	}
 	row("clickhouse distinct ids", calls, distinct)
 	row("clickhouse rows (FINAL)", calls, final)
-	usage, err := chsink.Usage(ctx, conn, db, start.Add(-time.Hour), time.Now().Add(time.Hour), chsink.GroupBy{Model: true})
+	usage, err := callsdb.Usage(ctx, conn, db, start.Add(-time.Hour), time.Now().Add(time.Hour), callsdb.GroupBy{Model: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,18 +368,18 @@ func TestFaultSuite(t *testing.T) {
 	row("rollup input tokens", int64(calls)*faultTokensIn, uIn)
 	row("rollup output tokens", int64(calls)*faultTokensOut, uOut)
 
-	mc, err := archive.NewClient(archive.S3Config{Endpoint: s3.Endpoint, AccessKey: s3.AccessKey, SecretKey: s3.SecretKey, PathStyle: true})
+	mc, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: s3.Endpoint, AccessKey: s3.AccessKey, SecretKey: s3.SecretKey, PathStyle: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := archive.Keys(ctx, mc, bucket, "raw/v1", start.Add(-2*time.Hour), time.Now().Add(time.Hour))
+	objs, err := rawarchive.Keys(ctx, mc, bucket, "raw/v1", start.Add(-2*time.Hour), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	archived := map[string]int{}
 	lines := 0
 	for _, o := range objs {
-		if err := archive.ReadObject(ctx, mc, bucket, o.Key, func(line []byte) error {
+		if err := rawarchive.ReadObject(ctx, mc, bucket, o.Key, func(line []byte) error {
 			lines++
 			i := bytes.Index(line, []byte(`"id":"`))
 			if i < 0 {

@@ -14,9 +14,9 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
-	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/replay"
 )
 
 // replayFixture is an archive of two hourly objects written straight to
@@ -43,7 +43,7 @@ func newReplayFixture(t *testing.T, perHour int) *replayFixture {
 	for h := range 2 {
 		hour := day.Add(time.Duration(h) * time.Hour)
 		evs := archEvents(fmt.Sprintf("%s-h%d", e.run, h), perHour, hour, 1, 200, uint64(11+h))
-		bl, err := archive.NewBuilder(e.prefix, bus.CallsStream, "fastest", hour, time.Now())
+		bl, err := rawarchive.NewBuilder(e.prefix, bus.CallsStream, "fastest", hour, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,14 +69,14 @@ func newReplayFixture(t *testing.T, perHour int) *replayFixture {
 			}
 		}
 		f.lines += int64(seq)
-		built, err := bl.Finish(archive.FlushSize, time.Now())
+		built, err := bl.Finish(rawarchive.FlushSize, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := archive.PutManifest(ctx, e.s3, archBucket, built); err != nil {
+		if err := rawarchive.PutManifest(ctx, e.s3, archBucket, built, nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := archive.PutData(ctx, e.s3, archBucket, built, 16<<20); err != nil {
+		if err := rawarchive.PutData(ctx, e.s3, archBucket, built, 16<<20, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TestReplayDayIntoFreshClickHouse archives a day of calls while normalize
@@ -41,7 +42,7 @@ func TestReplayDayIntoFreshClickHouse(t *testing.T) {
 	total := func(out *chsink.Output, db string) (uint64, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		rows, err := chsink.Usage(ctx, out.Conn(), db, from, to, chsink.GroupBy{})
+		rows, err := callsdb.Usage(ctx, out.Conn(), db, from, to, callsdb.GroupBy{})
 		if err != nil {
 			return 0, err.Error()
 		}
@@ -185,12 +186,12 @@ func compareUsage(t testing.TB, outA *chsink.Output, dbA string, outB *chsink.Ou
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	for _, g := range chsink.AllGroupings() {
-		a, err := chsink.Usage(ctx, outA.Conn(), dbA, from, to, g)
+	for _, g := range callsdb.AllGroupings() {
+		a, err := callsdb.Usage(ctx, outA.Conn(), dbA, from, to, g)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := chsink.Usage(ctx, outB.Conn(), dbB, from, to, g)
+		b, err := callsdb.Usage(ctx, outB.Conn(), dbB, from, to, g)
 		if err != nil {
 			t.Fatal(err)
 		}

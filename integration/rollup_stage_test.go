@@ -11,7 +11,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TestClickHouseStageSealsRollups: the clickhouse worker stage seals the
@@ -29,7 +29,7 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 	w1, w2 := startCHWorker(t, n, db, env...), startCHWorker(t, n, db, env...)
 	waitStored(t, n, out, db, uint64(len(calls)), 2*time.Minute)
 
-	status := func() chsink.RollupStatus {
+	status := func() callsdb.RollupStatus {
 		t.Helper()
 		cmd := exec.Command(testkit.Binary(t), "rollup", "status", "--json")
 		cmd.Env = append(os.Environ(), "CALLPIPE_CLICKHOUSE_ADDR="+harness.ClickHouse(t).Native, "CALLPIPE_CLICKHOUSE_DATABASE="+db)
@@ -37,13 +37,13 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 		if err != nil {
 			t.Fatalf("callpipe rollup status: %v", err)
 		}
-		var st chsink.RollupStatus
+		var st callsdb.RollupStatus
 		if err := json.Unmarshal(b, &st); err != nil {
 			t.Fatalf("rollup status --json: %v\n%s", err, b)
 		}
 		return st
 	}
-	sealedDays := func(want int) chsink.RollupStatus {
+	sealedDays := func(want int) callsdb.RollupStatus {
 		t.Helper()
 		deadline := time.Now().Add(time.Minute)
 		for {
@@ -61,7 +61,7 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 	t.Logf("sealed through %s, %d hours and %d days sealed", st.SealedThrough, st.SealedHours, st.SealedDays)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	got, err := chsink.UsageOf(ctx, out.Conn(), db, chsink.UsageSpec{From: base, To: base.AddDate(0, 0, 2), Group: chsink.GroupBy{Model: true}})
+	got, err := callsdb.UsageOf(ctx, out.Conn(), db, callsdb.UsageSpec{From: base, To: base.AddDate(0, 0, 2), Group: callsdb.GroupBy{Model: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestClickHouseStageSealsRollups(t *testing.T) {
 	all := append(append(calls[:0:0], calls...), late...)
 	waitStored(t, n, out, db, uint64(len(all)), 2*time.Minute)
 	checkUsage(t, out.Conn(), db, all, base, base.AddDate(0, 0, 2))
-	time.Sleep(chsink.ClockSkew) // marks within the skew of a seal keep the hour dirty a pass longer
+	time.Sleep(callsdb.ClockSkew) // marks within the skew of a seal keep the hour dirty a pass longer
 	st = sealedDays(3)
 	checkUsage(t, out.Conn(), db, all, base, base.AddDate(0, 0, 2))
 	t.Logf("late calls sealed again: %d hours, %d days sealed", st.SealedHours, st.SealedDays)

@@ -18,7 +18,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // rollupTestCalls is how many distinct calls the scale test loads:
@@ -96,7 +96,7 @@ GROUP BY h, m, u, s, b`, db, d.Unix(), min(d.Add(24*time.Hour).Unix(), to.Unix()
 
 // usage aggregates the oracle for one spec (zones with whole-hour offsets:
 // hours map into their buckets whole).
-func (o rollupOracle) usage(s chsink.UsageSpec, loc *time.Location) map[string]fineAgg {
+func (o rollupOracle) usage(s callsdb.UsageSpec, loc *time.Location) map[string]fineAgg {
 	out := map[string]fineAgg{}
 	for k, a := range o {
 		if k.hour < s.From.Unix() || k.hour >= s.To.Unix() {
@@ -122,12 +122,12 @@ func addAgg(a, b fineAgg) fineAgg {
 	return a
 }
 
-func oracleKey(g chsink.GroupBy, at time.Time, model, user, source string) string {
+func oracleKey(g callsdb.GroupBy, at time.Time, model, user, source string) string {
 	var parts []string
 	switch g.Bucket {
-	case chsink.BucketHour:
+	case callsdb.BucketHour:
 		parts = append(parts, at.Truncate(time.Hour).Format(time.RFC3339))
-	case chsink.BucketDay:
+	case callsdb.BucketDay:
 		y, m, d := at.Date()
 		parts = append(parts, time.Date(y, m, d, 0, 0, 0, 0, at.Location()).Format(time.RFC3339))
 	}
@@ -163,12 +163,12 @@ func checkRollupUsageEvery(t *testing.T, conn driver.Conn, db string, o rollupOr
 	}
 	sealed := 0
 	var worst time.Duration
-	for i, g := range append(chsink.AllGroupings(), chsink.AllSourceGroupings()...) {
+	for i, g := range append(callsdb.AllGroupings(), callsdb.AllSourceGroupings()...) {
 		if i%nth != 0 {
 			continue
 		}
 		for _, loc := range []*time.Location{time.UTC, ny} {
-			s := chsink.UsageSpec{From: from, To: to, Group: g}
+			s := callsdb.UsageSpec{From: from, To: to, Group: g}
 			if loc != time.UTC {
 				s.TZ = loc.String()
 				// New York days start at 04:00/05:00 UTC: whole hours, so the range
@@ -186,7 +186,7 @@ func checkRollupUsageEvery(t *testing.T, conn driver.Conn, db string, o rollupOr
 				s.Filter.Source, s.Filter.BatchID = "batch", fmt.Sprintf("batch-%d", from.Add(72*time.Hour).Unix()/86400)
 			}
 			t0 := time.Now()
-			got, err := chsink.UsageOf(ctx, conn, db, s)
+			got, err := callsdb.UsageOf(ctx, conn, db, s)
 			if err != nil {
 				t.Fatalf("%s: usage %s %s: %v", what, g, loc, err)
 			}
@@ -244,8 +244,8 @@ GROUP BY b, m`, zone, db, d.Unix(), min(d.Add(24*time.Hour).Unix(), to.Unix())))
 		}
 		_ = rows.Close()
 	}
-	got, err := chsink.UsageOf(ctx, conn, db, chsink.UsageSpec{From: from, To: to, TZ: zone, SkipPercentiles: true,
-		Group: chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}})
+	got, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, TZ: zone, SkipPercentiles: true,
+		Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +268,7 @@ func checkHistogramBound(t *testing.T, conn driver.Conn, db string, days ...time
 	defer cancel()
 	checked := 0
 	for _, d := range days {
-		got, err := chsink.UsageOf(ctx, conn, db, chsink.UsageSpec{From: d, To: d.Add(24 * time.Hour), Group: chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}})
+		got, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: d, To: d.Add(24 * time.Hour), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -301,14 +301,14 @@ GROUP BY m`, db, d.Unix(), d.Add(24*time.Hour).Unix()))
 				if q[1] == 0 && q[0] == 0 {
 					continue
 				}
-				if rel := math.Abs(q[0]-q[1]) / q[1]; rel > chsink.HistogramRelativeError {
-					t.Fatalf("day %s model %s quantile %d: histogram %v, exact %v: relative error %.5f > %.5f", d, r.Model, i, q[0], q[1], rel, chsink.HistogramRelativeError)
+				if rel := math.Abs(q[0]-q[1]) / q[1]; rel > callsdb.HistogramRelativeError {
+					t.Fatalf("day %s model %s quantile %d: histogram %v, exact %v: relative error %.5f > %.5f", d, r.Model, i, q[0], q[1], rel, callsdb.HistogramRelativeError)
 				}
 				checked++
 			}
 		}
 	}
-	t.Logf("histogram quantiles within %.2f%% of exact: %d checked", 100*chsink.HistogramRelativeError, checked)
+	t.Logf("histogram quantiles within %.2f%% of exact: %d checked", 100*callsdb.HistogramRelativeError, checked)
 }
 
 // runRebuild runs `callpipe rollup rebuild` on db; killAt > 0 SIGKILLs it
@@ -370,17 +370,17 @@ func TestRollupAtScale(t *testing.T) {
 	defer cancel()
 	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -32)
 	to := from.AddDate(0, 0, 30)
-	load := chsink.SyntheticLoad{Calls: n, From: from, Span: to.Sub(from), Models: 12, Users: 200, DuplicatePercent: 2, Seed: 7}
+	load := callsdb.SyntheticLoad{Calls: n, From: from, Span: to.Sub(from), Models: 12, Users: 200, DuplicatePercent: 2, Seed: 7}
 	t0 := time.Now()
 	const chunk = 2_500_000
 	for lo := uint64(0); lo < n; lo += chunk {
 		for _, st := range load.Statements(lo, min(lo+chunk, n)) {
-			if err := conn.Exec(ctx, chsink.WithDB(st, db)); err != nil {
+			if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	distinct, stored, err := chsink.CallCounts(ctx, conn, db)
+	distinct, stored, err := callsdb.CallCounts(ctx, conn, db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,7 +401,7 @@ func TestRollupAtScale(t *testing.T) {
 	t0 = time.Now()
 	runRebuild(t, db, from, to, 0)
 	t.Logf("rebuild of 30 days: %s", time.Since(t0).Round(time.Second))
-	st, err := chsink.Status(ctx, conn, db, chsink.DefaultSealAfter, time.Now())
+	st, err := callsdb.Status(ctx, conn, db, callsdb.DefaultSealAfter, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,12 +435,12 @@ func TestRollupAtScale(t *testing.T) {
 	for h := lateDay; h.Before(lateDay.Add(3 * time.Hour)); h = h.Add(time.Hour) {
 		hours = append(hours, h.Unix())
 	}
-	if err := chsink.MarkDirty(ctx, conn, db, chsink.Topology{}, hours, "test re-attribution", time.Now()); err != nil {
+	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, hours, "test re-attribution", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	o.loadDays(t, conn, db, lateDay, lateDay.Add(24*time.Hour))
 	checkRollupUsageEvery(t, conn, db, o, from, to, "late calls, not sealed again yet", 3)
-	sealer := &chsink.Sealer{Conn: conn, Database: db}
+	sealer := &callsdb.Sealer{Conn: conn, Database: db}
 	res, err := sealer.Pass(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -451,11 +451,11 @@ func TestRollupAtScale(t *testing.T) {
 	checkRollupUsageEvery(t, conn, db, o, from, to, "late calls sealed again within the clock skew of their marks", 3)
 	// a mark within ClockSkew of a seal's start keeps its hour dirty: the
 	// next pass after the skew seals it again (and then its day)
-	time.Sleep(chsink.ClockSkew + time.Second)
+	time.Sleep(callsdb.ClockSkew + time.Second)
 	if _, err = sealer.Pass(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st, err = chsink.Status(ctx, conn, db, chsink.DefaultSealAfter, time.Now()); err != nil || len(st.Dirty) != 0 || len(st.Unsealed) != 0 || st.SealedDays < 30 {
+	if st, err = callsdb.Status(ctx, conn, db, callsdb.DefaultSealAfter, time.Now()); err != nil || len(st.Dirty) != 0 || len(st.Unsealed) != 0 || st.SealedDays < 30 {
 		t.Fatalf("after sealing again: dirty %v, unsealed %v, %d days sealed (err %v)", st.Dirty, st.Unsealed, st.SealedDays, err)
 	}
 	checkRollupUsage(t, conn, db, o, from, to, "late calls sealed again")
@@ -471,7 +471,7 @@ func TestRollupAtScale(t *testing.T) {
 	for h := replayDay; h.Before(replayDay.Add(24 * time.Hour)); h = h.Add(time.Hour) {
 		hours = append(hours, h.Unix())
 	}
-	if err := chsink.MarkDirty(ctx, conn, db, chsink.Topology{}, hours, "replay", time.Now()); err != nil {
+	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, hours, "replay", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	checkRollupUsageEvery(t, conn, db, o, from, to, "day replayed twice, not sealed again yet", 3)

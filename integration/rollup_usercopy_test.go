@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TestRollupUserFilterWithAndWithoutCopy: reads filtered by one user equal
@@ -20,21 +20,21 @@ func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
 	defer cancel()
 	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -4)
 	to := from.AddDate(0, 0, 3)
-	load := chsink.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 11}
+	load := callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 11}
 	for _, st := range load.Statements(0, load.Calls) {
-		if err := conn.Exec(ctx, chsink.WithDB(st, db)); err != nil {
+		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	o := rollupOracle{}
 	o.loadDays(t, conn, db, from, to)
-	sealer := &chsink.Sealer{Conn: conn, Database: db}
+	sealer := &callsdb.Sealer{Conn: conn, Database: db}
 	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
 		t.Fatal(err)
 	}
-	status := func() chsink.RollupStatus {
+	status := func() callsdb.RollupStatus {
 		t.Helper()
-		st, err := chsink.Status(ctx, conn, db, chsink.DefaultSealAfter, time.Now())
+		st, err := callsdb.Status(ctx, conn, db, callsdb.DefaultSealAfter, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -53,10 +53,10 @@ func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
 		// the range) with and without a user filter
 		for _, rg := range [][2]time.Time{{from, to}, {from.Add(5 * time.Hour), to.Add(-7 * time.Hour)}, {from.Add(19 * time.Hour), to.Add(-20 * time.Hour)}} {
 			for _, user := range []string{"user-0", "user-29", "user-nobody", ""} {
-				for _, g := range []chsink.GroupBy{{Bucket: chsink.BucketDay, Model: true}, {Bucket: chsink.BucketHour}, {Model: true, User: true}, {Model: true}, {Bucket: chsink.BucketDay}} {
+				for _, g := range []callsdb.GroupBy{{Bucket: callsdb.BucketDay, Model: true}, {Bucket: callsdb.BucketHour}, {Model: true, User: true}, {Model: true}, {Bucket: callsdb.BucketDay}} {
 					for _, loc := range []*time.Location{time.UTC, mustLoad(t, "America/New_York"), mustLoad(t, "Asia/Tokyo")} {
-						s := chsink.UsageSpec{From: rg[0], To: rg[1], Group: g, TZ: loc.String(), Filter: chsink.UsageFilter{User: user}, SkipPercentiles: user == "user-29"}
-						got, err := chsink.UsageOf(ctx, conn, db, s)
+						s := callsdb.UsageSpec{From: rg[0], To: rg[1], Group: g, TZ: loc.String(), Filter: callsdb.UsageFilter{User: user}, SkipPercentiles: user == "user-29"}
+						got, err := callsdb.UsageOf(ctx, conn, db, s)
 						if err != nil {
 							t.Fatalf("%s: %v", what, err)
 						}
@@ -90,7 +90,7 @@ func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
 		"DROP TABLE {db}.seals_old",
 		"TRUNCATE TABLE {db}.usage_rollup_by_user",
 	} {
-		if err := conn.Exec(ctx, chsink.WithDB(st, db)); err != nil {
+		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
 			t.Fatalf("%s: %v", st, err)
 		}
 	}

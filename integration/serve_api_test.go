@@ -12,8 +12,9 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/serve/usageapi"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // serveBase is the first day of the API tests' data set: the week around
@@ -44,7 +45,7 @@ func serveAPI(t *testing.T, n int) (base string, calls []schema.Call, out *chsin
 func TestServeUsageAPI(t *testing.T) {
 	base, calls, _, _ := serveAPI(t, 1500)
 	t0 := time.Now()
-	check := func(name string, params url.Values, from, to time.Time, g chsink.GroupBy, f chsink.UsageFilter, loc *time.Location) usageapi.UsageResponse {
+	check := func(name string, params url.Values, from, to time.Time, g callsdb.GroupBy, f callsdb.UsageFilter, loc *time.Location) usageapi.UsageResponse {
 		t.Helper()
 		var got usageapi.UsageResponse
 		apiGet(t, base, "/api/v1/usage", params, "", http.StatusOK, &got)
@@ -63,13 +64,13 @@ func TestServeUsageAPI(t *testing.T) {
 	utc := time.UTC
 	ny, _ := time.LoadLocation("America/New_York")
 	kolkata, _ := time.LoadLocation("Asia/Kolkata")
-	groupings := append(chsink.AllGroupings(), chsink.AllSourceGroupings()...)
+	groupings := append(callsdb.AllGroupings(), callsdb.AllSourceGroupings()...)
 	from, to := serveBase.Add(13*time.Hour+5*time.Minute), serveBase.Add(8*24*time.Hour+time.Second)
 	// Every combination in New York (the range spans its DST start); the
 	// time-bucketed ones also in UTC and in a zone with a half-hour offset.
-	var bucketed []chsink.GroupBy
+	var bucketed []callsdb.GroupBy
 	for _, g := range groupings {
-		if g.Bucket != chsink.BucketNone && (g.Model == g.User) {
+		if g.Bucket != callsdb.BucketNone && (g.Model == g.User) {
 			bucketed = append(bucketed, g)
 		}
 	}
@@ -83,8 +84,8 @@ func TestServeUsageAPI(t *testing.T) {
 			if loc != utc {
 				p.Set("tz", loc.String())
 			}
-			got := check(g.String()+" "+loc.String(), p, from, to, g, chsink.UsageFilter{}, loc)
-			if g == (chsink.GroupBy{Bucket: chsink.BucketHour}) && loc == ny {
+			got := check(g.String()+" "+loc.String(), p, from, to, g, callsdb.UsageFilter{}, loc)
+			if g == (callsdb.GroupBy{Bucket: callsdb.BucketHour}) && loc == ny {
 				// The DST start: 01:00 EST is followed by 03:00 EDT.
 				var hours []string
 				for _, r := range got.Rows {
@@ -103,20 +104,20 @@ func TestServeUsageAPI(t *testing.T) {
 	// Dates are whole days in tz, to inclusive; 8 March has 23 hours in New York.
 	dayFrom, dayTo := time.Date(2026, 3, 7, 0, 0, 0, 0, ny), time.Date(2026, 3, 9, 0, 0, 0, 0, ny)
 	got := check("dates NY", url.Values{"from": {"2026-03-07"}, "to": {"2026-03-08"}, "tz": {"America/New_York"}, "group_by": {"hour"}},
-		dayFrom, dayTo, chsink.GroupBy{Bucket: chsink.BucketHour}, chsink.UsageFilter{}, ny)
+		dayFrom, dayTo, callsdb.GroupBy{Bucket: callsdb.BucketHour}, callsdb.UsageFilter{}, ny)
 	if len(got.Rows) != 24+23 {
 		t.Errorf("7-8 March in New York: %d hours, want 47", len(got.Rows))
 	}
 	check("dates UTC by day", url.Values{"from": {"2026-03-04"}, "to": {"2026-03-06"}, "group_by": {"day,model"}},
-		time.Date(2026, 3, 4, 0, 0, 0, 0, utc), time.Date(2026, 3, 7, 0, 0, 0, 0, utc), chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, chsink.UsageFilter{}, utc)
+		time.Date(2026, 3, 4, 0, 0, 0, 0, utc), time.Date(2026, 3, 7, 0, 0, 0, 0, utc), callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, callsdb.UsageFilter{}, utc)
 
 	// Filters (a quote in a value, batch jobs), alone and combined.
-	for _, f := range []chsink.UsageFilter{
+	for _, f := range []callsdb.UsageFilter{
 		{Model: "qwen2.5-7b"}, {User: "o'brien"}, {Source: "batch"}, {Source: "online"}, {BatchID: "job-2"},
 		{Model: "llama-3.1-8b", User: "alice", Source: "online"}, {Source: "batch", BatchID: "job-1", User: "bob"},
 		{Model: "no-such-model"}, {User: `x' OR '1'='1`}, {Model: `qwen2.5-7b\`}, // no SQL injection through a value
 	} {
-		for _, g := range []chsink.GroupBy{{Bucket: chsink.BucketDay, Model: true}, {User: true, Source: true}, {Bucket: chsink.BucketHour}} {
+		for _, g := range []callsdb.GroupBy{{Bucket: callsdb.BucketDay, Model: true}, {User: true, Source: true}, {Bucket: callsdb.BucketHour}} {
 			p := url.Values{"from": {from.Format(time.RFC3339)}, "to": {to.Format(time.RFC3339)}, "group_by": {groupByParam(g)}, "tz": {"Asia/Kolkata"}}
 			for k, v := range map[string]string{"model": f.Model, "user": f.User, "source": f.Source, "batch_id": f.BatchID} {
 				if v != "" {
@@ -130,12 +131,12 @@ func TestServeUsageAPI(t *testing.T) {
 	// An empty range: every day a zero row; grouped by model, no rows.
 	emptyFrom, emptyTo := time.Date(2025, 1, 1, 0, 0, 0, 0, utc), time.Date(2025, 1, 4, 0, 0, 0, 0, utc)
 	got = check("empty by day", url.Values{"from": {"2025-01-01"}, "to": {"2025-01-03"}, "group_by": {"day"}}, emptyFrom, emptyTo,
-		chsink.GroupBy{Bucket: chsink.BucketDay}, chsink.UsageFilter{}, utc)
+		callsdb.GroupBy{Bucket: callsdb.BucketDay}, callsdb.UsageFilter{}, utc)
 	if len(got.Rows) != 3 || got.Rows[2].Calls != 0 || got.Totals.Calls != 0 {
 		t.Errorf("empty range by day: %+v", got)
 	}
 	got = check("empty by model", url.Values{"from": {"2025-01-01"}, "to": {"2025-01-03"}, "group_by": {"day,model"}}, emptyFrom, emptyTo,
-		chsink.GroupBy{Bucket: chsink.BucketDay, Model: true}, chsink.UsageFilter{}, utc)
+		callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, callsdb.UsageFilter{}, utc)
 	if len(got.Rows) != 0 {
 		t.Errorf("empty range by model: %d rows", len(got.Rows))
 	}
@@ -242,7 +243,7 @@ func TestServeCallsAPI(t *testing.T) {
 	// A call read back from the list is its newest version (re-attributed).
 	var list usageapi.CallsResponse
 	apiGet(t, base, "/api/v1/calls", url.Values{"from": {from.Format(time.RFC3339)}, "to": {to.Format(time.RFC3339)}, "limit": {"500"}}, "", http.StatusOK, &list)
-	byID := map[string]chsink.CallSummary{}
+	byID := map[string]callsdb.CallSummary{}
 	for _, c := range list.Calls {
 		byID[c.ID] = c
 	}

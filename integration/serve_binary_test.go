@@ -11,7 +11,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/serve/usageapi"
 )
 
 // serveProcess is a running `callpipe serve`.

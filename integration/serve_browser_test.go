@@ -19,7 +19,7 @@ import (
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/serve/usageapi"
 )
 
 // browserTZ is the browser's time zone in the dashboard test: days and

@@ -12,7 +12,7 @@ import (
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // TestServeExportJobs checks that `callpipe serve` mounts the export jobs API
@@ -21,7 +21,7 @@ import (
 func TestServeExportJobs(t *testing.T) {
 	s3 := harness.S3(t)
 	bucket := "serve-exports-" + testkit.RandomHex(t, 5)
-	mc, err := archive.NewClient(archive.S3Config{Endpoint: s3.Endpoint, AccessKey: s3.AccessKey, SecretKey: s3.SecretKey, UseSSL: s3.UseSSL, PathStyle: true})
+	mc, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: s3.Endpoint, AccessKey: s3.AccessKey, SecretKey: s3.SecretKey, UseSSL: s3.UseSSL, PathStyle: true})
 	if err != nil {
 		t.Fatal(err)
 	}

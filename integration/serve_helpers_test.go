@@ -14,8 +14,9 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/serve/usageapi"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // The seeded data set of the serve tests: deterministic calls over `days`
@@ -133,7 +134,7 @@ func indexOf(s []string, v string) int {
 // serveTruth computes, in Go, what GET /api/v1/usage must answer: rows for
 // calls in [from, to) matching f, grouped by g with buckets in loc, and the
 // zero rows of the hours/days without calls.
-func serveTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy, f chsink.UsageFilter, loc *time.Location) (rows []usageapi.UsageRow, totals usageapi.Metrics) {
+func serveTruth(calls []schema.Call, from, to time.Time, g callsdb.GroupBy, f callsdb.UsageFilter, loc *time.Location) (rows []usageapi.UsageRow, totals usageapi.Metrics) {
 	type key struct {
 		bucket              int64
 		model, user, source string
@@ -148,9 +149,9 @@ func serveTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy, f chs
 	bucketOf := func(t time.Time) int64 {
 		l := t.In(loc)
 		switch g.Bucket {
-		case chsink.BucketHour:
+		case callsdb.BucketHour:
 			return l.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond())).Unix()
-		case chsink.BucketDay:
+		case callsdb.BucketDay:
 			return time.Date(l.Year(), l.Month(), l.Day(), 0, 0, 0, 0, loc).Unix()
 		}
 		return 0
@@ -201,7 +202,7 @@ func serveTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy, f chs
 		return a.m
 	}
 	totals = finish(all)
-	if g.Bucket != chsink.BucketNone {
+	if g.Bucket != callsdb.BucketNone {
 		// Every bucket touched by [from, to), found by walking it minute by
 		// minute (independent of the server's calendar walk).
 		if !g.Model && !g.User && !g.Source {
@@ -241,10 +242,10 @@ func serveTruth(calls []schema.Call, from, to time.Time, g chsink.GroupBy, f chs
 		row := usageapi.UsageRow{Metrics: finish(groups[k])}
 		k := k
 		switch g.Bucket {
-		case chsink.BucketDay:
+		case callsdb.BucketDay:
 			d := time.Unix(k.bucket, 0).In(loc).Format(time.DateOnly)
 			row.Day = &d
-		case chsink.BucketHour:
+		case callsdb.BucketHour:
 			h := time.Unix(k.bucket, 0).In(loc).Format(time.RFC3339)
 			row.Hour = &h
 		}
@@ -333,9 +334,9 @@ func apiGet(t testing.TB, base, path string, params url.Values, token string, wa
 }
 
 // groupByParam renders g as the group_by parameter.
-func groupByParam(g chsink.GroupBy) string {
+func groupByParam(g callsdb.GroupBy) string {
 	var p []string
-	if g.Bucket != chsink.BucketNone {
+	if g.Bucket != callsdb.BucketNone {
 		p = append(p, string(g.Bucket))
 	}
 	if g.Model {

@@ -12,8 +12,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/serve/usageapi"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // TestServeDashboardAtScale opens the dashboard's "30 days" preset and a
@@ -35,15 +35,15 @@ func TestServeDashboardAtScale(t *testing.T) {
 	defer cancel()
 	now := time.Now()
 	from := now.Add(-30 * 24 * time.Hour).Truncate(time.Hour)
-	load := chsink.SyntheticLoad{Calls: n, From: from, Span: now.Add(-time.Minute).Sub(from), Models: 12, Users: 200, DuplicatePercent: 2, Seed: 11}
+	load := callsdb.SyntheticLoad{Calls: n, From: from, Span: now.Add(-time.Minute).Sub(from), Models: 12, Users: 200, DuplicatePercent: 2, Seed: 11}
 	for lo := uint64(0); lo < n; lo += 2_500_000 {
 		for _, st := range load.Statements(lo, min(lo+2_500_000, n)) {
-			if err := conn.Exec(ctx, chsink.WithDB(st, db)); err != nil {
+			if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	if _, _, err := (&chsink.Sealer{Conn: conn, Database: db}).Rebuild(ctx, from, now, nil); err != nil {
+	if _, _, err := (&callsdb.Sealer{Conn: conn, Database: db}).Rebuild(ctx, from, now, nil); err != nil {
 		t.Fatal(err)
 	}
 	p := startServe(t, db)

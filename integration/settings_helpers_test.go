@@ -16,7 +16,7 @@ import (
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // settingsStore opens the settings bucket of the test NATS with nothing
@@ -35,7 +35,7 @@ func settingsStore(t *testing.T) *settings.Store {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := settings.Open(ctx, js, 1)
+	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func startLangfuseWorker(t *testing.T, e *lfEnv, langfuseEnv ...string) *lfWorke
 	listen := testkit.FreeAddr(t)
 	env := []string{}
 	for _, kv := range os.Environ() { // the stage must see only the Langfuse the test gives it
-		if !strings.HasPrefix(kv, "LANGFUSE_") && !strings.HasPrefix(kv, "CALLPIPE_LANGFUSE_") {
+		if !strings.HasPrefix(kv, "LANGFUSE_") && !strings.HasPrefix(kv, "CALLPIPE_LANGFUSE_") || strings.HasPrefix(kv, "CALLPIPE_LANGFUSE_SETTINGS_KEY=") {
 			env = append(env, kv)
 		}
 	}

@@ -14,8 +14,8 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/serve/usageapi"
 	"github.com/callpipe/callpipe/sinks/langfuse"
-	"github.com/callpipe/callpipe/usageapi"
 )
 
 // TestSettingsServeAPI drives the Langfuse settings of a running `callpipe

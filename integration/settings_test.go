@@ -14,7 +14,7 @@ import (
 
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // TestSettingsAPIAndWatch drives the Langfuse settings API over a real NATS KV
@@ -31,7 +31,7 @@ func TestSettingsAPIAndWatch(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	store, err := settings.Open(ctx, js, 1)
+	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

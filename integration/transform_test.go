@@ -303,18 +303,23 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 	ctx := context.Background()
 	env := []string{"CALLPIPE_NATS_URL=" + e.natsURL, "CALLPIPE_REDIS_ADDR=" + e.redisAddr,
 		"CALLPIPE_TRANSFORM_USER_KEY_PREFIX=" + e.keyPrefix, "CALLPIPE_LOG_LEVEL=warn"}
-	run := func(args ...string) string {
+	runIn := func(stdin string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command(testkit.Binary(t), args...)
 		cmd.Env = append(os.Environ(), env...)
+		cmd.Stdin = strings.NewReader(stdin)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("callpipe %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 		return string(out)
 	}
+	run := func(args ...string) string { t.Helper(); return runIn("", args...) }
 	key := "xf-" + e.run + "-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL"
-	run("users", "add", "--key", key, "--user", "carol", "--name", "ci key")
+	// the key comes on stdin, never on the command line
+	if out := runIn(key+"\n", "users", "add", "--key-file", "-", "--user", "carol", "--name", "ci key"); strings.Contains(out, "warning") {
+		t.Errorf("users add --key-file - warns:\n%s", out)
+	}
 	stored, err := e.rdb.HGetAll(ctx, e.keyPrefix+schema.HashAPIKey(key)).Result()
 	if err != nil || stored["user"] != "carol" || stored["name"] != "ci key" {
 		t.Fatalf("redis after users add: %v %v", stored, err)
@@ -341,7 +346,9 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 	if c := recs.calls[id]; c.UserID != "carol" || c.UserSource != schema.UserAPIKey {
 		t.Fatalf("user: %s/%s", c.UserID, c.UserSource)
 	}
-	run("users", "rm", "--key", key)
+	if out := run("users", "rm", "--key", key); !strings.Contains(out, "warning: --key puts the API key in the process list") {
+		t.Errorf("users rm --key gives no warning:\n%s", out)
+	}
 	if n, _ := e.rdb.Exists(ctx, e.keyPrefix+schema.HashAPIKey(key)).Result(); n != 0 {
 		t.Fatal("users rm left the key")
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/bench"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
+	"github.com/callpipe/callpipe/tools/bench"
 )
 
 func init() { registerCommand(newBenchCommand) }
@@ -52,7 +52,7 @@ func newBenchCommand(a *app) *cobra.Command {
 					if err != nil {
 						return err
 					}
-					return archive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region)
+					return rawarchive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region)
 				},
 				Out: cmd.OutOrStdout(),
 			})

@@ -6,9 +6,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/bench/usagebench"
 	"github.com/callpipe/callpipe/internal/fleet"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/bench/usagebench"
 )
 
 // newBenchUsageCommand is `callpipe bench usage`: the usage overview and the
@@ -39,14 +39,14 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 			if cfg.ClickHouse.Addr == "" {
 				return fmt.Errorf("%w: clickhouse.addr: required", errConfig)
 			}
-			oc, err := clickhouseOutputConfig(cfg)
+			oc, err := clickhouseStoreConfig(cfg)
 			if err != nil {
 				return err
 			}
 			if oc.Topology.Clustered() {
 				return fmt.Errorf("%w: bench usage loads a single server's scratch database; clickhouse.cluster must be empty", errUsage)
 			}
-			conn, err := chsink.Open(cmd.Context(), oc)
+			conn, err := callsdb.Open(cmd.Context(), oc)
 			if err != nil {
 				return err
 			}

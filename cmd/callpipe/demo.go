@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/demo"
+	"github.com/callpipe/callpipe/tools/demo"
 )
 
 func init() { registerCommand(newDemoCommand) }

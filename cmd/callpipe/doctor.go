@@ -14,10 +14,10 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/doctor"
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/settings"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/store/settings"
+	"github.com/callpipe/callpipe/tools/doctor"
 )
 
 func init() { registerCommand(newDoctorCommand) }
@@ -76,21 +76,21 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 		return nil, err
 	}
 	connect := doctor.DialNATS(cfg.NATS.URL, natsOpts)
-	checks := []doctor.Check{doctor.NATS(connect, doctorNATSExpect(cfg))}
+	checks := []doctor.Check{doctor.Encrypted(doctor.NATS(connect, doctorNATSExpect(cfg)), natsTLS(cfg))}
 
 	if cfg.ClickHouse.Addr == "" {
 		checks = append(checks, doctor.Skipped("clickhouse", "clickhouse.addr is empty"))
 	} else {
-		oc, err := clickhouseOutputConfig(cfg)
+		oc, err := clickhouseStoreConfig(cfg)
 		if err != nil {
 			return nil, err
 		}
-		checks = append(checks, doctor.ClickHouse(cfg.ClickHouse.Addr, cfg.ClickHouse.Database, func(ctx context.Context) (driver.Conn, error) {
+		checks = append(checks, doctor.Encrypted(doctor.ClickHouse(cfg.ClickHouse.Addr, cfg.ClickHouse.Database, func(ctx context.Context) (driver.Conn, error) {
 			if dl, ok := ctx.Deadline(); ok {
 				oc.DialTimeout = time.Until(dl)
 			}
-			return chsink.Open(ctx, oc)
-		}))
+			return callsdb.Open(ctx, oc)
+		}), cfg.ClickHouse.TLS.Enabled))
 	}
 
 	if cfg.S3.Endpoint == "" {
@@ -100,7 +100,7 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 		if err != nil {
 			return nil, err
 		}
-		checks = append(checks, doctor.S3(cfg.S3.Endpoint, cfg.S3.Bucket, client))
+		checks = append(checks, doctor.Encrypted(doctor.S3(cfg.S3.Endpoint, cfg.S3.Bucket, client), cfg.S3.UseSSL || cfg.S3.TLS.Enabled))
 	}
 
 	if cfg.Redis.Addr == "" {
@@ -110,11 +110,33 @@ func doctorChecks(cfg *config.Config) ([]doctor.Check, error) {
 		if err != nil {
 			return nil, err
 		}
-		checks = append(checks, doctor.Closing(doctor.Redis(cfg.Redis.Addr, rdb), func() { _ = rdb.Close() }))
+		checks = append(checks, doctor.Closing(doctor.Encrypted(doctor.Redis(cfg.Redis.Addr, rdb), cfg.Redis.TLS.Enabled), func() { _ = rdb.Close() }))
 	}
 
-	checks = append(checks, doctor.LangfuseSettings(settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey}, connect))
+	lfTLS, err := langfuseTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = lfTLS
+	checks = append(checks, doctor.LangfuseSettings(settings.Langfuse{Host: cfg.Langfuse.Host, PublicKey: cfg.Langfuse.PublicKey, SecretKey: cfg.Langfuse.SecretKey},
+		cfg.Sealer(), &http.Client{Transport: tr}, connect))
 	return checks, nil
+}
+
+// natsTLS reports whether every NATS connection is encrypted: nats.tls
+// enabled, or only tls:// and wss:// URLs.
+func natsTLS(cfg *config.Config) bool {
+	if cfg.NATS.TLS.Enabled {
+		return true
+	}
+	for _, u := range strings.Split(cfg.NATS.URL, ",") {
+		u = strings.ToLower(strings.TrimSpace(u))
+		if !strings.HasPrefix(u, "tls://") && !strings.HasPrefix(u, "wss://") {
+			return false
+		}
+	}
+	return true
 }
 
 // doctorNATSExpect lists the streams and the consumers of the stages this

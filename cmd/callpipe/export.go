@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/export"
+	"github.com/callpipe/callpipe/serve/export"
 )
 
 func init() { registerCommand(newExportCommand) }
@@ -35,7 +35,7 @@ func newExportRunner(ctx context.Context, cfg *config.Config, log *slog.Logger, 
 			Compression: e.Compression, PartBytes: int64(e.PartBytes), PageRows: e.PageRows,
 			UploadPartSize: uint64(e.UploadPartSize), LeaseTTL: time.Duration(e.LeaseTTL),
 			StateTTL: time.Duration(e.StateTTL), KeyPrefix: e.KeyPrefix,
-			ArchiveBucket: cfg.S3.Bucket, ArchivePrefix: cfg.Archive.Prefix,
+			ArchiveBucket: cfg.S3.Bucket, ArchivePrefix: cfg.Archive.Prefix, SSE: cfg.S3.ServerSide(),
 		},
 	}
 	if withClickHouse {

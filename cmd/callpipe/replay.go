@@ -13,9 +13,9 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/replay"
 	"github.com/callpipe/callpipe/schema"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/replay"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -115,17 +115,17 @@ func markReplayDirty(ctx context.Context, cfg *config.Config, from, to time.Time
 	if cfg.ClickHouse.Addr == "" || (len(sinks) > 0 && !slices.Contains(sinks, bus.StageClickHouse)) {
 		return nil
 	}
-	oc, err := clickhouseOutputConfig(cfg)
+	oc, err := clickhouseStoreConfig(cfg)
 	if err != nil {
 		return err
 	}
-	conn, err := chsink.Open(ctx, oc)
+	conn, err := callsdb.Open(ctx, oc)
 	if err != nil {
 		return fmt.Errorf("replay: mark the range dirty in the rollups: %w", err)
 	}
 	defer conn.Close()
 	hours := replay.Hours(from, to, time.Now())
-	if err := chsink.MarkDirty(ctx, conn, cfg.ClickHouse.Database, oc.Topology, hours, "replay", time.Now()); err != nil {
+	if err := callsdb.MarkDirty(ctx, conn, cfg.ClickHouse.Database, oc.Topology, hours, "replay", time.Now()); err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
 	log.Info("replay: range marked dirty in the usage rollups", "hours", len(hours))

@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/replay"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/replay"
 )
 
 func init() { registerCommand(newRollupCommand) }
@@ -25,7 +25,7 @@ func newRollupCommand(a *app) *cobra.Command {
 }
 
 // openSealer connects to ClickHouse with the configuration's sealing settings.
-func openSealer(a *app, cmd *cobra.Command) (*chsink.Sealer, func(), error) {
+func openSealer(a *app, cmd *cobra.Command) (*callsdb.Sealer, func(), error) {
 	cfg, log, err := a.load(cmd, nil)
 	if err != nil {
 		return nil, nil, err
@@ -34,7 +34,7 @@ func openSealer(a *app, cmd *cobra.Command) (*chsink.Sealer, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return chsink.NewSealer(conn, oc, clickhouseRollup(cfg), log), func() { _ = conn.Close() }, nil
+	return callsdb.NewSealer(conn, oc, clickhouseRollup(cfg), log), func() { _ = conn.Close() }, nil
 }
 
 func newRollupStatusCommand(a *app) *cobra.Command {
@@ -49,7 +49,7 @@ func newRollupStatusCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer closeConn()
-			st, err := chsink.Status(cmd.Context(), s.Conn, s.Database, s.SealAfter, time.Now())
+			st, err := callsdb.Status(cmd.Context(), s.Conn, s.Database, s.SealAfter, time.Now())
 			if err != nil {
 				return err
 			}

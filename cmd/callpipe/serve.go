@@ -8,10 +8,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
-	"github.com/callpipe/callpipe/export"
 	"github.com/callpipe/callpipe/internal/ops"
-	"github.com/callpipe/callpipe/settings"
-	"github.com/callpipe/callpipe/usageapi"
+	"github.com/callpipe/callpipe/serve/export"
+	"github.com/callpipe/callpipe/serve/usageapi"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 func init() { registerCommand(newServeCommand) }
@@ -64,8 +64,12 @@ func newServeCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			probe := cfg.Serve.TestConnection.Policy()
+			if probe.TLS, err = langfuseTLS(cfg); err != nil {
+				return err
+			}
 			gate := &settings.Gate{NC: nc, NATSURL: cfg.NATS.URL, Config: configuredLangfuse(cfg), Replicas: cfg.NATS.Stream.Replicas, Log: log,
-				Probe: cfg.Serve.TestConnection.Policy()}
+				Probe: probe, Sealer: cfg.Sealer()}
 			srv.MountSettings(gate, configuredLangfuse(cfg), links, otlp, log)
 			sctx, stopSettings := context.WithCancel(ctx)
 			defer stopSettings()

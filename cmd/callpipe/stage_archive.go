@@ -36,7 +36,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, log *slog.Logger) erro
 			Bucket: cfg.S3.Bucket, Prefix: a.Prefix, Compression: a.Compression,
 			FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
 			MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,
-			Log: log, Metrics: archive.NewMetrics(env.reg),
+			Log: log, Metrics: archive.NewMetrics(env.reg), SSE: cfg.S3.ServerSide(),
 		},
 		Running: func(healthy func() error) {
 			ready.Running(healthy)

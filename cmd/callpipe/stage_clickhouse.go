@@ -10,61 +10,72 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 func init() { stages[bus.StageClickHouse] = runClickHouseStage }
 
-// clickhouseOutputConfig maps the clickhouse section to the sink's output.
-func clickhouseOutputConfig(cfg *config.Config) (chsink.OutputConfig, error) {
+// clickhouseStoreConfig maps the clickhouse section to how components
+// reach the calls database.
+func clickhouseStoreConfig(cfg *config.Config) (callsdb.Config, error) {
 	tlsCfg, err := cfg.ClickHouse.TLS.Build()
 	if err != nil {
-		return chsink.OutputConfig{}, fmt.Errorf("%w: clickhouse.tls: %w", errConfig, err)
+		return callsdb.Config{}, fmt.Errorf("%w: clickhouse.tls: %w", errConfig, err)
 	}
 	c := cfg.ClickHouse
-	return chsink.OutputConfig{
+	return callsdb.Config{
 		Addr: c.Addr, Database: c.Database, User: c.User, Password: c.Password, TLS: tlsCfg,
-		MaxTextBytes: int(c.MaxTextBytes), MaxInFlight: c.MaxInFlight,
-		Topology: chsink.Topology{Cluster: c.Cluster}, SealAfter: cfg.SealAfter(),
+		Topology: callsdb.Topology{Cluster: c.Cluster}, SealAfter: cfg.SealAfter(),
 	}, nil
 }
 
-// openClickHouse connects to the configured ClickHouse (chsink.Open pings);
-// an empty clickhouse.addr is a configuration error saying why it is needed.
-func openClickHouse(ctx context.Context, cfg *config.Config, why string) (driver.Conn, chsink.OutputConfig, error) {
-	if cfg.ClickHouse.Addr == "" {
-		return nil, chsink.OutputConfig{}, fmt.Errorf("%w: clickhouse.addr: %s", errConfig, why)
-	}
-	oc, err := clickhouseOutputConfig(cfg)
+// clickhouseOutputConfig maps the clickhouse section to the sink's output.
+func clickhouseOutputConfig(cfg *config.Config) (chsink.OutputConfig, error) {
+	sc, err := clickhouseStoreConfig(cfg)
 	if err != nil {
-		return nil, oc, err
+		return chsink.OutputConfig{}, err
 	}
-	conn, err := chsink.Open(ctx, oc)
-	return conn, oc, err
+	c := cfg.ClickHouse
+	return chsink.OutputConfig{Config: sc, MaxTextBytes: int(c.MaxTextBytes), MaxInFlight: c.MaxInFlight}, nil
 }
 
-func clickhouseRetention(cfg *config.Config) chsink.Retention {
+// openClickHouse connects to the configured ClickHouse (callsdb.Open pings);
+// an empty clickhouse.addr is a configuration error saying why it is needed.
+func openClickHouse(ctx context.Context, cfg *config.Config, why string) (driver.Conn, callsdb.Config, error) {
+	if cfg.ClickHouse.Addr == "" {
+		return nil, callsdb.Config{}, fmt.Errorf("%w: clickhouse.addr: %s", errConfig, why)
+	}
+	sc, err := clickhouseStoreConfig(cfg)
+	if err != nil {
+		return nil, sc, err
+	}
+	conn, err := callsdb.Open(ctx, sc)
+	return conn, sc, err
+}
+
+func clickhouseRetention(cfg *config.Config) callsdb.Retention {
 	r := cfg.ClickHouse.RetentionDays
-	return chsink.Retention{Calls: r.Calls, Rollups: r.Rollups}
+	return callsdb.Retention{Calls: r.Calls, Rollups: r.Rollups}
 }
 
-func clickhouseRollup(cfg *config.Config) chsink.RollupConfig {
+func clickhouseRollup(cfg *config.Config) callsdb.RollupConfig {
 	r := cfg.ClickHouse.Rollup
-	return chsink.RollupConfig{Interval: time.Duration(r.Interval), Lease: time.Duration(r.Lease),
+	return callsdb.RollupConfig{Interval: time.Duration(r.Interval), Lease: time.Duration(r.Lease),
 		SliceRows: uint64(r.SliceRows), Grace: time.Duration(r.Grace)}
 }
 
-// migrateClickHouse runs chsink.Migrate with the configuration; an empty
+// migrateClickHouse runs callsdb.Migrate with the configuration; an empty
 // clickhouse.addr skips it.
 func migrateClickHouse(ctx context.Context, cfg *config.Config, log *slog.Logger, dropExpired bool) error {
 	if cfg.ClickHouse.Addr == "" {
 		log.Info("clickhouse.addr is empty: ClickHouse migrations skipped")
 		return nil
 	}
-	oc, err := clickhouseOutputConfig(cfg)
+	sc, err := clickhouseStoreConfig(cfg)
 	if err != nil {
 		return err
 	}
-	return chsink.Migrate(ctx, oc, clickhouseRetention(cfg), log, dropExpired)
+	return callsdb.Migrate(ctx, sc, clickhouseRetention(cfg), log, dropExpired)
 }
 
 // runClickHouseStage runs chsink.Stage (the durable consumer

@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
@@ -17,21 +22,28 @@ func newUsersCommand(a *app) *cobra.Command {
 		Use:   "users",
 		Short: "Register, remove and list API keys and their users (in Redis, keys stored hashed)",
 	}
-	var key, user, name string
+	var key, keyFile, user, name string
 	add := &cobra.Command{
-		Use:   "add --key KEY --user ID [--name NAME]",
-		Short: "Register an API key as belonging to a user",
-		Args:  cobra.NoArgs,
+		Use:   "add --key-file FILE|- --user ID [--name NAME]",
+		Short: "Register an API key as belonging to a user (the key is read from a file or stdin)",
+		Long: "add reads the API key from --key-file FILE, or from stdin with --key-file - (the first line;\n" +
+			"e.g. `printf %s \"$KEY\" | callpipe users add --key-file - --user alice`), so that the key never\n" +
+			"appears in the process list or the shell history. Only its SHA-256 hash is stored.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if key == "" || user == "" {
-				return fmt.Errorf("%w: --key and --user are required", errUsage)
+			apiKey, err := apiKeyArg(cmd, key, keyFile)
+			if err != nil {
+				return err
+			}
+			if user == "" {
+				return fmt.Errorf("%w: --user is required", errUsage)
 			}
 			rdb, prefix, err := a.userKeys(cmd)
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			rec, err := transform.AddUser(cmd.Context(), rdb, prefix, key, user, name)
+			rec, err := transform.AddUser(cmd.Context(), rdb, prefix, apiKey, user, name)
 			if err != nil {
 				return err
 			}
@@ -39,21 +51,26 @@ func newUsersCommand(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	add.Flags().StringVar(&key, "key", "", "the API key, in clear (only its hash is stored)")
+	add.Flags().StringVar(&keyFile, "key-file", "", "file holding the API key (first line), - for stdin")
+	add.Flags().StringVar(&key, "key", "", "the API key in clear on the command line (visible in ps and shell history; use --key-file)")
 	add.Flags().StringVar(&user, "user", "", "user id recorded on the key's calls")
 	add.Flags().StringVar(&name, "name", "", "display name of the key")
 
-	var rmKey, rmHash string
+	var rmKey, rmKeyFile, rmHash string
 	rm := &cobra.Command{
-		Use:   "rm (--key KEY | --hash SHA256)",
+		Use:   "rm (--key-file FILE|- | --hash SHA256)",
 		Short: "Remove an API key (workers forget it within transform.user_cache_ttl)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if (rmKey == "") == (rmHash == "") {
-				return fmt.Errorf("%w: exactly one of --key or --hash is required", errUsage)
+			if rmHash != "" && (rmKey != "" || rmKeyFile != "") {
+				return fmt.Errorf("%w: give --hash or the key (--key-file), not both", errUsage)
 			}
-			if rmKey != "" {
-				rmHash = schema.HashAPIKey(rmKey)
+			if rmHash == "" {
+				k, err := apiKeyArg(cmd, rmKey, rmKeyFile)
+				if err != nil {
+					return fmt.Errorf("%w (or --hash SHA256)", err)
+				}
+				rmHash = schema.HashAPIKey(k)
 			}
 			rdb, prefix, err := a.userKeys(cmd)
 			if err != nil {
@@ -71,7 +88,8 @@ func newUsersCommand(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	rm.Flags().StringVar(&rmKey, "key", "", "the API key, in clear")
+	rm.Flags().StringVar(&rmKeyFile, "key-file", "", "file holding the API key (first line), - for stdin")
+	rm.Flags().StringVar(&rmKey, "key", "", "the API key in clear on the command line (visible in ps and shell history; use --key-file or --hash)")
 	rm.Flags().StringVar(&rmHash, "hash", "", "the key's SHA-256 hash, as `users ls` shows it")
 
 	var asJSON bool
@@ -109,4 +127,58 @@ func (a *app) userKeys(cmd *cobra.Command) (*redis.Client, string, error) {
 		return nil, "", err
 	}
 	return rdb, cfg.Transform.UserKeyPrefix, nil
+}
+
+// apiKeyArg is the API key of --key-file (a file, or stdin for -) or, with a
+// warning, of --key: a key on the command line is visible to every user of
+// the machine (ps, /proc) and stays in the shell history.
+func apiKeyArg(cmd *cobra.Command, key, keyFile string) (string, error) {
+	switch {
+	case key != "" && keyFile != "":
+		return "", fmt.Errorf("%w: give --key-file or --key, not both", errUsage)
+	case key != "":
+		fmt.Fprintln(cmd.ErrOrStderr(), "warning: --key puts the API key in the process list and the shell history; use --key-file FILE or --key-file - (stdin)")
+		return key, nil
+	case keyFile == "":
+		return "", fmt.Errorf("%w: --key-file FILE (or - for stdin) is required", errUsage)
+	}
+	var r io.Reader = cmd.InOrStdin()
+	name := "stdin"
+	if keyFile != "-" {
+		f, err := os.Open(keyFile)
+		if err != nil {
+			return "", fmt.Errorf("%w: --key-file: %w", errUsage, err)
+		}
+		defer f.Close()
+		r, name = f, keyFile
+	}
+	k, err := readAPIKey(r)
+	if err != nil {
+		return "", fmt.Errorf("%w: --key-file %s: %w", errUsage, name, err)
+	}
+	return k, nil
+}
+
+// readAPIKey is the first line of r, without surrounding white space; more
+// non-blank lines are refused (one key per file).
+func readAPIKey(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(io.LimitReader(r, 64<<10))
+	var key string
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "":
+		case key == "":
+			key = line
+		default:
+			return "", errors.New("holds more than one line: give one key")
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	if key == "" {
+		return "", errors.New("is empty")
+	}
+	return key, nil
 }

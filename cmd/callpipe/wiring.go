@@ -13,7 +13,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/ingest"
-	"github.com/callpipe/callpipe/sinks/archive"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 func connectNATS(cfg *config.Config, name string, log *slog.Logger) (*nats.Conn, error) {
@@ -51,7 +51,7 @@ func newS3(cfg *config.Config, maxRetries int) (*minio.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: s3.tls: %w", errConfig, err)
 	}
-	c, err := archive.NewClient(archive.S3Config{Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey,
+	c, err := rawarchive.NewClient(rawarchive.S3Config{Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey,
 		Region: s.Region, UseSSL: s.UseSSL || s.TLS.Enabled, PathStyle: s.PathStyle, TLS: tlsCfg, MaxRetries: maxRetries})
 	if err != nil {
 		return nil, fmt.Errorf("%w: s3.endpoint %q: %w", errConfig, s.Endpoint, err)

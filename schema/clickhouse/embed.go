@@ -1,5 +1,5 @@
 // Package clickhouse holds callpipe's ClickHouse schema as versioned
-// migrations (NNNN_name.sql, applied in order by sinks/clickhouse.Migrator).
+// migrations (NNNN_name.sql, applied in order by store/callsdb.Migrator).
 // `{db}` in a file is replaced by the configured database name. Statements are
 // separated by a `;` at the end of a line. See README.md for the design.
 package clickhouse

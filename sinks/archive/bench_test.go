@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // benchLines are ~1 KB chat events: JSON structure, a prompt and an answer in
@@ -49,7 +50,7 @@ func BenchmarkBuild(b *testing.B) {
 				size += int64(len(l)) + 1
 			}
 			b.SetBytes(size / int64(len(lines)))
-			bl, _ := NewBuilder("p", "S", level, time.Now(), time.Now())
+			bl, _ := rawarchive.NewBuilder("p", "S", level, time.Now(), time.Now())
 			var raw, comp int64
 			b.ResetTimer()
 			cpu0 := cpuSeconds()
@@ -63,12 +64,12 @@ func BenchmarkBuild(b *testing.B) {
 					b.Fatal(err)
 				}
 				if bl.Bytes() >= 64<<20 || i == b.N-1 {
-					built, err := bl.Finish(FlushSize, time.Now())
+					built, err := bl.Finish(rawarchive.FlushSize, time.Now())
 					if err != nil {
 						b.Fatal(err)
 					}
 					raw, comp = raw+built.Manifest.Bytes, comp+int64(len(built.Data))
-					bl, _ = NewBuilder("p", "S", level, time.Now(), time.Now())
+					bl, _ = rawarchive.NewBuilder("p", "S", level, time.Now(), time.Now())
 				}
 			}
 			b.ReportMetric(float64(comp)/float64(raw), "compressed/raw")

@@ -1,17 +1,6 @@
-// Package archive keeps every raw call event received on CALLPIPE_CALLS in
-// S3/MinIO, as large zstd-compressed NDJSON objects grouped by the UTC hour of
-// the call's start time, and reads them back for replay and export.
-//
-// # Layout
-//
-//	<prefix>/dt=2026-11-26/hh=20/<first-seq>-<last-seq>.ndjson.zst      the data object
-//	<prefix>/dt=2026-11-26/hh=20/<first-seq>-<last-seq>.manifest.json   its manifest
-//
-// first-seq and last-seq are the smallest and largest CALLPIPE_CALLS stream
-// sequence in the object, zero-padded to 20 digits so that keys sort in
-// sequence order. One line of a data object is one message exactly as it was
-// stored in the stream. Objects carry their count, start-time range, byte size
-// and SHA-256 (of the uncompressed NDJSON) as user metadata; the manifest
+// Package archive is the sink that keeps every raw call event received on
+// CALLPIPE_CALLS in S3/MinIO, as large zstd-compressed NDJSON objects grouped
+// by the UTC hour of the call's start time. The object format, the key scuncompressed NDJSON) as user metadata; the manifest
 // repeats them and lists the stream sequences of the lines, in line order.
 //
 // # Exactly once

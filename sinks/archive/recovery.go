@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/minio/minio-go/v7"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // recovery is the rebuild of one manifest's data object after a crash; the
@@ -23,14 +22,14 @@ type recovery struct {
 // hourIndex is what the archive holds for one hour: the manifests and which
 // of them have their data object.
 type hourIndex struct {
-	manifests []*Manifest
+	manifests []*rawarchive.Manifest
 	data      map[string]bool
 }
 
 // find returns the manifest claiming seq, preferring one whose data object
 // exists (a rebuilt object that lost expired messages has a second manifest).
-func (x *hourIndex) find(seq uint64) *Manifest {
-	var claimed *Manifest
+func (x *hourIndex) find(seq uint64) *rawarchive.Manifest {
+	var claimed *rawarchive.Manifest
 	for _, m := range x.manifests {
 		if seq < m.FirstSeq || seq > m.LastSeq || !m.Contains(seq) {
 			continue
@@ -44,20 +43,11 @@ func (x *hourIndex) find(seq uint64) *Manifest {
 }
 
 func (s *Sink) hourIndex(ctx context.Context, h time.Time) (*hourIndex, error) {
-	prefix := HourPrefix(s.cfg.Prefix, h)
-	x := &hourIndex{data: map[string]bool{}}
-	var mkeys []string
-	for info := range s.s3.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
-		if info.Err != nil {
-			return nil, fmt.Errorf("archive list %s: %w", prefix, info.Err)
-		}
-		switch {
-		case strings.HasSuffix(info.Key, dataSuffix):
-			x.data[info.Key] = true
-		case strings.HasSuffix(info.Key, manifestSuffix):
-			mkeys = append(mkeys, info.Key)
-		}
+	data, mkeys, err := rawarchive.HourKeys(ctx, s.s3, s.cfg.Bucket, s.cfg.Prefix, h)
+	if err != nil {
+		return nil, err
 	}
+	x := &hourIndex{data: data}
 	if len(s.manifests) > 4096 {
 		clear(s.manifests)
 	}
@@ -65,7 +55,7 @@ func (s *Sink) hourIndex(ctx context.Context, h time.Time) (*hourIndex, error) {
 		m := s.manifests[k]
 		if m == nil {
 			var err error
-			if m, err = getManifest(ctx, s.s3, s.cfg.Bucket, k); err != nil {
+			if m, err = rawarchive.GetManifest(ctx, s.s3, s.cfg.Bucket, k); err != nil {
 				return nil, err
 			}
 			s.manifests[k] = m
@@ -118,7 +108,7 @@ func (s *Sink) resolveSuspects(ctx context.Context, suspects []item, slots chan 
 }
 
 // recover attaches it to the rebuild of m's data object, starting one.
-func (s *Sink) recover(ctx context.Context, m *Manifest, it item, slots chan struct{}, wg *sync.WaitGroup) {
+func (s *Sink) recover(ctx context.Context, m *rawarchive.Manifest, it item, slots chan struct{}, wg *sync.WaitGroup) {
 	s.mu.Lock()
 	s.held[it.seq] = struct{}{}
 	if r := s.recovering[m.Key]; r != nil {
@@ -166,12 +156,12 @@ func (s *Sink) recover(ctx context.Context, m *Manifest, it item, slots chan str
 // same object again (same key, same bytes, same metadata). Messages the
 // stream no longer holds (expired) are left out, which changes the key; the
 // caller then writes a new manifest for it.
-func (s *Sink) rebuild(ctx context.Context, m *Manifest) (*Built, error) {
+func (s *Sink) rebuild(ctx context.Context, m *rawarchive.Manifest) (*rawarchive.Built, error) {
 	stream, err := s.js.Stream(ctx, s.cfg.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("archive recovery: stream %s: %w", s.cfg.Stream, err)
 	}
-	b, err := NewBuilder(s.cfg.Prefix, s.cfg.Stream, s.cfg.Compression, m.Hour, m.Opened)
+	b, err := rawarchive.NewBuilder(s.cfg.Prefix, s.cfg.Stream, s.cfg.Compression, m.Hour, m.Opened)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +175,7 @@ func (s *Sink) rebuild(ctx context.Context, m *Manifest) (*Built, error) {
 		if err != nil {
 			return nil, fmt.Errorf("archive recovery of %s: get sequence %d: %w", m.Key, seq, err)
 		}
-		line, err := storableLine(raw.Data)
+		line, err := rawarchive.StorableLine(raw.Data)
 		if err != nil {
 			return nil, fmt.Errorf("archive recovery of %s: sequence %d: %w", m.Key, seq, err)
 		}

@@ -1,9 +1,7 @@
 package archive
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,11 +9,13 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/encrypt"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // stage is the archive's row of the bus topology.
@@ -27,7 +27,7 @@ type SinkConfig struct {
 	// of the bus topology (tests use their own).
 	Stream, Consumer, FilterSubject string
 	Bucket                          string
-	Prefix                          string // default DefaultPrefix
+	Prefix                          string // default rawarchive.DefaultPrefix
 	Compression                     string // fastest (default), default or better
 	// An object is closed when its uncompressed NDJSON reaches FlushBytes
 	// (default 64 MiB) or its oldest call has waited FlushInterval (default 60s).
@@ -45,6 +45,9 @@ type SinkConfig struct {
 	BackoffMin, BackoffMax time.Duration
 	Log                    *slog.Logger
 	Metrics                *Metrics // nil: unregistered metrics
+	// SSE is the server-side encryption of every object (nil: the bucket's
+	// default applies).
+	SSE encrypt.ServerSide
 }
 
 func (c *SinkConfig) defaults() error {
@@ -61,12 +64,12 @@ func (c *SinkConfig) defaults() error {
 		return errors.New("archive sink: bucket is required")
 	}
 	if c.Prefix == "" {
-		c.Prefix = DefaultPrefix
+		c.Prefix = rawarchive.DefaultPrefix
 	}
 	if c.Compression == "" {
 		c.Compression = "fastest"
 	}
-	if !ValidLevel(c.Compression) {
+	if !rawarchive.ValidLevel(c.Compression) {
 		return fmt.Errorf("archive sink: compression %q: want fastest, default or better", c.Compression)
 	}
 	if c.FlushBytes <= 0 {
@@ -124,7 +127,7 @@ type Sink struct {
 	recovering map[string]*recovery // manifest key → recovery in flight
 	lastErr    error
 
-	manifests map[string]*Manifest // immutable once written: cached by key
+	manifests map[string]*rawarchive.Manifest // immutable once written: cached by key
 }
 
 // NewSink returns a sink reading with nc and writing with s3.
@@ -137,7 +140,7 @@ func NewSink(nc *nats.Conn, s3 *minio.Client, cfg SinkConfig) (*Sink, error) {
 		return nil, fmt.Errorf("archive sink: jetstream: %w", err)
 	}
 	return &Sink{cfg: cfg, nc: nc, js: js, s3: s3, log: cfg.Log, m: cfg.Metrics, dead: bus.DeadLetters{JS: js, Stage: stage.Name},
-		held: map[uint64]struct{}{}, recovering: map[string]*recovery{}, manifests: map[string]*Manifest{}}, nil
+		held: map[uint64]struct{}{}, recovering: map[string]*recovery{}, manifests: map[string]*rawarchive.Manifest{}}, nil
 }
 
 // Healthy is nil unless the last upload failed.
@@ -171,7 +174,7 @@ type item struct {
 
 // buffer is the open object of one hour.
 type buffer struct {
-	b            *Builder
+	b            *rawarchive.Builder
 	held         []bus.AckRef
 	lastProgress time.Time
 }
@@ -231,7 +234,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		}
 		buf := bufs[it.hour]
 		if buf == nil {
-			b, err := NewBuilder(s.cfg.Prefix, s.cfg.Stream, s.cfg.Compression, it.hour, time.Now())
+			b, err := rawarchive.NewBuilder(s.cfg.Prefix, s.cfg.Stream, s.cfg.Compression, it.hour, time.Now())
 			if err != nil {
 				s.log.Error("archive sink: new object", "err", err)
 				return
@@ -249,7 +252,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		buf.held = append(buf.held, it.ref)
 		s.m.Buffered.Inc()
 		if buf.b.Bytes() >= s.cfg.FlushBytes {
-			flush(it.hour, FlushSize)
+			flush(it.hour, rawarchive.FlushSize)
 		}
 	}
 	checkSuspects := func() {
@@ -304,7 +307,7 @@ func (s *Sink) Run(ctx context.Context) error {
 			now := time.Now()
 			for h, buf := range bufs {
 				if now.Sub(buf.b.Opened()) >= s.cfg.FlushInterval {
-					flush(h, FlushAge)
+					flush(h, rawarchive.FlushAge)
 					continue
 				}
 				if now.Sub(buf.lastProgress) >= s.cfg.AckWait/3 {
@@ -318,7 +321,7 @@ func (s *Sink) Run(ctx context.Context) error {
 
 func (s *Sink) shutdown(bufs map[time.Time]*buffer, flush func(time.Time, string), uploads *sync.WaitGroup, cancel context.CancelFunc) error {
 	for h := range bufs {
-		flush(h, FlushShutdown)
+		flush(h, rawarchive.FlushShutdown)
 	}
 	done := make(chan struct{})
 	go func() { uploads.Wait(); close(done) }()
@@ -350,7 +353,7 @@ func (s *Sink) classify(m jetstream.Msg) item {
 		it.replay = true
 		return it
 	}
-	it.line, it.bad = storableLine(m.Data())
+	it.line, it.bad = rawarchive.StorableLine(m.Data())
 	if it.bad != nil {
 		return it
 	}
@@ -370,20 +373,6 @@ func (s *Sink) placement(line []byte, stored time.Time) (hour, start time.Time) 
 		return stored.UTC().Truncate(time.Hour), time.Time{}
 	}
 	return st.UTC().Truncate(time.Hour), st
-}
-
-// storableLine returns data as one NDJSON line: as it is, or compacted when
-// it is JSON spread over several lines (only whitespace changes). Non-JSON
-// with a line break cannot be a line.
-func storableLine(data []byte) ([]byte, error) {
-	if bytes.IndexByte(data, '\n') < 0 {
-		return data, nil
-	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, data); err != nil {
-		return nil, fmt.Errorf("not JSON and contains a line break, so it cannot be stored as one NDJSON line: %w", err)
-	}
-	return buf.Bytes(), nil
 }
 
 func (s *Sink) isHeld(seq uint64) bool {
@@ -409,7 +398,7 @@ func (s *Sink) ack(m jetstream.Msg) {
 
 // upload stores built (manifest first when claim is set, then the data
 // object), retrying with backoff until ctx ends, then acks held.
-func (s *Sink) upload(ctx context.Context, built *Built, held []bus.AckRef, claim bool) bool {
+func (s *Sink) upload(ctx context.Context, built *rawarchive.Built, held []bus.AckRef, claim bool) bool {
 	defer s.release(held)
 	stopProgress := s.keepAlive(held)
 	defer stopProgress()
@@ -418,14 +407,14 @@ func (s *Sink) upload(ctx context.Context, built *Built, held []bus.AckRef, clai
 	for attempt := 0; ; attempt++ {
 		err := error(nil)
 		if claim {
-			if err = PutManifest(ctx, s.s3, s.cfg.Bucket, built); err == nil {
+			if err = rawarchive.PutManifest(ctx, s.s3, s.cfg.Bucket, built, s.cfg.SSE); err == nil {
 				claim = false
 			} else {
 				s.m.Errors.WithLabelValues("manifest").Inc()
 			}
 		}
 		if err == nil {
-			if err = PutData(ctx, s.s3, s.cfg.Bucket, built, s.cfg.PartSize); err != nil {
+			if err = rawarchive.PutData(ctx, s.s3, s.cfg.Bucket, built, s.cfg.PartSize, s.cfg.SSE); err != nil {
 				s.m.Errors.WithLabelValues("upload").Inc()
 			}
 		}

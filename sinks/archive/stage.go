@@ -11,13 +11,14 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/callpipe/callpipe/internal/retry"
+	"github.com/callpipe/callpipe/store/rawarchive"
 )
 
 // ErrSinkConfig marks the errors of Stage.Run that come from a SinkConfig
 // the sink refuses.
 var ErrSinkConfig = errors.New("archive")
 
-// Stage is the archive worker stage: it waits for the bucket (EnsureBucket,
+// Stage is the archive worker stage: it waits for the bucket (rawarchive.EnsureBucket,
 // retried for ever; Waiting is told why), then archives through a Sink of
 // Sink until ctx ends, storing and acking what it holds. The caller
 // provisions the streams first.
@@ -39,7 +40,7 @@ func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second, Attempt: 30 * time.Second},
-		func(ctx context.Context) error { return EnsureBucket(ctx, st.S3, st.Sink.Bucket, st.Region) },
+		func(ctx context.Context) error { return rawarchive.EnsureBucket(ctx, st.S3, st.Sink.Bucket, st.Region) },
 		retry.Reporting("s3", st.Waiting, log)); err != nil {
 		return nil
 	}

@@ -2,7 +2,6 @@ package clickhouse
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // BatchPolicy decides when the sink flushes: at Count calls, at Bytes of
@@ -25,29 +25,16 @@ type BatchPolicy struct {
 	Period time.Duration
 }
 
-// OutputConfig is how the output reaches ClickHouse.
+// OutputConfig is how the output reaches ClickHouse (the store's Config)
+// and how it writes.
 type OutputConfig struct {
-	Addr     string // host:port of the native protocol
-	Database string
-	User     string
-	Password string
-	TLS      *tls.Config
+	callsdb.Config
 
 	// MaxTextBytes caps input/output text, structured input/output and error
 	// (0 = no cap).
 	MaxTextBytes int
 	// MaxInFlight is how many batch inserts may run at once (default 1).
 	MaxInFlight int
-	// DialTimeout bounds connecting (default 5s).
-	DialTimeout time.Duration
-	// Topology: in a cluster, inserts go through the Distributed table
-	// synchronously (insert_distributed_sync=1), so an ack means the shards
-	// stored the rows.
-	Topology Topology
-	// SealAfter is the rollups' redelivery horizon (DefaultSealAfter when 0):
-	// calls for hours older than it are late and mark their hours dirty
-	// (see rollup.go). It must match the sealer's.
-	SealAfter time.Duration
 }
 
 // Output writes batches of calls into {db}.calls (and, through the
@@ -59,7 +46,7 @@ type Output struct {
 	conn     driver.Conn
 	inflight chan struct{}
 	insert   string
-	server   Server
+	server   callsdb.Server
 	mu       sync.Mutex
 	version  uint64
 }
@@ -72,48 +59,19 @@ func NewOutput(cfg OutputConfig) *Output {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
-	return &Output{cfg: cfg, inflight: make(chan struct{}, cfg.MaxInFlight), insert: WithDB(InsertCalls, cfg.Database)}
-}
-
-// Open dials ClickHouse with the settings every callpipe component uses
-// (no per-query settings: 18.16 rejects unknown ones).
-func Open(ctx context.Context, cfg OutputConfig) (driver.Conn, error) {
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = 5 * time.Second
-	}
-	conn, err := ch.Open(&ch.Options{
-		Protocol:         ch.Native,
-		Addr:             []string{cfg.Addr},
-		Auth:             ch.Auth{Database: "default", Username: cfg.User, Password: cfg.Password},
-		TLS:              cfg.TLS,
-		DialTimeout:      cfg.DialTimeout,
-		MaxOpenConns:     max(cfg.MaxInFlight, 1) + 2,
-		MaxIdleConns:     max(cfg.MaxInFlight, 1) + 2,
-		ConnMaxLifetime:  time.Hour,
-		Compression:      &ch.Compression{Method: ch.CompressionLZ4},
-		ReadTimeout:      5 * time.Minute,
-		ConnOpenStrategy: ch.ConnOpenInOrder,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse open %s: %w", cfg.Addr, err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	if err := conn.Ping(pctx); err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("clickhouse ping %s: %w", cfg.Addr, err)
-	}
-	return conn, nil
+	return &Output{cfg: cfg, inflight: make(chan struct{}, cfg.MaxInFlight), insert: callsdb.WithDB(callsdb.InsertCalls, cfg.Database)}
 }
 
 // Connect opens the connection pool. It fails when ClickHouse is unreachable;
 // later outages surface as WriteBatch errors and the driver reconnects.
 func (o *Output) Connect(ctx context.Context) error {
-	conn, err := Open(ctx, o.cfg)
+	dial := o.cfg.Config
+	dial.MaxConns = o.cfg.MaxInFlight + 2
+	conn, err := callsdb.Open(ctx, dial)
 	if err != nil {
 		return err
 	}
-	srv, err := DetectServer(ctx, conn)
+	srv, err := callsdb.DetectServer(ctx, conn)
 	if err != nil {
 		_ = conn.Close()
 		return err
@@ -123,7 +81,7 @@ func (o *Output) Connect(ctx context.Context) error {
 }
 
 // Server is the server version seen at Connect.
-func (o *Output) Server() Server { return o.server }
+func (o *Output) Server() callsdb.Server { return o.server }
 
 // Conn is the output's connection (for queries sharing its pool).
 func (o *Output) Conn() driver.Conn { return o.conn }
@@ -186,7 +144,7 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 	for j, col := range cols {
 		if err := b.Column(j).Append(col); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("clickhouse append column %s: %w", CallColumns[j], err)
+			return fmt.Errorf("clickhouse append column %s: %w", callsdb.CallColumns[j], err)
 		}
 	}
 	if err := b.Send(); err != nil {
@@ -198,7 +156,7 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 // markLate marks the hours of calls that are late now.
 func (o *Output) markLate(ctx context.Context, calls []schema.Call) error {
 	now := time.Now()
-	late := LateHours(func(yield func(time.Time) bool) {
+	late := callsdb.LateHours(func(yield func(time.Time) bool) {
 		for i := range calls {
 			if !yield(calls[i].StartTime) {
 				return
@@ -208,7 +166,7 @@ func (o *Output) markLate(ctx context.Context, calls []schema.Call) error {
 	if len(late) == 0 {
 		return nil
 	}
-	if err := MarkDirty(ctx, o.conn, o.cfg.Database, o.cfg.Topology, late, "late", now); err != nil {
+	if err := callsdb.MarkDirty(ctx, o.conn, o.cfg.Database, o.cfg.Topology, late, "late", now); err != nil {
 		return fmt.Errorf("clickhouse insert %d calls: %w", len(calls), err)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 func TestCallRowMatchesColumns(t *testing.T) {
@@ -20,11 +21,11 @@ func TestCallRowMatchesColumns(t *testing.T) {
 		LatencyMS: 1000, Model: "m", Stream: true, Status: 200, CostUSD: &cost,
 		Metadata: map[string]json.RawMessage{"b": json.RawMessage(`2`), "a": json.RawMessage(`"x"`)}}
 	row := CallRow(&c, 0, start, 7)
-	if len(row) != len(CallColumns) {
-		t.Fatalf("%d values for %d columns", len(row), len(CallColumns))
+	if len(row) != len(callsdb.CallColumns) {
+		t.Fatalf("%d values for %d columns", len(row), len(callsdb.CallColumns))
 	}
 	get := func(col string) any {
-		for i, n := range CallColumns {
+		for i, n := range callsdb.CallColumns {
 			if n == col {
 				return row[i]
 			}
@@ -60,7 +61,7 @@ func TestCallRowMatchesColumns(t *testing.T) {
 	cols := callColumns([]schema.Call{c, c, c}, 0, start, 1)
 	for j, col := range cols {
 		if n := reflect.ValueOf(col).Len(); n != 3 {
-			t.Errorf("column %s has %d values", CallColumns[j], n)
+			t.Errorf("column %s has %d values", callsdb.CallColumns[j], n)
 		}
 	}
 }
@@ -85,7 +86,7 @@ func TestTruncationKeepsUTF8(t *testing.T) {
 }
 
 func indexOf(col string) int {
-	for i, n := range CallColumns {
+	for i, n := range callsdb.CallColumns {
 		if n == col {
 			return i
 		}
@@ -115,8 +116,8 @@ func TestDecodeCall(t *testing.T) {
 func TestUsageQueryGroupings(t *testing.T) {
 	from, to := time.Unix(1700000000, 0), time.Unix(1700086400, 0)
 	seen := map[string]bool{}
-	for _, g := range AllGroupings() {
-		q := UsageQuery(from, to, g)
+	for _, g := range callsdb.AllGroupings() {
+		q := callsdb.UsageQuery(from, to, g)
 		if seen[q] {
 			t.Errorf("%s: same SQL as another grouping", g)
 		}

@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/internal/retry"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // Stage is the clickhouse worker stage: it writes CALLPIPE_NORMALIZED into
@@ -30,9 +30,9 @@ import (
 type Stage struct {
 	Output            OutputConfig
 	Sink              SinkConfig // Log and Registerer are the stage's
-	Retention         Retention
+	Retention         callsdb.Retention
 	RetentionInterval time.Duration
-	Rollup            RollupConfig
+	Rollup            callsdb.RollupConfig
 	// LeaseReplicas is the replica count of the lease bucket (the streams').
 	LeaseReplicas int
 
@@ -42,21 +42,6 @@ type Stage struct {
 	// sink's health once it runs. Either may be nil.
 	Waiting func(err error)
 	Running func(healthy func() error)
-}
-
-// RollupConfig is how the stage seals the usage rollups (Sealer).
-type RollupConfig struct {
-	Interval  time.Duration // between seal passes
-	Lease     time.Duration // TTL of the sealing lease
-	SliceRows uint64
-	Grace     time.Duration
-}
-
-// NewSealer is the Sealer of the database and topology of oc, with rc's
-// sizes.
-func NewSealer(conn driver.Conn, oc OutputConfig, rc RollupConfig, log *slog.Logger) *Sealer {
-	return &Sealer{Conn: conn, Database: oc.Database, Topology: oc.Topology, SealAfter: oc.SealAfter,
-		SliceRows: rc.SliceRows, Grace: rc.Grace, Log: log}
 }
 
 // Run runs the stage until ctx ends. It returns nil when ctx ends before
@@ -72,7 +57,7 @@ func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 			if err := out.Connect(ctx); err != nil {
 				return err
 			}
-			return Migrate(ctx, st.Output, st.Retention, log, false)
+			return callsdb.Migrate(ctx, st.Output.Config, st.Retention, log, false)
 		},
 		retry.Reporting("clickhouse", st.Waiting, log)); err != nil {
 		return nil
@@ -95,47 +80,20 @@ func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 	return s.Run(ctx)
 }
 
-// Migrate applies the ClickHouse migrations (idempotent, safe to run from
-// several processes at once) and the table settings of the server's version
-// (TTL) over a connection of its own; dropExpired also drops the partitions
-// past retention.
-func Migrate(ctx context.Context, oc OutputConfig, ret Retention, log *slog.Logger, dropExpired bool) error {
-	conn, err := Open(ctx, oc)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	m := &Migrator{Conn: conn, Database: oc.Database, Topology: oc.Topology, Retention: ret, Log: log}
-	done, err := m.Up(ctx)
-	if err != nil {
-		return err
-	}
-	log.Info("clickhouse schema current", "database", oc.Database, "server", m.Server.String(),
-		"cluster", oc.Topology.Cluster, "applied_now", done)
-	if dropExpired {
-		dropped, err := DropExpired(ctx, conn, oc.Database, oc.Topology, ret, time.Now(), log)
-		if err != nil {
-			return err
-		}
-		log.Info("clickhouse retention applied", "dropped_partitions", len(dropped))
-	}
-	return nil
-}
-
 // runRetention drops expired partitions every RetentionInterval until ctx
 // ends, on servers without TTL (modern servers expire rows by TTL, set by
 // the migrator). Several workers doing it at once is harmless: a dropped
 // partition is gone for all and DROP PARTITION of a missing one is a no-op.
 func (st *Stage) runRetention(ctx context.Context, out *Output) {
 	log := st.Log
-	if out.Server().Modern() || st.Retention == (Retention{}) {
+	if out.Server().Modern() || st.Retention == (callsdb.Retention{}) {
 		return
 	}
 	log.Info("clickhouse retention by partition drops", "server", out.Server().String(), "every", st.RetentionInterval.String())
 	t := time.NewTicker(st.RetentionInterval)
 	defer t.Stop()
 	for {
-		if _, err := DropExpired(ctx, out.Conn(), st.Output.Database, st.Output.Topology, st.Retention, time.Now(), log); err != nil && ctx.Err() == nil {
+		if _, err := callsdb.DropExpired(ctx, out.Conn(), st.Output.Database, st.Output.Topology, st.Retention, time.Now(), log); err != nil && ctx.Err() == nil {
 			log.Error("clickhouse retention failed; retried next interval", "err", err)
 		}
 		select {
@@ -160,7 +118,7 @@ func (st *Stage) runSealer(ctx context.Context, nc *nats.Conn, out *Output) {
 	}
 	m := newRollupMetrics(st.Registerer)
 	host, _ := os.Hostname()
-	sealer := NewSealer(out.Conn(), st.Output, st.Rollup, log)
+	sealer := callsdb.NewSealer(out.Conn(), st.Output.Config, st.Rollup, log)
 	lease := &bus.Lease{JS: js, Key: "rollup-sealer-" + st.Output.Database, Owner: fmt.Sprintf("%s/%d", host, os.Getpid()),
 		TTL: st.Rollup.Lease, Replicas: st.LeaseReplicas, Log: log,
 		OnChange: func(held bool) { m.leader.Set(map[bool]float64{false: 0, true: 1}[held]) }}
@@ -210,7 +168,7 @@ func newRollupMetrics(reg prometheus.Registerer) *rollupMetrics {
 	}
 }
 
-func (m *rollupMetrics) observe(res PassResult, err error, took time.Duration) {
+func (m *rollupMetrics) observe(res callsdb.PassResult, err error, took time.Duration) {
 	m.passSeconds.Observe(took.Seconds())
 	m.seals.WithLabelValues("hour").Add(float64(res.HoursSealed - res.Resealed))
 	m.seals.WithLabelValues("reseal").Add(float64(res.Resealed))

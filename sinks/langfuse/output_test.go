@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callpipe/callpipe/bench/receiver"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks/langfuse"
+	"github.com/callpipe/callpipe/tools/bench/receiver"
 )
 
 func basic(pk, sk string) string { return base64.StdEncoding.EncodeToString([]byte(pk + ":" + sk)) }

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/internal/retry"
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // SupervisorConfig is the Langfuse stage: the sink's settings, and the host
@@ -28,6 +28,9 @@ type SupervisorConfig struct {
 	// Configured is the Langfuse of the configuration file, environment and
 	// flags: what applies while nothing is saved in the settings bucket.
 	Configured settings.Langfuse
+	// Sealer unseals the secret key saved in the settings bucket; nil
+	// when no settings key is configured.
+	Sealer *settings.Sealer
 	// Replicas of the settings bucket when the supervisor creates it.
 	Replicas   int
 	Log        *slog.Logger
@@ -93,7 +96,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	store, err := settings.OpenWhenReady(ctx, js, s.cfg.Replicas, func(err error, wait time.Duration) {
 		s.set(nil, fmt.Errorf("langfuse: settings bucket %s: %w", settings.Bucket, err))
 		log.Warn("langfuse: settings bucket not available yet, retrying", "err", err, "retry_in", wait)
-	})
+	}, settings.WithSealer(s.cfg.Sealer))
 	if err != nil {
 		return nil
 	}
@@ -131,6 +134,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			run, runDone = nil, nil
 			return err
 		case e := <-updates:
+			if e.Err != nil {
+				// Saved settings win over the configuration even when they
+				// cannot be read: send nothing rather than to the wrong place.
+				log.Error("langfuse: the saved settings cannot be read; sending nothing until they can", "err", e.Err)
+				if err := stop(); err != nil {
+					return err
+				}
+				current = nil
+				s.set(nil, fmt.Errorf("langfuse: %w", e.Err))
+				continue
+			}
 			if current != nil && current.Source == e.Source && sameLangfuse(current.Langfuse, e.Langfuse) {
 				continue
 			}

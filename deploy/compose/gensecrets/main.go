@@ -9,6 +9,7 @@ package main
 import (
 	"bufio"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -40,6 +41,13 @@ var generators = map[string]func() (string, error){
 	"COLLECT_TOKEN":                    hexBytes(32),
 	"SERVE_ADMIN_TOKEN":                hexBytes(32),
 	"SERVE_READ_TOKEN":                 hexBytes(32),
+	"CALLPIPE_CLICKHOUSE_PASSWORD":     hexBytes(32),
+	"CALLPIPE_S3_ACCESS_KEY":           prefixed("callpipe-", hexBytes(8)),
+	"CALLPIPE_S3_SECRET_KEY":           hexBytes(32),
+	"CALLPIPE_REDIS_PASSWORD":          hexBytes(32),
+	"CALLPIPE_SETTINGS_KEY":            base64Bytes(32),                            // langfuse.settings_key: 32 bytes
+	"NATS_JETSTREAM_KEY":               hexBytes(32),                               // JetStream store encryption key
+	"MINIO_KMS_SECRET_KEY":             prefixed("callpipe-kms:", base64Bytes(32)), // MinIO's NAME:base64(32 bytes)
 }
 
 // userSupplied are settings only the user knows; they are taken from the
@@ -221,6 +229,16 @@ func hexBytes(n int) func() (string, error) {
 			return "", err
 		}
 		return hex.EncodeToString(b), nil
+	}
+}
+
+func base64Bytes(n int) func() (string, error) {
+	return func() (string, error) {
+		b := make([]byte, n)
+		if _, err := rand.Read(b); err != nil {
+			return "", err
+		}
+		return base64.StdEncoding.EncodeToString(b), nil
 	}
 }
 

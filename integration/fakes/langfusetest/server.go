@@ -53,6 +53,9 @@ type Options struct {
 	// ProjectID and ProjectName are the keys' project, as GET
 	// /api/public/projects reports it; default proj-test and callpipe-test.
 	ProjectID, ProjectName string
+	// TLS serves https only, with httptest's certificate (Certificate()
+	// returns it, to trust as a CA).
+	TLS bool
 	// OpenAPI, when set, checks every ingestion request body against this
 	// Langfuse definition (see LoadOpenAPI); mismatches are listed by Violations.
 	OpenAPI *OpenAPI
@@ -138,7 +141,11 @@ func New(o Options) *Server {
 	mux.HandleFunc("/api/public/projects", s.projects)
 	mux.HandleFunc("/api/public/ingestion", s.ingestion)
 	mux.HandleFunc("/api/public/otel/v1/traces", s.otel)
-	s.Server = httptest.NewServer(mux)
+	if o.TLS {
+		s.Server = httptest.NewTLSServer(mux)
+	} else {
+		s.Server = httptest.NewServer(mux)
+	}
 	return s
 }
 

@@ -30,6 +30,7 @@ import (
 
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 const db = "callpipe_chdb"
@@ -82,22 +83,22 @@ func run(callsFile, outFile string, from, to time.Time) error {
 		return err
 	}
 
-	migs, err := chsink.Migrations()
+	migs, err := callsdb.Migrations()
 	if err != nil {
 		return err
 	}
 	for round := 0; round < 2; round++ {
-		for _, st := range chsink.BootstrapStatements {
-			if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+		for _, st := range callsdb.BootstrapStatements {
+			if _, err := s.exec(callsdb.WithDB(st, db), "TabSeparated"); err != nil {
 				return err
 			}
 		}
 		for _, m := range migs {
 			for _, st := range m.Statements {
-				if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+				if _, err := s.exec(callsdb.WithDB(st, db), "TabSeparated"); err != nil {
 					// no ADD COLUMN IF NOT EXISTS on 18.16: the migrator counts
 					// "already exists" as done, so the second run may meet it
-					readded := round == 1 && chsink.ColumnAlreadyAdded(st, err.Error())
+					readded := round == 1 && callsdb.ColumnAlreadyAdded(st, err.Error())
 					if !readded {
 						return fmt.Errorf("migration %s (run %d): %w", m.Name, round+1, err)
 					}
@@ -106,7 +107,7 @@ func run(callsFile, outFile string, from, to time.Time) error {
 		}
 	}
 	rec := []any{uint32(migs[0].Version), migs[0].Name, migs[0].Checksum, time.Now().UTC().Truncate(time.Second)}
-	if _, err := s.exec(valuesSQL(chsink.WithDB(chsink.InsertMigration, db), [][]any{rec}), "TabSeparated"); err != nil {
+	if _, err := s.exec(valuesSQL(callsdb.WithDB(callsdb.InsertMigration, db), [][]any{rec}), "TabSeparated"); err != nil {
 		return err
 	}
 
@@ -128,7 +129,7 @@ func run(callsFile, outFile string, from, to time.Time) error {
 			for i := lo; i < hi; i++ {
 				rows = append(rows, chsink.CallRow(&calls[i], 4096, now, uint64(copyN+1)))
 			}
-			if _, err := s.exec(valuesSQL(chsink.WithDB(chsink.InsertCalls, db), rows), "TabSeparated"); err != nil {
+			if _, err := s.exec(valuesSQL(callsdb.WithDB(callsdb.InsertCalls, db), rows), "TabSeparated"); err != nil {
 				return err
 			}
 		}
@@ -141,14 +142,14 @@ func run(callsFile, outFile string, from, to time.Time) error {
 	if !to.After(from) {
 		from, to = time.Unix(0, 0).UTC(), time.Unix(1<<31, 0).UTC()
 	}
-	for _, q := range chsink.AllQueries(from, to) {
-		if _, err := s.exec(chsink.WithDB(q, db), "TabSeparated"); err != nil {
+	for _, q := range callsdb.AllQueries(from, to) {
+		if _, err := s.exec(callsdb.WithDB(q, db), "TabSeparated"); err != nil {
 			return err
 		}
 	}
-	results := map[string][]chsink.UsageRow{}
-	for _, g := range chsink.AllGroupings() {
-		out, err := s.exec(chsink.WithDB(chsink.UsageQuery(from, to, g), db), "TabSeparated")
+	results := map[string][]callsdb.UsageRow{}
+	for _, g := range callsdb.AllGroupings() {
+		out, err := s.exec(callsdb.WithDB(callsdb.UsageQuery(from, to, g), db), "TabSeparated")
 		if err != nil {
 			return err
 		}
@@ -176,11 +177,11 @@ func run(callsFile, outFile string, from, to time.Time) error {
 // the parse of every cluster-mode DDL statement (EXPLAIN AST: chDB has no
 // ZooKeeper or remote servers to run them on).
 func checkModern(s *session, calls []schema.Call, now time.Time) error {
-	v, err := s.exec(chsink.QueryServerVersion, "TabSeparated")
+	v, err := s.exec(callsdb.QueryServerVersion, "TabSeparated")
 	if err != nil {
 		return err
 	}
-	srv, err := chsink.ParseServerVersion(v)
+	srv, err := callsdb.ParseServerVersion(v)
 	if err != nil {
 		return err
 	}
@@ -188,13 +189,13 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 		return fmt.Errorf("chDB engine %s is not modern by callpipe's cut-off", srv.Version)
 	}
 	// long retention on the checked database: nothing of the sample expires
-	keep := chsink.Retention{Calls: 3650, Rollups: 3650}
+	keep := callsdb.Retention{Calls: 3650, Rollups: 3650}
 	for pass := 1; pass <= 2; pass++ {
 		engines, err := engines(s, db)
 		if err != nil {
 			return err
 		}
-		stmts := chsink.TableSettingStatements(srv, chsink.Topology{}, keep, engines)
+		stmts := callsdb.TableSettingStatements(srv, callsdb.Topology{}, keep, engines)
 		if pass == 1 && len(stmts) != 12 {
 			return fmt.Errorf("table settings: %d statements for 6 retained tables, want TTL + dedup window each: %q", len(stmts), stmts)
 		}
@@ -202,7 +203,7 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 			return fmt.Errorf("table settings not idempotent: second pass wants %q", stmts)
 		}
 		for _, st := range stmts {
-			if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+			if _, err := s.exec(callsdb.WithDB(st, db), "TabSeparated"); err != nil {
 				return err
 			}
 		}
@@ -221,8 +222,8 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 		if err != nil {
 			return err
 		}
-		for _, st := range chsink.TableSettingStatements(srv, chsink.Topology{}, keep, eng) {
-			if _, err := s.exec(chsink.WithDB(st, db), "TabSeparated"); err != nil {
+		for _, st := range callsdb.TableSettingStatements(srv, callsdb.Topology{}, keep, eng) {
+			if _, err := s.exec(callsdb.WithDB(st, db), "TabSeparated"); err != nil {
 				return err
 			}
 		}
@@ -240,7 +241,7 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 			for i := range chunk {
 				rows[i] = chsink.CallRow(&chunk[i], 4096, now, version)
 			}
-			_, err := s.exec(insertWithSettings(chsink.WithDB(chsink.InsertCalls, db), chsink.DedupSettings(token), rows), "TabSeparated")
+			_, err := s.exec(insertWithSettings(callsdb.WithDB(callsdb.InsertCalls, db), chsink.DedupSettings(token), rows), "TabSeparated")
 			return err
 		}
 		n := uint64(len(chunk))
@@ -274,15 +275,15 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	for _, st := range chsink.TableSettingStatements(srv, chsink.Topology{}, chsink.Retention{Calls: 1}, eng) {
-		if _, err := s.exec(chsink.WithDB(st, ttlDB), "TabSeparated"); err != nil {
+	for _, st := range callsdb.TableSettingStatements(srv, callsdb.Topology{}, callsdb.Retention{Calls: 1}, eng) {
+		if _, err := s.exec(callsdb.WithDB(st, ttlDB), "TabSeparated"); err != nil {
 			return err
 		}
 	}
 	old := schema.Call{ID: "old", StartTime: now.AddDate(0, 0, -3), EndTime: now.AddDate(0, 0, -3), Model: "m", UserID: "u", Status: 200}
 	fresh := schema.Call{ID: "fresh", StartTime: now, EndTime: now, Model: "m", UserID: "u", Status: 200}
 	rows := [][]any{chsink.CallRow(&old, 0, now, 1), chsink.CallRow(&fresh, 0, now, 1)}
-	if _, err := s.exec(valuesSQL(chsink.WithDB(chsink.InsertCalls, ttlDB), rows), "TabSeparated"); err != nil {
+	if _, err := s.exec(valuesSQL(callsdb.WithDB(callsdb.InsertCalls, ttlDB), rows), "TabSeparated"); err != nil {
 		return err
 	}
 	for _, t := range []string{"calls", "calls_by_user"} {
@@ -297,7 +298,7 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 	if want := [2]uint64{1, 1}; got != want {
 		return fmt.Errorf("TTL: rows (calls, calls_by_user) = %v after a merge, want %v (3-day-old call expired, kept 1 day)", got, want)
 	}
-	drop := chsink.WithDB(chsink.DropPartitionStatement(chsink.Topology{}, "calls", fresh.StartTime.UTC().Format("20060102")), ttlDB)
+	drop := callsdb.WithDB(callsdb.DropPartitionStatement(callsdb.Topology{}, "calls", fresh.StartTime.UTC().Format("20060102")), ttlDB)
 	if _, err := s.exec(drop, "TabSeparated"); err != nil {
 		return err
 	}
@@ -305,20 +306,20 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 		return fmt.Errorf("after %s: rows %v (err %v), want calls empty", drop, got, err)
 	}
 
-	cluster, err := chsink.ClusterStatements(chsink.Topology{Cluster: "callpipe_cluster"})
+	cluster, err := callsdb.ClusterStatements(callsdb.Topology{Cluster: "callpipe_cluster"})
 	if err != nil {
 		return err
 	}
 	for _, st := range cluster {
-		if _, err := s.exec("EXPLAIN AST "+chsink.WithDB(st, db), "TabSeparated"); err != nil {
+		if _, err := s.exec("EXPLAIN AST "+callsdb.WithDB(st, db), "TabSeparated"); err != nil {
 			return fmt.Errorf("cluster DDL does not parse: %w", err)
 		}
 	}
 	for _, st := range []string{
-		chsink.DropPartitionStatement(chsink.Topology{Cluster: "callpipe_cluster"}, "calls_local", "20261101"),
+		callsdb.DropPartitionStatement(callsdb.Topology{Cluster: "callpipe_cluster"}, "calls_local", "20261101"),
 		"ALTER TABLE {db}.calls_local ON CLUSTER callpipe_cluster MODIFY TTL start_time + toIntervalDay(30)",
 	} {
-		if _, err := s.exec("EXPLAIN AST "+chsink.WithDB(st, db), "TabSeparated"); err != nil {
+		if _, err := s.exec("EXPLAIN AST "+callsdb.WithDB(st, db), "TabSeparated"); err != nil {
 			return fmt.Errorf("cluster DDL does not parse: %w", err)
 		}
 	}
@@ -327,18 +328,18 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 }
 
 func migrateDB(s *session, database string) error {
-	migs, err := chsink.Migrations()
+	migs, err := callsdb.Migrations()
 	if err != nil {
 		return err
 	}
-	for _, st := range chsink.BootstrapStatements {
-		if _, err := s.exec(chsink.WithDB(st, database), "TabSeparated"); err != nil {
+	for _, st := range callsdb.BootstrapStatements {
+		if _, err := s.exec(callsdb.WithDB(st, database), "TabSeparated"); err != nil {
 			return err
 		}
 	}
 	for _, m := range migs {
 		for _, st := range m.Statements {
-			if _, err := s.exec(chsink.WithDB(st, database), "TabSeparated"); err != nil {
+			if _, err := s.exec(callsdb.WithDB(st, database), "TabSeparated"); err != nil {
 				return err
 			}
 		}
@@ -347,7 +348,7 @@ func migrateDB(s *session, database string) error {
 }
 
 func engines(s *session, database string) (map[string]string, error) {
-	out, err := s.exec(chsink.WithDB(chsink.QueryTableEngines, database), "TabSeparated")
+	out, err := s.exec(callsdb.WithDB(callsdb.QueryTableEngines, database), "TabSeparated")
 	if err != nil {
 		return nil, err
 	}
@@ -462,8 +463,8 @@ func quote(s string) string {
 }
 
 // parseUsage reads UsageQuery's TabSeparated output.
-func parseUsage(out string, g chsink.GroupBy) ([]chsink.UsageRow, error) {
-	var rows []chsink.UsageRow
+func parseUsage(out string, g callsdb.GroupBy) ([]callsdb.UsageRow, error) {
+	var rows []callsdb.UsageRow
 	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
 		if line == "" {
 			continue
@@ -472,9 +473,9 @@ func parseUsage(out string, g chsink.GroupBy) ([]chsink.UsageRow, error) {
 		if len(f) != 12 {
 			return nil, fmt.Errorf("%d columns in %q", len(f), line)
 		}
-		var r chsink.UsageRow
+		var r callsdb.UsageRow
 		var err error
-		if g.Bucket != chsink.BucketNone {
+		if g.Bucket != callsdb.BucketNone {
 			if r.Bucket, err = time.Parse("2006-01-02 15:04:05", f[0]); err != nil {
 				return nil, err
 			}
@@ -511,10 +512,10 @@ func parseUsage(out string, g chsink.GroupBy) ([]chsink.UsageRow, error) {
 	return rows, nil
 }
 
-func parseQ(s string) (chsink.Quantiles, error) {
+func parseQ(s string) (callsdb.Quantiles, error) {
 	var v []float64
 	if err := json.Unmarshal([]byte(s), &v); err != nil || len(v) != 3 {
-		return chsink.Quantiles{}, fmt.Errorf("quantiles %q: %v", s, err)
+		return callsdb.Quantiles{}, fmt.Errorf("quantiles %q: %v", s, err)
 	}
-	return chsink.Quantiles{P50: v[0], P95: v[1], P99: v[2]}, nil
+	return callsdb.Quantiles{P50: v[0], P95: v[1], P99: v[2]}, nil
 }

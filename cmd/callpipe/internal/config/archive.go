@@ -4,6 +4,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minio/minio-go/v7/pkg/encrypt"
+
 	"github.com/callpipe/callpipe/bus"
 )
 
@@ -22,6 +24,19 @@ type Archive struct {
 
 	ReplayCheckpointPrefix string `yaml:"replay_checkpoint_prefix" doc:"Redis key prefix of replay job checkpoints"`
 	ReplayMaxInFlight      int    `yaml:"replay_max_in_flight" doc:"replayed calls awaiting a JetStream ack"`
+}
+
+// ServerSide is the server-side encryption of s3.sse for every object
+// callpipe writes (nil: none asked, the bucket's default applies).
+func (s S3) ServerSide() encrypt.ServerSide {
+	switch s.SSE {
+	case "sse-s3":
+		return encrypt.NewSSE()
+	case "sse-kms":
+		sse, _ := encrypt.NewSSEKMS(s.SSEKMSKey, nil) // a nil context cannot fail to encode
+		return sse
+	}
+	return nil
 }
 
 func defaultArchive() Archive {

@@ -137,6 +137,8 @@ type S3 struct {
 	UseSSL    bool   `yaml:"use_ssl" doc:"use https"`
 	PathStyle bool   `yaml:"path_style" doc:"path-style bucket addressing (MinIO); false lets the client choose"`
 	TLS       TLS    `yaml:"tls"`
+	SSE       string `yaml:"sse" doc:"server-side encryption asked for on every archive and export object: none (the bucket's default applies), sse-s3 (keys managed by the server; MinIO needs a KMS, e.g. MINIO_KMS_SECRET_KEY) or sse-kms (with sse_kms_key_id)"`
+	SSEKMSKey string `yaml:"sse_kms_key_id" doc:"KMS key id of sse-kms"`
 }
 
 type Langfuse struct {
@@ -144,6 +146,10 @@ type Langfuse struct {
 	PublicKey string `yaml:"public_key" doc:"project public key (also LANGFUSE_PUBLIC_KEY)"`
 	SecretKey string `yaml:"secret_key" secret:"true" doc:"project secret key (also LANGFUSE_SECRET_KEY)"`
 	Transport string `yaml:"transport" doc:"auto, ingestion (v3 batch API) or otlp (v4)"`
+	// SettingsKey is the one key of the settings bucket's encryption.
+	// TLS applies to https:// hosts (the scheme turns TLS on; enabled is ignored).
+	TLS         TLS    `yaml:"tls"`
+	SettingsKey string `yaml:"settings_key" secret:"true" doc:"32 random bytes, base64 (openssl rand -base64 32): seals (AES-256-GCM) the secret key saved from the dashboard in the NATS KV bucket; serve and every langfuse worker need the same key; empty: no secret can be saved from the dashboard"`
 
 	Consumer       string   `yaml:"consumer" doc:"durable consumer on CALLPIPE_NORMALIZED shared by every langfuse worker"`
 	Subject        string   `yaml:"subject" doc:"subjects of CALLPIPE_NORMALIZED the langfuse stage consumes"`
@@ -188,7 +194,7 @@ func Default() Config {
 			UserLookupTimeout: Duration(time.Second), UserRetryAfter: Duration(time.Second)},
 		Capture: Capture{Payloads: "full", MaxChars: 2000, DefaultMasks: true},
 		Redis:   Redis{Addr: "127.0.0.1:6379"},
-		S3:      S3{Endpoint: "127.0.0.1:9000", Region: "us-east-1", Bucket: "callpipe", PathStyle: true},
+		S3:      S3{Endpoint: "127.0.0.1:9000", Region: "us-east-1", Bucket: "callpipe", PathStyle: true, SSE: "none"},
 		Langfuse: Langfuse{Transport: "auto", Consumer: bus.StageOf(bus.StageLangfuse).Consumer, Subject: bus.StageOf(bus.StageLangfuse).Subject, BatchCalls: 500, FlushInterval: Duration(time.Second),
 			MaxBatchBytes: 3_500_000, MaxBatchEvents: 1000, MaxFieldBytes: 256 << 10, MaxInFlight: 4, Retries: 8,
 			MinBackoff: Duration(500 * time.Millisecond), MaxBackoff: Duration(30 * time.Second), RequestTimeout: Duration(30 * time.Second),
@@ -277,9 +283,12 @@ func (c *Config) Validate() error {
 		hostPort("redis.addr", c.Redis.Addr, false),
 		check(c.Redis.DB >= 0 && c.Redis.DB < 16384, "redis.db", c.Redis.DB, "must be 0..16383"),
 		hostPort("s3.endpoint", c.S3.Endpoint, false),
+		check(oneOf(c.S3.SSE, "none", "sse-s3", "sse-kms"), "s3.sse", c.S3.SSE, "allowed: none, sse-s3, sse-kms"),
+		check((c.S3.SSE == "sse-kms") == (c.S3.SSEKMSKey != ""), "s3.sse_kms_key_id", c.S3.SSEKMSKey, "required with s3.sse sse-kms, and only with it"),
 		check(c.S3.Bucket == "" || validBucket(c.S3.Bucket), "s3.bucket", c.S3.Bucket, "must be 3-63 lowercase letters, digits, dots or hyphens"),
 		check(c.Langfuse.Host == "" || validHTTPURL(c.Langfuse.Host), "langfuse.host", c.Langfuse.Host, "must be an http:// or https:// URL"),
 		check(oneOf(c.Langfuse.Transport, "auto", "ingestion", "otlp"), "langfuse.transport", c.Langfuse.Transport, "allowed: auto, ingestion, otlp"),
+		validSettingsKey(c.Langfuse.SettingsKey),
 		check(validIdent(strings.ReplaceAll(c.Langfuse.Consumer, "-", "_")), "langfuse.consumer", c.Langfuse.Consumer, "must be letters, digits, - and _"),
 		checkSubject(bus.StageLangfuse, "langfuse.subject", c.Langfuse.Subject),
 		check(validLangfuseEnv(c.Langfuse.Environment), "langfuse.environment", c.Langfuse.Environment, "must be lower case letters, digits, - and _, at most 40, not starting with langfuse"),

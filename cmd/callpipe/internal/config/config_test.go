@@ -107,6 +107,9 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"unknown key", "nats:\n  urll: nats://x:1\n", nil, "urll"},
 		{"open writes with tokens", "", map[string]string{"CALLPIPE_SERVE_TOKENS": "a", "CALLPIPE_SERVE_ALLOW_UNAUTHENTICATED_WRITES": "true"}, "serve.allow_unauthenticated_writes"},
 		{"test connection network", "", map[string]string{"CALLPIPE_SERVE_TEST_CONNECTION_ALLOW": "10.0.0.0/8,langfuse.internal"}, "serve.test_connection.allow"},
+		{"settings key", "", map[string]string{"CALLPIPE_LANGFUSE_SETTINGS_KEY": "not-32-bytes"}, "langfuse.settings_key"},
+		{"sse", "", map[string]string{"CALLPIPE_S3_SSE": "aes"}, "s3.sse"},
+		{"sse-kms without a key", "", map[string]string{"CALLPIPE_S3_SSE": "sse-kms"}, "s3.sse_kms_key_id"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

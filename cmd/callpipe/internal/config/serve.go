@@ -4,7 +4,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/callpipe/callpipe/settings"
+	"github.com/callpipe/callpipe/store/settings"
 )
 
 // Serve configures `callpipe serve`: the usage API and the dashboard.

@@ -1,0 +1,233 @@
+package callsdb
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// SQL of the sealed rollups (see rollup.go for the protocol and
+// schema/clickhouse/README.md for the design). Like every statement of the
+// package it is listed by AllQueries, so the chDB check runs it on 26.x.
+
+// Grains of usage_rollup and usage_seals.
+const (
+	grainHour uint8 = 1
+	grainDay  uint8 = 2
+)
+
+// collapsedCallsSQL is the per-call rows of calls matching where, one row
+// per id: the copy with the highest version, as ReplacingMergeTree keeps.
+// Copies of a call share its start_time, so a time condition never splits
+// them.
+func collapsedCallsSQL(where string) string {
+	return `SELECT
+        id,
+        argMax(start_time, version) AS c_start,
+        argMax(model, version) AS c_model,
+        argMax(user_id, version) AS c_user,
+        argMax(source, version) AS c_source,
+        argMax(batch_id, version) AS c_batch,
+        argMax(toUInt8((status >= 400) OR (error != '')), version) AS c_error,
+        argMax(input_tokens, version) AS c_in,
+        argMax(output_tokens, version) AS c_out,
+        argMax(total_tokens, version) AS c_total,
+        argMax(ifNull(cost_usd, 0.), version) AS c_cost,
+        argMax(latency_ms, version) AS c_latency,
+        argMax(ifNull(ttft_ms, 0), version) AS c_ttft,
+        argMax(toUInt8(isNotNull(ttft_ms)), version) AS c_has_ttft
+    FROM {db}.calls
+    WHERE ` + where + `
+    GROUP BY id`
+}
+
+// timeRangeSQL is col in [from, to) (Unix seconds, UTC).
+func timeRangeSQL(col string, from, to int64) string {
+	return fmt.Sprintf("%s >= toDateTime(%d, 'UTC') AND %s < toDateTime(%d, 'UTC')", col, from, col, to)
+}
+
+// rollupColumns are the columns of usage_rollup in insert order.
+const rollupColumns = `grain, by_user, period, model, user_id, source, batch_id, version,
+    calls, errors, input_tokens, output_tokens, total_tokens, cost,
+    latency_buckets, latency_counts, ttft_calls, ttft_buckets, ttft_counts`
+
+// sealHourSQL computes one hour's rollup rows keyed by user (by_user = 1)
+// from the per-call rows collapsed by id, at version v. slices > 1 computes
+// only the calls whose id hashes to slice (copies of a call share the id,
+// so slices never split a call); the rows of all slices sum to the hour.
+func sealHourSQL(hour int64, v uint64, slice, slices int) string {
+	where := timeRangeSQL("start_time", hour, hour+3600)
+	if slices > 1 {
+		where += fmt.Sprintf(" AND cityHash64(id) %% %d = %d", slices, slice)
+	}
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
+SELECT
+    toUInt8(%d), toUInt8(1), toDateTime(%d, 'UTC'), c_model, c_user, c_source, c_batch, toUInt64(%d),
+    toUInt64(count()), toUInt64(sum(c_error)), toInt64(sum(c_in)), toInt64(sum(c_out)), toInt64(sum(c_total)), toFloat64(sum(c_cost)),
+    (sumMap([%s], [toUInt64(1)]) AS lat).1, lat.2,
+    toUInt64(sum(c_has_ttft)),
+    (sumMap(if(c_has_ttft = 1, [%s], emptyArrayUInt16()), if(c_has_ttft = 1, [toUInt64(1)], emptyArrayUInt64())) AS ttf).1, ttf.2
+FROM
+(
+    %s
+)
+GROUP BY c_model, c_user, c_source, c_batch`, rollupColumns, grainHour, hour, v,
+		histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(where))
+}
+
+// userRollupColumns are the columns of usage_rollup_by_user (usage_rollup's
+// by_user = 1 rows, sorted by user first).
+const userRollupColumns = `grain, period, model, user_id, source, batch_id, version,
+    calls, errors, input_tokens, output_tokens, total_tokens, cost,
+    latency_buckets, latency_counts, ttft_calls, ttft_buckets, ttft_counts`
+
+// sealUserCopySQL copies the by_user = 1 rows of seal (grain, period, v)
+// into usage_rollup_by_user, after they are written and before the seal is
+// recorded.
+func sealUserCopySQL(grain uint8, period int64, v uint64) string {
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup_by_user (%s)
+SELECT %s
+FROM {db}.usage_rollup
+WHERE by_user = 1 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d`,
+		userRollupColumns, userRollupColumns, grain, period, v)
+}
+
+// sealSummedSQL writes the by_user = 0 rows of one hour seal (hour, v):
+// its by_user = 1 rows summed over users and batches.
+func sealSummedSQL(hour int64, v uint64) string {
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
+SELECT
+    toUInt8(%d), toUInt8(0), period, model, '', source, '', version,
+    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
+    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
+    toUInt64(sum(ttft_calls)),
+    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
+FROM {db}.usage_rollup
+WHERE by_user = 1 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d
+GROUP BY period, version, model, source`, rollupColumns, grainHour, grainHour, hour, v)
+}
+
+// sealDaySQL writes one UTC day's rows (both levels) at version v, summed
+// from the 24 hour seals (hour start, version) it lists.
+func sealDaySQL(day int64, v uint64, hours []sealRef) string {
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
+SELECT
+    toUInt8(%d), by_user, toDateTime(%d, 'UTC'), model, user_id, source, batch_id, toUInt64(%d),
+    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
+    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
+    toUInt64(sum(ttft_calls)),
+    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
+FROM {db}.usage_rollup
+WHERE grain = %d AND %s AND %s
+GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grainDay, day, v,
+		grainHour, timeRangeSQL("period", day, day+86400), sealRefsSQL(hours))
+}
+
+// sealRef names the rows of one seal.
+type sealRef struct {
+	Grain   uint8
+	Period  int64 // Unix seconds
+	Version uint64
+}
+
+// sealRefsSQL is "these seals' rows": a tuple IN over (grain, period, version).
+func sealRefsSQL(refs []sealRef) string {
+	var b strings.Builder
+	b.WriteString("(grain, toUInt32(period), version) IN (")
+	for i, r := range refs {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "(%d, %d, %d)", r.Grain, r.Period, r.Version)
+	}
+	if len(refs) == 1 { // (x) would be a scalar, not a one-tuple set
+		b.WriteString(", (0, 0, 0)")
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// InsertSeal records seals (batch insert), after their rows are written.
+const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy)`
+
+// InsertDirtyHours marks hours for re-sealing (batch insert).
+const InsertDirtyHours = `INSERT INTO {db}.usage_dirty_hours (hour, marked_at, reason)`
+
+// sealsQuery is the newest seal of every period in [from, to).
+func sealsQuery(from, to int64) string {
+	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version)
+FROM {db}.usage_seals
+WHERE ` + timeRangeSQL("period", from, to) + `
+GROUP BY grain, period
+ORDER BY grain, p`
+}
+
+// dirtyQuery is the newest mark of every dirty hour in [from, to).
+func dirtyQuery(from, to int64) string {
+	return `SELECT toInt64(toUInt32(hour)) AS h, max(marked_at)
+FROM {db}.usage_dirty_hours
+WHERE ` + timeRangeSQL("hour", from, to) + `
+GROUP BY hour
+ORDER BY h`
+}
+
+// sealCallRowsQuery counts the stored rows (copies included) of one hour,
+// to size the slices of its seal.
+func sealCallRowsQuery(hour int64) string {
+	return `SELECT toUInt64(count()) FROM {db}.calls WHERE ` + timeRangeSQL("start_time", hour, hour+3600)
+}
+
+// sealCallsQuery sums the calls of one hour seal (for its record).
+func sealCallsQuery(hour int64, v uint64) string {
+	return fmt.Sprintf(`SELECT toUInt64(sum(calls)) FROM {db}.usage_rollup WHERE by_user = 0 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d`,
+		grainHour, hour, v)
+}
+
+// callHoursQuery lists the hours in [from, to) holding stored calls.
+func callHoursQuery(from, to int64) string {
+	return `SELECT DISTINCT toInt64(toUInt32(toStartOfHour(start_time))) AS h FROM {db}.calls WHERE ` + timeRangeSQL("start_time", from, to) + ` ORDER BY h`
+}
+
+// QueryFirstCall is the start of the oldest stored call (0 when none).
+const QueryFirstCall = `SELECT toInt64(toUInt32(min(start_time))), toUInt64(count()) FROM {db}.calls`
+
+// rollupVersionsQuery lists the seal versions stored for the periods in
+// [from, to) (superseded and abandoned ones included) in usage_rollup or its
+// copy keyed by user, for clean-up.
+func rollupVersionsQuery(from, to int64) string {
+	where := timeRangeSQL("period", from, to)
+	return `SELECT DISTINCT grain, toInt64(toUInt32(period)) AS p, version FROM
+(
+    SELECT grain, period, version FROM {db}.usage_rollup WHERE ` + where + `
+    UNION ALL
+    SELECT grain, period, version FROM {db}.usage_rollup_by_user WHERE ` + where + `
+)
+ORDER BY grain, p, version`
+}
+
+// deleteRollupVersionsStatements delete the rows of superseded seals and
+// their copies keyed by user.
+func deleteRollupVersionsStatements(topo Topology, refs []sealRef) []string {
+	var out []string
+	for _, t := range []string{"usage_rollup", "usage_rollup_by_user"} {
+		out = append(out, "ALTER TABLE {db}."+topo.LocalTable(t)+topo.onCluster()+" DELETE WHERE "+sealRefsSQL(refs))
+	}
+	return out
+}
+
+// rollupQueries are sample statements of the rollups for AllQueries.
+func rollupQueries(sampleFrom time.Time) []string {
+	h := sampleFrom.Truncate(time.Hour).Unix()
+	day := sampleFrom.Truncate(24 * time.Hour).Unix()
+	hours := make([]sealRef, 24)
+	for i := range hours {
+		hours[i] = sealRef{Grain: grainHour, Period: day + int64(i)*3600, Version: uint64(1000 + i)}
+	}
+	out := []string{
+		sealHourSQL(h, 7, 0, 1), sealHourSQL(h, 7, 1, 3), sealSummedSQL(h, 7), sealDaySQL(day, 9, hours),
+		sealUserCopySQL(grainHour, h, 7), sealUserCopySQL(grainDay, day, 9),
+		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(h), sealCallsQuery(h, 7),
+		callHoursQuery(h, h+86400), QueryFirstCall, rollupVersionsQuery(h, h+86400),
+	}
+	return append(out, deleteRollupVersionsStatements(Topology{}, hours[:2])...)
+}

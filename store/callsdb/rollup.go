@@ -1,0 +1,745 @@
+package callsdb
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Sealed rollups: the protocol.
+//
+// Writers of usage_rollup (Sealer) and readers (UsageOf) agree through two
+// small tables, without transactions (18.16 has none):
+//
+//  1. A seal of a period (grain, period) has a version: the sealer's clock in
+//     Unix nanoseconds when it started reading, unique per Sealer. The sealer
+//     writes every usage_rollup row of the seal first, then the copy of its
+//     rows keyed by user (usage_rollup_by_user), then one usage_seals
+//     record (grain, period, version). Readers use a period's rollup rows
+//     only through the newest record, selecting exactly (grain, period,
+//     version): a seal that failed half-way wrote rows no record names, and
+//     sealing again writes a new version beside the old one — the old one is
+//     never added to, and readers switch versions in one step.
+//  2. An hour is sealed only once it is SealAfter past its end (the
+//     redelivery horizon). A call that arrives for an older hour is late:
+//     the ClickHouse output marks its hour dirty (usage_dirty_hours) before
+//     the INSERT, and again after it if the INSERT ended past the horizon.
+//     A reader treats an hour as sealed only if no mark is newer than its
+//     seal version minus ClockSkew; otherwise it reads that hour's per-call
+//     rows. The sealer re-seals such hours; a mark made while a seal was
+//     reading is newer than that seal's start, so the hour stays dirty and
+//     is sealed again.
+//  3. A day seal lists the 24 hour versions it summed. Readers use a day's
+//     rows only while those are still the current, clean hour seals.
+//  4. Rows of superseded or abandoned versions are deleted only Grace after
+//     the seal that replaced them, longer than any read runs.
+//
+// So a read counts every call exactly once whether its hour is sealed,
+// being re-sealed or dirty, and the rollups are idempotent: sealing an hour
+// again replaces it.
+
+// ClockSkew is the clock difference allowed between the hosts that mark
+// hours dirty and the sealer, and the margin by which the output marks
+// calls late before the sealer may seal their hour.
+const ClockSkew = 30 * time.Second
+
+// DefaultSealAfter is the redelivery horizon used when none is configured.
+const DefaultSealAfter = 15 * time.Minute
+
+// RollupConfig is how the clickhouse stage seals the usage rollups (Sealer).
+type RollupConfig struct {
+	Interval  time.Duration // between seal passes
+	Lease     time.Duration // TTL of the sealing lease
+	SliceRows uint64
+	Grace     time.Duration
+}
+
+// NewSealer is the Sealer of the database and topology of oc, with rc's
+// sizes.
+func NewSealer(conn driver.Conn, oc Config, rc RollupConfig, log *slog.Logger) *Sealer {
+	return &Sealer{Conn: conn, Database: oc.Database, Topology: oc.Topology, SealAfter: oc.SealAfter,
+		SliceRows: rc.SliceRows, Grace: rc.Grace, Log: log}
+}
+
+// Sealer seals hours and days of usage_rollup. Several may run at once
+// (different versions, the newest record wins); the clickhouse stage runs
+// one at a time behind a lease to avoid doing the work twice.
+type Sealer struct {
+	Conn      driver.Conn
+	Database  string
+	Topology  Topology
+	SealAfter time.Duration // the redelivery horizon (DefaultSealAfter when 0)
+	// SliceRows is how many stored call rows one seal query aggregates at
+	// most; larger hours are sealed in slices by id hash (default 4M).
+	SliceRows uint64
+	// Grace is how long superseded seal rows are kept (default 10m).
+	Grace time.Duration
+	Log   *slog.Logger
+	Now   func() time.Time
+
+	mu          sync.Mutex
+	lastVersion uint64
+	watermark   int64 // hours before it were looked at by an earlier Pass
+	lastCleanup time.Time
+}
+
+func (s *Sealer) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Sealer) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+func (s *Sealer) sealAfter() time.Duration {
+	if s.SealAfter <= 0 {
+		return DefaultSealAfter
+	}
+	return s.SealAfter
+}
+
+// version is a new seal version: now in Unix nanoseconds, increasing.
+func (s *Sealer) version() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := uint64(s.now().UnixNano())
+	if v <= s.lastVersion {
+		v = s.lastVersion + 1
+	}
+	s.lastVersion = v
+	return v
+}
+
+// SealableBefore is the end of the hours that may be sealed at now: hours
+// that ended at least SealAfter ago.
+func SealableBefore(now time.Time, sealAfter time.Duration) time.Time {
+	return now.Add(-sealAfter).UTC().Truncate(time.Hour)
+}
+
+func (s *Sealer) ctx(ctx context.Context) context.Context {
+	if s.Topology.Clustered() { // the record must not overtake its rows
+		return ch.Context(ctx, ch.WithSettings(ch.Settings{"insert_distributed_sync": 1}))
+	}
+	return ctx
+}
+
+func (s *Sealer) exec(ctx context.Context, stmt string) error {
+	if err := s.Conn.Exec(s.ctx(ctx), WithDB(stmt, s.Database)); err != nil {
+		return fmt.Errorf("%w\nstatement: %.300s", err, stmt)
+	}
+	return nil
+}
+
+// SealHour computes hour h (UTC, Unix seconds at the hour) from its per-call
+// rows and records it; it returns the seal.
+func (s *Sealer) SealHour(ctx context.Context, h int64) (Seal, error) {
+	v := s.version()
+	var rows uint64
+	if err := s.Conn.QueryRow(ctx, WithDB(sealCallRowsQuery(h), s.Database)).Scan(&rows); err != nil {
+		return Seal{}, fmt.Errorf("seal hour %s: count rows: %w", unixUTC(h), err)
+	}
+	sliceRows := s.SliceRows
+	if sliceRows == 0 {
+		sliceRows = 4_000_000
+	}
+	slices := int((rows + sliceRows - 1) / sliceRows)
+	for i := 0; i < max(slices, 1); i++ {
+		if err := s.exec(ctx, sealHourSQL(h, v, i, slices)); err != nil {
+			return Seal{}, fmt.Errorf("seal hour %s slice %d/%d: %w", unixUTC(h), i+1, slices, err)
+		}
+	}
+	if err := s.exec(ctx, sealSummedSQL(h, v)); err != nil {
+		return Seal{}, fmt.Errorf("seal hour %s: sum over users: %w", unixUTC(h), err)
+	}
+	if err := s.exec(ctx, sealUserCopySQL(grainHour, h, v)); err != nil {
+		return Seal{}, fmt.Errorf("seal hour %s: copy keyed by user: %w", unixUTC(h), err)
+	}
+	var calls uint64
+	if err := s.Conn.QueryRow(ctx, WithDB(sealCallsQuery(h, v), s.Database)).Scan(&calls); err != nil {
+		return Seal{}, fmt.Errorf("seal hour %s: count calls: %w", unixUTC(h), err)
+	}
+	seal := Seal{Grain: grainHour, Period: h, Version: v, Calls: calls}
+	if err := s.record(ctx, seal); err != nil {
+		return Seal{}, err
+	}
+	return seal, nil
+}
+
+// SealDay sums day d's 24 current hour seals into day rows and records it.
+func (s *Sealer) SealDay(ctx context.Context, d int64, hours []Seal) (Seal, error) {
+	if len(hours) != 24 {
+		return Seal{}, fmt.Errorf("seal day %s: %d hour seals, want 24", unixUTC(d), len(hours))
+	}
+	v := s.version()
+	refs := make([]sealRef, len(hours))
+	seal := Seal{Grain: grainDay, Period: d, Version: v, HourVersions: make([]uint64, len(hours))}
+	for i, h := range hours {
+		refs[i] = h.ref()
+		seal.HourVersions[i] = h.Version
+		seal.Calls += h.Calls
+	}
+	if seal.Calls > 0 {
+		if err := s.exec(ctx, sealDaySQL(d, v, refs)); err != nil {
+			return Seal{}, fmt.Errorf("seal day %s: %w", unixUTC(d), err)
+		}
+		if err := s.exec(ctx, sealUserCopySQL(grainDay, d, v)); err != nil {
+			return Seal{}, fmt.Errorf("seal day %s: copy keyed by user: %w", unixUTC(d), err)
+		}
+	}
+	if err := s.record(ctx, seal); err != nil {
+		return Seal{}, err
+	}
+	return seal, nil
+}
+
+// record writes seal records (after their rows, and the copy of those keyed
+// by user: every seal recorded here has it, so user_copy = 1).
+func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
+	if len(seals) == 0 {
+		return nil
+	}
+	b, err := s.Conn.PrepareBatch(s.ctx(ctx), WithDB(InsertSeal, s.Database))
+	if err != nil {
+		return fmt.Errorf("record %d seals: %w", len(seals), err)
+	}
+	at := s.now().UTC().Truncate(time.Second)
+	for _, x := range seals {
+		hv := x.HourVersions
+		if hv == nil {
+			hv = []uint64{}
+		}
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1)); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("record %d seals: %w", len(seals), err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("record %d seals: %w", len(seals), err)
+	}
+	return nil
+}
+
+// PassResult is what one Pass did.
+type PassResult struct {
+	SealableBefore time.Time // hours before it are sealed now (unless an error says otherwise)
+	HoursSealed    int       // hours with calls computed
+	EmptyHours     int       // hours without calls recorded as sealed
+	Resealed       int       // dirty hours among HoursSealed
+	DaysSealed     int
+	Deleted        int // superseded seals whose rows were deleted
+	// SealedThrough: every hour before it is sealed and clean; DirtyHours
+	// are hours still read from per-call rows because late calls were
+	// marked within ClockSkew of their new seal (sealed again next pass).
+	SealedThrough time.Time
+	DirtyHours    int
+}
+
+// Pass seals every hour that is due and not sealed, re-seals dirty hours,
+// seals complete days, and deletes superseded seal rows past Grace.
+func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
+	now := s.now()
+	due := SealableBefore(now, s.sealAfter()).Unix()
+	res := PassResult{SealableBefore: unixUTC(due)}
+	if s.watermark == 0 {
+		var first int64
+		var n uint64
+		if err := s.Conn.QueryRow(ctx, WithDB(QueryFirstCall, s.Database)).Scan(&first, &n); err != nil {
+			return res, fmt.Errorf("rollup: first call: %w", err)
+		}
+		s.watermark = due
+		if n > 0 {
+			s.watermark = min(floorTo(first, 3600), due)
+		}
+	}
+	dirty, err := loadDirty(ctx, s.Conn, s.Database, 0, due)
+	if err != nil {
+		return res, err
+	}
+	lo := s.watermark
+	for h := range dirty {
+		lo = min(lo, h)
+	}
+	lo = floorTo(lo, 86400)
+	st, err := loadSeals(ctx, s.Conn, s.Database, lo, due)
+	if err != nil {
+		return res, err
+	}
+	st.dirty = dirty
+
+	// every hour of [lo, due) without a seal: computed when it holds calls,
+	// recorded as sealed-empty when not (so its day can be sealed); then the
+	// dirty ones. Hours before the watermark were looked at by an earlier
+	// pass, so lo only reaches back to the days of dirty hours.
+	withCalls, err := callHours(ctx, s.Conn, s.Database, lo, due)
+	if err != nil {
+		return res, err
+	}
+	var todo []int64
+	var empty []Seal
+	for h := lo; h < due; h += 3600 {
+		if _, ok := st.hours[h]; ok {
+			continue
+		}
+		if withCalls[h] {
+			todo = append(todo, h)
+		} else {
+			empty = append(empty, Seal{Grain: grainHour, Period: h, Version: s.version()})
+		}
+	}
+	for h := range dirty {
+		if _, sealed := st.hours[h]; !sealed || st.clean(h) {
+			continue // unsealed ones are in todo already
+		}
+		res.Resealed++
+		todo = append(todo, h)
+	}
+	slices.Sort(todo)
+	if err := s.record(ctx, empty...); err != nil {
+		return res, err
+	}
+	for _, x := range empty {
+		st.hours[x.Period] = x
+	}
+	res.EmptyHours = len(empty)
+	for _, h := range todo {
+		seal, err := s.SealHour(ctx, h)
+		if err != nil {
+			return res, err
+		}
+		st.hours[h] = seal // clean unless marked within ClockSkew of its start: then sealed again next pass
+		res.HoursSealed++
+	}
+	if len(todo) > 0 || len(empty) > 0 {
+		n, err := s.sealDays(ctx, st, lo, due)
+		res.DaysSealed = n
+		if err != nil {
+			return res, err
+		}
+	}
+	s.watermark = due
+	res.SealedThrough = unixUTC(due)
+	for h := range st.dirty {
+		if !st.clean(h) {
+			res.DirtyHours++
+			res.SealedThrough = unixUTC(min(res.SealedThrough.Unix(), h))
+		}
+	}
+	if now.Sub(s.lastCleanup) >= s.grace() {
+		n, err := s.Cleanup(ctx, min(lo, due-cleanupDays*86400), due)
+		res.Deleted = n
+		if err != nil {
+			return res, err
+		}
+		s.lastCleanup = now
+	}
+	return res, nil
+}
+
+// cleanupDays is how far back a Pass looks for superseded seals; Rebuild
+// cleans its own range.
+const cleanupDays = 40
+
+func (s *Sealer) grace() time.Duration {
+	if s.Grace <= 0 {
+		return 10 * time.Minute
+	}
+	return s.Grace
+}
+
+// sealDays seals every day in [from, to) whose 24 hours are clean sealed and
+// whose day seal is missing or summed other hour versions.
+func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (int, error) {
+	n := 0
+	var empty []Seal // days without calls: records only, written together
+	for d := floorTo(from, 86400); d+86400 <= to; d += 86400 {
+		hours, ok := st.cleanDay(d)
+		if !ok || st.dayCurrent(d, hours) {
+			continue
+		}
+		var calls uint64
+		for _, h := range hours {
+			calls += h.Calls
+		}
+		if calls == 0 {
+			seal := Seal{Grain: grainDay, Period: d, Version: s.version(), HourVersions: make([]uint64, len(hours))}
+			for i, h := range hours {
+				seal.HourVersions[i] = h.Version
+			}
+			empty = append(empty, seal)
+			continue
+		}
+		seal, err := s.SealDay(ctx, d, hours)
+		if err != nil {
+			return n, err
+		}
+		st.days[d] = seal
+		n++
+	}
+	if err := s.record(ctx, empty...); err != nil {
+		return n, err
+	}
+	for _, x := range empty {
+		st.days[x.Period] = x
+	}
+	return n + len(empty), nil
+}
+
+// Rebuild re-seals every hour of [from, to) that is past the horizon, then
+// the days they complete, and reports progress after each hour. It is what
+// bulk loads and repairs use; it runs safely beside the clickhouse stage.
+// Hours within the horizon are left to the stage (returned as notBefore).
+func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(done, total int, h time.Time)) (sealed int, notBefore time.Time, err error) {
+	due := SealableBefore(s.now(), s.sealAfter()).Unix()
+	lo, hi := floorTo(from.Unix(), 3600), ceilTo(to.Unix(), 3600)
+	notBefore = unixUTC(min(hi, due))
+	if hi > due {
+		hi = due
+	}
+	if lo >= hi {
+		return 0, notBefore, nil
+	}
+	if _, err := s.Cleanup(ctx, floorTo(lo, 86400), ceilTo(hi, 86400)); err != nil {
+		return 0, notBefore, err
+	}
+	total := int((hi - lo) / 3600)
+	for h := lo; h < hi; h += 3600 {
+		if _, err := s.SealHour(ctx, h); err != nil {
+			return sealed, notBefore, err
+		}
+		sealed++
+		if progress != nil {
+			progress(sealed, total, unixUTC(h))
+		}
+	}
+	st, err := loadSeals(ctx, s.Conn, s.Database, floorTo(lo, 86400), ceilTo(hi, 86400))
+	if err != nil {
+		return sealed, notBefore, err
+	}
+	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, floorTo(lo, 86400), ceilTo(hi, 86400)); err != nil {
+		return sealed, notBefore, err
+	}
+	if _, err := s.sealDays(ctx, st, lo, min(ceilTo(hi, 86400), due)); err != nil {
+		return sealed, notBefore, err
+	}
+	return sealed, notBefore, nil
+}
+
+// Cleanup deletes the usage_rollup rows of seals in [from, to) that were
+// superseded more than Grace ago, and of abandoned seals (rows without a
+// record) older than Grace. It returns how many seals it deleted.
+func (s *Sealer) Cleanup(ctx context.Context, from, to int64) (int, error) {
+	st, err := loadSeals(ctx, s.Conn, s.Database, from, to)
+	if err != nil {
+		return 0, err
+	}
+	rows, err := s.Conn.Query(ctx, WithDB(rollupVersionsQuery(from, to), s.Database))
+	if err != nil {
+		return 0, fmt.Errorf("rollup cleanup: list versions: %w", err)
+	}
+	defer rows.Close()
+	limit := uint64(s.now().Add(-s.grace()).UnixNano())
+	var gone []sealRef
+	for rows.Next() {
+		var r sealRef
+		if err := rows.Scan(&r.Grain, &r.Period, &r.Version); err != nil {
+			return 0, fmt.Errorf("rollup cleanup: %w", err)
+		}
+		cur, ok := st.current(r.Grain, r.Period)
+		switch {
+		case ok && r.Version == cur.Version:
+		case ok && r.Version < cur.Version && cur.Version < limit: // superseded long enough ago
+			gone = append(gone, r)
+		case r.Version < limit && (!ok || r.Version > cur.Version): // abandoned seal
+			gone = append(gone, r)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("rollup cleanup: %w", err)
+	}
+	for i := 0; i < len(gone); i += 1000 {
+		part := gone[i:min(i+1000, len(gone))]
+		for _, stmt := range deleteRollupVersionsStatements(s.Topology, part) {
+			if err := s.exec(ctx, stmt); err != nil {
+				return i, fmt.Errorf("rollup cleanup: %w", err)
+			}
+		}
+		s.log().Info("rollup: superseded seals deleted", "seals", len(part))
+	}
+	return len(gone), nil
+}
+
+// Seal is one usage_seals record.
+type Seal struct {
+	Grain        uint8
+	Period       int64 // Unix seconds
+	Version      uint64
+	Calls        uint64
+	HourVersions []uint64 // day seals: the versions of hours 0..23
+	// UserCopy: the seal's rows keyed by user are also in
+	// usage_rollup_by_user (seals recorded before migration 0004 are not).
+	UserCopy bool
+}
+
+func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, Version: x.Version} }
+
+// sealState is the newest seals and dirty marks of a range.
+type sealState struct {
+	hours map[int64]Seal
+	days  map[int64]Seal
+	dirty map[int64]uint64 // hour -> newest mark (Unix ns)
+}
+
+func (st *sealState) current(grain uint8, p int64) (Seal, bool) {
+	if grain == grainDay {
+		x, ok := st.days[p]
+		return x, ok
+	}
+	x, ok := st.hours[p]
+	return x, ok
+}
+
+// clean reports whether hour h's newest seal may be read: no mark is newer
+// than the seal's start minus ClockSkew.
+func (st *sealState) clean(h int64) bool {
+	x, ok := st.hours[h]
+	if !ok {
+		return false
+	}
+	mark, dirty := st.dirty[h]
+	return !dirty || mark+uint64(ClockSkew) < x.Version
+}
+
+// cleanDay returns day d's 24 hour seals if all are clean.
+func (st *sealState) cleanDay(d int64) ([]Seal, bool) {
+	hours := make([]Seal, 24)
+	for i := range hours {
+		h := d + int64(i)*3600
+		if !st.clean(h) {
+			return nil, false
+		}
+		hours[i] = st.hours[h]
+	}
+	return hours, true
+}
+
+// dayCurrent reports whether day d's seal summed exactly these hour seals.
+func (st *sealState) dayCurrent(d int64, hours []Seal) bool {
+	x, ok := st.days[d]
+	if !ok || len(x.HourVersions) != len(hours) {
+		return false
+	}
+	for i, h := range hours {
+		if x.HourVersions[i] != h.Version {
+			return false
+		}
+	}
+	return true
+}
+
+func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64) (*sealState, error) {
+	st := &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, dirty: map[int64]uint64{}}
+	rows, err := conn.Query(ctx, WithDB(sealsQuery(from, to), db))
+	if err != nil {
+		return nil, fmt.Errorf("rollup: read seals: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var x Seal
+		var userCopy uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy); err != nil {
+			return nil, fmt.Errorf("rollup: read seals: %w", err)
+		}
+		x.UserCopy = userCopy == 1
+		if x.Grain == grainDay {
+			st.days[x.Period] = x
+		} else {
+			st.hours[x.Period] = x
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("rollup: read seals: %w", err)
+	}
+	return st, nil
+}
+
+func loadDirty(ctx context.Context, conn driver.Conn, db string, from, to int64) (map[int64]uint64, error) {
+	rows, err := conn.Query(ctx, WithDB(dirtyQuery(from, to), db))
+	if err != nil {
+		return nil, fmt.Errorf("rollup: read dirty hours: %w", err)
+	}
+	defer rows.Close()
+	out := map[int64]uint64{}
+	for rows.Next() {
+		var h int64
+		var mark uint64
+		if err := rows.Scan(&h, &mark); err != nil {
+			return nil, fmt.Errorf("rollup: read dirty hours: %w", err)
+		}
+		out[h] = mark
+	}
+	return out, rows.Err()
+}
+
+func callHours(ctx context.Context, conn driver.Conn, db string, from, to int64) (map[int64]bool, error) {
+	rows, err := conn.Query(ctx, WithDB(callHoursQuery(from, to), db))
+	if err != nil {
+		return nil, fmt.Errorf("rollup: hours with calls: %w", err)
+	}
+	defer rows.Close()
+	out := map[int64]bool{}
+	for rows.Next() {
+		var h int64
+		if err := rows.Scan(&h); err != nil {
+			return nil, fmt.Errorf("rollup: hours with calls: %w", err)
+		}
+		out[h] = true
+	}
+	return out, rows.Err()
+}
+
+// MarkDirty marks hours (Unix seconds at the hour) for re-sealing, at now.
+func MarkDirty(ctx context.Context, conn driver.Conn, db string, topo Topology, hours []int64, reason string, now time.Time) error {
+	if len(hours) == 0 {
+		return nil
+	}
+	if topo.Clustered() {
+		ctx = ch.Context(ctx, ch.WithSettings(ch.Settings{"insert_distributed_sync": 1}))
+	}
+	b, err := conn.PrepareBatch(ctx, WithDB(InsertDirtyHours, db))
+	if err != nil {
+		return fmt.Errorf("mark %d hours dirty: %w", len(hours), err)
+	}
+	at := uint64(now.UnixNano())
+	for _, h := range hours {
+		if err := b.Append(unixUTC(h), at, reason); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("mark %d hours dirty: %w", len(hours), err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("mark %d hours dirty: %w", len(hours), err)
+	}
+	return nil
+}
+
+// LateHours returns the distinct hours (Unix seconds) of starts that are
+// late at now: their hour ended more than sealAfter - ClockSkew ago, so the
+// sealer may have sealed (or be sealing) it.
+func LateHours(starts iter.Seq[time.Time], now time.Time, sealAfter time.Duration) []int64 {
+	if sealAfter <= 0 {
+		sealAfter = DefaultSealAfter
+	}
+	limit := now.Add(-(sealAfter - ClockSkew)).Unix() // hour end at or before this is late
+	var out []int64
+	for t := range starts {
+		h := floorTo(t.Unix(), 3600)
+		if h+3600 <= limit && !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+func unixUTC(s int64) time.Time { return time.Unix(s, 0).UTC() }
+
+func floorTo(x, step int64) int64 {
+	r := x % step
+	if r < 0 {
+		r += step
+	}
+	return x - r
+}
+
+func ceilTo(x, step int64) int64 {
+	f := floorTo(x, step)
+	if f == x {
+		return x
+	}
+	return f + step
+}
+
+// RollupStatus is where sealing stands.
+type RollupStatus struct {
+	Now            time.Time   `json:"now"`
+	SealAfter      string      `json:"seal_after"`
+	SealableBefore time.Time   `json:"sealable_before"` // hours before it are due
+	SealedThrough  time.Time   `json:"sealed_through"`  // every hour before it is sealed and clean
+	LagSeconds     float64     `json:"lag_seconds"`
+	SealedHours    int         `json:"sealed_hours"`
+	SealedDays     int         `json:"sealed_days"`
+	Unsealed       []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
+	Dirty          []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
+	// WithoutUserCopy counts current seals (hours and days) recorded before
+	// migration 0004, without their rows in usage_rollup_by_user: reads
+	// filtered by user over them are slower until `rollup rebuild`.
+	WithoutUserCopy int        `json:"seals_without_user_copy"`
+	FirstCall       *time.Time `json:"first_call,omitempty"`
+}
+
+// Status reads the seals, the dirty marks and the hours holding calls.
+func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Duration, now time.Time) (RollupStatus, error) {
+	if sealAfter <= 0 {
+		sealAfter = DefaultSealAfter
+	}
+	due := SealableBefore(now, sealAfter).Unix()
+	out := RollupStatus{Now: now.UTC(), SealAfter: sealAfter.String(), SealableBefore: unixUTC(due), SealedThrough: unixUTC(due), Unsealed: []time.Time{}, Dirty: []time.Time{}}
+	var first int64
+	var n uint64
+	if err := conn.QueryRow(ctx, WithDB(QueryFirstCall, db)).Scan(&first, &n); err != nil {
+		return out, fmt.Errorf("rollup status: %w", err)
+	}
+	lo := floorTo(due, 86400)
+	if n > 0 {
+		f := unixUTC(first)
+		out.FirstCall = &f
+		lo = min(lo, floorTo(first, 86400))
+	}
+	st, err := loadSeals(ctx, conn, db, lo, due)
+	if err != nil {
+		return out, err
+	}
+	if st.dirty, err = loadDirty(ctx, conn, db, lo, due); err != nil {
+		return out, err
+	}
+	withCalls, err := callHours(ctx, conn, db, lo, due)
+	if err != nil {
+		return out, err
+	}
+	out.SealedHours, out.SealedDays = len(st.hours), len(st.days)
+	for _, m := range []map[int64]Seal{st.hours, st.days} {
+		for _, x := range m {
+			if !x.UserCopy {
+				out.WithoutUserCopy++
+			}
+		}
+	}
+	pending := due
+	for h := lo; h < due; h += 3600 {
+		_, sealed := st.hours[h]
+		switch {
+		case !sealed && withCalls[h]:
+			out.Unsealed = append(out.Unsealed, unixUTC(h))
+		case sealed && !st.clean(h):
+			out.Dirty = append(out.Dirty, unixUTC(h))
+		default:
+			continue
+		}
+		pending = min(pending, h)
+	}
+	out.SealedThrough = unixUTC(pending)
+	out.LagSeconds = now.Sub(out.SealedThrough).Seconds()
+	return out, nil
+}

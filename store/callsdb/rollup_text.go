@@ -1,0 +1,44 @@
+package callsdb
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+)
+
+// WriteText writes st as `callpipe rollup status` shows it: indented JSON
+// when asJSON, else one aligned line per figure, at most five hours listed
+// per kind.
+func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(w, "sealed through   %s (lag %s)\n", st.SealedThrough.Format(time.RFC3339), (time.Duration(st.LagSeconds) * time.Second).String())
+	fmt.Fprintf(w, "sealable before  %s (seal_after %s)\n", st.SealableBefore.Format(time.RFC3339), st.SealAfter)
+	fmt.Fprintf(w, "sealed           %d hours, %d days\n", st.SealedHours, st.SealedDays)
+	fmt.Fprintf(w, "unsealed hours   %d%s\n", len(st.Unsealed), hourList(st.Unsealed))
+	fmt.Fprintf(w, "dirty hours      %d%s\n", len(st.Dirty), hourList(st.Dirty))
+	if st.WithoutUserCopy > 0 {
+		fmt.Fprintf(w, "without user copy %d seals (sealed before migration 0004: run `callpipe rollup rebuild` over them for fast user filters)\n", st.WithoutUserCopy)
+	}
+	return nil
+}
+
+func hourList(hours []time.Time) string {
+	s := ""
+	for i, h := range hours {
+		if i == 5 {
+			return s + fmt.Sprintf(", ... (%d more)", len(hours)-5)
+		}
+		if i == 0 {
+			s = ": "
+		} else {
+			s += ", "
+		}
+		s += h.Format("2006-01-02T15")
+	}
+	return s
+}

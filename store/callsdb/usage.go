@@ -1,0 +1,245 @@
+package callsdb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/callpipe/callpipe/schema"
+)
+
+// UsageRow is one group of the usage overview. Empty Model/UserID/Source and
+// a zero Bucket mean "not grouped by it".
+type UsageRow struct {
+	Bucket       time.Time // start of the hour or day (in the spec's zone)
+	Model        string
+	UserID       string
+	Source       string `json:",omitempty"`
+	Calls        uint64
+	Errors       uint64 // status >= 400 or an error message
+	InputTokens  int64
+	OutputTokens int64
+	TotalTokens  int64
+	CostUSD      float64
+	LatencyMS    Quantiles
+	TTFTCalls    uint64    // calls with a time to first token
+	TTFTMS       Quantiles // over TTFTCalls; zero when there are none
+	// Histogram: the quantiles come from the sealed rollups' histograms
+	// (relative error at most HistogramRelativeError); else they are exact.
+	Histogram bool `json:",omitempty"`
+}
+
+// Quantiles are p50/p95/p99 with ClickHouse quantileExact's ranks (the
+// element at index floor(level*n) of the sorted values).
+type Quantiles struct{ P50, P95, P99 float64 }
+
+// Usage returns exact usage for calls that started in [from, to) (whole
+// seconds, UTC), grouped as g says, ordered by bucket, model, user. Each call
+// counts once however often it was delivered or inserted.
+func Usage(ctx context.Context, conn driver.Conn, db string, from, to time.Time, g GroupBy) ([]UsageRow, error) {
+	return UsageOf(ctx, conn, db, UsageSpec{From: from, To: to, Group: g})
+}
+
+// UsageOf returns usage for s, ordered by its group keys. Buckets are the
+// start of the hour or day in s.TZ (times in that location). Counts, tokens
+// and cost are exact; each call counts once however often it was delivered
+// or inserted. Hours with a clean seal are read from the rollups (latency
+// and TTFT quantiles then come from histograms, Histogram set), the rest
+// from the per-call rows (exact quantiles when nothing is read from the
+// rollups).
+func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]UsageRow, error) {
+	if !s.To.After(s.From) {
+		return nil, fmt.Errorf("clickhouse usage: empty range [%s, %s)", s.From, s.To)
+	}
+	loc := time.UTC
+	if s.TZ != "" {
+		var err error
+		if loc, err = time.LoadLocation(s.TZ); err != nil {
+			return nil, fmt.Errorf("clickhouse usage: time zone: %w", err)
+		}
+	}
+	from, to := floorTo(s.From.Unix(), 86400), ceilTo(s.To.Unix(), 86400)
+	st, err := loadSeals(ctx, conn, db, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	if st.dirty, err = loadDirty(ctx, conn, db, from, to); err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	plan := planUsage(s, st, loc)
+	histogram := len(plan.rollup) > 0 && !s.SkipPercentiles
+	rollup := len(plan.rollup) > 0
+	sql := usageExactSQL(s, plan.perCallWhere())
+	if rollup {
+		sql = usageRollupSQL(s, plan)
+	}
+	rows, err := conn.Query(ctx, WithDB(sql, db))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	defer rows.Close()
+	var out []UsageRow
+	for rows.Next() {
+		r := UsageRow{Histogram: histogram}
+		dest := []any{&r.Bucket, &r.Model, &r.UserID}
+		if s.Group.Source {
+			dest = append(dest, &r.Source)
+		}
+		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
+		var lat, ttft []float64
+		var latH, ttftH Histogram
+		if rollup {
+			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
+		} else {
+			dest = append(dest, &lat, &r.TTFTCalls, &ttft)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+		}
+		r.Bucket = r.Bucket.In(loc)
+		if s.Group.Bucket == BucketNone {
+			r.Bucket = time.Time{}
+		}
+		switch {
+		case s.SkipPercentiles:
+		case histogram:
+			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
+		default:
+			r.LatencyMS = quantiles(lat)
+			if r.TTFTCalls > 0 {
+				r.TTFTMS = quantiles(ttft)
+			}
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	return out, nil
+}
+
+func quantiles(v []float64) Quantiles {
+	if len(v) != 3 {
+		return Quantiles{}
+	}
+	return Quantiles{P50: v[0], P95: v[1], P99: v[2]}
+}
+
+// CallCounts returns the number of distinct call ids in {db}.calls and the
+// number of stored rows (which exceeds it while redelivered copies are not
+// merged yet).
+func CallCounts(ctx context.Context, conn driver.Conn, db string) (distinct, rows uint64, err error) {
+	if err = conn.QueryRow(ctx, WithDB(QueryCallsDistinct, db)).Scan(&distinct); err != nil {
+		return 0, 0, fmt.Errorf("clickhouse count calls: %w", err)
+	}
+	if err = conn.QueryRow(ctx, WithDB(QueryCallsRows, db)).Scan(&rows); err != nil {
+		return 0, 0, fmt.Errorf("clickhouse count rows: %w", err)
+	}
+	return distinct, rows, nil
+}
+
+// StoredCall is a call as stored in {db}.calls: the normalized record, and
+// whether text was cut to clickhouse.max_text_bytes (then Input/Output may
+// be cut JSON, returned as a JSON string).
+type StoredCall struct {
+	schema.Call
+	Truncated bool `json:"truncated"`
+}
+
+// ErrNotFound is returned for a call or trace id that is not stored.
+var ErrNotFound = errors.New("not found")
+
+// CallDetail returns the newest stored copy of call id, or ErrNotFound.
+func CallDetail(ctx context.Context, conn driver.Conn, db, id string) (*StoredCall, error) {
+	calls, err := queryCalls(ctx, conn, WithDB(CallQuery(id), db))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse call %q: %w", id, err)
+	}
+	if len(calls) == 0 {
+		return nil, fmt.Errorf("clickhouse call %q: %w", id, ErrNotFound)
+	}
+	return &calls[0], nil
+}
+
+// TraceCalls returns the calls sharing trace_id or session_id id, earliest
+// first, at most limit.
+func TraceCalls(ctx context.Context, conn driver.Conn, db, id string, limit int) ([]StoredCall, error) {
+	calls, err := queryCalls(ctx, conn, WithDB(TraceQuery(id, limit), db))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse trace %q: %w", id, err)
+	}
+	return calls, nil
+}
+
+func queryCalls(ctx context.Context, conn driver.Conn, sql string) ([]StoredCall, error) {
+	rows, err := conn.Query(ctx, sql)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StoredCall
+	for rows.Next() {
+		var c StoredCall
+		var startMS, endMS uint16
+		var ftMS *uint16
+		var stream, truncated uint8
+		var status int32
+		var input, output, params, metadata string
+		if err := rows.Scan(&c.ID, &c.TraceID, &c.SessionID, &c.StartTime, &startMS, &c.EndTime, &endMS,
+			&c.FirstTokenTime, &ftMS, &c.LatencyMS, &c.TTFTMS,
+			&c.Endpoint, &c.Kind, &c.Model, &c.Instance, &c.UserID, &c.UserSource, &c.APIKeyHash, &c.APIKeyPrefix,
+			&stream, &status, &c.Error, &c.FinishReason, &c.InputText, &c.OutputText, &input, &output, &params,
+			&c.InputTokens, &c.OutputTokens, &c.TotalTokens, &c.UsageSource, &c.CostUSD, &metadata, &c.Tags,
+			&c.Source, &c.BatchID, &truncated); err != nil {
+			return nil, err
+		}
+		c.StartTime = c.StartTime.UTC().Add(time.Duration(startMS) * time.Millisecond)
+		c.EndTime = c.EndTime.UTC().Add(time.Duration(endMS) * time.Millisecond)
+		if c.FirstTokenTime != nil {
+			ft := c.FirstTokenTime.UTC()
+			if ftMS != nil {
+				ft = ft.Add(time.Duration(*ftMS) * time.Millisecond)
+			}
+			c.FirstTokenTime = &ft
+		}
+		c.Stream, c.Status, c.Truncated = stream == 1, int(status), truncated == 1
+		c.Input, c.Output = rawJSON(input), rawJSON(output)
+		c.ModelParameters, c.Metadata = jsonMap(params), jsonMap(metadata)
+		if len(c.Tags) == 0 {
+			c.Tags = nil
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// rawJSON returns s as JSON: itself when valid (the sink stores the
+// structured input/output as JSON text), else as a JSON string (text cut at
+// clickhouse.max_text_bytes).
+func rawJSON(s string) json.RawMessage {
+	if s == "" {
+		return nil
+	}
+	if json.Valid([]byte(s)) {
+		return json.RawMessage(s)
+	}
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// jsonMap parses a stored JSON object (metadata, model parameters); text
+// that is not one is kept under "_raw" rather than dropped.
+func jsonMap(s string) map[string]json.RawMessage {
+	if s == "" {
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		return map[string]json.RawMessage{"_raw": rawJSON(s)}
+	}
+	return m
+}

@@ -1,0 +1,351 @@
+package callsdb
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// usagePlan splits a usage read into rollup rows of clean seals and
+// per-call rows of everything else (partial hours at the edges, hours not
+// sealed yet, dirty hours, hours whose zone offset is not whole hours when
+// the result is bucketed). Each second of the range is counted exactly once:
+// from per-call rows, from an hour seal, or from a day seal whose hours
+// outside the range (or in another bucket) are subtracted again (minus).
+type usagePlan struct {
+	byUser bool // rollup level: keyed by user and batch
+	// userCopy: the read is filtered by one user and every seal read has
+	// its copy sorted by user (usage_rollup_by_user), which holds only that
+	// user's rows in a few index ranges
+	userCopy bool
+	rollup   []sealRef // seals whose rows are added
+	// minus: hour seals whose rows are subtracted from their UTC day's row
+	// (in the bucket of the day's noon): a day row stands for the hours of
+	// its day that are in the range and in the noon's bucket once these are
+	// taken out, and reads far fewer rows than those hours
+	minus   []sealRef
+	perCall [][2]int64 // [from, to) Unix seconds, ascending, disjoint
+}
+
+// dayRowHours is what reading a day row costs in hour rows (a day's rows
+// keyed by user are about 1.6 times an hour's).
+const dayRowHours = 2
+
+// planUsage plans s over the seals and dirty marks in st.
+func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
+	from, to := s.From.Unix(), s.To.Unix()
+	p := usagePlan{byUser: s.Group.User || s.Filter.User != "" || s.Filter.BatchID != ""}
+	addCalls := func(a, b int64) {
+		if a >= b {
+			return
+		}
+		if n := len(p.perCall); n > 0 && p.perCall[n-1][1] == a {
+			p.perCall[n-1][1] = b
+			return
+		}
+		p.perCall = append(p.perCall, [2]int64{a, b})
+	}
+	first, last := ceilTo(from, 3600), floorTo(to, 3600)
+	if first >= last {
+		addCalls(from, to)
+		p.userCopy = false
+		return p
+	}
+	addCalls(from, first)
+	bucketed := s.Group.Bucket != BucketNone
+	hourUsable := func(h int64) bool {
+		return st.clean(h) && (!bucketed || !splitsHour(s.Group.Bucket, loc, h))
+	}
+	// sameBucket reports whether hour h falls in the bucket of its UTC
+	// day's noon (where a day row is counted)
+	sameBucket := func(h int64) bool {
+		switch s.Group.Bucket {
+		case BucketNone:
+			return true
+		case BucketDay:
+			noon := floorTo(h, 86400) + 43200
+			y, m, d := unixUTC(h).In(loc).Date()
+			ny, nm, nd := unixUTC(noon).In(loc).Date()
+			return y == ny && m == nm && d == nd
+		}
+		return false
+	}
+	// dayPlan: day d's hours in [first, last) read as its day row, minus
+	// the hours the row holds that are out of the range or of its bucket,
+	// plus (as hour rows) those in the range in another bucket; ok when
+	// that reads fewer rows than the hours themselves.
+	dayPlan := func(d int64) (minus, plus []int64, ok bool) {
+		if s.Group.Bucket == BucketHour {
+			return nil, nil, false
+		}
+		hours, clean := st.cleanDay(d)
+		if !clean || !st.dayCurrent(d, hours) {
+			return nil, nil, false
+		}
+		in := 0
+		for h := d; h < d+86400; h += 3600 {
+			if bucketed && splitsHour(s.Group.Bucket, loc, h) {
+				return nil, nil, false
+			}
+			inRange := h >= first && h < last
+			if inRange {
+				in++
+			}
+			switch {
+			case inRange && sameBucket(h):
+			case inRange:
+				minus, plus = append(minus, h), append(plus, h)
+			default:
+				minus = append(minus, h)
+			}
+		}
+		return minus, plus, dayRowHours+len(minus)+len(plus) < in
+	}
+	for d := floorTo(first, 86400); d < last; d += 86400 {
+		if minus, plus, ok := dayPlan(d); ok {
+			p.rollup = append(p.rollup, st.days[d].ref())
+			for _, h := range minus {
+				p.minus = append(p.minus, st.hours[h].ref())
+			}
+			for _, h := range plus {
+				p.rollup = append(p.rollup, st.hours[h].ref())
+			}
+			continue
+		}
+		for h := max(d, first); h < min(d+86400, last); h += 3600 {
+			if hourUsable(h) {
+				p.rollup = append(p.rollup, st.hours[h].ref())
+			} else {
+				addCalls(h, h+3600)
+			}
+		}
+	}
+	addCalls(last, to)
+	p.userCopy = s.Filter.User != "" && len(p.rollup) > 0
+	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
+		if x, _ := st.current(r.Grain, r.Period); !x.UserCopy {
+			p.userCopy = false
+		}
+	}
+	return p
+}
+
+// splitsHour reports whether a bucket boundary of the zone falls strictly
+// inside UTC hour h: then the hour's rollup rows cannot be assigned to one
+// bucket. Hour buckets split every hour of a zone whose offset is not whole
+// hours (India, Nepal, ...); day buckets only the hour holding local
+// midnight there.
+func splitsHour(b Bucket, loc *time.Location, h int64) bool {
+	t := unixUTC(h).In(loc)
+	if _, off := t.Zone(); off%3600 == 0 {
+		_, endOff := unixUTC(h + 3599).In(loc).Zone()
+		if endOff%3600 == 0 {
+			return false // boundaries of both kinds fall on whole UTC hours
+		}
+	}
+	if b == BucketHour {
+		return true
+	}
+	y, m, d := t.Date()
+	next := time.Date(y, m, d+1, 0, 0, 0, 0, loc).Unix()
+	start := time.Date(y, m, d, 0, 0, 0, 0, loc).Unix()
+	return (start > h && start < h+3600) || (next > h && next < h+3600)
+}
+
+// perCallWhere is the time condition of the plan's per-call rows.
+func (p usagePlan) perCallWhere() string {
+	parts := make([]string, len(p.perCall))
+	for i, r := range p.perCall {
+		parts[i] = "(" + timeRangeSQL("start_time", r[0], r[1]) + ")"
+	}
+	return "(" + strings.Join(parts, " OR ") + ")"
+}
+
+// usageFilters renders the filters over the given column names.
+func usageFilters(f UsageFilter, model, user, source, batch string) []string {
+	var where []string
+	for _, c := range []struct{ col, v string }{{model, f.Model}, {user, f.User}, {source, f.Source}, {batch, f.BatchID}} {
+		if c.v != "" {
+			where = append(where, c.col+" = "+SQLString(c.v))
+		}
+	}
+	return where
+}
+
+// usageKeys are the outer SELECT's group keys over the time column t and the
+// key columns, and the ORDER BY list.
+func usageKeys(s UsageSpec, t, model, user, source string) (keys, order []string) {
+	tz := ""
+	if s.TZ != "" && s.TZ != "UTC" {
+		tz = ", " + SQLString(s.TZ)
+	}
+	bucket := "toDateTime(0, 'UTC')"
+	switch s.Group.Bucket {
+	case BucketHour:
+		bucket = "toStartOfHour(" + t + tz + ")"
+	case BucketDay:
+		bucket = "toStartOfDay(" + t + tz + ")"
+	}
+	keys = []string{bucket + " AS bucket"}
+	order = []string{"bucket"}
+	add := func(on bool, col, alias string) {
+		if on {
+			keys = append(keys, col+" AS "+alias)
+		} else {
+			keys = append(keys, "'' AS "+alias)
+		}
+		order = append(order, alias)
+	}
+	add(s.Group.Model, model, "model_key")
+	add(s.Group.User, user, "user_key")
+	if s.Group.Source {
+		add(true, source, "source_key")
+	}
+	return keys, order
+}
+
+// usageRollupSQL is the SQL of a plan with rollup rows: the rows of its
+// seals and its per-call rows (collapsed by id, each call a one-element
+// histogram) in one UNION ALL, summed per group; latency and TTFT come back
+// as merged histograms. Columns: bucket, model_key, user_key, [source_key],
+// calls, errors, input/output/total tokens, cost, latency buckets and
+// counts, ttft calls, ttft buckets and counts.
+func usageRollupSQL(s UsageSpec, p usagePlan) string {
+	keys, order := usageKeys(s, "t", "m", "u", "src")
+	byUser := 0
+	if p.byUser {
+		byUser = 1
+	}
+	table, level := "usage_rollup", []string{fmt.Sprintf("by_user = %d", byUser)}
+	if p.userCopy {
+		table, level = "usage_rollup_by_user", nil
+	}
+	where := func(refs []sealRef) string {
+		return strings.Join(append(append(slices.Clone(level),
+			"("+strings.Join(sealRuns(refs), " OR ")+")",
+			sealRefsSQL(refs),
+		), usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...), "\n      AND ")
+	}
+	// Subtracted rows make the sums signed: every branch then counts in
+	// Int64 (UNION ALL needs one type), and groups left at zero calls (all
+	// their calls were subtracted again) are dropped.
+	signed := len(p.minus) > 0
+	count, emptyCounts, having := "toUInt64", "emptyArrayUInt64", ""
+	arr := func(col string) string { return col }
+	if signed {
+		count, emptyCounts, having = "toInt64", "emptyArrayInt64", "\nHAVING sum(n) != 0"
+		arr = func(col string) string { return "arrayMap(x -> toInt64(x), " + col + ")" }
+	}
+	cnt := func(col string) string { return count + "(" + col + ")" }
+	// a day row counts in the bucket of its day's noon (planUsage)
+	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
+	// which the UTC buckets' toStartOfDay(t) reads)
+	branches := []string{`SELECT toDateTime(period + if(grain = ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
+        ` + cnt("calls") + ` AS n, ` + cnt("errors") + ` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
+        latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ` + cnt("ttft_calls") + ` AS tn, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc
+    FROM {db}.` + table + `
+    WHERE ` + where(p.rollup)}
+	if signed {
+		branches = append(branches, `SELECT toDateTime(period - toUInt32(period) % 86400 + 43200, 'UTC') AS t, model AS m, user_id AS u, source AS src,
+        -toInt64(calls) AS n, -toInt64(errors) AS e, -input_tokens AS i, -output_tokens AS o, -total_tokens AS tot, -cost AS c,
+        latency_buckets AS lb, arrayMap(x -> -toInt64(x), latency_counts) AS lc, -toInt64(ttft_calls) AS tn,
+        ttft_buckets AS tb, arrayMap(x -> -toInt64(x), ttft_counts) AS tc
+    FROM {db}.`+table+`
+    WHERE `+where(p.minus))
+	}
+	if len(p.perCall) > 0 {
+		outer := ""
+		if w := usageFilters(s.Filter, "c_model", "c_user", "c_source", "c_batch"); len(w) > 0 {
+			outer = "\n    WHERE " + strings.Join(w, " AND ")
+		}
+		one := cnt("1")
+		branches = append(branches, fmt.Sprintf(`SELECT c_start AS t, c_model AS m, c_user AS u, c_source AS src,
+        %[4]s AS n, %[5]s AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c,
+        [%[1]s] AS lb, [%[4]s] AS lc, %[6]s AS tn,
+        if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[4]s], %[7]s()) AS tc
+    FROM
+    (
+    %[3]s
+    )%[8]s`, histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(p.perCallWhere()),
+			one, cnt("c_error"), cnt("c_has_ttft"), emptyCounts, outer))
+	}
+	return fmt.Sprintf(`SELECT
+    %s,
+    toUInt64(sum(n)) AS calls,
+    toUInt64(sum(e)) AS errors,
+    toInt64(sum(i)) AS input_tokens,
+    toInt64(sum(o)) AS output_tokens,
+    toInt64(sum(tot)) AS total_tokens,
+    toFloat64(sum(c)) AS cost,
+    %s
+FROM
+(
+    %s
+)
+GROUP BY %s%s
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s.SkipPercentiles, signed), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), having, strings.Join(order, ", "))
+}
+
+// sealRuns are each grain's runs of consecutive periods of refs, for the
+// primary key (a range over the gaps between them would read every hour of
+// a month); the tuple IN of sealRefsSQL picks the exact seals.
+func sealRuns(refs []sealRef) []string {
+	var runs []string
+	for _, g := range []uint8{grainHour, grainDay} {
+		step := int64(3600)
+		if g == grainDay {
+			step = 86400
+		}
+		var periods []int64
+		for _, r := range refs {
+			if r.Grain == g {
+				periods = append(periods, r.Period)
+			}
+		}
+		slices.Sort(periods)
+		for i := 0; i < len(periods); {
+			j := i
+			for j+1 < len(periods) && periods[j+1] == periods[j]+step {
+				j++
+			}
+			runs = append(runs, fmt.Sprintf("(grain = %d AND %s)", g, timeRangeSQL("period", periods[i], periods[j]+1)))
+			i = j + 1
+		}
+	}
+	return runs
+}
+
+// histogramColumnsSQL is the latency and TTFT columns of usageRollupSQL:
+// merged histograms, or empty ones when percentiles are skipped.
+func histogramColumnsSQL(skip, signed bool) string {
+	if skip {
+		return "emptyArrayUInt16() AS latency_buckets,\n    emptyArrayUInt64() AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    emptyArrayUInt16() AS ttft_buckets,\n    emptyArrayUInt64() AS ttft_counts"
+	}
+	if signed { // sumMap drops buckets whose counts cancel out
+		return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    arrayMap(x -> toUInt64(x), lat.2) AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    arrayMap(x -> toUInt64(x), ttf.2) AS ttft_counts"
+	}
+	return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    lat.2 AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    ttf.2 AS ttft_counts"
+}
+
+// samplePlannedUsage is usage SQL of plans that mix rollup and per-call
+// rows, for AllQueries: every grouping with filters and a zone.
+func samplePlannedUsage(from, to time.Time) []string {
+	h := from.Truncate(time.Hour).Unix()
+	var out []string
+	for i, g := range append(AllGroupings(), AllSourceGroupings()...) {
+		s := UsageSpec{From: from, To: to, Group: g}
+		if i%2 == 1 {
+			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
+			s.SkipPercentiles = i%4 == 1
+		}
+		p := usagePlan{byUser: g.User || i%2 == 1, userCopy: i%4 == 1,
+			rollup:  []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6}},
+			perCall: [][2]int64{{h + 3600, h + 7200}, {h + 3*3600, h + 4*3600}}}
+		if i%3 == 0 { // a day row with hours subtracted: signed sums
+			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
+		}
+		out = append(out, usageRollupSQL(s, p))
+	}
+	return out
+}

@@ -1,0 +1,200 @@
+package callsdb
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// planState seals every hour of [from, to) at version 100+i, marks hours
+// dirty as asked, and seals the complete days over their current hours.
+func planState(from, to int64, dirty map[int64]uint64, days ...int64) *sealState {
+	st := &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, dirty: dirty}
+	for h, i := from, 0; h < to; h, i = h+3600, i+1 {
+		st.hours[h] = Seal{Grain: grainHour, Period: h, Version: uint64(time.Hour) + uint64(i)}
+	}
+	for _, d := range days {
+		day := Seal{Grain: grainDay, Period: d, Version: 7}
+		for h := d; h < d+86400; h += 3600 {
+			day.HourVersions = append(day.HourVersions, st.hours[h].Version)
+		}
+		st.days[d] = day
+	}
+	return st
+}
+
+// covered checks that every second of [from, to) is counted exactly once
+// and nothing outside it: day and hour rows and per-call intervals add, the
+// plan's minus hours subtract.
+func covered(t *testing.T, p usagePlan, from, to int64) {
+	t.Helper()
+	delta := map[int64]int{}
+	add := func(a, b int64, w int) {
+		if a >= b {
+			t.Fatalf("empty span [%d, %d)", a, b)
+		}
+		delta[a] += w
+		delta[b] -= w
+	}
+	for _, r := range p.rollup {
+		w := int64(3600)
+		if r.Grain == grainDay {
+			w = 86400
+		}
+		add(r.Period, r.Period+w, 1)
+	}
+	for _, r := range p.minus {
+		if r.Grain != grainHour {
+			t.Fatalf("minus %+v: only hours are subtracted", r)
+		}
+		add(r.Period, r.Period+3600, -1)
+	}
+	for _, r := range p.perCall {
+		add(r[0], r[1], 1)
+	}
+	delta[from], delta[to] = delta[from], delta[to] // both are boundaries
+	var at []int64
+	for x := range delta {
+		at = append(at, x)
+	}
+	slices.Sort(at)
+	level := 0
+	for i, x := range at {
+		level += delta[x]
+		if i+1 == len(at) {
+			break
+		}
+		inside := x >= from && at[i+1] <= to
+		if (inside && level != 1) || (!inside && level != 0) {
+			t.Fatalf("[%d, %d) counted %d times (range [%d, %d))", x, at[i+1], level, from, to)
+		}
+	}
+	if at[0] > from || at[len(at)-1] < to || level != 0 {
+		t.Fatalf("plan spans %v, range [%d, %d)", at, from, to)
+	}
+}
+
+func TestPlanUsage(t *testing.T) {
+	d0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC).Unix()
+	kolkata, _ := time.LoadLocation("Asia/Kolkata")
+	ny, _ := time.LoadLocation("America/New_York")
+	from, to := d0+1800, d0+3*86400+600 // partial hours at both edges
+	dirtyHour := d0 + 86400 + 5*3600
+	st := planState(d0, d0+2*86400+12*3600, map[int64]uint64{
+		dirtyHour: uint64(time.Hour) + 30, // newer than its seal: dirty
+		d0 + 3600: 1,                      // long before its seal: clean
+	}, d0, d0+86400)
+	for name, c := range map[string]struct {
+		s                                 UsageSpec
+		loc                               *time.Location
+		wantDays, wantHours, minus, calls int
+	}{
+		// the first half hour per call; hours 1..23 of day 0 as its day row
+		// minus hour 0; day 1 has a dirty hour: 23 sealed hours; day 2: 12
+		// sealed hours, the rest per call
+		"none": {UsageSpec{Group: GroupBy{Model: true}}, time.UTC, 1, 23 + 12, 1, 3},
+		"day":  {UsageSpec{Group: GroupBy{Bucket: BucketDay}}, time.UTC, 1, 23 + 12, 1, 3},
+		"hour": {UsageSpec{Group: GroupBy{Bucket: BucketHour}}, time.UTC, 0, 23 + 23 + 12, 0, 3},
+		// New York's Nov 1 starts at 04:00 UTC (EDT): day 0's row counts on
+		// Nov 1 minus hours 0..3; hours 1..3 are added again on Oct 31
+		"ny":    {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "America/New_York"}, ny, 1, 3 + 23 + 12, 4, 3},
+		"india": {UsageSpec{Group: GroupBy{Bucket: BucketHour}, TZ: "Asia/Kolkata"}, kolkata, 0, 0, 0, 1},
+		// India's days start at 18:30 UTC: only that hour of each day is read per call
+		// (days 0 and 1: 18:00, plus the dirty hour and the tail)
+		"india-days": {UsageSpec{Group: GroupBy{Bucket: BucketDay}, TZ: "Asia/Kolkata"}, kolkata, 0, 23 + 23 + 12 - 2, 0, 5},
+		// no buckets: a half-hour zone only matters at the edges
+		"india-total": {UsageSpec{Group: GroupBy{User: true}, TZ: "Asia/Kolkata"}, kolkata, 1, 23 + 12, 1, 3},
+	} {
+		c.s.From, c.s.To = time.Unix(from, 0), time.Unix(to, 0)
+		p := planUsage(c.s, st, c.loc)
+		covered(t, p, from, to)
+		days, hours := 0, 0
+		for _, r := range p.rollup {
+			if r.Grain == grainDay {
+				days++
+			} else {
+				hours++
+			}
+		}
+		if days != c.wantDays || hours != c.wantHours || len(p.minus) != c.minus || len(p.perCall) != c.calls {
+			t.Errorf("%s: %d days, %d hours, %d minus, per-call %v; want %d, %d, %d, %d intervals",
+				name, days, hours, len(p.minus), p.perCall, c.wantDays, c.wantHours, c.minus, c.calls)
+		}
+		for _, r := range append(slices.Clone(p.rollup), p.minus...) {
+			if r.Period == dirtyHour {
+				t.Errorf("%s: the dirty hour is read from its seal", name)
+			}
+		}
+		if p.byUser != c.s.Group.User {
+			t.Errorf("%s: by_user %v", name, p.byUser)
+		}
+	}
+
+	// whole days: day 1 is read from its day seal when the range starts at midnight
+	s := UsageSpec{From: time.Unix(d0, 0), To: time.Unix(d0+2*86400, 0)}
+	p := planUsage(s, planState(d0, d0+2*86400, map[int64]uint64{}, d0, d0+86400), time.UTC)
+	covered(t, p, d0, d0+2*86400)
+	if len(p.rollup) != 2 || p.rollup[0].Grain != grainDay || p.rollup[1].Grain != grainDay || len(p.perCall) != 0 {
+		t.Fatalf("two sealed days: %+v", p)
+	}
+	// a day seal summed from other hour versions (an hour was sealed again) is not used
+	st2 := planState(d0, d0+86400, map[int64]uint64{}, d0)
+	h := st2.hours[d0+7200]
+	h.Version += 1000
+	st2.hours[d0+7200] = h
+	p = planUsage(UsageSpec{From: time.Unix(d0, 0), To: time.Unix(d0+86400, 0)}, st2, time.UTC)
+	if len(p.rollup) != 24 || p.rollup[0].Grain != grainHour {
+		t.Fatalf("stale day seal used: %+v", p)
+	}
+	// a user filter reads the by-user level, from the copy sorted by user
+	// only when every seal read has one (seals from before migration 0004
+	// do not)
+	userDay := UsageSpec{From: time.Unix(d0, 0), To: time.Unix(d0+86400, 0), Filter: UsageFilter{User: "u"}}
+	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy {
+		t.Fatalf("a user filter over seals without copies: by_user %v, copy %v", p.byUser, p.userCopy)
+	}
+	for k, x := range st2.hours {
+		x.UserCopy = true
+		st2.hours[k] = x
+	}
+	if p := planUsage(userDay, st2, time.UTC); !p.byUser || !p.userCopy {
+		t.Fatalf("a user filter over seals with copies: by_user %v, copy %v", p.byUser, p.userCopy)
+	}
+	if p := planUsage(UsageSpec{From: userDay.From, To: userDay.To, Group: GroupBy{User: true}}, st2, time.UTC); p.userCopy {
+		t.Fatal("the copy sorted by user is for reads of one user")
+	}
+	x := st2.hours[d0+5*3600]
+	x.UserCopy = false
+	st2.hours[d0+5*3600] = x
+	if p := planUsage(userDay, st2, time.UTC); p.userCopy {
+		t.Fatal("one seal without a copy: the copy must not be read")
+	}
+	// nothing sealed: one per-call interval
+	p = planUsage(UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0)}, planState(0, 0, nil), time.UTC)
+	if len(p.rollup) != 0 || len(p.perCall) != 1 || p.perCall[0] != [2]int64{from, to} {
+		t.Fatalf("unsealed range: %+v", p)
+	}
+}
+
+func TestLateHours(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 20, 0, 0, time.UTC)
+	times := func(ts ...time.Time) func(func(time.Time) bool) {
+		return func(yield func(time.Time) bool) {
+			for _, x := range ts {
+				if !yield(x) {
+					return
+				}
+			}
+		}
+	}
+	// sealAfter 15m: the 11:00 hour ended 20m ago, later than 15m-30s: late;
+	// 12:00 is open
+	got := LateHours(times(now.Add(-80*time.Minute), now.Add(-75*time.Minute), now.Add(-time.Minute), now.Add(-5*time.Hour)), now, 15*time.Minute)
+	want := []int64{now.Add(-80 * time.Minute).Truncate(time.Hour).Unix(), now.Add(-5 * time.Hour).Truncate(time.Hour).Unix()}
+	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("late hours %v, want %v", got, want)
+	}
+	if got := LateHours(times(now.Add(-21*time.Minute)), now, 30*time.Minute); len(got) != 0 {
+		t.Fatalf("the 11:00 hour is not late with a 30m horizon: %v", got)
+	}
+}

@@ -1,0 +1,709 @@
+// Package bench measures the whole pipeline on this machine (`callpipe
+// bench`): collector → NATS → normalize → ClickHouse + Langfuse (a local
+// receiver) + archive, each role its own process, then the raw limits of
+// JetStream and ClickHouse for the same bytes and rows. Package usagebench
+// measures the read side (`callpipe bench usage`).
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/internal/fleet"
+	"github.com/callpipe/callpipe/schema"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/store/callsdb"
+	"github.com/callpipe/callpipe/tools/bench/receiver"
+	"github.com/callpipe/callpipe/tools/workload"
+	"github.com/callpipe/callpipe/transform"
+)
+
+// Options are the bench's own flags.
+type Options struct {
+	Events      int
+	Size        int
+	Clients     int
+	Batch       int
+	Sinks       []string
+	Latency     time.Duration // 0 skips the latency phase
+	JSON        string        // also write the results as JSON here
+	Dir         string        // logs and the scratch JetStream store
+	NATSServer  string        // nats-server binary ("" : PATH or $GOPATH/bin)
+	SkipRaw     bool
+	Keep        bool   // keep the scratch ClickHouse database
+	MemoryLimit string // GOMEMLIMIT of every callpipe process ("" : none)
+}
+
+// Check says what is wrong with the options, naming the flag.
+func (o Options) Check() error {
+	if o.Events < 1000 || o.Size < 256 || o.Clients < 1 || o.Batch < 1 {
+		return errors.New("need --events >= 1000, --size >= 256, --clients >= 1, --batch >= 1")
+	}
+	for _, s := range o.Sinks {
+		if !slices.Contains([]string{"clickhouse", "langfuse", "archive"}, s) {
+			return fmt.Errorf("--sinks: unknown sink %q (allowed: clickhouse, langfuse, archive)", s)
+		}
+	}
+	if !slices.Contains(o.Sinks, "clickhouse") {
+		return errors.New("--sinks must include clickhouse: latency is measured through the usage API")
+	}
+	if o.MemoryLimit != "" && !goMemLimit.MatchString(o.MemoryLimit) {
+		return fmt.Errorf("--memory-limit %q: want a GOMEMLIMIT value such as 192MiB or 1GiB", o.MemoryLimit)
+	}
+	return nil
+}
+
+var goMemLimit = regexp.MustCompile(`^[0-9]+(B|KiB|MiB|GiB|TiB)?$`)
+
+// Consumer is the stream and durable consumer a stage reads, whose progress
+// times the stage.
+type Consumer struct{ Stream, Name string }
+
+// Env is what the bench takes from callpipe's configuration.
+type Env struct {
+	ConfigFile      string              // passed to every child process
+	ClickHouse      chsink.OutputConfig // of the raw insert and of dropping the scratch databases
+	ClickHouseBatch int                 // rows per insert of the raw measurement
+	Consumers       map[string]Consumer // stage name → its consumer
+	// EnsureBucket creates the archive's bucket when missing (archive sink only).
+	EnsureBucket func(context.Context) error
+	Out          io.Writer
+}
+
+// Run runs the bench and prints its report to env.Out. It fails when the
+// usage API does not show exactly the events that were sent.
+func Run(ctx context.Context, o Options, env Env) error {
+	b := &bench{env: env, o: o, out: env.Out}
+	return b.run(ctx)
+}
+
+type bench struct {
+	env   Env
+	o     Options
+	out   io.Writer
+	fleet *fleet.Fleet
+	js    jetstream.JetStream
+	runID string
+	db    string
+	addrs map[string]string // role → ops listen address
+}
+
+// Result is what `callpipe bench --json` writes.
+type Result struct {
+	Events     int                    `json:"events"`
+	EventBytes int                    `json:"event_bytes"`
+	Sinks      []string               `json:"sinks"`
+	AcceptPerS float64                `json:"accept_events_per_s"`
+	StagePerS  map[string]float64     `json:"stage_events_per_s"`
+	EndToEndPS float64                `json:"end_to_end_events_per_s"`
+	Exact      bool                   `json:"exact"`
+	Latency    *LatencyResult         `json:"latency,omitempty"`
+	Processes  map[string]fleet.Usage `json:"processes"`
+	RawJSPerS  float64                `json:"raw_jetstream_events_per_s,omitempty"`
+	RawCHPerS  float64                `json:"raw_clickhouse_rows_per_s,omitempty"`
+	// RawTopoPerS is callpipe's JetStream topology with no work in it
+	// (rawTopology): the ceiling of the whole pipeline on this machine.
+	RawTopoPerS float64 `json:"raw_jetstream_topology_events_per_s,omitempty"`
+	RatioToRaw  float64 `json:"ratio_to_raw_limit,omitempty"`
+	MachineCPUs int     `json:"machine_cpus"`
+	MemoryLimit string  `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
+}
+
+// LatencyResult is accept → visible in the usage API at a fixed rate.
+type LatencyResult struct {
+	RatePerS float64 `json:"rate_per_s"`
+	Events   int     `json:"events"`
+	P50MS    float64 `json:"p50_ms"`
+	P99MS    float64 `json:"p99_ms"`
+	MaxMS    float64 `json:"max_ms"`
+}
+
+func (b *bench) say(format string, args ...any) { fmt.Fprintf(b.out, format+"\n", args...) }
+
+func (b *bench) run(ctx context.Context) (err error) {
+	b.runID = strconv.FormatInt(time.Now().Unix(), 36)
+	b.db = "callpipe_bench_" + b.runID
+	if err := os.MkdirAll(b.o.Dir, 0o755); err != nil {
+		return fmt.Errorf("bench dir: %w", err)
+	}
+	natsURL, stopNATS, err := b.startNATS()
+	if err != nil {
+		return err
+	}
+	defer stopNATS()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return fmt.Errorf("bench nats %s: %w", natsURL, err)
+	}
+	defer nc.Close()
+	if b.js, err = jetstream.New(nc); err != nil {
+		return err
+	}
+
+	lf := receiver.NewLangfuse("3.225.4")
+	defer lf.Close()
+
+	env := []string{
+		"CALLPIPE_NATS_URL=" + natsURL,
+		"CALLPIPE_CLICKHOUSE_DATABASE=" + b.db,
+		"CALLPIPE_ARCHIVE_PREFIX=bench/" + b.runID,
+		// The archive holds an hour's calls until 64 MiB or 60 s: at benchmark
+		// sizes that age, not throughput, would end the run. 5 s keeps objects
+		// large and the measurement about throughput.
+		"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=5s",
+		"CALLPIPE_LANGFUSE_HOST=" + lf.URL,
+		"CALLPIPE_LANGFUSE_PUBLIC_KEY=pk-lf-bench", "CALLPIPE_LANGFUSE_SECRET_KEY=sk-lf-bench",
+		"CALLPIPE_LANGFUSE_TRANSPORT=ingestion",
+		"CALLPIPE_LOG_LEVEL=warn",
+	}
+	if b.o.MemoryLimit != "" {
+		env = append(env, "GOMEMLIMIT="+b.o.MemoryLimit)
+	}
+	b.fleet = &fleet.Fleet{Dir: b.o.Dir, ConfigFile: b.env.ConfigFile, Env: env, Out: b.out}
+	b.addrs = map[string]string{}
+	defer func() {
+		if b.fleet.Running() {
+			_, _ = b.fleet.Stop()
+		}
+		if !b.o.Keep {
+			b.dropDatabase(context.WithoutCancel(ctx), b.db)
+		}
+	}()
+	if err := b.fleet.RunOnce(ctx, "migrate", "migrate"); err != nil {
+		return err
+	}
+	if slices.Contains(b.o.Sinks, "archive") {
+		if err := b.env.EnsureBucket(ctx); err != nil {
+			return err
+		}
+	}
+	roles := []struct{ name, listenKey string }{{"collect", "collect.listen"}, {"normalize", "worker.listen"}, {"serve", "serve.listen"}}
+	for _, s := range b.o.Sinks {
+		roles = append(roles, struct{ name, listenKey string }{s, "worker.listen"})
+	}
+	for _, r := range roles {
+		addr, err := fleet.FreeListen()
+		if err != nil {
+			return err
+		}
+		b.addrs[r.name] = addr
+		args := []string{"--" + r.listenKey, addr}
+		switch r.name {
+		case "collect", "serve":
+			args = append([]string{r.name}, args...)
+		default:
+			args = append([]string{"worker", "--stages", r.name}, args...)
+		}
+		if err := b.fleet.Start(r.name, args...); err != nil {
+			return err
+		}
+	}
+	for _, r := range roles {
+		if err := b.fleet.WaitReady(ctx, r.name, b.addrs[r.name]); err != nil {
+			return err
+		}
+	}
+	res := &Result{Events: b.o.Events, EventBytes: b.o.Size, Sinks: b.o.Sinks, StagePerS: map[string]float64{}, MachineCPUs: runtime.NumCPU(), MemoryLimit: b.o.MemoryLimit}
+	b.say("bench      run %s: %d events of %d bytes, sinks %s, %d CPUs", b.runID, b.o.Events, b.o.Size, strings.Join(b.o.Sinks, ","), res.MachineCPUs)
+
+	if err := b.throughput(ctx, res); err != nil {
+		return err
+	}
+	if b.o.Latency > 0 {
+		if res.Latency, err = b.latency(ctx, res.EndToEndPS/2); err != nil {
+			return err
+		}
+	}
+	if res.Processes, err = b.fleet.Stop("collect", "normalize", "clickhouse", "langfuse", "archive", "serve"); err != nil {
+		return err
+	}
+	if lfSink := slices.Contains(b.o.Sinks, "langfuse"); lfSink {
+		_, events := lf.Counts()
+		b.say("langfuse   receiver got %d events (trace + generation per call)", events)
+	}
+	if !b.o.SkipRaw {
+		if res.RawJSPerS, err = b.rawJetStream(ctx); err != nil {
+			return err
+		}
+		if res.RawCHPerS, err = b.rawClickHouse(ctx); err != nil {
+			return err
+		}
+		res.RatioToRaw = res.EndToEndPS / min(res.RawJSPerS, res.RawCHPerS)
+		if res.RawTopoPerS, err = b.rawTopology(ctx); err != nil {
+			return err
+		}
+	}
+	b.report(res)
+	if b.o.JSON != "" {
+		if err := fleet.WriteJSON(b.o.JSON, res); err != nil {
+			return err
+		}
+	}
+	if !res.Exact {
+		return errors.New("bench: the usage API does not show exactly the events that were sent")
+	}
+	return nil
+}
+
+// startNATS runs a scratch nats-server with an empty JetStream.
+func (b *bench) startNATS() (string, func(), error) {
+	bin := b.o.NATSServer
+	if bin == "" {
+		if p, err := exec.LookPath("nats-server"); err == nil {
+			bin = p
+		} else if gopath, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+			bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "nats-server")
+		}
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", nil, fmt.Errorf("bench needs a nats-server binary for its scratch JetStream (go tool task services:up installs one, or pass --nats-server): %w", err)
+	}
+	addr, err := fleet.FreeListen()
+	if err != nil {
+		return "", nil, err
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	store := filepath.Join(b.o.Dir, "jetstream-"+b.runID)
+	cmd := exec.Command(bin, "-js", "-a", host, "-p", port, "-sd", store)
+	logFile, err := os.Create(filepath.Join(b.o.Dir, "nats-server.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return "", nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		logFile.Close()
+		_ = os.RemoveAll(store)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return "nats://" + addr, stop, nil
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("scratch nats-server on %s not up after 20s", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// benchEvent appends chat event n of about size bytes with reported usage.
+func benchEvent(dst []byte, run string, n int, size int, start time.Time) []byte {
+	const frame = 560 // bytes of the event without its two texts
+	text := max(size-frame, 20)
+	e := workload.ChatEvent{
+		ID: "bench-" + run + "-" + strconv.Itoa(n), Model: benchModels[n%len(benchModels)], User: "user-" + strconv.Itoa(n%50),
+		Start: start, Latency: 900 * time.Millisecond, TTFT: 120 * time.Millisecond,
+		Prompt: workload.Filler(text * 6 / 10), Answer: workload.Filler(text * 4 / 10),
+		PromptTokens: 150, CompletionTokens: 90,
+	}
+	return e.Append(dst)
+}
+
+var benchModels = []string{"qwen2.5-instruct", "llama-3.1-instruct", "deepseek-r1-distill-qwen", "glm-4-chat", "mistral-instruct"}
+
+// post sends events [from, to) as one NDJSON request; it retries on 503
+// (the collector's back-pressure signal).
+func (b *bench) post(ctx context.Context, client *http.Client, from, to int, start time.Time) error {
+	var body []byte
+	for n := from; n < to; n++ {
+		body = benchEvent(body, b.runID, n, b.o.Size, start)
+	}
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+b.addrs["collect"]+"/v1/events", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("bench collector: %w", err)
+		}
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusAccepted || resp.StatusCode == http.StatusOK:
+			return nil
+		case resp.StatusCode == http.StatusServiceUnavailable && attempt < 50:
+			time.Sleep(100 * time.Millisecond)
+		default:
+			return fmt.Errorf("bench collector answered %s: %s", resp.Status, bytes.TrimSpace(msg))
+		}
+	}
+}
+
+// consumerDone reports whether a durable consumer has processed everything
+// in its stream, and how many of its stream's messages it has acknowledged.
+func (b *bench) consumerDone(ctx context.Context, stream, consumer string, want uint64) (bool, uint64) {
+	c, err := b.js.Consumer(ctx, stream, consumer)
+	if err != nil {
+		return false, 0
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return false, 0
+	}
+	acked := info.AckFloor.Stream
+	return info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= want, acked
+}
+
+func (b *bench) throughput(ctx context.Context, res *Result) error {
+	n := b.o.Events
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: b.o.Clients}}
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range b.o.Clients {
+		wg.Go(func() {
+			for {
+				from := int(next.Add(int64(b.o.Batch))) - b.o.Batch
+				if from >= n {
+					return
+				}
+				if err := b.post(ctx, client, from, min(from+b.o.Batch, n), time.Now()); err != nil {
+					errOnce.Do(func() { firstErr = err })
+					return
+				}
+			}
+		})
+	}
+	stageNames := append([]string{"normalize"}, b.o.Sinks...)
+	finished := map[string]time.Duration{}
+	acceptDone := make(chan struct{})
+	go func() { wg.Wait(); close(acceptDone) }()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	lastReport := time.Now()
+	accepted := time.Duration(0)
+	for len(finished) < len(stageNames) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-acceptDone:
+			if firstErr != nil {
+				return firstErr
+			}
+			accepted = time.Since(start)
+			res.AcceptPerS = float64(n) / accepted.Seconds()
+			acceptDone = nil
+		case <-tick.C:
+		}
+		progress := []string{}
+		for _, s := range stageNames {
+			if _, ok := finished[s]; ok {
+				progress = append(progress, s+" done")
+				continue
+			}
+			sc := b.env.Consumers[s]
+			done, acked := b.consumerDone(ctx, sc.Stream, sc.Name, uint64(n))
+			if done && acceptDone == nil {
+				finished[s] = time.Since(start)
+				res.StagePerS[s] = float64(n) / finished[s].Seconds()
+			}
+			progress = append(progress, fmt.Sprintf("%s %d", s, acked))
+		}
+		if time.Since(lastReport) >= time.Second {
+			lastReport = time.Now()
+			b.say("progress   %.1fs  accepted %d  %s", time.Since(start).Seconds(), min(int(next.Load()), n), strings.Join(progress, "  "))
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("bench: stages not done after 10 minutes: %s", strings.Join(progress, ", "))
+		}
+	}
+	// Visible in the usage API: the end of the end-to-end path.
+	from, to := start.Add(-time.Minute), time.Now().Add(time.Minute)
+	for {
+		calls, err := b.usageCalls(ctx, from, to)
+		if err == nil && calls >= int64(n) {
+			res.Exact = calls == int64(n)
+			break
+		}
+		if time.Since(start) > 11*time.Minute {
+			return fmt.Errorf("bench: usage API shows %d of %d calls (%v)", calls, n, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	res.EndToEndPS = float64(n) / time.Since(start).Seconds()
+	return nil
+}
+
+func (b *bench) usageCalls(ctx context.Context, from, to time.Time) (int64, error) {
+	ans, err := fleet.GetUsage(ctx, b.addrs["serve"], from, to, "")
+	if err != nil {
+		return 0, err
+	}
+	return ans.Totals.Calls, nil
+}
+
+// latency sends batches at rate events/s and, polling the usage API, times
+// each batch from its acceptance to the moment the API's count covers it.
+func (b *bench) latency(ctx context.Context, rate float64) (*LatencyResult, error) {
+	if rate < 1 {
+		return nil, fmt.Errorf("bench: latency rate %.1f/s too low", rate)
+	}
+	batch := max(1, min(b.o.Batch, int(rate/20))) // at least 20 requests a second
+	interval := time.Duration(float64(batch) / rate * float64(time.Second))
+	phaseStart := time.Now()
+	from := phaseStart.Add(-time.Second)
+	_ = from
+	type sent struct {
+		cum      int64
+		accepted time.Time
+	}
+	var mu sync.Mutex
+	var sents []sent
+	client := &http.Client{Timeout: time.Minute}
+	offset := b.o.Events
+	total := 0
+	sendDone := make(chan error, 1)
+	go func() {
+		next := time.Now()
+		for time.Since(phaseStart) < b.o.Latency {
+			lo := offset + total
+			if err := b.post(ctx, client, lo, lo+batch, time.Now()); err != nil {
+				sendDone <- err
+				return
+			}
+			total += batch
+			mu.Lock()
+			sents = append(sents, sent{cum: int64(total), accepted: time.Now()})
+			mu.Unlock()
+			next = next.Add(interval)
+			time.Sleep(time.Until(next))
+		}
+		sendDone <- nil
+	}()
+	var lat []float64
+	seen := 0
+	sending := true
+	for {
+		if sending {
+			select {
+			case err := <-sendDone:
+				if err != nil {
+					return nil, err
+				}
+				sending = false
+			default:
+			}
+		}
+		visible, err := b.usageCalls(ctx, phaseStart.Add(-time.Second), phaseStart.Add(time.Hour))
+		now := time.Now()
+		if err == nil {
+			mu.Lock()
+			for seen < len(sents) && sents[seen].cum <= visible {
+				lat = append(lat, float64(now.Sub(sents[seen].accepted).Milliseconds()))
+				seen++
+			}
+			n := len(sents)
+			mu.Unlock()
+			if !sending && seen == n {
+				break
+			}
+		}
+		if time.Since(phaseStart) > b.o.Latency+2*time.Minute {
+			return nil, fmt.Errorf("bench: latency phase: %d of %d batches visible after %s", seen, len(sents), time.Since(phaseStart))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	slices.Sort(lat)
+	q := func(p float64) float64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	b.say("latency    %d events at %.0f/s: p50 %.0f ms, p99 %.0f ms", total, rate, q(0.5), q(0.99))
+	return &LatencyResult{RatePerS: rate, Events: total, P50MS: q(0.5), P99MS: q(0.99), MaxMS: lat[len(lat)-1]}, nil
+}
+
+// rawJetStream publishes and consumes the same events with nothing else
+// running: one publisher (async, Nats-Msg-Id) and one pull consumer acking
+// each message, concurrently, into a file-backed stream.
+func (b *bench) rawJetStream(ctx context.Context) (float64, error) {
+	n := b.o.Events
+	name := "BENCH_RAW_" + strings.ToUpper(b.runID)
+	st, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{"bench.raw." + b.runID}, Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute})
+	if err != nil {
+		return 0, fmt.Errorf("raw stream: %w", err)
+	}
+	defer func() { _ = b.js.DeleteStream(context.WithoutCancel(ctx), name) }()
+	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 20000})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	var consumed atomic.Int64
+	done := make(chan struct{})
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		if consumed.Add(1) == int64(n) {
+			close(done)
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Stop()
+	js, err := b.publishEvents("bench.raw."+b.runID, "raw-")
+	if err != nil {
+		return 0, fmt.Errorf("raw publish: %w", err)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Minute):
+		return 0, errors.New("raw publish: not acknowledged within 5 minutes")
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		return 0, fmt.Errorf("raw consume: %d of %d within 5 minutes", consumed.Load(), n)
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	b.say("raw        JetStream publish+consume: %.0f events/s", rate)
+	return rate, nil
+}
+
+// rawClickHouse inserts the same events, normalized in process, into a
+// scratch database with the sink's output and nothing else running.
+// publishEvents publishes --events bench events of --size bytes to subject
+// asynchronously (Nats-Msg-Id idPrefix+index) and returns the JetStream
+// context whose PublishAsyncComplete says when they are all acknowledged.
+func (b *bench) publishEvents(subject, idPrefix string) (jetstream.JetStream, error) {
+	js, err := jetstream.New(b.js.Conn(), jetstream.WithPublishAsyncMaxPending(4000))
+	if err != nil {
+		return nil, err
+	}
+	var buf []byte
+	now := time.Now()
+	for i := range b.o.Events {
+		buf = benchEvent(buf[:0], b.runID, i, b.o.Size, now)
+		msg := &nats.Msg{Subject: subject, Data: slices.Clone(buf), Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, idPrefix+strconv.Itoa(i))
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			return nil, err
+		}
+	}
+	return js, nil
+}
+
+func (b *bench) rawClickHouse(ctx context.Context) (float64, error) {
+	oc := b.env.ClickHouse
+	oc.Database = b.db + "_raw"
+	conn, err := callsdb.Open(ctx, oc.Config)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	if _, err := (&callsdb.Migrator{Conn: conn, Database: oc.Database}).Up(ctx); err != nil {
+		return 0, err
+	}
+	if !b.o.Keep {
+		defer b.dropDatabase(context.WithoutCancel(ctx), oc.Database)
+	}
+	norm := &transform.Normalizer{}
+	calls := make([]schema.Call, b.o.Events)
+	var buf []byte
+	now := time.Now()
+	for i := range calls {
+		buf = benchEvent(buf[:0], b.runID+"raw", i, b.o.Size, now)
+		c, err := norm.Normalize(ctx, buf)
+		if err != nil {
+			return 0, fmt.Errorf("raw clickhouse: normalize: %w", err)
+		}
+		calls[i] = *c
+	}
+	out := chsink.NewOutput(oc)
+	if err := out.Connect(ctx); err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	batch := b.env.ClickHouseBatch
+	start := time.Now()
+	var wg sync.WaitGroup
+	var firstErr error
+	var mu sync.Mutex
+	for lo := 0; lo < len(calls); lo += batch {
+		part := calls[lo:min(lo+batch, len(calls))]
+		wg.Go(func() {
+			if err := out.WriteBatch(ctx, part, ""); err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	rate := float64(len(calls)) / time.Since(start).Seconds()
+	b.say("raw        ClickHouse insert (calls + rollups): %.0f rows/s", rate)
+	return rate, nil
+}
+
+func (b *bench) dropDatabase(ctx context.Context, db string) {
+	conn, err := callsdb.Open(ctx, b.env.ClickHouse.Config)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
+}
+
+func (b *bench) report(r *Result) {
+	b.say("")
+	b.say("result     %d events of %d bytes on %d CPUs, sinks %s", r.Events, r.EventBytes, r.MachineCPUs, strings.Join(r.Sinks, ","))
+	b.say("  accepted by the collector      %8.0f events/s", r.AcceptPerS)
+	for _, s := range append([]string{"normalize"}, r.Sinks...) {
+		b.say("  %-30s %8.0f events/s", s+" done", r.StagePerS[s])
+	}
+	b.say("  end to end (usage API)         %8.0f events/s   exact: %v", r.EndToEndPS, r.Exact)
+	if r.MemoryLimit != "" {
+		b.say("  processes ran with GOMEMLIMIT=%s", r.MemoryLimit)
+	}
+	if r.Latency != nil {
+		b.say("  latency at %.0f/s              p50 %.0f ms  p99 %.0f ms  max %.0f ms", r.Latency.RatePerS, r.Latency.P50MS, r.Latency.P99MS, r.Latency.MaxMS)
+	}
+	if r.RawJSPerS > 0 {
+		b.say("  raw JetStream                  %8.0f events/s", r.RawJSPerS)
+		b.say("  raw ClickHouse insert          %8.0f rows/s", r.RawCHPerS)
+		b.say("  ratio to the slower raw limit  %8.2f", r.RatioToRaw)
+		if r.RawTopoPerS > 0 {
+			b.say("  JetStream topology, no work    %8.0f events/s   (end to end is %.2f of it)", r.RawTopoPerS, r.EndToEndPS/r.RawTopoPerS)
+		}
+	}
+	names := make([]string, 0, len(r.Processes))
+	for n := range r.Processes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := r.Processes[n]
+		b.say("  process %-12s  CPU %6.1f s  peak RSS %6.1f MB", n, p.CPUSeconds, p.PeakRSSMB)
+	}
+}
