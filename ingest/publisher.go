@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // ErrClosed is returned by a Publisher after Close.

@@ -18,11 +18,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 	"github.com/callpipe/callpipe/transform"
 )
 

@@ -1,7 +1,7 @@
 package transform
 
 import (
-	"github.com/callpipe/callpipe/capture"
+	"github.com/callpipe/callpipe/schema/capture"
 
 	"context"
 	"encoding/json"

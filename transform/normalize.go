@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // PoisonError marks an event that can never be normalized (undecodable or

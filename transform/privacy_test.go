@@ -4,8 +4,8 @@ import (
 	"context"
 
 	"encoding/json"
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 	"strings"
 	"testing"
 )

@@ -5,9 +5,9 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 	"github.com/callpipe/callpipe/transform"
 )
 

@@ -24,9 +24,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // Publisher is what the collector needs from ingest.Publisher.

@@ -13,9 +13,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 func collect(seq iter.Seq2[int, []byte]) [][]byte {

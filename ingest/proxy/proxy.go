@@ -68,9 +68,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/ingest/spool"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // Publisher stores one event durably (JetStream ack) or returns an error.

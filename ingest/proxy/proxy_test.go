@@ -21,8 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/callpipe/callpipe/capture"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 	"io/fs"
 	"os"
 	"path/filepath"
