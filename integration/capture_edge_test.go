@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
@@ -412,4 +413,58 @@ func deadLettersSince(t *testing.T, js jetstream.JetStream, from uint64) []bus.D
 		t.Fatal(err)
 	}
 	return dls
+}
+
+// ingest.Publisher, what Go producers publish with, applies its capture
+// policy before the event leaves the process: the stored event holds no
+// prompt, its usage is counted, and its capture record is the policy's.
+func TestPublisherAppliesCapturePolicy(t *testing.T) {
+	nc, err := nats.Connect(harness.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, js, bus.DefaultStreamOptions()); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := transform.NewTokenizer("o200k_base", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, err := capture.New(capture.Options{Users: []string{"patient-*=none"}, Masks: capture.DefaultMasks,
+		Count: (&transform.Normalizer{Tokenizer: tok}).CountUsage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Capture: policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := streamState(t, js, bus.CallsStream).LastSeq + 1
+	id := "pub-" + testkit.RandomHex(t, 5)
+	ev := &schema.Event{ID: id, StartTime: time.Now().UTC(), Endpoint: "/v1/chat/completions", Model: "m", User: "patient-12",
+		Request:  json.RawMessage(`{"messages":[{"role":"user","content":"ZEBRA-MARKER-4471 my results, to jane.roe@example.org"}]}`),
+		Response: json.RawMessage(`{"choices":[{"message":{"role":"assistant","content":"Sent."},"finish_reason":"stop"}]}`)}
+	if _, err := pub.Publish(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	stored := streamMsgsByID(t, js, bus.CallsStream, from)[id]
+	got, err := schema.Decode(stored, schema.DefaultLimits())
+	if err != nil {
+		t.Fatalf("%v: %s", err, stored)
+	}
+	if bytes.Contains(stored, []byte("ZEBRA")) || bytes.Contains(stored, []byte("jane.roe")) || got.Usage == nil ||
+		*got.Usage.PromptTokens == 0 || *got.Usage.CompletionTokens == 0 ||
+		*got.Capture != (schema.Capture{Mode: capture.None, MaskSet: policy.MaskSet(), Counted: true}) {
+		t.Fatalf("stored %s", stored)
+	}
+	if err := pub.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
