@@ -52,7 +52,7 @@ func FailureOf(stage string, m jetstream.Msg, reason string) Failure {
 //	Nats-Msg-Id              <stage>:<stream>:<seq>
 //
 // The Nats-Msg-Id makes a dead letter written twice (a crash before the
-// message was settled, a repeated advisory) stored once.
+// message was settled, a dead letter retried on a later delivery) stored once.
 func (f Failure) Msg(now time.Time) *nats.Msg {
 	m := &nats.Msg{Subject: DeadLetterSubjectPrefix + "." + f.Stage, Data: f.Data, Header: make(nats.Header, 10)}
 	m.Header.Set(HeaderError, sanitize(f.Reason))

@@ -40,6 +40,15 @@
 // its message is settled only after the DLQ stored it: terminated (never
 // redelivered) on success, left to the stage to nak on failure.
 //
+// Invariant: no stage's durable consumer has a JetStream MaxDeliver
+// (NoMaxDeliver): JetStream reports a message it stops delivering only in a
+// core-NATS advisory, at most once. A stage that bounds deliveries
+// (normalize, transform.max_deliver) enforces the bound itself
+// (DeliveryLimit): on the last allowed delivery a failure is dead-lettered
+// instead of nak'ed, a later delivery is dead-lettered without being
+// processed, and a dead letter the DLQ refused leaves the message pending,
+// so it comes back and its dead letter is written again.
+//
 // Invariant: `dlq retry` sends a dead letter back to the stage it failed in
 // and to no other. It is published on its source subject as a replay
 // (Callpipe-Replay = the original job or dlq-<seq>) whose Callpipe-Sinks

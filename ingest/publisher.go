@@ -12,6 +12,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // ErrClosed is returned by a Publisher after Close.
@@ -26,6 +27,9 @@ type PublisherOptions struct {
 	// AckTimeout fails an unacknowledged publish, so that a NATS outage
 	// surfaces as an error instead of a hang.
 	AckTimeout time.Duration
+	// Capture is applied to every event PublishAsync and Publish take,
+	// before it is encoded (capture.Policy.Event). Nil: none.
+	Capture *capture.Policy
 }
 
 func (o *PublisherOptions) defaults() {
@@ -41,8 +45,9 @@ func (o *PublisherOptions) defaults() {
 }
 
 // Publisher stores call events in CALLPIPE_CALLS with Nats-Msg-Id = event id,
-// so a resent event is stored once. It hashes API keys before anything leaves
-// the process. It is safe for concurrent use.
+// so a resent event is stored once. It hashes API keys and applies its
+// capture policy before anything leaves the process. It is safe for
+// concurrent use.
 type Publisher struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -109,8 +114,10 @@ func Message(ev *schema.Event) *nats.Msg {
 	return msg
 }
 
-// PublishAsync sends ev without waiting for the acknowledgement.
+// PublishAsync applies the capture policy to ev and sends it without
+// waiting for the acknowledgement.
 func (p *Publisher) PublishAsync(ev *schema.Event) (*Pending, error) {
+	p.opts.Capture.Event(ev)
 	msg, err := Encode(ev)
 	if err != nil {
 		return nil, err

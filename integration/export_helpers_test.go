@@ -160,6 +160,9 @@ func wantRows(calls []schema.Call, from, to time.Time, model, user string) []exp
 			ft := ms(*c.FirstTokenTime)
 			r.FirstTokenTime = &ft
 		}
+		if c.Capture != nil {
+			r.CaptureMode, r.CaptureMaskSet = c.Capture.Mode, c.Capture.MaskSet
+		}
 		if len(c.Metadata) > 0 {
 			b, _ := json.Marshal(c.Metadata) // sorted keys, as the sink stores them
 			r.Metadata = string(b)
@@ -410,6 +413,7 @@ func readCSV(t *testing.T, b []byte) []export.Row {
 			ModelParameters: f("model_parameters"), InputTokens: i64("input_tokens"), OutputTokens: i64("output_tokens"),
 			TotalTokens: i64("total_tokens"), UsageSource: f("usage_source"), Metadata: f("metadata"), Source: f("source"),
 			BatchID: f("batch_id"), Truncated: f("truncated") == "true",
+			CaptureMode: f("capture_mode"), CaptureMaskSet: f("capture_mask_set"),
 		}
 		if f("first_token_time") != "" {
 			ft := tm("first_token_time")

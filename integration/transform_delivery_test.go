@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
+	"github.com/callpipe/callpipe/transform"
 )
 
 // A transient failure to store the normalized record (here: CALLPIPE_NORMALIZED
@@ -198,4 +202,133 @@ func (e *trEnv) consumerInfo(name string) *jetstream.ConsumerInfo {
 		e.t.Fatal(err)
 	}
 	return info
+}
+
+// No silent loss at max deliveries: a call whose record can never be stored
+// reaches the DLQ with its reason although JetStream sends no
+// max-deliveries advisory (the consumer has no MaxDeliver: the worker counts
+// deliveries itself) and although the DLQ refused its first dead letters
+// (the call stays pending and its dead letter is written on a later
+// delivery).
+func TestTransformMaxDeliveriesWithoutAdvisory(t *testing.T) {
+	e := newTrEnv(t)
+	var advisories atomic.Int64
+	sub, err := e.nc.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", func(*nats.Msg) { advisories.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	w := e.startWorker("CALLPIPE_TRANSFORM_RETRY_DELAY=100ms", "CALLPIPE_TRANSFORM_MAX_DELIVER=3")
+	var cons *jetstream.ConsumerInfo
+	testkit.WaitFor(t, 30*time.Second, "the worker's consumer", func() (bool, string) {
+		c, err := e.js.Consumer(context.Background(), bus.CallsStream, e.consumer)
+		if err == nil {
+			cons, err = c.Info(context.Background())
+		}
+		return err == nil, fmt.Sprint(err)
+	})
+	if got := cons.Config.MaxDeliver; got != bus.NoMaxDeliver {
+		t.Fatalf("consumer MaxDeliver = %d: JetStream would give up on calls and only send an advisory", got)
+	}
+	// After the worker's start-up, which provisions the streams as
+	// configured: CALLPIPE_NORMALIZED takes no record, CALLPIPE_DLQ no dead letter.
+	restoreNorm := shrinkStream(t, e.js, bus.NormalizedStream)
+	defer restoreNorm()
+	restoreDLQ := shrinkStream(t, e.js, bus.DeadLetterStream)
+	defer restoreDLQ()
+
+	id := e.run + "-000001"
+	ev := trChatEvent(id, "", "")
+	e.publish([]string{id}, [][]byte{ev})
+	const retries = `callpipe_transform_events_total{result="retry"}`
+	testkit.WaitFor(t, time.Minute, "deliveries past max_deliver=3 with the DLQ refusing", func() (bool, string) {
+		n := w.metric(t, retries)
+		return n >= 5, fmt.Sprint(n)
+	})
+	if info := e.consumerInfo(e.consumer); info.NumAckPending+int(info.NumPending) != 1 {
+		t.Fatalf("the call is no longer pending on the consumer before its dead letter is stored: %+v", info)
+	}
+	if dls := e.readDLQ(); len(dls) > 0 {
+		t.Fatalf("dead letter stored while the DLQ refused it: %+v", dls)
+	}
+
+	restoreDLQ()
+	var dls []trDeadLetter
+	testkit.WaitFor(t, time.Minute, "the call in the DLQ", func() (bool, string) {
+		dls = e.readDLQ()
+		return len(dls) > 0, ""
+	})
+	testkit.WaitFor(t, 30*time.Second, "the raw event settled", func() (bool, string) {
+		info := e.consumerInfo(e.consumer)
+		return info.NumAckPending == 0 && info.NumPending == 0, fmt.Sprintf("%+v", info)
+	})
+	dls = e.readDLQ()
+	if len(dls) != 1 || dls[0].data != string(ev) || dls[0].stage != bus.StageNormalize ||
+		!strings.Contains(dls[0].errText, "max deliveries (3) exceeded") {
+		t.Fatalf("dead letters %+v, want the event once, stage normalize, reason max deliveries (3) exceeded", dls)
+	}
+	t.Logf("dead letter: %q", dls[0].errText)
+	restoreNorm()
+	var recs trRecords
+	e.readNormalized(&recs)
+	if len(recs.calls) != 0 {
+		t.Fatalf("a dead-lettered call was also normalized: %v", recs.calls)
+	}
+	if n := advisories.Load(); n != 0 {
+		t.Errorf("%d max-deliveries advisories: the consumer should have no MaxDeliver", n)
+	}
+	w.stop(t)
+}
+
+// shrinkStream makes stream refuse every message over 64 bytes until the
+// returned function (also run at cleanup) restores its configuration.
+func shrinkStream(t *testing.T, js jetstream.JetStream, name string) func() {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := info.Config
+	broken := orig
+	broken.MaxMsgSize = 64
+	if _, err := js.UpdateStream(ctx, broken); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	restore := func() {
+		once.Do(func() {
+			if _, err := js.UpdateStream(context.Background(), orig); err != nil {
+				t.Errorf("restore %s: %v", name, err)
+			}
+		})
+	}
+	t.Cleanup(restore)
+	return restore
+}
+
+// A consumer created by an earlier version, with a JetStream MaxDeliver, is
+// updated to none when a worker starts: after an upgrade no call depends on
+// a max-deliveries advisory.
+func TestTransformConsumerUpgradeDropsMaxDeliver(t *testing.T) {
+	e := newTrEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	old := transform.ConsumerConfig(transform.WorkerOptions{Consumer: e.consumer, FilterSubject: e.subject})
+	old.MaxDeliver = 10
+	if _, err := e.js.CreateConsumer(ctx, bus.CallsStream, old); err != nil {
+		t.Fatal(err)
+	}
+	w := e.startWorker()
+	testkit.WaitFor(t, 30*time.Second, "the consumer without MaxDeliver", func() (bool, string) {
+		info := e.consumerInfo(e.consumer)
+		return info.Config.MaxDeliver == bus.NoMaxDeliver, fmt.Sprint(info.Config.MaxDeliver)
+	})
+	w.stop(t)
 }

@@ -398,8 +398,8 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 }
 
 // MaxDeliver as the last guard: with max_deliver=1, the calls a SIGKILLed
-// worker held are not redelivered; their max-deliveries advisories route them
-// to the DLQ. Every call ends up normalized or dead-lettered (a call whose
+// worker held come back to the other worker over the limit, which routes
+// them to the DLQ without normalizing them again. Every call ends up normalized or dead-lettered (a call whose
 // record was stored just before the kill can be both).
 func TestTransformMaxDeliveriesToDLQ(t *testing.T) {
 	const total = 20_000

@@ -79,6 +79,7 @@ func AppendCall(buf []byte, c *Call) []byte {
 	buf = append(buf, `,"source":`...)
 	buf = AppendJSONString(buf, c.Source)
 	buf = appendOptString(buf, `,"batch_id":`, c.BatchID)
+	buf = appendCapture(buf, c.Capture)
 	return append(buf, '}')
 }
 
@@ -143,6 +144,20 @@ func AppendEvent(buf []byte, ev *Event) []byte {
 	buf = appendOptString(buf, `,"batch_id":`, ev.BatchID)
 	if ev.RequestTruncated {
 		buf = append(buf, `,"request_truncated":true`...)
+	}
+	buf = appendCapture(buf, ev.Capture)
+	return append(buf, '}')
+}
+
+func appendCapture(buf []byte, c *Capture) []byte {
+	if c == nil {
+		return buf
+	}
+	buf = append(buf, `,"capture":{"mode":`...)
+	buf = AppendJSONString(buf, c.Mode)
+	buf = appendOptString(buf, `,"mask_set":`, c.MaskSet)
+	if c.Counted {
+		buf = append(buf, `,"counted":true`...)
 	}
 	return append(buf, '}')
 }

@@ -79,4 +79,6 @@ type Call struct {
 	Tags     []string                   `json:"tags,omitempty"`
 	Source   string                     `json:"source"`
 	BatchID  string                     `json:"batch_id,omitempty"`
+	// Capture is the capture policy that produced the stored payload.
+	Capture *Capture `json:"capture,omitempty"`
 }

@@ -95,10 +95,11 @@ func invalidUTF8Offset(b []byte) int {
 // eventBlock holds an Event and the values its pointers refer to, so that
 // they take one allocation.
 type eventBlock struct {
-	event  Event
-	times  [2]time.Time // end_time, first_token_time
-	usage  Usage
-	tokens [3]int64
+	event   Event
+	times   [2]time.Time // end_time, first_token_time
+	usage   Usage
+	tokens  [3]int64
+	capture Capture
 }
 
 // span locates bytes in one of the decoder's buffers.
@@ -130,7 +131,7 @@ type decoder struct {
 
 	blk   *eventBlock
 	sbuf  []byte
-	strs  [numFields]strRef
+	strs  [numFields + 1]strRef // + capture.mask_set
 	nstrs int
 	tags  []span
 	meta  []metaRef
@@ -325,7 +326,118 @@ func (d *decoder) field(e *Event, f int) {
 		d.str(f, &e.BatchID, true)
 	case fRequestTruncated:
 		e.RequestTruncated = d.boolean(f)
+	case fCapture:
+		e.Capture = d.capture()
 	}
+}
+
+// capture decodes the capture object; its mode must be a known one.
+func (d *decoder) capture() *Capture {
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '{' {
+		d.mismatch(fCapture, "capture", "an object")
+		return nil
+	}
+	d.pos++
+	c := &d.blk.capture
+	var seen uint8
+	d.skipWS()
+	if d.peek() == '}' {
+		d.pos++
+		d.errs.add(fCapture, "capture.mode", "required")
+		return nil
+	}
+	for {
+		if d.peek() != '"' {
+			d.unexpectedKey()
+			return nil
+		}
+		key, ok := d.key()
+		if !ok || !d.expect(':', "':'") {
+			return nil
+		}
+		d.skipWS()
+		i := -1
+		switch string(key) {
+		case "mode":
+			i = 0
+		case "mask_set":
+			i = 1
+		case "counted":
+			i = 2
+		}
+		switch {
+		case i < 0:
+			d.errs.add(fCapture, "capture."+truncField(string(key)), "unknown field")
+			d.skipValue(2)
+		case seen&(1<<i) != 0:
+			d.errs.add(fCapture, "capture."+string(key), "duplicate key")
+			d.skipValue(2)
+		case i == 0:
+			seen |= 1 << i
+			c.Mode = d.captureMode()
+		case i == 1:
+			seen |= 1 << i
+			if d.null() {
+			} else if d.peek() != '"' {
+				d.mismatch(fCapture, "capture.mask_set", "a string")
+			} else if s, ok := d.strValue(); ok && s.n > 0 {
+				d.strs[d.nstrs] = strRef{&c.MaskSet, s}
+				d.nstrs++
+			}
+		default:
+			seen |= 1 << i
+			if b := d.peek(); b != 't' && b != 'f' && b != 'n' {
+				d.mismatch(fCapture, "capture.counted", "a boolean")
+			} else {
+				c.Counted = d.boolean(fCapture)
+			}
+		}
+		if d.fatal != nil {
+			return nil
+		}
+		d.skipWS()
+		if d.peek() == ',' {
+			d.pos++
+			d.skipWS()
+			continue
+		}
+		if !d.expect('}', "',' or '}'") {
+			return nil
+		}
+		if seen&1 == 0 {
+			d.errs.add(fCapture, "capture.mode", "required")
+		}
+		return c
+	}
+}
+
+// captureMode decodes capture.mode, one of the Capture* constants.
+func (d *decoder) captureMode() string {
+	if d.peek() != '"' {
+		d.mismatch(fCapture, "capture.mode", `"full", "truncated" or "none"`)
+		return ""
+	}
+	start, end, esc, ok := d.scanString()
+	if !ok {
+		return ""
+	}
+	s := d.data[start:end]
+	if esc {
+		s = appendUnquoted(nil, s)
+	}
+	switch string(s) {
+	case CaptureFull:
+		return CaptureFull
+	case CaptureTruncated:
+		return CaptureTruncated
+	case CaptureNone:
+		return CaptureNone
+	}
+	d.errs.add(fCapture, "capture.mode", `must be "full", "truncated" or "none", got `+quoteTrunc(string(s)))
+	return ""
 }
 
 // mismatch records that field f at path holds the wrong JSON type and skips

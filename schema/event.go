@@ -60,6 +60,28 @@ type Event struct {
 	// RequestTruncated marks a request body captured only in part because it
 	// exceeded the capture limit; the upstream still received all of it.
 	RequestTruncated bool `json:"request_truncated,omitempty"`
+	// Capture is the capture policy that redacted Request, Response, Error
+	// and Metadata before the event was published (set by ingest; nil on
+	// events from publishers that apply none).
+	Capture *Capture `json:"capture,omitempty"`
+}
+
+// Capture modes: what of a call's payload is kept.
+const (
+	CaptureFull      = "full"      // input and output kept
+	CaptureTruncated = "truncated" // every text cut to the policy's max_chars
+	CaptureNone      = "none"      // input and output dropped; counts, model, user... kept
+)
+
+// Capture records which capture policy produced a call's stored payload.
+type Capture struct {
+	Mode string `json:"mode"` // CaptureFull, CaptureTruncated or CaptureNone
+	// MaskSet names the masks applied (a version derived from their
+	// patterns; equal configurations give equal versions).
+	MaskSet string `json:"mask_set,omitempty"`
+	// Counted: the usage was counted by callpipe's tokenizer before the text
+	// was dropped (the upstream reported none).
+	Counted bool `json:"counted,omitempty"`
 }
 
 // Usage is the OpenAI-shaped token usage of a call. A nil field is unknown.

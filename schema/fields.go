@@ -27,6 +27,7 @@ const (
 	fSource
 	fBatchID
 	fRequestTruncated
+	fCapture
 	numFields
 )
 
@@ -56,6 +57,7 @@ var fieldNames = [numFields]string{
 	fSource:           "source",
 	fBatchID:          "batch_id",
 	fRequestTruncated: "request_truncated",
+	fCapture:          "capture",
 }
 
 // Field names are matched exactly: unlike encoding/json, "ID" is not "id"
@@ -110,6 +112,8 @@ func lookupField(key []byte) int {
 		return fBatchID
 	case "request_truncated":
 		return fRequestTruncated
+	case "capture":
+		return fCapture
 	}
 	return -1
 }

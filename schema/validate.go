@@ -16,7 +16,8 @@ const (
 	MaxEndpointChars     = 2048
 	MaxTags              = 64
 	MaxTagChars          = 200
-	APIKeyPrefixChars    = 7 // api_key_prefix, in characters
+	APIKeyPrefixChars    = 7  // api_key_prefix, in characters
+	MaxMaskSetChars      = 64 // capture.mask_set
 	DefaultStatus        = 200
 	apiKeyHashHexLength  = 64
 	exampleEndpoint      = "/v1/chat/completions"
@@ -196,6 +197,20 @@ func (e *Event) check(errs *errList, trusted bool) {
 	}
 	if e.BatchID != "" && e.Source != SourceBatch && !errs.failed(fSource) {
 		add(fBatchID, `allowed only when source is "batch"`)
+	}
+	if c := e.Capture; c != nil && !errs.failed(fCapture) {
+		switch c.Mode {
+		case CaptureFull, CaptureTruncated, CaptureNone:
+		case "":
+			errs.add(fCapture, "capture.mode", "required")
+		default:
+			errs.add(fCapture, "capture.mode", `must be "full", "truncated" or "none", got `+quoteTrunc(c.Mode))
+		}
+		if !utf8.ValidString(c.MaskSet) {
+			errs.add(fCapture, "capture.mask_set", "invalid UTF-8")
+		} else if n := utf8.RuneCountInString(c.MaskSet); n > MaxMaskSetChars {
+			errs.add(fCapture, "capture.mask_set", strconv.Itoa(n)+" characters, limit "+strconv.Itoa(MaxMaskSetChars))
+		}
 	}
 }
 

@@ -1,6 +1,8 @@
 package transform
 
 import (
+	"github.com/callpipe/callpipe/schema/capture"
+
 	"context"
 	"fmt"
 	"os"
@@ -35,7 +37,7 @@ func benchChatEvent(i int) []byte {
 //	go test ./transform -run '^$' -bench NormalizeChat1KB -cpu 1 -benchmem
 func BenchmarkNormalizeChat1KB(b *testing.B) {
 	n := testNormalizer(b)
-	p, err := NewPrivacy(PrivacyOptions{Masks: DefaultMasks}) // the default: full payloads, default masks
+	p, err := capture.New(capture.Options{Masks: capture.DefaultMasks}) // the default: full payloads, default masks
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 package transform
 
 import (
+	"github.com/callpipe/callpipe/schema/capture"
+
 	"context"
 	"encoding/json"
 	"testing"
@@ -17,7 +19,7 @@ func FuzzNormalize(f *testing.F) {
 	f.Add("/v1/messages", `{"system":[{"type":"text","text":"s"}],"messages":[]}`, `{"content":[{"type":"tool_use","input":{}}],"error":"x"}`)
 	f.Add("/v1/images/generations", `{"prompt":"p"}`, `{"data":[{"url":"data:image/png;base64,AA"},{"b64_json":null}]}`)
 	n := testNormalizer(f)
-	p, err := NewPrivacy(PrivacyOptions{Payloads: PayloadsTruncated, MaxChars: 5, Masks: DefaultMasks})
+	p, err := capture.New(capture.Options{Payloads: capture.Truncated, MaxChars: 5, Masks: capture.DefaultMasks})
 	if err != nil {
 		f.Fatal(err)
 	}

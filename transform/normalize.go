@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // PoisonError marks an event that can never be normalized (undecodable or
@@ -17,11 +18,11 @@ func (e *PoisonError) Error() string { return "poison event: " + e.Reason }
 // Normalizer turns raw call events into schema.Call records. It is safe for
 // concurrent use.
 type Normalizer struct {
-	Tokenizer *Tokenizer    // nil: missing usage stays 0, usage_source estimated
-	Users     *UserResolver // nil: explicit user or anonymous
-	Prices    PriceTable    // nil: no cost
-	Privacy   *Privacy      // nil: payloads kept as they are
-	Limits    schema.Limits // event size limit (schema.DefaultLimits when zero)
+	Tokenizer *Tokenizer      // nil: missing usage stays 0, usage_source estimated
+	Users     *UserResolver   // nil: explicit user or anonymous
+	Prices    PriceTable      // nil: no cost
+	Privacy   *capture.Policy // nil: payloads kept as the event holds them
+	Limits    schema.Limits   // event size limit (schema.DefaultLimits when zero)
 
 	// LivePrices, when set, replaces Prices: a table that may change while
 	// calls are normalized (prices stored in NATS KV).
@@ -99,7 +100,7 @@ func (n *Normalizer) NormalizeEvent(ctx context.Context, ev *schema.Event) *sche
 		prices = n.LivePrices.Table()
 	}
 	c.CostUSD = prices.Cost(c.Model, c.InputTokens, c.OutputTokens)
-	n.Privacy.Apply(c) // after token counting, which needs the whole text
+	n.Privacy.Call(c, ev.User, ev.Capture) // after token counting, which needs the whole text
 	return c
 }
 
@@ -132,7 +133,21 @@ func (n *Normalizer) tokens(c *schema.Call, ev *schema.Event, x *extracted) {
 		}
 		c.UsageSource = schema.UsageEstimated
 	}
+	if ev.Capture != nil && ev.Capture.Counted {
+		c.UsageSource = schema.UsageEstimated // counted at the edge before the text was dropped
+	}
 	c.InputTokens, c.OutputTokens, c.TotalTokens = in, out, in+out
+}
+
+// CountUsage returns ev's tokens as NormalizeEvent counts them, and whether
+// any count was estimated: the edge's capture.Counter, so that a call whose
+// text the edge drops (capture mode none) keeps the counts normalize would
+// have found.
+func (n *Normalizer) CountUsage(ev *schema.Event) (in, out int64, estimated bool) {
+	c := &schema.Call{Model: ev.Model, Kind: KindOf(ev.Endpoint)}
+	x := extract(c.Kind, ev.Request, ev.Response)
+	n.tokens(c, ev, &x)
+	return c.InputTokens, c.OutputTokens, c.UsageSource == schema.UsageEstimated
 }
 
 // estimate counts text's tokens; chat messages add the chat-format overhead

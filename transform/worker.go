@@ -2,7 +2,6 @@ package transform
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,7 +29,7 @@ type WorkerOptions struct {
 	Batch         int           // messages buffered per pull (500)
 	MaxInFlight   int           // records awaiting a JetStream ack per pipeline (1000)
 	AckWait       time.Duration // redelivery after this long without an ack (30s)
-	MaxDeliver    int           // deliveries before a call is dead-lettered (10)
+	MaxDeliver    int           // deliveries before a call is dead-lettered (10), counted by the worker (bus.DeliveryLimit)
 	MaxAckPending int           // consumer-wide unacknowledged messages (20000)
 	RetryDelay    time.Duration // first NakWithDelay after a transient failure, doubled per delivery (1s, capped at 1m)
 	Log           *slog.Logger
@@ -79,6 +78,10 @@ func (o *WorkerOptions) defaults() {
 // event only after JetStream acknowledged the record. Poison events go to
 // CALLPIPE_DLQ (bus.Failure) and are terminated. Events routed to other
 // stages only (bus.Routed: a retried archive dead letter) are acknowledged.
+// An event whose record could not be stored on its MaxDeliver-th delivery,
+// or that comes back after it, is dead-lettered by the worker itself
+// (bus.DeliveryLimit): the consumer has no JetStream MaxDeliver, so no
+// event depends on a max-deliveries advisory to reach the DLQ.
 type Worker struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
@@ -114,7 +117,7 @@ func ConsumerConfig(o WorkerOptions) jetstream.ConsumerConfig {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       o.AckWait,
-		MaxDeliver:    o.MaxDeliver,
+		MaxDeliver:    bus.NoMaxDeliver, // o.MaxDeliver is enforced by the worker (bus.DeliveryLimit)
 		MaxAckPending: o.MaxAckPending,
 	}
 }
@@ -122,11 +125,6 @@ func ConsumerConfig(o WorkerOptions) jetstream.ConsumerConfig {
 // Run consumes until ctx ends, then stops fetching, finishes and acknowledges
 // what it holds, and returns.
 func (w *Worker) Run(ctx context.Context) error {
-	adv, err := w.subscribeMaxDeliveries()
-	if err != nil {
-		return err
-	}
-	defer func() { _ = adv.Unsubscribe() }()
 	var wg sync.WaitGroup
 	errs := make(chan error, w.o.Concurrency)
 	for range w.o.Concurrency {
@@ -211,6 +209,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) pending {
 	if !bus.Routed(msg.Headers(), stage.Name) {
 		return pending{msg: msg, skip: true}
 	}
+	if w.limit().Exceeded(msg) {
+		return w.deadLetter(msg, w.limit().Reason(nil))
+	}
 	call, err := w.n.Normalize(ctx, msg.Data())
 	if err != nil {
 		var poison *PoisonError
@@ -264,11 +265,20 @@ func (w *Worker) settle(p pending) {
 		case err = <-p.fut.Err():
 		}
 	}
-	if err != nil {
-		var delivered uint64 = 1
-		if md, mdErr := p.msg.Metadata(); mdErr == nil {
-			delivered = md.NumDelivered
+	if err != nil && !p.dead && w.limit().Last(p.msg) {
+		// The last delivery: the event goes to the DLQ now, or comes back
+		// (nak) over the limit and its dead letter is tried again.
+		dl := bus.DeadLetters{JS: w.js, Stage: stage.Name}
+		dlErr := dl.Write(context.Background(), p.msg, w.limit().Reason(err))
+		if dlErr == nil {
+			m.events.WithLabelValues("dead_letter").Inc()
+			w.o.Log.Warn("dead-lettered after max deliveries", "subject", p.msg.Subject(), "err", err)
+			return
 		}
+		w.o.Log.Error("max deliveries: dead letter failed; retrying later", "subject", p.msg.Subject(), "err", dlErr)
+	}
+	if err != nil {
+		delivered := bus.Delivered(p.msg)
 		delay := retryDelay(w.o.RetryDelay, delivered)
 		m.events.WithLabelValues("retry").Inc()
 		w.o.Log.Warn("publish failed; retrying later", "subject", p.msg.Subject(), "err", err,
@@ -284,6 +294,9 @@ func (w *Worker) settle(p pending) {
 	m.events.WithLabelValues("normalized").Inc()
 	_ = p.msg.Ack()
 }
+
+// limit is the bound on deliveries the worker enforces.
+func (w *Worker) limit() bus.DeliveryLimit { return bus.DeliveryLimit{Max: uint64(w.o.MaxDeliver)} }
 
 // maxRetryDelay caps the backoff of transient failures.
 const maxRetryDelay = time.Minute
@@ -337,50 +350,4 @@ func (h *held) touchOlder(now time.Time, age time.Duration) {
 	for _, m := range stale {
 		_ = m.InProgress()
 	}
-}
-
-// maxDeliveriesAdvisory is the part of a JetStream max-deliveries advisory we use.
-type maxDeliveriesAdvisory struct {
-	Stream     string `json:"stream"`
-	Consumer   string `json:"consumer"`
-	StreamSeq  uint64 `json:"stream_seq"`
-	Deliveries uint64 `json:"deliveries"`
-}
-
-// subscribeMaxDeliveries routes messages that exhausted MaxDeliver to the
-// DLQ. One replica of the queue group handles each advisory; the dead
-// letter's Nats-Msg-Id makes repeats harmless.
-func (w *Worker) subscribeMaxDeliveries() (*nats.Subscription, error) {
-	subj := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + stage.Reads + "." + w.o.Consumer
-	sub, err := w.nc.QueueSubscribe(subj, w.o.Consumer+"-advisories", func(m *nats.Msg) {
-		var a maxDeliveriesAdvisory
-		if err := json.Unmarshal(m.Data, &a); err != nil || a.StreamSeq == 0 {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		stream, err := w.js.Stream(ctx, stage.Reads)
-		if err != nil {
-			w.o.Log.Warn("max deliveries: stream lookup", "err", err)
-			return
-		}
-		raw, err := stream.GetMsg(ctx, a.StreamSeq)
-		if err != nil {
-			w.o.Log.Warn("max deliveries: get message", "seq", a.StreamSeq, "err", err)
-			return
-		}
-		reason := fmt.Sprintf("max deliveries (%d) exceeded", a.Deliveries)
-		dl := bus.Failure{Stage: stage.Name, Stream: stage.Reads, Subject: raw.Subject, Seq: a.StreamSeq,
-			Attempts: a.Deliveries, Header: raw.Header, Data: raw.Data, Reason: reason}.Msg(time.Now())
-		if _, err := w.js.PublishMsg(ctx, dl, jetstream.WithExpectStream(bus.DeadLetterStream)); err != nil {
-			w.o.Log.Error("max deliveries: dead letter", "seq", a.StreamSeq, "err", err)
-			return
-		}
-		w.o.Metrics.events.WithLabelValues("dead_letter").Inc()
-		w.o.Log.Warn("dead-lettered after max deliveries", "seq", a.StreamSeq, "deliveries", a.Deliveries)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %s: %w", subj, err)
-	}
-	return sub, nil
 }

@@ -32,6 +32,7 @@ func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
 	return &jetstream.MsgMetadata{NumDelivered: m.delivered}, nil
 }
 func (m *fakeMsg) Subject() string      { return "callpipe.calls.test" }
+func (m *fakeMsg) Data() []byte         { return []byte(`{"id":"x"}`) }
 func (m *fakeMsg) Headers() nats.Header { return m.hdr }
 func (m *fakeMsg) record(a string) error {
 	m.mu.Lock()
@@ -72,10 +73,25 @@ func newFuture() *fakeFuture {
 func (f *fakeFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
 func (f *fakeFuture) Err() <-chan error            { return f.err }
 
+// fakeJS stores dead letters, or refuses them with err.
+type fakeJS struct {
+	jetstream.JetStream
+	err    error
+	stored []*nats.Msg
+}
+
+func (j *fakeJS) PublishMsg(_ context.Context, m *nats.Msg, _ ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if j.err != nil {
+		return nil, j.err
+	}
+	j.stored = append(j.stored, m)
+	return &jetstream.PubAck{}, nil
+}
+
 func testWorker() *Worker {
-	o := WorkerOptions{RetryDelay: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+	o := WorkerOptions{RetryDelay: 100 * time.Millisecond, MaxDeliver: 4, Log: slog.New(slog.DiscardHandler)}
 	o.defaults()
-	return &Worker{o: o}
+	return &Worker{o: o, js: &fakeJS{}}
 }
 
 func TestRetryDelayGrows(t *testing.T) {
@@ -102,6 +118,7 @@ func TestSettle(t *testing.T) {
 		pubErr     error
 		futErr     error
 		dead       bool
+		dlqErr     error
 		want       string
 		wantDelay  time.Duration
 		wantMetric string
@@ -111,6 +128,8 @@ func TestSettle(t *testing.T) {
 		{name: "failed third time", delivered: 3, futErr: errors.New("nats: timeout"), want: "[nak-delay]", wantDelay: 400 * time.Millisecond, wantMetric: "retry"},
 		{name: "dead letter stored", delivered: 1, dead: true, want: "[term]", wantMetric: "dead_letter"},
 		{name: "dead letter failed", delivered: 2, dead: true, futErr: errors.New("no responders"), want: "[nak-delay]", wantDelay: 200 * time.Millisecond, wantMetric: "retry"},
+		{name: "failed on the last delivery", delivered: 4, futErr: errors.New("nats: timeout"), want: "[term]", wantMetric: "dead_letter"},
+		{name: "failed on the last delivery, DLQ refused", delivered: 4, futErr: errors.New("nats: timeout"), dlqErr: errors.New("no responders"), want: "[nak-delay]", wantDelay: 800 * time.Millisecond, wantMetric: "retry"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := &fakeMsg{delivered: tc.delivered}
@@ -120,8 +139,15 @@ func TestSettle(t *testing.T) {
 			} else {
 				f.ok <- &jetstream.PubAck{}
 			}
+			js := &fakeJS{err: tc.dlqErr}
+			w.js = js
 			before := counter(t, w.o.Metrics, tc.wantMetric)
 			w.settle(pending{msg: m, fut: f, pubErr: tc.pubErr, dead: tc.dead})
+			if wantDL := tc.delivered == 4 && tc.dlqErr == nil; wantDL != (len(js.stored) == 1) {
+				t.Fatalf("dead letters written %d, want one: %v", len(js.stored), wantDL)
+			} else if wantDL && js.stored[0].Header.Get(bus.HeaderError) != "max deliveries (4) exceeded: nats: timeout" {
+				t.Fatalf("dead letter reason %q", js.stored[0].Header.Get(bus.HeaderError))
+			}
 			if got := m.settled(); got != tc.want {
 				t.Fatalf("settled %s, want %s", got, tc.want)
 			}

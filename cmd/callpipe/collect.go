@@ -32,7 +32,11 @@ func newCollectCommand(a *app) *cobra.Command {
 			if err := bus.EnsureCallsStream(ctx, js, streamOptions(cfg)); err != nil {
 				return err
 			}
-			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{})
+			policy, err := edgeCapturePolicy(cfg, log)
+			if err != nil {
+				return err
+			}
+			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Capture: policy})
 			if err != nil {
 				return err
 			}
@@ -42,6 +46,7 @@ func newCollectCommand(a *app) *cobra.Command {
 				ReadTimeout:  time.Duration(cfg.Collect.ReadTimeout),
 				Tokens:       cfg.Collect.Tokens,
 				Limits:       schema.Limits{MaxEventBytes: int(cfg.Event.MaxBytes)},
+				Capture:      policy,
 				Logger:       log,
 				Registerer:   reg,
 			})

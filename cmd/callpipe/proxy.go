@@ -45,6 +45,12 @@ func newProxyCommand(a *app) *cobra.Command {
 				}
 				cancel()
 			}
+			policy, err := edgeCapturePolicy(cfg, log)
+			if err != nil {
+				return err
+			}
+			// The proxy applies the policy itself, before it queues or
+			// spools an event: its publisher needs none.
 			pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{})
 			if err != nil {
 				return err
@@ -58,6 +64,7 @@ func newProxyCommand(a *app) *cobra.Command {
 			opts.Instance = cfg.Proxy.Instance
 			opts.Logger = log
 			opts.Registerer = reg
+			opts.Capture = policy
 			p, err := proxy.New(opts, pub)
 			if err != nil {
 				return fmt.Errorf("%w: %w", errConfig, err)

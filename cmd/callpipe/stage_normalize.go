@@ -34,14 +34,10 @@ func runNormalizeStage(ctx context.Context, env *workerEnv, log *slog.Logger) er
 	if err != nil {
 		return fmt.Errorf("%w: transform.prices: %w", errConfig, err)
 	}
-	masks := cfg.Capture.Masks
-	if cfg.Capture.DefaultMasks {
-		masks = append(append([]string(nil), transform.DefaultMasks...), masks...)
-	}
-	privacy, err := transform.NewPrivacy(transform.PrivacyOptions{Payloads: cfg.Capture.Payloads,
-		Models: cfg.Capture.PayloadsModels, MaxChars: cfg.Capture.MaxChars, Masks: masks})
+	// normalize counts tokens before its own pass: its policy needs no counter
+	privacy, err := capturePolicy(cfg, nil)
 	if err != nil {
-		return fmt.Errorf("%w: capture: %w", errConfig, err)
+		return err
 	}
 	metrics := transform.NewMetrics(env.reg)
 	uo := transform.UserOptions{

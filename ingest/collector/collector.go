@@ -26,6 +26,7 @@ import (
 
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // Publisher is what the collector needs from ingest.Publisher.
@@ -44,6 +45,9 @@ type Options struct {
 	Limits      schema.Limits
 	// AckTimeout bounds the wait for JetStream acknowledgements of one request.
 	AckTimeout time.Duration
+	// Capture is applied to every valid event before it is published
+	// (capture.Policy.Event). Nil: none.
+	Capture    *capture.Policy
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -315,12 +319,20 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) 
 	for i, raw := range events {
 		ev, err := schema.Decode(raw, c.opts.Limits)
 		if err == nil {
-			p, perr := c.pub.PublishMsgAsync(ingest.Message(ev))
-			if perr != nil {
-				return reply, perr
+			c.opts.Capture.Event(ev)
+			msg := ingest.Message(ev)
+			// Masks can lengthen a text ([REDACTED] for a short address),
+			// and normalize decodes with the same limit.
+			if lim := c.opts.Limits.MaxEventBytes; lim > 0 && len(msg.Data) > lim {
+				err = fmt.Errorf("event: %d bytes as published (capture masks applied), limit %d (event.max_bytes)", len(msg.Data), lim)
+			} else {
+				p, perr := c.pub.PublishMsgAsync(msg)
+				if perr != nil {
+					return reply, perr
+				}
+				pendings = append(pendings, p)
+				continue
 			}
-			pendings = append(pendings, p)
-			continue
 		}
 		if len(reply.Rejected) >= MaxRejections {
 			reply.RejectionsOmitted++

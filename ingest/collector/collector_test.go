@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 func collect(seq iter.Seq2[int, []byte]) [][]byte {
@@ -172,5 +174,63 @@ func TestBodyLimitNamesTheKey(t *testing.T) {
 	New(noPublish{t}, Options{MaxBodyBytes: 1 << 20}).ServeHTTP(rec, req)
 	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(rec.Body.String(), "collect.max_body_bytes") || !strings.Contains(rec.Body.String(), "1048576") {
 		t.Fatalf("%d %s", rec.Code, rec.Body.String())
+	}
+}
+
+// recordPublish keeps what the collector would publish, then fails.
+type recordPublish struct{ msgs []*nats.Msg }
+
+func (p *recordPublish) PublishMsgAsync(m *nats.Msg) (*ingest.Pending, error) {
+	p.msgs = append(p.msgs, m)
+	return nil, errors.New("recorded")
+}
+func (*recordPublish) Connected() bool { return true }
+
+// The capture policy is applied to every valid event before it is
+// published, and a producer's own capture record is replaced.
+func TestCapturePolicyBeforePublish(t *testing.T) {
+	policy, err := capture.New(capture.Options{Users: []string{"patient-*=none"}, Masks: capture.DefaultMasks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := &recordPublish{}
+	c := New(pub, Options{Capture: policy})
+	body := `{"id":"c-1","start_time":"2026-01-01T00:00:00Z","endpoint":"/v1/chat/completions","model":"m","user":"Patient-7",` +
+		`"request":{"messages":[{"role":"user","content":"my diagnosis, mail me at pat@example.com"}]},` +
+		`"usage":{"prompt_tokens":9,"completion_tokens":0,"total_tokens":9},"capture":{"mode":"full"}}` + "\n" +
+		`{"id":"c-2","start_time":"2026-01-01T00:00:00Z","endpoint":"/v1/chat/completions","model":"m","user":"doctor",` +
+		`"request":{"messages":[{"role":"user","content":"mail pat@example.com"}]}}`
+	req := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	c.ServeHTTP(httptest.NewRecorder(), req)
+	if len(pub.msgs) != 1 {
+		t.Fatalf("%d messages published before the failure, want 1", len(pub.msgs))
+	}
+	data := string(pub.msgs[0].Data)
+	if strings.Contains(data, "diagnosis") || strings.Contains(data, "pat@") || !strings.Contains(data, `"capture":{"mode":"none","mask_set":"`+policy.MaskSet()+`"}`) ||
+		!strings.Contains(data, `"usage":{"prompt_tokens":9,"completion_tokens":0,"total_tokens":9}`) {
+		t.Fatalf("published %s", data)
+	}
+}
+
+// An event that fits the limit as sent but not once its masks lengthened it
+// is rejected, naming the limit, instead of becoming poison for normalize
+// (which decodes with the same limit).
+func TestMaskedEventOverLimitRejected(t *testing.T) {
+	policy, err := capture.New(capture.Options{Masks: capture.DefaultMasks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := `{"id":"big","start_time":"2026-01-01T00:00:00Z","endpoint":"/v1/chat/completions","model":"m","request":{"p":"`
+	tail := `"}}`
+	addrs := strings.Repeat("a@b.co ", 40) // each address becomes [REDACTED]: 4 bytes longer
+	const limit = 4096
+	body := head + addrs + strings.Repeat("x", limit-len(head)-len(addrs)-len(tail)) + tail
+	c := New(noPublish{t}, Options{Capture: policy, Limits: schema.Limits{MaxEventBytes: limit}})
+	req := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(body))
+	rec := httptest.NewRecorder()
+	c.ServeHTTP(rec, req)
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "limit 4096 (event.max_bytes)") {
+		t.Fatalf("%d %s", rec.Code, rec.Body)
 	}
 }

@@ -128,11 +128,13 @@ func (p *Proxy) emit(ev *schema.Event, kind string) {
 }
 
 // prepare readies an event for publishing, off the client's request path:
-// client-controlled strings are made valid, the event is cut to
-// MaxEventBytes, and it is validated, so that the publisher never rejects it
-// for good (which would wedge the spool). It reports whether ev is usable.
+// client-controlled strings are made valid, the capture policy is applied,
+// the event is cut to MaxEventBytes, and it is validated, so that the
+// publisher never rejects it for good (which would wedge the spool). It
+// reports whether ev is usable.
 func (p *Proxy) prepare(ev *schema.Event) bool {
 	sanitize(ev)
+	p.opts.Capture.Event(ev)
 	reqCut, respCut := fit(ev, p.opts.MaxEventBytes-64)
 	ev.RequestTruncated = ev.RequestTruncated || reqCut
 	if respCut {
@@ -347,6 +349,9 @@ func (p *Proxy) drainLoop(ctx context.Context) {
 			p.ack()
 			continue
 		}
+		// Spooled by prepare, so redacted already, unless a version that
+		// applied no policy spooled it; the pass is idempotent.
+		p.opts.Capture.Event(&ev)
 		err = p.publish(ctx, &ev, "spool")
 		if err == nil || p.permanent(err) {
 			if err != nil {

@@ -40,7 +40,9 @@
 //
 // # Publishing
 //
-// Events go through a bounded in-memory queue to the Publisher (see Run). If
+// Events go through a bounded in-memory queue to the Publisher (see Run),
+// redacted by the capture policy (Options.Capture) before they are published
+// or spooled. If
 // publishing fails they go to an on-disk spool (package spool) and are
 // re-published oldest first once publishing works; a client's call never
 // waits on either. Drops happen only when both the queue and the spool are
@@ -68,6 +70,7 @@ import (
 
 	"github.com/callpipe/callpipe/ingest/spool"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // Publisher stores one event durably (JetStream ack) or returns an error.
@@ -129,6 +132,10 @@ type Options struct {
 	// are dropped with reason "rejected" instead of being retried. nil:
 	// DefaultPermanent.
 	Permanent func(error) bool
+	// Capture is applied to every event before it is queued for publishing
+	// or spooled (capture.Policy.Event), so the spool holds redacted events
+	// only. Nil: none.
+	Capture *capture.Policy
 	// Transport reaches the upstream. Default: a clone of
 	// http.DefaultTransport that never adds compression.
 	Transport http.RoundTripper

@@ -21,7 +21,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"io/fs"
+	"os"
+	"path/filepath"
+
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/schema/capture"
 )
 
 // fakePub is a Publisher that can be told to fail. Like JetStream it stores
@@ -1189,5 +1194,54 @@ func TestBodyMetadata(t *testing.T) {
 	ev = find(t, e.pub.wait(t, 3), r.id)
 	if ev.SessionID != "s-big" || ev.Metadata["blob"] != nil {
 		t.Fatalf("large metadata: session %q, blob kept: %v", ev.SessionID, ev.Metadata["blob"] != nil)
+	}
+}
+
+// The capture policy is applied before an event is queued or spooled: with
+// mode none for the model, neither the spool on disk nor the published
+// event holds the prompt or the answer, and the reported usage stays.
+func TestCapturePolicyBeforeSpool(t *testing.T) {
+	policy, err := capture.New(capture.Options{Models: []string{"qwen3-*=none"}, Masks: capture.DefaultMasks,
+		Count: func(ev *schema.Event) (int64, int64, bool) { return 21, 8, false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	e := newEnv(t, func(o *Options) { o.SpoolDir, o.Capture = dir, policy })
+	e.pub.setFail(true)
+	r := e.post(t, "/v1/chat/completions", chatReqBody)
+	if r.status != 200 || string(r.body) != chatJSON {
+		t.Fatalf("client got %d %s: the answer must pass unchanged", r.status, r.body)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.p.spool.Len() != 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if e.p.spool.Len() != 1 {
+		t.Fatal("the event was not spooled")
+	}
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, s := range []string{"capital of France", "Paris"} {
+			if bytes.Contains(b, []byte(s)) {
+				t.Errorf("spool file %s holds %q", path, s)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.pub.setFail(false)
+	ev := find(t, e.pub.exactly(t, 1), r.id)
+	if ev.Request != nil || ev.Response != nil || usageString(ev.Usage) != "21/8/29" ||
+		ev.Capture == nil || ev.Capture.Mode != capture.None || ev.Capture.MaskSet != policy.MaskSet() {
+		t.Fatalf("published event: %+v", ev)
 	}
 }

@@ -51,6 +51,10 @@ type Row struct {
 	Truncated bool `parquet:"truncated" json:"truncated"`
 	// Version is the stored copy's version (the newest copy of a call is exported).
 	Version uint64 `parquet:"version" json:"version"`
+	// CaptureMode and CaptureMaskSet are the capture policy that produced the
+	// call's payload ("" for calls stored before it was recorded).
+	CaptureMode    string `parquet:"capture_mode" json:"capture_mode"`
+	CaptureMaskSet string `parquet:"capture_mask_set" json:"capture_mask_set"`
 }
 
 // RowColumns are the CSV header (and Parquet column names) of Row.
@@ -59,7 +63,7 @@ var RowColumns = []string{
 	"endpoint", "kind", "model", "instance", "user_id", "user_source", "api_key_hash", "api_key_prefix",
 	"stream", "status", "error", "finish_reason", "input_text", "output_text", "input", "output", "model_parameters",
 	"input_tokens", "output_tokens", "total_tokens", "usage_source", "cost_usd", "metadata", "tags", "source", "batch_id",
-	"truncated", "version",
+	"truncated", "version", "capture_mode", "capture_mask_set",
 }
 
 // rowFromStored joins ClickHouse's second + millisecond columns back into
@@ -77,6 +81,7 @@ func rowFromStored(s *callsdb.ExportRow) Row {
 		ModelParameters: s.ModelParameters, InputTokens: s.InputTokens, OutputTokens: s.OutputTokens,
 		TotalTokens: s.TotalTokens, UsageSource: s.UsageSource, CostUSD: s.CostUSD, Metadata: s.Metadata,
 		Tags: s.Tags, Source: s.Source, BatchID: s.BatchID, Truncated: s.Truncated != 0, Version: s.Version,
+		CaptureMode: s.CaptureMode, CaptureMaskSet: s.CaptureMaskSet,
 	}
 	if s.FirstTokenTime != nil {
 		var ms uint16
@@ -97,7 +102,8 @@ func (r *Row) size() int {
 	n := 400 + len(r.ID) + len(r.TraceID) + len(r.SessionID) + len(r.Endpoint) + len(r.Kind) + len(r.Model) +
 		len(r.Instance) + len(r.UserID) + len(r.UserSource) + len(r.APIKeyHash) + len(r.APIKeyPrefix) + len(r.Error) +
 		len(r.FinishReason) + len(r.InputText) + len(r.OutputText) + len(r.Input) + len(r.Output) +
-		len(r.ModelParameters) + len(r.UsageSource) + len(r.Metadata) + len(r.Source) + len(r.BatchID)
+		len(r.ModelParameters) + len(r.UsageSource) + len(r.Metadata) + len(r.Source) + len(r.BatchID) +
+		len(r.CaptureMode) + len(r.CaptureMaskSet)
 	for _, t := range r.Tags {
 		n += len(t) + 3
 	}
@@ -142,6 +148,6 @@ func (r *Row) csvRecord(rec []string) []string {
 		r.InputText, r.OutputText, r.Input, r.Output, r.ModelParameters,
 		strconv.FormatInt(r.InputTokens, 10), strconv.FormatInt(r.OutputTokens, 10), strconv.FormatInt(r.TotalTokens, 10),
 		r.UsageSource, cost, r.Metadata, string(tags), r.Source, r.BatchID,
-		strconv.FormatBool(r.Truncated), strconv.FormatUint(r.Version, 10),
+		strconv.FormatBool(r.Truncated), strconv.FormatUint(r.Version, 10), r.CaptureMode, r.CaptureMaskSet,
 	)
 }

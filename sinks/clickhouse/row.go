@@ -39,6 +39,7 @@ type callBlock struct {
 	truncated                                []uint8
 	insertedAt                               []time.Time
 	version                                  []uint64
+	captureMode, captureMaskSet              []string
 }
 
 // newCallBlock sizes every column for n rows up front: appending 40 columns
@@ -56,7 +57,7 @@ func newCallBlock(n int) *callBlock {
 		modelParameters: mk[string](n), inputTokens: mk[int64](n), outputTokens: mk[int64](n), totalTokens: mk[int64](n),
 		usageSource: mk[string](n), costUSD: mk[*float64](n), metadata: mk[string](n), tags: mk[[]string](n),
 		source: mk[string](n), batchID: mk[string](n), truncated: mk[uint8](n), insertedAt: mk[time.Time](n),
-		version: mk[uint64](n),
+		version: mk[uint64](n), captureMode: mk[string](n), captureMaskSet: mk[string](n),
 	}
 }
 
@@ -75,6 +76,7 @@ func (b *callBlock) columns() []any {
 		b.inputTokens, b.outputTokens, b.totalTokens, b.usageSource, b.costUSD,
 		b.metadata, b.tags, b.source, b.batchID,
 		b.truncated, b.insertedAt, b.version,
+		b.captureMode, b.captureMaskSet,
 	}
 }
 
@@ -159,6 +161,12 @@ func callColumns(calls []schema.Call, maxText int, now time.Time, version uint64
 		b.truncated = append(b.truncated, truncated)
 		b.insertedAt = append(b.insertedAt, inserted)
 		b.version = append(b.version, version)
+		var mode, maskSet string
+		if c.Capture != nil {
+			mode, maskSet = c.Capture.Mode, c.Capture.MaskSet
+		}
+		b.captureMode = append(b.captureMode, mode)
+		b.captureMaskSet = append(b.captureMaskSet, maskSet)
 	}
 	return b.columns()
 }

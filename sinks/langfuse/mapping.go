@@ -214,7 +214,12 @@ func metadata(c *schema.Call) json.RawMessage {
 	if c.BatchID != "" {
 		m.b = appendString(append(m.b, `,"batch_id":`...), c.BatchID)
 	}
-	m.b = append(appendString(append(m.b, `,"trace_id":`...), TraceID(c)), '}')
+	m.b = appendString(append(m.b, `,"trace_id":`...), TraceID(c))
+	if cp := c.Capture; cp != nil { // the capture policy that produced the payload
+		m.b = appendString(append(m.b, `,"capture":{"mode":`...), cp.Mode)
+		m.b = append(appendString(append(m.b, `,"mask_set":`...), cp.MaskSet), '}')
+	}
+	m.b = append(m.b, '}')
 	m.str("endpoint", c.Endpoint)
 	m.str("error", c.Error)
 	m.str("finish_reason", c.FinishReason)

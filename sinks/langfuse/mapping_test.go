@@ -38,6 +38,7 @@ func fullCall(id string) schema.Call {
 		CostUSD:  ptr(0.00042),
 		Metadata: map[string]json.RawMessage{"team": json.RawMessage(`"search"`)},
 		Tags:     []string{"prod", "chat"}, Source: "proxy", BatchID: "b-1",
+		Capture: &schema.Capture{Mode: schema.CaptureTruncated, MaskSet: "3f2a9c01b7de"},
 	}
 }
 
@@ -100,6 +101,9 @@ func TestMapCallFields(t *testing.T) {
 	ids := md["callpipe"].(map[string]any)
 	if ids["call_id"] != "call-1" || ids["trace_id"] != "tr-call-1" || ids["batch_id"] != "b-1" {
 		t.Errorf("callpipe ids %v", ids)
+	}
+	if cp, _ := ids["capture"].(map[string]any); cp["mode"] != "truncated" || cp["mask_set"] != "3f2a9c01b7de" {
+		t.Errorf("callpipe capture %v", ids["capture"])
 	}
 
 	gm := roundTrip(t, gen)["body"].(map[string]any)

@@ -45,6 +45,7 @@ var CallColumns = []string{
 	"input_tokens", "output_tokens", "total_tokens", "usage_source", "cost_usd",
 	"metadata", "tags", "source", "batch_id",
 	"truncated", "inserted_at", "version",
+	"capture_mode", "capture_mask_set",
 }
 
 // InsertCalls is the batch insert of the sink (PrepareBatch/Append/Send).

@@ -33,6 +33,7 @@ var ExportColumns = []string{
 	"input_tokens", "output_tokens", "total_tokens", "usage_source", "cost_usd",
 	"metadata", "tags", "source", "batch_id",
 	"truncated", "version",
+	"capture_mode", "capture_mask_set",
 }
 
 // ExportRow is one deduplicated row of {db}.calls as ClickHouse returns it.
@@ -61,6 +62,7 @@ type ExportRow struct {
 	Source, BatchID                              string
 	Truncated                                    uint8
 	Version                                      uint64
+	CaptureMode, CaptureMaskSet                  string
 }
 
 func (r *ExportRow) dest() []any {
@@ -75,6 +77,7 @@ func (r *ExportRow) dest() []any {
 		&r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.UsageSource, &r.CostUSD,
 		&r.Metadata, &r.Tags, &r.Source, &r.BatchID,
 		&r.Truncated, &r.Version,
+		&r.CaptureMode, &r.CaptureMaskSet,
 	}
 }
 

@@ -112,8 +112,9 @@ type Transform struct {
 }
 
 type Capture struct {
-	Payloads       string   `yaml:"payloads" doc:"payload kept in normalized calls before any sink sees them: full, truncated or none"`
+	Payloads       string   `yaml:"payloads" doc:"payload kept of each call, applied by the proxy, the collector and normalize before anything is published or stored: full, truncated or none"`
 	PayloadsModels []string `yaml:"payloads_models" doc:"per-model payload modes as PATTERN=full|truncated|none (glob over the lower-cased model name), first match wins"`
+	PayloadsUsers  []string `yaml:"payloads_users" doc:"per-user payload modes as PATTERN=full|truncated|none (glob over the lower-cased user the event names), first match wins; when a model rule also matches, the stricter mode wins"`
 	MaxChars       int      `yaml:"max_chars" doc:"characters kept of each input and output text in truncated mode"`
 	DefaultMasks   bool     `yaml:"default_masks" doc:"replace e-mail addresses, phone numbers and API-key-like strings in input, output, error and metadata by [REDACTED]"`
 	Masks          []string `yaml:"masks" doc:"more regular expressions (RE2 syntax) whose matches are replaced by [REDACTED]"`
@@ -275,7 +276,8 @@ func (c *Config) Validate() error {
 		check(c.Transform.UserLookupTimeout > 0, "transform.user_lookup_timeout", c.Transform.UserLookupTimeout, "must be positive"),
 		check(c.Transform.UserRetryAfter > 0, "transform.user_retry_after", c.Transform.UserRetryAfter, "must be positive"),
 		check(oneOf(c.Capture.Payloads, "full", "truncated", "none"), "capture.payloads", c.Capture.Payloads, "allowed: full, truncated, none"),
-		validPayloadModels(c.Capture.PayloadsModels),
+		validPayloadRules("capture.payloads_models", c.Capture.PayloadsModels),
+		validPayloadRules("capture.payloads_users", c.Capture.PayloadsUsers),
 		check(c.Capture.MaxChars >= 1, "capture.max_chars", c.Capture.MaxChars, "must be at least 1"),
 		validMasks(c.Capture.Masks),
 		hostPort("redis.addr", c.Redis.Addr, false),

@@ -34,13 +34,14 @@ func validPrices(entries []string) error {
 	return nil
 }
 
-// validPayloadModels checks capture.payloads_models entries (PATTERN=MODE).
-func validPayloadModels(rules []string) error {
+// validPayloadRules checks capture.payloads_models or capture.payloads_users
+// entries (PATTERN=MODE); key names the one at fault.
+func validPayloadRules(key string, rules []string) error {
 	for _, r := range rules {
 		pat, mode, ok := strings.Cut(r, "=")
 		_, perr := path.Match(strings.TrimSpace(pat), "")
 		if !ok || strings.TrimSpace(pat) == "" || perr != nil || !oneOf(strings.TrimSpace(mode), "full", "truncated", "none") {
-			return &Error{Key: "capture.payloads_models", Value: r, Allowed: "want PATTERN=full|truncated|none"}
+			return &Error{Key: key, Value: r, Allowed: "want PATTERN=full|truncated|none"}
 		}
 	}
 	return nil
