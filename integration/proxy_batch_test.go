@@ -190,7 +190,12 @@ func TestProxyBatchHeadersEndToEnd(t *testing.T) {
 	var usage usageapi.UsageResponse
 	testkit.WaitFor(t, 60*time.Second, "6 calls in the usage API", func() (bool, string) {
 		apiGet(t, serve.base, "/api/v1/usage", with("group_by", "source"), "", 200, &usage)
-		return usage.Totals.Calls == 6, fmt.Sprintf("%d calls", usage.Totals.Calls)
+		// rows and totals are two reads: both must see every call
+		var inRows uint64
+		for _, r := range usage.Rows {
+			inRows += r.Metrics.Calls
+		}
+		return usage.Totals.Calls == 6 && inRows == 6, fmt.Sprintf("%d calls, %d in rows", usage.Totals.Calls, inRows)
 	})
 	bySource := map[string]usageapi.Metrics{}
 	for _, r := range usage.Rows {

@@ -480,7 +480,6 @@ func (c *call) finish(r *http.Request) {
 		EndTime:          &end,
 		Endpoint:         r.URL.EscapedPath(),
 		Model:            c.model,
-		Instance:         c.p.instance,
 		User:             c.user,
 		APIKey:           c.apiKey,
 		Stream:           c.sse || c.reqStream,
@@ -530,6 +529,18 @@ func (c *call) finish(r *http.Request) {
 			ev.Model = jsonString(respFields["model"])
 		}
 	}
+
+	// The instance is the model UID the upstream answered with (Xinference
+	// names the serving model by UID; it does not say which replica), unless
+	// configured; the upstream's address stays in metadata (proxy.upstream).
+	ev.Instance = c.p.instance
+	if ev.Instance == "" {
+		ev.Instance = answeredModel(c.asm, respFields)
+	}
+	if ev.Instance == "" {
+		ev.Instance = c.p.upstream
+	}
+	meta["upstream"] = c.p.upstream
 
 	// First token for streams only: a whole answer has no first token, and
 	// its first byte would make TTFT percentiles mean latency.
@@ -749,4 +760,13 @@ func usageFrom(raw json.RawMessage) *schema.Usage {
 		return nil
 	}
 	return &out
+}
+
+// answeredModel is the `model` of the upstream's answer: the assembled
+// stream's, or the whole answer's top-level field.
+func answeredModel(asm *streamAssembler, fields map[string]json.RawMessage) string {
+	if asm != nil {
+		return asm.model
+	}
+	return jsonString(fields["model"])
 }

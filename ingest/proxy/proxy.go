@@ -113,7 +113,10 @@ type Options struct {
 	SpoolMaxBytes int64
 	// QueueSize bounds the events waiting in memory. Default 1024.
 	QueueSize int
-	// Instance overrides the event's instance (default: upstream host:port).
+	// Instance overrides the event's instance. Default: the model UID the
+	// upstream answered with (Xinference's `model` in the response), else the
+	// upstream's host:port; the host:port is always kept in the metadata
+	// as `proxy.upstream`.
 	Instance string
 	Logger   *slog.Logger
 	// Registerer receives the proxy's metrics; nil: not registered.
@@ -163,7 +166,8 @@ type Proxy struct {
 	pub      Publisher
 	log      *slog.Logger
 	rp       *httputil.ReverseProxy
-	instance string
+	instance string // Options.Instance, or "" for the answer's model UID
+	upstream string // host:port of the upstream
 	m        *metrics
 	spool    *spool.Spool
 
@@ -229,9 +233,7 @@ func New(opts Options, pub Publisher) (*Proxy, error) {
 		runDone:  make(chan struct{}),
 	}
 	p.drops.log = p.log
-	if p.instance == "" {
-		p.instance = hostPort(u)
-	}
+	p.upstream = hostPort(u)
 	if opts.SpoolDir != "" {
 		sp, err := spool.Open(opts.SpoolDir, spool.Options{
 			MaxBytes: opts.SpoolMaxBytes, Sync: spool.SyncManual, Logger: p.log,
@@ -369,7 +371,7 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 		// The client is gone; nobody to answer.
 		return
 	}
-	p.log.Warn("proxy: upstream unreachable", "upstream", p.instance, "path", r.URL.Path, "err", err)
+	p.log.Warn("proxy: upstream unreachable", "upstream", p.upstream, "path", r.URL.Path, "err", err)
 	body := []byte(`{"error":{"message":"callpipe proxy: upstream unreachable","type":"upstream_error","code":502}}`)
 	if c != nil {
 		c.proxyErr = err
@@ -420,7 +422,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp.Body.Close()
 	if t.p.noInject.CompareAndSwap(false, true) {
 		t.p.log.Warn("proxy: upstream rejects stream_options; usage injection turned off",
-			"upstream", t.p.instance, "status", resp.StatusCode, "answer", clip(string(head), 300))
+			"upstream", t.p.upstream, "status", resp.StatusCode, "answer", clip(string(head), 300))
 	}
 	c.injected = false
 	retry := req.Clone(req.Context())

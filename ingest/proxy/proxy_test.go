@@ -304,8 +304,12 @@ func TestChatNonStream(t *testing.T) {
 	if ev.APIKey != "" || ev.APIKeyHash != schema.HashAPIKey(key) || ev.APIKeyPrefix != "xf-Q2hh" {
 		t.Fatalf("api key: %q %q %q", ev.APIKey, ev.APIKeyHash, ev.APIKeyPrefix)
 	}
-	if ev.Instance != strings.TrimPrefix(e.x.srv.URL, "http://") {
-		t.Fatalf("instance %q", ev.Instance)
+	// The instance is the model UID the upstream answered with; its address
+	// is kept in the proxy's metadata.
+	var pm struct{ Upstream string }
+	if err := json.Unmarshal(ev.Metadata["proxy"], &pm); err != nil || ev.Instance != "qwen3-instruct" ||
+		pm.Upstream != strings.TrimPrefix(e.x.srv.URL, "http://") {
+		t.Fatalf("instance %q, proxy metadata %s", ev.Instance, ev.Metadata["proxy"])
 	}
 	jsonEqual(t, ev.Request, chatReqBody)
 	jsonEqual(t, ev.Response, chatJSON)
@@ -1066,12 +1070,12 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		t.Fatal("nil publisher accepted")
 	}
 	p, err := New(Options{Upstream: u}, newFakePub(t))
-	if err != nil || p.instance != "xinference:9997" {
-		t.Fatalf("%v %q", err, p.instance)
+	if err != nil || p.upstream != "xinference:9997" {
+		t.Fatalf("%v %q", err, p.upstream)
 	}
 	u2, _ := url.Parse("https://xinference.internal")
-	if p, _ := New(Options{Upstream: u2}, newFakePub(t)); p.instance != "xinference.internal:443" {
-		t.Fatalf("instance %q", p.instance)
+	if p, _ := New(Options{Upstream: u2}, newFakePub(t)); p.upstream != "xinference.internal:443" {
+		t.Fatalf("upstream %q", p.upstream)
 	}
 }
 

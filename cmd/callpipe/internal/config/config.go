@@ -83,7 +83,7 @@ type Proxy struct {
 	AskUsage      bool     `yaml:"ask_usage" doc:"ask upstream for usage on streams that did not request it (hidden from the client)"`
 	SpoolDir      string   `yaml:"spool_dir" doc:"on-disk spool for events while NATS is unreachable; empty means <paths.state_dir>/spool"`
 	SpoolMaxBytes ByteSize `yaml:"spool_max_bytes" doc:"spool size cap; beyond it events are dropped, counted and logged"`
-	Instance      string   `yaml:"instance" doc:"instance name recorded in events (upstream host:port when empty)"`
+	Instance      string   `yaml:"instance" doc:"instance name recorded in events (when empty: the model UID the upstream answered with, else its host:port; the host:port is kept in metadata proxy.upstream)"`
 }
 
 type Worker struct {
