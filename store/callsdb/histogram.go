@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
-	"slices"
 )
 
 // Latency and TTFT distributions in the sealed rollups are log-linear
 // histograms over whole milliseconds, mergeable by adding counts per bucket
-// (in Go, bucketCounts; the seals add them with sumMap):
+// (sumMap in ClickHouse):
 //
 //   - values 0..127 have a bucket each (exact);
 //   - from 128 on, every power of two [2^e, 2^(e+1)) is split into 64 equal
@@ -66,7 +65,7 @@ func histogramBucketSQL(v string) string {
 
 // Histogram is a merged histogram: count per bucket index.
 type Histogram struct {
-	Buckets []uint16 // ascending
+	Buckets []uint16 // ascending, as sumMap returns them
 	Counts  []uint64
 }
 
@@ -93,44 +92,4 @@ func (h Histogram) Quantiles() Quantiles {
 		return HistogramValue(h.Buckets[len(h.Buckets)-1])
 	}
 	return Quantiles{P50: at(0.5), P95: at(0.95), P99: at(0.99)}
-}
-
-// bucketCounts adds histograms (some of them subtracted: signed counts) by
-// bucket index.
-type bucketCounts map[uint16]int64
-
-func (b *bucketCounts) add(buckets []uint16, counts any) {
-	if len(buckets) == 0 {
-		return
-	}
-	if *b == nil {
-		*b = make(bucketCounts, len(buckets))
-	}
-	switch c := counts.(type) {
-	case []uint64:
-		for i, x := range buckets {
-			(*b)[x] += int64(c[i])
-		}
-	case []int64:
-		for i, x := range buckets {
-			(*b)[x] += c[i]
-		}
-	}
-}
-
-// Quantiles are the quantiles of the buckets whose counts add up above zero
-// (subtracted rows cancel exactly: a count never ends below zero).
-func (b bucketCounts) Quantiles() Quantiles {
-	h := Histogram{Buckets: make([]uint16, 0, len(b))}
-	for x, c := range b {
-		if c > 0 {
-			h.Buckets = append(h.Buckets, x)
-		}
-	}
-	slices.Sort(h.Buckets)
-	h.Counts = make([]uint64, len(h.Buckets))
-	for i, x := range h.Buckets {
-		h.Counts[i] = uint64(b[x])
-	}
-	return h.Quantiles()
 }

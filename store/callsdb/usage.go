@@ -91,15 +91,24 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		}
 		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
 		var lat, ttft []float64
+		var latH, ttftH Histogram
 		if rollup {
-			dest = append(dest, &r.TTFTCalls)
+			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
 		} else {
 			dest = append(dest, &lat, &r.TTFTCalls, &ttft)
 		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 		}
-		if !rollup && !s.SkipPercentiles {
+		r.Bucket = r.Bucket.In(loc)
+		if s.Group.Bucket == BucketNone {
+			r.Bucket = time.Time{}
+		}
+		switch {
+		case s.SkipPercentiles:
+		case histogram:
+			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
+		default:
 			r.LatencyMS = quantiles(lat)
 			if r.TTFTCalls > 0 {
 				r.TTFTMS = quantiles(ttft)
@@ -109,85 +118,6 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
-	}
-	if histogram {
-		hists, err := mergeHistograms(ctx, conn, db, s, plan)
-		if err != nil {
-			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
-		}
-		for i := range out {
-			if h := hists[keyOf(&out[i])]; h != nil {
-				out[i].LatencyMS, out[i].TTFTMS = h.lat.Quantiles(), h.ttft.Quantiles()
-			}
-		}
-	}
-	for i := range out {
-		out[i].Bucket = out[i].Bucket.In(loc)
-		if s.Group.Bucket == BucketNone {
-			out[i].Bucket = time.Time{}
-		}
-	}
-	return out, nil
-}
-
-// usageKey is a usage group: its bucket and keys as the SQL returns them.
-type usageKey struct {
-	bucket              int64
-	model, user, source string
-}
-
-func keyOf(r *UsageRow) usageKey {
-	return usageKey{r.Bucket.Unix(), r.Model, r.UserID, r.Source}
-}
-
-// groupHistograms are one group's merged latency and TTFT histograms.
-type groupHistograms struct{ lat, ttft bucketCounts }
-
-// mergeHistograms reads usageHistogramSQL's rows and adds them per group.
-func mergeHistograms(ctx context.Context, conn driver.Conn, db string, s UsageSpec, plan usagePlan) (map[usageKey]*groupHistograms, error) {
-	sql, signed := usageHistogramSQL(s, plan)
-	rows, err := conn.Query(ctx, WithDB(sql, db))
-	if err != nil {
-		return nil, fmt.Errorf("histograms: %w", err)
-	}
-	defer rows.Close()
-	out := map[usageKey]*groupHistograms{}
-	var (
-		bucket   time.Time
-		k        usageKey
-		lb, tb   []uint16
-		lcU, tcU []uint64
-		lcS, tcS []int64
-	)
-	for rows.Next() {
-		dest := []any{&bucket, &k.model, &k.user}
-		if s.Group.Source {
-			dest = append(dest, &k.source)
-		}
-		if signed {
-			dest = append(dest, &lb, &lcS, &tb, &tcS)
-		} else {
-			dest = append(dest, &lb, &lcU, &tb, &tcU)
-		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("histograms: %w", err)
-		}
-		k.bucket = bucket.Unix()
-		g := out[k]
-		if g == nil {
-			g = &groupHistograms{}
-			out[k] = g
-		}
-		if signed {
-			g.lat.add(lb, lcS)
-			g.ttft.add(tb, tcS)
-		} else {
-			g.lat.add(lb, lcU)
-			g.ttft.add(tb, tcU)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("histograms: %w", err)
 	}
 	return out, nil
 }

@@ -205,14 +205,14 @@ func usageKeys(s UsageSpec, t, model, user, source string) (keys, order []string
 	return keys, order
 }
 
-// usageBranches are the UNION ALL branches of a plan with rollup rows: the
-// rows of its seals, the subtracted rows of its minus seals, and its
-// per-call rows (collapsed by id, each call a one-element histogram). Each
-// branch has t (the time to bucket), m, u, src and either the sums (n, e, i,
-// o, tot, c, tn) or the histograms (lb, lc, tb, tc). Subtracted rows make
-// the counts signed (signed): every branch then counts in Int64, as UNION
-// ALL needs one type.
-func usageBranches(s UsageSpec, p usagePlan, histograms bool) (branches []string, signed bool) {
+// usageRollupSQL is the SQL of a plan with rollup rows: the rows of its
+// seals and its per-call rows (collapsed by id, each call a one-element
+// histogram) in one UNION ALL, summed per group; latency and TTFT come back
+// as merged histograms. Columns: bucket, model_key, user_key, [source_key],
+// calls, errors, input/output/total tokens, cost, latency buckets and
+// counts, ttft calls, ttft buckets and counts.
+func usageRollupSQL(s UsageSpec, p usagePlan) string {
+	keys, order := usageKeys(s, "t", "m", "u", "src")
 	byUser := 0
 	if p.byUser {
 		byUser = 1
@@ -227,32 +227,30 @@ func usageBranches(s UsageSpec, p usagePlan, histograms bool) (branches []string
 			sealRefsSQL(refs),
 		), usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...), "\n      AND ")
 	}
-	signed = len(p.minus) > 0
-	count, emptyCounts := "toUInt64", "emptyArrayUInt64"
+	// Subtracted rows make the sums signed: every branch then counts in
+	// Int64 (UNION ALL needs one type), and groups left at zero calls (all
+	// their calls were subtracted again) are dropped.
+	signed := len(p.minus) > 0
+	count, emptyCounts, having := "toUInt64", "emptyArrayUInt64", ""
 	arr := func(col string) string { return col }
 	if signed {
-		count, emptyCounts = "toInt64", "emptyArrayInt64"
+		count, emptyCounts, having = "toInt64", "emptyArrayInt64", "\nHAVING sum(n) != 0"
 		arr = func(col string) string { return "arrayMap(x -> toInt64(x), " + col + ")" }
 	}
 	cnt := func(col string) string { return count + "(" + col + ")" }
-	values := func(sums, hists string) string {
-		if histograms {
-			return hists
-		}
-		return sums
-	}
 	// a day row counts in the bucket of its day's noon (planUsage)
 	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
 	// which the UTC buckets' toStartOfDay(t) reads)
-	branches = append(branches, `SELECT toDateTime(period + if(grain = `+fmt.Sprint(grainDay)+`, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
-        `+values(cnt("calls")+` AS n, `+cnt("errors")+` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c, `+cnt("ttft_calls")+` AS tn`,
-		`latency_buckets AS lb, `+arr("latency_counts")+` AS lc, ttft_buckets AS tb, `+arr("ttft_counts")+` AS tc`)+`
-    FROM {db}.`+table+`
-    WHERE `+where(p.rollup))
+	branches := []string{`SELECT toDateTime(period + if(grain = ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
+        ` + cnt("calls") + ` AS n, ` + cnt("errors") + ` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
+        latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ` + cnt("ttft_calls") + ` AS tn, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc
+    FROM {db}.` + table + `
+    WHERE ` + where(p.rollup)}
 	if signed {
 		branches = append(branches, `SELECT toDateTime(period - toUInt32(period) % 86400 + 43200, 'UTC') AS t, model AS m, user_id AS u, source AS src,
-        `+values(`-toInt64(calls) AS n, -toInt64(errors) AS e, -input_tokens AS i, -output_tokens AS o, -total_tokens AS tot, -cost AS c, -toInt64(ttft_calls) AS tn`,
-			`latency_buckets AS lb, arrayMap(x -> -toInt64(x), latency_counts) AS lc, ttft_buckets AS tb, arrayMap(x -> -toInt64(x), ttft_counts) AS tc`)+`
+        -toInt64(calls) AS n, -toInt64(errors) AS e, -input_tokens AS i, -output_tokens AS o, -total_tokens AS tot, -cost AS c,
+        latency_buckets AS lb, arrayMap(x -> -toInt64(x), latency_counts) AS lc, -toInt64(ttft_calls) AS tn,
+        ttft_buckets AS tb, arrayMap(x -> -toInt64(x), ttft_counts) AS tc
     FROM {db}.`+table+`
     WHERE `+where(p.minus))
 	}
@@ -262,28 +260,15 @@ func usageBranches(s UsageSpec, p usagePlan, histograms bool) (branches []string
 			outer = "\n    WHERE " + strings.Join(w, " AND ")
 		}
 		one := cnt("1")
-		branches = append(branches, `SELECT c_start AS t, c_model AS m, c_user AS u, c_source AS src,
-        `+values(one+` AS n, `+cnt("c_error")+` AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c, `+cnt("c_has_ttft")+` AS tn`,
-			`[`+histogramBucketSQL("c_latency")+`] AS lb, [`+one+`] AS lc,
-        if(c_has_ttft = 1, [`+histogramBucketSQL("c_ttft")+`], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [`+one+`], `+emptyCounts+`()) AS tc`)+`
+		branches = append(branches, fmt.Sprintf(`SELECT c_start AS t, c_model AS m, c_user AS u, c_source AS src,
+        %[4]s AS n, %[5]s AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c,
+        [%[1]s] AS lb, [%[4]s] AS lc, %[6]s AS tn,
+        if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[4]s], %[7]s()) AS tc
     FROM
     (
-    `+collapsedCallsSQL(p.perCallWhere())+`
-    )`+outer)
-	}
-	return branches, signed
-}
-
-// usageRollupSQL is the SQL of a plan with rollup rows: its branches summed
-// per group. Columns: bucket, model_key, user_key, [source_key], calls,
-// errors, input/output/total tokens, cost, ttft calls. Groups left at zero
-// calls (all their calls were subtracted again) are dropped.
-func usageRollupSQL(s UsageSpec, p usagePlan) string {
-	keys, order := usageKeys(s, "t", "m", "u", "src")
-	branches, signed := usageBranches(s, p, false)
-	having := ""
-	if signed {
-		having = "\nHAVING sum(n) != 0"
+    %[3]s
+    )%[8]s`, histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(p.perCallWhere()),
+			one, cnt("c_error"), cnt("c_has_ttft"), emptyCounts, outer))
 	}
 	return fmt.Sprintf(`SELECT
     %s,
@@ -293,32 +278,13 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
     toInt64(sum(o)) AS output_tokens,
     toInt64(sum(tot)) AS total_tokens,
     toFloat64(sum(c)) AS cost,
-    toUInt64(sum(tn)) AS ttft_calls
+    %s
 FROM
 (
     %s
 )
 GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), having, strings.Join(order, ", "))
-}
-
-// usageHistogramSQL streams the latency and TTFT histograms of a plan with
-// rollup rows, one row per rollup row or per call, with its group keys, for
-// mergeHistograms: adding them in Go costs a fraction of ClickHouse's sumMap
-// (on 18.16 about 2 µs a bucket: seconds for thousands of groups, where
-// streaming the same arrays takes a tenth). Columns: bucket, model_key,
-// user_key, [source_key], latency buckets and counts, TTFT buckets and
-// counts (counts Int64 when signed, else UInt64).
-func usageHistogramSQL(s UsageSpec, p usagePlan) (sql string, signed bool) {
-	keys, _ := usageKeys(s, "t", "m", "u", "src")
-	branches, signed := usageBranches(s, p, true)
-	return fmt.Sprintf(`SELECT
-    %s,
-    lb, lc, tb, tc
-FROM
-(
-    %s
-)`, strings.Join(keys, ",\n    "), strings.Join(branches, "\n    UNION ALL\n    ")), signed
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s.SkipPercentiles, signed), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), having, strings.Join(order, ", "))
 }
 
 // sealRuns are each grain's runs of consecutive periods of refs, for the
@@ -350,6 +316,18 @@ func sealRuns(refs []sealRef) []string {
 	return runs
 }
 
+// histogramColumnsSQL is the latency and TTFT columns of usageRollupSQL:
+// merged histograms, or empty ones when percentiles are skipped.
+func histogramColumnsSQL(skip, signed bool) string {
+	if skip {
+		return "emptyArrayUInt16() AS latency_buckets,\n    emptyArrayUInt64() AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    emptyArrayUInt16() AS ttft_buckets,\n    emptyArrayUInt64() AS ttft_counts"
+	}
+	if signed { // sumMap drops buckets whose counts cancel out
+		return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    arrayMap(x -> toUInt64(x), lat.2) AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    arrayMap(x -> toUInt64(x), ttf.2) AS ttft_counts"
+	}
+	return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    lat.2 AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    ttf.2 AS ttft_counts"
+}
+
 // samplePlannedUsage is usage SQL of plans that mix rollup and per-call
 // rows, for AllQueries: every grouping with filters and a zone.
 func samplePlannedUsage(from, to time.Time) []string {
@@ -367,8 +345,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 		if i%3 == 0 { // a day row with hours subtracted: signed sums
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
 		}
-		hist, _ := usageHistogramSQL(s, p)
-		out = append(out, usageRollupSQL(s, p), hist)
+		out = append(out, usageRollupSQL(s, p))
 	}
 	return out
 }
