@@ -121,7 +121,7 @@ func TestSettle(t *testing.T) {
 				f.ok <- &jetstream.PubAck{}
 			}
 			before := counter(t, w.o.Metrics, tc.wantMetric)
-			w.settle(pending{msg: m, fut: f, pubErr: tc.pubErr, dead: tc.dead})
+			w.settle(pending{msgs: []jetstream.Msg{m}, fut: f, pubErr: tc.pubErr, dead: tc.dead})
 			if got := m.settled(); got != tc.want {
 				t.Fatalf("settled %s, want %s", got, tc.want)
 			}
@@ -183,7 +183,7 @@ func TestNormalizedMsgReplayHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	live := normalizedMsg(c, nats.Header{"Nats-Msg-Id": []string{c.ID}}, 1000)
+	live := normalizedMsg(c, nats.Header{"Nats-Msg-Id": []string{c.ID}})
 	if got := live.Header.Get(jetstream.MsgIDHeader); got != c.ID {
 		t.Fatalf("live Nats-Msg-Id %q, want %q", got, c.ID)
 	}
@@ -197,7 +197,7 @@ func TestNormalizedMsgReplayHeaders(t *testing.T) {
 	raw.Set(bus.HeaderReplay, "job-42")
 	raw.Set(bus.HeaderSinks, "clickhouse,langfuse")
 	raw.Set(jetstream.MsgIDHeader, bus.ReplayMsgID("job-42", c.ID))
-	rep := normalizedMsg(c, raw, 1000)
+	rep := normalizedMsg(c, raw)
 	if got, want := rep.Header.Get(jetstream.MsgIDHeader), bus.ReplayMsgID("job-42", c.ID); got != want {
 		t.Fatalf("replay Nats-Msg-Id %q, want %q", got, want)
 	}
