@@ -29,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bench/receiver"
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/internal/fleet"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
@@ -375,6 +376,19 @@ func (b *bench) consumerDone(ctx context.Context, stream, consumer string, want 
 	return info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= want, acked
 }
 
+// lastSeq is the last sequence of stream.
+func (b *bench) lastSeq(ctx context.Context, stream string) (uint64, error) {
+	st, err := b.js.Stream(ctx, stream)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	return info.State.LastSeq, nil
+}
+
 func (b *bench) throughput(ctx context.Context, res *Result) error {
 	n := b.o.Events
 	stageNames := append([]string{"normalize"}, b.o.Sinks...)
@@ -431,7 +445,22 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 				continue
 			}
 			sc := b.env.Consumers[s]
-			done, acked := b.consumerDone(ctx, sc.Stream, sc.Name, uint64(n))
+			want := uint64(n)
+			if sc.Stream != bus.CallsStream {
+				// CALLPIPE_NORMALIZED holds batches of calls: a sink is done
+				// when it has settled every message normalize published
+				// once normalize is done
+				if _, ok := finished["normalize"]; !ok {
+					progress = append(progress, s+" waiting")
+					continue
+				}
+				last, err := b.lastSeq(ctx, sc.Stream)
+				if err != nil {
+					return err
+				}
+				want = last
+			}
+			done, acked := b.consumerDone(ctx, sc.Stream, sc.Name, want)
 			if done && acceptDone == nil {
 				finished[s] = time.Since(start)
 				res.StagePerS[s] = float64(n) / finished[s].Seconds()
