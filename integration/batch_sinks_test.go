@@ -16,8 +16,8 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
-	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/schema"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
 // publishBatch publishes lines as one batched CALLPIPE_NORMALIZED message
@@ -108,7 +108,7 @@ func TestClickHouseSinkBatchedMessages(t *testing.T) {
 	seqA := publishBatch(t, n.js, n.subject, "calls:a-"+calls[0].ID, a)
 	publishBatch(t, n.js, n.subject, "calls:b-"+calls[0].ID, lines[10:20])
 	publishBatch(t, n.js, n.subject, "calls:c-"+calls[0].ID, lines[5:15]) // a regrouped redelivery
-	n.publish(t, calls[20:], "")                                            // the single-call format
+	n.publish(t, calls[20:], "")                                          // the single-call format
 	runSink(t, n, out, n.sinkConfig(1000, 100*time.Millisecond))
 	waitStored(t, n, out, db, uint64(len(calls)), time.Minute)
 
