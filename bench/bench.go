@@ -648,7 +648,9 @@ func (b *bench) publishEvents(subject, idPrefix string) (jetstream.JetStream, er
 		buf = benchEvent(buf[:0], b.runID, i, b.o.Size, now)
 		msg := &nats.Msg{Subject: subject, Data: slices.Clone(buf), Header: nats.Header{}}
 		msg.Header.Set(jetstream.MsgIDHeader, idPrefix+strconv.Itoa(i))
-		if _, err := js.PublishMsgAsync(msg); err != nil {
+		// a loaded machine acknowledges slower than this loop publishes:
+		// wait for room rather than fail the measurement
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			return nil, err
 		}
 	}
