@@ -70,6 +70,11 @@ type Sink struct {
 	// are single calls or batches (bus/batch.go). It starts at the largest
 	// batch, so the first fetch holds few calls.
 	perMsg atomic.Int64
+	// fetchBytes bounds a fetch in bytes too, so that batched messages
+	// after a run of small ones cannot make one handle hold many times
+	// Batch.Count calls; it is never below the server's max payload, or a
+	// message that large could never be fetched.
+	fetchBytes int
 }
 
 // NewSink creates (or updates) the durable consumer.
@@ -123,6 +128,7 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 	}
 	s := &Sink{out: out, js: js, cons: cons, cfg: cfg, log: cfg.Log, dead: bus.DeadLetters{JS: js, Stage: stage.Name}}
 	s.perMsg.Store(bus.MaxBatchCalls)
+	s.fetchBytes = max(4<<20, int(nc.MaxPayload())+64<<10)
 	counter := func(result string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "callpipe_langfuse_calls_total", Help: "Calls handled by the Langfuse sink, by result.",
@@ -192,7 +198,7 @@ func (s *Sink) Run(ctx context.Context) error {
 			return nil
 		}
 		fetch := max(1, s.cfg.Batch.Count/int(max(1, s.perMsg.Load())))
-		batch, err := s.cons.Fetch(fetch, jetstream.FetchMaxWait(s.cfg.Batch.Period))
+		batch, err := s.cons.Fetch(fetch, jetstream.FetchMaxWait(s.cfg.Batch.Period), jetstream.FetchMaxBytes(s.fetchBytes))
 		if err != nil {
 			<-sem
 			if ctx.Err() != nil {
