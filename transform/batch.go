@@ -16,8 +16,8 @@ import (
 // messages (bus/batch.go): one open batch per subject and replay marks, so a
 // batch never mixes kinds or replay routing. A batch is published when it
 // holds maxCalls calls or maxBytes bytes, or when the pipeline has nothing
-// more to read right now (flush): under load batches fill, at a trickle
-// every call goes out at once. The raw messages of a batch are settled
+// more to read right now (flush, after a short linger): under load batches
+// fill, at a trickle every call goes out at once. The raw messages of a batch are settled
 // together when its publish is acknowledged.
 type batcher struct {
 	maxCalls, maxBytes int
@@ -45,7 +45,7 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 	}
 	ob := b.open[key]
 	if ob == nil {
-		ob = &openBatch{subject: subject, raw: h, body: make([]byte, 0, min(b.maxBytes, 64<<10))}
+		ob = &openBatch{subject: subject, raw: h, body: b.newBody()}
 		b.open[key] = ob
 		b.keys = append(b.keys, key)
 	}
@@ -65,7 +65,7 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 	}
 	if len(ob.body) > b.maxBytes && len(ob.msgs) > 0 {
 		// this call does not fit: send the batch without it, start the next with it
-		next := append(make([]byte, 0, min(b.maxBytes, 64<<10)), ob.body[line:]...)
+		next := append(b.newBody(), ob.body[line:]...)
 		ob.body = ob.body[:start]
 		b.send(ob)
 		ob.body = next
@@ -76,6 +76,9 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 		b.send(ob)
 	}
 }
+
+// pending reports whether a batch is open.
+func (b *batcher) pending() bool { return len(b.keys) > 0 }
 
 // flush publishes every open batch.
 func (b *batcher) flush() {
@@ -94,9 +97,15 @@ func (b *batcher) send(ob *openBatch) {
 	out := recordMsg(ob.subject, ob.raw, ob.body, ob.ids)
 	fut, err := b.publish(out)
 	b.q <- pending{msgs: ob.msgs, fut: fut, pubErr: err}
-	ob.body = make([]byte, 0, min(b.maxBytes, 64<<10))
+	ob.body = b.newBody()
 	ob.ids, ob.msgs = nil, nil
 }
+
+// newBody is a batch's buffer, as large as a batch may be: growing it call
+// by call cost more (copies, and garbage for the collector) than the one
+// allocation. At most maxBytes more than the calls a batch holds, and a
+// batch is held only until JetStream acknowledges it.
+func (b *batcher) newBody() []byte { return make([]byte, 0, b.maxBytes+b.maxBytes/8) }
 
 // recordMsg is the CALLPIPE_NORMALIZED message of the calls ids, encoded in
 // body (one call per line), whose raw events had the replay marks of raw.

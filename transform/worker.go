@@ -200,37 +200,24 @@ func (w *Worker) pipeline(ctx context.Context) error {
 	}()
 	defer func() { close(q); <-done; close(keepAlive) }()
 
-	// The iterator is read in its own goroutine so that the loop can tell
-	// "nothing more right now" (publish the open batches) from "more to add".
-	type fetched struct {
-		msg jetstream.Msg
-		err error
-	}
-	in := make(chan fetched, w.o.Batch)
-	go func() {
-		defer close(in)
-		for {
-			msg, err := it.Next()
-			in <- fetched{msg, err}
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-				errors.Is(err, jetstream.ErrConsumerNotFound) {
-				return
-			}
-		}
-	}()
 	b := &batcher{maxCalls: bus.MaxBatchCalls, maxBytes: w.batchBytes, q: q, open: map[string]*openBatch{},
 		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) {
 			return w.js.PublishMsgAsync(m, jetstream.WithExpectStream(stage.Feeds))
 		}}
 	for {
-		var f fetched
-		select {
-		case f = <-in:
-		default:
-			b.flush()
-			f = <-in
+		var msg jetstream.Msg
+		var err error
+		if b.pending() {
+			// open batches wait for more only while more is arriving: a
+			// pause of batchLinger sends them
+			msg, err = it.Next(jetstream.NextMaxWait(batchLinger))
+			if errors.Is(err, nats.ErrTimeout) {
+				b.flush()
+				continue
+			}
+		} else {
+			msg, err = it.Next()
 		}
-		msg, err := f.msg, f.err
 		if err != nil {
 			b.flush()
 			switch {
@@ -328,6 +315,9 @@ func (w *Worker) settle(p pending) {
 		_ = msg.Ack()
 	}
 }
+
+// batchLinger is how long open record batches wait for the next raw event.
+const batchLinger = 2 * time.Millisecond
 
 // maxRetryDelay caps the backoff of transient failures.
 const maxRetryDelay = time.Minute
