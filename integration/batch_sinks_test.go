@@ -140,6 +140,31 @@ func TestClickHouseSinkBatchedMessages(t *testing.T) {
 		t.Fatalf("%d distinct calls (%d rows), want %d", distinct, rows, len(calls))
 	}
 	checkUsage(t, out.Conn(), db, calls, chBase, chBase.Add(48*time.Hour))
+
+	// `dlq retry` sends the call back alone, in the single-call format, to
+	// this sink only; still poisoned, it is dead-lettered again as a whole
+	// message, its attempts added up.
+	md, err := d.Metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.RetryDeadLetter(ctx, n.js, md.Sequence.Stream); err != nil {
+		t.Fatal(err)
+	}
+	var again []jetstream.Msg
+	testkit.WaitFor(t, 30*time.Second, "the retried call's dead letter", func() (bool, string) {
+		again = stageDeadLetters(t, n.js, bus.StageClickHouse, n.subject, md.Sequence.Stream+1)
+		return len(again) >= 1, fmt.Sprintf("%d dead letters", len(again))
+	})
+	h := again[0].Headers()
+	if len(again) != 1 || !bytes.Equal(again[0].Data(), poison) || h.Get(bus.HeaderAttempts) != "2" ||
+		h.Get(bus.HeaderReplay) != fmt.Sprintf("dlq-%d", md.Sequence.Stream) || h.Get(bus.HeaderSinks) != bus.StageClickHouse ||
+		strings.Count(h.Get(nats.MsgIdHdr), ":") != 2 {
+		t.Fatalf("after retry: %d dead letters, first %q with headers %v", len(again), again[0].Data(), h)
+	}
+	if d2, _, err := chsink.CallCounts(ctx, out.Conn(), db); err != nil || d2 != uint64(len(calls)) {
+		t.Fatalf("after retry: %d distinct calls (%v), want %d", d2, err, len(calls))
+	}
 }
 
 // TestLangfuseSinkBatchedMessages: a call of a batch that Langfuse rejects
