@@ -25,6 +25,7 @@ type batcher struct {
 	q                  chan<- pending
 	open               map[string]*openBatch
 	keys               []string // open batches in the order they were opened
+	lastLen            int      // bytes of the last batch sent
 }
 
 type openBatch struct {
@@ -94,6 +95,7 @@ func (b *batcher) flush() {
 // send starts the publish of ob and empties it; the body is not reused (the
 // publish keeps it until JetStream acknowledges).
 func (b *batcher) send(ob *openBatch) {
+	b.lastLen = len(ob.body)
 	out := recordMsg(ob.subject, ob.raw, ob.body, ob.ids)
 	fut, err := b.publish(out)
 	b.q <- pending{msgs: ob.msgs, fut: fut, pubErr: err}
@@ -101,11 +103,13 @@ func (b *batcher) send(ob *openBatch) {
 	ob.ids, ob.msgs = nil, nil
 }
 
-// newBody is a batch's buffer, as large as a batch may be: growing it call
-// by call cost more (copies, and garbage for the collector) than the one
-// allocation. At most maxBytes more than the calls a batch holds, and a
-// batch is held only until JetStream acknowledges it.
-func (b *batcher) newBody() []byte { return make([]byte, 0, b.maxBytes+b.maxBytes/8) }
+// newBody is a batch's buffer, sized from the last batch sent: under load
+// batches are full and one allocation of their size beats growing the
+// buffer call by call (copies, garbage); at a trickle batches hold a call
+// or two and get a small buffer.
+func (b *batcher) newBody() []byte {
+	return make([]byte, 0, min(max(b.lastLen+b.lastLen/4, 16<<10), b.maxBytes+b.maxBytes/8))
+}
 
 // recordMsg is the CALLPIPE_NORMALIZED message of the calls ids, encoded in
 // body (one call per line), whose raw events had the replay marks of raw.

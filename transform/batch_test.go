@@ -160,3 +160,26 @@ func TestBatcherBytesAndLineBreaks(t *testing.T) {
 		t.Fatalf("%d calls in %d messages; want 5 in at least 3", total, len(sent))
 	}
 }
+
+// A batch's buffer follows the size of the last one: one call at a time
+// must not cost a full-size buffer each, full batches must not regrow.
+func TestBatcherBufferSize(t *testing.T) {
+	q := make(chan pending, 1000)
+	b := &batcher{maxCalls: 256, maxBytes: 512 << 10, q: q, open: map[string]*openBatch{},
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) { return nil, nil }}
+	calls := normalizeN(t, 300, benchChatEvent)
+	b.add(calls[0], &fakeMsg{})
+	b.flush()
+	b.add(calls[1], &fakeMsg{})
+	if c := cap(b.open[b.keys[0]].body); c > 32<<10 {
+		t.Fatalf("buffer of %d bytes after a batch of one call", c)
+	}
+	b.flush()
+	for _, c := range calls[2:] { // 256 fill a batch, the rest start the next
+		b.add(c, &fakeMsg{})
+	}
+	ob := b.open[b.keys[0]]
+	if full := b.lastLen; cap(ob.body) < full {
+		t.Fatalf("buffer of %d bytes after a full batch of %d", cap(ob.body), full)
+	}
+}
