@@ -18,6 +18,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/sinks/langfuse"
 )
 
 // publishBatch publishes lines as one batched CALLPIPE_NORMALIZED message
@@ -212,5 +213,38 @@ func TestLangfuseSinkBatchedMessages(t *testing.T) {
 	}
 	if v := e.srv.Violations(); len(v) != 0 {
 		t.Fatalf("%d requests off Langfuse's OpenAPI definition, first: %.500s", len(v), v[0])
+	}
+}
+
+// TestLangfuseSinkBatchedMessagesRetried: with Langfuse failing a third of
+// the requests, a batch whose calls are partly pending is sent again until
+// all are accepted; nothing is dead-lettered, every message is settled and
+// each call has one trace and one generation.
+func TestLangfuseSinkBatchedMessagesRetried(t *testing.T) {
+	e := newLfEnv(t, langfusetest.Options{})
+	calls := lfCalls(e.run, 200)
+	e.srv.SetFailureRate(0.3, langfusetest.Fault{Status: 500}, langfusetest.Fault{Status: 429})
+	lines := callLines(t, calls)
+	subject := e.subject + "." + calls[0].Kind
+	for i := 0; i < len(lines); i += 50 {
+		publishBatch(t, e.js, subject, fmt.Sprintf("calls:%s-%d", e.run, i), lines[i:i+50])
+	}
+	e.startSink(func(oc *langfuse.OutputConfig, sc *langfuse.SinkConfig) {
+		oc.MaxBatchCount = 20 // several requests per batch message, some of them failing
+		oc.MaxRetries = -1    // no retry inside a write: a pending call naks its message
+		sc.RetryDelay = 100 * time.Millisecond
+	})
+	lfWait(t, 2*time.Minute, "every generation", func() bool { return len(e.srv.Observations()) == len(calls) })
+	e.srv.SetFailureRate(0)
+	e.waitSettled(time.Minute)
+	if dl := e.deadLetters(); len(dl) != 0 {
+		t.Fatalf("%d dead letters", len(dl))
+	}
+	if traces := e.srv.Traces(); len(traces) != len(calls) {
+		t.Fatalf("%d traces for %d calls", len(traces), len(calls))
+	}
+	// the calls Langfuse had accepted in a nak'ed message were sent again
+	if accepted, _, _ := e.srv.Counts(); accepted <= 2*len(calls) {
+		t.Fatalf("%d events accepted for %d calls: no message was sent again", accepted, len(calls))
 	}
 }
