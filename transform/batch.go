@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,6 +27,7 @@ type batcher struct {
 	open               map[string]*openBatch
 	keys               []string // open batches in the order they were opened
 	lastLen            int      // bytes of the last batch sent
+	bodies             *sync.Pool
 }
 
 type openBatch struct {
@@ -98,7 +100,7 @@ func (b *batcher) send(ob *openBatch) {
 	b.lastLen = len(ob.body)
 	out := recordMsg(ob.subject, ob.raw, ob.body, ob.ids)
 	fut, err := b.publish(out)
-	b.q <- pending{msgs: ob.msgs, fut: fut, pubErr: err}
+	b.q <- pending{msgs: ob.msgs, fut: fut, pubErr: err, body: ob.body}
 	ob.body = b.newBody()
 	ob.ids, ob.msgs = nil, nil
 }
@@ -108,7 +110,13 @@ func (b *batcher) send(ob *openBatch) {
 // buffer call by call (copies, garbage); at a trickle batches hold a call
 // or two and get a small buffer.
 func (b *batcher) newBody() []byte {
-	return make([]byte, 0, min(max(b.lastLen+b.lastLen/4, 16<<10), b.maxBytes+b.maxBytes/8))
+	want := min(max(b.lastLen+b.lastLen/4, 16<<10), b.maxBytes+b.maxBytes/8)
+	if b.bodies != nil {
+		if p, ok := b.bodies.Get().(*[]byte); ok && cap(*p) >= want && cap(*p) <= 2*want {
+			return (*p)[:0]
+		}
+	}
+	return make([]byte, 0, want)
 }
 
 // recordMsg is the CALLPIPE_NORMALIZED message of the calls ids, encoded in

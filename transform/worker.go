@@ -89,6 +89,7 @@ type Worker struct {
 	// batchBytes bounds a batched record message: bus.MaxBatchBytes, less
 	// on a server with a smaller max_payload.
 	batchBytes int
+	bodies     sync.Pool // *[]byte: record batch buffers whose publish is settled
 }
 
 // NewWorker creates or updates the durable consumer. Streams must exist
@@ -160,6 +161,9 @@ type pending struct {
 	pubErr error
 	dead   bool // a dead letter: Term after the DLQ ack
 	skip   bool // routed to other stages only: Ack
+	// body is a record batch's buffer, reused once its publish is settled
+	// (the connection copied it when it was published).
+	body []byte
 }
 
 // pipeline reads messages, normalizes and publishes them asynchronously, and
@@ -183,6 +187,10 @@ func (w *Worker) pipeline(ctx context.Context) error {
 			for _, m := range p.msgs {
 				held.remove(m)
 			}
+			if p.body != nil {
+				b := p.body[:0]
+				w.bodies.Put(&b)
+			}
 		}
 	}()
 	keepAlive := make(chan struct{})
@@ -200,7 +208,7 @@ func (w *Worker) pipeline(ctx context.Context) error {
 	}()
 	defer func() { close(q); <-done; close(keepAlive) }()
 
-	b := &batcher{maxCalls: bus.MaxBatchCalls, maxBytes: w.batchBytes, q: q, open: map[string]*openBatch{},
+	b := &batcher{maxCalls: bus.MaxBatchCalls, maxBytes: w.batchBytes, q: q, open: map[string]*openBatch{}, bodies: &w.bodies,
 		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) {
 			return w.js.PublishMsgAsync(m, jetstream.WithExpectStream(stage.Feeds))
 		}}
