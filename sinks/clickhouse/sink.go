@@ -177,7 +177,9 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("clickhouse sink: pull: %w", err)
 	}
-	msgs := bus.Pull(it, 1024, s.log, "clickhouse sink", func(m jetstream.Msg) jetstream.Msg { return m })
+	// a short hand-off: the iterator's read-ahead is bounded in bytes, this
+	// channel in messages, and a message can hold a batch of calls (512 KiB)
+	msgs := bus.Pull(it, 64, s.log, "clickhouse sink", func(m jetstream.Msg) jetstream.Msg { return m })
 
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, s.out.cfg.MaxInFlight)
