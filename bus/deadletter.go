@@ -27,6 +27,9 @@ type Failure struct {
 	Header nats.Header
 	Data   []byte
 	Reason string
+	// Item is 1 + the index of the failed call in a batched message
+	// (batch.go), whose Data is that call alone; 0 for a whole message.
+	Item int
 }
 
 // FailureOf describes m, read by stage, failing for reason.
@@ -49,7 +52,8 @@ func FailureOf(stage string, m jetstream.Msg, reason string) Failure {
 //	Callpipe-Attempts        deliveries to the stage, over every retry
 //	Callpipe-First-Failure   RFC 3339 time of the first dead letter of it
 //	Callpipe-Replay, -Sinks  its replay marks, when it had any
-//	Nats-Msg-Id              <stage>:<stream>:<seq>
+//	Nats-Msg-Id              <stage>:<stream>:<seq>, or <stage>:<stream>:<seq>:<item>
+//	                         for one call of a batched message (item from 0)
 //
 // The Nats-Msg-Id makes a dead letter written twice (a crash before the
 // message was settled, a dead letter retried on a later delivery) stored once.
@@ -62,7 +66,11 @@ func (f Failure) Msg(now time.Time) *nats.Msg {
 	if f.Seq > 0 {
 		seq := strconv.FormatUint(f.Seq, 10)
 		m.Header.Set(HeaderSourceSeq, seq)
-		m.Header.Set(HeaderMsgID, f.Stage+":"+f.Stream+":"+seq)
+		id := f.Stage + ":" + f.Stream + ":" + seq
+		if f.Item > 0 {
+			id += ":" + strconv.Itoa(f.Item-1)
+		}
+		m.Header.Set(HeaderMsgID, id)
 	}
 	attempts := max(f.Attempts, 1)
 	first := now.UTC().Format(time.RFC3339Nano)

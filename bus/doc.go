@@ -14,6 +14,16 @@
 //
 // CALLPIPE_DLQ holds what any stage gave up on, on callpipe.dlq.<stage>.
 //
+// # Normalized records
+//
+// Invariant: a message on CALLPIPE_NORMALIZED is one call (the body is a
+// schema.Call, no Callpipe-Calls header) or a batch (Callpipe-Calls = N, N
+// schema.Call lines). A batch's calls share its subject and its replay
+// marks; its Nats-Msg-Id is BatchMsgID of its call ids (under ReplayMsgID
+// for a replay), so the same raw events normalized again are stored once.
+// Every reader takes both forms (Items) and settles a batch message only
+// once every call of it is stored or dead-lettered alone. See batch.go.
+//
 // Invariant: every stream, subject, header and default consumer name is
 // declared once, in topology.go. Producers (ingest), stages (transform, the
 // sinks), operations (replay, doctor, bench) and the wiring of cmd read it
@@ -38,7 +48,9 @@
 // subject and sequence, attempts and first failure time in headers, the
 // replay marks of the message, and Nats-Msg-Id <stage>:<stream>:<seq> — and
 // its message is settled only after the DLQ stored it: terminated (never
-// redelivered) on success, left to the stage to nak on failure.
+// redelivered) on success, left to the stage to nak on failure. A call that
+// fails in a batch is dead-lettered alone: its own bytes, the batch's
+// source and marks, Nats-Msg-Id <stage>:<stream>:<seq>:<item>.
 //
 // Invariant: no stage's durable consumer has a JetStream MaxDeliver
 // (NoMaxDeliver): JetStream reports a message it stops delivering only in a

@@ -54,7 +54,7 @@ func CallsStreamConfig(o StreamOptions) jetstream.StreamConfig {
 func NormalizedStreamConfig(o StreamOptions) jetstream.StreamConfig {
 	cfg := CallsStreamConfig(o)
 	cfg.Name = NormalizedStream
-	cfg.Description = "callpipe normalized calls (schema.Call), one per call id"
+	cfg.Description = "callpipe normalized calls (schema.Call), one or a batch per message"
 	cfg.Subjects = []string{NormalizedSubjectPrefix + ".>"}
 	return cfg
 }

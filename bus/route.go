@@ -15,8 +15,9 @@ import (
 //   - their Nats-Msg-Id is ReplayMsgID(job, id), so the duplicate window of
 //     the original event does not swallow the replay, while a replay job that
 //     re-sends after a crash is still deduplicated;
-//   - normalize copies both headers onto the normalized record and uses the
-//     same ReplayMsgID as its Nats-Msg-Id;
+//   - normalize copies both headers onto the normalized record (a batch
+//     holds calls of one replay job and Callpipe-Sinks only) and uses
+//     ReplayMsgID(job, record id) as its Nats-Msg-Id;
 //   - each stage acknowledges and skips a message Routed rejects;
 //   - a retried dead letter (dlq.go) is a replay addressed to the stage it
 //     failed in, so it reaches that stage only.

@@ -17,8 +17,8 @@ const (
 	// ReplaySubjectPrefix is where replay jobs publish (…replay.<job>).
 	ReplaySubjectPrefix = CallsSubjectPrefix + ".replay"
 
-	// NormalizedStream holds one schema.Call per call id (Nats-Msg-Id = call
-	// id), on NormalizedSubjectPrefix.<kind>.
+	// NormalizedStream holds the schema.Call of every call, one per message
+	// or many (batch.go), on NormalizedSubjectPrefix.<kind>.
 	NormalizedStream        = "CALLPIPE_NORMALIZED"
 	NormalizedSubjectPrefix = "callpipe.normalized"
 

@@ -69,6 +69,15 @@ func TestBenchCommand(t *testing.T) {
 		RawTopo     float64 `json:"raw_jetstream_topology_events_per_s"`
 		Ratio       float64 `json:"ratio_to_raw_limit"`
 		MemoryLimit string  `json:"memory_limit"`
+		PerCall     map[string]struct {
+			Ops    float64 `json:"jetstream_ops_per_call"`
+			CPU    float64 `json:"cpu_us_per_call"`
+			Allocs float64 `json:"allocs_per_call"`
+		} `json:"per_call"`
+		Total *struct {
+			Ops float64 `json:"jetstream_ops_per_call"`
+			CPU float64 `json:"cpu_us_per_call"`
+		} `json:"per_call_total"`
 	}
 	b, err := os.ReadFile(jsonOut)
 	if err != nil {
@@ -106,6 +115,26 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if want := r.EndToEnd / min(r.RawJS, r.RawCH); math.Abs(r.Ratio-want) > 1e-9*want {
 		t.Errorf("ratio %v; end to end / slower raw limit is %v", r.Ratio, want)
+	}
+	// Per-call costs: the collector publishes each call once (no duplicates
+	// in this run), every stage consumes, each role spends CPU and allocates.
+	sumOps, sumCPU := 0.0, 0.0
+	for _, p := range []string{"collect", "normalize", "clickhouse", "langfuse", "archive"} {
+		c, ok := r.PerCall[p]
+		if !ok || c.Ops <= 0 || c.CPU <= 0 || c.Allocs <= 0 {
+			t.Errorf("per call %s: %+v (present %v)", p, c, ok)
+		}
+		sumOps += c.Ops
+		sumCPU += c.CPU
+	}
+	if c := r.PerCall["collect"]; c.Ops != 1 {
+		t.Errorf("collector: %v JetStream ops per call, want 1 (one publish each)", c.Ops)
+	}
+	if c := r.PerCall["normalize"]; c.Ops < 1 {
+		t.Errorf("normalize: %v JetStream ops per call, want at least one delivery of each call", c.Ops)
+	}
+	if r.Total == nil || math.Abs(r.Total.Ops-sumOps) > 1e-9 || math.Abs(r.Total.CPU-sumCPU) > 1e-6 {
+		t.Errorf("per-call total %+v, want the sum of the roles: ops %v, CPU %v", r.Total, sumOps, sumCPU)
 	}
 	if r.MemoryLimit != "192MiB" {
 		t.Errorf("memory limit %q, want the default 192MiB", r.MemoryLimit)

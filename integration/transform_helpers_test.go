@@ -214,6 +214,7 @@ type trRecords struct {
 	calls map[string]schema.Call
 	dups  []string
 	seq   uint64
+	msgs  int // messages they came in (fewer than calls when batched)
 }
 
 func (e *trEnv) readNormalized(r *trRecords) {
@@ -247,17 +248,34 @@ func (e *trEnv) readNormalized(r *trRecords) {
 			if !bytes.Contains(m.Data(), []byte(`"id":"`+prefix)) {
 				continue
 			}
-			var c schema.Call
-			if err := json.Unmarshal(m.Data(), &c); err != nil {
-				e.t.Fatalf("normalized record %d: %v", md.Sequence.Stream, err)
+			items, err := bus.Items(m.Headers(), m.Data())
+			if err != nil {
+				e.t.Fatalf("normalized message %d: %v", md.Sequence.Stream, err)
 			}
-			if m.Headers().Get(jetstream.MsgIDHeader) != c.ID {
-				e.t.Fatalf("record %s has Nats-Msg-Id %q", c.ID, m.Headers().Get(jetstream.MsgIDHeader))
+			var ids []string
+			for _, it := range items {
+				var c schema.Call
+				if err := json.Unmarshal(it, &c); err != nil {
+					e.t.Fatalf("normalized record %d: %v", md.Sequence.Stream, err)
+				}
+				ids = append(ids, c.ID)
+				if !strings.HasPrefix(c.ID, prefix) {
+					continue
+				}
+				if _, dup := r.calls[c.ID]; dup {
+					r.dups = append(r.dups, c.ID)
+				}
+				r.calls[c.ID] = c
 			}
-			if _, dup := r.calls[c.ID]; dup {
-				r.dups = append(r.dups, c.ID)
+			// one call: its id; a batch: the id of its calls (bus/batch.go)
+			want := ids[0]
+			if len(ids) > 1 {
+				want = bus.BatchMsgID(ids)
 			}
-			r.calls[c.ID] = c
+			if got := m.Headers().Get(jetstream.MsgIDHeader); got != want && !bus.IsReplay(m.Headers()) {
+				e.t.Fatalf("record of %v has Nats-Msg-Id %q, want %q", ids, got, want)
+			}
+			r.msgs++
 		}
 		if n == 0 {
 			break

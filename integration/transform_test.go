@@ -106,8 +106,17 @@ func TestTransformNormalizeThreeWorkersKill(t *testing.T) {
 	e.readNormalized(&recs)
 	t.Logf("%d calls normalized by 3 workers (one killed) in %s", len(recs.calls), elapsed.Round(time.Millisecond))
 
-	if len(recs.dups) > 0 {
+	// Records are batched (bus/batch.go): the raw events a killed worker
+	// held unacknowledged come back to other workers in other groupings, so
+	// their calls can be stored twice on CALLPIPE_NORMALIZED (the sinks
+	// deduplicate by call id). Nothing else may be: at most what one worker
+	// holds at once (the consumer's max_ack_pending, 20,000 by default).
+	if len(recs.dups) > 20000 {
 		t.Fatalf("%d duplicate records, e.g. %v", len(recs.dups), recs.dups[:min(5, len(recs.dups))])
+	}
+	t.Logf("%d calls in %d messages; %d stored twice after the kill", len(recs.calls), recs.msgs, len(recs.dups))
+	if recs.msgs*4 > len(recs.calls) {
+		t.Errorf("%d messages for %d calls: records are not batched under load", recs.msgs, len(recs.calls))
 	}
 	var missing []string
 	for _, id := range ids {

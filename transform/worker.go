@@ -73,9 +73,10 @@ func (o *WorkerOptions) defaults() {
 }
 
 // Worker runs the normalize stage: it consumes CALLPIPE_CALLS through a
-// durable pull consumer shared by all replicas, publishes one schema.Call per
-// call to CALLPIPE_NORMALIZED (Nats-Msg-Id = call id) and acknowledges the raw
-// event only after JetStream acknowledged the record. Poison events go to
+// durable pull consumer shared by all replicas, publishes the schema.Call of
+// every call to CALLPIPE_NORMALIZED, many calls per message (bus/batch.go,
+// batch.go), and acknowledges a raw event only after JetStream acknowledged
+// the message holding its record. Poison events go to
 // CALLPIPE_DLQ (bus.Failure) and are terminated. Events routed to other
 // stages only (bus.Routed: a retried archive dead letter) are acknowledged.
 // An event whose record could not be stored on its MaxDeliver-th delivery,
@@ -88,6 +89,10 @@ type Worker struct {
 	n    *Normalizer
 	o    WorkerOptions
 	cons jetstream.Consumer
+	// batchBytes bounds a batched record message: bus.MaxBatchBytes, less
+	// on a server with a smaller max_payload.
+	batchBytes int
+	bodies     sync.Pool // *[]byte: record batch buffers whose publish is settled
 }
 
 // NewWorker creates or updates the durable consumer. Streams must exist
@@ -104,7 +109,11 @@ func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOption
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", o.Consumer, stage.Reads, err)
 	}
-	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons}, nil
+	batchBytes := bus.MaxBatchBytes
+	if mp := int(nc.MaxPayload()); mp > 0 {
+		batchBytes = min(batchBytes, mp-mp/8)
+	}
+	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons, batchBytes: batchBytes}, nil
 }
 
 // ConsumerConfig is the durable consumer of the normalize stage.
@@ -142,12 +151,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	return <-errs
 }
 
+// pending is a publish and the raw messages it settles: the calls of a
+// record batch, or one message's dead letter or skip.
 type pending struct {
-	msg    jetstream.Msg
+	msgs   []jetstream.Msg
 	fut    jetstream.PubAckFuture
 	pubErr error
 	dead   bool // a dead letter: Term after the DLQ ack
 	skip   bool // routed to other stages only: Ack
+	// body is a record batch's buffer, reused once its publish is settled
+	// (the connection copied it when it was published).
+	body []byte
 }
 
 // pipeline reads messages, normalizes and publishes them asynchronously, and
@@ -168,7 +182,13 @@ func (w *Worker) pipeline(ctx context.Context) error {
 		defer close(done)
 		for p := range q {
 			w.settle(p)
-			held.remove(p.msg)
+			for _, m := range p.msgs {
+				held.remove(m)
+			}
+			if p.body != nil {
+				b := p.body[:0]
+				w.bodies.Put(&b)
+			}
 		}
 	}()
 	keepAlive := make(chan struct{})
@@ -186,9 +206,26 @@ func (w *Worker) pipeline(ctx context.Context) error {
 	}()
 	defer func() { close(q); <-done; close(keepAlive) }()
 
+	b := &batcher{maxCalls: bus.MaxBatchCalls, maxBytes: w.batchBytes, q: q, open: map[string]*openBatch{}, bodies: &w.bodies,
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) {
+			return w.js.PublishMsgAsync(m, jetstream.WithExpectStream(stage.Feeds))
+		}}
 	for {
-		msg, err := it.Next()
+		var msg jetstream.Msg
+		var err error
+		if b.pending() {
+			// open batches wait for more only while more is arriving: a
+			// pause of batchLinger sends them
+			msg, err = it.Next(jetstream.NextMaxWait(batchLinger))
+			if errors.Is(err, nats.ErrTimeout) {
+				b.flush()
+				continue
+			}
+		} else {
+			msg, err = it.Next()
+		}
 		if err != nil {
+			b.flush()
 			switch {
 			case ctx.Err() != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed):
 				return nil // drained
@@ -200,62 +237,57 @@ func (w *Worker) pipeline(ctx context.Context) error {
 			continue
 		}
 		held.add(msg)
-		q <- w.handle(ctx, msg)
+		w.handle(ctx, msg, b, q)
 	}
 }
 
-// handle normalizes one raw event and starts its publish.
-func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) pending {
+// handle normalizes one raw event and adds its call to a batch, or queues
+// its skip or dead letter.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, b *batcher, q chan<- pending) {
 	if !bus.Routed(msg.Headers(), stage.Name) {
-		return pending{msg: msg, skip: true}
+		q <- pending{msgs: []jetstream.Msg{msg}, skip: true}
+		return
 	}
 	if w.limit().Exceeded(msg) {
-		return w.deadLetter(msg, w.limit().Reason(nil))
+		q <- w.deadLetter(msg, w.limit().Reason(nil))
+		return
 	}
 	call, err := w.n.Normalize(ctx, msg.Data())
 	if err != nil {
 		var poison *PoisonError
 		if !errors.As(err, &poison) {
-			return pending{msg: msg, pubErr: err}
+			q <- pending{msgs: []jetstream.Msg{msg}, pubErr: err}
+			return
 		}
-		return w.deadLetter(msg, poison.Reason)
+		q <- w.deadLetter(msg, poison.Reason)
+		return
 	}
-	fut, err := w.js.PublishMsgAsync(normalizedMsg(call, msg.Headers(), len(msg.Data())),
-		jetstream.WithExpectStream(stage.Feeds))
-	return pending{msg: msg, fut: fut, pubErr: err}
+	b.add(call, msg)
 }
 
-// normalizedMsg is the CALLPIPE_NORMALIZED message of call, whose raw event
-// had headers raw and size rawSize. Its Nats-Msg-Id is the call id, so a
-// redelivered call is stored once; a replayed call carries the replay marks
-// of its raw event and the replay's own id, so the original record in the
-// duplicate window does not swallow it (bus/route.go).
-func normalizedMsg(call *schema.Call, raw nats.Header, rawSize int) *nats.Msg {
-	body := schema.AppendCall(make([]byte, 0, 2*rawSize), call)
-	out := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + "." + call.Kind, Data: body, Header: make(nats.Header, 3)}
-	id := call.ID
-	if bus.IsReplay(raw) {
-		bus.CopyReplayHeaders(out.Header, raw)
-		id = bus.ReplayMsgID(raw.Get(bus.HeaderReplay), call.ID)
-	}
-	out.Header.Set(bus.HeaderMsgID, id)
-	return out
+// normalizedMsg is the single-call CALLPIPE_NORMALIZED message of call,
+// whose raw event had headers raw (recordMsg).
+func normalizedMsg(call *schema.Call, raw nats.Header) *nats.Msg {
+	return recordMsg(bus.NormalizedSubjectPrefix+"."+call.Kind, raw, schema.AppendCall(nil, call), []string{call.ID})
 }
 
 // deadLetter starts the publish of msg to CALLPIPE_DLQ.
 func (w *Worker) deadLetter(msg jetstream.Msg, reason string) pending {
 	dl := bus.FailureOf(stage.Name, msg, reason).Msg(time.Now())
 	fut, err := w.js.PublishMsgAsync(dl, jetstream.WithExpectStream(bus.DeadLetterStream))
-	return pending{msg: msg, fut: fut, pubErr: err, dead: true}
+	return pending{msgs: []jetstream.Msg{msg}, fut: fut, pubErr: err, dead: true}
 }
 
 // settle waits for p's publish and acknowledges (or terminates) the raw
 // message, or naks it with a growing delay when the publish failed.
 func (w *Worker) settle(p pending) {
 	m := w.o.Metrics
+	n := float64(len(p.msgs))
 	if p.skip {
-		m.events.WithLabelValues("skipped").Inc()
-		_ = p.msg.Ack()
+		m.events.WithLabelValues("skipped").Add(n)
+		for _, msg := range p.msgs {
+			_ = msg.Ack()
+		}
 		return
 	}
 	err := p.pubErr
@@ -265,38 +297,49 @@ func (w *Worker) settle(p pending) {
 		case err = <-p.fut.Err():
 		}
 	}
-	if err != nil && !p.dead && w.limit().Last(p.msg) {
-		// The last delivery: the event goes to the DLQ now, or comes back
-		// (nak) over the limit and its dead letter is tried again.
-		dl := bus.DeadLetters{JS: w.js, Stage: stage.Name}
-		dlErr := dl.Write(context.Background(), p.msg, w.limit().Reason(err))
-		if dlErr == nil {
-			m.events.WithLabelValues("dead_letter").Inc()
-			w.o.Log.Warn("dead-lettered after max deliveries", "subject", p.msg.Subject(), "err", err)
-			return
-		}
-		w.o.Log.Error("max deliveries: dead letter failed; retrying later", "subject", p.msg.Subject(), "err", dlErr)
-	}
 	if err != nil {
-		delivered := bus.Delivered(p.msg)
-		delay := retryDelay(w.o.RetryDelay, delivered)
-		m.events.WithLabelValues("retry").Inc()
-		w.o.Log.Warn("publish failed; retrying later", "subject", p.msg.Subject(), "err", err,
-			"delivery", delivered, "delay", delay)
-		_ = p.msg.NakWithDelay(delay)
+		for i, msg := range p.msgs {
+			if !p.dead && w.limit().Last(msg) {
+				// The last delivery: the event goes to the DLQ now, or comes
+				// back (nak) over the limit and its dead letter is tried again.
+				dl := bus.DeadLetters{JS: w.js, Stage: stage.Name}
+				dlErr := dl.Write(context.Background(), msg, w.limit().Reason(err))
+				if dlErr == nil {
+					m.events.WithLabelValues("dead_letter").Inc()
+					w.o.Log.Warn("dead-lettered after max deliveries", "subject", msg.Subject(), "err", err)
+					continue
+				}
+				w.o.Log.Error("max deliveries: dead letter failed; retrying later", "subject", msg.Subject(), "err", dlErr)
+			}
+			delivered := bus.Delivered(msg)
+			delay := retryDelay(w.o.RetryDelay, delivered)
+			m.events.WithLabelValues("retry").Inc()
+			if i == 0 {
+				w.o.Log.Warn("publish failed; retrying later", "subject", msg.Subject(), "err", err,
+					"delivery", delivered, "delay", delay, "calls", len(p.msgs))
+			}
+			_ = msg.NakWithDelay(delay)
+		}
 		return
 	}
 	if p.dead {
-		m.events.WithLabelValues("dead_letter").Inc()
-		_ = p.msg.Term()
+		m.events.WithLabelValues("dead_letter").Add(n)
+		for _, msg := range p.msgs {
+			_ = msg.Term()
+		}
 		return
 	}
-	m.events.WithLabelValues("normalized").Inc()
-	_ = p.msg.Ack()
+	m.events.WithLabelValues("normalized").Add(n)
+	for _, msg := range p.msgs {
+		_ = msg.Ack()
+	}
 }
 
 // limit is the bound on deliveries the worker enforces.
 func (w *Worker) limit() bus.DeliveryLimit { return bus.DeliveryLimit{Max: uint64(w.o.MaxDeliver)} }
+
+// batchLinger is how long open record batches wait for the next raw event.
+const batchLinger = 2 * time.Millisecond
 
 // maxRetryDelay caps the backoff of transient failures.
 const maxRetryDelay = time.Minute

@@ -142,7 +142,7 @@ func TestSettle(t *testing.T) {
 			js := &fakeJS{err: tc.dlqErr}
 			w.js = js
 			before := counter(t, w.o.Metrics, tc.wantMetric)
-			w.settle(pending{msg: m, fut: f, pubErr: tc.pubErr, dead: tc.dead})
+			w.settle(pending{msgs: []jetstream.Msg{m}, fut: f, pubErr: tc.pubErr, dead: tc.dead})
 			if wantDL := tc.delivered == 4 && tc.dlqErr == nil; wantDL != (len(js.stored) == 1) {
 				t.Fatalf("dead letters written %d, want one: %v", len(js.stored), wantDL)
 			} else if wantDL && js.stored[0].Header.Get(bus.HeaderError) != "max deliveries (4) exceeded: nats: timeout" {
@@ -209,7 +209,7 @@ func TestNormalizedMsgReplayHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	live := normalizedMsg(c, nats.Header{"Nats-Msg-Id": []string{c.ID}}, 1000)
+	live := normalizedMsg(c, nats.Header{"Nats-Msg-Id": []string{c.ID}})
 	if got := live.Header.Get(jetstream.MsgIDHeader); got != c.ID {
 		t.Fatalf("live Nats-Msg-Id %q, want %q", got, c.ID)
 	}
@@ -223,7 +223,7 @@ func TestNormalizedMsgReplayHeaders(t *testing.T) {
 	raw.Set(bus.HeaderReplay, "job-42")
 	raw.Set(bus.HeaderSinks, "clickhouse,langfuse")
 	raw.Set(jetstream.MsgIDHeader, bus.ReplayMsgID("job-42", c.ID))
-	rep := normalizedMsg(c, raw, 1000)
+	rep := normalizedMsg(c, raw)
 	if got, want := rep.Header.Get(jetstream.MsgIDHeader), bus.ReplayMsgID("job-42", c.ID); got != want {
 		t.Fatalf("replay Nats-Msg-Id %q, want %q", got, want)
 	}

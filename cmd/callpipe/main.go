@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/internal/ops"
 )
 
 // exitConfig is the exit status for an invalid configuration.
@@ -46,6 +47,7 @@ var (
 
 type app struct {
 	configFile string
+	pprof      string
 }
 
 func newRootCommand() *cobra.Command {
@@ -62,6 +64,15 @@ func newRootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return fmt.Errorf("%w: %v", errUsage, err) })
 	root.PersistentFlags().StringVar(&a.configFile, "config", "", "YAML configuration file (default "+config.DefaultFile+" when present)")
 	config.RegisterFlags(root.PersistentFlags())
+	// One flag for every role (collect, proxy, worker, serve, and any other
+	// command): profiling is an operator's switch, not configuration.
+	root.PersistentFlags().StringVar(&a.pprof, "pprof", "", "serve net/http/pprof on this host:port (/debug/pprof/), off when empty")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if a.pprof == "" {
+			return nil
+		}
+		return ops.StartPprof(cmd.Context(), a.pprof, slog.Default())
+	}
 	root.AddCommand(
 		newVersionCommand(),
 		newConfigCommand(a),

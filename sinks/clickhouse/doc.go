@@ -27,9 +27,13 @@
 // A message is acked only after the INSERT holding its call returned
 // success. Insert errors nak the batch with a growing delay (the consumer has
 // no delivery limit, so an outage never drops calls), mark the sink unhealthy
-// until an insert succeeds, and slow reading down. Messages that are not a
-// valid schema.Call go to CALLPIPE_DLQ in the bus's dead-letter format
-// (bus.Failure) and are terminated; `callpipe dlq retry` sends them back to
+// until an insert succeeds, and slow reading down. A message holds one call
+// or a batch (bus/batch.go); all calls of a message go into one insert, and
+// the message is acked once, after it. Messages that are not a valid
+// schema.Call (or not a valid batch) go to CALLPIPE_DLQ in the bus's
+// dead-letter format (bus.Failure) and are terminated; an invalid call of a
+// batch goes there alone (bus.DeadLetters.WriteItem) and the rest is
+// inserted; `callpipe dlq retry` sends them back to
 // this stage only. On shutdown the sink stops pulling, flushes
 // the batch it holds plus what the client had buffered, acks and returns.
 package clickhouse

@@ -155,9 +155,13 @@ func (s *Sink) pullBytes() int { return min(s.cfg.Batch.Bytes, 8<<20) }
 
 // pending is a call waiting for its insert; its message is held as an
 // AckRef so that the payload is not kept twice (the call holds its text).
+// A message's calls are consecutive in one insert batch; only its last
+// call settles it (settles), so a batched message is acknowledged once,
+// after every call of it was inserted.
 type pending struct {
-	call schema.Call
-	ref  bus.AckRef
+	call    schema.Call
+	ref     bus.AckRef
+	settles bool
 }
 
 // Run consumes until ctx ends, then flushes the batch being filled (and what
@@ -173,7 +177,9 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("clickhouse sink: pull: %w", err)
 	}
-	msgs := bus.Pull(it, 1024, s.log, "clickhouse sink", func(m jetstream.Msg) jetstream.Msg { return m })
+	// a short hand-off: the iterator's read-ahead is bounded in bytes, this
+	// channel in messages, and a message can hold a batch of calls (512 KiB)
+	msgs := bus.Pull(it, 64, s.log, "clickhouse sink", func(m jetstream.Msg) jetstream.Msg { return m })
 
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, s.out.cfg.MaxInFlight)
@@ -233,15 +239,17 @@ func (s *Sink) Run(ctx context.Context) error {
 				s.deadLetter(ctx, m, fmt.Errorf("no JetStream metadata: %w", err))
 				continue
 			}
-			call, err := decodeCall(m.Data())
-			if err != nil {
-				s.deadLetter(ctx, m, err)
+			calls, ok := s.decodeMsg(ctx, m)
+			if !ok {
 				continue
 			}
 			if len(batch) == 0 {
 				timer.Reset(s.cfg.Batch.Period)
 			}
-			batch = append(batch, pending{call: call, ref: bus.NewAckRef(m, md)})
+			ref := bus.NewAckRef(m, md)
+			for i := range calls {
+				batch = append(batch, pending{call: calls[i], ref: ref, settles: i == len(calls)-1})
+			}
 			batchBytes += len(m.Data())
 			if len(batch) >= s.cfg.Batch.Count || batchBytes >= s.cfg.Batch.Bytes {
 				timer.Stop()
@@ -293,6 +301,9 @@ func (s *Sink) write(ctx context.Context, batch []pending) {
 			return
 		}
 		for _, p := range batch {
+			if !p.settles {
+				continue
+			}
 			if aerr := p.ref.Ack(s.nc); aerr != nil {
 				s.log.Warn("clickhouse sink: ack (the call will be redelivered and deduplicated)", "id", p.call.ID, "err", aerr)
 			}
@@ -306,7 +317,9 @@ func (s *Sink) write(ctx context.Context, batch []pending) {
 	wait := s.nextBackoff()
 	s.log.Error("clickhouse sink: insert failed; batch not acked, will be redelivered", "calls", len(batch), "retry_in", wait, "err", err)
 	for _, p := range batch {
-		_ = p.ref.Nak(s.nc, wait)
+		if p.settles {
+			_ = p.ref.Nak(s.nc, wait)
+		}
 	}
 	if ctx.Err() == nil {
 		t := time.NewTimer(wait)
@@ -371,6 +384,49 @@ func decodeCall(data []byte) (schema.Call, error) {
 		return c, fmt.Errorf("start_time %s outside ClickHouse DateTime (1970..2106)", c.StartTime)
 	}
 	return c, nil
+}
+
+// decodeMsg decodes the calls of m (one, or a batch: bus.Items). A message
+// that is not a call, or not a valid batch as a whole, is dead-lettered as
+// a whole. In a batch, each call that is not valid goes to CALLPIPE_DLQ
+// alone and the others are kept; when that dead letter cannot be stored the
+// whole message is nak'ed (it comes back, and its calls are inserted again,
+// which reads deduplicate). ok is false when m is settled here: nothing of
+// it is left to insert.
+func (s *Sink) decodeMsg(ctx context.Context, m jetstream.Msg) (calls []schema.Call, ok bool) {
+	items, err := bus.Items(m.Headers(), m.Data())
+	if err != nil {
+		s.deadLetter(ctx, m, err)
+		return nil, false
+	}
+	if len(items) == 1 && m.Headers().Get(bus.HeaderCalls) == "" {
+		call, err := decodeCall(items[0])
+		if err != nil {
+			s.deadLetter(ctx, m, err)
+			return nil, false
+		}
+		return []schema.Call{call}, true
+	}
+	calls = make([]schema.Call, 0, len(items))
+	for i, it := range items {
+		call, err := decodeCall(it)
+		if err == nil {
+			calls = append(calls, call)
+			continue
+		}
+		if derr := s.dead.WriteItem(ctx, m, i, it, err.Error()); derr != nil {
+			s.log.Error("clickhouse sink: dead letter publish failed; message nak'ed", "err", derr, "reason", err)
+			_ = m.NakWithDelay(s.cfg.BackoffMax)
+			return nil, false
+		}
+		s.m.deadLetters.Inc()
+		s.log.Warn("clickhouse sink: call of a batch dead-lettered", "reason", err, "subject", m.Subject(), "item", i)
+	}
+	if len(calls) == 0 {
+		_ = m.Term() // every call of it is in the DLQ
+		return nil, false
+	}
+	return calls, true
 }
 
 // deadLetter stores m in CALLPIPE_DLQ with the reason (bus.DeadLetters). If

@@ -2,8 +2,11 @@
 // (schema.Call) becomes one trace and one generation in Langfuse, sent over
 // the batch ingestion API (Langfuse v3), idempotently (stable ids and
 // timestamps, so a resend merges instead of duplicating) and losslessly (a
-// call's JetStream message is acknowledged only after Langfuse accepted its
-// events, or after it went to the dead-letter stream with Langfuse's reason).
+// JetStream message, one call or a batch of them (bus/batch.go), is
+// acknowledged only after Langfuse accepted the events of each of its calls
+// or the call went to the dead-letter stream alone with Langfuse's reason;
+// a call left pending naks the message, and its accepted calls are resent,
+// which merges).
 package langfuse
 
 import (

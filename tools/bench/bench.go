@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/internal/fleet"
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
@@ -124,8 +125,12 @@ type Result struct {
 	// (rawTopology): the ceiling of the whole pipeline on this machine.
 	RawTopoPerS float64 `json:"raw_jetstream_topology_events_per_s,omitempty"`
 	RatioToRaw  float64 `json:"ratio_to_raw_limit,omitempty"`
-	MachineCPUs int     `json:"machine_cpus"`
-	MemoryLimit string  `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
+	// PerCall is each role's cost per call in the throughput phase
+	// (collect, normalize and the sinks), Total their sum.
+	PerCall     map[string]StageCost `json:"per_call,omitempty"`
+	Total       *StageCost           `json:"per_call_total,omitempty"`
+	MachineCPUs int                  `json:"machine_cpus"`
+	MemoryLimit string               `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
 }
 
 // LatencyResult is accept → visible in the usage API at a fixed rate.
@@ -372,8 +377,28 @@ func (b *bench) consumerDone(ctx context.Context, stream, consumer string, want 
 	return info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= want, acked
 }
 
+// lastSeq is the last sequence of stream.
+func (b *bench) lastSeq(ctx context.Context, stream string) (uint64, error) {
+	st, err := b.js.Stream(ctx, stream)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	return info.State.LastSeq, nil
+}
+
 func (b *bench) throughput(ctx context.Context, res *Result) error {
 	n := b.o.Events
+	stageNames := append([]string{"normalize"}, b.o.Sinks...)
+	procs := append([]string{"collect"}, stageNames...)
+	js0, err := b.jsCounts(ctx, stageNames)
+	if err != nil {
+		return err
+	}
+	proc0 := b.sampleProcs(ctx, procs)
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: b.o.Clients}}
 	var next atomic.Int64
 	var firstErr error
@@ -394,7 +419,6 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 			}
 		})
 	}
-	stageNames := append([]string{"normalize"}, b.o.Sinks...)
 	finished := map[string]time.Duration{}
 	acceptDone := make(chan struct{})
 	go func() { wg.Wait(); close(acceptDone) }()
@@ -422,7 +446,22 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 				continue
 			}
 			sc := b.env.Consumers[s]
-			done, acked := b.consumerDone(ctx, sc.Stream, sc.Name, uint64(n))
+			want := uint64(n)
+			if sc.Stream != bus.CallsStream {
+				// CALLPIPE_NORMALIZED holds batches of calls: a sink is done
+				// when it has settled every message normalize published
+				// once normalize is done
+				if _, ok := finished["normalize"]; !ok {
+					progress = append(progress, s+" waiting")
+					continue
+				}
+				last, err := b.lastSeq(ctx, sc.Stream)
+				if err != nil {
+					return err
+				}
+				want = last
+			}
+			done, acked := b.consumerDone(ctx, sc.Stream, sc.Name, want)
 			if done && acceptDone == nil {
 				finished[s] = time.Since(start)
 				res.StagePerS[s] = float64(n) / finished[s].Seconds()
@@ -451,6 +490,14 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	res.EndToEndPS = float64(n) / time.Since(start).Seconds()
+	proc1 := b.sampleProcs(ctx, procs)
+	js1, err := b.jsCounts(ctx, stageNames)
+	if err != nil {
+		return err
+	}
+	res.PerCall = costs(n, stageNames, proc0, proc1, js0, js1)
+	total := totalCost(res.PerCall)
+	res.Total = &total
 	return nil
 }
 
@@ -602,7 +649,9 @@ func (b *bench) publishEvents(subject, idPrefix string) (jetstream.JetStream, er
 		buf = benchEvent(buf[:0], b.runID, i, b.o.Size, now)
 		msg := &nats.Msg{Subject: subject, Data: slices.Clone(buf), Header: nats.Header{}}
 		msg.Header.Set(jetstream.MsgIDHeader, idPrefix+strconv.Itoa(i))
-		if _, err := js.PublishMsgAsync(msg); err != nil {
+		// a loaded machine acknowledges slower than this loop publishes:
+		// wait for room rather than fail the measurement
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			return nil, err
 		}
 	}
@@ -696,6 +745,22 @@ func (b *bench) report(r *Result) {
 		if r.RawTopoPerS > 0 {
 			b.say("  JetStream topology, no work    %8.0f events/s   (end to end is %.2f of it)", r.RawTopoPerS, r.EndToEndPS/r.RawTopoPerS)
 		}
+	}
+	if r.PerCall != nil {
+		b.say("  per call, throughput phase     JetStream ops   CPU µs   allocs   alloc bytes")
+		unknown := func(v float64, f string) string {
+			if v < 0 {
+				return "?"
+			}
+			return fmt.Sprintf(f, v)
+		}
+		row := func(name string, c StageCost) {
+			b.say("    %-28s %8.2f %11s %8s %13s", name, c.JSOpsPerCall, unknown(c.CPUMicros, "%.1f"), unknown(c.Allocs, "%.0f"), unknown(c.AllocBytes, "%.0f"))
+		}
+		for _, n := range costOrder(r.PerCall) {
+			row(n, r.PerCall[n])
+		}
+		row("all", *r.Total)
 	}
 	names := make([]string, 0, len(r.Processes))
 	for n := range r.Processes {

@@ -74,7 +74,7 @@ func (b *bench) rawTopology(ctx context.Context) (float64, error) {
 					if err == nil {
 						out := &nats.Msg{Subject: subjects[1], Data: m.Data(), Header: nats.Header{}}
 						out.Header.Set(bus.HeaderMsgID, strconv.FormatUint(md.Sequence.Stream, 10))
-						_, err = js.PublishMsgAsync(out)
+						_, err = js.PublishMsgAsync(out, jetstream.WithStallWait(time.Minute))
 					}
 					if err != nil {
 						errs <- fmt.Errorf("topology %s: forward: %w", durable, err)

@@ -1,0 +1,185 @@
+package transform
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/schema"
+)
+
+func drainPending(q chan pending) []pending {
+	var out []pending
+	for {
+		select {
+		case p := <-q:
+			out = append(out, p)
+		default:
+			return out
+		}
+	}
+}
+
+func normalizeN(t *testing.T, n int, kind func(i int) []byte) []*schema.Call {
+	t.Helper()
+	norm := testNormalizer(t)
+	var calls []*schema.Call
+	for i := range n {
+		c, err := norm.Normalize(context.Background(), kind(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, c)
+	}
+	return calls
+}
+
+// Calls of one kind and routing go out together, up to maxCalls per
+// message; the items decode to the calls; the id is the batch's; the raw
+// messages of a batch are settled by its publish.
+func TestBatcherGroupsAndSplits(t *testing.T) {
+	q := make(chan pending, 100)
+	var sent []*nats.Msg
+	b := &batcher{maxCalls: 3, maxBytes: 1 << 20, q: q, open: map[string]*openBatch{},
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) { sent = append(sent, m); return nil, nil }}
+	calls := normalizeN(t, 7, benchChatEvent)
+	replay := nats.Header{}
+	replay.Set(bus.HeaderReplay, "job-1")
+	replay.Set(bus.HeaderSinks, "clickhouse")
+	for i, c := range calls {
+		h := nats.Header{}
+		if i >= 5 { // the last two are a replay: never in a batch with live calls
+			h = replay
+		}
+		b.add(c, &fakeMsg{hdr: h})
+	}
+	b.flush()
+	ps := drainPending(q)
+	if len(sent) != 3 || len(ps) != 3 {
+		t.Fatalf("%d messages, %d pendings; want 3 (3 live, 2 live, 2 replayed)", len(sent), len(ps))
+	}
+	wantCalls := []int{3, 2, 2}
+	seen := map[string]bool{}
+	for i, m := range sent {
+		items, err := bus.Items(m.Header, m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) != wantCalls[i] || len(ps[i].msgs) != wantCalls[i] || m.Header.Get(bus.HeaderCalls) != strconv.Itoa(wantCalls[i]) {
+			t.Fatalf("message %d: %d items, %d raw messages, %s=%q; want %d", i, len(items), len(ps[i].msgs), bus.HeaderCalls, m.Header.Get(bus.HeaderCalls), wantCalls[i])
+		}
+		var ids []string
+		for _, it := range items {
+			var c schema.Call
+			if err := json.Unmarshal(it, &c); err != nil {
+				t.Fatalf("item of message %d: %v", i, err)
+			}
+			ids = append(ids, c.ID)
+			seen[c.ID] = true
+		}
+		want := bus.BatchMsgID(ids)
+		if i == 2 {
+			want = bus.ReplayMsgID("job-1", want)
+			if m.Header.Get(bus.HeaderReplay) != "job-1" || m.Header.Get(bus.HeaderSinks) != "clickhouse" {
+				t.Fatalf("replayed batch lost its marks: %v", m.Header)
+			}
+		} else if bus.IsReplay(m.Header) {
+			t.Fatalf("live batch %d has replay marks: %v", i, m.Header)
+		}
+		if got := m.Header.Get(bus.HeaderMsgID); got != want {
+			t.Fatalf("message %d: Nats-Msg-Id %q, want %q", i, got, want)
+		}
+		if m.Subject != bus.NormalizedSubjectPrefix+".chat" {
+			t.Fatalf("subject %q", m.Subject)
+		}
+	}
+	if len(seen) != 7 {
+		t.Fatalf("%d distinct calls in the batches, want 7", len(seen))
+	}
+}
+
+// A batch of one is the single-call format (no count header, the call id as
+// Nats-Msg-Id), which readers from before batches understand.
+func TestBatcherOneCallIsSingleFormat(t *testing.T) {
+	q := make(chan pending, 10)
+	var sent []*nats.Msg
+	b := &batcher{maxCalls: 256, maxBytes: 1 << 20, q: q, open: map[string]*openBatch{},
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) { sent = append(sent, m); return nil, nil }}
+	c := normalizeN(t, 1, benchChatEvent)[0]
+	b.add(c, &fakeMsg{})
+	b.flush()
+	if len(sent) != 1 || sent[0].Header.Get(bus.HeaderCalls) != "" || sent[0].Header.Get(bus.HeaderMsgID) != c.ID {
+		t.Fatalf("sent %d, headers %v; want one single-call message with id %s", len(sent), sent[0].Header, c.ID)
+	}
+	var got schema.Call
+	if err := json.Unmarshal(sent[0].Data, &got); err != nil || got.ID != c.ID {
+		t.Fatalf("body: %v %q", err, got.ID)
+	}
+}
+
+// Bytes bound a batch too; a call whose raw values hold line breaks stays
+// one line.
+func TestBatcherBytesAndLineBreaks(t *testing.T) {
+	q := make(chan pending, 100)
+	var sent []*nats.Msg
+	one := len(schema.AppendCall(nil, normalizeN(t, 1, benchChatEvent)[0]))
+	b := &batcher{maxCalls: 256, maxBytes: 2*one + one/2, q: q, open: map[string]*openBatch{},
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) { sent = append(sent, m); return nil, nil }}
+	calls := normalizeN(t, 5, benchChatEvent)
+	calls[1].Metadata = map[string]json.RawMessage{"note": json.RawMessage("{\n  \"a\": 1\n}")}
+	for _, c := range calls {
+		b.add(c, &fakeMsg{})
+	}
+	b.flush()
+	total := 0
+	for _, m := range sent {
+		if len(m.Data) > b.maxBytes {
+			t.Fatalf("message of %d bytes, bound %d", len(m.Data), b.maxBytes)
+		}
+		items, err := bus.Items(m.Header, m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range items {
+			var c schema.Call
+			if err := json.Unmarshal(it, &c); err != nil {
+				t.Fatalf("item %q: %v", it, err)
+			}
+			if c.ID == calls[1].ID && string(c.Metadata["note"]) != `{"a":1}` {
+				t.Fatalf("metadata %s", c.Metadata["note"])
+			}
+			total++
+		}
+	}
+	if total != 5 || len(sent) < 3 {
+		t.Fatalf("%d calls in %d messages; want 5 in at least 3", total, len(sent))
+	}
+}
+
+// A batch's buffer follows the size of the last one: one call at a time
+// must not cost a full-size buffer each, full batches must not regrow.
+func TestBatcherBufferSize(t *testing.T) {
+	q := make(chan pending, 1000)
+	b := &batcher{maxCalls: 256, maxBytes: 512 << 10, q: q, open: map[string]*openBatch{},
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) { return nil, nil }}
+	calls := normalizeN(t, 300, benchChatEvent)
+	b.add(calls[0], &fakeMsg{})
+	b.flush()
+	b.add(calls[1], &fakeMsg{})
+	if c := cap(b.open[b.keys[0]].body); c > 32<<10 {
+		t.Fatalf("buffer of %d bytes after a batch of one call", c)
+	}
+	b.flush()
+	for _, c := range calls[2:] { // 256 fill a batch, the rest start the next
+		b.add(c, &fakeMsg{})
+	}
+	ob := b.open[b.keys[0]]
+	if full := b.lastLen; cap(ob.body) < full {
+		t.Fatalf("buffer of %d bytes after a full batch of %d", cap(ob.body), full)
+	}
+}
