@@ -160,9 +160,10 @@ func TestOneSinkDownOthersKeepPace(t *testing.T) {
 	}
 	t.Logf("wave of %d calls delivered to Langfuse and the archive in %s with every sink up, %s with ClickHouse down "+
 		"(ClickHouse consumer then: pending %d, ack-pending %d)", wave, baseline.Round(time.Millisecond), during.Round(time.Millisecond), pending, ackPending)
-	if pending+ackPending < wave/2 {
-		t.Errorf("ClickHouse consumer holds %d pending + %d ack-pending calls while ClickHouse is down, want most of the %d of the wave: did the wave go elsewhere?",
-			pending, ackPending, wave)
+	// (messages on CALLPIPE_NORMALIZED carry batches of calls, so these
+	// count messages, not calls)
+	if pending+ackPending == 0 {
+		t.Errorf("ClickHouse consumer holds nothing while ClickHouse is down after a wave of %d calls: did the wave go elsewhere?", wave)
 	}
 	// Generous on purpose: a coupled sink stalls (no delivery at all until
 	// ClickHouse returns), it is not a little slower.
