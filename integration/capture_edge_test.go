@@ -393,11 +393,18 @@ func streamMsgsByID(t *testing.T, js jetstream.JetStream, stream string, from ui
 		if err != nil {
 			continue // deleted
 		}
-		var probe struct {
-			ID string `json:"id"`
+		// a message of CALLPIPE_NORMALIZED may carry a batch of calls
+		items, err := bus.Items(m.Header, m.Data)
+		if err != nil {
+			items = [][]byte{m.Data}
 		}
-		if json.Unmarshal(m.Data, &probe) == nil && probe.ID != "" {
-			out[probe.ID] = m.Data
+		for _, item := range items {
+			var probe struct {
+				ID string `json:"id"`
+			}
+			if json.Unmarshal(item, &probe) == nil && probe.ID != "" {
+				out[probe.ID] = item
+			}
 		}
 	}
 	return out
