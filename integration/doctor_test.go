@@ -73,6 +73,8 @@ func newDoctorEnv(t *testing.T) *doctorEnv {
 		"CALLPIPE_S3_USE_SSL="+map[bool]string{true: "true", false: "false"}[s3.UseSSL],
 		"CALLPIPE_S3_BUCKET="+bucket,
 		"CALLPIPE_REDIS_ADDR="+redisAddr,
+		// the key that seals the Langfuse secret the tests save (TestMain)
+		"CALLPIPE_LANGFUSE_SETTINGS_KEY="+os.Getenv("CALLPIPE_LANGFUSE_SETTINGS_KEY"),
 		"CALLPIPE_LOG_LEVEL=warn",
 	)
 	d := &doctorEnv{bin: testkit.Binary(t), env: env, db: db}
