@@ -1,8 +1,6 @@
 package clickhouse
 
 import (
-	"encoding/json"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -10,38 +8,6 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 )
-
-// TestDecodeCallMatchesEncodingJSON: the sink's decoder gives the same
-// schema.Call as encoding/json for the records normalize writes, and rejects
-// what is not a call.
-func TestDecodeCallMatchesEncodingJSON(t *testing.T) {
-	calls := benchCalls(3)
-	calls[1].TTFTMS, calls[1].FirstTokenTime, calls[1].CostUSD, calls[1].Metadata, calls[1].Tags = nil, nil, nil, nil, nil
-	calls[2].InputText = "ünïcode \u2028 \"quoted\" \\ <html>"
-	calls[2].Error = strings.Repeat("e", 10000)
-	for i := range calls {
-		data, err := json.Marshal(&calls[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := decodeCall(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var want schema.Call
-		if err := json.Unmarshal(data, &want); err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("call %d:\n got  %+v\n want %+v", i, got, want)
-		}
-	}
-	for _, bad := range []string{`{"id": 12}`, `{"id":"x"}`, `not json`, `{"id":"x","start_time":"2026-11-01T00:00:00Z","latency_ms":"slow"}`} {
-		if _, err := decodeCall([]byte(bad)); err == nil {
-			t.Errorf("%s: accepted", bad)
-		}
-	}
-}
 
 // TestBatchToken: a batch redelivered with the same messages gets the same
 // token; another message, a recreated stream (same sequence, other publish

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	gojson "github.com/goccy/go-json"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -324,7 +323,7 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 			st.items = items
 		}
 		for i, it := range items {
-			c, err := decodeCall(it)
+			c, err := schema.DecodeCall(it)
 			if err != nil {
 				if !st.batch {
 					s.deadLetter(ctx, m, err.Error())
@@ -395,20 +394,6 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 		s.log.Error("langfuse sink: calls left pending", "pending", npending, "batch", len(calls), "err", err)
 	}
 	return err
-}
-
-// decodeCall decodes a normalized call. goccy/go-json gives the same
-// schema.Call as encoding/json (TestDecodeCallMatchesEncodingJSON) at a
-// fraction of the CPU.
-func decodeCall(data []byte) (schema.Call, error) {
-	var c schema.Call
-	if err := gojson.Unmarshal(data, &c); err != nil {
-		return c, errors.New("not a normalized call: " + err.Error())
-	}
-	if c.ID == "" {
-		return c, errors.New("not a normalized call: missing id")
-	}
-	return c, nil
 }
 
 // deadLetterItem publishes call i of batched message m to CALLPIPE_DLQ
