@@ -166,8 +166,9 @@ type Proxy struct {
 	pub      Publisher
 	log      *slog.Logger
 	rp       *httputil.ReverseProxy
-	instance string // Options.Instance, or "" for the answer's model UID
-	upstream string // host:port of the upstream
+	instance string     // Options.Instance, or "" for the answer's model UID
+	upstream string     // host:port of the upstream
+	batches  batchFiles // batch jobs' output files seen in answers (batches.go)
 	m        *metrics
 	spool    *spool.Spool
 
@@ -308,7 +309,13 @@ func classify(r *http.Request) string {
 	if r.Method != http.MethodPost {
 		return ""
 	}
-	switch path := r.URL.Path; {
+	return kindOf(r.URL.Path)
+}
+
+// kindOf is the kind of a call to the endpoint path, or "" for a path the
+// proxy does not capture.
+func kindOf(path string) string {
+	switch {
 	case path == "/v1/chat/completions":
 		return kindChat
 	case path == "/v1/completions":
@@ -340,6 +347,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(HeaderEventID, id)
 	kind := classify(r)
 	if kind == "" {
+		if t := p.batchTapFor(r); t != nil {
+			r = r.WithContext(context.WithValue(r.Context(), batchTapKey{}, t))
+		}
 		p.rp.ServeHTTP(w, r)
 		return
 	}
@@ -361,6 +371,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) modifyResponse(resp *http.Response) error {
 	if c := callFrom(resp.Request.Context()); c != nil {
 		c.onResponse(resp)
+	}
+	if t := batchTapFrom(resp.Request.Context()); t != nil {
+		t.onResponse(resp)
 	}
 	return nil
 }
