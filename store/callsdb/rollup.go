@@ -299,11 +299,12 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 			empty = append(empty, Seal{Grain: grainHour, Period: h, Version: s.version()})
 		}
 	}
+	resealing := map[int64]bool{}
 	for h := range dirty {
 		if _, sealed := st.hours[h]; !sealed || st.clean(h) {
 			continue // unsealed ones are in todo already
 		}
-		res.Resealed++
+		resealing[h] = true
 		todo = append(todo, h)
 	}
 	slices.Sort(todo)
@@ -321,6 +322,9 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 		}
 		st.hours[h] = seal // clean unless marked within ClockSkew of its start: then sealed again next pass
 		res.HoursSealed++
+		if resealing[h] {
+			res.Resealed++ // counted once sealed: a pass cut short reports only what it did
+		}
 	}
 	if len(todo) > 0 || len(empty) > 0 {
 		n, err := s.sealDays(ctx, st, lo, due)
