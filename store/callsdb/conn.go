@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
@@ -15,7 +16,10 @@ import (
 // that writes it, and serve, export, doctor, replay and the rollup commands
 // that read and maintain it.
 type Config struct {
-	Addr     string // host:port of the native protocol
+	// Addr is host:port of the native protocol, or a comma-separated list
+	// of servers (any node of a cluster: every one serves the Distributed
+	// tables), tried in order so that a stopped server is skipped.
+	Addr     string
 	Database string
 	User     string
 	Password string
@@ -45,7 +49,7 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 	}
 	conn, err := ch.Open(&ch.Options{
 		Protocol:         ch.Native,
-		Addr:             []string{cfg.Addr},
+		Addr:             Addrs(cfg.Addr),
 		Auth:             ch.Auth{Database: "default", Username: cfg.User, Password: cfg.Password},
 		TLS:              cfg.TLS,
 		DialTimeout:      cfg.DialTimeout,
@@ -66,6 +70,17 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 		return nil, fmt.Errorf("clickhouse ping %s: %w", cfg.Addr, err)
 	}
 	return conn, nil
+}
+
+// Addrs splits a comma-separated list of host:port (Config.Addr).
+func Addrs(addr string) []string {
+	var out []string
+	for _, a := range strings.Split(addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Migrate brings the schema of cfg's database up to date (Migrator.Up) and,

@@ -118,6 +118,11 @@ func (m *Migrator) exec(ctx context.Context, stmt string) error {
 	if err != nil {
 		return err
 	}
+	if m.Topology.Clustered() {
+		// a backfill through a Distributed table is stored on the shards
+		// before the migration is recorded, not queued on this node
+		ctx = ch.Context(ctx, ch.WithSettings(ch.Settings{"insert_distributed_sync": 1}))
+	}
 	for _, s := range stmts {
 		if err := execTolerant(ctx, m.Conn, WithDB(s, m.Database)); err != nil {
 			return err
