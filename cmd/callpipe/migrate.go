@@ -1,6 +1,11 @@
 package main
 
 import (
+	"context"
+	"log/slog"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
@@ -32,6 +37,9 @@ without TTL).`,
 				return err
 			}
 			log.Info("streams provisioned", "streams", bus.Streams)
+			if err := logStreamReplicas(cmd.Context(), js, log); err != nil {
+				return err
+			}
 			// clickhouse.addr "" skips it
 			return migrateClickHouse(cmd.Context(), cfg, log, retention)
 		},
@@ -39,4 +47,22 @@ without TTL).`,
 	cmd.Flags().String("cluster", "", "ClickHouse cluster for Replicated + Distributed tables, DDL ON CLUSTER (clickhouse.cluster)")
 	cmd.Flags().BoolVar(&retention, "retention", false, "also drop ClickHouse partitions past clickhouse.retention_days now")
 	return cmd
+}
+
+// logStreamReplicas reports each stream's replicas after provisioning: a
+// replicated stream with a replica offline or behind still works, so it is a
+// warning naming the server, not an error.
+func logStreamReplicas(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
+	for _, name := range bus.Streams {
+		h, err := bus.ReplicaHealthOf(ctx, js, name)
+		if err != nil {
+			return err
+		}
+		if h.Healthy() {
+			log.Info("stream replicas", "stream", name, "replicas", h.String())
+			continue
+		}
+		log.Warn("stream replicas not all current", "stream", name, "replicas", h.String(), "not_current", strings.Join(h.Degraded(), ","))
+	}
+	return nil
 }
