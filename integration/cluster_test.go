@@ -114,7 +114,7 @@ func TestClusterPipeline(t *testing.T) {
 		t.Fatalf("migrate --cluster: %v\n%s", err, out)
 	}
 	t.Logf("migrate --cluster %s took %s", cl.Cluster, time.Since(migrateStart).Round(time.Millisecond))
-	if n := strings.Count(string(out), `msg="stream replicas"`); n != len(bus.Streams) {
+	if n := strings.Count(string(out), `"msg":"stream replicas"`); n != len(bus.Streams) {
 		t.Errorf("migrate reported the replicas of %d streams healthy, want %d:\n%s", n, len(bus.Streams), out)
 	}
 
@@ -206,14 +206,30 @@ func TestClusterPipeline(t *testing.T) {
 	node := strings.TrimPrefix(leader, "callpipe-")
 	t.Logf("fault: SIGKILL %s (leader of %s) at %s (sent %d)", node, bus.CallsStream, time.Since(start).Round(time.Second), sent.Load())
 	cl.Node(t, "kill", node)
-	at(12 * time.Second)
+	// doctor names the lost server while it is down
+	named := false
+	for time.Since(start) < 14*time.Second && !named {
+		dctx, dcancel := context.WithTimeout(ctx, 8*time.Second)
+		doctor := exec.CommandContext(dctx, bin, "doctor", "--redis.addr=")
+		doctor.Env = env
+		out, _ := doctor.CombinedOutput() // exits 1: a replica is not current
+		dcancel()
+		named = strings.Contains(string(out), "replica "+leader+" not current")
+		if named {
+			t.Logf("doctor while %s is down:\n%s", node, grepLines(string(out), "stream CALLPIPE_"))
+		}
+	}
+	if !named {
+		t.Errorf("doctor did not name %s within 9s of its SIGKILL", leader)
+	}
+	at(15 * time.Second)
 	cl.Node(t, "start", node)
 	t.Logf("fault: %s back at %s", node, time.Since(start).Round(time.Second))
-	at(14 * time.Second)
+	at(16 * time.Second)
 	chNode := cl.CHNodes[0]
 	t.Logf("fault: stop %s (%s) at %s (sent %d)", chNode.Name, chNode.Native, time.Since(start).Round(time.Second), sent.Load())
 	cl.Node(t, "stop", chNode.Name)
-	at(34 * time.Second)
+	at(36 * time.Second)
 	cl.Node(t, "start", chNode.Name)
 	t.Logf("fault: %s back at %s", chNode.Name, time.Since(start).Round(time.Second))
 
@@ -452,4 +468,15 @@ func openNode(t *testing.T, addr string) clickhouse.Conn {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// grepLines keeps the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -49,14 +50,29 @@ without TTL).`,
 	return cmd
 }
 
+// replicaSettle is how long migrate gives the replicas of a stream it just
+// created or updated to become current before it reports them as behind.
+const replicaSettle = 5 * time.Second
+
 // logStreamReplicas reports each stream's replicas after provisioning: a
 // replicated stream with a replica offline or behind still works, so it is a
 // warning naming the server, not an error.
 func logStreamReplicas(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
 	for _, name := range bus.Streams {
-		h, err := bus.ReplicaHealthOf(ctx, js, name)
-		if err != nil {
-			return err
+		var h bus.ReplicaHealth
+		var err error
+		for deadline := time.Now().Add(replicaSettle); ; {
+			if h, err = bus.ReplicaHealthOf(ctx, js, name); err != nil {
+				return err
+			}
+			if h.Healthy() || time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(250 * time.Millisecond):
+			}
 		}
 		if h.Healthy() {
 			log.Info("stream replicas", "stream", name, "replicas", h.String())
