@@ -171,7 +171,7 @@ func TestClusterPipeline(t *testing.T) {
 	sendErr := make(chan error, 1)
 	go func() {
 		client := &http.Client{Timeout: 30 * time.Second}
-		const batch, rate = 500, 2500.0
+		const batch, rate = 500, 1250.0
 		next := time.Now()
 		for lo := 0; lo < calls; lo += batch {
 			var body []byte
@@ -206,9 +206,11 @@ func TestClusterPipeline(t *testing.T) {
 	node := strings.TrimPrefix(leader, "callpipe-")
 	t.Logf("fault: SIGKILL %s (leader of %s) at %s (sent %d)", node, bus.CallsStream, time.Since(start).Round(time.Second), sent.Load())
 	cl.Node(t, "kill", node)
-	// doctor names the lost server while it is down
+	// doctor names the lost server while it is down (once the new leader
+	// has noticed it: a few seconds)
+	killed := time.Now()
 	named := false
-	for time.Since(start) < 14*time.Second && !named {
+	for time.Since(killed) < 25*time.Second && !named {
 		dctx, dcancel := context.WithTimeout(ctx, 8*time.Second)
 		doctor := exec.CommandContext(dctx, bin, "doctor", "--redis.addr=")
 		doctor.Env = env
@@ -216,20 +218,19 @@ func TestClusterPipeline(t *testing.T) {
 		dcancel()
 		named = strings.Contains(string(out), "replica "+leader+" not current")
 		if named {
-			t.Logf("doctor while %s is down:\n%s", node, grepLines(string(out), "stream CALLPIPE_"))
+			t.Logf("doctor %s after the SIGKILL of %s:\n%s", time.Since(killed).Round(time.Second), node, grepLines(string(out), "stream CALLPIPE_"))
 		}
 	}
 	if !named {
-		t.Errorf("doctor did not name %s within 9s of its SIGKILL", leader)
+		t.Errorf("doctor did not name %s within 25s of its SIGKILL", leader)
 	}
-	at(15 * time.Second)
 	cl.Node(t, "start", node)
 	t.Logf("fault: %s back at %s", node, time.Since(start).Round(time.Second))
-	at(16 * time.Second)
+	time.Sleep(2 * time.Second)
 	chNode := cl.CHNodes[0]
 	t.Logf("fault: stop %s (%s) at %s (sent %d)", chNode.Name, chNode.Native, time.Since(start).Round(time.Second), sent.Load())
 	cl.Node(t, "stop", chNode.Name)
-	at(36 * time.Second)
+	time.Sleep(20 * time.Second)
 	cl.Node(t, "start", chNode.Name)
 	t.Logf("fault: %s back at %s", chNode.Name, time.Since(start).Round(time.Second))
 
@@ -256,7 +257,7 @@ func TestClusterPipeline(t *testing.T) {
 		{bus.CallsStream, "callpipe-normalize"}, {bus.NormalizedStream, bus.StageOf(bus.StageClickHouse).Consumer},
 		{bus.NormalizedStream, "callpipe-langfuse"}, {bus.CallsStream, "callpipe-archive"},
 	}
-	testkit.WaitFor(t, 4*time.Minute, "every consumer drained", func() (bool, string) {
+	testkit.WaitFor(t, 5*time.Minute, "every consumer drained", func() (bool, string) {
 		var states []string
 		all := true
 		for _, c := range consumers {

@@ -91,7 +91,12 @@ func Migrate(ctx context.Context, cfg Config, ret Retention, log *slog.Logger, d
 		return err
 	}
 	defer conn.Close()
-	m := &Migrator{Conn: conn, Database: cfg.Database, Topology: cfg.Topology, Retention: ret, Log: log}
+	m := &Migrator{Conn: conn, Database: cfg.Database, Topology: cfg.Topology, Retention: ret, Log: log,
+		Addrs: Addrs(cfg.Addr), Dial: func(ctx context.Context, addr string) (driver.Conn, error) {
+			one := cfg
+			one.Addr, one.MaxConns = addr, 1
+			return Open(ctx, one)
+		}}
 	done, err := m.Up(ctx)
 	if err != nil {
 		return err
