@@ -60,6 +60,9 @@ func (h ReplicaHealth) String() string {
 	if leader == "" {
 		leader = "NONE"
 	}
+	if h.Replicas == 1 {
+		return fmt.Sprintf("R1 (on %s)", leader)
+	}
 	lag := make([]string, 0, len(h.Lagging))
 	for _, p := range h.Lagging {
 		lag = append(lag, fmt.Sprintf("%s (%d behind, seen %s ago)", p.Name, p.Lag, p.Seen.Round(100*time.Millisecond)))

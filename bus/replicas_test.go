@@ -42,6 +42,11 @@ func TestClassifyReplicas(t *testing.T) {
 		t.Errorf("a missing peer of R3 must count offline: %s", h)
 	}
 
+	r1 := &jetstream.StreamInfo{Config: jetstream.StreamConfig{Name: "S", Replicas: 1}, Cluster: &jetstream.ClusterInfo{Leader: "n1"}}
+	if h := ClassifyReplicas(r1); h.String() != "R1 (on n1)" || !h.Healthy() {
+		t.Errorf("R1 stream: %s healthy=%v", h, h.Healthy())
+	}
+
 	single := &jetstream.StreamInfo{Config: jetstream.StreamConfig{Name: "S", Replicas: 1}}
 	if h := ClassifyReplicas(single); h.String() != "R1, single server" || !h.Healthy() {
 		t.Errorf("single server: %s healthy=%v", h, h.Healthy())
