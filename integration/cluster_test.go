@@ -35,8 +35,10 @@ import (
 // a pipeline of separate processes (collector, 2 normalize workers, the
 // ClickHouse, Langfuse and archive sinks) takes CALLPIPE_CLUSTER_CALLS calls
 // (default 50,000) spread over the last four hours, while the NATS server
-// leading CALLPIPE_CALLS is SIGKILLed and restarted and the first ClickHouse
-// server (the one every process talks to first) is stopped and restarted.
+// leading CALLPIPE_CALLS is SIGKILLed and restarted, the first ClickHouse
+// server (the one every process talks to first) is stopped and restarted, a
+// MinIO drive folder is deleted, and a worker of every stage is SIGKILLed
+// and restarted.
 // Then: the usage API (sealed rollups for the past hours) equals ground
 // truth per model, every call is once in ClickHouse (FINAL over the
 // Distributed table), both replicas of each shard agree, the call list is
@@ -102,6 +104,8 @@ func TestClusterPipeline(t *testing.T) {
 		"CALLPIPE_NATS_STREAM_REPLICAS=3", "CALLPIPE_CLICKHOUSE_CLUSTER="+cl.Cluster,
 		"CALLPIPE_CLICKHOUSE_ROLLUP_SEAL_AFTER=2m", "CALLPIPE_CLICKHOUSE_ROLLUP_INTERVAL=3s",
 		"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=5s",
+		// what a SIGKILLed sink held unacknowledged comes back this soon
+		"CALLPIPE_CLICKHOUSE_ACK_WAIT=20s", "CALLPIPE_LANGFUSE_ACK_WAIT=20s", "CALLPIPE_ARCHIVE_ACK_WAIT=30s",
 		"LANGFUSE_HOST="+lf.Host(), "LANGFUSE_PUBLIC_KEY=pk-lf-test", "LANGFUSE_SECRET_KEY=sk-lf-test",
 		"CALLPIPE_LANGFUSE_TRANSPORT=ingestion", "CALLPIPE_LANGFUSE_MIN_BACKOFF=100ms", "CALLPIPE_LANGFUSE_MAX_BACKOFF=2s",
 		"CALLPIPE_LOG_LEVEL=warn",
@@ -200,7 +204,49 @@ func TestClusterPipeline(t *testing.T) {
 		sendErr <- nil
 	}()
 
+	// A worker of every stage is SIGKILLed and restarted: the normalize
+	// workers in turn every 4 s while calls arrive, each sink once; and a
+	// MinIO drive folder is deleted.
+	var kills atomic.Int64
+	stopKiller := make(chan struct{})
+	killerDone := make(chan struct{})
+	go func() {
+		defer close(killerDone)
+		once := map[int]string{3: "clickhouse", 6: "langfuse", 8: "archive"}
+		for i := 0; ; i++ {
+			select {
+			case <-stopKiller:
+				return
+			case <-time.After(4 * time.Second):
+			}
+			names := []string{"normalize-" + strconv.Itoa(i%2)}
+			if s, ok := once[i]; ok {
+				names = append(names, s)
+			}
+			for _, name := range names {
+				p := procs[name]
+				p.kill()
+				kills.Add(1)
+				if err := p.start(bin); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}
+	}()
+	defer func() {
+		select {
+		case <-killerDone:
+		default:
+			close(stopKiller)
+			<-killerDone
+		}
+	}()
+
 	at := func(d time.Duration) { time.Sleep(time.Until(start.Add(d))) }
+	at(3 * time.Second)
+	t.Logf("fault: MinIO drive 3 deleted at %s", time.Since(start).Round(time.Second))
+	cl.RemoveMinIODrive(t, 3)
 	at(5 * time.Second)
 	leader := streamLeader(t, js, bus.CallsStream)
 	node := strings.TrimPrefix(leader, "callpipe-")
@@ -238,6 +284,9 @@ func TestClusterPipeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("all %d calls accepted at %s", calls, time.Since(start).Round(time.Second))
+	close(stopKiller)
+	<-killerDone
+	t.Logf("%d workers SIGKILLed and restarted", kills.Load())
 
 	drained := func(stream, consumer string) (bool, string) {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)

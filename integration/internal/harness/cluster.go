@@ -21,6 +21,7 @@ type ClusterStack struct {
 	Cluster   string // remote_servers name
 	S3        S3Config
 	script    string
+	stateDir  string
 }
 
 // CHNode is one clickhouse-server of the cluster stack.
@@ -57,6 +58,7 @@ func Cluster(t testing.TB) ClusterStack {
 		c.CHNodes = append(c.CHNodes, CHNode{Name: "ch-s" + string(rune('0'+shard)) + "r" + string(rune('0'+replica)),
 			Native: a, Shard: shard, Replica: replica})
 	}
+	c.stateDir = os.Getenv("CALLPIPE_CLUSTER_STATE_DIR")
 	c.script = os.Getenv(EnvServicesScript)
 	if c.script == "" {
 		c.script = filepath.Join(RepoRoot(t), "deploy", "local", "services.sh")
@@ -70,5 +72,21 @@ func (c ClusterStack) Node(t testing.TB, cmd, node string) {
 	t.Helper()
 	if err := runServices(t, c.script, cmd, "--cluster", node); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// RemoveMinIODrive deletes drive folder n (1..4) of the stack's MinIO under
+// the running server, as a lost disk.
+func (c ClusterStack) RemoveMinIODrive(t testing.TB, n int) {
+	t.Helper()
+	if c.stateDir == "" {
+		t.Fatal("harness: CALLPIPE_CLUSTER_STATE_DIR is not set (load the env of services.sh up --cluster)")
+	}
+	dir := filepath.Join(c.stateDir, "minio", "drive"+string(rune('0'+n)))
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("harness: MinIO drive %d: %v", n, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatalf("harness: remove MinIO drive %d: %v", n, err)
 	}
 }
