@@ -32,8 +32,8 @@ import (
 
 // The cluster suite runs against `deploy/local/services.sh up --cluster`
 // (build tag cluster; `go tool task test:cluster` starts and stops the stack):
-// a pipeline of separate processes (collector, 2 normalize workers, the
-// ClickHouse, Langfuse and archive sinks) takes CALLPIPE_CLUSTER_CALLS calls
+// a pipeline of separate processes (collector, 2 workers of each stage:
+// normalize, the ClickHouse, Langfuse and archive sinks) takes CALLPIPE_CLUSTER_CALLS calls
 // (default 50,000) spread over the last four hours, while the NATS server
 // leading CALLPIPE_CALLS is SIGKILLed and restarted, the first ClickHouse
 // server (the one every process talks to first) is stopped and restarted, a
@@ -139,7 +139,10 @@ func TestClusterPipeline(t *testing.T) {
 
 	collectAddr := testkit.FreeAddr(t)
 	procs := map[string]*proc{}
-	order := []string{"collect", "normalize-0", "normalize-1", "clickhouse", "langfuse", "archive"}
+	// two workers of every stage, coordinated by nothing but JetStream and
+	// the sealing lease
+	order := []string{"collect", "normalize-0", "normalize-1", "clickhouse-0", "clickhouse-1",
+		"langfuse-0", "langfuse-1", "archive-0", "archive-1"}
 	for _, name := range order {
 		p := &proc{name: name, env: env, out: &testkit.Buffer{}}
 		switch {
@@ -148,7 +151,8 @@ func TestClusterPipeline(t *testing.T) {
 		case strings.HasPrefix(name, "normalize"):
 			p.args = []string{"worker", "--stages", "normalize", "--redis.addr=", "--worker.listen", testkit.FreeAddr(t)}
 		default:
-			p.args = []string{"worker", "--stages", name, "--worker.listen", testkit.FreeAddr(t)}
+			stage, _, _ := strings.Cut(name, "-")
+			p.args = []string{"worker", "--stages", stage, "--worker.listen", testkit.FreeAddr(t)}
 		}
 		procs[name] = p
 		if err := p.start(bin); err != nil {
@@ -205,14 +209,14 @@ func TestClusterPipeline(t *testing.T) {
 	}()
 
 	// A worker of every stage is SIGKILLed and restarted: the normalize
-	// workers in turn every 4 s while calls arrive, each sink once; and a
-	// MinIO drive folder is deleted.
+	// workers in turn every 4 s while calls arrive, a worker of each sink
+	// once; and a MinIO drive folder is deleted.
 	var kills atomic.Int64
 	stopKiller := make(chan struct{})
 	killerDone := make(chan struct{})
 	go func() {
 		defer close(killerDone)
-		once := map[int]string{3: "clickhouse", 6: "langfuse", 8: "archive"}
+		once := map[int]string{3: "clickhouse-0", 6: "langfuse-1", 8: "archive-0"}
 		for i := 0; ; i++ {
 			select {
 			case <-stopKiller:
