@@ -103,6 +103,9 @@ func TestClusterPipeline(t *testing.T) {
 		"CALLPIPE_CLICKHOUSE_DATABASE="+db, "CALLPIPE_S3_BUCKET="+bucket,
 		"CALLPIPE_NATS_STREAM_REPLICAS=3", "CALLPIPE_CLICKHOUSE_CLUSTER="+cl.Cluster,
 		"CALLPIPE_CLICKHOUSE_ROLLUP_SEAL_AFTER=2m", "CALLPIPE_CLICKHOUSE_ROLLUP_INTERVAL=3s",
+		// superseded seal rows are deleted (ALTER DELETE on the replicated
+		// tables) a minute after their hour is sealed again
+		"CALLPIPE_CLICKHOUSE_ROLLUP_GRACE=1m",
 		"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=5s",
 		// what a SIGKILLed sink held unacknowledged comes back this soon
 		"CALLPIPE_CLICKHOUSE_ACK_WAIT=20s", "CALLPIPE_LANGFUSE_ACK_WAIT=20s", "CALLPIPE_ARCHIVE_ACK_WAIT=30s",
@@ -331,6 +334,20 @@ func TestClusterPipeline(t *testing.T) {
 			fmt.Sprintf("sealed %d hours, unsealed %v, dirty %v", st.SealedHours, st.Unsealed, st.Dirty)
 	})
 	t.Logf("sealed at %s", time.Since(start).Round(time.Second))
+	// Late calls made the sealer seal hours again; the rows of the replaced
+	// (and of abandoned) seals are deleted once the grace has passed.
+	var resealed uint64
+	if err := conn.QueryRow(ctx, "SELECT toUInt64(count()) FROM (SELECT grain, period FROM "+db+".usage_rollup GROUP BY grain, period HAVING uniqExact(version) > 1)").Scan(&resealed); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 4*time.Minute, "superseded seal rows deleted", func() (bool, string) {
+		var left uint64
+		if err := conn.QueryRow(ctx, "SELECT toUInt64(count()) FROM (SELECT grain, period FROM "+db+".usage_rollup GROUP BY grain, period HAVING uniqExact(version) > 1)").Scan(&left); err != nil {
+			return false, err.Error()
+		}
+		return left == 0, fmt.Sprintf("%d periods with rows of more than one seal version", left)
+	})
+	t.Logf("%d periods had rows of several seal versions; superseded ones deleted at %s", resealed, time.Since(start).Round(time.Second))
 	for _, name := range order {
 		if err := procs[name].term(60 * time.Second); err != nil {
 			t.Errorf("SIGTERM: %v", err)
