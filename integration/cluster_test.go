@@ -39,8 +39,8 @@ import (
 // server (the one every process talks to first) is stopped and restarted, a
 // MinIO drive folder is deleted, and a worker of every stage is SIGKILLed
 // and restarted.
-// Then: the usage API (sealed rollups for the past hours) equals ground
-// truth per model, every call is once in ClickHouse (FINAL over the
+// Then: the usage API (sealed rollups for the past hours, after the rows of
+// replaced seals were deleted) equals ground truth per model, every call is once in ClickHouse (FINAL over the
 // Distributed table), both replicas of each shard agree, the call list is
 // exact, every call is in the archive and in Langfuse once, and no call is a
 // dead letter.
