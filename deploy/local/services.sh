@@ -13,11 +13,21 @@
 #   services.sh install [SERVICE...]   only install what is missing
 # SERVICE is one of: nats clickhouse minio redis
 #
+# Cluster mode (the scale-out stack, its own state folder and ports; see README "Cluster mode"):
+#   services.sh up --cluster       install what is missing (plus Debian zookeeper), start 3 NATS
+#                                  JetStream servers, ZooKeeper, ClickHouse 2 shards x 2 replicas
+#                                  (cluster "callpipe"), MinIO over 4 drives; write + print the env file
+#   services.sh down|env|status|usage --cluster   stop all / print env / show nodes / RSS + CPU per node
+#   services.sh start|stop|kill|restart --cluster NODE...   one node (kill = SIGKILL), for outage tests
+#   NODE is one of: nats-1 nats-2 nats-3 zookeeper ch-s1r1 ch-s1r2 ch-s2r1 ch-s2r2 minio
+#
 # Environment:
 #   CALLPIPE_STATE_DIR          state folder (default: $REPO/.state/services)
 #   CALLPIPE_SERVICES_TIMEOUT   seconds to wait for a service to become healthy (default 60)
 #   CALLPIPE_SERVICES_PORT_OFFSET  added to every port (default 0: NATS 14222, ClickHouse 19000/18123,
-#                               MinIO 19100/19101, Redis 16379)
+#                               MinIO 19100/19101, Redis 16379; cluster: NATS 24222-24224, ClickHouse
+#                               29000-29003 / 28123-28126, ZooKeeper 22181, MinIO 29100/29101)
+#   CALLPIPE_CLUSTER_STATE_DIR  the cluster's state folder (default: $REPO/.state/cluster)
 #   CALLPIPE_SERVICES_JETSTREAM_ENCRYPT  1: JetStream encrypts its store (ChaCha20-Poly1305) under a key
 #                               generated once into the state folder (default 0). Turn it on for a fresh
 #                               state folder: a store written in clear is not converted.
@@ -637,8 +647,559 @@ usage() {
 }
 
 # ---------------------------------------------------------------------------
+# cluster mode (--cluster): the scale-out stack on loopback, in its own state folder
+#   NATS: 3 JetStream servers in one cluster; ZooKeeper; ClickHouse 2 shards x 2 replicas
+#   (4 clickhouse-server processes, cluster CLUSTER_NAME); MinIO erasure-coded over 4 drive folders.
+# Ports (plus CALLPIPE_SERVICES_PORT_OFFSET): NATS clients 24222-24224, routes 26222-26224,
+# monitors 28222-28224; ZooKeeper 22181; ClickHouse native 29000-29003, HTTP 28123-28126,
+# interserver 29009-29012; MinIO 29100 (console 29101).
+
+CLUSTER_STATE=${CALLPIPE_CLUSTER_STATE_DIR:-$REPO/.state/cluster}
+CLUSTER_NAME=callpipe
+CL_NATS_NODES=(nats-1 nats-2 nats-3)
+CL_CH_NODES=(ch-s1r1 ch-s1r2 ch-s2r1 ch-s2r2)
+CL_ALL_NODES=("${CL_NATS_NODES[@]}" zookeeper "${CL_CH_NODES[@]}" minio)
+CL_ZK_PORT=$((22181 + PORT_OFFSET))
+CL_MINIO_PORT=$((29100 + PORT_OFFSET))
+CL_MINIO_CONSOLE_PORT=$((29101 + PORT_OFFSET))
+# Small caches: four servers share a 2-core machine with the tests.
+CL_CH_CACHE_BYTES=67108864
+CL_ZK_HEAP=256m
+
+# cl_index NODE: the node's 0-based index among its kind (nats-2 -> 1, ch-s2r1 -> 2).
+cl_index() {
+	case $1 in
+	nats-[123]) echo $((${1#nats-} - 1)) ;;
+	ch-s1r1) echo 0 ;;
+	ch-s1r2) echo 1 ;;
+	ch-s2r1) echo 2 ;;
+	ch-s2r2) echo 3 ;;
+	*) echo 0 ;;
+	esac
+}
+cl_nats_port() { echo $((24222 + PORT_OFFSET + $1)); }
+cl_nats_route_port() { echo $((26222 + PORT_OFFSET + $1)); }
+cl_nats_monitor_port() { echo $((28222 + PORT_OFFSET + $1)); }
+cl_ch_tcp_port() { echo $((29000 + PORT_OFFSET + $1)); }
+cl_ch_http_port() { echo $((28123 + PORT_OFFSET + $1)); }
+cl_ch_interserver_port() { echo $((29009 + PORT_OFFSET + $1)); }
+
+cl_valid() {
+	local n
+	for n in "${CL_ALL_NODES[@]}"; do [[ $1 == "$n" ]] && return 0; done
+	return 1
+}
+
+cl_dir() { echo "$CLUSTER_STATE/$1"; }
+cl_pidfile() { echo "$CLUSTER_STATE/$1/$1.pid"; }
+cl_log() { echo "$CLUSTER_STATE/$1/$1.log"; }
+
+cl_binname() {
+	case $1 in
+	nats-*) echo nats-server ;;
+	ch-*) echo clickhouse-server ;;
+	zookeeper) echo org.apache.zookeeper.server.ZooKeeperServerMain ;;
+	minio) echo minio ;;
+	esac
+}
+
+cl_ports() {
+	local i
+	i=$(cl_index "$1")
+	case $1 in
+	nats-*) echo "$(cl_nats_port "$i") $(cl_nats_route_port "$i") $(cl_nats_monitor_port "$i")" ;;
+	ch-*) echo "$(cl_ch_tcp_port "$i") $(cl_ch_http_port "$i") $(cl_ch_interserver_port "$i")" ;;
+	zookeeper) echo "$CL_ZK_PORT" ;;
+	minio) echo "$CL_MINIO_PORT $CL_MINIO_CONSOLE_PORT" ;;
+	esac
+}
+
+cl_url() {
+	local i
+	i=$(cl_index "$1")
+	case $1 in
+	nats-*) echo "nats://$HOST:$(cl_nats_port "$i") (route $(cl_nats_route_port "$i"), monitor http://$HOST:$(cl_nats_monitor_port "$i"))" ;;
+	ch-*) echo "native $HOST:$(cl_ch_tcp_port "$i"), http://$HOST:$(cl_ch_http_port "$i"), interserver $(cl_ch_interserver_port "$i")" ;;
+	zookeeper) echo "$HOST:$CL_ZK_PORT" ;;
+	minio) echo "http://$HOST:$CL_MINIO_PORT (4 drives)" ;;
+	esac
+}
+
+# cl_healthy NODE: the node answers. A NATS node counts only once it serves JetStream as part of
+# the cluster (full /healthz: meta leader known, its streams current).
+cl_healthy() {
+	local i out
+	i=$(cl_index "$1")
+	case $1 in
+	nats-*) http_ok "$(cl_nats_monitor_port "$i")" /healthz ;;
+	ch-*) http_ok "$(cl_ch_http_port "$i")" /ping ;;
+	minio) http_ok "$CL_MINIO_PORT" /minio/health/cluster ;;
+	zookeeper)
+		out=$(
+			exec 2>/dev/null
+			exec 3<>"/dev/tcp/$HOST/$CL_ZK_PORT" || exit 1
+			printf 'ruok' >&3
+			IFS= read -r -t 3 line <&3
+			printf '%s' "$line"
+		) || return 1
+		[[ $out == imok ]]
+		;;
+	esac
+}
+
+cl_pid() {
+	local pf pid cmdline
+	pf=$(cl_pidfile "$1")
+	[[ -f $pf ]] || return 1
+	pid=$(<"$pf")
+	pid_alive "$pid" || return 1
+	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+	[[ $cmdline == *"$(cl_binname "$1")"* ]] || return 1
+	echo "$pid"
+}
+
+cl_write_nats_config() {
+	local n=$1 i d routes="" j
+	i=$(cl_index "$n")
+	d=$(cl_dir "$n")
+	mkdir -p "$d/jetstream"
+	for j in 0 1 2; do routes+="    nats-route://$HOST:$(cl_nats_route_port "$j")"$'\n'; done
+	cat >"$d/nats.conf" <<EOF
+# generated by deploy/local/services.sh --cluster
+server_name: callpipe-$n
+listen: $HOST:$(cl_nats_port "$i")
+http: $HOST:$(cl_nats_monitor_port "$i")
+jetstream {
+  store_dir: "$d/jetstream"
+  max_memory_store: 256MB
+}
+cluster {
+  name: callpipe-local
+  listen: $HOST:$(cl_nats_route_port "$i")
+  routes: [
+$routes  ]
+}
+EOF
+}
+
+cl_write_zookeeper_config() {
+	local d
+	d=$(cl_dir zookeeper)
+	mkdir -p "$d/data"
+	cat >"$d/zoo.cfg" <<EOF
+# generated by deploy/local/services.sh --cluster
+tickTime=2000
+initLimit=10
+syncLimit=5
+dataDir=$d/data
+clientPort=$CL_ZK_PORT
+clientPortAddress=$HOST
+maxClientCnxns=200
+admin.enableServer=false
+4lw.commands.whitelist=ruok,stat,mntr
+autopurge.snapRetainCount=3
+autopurge.purgeInterval=1
+EOF
+}
+
+# cl_write_clickhouse_config NODE: one server of the 2 x 2 cluster. Shards and replicas are
+# told apart by port only, so each server recognises itself in remote_servers by its tcp_port
+# (what distributed DDL needs to pick its own tasks).
+cl_write_clickhouse_config() {
+	local n=$1 i d shard replica s r
+	i=$(cl_index "$n")
+	d=$(cl_dir "$n")
+	shard=$((i / 2 + 1))
+	replica=$((i % 2 + 1))
+	mkdir -p "$d/data" "$d/tmp" "$d/log" "$d/user_files" "$d/format_schemas"
+	local shards=""
+	for s in 0 1; do
+		shards+="            <shard>"$'\n'"                <internal_replication>true</internal_replication>"$'\n'
+		for r in 0 1; do
+			shards+="                <replica><host>$HOST</host><port>$(cl_ch_tcp_port $((s * 2 + r)))</port></replica>"$'\n'
+		done
+		shards+="            </shard>"$'\n'
+	done
+	cat >"$d/config.xml" <<EOF
+<?xml version="1.0"?>
+<!-- generated by deploy/local/services.sh (cluster mode) -->
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>$d/log/clickhouse-server.log</log>
+        <errorlog>$d/log/clickhouse-server.err.log</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+    <listen_host>$HOST</listen_host>
+    <http_port>$(cl_ch_http_port "$i")</http_port>
+    <tcp_port>$(cl_ch_tcp_port "$i")</tcp_port>
+    <interserver_http_port>$(cl_ch_interserver_port "$i")</interserver_http_port>
+    <interserver_http_host>$HOST</interserver_http_host>
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>$CL_CH_CACHE_BYTES</uncompressed_cache_size>
+    <mark_cache_size>$CL_CH_CACHE_BYTES</mark_cache_size>
+    <path>$d/data/</path>
+    <tmp_path>$d/tmp/</tmp_path>
+    <user_files_path>$d/user_files/</user_files_path>
+    <format_schema_path>$d/format_schemas/</format_schema_path>
+    <users_config>$d/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <umask>027</umask>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+    <remote_servers>
+        <$CLUSTER_NAME>
+$shards        </$CLUSTER_NAME>
+    </remote_servers>
+    <macros>
+        <shard>$shard</shard>
+        <replica>r$replica</replica>
+    </macros>
+    <zookeeper>
+        <node><host>$HOST</host><port>$CL_ZK_PORT</port></node>
+        <session_timeout_ms>30000</session_timeout_ms>
+    </zookeeper>
+    <distributed_ddl>
+        <path>/clickhouse/task_queue/ddl</path>
+    </distributed_ddl>
+</yandex>
+EOF
+	cat >"$d/users.xml" <<EOF
+<?xml version="1.0"?>
+<!-- generated by deploy/local/services.sh (cluster mode) -->
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>2000000000</max_memory_usage>
+            <use_uncompressed_cache>0</use_uncompressed_cache>
+            <load_balancing>in_order</load_balancing>
+            <background_pool_size>4</background_pool_size>
+            <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks replace="replace">
+                <ip>::1</ip>
+                <ip>127.0.0.1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+EOF
+}
+
+# cl_command NODE: fill CMD with the node's command line.
+cl_command() {
+	local n=$1 bin java
+	case $n in
+	nats-*)
+		bin=$(gobin_dir)/nats-server
+		[[ -x $bin ]] || die "$n: $bin is not installed (run: $0 up --cluster)"
+		cl_write_nats_config "$n"
+		CMD=("$bin" -c "$(cl_dir "$n")/nats.conf")
+		;;
+	ch-*)
+		bin=$(find_bin clickhouse-server) || die "$n: clickhouse-server is not installed (run: $0 up --cluster)"
+		cl_write_clickhouse_config "$n"
+		CMD=("$bin" "--config-file=$(cl_dir "$n")/config.xml")
+		;;
+	zookeeper)
+		java=$(find_bin java) || die "zookeeper: java not found (Debian's zookeeper package depends on it)"
+		[[ -f /usr/share/java/zookeeper.jar ]] || die "zookeeper: /usr/share/java/zookeeper.jar missing (run: $0 up --cluster)"
+		cl_write_zookeeper_config
+		# The server class directly: Debian's zkEnv.sh hard-codes /etc/zookeeper/conf.
+		CMD=("$java" "-Xms64m" "-Xmx$CL_ZK_HEAP" -Dzookeeper.admin.enableServer=false
+			"-Dzookeeper.log.dir=$(cl_dir zookeeper)"
+			-cp "/usr/share/java/zookeeper.jar:/etc/zookeeper/conf"
+			org.apache.zookeeper.server.ZooKeeperServerMain "$(cl_dir zookeeper)/zoo.cfg")
+		;;
+	minio)
+		bin=$(gobin_dir)/minio
+		[[ -x $bin ]] || die "minio: $bin is not installed (run: $0 up --cluster)"
+		ensure_minio_credentials
+		mkdir -p "$(cl_dir minio)"/drive{1,2,3,4}
+		# MINIO_CI_CD: the four drive folders share one disk, which MinIO refuses otherwise.
+		CMD=(env "MINIO_ROOT_USER=$MINIO_ROOT_USER" "MINIO_ROOT_PASSWORD=$MINIO_ROOT_PASSWORD"
+			MINIO_BROWSER=off MINIO_UPDATE=off MINIO_CI_CD=on
+			"$bin" server "$(cl_dir minio)/drive{1...4}"
+			--address "$HOST:$CL_MINIO_PORT" --console-address "$HOST:$CL_MINIO_CONSOLE_PORT" --quiet)
+		;;
+	esac
+}
+
+cl_ensure_installed() {
+	ensure_installed nats clickhouse minio
+	if [[ ! -f /usr/share/java/zookeeper.jar ]]; then
+		install_apt zookeeper
+	fi
+}
+
+cl_show_logs() {
+	local f
+	for f in "$(cl_log "$1")" "$(cl_dir "$1")/log/clickhouse-server.err.log"; do
+		[[ -s $f ]] || continue
+		log "last 40 lines of $f:"
+		tail -n 40 "$f" >&2 || true
+	done
+}
+
+cl_wait_healthy() { # cl_wait_healthy NODE PID
+	local n=$1 pid=$2 deadline=$((SECONDS + TIMEOUT))
+	while ((SECONDS < deadline)); do
+		cl_healthy "$n" && return 0
+		if ! pid_alive "$pid"; then
+			cl_show_logs "$n"
+			die "$n (pid $pid) exited during startup: see the log above"
+		fi
+		sleep 0.2
+	done
+	cl_show_logs "$n"
+	die "$n (pid $pid) did not become healthy within ${TIMEOUT}s (CALLPIPE_SERVICES_TIMEOUT): see the log above"
+}
+
+# cl_launch NODE: start NODE unless it runs (no health wait: NATS nodes are healthy only once a
+# majority of them runs). Prints the pid.
+cl_launch() {
+	local n=$1 pid port logf
+	logf=$(cl_log "$n")
+	mkdir -p "$(cl_dir "$n")"
+	if pid=$(cl_pid "$n"); then
+		echo "$pid"
+		return 0
+	fi
+	rm -f "$(cl_pidfile "$n")"
+	for port in $(cl_ports "$n"); do
+		if port_open "$port"; then
+			die "$n: port $HOST:$port is already in use by a process not managed from $CLUSTER_STATE (check: ss -ltnp 'sport = :$port')"
+		fi
+	done
+	local CMD=()
+	cl_command "$n"
+	echo "=== $(date -u +%FT%TZ) starting $n: ${CMD[*]}" | sed -E 's/(MINIO_ROOT_PASSWORD=)[^ ]*/\1***/' >>"$logf"
+	(
+		local fd k
+		for fd in "/proc/$BASHPID/fd/"*; do
+			k=${fd##*/}
+			if [[ $k =~ ^[0-9]+$ ]] && ((k > 2)); then eval "exec $k>&-" 2>/dev/null || true; fi
+		done
+		cd "$(cl_dir "$n")"
+		exec setsid nohup "${CMD[@]}" >>"$logf" 2>&1 </dev/null
+	) &
+	pid=$!
+	echo "$pid" >"$(cl_pidfile "$n")"
+	echo "$pid"
+}
+
+# cl_start NODE...: launch all, then wait for each to be healthy.
+cl_start() {
+	local n pids=() k=0 t0=$SECONDS
+	for n in "$@"; do pids+=("$(cl_launch "$n")"); done
+	for n in "$@"; do
+		cl_wait_healthy "$n" "${pids[k]}"
+		log "$n running (pid ${pids[k]}), healthy: $(cl_url "$n")"
+		k=$((k + 1))
+	done
+	log "started $* in $((SECONDS - t0))s"
+}
+
+# cl_stop [--kill] NODE...: SIGTERM (or SIGKILL), wait for the exit.
+cl_stop() {
+	local sig=TERM n pid deadline
+	if [[ ${1:-} == --kill ]]; then
+		sig=KILL
+		shift
+	fi
+	for n in "$@"; do
+		if ! pid=$(cl_pid "$n"); then
+			rm -f "$(cl_pidfile "$n")"
+			log "$n is not running"
+			continue
+		fi
+		kill "-$sig" "$pid" 2>/dev/null || true
+		deadline=$((SECONDS + STOP_TIMEOUT))
+		while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+		if pid_alive "$pid"; then
+			log "$n (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
+			kill -KILL "$pid" 2>/dev/null || true
+			deadline=$((SECONDS + 10))
+			while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+			pid_alive "$pid" && die "$n (pid $pid) did not exit"
+		fi
+		rm -f "$(cl_pidfile "$n")"
+		log "$n stopped (pid $pid, SIG$sig)"
+	done
+}
+
+cl_status() {
+	local n pid health rc=0
+	for n in "${CL_ALL_NODES[@]}"; do
+		if pid=$(cl_pid "$n"); then
+			if cl_healthy "$n"; then health=healthy; else
+				health=UNHEALTHY
+				rc=1
+			fi
+			printf '%-10s running  pid %-8s %-9s %s\n' "$n" "$pid" "$health" "$(cl_url "$n")"
+		else
+			printf '%-10s stopped\n' "$n"
+			rc=1
+		fi
+	done
+	[[ -f $CLUSTER_STATE/env ]] && echo "env file: $CLUSTER_STATE/env"
+	return "$rc"
+}
+
+# cl_usage: resident memory (MiB) and CPU time (s) of the running nodes, for sizing.
+cl_usage() {
+	local n pid rss total_rss=0 ticks total_ticks=0 hz stat
+	hz=$(getconf CLK_TCK)
+	for n in "${CL_ALL_NODES[@]}"; do
+		pid=$(cl_pid "$n") || continue
+		rss=$(awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/$pid/status" 2>/dev/null) || rss=0
+		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+		stat=${stat##*) }
+		# fields 12 and 13 after the command: utime and stime in clock ticks
+		ticks=$(awk '{ print $12 + $13 }' <<<"$stat")
+		printf '%-10s rss %5s MiB  cpu %7.1f s\n' "$n" "$rss" "$(awk -v t="$ticks" -v h="$hz" 'BEGIN { print t / h }')"
+		total_rss=$((total_rss + rss))
+		total_ticks=$((total_ticks + ticks))
+	done
+	printf '%-10s rss %5s MiB  cpu %7.1f s\n' total "$total_rss" "$(awk -v t="$total_ticks" -v h="$hz" 'BEGIN { print t / h }')"
+}
+
+cl_write_env() {
+	ensure_minio_credentials
+	local f=$CLUSTER_STATE/env seeds="" i chaddrs=""
+	for i in 0 1 2; do seeds+="${seeds:+,}nats://$HOST:$(cl_nats_port "$i")"; done
+	for i in 0 1 2 3; do chaddrs+="${chaddrs:+,}$HOST:$(cl_ch_tcp_port "$i")"; done
+	(
+		umask 077
+		{
+			echo "# generated by deploy/local/services.sh --cluster; use: . $(printf '%q' "$f")  or  eval \"\$(deploy/local/services.sh env --cluster)\""
+			echo "export CALLPIPE_SERVICES_MANAGED=1"
+			echo "export CALLPIPE_SERVICES_CLUSTER=1"
+			printf 'export CALLPIPE_CLUSTER_STATE_DIR=%q\n' "$CLUSTER_STATE"
+			printf 'export CALLPIPE_SERVICES_SCRIPT=%q\n' "$SCRIPT_DIR/services.sh"
+			echo "export CALLPIPE_SERVICES_PORT_OFFSET=$PORT_OFFSET"
+			echo "export CALLPIPE_NATS_URL=$seeds"
+			echo "export CALLPIPE_NATS_STREAM_REPLICAS=3"
+			echo "export CALLPIPE_CLICKHOUSE_ADDR=$chaddrs"
+			echo "export CALLPIPE_CLICKHOUSE_HTTP_ADDR=$HOST:$(cl_ch_http_port 0)"
+			echo "export CALLPIPE_CLICKHOUSE_CLUSTER=$CLUSTER_NAME"
+			echo "export CALLPIPE_S3_ENDPOINT=$HOST:$CL_MINIO_PORT"
+			echo "export CALLPIPE_S3_ACCESS_KEY=$MINIO_ROOT_USER"
+			echo "export CALLPIPE_S3_SECRET_KEY=$MINIO_ROOT_PASSWORD"
+			echo "export CALLPIPE_S3_USE_SSL=false"
+		} >"$f.tmp"
+	)
+	mv "$f.tmp" "$f"
+}
+
+cl_nodes_args() { # validate node names; default all
+	if (($# == 0)); then
+		echo "${CL_ALL_NODES[*]}"
+		return
+	fi
+	local n
+	for n in "$@"; do
+		cl_valid "$n" || die "unknown cluster node '$n' (want some of: ${CL_ALL_NODES[*]})"
+	done
+	echo "$*"
+}
+
+# cluster_main CMD [NODE...]: the commands of main for the cluster stack (--cluster already removed).
+cluster_main() {
+	local cmd=${1:-} nodes
+	(($#)) && shift
+	STATE=$CLUSTER_STATE # install logs, the lock and MinIO credentials live in the cluster's state
+	case $cmd in
+	up)
+		(($# == 0)) || die "up --cluster takes no node names (use: start --cluster NODE)"
+		mkdir -p "$STATE/minio"
+		STATE=$(cd "$STATE" && pwd)
+		CLUSTER_STATE=$STATE
+		chmod 700 "$STATE" 2>/dev/null || true
+		lock_state
+		cl_ensure_installed
+		# ZooKeeper first: the ClickHouse servers connect to it when they start.
+		cl_start zookeeper
+		cl_start "${CL_NATS_NODES[@]}"
+		cl_start "${CL_CH_NODES[@]}"
+		cl_start minio
+		cl_write_env
+		log "env file: $STATE/env"
+		cat "$STATE/env"
+		;;
+	down)
+		(($# == 0)) || die "down --cluster takes no node names (use: stop --cluster NODE)"
+		[[ -d $STATE ]] || {
+			log "nothing to stop ($STATE does not exist)"
+			return 0
+		}
+		lock_state
+		# ClickHouse before ZooKeeper, so that the servers close their sessions cleanly.
+		cl_stop minio "${CL_CH_NODES[@]}" "${CL_NATS_NODES[@]}" zookeeper
+		;;
+	start | stop | kill | restart)
+		nodes=$(cl_nodes_args "$@")
+		[[ -d $STATE ]] || die "$STATE does not exist; run: $0 up --cluster"
+		lock_state
+		# shellcheck disable=SC2086
+		case $cmd in
+		start) cl_start $nodes ;;
+		stop) cl_stop $nodes ;;
+		kill) cl_stop --kill $nodes ;;
+		restart)
+			cl_stop $nodes
+			cl_start $nodes
+			;;
+		esac
+		;;
+	env)
+		[[ -f $STATE/env ]] || die "$STATE/env does not exist; run: $0 up --cluster"
+		cat "$STATE/env"
+		;;
+	status) cl_status ;;
+	usage) cl_usage ;;
+	*)
+		log "unknown command '${cmd}' with --cluster"
+		usage
+		;;
+	esac
+}
+
+# ---------------------------------------------------------------------------
 
 main() {
+	local a rest=() cluster=0
+	for a in "$@"; do
+		if [[ $a == --cluster ]]; then cluster=1; else rest+=("$a"); fi
+	done
+	if ((cluster)); then
+		cluster_main "${rest[@]}"
+		return
+	fi
 	local cmd=${1:-}
 	(($#)) && shift
 	local svcs s rc=0

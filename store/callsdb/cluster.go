@@ -112,9 +112,7 @@ func (t Topology) Statements(stmt string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		dist := fmt.Sprintf("CREATE TABLE IF NOT EXISTS {db}.%s ON CLUSTER %s AS {db}.%s ENGINE = Distributed(%s, {db}, %s, %s)",
-			name, c, local, c, local, key)
-		return []string{create, dist}, nil
+		return []string{create, t.distributed(name, key)}, nil
 	case reDropTable.MatchString(stmt):
 		name := reDropTable.FindStringSubmatch(stmt)[1]
 		return []string{stmt + t.onCluster(), "DROP TABLE IF EXISTS {db}." + name + "_local" + t.onCluster()}, nil
@@ -129,12 +127,45 @@ func (t Topology) Statements(stmt string) ([]string, error) {
 	case reAlterTable.MatchString(stmt):
 		m := reAlterTable.FindStringSubmatch(stmt)
 		out := []string{fmt.Sprintf("ALTER TABLE {db}.%s_local ON CLUSTER %s%s", m[1], c, m[2])}
-		if reColumnAlter.MatchString(m[2]) { // the Distributed table mirrors the columns
-			out = append(out, fmt.Sprintf("ALTER TABLE {db}.%s ON CLUSTER %s%s", m[1], c, m[2]))
+		if reColumnAlter.MatchString(m[2]) {
+			// The Distributed table must mirror the new columns, but an
+			// ALTER ON CLUSTER of it is refused ("isn't replicated, but
+			// shard is replicated according to its cluster definition":
+			// with internal_replication the DDL runs on one replica per
+			// shard). It holds no rows (inserts are synchronous), so it is
+			// created again from the altered local table.
+			key, err := distributedKey(m[1])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, "DROP TABLE IF EXISTS {db}."+m[1]+t.onCluster(), t.distributed(m[1], key))
 		}
 		return out, nil
 	}
 	return nil, fmt.Errorf("clickhouse cluster mode: cannot translate statement: %.100s", stmt)
+}
+
+// distributed is the CREATE of the Distributed table name over name_local.
+func (t Topology) distributed(name, key string) string {
+	return fmt.Sprintf("CREATE TABLE IF NOT EXISTS {db}.%s ON CLUSTER %s AS {db}.%s_local ENGINE = Distributed(%s, {db}, %s_local, %s)",
+		name, t.Cluster, name, t.Cluster, name, key)
+}
+
+// distributedKey is the sharding key of table name, from the migration that
+// creates it.
+func distributedKey(name string) (string, error) {
+	migs, err := Migrations()
+	if err != nil {
+		return "", err
+	}
+	for _, m := range migs {
+		for _, st := range m.Statements {
+			if sm := reCreateTable.FindStringSubmatch(st); sm != nil && sm[1] == name {
+				return shardingKey(name, sm[2])
+			}
+		}
+	}
+	return "", fmt.Errorf("clickhouse cluster mode: ALTER of table %s, which no migration creates", name)
 }
 
 // ClusterStatements returns the bootstrap and every migration statement in

@@ -75,7 +75,9 @@ func TestTopologyClusterAlterAndUnknown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"ALTER TABLE {db}.calls_local ON CLUSTER c ADD COLUMN region String", "ALTER TABLE {db}.calls ON CLUSTER c ADD COLUMN region String"}
+	want := []string{"ALTER TABLE {db}.calls_local ON CLUSTER c ADD COLUMN region String",
+		"DROP TABLE IF EXISTS {db}.calls ON CLUSTER c",
+		"CREATE TABLE IF NOT EXISTS {db}.calls ON CLUSTER c AS {db}.calls_local ENGINE = Distributed(c, {db}, calls_local, cityHash64(id))"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("got %q want %q", got, want)
 	}
@@ -85,6 +87,7 @@ func TestTopologyClusterAlterAndUnknown(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"INSERT INTO {db}.calls VALUES ('x')",
+		"ALTER TABLE {db}.nosuch ADD COLUMN x String",
 		"DROP TABLE {db}.calls",
 		"CREATE TABLE IF NOT EXISTS {db}.noid\n(\n    k String\n)\nENGINE = MergeTree\nORDER BY k",
 	} {

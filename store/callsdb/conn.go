@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
@@ -15,7 +16,10 @@ import (
 // that writes it, and serve, export, doctor, replay and the rollup commands
 // that read and maintain it.
 type Config struct {
-	Addr     string // host:port of the native protocol
+	// Addr is host:port of the native protocol, or a comma-separated list
+	// of servers (any node of a cluster: every one serves the Distributed
+	// tables), tried in order so that a stopped server is skipped.
+	Addr     string
 	Database string
 	User     string
 	Password string
@@ -45,7 +49,7 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 	}
 	conn, err := ch.Open(&ch.Options{
 		Protocol:         ch.Native,
-		Addr:             []string{cfg.Addr},
+		Addr:             Addrs(cfg.Addr),
 		Auth:             ch.Auth{Database: "default", Username: cfg.User, Password: cfg.Password},
 		TLS:              cfg.TLS,
 		DialTimeout:      cfg.DialTimeout,
@@ -68,6 +72,17 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 	return conn, nil
 }
 
+// Addrs splits a comma-separated list of host:port (Config.Addr).
+func Addrs(addr string) []string {
+	var out []string
+	for _, a := range strings.Split(addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Migrate brings the schema of cfg's database up to date (Migrator.Up) and,
 // with dropExpired, drops the partitions past retention.
 func Migrate(ctx context.Context, cfg Config, ret Retention, log *slog.Logger, dropExpired bool) error {
@@ -76,7 +91,12 @@ func Migrate(ctx context.Context, cfg Config, ret Retention, log *slog.Logger, d
 		return err
 	}
 	defer conn.Close()
-	m := &Migrator{Conn: conn, Database: cfg.Database, Topology: cfg.Topology, Retention: ret, Log: log}
+	m := &Migrator{Conn: conn, Database: cfg.Database, Topology: cfg.Topology, Retention: ret, Log: log,
+		Addrs: Addrs(cfg.Addr), Dial: func(ctx context.Context, addr string) (driver.Conn, error) {
+			one := cfg
+			one.Addr, one.MaxConns = addr, 1
+			return Open(ctx, one)
+		}}
 	done, err := m.Up(ctx)
 	if err != nil {
 		return err

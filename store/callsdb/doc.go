@@ -63,4 +63,22 @@
 // rows or the per-call rows. Counts, tokens and cost are exact; latency and
 // TTFT percentiles from seals come from log-linear histograms (relative
 // error at most HistogramRelativeError), exact when nothing is sealed.
+//
+// # Cluster mode (Topology)
+//
+// The same invariants hold over a sharded, replicated cluster:
+//
+//   - Every copy of a call is on one shard (Distributed tables shard per-call
+//     rows by cityHash64(id)), so collapsing by id, and FINAL, over the
+//     Distributed table is exact; rollup rows, seal records and dirty marks
+//     are sharded by their period.
+//   - Inserts are synchronous (insert_distributed_sync): an acknowledged
+//     batch is stored on a replica of its shard.
+//   - A seal's rows are on every replica of their shard before its record
+//     is written (insert_quorum = replicas per shard), and a seal reads only
+//     replicas that are at most a second behind, never a stale fallback: a
+//     replica catching up after an outage is never summed into a seal.
+//   - Schema changes reach every node: CREATE and DROP run ON CLUSTER; an
+//     ALTER of a replicated table runs on one replica of every shard and
+//     replicates from there.
 package callsdb

@@ -110,7 +110,14 @@ type Migrator struct {
 	// Server is detected with SELECT version() when zero.
 	Server Server
 	Log    *slog.Logger
+	// Dial and Addrs, in a cluster: the servers (clickhouse.addr) through
+	// which an ALTER of a replicated table runs on one replica of every
+	// shard (see alterPerShard).
+	Dial  func(ctx context.Context, addr string) (driver.Conn, error)
+	Addrs []string
 }
+
+var reAlterLocalOnCluster = regexp.MustCompile(`(?s)^ALTER TABLE (\{db\}\.\w+_local) ON CLUSTER \w+(\s.*)$`)
 
 // exec runs one statement of the migrations in its topology form.
 func (m *Migrator) exec(ctx context.Context, stmt string) error {
@@ -118,10 +125,67 @@ func (m *Migrator) exec(ctx context.Context, stmt string) error {
 	if err != nil {
 		return err
 	}
+	if m.Topology.Clustered() {
+		// a backfill through a Distributed table is stored on the shards
+		// before the migration is recorded, not queued on this node
+		ctx = ch.Context(ctx, ch.WithSettings(ch.Settings{"insert_distributed_sync": 1}))
+	}
 	for _, s := range stmts {
+		if a := reAlterLocalOnCluster.FindStringSubmatch(s); a != nil {
+			if err := m.alterPerShard(ctx, WithDB("ALTER TABLE "+a[1]+a[2], m.Database)); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := execTolerant(ctx, m.Conn, WithDB(s, m.Database)); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// alterPerShard runs an ALTER of a replicated table on one replica of each
+// shard, which passes it on to the shard's other replicas. Not ON CLUSTER:
+// on 18.16 the distributed DDL of an ALTER of a replicated table (executed
+// by the shard's leader replica only) can leave its task unfinished — two
+// replicas both execute it, the second fails with "already exists" and its
+// host never reports — and the statement waits out
+// distributed_ddl_task_timeout. The shards are told apart by the servers'
+// {shard} macro; every shard of the cluster must be among m.Addrs.
+func (m *Migrator) alterPerShard(ctx context.Context, stmt string) error {
+	if m.Dial == nil || len(m.Addrs) == 0 {
+		return fmt.Errorf("clickhouse cluster mode: %.80s: the migrator has no server list to reach every shard", stmt)
+	}
+	var shards uint64
+	if err := m.Conn.QueryRow(ctx, ShardCountQuery(m.Topology.Cluster)).Scan(&shards); err != nil {
+		return fmt.Errorf("clickhouse: shards of cluster %s: %w", m.Topology.Cluster, err)
+	}
+	done := map[string]string{} // shard macro -> server that ran the ALTER
+	var unreachable []string
+	for _, addr := range m.Addrs {
+		if uint64(len(done)) == shards {
+			break
+		}
+		conn, err := m.Dial(ctx, addr)
+		if err != nil {
+			unreachable = append(unreachable, addr)
+			continue
+		}
+		var shard string
+		err = conn.QueryRow(ctx, QueryShardMacro).Scan(&shard)
+		if err == nil && done[shard] == "" {
+			if err = execTolerant(ctx, conn, stmt); err == nil {
+				done[shard] = addr
+			}
+		}
+		_ = conn.Close()
+		if err != nil {
+			return fmt.Errorf("clickhouse cluster mode: on %s: %w", addr, err)
+		}
+	}
+	if uint64(len(done)) < shards {
+		return fmt.Errorf("clickhouse cluster mode: %.80s ran on %d of %d shards of cluster %s (%v): clickhouse.addr must list a reachable server of every shard (unreachable: %v)",
+			stmt, len(done), shards, m.Topology.Cluster, done, unreachable)
 	}
 	return nil
 }

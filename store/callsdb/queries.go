@@ -117,3 +117,18 @@ func SQLString(s string) string {
 	b.WriteByte('\'')
 	return b.String()
 }
+
+// ReplicasPerShardQuery is the replica count of cluster's smallest shard
+// (0 when the server does not know the cluster).
+func ReplicasPerShardQuery(cluster string) string {
+	return `SELECT toUInt64(ifNull(min(n), 0)) FROM (SELECT shard_num, count() AS n FROM system.clusters WHERE cluster = ` +
+		SQLString(cluster) + ` GROUP BY shard_num)`
+}
+
+// ShardCountQuery is the number of shards of cluster.
+func ShardCountQuery(cluster string) string {
+	return `SELECT toUInt64(uniqExact(shard_num)) FROM system.clusters WHERE cluster = ` + SQLString(cluster)
+}
+
+// QueryShardMacro is the server's {shard} macro (” when unset).
+const QueryShardMacro = `SELECT ifNull(any(substitution), '') FROM system.macros WHERE macro = 'shard'`

@@ -86,7 +86,8 @@ type Sealer struct {
 
 	mu          sync.Mutex
 	lastVersion uint64
-	watermark   int64 // hours before it were looked at by an earlier Pass
+	watermark   int64  // hours before it were looked at by an earlier Pass
+	replicas    uint64 // per shard, in a cluster (quorum)
 	lastCleanup time.Time
 }
 
@@ -129,15 +130,58 @@ func SealableBefore(now time.Time, sealAfter time.Duration) time.Time {
 	return now.Add(-sealAfter).UTC().Truncate(time.Hour)
 }
 
-func (s *Sealer) ctx(ctx context.Context) context.Context {
-	if s.Topology.Clustered() { // the record must not overtake its rows
-		return ch.Context(ctx, ch.WithSettings(ch.Settings{"insert_distributed_sync": 1}))
+// ctx carries the sealer's settings in a cluster. Replicas of a shard copy
+// each other's parts asynchronously, and a Distributed read uses one
+// replica per shard, so:
+//   - writes are synchronous (insert_distributed_sync) and reach every
+//     replica of their shard before they return (insert_quorum = the
+//     shard's replicas): a seal's record, written last, cannot be on a
+//     replica that lacks the seal's rows, and sealing waits while a replica
+//     is down (unsealed hours are read from the per-call rows meanwhile);
+//   - reads skip a replica more than a second behind on inserted parts and
+//     fail rather than fall back to it, so a seal never sums the calls of a
+//     replica still catching up (the pass is retried).
+func (s *Sealer) ctx(ctx context.Context) (context.Context, error) {
+	if !s.Topology.Clustered() {
+		return ctx, nil
 	}
-	return ctx
+	q, err := s.quorum(ctx)
+	if err != nil {
+		return ctx, err
+	}
+	return ch.Context(ctx, ch.WithSettings(ch.Settings{
+		"insert_distributed_sync":                            1,
+		"insert_quorum":                                      int(q),
+		"insert_quorum_timeout":                              60_000,
+		"max_replica_delay_for_distributed_queries":          1,
+		"fallback_to_stale_replicas_for_distributed_queries": 0,
+	})), nil
+}
+
+// quorum is the replica count of the cluster's smallest shard, read once.
+func (s *Sealer) quorum(ctx context.Context) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.replicas > 0 {
+		return s.replicas, nil
+	}
+	var n uint64
+	if err := s.Conn.QueryRow(ctx, ReplicasPerShardQuery(s.Topology.Cluster)).Scan(&n); err != nil {
+		return 0, fmt.Errorf("rollup: replicas per shard of cluster %s: %w", s.Topology.Cluster, err)
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("rollup: cluster %s is not in system.clusters of the server (remote_servers)", s.Topology.Cluster)
+	}
+	s.replicas = n
+	return n, nil
 }
 
 func (s *Sealer) exec(ctx context.Context, stmt string) error {
-	if err := s.Conn.Exec(s.ctx(ctx), WithDB(stmt, s.Database)); err != nil {
+	ctx, err := s.ctx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Conn.Exec(ctx, WithDB(stmt, s.Database)); err != nil {
 		return fmt.Errorf("%w\nstatement: %.300s", err, stmt)
 	}
 	return nil
@@ -211,7 +255,11 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
 	}
-	b, err := s.Conn.PrepareBatch(s.ctx(ctx), WithDB(InsertSeal, s.Database))
+	ctx, err := s.ctx(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := s.Conn.PrepareBatch(ctx, WithDB(InsertSeal, s.Database))
 	if err != nil {
 		return fmt.Errorf("record %d seals: %w", len(seals), err)
 	}
@@ -253,6 +301,12 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	now := s.now()
 	due := SealableBefore(now, s.sealAfter()).Unix()
 	res := PassResult{SealableBefore: unixUTC(due)}
+	// the pass's reads (seals, dirty marks, hours with calls) skip stale
+	// replicas too
+	ctx, err := s.ctx(ctx)
+	if err != nil {
+		return res, err
+	}
 	if s.watermark == 0 {
 		var first int64
 		var n uint64
@@ -321,9 +375,10 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 			return res, err
 		}
 		st.hours[h] = seal // clean unless marked within ClockSkew of its start: then sealed again next pass
+		// counted once sealed: a pass that fails midway reports what it did
 		res.HoursSealed++
 		if resealing[h] {
-			res.Resealed++ // counted once sealed: a pass cut short reports only what it did
+			res.Resealed++
 		}
 	}
 	if len(todo) > 0 || len(empty) > 0 {

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // NATSExpect is what a working deployment has in JetStream.
@@ -88,10 +91,15 @@ func streamResult(ctx context.Context, js jetstream.JetStream, name string, exp 
 	}
 	info := s.CachedInfo()
 	st := info.State
-	r := ok(label, "%d messages, %s, replicas %d", st.Msgs, bytesString(st.Bytes), info.Config.Replicas)
+	h := bus.ClassifyReplicas(info)
+	r := ok(label, "%d messages, %s, replicas %s", st.Msgs, bytesString(st.Bytes), h)
 	if info.Cluster != nil && info.Cluster.Leader == "" && info.Config.Replicas > 1 {
 		return fail(label, "the stream has no leader: check that a majority of its NATS servers are up (nats stream report)",
-			"no leader (replicas %d)", info.Config.Replicas), true
+			"no leader (replicas %s)", h), true
+	}
+	if !h.Healthy() {
+		return warn(label, "start the NATS server named (or check its routes); the stream keeps accepting and delivering while a majority of its replicas is current, and the server catches up when it is back",
+			"replica %s not current: %s", strings.Join(h.Degraded(), ", "), h), true
 	}
 	if name == exp.DeadLetters && st.Msgs > 0 {
 		return warn(label, "inspect them with `callpipe dlq ls` / `callpipe dlq show SEQ`, fix the cause, re-drive with `callpipe dlq retry SEQ`",

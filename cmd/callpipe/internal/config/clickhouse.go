@@ -2,6 +2,7 @@ package config
 
 import (
 	"net"
+	"strings"
 	"time"
 
 	"github.com/callpipe/callpipe/bus"
@@ -9,7 +10,7 @@ import (
 
 // ClickHouse configures the ClickHouse sink, `callpipe migrate` and the usage queries.
 type ClickHouse struct {
-	Addr     string `yaml:"addr" doc:"host:port of the native protocol"`
+	Addr     string `yaml:"addr" doc:"host:port of the native protocol; in a cluster a comma-separated list of servers, tried in order (the next one when a server is down)"`
 	Database string `yaml:"database" doc:"database name"`
 	User     string `yaml:"user" doc:"user"`
 	Password string `yaml:"password" secret:"true" doc:"password"`
@@ -74,13 +75,18 @@ func defaultClickHouse() ClickHouse {
 
 func (c *Config) validateClickHouse() []error {
 	ch := c.ClickHouse
-	_, port, err := net.SplitHostPort(ch.Addr)
+	addrOK := true
+	for _, a := range strings.Split(ch.Addr, ",") {
+		if _, port, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil || port == "" {
+			addrOK = false
+		}
+	}
 	days := func(key string, v int) error {
 		// DateTime ends in 2106: a longer TTL would overflow and expire everything
 		return checkKey(v >= 0 && v <= 7300, key, v, "must be 0 (keep forever) .. 7300 days")
 	}
 	return []error{
-		checkKey(ch.Addr == "" || err == nil && port != "", "clickhouse.addr", ch.Addr, "must be host:port"),
+		checkKey(ch.Addr == "" || addrOK, "clickhouse.addr", ch.Addr, "must be host:port, or a comma-separated list of host:port"),
 		checkKey(validIdent(ch.Database), "clickhouse.database", ch.Database, "must be letters, digits and underscores, not starting with a digit"),
 		checkKey(validIdent(replaceDash(ch.Consumer)), "clickhouse.consumer", ch.Consumer, "must be letters, digits, - and _"),
 		checkSubject(bus.StageClickHouse, "clickhouse.subject", ch.Subject),
