@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -189,7 +188,8 @@ func (b *batchBody) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF && !b.done {
 		b.done = true
-		b.t.finish(b.gzip)
+		// off the response path: the client has its last bytes already
+		go b.t.finish(b.gzip)
 	}
 	return n, err
 }
@@ -321,17 +321,9 @@ func (j batchJob) times() (start, end time.Time) {
 // and the line's custom_id, the same whenever the file is read.
 func batchCallID(job, customID string) string {
 	h := sha256.Sum256([]byte("batch\x00" + job + "\x00" + customID))
-	h[6] = h[6]&0x0f | 0x80
-	h[8] = h[8]&0x3f | 0x80
-	var s [36]byte
-	hex.Encode(s[0:8], h[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], h[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], h[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], h[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:], h[10:16])
-	return string(s[:])
+	var b [16]byte
+	copy(b[:], h[:16])
+	b[6] = b[6]&0x0f | 0x80
+	b[8] = b[8]&0x3f | 0x80
+	return uuidString(b)
 }

@@ -16,6 +16,11 @@ func newEventID() string {
 	b[3], b[4], b[5] = byte(ms>>16), byte(ms>>8), byte(ms)
 	b[6] = b[6]&0x0f | 0x70
 	b[8] = b[8]&0x3f | 0x80
+	return uuidString(b)
+}
+
+// uuidString is the canonical 8-4-4-4-12 hex form of a UUID.
+func uuidString(b [16]byte) string {
 	var s [36]byte
 	hex.Encode(s[0:8], b[0:4])
 	s[8] = '-'
