@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -120,4 +121,35 @@ func ClassifyReplicas(info *jetstream.StreamInfo) ReplicaHealth {
 		}
 	}
 	return h
+}
+
+// LogReplicas reports each stream's replicas after provisioning, giving
+// replicas of a stream just created or updated settle to become current
+// before it reports them as behind. A replicated stream with a replica
+// offline or behind still works, so it is a warning naming the server, not
+// an error.
+func LogReplicas(ctx context.Context, js jetstream.JetStream, settle time.Duration, log *slog.Logger) error {
+	for _, name := range Streams {
+		var h ReplicaHealth
+		var err error
+		for deadline := time.Now().Add(settle); ; {
+			if h, err = ReplicaHealthOf(ctx, js, name); err != nil {
+				return err
+			}
+			if h.Healthy() || time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+		if h.Healthy() {
+			log.Info("stream replicas", "stream", name, "replicas", h.String())
+			continue
+		}
+		log.Warn("stream replicas not all current", "stream", name, "replicas", h.String(), "not_current", strings.Join(h.Degraded(), ","))
+	}
+	return nil
 }

@@ -83,3 +83,13 @@ func TestCopyReplayHeaders(t *testing.T) {
 		t.Fatalf("ReplayMsgID = %q", got)
 	}
 }
+
+func TestStageDefaults(t *testing.T) {
+	s := StageOf(StageClickHouse)
+	stream, consumer, subject := "", "mine", ""
+	s.Defaults(&stream, &consumer, &subject)
+	if stream != s.Reads || consumer != "mine" || subject != s.Subject {
+		t.Errorf("defaults: %q %q %q", stream, consumer, subject)
+	}
+	s.Defaults(nil, &consumer, nil) // nil fields are left alone
+}

@@ -76,6 +76,19 @@ type Stage struct {
 	OnlyNamedReplays bool
 }
 
+// Defaults sets an empty stream, durable consumer name or filter subject
+// of a stage's configuration to the topology's; a nil one is left alone.
+func (s Stage) Defaults(stream, consumer, subject *string) {
+	for _, f := range [3]struct {
+		dst *string
+		v   string
+	}{{stream, s.Reads}, {consumer, s.Consumer}, {subject, s.Subject}} {
+		if f.dst != nil && *f.dst == "" {
+			*f.dst = f.v
+		}
+	}
+}
+
 // Stages is the pipeline, in flow order.
 var Stages = []Stage{
 	{Name: StageNormalize, Reads: CallsStream, Subject: CallsSubjectPrefix + ".>", Feeds: NormalizedStream, Consumer: "callpipe-normalize"},

@@ -87,12 +87,14 @@ func (p *Pending) Wait(ctx context.Context) (duplicate bool, err error) {
 
 // Subject is where an event is published: callpipe.calls.<source>.
 func Subject(ev *schema.Event) string {
-	src := ev.Source
-	if src == "" {
-		src = schema.SourceOnline
+	switch ev.Source {
+	case "", schema.SourceOnline:
+		return onlineSubject // the common case, without building it
 	}
-	return bus.CallsSubjectPrefix + "." + src
+	return bus.CallsSubjectPrefix + "." + ev.Source
 }
+
+var onlineSubject = bus.CallsSubjectPrefix + "." + schema.SourceOnline
 
 // Encode hashes the event's API key, validates it and returns the stream message.
 func Encode(ev *schema.Event) (*nats.Msg, error) {
@@ -106,12 +108,18 @@ func Encode(ev *schema.Event) (*nats.Msg, error) {
 // Message hashes the API key of an event that is already valid (as
 // schema.Decode returns it) and builds its stream message.
 func Message(ev *schema.Event) *nats.Msg {
+	return AppendMessage(make([]byte, 0, len(ev.Request)+len(ev.Response)+512), ev)
+}
+
+// AppendMessage is Message with the event encoded into buf[:0] (which the
+// message then owns until JetStream has acknowledged it).
+func AppendMessage(buf []byte, ev *schema.Event) *nats.Msg {
 	ev.RedactAPIKey()
-	msg := nats.NewMsg(Subject(ev))
-	msg.Data = schema.AppendEvent(make([]byte, 0, len(ev.Request)+len(ev.Response)+512), ev)
-	msg.Header.Set(bus.HeaderMsgID, ev.ID)
-	msg.Header.Set(bus.HeaderSchema, "1")
-	return msg
+	// both header values in one allocation; the keys are canonical already
+	vals := make([]string, 2)
+	vals[0], vals[1] = ev.ID, "1"
+	return &nats.Msg{Subject: Subject(ev), Data: schema.AppendEvent(buf[:0], ev),
+		Header: nats.Header{bus.HeaderMsgID: vals[0:1:1], bus.HeaderSchema: vals[1:2:2]}}
 }
 
 // PublishAsync applies the capture policy to ev and sends it without

@@ -22,31 +22,9 @@ import (
 // latency phase, CPU and peak RSS for each process, the raw limits and the
 // ratio computed from them. Speed is not asserted (benchmarks, not tests).
 func TestBenchCommand(t *testing.T) {
-	ch := harness.ClickHouse(t)
-	s3 := harness.S3(t)
-	redisAddr := harness.Redis(t)
-	harness.NATS(t) // the services are up; bench starts its own scratch nats-server
-	bin := testkit.Binary(t)
-	dir := t.TempDir()
-	jsonOut := filepath.Join(dir, "bench.json")
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
 	const events, size = 3000, 700
-	cmd := exec.CommandContext(ctx, bin, "bench", "--events", fmt.Sprint(events), "--size", fmt.Sprint(size),
-		"--clients", "2", "--batch", "250", "--latency", "3s", "--json", jsonOut, "--dir", dir)
-	cmd.Env = append(os.Environ(),
-		"CALLPIPE_CLICKHOUSE_ADDR="+ch.Native,
-		"CALLPIPE_S3_ENDPOINT="+s3.Endpoint,
-		"CALLPIPE_S3_ACCESS_KEY="+s3.AccessKey,
-		"CALLPIPE_S3_SECRET_KEY="+s3.SecretKey,
-		"CALLPIPE_S3_BUCKET=bench-it",
-		"CALLPIPE_REDIS_ADDR="+redisAddr,
-	)
-	out, err := cmd.CombinedOutput()
-	t.Logf("callpipe bench:\n%s", out)
-	if err != nil {
-		t.Fatalf("bench: %v", err)
-	}
+	b := runBench(t, "--events", fmt.Sprint(events), "--size", fmt.Sprint(size),
+		"--clients", "2", "--batch", "250", "--latency", "3s")
 	var r struct {
 		Events     int                `json:"events"`
 		EventBytes int                `json:"event_bytes"`
@@ -78,10 +56,6 @@ func TestBenchCommand(t *testing.T) {
 			Ops float64 `json:"jetstream_ops_per_call"`
 			CPU float64 `json:"cpu_us_per_call"`
 		} `json:"per_call_total"`
-	}
-	b, err := os.ReadFile(jsonOut)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatalf("bench JSON: %v\n%s", err, b)
@@ -139,4 +113,114 @@ func TestBenchCommand(t *testing.T) {
 	if r.MemoryLimit != "192MiB" {
 		t.Errorf("memory limit %q, want the default 192MiB", r.MemoryLimit)
 	}
+}
+
+// TestBenchProxyPhase runs `callpipe bench --events 0 --proxy` small, with a
+// baseline proxy (the same binary) in the same turns, and checks what it
+// reports: every path's requests answered, quantiles in order, the added
+// latency computed from the two paths, the proxies' CPU per request, and
+// every call the proxies answered visible in the usage API. Latency values
+// are not asserted (benchmarks, not tests).
+func TestBenchProxyPhase(t *testing.T) {
+	bin := testkit.Binary(t)
+	b := runBench(t, "--events", "0", "--proxy", "--proxy-rate", "100", "--proxy-clients", "2",
+		"--proxy-duration", "2s", "--proxy-slice", "500ms", "--proxy-baseline", bin)
+	type path struct {
+		Binary  string             `json:"binary"`
+		Latency map[string]float64 `json:"latency"`
+		Added   map[string]float64 `json:"added"`
+		CPU     float64            `json:"cpu_us_per_request"`
+		Allocs  float64            `json:"allocs_per_request"`
+		Errors  int                `json:"errors"`
+	}
+	var r struct {
+		Events int `json:"events"`
+		Proxy  *struct {
+			Rate     float64            `json:"rate_per_s"`
+			Clients  int                `json:"clients"`
+			Direct   map[string]float64 `json:"direct"`
+			Proxy    path               `json:"proxy"`
+			Baseline *path              `json:"baseline"`
+			Late     float64            `json:"late_share"`
+			Sent     int64              `json:"sent"`
+			Captured int64              `json:"captured"`
+		} `json:"proxy"`
+		Processes map[string]struct {
+			CPU float64 `json:"cpu_seconds"`
+		} `json:"processes"`
+		PerCall map[string]any `json:"per_call"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("bench JSON: %v\n%s", err, b)
+	}
+	p := r.Proxy
+	if r.Events != 0 || r.PerCall != nil || p == nil {
+		t.Fatalf("events %d, per-call costs %v, proxy %+v: want the proxy phase only", r.Events, r.PerCall, p)
+	}
+	if p.Rate != 100 || p.Clients != 2 || p.Late < 0 || p.Late > 1 {
+		t.Errorf("rate %v, clients %d, late share %v", p.Rate, p.Clients, p.Late)
+	}
+	ordered := func(name string, q map[string]float64) {
+		if q["count"] < 150 || q["p50_ms"] <= 0 || q["p50_ms"] > q["p90_ms"] || q["p90_ms"] > q["p99_ms"] || q["p99_ms"] > q["max_ms"] {
+			t.Errorf("%s: %v, want about 200 requests (100/s for 2 s) and p50 ≤ p90 ≤ p99 ≤ max", name, q)
+		}
+	}
+	ordered("direct", p.Direct)
+	for _, pp := range []*path{&p.Proxy, p.Baseline} {
+		if pp == nil {
+			t.Fatal("no baseline in the result")
+		}
+		ordered("proxy "+pp.Binary, pp.Latency)
+		for _, k := range []string{"p50_ms", "p90_ms", "p99_ms", "max_ms"} {
+			if want := pp.Latency[k] - p.Direct[k]; math.Abs(pp.Added[k]-want) > 1e-9 {
+				t.Errorf("proxy %s: added %s %v, want proxied − direct = %v", pp.Binary, k, pp.Added[k], want)
+			}
+		}
+		if pp.CPU <= 0 || pp.Allocs <= 0 || pp.Errors != 0 {
+			t.Errorf("proxy %s: CPU %v µs, %v allocs per request, %d errors", pp.Binary, pp.CPU, pp.Allocs, pp.Errors)
+		}
+	}
+	if p.Baseline.Binary != bin {
+		t.Errorf("baseline binary %q, want %q", p.Baseline.Binary, bin)
+	}
+	// warm-up and measured requests of both proxies, all answered
+	if min := int64(p.Proxy.Latency["count"] + p.Baseline.Latency["count"]); p.Sent < min || p.Captured != p.Sent {
+		t.Errorf("sent %d (at least %d), captured %d: every call a proxy answered must reach the usage API", p.Sent, min, p.Captured)
+	}
+	if u, ok := r.Processes["proxy"]; !ok || u.CPU <= 0 {
+		t.Errorf("process proxy: %+v (present %v)", u, ok)
+	}
+}
+
+// runBench runs `callpipe bench args...` against the test's ClickHouse,
+// MinIO and Redis (it starts its own nats-server) and returns its --json.
+func runBench(t *testing.T, args ...string) []byte {
+	t.Helper()
+	ch := harness.ClickHouse(t)
+	s3 := harness.S3(t)
+	redisAddr := harness.Redis(t)
+	harness.NATS(t) // the services are up; bench starts its own scratch nats-server
+	dir := t.TempDir()
+	jsonOut := filepath.Join(dir, "bench.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testkit.Binary(t), append(append([]string{"bench"}, args...), "--json", jsonOut, "--dir", dir)...)
+	cmd.Env = append(os.Environ(),
+		"CALLPIPE_CLICKHOUSE_ADDR="+ch.Native,
+		"CALLPIPE_S3_ENDPOINT="+s3.Endpoint,
+		"CALLPIPE_S3_ACCESS_KEY="+s3.AccessKey,
+		"CALLPIPE_S3_SECRET_KEY="+s3.SecretKey,
+		"CALLPIPE_S3_BUCKET=bench-it",
+		"CALLPIPE_REDIS_ADDR="+redisAddr,
+	)
+	out, err := cmd.CombinedOutput()
+	t.Logf("callpipe bench %v:\n%s", args, out)
+	if err != nil {
+		t.Fatalf("bench: %v", err)
+	}
+	b, err := os.ReadFile(jsonOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

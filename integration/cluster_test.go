@@ -34,11 +34,12 @@ import (
 // (build tag cluster; `go tool task test:cluster` starts and stops the stack):
 // a pipeline of separate processes (collector, 2 workers of each stage:
 // normalize, the ClickHouse, Langfuse and archive sinks) takes CALLPIPE_CLUSTER_CALLS calls
-// (default 50,000) spread over the last four hours, while the NATS server
+// (default 200,000, at 1,250 a second) spread over the last four hours, while the NATS server
 // leading CALLPIPE_CALLS is SIGKILLed and restarted, the first ClickHouse
-// server (the one every process talks to first) is stopped and restarted, a
+// server (the one every process talks to first) is stopped for 60 s and restarted, a
 // MinIO drive folder is deleted, and a worker of every stage is SIGKILLed
-// and restarted.
+// and restarted. It logs how long the restarted servers took to catch up and
+// what each role cost (CPU, peak memory).
 // Then: the usage API (sealed rollups for the past hours, after the rows of
 // replaced seals were deleted) equals ground truth per model, every call is once in ClickHouse (FINAL over the
 // Distributed table), both replicas of each shard agree, the call list is
@@ -65,7 +66,7 @@ func clusterEvent(dst []byte, run string, n int, base time.Time) []byte {
 }
 
 func TestClusterPipeline(t *testing.T) {
-	calls := 50_000
+	calls := 200_000
 	if v := os.Getenv("CALLPIPE_CLUSTER_CALLS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1000 {
@@ -80,20 +81,7 @@ func TestClusterPipeline(t *testing.T) {
 
 	// The stack is this suite's own: start from empty pipeline streams so
 	// that stream counts are this run's.
-	nc, err := nats.Connect(cl.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range bus.Streams {
-		if err := js.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			t.Fatalf("delete stream %s: %v", s, err)
-		}
-	}
+	js := clusterJetStream(ctx, t, cl, true)
 
 	run := strconv.FormatInt(time.Now().UnixNano()%1_000_000_000, 36)
 	db, bucket := "cluster_"+run, "cluster-"+run
@@ -162,18 +150,7 @@ func TestClusterPipeline(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defer func() {
-		for _, p := range procs {
-			p.mu.Lock()
-			if p.cmd != nil && p.cmd.ProcessState == nil {
-				_ = p.cmd.Process.Kill()
-			}
-			p.mu.Unlock()
-			if t.Failed() {
-				t.Logf("%s output (end):\n%s", p.name, testkit.Last(p.out.String(), 2500))
-			}
-		}
-	}()
+	defer reap(t, procs)
 	testkit.WaitHealthy(t, "http://"+collectAddr+"/readyz")
 
 	start := time.Now()
@@ -219,12 +196,12 @@ func TestClusterPipeline(t *testing.T) {
 	killerDone := make(chan struct{})
 	go func() {
 		defer close(killerDone)
-		once := map[int]string{3: "clickhouse-0", 6: "langfuse-1", 8: "archive-0"}
+		once := map[int]string{2: "clickhouse-0", 4: "langfuse-1", 6: "archive-0"}
 		for i := 0; ; i++ {
 			select {
 			case <-stopKiller:
 				return
-			case <-time.After(4 * time.Second):
+			case <-time.After(8 * time.Second):
 			}
 			names := []string{"normalize-" + strconv.Itoa(i%2)}
 			if s, ok := once[i]; ok {
@@ -279,13 +256,47 @@ func TestClusterPipeline(t *testing.T) {
 	}
 	cl.Node(t, "start", node)
 	t.Logf("fault: %s back at %s", node, time.Since(start).Round(time.Second))
+	natsBack := time.Now()
+	// how long the restarted server takes to be a current replica of every
+	// stream again
+	go func() {
+		for ctx.Err() == nil {
+			healthy := true
+			for _, s := range bus.Streams {
+				hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
+				h, err := bus.ReplicaHealthOf(hctx, js, s)
+				hcancel()
+				healthy = healthy && err == nil && h.Healthy()
+			}
+			if healthy {
+				t.Logf("recovery: %s a current replica of every stream %s after its restart", node, time.Since(natsBack).Round(100*time.Millisecond))
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
 	time.Sleep(2 * time.Second)
 	chNode := cl.CHNodes[0]
 	t.Logf("fault: stop %s (%s) at %s (sent %d)", chNode.Name, chNode.Native, time.Since(start).Round(time.Second), sent.Load())
 	cl.Node(t, "stop", chNode.Name)
-	time.Sleep(20 * time.Second)
+	time.Sleep(60 * time.Second)
 	cl.Node(t, "start", chNode.Name)
-	t.Logf("fault: %s back at %s", chNode.Name, time.Since(start).Round(time.Second))
+	t.Logf("fault: %s back at %s (sent %d)", chNode.Name, time.Since(start).Round(time.Second), sent.Load())
+	chBack := time.Now()
+	// how long the restarted replica takes to fetch the parts it missed
+	go func() {
+		c := openNode(t, chNode.Native)
+		defer c.Close()
+		for ctx.Err() == nil {
+			var queue, delay uint64
+			err := c.QueryRow(ctx, "SELECT toUInt64(sum(queue_size)), toUInt64(max(absolute_delay)) FROM system.replicas WHERE database = '"+db+"'").Scan(&queue, &delay)
+			if err == nil && queue == 0 && delay == 0 {
+				t.Logf("recovery: %s caught up (replication queue empty) %s after its restart", chNode.Name, time.Since(chBack).Round(100*time.Millisecond))
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
 
 	if err := <-sendErr; err != nil {
 		t.Fatal(err)
@@ -313,7 +324,7 @@ func TestClusterPipeline(t *testing.T) {
 		{bus.CallsStream, "callpipe-normalize"}, {bus.NormalizedStream, bus.StageOf(bus.StageClickHouse).Consumer},
 		{bus.NormalizedStream, "callpipe-langfuse"}, {bus.CallsStream, "callpipe-archive"},
 	}
-	testkit.WaitFor(t, 5*time.Minute, "every consumer drained", func() (bool, string) {
+	testkit.WaitFor(t, 10*time.Minute, "every consumer drained", func() (bool, string) {
 		var states []string
 		all := true
 		for _, c := range consumers {
@@ -323,7 +334,8 @@ func TestClusterPipeline(t *testing.T) {
 		}
 		return all, strings.Join(states, "; ")
 	})
-	t.Logf("drained at %s", time.Since(start).Round(time.Second))
+	t.Logf("drained at %s: %d calls in %s, %.0f calls/s end to end", time.Since(start).Round(time.Second), calls,
+		time.Since(start).Round(time.Second), float64(calls)/time.Since(start).Seconds())
 	// The past hours are sealed by the clickhouse stage (seal_after 2m).
 	testkit.WaitFor(t, 2*time.Minute, "the past hours sealed", func() (bool, string) {
 		st, err := callsdb.Status(ctx, conn, db, 2*time.Minute, time.Now())
@@ -353,6 +365,25 @@ func TestClusterPipeline(t *testing.T) {
 			t.Errorf("SIGTERM: %v", err)
 		}
 	}
+	// what each role cost, over all its runs (SIGKILLed ones included)
+	byRole := map[string][2]int64{}
+	var roles []string
+	for _, name := range order {
+		role, _, _ := strings.Cut(name, "-")
+		cpu, rss := procs[name].usage()
+		r, seen := byRole[role]
+		if !seen {
+			roles = append(roles, role)
+		}
+		byRole[role] = [2]int64{r[0] + int64(cpu), max(r[1], rss)}
+	}
+	costs := []string{fmt.Sprintf("%-10s %10s %12s %12s", "role", "cpu s", "µs/call", "peak RSS MB")}
+	for _, role := range roles {
+		r := byRole[role]
+		costs = append(costs, fmt.Sprintf("%-10s %10.1f %12.0f %12d", role, time.Duration(r[0]).Seconds(),
+			float64(r[0])/1e3/float64(calls), r[1]>>20))
+	}
+	t.Logf("callpipe processes (all replicas of a role together):\n%s", strings.Join(costs, "\n"))
 
 	report := []string{fmt.Sprintf("%-30s %12s %12s", "check", "want", "got")}
 	row := func(what string, want, got any) {
@@ -513,6 +544,41 @@ func TestClusterPipeline(t *testing.T) {
 	row("langfuse rejected/dropped", "0/0", fmt.Sprintf("%d/%d", rejected, dropped))
 	report = append(report, fmt.Sprintf("(run took %s)", time.Since(start).Round(time.Second)))
 	t.Logf("cluster suite ground truth:\n%s", strings.Join(report, "\n"))
+}
+
+// clusterJetStream connects to the cluster stack's NATS servers (closed
+// when the test ends); fresh deletes the pipeline's streams first.
+func clusterJetStream(ctx context.Context, t *testing.T, cl harness.ClusterStack, fresh bool) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(cl.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range bus.Streams {
+		if !fresh {
+			break
+		}
+		if err := js.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Fatalf("delete stream %s: %v", s, err)
+		}
+	}
+	return js
+}
+
+// ensureR3Streams makes the pipeline's streams as migrate does on the
+// cluster stack: three replicas each.
+func ensureR3Streams(ctx context.Context, t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	o := bus.DefaultStreamOptions()
+	o.Replicas = 3
+	if err := bus.EnsureStreams(ctx, js, o); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // streamLeader is the server name leading stream.

@@ -67,6 +67,19 @@ type proc struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
+	// CPU time and peak resident memory of every run of the process that
+	// ended (SIGKILLed ones too)
+	usageMu sync.Mutex
+	cpu     time.Duration
+	maxRSS  int64 // bytes
+}
+
+// usage is the CPU time of the process's ended runs and the largest peak
+// resident memory of one of them.
+func (p *proc) usage() (time.Duration, int64) {
+	p.usageMu.Lock()
+	defer p.usageMu.Unlock()
+	return p.cpu, p.maxRSS
 }
 
 func (p *proc) start(bin string) error {
@@ -79,7 +92,18 @@ func (p *proc) start(bin string) error {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
 	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
+	go func() {
+		_ = cmd.Wait()
+		if st := cmd.ProcessState; st != nil {
+			p.usageMu.Lock()
+			p.cpu += st.UserTime() + st.SystemTime()
+			if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+				p.maxRSS = max(p.maxRSS, ru.Maxrss<<10) // Linux reports kilobytes
+			}
+			p.usageMu.Unlock()
+		}
+		close(done)
+	}()
 	p.cmd, p.done = cmd, done
 	return nil
 }
@@ -106,6 +130,21 @@ func (p *proc) term(timeout time.Duration) error {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 		return fmt.Errorf("%s did not stop within %s of SIGTERM", p.name, timeout)
+	}
+}
+
+// reap kills the processes still running at the end of a test and, when
+// it failed, logs the end of each one's output.
+func reap(t *testing.T, procs map[string]*proc) {
+	for _, p := range procs {
+		p.mu.Lock()
+		if p.cmd != nil && p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+		}
+		p.mu.Unlock()
+		if t.Failed() {
+			t.Logf("%s output (end):\n%s", p.name, testkit.Last(p.out.String(), 2500))
+		}
 	}
 }
 
@@ -174,18 +213,7 @@ func TestFaultSuite(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defer func() {
-		for _, p := range procs {
-			p.mu.Lock()
-			if p.cmd != nil && p.cmd.ProcessState == nil {
-				_ = p.cmd.Process.Kill()
-			}
-			p.mu.Unlock()
-			if t.Failed() {
-				t.Logf("%s output (end):\n%s", p.name, testkit.Last(p.out.String(), 2500))
-			}
-		}
-	}()
+	defer reap(t, procs)
 	testkit.WaitHealthy(t, "http://"+collectAddr+"/readyz")
 
 	start := time.Now()

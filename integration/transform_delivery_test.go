@@ -135,14 +135,20 @@ func TestTransformReplayHeaders(t *testing.T) {
 				n++
 				md, _ := m.Metadata()
 				seq = md.Sequence.Stream + 1
-				var c struct {
-					ID string `json:"id"`
+				items, err := bus.Items(m.Headers(), m.Data())
+				if err != nil {
+					t.Fatalf("record %d: %v", md.Sequence.Stream, err)
 				}
-				if json.Unmarshal(m.Data(), &c) != nil || c.ID != id {
-					continue
+				for _, it := range items {
+					var c struct {
+						ID string `json:"id"`
+					}
+					if json.Unmarshal(it, &c) != nil || c.ID != id {
+						continue
+					}
+					h := m.Headers()
+					out = append(out, rec{h.Get(jetstream.MsgIDHeader), h.Get(bus.HeaderReplay), h.Get(bus.HeaderSinks)})
 				}
-				h := m.Headers()
-				out = append(out, rec{h.Get(jetstream.MsgIDHeader), h.Get(bus.HeaderReplay), h.Get(bus.HeaderSinks)})
 			}
 			if n == 0 {
 				break

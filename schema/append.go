@@ -15,46 +15,32 @@ import (
 // value in a Call is valid JSON already (built by the normalizer or
 // validated by Decode), so it is copied as it is.
 func AppendCall(buf []byte, c *Call) []byte {
-	buf = append(buf, `{"id":`...)
-	buf = AppendJSONString(buf, c.ID)
-	buf = append(buf, `,"trace_id":`...)
-	buf = AppendJSONString(buf, c.TraceID)
+	buf = appendString(buf, `{"id":`, c.ID)
+	buf = appendString(buf, `,"trace_id":`, c.TraceID)
 	if c.SessionID != "" {
-		buf = append(buf, `,"session_id":`...)
-		buf = AppendJSONString(buf, c.SessionID)
+		buf = appendString(buf, `,"session_id":`, c.SessionID)
 	}
-	buf = append(buf, `,"start_time":`...)
-	buf = appendTime(buf, c.StartTime)
-	buf = append(buf, `,"end_time":`...)
-	buf = appendTime(buf, c.EndTime)
+	buf = appendTimeField(buf, `,"start_time":`, c.StartTime)
+	buf = appendTimeField(buf, `,"end_time":`, c.EndTime)
 	if c.FirstTokenTime != nil {
-		buf = append(buf, `,"first_token_time":`...)
-		buf = appendTime(buf, *c.FirstTokenTime)
+		buf = appendTimeField(buf, `,"first_token_time":`, *c.FirstTokenTime)
 	}
-	buf = append(buf, `,"latency_ms":`...)
-	buf = strconv.AppendInt(buf, c.LatencyMS, 10)
+	buf = appendInt(buf, `,"latency_ms":`, c.LatencyMS)
 	if c.TTFTMS != nil {
-		buf = append(buf, `,"ttft_ms":`...)
-		buf = strconv.AppendInt(buf, *c.TTFTMS, 10)
+		buf = appendInt(buf, `,"ttft_ms":`, *c.TTFTMS)
 	}
-	buf = append(buf, `,"endpoint":`...)
-	buf = AppendJSONString(buf, c.Endpoint)
-	buf = append(buf, `,"kind":`...)
-	buf = AppendJSONString(buf, c.Kind)
-	buf = append(buf, `,"model":`...)
-	buf = AppendJSONString(buf, c.Model)
+	buf = appendString(buf, `,"endpoint":`, c.Endpoint)
+	buf = appendString(buf, `,"kind":`, c.Kind)
+	buf = appendString(buf, `,"model":`, c.Model)
 	buf = appendOptString(buf, `,"instance":`, c.Instance)
-	buf = append(buf, `,"user_id":`...)
-	buf = AppendJSONString(buf, c.UserID)
-	buf = append(buf, `,"user_source":`...)
-	buf = AppendJSONString(buf, c.UserSource)
+	buf = appendString(buf, `,"user_id":`, c.UserID)
+	buf = appendString(buf, `,"user_source":`, c.UserSource)
 	buf = appendOptString(buf, `,"api_key_hash":`, c.APIKeyHash)
 	buf = appendOptString(buf, `,"api_key_prefix":`, c.APIKeyPrefix)
 	if c.Stream {
 		buf = append(buf, `,"stream":true`...)
 	}
-	buf = append(buf, `,"status":`...)
-	buf = strconv.AppendInt(buf, int64(c.Status), 10)
+	buf = appendInt(buf, `,"status":`, int64(c.Status))
 	buf = appendOptString(buf, `,"error":`, c.Error)
 	buf = appendOptString(buf, `,"finish_reason":`, c.FinishReason)
 	buf = appendOptString(buf, `,"input_text":`, c.InputText)
@@ -62,22 +48,17 @@ func AppendCall(buf []byte, c *Call) []byte {
 	buf = appendRaw(buf, `,"input":`, c.Input)
 	buf = appendRaw(buf, `,"output":`, c.Output)
 	buf = appendRawMap(buf, `,"model_parameters":`, c.ModelParameters)
-	buf = append(buf, `,"input_tokens":`...)
-	buf = strconv.AppendInt(buf, c.InputTokens, 10)
-	buf = append(buf, `,"output_tokens":`...)
-	buf = strconv.AppendInt(buf, c.OutputTokens, 10)
-	buf = append(buf, `,"total_tokens":`...)
-	buf = strconv.AppendInt(buf, c.TotalTokens, 10)
-	buf = append(buf, `,"usage_source":`...)
-	buf = AppendJSONString(buf, c.UsageSource)
+	buf = appendInt(buf, `,"input_tokens":`, c.InputTokens)
+	buf = appendInt(buf, `,"output_tokens":`, c.OutputTokens)
+	buf = appendInt(buf, `,"total_tokens":`, c.TotalTokens)
+	buf = appendString(buf, `,"usage_source":`, c.UsageSource)
 	if c.CostUSD != nil {
 		buf = append(buf, `,"cost_usd":`...)
 		buf = appendFloat(buf, *c.CostUSD)
 	}
 	buf = appendRawMap(buf, `,"metadata":`, c.Metadata)
 	buf = appendStrings(buf, `,"tags":`, c.Tags)
-	buf = append(buf, `,"source":`...)
-	buf = AppendJSONString(buf, c.Source)
+	buf = appendString(buf, `,"source":`, c.Source)
 	buf = appendOptString(buf, `,"batch_id":`, c.BatchID)
 	buf = appendCapture(buf, c.Capture)
 	return append(buf, '}')
@@ -87,24 +68,18 @@ func AppendCall(buf []byte, c *Call) []byte {
 // as json.Marshal(ev) (TestAppendEventMatchesMarshal). Raw values are copied
 // as they are, so ev must hold valid JSON in them (schema.Decode ensures it).
 func AppendEvent(buf []byte, ev *Event) []byte {
-	buf = append(buf, `{"id":`...)
-	buf = AppendJSONString(buf, ev.ID)
+	buf = appendString(buf, `{"id":`, ev.ID)
 	buf = appendOptString(buf, `,"trace_id":`, ev.TraceID)
 	buf = appendOptString(buf, `,"session_id":`, ev.SessionID)
-	buf = append(buf, `,"start_time":`...)
-	buf = appendTime(buf, ev.StartTime)
+	buf = appendTimeField(buf, `,"start_time":`, ev.StartTime)
 	if ev.EndTime != nil {
-		buf = append(buf, `,"end_time":`...)
-		buf = appendTime(buf, *ev.EndTime)
+		buf = appendTimeField(buf, `,"end_time":`, *ev.EndTime)
 	}
 	if ev.FirstTokenTime != nil {
-		buf = append(buf, `,"first_token_time":`...)
-		buf = appendTime(buf, *ev.FirstTokenTime)
+		buf = appendTimeField(buf, `,"first_token_time":`, *ev.FirstTokenTime)
 	}
-	buf = append(buf, `,"endpoint":`...)
-	buf = AppendJSONString(buf, ev.Endpoint)
-	buf = append(buf, `,"model":`...)
-	buf = AppendJSONString(buf, ev.Model)
+	buf = appendString(buf, `,"endpoint":`, ev.Endpoint)
+	buf = appendString(buf, `,"model":`, ev.Model)
 	buf = appendOptString(buf, `,"instance":`, ev.Instance)
 	buf = appendOptString(buf, `,"user":`, ev.User)
 	buf = appendOptString(buf, `,"api_key":`, ev.APIKey)
@@ -116,8 +91,7 @@ func AppendEvent(buf []byte, ev *Event) []byte {
 		buf = append(buf, `,"stream":true`...)
 	}
 	if ev.Status != 0 {
-		buf = append(buf, `,"status":`...)
-		buf = strconv.AppendInt(buf, int64(ev.Status), 10)
+		buf = appendInt(buf, `,"status":`, int64(ev.Status))
 	}
 	buf = appendOptString(buf, `,"error":`, ev.Error)
 	if u := ev.Usage; u != nil {
@@ -153,8 +127,7 @@ func appendCapture(buf []byte, c *Capture) []byte {
 	if c == nil {
 		return buf
 	}
-	buf = append(buf, `,"capture":{"mode":`...)
-	buf = AppendJSONString(buf, c.Mode)
+	buf = appendString(buf, `,"capture":{"mode":`, c.Mode)
 	buf = appendOptString(buf, `,"mask_set":`, c.MaskSet)
 	if c.Counted {
 		buf = append(buf, `,"counted":true`...)
@@ -181,7 +154,20 @@ func appendOptString(buf []byte, key, s string) []byte {
 	if s == "" {
 		return buf
 	}
-	return AppendJSONString(append(buf, key...), s)
+	return appendString(buf, key, s)
+}
+
+// appendString appends key and s as a JSON string.
+func appendString(buf []byte, key, s string) []byte { return AppendJSONString(append(buf, key...), s) }
+
+// appendInt appends key and v.
+func appendInt(buf []byte, key string, v int64) []byte {
+	return strconv.AppendInt(append(buf, key...), v, 10)
+}
+
+// appendTimeField appends key and t as appendTime writes it.
+func appendTimeField(buf []byte, key string, t time.Time) []byte {
+	return appendTime(append(buf, key...), t)
 }
 
 func appendRaw(buf []byte, key string, raw json.RawMessage) []byte {
@@ -254,6 +240,13 @@ func AppendJSONString(buf []byte, s string) []byte {
 	buf = append(buf, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		// Plain ASCII, the bulk of any text, is skipped 8 bytes at a time.
+		for i+8 <= len(s) && !needsEscape(load64(s, i)) {
+			i += 8
+		}
+		if i >= len(s) {
+			break
+		}
 		b := s[i]
 		if b < utf8.RuneSelf {
 			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
@@ -270,6 +263,10 @@ func AppendJSONString(buf []byte, s string) []byte {
 				buf = append(buf, '\\', 'r')
 			case '\t':
 				buf = append(buf, '\\', 't')
+			case '\b':
+				buf = append(buf, '\\', 'b')
+			case '\f':
+				buf = append(buf, '\\', 'f')
 			default:
 				buf = append(buf, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xF])
 			}
@@ -296,4 +293,24 @@ func AppendJSONString(buf []byte, s string) []byte {
 	}
 	buf = append(buf, s[start:]...)
 	return append(buf, '"')
+}
+
+// load64 reads s[i:i+8] as a little-endian word (the compiler merges the
+// byte loads into one).
+func load64(s string, i int) uint64 {
+	s = s[i : i+8]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+}
+
+// needsEscape reports whether any of the 8 bytes in x is one AppendJSONString
+// must look at: a control character, '"', '\\', '<', '>', '&' or a byte of a
+// multi-byte (or invalid) UTF-8 sequence. Each term is the exact "has a zero
+// byte" test; x&lanes80 catches bytes >= 0x80, and with them every case where
+// the "less than 0x20" term could be wrong.
+func needsEscape(x uint64) bool {
+	zero := func(v uint64) uint64 { return (v - lanes01) &^ v }
+	q, bs := x^(lanes01*'"'), x^(lanes01*'\\')
+	lt, gt, amp := x^(lanes01*'<'), x^(lanes01*'>'), x^(lanes01*'&')
+	return (zero(q)|zero(bs)|zero(lt)|zero(gt)|zero(amp)|(x-lanes01*0x20)&^x|x)&lanes80 != 0
 }

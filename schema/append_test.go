@@ -51,3 +51,41 @@ func TestAppendEventMatchesMarshal(t *testing.T) {
 		t.Fatalf("only %d valid fixtures checked", checked)
 	}
 }
+
+// AppendJSONString must write exactly what encoding/json writes for every
+// string, whichever byte falls at whichever place of its 8-byte words: each
+// byte value is tried at every offset of a 24-byte plain text, alone and
+// next to a multi-byte character, an invalid byte and U+2028.
+func TestAppendJSONStringMatchesMarshal(t *testing.T) {
+	const plain = "abcdefghijklmnopqrstuvwx"
+	check := func(s string) {
+		t.Helper()
+		want, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendJSONString([]byte("x"), s); string(got[1:]) != string(want) {
+			t.Fatalf("AppendJSONString(%q) = %s, want %s", s, got[1:], want)
+		}
+	}
+	for _, extra := range []string{"", "é", "\xff", "\u2028", "日本", "\u2029z"} {
+		for c := 0; c < 256; c++ {
+			for at := 0; at <= len(plain); at++ {
+				check(plain[:at] + string([]byte{byte(c)}) + extra + plain[at:])
+			}
+		}
+	}
+	check("")
+	check("<script>&amp;</script>\n\t\r\"\\")
+}
+
+func FuzzAppendJSONString(f *testing.F) {
+	f.Add("plain text of some length, more than eight bytes")
+	f.Add("a\"b\\c<d>e&f\x00g\u2028h\xffi日本")
+	f.Fuzz(func(t *testing.T, s string) {
+		want, _ := json.Marshal(s)
+		if got := AppendJSONString(nil, s); string(got) != string(want) {
+			t.Fatalf("AppendJSONString(%q) = %s, want %s", s, got, want)
+		}
+	})
+}

@@ -203,15 +203,10 @@ func (d *decoder) event(e *Event) {
 		d.pos++
 	} else {
 		for {
-			if d.peek() != '"' {
-				d.unexpectedKey()
+			key, ok := d.memberKey()
+			if !ok {
 				return
 			}
-			key, ok := d.key()
-			if !ok || !d.expect(':', "':'") {
-				return
-			}
-			d.skipWS()
 			f := lookupField(key)
 			switch {
 			case f < 0:
@@ -227,16 +222,11 @@ func (d *decoder) event(e *Event) {
 			if d.fatal != nil {
 				return
 			}
-			d.skipWS()
-			if d.peek() == ',' {
-				d.pos++
-				d.skipWS()
-				continue
-			}
-			if !d.expect('}', "',' or '}'") {
+			if more, ok := d.next('}'); !ok {
 				return
+			} else if !more {
+				break
 			}
-			break
 		}
 	}
 	d.trailing()
@@ -331,55 +321,74 @@ func (d *decoder) field(e *Event, f int) {
 	}
 }
 
-// capture decodes the capture object; its mode must be a known one.
-func (d *decoder) capture() *Capture {
+// open steps into the object or array (opening '{' or '[') of field f at
+// path: open is false for null (absent) and for another kind of value (an
+// error naming want); empty reports that it was closed at once.
+func (d *decoder) open(f int, path string, opening byte, want string) (open, empty bool) {
 	if d.null() {
-		return nil
+		return false, false
 	}
-	if d.peek() != '{' {
-		d.mismatch(fCapture, "capture", "an object")
-		return nil
+	if d.peek() != opening {
+		d.mismatch(f, path, want)
+		return false, false
 	}
 	d.pos++
-	c := &d.blk.capture
-	var seen uint8
 	d.skipWS()
-	if d.peek() == '}' {
+	if c := d.peek(); (opening == '{' && c == '}') || (opening == '[' && c == ']') {
 		d.pos++
+		return true, true
+	}
+	return true, false
+}
+
+// nestedKey is the index of key among keys, the members of the object at
+// path in field f, and marks it seen; an unknown or repeated key is recorded
+// as an error and its value skipped (-1).
+func (d *decoder) nestedKey(f int, path string, key []byte, keys []string, seen *uint8) int {
+	i := -1
+	for j, k := range keys {
+		if string(key) == k {
+			i = j
+			break
+		}
+	}
+	switch {
+	case i < 0:
+		d.errs.add(f, path+"."+truncField(string(key)), "unknown field")
+	case *seen&(1<<i) != 0:
+		d.errs.add(f, path+"."+keys[i], "duplicate key")
+		i = -1
+	default:
+		*seen |= 1 << i
+		return i
+	}
+	d.skipValue(2)
+	return -1
+}
+
+// captureKeys are the members of the capture object.
+var captureKeys = [3]string{"mode", "mask_set", "counted"}
+
+// capture decodes the capture object; its mode must be a known one.
+func (d *decoder) capture() *Capture {
+	open, empty := d.open(fCapture, "capture", '{', "an object")
+	if empty {
 		d.errs.add(fCapture, "capture.mode", "required")
+	}
+	if !open || empty {
 		return nil
 	}
+	c := &d.blk.capture
+	var seen uint8
 	for {
-		if d.peek() != '"' {
-			d.unexpectedKey()
+		key, ok := d.memberKey()
+		if !ok {
 			return nil
 		}
-		key, ok := d.key()
-		if !ok || !d.expect(':', "':'") {
-			return nil
-		}
-		d.skipWS()
-		i := -1
-		switch string(key) {
-		case "mode":
-			i = 0
-		case "mask_set":
-			i = 1
-		case "counted":
-			i = 2
-		}
-		switch {
-		case i < 0:
-			d.errs.add(fCapture, "capture."+truncField(string(key)), "unknown field")
-			d.skipValue(2)
-		case seen&(1<<i) != 0:
-			d.errs.add(fCapture, "capture."+string(key), "duplicate key")
-			d.skipValue(2)
-		case i == 0:
-			seen |= 1 << i
+		switch d.nestedKey(fCapture, "capture", key, captureKeys[:], &seen) {
+		case 0:
 			c.Mode = d.captureMode()
-		case i == 1:
-			seen |= 1 << i
+		case 1:
 			if d.null() {
 			} else if d.peek() != '"' {
 				d.mismatch(fCapture, "capture.mask_set", "a string")
@@ -387,8 +396,7 @@ func (d *decoder) capture() *Capture {
 				d.strs[d.nstrs] = strRef{&c.MaskSet, s}
 				d.nstrs++
 			}
-		default:
-			seen |= 1 << i
+		case 2:
 			if b := d.peek(); b != 't' && b != 'f' && b != 'n' {
 				d.mismatch(fCapture, "capture.counted", "a boolean")
 			} else {
@@ -398,14 +406,10 @@ func (d *decoder) capture() *Capture {
 		if d.fatal != nil {
 			return nil
 		}
-		d.skipWS()
-		if d.peek() == ',' {
-			d.pos++
-			d.skipWS()
-			continue
-		}
-		if !d.expect('}', "',' or '}'") {
+		if more, ok := d.next('}'); !ok {
 			return nil
+		} else if more {
+			continue
 		}
 		if seen&1 == 0 {
 			d.errs.add(fCapture, "capture.mode", "required")
@@ -633,52 +637,27 @@ func truncLit(lit []byte) string {
 	return string(lit)
 }
 
-var usageNames = [3]string{"usage.prompt_tokens", "usage.completion_tokens", "usage.total_tokens"}
+var (
+	usageKeys  = [3]string{"prompt_tokens", "completion_tokens", "total_tokens"}
+	usageNames = [3]string{"usage.prompt_tokens", "usage.completion_tokens", "usage.total_tokens"}
+)
 
 func (d *decoder) usage() *Usage {
-	if d.null() {
+	open, empty := d.open(fUsage, "usage", '{', "an object")
+	if !open {
 		return nil
 	}
-	if d.peek() != '{' {
-		d.mismatch(fUsage, "usage", "an object")
-		return nil
-	}
-	d.pos++
 	u := &d.blk.usage
-	var seen uint8
-	d.skipWS()
-	if d.peek() == '}' {
-		d.pos++
+	if empty {
 		return u
 	}
+	var seen uint8
 	for {
-		if d.peek() != '"' {
-			d.unexpectedKey()
+		key, ok := d.memberKey()
+		if !ok {
 			return nil
 		}
-		key, ok := d.key()
-		if !ok || !d.expect(':', "':'") {
-			return nil
-		}
-		d.skipWS()
-		i := -1
-		switch string(key) {
-		case "prompt_tokens":
-			i = 0
-		case "completion_tokens":
-			i = 1
-		case "total_tokens":
-			i = 2
-		}
-		switch {
-		case i < 0:
-			d.errs.add(fUsage, "usage."+truncField(string(key)), "unknown field")
-			d.skipValue(2)
-		case seen&(1<<i) != 0:
-			d.errs.add(fUsage, usageNames[i], "duplicate key")
-			d.skipValue(2)
-		default:
-			seen |= 1 << i
+		if i := d.nestedKey(fUsage, "usage", key, usageKeys[:], &seen); i >= 0 {
 			p := d.tokens(usageNames[i], &d.blk.tokens[i])
 			switch i {
 			case 0:
@@ -692,14 +671,10 @@ func (d *decoder) usage() *Usage {
 		if d.fatal != nil {
 			return nil
 		}
-		d.skipWS()
-		if d.peek() == ',' {
-			d.pos++
-			d.skipWS()
-			continue
-		}
-		if !d.expect('}', "',' or '}'") {
+		if more, ok := d.next('}'); !ok {
 			return nil
+		} else if more {
+			continue
 		}
 		return u
 	}
@@ -739,17 +714,7 @@ func (d *decoder) tokens(path string, dst *int64) *int64 {
 // reports duplicate keys and overflowing numbers, in document order. An
 // empty object is absent, as with omitempty.
 func (d *decoder) metadata() {
-	if d.null() {
-		return
-	}
-	if d.peek() != '{' {
-		d.mismatch(fMetadata, "metadata", "an object")
-		return
-	}
-	d.pos++
-	d.skipWS()
-	if d.peek() == '}' {
-		d.pos++
+	if open, empty := d.open(fMetadata, "metadata", '{', "an object"); !open || empty {
 		return
 	}
 	for {
@@ -767,31 +732,16 @@ func (d *decoder) metadata() {
 			return
 		}
 		d.meta = append(d.meta, metaRef{k, v, overflow})
-		d.skipWS()
-		if d.peek() == ',' {
-			d.pos++
-			d.skipWS()
-			continue
+		if more, _ := d.next('}'); !more {
+			return
 		}
-		d.expect('}', "',' or '}'")
-		return
 	}
 }
 
 // tagList scans the tags array into d.tags. An empty array is absent, as
 // with omitempty.
 func (d *decoder) tagList() {
-	if d.null() {
-		return
-	}
-	if d.peek() != '[' {
-		d.mismatch(fTags, "tags", "an array of strings")
-		return
-	}
-	d.pos++
-	d.skipWS()
-	if d.peek() == ']' {
-		d.pos++
+	if open, empty := d.open(fTags, "tags", '[', "an array of strings"); !open || empty {
 		return
 	}
 	for i := 0; ; i++ {
@@ -805,13 +755,8 @@ func (d *decoder) tagList() {
 		if d.fatal != nil {
 			return
 		}
-		d.skipWS()
-		if d.peek() == ',' {
-			d.pos++
-			d.skipWS()
-			continue
+		if more, _ := d.next(']'); !more {
+			return
 		}
-		d.expect(']', "',' or ']'")
-		return
 	}
 }

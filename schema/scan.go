@@ -73,6 +73,38 @@ func (d *decoder) unexpectedKey() {
 	}
 }
 
+// memberKey scans an object member's key, its ':' and the white space
+// before the value. The key aliases data unless it has escapes.
+func (d *decoder) memberKey() ([]byte, bool) {
+	if d.peek() != '"' {
+		d.unexpectedKey()
+		return nil, false
+	}
+	key, ok := d.key()
+	if !ok || !d.expect(':', "':'") {
+		return nil, false
+	}
+	d.skipWS()
+	return key, true
+}
+
+// next steps over the ',' after a member (close '}') or an element (close
+// ']') and reports whether another one follows; after the last one it
+// consumes close. ok is false after a syntax error.
+func (d *decoder) next(close byte) (more, ok bool) {
+	d.skipWS()
+	if d.peek() == ',' {
+		d.pos++
+		d.skipWS()
+		return true, true
+	}
+	want := "',' or '}'"
+	if close == ']' {
+		want = "',' or ']'"
+	}
+	return false, d.expect(close, want)
+}
+
 func (d *decoder) trailing() {
 	d.skipWS()
 	if d.pos < len(d.data) {
@@ -312,16 +344,11 @@ func (d *decoder) skipValue(depth int) string {
 			if d.skipValue(depth + 1); d.fatal != nil {
 				return ""
 			}
-			d.skipWS()
-			if d.peek() == ',' {
-				d.pos++
-				d.skipWS()
-				continue
-			}
-			if !d.expect('}', "',' or '}'") {
+			if more, ok := d.next('}'); !ok {
 				return ""
+			} else if !more {
+				return "object"
 			}
-			return "object"
 		}
 	case '[':
 		d.pos++
@@ -334,16 +361,11 @@ func (d *decoder) skipValue(depth int) string {
 			if d.skipValue(depth + 1); d.fatal != nil {
 				return ""
 			}
-			d.skipWS()
-			if d.peek() == ',' {
-				d.pos++
-				d.skipWS()
-				continue
-			}
-			if !d.expect(']', "',' or ']'") {
+			if more, ok := d.next(']'); !ok {
 				return ""
+			} else if !more {
+				return "array"
 			}
-			return "array"
 		}
 	case '"':
 		d.scanString()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
-	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,9 +24,9 @@ type batcher struct {
 	publish            func(*nats.Msg) (jetstream.PubAckFuture, error)
 	q                  chan<- pending
 	open               map[string]*openBatch
-	keys               []string // open batches in the order they were opened
-	lastLen            int      // bytes of the last batch sent
-	bodies             *sync.Pool
+	keys               []string    // open batches in the order they were opened
+	lastLen            int         // bytes of the last batch sent
+	bodies             chan []byte // settled batch buffers (Worker.bodies); nil: none
 }
 
 type openBatch struct {
@@ -36,6 +35,7 @@ type openBatch struct {
 	body    []byte
 	ids     []string
 	msgs    []jetstream.Msg
+	has     map[string]struct{} // ids, to store a call once per batch
 }
 
 // add appends call, normalized from raw message msg, to its open batch.
@@ -48,9 +48,15 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 	}
 	ob := b.open[key]
 	if ob == nil {
-		ob = &openBatch{subject: subject, raw: h, body: b.newBody()}
+		ob = &openBatch{subject: subject, raw: h, body: b.newBody(), has: make(map[string]struct{})}
 		b.open[key] = ob
 		b.keys = append(b.keys, key)
+	}
+	if _, dup := ob.has[call.ID]; dup {
+		// the same call again (a replay re-sent, a redelivery): its raw
+		// message is settled with the batch, the call is stored once
+		ob.msgs = append(ob.msgs, msg)
+		return
 	}
 	start := len(ob.body)
 	if start > 0 {
@@ -73,6 +79,7 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 		b.send(ob)
 		ob.body = next
 	}
+	ob.has[call.ID] = struct{}{}
 	ob.ids = append(ob.ids, call.ID)
 	ob.msgs = append(ob.msgs, msg)
 	if len(ob.msgs) >= b.maxCalls || len(ob.body) >= b.maxBytes {
@@ -103,6 +110,7 @@ func (b *batcher) send(ob *openBatch) {
 	b.q <- pending{msgs: ob.msgs, fut: fut, pubErr: err, body: ob.body}
 	ob.body = b.newBody()
 	ob.ids, ob.msgs = nil, nil
+	clear(ob.has)
 }
 
 // newBody is a batch's buffer, sized from the last batch sent: under load
@@ -111,10 +119,12 @@ func (b *batcher) send(ob *openBatch) {
 // or two and get a small buffer.
 func (b *batcher) newBody() []byte {
 	want := min(max(b.lastLen+b.lastLen/4, 16<<10), b.maxBytes+b.maxBytes/8)
-	if b.bodies != nil {
-		if p, ok := b.bodies.Get().(*[]byte); ok && cap(*p) >= want && cap(*p) <= 2*want {
-			return (*p)[:0]
+	select {
+	case p := <-b.bodies:
+		if cap(p) >= want && cap(p) <= 2*want {
+			return p[:0]
 		}
+	default:
 	}
 	return make([]byte, 0, want)
 }

@@ -183,3 +183,52 @@ func TestBatcherBufferSize(t *testing.T) {
 		t.Fatalf("buffer of %d bytes after a full batch of %d", cap(ob.body), full)
 	}
 }
+
+// The same call twice in one batch (a replay re-sent after a crash, a
+// redelivery) is stored once, and both raw messages are settled with it.
+func TestBatcherStoresACallOncePerBatch(t *testing.T) {
+	q := make(chan pending, 10)
+	var sent []*nats.Msg
+	b := &batcher{maxCalls: 256, maxBytes: 1 << 20, q: q, open: map[string]*openBatch{},
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) { sent = append(sent, m); return nil, nil }}
+	calls := normalizeN(t, 2, benchChatEvent)
+	b.add(calls[0], &fakeMsg{hdr: nats.Header{}})
+	b.add(calls[0], &fakeMsg{hdr: nats.Header{}})
+	b.add(calls[1], &fakeMsg{hdr: nats.Header{}})
+	b.flush()
+	ps := drainPending(q)
+	if len(sent) != 1 || len(ps) != 1 {
+		t.Fatalf("%d messages, %d pendings; want 1", len(sent), len(ps))
+	}
+	items, err := bus.Items(sent[0].Header, sent[0].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 2 || len(ps[0].msgs) != 3 {
+		t.Fatalf("%d calls stored, %d raw messages settled; want 2 and 3", len(items), len(ps[0].msgs))
+	}
+	if got, want := sent[0].Header.Get(bus.HeaderMsgID), bus.BatchMsgID([]string{calls[0].ID, calls[1].ID}); got != want {
+		t.Fatalf("Nats-Msg-Id %q, want %q (of the distinct calls)", got, want)
+	}
+}
+
+// A batch buffer handed back on the free list is the next batch's buffer
+// (emptied) when its size fits; one far larger than the batches now being
+// sent is dropped, and the batcher works without a free list.
+func TestBatcherReusesFreeBuffers(t *testing.T) {
+	free := make(chan []byte, 2)
+	b := &batcher{maxCalls: 256, maxBytes: 1 << 20, bodies: free}
+	spare := make([]byte, 5, 20<<10)
+	free <- spare
+	if got := b.newBody(); cap(got) != cap(spare) || len(got) != 0 || &got[:1][0] != &spare[0] {
+		t.Fatalf("free buffer not reused: len %d cap %d", len(got), cap(got))
+	}
+	free <- make([]byte, 0, 8<<20)
+	if got := b.newBody(); cap(got) >= 8<<20 {
+		t.Fatalf("a buffer of %d bytes reused for batches of 16 KB", cap(got))
+	}
+	b.bodies = nil
+	if got := b.newBody(); cap(got) < 16<<10 {
+		t.Fatalf("new buffer of %d bytes", cap(got))
+	}
+}

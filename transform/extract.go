@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
+	"unsafe"
 
 	sjson "github.com/segmentio/encoding/json"
 
@@ -32,13 +34,15 @@ type extracted struct {
 // ---- request ----
 
 type toolCall struct {
-	Index    *int   `json:"index,omitempty"`
-	ID       string `json:"id,omitempty"`
-	Type     string `json:"type,omitempty"`
-	Function struct {
-		Name      string          `json:"name"`
-		Arguments json.RawMessage `json:"arguments"`
-	} `json:"function"`
+	Index    *int         `json:"index,omitempty"`
+	ID       string       `json:"id,omitempty"`
+	Type     string       `json:"type,omitempty"`
+	Function callFunction `json:"function"`
+}
+
+type callFunction struct {
+	Name      string          `json:"name"`
+	Arguments json.RawMessage `json:"arguments"`
 }
 
 type reqMessage struct {
@@ -84,12 +88,16 @@ type reqDoc struct {
 	TopN                json.RawMessage `json:"top_n"`
 	ReturnDocuments     json.RawMessage `json:"return_documents"`
 	Language            json.RawMessage `json:"language"`
-	Tools               []struct {
-		Name     string `json:"name"` // anthropic
-		Function struct {
-			Name string `json:"name"`
-		} `json:"function"`
-	} `json:"tools"`
+	Tools               []reqTool       `json:"tools"`
+}
+
+type reqTool struct {
+	Name     string       `json:"name"` // anthropic
+	Function toolFunction `json:"function"`
+}
+
+type toolFunction struct {
+	Name string `json:"name"`
 }
 
 func (r *reqDoc) modelParameters() map[string]json.RawMessage {
@@ -160,21 +168,11 @@ type rawUsage struct {
 }
 
 type respDoc struct {
-	Object  string       `json:"object"`
-	Choices []respChoice `json:"choices"`
-	Data    []struct {
-		Embedding json.RawMessage `json:"embedding"`
-		URL       string          `json:"url"`
-		B64JSON   json.RawMessage `json:"b64_json"`
-	} `json:"data"`
-	Results []struct {
-		Index          int             `json:"index"`
-		RelevanceScore float64         `json:"relevance_score"`
-		Document       json.RawMessage `json:"document"`
-	} `json:"results"`
-	Meta *struct {
-		Tokens *rawUsage `json:"tokens"`
-	} `json:"meta"`
+	Object     string          `json:"object"`
+	Choices    []respChoice    `json:"choices"`
+	Data       []respData      `json:"data"`
+	Results    []respResult    `json:"results"`
+	Meta       *respMeta       `json:"meta"`
 	Usage      *rawUsage       `json:"usage"`
 	Text       *string         `json:"text"`
 	Content    json.RawMessage `json:"content"` // anthropic
@@ -186,41 +184,120 @@ type respDoc struct {
 	Bytes       *int64 `json:"bytes"`
 }
 
+type respData struct {
+	Embedding json.RawMessage `json:"embedding"`
+	URL       string          `json:"url"`
+	B64JSON   json.RawMessage `json:"b64_json"`
+}
+
+type respResult struct {
+	Index          int             `json:"index"`
+	RelevanceScore float64         `json:"relevance_score"`
+	Document       json.RawMessage `json:"document"`
+}
+
+type respMeta struct {
+	Tokens *rawUsage `json:"tokens"`
+}
+
 // extract reads the text, structure and parameters of a call from its
 // request and response bodies. Bodies it cannot parse are ignored.
 func extract(kind string, reqRaw, respRaw json.RawMessage) extracted {
 	x := extracted{usage: usageCounts{-1, -1, -1}, hasOutputTokens: kind == schema.KindChat || kind == schema.KindCompletion}
-	var req reqDoc
-	if len(reqRaw) > 0 && reqRaw[0] == '{' && unmarshal(reqRaw, &req) == nil {
+	d := docPool.Get().(*docs)
+	defer docPool.Put(d)
+	req := &d.req
+	*req = reqDoc{}
+	if len(reqRaw) > 0 && reqRaw[0] == '{' && decodeRequest(reqRaw, req, d.msgs) {
 		x.params = req.modelParameters()
-		x.request(kind, &req)
+		x.request(kind, req)
+		if cap(req.Messages) > cap(d.msgs) {
+			d.msgs = req.Messages[:0]
+		}
 	}
 	if len(respRaw) == 0 {
 		return x
 	}
-	var resp respDoc
+	resp := &d.resp
+	*resp = respDoc{}
 	switch respRaw[0] {
 	case '{':
-		if unmarshal(respRaw, &resp) != nil {
+		if !decodeResponse(respRaw, resp) {
 			return x
 		}
 	case '[': // a streamed response captured as its list of chunks
-		var chunks []respDoc
-		if unmarshal(respRaw, &chunks) != nil {
+		chunks, ok := decodeChunks(respRaw)
+		if !ok {
 			return x
 		}
-		resp = mergeChunks(chunks)
+		*resp = mergeChunks(chunks)
 	default:
 		return x
 	}
-	x.response(kind, &resp, respRaw)
+	x.response(kind, resp, respRaw)
 	return x
+}
+
+// docs are the decoded bodies of one extract, reused: they are large
+// structs that would otherwise be allocated for every call. Nothing of
+// them outlives extract (strings and raw values point into the bodies).
+type docs struct {
+	req  reqDoc
+	resp respDoc
+	msgs []reqMessage // req.Messages' array, kept for the next call
+}
+
+// decodeRequest decodes a request body into r (zeroed) with the binder,
+// or when it gives up with unmarshal; false: the body is not a request.
+func decodeRequest(raw json.RawMessage, r *reqDoc, msgBuf []reqMessage) bool {
+	d := fastDoc{Binder: schema.NewBinder(raw), msgBuf: msgBuf}
+	if d.request(r) {
+		return true
+	}
+	*r = reqDoc{}
+	return unmarshal(raw, r) == nil
+}
+
+// decodeResponse is decodeRequest for a response body.
+func decodeResponse(raw json.RawMessage, r *respDoc) bool {
+	d := fastDoc{Binder: schema.NewBinder(raw)}
+	if d.response(0, r) {
+		return true
+	}
+	*r = respDoc{}
+	return unmarshal(raw, r) == nil
+}
+
+// decodeChunks is decodeRequest for a streamed response's chunks.
+func decodeChunks(raw json.RawMessage) ([]respDoc, bool) {
+	d := fastDoc{Binder: schema.NewBinder(raw)}
+	if chunks, ok := d.chunks(); ok {
+		return chunks, true
+	}
+	var chunks []respDoc
+	return chunks, unmarshal(raw, &chunks) == nil
+}
+
+var docPool = sync.Pool{New: func() any { return new(docs) }}
+
+// quotedLen is the length of raw when it is a JSON string, else 0: the
+// size of the text it holds, at most, for sizing a text buffer.
+func quotedLen(raw json.RawMessage) int {
+	if len(raw) > 0 && raw[0] == '"' {
+		return len(raw)
+	}
+	return 0
 }
 
 func (x *extracted) request(kind string, r *reqDoc) {
 	switch {
 	case len(r.Messages) > 0 || len(r.System) > 0:
 		var text strings.Builder
+		size := quotedLen(r.System)
+		for i := range r.Messages {
+			size += quotedLen(r.Messages[i].Content) + 1
+		}
+		text.Grow(size)
 		msgs := make([]outMessage, 0, len(r.Messages)+1)
 		if len(r.System) > 0 && !isNull(r.System) {
 			content, t := contentOf(r.System)
@@ -247,7 +324,7 @@ func (x *extracted) request(kind string, r *reqDoc) {
 		}
 		x.inputText = text.String()
 		x.inputMessages = len(msgs)
-		x.input = mustJSON(msgs)
+		x.input = appendMessages(make([]byte, 0, size+48*len(msgs)), msgs)
 	case kind == schema.KindRerank || (len(r.Query) > 0 && r.Documents != nil):
 		q := stringOf(r.Query)
 		docs := make([]string, 0, len(r.Documents))
@@ -289,7 +366,7 @@ func (x *extracted) response(kind string, r *respDoc, raw json.RawMessage) {
 		content, text, calls := anthropicOutput(r.Content)
 		x.outputText = text
 		x.finishReason = r.StopReason
-		x.output = mustJSON(outMessage{Role: "assistant", Content: content, ToolCalls: calls})
+		x.output = appendOutMessage(nil, &outMessage{Role: "assistant", Content: content, ToolCalls: calls})
 	case len(r.Results) > 0:
 		type result struct {
 			Index          int     `json:"index"`
@@ -349,7 +426,29 @@ func (x *extracted) response(kind string, r *respDoc, raw json.RawMessage) {
 
 func (x *extracted) choices(choices []respChoice) {
 	var text strings.Builder
-	outs := make([]json.RawMessage, 0, len(choices))
+	size := 0
+	for i := range choices {
+		switch ch := &choices[i]; {
+		case ch.Text != nil:
+			size += len(*ch.Text) + 1
+		case ch.Message != nil:
+			size += quotedLen(ch.Message.Content) + 1
+		case ch.Delta != nil:
+			size += quotedLen(ch.Delta.Content) + 1
+		}
+	}
+	text.Grow(size)
+	// The outputs are written as a JSON array; one output is sent without
+	// the brackets (out[1:]).
+	out := make([]byte, 1, size+64*len(choices))
+	out[0] = '['
+	outs := 0
+	next := func() {
+		if outs > 0 {
+			out = append(out, ',')
+		}
+		outs++
+	}
 	for _, ch := range choices {
 		if ch.FinishReason != nil && x.finishReason == "" {
 			x.finishReason = *ch.FinishReason
@@ -359,7 +458,8 @@ func (x *extracted) choices(choices []respChoice) {
 		}
 		if ch.Text != nil && ch.Message == nil { // completion
 			text.WriteString(*ch.Text)
-			outs = append(outs, mustJSON(*ch.Text))
+			next()
+			out = schema.AppendJSONString(out, *ch.Text)
 			continue
 		}
 		m := ch.Message
@@ -388,15 +488,16 @@ func (x *extracted) choices(choices []respChoice) {
 			}
 			text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
 		}
-		outs = append(outs, mustJSON(om))
+		next()
+		out = appendOutMessage(out, &om)
 	}
 	x.outputText = text.String()
-	switch len(outs) {
+	switch outs {
 	case 0:
 	case 1:
-		x.output = outs[0]
+		x.output = out[1:]
 	default:
-		x.output = mustJSON(outs)
+		x.output = append(out, ']')
 	}
 }
 
@@ -523,6 +624,75 @@ type outMessage struct {
 	Name             string        `json:"name,omitempty"`
 	ToolCalls        []outToolCall `json:"tool_calls,omitempty"`
 	ToolCallID       string        `json:"tool_call_id,omitempty"`
+}
+
+// appendMessages appends msgs as json.Marshal does, without reflection.
+func appendMessages(b []byte, msgs []outMessage) []byte {
+	b = append(b, '[')
+	for i := range msgs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendOutMessage(b, &msgs[i])
+	}
+	return append(b, ']')
+}
+
+// appendOutMessage appends m as json.Marshal does (TestAppendOutMessage):
+// the hot path of every chat call, where reflection cost more than the
+// rest of building the message.
+func appendOutMessage(b []byte, m *outMessage) []byte {
+	b = append(b, `{"role":`...)
+	b = schema.AppendJSONString(b, m.Role)
+	switch c := m.Content.(type) {
+	case nil:
+	case string:
+		b = append(b, `,"content":`...)
+		b = schema.AppendJSONString(b, c)
+	default: // parts: rare, and maps need sorted keys
+		enc := mustJSON(c)
+		if enc == nil {
+			enc = json.RawMessage("null")
+		}
+		b = append(b, `,"content":`...)
+		b = append(b, enc...)
+	}
+	if m.ReasoningContent != "" {
+		b = append(b, `,"reasoning_content":`...)
+		b = schema.AppendJSONString(b, m.ReasoningContent)
+	}
+	if m.Name != "" {
+		b = append(b, `,"name":`...)
+		b = schema.AppendJSONString(b, m.Name)
+	}
+	if len(m.ToolCalls) > 0 {
+		b = append(b, `,"tool_calls":[`...)
+		for i := range m.ToolCalls {
+			tc := &m.ToolCalls[i]
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '{')
+			if tc.ID != "" {
+				b = append(b, `"id":`...)
+				b = schema.AppendJSONString(b, tc.ID)
+				b = append(b, ',')
+			}
+			b = append(b, `"type":`...)
+			b = schema.AppendJSONString(b, tc.Type)
+			b = append(b, `,"function":{"name":`...)
+			b = schema.AppendJSONString(b, tc.Function.Name)
+			b = append(b, `,"arguments":`...)
+			b = schema.AppendJSONString(b, tc.Function.Arguments)
+			b = append(b, "}}"...)
+		}
+		b = append(b, ']')
+	}
+	if m.ToolCallID != "" {
+		b = append(b, `,"tool_call_id":`...)
+		b = schema.AppendJSONString(b, m.ToolCallID)
+	}
+	return append(b, '}')
 }
 
 func outToolCallOf(tc toolCall) outToolCall {
@@ -711,9 +881,15 @@ func stringOf(raw json.RawMessage) string {
 	if len(raw) == 0 || raw[0] != '"' {
 		return ""
 	}
-	// fast path: no escapes
-	if bytes.IndexByte(raw[1:len(raw)-1], '\\') < 0 {
-		return string(raw[1 : len(raw)-1])
+	// fast path: no escapes. The string shares raw's bytes instead of
+	// copying them: raw is part of a body no one writes to (the event's
+	// request or response, or JSON built here), and the call's texts that
+	// point into it live no longer than the event.
+	if inner := raw[1 : len(raw)-1]; bytes.IndexByte(inner, '\\') < 0 {
+		if len(inner) == 0 {
+			return ""
+		}
+		return unsafe.String(&inner[0], len(inner))
 	}
 	var s string
 	if json.Unmarshal(raw, &s) != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"regexp"
@@ -210,4 +211,37 @@ func WatchPrices(ctx context.Context, kv jetstream.KeyValue, live *LivePrices, l
 			log.Info("prices: stored table in effect", "revision", e.Revision(), "models", len(f.Models))
 		}
 	}
+}
+
+// PricesInEffect is the table normalize stages price calls with now: the
+// one stored in kv, else configured.
+func PricesInEffect(ctx context.Context, kv jetstream.KeyValue, configured PriceTable) (PriceTable, error) {
+	live := NewLivePrices(configured)
+	stored, ok, err := GetPrices(ctx, kv)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		st, err := stored.Compile()
+		if err != nil {
+			return nil, fmt.Errorf("stored prices: %w", err)
+		}
+		live.Set(st)
+	}
+	return live.Table(), nil
+}
+
+// ReadPriceFile reads a price table as `callpipe prices set` takes it: the
+// JSON of PriceFile, no unknown fields, every pattern and price valid.
+func ReadPriceFile(r io.Reader) (PriceFile, error) {
+	var f PriceFile
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return f, fmt.Errorf("not a price table (%v); see `callpipe prices print`", err)
+	}
+	if _, err := f.Compile(); err != nil {
+		return f, err
+	}
+	return f, nil
 }

@@ -82,3 +82,18 @@ func TestLivePrices(t *testing.T) {
 		t.Fatalf("after removal: %v", fmtCost(c))
 	}
 }
+
+func TestReadPriceFile(t *testing.T) {
+	if f, err := ReadPriceFile(strings.NewReader(`{"models":[{"modelName":"x","matchPattern":"(?i)^x$","inputPrice":1e-6,"outputPrice":2e-6}]}`)); err != nil || len(f.Models) != 1 {
+		t.Fatalf("valid table: %+v %v", f, err)
+	}
+	for name, in := range map[string]string{
+		"not json":      `{`,
+		"unknown field": `{"models":[],"currency":"EUR"}`,
+		"bad pattern":   `{"models":[{"modelName":"x","matchPattern":"(","inputPrice":1}]}`,
+	} {
+		if _, err := ReadPriceFile(strings.NewReader(in)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

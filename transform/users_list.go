@@ -1,9 +1,12 @@
 package transform
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/callpipe/callpipe/internal/textout"
@@ -33,4 +36,28 @@ func WriteUsers(w io.Writer, recs []UserRecord, asJSON bool) error {
 func (r *UserResolver) UserOf(ctx context.Context, ev *schema.Event) string {
 	u, _ := r.Resolve(ctx, ev.User, ev.APIKeyHash)
 	return u
+}
+
+// ReadAPIKey is the first line of r, without surrounding white space; more
+// non-blank lines are refused (one key per file).
+func ReadAPIKey(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(io.LimitReader(r, 64<<10))
+	var key string
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "":
+		case key == "":
+			key = line
+		default:
+			return "", errors.New("holds more than one line: give one key")
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	if key == "" {
+		return "", errors.New("is empty")
+	}
+	return key, nil
 }

@@ -37,12 +37,7 @@ type WorkerOptions struct {
 }
 
 func (o *WorkerOptions) defaults() {
-	if o.Consumer == "" {
-		o.Consumer = stage.Consumer
-	}
-	if o.FilterSubject == "" {
-		o.FilterSubject = stage.Subject
-	}
+	stage.Defaults(nil, &o.Consumer, &o.FilterSubject)
 	if o.Concurrency <= 0 {
 		o.Concurrency = runtime.GOMAXPROCS(0)
 	}
@@ -92,7 +87,11 @@ type Worker struct {
 	// batchBytes bounds a batched record message: bus.MaxBatchBytes, less
 	// on a server with a smaller max_payload.
 	batchBytes int
-	bodies     sync.Pool // *[]byte: record batch buffers whose publish is settled
+	// bodies are record batch buffers whose publish is settled, for the
+	// next batches: a free list rather than a sync.Pool, which every GC
+	// empties (under load several times a second), so that batches of half
+	// a megabyte were allocated and zeroed again and again.
+	bodies chan []byte
 }
 
 // NewWorker creates or updates the durable consumer. Streams must exist
@@ -113,7 +112,7 @@ func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOption
 	if mp := int(nc.MaxPayload()); mp > 0 {
 		batchBytes = min(batchBytes, mp-mp/8)
 	}
-	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons, batchBytes: batchBytes}, nil
+	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons, batchBytes: batchBytes, bodies: make(chan []byte, 4*o.Concurrency)}, nil
 }
 
 // ConsumerConfig is the durable consumer of the normalize stage.
@@ -186,8 +185,10 @@ func (w *Worker) pipeline(ctx context.Context) error {
 				held.remove(m)
 			}
 			if p.body != nil {
-				b := p.body[:0]
-				w.bodies.Put(&b)
+				select {
+				case w.bodies <- p.body[:0]:
+				default: // enough spare buffers
+				}
 			}
 		}
 	}()
@@ -206,7 +207,7 @@ func (w *Worker) pipeline(ctx context.Context) error {
 	}()
 	defer func() { close(q); <-done; close(keepAlive) }()
 
-	b := &batcher{maxCalls: bus.MaxBatchCalls, maxBytes: w.batchBytes, q: q, open: map[string]*openBatch{}, bodies: &w.bodies,
+	b := &batcher{maxCalls: bus.MaxBatchCalls, maxBytes: w.batchBytes, q: q, open: map[string]*openBatch{}, bodies: w.bodies,
 		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) {
 			return w.js.PublishMsgAsync(m, jetstream.WithExpectStream(stage.Feeds))
 		}}

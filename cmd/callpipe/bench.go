@@ -3,20 +3,25 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/config"
+	"github.com/callpipe/callpipe/internal/fleet"
+	"github.com/callpipe/callpipe/store/callsdb"
 	"github.com/callpipe/callpipe/store/rawarchive"
 	"github.com/callpipe/callpipe/tools/bench"
+	"github.com/callpipe/callpipe/tools/bench/usagebench"
 )
-
-func init() { registerCommand(newBenchCommand) }
 
 // newBenchCommand is `callpipe bench` (package bench does the work).
 func newBenchCommand(a *app) *cobra.Command {
 	var o bench.Options
+	var po bench.ProxyOptions
+	var proxyPhase bool
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure end-to-end throughput, latency, CPU and memory of the pipeline, and the raw limits it runs on",
@@ -24,12 +29,14 @@ func newBenchCommand(a *app) *cobra.Command {
 			"Langfuse receiver, so it never touches production data; ClickHouse, MinIO and Redis come from the configuration.\n" +
 			"Phase 1 sends --events events of --size bytes through the collector as fast as it accepts them and times each\n" +
 			"stage; phase 2 sends at half the measured rate for --latency and measures accept → visible in the usage API;\n" +
-			"phase 3 measures JetStream publish+consume and ClickHouse insert of the same data with nothing else running.",
+			"phase 3 measures JetStream publish+consume and ClickHouse insert of the same data with nothing else running.\n" +
+			"--proxy adds a phase (the only one with --events 0): the demo's Xinference stand-in is called at a fixed rate,\n" +
+			"in turns straight and through a `callpipe proxy` publishing to the running pipeline, and the latency the proxy\n" +
+			"adds (p50/p90/p99) and its CPU per request are reported.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := a.load(cmd, nil)
-			if err != nil {
-				return err
+		RunE: a.runE(nil, func(cmd *cobra.Command, cfg *config.Config, _ *slog.Logger) error {
+			if proxyPhase {
+				o.Proxy = &po
 			}
 			if err := o.Check(); err != nil {
 				return fmt.Errorf("%w: %w", errUsage, err)
@@ -37,18 +44,18 @@ func newBenchCommand(a *app) *cobra.Command {
 			if o.Dir == "" {
 				o.Dir = filepath.Join(cfg.Paths.StateDir, "bench")
 			}
-			oc, err := clickhouseOutputConfig(cfg)
+			db, err := cfg.CallsDB()
 			if err != nil {
 				return err
 			}
 			consumers := map[string]bench.Consumer{}
-			for name, c := range pipelineConsumers(cfg) {
+			for name, c := range cfg.Consumers() {
 				consumers[name] = bench.Consumer{Stream: c.Stream, Name: c.Name}
 			}
 			return bench.Run(cmd.Context(), o, bench.Env{
-				ConfigFile: a.configFile, ClickHouse: oc, ClickHouseBatch: cfg.ClickHouse.BatchSize, Consumers: consumers,
+				ConfigFile: a.configFile, ClickHouse: cfg.ClickHouse.Output(db), ClickHouseBatch: cfg.ClickHouse.BatchSize, Consumers: consumers,
 				EnsureBucket: func(ctx context.Context) error {
-					s3, err := newS3(cfg, 0)
+					s3, err := cfg.S3Client(0)
 					if err != nil {
 						return err
 					}
@@ -56,7 +63,7 @@ func newBenchCommand(a *app) *cobra.Command {
 				},
 				Out: cmd.OutOrStdout(),
 			})
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.Events, "events", 100000, "events in the throughput phase")
@@ -71,6 +78,77 @@ func newBenchCommand(a *app) *cobra.Command {
 	f.BoolVar(&o.SkipRaw, "skip-raw", false, "skip the raw-limit measurements")
 	f.BoolVar(&o.Keep, "keep", false, "keep the scratch ClickHouse database")
 	f.StringVar(&o.MemoryLimit, "memory-limit", "192MiB", "GOMEMLIMIT of every callpipe process, as a deployment sets it from the container's memory limit (empty: none)")
+	f.IntVar(&o.ProfileSeconds, "profile-seconds", 0, "save a CPU profile of every role for the first N seconds of the throughput phase to <dir>/<role>.cpu.pprof (0: none)")
+	f.BoolVar(&proxyPhase, "proxy", false, "also measure the latency the capture proxy adds (--events 0: only that)")
+	f.IntVar(&po.Rate, "proxy-rate", 500, "requests/s of the proxy phase, on each path (open loop)")
+	f.IntVar(&po.Clients, "proxy-clients", 8, "concurrent clients of the proxy phase")
+	f.DurationVar(&po.Duration, "proxy-duration", 20*time.Second, "measured time of the proxy phase on each path")
+	f.DurationVar(&po.Slice, "proxy-slice", 2*time.Second, "the two paths take turns in slices this long")
+	f.StringVar(&po.Baseline, "proxy-baseline", "", "another callpipe binary (an older build) whose proxy is measured in the same turns, for a before/after")
+	f.BoolVar(&po.Pprof, "proxy-pprof", false, "save a CPU profile of the proxy during the phase and its allocations to <dir>/proxy.cpu.pprof, proxy.allocs.pprof")
 	cmd.AddCommand(newBenchUsageCommand(a))
+	return cmd
+}
+
+// newBenchUsageCommand is `callpipe bench usage`: the usage overview and the
+// call list at scale (package bench/usagebench does the work).
+func newBenchUsageCommand(a *app) *cobra.Command {
+	var o usagebench.Options
+	var jsonOut string
+	cmd := &cobra.Command{
+		Use:   "usage [--calls N]",
+		Short: "Measure the usage overview, the call list and rollup sealing over N synthetic calls in a scratch ClickHouse database",
+		Long: "bench usage bulk-loads --calls synthetic calls spread over the last --days days (--dup-percent of them stored twice,\n" +
+			"as redelivery does) into a scratch database callpipe_bench_usage_<random> of the configured ClickHouse, seals\n" +
+			"every hour of them (as `rollup rebuild` does) and reports the sealing rate, then times each usage overview shape\n" +
+			"the dashboard sends (UTC and America/New_York) and the call list's first and next page, --repeat times each,\n" +
+			"with the server's peak memory per query from system.query_log. With --live-hours the overview shapes run again\n" +
+			"with the last hours read from the per-call rows, as the hours inside the redelivery horizon are.\n" +
+			"The scratch database is dropped at the end unless --keep. Targets are reported, never enforced.",
+		Args: cobra.NoArgs,
+		RunE: a.runE(nil, func(cmd *cobra.Command, cfg *config.Config, _ *slog.Logger) error {
+			if o.Calls < 1 || o.Days < 1 || o.Models < 1 || o.Users < 1 || o.DupPercent < 0 || o.DupPercent > 100 || o.Repeat < 1 || o.LiveHours < 0 {
+				return fmt.Errorf("%w: need --calls, --days, --models, --users, --repeat >= 1, --live-hours >= 0 and 0 <= --dup-percent <= 100", errUsage)
+			}
+			o.Reuse = o.Database != ""
+			oc, err := cfg.RequireCallsDB("required")
+			if err != nil {
+				return err
+			}
+			if oc.Topology.Clustered() {
+				return fmt.Errorf("%w: bench usage loads a single server's scratch database; clickhouse.cluster must be empty", errUsage)
+			}
+			conn, err := callsdb.Open(cmd.Context(), oc)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			o.SealAfter, o.Out = cfg.SealAfter(), cmd.OutOrStdout()
+			rep, err := usagebench.Run(cmd.Context(), conn, o)
+			if rep != nil && err == nil {
+				rep.Print(cmd.OutOrStdout())
+			}
+			if rep != nil && jsonOut != "" {
+				if werr := fleet.WriteJSON(jsonOut, rep); werr != nil && err == nil {
+					err = werr
+				}
+			}
+			return err
+		}),
+	}
+	f := cmd.Flags()
+	f.Uint64Var(&o.Calls, "calls", 10_000_000, "distinct synthetic calls to load")
+	f.IntVar(&o.Days, "days", 30, "the calls start evenly over this many days up to now; the overview range is as long")
+	f.IntVar(&o.Models, "models", 12, "distinct models")
+	f.IntVar(&o.Users, "users", 2000, "distinct users (skewed: a few heavy ones, a long tail)")
+	f.IntVar(&o.DupPercent, "dup-percent", 2, "percent of the calls stored twice")
+	f.Uint64Var(&o.Seed, "seed", 1, "seed of the synthetic calls")
+	f.IntVar(&o.Repeat, "repeat", 5, "runs of each query shape (min, median and max are reported)")
+	f.IntVar(&o.LiveHours, "live-hours", 2, "also time the overview with the last N hours read per call (0: skip)")
+	f.Uint64Var(&o.ChunkCalls, "chunk", 5_000_000, "calls per load statement")
+	f.DurationVar(&o.QueryTimeout, "query-timeout", 2*time.Minute, "a timed query running longer is killed and reported as failed")
+	f.BoolVar(&o.Keep, "keep", false, "keep the scratch database")
+	f.StringVar(&o.Database, "reuse", "", "measure the database an earlier run kept (--keep) instead of loading and sealing a new one")
+	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
 	return cmd
 }

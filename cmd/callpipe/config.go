@@ -1,29 +1,26 @@
 package main
 
 import (
+	"log/slog"
+
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/config"
 )
 
 func newConfigCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{Use: "config", Short: "Show the configuration"}
-	cmd.AddCommand(&cobra.Command{
+	return group("config", "Show the configuration", &cobra.Command{
 		Use:   "print",
 		Short: "Print the effective configuration (file, environment and flags applied) with secrets masked",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := a.load(cmd, nil)
-			if err != nil {
-				return err
-			}
+		RunE: a.runE(nil, func(cmd *cobra.Command, cfg *config.Config, _ *slog.Logger) error {
 			out, err := cfg.Masked().YAML()
 			if err != nil {
 				return err
 			}
 			_, err = cmd.OutOrStdout().Write(out)
 			return err
-		},
+		}),
 	}, &cobra.Command{
 		Use:   "example",
 		Short: "Print a commented configuration file with every key and its default",
@@ -33,5 +30,4 @@ func newConfigCommand(a *app) *cobra.Command {
 			return err
 		},
 	})
-	return cmd
 }

@@ -2,15 +2,15 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/tools/demo"
 )
-
-func init() { registerCommand(newDemoCommand) }
 
 // newDemoCommand is `callpipe demo` (package demo does the work).
 func newDemoCommand(a *app) *cobra.Command {
@@ -23,22 +23,18 @@ func newDemoCommand(a *app) *cobra.Command {
 			"the proxy with a built-in Xinference (or --upstream), sends --calls calls and waits until the usage API shows\n" +
 			"them all. It then keeps running until Ctrl-C (or exits with --exit): 0 when every call arrived, 1 otherwise.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := a.load(cmd, nil)
-			if err != nil {
-				return err
-			}
+		RunE: a.runE(nil, func(cmd *cobra.Command, cfg *config.Config, _ *slog.Logger) error {
 			if o.Calls <= 0 {
 				return fmt.Errorf("%w: --calls must be positive", errUsage)
 			}
 			if o.Dir == "" {
 				o.Dir = filepath.Join(cfg.Paths.StateDir, "demo")
 			}
-			s3, err := newS3(cfg, 0)
+			s3, err := cfg.S3Client(0)
 			if err != nil {
 				return err
 			}
-			rdb, err := newRedis(cfg, 0)
+			rdb, err := cfg.RedisClient(0)
 			if err != nil {
 				return err
 			}
@@ -50,9 +46,9 @@ func newDemoCommand(a *app) *cobra.Command {
 				ArchiveStage: archiveStage, LangfuseHost: cfg.Langfuse.Host,
 				S3: s3, Bucket: cfg.S3.Bucket, Region: cfg.S3.Region, Endpoint: cfg.S3.Endpoint, ArchivePrefix: cfg.Archive.Prefix,
 				Redis: rdb, UserKeyPrefix: cfg.Transform.UserKeyPrefix,
-				Out: cmd.OutOrStdout(), ExamplePrices: examplePrices(cfg.Transform.Prices, o.Upstream),
+				Out: cmd.OutOrStdout(), ExamplePrices: demo.ExamplePrices(cfg.Transform.Prices, o.Upstream),
 			})
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.Calls, "calls", 2000, "calls to send through the proxy")
@@ -66,13 +62,4 @@ func newDemoCommand(a *app) *cobra.Command {
 	f.DurationVar(&o.WaitTimeout, "wait", 2*time.Minute, "how long to wait for every call to reach the usage API")
 	f.Uint64Var(&o.Seed, "seed", uint64(time.Now().UnixNano()), "workload seed")
 	return cmd
-}
-
-// examplePrices are made-up prices (USD per 1M tokens) for the built-in
-// upstream's models, used by the demo only when nothing is configured.
-func examplePrices(configured []string, upstream string) string {
-	if len(configured) > 0 || upstream != "" {
-		return ""
-	}
-	return "qwen2.5-*=0.4/1.2,llama-3.1-*=0.3/0.6,deepseek-*=0.55/2.19,bge-*=0.02/0"
 }

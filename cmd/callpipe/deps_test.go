@@ -32,7 +32,7 @@ func TestImportsPointDownTheFlow(t *testing.T) {
 		t.Skip("runs go list")
 	}
 	const mod = "github.com/callpipe/callpipe/"
-	layers := []string{"schema", "internal", "bus", "ingest|transform|store", "sinks", "serve", "tools", "cmd"}
+	layers := []string{"schema", "internal", "bus", "ingest|transform|store", "sinks", "serve", "tools", "config", "cmd"}
 	layerOf := func(pkg string) (int, string) {
 		rel := strings.TrimPrefix(pkg, mod)
 		top, _, _ := strings.Cut(rel, "/")

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
@@ -12,22 +11,6 @@ import (
 
 // newDLQCommand lists, shows and retries dead letters of CALLPIPE_DLQ.
 func newDLQCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "dlq",
-		Short: "List, show and retry dead letters (CALLPIPE_DLQ)",
-	}
-	withJS := func(cmd *cobra.Command, f func(js jetstream.JetStream) error) error {
-		cfg, log, err := a.load(cmd, nil)
-		if err != nil {
-			return err
-		}
-		nc, js, err := connectJS(cfg, "dlq", log)
-		if err != nil {
-			return err
-		}
-		defer nc.Close()
-		return f(js)
-	}
 	var from uint64
 	var limit int
 	var asJSON bool
@@ -36,8 +19,8 @@ func newDLQCommand(a *app) *cobra.Command {
 		Short: "List dead letters: sequence, time, stage, source and reason",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withJS(cmd, func(js jetstream.JetStream) error {
-				dls, err := bus.ListDeadLetters(cmd.Context(), js, from, limit)
+			return a.withJetStream(cmd, "dlq", func(c *cmdEnv) error {
+				dls, err := bus.ListDeadLetters(cmd.Context(), c.js, from, limit)
 				if err != nil {
 					return err
 				}
@@ -54,12 +37,12 @@ func newDLQCommand(a *app) *cobra.Command {
 		Short: "Print a dead letter's headers and original bytes",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			seq, err := strconv.ParseUint(args[0], 10, 64)
+			seqs, err := parseSeqs(args)
 			if err != nil {
-				return fmt.Errorf("%w: SEQ %q: %v", errUsage, args[0], err)
+				return err
 			}
-			return withJS(cmd, func(js jetstream.JetStream) error {
-				d, err := bus.GetDeadLetter(cmd.Context(), js, seq)
+			return a.withJetStream(cmd, "dlq", func(c *cmdEnv) error {
+				d, err := bus.GetDeadLetter(cmd.Context(), c.js, seqs[0])
 				if err != nil {
 					return err
 				}
@@ -72,17 +55,13 @@ func newDLQCommand(a *app) *cobra.Command {
 		Short: "Re-publish dead letters to the stage they failed in (only) and delete them from the DLQ",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			seqs := make([]uint64, len(args))
-			for i, s := range args {
-				v, err := strconv.ParseUint(s, 10, 64)
-				if err != nil {
-					return fmt.Errorf("%w: SEQ %q: %v", errUsage, s, err)
-				}
-				seqs[i] = v
+			seqs, err := parseSeqs(args)
+			if err != nil {
+				return err
 			}
-			return withJS(cmd, func(js jetstream.JetStream) error {
+			return a.withJetStream(cmd, "dlq", func(c *cmdEnv) error {
 				for _, seq := range seqs {
-					d, err := bus.RetryDeadLetter(cmd.Context(), js, seq)
+					d, err := bus.RetryDeadLetter(cmd.Context(), c.js, seq)
 					if err != nil {
 						return err
 					}
@@ -92,6 +71,18 @@ func newDLQCommand(a *app) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(ls, show, retry)
-	return cmd
+	return group("dlq", "List, show and retry dead letters (CALLPIPE_DLQ)", ls, show, retry)
+}
+
+// parseSeqs are the DLQ sequence numbers of the arguments.
+func parseSeqs(args []string) ([]uint64, error) {
+	seqs := make([]uint64, len(args))
+	for i, s := range args {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: SEQ %q: %v", errUsage, s, err)
+		}
+		seqs[i] = v
+	}
+	return seqs, nil
 }

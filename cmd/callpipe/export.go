@@ -1,54 +1,15 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/serve/export"
 )
-
-func init() { registerCommand(newExportCommand) }
-
-// newExportRunner builds the export runner of the configuration: S3 and
-// Redis always, ClickHouse when withClickHouse (source calls). close releases
-// the connections. `callpipe serve` mounts export.NewHandler over the same.
-func newExportRunner(ctx context.Context, cfg *config.Config, log *slog.Logger, withClickHouse bool) (r *export.Runner, closeFn func(), err error) {
-	s3, err := newS3(cfg, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	rdb, err := newRedis(cfg, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: redis.addr: %w (export jobs keep their lease and checkpoint in Redis)", errConfig, err)
-	}
-	closeFn = func() { _ = rdb.Close() }
-	e := cfg.Export
-	r = &export.Runner{
-		S3: s3, Redis: rdb, Database: cfg.ClickHouse.Database, Log: log,
-		Config: export.Config{
-			Compression: e.Compression, PartBytes: int64(e.PartBytes), PageRows: e.PageRows,
-			UploadPartSize: uint64(e.UploadPartSize), LeaseTTL: time.Duration(e.LeaseTTL),
-			StateTTL: time.Duration(e.StateTTL), KeyPrefix: e.KeyPrefix,
-			ArchiveBucket: cfg.S3.Bucket, ArchivePrefix: cfg.Archive.Prefix, SSE: cfg.S3.ServerSide(),
-		},
-	}
-	if withClickHouse {
-		conn, _, err := openClickHouse(ctx, cfg, "required to export calls")
-		if err != nil {
-			closeFn()
-			return nil, nil, err
-		}
-		r.CH = conn
-		closeFn = func() { _ = rdb.Close(); _ = conn.Close() }
-	}
-	return r, closeFn, nil
-}
 
 func newExportCommand(a *app) *cobra.Command {
 	var from, to, model, user, dest, jobID string
@@ -65,14 +26,11 @@ second one exits naming the holder. Every finished part is checkpointed in Redis
 that died resumes after its last finished part, and rerunning a finished job does nothing.
 Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := a.load(cmd, map[string]string{"format": "export.format", "source": "export.source", "compression": "export.compression"})
-			if err != nil {
-				return err
-			}
+		RunE: a.runE(map[string]string{"format": "export.format", "source": "export.source", "compression": "export.compression"}, func(cmd *cobra.Command, cfg *config.Config, log *slog.Logger) error {
 			log = log.With("component", "export")
 			spec := export.Spec{Model: model, User: user, Format: cfg.Export.Format, Dest: dest,
 				Source: cfg.Export.Source, Compression: cfg.Export.Compression, JobID: jobID}
+			var err error
 			if spec.From, err = export.ParseTime("from", from); err == nil {
 				spec.To, err = export.ParseTime("to", to)
 			}
@@ -83,7 +41,7 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 				return fmt.Errorf("%w: --%w", errUsage, err)
 			}
 			ctx := cmd.Context()
-			runner, closeRunner, err := newExportRunner(ctx, cfg, log, spec.Source == export.SourceCalls)
+			runner, closeRunner, err := cfg.ExportRunner(ctx, log, spec.Source == export.SourceCalls)
 			if err != nil {
 				return err
 			}
@@ -105,7 +63,7 @@ Times are RFC 3339 or UTC 2006-01-02[T15[:04[:05]]]. Progress goes to stderr.`,
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), res.Summary(spec.Dest))
 			return nil
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.StringVar(&from, "from", "", "start of the range (inclusive)")

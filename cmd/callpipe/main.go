@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/internal/ops"
 )
 
@@ -42,7 +42,7 @@ func run(args []string) int {
 
 var (
 	errUsage  = errors.New("usage")
-	errConfig = errors.New("invalid configuration")
+	errConfig = config.ErrInvalid
 )
 
 type app struct {
@@ -73,28 +73,11 @@ func newRootCommand() *cobra.Command {
 		}
 		return ops.StartPprof(cmd.Context(), a.pprof, slog.Default())
 	}
-	root.AddCommand(
-		newVersionCommand(),
-		newConfigCommand(a),
-		newMigrateCommand(a),
-		newCollectCommand(a),
-		newProxyCommand(a),
-		newUsersCommand(a), newDLQCommand(a),
-	)
-	for _, newCommand := range commands {
-		root.AddCommand(newCommand(a))
-	}
-	if len(stages) > 0 {
-		root.AddCommand(newWorkerCommand(a))
-	}
+	root.AddCommand(newVersionCommand(), newConfigCommand(a), newMigrateCommand(a), newCollectCommand(a), newProxyCommand(a),
+		newWorkerCommand(a), newServeCommand(a), newUsersCommand(a), newPricesCommand(a), newDLQCommand(a), newReplayCommand(a),
+		newExportCommand(a), newRollupCommand(a), newDoctorCommand(a), newBenchCommand(a), newDemoCommand(a))
 	return root
 }
-
-// commands holds the subcommands that register themselves from their own
-// files (replay.go, export.go, serve.go, ...), so adding a role touches one file.
-var commands []func(*app) *cobra.Command
-
-func registerCommand(newCommand func(*app) *cobra.Command) { commands = append(commands, newCommand) }
 
 // load reads the effective configuration; aliases map a command's own flags
 // (e.g. --listen) to the key they set.
@@ -103,18 +86,26 @@ func (a *app) load(cmd *cobra.Command, aliases map[string]string) (*config.Confi
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
-	return cfg, newLogger(cfg.Log), nil
+	log := cfg.Log.Logger(os.Stderr)
+	slog.SetDefault(log)
+	return cfg, log, nil
 }
 
-func newLogger(c config.Log) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewJSONHandler(os.Stderr, opts)
-	if c.Format == "text" {
-		h = slog.NewTextHandler(os.Stderr, opts)
+// runE is a RunE that loads the configuration first (aliases map the
+// command's own flags to the keys they set) and runs f with it.
+func (a *app) runE(aliases map[string]string, f func(cmd *cobra.Command, cfg *config.Config, log *slog.Logger) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		cfg, log, err := a.load(cmd, aliases)
+		if err != nil {
+			return err
+		}
+		return f(cmd, cfg, log)
 	}
-	l := slog.New(h)
-	slog.SetDefault(l)
-	return l
+}
+
+// group is a command that only holds subcommands.
+func group(use, short string, subs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short}
+	cmd.AddCommand(subs...)
+	return cmd
 }

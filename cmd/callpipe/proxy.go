@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/url"
+	"log/slog"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/proxy"
 	"github.com/callpipe/callpipe/internal/ops"
@@ -20,17 +23,13 @@ func newProxyCommand(a *app) *cobra.Command {
 		Use:   "proxy",
 		Short: "Run the OpenAI-compatible capture proxy in front of Xinference",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := a.load(cmd, map[string]string{"listen": "proxy.listen", "upstream": "proxy.upstream"})
-			if err != nil {
-				return err
-			}
+		RunE: a.runE(map[string]string{"listen": "proxy.listen", "upstream": "proxy.upstream"}, func(cmd *cobra.Command, cfg *config.Config, log *slog.Logger) error {
 			if cfg.Proxy.Upstream == "" {
 				return fmt.Errorf("%w: proxy.upstream: required (--upstream http://xinference:9997)", errConfig)
 			}
-			upstream, _ := url.Parse(cfg.Proxy.Upstream) // validated by config
 			log = log.With("component", "proxy")
-			nc, err := connectNATS(cfg, "proxy", log)
+			proxyGC()
+			nc, err := cfg.ConnectNATS("proxy", log)
 			if err != nil {
 				return err
 			}
@@ -40,12 +39,12 @@ func newProxyCommand(a *app) *cobra.Command {
 			// failed provisioning is logged, not fatal.
 			if js, err := jetstream.New(nc); err == nil {
 				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				if err := bus.EnsureCallsStream(pctx, js, streamOptions(cfg)); err != nil {
+				if err := bus.EnsureCallsStream(pctx, js, cfg.StreamOptions()); err != nil {
 					log.Warn("stream provisioning failed; events spool until NATS is back", "err", err)
 				}
 				cancel()
 			}
-			policy, err := edgeCapturePolicy(cfg, log)
+			policy, err := cfg.EdgeCapturePolicy(log)
 			if err != nil {
 				return err
 			}
@@ -56,28 +55,29 @@ func newProxyCommand(a *app) *cobra.Command {
 				return err
 			}
 			reg := ops.NewRegistry()
-			opts := proxy.DefaultOptions(upstream)
-			opts.CaptureLimit = int(cfg.Proxy.CaptureLimit)
-			opts.AskUsage = cfg.Proxy.AskUsage
-			opts.SpoolDir = cfg.SpoolDir()
-			opts.SpoolMaxBytes = int64(cfg.Proxy.SpoolMaxBytes)
-			opts.Instance = cfg.Proxy.Instance
-			opts.Logger = log
-			opts.Registerer = reg
-			opts.Capture = policy
-			p, err := proxy.New(opts, pub)
+			p, err := proxy.New(cfg.ProxyOptions(policy, reg, log), pub)
 			if err != nil {
 				return fmt.Errorf("%w: %w", errConfig, err)
 			}
 			mux := ops.Mux(reg, func() error { return nil }) // healthy while it can forward; NATS state is in metrics
-			serveErr := p.Serve(ctx, cfg.Proxy.Listen, mux, pub.Close, log)
-			if err := nc.Drain(); err != nil {
-				log.Error("nats drain", "err", err)
-			}
-			return serveErr
-		},
+			return drained(nc, log, p.Serve(ctx, cfg.Proxy.Listen, mux, pub.Close, log))
+		}),
 	}
 	cmd.Flags().String("listen", "", "host:port to listen on (proxy.listen)")
 	cmd.Flags().String("upstream", "", "Xinference base URL (proxy.upstream)")
 	return cmd
+}
+
+// proxyGCPercent is the proxy's GOGC unless the environment sets one. The
+// proxy sits in front of every model call and keeps a small heap (a
+// bounded queue; the spool is on disk), so at the default 100 it collects
+// several times a second under load, and a call that arrives during a cycle
+// pays for the collector's assists on the client's path. A higher target
+// means fewer cycles; GOMEMLIMIT, where set, still bounds the heap.
+const proxyGCPercent = 400
+
+func proxyGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(proxyGCPercent)
+	}
 }

@@ -1,28 +1,25 @@
 package main
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
+	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/tools/amend"
 	"github.com/callpipe/callpipe/transform"
 )
 
 // newUsersCommand manages the API keys the normalize stage resolves to users.
 // Keys are stored in Redis only as their SHA-256 hash (schema.HashAPIKey).
 func newUsersCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "users",
-		Short: "Register, remove and list API keys and their users (in Redis, keys stored hashed)",
-	}
-	var key, keyFile, user, name string
+	var key keyFlags
+	var user, name string
 	add := &cobra.Command{
 		Use:   "add --key-file FILE|- --user ID [--name NAME]",
 		Short: "Register an API key as belonging to a user (the key is read from a file or stdin)",
@@ -31,65 +28,58 @@ func newUsersCommand(a *app) *cobra.Command {
 			"appears in the process list or the shell history. Only its SHA-256 hash is stored.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			apiKey, err := apiKeyArg(cmd, key, keyFile)
+			apiKey, err := apiKeyArg(cmd, key.key, key.file)
 			if err != nil {
 				return err
 			}
 			if user == "" {
 				return fmt.Errorf("%w: --user is required", errUsage)
 			}
-			rdb, prefix, err := a.userKeys(cmd)
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
-			rec, err := transform.AddUser(cmd.Context(), rdb, prefix, apiKey, user, name)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "added key %s… (sha256 %s) for user %s\n", rec.Prefix, rec.KeyHash, rec.User)
-			return nil
+			return a.withUserKeys(cmd, func(rdb *redis.Client, prefix string) error {
+				rec, err := transform.AddUser(cmd.Context(), rdb, prefix, apiKey, user, name)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "added key %s… (sha256 %s) for user %s\n", rec.Prefix, rec.KeyHash, rec.User)
+				return nil
+			})
 		},
 	}
-	add.Flags().StringVar(&keyFile, "key-file", "", "file holding the API key (first line), - for stdin")
-	add.Flags().StringVar(&key, "key", "", "the API key in clear on the command line (visible in ps and shell history; use --key-file)")
+	key.register(add, "--key-file")
 	add.Flags().StringVar(&user, "user", "", "user id recorded on the key's calls")
 	add.Flags().StringVar(&name, "name", "", "display name of the key")
 
-	var rmKey, rmKeyFile, rmHash string
+	var rmKey keyFlags
+	var rmHash string
 	rm := &cobra.Command{
 		Use:   "rm (--key-file FILE|- | --hash SHA256)",
 		Short: "Remove an API key (workers forget it within transform.user_cache_ttl)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if rmHash != "" && (rmKey != "" || rmKeyFile != "") {
+			if rmHash != "" && (rmKey.key != "" || rmKey.file != "") {
 				return fmt.Errorf("%w: give --hash or the key (--key-file), not both", errUsage)
 			}
 			if rmHash == "" {
-				k, err := apiKeyArg(cmd, rmKey, rmKeyFile)
+				k, err := apiKeyArg(cmd, rmKey.key, rmKey.file)
 				if err != nil {
 					return fmt.Errorf("%w (or --hash SHA256)", err)
 				}
 				rmHash = schema.HashAPIKey(k)
 			}
-			rdb, prefix, err := a.userKeys(cmd)
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
-			ok, err := transform.RemoveUser(cmd.Context(), rdb, prefix, rmHash)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				return fmt.Errorf("no registered key with sha256 %s", rmHash)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed key sha256 %s\n", rmHash)
-			return nil
+			return a.withUserKeys(cmd, func(rdb *redis.Client, prefix string) error {
+				ok, err := transform.RemoveUser(cmd.Context(), rdb, prefix, rmHash)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return fmt.Errorf("no registered key with sha256 %s", rmHash)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "removed key sha256 %s\n", rmHash)
+				return nil
+			})
 		},
 	}
-	rm.Flags().StringVar(&rmKeyFile, "key-file", "", "file holding the API key (first line), - for stdin")
-	rm.Flags().StringVar(&rmKey, "key", "", "the API key in clear on the command line (visible in ps and shell history; use --key-file or --hash)")
+	rmKey.register(rm, "--key-file or --hash")
 	rm.Flags().StringVar(&rmHash, "hash", "", "the key's SHA-256 hash, as `users ls` shows it")
 
 	var asJSON bool
@@ -98,35 +88,42 @@ func newUsersCommand(a *app) *cobra.Command {
 		Short: "List registered API keys (prefix and hash only)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rdb, prefix, err := a.userKeys(cmd)
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
-			recs, err := transform.ListUsers(cmd.Context(), rdb, prefix)
-			if err != nil {
-				return err
-			}
-			return transform.WriteUsers(cmd.OutOrStdout(), recs, asJSON)
+			return a.withUserKeys(cmd, func(rdb *redis.Client, prefix string) error {
+				recs, err := transform.ListUsers(cmd.Context(), rdb, prefix)
+				if err != nil {
+					return err
+				}
+				return transform.WriteUsers(cmd.OutOrStdout(), recs, asJSON)
+			})
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
-	cmd.AddCommand(add, rm, ls, newUsersReresolveCommand(a))
-	return cmd
+	return group("users", "Register, remove and list API keys and their users (in Redis, keys stored hashed)",
+		add, rm, ls, newUsersReresolveCommand(a))
 }
 
-// userKeys opens the Redis holding the registered API keys, under their key
-// prefix (transform.user_key_prefix).
-func (a *app) userKeys(cmd *cobra.Command) (*redis.Client, string, error) {
+// withUserKeys runs f on the Redis holding the registered API keys, under
+// their key prefix (transform.user_key_prefix).
+func (a *app) withUserKeys(cmd *cobra.Command, f func(rdb *redis.Client, prefix string) error) error {
 	cfg, _, err := a.load(cmd, nil)
 	if err != nil {
-		return nil, "", err
+		return err
 	}
-	rdb, err := newRedis(cfg, 0)
+	rdb, err := cfg.RedisClient(0)
 	if err != nil {
-		return nil, "", err
+		return err
 	}
-	return rdb, cfg.Transform.UserKeyPrefix, nil
+	defer rdb.Close()
+	return f(rdb, cfg.Transform.UserKeyPrefix)
+}
+
+// keyFlags are --key-file and --key, where a command reads an API key.
+type keyFlags struct{ key, file string }
+
+// register adds the flags to cmd; instead names the flags to use rather than --key.
+func (k *keyFlags) register(cmd *cobra.Command, instead string) {
+	cmd.Flags().StringVar(&k.file, "key-file", "", "file holding the API key (first line), - for stdin")
+	cmd.Flags().StringVar(&k.key, "key", "", "the API key in clear on the command line (visible in ps and shell history; use "+instead+")")
 }
 
 // apiKeyArg is the API key of --key-file (a file, or stdin for -) or, with a
@@ -152,33 +149,48 @@ func apiKeyArg(cmd *cobra.Command, key, keyFile string) (string, error) {
 		defer f.Close()
 		r, name = f, keyFile
 	}
-	k, err := readAPIKey(r)
+	k, err := transform.ReadAPIKey(r)
 	if err != nil {
 		return "", fmt.Errorf("%w: --key-file %s: %w", errUsage, name, err)
 	}
 	return k, nil
 }
 
-// readAPIKey is the first line of r, without surrounding white space; more
-// non-blank lines are refused (one key per file).
-func readAPIKey(r io.Reader) (string, error) {
-	sc := bufio.NewScanner(io.LimitReader(r, 64<<10))
-	var key string
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		switch {
-		case line == "":
-		case key == "":
-			key = line
-		default:
-			return "", errors.New("holds more than one line: give one key")
-		}
+// newUsersReresolveCommand looks up again the API keys of calls stored with
+// user unresolved (Redis was down and the key not cached) and republishes
+// the resolved calls (package amend).
+func newUsersReresolveCommand(a *app) *cobra.Command {
+	var r amendFlags
+	cmd := &cobra.Command{
+		Use:   "reresolve --from T --to T [--dry-run]",
+		Short: "Resolve the users of calls stored as unresolved (during a Redis outage) and re-store them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return r.run(a, cmd, "users-reresolve", "users reresolve reads the unresolved calls from ClickHouse", func(c *cmdEnv, conn driver.Conn, db string) error {
+				rdb, err := c.cfg.RedisClient(0)
+				if err != nil {
+					return err
+				}
+				defer rdb.Close()
+				users := transform.NewUserResolver(c.cfg.UserOptions(rdb, c.log))
+				n, resolved, err := amend.Reresolve(cmd.Context(), conn, db, users, r.from, r.to)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				fmt.Fprintf(out, "%d unresolved calls in [%s); %d resolved, %d still unresolved\n", n, &r, len(resolved), n-len(resolved))
+				if r.dryRun || len(resolved) == 0 {
+					return nil
+				}
+				job := amend.JobID("reresolve", time.Now())
+				if err := amend.Republish(cmd.Context(), c.js, job, resolved); err != nil {
+					return fmt.Errorf("users reresolve: %w", err)
+				}
+				fmt.Fprintf(out, "published %d calls as replay %s; the clickhouse stage stores them and the rollups follow\n", len(resolved), job)
+				return nil
+			})
+		},
 	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	if key == "" {
-		return "", errors.New("is empty")
-	}
-	return key, nil
+	r.register(cmd)
+	return cmd
 }

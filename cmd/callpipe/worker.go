@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,8 +16,11 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
+	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/internal/ops"
+	"github.com/callpipe/callpipe/sinks/archive"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
 // workerEnv is what every stage gets: configuration, the shared NATS
@@ -36,23 +41,23 @@ func (e *workerEnv) provisionStreams(ctx context.Context) error {
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return provisionStreams(pctx, js, e.cfg)
+	return bus.EnsureStreams(pctx, js, e.cfg.StreamOptions())
 }
 
-// stage runs until ctx ends, then finishes or hands back (naks) what it holds.
-type stage func(ctx context.Context, env *workerEnv, log *slog.Logger) error
+// stage runs until ctx ends, then finishes or hands back (naks) what it
+// holds. ready is its share of /readyz, registered before any stage starts
+// so that the process never answers ready before a stage has said it is.
+type stage func(ctx context.Context, env *workerEnv, ready *ops.Stage, log *slog.Logger) error
 
-// stages is filled by the stage_<name>.go files of this package.
-var stages = map[string]stage{}
-
-func stageNames() []string {
-	names := make([]string, 0, len(stages))
-	for n := range stages {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+// stages are the worker's stages by name.
+var stages = map[string]stage{
+	bus.StageNormalize:  runNormalizeStage,
+	bus.StageClickHouse: runClickHouseStage,
+	bus.StageArchive:    runArchiveStage,
+	bus.StageLangfuse:   runLangfuseStage,
 }
+
+func stageNames() []string { return slices.Sorted(maps.Keys(stages)) }
 
 func newWorkerCommand(a *app) *cobra.Command {
 	var stageList string
@@ -60,11 +65,7 @@ func newWorkerCommand(a *app) *cobra.Command {
 		Use:   "worker",
 		Short: "Run pipeline stages (" + strings.Join(stageNames(), ", ") + ") as durable JetStream consumers",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := a.load(cmd, map[string]string{"listen": "worker.listen"})
-			if err != nil {
-				return err
-			}
+		RunE: a.runE(map[string]string{"listen": "worker.listen"}, func(cmd *cobra.Command, cfg *config.Config, log *slog.Logger) error {
 			var run []string
 			for _, s := range strings.Split(stageList, ",") {
 				if s = strings.TrimSpace(s); s == "" {
@@ -78,7 +79,7 @@ func newWorkerCommand(a *app) *cobra.Command {
 			if len(run) == 0 {
 				return fmt.Errorf("%w: --stages: at least one of %s", errConfig, strings.Join(stageNames(), ", "))
 			}
-			nc, err := connectNATS(cfg, "worker", log)
+			nc, err := cfg.ConnectNATS("worker", log)
 			if err != nil {
 				return err
 			}
@@ -92,8 +93,9 @@ func newWorkerCommand(a *app) *cobra.Command {
 			g, gctx := errgroup.WithContext(cmd.Context())
 			for _, name := range run {
 				st, stageLog := stages[name], log.With("stage", name)
+				ready := env.health.Stage(name + ": starting")
 				g.Go(func() error {
-					if err := st(gctx, env, stageLog); err != nil {
+					if err := st(gctx, env, ready, stageLog); err != nil {
 						return fmt.Errorf("stage %s: %w", name, err)
 					}
 					return nil
@@ -102,14 +104,84 @@ func newWorkerCommand(a *app) *cobra.Command {
 			g.Go(func() error {
 				return ops.Serve(gctx, cfg.Worker.Listen, ops.Mux(reg, env.health.Check), log, 5*time.Second)
 			})
-			err = g.Wait()
-			if dErr := nc.Drain(); dErr != nil {
-				log.Error("nats drain", "err", dErr)
-			}
-			return err
-		},
+			return drained(nc, log, g.Wait())
+		}),
 	}
 	cmd.Flags().StringVar(&stageList, "stages", "", "comma-separated stages to run in this process")
 	cmd.Flags().String("listen", "", "host:port for /healthz, /readyz and /metrics (worker.listen)")
 	return cmd
+}
+
+// The worker's stages: each builds its stage from the configuration (a
+// configuration error before anything else), provisions the streams and
+// runs until ctx ends, handing its health to /readyz.
+
+// runNormalizeStage: CALLPIPE_CALLS to CALLPIPE_NORMALIZED.
+func runNormalizeStage(ctx context.Context, env *workerEnv, ready *ops.Stage, log *slog.Logger) error {
+	st, closeRedis, err := env.cfg.NormalizeStage(env.reg, log)
+	if err != nil {
+		return err
+	}
+	st.Running = ready.Running
+	defer closeRedis()
+	if err := env.provisionStreams(ctx); err != nil {
+		return err
+	}
+	return st.Run(ctx, env.nc)
+}
+
+// runClickHouseStage: the durable consumer callpipe-clickhouse, migrations,
+// retention and the rollup sealer.
+func runClickHouseStage(ctx context.Context, env *workerEnv, ready *ops.Stage, log *slog.Logger) error {
+	st, err := env.cfg.ClickHouseStage(env.reg, log)
+	if err != nil {
+		return err
+	}
+	st.Sink.DropAcks = chsink.KillAfterInsertFromEnv(log)
+	ready.Waiting(errors.New("clickhouse: connecting"))
+	st.Waiting, st.Running = ready.Waiting, ready.Running
+	if err := env.provisionStreams(ctx); err != nil {
+		return err
+	}
+	return st.Run(ctx, env.nc)
+}
+
+// runArchiveStage: CALLPIPE_CALLS to S3 (durable consumer
+// archive.consumer), waiting for the bucket at start.
+func runArchiveStage(ctx context.Context, env *workerEnv, ready *ops.Stage, log *slog.Logger) error {
+	st, err := env.cfg.ArchiveStage(env.reg, log)
+	if err != nil {
+		return err
+	}
+	ready.Waiting(errors.New("archive: connecting to S3"))
+	a := env.cfg.Archive
+	st.Waiting = ready.Waiting
+	st.Running = func(healthy func() error) {
+		ready.Running(healthy)
+		log.Info("archive sink running", "bucket", st.Sink.Bucket, "prefix", a.Prefix, "consumer", a.Consumer,
+			"flush_bytes", a.FlushBytes.String(), "flush_interval", a.FlushInterval.String())
+	}
+	if err := env.provisionStreams(ctx); err != nil {
+		return err
+	}
+	err = st.Run(ctx, env.nc)
+	if errors.Is(err, archive.ErrSinkConfig) {
+		return fmt.Errorf("%w: %w", errConfig, err)
+	}
+	return err
+}
+
+// runLangfuseStage sends every call to Langfuse as a trace and a generation
+// until ctx ends; then it finishes the batches in flight (acknowledging what
+// Langfuse accepted) and returns.
+func runLangfuseStage(ctx context.Context, env *workerEnv, ready *ops.Stage, log *slog.Logger) error {
+	sup, err := env.cfg.LangfuseStage(env.nc, env.reg, log)
+	if err != nil {
+		return err
+	}
+	if err := env.provisionStreams(ctx); err != nil {
+		return err
+	}
+	ready.Running(sup.Health)
+	return sup.Run(ctx)
 }

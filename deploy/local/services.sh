@@ -209,16 +209,64 @@ svc_healthy() {
 	esac
 }
 
-# svc_pid SERVICE: print the pid if the service's recorded process is alive (and is the right binary).
-svc_pid() {
-	local pf pid cmdline
-	pf=$(svc_pidfile "$1")
-	[[ -f $pf ]] || return 1
-	pid=$(<"$pf")
+# pid_from PIDFILE BINARY: print the pid recorded in PIDFILE if that process is alive and runs
+# BINARY (a recycled pid is not ours).
+pid_from() {
+	local pid cmdline
+	[[ -f $1 ]] || return 1
+	pid=$(<"$1")
 	pid_alive "$pid" || return 1
 	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-	[[ $cmdline == *"$(svc_binname "$1")"* ]] || return 1
+	[[ $cmdline == *"$2"* ]] || return 1
 	echo "$pid"
+}
+
+# svc_pid SERVICE: print the pid if the service's recorded process is alive (and is the right binary).
+svc_pid() { pid_from "$(svc_pidfile "$1")" "$(svc_binname "$1")"; }
+
+# ports_free NAME FOLDER PORT...: die naming the first PORT something else listens on.
+ports_free() {
+	local n=$1 dir=$2 port
+	shift 2
+	for port in "$@"; do
+		if port_open "$port"; then
+			die "$n: port $HOST:$port is already in use by a process not managed from $dir (check: ss -ltnp 'sport = :$port')"
+		fi
+	done
+}
+
+# spawn DIR LOGFILE: start the command in the caller's CMD array as a daemon in DIR, its output
+# appended to LOGFILE; SPAWNED is its pid.
+spawn() {
+	local dir=$1 logf=$2
+	(
+		# Do not leak inherited descriptors (the state lock on fd 9, callers' pipes) into the daemon:
+		# a daemon holding a caller's pipe open makes that caller wait forever for EOF.
+		local fd n
+		for fd in "/proc/$BASHPID/fd/"*; do
+			n=${fd##*/}
+			if [[ $n =~ ^[0-9]+$ ]] && ((n > 2)); then eval "exec $n>&-" 2>/dev/null || true; fi
+		done
+		cd "$dir"
+		exec setsid nohup "${CMD[@]}" >>"$logf" 2>&1 </dev/null
+	) &
+	SPAWNED=$!
+}
+
+# stop_pid NAME PID SIGNAL: send SIGNAL to PID and wait for it to exit; SIGKILL after STOP_TIMEOUT.
+stop_pid() {
+	local n=$1 pid=$2 sig=$3 deadline
+	kill "-$sig" "$pid" 2>/dev/null || true
+	deadline=$((SECONDS + STOP_TIMEOUT))
+	while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+	if pid_alive "$pid"; then
+		log "$n (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+		deadline=$((SECONDS + 10))
+		while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+		pid_alive "$pid" && die "$n (pid $pid) did not exit"
+	fi
+	return 0
 }
 
 # ---------------------------------------------------------------------------
@@ -322,6 +370,36 @@ jetstream {
 EOF
 }
 
+# clickhouse_users_quotas: the users and quotas sections of users.xml in both modes: the
+# default user, without password, from loopback only, without limits.
+clickhouse_users_quotas() {
+	cat <<'EOF'
+    <users>
+        <default>
+            <password></password>
+            <networks replace="replace">
+                <ip>::1</ip>
+                <ip>127.0.0.1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+EOF
+}
+
 write_clickhouse_config() {
 	local d=$STATE/clickhouse
 	mkdir -p "$d/data" "$d/tmp" "$d/log" "$d/user_files" "$d/format_schemas"
@@ -374,29 +452,7 @@ EOF
             <readonly>1</readonly>
         </readonly>
     </profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks replace="replace">
-                <ip>::1</ip>
-                <ip>127.0.0.1</ip>
-            </networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas>
-        <default>
-            <interval>
-                <duration>3600</duration>
-                <queries>0</queries>
-                <errors>0</errors>
-                <result_rows>0</result_rows>
-                <read_rows>0</read_rows>
-                <execution_time>0</execution_time>
-            </interval>
-        </default>
-    </quotas>
+$(clickhouse_users_quotas)
 </yandex>
 EOF
 }
@@ -525,30 +581,35 @@ ensure_installed() {
 # start / stop
 
 # show_logs SERVICE: print the tail of the service's log(s) to stderr.
-show_logs() {
+tail_logs() { # tail_logs FILE...: the last lines of each non-empty FILE, to stderr
 	local f
-	for f in "$(svc_log "$1")" "$STATE/$1/log/clickhouse-server.err.log"; do
+	for f in "$@"; do
 		[[ -s $f ]] || continue
 		log "last 40 lines of $f:"
 		tail -n 40 "$f" >&2 || true
 	done
 }
 
-wait_healthy() { # wait_healthy SERVICE PID
-	local s=$1 pid=$2 deadline=$((SECONDS + TIMEOUT))
+show_logs() { tail_logs "$(svc_log "$1")" "$STATE/$1/log/clickhouse-server.err.log"; }
+
+# await_healthy NAME PID CHECK SHOW PAUSE: wait until `CHECK NAME` succeeds, polling every
+# PAUSE seconds; when NAME's process exits or TIMEOUT passes, `SHOW NAME` prints its logs and
+# the script dies.
+await_healthy() {
+	local n=$1 pid=$2 check=$3 show=$4 pause=$5 deadline=$((SECONDS + TIMEOUT))
 	while ((SECONDS < deadline)); do
-		if svc_healthy "$s"; then
-			return 0
-		fi
+		"$check" "$n" && return 0
 		if ! pid_alive "$pid"; then
-			show_logs "$s"
-			die "$s (pid $pid) exited during startup: see the log above"
+			"$show" "$n"
+			die "$n (pid $pid) exited during startup: see the log above"
 		fi
-		sleep 0.1
+		sleep "$pause"
 	done
-	show_logs "$s"
-	die "$s (pid $pid) did not become healthy within ${TIMEOUT}s (CALLPIPE_SERVICES_TIMEOUT): see the log above"
+	"$show" "$n"
+	die "$n (pid $pid) did not become healthy within ${TIMEOUT}s (CALLPIPE_SERVICES_TIMEOUT): see the log above"
 }
+
+wait_healthy() { await_healthy "$1" "$2" svc_healthy show_logs 0.1; } # wait_healthy SERVICE PID
 
 start_service() {
 	local s=$1 pid port logf t0
@@ -559,51 +620,29 @@ start_service() {
 		return 0
 	fi
 	rm -f "$(svc_pidfile "$s")"
-	for port in $(svc_ports "$s"); do
-		if port_open "$port"; then
-			die "$s: port $HOST:$port is already in use by a process not managed from $STATE (check: ss -ltnp 'sport = :$port')"
-		fi
-	done
+	# shellcheck disable=SC2046
+	ports_free "$s" "$STATE" $(svc_ports "$s")
 	local CMD=()
 	svc_command "$s"
 	t0=$(date +%s.%N)
 	{
 		echo "=== $(date -u +%FT%TZ) starting $s: ${CMD[*]}" | sed -E 's/(MINIO_ROOT_PASSWORD=|CALLPIPE_JETSTREAM_KEY=)[^ ]*/\1***/g'
 	} >>"$logf"
-	(
-		# Do not leak inherited descriptors (the state lock on fd 9, callers' pipes) into the daemon:
-		# a daemon holding a caller's pipe open makes that caller wait forever for EOF.
-		local fd n
-		for fd in /proc/$BASHPID/fd/*; do
-			n=${fd##*/}
-			if [[ $n =~ ^[0-9]+$ ]] && ((n > 2)); then eval "exec $n>&-" 2>/dev/null || true; fi
-		done
-		cd "$(svc_dir "$s")"
-		exec setsid nohup "${CMD[@]}" >>"$logf" 2>&1 </dev/null
-	) &
-	pid=$!
+	spawn "$(svc_dir "$s")" "$logf"
+	pid=$SPAWNED
 	echo "$pid" >"$(svc_pidfile "$s")"
 	wait_healthy "$s" "$pid"
 	log "$s started (pid $pid) in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s: $(svc_url "$s")"
 }
 
 stop_service() {
-	local s=$1 pid deadline
+	local s=$1 pid
 	if ! pid=$(svc_pid "$s"); then
 		rm -f "$(svc_pidfile "$s")"
 		log "$s is not running"
 		return 0
 	fi
-	kill -TERM "$pid" 2>/dev/null || true
-	deadline=$((SECONDS + STOP_TIMEOUT))
-	while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-	if pid_alive "$pid"; then
-		log "$s (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-		kill -KILL "$pid" 2>/dev/null || true
-		deadline=$((SECONDS + 10))
-		while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-		pid_alive "$pid" && die "$s (pid $pid) did not exit"
-	fi
+	stop_pid "$s" "$pid" TERM
 	rm -f "$(svc_pidfile "$s")"
 	log "$s stopped (pid $pid)"
 }
@@ -747,16 +786,7 @@ cl_healthy() {
 	esac
 }
 
-cl_pid() {
-	local pf pid cmdline
-	pf=$(cl_pidfile "$1")
-	[[ -f $pf ]] || return 1
-	pid=$(<"$pf")
-	pid_alive "$pid" || return 1
-	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-	[[ $cmdline == *"$(cl_binname "$1")"* ]] || return 1
-	echo "$pid"
-}
+cl_pid() { pid_from "$(cl_pidfile "$1")" "$(cl_binname "$1")"; }
 
 cl_write_nats_config() {
 	local n=$1 i d routes="" j
@@ -883,29 +913,7 @@ EOF
             <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>
         </default>
     </profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks replace="replace">
-                <ip>::1</ip>
-                <ip>127.0.0.1</ip>
-            </networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas>
-        <default>
-            <interval>
-                <duration>3600</duration>
-                <queries>0</queries>
-                <errors>0</errors>
-                <result_rows>0</result_rows>
-                <read_rows>0</read_rows>
-                <execution_time>0</execution_time>
-            </interval>
-        </default>
-    </quotas>
+$(clickhouse_users_quotas)
 </yandex>
 EOF
 }
@@ -956,28 +964,9 @@ cl_ensure_installed() {
 	fi
 }
 
-cl_show_logs() {
-	local f
-	for f in "$(cl_log "$1")" "$(cl_dir "$1")/log/clickhouse-server.err.log"; do
-		[[ -s $f ]] || continue
-		log "last 40 lines of $f:"
-		tail -n 40 "$f" >&2 || true
-	done
-}
+cl_show_logs() { tail_logs "$(cl_log "$1")" "$(cl_dir "$1")/log/clickhouse-server.err.log"; }
 
-cl_wait_healthy() { # cl_wait_healthy NODE PID
-	local n=$1 pid=$2 deadline=$((SECONDS + TIMEOUT))
-	while ((SECONDS < deadline)); do
-		cl_healthy "$n" && return 0
-		if ! pid_alive "$pid"; then
-			cl_show_logs "$n"
-			die "$n (pid $pid) exited during startup: see the log above"
-		fi
-		sleep 0.2
-	done
-	cl_show_logs "$n"
-	die "$n (pid $pid) did not become healthy within ${TIMEOUT}s (CALLPIPE_SERVICES_TIMEOUT): see the log above"
-}
+cl_wait_healthy() { await_healthy "$1" "$2" cl_healthy cl_show_logs 0.2; } # cl_wait_healthy NODE PID
 
 # cl_launch NODE: start NODE unless it runs (no health wait: NATS nodes are healthy only once a
 # majority of them runs). Prints the pid.
@@ -990,24 +979,13 @@ cl_launch() {
 		return 0
 	fi
 	rm -f "$(cl_pidfile "$n")"
-	for port in $(cl_ports "$n"); do
-		if port_open "$port"; then
-			die "$n: port $HOST:$port is already in use by a process not managed from $CLUSTER_STATE (check: ss -ltnp 'sport = :$port')"
-		fi
-	done
+	# shellcheck disable=SC2046
+	ports_free "$n" "$CLUSTER_STATE" $(cl_ports "$n")
 	local CMD=()
 	cl_command "$n"
 	echo "=== $(date -u +%FT%TZ) starting $n: ${CMD[*]}" | sed -E 's/(MINIO_ROOT_PASSWORD=)[^ ]*/\1***/' >>"$logf"
-	(
-		local fd k
-		for fd in "/proc/$BASHPID/fd/"*; do
-			k=${fd##*/}
-			if [[ $k =~ ^[0-9]+$ ]] && ((k > 2)); then eval "exec $k>&-" 2>/dev/null || true; fi
-		done
-		cd "$(cl_dir "$n")"
-		exec setsid nohup "${CMD[@]}" >>"$logf" 2>&1 </dev/null
-	) &
-	pid=$!
+	spawn "$(cl_dir "$n")" "$logf"
+	pid=$SPAWNED
 	echo "$pid" >"$(cl_pidfile "$n")"
 	echo "$pid"
 }
@@ -1026,7 +1004,7 @@ cl_start() {
 
 # cl_stop [--kill] NODE...: SIGTERM (or SIGKILL), wait for the exit.
 cl_stop() {
-	local sig=TERM n pid deadline
+	local sig=TERM n pid
 	if [[ ${1:-} == --kill ]]; then
 		sig=KILL
 		shift
@@ -1037,16 +1015,7 @@ cl_stop() {
 			log "$n is not running"
 			continue
 		fi
-		kill "-$sig" "$pid" 2>/dev/null || true
-		deadline=$((SECONDS + STOP_TIMEOUT))
-		while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-		if pid_alive "$pid"; then
-			log "$n (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-			deadline=$((SECONDS + 10))
-			while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-			pid_alive "$pid" && die "$n (pid $pid) did not exit"
-		fi
+		stop_pid "$n" "$pid" "$sig"
 		rm -f "$(cl_pidfile "$n")"
 		log "$n stopped (pid $pid, SIG$sig)"
 	done
@@ -1090,8 +1059,9 @@ cl_usage() {
 
 cl_write_env() {
 	ensure_minio_credentials
-	local f=$CLUSTER_STATE/env seeds="" i chaddrs=""
+	local f=$CLUSTER_STATE/env seeds="" monitors="" i chaddrs=""
 	for i in 0 1 2; do seeds+="${seeds:+,}nats://$HOST:$(cl_nats_port "$i")"; done
+	for i in 0 1 2; do monitors+="${monitors:+,}http://$HOST:$(cl_nats_monitor_port "$i")"; done
 	for i in 0 1 2 3; do chaddrs+="${chaddrs:+,}$HOST:$(cl_ch_tcp_port "$i")"; done
 	(
 		umask 077
@@ -1104,6 +1074,8 @@ cl_write_env() {
 			echo "export CALLPIPE_SERVICES_PORT_OFFSET=$PORT_OFFSET"
 			echo "export CALLPIPE_NATS_URL=$seeds"
 			echo "export CALLPIPE_NATS_STREAM_REPLICAS=3"
+			# the servers' monitoring endpoints (what KEDA's nats-jetstream scaler reads), in seed order
+			echo "export CALLPIPE_CLUSTER_NATS_MONITOR=$monitors"
 			echo "export CALLPIPE_CLICKHOUSE_ADDR=$chaddrs"
 			echo "export CALLPIPE_CLICKHOUSE_HTTP_ADDR=$HOST:$(cl_ch_http_port 0)"
 			echo "export CALLPIPE_CLICKHOUSE_CLUSTER=$CLUSTER_NAME"

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -130,7 +131,11 @@ func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.unavailable(w, errors.New("NATS is not connected"))
 		return
 	}
-	body, status, err := c.readBody(w, r)
+	buf := getBody()
+	// After the answer is written: the events, their rejections and the
+	// answer may all point into the body.
+	defer putBody(buf)
+	body, status, err := c.readBody(w, r, buf)
 	if err != nil {
 		writeReply(w, status, Reply{Error: err.Error()})
 		return
@@ -184,7 +189,7 @@ func (c *Collector) authorized(r *http.Request) bool {
 
 // readBody decompresses and reads the body, never holding more than
 // MaxBodyBytes+1 decompressed bytes, so a compression bomb costs nothing.
-func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, error) {
+func (c *Collector) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer) ([]byte, int, error) {
 	limit := c.opts.MaxBodyBytes
 	// Best effort: a ResponseWriter that cannot set deadlines (a test
 	// recorder) reads without one.
@@ -209,7 +214,8 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, in
 	default:
 		return nil, http.StatusUnsupportedMediaType, fmt.Errorf("Content-Encoding: %q not supported (use gzip, zstd or none)", enc)
 	}
-	body, err := io.ReadAll(io.LimitReader(src, limit+1))
+	_, err := buf.ReadFrom(io.LimitReader(src, limit+1))
+	body := buf.Bytes()
 	var maxErr *http.MaxBytesError
 	switch {
 	case errors.As(err, &maxErr) || int64(len(body)) > limit:
@@ -220,6 +226,48 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, in
 		return nil, http.StatusBadRequest, fmt.Errorf("body: %v", err)
 	}
 	return body, 0, nil
+}
+
+// Request bodies and message buffers are reused across requests: at
+// thousands of events a second their bytes were most of what the collector
+// allocated (and the garbage collector then scanned for).
+var (
+	bodies   sync.Pool // *bytes.Buffer
+	messages sync.Pool // *[]byte, one event's message data
+)
+
+// Buffers larger than these are left to the garbage collector rather than
+// kept for a rare request of that size.
+const (
+	maxPooledBody    = 4 << 20
+	maxPooledMessage = 64 << 10
+)
+
+func getBody() *bytes.Buffer {
+	if b, ok := bodies.Get().(*bytes.Buffer); ok {
+		b.Reset()
+		return b
+	}
+	return new(bytes.Buffer)
+}
+
+func putBody(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledBody {
+		bodies.Put(b)
+	}
+}
+
+func getMessage() *[]byte {
+	if b, ok := messages.Get().(*[]byte); ok {
+		return b
+	}
+	return new([]byte)
+}
+
+func putMessage(b *[]byte) {
+	if cap(*b) <= maxPooledMessage {
+		messages.Put(b)
+	}
 }
 
 func isTimeout(err error) bool {
@@ -315,12 +363,18 @@ func SplitNDJSON(body []byte) [][]byte {
 // stored; the client must retry the whole request (ids make that safe).
 func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) (Reply, error) {
 	reply := Reply{Rejected: []Rejection{}}
-	var pendings []*ingest.Pending
+	type pending struct {
+		p   *ingest.Pending
+		buf *[]byte // the message's data, reused once acknowledged
+	}
+	var pendings []pending
 	for i, raw := range events {
 		ev, err := schema.Decode(raw, c.opts.Limits)
 		if err == nil {
 			c.opts.Capture.Event(ev)
-			msg := ingest.Message(ev)
+			buf := getMessage()
+			msg := ingest.AppendMessage((*buf)[:0], ev)
+			*buf = msg.Data // the grown array, for the next message
 			// Masks can lengthen a text ([REDACTED] for a short address),
 			// and normalize decodes with the same limit.
 			if lim := c.opts.Limits.MaxEventBytes; lim > 0 && len(msg.Data) > lim {
@@ -330,7 +384,7 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) 
 				if perr != nil {
 					return reply, perr
 				}
-				pendings = append(pendings, p)
+				pendings = append(pendings, pending{p, buf})
 				continue
 			}
 		}
@@ -344,17 +398,19 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) 
 	defer cancel()
 	var firstErr error
 	for _, p := range pendings {
-		dup, err := p.Wait(ctx)
+		dup, err := p.p.Wait(ctx)
 		switch {
 		case err != nil:
 			if firstErr == nil {
 				firstErr = err
 			}
+			continue // a message still in flight keeps its buffer
 		case dup:
 			reply.Duplicates++
 		default:
 			reply.Accepted++
 		}
+		putMessage(p.buf)
 	}
 	return reply, firstErr
 }

@@ -82,6 +82,16 @@ func TestBatchOutputTraced(t *testing.T) {
 		t.Fatalf("%d events before the job was seen", n)
 	}
 	get("/v1/batches/batch_abc")
+	// The job is noted after the client has its answer (off the response
+	// path), so a client can ask for the file before it is.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, ok := p.batches.job("file-out"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the batch job was not noted")
+		}
+	}
 	body := get("/v1/files/file-out/content")
 	if !strings.Contains(body, `"custom_id":"q-2"`) {
 		t.Fatalf("client got %q", body)

@@ -31,7 +31,9 @@ type call struct {
 	start   time.Time
 	traceID string
 	session string
-	apiKey  string
+	apiKey  string // until done, which keeps only its hash and prefix
+	keyHash string
+	keyPref string
 	attrs   callerAttrs
 
 	// request
@@ -40,6 +42,8 @@ type call struct {
 	reqEncoding  string
 	reqTruncated bool
 	reqBytes     atomic.Int64
+	reqCType     string                     // the Content-Type header (multipart boundary)
+	parsed       bool                       // parseRequest ran
 	reqFields    map[string]json.RawMessage // top-level JSON fields, when parsed
 	reqComplete  bool                       // reqBody is one whole JSON object
 	model, user  string
@@ -71,6 +75,10 @@ type call struct {
 	proxyBody  []byte
 	clientErr  error
 	outBuf     []byte
+
+	// noted by done for event
+	clientGone bool
+	endpoint   string
 }
 
 func newCall(p *Proxy, id, kind string, r *http.Request, attrs callerAttrs) *call {
@@ -113,25 +121,17 @@ func (c *call) captureRequest(r *http.Request) {
 	c.reqBody = buf[:min(len(buf), limit)]
 	r.Body = &readCloser{Reader: io.MultiReader(bytes.NewReader(buf), rest), c: orig}
 
-	c.reqType, _, _ = mime.ParseMediaType(r.Header.Get("Content-Type"))
+	c.reqCType = r.Header.Get("Content-Type")
+	c.reqType, _, _ = mime.ParseMediaType(c.reqCType)
 	c.reqEncoding = strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
-	if c.reqEncoding != "" && c.reqEncoding != "identity" {
-		return // not parsed: we do not decode request bodies
-	}
-	if strings.HasPrefix(c.reqType, "multipart/") {
-		c.model, c.user = multipartFields(r.Header.Get("Content-Type"), c.reqBody)
+	// Only a streamed chat or completion request may need its body
+	// rewritten before it goes upstream; any other body is parsed after the
+	// answer, by the emitter (parseRequest), off the client's path.
+	if err != nil || !c.p.opts.AskUsage || c.p.noInject.Load() || (c.kind != kindChat && c.kind != kindCompletions) {
 		return
 	}
-	fields, complete := topLevel(c.reqBody)
-	if fields == nil {
-		return
-	}
-	c.reqFields, c.reqComplete = fields, complete && !c.reqTruncated
-	c.model = jsonString(fields["model"])
-	c.user = jsonString(fields["user"])
-	c.reqStream = string(bytes.TrimSpace(fields["stream"])) == "true"
-	if !complete || c.reqTruncated || err != nil || !c.p.opts.AskUsage || c.p.noInject.Load() ||
-		(c.kind != kindChat && c.kind != kindCompletions) || !c.reqStream || includesUsage(fields["stream_options"]) {
+	c.parseRequest()
+	if !c.reqComplete || !c.reqStream || includesUsage(c.reqFields["stream_options"]) {
 		return
 	}
 	body, ok := withIncludeUsage(c.reqBody)
@@ -149,6 +149,30 @@ func (c *call) captureRequest(r *http.Request) {
 		c.origAcceptEncoding = v
 		r.Header.Del("Accept-Encoding")
 	}
+}
+
+// parseRequest reads the model, user, stream flag and top-level fields of
+// the captured request body (once).
+func (c *call) parseRequest() {
+	if c.parsed {
+		return
+	}
+	c.parsed = true
+	if c.reqEncoding != "" && c.reqEncoding != "identity" {
+		return // not parsed: we do not decode request bodies
+	}
+	if strings.HasPrefix(c.reqType, "multipart/") {
+		c.model, c.user = multipartFields(c.reqCType, c.reqBody)
+		return
+	}
+	fields, complete := topLevel(c.reqBody)
+	if fields == nil {
+		return
+	}
+	c.reqFields, c.reqComplete = fields, complete && !c.reqTruncated
+	c.model = jsonString(fields["model"])
+	c.user = jsonString(fields["user"])
+	c.reqStream = string(bytes.TrimSpace(fields["stream"])) == "true"
 }
 
 type readCloser struct {
@@ -461,27 +485,42 @@ func (c *call) keep(p []byte) {
 	c.body.Write(p)
 }
 
-// finish builds the call's event and hands it to the emitter.
-func (c *call) finish(r *http.Request) {
+// done runs in the handler once the answer is written (deferred, so also
+// when ReverseProxy aborts it): it notes what the event needs from the
+// request, keeps only the API key's hash, and hands the call to the
+// emitter, which builds its event (event) off the client's path.
+func (c *call) done(r *http.Request) {
+	if c.endAt.IsZero() {
+		c.endAt = time.Now()
+	}
+	c.clientGone = r.Context().Err() != nil
+	c.endpoint = r.URL.EscapedPath()
+	if c.apiKey != "" {
+		c.keyHash, c.keyPref = schema.HashAPIKey(c.apiKey), schema.APIKeyPrefix(c.apiKey)
+		c.apiKey = ""
+	}
+	c.p.emitCall(c)
+}
+
+// event builds the call's event, once the call is done.
+func (c *call) event() *schema.Event {
+	c.parseRequest()
 	// Times derive from the monotonic clock, so their order is right even if
 	// the wall clock steps during the call.
 	start := c.start.UTC()
 	at := func(t time.Time) time.Time { return start.Add(max(t.Sub(c.start), 0)) }
-	endT := c.endAt
-	if endT.IsZero() {
-		endT = time.Now()
-	}
-	end := at(endT)
+	end := at(c.endAt)
 	ev := &schema.Event{
 		ID:               c.id,
 		TraceID:          c.traceID,
 		SessionID:        c.session,
 		StartTime:        start,
 		EndTime:          &end,
-		Endpoint:         r.URL.EscapedPath(),
+		Endpoint:         c.endpoint,
 		Model:            c.model,
 		User:             c.user,
-		APIKey:           c.apiKey,
+		APIKeyHash:       c.keyHash,
+		APIKeyPrefix:     c.keyPref,
 		Stream:           c.sse || c.reqStream,
 		Status:           c.status,
 		Source:           c.attrs.source,
@@ -493,7 +532,7 @@ func (c *call) finish(r *http.Request) {
 	if ev.TraceID == "" {
 		ev.TraceID = c.id
 	}
-	ev.Request = c.requestCapture(r)
+	ev.Request = c.requestCapture()
 
 	meta := map[string]any{}
 	var respFields map[string]json.RawMessage
@@ -560,7 +599,7 @@ func (c *call) finish(r *http.Request) {
 	}
 
 	switch {
-	case r.Context().Err() != nil || c.clientErr != nil:
+	case c.clientGone || c.clientErr != nil:
 		ev.Error = "client disconnected"
 		if ev.Status == 0 {
 			ev.Status = 499 // the client left before any answer
@@ -586,12 +625,12 @@ func (c *call) finish(r *http.Request) {
 		}
 		ev.Metadata["proxy"] = b
 	}
-	c.p.emit(ev, c.kind)
+	return ev
 }
 
 // requestCapture is the event's request: the JSON body as sent, or a JSON
 // string of a truncated or non-JSON text body, or a summary.
-func (c *call) requestCapture(r *http.Request) json.RawMessage {
+func (c *call) requestCapture() json.RawMessage {
 	b := c.reqBody
 	if len(b) == 0 {
 		return nil
@@ -600,7 +639,7 @@ func (c *call) requestCapture(r *http.Request) json.RawMessage {
 	case c.reqEncoding != "" && c.reqEncoding != "identity":
 		return summary(c.reqType, c.reqEncoding, c.reqBytes.Load())
 	case strings.HasPrefix(c.reqType, "multipart/"):
-		if s := multipartSummary(r.Header.Get("Content-Type"), b); s != nil {
+		if s := multipartSummary(c.reqCType, b); s != nil {
 			return s
 		}
 	case !c.reqTruncated && utf8.Valid(b) && (c.reqComplete || json.Valid(b)):

@@ -106,22 +106,45 @@ func newMetrics(reg prometheus.Registerer, p *Proxy) (*metrics, error) {
 	return m, nil
 }
 
-// emit hands a finished event to the emitter without blocking: into the
-// queue, or straight into the spool when the queue is full or closed.
+// queued is what waits for the emitter: an event, or a finished call whose
+// event the emitter builds.
+type queued struct {
+	ev *schema.Event
+	c  *call
+}
+
+func (q queued) event() *schema.Event {
+	if q.c != nil {
+		return q.c.event()
+	}
+	return q.ev
+}
+
+// emit hands a finished event to the emitter without blocking.
 func (p *Proxy) emit(ev *schema.Event, kind string) {
 	ev.RedactAPIKey() // the key never reaches the queue, the spool or a log
+	p.enqueue(queued{ev: ev}, kind)
+}
+
+// emitCall hands a finished call (its API key already hashed) to the
+// emitter, which builds its event.
+func (p *Proxy) emitCall(c *call) { p.enqueue(queued{c: c}, c.kind) }
+
+// enqueue puts q into the queue without blocking or, when the queue is
+// full or closed, its event straight into the spool.
+func (p *Proxy) enqueue(q queued, kind string) {
 	p.m.captured.WithLabelValues(kind).Inc()
 	p.mu.RLock()
 	if !p.closing {
 		select {
-		case p.queue <- ev:
+		case p.queue <- q:
 			p.mu.RUnlock()
 			return
 		default:
 		}
 	}
 	p.mu.RUnlock()
-	if p.prepare(ev) && p.toSpool(ev) {
+	if ev := q.event(); p.prepare(ev) && p.toSpool(ev) {
 		p.dirty.Store(true) // the drainer fsyncs it
 		p.wakeDrainer()
 	}
@@ -301,13 +324,13 @@ func (p *Proxy) emitLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case ev := <-p.queue:
-			batch = append(batch[:0], ev)
+		case q := <-p.queue:
+			batch = append(batch[:0], q.event())
 		more:
 			for len(batch) < maxBatch {
 				select {
-				case ev := <-p.queue:
-					batch = append(batch, ev)
+				case q := <-p.queue:
+					batch = append(batch, q.event())
 				default:
 					break more
 				}
@@ -404,8 +427,8 @@ func (p *Proxy) Close(ctx context.Context) error {
 		batch := make([]*schema.Event, 0, maxBatch)
 		for {
 			select {
-			case ev := <-p.queue:
-				batch = append(batch, ev)
+			case q := <-p.queue:
+				batch = append(batch, q.event())
 				if len(batch) < maxBatch {
 					continue
 				}

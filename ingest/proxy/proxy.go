@@ -40,9 +40,11 @@
 //
 // # Publishing
 //
-// Events go through a bounded in-memory queue to the Publisher (see Run),
-// redacted by the capture policy (Options.Capture) before they are published
-// or spooled. If
+// A finished call goes through a bounded in-memory queue to the emitter (see
+// Run), which builds its event there, off the client's path (the request
+// body is parsed before forwarding only when usage may be injected),
+// redacts it with the capture policy (Options.Capture) and publishes or
+// spools it. If
 // publishing fails they go to an on-disk spool (package spool) and are
 // re-published oldest first once publishing works; a client's call never
 // waits on either. Drops happen only when both the queue and the spool are
@@ -177,7 +179,7 @@ type Proxy struct {
 
 	mu      sync.RWMutex // guards closing against enqueues
 	closing bool
-	queue   chan *schema.Event
+	queue   chan queued
 	wake    chan struct{}
 
 	stop      chan struct{}
@@ -228,7 +230,7 @@ func New(opts Options, pub Publisher) (*Proxy, error) {
 		pub:      pub,
 		log:      opts.Logger,
 		instance: opts.Instance,
-		queue:    make(chan *schema.Event, opts.QueueSize),
+		queue:    make(chan queued, opts.QueueSize),
 		wake:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		runDone:  make(chan struct{}),
@@ -364,7 +366,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(context.WithValue(r.Context(), callKey{}, c))
 	// Deferred so that it also runs when ReverseProxy aborts the response
 	// with http.ErrAbortHandler (a broken stream).
-	defer c.finish(r)
+	defer c.done(r)
 	p.rp.ServeHTTP(&clientWriter{ResponseWriter: w, c: c}, r)
 }
 

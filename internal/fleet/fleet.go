@@ -25,7 +25,9 @@ type Fleet struct {
 	ConfigFile string   // passed to every child as --config when set
 	Env        []string // extra environment for every child
 	Out        io.Writer
-	children   []*child
+	// Binary is the callpipe binary the children run; empty: this one.
+	Binary   string
+	children []*child
 }
 
 type child struct {
@@ -43,9 +45,12 @@ type Usage struct {
 
 // Start starts the role name as `callpipe args...`, its output in <Dir>/<name>.log.
 func (f *Fleet) Start(name string, args ...string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("own executable: %w", err)
+	exe := f.Binary
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("own executable: %w", err)
+		}
 	}
 	if f.ConfigFile != "" {
 		args = append(args, "--config", f.ConfigFile)

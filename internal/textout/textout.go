@@ -27,3 +27,10 @@ func Table(w io.Writer, header string) *tabwriter.Writer {
 	fmt.Fprintln(tw, header)
 	return tw
 }
+
+// JSONIndent writes v as JSON indented by two spaces, for a person to read.
+func JSONIndent(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

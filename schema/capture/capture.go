@@ -88,18 +88,11 @@ func filterOf[F func(string) bool, G func([]byte) bool](f F, g G) *maskFilter {
 }
 
 var defaultMaskFilters = map[string]*maskFilter{
-	DefaultMasks[0]: filterOf(hasByte[string], hasByte[[]byte]),
+	DefaultMasks[0]: filterOf(func(s string) bool { return strings.IndexByte(s, '@') >= 0 },
+		func(b []byte) bool { return bytes.IndexByte(b, '@') >= 0 }),
 	DefaultMasks[1]: filterOf(hasDigitRun[string], hasDigitRun[[]byte]),
-	DefaultMasks[2]: filterOf(hasKeyPrefix[string], hasKeyPrefix[[]byte]),
-}
-
-func hasByte[T ~string | ~[]byte](b T) bool {
-	for i := 0; i < len(b); i++ {
-		if b[i] == '@' {
-			return true
-		}
-	}
-	return false
+	DefaultMasks[2]: filterOf(func(s string) bool { return hasKeyPrefix(s, strings.IndexByte) },
+		func(b []byte) bool { return hasKeyPrefix(b, bytes.IndexByte) }),
 }
 
 // hasDigitRun reports whether b holds 7 digits separated only by phone
@@ -107,31 +100,81 @@ func hasByte[T ~string | ~[]byte](b T) bool {
 func hasDigitRun[T ~string | ~[]byte](b T) bool {
 	n := 0
 	for i := 0; i < len(b); i++ {
-		switch c := b[i]; {
-		case c >= '0' && c <= '9':
+		// Outside a run, 8 bytes without a digit cannot start one: skip
+		// them a word at a time (most text has few digits).
+		for n == 0 && i+8 <= len(b) && !hasDigit(load8(b, i)) {
+			i += 8
+		}
+		if i >= len(b) {
+			break
+		}
+		switch phoneClass[b[i]] {
+		case phoneDigit:
 			if n++; n >= 7 {
 				return true
 			}
-		case c == ' ' || c == '-' || c == '.' || c == '(' || c == ')' || c == '+':
-		default:
+		case phoneOther:
 			n = 0
 		}
 	}
 	return false
 }
 
+// load8 reads b[i:i+8] as a little-endian word.
+func load8[T ~string | ~[]byte](b T, i int) uint64 {
+	_ = b[i+7]
+	return uint64(b[i]) | uint64(b[i+1])<<8 | uint64(b[i+2])<<16 | uint64(b[i+3])<<24 |
+		uint64(b[i+4])<<32 | uint64(b[i+5])<<40 | uint64(b[i+6])<<48 | uint64(b[i+7])<<56
+}
+
+// hasDigit reports whether any byte of x is an ASCII digit: the "has a
+// byte between m and n" word test (bytes above 0x7f never count).
+func hasDigit(x uint64) bool {
+	const l1, l127, l128 = 0x0101010101010101, 0x7f7f7f7f7f7f7f7f, 0x8080808080808080
+	const m, n = '0' - 1, '9' + 1
+	y := x & l127
+	return (l1*(127+n)-y)&^x&(y+l1*(127-m))&l128 != 0
+}
+
+// phoneClass sorts bytes for hasDigitRun: a table lookup instead of six
+// comparisons per byte of text.
+var phoneClass = func() (t [256]uint8) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = phoneDigit
+	}
+	for _, c := range " -.()+" {
+		t[c] = phonePunct
+	}
+	return t
+}()
+
+const (
+	phoneOther = iota
+	phoneDigit
+	phonePunct
+)
+
 // hasKeyPrefix reports whether b holds sk-, pk-, rk-, xf-, api- or key-
-// (or with _), the start of the default API-key mask.
-func hasKeyPrefix[T ~string | ~[]byte](b T) bool {
-	for i := 2; i < len(b); i++ {
-		if c := b[i]; c != '-' && c != '_' {
-			continue
-		}
-		p, q := b[i-2], b[i-1]
-		switch {
-		case q == 'k' && (p == 's' || p == 'p' || p == 'r'), p == 'x' && q == 'f',
-			i >= 3 && b[i-3] == 'a' && p == 'p' && q == 'i', i >= 3 && b[i-3] == 'k' && p == 'e' && q == 'y':
-			return true
+// (or with _), the start of the default API-key mask. It visits only the
+// dashes and underscores, found with index (a vectorised IndexByte).
+func hasKeyPrefix[T ~string | ~[]byte](b T, index func(T, byte) int) bool {
+	for _, sep := range []byte{'-', '_'} {
+		for from := 0; ; {
+			j := index(b[from:], sep)
+			if j < 0 {
+				break
+			}
+			i := from + j
+			from = i + 1
+			if i < 2 {
+				continue
+			}
+			p, q := b[i-2], b[i-1]
+			switch {
+			case q == 'k' && (p == 's' || p == 'p' || p == 'r'), p == 'x' && q == 'f',
+				i >= 3 && b[i-3] == 'a' && p == 'p' && q == 'i', i >= 3 && b[i-3] == 'k' && p == 'e' && q == 'y':
+				return true
+			}
 		}
 	}
 	return false
@@ -350,13 +393,7 @@ func truncateStrings(raw json.RawMessage, n int) json.RawMessage {
 		if raw[i] != '"' {
 			continue
 		}
-		j := i + 1
-		for j < len(raw) && raw[j] != '"' {
-			if raw[j] == '\\' {
-				j++
-			}
-			j++
-		}
+		j := stringEnd(raw, i)
 		if j >= len(raw) {
 			break // not JSON; left as it is
 		}
@@ -419,9 +456,12 @@ func (p *Policy) maskString(s string) string {
 	return s
 }
 
-// maskJSON masks the strings of a JSON value. Masking the raw text is the
-// fast path; when that would break the JSON (a match across an escape or a
-// number), the value is decoded and only its strings are masked.
+// maskJSON masks the strings of a JSON value. Masking the text of each
+// string literal is the fast path (numbers are not text: an embedding's
+// floats or a `created` timestamp are never scanned); when that would break
+// the JSON (a match across an escape), the value is decoded and only its
+// strings are masked. A value with nothing to mask is returned as it came,
+// byte for byte, so that callers can tell that nothing was redacted.
 func (p *Policy) maskJSON(raw json.RawMessage) json.RawMessage {
 	if len(raw) == 0 {
 		return raw
@@ -432,14 +472,14 @@ func (p *Policy) maskJSON(raw json.RawMessage) json.RawMessage {
 		if m.possible != nil && !m.possible.bytes(out) {
 			continue
 		}
-		if m.re.Match(out) {
-			out = m.re.ReplaceAllLiteral(out, []byte(Mask))
-			changed = true
+		if masked, ok := maskStrings(out, m); ok {
+			out, changed = masked, true
 		}
 	}
 	if !changed {
 		return raw
 	}
+	// an escape cut by a match (\u12[REDACTED]) breaks the JSON or the text
 	if json.Valid(out) && !bytes.Contains(out, []byte(`\`+Mask)) {
 		return out
 	}
@@ -449,23 +489,77 @@ func (p *Policy) maskJSON(raw json.RawMessage) json.RawMessage {
 	if dec.Decode(&v) != nil {
 		return mustJSON(Mask)
 	}
-	return mustJSON(p.maskValue(v))
+	v, changed = p.maskValue(v)
+	if !changed {
+		return raw
+	}
+	return mustJSON(v)
 }
 
-func (p *Policy) maskValue(v any) any {
+// stringEnd is the index of the quote closing the JSON string literal that
+// opens at b[i], or len(b) or more when b ends inside it.
+func stringEnd(b []byte, i int) int {
+	j := i + 1
+	for j < len(b) && b[j] != '"' {
+		if b[j] == '\\' {
+			j++
+		}
+		j++
+	}
+	return j
+}
+
+// maskStrings replaces m's matches inside the string literals of the JSON
+// text b (outside a string, a quote always opens one) by Mask; it reports
+// whether there were any.
+func maskStrings(b []byte, m mask) ([]byte, bool) {
+	var out []byte
+	last := 0
+	for i := 0; i < len(b); i++ {
+		if b[i] != '"' {
+			continue
+		}
+		j := min(stringEnd(b, i), len(b))
+		if str := b[i+1 : j]; len(str) > 0 && (m.possible == nil || m.possible.bytes(str)) {
+			for _, loc := range m.re.FindAllIndex(str, -1) {
+				out = append(out, b[last:i+1+loc[0]]...)
+				out = append(out, Mask...)
+				last = i + 1 + loc[1]
+			}
+		}
+		i = j
+	}
+	if out == nil {
+		return b, false
+	}
+	return append(out, b[last:]...), true
+}
+
+// maskValue masks the strings of a decoded JSON value in place and reports
+// whether any changed.
+func (p *Policy) maskValue(v any) (any, bool) {
 	switch x := v.(type) {
 	case string:
-		return p.maskString(x)
+		m := p.maskString(x)
+		return m, m != x
 	case []any:
+		changed := false
 		for i := range x {
-			x[i] = p.maskValue(x[i])
+			var c bool
+			x[i], c = p.maskValue(x[i])
+			changed = changed || c
 		}
+		return x, changed
 	case map[string]any:
+		changed := false
 		for k, e := range x {
-			x[k] = p.maskValue(e)
+			var c bool
+			x[k], c = p.maskValue(e)
+			changed = changed || c
 		}
+		return x, changed
 	}
-	return v
+	return v, false
 }
 
 func mustJSON(v any) json.RawMessage {

@@ -218,3 +218,90 @@ func TestCallRecordsBothPasses(t *testing.T) {
 		t.Fatalf("capture %+v", c.Capture)
 	}
 }
+
+// Numbers that look like phone numbers to the default masks (an embedding's
+// floats, a `created` timestamp) are not text: a payload with nothing else
+// to mask stays byte for byte as it was, and its reported usage is not
+// replaced by a count (which runs only when masking changed the payload).
+func TestMaskLeavesNumbersAndUntouchedPayloads(t *testing.T) {
+	countCalls := 0
+	p := mustPolicy(t, Options{Masks: DefaultMasks, Count: func(*schema.Event) (int64, int64, bool) {
+		countCalls++
+		return 1, 1, true
+	}})
+	resp := `{"object":"list","created":1733350000,"model":"bge-m3","data":[{"index":0,"object":"embedding","embedding":[0.12549019607843137,-0.4588235294117647,0.0019607843137254832]}],"usage":{"prompt_tokens":12,"total_tokens":12}}`
+	ev := chatEvent("bge-m3", "")
+	ev.Endpoint = "/v1/embeddings"
+	ev.Request = json.RawMessage(`{"model":"bge-m3","input":"call 555 123 4567 later","n": 5551234567}`)
+	ev.Response = json.RawMessage(resp)
+	in, out, total := int64(12), int64(0), int64(12)
+	ev.Usage = &schema.Usage{PromptTokens: &in, CompletionTokens: &out, TotalTokens: &total}
+	p.Event(ev)
+	if string(ev.Response) != resp {
+		t.Errorf("response changed:\n%s\nwant\n%s", ev.Response, resp)
+	}
+	if want := `{"model":"bge-m3","input":"call [REDACTED] later","n": 5551234567}`; string(ev.Request) != want {
+		t.Errorf("request %s, want %s (the text masked, the number kept)", ev.Request, want)
+	}
+	if countCalls != 1 {
+		t.Errorf("counted %d times, want once (the request's text was masked)", countCalls)
+	}
+	// Nothing to mask anywhere: no count, usage as reported.
+	countCalls = 0
+	ev2 := chatEvent("bge-m3", "")
+	ev2.Request = json.RawMessage(`{"model":"bge-m3","input":"hello"}`)
+	ev2.Response = json.RawMessage(resp)
+	ev2.Usage = &schema.Usage{PromptTokens: &in, CompletionTokens: &out, TotalTokens: &total}
+	p.Event(ev2)
+	if countCalls != 0 || *ev2.Usage.PromptTokens != 12 || string(ev2.Response) != resp {
+		t.Errorf("nothing to mask: counted %d times, usage %+v, response %s", countCalls, ev2.Usage, ev2.Response)
+	}
+	// A match across a number and a string's escape goes the decoding way
+	// and still keeps an unmasked payload as it was.
+	odd := json.RawMessage(`{"a":"x\"y","n":12345678901}`)
+	if got := p.maskJSON(odd); string(got) != string(odd) {
+		t.Errorf("maskJSON(%s) = %s", odd, got)
+	}
+}
+
+func TestMaskStrings(t *testing.T) {
+	p := mustPolicy(t, Options{Masks: DefaultMasks})
+	phone := p.masks[1]
+	for _, c := range []struct{ in, want string }{
+		{`{"n":12345678901,"t":"call 555 123 4567"}`, `{"n":12345678901,"t":"call [REDACTED]"}`},
+		{`[0.12549019607843137,-0.4588235294117647]`, ``}, // numbers only: nothing
+		{`{"a":"x\"555 123 4567\"","b":"555 123 4567"}`, `{"a":"x\"[REDACTED]\"","b":"[REDACTED]"}`},
+		{`"555 123 4567`, `"[REDACTED]`}, // cut text: the open string still counts
+	} {
+		got, ok := maskStrings([]byte(c.in), phone)
+		if want := c.want; (want == "") == ok || (ok && string(got) != want) {
+			t.Errorf("maskStrings(%s) = %s, %v; want %q", c.in, got, ok, want)
+		}
+	}
+}
+
+// A mask's filter may let text through that the mask does not match, never
+// the reverse; string and byte forms agree.
+func TestMaskFiltersNeverHideAMatch(t *testing.T) {
+	p := mustPolicy(t, Options{Masks: DefaultMasks})
+	texts := []string{
+		"mail bob.smith@example.com now", "no at sign here", "call +1 (555) 123-4567", "order 12345678",
+		"key sk-abcdefghijklmnopqrstuvwx", "pk_ABCDEFGHIJKLMNOPQRSTUV", "my api-0123456789abcdefghij",
+		"key_0123456789abcdefghijklmn", "xf-0123456789abcdefghijklmn", "rk-short", "ask-me", "-sk-", "k-", "_",
+		"plain text without anything", "",
+	}
+	for _, m := range p.masks {
+		for _, s := range texts {
+			str, b := m.possible.str(s), m.possible.bytes([]byte(s))
+			if str != b {
+				t.Errorf("mask %s on %q: string filter %v, bytes filter %v", m.re, s, str, b)
+			}
+			if m.re.MatchString(s) && !str {
+				t.Errorf("mask %s matches %q but its filter says it cannot", m.re, s)
+			}
+		}
+	}
+	if m := p.masks[2]; !m.possible.str("x sk-") || m.possible.str("desk top") || m.possible.str("s-k") {
+		t.Error("key prefix filter: want sk- found, 'desk top' and 's-k' not")
+	}
+}

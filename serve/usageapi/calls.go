@@ -26,16 +26,13 @@ func (s *Server) handleCalls(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	loc, err := q.location()
+	var spec callsdb.CallListSpec
+	loc, from, to, err := q.zonedRange(s.now())
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	var spec callsdb.CallListSpec
-	if spec.From, spec.To, err = q.timeRange(loc, s.now()); err != nil {
-		s.fail(w, r, err)
-		return
-	}
+	spec.From, spec.To = from, to
 	for _, p := range []struct {
 		name string
 		dst  *string
@@ -298,16 +295,13 @@ func (s *Server) handleBatches(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	loc, err := q.location()
+	var spec callsdb.BatchSpec
+	loc, from, to, err := q.zonedRange(s.now())
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	var spec callsdb.BatchSpec
-	if spec.From, spec.To, err = q.timeRange(loc, s.now()); err != nil {
-		s.fail(w, r, err)
-		return
-	}
+	spec.From, spec.To = from, to
 	if spec.Limit, err = q.limit(); err != nil {
 		s.fail(w, r, err)
 		return

@@ -89,6 +89,15 @@ func (q *query) location() (*time.Location, error) {
 	return loc, nil
 }
 
+// zonedRange is location and timeRange: the request's time zone and range.
+func (q *query) zonedRange(now time.Time) (loc *time.Location, from, to time.Time, err error) {
+	if loc, err = q.location(); err != nil {
+		return nil, from, to, err
+	}
+	from, to, err = q.timeRange(loc, now)
+	return loc, from, to, err
+}
+
 // timeRange reads from and to: RFC 3339 times, or dates YYYY-MM-DD in loc
 // (from = the start of that day, to = the end of that day, i.e. the start of
 // the next). Default: the last 7 days including today, ending now.

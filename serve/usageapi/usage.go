@@ -96,13 +96,11 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) usageSpec(q *query) (callsdb.UsageSpec, []string, *time.Location, error) {
 	var spec callsdb.UsageSpec
-	loc, err := q.location()
+	loc, from, to, err := q.zonedRange(s.now())
 	if err != nil {
 		return spec, nil, nil, err
 	}
-	if spec.From, spec.To, err = q.timeRange(loc, s.now()); err != nil {
-		return spec, nil, nil, err
-	}
+	spec.From, spec.To = from, to
 	g, keys, err := q.groupBy()
 	if err != nil {
 		return spec, nil, nil, err

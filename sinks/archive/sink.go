@@ -51,15 +51,7 @@ type SinkConfig struct {
 }
 
 func (c *SinkConfig) defaults() error {
-	if c.Stream == "" {
-		c.Stream = stage.Reads
-	}
-	if c.Consumer == "" {
-		c.Consumer = stage.Consumer
-	}
-	if c.FilterSubject == "" {
-		c.FilterSubject = stage.Subject
-	}
+	stage.Defaults(&c.Stream, &c.Consumer, &c.FilterSubject)
 	if c.Bucket == "" {
 		return errors.New("archive sink: bucket is required")
 	}

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/callpipe/callpipe/schema"
 )
@@ -146,8 +147,8 @@ func callColumns(calls []schema.Call, maxText int, now time.Time, version uint64
 		b.finishReason = append(b.finishReason, c.FinishReason)
 		b.inputText = append(b.inputText, cut(c.InputText))
 		b.outputText = append(b.outputText, cut(c.OutputText))
-		b.input = append(b.input, cut(string(c.Input)))
-		b.output = append(b.output, cut(string(c.Output)))
+		b.input = append(b.input, cut(view(c.Input)))
+		b.output = append(b.output, cut(view(c.Output)))
 		b.modelParameters = append(b.modelParameters, jsonObject(c.ModelParameters))
 		b.inputTokens = append(b.inputTokens, c.InputTokens)
 		b.outputTokens = append(b.outputTokens, c.OutputTokens)
@@ -188,23 +189,30 @@ func splitTime(t time.Time) (time.Time, uint16) {
 	return t.Truncate(time.Second), uint16(t.Nanosecond() / int(time.Millisecond))
 }
 
+// view is b as a string without copying it: the column values live only
+// until the driver has copied them into its column buffers, and the calls'
+// decoded JSON is never modified.
+func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
 // jsonObject renders a map as a JSON object with sorted keys ("" when empty).
 func jsonObject(m map[string]json.RawMessage) string {
 	if len(m) == 0 {
 		return ""
 	}
 	keys := make([]string, 0, len(m))
-	for k := range m {
+	size := 2
+	for k, v := range m {
 		keys = append(keys, k)
+		size += len(k) + len(v) + 8
 	}
 	sort.Strings(keys)
-	buf := []byte{'{'}
+	buf := make([]byte, 1, size)
+	buf[0] = '{'
 	for i, k := range keys {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
-		kb, _ := json.Marshal(k)
-		buf = append(buf, kb...)
+		buf = schema.AppendJSONString(buf, k)
 		buf = append(buf, ':')
 		if v := m[k]; len(v) > 0 {
 			buf = append(buf, v...)
@@ -212,5 +220,5 @@ func jsonObject(m map[string]json.RawMessage) string {
 			buf = append(buf, "null"...)
 		}
 	}
-	return string(append(buf, '}'))
+	return view(append(buf, '}')) // buf is this string's alone
 }

@@ -130,3 +130,19 @@ func TestUsageQueryGroupings(t *testing.T) {
 		t.Fatalf("%d groupings", len(seen))
 	}
 }
+
+// jsonObject writes what encoding/json writes for the same map (sorted
+// keys, the same escapes), and "" for an empty one.
+func TestJSONObjectMatchesEncodingJSON(t *testing.T) {
+	m := map[string]json.RawMessage{"b": json.RawMessage(`{"x":1}`), "a<&>\"\n": json.RawMessage(`"v"`), "é": json.RawMessage(`[1,2]`), "n": nil}
+	want, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := jsonObject(m); got != string(want) {
+		t.Errorf("jsonObject = %s\nwant        %s", got, want)
+	}
+	if got := jsonObject(nil); got != "" {
+		t.Errorf("empty: %q", got)
+	}
+}

@@ -80,16 +80,7 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	stage := bus.StageOf(bus.StageClickHouse)
-	if cfg.Stream == "" {
-		cfg.Stream = stage.Reads
-	}
-	if cfg.Consumer == "" {
-		cfg.Consumer = stage.Consumer
-	}
-	if cfg.FilterSubject == "" {
-		cfg.FilterSubject = stage.Subject
-	}
+	bus.StageOf(bus.StageClickHouse).Defaults(&cfg.Stream, &cfg.Consumer, &cfg.FilterSubject)
 	if cfg.Batch.Count <= 0 {
 		cfg.Batch.Count = 50000
 	}

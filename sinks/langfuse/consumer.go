@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -64,16 +64,11 @@ type Sink struct {
 	accepted, rejected, pending, skipped prometheus.Counter
 	// authRefused is 1 while Langfuse refuses the credentials.
 	authRefused prometheus.Gauge
-	// perMsg is the calls per message of the last batch handled: a fetch
-	// asks for about Batch.Count calls' worth of messages, whether they
-	// are single calls or batches (bus/batch.go). It starts at the largest
-	// batch, so the first fetch holds few calls.
-	perMsg atomic.Int64
-	// fetchBytes bounds a fetch in bytes too, so that batched messages
-	// after a run of small ones cannot make one handle hold many times
-	// Batch.Count calls; it is never below the server's max payload, or a
-	// message that large could never be fetched.
-	fetchBytes int
+	// pullBytes bounds the iterator's read-ahead, so that batched
+	// messages (bus/batch.go) cannot make it hold many batches of calls;
+	// it is never below the server's max payload, or a message that large
+	// could never be pulled.
+	pullBytes int
 }
 
 // NewSink creates (or updates) the durable consumer.
@@ -126,8 +121,7 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Consumer, stage.Reads, err)
 	}
 	s := &Sink{out: out, js: js, cons: cons, cfg: cfg, log: cfg.Log, dead: bus.DeadLetters{JS: js, Stage: stage.Name}}
-	s.perMsg.Store(bus.MaxBatchCalls)
-	s.fetchBytes = max(4<<20, int(nc.MaxPayload())+64<<10)
+	s.pullBytes = max(4<<20, int(nc.MaxPayload())+64<<10)
 	counter := func(result string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "callpipe_langfuse_calls_total", Help: "Calls handled by the Langfuse sink, by result.",
@@ -160,9 +154,20 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 func (s *Sink) Health() error { return s.out.Health() }
 
 // Run consumes until ctx ends, then finishes the batches in flight
-// (acknowledging what Langfuse accepted) within DrainTimeout and returns.
+// (acknowledging what Langfuse accepted) within DrainTimeout, hands back
+// (nak) what it had received but not started, and returns.
+//
+// Messages come from the consumer's pull iterator (Messages), not from
+// one-shot Fetch calls: on a replicated (R3) consumer nats-server sends a
+// message only once its delivery is replicated, but the 409 "Batch
+// Completed" status of a pull request at once, so a Fetch whose count was
+// met ends on that status and unsubscribes before its message arrives. The
+// message is then delivered to nobody and comes back after AckWait, to the
+// same race, for ever (ack floor 0 on a cluster). The iterator keeps one
+// subscription for all its pull requests, so a late message still lands;
+// its heartbeats also notice a lost consumer leader and pull again.
 func (s *Sink) Run(ctx context.Context) error {
-	// Writes get their own context: SIGTERM stops fetching, not the batch in flight.
+	// Writes get their own context: SIGTERM stops pulling, not the batch in flight.
 	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer wcancel()
 	stop := context.AfterFunc(ctx, func() {
@@ -173,76 +178,154 @@ func (s *Sink) Run(ctx context.Context) error {
 
 	sem := make(chan struct{}, s.cfg.MaxInFlight)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		wg.Wait()
+		// the acks of the last batches are buffered publishes: send them
+		// before the caller closes the connection
+		if err := s.js.Conn().FlushTimeout(5 * time.Second); err != nil {
+			s.log.Warn("langfuse sink: flushing acks", "err", err)
+		}
+	}()
 	var pauseMu sync.Mutex
 	var pauseUntil time.Time
 	refusals := 0 // batches refused in a row
 
 	for ctx.Err() == nil {
-		pauseMu.Lock()
-		wait := time.Until(pauseUntil)
-		pauseMu.Unlock()
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			}
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		}
-		fetch := max(1, s.cfg.Batch.Count/int(max(1, s.perMsg.Load())))
-		batch, err := s.cons.Fetch(fetch, jetstream.FetchMaxWait(s.cfg.Batch.Period), jetstream.FetchMaxBytes(s.fetchBytes))
+		p, err := s.pull()
 		if err != nil {
-			<-sem
-			if ctx.Err() != nil {
-				return nil
-			}
-			s.log.Warn("langfuse sink: fetch", "err", err)
+			s.log.Warn("langfuse sink: pull", "err", err)
 			sleep(ctx, time.Second)
 			continue
 		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if len(msgs) == 0 {
-			<-sem
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			err := s.handle(wctx, msgs)
+		ended := false // the iterator ended by itself (connection closed, consumer deleted)
+		for ctx.Err() == nil && !ended {
 			pauseMu.Lock()
-			defer pauseMu.Unlock()
-			if !errors.Is(err, ErrUnauthorized) {
-				// A batch that started before a refusal may end well after
-				// it; only the output knows whether the keys work now.
-				if s.out.Health() == nil {
-					refusals = 0
-					s.authRefused.Set(0)
-				}
-				return
+			wait := time.Until(pauseUntil)
+			pauseMu.Unlock()
+			if wait > 0 {
+				// Hold nothing while the keys are refused: what the iterator
+				// had read ahead comes back when the pause ends, instead of
+				// waiting (unrefreshed) in this process's buffer.
+				p.handBack(wait)
+				sleep(ctx, wait)
+				break
 			}
-			// Stop sending while the keys are refused (every request would
-			// be), longer after each refusal: RetryDelay doubling up to
-			// AuthPauseMax, so a long outage costs a few requests.
-			s.authRefused.Set(1)
-			pause := AuthPause(s.cfg.RetryDelay, refusals)
-			refusals++
-			pauseUntil = time.Now().Add(pause)
-			s.log.Error("langfuse refused the credentials: not sending, nothing acknowledged; check langfuse.public_key/secret_key",
-				"err", err, "refusals", refusals, "retry_in", pause)
-		}()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				continue
+			}
+			msgs, open := s.collect(ctx, p.msgs)
+			ended = !open
+			if len(msgs) == 0 {
+				<-sem
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				err := s.handle(wctx, msgs)
+				pauseMu.Lock()
+				defer pauseMu.Unlock()
+				if !errors.Is(err, ErrUnauthorized) {
+					// A batch that started before a refusal may end well after
+					// it; only the output knows whether the keys work now.
+					if s.out.Health() == nil {
+						refusals = 0
+						s.authRefused.Set(0)
+					}
+					return
+				}
+				// Stop sending while the keys are refused (every request would
+				// be), longer after each refusal: RetryDelay doubling up to
+				// AuthPauseMax, so a long outage costs a few requests.
+				s.authRefused.Set(1)
+				pause := AuthPause(s.cfg.RetryDelay, refusals)
+				refusals++
+				pauseUntil = time.Now().Add(pause)
+				s.log.Error("langfuse refused the credentials: not sending, nothing acknowledged; check langfuse.public_key/secret_key",
+					"err", err, "refusals", refusals, "retry_in", pause)
+			}()
+		}
+		if ctx.Err() != nil {
+			// stopping: another replica (or the next run) takes what was
+			// read ahead at once
+			p.handBack(0)
+		} else if ended {
+			s.log.Warn("langfuse sink: pull ended; pulling again")
+			sleep(ctx, time.Second) // not in a tight loop if it ends again at once
+		}
 	}
 	return nil
+}
+
+// puller is one pull iterator of the consumer and the channel it feeds.
+type puller struct {
+	it   jetstream.MessagesContext
+	msgs <-chan jetstream.Msg
+}
+
+// pull starts an iterator. Its read-ahead is bounded in bytes (pullBytes),
+// so that batched messages cannot make it hold many batches' worth of calls.
+func (s *Sink) pull() (*puller, error) {
+	it, err := s.cons.Messages(jetstream.PullMaxBytes(s.pullBytes))
+	if err != nil {
+		return nil, fmt.Errorf("langfuse sink: pull from %s: %w", s.cfg.Consumer, err)
+	}
+	// a hand-off of one: every message the sink has taken is in a batch
+	// (kept alive once its write starts); the rest waits in the iterator
+	return &puller{it: it, msgs: bus.Pull(it, 1, s.log, "langfuse sink", func(m jetstream.Msg) jetstream.Msg { return m })}, nil
+}
+
+// handBack ends the iterator and naks what it had read ahead, to be
+// redelivered after delay.
+func (p *puller) handBack(delay time.Duration) {
+	p.it.Drain()
+	for m := range p.msgs {
+		if delay > 0 {
+			_ = m.NakWithDelay(delay)
+		} else {
+			_ = m.Nak()
+		}
+	}
+}
+
+// collect takes messages until they hold Batch.Count calls or Batch.Period
+// has passed since the first, or ctx ends. open is false when msgs was
+// closed (the iterator ended).
+func (s *Sink) collect(ctx context.Context, msgs <-chan jetstream.Msg) (batch []jetstream.Msg, open bool) {
+	var period <-chan time.Time
+	calls := 0
+	for calls < s.cfg.Batch.Count {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return batch, false
+			}
+			if len(batch) == 0 {
+				t := time.NewTimer(s.cfg.Batch.Period)
+				defer t.Stop()
+				period = t.C
+			}
+			batch = append(batch, m)
+			calls += callsOf(m)
+		case <-period:
+			return batch, true
+		case <-ctx.Done():
+			return batch, true
+		}
+	}
+	return batch, true
+}
+
+// callsOf is the number of calls message m holds, from its header (a
+// malformed count is the handler's to dead-letter; here it counts as one).
+func callsOf(m jetstream.Msg) int {
+	if n, err := strconv.Atoi(m.Headers().Get(bus.HeaderCalls)); err == nil && n > 0 {
+		return n
+	}
+	return 1
 }
 
 // AuthPauseMax caps the pause after repeated credential refusals.
@@ -267,7 +350,7 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// handle writes one fetched batch and settles every message.
+// handle writes one batch of messages and settles every message.
 func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	// Keep the messages from being redelivered while we retry.
 	keepAlive := time.NewTicker(max(s.cfg.AckWait/3, time.Second))
@@ -338,9 +421,6 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 			item = append(item, i)
 			st.calls++
 		}
-	}
-	if len(msgs) > 0 {
-		s.perMsg.Store(int64(max(1, (len(calls)+len(msgs)-1)/len(msgs))))
 	}
 	var outcomes []Outcome
 	var err error

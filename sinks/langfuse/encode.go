@@ -1,10 +1,13 @@
 package langfuse
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"math"
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/callpipe/callpipe/schema"
 )
@@ -190,4 +193,172 @@ func (e *Event) AppendJSON(b []byte) []byte {
 		f.b = append(f.b, raw...)
 	}
 	return append(f.b, '}')
+}
+
+// callEvents writes a call's trace-create and generation-create events
+// straight from the call, byte for byte as MapCall's events' AppendJSON
+// (TestCallEventsMatchMapCall), without building them first: no event
+// structs, usage maps or time strings per call, and the values both
+// events share (times, name, input, output, metadata) are worked out once.
+// It is the ingestion transport's hot path.
+type callEvents struct {
+	c              *schema.Call
+	o              *MapOptions
+	traceID, name  string
+	input, output  json.RawMessage
+	meta           json.RawMessage
+	start, end     []byte // JSON strings, quoted
+	first          []byte // completionStartTime, quoted; nil: none
+	ids            string // trace envelope id, then generation envelope id
+	times          [3][40]byte
+	statusMessage  string
+	failed, costOK bool
+}
+
+func (e *callEvents) reset(c *schema.Call, o *MapOptions) {
+	*e = callEvents{c: c, o: o, traceID: TraceID(c), name: Name(c)}
+	e.input = field(c.Input, c.InputText, o.MaxFieldBytes)
+	e.output = field(c.Output, c.OutputText, o.MaxFieldBytes)
+	e.meta = metadata(c)
+	e.start = appendTS(e.times[0][:0], c.StartTime)
+	e.end = appendTS(e.times[1][:0], c.EndTime)
+	if c.FirstTokenTime != nil {
+		e.first = appendTS(e.times[2][:0], *c.FirstTokenTime)
+	}
+	var ids [72]byte
+	appendEnvelopeID(ids[:0], c.ID, TypeTraceCreate)
+	appendEnvelopeID(ids[36:36], c.ID, TypeGenerationCreate)
+	e.ids = string(ids[:])
+	e.costOK = c.CostUSD != nil && *c.CostUSD >= 0 && !math.IsInf(*c.CostUSD, 0)
+	if e.failed = Failed(c); e.failed {
+		e.statusMessage = c.Error
+		if e.statusMessage == "" {
+			e.statusMessage = "HTTP " + strconv.Itoa(c.Status)
+		}
+	}
+}
+
+// appendTS appends t as ts formats it, quoted; a zero time is "".
+func appendTS(b []byte, t time.Time) []byte {
+	b = append(b, '"')
+	if !t.IsZero() {
+		b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
+	}
+	return append(b, '"')
+}
+
+// appendEnvelopeID appends EnvelopeID(callID, typ).
+func appendEnvelopeID(b []byte, callID, typ string) []byte {
+	var kb [128]byte
+	k := append(append(append(kb[:0], typ...), 0), callID...)
+	h := sha256.Sum256(k)
+	var hx [32]byte
+	hex.Encode(hx[:], h[:16])
+	b = append(b, hx[0:8]...)
+	b = append(append(b, '-'), hx[8:12]...)
+	b = append(append(b, '-'), hx[12:16]...)
+	b = append(append(b, '-'), hx[16:20]...)
+	return append(append(b, '-'), hx[20:32]...)
+}
+
+// envelope opens an event: its id, type and timestamp, then "body":.
+func (e *callEvents) envelope(b []byte, id, typ string) []byte {
+	b = append(b, `{"id":"`...)
+	b = append(b, id...) // hex and dashes: nothing to escape
+	b = append(b, `","type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","timestamp":`...)
+	b = append(b, e.start...)
+	return append(b, `,"body":`...)
+}
+
+// id is the envelope id of event k (0: trace, 1: generation).
+func (e *callEvents) id(k int) string { return e.ids[36*k : 36*k+36] }
+
+// typ is the type of event k.
+func (e *callEvents) typ(k int) string {
+	if k == 0 {
+		return TypeTraceCreate
+	}
+	return TypeGenerationCreate
+}
+
+// append appends event k (0: trace, 1: generation).
+func (e *callEvents) append(b []byte, k int) []byte {
+	if k == 0 {
+		return e.appendTrace(b)
+	}
+	return e.appendGeneration(b)
+}
+
+// timeField appends a quoted time that is not "" under key k.
+func (f *fields) timeField(k string, quoted []byte) {
+	if len(quoted) > 2 {
+		f.key(k)
+		f.b = append(f.b, quoted...)
+	}
+}
+
+// open starts event k: its envelope and the opening of its body.
+func (e *callEvents) open(b []byte, k int) fields {
+	return fields{b: append(e.envelope(b, e.id(k), e.typ(k)), '{'), first: true}
+}
+
+func (e *callEvents) appendTrace(b []byte) []byte {
+	c, f := e.c, e.open(b, 0)
+	f.strAlways("id", e.traceID)
+	f.key("timestamp")
+	f.b = append(f.b, e.start...)
+	f.str("name", e.name)
+	f.str("userId", c.UserID)
+	f.str("sessionId", c.SessionID)
+	f.raw("input", e.input)
+	f.raw("output", e.output)
+	f.raw("metadata", e.meta)
+	if len(c.Tags) > 0 {
+		f.strings("tags", tags(c.Tags))
+	}
+	f.str("environment", e.o.Environment)
+	f.str("release", e.o.Release)
+	return append(f.b, "}}"...)
+}
+
+func (e *callEvents) appendGeneration(b []byte) []byte {
+	c, f := e.c, e.open(b, 1)
+	f.strAlways("id", c.ID)
+	f.strAlways("traceId", e.traceID)
+	f.str("name", e.name)
+	f.key("startTime")
+	f.b = append(f.b, e.start...)
+	f.timeField("endTime", e.end)
+	f.timeField("completionStartTime", e.first)
+	f.str("model", c.Model)
+	f.raw("modelParameters", modelParameters(c.ModelParameters))
+	f.raw("input", e.input)
+	f.raw("output", e.output)
+	f.raw("metadata", e.meta)
+	if c.InputTokens >= 0 || c.OutputTokens >= 0 || c.TotalTokens >= 0 { // usage(c), keys sorted
+		f.key("usageDetails")
+		u := fields{b: append(f.b, '{'), first: true}
+		for _, n := range [3]struct {
+			k string
+			v int64
+		}{{"input", c.InputTokens}, {"output", c.OutputTokens}, {"total", c.TotalTokens}} {
+			if n.v >= 0 {
+				u.key(n.k)
+				u.b = strconv.AppendInt(u.b, n.v, 10)
+			}
+		}
+		f.b = append(u.b, '}')
+	}
+	if e.costOK {
+		f.key("costDetails")
+		f.b = append(appendFloat(append(f.b, `{"total":`...), *c.CostUSD), '}')
+	}
+	if e.failed {
+		f.str("level", "ERROR")
+		f.str("statusMessage", e.statusMessage)
+	}
+	f.str("environment", e.o.Environment)
+	return append(f.b, "}}"...)
 }

@@ -11,8 +11,6 @@ package langfuse
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -102,9 +100,8 @@ func ValidEnvironment(env string) bool {
 // EnvelopeID is the stable envelope id of a call's event of type typ: a
 // UUID-shaped SHA-256 of both, so a resend overwrites the same stored event.
 func EnvelopeID(callID, typ string) string {
-	h := sha256.Sum256([]byte(typ + "\x00" + callID))
-	s := hex.EncodeToString(h[:16])
-	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]
+	var b [36]byte
+	return string(appendEnvelopeID(b[:0], callID, typ))
 }
 
 // TraceID is the Langfuse trace id of a call: its trace_id, or its own id.

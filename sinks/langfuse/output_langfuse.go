@@ -1,6 +1,7 @@
 package langfuse
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,6 +97,8 @@ type Output struct {
 
 	requests atomic.Int64
 	events   atomic.Int64
+
+	bodies chan *bodyBuf // free request body buffers
 }
 
 // NewOutput returns an unconnected output with defaults filled in.
@@ -131,7 +134,7 @@ func NewOutput(cfg OutputConfig) *Output {
 	if cfg.Transport == "" {
 		cfg.Transport = TransportAuto
 	}
-	return &Output{cfg: cfg, inflight: make(chan struct{}, cfg.MaxInFlight)}
+	return &Output{cfg: cfg, inflight: make(chan struct{}, cfg.MaxInFlight), bodies: make(chan *bodyBuf, 2*cfg.MaxInFlight)}
 }
 
 // Transport is the transport in use after Connect.
@@ -243,6 +246,69 @@ type encoded struct {
 type chunk struct {
 	evs  []encoded
 	body []byte
+	buf  *bodyBuf // body's buffer, when it is one of the output's
+}
+
+// bodyBuf is a request body buffer the output reuses: bodies are
+// megabytes, and a fresh one per request cost the sink more CPU (zeroing,
+// growing, collecting) than writing the events into it. A buffer goes
+// back to the free list when its WriteBatch returned and every request
+// that sent it closed its body: net/http may still read a body after Do
+// returned (on an error), and a reused buffer must never be sent half
+// overwritten.
+type bodyBuf struct {
+	b    []byte
+	refs atomic.Int32
+	free chan *bodyBuf
+}
+
+func (bb *bodyBuf) release() {
+	if bb.refs.Add(-1) != 0 {
+		return
+	}
+	bb.b = bb.b[:0]
+	select {
+	case bb.free <- bb:
+	default: // the list is full: let the collector have it
+	}
+}
+
+// bodyReader sends a bodyBuf and releases it once, when net/http closes it.
+type bodyReader struct {
+	bytes.Reader
+	buf    *bodyBuf
+	closed atomic.Bool
+}
+
+// reader is a body reading body (in bb), holding bb until it is closed.
+func (bb *bodyBuf) reader(body []byte) *bodyReader {
+	bb.refs.Add(1)
+	r := &bodyReader{buf: bb}
+	r.Reset(body)
+	return r
+}
+
+func (r *bodyReader) Close() error {
+	if r.closed.CompareAndSwap(false, true) {
+		r.buf.release()
+	}
+	return nil
+}
+
+// takeBody is a buffer of at least n bytes from the free list (or a new
+// one), held by the caller until it calls release.
+func (o *Output) takeBody(n int) *bodyBuf {
+	var bb *bodyBuf
+	select {
+	case bb = <-o.bodies:
+		if cap(bb.b) < n {
+			bb.b = make([]byte, 0, n)
+		}
+	default:
+		bb = &bodyBuf{b: make([]byte, 0, n), free: o.bodies}
+	}
+	bb.refs.Store(1)
+	return bb
 }
 
 const (
@@ -263,7 +329,7 @@ func (o *Output) EventsPerCall() int {
 // encoded. Ingestion events are written straight into their request body;
 // an event's raw bytes stay valid (and are reused for retries) after emit.
 // It stops early when emit returns false.
-func (o *Output) encode(calls []schema.Call, emit func(chunk) bool) error {
+func (o *Output) encode(calls []schema.Call, held *[]*bodyBuf, emit func(chunk) bool) error {
 	per := o.EventsPerCall()
 	evs := make([]encoded, 0, per*len(calls))
 	start := 0 // first event of the chunk being filled
@@ -292,21 +358,25 @@ func (o *Output) encode(calls []schema.Call, emit func(chunk) bool) error {
 		return nil
 	}
 	// Size the body buffer from the first call, so that it rarely grows.
+	var cur *bodyBuf
 	newBody := func(perEvent, events int) []byte {
 		n := min(o.cfg.MaxBatchBytes, perEvent*min(events, o.cfg.MaxBatchCount)+perEvent) + len(batchHead) + len(batchTail)
-		return append(make([]byte, 0, n), batchHead...)
+		cur = o.takeBody(n)
+		*held = append(*held, cur)
+		return append(cur.b, batchHead...)
 	}
 	buf := newBody(1024, per*len(calls))
 	estimated := false
+	var ce callEvents
 	for i := range calls {
-		tr, gen := MapCall(&calls[i], o.cfg.Map)
-		for _, ev := range [2]*Event{&tr, &gen} {
+		ce.reset(&calls[i], &o.cfg.Map)
+		for k := range 2 {
 			from := len(buf)
 			if len(evs) > start {
 				buf = append(buf, ',')
 				from++
 			}
-			buf = ev.AppendJSON(buf)
+			buf = ce.append(buf, k)
 			if !estimated {
 				want := min((len(buf)-from+64)*min(per*len(calls), o.cfg.MaxBatchCount), o.cfg.MaxBatchBytes+len(batchTail))
 				buf = slices.Grow(buf, max(0, want-len(buf)))
@@ -314,19 +384,23 @@ func (o *Output) encode(calls []schema.Call, emit func(chunk) bool) error {
 			}
 			if n := len(evs) - start; n > 0 && (len(buf)+len(batchTail) > o.cfg.MaxBatchBytes || n >= o.cfg.MaxBatchCount) {
 				// This event opens the next request.
+				sent := cur
 				next := newBody(len(buf)/n, per*len(calls)-len(evs))
 				next = append(next, buf[from:]...)
 				body := append(buf[:from-1], batchTail...) // drops the comma
-				if !emit(chunk{evs: evs[start:len(evs):len(evs)], body: body}) {
+				sent.b = body                              // the buffer may have grown
+				if !emit(chunk{evs: evs[start:len(evs):len(evs)], body: body, buf: sent}) {
 					return nil
 				}
 				buf, start, from = next, len(evs), len(batchHead)
 			}
-			evs = append(evs, encoded{call: i, id: ev.ID, typ: ev.Type, raw: buf[from:len(buf):len(buf)]})
+			evs = append(evs, encoded{call: i, id: ce.id(k), typ: ce.typ(k), raw: buf[from:len(buf):len(buf)]})
 		}
 	}
 	if len(evs) > start {
-		emit(chunk{evs: evs[start:], body: append(buf, batchTail...)})
+		body := append(buf, batchTail...)
+		cur.b = body
+		emit(chunk{evs: evs[start:], body: body, buf: cur})
 	}
 	return nil
 }
@@ -433,7 +507,7 @@ func (r *round) dispatch(ch chunk) bool {
 	go func() {
 		defer r.wg.Done()
 		defer func() { <-r.o.inflight }()
-		r.apply(ch.evs, r.o.send(r.ctx, ch.evs, ch.body))
+		r.apply(ch.evs, r.o.send(r.ctx, ch.evs, ch.body, ch.buf))
 	}()
 	return true
 }
@@ -487,7 +561,13 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call) ([]Outcome
 	for attempt := 0; ; attempt++ {
 		r := &round{o: o, ctx: ctx, outcomes: outcomes, left: left, start: time.Now(), probe: o.Health() != nil}
 		if attempt == 0 {
-			err := o.encode(calls, r.dispatch)
+			var held []*bodyBuf
+			defer func() {
+				for _, bb := range held {
+					bb.release()
+				}
+			}()
+			err := o.encode(calls, &held, r.dispatch)
 			r.wg.Wait()
 			if err != nil {
 				return outcomes, err
@@ -552,12 +632,12 @@ const PartialRetries = 2
 // send posts one chunk and classifies every event; 413 (and a
 // request-level 400, which names no event) split the chunk in halves until
 // the offending event is alone, which is then rejected.
-func (o *Output) send(ctx context.Context, ch []encoded, reqBody []byte) chunkResult {
-	resp, err := o.post(ctx, ch, reqBody)
+func (o *Output) send(ctx context.Context, ch []encoded, reqBody []byte, buf *bodyBuf) chunkResult {
+	resp, err := o.post(ctx, ch, reqBody, buf)
 	return o.classify(ctx, ch, resp, err)
 }
 
-func (o *Output) post(ctx context.Context, ch []encoded, reqBody []byte) (ingestionResponse, error) {
+func (o *Output) post(ctx context.Context, ch []encoded, reqBody []byte, buf *bodyBuf) (ingestionResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, o.cfg.Timeout)
 	defer cancel()
 	defer o.requests.Add(1)
@@ -565,15 +645,15 @@ func (o *Output) post(ctx context.Context, ch []encoded, reqBody []byte) (ingest
 		return o.otlp.post(rctx, ch)
 	}
 	if reqBody == nil {
-		reqBody = body(ch)
+		reqBody, buf = body(ch), nil
 	}
-	return o.ingest.post(rctx, reqBody)
+	return o.ingest.post(rctx, reqBody, buf)
 }
 
 // halves sends the two halves of ch on their own.
 func (o *Output) halves(ctx context.Context, ch []encoded) chunkResult {
 	h := len(ch) / 2
-	a, b := o.send(ctx, ch[:h], nil), o.send(ctx, ch[h:], nil)
+	a, b := o.send(ctx, ch[:h], nil, nil), o.send(ctx, ch[h:], nil, nil)
 	return chunkResult{verdicts: append(a.verdicts, b.verdicts...), retryAfter: max(a.retryAfter, b.retryAfter)}
 }
 
@@ -607,7 +687,7 @@ func (o *Output) classify(ctx context.Context, ch []encoded, resp ingestionRespo
 				t.Stop()
 				return all(vRetry, "stopped while resending after an OTLP partial success")
 			}
-			next, err := o.post(ctx, ch, nil)
+			next, err := o.post(ctx, ch, nil, nil)
 			next.tries = resp.tries + 1
 			return o.classify(ctx, ch, next, err)
 		}

@@ -59,11 +59,23 @@ func basicAuth(publicKey, secretKey string) string {
 }
 
 // post sends one encoded {"batch":[...]} body. An error is a transport
-// failure (no HTTP answer).
-func (t *ingestionTransport) post(ctx context.Context, body []byte) (ingestionResponse, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, bytes.NewReader(body))
+// failure (no HTTP answer). When body is in buf, buf is held until net/http
+// closes the body (bodyBuf).
+func (t *ingestionTransport) post(ctx context.Context, body []byte, buf *bodyBuf) (ingestionResponse, error) {
+	var rd io.Reader = bytes.NewReader(body)
+	if buf != nil {
+		rd = buf.reader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, rd)
 	if err != nil {
+		if buf != nil {
+			buf.release()
+		}
 		return ingestionResponse{}, err
+	}
+	if buf != nil { // what NewRequest sets for a *bytes.Reader
+		req.ContentLength = int64(len(body))
+		req.GetBody = func() (io.ReadCloser, error) { return buf.reader(body), nil } // a resend holds buf too
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", t.auth)

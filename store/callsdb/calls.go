@@ -140,21 +140,17 @@ func CallList(ctx context.Context, conn driver.Conn, db string, s CallListSpec) 
 
 // callKeys runs one key window (callKeysQuery).
 func callKeys(ctx context.Context, conn driver.Conn, query string) ([]callPos, error) {
-	rows, err := conn.Query(ctx, query)
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse call list keys: %w", err)
-	}
-	defer rows.Close()
 	var keys []callPos
-	for rows.Next() {
+	err := eachRow(ctx, conn, query, func(rows driver.Rows) error {
 		var ts int64
 		var id string
 		if err := rows.Scan(&ts, &id); err != nil {
-			return nil, fmt.Errorf("clickhouse call list keys: %w", err)
+			return err
 		}
 		keys = append(keys, posAt(ts, id))
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("clickhouse call list keys: %w", err)
 	}
 	return keys, nil
@@ -163,13 +159,8 @@ func callKeys(ctx context.Context, conn driver.Conn, query string) ([]callPos, e
 // callFetch returns the newest copies of the calls at keys (newest first)
 // that match the spec's filters.
 func callFetch(ctx context.Context, conn driver.Conn, db string, s CallListSpec, keys []callPos) ([]CallSummary, error) {
-	rows, err := conn.Query(ctx, WithDB(callFetchQuery(s, keys), db))
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse call list: %w", err)
-	}
-	defer rows.Close()
 	out := []CallSummary{}
-	for rows.Next() {
+	err := eachRow(ctx, conn, WithDB(callFetchQuery(s, keys), db), func(rows driver.Rows) error {
 		var c CallSummary
 		var ts int64
 		var status int32
@@ -179,7 +170,7 @@ func callFetch(ctx context.Context, conn driver.Conn, db string, s CallListSpec,
 		if err := rows.Scan(&c.ID, &c.TraceID, &c.SessionID, &ts, &c.LatencyMS, &hasTTFT, &ttft, &c.Kind, &c.Model, &c.Instance,
 			&c.UserID, &status, &isErr, &c.Error, &c.InputTokens, &c.OutputTokens, &c.TotalTokens, &hasCost, &cost,
 			&c.Source, &c.BatchID, &c.Preview); err != nil {
-			return nil, fmt.Errorf("clickhouse call list: %w", err)
+			return err
 		}
 		c.StartTime = time.UnixMilli(ts).UTC()
 		c.Status, c.IsError = int(status), isErr == 1
@@ -190,8 +181,9 @@ func callFetch(ctx context.Context, conn driver.Conn, db string, s CallListSpec,
 			c.CostUSD = &cost
 		}
 		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("clickhouse call list: %w", err)
 	}
 	return out, nil

@@ -112,3 +112,20 @@ func Migrate(ctx context.Context, cfg Config, ret Retention, log *slog.Logger, d
 	}
 	return nil
 }
+
+// eachRow runs query and calls row for each result row (row scans it). The
+// error of the query, of a row or of the result set is returned as it is:
+// the caller says which read failed.
+func eachRow(ctx context.Context, conn driver.Conn, query string, row func(driver.Rows) error) error {
+	rows, err := conn.Query(ctx, query)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := row(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}

@@ -192,24 +192,23 @@ func (m *Migrator) alterPerShard(ctx context.Context, stmt string) error {
 
 // Applied returns the recorded versions and their checksums.
 func (m *Migrator) Applied(ctx context.Context) (map[int]string, error) {
-	rows, err := m.Conn.Query(ctx, WithDB(QueryAppliedMigrations, m.Database))
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse: read %s.schema_migrations: %w", m.Database, err)
-	}
-	defer rows.Close()
 	out := map[int]string{}
-	for rows.Next() {
+	err := eachRow(ctx, m.Conn, WithDB(QueryAppliedMigrations, m.Database), func(rows driver.Rows) error {
 		var v uint32
 		var sum string
 		if err := rows.Scan(&v, &sum); err != nil {
-			return nil, err
+			return err
 		}
 		if prev, ok := out[int(v)]; ok && prev != sum {
-			return nil, fmt.Errorf("clickhouse: migration %d recorded with two checksums", v)
+			return fmt.Errorf("migration %d recorded with two checksums", v)
 		}
 		out[int(v)] = sum
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse: read %s.schema_migrations: %w", m.Database, err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // Up applies every migration not yet recorded. It returns the versions it applied.

@@ -71,20 +71,15 @@ func Batches(ctx context.Context, conn driver.Conn, db string, s BatchSpec) ([]B
 	if s.Limit <= 0 {
 		return nil, fmt.Errorf("clickhouse batches: limit must be positive, got %d", s.Limit)
 	}
-	rows, err := conn.Query(ctx, WithDB(BatchesQuery(s), db))
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse batches: %w", err)
-	}
-	defer rows.Close()
 	out := []BatchSummary{}
-	for rows.Next() {
+	err := eachRow(ctx, conn, WithDB(BatchesQuery(s), db), func(rows driver.Rows) error {
 		var b BatchSummary
 		var cost float64
 		var priced uint64
 		var first, last int64
 		if err := rows.Scan(&b.BatchID, &b.Calls, &b.Errors, &b.InputTokens, &b.OutputTokens, &b.TotalTokens,
 			&cost, &priced, &first, &last, &b.Models); err != nil {
-			return nil, fmt.Errorf("clickhouse batches: %w", err)
+			return err
 		}
 		if priced > 0 {
 			b.CostUSD = &cost
@@ -92,8 +87,9 @@ func Batches(ctx context.Context, conn driver.Conn, db string, s BatchSpec) ([]B
 		b.FirstStart, b.LastEnd = time.UnixMilli(first).UTC(), time.UnixMilli(last).UTC()
 		b.DurationMS = max(last-first, 0)
 		out = append(out, b)
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("clickhouse batches: %w", err)
 	}
 	return out, nil

@@ -3,6 +3,7 @@ package callsdb
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,20 +22,9 @@ type ExportFilter struct {
 	User     string
 }
 
-// ExportColumns are the columns an export page reads, in ExportRow order.
-var ExportColumns = []string{
-	"id", "trace_id", "session_id",
-	"start_time", "start_ms", "end_time", "end_ms", "first_token_time", "first_token_ms",
-	"latency_ms", "ttft_ms",
-	"endpoint", "kind", "model", "instance",
-	"user_id", "user_source", "api_key_hash", "api_key_prefix",
-	"stream", "status", "error", "finish_reason",
-	"input_text", "output_text", "input", "output", "model_parameters",
-	"input_tokens", "output_tokens", "total_tokens", "usage_source", "cost_usd",
-	"metadata", "tags", "source", "batch_id",
-	"truncated", "version",
-	"capture_mode", "capture_mask_set",
-}
+// ExportColumns are the columns an export page reads, in ExportRow order:
+// the stored columns but inserted_at (a copy's arrival, not the call's).
+var ExportColumns = slices.DeleteFunc(slices.Clone(CallColumns), func(c string) bool { return c == "inserted_at" })
 
 // ExportRow is one deduplicated row of {db}.calls as ClickHouse returns it.
 type ExportRow struct {
@@ -162,35 +152,29 @@ type ExportHour struct {
 
 // ExportHours runs ExportHoursQuery.
 func ExportHours(ctx context.Context, conn driver.Conn, db string, f ExportFilter) ([]ExportHour, error) {
-	rows, err := conn.Query(ctx, WithDB(ExportHoursQuery(f), db))
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse export hours: %w", err)
-	}
-	defer rows.Close()
 	var out []ExportHour
-	for rows.Next() {
+	err := eachRow(ctx, conn, WithDB(ExportHoursQuery(f), db), func(rows driver.Rows) error {
 		var h ExportHour
 		if err := rows.Scan(&h.Hour, &h.Stored); err != nil {
-			return nil, fmt.Errorf("clickhouse export hours: %w", err)
+			return err
 		}
 		h.Hour = h.Hour.UTC()
 		out = append(out, h)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse export hours: %w", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // ExportPage runs ExportPageQuery and appends the rows to buf[:0].
 func ExportPage(ctx context.Context, conn driver.Conn, db string, f ExportFilter, from, to time.Time, after *ExportCursor, limit int, buf []ExportRow) ([]ExportRow, error) {
-	rows, err := conn.Query(ctx, WithDB(ExportPageQuery(f, from, to, after, limit), db))
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse export page [%s, %s) after %v: %w", from.Format(time.RFC3339), to.Format(time.RFC3339), after, err)
-	}
-	defer rows.Close()
 	out := buf[:0]
-	for rows.Next() {
+	err := eachRow(ctx, conn, WithDB(ExportPageQuery(f, from, to, after, limit), db), func(rows driver.Rows) error {
 		var r ExportRow
 		if err := rows.Scan(r.dest()...); err != nil {
-			return nil, fmt.Errorf("clickhouse export page: %w", err)
+			return err
 		}
 		r.StartTime, r.EndTime = r.StartTime.UTC(), r.EndTime.UTC()
 		if r.FirstTokenTime != nil {
@@ -198,9 +182,10 @@ func ExportPage(ctx context.Context, conn driver.Conn, db string, f ExportFilter
 			r.FirstTokenTime = &t
 		}
 		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("clickhouse export page: %w", err)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse export page [%s, %s) after %v: %w", from.Format(time.RFC3339), to.Format(time.RFC3339), after, err)
 	}
 	return out, nil
 }

@@ -1,6 +1,7 @@
 package callsdb
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,5 +33,17 @@ func TestExportPageQueryFilters(t *testing.T) {
 		if !strings.Contains(q, want) {
 			t.Errorf("page query lacks %q:\n%s", want, q)
 		}
+	}
+}
+
+// An export page scans ExportColumns into ExportRow.dest in order: every
+// stored column but inserted_at, one destination each.
+func TestExportColumnsMatchTheRow(t *testing.T) {
+	var r ExportRow
+	if n, m := len(ExportColumns), len(r.dest()); n != m {
+		t.Fatalf("%d export columns for %d row fields", n, m)
+	}
+	if slices.Contains(ExportColumns, "inserted_at") || len(ExportColumns) != len(CallColumns)-1 {
+		t.Errorf("export columns %v: want the stored columns but inserted_at", ExportColumns)
 	}
 }

@@ -93,20 +93,19 @@ const DedupWindow = 1000
 
 // tableEngines returns engine_full per table of the database.
 func tableEngines(ctx context.Context, conn driver.Conn, db string) (map[string]string, error) {
-	rows, err := conn.Query(ctx, WithDB(QueryTableEngines, db))
+	out := map[string]string{}
+	err := eachRow(ctx, conn, WithDB(QueryTableEngines, db), func(rows driver.Rows) error {
+		var name, engine string
+		if err := rows.Scan(&name, &engine); err != nil {
+			return err
+		}
+		out[name] = engine
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: list tables of %s: %w", db, err)
 	}
-	defer rows.Close()
-	out := map[string]string{}
-	for rows.Next() {
-		var name, engine string
-		if err := rows.Scan(&name, &engine); err != nil {
-			return nil, err
-		}
-		out[name] = engine
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // PartitionEnd returns when the last row a partition can hold stops being
@@ -188,20 +187,19 @@ func DropExpired(ctx context.Context, conn driver.Conn, db string, topo Topology
 }
 
 func partitionIDs(ctx context.Context, conn driver.Conn, db, table string) ([]string, error) {
-	rows, err := conn.Query(ctx, WithDB(PartitionsQuery(table), db))
+	var ids []string
+	err := eachRow(ctx, conn, WithDB(PartitionsQuery(table), db), func(rows driver.Rows) error {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		ids = append(ids, id)
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse retention: partitions of %s.%s: %w", db, table, err)
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return ids, nil
 }
 
 // sealedDays keeps the YYYYMMDD partition ids whose day has a seal: their

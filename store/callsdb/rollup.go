@@ -504,17 +504,12 @@ func (s *Sealer) Cleanup(ctx context.Context, from, to int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	rows, err := s.Conn.Query(ctx, WithDB(rollupVersionsQuery(from, to), s.Database))
-	if err != nil {
-		return 0, fmt.Errorf("rollup cleanup: list versions: %w", err)
-	}
-	defer rows.Close()
 	limit := uint64(s.now().Add(-s.grace()).UnixNano())
 	var gone []sealRef
-	for rows.Next() {
+	err = eachRow(ctx, s.Conn, WithDB(rollupVersionsQuery(from, to), s.Database), func(rows driver.Rows) error {
 		var r sealRef
 		if err := rows.Scan(&r.Grain, &r.Period, &r.Version); err != nil {
-			return 0, fmt.Errorf("rollup cleanup: %w", err)
+			return err
 		}
 		cur, ok := st.current(r.Grain, r.Period)
 		switch {
@@ -524,9 +519,10 @@ func (s *Sealer) Cleanup(ctx context.Context, from, to int64) (int, error) {
 		case r.Version < limit && (!ok || r.Version > cur.Version): // abandoned seal
 			gone = append(gone, r)
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("rollup cleanup: %w", err)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("rollup cleanup: list versions: %w", err)
 	}
 	for i := 0; i < len(gone); i += 1000 {
 		part := gone[i:min(i+1000, len(gone))]
@@ -610,16 +606,11 @@ func (st *sealState) dayCurrent(d int64, hours []Seal) bool {
 
 func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64) (*sealState, error) {
 	st := &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, dirty: map[int64]uint64{}}
-	rows, err := conn.Query(ctx, WithDB(sealsQuery(from, to), db))
-	if err != nil {
-		return nil, fmt.Errorf("rollup: read seals: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
+	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
 		var userCopy uint8
 		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy); err != nil {
-			return nil, fmt.Errorf("rollup: read seals: %w", err)
+			return err
 		}
 		x.UserCopy = userCopy == 1
 		if x.Grain == grainDay {
@@ -627,46 +618,45 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 		} else {
 			st.hours[x.Period] = x
 		}
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("rollup: read seals: %w", err)
 	}
 	return st, nil
 }
 
 func loadDirty(ctx context.Context, conn driver.Conn, db string, from, to int64) (map[int64]uint64, error) {
-	rows, err := conn.Query(ctx, WithDB(dirtyQuery(from, to), db))
-	if err != nil {
-		return nil, fmt.Errorf("rollup: read dirty hours: %w", err)
-	}
-	defer rows.Close()
 	out := map[int64]uint64{}
-	for rows.Next() {
+	err := eachRow(ctx, conn, WithDB(dirtyQuery(from, to), db), func(rows driver.Rows) error {
 		var h int64
 		var mark uint64
 		if err := rows.Scan(&h, &mark); err != nil {
-			return nil, fmt.Errorf("rollup: read dirty hours: %w", err)
+			return err
 		}
 		out[h] = mark
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rollup: read dirty hours: %w", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 func callHours(ctx context.Context, conn driver.Conn, db string, from, to int64) (map[int64]bool, error) {
-	rows, err := conn.Query(ctx, WithDB(callHoursQuery(from, to), db))
+	out := map[int64]bool{}
+	err := eachRow(ctx, conn, WithDB(callHoursQuery(from, to), db), func(rows driver.Rows) error {
+		var h int64
+		if err := rows.Scan(&h); err != nil {
+			return err
+		}
+		out[h] = true
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("rollup: hours with calls: %w", err)
 	}
-	defer rows.Close()
-	out := map[int64]bool{}
-	for rows.Next() {
-		var h int64
-		if err := rows.Scan(&h); err != nil {
-			return nil, fmt.Errorf("rollup: hours with calls: %w", err)
-		}
-		out[h] = true
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // MarkDirty marks hours (Unix seconds at the hour) for re-sealing, at now.

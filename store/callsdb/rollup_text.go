@@ -1,10 +1,11 @@
 package callsdb
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/callpipe/callpipe/internal/textout"
 )
 
 // WriteText writes st as `callpipe rollup status` shows it: indented JSON
@@ -12,9 +13,7 @@ import (
 // per kind.
 func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return textout.JSONIndent(w, st)
 	}
 	fmt.Fprintf(w, "sealed through   %s (lag %s)\n", st.SealedThrough.Format(time.RFC3339), (time.Duration(st.LagSeconds) * time.Second).String())
 	fmt.Fprintf(w, "sealable before  %s (seal_after %s)\n", st.SealableBefore.Format(time.RFC3339), st.SealAfter)

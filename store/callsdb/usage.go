@@ -83,6 +83,8 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	}
 	defer rows.Close()
 	var out []UsageRow
+	var merge histogramMerger
+	asText := histogramsAsText(s)
 	for rows.Next() {
 		r := UsageRow{Histogram: histogram}
 		dest := []any{&r.Bucket, &r.Model, &r.UserID}
@@ -91,10 +93,14 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		}
 		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
 		var lat, ttft []float64
+		var latText, ttftText string
 		var latH, ttftH Histogram
-		if rollup {
+		switch {
+		case rollup && (s.SkipPercentiles || asText):
+			dest = append(dest, &latText, &r.TTFTCalls, &ttftText)
+		case rollup:
 			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
-		} else {
+		default:
 			dest = append(dest, &lat, &r.TTFTCalls, &ttft)
 		}
 		if err := rows.Scan(dest...); err != nil {
@@ -107,6 +113,15 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		switch {
 		case s.SkipPercentiles:
 		case histogram:
+			if asText {
+				var err error
+				if latH, err = merge.parse(latText); err != nil {
+					return nil, fmt.Errorf("clickhouse usage %s: latency histogram: %w", s.Group, err)
+				}
+				if ttftH, err = merge.parse(ttftText); err != nil {
+					return nil, fmt.Errorf("clickhouse usage %s: TTFT histogram: %w", s.Group, err)
+				}
+			}
 			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
 		default:
 			r.LatencyMS = quantiles(lat)

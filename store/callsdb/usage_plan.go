@@ -284,7 +284,7 @@ FROM
     %s
 )
 GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s.SkipPercentiles, signed), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), having, strings.Join(order, ", "))
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, signed), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), having, strings.Join(order, ", "))
 }
 
 // sealRuns are each grain's runs of consecutive periods of refs, for the
@@ -316,13 +316,37 @@ func sealRuns(refs []sealRef) []string {
 	return runs
 }
 
-// histogramColumnsSQL is the latency and TTFT columns of usageRollupSQL:
-// merged histograms, or empty ones when percentiles are skipped.
-func histogramColumnsSQL(skip, signed bool) string {
-	if skip {
-		return "emptyArrayUInt16() AS latency_buckets,\n    emptyArrayUInt64() AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    emptyArrayUInt16() AS ttft_buckets,\n    emptyArrayUInt64() AS ttft_counts"
+// histogramsAsText reports whether the histograms of s are merged in Go
+// from text (histogramColumnsSQL) rather than by sumMap on the server: when
+// each group sums few rows (one model's rows of an hour or a day, or one
+// user's or one batch's rows). sumMap costs about a microsecond per bucket
+// on 18.16 (an ordered map of generic values), and so does decoding arrays
+// into Go slices in clickhouse-go; toString, the text and the merge in Go
+// cost tens of nanoseconds a bucket. But the text carries every row's
+// buckets: where a group sums many rows with hundreds of buckets each (a
+// model's month, a day over every model) the server's sumMap sends less and
+// is as fast, and over every user's rows (user, model x user) the text a
+// group holds until it is done would be gigabytes at 100 M calls, where
+// sumMap stays at a few hundred megabytes.
+func histogramsAsText(s UsageSpec) bool {
+	if s.Filter.User != "" || s.Filter.BatchID != "" {
+		return true
 	}
-	if signed { // sumMap drops buckets whose counts cancel out
+	return !s.Group.User && s.Group.Bucket != BucketNone && (s.Group.Model || s.Filter.Model != "")
+}
+
+// histogramColumnsSQL is the latency and TTFT columns of usageRollupSQL:
+// with percentiles skipped, empty; as text (histogramsAsText), each
+// group's rows' bucket and count arrays, "[b,...][c,...]" per row, for
+// histogramMerger (signed rows carry negative counts); else merged by
+// sumMap, which drops buckets whose signed counts cancel out.
+func histogramColumnsSQL(s UsageSpec, signed bool) string {
+	switch {
+	case s.SkipPercentiles:
+		return "'' AS latency_hist,\n    toUInt64(sum(tn)) AS ttft_calls,\n    '' AS ttft_hist"
+	case histogramsAsText(s):
+		return "arrayStringConcat(groupArrayIf(concat(toString(lb), toString(lc)), notEmpty(lb)), '') AS latency_hist,\n    toUInt64(sum(tn)) AS ttft_calls,\n    arrayStringConcat(groupArrayIf(concat(toString(tb), toString(tc)), notEmpty(tb)), '') AS ttft_hist"
+	case signed:
 		return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    arrayMap(x -> toUInt64(x), lat.2) AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    arrayMap(x -> toUInt64(x), ttf.2) AS ttft_counts"
 	}
 	return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    lat.2 AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    ttf.2 AS ttft_counts"

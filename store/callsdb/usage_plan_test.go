@@ -2,6 +2,7 @@ package callsdb
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -196,5 +197,41 @@ func TestLateHours(t *testing.T) {
 	}
 	if got := LateHours(times(now.Add(-21*time.Minute)), now, 30*time.Minute); len(got) != 0 {
 		t.Fatalf("the 11:00 hour is not late with a 30m horizon: %v", got)
+	}
+}
+
+// Where each group sums few rows the histograms come back as text for the
+// Go merge; over a model's month, a day of every model or every user's rows
+// sumMap merges them on the server; without percentiles neither runs.
+func TestHistogramMergePlace(t *testing.T) {
+	h := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	p := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
+	for _, c := range []struct {
+		s    UsageSpec
+		want string
+	}{
+		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}}, "text"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}}, "text"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay}, Filter: UsageFilter{Model: "m"}}, "text"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay, User: true}, Filter: UsageFilter{User: "u"}}, "text"},
+		{UsageSpec{Group: GroupBy{Model: true}, Filter: UsageFilter{BatchID: "b"}}, "text"},
+		{UsageSpec{Group: GroupBy{Model: true}}, "sumMap"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay}}, "sumMap"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true, User: true}}, "sumMap"},
+		{UsageSpec{Group: GroupBy{User: true}}, "sumMap"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true}, "none"},
+	} {
+		c.s.From, c.s.To = time.Unix(h, 0), time.Unix(h+3600, 0)
+		sql := usageRollupSQL(c.s, p)
+		got := "none"
+		switch {
+		case strings.Contains(sql, "groupArrayIf(concat(toString(lb)"):
+			got = "text"
+		case strings.Contains(sql, "sumMap(lb, lc)"):
+			got = "sumMap"
+		}
+		if got != c.want {
+			t.Errorf("%+v %+v: histograms merged by %s, want %s", c.s.Group, c.s.Filter, got, c.want)
+		}
 	}
 }

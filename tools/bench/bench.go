@@ -52,12 +52,21 @@ type Options struct {
 	SkipRaw     bool
 	Keep        bool   // keep the scratch ClickHouse database
 	MemoryLimit string // GOMEMLIMIT of every callpipe process ("" : none)
+	// ProfileSeconds > 0 saves a CPU profile of every role for the first
+	// ProfileSeconds of the throughput phase to <Dir>/<role>.cpu.pprof.
+	ProfileSeconds int
+	// Proxy, when set, adds the proxy phase (proxy.go); with Events 0 it
+	// is the only phase.
+	Proxy *ProxyOptions
 }
 
 // Check says what is wrong with the options, naming the flag.
 func (o Options) Check() error {
-	if o.Events < 1000 || o.Size < 256 || o.Clients < 1 || o.Batch < 1 {
-		return errors.New("need --events >= 1000, --size >= 256, --clients >= 1, --batch >= 1")
+	if (o.Events < 1000 && (o.Events != 0 || o.Proxy == nil)) || o.Size < 256 || o.Clients < 1 || o.Batch < 1 {
+		return errors.New("need --events >= 1000 (or 0 with --proxy: the proxy phase only), --size >= 256, --clients >= 1, --batch >= 1")
+	}
+	if p := o.Proxy; p != nil && (p.Rate < 1 || p.Clients < 1 || p.Duration < time.Second || p.Slice < 100*time.Millisecond) {
+		return errors.New("need --proxy-rate >= 1, --proxy-clients >= 1, --proxy-duration >= 1s, --proxy-slice >= 100ms")
 	}
 	for _, s := range o.Sinks {
 		if !slices.Contains([]string{"clickhouse", "langfuse", "archive"}, s) {
@@ -106,6 +115,7 @@ type bench struct {
 	runID string
 	db    string
 	addrs map[string]string // role → ops listen address
+	pprof map[string]string // role → pprof listen address (ProfileSeconds)
 }
 
 // Result is what `callpipe bench --json` writes.
@@ -131,6 +141,8 @@ type Result struct {
 	Total       *StageCost           `json:"per_call_total,omitempty"`
 	MachineCPUs int                  `json:"machine_cpus"`
 	MemoryLimit string               `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
+	// Proxy is the proxy phase's latency and cost (--proxy).
+	Proxy *ProxyResult `json:"proxy,omitempty"`
 }
 
 // LatencyResult is accept → visible in the usage API at a fixed rate.
@@ -184,7 +196,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 		env = append(env, "GOMEMLIMIT="+b.o.MemoryLimit)
 	}
 	b.fleet = &fleet.Fleet{Dir: b.o.Dir, ConfigFile: b.env.ConfigFile, Env: env, Out: b.out}
-	b.addrs = map[string]string{}
+	b.addrs, b.pprof = map[string]string{}, map[string]string{}
 	defer func() {
 		if b.fleet.Running() {
 			_, _ = b.fleet.Stop()
@@ -218,6 +230,12 @@ func (b *bench) run(ctx context.Context) (err error) {
 		default:
 			args = append([]string{"worker", "--stages", r.name}, args...)
 		}
+		if b.o.ProfileSeconds > 0 && r.name != "serve" {
+			if b.pprof[r.name], err = fleet.FreeListen(); err != nil {
+				return err
+			}
+			args = append(args, "--pprof", b.pprof[r.name])
+		}
 		if err := b.fleet.Start(r.name, args...); err != nil {
 			return err
 		}
@@ -230,22 +248,31 @@ func (b *bench) run(ctx context.Context) (err error) {
 	res := &Result{Events: b.o.Events, EventBytes: b.o.Size, Sinks: b.o.Sinks, StagePerS: map[string]float64{}, MachineCPUs: runtime.NumCPU(), MemoryLimit: b.o.MemoryLimit}
 	b.say("bench      run %s: %d events of %d bytes, sinks %s, %d CPUs", b.runID, b.o.Events, b.o.Size, strings.Join(b.o.Sinks, ","), res.MachineCPUs)
 
-	if err := b.throughput(ctx, res); err != nil {
-		return err
-	}
-	if b.o.Latency > 0 {
-		if res.Latency, err = b.latency(ctx, res.EndToEndPS/2); err != nil {
+	if b.o.Events > 0 {
+		if err := b.throughput(ctx, res); err != nil {
 			return err
 		}
+		if b.o.Latency > 0 {
+			if res.Latency, err = b.latency(ctx, res.EndToEndPS/2); err != nil {
+				return err
+			}
+		}
 	}
-	if res.Processes, err = b.fleet.Stop("collect", "normalize", "clickhouse", "langfuse", "archive", "serve"); err != nil {
+	var proxyErr error
+	if b.o.Proxy != nil {
+		// Reported, with the rest, even when some requests failed.
+		if res.Proxy, proxyErr = b.proxyPhase(ctx); res.Proxy == nil {
+			return proxyErr
+		}
+	}
+	if res.Processes, err = b.fleet.Stop("proxy", "collect", "normalize", "clickhouse", "langfuse", "archive", "serve"); err != nil {
 		return err
 	}
 	if lfSink := slices.Contains(b.o.Sinks, "langfuse"); lfSink {
 		_, events := lf.Counts()
 		b.say("langfuse   receiver got %d events (trace + generation per call)", events)
 	}
-	if !b.o.SkipRaw {
+	if !b.o.SkipRaw && b.o.Events > 0 {
 		if res.RawJSPerS, err = b.rawJetStream(ctx); err != nil {
 			return err
 		}
@@ -263,8 +290,14 @@ func (b *bench) run(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	if !res.Exact {
+	if b.o.Events > 0 && !res.Exact {
 		return errors.New("bench: the usage API does not show exactly the events that were sent")
+	}
+	if proxyErr != nil {
+		return proxyErr
+	}
+	if p := res.Proxy; p != nil && p.Captured != p.Sent {
+		return fmt.Errorf("bench: the usage API shows %d of the %d calls the proxy answered", p.Captured, p.Sent)
 	}
 	return nil
 }
@@ -399,6 +432,8 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 		return err
 	}
 	proc0 := b.sampleProcs(ctx, procs)
+	profiled := b.profileRoles(ctx)
+	defer profiled()
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: b.o.Clients}}
 	var next atomic.Int64
 	var firstErr error
@@ -727,6 +762,11 @@ func (b *bench) dropDatabase(ctx context.Context, db string) {
 func (b *bench) report(r *Result) {
 	b.say("")
 	b.say("result     %d events of %d bytes on %d CPUs, sinks %s", r.Events, r.EventBytes, r.MachineCPUs, strings.Join(r.Sinks, ","))
+	if r.Events == 0 {
+		b.reportProxy(r.Proxy)
+		b.reportProcesses(r.Processes)
+		return
+	}
 	b.say("  accepted by the collector      %8.0f events/s", r.AcceptPerS)
 	for _, s := range append([]string{"normalize"}, r.Sinks...) {
 		b.say("  %-30s %8.0f events/s", s+" done", r.StagePerS[s])
@@ -762,13 +802,47 @@ func (b *bench) report(r *Result) {
 		}
 		row("all", *r.Total)
 	}
-	names := make([]string, 0, len(r.Processes))
-	for n := range r.Processes {
+	b.reportProxy(r.Proxy)
+	b.reportProcesses(r.Processes)
+}
+
+func (b *bench) reportProcesses(procs map[string]fleet.Usage) {
+	names := make([]string, 0, len(procs))
+	for n := range procs {
 		names = append(names, n)
 	}
 	slices.Sort(names)
 	for _, n := range names {
-		p := r.Processes[n]
+		p := procs[n]
 		b.say("  process %-12s  CPU %6.1f s  peak RSS %6.1f MB", n, p.CPUSeconds, p.PeakRSSMB)
 	}
+}
+
+func (b *bench) reportProxy(p *ProxyResult) {
+	if p == nil {
+		return
+	}
+	b.say("  proxy at %.0f requests/s, %d clients (embeddings, open loop; %.1f%% of requests started > 1 ms late)", p.RatePerS, p.Clients, 100*p.LateShare)
+	b.say("    %-34s %7s %7s %7s %7s   %s", "ms", "p50", "p90", "p99", "max", "proxy per request")
+	row := func(name string, q Quantiles, tail string) {
+		b.say("    %-34s %7.2f %7.2f %7.2f %7.2f   %s", name, q.P50MS, q.P90MS, q.P99MS, q.MaxMS, tail)
+	}
+	row(fmt.Sprintf("direct (%d)", p.Direct.Count), p.Direct, "")
+	paths := []struct {
+		name string
+		pp   *ProxyPath
+	}{{"proxy", &p.Proxy}}
+	if p.Baseline != nil {
+		paths = append(paths, struct {
+			name string
+			pp   *ProxyPath
+		}{"baseline", p.Baseline})
+		b.say("    (baseline: the proxy of %s, in the same turns)", p.Baseline.Binary)
+	}
+	for _, x := range paths {
+		row(fmt.Sprintf("%s (%d)", x.name, x.pp.Latency.Count), x.pp.Latency,
+			fmt.Sprintf("CPU %.1f µs, %.0f allocs, %.0f B", x.pp.CPUMicros, x.pp.Allocs, x.pp.AllocBytes))
+		row("  added by "+x.name, x.pp.Added, "")
+	}
+	b.say("    errors %d direct, %d proxy; calls captured (usage API) %d of %d", p.DirectErrors, p.Proxy.Errors, p.Captured, p.Sent)
 }

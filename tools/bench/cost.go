@@ -127,19 +127,11 @@ func (b *bench) jsCounts(ctx context.Context, stages []string) (jsCounts, error)
 func costs(calls int, stages []string, before, after map[string]procSample, js0, js1 jsCounts) map[string]StageCost {
 	n := float64(calls)
 	out := map[string]StageCost{}
-	per := func(a, b float64) float64 {
-		if a < 0 || b < 0 {
-			return -1
-		}
-		return (b - a) / n
-	}
 	for _, r := range append([]string{"collect"}, stages...) {
 		c := StageCost{CPUMicros: -1, Allocs: -1, AllocBytes: -1}
 		if a, ok := before[r]; ok {
 			if b, ok := after[r]; ok {
-				c.CPUMicros = per(a.cpu, b.cpu) * 1e6
-				c.Allocs = per(a.mallocs, b.mallocs)
-				c.AllocBytes = per(a.allocBytes, b.allocBytes)
+				c = procCost(a, b, n)
 			}
 		}
 		d := func(stream string) float64 { return float64(js1.streamMsgs[stream] - js0.streamMsgs[stream]) }
@@ -154,6 +146,22 @@ func costs(calls int, stages []string, before, after map[string]procSample, js0,
 		out[r] = c
 	}
 	return out
+}
+
+// procCost is what a process spent per call over n calls between samples a
+// and b: -1 for a counter either sample lacks.
+func procCost(a, b procSample, n float64) StageCost {
+	per := func(x, y float64) float64 {
+		if x < 0 || y < 0 {
+			return -1
+		}
+		return (y - x) / n
+	}
+	cpu := per(a.cpu, b.cpu)
+	if cpu >= 0 {
+		cpu *= 1e6
+	}
+	return StageCost{CPUMicros: cpu, Allocs: per(a.mallocs, b.mallocs), AllocBytes: per(a.allocBytes, b.allocBytes)}
 }
 
 // totalCost sums the per-call costs of the pipeline's roles.

@@ -336,3 +336,13 @@ func (d *demo) workerArgs(stagesToRun []string) []string {
 	}
 	return args
 }
+
+// ExamplePrices are made-up prices (USD per 1M tokens) for the built-in
+// upstream's models (Env.ExamplePrices), used only when no prices are
+// configured and the built-in upstream answers.
+func ExamplePrices(configured []string, upstream string) string {
+	if len(configured) > 0 || upstream != "" {
+		return ""
+	}
+	return "qwen2.5-*=0.4/1.2,llama-3.1-*=0.3/0.6,deepseek-*=0.55/2.19,bge-*=0.02/0"
+}

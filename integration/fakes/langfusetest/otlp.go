@@ -60,11 +60,7 @@ func (s *Server) otel(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusForbidden, map[string]string{"message": "Access denied"})
 		return
 	}
-	if fault != nil && fault.Delay > 0 {
-		time.Sleep(fault.Delay)
-	}
-	if fault != nil && fault.Status != 0 {
-		s.writeFault(w, *fault, fail)
+	if s.applyFault(w, fault, fail) {
 		return
 	}
 	if v := langfuseHeader(r.Header, "x-langfuse-ingestion-version"); v != "" {

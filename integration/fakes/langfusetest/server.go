@@ -328,11 +328,7 @@ func (s *Server) ingestion(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, map[string]string{"message": "Invalid credentials"})
 		return
 	}
-	if fault != nil && fault.Delay > 0 {
-		time.Sleep(fault.Delay)
-	}
-	if fault != nil && fault.Status != 0 {
-		s.writeFault(w, *fault, fail)
+	if s.applyFault(w, fault, fail) {
 		return
 	}
 	if len(data) > maxBody {
@@ -418,6 +414,22 @@ func (s *Server) nextFault() *Fault {
 		return &f
 	}
 	return nil
+}
+
+// applyFault holds a request for the fault's delay, then answers its status
+// (true: the answer is written). A nil fault does nothing.
+func (s *Server) applyFault(w http.ResponseWriter, f *Fault, fail func(int, any)) bool {
+	if f == nil {
+		return false
+	}
+	if f.Delay > 0 {
+		time.Sleep(f.Delay)
+	}
+	if f.Status == 0 {
+		return false
+	}
+	s.writeFault(w, *f, fail)
+	return true
 }
 
 // writeFault answers a fault: 429 like Langfuse Cloud's rate limiter

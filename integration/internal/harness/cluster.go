@@ -16,12 +16,14 @@ const EnvServicesCluster = "CALLPIPE_SERVICES_CLUSTER"
 type ClusterStack struct {
 	NATSURL   string   // the seed list, comma-separated
 	NATSNodes []string // services.sh node names, in seed order
-	CHAddr    string   // every ClickHouse server's native host:port, comma-separated
-	CHNodes   []CHNode
-	Cluster   string // remote_servers name
-	S3        S3Config
-	script    string
-	stateDir  string
+	// NATSMonitors are the servers' monitoring endpoints (http://host:port), in seed order
+	NATSMonitors []string
+	CHAddr       string // every ClickHouse server's native host:port, comma-separated
+	CHNodes      []CHNode
+	Cluster      string // remote_servers name
+	S3           S3Config
+	script       string
+	stateDir     string
 }
 
 // CHNode is one clickhouse-server of the cluster stack.
@@ -57,6 +59,12 @@ func Cluster(t testing.TB) ClusterStack {
 		shard, replica := i/2+1, i%2+1
 		c.CHNodes = append(c.CHNodes, CHNode{Name: "ch-s" + string(rune('0'+shard)) + "r" + string(rune('0'+replica)),
 			Native: a, Shard: shard, Replica: replica})
+	}
+	if v := os.Getenv("CALLPIPE_CLUSTER_NATS_MONITOR"); v != "" {
+		c.NATSMonitors = strings.Split(v, ",")
+	}
+	if len(c.NATSMonitors) != len(seeds) {
+		t.Fatalf("harness: CALLPIPE_CLUSTER_NATS_MONITOR lists %d monitoring endpoints for %d NATS servers (restart the stack with this services.sh)", len(c.NATSMonitors), len(seeds))
 	}
 	c.stateDir = os.Getenv("CALLPIPE_CLUSTER_STATE_DIR")
 	c.script = os.Getenv(EnvServicesScript)

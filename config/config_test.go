@@ -172,7 +172,7 @@ func TestMaskedHidesEverySecret(t *testing.T) {
 
 // The committed example must be exactly what the code documents, and load to the defaults.
 func TestExampleFileIsCurrent(t *testing.T) {
-	committed, err := os.ReadFile("../../../../callpipe.example.yaml")
+	committed, err := os.ReadFile("../callpipe.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

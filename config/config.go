@@ -2,6 +2,12 @@
 // then CALLPIPE_<SECTION>_<KEY> environment variables, then flags. Every leaf
 // key carries a `doc` tag, which is the single source of the example file and
 // of the flag help.
+//
+// It also builds what the sections describe (clients.go, stages.go,
+// doctor.go): the NATS, S3, Redis and ClickHouse clients, the capture policy,
+// the worker stages and doctor's checks, so that every command of
+// cmd/callpipe builds them one way. It sits above every other package and
+// below cmd only.
 package config
 
 import (

@@ -1,17 +1,16 @@
-package main
+package config
 
 import (
 	"testing"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/cmd/callpipe/internal/config"
 )
 
 // Lag metrics, doctor and bench watch each stage's consumer under the name
 // the configuration gives it (the clickhouse one used to be watched under
 // its default name whatever clickhouse.consumer said).
 func TestPipelineConsumersAreConfigured(t *testing.T) {
-	cfg := config.Default()
+	cfg := Default()
 	cfg.Transform.Consumer, cfg.Archive.Consumer = "n2", "a2"
 	cfg.ClickHouse.Consumer, cfg.Langfuse.Consumer = "c2", "l2"
 	want := map[string]bus.Consumer{
@@ -20,7 +19,7 @@ func TestPipelineConsumersAreConfigured(t *testing.T) {
 		bus.StageClickHouse: {Stage: bus.StageClickHouse, Stream: bus.NormalizedStream, Name: "c2"},
 		bus.StageLangfuse:   {Stage: bus.StageLangfuse, Stream: bus.NormalizedStream, Name: "l2"},
 	}
-	got := pipelineConsumers(&cfg)
+	got := cfg.Consumers()
 	for stage, w := range want {
 		if got[stage] != w {
 			t.Errorf("%s: %+v, want %+v", stage, got[stage], w)
@@ -29,7 +28,7 @@ func TestPipelineConsumersAreConfigured(t *testing.T) {
 	if len(got) != len(bus.Stages) {
 		t.Errorf("%d consumers for %d stages", len(got), len(bus.Stages))
 	}
-	exp := doctorNATSExpect(&cfg)
+	exp := cfg.doctorNATSExpect([]string{bus.StageNormalize, bus.StageArchive, bus.StageClickHouse, bus.StageLangfuse})
 	for _, c := range exp.Consumers {
 		if c.Name != want[c.Stage].Name {
 			t.Errorf("doctor expects %s under %q, want %q", c.Stage, c.Name, want[c.Stage].Name)

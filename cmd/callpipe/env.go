@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+
+	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/config"
+	"github.com/callpipe/callpipe/tools/replay"
+)
+
+// The setup that several commands share: configuration plus one connection.
+
+// cmdEnv is what a command's body gets: the configuration, its logger and,
+// from withJetStream, a JetStream connection.
+type cmdEnv struct {
+	cfg *config.Config
+	log *slog.Logger
+	js  jetstream.JetStream
+}
+
+// withJetStream loads the configuration, connects to JetStream as
+// callpipe-<name> and runs f; the connection is closed after f.
+func (a *app) withJetStream(cmd *cobra.Command, name string, f func(*cmdEnv) error) error {
+	cfg, log, err := a.load(cmd, nil)
+	if err != nil {
+		return err
+	}
+	nc, js, err := cfg.ConnectJetStream(name, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return f(&cmdEnv{cfg: cfg, log: log, js: js})
+}
+
+// rangeFlags are --from and --to of a command over a time range.
+type rangeFlags struct {
+	fromArg, toArg string
+	from, to       time.Time
+}
+
+func (r *rangeFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&r.fromArg, "from", "", "start of the range (inclusive), RFC 3339, YYYY-MM-DDTHH or YYYY-MM-DD, UTC")
+	cmd.Flags().StringVar(&r.toArg, "to", "", "end of the range (exclusive), same forms")
+}
+
+// parse sets from and to; an error is a usage error.
+func (r *rangeFlags) parse() (err error) {
+	if r.from, r.to, err = replay.ParseRange(r.fromArg, r.toArg); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return nil
+}
+
+// String is the range as the commands print it: from, to in RFC 3339.
+func (r *rangeFlags) String() string {
+	return r.from.Format(time.RFC3339) + ", " + r.to.Format(time.RFC3339)
+}
+
+// amendFlags are the flags of the commands that correct stored calls
+// (package amend): the range and --dry-run.
+type amendFlags struct {
+	rangeFlags
+	dryRun bool
+}
+
+func (r *amendFlags) register(cmd *cobra.Command) {
+	r.rangeFlags.register(cmd)
+	cmd.Flags().BoolVar(&r.dryRun, "dry-run", false, "count only, publish nothing")
+}
+
+// run parses the range, connects to JetStream as callpipe-<name>, opens
+// ClickHouse (why: what an empty clickhouse.addr is told) and runs f on the
+// database db.
+func (r *amendFlags) run(a *app, cmd *cobra.Command, name, why string, f func(c *cmdEnv, conn driver.Conn, db string) error) error {
+	if err := r.parse(); err != nil {
+		return err
+	}
+	return a.withJetStream(cmd, name, func(c *cmdEnv) error {
+		conn, db, err := c.cfg.OpenClickHouse(cmd.Context(), why)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		return f(c, conn, db.Database)
+	})
+}
+
+// registerLag reports the lag of the named stages' consumers (all when none
+// are named) and the size of the dead-letter stream in reg.
+func registerLag(reg prometheus.Registerer, nc *nats.Conn, cfg *config.Config, log *slog.Logger, stageNames ...string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	return reg.Register(bus.NewStageLagCollector(js, cfg.Consumers(), log, stageNames...))
+}
+
+// drained drains nc after a role stopped with err (a graceful stop flushes
+// what nc still holds) and returns err.
+func drained(nc *nats.Conn, log *slog.Logger, err error) error {
+	if dErr := nc.Drain(); dErr != nil {
+		log.Error("nats drain", "err", dErr)
+	}
+	return err
+}

@@ -1,0 +1,121 @@
+package config
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/sinks/archive"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
+	"github.com/callpipe/callpipe/sinks/langfuse"
+	"github.com/callpipe/callpipe/store/settings"
+	"github.com/callpipe/callpipe/transform"
+)
+
+// The worker stages as their sections configure them; the caller adds its
+// health hooks and runs them.
+
+// NormalizeStage is the normalize stage of the transform section. closeFn
+// releases its Redis client.
+func (c *Config) NormalizeStage(reg prometheus.Registerer, log *slog.Logger) (st *transform.Stage, closeFn func(), err error) {
+	t := c.Transform
+	tok, err := c.Tokenizer()
+	if err != nil {
+		return nil, nil, err
+	}
+	prices, err := c.Prices()
+	if err != nil {
+		return nil, nil, err
+	}
+	privacy, err := c.CapturePolicy(nil) // normalize counts tokens before its own pass: its policy needs no counter
+	if err != nil {
+		return nil, nil, err
+	}
+	var rdb *redis.Client
+	closeFn = func() {}
+	if c.Redis.Addr != "" {
+		if rdb, err = c.RedisClient(time.Duration(t.UserLookupTimeout)); err != nil {
+			return nil, nil, err
+		}
+		closeFn = func() { _ = rdb.Close() }
+	}
+	return &transform.Stage{
+		Normalizer: &transform.Normalizer{Tokenizer: tok, Prices: prices, Privacy: privacy, Limits: c.Limits()},
+		Users:      c.UserOptions(rdb, log),
+		Worker: transform.WorkerOptions{Consumer: t.Consumer, FilterSubject: t.Subject, Concurrency: t.Concurrency, Batch: t.Batch,
+			MaxInFlight: t.MaxInFlight, AckWait: time.Duration(t.AckWait), MaxDeliver: t.MaxDeliver,
+			MaxAckPending: t.MaxAckPending, RetryDelay: time.Duration(t.RetryDelay)},
+		PricesReplicas: c.NATS.Stream.Replicas, Registerer: reg, Log: log,
+	}, closeFn, nil
+}
+
+// ClickHouseStage is the clickhouse stage (sink, migrations, retention and
+// the rollup sealer) of the clickhouse section.
+func (c *Config) ClickHouseStage(reg prometheus.Registerer, log *slog.Logger) (*chsink.Stage, error) {
+	ch := c.ClickHouse
+	db, err := c.RequireCallsDB("required by the clickhouse stage")
+	if err != nil {
+		return nil, err
+	}
+	return &chsink.Stage{
+		Output: ch.Output(db),
+		Sink: chsink.SinkConfig{Consumer: ch.Consumer, FilterSubject: ch.Subject, AckWait: time.Duration(ch.AckWait),
+			Batch: chsink.BatchPolicy{Count: ch.BatchSize, Bytes: int(ch.BatchBytes), Period: time.Duration(ch.FlushInterval)}},
+		Retention: ch.Retention(), RetentionInterval: time.Duration(ch.RetentionInterval), Rollup: ch.RollupConfig(),
+		LeaseReplicas: c.NATS.Stream.Replicas, Log: log, Registerer: reg,
+	}, nil
+}
+
+// ArchiveStage is the archive stage of the archive and s3 sections.
+func (c *Config) ArchiveStage(reg prometheus.Registerer, log *slog.Logger) (*archive.Stage, error) {
+	a, s := c.Archive, c.S3
+	if s.Endpoint == "" || s.Bucket == "" {
+		return nil, invalid("s3.endpoint and s3.bucket", errors.New("required by the archive stage"))
+	}
+	client, err := c.S3Client(0)
+	if err != nil {
+		return nil, err
+	}
+	return &archive.Stage{S3: client, Region: s.Region,
+		Sink: archive.SinkConfig{
+			Stream: bus.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
+			Bucket: s.Bucket, Prefix: a.Prefix, Compression: a.Compression,
+			FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
+			MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,
+			Log: log, Metrics: archive.NewMetrics(reg), SSE: s.ServerSide(),
+		}}, nil
+}
+
+// LangfuseStage is the langfuse stage of the langfuse section: host and
+// keys are the settings in effect, saved ones over configured ones.
+func (c *Config) LangfuseStage(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*langfuse.Supervisor, error) {
+	l := c.Langfuse
+	retries := l.Retries
+	if retries == 0 {
+		retries = -1 // no retry inside a batch: redelivery after retry_delay only
+	}
+	hc, err := c.LangfuseHTTPClient(l.MaxInFlight + 2)
+	if err != nil {
+		return nil, err
+	}
+	return langfuse.NewSupervisor(nc, langfuse.SupervisorConfig{
+		Output: langfuse.OutputConfig{
+			HTTPClient: hc, Transport: l.Transport,
+			Map:           langfuse.MapOptions{Environment: l.Environment, Release: l.Release, MaxFieldBytes: int(l.MaxFieldBytes)},
+			MaxBatchBytes: int(l.MaxBatchBytes), MaxBatchCount: l.MaxBatchEvents, MaxInFlight: l.MaxInFlight,
+			MaxRetries: retries, MinBackoff: time.Duration(l.MinBackoff), MaxBackoff: time.Duration(l.MaxBackoff),
+			Timeout: time.Duration(l.RequestTimeout),
+		},
+		Sink: langfuse.SinkConfig{
+			Consumer: l.Consumer, FilterSubject: l.Subject, Batch: langfuse.BatchPolicy{Count: l.BatchCalls, Period: time.Duration(l.FlushInterval)},
+			MaxInFlight: max(1, l.MaxInFlight/2), AckWait: time.Duration(l.AckWait), RetryDelay: time.Duration(l.RetryDelay),
+		},
+		Configured: settings.Langfuse{Host: l.Host, PublicKey: l.PublicKey, SecretKey: l.SecretKey},
+		Sealer:     c.Sealer(), Replicas: c.NATS.Stream.Replicas, Log: log, Registerer: reg,
+	}), nil
+}
