@@ -73,6 +73,7 @@ func TestClusterBench(t *testing.T) {
 				CPU       float64 `json:"cpu_seconds"`
 				RSS       float64 `json:"peak_rss_mb_per_process"`
 			} `json:"roles"`
+			NATSCPU  float64    `json:"nats_servers_cpu_us_per_call"`
 			Ratio    float64    `json:"ratio_to_baseline"`
 			CPURatio float64    `json:"cpu_ratio_to_baseline"`
 			Load     [2]float64 `json:"load_avg_1m"`
@@ -116,6 +117,9 @@ func TestClusterBench(t *testing.T) {
 		}
 		if p.Ratio <= 0 || p.CPURatio <= 0 || (i == 0 && (p.Ratio != 1 || p.CPURatio != 1)) {
 			t.Errorf("%s: ratio %v, CPU ratio %v (the baseline's are 1)", p.Name, p.Ratio, p.CPURatio)
+		}
+		if p.NATSCPU <= 0 {
+			t.Errorf("%s: nats-servers' CPU per call %v, want > 0", p.Name, p.NATSCPU)
 		}
 		if p.Load[0] < 0 || p.Load[1] < 0 {
 			t.Errorf("%s: load average %v", p.Name, p.Load)

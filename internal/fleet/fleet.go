@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -110,6 +111,18 @@ func (f *Fleet) Start(name string, args ...string) error {
 		logFile.Close()
 		return fmt.Errorf("start %s: %w", name, err)
 	}
+	// a child of this name that has exited (it failed to start) is replaced
+	f.children = slices.DeleteFunc(f.children, func(o *child) bool {
+		if o.name != name {
+			return false
+		}
+		select {
+		case <-o.exited:
+			return true
+		default:
+			return false
+		}
+	})
 	ch := &child{name: name, cmd: c, log: logPath, done: make(chan error, 1), exited: make(chan struct{})}
 	go func() {
 		err := c.Wait()

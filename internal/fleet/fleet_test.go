@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -41,5 +42,24 @@ func TestPeakRSSIsTheChildsOwn(t *testing.T) {
 	}
 	if u.PeakRSSMB <= 0 || u.PeakRSSMB > 50 {
 		t.Errorf("peak RSS of sleep %.1f MB, want its own few MB (the parent holds 300 MB)", u.PeakRSSMB)
+	}
+}
+
+// A child that exited (say, its port was taken) can be started again under
+// its name; the fleet then holds only the new one.
+func TestStartReplacesAnExitedChild(t *testing.T) {
+	f := &Fleet{Dir: t.TempDir(), Binary: "/bin/sh", Out: io.Discard}
+	if err := f.Start("role", "-c", "exit 3"); err != nil {
+		t.Fatal(err)
+	}
+	<-f.children[0].exited
+	if err := f.Start("role", "-c", "exec sleep 30"); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.children) != 1 {
+		t.Fatalf("%d children named role, want 1", len(f.children))
+	}
+	if _, err := f.Stop(); err == nil || !strings.Contains(err.Error(), "signal: terminated") {
+		t.Errorf("stopping the second child: %v, want it terminated by the SIGTERM (the first one exited with 3)", err)
 	}
 }

@@ -124,7 +124,8 @@ type bench struct {
 	pprof map[string]string // process → pprof listen address (ProfileSeconds)
 	// procs are the processes of each role: the role's name when it runs
 	// once, role-0, role-1, ... when it runs several times (--cluster).
-	procs map[string][]string
+	procs    map[string][]string
+	natsPIDs []int // the scratch nats-servers
 }
 
 // Result is what `callpipe bench --json` writes.
@@ -146,10 +147,13 @@ type Result struct {
 	RatioToRaw  float64 `json:"ratio_to_raw_limit,omitempty"`
 	// PerCall is each role's cost per call in the throughput phase
 	// (collect, normalize and the sinks), Total their sum.
-	PerCall     map[string]StageCost `json:"per_call,omitempty"`
-	Total       *StageCost           `json:"per_call_total,omitempty"`
-	MachineCPUs int                  `json:"machine_cpus"`
-	MemoryLimit string               `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
+	PerCall map[string]StageCost `json:"per_call,omitempty"`
+	Total   *StageCost           `json:"per_call_total,omitempty"`
+	// NATSCPUMicros is the scratch nats-server(s)' CPU per call in the
+	// throughput phase (-1: unknown).
+	NATSCPUMicros float64 `json:"nats_servers_cpu_us_per_call,omitempty"`
+	MachineCPUs   int     `json:"machine_cpus"`
+	MemoryLimit   string  `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
 	// Proxy is the proxy phase's latency and cost (--proxy).
 	Proxy *ProxyResult `json:"proxy,omitempty"`
 }
@@ -318,7 +322,7 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	proc0 := b.sampleProcs(ctx, procs)
+	proc0, nats0 := b.sampleProcs(ctx, procs), b.natsCPUSeconds()
 	profiled := b.profileRoles(ctx)
 	defer profiled()
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: b.o.Clients}}
@@ -415,7 +419,11 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	res.EndToEndPS = float64(n) / time.Since(start).Seconds()
-	proc1 := b.sampleProcs(ctx, procs)
+	proc1, nats1 := b.sampleProcs(ctx, procs), b.natsCPUSeconds()
+	res.NATSCPUMicros = -1
+	if nats0 >= 0 && nats1 >= 0 {
+		res.NATSCPUMicros = (nats1 - nats0) * 1e6 / float64(n)
+	}
 	js1, err := b.jsCounts(ctx, stageNames)
 	if err != nil {
 		return err
@@ -697,6 +705,9 @@ func (b *bench) report(r *Result) {
 			row(n, r.PerCall[n])
 		}
 		row("all", *r.Total)
+		if r.NATSCPUMicros >= 0 {
+			b.say("    %-28s %20.1f", "nats-server (not callpipe)", r.NATSCPUMicros)
+		}
 	}
 	b.reportProxy(r.Proxy)
 	b.reportProcesses(r.Processes)

@@ -111,6 +111,9 @@ type ClusterPhase struct {
 	// processes) from the processes' rusage when they exited.
 	Roles     map[string]RoleUsage   `json:"roles"`
 	Processes map[string]fleet.Usage `json:"processes"`
+	// NATSCPUMicros is the CPU of the phase's scratch nats-servers per
+	// call in the throughput phase (-1: unknown).
+	NATSCPUMicros float64 `json:"nats_servers_cpu_us_per_call"`
 	// RatioToBaseline is EndToEndPS over the baseline's; CPURatio is
 	// Total.CPUMicros over the baseline's.
 	RatioToBaseline float64 `json:"ratio_to_baseline"`
@@ -232,6 +235,7 @@ func (b *bench) clusterPhase(ctx context.Context, name string, nodes, replicas i
 	if ph.Processes, err = b.fleet.Stop(b.stopOrder()...); err != nil {
 		return nil, err
 	}
+	ph.NATSCPUMicros = res.NATSCPUMicros
 	ph.LoadAvg[1] = loadAvg1()
 	_, ph.LangfuseEvents = p.lf.Counts()
 	ph.AcceptPerS, ph.StagePerS, ph.EndToEndPS, ph.Exact = res.AcceptPerS, res.StagePerS, res.EndToEndPS, res.Exact
@@ -257,11 +261,12 @@ func (b *bench) reportCluster(r *ClusterResult) {
 	} else {
 		b.say("  ratios are to the %s phase", r.Baseline)
 	}
-	b.say("  %-14s %8s %11s %13s %6s %6s %12s %9s %11s %11s", "phase", "workers", "accepted/s", "end-to-end/s", "ratio", "exact", "CPU µs/call", "CPU ratio", "JS ops/call", "load 1m")
+	b.say("  %-14s %8s %11s %13s %6s %6s %12s %9s %11s %12s %11s", "phase", "workers", "accepted/s", "end-to-end/s", "ratio", "exact", "CPU µs/call", "CPU ratio", "JS ops/call", "NATS µs/call", "load 1m")
 	for _, p := range r.Phases {
-		b.say("  %-14s %8s %11.0f %13.0f %6.2f %6v %12.1f %9.2f %11.2f %5.2f→%.2f", p.Name, fmt.Sprintf("%d each", p.Replicas),
-			p.AcceptPerS, p.EndToEndPS, p.RatioToBaseline, p.Exact, p.Total.CPUMicros, p.CPURatio, p.Total.JSOpsPerCall, p.LoadAvg[0], p.LoadAvg[1])
+		b.say("  %-14s %8s %11.0f %13.0f %6.2f %6v %12.1f %9.2f %11.2f %12.1f %5.2f→%.2f", p.Name, fmt.Sprintf("%d each", p.Replicas),
+			p.AcceptPerS, p.EndToEndPS, p.RatioToBaseline, p.Exact, p.Total.CPUMicros, p.CPURatio, p.Total.JSOpsPerCall, p.NATSCPUMicros, p.LoadAvg[0], p.LoadAvg[1])
 	}
+	b.say("  (CPU µs/call: callpipe's processes; NATS µs/call: the scratch nats-servers, all of them)")
 	roles := costOrder(r.Phases[0].PerCall)
 	header := func(title string) {
 		line := fmt.Sprintf("  %-14s", title)

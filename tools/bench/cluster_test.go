@@ -172,3 +172,20 @@ func TestStackEnvHidesTheOtherStack(t *testing.T) {
 		t.Errorf("a non-callpipe variable reads %q, want the environment's", v)
 	}
 }
+
+func TestStatCPUSeconds(t *testing.T) {
+	// a command with spaces and parentheses; utime 250 and stime 50 ticks
+	stat := "4242 (nats (x) server) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 12 0 100 0 0"
+	if v, err := statCPUSeconds(stat); err != nil || v != 3 {
+		t.Errorf("got %v, %v; want 3 s", v, err)
+	}
+	for _, bad := range []string{"4242 nats S 1", "4242 (nats) S 1 2 3", "4242 (nats) S 1 4242 4242 0 -1 4194560 1000 0 0 0 x 50"} {
+		if _, err := statCPUSeconds(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	b := &bench{natsPIDs: []int{os.Getpid()}}
+	if v := b.natsCPUSeconds(); v < 0 {
+		t.Errorf("CPU of this process: %v", v)
+	}
+}

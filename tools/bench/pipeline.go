@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -124,57 +125,66 @@ func (b *bench) startPipeline(ctx context.Context, natsNodes, replicas int) (_ *
 			return nil, err
 		}
 	}
-	type role struct{ name, listenKey string }
-	var roles []role
+	var roles []string
 	for _, r := range b.pipelineRoles() {
-		key := "worker.listen"
-		if r == "collect" {
-			key = "collect.listen"
-		}
-		roles = append(roles, role{r, key})
+		roles = append(roles, r)
 		if r == "normalize" {
-			roles = append(roles, role{"serve", "serve.listen"})
+			roles = append(roles, "serve")
 		}
 	}
 	for _, r := range roles {
 		n := replicas
-		if r.name == "serve" {
+		if r == "serve" {
 			n = 1
 		}
 		for i := range n {
-			proc := procName(r.name, i, n)
-			addr, err := fleet.FreeListen()
-			if err != nil {
-				return nil, err
-			}
-			b.addrs[proc] = addr
-			b.procs[r.name] = append(b.procs[r.name], proc)
-			args := []string{"--" + r.listenKey, addr}
-			switch r.name {
-			case "collect", "serve":
-				args = append([]string{r.name}, args...)
-			default:
-				args = append([]string{"worker", "--stages", r.name}, args...)
-			}
-			if b.o.ProfileSeconds > 0 && r.name != "serve" {
-				if b.pprof[proc], err = fleet.FreeListen(); err != nil {
-					return nil, err
-				}
-				args = append(args, "--pprof", b.pprof[proc])
-			}
-			if err := b.fleet.Start(proc, args...); err != nil {
+			proc := procName(r, i, n)
+			b.procs[r] = append(b.procs[r], proc)
+			if err := b.startProc(r, proc); err != nil {
 				return nil, err
 			}
 		}
 	}
 	for _, r := range roles {
-		for _, proc := range b.procs[r.name] {
-			if err := b.fleet.WaitReady(ctx, proc, b.addrs[proc]); err != nil {
+		for _, proc := range b.procs[r] {
+			err := b.fleet.WaitReady(ctx, proc, b.addrs[proc])
+			// a free port can be taken by another process on the machine
+			// before the role binds it: start the role again on another
+			for attempt := 0; err != nil && strings.Contains(err.Error(), "address already in use") && attempt < 3; attempt++ {
+				b.say("bench      %s: its port was taken meanwhile, starting it again on another", proc)
+				if err = b.startProc(r, proc); err == nil {
+					err = b.fleet.WaitReady(ctx, proc, b.addrs[proc])
+				}
+			}
+			if err != nil {
 				return nil, err
 			}
 		}
 	}
 	return p, nil
+}
+
+// startProc starts process proc of role on free ports.
+func (b *bench) startProc(role, proc string) error {
+	addr, err := fleet.FreeListen()
+	if err != nil {
+		return err
+	}
+	b.addrs[proc] = addr
+	var args []string
+	switch role {
+	case "collect", "serve":
+		args = []string{role, "--" + role + ".listen", addr}
+	default:
+		args = []string{"worker", "--stages", role, "--worker.listen", addr}
+	}
+	if b.o.ProfileSeconds > 0 && role != "serve" {
+		if b.pprof[proc], err = fleet.FreeListen(); err != nil {
+			return err
+		}
+		args = append(args, "--pprof", b.pprof[proc])
+	}
+	return b.fleet.Start(proc, args...)
 }
 
 // stopOrder is the order processes stop in: pipeline order, so that each
@@ -217,7 +227,7 @@ func (b *bench) natsServerBinary() (string, error) {
 // startNATS runs a scratch JetStream with an empty store: one nats-server,
 // or nodes servers routed into one cluster (its own name, loopback ports).
 // It returns the client URLs, comma-separated (a seed list), once
-// JetStream answers.
+// JetStream answers. b.natsPIDs are the servers' process ids.
 func (b *bench) startNATS(ctx context.Context, nodes int) (string, func(), error) {
 	bin, err := b.natsServerBinary()
 	if err != nil {
@@ -235,6 +245,7 @@ func (b *bench) startNATS(ctx context.Context, nodes int) (string, func(), error
 			}
 		}
 	}
+	b.natsPIDs = nil
 	var stops []func()
 	stop := func() {
 		for _, s := range stops {
@@ -275,6 +286,7 @@ func (b *bench) startNATS(ctx context.Context, nodes int) (string, func(), error
 			_ = cmd.Wait()
 			logFile.Close()
 		})
+		b.natsPIDs = append(b.natsPIDs, cmd.Process.Pid)
 		clients[i] = "nats://" + addr
 	}
 	stops = append(stops, func() { _ = os.RemoveAll(store) })
@@ -314,4 +326,46 @@ func waitJetStream(ctx context.Context, seeds string, timeout time.Duration) err
 		}
 	}
 	return fmt.Errorf("not up after %s: %w", timeout, last)
+}
+
+// natsCPUSeconds is the CPU time the scratch nats-servers have used so far
+// (-1 when a server's /proc/<pid>/stat cannot be read).
+func (b *bench) natsCPUSeconds() float64 {
+	sum := 0.0
+	for _, pid := range b.natsPIDs {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return -1
+		}
+		s, err := statCPUSeconds(string(stat))
+		if err != nil {
+			return -1
+		}
+		sum += s
+	}
+	return sum
+}
+
+// statCPUSeconds is utime + stime of a /proc/<pid>/stat line, in clock
+// ticks of 1/100 s (USER_HZ, what /proc reports on Linux).
+func statCPUSeconds(stat string) (float64, error) {
+	// the command (field 2) is in parentheses and may hold spaces
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("/proc stat: no command field")
+	}
+	f := strings.Fields(stat[i+1:])
+	// after the command: state is field 3, utime 14, stime 15
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc stat: %d fields after the command", len(f))
+	}
+	var ticks float64
+	for _, s := range f[11:13] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc stat: %w", err)
+		}
+		ticks += float64(v)
+	}
+	return ticks / 100, nil
 }
