@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -21,7 +23,9 @@ import (
 func newBenchCommand(a *app) *cobra.Command {
 	var o bench.Options
 	var po bench.ProxyOptions
-	var proxyPhase bool
+	var proxyPhase, cluster bool
+	var clusterReplicas []int
+	var singleEnv string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure end-to-end throughput, latency, CPU and memory of the pipeline, and the raw limits it runs on",
@@ -32,11 +36,22 @@ func newBenchCommand(a *app) *cobra.Command {
 			"phase 3 measures JetStream publish+consume and ClickHouse insert of the same data with nothing else running.\n" +
 			"--proxy adds a phase (the only one with --events 0): the demo's Xinference stand-in is called at a fixed rate,\n" +
 			"in turns straight and through a `callpipe proxy` publishing to the running pipeline, and the latency the proxy\n" +
-			"adds (p50/p90/p99) and its CPU per request are reported.",
+			"adds (p50/p90/p99) and its CPU per request are reported.\n" +
+			"--cluster runs the throughput phase only (no latency, raw or proxy phase), with the configuration pointing at a\n" +
+			"multi-node stack (eval \"$(deploy/local/services.sh env --cluster)\": clickhouse.cluster set, migrated with Distributed\n" +
+			"tables; erasure-coded MinIO): once against the single-node stack of --cluster-single-env (one nats-server, one\n" +
+			"process of each role), then once per --cluster-replicas count N with N processes of each of collect, normalize\n" +
+			"and the sinks on a scratch 3-server JetStream cluster with R3 streams, each phase with a fresh scratch database\n" +
+			"and streams. It reports, per phase, the exact end-to-end rate, CPU µs per call of each role (summed over its\n" +
+			"processes), JetStream ops per call, peak RSS per process, the load average, and the ratios to the single-node phase.",
 		Args: cobra.NoArgs,
 		RunE: a.runE(nil, func(cmd *cobra.Command, cfg *config.Config, _ *slog.Logger) error {
 			if proxyPhase {
 				o.Proxy = &po
+			}
+			if cluster {
+				// checked with the single-node stack's configuration below
+				o.Cluster = &bench.ClusterOptions{Replicas: clusterReplicas}
 			}
 			if err := o.Check(); err != nil {
 				return fmt.Errorf("%w: %w", errUsage, err)
@@ -44,25 +59,19 @@ func newBenchCommand(a *app) *cobra.Command {
 			if o.Dir == "" {
 				o.Dir = filepath.Join(cfg.Paths.StateDir, "bench")
 			}
-			db, err := cfg.CallsDB()
+			env, err := benchEnv(a, cfg, nil, cmd.OutOrStdout())
 			if err != nil {
 				return err
 			}
-			consumers := map[string]bench.Consumer{}
-			for name, c := range cfg.Consumers() {
-				consumers[name] = bench.Consumer{Stream: c.Stream, Name: c.Name}
+			if cluster {
+				if o.Cluster, err = benchClusterOptions(a, cfg, clusterReplicas, singleEnv, cmd.OutOrStdout()); err != nil {
+					return err
+				}
+				if err := o.Check(); err != nil {
+					return fmt.Errorf("%w: %w", errUsage, err)
+				}
 			}
-			return bench.Run(cmd.Context(), o, bench.Env{
-				ConfigFile: a.configFile, ClickHouse: cfg.ClickHouse.Output(db), ClickHouseBatch: cfg.ClickHouse.BatchSize, Consumers: consumers,
-				EnsureBucket: func(ctx context.Context) error {
-					s3, err := cfg.S3Client(0)
-					if err != nil {
-						return err
-					}
-					return rawarchive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region)
-				},
-				Out: cmd.OutOrStdout(),
-			})
+			return bench.Run(cmd.Context(), o, env)
 		}),
 	}
 	f := cmd.Flags()
@@ -85,9 +94,67 @@ func newBenchCommand(a *app) *cobra.Command {
 	f.DurationVar(&po.Duration, "proxy-duration", 20*time.Second, "measured time of the proxy phase on each path")
 	f.DurationVar(&po.Slice, "proxy-slice", 2*time.Second, "the two paths take turns in slices this long")
 	f.StringVar(&po.Baseline, "proxy-baseline", "", "another callpipe binary (an older build) whose proxy is measured in the same turns, for a before/after")
+	f.BoolVar(&cluster, "cluster", false, "measure the throughput phase against the multi-node stack of the configuration with --cluster-replicas processes of each role, and against the single-node stack (see above)")
+	f.IntSliceVar(&clusterReplicas, "cluster-replicas", []int{1, 2, 4}, "with --cluster: processes of each role, one phase per count")
+	f.StringVar(&singleEnv, "cluster-single-env", "", "with --cluster: the single-node stack's env `file` (as services.sh env prints it) for the phase the others are compared with (default <paths.state_dir>/services/env; none: no such phase, the ratios are to the first cluster phase)")
 	f.BoolVar(&po.Pprof, "proxy-pprof", false, "save a CPU profile of the proxy during the phase and its allocations to <dir>/proxy.cpu.pprof, proxy.allocs.pprof")
 	cmd.AddCommand(newBenchUsageCommand(a))
 	return cmd
+}
+
+// benchEnv is what the bench takes from cfg; childEnv points the bench's
+// processes at cfg's stack when the environment names another.
+func benchEnv(a *app, cfg *config.Config, childEnv []string, out io.Writer) (bench.Env, error) {
+	db, err := cfg.CallsDB()
+	if err != nil {
+		return bench.Env{}, err
+	}
+	consumers := map[string]bench.Consumer{}
+	for name, c := range cfg.Consumers() {
+		consumers[name] = bench.Consumer{Stream: c.Stream, Name: c.Name}
+	}
+	return bench.Env{
+		ConfigFile: a.configFile, ClickHouse: cfg.ClickHouse.Output(db), ClickHouseBatch: cfg.ClickHouse.BatchSize, Consumers: consumers,
+		EnsureBucket: func(ctx context.Context) error {
+			s3, err := cfg.S3Client(0)
+			if err != nil {
+				return err
+			}
+			return rawarchive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region)
+		},
+		ChildEnv: childEnv, Out: out,
+	}, nil
+}
+
+// benchClusterOptions are the options of `bench --cluster`: the single-node
+// stack's configuration is the configuration file with the variables of the
+// env file singleEnv instead of this process's CALLPIPE_ ones.
+func benchClusterOptions(a *app, cfg *config.Config, replicas []int, singleEnv string, out io.Writer) (*bench.ClusterOptions, error) {
+	if cfg.ClickHouse.Cluster == "" {
+		return nil, fmt.Errorf("%w: --cluster needs clickhouse.cluster (load the cluster stack's env: eval \"$(deploy/local/services.sh env --cluster)\")", errUsage)
+	}
+	o := &bench.ClusterOptions{Replicas: replicas}
+	if singleEnv == "none" {
+		return o, nil
+	}
+	if singleEnv == "" {
+		singleEnv = filepath.Join(cfg.Paths.StateDir, "services", "env")
+	}
+	vars, err := bench.ReadEnvFile(singleEnv)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --cluster-single-env (the single-node stack's env, from services.sh up; or none): %w", errUsage, err)
+	}
+	childEnv, getenv := bench.StackEnv(os.Environ(), vars)
+	single, err := config.Load(config.Sources{File: a.configFile, Getenv: getenv})
+	if err != nil {
+		return nil, fmt.Errorf("%w: the single-node stack's configuration (%s): %w", errConfig, singleEnv, err)
+	}
+	env, err := benchEnv(a, single, childEnv, out)
+	if err != nil {
+		return nil, err
+	}
+	o.Baseline = &env
+	return o, nil
 }
 
 // newBenchUsageCommand is `callpipe bench usage`: the usage overview and the

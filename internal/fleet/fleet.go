@@ -13,6 +13,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -31,16 +35,55 @@ type Fleet struct {
 }
 
 type child struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan error
+	name   string
+	cmd    *exec.Cmd
+	log    string
+	done   chan error
+	exited chan struct{} // closed once the child has exited
+	hwmKiB atomic.Int64  // the largest VmHWM read from /proc/<pid>/status
 }
 
-// Usage is what a child used, read from its rusage when it exited.
+// Usage is what a child used: CPU from its rusage when it exited, peak RSS
+// from its VmHWM.
 type Usage struct {
 	CPUSeconds float64 `json:"cpu_seconds"`
 	PeakRSSMB  float64 `json:"peak_rss_mb"`
+}
+
+// hwmPoll is how often a child's VmHWM is read while it runs.
+const hwmPoll = 200 * time.Millisecond
+
+// sampleHWM reads the child's peak resident set (VmHWM) while it runs. Not
+// the rusage ru_maxrss of the exited child: Linux carries the high-water
+// mark of the memory a process had before exec over, and Go starts a child
+// on its parent's memory (vfork), so ru_maxrss of every child is at least
+// its parent's resident set when it was started (the bench's own ~100 MB).
+func (c *child) sampleHWM() {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(c.cmd.Process.Pid) + "/status")
+	if err != nil {
+		return
+	}
+	if kib, ok := vmHWM(string(b)); ok && kib > c.hwmKiB.Load() {
+		c.hwmKiB.Store(kib)
+	}
+}
+
+// vmHWM is the VmHWM line of /proc/<pid>/status, in KiB (absent once the
+// process has exited).
+func vmHWM(status string) (int64, bool) {
+	for line := range strings.Lines(status) {
+		rest, ok := strings.CutPrefix(line, "VmHWM:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, false
+		}
+		v, err := strconv.ParseInt(f[0], 10, 64)
+		return v, err == nil
+	}
+	return 0, false
 }
 
 // Start starts the role name as `callpipe args...`, its output in <Dir>/<name>.log.
@@ -68,10 +111,36 @@ func (f *Fleet) Start(name string, args ...string) error {
 		logFile.Close()
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	ch := &child{name: name, cmd: c, log: logPath, done: make(chan error, 1)}
+	// a child of this name that has exited (it failed to start) is replaced
+	f.children = slices.DeleteFunc(f.children, func(o *child) bool {
+		if o.name != name {
+			return false
+		}
+		select {
+		case <-o.exited:
+			return true
+		default:
+			return false
+		}
+	})
+	ch := &child{name: name, cmd: c, log: logPath, done: make(chan error, 1), exited: make(chan struct{})}
 	go func() {
-		ch.done <- c.Wait()
+		err := c.Wait()
+		close(ch.exited)
+		ch.done <- err
 		logFile.Close()
+	}()
+	go func() {
+		t := time.NewTicker(hwmPoll)
+		defer t.Stop()
+		for {
+			ch.sampleHWM()
+			select {
+			case <-ch.exited:
+				return
+			case <-t.C:
+			}
+		}
 	}()
 	f.children = append(f.children, ch)
 	return nil
@@ -160,6 +229,7 @@ func (f *Fleet) Stop(order ...string) (map[string]Usage, error) {
 	var errs []error
 	for _, name := range names {
 		ch := f.child(name)
+		ch.sampleHWM()
 		_ = ch.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-ch.done:
@@ -172,10 +242,13 @@ func (f *Fleet) Stop(order ...string) (map[string]Usage, error) {
 			errs = append(errs, fmt.Errorf("%s did not stop within 45s after SIGTERM (log %s)", name, ch.log))
 		}
 		if ru, ok := ch.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			used[name] = Usage{
-				CPUSeconds: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds(),
-				PeakRSSMB:  float64(ru.Maxrss) / 1024, // Linux reports KiB
+			u := Usage{CPUSeconds: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()}
+			if hwm := ch.hwmKiB.Load(); hwm > 0 {
+				u.PeakRSSMB = float64(hwm) / 1024
+			} else {
+				u.PeakRSSMB = float64(ru.Maxrss) / 1024 // no /proc: an upper bound (see sampleHWM)
 			}
+			used[name] = u
 		}
 	}
 	f.children = nil

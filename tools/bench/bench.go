@@ -11,11 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -33,7 +30,6 @@ import (
 	"github.com/callpipe/callpipe/schema"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/store/callsdb"
-	"github.com/callpipe/callpipe/tools/bench/receiver"
 	"github.com/callpipe/callpipe/tools/workload"
 	"github.com/callpipe/callpipe/transform"
 )
@@ -58,6 +54,9 @@ type Options struct {
 	// Proxy, when set, adds the proxy phase (proxy.go); with Events 0 it
 	// is the only phase.
 	Proxy *ProxyOptions
+	// Cluster, when set, runs the throughput phase against a multi-node
+	// stack with several workers of each stage instead (cluster.go).
+	Cluster *ClusterOptions
 }
 
 // Check says what is wrong with the options, naming the flag.
@@ -79,6 +78,9 @@ func (o Options) Check() error {
 	if o.MemoryLimit != "" && !goMemLimit.MatchString(o.MemoryLimit) {
 		return fmt.Errorf("--memory-limit %q: want a GOMEMLIMIT value such as 192MiB or 1GiB", o.MemoryLimit)
 	}
+	if o.Cluster != nil {
+		return o.Cluster.check(o)
+	}
 	return nil
 }
 
@@ -96,7 +98,11 @@ type Env struct {
 	Consumers       map[string]Consumer // stage name → its consumer
 	// EnsureBucket creates the archive's bucket when missing (archive sink only).
 	EnsureBucket func(context.Context) error
-	Out          io.Writer
+	// ChildEnv is environment for every child process, before the bench's
+	// own (which wins): what points them at this stack when the bench's own
+	// environment names another (the single-node phase of --cluster).
+	ChildEnv []string
+	Out      io.Writer
 }
 
 // Run runs the bench and prints its report to env.Out. It fails when the
@@ -114,8 +120,12 @@ type bench struct {
 	js    jetstream.JetStream
 	runID string
 	db    string
-	addrs map[string]string // role → ops listen address
-	pprof map[string]string // role → pprof listen address (ProfileSeconds)
+	addrs map[string]string // process (role, or role-N of several) → ops listen address
+	pprof map[string]string // process → pprof listen address (ProfileSeconds)
+	// procs are the processes of each role: the role's name when it runs
+	// once, role-0, role-1, ... when it runs several times (--cluster).
+	procs    map[string][]string
+	natsPIDs []int // the scratch nats-servers
 }
 
 // Result is what `callpipe bench --json` writes.
@@ -137,10 +147,13 @@ type Result struct {
 	RatioToRaw  float64 `json:"ratio_to_raw_limit,omitempty"`
 	// PerCall is each role's cost per call in the throughput phase
 	// (collect, normalize and the sinks), Total their sum.
-	PerCall     map[string]StageCost `json:"per_call,omitempty"`
-	Total       *StageCost           `json:"per_call_total,omitempty"`
-	MachineCPUs int                  `json:"machine_cpus"`
-	MemoryLimit string               `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
+	PerCall map[string]StageCost `json:"per_call,omitempty"`
+	Total   *StageCost           `json:"per_call_total,omitempty"`
+	// NATSCPUMicros is the scratch nats-server(s)' CPU per call in the
+	// throughput phase (-1: unknown).
+	NATSCPUMicros float64 `json:"nats_servers_cpu_us_per_call,omitempty"`
+	MachineCPUs   int     `json:"machine_cpus"`
+	MemoryLimit   string  `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
 	// Proxy is the proxy phase's latency and cost (--proxy).
 	Proxy *ProxyResult `json:"proxy,omitempty"`
 }
@@ -158,93 +171,19 @@ func (b *bench) say(format string, args ...any) { fmt.Fprintf(b.out, format+"\n"
 
 func (b *bench) run(ctx context.Context) (err error) {
 	b.runID = strconv.FormatInt(time.Now().Unix(), 36)
-	b.db = "callpipe_bench_" + b.runID
 	if err := os.MkdirAll(b.o.Dir, 0o755); err != nil {
 		return fmt.Errorf("bench dir: %w", err)
 	}
-	natsURL, stopNATS, err := b.startNATS()
+	if b.o.Cluster != nil {
+		return b.runCluster(ctx)
+	}
+	b.db = "callpipe_bench_" + b.runID
+	p, err := b.startPipeline(ctx, 1, 1)
 	if err != nil {
 		return err
 	}
-	defer stopNATS()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		return fmt.Errorf("bench nats %s: %w", natsURL, err)
-	}
-	defer nc.Close()
-	if b.js, err = jetstream.New(nc); err != nil {
-		return err
-	}
-
-	lf := receiver.NewLangfuse("3.225.4")
-	defer lf.Close()
-
-	env := []string{
-		"CALLPIPE_NATS_URL=" + natsURL,
-		"CALLPIPE_CLICKHOUSE_DATABASE=" + b.db,
-		"CALLPIPE_ARCHIVE_PREFIX=bench/" + b.runID,
-		// The archive holds an hour's calls until 64 MiB or 60 s: at benchmark
-		// sizes that age, not throughput, would end the run. 5 s keeps objects
-		// large and the measurement about throughput.
-		"CALLPIPE_ARCHIVE_FLUSH_INTERVAL=5s",
-		"CALLPIPE_LANGFUSE_HOST=" + lf.URL,
-		"CALLPIPE_LANGFUSE_PUBLIC_KEY=pk-lf-bench", "CALLPIPE_LANGFUSE_SECRET_KEY=sk-lf-bench",
-		"CALLPIPE_LANGFUSE_TRANSPORT=ingestion",
-		"CALLPIPE_LOG_LEVEL=warn",
-	}
-	if b.o.MemoryLimit != "" {
-		env = append(env, "GOMEMLIMIT="+b.o.MemoryLimit)
-	}
-	b.fleet = &fleet.Fleet{Dir: b.o.Dir, ConfigFile: b.env.ConfigFile, Env: env, Out: b.out}
-	b.addrs, b.pprof = map[string]string{}, map[string]string{}
-	defer func() {
-		if b.fleet.Running() {
-			_, _ = b.fleet.Stop()
-		}
-		if !b.o.Keep {
-			b.dropDatabase(context.WithoutCancel(ctx), b.db)
-		}
-	}()
-	if err := b.fleet.RunOnce(ctx, "migrate", "migrate"); err != nil {
-		return err
-	}
-	if slices.Contains(b.o.Sinks, "archive") {
-		if err := b.env.EnsureBucket(ctx); err != nil {
-			return err
-		}
-	}
-	roles := []struct{ name, listenKey string }{{"collect", "collect.listen"}, {"normalize", "worker.listen"}, {"serve", "serve.listen"}}
-	for _, s := range b.o.Sinks {
-		roles = append(roles, struct{ name, listenKey string }{s, "worker.listen"})
-	}
-	for _, r := range roles {
-		addr, err := fleet.FreeListen()
-		if err != nil {
-			return err
-		}
-		b.addrs[r.name] = addr
-		args := []string{"--" + r.listenKey, addr}
-		switch r.name {
-		case "collect", "serve":
-			args = append([]string{r.name}, args...)
-		default:
-			args = append([]string{"worker", "--stages", r.name}, args...)
-		}
-		if b.o.ProfileSeconds > 0 && r.name != "serve" {
-			if b.pprof[r.name], err = fleet.FreeListen(); err != nil {
-				return err
-			}
-			args = append(args, "--pprof", b.pprof[r.name])
-		}
-		if err := b.fleet.Start(r.name, args...); err != nil {
-			return err
-		}
-	}
-	for _, r := range roles {
-		if err := b.fleet.WaitReady(ctx, r.name, b.addrs[r.name]); err != nil {
-			return err
-		}
-	}
+	defer p.close()
+	lf := p.lf
 	res := &Result{Events: b.o.Events, EventBytes: b.o.Size, Sinks: b.o.Sinks, StagePerS: map[string]float64{}, MachineCPUs: runtime.NumCPU(), MemoryLimit: b.o.MemoryLimit}
 	b.say("bench      run %s: %d events of %d bytes, sinks %s, %d CPUs", b.runID, b.o.Events, b.o.Size, strings.Join(b.o.Sinks, ","), res.MachineCPUs)
 
@@ -265,7 +204,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 			return proxyErr
 		}
 	}
-	if res.Processes, err = b.fleet.Stop("proxy", "collect", "normalize", "clickhouse", "langfuse", "archive", "serve"); err != nil {
+	if res.Processes, err = b.fleet.Stop(b.stopOrder()...); err != nil {
 		return err
 	}
 	if lfSink := slices.Contains(b.o.Sinks, "langfuse"); lfSink {
@@ -302,54 +241,6 @@ func (b *bench) run(ctx context.Context) (err error) {
 	return nil
 }
 
-// startNATS runs a scratch nats-server with an empty JetStream.
-func (b *bench) startNATS() (string, func(), error) {
-	bin := b.o.NATSServer
-	if bin == "" {
-		if p, err := exec.LookPath("nats-server"); err == nil {
-			bin = p
-		} else if gopath, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-			bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "nats-server")
-		}
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return "", nil, fmt.Errorf("bench needs a nats-server binary for its scratch JetStream (go tool task services:up installs one, or pass --nats-server): %w", err)
-	}
-	addr, err := fleet.FreeListen()
-	if err != nil {
-		return "", nil, err
-	}
-	host, port, _ := net.SplitHostPort(addr)
-	store := filepath.Join(b.o.Dir, "jetstream-"+b.runID)
-	cmd := exec.Command(bin, "-js", "-a", host, "-p", port, "-sd", store)
-	logFile, err := os.Create(filepath.Join(b.o.Dir, "nats-server.log"))
-	if err != nil {
-		return "", nil, err
-	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return "", nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		logFile.Close()
-		_ = os.RemoveAll(store)
-	}
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return "nats://" + addr, stop, nil
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return "", nil, fmt.Errorf("scratch nats-server on %s not up after 20s", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // benchEvent appends chat event n of about size bytes with reported usage.
 func benchEvent(dst []byte, run string, n int, size int, start time.Time) []byte {
 	const frame = 560 // bytes of the event without its two texts
@@ -365,15 +256,15 @@ func benchEvent(dst []byte, run string, n int, size int, start time.Time) []byte
 
 var benchModels = []string{"qwen2.5-instruct", "llama-3.1-instruct", "deepseek-r1-distill-qwen", "glm-4-chat", "mistral-instruct"}
 
-// post sends events [from, to) as one NDJSON request; it retries on 503
-// (the collector's back-pressure signal).
-func (b *bench) post(ctx context.Context, client *http.Client, from, to int, start time.Time) error {
+// post sends events [from, to) as one NDJSON request to the collector at
+// addr; it retries on 503 (the collector's back-pressure signal).
+func (b *bench) post(ctx context.Context, client *http.Client, addr string, from, to int, start time.Time) error {
 	var body []byte
 	for n := from; n < to; n++ {
 		body = benchEvent(body, b.runID, n, b.o.Size, start)
 	}
 	for attempt := 0; ; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+b.addrs["collect"]+"/v1/events", bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/events", bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -431,7 +322,7 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	proc0 := b.sampleProcs(ctx, procs)
+	proc0, nats0 := b.sampleProcs(ctx, procs), b.natsCPUSeconds()
 	profiled := b.profileRoles(ctx)
 	defer profiled()
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: b.o.Clients}}
@@ -440,14 +331,17 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 	var errOnce sync.Once
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range b.o.Clients {
+	for i := range b.o.Clients {
+		// with several collectors, the clients spread over them as a load
+		// balancer would
+		collector := b.collector(i)
 		wg.Go(func() {
 			for {
 				from := int(next.Add(int64(b.o.Batch))) - b.o.Batch
 				if from >= n {
 					return
 				}
-				if err := b.post(ctx, client, from, min(from+b.o.Batch, n), time.Now()); err != nil {
+				if err := b.post(ctx, client, collector, from, min(from+b.o.Batch, n), time.Now()); err != nil {
 					errOnce.Do(func() { firstErr = err })
 					return
 				}
@@ -525,7 +419,11 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	res.EndToEndPS = float64(n) / time.Since(start).Seconds()
-	proc1 := b.sampleProcs(ctx, procs)
+	proc1, nats1 := b.sampleProcs(ctx, procs), b.natsCPUSeconds()
+	res.NATSCPUMicros = -1
+	if nats0 >= 0 && nats1 >= 0 {
+		res.NATSCPUMicros = (nats1 - nats0) * 1e6 / float64(n)
+	}
 	js1, err := b.jsCounts(ctx, stageNames)
 	if err != nil {
 		return err
@@ -569,7 +467,7 @@ func (b *bench) latency(ctx context.Context, rate float64) (*LatencyResult, erro
 		next := time.Now()
 		for time.Since(phaseStart) < b.o.Latency {
 			lo := offset + total
-			if err := b.post(ctx, client, lo, lo+batch, time.Now()); err != nil {
+			if err := b.post(ctx, client, b.collector(0), lo, lo+batch, time.Now()); err != nil {
 				sendDone <- err
 				return
 			}
@@ -756,7 +654,13 @@ func (b *bench) dropDatabase(ctx context.Context, db string) {
 		return
 	}
 	defer conn.Close()
-	_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
+	stmt := "DROP DATABASE IF EXISTS " + db
+	if t := b.env.ClickHouse.Topology; t.Clustered() {
+		stmt += " ON CLUSTER " + t.Cluster
+	}
+	if err := conn.Exec(ctx, stmt); err != nil {
+		b.say("bench      could not drop the scratch database %s: %v", db, err)
+	}
 }
 
 func (b *bench) report(r *Result) {
@@ -801,6 +705,9 @@ func (b *bench) report(r *Result) {
 			row(n, r.PerCall[n])
 		}
 		row("all", *r.Total)
+		if r.NATSCPUMicros >= 0 {
+			b.say("    %-28s %20.1f", "nats-server (not callpipe)", r.NATSCPUMicros)
+		}
 	}
 	b.reportProxy(r.Proxy)
 	b.reportProcesses(r.Processes)

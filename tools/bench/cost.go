@@ -31,17 +31,39 @@ type StageCost struct {
 // procSample is a role's counters read from its /metrics.
 type procSample struct{ cpu, mallocs, allocBytes float64 }
 
-// sampleProcs reads every role's counters; a role that does not answer is
-// left out (its cost is then reported as unknown).
+// sampleProcs reads every role's counters, summed over the role's
+// processes; a role of which a process does not answer is left out (its
+// cost is then reported as unknown).
 func (b *bench) sampleProcs(ctx context.Context, roles []string) map[string]procSample {
 	out := map[string]procSample{}
 	client := &http.Client{Timeout: 5 * time.Second}
+roles:
 	for _, r := range roles {
-		if s, err := scrape(ctx, client, b.addrs[r]); err == nil {
-			out[r] = s
+		var sum procSample
+		for _, p := range b.procs[r] {
+			s, err := scrape(ctx, client, b.addrs[p])
+			if err != nil {
+				continue roles
+			}
+			sum = sum.add(s)
+		}
+		if len(b.procs[r]) > 0 {
+			out[r] = sum
 		}
 	}
 	return out
+}
+
+// add is the sum of two processes' counters: -1 (unknown) when either
+// lacks one.
+func (s procSample) add(o procSample) procSample {
+	sum := func(x, y float64) float64 {
+		if x < 0 || y < 0 {
+			return -1
+		}
+		return x + y
+	}
+	return procSample{cpu: sum(s.cpu, o.cpu), mallocs: sum(s.mallocs, o.mallocs), allocBytes: sum(s.allocBytes, o.allocBytes)}
 }
 
 func scrape(ctx context.Context, client *http.Client, addr string) (procSample, error) {

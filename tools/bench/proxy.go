@@ -224,6 +224,7 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 			return nil, err
 		}
 		b.addrs[px.role] = px.addr
+		b.procs[px.role] = []string{px.role}
 		spool := filepath.Join(b.o.Dir, px.role+"-spool-"+b.runID)
 		defer os.RemoveAll(spool)
 		args := []string{"proxy", "--proxy.listen", px.addr, "--proxy.upstream", upstream, "--proxy.spool_dir", spool}
