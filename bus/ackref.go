@@ -29,6 +29,7 @@ func NewAckRef(m jetstream.Msg, md *jetstream.MsgMetadata) AckRef {
 var (
 	ackBody      = []byte("+ACK")
 	progressBody = []byte("+WPI")
+	termBody     = []byte("+TERM")
 )
 
 // Ack acknowledges the message.
@@ -41,3 +42,6 @@ func (r AckRef) InProgress(nc *nats.Conn) error { return nc.Publish(r.reply, pro
 func (r AckRef) Nak(nc *nats.Conn, delay time.Duration) error {
 	return nc.Publish(r.reply, fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds()))
 }
+
+// Term tells JetStream never to deliver the message again.
+func (r AckRef) Term(nc *nats.Conn) error { return nc.Publish(r.reply, termBody) }

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/sinks"
 	"github.com/callpipe/callpipe/sinks/archive"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/sinks/langfuse"
@@ -64,8 +65,8 @@ func (c *Config) ClickHouseStage(reg prometheus.Registerer, log *slog.Logger) (*
 	}
 	return &chsink.Stage{
 		Output: ch.Output(db),
-		Sink: chsink.SinkConfig{Consumer: ch.Consumer, FilterSubject: ch.Subject, AckWait: time.Duration(ch.AckWait),
-			Batch: chsink.BatchPolicy{Count: ch.BatchSize, Bytes: int(ch.BatchBytes), Period: time.Duration(ch.FlushInterval)}},
+		Sink: chsink.SinkConfig{Config: sinks.Config{Consumer: ch.Consumer, FilterSubject: ch.Subject, AckWait: time.Duration(ch.AckWait),
+			Batch: sinks.BatchPolicy{Count: ch.BatchSize, Bytes: int(ch.BatchBytes), Period: time.Duration(ch.FlushInterval)}}},
 		Retention: ch.Retention(), RetentionInterval: time.Duration(ch.RetentionInterval), Rollup: ch.RollupConfig(),
 		LeaseReplicas: c.NATS.Stream.Replicas, Log: log, Registerer: reg,
 	}, nil
@@ -83,11 +84,11 @@ func (c *Config) ArchiveStage(reg prometheus.Registerer, log *slog.Logger) (*arc
 	}
 	return &archive.Stage{S3: client, Region: s.Region,
 		Sink: archive.SinkConfig{
-			Stream: bus.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
+			Config: sinks.Config{Stream: bus.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
+				AckWait: time.Duration(a.AckWait), MaxAckPending: a.MaxAckPending, Log: log},
 			Bucket: s.Bucket, Prefix: a.Prefix, Compression: a.Compression,
-			FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval), AckWait: time.Duration(a.AckWait),
-			MaxAckPending: a.MaxAckPending, PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads,
-			Log: log, Metrics: archive.NewMetrics(reg), SSE: s.ServerSide(),
+			FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval),
+			PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads, Metrics: archive.NewMetrics(reg), SSE: s.ServerSide(),
 		}}, nil
 }
 
@@ -112,8 +113,9 @@ func (c *Config) LangfuseStage(nc *nats.Conn, reg prometheus.Registerer, log *sl
 			Timeout: time.Duration(l.RequestTimeout),
 		},
 		Sink: langfuse.SinkConfig{
-			Consumer: l.Consumer, FilterSubject: l.Subject, Batch: langfuse.BatchPolicy{Count: l.BatchCalls, Period: time.Duration(l.FlushInterval)},
-			MaxInFlight: max(1, l.MaxInFlight/2), AckWait: time.Duration(l.AckWait), RetryDelay: time.Duration(l.RetryDelay),
+			Config: sinks.Config{Consumer: l.Consumer, FilterSubject: l.Subject, AckWait: time.Duration(l.AckWait),
+				Batch: sinks.BatchPolicy{Count: l.BatchCalls, Period: time.Duration(l.FlushInterval), MaxInFlight: max(1, l.MaxInFlight/2)}},
+			RetryDelay: time.Duration(l.RetryDelay),
 		},
 		Configured: settings.Langfuse{Host: l.Host, PublicKey: l.PublicKey, SecretKey: l.SecretKey},
 		Sealer:     c.Sealer(), Replicas: c.NATS.Stream.Replicas, Log: log, Registerer: reg,

@@ -17,6 +17,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/sinks"
 	"github.com/callpipe/callpipe/sinks/archive"
 	"github.com/callpipe/callpipe/store/rawarchive"
 	"github.com/callpipe/callpipe/tools/replay"
@@ -157,8 +158,8 @@ func BenchmarkArchiveSink(b *testing.B) {
 				e.publish(b, raws, func(i int) string { return evs[i].id }, nil)
 				last := e.lastSeq(b)
 				jsTotal += archJetStreamConsume(b, e, c.n)
-				s, err := archive.NewSink(e.nc, e.s3, archive.SinkConfig{Consumer: e.consumer, FilterSubject: e.subject + ".>",
-					Bucket: archBucket, Prefix: e.prefix, FlushBytes: 16 << 20, FlushInterval: time.Second, AckWait: time.Minute})
+				s, err := archive.NewSink(e.nc, e.s3, archive.SinkConfig{Config: sinks.Config{Consumer: e.consumer, FilterSubject: e.subject + ".>", AckWait: time.Minute},
+					Bucket: archBucket, Prefix: e.prefix, FlushBytes: 16 << 20, FlushInterval: time.Second})
 				if err != nil {
 					b.Fatal(err)
 				}

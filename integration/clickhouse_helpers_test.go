@@ -21,6 +21,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/sinks"
 	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 	"github.com/callpipe/callpipe/store/callsdb"
 )
@@ -148,11 +149,11 @@ func (n *chNATS) publishE(calls []schema.Call, msgIDPrefix string) error {
 }
 
 func (n *chNATS) sinkConfig(batch int, period time.Duration) chsink.SinkConfig {
-	return chsink.SinkConfig{
+	return chsink.SinkConfig{Config: sinks.Config{
 		Consumer: n.consumer, FilterSubject: n.subject,
-		Batch:   chsink.BatchPolicy{Count: batch, Period: period},
+		Batch:   sinks.BatchPolicy{Count: batch, Period: period},
 		AckWait: 30 * time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second,
-	}
+	}}
 }
 
 // runSink starts a sink; stop cancels it and waits for Run to return.

@@ -21,6 +21,7 @@ import (
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
+	"github.com/callpipe/callpipe/sinks"
 	"github.com/callpipe/callpipe/sinks/langfuse"
 )
 
@@ -174,12 +175,12 @@ func (e *lfEnv) startSink(mod func(*langfuse.OutputConfig, *langfuse.SinkConfig)
 		Map:        langfuse.MapOptions{Environment: "it", MaxFieldBytes: 64 << 10},
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, MaxInFlight: 4,
 	}
-	sc := langfuse.SinkConfig{
+	sc := langfuse.SinkConfig{Config: sinks.Config{
 		Consumer: e.consumer, FilterSubject: e.subject + ".>",
-		Batch:       langfuse.BatchPolicy{Count: 1000, Period: 200 * time.Millisecond},
-		MaxInFlight: 2, RetryDelay: 300 * time.Millisecond, AckWait: 30 * time.Second,
-		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
-	}
+		Batch:   sinks.BatchPolicy{Count: 1000, Period: 200 * time.Millisecond, MaxInFlight: 2},
+		AckWait: 30 * time.Second,
+		Log:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+	}, RetryDelay: 300 * time.Millisecond}
 	if mod != nil {
 		mod(&oc, &sc)
 	}

@@ -25,7 +25,7 @@ func TestLangfuseSinkStopHandsBack(t *testing.T) {
 	e.srv.SetFailureRate(1, langfusetest.Fault{Delay: 200 * time.Millisecond})
 	const ackWait = time.Minute
 	s := e.startSink(func(_ *langfuse.OutputConfig, sc *langfuse.SinkConfig) {
-		sc.Batch.Count, sc.MaxInFlight, sc.AckWait = 50, 1, ackWait
+		sc.Batch.Count, sc.Batch.MaxInFlight, sc.AckWait = 50, 1, ackWait
 	})
 	lfWait(t, 30*time.Second, "some stored", func() bool { return len(e.srv.Observations()) >= 100 })
 	s.stop(t)
@@ -56,7 +56,7 @@ func TestLangfuseSinkPauseHandsBack(t *testing.T) {
 	e.publish(calls, "")
 	s := e.startSink(func(_ *langfuse.OutputConfig, sc *langfuse.SinkConfig) {
 		// pauses of 3 s, 6 s, ... against an ack wait of 2 s
-		sc.Batch.Count, sc.MaxInFlight, sc.AckWait, sc.RetryDelay = 50, 1, 2*time.Second, 3*time.Second
+		sc.Batch.Count, sc.Batch.MaxInFlight, sc.AckWait, sc.RetryDelay = 50, 1, 2*time.Second, 3*time.Second
 	})
 	lfWait(t, 10*time.Second, "refused", func() bool { return s.sink.Health() != nil })
 	time.Sleep(4 * time.Second) // into the second pause

@@ -211,7 +211,7 @@ func TestLangfuseSinkSplitAndRateLimit(t *testing.T) {
 	e.srv.SetMaxBodyBytes(100_000)
 	e.srv.QueueFaults(langfusetest.Fault{Status: 429, RetryAfter: 2 * time.Second})
 	e.publish(calls, "")
-	e.startSink(func(oc *langfuse.OutputConfig, sc *langfuse.SinkConfig) { sc.MaxInFlight = 1; oc.MaxInFlight = 1 })
+	e.startSink(func(oc *langfuse.OutputConfig, sc *langfuse.SinkConfig) { sc.Batch.MaxInFlight = 1; oc.MaxInFlight = 1 })
 	lfWait(t, time.Minute, "all accepted", func() bool { return len(e.srv.Observations()) == n })
 	e.waitSettled(30 * time.Second)
 	lfCheckStored(t, e.srv, calls)

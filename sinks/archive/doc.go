@@ -32,8 +32,12 @@
 // lost, which is logged.)
 //
 // The protocol relies on JetStream not redelivering a message the sink still
-// holds: held messages get in-progress acks every AckWait/3, and a second
-// delivery of a sequence held in this process is ignored.
+// holds: the sink runs on a sinks.Runner, buffers a call by holding it
+// (sinks.Batch.Hold) and releases it once its object is stored (acked) or
+// given up at shutdown (nak'ed); the runner gives held messages in-progress
+// acks every AckWait/3 and ignores a second delivery of a sequence held in
+// this process (sinks/doc.go). Buffers close by size as calls are added and
+// by age or at the drain in the runner's Flush calls.
 //
 // What is not archived: replayed events (bus.Routed: a replay reaches the
 // archive only when its Callpipe-Sinks names it, as a retried archive dead

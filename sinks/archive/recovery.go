@@ -4,20 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/sinks"
 	"github.com/callpipe/callpipe/store/rawarchive"
 )
-
-// recovery is the rebuild of one manifest's data object after a crash; the
-// redelivered messages it covers wait in held for its upload.
-type recovery struct {
-	held []bus.AckRef
-}
 
 // hourIndex is what the archive holds for one hour: the manifests and which
 // of them have their data object.
@@ -65,20 +58,18 @@ func (s *Sink) hourIndex(ctx context.Context, h time.Time) (*hourIndex, error) {
 	return x, nil
 }
 
-// resolveSuspects sorts redelivered messages: already archived → acked;
-// claimed by a manifest whose object is missing → rebuilt from the stream;
-// unclaimed → returned, to be buffered as new.
-func (s *Sink) resolveSuspects(ctx context.Context, suspects []item, slots chan struct{}, wg *sync.WaitGroup) []item {
-	byHour := map[time.Time][]item{}
-	seen := map[uint64]bool{}
-	for _, it := range suspects {
-		if seen[it.seq] || s.isHeld(it.seq) {
-			continue
-		}
-		seen[it.seq] = true
-		byHour[it.hour] = append(byHour[it.hour], it)
+// resolveSuspects sorts the redelivered values suspects of b: already
+// archived → written (acked); claimed by a manifest whose object is missing
+// → held for the rebuild of that object from the stream; unclaimed →
+// buffered as new. When an hour cannot be looked up its values are retried
+// and the error returned (s.bmu held).
+func (s *Sink) resolveSuspects(ctx context.Context, b *sinks.Batch[item], suspects []int) error {
+	byHour := map[time.Time][]int{}
+	for _, i := range suspects {
+		h := b.Items[i].Value.hour
+		byHour[h] = append(byHour[h], i)
 	}
-	var fresh []item
+	var lookupErr error
 	for h, its := range byHour {
 		idx, err := s.hourIndex(ctx, h)
 		if err != nil {
@@ -86,69 +77,63 @@ func (s *Sink) resolveSuspects(ctx context.Context, suspects []item, slots chan 
 			s.setErr(err)
 			s.log.Warn("archive sink: cannot check redelivered calls against the archive; they come back later",
 				"hour", h, "calls", len(its), "err", err)
-			for _, it := range its {
-				_ = it.msg.NakWithDelay(s.cfg.BackoffMax)
+			for _, i := range its {
+				b.Retry(i)
 			}
+			lookupErr = err
 			continue
 		}
-		for _, it := range its {
-			m := idx.find(it.seq)
+		for _, i := range its {
+			m := idx.find(b.Items[i].Value.seq)
 			switch {
 			case m == nil:
-				fresh = append(fresh, it)
+				s.add(ctx, b, i)
 			case idx.data[m.Key]:
 				s.m.Skipped.WithLabelValues("archived").Inc()
-				s.ack(it.msg)
+				b.Written(i)
 			default:
-				s.recover(ctx, m, it, slots, wg)
+				s.recover(ctx, m, b.Hold(i))
 			}
 		}
 	}
-	return fresh
+	if lookupErr != nil {
+		return fmt.Errorf("archive sink: looking up redelivered calls: %w", lookupErr)
+	}
+	return nil
 }
 
-// recover attaches it to the rebuild of m's data object, starting one.
-func (s *Sink) recover(ctx context.Context, m *rawarchive.Manifest, it item, slots chan struct{}, wg *sync.WaitGroup) {
+// recover attaches h to the rebuild of m's data object, starting one.
+func (s *Sink) recover(ctx context.Context, m *rawarchive.Manifest, h sinks.Hold) {
 	s.mu.Lock()
-	s.held[it.seq] = struct{}{}
-	if r := s.recovering[m.Key]; r != nil {
-		r.held = append(r.held, it.ref)
-		s.mu.Unlock()
+	holds, running := s.recovering[m.Key]
+	s.recovering[m.Key] = append(holds, h)
+	s.mu.Unlock()
+	if running {
 		return
 	}
-	r := &recovery{held: []bus.AckRef{it.ref}}
-	s.recovering[m.Key] = r
-	s.mu.Unlock()
 	s.log.Warn("archive sink: object claimed by a manifest but not stored (crash mid-upload); rebuilding it from the stream",
 		"key", m.Key, "calls", m.Count)
-	slots <- struct{}{}
-	wg.Add(1)
+	s.slots <- struct{}{}
 	go func() {
-		defer wg.Done()
-		defer func() { <-slots }()
+		defer func() { <-s.slots }()
 		built, err := s.rebuild(ctx, m)
 		stored := err == nil && s.upload(ctx, built, nil, built.Manifest.Key != m.Key)
 		s.mu.Lock()
+		holds := s.recovering[m.Key]
 		delete(s.recovering, m.Key)
-		held := r.held
 		s.mu.Unlock()
-		defer s.release(held)
 		if !stored {
 			if err != nil {
 				s.m.Errors.WithLabelValues("recovery").Inc()
 				s.setErr(err)
 				s.log.Error("archive sink: rebuilding object failed; its calls come back later", "key", m.Key, "err", err)
 			}
-			for _, h := range held {
-				s.nakHeld(h)
-			}
+			sinks.Release(holds, false)
 			return
 		}
 		s.m.Recovered.Inc()
-		s.m.Skipped.WithLabelValues("archived").Add(float64(len(held)))
-		for _, h := range held {
-			s.ackHeld(h)
-		}
+		s.m.Skipped.WithLabelValues("archived").Add(float64(len(holds)))
+		sinks.Release(holds, true)
 	}()
 }
 

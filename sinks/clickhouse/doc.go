@@ -1,7 +1,8 @@
 // Package clickhouse is callpipe's ClickHouse sink: the durable JetStream
-// consumer callpipe-clickhouse on CALLPIPE_NORMALIZED (Sink) and the batched
-// native-protocol writer (Output: Connect / WriteBatch / Close, with a
-// BatchPolicy and an in-flight limit) that inserts calls into the calls
+// consumer callpipe-clickhouse on CALLPIPE_NORMALIZED (Sink, a sinks.Runner
+// whose delivery contract is in sinks/doc.go) and the batched
+// native-protocol writer (Output: Connect / WriteBatch / Close, with an
+// in-flight limit) that inserts calls into the calls
 // database of store/callsdb. What is stored, how reads stay exact and how the
 // rollups are sealed is the store's contract (store/callsdb); this package
 // owns delivery into it.
@@ -24,16 +25,10 @@
 //
 // # Delivery
 //
-// A message is acked only after the INSERT holding its call returned
-// success. Insert errors nak the batch with a growing delay (the consumer has
-// no delivery limit, so an outage never drops calls), mark the sink unhealthy
-// until an insert succeeds, and slow reading down. A message holds one call
-// or a batch (bus/batch.go); all calls of a message go into one insert, and
-// the message is acked once, after it. Messages that are not a valid
-// schema.Call (or not a valid batch) go to CALLPIPE_DLQ in the bus's
-// dead-letter format (bus.Failure) and are terminated; an invalid call of a
-// batch goes there alone (bus.DeadLetters.WriteItem) and the rest is
-// inserted; `callpipe dlq retry` sends them back to
-// this stage only. On shutdown the sink stops pulling, flushes
-// the batch it holds plus what the client had buffered, acks and returns.
+// The runner's contract (sinks/doc.go) with an INSERT as the write: insert
+// errors nak the batch with a growing delay, mark the sink unhealthy and
+// slow reading down; all calls of a message go into one insert and the
+// message is acked once, after it; an invalid call goes to CALLPIPE_DLQ
+// (alone when its message is a batch) and `callpipe dlq retry` sends it
+// back to this stage only; shutdown is the runner's drain.
 package clickhouse

@@ -15,16 +15,6 @@ import (
 	"github.com/callpipe/callpipe/store/callsdb"
 )
 
-// BatchPolicy decides when the sink flushes: at Count calls, at Bytes of
-// messages, or when the oldest call of the batch is Period old, whichever
-// comes first. Bytes bounds the worker's memory whatever the call size: it
-// holds MaxInFlight batches being inserted plus the one being filled.
-type BatchPolicy struct {
-	Count  int
-	Bytes  int
-	Period time.Duration
-}
-
 // OutputConfig is how the output reaches ClickHouse (the store's Config)
 // and how it writes.
 type OutputConfig struct {
