@@ -42,12 +42,10 @@ type Output[T any] interface {
 	WriteBatch(ctx context.Context, b *Batch[T]) error
 }
 
-// Holder is an Output that keeps values past WriteBatch (Batch.Hold) and
-// closes them on its own schedule: Flush runs every Batch.Period on the
-// runner's goroutine (WriteBatch on the flushers': the output guards its
-// state), and once at the drain with final set, after the last WriteBatch:
-// then it closes everything and releases each hold when stored, or as not
-// stored when ctx ends.
+// Holder is an Output that keeps values past WriteBatch (Batch.Hold). Flush
+// runs every Batch.Period on the runner's goroutine (the output guards its
+// state against the flushers'), and once at the drain with final set: then
+// it closes everything and releases each hold, stored or, when ctx ends, not.
 type Holder interface {
 	Flush(ctx context.Context, final bool)
 }
@@ -89,21 +87,18 @@ type Config struct {
 	// in-progress ack every AckWait/3.
 	AckWait       time.Duration
 	MaxAckPending int // default Batch.Count × (MaxInFlight+1) + PullBuffer
-	// PullBytes bounds the iterator's read-ahead (default min(Batch.Bytes,
-	// 8 MiB), never below the server's max payload); PullBuffer is the
-	// hand-off channel after it (default 64 messages).
+	// PullBytes bounds the read-ahead (default min(Batch.Bytes, 8 MiB), at
+	// least the max payload); PullBuffer, the hand-off after it (default 64).
 	PullBytes, PullBuffer int
 	// The backoff (nak delay, and pause of a flusher after a failed write)
 	// starts at BackoffMin and doubles up to BackoffMax (250ms, 30s).
 	BackoffMin, BackoffMax time.Duration
 	// DrainTimeout bounds the drain after ctx ends (default 30s).
 	DrainTimeout time.Duration
-	// HandBack: on stop, nak what the iterator read ahead (for a slow
-	// destination: another worker takes it now) instead of writing it
-	// with the batch being filled.
+	// HandBack naks the read-ahead on stop (a slow destination: another
+	// worker takes it now) instead of writing it with the last batch.
 	HandBack bool
-	// KeepMessages keeps each message, not only its AckRef, while it is
-	// batched: an output that rejects values needs it for the dead letter.
+	// KeepMessages keeps each message (not only its AckRef) for Batch.Reject.
 	KeepMessages bool
 	Log          *slog.Logger
 	Counters     Counters
@@ -182,8 +177,7 @@ func (r *Runner[T]) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 	return cons, nil
 }
 
-// message is one taken message until it is settled: its values are spread
-// over batches (and the output's holds); the last one settled settles it.
+// message is a taken message until settled: its last value settled settles it.
 type message struct {
 	c       *core
 	ref     bus.AckRef
@@ -509,9 +503,8 @@ func (r *Runner[T]) take(ctx context.Context, d decoded[T]) {
 	f.bytes += len(m.Data())
 }
 
-// dispatch hands the batch being filled to a flusher once a slot is free;
-// not ok when ctx ended first (the batch stays, for the drain) or a write
-// asked for a pause meanwhile.
+// dispatch hands the batch being filled to a flusher once a slot is free; not
+// ok when ctx ended first (the batch stays, for the drain) or a write paused.
 func (r *Runner[T]) dispatch(ctx, wctx context.Context, slots chan struct{}, wg *sync.WaitGroup) (end, time.Duration, bool) {
 	select {
 	case slots <- struct{}{}:
