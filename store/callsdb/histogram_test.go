@@ -1,6 +1,7 @@
 package callsdb
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -110,17 +111,19 @@ func TestHistogramQuantilesWithinBound(t *testing.T) {
 		for _, v := range vals {
 			counts[HistogramBucket(v)]++
 		}
-		var buckets []uint16
+		var h Histogram
 		for b := range counts {
-			buckets = append(buckets, b)
+			h.Buckets = append(h.Buckets, b)
 		}
-		sort.Slice(buckets, func(i, j int) bool { return buckets[i] < buckets[j] })
-		var bucketCounts []uint64
-		for _, b := range buckets {
-			bucketCounts = append(bucketCounts, counts[b])
+		sort.Slice(h.Buckets, func(i, j int) bool { return h.Buckets[i] < h.Buckets[j] })
+		for _, b := range h.Buckets {
+			h.Counts = append(h.Counts, counts[b])
 		}
 		sort.Slice(vals, func(i, j int) bool { return vals[i] < vals[j] })
-		got := histogramQuantiles(weightedQuantiles(buckets, bucketCounts))
+		got := h.Quantiles()
+		if w := histogramQuantiles(weightedQuantiles(h.Buckets, h.Counts)); w != got {
+			t.Fatalf("trial %d: quantilesExactWeighted at histogramLevels picks %+v, the exact ranks %+v", trial, w, got)
+		}
 		for _, c := range []struct {
 			level float64
 			got   float64
@@ -137,7 +140,89 @@ func TestHistogramQuantilesWithinBound(t *testing.T) {
 			}
 		}
 	}
-	if histogramQuantiles(nil) != (Quantiles{}) {
-		t.Fatal("no quantiles must give zero quantiles")
+	if (Histogram{}).Quantiles() != (Quantiles{}) {
+		t.Fatal("empty histogram must give zero quantiles")
+	}
+}
+
+// The text merge adds every row's counts per bucket, negative counts
+// included (subtracted rows), drops buckets that cancel out and returns
+// buckets ascending; the merger's state does not leak into the next group.
+func TestHistogramMergerAddsRows(t *testing.T) {
+	var m histogramMerger
+	h, err := m.parse("[3,130,7][2,5,1][7,3][4,1][][][130][-5]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(h.Buckets, h.Counts) != "[3 7] [3 5]" {
+		t.Fatalf("merged %v %v, want buckets [3 7] counts [3 5]", h.Buckets, h.Counts)
+	}
+	h, err = m.parse("[7][1]")
+	if err != nil || fmt.Sprint(h.Buckets, h.Counts) != "[7] [1]" {
+		t.Fatalf("next group: %v %v %v, want [7] [1] alone", h.Buckets, h.Counts, err)
+	}
+	if h, err = m.parse(""); err != nil || len(h.Buckets) != 0 {
+		t.Fatalf("empty text: %v %v", h, err)
+	}
+}
+
+// The merge agrees with adding counts in a map, over random rows.
+func TestHistogramMergerMatchesMapSum(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var m histogramMerger
+	for trial := 0; trial < 100; trial++ {
+		want := map[uint16]uint64{}
+		var text strings.Builder
+		for row := 0; row < 1+r.IntN(20); row++ {
+			seen := map[uint16]bool{}
+			var bs, cs []string
+			for k := 0; k < r.IntN(30); k++ {
+				b := HistogramBucket(r.Int64N(1 << 25))
+				if seen[b] {
+					continue
+				}
+				seen[b] = true
+				c := 1 + r.Uint64N(1000)
+				want[b] += c
+				bs, cs = append(bs, fmt.Sprint(b)), append(cs, fmt.Sprint(c))
+			}
+			fmt.Fprintf(&text, "[%s][%s]", strings.Join(bs, ","), strings.Join(cs, ","))
+		}
+		h, err := m.parse(text.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h.Buckets) != len(want) || !sort.SliceIsSorted(h.Buckets, func(i, j int) bool { return h.Buckets[i] < h.Buckets[j] }) {
+			t.Fatalf("trial %d: %d buckets (sorted %v), want %d", trial, len(h.Buckets), sort.SliceIsSorted(h.Buckets, func(i, j int) bool { return h.Buckets[i] < h.Buckets[j] }), len(want))
+		}
+		for i, b := range h.Buckets {
+			if h.Counts[i] != want[b] {
+				t.Fatalf("trial %d: bucket %d has %d, want %d", trial, b, h.Counts[i], want[b])
+			}
+		}
+	}
+}
+
+// Text of another shape, a bucket out of range or a count that stays
+// below zero is an error naming what is wrong, and the next parse starts clean.
+func TestHistogramMergerRejectsBadText(t *testing.T) {
+	var m histogramMerger
+	for text, want := range map[string]string{
+		"[1,2][5]":                  "1 counts for 2 buckets",
+		"[1][5,6]":                  "more counts than buckets",
+		"[1][5":                     "unterminated",
+		"[1]":                       "want '['",
+		"[1;2][5,6]":                "want ',' or ']'",
+		"[70000][1]":                "out of range",
+		"[4][2][4][-3]":             "below zero",
+		"[x][1]":                    "want a number",
+		"[1][99999999999999999999]": "overflows",
+	} {
+		if _, err := m.parse(text); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parse(%q) = %v, want an error with %q", text, err, want)
+		}
+	}
+	if h, err := m.parse("[4][2]"); err != nil || fmt.Sprint(h.Buckets, h.Counts) != "[4] [2]" {
+		t.Fatalf("after errors: %v %v %v", h.Buckets, h.Counts, err)
 	}
 }

@@ -75,6 +75,13 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	if len(plan.rollup) == 0 {
 		return usageExact(ctx, conn, db, s, plan, loc)
 	}
+	if histogramMergeOf(s) != mergeWeighted {
+		out, err := usageSums(ctx, conn, db, s, plan, loc)
+		if err != nil {
+			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+		}
+		return out, nil
+	}
 	// the sums and the percentiles read the same seals and per-call rows,
 	// side by side
 	var out []UsageRow
@@ -84,23 +91,19 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		out, err = usageSums(gctx, conn, db, s, plan, loc)
 		return err
 	})
-	if !s.SkipPercentiles {
-		g.Go(func() (err error) {
-			pct, err = usagePercentiles(gctx, conn, db, s, plan, loc)
-			return err
-		})
-	}
+	g.Go(func() (err error) {
+		pct, err = usagePercentiles(gctx, conn, db, s, plan, loc)
+		return err
+	})
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}
-	if !s.SkipPercentiles {
-		for i := range out {
-			q := pct[out[i].key()]
-			out[i].Histogram = true
-			out[i].LatencyMS = q[0]
-			if out[i].TTFTCalls > 0 {
-				out[i].TTFTMS = q[1]
-			}
+	for i := range out {
+		q := pct[out[i].key()]
+		out[i].Histogram = true
+		out[i].LatencyMS = q[0]
+		if out[i].TTFTCalls > 0 {
+			out[i].TTFTMS = q[1]
 		}
 	}
 	return out, nil
@@ -163,21 +166,47 @@ func usageExact(ctx context.Context, conn driver.Conn, db string, s UsageSpec, p
 	return out, nil
 }
 
-// usageSums reads the sums of a plan with rollup rows (usageRollupSQL).
+// usageSums reads the usage of a plan with rollup rows (usageRollupSQL),
+// with the quantiles of its histograms unless they are merged by
+// usagePercentiles.
 func usageSums(ctx context.Context, conn driver.Conn, db string, s UsageSpec, plan usagePlan, loc *time.Location) ([]UsageRow, error) {
 	rows, err := conn.Query(ctx, WithDB(usageRollupSQL(s, plan), db))
 	if err != nil {
 		return nil, fmt.Errorf("sums: %w", err)
 	}
 	defer rows.Close()
+	mode := histogramMergeOf(s)
+	var merge histogramMerger
 	var out []UsageRow
 	for rows.Next() {
 		var r UsageRow
-		dest := append(r.scanKeys(s), &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD, &r.TTFTCalls)
+		var latText, ttftText string
+		var latH, ttftH Histogram
+		dest := append(r.scanKeys(s), &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
+		switch mode {
+		case mergeText:
+			dest = append(dest, &latText, &r.TTFTCalls, &ttftText)
+		case mergeSumMap:
+			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
+		default:
+			dest = append(dest, &r.TTFTCalls)
+		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("sums: %w", err)
 		}
 		settleBucket(&r, s, loc)
+		if mode == mergeText {
+			if latH, err = merge.parse(latText); err != nil {
+				return nil, fmt.Errorf("latency histogram: %w", err)
+			}
+			if ttftH, err = merge.parse(ttftText); err != nil {
+				return nil, fmt.Errorf("TTFT histogram: %w", err)
+			}
+		}
+		if mode == mergeText || mode == mergeSumMap {
+			r.Histogram = true
+			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
+		}
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {

@@ -205,11 +205,12 @@ func usageKeys(s UsageSpec, t, model, user, source string) (keys, order []string
 	return keys, order
 }
 
-// usageRollupSQL is the sums of a plan with rollup rows: the rows of its
+// usageRollupSQL is the usage of a plan with rollup rows: the rows of its
 // seals and its per-call rows (rollupRowsSQL) summed per group. Columns:
 // bucket, model_key, user_key, [source_key], calls, errors, input/output/total
-// tokens, cost, ttft calls. Percentiles come from usagePercentilesSQL over
-// the same rows.
+// tokens, cost, then the histogram columns of its histogramMerge
+// (histogramColumnsSQL); with mergeWeighted the percentiles come from
+// usagePercentilesSQL over the same rows.
 func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	keys, order := usageKeys(s, "t", "m", "u", "src")
 	having := ""
@@ -224,22 +225,20 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
     toInt64(sum(o)) AS output_tokens,
     toInt64(sum(tot)) AS total_tokens,
     toFloat64(sum(c)) AS cost,
-    toUInt64(sum(tn)) AS ttft_calls
+    %s
 FROM
 (
     %s
 )
 GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), rollupRowsSQL(s, p), strings.Join(order, ", "), having, strings.Join(order, ", "))
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p.signed()), rollupRowsSQL(s, p), strings.Join(order, ", "), having, strings.Join(order, ", "))
 }
 
 // usagePercentilesSQL is the latency and TTFT percentiles of a plan with
-// rollup rows, per group: each row's histograms (a per-call row is a
-// one-element histogram) are unrolled into (bucket, count) pairs by ARRAY
-// JOIN, and quantilesExactWeighted picks the bucket holding quantileExact's
-// rank (histogramLevels). Hash maps per group, where sumMap on 18.16 builds
-// an ordered map of generic values per group: seconds instead of tens of
-// seconds for every user's groups at 100 M calls. With subtracted rows
+// rollup rows, per group, for mergeWeighted: each row's histograms (a
+// per-call row is a one-element histogram) are unrolled into (bucket, count)
+// pairs by ARRAY JOIN, and quantilesExactWeighted picks the bucket holding
+// quantileExact's rank (histogramLevels). With subtracted rows
 // (signed counts) the pairs are summed per group and bucket first, so that
 // only what is left counts. Columns: bucket, model_key, user_key,
 // [source_key], latency_q, ttft_q (bucket indexes, HistogramValue).
@@ -372,6 +371,66 @@ func sealRuns(refs []sealRef) []string {
 		}
 	}
 	return runs
+}
+
+// histogramMerge is how a read with percentiles adds up the histograms of
+// each group's rows; histogramMergeOf picks it by the shape of the read.
+type histogramMerge int
+
+const (
+	mergeNone histogramMerge = iota // percentiles skipped
+	// mergeText: each group sums few rows (one model's hour or day, one
+	// user's or one batch's rows). Every row's bucket and count arrays come
+	// back as text and histogramMerger adds them in Go over a dense array:
+	// tens of nanoseconds a bucket, where sumMap on 18.16 costs about a
+	// microsecond (an ordered map of generic values) and so does decoding
+	// arrays into Go slices in clickhouse-go.
+	mergeText
+	// mergeWeighted: groups over every user (user, model x user): thousands
+	// of groups of many rows. The text a group holds until it is done would
+	// be gigabytes at 100 M calls and sumMap takes tens of seconds;
+	// quantilesExactWeighted over the rows' (bucket, count) pairs keeps a
+	// hash map per group and returns only the three buckets
+	// (usagePercentilesSQL, a query beside the sums).
+	mergeWeighted
+	// mergeSumMap: few groups of many rows (a model's month, a day over
+	// every model): the server's sumMap sends one merged histogram per
+	// group and is as fast as the alternatives here.
+	mergeSumMap
+)
+
+func histogramMergeOf(s UsageSpec) histogramMerge {
+	switch {
+	case s.SkipPercentiles:
+		return mergeNone
+	case s.Filter.User != "" || s.Filter.BatchID != "":
+		return mergeText
+	case s.Group.User:
+		return mergeWeighted
+	case s.Group.Bucket != BucketNone && (s.Group.Model || s.Filter.Model != ""):
+		return mergeText
+	}
+	return mergeSumMap
+}
+
+// histogramColumnsSQL is the TTFT call count and the histogram columns of
+// usageRollupSQL: with mergeText, each group's rows' bucket and count arrays,
+// "[b,...][c,...]" per row, for histogramMerger (signed rows carry negative
+// counts); with mergeSumMap, merged by sumMap, which drops buckets whose
+// signed counts cancel out; else none.
+func histogramColumnsSQL(s UsageSpec, signed bool) string {
+	const ttftCalls = "toUInt64(sum(tn)) AS ttft_calls"
+	switch histogramMergeOf(s) {
+	case mergeText:
+		return "arrayStringConcat(groupArrayIf(concat(toString(lb), toString(lc)), notEmpty(lb)), '') AS latency_hist,\n    " + ttftCalls + ",\n    arrayStringConcat(groupArrayIf(concat(toString(tb), toString(tc)), notEmpty(tb)), '') AS ttft_hist"
+	case mergeSumMap:
+		counts := func(col string) string { return col }
+		if signed {
+			counts = func(col string) string { return "arrayMap(x -> toUInt64(x), " + col + ")" }
+		}
+		return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    " + counts("lat.2") + " AS latency_counts,\n    " + ttftCalls + ",\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    " + counts("ttf.2") + " AS ttft_counts"
+	}
+	return ttftCalls
 }
 
 // samplePlannedUsage is usage SQL of plans that mix rollup and per-call
