@@ -260,55 +260,102 @@ GROUP BY b, m`, zone, db, d.Unix(), min(d.Add(24*time.Hour).Unix(), to.Unix())))
 	t.Logf("%s (half-hour offset) days x model equal the calls: %d rows", zone, len(got))
 }
 
-// checkHistogramBound compares day x model latency quantiles with exact
-// quantiles of the same calls on a few days: within HistogramRelativeError.
+// checkHistogramBound compares latency and TTFT quantiles read from the
+// sealed rollups with exact quantiles of the same calls, within
+// HistogramRelativeError, on a few days: per UTC day x model, per UTC day x
+// model x user (every user's groups), and per New York day x model over
+// three days (day rows with edge hours subtracted: signed counts).
 func checkHistogramBound(t *testing.T, conn driver.Conn, db string, days ...time.Time) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
 	checked := 0
 	for _, d := range days {
-		got, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: d, To: d.Add(24 * time.Hour), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT m, arrayMap(x -> toFloat64(x), quantilesExact(0.5, 0.95, 0.99)(lat)),
-    arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95, 0.99)(tt, ht = 1))
-FROM (SELECT id, argMax(model, version) AS m, argMax(latency_ms, version) AS lat, argMax(ifNull(ttft_ms, 0), version) AS tt,
-        argMax(toUInt8(isNotNull(ttft_ms)), version) AS ht
-    FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC') GROUP BY id)
-GROUP BY m`, db, d.Unix(), d.Add(24*time.Hour).Unix()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		exact := map[string][2][]float64{}
-		for rows.Next() {
-			var m string
-			var lat, tt []float64
-			if err := rows.Scan(&m, &lat, &tt); err != nil {
-				t.Fatal(err)
-			}
-			exact[m] = [2][]float64{lat, tt}
-		}
-		_ = rows.Close()
-		for _, r := range got {
-			if !r.Histogram {
-				t.Fatalf("day %s: not read from the sealed rollups", d)
-			}
-			e := exact[r.Model]
-			for i, q := range [][2]float64{{r.LatencyMS.P50, e[0][0]}, {r.LatencyMS.P95, e[0][1]}, {r.LatencyMS.P99, e[0][2]},
-				{r.TTFTMS.P50, e[1][0]}, {r.TTFTMS.P95, e[1][1]}, {r.TTFTMS.P99, e[1][2]}} {
-				if q[1] == 0 && q[0] == 0 {
-					continue
-				}
-				if rel := math.Abs(q[0]-q[1]) / q[1]; rel > callsdb.HistogramRelativeError {
-					t.Fatalf("day %s model %s quantile %d: histogram %v, exact %v: relative error %.5f > %.5f", d, r.Model, i, q[0], q[1], rel, callsdb.HistogramRelativeError)
-				}
-				checked++
-			}
+		nyDay := time.Date(d.Year(), d.Month(), d.Day(), 0, 0, 0, 0, ny)
+		for _, s := range []callsdb.UsageSpec{
+			{From: d, To: d.Add(24 * time.Hour), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}},
+			{From: d, To: d.Add(24 * time.Hour), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true, User: true}},
+			{From: nyDay, To: nyDay.AddDate(0, 0, 3), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, TZ: ny.String()},
+		} {
+			checked += checkHistogramSpec(ctx, t, conn, db, s)
 		}
 	}
 	t.Logf("histogram quantiles within %.2f%% of exact: %d checked", 100*callsdb.HistogramRelativeError, checked)
+}
+
+// checkHistogramSpec checks one usage read's quantiles against exact ones
+// (quantilesExact over the calls collapsed by id, grouped the same way).
+func checkHistogramSpec(ctx context.Context, t *testing.T, conn driver.Conn, db string, s callsdb.UsageSpec) int {
+	t.Helper()
+	got, err := callsdb.UsageOf(ctx, conn, db, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tz := s.TZ
+	if tz == "" {
+		tz = "UTC"
+	}
+	user := "''"
+	if s.Group.User {
+		user = "u"
+	}
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT toUnixTimestamp(toStartOfDay(st, '%s')) AS b, m, %s AS uk,
+    arrayMap(x -> toFloat64(x), quantilesExact(0.5, 0.95, 0.99)(lat)),
+    arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95, 0.99)(tt, ht = 1))
+FROM (SELECT id, argMax(start_time, version) AS st, argMax(model, version) AS m, argMax(user_id, version) AS u,
+        argMax(latency_ms, version) AS lat, argMax(ifNull(ttft_ms, 0), version) AS tt,
+        argMax(toUInt8(isNotNull(ttft_ms)), version) AS ht
+    FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC') GROUP BY id)
+GROUP BY b, m, uk`, tz, user, db, s.From.Unix(), s.To.Unix()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type key struct {
+		b    uint32
+		m, u string
+	}
+	exact := map[key][2][]float64{}
+	for rows.Next() {
+		var k key
+		var lat, tt []float64
+		if err := rows.Scan(&k.b, &k.m, &k.u, &lat, &tt); err != nil {
+			t.Fatal(err)
+		}
+		exact[k] = [2][]float64{lat, tt}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	_ = rows.Close()
+	if len(got) != len(exact) {
+		t.Fatalf("%s %s from %s: %d groups, exact %d", s.Group, tz, s.From, len(got), len(exact))
+	}
+	checked := 0
+	for _, r := range got {
+		if !r.Histogram {
+			t.Fatalf("%s %s from %s: not read from the sealed rollups", s.Group, tz, s.From)
+		}
+		e, ok := exact[key{uint32(r.Bucket.Unix()), r.Model, r.UserID}]
+		if !ok {
+			t.Fatalf("%s %s: group %s/%s/%s has no exact counterpart", s.Group, tz, r.Bucket, r.Model, r.UserID)
+		}
+		for i, q := range [][2]float64{{r.LatencyMS.P50, e[0][0]}, {r.LatencyMS.P95, e[0][1]}, {r.LatencyMS.P99, e[0][2]},
+			{r.TTFTMS.P50, e[1][0]}, {r.TTFTMS.P95, e[1][1]}, {r.TTFTMS.P99, e[1][2]}} {
+			if q[1] == 0 && q[0] == 0 {
+				continue
+			}
+			if rel := math.Abs(q[0]-q[1]) / q[1]; rel > callsdb.HistogramRelativeError {
+				t.Fatalf("%s %s group %s/%s/%s quantile %d: histogram %v, exact %v: relative error %.5f > %.5f",
+					s.Group, tz, r.Bucket, r.Model, r.UserID, i, q[0], q[1], rel, callsdb.HistogramRelativeError)
+			}
+			checked++
+		}
+	}
+	return checked
 }
 
 // runRebuild runs `callpipe rollup rebuild` on db; killAt > 0 SIGKILLs it

@@ -8,8 +8,7 @@ import (
 )
 
 // Latency and TTFT distributions in the sealed rollups are log-linear
-// histograms over whole milliseconds, mergeable by adding counts per bucket
-// (sumMap in ClickHouse):
+// histograms over whole milliseconds, mergeable by adding counts per bucket:
 //
 //   - values 0..127 have a bucket each (exact);
 //   - from 128 on, every power of two [2^e, 2^(e+1)) is split into 64 equal
@@ -62,6 +61,28 @@ func histogramBucketSQL(v string) string {
 	e := "toInt64(floor(log2(" + x + ")))"
 	return fmt.Sprintf("toUInt16(if(%[1]s < %[2]d, %[1]s, %[2]d + (%[3]s - 7) * %[4]d + bitAnd(bitShiftRight(%[1]s, %[3]s - 6), %[5]d)))",
 		x, histExactBelow, e, histSubBuckets, histSubBuckets-1)
+}
+
+// histogramLevels are the levels usagePercentilesSQL passes to
+// quantilesExactWeighted so that it picks quantileExact's ranks. For n calls
+// quantileExact (and Quantiles of exact reads) take the element at index
+// floor(level*n) of the sorted values; quantilesExactWeighted takes the first
+// value whose running count reaches ceil(level'*n). The two agree when
+// ceil(level'*n) = floor(level*n)+1, which level' = level + 5e-15 gives for
+// every n below 2^40 (in float64, as both servers compute it): the fraction
+// of 0.5n, 0.95n and 0.99n is 0 or at least 0.01 below the next integer,
+// and 5e-15*n stays under that while it is well above float64's rounding.
+// TestHistogramLevelsPickExactRanks checks it.
+const histogramLevels = "0.500000000000005, 0.950000000000005, 0.990000000000005"
+
+// histogramQuantiles is p50/p95/p99 from the bucket indexes
+// usagePercentilesSQL returns (HistogramValue of each); zero unless there
+// are three.
+func histogramQuantiles(b []uint16) Quantiles {
+	if len(b) != 3 {
+		return Quantiles{}
+	}
+	return Quantiles{P50: HistogramValue(b[0]), P95: HistogramValue(b[1]), P99: HistogramValue(b[2])}
 }
 
 // Histogram is a merged histogram: count per bucket index.

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -40,6 +41,57 @@ func exactQuantile(sorted []int64, level float64) float64 {
 	return float64(sorted[min(int(level*float64(len(sorted))), len(sorted)-1)])
 }
 
+// weightedQuantiles mirrors ClickHouse quantilesExactWeighted at
+// histogramLevels over a histogram: the first bucket whose running count
+// reaches ceil(level*n).
+func weightedQuantiles(buckets []uint16, counts []uint64) []uint16 {
+	var n uint64
+	for _, c := range counts {
+		n += c
+	}
+	var out []uint16
+	for _, l := range strings.Split(histogramLevels, ", ") {
+		level, err := strconv.ParseFloat(l, 64)
+		if err != nil {
+			panic(err)
+		}
+		threshold := uint64(math.Ceil(float64(n) * level))
+		var seen uint64
+		i := 0
+		for ; i < len(buckets)-1; i++ {
+			if seen += counts[i]; seen >= threshold {
+				break
+			}
+		}
+		out = append(out, buckets[i])
+	}
+	return out
+}
+
+// ceil(level'*n) = floor(level*n)+1 for every n below 2^40: the weighted
+// pick lands on quantileExact's rank.
+func TestHistogramLevelsPickExactRanks(t *testing.T) {
+	levels := strings.Split(histogramLevels, ", ")
+	r := rand.New(rand.NewPCG(3, 4))
+	for i, exact := range []float64{0.5, 0.95, 0.99} {
+		weighted, err := strconv.ParseFloat(levels[i], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check := func(n uint64) {
+			if got, want := uint64(math.Ceil(float64(n)*weighted)), uint64(math.Floor(exact*float64(n)))+1; got != want {
+				t.Fatalf("level %v, n=%d: weighted threshold %d, exact rank+1 %d", exact, n, got, want)
+			}
+		}
+		for n := uint64(1); n < 2_000_000; n++ {
+			check(n)
+		}
+		for range 2_000_000 {
+			check(1 + r.Uint64N(1<<40-1))
+		}
+	}
+}
+
 func TestHistogramQuantilesWithinBound(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for trial := 0; trial < 200; trial++ {
@@ -69,6 +121,9 @@ func TestHistogramQuantilesWithinBound(t *testing.T) {
 		}
 		sort.Slice(vals, func(i, j int) bool { return vals[i] < vals[j] })
 		got := h.Quantiles()
+		if w := histogramQuantiles(weightedQuantiles(h.Buckets, h.Counts)); w != got {
+			t.Fatalf("trial %d: quantilesExactWeighted at histogramLevels picks %+v, the exact ranks %+v", trial, w, got)
+		}
 		for _, c := range []struct {
 			level float64
 			got   float64

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/callpipe/callpipe/schema"
 )
@@ -71,59 +72,87 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}
 	plan := planUsage(s, st, loc)
-	histogram := len(plan.rollup) > 0 && !s.SkipPercentiles
-	rollup := len(plan.rollup) > 0
-	sql := usageExactSQL(s, plan.perCallWhere())
-	if rollup {
-		sql = usageRollupSQL(s, plan)
+	if len(plan.rollup) == 0 {
+		return usageExact(ctx, conn, db, s, plan, loc)
 	}
-	rows, err := conn.Query(ctx, WithDB(sql, db))
+	if histogramMergeOf(s) != mergeWeighted {
+		out, err := usageSums(ctx, conn, db, s, plan, loc)
+		if err != nil {
+			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+		}
+		return out, nil
+	}
+	// the sums and the percentiles read the same seals and per-call rows,
+	// side by side
+	var out []UsageRow
+	var pct map[usageKey][2]Quantiles
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		out, err = usageSums(gctx, conn, db, s, plan, loc)
+		return err
+	})
+	g.Go(func() (err error) {
+		pct, err = usagePercentiles(gctx, conn, db, s, plan, loc)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	for i := range out {
+		q := pct[out[i].key()]
+		out[i].Histogram = true
+		out[i].LatencyMS = q[0]
+		if out[i].TTFTCalls > 0 {
+			out[i].TTFTMS = q[1]
+		}
+	}
+	return out, nil
+}
+
+// usageKey is a usage row's group.
+type usageKey struct {
+	bucket              int64
+	model, user, source string
+}
+
+func (r UsageRow) key() usageKey { return usageKey{r.Bucket.Unix(), r.Model, r.UserID, r.Source} }
+
+// scanKeys are the scan destinations of a usage row's group columns.
+func (r *UsageRow) scanKeys(s UsageSpec) []any {
+	dest := []any{&r.Bucket, &r.Model, &r.UserID}
+	if s.Group.Source {
+		dest = append(dest, &r.Source)
+	}
+	return dest
+}
+
+// settleBucket puts r's bucket into loc, or zero when s has no time bucket.
+func settleBucket(r *UsageRow, s UsageSpec, loc *time.Location) {
+	r.Bucket = r.Bucket.In(loc)
+	if s.Group.Bucket == BucketNone {
+		r.Bucket = time.Time{}
+	}
+}
+
+// usageExact reads a plan without rollup rows: sums and exact quantiles of
+// the per-call rows in one query.
+func usageExact(ctx context.Context, conn driver.Conn, db string, s UsageSpec, plan usagePlan, loc *time.Location) ([]UsageRow, error) {
+	rows, err := conn.Query(ctx, WithDB(usageExactSQL(s, plan.perCallWhere()), db))
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}
 	defer rows.Close()
 	var out []UsageRow
-	var merge histogramMerger
-	asText := histogramsAsText(s)
 	for rows.Next() {
-		r := UsageRow{Histogram: histogram}
-		dest := []any{&r.Bucket, &r.Model, &r.UserID}
-		if s.Group.Source {
-			dest = append(dest, &r.Source)
-		}
-		dest = append(dest, &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
+		var r UsageRow
 		var lat, ttft []float64
-		var latText, ttftText string
-		var latH, ttftH Histogram
-		switch {
-		case rollup && (s.SkipPercentiles || asText):
-			dest = append(dest, &latText, &r.TTFTCalls, &ttftText)
-		case rollup:
-			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
-		default:
-			dest = append(dest, &lat, &r.TTFTCalls, &ttft)
-		}
+		dest := append(r.scanKeys(s), &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD,
+			&lat, &r.TTFTCalls, &ttft)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 		}
-		r.Bucket = r.Bucket.In(loc)
-		if s.Group.Bucket == BucketNone {
-			r.Bucket = time.Time{}
-		}
-		switch {
-		case s.SkipPercentiles:
-		case histogram:
-			if asText {
-				var err error
-				if latH, err = merge.parse(latText); err != nil {
-					return nil, fmt.Errorf("clickhouse usage %s: latency histogram: %w", s.Group, err)
-				}
-				if ttftH, err = merge.parse(ttftText); err != nil {
-					return nil, fmt.Errorf("clickhouse usage %s: TTFT histogram: %w", s.Group, err)
-				}
-			}
-			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
-		default:
+		settleBucket(&r, s, loc)
+		if !s.SkipPercentiles {
 			r.LatencyMS = quantiles(lat)
 			if r.TTFTCalls > 0 {
 				r.TTFTMS = quantiles(ttft)
@@ -133,6 +162,79 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
+	}
+	return out, nil
+}
+
+// usageSums reads the usage of a plan with rollup rows (usageRollupSQL),
+// with the quantiles of its histograms unless they are merged by
+// usagePercentiles.
+func usageSums(ctx context.Context, conn driver.Conn, db string, s UsageSpec, plan usagePlan, loc *time.Location) ([]UsageRow, error) {
+	rows, err := conn.Query(ctx, WithDB(usageRollupSQL(s, plan), db))
+	if err != nil {
+		return nil, fmt.Errorf("sums: %w", err)
+	}
+	defer rows.Close()
+	mode := histogramMergeOf(s)
+	var merge histogramMerger
+	var out []UsageRow
+	for rows.Next() {
+		var r UsageRow
+		var latText, ttftText string
+		var latH, ttftH Histogram
+		dest := append(r.scanKeys(s), &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
+		switch mode {
+		case mergeText:
+			dest = append(dest, &latText, &r.TTFTCalls, &ttftText)
+		case mergeSumMap:
+			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
+		default:
+			dest = append(dest, &r.TTFTCalls)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("sums: %w", err)
+		}
+		settleBucket(&r, s, loc)
+		if mode == mergeText {
+			if latH, err = merge.parse(latText); err != nil {
+				return nil, fmt.Errorf("latency histogram: %w", err)
+			}
+			if ttftH, err = merge.parse(ttftText); err != nil {
+				return nil, fmt.Errorf("TTFT histogram: %w", err)
+			}
+		}
+		if mode == mergeText || mode == mergeSumMap {
+			r.Histogram = true
+			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sums: %w", err)
+	}
+	return out, nil
+}
+
+// usagePercentiles reads the latency and TTFT percentiles of a plan with
+// rollup rows (usagePercentilesSQL), per group.
+func usagePercentiles(ctx context.Context, conn driver.Conn, db string, s UsageSpec, plan usagePlan, loc *time.Location) (map[usageKey][2]Quantiles, error) {
+	rows, err := conn.Query(ctx, WithDB(usagePercentilesSQL(s, plan), db))
+	if err != nil {
+		return nil, fmt.Errorf("percentiles: %w", err)
+	}
+	defer rows.Close()
+	out := map[usageKey][2]Quantiles{}
+	for rows.Next() {
+		var r UsageRow
+		var lat, ttft []uint16
+		if err := rows.Scan(append(r.scanKeys(s), &lat, &ttft)...); err != nil {
+			return nil, fmt.Errorf("percentiles: %w", err)
+		}
+		settleBucket(&r, s, loc)
+		out[r.key()] = [2]Quantiles{histogramQuantiles(lat), histogramQuantiles(ttft)}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("percentiles: %w", err)
 	}
 	return out, nil
 }

@@ -205,14 +205,86 @@ func usageKeys(s UsageSpec, t, model, user, source string) (keys, order []string
 	return keys, order
 }
 
-// usageRollupSQL is the SQL of a plan with rollup rows: the rows of its
-// seals and its per-call rows (collapsed by id, each call a one-element
-// histogram) in one UNION ALL, summed per group; latency and TTFT come back
-// as merged histograms. Columns: bucket, model_key, user_key, [source_key],
-// calls, errors, input/output/total tokens, cost, latency buckets and
-// counts, ttft calls, ttft buckets and counts.
+// usageRollupSQL is the usage of a plan with rollup rows: the rows of its
+// seals and its per-call rows (rollupRowsSQL) summed per group. Columns:
+// bucket, model_key, user_key, [source_key], calls, errors, input/output/total
+// tokens, cost, then the histogram columns of its histogramMerge
+// (histogramColumnsSQL); with mergeWeighted the percentiles come from
+// usagePercentilesSQL over the same rows.
 func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	keys, order := usageKeys(s, "t", "m", "u", "src")
+	having := ""
+	if p.signed() { // groups left at zero calls (all subtracted again) are dropped
+		having = "\nHAVING sum(n) != 0"
+	}
+	return fmt.Sprintf(`SELECT
+    %s,
+    toUInt64(sum(n)) AS calls,
+    toUInt64(sum(e)) AS errors,
+    toInt64(sum(i)) AS input_tokens,
+    toInt64(sum(o)) AS output_tokens,
+    toInt64(sum(tot)) AS total_tokens,
+    toFloat64(sum(c)) AS cost,
+    %s
+FROM
+(
+    %s
+)
+GROUP BY %s%s
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p.signed()), rollupRowsSQL(s, p), strings.Join(order, ", "), having, strings.Join(order, ", "))
+}
+
+// usagePercentilesSQL is the latency and TTFT percentiles of a plan with
+// rollup rows, per group, for mergeWeighted: each row's histograms (a
+// per-call row is a one-element histogram) are unrolled into (bucket, count)
+// pairs by ARRAY JOIN, and quantilesExactWeighted picks the bucket holding
+// quantileExact's rank (histogramLevels). With subtracted rows
+// (signed counts) the pairs are summed per group and bucket first, so that
+// only what is left counts. Columns: bucket, model_key, user_key,
+// [source_key], latency_q, ttft_q (bucket indexes, HistogramValue).
+func usagePercentilesSQL(s UsageSpec, p usagePlan) string {
+	keys, order := usageKeys(s, "t", "m", "u", "src")
+	pairs := func(count string) string {
+		return `ARRAY JOIN
+    arrayConcat(lb, tb) AS hb,
+    arrayConcat(lc, tc) AS ` + count + `,
+    arrayConcat(arrayMap(x -> toUInt8(0), lb), arrayMap(x -> toUInt8(1), tb)) AS hk`
+	}
+	q := func(cond string) string {
+		return "quantilesExactWeightedIf(" + histogramLevels + ")(hb, toUInt64(hc), " + cond + ")"
+	}
+	from := fmt.Sprintf("(\n    %s\n)\n%s", rollupRowsSQL(s, p), pairs("hc"))
+	if p.signed() {
+		from = fmt.Sprintf(`(
+    SELECT %s, hk, hb, sum(pc) AS hc
+    FROM
+    (
+    %s
+    )
+    %s
+    GROUP BY %s, hk, hb
+    HAVING hc > 0
+)`, strings.Join(keys, ", "), rollupRowsSQL(s, p), strings.ReplaceAll(pairs("pc"), "\n", "\n    "), strings.Join(order, ", "))
+		keys = order
+	}
+	return fmt.Sprintf(`SELECT
+    %s,
+    %s AS latency_q,
+    %s AS ttft_q
+FROM %s
+GROUP BY %s`, strings.Join(keys, ",\n    "), q("hk = 0"), q("hk = 1"), from, strings.Join(order, ", "))
+}
+
+// signed reports whether the plan subtracts rows (its sums are signed).
+func (p usagePlan) signed() bool { return len(p.minus) > 0 }
+
+// rollupRowsSQL is the rows a plan sums, as one UNION ALL: its seals' rollup
+// rows (a day row counted at its day's noon), the rows it subtracts again
+// (signed), and its per-call rows collapsed by id, each call a one-element
+// histogram. Columns: t, m, u, src, n (calls), e (errors), i, o, tot
+// (tokens), c (cost), lb/lc (latency buckets and counts), tn (TTFT calls),
+// tb/tc (TTFT buckets and counts); counts are Int64 when the plan is signed.
+func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 	byUser := 0
 	if p.byUser {
 		byUser = 1
@@ -228,13 +300,12 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 		), usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...), "\n      AND ")
 	}
 	// Subtracted rows make the sums signed: every branch then counts in
-	// Int64 (UNION ALL needs one type), and groups left at zero calls (all
-	// their calls were subtracted again) are dropped.
-	signed := len(p.minus) > 0
-	count, emptyCounts, having := "toUInt64", "emptyArrayUInt64", ""
+	// Int64 (UNION ALL needs one type).
+	signed := p.signed()
+	count, emptyCounts := "toUInt64", "emptyArrayUInt64"
 	arr := func(col string) string { return col }
 	if signed {
-		count, emptyCounts, having = "toInt64", "emptyArrayInt64", "\nHAVING sum(n) != 0"
+		count, emptyCounts = "toInt64", "emptyArrayInt64"
 		arr = func(col string) string { return "arrayMap(x -> toInt64(x), " + col + ")" }
 	}
 	cnt := func(col string) string { return count + "(" + col + ")" }
@@ -270,21 +341,7 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
     )%[8]s`, histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(p.perCallWhere()),
 			one, cnt("c_error"), cnt("c_has_ttft"), emptyCounts, outer))
 	}
-	return fmt.Sprintf(`SELECT
-    %s,
-    toUInt64(sum(n)) AS calls,
-    toUInt64(sum(e)) AS errors,
-    toInt64(sum(i)) AS input_tokens,
-    toInt64(sum(o)) AS output_tokens,
-    toInt64(sum(tot)) AS total_tokens,
-    toFloat64(sum(c)) AS cost,
-    %s
-FROM
-(
-    %s
-)
-GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, signed), strings.Join(branches, "\n    UNION ALL\n    "), strings.Join(order, ", "), having, strings.Join(order, ", "))
+	return strings.Join(branches, "\n    UNION ALL\n    ")
 }
 
 // sealRuns are each grain's runs of consecutive periods of refs, for the
@@ -316,40 +373,64 @@ func sealRuns(refs []sealRef) []string {
 	return runs
 }
 
-// histogramsAsText reports whether the histograms of s are merged in Go
-// from text (histogramColumnsSQL) rather than by sumMap on the server: when
-// each group sums few rows (one model's rows of an hour or a day, or one
-// user's or one batch's rows). sumMap costs about a microsecond per bucket
-// on 18.16 (an ordered map of generic values), and so does decoding arrays
-// into Go slices in clickhouse-go; toString, the text and the merge in Go
-// cost tens of nanoseconds a bucket. But the text carries every row's
-// buckets: where a group sums many rows with hundreds of buckets each (a
-// model's month, a day over every model) the server's sumMap sends less and
-// is as fast, and over every user's rows (user, model x user) the text a
-// group holds until it is done would be gigabytes at 100 M calls, where
-// sumMap stays at a few hundred megabytes.
-func histogramsAsText(s UsageSpec) bool {
-	if s.Filter.User != "" || s.Filter.BatchID != "" {
-		return true
-	}
-	return !s.Group.User && s.Group.Bucket != BucketNone && (s.Group.Model || s.Filter.Model != "")
-}
+// histogramMerge is how a read with percentiles adds up the histograms of
+// each group's rows; histogramMergeOf picks it by the shape of the read.
+type histogramMerge int
 
-// histogramColumnsSQL is the latency and TTFT columns of usageRollupSQL:
-// with percentiles skipped, empty; as text (histogramsAsText), each
-// group's rows' bucket and count arrays, "[b,...][c,...]" per row, for
-// histogramMerger (signed rows carry negative counts); else merged by
-// sumMap, which drops buckets whose signed counts cancel out.
-func histogramColumnsSQL(s UsageSpec, signed bool) string {
+const (
+	mergeNone histogramMerge = iota // percentiles skipped
+	// mergeText: each group sums few rows (one model's hour or day, one
+	// user's or one batch's rows). Every row's bucket and count arrays come
+	// back as text and histogramMerger adds them in Go over a dense array:
+	// tens of nanoseconds a bucket, where sumMap on 18.16 costs about a
+	// microsecond (an ordered map of generic values) and so does decoding
+	// arrays into Go slices in clickhouse-go.
+	mergeText
+	// mergeWeighted: groups over every user (user, model x user): thousands
+	// of groups of many rows. The text a group holds until it is done would
+	// be gigabytes at 100 M calls and sumMap takes tens of seconds;
+	// quantilesExactWeighted over the rows' (bucket, count) pairs keeps a
+	// hash map per group and returns only the three buckets
+	// (usagePercentilesSQL, a query beside the sums).
+	mergeWeighted
+	// mergeSumMap: few groups of many rows (a model's month, a day over
+	// every model): the server's sumMap sends one merged histogram per
+	// group and is as fast as the alternatives here.
+	mergeSumMap
+)
+
+func histogramMergeOf(s UsageSpec) histogramMerge {
 	switch {
 	case s.SkipPercentiles:
-		return "'' AS latency_hist,\n    toUInt64(sum(tn)) AS ttft_calls,\n    '' AS ttft_hist"
-	case histogramsAsText(s):
-		return "arrayStringConcat(groupArrayIf(concat(toString(lb), toString(lc)), notEmpty(lb)), '') AS latency_hist,\n    toUInt64(sum(tn)) AS ttft_calls,\n    arrayStringConcat(groupArrayIf(concat(toString(tb), toString(tc)), notEmpty(tb)), '') AS ttft_hist"
-	case signed:
-		return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    arrayMap(x -> toUInt64(x), lat.2) AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    arrayMap(x -> toUInt64(x), ttf.2) AS ttft_counts"
+		return mergeNone
+	case s.Filter.User != "" || s.Filter.BatchID != "":
+		return mergeText
+	case s.Group.User:
+		return mergeWeighted
+	case s.Group.Bucket != BucketNone && (s.Group.Model || s.Filter.Model != ""):
+		return mergeText
 	}
-	return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    lat.2 AS latency_counts,\n    toUInt64(sum(tn)) AS ttft_calls,\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    ttf.2 AS ttft_counts"
+	return mergeSumMap
+}
+
+// histogramColumnsSQL is the TTFT call count and the histogram columns of
+// usageRollupSQL: with mergeText, each group's rows' bucket and count arrays,
+// "[b,...][c,...]" per row, for histogramMerger (signed rows carry negative
+// counts); with mergeSumMap, merged by sumMap, which drops buckets whose
+// signed counts cancel out; else none.
+func histogramColumnsSQL(s UsageSpec, signed bool) string {
+	const ttftCalls = "toUInt64(sum(tn)) AS ttft_calls"
+	switch histogramMergeOf(s) {
+	case mergeText:
+		return "arrayStringConcat(groupArrayIf(concat(toString(lb), toString(lc)), notEmpty(lb)), '') AS latency_hist,\n    " + ttftCalls + ",\n    arrayStringConcat(groupArrayIf(concat(toString(tb), toString(tc)), notEmpty(tb)), '') AS ttft_hist"
+	case mergeSumMap:
+		counts := func(col string) string { return col }
+		if signed {
+			counts = func(col string) string { return "arrayMap(x -> toUInt64(x), " + col + ")" }
+		}
+		return "(sumMap(lb, lc) AS lat).1 AS latency_buckets,\n    " + counts("lat.2") + " AS latency_counts,\n    " + ttftCalls + ",\n    (sumMap(tb, tc) AS ttf).1 AS ttft_buckets,\n    " + counts("ttf.2") + " AS ttft_counts"
+	}
+	return ttftCalls
 }
 
 // samplePlannedUsage is usage SQL of plans that mix rollup and per-call
@@ -369,7 +450,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 		if i%3 == 0 { // a day row with hours subtracted: signed sums
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
 		}
-		out = append(out, usageRollupSQL(s, p))
+		out = append(out, usageRollupSQL(s, p), usagePercentilesSQL(s, p))
 	}
 	return out
 }
