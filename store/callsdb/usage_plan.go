@@ -253,7 +253,8 @@ func usagePercentilesSQL(s UsageSpec, p usagePlan) string {
 	q := func(cond string) string {
 		return "quantilesExactWeightedIf(" + histogramLevels + ")(hb, toUInt64(hc), " + cond + ")"
 	}
-	from := fmt.Sprintf("(\n    %s\n)\n%s", rollupRowsSQL(s, p), pairs("hc"))
+	rows := rollupRowsSQL(s, p)
+	from := fmt.Sprintf("(\n    %s\n)\n%s", rows, pairs("hc"))
 	if p.signed() {
 		from = fmt.Sprintf(`(
     SELECT %s, hk, hb, sum(pc) AS hc
@@ -264,7 +265,7 @@ func usagePercentilesSQL(s UsageSpec, p usagePlan) string {
     %s
     GROUP BY %s, hk, hb
     HAVING hc > 0
-)`, strings.Join(keys, ", "), rollupRowsSQL(s, p), strings.ReplaceAll(pairs("pc"), "\n", "\n    "), strings.Join(order, ", "))
+)`, strings.Join(keys, ", "), rows, strings.ReplaceAll(pairs("pc"), "\n", "\n    "), strings.Join(order, ", "))
 		keys = order
 	}
 	return fmt.Sprintf(`SELECT
