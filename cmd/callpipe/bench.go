@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -14,7 +11,6 @@ import (
 	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/internal/fleet"
 	"github.com/callpipe/callpipe/store/callsdb"
-	"github.com/callpipe/callpipe/store/rawarchive"
 	"github.com/callpipe/callpipe/tools/bench"
 	"github.com/callpipe/callpipe/tools/bench/usagebench"
 )
@@ -49,27 +45,28 @@ func newBenchCommand(a *app) *cobra.Command {
 			if proxyPhase {
 				o.Proxy = &po
 			}
+			if o.Dir == "" {
+				o.Dir = filepath.Join(cfg.Paths.StateDir, "bench")
+			}
+			if cluster && cfg.ClickHouse.Cluster == "" {
+				return fmt.Errorf("%w: --cluster needs clickhouse.cluster (load the cluster stack's env: eval \"$(deploy/local/services.sh env --cluster)\")", errUsage)
+			}
 			if cluster {
-				// checked with the single-node stack's configuration below
 				o.Cluster = &bench.ClusterOptions{Replicas: clusterReplicas}
+			}
+			if cluster && singleEnv != "none" {
+				single, err := cfg.BenchSingleNodeEnv(a.configFile, singleEnv, cmd.OutOrStdout())
+				if err != nil {
+					return err
+				}
+				o.Cluster.Baseline = &single
 			}
 			if err := o.Check(); err != nil {
 				return fmt.Errorf("%w: %w", errUsage, err)
 			}
-			if o.Dir == "" {
-				o.Dir = filepath.Join(cfg.Paths.StateDir, "bench")
-			}
-			env, err := benchEnv(a, cfg, nil, cmd.OutOrStdout())
+			env, err := cfg.BenchEnv(a.configFile, nil, cmd.OutOrStdout())
 			if err != nil {
 				return err
-			}
-			if cluster {
-				if o.Cluster, err = benchClusterOptions(a, cfg, clusterReplicas, singleEnv, cmd.OutOrStdout()); err != nil {
-					return err
-				}
-				if err := o.Check(); err != nil {
-					return fmt.Errorf("%w: %w", errUsage, err)
-				}
 			}
 			return bench.Run(cmd.Context(), o, env)
 		}),
@@ -102,61 +99,6 @@ func newBenchCommand(a *app) *cobra.Command {
 	return cmd
 }
 
-// benchEnv is what the bench takes from cfg; childEnv points the bench's
-// processes at cfg's stack when the environment names another.
-func benchEnv(a *app, cfg *config.Config, childEnv []string, out io.Writer) (bench.Env, error) {
-	db, err := cfg.CallsDB()
-	if err != nil {
-		return bench.Env{}, err
-	}
-	consumers := map[string]bench.Consumer{}
-	for name, c := range cfg.Consumers() {
-		consumers[name] = bench.Consumer{Stream: c.Stream, Name: c.Name}
-	}
-	return bench.Env{
-		ConfigFile: a.configFile, ClickHouse: cfg.ClickHouse.Output(db), ClickHouseBatch: cfg.ClickHouse.BatchSize, Consumers: consumers,
-		EnsureBucket: func(ctx context.Context) error {
-			s3, err := cfg.S3Client(0)
-			if err != nil {
-				return err
-			}
-			return rawarchive.EnsureBucket(ctx, s3, cfg.S3.Bucket, cfg.S3.Region)
-		},
-		ChildEnv: childEnv, Out: out,
-	}, nil
-}
-
-// benchClusterOptions are the options of `bench --cluster`: the single-node
-// stack's configuration is the configuration file with the variables of the
-// env file singleEnv instead of this process's CALLPIPE_ ones.
-func benchClusterOptions(a *app, cfg *config.Config, replicas []int, singleEnv string, out io.Writer) (*bench.ClusterOptions, error) {
-	if cfg.ClickHouse.Cluster == "" {
-		return nil, fmt.Errorf("%w: --cluster needs clickhouse.cluster (load the cluster stack's env: eval \"$(deploy/local/services.sh env --cluster)\")", errUsage)
-	}
-	o := &bench.ClusterOptions{Replicas: replicas}
-	if singleEnv == "none" {
-		return o, nil
-	}
-	if singleEnv == "" {
-		singleEnv = filepath.Join(cfg.Paths.StateDir, "services", "env")
-	}
-	vars, err := bench.ReadEnvFile(singleEnv)
-	if err != nil {
-		return nil, fmt.Errorf("%w: --cluster-single-env (the single-node stack's env, from services.sh up; or none): %w", errUsage, err)
-	}
-	childEnv, getenv := bench.StackEnv(os.Environ(), vars)
-	single, err := config.Load(config.Sources{File: a.configFile, Getenv: getenv})
-	if err != nil {
-		return nil, fmt.Errorf("%w: the single-node stack's configuration (%s): %w", errConfig, singleEnv, err)
-	}
-	env, err := benchEnv(a, single, childEnv, out)
-	if err != nil {
-		return nil, err
-	}
-	o.Baseline = &env
-	return o, nil
-}
-
 // newBenchUsageCommand is `callpipe bench usage`: the usage overview and the
 // call list at scale (package bench/usagebench does the work).
 func newBenchUsageCommand(a *app) *cobra.Command {
@@ -174,8 +116,8 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 			"The scratch database is dropped at the end unless --keep. Targets are reported, never enforced.",
 		Args: cobra.NoArgs,
 		RunE: a.runE(nil, func(cmd *cobra.Command, cfg *config.Config, _ *slog.Logger) error {
-			if o.Calls < 1 || o.Days < 1 || o.Models < 1 || o.Users < 1 || o.DupPercent < 0 || o.DupPercent > 100 || o.Repeat < 1 || o.LiveHours < 0 {
-				return fmt.Errorf("%w: need --calls, --days, --models, --users, --repeat >= 1, --live-hours >= 0 and 0 <= --dup-percent <= 100", errUsage)
+			if err := o.Check(); err != nil {
+				return fmt.Errorf("%w: %w", errUsage, err)
 			}
 			o.Reuse = o.Database != ""
 			oc, err := cfg.RequireCallsDB("required")

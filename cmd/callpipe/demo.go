@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/tools/demo"
 )
@@ -30,24 +31,13 @@ func newDemoCommand(a *app) *cobra.Command {
 			if o.Dir == "" {
 				o.Dir = filepath.Join(cfg.Paths.StateDir, "demo")
 			}
-			s3, err := cfg.S3Client(0)
+			_, archiveStage := stages[bus.StageArchive]
+			env, closeEnv, err := cfg.DemoEnv(a.configFile, archiveStage, o.Upstream, cmd.OutOrStdout())
 			if err != nil {
 				return err
 			}
-			rdb, err := cfg.RedisClient(0)
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
-			_, archiveStage := stages["archive"]
-			return demo.Run(cmd.Context(), o, demo.Env{
-				ConfigFile: a.configFile,
-				Collect:    cfg.Collect.Listen, Proxy: cfg.Proxy.Listen, Worker: cfg.Worker.Listen, Serve: cfg.Serve.Listen,
-				ArchiveStage: archiveStage, LangfuseHost: cfg.Langfuse.Host,
-				S3: s3, Bucket: cfg.S3.Bucket, Region: cfg.S3.Region, Endpoint: cfg.S3.Endpoint, ArchivePrefix: cfg.Archive.Prefix,
-				Redis: rdb, UserKeyPrefix: cfg.Transform.UserKeyPrefix,
-				Out: cmd.OutOrStdout(), ExamplePrices: demo.ExamplePrices(cfg.Transform.Prices, o.Upstream),
-			})
+			defer closeEnv()
+			return demo.Run(cmd.Context(), o, env)
 		}),
 	}
 	f := cmd.Flags()

@@ -5,14 +5,12 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
-	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/config"
+	"github.com/callpipe/callpipe/tools/amend"
 	"github.com/callpipe/callpipe/tools/replay"
 )
 
@@ -60,11 +58,6 @@ func (r *rangeFlags) parse() (err error) {
 	return nil
 }
 
-// String is the range as the commands print it: from, to in RFC 3339.
-func (r *rangeFlags) String() string {
-	return r.from.Format(time.RFC3339) + ", " + r.to.Format(time.RFC3339)
-}
-
 // amendFlags are the flags of the commands that correct stored calls
 // (package amend): the range and --dry-run.
 type amendFlags struct {
@@ -78,30 +71,24 @@ func (r *amendFlags) register(cmd *cobra.Command) {
 }
 
 // run parses the range, connects to JetStream as callpipe-<name>, opens
-// ClickHouse (why: what an empty clickhouse.addr is told) and runs f on the
-// database db.
-func (r *amendFlags) run(a *app, cmd *cobra.Command, name, why string, f func(c *cmdEnv, conn driver.Conn, db string) error) error {
+// ClickHouse (why: what an empty clickhouse.addr is told) and runs f with
+// the correction job of kind over the range (a dry run with --dry-run).
+func (r *amendFlags) run(a *app, cmd *cobra.Command, kind, why string, f func(c *cmdEnv, job amend.Job) error) error {
 	if err := r.parse(); err != nil {
 		return err
 	}
-	return a.withJetStream(cmd, name, func(c *cmdEnv) error {
+	return a.withJetStream(cmd, "amend-"+kind, func(c *cmdEnv) error {
 		conn, db, err := c.cfg.OpenClickHouse(cmd.Context(), why)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		return f(c, conn, db.Database)
+		js := c.js
+		if r.dryRun {
+			js = nil
+		}
+		return f(c, amend.NewJob(kind, conn, db.Database, r.from, r.to, js, cmd.OutOrStdout()))
 	})
-}
-
-// registerLag reports the lag of the named stages' consumers (all when none
-// are named) and the size of the dead-letter stream in reg.
-func registerLag(reg prometheus.Registerer, nc *nats.Conn, cfg *config.Config, log *slog.Logger, stageNames ...string) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	return reg.Register(bus.NewStageLagCollector(js, cfg.Consumers(), log, stageNames...))
 }
 
 // drained drains nc after a role stopped with err (a graceful stop flushes

@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
@@ -110,33 +108,12 @@ func newPricesRepriceCommand(a *app) *cobra.Command {
 		Short: "Price the stored calls of a range again with the prices in effect and re-store those whose cost changed",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return r.run(a, cmd, "prices-reprice", "prices reprice reads the calls from ClickHouse", func(c *cmdEnv, conn driver.Conn, db string) error {
-				configured, err := c.cfg.Prices()
+			return r.run(a, cmd, "reprice", "prices reprice reads the calls from ClickHouse", func(c *cmdEnv, job amend.Job) error {
+				table, err := c.cfg.PricesInEffect(cmd.Context(), c.js)
 				if err != nil {
 					return err
 				}
-				kv, err := transform.OpenPrices(cmd.Context(), c.js, c.cfg.NATS.Stream.Replicas)
-				if err != nil {
-					return err
-				}
-				table, err := transform.PricesInEffect(cmd.Context(), kv, configured)
-				if err != nil {
-					return err
-				}
-				job, js := amend.JobID("reprice", time.Now()), c.js
-				if r.dryRun {
-					js = nil
-				}
-				res, err := amend.Reprice(cmd.Context(), conn, db, table, r.from, r.to, js, job)
-				if err != nil {
-					return err
-				}
-				out := cmd.OutOrStdout()
-				fmt.Fprintf(out, "%d calls in [%s); %d with a changed cost\n", res.Seen, &r, res.Changed)
-				if !r.dryRun && res.Changed > 0 {
-					fmt.Fprintf(out, "published them as replay %s; the clickhouse stage stores them and the rollups follow\n", job)
-				}
-				return nil
+				return job.Reprice(cmd.Context(), table)
 			})
 		},
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,7 +26,7 @@ func newProxyCommand(a *app) *cobra.Command {
 				return fmt.Errorf("%w: proxy.upstream: required (--upstream http://xinference:9997)", errConfig)
 			}
 			log = log.With("component", "proxy")
-			proxyGC()
+			proxy.RaiseGCTarget()
 			nc, err := cfg.ConnectNATS("proxy", log)
 			if err != nil {
 				return err
@@ -66,18 +64,4 @@ func newProxyCommand(a *app) *cobra.Command {
 	cmd.Flags().String("listen", "", "host:port to listen on (proxy.listen)")
 	cmd.Flags().String("upstream", "", "Xinference base URL (proxy.upstream)")
 	return cmd
-}
-
-// proxyGCPercent is the proxy's GOGC unless the environment sets one. The
-// proxy sits in front of every model call and keeps a small heap (a
-// bounded queue; the spool is on disk), so at the default 100 it collects
-// several times a second under load, and a call that arrives during a cycle
-// pays for the collector's assists on the client's path. A higher target
-// means fewer cycles; GOMEMLIMIT, where set, still bounds the heap.
-const proxyGCPercent = 400
-
-func proxyGC() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(proxyGCPercent)
-	}
 }

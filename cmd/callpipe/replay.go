@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/tools/replay"
-	"github.com/callpipe/callpipe/transform"
 )
 
 func newReplayCommand(a *app) *cobra.Command {
@@ -47,33 +45,13 @@ Langfuse unchanged (every sink deduplicates by call id).`,
 			}
 			o := replay.Options{
 				Job: job, From: r.from, To: r.to, Model: model, User: user, Sinks: sinkList, Rate: rateLimit, DryRun: dryRun,
-				Bucket: cfg.S3.Bucket, Prefix: cfg.Archive.Prefix, MaxInFlight: cfg.Archive.ReplayMaxInFlight,
-				Limits: cfg.Limits(), Progress: cmd.ErrOrStderr(), Log: log,
+				Progress: cmd.ErrOrStderr(),
 			}
-			var cp *replay.Checkpoints
-			if !dryRun || user != "" {
-				rdb, err := cfg.RedisClient(5 * time.Second)
-				if err != nil {
-					return fmt.Errorf("%w: redis.addr: required for the replay checkpoint: %w", errConfig, err)
-				}
-				defer rdb.Close()
-				cp = replay.NewCheckpoints(rdb, cfg.Archive.ReplayCheckpointPrefix, 0)
-				if user != "" {
-					o.UserOf = transform.NewUserResolver(cfg.UserOptions(rdb, log)).UserOf
-				}
+			cp, closeJob, err := cfg.ReplayJob(cmd.Context(), &o, log)
+			if err != nil {
+				return err
 			}
-			if dryRun {
-				cp = nil
-			}
-			if !dryRun && cfg.ClickHouse.Addr != "" {
-				db, err := cfg.CallsDB()
-				if err != nil {
-					return err
-				}
-				if err := replay.MarkDirty(cmd.Context(), db, r.from, r.to, sinkList, log); err != nil {
-					return err
-				}
-			}
+			defer closeJob()
 			nc, err := cfg.ConnectNATS("replay", log)
 			if err != nil {
 				return err

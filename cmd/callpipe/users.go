@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
@@ -166,28 +164,13 @@ func newUsersReresolveCommand(a *app) *cobra.Command {
 		Short: "Resolve the users of calls stored as unresolved (during a Redis outage) and re-store them",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return r.run(a, cmd, "users-reresolve", "users reresolve reads the unresolved calls from ClickHouse", func(c *cmdEnv, conn driver.Conn, db string) error {
+			return r.run(a, cmd, "reresolve", "users reresolve reads the unresolved calls from ClickHouse", func(c *cmdEnv, job amend.Job) error {
 				rdb, err := c.cfg.RedisClient(0)
 				if err != nil {
 					return err
 				}
 				defer rdb.Close()
-				users := transform.NewUserResolver(c.cfg.UserOptions(rdb, c.log))
-				n, resolved, err := amend.Reresolve(cmd.Context(), conn, db, users, r.from, r.to)
-				if err != nil {
-					return err
-				}
-				out := cmd.OutOrStdout()
-				fmt.Fprintf(out, "%d unresolved calls in [%s); %d resolved, %d still unresolved\n", n, &r, len(resolved), n-len(resolved))
-				if r.dryRun || len(resolved) == 0 {
-					return nil
-				}
-				job := amend.JobID("reresolve", time.Now())
-				if err := amend.Republish(cmd.Context(), c.js, job, resolved); err != nil {
-					return fmt.Errorf("users reresolve: %w", err)
-				}
-				fmt.Fprintf(out, "published %d calls as replay %s; the clickhouse stage stores them and the rollups follow\n", len(resolved), job)
-				return nil
+				return job.Reresolve(cmd.Context(), transform.NewUserResolver(c.cfg.UserOptions(rdb, c.log)))
 			})
 		},
 	}

@@ -87,7 +87,7 @@ func newWorkerCommand(a *app) *cobra.Command {
 			reg := ops.NewRegistry()
 			env := &workerEnv{cfg: cfg, nc: nc, reg: reg}
 			env.health.Add(ops.NATSHealth(nc))
-			if err := registerLag(reg, nc, cfg, log, run...); err != nil {
+			if err := cfg.RegisterLag(reg, nc, log, run...); err != nil {
 				return err
 			}
 			g, gctx := errgroup.WithContext(cmd.Context())

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/callpipe/callpipe/internal/ops"
@@ -35,4 +37,20 @@ func (p *Proxy) Serve(ctx context.Context, listen string, mux *http.ServeMux, cl
 		log.Error("publisher close", "err", err)
 	}
 	return serveErr
+}
+
+// GCPercent is the proxy's GOGC unless the environment sets one. The
+// proxy sits in front of every model call and keeps a small heap (a
+// bounded queue; the spool is on disk), so at the default 100 it collects
+// several times a second under load, and a call that arrives during a cycle
+// pays for the collector's assists on the client's path. A higher target
+// means fewer cycles; GOMEMLIMIT, where set, still bounds the heap.
+const GCPercent = 400
+
+// RaiseGCTarget sets the process's GOGC to GCPercent unless the environment
+// sets GOGC (which wins). The proxy role calls it at start.
+func RaiseGCTarget() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(GCPercent)
+	}
 }

@@ -9,6 +9,7 @@ package amend
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"time"
 
@@ -25,6 +26,61 @@ import (
 // JobID names a correction run: kind and the start time to the second.
 func JobID(kind string, now time.Time) string {
 	return kind + "-" + now.UTC().Format("20060102T150405")
+}
+
+// Job is one correction run over the stored calls of [From, To): it reads
+// them from Database on Conn, republishes the corrected ones as replay job
+// ID on JS (nil: a dry run that counts only) and prints what it did to Out.
+type Job struct {
+	Conn     driver.Conn
+	Database string
+	From, To time.Time
+	JS       jetstream.JetStream
+	ID       string
+	Out      io.Writer
+}
+
+// NewJob is a Job of kind (reprice, reresolve) started now; js nil is a
+// dry run.
+func NewJob(kind string, conn driver.Conn, database string, from, to time.Time, js jetstream.JetStream, out io.Writer) Job {
+	return Job{Conn: conn, Database: database, From: from, To: to, JS: js, ID: JobID(kind, time.Now()), Out: out}
+}
+
+// rangeText is the job's range as the commands print it.
+func (j Job) rangeText() string {
+	return j.From.Format(time.RFC3339) + ", " + j.To.Format(time.RFC3339)
+}
+
+// Reprice prices the job's calls again with table and republishes those
+// whose cost changed.
+func (j Job) Reprice(ctx context.Context, table transform.PriceTable) error {
+	res, err := Reprice(ctx, j.Conn, j.Database, table, j.From, j.To, j.JS, j.ID)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(j.Out, "%d calls in [%s); %d with a changed cost\n", res.Seen, j.rangeText(), res.Changed)
+	if j.JS != nil && res.Changed > 0 {
+		fmt.Fprintf(j.Out, "published them as replay %s; the clickhouse stage stores them and the rollups follow\n", j.ID)
+	}
+	return nil
+}
+
+// Reresolve resolves the users of the job's calls stored as unresolved and
+// republishes those users now resolves.
+func (j Job) Reresolve(ctx context.Context, users *transform.UserResolver) error {
+	n, resolved, err := Reresolve(ctx, j.Conn, j.Database, users, j.From, j.To)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(j.Out, "%d unresolved calls in [%s); %d resolved, %d still unresolved\n", n, j.rangeText(), len(resolved), n-len(resolved))
+	if j.JS == nil || len(resolved) == 0 {
+		return nil
+	}
+	if err := Republish(ctx, j.JS, j.ID, resolved); err != nil {
+		return fmt.Errorf("users reresolve: %w", err)
+	}
+	fmt.Fprintf(j.Out, "published %d calls as replay %s; the clickhouse stage stores them and the rollups follow\n", len(resolved), j.ID)
+	return nil
 }
 
 // Republish publishes corrected calls as replay job on CALLPIPE_NORMALIZED,

@@ -57,6 +57,15 @@ type Options struct {
 	Out   io.Writer // progress and the report (default io.Discard)
 }
 
+// Check refuses options no run can have, naming the flags of `callpipe
+// bench usage`.
+func (o Options) Check() error {
+	if o.Calls < 1 || o.Days < 1 || o.Models < 1 || o.Users < 1 || o.DupPercent < 0 || o.DupPercent > 100 || o.Repeat < 1 || o.LiveHours < 0 {
+		return errors.New("need --calls, --days, --models, --users, --repeat >= 1, --live-hours >= 0 and 0 <= --dup-percent <= 100")
+	}
+	return nil
+}
+
 // Report is the result of a run; `callpipe bench usage --json` writes it.
 type Report struct {
 	RunID       string    `json:"run_id"`
@@ -201,11 +210,8 @@ func NewDatabaseName() (name, runID string) {
 // unless o.Keep. conn must reach the server with the rights to create a
 // database.
 func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err error) {
-	if o.Calls < 1 || o.Days < 1 || o.Models < 1 || o.Users < 1 || o.DupPercent < 0 || o.DupPercent > 100 {
-		return nil, fmt.Errorf("bench usage: need calls, days, models, users >= 1 and 0 <= dup percent <= 100")
-	}
-	if o.Repeat < 1 {
-		o.Repeat = 1
+	if err := o.Check(); err != nil {
+		return nil, fmt.Errorf("bench usage: %w", err)
 	}
 	if o.ChunkCalls == 0 {
 		o.ChunkCalls = defaultChunkCalls

@@ -1,4 +1,4 @@
-package main
+package proxy
 
 import (
 	"runtime/debug"
@@ -10,13 +10,13 @@ func TestProxyGCPercent(t *testing.T) {
 	old := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(old)
 	t.Setenv("GOGC", "")
-	proxyGC()
-	if got := debug.SetGCPercent(100); got != proxyGCPercent {
-		t.Errorf("GC percent %d without GOGC, want %d", got, proxyGCPercent)
+	RaiseGCTarget()
+	if got := debug.SetGCPercent(100); got != GCPercent {
+		t.Errorf("GC percent %d without GOGC, want %d", got, GCPercent)
 	}
 	t.Setenv("GOGC", "150")
 	debug.SetGCPercent(150)
-	proxyGC()
+	RaiseGCTarget()
 	if got := debug.SetGCPercent(100); got != 150 {
 		t.Errorf("GC percent %d with GOGC=150, want it kept", got)
 	}
