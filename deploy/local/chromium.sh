@@ -23,8 +23,10 @@ if ! path=$(find_chromium); then
 	fi
 	echo "chromium.sh: installing Debian chromium (apt-get)" >&2
 	export DEBIAN_FRONTEND=noninteractive
-	$sudo apt-get update -qq >&2 || true
-	$sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >&2
+	# one apt-get at a time: services.sh may be installing beside this (same lock)
+	lock=${TMPDIR:-/tmp}/callpipe-apt.lock
+	$sudo flock -w 900 "$lock" apt-get update -qq >&2 || true
+	$sudo flock -w 900 "$lock" apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >&2
 	path=$(find_chromium) || { echo "chromium.sh: chromium not found after install" >&2; exit 1; }
 fi
 "$path" --version >&2 || true

@@ -511,6 +511,11 @@ install_go_tool() { # install_go_tool NAME MODULE VERSION
 	log "installed $name in $((SECONDS - t0))s"
 }
 
+# apt_get ARGS...: apt-get as root, one at a time on this machine: the test
+# tools' installs (deploy/local/chromium.sh) run beside the services' ones.
+APT_LOCK=${TMPDIR:-/tmp}/callpipe-apt.lock
+apt_get() { run_root flock -w 900 "$APT_LOCK" env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+
 install_apt() { # install_apt PKG...
 	local pkgs=("$@") t0 p need_update=0
 	command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install ${pkgs[*]} by hand (Debian/Ubuntu expected)"
@@ -520,18 +525,18 @@ install_apt() { # install_apt PKG...
 	t0=$SECONDS
 	if ((need_update)); then
 		log "apt-get update ..."
-		run_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$STATE/install-apt.log" 2>&1 ||
+		apt_get update -q >"$STATE/install-apt.log" 2>&1 ||
 			{ tail -n 20 "$STATE/install-apt.log" >&2; die "apt-get update failed"; }
 	fi
 	log "apt-get install ${pkgs[*]} ..."
-	if ! run_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>"$STATE/install-apt.log" 2>&1; then
+	if ! apt_get install -y -q --no-install-recommends "${pkgs[@]}" >>"$STATE/install-apt.log" 2>&1; then
 		if ((need_update)); then
 			tail -n 20 "$STATE/install-apt.log" >&2
 			die "apt-get install ${pkgs[*]} failed (log: $STATE/install-apt.log)"
 		fi
 		log "apt-get install failed; retrying after apt-get update ..."
-		run_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$STATE/install-apt.log" 2>&1 &&
-			run_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>"$STATE/install-apt.log" 2>&1 ||
+		apt_get update -q >>"$STATE/install-apt.log" 2>&1 &&
+			apt_get install -y -q --no-install-recommends "${pkgs[@]}" >>"$STATE/install-apt.log" 2>&1 ||
 			{ tail -n 20 "$STATE/install-apt.log" >&2; die "apt-get install ${pkgs[*]} failed (log: $STATE/install-apt.log)"; }
 	fi
 	log "installed ${pkgs[*]} in $((SECONDS - t0))s"
