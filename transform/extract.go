@@ -304,14 +304,7 @@ func (x *extracted) request(kind string, r *reqDoc) {
 				text.WriteByte('\n')
 			}
 			text.WriteString(t)
-			for _, tc := range m.ToolCalls {
-				otc := outToolCallOf(tc)
-				om.ToolCalls = append(om.ToolCalls, otc)
-				if text.Len() > 0 {
-					text.WriteByte('\n')
-				}
-				text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
-			}
+			om.addToolCalls(m.ToolCalls, &text)
 			msgs = append(msgs, om)
 		}
 		x.inputText = text.String()
@@ -472,14 +465,7 @@ func (x *extracted) choices(choices []respChoice) {
 			om.ReasoningContent = *m.ReasoningContent
 			x.extraOutput += *m.ReasoningContent
 		}
-		for _, tc := range m.ToolCalls {
-			otc := outToolCallOf(tc)
-			om.ToolCalls = append(om.ToolCalls, otc)
-			if text.Len() > 0 {
-				text.WriteByte('\n')
-			}
-			text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
-		}
+		om.addToolCalls(m.ToolCalls, &text)
 		next()
 		out = appendOutMessage(out, &om)
 	}
@@ -685,6 +671,19 @@ func appendOutMessage(b []byte, m *outMessage) []byte {
 		b = schema.AppendJSONString(b, m.ToolCallID)
 	}
 	return append(b, '}')
+}
+
+// addToolCalls adds calls to the message and to text, each as a line
+// "name(arguments)" (after a line break unless text is empty).
+func (om *outMessage) addToolCalls(calls []toolCall, text *strings.Builder) {
+	for _, tc := range calls {
+		otc := outToolCallOf(tc)
+		om.ToolCalls = append(om.ToolCalls, otc)
+		if text.Len() > 0 {
+			text.WriteByte('\n')
+		}
+		text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
+	}
 }
 
 func outToolCallOf(tc toolCall) outToolCall {
