@@ -2,7 +2,8 @@
 // shares: which streams exist, which stage reads and feeds which, the header
 // names, provisioning, routing of replayed and retried messages, the
 // dead-letter format and writer, `dlq ls/show/retry`, acknowledgement by
-// reference (AckRef), pulling (Pull), leases and lag metrics.
+// reference (AckRef), pulling (Pull), leases, watching a KV key (WatchKey)
+// and lag metrics.
 //
 // # The table
 //

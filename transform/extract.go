@@ -159,26 +159,18 @@ type respChoice struct {
 	FinishReason *string      `json:"finish_reason"`
 }
 
-type rawUsage struct {
-	PromptTokens     *float64 `json:"prompt_tokens"`
-	CompletionTokens *float64 `json:"completion_tokens"`
-	TotalTokens      *float64 `json:"total_tokens"`
-	InputTokens      *float64 `json:"input_tokens"`
-	OutputTokens     *float64 `json:"output_tokens"`
-}
-
 type respDoc struct {
-	Object     string          `json:"object"`
-	Choices    []respChoice    `json:"choices"`
-	Data       []respData      `json:"data"`
-	Results    []respResult    `json:"results"`
-	Meta       *respMeta       `json:"meta"`
-	Usage      *rawUsage       `json:"usage"`
-	Text       *string         `json:"text"`
-	Content    json.RawMessage `json:"content"` // anthropic
-	StopReason string          `json:"stop_reason"`
-	Error      json.RawMessage `json:"error"`
-	Detail     json.RawMessage `json:"detail"`
+	Object     string                `json:"object"`
+	Choices    []respChoice          `json:"choices"`
+	Data       []respData            `json:"data"`
+	Results    []respResult          `json:"results"`
+	Meta       *respMeta             `json:"meta"`
+	Usage      *schema.ReportedUsage `json:"usage"`
+	Text       *string               `json:"text"`
+	Content    json.RawMessage       `json:"content"` // anthropic
+	StopReason string                `json:"stop_reason"`
+	Error      json.RawMessage       `json:"error"`
+	Detail     json.RawMessage       `json:"detail"`
 	// summaries written by the proxy for bodies it did not keep
 	ContentType string `json:"content_type"`
 	Bytes       *int64 `json:"bytes"`
@@ -197,7 +189,7 @@ type respResult struct {
 }
 
 type respMeta struct {
-	Tokens *rawUsage `json:"tokens"`
+	Tokens *schema.ReportedUsage `json:"tokens"`
 }
 
 // extract reads the text, structure and parameters of a call from its
@@ -312,14 +304,7 @@ func (x *extracted) request(kind string, r *reqDoc) {
 				text.WriteByte('\n')
 			}
 			text.WriteString(t)
-			for _, tc := range m.ToolCalls {
-				otc := outToolCallOf(tc)
-				om.ToolCalls = append(om.ToolCalls, otc)
-				if text.Len() > 0 {
-					text.WriteByte('\n')
-				}
-				text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
-			}
+			om.addToolCalls(m.ToolCalls, &text)
 			msgs = append(msgs, om)
 		}
 		x.inputText = text.String()
@@ -480,14 +465,7 @@ func (x *extracted) choices(choices []respChoice) {
 			om.ReasoningContent = *m.ReasoningContent
 			x.extraOutput += *m.ReasoningContent
 		}
-		for _, tc := range m.ToolCalls {
-			otc := outToolCallOf(tc)
-			om.ToolCalls = append(om.ToolCalls, otc)
-			if text.Len() > 0 {
-				text.WriteByte('\n')
-			}
-			text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
-		}
+		om.addToolCalls(m.ToolCalls, &text)
 		next()
 		out = appendOutMessage(out, &om)
 	}
@@ -695,6 +673,19 @@ func appendOutMessage(b []byte, m *outMessage) []byte {
 	return append(b, '}')
 }
 
+// addToolCalls adds calls to the message and to text, each as a line
+// "name(arguments)" (after a line break unless text is empty).
+func (om *outMessage) addToolCalls(calls []toolCall, text *strings.Builder) {
+	for _, tc := range calls {
+		otc := outToolCallOf(tc)
+		om.ToolCalls = append(om.ToolCalls, otc)
+		if text.Len() > 0 {
+			text.WriteByte('\n')
+		}
+		text.WriteString(otc.Function.Name + "(" + otc.Function.Arguments + ")")
+	}
+}
+
 func outToolCallOf(tc toolCall) outToolCall {
 	t := tc.Type
 	if t == "" {
@@ -829,29 +820,20 @@ func textsOf(raw json.RawMessage) (json.RawMessage, string) {
 	return nil, ""
 }
 
-func usageOf(u *rawUsage) usageCounts {
-	out := usageCounts{-1, -1, -1}
+func usageOf(u *schema.ReportedUsage) usageCounts {
 	if u == nil {
-		return out
+		return usageCounts{-1, -1, -1}
 	}
-	in, o := u.PromptTokens, u.CompletionTokens
-	if in == nil {
-		in = u.InputTokens
-	}
-	if o == nil {
-		o = u.OutputTokens
-	}
-	out.in, out.out, out.total = count(in), count(o), count(u.TotalTokens)
-	return out
+	return usageCounts{count(u.Prompt()), count(u.Completion()), count(u.TotalTokens)}
 }
 
 // count is a valid token count, or -1 (missing, negative as Xinference's -1,
 // fractional or absurd).
 func count(f *float64) int64 {
-	if f == nil || *f < 0 || *f != float64(int64(*f)) || *f > 1<<53 {
-		return -1
+	if n, ok := schema.TokenCount(f); ok {
+		return n
 	}
-	return int64(*f)
+	return -1
 }
 
 func messageOf(raw json.RawMessage) string {

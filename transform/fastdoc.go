@@ -382,7 +382,7 @@ func respMessageMember(d *fastDoc, msg *respMessage, key []byte, from int) (to, 
 	return 0, -1
 }
 
-func usageMember(d *fastDoc, u *rawUsage, key []byte, from int) (to, bit int) {
+func usageMember(d *fastDoc, u *schema.ReportedUsage, key []byte, from int) (to, bit int) {
 	var f **float64
 	switch string(key) {
 	case "prompt_tokens":

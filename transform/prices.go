@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/bus"
 )
 
 // ModelPrice is one row of a price table in the shape of Langfuse's model
@@ -176,41 +178,32 @@ func GetPrices(ctx context.Context, kv jetstream.KeyValue) (f PriceFile, ok bool
 // every `callpipe prices set` or `delete`. A stored table that does not
 // compile (written around the command) is logged and leaves the table as it was.
 func WatchPrices(ctx context.Context, kv jetstream.KeyValue, live *LivePrices, log *slog.Logger) error {
-	w, err := kv.Watch(ctx, PricesKey)
-	if err != nil {
-		return fmt.Errorf("prices watch %s: %w", PricesKey, err)
-	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if e == nil { // the initial values have been delivered
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				live.Set(nil)
-				log.Info("prices: stored table removed; configured prices only")
-				continue
-			}
-			var f PriceFile
-			if err := json.Unmarshal(e.Value(), &f); err != nil {
-				log.Error("prices: stored table is not valid JSON; prices unchanged", "revision", e.Revision(), "err", err)
-				continue
-			}
-			t, err := f.Compile()
-			if err != nil {
-				log.Error("prices: stored table is not valid; prices unchanged", "revision", e.Revision(), "err", err)
-				continue
-			}
-			live.Set(t)
-			log.Info("prices: stored table in effect", "revision", e.Revision(), "models", len(f.Models))
+	err := bus.WatchKey(ctx, kv, PricesKey, func(e jetstream.KeyValueEntry) {
+		if e == nil { // the initial values have been delivered
+			return
 		}
+		if e.Operation() != jetstream.KeyValuePut {
+			live.Set(nil)
+			log.Info("prices: stored table removed; configured prices only")
+			return
+		}
+		var f PriceFile
+		if err := json.Unmarshal(e.Value(), &f); err != nil {
+			log.Error("prices: stored table is not valid JSON; prices unchanged", "revision", e.Revision(), "err", err)
+			return
+		}
+		t, err := f.Compile()
+		if err != nil {
+			log.Error("prices: stored table is not valid; prices unchanged", "revision", e.Revision(), "err", err)
+			return
+		}
+		live.Set(t)
+		log.Info("prices: stored table in effect", "revision", e.Revision(), "models", len(f.Models))
+	})
+	if err != nil {
+		return fmt.Errorf("prices: %w", err)
 	}
+	return nil
 }
 
 // PricesInEffect is the table normalize stages price calls with now: the

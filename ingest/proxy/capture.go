@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"math"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -760,35 +759,22 @@ func usageFrom(raw json.RawMessage) *schema.Usage {
 	if isNull(raw) {
 		return nil
 	}
-	var u struct {
-		PromptTokens     *float64 `json:"prompt_tokens"`
-		CompletionTokens *float64 `json:"completion_tokens"`
-		TotalTokens      *float64 `json:"total_tokens"`
-		InputTokens      *float64 `json:"input_tokens"`
-		OutputTokens     *float64 `json:"output_tokens"`
-	}
+	var u schema.ReportedUsage
 	if !unmarshalLoose(raw, &u) {
 		return nil
-	}
-	if u.PromptTokens == nil {
-		u.PromptTokens = u.InputTokens
-	}
-	if u.CompletionTokens == nil {
-		u.CompletionTokens = u.OutputTokens
 	}
 	var out schema.Usage
 	for _, f := range []struct {
 		in  *float64
 		out **int64
-	}{{u.PromptTokens, &out.PromptTokens}, {u.CompletionTokens, &out.CompletionTokens}, {u.TotalTokens, &out.TotalTokens}} {
+	}{{u.Prompt(), &out.PromptTokens}, {u.Completion(), &out.CompletionTokens}, {u.TotalTokens, &out.TotalTokens}} {
 		if f.in == nil {
 			continue
 		}
-		v := *f.in
-		if v < 0 || v != math.Trunc(v) || v > 1<<53 {
+		n, ok := schema.TokenCount(f.in)
+		if !ok {
 			return nil
 		}
-		n := int64(v)
 		*f.out = &n
 	}
 	if out.TotalTokens == nil && out.PromptTokens != nil && out.CompletionTokens != nil {

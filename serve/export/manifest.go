@@ -8,16 +8,10 @@ const ManifestVersion = 1
 // Manifest is _manifest.json: what the export holds and how it was made.
 // It is written after every part and before _SUCCESS.
 type Manifest struct {
-	Version     int       `json:"manifest_version"`
-	JobID       string    `json:"job_id"`
-	Source      string    `json:"source"`
-	Format      string    `json:"format"`
-	Compression string    `json:"compression"`
-	From        time.Time `json:"from"`
-	To          time.Time `json:"to"`
-	Model       string    `json:"model,omitempty"`
-	User        string    `json:"user,omitempty"`
-	Dest        string    `json:"dest"`
+	Version int `json:"manifest_version"`
+	// Spec is the job's spec as normalized (every field set but model and
+	// user), its fields inline.
+	Spec
 	// Query is what the source ran (SQL for calls, the object listing for
 	// archive); Args are the job's arguments as given.
 	Query   string            `json:"query"`

@@ -502,9 +502,7 @@ func (j *job[T, P]) finalize(ctx context.Context) (*Manifest, error) {
 	}
 	query, cols := j.src.describe()
 	m := &Manifest{
-		Version: ManifestVersion, JobID: j.spec.JobID, Source: j.spec.Source, Format: j.spec.Format,
-		Compression: j.spec.Compression, From: j.spec.From, To: j.spec.To, Model: j.spec.Model, User: j.spec.User,
-		Dest: j.spec.Dest, Query: query, Args: j.spec.args(), Columns: cols, Parts: j.st.Parts,
+		Version: ManifestVersion, Spec: j.spec, Query: query, Args: j.spec.args(), Columns: cols, Parts: j.st.Parts,
 		Attempts: j.st.Attempts, Fence: j.lease.Fence, StartedAt: j.st.Progress.StartedAt, FinishedAt: time.Now().UTC(),
 	}
 	j.syncSkipped()

@@ -54,21 +54,28 @@ func AllSourceGroupings() []GroupBy {
 	return out
 }
 
-func (g GroupBy) String() string {
-	parts := []string{string(g.Bucket)}
-	if g.Bucket == BucketNone {
-		parts[0] = "all"
-	}
+// Dimensions are the grouping's columns besides the time bucket, in the
+// order model, user, source.
+func (g GroupBy) Dimensions() []string {
+	var dims []string
 	if g.Model {
-		parts = append(parts, "model")
+		dims = append(dims, "model")
 	}
 	if g.User {
-		parts = append(parts, "user")
+		dims = append(dims, "user")
 	}
 	if g.Source {
-		parts = append(parts, "source")
+		dims = append(dims, "source")
 	}
-	return strings.Join(parts, "x")
+	return dims
+}
+
+func (g GroupBy) String() string {
+	bucket := string(g.Bucket)
+	if g.Bucket == BucketNone {
+		bucket = "all"
+	}
+	return strings.Join(append([]string{bucket}, g.Dimensions()...), "x")
 }
 
 // UsageFilter narrows Usage to calls whose newest stored copy matches every

@@ -28,3 +28,24 @@ func TestUsageFilterLiterals(t *testing.T) {
 		}
 	}
 }
+
+func TestGroupByNames(t *testing.T) {
+	for _, tc := range []struct {
+		g    GroupBy
+		dims string
+		name string
+	}{
+		{GroupBy{}, "", "all"},
+		{GroupBy{Bucket: BucketHour}, "", "hour"},
+		{GroupBy{Bucket: BucketDay, Model: true}, "model", "dayxmodel"},
+		{GroupBy{User: true, Source: true}, "user,source", "allxuserxsource"},
+		{GroupBy{Bucket: BucketHour, Model: true, User: true, Source: true}, "model,user,source", "hourxmodelxuserxsource"},
+	} {
+		if got := strings.Join(tc.g.Dimensions(), ","); got != tc.dims {
+			t.Errorf("%+v: Dimensions %q, want %q", tc.g, got, tc.dims)
+		}
+		if got := tc.g.String(); got != tc.name {
+			t.Errorf("%+v: String %q, want %q", tc.g, got, tc.name)
+		}
+	}
+}

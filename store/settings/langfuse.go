@@ -24,6 +24,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/internal/retry"
 )
 
@@ -297,38 +298,29 @@ type Effective struct {
 // WatchLangfuse calls fn with the settings in effect now and after every
 // change (saved settings, or fallback when they are deleted), until ctx ends.
 func (s *Store) WatchLangfuse(ctx context.Context, fallback Langfuse, fn func(Effective)) error {
-	w, err := s.kv.Watch(ctx, LangfuseKey)
-	if err != nil {
-		return fmt.Errorf("settings watch %s: %w", LangfuseKey, err)
-	}
-	defer w.Stop()
 	sentInitial := false
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("settings watch closed")
-			}
-			if e == nil { // end of the initial values
-				if !sentInitial {
-					fn(Effective{Langfuse: fallback, Source: SourceConfig})
-					sentInitial = true
-				}
-				continue
-			}
-			sentInitial = true
-			if e.Operation() != jetstream.KeyValuePut {
+	err := bus.WatchKey(ctx, s.kv, LangfuseKey, func(e jetstream.KeyValueEntry) {
+		if e == nil { // end of the initial values
+			if !sentInitial {
 				fn(Effective{Langfuse: fallback, Source: SourceConfig})
-				continue
+				sentInitial = true
 			}
-			l, err := s.decode(e.Value())
-			if err != nil {
-				fn(Effective{Source: SourceSaved, Err: err})
-				continue
-			}
-			fn(Effective{Langfuse: l, Source: SourceSaved})
+			return
 		}
+		sentInitial = true
+		if e.Operation() != jetstream.KeyValuePut {
+			fn(Effective{Langfuse: fallback, Source: SourceConfig})
+			return
+		}
+		l, err := s.decode(e.Value())
+		if err != nil {
+			fn(Effective{Source: SourceSaved, Err: err})
+			return
+		}
+		fn(Effective{Langfuse: l, Source: SourceSaved})
+	})
+	if err != nil {
+		return fmt.Errorf("settings: %w", err)
 	}
+	return nil
 }

@@ -23,8 +23,7 @@ import (
 // observation (and a root span also the trace) with Langfuse's attribute
 // mapping, validated and stored like ingestion events.
 func (s *Server) otel(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"message": "Method not allowed"})
+	if !methodAllowed(w, r, http.MethodPost) {
 		return
 	}
 	s.mu.Lock()

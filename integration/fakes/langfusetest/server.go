@@ -251,8 +251,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 // projects answers GET /api/public/projects (OpenAPI projects_get): the
 // project of a project-scoped key, as the Projects schema.
 func (s *Server) projects(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"message": "Method not allowed"})
+	if !methodAllowed(w, r, http.MethodGet) {
 		return
 	}
 	s.mu.Lock()
@@ -270,6 +269,16 @@ func (s *Server) projects(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"data": []map[string]any{{
 		"id": id, "name": name, "organization": map[string]string{"id": "org-test", "name": "callpipe tests"}, "metadata": map[string]any{},
 	}}})
+}
+
+// methodAllowed reports whether r uses method, and else answers 405 as
+// Langfuse does.
+func methodAllowed(w http.ResponseWriter, r *http.Request, method string) bool {
+	if r.Method == method {
+		return true
+	}
+	writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"message": "Method not allowed"})
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -303,8 +312,7 @@ func (s *Server) accessLevel(h string) string {
 }
 
 func (s *Server) ingestion(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"message": "Method not allowed"})
+	if !methodAllowed(w, r, http.MethodPost) {
 		return
 	}
 	s.mu.Lock()

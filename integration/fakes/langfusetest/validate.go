@@ -287,34 +287,45 @@ func isNumber(v json.RawMessage) bool {
 	return len(v) > 0 && (v[0] == '-' || (v[0] >= '0' && v[0] <= '9'))
 }
 
-func modelParameters(b rawBody) string {
-	v := b["modelParameters"]
-	if isNull(v) {
+// optRecord: body[k] absent, null, or an object each of whose members passes
+// member, which returns "" or what is wrong with the member's value.
+func optRecord(k string, member func(name string, x json.RawMessage) string) rule {
+	return func(b rawBody) string {
+		v := b[k]
+		if isNull(v) {
+			return ""
+		}
+		m, ok := rawObject(v)
+		if !ok {
+			return k + ": Expected object"
+		}
+		for name, x := range m {
+			if e := member(name, x); e != "" {
+				return k + "." + name + ": " + e
+			}
+		}
 		return ""
 	}
-	m, ok := rawObject(v)
-	if !ok {
-		return "modelParameters: Expected object"
-	}
-	for k, x := range m {
-		switch {
-		case isNull(x), x[0] == '"', string(x) == "true", string(x) == "false", isNumber(x):
-		case x[0] == '[':
-			var l []string
-			if json.Unmarshal(x, &l) != nil {
-				return "modelParameters." + k + ": Expected string array"
-			}
-		case x[0] == '{':
-			var sm map[string]string
-			if json.Unmarshal(x, &sm) != nil {
-				return "modelParameters." + k + ": Expected record of strings"
-			}
-		default:
-			return "modelParameters." + k + ": Invalid union"
+}
+
+var modelParameters = optRecord("modelParameters", func(_ string, x json.RawMessage) string {
+	switch {
+	case isNull(x), x[0] == '"', string(x) == "true", string(x) == "false", isNumber(x):
+	case x[0] == '[':
+		var l []string
+		if json.Unmarshal(x, &l) != nil {
+			return "Expected string array"
 		}
+	case x[0] == '{':
+		var sm map[string]string
+		if json.Unmarshal(x, &sm) != nil {
+			return "Expected record of strings"
+		}
+	default:
+		return "Invalid union"
 	}
 	return ""
-}
+})
 
 // nonNegInt: a JSON integer >= 0 (or a numeric string, which the map form parses).
 func nonNegInt(x json.RawMessage) bool {
@@ -328,46 +339,23 @@ func nonNegInt(x json.RawMessage) bool {
 	return err == nil && n >= 0 && n == math.Trunc(n)
 }
 
-func usageDetails(b rawBody) string {
-	v := b["usageDetails"]
-	if isNull(v) {
-		return ""
-	}
-	m, ok := rawObject(v)
-	if !ok {
-		return "usageDetails: Expected object"
-	}
-	for k, x := range m {
-		if strings.HasSuffix(k, "_details") {
-			continue // OpenAI shapes' nested details
-		}
-		if !nonNegInt(x) {
-			return "usageDetails." + k + ": Expected non-negative integer"
-		}
+var usageDetails = optRecord("usageDetails", func(name string, x json.RawMessage) string {
+	if !strings.HasSuffix(name, "_details") && !nonNegInt(x) { // OpenAI shapes' nested details pass
+		return "Expected non-negative integer"
 	}
 	return ""
-}
+})
 
-func costDetails(b rawBody) string {
-	v := b["costDetails"]
-	if isNull(v) {
-		return ""
+var costDetails = optRecord("costDetails", func(_ string, x json.RawMessage) string {
+	f, err := strconv.ParseFloat(string(x), 64)
+	if !isNumber(x) || err != nil {
+		return "Expected number"
 	}
-	m, ok := rawObject(v)
-	if !ok {
-		return "costDetails: Expected object"
-	}
-	for k, x := range m {
-		f, err := strconv.ParseFloat(string(x), 64)
-		if !isNumber(x) || err != nil {
-			return "costDetails." + k + ": Expected number"
-		}
-		if f < 0 {
-			return "costDetails." + k + ": Expected non-negative number"
-		}
+	if f < 0 {
+		return "Expected non-negative number"
 	}
 	return ""
-}
+})
 
 func promptPair(b rawBody) string {
 	_, n := b["promptName"]

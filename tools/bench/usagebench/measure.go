@@ -106,18 +106,9 @@ func (r *runner) callListShapes(rep *Report) []shape {
 }
 
 func groupName(g callsdb.GroupBy) string {
-	var parts []string
+	parts := g.Dimensions()
 	if g.Bucket != callsdb.BucketNone {
-		parts = append(parts, string(g.Bucket))
-	}
-	if g.Model {
-		parts = append(parts, "model")
-	}
-	if g.User {
-		parts = append(parts, "user")
-	}
-	if g.Source {
-		parts = append(parts, "source")
+		parts = append([]string{string(g.Bucket)}, parts...)
 	}
 	if len(parts) == 0 {
 		return "totals"
