@@ -526,7 +526,9 @@ func TestRollupAtScale(t *testing.T) {
 	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, hours, "replay", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	checkRollupUsage(t, conn, db, o, replayDay.AddDate(0, 0, -1), replayDay.AddDate(0, 0, 2), "day replayed twice, not sealed again yet")
+	// a dirty day is read per call, three copies of each: every third
+	// grouping keeps the check's time in bounds
+	checkRollupUsageEvery(t, conn, db, o, replayDay.AddDate(0, 0, -1), replayDay.AddDate(0, 0, 2), "day replayed twice, not sealed again yet", 3)
 	if _, err := sealer.Pass(ctx); err != nil {
 		t.Fatal(err)
 	}
