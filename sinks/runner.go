@@ -422,8 +422,8 @@ const (
 // before the output connected, and may be called once.
 func (r *Runner[T]) Run(ctx context.Context) error {
 	defer r.close(ctx)
-	if !r.connect(ctx) {
-		return nil
+	if !r.connect(ctx) || ctx.Err() != nil {
+		return nil // stopped before anything was taken
 	}
 	cons, err := r.Consumer(ctx)
 	if err != nil {
