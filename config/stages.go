@@ -82,11 +82,11 @@ func (c *Config) ArchiveStage(reg prometheus.Registerer, log *slog.Logger) (*arc
 	if err != nil {
 		return nil, err
 	}
-	return &archive.Stage{S3: client, Region: s.Region,
+	return &archive.Stage{S3: client,
 		Sink: archive.SinkConfig{
 			Config: sinks.Config{Stream: bus.CallsStream, Consumer: a.Consumer, FilterSubject: a.Subject,
 				AckWait: time.Duration(a.AckWait), MaxAckPending: a.MaxAckPending, Log: log},
-			Bucket: s.Bucket, Prefix: a.Prefix, Compression: a.Compression,
+			Bucket: s.Bucket, Region: s.Region, Prefix: a.Prefix, Compression: a.Compression,
 			FlushBytes: int64(a.FlushBytes), FlushInterval: time.Duration(a.FlushInterval),
 			PartSize: uint64(a.PartSize), MaxUploads: a.MaxUploads, Metrics: archive.NewMetrics(reg), SSE: s.ServerSide(),
 		}}, nil

@@ -1,13 +1,26 @@
 // Package sinks is the contract every sink writes through and the one
 // runner that delivers to it. A sink (clickhouse, langfuse, archive)
-// provides an Output (Decode an item, WriteBatch a batch: Benthos's
-// BatchOutput); the Runner owns the consumer, pulling (bus.Pull, again
-// whenever the iterator ends), batching (BatchPolicy: count, bytes, age,
-// in-flight), keep-alive, ack, nak with backoff, dead letters, health and
-// the drain. The runner is here, not in bus, because only sinks use it; it
-// imports bus, and bus imports no callpipe package.
+// provides an Output (Benthos's BatchOutput: Connect its destination,
+// Decode an item, WriteBatch a batch, Close) and its BatchPolicy; the Runner
+// owns connecting (Connect retried with internal/retry), the consumer,
+// pulling (bus.Pull, again whenever the iterator ends), batching
+// (BatchPolicy: count, bytes, age, in-flight), keep-alive, ack, nak with
+// backoff, dead letters, health, the drain and closing. A sink's stage is
+// wiring: it builds the output and the runner, hands the runner's health to
+// /readyz and runs what lives beside the sink once Ready. The runner is
+// here, not in bus, because only sinks use it; it imports bus, and bus
+// imports no callpipe package.
 //
 // # Delivery contract
+//
+// Invariant (connect): Run calls Output.Connect before it pulls anything,
+// again after each failure (Config.Connect's backoff, "<destination> not
+// ready; retrying"), until it succeeds or ctx ends; until then nothing is
+// taken, Healthy reports why (Connected), and Ready stays open. It is
+// called once per Run: there is no ErrNotConnected, because every
+// destination's client reconnects by itself (the ClickHouse pool dials
+// again; Langfuse and S3 are plain HTTP), so a connection lost later is a
+// failed write (the nak and health invariants below).
 //
 // Invariant: a message is acknowledged only after every value of it was
 // settled: written (WriteBatch returned nil for it, or an output holding it
@@ -51,7 +64,14 @@
 // an output that does not release it, redelivered after AckWait). Nothing
 // taken is lost: it is acked after its write or comes back.
 //
+// Invariant (close): Run calls Output.Close exactly once, as it returns:
+// after the drain has settled every message taken (or its DrainTimeout
+// ended) and its acks are flushed, with no WriteBatch or Flush running or
+// to come; or, when ctx ended before Connect succeeded, with nothing taken.
+// Close gets CloseTimeout; its error is logged, not returned.
+//
 // Lock order: an output's own locks before the runner's table lock (the
-// runner never calls an output while holding it). Settling publishes the
-// ack outside it.
+// runner never calls an output while holding it: Connect and Close run on
+// Run's goroutine holding no lock, the connection state is atomic).
+// Settling publishes the ack outside it.
 package sinks

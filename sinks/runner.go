@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/retry"
 )
 
 // BatchPolicy decides when the runner hands a batch to its output: at Count
@@ -27,10 +28,22 @@ type BatchPolicy struct {
 	MaxInFlight  int
 }
 
-// Output is a sink's side of the contract. Connecting the destination is
-// the sink's stage's (it waits for it and reports why): the runner is given
-// an output that is ready.
+// Output is a sink's side of the contract (Benthos's BatchOutput): Connect,
+// Decode, WriteBatch, Close. The runner calls Connect and Close on Run's
+// goroutine holding none of its locks; Decode on the pulling goroutine;
+// WriteBatch on its flushers, up to MaxInFlight at once.
+//
+// There is no ErrNotConnected: Connect runs once per Run. Every destination
+// reconnects on its own once connected (the ClickHouse driver's pool dials
+// again, Langfuse and S3 are plain HTTP), so a connection lost later is a
+// failed write like any other (nak'ed with the backoff, unhealthy until a
+// write succeeds), not a state the runner must repair.
 type Output[T any] interface {
+	// Connect makes the destination ready to write. The runner calls it
+	// before it pulls anything, retrying it (internal/retry, Config.Connect)
+	// until it returns nil or Run's ctx ends; meanwhile nothing is pulled and
+	// Healthy says why it is not connected.
+	Connect(ctx context.Context) error
 	// Decode turns one item of a message (its body, or one line of a
 	// batched message: bus.Items) into a value, in the pulling goroutine. An
 	// error makes the item poison: dead-lettered, alone in a batched message.
@@ -40,6 +53,11 @@ type Output[T any] interface {
 	// nil, retried otherwise. An error marks the runner unhealthy until a
 	// write succeeds and grows the backoff; a PauseError pauses pulling.
 	WriteBatch(ctx context.Context, b *Batch[T]) error
+	// Close releases what Connect took, once, as Run returns: after the
+	// drain settled every message taken (or gave up at DrainTimeout), with
+	// no WriteBatch or Flush running or to come; also when ctx ended before
+	// Connect succeeded. Its ctx ends CloseTimeout later; its error is logged.
+	Close(ctx context.Context) error
 }
 
 // Holder is an Output that keeps values past WriteBatch (Batch.Hold). Flush
@@ -95,6 +113,12 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 	// DrainTimeout bounds the drain after ctx ends (default 30s).
 	DrainTimeout time.Duration
+	// Connect is how Output.Connect is retried until it succeeds (default:
+	// after 250ms, doubled up to 30s; an attempt bounded by ctx only).
+	// Destination names what it connects to in the logs ("<destination> not
+	// ready; retrying"; default the stage).
+	Connect     retry.Backoff
+	Destination string
 	// HandBack naks the read-ahead on stop (a slow destination: another
 	// worker takes it now) instead of writing it with the last batch.
 	HandBack bool
@@ -113,7 +137,15 @@ type Runner[T any] struct {
 
 	fill    *Batch[T] // the batch being filled (main goroutine only)
 	pauseCh chan time.Duration
+
+	// notConnected is why the output is not connected (nil once it is);
+	// connected is closed then.
+	notConnected atomic.Pointer[error]
+	connected    chan struct{}
 }
+
+// CloseTimeout bounds Output.Close.
+const CloseTimeout = 10 * time.Second
 
 // core is the part of the runner that settles messages; Hold reaches it.
 type core struct {
@@ -149,20 +181,65 @@ func New[T any](nc *nats.Conn, out Output[T], cfg Config) (*Runner[T], error) {
 		cfg.BackoffMax = max(30*time.Second, cfg.BackoffMin)
 	}
 	cfg.DrainTimeout = cmp.Or(max(cfg.DrainTimeout, 0), 30*time.Second)
+	cfg.Connect.First = cmp.Or(max(cfg.Connect.First, 0), 250*time.Millisecond)
+	cfg.Connect.Max = cmp.Or(max(cfg.Connect.Max, 0), 30*time.Second)
+	cfg.Destination = cmp.Or(cfg.Destination, cfg.Stage)
 	cfg.Log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler))
-	r := &Runner[T]{out: out, pauseCh: make(chan time.Duration, 1)}
+	r := &Runner[T]{out: out, pauseCh: make(chan time.Duration, 1), connected: make(chan struct{})}
+	r.setNotConnected(errors.New("connecting"))
 	r.holder, _ = out.(Holder)
 	r.core = core{cfg: cfg, nc: nc, js: js, log: cfg.Log, dead: bus.DeadLetters{JS: js, Stage: cfg.Stage},
 		what: cfg.Stage + " sink", held: map[uint64]*message{}}
 	return r, nil
 }
 
-// Healthy is nil unless the last write failed.
+// Healthy is nil unless the output is not connected or the last write failed.
 func (r *Runner[T]) Healthy() error {
+	if err := r.Connected(); err != nil {
+		return err
+	}
 	if p := r.lastErr.Load(); p != nil {
 		return fmt.Errorf("%s: last write failed: %w", r.what, *p)
 	}
 	return nil
+}
+
+// Connected is nil once Output.Connect succeeded, else why it has not.
+func (r *Runner[T]) Connected() error {
+	if p := r.notConnected.Load(); p != nil {
+		return fmt.Errorf("%s: not connected: %w", r.what, *p)
+	}
+	return nil
+}
+
+// Ready is closed once Output.Connect succeeded (what runs beside the sink
+// on its destination starts then).
+func (r *Runner[T]) Ready() <-chan struct{} { return r.connected }
+
+func (r *Runner[T]) setNotConnected(err error) { r.notConnected.Store(&err) }
+
+// connect calls Output.Connect until it succeeds (true) or ctx ends.
+func (r *Runner[T]) connect(ctx context.Context) bool {
+	err := retry.Until(ctx, r.cfg.Connect, r.out.Connect, retry.Reporting(r.cfg.Destination, r.setNotConnected, r.log))
+	if err != nil {
+		return false
+	}
+	r.notConnected.Store(nil)
+	select {
+	case <-r.connected:
+	default:
+		close(r.connected)
+	}
+	return true
+}
+
+// close calls Output.Close once, as Run returns.
+func (r *Runner[T]) close(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CloseTimeout)
+	defer cancel()
+	if err := r.out.Close(cctx); err != nil {
+		r.log.Warn(r.what+": closing its output", "err", err)
+	}
 }
 
 // Consumer creates or updates the durable consumer.
@@ -340,8 +417,14 @@ const (
 	paused             // a write asked for a pause
 )
 
-// Run consumes until ctx ends, then drains (package comment) and returns.
+// Run connects the output, consumes until ctx ends, then drains (package
+// comment), closes the output and returns. It returns nil when ctx ends
+// before the output connected, and may be called once.
 func (r *Runner[T]) Run(ctx context.Context) error {
+	defer r.close(ctx)
+	if !r.connect(ctx) || ctx.Err() != nil {
+		return nil // stopped before anything was taken
+	}
 	cons, err := r.Consumer(ctx)
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/retry"
 )
 
 // These tests run the runner against the NATS JetStream server of the local
@@ -116,6 +118,32 @@ type fakeOut struct {
 	reject  string        // a value rejected by WriteBatch
 	writes  int
 	started chan struct{}
+
+	connect  func(n int) error // n: the attempt's number, from 0; nil: connected at once
+	connects int
+	closes   int
+	onClose  func() // called in Close
+}
+
+func (o *fakeOut) Connect(context.Context) error {
+	o.mu.Lock()
+	n := o.connects
+	o.connects++
+	o.mu.Unlock()
+	if o.connect != nil {
+		return o.connect(n)
+	}
+	return nil
+}
+
+func (o *fakeOut) Close(context.Context) error {
+	o.mu.Lock()
+	o.closes++
+	o.mu.Unlock()
+	if o.onClose != nil {
+		o.onClose()
+	}
+	return nil
 }
 
 func (o *fakeOut) Decode(_ jetstream.Msg, _ *jetstream.MsgMetadata, data []byte) (string, error) {
@@ -530,4 +558,175 @@ func TestRunnerPause(t *testing.T) {
 		t.Fatalf("written %v", all)
 	}
 	waitFor(t, 5*time.Second, "acks", func() bool { return e.consumer(t).AckFloor.Stream == 40 })
+}
+
+// TestRunnerConnectsBeforePulling: while Connect fails the runner retries
+// it, pulls nothing and reports unhealthy (saying why); once it succeeds
+// every message is written exactly once and acked, and Connect is not
+// called again.
+func TestRunnerConnectsBeforePulling(t *testing.T) {
+	e := newRTEnv(t)
+	want := bodies("k", 30, 10)
+	e.publish(t, want...)
+	var up atomic.Bool
+	out := &fakeOut{connect: func(int) error {
+		if !up.Load() {
+			return errors.New("destination still starting")
+		}
+		return nil
+	}}
+	cfg := e.config(BatchPolicy{Count: 10, Period: 50 * time.Millisecond})
+	cfg.Connect = retry.Backoff{First: 20 * time.Millisecond, Max: 20 * time.Millisecond}
+	r := newRunner(t, e, out, cfg)
+	if r.Healthy() == nil {
+		t.Fatal("healthy before Run connected")
+	}
+	start(t, r)
+	connects := func() int { out.mu.Lock(); defer out.mu.Unlock(); return out.connects }
+	waitFor(t, 10*time.Second, "four failed connects", func() bool { return connects() >= 4 })
+	if err := r.Healthy(); err == nil || !strings.Contains(err.Error(), "destination still starting") {
+		t.Fatalf("health while not connected: %v, want the connect error", err)
+	}
+	select {
+	case <-r.Ready():
+		t.Fatal("ready while Connect fails")
+	default:
+	}
+	time.Sleep(300 * time.Millisecond)
+	if ci := e.consumer(t); ci.Delivered.Consumer != 0 || ci.NumAckPending != 0 || ci.AckFloor.Stream != 0 || ci.NumPending != 30 {
+		t.Fatalf("pulled before connected: %d delivered, %d ack pending, ack floor %d, %d pending",
+			ci.Delivered.Consumer, ci.NumAckPending, ci.AckFloor.Stream, ci.NumPending)
+	}
+	if _, all := out.written(); len(all) != 0 {
+		t.Fatalf("written before connected: %v", all)
+	}
+	failed := connects()
+	up.Store(true)
+	select {
+	case <-r.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("not ready after Connect succeeded")
+	}
+	waitFor(t, 10*time.Second, "all written", func() bool { _, all := out.written(); return len(all) >= len(want) })
+	waitFor(t, 5*time.Second, "all acked", func() bool {
+		ci := e.consumer(t)
+		return ci.AckFloor.Stream == 30 && ci.NumAckPending == 0
+	})
+	time.Sleep(200 * time.Millisecond)
+	_, all := out.written()
+	slices.Sort(all)
+	if !slices.Equal(all, want) {
+		t.Fatalf("written %d values %v, want each of %d once", len(all), all, len(want))
+	}
+	if err := r.Healthy(); err != nil {
+		t.Fatalf("unhealthy once connected and written: %v", err)
+	}
+	if n := connects(); n != failed && n != failed+1 {
+		t.Fatalf("%d Connect calls after %d failed ones: called again after it succeeded", n, failed)
+	}
+	if ci := e.consumer(t); ci.NumRedelivered != 0 {
+		t.Fatalf("%d redelivered", ci.NumRedelivered)
+	}
+}
+
+// TestRunnerStopsWhileConnecting: ctx ending while Connect fails ends Run
+// (nil) without pulling, and the output is closed once.
+func TestRunnerStopsWhileConnecting(t *testing.T) {
+	e := newRTEnv(t)
+	e.publish(t, "s1", "s2")
+	out := &fakeOut{connect: func(int) error { return errors.New("down") }}
+	cfg := e.config(BatchPolicy{Count: 10, Period: 50 * time.Millisecond})
+	cfg.Connect = retry.Backoff{First: 20 * time.Millisecond, Max: 20 * time.Millisecond}
+	r := newRunner(t, e, out, cfg)
+	stop := start(t, r)
+	waitFor(t, 10*time.Second, "a failed connect", func() bool { out.mu.Lock(); defer out.mu.Unlock(); return out.connects >= 2 })
+	stop()
+	out.mu.Lock()
+	closes := out.closes
+	out.mu.Unlock()
+	if closes != 1 {
+		t.Fatalf("closed %d times, want once", closes)
+	}
+	if ci := e.consumer(t); ci.Delivered.Consumer != 0 || ci.NumPending != 2 {
+		t.Fatalf("pulled without a connection: %d delivered, %d pending", ci.Delivered.Consumer, ci.NumPending)
+	}
+}
+
+// lateOut holds every value and, at Flush(final), releases them as stored
+// from its own goroutine a while later (as an upload finishing would).
+type lateOut struct {
+	holdOut
+	after time.Duration
+}
+
+func (o *lateOut) WriteBatch(ctx context.Context, b *Batch[string]) error {
+	o.mu.Lock()
+	for i := range b.Items {
+		o.batches = append(o.batches, []string{b.Items[i].Value})
+	}
+	o.mu.Unlock()
+	return o.holdOut.WriteBatch(ctx, b)
+}
+
+func (o *lateOut) Flush(_ context.Context, final bool) {
+	if !final {
+		return
+	}
+	o.mu2.Lock()
+	hs := o.holds
+	o.holds = nil
+	o.mu2.Unlock()
+	time.AfterFunc(o.after, func() { Release(hs, true) })
+}
+
+// TestRunnerClosesOnceAfterDrain: Close comes once, after the drain
+// settled every message, including those the output released late, and
+// after the last write; every message is acked.
+func TestRunnerClosesOnceAfterDrain(t *testing.T) {
+	e := newRTEnv(t)
+	want := bodies("z", 25, 10)
+	e.publish(t, want...)
+	out := &lateOut{after: 500 * time.Millisecond}
+	r, err := New[string](e.nc, out, e.config(BatchPolicy{Count: 10, Period: time.Hour}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Consumer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu                   sync.Mutex
+		heldAtClose, written int
+	)
+	out.onClose = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		heldAtClose = r.holding()
+		_, all := out.written()
+		written = len(all)
+	}
+	stop := start(t, r)
+	waitFor(t, 10*time.Second, "two batches held", func() bool { return r.Holds(20) })
+	out.mu.Lock()
+	closes := out.closes
+	out.mu.Unlock()
+	if closes != 0 {
+		t.Fatalf("closed while running")
+	}
+	stop()
+	out.mu.Lock()
+	closes = out.closes
+	out.mu.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
+	if closes != 1 {
+		t.Fatalf("closed %d times, want once", closes)
+	}
+	if heldAtClose != 0 || written != len(want) {
+		t.Fatalf("at Close %d messages were not settled and %d of %d written", heldAtClose, written, len(want))
+	}
+	waitFor(t, 5*time.Second, "all acked", func() bool {
+		ci := e.consumer(t)
+		return ci.AckFloor.Stream == 25 && ci.NumAckPending == 0
+	})
 }

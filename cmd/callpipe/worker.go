@@ -139,7 +139,7 @@ func runClickHouseStage(ctx context.Context, env *workerEnv, ready *ops.Stage, l
 	}
 	st.Sink.DropAcks = chsink.KillAfterInsertFromEnv(log)
 	ready.Waiting(errors.New("clickhouse: connecting"))
-	st.Waiting, st.Running = ready.Waiting, ready.Running
+	st.Running = ready.Running
 	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}
@@ -154,13 +154,7 @@ func runArchiveStage(ctx context.Context, env *workerEnv, ready *ops.Stage, log 
 		return err
 	}
 	ready.Waiting(errors.New("archive: connecting to S3"))
-	a := env.cfg.Archive
-	st.Waiting = ready.Waiting
-	st.Running = func(healthy func() error) {
-		ready.Running(healthy)
-		log.Info("archive sink running", "bucket", st.Sink.Bucket, "prefix", a.Prefix, "consumer", a.Consumer,
-			"flush_bytes", a.FlushBytes.String(), "flush_interval", a.FlushInterval.String())
-	}
+	st.Running = ready.Running
 	if err := env.provisionStreams(ctx); err != nil {
 		return err
 	}

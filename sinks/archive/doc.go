@@ -1,7 +1,14 @@
 // Package archive is the sink that keeps every raw call event received on
 // CALLPIPE_CALLS in S3/MinIO, as large zstd-compressed NDJSON objects grouped
-// by the UTC hour of the call's start time. The object format, the key scuncompressed NDJSON) as user metadata; the manifest
-// repeats them and lists the stream sequences of the lines, in line order.
+// by the UTC hour of the call's start time. The object format, the key
+// scheme and the readers are store/rawarchive's; this package owns delivery
+// into it.
+//
+// The Sink is the sinks.Output of a sinks.Runner: its Connect makes sure
+// the bucket exists (rawarchive.EnsureBucket; the runner retries it until
+// S3 answers, unhealthy meanwhile, before it pulls anything) and its Close,
+// called once after the drain settled every message, waits for the uploads
+// still running. Stage (stage.go) is the wiring of the worker stage.
 //
 // # Exactly once
 //

@@ -34,6 +34,7 @@ type SinkConfig struct {
 	// wait between failed uploads.
 	sinks.Config
 	Bucket      string
+	Region      string // of the bucket when Connect creates it
 	Prefix      string // default rawarchive.DefaultPrefix
 	Compression string // fastest (default), default or better
 	// An object is closed when its uncompressed NDJSON reaches FlushBytes
@@ -70,6 +71,12 @@ func (c *SinkConfig) defaults() error {
 		c.BackoffMax = max(30*time.Second, c.BackoffMin)
 	}
 	c.Log = cmp.Or(c.Log, slog.New(slog.DiscardHandler))
+	// the bucket is waited for (S3 may start after the worker), each
+	// attempt bounded
+	c.Destination = "s3"
+	if c.Connect == (retry.Backoff{}) {
+		c.Connect = retry.Backoff{First: c.BackoffMin, Max: c.BackoffMax, Attempt: 30 * time.Second}
+	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)
 	}
@@ -77,9 +84,11 @@ func (c *SinkConfig) defaults() error {
 }
 
 // Sink archives CALLPIPE_CALLS to S3 (the package comment has the
-// exactly-once protocol), a sinks.Holder on a sinks.Runner: it holds each
-// call in the buffer of its hour, closes a buffer by size (WriteBatch) or
-// age (Flush), writes its manifest, uploads it and releases its holds.
+// exactly-once protocol), a sinks.Output and sinks.Holder on a
+// sinks.Runner: it waits for its bucket (Connect), holds each call in the
+// buffer of its hour, closes a buffer by size (WriteBatch) or age (Flush),
+// writes its manifest, uploads it and releases its holds; Close waits for
+// the uploads.
 type Sink struct {
 	cfg   SinkConfig
 	js    jetstream.JetStream
@@ -160,9 +169,31 @@ type buffer struct {
 	holds []sinks.Hold
 }
 
-// Run consumes until ctx ends, then closes every open object, uploads it,
-// acks its messages and returns (sinks.Runner).
+// Run waits for the bucket, consumes until ctx ends, then closes every open
+// object, uploads it, acks its messages and returns (sinks.Runner).
 func (s *Sink) Run(ctx context.Context) error { return s.run.Run(ctx) }
+
+// Ready is closed once the bucket is there.
+func (s *Sink) Ready() <-chan struct{} { return s.run.Ready() }
+
+// Connect makes sure the bucket exists (rawarchive.EnsureBucket), creating
+// it in Region.
+func (s *Sink) Connect(ctx context.Context) error {
+	return rawarchive.EnsureBucket(ctx, s.s3, s.cfg.Bucket, s.cfg.Region)
+}
+
+// Close waits until no upload or rebuild runs (at the drain they end with
+// their holds released; one given up at DrainTimeout ends with its ctx).
+func (s *Sink) Close(ctx context.Context) error {
+	for range cap(s.slots) {
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			return fmt.Errorf("archive sink: uploads still running: %w", ctx.Err())
+		}
+	}
+	return nil
+}
 
 // Decode places a message: its sequence, hour and line. A message that
 // cannot be one NDJSON line is poison.

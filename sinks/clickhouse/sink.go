@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,6 +17,7 @@ import (
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks"
+	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // SinkConfig configures the JetStream side of the sink.
@@ -28,6 +30,11 @@ type SinkConfig struct {
 	sinks.Config
 	Registerer prometheus.Registerer // nil: metrics are not registered
 
+	// Migrate applies the migrations (callsdb.Migrate, with Retention) in
+	// Connect, before the first insert; unset, the caller migrated.
+	Migrate   bool
+	Retention callsdb.Retention
+
 	// DropAcks is fault injection for tests: called after a successful
 	// insert, true makes the sink forget the batch without acking it, as a
 	// crash between insert and ack would (JetStream redelivers it after
@@ -35,24 +42,31 @@ type SinkConfig struct {
 	DropAcks func(calls int) bool
 }
 
-// Sink is the ClickHouse stage's sinks.Runner (sinks/doc.go): it inserts each
-// batch of CALLPIPE_NORMALIZED calls with one Output.WriteBatch, then acks.
+// Sink is the ClickHouse stage's sinks.Output on a sinks.Runner
+// (sinks/doc.go): it connects out (and migrates), inserts each batch of
+// CALLPIPE_NORMALIZED calls with one Output.WriteBatch, then acks.
 type Sink struct {
 	run *sinks.Runner[schema.Call]
 	out *Output
 	cfg SinkConfig
 	m   *sinkMetrics
+	// owned: Connect connected out, so Close closes it; an output handed
+	// over connected is its owner's to close.
+	owned bool
 }
 
-// NewSink returns a sink reading with nc and writing with out (connected).
+// NewSink returns a sink reading with nc and writing with out: connected
+// (its owner closes it) or not (the sink connects it before it reads and
+// closes it when Run returns).
 func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	m, err := newSinkMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
+	cfg.Log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler))
 	s := &Sink{out: out, cfg: cfg, m: m}
 	rc := cfg.Config
-	rc.Stage, rc.Description = bus.StageClickHouse, "callpipe ClickHouse sink"
+	rc.Stage, rc.Description, rc.Destination = bus.StageClickHouse, "callpipe ClickHouse sink", "clickhouse"
 	b := &rc.Batch
 	b.Count, b.MaxInFlight = cmp.Or(max(b.Count, 0), 50000), cmp.Or(max(b.MaxInFlight, 0), out.cfg.MaxInFlight)
 	rc.AckWait = cmp.Or(max(rc.AckWait, 0), 2*time.Minute)
@@ -64,12 +78,41 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	return s, err
 }
 
-// Healthy is nil unless the last insert failed.
+// Healthy is nil unless ClickHouse is not connected (and migrated) yet or
+// the last insert failed.
 func (s *Sink) Healthy() error { return s.run.Healthy() }
 
-// Run consumes until ctx ends, then flushes the batch being filled, acks it
-// and returns after every insert finished.
+// Ready is closed once Connect succeeded: Output.Conn may be used then.
+func (s *Sink) Ready() <-chan struct{} { return s.run.Ready() }
+
+// Run connects, consumes until ctx ends, then flushes the batch being
+// filled, acks it, and returns after every insert finished and the output
+// is closed.
 func (s *Sink) Run(ctx context.Context) error { return s.run.Run(ctx) }
+
+// Connect connects the output unless it came connected, then applies the
+// migrations when SinkConfig.Migrate; the runner retries it until it
+// succeeds. The pool opened by a failed attempt is kept for the next.
+func (s *Sink) Connect(ctx context.Context) error {
+	if s.out.Conn() == nil {
+		if err := s.out.Connect(ctx); err != nil {
+			return err
+		}
+		s.owned = true
+	}
+	if s.cfg.Migrate {
+		return callsdb.Migrate(ctx, s.out.cfg.Config, s.cfg.Retention, s.cfg.Log, false)
+	}
+	return nil
+}
+
+// Close closes the output if Connect connected it.
+func (s *Sink) Close(context.Context) error {
+	if !s.owned {
+		return nil
+	}
+	return s.out.Close()
+}
 
 // Decode is decodeCall: an error makes the call poison.
 func (s *Sink) Decode(_ jetstream.Msg, _ *jetstream.MsgMetadata, data []byte) (schema.Call, error) {

@@ -16,20 +16,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/callpipe/callpipe/bus"
-	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/store/callsdb"
 )
 
 // Stage is the clickhouse worker stage: it writes CALLPIPE_NORMALIZED into
 // ClickHouse through a Sink until ctx ends, then flushes and acks the batch
-// it holds. Around the sink it runs what one clickhouse worker owes the
-// database: the migrations at start (it waits for ClickHouse, reporting
-// Waiting, and retries for ever), retention by partition drops on servers
-// without TTL, and the rollup sealer under a lease so that one worker seals
-// at a time. The caller provisions the streams first.
+// it holds. The sink's Connect connects and migrates (its runner retries it
+// for ever, reporting unhealthy meanwhile); once it has, the stage runs
+// what one clickhouse worker owes the database beside it: retention by
+// partition drops on servers without TTL, and the rollup sealer under a
+// lease so that one worker seals at a time. The caller provisions the
+// streams first.
 type Stage struct {
 	Output            OutputConfig
-	Sink              SinkConfig // Log and Registerer are the stage's
+	Sink              SinkConfig // Log, Registerer, Migrate and Retention are the stage's
 	Retention         callsdb.Retention
 	RetentionInterval time.Duration
 	Rollup            callsdb.RollupConfig
@@ -38,9 +38,8 @@ type Stage struct {
 
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
-	// Waiting is told why the stage is not running yet; Running is given the
-	// sink's health once it runs. Either may be nil.
-	Waiting func(err error)
+	// Running is given the sink's health (unhealthy until ClickHouse is
+	// connected and migrated) when the stage starts; nil: nobody.
 	Running func(healthy func() error)
 }
 
@@ -52,20 +51,8 @@ func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 	}
 	log := st.Log
 	out := NewOutput(st.Output)
-	if err := retry.Until(ctx, retry.Backoff{First: 250 * time.Millisecond, Max: 30 * time.Second},
-		func(ctx context.Context) error {
-			if err := out.Connect(ctx); err != nil {
-				return err
-			}
-			return callsdb.Migrate(ctx, st.Output.Config, st.Retention, log, false)
-		},
-		retry.Reporting("clickhouse", st.Waiting, log)); err != nil {
-		return nil
-	}
-	defer out.Close()
-
 	sc := st.Sink
-	sc.Log, sc.Registerer = log, st.Registerer
+	sc.Log, sc.Registerer, sc.Migrate, sc.Retention = log, st.Registerer, true, st.Retention
 	s, err := NewSink(nc, out, sc)
 	if err != nil {
 		return err
@@ -73,10 +60,17 @@ func (st *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 	if st.Running != nil {
 		st.Running(s.Healthy)
 	}
-	go st.runRetention(ctx, out)
-	go st.runSealer(ctx, nc, out)
-	log.Info("clickhouse sink running", "database", st.Output.Database, "batch_size", sc.Batch.Count, "batch_bytes", int64(sc.Batch.Bytes),
-		"flush_interval", sc.Batch.Period.String(), "max_in_flight", st.Output.MaxInFlight)
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.Ready():
+		}
+		log.Info("clickhouse sink running", "database", st.Output.Database, "batch_size", sc.Batch.Count, "batch_bytes", int64(sc.Batch.Bytes),
+			"flush_interval", sc.Batch.Period.String(), "max_in_flight", st.Output.MaxInFlight)
+		go st.runRetention(ctx, out)
+		st.runSealer(ctx, nc, out)
+	}()
 	return s.Run(ctx)
 }
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks"
 )
@@ -32,8 +34,9 @@ type SinkConfig struct {
 	Registerer prometheus.Registerer
 }
 
-// Sink is the Langfuse stage's sinks.Runner: it consumes CALLPIPE_NORMALIZED
-// and writes every call through an Output: accepted calls are acknowledged,
+// Sink is the Langfuse stage's sinks.Output on a sinks.Runner: it connects
+// its Output (picks the transport), consumes CALLPIPE_NORMALIZED and writes
+// every call through the Output: accepted calls are acknowledged,
 // rejected ones are dead-lettered (bus.DeadLetters), pending ones are
 // negatively acknowledged with RetryDelay. Nothing is acknowledged before
 // Langfuse accepted it or the DLQ stored it. While Langfuse refuses the keys
@@ -52,7 +55,8 @@ type Sink struct {
 	refusals int // batches refused in a row
 }
 
-// NewSink creates (or updates) the durable consumer.
+// NewSink creates (or updates) the durable consumer. out may be connected
+// already; else Run connects it first.
 func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	b := &cfg.Batch
 	b.Count, b.Bytes, b.MaxInFlight = cmp.Or(max(b.Count, 0), 500), cmp.Or(max(b.Bytes, 0), 16<<20), cmp.Or(max(b.MaxInFlight, 0), 2)
@@ -89,6 +93,12 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 	}
 	rc := cfg.Config
 	rc.Stage, rc.Stream, rc.Description = stage.Name, "", "callpipe langfuse sink"
+	// a Langfuse that is still starting must not fail the worker: Connect
+	// (with transport auto, the health probe) is retried every 5s
+	rc.Destination = "langfuse"
+	if rc.Connect == (retry.Backoff{}) {
+		rc.Connect = retry.Backoff{First: 5 * time.Second, Max: 5 * time.Second}
+	}
 	// the read-ahead is bounded in bytes, so that batched messages
 	// (bus/batch.go) cannot make it hold many batches of calls; the
 	// hand-off is of one: every message taken is in a batch (kept alive)
@@ -111,14 +121,39 @@ func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*
 	return s, nil
 }
 
-// Health is the output's health (credentials refused → error); a batch not
-// taken yet (5xx, timeouts) comes back and does not make the worker unready.
-func (s *Sink) Health() error { return s.out.Health() }
+// Health is an error until the output is connected, then the output's
+// health (credentials refused → error); a batch not taken yet (5xx,
+// timeouts) comes back and does not make the worker unready.
+func (s *Sink) Health() error {
+	if err := s.run.Connected(); err != nil {
+		return err
+	}
+	return s.out.Health()
+}
 
-// Run consumes until ctx ends, then finishes the batches in flight
-// (acknowledging what Langfuse accepted) within DrainTimeout, hands back
-// (nak) what it had received but not started, and returns (sinks.Runner).
+// Ready is closed once the output is connected.
+func (s *Sink) Ready() <-chan struct{} { return s.run.Ready() }
+
+// Run connects the output, consumes until ctx ends, then finishes the
+// batches in flight (acknowledging what Langfuse accepted) within
+// DrainTimeout, hands back (nak) what it had received but not started,
+// closes the output and returns (sinks.Runner).
 func (s *Sink) Run(ctx context.Context) error { return s.run.Run(ctx) }
+
+// Connect connects the output (Output.Connect: the transport, read from
+// Langfuse's health endpoint with transport auto) unless it came connected.
+func (s *Sink) Connect(ctx context.Context) error {
+	if s.out.Transport() != "" {
+		return nil
+	}
+	if err := s.out.Connect(ctx); err != nil {
+		return fmt.Errorf("%s: %w", s.out.cfg.Host, err)
+	}
+	return nil
+}
+
+// Close releases the output's idle connections.
+func (s *Sink) Close(context.Context) error { return s.out.Close() }
 
 // Decode decodes a normalized call; an error makes it poison.
 func (s *Sink) Decode(_ jetstream.Msg, _ *jetstream.MsgMetadata, data []byte) (schema.Call, error) {

@@ -71,29 +71,16 @@ func (f *fields) strings(k string, v []string) {
 	f.b = append(f.b, ']')
 }
 
-func (f *fields) ints(k string, m map[string]int64) {
-	if len(m) == 0 {
-		return
-	}
-	f.key(k)
-	keys := make([]string, 0, len(m))
-	for mk := range m {
-		keys = append(keys, mk)
-	}
-	sort.Strings(keys) // as json.Marshal does
-	f.b = append(f.b, '{')
-	for i, mk := range keys {
-		if i > 0 {
-			f.b = append(f.b, ',')
-		}
-		f.b = appendString(f.b, mk)
-		f.b = append(f.b, ':')
-		f.b = strconv.AppendInt(f.b, m[mk], 10)
-	}
-	f.b = append(f.b, '}')
-}
+func (f *fields) ints(k string, m map[string]int64) { appendMap(f, k, m, appendInt) }
 
-func (f *fields) floats(k string, m map[string]float64) {
+func (f *fields) floats(k string, m map[string]float64) { appendMap(f, k, m, appendFloat) }
+
+func appendInt(b []byte, v int64) []byte { return strconv.AppendInt(b, v, 10) }
+
+// appendMap appends m under k as a JSON object, its keys sorted as
+// json.Marshal sorts them and each value written by appendValue; nothing
+// when m is empty.
+func appendMap[V any](f *fields, k string, m map[string]V, appendValue func([]byte, V) []byte) {
 	if len(m) == 0 {
 		return
 	}
@@ -110,7 +97,7 @@ func (f *fields) floats(k string, m map[string]float64) {
 		}
 		f.b = appendString(f.b, mk)
 		f.b = append(f.b, ':')
-		f.b = appendFloat(f.b, m[mk])
+		f.b = appendValue(f.b, m[mk])
 	}
 	f.b = append(f.b, '}')
 }

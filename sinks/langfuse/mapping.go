@@ -1,12 +1,3 @@
-// Package langfuse is callpipe's Langfuse sink: every normalized call
-// (schema.Call) becomes one trace and one generation in Langfuse, sent over
-// the batch ingestion API (Langfuse v3), idempotently (stable ids and
-// timestamps, so a resend merges instead of duplicating) and losslessly (a
-// JetStream message, one call or a batch of them (bus/batch.go), is
-// acknowledged only after Langfuse accepted the events of each of its calls
-// or the call went to the dead-letter stream alone with Langfuse's reason;
-// a call left pending naks the message, and its accepted calls are resent,
-// which merges).
 package langfuse
 
 import (

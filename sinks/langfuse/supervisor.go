@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/store/settings"
 )
 
@@ -233,30 +232,29 @@ func (s *Supervisor) runSink(ctx context.Context, e settings.Effective) error {
 	oc := s.cfg.Output
 	oc.Host, oc.PublicKey, oc.SecretKey = e.Host, e.PublicKey, e.SecretKey
 	out := NewOutput(oc)
-	defer out.Close()
-	// /readyz reports the stage unready until Langfuse is reached, and
-	// unhealthy while it refuses the keys.
+	// /readyz reports the stage unready until the sink's runner has
+	// connected the output (Sink.Health), and unhealthy while Langfuse
+	// refuses the keys.
 	s.set(nil, fmt.Errorf("langfuse: not connected yet to %s", e.Host))
-	// Connect (and with transport auto, the health probe) is retried: a
-	// Langfuse that is still starting must not fail the worker.
-	if err := retry.Until(ctx, retry.Backoff{First: 5 * time.Second, Max: 5 * time.Second}, out.Connect, func(err error, _ time.Duration) {
-		s.set(nil, fmt.Errorf("langfuse: not connected to %s: %w", e.Host, err))
-		log.Warn("langfuse: not reachable yet, retrying", "host", e.Host, "err", err)
-	}); err != nil {
-		return nil
-	}
 	s.reg.release() // the previous sink's metrics give way to this one's
 	sc := s.cfg.Sink
 	sc.Log, sc.Registerer = log, s.reg
 	sink, err := NewSink(ctx, s.nc, out, sc)
 	if err != nil {
+		_ = out.Close()
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
 	s.set(sink, nil)
-	log.Info("langfuse stage running", "host", e.Host, "source", e.Source, "transport", out.Transport(), "consumer", sc.Consumer)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-sink.Ready():
+			log.Info("langfuse stage running", "host", e.Host, "source", e.Source, "transport", out.Transport(), "consumer", sc.Consumer)
+		}
+	}()
 	err = sink.Run(ctx)
 	s.set(nil, fmt.Errorf("langfuse: switching from %s", e.Host))
 	log.Info("langfuse sink stopped", "host", e.Host)
