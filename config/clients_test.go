@@ -1,7 +1,13 @@
 package config
 
 import (
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
 )
@@ -33,5 +39,35 @@ func TestPipelineConsumersAreConfigured(t *testing.T) {
 		if c.Name != want[c.Stage].Name {
 			t.Errorf("doctor expects %s under %q, want %q", c.Stage, c.Name, want[c.Stage].Name)
 		}
+	}
+}
+
+// Every stage of the bus's topology is one a worker can run, and a stage
+// that cannot be built says which setting or name is wrong before anything
+// runs.
+func TestWorkerStagesBuild(t *testing.T) {
+	names := WorkerStageNames()
+	if len(names) != len(bus.Stages) {
+		t.Fatalf("worker stages %v, bus stages %d", names, len(bus.Stages))
+	}
+	for _, st := range bus.Stages {
+		if !slices.Contains(names, st.Name) {
+			t.Errorf("bus stage %s is not a worker stage", st.Name)
+		}
+	}
+	cfg := Default()
+	cfg.ClickHouse.Addr, cfg.S3.Endpoint, cfg.S3.Bucket = "127.0.0.1:9000", "127.0.0.1:9100", "calls"
+	for _, name := range names {
+		run, err := cfg.WorkerStage(name, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+		if err != nil || run == nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := cfg.WorkerStage("bogus", nil, nil, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `unknown stage "bogus"`) {
+		t.Errorf("unknown stage: %v", err)
+	}
+	cfg.S3.Endpoint = ""
+	if _, err := cfg.WorkerStage(bus.StageArchive, nil, nil, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "s3.endpoint") {
+		t.Errorf("archive without s3.endpoint: %v", err)
 	}
 }

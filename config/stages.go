@@ -1,11 +1,15 @@
 package config
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -120,4 +124,84 @@ func (c *Config) LangfuseStage(nc *nats.Conn, reg prometheus.Registerer, log *sl
 		Configured: settings.Langfuse{Host: l.Host, PublicKey: l.PublicKey, SecretKey: l.SecretKey},
 		Sealer:     c.Sealer(), Replicas: c.NATS.Stream.Replicas, Log: log, Registerer: reg,
 	}), nil
+}
+
+// WorkerStageNames are the stages a worker process can run
+// (`callpipe worker --stages`), sorted.
+func WorkerStageNames() []string {
+	return []string{bus.StageArchive, bus.StageClickHouse, bus.StageLangfuse, bus.StageNormalize}
+}
+
+// StageRun runs one worker stage until ctx ends, then lets it finish or
+// hand back (nak) what it holds. running, when set, is given the stage's
+// health (for /readyz) once it starts.
+type StageRun func(ctx context.Context, running func(healthy func() error)) error
+
+// WorkerStage is the named stage (WorkerStageNames) built from its
+// sections on nc; its run provisions the pipeline's streams first (safe
+// from every replica) and releases what the stage opened when it returns.
+// An error, or a run's error naming a setting, wraps ErrInvalid.
+func (c *Config) WorkerStage(name string, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (StageRun, error) {
+	provisioned := func(ctx context.Context, run func() error) error {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = bus.EnsureStreams(pctx, js, c.StreamOptions())
+		cancel()
+		if err != nil {
+			return err
+		}
+		return run()
+	}
+	switch name {
+	case bus.StageNormalize:
+		st, closeRedis, err := c.NormalizeStage(reg, log)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, running func(func() error)) error {
+			defer closeRedis()
+			st.Running = running
+			return provisioned(ctx, func() error { return st.Run(ctx, nc) })
+		}, nil
+	case bus.StageClickHouse:
+		st, err := c.ClickHouseStage(reg, log)
+		if err != nil {
+			return nil, err
+		}
+		st.Sink.DropAcks = chsink.KillAfterInsertFromEnv(log)
+		return func(ctx context.Context, running func(func() error)) error {
+			st.Running = running
+			return provisioned(ctx, func() error { return st.Run(ctx, nc) })
+		}, nil
+	case bus.StageArchive:
+		st, err := c.ArchiveStage(reg, log)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, running func(func() error)) error {
+			st.Running = running
+			err := provisioned(ctx, func() error { return st.Run(ctx, nc) })
+			if errors.Is(err, archive.ErrSinkConfig) {
+				return fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
+			return err
+		}, nil
+	case bus.StageLangfuse:
+		sup, err := c.LangfuseStage(nc, reg, log)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, running func(func() error)) error {
+			return provisioned(ctx, func() error {
+				if running != nil {
+					running(sup.Health)
+				}
+				return sup.Run(ctx)
+			})
+		}, nil
+	}
+	return nil, invalid("--stages", fmt.Errorf("unknown stage %q (allowed: %s)", name, strings.Join(WorkerStageNames(), ", ")))
 }

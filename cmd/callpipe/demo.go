@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -31,7 +32,7 @@ func newDemoCommand(a *app) *cobra.Command {
 			if o.Dir == "" {
 				o.Dir = filepath.Join(cfg.Paths.StateDir, "demo")
 			}
-			_, archiveStage := stages[bus.StageArchive]
+			archiveStage := slices.Contains(config.WorkerStageNames(), bus.StageArchive)
 			env, closeEnv, err := cfg.DemoEnv(a.configFile, archiveStage, o.Upstream, cmd.OutOrStdout())
 			if err != nil {
 				return err

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/config"
 	"github.com/callpipe/callpipe/tools/doctor"
 )
 
@@ -41,7 +42,7 @@ func newDoctorCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			checks, err := cfg.DoctorChecks(stageNames())
+			checks, err := cfg.DoctorChecks(config.WorkerStageNames())
 			if err != nil {
 				return err
 			}
