@@ -77,6 +77,7 @@ func TestBadConfigExitsTwoNamingTheKey(t *testing.T) {
 		{nil, []string{"migrate", "--nats.url", "http://127.0.0.1:1"}, "nats.url"},
 		{[]string{"CALLPIPE_PROXY_ASK_USAGE=perhaps"}, []string{"config", "print"}, "proxy.ask_usage"},
 		{nil, []string{"config", "print", "--config", "/nonexistent/callpipe.yaml"}, "config file"},
+		{nil, []string{"worker", "--stages", "normalize,bogus"}, `unknown stage "bogus"`},
 	}
 	for _, tc := range cases {
 		_, errOut, code := callpipe(t, tc.env, tc.args...)

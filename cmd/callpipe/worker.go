@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,9 +23,13 @@ func newWorkerCommand(a *app) *cobra.Command {
 		RunE: a.runE(map[string]string{"listen": "worker.listen"}, func(cmd *cobra.Command, cfg *config.Config, log *slog.Logger) error {
 			var names []string
 			for _, s := range strings.Split(stageList, ",") {
-				if s = strings.TrimSpace(s); s != "" {
-					names = append(names, s)
+				if s = strings.TrimSpace(s); s == "" {
+					continue
 				}
+				if !slices.Contains(config.WorkerStageNames(), s) {
+					return fmt.Errorf("%w: --stages: unknown stage %q (allowed: %s)", errConfig, s, strings.Join(config.WorkerStageNames(), ", "))
+				}
+				names = append(names, s)
 			}
 			if len(names) == 0 {
 				return fmt.Errorf("%w: --stages: at least one of %s", errConfig, strings.Join(config.WorkerStageNames(), ", "))
