@@ -67,9 +67,9 @@ func (c *Config) BenchSingleNodeEnv(configFile, envFile string, out io.Writer) (
 	return single.BenchEnv(configFile, childEnv, out)
 }
 
-// DemoEnv is what `callpipe demo` takes from the configuration; close
+// DemoEnv is what `callpipe demo` takes from the configuration; release
 // releases its Redis client.
-func (c *Config) DemoEnv(configFile string, archiveStage bool, upstream string, out io.Writer) (env demo.Env, close func() error, err error) {
+func (c *Config) DemoEnv(configFile string, archiveStage bool, upstream string, out io.Writer) (env demo.Env, release func() error, err error) {
 	s3, err := c.S3Client(0)
 	if err != nil {
 		return demo.Env{}, nil, err
@@ -93,17 +93,17 @@ func (c *Config) DemoEnv(configFile string, archiveStage bool, upstream string, 
 // prefix and in-flight limit, the event limits, the checkpoints in Redis
 // (none in a dry run) and the user resolver for o.User. Unless it is a dry
 // run it marks the range's hours dirty in ClickHouse (when configured), so
-// that the rollups follow the replay. close releases the Redis client.
-func (c *Config) ReplayJob(ctx context.Context, o *replay.Options, log *slog.Logger) (cp *replay.Checkpoints, close func() error, err error) {
+// that the rollups follow the replay. release closes the Redis client.
+func (c *Config) ReplayJob(ctx context.Context, o *replay.Options, log *slog.Logger) (cp *replay.Checkpoints, release func() error, err error) {
 	o.Bucket, o.Prefix, o.MaxInFlight = c.S3.Bucket, c.Archive.Prefix, c.Archive.ReplayMaxInFlight
 	o.Limits, o.Log = c.Limits(), log
-	close = func() error { return nil }
+	release = func() error { return nil }
 	if !o.DryRun || o.User != "" {
 		rdb, err := c.RedisClient(5 * time.Second)
 		if err != nil {
 			return nil, nil, invalid("redis.addr", fmt.Errorf("required for the replay checkpoint: %w", err))
 		}
-		close = rdb.Close
+		release = rdb.Close
 		if !o.DryRun {
 			cp = replay.NewCheckpoints(rdb, c.Archive.ReplayCheckpointPrefix, 0)
 		}
@@ -117,11 +117,11 @@ func (c *Config) ReplayJob(ctx context.Context, o *replay.Options, log *slog.Log
 			err = replay.MarkDirty(ctx, db, o.From, o.To, o.Sinks, log)
 		}
 		if err != nil {
-			close()
+			_ = release()
 			return nil, nil, err
 		}
 	}
-	return cp, close, nil
+	return cp, release, nil
 }
 
 // PricesInEffect is the price table the normalize stages price with now:

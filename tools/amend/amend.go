@@ -54,7 +54,7 @@ func (j Job) rangeText() string {
 // Reprice prices the job's calls again with table and republishes those
 // whose cost changed.
 func (j Job) Reprice(ctx context.Context, table transform.PriceTable) error {
-	res, err := Reprice(ctx, j.Conn, j.Database, table, j.From, j.To, j.JS, j.ID)
+	res, err := reprice(ctx, j.Conn, j.Database, table, j.From, j.To, j.JS, j.ID)
 	if err != nil {
 		return err
 	}
@@ -68,7 +68,7 @@ func (j Job) Reprice(ctx context.Context, table transform.PriceTable) error {
 // Reresolve resolves the users of the job's calls stored as unresolved and
 // republishes those users now resolves.
 func (j Job) Reresolve(ctx context.Context, users *transform.UserResolver) error {
-	n, resolved, err := Reresolve(ctx, j.Conn, j.Database, users, j.From, j.To)
+	n, resolved, err := reresolve(ctx, j.Conn, j.Database, users, j.From, j.To)
 	if err != nil {
 		return err
 	}
@@ -76,17 +76,17 @@ func (j Job) Reresolve(ctx context.Context, users *transform.UserResolver) error
 	if j.JS == nil || len(resolved) == 0 {
 		return nil
 	}
-	if err := Republish(ctx, j.JS, j.ID, resolved); err != nil {
+	if err := republish(ctx, j.JS, j.ID, resolved); err != nil {
 		return fmt.Errorf("users reresolve: %w", err)
 	}
 	fmt.Fprintf(j.Out, "published %d calls as replay %s; the clickhouse stage stores them and the rollups follow\n", len(resolved), j.ID)
 	return nil
 }
 
-// Republish publishes corrected calls as replay job on CALLPIPE_NORMALIZED,
+// republish publishes corrected calls as replay job on CALLPIPE_NORMALIZED,
 // for the clickhouse and langfuse stages (clickhouse only for a call whose
 // stored text was cut, so that Langfuse keeps the whole text).
-func Republish(ctx context.Context, js jetstream.JetStream, job string, calls []*callsdb.StoredCall) error {
+func republish(ctx context.Context, js jetstream.JetStream, job string, calls []*callsdb.StoredCall) error {
 	for _, c := range calls {
 		m := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + "." + c.Kind, Data: schema.AppendCall(nil, &c.Call), Header: nats.Header{}}
 		m.Header.Set(bus.HeaderReplay, job)
@@ -103,14 +103,14 @@ func Republish(ctx context.Context, js jetstream.JetStream, job string, calls []
 	return nil
 }
 
-// Repriced counts what Reprice did.
-type Repriced struct{ Seen, Changed int }
+// repriced counts what reprice did.
+type repriced struct{ Seen, Changed int }
 
-// Reprice prices the stored calls of [from, to) again with table and
+// reprice prices the stored calls of [from, to) again with table and
 // republishes those whose cost changed as job (js nil: counts only).
-func Reprice(ctx context.Context, conn driver.Conn, database string, table transform.PriceTable, from, to time.Time,
-	js jetstream.JetStream, job string) (Repriced, error) {
-	var r Repriced
+func reprice(ctx context.Context, conn driver.Conn, database string, table transform.PriceTable, from, to time.Time,
+	js jetstream.JetStream, job string) (repriced, error) {
+	var r repriced
 	err := callsdb.RangeCalls(ctx, conn, database, from, to, func(calls []callsdb.StoredCall) error {
 		var out []*callsdb.StoredCall
 		for i := range calls {
@@ -127,7 +127,7 @@ func Reprice(ctx context.Context, conn driver.Conn, database string, table trans
 		if js == nil {
 			return nil
 		}
-		return Republish(ctx, js, job, out)
+		return republish(ctx, js, job, out)
 	})
 	if err != nil {
 		return r, fmt.Errorf("prices reprice: %w", err)
@@ -143,10 +143,10 @@ func SameCost(a, b *float64) bool {
 	return math.Abs(*a-*b) <= 1e-12*math.Max(1, math.Abs(*b))
 }
 
-// Reresolve looks up again the API keys of the calls of [from, to) stored
+// reresolve looks up again the API keys of the calls of [from, to) stored
 // with user unresolved; it returns how many were unresolved and those users
 // now resolves.
-func Reresolve(ctx context.Context, conn driver.Conn, database string, users *transform.UserResolver, from, to time.Time) (
+func reresolve(ctx context.Context, conn driver.Conn, database string, users *transform.UserResolver, from, to time.Time) (
 	unresolved int, resolved []*callsdb.StoredCall, err error) {
 	calls, err := callsdb.UnresolvedCalls(ctx, conn, database, from, to)
 	if err != nil {
