@@ -149,6 +149,24 @@ func reap(t *testing.T, procs map[string]*proc) {
 }
 
 func TestFaultSuite(t *testing.T) {
+	// What failed is repeated at the very end of the output (this cleanup
+	// runs after every other one), where a truncated CI log still shows it.
+	var failMu sync.Mutex
+	var failures []string
+	t.Cleanup(func() {
+		failMu.Lock()
+		defer failMu.Unlock()
+		if len(failures) > 0 {
+			t.Logf("fault suite failed:\n%s", strings.Join(failures, "\n"))
+		}
+	})
+	errorf := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		failMu.Lock()
+		failures = append(failures, msg)
+		failMu.Unlock()
+		t.Error(msg)
+	}
 	calls := 200_000
 	if v := os.Getenv("CALLPIPE_FAULT_CALLS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -270,7 +288,7 @@ func TestFaultSuite(t *testing.T) {
 			p.kill()
 			kills.Add(1)
 			if err := p.start(bin); err != nil {
-				t.Error(err)
+				errorf("restart after SIGKILL: %v", err)
 				return
 			}
 		}
@@ -298,7 +316,8 @@ func TestFaultSuite(t *testing.T) {
 	t.Logf("fault: ClickHouse and MinIO back at %s", time.Since(start).Round(time.Second))
 
 	if err := <-sendErr; err != nil {
-		t.Fatal(err)
+		errorf("sender: %v", err)
+		t.FailNow()
 	}
 	t.Logf("all %d calls accepted at %s", calls, time.Since(start).Round(time.Second))
 	time.Sleep(5 * time.Second)
@@ -342,7 +361,7 @@ func TestFaultSuite(t *testing.T) {
 	})
 	for _, name := range order {
 		if err := procs[name].term(60 * time.Second); err != nil {
-			t.Errorf("SIGTERM: %v", err)
+			errorf("SIGTERM: %v", err)
 		}
 	}
 
@@ -355,7 +374,7 @@ func TestFaultSuite(t *testing.T) {
 	row := func(what string, want, got any) {
 		report = append(report, fmt.Sprintf("%-28s %12v %12v", what, want, got))
 		if fmt.Sprint(want) != fmt.Sprint(got) {
-			t.Errorf("%s: want %v, got %v", what, want, got)
+			errorf("%s: want %v, got %v", what, want, got)
 		}
 	}
 
@@ -389,7 +408,7 @@ func TestFaultSuite(t *testing.T) {
 		uOut += r.OutputTokens
 		want := calls / len(faultModels)
 		if int(r.Calls) != want {
-			t.Errorf("rollup model %s: %d calls, want %d", r.Model, r.Calls, want)
+			errorf("rollup model %s: %d calls, want %d", r.Model, r.Calls, want)
 		}
 	}
 	row("rollup calls", calls, uCalls)
@@ -426,7 +445,7 @@ func TestFaultSuite(t *testing.T) {
 			dups++
 		}
 		if !ids[id] {
-			t.Errorf("archive holds unknown id %s", id)
+			errorf("archive holds unknown id %s", id)
 		}
 	}
 	for id := range ids {
@@ -455,6 +474,11 @@ func TestFaultSuite(t *testing.T) {
 	report = append(report, fmt.Sprintf("(langfuse accepted %d events incl. resends; %d normalize workers SIGKILLed; run took %s)",
 		accepted, kills.Load(), time.Since(start).Round(time.Second)))
 	t.Logf("fault suite ground truth:\n%s", strings.Join(report, "\n"))
+	failMu.Lock()
+	if len(failures) > 0 {
+		failures = append(failures, strings.Join(report, "\n"))
+	}
+	failMu.Unlock()
 }
 
 // streamState is the state (message count, sequences) of stream name.
