@@ -135,7 +135,11 @@ type Runner[T any] struct {
 	out    Output[T]
 	holder Holder
 
-	fill    *Batch[T] // the batch being filled (main goroutine only)
+	fill *Batch[T] // the batch being filled (main goroutine only)
+	// fillCap is the length of the last batch dispatched: the next one's
+	// items are allocated at that size once, instead of grown (and copied)
+	// from empty to a batch of thousands of calls (main goroutine only).
+	fillCap int
 	pauseCh chan time.Duration
 
 	// notConnected is why the output is not connected (nil once it is);
@@ -574,7 +578,7 @@ func (r *Runner[T]) take(ctx context.Context, d decoded[T]) {
 	r.held[st.ref.Seq] = st
 	r.mu.Unlock()
 	if r.fill == nil {
-		r.fill = &Batch[T]{opened: time.Now()}
+		r.fill = &Batch[T]{opened: time.Now(), Items: make([]Item[T], 0, min(r.fillCap, r.cfg.Batch.Count))}
 	}
 	f := r.fill
 	if !d.batched {
@@ -602,6 +606,7 @@ func (r *Runner[T]) dispatch(ctx, wctx context.Context, slots chan struct{}, wg 
 	}
 	b := r.fill
 	r.fill = nil
+	r.fillCap = len(b.Items)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

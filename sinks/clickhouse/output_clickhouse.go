@@ -130,11 +130,25 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 	if err != nil {
 		return fmt.Errorf("clickhouse prepare insert: %w", err)
 	}
-	cols := callColumns(calls, o.cfg.MaxTextBytes, time.Now(), o.nextVersion())
-	for j, col := range cols {
-		if err := b.Column(j).Append(col); err != nil {
+	blockRows := insertBlockRows
+	if o.cfg.Topology.Clustered() {
+		blockRows = len(calls) // see insertBlockRows
+	}
+	now, version := time.Now(), o.nextVersion()
+	for lo := 0; lo < len(calls); lo += blockRows {
+		hi := min(lo+blockRows, len(calls))
+		for j, col := range callColumns(calls[lo:hi], o.cfg.MaxTextBytes, now, version) {
+			if err := b.Column(j).Append(col); err != nil {
+				_ = b.Abort()
+				return fmt.Errorf("clickhouse append column %s: %w", callsdb.CallColumns[j], err)
+			}
+		}
+		if hi == len(calls) {
+			break // Send writes the last block
+		}
+		if err := b.Flush(); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("clickhouse append column %s: %w", callsdb.CallColumns[j], err)
+			return fmt.Errorf("clickhouse insert %d calls: block at %d: %w", len(calls), lo, err)
 		}
 	}
 	if err := b.Send(); err != nil {
@@ -142,6 +156,16 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 	}
 	return o.markLate(ctx, calls)
 }
+
+// insertBlockRows is how many rows of an INSERT the driver holds at once:
+// a larger batch is sent as several blocks of one INSERT, so the driver's
+// column and encoding buffers grow to one block and are reused for the next,
+// instead of growing (and being copied) to the whole batch. The server
+// squashes the blocks of one INSERT into one part (min_insert_block_size_rows),
+// so the table sees the same parts. Not for a clustered INSERT into the
+// Distributed table with insert_distributed_sync: the server does not
+// squash those, and each block would become parts on every shard.
+const insertBlockRows = 2048
 
 // markLate marks the hours of calls that are late now.
 func (o *Output) markLate(ctx context.Context, calls []schema.Call) error {
