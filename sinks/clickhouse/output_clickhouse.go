@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
@@ -37,8 +36,7 @@ type Output struct {
 	inflight chan struct{}
 	insert   string
 	server   callsdb.Server
-	mu       sync.Mutex
-	version  uint64
+	versions callsdb.Versions
 }
 
 // NewOutput returns an unconnected output.
@@ -78,16 +76,7 @@ func (o *Output) Conn() driver.Conn { return o.conn }
 
 // nextVersion is a per-process increasing row version: wall-clock
 // microseconds, bumped when the clock stalls or steps back.
-func (o *Output) nextVersion() uint64 {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	v := uint64(time.Now().UnixMicro())
-	if v <= o.version {
-		v = o.version + 1
-	}
-	o.version = v
-	return v
-}
+func (o *Output) nextVersion() uint64 { return o.versions.Next(uint64(time.Now().UnixMicro())) }
 
 // WriteBatch inserts calls as one INSERT. It blocks while MaxInFlight inserts
 // are running. When it returns nil every call is stored; on an error, any

@@ -85,7 +85,7 @@ type Sealer struct {
 	Now   func() time.Time
 
 	mu          sync.Mutex
-	lastVersion uint64
+	versions    Versions
 	watermark   int64  // hours before it were looked at by an earlier Pass
 	replicas    uint64 // per shard, in a cluster (quorum)
 	lastCleanup time.Time
@@ -113,16 +113,7 @@ func (s *Sealer) sealAfter() time.Duration {
 }
 
 // version is a new seal version: now in Unix nanoseconds, increasing.
-func (s *Sealer) version() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := uint64(s.now().UnixNano())
-	if v <= s.lastVersion {
-		v = s.lastVersion + 1
-	}
-	s.lastVersion = v
-	return v
-}
+func (s *Sealer) version() uint64 { return s.versions.Next(uint64(s.now().UnixNano())) }
 
 // SealableBefore is the end of the hours that may be sealed at now: hours
 // that ended at least SealAfter ago.
