@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	mrand "math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,33 +191,41 @@ func errString(err error) string {
 }
 
 // TestClickHouseOutputOneInsertOnePart: a batch far larger than the driver's
-// block (sent as several blocks of one INSERT) is stored whole and as one
+// block, in rows (20,011 short calls) or in bytes (600 calls of 8 KB of
+// text), is sent as several blocks of one INSERT and stored whole and as one
 // part of calls and one of calls_by_user, as one block would be: the server
 // squashes the blocks of an INSERT. Unsquashed, each block would be a part of
 // its own (or, merged already, one part above level 0).
 func TestClickHouseOutputOneInsertOnePart(t *testing.T) {
-	out, db := chTestDB(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	calls := benchCalls(20_011, "op")
-	if err := out.WriteBatch(ctx, calls); err != nil {
-		t.Fatal(err)
+	long := benchCalls(600, "ob")
+	for i := range long {
+		long[i].InputText = strings.Repeat("What is the capital of France? ", 270) // 8 KB
 	}
-	for _, table := range []string{"calls", "calls_by_user"} {
-		var rows, ids uint64
-		if err := out.Conn().QueryRow(ctx, "SELECT toUInt64(count()), toUInt64(uniqExact(id)) FROM "+db+"."+table).Scan(&rows, &ids); err != nil {
-			t.Fatalf("%s: %v", table, err)
-		}
-		if rows != uint64(len(calls)) || ids != uint64(len(calls)) {
-			t.Errorf("%s: %d rows of %d ids, want %d of each", table, rows, ids, len(calls))
-		}
-		var parts, maxLevel uint64
-		if err := out.Conn().QueryRow(ctx, "SELECT toUInt64(count()), toUInt64(max(level)) FROM system.parts WHERE database = ? AND table = ? AND active",
-			db, table).Scan(&parts, &maxLevel); err != nil {
-			t.Fatalf("%s parts: %v", table, err)
-		}
-		if parts != 1 || maxLevel != 0 {
-			t.Errorf("%s: %d active parts, highest level %d; want one part as inserted (level 0)", table, parts, maxLevel)
-		}
+	for name, calls := range map[string][]schema.Call{"rows": benchCalls(20_011, "or"), "bytes": long} {
+		t.Run(name, func(t *testing.T) {
+			out, db := chTestDB(t)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := out.WriteBatch(ctx, calls); err != nil {
+				t.Fatal(err)
+			}
+			for _, table := range []string{"calls", "calls_by_user"} {
+				var rows, ids uint64
+				if err := out.Conn().QueryRow(ctx, "SELECT toUInt64(count()), toUInt64(uniqExact(id)) FROM "+db+"."+table).Scan(&rows, &ids); err != nil {
+					t.Fatalf("%s: %v", table, err)
+				}
+				if rows != uint64(len(calls)) || ids != uint64(len(calls)) {
+					t.Errorf("%s: %d rows of %d ids, want %d of each", table, rows, ids, len(calls))
+				}
+				var parts, maxLevel uint64
+				if err := out.Conn().QueryRow(ctx, "SELECT toUInt64(count()), toUInt64(max(level)) FROM system.parts WHERE database = ? AND table = ? AND active",
+					db, table).Scan(&parts, &maxLevel); err != nil {
+					t.Fatalf("%s parts: %v", table, err)
+				}
+				if parts != 1 || maxLevel != 0 {
+					t.Errorf("%s: %d active parts, highest level %d; want one part as inserted (level 0)", table, parts, maxLevel)
+				}
+			}
+		})
 	}
 }

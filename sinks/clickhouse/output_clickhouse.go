@@ -119,13 +119,14 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 	if err != nil {
 		return fmt.Errorf("clickhouse prepare insert: %w", err)
 	}
-	blockRows := insertBlockRows
-	if o.cfg.Topology.Clustered() {
-		blockRows = len(calls) // see insertBlockRows
-	}
+	clustered := o.cfg.Topology.Clustered() // one block: see insertBlockRows
 	now, version := time.Now(), o.nextVersion()
-	for lo := 0; lo < len(calls); lo += blockRows {
-		hi := min(lo+blockRows, len(calls))
+	for lo := 0; lo < len(calls); {
+		hi, size := lo, 0
+		for hi < len(calls) && (clustered || hi-lo < insertBlockRows && size < insertBlockBytes) {
+			size += textBytes(&calls[hi], o.cfg.MaxTextBytes)
+			hi++
+		}
 		for j, col := range callColumns(calls[lo:hi], o.cfg.MaxTextBytes, now, version) {
 			if err := b.Column(j).Append(col); err != nil {
 				_ = b.Abort()
@@ -139,6 +140,7 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 			_ = b.Abort()
 			return fmt.Errorf("clickhouse insert %d calls: block at %d: %w", len(calls), lo, err)
 		}
+		lo = hi
 	}
 	if err := b.Send(); err != nil {
 		return fmt.Errorf("clickhouse insert %d calls: %w", len(calls), err)
@@ -146,15 +148,32 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 	return o.markLate(ctx, calls)
 }
 
-// insertBlockRows is how many rows of an INSERT the driver holds at once:
-// a larger batch is sent as several blocks of one INSERT, so the driver's
-// column and encoding buffers grow to one block and are reused for the next,
-// instead of growing (and being copied) to the whole batch. The server
-// squashes the blocks of one INSERT into one part (min_insert_block_size_rows),
-// so the table sees the same parts. Not for a clustered INSERT into the
+// insertBlockRows and insertBlockBytes bound the rows of an INSERT that the
+// driver holds at once: a larger batch is sent as several blocks of one
+// INSERT, so the driver's column and encoding buffers grow to one block and
+// are reused for the next, instead of growing by a quarter at a time (and
+// being copied each time) to the whole batch. The server squashes the
+// blocks of one INSERT into one part (min_insert_block_size_rows), so the
+// table sees the same parts. Not for a clustered INSERT into the
 // Distributed table with insert_distributed_sync: the server does not
 // squash those, and each block would become parts on every shard.
-const insertBlockRows = 2048
+const (
+	insertBlockRows  = 2048
+	insertBlockBytes = 1 << 20 // of the calls' texts (textBytes)
+)
+
+// textBytes is about how many bytes of text columns c adds to a block: its
+// largest fields, as stored (cut at maxText).
+func textBytes(c *schema.Call, maxText int) int {
+	n := 0
+	for _, l := range [...]int{len(c.InputText), len(c.OutputText), len(c.Input), len(c.Output), len(c.Error)} {
+		if maxText > 0 {
+			l = min(l, maxText)
+		}
+		n += l
+	}
+	return n
+}
 
 // markLate marks the hours of calls that are late now.
 func (o *Output) markLate(ctx context.Context, calls []schema.Call) error {
