@@ -33,10 +33,11 @@
 // migrated before the first pull and an INSERT as the write: insert
 // errors nak the batch with a growing delay, mark the sink unhealthy and
 // slow reading down; all calls of a message go into one insert and the
-// message is acked once, after it; a batch's INSERT is sent in blocks of at
-// most 2,048 rows and about 1 MiB of text, which the server squashes into
-// one part (one block on a cluster, where it would not); an invalid call goes to CALLPIPE_DLQ
-// (alone when its message is a batch) and `callpipe dlq retry` sends it
+// message is acked once, after it; a batch's INSERT is sent in blocks of
+// at most 2,048 rows and about 1 MiB of text, which the server squashes
+// into one part (one block on a cluster, where it would not); an invalid
+// call goes to CALLPIPE_DLQ (alone when its message is a batch) and
+// `callpipe dlq retry` sends it
 // back to this stage only; shutdown is the runner's drain, then Close. A
 // server lost later is not reconnected by the sink: the driver's pool dials
 // again, and until it can, inserts fail (nak, unhealthy).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -119,11 +120,14 @@ func (o *Output) WriteBatch(ctx context.Context, calls []schema.Call, dedupToken
 	if err != nil {
 		return fmt.Errorf("clickhouse prepare insert: %w", err)
 	}
-	clustered := o.cfg.Topology.Clustered() // one block: see insertBlockRows
+	blockRows, blockBytes := insertBlockRows, insertBlockBytes
+	if o.cfg.Topology.Clustered() {
+		blockRows, blockBytes = len(calls), math.MaxInt // one block: see insertBlockRows
+	}
 	now, version := time.Now(), o.nextVersion()
 	for lo := 0; lo < len(calls); {
 		hi, size := lo, 0
-		for hi < len(calls) && (clustered || hi-lo < insertBlockRows && size < insertBlockBytes) {
+		for hi < len(calls) && hi-lo < blockRows && size < blockBytes {
 			size += textBytes(&calls[hi], o.cfg.MaxTextBytes)
 			hi++
 		}
