@@ -48,6 +48,7 @@ type ClickHouseRollup struct {
 	Lease     Duration `yaml:"lease" doc:"the sealing lease (NATS KV): one clickhouse worker seals at a time; another takes over this long after the holder stops renewing"`
 	SliceRows int      `yaml:"slice_rows" doc:"stored call rows one seal query aggregates at most; bigger hours are sealed in slices (bounds ClickHouse memory)"`
 	Grace     Duration `yaml:"grace" doc:"rows of a replaced seal are deleted this long after (longer than any usage query runs)"`
+	Zones     []string `yaml:"zones" doc:"IANA time zones (comma separated in env) whose local days are sealed too, beside UTC days: the usage overview bucketed by day in such a zone (the dashboard uses the browser's) reads one row set per day instead of a UTC day corrected by its edge hours; zones whose offset is not whole hours cannot be listed"`
 }
 
 // SealAfter is the rollups' redelivery horizon: clickhouse.rollup.seal_after
@@ -104,6 +105,34 @@ func (c *Config) validateClickHouse() []error {
 		checkKey(ch.Rollup.Lease >= Duration(3*time.Second), "clickhouse.rollup.lease", ch.Rollup.Lease, "must be at least 3s"),
 		checkKey(ch.Rollup.SliceRows >= 10000, "clickhouse.rollup.slice_rows", ch.Rollup.SliceRows, "must be at least 10000"),
 		checkKey(ch.Rollup.Grace >= Duration(time.Minute), "clickhouse.rollup.grace", ch.Rollup.Grace, "must be at least 1m"),
+		checkZones(ch.Rollup.Zones),
 		checkKey(ch.RetentionInterval >= Duration(time.Minute), "clickhouse.retention_interval", ch.RetentionInterval, "must be at least 1m"),
 	}
+}
+
+// checkZones checks clickhouse.rollup.zones: each a zone the time package
+// knows whose offsets are whole hours (a local day sums whole UTC hours).
+func checkZones(zones []string) error {
+	for _, z := range zones {
+		loc, err := time.LoadLocation(z)
+		if err != nil {
+			return &Error{Key: "clickhouse.rollup.zones", Value: z, Allowed: "must be IANA time zone names such as America/New_York (" + err.Error() + ")"}
+		}
+		if off, ok := fractionalOffset(loc); ok {
+			return &Error{Key: "clickhouse.rollup.zones", Value: z, Allowed: "must be zones whose offset is whole hours (" + z + " has " + off.String() + "): a local day is summed from UTC hour rows"}
+		}
+	}
+	return nil
+}
+
+// fractionalOffset returns an offset of loc within the last and the next
+// year that is not a whole number of hours.
+func fractionalOffset(loc *time.Location) (time.Duration, bool) {
+	now := time.Now()
+	for t := now.AddDate(-1, 0, 0); t.Before(now.AddDate(1, 0, 0)); t = t.Add(24 * time.Hour) {
+		if _, off := t.In(loc).Zone(); off%3600 != 0 {
+			return time.Duration(off) * time.Second, true
+		}
+	}
+	return 0, false
 }

@@ -37,6 +37,8 @@ func TestClickHouseSettings(t *testing.T) {
 		"retention overflow": {"CALLPIPE_CLICKHOUSE_RETENTION_DAYS_ROLLUPS=40000", "clickhouse.retention_days.rollups"},
 		"seal after":         {"CALLPIPE_CLICKHOUSE_ROLLUP_SEAL_AFTER=30s", "clickhouse.rollup.seal_after"},
 		"slice rows":         {"CALLPIPE_CLICKHOUSE_ROLLUP_SLICE_ROWS=5", "clickhouse.rollup.slice_rows"},
+		"unknown zone":       {"CALLPIPE_CLICKHOUSE_ROLLUP_ZONES=UTC,Mars/Olympus", "clickhouse.rollup.zones"},
+		"half-hour zone":     {"CALLPIPE_CLICKHOUSE_ROLLUP_ZONES=America/New_York,Asia/Kolkata", "clickhouse.rollup.zones"},
 		"retention interval": {"CALLPIPE_CLICKHOUSE_RETENTION_INTERVAL=1s", "clickhouse.retention_interval"},
 		"batch":              {"CALLPIPE_CLICKHOUSE_BATCH_SIZE=0", "clickhouse.batch_size"},
 		"ack wait":           {"CALLPIPE_CLICKHOUSE_ACK_WAIT=1s", "clickhouse.ack_wait"},

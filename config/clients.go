@@ -214,11 +214,17 @@ func (ch ClickHouse) Retention() callsdb.Retention {
 	return callsdb.Retention{Calls: ch.RetentionDays.Calls, Rollups: ch.RetentionDays.Rollups}
 }
 
-// RollupConfig is how the rollups are sealed.
+// RollupConfig is how the rollups are sealed (zones validated by Load).
 func (ch ClickHouse) RollupConfig() callsdb.RollupConfig {
 	r := ch.Rollup
-	return callsdb.RollupConfig{Interval: time.Duration(r.Interval), Lease: time.Duration(r.Lease),
+	rc := callsdb.RollupConfig{Interval: time.Duration(r.Interval), Lease: time.Duration(r.Lease),
 		SliceRows: uint64(r.SliceRows), Grace: time.Duration(r.Grace)}
+	for _, z := range r.Zones {
+		if loc, err := time.LoadLocation(z); err == nil {
+			rc.Zones = append(rc.Zones, loc)
+		}
+	}
+	return rc
 }
 
 // MigrateClickHouse applies the ClickHouse migrations; an empty

@@ -155,12 +155,24 @@ func checkRollupUsage(t *testing.T, conn driver.Conn, db string, o rollupOracle,
 // phases after the first full check, to keep the test's time in bounds).
 func checkRollupUsageEvery(t *testing.T, conn driver.Conn, db string, o rollupOracle, from, to time.Time, what string, nth int) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	ny, err := time.LoadLocation("America/New_York")
+	return checkRollupUsageIn(t, conn, db, o, from, to, what, nth, time.UTC, loadZone(t, "America/New_York"))
+}
+
+func loadZone(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return loc
+}
+
+// checkRollupUsageIn is checkRollupUsageEvery in the given zones (whole-hour
+// offsets: the oracle maps hours into buckets whole).
+func checkRollupUsageIn(t *testing.T, conn driver.Conn, db string, o rollupOracle, from, to time.Time, what string, nth int, zones ...*time.Location) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	sealed := 0
 	var worst time.Duration
 	began := time.Now()
@@ -168,7 +180,7 @@ func checkRollupUsageEvery(t *testing.T, conn driver.Conn, db string, o rollupOr
 		if i%nth != 0 {
 			continue
 		}
-		for _, loc := range []*time.Location{time.UTC, ny} {
+		for _, loc := range zones {
 			s := callsdb.UsageSpec{From: from, To: to, Group: g}
 			if loc != time.UTC {
 				s.TZ = loc.String()

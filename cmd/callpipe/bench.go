@@ -104,6 +104,7 @@ func newBenchCommand(a *app) *cobra.Command {
 func newBenchUsageCommand(a *app) *cobra.Command {
 	var o usagebench.Options
 	var jsonOut string
+	var zones []string
 	cmd := &cobra.Command{
 		Use:   "usage [--calls N]",
 		Short: "Measure the usage overview, the call list and rollup sealing over N synthetic calls in a scratch ClickHouse database",
@@ -133,6 +134,13 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 			}
 			defer conn.Close()
 			o.SealAfter, o.Out = cfg.SealAfter(), cmd.OutOrStdout()
+			for _, z := range zones {
+				loc, err := time.LoadLocation(z)
+				if err != nil {
+					return fmt.Errorf("%w: --zones %q: %w", errUsage, z, err)
+				}
+				o.Zones = append(o.Zones, loc)
+			}
 			rep, err := usagebench.Run(cmd.Context(), conn, o)
 			if rep != nil && err == nil {
 				rep.Print(cmd.OutOrStdout())
@@ -156,6 +164,7 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 	f.IntVar(&o.LiveHours, "live-hours", 2, "also time the overview with the last N hours read per call (0: skip)")
 	f.Uint64Var(&o.ChunkCalls, "chunk", 5_000_000, "calls per load statement")
 	f.DurationVar(&o.QueryTimeout, "query-timeout", 2*time.Minute, "a timed query running longer is killed and reported as failed")
+	f.StringSliceVar(&zones, "zones", []string{"America/New_York"}, "zones whose local days are sealed too, as clickhouse.rollup.zones does (empty: UTC days only)")
 	f.BoolVar(&o.Keep, "keep", false, "keep the scratch database")
 	f.StringVar(&o.Database, "reuse", "", "measure the database an earlier run kept (--keep) instead of loading and sealing a new one")
 	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")

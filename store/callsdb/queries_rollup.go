@@ -10,11 +10,37 @@ import (
 // schema/clickhouse/README.md for the design). Like every statement of the
 // package it is listed by AllQueries, so the chDB check runs it on 26.x.
 
-// Grains of usage_rollup and usage_seals.
+// Grains of usage_rollup and usage_seals. A day of a configured zone
+// (Sealer.Zones) that is not a UTC day is sealed as a local day: the whole
+// UTC hours from its midnight to the next, 23, 24 or 25 of them (daylight
+// saving). Each length has a grain of its own, so two zones whose days start
+// at the same hour but differ in length never share a record.
 const (
-	grainHour uint8 = 1
-	grainDay  uint8 = 2
+	grainHour       uint8 = 1
+	grainDay        uint8 = 2 // a UTC day
+	grainLocalDay23 uint8 = 3
+	grainLocalDay24 uint8 = 4
+	grainLocalDay25 uint8 = 5
 )
+
+// grainHours is how many hours a period of grain g spans.
+func grainHours(g uint8) int64 {
+	switch g {
+	case grainHour:
+		return 1
+	case grainDay:
+		return 24
+	}
+	return int64(g) + 20
+}
+
+// localDayGrain is the grain of a local day of n hours.
+func localDayGrain(n int64) (uint8, bool) {
+	if n < 23 || n > 25 {
+		return 0, false
+	}
+	return uint8(n - 20), true
+}
 
 // collapsedCallsSQL is the per-call rows of calls matching where, one row
 // per id: the copy with the highest version, as ReplacingMergeTree keeps.
@@ -107,9 +133,10 @@ WHERE by_user = 1 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version 
 GROUP BY period, version, model, source`, rollupColumns, grainHour, grainHour, hour, v)
 }
 
-// sealDaySQL writes one UTC day's rows (both levels) at version v, summed
-// from the 24 hour seals (hour start, version) it lists.
-func sealDaySQL(day int64, v uint64, hours []sealRef) string {
+// sealDaySQL writes the rows (both levels) of a UTC or local day starting at
+// start, at version v, summed from the hour seals (hour start, version) it
+// lists: its hours in order.
+func sealDaySQL(grain uint8, start int64, v uint64, hours []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
     toUInt8(%d), by_user, toDateTime(%d, 'UTC'), model, user_id, source, batch_id, toUInt64(%d),
@@ -119,8 +146,8 @@ SELECT
     (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
 FROM {db}.usage_rollup
 WHERE grain = %d AND %s AND %s
-GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grainDay, day, v,
-		grainHour, timeRangeSQL("period", day, day+86400), sealRefsSQL(hours))
+GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grain, start, v,
+		grainHour, timeRangeSQL("period", start, start+int64(len(hours))*3600), sealRefsSQL(hours))
 }
 
 // sealRef names the rows of one seal.
@@ -224,7 +251,8 @@ func rollupQueries(sampleFrom time.Time) []string {
 		hours[i] = sealRef{Grain: grainHour, Period: day + int64(i)*3600, Version: uint64(1000 + i)}
 	}
 	out := []string{
-		sealHourSQL(h, 7, 0, 1), sealHourSQL(h, 7, 1, 3), sealSummedSQL(h, 7), sealDaySQL(day, 9, hours),
+		sealHourSQL(h, 7, 0, 1), sealHourSQL(h, 7, 1, 3), sealSummedSQL(h, 7), sealDaySQL(grainDay, day, 9, hours),
+		sealDaySQL(grainLocalDay23, day, 11, hours[:23]), sealUserCopySQL(grainLocalDay23, day, 11),
 		sealUserCopySQL(grainHour, h, 7), sealUserCopySQL(grainDay, day, 9),
 		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(h), sealCallsQuery(h, 7),
 		callHoursQuery(h, h+86400), QueryFirstCall, rollupVersionsQuery(h, h+86400),

@@ -59,13 +59,14 @@ type RollupConfig struct {
 	Lease     time.Duration // TTL of the sealing lease
 	SliceRows uint64
 	Grace     time.Duration
+	Zones     []*time.Location // local days sealed beside UTC days (Sealer.Zones)
 }
 
 // NewSealer is the Sealer of the database and topology of oc, with rc's
 // sizes.
 func NewSealer(conn driver.Conn, oc Config, rc RollupConfig, log *slog.Logger) *Sealer {
 	return &Sealer{Conn: conn, Database: oc.Database, Topology: oc.Topology, SealAfter: oc.SealAfter,
-		SliceRows: rc.SliceRows, Grace: rc.Grace, Log: log}
+		SliceRows: rc.SliceRows, Grace: rc.Grace, Zones: rc.Zones, Log: log}
 }
 
 // Sealer seals hours and days of usage_rollup. Several may run at once
@@ -81,6 +82,11 @@ type Sealer struct {
 	SliceRows uint64
 	// Grace is how long superseded seal rows are kept (default 10m).
 	Grace time.Duration
+	// Zones are the time zones whose local days are sealed too (beside UTC
+	// days): a read bucketed by day in such a zone, or over a range of its
+	// whole days, reads one row set per day instead of a UTC day corrected
+	// by its edge hours. Zones whose offset is not whole hours have none.
+	Zones []*time.Location
 	Log   *slog.Logger
 	Now   func() time.Time
 
@@ -213,31 +219,39 @@ func (s *Sealer) SealHour(ctx context.Context, h int64) (Seal, error) {
 	return seal, nil
 }
 
-// SealDay sums day d's 24 current hour seals into day rows and records it.
-func (s *Sealer) SealDay(ctx context.Context, d int64, hours []Seal) (Seal, error) {
-	if len(hours) != 24 {
-		return Seal{}, fmt.Errorf("seal day %s: %d hour seals, want 24", unixUTC(d), len(hours))
+// sealDay sums the current hour seals of a UTC day (grainDay, 24 hours) or
+// a local day (its hours from start) into day rows and records it.
+func (s *Sealer) sealDay(ctx context.Context, grain uint8, start int64, hours []Seal) (Seal, error) {
+	if int64(len(hours)) != grainHours(grain) {
+		return Seal{}, fmt.Errorf("seal day %s: %d hour seals, want %d", unixUTC(start), len(hours), grainHours(grain))
 	}
-	v := s.version()
-	refs := make([]sealRef, len(hours))
-	seal := Seal{Grain: grainDay, Period: d, Version: v, HourVersions: make([]uint64, len(hours))}
-	for i, h := range hours {
-		refs[i] = h.ref()
-		seal.HourVersions[i] = h.Version
-		seal.Calls += h.Calls
-	}
+	seal := daySeal(grain, start, s.version(), hours)
 	if seal.Calls > 0 {
-		if err := s.exec(ctx, sealDaySQL(d, v, refs)); err != nil {
-			return Seal{}, fmt.Errorf("seal day %s: %w", unixUTC(d), err)
+		refs := make([]sealRef, len(hours))
+		for i, h := range hours {
+			refs[i] = h.ref()
 		}
-		if err := s.exec(ctx, sealUserCopySQL(grainDay, d, v)); err != nil {
-			return Seal{}, fmt.Errorf("seal day %s: copy keyed by user: %w", unixUTC(d), err)
+		if err := s.exec(ctx, sealDaySQL(grain, start, seal.Version, refs)); err != nil {
+			return Seal{}, fmt.Errorf("seal day %s (%d h): %w", unixUTC(start), len(hours), err)
+		}
+		if err := s.exec(ctx, sealUserCopySQL(grain, start, seal.Version)); err != nil {
+			return Seal{}, fmt.Errorf("seal day %s (%d h): copy keyed by user: %w", unixUTC(start), len(hours), err)
 		}
 	}
 	if err := s.record(ctx, seal); err != nil {
 		return Seal{}, err
 	}
 	return seal, nil
+}
+
+// daySeal is the record of a day summed from hours at version v.
+func daySeal(grain uint8, start int64, v uint64, hours []Seal) Seal {
+	seal := Seal{Grain: grain, Period: start, Version: v, HourVersions: make([]uint64, len(hours))}
+	for i, h := range hours {
+		seal.HourVersions[i] = h.Version
+		seal.Calls += h.Calls
+	}
+	return seal
 }
 
 // record writes seal records (after their rows, and the copy of those keyed
@@ -298,7 +312,8 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if s.watermark == 0 {
+	firstPass := s.watermark == 0
+	if firstPass {
 		var first int64
 		var n uint64
 		if err := s.Conn.QueryRow(ctx, WithDB(QueryFirstCall, s.Database)).Scan(&first, &n); err != nil {
@@ -318,7 +333,8 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 		lo = min(lo, h)
 	}
 	lo = floorTo(lo, 86400)
-	st, err := loadSeals(ctx, s.Conn, s.Database, lo, due)
+	daysFrom, daysTo := daysAround(lo, due)
+	st, err := loadSeals(ctx, s.Conn, s.Database, daysFrom, daysTo)
 	if err != nil {
 		return res, err
 	}
@@ -372,8 +388,10 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 			res.Resealed++
 		}
 	}
-	if len(todo) > 0 || len(empty) > 0 {
-		n, err := s.sealDays(ctx, st, lo, due)
+	// the first pass also seals the days (local days of zones added since
+	// included) that earlier runs left
+	if len(todo) > 0 || len(empty) > 0 || firstPass {
+		n, err := s.sealDays(ctx, st, daysFrom, due)
 		res.DaysSealed = n
 		if err != nil {
 			return res, err
@@ -409,42 +427,75 @@ func (s *Sealer) grace() time.Duration {
 	return s.Grace
 }
 
-// sealDays seals every day in [from, to) whose 24 hours are clean sealed and
-// whose day seal is missing or summed other hour versions.
+// sealDays seals every UTC day in [from, to), and every local day of the
+// zones there, whose hours are clean sealed and whose day seal is missing or
+// summed other hour versions.
 func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (int, error) {
+	type day struct {
+		grain      uint8
+		start, end int64
+	}
+	var days []day
+	for d := floorTo(from, 86400); d+86400 <= to; d += 86400 {
+		days = append(days, day{grainDay, d, d + 86400})
+	}
+	for _, loc := range s.Zones {
+		for _, w := range localDays(loc, from, to) {
+			g, _ := localDayGrain((w[1] - w[0]) / 3600)
+			days = append(days, day{g, w[0], w[1]})
+		}
+	}
 	n := 0
 	var empty []Seal // days without calls: records only, written together
-	for d := floorTo(from, 86400); d+86400 <= to; d += 86400 {
-		hours, ok := st.cleanDay(d)
-		if !ok || st.dayCurrent(d, hours) {
+	for _, d := range days {
+		hours, ok := st.cleanHours(d.start, d.end)
+		if !ok || st.dayCurrent(d.grain, d.start, hours) {
 			continue
 		}
-		var calls uint64
-		for _, h := range hours {
-			calls += h.Calls
-		}
-		if calls == 0 {
-			seal := Seal{Grain: grainDay, Period: d, Version: s.version(), HourVersions: make([]uint64, len(hours))}
-			for i, h := range hours {
-				seal.HourVersions[i] = h.Version
-			}
+		seal := daySeal(d.grain, d.start, s.version(), hours)
+		if seal.Calls == 0 {
 			empty = append(empty, seal)
+			st.setDay(seal)
 			continue
 		}
-		seal, err := s.SealDay(ctx, d, hours)
+		seal, err := s.sealDay(ctx, d.grain, d.start, hours)
 		if err != nil {
 			return n, err
 		}
-		st.days[d] = seal
+		st.setDay(seal)
 		n++
 	}
 	if err := s.record(ctx, empty...); err != nil {
 		return n, err
 	}
-	for _, x := range empty {
-		st.days[x.Period] = x
-	}
 	return n + len(empty), nil
+}
+
+// daysAround is a range holding every UTC or local day (of any zone) that
+// holds an hour of [lo, hi): a local day starts at most a day before the
+// UTC day of its first hour and ends at most a day after that of its last.
+func daysAround(lo, hi int64) (from, to int64) {
+	return floorTo(lo, 86400) - 86400, ceilTo(hi, 86400) + 86400
+}
+
+// localDays are the days of loc lying whole in [from, to) that are not UTC
+// days and start and end on whole UTC hours, as [start, end) in Unix
+// seconds: what a local day seal sums. (A zone whose offset is not whole
+// hours has none.)
+func localDays(loc *time.Location, from, to int64) [][2]int64 {
+	var out [][2]int64
+	y, m, d := unixUTC(from).In(loc).Date()
+	for ; ; d++ {
+		start, end := time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), time.Date(y, m, d+1, 0, 0, 0, 0, loc).Unix()
+		if end > to {
+			return out
+		}
+		_, ok := localDayGrain((end - start) / 3600)
+		if start < from || start%3600 != 0 || end%3600 != 0 || !ok || (start%86400 == 0 && end-start == 86400) {
+			continue
+		}
+		out = append(out, [2]int64{start, end})
+	}
 }
 
 // Rebuild re-seals every hour of [from, to) that is past the horizon, then
@@ -474,14 +525,15 @@ func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(
 			progress(sealed, total, unixUTC(h))
 		}
 	}
-	st, err := loadSeals(ctx, s.Conn, s.Database, floorTo(lo, 86400), ceilTo(hi, 86400))
+	daysFrom, daysTo := daysAround(lo, hi)
+	st, err := loadSeals(ctx, s.Conn, s.Database, daysFrom, daysTo)
 	if err != nil {
 		return sealed, notBefore, err
 	}
-	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, floorTo(lo, 86400), ceilTo(hi, 86400)); err != nil {
+	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, daysFrom, daysTo); err != nil {
 		return sealed, notBefore, err
 	}
-	if _, err := s.sealDays(ctx, st, lo, min(ceilTo(hi, 86400), due)); err != nil {
+	if _, err := s.sealDays(ctx, st, daysFrom, min(daysTo, due)); err != nil {
 		return sealed, notBefore, err
 	}
 	return sealed, notBefore, nil
@@ -533,7 +585,7 @@ type Seal struct {
 	Period       int64 // Unix seconds
 	Version      uint64
 	Calls        uint64
-	HourVersions []uint64 // day seals: the versions of hours 0..23
+	HourVersions []uint64 // day seals: the versions of their hours, in order
 	// UserCopy: the seal's rows keyed by user are also in
 	// usage_rollup_by_user (seals recorded before migration 0004 are not).
 	UserCopy bool
@@ -543,18 +595,44 @@ func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, V
 
 // sealState is the newest seals and dirty marks of a range.
 type sealState struct {
-	hours map[int64]Seal
-	days  map[int64]Seal
-	dirty map[int64]uint64 // hour -> newest mark (Unix ns)
+	hours     map[int64]Seal
+	days      map[int64]Seal   // UTC days
+	localDays map[sealKey]Seal // local days of zones (grainLocalDay*)
+	dirty     map[int64]uint64 // hour -> newest mark (Unix ns)
+}
+
+// sealKey names a period: local days of different lengths may start at
+// the same hour.
+type sealKey struct {
+	grain uint8
+	start int64
+}
+
+func newSealState() *sealState {
+	return &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, localDays: map[sealKey]Seal{}, dirty: map[int64]uint64{}}
 }
 
 func (st *sealState) current(grain uint8, p int64) (Seal, bool) {
-	if grain == grainDay {
-		x, ok := st.days[p]
-		return x, ok
+	var x Seal
+	var ok bool
+	switch grain {
+	case grainHour:
+		x, ok = st.hours[p]
+	case grainDay:
+		x, ok = st.days[p]
+	default:
+		x, ok = st.localDays[sealKey{grain, p}]
 	}
-	x, ok := st.hours[p]
 	return x, ok
+}
+
+// setDay makes x the current seal of its UTC or local day.
+func (st *sealState) setDay(x Seal) {
+	if x.Grain == grainDay {
+		st.days[x.Period] = x
+	} else {
+		st.localDays[sealKey{x.Grain, x.Period}] = x
+	}
 }
 
 // clean reports whether hour h's newest seal may be read: no mark is newer
@@ -568,22 +646,22 @@ func (st *sealState) clean(h int64) bool {
 	return !dirty || mark+uint64(ClockSkew) < x.Version
 }
 
-// cleanDay returns day d's 24 hour seals if all are clean.
-func (st *sealState) cleanDay(d int64) ([]Seal, bool) {
-	hours := make([]Seal, 24)
-	for i := range hours {
-		h := d + int64(i)*3600
+// cleanHours returns the seals of the hours of [from, to) if all are clean.
+func (st *sealState) cleanHours(from, to int64) ([]Seal, bool) {
+	hours := make([]Seal, 0, (to-from)/3600)
+	for h := from; h < to; h += 3600 {
 		if !st.clean(h) {
 			return nil, false
 		}
-		hours[i] = st.hours[h]
+		hours = append(hours, st.hours[h])
 	}
 	return hours, true
 }
 
-// dayCurrent reports whether day d's seal summed exactly these hour seals.
-func (st *sealState) dayCurrent(d int64, hours []Seal) bool {
-	x, ok := st.days[d]
+// dayCurrent reports whether the seal of the day (grain, start) summed
+// exactly these hour seals.
+func (st *sealState) dayCurrent(grain uint8, start int64, hours []Seal) bool {
+	x, ok := st.current(grain, start)
 	if !ok || len(x.HourVersions) != len(hours) {
 		return false
 	}
@@ -596,7 +674,7 @@ func (st *sealState) dayCurrent(d int64, hours []Seal) bool {
 }
 
 func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64) (*sealState, error) {
-	st := &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, dirty: map[int64]uint64{}}
+	st := newSealState()
 	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
 		var userCopy uint8
@@ -604,10 +682,10 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 			return err
 		}
 		x.UserCopy = userCopy == 1
-		if x.Grain == grainDay {
-			st.days[x.Period] = x
-		} else {
+		if x.Grain == grainHour {
 			st.hours[x.Period] = x
+		} else {
+			st.setDay(x)
 		}
 		return nil
 	})
@@ -713,15 +791,18 @@ func ceilTo(x, step int64) int64 {
 
 // RollupStatus is where sealing stands.
 type RollupStatus struct {
-	Now            time.Time   `json:"now"`
-	SealAfter      string      `json:"seal_after"`
-	SealableBefore time.Time   `json:"sealable_before"` // hours before it are due
-	SealedThrough  time.Time   `json:"sealed_through"`  // every hour before it is sealed and clean
-	LagSeconds     float64     `json:"lag_seconds"`
-	SealedHours    int         `json:"sealed_hours"`
-	SealedDays     int         `json:"sealed_days"`
-	Unsealed       []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
-	Dirty          []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
+	Now            time.Time `json:"now"`
+	SealAfter      string    `json:"seal_after"`
+	SealableBefore time.Time `json:"sealable_before"` // hours before it are due
+	SealedThrough  time.Time `json:"sealed_through"`  // every hour before it is sealed and clean
+	LagSeconds     float64   `json:"lag_seconds"`
+	SealedHours    int       `json:"sealed_hours"`
+	SealedDays     int       `json:"sealed_days"` // UTC days
+	// SealedLocalDays counts the sealed days of the zones in
+	// clickhouse.rollup.zones that are not UTC days.
+	SealedLocalDays int         `json:"sealed_local_days"`
+	Unsealed        []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
+	Dirty           []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
 	// WithoutUserCopy counts current seals (hours and days) recorded before
 	// migration 0004, without their rows in usage_rollup_by_user: reads
 	// filtered by user over them are slower until `rollup rebuild`.
@@ -758,7 +839,7 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	if err != nil {
 		return out, err
 	}
-	out.SealedHours, out.SealedDays = len(st.hours), len(st.days)
+	out.SealedHours, out.SealedDays, out.SealedLocalDays = len(st.hours), len(st.days), len(st.localDays)
 	for _, m := range []map[int64]Seal{st.hours, st.days} {
 		for _, x := range m {
 			if !x.UserCopy {

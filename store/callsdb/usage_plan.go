@@ -71,6 +71,25 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		}
 		return false
 	}
+	// Whole local days of the read's zone with a current local day seal
+	// (Sealer.Zones) are read from it: a local day is one bucket of a day
+	// grouping, so no hours are subtracted or added. The UTC days below plan
+	// only the hours these do not cover.
+	covered := map[int64]bool{}
+	if s.Group.Bucket != BucketHour {
+		for _, w := range localDays(loc, first, last) {
+			g, _ := localDayGrain((w[1] - w[0]) / 3600)
+			hours, clean := st.cleanHours(w[0], w[1])
+			if !clean || !st.dayCurrent(g, w[0], hours) {
+				continue
+			}
+			x, _ := st.current(g, w[0])
+			p.rollup = append(p.rollup, x.ref())
+			for h := w[0]; h < w[1]; h += 3600 {
+				covered[h] = true
+			}
+		}
+	}
 	// dayPlan: day d's hours in [first, last) read as its day row, minus
 	// the hours the row holds that are out of the range or of its bucket,
 	// plus (as hour rows) those in the range in another bucket; ok when
@@ -79,8 +98,8 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		if s.Group.Bucket == BucketHour {
 			return nil, nil, false
 		}
-		hours, clean := st.cleanDay(d)
-		if !clean || !st.dayCurrent(d, hours) {
+		hours, clean := st.cleanHours(d, d+86400)
+		if !clean || !st.dayCurrent(grainDay, d, hours) {
 			return nil, nil, false
 		}
 		in := 0
@@ -88,7 +107,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 			if bucketed && splitsHour(s.Group.Bucket, loc, h) {
 				return nil, nil, false
 			}
-			inRange := h >= first && h < last
+			inRange := h >= first && h < last && !covered[h]
 			if inRange {
 				in++
 			}
@@ -114,6 +133,9 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 			continue
 		}
 		for h := max(d, first); h < min(d+86400, last); h += 3600 {
+			if covered[h] {
+				continue
+			}
 			if hourUsable(h) {
 				p.rollup = append(p.rollup, st.hours[h].ref())
 			} else {
@@ -310,10 +332,11 @@ func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 		arr = func(col string) string { return "arrayMap(x -> toInt64(x), " + col + ")" }
 	}
 	cnt := func(col string) string { return count + "(" + col + ")" }
-	// a day row counts in the bucket of its day's noon (planUsage)
+	// a day row counts in the bucket of its day's noon (planUsage); a local
+	// day's row twelve hours after its start, inside it whatever its length
 	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
 	// which the UTC buckets' toStartOfDay(t) reads)
-	branches := []string{`SELECT toDateTime(period + if(grain = ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
+	branches := []string{`SELECT toDateTime(period + if(grain >= ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
         ` + cnt("calls") + ` AS n, ` + cnt("errors") + ` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
         latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ` + cnt("ttft_calls") + ` AS tn, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc
     FROM {db}.` + table + `
@@ -350,9 +373,9 @@ func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 // a month); the tuple IN of sealRefsSQL picks the exact seals.
 func sealRuns(refs []sealRef) []string {
 	var runs []string
-	for _, g := range []uint8{grainHour, grainDay} {
+	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25} {
 		step := int64(3600)
-		if g == grainDay {
+		if g != grainHour {
 			step = 86400
 		}
 		var periods []int64

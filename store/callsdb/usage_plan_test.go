@@ -10,7 +10,10 @@ import (
 // planState seals every hour of [from, to) at version 100+i, marks hours
 // dirty as asked, and seals the complete days over their current hours.
 func planState(from, to int64, dirty map[int64]uint64, days ...int64) *sealState {
-	st := &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, dirty: dirty}
+	st := newSealState()
+	if dirty != nil {
+		st.dirty = dirty
+	}
 	for h, i := from, 0; h < to; h, i = h+3600, i+1 {
 		st.hours[h] = Seal{Grain: grainHour, Period: h, Version: uint64(time.Hour) + uint64(i)}
 	}
@@ -38,11 +41,7 @@ func covered(t *testing.T, p usagePlan, from, to int64) {
 		delta[b] -= w
 	}
 	for _, r := range p.rollup {
-		w := int64(3600)
-		if r.Grain == grainDay {
-			w = 86400
-		}
-		add(r.Period, r.Period+w, 1)
+		add(r.Period, r.Period+grainHours(r.Grain)*3600, 1)
 	}
 	for _, r := range p.minus {
 		if r.Grain != grainHour {
@@ -174,6 +173,112 @@ func TestPlanUsage(t *testing.T) {
 	p = planUsage(UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0)}, planState(0, 0, nil), time.UTC)
 	if len(p.rollup) != 0 || len(p.perCall) != 1 || p.perCall[0] != [2]int64{from, to} {
 		t.Fatalf("unsealed range: %+v", p)
+	}
+}
+
+// withLocalDays seals the local days of loc in [from, to) over st's hours.
+func withLocalDays(st *sealState, loc *time.Location, from, to int64) *sealState {
+	for _, w := range localDays(loc, from, to) {
+		g, _ := localDayGrain((w[1] - w[0]) / 3600)
+		hours, ok := st.cleanHours(w[0], w[1])
+		if ok {
+			st.setDay(daySeal(g, w[0], 9, hours))
+		}
+	}
+	return st
+}
+
+func TestLocalDays(t *testing.T) {
+	zone := func(name string) *time.Location {
+		loc, err := time.LoadLocation(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return loc
+	}
+	utc := func(s string) int64 {
+		x, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x.Unix()
+	}
+	for _, c := range []struct {
+		zone, from, to string
+		want           [][2]string // local days as [start, end) in UTC
+	}{
+		// spring forward on Mar 8: a 23-hour day; the range's first partial day is left out
+		{"America/New_York", "2026-03-06T12:00:00Z", "2026-03-10T04:00:00Z", [][2]string{
+			{"2026-03-07T05:00:00Z", "2026-03-08T05:00:00Z"}, {"2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"}, {"2026-03-09T04:00:00Z", "2026-03-10T04:00:00Z"}}},
+		// fall back on Nov 1: 25 hours
+		{"America/New_York", "2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z", [][2]string{{"2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"}}},
+		// London's winter days are UTC days (sealed as such); Mar 29 has 23 hours from midnight
+		{"Europe/London", "2026-03-27T00:00:00Z", "2026-03-30T00:00:00Z", [][2]string{
+			{"2026-03-29T00:00:00Z", "2026-03-29T23:00:00Z"}}},
+		// Sydney's DST ends Apr 5: 25 hours from 13:00 UTC
+		{"Australia/Sydney", "2026-04-04T13:00:00Z", "2026-04-05T14:00:00Z", [][2]string{{"2026-04-04T13:00:00Z", "2026-04-05T14:00:00Z"}}},
+		// India's days start inside a UTC hour: none
+		{"Asia/Kolkata", "2026-03-01T00:00:00Z", "2026-03-10T00:00:00Z", nil},
+		{"UTC", "2026-03-01T00:00:00Z", "2026-03-10T00:00:00Z", nil},
+	} {
+		got := localDays(zone(c.zone), utc(c.from), utc(c.to))
+		var want [][2]int64
+		for _, w := range c.want {
+			want = append(want, [2]int64{utc(w[0]), utc(w[1])})
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s [%s, %s): local days %v, want %v", c.zone, c.from, c.to, got, want)
+		}
+	}
+}
+
+func TestPlanUsageLocalDays(t *testing.T) {
+	ny, _ := time.LoadLocation("America/New_York")
+	d0 := time.Date(2026, 10, 30, 0, 0, 0, 0, time.UTC).Unix()
+	st := withLocalDays(planState(d0, d0+5*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400, d0+3*86400, d0+4*86400), ny, d0, d0+5*86400)
+	grains := func(p usagePlan) map[uint8]int {
+		n := map[uint8]int{}
+		for _, r := range p.rollup {
+			n[r.Grain]++
+		}
+		return n
+	}
+	// New York's Oct 31, Nov 1 (25 hours) and Nov 2, bucketed by day and in
+	// total: one row set per local day, nothing subtracted
+	from := time.Date(2026, 10, 31, 0, 0, 0, 0, ny).Unix()
+	to := time.Date(2026, 11, 3, 0, 0, 0, 0, ny).Unix()
+	for _, g := range []GroupBy{{Bucket: BucketDay}, {Model: true}} {
+		s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), TZ: "America/New_York", Group: g}
+		p := planUsage(s, st, ny)
+		covered(t, p, from, to)
+		if n := grains(p); len(p.rollup) != 3 || n[grainLocalDay24] != 2 || n[grainLocalDay25] != 1 || len(p.minus) != 0 || len(p.perCall) != 0 {
+			t.Errorf("%v: three local days: %+v", g, p)
+		}
+	}
+	// hour buckets cannot use a day's row
+	s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), TZ: "America/New_York", Group: GroupBy{Bucket: BucketHour}}
+	if p := planUsage(s, st, ny); len(p.rollup) != 73 || grains(p)[grainHour] != 73 {
+		t.Errorf("hour buckets: %d rows, %v", len(p.rollup), grains(p))
+	}
+	// a range starting inside a local day: that day from UTC rows, the
+	// whole ones from their local day rows; every second once
+	mid := from + 7*3600 + 1800
+	s = UsageSpec{From: time.Unix(mid, 0), To: time.Unix(to, 0), TZ: "America/New_York", Group: GroupBy{Bucket: BucketDay}}
+	p := planUsage(s, st, ny)
+	covered(t, p, mid, to)
+	if n := grains(p); n[grainLocalDay24]+n[grainLocalDay25] != 2 {
+		t.Errorf("partial first day: %+v", p)
+	}
+	// a local day summed from an hour seal since sealed again is not used
+	st2 := withLocalDays(planState(d0, d0+5*86400, map[int64]uint64{}), ny, d0, d0+5*86400)
+	h := st2.hours[from+3*3600]
+	h.Version += 1000
+	st2.hours[from+3*3600] = h
+	s = UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), TZ: "America/New_York", Group: GroupBy{Bucket: BucketDay}}
+	p = planUsage(s, st2, ny)
+	covered(t, p, from, to)
+	if n := grains(p); n[grainLocalDay24] != 1 || n[grainLocalDay25] != 1 || n[grainHour] != 24 {
+		t.Errorf("stale local day: %v", n)
 	}
 }
 

@@ -46,6 +46,8 @@ type Options struct {
 	// longer is killed and reported as failed.
 	QueryTimeout time.Duration
 	SealAfter    time.Duration // the sealer's horizon (callsdb.DefaultSealAfter when 0)
+	// Zones are sealed as local days too (clickhouse.rollup.zones).
+	Zones []*time.Location
 	Keep         bool          // keep the scratch database
 	Database     string        // default callpipe_bench_usage_<random>
 	// Reuse measures the calls and seals already in Database (a database
@@ -395,7 +397,7 @@ func (r *runner) sealClock() time.Time {
 // newSealer is the run's sealer, on sealClock.
 func (r *runner) newSealer() *callsdb.Sealer {
 	now := r.sealClock()
-	return &callsdb.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Now: func() time.Time { return now }}
+	return &callsdb.Sealer{Conn: r.conn, Database: r.db, SealAfter: r.o.SealAfter, Zones: r.o.Zones, Now: func() time.Time { return now }}
 }
 
 func (r *runner) seal(ctx context.Context, rep *Report) error {
