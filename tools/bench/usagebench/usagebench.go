@@ -47,9 +47,9 @@ type Options struct {
 	QueryTimeout time.Duration
 	SealAfter    time.Duration // the sealer's horizon (callsdb.DefaultSealAfter when 0)
 	// Zones are sealed as local days too (clickhouse.rollup.zones).
-	Zones []*time.Location
-	Keep         bool          // keep the scratch database
-	Database     string        // default callpipe_bench_usage_<random>
+	Zones    []*time.Location
+	Keep     bool   // keep the scratch database
+	Database string // default callpipe_bench_usage_<random>
 	// Reuse measures the calls and seals already in Database (a database
 	// kept by an earlier run) without loading or sealing; the run's clock
 	// is the newest stored call, so the ranges are the earlier run's. The
