@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // DefaultDLQMaxAge is how long dead letters are kept unless configured.
@@ -62,10 +64,7 @@ func NormalizedStreamConfig(o StreamOptions) jetstream.StreamConfig {
 // DeadLetterStreamConfig is the JetStream definition of CALLPIPE_DLQ. Dead
 // letters are kept for o.DLQMaxAge, never dropped for size.
 func DeadLetterStreamConfig(o StreamOptions) jetstream.StreamConfig {
-	maxAge := o.DLQMaxAge
-	if maxAge <= 0 {
-		maxAge = DefaultDLQMaxAge
-	}
+	maxAge := defaults.IfNotPositive(o.DLQMaxAge, DefaultDLQMaxAge)
 	return jetstream.StreamConfig{
 		Name:        DeadLetterStream,
 		Description: "callpipe dead letters: original bytes, reason in " + HeaderError + ", stage in " + HeaderStage,

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // NATSOptions are the connection settings users deploy NATS with.
@@ -92,10 +94,7 @@ func Connect(o NATSOptions) (*nats.Conn, error) {
 	if nc.IsConnected() {
 		return nc, nil
 	}
-	wait := o.ConnectWait
-	if wait <= 0 {
-		wait = 10 * time.Second
-	}
+	wait := defaults.IfNotPositive(o.ConnectWait, 10*time.Second)
 	select {
 	case <-connected:
 	case <-time.After(wait):

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/schema/capture"
 )
@@ -33,15 +34,9 @@ type PublisherOptions struct {
 }
 
 func (o *PublisherOptions) defaults() {
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 4096
-	}
-	if o.StallWait <= 0 {
-		o.StallWait = 5 * time.Second
-	}
-	if o.AckTimeout <= 0 {
-		o.AckTimeout = 5 * time.Second
-	}
+	o.MaxInFlight = defaults.IfNotPositive(o.MaxInFlight, 4096)
+	o.StallWait = defaults.IfNotPositive(o.StallWait, 5*time.Second)
+	o.AckTimeout = defaults.IfNotPositive(o.AckTimeout, 5*time.Second)
 }
 
 // Publisher stores call events in CALLPIPE_CALLS with Nats-Msg-Id = event id,

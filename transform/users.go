@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -72,21 +73,11 @@ func NewUserResolver(o UserOptions) *UserResolver {
 	if o.KeyPrefix == "" {
 		o.KeyPrefix = DefaultUserKeyPrefix
 	}
-	if o.TTL <= 0 {
-		o.TTL = 5 * time.Minute
-	}
-	if o.NegativeTTL <= 0 {
-		o.NegativeTTL = time.Minute
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = time.Second
-	}
-	if o.RetryAfter <= 0 {
-		o.RetryAfter = time.Second
-	}
-	if o.MaxEntries <= 0 {
-		o.MaxEntries = 100_000
-	}
+	o.TTL = defaults.IfNotPositive(o.TTL, 5*time.Minute)
+	o.NegativeTTL = defaults.IfNotPositive(o.NegativeTTL, time.Minute)
+	o.Timeout = defaults.IfNotPositive(o.Timeout, time.Second)
+	o.RetryAfter = defaults.IfNotPositive(o.RetryAfter, time.Second)
+	o.MaxEntries = defaults.IfNotPositive(o.MaxEntries, 100_000)
 	return &UserResolver{o: o, cache: map[string]userEntry{}, now: time.Now}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -38,27 +39,13 @@ type WorkerOptions struct {
 
 func (o *WorkerOptions) defaults() {
 	stage.Defaults(nil, &o.Consumer, &o.FilterSubject)
-	if o.Concurrency <= 0 {
-		o.Concurrency = runtime.GOMAXPROCS(0)
-	}
-	if o.Batch <= 0 {
-		o.Batch = 500
-	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 1000
-	}
-	if o.AckWait <= 0 {
-		o.AckWait = 30 * time.Second
-	}
-	if o.MaxDeliver <= 0 {
-		o.MaxDeliver = 10
-	}
-	if o.MaxAckPending <= 0 {
-		o.MaxAckPending = 20000
-	}
-	if o.RetryDelay <= 0 {
-		o.RetryDelay = time.Second
-	}
+	o.Concurrency = defaults.IfNotPositive(o.Concurrency, runtime.GOMAXPROCS(0))
+	o.Batch = defaults.IfNotPositive(o.Batch, 500)
+	o.MaxInFlight = defaults.IfNotPositive(o.MaxInFlight, 1000)
+	o.AckWait = defaults.IfNotPositive(o.AckWait, 30*time.Second)
+	o.MaxDeliver = defaults.IfNotPositive(o.MaxDeliver, 10)
+	o.MaxAckPending = defaults.IfNotPositive(o.MaxAckPending, 20000)
+	o.RetryDelay = defaults.IfNotPositive(o.RetryDelay, time.Second)
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}

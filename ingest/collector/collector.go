@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/ingest"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/schema/capture"
 )
@@ -63,18 +64,12 @@ type Collector struct {
 
 // New returns a collector that publishes through pub.
 func New(pub Publisher, o Options) *Collector {
-	if o.MaxBodyBytes <= 0 {
-		o.MaxBodyBytes = 8 << 20
-	}
+	o.MaxBodyBytes = defaults.IfNotPositive(o.MaxBodyBytes, 8<<20)
 	if o.Limits.MaxEventBytes <= 0 {
 		o.Limits = schema.DefaultLimits()
 	}
-	if o.AckTimeout <= 0 {
-		o.AckTimeout = 10 * time.Second
-	}
-	if o.ReadTimeout <= 0 {
-		o.ReadTimeout = 30 * time.Second
-	}
+	o.AckTimeout = defaults.IfNotPositive(o.AckTimeout, 10*time.Second)
+	o.ReadTimeout = defaults.IfNotPositive(o.ReadTimeout, 30*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -71,6 +71,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/ingest/spool"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/schema/capture"
 )
@@ -201,24 +202,12 @@ func New(opts Options, pub Publisher) (*Proxy, error) {
 	if pub == nil {
 		return nil, errors.New("proxy: nil Publisher")
 	}
-	if opts.CaptureLimit <= 0 {
-		opts.CaptureLimit = DefaultCaptureLimit
-	}
-	if opts.SpoolMaxBytes <= 0 {
-		opts.SpoolMaxBytes = DefaultSpoolMaxBytes
-	}
-	if opts.QueueSize <= 0 {
-		opts.QueueSize = DefaultQueueSize
-	}
-	if opts.MaxEventBytes <= 0 {
-		opts.MaxEventBytes = DefaultMaxEventBytes
-	}
-	if opts.PublishTimeout <= 0 {
-		opts.PublishTimeout = DefaultPublishTimeout
-	}
-	if opts.RetryMin <= 0 {
-		opts.RetryMin = DefaultRetryMin
-	}
+	opts.CaptureLimit = defaults.IfNotPositive(opts.CaptureLimit, DefaultCaptureLimit)
+	opts.SpoolMaxBytes = defaults.IfNotPositive(opts.SpoolMaxBytes, DefaultSpoolMaxBytes)
+	opts.QueueSize = defaults.IfNotPositive(opts.QueueSize, DefaultQueueSize)
+	opts.MaxEventBytes = defaults.IfNotPositive(opts.MaxEventBytes, DefaultMaxEventBytes)
+	opts.PublishTimeout = defaults.IfNotPositive(opts.PublishTimeout, DefaultPublishTimeout)
+	opts.RetryMin = defaults.IfNotPositive(opts.RetryMin, DefaultRetryMin)
 	if opts.RetryMax < opts.RetryMin {
 		opts.RetryMax = max(DefaultRetryMax, opts.RetryMin)
 	}

@@ -71,6 +71,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // Errors returned by a Spool.
@@ -174,9 +176,7 @@ func Open(dir string, o Options) (*Spool, error) {
 	if o.MaxBytes <= 0 {
 		return nil, errors.New("spool: MaxBytes must be positive")
 	}
-	if o.SegmentBytes <= 0 {
-		o.SegmentBytes = min(max(o.MaxBytes/8, minSegBytes), maxSegBytes)
-	}
+	o.SegmentBytes = defaults.IfNotPositive(o.SegmentBytes, min(max(o.MaxBytes/8, minSegBytes), maxSegBytes))
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

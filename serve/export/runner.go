@@ -15,6 +15,8 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // Object names next to the parts.
@@ -57,21 +59,13 @@ func (r *Runner) cfg() Config {
 	if c.Compression == "" {
 		c.Compression = "zstd"
 	}
-	if c.PartBytes <= 0 {
-		c.PartBytes = 256 << 20
-	}
-	if c.PageRows <= 0 {
-		c.PageRows = 20000
-	}
+	c.PartBytes = defaults.IfNotPositive(c.PartBytes, 256<<20)
+	c.PageRows = defaults.IfNotPositive(c.PageRows, 20000)
 	if c.UploadPartSize < 5<<20 {
 		c.UploadPartSize = 16 << 20
 	}
-	if c.LeaseTTL <= 0 {
-		c.LeaseTTL = 30 * time.Second
-	}
-	if c.StateTTL <= 0 {
-		c.StateTTL = 7 * 24 * time.Hour
-	}
+	c.LeaseTTL = defaults.IfNotPositive(c.LeaseTTL, 30*time.Second)
+	c.StateTTL = defaults.IfNotPositive(c.StateTTL, 7*24*time.Hour)
 	if c.KeyPrefix == "" {
 		c.KeyPrefix = "callpipe:export:"
 	}

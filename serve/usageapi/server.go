@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/store/callsdb"
 )
 
@@ -110,12 +111,8 @@ func (s *Server) SetLangfuse(l LangfuseLinks) {
 
 // New returns a server reading store.
 func New(store Store, opts Options) (*Server, error) {
-	if opts.RefreshInterval <= 0 {
-		opts.RefreshInterval = 15 * time.Second
-	}
-	if opts.QueryTimeout <= 0 {
-		opts.QueryTimeout = 30 * time.Second
-	}
+	opts.RefreshInterval = defaults.IfNotPositive(opts.RefreshInterval, 15*time.Second)
+	opts.QueryTimeout = defaults.IfNotPositive(opts.QueryTimeout, 30*time.Second)
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}

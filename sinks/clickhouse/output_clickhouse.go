@@ -11,6 +11,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/store/callsdb"
 )
@@ -42,12 +43,8 @@ type Output struct {
 
 // NewOutput returns an unconnected output.
 func NewOutput(cfg OutputConfig) *Output {
-	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 1
-	}
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = 5 * time.Second
-	}
+	cfg.MaxInFlight = defaults.IfNotPositive(cfg.MaxInFlight, 1)
+	cfg.DialTimeout = defaults.IfNotPositive(cfg.DialTimeout, 5*time.Second)
 	return &Output{cfg: cfg, inflight: make(chan struct{}, cfg.MaxInFlight), insert: callsdb.WithDB(callsdb.InsertCalls, cfg.Database)}
 }
 

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -103,29 +104,17 @@ type Output struct {
 
 // NewOutput returns an unconnected output with defaults filled in.
 func NewOutput(cfg OutputConfig) *Output {
-	if cfg.MaxBatchBytes <= 0 {
-		cfg.MaxBatchBytes = DefaultMaxBatchBytes
-	}
-	if cfg.MaxBatchCount <= 0 {
-		cfg.MaxBatchCount = DefaultMaxBatchCount
-	}
-	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = DefaultMaxInFlight
-	}
+	cfg.MaxBatchBytes = defaults.IfNotPositive(cfg.MaxBatchBytes, DefaultMaxBatchBytes)
+	cfg.MaxBatchCount = defaults.IfNotPositive(cfg.MaxBatchCount, DefaultMaxBatchCount)
+	cfg.MaxInFlight = defaults.IfNotPositive(cfg.MaxInFlight, DefaultMaxInFlight)
 	if cfg.MaxRetries < 0 {
 		cfg.MaxRetries = 0
 	} else if cfg.MaxRetries == 0 {
 		cfg.MaxRetries = DefaultMaxRetries
 	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = DefaultMinBackoff
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = DefaultMaxBackoff
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
-	}
+	cfg.MinBackoff = defaults.IfNotPositive(cfg.MinBackoff, DefaultMinBackoff)
+	cfg.MaxBackoff = defaults.IfNotPositive(cfg.MaxBackoff, DefaultMaxBackoff)
+	cfg.Timeout = defaults.IfNotPositive(cfg.Timeout, DefaultTimeout)
 	if cfg.HTTPClient == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = cfg.MaxInFlight + 2

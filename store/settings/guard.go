@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // ProbePolicy bounds where "Test connection" may connect. The test makes
@@ -149,10 +151,7 @@ func (p ProbePolicy) check(address string) error {
 // proxy, not the target), redirects are not followed and the whole test is
 // bounded by the timeout.
 func (p ProbePolicy) Client() *http.Client {
-	timeout := p.Timeout
-	if timeout <= 0 {
-		timeout = DefaultProbeTimeout
-	}
+	timeout := p.timeout()
 	dialer := &net.Dialer{
 		Timeout: timeout,
 		Control: func(network, address string, _ syscall.RawConn) error {
@@ -186,11 +185,12 @@ func probeRefused(err error) (ProbeResult, bool) {
 	return ProbeResult{Stage: ProbeRefused, Message: re.Error()}, true
 }
 
+// timeout bounds one whole test: the policy's, or DefaultProbeTimeout.
+func (p ProbePolicy) timeout() time.Duration {
+	return defaults.IfNotPositive(p.Timeout, DefaultProbeTimeout)
+}
+
 // probeContext bounds a test by the policy's timeout.
 func (p ProbePolicy) probeContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	timeout := p.Timeout
-	if timeout <= 0 {
-		timeout = DefaultProbeTimeout
-	}
-	return context.WithTimeout(ctx, timeout)
+	return context.WithTimeout(ctx, p.timeout())
 }

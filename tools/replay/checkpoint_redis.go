@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // State is a job's checkpoint.
@@ -31,10 +33,7 @@ type Checkpoints struct {
 
 // NewCheckpoints stores checkpoints under prefix (e.g. "callpipe:replay:").
 func NewCheckpoints(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Checkpoints {
-	if ttl <= 0 {
-		ttl = 30 * 24 * time.Hour
-	}
-	return &Checkpoints{rdb: rdb, prefix: prefix, ttl: ttl}
+	return &Checkpoints{rdb: rdb, prefix: prefix, ttl: defaults.IfNotPositive(ttl, 30*24*time.Hour)}
 }
 
 func (c *Checkpoints) key(job string) string  { return c.prefix + job }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/store/rawarchive"
 )
@@ -104,15 +105,9 @@ func Run(ctx context.Context, nc *nats.Conn, s3 *minio.Client, cp *Checkpoints, 
 	if !validJob.MatchString(o.Job) {
 		return Result{}, fmt.Errorf("replay: job %q: must be 1-64 letters, digits, - and _", o.Job)
 	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 4096
-	}
-	if o.CheckpointEvery <= 0 {
-		o.CheckpointEvery = 10000
-	}
-	if o.ProgressEvery <= 0 {
-		o.ProgressEvery = time.Second
-	}
+	o.MaxInFlight = defaults.IfNotPositive(o.MaxInFlight, 4096)
+	o.CheckpointEvery = defaults.IfNotPositive(o.CheckpointEvery, 10000)
+	o.ProgressEvery = defaults.IfNotPositive(o.ProgressEvery, time.Second)
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}

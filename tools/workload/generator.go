@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/ingest/proxy"
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // User is a caller: with an APIKey it authenticates like an Xinference client
@@ -132,15 +133,9 @@ func Run(ctx context.Context, spec Spec, progress func(Progress)) (*Result, erro
 	if len(spec.Users) == 0 {
 		spec.Users = DefaultUsers()
 	}
-	if spec.Concurrency <= 0 {
-		spec.Concurrency = 8
-	}
-	if spec.PromptWords <= 0 {
-		spec.PromptWords = 40
-	}
-	if spec.MaxTokens <= 0 {
-		spec.MaxTokens = 64
-	}
+	spec.Concurrency = defaults.IfNotPositive(spec.Concurrency, 8)
+	spec.PromptWords = defaults.IfNotPositive(spec.PromptWords, 40)
+	spec.MaxTokens = defaults.IfNotPositive(spec.MaxTokens, 64)
 	client := spec.Client
 	if client == nil {
 		client = &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: spec.Concurrency}}

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/callpipe/callpipe/internal/defaults"
 )
 
 // Model is one model UID the upstream serves.
@@ -130,9 +132,7 @@ func (r *request) prompt() string {
 // Answer is the chat answer the upstream gives to a prompt: deterministic,
 // about maxTokens words (at least 1).
 func Answer(prompt string, maxTokens int) string {
-	if maxTokens <= 0 {
-		maxTokens = 64
-	}
+	maxTokens = defaults.IfNotPositive(maxTokens, 64)
 	h := fnv.New64a()
 	h.Write([]byte(prompt))
 	seed := h.Sum64()

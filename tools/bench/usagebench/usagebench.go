@@ -24,6 +24,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/store/callsdb"
 )
 
@@ -215,18 +216,10 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 	if err := o.Check(); err != nil {
 		return nil, fmt.Errorf("bench usage: %w", err)
 	}
-	if o.ChunkCalls == 0 {
-		o.ChunkCalls = defaultChunkCalls
-	}
-	if o.PageSize <= 0 {
-		o.PageSize = defaultCallListLimit
-	}
-	if o.QueryTimeout <= 0 {
-		o.QueryTimeout = defaultQueryTimeout
-	}
-	if o.SealAfter <= 0 {
-		o.SealAfter = callsdb.DefaultSealAfter
-	}
+	o.ChunkCalls = defaults.IfNotPositive(o.ChunkCalls, defaultChunkCalls)
+	o.PageSize = defaults.IfNotPositive(o.PageSize, defaultCallListLimit)
+	o.QueryTimeout = defaults.IfNotPositive(o.QueryTimeout, defaultQueryTimeout)
+	o.SealAfter = defaults.IfNotPositive(o.SealAfter, callsdb.DefaultSealAfter)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
