@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/internal/retry"
 )
 
@@ -174,19 +175,21 @@ func New[T any](nc *nats.Conn, out Output[T], cfg Config) (*Runner[T], error) {
 	}
 	bus.StageOf(cfg.Stage).Defaults(&cfg.Stream, &cfg.Consumer, &cfg.FilterSubject)
 	b := &cfg.Batch
-	b.Count, b.Bytes, b.MaxInFlight = cmp.Or(max(b.Count, 0), 1000), cmp.Or(max(b.Bytes, 0), 8<<20), cmp.Or(max(b.MaxInFlight, 0), 1)
-	b.Period = cmp.Or(max(b.Period, 0), time.Second)
-	cfg.AckWait = cmp.Or(max(cfg.AckWait, 0), 2*time.Minute)
-	cfg.PullBuffer = cmp.Or(max(cfg.PullBuffer, 0), 64)
-	cfg.PullBytes = max(cmp.Or(max(cfg.PullBytes, 0), min(b.Bytes, 8<<20)), int(nc.MaxPayload())+64<<10)
-	cfg.MaxAckPending = cmp.Or(max(cfg.MaxAckPending, 0), b.Count*(b.MaxInFlight+1)+cfg.PullBuffer)
-	cfg.BackoffMin = cmp.Or(max(cfg.BackoffMin, 0), 250*time.Millisecond)
+	b.Count = defaults.IfNotPositive(b.Count, 1000)
+	b.Bytes = defaults.IfNotPositive(b.Bytes, 8<<20)
+	b.MaxInFlight = defaults.IfNotPositive(b.MaxInFlight, 1)
+	b.Period = defaults.IfNotPositive(b.Period, time.Second)
+	cfg.AckWait = defaults.IfNotPositive(cfg.AckWait, 2*time.Minute)
+	cfg.PullBuffer = defaults.IfNotPositive(cfg.PullBuffer, 64)
+	cfg.PullBytes = max(defaults.IfNotPositive(cfg.PullBytes, min(b.Bytes, 8<<20)), int(nc.MaxPayload())+64<<10)
+	cfg.MaxAckPending = defaults.IfNotPositive(cfg.MaxAckPending, b.Count*(b.MaxInFlight+1)+cfg.PullBuffer)
+	cfg.BackoffMin = defaults.IfNotPositive(cfg.BackoffMin, 250*time.Millisecond)
 	if cfg.BackoffMax < cfg.BackoffMin {
 		cfg.BackoffMax = max(30*time.Second, cfg.BackoffMin)
 	}
-	cfg.DrainTimeout = cmp.Or(max(cfg.DrainTimeout, 0), 30*time.Second)
-	cfg.Connect.First = cmp.Or(max(cfg.Connect.First, 0), 250*time.Millisecond)
-	cfg.Connect.Max = cmp.Or(max(cfg.Connect.Max, 0), 30*time.Second)
+	cfg.DrainTimeout = defaults.IfNotPositive(cfg.DrainTimeout, 30*time.Second)
+	cfg.Connect.First = defaults.IfNotPositive(cfg.Connect.First, 250*time.Millisecond)
+	cfg.Connect.Max = defaults.IfNotPositive(cfg.Connect.Max, 30*time.Second)
 	cfg.Destination = cmp.Or(cfg.Destination, cfg.Stage)
 	cfg.Log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler))
 	r := &Runner[T]{out: out, pauseCh: make(chan time.Duration, 1), connected: make(chan struct{})}

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks"
@@ -59,14 +60,17 @@ func (c *SinkConfig) defaults() error {
 	if !rawarchive.ValidLevel(c.Compression) {
 		return fmt.Errorf("archive sink: compression %q: want fastest, default or better", c.Compression)
 	}
-	c.FlushBytes, c.FlushInterval = cmp.Or(max(c.FlushBytes, 0), 64<<20), cmp.Or(max(c.FlushInterval, 0), time.Minute)
-	c.AckWait = cmp.Or(max(c.AckWait, 0), 2*c.FlushInterval+time.Minute)
+	c.FlushBytes = defaults.IfNotPositive(c.FlushBytes, 64<<20)
+	c.FlushInterval = defaults.IfNotPositive(c.FlushInterval, time.Minute)
+	c.AckWait = defaults.IfNotPositive(c.AckWait, 2*c.FlushInterval+time.Minute)
 	if c.AckWait <= c.FlushInterval {
 		return fmt.Errorf("archive sink: ack wait %s must exceed the flush interval %s", c.AckWait, c.FlushInterval)
 	}
-	c.MaxAckPending, c.PartSize = cmp.Or(max(c.MaxAckPending, 0), 500000), cmp.Or(c.PartSize, 16<<20)
-	c.MaxUploads, c.DrainTimeout = cmp.Or(max(c.MaxUploads, 0), 2), cmp.Or(max(c.DrainTimeout, 0), time.Minute)
-	c.BackoffMin = cmp.Or(max(c.BackoffMin, 0), 250*time.Millisecond)
+	c.MaxAckPending = defaults.IfNotPositive(c.MaxAckPending, 500000)
+	c.PartSize = defaults.IfNotPositive(c.PartSize, 16<<20)
+	c.MaxUploads = defaults.IfNotPositive(c.MaxUploads, 2)
+	c.DrainTimeout = defaults.IfNotPositive(c.DrainTimeout, time.Minute)
+	c.BackoffMin = defaults.IfNotPositive(c.BackoffMin, 250*time.Millisecond)
 	if c.BackoffMax < c.BackoffMin {
 		c.BackoffMax = max(30*time.Second, c.BackoffMin)
 	}

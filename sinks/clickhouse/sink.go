@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks"
 	"github.com/callpipe/callpipe/store/callsdb"
@@ -68,8 +69,9 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	rc := cfg.Config
 	rc.Stage, rc.Description, rc.Destination = bus.StageClickHouse, "callpipe ClickHouse sink", "clickhouse"
 	b := &rc.Batch
-	b.Count, b.MaxInFlight = cmp.Or(max(b.Count, 0), 50000), cmp.Or(max(b.MaxInFlight, 0), out.cfg.MaxInFlight)
-	rc.AckWait = cmp.Or(max(rc.AckWait, 0), 2*time.Minute)
+	b.Count = defaults.IfNotPositive(b.Count, 50000)
+	b.MaxInFlight = defaults.IfNotPositive(b.MaxInFlight, out.cfg.MaxInFlight)
+	rc.AckWait = defaults.IfNotPositive(rc.AckWait, 2*time.Minute)
 	// every batch in flight, the one being filled and the client's buffer
 	rc.MaxAckPending = b.Count*(b.MaxInFlight+1) + min(max(b.Count, 500), 10000)
 	rc.Counters = sinks.Counters{Skipped: m.skipped, DeadLetters: m.deadLetters}

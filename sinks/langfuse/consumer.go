@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/internal/retry"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/sinks"
@@ -59,11 +60,13 @@ type Sink struct {
 // already; else Run connects it first.
 func NewSink(ctx context.Context, nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	b := &cfg.Batch
-	b.Count, b.Bytes, b.MaxInFlight = cmp.Or(max(b.Count, 0), 500), cmp.Or(max(b.Bytes, 0), 16<<20), cmp.Or(max(b.MaxInFlight, 0), 2)
-	cfg.AckWait = cmp.Or(max(cfg.AckWait, 0), 2*time.Minute)
-	cfg.MaxAckPending = cmp.Or(max(cfg.MaxAckPending, 0), max(20000, 2*b.Count*b.MaxInFlight))
-	cfg.RetryDelay = cmp.Or(max(cfg.RetryDelay, 0), 5*time.Second)
-	cfg.DrainTimeout = cmp.Or(max(cfg.DrainTimeout, 0), 20*time.Second)
+	b.Count = defaults.IfNotPositive(b.Count, 500)
+	b.Bytes = defaults.IfNotPositive(b.Bytes, 16<<20)
+	b.MaxInFlight = defaults.IfNotPositive(b.MaxInFlight, 2)
+	cfg.AckWait = defaults.IfNotPositive(cfg.AckWait, 2*time.Minute)
+	cfg.MaxAckPending = defaults.IfNotPositive(cfg.MaxAckPending, max(20000, 2*b.Count*b.MaxInFlight))
+	cfg.RetryDelay = defaults.IfNotPositive(cfg.RetryDelay, 5*time.Second)
+	cfg.DrainTimeout = defaults.IfNotPositive(cfg.DrainTimeout, 20*time.Second)
 	cfg.Log = cmp.Or(cfg.Log, slog.Default())
 	s := &Sink{out: out, cfg: cfg, log: cfg.Log}
 	counter := func(result string) prometheus.Counter {
