@@ -78,30 +78,41 @@ func (t *ingestionTransport) post(ctx context.Context, body []byte, buf *bodyBuf
 		req.GetBody = func() (io.ReadCloser, error) { return buf.reader(body), nil } // a resend holds buf too
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", t.auth)
+	return exchange(t.client, req, t.auth, 64<<20, func(r *ingestionResponse, _ http.Header, data []byte) {
+		results, err := parseResults(data)
+		if err != nil {
+			// A 2xx we cannot read says nothing about any event: retry them all.
+			r.Message = fmt.Sprintf("unreadable %d answer: %v", r.Status, err)
+			r.Status = http.StatusBadGateway
+			return
+		}
+		r.Results = results
+	})
+}
+
+// exchange sends req with the sink's credentials (auth) and reads at most
+// limit bytes of the answer, the same way for both transports. An error is
+// a transport failure: no HTTP answer, or one that could not be read. A 2xx
+// answer's body is left to accepted, which reads it the transport's way;
+// any other answer's body is the message.
+func exchange(client *http.Client, req *http.Request, auth string, limit int64, accepted func(r *ingestionResponse, header http.Header, data []byte)) (ingestionResponse, error) {
+	req.Header.Set("Authorization", auth)
 	req.Header.Set("User-Agent", "callpipe-langfuse-sink")
-	resp, err := t.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return ingestionResponse{}, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
 		return ingestionResponse{}, fmt.Errorf("read answer: %w", err)
 	}
 	r := ingestionResponse{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		results, err := parseResults(data)
-		if err != nil {
-			// A 2xx we cannot read says nothing about any event: retry them all.
-			r.Status = http.StatusBadGateway
-			r.Message = fmt.Sprintf("unreadable %d answer: %v", resp.StatusCode, err)
-			return r, nil
-		}
-		r.Results = results
-		return r, nil
+		accepted(&r, resp.Header, data)
+	} else {
+		r.Message = requestMessage(data)
 	}
-	r.Message = requestMessage(data)
 	return r, nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/klauspost/compress/gzip"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -394,27 +393,12 @@ func (t *otlpTransport) post(ctx context.Context, spans []encoded) (ingestionRes
 	}
 	req.Header.Set("Content-Type", "application/x-protobuf")
 	req.Header.Set("Content-Encoding", "gzip")
-	req.Header.Set("Authorization", t.auth)
-	req.Header.Set("User-Agent", "callpipe-langfuse-sink")
 	req.Header.Set(HeaderIngestionVersion, IngestionVersion)
 	req.Header.Set(HeaderSDKName, SDKName)
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return ingestionResponse{}, err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return ingestionResponse{}, fmt.Errorf("read answer: %w", err)
-	}
-	r := ingestionResponse{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+	return exchange(t.client, req, t.auth, 1<<20, func(r *ingestionResponse, header http.Header, data []byte) {
 		r.AllAccepted = true
-		r.Rejected, r.Message = partialSuccess(resp.Header.Get("Content-Type"), data)
-		return r, nil
-	}
-	r.Message = requestMessage(data)
-	return r, nil
+		r.Rejected, r.Message = partialSuccess(header.Get("Content-Type"), data)
+	})
 }
 
 // partialSuccess reads ExportTraceServiceResponse.partial_success from a
