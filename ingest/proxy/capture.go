@@ -216,13 +216,8 @@ func topLevel(b []byte) (fields map[string]json.RawMessage, complete bool) {
 	}
 	fields = map[string]json.RawMessage{}
 	for dec.More() {
-		t, err := dec.Token()
+		key, v, err := member(dec)
 		if err != nil {
-			return fields, false
-		}
-		key, _ := t.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
 			return fields, false
 		}
 		fields[key] = v // the last of duplicate keys wins, as in Python's json
@@ -234,6 +229,18 @@ func topLevel(b []byte) (fields map[string]json.RawMessage, complete bool) {
 		return fields, false
 	}
 	return fields, true
+}
+
+// member reads the next member of the object dec is in: its key and the
+// bytes of its value.
+func member(dec *json.Decoder) (key string, v json.RawMessage, err error) {
+	t, err := dec.Token()
+	if err != nil {
+		return "", nil, err
+	}
+	key, _ = t.(string)
+	err = dec.Decode(&v)
+	return key, v, err
 }
 
 func jsonString(raw json.RawMessage) string {
@@ -264,13 +271,8 @@ func withIncludeUsage(body []byte) ([]byte, bool) {
 	out.WriteByte('{')
 	found := false
 	for n := 0; dec.More(); n++ {
-		t, err := dec.Token()
+		key, v, err := member(dec)
 		if err != nil {
-			return nil, false
-		}
-		key, _ := t.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
 			return nil, false
 		}
 		if n > 0 {
