@@ -3,6 +3,7 @@ package schema
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"unicode/utf8"
 )
 
 // HashAPIKey returns the lowercase hex SHA-256 of key: the form in which API
@@ -16,19 +17,7 @@ func HashAPIKey(key string) string {
 // 7 characters (Xinference keys are "xf-" and 48 alphanumerics; its audit
 // log keeps 7), but never more than half of a short key.
 func APIKeyPrefix(key string) string {
-	runes := 0
-	for range key {
-		runes++
-	}
-	n := min(APIKeyPrefixChars, runes/2)
-	i := 0
-	for j := range key {
-		if i == n {
-			return key[:j]
-		}
-		i++
-	}
-	return key
+	return ClipChars(key, min(APIKeyPrefixChars, utf8.RuneCountInString(key)/2))
 }
 
 // RedactAPIKey replaces a clear APIKey with APIKeyHash (HashAPIKey) and

@@ -24,6 +24,22 @@ const (
 	endpointRequirements = "must be a request path like " + exampleEndpoint
 )
 
+// ClipChars is s cut to its first n characters (code points), the unit of
+// the limits above.
+func ClipChars(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := 0
+	for j := range s {
+		if i == n {
+			return s[:j]
+		}
+		i++
+	}
+	return s
+}
+
 // ApplyDefaults fills the fields that have defaults: TraceID = ID,
 // Status = 200, Source = "online". Decode calls it.
 func (e *Event) ApplyDefaults() {

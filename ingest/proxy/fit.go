@@ -25,27 +25,12 @@ func sanitize(ev *schema.Event) {
 	// The call happened whatever the client named: cut names to the schema's
 	// limit instead of losing the event.
 	for _, s := range []*string{&ev.SessionID, &ev.Model, &ev.User} {
-		*s = clipRunes(*s, schema.MaxNameChars)
+		*s = schema.ClipChars(*s, schema.MaxNameChars)
 	}
-	ev.Endpoint = clipRunes(ev.Endpoint, schema.MaxEndpointChars)
+	ev.Endpoint = schema.ClipChars(ev.Endpoint, schema.MaxEndpointChars)
 	if ev.Model == "" {
 		ev.Model = "unknown" // schema v1 requires a model; the request named none
 	}
-}
-
-// clipRunes keeps the first n characters of s.
-func clipRunes(s string, n int) string {
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	i := 0
-	for j := range s {
-		if i == n {
-			return s[:j]
-		}
-		i++
-	}
-	return s
 }
 
 // fit shrinks the event's request and response until it encodes within max

@@ -197,7 +197,7 @@ func applyBodyAttrs(ev *schema.Event, fields map[string]json.RawMessage) {
 				continue
 			}
 			for _, t := range tags {
-				t = clipRunes(strings.ToValidUTF8(strings.TrimSpace(t), "\uFFFD"), schema.MaxTagChars)
+				t = schema.ClipChars(strings.ToValidUTF8(strings.TrimSpace(t), "\uFFFD"), schema.MaxTagChars)
 				if t != "" && !slices.Contains(ev.Tags, t) && len(ev.Tags) < schema.MaxTags {
 					ev.Tags = append(ev.Tags, t)
 				}

@@ -431,15 +431,8 @@ func (p *Policy) truncateJSON(raw json.RawMessage, text string) json.RawMessage 
 }
 
 func truncateChars(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := 0
-	for j := range s {
-		if i == n {
-			return s[:j] + "…"
-		}
-		i++
+	if cut := schema.ClipChars(s, n); len(cut) < len(s) {
+		return cut + "…"
 	}
 	return s
 }
