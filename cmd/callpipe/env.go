@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -89,6 +91,19 @@ func (r *amendFlags) run(a *app, cmd *cobra.Command, kind, why string, f func(c 
 		}
 		return f(c, amend.NewJob(kind, conn, db.Database, r.from, r.to, js, cmd.OutOrStdout()))
 	})
+}
+
+// openInput opens the file a command reads its input from, or its standard
+// input for "-".
+func openInput(cmd *cobra.Command, path string) (io.ReadCloser, error) {
+	if path == "-" {
+		return io.NopCloser(cmd.InOrStdin()), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // drained drains nc after a role stopped with err (a graceful stop flushes

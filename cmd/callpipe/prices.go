@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -57,16 +55,12 @@ func newPricesCommand(a *app) *cobra.Command {
 		Short: "Store the price table in FILE (- for stdin); normalize stages use it from the next call on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var r io.Reader = cmd.InOrStdin()
-			if args[0] != "-" {
-				f, err := os.Open(args[0])
-				if err != nil {
-					return fmt.Errorf("%w: %w", errUsage, err)
-				}
-				defer f.Close()
-				r = f
+			in, err := openInput(cmd, args[0])
+			if err != nil {
+				return fmt.Errorf("%w: %w", errUsage, err)
 			}
-			f, err := transform.ReadPriceFile(r)
+			defer in.Close()
+			f, err := transform.ReadPriceFile(in)
 			if err != nil {
 				return fmt.Errorf("%w: %s: %w", errUsage, args[0], err)
 			}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
@@ -137,18 +135,17 @@ func apiKeyArg(cmd *cobra.Command, key, keyFile string) (string, error) {
 	case keyFile == "":
 		return "", fmt.Errorf("%w: --key-file FILE (or - for stdin) is required", errUsage)
 	}
-	var r io.Reader = cmd.InOrStdin()
-	name := "stdin"
-	if keyFile != "-" {
-		f, err := os.Open(keyFile)
-		if err != nil {
-			return "", fmt.Errorf("%w: --key-file: %w", errUsage, err)
-		}
-		defer f.Close()
-		r, name = f, keyFile
-	}
-	k, err := transform.ReadAPIKey(r)
+	in, err := openInput(cmd, keyFile)
 	if err != nil {
+		return "", fmt.Errorf("%w: --key-file: %w", errUsage, err)
+	}
+	defer in.Close()
+	k, err := transform.ReadAPIKey(in)
+	if err != nil {
+		name := keyFile
+		if keyFile == "-" {
+			name = "stdin"
+		}
 		return "", fmt.Errorf("%w: --key-file %s: %w", errUsage, name, err)
 	}
 	return k, nil
