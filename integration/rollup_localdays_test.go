@@ -13,7 +13,8 @@ import (
 // first pass of a sealer they were added to, read by day buckets and whole
 // local days of their zone, sealed again after late data, and exact
 // throughout (every grouping in UTC, New York and Tokyo equals SQL over the
-// calls collapsed by id). New York's Nov 1, 2026 has 25 hours.
+// calls collapsed by id). New York's Nov 1, 2026 has 25 hours. Hours are
+// sealed in slices and several at a time.
 func TestRollupLocalDays(t *testing.T) {
 	out, db := chTestDB(t)
 	conn := out.Conn()
@@ -41,11 +42,16 @@ func TestRollupLocalDays(t *testing.T) {
 		checkRollupUsageIn(t, conn, db, o, nyFrom.Add(7*time.Hour), nyTo, what+", from inside a New York day", 2, ny)
 	}
 
-	// UTC days only: New York's days are UTC days corrected by edge hours
-	if _, _, err := (&callsdb.Sealer{Conn: conn, Database: db}).Rebuild(ctx, from, to, nil); err != nil {
-		t.Fatal(err)
+	// UTC days only: New York's days are UTC days corrected by edge hours.
+	// Sealed twice: each hour (~1,000 stored rows) alone in slices of at
+	// most 700 rows, then again several hours a statement (at most 5,000
+	// rows).
+	for _, sliceRows := range []uint64{700, 5000} {
+		if _, _, err := (&callsdb.Sealer{Conn: conn, Database: db, SliceRows: sliceRows}).Rebuild(ctx, from, to, nil); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("UTC days only, hours sealed in statements of at most %d rows", sliceRows))
 	}
-	check("UTC days only")
 	localSeals := func() map[string]uint64 {
 		t.Helper()
 		got := map[string]uint64{}

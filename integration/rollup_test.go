@@ -454,10 +454,10 @@ func TestRollupAtScale(t *testing.T) {
 	o.loadDays(t, conn, db, from, to)
 	t.Logf("oracle over calls collapsed by id, day by day: %s", time.Since(t0).Round(time.Second))
 
-	// a rebuild killed after 700 of 720 hours: sealed hours, a half-written
+	// a rebuild killed after 672 of 720 hours: sealed hours, a half-written
 	// seal maybe, unsealed hours (read per call: a few keep the check's
 	// time in bounds); then the whole rebuild
-	runRebuild(t, db, from, to, 700)
+	runRebuild(t, db, from, to, 672)
 	checkRollupUsageEvery(t, conn, db, o, from, to, "rebuild SIGKILLed", 3)
 	t0 = time.Now()
 	runRebuild(t, db, from, to, 0)

@@ -77,18 +77,24 @@ const rollupColumns = `grain, by_user, period, model, user_id, source, batch_id,
     calls, errors, input_tokens, output_tokens, total_tokens, cost,
     latency_buckets, latency_counts, ttft_calls, ttft_buckets, ttft_counts`
 
-// sealHourSQL computes one hour's rollup rows keyed by user (by_user = 1)
-// from the per-call rows collapsed by id, at version v. slices > 1 computes
-// only the calls whose id hashes to slice (copies of a call share the id,
-// so slices never split a call); the rows of all slices sum to the hour.
-func sealHourSQL(hour int64, v uint64, slice, slices int) string {
-	where := timeRangeSQL("start_time", hour, hour+3600)
+// sealHoursSQL computes the rollup rows keyed by user (by_user = 1) of the
+// hours of refs, each at its version, from their per-call rows collapsed by
+// id. slices > 1 computes only the calls whose id hashes to slice (copies
+// of a call share the id, so slices never split a call); the rows of all
+// slices sum to the hours.
+func sealHoursSQL(refs []sealRef, slice, slices int) string {
+	where := callHoursWhere(refs)
 	if slices > 1 {
 		where += fmt.Sprintf(" AND cityHash64(id) %% %d = %d", slices, slice)
 	}
+	hours, versions := make([]string, len(refs)), make([]string, len(refs))
+	for i, r := range refs {
+		hours[i], versions[i] = fmt.Sprintf("toUInt32(%d)", r.Period), fmt.Sprintf("toUInt64(%d)", r.Version)
+	}
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
-    toUInt8(%d), toUInt8(1), toDateTime(%d, 'UTC'), c_model, c_user, c_source, c_batch, toUInt64(%d),
+    toUInt8(%d), toUInt8(1), toStartOfHour(c_start) AS c_hour, c_model, c_user, c_source, c_batch,
+    transform(toUInt32(c_hour), [%s], [%s], toUInt64(0)),
     toUInt64(count()), toUInt64(sum(c_error)), toInt64(sum(c_in)), toInt64(sum(c_out)), toInt64(sum(c_total)), toFloat64(sum(c_cost)),
     (sumMap([%s], [toUInt64(1)]) AS lat).1, lat.2,
     toUInt64(sum(c_has_ttft)),
@@ -97,8 +103,29 @@ FROM
 (
     %s
 )
-GROUP BY c_model, c_user, c_source, c_batch`, rollupColumns, grainHour, hour, v,
+GROUP BY c_hour, c_model, c_user, c_source, c_batch`, rollupColumns, grainHour, strings.Join(hours, ", "), strings.Join(versions, ", "),
 		histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(where))
+}
+
+// callHoursWhere is "start_time in one of these hours", over runs of
+// consecutive hours.
+func callHoursWhere(refs []sealRef) string {
+	var parts []string
+	for i := 0; i < len(refs); {
+		j := i
+		for j+1 < len(refs) && refs[j+1].Period == refs[j].Period+3600 {
+			j++
+		}
+		parts = append(parts, "("+timeRangeSQL("start_time", refs[i].Period, refs[j].Period+3600)+")")
+		i = j + 1
+	}
+	return "(" + strings.Join(parts, " OR ") + ")"
+}
+
+// sealRowsWhere is "the rows of these seals": their periods' ranges for
+// the primary key, then the exact (grain, period, version) tuples.
+func sealRowsWhere(refs []sealRef) string {
+	return "(" + strings.Join(sealRuns(refs), " OR ") + ") AND " + sealRefsSQL(refs)
 }
 
 // userRollupColumns are the columns of usage_rollup_by_user (usage_rollup's
@@ -107,20 +134,19 @@ const userRollupColumns = `grain, period, model, user_id, source, batch_id, vers
     calls, errors, input_tokens, output_tokens, total_tokens, cost,
     latency_buckets, latency_counts, ttft_calls, ttft_buckets, ttft_counts`
 
-// sealUserCopySQL copies the by_user = 1 rows of seal (grain, period, v)
-// into usage_rollup_by_user, after they are written and before the seal is
+// sealUserCopySQL copies the by_user = 1 rows of seals into
+// usage_rollup_by_user, after they are written and before the seals are
 // recorded.
-func sealUserCopySQL(grain uint8, period int64, v uint64) string {
+func sealUserCopySQL(refs []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup_by_user (%s)
 SELECT %s
 FROM {db}.usage_rollup
-WHERE by_user = 1 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d`,
-		userRollupColumns, userRollupColumns, grain, period, v)
+WHERE by_user = 1 AND %s`, userRollupColumns, userRollupColumns, sealRowsWhere(refs))
 }
 
-// sealSummedSQL writes the by_user = 0 rows of one hour seal (hour, v):
-// its by_user = 1 rows summed over users and batches.
-func sealSummedSQL(hour int64, v uint64) string {
+// sealSummedSQL writes the by_user = 0 rows of hour seals: their by_user = 1
+// rows summed over users and batches.
+func sealSummedSQL(refs []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
     toUInt8(%d), toUInt8(0), period, model, '', source, '', version,
@@ -129,8 +155,8 @@ SELECT
     toUInt64(sum(ttft_calls)),
     (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
 FROM {db}.usage_rollup
-WHERE by_user = 1 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d
-GROUP BY period, version, model, source`, rollupColumns, grainHour, grainHour, hour, v)
+WHERE by_user = 1 AND %s
+GROUP BY period, version, model, source`, rollupColumns, grainHour, sealRowsWhere(refs))
 }
 
 // sealDaySQL writes the rows (both levels) of a UTC or local day starting at
@@ -198,16 +224,16 @@ GROUP BY hour
 ORDER BY h`
 }
 
-// sealCallRowsQuery counts the stored rows (copies included) of one hour,
-// to size the slices of its seal.
-func sealCallRowsQuery(hour int64) string {
-	return `SELECT toUInt64(count()) FROM {db}.calls WHERE ` + timeRangeSQL("start_time", hour, hour+3600)
+// sealCallRowsQuery counts the stored rows (copies included) of each of
+// the hours of refs that has any, to size the statements of their seals.
+func sealCallRowsQuery(refs []sealRef) string {
+	return `SELECT toInt64(toUInt32(toStartOfHour(start_time))) AS h, toUInt64(count()) FROM {db}.calls WHERE ` + callHoursWhere(refs) + ` GROUP BY h`
 }
 
-// sealCallsQuery sums the calls of one hour seal (for its record).
-func sealCallsQuery(hour int64, v uint64) string {
-	return fmt.Sprintf(`SELECT toUInt64(sum(calls)) FROM {db}.usage_rollup WHERE by_user = 0 AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d`,
-		grainHour, hour, v)
+// sealCallsQuery sums the calls of each hour seal of refs that has rows
+// (for their records).
+func sealCallsQuery(refs []sealRef) string {
+	return `SELECT toInt64(toUInt32(period)), version, toUInt64(sum(calls)) FROM {db}.usage_rollup WHERE by_user = 0 AND ` + sealRowsWhere(refs) + ` GROUP BY period, version`
 }
 
 // callHoursQuery lists the hours in [from, to) holding stored calls.
@@ -250,11 +276,12 @@ func rollupQueries(sampleFrom time.Time) []string {
 	for i := range hours {
 		hours[i] = sealRef{Grain: grainHour, Period: day + int64(i)*3600, Version: uint64(1000 + i)}
 	}
+	gappy := []sealRef{hours[0], hours[1], hours[2], hours[7]} // two runs of hours
 	out := []string{
-		sealHourSQL(h, 7, 0, 1), sealHourSQL(h, 7, 1, 3), sealSummedSQL(h, 7), sealDaySQL(grainDay, day, 9, hours),
-		sealDaySQL(grainLocalDay23, day, 11, hours[:23]), sealUserCopySQL(grainLocalDay23, day, 11),
-		sealUserCopySQL(grainHour, h, 7), sealUserCopySQL(grainDay, day, 9),
-		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(h), sealCallsQuery(h, 7),
+		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy),
+		sealDaySQL(grainDay, day, 9, hours), sealDaySQL(grainLocalDay23, day, 11, hours[:23]),
+		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),
+		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(gappy), sealCallsQuery(gappy),
 		callHoursQuery(h, h+86400), QueryFirstCall, rollupVersionsQuery(h, h+86400),
 	}
 	return append(out, deleteRollupVersionsStatements(Topology{}, hours[:2])...)

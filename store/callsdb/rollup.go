@@ -184,39 +184,113 @@ func (s *Sealer) exec(ctx context.Context, stmt string) error {
 	return nil
 }
 
-// SealHour computes hour h (UTC, Unix seconds at the hour) from its per-call
-// rows and records it; it returns the seal.
-func (s *Sealer) SealHour(ctx context.Context, h int64) (Seal, error) {
-	v := s.version()
-	var rows uint64
-	if err := s.Conn.QueryRow(ctx, WithDB(sealCallRowsQuery(h), s.Database)).Scan(&rows); err != nil {
-		return Seal{}, fmt.Errorf("seal hour %s: count rows: %w", unixUTC(h), err)
+// sealHoursAtOnce is how many hours one seal statement computes at most:
+// progress is reported per statement.
+const sealHoursAtOnce = 24
+
+// sealHours computes hours (ascending, Unix seconds at the hour) from their
+// per-call rows and records them, several hours a statement (up to a day and
+// SliceRows stored rows; a larger hour alone, in slices by id hash), each
+// hour at a version of its own. done is called with each statement's
+// recorded seals, hours without calls included (0 calls).
+func (s *Sealer) sealHours(ctx context.Context, hours []int64, done func([]Seal)) error {
+	if len(hours) == 0 {
+		return nil
 	}
 	sliceRows := s.SliceRows
 	if sliceRows == 0 {
 		sliceRows = 4_000_000
 	}
-	slices := int((rows + sliceRows - 1) / sliceRows)
+	all := make([]sealRef, len(hours))
+	for i, h := range hours {
+		all[i] = sealRef{Grain: grainHour, Period: h}
+	}
+	rows := map[int64]uint64{}
+	err := eachRow(ctx, s.Conn, WithDB(sealCallRowsQuery(all), s.Database), func(r driver.Rows) error {
+		var h int64
+		var n uint64
+		if err := r.Scan(&h, &n); err != nil {
+			return err
+		}
+		rows[h] = n
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("seal %d hours from %s: count rows: %w", len(hours), unixUTC(hours[0]), err)
+	}
+	for _, g := range hourGroups(hours, rows, sliceRows) {
+		refs := all[g.from:g.to]
+		for k := range refs {
+			refs[k].Version = s.version()
+		}
+		seals, err := s.sealHourGroup(ctx, refs, g.slices)
+		if err != nil {
+			return err
+		}
+		done(seals)
+	}
+	return nil
+}
+
+// hourGroup is hours[from:to], sealed by one statement per slice.
+type hourGroup struct{ from, to, slices int }
+
+// hourGroups splits hours into groups of consecutive entries holding at
+// most sliceRows stored rows and sealHoursAtOnce hours; an hour holding more
+// rows is a group of its own, in slices of at most sliceRows.
+func hourGroups(hours []int64, rows map[int64]uint64, sliceRows uint64) []hourGroup {
+	var out []hourGroup
+	for i := 0; i < len(hours); {
+		j, total := i+1, rows[hours[i]]
+		for j < len(hours) && j-i < sealHoursAtOnce && total+rows[hours[j]] <= sliceRows {
+			total += rows[hours[j]]
+			j++
+		}
+		out = append(out, hourGroup{from: i, to: j, slices: max(1, int((total+sliceRows-1)/sliceRows))})
+		i = j
+	}
+	return out
+}
+
+// sealHourGroup writes the rows of hour seals refs in slices statements,
+// the sums over users, the copy keyed by user, then their records.
+func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) ([]Seal, error) {
+	what := fmt.Sprintf("seal hour %s", unixUTC(refs[0].Period))
+	if len(refs) > 1 {
+		what = fmt.Sprintf("seal %d hours %s..%s", len(refs), unixUTC(refs[0].Period), unixUTC(refs[len(refs)-1].Period))
+	}
 	for i := 0; i < max(slices, 1); i++ {
-		if err := s.exec(ctx, sealHourSQL(h, v, i, slices)); err != nil {
-			return Seal{}, fmt.Errorf("seal hour %s slice %d/%d: %w", unixUTC(h), i+1, slices, err)
+		if err := s.exec(ctx, sealHoursSQL(refs, i, slices)); err != nil {
+			return nil, fmt.Errorf("%s: slice %d/%d: %w", what, i+1, slices, err)
 		}
 	}
-	if err := s.exec(ctx, sealSummedSQL(h, v)); err != nil {
-		return Seal{}, fmt.Errorf("seal hour %s: sum over users: %w", unixUTC(h), err)
+	if err := s.exec(ctx, sealSummedSQL(refs)); err != nil {
+		return nil, fmt.Errorf("%s: sum over users: %w", what, err)
 	}
-	if err := s.exec(ctx, sealUserCopySQL(grainHour, h, v)); err != nil {
-		return Seal{}, fmt.Errorf("seal hour %s: copy keyed by user: %w", unixUTC(h), err)
+	if err := s.exec(ctx, sealUserCopySQL(refs)); err != nil {
+		return nil, fmt.Errorf("%s: copy keyed by user: %w", what, err)
 	}
-	var calls uint64
-	if err := s.Conn.QueryRow(ctx, WithDB(sealCallsQuery(h, v), s.Database)).Scan(&calls); err != nil {
-		return Seal{}, fmt.Errorf("seal hour %s: count calls: %w", unixUTC(h), err)
+	calls := map[sealRef]uint64{}
+	err := eachRow(ctx, s.Conn, WithDB(sealCallsQuery(refs), s.Database), func(r driver.Rows) error {
+		ref := sealRef{Grain: grainHour}
+		var n uint64
+		if err := r.Scan(&ref.Period, &ref.Version, &n); err != nil {
+			return err
+		}
+		calls[ref] = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: count calls: %w", what, err)
 	}
-	seal := Seal{Grain: grainHour, Period: h, Version: v, Calls: calls}
-	if err := s.record(ctx, seal); err != nil {
-		return Seal{}, err
+	seals := make([]Seal, len(refs))
+	for i, r := range refs {
+		seals[i] = Seal{Grain: grainHour, Period: r.Period, Version: r.Version, Calls: calls[r]}
 	}
-	return seal, nil
+	if err := s.record(ctx, seals...); err != nil {
+		return nil, err
+	}
+	return seals, nil
 }
 
 // sealDay sums the current hour seals of a UTC day (grainDay, 24 hours) or
@@ -234,7 +308,7 @@ func (s *Sealer) sealDay(ctx context.Context, grain uint8, start int64, hours []
 		if err := s.exec(ctx, sealDaySQL(grain, start, seal.Version, refs)); err != nil {
 			return Seal{}, fmt.Errorf("seal day %s (%d h): %w", unixUTC(start), len(hours), err)
 		}
-		if err := s.exec(ctx, sealUserCopySQL(grain, start, seal.Version)); err != nil {
+		if err := s.exec(ctx, sealUserCopySQL([]sealRef{seal.ref()})); err != nil {
 			return Seal{}, fmt.Errorf("seal day %s (%d h): copy keyed by user: %w", unixUTC(start), len(hours), err)
 		}
 	}
@@ -376,17 +450,18 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 		st.hours[x.Period] = x
 	}
 	res.EmptyHours = len(empty)
-	for _, h := range todo {
-		seal, err := s.SealHour(ctx, h)
-		if err != nil {
-			return res, err
+	err = s.sealHours(ctx, todo, func(seals []Seal) {
+		for _, x := range seals {
+			st.hours[x.Period] = x // clean unless marked within ClockSkew of its start: then sealed again next pass
+			// counted once recorded: a pass that fails midway reports what it did
+			res.HoursSealed++
+			if resealing[x.Period] {
+				res.Resealed++
+			}
 		}
-		st.hours[h] = seal // clean unless marked within ClockSkew of its start: then sealed again next pass
-		// counted once sealed: a pass that fails midway reports what it did
-		res.HoursSealed++
-		if resealing[h] {
-			res.Resealed++
-		}
+	})
+	if err != nil {
+		return res, err
 	}
 	// the first pass also seals the days (local days of zones added since
 	// included) that earlier runs left
@@ -516,14 +591,18 @@ func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(
 		return 0, notBefore, err
 	}
 	total := int((hi - lo) / 3600)
+	var hours []int64
 	for h := lo; h < hi; h += 3600 {
-		if _, err := s.SealHour(ctx, h); err != nil {
-			return sealed, notBefore, err
-		}
-		sealed++
+		hours = append(hours, h)
+	}
+	err = s.sealHours(ctx, hours, func(seals []Seal) {
+		sealed += len(seals)
 		if progress != nil {
-			progress(sealed, total, unixUTC(h))
+			progress(sealed, total, unixUTC(seals[len(seals)-1].Period))
 		}
+	})
+	if err != nil {
+		return sealed, notBefore, err
 	}
 	daysFrom, daysTo := daysAround(lo, hi)
 	st, err := loadSeals(ctx, s.Conn, s.Database, daysFrom, daysTo)

@@ -282,6 +282,41 @@ func TestPlanUsageLocalDays(t *testing.T) {
 	}
 }
 
+func TestHourGroups(t *testing.T) {
+	var hours []int64
+	rows := map[int64]uint64{}
+	for i := range 60 {
+		h := int64(i) * 3600
+		hours = append(hours, h)
+		rows[h] = 100
+	}
+	rows[hours[5]] = 950    // alone, in 3 slices of at most 400
+	delete(rows, hours[40]) // no calls
+	got := hourGroups(hours, rows, 400)
+	want := []hourGroup{{0, 4, 1}, {4, 5, 1}, {5, 6, 3}, {6, 10, 1}}
+	if !slices.Equal(got[:4], want) {
+		t.Fatalf("groups %v, want %v first", got[:4], want)
+	}
+	n := 0
+	for i, g := range got {
+		var total uint64
+		for _, h := range hours[g.from:g.to] {
+			total += rows[h]
+		}
+		if g.from != n || g.to <= g.from || g.to-g.from > sealHoursAtOnce || (g.to-g.from > 1 && total > 400) || uint64(g.slices)*400 < total {
+			t.Fatalf("group %d %+v (%d rows)", i, g, total)
+		}
+		n = g.to
+	}
+	if n != len(hours) {
+		t.Fatalf("groups end at %d of %d hours", n, len(hours))
+	}
+	// few rows: a day at a time
+	if got := hourGroups(hours, map[int64]uint64{}, 400); len(got) != 3 || got[0] != (hourGroup{0, 24, 1}) {
+		t.Fatalf("empty hours: %v", got)
+	}
+}
+
 func TestLateHours(t *testing.T) {
 	now := time.Date(2026, 11, 1, 12, 20, 0, 0, time.UTC)
 	times := func(ts ...time.Time) func(func(time.Time) bool) {
