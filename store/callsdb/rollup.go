@@ -205,16 +205,7 @@ func (s *Sealer) sealHours(ctx context.Context, hours []int64, done func([]Seal)
 	for i, h := range hours {
 		all[i] = sealRef{Grain: grainHour, Period: h}
 	}
-	rows := map[int64]uint64{}
-	err := eachRow(ctx, s.Conn, WithDB(sealCallRowsQuery(all), s.Database), func(r driver.Rows) error {
-		var h int64
-		var n uint64
-		if err := r.Scan(&h, &n); err != nil {
-			return err
-		}
-		rows[h] = n
-		return nil
-	})
+	rows, err := hourCounts(ctx, s.Conn, WithDB(sealCallRowsQuery(all), s.Database))
 	if err != nil {
 		return fmt.Errorf("seal %d hours from %s: count rows: %w", len(hours), unixUTC(hours[0]), err)
 	}
@@ -775,16 +766,7 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 }
 
 func loadDirty(ctx context.Context, conn driver.Conn, db string, from, to int64) (map[int64]uint64, error) {
-	out := map[int64]uint64{}
-	err := eachRow(ctx, conn, WithDB(dirtyQuery(from, to), db), func(rows driver.Rows) error {
-		var h int64
-		var mark uint64
-		if err := rows.Scan(&h, &mark); err != nil {
-			return err
-		}
-		out[h] = mark
-		return nil
-	})
+	out, err := hourCounts(ctx, conn, WithDB(dirtyQuery(from, to), db))
 	if err != nil {
 		return nil, fmt.Errorf("rollup: read dirty hours: %w", err)
 	}
@@ -942,4 +924,19 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	out.SealedThrough = unixUTC(pending)
 	out.LagSeconds = now.Sub(out.SealedThrough).Seconds()
 	return out, nil
+}
+
+// hourCounts reads query's rows of (hour in Unix seconds, number).
+func hourCounts(ctx context.Context, conn driver.Conn, query string) (map[int64]uint64, error) {
+	out := map[int64]uint64{}
+	err := eachRow(ctx, conn, query, func(rows driver.Rows) error {
+		var h int64
+		var n uint64
+		if err := rows.Scan(&h, &n); err != nil {
+			return err
+		}
+		out[h] = n
+		return nil
+	})
+	return out, err
 }
