@@ -52,6 +52,9 @@ func TestRollupLocalDays(t *testing.T) {
 		}
 		check(fmt.Sprintf("UTC days only, hours sealed in statements of at most %d rows", sliceRows))
 	}
+	// percentiles within the histograms' bound of the exact ones: New York's
+	// days subtract edge hours (signed sums), UTC days do not
+	checkHistogramBound(t, conn, db, from)
 	localSeals := func() map[string]uint64 {
 		t.Helper()
 		got := map[string]uint64{}
@@ -97,6 +100,7 @@ func TestRollupLocalDays(t *testing.T) {
 		t.Errorf("status: %d local days sealed, usage_seals has %d", st.SealedLocalDays, len(seals))
 	}
 	check("local days sealed")
+	checkHistogramBound(t, conn, db, from) // New York's days now only add up
 
 	// late data in New York's Nov 1 (25 hours): copies re-attributed to
 	// another user, the hours marked dirty as the sink does; read per call

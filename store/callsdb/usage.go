@@ -75,7 +75,7 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	if len(plan.rollup) == 0 {
 		return usageExact(ctx, conn, db, s, plan, loc)
 	}
-	if histogramMergeOf(s) != mergeWeighted {
+	if histogramMergeOf(s, plan.signed()) != mergeWeighted {
 		out, err := usageSums(ctx, conn, db, s, plan, loc)
 		if err != nil {
 			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
@@ -175,15 +175,18 @@ func usageSums(ctx context.Context, conn driver.Conn, db string, s UsageSpec, pl
 		return nil, fmt.Errorf("sums: %w", err)
 	}
 	defer rows.Close()
-	mode := histogramMergeOf(s)
+	mode := histogramMergeOf(s, plan.signed())
 	var merge histogramMerger
 	var out []UsageRow
 	for rows.Next() {
 		var r UsageRow
 		var latText, ttftText string
 		var latH, ttftH Histogram
+		var latQ, ttftQ []uint16
 		dest := append(r.scanKeys(s), &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
 		switch mode {
+		case mergeArray:
+			dest = append(dest, &latQ, &r.TTFTCalls, &ttftQ)
 		case mergeText:
 			dest = append(dest, &latText, &r.TTFTCalls, &ttftText)
 		case mergeSumMap:
@@ -203,7 +206,14 @@ func usageSums(ctx context.Context, conn driver.Conn, db string, s UsageSpec, pl
 				return nil, fmt.Errorf("TTFT histogram: %w", err)
 			}
 		}
-		if mode == mergeText || mode == mergeSumMap {
+		switch mode {
+		case mergeArray:
+			r.Histogram = true
+			r.LatencyMS = histogramQuantiles(latQ)
+			if r.TTFTCalls > 0 {
+				r.TTFTMS = histogramQuantiles(ttftQ)
+			}
+		case mergeText, mergeSumMap:
 			r.Histogram = true
 			r.LatencyMS, r.TTFTMS = latH.Quantiles(), ttftH.Quantiles()
 		}

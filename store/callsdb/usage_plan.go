@@ -256,46 +256,37 @@ GROUP BY %s%s
 ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p.signed()), rollupRowsSQL(s, p), strings.Join(order, ", "), having, strings.Join(order, ", "))
 }
 
-// usagePercentilesSQL is the latency and TTFT percentiles of a plan with
-// rollup rows, per group, for mergeWeighted: each row's histograms (a
-// per-call row is a one-element histogram) are unrolled into (bucket, count)
-// pairs by ARRAY JOIN, and quantilesExactWeighted picks the bucket holding
-// quantileExact's rank (histogramLevels). With subtracted rows
-// (signed counts) the pairs are summed per group and bucket first, so that
-// only what is left counts. Columns: bucket, model_key, user_key,
-// [source_key], latency_q, ttft_q (bucket indexes, HistogramValue).
+// usagePercentilesSQL is the latency and TTFT percentiles of a signed plan
+// (hours subtracted from day rows) per group, for mergeWeighted: each row's
+// histograms (a per-call row is a one-element histogram) are unrolled into
+// (bucket, count) pairs by ARRAY JOIN and summed per group and bucket, so
+// that only what is left counts (weights cannot be negative); then
+// quantilesExactWeighted picks the bucket holding quantileExact's rank
+// (histogramLevels). Columns: bucket, model_key, user_key, [source_key],
+// latency_q, ttft_q (bucket indexes, HistogramValue).
 func usagePercentilesSQL(s UsageSpec, p usagePlan) string {
 	keys, order := usageKeys(s, "t", "m", "u", "src")
-	pairs := func(count string) string {
-		return `ARRAY JOIN
-    arrayConcat(lb, tb) AS hb,
-    arrayConcat(lc, tc) AS ` + count + `,
-    arrayConcat(arrayMap(x -> toUInt8(0), lb), arrayMap(x -> toUInt8(1), tb)) AS hk`
-	}
 	q := func(cond string) string {
 		return "quantilesExactWeightedIf(" + histogramLevels + ")(hb, toUInt64(hc), " + cond + ")"
-	}
-	rows := rollupRowsSQL(s, p)
-	from := fmt.Sprintf("(\n    %s\n)\n%s", rows, pairs("hc"))
-	if p.signed() {
-		from = fmt.Sprintf(`(
-    SELECT %s, hk, hb, sum(pc) AS hc
-    FROM
-    (
-    %s
-    )
-    %s
-    GROUP BY %s, hk, hb
-    HAVING hc > 0
-)`, strings.Join(keys, ", "), rows, strings.ReplaceAll(pairs("pc"), "\n", "\n    "), strings.Join(order, ", "))
-		keys = order
 	}
 	return fmt.Sprintf(`SELECT
     %s,
     %s AS latency_q,
     %s AS ttft_q
-FROM %s
-GROUP BY %s`, strings.Join(keys, ",\n    "), q("hk = 0"), q("hk = 1"), from, strings.Join(order, ", "))
+FROM (
+    SELECT %s, hk, hb, sum(pc) AS hc
+    FROM
+    (
+    %s
+    )
+    ARRAY JOIN
+        arrayConcat(lb, tb) AS hb,
+        arrayConcat(lc, tc) AS pc,
+        arrayConcat(arrayMap(x -> toUInt8(0), lb), arrayMap(x -> toUInt8(1), tb)) AS hk
+    GROUP BY %s, hk, hb
+    HAVING hc > 0
+)
+GROUP BY %s`, strings.Join(order, ",\n    "), q("hk = 0"), q("hk = 1"), strings.Join(keys, ", "), rollupRowsSQL(s, p), strings.Join(order, ", "), strings.Join(order, ", "))
 }
 
 // signed reports whether the plan subtracts rows (its sums are signed).
@@ -403,6 +394,17 @@ type histogramMerge int
 
 const (
 	mergeNone histogramMerge = iota // percentiles skipped
+	// mergeArray: the plan's rows only add up (no hours subtracted from a
+	// day row). The sums query itself weighs each group's rows' (bucket,
+	// count) pairs with quantilesExactWeightedArray, which keeps a hash map
+	// per group and returns only the three buckets: no ARRAY JOIN, no
+	// histograms sent back and merged in Go, no second query. On 18.16 it
+	// is the fastest of these for every shape (over 1 M calls: model x user
+	// 0.8 s against 1.2-1.6 s weighted after ARRAY JOIN, per model 0.13 s
+	// against 0.16 s by sumMap, day x model as fast as the text on the
+	// server, without the text). Counts that can be negative cannot weigh,
+	// so signed plans use one of the others.
+	mergeArray
 	// mergeText: each group sums few rows (one model's hour or day, one
 	// user's or one batch's rows). Every row's bucket and count arrays come
 	// back as text and histogramMerger adds them in Go over a dense array:
@@ -423,10 +425,12 @@ const (
 	mergeSumMap
 )
 
-func histogramMergeOf(s UsageSpec) histogramMerge {
+func histogramMergeOf(s UsageSpec, signed bool) histogramMerge {
 	switch {
 	case s.SkipPercentiles:
 		return mergeNone
+	case !signed:
+		return mergeArray
 	case s.Filter.User != "" || s.Filter.BatchID != "":
 		return mergeText
 	case s.Group.User:
@@ -438,13 +442,19 @@ func histogramMergeOf(s UsageSpec) histogramMerge {
 }
 
 // histogramColumnsSQL is the TTFT call count and the histogram columns of
-// usageRollupSQL: with mergeText, each group's rows' bucket and count arrays,
+// usageRollupSQL: with mergeArray, the three quantile buckets of latency and
+// TTFT (as usagePercentilesSQL returns them); with mergeText, each group's rows' bucket and count arrays,
 // "[b,...][c,...]" per row, for histogramMerger (signed rows carry negative
 // counts); with mergeSumMap, merged by sumMap, which drops buckets whose
 // signed counts cancel out; else none.
 func histogramColumnsSQL(s UsageSpec, signed bool) string {
 	const ttftCalls = "toUInt64(sum(tn)) AS ttft_calls"
-	switch histogramMergeOf(s) {
+	weighed := func(b, c string) string {
+		return "quantilesExactWeightedArray(" + histogramLevels + ")(" + b + ", " + c + ")"
+	}
+	switch histogramMergeOf(s, signed) {
+	case mergeArray:
+		return weighed("lb", "lc") + " AS latency_q,\n    " + ttftCalls + ",\n    " + weighed("tb", "tc") + " AS ttft_q"
 	case mergeText:
 		return "arrayStringConcat(groupArrayIf(concat(toString(lb), toString(lc)), notEmpty(lb)), '') AS latency_hist,\n    " + ttftCalls + ",\n    arrayStringConcat(groupArrayIf(concat(toString(tb), toString(tc)), notEmpty(tb)), '') AS ttft_hist"
 	case mergeSumMap:

@@ -340,72 +340,61 @@ func TestLateHours(t *testing.T) {
 	}
 }
 
-// Where each group sums few rows the histograms come back as text for the
-// Go merge; over a model's month or a day of every model sumMap merges
-// them on the server; over every user's groups quantilesExactWeighted does;
-// without percentiles none runs.
+// A plan whose rows only add weighs every group's histograms in the sums
+// query (quantilesExactWeightedArray). A plan that subtracts hours from day
+// rows cannot weigh negative counts: where each group sums few rows the
+// histograms come back as text for the Go merge; over a model's month or a
+// day of every model sumMap merges them on the server; over every user's
+// groups a second query sums each group's buckets, then weighs what is
+// left. Without percentiles none runs.
 func TestHistogramMergePlace(t *testing.T) {
 	h := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
-	p := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
-	for _, c := range []struct {
-		s    UsageSpec
-		want string
-	}{
-		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}}, "text"},
-		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}}, "text"},
-		{UsageSpec{Group: GroupBy{Bucket: BucketDay}, Filter: UsageFilter{Model: "m"}}, "text"},
-		{UsageSpec{Group: GroupBy{Bucket: BucketDay, User: true}, Filter: UsageFilter{User: "u"}}, "text"},
-		{UsageSpec{Group: GroupBy{Model: true}, Filter: UsageFilter{BatchID: "b"}}, "text"},
-		{UsageSpec{Group: GroupBy{Model: true}}, "sumMap"},
-		{UsageSpec{Group: GroupBy{Bucket: BucketDay}}, "sumMap"},
-		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true, User: true}}, "weighted"},
-		{UsageSpec{Group: GroupBy{User: true}}, "weighted"},
-		{UsageSpec{Group: GroupBy{Model: true, User: true}}, "weighted"},
-		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true}, "none"},
-	} {
-		c.s.From, c.s.To = time.Unix(h, 0), time.Unix(h+3600, 0)
-		sql := usageRollupSQL(c.s, p)
-		got := "none"
-		switch {
-		case strings.Contains(sql, "groupArrayIf(concat(toString(lb)"):
-			got = "text"
-		case strings.Contains(sql, "sumMap(lb, lc)"):
-			got = "sumMap"
-		case histogramMergeOf(c.s) == mergeWeighted:
-			got = "weighted"
-		}
-		if got != c.want {
-			t.Errorf("%+v %+v: histograms merged by %s, want %s", c.s.Group, c.s.Filter, got, c.want)
-		}
-	}
-}
-
-// Percentiles over every user's groups (mergeWeighted) weigh each
-// histogram bucket once per group: unsigned plans
-// unroll the rows' pairs straight into quantilesExactWeighted; a plan that
-// subtracts hours sums each group's buckets first, so that only what is
-// left counts (weights cannot be negative). The sums query reads no
-// histograms.
-func TestUsagePercentilesSQLShape(t *testing.T) {
-	h := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
-	s := UsageSpec{From: time.Unix(h, 0), To: time.Unix(h+86400, 0), Group: GroupBy{Bucket: BucketDay, Model: true, User: true}}
 	unsigned := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
 	signed := usagePlan{rollup: []sealRef{{Grain: grainDay, Period: h, Version: 6}}, minus: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
 	for _, c := range []struct {
-		name        string
-		p           usagePlan
-		summedFirst bool
-	}{{"unsigned", unsigned, false}, {"signed", signed, true}} {
-		sql := usagePercentilesSQL(s, c.p)
-		if !strings.Contains(sql, "quantilesExactWeightedIf("+histogramLevels+")(hb, toUInt64(hc), hk = 0)") ||
-			!strings.Contains(sql, "quantilesExactWeightedIf("+histogramLevels+")(hb, toUInt64(hc), hk = 1)") {
-			t.Errorf("%s: percentiles not weighted at histogramLevels:\n%s", c.name, sql)
-		}
-		if got := strings.Contains(sql, "sum(pc) AS hc") && strings.Contains(sql, "HAVING hc > 0"); got != c.summedFirst {
-			t.Errorf("%s: buckets summed per group first = %v, want %v:\n%s", c.name, got, c.summedFirst, sql)
-		}
-		if sums := usageRollupSQL(s, c.p); strings.Contains(sums, "ARRAY JOIN") || strings.Contains(sums, "sumMap") || strings.Contains(sums, "groupArrayIf") {
-			t.Errorf("%s: the sums query reads histograms:\n%s", c.name, sums)
+		s              UsageSpec
+		signed, plain string // merged by, in a signed and in an unsigned plan
+	}{
+		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}}, "text", "array"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}}, "text", "array"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay}, Filter: UsageFilter{Model: "m"}}, "text", "array"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay, User: true}, Filter: UsageFilter{User: "u"}}, "text", "array"},
+		{UsageSpec{Group: GroupBy{Model: true}, Filter: UsageFilter{BatchID: "b"}}, "text", "array"},
+		{UsageSpec{Group: GroupBy{Model: true}}, "sumMap", "array"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay}}, "sumMap", "array"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true, User: true}}, "weighted", "array"},
+		{UsageSpec{Group: GroupBy{User: true}}, "weighted", "array"},
+		{UsageSpec{Group: GroupBy{Model: true, User: true}}, "weighted", "array"},
+		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true}, "none", "none"},
+	} {
+		c.s.From, c.s.To = time.Unix(h, 0), time.Unix(h+3600, 0)
+		for _, pc := range []struct {
+			p    usagePlan
+			want string
+		}{{signed, c.signed}, {unsigned, c.plain}} {
+			sql := usageRollupSQL(c.s, pc.p)
+			got := "none"
+			switch {
+			case strings.Contains(sql, "quantilesExactWeightedArray("+histogramLevels+")(lb, lc) AS latency_q") &&
+				strings.Contains(sql, "quantilesExactWeightedArray("+histogramLevels+")(tb, tc) AS ttft_q"):
+				got = "array"
+			case strings.Contains(sql, "groupArrayIf(concat(toString(lb)"):
+				got = "text"
+			case strings.Contains(sql, "sumMap(lb, lc)"):
+				got = "sumMap"
+			case histogramMergeOf(c.s, pc.p.signed()) == mergeWeighted:
+				got = "weighted"
+				if p := usagePercentilesSQL(c.s, pc.p); !strings.Contains(p, "sum(pc) AS hc") || !strings.Contains(p, "HAVING hc > 0") ||
+					!strings.Contains(p, "quantilesExactWeightedIf("+histogramLevels+")(hb, toUInt64(hc), hk = 1)") {
+					t.Errorf("%+v: signed percentiles do not sum each group's buckets first, then weigh:\n%s", c.s.Group, p)
+				}
+				if strings.Contains(sql, "ARRAY JOIN") || strings.Contains(sql, "Weighted") {
+					t.Errorf("%+v: the sums query beside the weighted percentiles reads histograms:\n%s", c.s.Group, sql)
+				}
+			}
+			if got != pc.want {
+				t.Errorf("%+v %+v (signed %v): histograms merged by %s, want %s", c.s.Group, c.s.Filter, pc.p.signed(), got, pc.want)
+			}
 		}
 	}
 }
