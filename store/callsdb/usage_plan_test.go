@@ -352,7 +352,7 @@ func TestHistogramMergePlace(t *testing.T) {
 	unsigned := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
 	signed := usagePlan{rollup: []sealRef{{Grain: grainDay, Period: h, Version: 6}}, minus: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
 	for _, c := range []struct {
-		s              UsageSpec
+		s             UsageSpec
 		signed, plain string // merged by, in a signed and in an unsigned plan
 	}{
 		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}}, "text", "array"},
