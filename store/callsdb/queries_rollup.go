@@ -23,17 +23,6 @@ const (
 	grainLocalDay25 uint8 = 5
 )
 
-// grainHours is how many hours a period of grain g spans.
-func grainHours(g uint8) int64 {
-	switch g {
-	case grainHour:
-		return 1
-	case grainDay:
-		return 24
-	}
-	return int64(g) + 20
-}
-
 // localDayGrain is the grain of a local day of n hours.
 func localDayGrain(n int64) (uint8, bool) {
 	if n < 23 || n > 25 {
@@ -110,14 +99,13 @@ GROUP BY c_hour, c_model, c_user, c_source, c_batch`, rollupColumns, grainHour, 
 // callHoursWhere is "start_time in one of these hours", over runs of
 // consecutive hours.
 func callHoursWhere(refs []sealRef) string {
+	hours := make([]int64, len(refs))
+	for i, r := range refs {
+		hours[i] = r.Period
+	}
 	var parts []string
-	for i := 0; i < len(refs); {
-		j := i
-		for j+1 < len(refs) && refs[j+1].Period == refs[j].Period+3600 {
-			j++
-		}
-		parts = append(parts, "("+timeRangeSQL("start_time", refs[i].Period, refs[j].Period+3600)+")")
-		i = j + 1
+	for _, run := range consecutiveRuns(hours, 3600) {
+		parts = append(parts, "("+timeRangeSQL("start_time", run[0], run[1]+3600)+")")
 	}
 	return "(" + strings.Join(parts, " OR ") + ")"
 }

@@ -284,29 +284,20 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 	return seals, nil
 }
 
-// sealDay sums the current hour seals of a UTC day (grainDay, 24 hours) or
-// a local day (its hours from start) into day rows and records it.
-func (s *Sealer) sealDay(ctx context.Context, grain uint8, start int64, hours []Seal) (Seal, error) {
-	if int64(len(hours)) != grainHours(grain) {
-		return Seal{}, fmt.Errorf("seal day %s: %d hour seals, want %d", unixUTC(start), len(hours), grainHours(grain))
+// sealDay writes the rows of day seal x (a UTC or local day with calls),
+// summed from hours, its copy keyed by user, then its record.
+func (s *Sealer) sealDay(ctx context.Context, x Seal, hours []Seal) error {
+	refs := make([]sealRef, len(hours))
+	for i, h := range hours {
+		refs[i] = h.ref()
 	}
-	seal := daySeal(grain, start, s.version(), hours)
-	if seal.Calls > 0 {
-		refs := make([]sealRef, len(hours))
-		for i, h := range hours {
-			refs[i] = h.ref()
-		}
-		if err := s.exec(ctx, sealDaySQL(grain, start, seal.Version, refs)); err != nil {
-			return Seal{}, fmt.Errorf("seal day %s (%d h): %w", unixUTC(start), len(hours), err)
-		}
-		if err := s.exec(ctx, sealUserCopySQL([]sealRef{seal.ref()})); err != nil {
-			return Seal{}, fmt.Errorf("seal day %s (%d h): copy keyed by user: %w", unixUTC(start), len(hours), err)
-		}
+	if err := s.exec(ctx, sealDaySQL(x.Grain, x.Period, x.Version, refs)); err != nil {
+		return fmt.Errorf("seal day %s (%d h): %w", unixUTC(x.Period), len(hours), err)
 	}
-	if err := s.record(ctx, seal); err != nil {
-		return Seal{}, err
+	if err := s.exec(ctx, sealUserCopySQL([]sealRef{x.ref()})); err != nil {
+		return fmt.Errorf("seal day %s (%d h): copy keyed by user: %w", unixUTC(x.Period), len(hours), err)
 	}
-	return seal, nil
+	return s.record(ctx, x)
 }
 
 // daySeal is the record of a day summed from hours at version v.
@@ -524,8 +515,7 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 			st.setDay(seal)
 			continue
 		}
-		seal, err := s.sealDay(ctx, d.grain, d.start, hours)
-		if err != nil {
+		if err := s.sealDay(ctx, seal, hours); err != nil {
 			return n, err
 		}
 		st.setDay(seal)

@@ -376,16 +376,26 @@ func sealRuns(refs []sealRef) []string {
 			}
 		}
 		slices.Sort(periods)
-		for i := 0; i < len(periods); {
-			j := i
-			for j+1 < len(periods) && periods[j+1] == periods[j]+step {
-				j++
-			}
-			runs = append(runs, fmt.Sprintf("(grain = %d AND %s)", g, timeRangeSQL("period", periods[i], periods[j]+1)))
-			i = j + 1
+		for _, run := range consecutiveRuns(periods, step) {
+			runs = append(runs, fmt.Sprintf("(grain = %d AND %s)", g, timeRangeSQL("period", run[0], run[1]+1)))
 		}
 	}
 	return runs
+}
+
+// consecutiveRuns are the first and last of each run of sorted periods
+// that follow each other step apart.
+func consecutiveRuns(periods []int64, step int64) [][2]int64 {
+	var out [][2]int64
+	for i := 0; i < len(periods); {
+		j := i
+		for j+1 < len(periods) && periods[j+1] == periods[j]+step {
+			j++
+		}
+		out = append(out, [2]int64{periods[i], periods[j]})
+		i = j + 1
+	}
+	return out
 }
 
 // histogramMerge is how a read with percentiles adds up the histograms of

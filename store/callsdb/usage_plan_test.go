@@ -27,6 +27,17 @@ func planState(from, to int64, dirty map[int64]uint64, days ...int64) *sealState
 	return st
 }
 
+// grainHours is how many hours a period of grain g spans.
+func grainHours(g uint8) int64 {
+	switch g {
+	case grainHour:
+		return 1
+	case grainDay:
+		return 24
+	}
+	return int64(g) + 20
+}
+
 // covered checks that every second of [from, to) is counted exactly once
 // and nothing outside it: day and hour rows and per-call intervals add, the
 // plan's minus hours subtract.
