@@ -151,6 +151,9 @@ func (c *Config) WorkerStage(name string, nc *nats.Conn, reg prometheus.Register
 		err = bus.EnsureStreams(pctx, js, c.StreamOptions())
 		cancel()
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while provisioning: nothing taken yet
+			}
 			return err
 		}
 		return run()

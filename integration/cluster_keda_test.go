@@ -249,11 +249,19 @@ func TestClusterKEDAScalerEndpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A consumer just made (or a stream just remade) is not on any
+	// server's /jsz as led by it until its group has elected a leader,
+	// which takes a moment on a loaded machine: view reads until one
+	// server reports it.
 	view := func(tr kedaTrigger) kedaView {
-		v, err := kedaRead(cl.NATSMonitors, tr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var v kedaView
+		testkit.WaitFor(t, 30*time.Second, tr.object+" readable from its consumer's leader", func() (bool, string) {
+			var err error
+			if v, err = kedaRead(cl.NATSMonitors, tr); err != nil {
+				return false, err.Error()
+			}
+			return true, ""
+		})
 		return v
 	}
 	waitLag := func(what string, tr kedaTrigger, ok func(int64) bool) kedaView {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,9 +13,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
+	"github.com/callpipe/callpipe/internal/nettest"
 	"github.com/callpipe/callpipe/transform"
 )
 
@@ -338,4 +341,43 @@ func TestTransformConsumerUpgradeDropsMaxDeliver(t *testing.T) {
 		return info.Config.MaxDeliver == bus.NoMaxDeliver, fmt.Sprint(info.Config.MaxDeliver)
 	})
 	w.stop(t)
+}
+
+// TestNormalizeStageStopsWhileMakingItsConsumer: a stop that lands while
+// the stage is creating its durable consumer (a SIGTERM right after the
+// process started, the server slow to answer) is a clean stop: Run returns
+// nil, so the process exits 0.
+func TestNormalizeStageStopsWhileMakingItsConsumer(t *testing.T) {
+	e := newTrEnv(t)
+	var slow atomic.Bool
+	nc, err := nats.Connect(e.natsURL, nats.SetCustomDialer(nettest.SlowDialer{Slow: &slow, Delay: 500 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var running atomic.Bool
+	s := &transform.Stage{
+		Normalizer: &transform.Normalizer{},
+		Worker:     transform.WorkerOptions{Consumer: e.consumer, FilterSubject: e.subject + ".>"},
+		Registerer: prometheus.NewRegistry(),
+		Log:        slog.New(slog.DiscardHandler),
+		Running:    func(func() error) { running.Store(true) },
+	}
+	// from here the server's answers come late: the consumer request is
+	// in flight when the stop comes
+	slow.Store(true)
+	stop := time.AfterFunc(100*time.Millisecond, cancel)
+	err = s.Run(ctx, nc)
+	slow.Store(false)
+	if err != nil {
+		t.Fatalf("stopped while making the consumer: Run returned %v, want a clean stop", err)
+	}
+	if stop.Stop() {
+		t.Fatal("Run returned before the stop")
+	}
+	if running.Load() {
+		t.Fatal("the stage said it was running though its consumer was never made")
+	}
 }

@@ -434,6 +434,9 @@ func (r *Runner[T]) Run(ctx context.Context) error {
 	}
 	cons, err := r.Consumer(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while the consumer was being made: nothing taken
+		}
 		return err
 	}
 	// Writes get their own context: ctx ending stops pulling, not the

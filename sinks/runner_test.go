@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/nettest"
 	"github.com/callpipe/callpipe/internal/retry"
 )
 
@@ -649,6 +650,46 @@ func TestRunnerStopsWhileConnecting(t *testing.T) {
 	}
 	if ci := e.consumer(t); ci.Delivered.Consumer != 0 || ci.NumPending != 2 {
 		t.Fatalf("pulled without a connection: %d delivered, %d pending", ci.Delivered.Consumer, ci.NumPending)
+	}
+}
+
+// TestRunnerStopsWhileMakingItsConsumer: a stop that lands while the
+// durable consumer is being created (SIGTERM just after the output
+// connected) is a clean stop, not an error: Run returns nil and takes
+// nothing.
+func TestRunnerStopsWhileMakingItsConsumer(t *testing.T) {
+	e := newRTEnv(t)
+	e.publish(t, "m1", "m2")
+	var slow atomic.Bool
+	nc, err := nats.Connect(e.nc.ConnectedUrl(), nats.SetCustomDialer(nettest.SlowDialer{Slow: &slow, Delay: 500 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stoppedAt time.Time
+	out := &fakeOut{connect: func(int) error {
+		// the consumer request goes out next; its answer is held back
+		// past the stop
+		slow.Store(true)
+		time.AfterFunc(100*time.Millisecond, func() { stoppedAt = time.Now(); cancel() })
+		return nil
+	}}
+	r, err := New[string](nc, out, e.config(BatchPolicy{Count: 10, Period: 50 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Run(ctx)
+	slow.Store(false)
+	if err != nil {
+		t.Fatalf("stopped while making the consumer: Run returned %v, want a clean stop", err)
+	}
+	if stoppedAt.IsZero() {
+		t.Fatal("Run returned before the stop: the consumer request was not in flight")
+	}
+	if _, all := out.written(); len(all) != 0 {
+		t.Fatalf("wrote %v after a stop before pulling", all)
 	}
 }
 

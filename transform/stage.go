@@ -42,6 +42,9 @@ func (s *Stage) Run(ctx context.Context, nc *nats.Conn) error {
 	s.Worker.Log, s.Worker.Metrics = s.Log, metrics
 	w, err := NewWorker(ctx, nc, n, s.Worker)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while the consumer was being made: nothing taken
+		}
 		return err
 	}
 	if s.Running != nil {
