@@ -48,14 +48,29 @@ func chTestDB(t testing.TB) (*chsink.Output, string) {
 	return out, db
 }
 
-// chDropDB drops a test database: the materialized views first, then the
-// tables, then the database. (ClickHouse 18.16 can hang in a DROP DATABASE
-// that meets a materialized view whose source table it already dropped.)
+// chDropDB drops a test database: its materialized views first, then the
+// other tables, then the database. (ClickHouse 18.16 can hang in a DROP
+// DATABASE that meets a materialized view whose source table it already
+// dropped.)
 func chDropDB(t testing.TB, out *chsink.Output, db string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for _, obj := range []string{"calls_by_user_mv", "calls", "calls_by_user", "usage_rollup", "usage_rollup_by_user", "usage_seals", "usage_dirty_hours", "schema_migrations"} {
+	var tables []string
+	rows, err := out.Conn().Query(ctx, "SELECT name FROM system.tables WHERE database = ? ORDER BY engine != 'MaterializedView', name", db)
+	if err != nil {
+		t.Logf("tables of %s: %v", db, err)
+		return
+	}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Logf("tables of %s: %v", db, err)
+		}
+		tables = append(tables, name)
+	}
+	rows.Close()
+	for _, obj := range tables {
 		if err := out.Conn().Exec(ctx, "DROP TABLE IF EXISTS "+db+"."+obj); err != nil {
 			t.Logf("drop %s.%s: %v", db, obj, err)
 		}
@@ -63,6 +78,29 @@ func chDropDB(t testing.TB, out *chsink.Output, db string) {
 	if err := out.Conn().Exec(ctx, "DROP DATABASE IF EXISTS "+db); err != nil {
 		t.Logf("drop %s: %v", db, err)
 	}
+}
+
+// chDropAtCleanup drops database db (made by the callpipe processes of a
+// test) when the test ends, unless it failed: then it is kept for a look
+// and its name logged.
+func chDropAtCleanup(t testing.TB, db string) {
+	t.Helper()
+	addr := harness.ClickHouse(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("ClickHouse database %s kept for inspection (the test failed)", db)
+			return
+		}
+		out := chsink.NewOutput(chsink.OutputConfig{Config: callsdb.Config{Addr: addr.Native, Database: "default", User: "default"}, MaxInFlight: 1})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := out.Connect(ctx); err != nil {
+			t.Logf("drop %s: %v", db, err)
+			return
+		}
+		defer out.Close()
+		chDropDB(t, out, db)
+	})
 }
 
 // chNATS connects to the test NATS and makes sure CALLPIPE_NORMALIZED and

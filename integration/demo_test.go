@@ -33,6 +33,7 @@ func TestDemoEndToEnd(t *testing.T) {
 
 	tag := fmt.Sprintf("%d", time.Now().UnixNano()%1_000_000_000)
 	db := "demo_" + tag
+	chDropAtCleanup(t, db)
 	bucket := "demo-" + tag
 	dir := t.TempDir()
 	serve := testkit.FreeAddr(t)

@@ -183,6 +183,7 @@ func TestFaultSuite(t *testing.T) {
 
 	run := strconv.FormatInt(time.Now().UnixNano()%1_000_000_000, 36)
 	db := "fault_" + run
+	chDropAtCleanup(t, db)
 	bucket := "fault-" + run
 	lf := langfusetest.New(langfusetest.Options{})
 	defer lf.Close()

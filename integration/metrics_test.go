@@ -70,8 +70,10 @@ func TestMetricsMoveWithThePipeline(t *testing.T) {
 	natsURL := harness.FreshNATS(t)
 	ch := harness.ClickHouse(t)
 	collectAddr, workerAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
+	db := "metrics_" + fmt.Sprint(time.Now().UnixNano()%1e9)
+	chDropAtCleanup(t, db)
 	env := []string{"CALLPIPE_NATS_URL=" + natsURL, "CALLPIPE_CLICKHOUSE_ADDR=" + ch.Native,
-		"CALLPIPE_CLICKHOUSE_DATABASE=metrics_" + fmt.Sprint(time.Now().UnixNano()%1e9), "CALLPIPE_REDIS_ADDR=", "CALLPIPE_LOG_LEVEL=warn"}
+		"CALLPIPE_CLICKHOUSE_DATABASE=" + db, "CALLPIPE_REDIS_ADDR=", "CALLPIPE_LOG_LEVEL=warn"}
 	mig := testkit.Start(t, append(os.Environ(), env...), "migrate")
 	if err := mig.Err(); err != nil {
 		t.Fatalf("migrate: %v", err)

@@ -110,6 +110,7 @@ func startProxyPipeline(t *testing.T) *proxyPipeline {
 	redisAddr := harness.Redis(t)
 	tag := testkit.RandomHex(t, 4)
 	db := "opsbatch_" + tag
+	chDropAtCleanup(t, db)
 	lf := langfusetest.New(langfusetest.Options{})
 	t.Cleanup(lf.Close)
 	up := newHeaderUpstream(t)

@@ -113,7 +113,7 @@ func callHoursWhere(refs []sealRef) string {
 // sealRowsWhere is "the rows of these seals": their periods' ranges for
 // the primary key, then the exact (grain, period, version) tuples.
 func sealRowsWhere(refs []sealRef) string {
-	return "(" + strings.Join(sealRuns(refs), " OR ") + ") AND " + sealRefsSQL(refs)
+	return "(" + strings.Join(sealRuns(refs, nil), " OR ") + ") AND " + sealRefsSQL(refs)
 }
 
 // userRollupColumns are the columns of usage_rollup_by_user (usage_rollup's
@@ -132,19 +132,31 @@ FROM {db}.usage_rollup
 WHERE by_user = 1 AND %s`, userRollupColumns, userRollupColumns, sealRowsWhere(refs))
 }
 
-// sealSummedSQL writes the by_user = 0 rows of hour seals: their by_user = 1
-// rows summed over users and batches.
-func sealSummedSQL(refs []sealRef) string {
+// Levels of usage_rollup rows (its by_user column).
+const (
+	levelModels     uint8 = 0 // summed over users and batches: per model and source
+	levelUsers      uint8 = 1 // per model, user, source and batch
+	levelUserTotals uint8 = 2 // day seals only: levelUsers summed over sources and batches
+)
+
+// sealSummedSQL writes the rows at level (levelModels for hour seals,
+// levelUserTotals for day seals) of seals refs: their levelUsers rows
+// summed over users and batches, or over sources and batches.
+func sealSummedSQL(refs []sealRef, level uint8) string {
+	user, source, keys := "''", "source", "model, source"
+	if level == levelUserTotals {
+		user, source, keys = "user_id", "''", "model, user_id"
+	}
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
-    toUInt8(%d), toUInt8(0), period, model, '', source, '', version,
+    grain, toUInt8(%d), period, model, %s, %s, '', version,
     toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
     (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
     toUInt64(sum(ttft_calls)),
     (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
 FROM {db}.usage_rollup
-WHERE by_user = 1 AND %s
-GROUP BY period, version, model, source`, rollupColumns, grainHour, sealRowsWhere(refs))
+WHERE by_user = %d AND %s
+GROUP BY grain, period, version, %s`, rollupColumns, level, user, source, levelUsers, sealRowsWhere(refs), keys)
 }
 
 // sealDaySQL writes the rows (both levels) of a UTC or local day starting at
@@ -189,14 +201,14 @@ func sealRefsSQL(refs []sealRef) string {
 }
 
 // InsertSeal records seals (batch insert), after their rows are written.
-const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy)`
+const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals)`
 
 // InsertDirtyHours marks hours for re-sealing (batch insert).
 const InsertDirtyHours = `INSERT INTO {db}.usage_dirty_hours (hour, marked_at, reason)`
 
 // sealsQuery is the newest seal of every period in [from, to).
 func sealsQuery(from, to int64) string {
-	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version)
+	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version)
 FROM {db}.usage_seals
 WHERE ` + timeRangeSQL("period", from, to) + `
 GROUP BY grain, period
@@ -266,7 +278,8 @@ func rollupQueries(sampleFrom time.Time) []string {
 	}
 	gappy := []sealRef{hours[0], hours[1], hours[2], hours[7]} // two runs of hours
 	out := []string{
-		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy),
+		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels),
+		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
 		sealDaySQL(grainDay, day, 9, hours), sealDaySQL(grainLocalDay23, day, 11, hours[:23]),
 		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),
 		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(gappy), sealCallsQuery(gappy),

@@ -255,7 +255,7 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 			return nil, fmt.Errorf("%s: slice %d/%d: %w", what, i+1, slices, err)
 		}
 	}
-	if err := s.exec(ctx, sealSummedSQL(refs)); err != nil {
+	if err := s.exec(ctx, sealSummedSQL(refs, levelModels)); err != nil {
 		return nil, fmt.Errorf("%s: sum over users: %w", what, err)
 	}
 	if err := s.exec(ctx, sealUserCopySQL(refs)); err != nil {
@@ -285,7 +285,8 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 }
 
 // sealDay writes the rows of day seal x (a UTC or local day with calls),
-// summed from hours, its copy keyed by user, then its record.
+// summed from hours, its totals per user over sources, its copy keyed by
+// user, then its record.
 func (s *Sealer) sealDay(ctx context.Context, x Seal, hours []Seal) error {
 	refs := make([]sealRef, len(hours))
 	for i, h := range hours {
@@ -293,6 +294,9 @@ func (s *Sealer) sealDay(ctx context.Context, x Seal, hours []Seal) error {
 	}
 	if err := s.exec(ctx, sealDaySQL(x.Grain, x.Period, x.Version, refs)); err != nil {
 		return fmt.Errorf("seal day %s (%d h): %w", unixUTC(x.Period), len(hours), err)
+	}
+	if err := s.exec(ctx, sealSummedSQL([]sealRef{x.ref()}, levelUserTotals)); err != nil {
+		return fmt.Errorf("seal day %s (%d h): sum over sources: %w", unixUTC(x.Period), len(hours), err)
 	}
 	if err := s.exec(ctx, sealUserCopySQL([]sealRef{x.ref()})); err != nil {
 		return fmt.Errorf("seal day %s (%d h): copy keyed by user: %w", unixUTC(x.Period), len(hours), err)
@@ -310,8 +314,9 @@ func daySeal(grain uint8, start int64, v uint64, hours []Seal) Seal {
 	return seal
 }
 
-// record writes seal records (after their rows, and the copy of those keyed
-// by user: every seal recorded here has it, so user_copy = 1).
+// record writes seal records (after their rows, the copy of those keyed by
+// user, and a day's totals per user: every seal recorded here has them, so
+// user_copy = 1, and user_totals = 1 for days).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -330,7 +335,11 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if hv == nil {
 			hv = []uint64{}
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1)); err != nil {
+		var totals uint8
+		if x.Grain != grainHour {
+			totals = 1
+		}
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), totals); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -506,7 +515,9 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 	var empty []Seal // days without calls: records only, written together
 	for _, d := range days {
 		hours, ok := st.cleanHours(d.start, d.end)
-		if !ok || st.dayCurrent(d.grain, d.start, hours) {
+		// a day recorded before migration 0006 (no totals per user) is
+		// sealed again, though its hours did not change
+		if x, _ := st.current(d.grain, d.start); !ok || st.dayCurrent(d.grain, d.start, hours) && x.UserTotals {
 			continue
 		}
 		seal := daySeal(d.grain, d.start, s.version(), hours)
@@ -649,6 +660,10 @@ type Seal struct {
 	// UserCopy: the seal's rows keyed by user are also in
 	// usage_rollup_by_user (seals recorded before migration 0004 are not).
 	UserCopy bool
+	// UserTotals: a day seal's rows keyed by user are also summed over
+	// sources and batches (levelUserTotals; not for days recorded before
+	// migration 0006, nor for hours).
+	UserTotals bool
 }
 
 func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, Version: x.Version} }
@@ -737,11 +752,11 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 	st := newSealState()
 	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
-		var userCopy uint8
-		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy); err != nil {
+		var userCopy, userTotals uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals); err != nil {
 			return err
 		}
-		x.UserCopy = userCopy == 1
+		x.UserCopy, x.UserTotals = userCopy == 1, userTotals == 1
 		if x.Grain == grainHour {
 			st.hours[x.Period] = x
 		} else {

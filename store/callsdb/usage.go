@@ -178,22 +178,27 @@ func usageSums(ctx context.Context, conn driver.Conn, db string, s UsageSpec, pl
 	mode := histogramMergeOf(s, plan.signed())
 	var merge histogramMerger
 	var out []UsageRow
+	// one row scanned into at a time, then copied out: a read of tens of
+	// thousands of groups allocates no row and no destination list per row
+	var r UsageRow
+	var latText, ttftText string
+	var latH, ttftH Histogram
+	var latQ, ttftQ []uint16
+	dest := append(r.scanKeys(s), &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
+	switch mode {
+	case mergeArray:
+		dest = append(dest, &latQ, &r.TTFTCalls, &ttftQ)
+	case mergeText:
+		dest = append(dest, &latText, &r.TTFTCalls, &ttftText)
+	case mergeSumMap:
+		dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
+	default:
+		dest = append(dest, &r.TTFTCalls)
+	}
 	for rows.Next() {
-		var r UsageRow
-		var latText, ttftText string
-		var latH, ttftH Histogram
-		var latQ, ttftQ []uint16
-		dest := append(r.scanKeys(s), &r.Calls, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens, &r.CostUSD)
-		switch mode {
-		case mergeArray:
-			dest = append(dest, &latQ, &r.TTFTCalls, &ttftQ)
-		case mergeText:
-			dest = append(dest, &latText, &r.TTFTCalls, &ttftText)
-		case mergeSumMap:
-			dest = append(dest, &latH.Buckets, &latH.Counts, &r.TTFTCalls, &ttftH.Buckets, &ttftH.Counts)
-		default:
-			dest = append(dest, &r.TTFTCalls)
-		}
+		r = UsageRow{}
+		latQ, ttftQ = latQ[:0], ttftQ[:0]
+		latH, ttftH = Histogram{}, Histogram{}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("sums: %w", err)
 		}

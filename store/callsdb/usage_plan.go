@@ -19,6 +19,11 @@ type usagePlan struct {
 	// its copy sorted by user (usage_rollup_by_user), which holds only that
 	// user's rows in a few index ranges
 	userCopy bool
+	// userTotals: the read keeps users apart but not sources or batches,
+	// and every day seal it reads has its rows keyed by user summed over
+	// them (levelUserTotals): day rows are read at that level, about half
+	// the rows of levelUsers; hour rows stay at levelUsers
+	userTotals bool
 	rollup   []sealRef // seals whose rows are added
 	// minus: hour seals whose rows are subtracted from their UTC day's row
 	// (in the bucket of the day's noon): a day row stands for the hours of
@@ -150,7 +155,30 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 			p.userCopy = false
 		}
 	}
+	p.userTotals = p.byUser && !p.userCopy && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
+	days := 0
+	for _, r := range p.rollup {
+		if r.Grain == grainHour {
+			continue
+		}
+		days++
+		if x, _ := st.current(r.Grain, r.Period); !x.UserTotals {
+			p.userTotals = false
+		}
+	}
+	p.userTotals = p.userTotals && days > 0
 	return p
+}
+
+// level is the rollup level (by_user) the plan reads rows of grain at.
+func (p usagePlan) level(grain uint8) uint8 {
+	switch {
+	case !p.byUser:
+		return levelModels
+	case p.userTotals && grain != grainHour:
+		return levelUserTotals
+	}
+	return levelUsers
 }
 
 // splitsHour reports whether a bucket boundary of the zone falls strictly
@@ -299,19 +327,17 @@ func (p usagePlan) signed() bool { return len(p.minus) > 0 }
 // (tokens), c (cost), lb/lc (latency buckets and counts), tn (TTFT calls),
 // tb/tc (TTFT buckets and counts); counts are Int64 when the plan is signed.
 func rollupRowsSQL(s UsageSpec, p usagePlan) string {
-	byUser := 0
-	if p.byUser {
-		byUser = 1
-	}
-	table, level := "usage_rollup", []string{fmt.Sprintf("by_user = %d", byUser)}
+	// usage_rollup leads its key with the level: each run of seals names
+	// its own (day rows may be read at another level than hour rows)
+	table, level := "usage_rollup", p.level
 	if p.userCopy {
-		table, level = "usage_rollup_by_user", nil
+		table, level = "usage_rollup_by_user", nil // one level: levelUsers
 	}
 	where := func(refs []sealRef) string {
-		return strings.Join(append(append(slices.Clone(level),
-			"("+strings.Join(sealRuns(refs), " OR ")+")",
+		return strings.Join(append([]string{
+			"(" + strings.Join(sealRuns(refs, level), " OR ") + ")",
 			sealRefsSQL(refs),
-		), usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...), "\n      AND ")
+		}, usageFilters(s.Filter, "model", "user_id", "source", "batch_id")...), "\n      AND ")
 	}
 	// Subtracted rows make the sums signed: every branch then counts in
 	// Int64 (UNION ALL needs one type).
@@ -361,8 +387,9 @@ func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 
 // sealRuns are each grain's runs of consecutive periods of refs, for the
 // primary key (a range over the gaps between them would read every hour of
-// a month); the tuple IN of sealRefsSQL picks the exact seals.
-func sealRuns(refs []sealRef) []string {
+// a month), each at the level level gives its grain unless level is nil;
+// the tuple IN of sealRefsSQL picks the exact seals.
+func sealRuns(refs []sealRef, level func(grain uint8) uint8) []string {
 	var runs []string
 	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25} {
 		step := int64(3600)
@@ -377,7 +404,11 @@ func sealRuns(refs []sealRef) []string {
 		}
 		slices.Sort(periods)
 		for _, run := range consecutiveRuns(periods, step) {
-			runs = append(runs, fmt.Sprintf("(grain = %d AND %s)", g, timeRangeSQL("period", run[0], run[1]+1)))
+			at := ""
+			if level != nil {
+				at = fmt.Sprintf("by_user = %d AND ", level(g))
+			}
+			runs = append(runs, fmt.Sprintf("(%sgrain = %d AND %s)", at, g, timeRangeSQL("period", run[0], run[1]+1)))
 		}
 	}
 	return runs

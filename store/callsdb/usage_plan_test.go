@@ -1,6 +1,7 @@
 package callsdb
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -407,5 +408,91 @@ func TestHistogramMergePlace(t *testing.T) {
 				t.Errorf("%+v %+v (signed %v): histograms merged by %s, want %s", c.s.Group, c.s.Filter, pc.p.signed(), got, pc.want)
 			}
 		}
+	}
+}
+
+// TestPlanUsageUserTotals: a read that keeps users apart but not sources or
+// batches reads day rows summed over them (levelUserTotals) when every day
+// seal it uses has them, hour rows (added or subtracted) at levelUsers; any
+// other read, or a day recorded before migration 0006, keeps the levels it
+// had.
+func TestPlanUsageUserTotals(t *testing.T) {
+	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
+	for d, x := range st.days {
+		x.UserTotals = true
+		st.days[d] = x
+	}
+	// from 05:00 on the first day to 21:00 on the last: day rows minus the
+	// hours out of the range
+	spec := func(g GroupBy, f UsageFilter) UsageSpec {
+		return UsageSpec{From: time.Unix(d0+5*3600, 0), To: time.Unix(d0+3*86400-3*3600, 0), Group: g, Filter: f}
+	}
+	level := func(p usagePlan, s UsageSpec) (days, hours string) {
+		sql := rollupRowsSQL(s, p)
+		for _, l := range []uint8{levelModels, levelUsers, levelUserTotals} {
+			if strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", l, grainDay)) {
+				days += fmt.Sprint(l)
+			}
+			if strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", l, grainHour)) {
+				hours += fmt.Sprint(l)
+			}
+		}
+		return days, hours
+	}
+	for _, c := range []struct {
+		name        string
+		g           GroupBy
+		f           UsageFilter
+		totals      bool
+		days, hours string
+	}{
+		{"model x user", GroupBy{Model: true, User: true}, UsageFilter{}, true, "2", "1"},
+		{"user by day", GroupBy{Bucket: BucketDay, User: true}, UsageFilter{Model: "m"}, true, "2", "1"},
+		{"user x source", GroupBy{User: true, Source: true}, UsageFilter{}, false, "1", "1"},
+		{"user, one source", GroupBy{User: true}, UsageFilter{Source: "online"}, false, "1", "1"},
+		{"user, one batch", GroupBy{User: true}, UsageFilter{BatchID: "b"}, false, "1", "1"},
+		{"one user, no copy", GroupBy{Model: true}, UsageFilter{User: "u"}, true, "2", "1"},
+		{"model", GroupBy{Model: true}, UsageFilter{}, false, "0", "0"},
+	} {
+		s := spec(c.g, c.f)
+		p := planUsage(s, st, time.UTC)
+		covered(t, p, s.From.Unix(), s.To.Unix())
+		if len(p.minus) == 0 {
+			t.Fatalf("%s: the plan subtracts no hours: %+v", c.name, p)
+		}
+		days, hours := level(p, s)
+		if p.userTotals != c.totals || days != c.days || hours != c.hours {
+			t.Errorf("%s: totals %v, day rows at level %q, hour rows at %q; want %v, %q, %q", c.name, p.userTotals, days, hours, c.totals, c.days, c.hours)
+		}
+	}
+	// a user filter over seals with their copies sorted by user reads the
+	// copy (one level)
+	withCopy := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
+	for h, x := range withCopy.hours {
+		x.UserCopy = true
+		withCopy.hours[h] = x
+	}
+	for d, x := range withCopy.days {
+		x.UserCopy, x.UserTotals = true, true
+		withCopy.days[d] = x
+	}
+	if p := planUsage(spec(GroupBy{Model: true}, UsageFilter{User: "u"}), withCopy, time.UTC); !p.userCopy || p.userTotals {
+		t.Errorf("one user with copies: copy %v, totals %v", p.userCopy, p.userTotals)
+	}
+	// a day recorded before migration 0006 makes the whole read keep
+	// levelUsers; hours alone have no totals
+	old := st.days[d0+86400]
+	old.UserTotals = false
+	st.days[d0+86400] = old
+	s := spec(GroupBy{Model: true, User: true}, UsageFilter{})
+	if p := planUsage(s, st, time.UTC); p.userTotals {
+		t.Error("a day without totals per user read at levelUserTotals")
+	} else if days, _ := level(p, s); days != "1" {
+		t.Errorf("day rows at level %q, want 1", days)
+	}
+	hoursOnly := UsageSpec{From: time.Unix(d0+3600, 0), To: time.Unix(d0+5*3600, 0), Group: GroupBy{User: true}}
+	if p := planUsage(hoursOnly, st, time.UTC); p.userTotals || len(p.rollup) != 4 {
+		t.Errorf("hours only: totals %v, %d seals", p.userTotals, len(p.rollup))
 	}
 }
