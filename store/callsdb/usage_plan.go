@@ -24,7 +24,7 @@ type usagePlan struct {
 	// them (levelUserTotals): day rows are read at that level, about half
 	// the rows of levelUsers; hour rows stay at levelUsers
 	userTotals bool
-	rollup   []sealRef // seals whose rows are added
+	rollup     []sealRef // seals whose rows are added
 	// minus: hour seals whose rows are subtracted from their UTC day's row
 	// (in the bucket of the day's noon): a day row stands for the hours of
 	// its day that are in the range and in the noon's bucket once these are
