@@ -326,6 +326,9 @@ func (p usagePlan) signed() bool { return len(p.minus) > 0 }
 // histogram. Columns: t, m, u, src, n (calls), e (errors), i, o, tot
 // (tokens), c (cost), lb/lc (latency buckets and counts), tn (TTFT calls),
 // tb/tc (TTFT buckets and counts); counts are Int64 when the plan is signed.
+// Without percentiles there are no lb, lc, tb, tc: 18.16 reads the columns
+// a UNION ALL branch names whether or not the query above uses them, and
+// the histograms are most of a rollup row's bytes.
 func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 	// usage_rollup leads its key with the level: each run of seals names
 	// its own (day rows may be read at another level than hour rows)
@@ -349,20 +352,27 @@ func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 		arr = func(col string) string { return "arrayMap(x -> toInt64(x), " + col + ")" }
 	}
 	cnt := func(col string) string { return count + "(" + col + ")" }
+	hist := func(cols string) string { // cols when percentiles are read
+		if s.SkipPercentiles {
+			return ""
+		}
+		return cols
+	}
 	// a day row counts in the bucket of its day's noon (planUsage); a local
 	// day's row twelve hours after its start, inside it whatever its length
 	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
 	// which the UTC buckets' toStartOfDay(t) reads)
 	branches := []string{`SELECT toDateTime(period + if(grain >= ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
         ` + cnt("calls") + ` AS n, ` + cnt("errors") + ` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
-        latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ` + cnt("ttft_calls") + ` AS tn, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc
+        ` + cnt("ttft_calls") + ` AS tn` + hist(`,
+        latency_buckets AS lb, `+arr("latency_counts")+` AS lc, ttft_buckets AS tb, `+arr("ttft_counts")+` AS tc`) + `
     FROM {db}.` + table + `
     WHERE ` + where(p.rollup)}
 	if signed {
 		branches = append(branches, `SELECT toDateTime(period - toUInt32(period) % 86400 + 43200, 'UTC') AS t, model AS m, user_id AS u, source AS src,
         -toInt64(calls) AS n, -toInt64(errors) AS e, -input_tokens AS i, -output_tokens AS o, -total_tokens AS tot, -cost AS c,
-        latency_buckets AS lb, arrayMap(x -> -toInt64(x), latency_counts) AS lc, -toInt64(ttft_calls) AS tn,
-        ttft_buckets AS tb, arrayMap(x -> -toInt64(x), ttft_counts) AS tc
+        -toInt64(ttft_calls) AS tn`+hist(`,
+        latency_buckets AS lb, arrayMap(x -> -toInt64(x), latency_counts) AS lc, ttft_buckets AS tb, arrayMap(x -> -toInt64(x), ttft_counts) AS tc`)+`
     FROM {db}.`+table+`
     WHERE `+where(p.minus))
 	}
@@ -373,14 +383,14 @@ func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 		}
 		one := cnt("1")
 		branches = append(branches, fmt.Sprintf(`SELECT c_start AS t, c_model AS m, c_user AS u, c_source AS src,
-        %[4]s AS n, %[5]s AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c,
-        [%[1]s] AS lb, [%[4]s] AS lc, %[6]s AS tn,
-        if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[4]s], %[7]s()) AS tc
+        %[2]s AS n, %[3]s AS e, c_in AS i, c_out AS o, c_total AS tot, c_cost AS c,
+        %[4]s AS tn%[5]s
     FROM
     (
-    %[3]s
-    )%[8]s`, histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), collapsedCallsSQL(p.perCallWhere()),
-			one, cnt("c_error"), cnt("c_has_ttft"), emptyCounts, outer))
+    %[1]s
+    )%[6]s`, collapsedCallsSQL(p.perCallWhere()), one, cnt("c_error"), cnt("c_has_ttft"), hist(fmt.Sprintf(`,
+        [%[1]s] AS lb, [%[3]s] AS lc, if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[3]s], %[4]s()) AS tc`,
+			histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), one, emptyCounts)), outer))
 	}
 	return strings.Join(branches, "\n    UNION ALL\n    ")
 }
