@@ -23,14 +23,7 @@ func TestRollupLocalDays(t *testing.T) {
 	ny, tokyo := loadZone(t, "America/New_York"), loadZone(t, "Asia/Tokyo")
 	from := time.Date(2026, 10, 30, 0, 0, 0, 0, time.UTC)
 	to := from.AddDate(0, 0, 4)
-	load := callsdb.SyntheticLoad{Calls: 100_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 2, Seed: 11}
-	for _, st := range load.Statements(0, load.Calls) {
-		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	o := rollupOracle{}
-	o.loadDays(t, conn, db, from, to)
+	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 100_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 2, Seed: 11})
 	// the zones' whole days inside the loaded range, and a range starting
 	// inside a New York day
 	nyFrom, nyTo := time.Date(2026, 10, 30, 0, 0, 0, 0, ny), time.Date(2026, 11, 3, 0, 0, 0, 0, ny).Add(-5*time.Hour)

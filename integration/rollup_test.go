@@ -143,6 +143,20 @@ func oracleKey(g callsdb.GroupBy, at time.Time, model, user, source string) stri
 	return strings.Join(parts, "|")
 }
 
+// loadSynthetic stores load's calls in db (INSERT ... SELECT) and returns
+// the oracle of the days they span.
+func loadSynthetic(ctx context.Context, t *testing.T, conn driver.Conn, db string, load callsdb.SyntheticLoad) rollupOracle {
+	t.Helper()
+	for _, st := range load.Statements(0, load.Calls) {
+		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := rollupOracle{}
+	o.loadDays(t, conn, db, load.From, load.From.Add(load.Span))
+	return o
+}
+
 // checkRollupUsage compares UsageOf with the oracle for every grouping in
 // UTC and New York, unfiltered and with filters: counts, errors, tokens and
 // TTFT counts exactly, cost to 1e-9 relative. It returns how many answers

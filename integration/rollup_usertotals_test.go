@@ -22,14 +22,7 @@ func TestRollupUserTotals(t *testing.T) {
 	defer cancel()
 	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -4)
 	to := from.AddDate(0, 0, 3)
-	load := callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 17}
-	for _, st := range load.Statements(0, load.Calls) {
-		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	o := rollupOracle{}
-	o.loadDays(t, conn, db, from, to)
+	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 17})
 	sealer := &callsdb.Sealer{Conn: conn, Database: db}
 	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
 		t.Fatal(err)
