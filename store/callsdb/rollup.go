@@ -20,9 +20,10 @@ import (
 //
 //  1. A seal of a period (grain, period) has a version: the sealer's clock in
 //     Unix nanoseconds when it started reading, unique per Sealer. The sealer
-//     writes every usage_rollup row of the seal first, then the copy of its
-//     rows keyed by user (usage_rollup_by_user), then one usage_seals
-//     record (grain, period, version). Readers use a period's rollup rows
+//     writes every usage_rollup row of the seal first (every level: per
+//     model, per user, and for a day per user over all sources), then the
+//     copy of its rows keyed by user (usage_rollup_by_user), then one
+//     usage_seals record (grain, period, version). Readers use a period's rollup rows
 //     only through the newest record, selecting exactly (grain, period,
 //     version): a seal that failed half-way wrote rows no record names, and
 //     sealing again writes a new version beside the old one — the old one is
