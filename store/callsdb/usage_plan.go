@@ -281,7 +281,7 @@ FROM
     %s
 )
 GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p.signed()), rollupRowsSQL(s, p), strings.Join(order, ", "), having, strings.Join(order, ", "))
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p.signed()), rollupRowsSQL(s, p, sumsReadHistograms(s, p)), strings.Join(order, ", "), having, strings.Join(order, ", "))
 }
 
 // usagePercentilesSQL is the latency and TTFT percentiles of a signed plan
@@ -314,7 +314,18 @@ FROM (
     GROUP BY %s, hk, hb
     HAVING hc > 0
 )
-GROUP BY %s`, strings.Join(order, ",\n    "), q("hk = 0"), q("hk = 1"), strings.Join(keys, ", "), rollupRowsSQL(s, p), strings.Join(order, ", "), strings.Join(order, ", "))
+GROUP BY %s`, strings.Join(order, ",\n    "), q("hk = 0"), q("hk = 1"), strings.Join(keys, ", "), rollupRowsSQL(s, p, true), strings.Join(order, ", "), strings.Join(order, ", "))
+}
+
+// sumsReadHistograms reports whether the sums query of s (usageRollupSQL)
+// merges histograms itself: not without percentiles, nor where
+// usagePercentilesSQL merges them beside it.
+func sumsReadHistograms(s UsageSpec, p usagePlan) bool {
+	switch histogramMergeOf(s, p.signed()) {
+	case mergeNone, mergeWeighted:
+		return false
+	}
+	return true
 }
 
 // signed reports whether the plan subtracts rows (its sums are signed).
@@ -326,10 +337,10 @@ func (p usagePlan) signed() bool { return len(p.minus) > 0 }
 // histogram. Columns: t, m, u, src, n (calls), e (errors), i, o, tot
 // (tokens), c (cost), lb/lc (latency buckets and counts), tn (TTFT calls),
 // tb/tc (TTFT buckets and counts); counts are Int64 when the plan is signed.
-// Without percentiles there are no lb, lc, tb, tc: 18.16 reads the columns
+// Without histograms there are no lb, lc, tb, tc: 18.16 reads the columns
 // a UNION ALL branch names whether or not the query above uses them, and
 // the histograms are most of a rollup row's bytes.
-func rollupRowsSQL(s UsageSpec, p usagePlan) string {
+func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 	// usage_rollup leads its key with the level: each run of seals names
 	// its own (day rows may be read at another level than hour rows)
 	table, level := "usage_rollup", p.level
@@ -352,8 +363,8 @@ func rollupRowsSQL(s UsageSpec, p usagePlan) string {
 		arr = func(col string) string { return "arrayMap(x -> toInt64(x), " + col + ")" }
 	}
 	cnt := func(col string) string { return count + "(" + col + ")" }
-	hist := func(cols string) string { // cols when percentiles are read
-		if s.SkipPercentiles {
+	hist := func(cols string) string { // cols when histograms are read
+		if !histograms {
 			return ""
 		}
 		return cols

@@ -429,7 +429,7 @@ func TestPlanUsageUserTotals(t *testing.T) {
 		return UsageSpec{From: time.Unix(d0+5*3600, 0), To: time.Unix(d0+3*86400-3*3600, 0), Group: g, Filter: f}
 	}
 	level := func(p usagePlan, s UsageSpec) (days, hours string) {
-		sql := rollupRowsSQL(s, p)
+		sql := rollupRowsSQL(s, p, false)
 		for _, l := range []uint8{levelModels, levelUsers, levelUserTotals} {
 			if strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", l, grainDay)) {
 				days += fmt.Sprint(l)
@@ -494,5 +494,26 @@ func TestPlanUsageUserTotals(t *testing.T) {
 	hoursOnly := UsageSpec{From: time.Unix(d0+3600, 0), To: time.Unix(d0+5*3600, 0), Group: GroupBy{User: true}}
 	if p := planUsage(hoursOnly, st, time.UTC); p.userTotals || len(p.rollup) != 4 {
 		t.Errorf("hours only: totals %v, %d seals", p.userTotals, len(p.rollup))
+	}
+}
+
+// TestUsageSQLNamesTheHistogramsItMerges: a read's rows carry the
+// histogram columns exactly when the query above them merges histograms
+// (18.16 would read them regardless, and a query merging columns its rows
+// lack fails).
+func TestUsageSQLNamesTheHistogramsItMerges(t *testing.T) {
+	from := time.Date(2026, 11, 2, 5, 0, 0, 0, time.UTC)
+	qs := samplePlannedUsage(from, from.Add(50*time.Hour))
+	if len(qs) == 0 {
+		t.Fatal("no sample reads")
+	}
+	for _, q := range qs {
+		merges := false
+		for _, use := range []string{"ARRAY JOIN", "(lb, lc)", "toString(lb)", "sumMap(lb"} {
+			merges = merges || strings.Contains(q, use)
+		}
+		if names := strings.Contains(q, " AS lb"); names != merges {
+			t.Errorf("rows name histograms %v, query merges them %v:\n%s", names, merges, q)
+		}
 	}
 }
