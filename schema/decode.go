@@ -51,6 +51,20 @@ const maxDepth = 10000
 // the Metadata values share another (each slice is capped, so appending to
 // one cannot overwrite another).
 func Decode(data []byte, lim Limits) (*Event, error) {
+	return decode(data, lim, false)
+}
+
+// DecodeShared is Decode without copying the event's raw values: Request,
+// Response and the Metadata values point into data (capped, as with
+// Decode), so data must not change while the Event is in use. It is for
+// callers that are done with the Event before they let go of data: the
+// collector, which re-encodes the event at once, and the normalizer, which
+// turns it into a call. Raw values are most of an event's bytes.
+func DecodeShared(data []byte, lim Limits) (*Event, error) {
+	return decode(data, lim, true)
+}
+
+func decode(data []byte, lim Limits, shared bool) (*Event, error) {
 	limit := lim.MaxEventBytes
 	if limit == 0 {
 		limit = DefaultMaxEventBytes
@@ -63,7 +77,7 @@ func Decode(data []byte, lim Limits) (*Event, error) {
 	}
 	blk := new(eventBlock)
 	e := &blk.event
-	d := decoder{data: data, blk: blk}
+	d := decoder{data: data, blk: blk, shared: shared}
 	d.event(e)
 	if d.fatal != nil {
 		return nil, ValidationError{d.fatal}
@@ -136,8 +150,10 @@ type decoder struct {
 	tags  []span
 	meta  []metaRef
 	rbuf  []byte
-	req   span
-	resp  span
+	// shared: raw values are spans of data, not of rbuf (DecodeShared)
+	shared bool
+	req    span
+	resp   span
 }
 
 // finish points e's strings, tags, metadata, request and response into the
@@ -154,7 +170,11 @@ func (d *decoder) finish(e *Event) {
 			e.Tags[i] = str(s)
 		}
 	}
-	raw := func(s span) json.RawMessage { return d.rbuf[s.off : s.off+s.n : s.off+s.n] }
+	rbuf := d.rbuf
+	if d.shared {
+		rbuf = d.data
+	}
+	raw := func(s span) json.RawMessage { return rbuf[s.off : s.off+s.n : s.off+s.n] }
 	if d.req.n > 0 {
 		e.Request = raw(d.req)
 	}
@@ -562,7 +582,7 @@ func (d *decoder) boolean(f int) bool {
 	return false
 }
 
-// rawValue copies any JSON value into rbuf. overflow is the offset of its
+// rawValue copies any JSON value into rbuf (or, shared, spans it in data). overflow is the offset of its
 // first number overflowing float64, or -1.
 func (d *decoder) rawValue(depth int) (s span, kind string, overflow int) {
 	start := d.pos
@@ -570,6 +590,9 @@ func (d *decoder) rawValue(depth int) (s span, kind string, overflow int) {
 	kind = d.skipValue(depth)
 	if d.fatal != nil {
 		return span{}, "", -1
+	}
+	if d.shared {
+		return span{start, d.pos - start}, kind, d.overflow
 	}
 	if d.rbuf == nil {
 		// Raw values are most of an event: size the buffer for all of them

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 const minimal = `{"id":"call-1","start_time":"2024-05-01T12:00:00Z","endpoint":"/v1/chat/completions","model":"m"`
@@ -447,5 +448,40 @@ func BenchmarkStdlibUnmarshal(b *testing.B) {
 		if err := json.Unmarshal(data, &e); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestDecodeSharedPointsIntoData: DecodeShared gives the event Decode gives,
+// with its raw values inside data rather than copied, each capped so that
+// appending to one never writes into data.
+func TestDecodeSharedPointsIntoData(t *testing.T) {
+	data := []byte(`{"id":"s-1","start_time":"2026-11-01T10:00:00Z","endpoint":"/v1/chat/completions","model":"m",` +
+		`"request":{"messages":[{"role":"user","content":"hi"}]},"response":{"choices":[]},"metadata":{"team":"a","n":[1,2]}}`)
+	want, err := Decode(data, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeShared(data, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := eventDiff(want, got); diff != "" {
+		t.Fatalf("DecodeShared differs from Decode: %s", diff)
+	}
+	inData := func(name string, v []byte) {
+		t.Helper()
+		lo, hi := uintptr(unsafe.Pointer(&data[0])), uintptr(unsafe.Pointer(&data[len(data)-1]))
+		if p := uintptr(unsafe.Pointer(&v[0])); p < lo || p > hi {
+			t.Errorf("%s was copied out of data", name)
+		}
+		if cap(v) != len(v) {
+			t.Errorf("%s: cap %d, len %d: an append would write into data", name, cap(v), len(v))
+		}
+	}
+	inData("request", got.Request)
+	inData("response", got.Response)
+	inData("metadata.n", got.Metadata["n"])
+	if p, q := &want.Request[0], &got.Request[0]; p == q {
+		t.Error("Decode shares its request with DecodeShared's")
 	}
 }

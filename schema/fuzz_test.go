@@ -3,6 +3,7 @@ package schema
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -11,7 +12,8 @@ import (
 
 // FuzzDecode: Decode never panics; what it accepts is valid JSON and valid
 // UTF-8, passes Validate, and survives a round trip: json.Marshal of the
-// Event decodes to an equal Event, and marshalling that gives the same bytes.
+// Event decodes to an equal Event, and marshalling that gives the same bytes;
+// DecodeShared gives what Decode gives.
 //
 // Seeds: every fixture, plus regression seeds in testdata/fuzz/FuzzDecode.
 func FuzzDecode(f *testing.F) {
@@ -30,6 +32,15 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := Decode(data, DefaultLimits())
+		shared, serr := DecodeShared(data, DefaultLimits())
+		if fmt.Sprint(err) != fmt.Sprint(serr) {
+			t.Fatalf("Decode: %v; DecodeShared: %v", err, serr)
+		}
+		if err == nil {
+			if diff := eventDiff(e, shared); diff != "" {
+				t.Fatalf("DecodeShared differs from Decode: %s", diff)
+			}
+		}
 		if err != nil {
 			if e != nil {
 				t.Fatalf("Decode returned an event and an error")

@@ -24,9 +24,11 @@ type batcher struct {
 	publish            func(*nats.Msg) (jetstream.PubAckFuture, error)
 	q                  chan<- pending
 	open               map[string]*openBatch
-	keys               []string    // open batches in the order they were opened
-	lastLen            int         // bytes of the last batch sent
-	bodies             chan []byte // settled batch buffers (Worker.bodies); nil: none
+	keys               []string     // open batches in the order they were opened
+	lastLen            int          // bytes of the last batch sent
+	lastCalls          int          // calls in the last batch sent
+	bodies             chan []byte  // settled batch buffers (Worker.bodies); nil: none
+	spare              []*openBatch // flushed batches, kept for their id sets
 }
 
 type openBatch struct {
@@ -48,7 +50,7 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 	}
 	ob := b.open[key]
 	if ob == nil {
-		ob = &openBatch{subject: subject, raw: h, body: b.newBody(), has: make(map[string]struct{})}
+		ob = b.openBatch(subject, h)
 		b.open[key] = ob
 		b.keys = append(b.keys, key)
 	}
@@ -76,14 +78,13 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 		// this call does not fit: send the batch without it, start the next with it
 		next := append(b.newBody(), ob.body[line:]...)
 		ob.body = ob.body[:start]
-		b.send(ob)
-		ob.body = next
+		b.send(ob, next)
 	}
 	ob.has[call.ID] = struct{}{}
 	ob.ids = append(ob.ids, call.ID)
 	ob.msgs = append(ob.msgs, msg)
 	if len(ob.msgs) >= b.maxCalls || len(ob.body) >= b.maxBytes {
-		b.send(ob)
+		b.send(ob, nil)
 	}
 }
 
@@ -93,35 +94,69 @@ func (b *batcher) pending() bool { return len(b.keys) > 0 }
 // flush publishes every open batch.
 func (b *batcher) flush() {
 	for _, k := range b.keys {
-		if ob := b.open[k]; len(ob.msgs) > 0 {
-			b.send(ob)
+		ob := b.open[k]
+		if len(ob.msgs) > 0 {
+			b.send(ob, nil)
 		}
 		delete(b.open, k)
+		if len(b.spare) < maxSpareBatches {
+			b.spare = append(b.spare, ob)
+		}
 	}
 	b.keys = b.keys[:0]
 }
 
-// send starts the publish of ob and empties it; the body is not reused (the
-// publish keeps it until JetStream acknowledges).
-func (b *batcher) send(ob *openBatch) {
-	b.lastLen = len(ob.body)
+// maxSpareBatches bounds the flushed batches a batcher keeps: one per kind
+// of call flowing at once is plenty; a replay's batches, one per job, are
+// not kept beyond it.
+const maxSpareBatches = 8
+
+// openBatch is an empty batch for subject, from the spare ones when there
+// is one: its id set keeps the room it grew to.
+func (b *batcher) openBatch(subject string, raw nats.Header) *openBatch {
+	if n := len(b.spare); n > 0 {
+		ob := b.spare[n-1]
+		b.spare = b.spare[:n-1]
+		ob.subject, ob.raw = subject, raw
+		if ob.body == nil {
+			ob.body = b.newBody()
+		}
+		return ob
+	}
+	return &openBatch{subject: subject, raw: raw, body: b.newBody(), has: make(map[string]struct{}, b.lastCalls)}
+}
+
+// send starts the publish of ob and empties it, its next calls going to
+// next (nil: a new buffer). The body sent is not reused until the publish
+// is settled (the pipeline's acknowledger hands it back through bodies).
+func (b *batcher) send(ob *openBatch, next []byte) {
+	b.lastLen, b.lastCalls = len(ob.body), len(ob.ids)
 	out := recordMsg(ob.subject, ob.raw, ob.body, ob.ids)
 	fut, err := b.publish(out)
 	b.q <- pending{msgs: ob.msgs, fut: fut, pubErr: err, body: ob.body}
-	ob.body = b.newBody()
-	ob.ids, ob.msgs = nil, nil
+	if next == nil {
+		next = b.newBody()
+	}
+	ob.body = next
+	// the slices went with the publish; the next batch likely holds as many
+	ob.ids, ob.msgs = make([]string, 0, b.lastCalls), make([]jetstream.Msg, 0, b.lastCalls)
 	clear(ob.has)
 }
 
 // newBody is a batch's buffer, sized from the last batch sent: under load
 // batches are full and one allocation of their size beats growing the
 // buffer call by call (copies, garbage); at a trickle batches hold a call
-// or two and get a small buffer.
+// or two and get a small buffer. A settled buffer is taken when it is big
+// enough and no larger than a full batch needs, or than twice what is
+// wanted: batch sizes swing between full and lingered, and a buffer
+// dropped for being too large for the last batch costs an allocation for
+// the next full one.
 func (b *batcher) newBody() []byte {
-	want := min(max(b.lastLen+b.lastLen/4, 16<<10), b.maxBytes+b.maxBytes/8)
+	full := b.maxBytes + b.maxBytes/8
+	want := min(max(b.lastLen+b.lastLen/4, 16<<10), full)
 	select {
 	case p := <-b.bodies:
-		if cap(p) >= want && cap(p) <= 2*want {
+		if cap(p) >= want && cap(p) <= max(2*want, full) {
 			return p[:0]
 		}
 	default:

@@ -213,8 +213,9 @@ func TestBatcherStoresACallOncePerBatch(t *testing.T) {
 }
 
 // A batch buffer handed back on the free list is the next batch's buffer
-// (emptied) when its size fits; one far larger than the batches now being
-// sent is dropped, and the batcher works without a free list.
+// (emptied) when its size fits: no smaller than wanted, no larger than a
+// full batch or twice what is wanted; one far larger is dropped, and the
+// batcher works without a free list.
 func TestBatcherReusesFreeBuffers(t *testing.T) {
 	free := make(chan []byte, 2)
 	b := &batcher{maxCalls: 256, maxBytes: 1 << 20, bodies: free}
@@ -225,6 +226,18 @@ func TestBatcherReusesFreeBuffers(t *testing.T) {
 	}
 	free <- make([]byte, 0, 8<<20)
 	if got := b.newBody(); cap(got) >= 8<<20 {
+		t.Fatalf("a buffer of %d bytes reused for batches of 16 KB", cap(got))
+	}
+	// a full batch's buffer after a lingered small batch: kept, the next
+	// full batch needs it
+	b.lastLen = 2 << 10
+	fullBuf := make([]byte, 0, b.maxBytes+b.maxBytes/8)
+	free <- fullBuf
+	if got := b.newBody(); cap(got) != cap(fullBuf) {
+		t.Fatalf("a full batch's buffer (%d bytes) dropped after a small batch; got %d", cap(fullBuf), cap(got))
+	}
+	free <- make([]byte, 0, 4<<10)
+	if got := b.newBody(); cap(got) < 16<<10 {
 		t.Fatalf("a buffer of %d bytes reused for batches of 16 KB", cap(got))
 	}
 	b.bodies = nil

@@ -29,10 +29,11 @@ type Normalizer struct {
 	LivePrices *LivePrices
 }
 
-// Normalize decodes and validates data (schema v1) and returns its call.
-// Errors are *PoisonError.
+// Normalize decodes and validates data (schema v1) and returns its call,
+// which may point into data (schema.DecodeShared): data must not change
+// while the call is in use. Errors are *PoisonError.
 func (n *Normalizer) Normalize(ctx context.Context, data []byte) (*schema.Call, error) {
-	ev, err := schema.Decode(data, n.Limits)
+	ev, err := schema.DecodeShared(data, n.Limits)
 	if err != nil {
 		return nil, &PoisonError{Reason: err.Error()}
 	}

@@ -84,7 +84,7 @@ func newBenchCommand(a *app) *cobra.Command {
 	f.BoolVar(&o.SkipRaw, "skip-raw", false, "skip the raw-limit measurements")
 	f.BoolVar(&o.Keep, "keep", false, "keep the scratch ClickHouse database")
 	f.StringVar(&o.MemoryLimit, "memory-limit", "192MiB", "GOMEMLIMIT of every callpipe process, as a deployment sets it from the container's memory limit (empty: none)")
-	f.IntVar(&o.ProfileSeconds, "profile-seconds", 0, "save a CPU profile of every role for the first N seconds of the throughput phase to <dir>/<role>.cpu.pprof (0: none)")
+	f.IntVar(&o.ProfileSeconds, "profile-seconds", 0, "save a CPU profile of every role for the first N seconds of the throughput phase to <dir>/<role>.cpu.pprof, then its allocations to <dir>/<role>.allocs.pprof (0: none)")
 	f.BoolVar(&proxyPhase, "proxy", false, "also measure the latency the capture proxy adds (--events 0: only that)")
 	f.IntVar(&po.Rate, "proxy-rate", 500, "requests/s of the proxy phase, on each path (open loop)")
 	f.IntVar(&po.Clients, "proxy-clients", 8, "concurrent clients of the proxy phase")

@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -145,7 +144,7 @@ func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeReply(w, http.StatusBadRequest, Reply{Error: err.Error(), Rejected: []Rejection{}})
 		return
 	}
-	reply, err := c.publish(r.Context(), events)
+	reply, err := c.publish(r.Context(), events, len(body))
 	if err != nil {
 		c.unavailable(w, err)
 		return
@@ -223,45 +222,65 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.
 	return body, 0, nil
 }
 
-// Request bodies and message buffers are reused across requests: at
-// thousands of events a second their bytes were most of what the collector
-// allocated (and the garbage collector then scanned for).
+// Request bodies and the messages made of their events are reused across
+// requests: at thousands of events a second their bytes were most of what
+// the collector allocated (and the garbage collector then scanned for).
+// They are kept on free lists rather than in a sync.Pool: under load the
+// garbage collector runs every few milliseconds and a sync.Pool loses its
+// buffers at every second cycle, so most requests found it empty.
 var (
-	bodies   sync.Pool // *bytes.Buffer
-	messages sync.Pool // *[]byte, one event's message data
+	bodies = make(chan *bytes.Buffer, maxFreeBuffers)
+	arenas = make(chan []byte, maxFreeBuffers) // a request's messages, one after another
 )
 
-// Buffers larger than these are left to the garbage collector rather than
-// kept for a rare request of that size.
 const (
-	maxPooledBody    = 4 << 20
-	maxPooledMessage = 64 << 10
+	// maxFreeBuffers bounds each free list: requests in flight at once
+	// beyond it allocate their own.
+	maxFreeBuffers = 4
+	// maxPooledBody: buffers larger than this are left to the garbage
+	// collector rather than kept for a rare request of that size.
+	maxPooledBody = 4 << 20
 )
 
 func getBody() *bytes.Buffer {
-	if b, ok := bodies.Get().(*bytes.Buffer); ok {
+	select {
+	case b := <-bodies:
 		b.Reset()
 		return b
+	default:
+		return new(bytes.Buffer)
 	}
-	return new(bytes.Buffer)
 }
 
 func putBody(b *bytes.Buffer) {
 	if b.Cap() <= maxPooledBody {
-		bodies.Put(b)
+		select {
+		case bodies <- b:
+		default:
+		}
 	}
 }
 
-func getMessage() *[]byte {
-	if b, ok := messages.Get().(*[]byte); ok {
-		return b
+// getArena returns an empty buffer for the messages of a body of n bytes:
+// room for all of them, as masks seldom lengthen an event by much.
+func getArena(n int) []byte {
+	want := n + n/8 + 4<<10
+	select {
+	case a := <-arenas:
+		if cap(a) >= want {
+			return a[:0]
+		}
+	default:
 	}
-	return new([]byte)
+	return make([]byte, 0, want)
 }
 
-func putMessage(b *[]byte) {
-	if cap(*b) <= maxPooledMessage {
-		messages.Put(b)
+func putArena(a []byte) {
+	if cap(a) <= maxPooledBody+maxPooledBody/8+4<<10 {
+		select {
+		case arenas <- a:
+		default:
+		}
 	}
 }
 
@@ -356,20 +375,25 @@ func SplitNDJSON(body []byte) [][]byte {
 // publish decodes each raw event, publishes the valid ones and waits for
 // every acknowledgement. An error means at least one valid event may not be
 // stored; the client must retry the whole request (ids make that safe).
-func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) (Reply, error) {
+//
+// The messages are written one after another into one buffer (an arena)
+// sized for the body, reused once every one of them is acknowledged.
+func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte], bodyLen int) (Reply, error) {
 	reply := Reply{Rejected: []Rejection{}}
-	type pending struct {
-		p   *ingest.Pending
-		buf *[]byte // the message's data, reused once acknowledged
-	}
-	var pendings []pending
+	arena := getArena(bodyLen)
+	var pendings []*ingest.Pending
 	for i, raw := range events {
-		ev, err := schema.Decode(raw, c.opts.Limits)
+		// the event is re-encoded below, before the body is let go
+		ev, err := schema.DecodeShared(raw, c.opts.Limits)
 		if err == nil {
 			c.opts.Capture.Event(ev)
-			buf := getMessage()
-			msg := ingest.AppendMessage((*buf)[:0], ev)
-			*buf = msg.Data // the grown array, for the next message
+			free := arena[len(arena):]
+			msg := ingest.AppendMessage(free, ev)
+			if n := len(msg.Data); n <= cap(free) {
+				// written in the arena (else it outgrew it: an allocation of its own)
+				msg.Data = msg.Data[:n:n]
+				arena = arena[:len(arena)+n]
+			}
 			// Masks can lengthen a text ([REDACTED] for a short address),
 			// and normalize decodes with the same limit.
 			if lim := c.opts.Limits.MaxEventBytes; lim > 0 && len(msg.Data) > lim {
@@ -377,9 +401,9 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) 
 			} else {
 				p, perr := c.pub.PublishMsgAsync(msg)
 				if perr != nil {
-					return reply, perr
+					return reply, perr // the arena stays with the messages in flight
 				}
-				pendings = append(pendings, pending{p, buf})
+				pendings = append(pendings, p)
 				continue
 			}
 		}
@@ -393,19 +417,20 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte]) 
 	defer cancel()
 	var firstErr error
 	for _, p := range pendings {
-		dup, err := p.p.Wait(ctx)
+		dup, err := p.Wait(ctx)
 		switch {
 		case err != nil:
 			if firstErr == nil {
 				firstErr = err
 			}
-			continue // a message still in flight keeps its buffer
 		case dup:
 			reply.Duplicates++
 		default:
 			reply.Accepted++
 		}
-		putMessage(p.buf)
+	}
+	if firstErr == nil {
+		putArena(arena) // else a message may still be in flight
 	}
 	return reply, firstErr
 }

@@ -5,9 +5,11 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"iter"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -177,11 +179,19 @@ func TestBodyLimitNamesTheKey(t *testing.T) {
 	}
 }
 
-// recordPublish keeps what the collector would publish, then fails.
-type recordPublish struct{ msgs []*nats.Msg }
+// recordPublish keeps what the collector would publish (the messages
+// themselves, as the JetStream client keeps them until acknowledged), then
+// fails: at the first message, or after accept messages.
+type recordPublish struct {
+	msgs   []*nats.Msg
+	accept int
+}
 
 func (p *recordPublish) PublishMsgAsync(m *nats.Msg) (*ingest.Pending, error) {
 	p.msgs = append(p.msgs, m)
+	if len(p.msgs) <= p.accept {
+		return &ingest.Pending{}, nil
+	}
 	return nil, errors.New("recorded")
 }
 func (*recordPublish) Connected() bool { return true }
@@ -232,5 +242,33 @@ func TestMaskedEventOverLimitRejected(t *testing.T) {
 	c.ServeHTTP(rec, req)
 	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "limit 4096 (event.max_bytes)") {
 		t.Fatalf("%d %s", rec.Code, rec.Body)
+	}
+}
+
+// The messages of one request share a buffer: each keeps its own bytes
+// while the others are written after it.
+func TestMessagesOfARequestKeepTheirBytes(t *testing.T) {
+	pub := &recordPublish{accept: 50}
+	c := New(pub, Options{})
+	var body strings.Builder
+	for i := range 51 {
+		fmt.Fprintf(&body, `{"id":"m-%d","start_time":"2026-01-01T00:00:00Z","endpoint":"/v1/chat/completions","model":"m",`+
+			`"request":{"messages":[{"role":"user","content":"%s"}]}}`+"\n", i, strings.Repeat(strconv.Itoa(i%10), 10+i*37))
+	}
+	req := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(body.String()))
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	c.ServeHTTP(httptest.NewRecorder(), req)
+	if len(pub.msgs) != 51 {
+		t.Fatalf("%d messages published, want 51", len(pub.msgs))
+	}
+	for i, m := range pub.msgs {
+		ev, err := schema.Decode(m.Data, schema.DefaultLimits())
+		if err != nil {
+			t.Fatalf("message %d: %v\n%s", i, err, m.Data)
+		}
+		content := strings.Repeat(strconv.Itoa(i%10), 10+i*37)
+		if ev.ID != fmt.Sprintf("m-%d", i) || !strings.Contains(string(ev.Request), content) || m.Header.Get("Nats-Msg-Id") != ev.ID {
+			t.Fatalf("message %d overwritten: id %q, request %.80s", i, ev.ID, ev.Request)
+		}
 	}
 }

@@ -261,8 +261,12 @@ func New(opts Options, pub Publisher) (*Proxy, error) {
 				}
 			}
 		},
-		Transport:      &retryTransport{base: transport, p: p},
-		FlushInterval:  -1,
+		Transport: &retryTransport{base: transport, p: p},
+		// 0: a streamed answer (text/event-stream, or no Content-Length) is
+		// flushed at every write, so tokens reach the client as the model
+		// sends them; an answer of known length goes out with its headers in
+		// one write at the end instead of a flush per read.
+		FlushInterval:  0,
 		BufferPool:     bufferPool{},
 		ModifyResponse: p.modifyResponse,
 		ErrorHandler:   p.errorHandler,

@@ -607,11 +607,10 @@ func (b *bench) rawClickHouse(ctx context.Context) (float64, error) {
 	}
 	norm := &transform.Normalizer{}
 	calls := make([]schema.Call, b.o.Events)
-	var buf []byte
 	now := time.Now()
 	for i := range calls {
-		buf = benchEvent(buf[:0], b.runID+"raw", i, b.o.Size, now)
-		c, err := norm.Normalize(ctx, buf)
+		// a buffer per event: the call points into it
+		c, err := norm.Normalize(ctx, benchEvent(nil, b.runID+"raw", i, b.o.Size, now))
 		if err != nil {
 			return 0, fmt.Errorf("raw clickhouse: normalize: %w", err)
 		}

@@ -350,8 +350,9 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 }
 
 // profileRoles saves a CPU profile of each role started with --pprof, over
-// the next ProfileSeconds, to <dir>/<role>.cpu.pprof; the returned func
-// waits for them and says where they are.
+// the next ProfileSeconds, to <dir>/<role>.cpu.pprof, and then the role's
+// allocations since it started to <dir>/<role>.allocs.pprof; the returned
+// func waits for them and says where they are.
 func (b *bench) profileRoles(ctx context.Context) func() {
 	if b.o.ProfileSeconds <= 0 {
 		return func() {}
@@ -364,7 +365,11 @@ func (b *bench) profileRoles(ctx context.Context) func() {
 	for role, addr := range b.pprof {
 		path := filepath.Join(b.o.Dir, role+".cpu.pprof")
 		go func() {
-			done <- saved{path, saveProfile(ctx, addr, fmt.Sprintf("profile?seconds=%d", b.o.ProfileSeconds), path)}
+			err := saveProfile(ctx, addr, fmt.Sprintf("profile?seconds=%d", b.o.ProfileSeconds), path)
+			if err == nil {
+				err = saveProfile(ctx, addr, "allocs", filepath.Join(b.o.Dir, role+".allocs.pprof"))
+			}
+			done <- saved{path, err}
 		}()
 	}
 	return func() {
