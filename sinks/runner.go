@@ -142,6 +142,12 @@ type Runner[T any] struct {
 	// from empty to a batch of thousands of calls (main goroutine only).
 	fillCap int
 	pauseCh chan time.Duration
+	// spareItems and spareValues are the slices of batches written,
+	// emptied, for the next batches: a batch's slices are thousands of
+	// values long, and allocating them anew each time was much of what a
+	// sink allocated (and the garbage collector then cleared and scanned).
+	spareItems  chan []Item[T]
+	spareValues chan []T
 
 	// notConnected is why the output is not connected (nil once it is);
 	// connected is closed then.
@@ -192,7 +198,8 @@ func New[T any](nc *nats.Conn, out Output[T], cfg Config) (*Runner[T], error) {
 	cfg.Connect.Max = defaults.IfNotPositive(cfg.Connect.Max, 30*time.Second)
 	cfg.Destination = cmp.Or(cfg.Destination, cfg.Stage)
 	cfg.Log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler))
-	r := &Runner[T]{out: out, pauseCh: make(chan time.Duration, 1), connected: make(chan struct{})}
+	r := &Runner[T]{out: out, pauseCh: make(chan time.Duration, 1), connected: make(chan struct{}),
+		spareItems: make(chan []Item[T], spareBatches), spareValues: make(chan []T, spareBatches)}
 	r.setNotConnected(errors.New("connecting"))
 	r.holder, _ = out.(Holder)
 	r.core = core{cfg: cfg, nc: nc, js: js, log: cfg.Log, dead: bus.DeadLetters{JS: js, Stage: cfg.Stage},
@@ -302,6 +309,58 @@ type Batch[T any] struct {
 	reasons map[int]string
 	bytes   int
 	opened  time.Time
+	values  []T
+	spare   chan []T // the runner's spareValues
+}
+
+// Values returns the batch's values in order, in a slice the runner reuses
+// once WriteBatch has returned: an output must not keep it.
+func (b *Batch[T]) Values() []T {
+	if b.values == nil {
+		select {
+		case v := <-b.spare:
+			b.values = v[:0]
+		default:
+			b.values = make([]T, 0, len(b.Items))
+		}
+		for i := range b.Items {
+			b.values = append(b.values, b.Items[i].Value)
+		}
+	}
+	return b.values
+}
+
+// spareBatches bounds the emptied slices a runner keeps of each kind.
+const spareBatches = 4
+
+// recycle hands b's slices to the next batches, emptied so that they pin
+// none of b's values; b is not used again.
+func (r *Runner[T]) recycle(b *Batch[T]) {
+	clear(b.Items)
+	select {
+	case r.spareItems <- b.Items[:0]:
+	default:
+	}
+	if b.values != nil {
+		clear(b.values)
+		select {
+		case r.spareValues <- b.values[:0]:
+		default:
+		}
+	}
+	*b = Batch[T]{}
+}
+
+// newBatch is an empty batch for about n values.
+func (r *Runner[T]) newBatch(n int) *Batch[T] {
+	b := &Batch[T]{opened: time.Now(), spare: r.spareValues}
+	select {
+	case items := <-r.spareItems:
+		b.Items = items
+	default:
+		b.Items = make([]Item[T], 0, n)
+	}
+	return b
 }
 
 // Written says value i is stored.
@@ -584,7 +643,7 @@ func (r *Runner[T]) take(ctx context.Context, d decoded[T]) {
 	r.held[st.ref.Seq] = st
 	r.mu.Unlock()
 	if r.fill == nil {
-		r.fill = &Batch[T]{opened: time.Now(), Items: make([]Item[T], 0, min(r.fillCap, r.cfg.Batch.Count))}
+		r.fill = r.newBatch(min(r.fillCap, r.cfg.Batch.Count))
 	}
 	f := r.fill
 	if !d.batched {
@@ -670,6 +729,7 @@ func (r *Runner[T]) write(stop, ctx context.Context, b *Batch[T]) {
 	case err != nil:
 		sleep(stop, delay)
 	}
+	r.recycle(b)
 }
 
 // reject dead-letters the value it (alone when its message is a batch).

@@ -137,10 +137,7 @@ func decodeCall(data []byte) (schema.Call, error) {
 // WriteBatch inserts the batch's calls as one INSERT: all written, or all
 // retried.
 func (s *Sink) WriteBatch(ctx context.Context, b *sinks.Batch[schema.Call]) error {
-	calls := make([]schema.Call, len(b.Items))
-	for i := range b.Items {
-		calls[i] = b.Items[i].Value
-	}
+	calls := b.Values()
 	start := time.Now()
 	token := ""
 	if s.out.Server().Modern() { // older servers have no insert_deduplication_token

@@ -166,10 +166,7 @@ func (s *Sink) Decode(_ jetstream.Msg, _ *jetstream.MsgMetadata, data []byte) (s
 // WriteBatch sends the calls and settles each by its Outcome; while Langfuse
 // refuses the keys it asks for a pause of AuthPause (a few requests an outage).
 func (s *Sink) WriteBatch(ctx context.Context, b *sinks.Batch[schema.Call]) error {
-	calls := make([]schema.Call, len(b.Items))
-	for i := range b.Items {
-		calls[i] = b.Items[i].Value
-	}
+	calls := b.Values()
 	outcomes, err := s.out.WriteBatch(ctx, calls)
 	for i, o := range outcomes {
 		switch o.State {
