@@ -48,6 +48,11 @@
 // Invariant: a replayed message not routed to the stage (bus.Routed) is
 // acknowledged unwritten.
 //
+// Invariant (batch memory): once WriteBatch has returned and its values
+// are settled, the batch's slices (Items, Values) are emptied and reused
+// by the next batches; an output keeps nothing of a batch past WriteBatch
+// but copies of values and the Holds it asked for.
+//
 // Invariant (pause): a write that returns a PauseError (the destination
 // refuses every write for a while, e.g. Langfuse refusing the keys) makes
 // the runner stop pulling; what the iterator read ahead and the batch being

@@ -148,6 +148,9 @@ type Runner[T any] struct {
 	// sink allocated (and the garbage collector then cleared and scanned).
 	spareItems  chan []Item[T]
 	spareValues chan []T
+	// spareDecoded: the value slices of batched messages, once take has
+	// copied them into a batch, for the next messages' decode.
+	spareDecoded chan []T
 
 	// notConnected is why the output is not connected (nil once it is);
 	// connected is closed then.
@@ -199,7 +202,8 @@ func New[T any](nc *nats.Conn, out Output[T], cfg Config) (*Runner[T], error) {
 	cfg.Destination = cmp.Or(cfg.Destination, cfg.Stage)
 	cfg.Log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler))
 	r := &Runner[T]{out: out, pauseCh: make(chan time.Duration, 1), connected: make(chan struct{}),
-		spareItems: make(chan []Item[T], spareBatches), spareValues: make(chan []T, spareBatches)}
+		spareItems: make(chan []Item[T], spareBatches), spareValues: make(chan []T, spareBatches),
+		spareDecoded: make(chan []T, spareBatches)}
 	r.setNotConnected(errors.New("connecting"))
 	r.holder, _ = out.(Holder)
 	r.core = core{cfg: cfg, nc: nc, js: js, log: cfg.Log, dead: bus.DeadLetters{JS: js, Stage: cfg.Stage},
@@ -463,7 +467,13 @@ func (r *Runner[T]) decode(m jetstream.Msg) decoded[T] {
 		d.err = err
 		return d
 	}
-	d.values, d.index = make([]T, 0, len(items)), make([]int, 0, len(items))
+	select {
+	case v := <-r.spareDecoded:
+		d.values = v[:0]
+	default:
+		d.values = make([]T, 0, len(items))
+	}
+	d.index = make([]int, 0, len(items))
 	for i, it := range items {
 		if v, err := r.out.Decode(m, md, it); err != nil {
 			d.bad = append(d.bad, badItem{i, it, err.Error()})
@@ -651,6 +661,13 @@ func (r *Runner[T]) take(ctx context.Context, d decoded[T]) {
 	}
 	for i, v := range d.values {
 		f.Items = append(f.Items, Item[T]{Value: v, Ref: st.ref, Index: d.index[i], m: st})
+	}
+	if d.values != nil {
+		clear(d.values) // copied into the batch: pin none of them
+		select {
+		case r.spareDecoded <- d.values[:0]:
+		default:
+		}
 	}
 	f.bytes += len(m.Data())
 }

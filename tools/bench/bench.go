@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -140,6 +141,11 @@ type Result struct {
 	Latency    *LatencyResult         `json:"latency,omitempty"`
 	Processes  map[string]fleet.Usage `json:"processes"`
 	RawJSPerS  float64                `json:"raw_jetstream_events_per_s,omitempty"`
+	// RawJSClientMicros is the CPU the raw phase's own process spent per
+	// event publishing it (with its PubAck) and consuming it (with its ack):
+	// the JetStream client's share of a stage that publishes or consumes
+	// each call as one message, before the stage does any work.
+	RawJSClientMicros float64 `json:"raw_jetstream_client_cpu_us_per_event,omitempty"`
 	RawCHPerS  float64                `json:"raw_clickhouse_rows_per_s,omitempty"`
 	// RawTopoPerS is callpipe's JetStream topology with no work in it
 	// (rawTopology): the ceiling of the whole pipeline on this machine.
@@ -212,7 +218,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 		b.say("langfuse   receiver got %d events (trace + generation per call)", events)
 	}
 	if !b.o.SkipRaw && b.o.Events > 0 {
-		if res.RawJSPerS, err = b.rawJetStream(ctx); err != nil {
+		if res.RawJSPerS, res.RawJSClientMicros, err = b.rawJetStream(ctx); err != nil {
 			return err
 		}
 		if res.RawCHPerS, err = b.rawClickHouse(ctx); err != nil {
@@ -522,19 +528,19 @@ func (b *bench) latency(ctx context.Context, rate float64) (*LatencyResult, erro
 // rawJetStream publishes and consumes the same events with nothing else
 // running: one publisher (async, Nats-Msg-Id) and one pull consumer acking
 // each message, concurrently, into a file-backed stream.
-func (b *bench) rawJetStream(ctx context.Context) (float64, error) {
+func (b *bench) rawJetStream(ctx context.Context) (rate, clientMicros float64, err error) {
 	n := b.o.Events
 	name := "BENCH_RAW_" + strings.ToUpper(b.runID)
 	st, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{"bench.raw." + b.runID}, Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute})
 	if err != nil {
-		return 0, fmt.Errorf("raw stream: %w", err)
+		return 0, 0, fmt.Errorf("raw stream: %w", err)
 	}
 	defer func() { _ = b.js.DeleteStream(context.WithoutCancel(ctx), name) }()
 	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 20000})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), ownCPU()
 	var consumed atomic.Int64
 	done := make(chan struct{})
 	cc, err := cons.Consume(func(m jetstream.Msg) {
@@ -544,26 +550,27 @@ func (b *bench) rawJetStream(ctx context.Context) (float64, error) {
 		}
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer cc.Stop()
 	js, err := b.publishEvents("bench.raw."+b.runID, "raw-")
 	if err != nil {
-		return 0, fmt.Errorf("raw publish: %w", err)
+		return 0, 0, fmt.Errorf("raw publish: %w", err)
 	}
 	select {
 	case <-js.PublishAsyncComplete():
 	case <-time.After(5 * time.Minute):
-		return 0, errors.New("raw publish: not acknowledged within 5 minutes")
+		return 0, 0, errors.New("raw publish: not acknowledged within 5 minutes")
 	}
 	select {
 	case <-done:
 	case <-time.After(5 * time.Minute):
-		return 0, fmt.Errorf("raw consume: %d of %d within 5 minutes", consumed.Load(), n)
+		return 0, 0, fmt.Errorf("raw consume: %d of %d within 5 minutes", consumed.Load(), n)
 	}
-	rate := float64(n) / time.Since(start).Seconds()
-	b.say("raw        JetStream publish+consume: %.0f events/s", rate)
-	return rate, nil
+	rate = float64(n) / time.Since(start).Seconds()
+	clientMicros = (ownCPU() - cpu0).Seconds() * 1e6 / float64(n)
+	b.say("raw        JetStream publish+consume: %.0f events/s, client CPU %.1f µs per event", rate, clientMicros)
+	return rate, clientMicros, nil
 }
 
 // rawClickHouse inserts the same events, normalized in process, into a
@@ -682,7 +689,7 @@ func (b *bench) report(r *Result) {
 		b.say("  latency at %.0f/s              p50 %.0f ms  p99 %.0f ms  max %.0f ms", r.Latency.RatePerS, r.Latency.P50MS, r.Latency.P99MS, r.Latency.MaxMS)
 	}
 	if r.RawJSPerS > 0 {
-		b.say("  raw JetStream                  %8.0f events/s", r.RawJSPerS)
+		b.say("  raw JetStream                  %8.0f events/s   (client CPU %.1f µs per event: publish + PubAck, consume + ack)", r.RawJSPerS, r.RawJSClientMicros)
 		b.say("  raw ClickHouse insert          %8.0f rows/s", r.RawCHPerS)
 		b.say("  ratio to the slower raw limit  %8.2f", r.RatioToRaw)
 		if r.RawTopoPerS > 0 {
@@ -751,4 +758,13 @@ func (b *bench) reportProxy(p *ProxyResult) {
 		row("  added by "+x.name, x.pp.Added, "")
 	}
 	b.say("    errors %d direct, %d proxy; calls captured (usage API) %d of %d", p.DirectErrors, p.Proxy.Errors, p.Captured, p.Sent)
+}
+
+// ownCPU is the CPU time this process has used (user + system).
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
