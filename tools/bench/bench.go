@@ -146,7 +146,7 @@ type Result struct {
 	// the JetStream client's share of a stage that publishes or consumes
 	// each call as one message, before the stage does any work.
 	RawJSClientMicros float64 `json:"raw_jetstream_client_cpu_us_per_event,omitempty"`
-	RawCHPerS  float64                `json:"raw_clickhouse_rows_per_s,omitempty"`
+	RawCHPerS         float64 `json:"raw_clickhouse_rows_per_s,omitempty"`
 	// RawTopoPerS is callpipe's JetStream topology with no work in it
 	// (rawTopology): the ceiling of the whole pipeline on this machine.
 	RawTopoPerS float64 `json:"raw_jetstream_topology_events_per_s,omitempty"`
