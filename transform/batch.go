@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,9 +17,11 @@ import (
 // messages (bus/batch.go): one open batch per subject and replay marks, so a
 // batch never mixes kinds or replay routing. A batch is published when it
 // holds maxCalls calls or maxBytes bytes, or when the pipeline has nothing
-// more to read right now (flush, after a short linger): under load batches
-// fill, at a trickle every call goes out at once. The raw messages of a batch are settled
-// together when its publish is acknowledged.
+// more to read right now and its oldest call has waited a moment (flush,
+// after batchLinger and batchMinAge): under load batches fill, at a few
+// hundred calls a second they hold a few, at a trickle a call goes out
+// alone after batchMinAge. The raw messages of a batch are settled together
+// when its publish is acknowledged.
 type batcher struct {
 	maxCalls, maxBytes int
 	publish            func(*nats.Msg) (jetstream.PubAckFuture, error)
@@ -32,6 +35,7 @@ type batcher struct {
 }
 
 type openBatch struct {
+	since   time.Time // when its first call came; zero while it holds none
 	subject string
 	raw     nats.Header // replay marks shared by every call
 	body    []byte
@@ -60,6 +64,9 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 		ob.msgs = append(ob.msgs, msg)
 		return
 	}
+	if len(ob.msgs) == 0 {
+		ob.since = time.Now()
+	}
 	start := len(ob.body)
 	if start > 0 {
 		ob.body = append(ob.body, '\n')
@@ -79,6 +86,7 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 		next := append(b.newBody(), ob.body[line:]...)
 		ob.body = ob.body[:start]
 		b.send(ob, next)
+		ob.since = time.Now()
 	}
 	ob.has[call.ID] = struct{}{}
 	ob.ids = append(ob.ids, call.ID)
@@ -90,6 +98,18 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 
 // pending reports whether a batch is open.
 func (b *batcher) pending() bool { return len(b.keys) > 0 }
+
+// due is when the oldest call of the open batches has waited batchMinAge;
+// false when they hold none.
+func (b *batcher) due() (time.Time, bool) {
+	var oldest time.Time
+	for _, k := range b.keys {
+		if ob := b.open[k]; len(ob.msgs) > 0 && (oldest.IsZero() || ob.since.Before(oldest)) {
+			oldest = ob.since
+		}
+	}
+	return oldest.Add(batchMinAge), !oldest.IsZero()
+}
 
 // flush publishes every open batch.
 func (b *batcher) flush() {
@@ -134,6 +154,7 @@ func (b *batcher) send(ob *openBatch, next []byte) {
 	out := recordMsg(ob.subject, ob.raw, ob.body, ob.ids)
 	fut, err := b.publish(out)
 	b.q <- pending{msgs: ob.msgs, fut: fut, pubErr: err, body: ob.body}
+	ob.since = time.Time{}
 	if next == nil {
 		next = b.newBody()
 	}

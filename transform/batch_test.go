@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -243,5 +244,36 @@ func TestBatcherReusesFreeBuffers(t *testing.T) {
 	b.bodies = nil
 	if got := b.newBody(); cap(got) < 16<<10 {
 		t.Fatalf("new buffer of %d bytes", cap(got))
+	}
+}
+
+// Open batches are due batchMinAge after their oldest call came; a batch
+// sent full leaves nothing due until the next call.
+func TestBatcherDueAfterMinAge(t *testing.T) {
+	q := make(chan pending, 10)
+	b := &batcher{maxCalls: 2, maxBytes: 1 << 20, q: q, open: map[string]*openBatch{},
+		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) { return nil, nil }}
+	if _, ok := b.due(); ok {
+		t.Fatal("due with no batch open")
+	}
+	calls := normalizeN(t, 3, benchChatEvent)
+	before := time.Now()
+	b.add(calls[0], &fakeMsg{hdr: nats.Header{}})
+	due, ok := b.due()
+	if !ok || due.Before(before.Add(batchMinAge)) || due.After(time.Now().Add(batchMinAge)) {
+		t.Fatalf("due %v (%v), want batchMinAge after the first call", due, ok)
+	}
+	b.add(calls[1], &fakeMsg{hdr: nats.Header{}}) // full: sent
+	if !b.pending() {
+		t.Fatal("the batch sent full is no longer open")
+	}
+	if d, ok := b.due(); ok {
+		t.Fatalf("due %v after the batch went out full", d)
+	}
+	time.Sleep(2 * time.Millisecond)
+	later := time.Now()
+	b.add(calls[2], &fakeMsg{hdr: nats.Header{}})
+	if d, ok := b.due(); !ok || d.Before(later.Add(batchMinAge)) {
+		t.Fatalf("due %v (%v): not counted from the next call", d, ok)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"regexp"
@@ -758,6 +759,15 @@ func (b *bench) reportProxy(p *ProxyResult) {
 		row("  added by "+x.name, x.pp.Added, "")
 	}
 	b.say("    errors %d direct, %d proxy; calls captured (usage API) %d of %d", p.DirectErrors, p.Proxy.Errors, p.Captured, p.Sent)
+	if len(p.Pipeline) > 0 {
+		var parts []string
+		for _, role := range slices.Sorted(maps.Keys(p.Pipeline)) {
+			if c := p.Pipeline[role]; c.CPUMicros >= 0 {
+				parts = append(parts, fmt.Sprintf("%s %.0f", role, c.CPUMicros))
+			}
+		}
+		b.say("    pipeline CPU µs per call at this rate: %s", strings.Join(parts, ", "))
+	}
 }
 
 // ownCPU is the CPU time this process has used (user + system).

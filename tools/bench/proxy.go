@@ -51,6 +51,11 @@ type ProxyResult struct {
 	// usage API shows after the phase (the pipeline ran throughout).
 	Sent     int64 `json:"sent"`
 	Captured int64 `json:"captured"`
+	// Pipeline is each pipeline role's CPU and allocations per call the
+	// proxies answered in the measured turns: what a stream of calls at
+	// this rate costs the stages, as against the throughput phase's full
+	// batches.
+	Pipeline map[string]StageCost `json:"pipeline_per_call,omitempty"`
 }
 
 // ProxyPath is one proxy's latency and cost.
@@ -269,7 +274,8 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 	for i, px := range proxies {
 		roles[i] = px.role
 	}
-	p0 := b.sampleProcs(ctx, roles)
+	stages := b.pipelineRoles()
+	p0, s0 := b.sampleProcs(ctx, roles), b.sampleProcs(ctx, stages)
 	profDone := make(chan error, 1)
 	if o.Pprof {
 		secs := int((time.Duration(len(paths))*o.Duration + time.Second - 1) / time.Second)
@@ -285,7 +291,7 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	p1 := b.sampleProcs(ctx, roles)
+	p1, s1 := b.sampleProcs(ctx, roles), b.sampleProcs(ctx, stages)
 	if o.Pprof {
 		err := <-profDone
 		if err == nil {
@@ -301,11 +307,12 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 	direct := paths[0].stats
 	r := &ProxyResult{RatePerS: float64(o.Rate), Clients: o.Clients, Direct: quantiles(direct.latencies), DirectErrors: direct.errors}
 	late, all := direct.late, direct.sent
-	var failed int
+	var failed, answered int // answered: by the proxies in the measured turns
 	for i, px := range proxies {
 		st := px.path.stats
 		late, all, failed = late+st.late, all+st.sent, failed+st.errors
 		sent += int64(st.sent - st.errors)
+		answered += st.sent - st.errors
 		pp := ProxyPath{Latency: quantiles(st.latencies), Errors: st.errors, CPUMicros: -1, Allocs: -1, AllocBytes: -1}
 		pp.Added = added(r.Direct, pp.Latency)
 		if a, ok := p0[px.role]; ok {
@@ -319,6 +326,16 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 		} else {
 			pp.Binary = o.Baseline
 			r.Baseline = &pp
+		}
+	}
+	if answered > 0 {
+		r.Pipeline = map[string]StageCost{}
+		for _, role := range stages {
+			if a, ok := s0[role]; ok {
+				if z, ok := s1[role]; ok {
+					r.Pipeline[role] = procCost(a, z, float64(answered))
+				}
+			}
 		}
 	}
 	r.Sent = sent
