@@ -102,8 +102,8 @@ type Config struct {
 	Stream, Consumer, FilterSubject string
 	Description                     string
 	Batch                           BatchPolicy
-	// AckWait is the consumer's (default 2m); every message held gets an
-	// in-progress ack every AckWait/3.
+	// AckWait is the consumer's (default 2m); a message held gets an
+	// in-progress ack once it has gone AckWait/3 without one.
 	AckWait       time.Duration
 	MaxAckPending int // default Batch.Count × (MaxInFlight+1) + PullBuffer
 	// PullBytes bounds the read-ahead (default min(Batch.Bytes, 8 MiB), at
@@ -284,6 +284,9 @@ type message struct {
 	retry   atomic.Bool   // some value must come again: nak
 	gone    atomic.Bool   // terminated (dead-lettered whole) or abandoned: never settle
 	delay   atomic.Int64  // the longest nak delay asked for
+	// alive is when JetStream last heard of it (taken, or its last
+	// in-progress ack); under core.mu
+	alive time.Time
 }
 
 // Item is one value of a batch and where it came from: the message's
@@ -649,6 +652,7 @@ func (r *Runner[T]) take(ctx context.Context, d decoded[T]) {
 	}
 	st.left.Store(int32(n))
 	st.dead.Store(int32(len(d.bad)))
+	st.alive = time.Now()
 	r.mu.Lock()
 	r.held[st.ref.Seq] = st
 	r.mu.Unlock()
@@ -824,21 +828,31 @@ func (c *core) settle(m *message) {
 	}
 }
 
-// keepAlive sends an in-progress ack for every message held every AckWait/3.
+// keepAlive sends an in-progress ack for each message held that has gone
+// AckWait/3 without one.
 func (c *core) keepAlive(ctx context.Context) {
-	t := time.NewTicker(max(c.cfg.AckWait/3, 10*time.Millisecond))
+	// A message is refreshed once it has gone a third of AckWait without
+	// word; ticking every sixth, that is before half of AckWait. Messages
+	// settled sooner (most: a batch is written, an object uploaded, well
+	// within it) cost no in-progress ack at all.
+	every := c.cfg.AckWait / 3
+	t := time.NewTicker(max(every/2, 10*time.Millisecond))
 	defer t.Stop()
 	var refs []bus.AckRef
 	for {
+		var now time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now = <-t.C:
 		}
 		refs = refs[:0]
 		c.mu.Lock()
 		for _, m := range c.held {
-			refs = append(refs, m.ref)
+			if now.Sub(m.alive) >= every {
+				m.alive = now
+				refs = append(refs, m.ref)
+			}
 		}
 		c.mu.Unlock()
 		for _, ref := range refs {

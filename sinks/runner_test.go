@@ -532,6 +532,62 @@ func TestRunnerHoldsAndKeepsAlive(t *testing.T) {
 	})
 }
 
+// TestRunnerKeepsOnlyOldMessagesAlive: a held message gets its first
+// in-progress ack once it has gone a third of AckWait without word, not
+// before: messages settled within that cost none.
+func TestRunnerKeepsOnlyOldMessagesAlive(t *testing.T) {
+	e := newRTEnv(t)
+	var mu sync.Mutex
+	var progress []time.Time
+	sub, err := e.nc.Subscribe("$JS.ACK."+e.stream+".>", func(m *nats.Msg) {
+		if string(m.Data) == "+WPI" {
+			mu.Lock()
+			progress = append(progress, time.Now())
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	out := &holdOut{}
+	cfg := e.config(BatchPolicy{Count: 10, Period: 50 * time.Millisecond})
+	cfg.AckWait = 3 * time.Second
+	r, err := New[string](e.nc, out, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Consumer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, r)
+	defer stop()
+	// taken just before the keep-alive's first tick at AckWait/3 (a tick
+	// that refreshed every message held would refresh them at once)
+	time.Sleep(800 * time.Millisecond)
+	e.publish(t, "k1", "k2", "k3")
+	waitFor(t, 10*time.Second, "held", func() bool { out.mu2.Lock(); defer out.mu2.Unlock(); return len(out.holds) == 3 })
+	held := time.Now()
+	time.Sleep(700 * time.Millisecond) // ticks of the keep-alive, messages younger than AckWait/3
+	mu.Lock()
+	early := len(progress)
+	mu.Unlock()
+	if early != 0 {
+		t.Fatalf("%d in-progress acks for messages held %s of an ack wait of %s", early, time.Since(held), cfg.AckWait)
+	}
+	waitFor(t, 5*time.Second, "in-progress acks once a third of the ack wait passed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(progress) >= 3
+	})
+	mu.Lock()
+	first := progress[0].Sub(held)
+	mu.Unlock()
+	if first < cfg.AckWait/3-100*time.Millisecond || first > cfg.AckWait/2+200*time.Millisecond {
+		t.Fatalf("first in-progress ack %s after the messages were held; want between AckWait/3 and AckWait/2 (%s)", first, cfg.AckWait)
+	}
+}
+
 // TestRunnerPause: a write that asks for a pause stops the runner pulling;
 // what it had read ahead is handed back for the end of the pause, and it
 // pulls again then.
