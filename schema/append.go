@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"slices"
@@ -174,7 +175,27 @@ func appendRaw(buf []byte, key string, raw json.RawMessage) []byte {
 	if len(raw) == 0 {
 		return buf
 	}
-	return append(append(buf, key...), raw...)
+	return appendOneLine(append(buf, key...), raw)
+}
+
+// appendOneLine appends a raw JSON value without its line breaks, so that an
+// event is one line of NDJSON (the archive's objects, record batches):
+// surrounding white space is dropped (a body's trailing newline), and a
+// value that still spans lines is compacted, as json.Marshal would write
+// it. Values on one line, nearly all, are copied as they are.
+func appendOneLine(buf, raw []byte) []byte {
+	if bytes.IndexByte(raw, '\n') < 0 {
+		return append(buf, raw...)
+	}
+	raw = bytes.Trim(raw, " \t\r\n")
+	if bytes.IndexByte(raw, '\n') < 0 {
+		return append(buf, raw...)
+	}
+	b := bytes.NewBuffer(buf)
+	if json.Compact(b, raw) != nil {
+		return append(buf, raw...) // not JSON: Validate's business
+	}
+	return b.Bytes()
 }
 
 func appendRawMap(buf []byte, key string, m map[string]json.RawMessage) []byte {
@@ -198,7 +219,7 @@ func appendRawMap(buf []byte, key string, m map[string]json.RawMessage) []byte {
 		if len(v) == 0 {
 			v = json.RawMessage("null")
 		}
-		buf = append(buf, v...)
+		buf = appendOneLine(buf, v)
 	}
 	return append(buf, '}')
 }

@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -88,4 +89,30 @@ func FuzzAppendJSONString(f *testing.F) {
 			t.Fatalf("AppendJSONString(%q) = %s, want %s", s, got, want)
 		}
 	})
+}
+
+// An event whose bodies span lines (pretty-printed, or a trailing newline)
+// is written on one line, as json.Marshal writes it, with the same values.
+func TestAppendEventIsOneLine(t *testing.T) {
+	ev, err := Decode([]byte("{\"id\":\"ml-1\",\"start_time\":\"2026-11-01T10:00:00Z\",\"endpoint\":\"/v1/chat/completions\",\"model\":\"m\","+
+		"\"request\":{\n  \"messages\": [\n    {\"role\": \"user\", \"content\": \"a\\nb\"}\n  ]\n}\n,"+
+		"\"response\":{\"choices\":[]}\n,\"metadata\":{\"k\":[\n1,\n2]}}"), DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := AppendEvent(nil, ev)
+	if bytes.IndexByte(got, '\n') >= 0 {
+		t.Fatalf("AppendEvent wrote more than one line:\n%s", got)
+	}
+	want, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b any
+	if json.Unmarshal(got, &a) != nil || json.Unmarshal(want, &b) != nil || !reflect.DeepEqual(a, b) {
+		t.Fatalf("AppendEvent differs from json.Marshal:\n got %s\nwant %s", got, want)
+	}
+	if !bytes.Contains(got, []byte(`"request":{"messages":[{"role":"user","content":"a\nb"}]}`)) || !bytes.Contains(got, []byte(`"response":{"choices":[]}`)) {
+		t.Fatalf("bodies not compacted: %s", got)
+	}
 }
