@@ -500,15 +500,13 @@ func (o *holdOut) Flush(_ context.Context, final bool) {
 	o.holds = nil
 }
 
-// TestRunnerHoldsAndKeepsAlive: values the output holds past WriteBatch
-// are kept alive (no redelivery although they are held for several ack
-// waits) and acked when the output releases them at the drain.
-func TestRunnerHoldsAndKeepsAlive(t *testing.T) {
-	e := newRTEnv(t)
-	e.publish(t, "h1", "h2", "h3")
+// startHolding runs a runner, with ackWait, whose output holds every value
+// until the drain.
+func startHolding(t *testing.T, e *rtEnv, ackWait time.Duration) (*holdOut, *Runner[string], func()) {
+	t.Helper()
 	out := &holdOut{}
 	cfg := e.config(BatchPolicy{Count: 10, Period: 50 * time.Millisecond})
-	cfg.AckWait = 1500 * time.Millisecond
+	cfg.AckWait = ackWait
 	r, err := New[string](e.nc, out, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -516,7 +514,16 @@ func TestRunnerHoldsAndKeepsAlive(t *testing.T) {
 	if _, err := r.Consumer(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	stop := start(t, r)
+	return out, r, start(t, r)
+}
+
+// TestRunnerHoldsAndKeepsAlive: values the output holds past WriteBatch
+// are kept alive (no redelivery although they are held for several ack
+// waits) and acked when the output releases them at the drain.
+func TestRunnerHoldsAndKeepsAlive(t *testing.T) {
+	e := newRTEnv(t)
+	e.publish(t, "h1", "h2", "h3")
+	out, r, stop := startHolding(t, e, 1500*time.Millisecond)
 	waitFor(t, 10*time.Second, "held", func() bool { out.mu2.Lock(); defer out.mu2.Unlock(); return len(out.holds) == 3 })
 	time.Sleep(4500 * time.Millisecond) // three ack waits
 	if !r.Holds(1) || !r.Holds(3) {
@@ -550,17 +557,8 @@ func TestRunnerKeepsOnlyOldMessagesAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	out := &holdOut{}
-	cfg := e.config(BatchPolicy{Count: 10, Period: 50 * time.Millisecond})
-	cfg.AckWait = 3 * time.Second
-	r, err := New[string](e.nc, out, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Consumer(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	stop := start(t, r)
+	const ackWait = 3 * time.Second
+	out, _, stop := startHolding(t, e, ackWait)
 	defer stop()
 	// taken just before the keep-alive's first tick at AckWait/3 (a tick
 	// that refreshed every message held would refresh them at once)
@@ -573,7 +571,7 @@ func TestRunnerKeepsOnlyOldMessagesAlive(t *testing.T) {
 	early := len(progress)
 	mu.Unlock()
 	if early != 0 {
-		t.Fatalf("%d in-progress acks for messages held %s of an ack wait of %s", early, time.Since(held), cfg.AckWait)
+		t.Fatalf("%d in-progress acks for messages held %s of an ack wait of %s", early, time.Since(held), ackWait)
 	}
 	waitFor(t, 5*time.Second, "in-progress acks once a third of the ack wait passed", func() bool {
 		mu.Lock()
@@ -583,8 +581,8 @@ func TestRunnerKeepsOnlyOldMessagesAlive(t *testing.T) {
 	mu.Lock()
 	first := progress[0].Sub(held)
 	mu.Unlock()
-	if first < cfg.AckWait/3-100*time.Millisecond || first > cfg.AckWait/2+200*time.Millisecond {
-		t.Fatalf("first in-progress ack %s after the messages were held; want between AckWait/3 and AckWait/2 (%s)", first, cfg.AckWait)
+	if first < ackWait/3-100*time.Millisecond || first > ackWait/2+200*time.Millisecond {
+		t.Fatalf("first in-progress ack %s after the messages were held; want between AckWait/3 and AckWait/2 (%s)", first, ackWait)
 	}
 }
 
