@@ -582,8 +582,9 @@ func (d *decoder) boolean(f int) bool {
 	return false
 }
 
-// rawValue copies any JSON value into rbuf (or, shared, spans it in data). overflow is the offset of its
-// first number overflowing float64, or -1.
+// rawValue copies any JSON value into rbuf (shared: only notes where it is
+// in data). overflow is the offset of its first number overflowing
+// float64, or -1.
 func (d *decoder) rawValue(depth int) (s span, kind string, overflow int) {
 	start := d.pos
 	d.overflow = -1

@@ -43,8 +43,9 @@
 // batch being filled, in a write, or held by the output (Batch.Hold) — is
 // in one table by stream sequence, gets an in-progress ack whenever it has
 // gone AckWait/3 without one (so before half of AckWait has passed, never
-// while it is young), and is settled exactly once. A second delivery of a sequence in that
-// table is dropped unsettled: settling the one held settles it.
+// while it is young), and is settled exactly once. A second delivery of a
+// sequence in that table is dropped unsettled: settling the one held
+// settles it.
 //
 // Invariant: a replayed message not routed to the stage (bus.Routed) is
 // acknowledged unwritten.

@@ -143,9 +143,10 @@ type Result struct {
 	Processes  map[string]fleet.Usage `json:"processes"`
 	RawJSPerS  float64                `json:"raw_jetstream_events_per_s,omitempty"`
 	// RawJSClientMicros is the CPU the raw phase's own process spent per
-	// event publishing it (with its PubAck) and consuming it (with its ack):
-	// the JetStream client's share of a stage that publishes or consumes
-	// each call as one message, before the stage does any work.
+	// event making and publishing it (with its PubAck) and consuming it
+	// (with its ack): about the JetStream client's share of a stage that
+	// publishes or consumes each call as one message, before the stage
+	// does any work.
 	RawJSClientMicros float64 `json:"raw_jetstream_client_cpu_us_per_event,omitempty"`
 	RawCHPerS         float64 `json:"raw_clickhouse_rows_per_s,omitempty"`
 	// RawTopoPerS is callpipe's JetStream topology with no work in it
@@ -690,7 +691,7 @@ func (b *bench) report(r *Result) {
 		b.say("  latency at %.0f/s              p50 %.0f ms  p99 %.0f ms  max %.0f ms", r.Latency.RatePerS, r.Latency.P50MS, r.Latency.P99MS, r.Latency.MaxMS)
 	}
 	if r.RawJSPerS > 0 {
-		b.say("  raw JetStream                  %8.0f events/s   (client CPU %.1f µs per event: publish + PubAck, consume + ack)", r.RawJSPerS, r.RawJSClientMicros)
+		b.say("  raw JetStream                  %8.0f events/s   (client CPU %.1f µs per event: make + publish + PubAck, consume + ack)", r.RawJSPerS, r.RawJSClientMicros)
 		b.say("  raw ClickHouse insert          %8.0f rows/s", r.RawCHPerS)
 		b.say("  ratio to the slower raw limit  %8.2f", r.RatioToRaw)
 		if r.RawTopoPerS > 0 {
