@@ -14,7 +14,8 @@ import (
 // value as json.Marshal(c) (TestAppendCallMatchesMarshal), without
 // encoding/json's reflection and re-validation of raw values: every raw
 // value in a Call is valid JSON already (built by the normalizer or
-// validated by Decode), so it is copied as it is.
+// validated by Decode), so it is copied as it is, unless it spans lines
+// (appendOneLine): a call is always one line, an item of a record batch.
 func AppendCall(buf []byte, c *Call) []byte {
 	buf = appendString(buf, `{"id":`, c.ID)
 	buf = appendString(buf, `,"trace_id":`, c.TraceID)

@@ -1,12 +1,16 @@
 package sinks
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/callpipe/callpipe/internal/freelist"
+)
 
 // A written batch's slices go to the next batches, emptied: the next batch
 // starts with no values and the old values are not pinned; Values lists the
 // batch's values in order.
 func TestBatchSlicesAreReusedEmptied(t *testing.T) {
-	r := &Runner[*int]{spareItems: make(chan []Item[*int], spareBatches), spareValues: make(chan []*int, spareBatches)}
+	r := &Runner[*int]{spareItems: freelist.New[[]Item[*int]](spareBatches), spareValues: freelist.New[[]*int](spareBatches)}
 	one, two := 1, 2
 	b := r.newBatch(8)
 	b.Items = append(b.Items, Item[*int]{Value: &one}, Item[*int]{Value: &two})

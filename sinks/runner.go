@@ -16,6 +16,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/internal/defaults"
+	"github.com/callpipe/callpipe/internal/freelist"
 	"github.com/callpipe/callpipe/internal/retry"
 )
 
@@ -146,11 +147,11 @@ type Runner[T any] struct {
 	// emptied, for the next batches: a batch's slices are thousands of
 	// values long, and allocating them anew each time was much of what a
 	// sink allocated (and the garbage collector then cleared and scanned).
-	spareItems  chan []Item[T]
-	spareValues chan []T
+	spareItems  freelist.List[[]Item[T]]
+	spareValues freelist.List[[]T]
 	// spareDecoded: the value slices of batched messages, once take has
 	// copied them into a batch, for the next messages' decode.
-	spareDecoded chan []T
+	spareDecoded freelist.List[[]T]
 
 	// notConnected is why the output is not connected (nil once it is);
 	// connected is closed then.
@@ -202,8 +203,8 @@ func New[T any](nc *nats.Conn, out Output[T], cfg Config) (*Runner[T], error) {
 	cfg.Destination = cmp.Or(cfg.Destination, cfg.Stage)
 	cfg.Log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler))
 	r := &Runner[T]{out: out, pauseCh: make(chan time.Duration, 1), connected: make(chan struct{}),
-		spareItems: make(chan []Item[T], spareBatches), spareValues: make(chan []T, spareBatches),
-		spareDecoded: make(chan []T, spareBatches)}
+		spareItems: freelist.New[[]Item[T]](spareBatches), spareValues: freelist.New[[]T](spareBatches),
+		spareDecoded: freelist.New[[]T](spareBatches)}
 	r.setNotConnected(errors.New("connecting"))
 	r.holder, _ = out.(Holder)
 	r.core = core{cfg: cfg, nc: nc, js: js, log: cfg.Log, dead: bus.DeadLetters{JS: js, Stage: cfg.Stage},
@@ -317,17 +318,16 @@ type Batch[T any] struct {
 	bytes   int
 	opened  time.Time
 	values  []T
-	spare   chan []T // the runner's spareValues
+	spare   freelist.List[[]T] // the runner's spareValues
 }
 
 // Values returns the batch's values in order, in a slice the runner reuses
 // once WriteBatch has returned: an output must not keep it.
 func (b *Batch[T]) Values() []T {
 	if b.values == nil {
-		select {
-		case v := <-b.spare:
+		if v, ok := b.spare.Get(); ok {
 			b.values = v[:0]
-		default:
+		} else {
 			b.values = make([]T, 0, len(b.Items))
 		}
 		for i := range b.Items {
@@ -344,16 +344,10 @@ const spareBatches = 4
 // none of b's values; b is not used again.
 func (r *Runner[T]) recycle(b *Batch[T]) {
 	clear(b.Items)
-	select {
-	case r.spareItems <- b.Items[:0]:
-	default:
-	}
+	r.spareItems.Put(b.Items[:0])
 	if b.values != nil {
 		clear(b.values)
-		select {
-		case r.spareValues <- b.values[:0]:
-		default:
-		}
+		r.spareValues.Put(b.values[:0])
 	}
 	*b = Batch[T]{}
 }
@@ -361,10 +355,9 @@ func (r *Runner[T]) recycle(b *Batch[T]) {
 // newBatch is an empty batch for about n values.
 func (r *Runner[T]) newBatch(n int) *Batch[T] {
 	b := &Batch[T]{opened: time.Now(), spare: r.spareValues}
-	select {
-	case items := <-r.spareItems:
+	if items, ok := r.spareItems.Get(); ok {
 		b.Items = items
-	default:
+	} else {
 		b.Items = make([]Item[T], 0, n)
 	}
 	return b
@@ -470,10 +463,9 @@ func (r *Runner[T]) decode(m jetstream.Msg) decoded[T] {
 		d.err = err
 		return d
 	}
-	select {
-	case v := <-r.spareDecoded:
+	if v, ok := r.spareDecoded.Get(); ok {
 		d.values = v[:0]
-	default:
+	} else {
 		d.values = make([]T, 0, len(items))
 	}
 	d.index = make([]int, 0, len(items))
@@ -668,10 +660,7 @@ func (r *Runner[T]) take(ctx context.Context, d decoded[T]) {
 	}
 	if d.values != nil {
 		clear(d.values) // copied into the batch: pin none of them
-		select {
-		case r.spareDecoded <- d.values[:0]:
-		default:
-		}
+		r.spareDecoded.Put(d.values[:0])
 	}
 	f.bytes += len(m.Data())
 }

@@ -1,8 +1,6 @@
 package transform
 
 import (
-	"bytes"
-	"encoding/json"
 	"strconv"
 	"time"
 
@@ -10,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/freelist"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -27,11 +26,11 @@ type batcher struct {
 	publish            func(*nats.Msg) (jetstream.PubAckFuture, error)
 	q                  chan<- pending
 	open               map[string]*openBatch
-	keys               []string     // open batches in the order they were opened
-	lastLen            int          // bytes of the last batch sent
-	lastCalls          int          // calls in the last batch sent
-	bodies             chan []byte  // settled batch buffers (Worker.bodies); nil: none
-	spare              []*openBatch // flushed batches, kept for their id sets
+	keys               []string              // open batches in the order they were opened
+	lastLen            int                   // bytes of the last batch sent
+	lastCalls          int                   // calls in the last batch sent
+	bodies             freelist.List[[]byte] // settled batch buffers (Worker.bodies); zero: none
+	spare              []*openBatch          // flushed batches, kept for their id sets
 }
 
 type openBatch struct {
@@ -72,15 +71,7 @@ func (b *batcher) add(call *schema.Call, msg jetstream.Msg) {
 		ob.body = append(ob.body, '\n')
 	}
 	line := len(ob.body)
-	ob.body = schema.AppendCall(ob.body, call)
-	if bytes.IndexByte(ob.body[line:], '\n') >= 0 {
-		// a raw value (input, metadata) kept its own line breaks: compact
-		// it so the call stays one line of the batch
-		var c bytes.Buffer
-		if err := json.Compact(&c, ob.body[line:]); err == nil {
-			ob.body = append(ob.body[:line], c.Bytes()...)
-		}
-	}
+	ob.body = schema.AppendCall(ob.body, call) // one line: the batch's item
 	if len(ob.body) > b.maxBytes && len(ob.msgs) > 0 {
 		// this call does not fit: send the batch without it, start the next with it
 		next := append(b.newBody(), ob.body[line:]...)
@@ -175,12 +166,8 @@ func (b *batcher) send(ob *openBatch, next []byte) {
 func (b *batcher) newBody() []byte {
 	full := b.maxBytes + b.maxBytes/8
 	want := min(max(b.lastLen+b.lastLen/4, 16<<10), full)
-	select {
-	case p := <-b.bodies:
-		if cap(p) >= want && cap(p) <= max(2*want, full) {
-			return p[:0]
-		}
-	default:
+	if p, ok := b.bodies.Get(); ok && cap(p) >= want && cap(p) <= max(2*want, full) {
+		return p[:0]
 	}
 	return make([]byte, 0, want)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/internal/freelist"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -218,14 +219,14 @@ func TestBatcherStoresACallOncePerBatch(t *testing.T) {
 // full batch or twice what is wanted; one far larger is dropped, and the
 // batcher works without a free list.
 func TestBatcherReusesFreeBuffers(t *testing.T) {
-	free := make(chan []byte, 2)
+	free := freelist.New[[]byte](2)
 	b := &batcher{maxCalls: 256, maxBytes: 1 << 20, bodies: free}
 	spare := make([]byte, 5, 20<<10)
-	free <- spare
+	free.Put(spare)
 	if got := b.newBody(); cap(got) != cap(spare) || len(got) != 0 || &got[:1][0] != &spare[0] {
 		t.Fatalf("free buffer not reused: len %d cap %d", len(got), cap(got))
 	}
-	free <- make([]byte, 0, 8<<20)
+	free.Put(make([]byte, 0, 8<<20))
 	if got := b.newBody(); cap(got) >= 8<<20 {
 		t.Fatalf("a buffer of %d bytes reused for batches of 16 KB", cap(got))
 	}
@@ -233,15 +234,15 @@ func TestBatcherReusesFreeBuffers(t *testing.T) {
 	// full batch needs it
 	b.lastLen = 2 << 10
 	fullBuf := make([]byte, 0, b.maxBytes+b.maxBytes/8)
-	free <- fullBuf
+	free.Put(fullBuf)
 	if got := b.newBody(); cap(got) != cap(fullBuf) {
 		t.Fatalf("a full batch's buffer (%d bytes) dropped after a small batch; got %d", cap(fullBuf), cap(got))
 	}
-	free <- make([]byte, 0, 4<<10)
+	free.Put(make([]byte, 0, 4<<10))
 	if got := b.newBody(); cap(got) < 16<<10 {
 		t.Fatalf("a buffer of %d bytes reused for batches of 16 KB", cap(got))
 	}
-	b.bodies = nil
+	b.bodies = freelist.List[[]byte]{}
 	if got := b.newBody(); cap(got) < 16<<10 {
 		t.Fatalf("new buffer of %d bytes", cap(got))
 	}

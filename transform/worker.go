@@ -14,6 +14,7 @@ import (
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/internal/defaults"
+	"github.com/callpipe/callpipe/internal/freelist"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -75,10 +76,9 @@ type Worker struct {
 	// on a server with a smaller max_payload.
 	batchBytes int
 	// bodies are record batch buffers whose publish is settled, for the
-	// next batches: a free list rather than a sync.Pool, which every GC
-	// empties (under load several times a second), so that batches of half
-	// a megabyte were allocated and zeroed again and again.
-	bodies chan []byte
+	// next batches (batches of half a megabyte were otherwise allocated and
+	// zeroed again and again).
+	bodies freelist.List[[]byte]
 }
 
 // NewWorker creates or updates the durable consumer. Streams must exist
@@ -99,7 +99,7 @@ func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOption
 	if mp := int(nc.MaxPayload()); mp > 0 {
 		batchBytes = min(batchBytes, mp-mp/8)
 	}
-	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons, batchBytes: batchBytes, bodies: make(chan []byte, 4*o.Concurrency)}, nil
+	return &Worker{nc: nc, js: js, n: n, o: o, cons: cons, batchBytes: batchBytes, bodies: freelist.New[[]byte](4 * o.Concurrency)}, nil
 }
 
 // ConsumerConfig is the durable consumer of the normalize stage.
@@ -172,10 +172,7 @@ func (w *Worker) pipeline(ctx context.Context) error {
 				held.remove(m)
 			}
 			if p.body != nil {
-				select {
-				case w.bodies <- p.body[:0]:
-				default: // enough spare buffers
-				}
+				w.bodies.Put(p.body[:0])
 			}
 		}
 	}()

@@ -26,6 +26,7 @@ import (
 
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/internal/defaults"
+	"github.com/callpipe/callpipe/internal/freelist"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/schema/capture"
 )
@@ -225,62 +226,49 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.
 // Request bodies and the messages made of their events are reused across
 // requests: at thousands of events a second their bytes were most of what
 // the collector allocated (and the garbage collector then scanned for).
-// They are kept on free lists rather than in a sync.Pool: under load the
-// garbage collector runs every few milliseconds and a sync.Pool loses its
-// buffers at every second cycle, so most requests found it empty.
 var (
-	bodies = make(chan *bytes.Buffer, maxFreeBuffers)
-	arenas = make(chan []byte, maxFreeBuffers) // a request's messages, one after another
+	bodies = freelist.New[*bytes.Buffer](maxFreeBuffers)
+	arenas = freelist.New[[]byte](maxFreeBuffers) // a request's messages, one after another
 )
 
 const (
 	// maxFreeBuffers bounds each free list: requests in flight at once
 	// beyond it allocate their own.
 	maxFreeBuffers = 4
-	// maxPooledBody: buffers larger than this are left to the garbage
+	// maxPooledBody: buffers for larger bodies are left to the garbage
 	// collector rather than kept for a rare request of that size.
 	maxPooledBody = 4 << 20
 )
 
 func getBody() *bytes.Buffer {
-	select {
-	case b := <-bodies:
+	if b, ok := bodies.Get(); ok {
 		b.Reset()
 		return b
-	default:
-		return new(bytes.Buffer)
 	}
+	return new(bytes.Buffer)
 }
 
 func putBody(b *bytes.Buffer) {
 	if b.Cap() <= maxPooledBody {
-		select {
-		case bodies <- b:
-		default:
-		}
+		bodies.Put(b)
 	}
 }
 
-// getArena returns an empty buffer for the messages of a body of n bytes:
-// room for all of them, as masks seldom lengthen an event by much.
+// arenaSize is the room for the messages of a body of n bytes: all of them,
+// as masks seldom lengthen an event by much.
+func arenaSize(n int) int { return n + n/8 + 4<<10 }
+
+// getArena returns an empty buffer for the messages of a body of n bytes.
 func getArena(n int) []byte {
-	want := n + n/8 + 4<<10
-	select {
-	case a := <-arenas:
-		if cap(a) >= want {
-			return a[:0]
-		}
-	default:
+	if a, ok := arenas.Get(); ok && cap(a) >= arenaSize(n) {
+		return a[:0]
 	}
-	return make([]byte, 0, want)
+	return make([]byte, 0, arenaSize(n))
 }
 
 func putArena(a []byte) {
-	if cap(a) <= maxPooledBody+maxPooledBody/8+4<<10 {
-		select {
-		case arenas <- a:
-		default:
-		}
+	if cap(a) <= arenaSize(maxPooledBody) {
+		arenas.Put(a)
 	}
 }
 

@@ -275,7 +275,7 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 		roles[i] = px.role
 	}
 	stages := b.pipelineRoles()
-	p0, s0 := b.sampleProcs(ctx, roles), b.sampleProcs(ctx, stages)
+	p0 := b.sampleProcs(ctx, append(slices.Clone(roles), stages...))
 	profDone := make(chan error, 1)
 	if o.Pprof {
 		secs := int((time.Duration(len(paths))*o.Duration + time.Second - 1) / time.Second)
@@ -291,7 +291,7 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	p1, s1 := b.sampleProcs(ctx, roles), b.sampleProcs(ctx, stages)
+	p1 := b.sampleProcs(ctx, append(slices.Clone(roles), stages...))
 	if o.Pprof {
 		err := <-profDone
 		if err == nil {
@@ -331,8 +331,8 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 	if answered > 0 {
 		r.Pipeline = map[string]StageCost{}
 		for _, role := range stages {
-			if a, ok := s0[role]; ok {
-				if z, ok := s1[role]; ok {
+			if a, ok := p0[role]; ok {
+				if z, ok := p1[role]; ok {
 					r.Pipeline[role] = procCost(a, z, float64(answered))
 				}
 			}
