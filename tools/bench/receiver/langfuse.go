@@ -17,6 +17,8 @@ import (
 	"github.com/valyala/fastjson"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/callpipe/callpipe/internal/freelist"
 )
 
 // Langfuse decodes every request body completely (ingestion JSON with
@@ -30,16 +32,15 @@ type Langfuse struct {
 	requests atomic.Int64
 	events   atomic.Int64
 	conns    atomic.Int64
-	// Free lists rather than sync.Pool: the GC empties a sync.Pool every
-	// cycle, and allocation is what the benchmark should not measure here.
-	parsers chan *fastjson.Parser
-	bufs    chan *[]byte
+	// allocation is what the benchmark should not measure here
+	parsers freelist.List[*fastjson.Parser]
+	bufs    freelist.List[*[]byte]
 }
 
 // NewLangfuse starts a receiver reporting version on /api/public/health
 // (3.x: clients pick the ingestion API, 4.x: OTLP).
 func NewLangfuse(version string) *Langfuse {
-	r := &Langfuse{version: version, parsers: make(chan *fastjson.Parser, 64), bufs: make(chan *[]byte, 64)}
+	r := &Langfuse{version: version, parsers: freelist.New[*fastjson.Parser](64), bufs: freelist.New[*[]byte](64)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/public/health", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "OK", "version": r.version})
@@ -64,10 +65,8 @@ func (r *Langfuse) Counts() (requests, events int64) { return r.requests.Load(),
 func (r *Langfuse) Conns() int64 { return r.conns.Load() }
 
 func (r *Langfuse) read(body io.Reader) ([]byte, *[]byte, error) {
-	var bp *[]byte
-	select {
-	case bp = <-r.bufs:
-	default:
+	bp, ok := r.bufs.Get()
+	if !ok {
 		bp = new([]byte)
 	}
 	b := (*bp)[:0]
@@ -88,12 +87,7 @@ func (r *Langfuse) read(body io.Reader) ([]byte, *[]byte, error) {
 	}
 }
 
-func (r *Langfuse) putBuf(bp *[]byte) {
-	select {
-	case r.bufs <- bp:
-	default:
-	}
-}
+func (r *Langfuse) putBuf(bp *[]byte) { r.bufs.Put(bp) }
 
 func (r *Langfuse) ingestion(w http.ResponseWriter, req *http.Request) {
 	if !strings.HasPrefix(req.Header.Get("Authorization"), "Basic ") {
@@ -106,18 +100,11 @@ func (r *Langfuse) ingestion(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"message": err.Error()})
 		return
 	}
-	var p *fastjson.Parser
-	select {
-	case p = <-r.parsers:
-	default:
+	p, ok := r.parsers.Get()
+	if !ok {
 		p = new(fastjson.Parser)
 	}
-	defer func() {
-		select {
-		case r.parsers <- p:
-		default:
-		}
-	}()
+	defer r.parsers.Put(p)
 	v, err := p.ParseBytes(data)
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"message": "Invalid request data", "errors": []string{err.Error()}})
