@@ -290,8 +290,9 @@ GROUP BY b, m`, zone, db, d.Unix(), min(d.Add(24*time.Hour).Unix(), to.Unix())))
 // checkHistogramBound compares latency and TTFT quantiles read from the
 // sealed rollups with exact quantiles of the same calls, within
 // HistogramRelativeError, on a few days: per UTC day x model, per UTC day x
-// model x user (every user's groups), and per New York day x model over
-// three days (day rows with edge hours subtracted: signed counts).
+// model x user (every user's groups), per hour x model (the buckets weighed
+// by each hour's seal), and per New York day x model over three days (day
+// rows with edge hours subtracted: signed counts).
 func checkHistogramBound(t *testing.T, conn driver.Conn, db string, days ...time.Time) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -306,6 +307,7 @@ func checkHistogramBound(t *testing.T, conn driver.Conn, db string, days ...time
 		for _, s := range []callsdb.UsageSpec{
 			{From: d, To: d.Add(24 * time.Hour), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}},
 			{From: d, To: d.Add(24 * time.Hour), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true, User: true}},
+			{From: d, To: d.Add(24 * time.Hour), Group: callsdb.GroupBy{Bucket: callsdb.BucketHour, Model: true}},
 			{From: nyDay, To: nyDay.AddDate(0, 0, 3), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, TZ: ny.String()},
 		} {
 			checked += checkHistogramSpec(ctx, t, conn, db, s)
@@ -330,14 +332,18 @@ func checkHistogramSpec(ctx context.Context, t *testing.T, conn driver.Conn, db 
 	if s.Group.User {
 		user = "u"
 	}
-	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT toUnixTimestamp(toStartOfDay(st, '%s')) AS b, m, %s AS uk,
+	bucket := "toStartOfDay"
+	if s.Group.Bucket == callsdb.BucketHour {
+		bucket = "toStartOfHour"
+	}
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT toUnixTimestamp(%s(st, '%s')) AS b, m, %s AS uk,
     arrayMap(x -> toFloat64(x), quantilesExact(0.5, 0.95, 0.99)(lat)),
     arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95, 0.99)(tt, ht = 1))
 FROM (SELECT id, argMax(start_time, version) AS st, argMax(model, version) AS m, argMax(user_id, version) AS u,
         argMax(latency_ms, version) AS lat, argMax(ifNull(ttft_ms, 0), version) AS tt,
         argMax(toUInt8(isNotNull(ttft_ms)), version) AS ht
     FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC') GROUP BY id)
-GROUP BY b, m, uk`, tz, user, db, s.From.Unix(), s.To.Unix()))
+GROUP BY b, m, uk`, bucket, tz, user, db, s.From.Unix(), s.To.Unix()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
 	// seals as recorded before migration 0004: no copy, user_copy = 0
 	for _, st := range []string{
 		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
-		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, toUInt8(0), user_totals FROM {db}.usage_seals",
+		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, toUInt8(0), user_totals, model_totals FROM {db}.usage_seals",
 		"TRUNCATE TABLE {db}.usage_seals",
 		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
 		"DROP TABLE {db}.seals_old",

@@ -81,7 +81,7 @@ GROUP BY grain, by_user`, db))
 		"INSERT INTO {db}.usage_rollup SELECT * FROM {db}.rollup_old",
 		"DROP TABLE {db}.rollup_old",
 		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
-		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, user_copy, toUInt8(0) FROM {db}.usage_seals",
+		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, user_copy, toUInt8(0), model_totals FROM {db}.usage_seals",
 		"TRUNCATE TABLE {db}.usage_seals",
 		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
 		"DROP TABLE {db}.seals_old",

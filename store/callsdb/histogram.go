@@ -75,6 +75,12 @@ func histogramBucketSQL(v string) string {
 // TestHistogramLevelsPickExactRanks checks it.
 const histogramLevels = "0.500000000000005, 0.950000000000005, 0.990000000000005"
 
+// weighedBucketsSQL is the buckets holding p50/p95/p99 of the (bucket,
+// count) pairs of array columns b and c over a group's rows.
+func weighedBucketsSQL(b, c string) string {
+	return "quantilesExactWeightedArray(" + histogramLevels + ")(" + b + ", " + c + ")"
+}
+
 // histogramQuantiles is p50/p95/p99 from the bucket indexes
 // usagePercentilesSQL returns (HistogramValue of each); zero unless there
 // are three.

@@ -137,6 +137,9 @@ const (
 	levelModels     uint8 = 0 // summed over users and batches: per model and source
 	levelUsers      uint8 = 1 // per model, user, source and batch
 	levelUserTotals uint8 = 2 // day seals only: levelUsers summed over sources and batches
+	// hour seals only (0007): levelModels summed over sources, one row per
+	// model, with its percentile buckets weighed (latency_q, ttft_q)
+	levelModelTotals uint8 = 3
 )
 
 // sealSummedSQL writes the rows at level (levelModels for hour seals,
@@ -159,9 +162,29 @@ WHERE by_user = %d AND %s
 GROUP BY grain, period, version, %s`, rollupColumns, level, user, source, levelUsers, sealRowsWhere(refs), keys)
 }
 
-// sealDaySQL writes the rows (both levels) of a UTC or local day starting at
-// start, at version v, summed from the hour seals (hour start, version) it
-// lists: its hours in order.
+// sealModelTotalsSQL writes the levelModelTotals rows of hour seals refs:
+// their levelModels rows summed over sources, and the buckets holding
+// p50/p95/p99 of each row's histograms, weighed as a read weighs them
+// (histogramColumnsSQL, mergeArray), so that a read whose group is one such
+// row takes them as they are.
+func sealModelTotalsSQL(refs []sealRef) string {
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s, latency_q, ttft_q)
+SELECT
+    grain, toUInt8(%d), period, model, '', '', '', version,
+    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
+    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
+    toUInt64(sum(ttft_calls)),
+    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2,
+    %s, %s
+FROM {db}.usage_rollup
+WHERE by_user = %d AND %s
+GROUP BY grain, period, version, model`, rollupColumns, levelModelTotals,
+		weighedBucketsSQL("latency_buckets", "latency_counts"), weighedBucketsSQL("ttft_buckets", "ttft_counts"), levelModels, sealRowsWhere(refs))
+}
+
+// sealDaySQL writes the rows (levels 0 and 1) of a UTC or local day starting
+// at start, at version v, summed from the hour seals (hour start, version)
+// it lists: its hours in order.
 func sealDaySQL(grain uint8, start int64, v uint64, hours []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
@@ -171,9 +194,9 @@ SELECT
     toUInt64(sum(ttft_calls)),
     (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
 FROM {db}.usage_rollup
-WHERE grain = %d AND %s AND %s
+WHERE by_user IN (%d, %d) AND grain = %d AND %s AND %s
 GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grain, start, v,
-		grainHour, timeRangeSQL("period", start, start+int64(len(hours))*3600), sealRefsSQL(hours))
+		levelModels, levelUsers, grainHour, timeRangeSQL("period", start, start+int64(len(hours))*3600), sealRefsSQL(hours))
 }
 
 // sealRef names the rows of one seal.
@@ -201,14 +224,14 @@ func sealRefsSQL(refs []sealRef) string {
 }
 
 // InsertSeal records seals (batch insert), after their rows are written.
-const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals)`
+const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, model_totals)`
 
 // InsertDirtyHours marks hours for re-sealing (batch insert).
 const InsertDirtyHours = `INSERT INTO {db}.usage_dirty_hours (hour, marked_at, reason)`
 
 // sealsQuery is the newest seal of every period in [from, to).
 func sealsQuery(from, to int64) string {
-	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version)
+	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version), argMax(model_totals, version)
 FROM {db}.usage_seals
 WHERE ` + timeRangeSQL("period", from, to) + `
 GROUP BY grain, period
@@ -278,7 +301,7 @@ func rollupQueries(sampleFrom time.Time) []string {
 	}
 	gappy := []sealRef{hours[0], hours[1], hours[2], hours[7]} // two runs of hours
 	out := []string{
-		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels),
+		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealModelTotalsSQL(gappy),
 		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
 		sealDaySQL(grainDay, day, 9, hours), sealDaySQL(grainLocalDay23, day, 11, hours[:23]),
 		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),

@@ -21,7 +21,8 @@ import (
 //  1. A seal of a period (grain, period) has a version: the sealer's clock in
 //     Unix nanoseconds when it started reading, unique per Sealer. The sealer
 //     writes every usage_rollup row of the seal first (every level: per
-//     model, per user, and for a day per user over all sources), then the
+//     model and source, per user, for an hour per model with its percentile
+//     buckets, for a day per user over all sources), then the
 //     copy of its rows keyed by user (usage_rollup_by_user), then one
 //     usage_seals record (grain, period, version). Readers use a period's rollup rows
 //     only through the newest record, selecting exactly (grain, period,
@@ -259,6 +260,9 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 	if err := s.exec(ctx, sealSummedSQL(refs, levelModels)); err != nil {
 		return nil, fmt.Errorf("%s: sum over users: %w", what, err)
 	}
+	if err := s.exec(ctx, sealModelTotalsSQL(refs)); err != nil {
+		return nil, fmt.Errorf("%s: sum per model: %w", what, err)
+	}
 	if err := s.exec(ctx, sealUserCopySQL(refs)); err != nil {
 		return nil, fmt.Errorf("%s: copy keyed by user: %w", what, err)
 	}
@@ -317,7 +321,7 @@ func daySeal(grain uint8, start int64, v uint64, hours []Seal) Seal {
 
 // record writes seal records (after their rows, the copy of those keyed by
 // user, and a day's totals per user: every seal recorded here has them, so
-// user_copy = 1, and user_totals = 1 for days).
+// user_copy = 1, user_totals = 1 for days and model_totals = 1 for hours).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -336,11 +340,11 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if hv == nil {
 			hv = []uint64{}
 		}
-		var totals uint8
-		if x.Grain != grainHour {
-			totals = 1
+		userTotals, modelTotals := uint8(1), uint8(0)
+		if x.Grain == grainHour {
+			userTotals, modelTotals = 0, 1
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), totals); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), userTotals, modelTotals); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -665,6 +669,10 @@ type Seal struct {
 	// sources and batches (levelUserTotals; not for days recorded before
 	// migration 0006, nor for hours).
 	UserTotals bool
+	// ModelTotals: an hour seal's rows are also summed per model over
+	// sources, with their percentile buckets (levelModelTotals; not for
+	// hours recorded before migration 0007, nor for days).
+	ModelTotals bool
 }
 
 func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, Version: x.Version} }
@@ -753,11 +761,11 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 	st := newSealState()
 	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
-		var userCopy, userTotals uint8
-		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals); err != nil {
+		var userCopy, userTotals, modelTotals uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals, &modelTotals); err != nil {
 			return err
 		}
-		x.UserCopy, x.UserTotals = userCopy == 1, userTotals == 1
+		x.UserCopy, x.UserTotals, x.ModelTotals = userCopy == 1, userTotals == 1, modelTotals == 1
 		if x.Grain == grainHour {
 			st.hours[x.Period] = x
 		} else {
@@ -873,8 +881,12 @@ type RollupStatus struct {
 	// WithoutUserCopy counts current seals (hours and days) recorded before
 	// migration 0004, without their rows in usage_rollup_by_user: reads
 	// filtered by user over them are slower until `rollup rebuild`.
-	WithoutUserCopy int        `json:"seals_without_user_copy"`
-	FirstCall       *time.Time `json:"first_call,omitempty"`
+	WithoutUserCopy int `json:"seals_without_user_copy"`
+	// WithoutModelTotals counts current hour seals recorded before
+	// migration 0007, without their rows per model: reads per hour and
+	// model over them weigh every group's histograms until `rollup rebuild`.
+	WithoutModelTotals int        `json:"hours_without_model_totals"`
+	FirstCall          *time.Time `json:"first_call,omitempty"`
 }
 
 // Status reads the seals, the dirty marks and the hours holding calls.
@@ -912,6 +924,11 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 			if !x.UserCopy {
 				out.WithoutUserCopy++
 			}
+		}
+	}
+	for _, x := range st.hours {
+		if !x.ModelTotals {
+			out.WithoutModelTotals++
 		}
 	}
 	pending := due

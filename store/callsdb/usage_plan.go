@@ -24,7 +24,13 @@ type usagePlan struct {
 	// them (levelUserTotals): day rows are read at that level, about half
 	// the rows of levelUsers; hour rows stay at levelUsers
 	userTotals bool
-	rollup     []sealRef // seals whose rows are added
+	// modelTotals: each group is one hour of one model (hour buckets keyed
+	// or filtered by model, no user, source or batch) and every seal read
+	// has its rows summed per model (levelModelTotals): hour rows are read
+	// at that level, and a sealed group's percentiles are the buckets
+	// weighed when it was sealed
+	modelTotals bool
+	rollup      []sealRef // seals whose rows are added
 	// minus: hour seals whose rows are subtracted from their UTC day's row
 	// (in the bucket of the day's noon): a day row stands for the hours of
 	// its day that are in the range and in the noon's bucket once these are
@@ -167,12 +173,21 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		}
 	}
 	p.userTotals = p.userTotals && days > 0
+	p.modelTotals = !p.byUser && s.Group.Bucket == BucketHour && (s.Group.Model || s.Filter.Model != "") &&
+		!s.Group.Source && s.Filter.Source == "" && len(p.rollup) > 0
+	for _, r := range p.rollup {
+		if x, _ := st.current(r.Grain, r.Period); r.Grain != grainHour || !x.ModelTotals {
+			p.modelTotals = false
+		}
+	}
 	return p
 }
 
 // level is the rollup level (by_user) the plan reads rows of grain at.
 func (p usagePlan) level(grain uint8) uint8 {
 	switch {
+	case p.modelTotals && grain == grainHour:
+		return levelModelTotals
 	case !p.byUser:
 		return levelModels
 	case p.userTotals && grain != grainHour:
@@ -281,7 +296,7 @@ FROM
     %s
 )
 GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p.signed()), rollupRowsSQL(s, p, sumsReadHistograms(s, p)), strings.Join(order, ", "), having, strings.Join(order, ", "))
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollupRowsSQL(s, p, sumsReadHistograms(s, p)), strings.Join(order, ", "), having, strings.Join(order, ", "))
 }
 
 // usagePercentilesSQL is the latency and TTFT percentiles of a signed plan
@@ -369,14 +384,24 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 		}
 		return cols
 	}
+	// with modelTotals a sealed group's percentiles are its row's weighed
+	// buckets (lq, tq) and its histograms are not read; per-call rows have
+	// none and are weighed as usual
+	sealedHist := hist(`,
+        latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc`)
+	perCallQ := ""
+	if histograms && p.modelTotals {
+		sealedHist = `,
+        emptyArrayUInt16() AS lb, emptyArrayUInt64() AS lc, emptyArrayUInt16() AS tb, emptyArrayUInt64() AS tc, latency_q AS lq, ttft_q AS tq`
+		perCallQ = `, emptyArrayUInt16() AS lq, emptyArrayUInt16() AS tq`
+	}
 	// a day row counts in the bucket of its day's noon (planUsage); a local
 	// day's row twelve hours after its start, inside it whatever its length
 	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
 	// which the UTC buckets' toStartOfDay(t) reads)
 	branches := []string{`SELECT toDateTime(period + if(grain >= ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
         ` + cnt("calls") + ` AS n, ` + cnt("errors") + ` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
-        ` + cnt("ttft_calls") + ` AS tn` + hist(`,
-        latency_buckets AS lb, `+arr("latency_counts")+` AS lc, ttft_buckets AS tb, `+arr("ttft_counts")+` AS tc`) + `
+        ` + cnt("ttft_calls") + ` AS tn` + sealedHist + `
     FROM {db}.` + table + `
     WHERE ` + where(p.rollup)}
 	if signed {
@@ -401,7 +426,7 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
     %[1]s
     )%[6]s`, collapsedCallsSQL(p.perCallWhere()), one, cnt("c_error"), cnt("c_has_ttft"), hist(fmt.Sprintf(`,
         [%[1]s] AS lb, [%[3]s] AS lc, if(c_has_ttft = 1, [%[2]s], emptyArrayUInt16()) AS tb, if(c_has_ttft = 1, [%[3]s], %[4]s()) AS tc`,
-			histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), one, emptyCounts)), outer))
+			histogramBucketSQL("c_latency"), histogramBucketSQL("c_ttft"), one, emptyCounts)+perCallQ), outer))
 	}
 	return strings.Join(branches, "\n    UNION ALL\n    ")
 }
@@ -509,14 +534,20 @@ func histogramMergeOf(s UsageSpec, signed bool) histogramMerge {
 // "[b,...][c,...]" per row, for histogramMerger (signed rows carry negative
 // counts); with mergeSumMap, merged by sumMap, which drops buckets whose
 // signed counts cancel out; else none.
-func histogramColumnsSQL(s UsageSpec, signed bool) string {
+func histogramColumnsSQL(s UsageSpec, p usagePlan) string {
 	const ttftCalls = "toUInt64(sum(tn)) AS ttft_calls"
-	weighed := func(b, c string) string {
-		return "quantilesExactWeightedArray(" + histogramLevels + ")(" + b + ", " + c + ")"
+	signed := p.signed()
+	// weighed is the p50/p95/p99 buckets of pairs b, c, or with modelTotals
+	// those weighed by the seal of a sealed group (q; its b and c are empty)
+	weighed := func(b, c, q string) string {
+		if !p.modelTotals {
+			return weighedBucketsSQL(b, c)
+		}
+		return "if(notEmpty(anyIf(" + q + ", notEmpty(" + q + ")) AS sealed_" + q + "), sealed_" + q + ", " + weighedBucketsSQL(b, c) + ")"
 	}
 	switch histogramMergeOf(s, signed) {
 	case mergeArray:
-		return weighed("lb", "lc") + " AS latency_q,\n    " + ttftCalls + ",\n    " + weighed("tb", "tc") + " AS ttft_q"
+		return weighed("lb", "lc", "lq") + " AS latency_q,\n    " + ttftCalls + ",\n    " + weighed("tb", "tc", "tq") + " AS ttft_q"
 	case mergeText:
 		return "arrayStringConcat(groupArrayIf(concat(toString(lb), toString(lc)), notEmpty(lb)), '') AS latency_hist,\n    " + ttftCalls + ",\n    arrayStringConcat(groupArrayIf(concat(toString(tb), toString(tc)), notEmpty(tb)), '') AS ttft_hist"
 	case mergeSumMap:
@@ -547,6 +578,16 @@ func samplePlannedUsage(from, to time.Time) []string {
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
 		}
 		out = append(out, usageRollupSQL(s, p), usagePercentilesSQL(s, p))
+	}
+	// hours read per model with the buckets their seals weighed
+	for _, s := range []UsageSpec{
+		{From: from, To: to, Group: GroupBy{Bucket: BucketHour, Model: true}},
+		{From: from, To: to, Group: GroupBy{Bucket: BucketHour}, Filter: UsageFilter{Model: "model-1"}, TZ: "America/New_York"},
+		{From: from, To: to, Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true},
+	} {
+		p := usagePlan{modelTotals: true, rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainHour, Period: h + 7200, Version: 7}},
+			perCall: [][2]int64{{h + 3600, h + 7200}}}
+		out = append(out, usageRollupSQL(s, p))
 	}
 	return out
 }

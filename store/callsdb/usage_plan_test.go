@@ -517,3 +517,73 @@ func TestUsageSQLNamesTheHistogramsItMerges(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanUsageModelTotals: a read whose group is one hour of one model
+// reads hour rows summed per model (levelModelTotals) and takes a sealed
+// group's percentile buckets from its row, when every hour seal it uses has
+// them; any other read, or an hour recorded before migration 0007, keeps
+// the levels it had and weighs the histograms of its rows.
+func TestPlanUsageModelTotals(t *testing.T) {
+	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	st := planState(d0, d0+2*86400, map[int64]uint64{}, d0)
+	for h, x := range st.hours {
+		x.ModelTotals = true
+		st.hours[h] = x
+	}
+	// from 05:30 on the first day to 21:00 on the second: per-call rows at
+	// the start, sealed hours after
+	spec := func(g GroupBy, f UsageFilter, tz string) UsageSpec {
+		return UsageSpec{From: time.Unix(d0+5*3600+1800, 0), To: time.Unix(d0+2*86400-3*3600, 0), Group: g, Filter: f, TZ: tz}
+	}
+	for _, c := range []struct {
+		name   string
+		g      GroupBy
+		f      UsageFilter
+		tz     string
+		totals bool
+	}{
+		{"hour x model", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "", true},
+		{"hour x model, New York", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "America/New_York", true},
+		{"hours of one model", GroupBy{Bucket: BucketHour}, UsageFilter{Model: "m"}, "", true},
+		{"hour", GroupBy{Bucket: BucketHour}, UsageFilter{}, "", false},
+		{"hour x model x source", GroupBy{Bucket: BucketHour, Model: true, Source: true}, UsageFilter{}, "", false},
+		{"hour x model, one source", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{Source: "online"}, "", false},
+		{"hour x model, one user", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{User: "u"}, "", false},
+		{"hour x model x user", GroupBy{Bucket: BucketHour, Model: true, User: true}, UsageFilter{}, "", false},
+		{"day x model", GroupBy{Bucket: BucketDay, Model: true}, UsageFilter{}, "", false},
+		{"hour x model, India (every hour per call)", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "Asia/Kolkata", false},
+	} {
+		s := spec(c.g, c.f, c.tz)
+		loc := time.UTC
+		if c.tz != "" {
+			var err error
+			if loc, err = time.LoadLocation(c.tz); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p := planUsage(s, st, loc)
+		covered(t, p, s.From.Unix(), s.To.Unix())
+		sql := usageRollupSQL(s, p)
+		atLevel := strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", levelModelTotals, grainHour))
+		weighsSealed := strings.Contains(sql, "sealed_lq") && strings.Contains(sql, "latency_q AS lq")
+		if p.modelTotals != c.totals || atLevel != c.totals || weighsSealed != c.totals {
+			t.Errorf("%s: model totals %v, hour rows at level %d %v, sealed buckets read %v; want %v", c.name, p.modelTotals, levelModelTotals, atLevel, weighsSealed, c.totals)
+		}
+	}
+	// without percentiles the rows are read at that level, no buckets
+	s := spec(GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "")
+	s.SkipPercentiles = true
+	if sql := usageRollupSQL(s, planUsage(s, st, time.UTC)); !strings.Contains(sql, fmt.Sprintf("by_user = %d", levelModelTotals)) || strings.Contains(sql, "lq") {
+		t.Errorf("hour x model without percentiles:\n%s", sql)
+	}
+	// an hour recorded before migration 0007 makes the whole read keep
+	// levelModels and weigh histograms
+	old := st.hours[d0+30*3600]
+	old.ModelTotals = false
+	st.hours[d0+30*3600] = old
+	s = spec(GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "")
+	p := planUsage(s, st, time.UTC)
+	if sql := usageRollupSQL(s, p); p.modelTotals || strings.Contains(sql, "lq") || !strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", levelModels, grainHour)) {
+		t.Errorf("an hour without model totals: totals %v\n%s", p.modelTotals, sql)
+	}
+}
