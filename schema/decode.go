@@ -330,7 +330,7 @@ func (d *decoder) field(e *Event, f int) {
 	case fResponse:
 		d.resp = d.raw(f, true)
 	case fStream:
-		e.Stream = d.boolean(f)
+		e.Stream = d.boolean(f, fieldNames[f])
 	case fStatus:
 		e.Status = d.status()
 	case fError:
@@ -348,7 +348,7 @@ func (d *decoder) field(e *Event, f int) {
 	case fBatchID:
 		d.str(f, &e.BatchID, true)
 	case fRequestTruncated:
-		e.RequestTruncated = d.boolean(f)
+		e.RequestTruncated = d.boolean(f, fieldNames[f])
 	case fCapture:
 		e.Capture = d.capture()
 	}
@@ -418,19 +418,9 @@ func (d *decoder) capture() *Capture {
 		case 0:
 			c.Mode = d.enum(fCapture, "capture.mode", `"full", "truncated" or "none"`, CaptureFull, CaptureTruncated, CaptureNone)
 		case 1:
-			if d.null() {
-			} else if d.peek() != '"' {
-				d.mismatch(fCapture, "capture.mask_set", "a string")
-			} else if s, ok := d.strValue(); ok && s.n > 0 {
-				d.strs[d.nstrs] = strRef{&c.MaskSet, s}
-				d.nstrs++
-			}
+			d.strAt(fCapture, "capture.mask_set", &c.MaskSet, true)
 		case 2:
-			if b := d.peek(); b != 't' && b != 'f' && b != 'n' {
-				d.mismatch(fCapture, "capture.counted", "a boolean")
-			} else {
-				c.Counted = d.boolean(fCapture)
-			}
+			c.Counted = d.boolean(fCapture, "capture.counted")
 		}
 	}) {
 		return nil
@@ -504,6 +494,11 @@ func (d *decoder) strValue() (span, bool) {
 // str decodes a string field into *dst (at finish); null is "" if nullable,
 // otherwise a type error.
 func (d *decoder) str(f int, dst *string, nullable bool) {
+	d.strAt(f, fieldNames[f], dst, nullable)
+}
+
+// strAt is str for the string at path, a member of field f.
+func (d *decoder) strAt(f int, path string, dst *string, nullable bool) {
 	if d.peek() == '"' {
 		if s, ok := d.strValue(); ok && s.n > 0 {
 			d.strs[d.nstrs] = strRef{dst, s}
@@ -514,7 +509,7 @@ func (d *decoder) str(f int, dst *string, nullable bool) {
 	if nullable && d.null() {
 		return
 	}
-	d.mismatch(f, fieldNames[f], "a string")
+	d.mismatch(f, path, "a string")
 }
 
 func (d *decoder) timestamp(f int, nullable bool) (t time.Time, ok bool) {
@@ -536,7 +531,9 @@ func (d *decoder) timestamp(f int, nullable bool) (t time.Time, ok bool) {
 	return t, true
 }
 
-func (d *decoder) boolean(f int) bool {
+// boolean decodes the boolean at path, field f or a member of it; null is
+// false.
+func (d *decoder) boolean(f int, path string) bool {
 	switch {
 	case len(d.data)-d.pos >= 4 && string(d.data[d.pos:d.pos+4]) == "true":
 		d.pos += 4
@@ -545,7 +542,7 @@ func (d *decoder) boolean(f int) bool {
 		d.pos += 5
 	case d.null():
 	default:
-		d.mismatch(f, fieldNames[f], "a boolean")
+		d.mismatch(f, path, "a boolean")
 	}
 	return false
 }
