@@ -49,8 +49,7 @@ func defaultArchive() Archive {
 func (c *Config) validateArchive() []error {
 	a := c.Archive
 	return []error{
-		checkKey(validIdent(replaceDash(a.Consumer)), "archive.consumer", a.Consumer, "must be letters, digits, - and _"),
-		checkSubject(bus.StageArchive, "archive.subject", a.Subject),
+		checkConsumer(bus.StageArchive, "archive", a.Consumer, a.Subject),
 		checkKey(a.Prefix != "" && !strings.HasPrefix(a.Prefix, "/") && !strings.Contains(a.Prefix, "//"), "archive.prefix", a.Prefix, "must be a non-empty key prefix without a leading / or empty segments"),
 		checkKey(a.FlushBytes >= 1<<10, "archive.flush_bytes", a.FlushBytes, "must be at least 1KiB"),
 		checkKey(a.FlushInterval > 0, "archive.flush_interval", a.FlushInterval, "must be positive"),

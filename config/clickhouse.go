@@ -1,7 +1,6 @@
 package config
 
 import (
-	"net"
 	"strings"
 	"time"
 
@@ -78,9 +77,7 @@ func (c *Config) validateClickHouse() []error {
 	ch := c.ClickHouse
 	addrOK := true
 	for _, a := range strings.Split(ch.Addr, ",") {
-		if _, port, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil || port == "" {
-			addrOK = false
-		}
+		addrOK = addrOK && validHostPort(strings.TrimSpace(a))
 	}
 	days := func(key string, v int) error {
 		// DateTime ends in 2106: a longer TTL would overflow and expire everything
@@ -89,8 +86,7 @@ func (c *Config) validateClickHouse() []error {
 	return []error{
 		checkKey(ch.Addr == "" || addrOK, "clickhouse.addr", ch.Addr, "must be host:port, or a comma-separated list of host:port"),
 		checkKey(validIdent(ch.Database), "clickhouse.database", ch.Database, "must be letters, digits and underscores, not starting with a digit"),
-		checkKey(validIdent(replaceDash(ch.Consumer)), "clickhouse.consumer", ch.Consumer, "must be letters, digits, - and _"),
-		checkSubject(bus.StageClickHouse, "clickhouse.subject", ch.Subject),
+		checkConsumer(bus.StageClickHouse, "clickhouse", ch.Consumer, ch.Subject),
 		checkKey(ch.BatchSize >= 1 && ch.BatchSize <= 1000000, "clickhouse.batch_size", ch.BatchSize, "must be 1..1000000"),
 		checkKey(ch.BatchBytes >= 64<<10 && ch.BatchBytes <= 1<<30, "clickhouse.batch_bytes", ch.BatchBytes, "must be 64KiB..1GiB"),
 		checkKey(ch.FlushInterval >= Duration(time.Millisecond), "clickhouse.flush_interval", ch.FlushInterval, "must be at least 1ms"),

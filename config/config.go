@@ -12,7 +12,6 @@ package config
 
 import (
 	"fmt"
-	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -232,83 +231,71 @@ func (c *Config) SpoolDir() string {
 
 // Validate checks every key and names the first bad one.
 func (c *Config) Validate() error {
-	check := func(ok bool, key string, value any, allowed string) error {
-		if ok {
-			return nil
-		}
-		return &Error{Key: key, Value: fmt.Sprint(value), Allowed: allowed}
-	}
 	hostPort := func(key, v string, required bool) error {
-		if v == "" && !required {
-			return nil
-		}
-		_, port, err := net.SplitHostPort(v)
-		return check(err == nil && port != "", key, v, "must be host:port")
+		return checkKey(validHostPort(v) || v == "" && !required, key, v, "must be host:port")
 	}
 	errs := []error{
-		check(oneOf(c.Log.Level, "debug", "info", "warn", "error"), "log.level", c.Log.Level, "allowed: debug, info, warn, error"),
-		check(oneOf(c.Log.Format, "json", "text"), "log.format", c.Log.Format, "allowed: json, text"),
-		check(validNATSURLs(c.NATS.URL), "nats.url", c.NATS.URL, "must be comma-separated nats://, tls:// or ws:// URLs"),
-		check(c.NATS.Token == "" || c.NATS.User == "", "nats.token", "(masked)", "token and user/password are exclusive"),
-		check(c.NATS.Stream.Replicas == 1 || c.NATS.Stream.Replicas == 3, "nats.stream.replicas", c.NATS.Stream.Replicas, "allowed: 1 or 3"),
-		check(c.NATS.Stream.MaxAge > 0, "nats.stream.max_age", c.NATS.Stream.MaxAge, "must be positive"),
-		check(c.NATS.Stream.DuplicateWindow > 0 && (c.NATS.Stream.DuplicateWindow <= c.NATS.Stream.MaxAge), "nats.stream.duplicate_window", c.NATS.Stream.DuplicateWindow, "must be positive and at most nats.stream.max_age"),
-		check(c.Event.MaxBytes >= 1024, "event.max_bytes", c.Event.MaxBytes, "must be at least 1KiB"),
+		checkKey(oneOf(c.Log.Level, "debug", "info", "warn", "error"), "log.level", c.Log.Level, "allowed: debug, info, warn, error"),
+		checkKey(oneOf(c.Log.Format, "json", "text"), "log.format", c.Log.Format, "allowed: json, text"),
+		checkKey(validNATSURLs(c.NATS.URL), "nats.url", c.NATS.URL, "must be comma-separated nats://, tls:// or ws:// URLs"),
+		checkKey(c.NATS.Token == "" || c.NATS.User == "", "nats.token", "(masked)", "token and user/password are exclusive"),
+		checkKey(c.NATS.Stream.Replicas == 1 || c.NATS.Stream.Replicas == 3, "nats.stream.replicas", c.NATS.Stream.Replicas, "allowed: 1 or 3"),
+		checkKey(c.NATS.Stream.MaxAge > 0, "nats.stream.max_age", c.NATS.Stream.MaxAge, "must be positive"),
+		checkKey(c.NATS.Stream.DuplicateWindow > 0 && (c.NATS.Stream.DuplicateWindow <= c.NATS.Stream.MaxAge), "nats.stream.duplicate_window", c.NATS.Stream.DuplicateWindow, "must be positive and at most nats.stream.max_age"),
+		checkKey(c.Event.MaxBytes >= 1024, "event.max_bytes", c.Event.MaxBytes, "must be at least 1KiB"),
 		hostPort("collect.listen", c.Collect.Listen, true),
-		check(c.Collect.ReadTimeout >= Duration(100*time.Millisecond), "collect.read_timeout", c.Collect.ReadTimeout, "must be at least 100ms"),
-		check(c.Collect.MaxBodyBytes >= c.Event.MaxBytes, "collect.max_body_bytes", c.Collect.MaxBodyBytes, "must be at least event.max_bytes"),
+		checkKey(c.Collect.ReadTimeout >= Duration(100*time.Millisecond), "collect.read_timeout", c.Collect.ReadTimeout, "must be at least 100ms"),
+		checkKey(c.Collect.MaxBodyBytes >= c.Event.MaxBytes, "collect.max_body_bytes", c.Collect.MaxBodyBytes, "must be at least event.max_bytes"),
 		hostPort("proxy.listen", c.Proxy.Listen, true),
 		hostPort("worker.listen", c.Worker.Listen, true),
-		check(c.Proxy.Upstream == "" || validHTTPURL(c.Proxy.Upstream), "proxy.upstream", c.Proxy.Upstream, "must be an http:// or https:// URL"),
-		check(c.Proxy.CaptureLimit > 0, "proxy.capture_limit", c.Proxy.CaptureLimit, "must be positive"),
-		check(c.Paths.StateDir != "", "paths.state_dir", c.Paths.StateDir, "must not be empty"),
-		check(c.Proxy.SpoolMaxBytes > 0, "proxy.spool_max_bytes", c.Proxy.SpoolMaxBytes, "must be positive"),
-		check(validIdent(strings.ReplaceAll(c.Transform.Consumer, "-", "_")), "transform.consumer", c.Transform.Consumer, "must be letters, digits, - and _"),
-		checkSubject(bus.StageNormalize, "transform.subject", c.Transform.Subject),
-		check(c.Transform.Concurrency >= 0 && c.Transform.Concurrency <= 1024, "transform.concurrency", c.Transform.Concurrency, "must be 0..1024"),
-		check(c.Transform.Batch >= 1 && c.Transform.Batch <= 10000, "transform.batch", c.Transform.Batch, "must be 1..10000"),
-		check(c.Transform.MaxInFlight >= 1 && c.Transform.MaxInFlight <= 100000, "transform.max_in_flight", c.Transform.MaxInFlight, "must be 1..100000"),
-		check(c.Transform.AckWait >= Duration(time.Second), "transform.ack_wait", c.Transform.AckWait, "must be at least 1s"),
-		check(c.Transform.MaxDeliver >= 1, "transform.max_deliver", c.Transform.MaxDeliver, "must be at least 1"),
-		check(c.Transform.MaxAckPending >= c.Transform.Batch, "transform.max_ack_pending", c.Transform.MaxAckPending, "must be at least transform.batch"),
-		check(c.Transform.RetryDelay > 0, "transform.retry_delay", c.Transform.RetryDelay, "must be positive"),
-		check(c.Transform.DLQMaxAge > 0, "transform.dlq_max_age", c.Transform.DLQMaxAge, "must be positive"),
-		check(oneOf(c.Transform.Tokenizer, "o200k_base", "cl100k_base"), "transform.tokenizer", c.Transform.Tokenizer, "allowed: o200k_base, cl100k_base"),
+		checkKey(c.Proxy.Upstream == "" || validHTTPURL(c.Proxy.Upstream), "proxy.upstream", c.Proxy.Upstream, "must be an http:// or https:// URL"),
+		checkKey(c.Proxy.CaptureLimit > 0, "proxy.capture_limit", c.Proxy.CaptureLimit, "must be positive"),
+		checkKey(c.Paths.StateDir != "", "paths.state_dir", c.Paths.StateDir, "must not be empty"),
+		checkKey(c.Proxy.SpoolMaxBytes > 0, "proxy.spool_max_bytes", c.Proxy.SpoolMaxBytes, "must be positive"),
+		checkConsumer(bus.StageNormalize, "transform", c.Transform.Consumer, c.Transform.Subject),
+		checkKey(c.Transform.Concurrency >= 0 && c.Transform.Concurrency <= 1024, "transform.concurrency", c.Transform.Concurrency, "must be 0..1024"),
+		checkKey(c.Transform.Batch >= 1 && c.Transform.Batch <= 10000, "transform.batch", c.Transform.Batch, "must be 1..10000"),
+		checkKey(c.Transform.MaxInFlight >= 1 && c.Transform.MaxInFlight <= 100000, "transform.max_in_flight", c.Transform.MaxInFlight, "must be 1..100000"),
+		checkKey(c.Transform.AckWait >= Duration(time.Second), "transform.ack_wait", c.Transform.AckWait, "must be at least 1s"),
+		checkKey(c.Transform.MaxDeliver >= 1, "transform.max_deliver", c.Transform.MaxDeliver, "must be at least 1"),
+		checkKey(c.Transform.MaxAckPending >= c.Transform.Batch, "transform.max_ack_pending", c.Transform.MaxAckPending, "must be at least transform.batch"),
+		checkKey(c.Transform.RetryDelay > 0, "transform.retry_delay", c.Transform.RetryDelay, "must be positive"),
+		checkKey(c.Transform.DLQMaxAge > 0, "transform.dlq_max_age", c.Transform.DLQMaxAge, "must be positive"),
+		checkKey(oneOf(c.Transform.Tokenizer, "o200k_base", "cl100k_base"), "transform.tokenizer", c.Transform.Tokenizer, "allowed: o200k_base, cl100k_base"),
 		validTokenizerModels(c.Transform.TokenizerModels),
 		validPrices(c.Transform.Prices),
-		check(c.Transform.UserKeyPrefix != "", "transform.user_key_prefix", c.Transform.UserKeyPrefix, "must not be empty"),
-		check(c.Transform.UserCacheTTL > 0, "transform.user_cache_ttl", c.Transform.UserCacheTTL, "must be positive"),
-		check(c.Transform.UserNegativeTTL > 0, "transform.user_negative_ttl", c.Transform.UserNegativeTTL, "must be positive"),
-		check(c.Transform.UserLookupTimeout > 0, "transform.user_lookup_timeout", c.Transform.UserLookupTimeout, "must be positive"),
-		check(c.Transform.UserRetryAfter > 0, "transform.user_retry_after", c.Transform.UserRetryAfter, "must be positive"),
-		check(oneOf(c.Capture.Payloads, "full", "truncated", "none"), "capture.payloads", c.Capture.Payloads, "allowed: full, truncated, none"),
+		checkKey(c.Transform.UserKeyPrefix != "", "transform.user_key_prefix", c.Transform.UserKeyPrefix, "must not be empty"),
+		checkKey(c.Transform.UserCacheTTL > 0, "transform.user_cache_ttl", c.Transform.UserCacheTTL, "must be positive"),
+		checkKey(c.Transform.UserNegativeTTL > 0, "transform.user_negative_ttl", c.Transform.UserNegativeTTL, "must be positive"),
+		checkKey(c.Transform.UserLookupTimeout > 0, "transform.user_lookup_timeout", c.Transform.UserLookupTimeout, "must be positive"),
+		checkKey(c.Transform.UserRetryAfter > 0, "transform.user_retry_after", c.Transform.UserRetryAfter, "must be positive"),
+		checkKey(oneOf(c.Capture.Payloads, "full", "truncated", "none"), "capture.payloads", c.Capture.Payloads, "allowed: full, truncated, none"),
 		validPayloadRules("capture.payloads_models", c.Capture.PayloadsModels),
 		validPayloadRules("capture.payloads_users", c.Capture.PayloadsUsers),
-		check(c.Capture.MaxChars >= 1, "capture.max_chars", c.Capture.MaxChars, "must be at least 1"),
+		checkKey(c.Capture.MaxChars >= 1, "capture.max_chars", c.Capture.MaxChars, "must be at least 1"),
 		validMasks(c.Capture.Masks),
 		hostPort("redis.addr", c.Redis.Addr, false),
-		check(c.Redis.DB >= 0 && c.Redis.DB < 16384, "redis.db", c.Redis.DB, "must be 0..16383"),
+		checkKey(c.Redis.DB >= 0 && c.Redis.DB < 16384, "redis.db", c.Redis.DB, "must be 0..16383"),
 		hostPort("s3.endpoint", c.S3.Endpoint, false),
-		check(oneOf(c.S3.SSE, "none", "sse-s3", "sse-kms"), "s3.sse", c.S3.SSE, "allowed: none, sse-s3, sse-kms"),
-		check((c.S3.SSE == "sse-kms") == (c.S3.SSEKMSKey != ""), "s3.sse_kms_key_id", c.S3.SSEKMSKey, "required with s3.sse sse-kms, and only with it"),
-		check(c.S3.Bucket == "" || validBucket(c.S3.Bucket), "s3.bucket", c.S3.Bucket, "must be 3-63 lowercase letters, digits, dots or hyphens"),
-		check(c.Langfuse.Host == "" || validHTTPURL(c.Langfuse.Host), "langfuse.host", c.Langfuse.Host, "must be an http:// or https:// URL"),
-		check(oneOf(c.Langfuse.Transport, "auto", "ingestion", "otlp"), "langfuse.transport", c.Langfuse.Transport, "allowed: auto, ingestion, otlp"),
+		checkKey(oneOf(c.S3.SSE, "none", "sse-s3", "sse-kms"), "s3.sse", c.S3.SSE, "allowed: none, sse-s3, sse-kms"),
+		checkKey((c.S3.SSE == "sse-kms") == (c.S3.SSEKMSKey != ""), "s3.sse_kms_key_id", c.S3.SSEKMSKey, "required with s3.sse sse-kms, and only with it"),
+		checkKey(c.S3.Bucket == "" || validBucket(c.S3.Bucket), "s3.bucket", c.S3.Bucket, "must be 3-63 lowercase letters, digits, dots or hyphens"),
+		checkKey(c.Langfuse.Host == "" || validHTTPURL(c.Langfuse.Host), "langfuse.host", c.Langfuse.Host, "must be an http:// or https:// URL"),
+		checkKey(oneOf(c.Langfuse.Transport, "auto", "ingestion", "otlp"), "langfuse.transport", c.Langfuse.Transport, "allowed: auto, ingestion, otlp"),
 		validSettingsKey(c.Langfuse.SettingsKey),
-		check(validIdent(strings.ReplaceAll(c.Langfuse.Consumer, "-", "_")), "langfuse.consumer", c.Langfuse.Consumer, "must be letters, digits, - and _"),
-		checkSubject(bus.StageLangfuse, "langfuse.subject", c.Langfuse.Subject),
-		check(validLangfuseEnv(c.Langfuse.Environment), "langfuse.environment", c.Langfuse.Environment, "must be lower case letters, digits, - and _, at most 40, not starting with langfuse"),
-		check(c.Langfuse.BatchCalls >= 1 && c.Langfuse.BatchCalls <= 10000, "langfuse.batch_calls", c.Langfuse.BatchCalls, "must be 1..10000"),
-		check(c.Langfuse.FlushInterval > 0, "langfuse.flush_interval", c.Langfuse.FlushInterval, "must be positive"),
-		check(c.Langfuse.MaxBatchBytes >= 64<<10 && c.Langfuse.MaxBatchBytes <= 4_500_000, "langfuse.max_batch_bytes", c.Langfuse.MaxBatchBytes, "must be 64KiB..4.5MB (Langfuse refuses larger bodies)"),
-		check(c.Langfuse.MaxBatchEvents >= 2 && c.Langfuse.MaxBatchEvents <= 10000, "langfuse.max_batch_events", c.Langfuse.MaxBatchEvents, "must be 2..10000"),
-		check(c.Langfuse.MaxFieldBytes >= 0 && c.Langfuse.MaxFieldBytes < c.Langfuse.MaxBatchBytes/2, "langfuse.max_field_bytes", c.Langfuse.MaxFieldBytes, "must be 0..max_batch_bytes/2"),
-		check(c.Langfuse.MaxInFlight >= 1 && c.Langfuse.MaxInFlight <= 64, "langfuse.max_in_flight", c.Langfuse.MaxInFlight, "must be 1..64"),
-		check(c.Langfuse.Retries >= 0 && c.Langfuse.Retries <= 100, "langfuse.retries", c.Langfuse.Retries, "must be 0..100"),
-		check(c.Langfuse.MinBackoff > 0 && c.Langfuse.MinBackoff <= c.Langfuse.MaxBackoff, "langfuse.min_backoff", c.Langfuse.MinBackoff, "must be positive and at most max_backoff"),
-		check(c.Langfuse.RequestTimeout > 0, "langfuse.request_timeout", c.Langfuse.RequestTimeout, "must be positive"),
-		check(c.Langfuse.RetryDelay > 0, "langfuse.retry_delay", c.Langfuse.RetryDelay, "must be positive"),
-		check(c.Langfuse.AckWait >= Duration(3*time.Second), "langfuse.ack_wait", c.Langfuse.AckWait, "must be at least 3s"),
+		checkConsumer(bus.StageLangfuse, "langfuse", c.Langfuse.Consumer, c.Langfuse.Subject),
+		checkKey(validLangfuseEnv(c.Langfuse.Environment), "langfuse.environment", c.Langfuse.Environment, "must be lower case letters, digits, - and _, at most 40, not starting with langfuse"),
+		checkKey(c.Langfuse.BatchCalls >= 1 && c.Langfuse.BatchCalls <= 10000, "langfuse.batch_calls", c.Langfuse.BatchCalls, "must be 1..10000"),
+		checkKey(c.Langfuse.FlushInterval > 0, "langfuse.flush_interval", c.Langfuse.FlushInterval, "must be positive"),
+		checkKey(c.Langfuse.MaxBatchBytes >= 64<<10 && c.Langfuse.MaxBatchBytes <= 4_500_000, "langfuse.max_batch_bytes", c.Langfuse.MaxBatchBytes, "must be 64KiB..4.5MB (Langfuse refuses larger bodies)"),
+		checkKey(c.Langfuse.MaxBatchEvents >= 2 && c.Langfuse.MaxBatchEvents <= 10000, "langfuse.max_batch_events", c.Langfuse.MaxBatchEvents, "must be 2..10000"),
+		checkKey(c.Langfuse.MaxFieldBytes >= 0 && c.Langfuse.MaxFieldBytes < c.Langfuse.MaxBatchBytes/2, "langfuse.max_field_bytes", c.Langfuse.MaxFieldBytes, "must be 0..max_batch_bytes/2"),
+		checkKey(c.Langfuse.MaxInFlight >= 1 && c.Langfuse.MaxInFlight <= 64, "langfuse.max_in_flight", c.Langfuse.MaxInFlight, "must be 1..64"),
+		checkKey(c.Langfuse.Retries >= 0 && c.Langfuse.Retries <= 100, "langfuse.retries", c.Langfuse.Retries, "must be 0..100"),
+		checkKey(c.Langfuse.MinBackoff > 0 && c.Langfuse.MinBackoff <= c.Langfuse.MaxBackoff, "langfuse.min_backoff", c.Langfuse.MinBackoff, "must be positive and at most max_backoff"),
+		checkKey(c.Langfuse.RequestTimeout > 0, "langfuse.request_timeout", c.Langfuse.RequestTimeout, "must be positive"),
+		checkKey(c.Langfuse.RetryDelay > 0, "langfuse.retry_delay", c.Langfuse.RetryDelay, "must be positive"),
+		checkKey(c.Langfuse.AckWait >= Duration(3*time.Second), "langfuse.ack_wait", c.Langfuse.AckWait, "must be at least 3s"),
 	}
 	errs = append(errs, c.validateClickHouse()...)
 	errs = append(errs, c.validateArchive()...)
@@ -322,12 +309,22 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// checkKey is an *Error for key unless ok; the per-section validators use it.
+// checkKey is an *Error for key unless ok.
 func checkKey(ok bool, key string, value any, allowed string) error {
 	if ok {
 		return nil
 	}
 	return &Error{Key: key, Value: fmt.Sprint(value), Allowed: allowed}
+}
+
+// checkConsumer checks a stage's durable consumer name and subject filter,
+// the keys <section>.consumer and <section>.subject, and names the first bad
+// one.
+func checkConsumer(stage, section, consumer, subject string) error {
+	if err := checkKey(validIdent(replaceDash(consumer)), section+".consumer", consumer, "must be letters, digits, - and _"); err != nil {
+		return err
+	}
+	return checkSubject(stage, section+".subject", subject)
 }
 
 // checkSubject is an *Error for key unless subject is a filter under the

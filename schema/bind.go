@@ -409,25 +409,25 @@ func (d *Binder) Int(from int, dst *int) int {
 
 // IntPtr decodes an integer or null into *dst.
 func (d *Binder) IntPtr(from int, dst **int) int {
-	to := d.Skip(from)
-	if isNullAt(d.data, from) {
-		*dst = nil
-		return to
-	}
-	n := int(d.integer(from, to))
-	*dst = &n
-	return to
+	return bindPtr(d, from, dst, func(d *Binder, from, to int) int { return int(d.integer(from, to)) })
 }
 
 // Int64Ptr decodes an integer or null into *dst.
 func (d *Binder) Int64Ptr(from int, dst **int64) int {
+	return bindPtr(d, from, dst, (*Binder).integer)
+}
+
+// bindPtr decodes the value at from, or null, into *dst: parse reads the
+// value, which ends at to; null sets *dst to nil. parse takes d rather than
+// being a method value, which would be allocated on every call.
+func bindPtr[T any](d *Binder, from int, dst **T, parse func(d *Binder, from, to int) T) int {
 	to := d.Skip(from)
 	if isNullAt(d.data, from) {
 		*dst = nil
 		return to
 	}
-	n := d.integer(from, to)
-	*dst = &n
+	v := parse(d, from, to)
+	*dst = &v
 	return to
 }
 
@@ -455,14 +455,7 @@ func (d *Binder) Float(from int, dst *float64) int {
 
 // FloatPtr decodes a number or null into *dst.
 func (d *Binder) FloatPtr(from int, dst **float64) int {
-	to := d.Skip(from)
-	if isNullAt(d.data, from) {
-		*dst = nil
-		return to
-	}
-	f := d.float(from, to)
-	*dst = &f
-	return to
+	return bindPtr(d, from, dst, (*Binder).float)
 }
 
 // Nested starts binding a nested object: null leaves it (or sets a

@@ -221,35 +221,45 @@ func (d *decoder) event(e *Event) {
 	d.skipWS()
 	if d.peek() == '}' {
 		d.pos++
-	} else {
-		for {
-			key, ok := d.memberKey()
-			if !ok {
-				return
-			}
-			f := lookupField(key)
-			switch {
-			case f < 0:
-				d.errs.add(unknownOrder, truncField(string(key)), "unknown field")
-				d.skipValue(1)
-			case seen&(1<<f) != 0:
-				d.errs.add(f, fieldNames[f], "duplicate key")
-				d.skipValue(1)
-			default:
-				seen |= 1 << f
-				d.field(e, f)
-			}
-			if d.fatal != nil {
-				return
-			}
-			if more, ok := d.next('}'); !ok {
-				return
-			} else if !more {
-				break
-			}
+	} else if !d.members(func(key []byte) {
+		f := lookupField(key)
+		switch {
+		case f < 0:
+			d.errs.add(unknownOrder, truncField(string(key)), "unknown field")
+			d.skipValue(1)
+		case seen&(1<<f) != 0:
+			d.errs.add(f, fieldNames[f], "duplicate key")
+			d.skipValue(1)
+		default:
+			seen |= 1 << f
+			d.field(e, f)
 		}
+	}) {
+		return
 	}
 	d.trailing()
+}
+
+// members scans the members of the object whose '{' and the white space
+// after it d has stepped over, up to its closing '}': value decodes the
+// value of the member whose key was just scanned. members reports whether
+// the object ended without a syntax error.
+func (d *decoder) members(value func(key []byte)) bool {
+	for {
+		key, ok := d.memberKey()
+		if !ok {
+			return false
+		}
+		value(key)
+		if d.fatal != nil {
+			return false
+		}
+		if more, ok := d.next('}'); !ok {
+			return false
+		} else if !more {
+			return true
+		}
+	}
 }
 
 // truncField bounds an unknown field name used as an error path.
@@ -265,9 +275,10 @@ func truncField(s string) string {
 	return s[:cut] + "…"
 }
 
-// key scans an object key. The returned bytes alias data unless the key has
+// stringBytes scans a string (an object key or a value) and returns its
+// content, unescaped. The returned bytes alias data unless the string has
 // escapes.
-func (d *decoder) key() ([]byte, bool) {
+func (d *decoder) stringBytes() ([]byte, bool) {
 	start, end, esc, ok := d.scanString()
 	if !ok {
 		return nil, false
@@ -319,7 +330,7 @@ func (d *decoder) field(e *Event, f int) {
 	case fResponse:
 		d.resp = d.raw(f, true)
 	case fStream:
-		e.Stream = d.boolean(f)
+		e.Stream = d.boolean(f, fieldNames[f])
 	case fStatus:
 		e.Status = d.status()
 	case fError:
@@ -331,11 +342,13 @@ func (d *decoder) field(e *Event, f int) {
 	case fTags:
 		d.tagList()
 	case fSource:
-		d.source(e)
+		if !d.null() {
+			e.Source = d.enum(f, "source", `"online" or "batch"`, SourceOnline, SourceBatch)
+		}
 	case fBatchID:
 		d.str(f, &e.BatchID, true)
 	case fRequestTruncated:
-		e.RequestTruncated = d.boolean(f)
+		e.RequestTruncated = d.boolean(f, fieldNames[f])
 	case fCapture:
 		e.Capture = d.capture()
 	}
@@ -400,67 +413,42 @@ func (d *decoder) capture() *Capture {
 	}
 	c := &d.blk.capture
 	var seen uint8
-	for {
-		key, ok := d.memberKey()
-		if !ok {
-			return nil
-		}
+	if !d.members(func(key []byte) {
 		switch d.nestedKey(fCapture, "capture", key, captureKeys[:], &seen) {
 		case 0:
-			c.Mode = d.captureMode()
+			c.Mode = d.enum(fCapture, "capture.mode", `"full", "truncated" or "none"`, CaptureFull, CaptureTruncated, CaptureNone)
 		case 1:
-			if d.null() {
-			} else if d.peek() != '"' {
-				d.mismatch(fCapture, "capture.mask_set", "a string")
-			} else if s, ok := d.strValue(); ok && s.n > 0 {
-				d.strs[d.nstrs] = strRef{&c.MaskSet, s}
-				d.nstrs++
-			}
+			d.strAt(fCapture, "capture.mask_set", &c.MaskSet, true)
 		case 2:
-			if b := d.peek(); b != 't' && b != 'f' && b != 'n' {
-				d.mismatch(fCapture, "capture.counted", "a boolean")
-			} else {
-				c.Counted = d.boolean(fCapture)
-			}
+			c.Counted = d.boolean(fCapture, "capture.counted")
 		}
-		if d.fatal != nil {
-			return nil
-		}
-		if more, ok := d.next('}'); !ok {
-			return nil
-		} else if more {
-			continue
-		}
-		if seen&1 == 0 {
-			d.errs.add(fCapture, "capture.mode", "required")
-		}
-		return c
+	}) {
+		return nil
 	}
+	if seen&1 == 0 {
+		d.errs.add(fCapture, "capture.mode", "required")
+	}
+	return c
 }
 
-// captureMode decodes capture.mode, one of the Capture* constants.
-func (d *decoder) captureMode() string {
+// enum decodes the string of field f at path, which must be one of values
+// (want lists them), and returns that value, a constant rather than a copy
+// of the input; "" after an error, which it records.
+func (d *decoder) enum(f int, path, want string, values ...string) string {
 	if d.peek() != '"' {
-		d.mismatch(fCapture, "capture.mode", `"full", "truncated" or "none"`)
+		d.mismatch(f, path, want)
 		return ""
 	}
-	start, end, esc, ok := d.scanString()
+	s, ok := d.stringBytes()
 	if !ok {
 		return ""
 	}
-	s := d.data[start:end]
-	if esc {
-		s = appendUnquoted(nil, s)
+	for _, v := range values {
+		if string(s) == v {
+			return v
+		}
 	}
-	switch string(s) {
-	case CaptureFull:
-		return CaptureFull
-	case CaptureTruncated:
-		return CaptureTruncated
-	case CaptureNone:
-		return CaptureNone
-	}
-	d.errs.add(fCapture, "capture.mode", `must be "full", "truncated" or "none", got `+quoteTrunc(string(s)))
+	d.errs.add(f, path, "must be "+want+", got "+quoteTrunc(string(s)))
 	return ""
 }
 
@@ -506,6 +494,11 @@ func (d *decoder) strValue() (span, bool) {
 // str decodes a string field into *dst (at finish); null is "" if nullable,
 // otherwise a type error.
 func (d *decoder) str(f int, dst *string, nullable bool) {
+	d.strAt(f, fieldNames[f], dst, nullable)
+}
+
+// strAt is str for the string at path, a member of field f.
+func (d *decoder) strAt(f int, path string, dst *string, nullable bool) {
 	if d.peek() == '"' {
 		if s, ok := d.strValue(); ok && s.n > 0 {
 			d.strs[d.nstrs] = strRef{dst, s}
@@ -516,33 +509,7 @@ func (d *decoder) str(f int, dst *string, nullable bool) {
 	if nullable && d.null() {
 		return
 	}
-	d.mismatch(f, fieldNames[f], "a string")
-}
-
-func (d *decoder) source(e *Event) {
-	if d.null() {
-		return
-	}
-	if d.peek() != '"' {
-		d.mismatch(fSource, "source", `"online" or "batch"`)
-		return
-	}
-	start, end, esc, ok := d.scanString()
-	if !ok {
-		return
-	}
-	s := d.data[start:end]
-	if esc {
-		s = appendUnquoted(nil, s)
-	}
-	switch string(s) {
-	case SourceOnline:
-		e.Source = SourceOnline
-	case SourceBatch:
-		e.Source = SourceBatch
-	default:
-		d.errs.add(fSource, "source", `must be "online" or "batch", got `+quoteTrunc(string(s)))
-	}
+	d.mismatch(f, path, "a string")
 }
 
 func (d *decoder) timestamp(f int, nullable bool) (t time.Time, ok bool) {
@@ -552,13 +519,9 @@ func (d *decoder) timestamp(f int, nullable bool) (t time.Time, ok bool) {
 		}
 		return t, false
 	}
-	start, end, esc, ok := d.scanString()
+	s, ok := d.stringBytes()
 	if !ok {
 		return t, false
-	}
-	s := d.data[start:end]
-	if esc {
-		s = appendUnquoted(nil, s)
 	}
 	t, reason := parseTimestamp(s)
 	if reason != "" {
@@ -568,7 +531,9 @@ func (d *decoder) timestamp(f int, nullable bool) (t time.Time, ok bool) {
 	return t, true
 }
 
-func (d *decoder) boolean(f int) bool {
+// boolean decodes the boolean at path, field f or a member of it; null is
+// false.
+func (d *decoder) boolean(f int, path string) bool {
 	switch {
 	case len(d.data)-d.pos >= 4 && string(d.data[d.pos:d.pos+4]) == "true":
 		d.pos += 4
@@ -577,7 +542,7 @@ func (d *decoder) boolean(f int) bool {
 		d.pos += 5
 	case d.null():
 	default:
-		d.mismatch(f, fieldNames[f], "a boolean")
+		d.mismatch(f, path, "a boolean")
 	}
 	return false
 }
@@ -632,23 +597,34 @@ func overflowReason(data []byte, off int) string {
 	return "number " + truncLit(data[off:end]) + " is out of range (overflows float64)"
 }
 
-func (d *decoder) status() int {
+// number scans the number of field f at path and returns its literal; nil
+// for null (absent) and after an error, which it records (a value of
+// another type must be want).
+func (d *decoder) number(f int, path, want string) []byte {
 	if d.null() {
-		return 0
+		return nil
 	}
 	c := d.peek()
 	if c != '-' && (c < '0' || c > '9') {
-		d.mismatch(fStatus, "status", "an integer between 100 and 599")
-		return 0
+		d.mismatch(f, path, want)
+		return nil
 	}
 	start := d.pos
 	if !d.scanNumber() {
+		return nil
+	}
+	return d.data[start:d.pos]
+}
+
+func (d *decoder) status() int {
+	const want = "an integer between 100 and 599"
+	lit := d.number(fStatus, "status", want)
+	if lit == nil {
 		return 0
 	}
-	lit := d.data[start:d.pos]
 	v, st := parseInt(lit)
 	if st != intOK || v < 100 || v > 599 {
-		d.errs.add(fStatus, "status", "must be an integer between 100 and 599, got "+truncLit(lit))
+		d.errs.add(fStatus, "status", "must be "+want+", got "+truncLit(lit))
 		return 0
 	}
 	return int(v)
@@ -676,11 +652,7 @@ func (d *decoder) usage() *Usage {
 		return u
 	}
 	var seen uint8
-	for {
-		key, ok := d.memberKey()
-		if !ok {
-			return nil
-		}
+	if !d.members(func(key []byte) {
 		if i := d.nestedKey(fUsage, "usage", key, usageKeys[:], &seen); i >= 0 {
 			p := d.tokens(usageNames[i], &d.blk.tokens[i])
 			switch i {
@@ -692,35 +664,20 @@ func (d *decoder) usage() *Usage {
 				u.TotalTokens = p
 			}
 		}
-		if d.fatal != nil {
-			return nil
-		}
-		if more, ok := d.next('}'); !ok {
-			return nil
-		} else if more {
-			continue
-		}
-		return u
+	}) {
+		return nil
 	}
+	return u
 }
 
 // tokens decodes a token count into *dst and returns dst, or nil if the
 // count is null or invalid.
 func (d *decoder) tokens(path string, dst *int64) *int64 {
-	if d.null() {
-		return nil
-	}
 	const want = "a non-negative integer"
-	c := d.peek()
-	if c != '-' && (c < '0' || c > '9') {
-		d.mismatch(fUsage, path, want)
+	lit := d.number(fUsage, path, want)
+	if lit == nil {
 		return nil
 	}
-	start := d.pos
-	if !d.scanNumber() {
-		return nil
-	}
-	lit := d.data[start:d.pos]
 	v, st := parseInt(lit)
 	switch {
 	case st == intFraction || (st == intOK && v < 0) || (st == intRange && lit[0] == '-'):

@@ -80,7 +80,7 @@ func (d *decoder) memberKey() ([]byte, bool) {
 		d.unexpectedKey()
 		return nil, false
 	}
-	key, ok := d.key()
+	key, ok := d.stringBytes()
 	if !ok || !d.expect(':', "':'") {
 		return nil, false
 	}

@@ -18,7 +18,7 @@ func StartTime(data []byte) (t time.Time, ok bool) {
 		if d.peek() != '"' {
 			return t, false
 		}
-		key, ok := d.key()
+		key, ok := d.stringBytes()
 		if !ok || !d.expect(':', "':'") {
 			return t, false
 		}

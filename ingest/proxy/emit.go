@@ -74,25 +74,18 @@ func newMetrics(reg prometheus.Registerer, p *Proxy) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
+	// spoolGauge reports value of the on-disk spool, 0 while there is none.
+	spoolGauge := func(name, help string, value func(*spool.Spool) int64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			if p.spool == nil {
+				return 0
+			}
+			return float64(value(p.spool))
+		})
+	}
 	cs := []prometheus.Collector{m.captured, m.published, m.publishErrors, m.spooled, m.dropped,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "callpipe_proxy_spool_bytes",
-			Help: "Bytes the on-disk spool of unpublished events takes.",
-		}, func() float64 {
-			if p.spool == nil {
-				return 0
-			}
-			return float64(p.spool.Size())
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "callpipe_proxy_spool_events",
-			Help: "Events waiting in the on-disk spool.",
-		}, func() float64 {
-			if p.spool == nil {
-				return 0
-			}
-			return float64(p.spool.Len())
-		}),
+		spoolGauge("callpipe_proxy_spool_bytes", "Bytes the on-disk spool of unpublished events takes.", (*spool.Spool).Size),
+		spoolGauge("callpipe_proxy_spool_events", "Events waiting in the on-disk spool.", (*spool.Spool).Len),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callpipe_proxy_queue_events",
 			Help: "Events waiting in memory to be published.",

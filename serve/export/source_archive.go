@@ -67,19 +67,20 @@ func (s *archiveSource) describe() (string, []string) {
 	return q, RawColumns
 }
 
-func (s *archiveSource) list(ctx context.Context) error {
-	if s.objects != nil {
-		return nil
+// resume lists the range's objects (once) and parses the cursor after,
+// where estimate and read start.
+func (s *archiveSource) resume(ctx context.Context, after string) (key string, line int64, err error) {
+	if s.objects == nil {
+		objs, err := rawarchive.Keys(ctx, s.c, s.bucket, s.prefix, s.spec.From, s.spec.To)
+		if err != nil {
+			return "", 0, err
+		}
+		if objs == nil {
+			objs = []rawarchive.Object{}
+		}
+		s.objects = objs
 	}
-	objs, err := rawarchive.Keys(ctx, s.c, s.bucket, s.prefix, s.spec.From, s.spec.To)
-	if err != nil {
-		return err
-	}
-	if objs == nil {
-		objs = []rawarchive.Object{}
-	}
-	s.objects = objs
-	return nil
+	return parseArchiveCursor(after)
 }
 
 func parseArchiveCursor(c string) (key string, line int64, err error) {
@@ -100,10 +101,7 @@ func parseArchiveCursor(c string) (key string, line int64, err error) {
 // estimate uses the objects' user metadata (event counts), which counts
 // every event of the hour: an upper bound.
 func (s *archiveSource) estimate(ctx context.Context, after string) (int64, error) {
-	if err := s.list(ctx); err != nil {
-		return 0, err
-	}
-	key, _, err := parseArchiveCursor(after)
+	key, _, err := s.resume(ctx, after)
 	if err != nil {
 		return 0, err
 	}
@@ -130,10 +128,7 @@ type rawHead struct {
 }
 
 func (s *archiveSource) read(ctx context.Context, after string, emit func([]RawRow, []string) error) error {
-	if err := s.list(ctx); err != nil {
-		return err
-	}
-	curKey, curLine, err := parseArchiveCursor(after)
+	curKey, curLine, err := s.resume(ctx, after)
 	if err != nil {
 		return err
 	}

@@ -60,26 +60,24 @@ func callsCursor(r *Row) string {
 	return strconv.FormatInt(r.StartTime.Truncate(time.Hour).Unix(), 10) + "/" + r.ID
 }
 
-func (s *callsSource) loadHours(ctx context.Context) error {
-	if s.hours != nil {
-		return nil
+// resume loads the range's hours (once) and parses the cursor after, where
+// estimate and read start.
+func (s *callsSource) resume(ctx context.Context, after string) (hour time.Time, id string, err error) {
+	if s.hours == nil {
+		h, err := callsdb.ExportHours(ctx, s.conn, s.db, s.filter)
+		if err != nil {
+			return time.Time{}, "", err
+		}
+		if h == nil {
+			h = []callsdb.ExportHour{} // loaded: no hour holds calls
+		}
+		s.hours = h
 	}
-	h, err := callsdb.ExportHours(ctx, s.conn, s.db, s.filter)
-	if err != nil {
-		return err
-	}
-	if h == nil {
-		h = []callsdb.ExportHour{} // loaded: no hour holds calls
-	}
-	s.hours = h
-	return nil
+	return parseCallsCursor(after)
 }
 
 func (s *callsSource) estimate(ctx context.Context, after string) (int64, error) {
-	if err := s.loadHours(ctx); err != nil {
-		return 0, err
-	}
-	ch, _, err := parseCallsCursor(after)
+	ch, _, err := s.resume(ctx, after)
 	if err != nil {
 		return 0, err
 	}
@@ -93,10 +91,7 @@ func (s *callsSource) estimate(ctx context.Context, after string) (int64, error)
 }
 
 func (s *callsSource) read(ctx context.Context, after string, emit func([]Row, []string) error) error {
-	if err := s.loadHours(ctx); err != nil {
-		return err
-	}
-	curHour, curID, err := parseCallsCursor(after)
+	curHour, curID, err := s.resume(ctx, after)
 	if err != nil {
 		return err
 	}
