@@ -149,6 +149,28 @@ func (p *Publisher) Publish(ctx context.Context, ev *schema.Event) (duplicate bo
 	return pending.Wait(ctx)
 }
 
+// PublishResult is what became of one event of PublishBatch.
+type PublishResult struct {
+	Duplicate bool // JetStream already held its id
+	Err       error
+}
+
+// PublishBatch stores evs: it sends them all, then waits for their
+// acknowledgements, so a batch costs about one round trip to JetStream
+// instead of one per event. res[i] (len(res) >= len(evs)) is what became of
+// evs[i]; an event that fails does not stop the others.
+func (p *Publisher) PublishBatch(ctx context.Context, evs []*schema.Event, res []PublishResult) {
+	pending := make([]*Pending, len(evs))
+	for i, ev := range evs {
+		pending[i], res[i].Err = p.PublishAsync(ev)
+	}
+	for i, pd := range pending {
+		if pd != nil {
+			res[i].Duplicate, res[i].Err = pd.Wait(ctx)
+		}
+	}
+}
+
 // Connected reports whether the NATS connection is up.
 func (p *Publisher) Connected() bool { return p.nc.IsConnected() }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -90,6 +91,10 @@ func BenchmarkProxyOverhead(b *testing.B) {
 	}
 }
 
+// nopPub drops events as if stored: the emitter's cost is measured by
+// BenchmarkPrepare.
 type nopPub struct{}
 
 func (nopPub) Publish(context.Context, *schema.Event) (bool, error) { return false, nil }
+
+func (nopPub) PublishBatch(context.Context, []*schema.Event, []ingest.PublishResult) {}

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/spool"
 	"github.com/callpipe/callpipe/schema"
 )
@@ -230,39 +231,60 @@ func (p *Proxy) publish(ctx context.Context, ev *schema.Event, via string) error
 	if err != nil {
 		return err
 	}
+	p.published(via, dup)
+	return nil
+}
+
+// published counts an event JetStream acknowledged, by the path it took.
+func (p *Proxy) published(via string, duplicate bool) {
 	res := "stored"
-	if dup {
+	if duplicate {
 		res = "duplicate"
 	}
 	p.m.published.WithLabelValues(via, res).Inc()
-	return nil
 }
 
 // backlog reports whether spooled events wait; new events then queue behind
 // them in the spool so that events are published oldest first.
 func (p *Proxy) backlog() bool { return p.spool != nil && p.spool.Len() > 0 }
 
-// deliver publishes a batch of queued events, spooling those it cannot, and
-// makes the spooled ones durable with one fsync.
+// deliver publishes a batch of queued events together (one round trip to
+// JetStream for the batch, not one per event), spools those it cannot, and
+// makes the spooled ones durable with one fsync. While the spool holds a
+// backlog, the batch goes behind it.
 func (p *Proxy) deliver(ctx context.Context, batch []*schema.Event) {
-	spooled := false
+	ready := make([]*schema.Event, 0, len(batch))
 	for _, ev := range batch {
-		if !p.prepare(ev) {
-			continue
+		if p.prepare(ev) {
+			ready = append(ready, ev)
 		}
-		if ctx.Err() == nil && !p.backlog() {
-			err := p.publish(ctx, ev, "direct")
-			if err == nil {
-				continue
-			}
-			if p.permanent(err) {
-				p.drop(ev, DropRejected, err)
-				continue
-			}
-			if ctx.Err() == nil {
-				p.m.publishErrors.Inc()
-				p.drops.publishFailed(err)
-			}
+	}
+	if len(ready) == 0 {
+		return
+	}
+	res := make([]ingest.PublishResult, len(ready))
+	if ctx.Err() == nil && !p.backlog() {
+		pctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
+		p.pub.PublishBatch(pctx, ready, res)
+		cancel()
+	} else {
+		for i := range res {
+			res[i].Err = errBehindBacklog
+		}
+	}
+	spooled := false
+	for i, ev := range ready {
+		switch err := res[i].Err; {
+		case err == nil:
+			p.published("direct", res[i].Duplicate)
+			continue
+		case err == errBehindBacklog:
+		case p.permanent(err):
+			p.drop(ev, DropRejected, err)
+			continue
+		case ctx.Err() == nil:
+			p.m.publishErrors.Inc()
+			p.drops.publishFailed(err)
 		}
 		if p.toSpool(ev) {
 			spooled = true
@@ -275,6 +297,10 @@ func (p *Proxy) deliver(ctx context.Context, batch []*schema.Event) {
 		p.wakeDrainer()
 	}
 }
+
+// errBehindBacklog: an event not published because the spool holds older
+// ones (or the proxy is stopping); it goes to the spool.
+var errBehindBacklog = errors.New("spool backlog")
 
 // Run publishes captured events until ctx is done or Close is called: a
 // bounded in-memory queue feeds the publisher; events it fails to take go to

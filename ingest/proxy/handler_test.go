@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -26,11 +25,6 @@ func (t cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		ContentLength: int64(len(t.body)), Body: io.NopCloser(strings.NewReader(t.body))}, nil
 }
 
-// queuePub drops events: the emitter's cost is measured by BenchmarkPrepare.
-type queuePub struct{}
-
-func (queuePub) Publish(context.Context, *schema.Event) (bool, error) { return false, nil }
-
 // BenchmarkServeHTTPEmbeddings is the proxy's own CPU and allocations on a
 // client's response path for an embeddings call: ServeHTTP up to the event
 // handed to the emitter's queue (which this benchmark drains without
@@ -42,7 +36,7 @@ func BenchmarkServeHTTPEmbeddings(b *testing.B) {
 	opts := DefaultOptions(u)
 	opts.Transport = cannedTransport{body: embeddingsJSON}
 	opts.QueueSize = 1 << 16
-	p, err := New(opts, queuePub{})
+	p, err := New(opts, nopPub{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,7 +62,7 @@ func TestHandlerQueuesTheCallAndTheEmitterBuildsItsEvent(t *testing.T) {
 	u, _ := url.Parse("http://xinference:9997")
 	opts := DefaultOptions(u)
 	opts.Transport = cannedTransport{body: embeddingsJSON}
-	p, err := New(opts, queuePub{})
+	p, err := New(opts, nopPub{})
 	if err != nil {
 		t.Fatal(err)
 	}

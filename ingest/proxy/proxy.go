@@ -70,15 +70,21 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/spool"
 	"github.com/callpipe/callpipe/internal/defaults"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/schema/capture"
 )
 
-// Publisher stores one event durably (JetStream ack) or returns an error.
+// Publisher stores events durably (JetStream ack); *ingest.Publisher is
+// one.
 type Publisher interface {
+	// Publish stores one event or returns an error.
 	Publish(ctx context.Context, ev *schema.Event) (duplicate bool, err error)
+	// PublishBatch stores several, sent together: res[i] is what became
+	// of evs[i].
+	PublishBatch(ctx context.Context, evs []*schema.Event, res []ingest.PublishResult)
 }
 
 // Headers the proxy reads or sets.

@@ -24,7 +24,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/schema"
 	"github.com/callpipe/callpipe/schema/capture"
 )
@@ -39,6 +41,9 @@ type fakePub struct {
 	attempts int
 	count    map[string]int
 	events   []*schema.Event
+	batches  []int           // sizes of PublishBatch calls
+	hold     chan struct{}   // when set, PublishBatch waits until it is closed
+	failIDs  map[string]bool // events that fail (not permanently), each once
 }
 
 func newFakePub(t testing.TB) *fakePub { return &fakePub{t: t, count: map[string]int{}} }
@@ -47,6 +52,19 @@ func (f *fakePub) setFail(v bool) {
 	f.mu.Lock()
 	f.fail = v
 	f.mu.Unlock()
+}
+
+func (f *fakePub) PublishBatch(ctx context.Context, evs []*schema.Event, res []ingest.PublishResult) {
+	f.mu.Lock()
+	f.batches = append(f.batches, len(evs))
+	hold := f.hold
+	f.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	for i, ev := range evs {
+		res[i].Duplicate, res[i].Err = f.Publish(ctx, ev)
+	}
 }
 
 func (f *fakePub) Publish(ctx context.Context, ev *schema.Event) (bool, error) {
@@ -58,6 +76,10 @@ func (f *fakePub) Publish(ctx context.Context, ev *schema.Event) (bool, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return false, err
+	}
+	if f.failIDs[ev.ID] {
+		delete(f.failIDs, ev.ID)
+		return false, errors.New("nats: timeout")
 	}
 	ev.RedactAPIKey()
 	if err := ev.Validate(); err != nil {
@@ -961,9 +983,72 @@ func TestPermanentErrorIsDroppedNotRetried(t *testing.T) {
 	}
 }
 
+// TestEmitterPublishesQueuedEventsTogether: events that queued while the
+// emitter waited for JetStream go out in one batch (one round trip), and an
+// event of a batch that fails goes to the spool alone, published from there,
+// while the others of its batch are stored directly.
+func TestEmitterPublishesQueuedEventsTogether(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.SpoolDir = t.TempDir() })
+	hold := make(chan struct{})
+	e.pub.mu.Lock()
+	e.pub.hold = hold
+	e.pub.mu.Unlock()
+	body := `{"model":"bge-m3","input":"hi"}`
+	e.post(t, "/v1/embeddings", body)
+	waitUntil(t, "the emitter holds the first event", func() bool {
+		e.pub.mu.Lock()
+		defer e.pub.mu.Unlock()
+		return len(e.pub.batches) == 1
+	})
+	var fail string
+	for i := 1; i <= 10; i++ {
+		r := e.post(t, "/v1/embeddings", body)
+		if r.status != 200 || r.id == "" {
+			t.Fatalf("call %d: status %d, event id %q", i, r.status, r.id)
+		}
+		if i == 4 {
+			fail = r.id
+		}
+	}
+	waitUntil(t, "ten events queued", func() bool { return len(e.p.queue) == 10 })
+	e.pub.mu.Lock()
+	e.pub.failIDs = map[string]bool{fail: true}
+	e.pub.hold = nil
+	e.pub.mu.Unlock()
+	close(hold)
+	e.pub.exactly(t, 11)
+	e.pub.mu.Lock()
+	batches := slices.Clone(e.pub.batches)
+	e.pub.mu.Unlock()
+	if len(batches) != 2 || batches[0] != 1 || batches[1] != 10 {
+		t.Errorf("batches published %v, want [1 10]", batches)
+	}
+	if d, s := value(e.p.m.published.WithLabelValues("direct", "stored")), value(e.p.m.published.WithLabelValues("spool", "stored")); d != 10 || s != 1 {
+		t.Errorf("published direct %v, from the spool %v; want 10 and 1", d, s)
+	}
+}
+
+// waitUntil polls cond for up to 10 s.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 type permPub struct{ err error }
 
 func (p *permPub) Publish(context.Context, *schema.Event) (bool, error) { return false, p.err }
+
+func (p *permPub) PublishBatch(_ context.Context, evs []*schema.Event, res []ingest.PublishResult) {
+	for i := range evs {
+		res[i].Err = p.err
+	}
+}
 
 // TestCloseSpoolsQueueAndRestartDrains: events queued at shutdown survive in
 // the spool and are published, in order, by the next process.
