@@ -18,26 +18,13 @@ import (
 // what hours recorded before 0007 (model_totals = 0, no such rows) still do
 // until `rollup rebuild` seals them again.
 func TestRollupModelTotals(t *testing.T) {
-	out, db := chTestDB(t)
-	conn := out.Conn()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -3)
 	to := from.AddDate(0, 0, 2)
-	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 40_000, From: from, Span: to.Sub(from), Models: 4, Users: 20, DuplicatePercent: 3, Seed: 23})
-	sealer := &callsdb.Sealer{Conn: conn, Database: db}
-	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
-		t.Fatal(err)
-	}
+	conn, db, o, sealer := sealedSynthetic(ctx, t, callsdb.SyntheticLoad{Calls: 40_000, From: from, Span: to.Sub(from), Models: 4, Users: 20, DuplicatePercent: 3, Seed: 23})
 	ny := loadZone(t, "America/New_York")
-	status := func() callsdb.RollupStatus {
-		t.Helper()
-		st, err := callsdb.Status(ctx, conn, db, callsdb.DefaultSealAfter, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	status := func() callsdb.RollupStatus { return rollupStatus(ctx, t, conn, db) }
 	if st := status(); st.WithoutModelTotals != 0 || st.SealedHours < 48 {
 		t.Fatalf("after rebuild: %d of %d hours without model totals", st.WithoutModelTotals, st.SealedHours)
 	}
@@ -116,25 +103,9 @@ SELECT toUInt8(1), toUInt8(3), toDateTime(%d, 'UTC'), 'model-marker', '', '', ''
 	}
 
 	// hours as recorded before migration 0007: no rows at by_user = 3 (the
-	// marker goes with them), model_totals = 0 (tables rewritten: 18.16 has
-	// no synchronous delete). The reads weigh every group's rows and give
-	// the same answers.
-	for _, st := range []string{
-		"CREATE TABLE {db}.rollup_old AS {db}.usage_rollup",
-		"INSERT INTO {db}.rollup_old SELECT * FROM {db}.usage_rollup WHERE by_user != 3",
-		"TRUNCATE TABLE {db}.usage_rollup",
-		"INSERT INTO {db}.usage_rollup SELECT * FROM {db}.rollup_old",
-		"DROP TABLE {db}.rollup_old",
-		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
-		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, toUInt8(0) FROM {db}.usage_seals",
-		"TRUNCATE TABLE {db}.usage_seals",
-		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
-		"DROP TABLE {db}.seals_old",
-	} {
-		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
-			t.Fatalf("%s: %v", st, err)
-		}
-	}
+	// marker goes with them), model_totals = 0. The reads weigh every
+	// group's rows and give the same answers.
+	sealsAsBefore(ctx, t, conn, db, "model_totals", 3)
 	if st := status(); st.WithoutModelTotals != st.SealedHours {
 		t.Fatalf("old layout: %d of %d hours without model totals", st.WithoutModelTotals, st.SealedHours)
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -155,6 +156,64 @@ func loadSynthetic(ctx context.Context, t *testing.T, conn driver.Conn, db strin
 	o := rollupOracle{}
 	o.loadDays(t, conn, db, load.From, load.From.Add(load.Span))
 	return o
+}
+
+// sealedSynthetic stores load's calls in a new test database and seals its
+// days as rollup rebuild does.
+func sealedSynthetic(ctx context.Context, t *testing.T, load callsdb.SyntheticLoad) (driver.Conn, string, rollupOracle, *callsdb.Sealer) {
+	t.Helper()
+	out, db := chTestDB(t)
+	conn := out.Conn()
+	o := loadSynthetic(ctx, t, conn, db, load)
+	sealer := &callsdb.Sealer{Conn: conn, Database: db}
+	if _, _, err := sealer.Rebuild(ctx, load.From, load.From.Add(load.Span), nil); err != nil {
+		t.Fatal(err)
+	}
+	return conn, db, o, sealer
+}
+
+// rollupStatus is `callpipe rollup status` of db now.
+func rollupStatus(ctx context.Context, t *testing.T, conn driver.Conn, db string) callsdb.RollupStatus {
+	t.Helper()
+	st, err := callsdb.Status(ctx, conn, db, callsdb.DefaultSealAfter, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// sealsAsBefore rewrites db's rollups as a release before the migration
+// that added usage_seals column sealColumn (0 in every record) and, when
+// level >= 0, the usage_rollup rows at by_user = level (none). Tables are
+// rewritten: 18.16 has no synchronous update or delete.
+func sealsAsBefore(ctx context.Context, t *testing.T, conn driver.Conn, db, sealColumn string, level int) {
+	t.Helper()
+	var stmts []string
+	if level >= 0 {
+		stmts = append(stmts,
+			"CREATE TABLE {db}.rollup_old AS {db}.usage_rollup",
+			fmt.Sprintf("INSERT INTO {db}.rollup_old SELECT * FROM {db}.usage_rollup WHERE by_user != %d", level),
+			"TRUNCATE TABLE {db}.usage_rollup",
+			"INSERT INTO {db}.usage_rollup SELECT * FROM {db}.rollup_old",
+			"DROP TABLE {db}.rollup_old")
+	}
+	cols := []string{"grain", "period", "version", "calls", "hour_versions", "sealed_at", "user_copy", "user_totals", "model_totals"}
+	if i := slices.Index(cols, sealColumn); i < 0 {
+		t.Fatalf("usage_seals has no column %s", sealColumn)
+	} else {
+		cols[i] = "toUInt8(0)"
+	}
+	stmts = append(stmts,
+		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
+		"INSERT INTO {db}.seals_old SELECT "+strings.Join(cols, ", ")+" FROM {db}.usage_seals",
+		"TRUNCATE TABLE {db}.usage_seals",
+		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
+		"DROP TABLE {db}.seals_old")
+	for _, st := range stmts {
+		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
+			t.Fatalf("%s: %v", st, err)
+		}
+	}
 }
 
 // checkRollupUsage compares UsageOf with the oracle for every grouping in

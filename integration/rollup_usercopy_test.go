@@ -14,25 +14,12 @@ import (
 // (seals from before it); rollup status counts the ones without, and a
 // rebuild gives them their copy.
 func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
-	out, db := chTestDB(t)
-	conn := out.Conn()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -4)
 	to := from.AddDate(0, 0, 3)
-	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 11})
-	sealer := &callsdb.Sealer{Conn: conn, Database: db}
-	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
-		t.Fatal(err)
-	}
-	status := func() callsdb.RollupStatus {
-		t.Helper()
-		st, err := callsdb.Status(ctx, conn, db, callsdb.DefaultSealAfter, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	conn, db, o, sealer := sealedSynthetic(ctx, t, callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 11})
+	status := func() callsdb.RollupStatus { return rollupStatus(ctx, t, conn, db) }
 	var copied uint64
 	if err := conn.QueryRow(ctx, "SELECT toUInt64(count()) FROM "+db+".usage_rollup_by_user").Scan(&copied); err != nil {
 		t.Fatal(err)
@@ -75,17 +62,9 @@ func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
 	check("seals with copies")
 
 	// seals as recorded before migration 0004: no copy, user_copy = 0
-	for _, st := range []string{
-		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
-		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, toUInt8(0), user_totals, model_totals FROM {db}.usage_seals",
-		"TRUNCATE TABLE {db}.usage_seals",
-		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
-		"DROP TABLE {db}.seals_old",
-		"TRUNCATE TABLE {db}.usage_rollup_by_user",
-	} {
-		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
-			t.Fatalf("%s: %v", st, err)
-		}
+	sealsAsBefore(ctx, t, conn, db, "user_copy", -1)
+	if err := conn.Exec(ctx, callsdb.WithDB("TRUNCATE TABLE {db}.usage_rollup_by_user", db)); err != nil {
+		t.Fatal(err)
 	}
 	st := status()
 	if st.WithoutUserCopy < st.SealedHours+st.SealedDays || st.SealedDays < 3 {

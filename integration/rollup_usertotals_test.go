@@ -16,17 +16,11 @@ import (
 // ranges. Days recorded before 0006 (no such rows, user_totals = 0) are read
 // at by_user = 1 and sealed again by the sealer's next pass.
 func TestRollupUserTotals(t *testing.T) {
-	out, db := chTestDB(t)
-	conn := out.Conn()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	from := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -4)
 	to := from.AddDate(0, 0, 3)
-	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 17})
-	sealer := &callsdb.Sealer{Conn: conn, Database: db}
-	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
-		t.Fatal(err)
-	}
+	conn, db, o, sealer := sealedSynthetic(ctx, t, callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 30, DuplicatePercent: 3, Seed: 17})
 	ny := loadZone(t, "America/New_York")
 
 	// levels: rows (and their calls) of the current seals per grain and by_user
@@ -74,22 +68,7 @@ GROUP BY grain, by_user`, db))
 
 	// days as recorded before migration 0006: no rows at by_user = 2,
 	// user_totals = 0 (tables rewritten: 18.16 has no synchronous delete)
-	for _, st := range []string{
-		"CREATE TABLE {db}.rollup_old AS {db}.usage_rollup",
-		"INSERT INTO {db}.rollup_old SELECT * FROM {db}.usage_rollup WHERE by_user != 2",
-		"TRUNCATE TABLE {db}.usage_rollup",
-		"INSERT INTO {db}.usage_rollup SELECT * FROM {db}.rollup_old",
-		"DROP TABLE {db}.rollup_old",
-		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
-		"INSERT INTO {db}.seals_old SELECT grain, period, version, calls, hour_versions, sealed_at, user_copy, toUInt8(0), model_totals FROM {db}.usage_seals",
-		"TRUNCATE TABLE {db}.usage_seals",
-		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
-		"DROP TABLE {db}.seals_old",
-	} {
-		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
-			t.Fatalf("%s: %v", st, err)
-		}
-	}
+	sealsAsBefore(ctx, t, conn, db, "user_totals", 2)
 	if x := levels()[[2]uint8{2, 2}]; x.rows != 0 {
 		t.Fatalf("%d day rows at by_user = 2 left", x.rows)
 	}
