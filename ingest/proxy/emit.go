@@ -370,7 +370,7 @@ func (p *Proxy) drainLoop(ctx context.Context) {
 				p.log.Error("proxy: spool sync failed", "err", err)
 			}
 		}
-		rec, err := p.spool.Peek()
+		recs, err := p.spool.PeekN(maxBatch)
 		if errors.Is(err, spool.ErrEmpty) || errors.Is(err, spool.ErrClosed) {
 			select {
 			case <-ctx.Done():
@@ -385,26 +385,18 @@ func (p *Proxy) drainLoop(ctx context.Context) {
 			backoff = min(backoff*2, p.opts.RetryMax)
 			continue
 		}
-		var ev schema.Event
-		if err := json.Unmarshal(rec, &ev); err != nil {
-			p.drop(nil, DropSpoolCorrupt, err)
-			p.ack()
-			continue
-		}
-		// Spooled by prepare, so redacted already, unless a version that
-		// applied no policy spooled it; the pass is idempotent.
-		p.opts.Capture.Event(&ev)
-		err = p.publish(ctx, &ev, "spool")
-		if err == nil || p.permanent(err) {
-			if err != nil {
-				p.drop(&ev, DropRejected, err)
+		done, err := p.drainBatch(ctx, recs)
+		if done > 0 {
+			if aerr := p.spool.AckN(done); aerr != nil {
+				p.log.Error("proxy: spool ack failed", "err", aerr)
 			}
-			p.ack()
+		}
+		if err == nil {
 			backoff = p.opts.RetryMin
 			continue
 		}
 		if ctx.Err() != nil {
-			return // the record stays for the next start
+			return // the records stay for the next start
 		}
 		p.m.publishErrors.Inc()
 		p.drops.publishFailed(err)
@@ -413,10 +405,48 @@ func (p *Proxy) drainLoop(ctx context.Context) {
 	}
 }
 
-func (p *Proxy) ack() {
-	if err := p.spool.Ack(); err != nil {
-		p.log.Error("proxy: spool ack failed", "err", err)
+// drainBatch publishes spooled records together and reports how many of
+// them, from the first, are done (stored, or dropped for good: corrupt or
+// rejected), and the error that stopped the rest. Records after a failed
+// one are published again later, even if they were stored this time:
+// JetStream deduplicates them by id.
+func (p *Proxy) drainBatch(ctx context.Context, recs [][]byte) (done int, err error) {
+	evs := make([]*schema.Event, 0, len(recs))
+	at := make([]int, len(recs))        // recs[i]'s index in evs, or -1 when corrupt
+	corrupt := make([]error, len(recs)) // why recs[i] does not decode
+	for i, rec := range recs {
+		var ev schema.Event
+		if corrupt[i] = json.Unmarshal(rec, &ev); corrupt[i] != nil {
+			at[i] = -1
+			continue
+		}
+		// Spooled by prepare, so redacted already, unless a version that
+		// applied no policy spooled it; the pass is idempotent.
+		p.opts.Capture.Event(&ev)
+		at[i] = len(evs)
+		evs = append(evs, &ev)
 	}
+	res := make([]ingest.PublishResult, len(evs))
+	if len(evs) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
+		p.pub.PublishBatch(pctx, evs, res)
+		cancel()
+	}
+	for i := range recs {
+		if at[i] < 0 {
+			p.drop(nil, DropSpoolCorrupt, corrupt[i])
+			continue
+		}
+		switch r := res[at[i]]; {
+		case r.Err == nil:
+			p.published("spool", r.Duplicate)
+		case p.permanent(r.Err):
+			p.drop(evs[at[i]], DropRejected, r.Err)
+		default:
+			return i, r.Err
+		}
+	}
+	return len(recs), nil
 }
 
 // sleep waits d, ±20%, or until ctx is done.

@@ -38,11 +38,11 @@
 //     Sync once per batch (group commit).
 //   - A segment is fsynced when it is closed for writing (rotation) and the
 //     directory is fsynced when a segment is created, in both policies.
-//   - Ack moves the cursor with one pwrite(2) and no fsync; Sync and Close
-//     fsync it. After a process crash the cursor is exact. After a power loss
-//     the cursor may be older than the last Ack, so records are delivered at
-//     least once: consumers deduplicate (the proxy's events carry unique ids that
-//     JetStream deduplicates).
+//   - Ack (AckN for a batch) moves the cursor with one pwrite(2) and no
+//     fsync; Sync and Close fsync it. After a process crash the cursor is
+//     exact. After a power loss the cursor may be older than the last Ack, so
+//     records are delivered at least once: consumers deduplicate (the proxy's
+//     events carry unique ids that JetStream deduplicates).
 //
 // # Recovery
 //
@@ -53,8 +53,8 @@
 // that no longer exists, or past the end of its segment, is clamped to the
 // oldest data that remains.
 //
-// A Spool is safe for concurrent use; Peek and Ack are meant for a single
-// consumer.
+// A Spool is safe for concurrent use; Peek, PeekN, Ack and AckN are meant
+// for a single consumer.
 package spool
 
 import (
@@ -159,11 +159,12 @@ type Spool struct {
 	total int64     // sum of segment sizes
 
 	// The cursor: the oldest unacknowledged record is at (segs[0], rOff).
-	rOff     int64
-	r        *os.File // segs[0], for reading
-	rSeq     uint64   // which segment r is open on
-	peeked   bool
-	peekNext int64
+	rOff int64
+	r    *os.File // segs[0], for reading
+	rSeq uint64   // which segment r is open on
+	// peekEnds: the offsets just past each record the last Peek or PeekN
+	// returned, in the oldest segment; empty when nothing is peeked
+	peekEnds []int64
 	count    int64
 
 	cur   *os.File
@@ -501,6 +502,20 @@ func (s *Spool) syncLocked() error {
 // Peek returns a copy of the oldest unacknowledged record, or ErrEmpty.
 // Calling Peek again without Ack returns the same record.
 func (s *Spool) Peek() ([]byte, error) {
+	recs, err := s.PeekN(1)
+	if err != nil {
+		return nil, err
+	}
+	return recs[0], nil
+}
+
+// PeekN returns copies of up to n of the oldest unacknowledged records, in
+// order (at least one), or ErrEmpty. They come from one segment: fewer than
+// n when the oldest segment ends first, or when a record after the first
+// does not read (a later call meets it first and skips it). Calling Peek or
+// PeekN again without an Ack returns the same records first; AckN(k)
+// acknowledges the first k.
+func (s *Spool) PeekN(n int) ([][]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -510,7 +525,7 @@ func (s *Spool) Peek() ([]byte, error) {
 		head := s.segs[0]
 		if s.rOff >= head.size {
 			if len(s.segs) == 1 {
-				s.peeked = false
+				s.peekEnds = s.peekEnds[:0]
 				return nil, ErrEmpty
 			}
 			if err := s.dropHead(); err != nil {
@@ -518,7 +533,7 @@ func (s *Spool) Peek() ([]byte, error) {
 			}
 			continue
 		}
-		rec, err := s.readRecord(head)
+		rec, err := s.readRecord(head, s.rOff)
 		if err != nil {
 			// Unreadable at run time (disk error or outside damage): skip the
 			// rest of this segment rather than wedge the consumer.
@@ -537,13 +552,24 @@ func (s *Spool) Peek() ([]byte, error) {
 			}
 			continue
 		}
-		s.peeked = true
-		s.peekNext = s.rOff + headerSize + int64(len(rec))
-		return rec, nil
+		recs := [][]byte{rec}
+		end := s.rOff + headerSize + int64(len(rec))
+		s.peekEnds = append(s.peekEnds[:0], end)
+		for len(recs) < n && end < head.size {
+			rec, err := s.readRecord(head, end)
+			if err != nil {
+				break
+			}
+			recs = append(recs, rec)
+			end += headerSize + int64(len(rec))
+			s.peekEnds = append(s.peekEnds, end)
+		}
+		return recs, nil
 	}
 }
 
-func (s *Spool) readRecord(head segment) ([]byte, error) {
+// readRecord reads the record at offset off of segment head.
+func (s *Spool) readRecord(head segment, off int64) ([]byte, error) {
 	if s.r == nil || s.rSeq != head.seq {
 		if s.r != nil {
 			s.r.Close()
@@ -556,15 +582,15 @@ func (s *Spool) readRecord(head segment) ([]byte, error) {
 		s.r, s.rSeq = f, head.seq
 	}
 	var hdr [headerSize]byte
-	if _, err := s.r.ReadAt(hdr[:], s.rOff); err != nil {
+	if _, err := s.r.ReadAt(hdr[:], off); err != nil {
 		return nil, err
 	}
 	n := int64(binary.LittleEndian.Uint32(hdr[0:4]))
-	if n == 0 || n > s.maxRecord() || s.rOff+headerSize+n > head.size {
+	if n == 0 || n > s.maxRecord() || off+headerSize+n > head.size {
 		return nil, fmt.Errorf("bad record length %d", n)
 	}
 	rec := make([]byte, n)
-	if _, err := s.r.ReadAt(rec, s.rOff+headerSize); err != nil {
+	if _, err := s.r.ReadAt(rec, off+headerSize); err != nil {
 		return nil, err
 	}
 	if checksum(hdr[0:4], rec) != binary.LittleEndian.Uint32(hdr[4:8]) {
@@ -594,19 +620,26 @@ func (s *Spool) dropHead() error {
 	return nil
 }
 
-// Ack removes the record returned by the last Peek.
-func (s *Spool) Ack() error {
+// Ack removes the record returned by the last Peek (the first of PeekN).
+func (s *Spool) Ack() error { return s.AckN(1) }
+
+// AckN removes the first k records the last PeekN returned (k of at most as
+// many), moving the cursor once.
+func (s *Spool) AckN(k int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return ErrClosed
 	}
-	if !s.peeked {
+	if len(s.peekEnds) == 0 {
 		return ErrNothingPeeked
 	}
-	s.peeked = false
-	s.rOff = s.peekNext
-	s.count = max(s.count-1, 0)
+	if k < 1 || k > len(s.peekEnds) {
+		return fmt.Errorf("spool: ack %d records of %d peeked", k, len(s.peekEnds))
+	}
+	s.rOff = s.peekEnds[k-1]
+	s.peekEnds = s.peekEnds[:0]
+	s.count = max(s.count-int64(k), 0)
 	if s.rOff < s.segs[0].size {
 		return s.writeCursor()
 	}

@@ -479,3 +479,90 @@ func FuzzOpenDamaged(f *testing.F) {
 		}
 	})
 }
+
+// TestPeekNAckN: PeekN returns the oldest records in order, up to n and
+// within the oldest segment; peeking again returns the same ones; AckN(k)
+// moves the cursor past the first k only, which a reopened spool (after a
+// close or a crash) resumes from; all records come out once, in order.
+func TestPeekNAckN(t *testing.T) {
+	for _, closeHow := range []string{"close", "crash"} {
+		t.Run(closeHow, func(t *testing.T) {
+			dir := t.TempDir()
+			o := Options{MaxBytes: 1 << 20, SegmentBytes: 2048}
+			s := mustOpen(t, dir, o)
+			if _, err := s.PeekN(8); !errors.Is(err, ErrEmpty) {
+				t.Fatalf("PeekN on empty: %v", err)
+			}
+			if err := s.AckN(1); !errors.Is(err, ErrNothingPeeked) {
+				t.Fatalf("AckN without PeekN: %v", err)
+			}
+			for i := range 60 {
+				if err := s.Append(rec(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			recs, err := s.PeekN(8)
+			if err != nil || len(recs) != 8 {
+				t.Fatalf("PeekN(8): %d records, %v", len(recs), err)
+			}
+			again, _ := s.PeekN(3)
+			for i := range 8 {
+				if !bytes.Equal(recs[i], rec(i)) || (i < 3 && !bytes.Equal(again[i], rec(i))) {
+					t.Fatalf("record %d = %q (again %q)", i, recs[i], again)
+				}
+			}
+			if err := s.AckN(4); err == nil {
+				t.Fatal("AckN(4) after PeekN(3) accepted")
+			}
+			recs, _ = s.PeekN(8)
+			if err := s.AckN(5); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.AckN(1); !errors.Is(err, ErrNothingPeeked) {
+				t.Fatalf("second AckN without PeekN: %v", err)
+			}
+			if s.Len() != 55 {
+				t.Fatalf("Len = %d, want 55", s.Len())
+			}
+			// a batch never crosses into the next segment
+			segRecords := 0
+			for {
+				recs, err := s.PeekN(1000)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(recs[0], rec(5+segRecords)) {
+					t.Fatalf("first of batch %q, want %q", recs[0], rec(5+segRecords))
+				}
+				if len(recs) == 1000 || len(segFiles(t, dir)) < 2 {
+					t.Fatalf("PeekN(1000) returned %d records with %d segments", len(recs), len(segFiles(t, dir)))
+				}
+				if err := s.AckN(len(recs)); err != nil {
+					t.Fatal(err)
+				}
+				segRecords += len(recs)
+				if segRecords >= 20 {
+					break
+				}
+			}
+			if closeHow == "close" {
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				crash(s)
+			}
+			s = mustOpen(t, dir, o)
+			defer s.Close()
+			got := drain(t, s)
+			if len(got) != 55-segRecords {
+				t.Fatalf("after reopen %d records, want %d", len(got), 55-segRecords)
+			}
+			for i, g := range got {
+				if !bytes.Equal(g, rec(5+segRecords+i)) {
+					t.Fatalf("record %d = %q, want %q", i, g, rec(5+segRecords+i))
+				}
+			}
+		})
+	}
+}
