@@ -95,6 +95,4 @@ func BenchmarkProxyOverhead(b *testing.B) {
 // BenchmarkPrepare.
 type nopPub struct{}
 
-func (nopPub) Publish(context.Context, *schema.Event) (bool, error) { return false, nil }
-
 func (nopPub) PublishBatch(context.Context, []*schema.Event, []ingest.PublishResult) {}

@@ -224,17 +224,6 @@ func DefaultPermanent(err error) bool {
 	return errors.As(err, &ve) || errors.Is(err, nats.ErrMaxPayload)
 }
 
-func (p *Proxy) publish(ctx context.Context, ev *schema.Event, via string) error {
-	ctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
-	defer cancel()
-	dup, err := p.pub.Publish(ctx, ev)
-	if err != nil {
-		return err
-	}
-	p.published(via, dup)
-	return nil
-}
-
 // published counts an event JetStream acknowledged, by the path it took.
 func (p *Proxy) published(via string, duplicate bool) {
 	res := "stored"

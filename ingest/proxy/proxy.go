@@ -78,12 +78,9 @@ import (
 )
 
 // Publisher stores events durably (JetStream ack); *ingest.Publisher is
-// one.
+// one. PublishBatch stores several, sent together: res[i] is what became
+// of evs[i].
 type Publisher interface {
-	// Publish stores one event or returns an error.
-	Publish(ctx context.Context, ev *schema.Event) (duplicate bool, err error)
-	// PublishBatch stores several, sent together: res[i] is what became
-	// of evs[i].
 	PublishBatch(ctx context.Context, evs []*schema.Event, res []ingest.PublishResult)
 }
 
@@ -131,7 +128,7 @@ type Options struct {
 	// Registerer receives the proxy's metrics; nil: not registered.
 	Registerer prometheus.Registerer
 
-	// PublishTimeout bounds one Publish call. Default 10s.
+	// PublishTimeout bounds one PublishBatch call. Default 10s.
 	PublishTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff between failed attempts to
 	// publish the spool's oldest event. Defaults 250ms and 30s.

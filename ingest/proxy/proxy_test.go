@@ -1058,8 +1058,6 @@ func waitUntil(t testing.TB, what string, cond func() bool) {
 
 type permPub struct{ err error }
 
-func (p *permPub) Publish(context.Context, *schema.Event) (bool, error) { return false, p.err }
-
 func (p *permPub) PublishBatch(_ context.Context, evs []*schema.Event, res []ingest.PublishResult) {
 	for i := range evs {
 		res[i].Err = p.err

@@ -33,6 +33,20 @@ func crash(s *Spool) {
 	s.closeFiles()
 }
 
+// reopen closes s ("close") or drops it as a crash would ("crash"), then
+// opens dir again.
+func reopen(t testing.TB, s *Spool, dir string, o Options, how string) *Spool {
+	t.Helper()
+	if how == "close" {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		crash(s)
+	}
+	return mustOpen(t, dir, o)
+}
+
 func drain(t testing.TB, s *Spool) [][]byte {
 	t.Helper()
 	var out [][]byte
@@ -191,14 +205,7 @@ func TestReopenResumes(t *testing.T) {
 				if r, _ := s.Peek(); !bytes.Equal(r, rec(25)) {
 					t.Fatalf("peek = %q", r)
 				}
-				if closeHow == "close" {
-					if err := s.Close(); err != nil {
-						t.Fatal(err)
-					}
-				} else {
-					crash(s)
-				}
-				s = mustOpen(t, dir, o)
+				s = reopen(t, s, dir, o, closeHow)
 				defer s.Close()
 				if s.Len() != 35 {
 					t.Fatalf("Len after reopen = %d, want 35", s.Len())
@@ -545,14 +552,7 @@ func TestPeekNAckN(t *testing.T) {
 					break
 				}
 			}
-			if closeHow == "close" {
-				if err := s.Close(); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				crash(s)
-			}
-			s = mustOpen(t, dir, o)
+			s = reopen(t, s, dir, o, closeHow)
 			defer s.Close()
 			got := drain(t, s)
 			if len(got) != 55-segRecords {
