@@ -14,14 +14,19 @@ import (
 // (Sealer.Zones) that is not a UTC day is sealed as a local day: the whole
 // UTC hours from its midnight to the next, 23, 24 or 25 of them (daylight
 // saving). Each length has a grain of its own, so two zones whose days start
-// at the same hour but differ in length never share a record.
+// at the same hour but differ in length never share a record. A week is
+// summed from its seven UTC day seals, for reads without time buckets.
 const (
 	grainHour       uint8 = 1
 	grainDay        uint8 = 2 // a UTC day
 	grainLocalDay23 uint8 = 3
 	grainLocalDay24 uint8 = 4
 	grainLocalDay25 uint8 = 5
+	grainWeek       uint8 = 6 // seven UTC days from a Thursday: Unix time rounded down to weekSeconds
 )
+
+// weekSeconds is the length of a week seal (Unix time 0 is a Thursday).
+const weekSeconds = 7 * 86400
 
 // localDayGrain is the grain of a local day of n hours.
 func localDayGrain(n int64) (uint8, bool) {
@@ -136,14 +141,14 @@ WHERE by_user = 1 AND %s`, userRollupColumns, userRollupColumns, sealRowsWhere(r
 const (
 	levelModels     uint8 = 0 // summed over users and batches: per model and source
 	levelUsers      uint8 = 1 // per model, user, source and batch
-	levelUserTotals uint8 = 2 // day seals only: levelUsers summed over sources and batches
+	levelUserTotals uint8 = 2 // day and week seals only: levelUsers summed over sources and batches
 	// hour seals only (0007): levelModels summed over sources, one row per
 	// model, with its percentile buckets weighed (latency_q, ttft_q)
 	levelModelTotals uint8 = 3
 )
 
 // sealSummedSQL writes the rows at level (levelModels for hour seals,
-// levelUserTotals for day seals) of seals refs: their levelUsers rows
+// levelUserTotals for day and week seals) of seals refs: their levelUsers rows
 // summed over users and batches, or over sources and batches.
 func sealSummedSQL(refs []sealRef, level uint8) string {
 	user, source, keys := "''", "source", "model, source"
@@ -182,10 +187,10 @@ GROUP BY grain, period, version, model`, rollupColumns, levelModelTotals,
 		weighedBucketsSQL("latency_buckets", "latency_counts"), weighedBucketsSQL("ttft_buckets", "ttft_counts"), levelModels, sealRowsWhere(refs))
 }
 
-// sealDaySQL writes the rows (levels 0 and 1) of a UTC or local day starting
-// at start, at version v, summed from the hour seals (hour start, version)
-// it lists: its hours in order.
-func sealDaySQL(grain uint8, start int64, v uint64, hours []sealRef) string {
+// sealSpanSQL writes the rows (levels 0 and 1) of a span seal at version v
+// starting at start: a UTC or local day summed from the hour seals it lists
+// (its hours in order), or a week from its seven UTC day seals.
+func sealSpanSQL(grain uint8, start int64, v uint64, parts []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
     toUInt8(%d), by_user, toDateTime(%d, 'UTC'), model, user_id, source, batch_id, toUInt64(%d),
@@ -194,9 +199,9 @@ SELECT
     toUInt64(sum(ttft_calls)),
     (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
 FROM {db}.usage_rollup
-WHERE by_user IN (%d, %d) AND grain = %d AND %s AND %s
+WHERE by_user IN (%d, %d) AND %s
 GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grain, start, v,
-		levelModels, levelUsers, grainHour, timeRangeSQL("period", start, start+int64(len(hours))*3600), sealRefsSQL(hours))
+		levelModels, levelUsers, sealRowsWhere(parts))
 }
 
 // sealRef names the rows of one seal.
@@ -300,10 +305,15 @@ func rollupQueries(sampleFrom time.Time) []string {
 		hours[i] = sealRef{Grain: grainHour, Period: day + int64(i)*3600, Version: uint64(1000 + i)}
 	}
 	gappy := []sealRef{hours[0], hours[1], hours[2], hours[7]} // two runs of hours
+	week := day - day%weekSeconds
+	days := make([]sealRef, 7)
+	for i := range days {
+		days[i] = sealRef{Grain: grainDay, Period: week + int64(i)*86400, Version: uint64(2000 + i)}
+	}
 	out := []string{
 		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealModelTotalsSQL(gappy),
 		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
-		sealDaySQL(grainDay, day, 9, hours), sealDaySQL(grainLocalDay23, day, 11, hours[:23]),
+		sealSpanSQL(grainDay, day, 9, hours), sealSpanSQL(grainLocalDay23, day, 11, hours[:23]), sealSpanSQL(grainWeek, week, 12, days),
 		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),
 		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(gappy), sealCallsQuery(gappy),
 		callHoursQuery(h, h+86400), QueryFirstCall, rollupVersionsQuery(h, h+86400),

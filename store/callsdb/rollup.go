@@ -289,30 +289,35 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 	return seals, nil
 }
 
-// sealDay writes the rows of day seal x (a UTC or local day with calls),
-// summed from hours, its totals per user over sources, its copy keyed by
-// user, then its record.
-func (s *Sealer) sealDay(ctx context.Context, x Seal, hours []Seal) error {
-	refs := make([]sealRef, len(hours))
-	for i, h := range hours {
+// sealSpan writes the rows of span seal x (a UTC or local day summed from
+// its hours, a week from its days; parts in order), its totals per user
+// over sources, its copy keyed by user, then its record.
+func (s *Sealer) sealSpan(ctx context.Context, x Seal, parts []Seal) error {
+	refs := make([]sealRef, len(parts))
+	for i, h := range parts {
 		refs[i] = h.ref()
 	}
-	if err := s.exec(ctx, sealDaySQL(x.Grain, x.Period, x.Version, refs)); err != nil {
-		return fmt.Errorf("seal day %s (%d h): %w", unixUTC(x.Period), len(hours), err)
+	what := "day"
+	if x.Grain == grainWeek {
+		what = "week"
+	}
+	if err := s.exec(ctx, sealSpanSQL(x.Grain, x.Period, x.Version, refs)); err != nil {
+		return fmt.Errorf("seal %s %s (%d parts): %w", what, unixUTC(x.Period), len(parts), err)
 	}
 	if err := s.exec(ctx, sealSummedSQL([]sealRef{x.ref()}, levelUserTotals)); err != nil {
-		return fmt.Errorf("seal day %s (%d h): sum over sources: %w", unixUTC(x.Period), len(hours), err)
+		return fmt.Errorf("seal %s %s: sum over sources: %w", what, unixUTC(x.Period), err)
 	}
 	if err := s.exec(ctx, sealUserCopySQL([]sealRef{x.ref()})); err != nil {
-		return fmt.Errorf("seal day %s (%d h): copy keyed by user: %w", unixUTC(x.Period), len(hours), err)
+		return fmt.Errorf("seal %s %s: copy keyed by user: %w", what, unixUTC(x.Period), err)
 	}
 	return s.record(ctx, x)
 }
 
-// daySeal is the record of a day summed from hours at version v.
-func daySeal(grain uint8, start int64, v uint64, hours []Seal) Seal {
-	seal := Seal{Grain: grain, Period: start, Version: v, HourVersions: make([]uint64, len(hours))}
-	for i, h := range hours {
+// spanSeal is the record of a span (day or week) summed from parts at
+// version v.
+func spanSeal(grain uint8, start int64, v uint64, parts []Seal) Seal {
+	seal := Seal{Grain: grain, Period: start, Version: v, HourVersions: make([]uint64, len(parts))}
+	for i, h := range parts {
 		seal.HourVersions[i] = h.Version
 		seal.Calls += h.Calls
 	}
@@ -362,6 +367,7 @@ type PassResult struct {
 	EmptyHours     int       // hours without calls recorded as sealed
 	Resealed       int       // dirty hours among HoursSealed
 	DaysSealed     int
+	WeeksSealed    int
 	Deleted        int // superseded seals whose rows were deleted
 	// SealedThrough: every hour before it is sealed and clean; DirtyHours
 	// are hours still read from per-call rows because late calls were
@@ -371,7 +377,7 @@ type PassResult struct {
 }
 
 // Pass seals every hour that is due and not sealed, re-seals dirty hours,
-// seals complete days, and deletes superseded seal rows past Grace.
+// seals complete days and weeks, and deletes superseded seal rows past Grace.
 func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	now := s.now()
 	due := SealableBefore(now, s.sealAfter()).Unix()
@@ -404,7 +410,8 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	}
 	lo = floorTo(lo, 86400)
 	daysFrom, daysTo := daysAround(lo, due)
-	st, err := loadSeals(ctx, s.Conn, s.Database, daysFrom, daysTo)
+	weeksFrom, weeksTo := weeksAround(daysFrom, daysTo)
+	st, err := loadSeals(ctx, s.Conn, s.Database, weeksFrom, weeksTo)
 	if err != nil {
 		return res, err
 	}
@@ -467,6 +474,9 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 		if err != nil {
 			return res, err
 		}
+		if res.WeeksSealed, err = s.sealWeeks(ctx, st, weeksFrom, due); err != nil {
+			return res, err
+		}
 	}
 	s.watermark = due
 	res.SealedThrough = unixUTC(due)
@@ -525,13 +535,13 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 		if x, _ := st.current(d.grain, d.start); !ok || st.dayCurrent(d.grain, d.start, hours) && x.UserTotals {
 			continue
 		}
-		seal := daySeal(d.grain, d.start, s.version(), hours)
+		seal := spanSeal(d.grain, d.start, s.version(), hours)
 		if seal.Calls == 0 {
 			empty = append(empty, seal)
 			st.setDay(seal)
 			continue
 		}
-		if err := s.sealDay(ctx, seal, hours); err != nil {
+		if err := s.sealSpan(ctx, seal, hours); err != nil {
 			return n, err
 		}
 		st.setDay(seal)
@@ -541,6 +551,43 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 		return n, err
 	}
 	return n + len(empty), nil
+}
+
+// sealWeeks seals every week starting in [from, to) whose seven UTC days
+// are current over clean hours and whose week seal is missing or summed
+// other day versions.
+func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
+	n := 0
+	var empty []Seal
+	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
+		days, ok := st.weekDays(w)
+		if !ok {
+			continue
+		}
+		if _, current := st.currentWeek(w); current {
+			continue
+		}
+		seal := spanSeal(grainWeek, w, s.version(), days)
+		if seal.Calls == 0 {
+			empty = append(empty, seal)
+			st.setDay(seal)
+			continue
+		}
+		if err := s.sealSpan(ctx, seal, days); err != nil {
+			return n, err
+		}
+		st.setDay(seal)
+		n++
+	}
+	if err := s.record(ctx, empty...); err != nil {
+		return n, err
+	}
+	return n + len(empty), nil
+}
+
+// weeksAround widens [from, to) to whole weeks (what sealWeeks needs loaded).
+func weeksAround(from, to int64) (int64, int64) {
+	return floorTo(from, weekSeconds), ceilTo(to, weekSeconds)
 }
 
 // daysAround is a range holding every UTC or local day (of any zone) that
@@ -571,7 +618,7 @@ func localDays(loc *time.Location, from, to int64) [][2]int64 {
 }
 
 // Rebuild re-seals every hour of [from, to) that is past the horizon, then
-// the days they complete, and reports progress after each hour. It is what
+// the days and weeks they complete, and reports progress after each hour. It is what
 // bulk loads and repairs use; it runs safely beside the clickhouse stage.
 // Hours within the horizon are left to the stage (returned as notBefore).
 func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(done, total int, h time.Time)) (sealed int, notBefore time.Time, err error) {
@@ -602,14 +649,18 @@ func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(
 		return sealed, notBefore, err
 	}
 	daysFrom, daysTo := daysAround(lo, hi)
-	st, err := loadSeals(ctx, s.Conn, s.Database, daysFrom, daysTo)
+	weeksFrom, weeksTo := weeksAround(daysFrom, daysTo)
+	st, err := loadSeals(ctx, s.Conn, s.Database, weeksFrom, weeksTo)
 	if err != nil {
 		return sealed, notBefore, err
 	}
-	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, daysFrom, daysTo); err != nil {
+	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, weeksFrom, weeksTo); err != nil {
 		return sealed, notBefore, err
 	}
 	if _, err := s.sealDays(ctx, st, daysFrom, min(daysTo, due)); err != nil {
+		return sealed, notBefore, err
+	}
+	if _, err := s.sealWeeks(ctx, st, weeksFrom, min(weeksTo, due)); err != nil {
 		return sealed, notBefore, err
 	}
 	return sealed, notBefore, nil
@@ -661,7 +712,7 @@ type Seal struct {
 	Period       int64 // Unix seconds
 	Version      uint64
 	Calls        uint64
-	HourVersions []uint64 // day seals: the versions of their hours, in order
+	HourVersions []uint64 // day seals: the versions of their hours, in order; week seals: of their days
 	// UserCopy: the seal's rows keyed by user are also in
 	// usage_rollup_by_user (seals recorded before migration 0004 are not).
 	UserCopy bool
@@ -682,6 +733,7 @@ type sealState struct {
 	hours     map[int64]Seal
 	days      map[int64]Seal   // UTC days
 	localDays map[sealKey]Seal // local days of zones (grainLocalDay*)
+	weeks     map[int64]Seal
 	dirty     map[int64]uint64 // hour -> newest mark (Unix ns)
 }
 
@@ -693,7 +745,7 @@ type sealKey struct {
 }
 
 func newSealState() *sealState {
-	return &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, localDays: map[sealKey]Seal{}, dirty: map[int64]uint64{}}
+	return &sealState{hours: map[int64]Seal{}, days: map[int64]Seal{}, localDays: map[sealKey]Seal{}, weeks: map[int64]Seal{}, dirty: map[int64]uint64{}}
 }
 
 func (st *sealState) current(grain uint8, p int64) (Seal, bool) {
@@ -704,17 +756,22 @@ func (st *sealState) current(grain uint8, p int64) (Seal, bool) {
 		x, ok = st.hours[p]
 	case grainDay:
 		x, ok = st.days[p]
+	case grainWeek:
+		x, ok = st.weeks[p]
 	default:
 		x, ok = st.localDays[sealKey{grain, p}]
 	}
 	return x, ok
 }
 
-// setDay makes x the current seal of its UTC or local day.
+// setDay makes x the current seal of its UTC or local day, or week.
 func (st *sealState) setDay(x Seal) {
-	if x.Grain == grainDay {
+	switch x.Grain {
+	case grainDay:
 		st.days[x.Period] = x
-	} else {
+	case grainWeek:
+		st.weeks[x.Period] = x
+	default:
 		st.localDays[sealKey{x.Grain, x.Period}] = x
 	}
 }
@@ -742,8 +799,32 @@ func (st *sealState) cleanHours(from, to int64) ([]Seal, bool) {
 	return hours, true
 }
 
-// dayCurrent reports whether the seal of the day (grain, start) summed
-// exactly these hour seals.
+// weekDays returns the seals of the seven UTC days of the week starting at
+// w if every one of them is current over clean hours.
+func (st *sealState) weekDays(w int64) ([]Seal, bool) {
+	days := make([]Seal, 0, 7)
+	for d := w; d < w+weekSeconds; d += 86400 {
+		hours, clean := st.cleanHours(d, d+86400)
+		if !clean || !st.dayCurrent(grainDay, d, hours) {
+			return nil, false
+		}
+		days = append(days, st.days[d])
+	}
+	return days, true
+}
+
+// currentWeek returns the seal of the week starting at w if it summed
+// exactly its days' current seals (weekDays).
+func (st *sealState) currentWeek(w int64) (Seal, bool) {
+	days, ok := st.weekDays(w)
+	if !ok || !st.dayCurrent(grainWeek, w, days) {
+		return Seal{}, false
+	}
+	return st.weeks[w], true
+}
+
+// dayCurrent reports whether the seal of the span (grain, start) summed
+// exactly these seals: a day its hours, a week its days.
 func (st *sealState) dayCurrent(grain uint8, start int64, hours []Seal) bool {
 	x, ok := st.current(grain, start)
 	if !ok || len(x.HourVersions) != len(hours) {
@@ -873,6 +954,7 @@ type RollupStatus struct {
 	LagSeconds     float64   `json:"lag_seconds"`
 	SealedHours    int       `json:"sealed_hours"`
 	SealedDays     int       `json:"sealed_days"` // UTC days
+	SealedWeeks    int       `json:"sealed_weeks"`
 	// SealedLocalDays counts the sealed days of the zones in
 	// clickhouse.rollup.zones that are not UTC days.
 	SealedLocalDays int         `json:"sealed_local_days"`
@@ -918,7 +1000,7 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	if err != nil {
 		return out, err
 	}
-	out.SealedHours, out.SealedDays, out.SealedLocalDays = len(st.hours), len(st.days), len(st.localDays)
+	out.SealedHours, out.SealedDays, out.SealedLocalDays, out.SealedWeeks = len(st.hours), len(st.days), len(st.localDays), len(st.weeks)
 	for _, m := range []map[int64]Seal{st.hours, st.days} {
 		for _, x := range m {
 			if !x.UserCopy {

@@ -82,13 +82,34 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		}
 		return false
 	}
-	// Whole local days of the read's zone with a current local day seal
-	// (Sealer.Zones) are read from it: a local day is one bucket of a day
-	// grouping, so no hours are subtracted or added. The UTC days below plan
-	// only the hours these do not cover.
+	// A read without time buckets reads whole weeks of the range from
+	// their current week seals: a week row per group instead of seven day
+	// rows. Then whole local days of the read's zone with a current local
+	// day seal (Sealer.Zones) are read from it: a local day is one bucket
+	// of a day grouping, so no hours are subtracted or added. The UTC days
+	// below plan only the hours these do not cover.
 	covered := map[int64]bool{}
+	cover := func(from, to int64) {
+		for h := from; h < to; h += 3600 {
+			covered[h] = true
+		}
+	}
+	if !bucketed {
+		for w := ceilTo(first, weekSeconds); w+weekSeconds <= last; w += weekSeconds {
+			if x, ok := st.currentWeek(w); ok {
+				p.rollup = append(p.rollup, x.ref())
+				cover(w, w+weekSeconds)
+			}
+		}
+	}
 	if s.Group.Bucket != BucketHour {
+	localDay:
 		for _, w := range localDays(loc, first, last) {
+			for h := w[0]; h < w[1]; h += 3600 {
+				if covered[h] {
+					continue localDay
+				}
+			}
 			g, _ := localDayGrain((w[1] - w[0]) / 3600)
 			hours, clean := st.cleanHours(w[0], w[1])
 			if !clean || !st.dayCurrent(g, w[0], hours) {
@@ -96,9 +117,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 			}
 			x, _ := st.current(g, w[0])
 			p.rollup = append(p.rollup, x.ref())
-			for h := w[0]; h < w[1]; h += 3600 {
-				covered[h] = true
-			}
+			cover(w[0], w[1])
 		}
 	}
 	// dayPlan: day d's hours in [first, last) read as its day row, minus
@@ -437,10 +456,13 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 // the tuple IN of sealRefsSQL picks the exact seals.
 func sealRuns(refs []sealRef, level func(grain uint8) uint8) []string {
 	var runs []string
-	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25} {
-		step := int64(3600)
-		if g != grainHour {
-			step = 86400
+	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25, grainWeek} {
+		step := int64(86400)
+		switch g {
+		case grainHour:
+			step = 3600
+		case grainWeek:
+			step = weekSeconds
 		}
 		var periods []int64
 		for _, r := range refs {
@@ -572,7 +594,8 @@ func samplePlannedUsage(from, to time.Time) []string {
 			s.SkipPercentiles = i%4 == 1
 		}
 		p := usagePlan{byUser: g.User || i%2 == 1, userCopy: i%4 == 1,
-			rollup:  []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6}},
+			rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6},
+				{Grain: grainWeek, Period: h - h%weekSeconds - weekSeconds, Version: 4}},
 			perCall: [][2]int64{{h + 3600, h + 7200}, {h + 3*3600, h + 4*3600}}}
 		if i%3 == 0 { // a day row with hours subtracted: signed sums
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}

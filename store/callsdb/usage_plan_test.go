@@ -35,6 +35,8 @@ func grainHours(g uint8) int64 {
 		return 1
 	case grainDay:
 		return 24
+	case grainWeek:
+		return 7 * 24
 	}
 	return int64(g) + 20
 }
@@ -194,7 +196,7 @@ func withLocalDays(st *sealState, loc *time.Location, from, to int64) *sealState
 		g, _ := localDayGrain((w[1] - w[0]) / 3600)
 		hours, ok := st.cleanHours(w[0], w[1])
 		if ok {
-			st.setDay(daySeal(g, w[0], 9, hours))
+			st.setDay(spanSeal(g, w[0], 9, hours))
 		}
 	}
 	return st
@@ -494,6 +496,112 @@ func TestPlanUsageUserTotals(t *testing.T) {
 	hoursOnly := UsageSpec{From: time.Unix(d0+3600, 0), To: time.Unix(d0+5*3600, 0), Group: GroupBy{User: true}}
 	if p := planUsage(hoursOnly, st, time.UTC); p.userTotals || len(p.rollup) != 4 {
 		t.Errorf("hours only: totals %v, %d seals", p.userTotals, len(p.rollup))
+	}
+}
+
+// withWeeks seals every week of [from, to) whose days st has current.
+func withWeeks(st *sealState, from, to int64) *sealState {
+	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
+		if days, ok := st.weekDays(w); ok {
+			x := spanSeal(grainWeek, w, 11, days)
+			x.UserCopy, x.UserTotals = true, true
+			st.setDay(x)
+		}
+	}
+	return st
+}
+
+func TestPlanUsageWeeks(t *testing.T) {
+	// 2026-10-29 is a Thursday: the weeks start there and on Nov 5, 12, 19, 26
+	d0 := time.Date(2026, 10, 29, 0, 0, 0, 0, time.UTC).Unix()
+	if d0%weekSeconds != 0 {
+		t.Fatalf("%s does not start a week", unixUTC(d0))
+	}
+	const days = 35
+	sealedDays := make([]int64, days)
+	for i := range sealedDays {
+		sealedDays[i] = d0 + int64(i)*86400
+	}
+	st := planState(d0, d0+days*86400, map[int64]uint64{}, sealedDays...)
+	for d, x := range st.days {
+		x.UserTotals, x.UserCopy = true, true
+		st.days[d] = x
+	}
+	for h, x := range st.hours {
+		x.UserCopy = true
+		st.hours[h] = x
+	}
+	withWeeks(st, d0, d0+days*86400)
+	ny, _ := time.LoadLocation("America/New_York")
+	withLocalDays(st, ny, d0, d0+days*86400)
+	count := func(p usagePlan) (weeks, spans, hours int) {
+		for _, r := range p.rollup {
+			switch r.Grain {
+			case grainWeek:
+				weeks++
+			case grainHour:
+				hours++
+			default:
+				spans++
+			}
+		}
+		return weeks, spans, hours
+	}
+	// 29 days from 20:00 on Nov 3: the whole weeks from Nov 5, 12 and 19,
+	// the rest (a day and 4 hours before, 6 days and 20 hours after) from
+	// days and hours
+	from, to := d0+5*86400+20*3600, d0+35*86400+20*3600-86400
+	for _, c := range []struct {
+		name  string
+		s     UsageSpec
+		loc   *time.Location
+		weeks int
+	}{
+		{"model x user", UsageSpec{Group: GroupBy{Model: true, User: true}}, time.UTC, 3},
+		{"model, New York", UsageSpec{Group: GroupBy{Model: true}, TZ: "America/New_York"}, ny, 3},
+		{"one user", UsageSpec{Filter: UsageFilter{User: "u"}}, time.UTC, 3},
+		{"by day", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}}, time.UTC, 0},
+		{"by hour", UsageSpec{Group: GroupBy{Bucket: BucketHour}}, time.UTC, 0},
+	} {
+		c.s.From, c.s.To = time.Unix(from, 0), time.Unix(to, 0)
+		p := planUsage(c.s, st, c.loc)
+		covered(t, p, from, to)
+		weeks, spans, hours := count(p)
+		if weeks != c.weeks {
+			t.Errorf("%s: %d weeks, want %d (%d days, %d hours)", c.name, weeks, c.weeks, spans, hours)
+		}
+		if c.weeks > 0 && c.loc == time.UTC && spans+hours > 8+4 {
+			t.Errorf("%s: %d days and %d hours besides the weeks", c.name, spans, hours)
+		}
+		if c.s.Filter.User != "" && !p.userCopy {
+			t.Errorf("%s: the copy sorted by user is not read", c.name)
+		}
+		if c.s.Group.User && (!p.userTotals || !strings.Contains(rollupRowsSQL(c.s, p, false), fmt.Sprintf("(by_user = %d AND grain = %d ", levelUserTotals, grainWeek))) {
+			t.Errorf("%s: week rows not read at the level summed over sources", c.name)
+		}
+	}
+	// a day of a week sealed again (its hour was): that week is not read,
+	// its other days are; after the week is sealed again it is
+	s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{User: true}}
+	day := d0 + 15*86400
+	x := st.days[day]
+	x.Version++
+	st.days[day] = x
+	p := planUsage(s, st, time.UTC)
+	covered(t, p, from, to)
+	if weeks, _, _ := count(p); weeks != 2 {
+		t.Fatalf("a stale week is read: %d weeks", weeks)
+	}
+	withWeeks(st, d0, d0+days*86400)
+	if weeks, _, _ := count(planUsage(s, st, time.UTC)); weeks != 3 {
+		t.Fatalf("the week sealed again is not read: %d weeks", weeks)
+	}
+	// a dirty hour makes its day, and so its week, unreadable
+	st.dirty[day+7*3600] = uint64(2 * time.Hour)
+	p = planUsage(s, st, time.UTC)
+	covered(t, p, from, to)
+	if weeks, _, hours := count(p); weeks != 2 || hours < 23 {
+		t.Fatalf("a week over a dirty hour: %d weeks, %d hours", weeks, hours)
 	}
 }
 
