@@ -123,7 +123,9 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	// dayPlan: day d's hours in [first, last) read as its day row, minus
 	// the hours the row holds that are out of the range or of its bucket,
 	// plus (as hour rows) those in the range in another bucket; ok when
-	// that reads fewer rows than the hours themselves.
+	// that reads fewer rows than the hours themselves. Hours sealed without
+	// calls have no rows to subtract or add (a range ending now in a day
+	// whose later hours are sealed empty stays unsigned).
 	dayPlan := func(d int64) (minus, plus []int64, ok bool) {
 		if s.Group.Bucket == BucketHour {
 			return nil, nil, false
@@ -143,6 +145,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 			}
 			switch {
 			case inRange && sameBucket(h):
+			case st.hours[h].Calls == 0: // no rows: nothing to take out of the day row or add elsewhere
 			case inRange:
 				minus, plus = append(minus, h), append(plus, h)
 			default:

@@ -16,7 +16,7 @@ func planState(from, to int64, dirty map[int64]uint64, days ...int64) *sealState
 		st.dirty = dirty
 	}
 	for h, i := from, 0; h < to; h, i = h+3600, i+1 {
-		st.hours[h] = Seal{Grain: grainHour, Period: h, Version: uint64(time.Hour) + uint64(i)}
+		st.hours[h] = Seal{Grain: grainHour, Period: h, Version: uint64(time.Hour) + uint64(i), Calls: 1}
 	}
 	for _, d := range days {
 		day := Seal{Grain: grainDay, Period: d, Version: 7}
@@ -496,6 +496,35 @@ func TestPlanUsageUserTotals(t *testing.T) {
 	hoursOnly := UsageSpec{From: time.Unix(d0+3600, 0), To: time.Unix(d0+5*3600, 0), Group: GroupBy{User: true}}
 	if p := planUsage(hoursOnly, st, time.UTC); p.userTotals || len(p.rollup) != 4 {
 		t.Errorf("hours only: totals %v, %d seals", p.userTotals, len(p.rollup))
+	}
+}
+
+// TestPlanUsageEmptyHours: hours sealed without calls have no rows, so a
+// day row over them needs nothing subtracted (the plan stays unsigned, and
+// its percentiles merge by weighing).
+func TestPlanUsageEmptyHours(t *testing.T) {
+	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	st := planState(d0, d0+86400, map[int64]uint64{}, d0)
+	for h := d0 + 20*3600; h < d0+86400; h += 3600 {
+		x := st.hours[h]
+		x.Calls = 0
+		st.hours[h] = x
+	}
+	s := UsageSpec{From: time.Unix(d0, 0), To: time.Unix(d0+20*3600, 0), Group: GroupBy{Model: true}}
+	p := planUsage(s, st, time.UTC)
+	if len(p.rollup) != 1 || p.rollup[0].Grain != grainDay || p.signed() || len(p.perCall) != 0 {
+		t.Fatalf("a day whose hours out of the range are empty: %+v, want its day row alone", p)
+	}
+	if histogramMergeOf(s, p.signed()) != mergeArray {
+		t.Fatal("percentiles of an unsigned plan are not weighed in the sums query")
+	}
+	// an hour out of the range with calls is subtracted
+	x := st.hours[d0+22*3600]
+	x.Calls = 5
+	st.hours[d0+22*3600] = x
+	p = planUsage(s, st, time.UTC)
+	if len(p.minus) != 1 || p.minus[0].Period != d0+22*3600 {
+		t.Fatalf("the out-of-range hour with calls is not subtracted: %+v", p)
 	}
 }
 
