@@ -526,8 +526,7 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 			days = append(days, day{g, w[0], w[1]})
 		}
 	}
-	n := 0
-	var empty []Seal // days without calls: records only, written together
+	var due []dueSpan
 	for _, d := range days {
 		hours, ok := st.cleanHours(d.start, d.end)
 		// a day recorded before migration 0006 (no totals per user) is
@@ -535,45 +534,45 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 		if x, _ := st.current(d.grain, d.start); !ok || st.dayCurrent(d.grain, d.start, hours) && x.UserTotals {
 			continue
 		}
-		seal := spanSeal(d.grain, d.start, s.version(), hours)
-		if seal.Calls == 0 {
-			empty = append(empty, seal)
-			st.setDay(seal)
-			continue
-		}
-		if err := s.sealSpan(ctx, seal, hours); err != nil {
-			return n, err
-		}
-		st.setDay(seal)
-		n++
+		due = append(due, dueSpan{d.grain, d.start, hours})
 	}
-	if err := s.record(ctx, empty...); err != nil {
-		return n, err
-	}
-	return n + len(empty), nil
+	return s.sealSpans(ctx, st, due)
 }
 
 // sealWeeks seals every week starting in [from, to) whose seven UTC days
 // are current over clean hours and whose week seal is missing or summed
 // other day versions.
 func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
-	n := 0
-	var empty []Seal
+	var due []dueSpan
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
 		days, ok := st.weekDays(w)
-		if !ok {
-			continue
+		if _, current := st.currentWeek(w); ok && !current {
+			due = append(due, dueSpan{grainWeek, w, days})
 		}
-		if _, current := st.currentWeek(w); current {
-			continue
-		}
-		seal := spanSeal(grainWeek, w, s.version(), days)
+	}
+	return s.sealSpans(ctx, st, due)
+}
+
+// dueSpan is a day or week to seal and the seals it sums, in order.
+type dueSpan struct {
+	grain uint8
+	start int64
+	parts []Seal
+}
+
+// sealSpans seals spans, each at a new version, and makes them current in
+// st. Spans without calls get records only, written together.
+func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) (int, error) {
+	n := 0
+	var empty []Seal
+	for _, d := range spans {
+		seal := spanSeal(d.grain, d.start, s.version(), d.parts)
 		if seal.Calls == 0 {
 			empty = append(empty, seal)
 			st.setDay(seal)
 			continue
 		}
-		if err := s.sealSpan(ctx, seal, days); err != nil {
+		if err := s.sealSpan(ctx, seal, d.parts); err != nil {
 			return n, err
 		}
 		st.setDay(seal)
