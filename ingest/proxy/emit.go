@@ -253,9 +253,7 @@ func (p *Proxy) deliver(ctx context.Context, batch []*schema.Event) {
 	}
 	res := make([]ingest.PublishResult, len(ready))
 	if ctx.Err() == nil && !p.backlog() {
-		pctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
-		p.pub.PublishBatch(pctx, ready, res)
-		cancel()
+		p.publish(ctx, ready, res)
 	} else {
 		for i := range res {
 			res[i].Err = errBehindBacklog
@@ -417,9 +415,7 @@ func (p *Proxy) drainBatch(ctx context.Context, recs [][]byte) (done int, err er
 	}
 	res := make([]ingest.PublishResult, len(evs))
 	if len(evs) > 0 {
-		pctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
-		p.pub.PublishBatch(pctx, evs, res)
-		cancel()
+		p.publish(ctx, evs, res)
 	}
 	for i := range recs {
 		if at[i] < 0 {
@@ -533,4 +529,12 @@ func (d *dropLog) publishFailed(err error) {
 	if ok, n := d.allow("publish"); ok {
 		d.log.Warn("proxy: publishing call events failed; spooling them", "err", err, "failures_since_last_log", n)
 	}
+}
+
+// publish stores evs together within PublishTimeout; res[i] is what became
+// of evs[i].
+func (p *Proxy) publish(ctx context.Context, evs []*schema.Event, res []ingest.PublishResult) {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
+	defer cancel()
+	p.pub.PublishBatch(ctx, evs, res)
 }
