@@ -63,8 +63,8 @@ func histogramBucketSQL(v string) string {
 		x, histExactBelow, e, histSubBuckets, histSubBuckets-1)
 }
 
-// histogramLevels are the levels usagePercentilesSQL passes to
-// quantilesExactWeighted so that it picks quantileExact's ranks. For n calls
+// histogramLevels are the levels weighedBucketsSQL passes to
+// quantilesExactWeightedArray so that it picks quantileExact's ranks. For n calls
 // quantileExact (and Quantiles of exact reads) take the element at index
 // floor(level*n) of the sorted values; quantilesExactWeighted takes the first
 // value whose running count reaches ceil(level'*n). The two agree when
@@ -82,7 +82,7 @@ func weighedBucketsSQL(b, c string) string {
 }
 
 // histogramQuantiles is p50/p95/p99 from the bucket indexes
-// usagePercentilesSQL returns (HistogramValue of each); zero unless there
+// weighedBucketsSQL returns (HistogramValue of each); zero unless there
 // are three.
 func histogramQuantiles(b []uint16) Quantiles {
 	if len(b) != 3 {

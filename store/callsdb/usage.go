@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/callpipe/callpipe/schema"
 )
@@ -75,36 +74,9 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	if len(plan.rollup) == 0 {
 		return usageExact(ctx, conn, db, s, plan, loc)
 	}
-	if histogramMergeOf(s, plan.signed()) != mergeWeighted {
-		out, err := usageSums(ctx, conn, db, s, plan, loc)
-		if err != nil {
-			return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
-		}
-		return out, nil
-	}
-	// the sums and the percentiles read the same seals and per-call rows,
-	// side by side
-	var out []UsageRow
-	var pct map[usageKey][2]Quantiles
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) {
-		out, err = usageSums(gctx, conn, db, s, plan, loc)
-		return err
-	})
-	g.Go(func() (err error) {
-		pct, err = usagePercentiles(gctx, conn, db, s, plan, loc)
-		return err
-	})
-	if err := g.Wait(); err != nil {
+	out, err := usageSums(ctx, conn, db, s, plan, loc)
+	if err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
-	}
-	for i := range out {
-		q := pct[out[i].key()]
-		out[i].Histogram = true
-		out[i].LatencyMS = q[0]
-		if out[i].TTFTCalls > 0 {
-			out[i].TTFTMS = q[1]
-		}
 	}
 	return out, nil
 }
@@ -167,8 +139,7 @@ func usageExact(ctx context.Context, conn driver.Conn, db string, s UsageSpec, p
 }
 
 // usageSums reads the usage of a plan with rollup rows (usageRollupSQL),
-// with the quantiles of its histograms unless they are merged by
-// usagePercentiles.
+// with the quantiles of its histograms unless s skips them.
 func usageSums(ctx context.Context, conn driver.Conn, db string, s UsageSpec, plan usagePlan, loc *time.Location) ([]UsageRow, error) {
 	rows, err := conn.Query(ctx, WithDB(usageRollupSQL(s, plan), db))
 	if err != nil {
@@ -226,30 +197,6 @@ func usageSums(ctx context.Context, conn driver.Conn, db string, s UsageSpec, pl
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sums: %w", err)
-	}
-	return out, nil
-}
-
-// usagePercentiles reads the latency and TTFT percentiles of a plan with
-// rollup rows (usagePercentilesSQL), per group.
-func usagePercentiles(ctx context.Context, conn driver.Conn, db string, s UsageSpec, plan usagePlan, loc *time.Location) (map[usageKey][2]Quantiles, error) {
-	rows, err := conn.Query(ctx, WithDB(usagePercentilesSQL(s, plan), db))
-	if err != nil {
-		return nil, fmt.Errorf("percentiles: %w", err)
-	}
-	defer rows.Close()
-	out := map[usageKey][2]Quantiles{}
-	for rows.Next() {
-		var r UsageRow
-		var lat, ttft []uint16
-		if err := rows.Scan(append(r.scanKeys(s), &lat, &ttft)...); err != nil {
-			return nil, fmt.Errorf("percentiles: %w", err)
-		}
-		settleBucket(&r, s, loc)
-		out[r.key()] = [2]Quantiles{histogramQuantiles(lat), histogramQuantiles(ttft)}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("percentiles: %w", err)
 	}
 	return out, nil
 }

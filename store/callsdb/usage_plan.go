@@ -64,126 +64,10 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		return p
 	}
 	addCalls(from, first)
-	bucketed := s.Group.Bucket != BucketNone
-	hourUsable := func(h int64) bool {
-		return st.clean(h) && (!bucketed || !splitsHour(s.Group.Bucket, loc, h))
-	}
-	// sameBucket reports whether hour h falls in the bucket of its UTC
-	// day's noon (where a day row is counted)
-	sameBucket := func(h int64) bool {
-		switch s.Group.Bucket {
-		case BucketNone:
-			return true
-		case BucketDay:
-			noon := floorTo(h, 86400) + 43200
-			y, m, d := unixUTC(h).In(loc).Date()
-			ny, nm, nd := unixUTC(noon).In(loc).Date()
-			return y == ny && m == nm && d == nd
-		}
-		return false
-	}
-	// A read without time buckets reads whole weeks of the range from
-	// their current week seals: a week row per group instead of seven day
-	// rows. Then whole local days of the read's zone with a current local
-	// day seal (Sealer.Zones) are read from it: a local day is one bucket
-	// of a day grouping, so no hours are subtracted or added. The UTC days
-	// below plan only the hours these do not cover.
-	covered := map[int64]bool{}
-	cover := func(from, to int64) {
-		for h := from; h < to; h += 3600 {
-			covered[h] = true
-		}
-	}
-	if !bucketed {
-		for w := ceilTo(first, weekSeconds); w+weekSeconds <= last; w += weekSeconds {
-			if x, ok := st.currentWeek(w); ok {
-				p.rollup = append(p.rollup, x.ref())
-				cover(w, w+weekSeconds)
-			}
-		}
-	}
-	if s.Group.Bucket != BucketHour {
-	localDay:
-		for _, w := range localDays(loc, first, last) {
-			for h := w[0]; h < w[1]; h += 3600 {
-				if covered[h] {
-					continue localDay
-				}
-			}
-			g, _ := localDayGrain((w[1] - w[0]) / 3600)
-			hours, clean := st.cleanHours(w[0], w[1])
-			if !clean || !st.dayCurrent(g, w[0], hours) {
-				continue
-			}
-			x, _ := st.current(g, w[0])
-			p.rollup = append(p.rollup, x.ref())
-			cover(w[0], w[1])
-		}
-	}
-	// A plan that subtracts hours would merge the percentiles of every
-	// user's groups by unrolling and summing (bucket, count) pairs per group
-	// (mergeWeighted): tens of seconds and gigabytes at 100 M calls, where
-	// reading the hours instead keeps the sums unsigned and the pairs are
-	// weighed in the sums query (mergeArray).
-	weighsPairs := histogramMergeOf(s, true) == mergeWeighted
-	// dayPlan: day d's hours in [first, last) read as its day row, minus
-	// the hours the row holds that are out of the range or of its bucket,
-	// plus (as hour rows) those in the range in another bucket; ok when
-	// that reads fewer rows than the hours themselves. Hours sealed without
-	// calls have no rows to subtract or add (a range ending now in a day
-	// whose later hours are sealed empty stays unsigned).
-	dayPlan := func(d int64) (minus, plus []int64, ok bool) {
-		if s.Group.Bucket == BucketHour {
-			return nil, nil, false
-		}
-		hours, clean := st.cleanHours(d, d+86400)
-		if !clean || !st.dayCurrent(grainDay, d, hours) {
-			return nil, nil, false
-		}
-		in := 0
-		for h := d; h < d+86400; h += 3600 {
-			if bucketed && splitsHour(s.Group.Bucket, loc, h) {
-				return nil, nil, false
-			}
-			inRange := h >= first && h < last && !covered[h]
-			if inRange {
-				in++
-			}
-			switch {
-			case inRange && sameBucket(h):
-			case st.hours[h].Calls == 0: // no rows: nothing to take out of the day row or add elsewhere
-			case inRange:
-				minus, plus = append(minus, h), append(plus, h)
-			default:
-				minus = append(minus, h)
-			}
-		}
-		if len(minus) > 0 && weighsPairs {
-			return nil, nil, false
-		}
-		return minus, plus, dayRowHours+len(minus)+len(plus) < in
-	}
-	for d := floorTo(first, 86400); d < last; d += 86400 {
-		if minus, plus, ok := dayPlan(d); ok {
-			p.rollup = append(p.rollup, st.days[d].ref())
-			for _, h := range minus {
-				p.minus = append(p.minus, st.hours[h].ref())
-			}
-			for _, h := range plus {
-				p.rollup = append(p.rollup, st.hours[h].ref())
-			}
-			continue
-		}
-		for h := max(d, first); h < min(d+86400, last); h += 3600 {
-			if covered[h] {
-				continue
-			}
-			if hourUsable(h) {
-				p.rollup = append(p.rollup, st.hours[h].ref())
-			} else {
-				addCalls(h, h+3600)
-			}
-		}
+	if s.Group.Bucket == BucketNone {
+		planUnbucketed(&p, st, loc, first, last, maySubtract(s), addCalls)
+	} else {
+		planBucketed(&p, s, st, loc, first, last, addCalls)
 	}
 	addCalls(last, to)
 	p.userCopy = s.Filter.User != "" && len(p.rollup) > 0
@@ -212,6 +96,194 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		}
 	}
 	return p
+}
+
+// planUnbucketed plans [first, last) (whole hours) of a read without time
+// buckets, where any tiling of the range counts every second once: the
+// cheapest path over the range's hour boundaries whose steps are a week
+// row, a UTC or local day row, a UTC day row whose hours outside the range
+// are subtracted (subtract), an hour row, or an hour read per call (not
+// clean). Costs are in hour rows: a week or day row dayRowHours, a
+// subtracted hour one (none when it holds no calls, as it has no rows).
+func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last int64, subtract bool, addCalls func(a, b int64)) {
+	type step struct {
+		from  int64
+		cost  int
+		ref   sealRef
+		minus []int64
+		calls bool // the hour at from, read per call
+	}
+	n := int((last - first) / 3600)
+	idx := func(t int64) int { return int((t - first) / 3600) }
+	best := make([]int, n+1)
+	via := make([]step, n+1)
+	for i := 1; i <= n; i++ {
+		best[i] = -1
+	}
+	relax := func(to int64, s step) {
+		j := idx(to)
+		if c := best[idx(s.from)] + s.cost; best[j] < 0 || c < best[j] {
+			best[j], via[j] = c, s
+		}
+	}
+	locals := map[int64][][2]int64{} // local days by start
+	for _, w := range localDays(loc, first, last) {
+		locals[w[0]] = append(locals[w[0]], w)
+	}
+	for t := first; t < last; t += 3600 {
+		if best[idx(t)] < 0 {
+			continue
+		}
+		if t%weekSeconds == 0 && t+weekSeconds <= last {
+			if x, ok := st.currentWeek(t); ok {
+				relax(t+weekSeconds, step{from: t, cost: dayRowHours, ref: x.ref()})
+			}
+		}
+		// day d's row for [t, end): from its midnight, or from the range's
+		// first hour inside it, to its end or the range's; hours of it
+		// outside [t, end) are subtracted
+		if d := floorTo(t, 86400); t == d || t == first {
+			hours, clean := st.cleanHours(d, d+86400)
+			if clean && st.dayCurrent(grainDay, d, hours) {
+				end := min(d+86400, last)
+				var minus []int64
+				for _, x := range hours {
+					if (x.Period < t || x.Period >= end) && x.Calls > 0 {
+						minus = append(minus, x.Period)
+					}
+				}
+				if subtract || len(minus) == 0 {
+					relax(end, step{from: t, cost: dayRowHours + len(minus), ref: st.days[d].ref(), minus: minus})
+				}
+			}
+		}
+		for _, w := range locals[t] {
+			g, _ := localDayGrain((w[1] - w[0]) / 3600)
+			if hours, clean := st.cleanHours(w[0], w[1]); clean && st.dayCurrent(g, w[0], hours) {
+				x, _ := st.current(g, w[0])
+				relax(w[1], step{from: t, cost: dayRowHours, ref: x.ref()})
+			}
+		}
+		if st.clean(t) {
+			relax(t+3600, step{from: t, cost: 1, ref: st.hours[t].ref()})
+		} else {
+			relax(t+3600, step{from: t, cost: 1, calls: true})
+		}
+	}
+	var path []step
+	for j := n; j > 0; j = idx(via[j].from) {
+		path = append(path, via[j])
+	}
+	for i := len(path) - 1; i >= 0; i-- {
+		s := path[i]
+		switch {
+		case s.calls:
+			addCalls(s.from, s.from+3600)
+		default:
+			p.rollup = append(p.rollup, s.ref)
+			for _, h := range s.minus {
+				p.minus = append(p.minus, st.hours[h].ref())
+			}
+		}
+	}
+}
+
+// planBucketed plans [first, last) (whole hours) of a read bucketed by hour
+// or day in loc: every row must fall in one bucket.
+func planBucketed(p *usagePlan, s UsageSpec, st *sealState, loc *time.Location, first, last int64, addCalls func(a, b int64)) {
+	hourUsable := func(h int64) bool {
+		return st.clean(h) && !splitsHour(s.Group.Bucket, loc, h)
+	}
+	// sameBucket reports whether hour h falls in the bucket of its UTC
+	// day's noon (where a day row is counted)
+	sameBucket := func(h int64) bool {
+		switch s.Group.Bucket {
+		case BucketDay:
+			noon := floorTo(h, 86400) + 43200
+			y, m, d := unixUTC(h).In(loc).Date()
+			ny, nm, nd := unixUTC(noon).In(loc).Date()
+			return y == ny && m == nm && d == nd
+		}
+		return false
+	}
+	// Whole local days of the read's zone with a current local day seal
+	// (Sealer.Zones) are read from it: a local day is one bucket of a day
+	// grouping, so no hours are subtracted or added. The UTC days below plan
+	// only the hours these do not cover.
+	covered := map[int64]bool{}
+	if s.Group.Bucket != BucketHour {
+		for _, w := range localDays(loc, first, last) {
+			g, _ := localDayGrain((w[1] - w[0]) / 3600)
+			hours, clean := st.cleanHours(w[0], w[1])
+			if !clean || !st.dayCurrent(g, w[0], hours) {
+				continue
+			}
+			x, _ := st.current(g, w[0])
+			p.rollup = append(p.rollup, x.ref())
+			for h := w[0]; h < w[1]; h += 3600 {
+				covered[h] = true
+			}
+		}
+	}
+	// dayPlan: day d's hours in [first, last) read as its day row, minus
+	// the hours the row holds that are out of the range or of its bucket,
+	// plus (as hour rows) those in the range in another bucket; ok when
+	// that reads fewer rows than the hours themselves. Hours sealed without
+	// calls have no rows to subtract or add (a range ending now in a day
+	// whose later hours are sealed empty stays unsigned).
+	dayPlan := func(d int64) (minus, plus []int64, ok bool) {
+		if s.Group.Bucket == BucketHour {
+			return nil, nil, false
+		}
+		hours, clean := st.cleanHours(d, d+86400)
+		if !clean || !st.dayCurrent(grainDay, d, hours) {
+			return nil, nil, false
+		}
+		in := 0
+		for h := d; h < d+86400; h += 3600 {
+			if splitsHour(s.Group.Bucket, loc, h) {
+				return nil, nil, false
+			}
+			inRange := h >= first && h < last && !covered[h]
+			if inRange {
+				in++
+			}
+			switch {
+			case inRange && sameBucket(h):
+			case st.hours[h].Calls == 0: // no rows: nothing to take out of the day row or add elsewhere
+			case inRange:
+				minus, plus = append(minus, h), append(plus, h)
+			default:
+				minus = append(minus, h)
+			}
+		}
+		if len(minus) > 0 && !maySubtract(s) {
+			return nil, nil, false
+		}
+		return minus, plus, dayRowHours+len(minus)+len(plus) < in
+	}
+	for d := floorTo(first, 86400); d < last; d += 86400 {
+		if minus, plus, ok := dayPlan(d); ok {
+			p.rollup = append(p.rollup, st.days[d].ref())
+			for _, h := range minus {
+				p.minus = append(p.minus, st.hours[h].ref())
+			}
+			for _, h := range plus {
+				p.rollup = append(p.rollup, st.hours[h].ref())
+			}
+			continue
+		}
+		for h := max(d, first); h < min(d+86400, last); h += 3600 {
+			if covered[h] {
+				continue
+			}
+			if hourUsable(h) {
+				p.rollup = append(p.rollup, st.hours[h].ref())
+			} else {
+				addCalls(h, h+3600)
+			}
+		}
+	}
 }
 
 // level is the rollup level (by_user) the plan reads rows of grain at.
@@ -305,8 +377,7 @@ func usageKeys(s UsageSpec, t, model, user, source string) (keys, order []string
 // seals and its per-call rows (rollupRowsSQL) summed per group. Columns:
 // bucket, model_key, user_key, [source_key], calls, errors, input/output/total
 // tokens, cost, then the histogram columns of its histogramMerge
-// (histogramColumnsSQL); with mergeWeighted the percentiles come from
-// usagePercentilesSQL over the same rows.
+// (histogramColumnsSQL).
 func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	keys, order := usageKeys(s, "t", "m", "u", "src")
 	having := ""
@@ -327,51 +398,17 @@ FROM
     %s
 )
 GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollupRowsSQL(s, p, sumsReadHistograms(s, p)), strings.Join(order, ", "), having, strings.Join(order, ", "))
+ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollupRowsSQL(s, p, !s.SkipPercentiles), strings.Join(order, ", "), having, strings.Join(order, ", "))
 }
 
-// usagePercentilesSQL is the latency and TTFT percentiles of a signed plan
-// (hours subtracted from day rows) per group, for mergeWeighted: each row's
-// histograms (a per-call row is a one-element histogram) are unrolled into
-// (bucket, count) pairs by ARRAY JOIN and summed per group and bucket, so
-// that only what is left counts (weights cannot be negative); then
-// quantilesExactWeighted picks the bucket holding quantileExact's rank
-// (histogramLevels). Columns: bucket, model_key, user_key, [source_key],
-// latency_q, ttft_q (bucket indexes, HistogramValue).
-func usagePercentilesSQL(s UsageSpec, p usagePlan) string {
-	keys, order := usageKeys(s, "t", "m", "u", "src")
-	q := func(cond string) string {
-		return "quantilesExactWeightedIf(" + histogramLevels + ")(hb, toUInt64(hc), " + cond + ")"
-	}
-	return fmt.Sprintf(`SELECT
-    %s,
-    %s AS latency_q,
-    %s AS ttft_q
-FROM (
-    SELECT %s, hk, hb, sum(pc) AS hc
-    FROM
-    (
-    %s
-    )
-    ARRAY JOIN
-        arrayConcat(lb, tb) AS hb,
-        arrayConcat(lc, tc) AS pc,
-        arrayConcat(arrayMap(x -> toUInt8(0), lb), arrayMap(x -> toUInt8(1), tb)) AS hk
-    GROUP BY %s, hk, hb
-    HAVING hc > 0
-)
-GROUP BY %s`, strings.Join(order, ",\n    "), q("hk = 0"), q("hk = 1"), strings.Join(keys, ", "), rollupRowsSQL(s, p, true), strings.Join(order, ", "), strings.Join(order, ", "))
-}
-
-// sumsReadHistograms reports whether the sums query of s (usageRollupSQL)
-// merges histograms itself: not without percentiles, nor where
-// usagePercentilesSQL merges them beside it.
-func sumsReadHistograms(s UsageSpec, p usagePlan) bool {
-	switch histogramMergeOf(s, p.signed()) {
-	case mergeNone, mergeWeighted:
-		return false
-	}
-	return true
+// maySubtract reports whether a plan for s may subtract hours from day
+// rows: not where it reads the percentiles of every user's groups. Signed
+// counts cannot be weighed in the sums query (mergeArray), and unrolling
+// every group's (bucket, count) pairs to sum them first took 81 s, and a
+// query killed after 2 minutes at 3 GiB, at 100 M calls; reading a partial
+// day's hours instead keeps the sums unsigned.
+func maySubtract(s UsageSpec) bool {
+	return s.SkipPercentiles || !s.Group.User || s.Filter.User != "" || s.Filter.BatchID != ""
 }
 
 // signed reports whether the plan subtracts rows (its sums are signed).
@@ -533,19 +570,14 @@ const (
 	// microsecond (an ordered map of generic values) and so does decoding
 	// arrays into Go slices in clickhouse-go.
 	mergeText
-	// mergeWeighted: groups over every user (user, model x user): thousands
-	// of groups of many rows. The text a group holds until it is done would
-	// be gigabytes at 100 M calls and sumMap takes tens of seconds;
-	// quantilesExactWeighted over the rows' (bucket, count) pairs keeps a
-	// hash map per group and returns only the three buckets
-	// (usagePercentilesSQL, a query beside the sums).
-	mergeWeighted
 	// mergeSumMap: few groups of many rows (a model's month, a day over
 	// every model): the server's sumMap sends one merged histogram per
 	// group and is as fast as the alternatives here.
 	mergeSumMap
 )
 
+// histogramMergeOf is how a read of s merges histograms, given whether its
+// plan is signed (maySubtract(s) says whether it can be).
 func histogramMergeOf(s UsageSpec, signed bool) histogramMerge {
 	switch {
 	case s.SkipPercentiles:
@@ -554,8 +586,6 @@ func histogramMergeOf(s UsageSpec, signed bool) histogramMerge {
 		return mergeArray
 	case s.Filter.User != "" || s.Filter.BatchID != "":
 		return mergeText
-	case s.Group.User:
-		return mergeWeighted
 	case s.Group.Bucket != BucketNone && (s.Group.Model || s.Filter.Model != ""):
 		return mergeText
 	}
@@ -564,7 +594,7 @@ func histogramMergeOf(s UsageSpec, signed bool) histogramMerge {
 
 // histogramColumnsSQL is the TTFT call count and the histogram columns of
 // usageRollupSQL: with mergeArray, the three quantile buckets of latency and
-// TTFT (as usagePercentilesSQL returns them); with mergeText, each group's rows' bucket and count arrays,
+// TTFT (weighedBucketsSQL); with mergeText, each group's rows' bucket and count arrays,
 // "[b,...][c,...]" per row, for histogramMerger (signed rows carry negative
 // counts); with mergeSumMap, merged by sumMap, which drops buckets whose
 // signed counts cancel out; else none.
@@ -612,7 +642,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 		if i%3 == 0 { // a day row with hours subtracted: signed sums
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
 		}
-		out = append(out, usageRollupSQL(s, p), usagePercentilesSQL(s, p))
+		out = append(out, usageRollupSQL(s, p))
 	}
 	// hours read per model with the buckets their seals weighed
 	for _, s := range []UsageSpec{

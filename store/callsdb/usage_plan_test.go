@@ -358,9 +358,9 @@ func TestLateHours(t *testing.T) {
 // query (quantilesExactWeightedArray). A plan that subtracts hours from day
 // rows cannot weigh negative counts: where each group sums few rows the
 // histograms come back as text for the Go merge; over a model's month or a
-// day of every model sumMap merges them on the server; over every user's
-// groups a second query sums each group's buckets, then weighs what is
-// left. Without percentiles none runs.
+// day of every model sumMap merges them on the server (every user's groups
+// are never signed: TestPlanUsageUnsignedPercentilesPerUser). Without
+// percentiles none runs.
 func TestHistogramMergePlace(t *testing.T) {
 	h := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
 	unsigned := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
@@ -376,9 +376,6 @@ func TestHistogramMergePlace(t *testing.T) {
 		{UsageSpec{Group: GroupBy{Model: true}, Filter: UsageFilter{BatchID: "b"}}, "text", "array"},
 		{UsageSpec{Group: GroupBy{Model: true}}, "sumMap", "array"},
 		{UsageSpec{Group: GroupBy{Bucket: BucketDay}}, "sumMap", "array"},
-		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true, User: true}}, "weighted", "array"},
-		{UsageSpec{Group: GroupBy{User: true}}, "weighted", "array"},
-		{UsageSpec{Group: GroupBy{Model: true, User: true}}, "weighted", "array"},
 		{UsageSpec{Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true}, "none", "none"},
 	} {
 		c.s.From, c.s.To = time.Unix(h, 0), time.Unix(h+3600, 0)
@@ -396,15 +393,6 @@ func TestHistogramMergePlace(t *testing.T) {
 				got = "text"
 			case strings.Contains(sql, "sumMap(lb, lc)"):
 				got = "sumMap"
-			case histogramMergeOf(c.s, pc.p.signed()) == mergeWeighted:
-				got = "weighted"
-				if p := usagePercentilesSQL(c.s, pc.p); !strings.Contains(p, "sum(pc) AS hc") || !strings.Contains(p, "HAVING hc > 0") ||
-					!strings.Contains(p, "quantilesExactWeightedIf("+histogramLevels+")(hb, toUInt64(hc), hk = 1)") {
-					t.Errorf("%+v: signed percentiles do not sum each group's buckets first, then weigh:\n%s", c.s.Group, p)
-				}
-				if strings.Contains(sql, "ARRAY JOIN") || strings.Contains(sql, "Weighted") {
-					t.Errorf("%+v: the sums query beside the weighted percentiles reads histograms:\n%s", c.s.Group, sql)
-				}
 			}
 			if got != pc.want {
 				t.Errorf("%+v %+v (signed %v): histograms merged by %s, want %s", c.s.Group, c.s.Filter, pc.p.signed(), got, pc.want)
@@ -631,7 +619,7 @@ func TestPlanUsageWeeks(t *testing.T) {
 		// day rows with hours subtracted at the last day; with percentiles
 		// per user no subtraction: that day's 20 hours
 		bound := 8 + 4
-		if histogramMergeOf(c.s, true) == mergeWeighted {
+		if !maySubtract(c.s) {
 			bound = 7 + 24
 		}
 		if c.weeks > 0 && c.loc == time.UTC && spans+hours > bound {
@@ -644,6 +632,26 @@ func TestPlanUsageWeeks(t *testing.T) {
 			t.Errorf("%s: week rows not read at the level summed over sources", c.name)
 		}
 	}
+	// a read without buckets costs the same in any zone (local days are
+	// taken only where they are cheaper than UTC days)
+	cost := func(p usagePlan) int {
+		weeks, spans, hours := count(p)
+		return dayRowHours*(weeks+spans) + hours + len(p.minus)
+	}
+	for _, r := range [][2]int64{{from, to}, {d0 + 7*86400 + 5*3600, d0 + 29*86400 + 5*3600}} {
+		utc := planUsage(UsageSpec{From: time.Unix(r[0], 0), To: time.Unix(r[1], 0), Group: GroupBy{Model: true}}, st, time.UTC)
+		nyPlan := planUsage(UsageSpec{From: time.Unix(r[0], 0), To: time.Unix(r[1], 0), Group: GroupBy{Model: true}, TZ: ny.String()}, st, ny)
+		covered(t, nyPlan, r[0], r[1])
+		if cost(nyPlan) > cost(utc) {
+			t.Errorf("range %v: New York's plan costs %d hour rows, UTC's %d", r, cost(nyPlan), cost(utc))
+		}
+	}
+	// New York's whole days: its local days, no hours subtracted
+	nyDays := planUsage(UsageSpec{From: time.Unix(d0+7*86400+5*3600, 0), To: time.Unix(d0+9*86400+5*3600, 0), TZ: ny.String()}, st, ny)
+	if _, spans, hours := count(nyDays); spans != 2 || hours != 0 || nyDays.signed() {
+		t.Errorf("two New York days: %+v", nyDays)
+	}
+
 	// a day of a week sealed again (its hour was): that week is not read,
 	// its other days are; after the week is sealed again it is
 	s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{User: true}}
