@@ -65,7 +65,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	}
 	addCalls(from, first)
 	if s.Group.Bucket == BucketNone {
-		planUnbucketed(&p, st, loc, first, last, maySubtract(s), addCalls)
+		planUnbucketed(&p, st, loc, first, last, mayTrimDays(s), addCalls)
 	} else {
 		planBucketed(&p, s, st, loc, first, last, addCalls)
 	}
@@ -257,7 +257,8 @@ func planBucketed(p *usagePlan, s UsageSpec, st *sealState, loc *time.Location, 
 				minus = append(minus, h)
 			}
 		}
-		if len(minus) > 0 && !maySubtract(s) {
+		edge := slices.ContainsFunc(minus, func(h int64) bool { return h < first || h >= last })
+		if len(minus) > 0 && !maySubtract(s) || edge && !mayTrimDays(s) {
 			return nil, nil, false
 		}
 		return minus, plus, dayRowHours+len(minus)+len(plus) < in
@@ -410,6 +411,14 @@ ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollupRo
 func maySubtract(s UsageSpec) bool {
 	return s.SkipPercentiles || !s.Group.User || s.Filter.User != "" || s.Filter.BatchID != ""
 }
+
+// mayTrimDays reports whether a day row may stand for the part of its day
+// inside the range, its other hours subtracted: only without percentiles.
+// One subtraction makes a whole read's sums signed, and its histograms are
+// then merged by sumMap or as text instead of being weighed in the sums
+// query (at 100 M calls 300-500 ms instead of 100-280 ms for 30 days by day
+// or model); the edge day's hours cost less than that.
+func mayTrimDays(s UsageSpec) bool { return s.SkipPercentiles }
 
 // signed reports whether the plan subtracts rows (its sums are signed).
 func (p usagePlan) signed() bool { return len(p.minus) > 0 }

@@ -119,7 +119,9 @@ func TestPlanUsage(t *testing.T) {
 		// no buckets: a half-hour zone only matters at the edges
 		"india-total": {UsageSpec{Group: GroupBy{User: true}, TZ: "Asia/Kolkata", SkipPercentiles: true}, kolkata, 1, 23 + 12, 1, 3},
 	} {
-		c.s.From, c.s.To = time.Unix(from, 0), time.Unix(to, 0)
+		// without percentiles: with them no day row is trimmed at the
+		// edges (TestPlanUsageUnsignedWithPercentiles)
+		c.s.From, c.s.To, c.s.SkipPercentiles = time.Unix(from, 0), time.Unix(to, 0), true
 		p := planUsage(c.s, st, c.loc)
 		covered(t, p, from, to)
 		days, hours := 0, 0
@@ -506,38 +508,52 @@ func TestPlanUsageEmptyHours(t *testing.T) {
 	if histogramMergeOf(s, p.signed()) != mergeArray {
 		t.Fatal("percentiles of an unsigned plan are not weighed in the sums query")
 	}
-	// an hour out of the range with calls is subtracted
+	// an hour out of the range with calls is subtracted (without
+	// percentiles: with them the day's hours are read instead)
 	x := st.hours[d0+22*3600]
 	x.Calls = 5
 	st.hours[d0+22*3600] = x
+	if p = planUsage(s, st, time.UTC); p.signed() || len(p.rollup) != 20 {
+		t.Fatalf("with percentiles a day row is trimmed: %+v", p)
+	}
+	s.SkipPercentiles = true
 	p = planUsage(s, st, time.UTC)
 	if len(p.minus) != 1 || p.minus[0].Period != d0+22*3600 {
 		t.Fatalf("the out-of-range hour with calls is not subtracted: %+v", p)
 	}
 }
 
-// TestPlanUsageUnsignedPercentilesPerUser: percentiles of every user's
-// groups are never read from a day row with hours subtracted (they would be
-// merged by summing pairs per group); the same read without percentiles,
-// or with one user, still subtracts where that reads fewer rows.
-func TestPlanUsageUnsignedPercentilesPerUser(t *testing.T) {
+// TestPlanUsageUnsignedWithPercentiles: a read with percentiles never
+// trims a day row at the range's edges (one subtraction would make every
+// histogram of the read merge signed); a day bucket of a zone without local
+// day seals still moves its other hours, except where every user's groups
+// are read (they could only merge by summing pairs per group). Without
+// percentiles edges are trimmed where that reads fewer rows.
+func TestPlanUsageUnsignedWithPercentiles(t *testing.T) {
 	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
-	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
-	from, to := time.Unix(d0+2*3600, 0), time.Unix(d0+3*86400-3*3600, 0)
+	st := planState(d0-86400, d0+4*86400, map[int64]uint64{}, d0-86400, d0, d0+86400, d0+2*86400, d0+3*86400)
+	ny, _ := time.LoadLocation("America/New_York")
+	ragged := [2]int64{d0 + 2*3600, d0 + 3*86400 - 3*3600}
+	nyDays := [2]int64{d0 + 5*3600, d0 + 3*86400 + 5*3600} // New York's midnights (EST)
 	for _, c := range []struct {
 		name   string
 		s      UsageSpec
+		r      [2]int64
+		loc    *time.Location
 		signed bool
 	}{
-		{"model x user with percentiles", UsageSpec{Group: GroupBy{Model: true, User: true}}, false},
-		{"user by day with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, User: true}}, false},
-		{"model x user", UsageSpec{Group: GroupBy{Model: true, User: true}, SkipPercentiles: true}, true},
-		{"one user by day with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}, Filter: UsageFilter{User: "u"}}, true},
-		{"model with percentiles", UsageSpec{Group: GroupBy{Model: true}}, true},
+		{"model x user with percentiles", UsageSpec{Group: GroupBy{Model: true, User: true}}, ragged, time.UTC, false},
+		{"user by day with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, User: true}}, ragged, time.UTC, false},
+		{"one user by day with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}, Filter: UsageFilter{User: "u"}}, ragged, time.UTC, false},
+		{"model with percentiles", UsageSpec{Group: GroupBy{Model: true}}, ragged, time.UTC, false},
+		{"model x user", UsageSpec{Group: GroupBy{Model: true, User: true}, SkipPercentiles: true}, ragged, time.UTC, true},
+		{"model", UsageSpec{Group: GroupBy{Model: true}, SkipPercentiles: true}, ragged, time.UTC, true},
+		{"New York days by model with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}, TZ: ny.String()}, nyDays, ny, true},
+		{"New York days by user with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, User: true}, TZ: ny.String()}, nyDays, ny, false},
 	} {
-		c.s.From, c.s.To = from, to
-		p := planUsage(c.s, st, time.UTC)
-		covered(t, p, from.Unix(), to.Unix())
+		c.s.From, c.s.To = time.Unix(c.r[0], 0), time.Unix(c.r[1], 0)
+		p := planUsage(c.s, st, c.loc)
+		covered(t, p, c.r[0], c.r[1])
 		if p.signed() != c.signed {
 			t.Errorf("%s: signed %v, want %v (%d minus hours)", c.name, p.signed(), c.signed, len(p.minus))
 		}
@@ -617,9 +633,9 @@ func TestPlanUsageWeeks(t *testing.T) {
 			t.Errorf("%s: %d weeks, want %d (%d days, %d hours)", c.name, weeks, c.weeks, spans, hours)
 		}
 		// day rows with hours subtracted at the last day; with percentiles
-		// per user no subtraction: that day's 20 hours
+		// no subtraction: that day's 20 hours
 		bound := 8 + 4
-		if !maySubtract(c.s) {
+		if !mayTrimDays(c.s) {
 			bound = 7 + 24
 		}
 		if c.weeks > 0 && c.loc == time.UTC && spans+hours > bound {
