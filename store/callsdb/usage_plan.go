@@ -39,8 +39,9 @@ type usagePlan struct {
 	perCall [][2]int64 // [from, to) Unix seconds, ascending, disjoint
 }
 
-// dayRowHours is what reading a day row costs in hour rows (a day's rows
-// keyed by user are about 1.6 times an hour's).
+// dayRowHours is what reading a day or week row costs in hour rows (a
+// day's rows keyed by user are about 1.6 times an hour's; a week's, once
+// every model and user has calls every day, about as many as a day's).
 const dayRowHours = 2
 
 // planUsage plans s over the seals and dirty marks in st.
