@@ -545,8 +545,7 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
 	var due []dueSpan
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
-		days, ok := st.weekDays(w)
-		if _, current := st.currentWeek(w); ok && !current {
+		if days, ok := st.weekDays(w); ok && !st.dayCurrent(grainWeek, w, days) {
 			due = append(due, dueSpan{grainWeek, w, days})
 		}
 	}

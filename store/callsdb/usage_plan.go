@@ -587,7 +587,7 @@ const (
 )
 
 // histogramMergeOf is how a read of s merges histograms, given whether its
-// plan is signed (maySubtract(s) says whether it can be).
+// plan is signed (maySubtract and mayTrimDays say where it can be).
 func histogramMergeOf(s UsageSpec, signed bool) histogramMerge {
 	switch {
 	case s.SkipPercentiles:
