@@ -59,6 +59,25 @@ func TestServeUsageAPI(t *testing.T) {
 		if err := diffMetrics(got.Totals, totals); err != nil {
 			t.Fatalf("%s totals: %v", name, err)
 		}
+		// without percentiles the totals are the rows' sums (no read of
+		// their own): the same numbers, quantiles zero
+		bareParams := url.Values{"percentiles": {"false"}}
+		for k, v := range params {
+			bareParams[k] = v
+		}
+		var bare usageapi.UsageResponse
+		apiGet(t, base, "/api/v1/usage", bareParams, "", http.StatusOK, &bare)
+		noQuantiles := func(m *usageapi.Metrics) { m.LatencyP50, m.LatencyP95, m.LatencyP99 = 0, 0, 0 }
+		for i := range want {
+			noQuantiles(&want[i].Metrics)
+		}
+		noQuantiles(&totals)
+		if err := diffUsageRows(bare.Rows, want); err != nil || bare.Percentiles != "none" {
+			t.Fatalf("%s without percentiles (%s): %v", name, bare.Percentiles, err)
+		}
+		if err := diffMetrics(bare.Totals, totals); err != nil {
+			t.Fatalf("%s totals without percentiles: %v", name, err)
+		}
 		return got
 	}
 	utc := time.UTC

@@ -111,8 +111,8 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 		Long: "bench usage bulk-loads --calls synthetic calls spread over the last --days days (--dup-percent of them stored twice,\n" +
 			"as redelivery does) into a scratch database callpipe_bench_usage_<random> of the configured ClickHouse, seals\n" +
 			"every hour of them (as `rollup rebuild` does) and reports the sealing rate, then times each usage overview shape\n" +
-			"the dashboard sends (UTC and America/New_York) and the call list's first and next page, --repeat times each,\n" +
-			"with the server's peak memory per query from system.query_log. With --live-hours the overview shapes run again\n" +
+			"the dashboard sends as the usage API answers it, rows and totals (UTC and America/New_York), and the call list's\n" +
+			"first and next page, --repeat times each, with the server's peak memory per query from system.query_log. With --live-hours the overview shapes run again\n" +
 			"with the last hours read from the per-call rows, as the hours inside the redelivery horizon are.\n" +
 			"The scratch database is dropped at the end unless --keep. Targets are reported, never enforced.",
 		Args: cobra.NoArgs,

@@ -28,7 +28,9 @@ import (
 
 // Store is what the API reads. ClickHouseStore is the real one.
 type Store interface {
-	Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, error)
+	// Usage returns the rows of s and the totals of its range and filter
+	// (nil when there are none).
+	Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, *callsdb.UsageRow, error)
 	Calls(ctx context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error)
 	Call(ctx context.Context, id string) (*callsdb.StoredCall, error)
 	Trace(ctx context.Context, id string, limit int) ([]callsdb.StoredCall, error)
@@ -42,8 +44,8 @@ type ClickHouseStore struct {
 	DB   string
 }
 
-func (c ClickHouseStore) Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, error) {
-	return callsdb.UsageOf(ctx, c.Conn, c.DB, s)
+func (c ClickHouseStore) Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, *callsdb.UsageRow, error) {
+	return callsdb.UsageWithTotals(ctx, c.Conn, c.DB, s)
 }
 
 func (c ClickHouseStore) Calls(ctx context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error) {

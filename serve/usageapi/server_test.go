@@ -21,15 +21,16 @@ import (
 // against real ClickHouse in integration/serve_api_test.go.
 type fakeStore struct {
 	usage      []callsdb.UsageSpec
+	totals     *callsdb.UsageRow // what Usage answers as the totals
 	list       []callsdb.CallListSpec
 	batchSpecs []callsdb.BatchSpec
 	batches    []callsdb.BatchSummary
 	pingErr    error
 }
 
-func (f *fakeStore) Usage(_ context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, error) {
+func (f *fakeStore) Usage(_ context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, *callsdb.UsageRow, error) {
 	f.usage = append(f.usage, s)
-	return nil, nil
+	return nil, f.totals, nil
 }
 
 func (f *fakeStore) Calls(_ context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error) {
@@ -126,9 +127,13 @@ func TestUsageDefaultsAndDates(t *testing.T) {
 		t.Errorf("%d zero-filled days, want 7", len(rows))
 	}
 	st.usage = nil
+	st.totals = &callsdb.UsageRow{Calls: 42, InputTokens: 7, Histogram: true}
 	code, body = get(t, s, "/api/v1/usage?from=2026-03-07&to=2026-03-08&tz=America/New_York&group_by=day&user=o'brien&model=m&source=batch&batch_id=b1")
 	if code != 200 {
 		t.Fatalf("%d %v", code, body)
+	}
+	if tot := body["totals"].(map[string]any); tot["calls"] != 42.0 || tot["input_tokens"] != 7.0 || body["percentiles"] != "histogram" {
+		t.Errorf("totals %v, percentiles %v: want the store's totals (42 calls, 7 input tokens) from histograms", tot, body["percentiles"])
 	}
 	ny, _ := time.LoadLocation("America/New_York")
 	got := st.usage[0]
@@ -139,8 +144,8 @@ func TestUsageDefaultsAndDates(t *testing.T) {
 	if got.Filter != (callsdb.UsageFilter{Model: "m", User: "o'brien", Source: "batch", BatchID: "b1"}) {
 		t.Errorf("filter %+v", got.Filter)
 	}
-	if len(st.usage) != 2 || st.usage[1].Group != (callsdb.GroupBy{}) || st.usage[1].Filter != got.Filter {
-		t.Errorf("totals query: %+v", st.usage)
+	if len(st.usage) != 1 {
+		t.Errorf("store asked %d times, want once (rows and totals): %+v", len(st.usage), st.usage)
 	}
 	days := []string{}
 	for _, r := range body["rows"].([]any) {

@@ -68,23 +68,16 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := s.queryContext(r)
 	defer cancel()
-	rows, err := s.store.Usage(ctx, spec)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	totalSpec := spec
-	totalSpec.Group = callsdb.GroupBy{}
-	total, err := s.store.Usage(ctx, totalSpec)
+	rows, total, err := s.store.Usage(ctx, spec)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	resp := UsageResponse{From: spec.From.In(loc), To: spec.To.In(loc), TZ: loc.String(), GroupBy: keys,
 		Rows: renderUsage(fillBuckets(rows, spec.Group, spec.From, spec.To, loc), spec.Group, loc), Percentiles: "exact"}
-	if len(total) == 1 {
-		resp.Totals = metricsOf(total[0])
-		if total[0].Histogram {
+	if total != nil {
+		resp.Totals = metricsOf(*total)
+		if total.Histogram {
 			resp.Percentiles = "histogram"
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/callpipe/callpipe/schema"
 )
@@ -52,6 +53,87 @@ func Usage(ctx context.Context, conn driver.Conn, db string, from, to time.Time,
 // from the per-call rows (exact quantiles when nothing is read from the
 // rollups).
 func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]UsageRow, error) {
+	r, err := newUsageReader(ctx, conn, db, s)
+	if err != nil {
+		return nil, err
+	}
+	return r.read(ctx, s, r.plan(s))
+}
+
+// UsageWithTotals is UsageOf(s) and the totals of its range and filter
+// (s without groups; nil when nothing is in range), what the usage API
+// answers, planned over one read of the seal records. Without percentiles
+// (or groups) the totals are the sums of the rows, as every call is in one
+// group; with them the totals' quantiles need a read of their own, which
+// runs beside the rows'.
+func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSpec) (rows []UsageRow, totals *UsageRow, err error) {
+	r, err := newUsageReader(ctx, conn, db, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	if s.SkipPercentiles || s.Group == (GroupBy{}) {
+		if rows, err = r.read(ctx, s, r.plan(s)); err != nil {
+			return nil, nil, err
+		}
+		return rows, sumUsage(rows), nil
+	}
+	t := s
+	t.Group = GroupBy{}
+	rowsPlan, totalsPlan := r.plan(s), r.plan(t)
+	var total []UsageRow
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		rows, err = r.read(gctx, s, rowsPlan)
+		return err
+	})
+	g.Go(func() (err error) {
+		total, err = r.read(gctx, t, totalsPlan)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	if len(total) == 1 {
+		totals = &total[0]
+	}
+	return rows, totals, nil
+}
+
+// sumUsage is the one row of rows summed (nil for none); its quantiles are
+// a lone row's, else zero.
+func sumUsage(rows []UsageRow) *UsageRow {
+	switch len(rows) {
+	case 0:
+		return nil
+	case 1:
+		return &UsageRow{Calls: rows[0].Calls, Errors: rows[0].Errors, InputTokens: rows[0].InputTokens, OutputTokens: rows[0].OutputTokens,
+			TotalTokens: rows[0].TotalTokens, CostUSD: rows[0].CostUSD, LatencyMS: rows[0].LatencyMS, TTFTCalls: rows[0].TTFTCalls,
+			TTFTMS: rows[0].TTFTMS, Histogram: rows[0].Histogram}
+	}
+	var t UsageRow
+	for _, r := range rows {
+		t.Calls += r.Calls
+		t.Errors += r.Errors
+		t.InputTokens += r.InputTokens
+		t.OutputTokens += r.OutputTokens
+		t.TotalTokens += r.TotalTokens
+		t.CostUSD += r.CostUSD
+		t.TTFTCalls += r.TTFTCalls
+		t.Histogram = t.Histogram || r.Histogram
+	}
+	return &t
+}
+
+// usageReader reads usage over one load of the seal records and dirty
+// marks of a range: plans of several specs of that range agree on them.
+type usageReader struct {
+	conn driver.Conn
+	db   string
+	loc  *time.Location
+	st   *sealState
+}
+
+func newUsageReader(ctx context.Context, conn driver.Conn, db string, s UsageSpec) (*usageReader, error) {
 	if !s.To.After(s.From) {
 		return nil, fmt.Errorf("clickhouse usage: empty range [%s, %s)", s.From, s.To)
 	}
@@ -70,11 +152,19 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	if st.dirty, err = loadDirty(ctx, conn, db, from, to); err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}
-	plan := planUsage(s, st, loc)
-	if len(plan.rollup) == 0 {
-		return usageExact(ctx, conn, db, s, plan, loc)
+	return &usageReader{conn: conn, db: db, loc: loc, st: st}, nil
+}
+
+// plan plans s (of the reader's range and zone) over the loaded records.
+func (r *usageReader) plan(s UsageSpec) usagePlan { return planUsage(s, r.st, r.loc) }
+
+// read runs plan p of s; it only reads the loaded records, so reads may
+// run at once.
+func (r *usageReader) read(ctx context.Context, s UsageSpec, p usagePlan) ([]UsageRow, error) {
+	if len(p.rollup) == 0 {
+		return usageExact(ctx, r.conn, r.db, s, p, r.loc)
 	}
-	out, err := usageSums(ctx, conn, db, s, plan, loc)
+	out, err := usageSums(ctx, r.conn, r.db, s, p, r.loc)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse usage %s: %w", s.Group, err)
 	}

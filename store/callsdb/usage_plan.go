@@ -189,9 +189,65 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 	}
 }
 
+// signedReadFactor is what a row of a signed plan costs against a row of
+// an unsigned one when percentiles are read: the signed plan's histograms
+// are merged by sumMap or as text, not weighed in the sums query (at 10 M
+// calls, 30 days by day and by day and model in New York: 139 and 204 ms
+// signed against 54 and 91 ms unsigned in UTC, reading 1.4 times fewer
+// rows).
+const signedReadFactor = 2
+
 // planBucketed plans [first, last) (whole hours) of a read bucketed by hour
-// or day in loc: every row must fall in one bucket.
+// or day in loc: every row must fall in one bucket. With percentiles, a
+// plan that subtracts hours from day rows is taken only when it reads
+// fewer than 1/signedReadFactor of the rows of the plan that does not.
 func planBucketed(p *usagePlan, s UsageSpec, st *sealState, loc *time.Location, first, last int64, addCalls func(a, b int64)) {
+	if s.SkipPercentiles || !maySubtract(s) {
+		tileBuckets(p, s, st, loc, first, last, maySubtract(s), addCalls)
+		return
+	}
+	type tiling struct {
+		plan  usagePlan
+		calls [][2]int64
+	}
+	tile := func(subtract bool) tiling {
+		var t tiling
+		tileBuckets(&t.plan, s, st, loc, first, last, subtract, func(a, b int64) { t.calls = append(t.calls, [2]int64{a, b}) })
+		return t
+	}
+	chosen := tile(true)
+	if chosen.plan.signed() {
+		if unsigned := tile(false); signedReadFactor*chosen.plan.cost(chosen.calls) >= unsigned.plan.cost(unsigned.calls) {
+			chosen = unsigned
+		}
+	}
+	p.rollup = append(p.rollup, chosen.plan.rollup...)
+	p.minus = append(p.minus, chosen.plan.minus...)
+	for _, r := range chosen.calls {
+		addCalls(r[0], r[1])
+	}
+}
+
+// cost is what reading a plan's rollup rows and the per-call hours calls
+// costs, in hour rows (dayRowHours a day or week row).
+func (p usagePlan) cost(calls [][2]int64) int {
+	n := len(p.minus)
+	for _, r := range p.rollup {
+		if r.Grain == grainHour {
+			n++
+		} else {
+			n += dayRowHours
+		}
+	}
+	for _, r := range calls {
+		n += int((r[1] - r[0] + 3599) / 3600)
+	}
+	return n
+}
+
+// tileBuckets is planBucketed with or without subtracting hours from day
+// rows.
+func tileBuckets(p *usagePlan, s UsageSpec, st *sealState, loc *time.Location, first, last int64, subtract bool, addCalls func(a, b int64)) {
 	hourUsable := func(h int64) bool {
 		return st.clean(h) && !splitsHour(s.Group.Bucket, loc, h)
 	}
@@ -259,7 +315,7 @@ func planBucketed(p *usagePlan, s UsageSpec, st *sealState, loc *time.Location, 
 			}
 		}
 		edge := slices.ContainsFunc(minus, func(h int64) bool { return h < first || h >= last })
-		if len(minus) > 0 && !maySubtract(s) || edge && !mayTrimDays(s) {
+		if len(minus) > 0 && !subtract || edge && !mayTrimDays(s) {
 			return nil, nil, false
 		}
 		return minus, plus, dayRowHours+len(minus)+len(plus) < in

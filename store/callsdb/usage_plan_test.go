@@ -526,15 +526,19 @@ func TestPlanUsageEmptyHours(t *testing.T) {
 // TestPlanUsageUnsignedWithPercentiles: a read with percentiles never
 // trims a day row at the range's edges (one subtraction would make every
 // histogram of the read merge signed); a day bucket of a zone without local
-// day seals still moves its other hours, except where every user's groups
-// are read (they could only merge by summing pairs per group). Without
-// percentiles edges are trimmed where that reads fewer rows.
+// day seals still moves its other hours where that reads under half the
+// rows of reading its hours (Berlin's one hour a day, not New York's five),
+// never where every user's groups are read (they could only merge by
+// summing pairs per group). Without percentiles edges are trimmed where
+// that reads fewer rows.
 func TestPlanUsageUnsignedWithPercentiles(t *testing.T) {
 	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
 	st := planState(d0-86400, d0+4*86400, map[int64]uint64{}, d0-86400, d0, d0+86400, d0+2*86400, d0+3*86400)
 	ny, _ := time.LoadLocation("America/New_York")
 	ragged := [2]int64{d0 + 2*3600, d0 + 3*86400 - 3*3600}
 	nyDays := [2]int64{d0 + 5*3600, d0 + 3*86400 + 5*3600} // New York's midnights (EST)
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	berlinDays := [2]int64{d0 - 3600, d0 + 3*86400 - 3600} // Berlin's midnights (CET)
 	for _, c := range []struct {
 		name   string
 		s      UsageSpec
@@ -548,7 +552,9 @@ func TestPlanUsageUnsignedWithPercentiles(t *testing.T) {
 		{"model with percentiles", UsageSpec{Group: GroupBy{Model: true}}, ragged, time.UTC, false},
 		{"model x user", UsageSpec{Group: GroupBy{Model: true, User: true}, SkipPercentiles: true}, ragged, time.UTC, true},
 		{"model", UsageSpec{Group: GroupBy{Model: true}, SkipPercentiles: true}, ragged, time.UTC, true},
-		{"New York days by model with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}, TZ: ny.String()}, nyDays, ny, true},
+		{"New York days by model with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}, TZ: ny.String()}, nyDays, ny, false},
+		{"New York days by model", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}, TZ: ny.String(), SkipPercentiles: true}, nyDays, ny, true},
+		{"Berlin days by model with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true}, TZ: berlin.String()}, berlinDays, berlin, true},
 		{"New York days by user with percentiles", UsageSpec{Group: GroupBy{Bucket: BucketDay, User: true}, TZ: ny.String()}, nyDays, ny, false},
 	} {
 		c.s.From, c.s.To = time.Unix(c.r[0], 0), time.Unix(c.r[1], 0)

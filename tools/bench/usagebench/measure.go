@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
@@ -252,7 +253,7 @@ func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
 	switch sh.kind {
 	case "usage":
 		var rows []callsdb.UsageRow
-		rows, err = callsdb.UsageOf(qctx, conn, r.db, sh.usage)
+		rows, _, err = callsdb.UsageWithTotals(qctx, conn, r.db, sh.usage) // as the usage API answers: rows and totals
 		x.rows = len(rows)
 	case "calls":
 		var page []callsdb.CallSummary
@@ -273,11 +274,14 @@ func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
 type taggedConn struct {
 	driver.Conn
 	run  string
+	mu   sync.Mutex // a run's reads of rows and totals run at once
 	n    int
 	last string
 }
 
 func (c *taggedConn) tag(ctx context.Context) context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.n++
 	c.last = fmt.Sprintf("%s-s%d", c.run, c.n)
 	return ch.Context(ctx, ch.WithQueryID(c.last), ch.WithSettings(ch.Settings{"log_queries": 1}))
