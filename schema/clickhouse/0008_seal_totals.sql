@@ -1,0 +1,14 @@
+-- 0008: every seal also writes its rows summed over everything, one row a
+-- seal at by_user = 4 (model, user, source and batch empty) with the
+-- p50/p95/p99 buckets of its latency and TTFT histograms weighed once
+-- (latency_q, ttft_q), and day and week seals write the rows per model of
+-- 0007 (by_user = 3) too. A read without user or source keys whose group is
+-- one such row (a sealed day of a day bucket, an hour of an hour bucket)
+-- takes its percentiles instead of weighing the group's histograms again;
+-- other groups weigh these rows' histograms, one or twelve rows a seal
+-- where by_user = 0 has one per model and source. A seal writes them before
+-- its record, which says totals = 1. Days and weeks recorded before this
+-- migration are sealed again by the clickhouse stage; hours are read at
+-- by_user = 3 or 0 until they are sealed again (`callpipe rollup rebuild`).
+-- See README.md ("Percentiles from sealed rows").
+ALTER TABLE {db}.usage_seals ADD COLUMN totals UInt8 DEFAULT 0;
