@@ -106,9 +106,9 @@ func sumUsage(rows []UsageRow) *UsageRow {
 	case 0:
 		return nil
 	case 1:
-		return &UsageRow{Calls: rows[0].Calls, Errors: rows[0].Errors, InputTokens: rows[0].InputTokens, OutputTokens: rows[0].OutputTokens,
-			TotalTokens: rows[0].TotalTokens, CostUSD: rows[0].CostUSD, LatencyMS: rows[0].LatencyMS, TTFTCalls: rows[0].TTFTCalls,
-			TTFTMS: rows[0].TTFTMS, Histogram: rows[0].Histogram}
+		t := rows[0]
+		t.Bucket, t.Model, t.UserID, t.Source = time.Time{}, "", "", ""
+		return &t
 	}
 	var t UsageRow
 	for _, r := range rows {
