@@ -124,10 +124,9 @@ func TestRollupLocalDays(t *testing.T) {
 	check("late data sealed again")
 
 	// the reads use the local day rows: a row added to New York's Nov 1
-	// seal (at the level of its rows per model, which days by model read)
-	// shows up in its day bucket
+	// seal shows up in its day bucket
 	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls)
-SELECT toUInt8(5), toUInt8(3), toDateTime('2026-11-01 04:00:00', 'UTC'), 'model-marker', '', '', '', toUInt64(%d), toUInt64(7)`, db, resealed["5@11-01T04"])); err != nil {
+SELECT toUInt8(5), toUInt8(0), toDateTime('2026-11-01 04:00:00', 'UTC'), 'model-marker', '', 'online', '', toUInt64(%d), toUInt64(7)`, db, resealed["5@11-01T04"])); err != nil {
 		t.Fatal(err)
 	}
 	rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: nyFrom, To: nyTo, TZ: ny.String(), SkipPercentiles: true,

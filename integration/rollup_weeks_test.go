@@ -63,11 +63,10 @@ func TestRollupWeeks(t *testing.T) {
 	}
 	check("weeks sealed")
 
-	// a row added to the week's seal (at the level of its rows per model,
-	// which reads by model read) is what reads without buckets read, and
-	// what reads by day do not
+	// a row added to the week's seal is what reads without buckets read,
+	// and what reads by day do not
 	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls)
-SELECT toUInt8(6), toUInt8(3), toDateTime(%d, 'UTC'), 'model-marker', '', '', '', toUInt64(%d), toUInt64(7)`, db, week.Unix(), v1)); err != nil {
+SELECT toUInt8(6), toUInt8(0), toDateTime(%d, 'UTC'), 'model-marker', '', 'online', '', toUInt64(%d), toUInt64(7)`, db, week.Unix(), v1)); err != nil {
 		t.Fatal(err)
 	}
 	marker := func(g callsdb.GroupBy) uint64 {

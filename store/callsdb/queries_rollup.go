@@ -142,13 +142,9 @@ const (
 	levelModels     uint8 = 0 // summed over users and batches: per model and source
 	levelUsers      uint8 = 1 // per model, user, source and batch
 	levelUserTotals uint8 = 2 // day and week seals only: levelUsers summed over sources and batches
-	// levelModels summed over sources, one row per model, with its
-	// percentile buckets weighed (latency_q, ttft_q): hour seals from 0007,
-	// day and week seals from 0008
+	// hour seals only (0007): levelModels summed over sources, one row per
+	// model, with its percentile buckets weighed (latency_q, ttft_q)
 	levelModelTotals uint8 = 3
-	// levelModelTotals summed over models: one row per seal, with its
-	// percentile buckets weighed (0008)
-	levelTotals uint8 = 4
 )
 
 // sealSummedSQL writes the rows at level (levelModels for hour seals,
@@ -171,21 +167,15 @@ WHERE by_user = %d AND %s
 GROUP BY grain, period, version, %s`, rollupColumns, level, user, source, levelUsers, sealRowsWhere(refs), keys)
 }
 
-// sealWeighedSQL writes the rows at level (levelModelTotals or
-// levelTotals) of seals refs: their levelModels rows summed over sources
-// (one row per model), or their levelModelTotals rows summed over models
-// (one row per seal), each with the buckets holding p50/p95/p99 of its
-// histograms, weighed as a read weighs them (histogramColumnsSQL,
-// mergeArray), so that a read whose group is one such row takes them as
-// they are.
-func sealWeighedSQL(refs []sealRef, level uint8) string {
-	model, from := "model", levelModels
-	if level == levelTotals {
-		model, from = "''", levelModelTotals
-	}
+// sealModelTotalsSQL writes the levelModelTotals rows of hour seals refs:
+// their levelModels rows summed over sources, and the buckets holding
+// p50/p95/p99 of each row's histograms, weighed as a read weighs them
+// (histogramColumnsSQL, mergeArray), so that a read whose group is one such
+// row takes them as they are.
+func sealModelTotalsSQL(refs []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s, latency_q, ttft_q)
 SELECT
-    grain, toUInt8(%d), period, %s AS m, '', '', '', version,
+    grain, toUInt8(%d), period, model, '', '', '', version,
     toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
     (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
     toUInt64(sum(ttft_calls)),
@@ -193,8 +183,8 @@ SELECT
     %s, %s
 FROM {db}.usage_rollup
 WHERE by_user = %d AND %s
-GROUP BY grain, period, version, m`, rollupColumns, level, model,
-		weighedBucketsSQL("latency_buckets", "latency_counts"), weighedBucketsSQL("ttft_buckets", "ttft_counts"), from, sealRowsWhere(refs))
+GROUP BY grain, period, version, model`, rollupColumns, levelModelTotals,
+		weighedBucketsSQL("latency_buckets", "latency_counts"), weighedBucketsSQL("ttft_buckets", "ttft_counts"), levelModels, sealRowsWhere(refs))
 }
 
 // sealSpanSQL writes the rows (levels 0 and 1) of a span seal at version v
@@ -239,14 +229,14 @@ func sealRefsSQL(refs []sealRef) string {
 }
 
 // InsertSeal records seals (batch insert), after their rows are written.
-const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, model_totals, totals)`
+const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, model_totals)`
 
 // InsertDirtyHours marks hours for re-sealing (batch insert).
 const InsertDirtyHours = `INSERT INTO {db}.usage_dirty_hours (hour, marked_at, reason)`
 
 // sealsQuery is the newest seal of every period in [from, to).
 func sealsQuery(from, to int64) string {
-	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version), argMax(model_totals, version), argMax(totals, version)
+	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version), argMax(model_totals, version)
 FROM {db}.usage_seals
 WHERE ` + timeRangeSQL("period", from, to) + `
 GROUP BY grain, period
@@ -321,7 +311,7 @@ func rollupQueries(sampleFrom time.Time) []string {
 		days[i] = sealRef{Grain: grainDay, Period: week + int64(i)*86400, Version: uint64(2000 + i)}
 	}
 	out := []string{
-		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealWeighedSQL(gappy, levelModelTotals), sealWeighedSQL(gappy, levelTotals),
+		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealModelTotalsSQL(gappy),
 		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
 		sealSpanSQL(grainDay, day, 9, hours), sealSpanSQL(grainLocalDay23, day, 11, hours[:23]), sealSpanSQL(grainWeek, week, 12, days),
 		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),

@@ -260,8 +260,8 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 	if err := s.exec(ctx, sealSummedSQL(refs, levelModels)); err != nil {
 		return nil, fmt.Errorf("%s: sum over users: %w", what, err)
 	}
-	if err := s.sealWeighed(ctx, refs); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+	if err := s.exec(ctx, sealModelTotalsSQL(refs)); err != nil {
+		return nil, fmt.Errorf("%s: sum per model: %w", what, err)
 	}
 	if err := s.exec(ctx, sealUserCopySQL(refs)); err != nil {
 		return nil, fmt.Errorf("%s: copy keyed by user: %w", what, err)
@@ -307,26 +307,10 @@ func (s *Sealer) sealSpan(ctx context.Context, x Seal, parts []Seal) error {
 	if err := s.exec(ctx, sealSummedSQL([]sealRef{x.ref()}, levelUserTotals)); err != nil {
 		return fmt.Errorf("seal %s %s: sum over sources: %w", what, unixUTC(x.Period), err)
 	}
-	if err := s.sealWeighed(ctx, []sealRef{x.ref()}); err != nil {
-		return fmt.Errorf("seal %s %s: %w", what, unixUTC(x.Period), err)
-	}
 	if err := s.exec(ctx, sealUserCopySQL([]sealRef{x.ref()})); err != nil {
 		return fmt.Errorf("seal %s %s: copy keyed by user: %w", what, unixUTC(x.Period), err)
 	}
 	return s.record(ctx, x)
-}
-
-// sealWeighed writes the rows per model and the totals of seals refs,
-// with their percentile buckets (levelModelTotals, then levelTotals from
-// those).
-func (s *Sealer) sealWeighed(ctx context.Context, refs []sealRef) error {
-	if err := s.exec(ctx, sealWeighedSQL(refs, levelModelTotals)); err != nil {
-		return fmt.Errorf("sum per model: %w", err)
-	}
-	if err := s.exec(ctx, sealWeighedSQL(refs, levelTotals)); err != nil {
-		return fmt.Errorf("sum over models: %w", err)
-	}
-	return nil
 }
 
 // spanSeal is the record of a span (day or week) summed from parts at
@@ -341,10 +325,8 @@ func spanSeal(grain uint8, start int64, v uint64, parts []Seal) Seal {
 }
 
 // record writes seal records (after their rows, the copy of those keyed by
-// user, a day's or week's totals per user, and the rows per model and the
-// totals with their percentile buckets: every seal recorded here has them,
-// so user_copy = 1, user_totals = 1 for days and weeks, model_totals = 1
-// and totals = 1).
+// user, and a day's totals per user: every seal recorded here has them, so
+// user_copy = 1, user_totals = 1 for days and model_totals = 1 for hours).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -363,11 +345,11 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if hv == nil {
 			hv = []uint64{}
 		}
-		userTotals := uint8(1)
+		userTotals, modelTotals := uint8(1), uint8(0)
 		if x.Grain == grainHour {
-			userTotals = 0
+			userTotals, modelTotals = 0, 1
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), userTotals, uint8(1), uint8(1)); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), userTotals, modelTotals); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -547,10 +529,9 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 	var due []dueSpan
 	for _, d := range days {
 		hours, ok := st.cleanHours(d.start, d.end)
-		// a day recorded before migration 0006 or 0008 (without its totals
-		// per user, or per model and in all) is sealed again, though its
-		// hours did not change
-		if x, _ := st.current(d.grain, d.start); !ok || st.dayCurrent(d.grain, d.start, hours) && x.hasEveryLevel() {
+		// a day recorded before migration 0006 (no totals per user) is
+		// sealed again, though its hours did not change
+		if x, _ := st.current(d.grain, d.start); !ok || st.dayCurrent(d.grain, d.start, hours) && x.UserTotals {
 			continue
 		}
 		due = append(due, dueSpan{d.grain, d.start, hours})
@@ -564,8 +545,7 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
 	var due []dueSpan
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
-		x, _ := st.current(grainWeek, w)
-		if days, ok := st.weekDays(w); ok && (!st.dayCurrent(grainWeek, w, days) || !x.hasEveryLevel()) {
+		if days, ok := st.weekDays(w); ok && !st.dayCurrent(grainWeek, w, days) {
 			due = append(due, dueSpan{grainWeek, w, days})
 		}
 	}
@@ -738,21 +718,11 @@ type Seal struct {
 	// sources and batches (levelUserTotals; not for days recorded before
 	// migration 0006, nor for hours).
 	UserTotals bool
-	// ModelTotals: the seal's rows are also summed per model over sources,
-	// with their percentile buckets (levelModelTotals; not for hours
-	// recorded before migration 0007, nor for days and weeks recorded
-	// before 0008).
+	// ModelTotals: an hour seal's rows are also summed per model over
+	// sources, with their percentile buckets (levelModelTotals; not for
+	// hours recorded before migration 0007, nor for days).
 	ModelTotals bool
-	// Totals: the seal's rows are also summed over everything, one row with
-	// its percentile buckets (levelTotals; not for seals recorded before
-	// migration 0008).
-	Totals bool
 }
-
-// hasEveryLevel reports whether a day or week seal has the rows of every
-// level a seal of this build writes (days and weeks recorded before
-// migrations 0006 and 0008 are sealed again for them).
-func (x Seal) hasEveryLevel() bool { return x.UserTotals && x.ModelTotals && x.Totals }
 
 func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, Version: x.Version} }
 
@@ -870,11 +840,11 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 	st := newSealState()
 	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
-		var userCopy, userTotals, modelTotals, totals uint8
-		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals, &modelTotals, &totals); err != nil {
+		var userCopy, userTotals, modelTotals uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals, &modelTotals); err != nil {
 			return err
 		}
-		x.UserCopy, x.UserTotals, x.ModelTotals, x.Totals = userCopy == 1, userTotals == 1, modelTotals == 1, totals == 1
+		x.UserCopy, x.UserTotals, x.ModelTotals = userCopy == 1, userTotals == 1, modelTotals == 1
 		if x.Grain == grainHour {
 			st.hours[x.Period] = x
 		} else {
@@ -995,13 +965,8 @@ type RollupStatus struct {
 	// WithoutModelTotals counts current hour seals recorded before
 	// migration 0007, without their rows per model: reads per hour and
 	// model over them weigh every group's histograms until `rollup rebuild`.
-	WithoutModelTotals int `json:"hours_without_model_totals"`
-	// WithoutTotals counts current hour seals recorded before migration
-	// 0008, without their totals row: reads without model or user keys over
-	// them weigh every model's histograms until `rollup rebuild` (days and
-	// weeks are sealed again by the clickhouse stage).
-	WithoutTotals int        `json:"hours_without_totals"`
-	FirstCall     *time.Time `json:"first_call,omitempty"`
+	WithoutModelTotals int        `json:"hours_without_model_totals"`
+	FirstCall          *time.Time `json:"first_call,omitempty"`
 }
 
 // Status reads the seals, the dirty marks and the hours holding calls.
@@ -1044,9 +1009,6 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	for _, x := range st.hours {
 		if !x.ModelTotals {
 			out.WithoutModelTotals++
-		}
-		if !x.Totals {
-			out.WithoutTotals++
 		}
 	}
 	pending := due

@@ -23,9 +23,6 @@ func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
 	if st.WithoutUserCopy > 0 {
 		fmt.Fprintf(w, "without user copy %d seals (sealed before migration 0004: run `callpipe rollup rebuild` over them for fast user filters)\n", st.WithoutUserCopy)
 	}
-	if st.WithoutTotals > 0 {
-		fmt.Fprintf(w, "without totals %d hours (sealed before migration 0008: run `callpipe rollup rebuild` over them for fast percentiles of totals and days)\n", st.WithoutTotals)
-	}
 	if st.WithoutModelTotals > 0 {
 		fmt.Fprintf(w, "without model totals %d hours (sealed before migration 0007: run `callpipe rollup rebuild` over them for fast percentiles per hour and model)\n", st.WithoutModelTotals)
 	}

@@ -24,19 +24,13 @@ type usagePlan struct {
 	// them (levelUserTotals): day rows are read at that level, about half
 	// the rows of levelUsers; hour rows stay at levelUsers
 	userTotals bool
-	// modelTotals: the read is keyed or filtered by model, not by user,
-	// source or batch, and every seal read has its rows summed per model
-	// (levelModelTotals): rows are read at that level. totals: the same
-	// without model keys or filter, every seal read has its totals row
-	// (levelTotals)
-	modelTotals, totals bool
-	// alone: seals of rollup whose rows are the only rows of their groups
-	// (a sealed hour of an hour bucket, a sealed day of a day bucket) when
-	// percentiles are read at levelModelTotals or levelTotals: a group's
-	// percentiles are then the buckets its row's seal weighed, and its
-	// histograms are not read
-	alone  []sealRef
-	rollup []sealRef // seals whose rows are added
+	// modelTotals: each group is one hour of one model (hour buckets keyed
+	// or filtered by model, no user, source or batch) and every seal read
+	// has its rows summed per model (levelModelTotals): hour rows are read
+	// at that level, and a sealed group's percentiles are the buckets
+	// weighed when it was sealed
+	modelTotals bool
+	rollup      []sealRef // seals whose rows are added
 	// minus: hour seals whose rows are subtracted from their UTC day's row
 	// (in the bucket of the day's noon): a day row stands for the hours of
 	// its day that are in the range and in the noon's bucket once these are
@@ -95,57 +89,14 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		}
 	}
 	p.userTotals = p.userTotals && days > 0
-	weighed := !p.byUser && !s.Group.Source && s.Filter.Source == "" && len(p.rollup) > 0
-	perModel := s.Group.Model || s.Filter.Model != ""
-	p.modelTotals, p.totals = weighed && perModel, weighed && !perModel
-	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
-		x, _ := st.current(r.Grain, r.Period)
-		p.modelTotals = p.modelTotals && x.ModelTotals
-		p.totals = p.totals && x.Totals
-	}
-	if p.sealedQuantiles() && !s.SkipPercentiles {
-		p.alone = aloneSeals(p, s.Group.Bucket, loc)
+	p.modelTotals = !p.byUser && s.Group.Bucket == BucketHour && (s.Group.Model || s.Filter.Model != "") &&
+		!s.Group.Source && s.Filter.Source == "" && len(p.rollup) > 0
+	for _, r := range p.rollup {
+		if x, _ := st.current(r.Grain, r.Period); r.Grain != grainHour || !x.ModelTotals {
+			p.modelTotals = false
+		}
 	}
 	return p
-}
-
-// aloneSeals are the seals of p's rollup whose bucket holds no other rows
-// (no other seal and no per-call time): at levelModelTotals and
-// levelTotals a seal has one row per group of its bucket, so such a row is
-// its group.
-func aloneSeals(p usagePlan, b Bucket, loc *time.Location) []sealRef {
-	bucket := func(t int64) int64 {
-		if b == BucketNone {
-			return 0
-		}
-		y, m, d := unixUTC(t).In(loc).Date()
-		if b == BucketHour {
-			return time.Date(y, m, d, unixUTC(t).In(loc).Hour(), 0, 0, 0, loc).Unix()
-		}
-		return time.Date(y, m, d, 0, 0, 0, 0, loc).Unix()
-	}
-	rows := map[int64]int{}
-	at := make([]int64, len(p.rollup))
-	for i, r := range p.rollup {
-		t := r.Period // a span's rows count at its noon (rollupRowsSQL)
-		if r.Grain != grainHour {
-			t += 43200
-		}
-		at[i] = bucket(t)
-		rows[at[i]]++
-	}
-	for _, c := range p.perCall {
-		for t := c[0]; t < c[1]; t = floorTo(t, 900) + 900 { // every quarter hour: zones' buckets start on them
-			rows[bucket(t)]++
-		}
-	}
-	var out []sealRef
-	for i, r := range p.rollup {
-		if rows[at[i]] == 1 {
-			out = append(out, r)
-		}
-	}
-	return out
 }
 
 // planUnbucketed plans [first, last) (whole hours) of a read without time
@@ -396,10 +347,8 @@ func tileBuckets(p *usagePlan, s UsageSpec, st *sealState, loc *time.Location, f
 // level is the rollup level (by_user) the plan reads rows of grain at.
 func (p usagePlan) level(grain uint8) uint8 {
 	switch {
-	case p.modelTotals:
+	case p.modelTotals && grain == grainHour:
 		return levelModelTotals
-	case p.totals:
-		return levelTotals
 	case !p.byUser:
 		return levelModels
 	case p.userTotals && grain != grainHour:
@@ -531,12 +480,6 @@ func mayTrimDays(s UsageSpec) bool { return s.SkipPercentiles }
 // signed reports whether the plan subtracts rows (its sums are signed).
 func (p usagePlan) signed() bool { return len(p.minus) > 0 }
 
-// sealedQuantiles reports whether the plan reads rows whose seals weighed
-// their percentile buckets (levelModelTotals, levelTotals) and weighs the
-// rest in the sums query (unsigned: a signed plan merges histograms
-// another way, histogramMergeOf).
-func (p usagePlan) sealedQuantiles() bool { return (p.modelTotals || p.totals) && !p.signed() }
-
 // rollupRowsSQL is the rows a plan sums, as one UNION ALL: its seals' rollup
 // rows (a day row counted at its day's noon), the rows it subtracts again
 // (signed), and its per-call rows collapsed by id, each call a one-element
@@ -575,38 +518,26 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 		}
 		return cols
 	}
-	// with sealed quantiles (modelTotals or totals) the groups of a seal
-	// read alone take its row's weighed buckets (lq, tq) and its histograms
-	// are not read; the other rows' and per-call rows' histograms are
-	// weighed as usual
-	arrays := `,
-        latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc`
-	sealedQ, perCallQ := histograms && p.sealedQuantiles(), ""
-	if sealedQ {
-		arrays += `, emptyArrayUInt16() AS lq, emptyArrayUInt16() AS tq`
+	// with modelTotals a sealed group's percentiles are its row's weighed
+	// buckets (lq, tq) and its histograms are not read; per-call rows have
+	// none and are weighed as usual
+	sealedHist := hist(`,
+        latency_buckets AS lb, ` + arr("latency_counts") + ` AS lc, ttft_buckets AS tb, ` + arr("ttft_counts") + ` AS tc`)
+	perCallQ := ""
+	if histograms && p.modelTotals {
+		sealedHist = `,
+        emptyArrayUInt16() AS lb, emptyArrayUInt64() AS lc, emptyArrayUInt16() AS tb, emptyArrayUInt64() AS tc, latency_q AS lq, ttft_q AS tq`
 		perCallQ = `, emptyArrayUInt16() AS lq, emptyArrayUInt16() AS tq`
 	}
 	// a day row counts in the bucket of its day's noon (planUsage); a local
 	// day's row twelve hours after its start, inside it whatever its length
 	// (DateTime arithmetic drops the column's zone: toDateTime puts UTC back,
 	// which the UTC buckets' toStartOfDay(t) reads)
-	sealed := func(refs []sealRef, hist string) string {
-		return `SELECT toDateTime(period + if(grain >= ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
+	branches := []string{`SELECT toDateTime(period + if(grain >= ` + fmt.Sprint(grainDay) + `, 43200, 0), 'UTC') AS t, model AS m, user_id AS u, source AS src,
         ` + cnt("calls") + ` AS n, ` + cnt("errors") + ` AS e, input_tokens AS i, output_tokens AS o, total_tokens AS tot, cost AS c,
-        ` + cnt("ttft_calls") + ` AS tn` + hist + `
+        ` + cnt("ttft_calls") + ` AS tn` + sealedHist + `
     FROM {db}.` + table + `
-    WHERE ` + where(refs)
-	}
-	var branches []string
-	rest := p.rollup
-	if sealedQ && len(p.alone) > 0 {
-		branches = append(branches, sealed(p.alone, `,
-        emptyArrayUInt16() AS lb, emptyArrayUInt64() AS lc, emptyArrayUInt16() AS tb, emptyArrayUInt64() AS tc, latency_q AS lq, ttft_q AS tq`))
-		rest = slices.DeleteFunc(slices.Clone(p.rollup), func(r sealRef) bool { return slices.Contains(p.alone, r) })
-	}
-	if len(rest) > 0 {
-		branches = append(branches, sealed(rest, hist(arrays)))
-	}
+    WHERE ` + where(p.rollup)}
 	if signed {
 		branches = append(branches, `SELECT toDateTime(period - toUInt32(period) % 86400 + 43200, 'UTC') AS t, model AS m, user_id AS u, source AS src,
         -toInt64(calls) AS n, -toInt64(errors) AS e, -input_tokens AS i, -output_tokens AS o, -total_tokens AS tot, -cost AS c,
@@ -736,11 +667,10 @@ func histogramMergeOf(s UsageSpec, signed bool) histogramMerge {
 func histogramColumnsSQL(s UsageSpec, p usagePlan) string {
 	const ttftCalls = "toUInt64(sum(tn)) AS ttft_calls"
 	signed := p.signed()
-	// weighed is the p50/p95/p99 buckets of pairs b, c, or with sealed
-	// quantiles those weighed by the seal of a group read alone (q; its b
-	// and c are empty)
+	// weighed is the p50/p95/p99 buckets of pairs b, c, or with modelTotals
+	// those weighed by the seal of a sealed group (q; its b and c are empty)
 	weighed := func(b, c, q string) string {
-		if !p.sealedQuantiles() {
+		if !p.modelTotals {
 			return weighedBucketsSQL(b, c)
 		}
 		return "if(notEmpty(anyIf(" + q + ", notEmpty(" + q + ")) AS sealed_" + q + "), sealed_" + q + ", " + weighedBucketsSQL(b, c) + ")"
@@ -780,22 +710,14 @@ func samplePlannedUsage(from, to time.Time) []string {
 		}
 		out = append(out, usageRollupSQL(s, p))
 	}
-	// rows per model and totals: seals read alone take the buckets their
-	// seals weighed, the others' histograms are weighed
-	day := h - h%86400 - 86400
+	// hours read per model with the buckets their seals weighed
 	for _, s := range []UsageSpec{
 		{From: from, To: to, Group: GroupBy{Bucket: BucketHour, Model: true}},
 		{From: from, To: to, Group: GroupBy{Bucket: BucketHour}, Filter: UsageFilter{Model: "model-1"}, TZ: "America/New_York"},
 		{From: from, To: to, Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true},
-		{From: from, To: to, Group: GroupBy{Bucket: BucketDay}},
-		{From: from, To: to},
 	} {
-		p := usagePlan{modelTotals: s.Group.Model || s.Filter.Model != "", rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainHour, Period: h + 7200, Version: 7},
-			{Grain: grainDay, Period: day, Version: 9}}, perCall: [][2]int64{{h + 3600, h + 7200}}}
-		p.totals = !p.modelTotals
-		if !s.SkipPercentiles {
-			p.alone = p.rollup[1:]
-		}
+		p := usagePlan{modelTotals: true, rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainHour, Period: h + 7200, Version: 7}},
+			perCall: [][2]int64{{h + 3600, h + 7200}}}
 		out = append(out, usageRollupSQL(s, p))
 	}
 	return out

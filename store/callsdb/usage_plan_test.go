@@ -720,56 +720,42 @@ func TestUsageSQLNamesTheHistogramsItMerges(t *testing.T) {
 	}
 }
 
-// TestPlanUsageModelTotals: a read without user, source or batch keys or
-// filters reads its seals' rows summed per model (levelModelTotals) when it
-// is keyed or filtered by model, else their totals (levelTotals), when every
-// seal it uses has them; a seal whose bucket holds no other rows is read
-// alone, its groups taking the percentile buckets its seal weighed. Any
-// other read, or a seal recorded before migrations 0007 and 0008, keeps the
-// levels it had and weighs the histograms of its rows.
+// TestPlanUsageModelTotals: a read whose group is one hour of one model
+// reads hour rows summed per model (levelModelTotals) and takes a sealed
+// group's percentile buckets from its row, when every hour seal it uses has
+// them; any other read, or an hour recorded before migration 0007, keeps
+// the levels it had and weighs the histograms of its rows.
 func TestPlanUsageModelTotals(t *testing.T) {
 	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
 	st := planState(d0, d0+2*86400, map[int64]uint64{}, d0)
 	for h, x := range st.hours {
-		x.ModelTotals, x.Totals = true, true
+		x.ModelTotals = true
 		st.hours[h] = x
 	}
-	day := st.days[d0]
-	day.ModelTotals, day.Totals, day.UserTotals = true, true, true
-	st.days[d0] = day
 	// from 05:30 on the first day to 21:00 on the second: per-call rows at
-	// the start, sealed hours after; from midnight, the first day is read as
-	// its day row
-	ragged := [2]int64{d0 + 5*3600 + 1800, d0 + 2*86400 - 3*3600}
-	fromMidnight := [2]int64{d0, d0 + 2*86400 - 3*3600}
-	oneDay := [2]int64{d0, d0 + 86400}
+	// the start, sealed hours after
+	spec := func(g GroupBy, f UsageFilter, tz string) UsageSpec {
+		return UsageSpec{From: time.Unix(d0+5*3600+1800, 0), To: time.Unix(d0+2*86400-3*3600, 0), Group: g, Filter: f, TZ: tz}
+	}
 	for _, c := range []struct {
 		name   string
 		g      GroupBy
 		f      UsageFilter
 		tz     string
-		r      [2]int64
-		level  int  // -1: neither levelModelTotals nor levelTotals
-		sealed bool // some groups take their seal's buckets
+		totals bool
 	}{
-		{"hour x model", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "", ragged, int(levelModelTotals), true},
-		{"hour x model, New York", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "America/New_York", ragged, int(levelModelTotals), true},
-		{"hours of one model", GroupBy{Bucket: BucketHour}, UsageFilter{Model: "m"}, "", ragged, int(levelModelTotals), true},
-		{"hour", GroupBy{Bucket: BucketHour}, UsageFilter{}, "", ragged, int(levelTotals), true},
-		{"hour x model x source", GroupBy{Bucket: BucketHour, Model: true, Source: true}, UsageFilter{}, "", ragged, -1, false},
-		{"hour x model, one source", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{Source: "online"}, "", ragged, -1, false},
-		{"hour x model, one user", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{User: "u"}, "", ragged, -1, false},
-		{"hour x model x user", GroupBy{Bucket: BucketHour, Model: true, User: true}, UsageFilter{}, "", ragged, -1, false},
-		{"day x model, partial days (hours)", GroupBy{Bucket: BucketDay, Model: true}, UsageFilter{}, "", ragged, int(levelModelTotals), false},
-		{"day x model, a whole sealed day", GroupBy{Bucket: BucketDay, Model: true}, UsageFilter{}, "", fromMidnight, int(levelModelTotals), true},
-		{"day, a whole sealed day", GroupBy{Bucket: BucketDay}, UsageFilter{}, "", fromMidnight, int(levelTotals), true},
-		{"model", GroupBy{Model: true}, UsageFilter{}, "", fromMidnight, int(levelModelTotals), false},
-		{"totals", GroupBy{}, UsageFilter{}, "", fromMidnight, int(levelTotals), false},
-		{"totals of one sealed day", GroupBy{}, UsageFilter{}, "", oneDay, int(levelTotals), true},
-		{"day x model, New York (its days cross UTC days)", GroupBy{Bucket: BucketDay, Model: true}, UsageFilter{}, "America/New_York", fromMidnight, int(levelModelTotals), false},
-		{"hour x model, India (every hour per call)", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "Asia/Kolkata", ragged, -1, false},
+		{"hour x model", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "", true},
+		{"hour x model, New York", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "America/New_York", true},
+		{"hours of one model", GroupBy{Bucket: BucketHour}, UsageFilter{Model: "m"}, "", true},
+		{"hour", GroupBy{Bucket: BucketHour}, UsageFilter{}, "", false},
+		{"hour x model x source", GroupBy{Bucket: BucketHour, Model: true, Source: true}, UsageFilter{}, "", false},
+		{"hour x model, one source", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{Source: "online"}, "", false},
+		{"hour x model, one user", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{User: "u"}, "", false},
+		{"hour x model x user", GroupBy{Bucket: BucketHour, Model: true, User: true}, UsageFilter{}, "", false},
+		{"day x model", GroupBy{Bucket: BucketDay, Model: true}, UsageFilter{}, "", false},
+		{"hour x model, India (every hour per call)", GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "Asia/Kolkata", false},
 	} {
-		s := UsageSpec{From: time.Unix(c.r[0], 0), To: time.Unix(c.r[1], 0), Group: c.g, Filter: c.f, TZ: c.tz}
+		s := spec(c.g, c.f, c.tz)
 		loc := time.UTC
 		if c.tz != "" {
 			var err error
@@ -780,45 +766,26 @@ func TestPlanUsageModelTotals(t *testing.T) {
 		p := planUsage(s, st, loc)
 		covered(t, p, s.From.Unix(), s.To.Unix())
 		sql := usageRollupSQL(s, p)
-		level := -1
-		for _, l := range []uint8{levelModelTotals, levelTotals} {
-			if strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = ", l)) {
-				level = int(l)
-			}
-		}
-		sealed := strings.Contains(sql, "sealed_lq") && strings.Contains(sql, "latency_q AS lq")
-		if level != c.level || sealed != c.sealed || sealed != (len(p.alone) > 0) {
-			t.Errorf("%s: rows at level %d, sealed buckets read %v (%d seals alone); want level %d, %v", c.name, level, sealed, len(p.alone), c.level, c.sealed)
-		}
-		for _, r := range p.alone {
-			if !slices.Contains(p.rollup, r) || slices.ContainsFunc(p.rollup, func(o sealRef) bool {
-				return o != r && (o.Grain == r.Grain && o.Period == r.Period || r.Grain == grainDay && o.Period >= r.Period && o.Period < r.Period+86400)
-			}) {
-				t.Errorf("%s: seal %+v read alone beside another row of its bucket: %+v", c.name, r, p.rollup)
-			}
+		atLevel := strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", levelModelTotals, grainHour))
+		weighsSealed := strings.Contains(sql, "sealed_lq") && strings.Contains(sql, "latency_q AS lq")
+		if p.modelTotals != c.totals || atLevel != c.totals || weighsSealed != c.totals {
+			t.Errorf("%s: model totals %v, hour rows at level %d %v, sealed buckets read %v; want %v", c.name, p.modelTotals, levelModelTotals, atLevel, weighsSealed, c.totals)
 		}
 	}
 	// without percentiles the rows are read at that level, no buckets
-	s := UsageSpec{From: time.Unix(ragged[0], 0), To: time.Unix(ragged[1], 0), Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true}
+	s := spec(GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "")
+	s.SkipPercentiles = true
 	if sql := usageRollupSQL(s, planUsage(s, st, time.UTC)); !strings.Contains(sql, fmt.Sprintf("by_user = %d", levelModelTotals)) || strings.Contains(sql, "lq") {
 		t.Errorf("hour x model without percentiles:\n%s", sql)
 	}
 	// an hour recorded before migration 0007 makes the whole read keep
-	// levelModels and weigh histograms; one recorded before 0008 (no
-	// totals) does the same to reads without model
+	// levelModels and weigh histograms
 	old := st.hours[d0+30*3600]
 	old.ModelTotals = false
 	st.hours[d0+30*3600] = old
-	s = UsageSpec{From: time.Unix(ragged[0], 0), To: time.Unix(ragged[1], 0), Group: GroupBy{Bucket: BucketHour, Model: true}}
+	s = spec(GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, "")
 	p := planUsage(s, st, time.UTC)
 	if sql := usageRollupSQL(s, p); p.modelTotals || strings.Contains(sql, "lq") || !strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", levelModels, grainHour)) {
 		t.Errorf("an hour without model totals: totals %v\n%s", p.modelTotals, sql)
-	}
-	old.Totals = false
-	st.hours[d0+30*3600] = old
-	s.Group = GroupBy{Bucket: BucketHour}
-	p = planUsage(s, st, time.UTC)
-	if sql := usageRollupSQL(s, p); p.totals || strings.Contains(sql, "lq") || !strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", levelModels, grainHour)) {
-		t.Errorf("an hour without totals: totals %v\n%s", p.totals, sql)
 	}
 }
