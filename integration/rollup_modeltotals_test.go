@@ -72,13 +72,14 @@ WHERE by_user = 3 AND (grain, period, version) IN (SELECT grain, period, max(ver
 	withTotals := read("with rows per model")
 	checkHistogramBound(t, conn, db, from)
 
-	// a row added at by_user = 3 to an hour's seal is what hour x model
-	// reads, and what hour x model x source does not
+	// a row added at by_user = 3 to an hour's seal (in the copy without
+	// users, which these reads read: every seal has one) is what hour x
+	// model reads, and what hour x model x source does not
 	var v uint64
 	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT max(version) FROM %s.usage_seals WHERE grain = 1 AND period = toDateTime(%d, 'UTC')", db, from.Unix())).Scan(&v); err != nil {
 		t.Fatal(err)
 	}
-	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls, latency_q)
+	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup_by_model (grain, by_user, period, model, user_id, source, batch_id, version, calls, latency_q)
 SELECT toUInt8(1), toUInt8(3), toDateTime(%d, 'UTC'), 'model-marker', '', '', '', toUInt64(%d), toUInt64(7), [toUInt16(3), toUInt16(4), toUInt16(5)]`, db, from.Unix(), v)); err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +103,10 @@ SELECT toUInt8(1), toUInt8(3), toDateTime(%d, 'UTC'), 'model-marker', '', '', ''
 		t.Fatalf("hour x model x source read the rows per model, which have no source: %+v", r)
 	}
 
-	// hours as recorded before migration 0007: no rows at by_user = 3 (the
-	// marker goes with them), model_totals = 0. The reads weigh every
-	// group's rows and give the same answers.
+	// hours as recorded before migration 0007: no rows at by_user = 3,
+	// model_totals = 0 (the marker stays in the copy, at a level these
+	// reads no longer read). The reads weigh every group's rows and give
+	// the same answers.
 	sealsAsBefore(ctx, t, conn, db, "model_totals", 3)
 	if st := status(); st.WithoutModelTotals != st.SealedHours {
 		t.Fatalf("old layout: %d of %d hours without model totals", st.WithoutModelTotals, st.SealedHours)

@@ -197,7 +197,7 @@ func sealsAsBefore(ctx context.Context, t *testing.T, conn driver.Conn, db, seal
 			"INSERT INTO {db}.usage_rollup SELECT * FROM {db}.rollup_old",
 			"DROP TABLE {db}.rollup_old")
 	}
-	cols := []string{"grain", "period", "version", "calls", "hour_versions", "sealed_at", "user_copy", "user_totals", "model_totals"}
+	cols := []string{"grain", "period", "version", "calls", "hour_versions", "sealed_at", "user_copy", "user_totals", "model_totals", "model_copy"}
 	if i := slices.Index(cols, sealColumn); i < 0 {
 		t.Fatalf("usage_seals has no column %s", sealColumn)
 	} else {
@@ -635,4 +635,32 @@ func copyCallsSQL(db, user string, addVersion uint64, from, to time.Time, where 
 	cols := "id, trace_id, session_id, start_time, start_ms, end_time, end_ms, first_token_time, first_token_ms, latency_ms, ttft_ms, endpoint, kind, model, instance, %s, user_source, api_key_hash, api_key_prefix, stream, status, error, finish_reason, input_text, output_text, input, output, model_parameters, input_tokens, output_tokens, total_tokens, usage_source, cost_usd, metadata, tags, source, batch_id, truncated, inserted_at, %s"
 	return fmt.Sprintf("INSERT INTO %s.calls (%s)\nSELECT %s\nFROM %s.calls\nWHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC') AND %s",
 		db, fmt.Sprintf(cols, "user_id", "version"), fmt.Sprintf(cols, user, fmt.Sprintf("version + %d", addVersion)), db, from.Unix(), to.Unix(), where)
+}
+
+// addMarkerRow adds a row of 7 calls of model "model-marker" at level 0
+// (summed over users, source online) to the seal (grain, period, version)
+// in table: what a read that uses that seal's rows from table counts.
+func addMarkerRow(ctx context.Context, t *testing.T, conn driver.Conn, db, table string, grain uint8, period time.Time, version uint64) {
+	t.Helper()
+	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.%s (grain, by_user, period, model, user_id, source, batch_id, version, calls)
+SELECT toUInt8(%d), toUInt8(0), toDateTime(%d, 'UTC'), 'model-marker', '', 'online', '', toUInt64(%d), toUInt64(7)`, db, table, grain, period.Unix(), version)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// markerCalls is the calls of model "model-marker" in the answer to a read
+// of [from, to) grouped by g, without percentiles.
+func markerCalls(ctx context.Context, t *testing.T, conn driver.Conn, db string, from, to time.Time, g callsdb.GroupBy) uint64 {
+	t.Helper()
+	rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, Group: g, SkipPercentiles: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, r := range rows {
+		if r.Model == "model-marker" {
+			n += r.Calls
+		}
+	}
+	return n
 }

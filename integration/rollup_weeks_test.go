@@ -63,26 +63,11 @@ func TestRollupWeeks(t *testing.T) {
 	}
 	check("weeks sealed")
 
-	// a row added to the week's seal is what reads without buckets read,
-	// and what reads by day do not
-	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls)
-SELECT toUInt8(6), toUInt8(0), toDateTime(%d, 'UTC'), 'model-marker', '', 'online', '', toUInt64(%d), toUInt64(7)`, db, week.Unix(), v1)); err != nil {
-		t.Fatal(err)
-	}
-	marker := func(g callsdb.GroupBy) uint64 {
-		t.Helper()
-		rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, Group: g, SkipPercentiles: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var n uint64
-		for _, r := range rows {
-			if r.Model == "model-marker" {
-				n += r.Calls
-			}
-		}
-		return n
-	}
+	// a row added to the week's seal (in the copy without users, which
+	// reads without users read) is what reads without buckets read, and
+	// what reads by day do not
+	addMarkerRow(ctx, t, conn, db, "usage_rollup_by_model", 6, week, v1)
+	marker := func(g callsdb.GroupBy) uint64 { return markerCalls(ctx, t, conn, db, from, to, g) }
 	if n := marker(callsdb.GroupBy{Model: true}); n != 7 {
 		t.Fatalf("per model over the range: the week's marker row counted %d calls, want 7", n)
 	}

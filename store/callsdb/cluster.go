@@ -48,8 +48,10 @@ func (t Topology) onCluster() string {
 }
 
 var (
-	reCreateDB    = regexp.MustCompile(`^CREATE DATABASE IF NOT EXISTS \{db\}$`)
-	reCreateTable = regexp.MustCompile(`(?s)^CREATE TABLE IF NOT EXISTS \{db\}\.(\w+)(\s*\(.*\)\s*)ENGINE = (\w*)MergeTree(?:\(([^)]*)\))?(\s.*)?$`)
+	reCreateDB = regexp.MustCompile(`^CREATE DATABASE IF NOT EXISTS \{db\}$`)
+	// a table's columns: listed, or those of another table (AS {db}.T)
+	reCreateTable = regexp.MustCompile(`(?s)^CREATE TABLE IF NOT EXISTS \{db\}\.(\w+)(\s*\(.*\)\s*|\s+AS \{db\}\.\w+\s+)ENGINE = (\w*)MergeTree(?:\(([^)]*)\))?(\s.*)?$`)
+	reColumnsAs   = regexp.MustCompile(`^\s+AS \{db\}\.(\w+)\s+$`)
 	reCreateMV    = regexp.MustCompile(`(?s)^CREATE MATERIALIZED VIEW IF NOT EXISTS \{db\}\.(\w+) TO \{db\}\.(\w+) AS(\s.*)$`)
 	reAlterTable  = regexp.MustCompile(`(?s)^ALTER TABLE \{db\}\.(\w+)(\s.*)$`)
 	reDBTable     = regexp.MustCompile(`\{db\}\.(\w+)`)
@@ -63,8 +65,11 @@ var (
 // shardingKey is how a table's rows are spread over shards: by call id, so
 // every copy of a call lands on one shard; tables without calls (rollups,
 // seals, dirty marks) by their period, so a seal's rows and its record share
-// a shard.
+// a shard. A table created AS another is spread as that one.
 func shardingKey(name, cols string) (string, error) {
+	if m := reColumnsAs.FindStringSubmatch(cols); m != nil {
+		return distributedKey(m[1])
+	}
 	if reIDColumn.MatchString(cols) {
 		return "cityHash64(id)", nil
 	}
@@ -102,8 +107,12 @@ func (t Topology) Statements(stmt string) ([]string, error) {
 		if strings.TrimSpace(args) != "" {
 			engineArgs += ", " + strings.TrimSpace(args)
 		}
+		localCols := cols
+		if m := reColumnsAs.FindStringSubmatch(cols); m != nil {
+			localCols = " AS {db}." + m[1] + "_local\n" // the other table's columns are its local table's
+		}
 		create := fmt.Sprintf("CREATE TABLE IF NOT EXISTS {db}.%s ON CLUSTER %s%sENGINE = Replicated%sMergeTree(%s)%s",
-			local, c, cols, kind, engineArgs, rest)
+			local, c, localCols, kind, engineArgs, rest)
 		if name == "schema_migrations" {
 			// read and written on the migrating node only: no Distributed layer
 			return []string{strings.Replace(create, "{db}."+local, "{db}.schema_migrations", 1)}, nil

@@ -57,6 +57,10 @@ func TestTopologyClusterDDL(t *testing.T) {
 		"INSERT INTO {db}.calls_by_user (user_id, start_time, start_ms, id, version)",
 		"FROM {db}.calls_local",
 		"PARTITION BY toYYYYMMDD(start_time)",
+		// a table created AS another: its local table AS the other's local
+		// table, spread like it
+		"CREATE TABLE IF NOT EXISTS {db}.usage_rollup_by_model_local ON CLUSTER prod AS {db}.usage_rollup_local\nENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{db}/usage_rollup_by_model_local', '{replica}')",
+		"CREATE TABLE IF NOT EXISTS {db}.usage_rollup_by_model ON CLUSTER prod AS {db}.usage_rollup_by_model_local ENGINE = Distributed(prod, {db}, usage_rollup_by_model_local, toUInt32(period))",
 	} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("cluster DDL lacks %q", want)

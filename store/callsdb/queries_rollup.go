@@ -137,6 +137,16 @@ FROM {db}.usage_rollup
 WHERE by_user = 1 AND %s`, userRollupColumns, userRollupColumns, sealRowsWhere(refs))
 }
 
+// sealModelCopySQL copies the rows of seals summed over users (levelModels)
+// and per model (levelModelTotals) into usage_rollup_by_model, after they
+// are written and before the seals are recorded.
+func sealModelCopySQL(refs []sealRef) string {
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup_by_model (%[1]s, latency_q, ttft_q)
+SELECT %[1]s, latency_q, ttft_q
+FROM {db}.usage_rollup
+WHERE by_user IN (%[2]d, %[3]d) AND %[4]s`, rollupColumns, levelModels, levelModelTotals, sealRowsWhere(refs))
+}
+
 // Levels of usage_rollup rows (its by_user column).
 const (
 	levelModels     uint8 = 0 // summed over users and batches: per model and source
@@ -229,14 +239,14 @@ func sealRefsSQL(refs []sealRef) string {
 }
 
 // InsertSeal records seals (batch insert), after their rows are written.
-const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, model_totals)`
+const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, model_totals, model_copy)`
 
 // InsertDirtyHours marks hours for re-sealing (batch insert).
 const InsertDirtyHours = `INSERT INTO {db}.usage_dirty_hours (hour, marked_at, reason)`
 
 // sealsQuery is the newest seal of every period in [from, to).
 func sealsQuery(from, to int64) string {
-	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version), argMax(model_totals, version)
+	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version), argMax(model_totals, version), argMax(model_copy, version)
 FROM {db}.usage_seals
 WHERE ` + timeRangeSQL("period", from, to) + `
 GROUP BY grain, period
@@ -273,24 +283,31 @@ func callHoursQuery(from, to int64) string {
 const QueryFirstCall = `SELECT toInt64(toUInt32(min(start_time))), toUInt64(count()) FROM {db}.calls`
 
 // rollupVersionsQuery lists the seal versions stored for the periods in
-// [from, to) (superseded and abandoned ones included) in usage_rollup or its
-// copy keyed by user, for clean-up.
+// [from, to) (superseded and abandoned ones included) in rollupTables, for
+// clean-up.
 func rollupVersionsQuery(from, to int64) string {
 	where := timeRangeSQL("period", from, to)
+	branches := make([]string, len(rollupTables))
+	for i, t := range rollupTables {
+		branches[i] = "SELECT grain, period, version FROM {db}." + t + " WHERE " + where
+	}
 	return `SELECT DISTINCT grain, toInt64(toUInt32(period)) AS p, version FROM
 (
-    SELECT grain, period, version FROM {db}.usage_rollup WHERE ` + where + `
-    UNION ALL
-    SELECT grain, period, version FROM {db}.usage_rollup_by_user WHERE ` + where + `
+    ` + strings.Join(branches, "\n    UNION ALL\n    ") + `
 )
 ORDER BY grain, p, version`
 }
 
+// rollupTables are usage_rollup and the copies of its rows a seal writes:
+// keyed by user first (usage_rollup_by_user) and without users
+// (usage_rollup_by_model).
+var rollupTables = []string{"usage_rollup", "usage_rollup_by_user", "usage_rollup_by_model"}
+
 // deleteRollupVersionsStatements delete the rows of superseded seals and
-// their copies keyed by user.
+// their copies.
 func deleteRollupVersionsStatements(topo Topology, refs []sealRef) []string {
 	var out []string
-	for _, t := range []string{"usage_rollup", "usage_rollup_by_user"} {
+	for _, t := range rollupTables {
 		out = append(out, "ALTER TABLE {db}."+topo.LocalTable(t)+topo.onCluster()+" DELETE WHERE "+sealRefsSQL(refs))
 	}
 	return out
@@ -315,6 +332,7 @@ func rollupQueries(sampleFrom time.Time) []string {
 		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
 		sealSpanSQL(grainDay, day, 9, hours), sealSpanSQL(grainLocalDay23, day, 11, hours[:23]), sealSpanSQL(grainWeek, week, 12, days),
 		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),
+		sealModelCopySQL(gappy), sealModelCopySQL([]sealRef{{Grain: grainWeek, Period: week, Version: 12}}),
 		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(gappy), sealCallsQuery(gappy),
 		callHoursQuery(h, h+86400), QueryFirstCall, rollupVersionsQuery(h, h+86400),
 	}

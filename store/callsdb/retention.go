@@ -21,7 +21,7 @@ import (
 // the clickhouse stage and by `callpipe migrate --retention`. Its grain is
 // the partition: a day for calls, a month for the rollups. The per-call
 // tables (calls, calls_by_user, usage_dirty_hours) keep Calls days, the
-// sealed rollups (usage_rollup, usage_rollup_by_user, usage_seals) Rollups days; a calls day is
+// sealed rollups (usage_rollup and its copies, usage_seals) Rollups days; a calls day is
 // dropped only once its day is sealed, so no usage is lost with it.
 type Retention struct {
 	Calls   int
@@ -46,6 +46,7 @@ var retainedTables = []retainedTable{
 	{name: "usage_dirty_hours", column: "hour", monthly: true, days: callsDays},
 	{name: "usage_rollup", column: "period", monthly: true, days: rollupsDays},
 	{name: "usage_rollup_by_user", column: "period", monthly: true, days: rollupsDays},
+	{name: "usage_rollup_by_model", column: "period", monthly: true, days: rollupsDays},
 	{name: "usage_seals", column: "period", monthly: true, days: rollupsDays},
 }
 

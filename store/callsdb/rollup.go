@@ -23,8 +23,8 @@ import (
 //     writes every usage_rollup row of the seal first (every level: per
 //     model and source, per user, for an hour per model with its percentile
 //     buckets, for a day per user over all sources), then the
-//     copy of its rows keyed by user (usage_rollup_by_user), then one
-//     usage_seals record (grain, period, version). Readers use a period's rollup rows
+//     copies of its rows keyed by user (usage_rollup_by_user) and of those
+//     without users (usage_rollup_by_model), then one usage_seals record (grain, period, version). Readers use a period's rollup rows
 //     only through the newest record, selecting exactly (grain, period,
 //     version): a seal that failed half-way wrote rows no record names, and
 //     sealing again writes a new version beside the old one — the old one is
@@ -266,6 +266,9 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 	if err := s.exec(ctx, sealUserCopySQL(refs)); err != nil {
 		return nil, fmt.Errorf("%s: copy keyed by user: %w", what, err)
 	}
+	if err := s.exec(ctx, sealModelCopySQL(refs)); err != nil {
+		return nil, fmt.Errorf("%s: copy without users: %w", what, err)
+	}
 	calls := map[sealRef]uint64{}
 	err := eachRow(ctx, s.Conn, WithDB(sealCallsQuery(refs), s.Database), func(r driver.Rows) error {
 		ref := sealRef{Grain: grainHour}
@@ -310,6 +313,9 @@ func (s *Sealer) sealSpan(ctx context.Context, x Seal, parts []Seal) error {
 	if err := s.exec(ctx, sealUserCopySQL([]sealRef{x.ref()})); err != nil {
 		return fmt.Errorf("seal %s %s: copy keyed by user: %w", what, unixUTC(x.Period), err)
 	}
+	if err := s.exec(ctx, sealModelCopySQL([]sealRef{x.ref()})); err != nil {
+		return fmt.Errorf("seal %s %s: copy without users: %w", what, unixUTC(x.Period), err)
+	}
 	return s.record(ctx, x)
 }
 
@@ -324,9 +330,10 @@ func spanSeal(grain uint8, start int64, v uint64, parts []Seal) Seal {
 	return seal
 }
 
-// record writes seal records (after their rows, the copy of those keyed by
-// user, and a day's totals per user: every seal recorded here has them, so
-// user_copy = 1, user_totals = 1 for days and model_totals = 1 for hours).
+// record writes seal records (after their rows, the copies of those keyed by
+// user and without users, and a day's totals per user: every seal recorded
+// here has them, so user_copy = 1, model_copy = 1, user_totals = 1 for days
+// and model_totals = 1 for hours).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -349,7 +356,7 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if x.Grain == grainHour {
 			userTotals, modelTotals = 0, 1
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), userTotals, modelTotals); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), userTotals, modelTotals, uint8(1)); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -722,6 +729,10 @@ type Seal struct {
 	// sources, with their percentile buckets (levelModelTotals; not for
 	// hours recorded before migration 0007, nor for days).
 	ModelTotals bool
+	// ModelCopy: the seal's rows summed over users (and an hour's per
+	// model) are also in usage_rollup_by_model (seals recorded before
+	// migration 0008 are not).
+	ModelCopy bool
 }
 
 func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, Version: x.Version} }
@@ -760,6 +771,24 @@ func (st *sealState) current(grain uint8, p int64) (Seal, bool) {
 		x, ok = st.localDays[sealKey{grain, p}]
 	}
 	return x, ok
+}
+
+// all yields every current seal: hours, UTC and local days, weeks.
+func (st *sealState) all() iter.Seq[Seal] {
+	return func(yield func(Seal) bool) {
+		for _, m := range []map[int64]Seal{st.hours, st.days, st.weeks} {
+			for _, x := range m {
+				if !yield(x) {
+					return
+				}
+			}
+		}
+		for _, x := range st.localDays {
+			if !yield(x) {
+				return
+			}
+		}
+	}
 }
 
 // setDay makes x the current seal of its UTC or local day, or week.
@@ -840,11 +869,11 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 	st := newSealState()
 	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
-		var userCopy, userTotals, modelTotals uint8
-		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals, &modelTotals); err != nil {
+		var userCopy, userTotals, modelTotals, modelCopy uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals, &modelTotals, &modelCopy); err != nil {
 			return err
 		}
-		x.UserCopy, x.UserTotals, x.ModelTotals = userCopy == 1, userTotals == 1, modelTotals == 1
+		x.UserCopy, x.UserTotals, x.ModelTotals, x.ModelCopy = userCopy == 1, userTotals == 1, modelTotals == 1, modelCopy == 1
 		if x.Grain == grainHour {
 			st.hours[x.Period] = x
 		} else {
@@ -965,8 +994,13 @@ type RollupStatus struct {
 	// WithoutModelTotals counts current hour seals recorded before
 	// migration 0007, without their rows per model: reads per hour and
 	// model over them weigh every group's histograms until `rollup rebuild`.
-	WithoutModelTotals int        `json:"hours_without_model_totals"`
-	FirstCall          *time.Time `json:"first_call,omitempty"`
+	WithoutModelTotals int `json:"hours_without_model_totals"`
+	// WithoutModelCopy counts current seals (hours, days, local days,
+	// weeks) recorded before migration 0008, without their rows in
+	// usage_rollup_by_model: reads without users over them are slower
+	// until `rollup rebuild`.
+	WithoutModelCopy int        `json:"seals_without_model_copy"`
+	FirstCall        *time.Time `json:"first_call,omitempty"`
 }
 
 // Status reads the seals, the dirty marks and the hours holding calls.
@@ -999,16 +1033,15 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 		return out, err
 	}
 	out.SealedHours, out.SealedDays, out.SealedLocalDays, out.SealedWeeks = len(st.hours), len(st.days), len(st.localDays), len(st.weeks)
-	for _, m := range []map[int64]Seal{st.hours, st.days} {
-		for _, x := range m {
-			if !x.UserCopy {
-				out.WithoutUserCopy++
-			}
+	for x := range st.all() {
+		if !x.UserCopy && (x.Grain == grainHour || x.Grain == grainDay) {
+			out.WithoutUserCopy++
 		}
-	}
-	for _, x := range st.hours {
-		if !x.ModelTotals {
+		if !x.ModelTotals && x.Grain == grainHour {
 			out.WithoutModelTotals++
+		}
+		if !x.ModelCopy {
+			out.WithoutModelCopy++
 		}
 	}
 	pending := due

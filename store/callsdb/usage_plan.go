@@ -19,6 +19,10 @@ type usagePlan struct {
 	// its copy sorted by user (usage_rollup_by_user), which holds only that
 	// user's rows in a few index ranges
 	userCopy bool
+	// modelCopy: the read has no user key or filter (its rows are summed
+	// over users) and every seal read has its copy in usage_rollup_by_model,
+	// whose small granules hold only those rows
+	modelCopy bool
 	// userTotals: the read keeps users apart but not sources or batches,
 	// and every day seal it reads has its rows keyed by user summed over
 	// them (levelUserTotals): day rows are read at that level, about half
@@ -72,10 +76,11 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	}
 	addCalls(last, to)
 	p.userCopy = s.Filter.User != "" && len(p.rollup) > 0
+	p.modelCopy = !p.byUser && len(p.rollup) > 0
 	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
-		if x, _ := st.current(r.Grain, r.Period); !x.UserCopy {
-			p.userCopy = false
-		}
+		x, _ := st.current(r.Grain, r.Period)
+		p.userCopy = p.userCopy && x.UserCopy
+		p.modelCopy = p.modelCopy && x.ModelCopy
 	}
 	p.userTotals = p.byUser && !p.userCopy && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
 	days := 0
@@ -493,8 +498,11 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 	// usage_rollup leads its key with the level: each run of seals names
 	// its own (day rows may be read at another level than hour rows)
 	table, level := "usage_rollup", p.level
-	if p.userCopy {
+	switch {
+	case p.userCopy:
 		table, level = "usage_rollup_by_user", nil // one level: levelUsers
+	case p.modelCopy:
+		table = "usage_rollup_by_model" // levelModels and levelModelTotals
 	}
 	where := func(refs []sealRef) string {
 		return strings.Join(append([]string{
@@ -701,7 +709,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
 			s.SkipPercentiles = i%4 == 1
 		}
-		p := usagePlan{byUser: g.User || i%2 == 1, userCopy: i%4 == 1,
+		p := usagePlan{byUser: g.User || i%2 == 1, userCopy: i%4 == 1, modelCopy: !g.User && i%4 == 2,
 			rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6},
 				{Grain: grainWeek, Period: h - h%weekSeconds - weekSeconds, Version: 4}},
 			perCall: [][2]int64{{h + 3600, h + 7200}, {h + 3*3600, h + 4*3600}}}
@@ -711,12 +719,12 @@ func samplePlannedUsage(from, to time.Time) []string {
 		out = append(out, usageRollupSQL(s, p))
 	}
 	// hours read per model with the buckets their seals weighed
-	for _, s := range []UsageSpec{
+	for i, s := range []UsageSpec{
 		{From: from, To: to, Group: GroupBy{Bucket: BucketHour, Model: true}},
 		{From: from, To: to, Group: GroupBy{Bucket: BucketHour}, Filter: UsageFilter{Model: "model-1"}, TZ: "America/New_York"},
 		{From: from, To: to, Group: GroupBy{Bucket: BucketHour, Model: true}, SkipPercentiles: true},
 	} {
-		p := usagePlan{modelTotals: true, rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainHour, Period: h + 7200, Version: 7}},
+		p := usagePlan{modelTotals: true, modelCopy: i != 1, rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainHour, Period: h + 7200, Version: 7}},
 			perCall: [][2]int64{{h + 3600, h + 7200}}}
 		out = append(out, usageRollupSQL(s, p))
 	}

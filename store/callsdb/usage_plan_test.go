@@ -789,3 +789,79 @@ func TestPlanUsageModelTotals(t *testing.T) {
 		t.Errorf("an hour without model totals: totals %v\n%s", p.modelTotals, sql)
 	}
 }
+
+// TestPlanUsageModelCopy: reads without a user key or filter read
+// usage_rollup_by_model when every seal they use (added or subtracted) has
+// its copy there, at the levels they would read in usage_rollup; a seal
+// recorded before migration 0008 sends the whole read back to usage_rollup,
+// and reads keyed or filtered by user never read the copy.
+func TestPlanUsageModelCopy(t *testing.T) {
+	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
+	copies := func(on bool) {
+		for h, x := range st.hours {
+			x.ModelCopy, x.ModelTotals = on, true
+			st.hours[h] = x
+		}
+		for d, x := range st.days {
+			x.ModelCopy = on
+			st.days[d] = x
+		}
+	}
+	copies(true)
+	// from 05:30 on the first day to the end of the third: per-call rows at
+	// the start, hours, then sealed days
+	spec := func(g GroupBy, f UsageFilter, skip bool) UsageSpec {
+		return UsageSpec{From: time.Unix(d0+5*3600+1800, 0), To: time.Unix(d0+3*86400, 0), Group: g, Filter: f, SkipPercentiles: skip}
+	}
+	nyc, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		s    UsageSpec
+		loc  *time.Location
+		copy bool
+	}{
+		{"model", spec(GroupBy{Model: true}, UsageFilter{}, false), time.UTC, true},
+		{"day", spec(GroupBy{Bucket: BucketDay}, UsageFilter{}, false), time.UTC, true},
+		{"day x source, one model", spec(GroupBy{Bucket: BucketDay, Source: true}, UsageFilter{Model: "m"}, true), time.UTC, true},
+		{"hour x model (rows per model)", spec(GroupBy{Bucket: BucketHour, Model: true}, UsageFilter{}, false), time.UTC, true},
+		{"day, New York (hours subtracted)", spec(GroupBy{Bucket: BucketDay}, UsageFilter{}, true), nyc, true},
+		{"user", spec(GroupBy{User: true}, UsageFilter{}, true), time.UTC, false},
+		{"day x model, one user", spec(GroupBy{Bucket: BucketDay, Model: true}, UsageFilter{User: "u"}, false), time.UTC, false},
+		{"model, one batch", spec(GroupBy{Model: true}, UsageFilter{BatchID: "b"}, false), time.UTC, false},
+	} {
+		p := planUsage(c.s, st, c.loc)
+		covered(t, p, c.s.From.Unix(), c.s.To.Unix())
+		sql := usageRollupSQL(c.s, p)
+		readsCopy := strings.Contains(sql, "{db}.usage_rollup_by_model\n")
+		readsRollup := strings.Contains(sql, "{db}.usage_rollup\n")
+		if p.modelCopy != c.copy || readsCopy != c.copy || readsRollup == c.copy && !p.userCopy {
+			t.Errorf("%s: copy %v, reads usage_rollup_by_model %v, usage_rollup %v; want the copy %v\n%s", c.name, p.modelCopy, readsCopy, readsRollup, c.copy, sql)
+		}
+		if c.name == "day, New York (hours subtracted)" && !p.signed() {
+			t.Errorf("%s: the plan was meant to subtract hours", c.name)
+		}
+	}
+	// one seal without its copy (recorded before 0008), hour or day: the
+	// whole read goes to usage_rollup
+	for _, which := range []string{"hour", "day"} {
+		copies(true)
+		if which == "hour" {
+			x := st.hours[d0+7*3600]
+			x.ModelCopy = false
+			st.hours[d0+7*3600] = x
+		} else {
+			x := st.days[d0+2*86400]
+			x.ModelCopy = false
+			st.days[d0+2*86400] = x
+		}
+		s := spec(GroupBy{Model: true}, UsageFilter{}, false)
+		p := planUsage(s, st, time.UTC)
+		if sql := usageRollupSQL(s, p); p.modelCopy || strings.Contains(sql, "usage_rollup_by_model") {
+			t.Errorf("an %s without its copy: copy %v\n%s", which, p.modelCopy, sql)
+		}
+	}
+}
