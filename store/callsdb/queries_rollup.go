@@ -121,6 +121,14 @@ func sealRowsWhere(refs []sealRef) string {
 	return "(" + strings.Join(sealRuns(refs, nil), " OR ") + ") AND " + sealRefsSQL(refs)
 }
 
+// The copies of usage_rollup's rows a seal writes besides them, each for the
+// reads it serves (usagePlan): the rows keyed by user sorted by user first,
+// and the rows without users in small granules.
+const (
+	userCopyTable  = "usage_rollup_by_user"
+	modelCopyTable = "usage_rollup_by_model"
+)
+
 // userRollupColumns are the columns of usage_rollup_by_user (usage_rollup's
 // by_user = 1 rows, sorted by user first).
 const userRollupColumns = `grain, period, model, user_id, source, batch_id, version,
@@ -131,20 +139,20 @@ const userRollupColumns = `grain, period, model, user_id, source, batch_id, vers
 // usage_rollup_by_user, after they are written and before the seals are
 // recorded.
 func sealUserCopySQL(refs []sealRef) string {
-	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup_by_user (%s)
+	return fmt.Sprintf(`INSERT INTO {db}.%s (%s)
 SELECT %s
 FROM {db}.usage_rollup
-WHERE by_user = 1 AND %s`, userRollupColumns, userRollupColumns, sealRowsWhere(refs))
+WHERE by_user = 1 AND %s`, userCopyTable, userRollupColumns, userRollupColumns, sealRowsWhere(refs))
 }
 
 // sealModelCopySQL copies the rows of seals summed over users (levelModels)
 // and per model (levelModelTotals) into usage_rollup_by_model, after they
 // are written and before the seals are recorded.
 func sealModelCopySQL(refs []sealRef) string {
-	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup_by_model (%[1]s, latency_q, ttft_q)
-SELECT %[1]s, latency_q, ttft_q
+	return fmt.Sprintf(`INSERT INTO {db}.%[1]s (%[2]s, latency_q, ttft_q)
+SELECT %[2]s, latency_q, ttft_q
 FROM {db}.usage_rollup
-WHERE by_user IN (%[2]d, %[3]d) AND %[4]s`, rollupColumns, levelModels, levelModelTotals, sealRowsWhere(refs))
+WHERE by_user IN (%[3]d, %[4]d) AND %[5]s`, modelCopyTable, rollupColumns, levelModels, levelModelTotals, sealRowsWhere(refs))
 }
 
 // Levels of usage_rollup rows (its by_user column).
@@ -301,7 +309,7 @@ ORDER BY grain, p, version`
 // rollupTables are usage_rollup and the copies of its rows a seal writes:
 // keyed by user first (usage_rollup_by_user) and without users
 // (usage_rollup_by_model).
-var rollupTables = []string{"usage_rollup", "usage_rollup_by_user", "usage_rollup_by_model"}
+var rollupTables = []string{"usage_rollup", userCopyTable, modelCopyTable}
 
 // deleteRollupVersionsStatements delete the rows of superseded seals and
 // their copies.

@@ -45,8 +45,8 @@ var retainedTables = []retainedTable{
 	{name: "calls_by_user", column: "start_time", days: callsDays, perCall: true},
 	{name: "usage_dirty_hours", column: "hour", monthly: true, days: callsDays},
 	{name: "usage_rollup", column: "period", monthly: true, days: rollupsDays},
-	{name: "usage_rollup_by_user", column: "period", monthly: true, days: rollupsDays},
-	{name: "usage_rollup_by_model", column: "period", monthly: true, days: rollupsDays},
+	{name: userCopyTable, column: "period", monthly: true, days: rollupsDays},
+	{name: modelCopyTable, column: "period", monthly: true, days: rollupsDays},
 	{name: "usage_seals", column: "period", monthly: true, days: rollupsDays},
 }
 

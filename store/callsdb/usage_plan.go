@@ -500,9 +500,9 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 	table, level := "usage_rollup", p.level
 	switch {
 	case p.userCopy:
-		table, level = "usage_rollup_by_user", nil // one level: levelUsers
+		table, level = userCopyTable, nil // one level: levelUsers
 	case p.modelCopy:
-		table = "usage_rollup_by_model" // levelModels and levelModelTotals
+		table = modelCopyTable // levelModels and levelModelTotals
 	}
 	where := func(refs []sealRef) string {
 		return strings.Join(append([]string{
