@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -281,12 +282,34 @@ func Tail(path string) string {
 	return string(b)
 }
 
-// FreeListen returns a loopback host:port that was free a moment ago.
+// handedOut holds the addresses FreeListen has returned in this process.
+var handedOut struct {
+	sync.Mutex
+	addrs map[string]bool
+}
+
+// FreeListen returns a loopback host:port that was free a moment ago and
+// that it has not returned before in this process. The kernel may offer a
+// port again once its probe listener is closed; two children given the same
+// port would leave one unable to bind while WaitReady saw the other's
+// /readyz and took it for the first's.
 func FreeListen() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("free port: %w", err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", fmt.Errorf("free port: %w", err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !handedOut.addrs[addr] {
+			if handedOut.addrs == nil {
+				handedOut.addrs = map[string]bool{}
+			}
+			handedOut.addrs[addr] = true
+			return addr, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return "", errors.New("free port: the kernel offered only ports already handed out")
 }

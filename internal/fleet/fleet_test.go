@@ -63,3 +63,19 @@ func TestStartReplacesAnExitedChild(t *testing.T) {
 		t.Errorf("stopping the second child: %v, want it terminated by the SIGTERM (the first one exited with 3)", err)
 	}
 }
+
+// FreeListen never hands out an address twice, even when the kernel offers
+// a just-closed port again.
+func TestFreeListenNeverRepeats(t *testing.T) {
+	seen := map[string]bool{}
+	for range 2000 {
+		addr, err := FreeListen()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[addr] {
+			t.Fatalf("FreeListen returned %s twice", addr)
+		}
+		seen[addr] = true
+	}
+}
