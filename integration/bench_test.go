@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
@@ -45,6 +46,7 @@ func TestBenchCommand(t *testing.T) {
 		RawJS       float64 `json:"raw_jetstream_events_per_s"`
 		RawCH       float64 `json:"raw_clickhouse_rows_per_s"`
 		RawTopo     float64 `json:"raw_jetstream_topology_events_per_s"`
+		RawBatches  uint64  `json:"raw_jetstream_topology_batched_messages"`
 		Ratio       float64 `json:"ratio_to_raw_limit"`
 		MemoryLimit string  `json:"memory_limit"`
 		PerCall     map[string]struct {
@@ -86,6 +88,10 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if r.RawJS <= 0 || r.RawCH <= 0 || r.RawTopo <= 0 {
 		t.Errorf("raw limits: JetStream %v, ClickHouse %v, topology %v", r.RawJS, r.RawCH, r.RawTopo)
+	}
+	// the topology phase carries the events in batches, as normalize does
+	if most := uint64(events); r.RawBatches < (most+bus.MaxBatchCalls-1)/bus.MaxBatchCalls || r.RawBatches >= most {
+		t.Errorf("topology phase: %d events in %d batched messages; want batches of up to %d", events, r.RawBatches, bus.MaxBatchCalls)
 	}
 	if want := r.EndToEnd / min(r.RawJS, r.RawCH); math.Abs(r.Ratio-want) > 1e-9*want {
 		t.Errorf("ratio %v; end to end / slower raw limit is %v", r.Ratio, want)

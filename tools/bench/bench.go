@@ -152,7 +152,10 @@ type Result struct {
 	// RawTopoPerS is callpipe's JetStream topology with no work in it
 	// (rawTopology): the ceiling of the whole pipeline on this machine.
 	RawTopoPerS float64 `json:"raw_jetstream_topology_events_per_s,omitempty"`
-	RatioToRaw  float64 `json:"ratio_to_raw_limit,omitempty"`
+	// RawTopoBatches is the batched messages the topology phase stored on
+	// its second stream.
+	RawTopoBatches uint64  `json:"raw_jetstream_topology_batched_messages,omitempty"`
+	RatioToRaw     float64 `json:"ratio_to_raw_limit,omitempty"`
 	// PerCall is each role's cost per call in the throughput phase
 	// (collect, normalize and the sinks), Total their sum.
 	PerCall map[string]StageCost `json:"per_call,omitempty"`
@@ -227,7 +230,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 			return err
 		}
 		res.RatioToRaw = res.EndToEndPS / min(res.RawJSPerS, res.RawCHPerS)
-		if res.RawTopoPerS, err = b.rawTopology(ctx); err != nil {
+		if res.RawTopoPerS, res.RawTopoBatches, err = b.rawTopology(ctx); err != nil {
 			return err
 		}
 	}
