@@ -45,7 +45,7 @@ func TestClickHouseMigrateTwiceIsNoop(t *testing.T) {
 	if records != uint64(len(migs)) {
 		t.Fatalf("schema_migrations has %d rows, want %d (a re-run must not record again)", records, len(migs))
 	}
-	for _, tbl := range []string{"calls", "calls_by_user", "calls_by_user_mv", "usage_rollup", "usage_rollup_by_user", "usage_rollup_by_model", "usage_seals", "usage_dirty_hours",
+	for _, tbl := range []string{"calls", "calls_by_user", "calls_by_user_mv", "usage_rollup", "usage_rollup_by_user", "usage_rollup_user_copy", "usage_rollup_by_model", "usage_seals", "usage_dirty_hours",
 		"-usage_day_model_user", "-usage_hour_model", "-usage_day_model_user_mv", "-usage_hour_model_mv"} {
 		want := uint64(1)
 		if strings.HasPrefix(tbl, "-") { // 0002's ledgers, replaced by 0003

@@ -96,7 +96,7 @@ func TestClickHouseRetentionDropsPartitions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"usage_rollup/202611", "usage_rollup_by_user/202611", "usage_rollup_by_model/202611", "usage_seals/202611"}; !reflect.DeepEqual(dropped, want) {
+	if want := []string{"usage_rollup/202611", "usage_rollup_user_copy/202611", "usage_rollup_by_model/202611", "usage_seals/202611"}; !reflect.DeepEqual(dropped, want) {
 		t.Fatalf("dropped %v, want %v", dropped, want)
 	}
 	// without seals every hour is read from the calls that are left

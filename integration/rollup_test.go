@@ -197,19 +197,30 @@ func sealsAsBefore(ctx context.Context, t *testing.T, conn driver.Conn, db, seal
 			"INSERT INTO {db}.usage_rollup SELECT * FROM {db}.rollup_old",
 			"DROP TABLE {db}.rollup_old")
 	}
+	for _, st := range stmts {
+		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
+			t.Fatalf("%s: %v", st, err)
+		}
+	}
+	sealsRecordedWith(ctx, t, conn, db, sealColumn, 0)
+}
+
+// sealsRecordedWith sets column sealColumn of every seal record to value.
+func sealsRecordedWith(ctx context.Context, t *testing.T, conn driver.Conn, db, sealColumn string, value uint8) {
+	t.Helper()
 	cols := []string{"grain", "period", "version", "calls", "hour_versions", "sealed_at", "user_copy", "user_totals", "model_totals", "model_copy"}
 	if i := slices.Index(cols, sealColumn); i < 0 {
 		t.Fatalf("usage_seals has no column %s", sealColumn)
 	} else {
-		cols[i] = "toUInt8(0)"
+		cols[i] = fmt.Sprintf("toUInt8(%d)", value)
 	}
-	stmts = append(stmts,
+	for _, st := range []string{
 		"CREATE TABLE {db}.seals_old AS {db}.usage_seals",
-		"INSERT INTO {db}.seals_old SELECT "+strings.Join(cols, ", ")+" FROM {db}.usage_seals",
+		"INSERT INTO {db}.seals_old SELECT " + strings.Join(cols, ", ") + " FROM {db}.usage_seals",
 		"TRUNCATE TABLE {db}.usage_seals",
 		"INSERT INTO {db}.usage_seals SELECT * FROM {db}.seals_old",
-		"DROP TABLE {db}.seals_old")
-	for _, st := range stmts {
+		"DROP TABLE {db}.seals_old",
+	} {
 		if err := conn.Exec(ctx, callsdb.WithDB(st, db)); err != nil {
 			t.Fatalf("%s: %v", st, err)
 		}

@@ -61,6 +61,8 @@ func TestTopologyClusterDDL(t *testing.T) {
 		// table, spread like it
 		"CREATE TABLE IF NOT EXISTS {db}.usage_rollup_by_model_local ON CLUSTER prod AS {db}.usage_rollup_local\nENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{db}/usage_rollup_by_model_local', '{replica}')",
 		"CREATE TABLE IF NOT EXISTS {db}.usage_rollup_by_model ON CLUSTER prod AS {db}.usage_rollup_by_model_local ENGINE = Distributed(prod, {db}, usage_rollup_by_model_local, toUInt32(period))",
+		"CREATE TABLE IF NOT EXISTS {db}.usage_rollup_user_copy_local ON CLUSTER prod AS {db}.usage_rollup_by_user_local\nENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{db}/usage_rollup_user_copy_local', '{replica}')",
+		"CREATE TABLE IF NOT EXISTS {db}.usage_rollup_user_copy ON CLUSTER prod AS {db}.usage_rollup_user_copy_local ENGINE = Distributed(prod, {db}, usage_rollup_user_copy_local, toUInt32(period))",
 	} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("cluster DDL lacks %q", want)

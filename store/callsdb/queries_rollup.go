@@ -123,20 +123,30 @@ func sealRowsWhere(refs []sealRef) string {
 
 // The copies of usage_rollup's rows a seal writes besides them, each for the
 // reads it serves (usagePlan): the rows keyed by user sorted by user first,
-// and the rows without users in small granules.
+// and the rows without users, both in small granules. legacyUserCopyTable
+// holds the rows keyed by user of seals recorded with user_copy = 1 (by
+// migrations 0004 to 0008), read until they are sealed again.
 const (
-	userCopyTable  = "usage_rollup_by_user"
-	modelCopyTable = "usage_rollup_by_model"
+	userCopyTable       = "usage_rollup_user_copy"
+	legacyUserCopyTable = "usage_rollup_by_user"
+	modelCopyTable      = "usage_rollup_by_model"
 )
 
-// userRollupColumns are the columns of usage_rollup_by_user (usage_rollup's
+// The usage_seals.user_copy of a seal: where its rows keyed by user are
+// copied (0: nowhere, recorded before migration 0004).
+const (
+	userCopyLegacy  = 1 // legacyUserCopyTable
+	userCopyCurrent = 2 // userCopyTable
+)
+
+// userRollupColumns are the columns of the user copies (usage_rollup's
 // by_user = 1 rows, sorted by user first).
 const userRollupColumns = `grain, period, model, user_id, source, batch_id, version,
     calls, errors, input_tokens, output_tokens, total_tokens, cost,
     latency_buckets, latency_counts, ttft_calls, ttft_buckets, ttft_counts`
 
 // sealUserCopySQL copies the by_user = 1 rows of seals into
-// usage_rollup_by_user, after they are written and before the seals are
+// usage_rollup_user_copy, after they are written and before the seals are
 // recorded.
 func sealUserCopySQL(refs []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.%s (%s)
@@ -306,10 +316,11 @@ func rollupVersionsQuery(from, to int64) string {
 ORDER BY grain, p, version`
 }
 
-// rollupTables are usage_rollup and the copies of its rows a seal writes:
-// keyed by user first (usage_rollup_by_user) and without users
+// rollupTables are usage_rollup and the copies of its rows seals write or
+// wrote: keyed by user first (usage_rollup_user_copy, and
+// usage_rollup_by_user before migration 0009) and without users
 // (usage_rollup_by_model).
-var rollupTables = []string{"usage_rollup", userCopyTable, modelCopyTable}
+var rollupTables = []string{"usage_rollup", userCopyTable, legacyUserCopyTable, modelCopyTable}
 
 // deleteRollupVersionsStatements delete the rows of superseded seals and
 // their copies.

@@ -46,6 +46,7 @@ var retainedTables = []retainedTable{
 	{name: "usage_dirty_hours", column: "hour", monthly: true, days: callsDays},
 	{name: "usage_rollup", column: "period", monthly: true, days: rollupsDays},
 	{name: userCopyTable, column: "period", monthly: true, days: rollupsDays},
+	{name: legacyUserCopyTable, column: "period", monthly: true, days: rollupsDays},
 	{name: modelCopyTable, column: "period", monthly: true, days: rollupsDays},
 	{name: "usage_seals", column: "period", monthly: true, days: rollupsDays},
 }

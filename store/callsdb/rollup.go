@@ -356,7 +356,7 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if x.Grain == grainHour {
 			userTotals, modelTotals = 0, 1
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(1), userTotals, modelTotals, uint8(1)); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(userCopyCurrent), userTotals, modelTotals, uint8(1)); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -719,8 +719,10 @@ type Seal struct {
 	Calls        uint64
 	HourVersions []uint64 // day seals: the versions of their hours, in order; week seals: of their days
 	// UserCopy: the seal's rows keyed by user are also in
-	// usage_rollup_by_user (seals recorded before migration 0004 are not).
-	UserCopy bool
+	// usage_rollup_user_copy (seals recorded before migration 0009 are
+	// not); LegacyUserCopy: in usage_rollup_by_user (seals recorded by
+	// migrations 0004 to 0008).
+	UserCopy, LegacyUserCopy bool
 	// UserTotals: a day seal's rows keyed by user are also summed over
 	// sources and batches (levelUserTotals; not for days recorded before
 	// migration 0006, nor for hours).
@@ -873,7 +875,8 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals, &modelTotals, &modelCopy); err != nil {
 			return err
 		}
-		x.UserCopy, x.UserTotals, x.ModelTotals, x.ModelCopy = userCopy == 1, userTotals == 1, modelTotals == 1, modelCopy == 1
+		x.UserCopy, x.LegacyUserCopy = userCopy == userCopyCurrent, userCopy == userCopyLegacy
+		x.UserTotals, x.ModelTotals, x.ModelCopy = userTotals == 1, modelTotals == 1, modelCopy == 1
 		if x.Grain == grainHour {
 			st.hours[x.Period] = x
 		} else {
@@ -988,8 +991,9 @@ type RollupStatus struct {
 	Unsealed        []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
 	Dirty           []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
 	// WithoutUserCopy counts current seals (hours and days) recorded before
-	// migration 0004, without their rows in usage_rollup_by_user: reads
-	// filtered by user over them are slower until `rollup rebuild`.
+	// migration 0009, without their rows in usage_rollup_user_copy: reads
+	// filtered by user over them are slower until `rollup rebuild` (those
+	// recorded before 0004, or mixed with newer ones, much slower).
 	WithoutUserCopy int `json:"seals_without_user_copy"`
 	// WithoutModelTotals counts current hour seals recorded before
 	// migration 0007, without their rows per model: reads per hour and

@@ -21,7 +21,7 @@ func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
 	fmt.Fprintf(w, "unsealed hours   %d%s\n", len(st.Unsealed), hourList(st.Unsealed))
 	fmt.Fprintf(w, "dirty hours      %d%s\n", len(st.Dirty), hourList(st.Dirty))
 	if st.WithoutUserCopy > 0 {
-		fmt.Fprintf(w, "without user copy %d seals (sealed before migration 0004: run `callpipe rollup rebuild` over them for fast user filters)\n", st.WithoutUserCopy)
+		fmt.Fprintf(w, "without user copy %d seals (sealed before migration 0009: run `callpipe rollup rebuild` over them for fast user filters)\n", st.WithoutUserCopy)
 	}
 	if st.WithoutModelTotals > 0 {
 		fmt.Fprintf(w, "without model totals %d hours (sealed before migration 0007: run `callpipe rollup rebuild` over them for fast percentiles per hour and model)\n", st.WithoutModelTotals)

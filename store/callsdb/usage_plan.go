@@ -16,9 +16,11 @@ import (
 type usagePlan struct {
 	byUser bool // rollup level: keyed by user and batch
 	// userCopy: the read is filtered by one user and every seal read has
-	// its copy sorted by user (usage_rollup_by_user), which holds only that
-	// user's rows in a few index ranges
-	userCopy bool
+	// its copy sorted by user in this table (usage_rollup_user_copy, or
+	// usage_rollup_by_user when every one was recorded before migration
+	// 0009), which holds only that user's rows in a few index ranges; ""
+	// when the seals have no copy in one table
+	userCopy string
 	// modelCopy: the read has no user key or filter (its rows are summed
 	// over users) and every seal read has its copy in usage_rollup_by_model,
 	// whose small granules hold only those rows
@@ -65,7 +67,6 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	first, last := ceilTo(from, 3600), floorTo(to, 3600)
 	if first >= last {
 		addCalls(from, to)
-		p.userCopy = false
 		return p
 	}
 	addCalls(from, first)
@@ -75,14 +76,22 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		planBucketed(&p, s, st, loc, first, last, addCalls)
 	}
 	addCalls(last, to)
-	p.userCopy = s.Filter.User != "" && len(p.rollup) > 0
+	userCopy := s.Filter.User != "" && len(p.rollup) > 0
+	legacyUserCopy := userCopy
 	p.modelCopy = !p.byUser && len(p.rollup) > 0
 	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
 		x, _ := st.current(r.Grain, r.Period)
-		p.userCopy = p.userCopy && x.UserCopy
+		userCopy = userCopy && x.UserCopy
+		legacyUserCopy = legacyUserCopy && x.LegacyUserCopy
 		p.modelCopy = p.modelCopy && x.ModelCopy
 	}
-	p.userTotals = p.byUser && !p.userCopy && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
+	switch {
+	case userCopy:
+		p.userCopy = userCopyTable
+	case legacyUserCopy:
+		p.userCopy = legacyUserCopyTable
+	}
+	p.userTotals = p.byUser && p.userCopy == "" && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
 	days := 0
 	for _, r := range p.rollup {
 		if r.Grain == grainHour {
@@ -499,8 +508,8 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 	// its own (day rows may be read at another level than hour rows)
 	table, level := "usage_rollup", p.level
 	switch {
-	case p.userCopy:
-		table, level = userCopyTable, nil // one level: levelUsers
+	case p.userCopy != "":
+		table, level = p.userCopy, nil // one level: levelUsers
 	case p.modelCopy:
 		table = modelCopyTable // levelModels and levelModelTotals
 	}
@@ -709,10 +718,13 @@ func samplePlannedUsage(from, to time.Time) []string {
 			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
 			s.SkipPercentiles = i%4 == 1
 		}
-		p := usagePlan{byUser: g.User || i%2 == 1, userCopy: i%4 == 1, modelCopy: !g.User && i%4 == 2,
+		p := usagePlan{byUser: g.User || i%2 == 1, modelCopy: !g.User && i%4 == 2,
 			rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6},
 				{Grain: grainWeek, Period: h - h%weekSeconds - weekSeconds, Version: 4}},
 			perCall: [][2]int64{{h + 3600, h + 7200}, {h + 3*3600, h + 4*3600}}}
+		if i%4 == 1 {
+			p.userCopy = []string{userCopyTable, legacyUserCopyTable}[i/4%2]
+		}
 		if i%3 == 0 { // a day row with hours subtracted: signed sums
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
 		}

@@ -163,26 +163,44 @@ func TestPlanUsage(t *testing.T) {
 		t.Fatalf("stale day seal used: %+v", p)
 	}
 	// a user filter reads the by-user level, from the copy sorted by user
-	// only when every seal read has one (seals from before migration 0004
-	// do not)
+	// only when every seal read has it in the same table (seals from before
+	// migration 0004 have none; from 0004 to 0008, the copy of large
+	// granules)
 	userDay := UsageSpec{From: time.Unix(d0, 0), To: time.Unix(d0+86400, 0), Filter: UsageFilter{User: "u"}}
-	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy {
-		t.Fatalf("a user filter over seals without copies: by_user %v, copy %v", p.byUser, p.userCopy)
+	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy != "" {
+		t.Fatalf("a user filter over seals without copies: by_user %v, copy %q", p.byUser, p.userCopy)
 	}
 	for k, x := range st2.hours {
-		x.UserCopy = true
+		x.LegacyUserCopy = true
 		st2.hours[k] = x
 	}
-	if p := planUsage(userDay, st2, time.UTC); !p.byUser || !p.userCopy {
-		t.Fatalf("a user filter over seals with copies: by_user %v, copy %v", p.byUser, p.userCopy)
+	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy != legacyUserCopyTable ||
+		!strings.Contains(usageRollupSQL(userDay, p), "{db}."+legacyUserCopyTable+"\n") {
+		t.Fatalf("a user filter over seals recorded before 0009: by_user %v, copy %q", p.byUser, p.userCopy)
 	}
-	if p := planUsage(UsageSpec{From: userDay.From, To: userDay.To, Group: GroupBy{User: true}}, st2, time.UTC); p.userCopy {
-		t.Fatal("the copy sorted by user is for reads of one user")
+	for k, x := range st2.hours {
+		if k != d0+5*3600 {
+			x.UserCopy, x.LegacyUserCopy = true, false
+			st2.hours[k] = x
+		}
+	}
+	if p := planUsage(userDay, st2, time.UTC); p.userCopy != "" {
+		t.Fatalf("seals with their copies in two tables: copy %q, want none", p.userCopy)
 	}
 	x := st2.hours[d0+5*3600]
+	x.UserCopy, x.LegacyUserCopy = true, false
+	st2.hours[d0+5*3600] = x
+	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy != userCopyTable ||
+		!strings.Contains(usageRollupSQL(userDay, p), "{db}."+userCopyTable+"\n") {
+		t.Fatalf("a user filter over seals with copies: by_user %v, copy %q", p.byUser, p.userCopy)
+	}
+	if p := planUsage(UsageSpec{From: userDay.From, To: userDay.To, Group: GroupBy{User: true}}, st2, time.UTC); p.userCopy != "" {
+		t.Fatal("the copy sorted by user is for reads of one user")
+	}
+	x = st2.hours[d0+5*3600]
 	x.UserCopy = false
 	st2.hours[d0+5*3600] = x
-	if p := planUsage(userDay, st2, time.UTC); p.userCopy {
+	if p := planUsage(userDay, st2, time.UTC); p.userCopy != "" {
 		t.Fatal("one seal without a copy: the copy must not be read")
 	}
 	// nothing sealed: one per-call interval
@@ -469,8 +487,8 @@ func TestPlanUsageUserTotals(t *testing.T) {
 		x.UserCopy, x.UserTotals = true, true
 		withCopy.days[d] = x
 	}
-	if p := planUsage(spec(GroupBy{Model: true}, UsageFilter{User: "u"}), withCopy, time.UTC); !p.userCopy || p.userTotals {
-		t.Errorf("one user with copies: copy %v, totals %v", p.userCopy, p.userTotals)
+	if p := planUsage(spec(GroupBy{Model: true}, UsageFilter{User: "u"}), withCopy, time.UTC); p.userCopy != userCopyTable || p.userTotals {
+		t.Errorf("one user with copies: copy %q, totals %v", p.userCopy, p.userTotals)
 	}
 	// a day recorded before migration 0006 makes the whole read keep
 	// levelUsers; hours alone have no totals
@@ -647,7 +665,7 @@ func TestPlanUsageWeeks(t *testing.T) {
 		if c.weeks > 0 && c.loc == time.UTC && spans+hours > bound {
 			t.Errorf("%s: %d days and %d hours besides the weeks", c.name, spans, hours)
 		}
-		if c.s.Filter.User != "" && !p.userCopy {
+		if c.s.Filter.User != "" && p.userCopy != userCopyTable {
 			t.Errorf("%s: the copy sorted by user is not read", c.name)
 		}
 		if c.s.Group.User && (!p.userTotals || !strings.Contains(rollupRowsSQL(c.s, p, false), fmt.Sprintf("(by_user = %d AND grain = %d ", levelUserTotals, grainWeek))) {
@@ -838,7 +856,7 @@ func TestPlanUsageModelCopy(t *testing.T) {
 		sql := usageRollupSQL(c.s, p)
 		readsCopy := strings.Contains(sql, "{db}.usage_rollup_by_model\n")
 		readsRollup := strings.Contains(sql, "{db}.usage_rollup\n")
-		if p.modelCopy != c.copy || readsCopy != c.copy || readsRollup == c.copy && !p.userCopy {
+		if p.modelCopy != c.copy || readsCopy != c.copy || readsRollup == c.copy && p.userCopy == "" {
 			t.Errorf("%s: copy %v, reads usage_rollup_by_model %v, usage_rollup %v; want the copy %v\n%s", c.name, p.modelCopy, readsCopy, readsRollup, c.copy, sql)
 		}
 		if c.name == "day, New York (hours subtracted)" && !p.signed() {

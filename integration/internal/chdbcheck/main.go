@@ -196,8 +196,8 @@ func checkModern(s *session, calls []schema.Call, now time.Time) error {
 			return err
 		}
 		stmts := callsdb.TableSettingStatements(srv, callsdb.Topology{}, keep, engines)
-		if pass == 1 && len(stmts) != 14 {
-			return fmt.Errorf("table settings: %d statements for 7 retained tables, want TTL + dedup window each: %q", len(stmts), stmts)
+		if pass == 1 && len(stmts) != 16 {
+			return fmt.Errorf("table settings: %d statements for 8 retained tables, want TTL + dedup window each: %q", len(stmts), stmts)
 		}
 		if pass == 2 && len(stmts) != 0 {
 			return fmt.Errorf("table settings not idempotent: second pass wants %q", stmts)
