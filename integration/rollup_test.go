@@ -663,7 +663,13 @@ SELECT toUInt8(%d), toUInt8(0), toDateTime(%d, 'UTC'), 'model-marker', '', 'onli
 // of [from, to) grouped by g, without percentiles.
 func markerCalls(ctx context.Context, t *testing.T, conn driver.Conn, db string, from, to time.Time, g callsdb.GroupBy) uint64 {
 	t.Helper()
-	rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, Group: g, SkipPercentiles: true})
+	return markerCallsOf(ctx, t, conn, db, callsdb.UsageSpec{From: from, To: to, Group: g, SkipPercentiles: true})
+}
+
+// markerCallsOf is the calls of model "model-marker" in the answer to s.
+func markerCallsOf(ctx context.Context, t *testing.T, conn driver.Conn, db string, s callsdb.UsageSpec) uint64 {
+	t.Helper()
+	rows, err := callsdb.UsageOf(ctx, conn, db, s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,16 +47,8 @@ func TestRollupUserFilterWithAndWithoutCopy(t *testing.T) {
 SELECT toUInt8(2), toDateTime(%d, 'UTC'), 'model-marker', 'user-0', 'online', '', toUInt64(%d), toUInt64(7)`, db, table, from.Unix(), v)); err != nil {
 			t.Fatal(err)
 		}
-		rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, Group: callsdb.GroupBy{Model: true}, Filter: callsdb.UsageFilter{User: "user-0"}, SkipPercentiles: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.Model == "model-marker" {
-				return r.Calls == 7
-			}
-		}
-		return false
+		return markerCallsOf(ctx, t, conn, db, callsdb.UsageSpec{From: from, To: to, Group: callsdb.GroupBy{Model: true},
+			Filter: callsdb.UsageFilter{User: "user-0"}, SkipPercentiles: true}) == 7
 	}
 	// withoutMarkers rewrites table without the marker rows (18.16 has no
 	// synchronous delete)
