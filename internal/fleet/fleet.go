@@ -147,6 +147,21 @@ func (f *Fleet) Start(name string, args ...string) error {
 	return nil
 }
 
+// Exited reports the first running child that has exited, with the tail of
+// its log; nil while every one runs. A caller waiting on the children's
+// work checks it so that a crashed role fails the wait instead of stalling
+// it.
+func (f *Fleet) Exited() error {
+	for _, c := range f.children {
+		select {
+		case <-c.exited:
+			return fmt.Errorf("%s exited\n%s", c.name, Tail(c.log))
+		default:
+		}
+	}
+	return nil
+}
+
 // RunOnce runs a child to completion (migrate).
 func (f *Fleet) RunOnce(ctx context.Context, name string, args ...string) error {
 	if err := f.Start(name, args...); err != nil {

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestVMHWM(t *testing.T) {
@@ -77,5 +78,27 @@ func TestFreeListenNeverRepeats(t *testing.T) {
 			t.Fatalf("FreeListen returned %s twice", addr)
 		}
 		seen[addr] = true
+	}
+}
+
+// Exited names a child that has stopped, and nothing while all run.
+func TestExitedNamesAStoppedChild(t *testing.T) {
+	f := &Fleet{Dir: t.TempDir(), Binary: "/bin/sleep", Out: io.Discard}
+	if err := f.Start("sleeper", "30"); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	if err := f.Exited(); err != nil {
+		t.Fatalf("every child runs, Exited: %v", err)
+	}
+	if err := f.Start("quitter", "0"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for f.Exited() == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := f.Exited(); err == nil || !strings.Contains(err.Error(), "quitter exited") {
+		t.Fatalf("Exited after a child stopped: %v", err)
 	}
 }

@@ -412,6 +412,9 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 			lastReport = time.Now()
 			b.say("progress   %.1fs  accepted %d  %s", time.Since(start).Seconds(), min(int(next.Load()), n), strings.Join(progress, "  "))
 		}
+		if err := b.fleet.Exited(); err != nil {
+			return fmt.Errorf("bench: a process stopped during the throughput phase (%s): %w", strings.Join(progress, ", "), err)
+		}
 		if time.Since(start) > 10*time.Minute {
 			return fmt.Errorf("bench: stages not done after 10 minutes: %s", strings.Join(progress, ", "))
 		}
