@@ -135,9 +135,21 @@ const (
 // The usage_seals.user_copy of a seal: where its rows keyed by user are
 // copied (0: nowhere, recorded before migration 0004).
 const (
-	userCopyLegacy  = 1 // legacyUserCopyTable
-	userCopyCurrent = 2 // userCopyTable
+	userCopyLegacy  uint8 = 1 // legacyUserCopyTable
+	userCopyCurrent uint8 = 2 // userCopyTable
 )
+
+// userCopyTableOf is the table of a usage_seals.user_copy value, "" for
+// none.
+func userCopyTableOf(userCopy uint8) string {
+	switch userCopy {
+	case userCopyCurrent:
+		return userCopyTable
+	case userCopyLegacy:
+		return legacyUserCopyTable
+	}
+	return ""
+}
 
 // userRollupColumns are the columns of the user copies (usage_rollup's
 // by_user = 1 rows, sorted by user first).

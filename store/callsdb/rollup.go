@@ -356,7 +356,7 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if x.Grain == grainHour {
 			userTotals, modelTotals = 0, 1
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, uint8(userCopyCurrent), userTotals, modelTotals, uint8(1)); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, userCopyCurrent, userTotals, modelTotals, uint8(1)); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -718,11 +718,11 @@ type Seal struct {
 	Version      uint64
 	Calls        uint64
 	HourVersions []uint64 // day seals: the versions of their hours, in order; week seals: of their days
-	// UserCopy: the seal's rows keyed by user are also in
-	// usage_rollup_user_copy (seals recorded before migration 0009 are
-	// not); LegacyUserCopy: in usage_rollup_by_user (seals recorded by
-	// migrations 0004 to 0008).
-	UserCopy, LegacyUserCopy bool
+	// UserCopy is where the seal's rows keyed by user are also copied:
+	// userCopyCurrent (usage_rollup_user_copy, since migration 0009),
+	// userCopyLegacy (usage_rollup_by_user, migrations 0004 to 0008) or 0
+	// (nowhere, before 0004).
+	UserCopy uint8
 	// UserTotals: a day seal's rows keyed by user are also summed over
 	// sources and batches (levelUserTotals; not for days recorded before
 	// migration 0006, nor for hours).
@@ -871,11 +871,10 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 	st := newSealState()
 	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
-		var userCopy, userTotals, modelTotals, modelCopy uint8
-		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &userCopy, &userTotals, &modelTotals, &modelCopy); err != nil {
+		var userTotals, modelTotals, modelCopy uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &x.UserCopy, &userTotals, &modelTotals, &modelCopy); err != nil {
 			return err
 		}
-		x.UserCopy, x.LegacyUserCopy = userCopy == userCopyCurrent, userCopy == userCopyLegacy
 		x.UserTotals, x.ModelTotals, x.ModelCopy = userTotals == 1, modelTotals == 1, modelCopy == 1
 		if x.Grain == grainHour {
 			st.hours[x.Period] = x
@@ -1038,7 +1037,7 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	}
 	out.SealedHours, out.SealedDays, out.SealedLocalDays, out.SealedWeeks = len(st.hours), len(st.days), len(st.localDays), len(st.weeks)
 	for x := range st.all() {
-		if !x.UserCopy && (x.Grain == grainHour || x.Grain == grainDay) {
+		if x.UserCopy != userCopyCurrent && (x.Grain == grainHour || x.Grain == grainDay) {
 			out.WithoutUserCopy++
 		}
 		if !x.ModelTotals && x.Grain == grainHour {

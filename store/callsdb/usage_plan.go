@@ -76,21 +76,20 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		planBucketed(&p, s, st, loc, first, last, addCalls)
 	}
 	addCalls(last, to)
-	userCopy := s.Filter.User != "" && len(p.rollup) > 0
-	legacyUserCopy := userCopy
+	var userCopy uint8 // the copy every seal read has; 0 when they differ
+	if s.Filter.User != "" && len(p.rollup) > 0 {
+		x, _ := st.current(p.rollup[0].Grain, p.rollup[0].Period)
+		userCopy = x.UserCopy
+	}
 	p.modelCopy = !p.byUser && len(p.rollup) > 0
 	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
 		x, _ := st.current(r.Grain, r.Period)
-		userCopy = userCopy && x.UserCopy
-		legacyUserCopy = legacyUserCopy && x.LegacyUserCopy
+		if x.UserCopy != userCopy {
+			userCopy = 0
+		}
 		p.modelCopy = p.modelCopy && x.ModelCopy
 	}
-	switch {
-	case userCopy:
-		p.userCopy = userCopyTable
-	case legacyUserCopy:
-		p.userCopy = legacyUserCopyTable
-	}
+	p.userCopy = userCopyTableOf(userCopy)
 	p.userTotals = p.byUser && p.userCopy == "" && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
 	days := 0
 	for _, r := range p.rollup {

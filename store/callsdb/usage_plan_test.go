@@ -171,7 +171,7 @@ func TestPlanUsage(t *testing.T) {
 		t.Fatalf("a user filter over seals without copies: by_user %v, copy %q", p.byUser, p.userCopy)
 	}
 	for k, x := range st2.hours {
-		x.LegacyUserCopy = true
+		x.UserCopy = userCopyLegacy
 		st2.hours[k] = x
 	}
 	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy != legacyUserCopyTable ||
@@ -180,7 +180,7 @@ func TestPlanUsage(t *testing.T) {
 	}
 	for k, x := range st2.hours {
 		if k != d0+5*3600 {
-			x.UserCopy, x.LegacyUserCopy = true, false
+			x.UserCopy = userCopyCurrent
 			st2.hours[k] = x
 		}
 	}
@@ -188,7 +188,7 @@ func TestPlanUsage(t *testing.T) {
 		t.Fatalf("seals with their copies in two tables: copy %q, want none", p.userCopy)
 	}
 	x := st2.hours[d0+5*3600]
-	x.UserCopy, x.LegacyUserCopy = true, false
+	x.UserCopy = userCopyCurrent
 	st2.hours[d0+5*3600] = x
 	if p := planUsage(userDay, st2, time.UTC); !p.byUser || p.userCopy != userCopyTable ||
 		!strings.Contains(usageRollupSQL(userDay, p), "{db}."+userCopyTable+"\n") {
@@ -198,7 +198,7 @@ func TestPlanUsage(t *testing.T) {
 		t.Fatal("the copy sorted by user is for reads of one user")
 	}
 	x = st2.hours[d0+5*3600]
-	x.UserCopy = false
+	x.UserCopy = 0
 	st2.hours[d0+5*3600] = x
 	if p := planUsage(userDay, st2, time.UTC); p.userCopy != "" {
 		t.Fatal("one seal without a copy: the copy must not be read")
@@ -480,11 +480,11 @@ func TestPlanUsageUserTotals(t *testing.T) {
 	// copy (one level)
 	withCopy := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
 	for h, x := range withCopy.hours {
-		x.UserCopy = true
+		x.UserCopy = userCopyCurrent
 		withCopy.hours[h] = x
 	}
 	for d, x := range withCopy.days {
-		x.UserCopy, x.UserTotals = true, true
+		x.UserCopy, x.UserTotals = userCopyCurrent, true
 		withCopy.days[d] = x
 	}
 	if p := planUsage(spec(GroupBy{Model: true}, UsageFilter{User: "u"}), withCopy, time.UTC); p.userCopy != userCopyTable || p.userTotals {
@@ -589,7 +589,7 @@ func withWeeks(st *sealState, from, to int64) *sealState {
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
 		if days, ok := st.weekDays(w); ok {
 			x := spanSeal(grainWeek, w, 11, days)
-			x.UserCopy, x.UserTotals = true, true
+			x.UserCopy, x.UserTotals = userCopyCurrent, true
 			st.setDay(x)
 		}
 	}
@@ -609,11 +609,11 @@ func TestPlanUsageWeeks(t *testing.T) {
 	}
 	st := planState(d0, d0+days*86400, map[int64]uint64{}, sealedDays...)
 	for d, x := range st.days {
-		x.UserTotals, x.UserCopy = true, true
+		x.UserTotals, x.UserCopy = true, userCopyCurrent
 		st.days[d] = x
 	}
 	for h, x := range st.hours {
-		x.UserCopy = true
+		x.UserCopy = userCopyCurrent
 		st.hours[h] = x
 	}
 	withWeeks(st, d0, d0+days*86400)

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -71,8 +72,9 @@ func (b *bench) rawTopology(ctx context.Context) (rate float64, batches uint64, 
 		wg.Go(func() {
 			defer nc.Close()
 			defer it.Stop()
-			fw := &topoForwarder{js: js, subject: subjects[1], stored: make(chan topoBatch, 64), acked: make(chan struct{}), fail: fail}
+			var fw *topoForwarder
 			if forward {
+				fw = &topoForwarder{js: js, subject: subjects[1], stored: make(chan topoBatch, 64), acked: make(chan struct{}), fail: fail}
 				defer fw.close(ctx)
 				go fw.ackStored()
 			}
@@ -83,7 +85,12 @@ func (b *bench) rawTopology(ctx context.Context) (rate float64, batches uint64, 
 					return
 				}
 				if !forward {
-					events += max(1, headerCount(m.Headers()))
+					items, err := bus.Items(m.Headers(), m.Data())
+					if err != nil {
+						fail(fmt.Errorf("topology %s: %w", durable, err))
+						return
+					}
+					events += len(items)
 					_ = m.Ack()
 					continue
 				}
@@ -147,13 +154,14 @@ type topoBatch struct {
 
 // add holds m and publishes the batch when it is full or last is set.
 func (f *topoForwarder) add(m jetstream.Msg, last bool) error {
-	if len(f.body)+len(m.Data())+1 > bus.MaxBatchBytes && len(f.held) > 0 {
+	line := bytes.TrimSuffix(m.Data(), []byte("\n")) // the bench's events are NDJSON lines
+	if len(f.body)+len(line)+1 > bus.MaxBatchBytes && len(f.held) > 0 {
 		if err := f.publish(); err != nil {
 			return err
 		}
 	}
 	f.held = append(f.held, m)
-	f.body = append(append(f.body, m.Data()...), '\n')
+	f.body = append(append(f.body, line...), '\n')
 	if len(f.held) == bus.MaxBatchCalls || last {
 		return f.publish()
 	}
@@ -200,11 +208,4 @@ func (f *topoForwarder) close(ctx context.Context) {
 	case <-ctx.Done():
 		f.fail(errors.New("topology: forwarded events not acknowledged in time"))
 	}
-}
-
-// headerCount is a batched message's number of events (0 when it has no
-// such header).
-func headerCount(h nats.Header) int {
-	n, _ := strconv.Atoi(h.Get(bus.HeaderCalls))
-	return n
 }
