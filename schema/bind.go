@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -409,24 +410,26 @@ func (d *Binder) Int(from int, dst *int) int {
 
 // IntPtr decodes an integer or null into *dst.
 func (d *Binder) IntPtr(from int, dst **int) int {
-	return bindPtr(d, from, dst, func(d *Binder, from, to int) int { return int(d.integer(from, to)) })
-}
-
-// Int64Ptr decodes an integer or null into *dst.
-func (d *Binder) Int64Ptr(from int, dst **int64) int {
-	return bindPtr(d, from, dst, (*Binder).integer)
-}
-
-// bindPtr decodes the value at from, or null, into *dst: parse reads the
-// value, which ends at to; null sets *dst to nil. parse takes d rather than
-// being a method value, which would be allocated on every call.
-func bindPtr[T any](d *Binder, from int, dst **T, parse func(d *Binder, from, to int) T) int {
 	to := d.Skip(from)
 	if isNullAt(d.data, from) {
 		*dst = nil
 		return to
 	}
-	v := parse(d, from, to)
+	v := int(d.integer(from, to))
+	*dst = &v
+	return to
+}
+
+// Int64Ptr decodes an integer or null into *dst. (Each pointer method is
+// written out: a shared helper taking the parser as a func value would move
+// every caller's Binder to the heap.)
+func (d *Binder) Int64Ptr(from int, dst **int64) int {
+	to := d.Skip(from)
+	if isNullAt(d.data, from) {
+		*dst = nil
+		return to
+	}
+	v := d.integer(from, to)
 	*dst = &v
 	return to
 }
@@ -455,7 +458,14 @@ func (d *Binder) Float(from int, dst *float64) int {
 
 // FloatPtr decodes a number or null into *dst.
 func (d *Binder) FloatPtr(from int, dst **float64) int {
-	return bindPtr(d, from, dst, (*Binder).float)
+	to := d.Skip(from)
+	if isNullAt(d.data, from) {
+		*dst = nil
+		return to
+	}
+	v := d.float(from, to)
+	*dst = &v
+	return to
 }
 
 // Nested starts binding a nested object: null leaves it (or sets a
@@ -523,3 +533,119 @@ func jsonNumber(lit []byte) bool {
 	}
 	return i == len(lit)
 }
+
+// Int64 decodes an integer into *dst; null leaves it.
+func (d *Binder) Int64(from int, dst *int64) int {
+	to := d.Skip(from)
+	if !isNullAt(d.data, from) {
+		*dst = d.integer(from, to)
+	}
+	return to
+}
+
+// Bool decodes true or false into *dst; null leaves it.
+func (d *Binder) Bool(from int, dst *bool) int {
+	to := d.Skip(from)
+	switch string(d.data[from:to]) {
+	case "true":
+		*dst = true
+	case "false":
+		*dst = false
+	case "null":
+	default:
+		d.failed = true
+	}
+	return to
+}
+
+// Time decodes an RFC 3339 time in UTC ("Z") into *dst as encoding/json
+// does; null leaves it.
+func (d *Binder) Time(from int, dst *time.Time) int {
+	to := d.Skip(from)
+	if !isNullAt(d.data, from) {
+		*dst = d.parseTime(from, to)
+	}
+	return to
+}
+
+// TimePtr decodes a time as Time does, or null, into *dst.
+func (d *Binder) TimePtr(from int, dst **time.Time) int {
+	to := d.Skip(from)
+	if isNullAt(d.data, from) {
+		*dst = nil
+		return to
+	}
+	t := d.parseTime(from, to)
+	*dst = &t
+	return to
+}
+
+// ValidRaw reads the value at from as encoding/json fills a RawMessage,
+// checking all of its syntax (Skip trusts nested values); a nil dst only
+// checks it.
+func (d *Binder) ValidRaw(from int, dst *json.RawMessage) int {
+	v := decoder{data: d.data, pos: from}
+	if v.skipValue(1); v.fatal != nil {
+		d.failed = true
+		return len(d.data)
+	}
+	if dst != nil {
+		*dst = d.data[from:v.pos:v.pos]
+	}
+	return v.pos
+}
+
+// RawMap decodes an object of raw values into *dst (a new map, empty for
+// {}); null sets it to nil.
+func (d *Binder) RawMap(from int, dst *map[string]json.RawMessage) int {
+	m, ok := d.Nested(from)
+	if !ok {
+		if !d.failed {
+			*dst = nil
+		}
+		return d.Skip(from)
+	}
+	if *dst == nil {
+		*dst = map[string]json.RawMessage{}
+	}
+	for {
+		key, from, ok := m.Next()
+		if !ok {
+			break
+		}
+		var v json.RawMessage
+		m.At(d.ValidRaw(from, &v))
+		(*dst)[unsafe.String(unsafe.SliceData(key), len(key))] = v
+	}
+	return m.End()
+}
+
+// Strings decodes an array of strings into *dst (empty for []); null sets
+// it to nil.
+func (d *Binder) Strings(from int, dst *[]string) int {
+	it, ok := d.Array(from)
+	if !ok {
+		if !d.failed {
+			*dst = nil
+		}
+		return d.Skip(from)
+	}
+	list := (*dst)[:0]
+	if list == nil {
+		list = []string{}
+	}
+	for {
+		from, ok := it.Next()
+		if !ok {
+			break
+		}
+		var s string
+		it.At(d.Str(from, &s))
+		list = append(list, s)
+	}
+	*dst = list
+	return it.End()
+}
+
+// AtEnd reports whether nothing but white space follows i.
+func (d *Binder) AtEnd(i int) bool { return d.ws(i) == len(d.data) }
