@@ -47,7 +47,7 @@ type ClickHouseRollup struct {
 	Lease     Duration `yaml:"lease" doc:"the sealing lease (NATS KV): one clickhouse worker seals at a time; another takes over this long after the holder stops renewing"`
 	SliceRows int      `yaml:"slice_rows" doc:"stored call rows one seal query aggregates at most; bigger hours are sealed in slices (bounds ClickHouse memory)"`
 	Grace     Duration `yaml:"grace" doc:"rows of a replaced seal are deleted this long after (longer than any usage query runs)"`
-	Zones     []string `yaml:"zones" doc:"IANA time zones (comma separated in env) whose local days are sealed too, beside UTC days: the usage overview bucketed by day in such a zone (the dashboard uses the browser's) reads one row set per day instead of a UTC day corrected by its edge hours; zones whose offset is not whole hours cannot be listed"`
+	Zones     []string `yaml:"zones" doc:"IANA time zones (comma separated in env) whose local days and weeks are sealed too, beside UTC days and weeks: the usage overview bucketed by day in such a zone (the dashboard uses the browser's) reads one row set per day instead of a UTC day corrected by its edge hours, and a range of whole local weeks one row set per week; zones whose offset is not whole hours cannot be listed"`
 }
 
 // SealAfter is the rollups' redelivery horizon: clickhouse.rollup.seal_after

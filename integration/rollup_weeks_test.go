@@ -110,3 +110,143 @@ func TestRollupWeeks(t *testing.T) {
 	}
 	check("late calls sealed again")
 }
+
+// TestRollupLocalWeeks: the weeks of a zone in clickhouse.rollup.zones
+// (seven local days from a local Thursday) are sealed from their day seals
+// with a grain per length, and reads without time buckets in that zone read
+// a row per group and week instead of UTC weeks and days with the hours
+// between them. New York's week from Oct 29, 2026 has 169 hours (daylight
+// saving ends on Nov 1); Tokyo's weeks start at 15:00 UTC on Wednesdays.
+// A late call into one of a week's days makes the week unreadable until it
+// is sealed again; every answer stays exact.
+func TestRollupLocalWeeks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	ny, tokyo := loadZone(t, "America/New_York"), loadZone(t, "Asia/Tokyo")
+	from := time.Date(2026, 10, 21, 0, 0, 0, 0, time.UTC)
+	to := time.Date(2026, 11, 13, 0, 0, 0, 0, time.UTC)
+	out, db := chTestDB(t)
+	conn := out.Conn()
+	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 20, DuplicatePercent: 3, Seed: 31})
+	sealer := &callsdb.Sealer{Conn: conn, Database: db, Zones: []*time.Location{ny, tokyo}}
+	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
+		t.Fatal(err)
+	}
+	// grain@start -> newest version, and each seal's calls at levels 0, 1, 2
+	weekSeals := func() map[string]uint64 {
+		t.Helper()
+		got := map[string]uint64{}
+		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT grain, toInt64(toUInt32(period)), max(version) FROM %s.usage_seals WHERE grain IN (7, 8, 9) GROUP BY grain, period`, db))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var g uint8
+			var p int64
+			var v uint64
+			if err := rows.Scan(&g, &p, &v); err != nil {
+				t.Fatal(err)
+			}
+			got[fmt.Sprintf("%d@%s", g, time.Unix(p, 0).UTC().Format("01-02T15"))] = v
+		}
+		return got
+	}
+	type week struct {
+		key        string
+		grain      uint8
+		start, end time.Time
+	}
+	weeks := []week{
+		{"8@10-22T04", 8, time.Date(2026, 10, 22, 0, 0, 0, 0, ny), time.Date(2026, 10, 29, 0, 0, 0, 0, ny)},
+		{"9@10-29T04", 9, time.Date(2026, 10, 29, 0, 0, 0, 0, ny), time.Date(2026, 11, 5, 0, 0, 0, 0, ny)},
+		{"8@11-05T05", 8, time.Date(2026, 11, 5, 0, 0, 0, 0, ny), time.Date(2026, 11, 12, 0, 0, 0, 0, ny)},
+		{"8@10-21T15", 8, time.Date(2026, 10, 22, 0, 0, 0, 0, tokyo), time.Date(2026, 10, 29, 0, 0, 0, 0, tokyo)},
+		{"8@10-28T15", 8, time.Date(2026, 10, 29, 0, 0, 0, 0, tokyo), time.Date(2026, 11, 5, 0, 0, 0, 0, tokyo)},
+		{"8@11-04T15", 8, time.Date(2026, 11, 5, 0, 0, 0, 0, tokyo), time.Date(2026, 11, 12, 0, 0, 0, 0, tokyo)},
+	}
+	seals := weekSeals()
+	if len(seals) != len(weeks) {
+		t.Errorf("local weeks sealed: %v, want %d", seals, len(weeks))
+	}
+	if st := rollupStatus(ctx, t, conn, db); st.SealedLocalWeeks != len(seals) || st.SealedLocalDays < 40 {
+		t.Errorf("status: %d local weeks and %d local days sealed, usage_seals has %d local weeks", st.SealedLocalWeeks, st.SealedLocalDays, len(seals))
+	}
+	// each week's rows hold each of its calls once, at every level
+	for _, w := range weeks {
+		v, ok := seals[w.key]
+		if !ok {
+			t.Fatalf("week %s not sealed (sealed: %v)", w.key, seals)
+		}
+		var in uint64
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(uniqExact(id)) FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC')",
+			db, w.start.Unix(), w.end.Unix())).Scan(&in); err != nil {
+			t.Fatal(err)
+		}
+		for level := range 3 {
+			var n uint64
+			if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(sum(calls)) FROM %s.usage_rollup WHERE by_user = %d AND grain = %d AND period = toDateTime(%d, 'UTC') AND version = %d",
+				db, level, w.grain, w.start.Unix(), v)).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != in || in == 0 {
+				t.Errorf("week %s at level %d: %d calls, want %d", w.key, level, n, in)
+			}
+		}
+	}
+	nyFrom, nyTo := weeks[0].start, weeks[2].end
+	tokyoFrom, tokyoTo := weeks[3].start, weeks[5].end
+	check := func(what string) {
+		t.Helper()
+		checkRollupUsageIn(t, conn, db, o, nyFrom, nyTo, what+", New York's weeks", 1, ny, time.UTC)
+		checkRollupUsageIn(t, conn, db, o, tokyoFrom, tokyoTo, what+", Tokyo's weeks", 2, tokyo)
+	}
+	check("local weeks sealed")
+
+	// a row added to New York's 169-hour week (in the copy without users)
+	// is what New York's reads without buckets read, and what UTC's and
+	// reads by day do not
+	addMarkerRow(ctx, t, conn, db, "usage_rollup_by_model", 9, weeks[1].start, seals["9@10-29T04"])
+	marker := func(s callsdb.UsageSpec) uint64 {
+		s.SkipPercentiles = true
+		return markerCallsOf(ctx, t, conn, db, s)
+	}
+	nyModels := callsdb.UsageSpec{From: nyFrom, To: nyTo, TZ: ny.String(), Group: callsdb.GroupBy{Model: true}}
+	if n := marker(nyModels); n != 7 {
+		t.Fatalf("New York per model: the week's marker row counted %d calls, want 7", n)
+	}
+	if n := marker(callsdb.UsageSpec{From: nyFrom, To: nyTo, Group: callsdb.GroupBy{Model: true}}); n != 0 {
+		t.Fatalf("UTC per model: New York's week was read (%d calls)", n)
+	}
+	if n := marker(callsdb.UsageSpec{From: nyFrom, To: nyTo, TZ: ny.String(), Group: callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}}); n != 0 {
+		t.Fatalf("New York per day and model: the week was read (%d calls)", n)
+	}
+
+	// late data into New York's Nov 2 (in the 169-hour week): until its
+	// hours, day and week are sealed again, the week is not read
+	late := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)
+	if err := conn.Exec(ctx, copyCallsSQL(db, "'user-late'", 10, late, late.Add(3*time.Hour), "cityHash64(id) % 4 = 0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, []int64{late.Unix(), late.Add(time.Hour).Unix(), late.Add(2 * time.Hour).Unix()}, "test late copies", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	o.loadDays(t, conn, db, late.Truncate(24*time.Hour), late.Truncate(24*time.Hour).Add(24*time.Hour))
+	if n := marker(nyModels); n != 0 {
+		t.Fatalf("late data, not sealed again: the week's marker was read (%d calls)", n)
+	}
+	check("late data, not sealed again yet")
+	sealer.Now = func() time.Time { return time.Now().Add(callsdb.ClockSkew + time.Minute) }
+	if _, err := sealer.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resealed := weekSeals()
+	if resealed["9@10-29T04"] <= seals["9@10-29T04"] || resealed["8@10-28T15"] <= seals["8@10-28T15"] {
+		t.Errorf("the weeks holding the late hours were not sealed again: New York %d -> %d, Tokyo %d -> %d",
+			seals["9@10-29T04"], resealed["9@10-29T04"], seals["8@10-28T15"], resealed["8@10-28T15"])
+	}
+	if resealed["8@10-22T04"] != seals["8@10-22T04"] {
+		t.Error("a week without late data was sealed again")
+	}
+	check("late data sealed again")
+}

@@ -15,14 +15,20 @@ import (
 // UTC hours from its midnight to the next, 23, 24 or 25 of them (daylight
 // saving). Each length has a grain of its own, so two zones whose days start
 // at the same hour but differ in length never share a record. A week is
-// summed from its seven UTC day seals, for reads without time buckets.
+// summed from its seven UTC day seals, for reads without time buckets; a
+// local week (seven days of a configured zone from a local Thursday, when
+// they are not a UTC week) from its seven day seals, local or UTC, with a
+// grain per length (167, 168 or 169 hours) as local days have.
 const (
-	grainHour       uint8 = 1
-	grainDay        uint8 = 2 // a UTC day
-	grainLocalDay23 uint8 = 3
-	grainLocalDay24 uint8 = 4
-	grainLocalDay25 uint8 = 5
-	grainWeek       uint8 = 6 // seven UTC days from a Thursday: Unix time rounded down to weekSeconds
+	grainHour         uint8 = 1
+	grainDay          uint8 = 2 // a UTC day
+	grainLocalDay23   uint8 = 3
+	grainLocalDay24   uint8 = 4
+	grainLocalDay25   uint8 = 5
+	grainWeek         uint8 = 6 // seven UTC days from a Thursday: Unix time rounded down to weekSeconds
+	grainLocalWeek167 uint8 = 7
+	grainLocalWeek168 uint8 = 8
+	grainLocalWeek169 uint8 = 9
 )
 
 // weekSeconds is the length of a week seal (Unix time 0 is a Thursday).
@@ -35,6 +41,17 @@ func localDayGrain(n int64) (uint8, bool) {
 	}
 	return uint8(n - 20), true
 }
+
+// localWeekGrain is the grain of a local week of n hours.
+func localWeekGrain(n int64) (uint8, bool) {
+	if n < 167 || n > 169 {
+		return 0, false
+	}
+	return uint8(n - 160), true
+}
+
+// isLocalWeek reports whether grain is a local week's.
+func isLocalWeek(grain uint8) bool { return grain >= grainLocalWeek167 && grain <= grainLocalWeek169 }
 
 // collapsedCallsSQL is the per-call rows of calls matching where, one row
 // per id: the copy with the highest version, as ReplacingMergeTree keeps.
@@ -229,7 +246,7 @@ GROUP BY grain, period, version, model`, rollupColumns, levelModelTotals,
 
 // sealSpanSQL writes the rows (levels 0 and 1) of a span seal at version v
 // starting at start: a UTC or local day summed from the hour seals it lists
-// (its hours in order), or a week from its seven UTC day seals.
+// (its hours in order), or a week from its seven day seals.
 func sealSpanSQL(grain uint8, start int64, v uint64, parts []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT

@@ -301,8 +301,11 @@ func (s *Sealer) sealSpan(ctx context.Context, x Seal, parts []Seal) error {
 		refs[i] = h.ref()
 	}
 	what := "day"
-	if x.Grain == grainWeek {
+	switch {
+	case x.Grain == grainWeek:
 		what = "week"
+	case isLocalWeek(x.Grain):
+		what = "local week"
 	}
 	if err := s.exec(ctx, sealSpanSQL(x.Grain, x.Period, x.Version, refs)); err != nil {
 		return fmt.Errorf("seal %s %s (%d parts): %w", what, unixUTC(x.Period), len(parts), err)
@@ -546,14 +549,21 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 	return s.sealSpans(ctx, st, due)
 }
 
-// sealWeeks seals every week starting in [from, to) whose seven UTC days
-// are current over clean hours and whose week seal is missing or summed
-// other day versions.
+// sealWeeks seals every week, and every local week of the zones, lying in
+// [from, to) whose seven days are current over clean hours and whose week
+// seal is missing or summed other day versions.
 func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
 	var due []dueSpan
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
 		if days, ok := st.weekDays(w); ok && !st.dayCurrent(grainWeek, w, days) {
 			due = append(due, dueSpan{grainWeek, w, days})
+		}
+	}
+	for _, loc := range s.Zones {
+		for _, w := range localWeeks(loc, from, to) {
+			if days, ok := st.spanDays(w.days[:]); ok && !st.dayCurrent(w.grain, w.start, days) {
+				due = append(due, dueSpan{w.grain, w.start, days})
+			}
 		}
 	}
 	return s.sealSpans(ctx, st, due)
@@ -590,9 +600,11 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 	return n + len(empty), nil
 }
 
-// weeksAround widens [from, to) to whole weeks (what sealWeeks needs loaded).
+// weeksAround widens [from, to) to whole weeks, and a week before: what
+// sealWeeks needs loaded (a local week east of UTC starts before its UTC
+// week).
 func weeksAround(from, to int64) (int64, int64) {
-	return floorTo(from, weekSeconds), ceilTo(to, weekSeconds)
+	return floorTo(from, weekSeconds) - weekSeconds, ceilTo(to, weekSeconds)
 }
 
 // daysAround is a range holding every UTC or local day (of any zone) that
@@ -619,6 +631,43 @@ func localDays(loc *time.Location, from, to int64) [][2]int64 {
 			continue
 		}
 		out = append(out, [2]int64{start, end})
+	}
+}
+
+// localWeek is a week of a zone: seven local days from a local Thursday
+// (as UTC weeks start on Thursdays), [start, end) in Unix seconds.
+type localWeek struct {
+	grain      uint8
+	start, end int64
+	days       [7][2]int64
+}
+
+// localWeeks are the weeks of loc lying whole in [from, to) that are not
+// UTC weeks and whose days each start and end on whole UTC hours: what a
+// local week seal sums (each day's seal: a UTC day's where the local day is
+// one, else the local day's).
+func localWeeks(loc *time.Location, from, to int64) []localWeek {
+	var out []localWeek
+	y, m, d := unixUTC(from).In(loc).Date()
+	for time.Date(y, m, d, 0, 0, 0, 0, loc).Weekday() != time.Thursday {
+		d++
+	}
+	for ; ; d += 7 {
+		w := localWeek{start: time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), end: time.Date(y, m, d+7, 0, 0, 0, 0, loc).Unix()}
+		if w.end > to {
+			return out
+		}
+		ok := w.start >= from && !(w.start%weekSeconds == 0 && w.end-w.start == weekSeconds)
+		w.grain, _ = localWeekGrain((w.end - w.start) / 3600)
+		for i := range w.days {
+			start, end := time.Date(y, m, d+i, 0, 0, 0, 0, loc).Unix(), time.Date(y, m, d+i+1, 0, 0, 0, 0, loc).Unix()
+			w.days[i] = [2]int64{start, end}
+			_, whole := localDayGrain((end - start) / 3600)
+			ok = ok && whole && start%3600 == 0 && end%3600 == 0
+		}
+		if ok && w.grain != 0 {
+			out = append(out, w)
+		}
 	}
 }
 
@@ -743,7 +792,7 @@ func (x Seal) ref() sealRef { return sealRef{Grain: x.Grain, Period: x.Period, V
 type sealState struct {
 	hours     map[int64]Seal
 	days      map[int64]Seal   // UTC days
-	localDays map[sealKey]Seal // local days of zones (grainLocalDay*)
+	localDays map[sealKey]Seal // local days and weeks of zones (grainLocalDay*, grainLocalWeek*)
 	weeks     map[int64]Seal
 	dirty     map[int64]uint64 // hour -> newest mark (Unix ns)
 }
@@ -831,15 +880,31 @@ func (st *sealState) cleanHours(from, to int64) ([]Seal, bool) {
 // weekDays returns the seals of the seven UTC days of the week starting at
 // w if every one of them is current over clean hours.
 func (st *sealState) weekDays(w int64) ([]Seal, bool) {
-	days := make([]Seal, 0, 7)
-	for d := w; d < w+weekSeconds; d += 86400 {
-		hours, clean := st.cleanHours(d, d+86400)
-		if !clean || !st.dayCurrent(grainDay, d, hours) {
+	var days [7][2]int64
+	for i := range days {
+		d := w + int64(i)*86400
+		days[i] = [2]int64{d, d + 86400}
+	}
+	return st.spanDays(days[:])
+}
+
+// spanDays returns the seals of days ([start, end): UTC days, or local days
+// of 23 to 25 hours) if every one of them is current over clean hours.
+func (st *sealState) spanDays(days [][2]int64) ([]Seal, bool) {
+	out := make([]Seal, 0, len(days))
+	for _, d := range days {
+		grain := grainDay
+		if d[0]%86400 != 0 || d[1]-d[0] != 86400 {
+			grain, _ = localDayGrain((d[1] - d[0]) / 3600)
+		}
+		hours, clean := st.cleanHours(d[0], d[1])
+		if !clean || !st.dayCurrent(grain, d[0], hours) {
 			return nil, false
 		}
-		days = append(days, st.days[d])
+		x, _ := st.current(grain, d[0])
+		out = append(out, x)
 	}
-	return days, true
+	return out, true
 }
 
 // currentWeek returns the seal of the week starting at w if it summed
@@ -850,6 +915,16 @@ func (st *sealState) currentWeek(w int64) (Seal, bool) {
 		return Seal{}, false
 	}
 	return st.weeks[w], true
+}
+
+// currentLocalWeek returns the seal of local week w if it summed exactly
+// its days' current seals.
+func (st *sealState) currentLocalWeek(w localWeek) (Seal, bool) {
+	days, ok := st.spanDays(w.days[:])
+	if !ok || !st.dayCurrent(w.grain, w.start, days) {
+		return Seal{}, false
+	}
+	return st.current(w.grain, w.start)
 }
 
 // dayCurrent reports whether the seal of the span (grain, start) summed
@@ -984,11 +1059,12 @@ type RollupStatus struct {
 	SealedHours    int       `json:"sealed_hours"`
 	SealedDays     int       `json:"sealed_days"` // UTC days
 	SealedWeeks    int       `json:"sealed_weeks"`
-	// SealedLocalDays counts the sealed days of the zones in
-	// clickhouse.rollup.zones that are not UTC days.
-	SealedLocalDays int         `json:"sealed_local_days"`
-	Unsealed        []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
-	Dirty           []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
+	// SealedLocalDays and SealedLocalWeeks count the sealed days and weeks
+	// of the zones in clickhouse.rollup.zones that are not UTC ones.
+	SealedLocalDays  int         `json:"sealed_local_days"`
+	SealedLocalWeeks int         `json:"sealed_local_weeks"`
+	Unsealed         []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
+	Dirty            []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
 	// WithoutUserCopy counts current seals (hours and days) recorded before
 	// migration 0009, without their rows in usage_rollup_user_copy: reads
 	// filtered by user over them are slower until `rollup rebuild` (those
@@ -1035,7 +1111,14 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	if err != nil {
 		return out, err
 	}
-	out.SealedHours, out.SealedDays, out.SealedLocalDays, out.SealedWeeks = len(st.hours), len(st.days), len(st.localDays), len(st.weeks)
+	out.SealedHours, out.SealedDays, out.SealedWeeks = len(st.hours), len(st.days), len(st.weeks)
+	for k := range st.localDays {
+		if isLocalWeek(k.grain) {
+			out.SealedLocalWeeks++
+		} else {
+			out.SealedLocalDays++
+		}
+	}
 	for x := range st.all() {
 		if x.UserCopy != userCopyCurrent && (x.Grain == grainHour || x.Grain == grainDay) {
 			out.WithoutUserCopy++

@@ -115,7 +115,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 // planUnbucketed plans [first, last) (whole hours) of a read without time
 // buckets, where any tiling of the range counts every second once: the
 // cheapest path over the range's hour boundaries whose steps are a week
-// row, a UTC or local day row, a UTC day row whose hours outside the range
+// row (UTC, or a local week of loc), a UTC or local day row, a UTC day row whose hours outside the range
 // are subtracted (subtract), an hour row, or an hour read per call (not
 // clean). Costs are in hour rows: a week or day row dayRowHours, a
 // subtracted hour one (none when it holds no calls, as it has no rows).
@@ -144,6 +144,10 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 	for _, w := range localDays(loc, first, last) {
 		locals[w[0]] = append(locals[w[0]], w)
 	}
+	localWeekAt := map[int64]localWeek{}
+	for _, w := range localWeeks(loc, first, last) {
+		localWeekAt[w.start] = w
+	}
 	for t := first; t < last; t += 3600 {
 		if best[idx(t)] < 0 {
 			continue
@@ -169,6 +173,11 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 				if subtract || len(minus) == 0 {
 					relax(end, step{from: t, cost: dayRowHours + len(minus), ref: st.days[d].ref(), minus: minus})
 				}
+			}
+		}
+		if w, ok := localWeekAt[t]; ok {
+			if x, ok := st.currentLocalWeek(w); ok {
+				relax(w.end, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
 		for _, w := range locals[t] {
@@ -587,12 +596,12 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 // the tuple IN of sealRefsSQL picks the exact seals.
 func sealRuns(refs []sealRef, level func(grain uint8) uint8) []string {
 	var runs []string
-	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25, grainWeek} {
+	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25, grainWeek, grainLocalWeek167, grainLocalWeek168, grainLocalWeek169} {
 		step := int64(86400)
-		switch g {
-		case grainHour:
+		switch {
+		case g == grainHour:
 			step = 3600
-		case grainWeek:
+		case g == grainWeek || isLocalWeek(g):
 			step = weekSeconds
 		}
 		var periods []int64

@@ -38,6 +38,9 @@ func grainHours(g uint8) int64 {
 	case grainWeek:
 		return 7 * 24
 	}
+	if isLocalWeek(g) {
+		return int64(g) + 160
+	}
 	return int64(g) + 20
 }
 
@@ -714,6 +717,117 @@ func TestPlanUsageWeeks(t *testing.T) {
 	covered(t, p, from, to)
 	if weeks, _, hours := count(p); weeks != 2 || hours < 23 {
 		t.Fatalf("a week over a dirty hour: %d weeks, %d hours", weeks, hours)
+	}
+}
+
+// withLocalWeeks seals the local weeks of loc in [from, to) whose days st
+// has current.
+func withLocalWeeks(st *sealState, loc *time.Location, from, to int64) *sealState {
+	for _, w := range localWeeks(loc, from, to) {
+		if days, ok := st.spanDays(w.days[:]); ok {
+			x := spanSeal(w.grain, w.start, 13, days)
+			x.UserCopy, x.UserTotals = userCopyCurrent, true
+			st.setDay(x)
+		}
+	}
+	return st
+}
+
+func TestPlanUsageLocalWeeks(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d0 := time.Date(2026, 10, 29, 0, 0, 0, 0, time.UTC).Unix() // a Thursday
+	const days = 35
+	sealedDays := make([]int64, days)
+	for i := range sealedDays {
+		sealedDays[i] = d0 + int64(i)*86400
+	}
+	st := planState(d0, d0+days*86400, map[int64]uint64{}, sealedDays...)
+	for d, x := range st.days {
+		x.UserTotals = true
+		st.days[d] = x
+	}
+	withWeeks(st, d0, d0+days*86400)
+	withLocalDays(st, ny, d0, d0+days*86400)
+	// New York's weeks: from Oct 29 (169 hours: daylight saving ends on
+	// Nov 1), Nov 5, 12 and 19 (168 hours, from 05:00 UTC)
+	weeks := localWeeks(ny, d0, d0+days*86400)
+	want := []localWeek{{grain: grainLocalWeek169, start: d0 + 4*3600, end: d0 + 7*86400 + 5*3600}}
+	for i := int64(1); i <= 3; i++ {
+		want = append(want, localWeek{grain: grainLocalWeek168, start: d0 + 7*86400*i + 5*3600, end: d0 + 7*86400*(i+1) + 5*3600})
+	}
+	if len(weeks) != 4 {
+		t.Fatalf("New York's weeks in 35 days from %s: %d, want 4", unixUTC(d0), len(weeks))
+	}
+	for i, w := range want {
+		if weeks[i].grain != w.grain || weeks[i].start != w.start || weeks[i].end != w.end || weeks[i].days[0][0] != w.start || weeks[i].days[6][1] != w.end {
+			t.Errorf("week %d: %+v, want %+v", i, weeks[i], w)
+		}
+	}
+	if n := len(localWeeks(time.UTC, d0, d0+days*86400)); n != 0 {
+		t.Errorf("UTC has %d local weeks", n)
+	}
+	// four New York weeks, model x user without percentiles: without local
+	// week seals, UTC weeks and days with the hours between them; with
+	// them, the four week rows
+	from, to := want[0].start, want[3].end
+	s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{Model: true, User: true}, TZ: ny.String(), SkipPercentiles: true}
+	cost := func(p usagePlan) int {
+		n := len(p.minus)
+		for _, r := range p.rollup {
+			if r.Grain == grainHour {
+				n++
+			} else {
+				n += dayRowHours
+			}
+		}
+		return n
+	}
+	before := planUsage(s, st, ny)
+	covered(t, before, from, to)
+	withLocalWeeks(st, ny, d0, d0+days*86400)
+	p := planUsage(s, st, ny)
+	covered(t, p, from, to)
+	n := map[uint8]int{}
+	for _, r := range p.rollup {
+		n[r.Grain]++
+	}
+	if len(p.rollup) != 4 || n[grainLocalWeek169] != 1 || n[grainLocalWeek168] != 3 || len(p.minus) != 0 || len(p.perCall) != 0 {
+		t.Fatalf("four New York weeks: %+v", p)
+	}
+	if cost(p) >= cost(before) {
+		t.Errorf("local weeks cost %d hour rows, the plan without them %d", cost(p), cost(before))
+	}
+	if sql := rollupRowsSQL(s, p, false); !strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", levelUserTotals, grainLocalWeek169)) {
+		t.Errorf("local week rows not read at the level summed over sources:\n%s", sql)
+	}
+	// UTC reads never take them; reads by day neither
+	if p := planUsage(UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{Model: true}}, st, time.UTC); slices.ContainsFunc(p.rollup, func(r sealRef) bool { return isLocalWeek(r.Grain) }) {
+		t.Error("a UTC read took a New York week")
+	}
+	if p := planUsage(UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{Bucket: BucketDay}, TZ: ny.String()}, st, ny); slices.ContainsFunc(p.rollup, func(r sealRef) bool { return isLocalWeek(r.Grain) }) {
+		t.Error("a read by day took a week")
+	}
+	// a day of the second week sealed again: that week is not read until it
+	// is sealed again too
+	k := sealKey{grainLocalDay24, want[1].start + 86400}
+	x, ok := st.localDays[k]
+	if !ok {
+		t.Fatalf("no local day %+v", k)
+	}
+	x.Version++
+	st.localDays[k] = x
+	p = planUsage(s, st, ny)
+	covered(t, p, from, to)
+	for _, r := range p.rollup {
+		if r.Grain == grainLocalWeek168 && r.Period == want[1].start {
+			t.Fatal("a week summed from a superseded day was read")
+		}
+	}
+	if days, ok := st.spanDays(weeks[1].days[:]); !ok || days[1].Version != x.Version {
+		t.Fatalf("the week's days: %v %v", days, ok)
 	}
 }
 
