@@ -48,25 +48,7 @@ func TestRollupLocalDays(t *testing.T) {
 	// percentiles within the histograms' bound of the exact ones: New York's
 	// days subtract edge hours (signed sums), UTC days do not
 	checkHistogramBound(t, conn, db, from)
-	localSeals := func() map[string]uint64 {
-		t.Helper()
-		got := map[string]uint64{}
-		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT grain, toInt64(toUInt32(period)), max(version) FROM %s.usage_seals WHERE grain IN (3, 4, 5) GROUP BY grain, period`, db))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var g uint8
-			var p int64
-			var v uint64
-			if err := rows.Scan(&g, &p, &v); err != nil {
-				t.Fatal(err)
-			}
-			got[fmt.Sprintf("%d@%s", g, time.Unix(p, 0).UTC().Format("01-02T15"))] = v
-		}
-		return got
-	}
+	localSeals := func() map[string]uint64 { return sealVersions(ctx, t, conn, db, "3, 4, 5") }
 	if n := len(localSeals()); n != 0 {
 		t.Fatalf("%d local days sealed without zones", n)
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/callpipe/callpipe/store/callsdb"
 )
 
@@ -132,26 +134,7 @@ func TestRollupLocalWeeks(t *testing.T) {
 	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
 		t.Fatal(err)
 	}
-	// grain@start -> newest version, and each seal's calls at levels 0, 1, 2
-	weekSeals := func() map[string]uint64 {
-		t.Helper()
-		got := map[string]uint64{}
-		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT grain, toInt64(toUInt32(period)), max(version) FROM %s.usage_seals WHERE grain IN (7, 8, 9) GROUP BY grain, period`, db))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var g uint8
-			var p int64
-			var v uint64
-			if err := rows.Scan(&g, &p, &v); err != nil {
-				t.Fatal(err)
-			}
-			got[fmt.Sprintf("%d@%s", g, time.Unix(p, 0).UTC().Format("01-02T15"))] = v
-		}
-		return got
-	}
+	weekSeals := func() map[string]uint64 { return sealVersions(ctx, t, conn, db, "7, 8, 9") }
 	type week struct {
 		key        string
 		grain      uint8
@@ -249,4 +232,29 @@ func TestRollupLocalWeeks(t *testing.T) {
 		t.Error("a week without late data was sealed again")
 	}
 	check("late data sealed again")
+}
+
+// sealVersions is the newest version of every seal of the grains (a comma
+// separated list), by "grain@MM-DDTHH" of its start in UTC.
+func sealVersions(ctx context.Context, t *testing.T, conn driver.Conn, db, grains string) map[string]uint64 {
+	t.Helper()
+	got := map[string]uint64{}
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT grain, toInt64(toUInt32(period)), max(version) FROM %s.usage_seals WHERE grain IN (%s) GROUP BY grain, period`, db, grains))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var g uint8
+		var p int64
+		var v uint64
+		if err := rows.Scan(&g, &p, &v); err != nil {
+			t.Fatal(err)
+		}
+		got[fmt.Sprintf("%d@%s", g, time.Unix(p, 0).UTC().Format("01-02T15"))] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }

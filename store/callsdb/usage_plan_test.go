@@ -587,6 +587,25 @@ func TestPlanUsageUnsignedWithPercentiles(t *testing.T) {
 	}
 }
 
+// sealedDaysState is n days from d0 sealed over clean hours, as a current
+// release seals them (copies keyed by user, totals per user).
+func sealedDaysState(d0 int64, n int) *sealState {
+	days := make([]int64, n)
+	for i := range days {
+		days[i] = d0 + int64(i)*86400
+	}
+	st := planState(d0, d0+int64(n)*86400, map[int64]uint64{}, days...)
+	for d, x := range st.days {
+		x.UserTotals, x.UserCopy = true, userCopyCurrent
+		st.days[d] = x
+	}
+	for h, x := range st.hours {
+		x.UserCopy = userCopyCurrent
+		st.hours[h] = x
+	}
+	return st
+}
+
 // withWeeks seals every week of [from, to) whose days st has current.
 func withWeeks(st *sealState, from, to int64) *sealState {
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
@@ -606,19 +625,7 @@ func TestPlanUsageWeeks(t *testing.T) {
 		t.Fatalf("%s does not start a week", unixUTC(d0))
 	}
 	const days = 35
-	sealedDays := make([]int64, days)
-	for i := range sealedDays {
-		sealedDays[i] = d0 + int64(i)*86400
-	}
-	st := planState(d0, d0+days*86400, map[int64]uint64{}, sealedDays...)
-	for d, x := range st.days {
-		x.UserTotals, x.UserCopy = true, userCopyCurrent
-		st.days[d] = x
-	}
-	for h, x := range st.hours {
-		x.UserCopy = userCopyCurrent
-		st.hours[h] = x
-	}
+	st := sealedDaysState(d0, days)
 	withWeeks(st, d0, d0+days*86400)
 	ny, _ := time.LoadLocation("America/New_York")
 	withLocalDays(st, ny, d0, d0+days*86400)
@@ -740,15 +747,7 @@ func TestPlanUsageLocalWeeks(t *testing.T) {
 	}
 	d0 := time.Date(2026, 10, 29, 0, 0, 0, 0, time.UTC).Unix() // a Thursday
 	const days = 35
-	sealedDays := make([]int64, days)
-	for i := range sealedDays {
-		sealedDays[i] = d0 + int64(i)*86400
-	}
-	st := planState(d0, d0+days*86400, map[int64]uint64{}, sealedDays...)
-	for d, x := range st.days {
-		x.UserTotals = true
-		st.days[d] = x
-	}
+	st := sealedDaysState(d0, days)
 	withWeeks(st, d0, d0+days*86400)
 	withLocalDays(st, ny, d0, d0+days*86400)
 	// New York's weeks: from Oct 29 (169 hours: daylight saving ends on
@@ -774,17 +773,7 @@ func TestPlanUsageLocalWeeks(t *testing.T) {
 	// them, the four week rows
 	from, to := want[0].start, want[3].end
 	s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{Model: true, User: true}, TZ: ny.String(), SkipPercentiles: true}
-	cost := func(p usagePlan) int {
-		n := len(p.minus)
-		for _, r := range p.rollup {
-			if r.Grain == grainHour {
-				n++
-			} else {
-				n += dayRowHours
-			}
-		}
-		return n
-	}
+	cost := func(p usagePlan) int { return p.cost(p.perCall) }
 	before := planUsage(s, st, ny)
 	covered(t, before, from, to)
 	withLocalWeeks(st, ny, d0, d0+days*86400)
