@@ -246,11 +246,14 @@ func TestServeDashboard(t *testing.T) {
 			"output-tokens": fmtInt(rng.Totals.OutputTokens),
 			"calls-range":   fmtInt(int64(rng.Totals.Calls)),
 		}
-		cond := []string{}
+		// the daily chart's points too: a range whose cards equal the
+		// previous range's (every seeded call is in the last week) would
+		// otherwise be read before its charts are drawn
+		cond := []string{fmt.Sprintf(`document.querySelectorAll('#chart-daily-calls g.pt').length === %d`, len(daily.Rows))}
 		for id, v := range want {
 			cond = append(cond, fmt.Sprintf(`document.querySelector('[data-testid=%q]').textContent === %q`, id, v))
 		}
-		b.wait(fmt.Sprintf("overview cards %s..%s = %v", from, to, want), strings.Join(cond, " && "))
+		b.wait(fmt.Sprintf("overview cards %s..%s = %v, %d daily points", from, to, want, len(daily.Rows)), strings.Join(cond, " && "))
 		var bars map[string]float64
 		b.eval(`Object.fromEntries([...document.querySelectorAll('#chart-model-calls g[data-label]')].map(g => [g.dataset.label, +g.querySelector('rect').dataset.value]))`, &bars)
 		if len(bars) != len(day.Rows) {
@@ -321,6 +324,29 @@ func TestServeDashboard(t *testing.T) {
 	b.shot("02b-overview-30-days")
 	b.do("preset 7 days", chromedp.Click(chromedp.CSS(`[data-preset="7"]`)))
 	checkOverview(weekAgo, today)
+	// A slow answer for an older range never overwrites a newer one: the
+	// 30-day answers are held back 1.5 s while 7 days is picked, and every
+	// drawing of the daily chart from then on is recorded (a poll would
+	// redraw the 7 days a second later).
+	b.eval(fmt.Sprintf(`(() => {
+		window.__fetch = window.fetch; window.__held = 0; window.__released = 0; window.__drawn = [];
+		const f = (u, o) => window.__fetch.call(window, u, o);
+		window.fetch = (u, o) => String(u).includes("from=%s")
+			? (window.__held++, new Promise((r) => setTimeout(r, 1500)).then(() => f(u, o)).finally(() => window.__released++))
+			: f(u, o);
+		new MutationObserver(() => window.__drawn.push(document.querySelectorAll('#chart-daily-calls g.pt').length))
+			.observe(document.getElementById("chart-daily-calls"), { childList: true, subtree: true });
+		return true; })()`, from30), new(bool))
+	b.do("preset 30 days, then 7", chromedp.Click(chromedp.CSS(`[data-preset="30"]`)), chromedp.Click(chromedp.CSS(`[data-preset="7"]`)))
+	checkOverview(weekAgo, today)
+	b.wait("the held-back 30-day answers", `window.__held > 0 && window.__released === window.__held`)
+	time.Sleep(500 * time.Millisecond) // drawn, if they were to be
+	var drawn []int
+	b.eval(`window.__drawn`, &drawn)
+	if len(drawn) == 0 || slices.ContainsFunc(drawn, func(n int) bool { return n != 7 }) {
+		t.Errorf("daily chart drawn with %v points after 7 days was picked: a 30-day answer arriving late overwrote it", drawn)
+	}
+	b.eval(`(window.fetch = window.__fetch, true)`, new(bool))
 	b.eval(`(window.__noReload = true)`, new(bool))
 	before := usage(today, today, "model").Totals.Calls
 	fresh := serveCalls(23, "ui-fresh", 3, now.Add(-20*time.Second), 10*time.Second)

@@ -11,7 +11,7 @@ const state = {
   view: "overview",
   meta: { refresh_seconds: 15, langfuse: false },
   filters: { user: "", model: "", status: "", source: "", batch_id: "" },
-  cursor: "", pages: 0, listGen: 0, listBusy: 0,
+  cursor: "", pages: 0, listGen: 0, listBusy: 0, overviewGen: 0,
   fmt: "pretty",
   detail: null,
   traceID: "", traceView: "tree",
@@ -251,14 +251,19 @@ function columns(el, points, series, mode) {
 
 // ---------- overview ----------
 
+// loadOverview draws the overview of the range. A newer load makes the
+// answers of older ones stale: a slow 30-day answer (or poll) arriving after
+// the user picked 7 days never overwrites them.
 async function loadOverview() {
   const base = { tz: TZ };
+  const gen = ++state.overviewGen;
   const [day, range, daily, sources] = await Promise.all([
     api("api/v1/usage", { ...base, from: state.to, to: state.to, group_by: "model", percentiles: "false" }),
     api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "model" }),
     api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "day" }),
     api("api/v1/usage", { ...base, from: state.from, to: state.to, group_by: "day,source", percentiles: "false" }),
   ]);
+  if (gen !== state.overviewGen) return;
   const isToday = state.to === ymd(new Date());
   $("calls-today-label").textContent = isToday ? "Calls today" : "Calls on " + dayLabel(state.to);
   $("model-calls-title").textContent = isToday ? "Calls per model today" : "Calls per model on " + dayLabel(state.to);
