@@ -584,7 +584,7 @@ func (d *Binder) TimePtr(from int, dst **time.Time) int {
 // checking all of its syntax (Skip trusts nested values); a nil dst only
 // checks it.
 func (d *Binder) ValidRaw(from int, dst *json.RawMessage) int {
-	v := decoder{data: d.data, pos: from}
+	v := scanner{data: d.data, pos: from}
 	if v.skipValue(1); v.fatal != nil {
 		d.failed = true
 		return len(d.data)
@@ -612,6 +612,10 @@ func (d *Binder) RawMap(from int, dst *map[string]json.RawMessage) int {
 		key, from, ok := m.Next()
 		if !ok {
 			break
+		}
+		if !utf8.Valid(key) { // encoding/json would replace the bad bytes
+			d.failed = true
+			return len(d.data)
 		}
 		var v json.RawMessage
 		m.At(d.ValidRaw(from, &v))

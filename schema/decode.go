@@ -77,7 +77,7 @@ func decode(data []byte, lim Limits, shared bool) (*Event, error) {
 	}
 	blk := new(eventBlock)
 	e := &blk.event
-	d := decoder{data: data, blk: blk, shared: shared}
+	d := decoder{scanner: scanner{data: data}, blk: blk, shared: shared}
 	d.event(e)
 	if d.fatal != nil {
 		return nil, ValidationError{d.fatal}
@@ -135,13 +135,8 @@ type metaRef struct {
 // It needs no reflection. Strings are decoded into sbuf and raw values
 // copied into rbuf; finish points the Event into them.
 type decoder struct {
-	data  []byte
-	pos   int
-	fatal *FieldError // syntax error: stops decoding
-	errs  errList
-	// overflow is the offset of the first number seen by skipValue that
-	// overflows float64, or -1. Set to -1 before a skip that cares.
-	overflow int
+	scanner
+	errs errList
 
 	blk   *eventBlock
 	sbuf  []byte
@@ -278,7 +273,7 @@ func truncField(s string) string {
 // stringBytes scans a string (an object key or a value) and returns its
 // content, unescaped. The returned bytes alias data unless the string has
 // escapes.
-func (d *decoder) stringBytes() ([]byte, bool) {
+func (d *scanner) stringBytes() ([]byte, bool) {
 	start, end, esc, ok := d.scanString()
 	if !ok {
 		return nil, false

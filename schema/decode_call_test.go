@@ -86,6 +86,7 @@ var callEdgeCases = []string{
 	`{"id":"a","id":"b","start_time":"2026-11-01T00:00:00Z","metadata":{"k":1},"metadata":{"j":2}}`,
 	`{"id":"a","start_time":"2026-11-01T01:00:00+01:00"}`,
 	"{\"id\":\"a\xff\",\"start_time\":\"2026-11-01T00:00:00Z\"}",
+	"{\"id\":\"a\",\"start_time\":\"2026-11-01T00:00:00Z\",\"metadata\":{\"\xa0\":0}}",
 	`{"id":"a","start_time":"2026-11-01T00:00:00Z","latency_ms":1234567890123456789}`,
 	// rejected by both
 	`{"id":"a","start_time":"2026-11-01T00:00:00Z","input":[1 2]}`,

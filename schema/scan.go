@@ -10,13 +10,25 @@ import (
 // The JSON scanner: validating, single pass, no reflection. Syntax errors
 // set d.fatal and stop decoding.
 
-func (d *decoder) syntaxError(off int, msg string) {
+// scanner is the JSON scanner's state: what skipping and checking a value
+// needs, and all that the callers that only check or skip values carry
+// (DecodeCall's raw values, StartTime); decoder adds an Event's buffers.
+type scanner struct {
+	data  []byte
+	pos   int
+	fatal *FieldError // syntax error: stops decoding
+	// overflow is the offset of the first number seen by skipValue that
+	// overflows float64, or -1. Set to -1 before a skip that cares.
+	overflow int
+}
+
+func (d *scanner) syntaxError(off int, msg string) {
 	if d.fatal == nil {
 		d.fatal = &FieldError{Field: EventField, Reason: "invalid JSON at byte offset " + strconv.Itoa(off) + ": " + msg}
 	}
 }
 
-func (d *decoder) unexpected() {
+func (d *scanner) unexpected() {
 	if d.pos >= len(d.data) {
 		d.syntaxError(d.pos, "unexpected end of input")
 		return
@@ -31,7 +43,7 @@ func quoteChar(c byte) string {
 	return "byte 0x" + strconv.FormatUint(uint64(c), 16)
 }
 
-func (d *decoder) skipWS() {
+func (d *scanner) skipWS() {
 	for d.pos < len(d.data) {
 		switch d.data[d.pos] {
 		case ' ', '\t', '\n', '\r':
@@ -43,7 +55,7 @@ func (d *decoder) skipWS() {
 }
 
 // peek returns the next byte, or 0 at the end of input.
-func (d *decoder) peek() byte {
+func (d *scanner) peek() byte {
 	if d.pos < len(d.data) {
 		return d.data[d.pos]
 	}
@@ -51,7 +63,7 @@ func (d *decoder) peek() byte {
 }
 
 // expect consumes c after optional whitespace.
-func (d *decoder) expect(c byte, what string) bool {
+func (d *scanner) expect(c byte, what string) bool {
 	d.skipWS()
 	if d.peek() != c {
 		if d.pos >= len(d.data) {
@@ -65,7 +77,7 @@ func (d *decoder) expect(c byte, what string) bool {
 	return true
 }
 
-func (d *decoder) unexpectedKey() {
+func (d *scanner) unexpectedKey() {
 	if d.pos >= len(d.data) {
 		d.syntaxError(d.pos, "unexpected end of input, expected a string key")
 	} else {
@@ -75,7 +87,7 @@ func (d *decoder) unexpectedKey() {
 
 // memberKey scans an object member's key, its ':' and the white space
 // before the value. The key aliases data unless it has escapes.
-func (d *decoder) memberKey() ([]byte, bool) {
+func (d *scanner) memberKey() ([]byte, bool) {
 	if d.peek() != '"' {
 		d.unexpectedKey()
 		return nil, false
@@ -91,7 +103,7 @@ func (d *decoder) memberKey() ([]byte, bool) {
 // next steps over the ',' after a member (close '}') or an element (close
 // ']') and reports whether another one follows; after the last one it
 // consumes close. ok is false after a syntax error.
-func (d *decoder) next(close byte) (more, ok bool) {
+func (d *scanner) next(close byte) (more, ok bool) {
 	d.skipWS()
 	if d.peek() == ',' {
 		d.pos++
@@ -105,7 +117,7 @@ func (d *decoder) next(close byte) (more, ok bool) {
 	return false, d.expect(close, want)
 }
 
-func (d *decoder) trailing() {
+func (d *scanner) trailing() {
 	d.skipWS()
 	if d.pos < len(d.data) {
 		d.syntaxError(d.pos, "unexpected data after the top-level value")
@@ -137,7 +149,7 @@ func needsAttention(x uint64) bool {
 
 // scanString scans the string starting at d.pos (a '"') and returns the
 // bounds of its contents and whether it has escapes.
-func (d *decoder) scanString() (start, end int, esc, ok bool) {
+func (d *scanner) scanString() (start, end int, esc, ok bool) {
 	data := d.data
 	i := d.pos + 1
 	for {
@@ -265,7 +277,7 @@ func appendUnquoted(dst, b []byte) []byte {
 }
 
 // scanNumber scans a JSON number at d.pos.
-func (d *decoder) scanNumber() bool {
+func (d *scanner) scanNumber() bool {
 	data := d.data
 	i := d.pos
 	if i < len(data) && data[i] == '-' {
@@ -318,7 +330,7 @@ func (d *decoder) scanNumber() bool {
 // records the first number that overflows float64 in d.overflow.
 //
 // depth is the number of containers around the value.
-func (d *decoder) skipValue(depth int) string {
+func (d *scanner) skipValue(depth int) string {
 	c := d.peek()
 	if (c == '{' || c == '[') && depth >= maxDepth {
 		d.syntaxError(d.pos, "exceeded max nesting depth")
@@ -392,7 +404,7 @@ func (d *decoder) skipValue(depth int) string {
 	}
 }
 
-func (d *decoder) literal(lit, kind string) string {
+func (d *scanner) literal(lit, kind string) string {
 	n := len(lit)
 	if len(d.data)-d.pos >= n && string(d.data[d.pos:d.pos+n]) == lit {
 		d.pos += n

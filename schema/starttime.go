@@ -8,7 +8,7 @@ import "time"
 // (the archive sink). ok is false when data is not a JSON object with a valid
 // start_time before any syntax error; it does not validate anything else.
 func StartTime(data []byte) (t time.Time, ok bool) {
-	d := decoder{data: data, overflow: -1}
+	d := scanner{data: data, overflow: -1}
 	d.skipWS()
 	if !d.expect('{', "'{'") {
 		return t, false
@@ -24,8 +24,13 @@ func StartTime(data []byte) (t time.Time, ok bool) {
 		}
 		d.skipWS()
 		if string(key) == fieldNames[fStartTime] {
-			t, ok = d.timestamp(fStartTime, false)
-			return t, ok && d.fatal == nil
+			if d.peek() != '"' {
+				return t, false
+			}
+			s, ok := d.stringBytes()
+			var reason string
+			t, reason = parseTimestamp(s)
+			return t, ok && reason == "" && d.fatal == nil
 		}
 		d.skipValue(1)
 		d.skipWS()
