@@ -554,16 +554,16 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 // seal is missing or summed other day versions.
 func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
 	var due []dueSpan
+	weeks := []weekSpan{}
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
-		if days, ok := st.weekDays(w); ok && !st.dayCurrent(grainWeek, w, days) {
-			due = append(due, dueSpan{grainWeek, w, days})
-		}
+		weeks = append(weeks, weekSpan{grain: grainWeek, start: w, end: w + weekSeconds, days: utcWeekDays(w)})
 	}
 	for _, loc := range s.Zones {
-		for _, w := range localWeeks(loc, from, to) {
-			if days, ok := st.spanDays(w.days[:]); ok && !st.dayCurrent(w.grain, w.start, days) {
-				due = append(due, dueSpan{w.grain, w.start, days})
-			}
+		weeks = append(weeks, localWeeks(loc, from, to)...)
+	}
+	for _, w := range weeks {
+		if days, ok := st.spanDays(w.days[:]); ok && !st.dayCurrent(w.grain, w.start, days) {
+			due = append(due, dueSpan{w.grain, w.start, days})
 		}
 	}
 	return s.sealSpans(ctx, st, due)
@@ -634,9 +634,10 @@ func localDays(loc *time.Location, from, to int64) [][2]int64 {
 	}
 }
 
-// localWeek is a week of a zone: seven local days from a local Thursday
-// (as UTC weeks start on Thursdays), [start, end) in Unix seconds.
-type localWeek struct {
+// weekSpan is a week to seal or read: seven UTC days from a Thursday, or
+// seven local days of a zone from a local Thursday; [start, end) in Unix
+// seconds.
+type weekSpan struct {
 	grain      uint8
 	start, end int64
 	days       [7][2]int64
@@ -646,14 +647,14 @@ type localWeek struct {
 // UTC weeks and whose days each start and end on whole UTC hours: what a
 // local week seal sums (each day's seal: a UTC day's where the local day is
 // one, else the local day's).
-func localWeeks(loc *time.Location, from, to int64) []localWeek {
-	var out []localWeek
+func localWeeks(loc *time.Location, from, to int64) []weekSpan {
+	var out []weekSpan
 	y, m, d := unixUTC(from).In(loc).Date()
 	for time.Date(y, m, d, 0, 0, 0, 0, loc).Weekday() != time.Thursday {
 		d++
 	}
 	for ; ; d += 7 {
-		w := localWeek{start: time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), end: time.Date(y, m, d+7, 0, 0, 0, 0, loc).Unix()}
+		w := weekSpan{start: time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), end: time.Date(y, m, d+7, 0, 0, 0, 0, loc).Unix()}
 		if w.end > to {
 			return out
 		}
@@ -877,15 +878,14 @@ func (st *sealState) cleanHours(from, to int64) ([]Seal, bool) {
 	return hours, true
 }
 
-// weekDays returns the seals of the seven UTC days of the week starting at
-// w if every one of them is current over clean hours.
-func (st *sealState) weekDays(w int64) ([]Seal, bool) {
+// utcWeekDays are the seven UTC days of the week starting at w.
+func utcWeekDays(w int64) [7][2]int64 {
 	var days [7][2]int64
 	for i := range days {
 		d := w + int64(i)*86400
 		days[i] = [2]int64{d, d + 86400}
 	}
-	return st.spanDays(days[:])
+	return days
 }
 
 // spanDays returns the seals of days ([start, end): UTC days, or local days
@@ -907,24 +907,14 @@ func (st *sealState) spanDays(days [][2]int64) ([]Seal, bool) {
 	return out, true
 }
 
-// currentWeek returns the seal of the week starting at w if it summed
-// exactly its days' current seals (weekDays).
-func (st *sealState) currentWeek(w int64) (Seal, bool) {
-	days, ok := st.weekDays(w)
-	if !ok || !st.dayCurrent(grainWeek, w, days) {
+// currentWeek returns the seal of the week (grain, start), UTC or local,
+// if it summed exactly the current seals of its days.
+func (st *sealState) currentWeek(grain uint8, start int64, days [][2]int64) (Seal, bool) {
+	parts, ok := st.spanDays(days)
+	if !ok || !st.dayCurrent(grain, start, parts) {
 		return Seal{}, false
 	}
-	return st.weeks[w], true
-}
-
-// currentLocalWeek returns the seal of local week w if it summed exactly
-// its days' current seals.
-func (st *sealState) currentLocalWeek(w localWeek) (Seal, bool) {
-	days, ok := st.spanDays(w.days[:])
-	if !ok || !st.dayCurrent(w.grain, w.start, days) {
-		return Seal{}, false
-	}
-	return st.current(w.grain, w.start)
+	return st.current(grain, start)
 }
 
 // dayCurrent reports whether the seal of the span (grain, start) summed

@@ -144,7 +144,7 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 	for _, w := range localDays(loc, first, last) {
 		locals[w[0]] = append(locals[w[0]], w)
 	}
-	localWeekAt := map[int64]localWeek{}
+	localWeekAt := map[int64]weekSpan{}
 	for _, w := range localWeeks(loc, first, last) {
 		localWeekAt[w.start] = w
 	}
@@ -153,7 +153,8 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 			continue
 		}
 		if t%weekSeconds == 0 && t+weekSeconds <= last {
-			if x, ok := st.currentWeek(t); ok {
+			days := utcWeekDays(t)
+			if x, ok := st.currentWeek(grainWeek, t, days[:]); ok {
 				relax(t+weekSeconds, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
@@ -176,7 +177,7 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 			}
 		}
 		if w, ok := localWeekAt[t]; ok {
-			if x, ok := st.currentLocalWeek(w); ok {
+			if x, ok := st.currentWeek(w.grain, w.start, w.days[:]); ok {
 				relax(w.end, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}

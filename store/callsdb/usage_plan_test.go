@@ -609,8 +609,9 @@ func sealedDaysState(d0 int64, n int) *sealState {
 // withWeeks seals every week of [from, to) whose days st has current.
 func withWeeks(st *sealState, from, to int64) *sealState {
 	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
-		if days, ok := st.weekDays(w); ok {
-			x := spanSeal(grainWeek, w, 11, days)
+		days := utcWeekDays(w)
+		if parts, ok := st.spanDays(days[:]); ok {
+			x := spanSeal(grainWeek, w, 11, parts)
 			x.UserCopy, x.UserTotals = userCopyCurrent, true
 			st.setDay(x)
 		}
@@ -753,9 +754,9 @@ func TestPlanUsageLocalWeeks(t *testing.T) {
 	// New York's weeks: from Oct 29 (169 hours: daylight saving ends on
 	// Nov 1), Nov 5, 12 and 19 (168 hours, from 05:00 UTC)
 	weeks := localWeeks(ny, d0, d0+days*86400)
-	want := []localWeek{{grain: grainLocalWeek169, start: d0 + 4*3600, end: d0 + 7*86400 + 5*3600}}
+	want := []weekSpan{{grain: grainLocalWeek169, start: d0 + 4*3600, end: d0 + 7*86400 + 5*3600}}
 	for i := int64(1); i <= 3; i++ {
-		want = append(want, localWeek{grain: grainLocalWeek168, start: d0 + 7*86400*i + 5*3600, end: d0 + 7*86400*(i+1) + 5*3600})
+		want = append(want, weekSpan{grain: grainLocalWeek168, start: d0 + 7*86400*i + 5*3600, end: d0 + 7*86400*(i+1) + 5*3600})
 	}
 	if len(weeks) != 4 {
 		t.Fatalf("New York's weeks in 35 days from %s: %d, want 4", unixUTC(d0), len(weeks))
