@@ -129,8 +129,13 @@ func TestBenchCommand(t *testing.T) {
 // are not asserted (benchmarks, not tests).
 func TestBenchProxyPhase(t *testing.T) {
 	bin := testkit.Binary(t)
-	b := runBench(t, "--events", "0", "--proxy", "--proxy-rate", "100", "--proxy-clients", "2",
-		"--proxy-duration", "2s", "--proxy-slice", "500ms", "--proxy-baseline", bin)
+	args := []string{"--events", "0", "--proxy", "--proxy-rate", "100", "--proxy-clients", "2",
+		"--proxy-duration", "2s", "--proxy-slice", "500ms", "--proxy-baseline", bin}
+	realtime := os.Geteuid() == 0 // SCHED_FIFO needs CAP_SYS_NICE
+	if realtime {
+		args = append(args, "--proxy-realtime")
+	}
+	b := runBench(t, args...)
 	type path struct {
 		Binary  string             `json:"binary"`
 		Latency map[string]float64 `json:"latency"`
@@ -148,6 +153,7 @@ func TestBenchProxyPhase(t *testing.T) {
 			Proxy    path               `json:"proxy"`
 			Baseline *path              `json:"baseline"`
 			Late     float64            `json:"late_share"`
+			Realtime bool               `json:"realtime"`
 			Sent     int64              `json:"sent"`
 			Captured int64              `json:"captured"`
 		} `json:"proxy"`
@@ -163,8 +169,8 @@ func TestBenchProxyPhase(t *testing.T) {
 	if r.Events != 0 || r.PerCall != nil || p == nil {
 		t.Fatalf("events %d, per-call costs %v, proxy %+v: want the proxy phase only", r.Events, r.PerCall, p)
 	}
-	if p.Rate != 100 || p.Clients != 2 || p.Late < 0 || p.Late > 1 {
-		t.Errorf("rate %v, clients %d, late share %v", p.Rate, p.Clients, p.Late)
+	if p.Rate != 100 || p.Clients != 2 || p.Late < 0 || p.Late > 1 || p.Realtime != realtime {
+		t.Errorf("rate %v, clients %d, late share %v, real-time %v (want %v)", p.Rate, p.Clients, p.Late, p.Realtime, realtime)
 	}
 	ordered := func(name string, q map[string]float64) {
 		if q["count"] < 150 || q["p50_ms"] <= 0 || q["p50_ms"] > q["p90_ms"] || q["p90_ms"] > q["p99_ms"] || q["p99_ms"] > q["max_ms"] {

@@ -95,6 +95,7 @@ func newBenchCommand(a *app) *cobra.Command {
 	f.IntSliceVar(&clusterReplicas, "cluster-replicas", []int{1, 2, 4}, "with --cluster: processes of each role, one phase per count")
 	f.StringVar(&singleEnv, "cluster-single-env", "", "with --cluster: the single-node stack's env `file` (as services.sh env prints it) for the phase the others are compared with (default <paths.state_dir>/services/env; none: no such phase, the ratios are to the first cluster phase)")
 	f.BoolVar(&po.Pprof, "proxy-pprof", false, "save a CPU profile of the proxy during the phase and its allocations to <dir>/proxy.cpu.pprof, proxy.allocs.pprof")
+	f.BoolVar(&po.Realtime, "proxy-realtime", false, "run the bench's clients and stand-in and the proxies at real-time priority (SCHED_FIFO, needs CAP_SYS_NICE) during the turns: the pipeline runs beside them but cannot delay them, so the added latency is the proxy's own")
 	cmd.AddCommand(newBenchUsageCommand(a))
 	return cmd
 }

@@ -215,6 +215,14 @@ func (f *Fleet) WaitReady(ctx context.Context, name, listen string) error {
 	}
 }
 
+// Pid is the process id of the running child name, 0 when there is none.
+func (f *Fleet) Pid(name string) int {
+	if c := f.child(name); c != nil && c.cmd.Process != nil {
+		return c.cmd.Process.Pid
+	}
+	return 0
+}
+
 func (f *Fleet) child(name string) *child {
 	for _, c := range f.children {
 		if c.name == name {

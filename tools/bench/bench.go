@@ -744,6 +744,9 @@ func (b *bench) reportProxy(p *ProxyResult) {
 		return
 	}
 	b.say("  proxy at %.0f requests/s, %d clients (embeddings, open loop; %.1f%% of requests started > 1 ms late)", p.RatePerS, p.Clients, 100*p.LateShare)
+	if p.Realtime {
+		b.say("    clients, stand-in and proxies at real-time priority (--proxy-realtime): the pipeline could not delay them")
+	}
 	b.say("    %-34s %7s %7s %7s %7s   %s", "ms", "p50", "p90", "p99", "max", "proxy per request")
 	row := func(name string, q Quantiles, tail string) {
 		b.say("    %-34s %7.2f %7.2f %7.2f %7.2f   %s", name, q.P50MS, q.P90MS, q.P99MS, q.MaxMS, tail)

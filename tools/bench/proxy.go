@@ -31,6 +31,12 @@ type ProxyOptions struct {
 	// Pprof runs the proxy with --pprof and saves a CPU profile of the
 	// phase and its allocations to <dir>/proxy.cpu.pprof and proxy.allocs.pprof.
 	Pprof bool
+	// Realtime runs this process (the clients and the stand-in upstream)
+	// and each proxy at real-time priority (SCHED_FIFO) during the measured
+	// turns: the pipeline still runs beside them but cannot hold a CPU they
+	// wait for, so what the proxy adds is its own work and its hops, not
+	// its waits for the machine. Needs CAP_SYS_NICE.
+	Realtime bool
 }
 
 // ProxyResult is the proxy phase's answer: the same request at the same
@@ -42,6 +48,9 @@ type ProxyResult struct {
 	Proxy    ProxyPath `json:"proxy"`
 	// Baseline is the --proxy-baseline binary's proxy, measured in the same turns.
 	Baseline *ProxyPath `json:"baseline,omitempty"`
+	// Realtime: the clients, the stand-in and the proxies ran at
+	// real-time priority (ProxyOptions.Realtime).
+	Realtime bool `json:"realtime,omitempty"`
 	// LateShare is the share of requests a client started more than 1 ms
 	// after their scheduled time (all clients busy, or the machine slow to
 	// run the generator): near 0, the load was the open loop it should be.
@@ -283,11 +292,22 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 			profDone <- saveProfile(ctx, proxies[0].pprof, "profile?seconds="+fmt.Sprint(secs), filepath.Join(b.o.Dir, "proxy.cpu.pprof"))
 		}()
 	}
+	release := func() {}
+	if o.Realtime {
+		pids := []int{os.Getpid()}
+		for _, px := range proxies {
+			pids = append(pids, px.fleet.Pid(px.role))
+		}
+		if release, err = holdRealtime(ctx, pids); err != nil {
+			return nil, err
+		}
+	}
 	turns(paths, o.Duration, o.Slice, func(lp *loadPath, d time.Duration) {
 		if ctx.Err() == nil {
 			lp.stats.merge(lp.attack(o.Rate, d))
 		}
 	})
+	release()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -305,7 +325,7 @@ func (b *bench) proxyPhase(ctx context.Context) (*ProxyResult, error) {
 	}
 
 	direct := paths[0].stats
-	r := &ProxyResult{RatePerS: float64(o.Rate), Clients: o.Clients, Direct: quantiles(direct.latencies), DirectErrors: direct.errors}
+	r := &ProxyResult{RatePerS: float64(o.Rate), Clients: o.Clients, Direct: quantiles(direct.latencies), DirectErrors: direct.errors, Realtime: o.Realtime}
 	late, all := direct.late, direct.sent
 	var failed, answered int // answered: by the proxies in the measured turns
 	for i, px := range proxies {
