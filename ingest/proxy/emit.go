@@ -325,27 +325,39 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 const maxBatch = 64
 
+// yieldBelow is the queue length under which the emitter yields before
+// each event (see emitLoop).
+const yieldBelow = 16
+
 // emitLoop builds the events of finished calls and publishes them in
 // batches. Building an event (parsing the captured bodies, masking) takes
 // tens of microseconds, and the goroutines answering clients share the same
-// few Ps: the loop yields before each event so that a handler woken
-// meanwhile runs first instead of waiting behind a burst of them (at 500
-// requests/s this took the added p99 down by a quarter or more, measured
-// with `callpipe bench --proxy --proxy-baseline`).
+// few Ps: while the queue is short the loop yields before each event, so
+// that a handler woken meanwhile runs first instead of waiting behind a
+// burst of them (at 500 requests/s this took the added p99 down by a
+// quarter or more, `callpipe bench --proxy --proxy-baseline`). A longer
+// queue means the emitter is falling behind: then it builds without
+// yielding, as a yielded goroutine waits behind every runnable handler and
+// a starved emitter would spill calls to the spool.
 func (p *Proxy) emitLoop(ctx context.Context) {
 	batch := make([]*schema.Event, 0, maxBatch)
+	yield := func() {
+		if len(p.queue) < yieldBelow {
+			runtime.Gosched()
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case q := <-p.queue:
-			runtime.Gosched()
+			yield()
 			batch = append(batch[:0], q.event())
 		more:
 			for len(batch) < maxBatch {
 				select {
 				case q := <-p.queue:
-					runtime.Gosched()
+					yield()
 					batch = append(batch, q.event())
 				default:
 					break more
