@@ -55,6 +55,41 @@ func BenchmarkServeHTTPEmbeddings(b *testing.B) {
 	}
 }
 
+// BenchmarkEventEmbeddings is the emitter's work for the same call: the
+// event built from the queued call (parsing the captured request and
+// answer, masking), off the client's path but on the proxy's CPUs.
+//
+//	go test ./ingest/proxy -run '^$' -bench EventEmbeddings -benchmem -cpu 1
+func BenchmarkEventEmbeddings(b *testing.B) {
+	u, _ := url.Parse("http://xinference:9997")
+	opts := DefaultOptions(u)
+	opts.Transport = cannedTransport{body: embeddingsJSON}
+	opts.QueueSize = 1
+	p, err := New(opts, nopPub{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := []byte(`{"model":"bge-m3","input":"` + strings.Repeat("the pipeline stores every call once ", 12) + `"}`)
+	calls := make([]queued, 0, 256)
+	b.ReportAllocs()
+	for b.Loop() {
+		if len(calls) == 0 {
+			b.StopTimer()
+			for range cap(calls) {
+				req := httptest.NewRequest(http.MethodPost, "/v1/embeddings", bytes.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				p.ServeHTTP(httptest.NewRecorder(), req)
+				calls = append(calls, <-p.queue)
+			}
+			b.StartTimer()
+		}
+		if ev := calls[len(calls)-1].event(); ev.Usage == nil {
+			b.Fatal("no usage in the event")
+		}
+		calls = calls[:len(calls)-1]
+	}
+}
+
 // The handler only queues the finished call: the request body is parsed and
 // the event built by the emitter, off the client's path, and the raw API key
 // is already reduced to its hash in the queue.
