@@ -49,7 +49,7 @@ FROM
         argMax(model, version) AS c_model,
         argMax(toInt64(toUInt32(start_time)) * 1000 + start_ms, version) AS c_start_ms,
         argMax(toInt64(toUInt32(end_time)) * 1000 + end_ms, version) AS c_end_ms,
-        argMax(toUInt8((status >= 400) OR (error != '')), version) AS c_error,
+        argMax(toUInt8(`+isErrorSQL+`), version) AS c_error,
         argMax(greatest(input_tokens, 0), version) AS c_in,
         argMax(greatest(output_tokens, 0), version) AS c_out,
         argMax(greatest(total_tokens, 0), version) AS c_total,

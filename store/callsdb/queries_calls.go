@@ -135,7 +135,7 @@ LIMIT %d`, table, strings.Join(where, "\n  AND "), limit)
 
 // copyFilters are the spec's filters on one stored copy (columns of calls).
 func copyFilters(s CallListSpec) []string {
-	return callListFilters(s, "model", "user_id", "source", "batch_id", "status", "(status >= 400 OR error != '')")
+	return callListFilters(s, "model", "user_id", "source", "batch_id", "status", "("+isErrorSQL+")")
 }
 
 // newestFilters are the spec's filters on the newest copy (callSummarySQL's
@@ -230,7 +230,7 @@ FROM
         argMax(instance, version) AS c_instance,
         argMax(user_id, version) AS c_user,
         argMax(status, version) AS c_status,
-        argMax(toUInt8((status >= 400) OR (error != '')), version) AS c_error,
+        argMax(toUInt8(`+isErrorSQL+`), version) AS c_error,
         argMax(error, version) AS c_error_text,
         argMax(input_tokens, version) AS c_in,
         argMax(output_tokens, version) AS c_out,

@@ -53,7 +53,7 @@ func TestCallKeysQuery(t *testing.T) {
 		"start_time <= toDateTime(2000, 'UTC')",
 		`model = 'm\'\x7Bdb}'`,
 		"source = 'batch'",
-		"(status >= 400 OR error != '')",
+		"AND ((status >= 400) OR (error != ''))",
 		"id < 'c-9'",
 		"ORDER BY start_time DESC, start_ms DESC, id DESC\nLIMIT 61",
 	} {
@@ -64,7 +64,7 @@ func TestCallKeysQuery(t *testing.T) {
 	if strings.Contains(q, "GROUP BY") {
 		t.Errorf("a key window must not aggregate:\n%s", q)
 	}
-	for st, want := range map[CallStatus]string{"ok": "NOT (status >= 400 OR error != '')", "429": "status = 429"} {
+	for st, want := range map[CallStatus]string{"ok": "NOT ((status >= 400) OR (error != ''))", "429": "status = 429"} {
 		if q := callKeysQuery(CallListSpec{Status: st}, 0, upper, 5); !strings.Contains(q, want) {
 			t.Errorf("status %s: lacks %q:\n%s", st, want, q)
 		}

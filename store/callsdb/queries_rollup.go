@@ -53,6 +53,11 @@ func localWeekGrain(n int64) (uint8, bool) {
 // isLocalWeek reports whether grain is a local week's.
 func isLocalWeek(grain uint8) bool { return grain >= grainLocalWeek167 && grain <= grainLocalWeek169 }
 
+// isErrorSQL is what a stored call's error is, wherever calls are counted or
+// filtered by it: a status of 400 or more, or an error message (the same as
+// the per-call rollup rows' is_error, migration 0002).
+const isErrorSQL = "(status >= 400) OR (error != '')"
+
 // collapsedCallsSQL is the per-call rows of calls matching where, one row
 // per id: the copy with the highest version, as ReplacingMergeTree keeps.
 // Copies of a call share its start_time, so a time condition never splits
@@ -65,7 +70,7 @@ func collapsedCallsSQL(where string) string {
         argMax(user_id, version) AS c_user,
         argMax(source, version) AS c_source,
         argMax(batch_id, version) AS c_batch,
-        argMax(toUInt8((status >= 400) OR (error != '')), version) AS c_error,
+        argMax(toUInt8(` + isErrorSQL + `), version) AS c_error,
         argMax(input_tokens, version) AS c_in,
         argMax(output_tokens, version) AS c_out,
         argMax(total_tokens, version) AS c_total,
