@@ -514,16 +514,11 @@ func (d *decoder) timestamp(f int, nullable bool) (t time.Time, ok bool) {
 		}
 		return t, false
 	}
-	s, ok := d.stringBytes()
-	if !ok {
-		return t, false
-	}
-	t, reason := parseTimestamp(s)
+	t, reason, ok := d.timestampString()
 	if reason != "" {
 		d.errs.add(f, fieldNames[f], reason)
-		return t, false
 	}
-	return t, true
+	return t, ok && reason == ""
 }
 
 // boolean decodes the boolean at path, field f or a member of it; null is

@@ -27,9 +27,7 @@ func StartTime(data []byte) (t time.Time, ok bool) {
 			if d.peek() != '"' {
 				return t, false
 			}
-			s, ok := d.stringBytes()
-			var reason string
-			t, reason = parseTimestamp(s)
+			t, reason, ok := d.timestampString()
 			return t, ok && reason == "" && d.fatal == nil
 		}
 		d.skipValue(1)

@@ -168,3 +168,15 @@ func quoteTrunc(s string) string {
 	}
 	return strconv.Quote(s)
 }
+
+// timestampString scans the string at d.pos (a '"') and parses it as an
+// RFC 3339 timestamp; reason says why it is not one. ok is false after a
+// syntax error.
+func (d *scanner) timestampString() (t time.Time, reason string, ok bool) {
+	s, ok := d.stringBytes()
+	if !ok {
+		return t, "", false
+	}
+	t, reason = parseTimestamp(s)
+	return t, reason, true
+}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,7 +46,7 @@ func holdRealtime(ctx context.Context, pids []int) (done func(), err error) {
 // setPolicy sets the scheduling policy of every thread of pids; a thread
 // or process that ended meanwhile is passed over.
 func setPolicy(pids []int, policy uint32, priority uint32) error {
-	attr := unix.SchedAttr{Size: uint32(unsafe.Sizeof(unix.SchedAttr{})), Policy: policy, Priority: priority}
+	attr := unix.SchedAttr{Policy: policy, Priority: priority} // SchedSetAttr sets Size
 	for _, pid := range pids {
 		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
 		if err != nil {
