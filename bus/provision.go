@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/internal/defaults"
+	"github.com/callpipe/callpipe/internal/retry"
 )
 
 // DefaultDLQMaxAge is how long dead letters are kept unless configured.
@@ -106,11 +108,36 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 	return nil
 }
 
+// jsClusterNotAvailable is JetStream's "temporarily unavailable": a
+// cluster without a meta leader yet.
+const jsClusterNotAvailable jetstream.ErrorCode = 10008
+
+// provisionBackoff paces ProvisionWhenReady. One attempt is a
+// create-or-update per stream; on a loaded 3-server cluster every replica's
+// update goes through the meta leader and each stream's group, which can
+// take seconds.
+var provisionBackoff = retry.Backoff{First: time.Second, Max: 15 * time.Second, Attempt: 15 * time.Second}
+
+// ProvisionWhenReady runs ensure (EnsureStreams or EnsureCallsStream on
+// some js) until it succeeds, JetStream refuses the configuration, or ctx
+// ends. JetStream not answering in time (servers still starting, a cluster
+// electing its meta leader, a meta leader busy with the updates of every
+// replica starting at once) is retried, each failure logged as a warning: a
+// stage waits for NATS, unready, instead of exiting, so the order in which
+// things start does not matter. A refused configuration (an API error other than
+// "temporarily unavailable") is returned at once: no retry changes it.
+func ProvisionWhenReady(ctx context.Context, log *slog.Logger, ensure func(context.Context) error) error {
+	return retry.Until(ctx, provisionBackoff, ensure, retry.Reporting("jetstream streams", nil, log))
+}
+
 func ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
 	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) {
-			return fmt.Errorf("provision stream %s: %s (code %d)", cfg.Name, apiErr.Description, apiErr.ErrorCode)
+			err = fmt.Errorf("%s (code %d)", apiErr.Description, apiErr.ErrorCode)
+			if apiErr.ErrorCode != jsClusterNotAvailable {
+				err = retry.Permanent(err)
+			}
 		}
 		return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 	}

@@ -147,9 +147,9 @@ func (c *Config) WorkerStage(name string, nc *nats.Conn, reg prometheus.Register
 		if err != nil {
 			return fmt.Errorf("jetstream: %w", err)
 		}
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = bus.EnsureStreams(pctx, js, c.StreamOptions())
-		cancel()
+		err = bus.ProvisionWhenReady(ctx, log, func(ctx context.Context) error {
+			return bus.EnsureStreams(ctx, js, c.StreamOptions())
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped while provisioning: nothing taken yet

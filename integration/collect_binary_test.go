@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -12,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
@@ -99,4 +104,93 @@ func TestCollectBinaryGracefulShutdown(t *testing.T) {
 		}
 	}
 	t.Logf("%d events answered 202 before shutdown, all stored once", len(accepted))
+}
+
+// TestCollectBinaryWaitsForNATS starts `callpipe collect` while its NATS
+// server is down: the collector waits for JetStream (logging each retry)
+// instead of exiting, and accepts events once the server is up. Against the
+// same server with a stream configuration JetStream refuses (3 replicas on a
+// single server), it exits at once with the stream and the reason.
+func TestCollectBinaryWaitsForNATS(t *testing.T) {
+	ns := harness.StartNATSServer(t)
+	ns.Stop(t)
+	addr := testkit.FreeAddr(t)
+	cmd := exec.Command(testkit.Binary(t), "collect", "--listen", addr, "--log.format=text")
+	cmd.Env = append(os.Environ(), "CALLPIPE_NATS_URL="+ns.URL)
+	var stderr testkit.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(stderr.String(), "jetstream streams not ready; retrying") < 2 {
+		select {
+		case err := <-exited:
+			t.Fatalf("collect exited while NATS was down (%v):\n%s", err, stderr.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("collect logged no second provisioning retry in 20s:\n%s", stderr.String())
+		}
+	}
+	ns.Start(t)
+	testkit.WaitHealthy(t, "http://"+addr+"/readyz")
+	id := runID + "-after-nats"
+	resp, err := http.Post("http://"+addr+"/v1/events", "application/x-ndjson", strings.NewReader(eventJSON(id, "")+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST after NATS came up: %s", resp.Status)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("collect exited with %v:\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("collect did not exit after SIGTERM:\n%s", stderr.String())
+	}
+	nc, err := nats.Connect(ns.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, bus.CallsStream)
+	if err != nil {
+		t.Fatalf("stream after collect provisioned it: %v", err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("%s holds %d messages, want the one event accepted after NATS came up", bus.CallsStream, info.State.Msgs)
+	}
+
+	refused := exec.Command(testkit.Binary(t), "collect", "--listen", testkit.FreeAddr(t), "--log.format=text")
+	refused.Env = append(os.Environ(), "CALLPIPE_NATS_URL="+ns.URL, "CALLPIPE_NATS_STREAM_REPLICAS=3")
+	start := time.Now()
+	out, err := refused.CombinedOutput()
+	if err == nil {
+		t.Fatalf("collect with 3 replicas on a single server did not fail:\n%s", out)
+	}
+	if !strings.Contains(string(out), "provision stream "+bus.CallsStream) || strings.Contains(string(out), "not ready; retrying") {
+		t.Fatalf("collect with a refused stream config: want the stream named and no retry, got:\n%s", out)
+	}
+	t.Logf("refused config: exit after %s:\n%s", time.Since(start).Round(time.Millisecond), out)
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 
 	"github.com/spf13/cobra"
@@ -25,7 +26,10 @@ func newCollectCommand(a *app) *cobra.Command {
 			}
 			defer nc.Close()
 			ctx := cmd.Context()
-			if err := bus.EnsureCallsStream(ctx, js, cfg.StreamOptions()); err != nil {
+			err = bus.ProvisionWhenReady(ctx, log, func(ctx context.Context) error {
+				return bus.EnsureCallsStream(ctx, js, cfg.StreamOptions())
+			})
+			if err != nil {
 				return err
 			}
 			policy, err := cfg.EdgeCapturePolicy(log)

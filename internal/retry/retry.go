@@ -6,6 +6,7 @@ package retry
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 )
@@ -19,8 +20,9 @@ type Backoff struct {
 
 // Until calls try until it returns nil or ctx ends. After each failure it
 // calls failed (which reports the stage unready and logs) with the error and
-// the wait before the next attempt. It returns nil once try succeeded, or
-// ctx's error when ctx ended first.
+// the wait before the next attempt. It returns nil once try succeeded, the
+// error of a try that returned Permanent(err), or ctx's error when ctx ended
+// first.
 func Until(ctx context.Context, b Backoff, try func(context.Context) error, failed func(err error, wait time.Duration)) error {
 	wait := b.First
 	for {
@@ -31,6 +33,9 @@ func Until(ctx context.Context, b Backoff, try func(context.Context) error, fail
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if p := (*permanentError)(nil); errors.As(err, &p) {
+			return err
+		}
 		failed(err, wait)
 		select {
 		case <-ctx.Done():
@@ -40,6 +45,22 @@ func Until(ctx context.Context, b Backoff, try func(context.Context) error, fail
 		wait = max(b.First, min(2*wait, b.Max))
 	}
 }
+
+// Permanent marks err as a failure another attempt cannot change (the
+// dependency answered, and said no: an invalid configuration), so that
+// Until returns it instead of retrying. It reads as err (Error, errors.Is
+// and errors.As see through it) where nothing retries.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+type permanentError struct{ err error }
+
+func (p *permanentError) Error() string { return p.err.Error() }
+func (p *permanentError) Unwrap() error { return p.err }
 
 func attempt(ctx context.Context, timeout time.Duration, try func(context.Context) error) error {
 	if timeout <= 0 {

@@ -3,6 +3,7 @@ package retry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -41,5 +42,30 @@ func TestUntilEndsWithContext(t *testing.T) {
 	}, func(error, time.Duration) { cancel() })
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want context.Canceled", err)
+	}
+}
+
+func TestUntilReturnsAPermanentErrorAtOnce(t *testing.T) {
+	invalid := errors.New("replicas > 1 not supported in non-clustered mode")
+	calls := 0
+	err := Until(context.Background(), Backoff{First: time.Millisecond, Max: time.Millisecond}, func(context.Context) error {
+		calls++
+		if calls == 1 {
+			return errors.New("timeout") // transient: retried
+		}
+		return fmt.Errorf("provision stream X: %w", Permanent(invalid))
+	}, func(error, time.Duration) {})
+	if calls != 2 {
+		t.Fatalf("%d calls, want 2 (one retry of the transient failure, none of the permanent one)", calls)
+	}
+	if !errors.Is(err, invalid) || err.Error() != "provision stream X: "+invalid.Error() {
+		t.Fatalf("err %v, want the permanent error as try wrapped it", err)
+	}
+	wrapped := fmt.Errorf("provision: %w", Permanent(invalid))
+	if !errors.Is(wrapped, invalid) || wrapped.Error() != "provision: "+invalid.Error() {
+		t.Fatalf("Permanent is not transparent: %v", wrapped)
+	}
+	if Permanent(nil) != nil {
+		t.Fatal("Permanent(nil) is not nil")
 	}
 }
