@@ -183,13 +183,18 @@ func (f *Fleet) RunOnce(ctx context.Context, name string, args ...string) error 
 	}
 }
 
+// readyPatience is how long WaitReady waits for a child's /readyz: a stage
+// waits for JetStream to provision its streams (bus.ProvisionWhenReady),
+// which on a loaded 3-server cluster can take more than one attempt.
+const readyPatience = 2 * time.Minute
+
 // WaitReady waits until the child answers 200 on /readyz of listen.
 func (f *Fleet) WaitReady(ctx context.Context, name, listen string) error {
 	ch := f.child(name)
 	if ch == nil {
 		return fmt.Errorf("no child %s", name)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(readyPatience)
 	for {
 		select {
 		case err := <-ch.done:
@@ -205,7 +210,7 @@ func (f *Fleet) WaitReady(ctx context.Context, name, listen string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready on %s after 30s\n%s", name, listen, Tail(ch.log))
+			return fmt.Errorf("%s not ready on %s after %s\n%s", name, listen, readyPatience, Tail(ch.log))
 		}
 		select {
 		case <-ctx.Done():
