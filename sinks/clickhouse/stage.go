@@ -155,7 +155,7 @@ func newRollupMetrics(reg prometheus.Registerer) *rollupMetrics {
 		leader:        f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_sealer_leader", Help: "1 while this worker holds the rollup sealing lease."}),
 		sealedThrough: f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_sealed_through_timestamp_seconds", Help: "Every hour before this time is sealed and clean (Unix seconds; set by the lease holder)."}),
 		lag:           f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_lag_seconds", Help: "Now minus the sealed-through time (the redelivery horizon plus the open hour when the sealer keeps up)."}),
-		dirty:         f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_dirty_hours", Help: "Sealed hours with late calls not yet sealed again (read from per-call rows meanwhile)."}),
+		dirty:         f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_dirty_periods", Help: "Sealed hours with late calls not yet sealed again (read from per-call rows meanwhile)."}),
 		seals:         f.NewCounterVec(prometheus.CounterOpts{Name: "callpipe_rollup_seals_total", Help: "Seals written, by kind (hour, empty_hour, reseal, day, week)."}, []string{"kind"}),
 		errors:        f.NewCounter(prometheus.CounterOpts{Name: "callpipe_rollup_seal_errors_total", Help: "Seal passes that failed (retried next interval)."}),
 		passSeconds:   f.NewHistogram(prometheus.HistogramOpts{Name: "callpipe_rollup_pass_seconds", Help: "Time of one seal pass.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}),
