@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -90,13 +89,7 @@ func waitSettingsAPI(t *testing.T, base, token string) {
 // closedURL is an http:// URL nobody listens on.
 func closedURL(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := "http://" + ln.Addr().String()
-	ln.Close()
-	return u
+	return "http://" + testkit.FreeAddr(t)
 }
 
 // startLangfuseWorker runs `callpipe worker --stages langfuse` on the run's

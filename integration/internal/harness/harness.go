@@ -35,6 +35,8 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 	tcredis "github.com/testcontainers/testcontainers-go/modules/redis"
 	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/callpipe/callpipe/internal/fleet"
 )
 
 // Environment variables read by the harness (written by deploy/local/services.sh).
@@ -458,12 +460,10 @@ func StartNATSServer(t testing.TB) *NATSServer {
 	if err != nil {
 		unavailable(t, "%v; %s", err, setupHint)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := fleet.FreeListen()
 	if err != nil {
-		t.Fatalf("harness: free port: %v", err)
+		t.Fatalf("harness: %v", err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	s := &NATSServer{URL: "nats://" + addr, bin: bin, addr: addr, store: t.TempDir()}
 	s.Start(t)
 	t.Cleanup(func() { s.Stop(t) })

@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/internal/fleet"
 )
 
 var (
@@ -194,15 +194,17 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 	t.Fatalf("timed out after %s waiting for %s (last: %s)", timeout, what, last)
 }
 
-// FreeAddr returns a loopback host:port that was free a moment ago.
+// FreeAddr returns a loopback host:port that was free a moment ago and that
+// this test process has not handed out before (fleet.FreeListen): the
+// kernel offers a closed probe port again, and two processes of one test
+// given the same port leave one unable to bind.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := fleet.FreeListen()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // RandomHex is n random bytes in hex: ids that keep concurrent tests (and
