@@ -125,6 +125,7 @@ func TestCollectBinaryWaitsForNATS(t *testing.T) {
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	early := testkit.Start(t, append(os.Environ(), "CALLPIPE_NATS_URL="+ns.URL), "collect", "--listen", testkit.FreeAddr(t))
 
 	deadline := time.Now().Add(20 * time.Second)
 	for strings.Count(stderr.String(), "jetstream streams not ready; retrying") < 2 {
@@ -137,6 +138,12 @@ func TestCollectBinaryWaitsForNATS(t *testing.T) {
 			t.Fatalf("collect logged no second provisioning retry in 20s:\n%s", stderr.String())
 		}
 	}
+	// A collector stopped while it waits exits cleanly.
+	testkit.WaitFor(t, 30*time.Second, "the second collector waits for JetStream", func() (bool, string) {
+		return strings.Contains(early.Out.String(), "jetstream streams not ready; retrying"), early.Out.String()
+	})
+	early.Stop(t, 10*time.Second)
+
 	ns.Start(t)
 	testkit.WaitHealthy(t, "http://"+addr+"/readyz")
 	id := runID + "-after-nats"

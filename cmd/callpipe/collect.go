@@ -30,6 +30,9 @@ func newCollectCommand(a *app) *cobra.Command {
 				return bus.EnsureCallsStream(ctx, js, cfg.StreamOptions())
 			})
 			if err != nil {
+				if ctx.Err() != nil {
+					return nil // stopped while waiting for JetStream: nothing accepted yet
+				}
 				return err
 			}
 			policy, err := cfg.EdgeCapturePolicy(log)
