@@ -205,6 +205,9 @@ func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 // exactly one complete object. It returns nil when b does not start a JSON
 // object.
 func topLevel(b []byte) (fields map[string]json.RawMessage, complete bool) {
+	if fields, ok := bindTopLevel(b); ok {
+		return fields, true
+	}
 	if json.Unmarshal(b, &fields) == nil && fields != nil {
 		return fields, true
 	}
@@ -227,6 +230,27 @@ func topLevel(b []byte) (fields map[string]json.RawMessage, complete bool) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return fields, false
+	}
+	return fields, true
+}
+
+// bindTopLevel is topLevel of a complete, plain object (schema.Binder: no
+// key with escapes, every value checked): the keys and values point into b
+// instead of being copied, which for an embeddings answer is most of its
+// bytes. ok is false for anything else, which encoding/json then reads.
+// b must not change while fields is in use (masks write new buffers).
+func bindTopLevel(b []byte) (fields map[string]json.RawMessage, ok bool) {
+	d := schema.NewBinder(b)
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	if i == len(b) || b[i] != '{' {
+		return nil, false
+	}
+	end := d.RawMap(i, &fields)
+	if d.Failed() || !d.AtEnd(end) || fields == nil {
+		return nil, false
 	}
 	return fields, true
 }

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -60,10 +62,26 @@ func BenchmarkServeHTTPEmbeddings(b *testing.B) {
 // answer, masking), off the client's path but on the proxy's CPUs.
 //
 //	go test ./ingest/proxy -run '^$' -bench EventEmbeddings -benchmem -cpu 1
-func BenchmarkEventEmbeddings(b *testing.B) {
+func BenchmarkEventEmbeddings(b *testing.B) { benchmarkEvent(b, embeddingsJSON) }
+
+// BenchmarkEventEmbeddings1024 is BenchmarkEventEmbeddings with an answer
+// of bge-m3's size: one vector of 1,024 floats (about 12 KB).
+func BenchmarkEventEmbeddings1024(b *testing.B) {
+	var vec strings.Builder
+	for i := range 1024 {
+		if i > 0 {
+			vec.WriteByte(',')
+		}
+		fmt.Fprintf(&vec, "%.8f", math.Sin(float64(i))/7)
+	}
+	benchmarkEvent(b, `{"object":"list","model":"bge-m3","data":[{"index":0,"object":"embedding","embedding":[`+vec.String()+`]}],`+
+		`"usage":{"prompt_tokens":6,"total_tokens":6}}`)
+}
+
+func benchmarkEvent(b *testing.B, answer string) {
 	u, _ := url.Parse("http://xinference:9997")
 	opts := DefaultOptions(u)
-	opts.Transport = cannedTransport{body: embeddingsJSON}
+	opts.Transport = cannedTransport{body: answer}
 	opts.QueueSize = 1
 	p, err := New(opts, nopPub{})
 	if err != nil {
