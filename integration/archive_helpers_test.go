@@ -40,15 +40,7 @@ type archEnv struct {
 func newArchEnv(t testing.TB) *archEnv {
 	t.Helper()
 	run := "arch" + testkit.RandomHex(t, 4)
-	nc, err := nats.Connect(harness.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testkit.JetStream(t, harness.NATS(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := bus.EnsureCallsStream(ctx, js, bus.DefaultStreamOptions()); err != nil {

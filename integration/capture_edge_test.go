@@ -54,15 +54,7 @@ func TestCapturePolicyAtTheEdge(t *testing.T) {
 		return ""
 	}
 	natsURL := harness.NATS(t)
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testkit.JetStream(t, natsURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := bus.EnsureStreams(ctx, js, bus.DefaultStreamOptions()); err != nil {
@@ -426,15 +418,7 @@ func deadLettersSince(t *testing.T, js jetstream.JetStream, from uint64) []bus.D
 // policy before the event leaves the process: the stored event holds no
 // prompt, its usage is counted, and its capture record is the policy's.
 func TestPublisherAppliesCapturePolicy(t *testing.T) {
-	nc, err := nats.Connect(harness.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testkit.JetStream(t, harness.NATS(t))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := bus.EnsureStreams(ctx, js, bus.DefaultStreamOptions()); err != nil {

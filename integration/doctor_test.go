@@ -13,8 +13,6 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
@@ -222,15 +220,7 @@ func TestDoctorSchemaAndBucket(t *testing.T) {
 // dashboard (NATS KV) win over the configuration, and doctor checks those.
 func TestDoctorUsesSavedLangfuseSettings(t *testing.T) {
 	d := newDoctorEnv(t)
-	nc, err := nats.Connect(harness.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close) // registered first: runs after the settings are deleted
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testkit.JetStream(t, harness.NATS(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))

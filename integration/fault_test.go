@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
@@ -326,12 +325,7 @@ func TestFaultSuite(t *testing.T) {
 	<-killerDone
 
 	// Drain: every consumer has processed everything.
-	nc, err := nats.Connect(natsSrv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := testkit.JetStream(t, natsSrv.URL)
 	drained := func(stream, consumer string) (bool, string) {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 		defer ccancel()

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
@@ -525,15 +524,7 @@ func TestUsersReresolve(t *testing.T) {
 		UserID: schema.UserUnresolved, UserSource: schema.UserUnresolved, APIKeyHash: schema.HashAPIKey(key), APIKeyPrefix: key[:7],
 		Status: 200, InputTokens: 10, OutputTokens: 5, TotalTokens: 15, UsageSource: schema.UsageReported, Source: schema.SourceOnline,
 		InputText: "hi", OutputText: "hello"}
-	nc, err := nats.Connect(pl.nats)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testkit.JetStream(t, pl.nats)
 	m := &nats.Msg{Subject: bus.NormalizedSubjectPrefix + ".chat", Data: schema.AppendCall(nil, &c), Header: nats.Header{}}
 	m.Header.Set(bus.HeaderMsgID, c.ID)
 	if _, err := js.PublishMsg(context.Background(), m); err != nil {

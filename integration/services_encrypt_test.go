@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/integration/internal/harness"
@@ -76,12 +75,7 @@ func TestServicesJetStreamEncrypted(t *testing.T) {
 		t.Fatalf("nats.conf does not encrypt, or holds the key:\n%s", conf)
 	}
 
-	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(14222+offset))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := testkit.JetStream(t, "nats://127.0.0.1:"+strconv.Itoa(14222+offset))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ENC", Subjects: []string{"enc.>"}, Storage: jetstream.FileStorage})

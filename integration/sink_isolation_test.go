@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/integration/fakes/langfusetest"
@@ -67,15 +65,7 @@ func TestOneSinkDownOthersKeepPace(t *testing.T) {
 	}
 	testkit.WaitHealthy(t, "http://"+collectAddr+"/readyz")
 
-	nc, err := nats.Connect(natsSrv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testkit.JetStream(t, natsSrv.URL)
 	consumerState := func(stream, consumer string) (pending, ackPending uint64, err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
