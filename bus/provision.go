@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -130,7 +131,14 @@ func ProvisionWhenReady(ctx context.Context, log *slog.Logger, ensure func(conte
 	return retry.Until(ctx, provisionBackoff, ensure, retry.Reporting("jetstream streams", nil, log))
 }
 
+// ensure creates the stream or updates it to cfg. A stream that already has
+// cfg's settings is left alone: a create-or-update of an unchanged stream
+// still goes through a cluster's meta leader and the stream's group, and
+// every replica of every stage provisions at start.
 func ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	if st, err := js.Stream(ctx, cfg.Name); err == nil && hasSettings(st.CachedInfo().Config, cfg) {
+		return nil
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) {
@@ -142,6 +150,15 @@ func ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 		return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 	}
 	return nil
+}
+
+// hasSettings reports whether a stream's config (as the server reports it,
+// its defaults filled in) has every setting provisioning makes.
+func hasSettings(have, want jetstream.StreamConfig) bool {
+	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
+		have.Storage == want.Storage && have.Retention == want.Retention && have.Discard == want.Discard &&
+		have.MaxAge == want.MaxAge && have.MaxBytes == want.MaxBytes && have.Duplicates == want.Duplicates &&
+		have.Replicas == want.Replicas && have.AllowBatchPublish == want.AllowBatchPublish
 }
 
 // BatchPublishSupported reports whether a nats-server of version (as in the
