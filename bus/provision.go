@@ -122,11 +122,11 @@ var provisionBackoff = retry.Backoff{First: time.Second, Max: 15 * time.Second, 
 // ProvisionWhenReady runs ensure (EnsureStreams or EnsureCallsStream on
 // some js) until it succeeds, JetStream refuses the configuration, or ctx
 // ends. JetStream not answering in time (servers still starting, a cluster
-// electing its meta leader, a meta leader busy with the updates of every
-// replica starting at once) is retried, each failure logged as a warning: a
-// stage waits for NATS, unready, instead of exiting, so the order in which
-// things start does not matter. A refused configuration (an API error other than
-// "temporarily unavailable") is returned at once: no retry changes it.
+// electing its meta leader, a busy meta leader) is retried, each failure
+// logged as a warning: a stage waits for NATS, unready, instead of exiting,
+// so the order in which things start does not matter. A refused
+// configuration (an API error other than "temporarily unavailable" or a lost
+// race to create the stream) is returned at once: no retry changes it.
 func ProvisionWhenReady(ctx context.Context, log *slog.Logger, ensure func(context.Context) error) error {
 	return retry.Until(ctx, provisionBackoff, ensure, retry.Reporting("jetstream streams", nil, log))
 }
@@ -143,7 +143,9 @@ func ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) {
 			err = fmt.Errorf("%s (code %d)", apiErr.Description, apiErr.ErrorCode)
-			if apiErr.ErrorCode != jsClusterNotAvailable {
+			// "temporarily unavailable", or a create that lost a race with
+			// another replica's (the next attempt updates instead)
+			if apiErr.ErrorCode != jsClusterNotAvailable && apiErr.ErrorCode != jetstream.JSErrCodeStreamNameInUse {
 				err = retry.Permanent(err)
 			}
 		}
