@@ -113,9 +113,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 // cluster without a meta leader yet.
 const jsClusterNotAvailable jetstream.ErrorCode = 10008
 
-// provisionBackoff paces ProvisionWhenReady. One attempt is a
-// create-or-update per stream; on a loaded 3-server cluster every replica's
-// update goes through the meta leader and each stream's group, which can
+// provisionBackoff paces ProvisionWhenReady. One attempt reads each stream
+// and creates or updates those that differ; on a loaded 3-server cluster an
+// update goes through the meta leader and the stream's group, which can
 // take seconds.
 var provisionBackoff = retry.Backoff{First: time.Second, Max: 15 * time.Second, Attempt: 15 * time.Second}
 
