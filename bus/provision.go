@@ -140,18 +140,42 @@ func ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 		return nil
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) {
-			err = fmt.Errorf("%s (code %d)", apiErr.Description, apiErr.ErrorCode)
-			// "temporarily unavailable", or a create that lost a race with
-			// another replica's (the next attempt updates instead)
-			if apiErr.ErrorCode != jsClusterNotAvailable && apiErr.ErrorCode != jetstream.JSErrCodeStreamNameInUse {
-				err = retry.Permanent(err)
-			}
-		}
-		return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
+		return fmt.Errorf("provision stream %s: %w", cfg.Name, refusal(err))
 	}
 	return nil
+}
+
+// refusal is err as ProvisionWhenReady and ConsumerWhenReady see it: an
+// answer of JetStream's API is its description and code, marked
+// retry.Permanent unless another attempt may succeed ("temporarily
+// unavailable", or a create that lost a race with another replica's: the
+// next attempt finds what the other made). Anything else (a timeout, no
+// responders) is left to retry.
+func refusal(err error) error {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return err
+	}
+	answer := fmt.Errorf("%s (code %d)", apiErr.Description, apiErr.ErrorCode)
+	switch apiErr.ErrorCode {
+	case jsClusterNotAvailable, jetstream.JSErrCodeStreamNameInUse:
+		return answer
+	}
+	return retry.Permanent(answer)
+}
+
+// ConsumerWhenReady creates or updates the durable consumer cfg on stream,
+// waiting for JetStream as ProvisionWhenReady does: retried (and logged)
+// while it does not answer, returned at once when it refuses cfg.
+func ConsumerWhenReady(ctx context.Context, log *slog.Logger, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	var cons jetstream.Consumer
+	err := retry.Until(ctx, provisionBackoff, func(ctx context.Context) (err error) {
+		if cons, err = js.CreateOrUpdateConsumer(ctx, stream, cfg); err != nil {
+			return refusal(err)
+		}
+		return nil
+	}, retry.Reporting("jetstream consumer "+cfg.Durable, nil, log))
+	return cons, err
 }
 
 // hasSettings reports whether a stream's config (as the server reports it,

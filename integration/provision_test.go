@@ -2,14 +2,17 @@ package integration
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callpipe/callpipe/bus"
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
 )
@@ -67,5 +70,63 @@ func TestEnsureStreamsUpdatesOnlyWhatChanged(t *testing.T) {
 	want = []string{"UPDATED." + bus.CallsStream, "UPDATED." + bus.NormalizedStream}
 	if got := provision(o); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("provisioning with another max age: advisories %v, want %v", got, want)
+	}
+}
+
+// TestConsumerWhenReadyWaitsForJetStream makes a stage's durable consumer
+// while its NATS server is away: bus.ConsumerWhenReady retries (logging
+// each failure) and makes it once the server is back; a consumer JetStream
+// refuses (deliver from a start sequence it does not name) fails at once.
+func TestConsumerWhenReadyWaitsForJetStream(t *testing.T) {
+	ns := harness.StartNATSServer(t)
+	var logs testkit.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	nc, err := ingest.Connect(ingest.NATSOptions{URL: ns.URL, Name: t.Name(), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, js, bus.DefaultStreamOptions()); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	_, err = bus.ConsumerWhenReady(ctx, log, js, bus.CallsStream, jetstream.ConsumerConfig{Durable: "refused", DeliverPolicy: jetstream.DeliverByStartSequencePolicy})
+	if err == nil || !strings.Contains(err.Error(), "(code ") || strings.Contains(logs.String(), "not ready; retrying") {
+		t.Fatalf("a consumer JetStream refuses: err %v after %s, want its answer at once, no retry; logs:\n%s", err, time.Since(start), logs.String())
+	}
+	t.Logf("refused at once (%s): %v", time.Since(start).Round(time.Millisecond), err)
+
+	ns.Stop(t)
+	made := make(chan error, 1)
+	go func() {
+		_, err := bus.ConsumerWhenReady(ctx, log, js, bus.CallsStream, jetstream.ConsumerConfig{Durable: "waits", AckPolicy: jetstream.AckExplicitPolicy})
+		made <- err
+	}()
+	testkit.WaitFor(t, 30*time.Second, "a retry logged while NATS is away", func() (bool, string) {
+		return strings.Contains(logs.String(), "jetstream consumer waits not ready; retrying"), logs.String()
+	})
+	select {
+	case err := <-made:
+		t.Fatalf("ConsumerWhenReady returned while NATS was away: %v", err)
+	default:
+	}
+	ns.Start(t)
+	select {
+	case err := <-made:
+		if err != nil {
+			t.Fatalf("ConsumerWhenReady after NATS came back: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("no consumer a minute after NATS came back; logs:\n%s", logs.String())
+	}
+	if _, err := js.Consumer(ctx, bus.CallsStream, "waits"); err != nil {
+		t.Fatalf("the consumer made after NATS came back: %v", err)
 	}
 }

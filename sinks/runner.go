@@ -264,7 +264,7 @@ func (r *Runner[T]) close(ctx context.Context) {
 // Consumer creates or updates the durable consumer.
 func (r *Runner[T]) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 	c := r.cfg
-	cons, err := r.js.CreateOrUpdateConsumer(ctx, c.Stream, jetstream.ConsumerConfig{Durable: c.Consumer, Description: c.Description,
+	cons, err := bus.ConsumerWhenReady(ctx, r.log, r.js, c.Stream, jetstream.ConsumerConfig{Durable: c.Consumer, Description: c.Description,
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: c.AckWait, MaxDeliver: bus.NoMaxDeliver,
 		DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubject: c.FilterSubject, MaxAckPending: c.MaxAckPending})
 	if err != nil {

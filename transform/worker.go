@@ -91,7 +91,7 @@ func NewWorker(ctx context.Context, nc *nats.Conn, n *Normalizer, o WorkerOption
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, stage.Reads, ConsumerConfig(o))
+	cons, err := bus.ConsumerWhenReady(ctx, o.Log, js, stage.Reads, ConsumerConfig(o))
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", o.Consumer, stage.Reads, err)
 	}
