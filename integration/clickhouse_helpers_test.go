@@ -116,15 +116,7 @@ type chNATS struct {
 
 func newCHNATS(t testing.TB) *chNATS {
 	t.Helper()
-	nc, err := ingest.Connect(ingest.NATSOptions{URL: harness.NATS(t), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testkit.PipelineJetStream(t, ingest.NATSOptions{URL: harness.NATS(t)}, jetstream.WithPublishAsyncMaxPending(4096))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, sc := range []jetstream.StreamConfig{

@@ -21,6 +21,7 @@ import (
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/ingest/collector"
 	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/schema"
 )
 
@@ -34,15 +35,7 @@ type callStream struct {
 
 func newCallStream(t testing.TB) *callStream {
 	t.Helper()
-	nc, err := ingest.Connect(ingest.NATSOptions{URL: harness.NATS(t), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testkit.PipelineJetStream(t, ingest.NATSOptions{URL: harness.NATS(t)})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := bus.EnsureCallsStream(ctx, js, bus.DefaultStreamOptions()); err != nil {

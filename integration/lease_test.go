@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callpipe/callpipe/bus"
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
@@ -18,15 +16,7 @@ import (
 // TestLeaseOneHolderAndTakeover: two processes' leases on one key run their
 // work one at a time; when the holder stops, the other takes over.
 func TestLeaseOneHolderAndTakeover(t *testing.T) {
-	nc, err := ingest.Connect(ingest.NATSOptions{URL: harness.NATS(t), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testkit.PipelineJetStream(t, ingest.NATSOptions{URL: harness.NATS(t)})
 	key := "test-" + testkit.RandomHex(t, 4)
 	var running, maxRunning, ran [2]atomic.Int32
 	var total atomic.Int32

@@ -81,15 +81,7 @@ func TestConsumerWhenReadyWaitsForJetStream(t *testing.T) {
 	ns := harness.StartNATSServer(t)
 	var logs testkit.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	nc, err := ingest.Connect(ingest.NATSOptions{URL: ns.URL, Name: t.Name(), Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testkit.PipelineJetStream(t, ingest.NATSOptions{URL: ns.URL, Logger: log})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := bus.EnsureStreams(ctx, js, bus.DefaultStreamOptions()); err != nil {
@@ -97,7 +89,7 @@ func TestConsumerWhenReadyWaitsForJetStream(t *testing.T) {
 	}
 
 	start := time.Now()
-	_, err = bus.ConsumerWhenReady(ctx, log, js, bus.CallsStream, jetstream.ConsumerConfig{Durable: "refused", DeliverPolicy: jetstream.DeliverByStartSequencePolicy})
+	_, err := bus.ConsumerWhenReady(ctx, log, js, bus.CallsStream, jetstream.ConsumerConfig{Durable: "refused", DeliverPolicy: jetstream.DeliverByStartSequencePolicy})
 	if err == nil || !strings.Contains(err.Error(), "(code ") || strings.Contains(logs.String(), "not ready; retrying") {
 		t.Fatalf("a consumer JetStream refuses: err %v after %s, want its answer at once, no retry; logs:\n%s", err, time.Since(start), logs.String())
 	}

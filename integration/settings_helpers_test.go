@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/integration/internal/testkit"
@@ -23,15 +21,7 @@ import (
 // would redirect every other test's Langfuse worker.
 func settingsStore(t *testing.T) *settings.Store {
 	t.Helper()
-	nc, err := ingest.Connect(ingest.NATSOptions{URL: harness.NATS(t), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testkit.PipelineJetStream(t, ingest.NATSOptions{URL: harness.NATS(t)})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))

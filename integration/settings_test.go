@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
+	"github.com/callpipe/callpipe/integration/internal/testkit"
 	"github.com/callpipe/callpipe/store/settings"
 )
 
@@ -23,12 +22,7 @@ import (
 // keeps the saved one, a watcher sees every change within seconds, and
 // deleting falls back to the configuration.
 func TestSettingsAPIAndWatch(t *testing.T) {
-	nc, err := ingest.Connect(ingest.NATSOptions{URL: harness.NATS(t), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := testkit.PipelineJetStream(t, ingest.NATSOptions{URL: harness.NATS(t)})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	store, err := settings.Open(ctx, js, 1, settings.WithSealer(itSealer(t)))

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callpipe/callpipe/ingest"
 	"github.com/callpipe/callpipe/integration/internal/harness"
 	"github.com/callpipe/callpipe/internal/fleet"
 )
@@ -221,6 +222,26 @@ func JetStream(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	}
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// PipelineJetStream is JetStream with the connection a pipeline process
+// makes (ingest.Connect: retried in the background, publishes failing fast
+// while disconnected), named after the test unless o names it.
+func PipelineJetStream(t testing.TB, o ingest.NATSOptions, opts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	if o.Name == "" {
+		o.Name = t.Name()
+	}
+	nc, err := ingest.Connect(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
