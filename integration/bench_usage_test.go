@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -200,14 +201,25 @@ func TestBenchUsageCommand(t *testing.T) {
 		t.Errorf("targets: %+v", r.Targets)
 	}
 
-	// --reuse measures the kept database again without loading or sealing:
-	// the same calls, users and ranges (the run's clock is its newest call).
+	// --reuse measures the kept database again without loading: the same
+	// calls, users and ranges (the run's clock is its newest call), after a
+	// sealer pass. That pass seals again the hour the first run left dirty
+	// (--live-hours 1) and the whole days holding it (at most its UTC and
+	// its New York day), nothing else: this build sealed the rest as it
+	// seals.
 	reuseOut := filepath.Join(dir, "bench-usage-reuse.json")
 	cmd = exec.CommandContext(ctx, bin, "bench", "usage", "--reuse", r.Database, "--calls", fmt.Sprint(calls), "--days", fmt.Sprint(days),
 		"--repeat", "1", "--live-hours", "0", "--json", reuseOut)
 	cmd.Env = env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bench usage --reuse: %v\n%s", err, out)
+	} else {
+		var hours, days, weeks int
+		_, pass, found := strings.Cut(string(out), "seal pass")
+		_, perr := fmt.Sscanf(pass, " %d hours, %d days, %d weeks", &hours, &days, &weeks)
+		if !found || perr != nil || hours != 1 || days > 2 || weeks != 0 {
+			t.Errorf("bench usage --reuse: want the pass to seal the dirty hour and its days again, nothing else (%v):\n%s", perr, out)
+		}
 	}
 	var r3 benchUsageReport
 	if b, err := os.ReadFile(reuseOut); err != nil || json.Unmarshal(b, &r3) != nil {

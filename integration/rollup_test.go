@@ -208,7 +208,7 @@ func sealsAsBefore(ctx context.Context, t *testing.T, conn driver.Conn, db, seal
 // sealsRecordedWith sets column sealColumn of every seal record to value.
 func sealsRecordedWith(ctx context.Context, t *testing.T, conn driver.Conn, db, sealColumn string, value uint8) {
 	t.Helper()
-	cols := []string{"grain", "period", "version", "calls", "hour_versions", "sealed_at", "user_copy", "user_totals", "model_totals", "model_copy"}
+	cols := []string{"grain", "period", "version", "calls", "hour_versions", "sealed_at", "user_copy", "user_totals", "model_totals", "model_copy", "user_over_models"}
 	if i := slices.Index(cols, sealColumn); i < 0 {
 		t.Fatalf("usage_seals has no column %s", sealColumn)
 	} else {

@@ -167,7 +167,7 @@ func newBenchUsageCommand(a *app) *cobra.Command {
 	f.DurationVar(&o.QueryTimeout, "query-timeout", 2*time.Minute, "a timed query running longer is killed and reported as failed")
 	f.StringSliceVar(&zones, "zones", []string{"America/New_York"}, "zones whose local days are sealed too, as clickhouse.rollup.zones does (empty: UTC days only)")
 	f.BoolVar(&o.Keep, "keep", false, "keep the scratch database")
-	f.StringVar(&o.Database, "reuse", "", "measure the database an earlier run kept (--keep) instead of loading and sealing a new one")
+	f.StringVar(&o.Database, "reuse", "", "measure the database an earlier run kept (--keep) instead of loading and sealing a new one (after one sealer pass, which seals again what this build seals differently)")
 	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
 	return cmd
 }

@@ -207,26 +207,33 @@ const (
 	// hour seals only (0007): levelModels summed over sources, one row per
 	// model, with its percentile buckets weighed (latency_q, ttft_q)
 	levelModelTotals uint8 = 3
+	// day and week seals only (0010): levelUserTotals summed over models,
+	// one row per user
+	levelUserOverModels uint8 = 4
 )
 
-// sealSummedSQL writes the rows at level (levelModels for hour seals,
-// levelUserTotals for day and week seals) of seals refs: their levelUsers rows
-// summed over users and batches, or over sources and batches.
+// sealSummedSQL writes the rows at level of seals refs: for hour seals
+// levelModels, their levelUsers rows summed over users and batches; for day
+// and week seals levelUserTotals, their levelUsers rows summed over sources
+// and batches, then levelUserOverModels, those summed over models.
 func sealSummedSQL(refs []sealRef, level uint8) string {
-	user, source, keys := "''", "source", "model, source"
-	if level == levelUserTotals {
+	from, model, user, source, keys := levelUsers, "model", "''", "source", "model, source"
+	switch level {
+	case levelUserTotals:
 		user, source, keys = "user_id", "''", "model, user_id"
+	case levelUserOverModels:
+		from, model, user, source, keys = levelUserTotals, "''", "user_id", "''", "user_id"
 	}
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
-    grain, toUInt8(%d), period, model, %s, %s, '', version,
+    grain, toUInt8(%d), period, %s, %s, %s, '', version,
     toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
     (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
     toUInt64(sum(ttft_calls)),
     (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
 FROM {db}.usage_rollup
 WHERE by_user = %d AND %s
-GROUP BY grain, period, version, %s`, rollupColumns, level, user, source, levelUsers, sealRowsWhere(refs), keys)
+GROUP BY grain, period, version, %s`, rollupColumns, level, model, user, source, from, sealRowsWhere(refs), keys)
 }
 
 // sealModelTotalsSQL writes the levelModelTotals rows of hour seals refs:
@@ -291,14 +298,14 @@ func sealRefsSQL(refs []sealRef) string {
 }
 
 // InsertSeal records seals (batch insert), after their rows are written.
-const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, model_totals, model_copy)`
+const InsertSeal = `INSERT INTO {db}.usage_seals (grain, period, version, calls, hour_versions, sealed_at, user_copy, user_totals, model_totals, model_copy, user_over_models)`
 
 // InsertDirtyHours marks hours for re-sealing (batch insert).
 const InsertDirtyHours = `INSERT INTO {db}.usage_dirty_hours (hour, marked_at, reason)`
 
 // sealsQuery is the newest seal of every period in [from, to).
 func sealsQuery(from, to int64) string {
-	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version), argMax(model_totals, version), argMax(model_copy, version)
+	return `SELECT grain, toInt64(toUInt32(period)) AS p, max(version) AS v, argMax(calls, version), argMax(hour_versions, version), argMax(user_copy, version), argMax(user_totals, version), argMax(model_totals, version), argMax(model_copy, version), argMax(user_over_models, version)
 FROM {db}.usage_seals
 WHERE ` + timeRangeSQL("period", from, to) + `
 GROUP BY grain, period
@@ -383,6 +390,7 @@ func rollupQueries(sampleFrom time.Time) []string {
 	out := []string{
 		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealModelTotalsSQL(gappy),
 		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
+		sealSummedSQL([]sealRef{{Grain: grainWeek, Period: week, Version: 12}}, levelUserOverModels),
 		sealSpanSQL(grainDay, day, 9, hours), sealSpanSQL(grainLocalDay23, day, 11, hours[:23]), sealSpanSQL(grainWeek, week, 12, days),
 		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),
 		sealModelCopySQL(gappy), sealModelCopySQL([]sealRef{{Grain: grainWeek, Period: week, Version: 12}}),

@@ -293,8 +293,9 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 }
 
 // sealSpan writes the rows of span seal x (a UTC or local day summed from
-// its hours, a week from its days; parts in order), its totals per user
-// over sources, its copy keyed by user, then its record.
+// its hours, a week from its days; parts in order), its totals per model and
+// user over sources, those per user over models, its copies keyed by user
+// and without users, then its record.
 func (s *Sealer) sealSpan(ctx context.Context, x Seal, parts []Seal) error {
 	refs := make([]sealRef, len(parts))
 	for i, h := range parts {
@@ -312,6 +313,9 @@ func (s *Sealer) sealSpan(ctx context.Context, x Seal, parts []Seal) error {
 	}
 	if err := s.exec(ctx, sealSummedSQL([]sealRef{x.ref()}, levelUserTotals)); err != nil {
 		return fmt.Errorf("seal %s %s: sum over sources: %w", what, unixUTC(x.Period), err)
+	}
+	if err := s.exec(ctx, sealSummedSQL([]sealRef{x.ref()}, levelUserOverModels)); err != nil {
+		return fmt.Errorf("seal %s %s: sum over models: %w", what, unixUTC(x.Period), err)
 	}
 	if err := s.exec(ctx, sealUserCopySQL([]sealRef{x.ref()})); err != nil {
 		return fmt.Errorf("seal %s %s: copy keyed by user: %w", what, unixUTC(x.Period), err)
@@ -334,9 +338,9 @@ func spanSeal(grain uint8, start int64, v uint64, parts []Seal) Seal {
 }
 
 // record writes seal records (after their rows, the copies of those keyed by
-// user and without users, and a day's totals per user: every seal recorded
-// here has them, so user_copy = 1, model_copy = 1, user_totals = 1 for days
-// and model_totals = 1 for hours).
+// user and without users, and a span's totals per user: every seal recorded
+// here has them, so user_copy = 1, model_copy = 1, user_totals = 1 and
+// user_over_models = 1 for days and weeks, model_totals = 1 for hours).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -355,11 +359,11 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if hv == nil {
 			hv = []uint64{}
 		}
-		userTotals, modelTotals := uint8(1), uint8(0)
+		span, modelTotals := uint8(1), uint8(0)
 		if x.Grain == grainHour {
-			userTotals, modelTotals = 0, 1
+			span, modelTotals = 0, 1
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, userCopyCurrent, userTotals, modelTotals, uint8(1)); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, userCopyCurrent, span, modelTotals, uint8(1), span); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -539,9 +543,9 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 	var due []dueSpan
 	for _, d := range days {
 		hours, ok := st.cleanHours(d.start, d.end)
-		// a day recorded before migration 0006 (no totals per user) is
-		// sealed again, though its hours did not change
-		if x, _ := st.current(d.grain, d.start); !ok || st.dayCurrent(d.grain, d.start, hours) && x.UserTotals {
+		// a day recorded before migration 0006 or 0010 (no totals per
+		// user) is sealed again, though its hours did not change
+		if x, _ := st.current(d.grain, d.start); !ok || st.dayCurrent(d.grain, d.start, hours) && x.UserTotals && x.UserOverModels {
 			continue
 		}
 		due = append(due, dueSpan{d.grain, d.start, hours})
@@ -562,7 +566,8 @@ func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (
 		weeks = append(weeks, localWeeks(loc, from, to)...)
 	}
 	for _, w := range weeks {
-		if days, ok := st.spanDays(w.days[:]); ok && !st.dayCurrent(w.grain, w.start, days) {
+		x, _ := st.current(w.grain, w.start)
+		if days, ok := st.spanDays(w.days[:]); ok && (!st.dayCurrent(w.grain, w.start, days) || !x.UserOverModels) {
 			due = append(due, dueSpan{w.grain, w.start, days})
 		}
 	}
@@ -777,6 +782,10 @@ type Seal struct {
 	// sources and batches (levelUserTotals; not for days recorded before
 	// migration 0006, nor for hours).
 	UserTotals bool
+	// UserOverModels: a day or week seal's totals per model and user are
+	// also summed over models (levelUserOverModels; not for spans recorded
+	// before migration 0010, nor for hours).
+	UserOverModels bool
 	// ModelTotals: an hour seal's rows are also summed per model over
 	// sources, with their percentile buckets (levelModelTotals; not for
 	// hours recorded before migration 0007, nor for days).
@@ -936,11 +945,11 @@ func loadSeals(ctx context.Context, conn driver.Conn, db string, from, to int64)
 	st := newSealState()
 	err := eachRow(ctx, conn, WithDB(sealsQuery(from, to), db), func(rows driver.Rows) error {
 		var x Seal
-		var userTotals, modelTotals, modelCopy uint8
-		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &x.UserCopy, &userTotals, &modelTotals, &modelCopy); err != nil {
+		var userTotals, modelTotals, modelCopy, userOverModels uint8
+		if err := rows.Scan(&x.Grain, &x.Period, &x.Version, &x.Calls, &x.HourVersions, &x.UserCopy, &userTotals, &modelTotals, &modelCopy, &userOverModels); err != nil {
 			return err
 		}
-		x.UserTotals, x.ModelTotals, x.ModelCopy = userTotals == 1, modelTotals == 1, modelCopy == 1
+		x.UserTotals, x.ModelTotals, x.ModelCopy, x.UserOverModels = userTotals == 1, modelTotals == 1, modelCopy == 1, userOverModels == 1
 		if x.Grain == grainHour {
 			st.hours[x.Period] = x
 		} else {

@@ -30,6 +30,11 @@ type usagePlan struct {
 	// them (levelUserTotals): day rows are read at that level, about half
 	// the rows of levelUsers; hour rows stay at levelUsers
 	userTotals bool
+	// userOverModels: userTotals, and the read keeps no models apart (no
+	// model grouping or filter) and every day and week seal it reads has
+	// its totals per user summed over models (levelUserOverModels): day and
+	// week rows are read at that level, one per user
+	userOverModels bool
 	// modelTotals: each group is one hour of one model (hour buckets keyed
 	// or filtered by model, no user, source or batch) and every seal read
 	// has its rows summed per model (levelModelTotals): hour rows are read
@@ -91,17 +96,19 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	}
 	p.userCopy = userCopyTableOf(userCopy)
 	p.userTotals = p.byUser && p.userCopy == "" && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
+	p.userOverModels = p.userTotals && !s.Group.Model && s.Filter.Model == ""
 	days := 0
 	for _, r := range p.rollup {
 		if r.Grain == grainHour {
 			continue
 		}
 		days++
-		if x, _ := st.current(r.Grain, r.Period); !x.UserTotals {
-			p.userTotals = false
-		}
+		x, _ := st.current(r.Grain, r.Period)
+		p.userTotals = p.userTotals && x.UserTotals
+		p.userOverModels = p.userOverModels && x.UserOverModels
 	}
 	p.userTotals = p.userTotals && days > 0
+	p.userOverModels = p.userOverModels && p.userTotals
 	p.modelTotals = !p.byUser && s.Group.Bucket == BucketHour && (s.Group.Model || s.Filter.Model != "") &&
 		!s.Group.Source && s.Filter.Source == "" && len(p.rollup) > 0
 	for _, r := range p.rollup {
@@ -374,6 +381,8 @@ func (p usagePlan) level(grain uint8) uint8 {
 		return levelModelTotals
 	case !p.byUser:
 		return levelModels
+	case p.userOverModels && grain != grainHour:
+		return levelUserOverModels
 	case p.userTotals && grain != grainHour:
 		return levelUserTotals
 	}

@@ -510,6 +510,69 @@ func TestPlanUsageUserTotals(t *testing.T) {
 	}
 }
 
+// TestPlanUsageUserOverModels: a read grouped by user that keeps neither
+// models nor sources apart reads day rows summed over models too
+// (levelUserOverModels) when every day seal it uses has them; a model
+// grouping or filter, or one day recorded before migration 0010, keeps
+// levelUserTotals; hour rows stay at levelUsers.
+func TestPlanUsageUserOverModels(t *testing.T) {
+	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
+	for d, x := range st.days {
+		x.UserTotals, x.UserOverModels = true, true
+		st.days[d] = x
+	}
+	spec := func(g GroupBy, f UsageFilter) UsageSpec {
+		return UsageSpec{From: time.Unix(d0+5*3600, 0), To: time.Unix(d0+3*86400-3*3600, 0), Group: g, Filter: f, SkipPercentiles: true}
+	}
+	levels := func(p usagePlan, s UsageSpec, grain uint8) (out string) {
+		sql := rollupRowsSQL(s, p, false)
+		for _, l := range []uint8{levelModels, levelUsers, levelUserTotals, levelModelTotals, levelUserOverModels} {
+			if strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", l, grain)) {
+				out += fmt.Sprint(l)
+			}
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name        string
+		g           GroupBy
+		f           UsageFilter
+		days, hours string
+	}{
+		{"user", GroupBy{User: true}, UsageFilter{}, "4", "1"},
+		{"user by day", GroupBy{Bucket: BucketDay, User: true}, UsageFilter{}, "4", "1"},
+		{"user by day, one model", GroupBy{Bucket: BucketDay, User: true}, UsageFilter{Model: "m"}, "2", "1"},
+		{"model x user", GroupBy{Model: true, User: true}, UsageFilter{}, "2", "1"},
+		{"user x source", GroupBy{User: true, Source: true}, UsageFilter{}, "1", "1"},
+		{"model", GroupBy{Model: true}, UsageFilter{}, "0", "0"},
+	} {
+		s := spec(c.g, c.f)
+		p := planUsage(s, st, time.UTC)
+		covered(t, p, s.From.Unix(), s.To.Unix())
+		if len(p.minus) == 0 {
+			t.Fatalf("%s: the plan subtracts no hours: %+v", c.name, p)
+		}
+		if days, hours := levels(p, s, grainDay), levels(p, s, grainHour); days != c.days || hours != c.hours {
+			t.Errorf("%s: day rows at level %q, hour rows at %q; want %q, %q", c.name, days, hours, c.days, c.hours)
+		}
+	}
+	// with percentiles no hour is subtracted, and the whole day in the
+	// range is still read summed over models
+	withPercentiles := spec(GroupBy{User: true}, UsageFilter{})
+	withPercentiles.SkipPercentiles = false
+	if p := planUsage(withPercentiles, st, time.UTC); len(p.minus) != 0 || levels(p, withPercentiles, grainDay) != "4" {
+		t.Errorf("user with percentiles: %d hours subtracted, day rows at level %q; want none, 4", len(p.minus), levels(p, withPercentiles, grainDay))
+	}
+	old := st.days[d0+86400]
+	old.UserOverModels = false
+	st.days[d0+86400] = old
+	s := spec(GroupBy{User: true}, UsageFilter{})
+	if p := planUsage(s, st, time.UTC); p.userOverModels || levels(p, s, grainDay) != "2" {
+		t.Errorf("a day without totals over models: userOverModels %v, day rows at level %q; want false, 2", p.userOverModels, levels(p, s, grainDay))
+	}
+}
+
 // TestPlanUsageEmptyHours: hours sealed without calls have no rows, so a
 // day row over them needs nothing subtracted (the plan stays unsigned, and
 // its percentiles merge by weighing).

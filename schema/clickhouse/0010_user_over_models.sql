@@ -1,0 +1,13 @@
+-- 0010: a fourth level of day and week rows in usage_rollup, by_user = 4:
+-- the rows per model and user (by_user = 2) of a UTC or local day or week
+-- summed over models, one row per user. Overviews grouped by user alone
+-- (user, day x user) otherwise merge every model's histogram of each user:
+-- per user a week holds a few hundred distinct latency buckets, but twelve
+-- models' rows of that week hold several times as many (bucket, count)
+-- pairs, and weighing those pairs is what such a read spends its time on.
+-- A day or week seal writes these rows after its by_user = 2 rows and before
+-- its record, which says user_over_models = 1; seals recorded before this
+-- migration have none, are read at by_user = 2, and are sealed again by the
+-- sealer's first pass. Hours have no such rows. See README.md ("Reads
+-- grouped by user").
+ALTER TABLE {db}.usage_seals ADD COLUMN user_over_models UInt8 DEFAULT 0;
