@@ -681,3 +681,48 @@ func markerCallsOf(ctx context.Context, t *testing.T, conn driver.Conn, db strin
 	}
 	return n
 }
+
+// addUserMarkerRow adds a row of 7 calls of user "user-marker" (model
+// model) at level by_user to the current seal of the UTC day day: the reads
+// that count it are the ones that read that level.
+func addUserMarkerRow(ctx context.Context, t *testing.T, conn driver.Conn, db string, day time.Time, byUser uint8, model string) {
+	t.Helper()
+	var v uint64
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT max(version) FROM %s.usage_seals WHERE grain = 2 AND period = toDateTime(%d, 'UTC')", db, day.Unix())).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls)
+SELECT toUInt8(2), toUInt8(%d), toDateTime(%d, 'UTC'), '%s', 'user-marker', '', '', toUInt64(%d), toUInt64(7)`, db, byUser, day.Unix(), model, v)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// userMarked reports whether a read of [from, to) grouped by g counts the
+// row addUserMarkerRow added.
+func userMarked(ctx context.Context, t *testing.T, conn driver.Conn, db string, from, to time.Time, g callsdb.GroupBy) bool {
+	t.Helper()
+	rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, Group: g, SkipPercentiles: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.UserID == "user-marker" {
+			return r.Calls == 7
+		}
+	}
+	return false
+}
+
+// sealAgain runs the sealer's pass over seals recorded as before a
+// migration that added day rows: every day (at least days) is sealed
+// again, no hour.
+func sealAgain(ctx context.Context, t *testing.T, sealer *callsdb.Sealer, days int) {
+	t.Helper()
+	res, err := sealer.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.DaysSealed < days || res.HoursSealed != 0 {
+		t.Fatalf("pass over days recorded as before: %d days, %d hours sealed; want the days again (%d), no hour", res.DaysSealed, res.HoursSealed, days)
+	}
+}

@@ -117,44 +117,18 @@ WHERE by_user = %[2]d AND grain != 1
 
 	// the sealer's pass seals those days and weeks again (their hours did
 	// not change)
-	res, err := sealer.Pass(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.DaysSealed < 16 || res.HoursSealed != 0 {
-		t.Fatalf("pass over seals without totals over models: %d days, %d hours sealed; want the days again, no hour", res.DaysSealed, res.HoursSealed)
-	}
+	sealAgain(ctx, t, sealer, 16)
 	checkLevels("sealed again")
 	check("sealed again")
 
 	// the totals over models are what reads grouped by user alone read: a
 	// row added at by_user = 4 to the first day's seal shows per user and
 	// day, not per model and user
-	var v uint64
-	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT max(version) FROM %s.usage_seals WHERE grain = 2 AND period = toDateTime(%d, 'UTC')", db, from.Unix())).Scan(&v); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls)
-SELECT toUInt8(2), toUInt8(4), toDateTime(%d, 'UTC'), '', 'user-marker', '', '', toUInt64(%d), toUInt64(7)`, db, from.Unix(), v)); err != nil {
-		t.Fatal(err)
-	}
-	marked := func(g callsdb.GroupBy) bool {
-		t.Helper()
-		rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, Group: g, SkipPercentiles: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.UserID == "user-marker" {
-				return r.Calls == 7
-			}
-		}
-		return false
-	}
-	if !marked(callsdb.GroupBy{Bucket: callsdb.BucketDay, User: true}) {
+	addUserMarkerRow(ctx, t, conn, db, from, 4, "")
+	if !userMarked(ctx, t, conn, db, from, to, callsdb.GroupBy{Bucket: callsdb.BucketDay, User: true}) {
 		t.Fatal("user by day was not read from the day's totals over models")
 	}
-	if marked(callsdb.GroupBy{Model: true, User: true}) {
+	if userMarked(ctx, t, conn, db, from, to, callsdb.GroupBy{Model: true, User: true}) {
 		t.Fatal("model x user read the totals over models, which have no model")
 	}
 }

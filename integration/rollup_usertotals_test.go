@@ -75,43 +75,17 @@ GROUP BY grain, by_user`, db))
 	check("days without totals per user")
 
 	// the sealer's pass seals those days again (their hours did not change)
-	res, err := sealer.Pass(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.DaysSealed < 3 || res.HoursSealed != 0 {
-		t.Fatalf("pass over days without totals: %d days, %d hours sealed; want the days again, no hour", res.DaysSealed, res.HoursSealed)
-	}
+	sealAgain(ctx, t, sealer, 3)
 	checkLevels("sealed again")
 	check("days sealed again")
 
 	// the totals are what those reads use: a row added at by_user = 2 to the
 	// first day's seal shows in model x user, not in user x source
-	var v uint64
-	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT max(version) FROM %s.usage_seals WHERE grain = 2 AND period = toDateTime(%d, 'UTC')", db, from.Unix())).Scan(&v); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls)
-SELECT toUInt8(2), toUInt8(2), toDateTime(%d, 'UTC'), 'model-marker', 'user-marker', '', '', toUInt64(%d), toUInt64(7)`, db, from.Unix(), v)); err != nil {
-		t.Fatal(err)
-	}
-	marked := func(g callsdb.GroupBy) bool {
-		t.Helper()
-		rows, err := callsdb.UsageOf(ctx, conn, db, callsdb.UsageSpec{From: from, To: to, Group: g, SkipPercentiles: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.UserID == "user-marker" {
-				return r.Calls == 7
-			}
-		}
-		return false
-	}
-	if !marked(callsdb.GroupBy{Model: true, User: true}) {
+	addUserMarkerRow(ctx, t, conn, db, from, 2, "model-marker")
+	if !userMarked(ctx, t, conn, db, from, to, callsdb.GroupBy{Model: true, User: true}) {
 		t.Fatal("model x user was not read from the day's totals per user")
 	}
-	if marked(callsdb.GroupBy{User: true, Source: true}) {
+	if userMarked(ctx, t, conn, db, from, to, callsdb.GroupBy{User: true, Source: true}) {
 		t.Fatal("user x source read the totals per user, which have no source")
 	}
 }

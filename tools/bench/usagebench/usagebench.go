@@ -191,13 +191,17 @@ const (
 )
 
 type runner struct {
-	o      Options
-	conn   driver.Conn
-	db     string
-	runID  string
-	out    io.Writer
-	seq    int
-	start  time.Time // the run's clock: loaded calls end here
+	o     Options
+	conn  driver.Conn
+	db    string
+	runID string
+	out   io.Writer
+	seq   int
+	start time.Time // the run's clock: loaded calls end here
+	// sealed is the time of the newest seal version or dirty mark in a
+	// reused database (the run that sealed it ran its sealer on its own
+	// sealClock, ahead of this run's)
+	sealed time.Time
 	sealer *callsdb.Sealer
 }
 
@@ -242,6 +246,11 @@ func Run(ctx context.Context, conn driver.Conn, o Options) (rep *Report, err err
 			return nil, fmt.Errorf("bench usage: reuse %s: no stored calls (%v)", r.db, err)
 		}
 		r.start = time.Unix(last+1, 0).UTC()
+		var newest uint64
+		if err := conn.QueryRow(ctx, callsdb.WithDB("SELECT greatest((SELECT max(version) FROM {db}.usage_seals), (SELECT toUInt64(max(marked_at)) FROM {db}.usage_dirty_hours))", r.db)).Scan(&newest); err != nil {
+			return nil, fmt.Errorf("bench usage: reuse %s: newest seal or dirty mark: %w", r.db, err)
+		}
+		r.sealed = time.Unix(0, int64(newest)).UTC()
 	}
 	from := r.start.Add(-time.Duration(o.Days) * 24 * time.Hour)
 	rep = &Report{RunID: r.runID, Database: r.db, Kept: o.Keep, MachineCPUs: runtime.NumCPU(), Calls: o.Calls, Days: o.Days,
@@ -385,9 +394,14 @@ func (r *runner) tableBytes(ctx context.Context, table string) (bytes, parts uin
 }
 
 // sealClock is the sealer's clock: late enough that every hour holding a
-// loaded call is past the horizon.
+// loaded call is past the horizon, and after every seal a reused database
+// holds (a seal at an older version than the current one would not count).
 func (r *runner) sealClock() time.Time {
-	return r.start.Truncate(time.Hour).Add(time.Hour + r.o.SealAfter + time.Minute)
+	clock := r.start.Truncate(time.Hour).Add(time.Hour + r.o.SealAfter + time.Minute)
+	if next := r.sealed.Add(time.Minute).Truncate(time.Minute); next.After(clock) {
+		return next
+	}
+	return clock
 }
 
 // newSealer is the run's sealer, on sealClock.
@@ -406,7 +420,7 @@ func (r *runner) catchUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bench usage: seal pass over %s: %w", r.db, err)
 	}
-	r.say("seal pass    %d hours, %d days, %d weeks sealed (again) in %s", res.HoursSealed, res.DaysSealed, res.WeeksSealed, time.Since(start).Round(time.Second))
+	r.say("seal pass    %d hours, %d days, %d weeks sealed (again), %d hours dirty, in %s", res.HoursSealed, res.DaysSealed, res.WeeksSealed, res.DirtyHours, time.Since(start).Round(time.Second))
 	return nil
 }
 
