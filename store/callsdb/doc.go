@@ -40,9 +40,9 @@
 // exact by construction:
 //
 //   - calls is a ReplacingMergeTree(version) ordered by (hour, id): background
-//     merges collapse copies of a call eventually; reads collapse them by id
-//     (GROUP BY id, argMax(x, version): the newest copy wins, as
-//     ReplacingMergeTree would decide). A call counts once whether or not
+//     merges collapse copies of a call eventually; reads collapse them as
+//     they read (FROM calls FINAL: the newest copy wins, as
+//     ReplacingMergeTree's merges decide). A call counts once whether or not
 //     ClickHouse has merged its copies yet, and a replayed, changed record
 //     (re-priced, re-attributed) counts in its new group.
 //
