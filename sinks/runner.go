@@ -519,17 +519,17 @@ func (r *Runner[T]) Run(ctx context.Context) error {
 	slots := make(chan struct{}, r.cfg.Batch.MaxInFlight)
 	var wg sync.WaitGroup
 	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxBytes(r.cfg.PullBytes))
+		it, err := bus.Pull(cons, r.cfg.PullBuffer, r.log, r.what, r.decode, jetstream.PullMaxBytes(r.cfg.PullBytes))
 		if err != nil {
 			r.log.Warn(r.what+": pull", "err", err)
 			sleep(ctx, time.Second)
 			continue
 		}
-		msgs := bus.Pull(it, r.cfg.PullBuffer, r.log, r.what, r.decode)
+		msgs := it.C
 		why, pause := r.consume(ctx, wctx, msgs, slots, &wg)
 		switch {
 		case why == stopped && r.cfg.HandBack:
-			r.handBack(it, msgs, 0)
+			r.handBack(it, 0)
 		case why == stopped:
 			it.Drain() // what it read ahead is written by the drain
 			for d := range msgs {
@@ -544,11 +544,10 @@ func (r *Runner[T]) Run(ctx context.Context) error {
 		case why == paused:
 			// hold nothing while paused: what was read ahead or batched
 			// comes back when the pause ends, not unrefreshed from here
-			r.handBack(it, msgs, pause)
+			r.handBack(it, pause)
 			r.dropFill(pause)
 			sleep(ctx, pause)
 		case why == ended:
-			it.Stop()
 			r.log.Warn(r.what + ": pull ended; pulling again")
 			sleep(ctx, time.Second) // not in a tight loop if it ends again at once
 		}
@@ -852,9 +851,9 @@ func (c *core) keepAlive(ctx context.Context) {
 
 // handBack ends the iterator and naks what it had read ahead, for
 // redelivery after delay (at once when 0).
-func (r *Runner[T]) handBack(it jetstream.MessagesContext, msgs <-chan decoded[T], delay time.Duration) {
+func (r *Runner[T]) handBack(it *bus.Pulled[decoded[T]], delay time.Duration) {
 	it.Drain()
-	for d := range msgs {
+	for d := range it.C {
 		_ = d.m.NakWithDelay(delay)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -150,17 +151,13 @@ type pending struct {
 	body []byte
 }
 
-// pipeline reads messages, normalizes and publishes them asynchronously, and
-// hands the publish futures, in order, to an acknowledger.
+// pipeline consumes raw events, normalizes them and publishes their records
+// asynchronously in batches, and hands the publish futures, in order, to an
+// acknowledger. Events are handled in the consumer's delivery callback (a
+// MessagesContext iterator arms two timers for every message it returns);
+// open batches are sent by the loop below once no event has come for
+// batchLinger and their oldest call has waited batchMinAge.
 func (w *Worker) pipeline(ctx context.Context) error {
-	it, err := w.cons.Messages(jetstream.PullMaxMessages(w.o.Batch))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", w.o.Consumer, err)
-	}
-	stop := context.AfterFunc(ctx, it.Drain)
-	defer stop()
-	defer it.Stop()
-
 	held := newHeld()
 	q := make(chan pending, w.o.MaxInFlight)
 	done := make(chan struct{})
@@ -195,39 +192,75 @@ func (w *Worker) pipeline(ctx context.Context) error {
 		publish: func(m *nats.Msg) (jetstream.PubAckFuture, error) {
 			return w.js.PublishMsgAsync(m, jetstream.WithExpectStream(stage.Feeds))
 		}}
-	for {
-		var msg jetstream.Msg
-		var err error
-		if b.pending() {
-			// open batches wait for more while more is arriving, and for
-			// batchMinAge in any case: a pause of batchLinger after that
-			// sends them
-			wait := batchLinger
-			if due, ok := b.due(); ok {
-				wait = max(wait, time.Until(due))
-			}
-			msg, err = it.Next(jetstream.NextMaxWait(wait))
-			if errors.Is(err, nats.ErrTimeout) {
-				b.flush()
-				continue
-			}
-		} else {
-			msg, err = it.Next()
-		}
-		if err != nil {
-			b.flush()
-			switch {
-			case ctx.Err() != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed):
-				return nil // drained
-			case errors.Is(err, jetstream.ErrMsgIteratorClosed), errors.Is(err, jetstream.ErrConsumerDeleted),
-				errors.Is(err, jetstream.ErrConsumerNotFound):
-				return fmt.Errorf("consumer %s: %w", w.o.Consumer, err)
-			}
-			w.o.Log.Warn("fetch", "err", err)
-			continue
-		}
+	// Lock order: mu (the batcher), then q's capacity (a full q holds the
+	// callback, and with it the pull, until the acknowledger catches up).
+	var mu sync.Mutex
+	var lastEvent atomic.Int64 // UnixNano of the newest event added to an open batch
+	opened := make(chan struct{}, 1) // a batch opened: the linger timer is due to be armed
+	var ended atomic.Pointer[error] // why the pull ended, when JetStream ended it
+	cc, err := w.cons.Consume(func(msg jetstream.Msg) {
 		held.add(msg)
+		mu.Lock()
+		wasOpen := b.pending()
 		w.handle(ctx, msg, b, q)
+		open := b.pending()
+		mu.Unlock()
+		if open {
+			lastEvent.Store(time.Now().UnixNano())
+		}
+		if open && !wasOpen { // the loop below sleeps until a batch opens
+			select {
+			case opened <- struct{}{}:
+			default:
+			}
+		}
+	}, jetstream.PullMaxMessages(w.o.Batch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			ended.Store(&err)
+			return
+		}
+		w.o.Log.Warn("fetch", "err", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", w.o.Consumer, err)
+	}
+	stop := context.AfterFunc(ctx, cc.Drain)
+	defer stop()
+	closed := cc.Closed() // after the last callback has returned
+	flush := func() {
+		mu.Lock()
+		b.flush()
+		mu.Unlock()
+	}
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	for {
+		select {
+		case <-closed:
+			flush()
+			switch {
+			case ctx.Err() != nil:
+				return nil // drained
+			case ended.Load() != nil:
+				return fmt.Errorf("consumer %s: %w", w.o.Consumer, *ended.Load())
+			}
+			return fmt.Errorf("consumer %s: %w", w.o.Consumer, jetstream.ErrMsgIteratorClosed)
+		case <-opened:
+		case <-linger.C:
+		}
+		mu.Lock()
+		if b.pending() {
+			at := time.Unix(0, lastEvent.Load()).Add(batchLinger)
+			if due, ok := b.due(); ok && due.After(at) {
+				at = due
+			}
+			if wait := time.Until(at); wait > 0 {
+				linger.Reset(wait)
+			} else {
+				b.flush()
+			}
+		}
+		mu.Unlock()
 	}
 }
 
