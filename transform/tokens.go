@@ -129,7 +129,12 @@ const (
 )
 
 func newCachedCodec(c tokenizer.Codec) (*cachedCodec, error) {
-	r, err := loadRanks(c)
+	// the vocabulary is read from an instance of its own, dropped after
+	vocab, err := tokenizer.Get(tokenizer.Encoding(c.GetName()))
+	if err != nil {
+		return nil, fmt.Errorf("encoding %s: %w", c.GetName(), err)
+	}
+	r, err := loadRanks(vocab)
 	if err != nil {
 		return nil, err
 	}

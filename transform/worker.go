@@ -195,9 +195,9 @@ func (w *Worker) pipeline(ctx context.Context) error {
 	// Lock order: mu (the batcher), then q's capacity (a full q holds the
 	// callback, and with it the pull, until the acknowledger catches up).
 	var mu sync.Mutex
-	var lastEvent atomic.Int64 // UnixNano of the newest event added to an open batch
+	var lastEvent atomic.Int64       // UnixNano of the newest event added to an open batch
 	opened := make(chan struct{}, 1) // a batch opened: the linger timer is due to be armed
-	var ended atomic.Pointer[error] // why the pull ended, when JetStream ended it
+	var ended atomic.Pointer[error]  // why the pull ended, when JetStream ended it
 	cc, err := w.cons.Consume(func(msg jetstream.Msg) {
 		held.add(msg)
 		mu.Lock()
