@@ -15,7 +15,7 @@ import (
 // whose slots point into one byte arena. Neither holds a pointer: the
 // vocabulary stays live for the life of the process, and as a map of
 // strings it was 100,000 objects the garbage collector marked in every
-// cycle, a tenth of normalize's CPU.
+// cycle.
 type ranks struct {
 	pairs *[1 << 16]uint32 // two-byte tokens, dense (noPair: none): BPE's first merges
 	short []shortRank      // len is a power of two
