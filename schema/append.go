@@ -203,7 +203,8 @@ func appendRawMap(buf []byte, key string, m map[string]json.RawMessage) []byte {
 	if len(m) == 0 {
 		return buf
 	}
-	keys := make([]string, 0, len(m))
+	var small [16]string // most maps here (model parameters, metadata) are small: no allocation
+	keys := small[:0]
 	for k := range m {
 		keys = append(keys, k)
 	}

@@ -3,7 +3,7 @@
 // provides an Output (Benthos's BatchOutput: Connect its destination,
 // Decode an item, WriteBatch a batch, Close) and its BatchPolicy; the Runner
 // owns connecting (Connect retried with internal/retry), the consumer,
-// pulling (bus.Pull, again whenever the iterator ends), batching
+// pulling (bus.Pull, again whenever the pull ends), batching
 // (BatchPolicy: count, bytes, age, in-flight), keep-alive, ack, nak with
 // backoff, dead letters, health, the drain and closing. A sink's stage is
 // wiring: it builds the output and the runner, hands the runner's health to
@@ -57,12 +57,12 @@
 //
 // Invariant (pause): a write that returns a PauseError (the destination
 // refuses every write for a while, e.g. Langfuse refusing the keys) makes
-// the runner stop pulling; what the iterator read ahead and the batch being
+// the runner stop pulling; what the pull read ahead and the batch being
 // filled are nak'ed for the end of the pause, not held unrefreshed, and the
 // runner pulls again when it ends.
 //
 // Invariant (drain): when Run's context ends the runner stops pulling;
-// writes what the iterator read ahead with the batch it was filling (with
+// writes what the pull read ahead with the batch it was filling (with
 // Config.HandBack, for a slow destination, naks it at once for another
 // worker instead); waits for the writes in flight; calls Flush(final) of an
 // output that holds values and waits until every held message is settled;

@@ -484,7 +484,7 @@ type end int
 
 const (
 	stopped end = iota // ctx ended
-	ended              // the iterator ended by itself
+	ended              // the pull ended by itself
 	paused             // a write asked for a pause
 )
 
@@ -849,7 +849,7 @@ func (c *core) keepAlive(ctx context.Context) {
 	}
 }
 
-// handBack ends the iterator and naks what it had read ahead, for
+// handBack ends the pull and naks what it had read ahead, for
 // redelivery after delay (at once when 0).
 func (r *Runner[T]) handBack(it *bus.Pulled[decoded[T]], delay time.Duration) {
 	it.Drain()

@@ -56,18 +56,25 @@ func ParsePrices(entries []string) (PriceTable, error) {
 // Cost returns the cost of a call in USD, or nil when model has no price
 // (unknown models get no cost, not zero).
 func (pt PriceTable) Cost(model string, inputTokens, outputTokens int64) *float64 {
+	if c, ok := pt.costOf(model, inputTokens, outputTokens); ok {
+		return &c
+	}
+	return nil
+}
+
+// costOf is Cost without the allocation: ok is false when model has no price.
+func (pt PriceTable) costOf(model string, inputTokens, outputTokens int64) (float64, bool) {
 	if len(pt) == 0 {
-		return nil
+		return 0, false
 	}
 	m := strings.ToLower(model)
 	for _, p := range pt {
 		if p.matches(model, m) {
 			if p.unpriced {
-				return nil
+				return 0, false
 			}
-			c := (float64(inputTokens)*p.InputPerMTok + float64(outputTokens)*p.OutputPerMTok) / 1e6
-			return &c
+			return (float64(inputTokens)*p.InputPerMTok + float64(outputTokens)*p.OutputPerMTok) / 1e6, true
 		}
 	}
-	return nil
+	return 0, false
 }

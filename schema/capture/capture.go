@@ -347,12 +347,19 @@ func usageComplete(u *schema.Usage) bool {
 // were counted; user is the user its event named (ev.User). edge is the
 // capture record of that event (nil when its publisher applied no policy):
 // the call records the stricter mode of the two passes, and both mask sets
-// when they differ.
+// when they differ. A c.Capture already set is where the record is
+// written (storage the caller allocated with the call); c.Capture is nil
+// after Call when there is no record.
 func (p *Policy) Call(c *schema.Call, user string, edge *schema.Capture) {
+	rec := c.Capture
+	c.Capture = nil
+	if rec == nil && (p != nil || edge != nil) {
+		rec = new(schema.Capture)
+	}
 	if p == nil {
 		if edge != nil {
-			rec := *edge
-			c.Capture = &rec
+			*rec = *edge
+			c.Capture = rec
 		}
 		return
 	}
@@ -372,7 +379,7 @@ func (p *Policy) Call(c *schema.Call, user string, edge *schema.Capture) {
 			c.Metadata[k] = p.maskJSON(v)
 		}
 	}
-	rec := &schema.Capture{Mode: mode, MaskSet: p.maskSet}
+	*rec = schema.Capture{Mode: mode, MaskSet: p.maskSet}
 	if edge != nil {
 		rec.Mode, rec.Counted = Stricter(edge.Mode, mode), edge.Counted
 		if edge.MaskSet != p.maskSet {
