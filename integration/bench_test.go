@@ -33,6 +33,7 @@ func TestBenchCommand(t *testing.T) {
 		AcceptPerS float64            `json:"accept_events_per_s"`
 		StagePerS  map[string]float64 `json:"stage_events_per_s"`
 		EndToEnd   float64            `json:"end_to_end_events_per_s"`
+		AllSinks   float64            `json:"all_sinks_events_per_s"`
 		Exact      bool               `json:"exact"`
 		Latency    *struct {
 			Events int     `json:"events"`
@@ -77,6 +78,11 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if r.AcceptPerS <= 0 || r.EndToEnd <= 0 || r.EndToEnd > r.AcceptPerS*1.0001 {
 		t.Errorf("accepted %v/s, end to end %v/s: end to end cannot beat acceptance", r.AcceptPerS, r.EndToEnd)
+	}
+	// the usage API shows the calls once the ClickHouse sink has them, before
+	// or when the last sink is done
+	if r.AllSinks <= 0 || r.AllSinks > r.EndToEnd*1.0001 || r.EndToEnd > r.StagePerS["clickhouse"]*1.0001 {
+		t.Errorf("end to end %v/s, every sink done %v/s, clickhouse done %v/s: want every sink <= end to end <= clickhouse", r.EndToEnd, r.AllSinks, r.StagePerS["clickhouse"])
 	}
 	if r.Latency == nil || r.Latency.Events == 0 || r.Latency.P50 <= 0 || r.Latency.P99 < r.Latency.P50 {
 		t.Errorf("latency phase: %+v", r.Latency)
