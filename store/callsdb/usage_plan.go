@@ -474,6 +474,10 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	if p.signed() { // groups left at zero calls (all subtracted again) are dropped
 		having = "\nHAVING sum(n) != 0"
 	}
+	settings := ""
+	if singleThreaded(s, p) {
+		settings = "\nSETTINGS max_threads = 1"
+	}
 	return fmt.Sprintf(`SELECT
     %s,
     toUInt64(sum(n)) AS calls,
@@ -488,7 +492,18 @@ FROM
     %s
 )
 GROUP BY %s%s
-ORDER BY %s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollupRowsSQL(s, p, !s.SkipPercentiles), strings.Join(order, ", "), having, strings.Join(order, ", "))
+ORDER BY %s%s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollupRowsSQL(s, p, !s.SkipPercentiles), strings.Join(order, ", "), having, strings.Join(order, ", "), settings)
+}
+
+// singleThreaded reports whether a read weighs the percentiles of every
+// model and user's groups: it runs on one thread. Each thread of a
+// parallel aggregation holds a quantile state for every group, so two
+// threads hold two: 30 days by model x user at 100 M calls (24,000 groups)
+// took 1.7 GiB of server memory on two threads, 0.91 GiB on one, and
+// 2.4-3.0 s against 3.8-4.7 s. Every user's groups alone (2,000) stay under
+// 0.4 GiB on two threads and keep them.
+func singleThreaded(s UsageSpec, p usagePlan) bool {
+	return s.Group.User && s.Group.Model && histogramMergeOf(s, p.signed()) == mergeArray
 }
 
 // maySubtract reports whether a plan for s may subtract hours from day

@@ -424,6 +424,36 @@ func TestHistogramMergePlace(t *testing.T) {
 	}
 }
 
+// Reads weighing the percentiles of every model and user's groups run on
+// one thread (singleThreaded); every other read keeps the server's
+// default.
+func TestSingleThreadedUsageRead(t *testing.T) {
+	h := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	unsigned := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
+	signed := usagePlan{rollup: []sealRef{{Grain: grainDay, Period: h, Version: 6}}, minus: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
+	for _, c := range []struct {
+		s    UsageSpec
+		p    usagePlan
+		want bool
+	}{
+		{UsageSpec{Group: GroupBy{Model: true, User: true}}, unsigned, true},
+		{UsageSpec{Group: GroupBy{Bucket: BucketDay, Model: true, User: true, Source: true}}, unsigned, true},
+		{UsageSpec{Group: GroupBy{Model: true, User: true}, SkipPercentiles: true}, unsigned, false},
+		{UsageSpec{Group: GroupBy{Model: true, User: true}, Filter: UsageFilter{User: "u"}}, signed, false}, // merged as text
+		{UsageSpec{Group: GroupBy{User: true}}, unsigned, false},
+		{UsageSpec{Group: GroupBy{Model: true}}, unsigned, false},
+	} {
+		c.s.From, c.s.To = time.Unix(h, 0), time.Unix(h+3600, 0)
+		sql := usageRollupSQL(c.s, c.p)
+		if got := strings.HasSuffix(sql, "\nSETTINGS max_threads = 1"); got != c.want {
+			t.Errorf("%+v %+v (signed %v): one thread %v, want %v", c.s.Group, c.s.Filter, c.p.signed(), got, c.want)
+		}
+		if n := strings.Count(sql, "SETTINGS"); n > 1 || (n == 1) != c.want {
+			t.Errorf("%+v: %d SETTINGS clauses", c.s.Group, n)
+		}
+	}
+}
+
 // TestPlanUsageUserTotals: a read that keeps users apart but not sources or
 // batches reads day rows summed over them (levelUserTotals) when every day
 // seal it uses has them, hour rows (added or subtracted) at levelUsers; any
