@@ -377,6 +377,16 @@ func TestLateHours(t *testing.T) {
 	}
 }
 
+// mergePlans are an hour read by an unsigned plan (an hour row) and a
+// signed one (its day row with the hour subtracted), for the tests of how
+// a read merges histograms.
+func mergePlans() (h int64, unsigned, signed usagePlan) {
+	h = time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	unsigned = usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
+	signed = usagePlan{rollup: []sealRef{{Grain: grainDay, Period: h, Version: 6}}, minus: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
+	return h, unsigned, signed
+}
+
 // A plan whose rows only add weighs every group's histograms in the sums
 // query (quantilesExactWeightedArray). A plan that subtracts hours from day
 // rows cannot weigh negative counts: where each group sums few rows the
@@ -385,9 +395,7 @@ func TestLateHours(t *testing.T) {
 // are never signed: TestPlanUsageUnsignedPercentilesPerUser). Without
 // percentiles none runs.
 func TestHistogramMergePlace(t *testing.T) {
-	h := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
-	unsigned := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
-	signed := usagePlan{rollup: []sealRef{{Grain: grainDay, Period: h, Version: 6}}, minus: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
+	h, unsigned, signed := mergePlans()
 	for _, c := range []struct {
 		s             UsageSpec
 		signed, plain string // merged by, in a signed and in an unsigned plan
@@ -428,9 +436,7 @@ func TestHistogramMergePlace(t *testing.T) {
 // one thread (singleThreaded); every other read keeps the server's
 // default.
 func TestSingleThreadedUsageRead(t *testing.T) {
-	h := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
-	unsigned := usagePlan{rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
-	signed := usagePlan{rollup: []sealRef{{Grain: grainDay, Period: h, Version: 6}}, minus: []sealRef{{Grain: grainHour, Period: h, Version: 5}}}
+	h, unsigned, signed := mergePlans()
 	for _, c := range []struct {
 		s    UsageSpec
 		p    usagePlan
