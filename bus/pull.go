@@ -26,6 +26,12 @@ func (p *Pulled[T]) Drain() { p.cc.Drain() }
 // after AckWait). After Drain or Stop, C must be read until closed.
 func (p *Pulled[T]) Stop() { p.cc.Stop() }
 
+// ConsumerGone reports whether a pull's error ends it for good: its durable
+// consumer was deleted or is not found.
+func ConsumerGone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound)
+}
+
 // Pull hands cons's messages, each turned into a T by conv in the goroutine
 // that delivers them (so that per-message work overlaps the consumer of the
 // channel), to a channel of buf slots. A full channel holds the delivery and
@@ -40,7 +46,7 @@ func (p *Pulled[T]) Stop() { p.cc.Stop() }
 func Pull[T any](cons jetstream.Consumer, buf int, log *slog.Logger, what string, conv func(jetstream.Msg) T, opts ...jetstream.PullConsumeOpt) (*Pulled[T], error) {
 	out := make(chan T, buf)
 	onErr := jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if ConsumerGone(err) {
 			log.Error(what+": pull ended", "err", err)
 			return
 		}

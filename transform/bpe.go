@@ -54,7 +54,7 @@ func (l *longRanks) put(s string, rank uint32) {
 			l.arena = append(l.arena, s...)
 			return
 		}
-		if string(l.arena[e.off:e.off+e.n]) == s {
+		if int(e.n) == len(s) && string(l.arena[e.off:e.off+e.n]) == s {
 			e.rank = rank
 			return
 		}

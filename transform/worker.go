@@ -215,7 +215,7 @@ func (w *Worker) pipeline(ctx context.Context) error {
 			}
 		}
 	}, jetstream.PullMaxMessages(w.o.Batch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if bus.ConsumerGone(err) {
 			ended.Store(&err)
 			return
 		}
