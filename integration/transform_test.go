@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -407,35 +408,47 @@ func TestTransformUsersAndDLQCommands(t *testing.T) {
 }
 
 // MaxDeliver as the last guard: with max_deliver=1, the calls a SIGKILLed
-// worker held come back to the other worker over the limit, which routes
-// them to the DLQ without normalizing them again. Every call ends up normalized or dead-lettered (a call whose
-// record was stored just before the kill can be both).
+// worker held come back to the next worker over the limit, which routes them
+// to the DLQ without normalizing them. The worker is frozen (SIGSTOP) before
+// the second half is published, so the calls JetStream hands it are held and
+// never processed: exactly those are dead-lettered, every other call is
+// normalized once.
 func TestTransformMaxDeliveriesToDLQ(t *testing.T) {
-	const total = 20_000
+	const total, half = 20_000, 10_000
 	e := newTrEnv(t)
 	env := []string{"CALLPIPE_TRANSFORM_MAX_DELIVER=1", "CALLPIPE_TRANSFORM_ACK_WAIT=2s"}
-	w0, w1 := e.startWorker(env...), e.startWorker(env...)
 	ids, data := make([]string, total), make([][]byte, total)
 	for i := range total {
 		ids[i] = fmt.Sprintf("%s-%06d", e.run, i)
 		data[i] = trChatEvent(ids[i], "", "")
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); e.publish(ids, data) }()
-	testkit.WaitFor(t, 2*time.Minute, "a fifth acknowledged", func() (bool, string) {
+	w0 := e.startWorker(env...)
+	e.publish(ids[:half], data[:half])
+	testkit.WaitFor(t, 2*time.Minute, "the first half acknowledged", func() (bool, string) {
 		n := e.acked()
-		return n >= total/5, fmt.Sprint(n)
+		return n >= half, fmt.Sprint(n)
+	})
+	if err := w0.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(ids[half:], data[half:])
+	// The frozen worker's outstanding pull is filled: its calls are
+	// delivered and pending acknowledgement, and stay so.
+	var held, last int
+	testkit.WaitFor(t, time.Minute, "calls delivered to the frozen worker, and no more coming", func() (bool, string) {
+		last, held = held, e.consumerInfo(e.consumer).NumAckPending
+		return held > 0 && held == last, fmt.Sprint(held)
 	})
 	_ = w0.Cmd.Process.Kill()
 	<-w0.Done()
-	<-done
+	w1 := e.startWorker(env...)
 
 	var recs trRecords
 	var dls []trDeadLetter
-	covered := func() (int, int) {
+	dead := map[string]bool{}
+	testkit.WaitFor(t, 3*time.Minute, "every call normalized or dead-lettered", func() (bool, string) {
 		e.readNormalized(&recs)
 		dls = e.readDLQ()
-		dead := map[string]bool{}
 		for _, d := range dls {
 			var ev struct {
 				ID string `json:"id"`
@@ -443,17 +456,7 @@ func TestTransformMaxDeliveriesToDLQ(t *testing.T) {
 			_ = json.Unmarshal([]byte(d.data), &ev)
 			dead[ev.ID] = true
 		}
-		n := 0
-		for _, id := range ids {
-			if _, ok := recs.calls[id]; ok || dead[id] {
-				n++
-			}
-		}
-		return n, len(dead)
-	}
-	testkit.WaitFor(t, 3*time.Minute, "every call normalized or dead-lettered", func() (bool, string) {
-		n, d := covered()
-		return n == total, fmt.Sprintf("%d/%d covered, %d dead letters", n, total, d)
+		return len(recs.calls)+len(dead) >= total, fmt.Sprintf("%d normalized, %d dead letters", len(recs.calls), len(dead))
 	})
 	if len(recs.dups) > 0 {
 		t.Fatalf("duplicates: %v", recs.dups[:min(5, len(recs.dups))])
@@ -463,10 +466,18 @@ func TestTransformMaxDeliveriesToDLQ(t *testing.T) {
 			t.Errorf("dead letter with reason %q", d.errText)
 		}
 	}
-	_, d := covered()
-	t.Logf("%d normalized, %d dead-lettered after max deliveries", len(recs.calls), d)
-	if d == 0 {
-		t.Error("no dead letter: the killed worker's unacknowledged calls were not routed to the DLQ")
+	for i, id := range ids {
+		_, normalized := recs.calls[id]
+		if normalized == dead[id] {
+			t.Fatalf("call %d (%s): normalized %v, dead-lettered %v; want exactly one", i, id, normalized, dead[id])
+		}
+		if dead[id] && i < half {
+			t.Fatalf("call %d (%s) of the first half, acknowledged before the kill, was dead-lettered", i, id)
+		}
+	}
+	t.Logf("%d normalized, %d dead-lettered after max deliveries (%d held by the killed worker)", len(recs.calls), len(dead), held)
+	if len(dead) != held || len(dls) != held {
+		t.Errorf("%d calls (%d dead letters) in the DLQ; the killed worker held %d", len(dead), len(dls), held)
 	}
 	w1.stop(t)
 }
