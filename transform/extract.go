@@ -596,12 +596,12 @@ type outToolCall struct {
 }
 
 type outMessage struct {
-	Role             string        `json:"role"`
-	Content          any           `json:"content,omitempty"`
-	ReasoningContent string        `json:"reasoning_content,omitempty"`
-	Name             string        `json:"name,omitempty"`
-	ToolCalls        []outToolCall `json:"tool_calls,omitempty"`
-	ToolCallID       string        `json:"tool_call_id,omitempty"`
+	Role             string         `json:"role"`
+	Content          messageContent `json:"content,omitzero"`
+	ReasoningContent string         `json:"reasoning_content,omitempty"`
+	Name             string         `json:"name,omitempty"`
+	ToolCalls        []outToolCall  `json:"tool_calls,omitempty"`
+	ToolCallID       string         `json:"tool_call_id,omitempty"`
 }
 
 // appendMessages appends msgs as json.Marshal does, without reflection.
@@ -622,18 +622,9 @@ func appendMessages(b []byte, msgs []outMessage) []byte {
 func appendOutMessage(b []byte, m *outMessage) []byte {
 	b = append(b, `{"role":`...)
 	b = schema.AppendJSONString(b, m.Role)
-	switch c := m.Content.(type) {
-	case nil:
-	case string:
+	if !m.Content.IsZero() {
 		b = append(b, `,"content":`...)
-		b = schema.AppendJSONString(b, c)
-	default: // parts: rare, and maps need sorted keys
-		enc := mustJSON(c)
-		if enc == nil {
-			enc = json.RawMessage("null")
-		}
-		b = append(b, `,"content":`...)
-		b = append(b, enc...)
+		b = m.Content.appendJSON(b)
 	}
 	if m.ReasoningContent != "" {
 		b = append(b, `,"reasoning_content":`...)
@@ -698,20 +689,56 @@ func outToolCallOf(tc toolCall) outToolCall {
 	return outToolCall{ID: tc.ID, Type: t, Function: outFunction{Name: tc.Function.Name, Arguments: args}}
 }
 
-// contentOf returns a message content for display (string, or parts with
-// text kept and media summarised) and its text.
-func contentOf(raw json.RawMessage) (any, string) {
+// messageContent is a message's content for display: none, a string, or
+// parts (text kept, media summarised). A string is held as such, not boxed
+// in an interface: every chat message has one.
+type messageContent struct {
+	text  string
+	parts []map[string]any
+	kind  contentKind
+}
+
+type contentKind uint8
+
+const (
+	contentNone contentKind = iota
+	contentText
+	contentParts
+)
+
+func textContent(s string) messageContent { return messageContent{text: s, kind: contentText} }
+
+// IsZero reports a message without content (omitted from its JSON).
+func (c messageContent) IsZero() bool { return c.kind == contentNone }
+
+// MarshalJSON writes the string, the parts, or null.
+func (c messageContent) MarshalJSON() ([]byte, error) { return c.appendJSON(nil), nil }
+
+func (c messageContent) appendJSON(b []byte) []byte {
+	switch c.kind {
+	case contentText:
+		return schema.AppendJSONString(b, c.text)
+	case contentParts: // rare, and maps need sorted keys
+		if enc := mustJSON(c.parts); enc != nil {
+			return append(b, enc...)
+		}
+	}
+	return append(b, "null"...)
+}
+
+// contentOf returns a message content for display and its text.
+func contentOf(raw json.RawMessage) (messageContent, string) {
 	if len(raw) == 0 || isNull(raw) {
-		return nil, ""
+		return messageContent{}, ""
 	}
 	switch raw[0] {
 	case '"':
 		s := stringOf(raw)
-		return s, s
+		return textContent(s), s
 	case '[':
 		var parts []map[string]json.RawMessage
 		if json.Unmarshal(raw, &parts) != nil {
-			return nil, ""
+			return messageContent{}, ""
 		}
 		out := make([]map[string]any, 0, len(parts))
 		var text strings.Builder
@@ -743,9 +770,9 @@ func contentOf(raw json.RawMessage) (any, string) {
 				out = append(out, mediaSummary(typ, p))
 			}
 		}
-		return out, text.String()
+		return messageContent{parts: out, kind: contentParts}, text.String()
 	}
-	return nil, ""
+	return messageContent{}, ""
 }
 
 // mediaSummary replaces an image, audio, video or file part with its type,
@@ -771,10 +798,10 @@ func mediaSummary(typ string, p map[string]json.RawMessage) map[string]any {
 	return s
 }
 
-func anthropicOutput(raw json.RawMessage) (any, string, []outToolCall) {
+func anthropicOutput(raw json.RawMessage) (messageContent, string, []outToolCall) {
 	var parts []map[string]json.RawMessage
 	if json.Unmarshal(raw, &parts) != nil {
-		return nil, "", nil
+		return messageContent{}, "", nil
 	}
 	var text strings.Builder
 	var calls []outToolCall
@@ -795,7 +822,7 @@ func anthropicOutput(raw json.RawMessage) (any, string, []outToolCall) {
 		}
 		out += c.Function.Name + "(" + c.Function.Arguments + ")"
 	}
-	return t, out, calls
+	return textContent(t), out, calls
 }
 
 // textsOf reads a prompt or input: a string, a list of strings, or token
