@@ -325,6 +325,9 @@ func (d *Binder) Seen(mask *uint64, bit int) {
 
 func isNullAt(data []byte, i int) bool { return data[i] == 'n' }
 
+// Null reports whether the value at i is null (a value Skip accepts).
+func (d *Binder) Null(i int) bool { return isNullAt(d.data, i) }
+
 // Raw reads the value at from as encoding/json fills a RawMessage.
 func (d *Binder) Raw(from int, dst *json.RawMessage) int {
 	to := d.Skip(from)

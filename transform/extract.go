@@ -198,6 +198,7 @@ func extract(kind string, reqRaw, respRaw json.RawMessage) extracted {
 	x := extracted{usage: usageCounts{-1, -1, -1}, hasOutputTokens: kind == schema.KindChat || kind == schema.KindCompletion}
 	d := docPool.Get().(*docs)
 	defer docPool.Put(d)
+	d.space.reset()
 	req := &d.req
 	*req = reqDoc{}
 	if len(reqRaw) > 0 && reqRaw[0] == '{' && decodeRequest(reqRaw, req, d.msgs) {
@@ -214,11 +215,11 @@ func extract(kind string, reqRaw, respRaw json.RawMessage) extracted {
 	*resp = respDoc{}
 	switch respRaw[0] {
 	case '{':
-		if !decodeResponse(respRaw, resp) {
+		if !decodeResponse(respRaw, resp, d) {
 			return x
 		}
 	case '[': // a streamed response captured as its list of chunks
-		chunks, ok := decodeChunks(respRaw)
+		chunks, ok := decodeChunks(respRaw, &d.space)
 		if !ok {
 			return x
 		}
@@ -234,9 +235,11 @@ func extract(kind string, reqRaw, respRaw json.RawMessage) extracted {
 // structs that would otherwise be allocated for every call. Nothing of
 // them outlives extract (strings and raw values point into the bodies).
 type docs struct {
-	req  reqDoc
-	resp respDoc
-	msgs []reqMessage // req.Messages' array, kept for the next call
+	req     reqDoc
+	resp    respDoc
+	msgs    []reqMessage // req.Messages' array, kept for the next call
+	choices []respChoice // resp.Choices' array, likewise
+	space   space        // what the response's values point to
 }
 
 // decodeRequest decodes a request body into r (zeroed) with the binder,
@@ -250,9 +253,19 @@ func decodeRequest(raw json.RawMessage, r *reqDoc, msgBuf []reqMessage) bool {
 	return unmarshal(raw, r) == nil
 }
 
-// decodeResponse is decodeRequest for a response body.
-func decodeResponse(raw json.RawMessage, r *respDoc) bool {
+// decodeResponse is decodeRequest for a response body, with its choices
+// and the values they point to in into's arrays (nil: allocated).
+func decodeResponse(raw json.RawMessage, r *respDoc, into *docs) bool {
 	d := fastDoc{Binder: schema.NewBinder(raw)}
+	if into != nil {
+		d.choiceBuf, d.space = into.choices, into.space
+		defer func() {
+			into.space = d.space
+			if cap(r.Choices) > cap(into.choices) {
+				into.choices = r.Choices[:0]
+			}
+		}()
+	}
 	if d.response(0, r) {
 		return true
 	}
@@ -260,9 +273,11 @@ func decodeResponse(raw json.RawMessage, r *respDoc) bool {
 	return unmarshal(raw, r) == nil
 }
 
-// decodeChunks is decodeRequest for a streamed response's chunks.
-func decodeChunks(raw json.RawMessage) ([]respDoc, bool) {
-	d := fastDoc{Binder: schema.NewBinder(raw)}
+// decodeChunks is decodeRequest for a streamed response's chunks, with the
+// values they point to in sp's arrays.
+func decodeChunks(raw json.RawMessage, sp *space) ([]respDoc, bool) {
+	d := fastDoc{Binder: schema.NewBinder(raw), space: *sp}
+	defer func() { *sp = d.space }()
 	if chunks, ok := d.chunks(); ok {
 		return chunks, true
 	}
@@ -270,7 +285,7 @@ func decodeChunks(raw json.RawMessage) ([]respDoc, bool) {
 	return chunks, unmarshal(raw, &chunks) == nil
 }
 
-var docPool = sync.Pool{New: func() any { return new(docs) }}
+var docPool = sync.Pool{New: func() any { return &docs{space: newSpace()} }}
 
 // quotedLen is the length of raw when it is a JSON string, else 0: the
 // size of the text it holds, at most, for sizing a text buffer.

@@ -24,7 +24,66 @@ import (
 // fastDoc binds one body (schema.Binder).
 type fastDoc struct {
 	schema.Binder
-	msgBuf []reqMessage // an array for the request's messages to reuse
+	msgBuf    []reqMessage // an array for the request's messages to reuse
+	choiceBuf []respChoice // one for a response's choices (not chunks': each has its own)
+	space     space
+}
+
+// space is storage a decode takes the values its documents point to from,
+// instead of allocating each: arrays of the pooled docs of one extract,
+// so what is decoded into them lives no longer than those docs. A full
+// array (or none) leaves the decode to allocate.
+type space struct {
+	msgs   []respMessage
+	usage  []schema.ReportedUsage
+	floats []float64
+	strs   []string
+}
+
+func newSpace() space {
+	return space{msgs: make([]respMessage, 0, 4), usage: make([]schema.ReportedUsage, 0, 2),
+		floats: make([]float64, 0, 8), strs: make([]string, 0, 8)}
+}
+
+// reset makes every array of s free again.
+func (s *space) reset() {
+	s.msgs, s.usage, s.floats, s.strs = s.msgs[:0], s.usage[:0], s.floats[:0], s.strs[:0]
+}
+
+// take is the next free element of *arr, zeroed, or a new T when *arr is
+// full (or arr nil).
+func take[T any](arr *[]T) *T {
+	if arr == nil || len(*arr) == cap(*arr) {
+		return new(T)
+	}
+	a := (*arr)[:len(*arr)+1]
+	*arr = a
+	p := &a[len(a)-1]
+	var zero T
+	*p = zero
+	return p
+}
+
+// floatPtr is Binder.FloatPtr with the number stored in d's space.
+func (d *fastDoc) floatPtr(from int, dst **float64) int {
+	if d.Null(from) {
+		*dst = nil
+		return d.Skip(from)
+	}
+	p := take(&d.space.floats)
+	*dst = p
+	return d.Float(from, p)
+}
+
+// stringPtr is Binder.StringPtr with the string header stored in d's space.
+func (d *fastDoc) stringPtr(from int, dst **string) int {
+	if d.Null(from) {
+		*dst = nil
+		return d.Skip(from)
+	}
+	p := take(&d.space.strs)
+	*dst = p
+	return d.Str(from, p)
 }
 
 // memberFunc binds member key of *e, whose value starts at from, and
@@ -49,15 +108,15 @@ func members[T any](d *fastDoc, m schema.Members, e *T, fields schema.FieldSet, 
 	return m.End()
 }
 
-// object binds the object at i into a new T (null: nil), and returns where
-// it ended.
-func object[T any](d *fastDoc, i int, dst **T, fields schema.FieldSet, member memberFunc[T]) int {
+// object binds the object at i into the next T of arr (take; null: nil),
+// and returns where it ended.
+func object[T any](d *fastDoc, i int, dst **T, arr *[]T, fields schema.FieldSet, member memberFunc[T]) int {
 	m, ok := d.Nested(i)
 	if !ok {
 		*dst = nil
 		return d.Skip(i)
 	}
-	e := new(T)
+	e := take(arr)
 	*dst = e
 	return members(d, m, e, fields, member)
 }
@@ -306,17 +365,17 @@ func responseMember(d *fastDoc, r *respDoc, key []byte, from int) (to, bit int) 
 	case "object":
 		return d.Str(from, &r.Object), 0
 	case "choices":
-		return list(d, from, &r.Choices, nil, choiceSet, choiceMember), 1
+		return list(d, from, &r.Choices, d.choiceBuf, choiceSet, choiceMember), 1
 	case "data":
 		return list(d, from, &r.Data, nil, dataSet, dataMember), 2
 	case "results":
 		return list(d, from, &r.Results, nil, resultSet, resultMember), 3
 	case "meta":
-		return object(d, from, &r.Meta, metaSet, metaMember), 4
+		return object(d, from, &r.Meta, nil, metaSet, metaMember), 4
 	case "usage":
-		return object(d, from, &r.Usage, usageSet, usageMember), 5
+		return object(d, from, &r.Usage, &d.space.usage, usageSet, usageMember), 5
 	case "text":
-		return d.StringPtr(from, &r.Text), 6
+		return d.stringPtr(from, &r.Text), 6
 	case "content":
 		return d.Raw(from, &r.Content), 7
 	case "stop_reason":
@@ -357,13 +416,13 @@ func choiceMember(d *fastDoc, ch *respChoice, key []byte, from int) (to, bit int
 	case "index":
 		return d.Int(from, &ch.Index), 0
 	case "message":
-		return object(d, from, &ch.Message, respMsgSet, respMessageMember), 1
+		return object(d, from, &ch.Message, &d.space.msgs, respMsgSet, respMessageMember), 1
 	case "delta":
-		return object(d, from, &ch.Delta, respMsgSet, respMessageMember), 2
+		return object(d, from, &ch.Delta, &d.space.msgs, respMsgSet, respMessageMember), 2
 	case "text":
-		return d.StringPtr(from, &ch.Text), 3
+		return d.stringPtr(from, &ch.Text), 3
 	case "finish_reason":
-		return d.StringPtr(from, &ch.FinishReason), 4
+		return d.stringPtr(from, &ch.FinishReason), 4
 	}
 	return 0, -1
 }
@@ -375,7 +434,7 @@ func respMessageMember(d *fastDoc, msg *respMessage, key []byte, from int) (to, 
 	case "content":
 		return d.Raw(from, &msg.Content), 1
 	case "reasoning_content":
-		return d.StringPtr(from, &msg.ReasoningContent), 2
+		return d.stringPtr(from, &msg.ReasoningContent), 2
 	case "tool_calls":
 		return list(d, from, &msg.ToolCalls, nil, toolCallSet, toolCallMember), 3
 	}
@@ -398,12 +457,12 @@ func usageMember(d *fastDoc, u *schema.ReportedUsage, key []byte, from int) (to,
 	default:
 		return 0, -1
 	}
-	return d.FloatPtr(from, f), bit
+	return d.floatPtr(from, f), bit
 }
 
 func metaMember(d *fastDoc, meta *respMeta, key []byte, from int) (to, bit int) {
 	if string(key) == "tokens" {
-		return object(d, from, &meta.Tokens, usageSet, usageMember), 0
+		return object(d, from, &meta.Tokens, &d.space.usage, usageSet, usageMember), 0
 	}
 	return 0, -1
 }
