@@ -205,6 +205,27 @@ func sealsAsBefore(ctx context.Context, t *testing.T, conn driver.Conn, db, seal
 	sealsRecordedWith(ctx, t, conn, db, sealColumn, 0)
 }
 
+// sameUsageAnswers fails unless the answers a and b to reads (labelled
+// aWhat and bWhat) are the same rows: costs may differ in their last bits
+// (sums in another order), and buckets are compared as instants (a
+// bucket's zone is loaded per read).
+func sameUsageAnswers(t *testing.T, reads []callsdb.UsageSpec, a, b [][]callsdb.UsageRow, aWhat, bWhat string) {
+	t.Helper()
+	for i, s := range reads {
+		if len(a[i]) != len(b[i]) {
+			t.Fatalf("%s %s: %d rows %s, %d %s", s.Group, s.TZ, len(a[i]), aWhat, len(b[i]), bWhat)
+		}
+		for j := range a[i] {
+			x, y := a[i][j], b[i][j]
+			same := math.Abs(x.CostUSD-y.CostUSD) <= 1e-9*math.Max(1, math.Abs(y.CostUSD)) && x.Bucket.Equal(y.Bucket)
+			x.CostUSD, y.CostUSD, x.Bucket, y.Bucket = 0, 0, time.Time{}, time.Time{}
+			if x != y || !same {
+				t.Fatalf("%s %s row %d:\n %-12s %+v\n %-12s %+v", s.Group, s.TZ, j, aWhat, a[i][j], bWhat, b[i][j])
+			}
+		}
+	}
+}
+
 // sealsRecordedWith sets column sealColumn of every seal record to value.
 func sealsRecordedWith(ctx context.Context, t *testing.T, conn driver.Conn, db, sealColumn string, value uint8) {
 	t.Helper()

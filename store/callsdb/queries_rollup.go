@@ -204,28 +204,34 @@ WHERE by_user IN (%[3]d, %[4]d) AND %[5]s`, modelCopyTable, rollupColumns, level
 
 // Levels of usage_rollup rows (its by_user column).
 const (
-	levelModels     uint8 = 0 // summed over users and batches: per model and source
-	levelUsers      uint8 = 1 // per model, user, source and batch
-	levelUserTotals uint8 = 2 // day and week seals only: levelUsers summed over sources and batches
+	levelModels uint8 = 0 // summed over users and batches: per model and source
+	levelUsers  uint8 = 1 // per model, user, source and batch
+	levelUserTotals uint8 = 2 // day and week seals only (0006): levelUsers summed over sources and batches
 	// hour seals only (0007): levelModels summed over sources, one row per
 	// model, with its percentile buckets weighed (latency_q, ttft_q)
 	levelModelTotals uint8 = 3
-	// day and week seals only (0010): levelUserTotals summed over models,
-	// one row per user
+	// levelUsers summed over models, sources and batches, one row per user
+	// (day and week seals since 0010, hour seals since they are sealed
+	// with it: Seal.UserOverModels)
 	levelUserOverModels uint8 = 4
 )
 
-// sealSummedSQL writes the rows at level of seals refs: for hour seals
-// levelModels, their levelUsers rows summed over users and batches; for day
-// and week seals levelUserTotals, their levelUsers rows summed over sources
-// and batches, then levelUserOverModels, those summed over models.
+// sealSummedSQL writes the rows at level of seals refs: levelModels (hour
+// seals), their levelUsers rows summed over users and batches;
+// levelUserTotals (spans), their levelUsers rows summed over sources and
+// batches; levelUserOverModels, their levelUserTotals rows summed over
+// models (spans, which have them) or their levelUsers rows summed over
+// models, sources and batches (hours).
 func sealSummedSQL(refs []sealRef, level uint8) string {
 	from, model, user, source, keys := levelUsers, "model", "''", "source", "model, source"
 	switch level {
 	case levelUserTotals:
 		user, source, keys = "user_id", "''", "model, user_id"
 	case levelUserOverModels:
-		from, model, user, source, keys = levelUserTotals, "''", "user_id", "''", "user_id"
+		model, user, source, keys = "''", "user_id", "''", "user_id"
+		if refs[0].Grain != grainHour {
+			from = levelUserTotals
+		}
 	}
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT

@@ -263,6 +263,9 @@ func (s *Sealer) sealHourGroup(ctx context.Context, refs []sealRef, slices int) 
 	if err := s.exec(ctx, sealModelTotalsSQL(refs)); err != nil {
 		return nil, fmt.Errorf("%s: sum per model: %w", what, err)
 	}
+	if err := s.exec(ctx, sealSummedSQL(refs, levelUserOverModels)); err != nil {
+		return nil, fmt.Errorf("%s: sum per user: %w", what, err)
+	}
 	if err := s.exec(ctx, sealUserCopySQL(refs)); err != nil {
 		return nil, fmt.Errorf("%s: copy keyed by user: %w", what, err)
 	}
@@ -338,9 +341,9 @@ func spanSeal(grain uint8, start int64, v uint64, parts []Seal) Seal {
 }
 
 // record writes seal records (after their rows, the copies of those keyed by
-// user and without users, and a span's totals per user: every seal recorded
-// here has them, so user_copy = 1, model_copy = 1, user_totals = 1 and
-// user_over_models = 1 for days and weeks, model_totals = 1 for hours).
+// user and without users, and the totals per user: every seal recorded here
+// has them, so user_copy = 1, model_copy = 1, user_over_models = 1,
+// user_totals = 1 for days and weeks, model_totals = 1 for hours).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -363,7 +366,7 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if x.Grain == grainHour {
 			span, modelTotals = 0, 1
 		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, userCopyCurrent, span, modelTotals, uint8(1), span); err != nil {
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, userCopyCurrent, span, modelTotals, uint8(1), uint8(1)); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -782,9 +785,9 @@ type Seal struct {
 	// sources and batches (levelUserTotals; not for days recorded before
 	// migration 0006, nor for hours).
 	UserTotals bool
-	// UserOverModels: a day or week seal's totals per model and user are
-	// also summed over models (levelUserOverModels; not for spans recorded
-	// before migration 0010, nor for hours).
+	// UserOverModels: the seal's rows keyed by user are also summed per
+	// user (levelUserOverModels; not for spans recorded before migration
+	// 0010, nor for hours recorded before hour seals wrote them).
 	UserOverModels bool
 	// ModelTotals: an hour seal's rows are also summed per model over
 	// sources, with their percentile buckets (levelModelTotals; not for
@@ -1073,6 +1076,10 @@ type RollupStatus struct {
 	// migration 0007, without their rows per model: reads per hour and
 	// model over them weigh every group's histograms until `rollup rebuild`.
 	WithoutModelTotals int `json:"hours_without_model_totals"`
+	// WithoutUserTotals counts current hour seals recorded before hour
+	// seals summed their rows per user (Seal.UserOverModels): reads grouped
+	// by user alone read those hours at levelUsers until `rollup rebuild`.
+	WithoutUserTotals int `json:"hours_without_user_totals"`
 	// WithoutModelCopy counts current seals (hours, days, local days,
 	// weeks) recorded before migration 0008, without their rows in
 	// usage_rollup_by_model: reads without users over them are slower
@@ -1124,6 +1131,9 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 		}
 		if !x.ModelTotals && x.Grain == grainHour {
 			out.WithoutModelTotals++
+		}
+		if !x.UserOverModels && x.Grain == grainHour {
+			out.WithoutUserTotals++
 		}
 		if !x.ModelCopy {
 			out.WithoutModelCopy++

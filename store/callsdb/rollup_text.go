@@ -26,6 +26,9 @@ func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
 	if st.WithoutModelTotals > 0 {
 		fmt.Fprintf(w, "without model totals %d hours (sealed before migration 0007: run `callpipe rollup rebuild` over them for fast percentiles per hour and model)\n", st.WithoutModelTotals)
 	}
+	if st.WithoutUserTotals > 0 {
+		fmt.Fprintf(w, "without user totals %d hours (sealed by a build before hour seals were summed per user: run `callpipe rollup rebuild` over them for fast reads grouped by user)\n", st.WithoutUserTotals)
+	}
 	if st.WithoutModelCopy > 0 {
 		fmt.Fprintf(w, "without model copy %d seals (sealed before migration 0008: run `callpipe rollup rebuild` over them for fast overviews without users)\n", st.WithoutModelCopy)
 	}

@@ -2,6 +2,7 @@ package callsdb
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -26,15 +27,21 @@ type usagePlan struct {
 	// whose small granules hold only those rows
 	modelCopy bool
 	// userTotals: the read keeps users apart but not sources or batches,
-	// and every day seal it reads has its rows keyed by user summed over
-	// them (levelUserTotals): day rows are read at that level, about half
-	// the rows of levelUsers; hour rows stay at levelUsers
+	// and every day and week seal it reads has its rows keyed by user
+	// summed over them (levelUserTotals): span rows are read at that level,
+	// about half the rows of levelUsers; hour rows stay at levelUsers
 	userTotals bool
 	// userOverModels: userTotals, and the read keeps no models apart (no
 	// model grouping or filter) and every day and week seal it reads has
-	// its totals per user summed over models (levelUserOverModels): day and
-	// week rows are read at that level, one per user
+	// its totals per user summed over models (levelUserOverModels): span
+	// rows and those of the hours in summedHours are read at that level,
+	// one per user
 	userOverModels bool
+	// summedHours: with userOverModels, the hour seals read (added or
+	// subtracted) that have their rows summed per user too
+	// (Seal.UserOverModels; hours sealed without them are read at
+	// levelUsers)
+	summedHours map[int64]bool
 	// modelTotals: each group is one hour of one model (hour buckets keyed
 	// or filtered by model, no user, source or batch) and every seal read
 	// has its rows summed per model (levelModelTotals): hour rows are read
@@ -97,18 +104,22 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	p.userCopy = userCopyTableOf(userCopy)
 	p.userTotals = p.byUser && p.userCopy == "" && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
 	p.userOverModels = p.userTotals && !s.Group.Model && s.Filter.Model == ""
-	days := 0
-	for _, r := range p.rollup {
-		if r.Grain == grainHour {
-			continue
-		}
-		days++
+	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
 		x, _ := st.current(r.Grain, r.Period)
-		p.userTotals = p.userTotals && x.UserTotals
-		p.userOverModels = p.userOverModels && x.UserOverModels
+		if r.Grain != grainHour {
+			p.userTotals = p.userTotals && x.UserTotals
+			p.userOverModels = p.userOverModels && x.UserOverModels
+		} else if p.userOverModels && x.UserOverModels {
+			if p.summedHours == nil {
+				p.summedHours = map[int64]bool{}
+			}
+			p.summedHours[r.Period] = true
+		}
 	}
-	p.userTotals = p.userTotals && days > 0
 	p.userOverModels = p.userOverModels && p.userTotals
+	if !p.userOverModels {
+		p.summedHours = nil
+	}
 	p.modelTotals = !p.byUser && s.Group.Bucket == BucketHour && (s.Group.Model || s.Filter.Model != "") &&
 		!s.Group.Source && s.Filter.Source == "" && len(p.rollup) > 0
 	for _, r := range p.rollup {
@@ -374,16 +385,17 @@ func tileBuckets(p *usagePlan, s UsageSpec, st *sealState, loc *time.Location, f
 	}
 }
 
-// level is the rollup level (by_user) the plan reads rows of grain at.
-func (p usagePlan) level(grain uint8) uint8 {
+// level is the rollup level (by_user) the plan reads the rows of seal r at.
+func (p usagePlan) level(r sealRef) uint8 {
+	span := r.Grain != grainHour
 	switch {
-	case p.modelTotals && grain == grainHour:
+	case p.modelTotals && !span:
 		return levelModelTotals
 	case !p.byUser:
 		return levelModels
-	case p.userOverModels && grain != grainHour:
+	case p.userOverModels && (span || p.summedHours[r.Period]):
 		return levelUserOverModels
-	case p.userTotals && grain != grainHour:
+	case p.userTotals && span:
 		return levelUserTotals
 	}
 	return levelUsers
@@ -615,11 +627,11 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 	return strings.Join(branches, "\n    UNION ALL\n    ")
 }
 
-// sealRuns are each grain's runs of consecutive periods of refs, for the
-// primary key (a range over the gaps between them would read every hour of
-// a month), each at the level level gives its grain unless level is nil;
-// the tuple IN of sealRefsSQL picks the exact seals.
-func sealRuns(refs []sealRef, level func(grain uint8) uint8) []string {
+// sealRuns are the runs of consecutive periods of refs of one grain read at
+// one level, for the primary key (a range over the gaps between them would
+// read every hour of a month), each at the level level gives its seals
+// unless level is nil; the tuple IN of sealRefsSQL picks the exact seals.
+func sealRuns(refs []sealRef, level func(sealRef) uint8) []string {
 	var runs []string
 	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25, grainWeek, grainLocalWeek167, grainLocalWeek168, grainLocalWeek169} {
 		step := int64(86400)
@@ -629,19 +641,26 @@ func sealRuns(refs []sealRef, level func(grain uint8) uint8) []string {
 		case g == grainWeek || isLocalWeek(g):
 			step = weekSeconds
 		}
-		var periods []int64
+		byLevel := map[uint8][]int64{}
 		for _, r := range refs {
 			if r.Grain == g {
-				periods = append(periods, r.Period)
+				l := uint8(0)
+				if level != nil {
+					l = level(r)
+				}
+				byLevel[l] = append(byLevel[l], r.Period)
 			}
 		}
-		slices.Sort(periods)
-		for _, run := range consecutiveRuns(periods, step) {
-			at := ""
-			if level != nil {
-				at = fmt.Sprintf("by_user = %d AND ", level(g))
+		for _, l := range slices.Sorted(maps.Keys(byLevel)) {
+			periods := byLevel[l]
+			slices.Sort(periods)
+			for _, run := range consecutiveRuns(periods, step) {
+				at := ""
+				if level != nil {
+					at = fmt.Sprintf("by_user = %d AND ", l)
+				}
+				runs = append(runs, fmt.Sprintf("(%sgrain = %d AND %s)", at, g, timeRangeSQL("period", run[0], run[1]+1)))
 			}
-			runs = append(runs, fmt.Sprintf("(%sgrain = %d AND %s)", at, g, timeRangeSQL("period", run[0], run[1]+1)))
 		}
 	}
 	return runs

@@ -541,8 +541,69 @@ func TestPlanUsageUserTotals(t *testing.T) {
 		t.Errorf("day rows at level %q, want 1", days)
 	}
 	hoursOnly := UsageSpec{From: time.Unix(d0+3600, 0), To: time.Unix(d0+5*3600, 0), Group: GroupBy{User: true}}
-	if p := planUsage(hoursOnly, st, time.UTC); p.userTotals || len(p.rollup) != 4 {
-		t.Errorf("hours only: totals %v, %d seals", p.userTotals, len(p.rollup))
+	if p := planUsage(hoursOnly, st, time.UTC); len(p.rollup) != 4 {
+		t.Errorf("hours only: %d seals", len(p.rollup))
+	} else if _, hours := level(p, hoursOnly); hours != "1" {
+		t.Errorf("hours only, sealed without totals per user: hour rows at level %q, want 1", hours)
+	}
+}
+
+// TestPlanUsageSummedHours: hour seals that have their rows keyed by user
+// summed per user (UserOverModels) are read at that level by reads grouped
+// by user alone, each hour by its own seal: hours sealed before hour seals
+// had them stay at levelUsers in the same read, added or subtracted, and so
+// do every hour of reads that keep models or sources apart.
+func TestPlanUsageSummedHours(t *testing.T) {
+	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
+	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
+	for d, x := range st.days {
+		x.UserTotals, x.UserOverModels = true, true
+		st.days[d] = x
+	}
+	summed := func(h int64) bool { return (h-d0)/3600%3 != 0 } // every third hour is old
+	for h, x := range st.hours {
+		x.UserOverModels = summed(h)
+		st.hours[h] = x
+	}
+	for _, c := range []struct {
+		name   string
+		g      GroupBy
+		f      UsageFilter
+		skip   bool
+		summed uint8 // the level of the hours that have totals per user
+	}{
+		{"user", GroupBy{User: true}, UsageFilter{}, true, levelUserOverModels},
+		{"user, percentiles", GroupBy{User: true}, UsageFilter{}, false, levelUserOverModels},
+		{"user by hour", GroupBy{Bucket: BucketHour, User: true}, UsageFilter{}, false, levelUserOverModels},
+		{"model x user", GroupBy{Model: true, User: true}, UsageFilter{}, true, levelUsers},
+		{"user by day, one model", GroupBy{Bucket: BucketDay, User: true}, UsageFilter{Model: "m"}, true, levelUsers},
+		{"user x source", GroupBy{User: true, Source: true}, UsageFilter{}, true, levelUsers},
+		{"user, one batch", GroupBy{User: true}, UsageFilter{BatchID: "b"}, true, levelUsers},
+		{"model", GroupBy{Model: true}, UsageFilter{}, true, levelModels},
+	} {
+		s := UsageSpec{From: time.Unix(d0+5*3600, 0), To: time.Unix(d0+3*86400-3*3600, 0), Group: c.g, Filter: c.f, SkipPercentiles: c.skip}
+		p := planUsage(s, st, time.UTC)
+		covered(t, p, s.From.Unix(), s.To.Unix())
+		hours := 0
+		for _, r := range append(slices.Clone(p.rollup), p.minus...) {
+			if r.Grain != grainHour {
+				continue
+			}
+			hours++
+			want := c.summed
+			if !summed(r.Period) && c.summed != levelModels {
+				want = levelUsers
+			}
+			if got := p.level(r); got != want {
+				t.Errorf("%s: hour %s read at level %d, want %d", c.name, unixUTC(r.Period), got, want)
+			}
+			if sql := rollupRowsSQL(s, p, !c.skip); !strings.Contains(sql, fmt.Sprintf("(by_user = %d AND grain = %d ", want, grainHour)) {
+				t.Errorf("%s: hour %s read at level %d, but no run of hours at that level in\n%s", c.name, unixUTC(r.Period), want, sql)
+			}
+		}
+		if hours == 0 {
+			t.Fatalf("%s: the plan reads no hour seal: %+v", c.name, p)
+		}
 	}
 }
 
