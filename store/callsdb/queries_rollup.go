@@ -204,8 +204,8 @@ WHERE by_user IN (%[3]d, %[4]d) AND %[5]s`, modelCopyTable, rollupColumns, level
 
 // Levels of usage_rollup rows (its by_user column).
 const (
-	levelModels uint8 = 0 // summed over users and batches: per model and source
-	levelUsers  uint8 = 1 // per model, user, source and batch
+	levelModels     uint8 = 0 // summed over users and batches: per model and source
+	levelUsers      uint8 = 1 // per model, user, source and batch
 	levelUserTotals uint8 = 2 // day and week seals only (0006): levelUsers summed over sources and batches
 	// hour seals only (0007): levelModels summed over sources, one row per
 	// model, with its percentile buckets weighed (latency_q, ttft_q)
