@@ -221,7 +221,7 @@ const (
 // levelUserTotals (spans), their levelUsers rows summed over sources and
 // batches; levelUserOverModels, their levelUserTotals rows summed over
 // models (spans, which have them) or their levelUsers rows summed over
-// models, sources and batches (hours).
+// models, sources and batches (hours). refs are all hours or all spans.
 func sealSummedSQL(refs []sealRef, level uint8) string {
 	from, model, user, source, keys := levelUsers, "model", "''", "source", "model, source"
 	switch level {
@@ -397,7 +397,7 @@ func rollupQueries(sampleFrom time.Time) []string {
 		days[i] = sealRef{Grain: grainDay, Period: week + int64(i)*86400, Version: uint64(2000 + i)}
 	}
 	out := []string{
-		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealModelTotalsSQL(gappy),
+		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealSummedSQL(gappy, levelUserOverModels), sealModelTotalsSQL(gappy),
 		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
 		sealSummedSQL([]sealRef{{Grain: grainWeek, Period: week, Version: 12}}, levelUserOverModels),
 		sealSpanSQL(grainDay, day, 9, hours), sealSpanSQL(grainLocalDay23, day, 11, hours[:23]), sealSpanSQL(grainWeek, week, 12, days),
