@@ -44,10 +44,11 @@ func (o *PublisherOptions) defaults() {
 // capture policy before anything leaves the process. It is safe for
 // concurrent use.
 type Publisher struct {
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	opts   PublisherOptions
-	closed atomic.Bool
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	opts      PublisherOptions
+	stallWait jetstream.PublishOpt // built once: an option is a closure, allocated where it is made
+	closed    atomic.Bool
 }
 
 // NewPublisher publishes over nc.
@@ -60,7 +61,7 @@ func NewPublisher(nc *nats.Conn, o PublisherOptions) (*Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
-	return &Publisher{nc: nc, js: js, opts: o}, nil
+	return &Publisher{nc: nc, js: js, opts: o, stallWait: jetstream.WithStallWait(o.StallWait)}, nil
 }
 
 // Pending is a publish awaiting its JetStream acknowledgement.
@@ -133,7 +134,7 @@ func (p *Publisher) PublishMsgAsync(msg *nats.Msg) (*Pending, error) {
 	if p.closed.Load() {
 		return nil, ErrClosed
 	}
-	f, err := p.js.PublishMsgAsync(msg, jetstream.WithStallWait(p.opts.StallWait))
+	f, err := p.js.PublishMsgAsync(msg, p.stallWait)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
 	}
