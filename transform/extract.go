@@ -198,15 +198,12 @@ func extract(kind string, reqRaw, respRaw json.RawMessage) extracted {
 	x := extracted{usage: usageCounts{-1, -1, -1}, hasOutputTokens: kind == schema.KindChat || kind == schema.KindCompletion}
 	d := docPool.Get().(*docs)
 	defer docPool.Put(d)
-	d.space.reset()
+	d.fd.space.reset()
 	req := &d.req
 	*req = reqDoc{}
-	if len(reqRaw) > 0 && reqRaw[0] == '{' && decodeRequest(reqRaw, req, d.msgs) {
+	if len(reqRaw) > 0 && reqRaw[0] == '{' && decodeRequest(reqRaw, req, d) {
 		x.params = req.modelParameters()
 		x.request(kind, req)
-		if cap(req.Messages) > cap(d.msgs) {
-			d.msgs = req.Messages[:0]
-		}
 	}
 	if len(respRaw) == 0 {
 		return x
@@ -219,7 +216,7 @@ func extract(kind string, reqRaw, respRaw json.RawMessage) extracted {
 			return x
 		}
 	case '[': // a streamed response captured as its list of chunks
-		chunks, ok := decodeChunks(respRaw, &d.space)
+		chunks, ok := decodeChunks(respRaw, d)
 		if !ok {
 			return x
 		}
@@ -239,53 +236,65 @@ type docs struct {
 	resp    respDoc
 	msgs    []reqMessage // req.Messages' array, kept for the next call
 	choices []respChoice // resp.Choices' array, likewise
-	space   space        // what the response's values point to
+	fd      fastDoc      // the binder of each body, and the space of what the response points to
 }
 
-// decodeRequest decodes a request body into r (zeroed) with the binder,
-// or when it gives up with unmarshal; false: the body is not a request.
-func decodeRequest(raw json.RawMessage, r *reqDoc, msgBuf []reqMessage) bool {
-	d := fastDoc{Binder: schema.NewBinder(raw), msgBuf: msgBuf}
+func newDocs() *docs { return &docs{fd: fastDoc{space: newSpace()}} }
+
+var docPool = sync.Pool{New: func() any { return newDocs() }}
+
+// bind points d's binder at raw, keeping its space.
+func (d *docs) bind(raw json.RawMessage) *fastDoc {
+	d.fd = fastDoc{Binder: schema.NewBinder(raw), space: d.fd.space}
+	return &d.fd
+}
+
+// decodeRequest decodes a request body into r (zeroed) with the binder of
+// into (nil: a new one), or when it gives up with unmarshal; false: the
+// body is not a request.
+func decodeRequest(raw json.RawMessage, r *reqDoc, into *docs) bool {
+	if into == nil {
+		into = newDocs()
+	}
+	d := into.bind(raw)
+	d.msgBuf = into.msgs
 	if d.request(r) {
+		if cap(r.Messages) > cap(into.msgs) {
+			into.msgs = r.Messages[:0]
+		}
 		return true
 	}
 	*r = reqDoc{}
 	return unmarshal(raw, r) == nil
 }
 
-// decodeResponse is decodeRequest for a response body, with its choices
-// and the values they point to in into's arrays (nil: allocated).
+// decodeResponse is decodeRequest for a response body, its choices and the
+// values they point to in into's arrays.
 func decodeResponse(raw json.RawMessage, r *respDoc, into *docs) bool {
-	d := fastDoc{Binder: schema.NewBinder(raw)}
-	if into != nil {
-		d.choiceBuf, d.space = into.choices, into.space
-		defer func() {
-			into.space = d.space
-			if cap(r.Choices) > cap(into.choices) {
-				into.choices = r.Choices[:0]
-			}
-		}()
+	if into == nil {
+		into = newDocs()
 	}
+	d := into.bind(raw)
+	d.choiceBuf = into.choices
 	if d.response(0, r) {
+		if cap(r.Choices) > cap(into.choices) {
+			into.choices = r.Choices[:0]
+		}
 		return true
 	}
 	*r = respDoc{}
 	return unmarshal(raw, r) == nil
 }
 
-// decodeChunks is decodeRequest for a streamed response's chunks, with the
-// values they point to in sp's arrays.
-func decodeChunks(raw json.RawMessage, sp *space) ([]respDoc, bool) {
-	d := fastDoc{Binder: schema.NewBinder(raw), space: *sp}
-	defer func() { *sp = d.space }()
-	if chunks, ok := d.chunks(); ok {
+// decodeChunks is decodeRequest for a streamed response's chunks, the
+// values they point to in into's space.
+func decodeChunks(raw json.RawMessage, into *docs) ([]respDoc, bool) {
+	if chunks, ok := into.bind(raw).chunks(); ok {
 		return chunks, true
 	}
 	var chunks []respDoc
 	return chunks, unmarshal(raw, &chunks) == nil
 }
-
-var docPool = sync.Pool{New: func() any { return &docs{space: newSpace()} }}
 
 // quotedLen is the length of raw when it is a JSON string, else 0: the
 // size of the text it holds, at most, for sizing a text buffer.

@@ -75,7 +75,7 @@ func fixtureBodies(t testing.TB) []string {
 
 // reused holds the arrays checkFastDoc decodes every body into, one after
 // the other.
-var reused = &docs{space: newSpace()}
+var reused = newDocs()
 
 // checkFastDoc: whenever the binder takes a body, it gives what the
 // reflective decoder gives.
@@ -111,16 +111,15 @@ func checkFastDoc(t *testing.T, body string) (took bool) {
 			}
 			// and so it does with the arrays of docs every body before
 			// this one was decoded into (as extract reuses them)
-			reused.space.reset()
+			reused.fd.space.reset()
 			var rr respDoc
 			if !decodeResponse(raw, &rr, reused) || !reflect.DeepEqual(rr, sr) {
 				t.Fatalf("response %s, decoded into reused arrays:\nbinder    %+v\nunmarshal %+v", raw, rr, sr)
 			}
 		}
 	case '[':
-		reused.space.reset()
-		d := fastDoc{Binder: schema.NewBinder(raw), space: reused.space}
-		if fast, ok := d.chunks(); ok {
+		reused.fd.space.reset()
+		if fast, ok := reused.bind(raw).chunks(); ok {
 			took = true
 			var slow []respDoc
 			if err := unmarshal(raw, &slow); err != nil {
