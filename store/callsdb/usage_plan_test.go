@@ -548,6 +548,17 @@ func TestPlanUsageUserTotals(t *testing.T) {
 	}
 }
 
+// daysWithUserTotals is three days of hours from d0, each day sealed with
+// its totals per user and per user over models (the hours without).
+func daysWithUserTotals(d0 int64) *sealState {
+	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
+	for d, x := range st.days {
+		x.UserTotals, x.UserOverModels = true, true
+		st.days[d] = x
+	}
+	return st
+}
+
 // TestPlanUsageSummedHours: hour seals that have their rows keyed by user
 // summed per user (UserOverModels) are read at that level by reads grouped
 // by user alone, each hour by its own seal: hours sealed before hour seals
@@ -555,11 +566,7 @@ func TestPlanUsageUserTotals(t *testing.T) {
 // do every hour of reads that keep models or sources apart.
 func TestPlanUsageSummedHours(t *testing.T) {
 	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
-	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
-	for d, x := range st.days {
-		x.UserTotals, x.UserOverModels = true, true
-		st.days[d] = x
-	}
+	st := daysWithUserTotals(d0)
 	summed := func(h int64) bool { return (h-d0)/3600%3 != 0 } // every third hour is old
 	for h, x := range st.hours {
 		x.UserOverModels = summed(h)
@@ -614,11 +621,7 @@ func TestPlanUsageSummedHours(t *testing.T) {
 // levelUserTotals; hour rows stay at levelUsers.
 func TestPlanUsageUserOverModels(t *testing.T) {
 	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
-	st := planState(d0, d0+3*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400)
-	for d, x := range st.days {
-		x.UserTotals, x.UserOverModels = true, true
-		st.days[d] = x
-	}
+	st := daysWithUserTotals(d0)
 	spec := func(g GroupBy, f UsageFilter) UsageSpec {
 		return UsageSpec{From: time.Unix(d0+5*3600, 0), To: time.Unix(d0+3*86400-3*3600, 0), Group: g, Filter: f, SkipPercentiles: true}
 	}
