@@ -372,21 +372,6 @@ func (d *Binder) unquote(from, to int) string {
 	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
-// StringPtr decodes a string or null into *dst.
-func (d *Binder) StringPtr(from int, dst **string) int {
-	to := d.Skip(from)
-	switch d.data[from] {
-	case '"':
-		s := d.unquote(from, to)
-		*dst = &s
-	case 'n':
-		*dst = nil
-	default:
-		d.failed = true
-	}
-	return to
-}
-
 // integer parses an integer literal of at most 18 digits; anything else
 // (a fraction, an exponent, a large number) makes the binder give up.
 func (d *Binder) integer(from, to int) int64 {

@@ -75,7 +75,8 @@ func (d *fastDoc) floatPtr(from int, dst **float64) int {
 	return d.Float(from, p)
 }
 
-// stringPtr is Binder.StringPtr with the string header stored in d's space.
+// stringPtr decodes a string or null into *dst, the string header stored
+// in d's space.
 func (d *fastDoc) stringPtr(from int, dst **string) int {
 	if d.Null(from) {
 		*dst = nil

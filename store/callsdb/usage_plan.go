@@ -94,7 +94,8 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 		userCopy = x.UserCopy
 	}
 	p.modelCopy = !p.byUser && len(p.rollup) > 0
-	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
+	read := slices.Concat(p.rollup, p.minus) // every seal read, added or subtracted
+	for _, r := range read {
 		x, _ := st.current(r.Grain, r.Period)
 		if x.UserCopy != userCopy {
 			userCopy = 0
@@ -104,7 +105,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	p.userCopy = userCopyTableOf(userCopy)
 	p.userTotals = p.byUser && p.userCopy == "" && !s.Group.Source && s.Filter.Source == "" && s.Filter.BatchID == ""
 	p.userOverModels = p.userTotals && !s.Group.Model && s.Filter.Model == ""
-	for _, r := range append(slices.Clone(p.rollup), p.minus...) {
+	for _, r := range read {
 		x, _ := st.current(r.Grain, r.Period)
 		if r.Grain != grainHour {
 			p.userTotals = p.userTotals && x.UserTotals
