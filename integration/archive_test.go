@@ -115,9 +115,17 @@ func TestArchiveSIGTERMFlushes(t *testing.T) {
 	want := eventRaws(evs)
 	e.publish(t, want, func(i int) string { return evs[i].id }, nil)
 	last := e.lastSeq(t)
-	w := e.start(t, e.env("CALLPIPE_ARCHIVE_FLUSH_INTERVAL=1h", "CALLPIPE_ARCHIVE_ACK_WAIT=2h", "CALLPIPE_WORKER_LISTEN="+testkit.FreeAddr(t)),
+	listen := testkit.FreeAddr(t)
+	w := e.start(t, e.env("CALLPIPE_ARCHIVE_FLUSH_INTERVAL=1h", "CALLPIPE_ARCHIVE_ACK_WAIT=2h", "CALLPIPE_WORKER_LISTEN="+listen),
 		"worker", "--stages", "archive")
+	// JetStream counts a call unacked once it sends it, before it reaches
+	// the worker; one still on its way when the worker stops pulling is
+	// redelivered after AckWait (2h here), which is no part of this test:
+	// SIGTERM comes once the worker's open objects hold every call.
 	testkit.WaitFor(t, time.Minute, "every call delivered and held", func() (bool, string) {
+		if n, err := metricValue(listen, "callpipe_archive_buffered_calls"); err != nil || n != float64(len(want)) {
+			return false, fmt.Sprintf("buffered %v (%v)", n, err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		c, err := e.js.Consumer(ctx, bus.CallsStream, e.consumer)

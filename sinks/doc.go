@@ -69,7 +69,10 @@
 // sends its acks and returns. All of it within DrainTimeout: then the
 // writes' context is cancelled and what is unwritten is nak'ed (or, held by
 // an output that does not release it, redelivered after AckWait). Nothing
-// taken is lost: it is acked after its write or comes back.
+// taken is lost: it is acked after its write or comes back. A message
+// JetStream had sent but that had not reached the pull when it stopped was
+// never taken: JetStream redelivers it after AckWait (to whichever worker
+// pulls then), which bounds how late, not whether, it is written.
 //
 // Invariant (close): Run calls Output.Close exactly once, as it returns:
 // after the drain has settled every message taken (or its DrainTimeout
