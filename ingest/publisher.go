@@ -70,7 +70,7 @@ type Pending struct {
 }
 
 // Wait returns whether JetStream already held the id, or why it did not store the event.
-func (p *Pending) Wait(ctx context.Context) (duplicate bool, err error) {
+func (p Pending) Wait(ctx context.Context) (duplicate bool, err error) {
 	select {
 	case ack := <-p.future.Ok():
 		return ack.Duplicate, nil
@@ -104,41 +104,50 @@ func Encode(ev *schema.Event) (*nats.Msg, error) {
 // Message hashes the API key of an event that is already valid (as
 // schema.Decode returns it) and builds its stream message.
 func Message(ev *schema.Event) *nats.Msg {
-	return AppendMessage(make([]byte, 0, len(ev.Request)+len(ev.Response)+512), ev)
+	m := new(nats.Msg)
+	FillMessage(m, make([]byte, 0, len(ev.Request)+len(ev.Response)+512), ev)
+	return m
 }
 
-// AppendMessage is Message with the event encoded into buf[:0] (which the
-// message then owns until JetStream has acknowledged it).
-func AppendMessage(buf []byte, ev *schema.Event) *nats.Msg {
+// FillMessage is Message made in m, with the event encoded into buf[:0]
+// (which m then owns until JetStream has acknowledged it). A header m
+// already has from an earlier FillMessage is reused: m must then be done
+// with, acknowledged.
+func FillMessage(m *nats.Msg, buf []byte, ev *schema.Event) {
 	ev.RedactAPIKey()
-	// both header values in one allocation; the keys are canonical already
-	vals := make([]string, 2)
-	vals[0], vals[1] = ev.ID, "1"
-	return &nats.Msg{Subject: Subject(ev), Data: schema.AppendEvent(buf[:0], ev),
-		Header: nats.Header{bus.HeaderMsgID: vals[0:1:1], bus.HeaderSchema: vals[1:2:2]}}
+	h := m.Header
+	if id, v := h[bus.HeaderMsgID], h[bus.HeaderSchema]; len(h) == 2 && len(id) == 1 && len(v) == 1 && v[0] == "1" {
+		id[0] = ev.ID
+	} else {
+		// both header values in one allocation; the keys are canonical already
+		vals := make([]string, 2)
+		vals[0], vals[1] = ev.ID, "1"
+		h = nats.Header{bus.HeaderMsgID: vals[0:1:1], bus.HeaderSchema: vals[1:2:2]}
+	}
+	*m = nats.Msg{Subject: Subject(ev), Data: schema.AppendEvent(buf[:0], ev), Header: h}
 }
 
 // PublishAsync applies the capture policy to ev and sends it without
 // waiting for the acknowledgement.
-func (p *Publisher) PublishAsync(ev *schema.Event) (*Pending, error) {
+func (p *Publisher) PublishAsync(ev *schema.Event) (Pending, error) {
 	p.opts.Capture.Event(ev)
 	msg, err := Encode(ev)
 	if err != nil {
-		return nil, err
+		return Pending{}, err
 	}
 	return p.PublishMsgAsync(msg)
 }
 
 // PublishMsgAsync sends an already encoded message (see Encode).
-func (p *Publisher) PublishMsgAsync(msg *nats.Msg) (*Pending, error) {
+func (p *Publisher) PublishMsgAsync(msg *nats.Msg) (Pending, error) {
 	if p.closed.Load() {
-		return nil, ErrClosed
+		return Pending{}, ErrClosed
 	}
 	f, err := p.js.PublishMsgAsync(msg, p.stallWait)
 	if err != nil {
-		return nil, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
+		return Pending{}, fmt.Errorf("jetstream publish %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
 	}
-	return &Pending{future: f}, nil
+	return Pending{future: f}, nil
 }
 
 // Publish stores ev and waits for JetStream's acknowledgement.
@@ -161,12 +170,12 @@ type PublishResult struct {
 // instead of one per event. res[i] (len(res) >= len(evs)) is what became of
 // evs[i]; an event that fails does not stop the others.
 func (p *Publisher) PublishBatch(ctx context.Context, evs []*schema.Event, res []PublishResult) {
-	pending := make([]*Pending, len(evs))
+	pending := make([]Pending, len(evs))
 	for i, ev := range evs {
 		pending[i], res[i].Err = p.PublishAsync(ev)
 	}
 	for i, pd := range pending {
-		if pd != nil {
+		if pd.future != nil {
 			res[i].Duplicate, res[i].Err = pd.Wait(ctx)
 		}
 	}

@@ -33,7 +33,7 @@ import (
 
 // Publisher is what the collector needs from ingest.Publisher.
 type Publisher interface {
-	PublishMsgAsync(msg *nats.Msg) (*ingest.Pending, error)
+	PublishMsgAsync(msg *nats.Msg) (ingest.Pending, error)
 	Connected() bool
 }
 
@@ -227,8 +227,8 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.
 // requests: at thousands of events a second their bytes were most of what
 // the collector allocated (and the garbage collector then scanned for).
 var (
-	bodies = freelist.New[*bytes.Buffer](maxFreeBuffers)
-	arenas = freelist.New[[]byte](maxFreeBuffers) // a request's messages, one after another
+	bodies   = freelist.New[*bytes.Buffer](maxFreeBuffers)
+	outboxes = freelist.New[*outbox](maxFreeBuffers)
 )
 
 const (
@@ -238,6 +238,9 @@ const (
 	// maxPooledBody: buffers for larger bodies are left to the garbage
 	// collector rather than kept for a rare request of that size.
 	maxPooledBody = 4 << 20
+	// maxPooledMessages: the same for the messages of a request of many
+	// small events.
+	maxPooledMessages = 16 << 10
 )
 
 func getBody() *bytes.Buffer {
@@ -254,22 +257,52 @@ func putBody(b *bytes.Buffer) {
 	}
 }
 
+// outbox is what the messages of one request are made of until JetStream
+// has acknowledged them all: their bytes one after another (an arena), the
+// messages themselves with their headers, and the acknowledgements awaited.
+// A later request reuses it, unless a message may still be in flight.
+type outbox struct {
+	arena   []byte
+	msgs    []nats.Msg
+	pending []ingest.Pending
+}
+
 // arenaSize is the room for the messages of a body of n bytes: all of them,
 // as masks seldom lengthen an event by much.
 func arenaSize(n int) int { return n + n/8 + 4<<10 }
 
-// getArena returns an empty buffer for the messages of a body of n bytes.
-func getArena(n int) []byte {
-	if a, ok := arenas.Get(); ok && cap(a) >= arenaSize(n) {
-		return a[:0]
+// getOutbox returns an empty outbox with room for the messages of a body of
+// n bytes.
+func getOutbox(n int) *outbox {
+	o, ok := outboxes.Get()
+	if !ok {
+		o = new(outbox)
 	}
-	return make([]byte, 0, arenaSize(n))
+	if cap(o.arena) < arenaSize(n) {
+		o.arena = make([]byte, 0, arenaSize(n))
+	}
+	o.arena, o.msgs, o.pending = o.arena[:0], o.msgs[:0], o.pending[:0]
+	return o
 }
 
-func putArena(a []byte) {
-	if cap(a) <= arenaSize(maxPooledBody) {
-		arenas.Put(a)
+// putOutbox gives o to a later request; every message of o is acknowledged.
+func putOutbox(o *outbox) {
+	if cap(o.arena) <= arenaSize(maxPooledBody) && cap(o.msgs) <= maxPooledMessages {
+		clear(o.pending) // the futures, let go
+		outboxes.Put(o)
 	}
+}
+
+// next returns the message for the next event: the one an earlier request
+// made in this place (its header is reused) or a new one. A message handed
+// out stays where it is: growing msgs copies the earlier ones, not them.
+func (o *outbox) next() *nats.Msg {
+	if len(o.msgs) == cap(o.msgs) {
+		o.msgs = append(o.msgs, nats.Msg{})
+	} else {
+		o.msgs = o.msgs[:len(o.msgs)+1]
+	}
+	return &o.msgs[len(o.msgs)-1]
 }
 
 func isTimeout(err error) bool {
@@ -364,34 +397,36 @@ func SplitNDJSON(body []byte) [][]byte {
 // every acknowledgement. An error means at least one valid event may not be
 // stored; the client must retry the whole request (ids make that safe).
 //
-// The messages are written one after another into one buffer (an arena)
-// sized for the body, reused once every one of them is acknowledged.
+// The messages are made in an outbox sized for the body (their bytes one
+// after another in one buffer), reused once every one of them is
+// acknowledged.
 func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte], bodyLen int) (Reply, error) {
 	reply := Reply{Rejected: []Rejection{}}
-	arena := getArena(bodyLen)
-	var pendings []*ingest.Pending
+	out := getOutbox(bodyLen)
 	for i, raw := range events {
 		// the event is re-encoded below, before the body is let go
 		ev, err := schema.DecodeShared(raw, c.opts.Limits)
 		if err == nil {
 			c.opts.Capture.Event(ev)
-			free := arena[len(arena):]
-			msg := ingest.AppendMessage(free, ev)
+			free := out.arena[len(out.arena):]
+			msg := out.next()
+			ingest.FillMessage(msg, free, ev)
 			if n := len(msg.Data); n <= cap(free) {
 				// written in the arena (else it outgrew it: an allocation of its own)
 				msg.Data = msg.Data[:n:n]
-				arena = arena[:len(arena)+n]
+				out.arena = out.arena[:len(out.arena)+n]
 			}
 			// Masks can lengthen a text ([REDACTED] for a short address),
 			// and normalize decodes with the same limit.
 			if lim := c.opts.Limits.MaxEventBytes; lim > 0 && len(msg.Data) > lim {
 				err = fmt.Errorf("event: %d bytes as published (capture masks applied), limit %d (event.max_bytes)", len(msg.Data), lim)
+				out.msgs = out.msgs[:len(out.msgs)-1] // not published: its place is free
 			} else {
 				p, perr := c.pub.PublishMsgAsync(msg)
 				if perr != nil {
-					return reply, perr // the arena stays with the messages in flight
+					return reply, perr // the outbox stays with the messages in flight
 				}
-				pendings = append(pendings, p)
+				out.pending = append(out.pending, p)
 				continue
 			}
 		}
@@ -404,7 +439,7 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte], 
 	ctx, cancel := context.WithTimeout(ctx, c.opts.AckTimeout)
 	defer cancel()
 	var firstErr error
-	for _, p := range pendings {
+	for _, p := range out.pending {
 		dup, err := p.Wait(ctx)
 		switch {
 		case err != nil:
@@ -418,7 +453,7 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte], 
 		}
 	}
 	if firstErr == nil {
-		putArena(arena) // else a message may still be in flight
+		putOutbox(out) // else a message may still be in flight
 	}
 	return reply, firstErr
 }

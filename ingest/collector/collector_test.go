@@ -112,9 +112,9 @@ func FuzzSplitNDJSON(f *testing.F) {
 // noPublish is a connected publisher that must not be asked to publish.
 type noPublish struct{ t *testing.T }
 
-func (p noPublish) PublishMsgAsync(*nats.Msg) (*ingest.Pending, error) {
+func (p noPublish) PublishMsgAsync(*nats.Msg) (ingest.Pending, error) {
 	p.t.Error("an invalid event was published")
-	return nil, errors.New("not expected")
+	return ingest.Pending{}, errors.New("not expected")
 }
 func (noPublish) Connected() bool { return true }
 
@@ -187,12 +187,12 @@ type recordPublish struct {
 	accept int
 }
 
-func (p *recordPublish) PublishMsgAsync(m *nats.Msg) (*ingest.Pending, error) {
+func (p *recordPublish) PublishMsgAsync(m *nats.Msg) (ingest.Pending, error) {
 	p.msgs = append(p.msgs, m)
 	if len(p.msgs) <= p.accept {
-		return &ingest.Pending{}, nil
+		return ingest.Pending{}, nil
 	}
-	return nil, errors.New("recorded")
+	return ingest.Pending{}, errors.New("recorded")
 }
 func (*recordPublish) Connected() bool { return true }
 
