@@ -87,6 +87,10 @@ func (s *Sink) Healthy() error { return s.run.Healthy() }
 // Ready is closed once Connect succeeded: Output.Conn may be used then.
 func (s *Sink) Ready() <-chan struct{} { return s.run.Ready() }
 
+// Holds reports whether the sink holds (has taken, not yet settled) the
+// delivery of stream sequence seq.
+func (s *Sink) Holds(seq uint64) bool { return s.run.Holds(seq) }
+
 // Run connects, consumes until ctx ends, then flushes the batch being
 // filled, acks it, and returns after every insert finished and the output
 // is closed.
