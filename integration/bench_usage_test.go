@@ -171,7 +171,7 @@ func TestBenchUsageCommand(t *testing.T) {
 		for _, tz := range []string{"UTC", "America/New_York"} {
 			for _, pct := range []bool{false, true} {
 				for _, g := range []string{"day,model", "model,user", "hour,model", "day", "model", "user",
-					"day,model user=" + r.HeavyUser, "day,model user=" + r.RareUser} {
+					"user limit=100", "model,user limit=100", "day,model user=" + r.HeavyUser, "day,model user=" + r.RareUser} {
 					want = append(want, key{rng + " " + g, tz, state, pct})
 				}
 				want = append(want, key{"today model", tz, state, pct})
@@ -191,6 +191,8 @@ func TestBenchUsageCommand(t *testing.T) {
 	}
 	for _, q := range r.Queries {
 		switch {
+		case strings.HasSuffix(q.Name, " limit=100") && (q.Rows == 0 || q.Rows > 100):
+			t.Errorf("%s %s %s: %d rows, want the 100 groups with the most calls", q.Name, q.TZ, q.State, q.Rows)
 		case q.Name == rng+" day" && q.TZ == "UTC" && q.Rows != days:
 			t.Errorf("%s %s %s: %d day rows, want %d", q.Name, q.TZ, q.State, q.Rows, days)
 		case q.Kind == "calls" && q.Skipped == "" && q.Name != rng+" calls first page user="+r.RareUser && q.Rows != 50:

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -118,6 +119,25 @@ func TestServeUsageAPI(t *testing.T) {
 	}
 	if got := len(calls); got != 1500 {
 		t.Fatalf("%d calls", got)
+	}
+
+	// limit: the groups with the most calls, all their days, every group's totals
+	for _, g := range []callsdb.GroupBy{{User: true}, {Bucket: callsdb.BucketDay, Model: true, User: true}} {
+		p := url.Values{"from": {from.Format(time.RFC3339)}, "to": {to.Format(time.RFC3339)}, "group_by": {groupByParam(g)}, "tz": {ny.String()}, "limit": {"3"}}
+		var got usageapi.UsageResponse
+		apiGet(t, base, "/api/v1/usage", p, "", http.StatusOK, &got)
+		want, totals := serveTruth(calls, from, to, g, callsdb.UsageFilter{}, ny)
+		kept, omitted := topAPIGroups(want, 3)
+		want = slices.DeleteFunc(want, func(r usageapi.UsageRow) bool { return !kept[apiGroup(r)] })
+		if err := diffUsageRows(got.Rows, want); err != nil {
+			t.Fatalf("%s limit=3: %v", g, err)
+		}
+		if err := diffMetrics(got.Totals, totals); err != nil {
+			t.Fatalf("%s limit=3 totals: %v", g, err)
+		}
+		if got.GroupsOmitted == nil || *got.GroupsOmitted != omitted || omitted == 0 {
+			t.Fatalf("%s limit=3: groups_omitted %v, want %d", g, got.GroupsOmitted, omitted)
+		}
 	}
 
 	// Dates are whole days in tz, to inclusive; 8 March has 23 hours in New York.
@@ -357,4 +377,24 @@ func head(s []string) []string {
 		return s[:3]
 	}
 	return s
+}
+
+// apiGroup is a usage answer row's group as limit counts it: keys but time.
+func apiGroup(r usageapi.UsageRow) [3]string {
+	return [3]string{str(r.Model), str(r.User), str(r.Source)}
+}
+
+// topAPIGroups is the n groups of rows with the most calls (ties by model,
+// user, source) and how many others there are.
+func topAPIGroups(rows []usageapi.UsageRow, n int) (map[[3]string]bool, int) {
+	calls := map[[3]string]uint64{}
+	for _, r := range rows {
+		calls[apiGroup(r)] += r.Calls
+	}
+	keys := rankGroups(calls)
+	kept := map[[3]string]bool{}
+	for _, k := range keys[:min(n, len(keys))] {
+		kept[k] = true
+	}
+	return kept, len(keys) - len(kept)
 }

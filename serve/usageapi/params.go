@@ -32,6 +32,7 @@ const (
 	maxBuckets     = 10000 // hour or day buckets of one usage answer (zero rows included)
 	defaultLimit   = 50
 	maxLimit       = 500
+	maxGroupLimit  = 1000 // groups of a usage answer with limit
 	defaultDays    = 7
 )
 
@@ -192,6 +193,23 @@ func (q *query) limit() (int, error) {
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > maxLimit {
 		return 0, bad("limit", "%q is not an integer in 1..%d", s, maxLimit)
+	}
+	return n, nil
+}
+
+// groupLimit is the usage answer's limit on groups (0: none), for a
+// grouping by model, user or source.
+func (q *query) groupLimit(g callsdb.GroupBy) (int, error) {
+	s := q.get("limit")
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > maxGroupLimit {
+		return 0, bad("limit", "%q is not an integer in 1..%d", s, maxGroupLimit)
+	}
+	if !g.Model && !g.User && !g.Source {
+		return 0, bad("limit", "limits the groups of model, user or source; group_by has none of them")
 	}
 	return n, nil
 }

@@ -28,9 +28,9 @@ import (
 
 // Store is what the API reads. ClickHouseStore is the real one.
 type Store interface {
-	// Usage returns the rows of s and the totals of its range and filter
-	// (nil when there are none).
-	Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, *callsdb.UsageRow, error)
+	// Usage returns the rows of s, the totals of its range and filter (nil
+	// when there are none) and how many groups s.Limit left out.
+	Usage(ctx context.Context, s callsdb.UsageSpec) (callsdb.UsageAnswer, error)
 	Calls(ctx context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error)
 	Call(ctx context.Context, id string) (*callsdb.StoredCall, error)
 	Trace(ctx context.Context, id string, limit int) ([]callsdb.StoredCall, error)
@@ -44,7 +44,7 @@ type ClickHouseStore struct {
 	DB   string
 }
 
-func (c ClickHouseStore) Usage(ctx context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, *callsdb.UsageRow, error) {
+func (c ClickHouseStore) Usage(ctx context.Context, s callsdb.UsageSpec) (callsdb.UsageAnswer, error) {
 	return callsdb.UsageWithTotals(ctx, c.Conn, c.DB, s)
 }
 

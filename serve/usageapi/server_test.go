@@ -28,9 +28,9 @@ type fakeStore struct {
 	pingErr    error
 }
 
-func (f *fakeStore) Usage(_ context.Context, s callsdb.UsageSpec) ([]callsdb.UsageRow, *callsdb.UsageRow, error) {
+func (f *fakeStore) Usage(_ context.Context, s callsdb.UsageSpec) (callsdb.UsageAnswer, error) {
 	f.usage = append(f.usage, s)
-	return nil, f.totals, nil
+	return callsdb.UsageAnswer{Totals: f.totals}, nil
 }
 
 func (f *fakeStore) Calls(_ context.Context, s callsdb.CallListSpec) ([]callsdb.CallSummary, *callsdb.CallCursor, error) {
@@ -99,6 +99,9 @@ func TestBadParameters(t *testing.T) {
 		{"/api/v1/usage?model=a&model=b", "model", "given 2 times"},
 		{"/api/v1/usage?group_by=hour&from=2020-01-01&to=2026-01-01", "from", "buckets"},
 		{"/api/v1/usage?user=" + strings.Repeat("u", 300), "user", "longer than"},
+		{"/api/v1/usage?group_by=user&limit=0", "limit", "1..1000"},
+		{"/api/v1/usage?group_by=model&limit=1001", "limit", "1..1000"},
+		{"/api/v1/usage?group_by=day&limit=5", "limit", "group_by has none"},
 		{"/api/v1/calls?limit=0", "limit", "1..500"},
 		{"/api/v1/calls?limit=abc", "limit", "1..500"},
 		{"/api/v1/calls?status=fine", "status", "not ok, error"},
@@ -146,6 +149,13 @@ func TestUsageDefaultsAndDates(t *testing.T) {
 	}
 	if len(st.usage) != 1 {
 		t.Errorf("store asked %d times, want once (rows and totals): %+v", len(st.usage), st.usage)
+	}
+	if _, ok := body["groups_omitted"]; ok || got.Limit != 0 {
+		t.Errorf("without limit: spec limit %d, groups_omitted %v", got.Limit, body["groups_omitted"])
+	}
+	st.usage = nil
+	if code, lim := get(t, s, "/api/v1/usage?group_by=day,user&limit=20"); code != 200 || st.usage[0].Limit != 20 || lim["groups_omitted"] != 0.0 {
+		t.Errorf("limit=20: %d, spec limit %d, groups_omitted %v", code, st.usage[0].Limit, lim["groups_omitted"])
 	}
 	days := []string{}
 	for _, r := range body["rows"].([]any) {

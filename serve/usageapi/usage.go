@@ -53,10 +53,13 @@ type UsageResponse struct {
 	// rollups' log-linear histograms, relative error at most 0.79 %) or
 	// "none" (asked with percentiles=false: they are 0).
 	Percentiles string `json:"percentiles"`
+	// GroupsOmitted is how many groups limit left out (only with limit):
+	// Totals still count them.
+	GroupsOmitted *int `json:"groups_omitted,omitempty"`
 }
 
 func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
-	q, err := newQuery(r.URL.Query(), "from", "to", "group_by", "model", "user", "source", "batch_id", "tz", "percentiles")
+	q, err := newQuery(r.URL.Query(), "from", "to", "group_by", "model", "user", "source", "batch_id", "tz", "percentiles", "limit")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -68,18 +71,21 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := s.queryContext(r)
 	defer cancel()
-	rows, total, err := s.store.Usage(ctx, spec)
+	a, err := s.store.Usage(ctx, spec)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	resp := UsageResponse{From: spec.From.In(loc), To: spec.To.In(loc), TZ: loc.String(), GroupBy: keys,
-		Rows: renderUsage(fillBuckets(rows, spec.Group, spec.From, spec.To, loc), spec.Group, loc), Percentiles: "exact"}
-	if total != nil {
-		resp.Totals = metricsOf(*total)
-		if total.Histogram {
+		Rows: renderUsage(fillBuckets(a.Rows, spec.Group, spec.From, spec.To, loc), spec.Group, loc), Percentiles: "exact"}
+	if a.Totals != nil {
+		resp.Totals = metricsOf(*a.Totals)
+		if a.Totals.Histogram {
 			resp.Percentiles = "histogram"
 		}
+	}
+	if spec.Limit > 0 {
+		resp.GroupsOmitted = &a.Omitted
 	}
 	if spec.SkipPercentiles {
 		resp.Percentiles = "none"
@@ -115,6 +121,9 @@ func (s *Server) usageSpec(q *query) (callsdb.UsageSpec, []string, *time.Locatio
 		return spec, nil, nil, err
 	}
 	if err := batchWithSource(spec.Filter.BatchID, spec.Filter.Source); err != nil {
+		return spec, nil, nil, err
+	}
+	if spec.Limit, err = q.groupLimit(g); err != nil {
 		return spec, nil, nil, err
 	}
 	switch p := q.get("percentiles"); p {

@@ -82,7 +82,14 @@ func (g GroupBy) String() string {
 // non-empty field.
 type UsageFilter struct {
 	Model, User, Source, BatchID string
+	// only: the read of a Limit's groups (nil: every group)
+	only *keySets
 }
+
+// keySets narrow a read to the groups whose keys are among them, each set
+// when not empty; only a key the read groups by has a set, as every row read
+// keeps that key's column.
+type keySets struct{ models, users, sources []string }
 
 // UsageSpec is one usage request: calls that started in [From, To) (whole
 // seconds), grouped by Group, filtered by Filter, with hour and day buckets
@@ -96,7 +103,17 @@ type UsageSpec struct {
 	// are what a read of the rollups spends most on (merging histograms per
 	// group), and overviews that show counts and tokens do not need them.
 	SkipPercentiles bool
+	// Limit keeps the Limit groups with the most calls (ties by key), a
+	// group being the model, user and source the spec groups by, each with
+	// all its time buckets; 0 keeps every group. Only the groups kept have
+	// their percentiles read: the top users of a month with their latency
+	// cost a read of their rows, not of every user's.
+	Limit int
 }
+
+// keyed reports whether g groups by a key other than time (what a Limit
+// picks groups by).
+func (g GroupBy) keyed() bool { return g.Model || g.User || g.Source }
 
 // UsageQuery is the exact per-call SQL of Usage for the half-open range
 // [from, to), UTC buckets, no filter.
@@ -186,6 +203,9 @@ ORDER BY start_time, start_ms, id
 LIMIT %d`, callDetailColumns, callDetailColumns, SQLString(id), SQLString(id), limit)
 }
 
+// sampleGroups are two groups of a Limit, for the sample statements.
+var sampleGroups = map[usageKey]bool{{model: "model-1", user: "o'brien", source: "batch"}: true, {model: "model-2", user: "u-2", source: "online"}: true}
+
 // readQueries is every read statement with sample arguments, for AllQueries:
 // each grouping on each table, filters, a time zone, the call list pages,
 // a call and a trace.
@@ -199,6 +219,8 @@ func readQueries(sampleFrom, sampleTo time.Time) []string {
 	for _, g := range AllSourceGroupings() {
 		q = append(q, UsageSQL(UsageSpec{From: sampleFrom, To: sampleTo, Group: g, TZ: "America/New_York",
 			Filter: UsageFilter{Source: "batch", BatchID: "b-1"}}))
+		// the percentiles of a Limit's groups
+		q = append(q, UsageSQL(UsageSpec{From: sampleFrom, To: sampleTo, Group: g, Filter: withGroups(UsageFilter{}, g, sampleGroups)}))
 	}
 	q = append(q, callListQueries(sampleFrom, sampleTo)...) // the call list owns queries_calls.go
 	q = append(q,

@@ -1,10 +1,13 @@
 package callsdb
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -60,43 +63,120 @@ func UsageOf(ctx context.Context, conn driver.Conn, db string, s UsageSpec) ([]U
 	return r.read(ctx, s, r.plan(s))
 }
 
+// UsageAnswer is what the usage API answers for a spec.
+type UsageAnswer struct {
+	Rows []UsageRow
+	// Totals are those of the spec's range and filter, every group's
+	// (Limit leaves none out of them); nil when nothing is in range.
+	Totals *UsageRow
+	// Omitted is how many groups Limit left out.
+	Omitted int
+}
+
 // UsageWithTotals is UsageOf(s) and the totals of its range and filter
-// (s without groups; nil when nothing is in range), what the usage API
-// answers, planned over one read of the seal records. Without percentiles
-// (or groups) the totals are the sums of the rows, as every call is in one
-// group; with them the totals' quantiles need a read of their own, which
-// runs beside the rows'.
-func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSpec) (rows []UsageRow, totals *UsageRow, err error) {
+// (s without groups), what the usage API answers, planned over one read of
+// the seal records. Without percentiles (or groups) the totals are the sums
+// of the rows, as every call is in one group; with them the totals'
+// quantiles need a read of their own, which runs beside the rows'. With a
+// Limit the rows are first read without percentiles, to pick the groups by
+// their calls; then the percentiles of the groups kept are read alone.
+func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSpec) (UsageAnswer, error) {
 	r, err := newUsageReader(ctx, conn, db, s)
 	if err != nil {
-		return nil, nil, err
+		return UsageAnswer{}, err
 	}
-	if s.SkipPercentiles || s.Group == (GroupBy{}) {
-		if rows, err = r.read(ctx, s, r.plan(s)); err != nil {
-			return nil, nil, err
-		}
-		return rows, sumUsage(rows), nil
+	limited := s.Limit > 0 && s.Group.keyed()
+	all := s // every group's rows
+	if limited {
+		all.SkipPercentiles = true
 	}
-	t := s
-	t.Group = GroupBy{}
-	rowsPlan, totalsPlan := r.plan(s), r.plan(t)
-	var total []UsageRow
+	ownTotals := !s.SkipPercentiles && s.Group != (GroupBy{})
+	var rows, total []UsageRow
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
-		rows, err = r.read(gctx, s, rowsPlan)
+		rows, err = r.read(gctx, all, r.plan(all))
 		return err
 	})
-	g.Go(func() (err error) {
-		total, err = r.read(gctx, t, totalsPlan)
-		return err
-	})
+	if ownTotals {
+		t := s
+		t.Group = GroupBy{}
+		g.Go(func() (err error) {
+			total, err = r.read(gctx, t, r.plan(t))
+			return err
+		})
+	}
 	if err := g.Wait(); err != nil {
-		return nil, nil, err
+		return UsageAnswer{}, err
 	}
-	if len(total) == 1 {
-		totals = &total[0]
+	var a UsageAnswer
+	switch {
+	case !ownTotals:
+		a.Totals = sumUsage(rows)
+	case len(total) == 1:
+		a.Totals = &total[0]
 	}
-	return rows, totals, nil
+	if !limited {
+		a.Rows = rows
+		return a, nil
+	}
+	kept, omitted := topGroups(rows, s.Limit)
+	a.Omitted = omitted
+	if !s.SkipPercentiles && len(kept) > 0 {
+		p := s
+		if omitted > 0 {
+			p.Filter = withGroups(s.Filter, s.Group, kept)
+		}
+		if rows, err = r.read(ctx, p, r.plan(p)); err != nil {
+			return UsageAnswer{}, err
+		}
+	}
+	a.Rows = slices.DeleteFunc(rows, func(x UsageRow) bool { return !kept[groupOf(x)] })
+	return a, nil
+}
+
+// groupOf is a usage row's group as a Limit counts it: its keys but time.
+func groupOf(r UsageRow) usageKey { return usageKey{model: r.Model, user: r.UserID, source: r.Source} }
+
+// topGroups picks the limit groups of rows with the most calls (ties by
+// model, user, source) and counts the others.
+func topGroups(rows []UsageRow, limit int) (kept map[usageKey]bool, omitted int) {
+	calls := map[usageKey]uint64{}
+	for _, r := range rows {
+		calls[groupOf(r)] += r.Calls
+	}
+	keys := slices.Collect(maps.Keys(calls))
+	slices.SortFunc(keys, func(a, b usageKey) int {
+		return cmp.Or(cmp.Compare(calls[b], calls[a]), cmp.Compare(a.model, b.model), cmp.Compare(a.user, b.user), cmp.Compare(a.source, b.source))
+	})
+	n := min(limit, len(keys))
+	kept = make(map[usageKey]bool, n)
+	for _, k := range keys[:n] {
+		kept[k] = true
+	}
+	return kept, len(keys) - n
+}
+
+// withGroups is f narrowed to the keys of groups, each key g groups by: a
+// read of those groups (and of any other combination of their keys, which
+// the caller drops) instead of every group's.
+func withGroups(f UsageFilter, g GroupBy, groups map[usageKey]bool) UsageFilter {
+	values := func(on bool, key func(usageKey) string) []string {
+		if !on {
+			return nil
+		}
+		var out []string
+		for k := range groups {
+			out = append(out, key(k))
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	f.only = &keySets{
+		models:  values(g.Model, func(k usageKey) string { return k.model }),
+		users:   values(g.User, func(k usageKey) string { return k.user }),
+		sources: values(g.Source, func(k usageKey) string { return k.source }),
+	}
+	return f
 }
 
 // sumUsage is the one row of rows summed (nil for none); its quantiles are

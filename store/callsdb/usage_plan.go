@@ -441,6 +441,21 @@ func usageFilters(f UsageFilter, model, user, source, batch string) []string {
 			where = append(where, c.col+" = "+SQLString(c.v))
 		}
 	}
+	if f.only == nil {
+		return where
+	}
+	for _, c := range []struct {
+		col string
+		in  []string
+	}{{model, f.only.models}, {user, f.only.users}, {source, f.only.sources}} {
+		if len(c.in) > 0 {
+			quoted := make([]string, len(c.in))
+			for i, v := range c.in {
+				quoted[i] = SQLString(v)
+			}
+			where = append(where, c.col+" IN ("+strings.Join(quoted, ", ")+")")
+		}
+	}
 	return where
 }
 
@@ -770,6 +785,8 @@ func samplePlannedUsage(from, to time.Time) []string {
 		if i%2 == 1 {
 			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
 			s.SkipPercentiles = i%4 == 1
+		} else if g.keyed() {
+			s.Filter = withGroups(s.Filter, g, sampleGroups) // the percentiles of a Limit's groups
 		}
 		p := usagePlan{byUser: g.User || i%2 == 1, modelCopy: !g.User && i%4 == 2,
 			rollup: []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainDay, Period: h - h%86400, Version: 6},

@@ -2,6 +2,7 @@ package callsdb
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -1148,5 +1149,36 @@ func TestPlanUsageModelCopy(t *testing.T) {
 		if sql := usageRollupSQL(s, p); p.modelCopy || strings.Contains(sql, "usage_rollup_by_model") {
 			t.Errorf("an %s without its copy: copy %v\n%s", which, p.modelCopy, sql)
 		}
+	}
+}
+
+// TestTopGroups: a Limit keeps the groups with the most calls over all
+// their buckets, ties by key; the read of their percentiles is narrowed to
+// the values of the keys grouped by, quoted, and no other.
+func TestTopGroups(t *testing.T) {
+	day := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	rows := []UsageRow{
+		{Bucket: day, Model: "m1", UserID: "o'brien", Calls: 5},
+		{Bucket: day.AddDate(0, 0, 1), Model: "m1", UserID: "o'brien", Calls: 6}, // 11 over two days
+		{Bucket: day, Model: "m2", UserID: "ann", Calls: 11},                     // ties with it: m1 < m2
+		{Bucket: day, Model: "m1", UserID: "bob", Calls: 10},
+		{Bucket: day, Model: "m3", UserID: "ann", Calls: 1},
+	}
+	kept, omitted := topGroups(rows, 2)
+	want := map[usageKey]bool{{model: "m1", user: "o'brien"}: true, {model: "m2", user: "ann"}: true}
+	if omitted != 2 || !maps.Equal(kept, want) {
+		t.Fatalf("top 2: %v, %d omitted; want %v, 2", kept, omitted, want)
+	}
+	if kept, omitted := topGroups(rows, 10); omitted != 0 || len(kept) != 4 {
+		t.Fatalf("top 10 of 4: %v, %d omitted", kept, omitted)
+	}
+	f := withGroups(UsageFilter{Source: "batch"}, GroupBy{Bucket: BucketDay, Model: true, User: true}, want)
+	got := strings.Join(usageFilters(f, "model", "user_id", "source", "batch_id"), " AND ")
+	if w := `source = 'batch' AND model IN ('m1', 'm2') AND user_id IN ('ann', 'o\'brien')`; got != w {
+		t.Fatalf("filters %s\nwant    %s", got, w)
+	}
+	f = withGroups(UsageFilter{}, GroupBy{User: true}, map[usageKey]bool{{user: "ann"}: true, {user: "bob"}: true})
+	if got := strings.Join(usageFilters(f, "c_model", "c_user", "c_source", "c_batch"), " AND "); got != `c_user IN ('ann', 'bob')` {
+		t.Fatalf("grouped by user alone: %s", got)
 	}
 }

@@ -15,6 +15,10 @@ import (
 	"github.com/callpipe/callpipe/store/callsdb"
 )
 
+// TopGroups is the limit of the shapes that ask for the groups with the
+// most calls (the usage API's limit).
+const TopGroups = 100
+
 // TimeZones are the zones the overview shapes run in.
 var TimeZones = []string{"UTC", "America/New_York"}
 
@@ -54,13 +58,19 @@ func (r *runner) usageShapes(rep *Report, tz string) ([]shape, error) {
 	}
 	rng := fmt.Sprintf("%dd", r.o.Days)
 	var out []shape
-	add := func(rng string, days int, g callsdb.GroupBy, user string) {
+	add := func(rng string, days int, g callsdb.GroupBy, user string, limit int) {
 		for _, pct := range []bool{false, true} {
 			sh := shape{kind: "usage", rng: rng, tz: tz, group: groupName(g), usage: spec(days, g, user), percentiles: pct}
 			sh.usage.SkipPercentiles = !pct
+			sh.usage.Limit = limit
 			sh.name = rng + " " + sh.group
-			if user != "" {
+			switch {
+			case user != "":
 				sh.filter = "user=" + user
+			case limit > 0:
+				sh.filter = fmt.Sprintf("limit=%d", limit)
+			}
+			if sh.filter != "" {
 				sh.name += " " + sh.filter
 			}
 			out = append(out, sh)
@@ -74,11 +84,14 @@ func (r *runner) usageShapes(rep *Report, tz string) ([]shape, error) {
 		{Model: true},
 		{User: true},
 	} {
-		add(rng, r.o.Days, g, "")
+		add(rng, r.o.Days, g, "", 0)
 	}
-	add("today", 1, callsdb.GroupBy{Model: true}, "")
-	add(rng, r.o.Days, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, rep.HeavyUser)
-	add(rng, r.o.Days, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, rep.RareUser)
+	// the busiest users, and models of users, with their latency
+	add(rng, r.o.Days, callsdb.GroupBy{User: true}, "", TopGroups)
+	add(rng, r.o.Days, callsdb.GroupBy{Model: true, User: true}, "", TopGroups)
+	add("today", 1, callsdb.GroupBy{Model: true}, "", 0)
+	add(rng, r.o.Days, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, rep.HeavyUser, 0)
+	add(rng, r.o.Days, callsdb.GroupBy{Bucket: callsdb.BucketDay, Model: true}, rep.RareUser, 0)
 	return out, nil
 }
 
@@ -252,9 +265,9 @@ func (r *runner) runOnce(ctx context.Context, sh shape) (run, error) {
 	var err error
 	switch sh.kind {
 	case "usage":
-		var rows []callsdb.UsageRow
-		rows, _, err = callsdb.UsageWithTotals(qctx, conn, r.db, sh.usage) // as the usage API answers: rows and totals
-		x.rows = len(rows)
+		var a callsdb.UsageAnswer
+		a, err = callsdb.UsageWithTotals(qctx, conn, r.db, sh.usage) // as the usage API answers: rows and totals
+		x.rows = len(a.Rows)
 	case "calls":
 		var page []callsdb.CallSummary
 		page, _, err = callsdb.CallList(qctx, conn, r.db, list)
