@@ -83,13 +83,16 @@ func (g GroupBy) String() string {
 type UsageFilter struct {
 	Model, User, Source, BatchID string
 	// only: the read of a Limit's groups (nil: every group)
-	only *keySets
+	only *groupSet
 }
 
-// keySets narrow a read to the groups whose keys are among them, each set
-// when not empty; only a key the read groups by has a set, as every row read
-// keeps that key's column.
-type keySets struct{ models, users, sources []string }
+// groupSet narrows a read to groups: the keys of by (model, user, source,
+// those the read groups by, whose columns every row read keeps) are one of
+// groups' (sorted; time and the other keys are not theirs).
+type groupSet struct {
+	by     GroupBy
+	groups []usageKey
+}
 
 // UsageSpec is one usage request: calls that started in [From, To) (whole
 // seconds), grouped by Group, filtered by Filter, with hour and day buckets

@@ -140,42 +140,39 @@ func groupOf(r UsageRow) usageKey { return usageKey{model: r.Model, user: r.User
 // topGroups picks the limit groups of rows with the most calls (ties by
 // model, user, source) and counts the others.
 func topGroups(rows []UsageRow, limit int) (kept map[usageKey]bool, omitted int) {
-	calls := map[usageKey]uint64{}
+	index := map[usageKey]int{}
+	type group struct {
+		key   usageKey
+		calls uint64
+	}
+	var groups []group
 	for _, r := range rows {
-		calls[groupOf(r)] += r.Calls
+		k := groupOf(r)
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, group{key: k})
+		}
+		groups[i].calls += r.Calls
 	}
-	keys := slices.Collect(maps.Keys(calls))
-	slices.SortFunc(keys, func(a, b usageKey) int {
-		return cmp.Or(cmp.Compare(calls[b], calls[a]), cmp.Compare(a.model, b.model), cmp.Compare(a.user, b.user), cmp.Compare(a.source, b.source))
+	slices.SortFunc(groups, func(a, b group) int {
+		return cmp.Or(cmp.Compare(b.calls, a.calls), cmp.Compare(a.key.model, b.key.model), cmp.Compare(a.key.user, b.key.user), cmp.Compare(a.key.source, b.key.source))
 	})
-	n := min(limit, len(keys))
+	n := min(limit, len(groups))
 	kept = make(map[usageKey]bool, n)
-	for _, k := range keys[:n] {
-		kept[k] = true
+	for _, g := range groups[:n] {
+		kept[g.key] = true
 	}
-	return kept, len(keys) - n
+	return kept, len(groups) - n
 }
 
-// withGroups is f narrowed to the keys of groups, each key g groups by: a
-// read of those groups (and of any other combination of their keys, which
-// the caller drops) instead of every group's.
+// withGroups is f narrowed to groups of g: a read of those groups alone.
 func withGroups(f UsageFilter, g GroupBy, groups map[usageKey]bool) UsageFilter {
-	values := func(on bool, key func(usageKey) string) []string {
-		if !on {
-			return nil
-		}
-		var out []string
-		for k := range groups {
-			out = append(out, key(k))
-		}
-		slices.Sort(out)
-		return slices.Compact(out)
-	}
-	f.only = &keySets{
-		models:  values(g.Model, func(k usageKey) string { return k.model }),
-		users:   values(g.User, func(k usageKey) string { return k.user }),
-		sources: values(g.Source, func(k usageKey) string { return k.source }),
-	}
+	keys := slices.SortedFunc(maps.Keys(groups), func(a, b usageKey) int {
+		return cmp.Or(cmp.Compare(a.model, b.model), cmp.Compare(a.user, b.user), cmp.Compare(a.source, b.source))
+	})
+	f.only = &groupSet{by: GroupBy{Model: g.Model, User: g.User, Source: g.Source}, groups: keys}
 	return f
 }
 

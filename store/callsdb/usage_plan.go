@@ -441,22 +441,46 @@ func usageFilters(f UsageFilter, model, user, source, batch string) []string {
 			where = append(where, c.col+" = "+SQLString(c.v))
 		}
 	}
-	if f.only == nil {
-		return where
-	}
-	for _, c := range []struct {
-		col string
-		in  []string
-	}{{model, f.only.models}, {user, f.only.users}, {source, f.only.sources}} {
-		if len(c.in) > 0 {
-			quoted := make([]string, len(c.in))
-			for i, v := range c.in {
-				quoted[i] = SQLString(v)
-			}
-			where = append(where, c.col+" IN ("+strings.Join(quoted, ", ")+")")
-		}
+	if f.only != nil {
+		where = append(where, f.only.sql(model, user, source))
 	}
 	return where
+}
+
+// sql is the condition of g over the given column names: col IN (...) for
+// one key, (col, col) IN ((...), ...) for several.
+func (g *groupSet) sql(model, user, source string) string {
+	var cols []string
+	var keys []func(usageKey) string
+	for _, c := range []struct {
+		on  bool
+		col string
+		key func(usageKey) string
+	}{
+		{g.by.Model, model, func(k usageKey) string { return k.model }},
+		{g.by.User, user, func(k usageKey) string { return k.user }},
+		{g.by.Source, source, func(k usageKey) string { return k.source }},
+	} {
+		if c.on {
+			cols, keys = append(cols, c.col), append(keys, c.key)
+		}
+	}
+	values := make([]string, len(g.groups))
+	for i, k := range g.groups {
+		v := make([]string, len(keys))
+		for j, key := range keys {
+			v[j] = SQLString(key(k))
+		}
+		values[i] = strings.Join(v, ", ")
+		if len(keys) > 1 {
+			values[i] = "(" + values[i] + ")"
+		}
+	}
+	lhs := strings.Join(cols, ", ")
+	if len(cols) > 1 {
+		lhs = "(" + lhs + ")"
+	}
+	return lhs + " IN (" + strings.Join(values, ", ") + ")"
 }
 
 // usageKeys are the outer SELECT's group keys over the time column t and the

@@ -1154,7 +1154,7 @@ func TestPlanUsageModelCopy(t *testing.T) {
 
 // TestTopGroups: a Limit keeps the groups with the most calls over all
 // their buckets, ties by key; the read of their percentiles is narrowed to
-// the values of the keys grouped by, quoted, and no other.
+// those groups (the keys grouped by, quoted), and no other.
 func TestTopGroups(t *testing.T) {
 	day := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	rows := []UsageRow{
@@ -1174,7 +1174,7 @@ func TestTopGroups(t *testing.T) {
 	}
 	f := withGroups(UsageFilter{Source: "batch"}, GroupBy{Bucket: BucketDay, Model: true, User: true}, want)
 	got := strings.Join(usageFilters(f, "model", "user_id", "source", "batch_id"), " AND ")
-	if w := `source = 'batch' AND model IN ('m1', 'm2') AND user_id IN ('ann', 'o\'brien')`; got != w {
+	if w := `source = 'batch' AND (model, user_id) IN (('m1', 'o\'brien'), ('m2', 'ann'))`; got != w {
 		t.Fatalf("filters %s\nwant    %s", got, w)
 	}
 	f = withGroups(UsageFilter{}, GroupBy{User: true}, map[usageKey]bool{{user: "ann"}: true, {user: "bob"}: true})
