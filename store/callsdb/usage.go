@@ -123,7 +123,7 @@ func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSp
 	a.Omitted = omitted
 	if !s.SkipPercentiles && len(kept) > 0 {
 		p := s
-		if omitted > 0 {
+		if omitted > 0 && namesFit(kept) {
 			p.Filter = withGroups(s.Filter, s.Group, kept)
 		}
 		if rows, err = r.read(ctx, p, r.plan(p)); err != nil {
@@ -165,6 +165,22 @@ func topGroups(rows []UsageRow, limit int) (kept map[usageKey]bool, omitted int)
 		kept[g.key] = true
 	}
 	return kept, len(groups) - n
+}
+
+// maxGroupNames bounds the names a read of a Limit's groups lists in its
+// SQL, well inside ClickHouse's max_query_size (256 KiB): names are up to
+// 256 characters, and a thousand groups of long ones would not fit.
+const maxGroupNames = 96 << 10
+
+// namesFit reports whether the keys of groups fit in maxGroupNames; when
+// they do not, the percentiles are read for every group and those of the
+// groups kept picked from them (slower, the same answer).
+func namesFit(groups map[usageKey]bool) bool {
+	n := 0
+	for k := range groups {
+		n += len(k.model) + len(k.user) + len(k.source)
+	}
+	return n <= maxGroupNames
 }
 
 // withGroups is f narrowed to groups of g: a read of those groups alone.

@@ -1177,6 +1177,13 @@ func TestTopGroups(t *testing.T) {
 	if w := `source = 'batch' AND (model, user_id) IN (('m1', 'o\'brien'), ('m2', 'ann'))`; got != w {
 		t.Fatalf("filters %s\nwant    %s", got, w)
 	}
+	long := map[usageKey]bool{}
+	for i := range 400 {
+		long[usageKey{model: strings.Repeat("m", 256), user: fmt.Sprintf("%0256d", i)}] = true
+	}
+	if !namesFit(want) || namesFit(long) {
+		t.Fatalf("names fit: two short groups %v, 400 of 512 bytes %v; want true, false", namesFit(want), namesFit(long))
+	}
 	f = withGroups(UsageFilter{}, GroupBy{User: true}, map[usageKey]bool{{user: "ann"}: true, {user: "bob"}: true})
 	if got := strings.Join(usageFilters(f, "c_model", "c_user", "c_source", "c_batch"), " AND "); got != `c_user IN ('ann', 'bob')` {
 		t.Fatalf("grouped by user alone: %s", got)
