@@ -93,18 +93,20 @@ func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSp
 	ownTotals := !s.SkipPercentiles && s.Group != (GroupBy{})
 	var rows, total []UsageRow
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) {
-		rows, err = r.read(gctx, all, r.plan(all))
-		return err
-	})
+	rowsPlan := r.plan(all) // plans first: reads may run at once, plans not
 	if ownTotals {
 		t := s
 		t.Group = GroupBy{}
+		totalsPlan := r.plan(t)
 		g.Go(func() (err error) {
-			total, err = r.read(gctx, t, r.plan(t))
+			total, err = r.read(gctx, t, totalsPlan)
 			return err
 		})
 	}
+	g.Go(func() (err error) {
+		rows, err = r.read(gctx, all, rowsPlan)
+		return err
+	})
 	if err := g.Wait(); err != nil {
 		return UsageAnswer{}, err
 	}
