@@ -64,7 +64,30 @@ func DecodeShared(data []byte, lim Limits) (*Event, error) {
 	return decode(data, lim, true)
 }
 
+// Decoder is DecodeShared for a caller that is done with each Event before
+// it decodes the next (the collector, which re-encodes it at once): it
+// reuses the Event, what its pointers point to and its string buffer, so
+// the Event it returns changes with its next DecodeShared. Strings stay
+// (they are copied out once per event). Not safe for concurrent use.
+type Decoder struct {
+	blk  eventBlock
+	sbuf []byte
+}
+
+// DecodeShared decodes data as the package's DecodeShared does, into d's
+// storage.
+func (d *Decoder) DecodeShared(data []byte, lim Limits) (*Event, error) {
+	d.blk = eventBlock{}
+	return decodeInto(data, lim, true, &d.blk, &d.sbuf)
+}
+
 func decode(data []byte, lim Limits, shared bool) (*Event, error) {
+	return decodeInto(data, lim, shared, new(eventBlock), nil)
+}
+
+// decodeInto decodes into blk (zeroed), with the string buffer *sbuf
+// (nil: its own), which keeps what it grew to.
+func decodeInto(data []byte, lim Limits, shared bool, blk *eventBlock, sbuf *[]byte) (*Event, error) {
 	limit := lim.MaxEventBytes
 	if limit == 0 {
 		limit = DefaultMaxEventBytes
@@ -75,10 +98,15 @@ func decode(data []byte, lim Limits, shared bool) (*Event, error) {
 	if !utf8.Valid(data) {
 		return nil, eventError("invalid UTF-8 at byte offset " + strconv.Itoa(invalidUTF8Offset(data)))
 	}
-	blk := new(eventBlock)
 	e := &blk.event
 	d := decoder{scanner: scanner{data: data}, blk: blk, shared: shared}
+	if sbuf != nil {
+		d.sbuf = (*sbuf)[:0]
+	}
 	d.event(e)
+	if sbuf != nil && cap(d.sbuf) > cap(*sbuf) {
+		*sbuf = d.sbuf[:0]
+	}
 	if d.fatal != nil {
 		return nil, ValidationError{d.fatal}
 	}

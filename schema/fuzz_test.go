@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -39,6 +40,21 @@ func FuzzDecode(f *testing.F) {
 		if err == nil {
 			if diff := eventDiff(e, shared); diff != "" {
 				t.Fatalf("DecodeShared differs from Decode: %s", diff)
+			}
+		}
+		// a Decoder that decoded an event with every optional part first
+		// gives the same: nothing of the earlier event stays
+		var dec Decoder
+		if _, err := dec.DecodeShared(fullEvent, DefaultLimits()); err != nil {
+			t.Fatal(err)
+		}
+		reused, rerr := dec.DecodeShared(data, DefaultLimits())
+		if fmt.Sprint(err) != fmt.Sprint(rerr) {
+			t.Fatalf("Decode: %v; a reused Decoder: %v", err, rerr)
+		}
+		if err == nil {
+			if diff := eventDiff(e, reused); diff != "" {
+				t.Fatalf("a reused Decoder differs from Decode: %s", diff)
 			}
 		}
 		if err != nil {
@@ -143,3 +159,12 @@ func decodeAny(b []byte) (any, error) {
 	err := dec.Decode(&v)
 	return v, err
 }
+
+// fullEvent has every optional part an event can have, for a Decoder to
+// decode before another event.
+var fullEvent = []byte(`{"id":"full-1","trace_id":"t-1","session_id":"s-1","start_time":"2026-01-02T03:04:05Z",` +
+	`"end_time":"2026-01-02T03:04:06Z","first_token_time":"2026-01-02T03:04:05.5Z","endpoint":"/v1/chat/completions",` +
+	`"model":"m-1","instance":"i-1","user":"u-1","api_key_hash":"` + strings.Repeat("a", 64) + `","source":"batch","batch_id":"b-1",` +
+	`"status":500,"error":"boom","stream":true,"request_truncated":true,` +
+	`"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"capture":{"mode":"truncated","mask_set":"x","counted":true},` +
+	`"tags":["a","b"],"metadata":{"k":"v","n":1},"request":{"messages":[]},"response":{"choices":[]}}`)

@@ -265,6 +265,7 @@ type outbox struct {
 	arena   []byte
 	msgs    []nats.Msg
 	pending []ingest.Pending
+	events  schema.Decoder // each event is re-encoded before the next is decoded
 }
 
 // arenaSize is the room for the messages of a body of n bytes: all of them,
@@ -405,7 +406,7 @@ func (c *Collector) publish(ctx context.Context, events iter.Seq2[int, []byte], 
 	out := getOutbox(bodyLen)
 	for i, raw := range events {
 		// the event is re-encoded below, before the body is let go
-		ev, err := schema.DecodeShared(raw, c.opts.Limits)
+		ev, err := out.events.DecodeShared(raw, c.opts.Limits)
 		if err == nil {
 			c.opts.Capture.Event(ev)
 			free := out.arena[len(out.arena):]
