@@ -185,31 +185,27 @@ func (q *query) source() (string, error) {
 	return "", bad("source", "%q is not online or batch", s)
 }
 
-func (q *query) limit() (int, error) {
-	s := q.get("limit")
-	if s == "" {
-		return defaultLimit, nil
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > maxLimit {
-		return 0, bad("limit", "%q is not an integer in 1..%d", s, maxLimit)
-	}
-	return n, nil
-}
+func (q *query) limit() (int, error) { return q.count("limit", defaultLimit, maxLimit) }
 
 // groupLimit is the usage answer's limit on groups (0: none), for a
 // grouping by model, user or source.
 func (q *query) groupLimit(g callsdb.GroupBy) (int, error) {
-	s := q.get("limit")
+	n, err := q.count("limit", 0, maxGroupLimit)
+	if err == nil && n > 0 && !g.Keyed() {
+		return 0, bad("limit", "limits the groups of model, user or source; group_by has none of them")
+	}
+	return n, err
+}
+
+// count reads parameter name as an integer in 1..max (def when absent).
+func (q *query) count(name string, def, max int) (int, error) {
+	s := q.get(name)
 	if s == "" {
-		return 0, nil
+		return def, nil
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > maxGroupLimit {
-		return 0, bad("limit", "%q is not an integer in 1..%d", s, maxGroupLimit)
-	}
-	if !g.Model && !g.User && !g.Source {
-		return 0, bad("limit", "limits the groups of model, user or source; group_by has none of them")
+	if err != nil || n < 1 || n > max {
+		return 0, bad(name, "%q is not an integer in 1..%d", s, max)
 	}
 	return n, nil
 }

@@ -114,9 +114,9 @@ type UsageSpec struct {
 	Limit int
 }
 
-// keyed reports whether g groups by a key other than time (what a Limit
+// Keyed reports whether g groups by a key other than time (what a Limit
 // picks groups by).
-func (g GroupBy) keyed() bool { return g.Model || g.User || g.Source }
+func (g GroupBy) Keyed() bool { return g.Model || g.User || g.Source }
 
 // UsageQuery is the exact per-call SQL of Usage for the half-open range
 // [from, to), UTC buckets, no filter.

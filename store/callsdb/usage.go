@@ -85,7 +85,7 @@ func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSp
 	if err != nil {
 		return UsageAnswer{}, err
 	}
-	limited := s.Limit > 0 && s.Group.keyed()
+	limited := s.Limit > 0 && s.Group.Keyed()
 	all := s // every group's rows
 	if limited {
 		all.SkipPercentiles = true
@@ -136,6 +136,11 @@ func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSp
 	return a, nil
 }
 
+// compare orders groups by model, user, source (time aside).
+func (k usageKey) compare(o usageKey) int {
+	return cmp.Or(cmp.Compare(k.model, o.model), cmp.Compare(k.user, o.user), cmp.Compare(k.source, o.source))
+}
+
 // groupOf is a usage row's group as a Limit counts it: its keys but time.
 func groupOf(r UsageRow) usageKey { return usageKey{model: r.Model, user: r.UserID, source: r.Source} }
 
@@ -158,9 +163,7 @@ func topGroups(rows []UsageRow, limit int) (kept map[usageKey]bool, omitted int)
 		}
 		groups[i].calls += r.Calls
 	}
-	slices.SortFunc(groups, func(a, b group) int {
-		return cmp.Or(cmp.Compare(b.calls, a.calls), cmp.Compare(a.key.model, b.key.model), cmp.Compare(a.key.user, b.key.user), cmp.Compare(a.key.source, b.key.source))
-	})
+	slices.SortFunc(groups, func(a, b group) int { return cmp.Or(cmp.Compare(b.calls, a.calls), a.key.compare(b.key)) })
 	n := min(limit, len(groups))
 	kept = make(map[usageKey]bool, n)
 	for _, g := range groups[:n] {
@@ -187,9 +190,7 @@ func namesFit(groups map[usageKey]bool) bool {
 
 // withGroups is f narrowed to groups of g: a read of those groups alone.
 func withGroups(f UsageFilter, g GroupBy, groups map[usageKey]bool) UsageFilter {
-	keys := slices.SortedFunc(maps.Keys(groups), func(a, b usageKey) int {
-		return cmp.Or(cmp.Compare(a.model, b.model), cmp.Compare(a.user, b.user), cmp.Compare(a.source, b.source))
-	})
+	keys := slices.SortedFunc(maps.Keys(groups), usageKey.compare)
 	f.only = &groupSet{by: GroupBy{Model: g.Model, User: g.User, Source: g.Source}, groups: keys}
 	return f
 }

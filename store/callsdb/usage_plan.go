@@ -809,7 +809,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 		if i%2 == 1 {
 			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
 			s.SkipPercentiles = i%4 == 1
-		} else if g.keyed() {
+		} else if g.Keyed() {
 			s.Filter = withGroups(s.Filter, g, sampleGroups) // the percentiles of a Limit's groups
 		}
 		p := usagePlan{byUser: g.User || i%2 == 1, modelCopy: !g.User && i%4 == 2,
