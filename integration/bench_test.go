@@ -59,6 +59,11 @@ func TestBenchCommand(t *testing.T) {
 			Ops float64 `json:"jetstream_ops_per_call"`
 			CPU float64 `json:"cpu_us_per_call"`
 		} `json:"per_call_total"`
+		Machine *struct {
+			Processes map[string]float64 `json:"processes_cpu_us_per_call"`
+			Busy      float64            `json:"busy_cpu_us_per_call"`
+			Idle      float64            `json:"idle_cpu_us_per_call"`
+		} `json:"machine"`
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatalf("bench JSON: %v\n%s", err, b)
@@ -121,6 +126,29 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if r.Total == nil || math.Abs(r.Total.Ops-sumOps) > 1e-9 || math.Abs(r.Total.CPU-sumCPU) > 1e-6 {
 		t.Errorf("per-call total %+v, want the sum of the roles: ops %v, CPU %v", r.Total, sumOps, sumCPU)
+	}
+	// Every process's CPU until the usage API showed the calls: the
+	// pipeline's roles, the scratch nats-server and this bench (its load)
+	// each spent some, and together no more than the machine was busy.
+	if m := r.Machine; m == nil {
+		t.Error("no machine-wide CPU accounting")
+	} else {
+		sum := 0.0
+		for name, us := range m.Processes {
+			if us <= 0 {
+				t.Errorf("machine: process %s spent %v µs per call", name, us)
+			}
+			sum += us
+		}
+		for _, name := range []string{"callpipe roles", "nats-server", "bench"} {
+			if m.Processes[name] <= 0 {
+				t.Errorf("machine: %s spent %v µs per call (processes %v)", name, m.Processes[name], m.Processes)
+			}
+		}
+		// /proc's ticks are 10 ms: each process's sum may round up by two
+		if slack := float64(len(m.Processes)) * 2 * 1e4 / float64(events); m.Busy <= 0 || m.Idle < 0 || sum > m.Busy+slack {
+			t.Errorf("machine: busy %v, idle %v µs per call, processes %v (sum %v)", m.Busy, m.Idle, m.Processes, sum)
+		}
 	}
 	if r.MemoryLimit != "192MiB" {
 		t.Errorf("memory limit %q, want the default 192MiB", r.MemoryLimit)

@@ -228,6 +228,17 @@ func (f *Fleet) Pid(name string) int {
 	return 0
 }
 
+// Pids is the set of the running children's process ids.
+func (f *Fleet) Pids() map[int]bool {
+	out := map[int]bool{}
+	for _, c := range f.children {
+		if c.cmd.Process != nil {
+			out[c.cmd.Process.Pid] = true
+		}
+	}
+	return out
+}
+
 func (f *Fleet) child(name string) *child {
 	for _, c := range f.children {
 		if c.name == name {

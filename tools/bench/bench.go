@@ -168,8 +168,11 @@ type Result struct {
 	// NATSCPUMicros is the scratch nats-server(s)' CPU per call in the
 	// throughput phase (-1: unknown).
 	NATSCPUMicros float64 `json:"nats_servers_cpu_us_per_call,omitempty"`
-	MachineCPUs   int     `json:"machine_cpus"`
-	MemoryLimit   string  `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
+	// Machine is every process's CPU per call from the throughput phase's
+	// start until the usage API showed every call (Linux; nil elsewhere).
+	Machine     *MachineCPU `json:"machine,omitempty"`
+	MachineCPUs int         `json:"machine_cpus"`
+	MemoryLimit string      `json:"memory_limit,omitempty"` // GOMEMLIMIT of the processes
 	// Proxy is the proxy phase's latency and cost (--proxy).
 	Proxy *ProxyResult `json:"proxy,omitempty"`
 }
@@ -339,6 +342,7 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 		return err
 	}
 	proc0, nats0 := b.sampleProcs(ctx, procs), b.natsCPUSeconds()
+	machine0, machineOK := sampleMachine()
 	profiled := b.profileRoles(ctx)
 	defer profiled()
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: b.o.Clients}}
@@ -376,6 +380,9 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 			calls, err := b.usageCalls(ctx, from, to)
 			if err == nil && calls >= int64(n) {
 				visible, res.Exact = time.Since(start), calls == int64(n)
+				if machine1, ok := sampleMachine(); ok && machineOK {
+					res.Machine = machineCost(machine0, machine1, n, os.Getpid(), b.fleet.Pids())
+				}
 				return nil
 			}
 			if time.Since(start) > 11*time.Minute {
@@ -748,6 +755,18 @@ func (b *bench) report(r *Result) {
 		row("all", *r.Total)
 		if r.NATSCPUMicros >= 0 {
 			b.say("    %-28s %20.1f", "nats-server (not callpipe)", r.NATSCPUMicros)
+		}
+	}
+	if m := r.Machine; m != nil {
+		b.say("  machine, start to end to end  CPU µs per call (every process, %d CPUs)", r.MachineCPUs)
+		for _, row := range machineRows(m) {
+			b.say("    %-28s %9.1f", row.name, row.micros)
+		}
+		b.say("    %-28s %9.1f   (idle %.1f: %.0f%% of the CPUs' time busy)", "busy", m.BusyMicros, m.IdleMicros, 100*m.BusyMicros/(m.BusyMicros+m.IdleMicros))
+		if m.BusyMicros > 0 && r.RawJSPerS > 0 {
+			// every CPU busy at these costs: the most the machine can give
+			ceiling := float64(r.MachineCPUs) * 1e6 / m.BusyMicros
+			b.say("    %-28s %9.0f calls/s (ratio %.2f), every CPU busy at these costs", "ceiling", ceiling, ceiling/r.RawJSPerS)
 		}
 	}
 	b.reportProxy(r.Proxy)
