@@ -66,7 +66,7 @@ func (c *Config) SealAfter() time.Duration {
 func defaultClickHouse() ClickHouse {
 	return ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default",
 		Consumer: bus.StageOf(bus.StageClickHouse).Consumer, Subject: bus.StageOf(bus.StageClickHouse).Subject,
-		BatchSize: 50000, BatchBytes: 8 << 20, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
+		BatchSize: 50000, BatchBytes: 32 << 20, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
 		AckWait: Duration(2 * time.Minute), RetentionInterval: Duration(time.Hour),
 		Rollup: ClickHouseRollup{Interval: Duration(30 * time.Second), Lease: Duration(30 * time.Second),
 			SliceRows: 4_000_000, Grace: Duration(10 * time.Minute)},
