@@ -37,6 +37,7 @@ func TestOneSinkDownOthersKeepPace(t *testing.T) {
 
 	run := strconv.FormatInt(time.Now().UnixNano()%1_000_000_000, 36)
 	db := "isolation_" + run
+	chDropAtCleanup(t, db)
 	bucket := "isolation-" + run
 	lf := langfusetest.New(langfusetest.Options{})
 	defer lf.Close()
