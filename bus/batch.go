@@ -70,14 +70,8 @@ func Items(h nats.Header, data []byte) ([][]byte, error) {
 		return nil, fmt.Errorf("batch: %s %q is not a positive count", HeaderCalls, v)
 	}
 	items := make([][]byte, 0, n)
-	for len(data) > 0 {
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
-		items = append(items, line)
+	for line := range bytes.Lines(data) {
+		items = append(items, bytes.TrimSuffix(line, []byte{'\n'}))
 	}
 	if len(items) != n {
 		return nil, fmt.Errorf("batch: %s says %d calls, the body holds %d lines", HeaderCalls, n, len(items))

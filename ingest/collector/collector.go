@@ -368,14 +368,8 @@ func split(contentType string, body []byte) (iter.Seq2[int, []byte], error) {
 func ndjsonLines(body []byte) iter.Seq2[int, []byte] {
 	return func(yield func(int, []byte) bool) {
 		i := 0
-		for len(body) > 0 {
-			line := body
-			if n := bytes.IndexByte(body, '\n'); n >= 0 {
-				line, body = body[:n], body[n+1:]
-			} else {
-				body = nil
-			}
-			if line = bytes.TrimRight(line, "\r"); len(bytes.TrimSpace(line)) > 0 {
+		for line := range bytes.Lines(body) {
+			if line = bytes.TrimRight(line, "\r\n"); len(bytes.TrimSpace(line)) > 0 {
 				if !yield(i, line) {
 					return
 				}
