@@ -16,10 +16,11 @@ import (
 // outside the range (or in another bucket) are subtracted again (minus).
 type usagePlan struct {
 	byUser bool // rollup level: keyed by user and batch
-	// userCopy: the read is filtered by one user and every seal read has
-	// its copy sorted by user in this table (usage_rollup_user_copy, or
+	// userCopy: the read is filtered by one user, or narrowed to a
+	// Limit's groups of models and users (fewUsers), and every seal read
+	// has its copy sorted by user in this table (usage_rollup_user_copy, or
 	// usage_rollup_by_user when every one was recorded before migration
-	// 0009), which holds only that user's rows in a few index ranges; ""
+	// 0009), which holds only those users' rows in a few index ranges; ""
 	// when the seals have no copy in one table
 	userCopy string
 	// modelCopy: the read has no user key or filter (its rows are summed
@@ -89,7 +90,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	}
 	addCalls(last, to)
 	var userCopy uint8 // the copy every seal read has; 0 when they differ
-	if s.Filter.User != "" && len(p.rollup) > 0 {
+	if (s.Filter.User != "" || s.Filter.only.fewUsers()) && len(p.rollup) > 0 {
 		x, _ := st.current(p.rollup[0].Grain, p.rollup[0].Period)
 		userCopy = x.UserCopy
 	}
@@ -443,9 +444,26 @@ func usageFilters(f UsageFilter, model, user, source, batch string) []string {
 	}
 	if f.only != nil {
 		where = append(where, f.only.sql(model, user, source))
+		if f.only.fewUsers() {
+			// the users alone: a condition the user copy's index can use
+			users := make([]string, 0, len(f.only.groups))
+			for _, k := range f.only.groups {
+				users = append(users, SQLString(k.user))
+			}
+			slices.Sort(users)
+			where = append(where, user+" IN ("+strings.Join(slices.Compact(users), ", ")+")")
+		}
 	}
 	return where
 }
+
+// fewUsers reports whether g names groups of users and models: a Limit's
+// busiest groups of model × user, whose rows are read from the copy sorted
+// by user, a few users' index ranges, instead of every row of the range
+// (at 100 M calls the top 100 of 24,000 groups: 0.56 → 0.11–0.15 s). Not
+// users alone: their rows in usage_rollup are one per user and span
+// (levelUserOverModels), the copy's one per model, source and batch.
+func (g *groupSet) fewUsers() bool { return g != nil && g.by.User && g.by.Model }
 
 // sql is the condition of g over the given column names: col IN (...) for
 // one key, (col, col) IN ((...), ...) for several.
@@ -820,6 +838,22 @@ func samplePlannedUsage(from, to time.Time) []string {
 			p.userCopy = []string{userCopyTable, legacyUserCopyTable}[i/4%2]
 		}
 		if i%3 == 0 { // a day row with hours subtracted: signed sums
+			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
+		}
+		out = append(out, usageRollupSQL(s, p))
+	}
+	// a Limit's groups of models and users, read from the copy sorted by user
+	i := 0
+	for _, g := range append(AllGroupings(), AllSourceGroupings()...) {
+		s := UsageSpec{From: from, To: to, Group: g, TZ: []string{"", "America/New_York"}[i%2]}
+		if s.Filter = withGroups(s.Filter, g, sampleGroups); !s.Filter.only.fewUsers() {
+			continue
+		}
+		i++
+		p := usagePlan{byUser: true, userCopy: []string{userCopyTable, legacyUserCopyTable}[i/2%2],
+			rollup:  []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: grainWeek, Period: h - h%weekSeconds - weekSeconds, Version: 4}},
+			perCall: [][2]int64{{h + 3600, h + 7200}}}
+		if i%3 == 0 {
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
 		}
 		out = append(out, usageRollupSQL(s, p))

@@ -201,6 +201,21 @@ func TestPlanUsage(t *testing.T) {
 	if p := planUsage(UsageSpec{From: userDay.From, To: userDay.To, Group: GroupBy{User: true}}, st2, time.UTC); p.userCopy != "" {
 		t.Fatal("the copy sorted by user is for reads of one user")
 	}
+	// a Limit's groups of models and users read the copy too, narrowed to
+	// their users; groups of users alone keep their one row per user
+	top := map[usageKey]bool{{model: "m", user: "u"}: true, {model: "n", user: "v"}: true}
+	for _, g := range []GroupBy{{Model: true, User: true}, {Bucket: BucketHour, Model: true, User: true}, {Model: true, User: true, Source: true}} {
+		s := UsageSpec{From: userDay.From, To: userDay.To, Group: g, Filter: withGroups(UsageFilter{}, g, top)}
+		if p := planUsage(s, st2, time.UTC); !p.byUser || p.userCopy != userCopyTable ||
+			!strings.Contains(usageRollupSQL(s, p), "user_id IN ('u', 'v')") {
+			t.Fatalf("top groups %s: by_user %v, copy %q\n%s", g, p.byUser, p.userCopy, usageRollupSQL(s, p))
+		}
+	}
+	topUsers := UsageSpec{From: userDay.From, To: userDay.To, Group: GroupBy{User: true},
+		Filter: withGroups(UsageFilter{}, GroupBy{User: true}, map[usageKey]bool{{user: "u"}: true})}
+	if p := planUsage(topUsers, st2, time.UTC); p.userCopy != "" {
+		t.Fatalf("top users alone read the copy %q", p.userCopy)
+	}
 	x = st2.hours[d0+5*3600]
 	x.UserCopy = 0
 	st2.hours[d0+5*3600] = x
@@ -1174,8 +1189,12 @@ func TestTopGroups(t *testing.T) {
 	}
 	f := withGroups(UsageFilter{Source: "batch"}, GroupBy{Bucket: BucketDay, Model: true, User: true}, want)
 	got := strings.Join(usageFilters(f, "model", "user_id", "source", "batch_id"), " AND ")
-	if w := `source = 'batch' AND (model, user_id) IN (('m1', 'o\'brien'), ('m2', 'ann'))`; got != w {
+	if w := `source = 'batch' AND (model, user_id) IN (('m1', 'o\'brien'), ('m2', 'ann')) AND user_id IN ('ann', 'o\'brien')`; got != w {
 		t.Fatalf("filters %s\nwant    %s", got, w)
+	}
+	users := withGroups(UsageFilter{}, GroupBy{User: true}, map[usageKey]bool{{user: "ann"}: true, {user: "bob"}: true})
+	if got, w := strings.Join(usageFilters(users, "model", "user_id", "source", "batch_id"), " AND "), `user_id IN ('ann', 'bob')`; got != w {
+		t.Fatalf("filters of users alone %s\nwant    %s", got, w)
 	}
 	long := map[usageKey]bool{}
 	for i := range 400 {
