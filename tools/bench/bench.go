@@ -764,8 +764,10 @@ func (b *bench) report(r *Result) {
 		}
 		b.say("    %-28s %9.1f   (idle %.1f: %.0f%% of the CPUs' time busy)", "busy", m.BusyMicros, m.IdleMicros, 100*m.BusyMicros/(m.BusyMicros+m.IdleMicros))
 		if m.BusyMicros > 0 && r.RawJSPerS > 0 {
-			// every CPU busy at these costs: the most the machine can give
-			ceiling := float64(r.MachineCPUs) * 1e6 / m.BusyMicros
+			// the end-to-end rate had no CPU been idle: the most the
+			// machine can give at these costs (from /proc/stat's own count
+			// of CPUs, whatever this process's affinity)
+			ceiling := r.EndToEndPS * (m.BusyMicros + m.IdleMicros) / m.BusyMicros
 			b.say("    %-28s %9.0f calls/s (ratio %.2f), every CPU busy at these costs", "ceiling", ceiling, ceiling/r.RawJSPerS)
 		}
 	}
