@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/callpipe/callpipe/bus"
+	chsink "github.com/callpipe/callpipe/sinks/clickhouse"
 )
 
 // ClickHouse configures the ClickHouse sink, `callpipe migrate` and the usage queries.
@@ -66,7 +67,7 @@ func (c *Config) SealAfter() time.Duration {
 func defaultClickHouse() ClickHouse {
 	return ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default",
 		Consumer: bus.StageOf(bus.StageClickHouse).Consumer, Subject: bus.StageOf(bus.StageClickHouse).Subject,
-		BatchSize: 50000, BatchBytes: 32 << 20, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
+		BatchSize: chsink.DefaultBatchCalls, BatchBytes: chsink.DefaultBatchBytes, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
 		AckWait: Duration(2 * time.Minute), RetentionInterval: Duration(time.Hour),
 		Rollup: ClickHouseRollup{Interval: Duration(30 * time.Second), Lease: Duration(30 * time.Second),
 			SliceRows: 4_000_000, Grace: Duration(10 * time.Minute)},

@@ -21,11 +21,20 @@ import (
 	"github.com/callpipe/callpipe/store/callsdb"
 )
 
+// The sink's batches: DefaultBatchCalls calls or DefaultBatchBytes of
+// messages. Each INSERT is one part, which ClickHouse merges again in the
+// background: at 8 MiB an 8 KB call cost clickhouse-server 95-209 µs, at 32
+// MiB 71-92 (README, "Benchmarks").
+const (
+	DefaultBatchCalls = 50000
+	DefaultBatchBytes = 32 << 20
+)
+
 // SinkConfig configures the JetStream side of the sink.
 type SinkConfig struct {
 	// Config is the runner's. Stream, Consumer and FilterSubject default to
 	// the clickhouse stage's row of the bus topology (tests use their own);
-	// Batch to 50,000 calls, 32 MiB, 1s and the output's MaxInFlight; AckWait
+	// Batch to DefaultBatchCalls, DefaultBatchBytes, 1s and the output's MaxInFlight; AckWait
 	// to 2m, and an insert taking longer than AckWait/2 is abandoned and its
 	// batch nak'ed; DrainTimeout (30s) bounds the last flush on shutdown.
 	sinks.Config
@@ -69,11 +78,8 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	rc := cfg.Config
 	rc.Stage, rc.Description, rc.Destination = bus.StageClickHouse, "callpipe ClickHouse sink", "clickhouse"
 	b := &rc.Batch
-	b.Count = defaults.IfNotPositive(b.Count, 50000)
-	// Each INSERT is one part, and ClickHouse merges parts again in the
-	// background: at 8 MiB an 8 KB call cost clickhouse-server 95-209 µs, at
-	// 32 MiB 71-92 (README, "Benchmarks").
-	b.Bytes = defaults.IfNotPositive(b.Bytes, 32<<20)
+	b.Count = defaults.IfNotPositive(b.Count, DefaultBatchCalls)
+	b.Bytes = defaults.IfNotPositive(b.Bytes, DefaultBatchBytes)
 	b.MaxInFlight = defaults.IfNotPositive(b.MaxInFlight, out.cfg.MaxInFlight)
 	rc.AckWait = defaults.IfNotPositive(rc.AckWait, 2*time.Minute)
 	// every batch in flight, the one being filled and the client's buffer

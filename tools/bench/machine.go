@@ -71,28 +71,30 @@ func sampleMachine() (machineSample, bool) {
 // /proc/<pid>/stat line. Kernel workers rename themselves after the work
 // they run ("kworker/0:1-events"): they are one name, "kworker".
 func statProc(stat string) (procCPU, error) {
+	// the command (field 2) is in parentheses and may hold spaces
 	open, end := strings.IndexByte(stat, '('), strings.LastIndexByte(stat, ')')
 	if open < 0 || end < open {
 		return procCPU{}, errors.New("/proc stat: no command field")
 	}
-	secs, err := statCPUSeconds(stat)
-	if err != nil {
-		return procCPU{}, err
-	}
-	// after the command: state is field 3, starttime 22
+	// after the command: state is field 3, utime 14, stime 15, starttime 22
 	f := strings.Fields(stat[end+1:])
 	if len(f) < 20 {
 		return procCPU{}, fmt.Errorf("/proc stat: %d fields after the command", len(f))
 	}
-	started, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return procCPU{}, fmt.Errorf("/proc stat starttime: %w", err)
+	var n [3]uint64
+	for i, field := range [...]string{f[11], f[12], f[19]} {
+		v, err := strconv.ParseUint(field, 10, 64)
+		if err != nil {
+			return procCPU{}, fmt.Errorf("/proc stat: %w", err)
+		}
+		n[i] = v
 	}
 	comm := stat[open+1 : end]
 	if strings.HasPrefix(comm, "kworker/") {
 		comm = "kworker"
 	}
-	return procCPU{comm: comm, started: started, seconds: secs}, nil
+	// ticks of 1/100 s (USER_HZ, what /proc reports on Linux)
+	return procCPU{comm: comm, started: n[2], seconds: float64(n[0]+n[1]) / 100}, nil
 }
 
 // machineCPUSeconds is the first line of /proc/stat (every CPU summed):

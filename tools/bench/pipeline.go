@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -346,26 +345,8 @@ func (b *bench) natsCPUSeconds() float64 {
 	return sum
 }
 
-// statCPUSeconds is utime + stime of a /proc/<pid>/stat line, in clock
-// ticks of 1/100 s (USER_HZ, what /proc reports on Linux).
+// statCPUSeconds is utime + stime of a /proc/<pid>/stat line, in seconds.
 func statCPUSeconds(stat string) (float64, error) {
-	// the command (field 2) is in parentheses and may hold spaces
-	i := strings.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, errors.New("/proc stat: no command field")
-	}
-	f := strings.Fields(stat[i+1:])
-	// after the command: state is field 3, utime 14, stime 15
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc stat: %d fields after the command", len(f))
-	}
-	var ticks float64
-	for _, s := range f[11:13] {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc stat: %w", err)
-		}
-		ticks += float64(v)
-	}
-	return ticks / 100, nil
+	p, err := statProc(stat)
+	return p.seconds, err
 }
