@@ -304,29 +304,38 @@ func checkRollupUsageIn(t *testing.T, conn driver.Conn, db string, o rollupOracl
 				s.Filter.Source, s.Filter.BatchID = "batch", fmt.Sprintf("batch-%d", from.Add(24*time.Hour).Unix()/86400)
 			}
 			t0 := time.Now()
-			got, err := callsdb.UsageOf(ctx, conn, db, s)
-			if err != nil {
-				t.Fatalf("%s: usage %s %s: %v", what, g, loc, err)
-			}
+			sealed += checkUsageSpec(ctx, t, conn, db, o, s, loc, what)
 			worst = max(worst, time.Since(t0))
-			want := o.usage(s, loc)
-			if len(got) != len(want) {
-				t.Fatalf("%s: usage %s %s %+v: %d rows, want %d", what, g, loc, s.Filter, len(got), len(want))
-			}
-			for _, r := range got {
-				if r.Histogram {
-					sealed++
-				}
-				w, ok := want[oracleKey(g, r.Bucket, r.Model, r.UserID, r.Source)]
-				if !ok || r.Calls != w.calls || r.Errors != w.errors || r.InputTokens != w.in || r.OutputTokens != w.out ||
-					r.TotalTokens != w.total || r.TTFTCalls != w.ttftCalls || math.Abs(r.CostUSD-w.cost) > 1e-9*math.Max(1, math.Abs(w.cost)) {
-					t.Fatalf("%s: usage %s %s %+v row %s/%s/%s/%s:\n got  %+v\n want %+v (found %v)", what, g, loc, s.Filter,
-						r.Bucket, r.Model, r.UserID, r.Source, r, w, ok)
-				}
-			}
 		}
 	}
 	t.Logf("%s: every grouping equals the oracle (%d rows from sealed rollups; slowest answer %s, all in %s)", what, sealed, worst.Round(time.Millisecond), time.Since(began).Round(time.Second))
+	return sealed
+}
+
+// checkUsageSpec compares the answer to s (buckets in loc) with the
+// oracle's, row for row; it returns the rows read from sealed rollups.
+func checkUsageSpec(ctx context.Context, t *testing.T, conn driver.Conn, db string, o rollupOracle, s callsdb.UsageSpec, loc *time.Location, what string) (sealed int) {
+	t.Helper()
+	g := s.Group
+	got, err := callsdb.UsageOf(ctx, conn, db, s)
+	if err != nil {
+		t.Fatalf("%s: usage %s %s: %v", what, g, loc, err)
+	}
+	want := o.usage(s, loc)
+	if len(got) != len(want) {
+		t.Fatalf("%s: usage %s %s %+v: %d rows, want %d", what, g, loc, s.Filter, len(got), len(want))
+	}
+	for _, r := range got {
+		if r.Histogram {
+			sealed++
+		}
+		w, ok := want[oracleKey(g, r.Bucket, r.Model, r.UserID, r.Source)]
+		if !ok || r.Calls != w.calls || r.Errors != w.errors || r.InputTokens != w.in || r.OutputTokens != w.out ||
+			r.TotalTokens != w.total || r.TTFTCalls != w.ttftCalls || math.Abs(r.CostUSD-w.cost) > 1e-9*math.Max(1, math.Abs(w.cost)) {
+			t.Fatalf("%s: usage %s %s %+v row %s/%s/%s/%s:\n got  %+v\n want %+v (found %v)", what, g, loc, s.Filter,
+				r.Bucket, r.Model, r.UserID, r.Source, r, w, ok)
+		}
+	}
 	return sealed
 }
 
@@ -408,7 +417,8 @@ func checkHistogramBound(t *testing.T, conn driver.Conn, db string, days ...time
 }
 
 // checkHistogramSpec checks one usage read's quantiles against exact ones
-// (quantilesExact over the calls collapsed by id, grouped the same way).
+// (quantilesExact over the calls collapsed by id, grouped the same way: by
+// its time buckets, or none, and its model and user keys).
 func checkHistogramSpec(ctx context.Context, t *testing.T, conn driver.Conn, db string, s callsdb.UsageSpec) int {
 	t.Helper()
 	got, err := callsdb.UsageOf(ctx, conn, db, s)
@@ -423,18 +433,25 @@ func checkHistogramSpec(ctx context.Context, t *testing.T, conn driver.Conn, db 
 	if s.Group.User {
 		user = "u"
 	}
-	bucket := "toStartOfDay"
-	if s.Group.Bucket == callsdb.BucketHour {
-		bucket = "toStartOfHour"
+	bucket := fmt.Sprintf("toUnixTimestamp(toStartOfDay(st, '%s'))", tz)
+	switch s.Group.Bucket {
+	case callsdb.BucketHour:
+		bucket = fmt.Sprintf("toUnixTimestamp(toStartOfHour(st, '%s'))", tz)
+	case callsdb.BucketNone:
+		bucket = "toUInt32(0)"
 	}
-	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT toUnixTimestamp(%s(st, '%s')) AS b, m, %s AS uk,
+	model := "m"
+	if !s.Group.Model {
+		model = "''"
+	}
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT %s AS b, %s AS mk, %s AS uk,
     arrayMap(x -> toFloat64(x), quantilesExact(0.5, 0.95, 0.99)(lat)),
     arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95, 0.99)(tt, ht = 1))
 FROM (SELECT id, argMax(start_time, version) AS st, argMax(model, version) AS m, argMax(user_id, version) AS u,
         argMax(latency_ms, version) AS lat, argMax(ifNull(ttft_ms, 0), version) AS tt,
         argMax(toUInt8(isNotNull(ttft_ms)), version) AS ht
     FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC') GROUP BY id)
-GROUP BY b, m, uk`, bucket, tz, user, db, s.From.Unix(), s.To.Unix()))
+GROUP BY b, mk, uk`, bucket, model, user, db, s.From.Unix(), s.To.Unix()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +480,11 @@ GROUP BY b, m, uk`, bucket, tz, user, db, s.From.Unix(), s.To.Unix()))
 		if !r.Histogram {
 			t.Fatalf("%s %s from %s: not read from the sealed rollups", s.Group, tz, s.From)
 		}
-		e, ok := exact[key{uint32(r.Bucket.Unix()), r.Model, r.UserID}]
+		b := uint32(0) // a read without time buckets: one bucket
+		if !r.Bucket.IsZero() {
+			b = uint32(r.Bucket.Unix())
+		}
+		e, ok := exact[key{b, r.Model, r.UserID}]
 		if !ok {
 			t.Fatalf("%s %s: group %s/%s/%s has no exact counterpart", s.Group, tz, r.Bucket, r.Model, r.UserID)
 		}

@@ -258,3 +258,145 @@ func sealVersions(ctx context.Context, t *testing.T, conn driver.Conn, db, grain
 	}
 	return got
 }
+
+// TestRollupFourWeeks: four weeks (28 days from a UTC midnight, or from a
+// midnight of a zone in clickhouse.rollup.zones) are sealed from their day
+// seals' rows per user alone, and a month's read grouped by user alone reads
+// one row per user for them instead of weeks and days. A late call into one
+// of their days makes them unreadable until they are sealed again; every
+// answer stays exact, and percentiles stay within the histogram's bound.
+func TestRollupFourWeeks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	ny := loadZone(t, "America/New_York")
+	from := time.Date(2026, 10, 20, 0, 0, 0, 0, time.UTC)
+	to := time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
+	out, db := chTestDB(t)
+	conn := out.Conn()
+	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 60_000, From: from, Span: to.Sub(from), Models: 4, Users: 20, DuplicatePercent: 3, Seed: 37})
+	sealer := &callsdb.Sealer{Conn: conn, Database: db, Zones: []*time.Location{ny}}
+	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
+		t.Fatal(err)
+	}
+	// UTC: from Oct 20 to 24 (the last ends on Nov 21); New York: from its
+	// Oct 20 to 23 (each over Nov 1, when daylight saving ends: 673 hours)
+	seals := sealVersions(ctx, t, conn, db, "10, 11, 12, 13")
+	want := map[string][2]time.Time{}
+	for d := 20; d <= 24; d++ {
+		start := time.Date(2026, 10, d, 0, 0, 0, 0, time.UTC)
+		want["10@"+start.Format("01-02T15")] = [2]time.Time{start, start.AddDate(0, 0, 28)}
+	}
+	for d := 20; d <= 23; d++ {
+		start := time.Date(2026, 10, d, 0, 0, 0, 0, ny)
+		want["13@"+start.UTC().Format("01-02T15")] = [2]time.Time{start, start.AddDate(0, 0, 28)}
+	}
+	if len(seals) != len(want) {
+		t.Errorf("four weeks sealed: %v, want %d", seals, len(want))
+	}
+	if st := rollupStatus(ctx, t, conn, db); st.SealedFourWeeks != len(seals) || st.WithoutModelCopy != 0 {
+		t.Errorf("status: %d four weeks sealed (usage_seals has %d), %d seals without model copy", st.SealedFourWeeks, len(seals), st.WithoutModelCopy)
+	}
+	// each one's rows hold each of its calls once, per user alone only
+	for key, span := range want {
+		v, ok := seals[key]
+		if !ok {
+			t.Fatalf("four weeks %s not sealed (sealed: %v)", key, seals)
+		}
+		var in, calls, other uint64
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(uniqExact(id)) FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC')",
+			db, span[0].Unix(), span[1].Unix())).Scan(&in); err != nil {
+			t.Fatal(err)
+		}
+		grain := key[:2]
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(sumIf(calls, by_user = 4 AND model = '' AND source = '')), toUInt64(countIf(by_user != 4)) FROM %s.usage_rollup WHERE grain = %s AND period = toDateTime(%d, 'UTC') AND version = %d",
+			db, grain, span[0].Unix(), v)).Scan(&calls, &other); err != nil {
+			t.Fatal(err)
+		}
+		if calls != in || in == 0 || other != 0 {
+			t.Errorf("four weeks %s: %d calls per user alone, want %d; %d rows at other levels", key, calls, in, other)
+		}
+	}
+
+	// a month grouped by user alone: exact, percentiles within the bound,
+	// and one four-week row per user is what it reads (a marker row added
+	// to the UTC four weeks from Oct 21 is counted by that read only)
+	// (its whole days are those four weeks' alone)
+	month := [2]time.Time{time.Date(2026, 10, 20, 13, 0, 0, 0, time.UTC), time.Date(2026, 11, 18, 13, 0, 0, 0, time.UTC)}
+	nyMonth := [2]time.Time{time.Date(2026, 10, 20, 0, 0, 0, 0, ny), time.Date(2026, 11, 19, 0, 0, 0, 0, ny)}
+	users := callsdb.GroupBy{User: true}
+	check := func(what string) {
+		t.Helper()
+		for _, s := range []callsdb.UsageSpec{
+			{From: month[0], To: month[1], Group: users},
+			{From: month[0], To: month[1], Group: users, SkipPercentiles: true},
+			{From: nyMonth[0], To: nyMonth[1], Group: users, TZ: ny.String()},
+		} {
+			loc := time.UTC
+			if s.TZ != "" {
+				loc = ny
+			}
+			if sealed := checkUsageSpec(ctx, t, conn, db, o, s, loc, what); sealed == 0 && !s.SkipPercentiles {
+				t.Fatalf("%s: %+v read no sealed rows", what, s)
+			}
+			if !s.SkipPercentiles {
+				checkHistogramSpec(ctx, t, conn, db, s)
+			}
+		}
+		checkRollupUsageIn(t, conn, db, o, month[0], month[1], what, 2, time.UTC, ny)
+	}
+	check("four weeks sealed")
+	marked := time.Date(2026, 10, 21, 0, 0, 0, 0, time.UTC)
+	markedKey := "10@" + marked.Format("01-02T15")
+	if err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.usage_rollup (grain, by_user, period, model, user_id, source, batch_id, version, calls)
+SELECT toUInt8(10), toUInt8(4), toDateTime(%d, 'UTC'), '', 'user-marker', '', '', toUInt64(%d), toUInt64(7)`, db, marked.Unix(), seals[markedKey])); err != nil {
+		t.Fatal(err)
+	}
+	if !userMarked(ctx, t, conn, db, month[0], month[1], users) {
+		t.Fatalf("a month per user does not read the four weeks from %s", marked.Format(time.DateOnly))
+	}
+	if userMarked(ctx, t, conn, db, month[0], month[1], callsdb.GroupBy{Model: true, User: true}) {
+		t.Fatalf("a month per model and user reads four weeks")
+	}
+
+	// late calls into Nov 2, re-attributed to another user: every four
+	// weeks over that day is stale until the day and they are sealed again
+	day := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+	if err := conn.Exec(ctx, copyCallsSQL(db, "'user-reattributed'", 10, day, day.Add(4*time.Hour), "cityHash64(id) % 5 = 0")); err != nil {
+		t.Fatal(err)
+	}
+	var hours []int64
+	for h := day; h.Before(day.Add(4 * time.Hour)); h = h.Add(time.Hour) {
+		hours = append(hours, h.Unix())
+	}
+	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, hours, "test re-attribution", time.Now().Add(-callsdb.ClockSkew+time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	o.loadDays(t, conn, db, day, day.Add(24*time.Hour))
+	if userMarked(ctx, t, conn, db, month[0], month[1], users) {
+		t.Fatalf("the four weeks over a day with late calls are read")
+	}
+	check("late calls, not sealed again yet")
+	time.Sleep(2 * time.Second)
+	res, err := sealer.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5 UTC and 4 New York four weeks hold Nov 2, and the pass's empty
+	// hours up to now complete more: a pass seals at most 8 with calls,
+	// newest first, the next passes the rest
+	if res.Resealed < 4 || res.FourWeeksSealed != 8 {
+		t.Fatalf("pass after late data: %+v, want the 4 late hours and 8 four weeks sealed", res)
+	}
+	for pass := 2; res.FourWeeksSealed > 0; pass++ {
+		if res, err = sealer.Pass(ctx); err != nil || pass > 20 {
+			t.Fatalf("pass %d: %+v (%v)", pass, res, err)
+		}
+	}
+	again := sealVersions(ctx, t, conn, db, "10, 11, 12, 13")
+	for key, v := range seals {
+		if again[key] <= v {
+			t.Errorf("four weeks %s: version %d, was %d: not sealed again", key, again[key], v)
+		}
+	}
+	check("late calls sealed again")
+}

@@ -18,18 +18,30 @@ import (
 // summed from its seven UTC day seals, for reads without time buckets; a
 // local week (seven days of a configured zone from a local Thursday, when
 // they are not a UTC week) from its seven day seals, local or UTC, with a
-// grain per length (167, 168 or 169 hours) as local days have.
+// grain per length (167, 168 or 169 hours) as local days have. Four weeks
+// (28 days from any midnight, UTC or of a configured zone, with a grain per
+// length from 671 to 673 hours) are summed from their 28 day seals at
+// levelUserOverModels only: a read grouped by user alone weighs one row per
+// user for most of a month instead of four week rows and the days around
+// them.
 const (
-	grainHour         uint8 = 1
-	grainDay          uint8 = 2 // a UTC day
-	grainLocalDay23   uint8 = 3
-	grainLocalDay24   uint8 = 4
-	grainLocalDay25   uint8 = 5
-	grainWeek         uint8 = 6 // seven UTC days from a Thursday: Unix time rounded down to weekSeconds
-	grainLocalWeek167 uint8 = 7
-	grainLocalWeek168 uint8 = 8
-	grainLocalWeek169 uint8 = 9
+	grainHour              uint8 = 1
+	grainDay               uint8 = 2 // a UTC day
+	grainLocalDay23        uint8 = 3
+	grainLocalDay24        uint8 = 4
+	grainLocalDay25        uint8 = 5
+	grainWeek              uint8 = 6 // seven UTC days from a Thursday: Unix time rounded down to weekSeconds
+	grainLocalWeek167      uint8 = 7
+	grainLocalWeek168      uint8 = 8
+	grainLocalWeek169      uint8 = 9
+	grainFourWeeks         uint8 = 10 // 28 UTC days from a UTC midnight
+	grainLocalFourWeeks671 uint8 = 11
+	grainLocalFourWeeks672 uint8 = 12
+	grainLocalFourWeeks673 uint8 = 13
 )
+
+// fourWeeksDays is the number of days of a four-week span.
+const fourWeeksDays = 28
 
 // weekSeconds is the length of a week seal (Unix time 0 is a Thursday).
 const weekSeconds = 7 * 86400
@@ -52,6 +64,24 @@ func localWeekGrain(n int64) (uint8, bool) {
 
 // isLocalWeek reports whether grain is a local week's.
 func isLocalWeek(grain uint8) bool { return grain >= grainLocalWeek167 && grain <= grainLocalWeek169 }
+
+// fourWeeksGrain is the grain of four weeks of n hours from a midnight: a
+// UTC span's (utc), or a zone's.
+func fourWeeksGrain(n int64, utc bool) (uint8, bool) {
+	switch {
+	case utc && n == fourWeeksDays*24:
+		return grainFourWeeks, true
+	case !utc && n >= fourWeeksDays*24-1 && n <= fourWeeksDays*24+1:
+		return uint8(n - 660), true
+	}
+	return 0, false
+}
+
+// isFourWeeks reports whether grain is four weeks', UTC or local: seals
+// whose rows exist at levelUserOverModels only.
+func isFourWeeks(grain uint8) bool {
+	return grain >= grainFourWeeks && grain <= grainLocalFourWeeks673
+}
 
 // isErrorSQL is what a stored call's error is, wherever calls are counted or
 // filtered by it: a status of 400 or more, or an error message (the same as
@@ -282,6 +312,23 @@ GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grain, start
 		levelModels, levelUsers, sealRowsWhere(parts))
 }
 
+// sealFourWeeksSQL writes the rows of four weeks (grain, start) at version
+// v: the levelUserOverModels rows of its 28 day seals (parts), summed per
+// user. No other level and no copy: only reads grouped by user alone read
+// them (usagePlan.userOverModels).
+func sealFourWeeksSQL(grain uint8, start int64, v uint64, parts []sealRef) string {
+	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
+SELECT
+    toUInt8(%d), toUInt8(%d), toDateTime(%d, 'UTC'), '', user_id, '', '', toUInt64(%d),
+    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
+    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
+    toUInt64(sum(ttft_calls)),
+    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
+FROM {db}.usage_rollup
+WHERE by_user = %d AND %s
+GROUP BY user_id`, rollupColumns, grain, levelUserOverModels, start, v, levelUserOverModels, sealRowsWhere(parts))
+}
+
 // sealRef names the rows of one seal.
 type sealRef struct {
 	Grain   uint8
@@ -396,11 +443,20 @@ func rollupQueries(sampleFrom time.Time) []string {
 	for i := range days {
 		days[i] = sealRef{Grain: grainDay, Period: week + int64(i)*86400, Version: uint64(2000 + i)}
 	}
+	fourWeeks := make([]sealRef, fourWeeksDays)      // UTC days
+	localFourWeeks := make([]sealRef, fourWeeksDays) // local days and a UTC one
+	for i := range fourWeeks {
+		d := day - int64(fourWeeksDays-i)*86400
+		fourWeeks[i] = sealRef{Grain: grainDay, Period: d, Version: uint64(3000 + i)}
+		localFourWeeks[i] = sealRef{Grain: grainLocalDay24, Period: d + 5*3600, Version: uint64(4000 + i)}
+	}
+	localFourWeeks[3] = sealRef{Grain: grainDay, Period: day - (fourWeeksDays-3)*86400, Version: 4100}
 	out := []string{
 		sealHoursSQL(hours[:1], 0, 1), sealHoursSQL(hours[:1], 1, 3), sealHoursSQL(gappy, 0, 1), sealSummedSQL(gappy, levelModels), sealSummedSQL(gappy, levelUserOverModels), sealModelTotalsSQL(gappy),
 		sealSummedSQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}, levelUserTotals),
 		sealSummedSQL([]sealRef{{Grain: grainWeek, Period: week, Version: 12}}, levelUserOverModels),
 		sealSpanSQL(grainDay, day, 9, hours), sealSpanSQL(grainLocalDay23, day, 11, hours[:23]), sealSpanSQL(grainWeek, week, 12, days),
+		sealFourWeeksSQL(grainFourWeeks, day-fourWeeksDays*86400, 14, fourWeeks), sealFourWeeksSQL(grainLocalFourWeeks671, day-fourWeeksDays*86400+5*3600, 15, localFourWeeks),
 		sealUserCopySQL(gappy), sealUserCopySQL([]sealRef{{Grain: grainDay, Period: day, Version: 9}, {Grain: grainLocalDay23, Period: day, Version: 11}}),
 		sealModelCopySQL(gappy), sealModelCopySQL([]sealRef{{Grain: grainWeek, Period: week, Version: 12}}),
 		sealsQuery(h, h+86400), dirtyQuery(h, h+86400), sealCallRowsQuery(gappy), sealCallsQuery(gappy),

@@ -1,6 +1,7 @@
 package callsdb
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"iter"
@@ -329,21 +330,43 @@ func (s *Sealer) sealSpan(ctx context.Context, x Seal, parts []Seal) error {
 	return s.record(ctx, x)
 }
 
-// spanSeal is the record of a span (day or week) summed from parts at
-// version v.
+// spanSeal is the record of a span (day, week or four weeks) summed from
+// parts at version v.
 func spanSeal(grain uint8, start int64, v uint64, parts []Seal) Seal {
 	seal := Seal{Grain: grain, Period: start, Version: v, HourVersions: make([]uint64, len(parts))}
 	for i, h := range parts {
 		seal.HourVersions[i] = h.Version
 		seal.Calls += h.Calls
 	}
+	seal.setRecorded()
 	return seal
 }
 
+// setRecorded sets x's flags to what this release writes for its grain:
+// every seal has its copies (user_copy = 2, model_copy = 1) and its rows
+// per user alone; days and weeks their totals per user, hours their totals
+// per model; four weeks have their rows per user alone and nothing else.
+func (x *Seal) setRecorded() {
+	x.UserCopy, x.UserTotals, x.ModelTotals, x.ModelCopy, x.UserOverModels = userCopyCurrent, true, false, true, true
+	switch {
+	case x.Grain == grainHour:
+		x.UserTotals, x.ModelTotals = false, true
+	case isFourWeeks(x.Grain):
+		x.UserCopy, x.UserTotals, x.ModelCopy = 0, false, false
+	}
+}
+
+// flag is a usage_seals flag column's value.
+func flag(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // record writes seal records (after their rows, the copies of those keyed by
-// user and without users, and the totals per user: every seal recorded here
-// has them, so user_copy = 1, model_copy = 1, user_over_models = 1,
-// user_totals = 1 for days and weeks, model_totals = 1 for hours).
+// user and without users, and the totals per user), with the flags of what
+// this release writes (setRecorded).
 func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 	if len(seals) == 0 {
 		return nil
@@ -362,11 +385,8 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 		if hv == nil {
 			hv = []uint64{}
 		}
-		span, modelTotals := uint8(1), uint8(0)
-		if x.Grain == grainHour {
-			span, modelTotals = 0, 1
-		}
-		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, userCopyCurrent, span, modelTotals, uint8(1), uint8(1)); err != nil {
+		x.setRecorded()
+		if err := b.Append(x.Grain, unixUTC(x.Period), x.Version, x.Calls, hv, at, x.UserCopy, flag(x.UserTotals), flag(x.ModelTotals), flag(x.ModelCopy), flag(x.UserOverModels)); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("record %d seals: %w", len(seals), err)
 		}
@@ -379,13 +399,14 @@ func (s *Sealer) record(ctx context.Context, seals ...Seal) error {
 
 // PassResult is what one Pass did.
 type PassResult struct {
-	SealableBefore time.Time // hours before it are sealed now (unless an error says otherwise)
-	HoursSealed    int       // hours with calls computed
-	EmptyHours     int       // hours without calls recorded as sealed
-	Resealed       int       // dirty hours among HoursSealed
-	DaysSealed     int
-	WeeksSealed    int
-	Deleted        int // superseded seals whose rows were deleted
+	SealableBefore  time.Time // hours before it are sealed now (unless an error says otherwise)
+	HoursSealed     int       // hours with calls computed
+	EmptyHours      int       // hours without calls recorded as sealed
+	Resealed        int       // dirty hours among HoursSealed
+	DaysSealed      int
+	WeeksSealed     int
+	FourWeeksSealed int
+	Deleted         int // superseded seals whose rows were deleted
 	// SealedThrough: every hour before it is sealed and clean; DirtyHours
 	// are hours still read from per-call rows because late calls were
 	// marked within ClockSkew of their new seal (sealed again next pass).
@@ -428,7 +449,8 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	lo = floorTo(lo, 86400)
 	daysFrom, daysTo := daysAround(lo, due)
 	weeksFrom, weeksTo := weeksAround(daysFrom, daysTo)
-	st, err := loadSeals(ctx, s.Conn, s.Database, weeksFrom, weeksTo)
+	loadFrom, loadTo := fourWeeksAround(daysFrom, daysTo)
+	st, err := loadSeals(ctx, s.Conn, s.Database, min(weeksFrom, loadFrom), max(weeksTo, loadTo))
 	if err != nil {
 		return res, err
 	}
@@ -494,6 +516,12 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 		if res.WeeksSealed, err = s.sealWeeks(ctx, st, weeksFrom, due); err != nil {
 			return res, err
 		}
+	}
+	// every pass: four weeks are sealed a few at a time, newest first, so
+	// that a first pass over a long history (or a day sealed again, which
+	// changes 28 of them) does not hold back the hours of the next pass
+	if res.FourWeeksSealed, err = s.sealFourWeeks(ctx, st, loadFrom, due, fourWeeksPerPass); err != nil {
+		return res, err
 	}
 	s.watermark = due
 	res.SealedThrough = unixUTC(due)
@@ -608,6 +636,108 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 	return n + len(empty), nil
 }
 
+// fourWeeksPerPass is how many four weeks with calls a Pass seals at most
+// (each sums 28 days' rows per user: about a second at 10 M calls a month).
+const fourWeeksPerPass = 8
+
+// fourWeeksAround is the range of seals four weeks holding a day of
+// [from, to) sum: 28 days and one (a zone's four weeks start up to a day
+// before the UTC day of their first hour) on either side.
+func fourWeeksAround(from, to int64) (int64, int64) {
+	return from - (fourWeeksDays+1)*86400, to + (fourWeeksDays+1)*86400
+}
+
+// fourWeekSpan is four weeks to seal or read: 28 UTC days from a UTC
+// midnight, or 28 days of a zone from a local midnight; [start, end) in
+// Unix seconds.
+type fourWeekSpan struct {
+	grain      uint8
+	start, end int64
+	days       [fourWeeksDays][2]int64
+}
+
+// fourWeekSpans are the four weeks lying whole in [from, to): with loc
+// nil the UTC ones, from every UTC midnight; else loc's, from every local
+// midnight, that are not UTC ones and whose days each start and end on
+// whole UTC hours (what their seals sum: each day's seal, a UTC day's where
+// the local day is one, else the local day's).
+func fourWeekSpans(loc *time.Location, from, to int64) []fourWeekSpan {
+	var out []fourWeekSpan
+	if loc == nil {
+		for d := ceilTo(from, 86400); d+fourWeeksDays*86400 <= to; d += 86400 {
+			w := fourWeekSpan{grain: grainFourWeeks, start: d, end: d + fourWeeksDays*86400}
+			for i := range w.days {
+				w.days[i] = [2]int64{d + int64(i)*86400, d + int64(i+1)*86400}
+			}
+			out = append(out, w)
+		}
+		return out
+	}
+	y, m, d := unixUTC(from).In(loc).Date()
+	for ; ; d++ {
+		w := fourWeekSpan{start: time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), end: time.Date(y, m, d+fourWeeksDays, 0, 0, 0, 0, loc).Unix()}
+		if w.end > to {
+			return out
+		}
+		var ok bool
+		w.grain, ok = fourWeeksGrain((w.end-w.start)/3600, false)
+		ok = ok && w.start >= from && !(w.start%86400 == 0 && w.end-w.start == fourWeeksDays*86400)
+		for i := range w.days {
+			start, end := time.Date(y, m, d+i, 0, 0, 0, 0, loc).Unix(), time.Date(y, m, d+i+1, 0, 0, 0, 0, loc).Unix()
+			w.days[i] = [2]int64{start, end}
+			_, whole := localDayGrain((end - start) / 3600)
+			ok = ok && whole && start%3600 == 0 && end%3600 == 0
+		}
+		if ok {
+			out = append(out, w)
+		}
+	}
+}
+
+// sealFourWeeks seals the four weeks (UTC, and of each zone) lying in
+// [from, to) whose 28 days are current over clean hours with their rows per
+// user (UserOverModels) and whose seal is missing or summed other day
+// versions, newest first; at most most of them with calls (0: no limit).
+func (s *Sealer) sealFourWeeks(ctx context.Context, st *sealState, from, to int64, most int) (int, error) {
+	spans := fourWeekSpans(nil, from, to)
+	for _, loc := range s.Zones {
+		spans = append(spans, fourWeekSpans(loc, from, to)...)
+	}
+	slices.SortStableFunc(spans, func(a, b fourWeekSpan) int { return cmp.Compare(b.end, a.end) })
+	n := 0
+	var empty []Seal
+	for _, w := range spans {
+		if most > 0 && n >= most {
+			break
+		}
+		parts, ok := st.spanDays(w.days[:])
+		if !ok || st.dayCurrent(w.grain, w.start, parts) || slices.ContainsFunc(parts, func(x Seal) bool { return !x.UserOverModels }) {
+			continue
+		}
+		seal := spanSeal(w.grain, w.start, s.version(), parts)
+		if seal.Calls > 0 {
+			refs := make([]sealRef, len(parts))
+			for i, x := range parts {
+				refs[i] = x.ref()
+			}
+			if err := s.exec(ctx, sealFourWeeksSQL(w.grain, w.start, seal.Version, refs)); err != nil {
+				return n, fmt.Errorf("seal four weeks from %s: %w", unixUTC(w.start), err)
+			}
+			if err := s.record(ctx, seal); err != nil {
+				return n, err
+			}
+			n++
+		} else {
+			empty = append(empty, seal)
+		}
+		st.setDay(seal)
+	}
+	if err := s.record(ctx, empty...); err != nil {
+		return n, err
+	}
+	return n + len(empty), nil
+}
+
 // weeksAround widens [from, to) to whole weeks, and a week before: what
 // sealWeeks needs loaded (a local week east of UTC starts before its UTC
 // week).
@@ -713,17 +843,22 @@ func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(
 	}
 	daysFrom, daysTo := daysAround(lo, hi)
 	weeksFrom, weeksTo := weeksAround(daysFrom, daysTo)
-	st, err := loadSeals(ctx, s.Conn, s.Database, weeksFrom, weeksTo)
+	loadFrom, loadTo := fourWeeksAround(daysFrom, daysTo)
+	loadFrom, loadTo = min(weeksFrom, loadFrom), max(weeksTo, loadTo)
+	st, err := loadSeals(ctx, s.Conn, s.Database, loadFrom, loadTo)
 	if err != nil {
 		return sealed, notBefore, err
 	}
-	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, weeksFrom, weeksTo); err != nil {
+	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, loadFrom, loadTo); err != nil {
 		return sealed, notBefore, err
 	}
 	if _, err := s.sealDays(ctx, st, daysFrom, min(daysTo, due)); err != nil {
 		return sealed, notBefore, err
 	}
 	if _, err := s.sealWeeks(ctx, st, weeksFrom, min(weeksTo, due)); err != nil {
+		return sealed, notBefore, err
+	}
+	if _, err := s.sealFourWeeks(ctx, st, loadFrom, min(loadTo, due), 0); err != nil {
 		return sealed, notBefore, err
 	}
 	return sealed, notBefore, nil
@@ -919,9 +1054,9 @@ func (st *sealState) spanDays(days [][2]int64) ([]Seal, bool) {
 	return out, true
 }
 
-// currentWeek returns the seal of the week (grain, start), UTC or local,
-// if it summed exactly the current seals of its days.
-func (st *sealState) currentWeek(grain uint8, start int64, days [][2]int64) (Seal, bool) {
+// currentSpan returns the seal of the week or four weeks (grain, start),
+// UTC or local, if it summed exactly the current seals of its days.
+func (st *sealState) currentSpan(grain uint8, start int64, days [][2]int64) (Seal, bool) {
 	parts, ok := st.spanDays(days)
 	if !ok || !st.dayCurrent(grain, start, parts) {
 		return Seal{}, false
@@ -1063,10 +1198,13 @@ type RollupStatus struct {
 	SealedWeeks    int       `json:"sealed_weeks"`
 	// SealedLocalDays and SealedLocalWeeks count the sealed days and weeks
 	// of the zones in clickhouse.rollup.zones that are not UTC ones.
-	SealedLocalDays  int         `json:"sealed_local_days"`
-	SealedLocalWeeks int         `json:"sealed_local_weeks"`
-	Unsealed         []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
-	Dirty            []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
+	SealedLocalDays  int `json:"sealed_local_days"`
+	SealedLocalWeeks int `json:"sealed_local_weeks"`
+	// SealedFourWeeks counts the four weeks sealed (28 days from a UTC or a
+	// zone's midnight, rows per user alone).
+	SealedFourWeeks int         `json:"sealed_four_weeks"`
+	Unsealed        []time.Time `json:"unsealed_hours"` // due hours with calls and no seal
+	Dirty           []time.Time `json:"dirty_hours"`    // sealed hours with newer late calls
 	// WithoutUserCopy counts current seals (hours and days) recorded before
 	// migration 0009, without their rows in usage_rollup_user_copy: reads
 	// filtered by user over them are slower until `rollup rebuild` (those
@@ -1119,9 +1257,12 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	}
 	out.SealedHours, out.SealedDays, out.SealedWeeks = len(st.hours), len(st.days), len(st.weeks)
 	for k := range st.localDays {
-		if isLocalWeek(k.grain) {
+		switch {
+		case isFourWeeks(k.grain):
+			out.SealedFourWeeks++
+		case isLocalWeek(k.grain):
 			out.SealedLocalWeeks++
-		} else {
+		default:
 			out.SealedLocalDays++
 		}
 	}
@@ -1135,7 +1276,7 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 		if !x.UserOverModels && x.Grain == grainHour {
 			out.WithoutUserTotals++
 		}
-		if !x.ModelCopy {
+		if !x.ModelCopy && !isFourWeeks(x.Grain) {
 			out.WithoutModelCopy++
 		}
 	}

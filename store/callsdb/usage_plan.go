@@ -63,8 +63,22 @@ type usagePlan struct {
 // every model and user has calls every day, about as many as a day's).
 const dayRowHours = 2
 
-// planUsage plans s over the seals and dirty marks in st.
+// planUsage plans s over the seals and dirty marks in st. A read grouped
+// by user alone may read four weeks (rows per user alone only): when
+// another seal of its plan has no rows per user alone, the read is at
+// another level, and it is planned again without them.
 func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
+	fourWeeks := s.Group.User && !s.Group.Model && !s.Group.Source && s.Group.Bucket == BucketNone &&
+		s.Filter.Model == "" && s.Filter.User == "" && s.Filter.Source == "" && s.Filter.BatchID == "" && !s.Filter.only.fewUsers()
+	p := planUsageOf(s, st, loc, fourWeeks)
+	if fourWeeks && !p.userOverModels && slices.ContainsFunc(p.rollup, func(r sealRef) bool { return isFourWeeks(r.Grain) }) {
+		p = planUsageOf(s, st, loc, false)
+	}
+	return p
+}
+
+// planUsageOf is planUsage with or without four weeks.
+func planUsageOf(s UsageSpec, st *sealState, loc *time.Location, fourWeeks bool) usagePlan {
 	from, to := s.From.Unix(), s.To.Unix()
 	p := usagePlan{byUser: s.Group.User || s.Filter.User != "" || s.Filter.BatchID != ""}
 	addCalls := func(a, b int64) {
@@ -84,7 +98,7 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	}
 	addCalls(from, first)
 	if s.Group.Bucket == BucketNone {
-		planUnbucketed(&p, st, loc, first, last, mayTrimDays(s), addCalls)
+		planUnbucketed(&p, st, loc, first, last, mayTrimDays(s), fourWeeks, addCalls)
 	} else {
 		planBucketed(&p, s, st, loc, first, last, addCalls)
 	}
@@ -109,7 +123,9 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 	for _, r := range read {
 		x, _ := st.current(r.Grain, r.Period)
 		if r.Grain != grainHour {
-			p.userTotals = p.userTotals && x.UserTotals
+			// four weeks have rows per user alone only, and are planned
+			// only where every other seal has them too
+			p.userTotals = p.userTotals && (x.UserTotals || isFourWeeks(r.Grain))
 			p.userOverModels = p.userOverModels && x.UserOverModels
 		} else if p.userOverModels && x.UserOverModels {
 			if p.summedHours == nil {
@@ -134,12 +150,13 @@ func planUsage(s UsageSpec, st *sealState, loc *time.Location) usagePlan {
 
 // planUnbucketed plans [first, last) (whole hours) of a read without time
 // buckets, where any tiling of the range counts every second once: the
-// cheapest path over the range's hour boundaries whose steps are a week
+// cheapest path over the range's hour boundaries whose steps are four
+// weeks (with fourWeeks: UTC, or of loc), a week
 // row (UTC, or a local week of loc), a UTC or local day row, a UTC day row whose hours outside the range
 // are subtracted (subtract), an hour row, or an hour read per call (not
-// clean). Costs are in hour rows: a week or day row dayRowHours, a
+// clean). Costs are in hour rows: a four-week, week or day row dayRowHours, a
 // subtracted hour one (none when it holds no calls, as it has no rows).
-func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last int64, subtract bool, addCalls func(a, b int64)) {
+func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last int64, subtract, fourWeeks bool, addCalls func(a, b int64)) {
 	type step struct {
 		from  int64
 		cost  int
@@ -168,13 +185,24 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 	for _, w := range localWeeks(loc, first, last) {
 		localWeekAt[w.start] = w
 	}
+	fourWeeksAt := map[int64][]fourWeekSpan{}
+	if fourWeeks {
+		for _, w := range slices.Concat(fourWeekSpans(nil, first, last), fourWeekSpans(loc, first, last)) {
+			fourWeeksAt[w.start] = append(fourWeeksAt[w.start], w)
+		}
+	}
 	for t := first; t < last; t += 3600 {
 		if best[idx(t)] < 0 {
 			continue
 		}
+		for _, w := range fourWeeksAt[t] {
+			if x, ok := st.currentSpan(w.grain, w.start, w.days[:]); ok {
+				relax(w.end, step{from: t, cost: dayRowHours, ref: x.ref()})
+			}
+		}
 		if t%weekSeconds == 0 && t+weekSeconds <= last {
 			days := utcWeekDays(t)
-			if x, ok := st.currentWeek(grainWeek, t, days[:]); ok {
+			if x, ok := st.currentSpan(grainWeek, t, days[:]); ok {
 				relax(t+weekSeconds, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
@@ -197,7 +225,7 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 			}
 		}
 		if w, ok := localWeekAt[t]; ok {
-			if x, ok := st.currentWeek(w.grain, w.start, w.days[:]); ok {
+			if x, ok := st.currentSpan(w.grain, w.start, w.days[:]); ok {
 				relax(w.end, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
@@ -691,7 +719,7 @@ func rollupRowsSQL(s UsageSpec, p usagePlan, histograms bool) string {
 // unless level is nil; the tuple IN of sealRefsSQL picks the exact seals.
 func sealRuns(refs []sealRef, level func(sealRef) uint8) []string {
 	var runs []string
-	for _, g := range []uint8{grainHour, grainDay, grainLocalDay23, grainLocalDay24, grainLocalDay25, grainWeek, grainLocalWeek167, grainLocalWeek168, grainLocalWeek169} {
+	for g := grainHour; g <= grainLocalFourWeeks673; g++ {
 		step := int64(86400)
 		switch {
 		case g == grainHour:
@@ -856,6 +884,18 @@ func samplePlannedUsage(from, to time.Time) []string {
 		if i%3 == 0 {
 			p.minus = []sealRef{{Grain: grainHour, Period: h - h%86400, Version: 8}}
 		}
+		out = append(out, usageRollupSQL(s, p))
+	}
+	// users alone over four weeks (UTC and New York's), with and without
+	// percentiles and a Limit's groups
+	for i, s := range []UsageSpec{
+		{From: from, To: to, Group: GroupBy{User: true}},
+		{From: from, To: to, Group: GroupBy{User: true}, TZ: "America/New_York", SkipPercentiles: true},
+		{From: from, To: to, Group: GroupBy{User: true}, Filter: withGroups(UsageFilter{}, GroupBy{User: true}, sampleGroups)},
+	} {
+		p := usagePlan{byUser: true, userTotals: true, userOverModels: true, summedHours: map[int64]bool{h: true},
+			rollup:  []sealRef{{Grain: grainHour, Period: h, Version: 5}, {Grain: []uint8{grainFourWeeks, grainLocalFourWeeks673, grainFourWeeks}[i], Period: h - h%86400 - fourWeeksDays*86400, Version: 9}},
+			perCall: [][2]int64{{h + 3600, h + 7200}}}
 		out = append(out, usageRollupSQL(s, p))
 	}
 	// hours read per model with the buckets their seals weighed

@@ -42,6 +42,12 @@ func grainHours(g uint8) int64 {
 	if isLocalWeek(g) {
 		return int64(g) + 160
 	}
+	if g == grainFourWeeks {
+		return fourWeeksDays * 24
+	}
+	if isFourWeeks(g) {
+		return int64(g) + 660
+	}
 	return int64(g) + 20
 }
 
@@ -1206,5 +1212,152 @@ func TestTopGroups(t *testing.T) {
 	f = withGroups(UsageFilter{}, GroupBy{User: true}, map[usageKey]bool{{user: "ann"}: true, {user: "bob"}: true})
 	if got := strings.Join(usageFilters(f, "c_model", "c_user", "c_source", "c_batch"), " AND "); got != `c_user IN ('ann', 'bob')` {
 		t.Fatalf("grouped by user alone: %s", got)
+	}
+}
+
+// withFourWeeks seals the four weeks of [from, to) (UTC, and of each zone)
+// whose days st has current, as the sealer records them (rows per user
+// alone only). Every seal of st gets its rows per user alone (and local
+// days their totals per user, as the sealer writes them).
+func withFourWeeks(st *sealState, from, to int64, zones ...*time.Location) *sealState {
+	for _, m := range []map[int64]Seal{st.hours, st.days} {
+		for k, x := range m {
+			x.UserOverModels = true
+			m[k] = x
+		}
+	}
+	for k, x := range st.localDays {
+		x.UserOverModels, x.UserTotals = true, true
+		st.localDays[k] = x
+	}
+	spans := fourWeekSpans(nil, from, to)
+	for _, loc := range zones {
+		spans = append(spans, fourWeekSpans(loc, from, to)...)
+	}
+	for _, w := range spans {
+		if days, ok := st.spanDays(w.days[:]); ok {
+			x := spanSeal(w.grain, w.start, 17, days)
+			x.UserOverModels = true
+			st.setDay(x)
+		}
+	}
+	return st
+}
+
+// TestPlanUsageFourWeeks: a read grouped by user alone over a month reads
+// one four-week row (UTC, or of its listed zone) and the days and hours
+// around it, at the level of rows per user alone; other reads never read
+// four weeks, nor does one whose other seals lack rows per user alone; a
+// stale four weeks (a day sealed again) is not read.
+func TestPlanUsageFourWeeks(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d0 := time.Date(2026, 10, 20, 0, 0, 0, 0, time.UTC).Unix()
+	const days = 40
+	st := sealedDaysState(d0, days)
+	withLocalDays(st, ny, d0, d0+days*86400)
+	withWeeks(st, d0, d0+days*86400)
+	withFourWeeks(st, d0, d0+days*86400, ny)
+
+	// New York's four weeks: those over Nov 1 (daylight saving ends) have
+	// 673 hours, the others 672 from 04:00 or 05:00 UTC; none is a UTC one.
+	// Its 30 days from Oct 25 read the four weeks from there (673 hours).
+	for _, w := range fourWeekSpans(ny, d0, d0+days*86400) {
+		overNov1 := w.start < time.Date(2026, 11, 1, 6, 0, 0, 0, time.UTC).Unix() && w.end > time.Date(2026, 11, 1, 6, 0, 0, 0, time.UTC).Unix()
+		if want := map[bool]uint8{true: grainLocalFourWeeks673, false: grainLocalFourWeeks672}[overNov1]; w.grain != want || w.days[0][0] != w.start || w.days[27][1] != w.end || w.end-w.start != grainHours(w.grain)*3600 {
+			t.Errorf("New York four weeks %+v: grain %d, want %d", w, w.grain, want)
+		}
+	}
+	if n := len(fourWeekSpans(time.UTC, d0, d0+days*86400)); n != 0 {
+		t.Errorf("UTC as a zone has %d four weeks of its own", n)
+	}
+	if n := len(fourWeekSpans(nil, d0, d0+days*86400)); n != days-fourWeeksDays+1 {
+		t.Errorf("%d UTC four weeks in %d days, want %d", n, days, days-fourWeeksDays+1)
+	}
+
+	fourWeeks := func(p usagePlan) (out []sealRef) {
+		for _, r := range p.rollup {
+			if isFourWeeks(r.Grain) {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	// 30 days from 13:00 UTC
+	from, to := d0+5*86400+13*3600, d0+35*86400+13*3600
+	for _, c := range []struct {
+		name string
+		s    UsageSpec
+		want uint8 // grain of the one four weeks read; 0: none
+	}{
+		{"user", UsageSpec{Group: GroupBy{User: true}}, grainFourWeeks},
+		{"user without percentiles", UsageSpec{Group: GroupBy{User: true}, SkipPercentiles: true}, grainFourWeeks},
+		{"user in New York", UsageSpec{Group: GroupBy{User: true}, TZ: ny.String()}, grainLocalFourWeeks673},
+		{"user, top 10", UsageSpec{Group: GroupBy{User: true}, Filter: UsageFilter{only: &groupSet{by: GroupBy{User: true}, groups: []usageKey{{user: "u"}}}}}, grainFourWeeks},
+		{"model x user", UsageSpec{Group: GroupBy{Model: true, User: true}}, 0},
+		{"user x source", UsageSpec{Group: GroupBy{User: true, Source: true}}, 0},
+		{"user, one model", UsageSpec{Group: GroupBy{User: true}, Filter: UsageFilter{Model: "m"}}, 0},
+		{"one user", UsageSpec{Group: GroupBy{User: true}, Filter: UsageFilter{User: "u"}}, 0},
+		{"user by day", UsageSpec{Group: GroupBy{User: true, Bucket: BucketDay}}, 0},
+		{"model", UsageSpec{Group: GroupBy{Model: true}}, 0},
+		{"totals", UsageSpec{}, 0},
+	} {
+		s := c.s
+		s.From, s.To = time.Unix(from, 0), time.Unix(to, 0)
+		loc := time.UTC
+		if s.TZ != "" {
+			loc = ny
+			// New York's 30 days from its midnight
+			s.From, s.To = time.Unix(d0+5*86400+4*3600, 0), time.Unix(d0+35*86400+5*3600, 0)
+		}
+		p := planUsage(s, st, loc)
+		covered(t, p, s.From.Unix(), s.To.Unix())
+		got := fourWeeks(p)
+		switch {
+		case c.want == 0 && len(got) != 0:
+			t.Errorf("%s: reads four weeks %+v", c.name, got)
+		case c.want != 0 && (len(got) != 1 || got[0].Grain != c.want):
+			t.Errorf("%s: four weeks read %+v, want one of grain %d", c.name, got, c.want)
+		case c.want != 0 && (!p.userOverModels || p.level(got[0]) != levelUserOverModels):
+			t.Errorf("%s: the four weeks are read at level %d (userOverModels %v)", c.name, p.level(got[0]), p.userOverModels)
+		case c.want != 0:
+			without := planUsageOf(s, st, loc, false)
+			if p.cost(p.perCall) >= without.cost(without.perCall) {
+				t.Errorf("%s: with four weeks the plan costs %d, without %d", c.name, p.cost(p.perCall), without.cost(without.perCall))
+			}
+		}
+	}
+
+	s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{User: true}}
+	// a day read beside the four weeks without rows per user alone: the
+	// read is at another level, where four weeks have no rows
+	edge := st.days[d0+6*86400]
+	old := edge
+	edge.UserOverModels = false
+	st.days[edge.Period] = edge
+	p := planUsage(s, st, time.UTC)
+	covered(t, p, from, to)
+	if got := fourWeeks(p); len(got) != 0 || p.userOverModels {
+		t.Errorf("a day without rows per user alone: four weeks %+v, userOverModels %v", got, p.userOverModels)
+	}
+	st.days[edge.Period] = old
+
+	// a day sealed again: the four weeks over it are stale and not read
+	day := d0 + 20*86400
+	x := st.days[day]
+	x.Version++
+	st.days[day] = x
+	p = planUsage(s, st, time.UTC)
+	covered(t, p, from, to)
+	for _, r := range fourWeeks(p) {
+		if r.Period <= day && day < r.Period+fourWeeksDays*86400 {
+			t.Errorf("four weeks from %s read over a day sealed again", unixUTC(r.Period))
+		}
+	}
+	withFourWeeks(st, d0, d0+days*86400)
+	if got := fourWeeks(planUsage(s, st, time.UTC)); len(got) != 1 {
+		t.Errorf("four weeks sealed again: %+v read, want one", got)
 	}
 }
