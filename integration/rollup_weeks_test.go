@@ -81,19 +81,7 @@ func TestRollupWeeks(t *testing.T) {
 	// week are sealed again, reads must not use the week's rows (nor the
 	// marker, which stays with the old version).
 	day := week.AddDate(0, 0, 2)
-	if err := conn.Exec(ctx, copyCallsSQL(db, "'user-reattributed'", 10, day, day.Add(4*time.Hour), "cityHash64(id) % 5 = 0")); err != nil {
-		t.Fatal(err)
-	}
-	var hours []int64
-	for h := day; h.Before(day.Add(4 * time.Hour)); h = h.Add(time.Hour) {
-		hours = append(hours, h.Unix())
-	}
-	// marked just within the clock skew of now: dirty for the seals made
-	// before, clean for a seal made two seconds from now
-	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, hours, "test re-attribution", time.Now().Add(-callsdb.ClockSkew+time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	o.loadDays(t, conn, db, day, day.Add(24*time.Hour))
+	reattributeLate(ctx, t, conn, db, o, day)
 	check("late calls, not sealed again yet")
 	time.Sleep(2 * time.Second)
 	res, err := sealer.Pass(ctx)
@@ -234,6 +222,26 @@ func TestRollupLocalWeeks(t *testing.T) {
 	check("late data sealed again")
 }
 
+// reattributeLate stores copies of a fifth of the calls of day's first
+// four hours re-attributed to another user, as late data: the hours are
+// marked dirty just within the clock skew of now (dirty for the seals made
+// before, clean for a seal made two seconds from now), and the oracle
+// reloads the day.
+func reattributeLate(ctx context.Context, t *testing.T, conn driver.Conn, db string, o rollupOracle, day time.Time) {
+	t.Helper()
+	if err := conn.Exec(ctx, copyCallsSQL(db, "'user-reattributed'", 10, day, day.Add(4*time.Hour), "cityHash64(id) % 5 = 0")); err != nil {
+		t.Fatal(err)
+	}
+	var hours []int64
+	for h := day; h.Before(day.Add(4 * time.Hour)); h = h.Add(time.Hour) {
+		hours = append(hours, h.Unix())
+	}
+	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, hours, "test re-attribution", time.Now().Add(-callsdb.ClockSkew+time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	o.loadDays(t, conn, db, day, day.Add(24*time.Hour))
+}
+
 // sealVersions is the newest version of every seal of the grains (a comma
 // separated list), by "grain@MM-DDTHH" of its start in UTC.
 func sealVersions(ctx context.Context, t *testing.T, conn driver.Conn, db, grains string) map[string]uint64 {
@@ -361,17 +369,7 @@ SELECT toUInt8(10), toUInt8(4), toDateTime(%d, 'UTC'), '', 'user-marker', '', ''
 	// late calls into Nov 2, re-attributed to another user: every four
 	// weeks over that day is stale until the day and they are sealed again
 	day := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
-	if err := conn.Exec(ctx, copyCallsSQL(db, "'user-reattributed'", 10, day, day.Add(4*time.Hour), "cityHash64(id) % 5 = 0")); err != nil {
-		t.Fatal(err)
-	}
-	var hours []int64
-	for h := day; h.Before(day.Add(4 * time.Hour)); h = h.Add(time.Hour) {
-		hours = append(hours, h.Unix())
-	}
-	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, hours, "test re-attribution", time.Now().Add(-callsdb.ClockSkew+time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	o.loadDays(t, conn, db, day, day.Add(24*time.Hour))
+	reattributeLate(ctx, t, conn, db, o, day)
 	if userMarked(ctx, t, conn, db, month[0], month[1], users) {
 		t.Fatalf("the four weeks over a day with late calls are read")
 	}

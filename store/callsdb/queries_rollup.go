@@ -246,6 +246,14 @@ const (
 	levelUserOverModels uint8 = 4
 )
 
+// summedRollupSQL is the columns of rollup rows summed from rollup rows
+// (every column after the key, in rollupColumns' order): sums of the
+// counters, the histograms added bucket by bucket.
+const summedRollupSQL = `toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
+    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
+    toUInt64(sum(ttft_calls)),
+    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2`
+
 // sealSummedSQL writes the rows at level of seals refs: levelModels (hour
 // seals), their levelUsers rows summed over users and batches;
 // levelUserTotals (spans), their levelUsers rows summed over sources and
@@ -266,13 +274,10 @@ func sealSummedSQL(refs []sealRef, level uint8) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
     grain, toUInt8(%d), period, %s, %s, %s, '', version,
-    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
-    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
-    toUInt64(sum(ttft_calls)),
-    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
+    %s
 FROM {db}.usage_rollup
 WHERE by_user = %d AND %s
-GROUP BY grain, period, version, %s`, rollupColumns, level, model, user, source, from, sealRowsWhere(refs), keys)
+GROUP BY grain, period, version, %s`, rollupColumns, level, model, user, source, summedRollupSQL, from, sealRowsWhere(refs), keys)
 }
 
 // sealModelTotalsSQL writes the levelModelTotals rows of hour seals refs:
@@ -284,14 +289,11 @@ func sealModelTotalsSQL(refs []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s, latency_q, ttft_q)
 SELECT
     grain, toUInt8(%d), period, model, '', '', '', version,
-    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
-    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
-    toUInt64(sum(ttft_calls)),
-    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2,
+    %s,
     %s, %s
 FROM {db}.usage_rollup
 WHERE by_user = %d AND %s
-GROUP BY grain, period, version, model`, rollupColumns, levelModelTotals,
+GROUP BY grain, period, version, model`, rollupColumns, levelModelTotals, summedRollupSQL,
 		weighedBucketsSQL("latency_buckets", "latency_counts"), weighedBucketsSQL("ttft_buckets", "ttft_counts"), levelModels, sealRowsWhere(refs))
 }
 
@@ -302,13 +304,10 @@ func sealSpanSQL(grain uint8, start int64, v uint64, parts []sealRef) string {
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
     toUInt8(%d), by_user, toDateTime(%d, 'UTC'), model, user_id, source, batch_id, toUInt64(%d),
-    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
-    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
-    toUInt64(sum(ttft_calls)),
-    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
+    %s
 FROM {db}.usage_rollup
 WHERE by_user IN (%d, %d) AND %s
-GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grain, start, v,
+GROUP BY by_user, model, user_id, source, batch_id`, rollupColumns, grain, start, v, summedRollupSQL,
 		levelModels, levelUsers, sealRowsWhere(parts))
 }
 
@@ -320,13 +319,10 @@ func sealFourWeeksSQL(grain uint8, start int64, v uint64, parts []sealRef) strin
 	return fmt.Sprintf(`INSERT INTO {db}.usage_rollup (%s)
 SELECT
     toUInt8(%d), toUInt8(%d), toDateTime(%d, 'UTC'), '', user_id, '', '', toUInt64(%d),
-    toUInt64(sum(calls)), toUInt64(sum(errors)), toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(total_tokens)), toFloat64(sum(cost)),
-    (sumMap(latency_buckets, latency_counts) AS lat).1, lat.2,
-    toUInt64(sum(ttft_calls)),
-    (sumMap(ttft_buckets, ttft_counts) AS ttf).1, ttf.2
+    %s
 FROM {db}.usage_rollup
 WHERE by_user = %d AND %s
-GROUP BY user_id`, rollupColumns, grain, levelUserOverModels, start, v, levelUserOverModels, sealRowsWhere(parts))
+GROUP BY user_id`, rollupColumns, grain, levelUserOverModels, start, v, summedRollupSQL, levelUserOverModels, sealRowsWhere(parts))
 }
 
 // sealRef names the rows of one seal.
