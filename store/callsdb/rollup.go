@@ -824,7 +824,8 @@ func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(
 	if lo >= hi {
 		return 0, notBefore, nil
 	}
-	if _, err := s.Cleanup(ctx, floorTo(lo, 86400), ceilTo(hi, 86400)); err != nil {
+	// from the first four weeks over the range's first day
+	if _, err := s.Cleanup(ctx, floorTo(lo, 86400)-(fourWeeksDays+1)*86400, ceilTo(hi, 86400)); err != nil {
 		return 0, notBefore, err
 	}
 	total := int((hi - lo) / 3600)
