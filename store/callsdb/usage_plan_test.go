@@ -1361,3 +1361,72 @@ func TestPlanUsageFourWeeks(t *testing.T) {
 		t.Errorf("four weeks sealed again: %+v read, want one", got)
 	}
 }
+
+// TestPlanUsageFourWeeksRandomRanges: over random ranges of a sealed
+// history with stale days and dirty hours, every read grouped by user alone
+// counts each second once, reads only current four weeks and reads them at
+// the level of rows per user alone, and costs no more than its plan
+// without them.
+func TestPlanUsageFourWeeksRandomRanges(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d0 := time.Date(2026, 9, 10, 0, 0, 0, 0, time.UTC).Unix()
+	const days = 70
+	st := sealedDaysState(d0, days)
+	withLocalDays(st, ny, d0, d0+days*86400)
+	withWeeks(st, d0, d0+days*86400)
+	withFourWeeks(st, d0, d0+days*86400, ny)
+	// days sealed again after their four weeks, and hours with late calls
+	for _, d := range []int64{50, 53} {
+		x := st.days[d0+d*86400]
+		x.Version++
+		st.days[x.Period] = x
+	}
+	st.dirty[d0+64*86400+7*3600] = uint64(3 * time.Hour)
+	rng := uint64(7)
+	next := func(n int64) int64 { // xorshift: the same ranges every run
+		rng ^= rng << 13
+		rng ^= rng >> 7
+		rng ^= rng << 17
+		return int64(rng % uint64(n))
+	}
+	read := 0
+	for i := range 300 {
+		from := d0 + next(days*24)*3600 + next(2)*1800
+		to := min(from+(1+next(50*24))*3600, d0+days*86400)
+		s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{User: true}, SkipPercentiles: i%2 == 0}
+		loc := time.UTC
+		if i%3 == 0 {
+			s.TZ, loc = ny.String(), ny
+		}
+		p := planUsage(s, st, loc)
+		covered(t, p, from, to)
+		without := planUsageOf(s, st, loc, false)
+		for _, r := range p.rollup {
+			if !isFourWeeks(r.Grain) {
+				continue
+			}
+			read++
+			var days [][2]int64
+			for _, w := range slices.Concat(fourWeekSpans(nil, r.Period, r.Period+fourWeeksDays*86400+7200), fourWeekSpans(ny, r.Period, r.Period+fourWeeksDays*86400+7200)) {
+				if w.start == r.Period && w.grain == r.Grain {
+					days = w.days[:]
+				}
+			}
+			if x, ok := st.currentSpan(r.Grain, r.Period, days); !ok || x.Version != r.Version {
+				t.Fatalf("range %d: four weeks %+v read but not current", i, r)
+			}
+			if p.level(r) != levelUserOverModels {
+				t.Fatalf("range %d: four weeks read at level %d", i, p.level(r))
+			}
+		}
+		if c, w := p.cost(p.perCall), without.cost(without.perCall); c > w {
+			t.Fatalf("range %d [%s, %s): costs %d with four weeks, %d without", i, unixUTC(from), unixUTC(to), c, w)
+		}
+	}
+	if read < 30 {
+		t.Fatalf("only %d four weeks read over 300 ranges", read)
+	}
+}
