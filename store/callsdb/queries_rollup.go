@@ -65,16 +65,12 @@ func localWeekGrain(n int64) (uint8, bool) {
 // isLocalWeek reports whether grain is a local week's.
 func isLocalWeek(grain uint8) bool { return grain >= grainLocalWeek167 && grain <= grainLocalWeek169 }
 
-// fourWeeksGrain is the grain of four weeks of n hours from a midnight: a
-// UTC span's (utc), or a zone's.
-func fourWeeksGrain(n int64, utc bool) (uint8, bool) {
-	switch {
-	case utc && n == fourWeeksDays*24:
-		return grainFourWeeks, true
-	case !utc && n >= fourWeeksDays*24-1 && n <= fourWeeksDays*24+1:
-		return uint8(n - 660), true
+// localFourWeeksGrain is the grain of a zone's four weeks of n hours.
+func localFourWeeksGrain(n int64) (uint8, bool) {
+	if n < fourWeeksDays*24-1 || n > fourWeeksDays*24+1 {
+		return 0, false
 	}
-	return 0, false
+	return uint8(n - 660), true
 }
 
 // isFourWeeks reports whether grain is four weeks', UTC or local: seals

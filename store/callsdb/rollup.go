@@ -589,16 +589,13 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (i
 // seal is missing or summed other day versions.
 func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
 	var due []dueSpan
-	weeks := []weekSpan{}
-	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
-		weeks = append(weeks, weekSpan{grain: grainWeek, start: w, end: w + weekSeconds, days: utcWeekDays(w)})
-	}
+	weeks := utcSpans(grainWeek, from, to, 7, weekSeconds)
 	for _, loc := range s.Zones {
 		weeks = append(weeks, localWeeks(loc, from, to)...)
 	}
 	for _, w := range weeks {
 		x, _ := st.current(w.grain, w.start)
-		if days, ok := st.spanDays(w.days[:]); ok && (!st.dayCurrent(w.grain, w.start, days) || !x.UserOverModels) {
+		if days, ok := st.spanDays(w.days); ok && (!st.dayCurrent(w.grain, w.start, days) || !x.UserOverModels) {
 			due = append(due, dueSpan{w.grain, w.start, days})
 		}
 	}
@@ -647,51 +644,14 @@ func fourWeeksAround(from, to int64) (int64, int64) {
 	return from - (fourWeeksDays+1)*86400, to + (fourWeeksDays+1)*86400
 }
 
-// fourWeekSpan is four weeks to seal or read: 28 UTC days from a UTC
-// midnight, or 28 days of a zone from a local midnight; [start, end) in
-// Unix seconds.
-type fourWeekSpan struct {
-	grain      uint8
-	start, end int64
-	days       [fourWeeksDays][2]int64
-}
-
-// fourWeekSpans are the four weeks lying whole in [from, to): with loc
-// nil the UTC ones, from every UTC midnight; else loc's, from every local
-// midnight, that are not UTC ones and whose days each start and end on
-// whole UTC hours (what their seals sum: each day's seal, a UTC day's where
-// the local day is one, else the local day's).
-func fourWeekSpans(loc *time.Location, from, to int64) []fourWeekSpan {
-	var out []fourWeekSpan
+// fourWeekSpans are the four weeks lying whole in [from, to): with loc nil
+// the UTC ones, from every UTC midnight; else loc's, from every local
+// midnight (localSpans).
+func fourWeekSpans(loc *time.Location, from, to int64) []daySpan {
 	if loc == nil {
-		for d := ceilTo(from, 86400); d+fourWeeksDays*86400 <= to; d += 86400 {
-			w := fourWeekSpan{grain: grainFourWeeks, start: d, end: d + fourWeeksDays*86400}
-			for i := range w.days {
-				w.days[i] = [2]int64{d + int64(i)*86400, d + int64(i+1)*86400}
-			}
-			out = append(out, w)
-		}
-		return out
+		return utcSpans(grainFourWeeks, from, to, fourWeeksDays, 86400)
 	}
-	y, m, d := unixUTC(from).In(loc).Date()
-	for ; ; d++ {
-		w := fourWeekSpan{start: time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), end: time.Date(y, m, d+fourWeeksDays, 0, 0, 0, 0, loc).Unix()}
-		if w.end > to {
-			return out
-		}
-		var ok bool
-		w.grain, ok = fourWeeksGrain((w.end-w.start)/3600, false)
-		ok = ok && w.start >= from && !(w.start%86400 == 0 && w.end-w.start == fourWeeksDays*86400)
-		for i := range w.days {
-			start, end := time.Date(y, m, d+i, 0, 0, 0, 0, loc).Unix(), time.Date(y, m, d+i+1, 0, 0, 0, 0, loc).Unix()
-			w.days[i] = [2]int64{start, end}
-			_, whole := localDayGrain((end - start) / 3600)
-			ok = ok && whole && start%3600 == 0 && end%3600 == 0
-		}
-		if ok {
-			out = append(out, w)
-		}
-	}
+	return localSpans(loc, from, to, fourWeeksDays, false, localFourWeeksGrain)
 }
 
 // sealFourWeeks seals the four weeks (UTC, and of each zone) lying in
@@ -703,14 +663,14 @@ func (s *Sealer) sealFourWeeks(ctx context.Context, st *sealState, from, to int6
 	for _, loc := range s.Zones {
 		spans = append(spans, fourWeekSpans(loc, from, to)...)
 	}
-	slices.SortStableFunc(spans, func(a, b fourWeekSpan) int { return cmp.Compare(b.end, a.end) })
+	slices.SortStableFunc(spans, func(a, b daySpan) int { return cmp.Compare(b.end, a.end) })
 	n := 0
 	var empty []Seal
 	for _, w := range spans {
 		if most > 0 && n >= most {
 			break
 		}
-		parts, ok := st.spanDays(w.days[:])
+		parts, ok := st.spanDays(w.days)
 		if !ok || st.dayCurrent(w.grain, w.start, parts) || slices.ContainsFunc(parts, func(x Seal) bool { return !x.UserOverModels }) {
 			continue
 		}
@@ -772,42 +732,75 @@ func localDays(loc *time.Location, from, to int64) [][2]int64 {
 	}
 }
 
-// weekSpan is a week to seal or read: seven UTC days from a Thursday, or
-// seven local days of a zone from a local Thursday; [start, end) in Unix
-// seconds.
-type weekSpan struct {
+// daySpan is a span of whole days to seal or read (a week, four weeks):
+// UTC days, or days of a zone; [start, end) in Unix seconds.
+type daySpan struct {
 	grain      uint8
 	start, end int64
-	days       [7][2]int64
+	days       [][2]int64
 }
 
-// localWeeks are the weeks of loc lying whole in [from, to) that are not
-// UTC weeks and whose days each start and end on whole UTC hours: what a
-// local week seal sums (each day's seal: a UTC day's where the local day is
-// one, else the local day's).
-func localWeeks(loc *time.Location, from, to int64) []weekSpan {
-	var out []weekSpan
-	y, m, d := unixUTC(from).In(loc).Date()
-	for time.Date(y, m, d, 0, 0, 0, 0, loc).Weekday() != time.Thursday {
-		d++
+// utcDays are the n UTC days from midnight d.
+func utcDays(d int64, n int) [][2]int64 {
+	days := make([][2]int64, n)
+	for i := range days {
+		days[i] = [2]int64{d + int64(i)*86400, d + int64(i+1)*86400}
 	}
-	for ; ; d += 7 {
-		w := weekSpan{start: time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), end: time.Date(y, m, d+7, 0, 0, 0, 0, loc).Unix()}
+	return days
+}
+
+// utcSpans are the spans (of grain) of n UTC days lying whole in [from, to)
+// whose starts are multiples of every seconds: weeks from Thursdays,
+// four weeks from every midnight.
+func utcSpans(grain uint8, from, to int64, n int, every int64) []daySpan {
+	var out []daySpan
+	for d := ceilTo(from, every); d+int64(n)*86400 <= to; d += every {
+		out = append(out, daySpan{grain: grain, start: d, end: d + int64(n)*86400, days: utcDays(d, n)})
+	}
+	return out
+}
+
+// localSpans are the spans of n days of loc lying whole in [from, to), from
+// every local midnight (a Thursday's when thursdays), that are not UTC spans
+// of n days and whose days each start and end on whole UTC hours: what their
+// seals sum (each day's seal: a UTC day's where the local day is one, else
+// the local day's). grainOf is the grain of such a span of so many hours
+// (false: a length no grain is kept for, and no span).
+func localSpans(loc *time.Location, from, to int64, n int, thursdays bool, grainOf func(hours int64) (uint8, bool)) []daySpan {
+	var out []daySpan
+	y, m, d := unixUTC(from).In(loc).Date()
+	step := 1
+	if thursdays {
+		for time.Date(y, m, d, 0, 0, 0, 0, loc).Weekday() != time.Thursday {
+			d++
+		}
+		step = 7
+	}
+	for ; ; d += step {
+		w := daySpan{start: time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), end: time.Date(y, m, d+n, 0, 0, 0, 0, loc).Unix()}
 		if w.end > to {
 			return out
 		}
-		ok := w.start >= from && !(w.start%weekSeconds == 0 && w.end-w.start == weekSeconds)
-		w.grain, _ = localWeekGrain((w.end - w.start) / 3600)
+		var ok bool
+		w.grain, ok = grainOf((w.end - w.start) / 3600)
+		ok = ok && w.start >= from && !(w.start%86400 == 0 && w.end-w.start == int64(n)*86400)
+		w.days = make([][2]int64, n)
 		for i := range w.days {
 			start, end := time.Date(y, m, d+i, 0, 0, 0, 0, loc).Unix(), time.Date(y, m, d+i+1, 0, 0, 0, 0, loc).Unix()
 			w.days[i] = [2]int64{start, end}
 			_, whole := localDayGrain((end - start) / 3600)
 			ok = ok && whole && start%3600 == 0 && end%3600 == 0
 		}
-		if ok && w.grain != 0 {
+		if ok {
 			out = append(out, w)
 		}
 	}
+}
+
+// localWeeks are the weeks of loc (seven days from a local Thursday) lying
+// whole in [from, to) that are not UTC weeks (localSpans).
+func localWeeks(loc *time.Location, from, to int64) []daySpan {
+	return localSpans(loc, from, to, 7, true, localWeekGrain)
 }
 
 // Rebuild re-seals every hour of [from, to) that is past the horizon, then
@@ -1024,16 +1017,6 @@ func (st *sealState) cleanHours(from, to int64) ([]Seal, bool) {
 		hours = append(hours, st.hours[h])
 	}
 	return hours, true
-}
-
-// utcWeekDays are the seven UTC days of the week starting at w.
-func utcWeekDays(w int64) [7][2]int64 {
-	var days [7][2]int64
-	for i := range days {
-		d := w + int64(i)*86400
-		days[i] = [2]int64{d, d + 86400}
-	}
-	return days
 }
 
 // spanDays returns the seals of days ([start, end): UTC days, or local days

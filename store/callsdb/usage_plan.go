@@ -181,11 +181,11 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 	for _, w := range localDays(loc, first, last) {
 		locals[w[0]] = append(locals[w[0]], w)
 	}
-	localWeekAt := map[int64]weekSpan{}
+	localWeekAt := map[int64]daySpan{}
 	for _, w := range localWeeks(loc, first, last) {
 		localWeekAt[w.start] = w
 	}
-	fourWeeksAt := map[int64][]fourWeekSpan{}
+	fourWeeksAt := map[int64][]daySpan{}
 	if fourWeeks {
 		for _, w := range slices.Concat(fourWeekSpans(nil, first, last), fourWeekSpans(loc, first, last)) {
 			fourWeeksAt[w.start] = append(fourWeeksAt[w.start], w)
@@ -196,13 +196,12 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 			continue
 		}
 		for _, w := range fourWeeksAt[t] {
-			if x, ok := st.currentSpan(w.grain, w.start, w.days[:]); ok {
+			if x, ok := st.currentSpan(w.grain, w.start, w.days); ok {
 				relax(w.end, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
 		if t%weekSeconds == 0 && t+weekSeconds <= last {
-			days := utcWeekDays(t)
-			if x, ok := st.currentSpan(grainWeek, t, days[:]); ok {
+			if x, ok := st.currentSpan(grainWeek, t, utcDays(t, 7)); ok {
 				relax(t+weekSeconds, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
@@ -225,7 +224,7 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 			}
 		}
 		if w, ok := localWeekAt[t]; ok {
-			if x, ok := st.currentSpan(w.grain, w.start, w.days[:]); ok {
+			if x, ok := st.currentSpan(w.grain, w.start, w.days); ok {
 				relax(w.end, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}

@@ -793,15 +793,7 @@ func sealedDaysState(d0 int64, n int) *sealState {
 
 // withWeeks seals every week of [from, to) whose days st has current.
 func withWeeks(st *sealState, from, to int64) *sealState {
-	for w := ceilTo(from, weekSeconds); w+weekSeconds <= to; w += weekSeconds {
-		days := utcWeekDays(w)
-		if parts, ok := st.spanDays(days[:]); ok {
-			x := spanSeal(grainWeek, w, 11, parts)
-			x.UserCopy, x.UserTotals = userCopyCurrent, true
-			st.setDay(x)
-		}
-	}
-	return st
+	return withSpans(st, utcSpans(grainWeek, from, to, 7, weekSeconds), 11)
 }
 
 func TestPlanUsageWeeks(t *testing.T) {
@@ -916,11 +908,15 @@ func TestPlanUsageWeeks(t *testing.T) {
 // withLocalWeeks seals the local weeks of loc in [from, to) whose days st
 // has current.
 func withLocalWeeks(st *sealState, loc *time.Location, from, to int64) *sealState {
-	for _, w := range localWeeks(loc, from, to) {
-		if days, ok := st.spanDays(w.days[:]); ok {
-			x := spanSeal(w.grain, w.start, 13, days)
-			x.UserCopy, x.UserTotals = userCopyCurrent, true
-			st.setDay(x)
+	return withSpans(st, localWeeks(loc, from, to), 13)
+}
+
+// withSpans seals the spans whose days st has current, at version v, with
+// the flags the sealer records (spanSeal).
+func withSpans(st *sealState, spans []daySpan, v uint64) *sealState {
+	for _, w := range spans {
+		if days, ok := st.spanDays(w.days); ok {
+			st.setDay(spanSeal(w.grain, w.start, v, days))
 		}
 	}
 	return st
@@ -939,9 +935,9 @@ func TestPlanUsageLocalWeeks(t *testing.T) {
 	// New York's weeks: from Oct 29 (169 hours: daylight saving ends on
 	// Nov 1), Nov 5, 12 and 19 (168 hours, from 05:00 UTC)
 	weeks := localWeeks(ny, d0, d0+days*86400)
-	want := []weekSpan{{grain: grainLocalWeek169, start: d0 + 4*3600, end: d0 + 7*86400 + 5*3600}}
+	want := []daySpan{{grain: grainLocalWeek169, start: d0 + 4*3600, end: d0 + 7*86400 + 5*3600}}
 	for i := int64(1); i <= 3; i++ {
-		want = append(want, weekSpan{grain: grainLocalWeek168, start: d0 + 7*86400*i + 5*3600, end: d0 + 7*86400*(i+1) + 5*3600})
+		want = append(want, daySpan{grain: grainLocalWeek168, start: d0 + 7*86400*i + 5*3600, end: d0 + 7*86400*(i+1) + 5*3600})
 	}
 	if len(weeks) != 4 {
 		t.Fatalf("New York's weeks in 35 days from %s: %d, want 4", unixUTC(d0), len(weeks))
@@ -1234,14 +1230,17 @@ func withFourWeeks(st *sealState, from, to int64, zones ...*time.Location) *seal
 	for _, loc := range zones {
 		spans = append(spans, fourWeekSpans(loc, from, to)...)
 	}
-	for _, w := range spans {
-		if days, ok := st.spanDays(w.days[:]); ok {
-			x := spanSeal(w.grain, w.start, 17, days)
-			x.UserOverModels = true
-			st.setDay(x)
-		}
-	}
-	return st
+	return withSpans(st, spans, 17)
+}
+
+// fourWeeksState is n days from d0 sealed with their local days in loc,
+// weeks and four weeks (UTC and loc's), as the sealer seals them.
+func fourWeeksState(d0 int64, n int, loc *time.Location) *sealState {
+	st := sealedDaysState(d0, n)
+	end := d0 + int64(n)*86400
+	withLocalDays(st, loc, d0, end)
+	withWeeks(st, d0, end)
+	return withFourWeeks(st, d0, end, loc)
 }
 
 // TestPlanUsageFourWeeks: a read grouped by user alone over a month reads
@@ -1256,10 +1255,7 @@ func TestPlanUsageFourWeeks(t *testing.T) {
 	}
 	d0 := time.Date(2026, 10, 20, 0, 0, 0, 0, time.UTC).Unix()
 	const days = 40
-	st := sealedDaysState(d0, days)
-	withLocalDays(st, ny, d0, d0+days*86400)
-	withWeeks(st, d0, d0+days*86400)
-	withFourWeeks(st, d0, d0+days*86400, ny)
+	st := fourWeeksState(d0, days, ny)
 
 	// New York's four weeks: those over Nov 1 (daylight saving ends) have
 	// 673 hours, the others 672 from 04:00 or 05:00 UTC; none is a UTC one.
@@ -1374,10 +1370,7 @@ func TestPlanUsageFourWeeksRandomRanges(t *testing.T) {
 	}
 	d0 := time.Date(2026, 9, 10, 0, 0, 0, 0, time.UTC).Unix()
 	const days = 70
-	st := sealedDaysState(d0, days)
-	withLocalDays(st, ny, d0, d0+days*86400)
-	withWeeks(st, d0, d0+days*86400)
-	withFourWeeks(st, d0, d0+days*86400, ny)
+	st := fourWeeksState(d0, days, ny)
 	// days sealed again after their four weeks, and hours with late calls
 	for _, d := range []int64{50, 53} {
 		x := st.days[d0+d*86400]
@@ -1412,7 +1405,7 @@ func TestPlanUsageFourWeeksRandomRanges(t *testing.T) {
 			var days [][2]int64
 			for _, w := range slices.Concat(fourWeekSpans(nil, r.Period, r.Period+fourWeeksDays*86400+7200), fourWeekSpans(ny, r.Period, r.Period+fourWeeksDays*86400+7200)) {
 				if w.start == r.Period && w.grain == r.Grain {
-					days = w.days[:]
+					days = w.days
 				}
 			}
 			if x, ok := st.currentSpan(r.Grain, r.Period, days); !ok || x.Version != r.Version {
