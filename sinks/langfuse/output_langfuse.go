@@ -118,6 +118,10 @@ func NewOutput(cfg OutputConfig) *Output {
 	if cfg.HTTPClient == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = cfg.MaxInFlight + 2
+		// at most MaxInFlight requests run at once; a request that starts
+		// while another's connection is on its way back to the idle pool
+		// waits for it instead of dialing one more
+		tr.MaxConnsPerHost = cfg.MaxInFlight
 		cfg.HTTPClient = &http.Client{Transport: tr}
 	}
 	if cfg.Transport == "" {
