@@ -418,7 +418,9 @@ func checkHistogramBound(t *testing.T, conn driver.Conn, db string, days ...time
 
 // checkHistogramSpec checks one usage read's quantiles against exact ones
 // (quantilesExact over the calls collapsed by id, grouped the same way: by
-// its time buckets, or none, and its model and user keys).
+// its time buckets, or none, and its model and user keys): within
+// HistogramRelativeError, and each the value of the bucket that holds the
+// exact quantile.
 func checkHistogramSpec(ctx context.Context, t *testing.T, conn driver.Conn, db string, s callsdb.UsageSpec) int {
 	t.Helper()
 	got, err := callsdb.UsageOf(ctx, conn, db, s)
@@ -496,6 +498,14 @@ GROUP BY b, mk, uk`, bucket, model, user, db, s.From.Unix(), s.To.Unix()))
 			if rel := math.Abs(q[0]-q[1]) / q[1]; rel > callsdb.HistogramRelativeError {
 				t.Fatalf("%s %s group %s/%s/%s quantile %d: histogram %v, exact %v: relative error %.5f > %.5f",
 					s.Group, tz, r.Bucket, r.Model, r.UserID, i, q[0], q[1], rel, callsdb.HistogramRelativeError)
+			}
+			// Bucketing is monotone, so the bucket holding the exact
+			// quantile's rank among the calls' buckets is the bucket of the
+			// exact quantile: however a read merges its histograms, it must
+			// answer that bucket's value, not just one within the bound.
+			if want := callsdb.HistogramValue(callsdb.HistogramBucket(int64(q[1]))); q[0] != want {
+				t.Fatalf("%s %s group %s/%s/%s quantile %d: histogram %v, exact %v in the bucket of value %v",
+					s.Group, tz, r.Bucket, r.Model, r.UserID, i, q[0], q[1], want)
 			}
 			checked++
 		}
