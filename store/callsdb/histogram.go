@@ -81,19 +81,6 @@ func weighedBucketsSQL(b, c string) string {
 	return "quantilesExactWeightedArray(" + histogramLevels + ")(" + b + ", " + c + ")"
 }
 
-// gatheredBucketsSQL is weighedBucketsSQL computed another way: each
-// group's pairs are gathered into one array (groupArrayArray) and weighed
-// after the aggregation, one group at a time (arrayReduce of the same
-// quantilesExactWeighted). The aggregation then holds arrays instead of a
-// hash map per group, and each map is built and dropped while it is in the
-// CPU's cache: for many groups of few rows each (every model and user's)
-// about half the time and two thirds of the memory of weighedBucketsSQL,
-// to the same buckets. For few groups of many rows the arrays would hold
-// every pair read; weighedBucketsSQL keeps one entry per distinct bucket.
-func gatheredBucketsSQL(b, c string) string {
-	return "arrayReduce('quantilesExactWeighted(" + histogramLevels + ")', groupArrayArray(" + b + "), groupArrayArray(" + c + "))"
-}
-
 // histogramQuantiles is p50/p95/p99 from the bucket indexes
 // weighedBucketsSQL returns (HistogramValue of each); zero unless there
 // are three.

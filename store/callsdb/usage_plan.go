@@ -600,13 +600,6 @@ ORDER BY %s%s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollup
 // 2.4-3.0 s against 3.8-4.7 s. Every user's groups alone (2,000) stay under
 // 0.4 GiB on two threads and keep them.
 func singleThreaded(s UsageSpec, p usagePlan) bool {
-	return gathersPairs(s, p)
-}
-
-// gathersPairs reports whether a read weighs the percentiles of every model
-// and user's groups, many groups of a few rows each: it gathers each
-// group's pairs and weighs them after the aggregation (gatheredBucketsSQL).
-func gathersPairs(s UsageSpec, p usagePlan) bool {
 	return s.Group.User && s.Group.Model && histogramMergeOf(s, p.signed()) == mergeArray
 }
 
@@ -831,9 +824,6 @@ func histogramColumnsSQL(s UsageSpec, p usagePlan) string {
 	// weighed is the p50/p95/p99 buckets of pairs b, c, or with modelTotals
 	// those weighed by the seal of a sealed group (q; its b and c are empty)
 	weighed := func(b, c, q string) string {
-		if gathersPairs(s, p) {
-			return gatheredBucketsSQL(b, c)
-		}
 		if !p.modelTotals {
 			return weighedBucketsSQL(b, c)
 		}
