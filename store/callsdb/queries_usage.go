@@ -112,6 +112,10 @@ type UsageSpec struct {
 	// their percentiles read: the top users of a month with their latency
 	// cost a read of their rows, not of every user's.
 	Limit int
+	// rankOnly reads each group's calls alone, the other sums left zero:
+	// what picking a Limit's groups needs when their rows are read again
+	// with their percentiles (most of a read's bytes are the other sums).
+	rankOnly bool
 }
 
 // Keyed reports whether g groups by a key other than time (what a Limit

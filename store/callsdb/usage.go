@@ -88,7 +88,8 @@ func UsageWithTotals(ctx context.Context, conn driver.Conn, db string, s UsageSp
 	limited := s.Limit > 0 && s.Group.Keyed()
 	all := s // every group's rows
 	if limited {
-		all.SkipPercentiles = true
+		// with percentiles the groups kept are read again, sums and all
+		all.SkipPercentiles, all.rankOnly = true, !s.SkipPercentiles
 	}
 	ownTotals := !s.SkipPercentiles && s.Group != (GroupBy{})
 	var rows, total []UsageRow

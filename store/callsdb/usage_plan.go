@@ -577,19 +577,25 @@ func usageRollupSQL(s UsageSpec, p usagePlan) string {
 	}
 	return fmt.Sprintf(`SELECT
     %s,
-    toUInt64(sum(n)) AS calls,
-    toUInt64(sum(e)) AS errors,
-    toInt64(sum(i)) AS input_tokens,
-    toInt64(sum(o)) AS output_tokens,
-    toInt64(sum(tot)) AS total_tokens,
-    toFloat64(sum(c)) AS cost,
     %s
 FROM
 (
     %s
 )
 GROUP BY %s%s
-ORDER BY %s%s`, strings.Join(keys, ",\n    "), histogramColumnsSQL(s, p), rollupRowsSQL(s, p, !s.SkipPercentiles), strings.Join(order, ", "), having, strings.Join(order, ", "), settings)
+ORDER BY %s%s`, strings.Join(keys, ",\n    "), strings.Join(rollupSumsSQL(s, p), ",\n    "), rollupRowsSQL(s, p, !s.SkipPercentiles), strings.Join(order, ", "), having, strings.Join(order, ", "), settings)
+}
+
+// rollupSumsSQL are the columns of usageRollupSQL after the group keys: the
+// sums, then the histogram columns (histogramColumnsSQL). A rankOnly read
+// sums the calls alone: 18.16 then reads no other column of the rows.
+func rollupSumsSQL(s UsageSpec, p usagePlan) []string {
+	if s.rankOnly {
+		return []string{"toUInt64(sum(n)) AS calls", "toUInt64(0) AS errors", "toInt64(0) AS input_tokens", "toInt64(0) AS output_tokens",
+			"toInt64(0) AS total_tokens", "toFloat64(0) AS cost", "toUInt64(0) AS ttft_calls"}
+	}
+	return []string{"toUInt64(sum(n)) AS calls", "toUInt64(sum(e)) AS errors", "toInt64(sum(i)) AS input_tokens", "toInt64(sum(o)) AS output_tokens",
+		"toInt64(sum(tot)) AS total_tokens", "toFloat64(sum(c)) AS cost", histogramColumnsSQL(s, p)}
 }
 
 // singleThreaded reports whether a read weighs the percentiles of every
@@ -854,6 +860,7 @@ func samplePlannedUsage(from, to time.Time) []string {
 		if i%2 == 1 {
 			s.TZ, s.Filter = "Asia/Kolkata", UsageFilter{Model: "model-1", User: "o'brien", Source: "batch", BatchID: "b-1"}
 			s.SkipPercentiles = i%4 == 1
+			s.rankOnly = i%8 == 5 // a Limit's ranking read
 		} else if g.Keyed() {
 			s.Filter = withGroups(s.Filter, g, sampleGroups) // the percentiles of a Limit's groups
 		}

@@ -1423,3 +1423,29 @@ func TestPlanUsageFourWeeksRandomRanges(t *testing.T) {
 		t.Fatalf("only %d four weeks read over 300 ranges", read)
 	}
 }
+
+// TestRankOnlyReadSumsCallsAlone: the read that ranks a Limit's groups sums
+// their calls and no other column of the rows (18.16 then reads none of
+// them), signed or not, with per-call rows or not.
+func TestRankOnlyReadSumsCallsAlone(t *testing.T) {
+	h, unsigned, signed := mergePlans()
+	for _, p := range []usagePlan{unsigned, signed} {
+		for _, g := range []GroupBy{{Model: true, User: true}, {User: true}, {Bucket: BucketDay, Model: true}} {
+			s := UsageSpec{From: time.Unix(h, 0), To: time.Unix(h+3600, 0), Group: g, SkipPercentiles: true}
+			full := usageRollupSQL(s, p)
+			s.rankOnly = true
+			ranked := usageRollupSQL(s, p)
+			for _, col := range []string{"sum(e)", "sum(i)", "sum(o)", "sum(tot)", "sum(c)", "sum(tn)"} {
+				if !strings.Contains(full, col) {
+					t.Fatalf("%s: the full read lacks %s", g, col)
+				}
+				if strings.Contains(ranked, col) {
+					t.Errorf("%s signed %v: the ranking read sums %s", g, p.signed(), col)
+				}
+			}
+			if !strings.Contains(ranked, "toUInt64(sum(n)) AS calls") {
+				t.Errorf("%s: the ranking read sums no calls", g)
+			}
+		}
+	}
+}
