@@ -29,9 +29,6 @@ import (
 // message as a whole. A stage settles a batch message once every call of it
 // is stored or dead-lettered alone (DeadLetters.WriteItem).
 
-// HeaderCalls is the number of calls of a batched message.
-const HeaderCalls = "Callpipe-Calls"
-
 // MaxBatchCalls is the most calls normalize puts in one message.
 const MaxBatchCalls = 256
 

@@ -36,6 +36,9 @@ const (
 	// HeaderSchema is the event schema version of a raw call event.
 	HeaderSchema = "Callpipe-Schema"
 
+	// HeaderCalls is the number of calls of a batched message (batch.go).
+	HeaderCalls = "Callpipe-Calls"
+
 	// Replay routing (route.go).
 	HeaderReplay = "Callpipe-Replay"
 	HeaderSinks  = "Callpipe-Sinks"
