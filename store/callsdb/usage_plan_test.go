@@ -100,8 +100,8 @@ func covered(t *testing.T, p usagePlan, from, to int64) {
 
 func TestPlanUsage(t *testing.T) {
 	d0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC).Unix()
-	kolkata, _ := time.LoadLocation("Asia/Kolkata")
-	ny, _ := time.LoadLocation("America/New_York")
+	kolkata := loadZone(t, "Asia/Kolkata")
+	ny := loadZone(t, "America/New_York")
 	from, to := d0+1800, d0+3*86400+600 // partial hours at both edges
 	dirtyHour := d0 + 86400 + 5*3600
 	st := planState(d0, d0+2*86400+12*3600, map[int64]uint64{
@@ -248,13 +248,7 @@ func withLocalDays(st *sealState, loc *time.Location, from, to int64) *sealState
 }
 
 func TestLocalDays(t *testing.T) {
-	zone := func(name string) *time.Location {
-		loc, err := time.LoadLocation(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return loc
-	}
+	zone := func(name string) *time.Location { return loadZone(t, name) }
 	utc := func(s string) int64 {
 		x, err := time.Parse(time.RFC3339, s)
 		if err != nil {
@@ -292,7 +286,7 @@ func TestLocalDays(t *testing.T) {
 }
 
 func TestPlanUsageLocalDays(t *testing.T) {
-	ny, _ := time.LoadLocation("America/New_York")
+	ny := loadZone(t, "America/New_York")
 	d0 := time.Date(2026, 10, 30, 0, 0, 0, 0, time.UTC).Unix()
 	st := withLocalDays(planState(d0, d0+5*86400, map[int64]uint64{}, d0, d0+86400, d0+2*86400, d0+3*86400, d0+4*86400), ny, d0, d0+5*86400)
 	grains := func(p usagePlan) map[uint8]int {
@@ -740,10 +734,10 @@ func TestPlanUsageEmptyHours(t *testing.T) {
 func TestPlanUsageUnsignedWithPercentiles(t *testing.T) {
 	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix()
 	st := planState(d0-86400, d0+4*86400, map[int64]uint64{}, d0-86400, d0, d0+86400, d0+2*86400, d0+3*86400)
-	ny, _ := time.LoadLocation("America/New_York")
+	ny := loadZone(t, "America/New_York")
 	ragged := [2]int64{d0 + 2*3600, d0 + 3*86400 - 3*3600}
 	nyDays := [2]int64{d0 + 5*3600, d0 + 3*86400 + 5*3600} // New York's midnights (EST)
-	berlin, _ := time.LoadLocation("Europe/Berlin")
+	berlin := loadZone(t, "Europe/Berlin")
 	berlinDays := [2]int64{d0 - 3600, d0 + 3*86400 - 3600} // Berlin's midnights (CET)
 	for _, c := range []struct {
 		name   string
@@ -805,7 +799,7 @@ func TestPlanUsageWeeks(t *testing.T) {
 	const days = 35
 	st := sealedDaysState(d0, days)
 	withWeeks(st, d0, d0+days*86400)
-	ny, _ := time.LoadLocation("America/New_York")
+	ny := loadZone(t, "America/New_York")
 	withLocalDays(st, ny, d0, d0+days*86400)
 	count := func(p usagePlan) (weeks, spans, hours int) {
 		for _, r := range p.rollup {
@@ -923,10 +917,7 @@ func withSpans(st *sealState, spans []daySpan, v uint64) *sealState {
 }
 
 func TestPlanUsageLocalWeeks(t *testing.T) {
-	ny, err := time.LoadLocation("America/New_York")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ny := loadZone(t, "America/New_York")
 	d0 := time.Date(2026, 10, 29, 0, 0, 0, 0, time.UTC).Unix() // a Thursday
 	const days = 35
 	st := sealedDaysState(d0, days)
@@ -1061,10 +1052,7 @@ func TestPlanUsageModelTotals(t *testing.T) {
 		s := spec(c.g, c.f, c.tz)
 		loc := time.UTC
 		if c.tz != "" {
-			var err error
-			if loc, err = time.LoadLocation(c.tz); err != nil {
-				t.Fatal(err)
-			}
+			loc = loadZone(t, c.tz)
 		}
 		p := planUsage(s, st, loc)
 		covered(t, p, s.From.Unix(), s.To.Unix())
@@ -1117,10 +1105,7 @@ func TestPlanUsageModelCopy(t *testing.T) {
 	spec := func(g GroupBy, f UsageFilter, skip bool) UsageSpec {
 		return UsageSpec{From: time.Unix(d0+5*3600+1800, 0), To: time.Unix(d0+3*86400, 0), Group: g, Filter: f, SkipPercentiles: skip}
 	}
-	nyc, err := time.LoadLocation("America/New_York")
-	if err != nil {
-		t.Fatal(err)
-	}
+	nyc := loadZone(t, "America/New_York")
 	for _, c := range []struct {
 		name string
 		s    UsageSpec
@@ -1249,10 +1234,7 @@ func fourWeeksState(d0 int64, n int, loc *time.Location) *sealState {
 // four weeks, nor does one whose other seals lack rows per user alone; a
 // stale four weeks (a day sealed again) is not read.
 func TestPlanUsageFourWeeks(t *testing.T) {
-	ny, err := time.LoadLocation("America/New_York")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ny := loadZone(t, "America/New_York")
 	d0 := time.Date(2026, 10, 20, 0, 0, 0, 0, time.UTC).Unix()
 	const days = 40
 	st := fourWeeksState(d0, days, ny)
@@ -1364,10 +1346,7 @@ func TestPlanUsageFourWeeks(t *testing.T) {
 // the level of rows per user alone, and costs no more than its plan
 // without them.
 func TestPlanUsageFourWeeksRandomRanges(t *testing.T) {
-	ny, err := time.LoadLocation("America/New_York")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ny := loadZone(t, "America/New_York")
 	d0 := time.Date(2026, 9, 10, 0, 0, 0, 0, time.UTC).Unix()
 	const days = 70
 	st := fourWeeksState(d0, days, ny)
@@ -1448,4 +1427,14 @@ func TestRankOnlyReadSumsCallsAlone(t *testing.T) {
 			}
 		}
 	}
+}
+
+// loadZone is the IANA zone name; the test fails without the time zone database.
+func loadZone(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc
 }
