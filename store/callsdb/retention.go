@@ -204,8 +204,8 @@ func partitionIDs(ctx context.Context, conn driver.Conn, db, table string) ([]st
 	return ids, nil
 }
 
-// sealedDays keeps the YYYYMMDD partition ids whose day has a seal: their
-// usage is in the rollups. The others wait for the sealer (and are logged).
+// sealedDays keeps the YYYYMMDD partition ids whose day has a seal of all
+// its hours: their usage is in the rollups. The others wait for the sealer (and are logged).
 func sealedDays(ctx context.Context, conn driver.Conn, db string, ids []string, log *slog.Logger) ([]string, error) {
 	var keep []string
 	for _, id := range ids {
@@ -218,7 +218,7 @@ func sealedDays(ctx context.Context, conn driver.Conn, db string, ids []string, 
 		if err != nil {
 			return nil, err
 		}
-		if _, ok := st.days[d]; ok {
+		if st.wholeDay(d) {
 			keep = append(keep, id)
 			continue
 		}

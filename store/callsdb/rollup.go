@@ -508,7 +508,7 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	// the first pass also seals the days (local days of zones added since
 	// included) that earlier runs left
 	if len(todo) > 0 || len(empty) > 0 || firstPass {
-		n, err := s.sealDays(ctx, st, daysFrom, due)
+		n, err := s.sealDays(ctx, st, daysFrom, due, due)
 		res.DaysSealed = n
 		if err != nil {
 			return res, err
@@ -555,15 +555,23 @@ func (s *Sealer) grace() time.Duration {
 
 // sealDays seals every UTC day in [from, to), and every local day of the
 // zones there, whose hours are clean sealed and whose day seal is missing or
-// summed other hour versions.
-func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to int64) (int, error) {
+// summed other hour versions; and, unless its UTC day is one of those, the
+// day so far through soFar (a whole hour): the leading clean hours of its
+// day before it, when there are at least minDaySoFarHours of them.
+func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar int64) (int, error) {
 	type day struct {
 		grain      uint8
 		start, end int64
 	}
 	var days []day
-	for d := floorTo(from, 86400); d+86400 <= to; d += 86400 {
+	d := floorTo(from, 86400)
+	for ; d+86400 <= to; d += 86400 {
 		days = append(days, day{grainDay, d, d + 86400})
+	}
+	if today := floorTo(soFar, 86400); today >= d {
+		if end := st.cleanThrough(today, soFar); end-today >= minDaySoFarHours*3600 {
+			days = append(days, day{grainDay, today, end})
+		}
 	}
 	for _, loc := range s.Zones {
 		for _, w := range localDays(loc, from, to) {
@@ -610,7 +618,9 @@ type dueSpan struct {
 }
 
 // sealSpans seals spans, each at a new version, and makes them current in
-// st. Spans without calls get records only, written together.
+// st. Spans without calls get records only, written together. A UTC day
+// whose current seal is a day so far over its first hours (at the versions
+// in parts) is summed from that seal's rows and the hours after it.
 func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) (int, error) {
 	n := 0
 	var empty []Seal
@@ -621,7 +631,13 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 			st.setDay(seal)
 			continue
 		}
-		if err := s.sealSpan(ctx, seal, d.parts); err != nil {
+		summed := d.parts
+		if d.grain == grainDay {
+			if x, ok := st.current(grainDay, d.start); ok && len(x.HourVersions) > 0 && len(x.HourVersions) < len(d.parts) && st.dayCurrent(grainDay, d.start, d.parts[:len(x.HourVersions)]) {
+				summed = append([]Seal{x}, d.parts[len(x.HourVersions):]...)
+			}
+		}
+		if err := s.sealSpan(ctx, seal, summed); err != nil {
 			return n, err
 		}
 		st.setDay(seal)
@@ -632,6 +648,10 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 	}
 	return n + len(empty), nil
 }
+
+// minDaySoFarHours is the fewest leading hours of a UTC day sealed as its
+// day so far (one hour's rows are read as well from its hour seal).
+const minDaySoFarHours = 2
 
 // fourWeeksPerPass is how many four weeks with calls a Pass seals at most
 // (each sums 28 days' rows per user: 1.0 s at 10 M calls a month, 1.4 s at 100 M).
@@ -804,7 +824,9 @@ func localWeeks(loc *time.Location, from, to int64) []daySpan {
 }
 
 // Rebuild re-seals every hour of [from, to) that is past the horizon, then
-// the days and weeks they complete, and reports progress after each hour. It is what
+// the days and weeks they complete (and the day so far through the range's
+// end, when that falls inside the day of the horizon), and reports progress
+// after each hour. It is what
 // bulk loads and repairs use; it runs safely beside the clickhouse stage.
 // Hours within the horizon are left to the stage (returned as notBefore).
 func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(done, total int, h time.Time)) (sealed int, notBefore time.Time, err error) {
@@ -846,7 +868,7 @@ func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(
 	if st.dirty, err = loadDirty(ctx, s.Conn, s.Database, loadFrom, loadTo); err != nil {
 		return sealed, notBefore, err
 	}
-	if _, err := s.sealDays(ctx, st, daysFrom, min(daysTo, due)); err != nil {
+	if _, err := s.sealDays(ctx, st, daysFrom, min(daysTo, due), hi); err != nil {
 		return sealed, notBefore, err
 	}
 	if _, err := s.sealWeeks(ctx, st, weeksFrom, min(weeksTo, due)); err != nil {
@@ -900,11 +922,14 @@ func (s *Sealer) Cleanup(ctx context.Context, from, to int64) (int, error) {
 
 // Seal is one usage_seals record.
 type Seal struct {
-	Grain        uint8
-	Period       int64 // Unix seconds
-	Version      uint64
-	Calls        uint64
-	HourVersions []uint64 // day seals: the versions of their hours, in order; week seals: of their days
+	Grain   uint8
+	Period  int64 // Unix seconds
+	Version uint64
+	Calls   uint64
+	// HourVersions: a day seal's are the versions of its hours, in order
+	// (a UTC day so far: of its first hours, fewer than 24); a week's or four
+	// weeks' of its days.
+	HourVersions []uint64
 	// UserCopy is where the seal's rows keyed by user are also copied:
 	// userCopyCurrent (usage_rollup_user_copy, since migration 0009),
 	// userCopyLegacy (usage_rollup_by_user, migrations 0004 to 0008) or 0
@@ -1005,6 +1030,22 @@ func (st *sealState) clean(h int64) bool {
 	}
 	mark, dirty := st.dirty[h]
 	return !dirty || mark+uint64(ClockSkew) < x.Version
+}
+
+// cleanThrough is the end of the run of clean hours from d, at most to.
+func (st *sealState) cleanThrough(d, to int64) int64 {
+	h := d
+	for h < to && st.clean(h) {
+		h += 3600
+	}
+	return h
+}
+
+// wholeDay reports whether UTC day d has a seal of all its 24 hours (not a
+// day so far).
+func (st *sealState) wholeDay(d int64) bool {
+	x, ok := st.days[d]
+	return ok && len(x.HourVersions) == 24
 }
 
 // cleanHours returns the seals of the hours of [from, to) if all are clean.
@@ -1178,8 +1219,12 @@ type RollupStatus struct {
 	SealedThrough  time.Time `json:"sealed_through"`  // every hour before it is sealed and clean
 	LagSeconds     float64   `json:"lag_seconds"`
 	SealedHours    int       `json:"sealed_hours"`
-	SealedDays     int       `json:"sealed_days"` // UTC days
-	SealedWeeks    int       `json:"sealed_weeks"`
+	SealedDays     int       `json:"sealed_days"` // whole UTC days
+	// DaySoFarHours: the UTC day of SealableBefore is sealed over its first
+	// this many hours as one day so far, which reads of today read as one
+	// row per group instead of an hour row each (0: none).
+	DaySoFarHours int `json:"day_so_far_hours"`
+	SealedWeeks   int `json:"sealed_weeks"`
 	// SealedLocalDays and SealedLocalWeeks count the sealed days and weeks
 	// of the zones in clickhouse.rollup.zones that are not UTC ones.
 	SealedLocalDays  int `json:"sealed_local_days"`
@@ -1239,7 +1284,14 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	if err != nil {
 		return out, err
 	}
-	out.SealedHours, out.SealedDays, out.SealedWeeks = len(st.hours), len(st.days), len(st.weeks)
+	out.SealedHours, out.SealedWeeks = len(st.hours), len(st.weeks)
+	for d, x := range st.days {
+		if st.wholeDay(d) {
+			out.SealedDays++
+		} else if d == floorTo(due, 86400) {
+			out.DaySoFarHours = len(x.HourVersions)
+		}
+	}
 	for k := range st.localDays {
 		switch {
 		case isFourWeeks(k.grain):

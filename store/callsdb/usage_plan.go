@@ -151,10 +151,10 @@ func planUsageOf(s UsageSpec, st *sealState, loc *time.Location, fourWeeks bool)
 // planUnbucketed plans [first, last) (whole hours) of a read without time
 // buckets, where any tiling of the range counts every second once: the
 // cheapest path over the range's hour boundaries whose steps are four
-// weeks (with fourWeeks: UTC, or of loc), a week
-// row (UTC, or a local week of loc), a UTC or local day row, a UTC day row whose hours outside the range
-// are subtracted (subtract), an hour row, or an hour read per call (not
-// clean). Costs are in hour rows: a four-week, week or day row dayRowHours, a
+// weeks (with fourWeeks: UTC, or of loc), a week row (UTC, or a local week
+// of loc), a UTC or local day row, a UTC day so far's row (its first hours),
+// a UTC day row whose hours outside the range are subtracted (subtract), an
+// hour row, or an hour read per call (not clean). Costs are in hour rows: a four-week, week or day row dayRowHours, a
 // subtracted hour one (none when it holds no calls, as it has no rows).
 func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last int64, subtract, fourWeeks bool, addCalls func(a, b int64)) {
 	type step struct {
@@ -206,12 +206,14 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 			}
 		}
 		// day d's row for [t, end): from its midnight, or from the range's
-		// first hour inside it, to its end or the range's; hours of it
-		// outside [t, end) are subtracted
+		// first hour inside it, to its end (of the day, or of the day so
+		// far its seal holds) or the range's; hours of it outside [t, end)
+		// are subtracted
 		if d := floorTo(t, 86400); t == d || t == first {
-			hours, clean := st.cleanHours(d, d+86400)
-			if clean && st.dayCurrent(grainDay, d, hours) {
-				end := min(d+86400, last)
+			sealed := d + int64(len(st.days[d].HourVersions))*3600
+			hours, clean := st.cleanHours(d, sealed)
+			if sealed > t && clean && st.dayCurrent(grainDay, d, hours) {
+				end := min(sealed, last)
 				var minus []int64
 				for _, x := range hours {
 					if (x.Period < t || x.Period >= end) && x.Calls > 0 {

@@ -56,6 +56,19 @@ func grainHours(g uint8) int64 {
 // plan's minus hours subtract.
 func covered(t *testing.T, p usagePlan, from, to int64) {
 	t.Helper()
+	coveredIn(t, nil, p, from, to)
+}
+
+// coveredIn is covered where a UTC day row read may be a day so far of st
+// (its first hours).
+func coveredIn(t *testing.T, st *sealState, p usagePlan, from, to int64) {
+	t.Helper()
+	hoursOf := func(r sealRef) int64 {
+		if st != nil && r.Grain == grainDay {
+			return int64(len(st.days[r.Period].HourVersions))
+		}
+		return grainHours(r.Grain)
+	}
 	delta := map[int64]int{}
 	add := func(a, b int64, w int) {
 		if a >= b {
@@ -65,7 +78,7 @@ func covered(t *testing.T, p usagePlan, from, to int64) {
 		delta[b] -= w
 	}
 	for _, r := range p.rollup {
-		add(r.Period, r.Period+grainHours(r.Grain)*3600, 1)
+		add(r.Period, r.Period+hoursOf(r)*3600, 1)
 	}
 	for _, r := range p.minus {
 		if r.Grain != grainHour {
@@ -1437,4 +1450,110 @@ func loadZone(t *testing.T, name string) *time.Location {
 		t.Fatal(err)
 	}
 	return loc
+}
+
+// TestPlanUsageDaySoFar: a UTC day sealed over its first hours (the day so
+// far) is read as one row per group for those hours, from midnight or from
+// the range's first hour inside it (the hours before subtracted, without
+// percentiles), never when one of its hours is dirty or sealed again since,
+// and never where whole days are needed (weeks, day buckets).
+func TestPlanUsageDaySoFar(t *testing.T) {
+	d0 := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Unix() // a Monday
+	today := d0 + 3*86400
+	const sealedHours = 15
+	daySoFar := func(dirty map[int64]uint64) *sealState {
+		st := planState(d0, today+sealedHours*3600, dirty, d0, d0+86400, d0+2*86400)
+		hours, _ := st.cleanHours(today, today+12*3600)
+		st.setDay(spanSeal(grainDay, today, 9, hours))
+		return st
+	}
+	st := daySoFar(map[int64]uint64{})
+	from, to := d0, today+86400 // to tomorrow's midnight, as the dashboard asks
+	grains := func(p usagePlan) (days, hours int) {
+		for _, r := range p.rollup {
+			if r.Grain == grainDay {
+				days++
+			} else {
+				hours++
+			}
+		}
+		return days, hours
+	}
+	for _, s := range []UsageSpec{
+		{Group: GroupBy{Model: true, User: true}},
+		{Group: GroupBy{User: true}},
+		{Group: GroupBy{Model: true}, SkipPercentiles: true},
+	} {
+		s.From, s.To = time.Unix(from, 0), time.Unix(to, 0)
+		p := planUsage(s, st, time.UTC)
+		coveredIn(t, st, p, from, to)
+		days, hours := grains(p)
+		// three whole days, the day so far (12 hours), hours 12..14 sealed,
+		// the rest of today per call
+		if days != 4 || hours != 3 || p.signed() || len(p.perCall) != 1 || p.perCall[0] != [2]int64{today + sealedHours*3600, to} {
+			t.Errorf("%s: %d days, %d hours, minus %v, per call %v; want 4 days (the last the day so far), 3 hours",
+				s.Group, days, hours, p.minus, p.perCall)
+		}
+		if !slices.Contains(p.rollup, st.days[today].ref()) {
+			t.Errorf("%s: the day so far is not read: %+v", s.Group, p.rollup)
+		}
+	}
+
+	// a range starting inside today: its hours before are subtracted
+	// (without percentiles) or the hours read instead (with them)
+	s := UsageSpec{From: time.Unix(today+3*3600, 0), To: time.Unix(to, 0), Group: GroupBy{Model: true}, SkipPercentiles: true}
+	p := planUsage(s, st, time.UTC)
+	coveredIn(t, st, p, s.From.Unix(), to)
+	if days, _ := grains(p); days != 1 || len(p.minus) != 3 {
+		t.Errorf("from 03:00 without percentiles: %d days, minus %v; want the day so far less hours 0..2", days, p.minus)
+	}
+	s.SkipPercentiles = false
+	p = planUsage(s, st, time.UTC)
+	coveredIn(t, st, p, s.From.Unix(), to)
+	if days, hours := grains(p); days != 0 || hours != sealedHours-3 || p.signed() {
+		t.Errorf("from 03:00 with percentiles: %d days, %d hours, minus %v; want hours 3..14", days, hours, p.minus)
+	}
+	// a range ending inside the day so far: its later hours are subtracted
+	s = UsageSpec{From: time.Unix(from, 0), To: time.Unix(today+10*3600, 0), Group: GroupBy{Model: true}, SkipPercentiles: true}
+	p = planUsage(s, st, time.UTC)
+	coveredIn(t, st, p, from, s.To.Unix())
+	if !slices.Contains(p.rollup, st.days[today].ref()) || len(p.minus) != 2 {
+		t.Errorf("to 10:00: rollup %+v, minus %v; want the day so far less hours 10 and 11", p.rollup, p.minus)
+	}
+
+	// a dirty hour, or an hour sealed again after the day so far was,
+	// keeps it out of every read
+	for name, st := range map[string]*sealState{
+		"dirty": daySoFar(map[int64]uint64{today + 4*3600: uint64(time.Hour) + 1000}),
+		"sealed again": func() *sealState {
+			st := daySoFar(map[int64]uint64{})
+			x := st.hours[today+4*3600]
+			x.Version += 1000
+			st.hours[today+4*3600] = x
+			return st
+		}(),
+	} {
+		s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: GroupBy{Model: true, User: true}}
+		p := planUsage(s, st, time.UTC)
+		coveredIn(t, st, p, from, to)
+		if slices.Contains(p.rollup, st.days[today].ref()) {
+			t.Errorf("%s: the day so far is read: %+v", name, p.rollup)
+		}
+	}
+
+	// day buckets and weeks take whole days only
+	for _, g := range []GroupBy{{Bucket: BucketDay, Model: true}, {Bucket: BucketHour}} {
+		s := UsageSpec{From: time.Unix(from, 0), To: time.Unix(to, 0), Group: g}
+		p := planUsage(s, st, time.UTC)
+		coveredIn(t, st, p, from, to)
+		if slices.Contains(p.rollup, st.days[today].ref()) {
+			t.Errorf("%s: the day so far is read as a bucket", g)
+		}
+	}
+	if parts, ok := st.spanDays(utcDays(today-3*86400, 7)); ok {
+		t.Fatalf("a week over the day so far: %+v", parts)
+	}
+	if st.wholeDay(today) || !st.wholeDay(d0) {
+		t.Fatal("wholeDay: the day so far counted as a whole day, or a whole day not")
+	}
 }

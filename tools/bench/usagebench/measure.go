@@ -168,7 +168,13 @@ func (r *runner) measure(ctx context.Context, rep *Report) error {
 	if err := callsdb.MarkDirty(ctx, r.conn, r.db, callsdb.Topology{}, hours, "bench usage: live edge", r.sealClock().Add(time.Hour)); err != nil {
 		return fmt.Errorf("bench usage: mark the live hours: %w", err)
 	}
-	r.say("measure      state live: the last %d hours read from the per-call rows", r.o.LiveHours)
+	// The sealer's day so far ends where the live hours begin, as in
+	// production: rebuilding the hour before them seals it through there.
+	edge := end.Add(-time.Duration(r.o.LiveHours) * time.Hour)
+	if _, _, err := r.sealer.Rebuild(ctx, edge.Add(-time.Hour), edge, nil); err != nil {
+		return fmt.Errorf("bench usage: seal the day so far through %s: %w", edge.Format(time.RFC3339), err)
+	}
+	r.say("measure      state live: the last %d hours read from the per-call rows, the day so far sealed through %s", r.o.LiveHours, edge.Format("15:04"))
 	return r.runShapes(ctx, rep, shapes, "live")
 }
 

@@ -1,0 +1,158 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/callpipe/callpipe/store/callsdb"
+)
+
+// TestRollupDaySoFar: the sealer seals today's sealed hours as one day so
+// far (a UTC day seal over its first hours), grows it each pass from its own
+// rows and the hours sealed since, and seals the whole day from it at
+// midnight. Reads of today read it (one row per group instead of an hour
+// row each), never while one of its hours is dirty, and every answer stays
+// exact. Status counts it apart from whole days.
+func TestRollupDaySoFar(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	// the sealer's clock is days ahead of the real one, so that dirty
+	// marks this test makes at that clock are newer than every seal
+	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, 3)
+	from, to := day.AddDate(0, 0, -2), day.AddDate(0, 0, 1)
+	out, db := chTestDB(t)
+	conn := out.Conn()
+	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 30_000, From: from, Span: to.Sub(from), Models: 4, Users: 20, DuplicatePercent: 3, Seed: 41})
+	clock := day.Add(5*time.Hour + 20*time.Minute)
+	sealer := &callsdb.Sealer{Conn: conn, Database: db, Now: func() time.Time { return clock }}
+	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
+		t.Fatal(err)
+	}
+	ny := loadZone(t, "America/New_York")
+
+	// daySoFar is the newest seal of the day and the calls its rows hold at
+	// the levels per model and per user
+	daySoFar := func() (version uint64, hours int, calls [2]uint64) {
+		t.Helper()
+		var hv []uint64
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT max(version), argMax(hour_versions, version) FROM %s.usage_seals WHERE grain = 2 AND period = toDateTime(%d, 'UTC')", db, day.Unix())).Scan(&version, &hv); err != nil {
+			t.Fatal(err)
+		}
+		for level := range calls {
+			if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(sum(calls)) FROM %s.usage_rollup WHERE by_user = %d AND grain = 2 AND period = toDateTime(%d, 'UTC') AND version = %d AND model != 'model-marker'",
+				db, level, day.Unix(), version)).Scan(&calls[level]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return version, len(hv), calls
+	}
+	callsIn := func(hours int) uint64 {
+		t.Helper()
+		var n uint64
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(uniqExact(id)) FROM %s.calls WHERE start_time >= toDateTime(%d, 'UTC') AND start_time < toDateTime(%d, 'UTC')",
+			db, day.Unix(), day.Add(time.Duration(hours)*time.Hour).Unix())).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	expect := func(what string, wantHours int) uint64 {
+		t.Helper()
+		v, hours, calls := daySoFar()
+		if n := callsIn(wantHours); hours != wantHours || calls != [2]uint64{n, n} {
+			t.Fatalf("%s: day seal (version %d) over %d hours holds %v calls per level; want %d hours, %d calls", what, v, hours, calls, wantHours, n)
+		}
+		return v
+	}
+	status := func() callsdb.RollupStatus {
+		t.Helper()
+		st, err := callsdb.Status(ctx, conn, db, callsdb.DefaultSealAfter, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	check := func(what string) {
+		t.Helper()
+		checkRollupUsageIn(t, conn, db, o, from, to, what, 1, time.UTC, ny)
+		checkRollupUsageIn(t, conn, db, o, from.Add(7*time.Hour), day.Add(3*time.Hour), what+", ragged range", 2, time.UTC, ny)
+	}
+	pass := func(what string) callsdb.PassResult {
+		t.Helper()
+		clock = clock.Add(time.Hour)
+		res, err := sealer.Pass(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return res
+	}
+
+	// rollup rebuild at 05:20 seals the day so far over hours 0..4
+	v1 := expect("after rebuild", 5)
+	if st := status(); st.DaySoFarHours != 5 || st.SealedDays != 2 {
+		t.Fatalf("status: day so far %d hours, %d whole days; want 5 and 2", st.DaySoFarHours, st.SealedDays)
+	}
+	check("day so far of 5 hours")
+	// reads of today read it: a row added to it (in the copy without
+	// users) is counted
+	addMarkerRow(ctx, t, conn, db, "usage_rollup_by_model", 2, day, v1)
+	if n := markerCalls(ctx, t, conn, db, from, to, callsdb.GroupBy{Model: true}); n != 7 {
+		t.Fatalf("per model over the range: the day so far's marker row counted %d calls, want 7", n)
+	}
+
+	// each pass grows it by the hour it sealed, summing its own rows: a
+	// row added to them is carried into the next one
+	if res := pass("06:20"); res.HoursSealed != 1 || res.DaysSealed != 1 {
+		t.Fatalf("pass at 06:20: %+v, want one hour and the day so far sealed", res)
+	}
+	v2 := expect("at 06:20", 6)
+	if n := markerCalls(ctx, t, conn, db, from, to, callsdb.GroupBy{Model: true}); n != 0 {
+		t.Fatalf("the superseded day so far is read (%d marker calls)", n)
+	}
+	check("day so far of 6 hours")
+	addMarkerRow(ctx, t, conn, db, "usage_rollup", 2, day, v2)
+	pass("07:20")
+	v3 := expect("at 07:20", 7)
+	var carried uint64
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(sum(calls)) FROM %s.usage_rollup WHERE by_user = 0 AND grain = 2 AND version = %d AND model = 'model-marker'", db, v3)).Scan(&carried); err != nil {
+		t.Fatal(err)
+	}
+	if carried != 7 {
+		t.Fatalf("the day so far at 07:20 holds %d marker calls: it was not summed from the one before", carried)
+	}
+
+	// late calls into hours 0..3: until they are sealed again, no read may
+	// use the day so far (which also holds the marker now)
+	if err := conn.Exec(ctx, copyCallsSQL(db, "'user-late'", 10, day, day.Add(4*time.Hour), "cityHash64(id) % 5 = 0")); err != nil {
+		t.Fatal(err)
+	}
+	late := []int64{day.Unix(), day.Add(time.Hour).Unix(), day.Add(2 * time.Hour).Unix(), day.Add(3 * time.Hour).Unix()}
+	if err := callsdb.MarkDirty(ctx, conn, db, callsdb.Topology{}, late, "test late calls", clock); err != nil {
+		t.Fatal(err)
+	}
+	o.loadDays(t, conn, db, day, day.Add(24*time.Hour))
+	check("late calls, not sealed again yet")
+	// sealed again: its hours changed, so it is summed from them anew
+	if res := pass("08:20"); res.Resealed != 4 || res.DaysSealed != 1 {
+		t.Fatalf("pass at 08:20: %+v, want the 4 late hours and the day so far sealed again", res)
+	}
+	expect("at 08:20, after late calls", 8)
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(count()) FROM %s.usage_rollup WHERE grain = 2 AND period = toDateTime(%d, 'UTC') AND version > %d AND model = 'model-marker'", db, day.Unix(), v3)).Scan(&carried); err != nil {
+		t.Fatal(err)
+	}
+	if carried != 0 {
+		t.Fatal("the day so far sealed after late calls was summed from the one they made stale")
+	}
+	check("late calls sealed again")
+
+	// at midnight the whole day is sealed (from the day so far and the
+	// hours after it); status counts it as a day
+	clock = day.Add(23*time.Hour + 20*time.Minute)
+	pass("00:20")
+	expect("at midnight", 24)
+	if st := status(); st.DaySoFarHours != 0 || st.SealedDays != 3 {
+		t.Fatalf("status at 00:20: day so far %d hours, %d whole days; want 0 and 3", st.DaySoFarHours, st.SealedDays)
+	}
+	check("whole day")
+}
