@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -146,13 +147,32 @@ func TestRollupDaySoFar(t *testing.T) {
 	}
 	check("late calls sealed again")
 
+	// retention drops a day's calls only once the whole day is sealed: the
+	// day so far holds only some of its hours
+	expired := func() []string {
+		t.Helper()
+		dropped, err := callsdb.DropExpired(ctx, conn, db, callsdb.Topology{}, callsdb.Retention{Calls: 1}, day.AddDate(0, 0, 3), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dropped
+	}
+	callsOf := func(d time.Time) string { return "calls/" + d.Format("20060102") }
+	if dropped := expired(); !slices.Contains(dropped, callsOf(from)) || !slices.Contains(dropped, callsOf(from.AddDate(0, 0, 1))) || slices.Contains(dropped, callsOf(day)) {
+		t.Fatalf("retention with the last day sealed so far: dropped %v; want the two whole days' calls, not the last day's", dropped)
+	}
+
 	// at midnight the whole day is sealed (from the day so far and the
-	// hours after it); status counts it as a day
+	// hours after it); status (which looks from the first stored call on:
+	// the day's) counts it as a day
 	clock = day.Add(23*time.Hour + 20*time.Minute)
 	pass("00:20")
 	expect("at midnight", 24)
-	if st := status(); st.DaySoFarHours != 0 || st.SealedDays != 3 {
-		t.Fatalf("status at 00:20: day so far %d hours, %d whole days; want 0 and 3", st.DaySoFarHours, st.SealedDays)
+	if st := status(); st.DaySoFarHours != 0 || st.SealedDays != 1 {
+		t.Fatalf("status at 00:20: day so far %d hours, %d whole days; want 0 and 1", st.DaySoFarHours, st.SealedDays)
 	}
 	check("whole day")
+	if dropped := expired(); !slices.Contains(dropped, callsOf(day)) {
+		t.Fatalf("retention with the last day whole: dropped %v; want its calls", dropped)
+	}
 }
