@@ -40,7 +40,11 @@ import (
 //     reading is newer than that seal's start, so the hour stays dirty and
 //     is sealed again.
 //  3. A day seal lists the 24 hour versions it summed. Readers use a day's
-//     rows only while those are still the current, clean hour seals.
+//     rows only while those are still the current, clean hour seals. The
+//     day so far of the UTC day of the horizon lists fewer: its first
+//     hours, which alone it stands for; it is never taken for a whole day
+//     (weeks, day buckets, retention), and a day sealed from it sums its
+//     rows only while the hours it lists are still current.
 //  4. Rows of superseded or abandoned versions are deleted only Grace after
 //     the seal that replaced them, longer than any read runs.
 //
