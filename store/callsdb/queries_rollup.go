@@ -328,10 +328,16 @@ type sealRef struct {
 	Version uint64
 }
 
-// sealRefsSQL is "these seals' rows": a tuple IN over (grain, period, version).
+// sealRefsSQL is "these seals' rows": a tuple IN over (grain, period,
+// version). The version is an expression (version + 0), not the key column:
+// 18.16 checks a tuple IN naming key columns against every index range the
+// other conditions leave, and with version (the last key column) in it that
+// cost more than reading the rows (30 days of 9 users' rows from the copy
+// sorted by user, 40,000 rows: 42 ms against 14 ms). The runs of sealRuns
+// narrow the index; this picks the exact seals among the rows they read.
 func sealRefsSQL(refs []sealRef) string {
 	var b strings.Builder
-	b.WriteString("(grain, toUInt32(period), version) IN (")
+	b.WriteString("(grain, toUInt32(period), version + 0) IN (")
 	for i, r := range refs {
 		if i > 0 {
 			b.WriteString(", ")

@@ -606,9 +606,10 @@ func rollupSumsSQL(s UsageSpec, p usagePlan) []string {
 // threads hold two: 30 days by model x user at 100 M calls (24,000 groups)
 // took 1.7 GiB of server memory on two threads, 0.91 GiB on one, and
 // 2.4-3.0 s against 3.8-4.7 s. Every user's groups alone (2,000) stay under
-// 0.4 GiB on two threads and keep them.
+// 0.4 GiB on two threads and keep them, and so do a Limit's groups (its
+// second read holds a state for those alone).
 func singleThreaded(s UsageSpec, p usagePlan) bool {
-	return s.Group.User && s.Group.Model && histogramMergeOf(s, p.signed()) == mergeArray
+	return s.Group.User && s.Group.Model && s.Filter.only == nil && histogramMergeOf(s, p.signed()) == mergeArray
 }
 
 // maySubtract reports whether a plan for s may subtract hours from day

@@ -477,6 +477,9 @@ func TestSingleThreadedUsageRead(t *testing.T) {
 		{UsageSpec{Group: GroupBy{Model: true, User: true}, Filter: UsageFilter{User: "u"}}, signed, false}, // merged as text
 		{UsageSpec{Group: GroupBy{User: true}}, unsigned, false},
 		{UsageSpec{Group: GroupBy{Model: true}}, unsigned, false},
+		// a Limit's second read weighs its groups alone
+		{UsageSpec{Group: GroupBy{Model: true, User: true}, Filter: withGroups(UsageFilter{}, GroupBy{Model: true, User: true},
+			map[usageKey]bool{{model: "m", user: "u"}: true})}, unsigned, false},
 	} {
 		c.s.From, c.s.To = time.Unix(h, 0), time.Unix(h+3600, 0)
 		sql := usageRollupSQL(c.s, c.p)
