@@ -174,6 +174,9 @@ func (r *runner) measure(ctx context.Context, rep *Report) error {
 	if _, _, err := r.sealer.Rebuild(ctx, edge.Add(-time.Hour), edge, nil); err != nil {
 		return fmt.Errorf("bench usage: seal the day so far through %s: %w", edge.Format(time.RFC3339), err)
 	}
+	if err := r.dropSuperseded(ctx, rep.From, rep.To); err != nil {
+		return err
+	}
 	r.say("measure      state live: the last %d hours read from the per-call rows, the day so far sealed through %s", r.o.LiveHours, edge.Format("15:04"))
 	return r.runShapes(ctx, rep, shapes, "live")
 }
