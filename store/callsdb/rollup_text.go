@@ -18,6 +18,9 @@ func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
 	fmt.Fprintf(w, "sealed through   %s (lag %s)\n", st.SealedThrough.Format(time.RFC3339), (time.Duration(st.LagSeconds) * time.Second).String())
 	fmt.Fprintf(w, "sealable before  %s (seal_after %s)\n", st.SealableBefore.Format(time.RFC3339), st.SealAfter)
 	fmt.Fprintf(w, "sealed           %d hours, %d days, %d weeks, %d local days and %d local weeks of clickhouse.rollup.zones, %d four weeks (per user alone)\n", st.SealedHours, st.SealedDays, st.SealedWeeks, st.SealedLocalDays, st.SealedLocalWeeks, st.SealedFourWeeks)
+	if st.DaySoFarHours > 0 {
+		fmt.Fprintf(w, "day so far       %s's first %d hours sealed as one (what reads of today read)\n", st.SealableBefore.Format(time.DateOnly), st.DaySoFarHours)
+	}
 	fmt.Fprintf(w, "unsealed hours   %d%s\n", len(st.Unsealed), hourList(st.Unsealed))
 	fmt.Fprintf(w, "dirty hours      %d%s\n", len(st.Dirty), hourList(st.Dirty))
 	if st.WithoutUserCopy > 0 {

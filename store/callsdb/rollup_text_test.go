@@ -1,0 +1,37 @@
+package callsdb
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRollupStatusDaySoFar: `rollup status` shows the day so far's length,
+// as text and as JSON, and no line for it when there is none.
+func TestRollupStatusDaySoFar(t *testing.T) {
+	st := RollupStatus{SealableBefore: time.Date(2026, 12, 7, 17, 0, 0, 0, time.UTC), DaySoFarHours: 17, SealedDays: 30}
+	var text, js bytes.Buffer
+	if err := st.WriteText(&text, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "day so far       2026-12-07's first 17 hours sealed as one") {
+		t.Fatalf("text:\n%s", text.String())
+	}
+	if err := st.WriteText(&js, true); err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]any
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back["day_so_far_hours"] != float64(17) || back["sealed_days"] != float64(30) {
+		t.Fatalf("json %s (err %v)", js.String(), err)
+	}
+	st.DaySoFarHours = 0
+	text.Reset()
+	if err := st.WriteText(&text, false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(text.String(), "day so far") {
+		t.Fatalf("a day so far line without one:\n%s", text.String())
+	}
+}
