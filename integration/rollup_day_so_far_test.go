@@ -15,7 +15,8 @@ import (
 // rows and the hours sealed since, and seals the whole day from it at
 // midnight. Reads of today read it (one row per group instead of an hour
 // row each), never while one of its hours is dirty, and every answer stays
-// exact. Status counts it apart from whole days.
+// exact. Status counts it apart from whole days. So for a zone in
+// clickhouse.rollup.zones (New York), from its local midnight.
 func TestRollupDaySoFar(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -27,11 +28,21 @@ func TestRollupDaySoFar(t *testing.T) {
 	conn := out.Conn()
 	o := loadSynthetic(ctx, t, conn, db, callsdb.SyntheticLoad{Calls: 30_000, From: from, Span: to.Sub(from), Models: 4, Users: 20, DuplicatePercent: 3, Seed: 41})
 	clock := day.Add(5*time.Hour + 20*time.Minute)
-	sealer := &callsdb.Sealer{Conn: conn, Database: db, Now: func() time.Time { return clock }}
+	ny := loadZone(t, "America/New_York") // days from 05:00 UTC (EST) in December
+	sealer := &callsdb.Sealer{Conn: conn, Database: db, Zones: []*time.Location{ny}, Now: func() time.Time { return clock }}
 	if _, _, err := sealer.Rebuild(ctx, from, to, nil); err != nil {
 		t.Fatal(err)
 	}
-	ny := loadZone(t, "America/New_York")
+	nyDay := day.Add(5 * time.Hour)
+	// nyDaySoFar is how many hours the newest seal of New York's day lists
+	nyDaySoFar := func() (version uint64, hours int) {
+		t.Helper()
+		var hv []uint64
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT max(version), argMax(hour_versions, version) FROM %s.usage_seals WHERE grain = 4 AND period = toDateTime(%d, 'UTC')", db, nyDay.Unix())).Scan(&version, &hv); err != nil {
+			t.Fatal(err)
+		}
+		return version, len(hv)
+	}
 
 	// daySoFar is the newest seal of the day and the calls its rows hold at
 	// the levels per model and per user
@@ -113,8 +124,23 @@ func TestRollupDaySoFar(t *testing.T) {
 	}
 	check("day so far of 6 hours")
 	addMarkerRow(ctx, t, conn, db, "usage_rollup", 2, day, v2)
+	localDays := status().SealedLocalDays
 	pass("07:20")
 	v3 := expect("at 07:20", 7)
+	// New York's day began at 05:00: its first two hours are its day so
+	// far, which a New York read of today reads
+	nyV, nyHours := nyDaySoFar()
+	if nyHours != 2 {
+		t.Fatalf("New York's day so far at 07:20: %d hours, want 2", nyHours)
+	}
+	if n := status().SealedLocalDays; n != localDays {
+		t.Fatalf("status counts New York's day so far as a local day: %d, was %d", n, localDays)
+	}
+	addMarkerRow(ctx, t, conn, db, "usage_rollup_by_model", 4, nyDay, nyV)
+	if n := markerCallsOf(ctx, t, conn, db, callsdb.UsageSpec{From: from.Add(5 * time.Hour), To: nyDay.Add(24 * time.Hour), TZ: ny.String(),
+		Group: callsdb.GroupBy{Model: true}, SkipPercentiles: true}); n != 7 {
+		t.Fatalf("per model in New York: its day so far's marker row counted %d calls, want 7", n)
+	}
 	var carried uint64
 	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(sum(calls)) FROM %s.usage_rollup WHERE by_user = 0 AND grain = 2 AND version = %d AND model = 'model-marker'", db, v3)).Scan(&carried); err != nil {
 		t.Fatal(err)
@@ -135,10 +161,15 @@ func TestRollupDaySoFar(t *testing.T) {
 	o.loadDays(t, conn, db, day, day.Add(24*time.Hour))
 	check("late calls, not sealed again yet")
 	// sealed again: its hours changed, so it is summed from them anew
-	if res := pass("08:20"); res.Resealed != 4 || res.DaysSealed != 1 {
-		t.Fatalf("pass at 08:20: %+v, want the 4 late hours and the day so far sealed again", res)
+	// (with New York's day so far, and its day before, which held hours
+	// 00:00 to 04:00 UTC)
+	if res := pass("08:20"); res.Resealed != 4 || res.DaysSealed != 3 {
+		t.Fatalf("pass at 08:20: %+v, want the 4 late hours and 3 days (both days so far, New York's day before) sealed again", res)
 	}
 	expect("at 08:20, after late calls", 8)
+	if _, nyHours := nyDaySoFar(); nyHours != 3 {
+		t.Fatalf("New York's day so far at 08:20: %d hours, want 3", nyHours)
+	}
 	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT toUInt64(count()) FROM %s.usage_rollup WHERE grain = 2 AND period = toDateTime(%d, 'UTC') AND version > %d AND model = 'model-marker'", db, day.Unix(), v3)).Scan(&carried); err != nil {
 		t.Fatal(err)
 	}

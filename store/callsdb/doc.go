@@ -57,8 +57,8 @@
 //     that arrives later marks its hour dirty before and after its INSERT,
 //     and a dirty hour is read from per-call rows until sealed again.
 //   - A day seal is used only while the hour seals it lists are still
-//     current: 24 of them, or the first hours of today for its day so far,
-//     which is never taken for a whole day.
+//     current: every hour of its day, or the first hours of today (UTC, or
+//     of a zone) for its day so far, which is never taken for a whole day.
 //   - Replaced rows are deleted only after Grace, longer than any read.
 //
 // Every second of a read's range comes from exactly one of: a clean seal's

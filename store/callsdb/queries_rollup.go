@@ -62,6 +62,18 @@ func localWeekGrain(n int64) (uint8, bool) {
 	return uint8(n - 160), true
 }
 
+// dayHours is how many hours a whole day of grain spans (24 for a UTC
+// day, 23 to 25 for a local day), 0 for any other grain.
+func dayHours(grain uint8) int {
+	switch {
+	case grain == grainDay:
+		return 24
+	case grain >= grainLocalDay23 && grain <= grainLocalDay25:
+		return int(grain) + 20
+	}
+	return 0
+}
+
 // isLocalWeek reports whether grain is a local week's.
 func isLocalWeek(grain uint8) bool { return grain >= grainLocalWeek167 && grain <= grainLocalWeek169 }
 

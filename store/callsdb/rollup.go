@@ -41,8 +41,8 @@ import (
 //     is sealed again.
 //  3. A day seal lists the 24 hour versions it summed. Readers use a day's
 //     rows only while those are still the current, clean hour seals. The
-//     day so far of the UTC day of the horizon lists fewer: its first
-//     hours, which alone it stands for; it is never taken for a whole day
+//     day so far of the day (UTC, or of a zone) of the horizon lists fewer:
+//     its first hours, which alone it stands for; it is never taken for a whole day
 //     (weeks, day buckets, retention), and a day sealed from it sums its
 //     rows only while the hours it lists are still current.
 //  4. Rows of superseded or abandoned versions are deleted only Grace after
@@ -559,9 +559,10 @@ func (s *Sealer) grace() time.Duration {
 
 // sealDays seals every UTC day in [from, to), and every local day of the
 // zones there, whose hours are clean sealed and whose day seal is missing or
-// summed other hour versions; and, unless its UTC day is one of those, the
-// day so far through soFar (a whole hour): the leading clean hours of its
-// day before it, when there are at least minDaySoFarHours of them.
+// summed other hour versions; and, unless its day is one of those, the day
+// so far (UTC, and of each zone) through soFar (a whole hour): the leading
+// clean hours of its day before it, when there are at least
+// minDaySoFarHours of them.
 func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar int64) (int, error) {
 	type day struct {
 		grain      uint8
@@ -581,6 +582,12 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar in
 		for _, w := range localDays(loc, from, to) {
 			g, _ := localDayGrain((w[1] - w[0]) / 3600)
 			days = append(days, day{g, w[0], w[1]})
+		}
+		if w, ok := localDayOf(loc, soFar-3600); ok && w[0] >= from && w[1] > to {
+			if end := st.cleanThrough(w[0], soFar); end-w[0] >= minDaySoFarHours*3600 {
+				g, _ := localDayGrain((w[1] - w[0]) / 3600)
+				days = append(days, day{g, w[0], end})
+			}
 		}
 	}
 	var due []dueSpan
@@ -622,9 +629,9 @@ type dueSpan struct {
 }
 
 // sealSpans seals spans, each at a new version, and makes them current in
-// st. Spans without calls get records only, written together. A UTC day
-// whose current seal is a day so far over its first hours (at the versions
-// in parts) is summed from that seal's rows and the hours after it.
+// st. Spans without calls get records only, written together. A UTC or
+// local day whose current seal is a day so far over its first hours (at the
+// versions in parts) is summed from that seal's rows and the hours after it.
 func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) (int, error) {
 	n := 0
 	var empty []Seal
@@ -636,8 +643,8 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 			continue
 		}
 		summed := d.parts
-		if d.grain == grainDay {
-			if x, ok := st.current(grainDay, d.start); ok && len(x.HourVersions) > 0 && len(x.HourVersions) < len(d.parts) && st.dayCurrent(grainDay, d.start, d.parts[:len(x.HourVersions)]) {
+		if dayHours(d.grain) > 0 {
+			if x, ok := st.current(d.grain, d.start); ok && len(x.HourVersions) > 0 && len(x.HourVersions) < len(d.parts) && st.dayCurrent(d.grain, d.start, d.parts[:len(x.HourVersions)]) {
 				summed = append([]Seal{x}, d.parts[len(x.HourVersions):]...)
 			}
 		}
@@ -744,16 +751,30 @@ func localDays(loc *time.Location, from, to int64) [][2]int64 {
 	var out [][2]int64
 	y, m, d := unixUTC(from).In(loc).Date()
 	for ; ; d++ {
-		start, end := time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), time.Date(y, m, d+1, 0, 0, 0, 0, loc).Unix()
-		if end > to {
+		w, ok := localDay(loc, y, m, d)
+		if w[1] > to {
 			return out
 		}
-		_, ok := localDayGrain((end - start) / 3600)
-		if start < from || start%3600 != 0 || end%3600 != 0 || !ok || (start%86400 == 0 && end-start == 86400) {
-			continue
+		if ok && w[0] >= from {
+			out = append(out, w)
 		}
-		out = append(out, [2]int64{start, end})
 	}
+}
+
+// localDay is the day y-m-d of loc as [start, end) in Unix seconds, and
+// whether a local day seal may sum it: it starts and ends on whole UTC
+// hours, lasts 23 to 25 of them and is not a UTC day.
+func localDay(loc *time.Location, y int, m time.Month, d int) ([2]int64, bool) {
+	start, end := time.Date(y, m, d, 0, 0, 0, 0, loc).Unix(), time.Date(y, m, d+1, 0, 0, 0, 0, loc).Unix()
+	_, ok := localDayGrain((end - start) / 3600)
+	return [2]int64{start, end}, ok && start%3600 == 0 && end%3600 == 0 && (start%86400 != 0 || end-start != 86400)
+}
+
+// localDayOf is the day of loc holding the second t, when a local day seal
+// may sum it (localDay).
+func localDayOf(loc *time.Location, t int64) ([2]int64, bool) {
+	y, m, d := unixUTC(t).In(loc).Date()
+	return localDay(loc, y, m, d)
 }
 
 // daySpan is a span of whole days to seal or read (a week, four weeks):
@@ -1296,13 +1317,13 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 			out.DaySoFarHours = len(x.HourVersions)
 		}
 	}
-	for k := range st.localDays {
+	for k, x := range st.localDays {
 		switch {
 		case isFourWeeks(k.grain):
 			out.SealedFourWeeks++
 		case isLocalWeek(k.grain):
 			out.SealedLocalWeeks++
-		default:
+		case len(x.HourVersions) == dayHours(k.grain): // not a day so far
 			out.SealedLocalDays++
 		}
 	}

@@ -230,11 +230,17 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 				relax(w.end, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
+		// a local day's row for the day, or for its first hours (a day so
+		// far)
 		for _, w := range locals[t] {
 			g, _ := localDayGrain((w[1] - w[0]) / 3600)
-			if hours, clean := st.cleanHours(w[0], w[1]); clean && st.dayCurrent(g, w[0], hours) {
-				x, _ := st.current(g, w[0])
-				relax(w[1], step{from: t, cost: dayRowHours, ref: x.ref()})
+			x, ok := st.current(g, w[0])
+			sealed := w[0] + int64(len(x.HourVersions))*3600
+			if !ok || sealed == w[0] || sealed > w[1] {
+				continue
+			}
+			if hours, clean := st.cleanHours(w[0], sealed); clean && st.dayCurrent(g, w[0], hours) {
+				relax(sealed, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
 		if st.clean(t) {

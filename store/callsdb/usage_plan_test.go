@@ -59,13 +59,15 @@ func covered(t *testing.T, p usagePlan, from, to int64) {
 	coveredIn(t, nil, p, from, to)
 }
 
-// coveredIn is covered where a UTC day row read may be a day so far of st
-// (its first hours).
+// coveredIn is covered where a UTC or local day row read may be a day so
+// far of st (its first hours).
 func coveredIn(t *testing.T, st *sealState, p usagePlan, from, to int64) {
 	t.Helper()
 	hoursOf := func(r sealRef) int64 {
-		if st != nil && r.Grain == grainDay {
-			return int64(len(st.days[r.Period].HourVersions))
+		if st != nil && dayHours(r.Grain) > 0 {
+			if x, ok := st.current(r.Grain, r.Period); ok {
+				return int64(len(x.HourVersions))
+			}
 		}
 		return grainHours(r.Grain)
 	}
@@ -1558,5 +1560,30 @@ func TestPlanUsageDaySoFar(t *testing.T) {
 	}
 	if st.wholeDay(today) || !st.wholeDay(d0) {
 		t.Fatal("wholeDay: the day so far counted as a whole day, or a whole day not")
+	}
+
+	// a zone's day so far: New York's day starts at 05:00 UTC (EST); its
+	// first 8 hours sealed as one are read by a New York read of today
+	ny := loadZone(t, "America/New_York")
+	st = withLocalDays(planState(d0, today+sealedHours*3600, map[int64]uint64{}, d0, d0+86400, d0+2*86400), ny, d0, today+sealedHours*3600)
+	nyToday := today + 5*3600
+	hours, _ := st.cleanHours(nyToday, nyToday+8*3600)
+	nySoFar := spanSeal(grainLocalDay24, nyToday, 9, hours)
+	st.setDay(nySoFar)
+	s = UsageSpec{From: time.Unix(d0+5*3600, 0), To: time.Unix(nyToday+86400, 0), Group: GroupBy{Model: true, User: true}, TZ: ny.String()}
+	p = planUsage(s, st, ny)
+	coveredIn(t, st, p, s.From.Unix(), s.To.Unix())
+	if !slices.Contains(p.rollup, nySoFar.ref()) {
+		t.Fatalf("New York's day so far is not read: %+v", p.rollup)
+	}
+	// its hours after those 8 are hour rows, the rest per call
+	if n := len(p.perCall); n != 1 || p.perCall[0] != [2]int64{today + sealedHours*3600, s.To.Unix()} {
+		t.Fatalf("per call %v", p.perCall)
+	}
+	x := st.hours[nyToday+2*3600]
+	x.Version += 1000
+	st.hours[nyToday+2*3600] = x
+	if p = planUsage(s, st, ny); slices.Contains(p.rollup, nySoFar.ref()) {
+		t.Fatal("New York's day so far is read though an hour of it was sealed again")
 	}
 }
