@@ -71,8 +71,14 @@ func TestRollupLocalDays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.SealedLocalDays != len(seals) {
-		t.Errorf("status: %d local days sealed, usage_seals has %d", st.SealedLocalDays, len(seals))
+	// today's days so far of the two zones (records of their first hours,
+	// without calls here) are not whole days
+	var soFar uint64
+	if err := conn.QueryRow(ctx, fmt.Sprintf(`SELECT toUInt64(count()) FROM (SELECT grain, argMax(hour_versions, version) AS hv FROM %s.usage_seals WHERE grain IN (3, 4, 5) GROUP BY grain, period) WHERE length(hv) != grain + 20`, db)).Scan(&soFar); err != nil {
+		t.Fatal(err)
+	}
+	if st.SealedLocalDays != len(seals)-int(soFar) || soFar > 2 {
+		t.Errorf("status: %d local days sealed, usage_seals has %d, %d of them days so far", st.SealedLocalDays, len(seals), soFar)
 	}
 	check("local days sealed")
 	checkHistogramBound(t, conn, db, from) // New York's days now only add up
