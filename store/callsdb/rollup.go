@@ -42,9 +42,9 @@ import (
 //  3. A day seal lists the 24 hour versions it summed. Readers use a day's
 //     rows only while those are still the current, clean hour seals. The
 //     day so far of the day (UTC, or of a zone) of the horizon lists fewer:
-//     its first hours, which alone it stands for; it is never taken for a whole day
-//     (weeks, day buckets, retention), and a day sealed from it sums its
-//     rows only while the hours it lists are still current.
+//     its first hours, which alone it stands for. It is never taken for a
+//     whole day (weeks, day buckets, retention), and a day sealed from it
+//     sums its rows only while the hours it lists are still current.
 //  4. Rows of superseded or abandoned versions are deleted only Grace after
 //     the seal that replaced them, longer than any read runs.
 //
@@ -660,8 +660,9 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 	return n + len(empty), nil
 }
 
-// minDaySoFarHours is the fewest leading hours of a UTC day sealed as its
-// day so far (one hour's rows are read as well from its hour seal).
+// minDaySoFarHours is the fewest leading hours of a day (UTC or local)
+// sealed as its day so far (one hour's rows are read as well from its hour
+// seal).
 const minDaySoFarHours = 2
 
 // fourWeeksPerPass is how many four weeks with calls a Pass seals at most
@@ -851,8 +852,8 @@ func localWeeks(loc *time.Location, from, to int64) []daySpan {
 // Rebuild re-seals every hour of [from, to) that is past the horizon, then
 // the days and weeks they complete (and the day so far through the range's
 // end, when that falls inside the day of the horizon), and reports progress
-// after each hour. It is what
-// bulk loads and repairs use; it runs safely beside the clickhouse stage.
+// after each hour. It is what bulk loads and repairs use; it runs safely
+// beside the clickhouse stage.
 // Hours within the horizon are left to the stage (returned as notBefore).
 func (s *Sealer) Rebuild(ctx context.Context, from, to time.Time, progress func(done, total int, h time.Time)) (sealed int, notBefore time.Time, err error) {
 	due := SealableBefore(s.now(), s.sealAfter()).Unix()
@@ -952,8 +953,8 @@ type Seal struct {
 	Version uint64
 	Calls   uint64
 	// HourVersions: a day seal's are the versions of its hours, in order
-	// (a UTC day so far: of its first hours, fewer than 24); a week's or four
-	// weeks' of its days.
+	// (a day so far, UTC or local: of its first hours only); a week's or
+	// four weeks' of its days.
 	HourVersions []uint64
 	// UserCopy is where the seal's rows keyed by user are also copied:
 	// userCopyCurrent (usage_rollup_user_copy, since migration 0009),
