@@ -205,7 +205,8 @@ func partitionIDs(ctx context.Context, conn driver.Conn, db, table string) ([]st
 }
 
 // sealedDays keeps the YYYYMMDD partition ids whose day has a seal of all
-// its hours: their usage is in the rollups. The others wait for the sealer (and are logged).
+// its hours: their usage is in the rollups. The others wait for the sealer
+// (and are logged).
 func sealedDays(ctx context.Context, conn driver.Conn, db string, ids []string, log *slog.Logger) ([]string, error) {
 	var keep []string
 	for _, id := range ids {

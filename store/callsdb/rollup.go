@@ -574,7 +574,7 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar in
 		days = append(days, day{grainDay, d, d + 86400})
 	}
 	if today := floorTo(soFar, 86400); today >= d {
-		if end := st.cleanThrough(today, soFar); end-today >= minDaySoFarHours*3600 {
+		if end, ok := st.daySoFarEnd(today, soFar); ok {
 			days = append(days, day{grainDay, today, end})
 		}
 	}
@@ -584,7 +584,7 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar in
 			days = append(days, day{g, w[0], w[1]})
 		}
 		if w, ok := localDayOf(loc, soFar-3600); ok && w[0] >= from && w[1] > to {
-			if end := st.cleanThrough(w[0], soFar); end-w[0] >= minDaySoFarHours*3600 {
+			if end, ok := st.daySoFarEnd(w[0], soFar); ok {
 				g, _ := localDayGrain((w[1] - w[0]) / 3600)
 				days = append(days, day{g, w[0], end})
 			}
@@ -644,8 +644,8 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 		}
 		summed := d.parts
 		if dayHours(d.grain) > 0 {
-			if x, ok := st.current(d.grain, d.start); ok && len(x.HourVersions) > 0 && len(x.HourVersions) < len(d.parts) && st.dayCurrent(d.grain, d.start, d.parts[:len(x.HourVersions)]) {
-				summed = append([]Seal{x}, d.parts[len(x.HourVersions):]...)
+			if x, hours, ok := st.currentDay(d.grain, d.start); ok && len(hours) < len(d.parts) {
+				summed = append([]Seal{x}, d.parts[len(hours):]...)
 			}
 		}
 		if err := s.sealSpan(ctx, seal, summed); err != nil {
@@ -1067,11 +1067,22 @@ func (st *sealState) cleanThrough(d, to int64) int64 {
 	return h
 }
 
-// wholeDay reports whether UTC day d has a seal of all its 24 hours (not a
+// wholeDay reports whether UTC day d has a seal of all its hours (not a
 // day so far).
 func (st *sealState) wholeDay(d int64) bool {
 	x, ok := st.days[d]
-	return ok && len(x.HourVersions) == 24
+	return ok && x.wholeDay()
+}
+
+// wholeDay reports whether x, a UTC or local day's seal, lists every hour
+// of its day (not a day so far).
+func (x Seal) wholeDay() bool { return len(x.HourVersions) == dayHours(x.Grain) }
+
+// daySoFarEnd is the end of the day so far of the day from start through
+// soFar (its leading clean hours), if it has at least minDaySoFarHours.
+func (st *sealState) daySoFarEnd(start, soFar int64) (int64, bool) {
+	end := st.cleanThrough(start, soFar)
+	return end, end-start >= minDaySoFarHours*3600
 }
 
 // cleanHours returns the seals of the hours of [from, to) if all are clean.
@@ -1113,6 +1124,21 @@ func (st *sealState) currentSpan(grain uint8, start int64, days [][2]int64) (Sea
 		return Seal{}, false
 	}
 	return st.current(grain, start)
+}
+
+// currentDay returns the seal of the UTC or local day (grain, start) and
+// the clean hour seals it stands for, if it summed exactly those: all its
+// day's hours, or for a day so far its first ones.
+func (st *sealState) currentDay(grain uint8, start int64) (Seal, []Seal, bool) {
+	x, ok := st.current(grain, start)
+	if !ok || len(x.HourVersions) == 0 {
+		return Seal{}, nil, false
+	}
+	hours, clean := st.cleanHours(start, start+int64(len(x.HourVersions))*3600)
+	if !clean || !st.dayCurrent(grain, start, hours) {
+		return Seal{}, nil, false
+	}
+	return x, hours, true
 }
 
 // dayCurrent reports whether the seal of the span (grain, start) summed
@@ -1312,7 +1338,7 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 	}
 	out.SealedHours, out.SealedWeeks = len(st.hours), len(st.weeks)
 	for d, x := range st.days {
-		if st.wholeDay(d) {
+		if x.wholeDay() {
 			out.SealedDays++
 		} else if d == floorTo(due, 86400) {
 			out.DaySoFarHours = len(x.HourVersions)
@@ -1324,7 +1350,7 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 			out.SealedFourWeeks++
 		case isLocalWeek(k.grain):
 			out.SealedLocalWeeks++
-		case len(x.HourVersions) == dayHours(k.grain): // not a day so far
+		case x.wholeDay():
 			out.SealedLocalDays++
 		}
 	}

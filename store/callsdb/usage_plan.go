@@ -152,10 +152,11 @@ func planUsageOf(s UsageSpec, st *sealState, loc *time.Location, fourWeeks bool)
 // buckets, where any tiling of the range counts every second once: the
 // cheapest path over the range's hour boundaries whose steps are four
 // weeks (with fourWeeks: UTC, or of loc), a week row (UTC, or a local week
-// of loc), a UTC or local day row, a UTC day so far's row (its first hours),
-// a UTC day row whose hours outside the range are subtracted (subtract), an
-// hour row, or an hour read per call (not clean). Costs are in hour rows: a four-week, week or day row dayRowHours, a
-// subtracted hour one (none when it holds no calls, as it has no rows).
+// of loc), a UTC or local day row, a UTC or local day so far's row (its
+// first hours), a UTC day row whose hours outside the range are subtracted
+// (subtract), an hour row, or an hour read per call (not clean). Costs are
+// in hour rows: a four-week, week or day row dayRowHours, a subtracted hour
+// one (none when it holds no calls, as it has no rows).
 func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last int64, subtract, fourWeeks bool, addCalls func(a, b int64)) {
 	type step struct {
 		from  int64
@@ -210,10 +211,8 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 		// far its seal holds) or the range's; hours of it outside [t, end)
 		// are subtracted
 		if d := floorTo(t, 86400); t == d || t == first {
-			sealed := d + int64(len(st.days[d].HourVersions))*3600
-			hours, clean := st.cleanHours(d, sealed)
-			if sealed > t && clean && st.dayCurrent(grainDay, d, hours) {
-				end := min(sealed, last)
+			if x, hours, ok := st.currentDay(grainDay, d); ok && d+int64(len(hours))*3600 > t {
+				end := min(d+int64(len(hours))*3600, last)
 				var minus []int64
 				for _, x := range hours {
 					if (x.Period < t || x.Period >= end) && x.Calls > 0 {
@@ -221,7 +220,7 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 					}
 				}
 				if subtract || len(minus) == 0 {
-					relax(end, step{from: t, cost: dayRowHours + len(minus), ref: st.days[d].ref(), minus: minus})
+					relax(end, step{from: t, cost: dayRowHours + len(minus), ref: x.ref(), minus: minus})
 				}
 			}
 		}
@@ -234,13 +233,8 @@ func planUnbucketed(p *usagePlan, st *sealState, loc *time.Location, first, last
 		// far)
 		for _, w := range locals[t] {
 			g, _ := localDayGrain((w[1] - w[0]) / 3600)
-			x, ok := st.current(g, w[0])
-			sealed := w[0] + int64(len(x.HourVersions))*3600
-			if !ok || sealed == w[0] || sealed > w[1] {
-				continue
-			}
-			if hours, clean := st.cleanHours(w[0], sealed); clean && st.dayCurrent(g, w[0], hours) {
-				relax(sealed, step{from: t, cost: dayRowHours, ref: x.ref()})
+			if x, hours, ok := st.currentDay(g, w[0]); ok {
+				relax(w[0]+int64(len(hours))*3600, step{from: t, cost: dayRowHours, ref: x.ref()})
 			}
 		}
 		if st.clean(t) {
