@@ -115,8 +115,8 @@ func TestRollupDaySoFar(t *testing.T) {
 
 	// each pass grows it by the hour it sealed, summing its own rows: a
 	// row added to them is carried into the next one
-	if res := pass("06:20"); res.HoursSealed != 1 || res.DaysSealed != 1 {
-		t.Fatalf("pass at 06:20: %+v, want one hour and the day so far sealed", res)
+	if res := pass("06:20"); res.HoursSealed != 1 || res.DaysSoFarSealed != 1 || res.DaysSealed != 0 {
+		t.Fatalf("pass at 06:20: %+v, want one hour and the day so far sealed, no whole day", res)
 	}
 	v2 := expect("at 06:20", 6)
 	if n := markerCalls(ctx, t, conn, db, from, to, callsdb.GroupBy{Model: true}); n != 0 {
@@ -163,8 +163,8 @@ func TestRollupDaySoFar(t *testing.T) {
 	// sealed again: its hours changed, so it is summed from them anew
 	// (with New York's day so far, and its day before, which held hours
 	// 00:00 to 04:00 UTC)
-	if res := pass("08:20"); res.Resealed != 4 || res.DaysSealed != 3 {
-		t.Fatalf("pass at 08:20: %+v, want the 4 late hours and 3 days (both days so far, New York's day before) sealed again", res)
+	if res := pass("08:20"); res.Resealed != 4 || res.DaysSoFarSealed != 2 || res.DaysSealed != 1 {
+		t.Fatalf("pass at 08:20: %+v, want the 4 late hours, both days so far and New York's day before (a whole day) sealed again", res)
 	}
 	expect("at 08:20, after late calls", 8)
 	if _, nyHours := nyDaySoFar(); nyHours != 3 {
@@ -197,7 +197,9 @@ func TestRollupDaySoFar(t *testing.T) {
 	// hours after it); status (which looks from the first stored call on:
 	// the day's) counts it as a day
 	clock = day.Add(23*time.Hour + 20*time.Minute)
-	pass("00:20")
+	if res := pass("00:20"); res.DaysSealed != 1 || res.DaysSoFarSealed != 1 {
+		t.Fatalf("pass at 00:20: %+v, want the whole UTC day and New York's day so far (19 hours) sealed", res)
+	}
 	expect("at midnight", 24)
 	if st := status(); st.DaySoFarHours != 0 || st.SealedDays != 1 {
 		t.Fatalf("status at 00:20: day so far %d hours, %d whole days; want 0 and 1", st.DaySoFarHours, st.SealedDays)

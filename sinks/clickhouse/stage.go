@@ -125,8 +125,8 @@ func (st *Stage) runSealer(ctx context.Context, nc *nats.Conn, out *Output) {
 			switch {
 			case err != nil && ctx.Err() == nil:
 				log.Error("rollup seal pass failed; retried next interval", "err", err)
-			case res.HoursSealed+res.EmptyHours+res.DaysSealed+res.WeeksSealed+res.FourWeeksSealed+res.Deleted > 0:
-				log.Info("rollup sealed", "hours", res.HoursSealed, "empty_hours", res.EmptyHours, "resealed", res.Resealed, "days", res.DaysSealed, "weeks", res.WeeksSealed, "four_weeks", res.FourWeeksSealed,
+			case res.HoursSealed+res.EmptyHours+res.DaysSealed+res.DaysSoFarSealed+res.WeeksSealed+res.FourWeeksSealed+res.Deleted > 0:
+				log.Info("rollup sealed", "hours", res.HoursSealed, "empty_hours", res.EmptyHours, "resealed", res.Resealed, "days", res.DaysSealed, "days_so_far", res.DaysSoFarSealed, "weeks", res.WeeksSealed, "four_weeks", res.FourWeeksSealed,
 					"deleted_superseded", res.Deleted, "sealed_through", res.SealedThrough, "dirty_hours", res.DirtyHours, "took", time.Since(t0).Round(time.Millisecond))
 			}
 			select {
@@ -156,7 +156,7 @@ func newRollupMetrics(reg prometheus.Registerer) *rollupMetrics {
 		sealedThrough: f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_sealed_through_timestamp_seconds", Help: "Every hour before this time is sealed and clean (Unix seconds; set by the lease holder)."}),
 		lag:           f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_lag_seconds", Help: "Now minus the sealed-through time (the redelivery horizon plus the open hour when the sealer keeps up)."}),
 		dirty:         f.NewGauge(prometheus.GaugeOpts{Name: "callpipe_rollup_dirty_periods", Help: "Sealed hours with late calls not yet sealed again (read from per-call rows meanwhile)."}),
-		seals:         f.NewCounterVec(prometheus.CounterOpts{Name: "callpipe_rollup_seals_total", Help: "Seals written, by kind (hour, empty_hour, reseal, day, week, four_weeks)."}, []string{"kind"}),
+		seals:         f.NewCounterVec(prometheus.CounterOpts{Name: "callpipe_rollup_seals_total", Help: "Seals written, by kind (hour, empty_hour, reseal, day, day_so_far, week, four_weeks)."}, []string{"kind"}),
 		errors:        f.NewCounter(prometheus.CounterOpts{Name: "callpipe_rollup_seal_errors_total", Help: "Seal passes that failed (retried next interval)."}),
 		passSeconds:   f.NewHistogram(prometheus.HistogramOpts{Name: "callpipe_rollup_pass_seconds", Help: "Time of one seal pass.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}),
 	}
@@ -168,6 +168,7 @@ func (m *rollupMetrics) observe(res callsdb.PassResult, err error, took time.Dur
 	m.seals.WithLabelValues("reseal").Add(float64(res.Resealed))
 	m.seals.WithLabelValues("empty_hour").Add(float64(res.EmptyHours))
 	m.seals.WithLabelValues("day").Add(float64(res.DaysSealed))
+	m.seals.WithLabelValues("day_so_far").Add(float64(res.DaysSoFarSealed))
 	m.seals.WithLabelValues("week").Add(float64(res.WeeksSealed))
 	m.seals.WithLabelValues("four_weeks").Add(float64(res.FourWeeksSealed))
 	if err != nil {

@@ -407,7 +407,8 @@ type PassResult struct {
 	HoursSealed     int       // hours with calls computed
 	EmptyHours      int       // hours without calls recorded as sealed
 	Resealed        int       // dirty hours among HoursSealed
-	DaysSealed      int
+	DaysSealed      int       // whole UTC and local days
+	DaysSoFarSealed int       // days so far (UTC and local: a day's first hours)
 	WeeksSealed     int
 	FourWeeksSealed int
 	Deleted         int // superseded seals whose rows were deleted
@@ -512,12 +513,13 @@ func (s *Sealer) Pass(ctx context.Context) (PassResult, error) {
 	// the first pass also seals the days (local days of zones added since
 	// included) that earlier runs left
 	if len(todo) > 0 || len(empty) > 0 || firstPass {
-		n, err := s.sealDays(ctx, st, daysFrom, due, due)
-		res.DaysSealed = n
+		days, err := s.sealDays(ctx, st, daysFrom, due, due)
+		res.DaysSealed, res.DaysSoFarSealed = days.whole, days.soFar
 		if err != nil {
 			return res, err
 		}
-		if res.WeeksSealed, err = s.sealWeeks(ctx, st, weeksFrom, due); err != nil {
+		weeks, err := s.sealWeeks(ctx, st, weeksFrom, due)
+		if res.WeeksSealed = weeks.whole; err != nil {
 			return res, err
 		}
 	}
@@ -563,7 +565,7 @@ func (s *Sealer) grace() time.Duration {
 // so far (UTC, and of each zone) through soFar (a whole hour): the leading
 // clean hours of its day before it, when there are at least
 // minDaySoFarHours of them.
-func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar int64) (int, error) {
+func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar int64) (spanCount, error) {
 	type day struct {
 		grain      uint8
 		start, end int64
@@ -606,7 +608,7 @@ func (s *Sealer) sealDays(ctx context.Context, st *sealState, from, to, soFar in
 // sealWeeks seals every week, and every local week of the zones, lying in
 // [from, to) whose seven days are current over clean hours and whose week
 // seal is missing or summed other day versions.
-func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (int, error) {
+func (s *Sealer) sealWeeks(ctx context.Context, st *sealState, from, to int64) (spanCount, error) {
 	var due []dueSpan
 	weeks := utcSpans(grainWeek, from, to, 7, weekSeconds)
 	for _, loc := range s.Zones {
@@ -632,8 +634,8 @@ type dueSpan struct {
 // st. Spans without calls get records only, written together. A UTC or
 // local day whose current seal is a day so far over its first hours (at the
 // versions in parts) is summed from that seal's rows and the hours after it.
-func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) (int, error) {
-	n := 0
+// It counts whole spans apart from days so far (a day's first hours).
+func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) (sealed spanCount, err error) {
 	var empty []Seal
 	for _, d := range spans {
 		seal := spanSeal(d.grain, d.start, s.version(), d.parts)
@@ -649,15 +651,30 @@ func (s *Sealer) sealSpans(ctx context.Context, st *sealState, spans []dueSpan) 
 			}
 		}
 		if err := s.sealSpan(ctx, seal, summed); err != nil {
-			return n, err
+			return sealed, err
 		}
 		st.setDay(seal)
-		n++
+		sealed.add(seal)
 	}
 	if err := s.record(ctx, empty...); err != nil {
-		return n, err
+		return sealed, err
 	}
-	return n + len(empty), nil
+	for _, x := range empty {
+		sealed.add(x)
+	}
+	return sealed, nil
+}
+
+// spanCount counts sealed spans: whole days, weeks and four weeks, and days
+// so far apart.
+type spanCount struct{ whole, soFar int }
+
+func (c *spanCount) add(x Seal) {
+	if dayHours(x.Grain) > 0 && !x.wholeDay() {
+		c.soFar++
+	} else {
+		c.whole++
+	}
 }
 
 // minDaySoFarHours is the fewest leading hours of a day (UTC or local)

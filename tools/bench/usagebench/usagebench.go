@@ -431,7 +431,7 @@ func (r *runner) catchUp(ctx context.Context) error {
 		}
 		fourWeeks += res.FourWeeksSealed
 	}
-	r.say("seal pass    %d hours, %d days, %d weeks, %d four weeks sealed (again), %d hours dirty, in %s", first.HoursSealed, first.DaysSealed, first.WeeksSealed, fourWeeks, res.DirtyHours, time.Since(start).Round(time.Second))
+	r.say("seal pass    %d hours, %d days, %d days so far, %d weeks, %d four weeks sealed (again), %d hours dirty, in %s", first.HoursSealed, first.DaysSealed, first.DaysSoFarSealed, first.WeeksSealed, fourWeeks, res.DirtyHours, time.Since(start).Round(time.Second))
 	return nil
 }
 
