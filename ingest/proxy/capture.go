@@ -47,6 +47,10 @@ type call struct {
 	reqComplete  bool                       // reqBody is one whole JSON object
 	model, user  string
 	reqStream    bool
+	// upstreamBody is the whole body sent upstream when it was read whole
+	// (the client's, or with usage injected): upstreamTransport hands it to
+	// net/http as an in-memory body (inMemoryBody)
+	upstreamBody []byte
 
 	injected           bool
 	origBody           []byte // the client's body, when injected
@@ -109,16 +113,17 @@ func (c *call) captureRequest(r *http.Request) {
 	orig := r.Body
 	buf, err := io.ReadAll(io.LimitReader(orig, int64(limit)+1))
 	c.reqBytes.Store(int64(len(buf)))
-	var rest io.Reader = eofReader{}
 	switch {
-	case err != nil:
-		rest = errReader{err} // the upstream request fails like the client's did
-	case len(buf) > limit:
+	case err != nil: // the upstream request fails like the client's did
+		r.Body = &readCloser{Reader: io.MultiReader(bytes.NewReader(buf), errReader{err}), c: orig}
+	case len(buf) > limit: // the rest is forwarded as it comes, not captured
 		c.reqTruncated = true
-		rest = &countingReader{r: orig, n: &c.reqBytes}
+		r.Body = &readCloser{Reader: io.MultiReader(bytes.NewReader(buf), &countingReader{r: orig, n: &c.reqBytes}), c: orig}
+	default:
+		c.upstreamBody = buf
+		r.Body = inMemoryBody(buf)
 	}
 	c.reqBody = buf[:min(len(buf), limit)]
-	r.Body = &readCloser{Reader: io.MultiReader(bytes.NewReader(buf), rest), c: orig}
 
 	c.reqCType = r.Header.Get("Content-Type")
 	c.reqType, _, _ = mime.ParseMediaType(c.reqCType)
@@ -139,7 +144,8 @@ func (c *call) captureRequest(r *http.Request) {
 	}
 	c.injected = true
 	c.origBody, c.origLength = c.reqBody, r.ContentLength
-	r.Body = &readCloser{Reader: bytes.NewReader(body), c: orig}
+	c.upstreamBody = body
+	r.Body = inMemoryBody(body)
 	if r.ContentLength >= 0 {
 		r.ContentLength = int64(len(body))
 	}
@@ -174,6 +180,14 @@ func (c *call) parseRequest() {
 	c.reqStream = string(bytes.TrimSpace(fields["stream"])) == "true"
 }
 
+// inMemoryBody is a request body read whole. net/http's transport writes
+// a body it knows is in memory with the request's headers, in one write
+// to the upstream; any other body (such as the one ReverseProxy wraps
+// every outgoing body in) has its headers flushed on their own first, a
+// second write and wake-up of the upstream per call. The server closes
+// the client's body, which is drained already.
+func inMemoryBody(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
+
 type readCloser struct {
 	io.Reader
 	c io.Closer
@@ -191,10 +205,6 @@ func (r *countingReader) Read(p []byte) (int, error) {
 	r.n.Add(int64(n))
 	return n, err
 }
-
-type eofReader struct{}
-
-func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 type errReader struct{ err error }
 

@@ -264,7 +264,7 @@ func New(opts Options, pub Publisher) (*Proxy, error) {
 				}
 			}
 		},
-		Transport: &retryTransport{base: transport, p: p},
+		Transport: &upstreamTransport{base: transport, p: p},
 		// 0: a streamed answer (text/event-stream, or no Content-Length) is
 		// flushed at every write, so tokens reach the client as the model
 		// sends them; an answer of known length goes out with its headers in
@@ -411,15 +411,22 @@ func (w *clientWriter) Write(b []byte) (int, error) {
 
 func (w *clientWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// retryTransport resends, as the client sent it, a request whose injected
-// stream_options the upstream rejected.
-type retryTransport struct {
+// upstreamTransport sends a call's body read whole as an in-memory body
+// (inMemoryBody: headers and body in one write), and resends, as the
+// client sent it, a request whose injected stream_options the upstream
+// rejected.
+type upstreamTransport struct {
 	base http.RoundTripper
 	p    *Proxy
 }
 
-func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c := callFrom(req.Context())
+	if c != nil && c.upstreamBody != nil && req.Body != nil {
+		out := *req // RoundTrip may not modify req
+		out.Body = inMemoryBody(c.upstreamBody)
+		req = &out
+	}
 	resp, err := t.base.RoundTrip(req)
 	if err != nil || c == nil || !c.injected ||
 		(resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusUnprocessableEntity) {

@@ -10,11 +10,13 @@ import (
 	"io"
 	"log/slog"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1346,5 +1348,77 @@ func TestCapturePolicyBeforeSpool(t *testing.T) {
 	if ev.Request != nil || ev.Response != nil || usageString(ev.Usage) != "21/8/29" ||
 		ev.Capture == nil || ev.Capture.Mode != capture.None || ev.Capture.MaskSet != policy.MaskSet() {
 		t.Fatalf("published event: %+v", ev)
+	}
+}
+
+// writeCounter counts the writes on the proxy's connections upstream.
+type writeCounter struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c writeCounter) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// TestRequestForwardedInOneWrite: a captured request read whole goes
+// upstream as one write, headers and body together (one wake-up of the
+// upstream); a body beyond the capture limit is still streamed after its
+// headers, and both arrive whole.
+func TestRequestForwardedInOneWrite(t *testing.T) {
+	var writes atomic.Int64
+	e := newEnv(t, func(o *Options) {
+		o.CaptureLimit = 4096
+		tr := &http.Transport{DisableCompression: true, DisableKeepAlives: true}
+		dial := (&net.Dialer{}).DialContext
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return writeCounter{Conn: c, writes: &writes}, nil
+		}
+		o.Transport = tr
+	})
+	for _, tc := range []struct {
+		name    string
+		content string
+		writes  func(int64) bool
+	}{
+		{"whole", strings.Repeat("lighthouse ", 90), func(n int64) bool { return n == 1 }},
+		{"beyond the capture limit", strings.Repeat("lighthouse ", 1000), func(n int64) bool { return n >= 2 }},
+	} {
+		writes.Store(0)
+		body := `{"model":"qwen3-instruct","messages":[{"role":"user","content":"` + tc.content + `"}]}`
+		if r := e.post(t, "/v1/chat/completions", body); r.status != 200 {
+			t.Fatalf("%s: status %d", tc.name, r.status)
+		}
+		if got := e.x.lastBody("/v1/chat/completions"); string(got) != body {
+			t.Fatalf("%s: upstream got %d bytes, want the whole %d", tc.name, len(got), len(body))
+		}
+		if n := writes.Load(); !tc.writes(n) {
+			t.Errorf("%s (%d bytes): %d writes upstream", tc.name, len(body), n)
+		}
+	}
+	// a body of unknown length (sent chunked) read whole arrives whole
+	body := `{"model":"qwen3-instruct","messages":[{"role":"user","content":"sent in chunks"}]}`
+	req, err := http.NewRequest("POST", e.srv.URL+"/v1/chat/completions", struct{ io.Reader }{strings.NewReader(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.TransferEncoding = []string{"chunked"}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("chunked request: status %d", resp.StatusCode)
+	}
+	if got := e.x.lastBody("/v1/chat/completions"); string(got) != body {
+		t.Fatalf("chunked request: upstream got %q, want %q", got, body)
 	}
 }
