@@ -102,6 +102,7 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"nats url", "", map[string]string{"CALLPIPE_NATS_URL": "http://x:1"}, "nats.url"},
 		{"transport", "langfuse:\n  transport: grpc\n", nil, "langfuse.transport"},
 		{"upstream", "", map[string]string{"CALLPIPE_PROXY_UPSTREAM": "xinference:9997"}, "proxy.upstream"},
+		{"procs", "", map[string]string{"CALLPIPE_PROXY_PROCS": "-1"}, "proxy.procs"},
 		{"log level", "", map[string]string{"CALLPIPE_LOG_LEVEL": "loud"}, "log.level"},
 		{"database", "", map[string]string{"CALLPIPE_CLICKHOUSE_DATABASE": "my-db"}, "clickhouse.database"},
 		{"unknown key", "nats:\n  urll: nats://x:1\n", nil, "urll"},

@@ -27,6 +27,7 @@ func newProxyCommand(a *app) *cobra.Command {
 			}
 			log = log.With("component", "proxy")
 			proxy.RaiseGCTarget()
+			log.Info("proxy runtime", "gomaxprocs", proxy.SetProcs(cfg.Proxy.Procs))
 			nc, err := cfg.ConnectNATS("proxy", log)
 			if err != nil {
 				return err

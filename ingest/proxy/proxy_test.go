@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1420,5 +1421,24 @@ func TestRequestForwardedInOneWrite(t *testing.T) {
 	}
 	if got := e.x.lastBody("/v1/chat/completions"); string(got) != body {
 		t.Fatalf("chunked request: upstream got %q, want %q", got, body)
+	}
+}
+
+// TestSetProcs: proxy.procs sets GOMAXPROCS unless the environment sets it;
+// 0 leaves it as it is.
+func TestSetProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before) })
+	t.Setenv("GOMAXPROCS", "")
+	if n := SetProcs(1); n != 1 || runtime.GOMAXPROCS(0) != 1 {
+		t.Fatalf("SetProcs(1) = %d, GOMAXPROCS %d; want 1", n, runtime.GOMAXPROCS(0))
+	}
+	if n := SetProcs(0); n != 1 {
+		t.Fatalf("SetProcs(0) = %d; want GOMAXPROCS unchanged (1)", n)
+	}
+	runtime.GOMAXPROCS(3)
+	t.Setenv("GOMAXPROCS", "3")
+	if n := SetProcs(1); n != 3 {
+		t.Fatalf("SetProcs(1) with GOMAXPROCS=3 in the environment = %d; want 3", n)
 	}
 }
