@@ -216,9 +216,9 @@ func TestBenchUsageCommand(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bench usage --reuse: %v\n%s", err, out)
 	} else {
-		var hours, days, weeks, fourWeeks, dirty int
+		var hours, days, daysSoFar, weeks, fourWeeks, dirty int
 		_, pass, found := strings.Cut(string(out), "seal pass")
-		_, perr := fmt.Sscanf(pass, " %d hours, %d days, %d weeks, %d four weeks sealed (again), %d hours dirty", &hours, &days, &weeks, &fourWeeks, &dirty)
+		_, perr := fmt.Sscanf(pass, " %d hours, %d days, %d days so far, %d weeks, %d four weeks sealed (again), %d hours dirty", &hours, &days, &daysSoFar, &weeks, &fourWeeks, &dirty)
 		if !found || perr != nil || hours != 1 || weeks != 0 || fourWeeks != 0 || dirty != 0 {
 			t.Errorf("bench usage --reuse: want the pass to seal the dirty hour again, and no hour dirty after it (%d days sealed; %v):\n%s", days, perr, out)
 		}
