@@ -127,4 +127,13 @@ func TestMetricsPagesPassPromlint(t *testing.T) {
 		}
 		t.Logf("%s: %d families linted", role, strings.Count(string(page), "\n# TYPE ")+1)
 	}
+	// the proxy runs on proxy.procs Ps (1 by default) with GOGC 400, unless
+	// the environment sets GOMAXPROCS or GOGC
+	proxyPage := scrape(t, roles["proxy"])
+	if v, ok := sample(proxyPage, "go_sched_gomaxprocs_threads", nil); os.Getenv("GOMAXPROCS") == "" && v != 1 {
+		t.Errorf("proxy's GOMAXPROCS %v (reported %v), want 1 (proxy.procs)", v, ok)
+	}
+	if v, ok := sample(proxyPage, "go_gc_gogc_percent", nil); os.Getenv("GOGC") == "" && v != 400 {
+		t.Errorf("proxy's GOGC %v (reported %v), want 400", v, ok)
+	}
 }
