@@ -133,8 +133,8 @@ func TestRollupDaySoFar(t *testing.T) {
 	if nyHours != 2 {
 		t.Fatalf("New York's day so far at 07:20: %d hours, want 2", nyHours)
 	}
-	if n := status().SealedLocalDays; n != localDays {
-		t.Fatalf("status counts New York's day so far as a local day: %d, was %d", n, localDays)
+	if st := status(); st.SealedLocalDays != localDays || len(st.LocalDaysSoFar) != 1 || !st.LocalDaysSoFar[0].Start.Equal(nyDay) || st.LocalDaysSoFar[0].Hours != 2 {
+		t.Fatalf("status: %d local days (was %d), local days so far %+v; want New York's day so far (from %s, 2 hours) apart", st.SealedLocalDays, localDays, st.LocalDaysSoFar, nyDay)
 	}
 	addMarkerRow(ctx, t, conn, db, "usage_rollup_by_model", 4, nyDay, nyV)
 	if n := markerCallsOf(ctx, t, conn, db, callsdb.UsageSpec{From: from.Add(5 * time.Hour), To: nyDay.Add(24 * time.Hour), TZ: ny.String(),
@@ -201,8 +201,8 @@ func TestRollupDaySoFar(t *testing.T) {
 		t.Fatalf("pass at 00:20: %+v, want the whole UTC day and New York's day so far (19 hours) sealed", res)
 	}
 	expect("at midnight", 24)
-	if st := status(); st.DaySoFarHours != 0 || st.SealedDays != 1 {
-		t.Fatalf("status at 00:20: day so far %d hours, %d whole days; want 0 and 1", st.DaySoFarHours, st.SealedDays)
+	if st := status(); st.DaySoFarHours != 0 || st.SealedDays != 1 || len(st.LocalDaysSoFar) != 1 || st.LocalDaysSoFar[0].Hours != 19 {
+		t.Fatalf("status at 00:20: day so far %d hours, %d whole days, local days so far %+v; want 0, 1 and New York's of 19 hours", st.DaySoFarHours, st.SealedDays, st.LocalDaysSoFar)
 	}
 	check("whole day")
 	if dropped := expired(); !slices.Contains(dropped, callsOf(day)) {

@@ -1293,7 +1293,11 @@ type RollupStatus struct {
 	// this many hours as one day so far, which reads of today read as one
 	// row per group instead of an hour row each (0: none).
 	DaySoFarHours int `json:"day_so_far_hours"`
-	SealedWeeks   int `json:"sealed_weeks"`
+	// LocalDaysSoFar are the days so far of the zones in
+	// clickhouse.rollup.zones whose day holds SealableBefore's hour, by
+	// local midnight (as a UTC time).
+	LocalDaysSoFar []DaySoFar `json:"local_days_so_far"`
+	SealedWeeks    int        `json:"sealed_weeks"`
 	// SealedLocalDays and SealedLocalWeeks count the sealed days and weeks
 	// of the zones in clickhouse.rollup.zones that are not UTC ones.
 	SealedLocalDays  int `json:"sealed_local_days"`
@@ -1324,13 +1328,20 @@ type RollupStatus struct {
 	FirstCall        *time.Time `json:"first_call,omitempty"`
 }
 
+// DaySoFar is a zone's day sealed over its first hours as one.
+type DaySoFar struct {
+	Start time.Time `json:"start"` // the local midnight
+	Hours int       `json:"hours"`
+}
+
 // Status reads the seals, the dirty marks and the hours holding calls.
 func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Duration, now time.Time) (RollupStatus, error) {
 	if sealAfter <= 0 {
 		sealAfter = DefaultSealAfter
 	}
 	due := SealableBefore(now, sealAfter).Unix()
-	out := RollupStatus{Now: now.UTC(), SealAfter: sealAfter.String(), SealableBefore: unixUTC(due), SealedThrough: unixUTC(due), Unsealed: []time.Time{}, Dirty: []time.Time{}}
+	out := RollupStatus{Now: now.UTC(), SealAfter: sealAfter.String(), SealableBefore: unixUTC(due), SealedThrough: unixUTC(due),
+		LocalDaysSoFar: []DaySoFar{}, Unsealed: []time.Time{}, Dirty: []time.Time{}}
 	var first int64
 	var n uint64
 	if err := conn.QueryRow(ctx, WithDB(QueryFirstCall, db)).Scan(&first, &n); err != nil {
@@ -1369,8 +1380,11 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 			out.SealedLocalWeeks++
 		case x.wholeDay():
 			out.SealedLocalDays++
+		case k.start < due && due <= k.start+int64(dayHours(k.grain))*3600:
+			out.LocalDaysSoFar = append(out.LocalDaysSoFar, DaySoFar{Start: unixUTC(k.start), Hours: len(x.HourVersions)})
 		}
 	}
+	slices.SortFunc(out.LocalDaysSoFar, func(a, b DaySoFar) int { return a.Start.Compare(b.Start) })
 	for x := range st.all() {
 		if x.UserCopy != userCopyCurrent && (x.Grain == grainHour || x.Grain == grainDay) {
 			out.WithoutUserCopy++

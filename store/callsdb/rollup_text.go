@@ -21,6 +21,9 @@ func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
 	if st.DaySoFarHours > 0 {
 		fmt.Fprintf(w, "day so far       %s's first %d hours sealed as one (what reads of today read)\n", st.SealableBefore.Format(time.DateOnly), st.DaySoFarHours)
 	}
+	for _, d := range st.LocalDaysSoFar {
+		fmt.Fprintf(w, "local day so far from %s (a zone's midnight): first %d hours sealed as one\n", d.Start.Format("2006-01-02T15:04Z"), d.Hours)
+	}
 	fmt.Fprintf(w, "unsealed hours   %d%s\n", len(st.Unsealed), hourList(st.Unsealed))
 	fmt.Fprintf(w, "dirty hours      %d%s\n", len(st.Dirty), hourList(st.Dirty))
 	if st.WithoutUserCopy > 0 {
