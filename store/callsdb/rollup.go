@@ -1289,13 +1289,14 @@ type RollupStatus struct {
 	LagSeconds     float64   `json:"lag_seconds"`
 	SealedHours    int       `json:"sealed_hours"`
 	SealedDays     int       `json:"sealed_days"` // whole UTC days
-	// DaySoFarHours: the UTC day of SealableBefore is sealed over its first
-	// this many hours as one day so far, which reads of today read as one
-	// row per group instead of an hour row each (0: none).
+	// DaySoFarHours: the UTC day holding the hour before SealableBefore is
+	// sealed over its first this many hours as one day so far, which reads
+	// of today read as one row per group instead of an hour row each (0:
+	// none).
 	DaySoFarHours int `json:"day_so_far_hours"`
 	// LocalDaysSoFar are the days so far of the zones in
-	// clickhouse.rollup.zones whose day holds SealableBefore's hour, by
-	// local midnight (as a UTC time).
+	// clickhouse.rollup.zones whose day holds the hour before
+	// SealableBefore, by local midnight (as a UTC time).
 	LocalDaysSoFar []DaySoFar `json:"local_days_so_far"`
 	SealedWeeks    int        `json:"sealed_weeks"`
 	// SealedLocalDays and SealedLocalWeeks count the sealed days and weeks
@@ -1365,10 +1366,14 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 		return out, err
 	}
 	out.SealedHours, out.SealedWeeks = len(st.hours), len(st.weeks)
+	// a day so far shown is the one of the day holding the last due hour
+	current := func(grain uint8, start int64) bool {
+		return start < due && due <= start+int64(dayHours(grain))*3600
+	}
 	for d, x := range st.days {
 		if x.wholeDay() {
 			out.SealedDays++
-		} else if d == floorTo(due, 86400) {
+		} else if current(grainDay, d) {
 			out.DaySoFarHours = len(x.HourVersions)
 		}
 	}
@@ -1380,7 +1385,7 @@ func Status(ctx context.Context, conn driver.Conn, db string, sealAfter time.Dur
 			out.SealedLocalWeeks++
 		case x.wholeDay():
 			out.SealedLocalDays++
-		case k.start < due && due <= k.start+int64(dayHours(k.grain))*3600:
+		case current(k.grain, k.start):
 			out.LocalDaysSoFar = append(out.LocalDaysSoFar, DaySoFar{Start: unixUTC(k.start), Hours: len(x.HourVersions)})
 		}
 	}

@@ -19,7 +19,7 @@ func (st RollupStatus) WriteText(w io.Writer, asJSON bool) error {
 	fmt.Fprintf(w, "sealable before  %s (seal_after %s)\n", st.SealableBefore.Format(time.RFC3339), st.SealAfter)
 	fmt.Fprintf(w, "sealed           %d hours, %d days, %d weeks, %d local days and %d local weeks of clickhouse.rollup.zones, %d four weeks (per user alone)\n", st.SealedHours, st.SealedDays, st.SealedWeeks, st.SealedLocalDays, st.SealedLocalWeeks, st.SealedFourWeeks)
 	if st.DaySoFarHours > 0 {
-		fmt.Fprintf(w, "day so far       %s's first %d hours sealed as one (what reads of today read)\n", st.SealableBefore.Format(time.DateOnly), st.DaySoFarHours)
+		fmt.Fprintf(w, "day so far       %s's first %d hours sealed as one (what reads of today read)\n", st.SealableBefore.Add(-time.Hour).Format(time.DateOnly), st.DaySoFarHours)
 	}
 	for _, d := range st.LocalDaysSoFar {
 		fmt.Fprintf(w, "local day so far from %s (a zone's midnight): first %d hours sealed as one\n", d.Start.Format("2006-01-02T15:04Z"), d.Hours)
