@@ -22,6 +22,7 @@ type ClickHouse struct {
 	BatchSize     int      `yaml:"batch_size" doc:"calls per insert: the sink flushes when a batch reaches this size"`
 	BatchBytes    ByteSize `yaml:"batch_bytes" doc:"the sink also flushes when a batch's messages reach this size; it bounds the worker's memory (about (max_in_flight+1) x batch_bytes x 3) whatever the call size"`
 	FlushInterval Duration `yaml:"flush_interval" doc:"the sink flushes a batch at the latest this long after its first call"`
+	IdleFlush     Duration `yaml:"idle_flush" doc:"once no call has come for this long, the sink flushes a batch of at least 1,000 calls without waiting for flush_interval: the end of a burst reaches ClickHouse sooner, while a trickle and a steady flow are batched as before; 0 turns it off"`
 	MaxInFlight   int      `yaml:"max_in_flight" doc:"batch inserts running at once"`
 	MaxTextBytes  ByteSize `yaml:"max_text_bytes" doc:"input/output text, structured input/output and error are cut to this size in the calls table; 0 keeps all"`
 	AckWait       Duration `yaml:"ack_wait" doc:"a call not acknowledged by the sink within this is redelivered (must exceed one insert)"`
@@ -67,7 +68,7 @@ func (c *Config) SealAfter() time.Duration {
 func defaultClickHouse() ClickHouse {
 	return ClickHouse{Addr: "127.0.0.1:9000", Database: "callpipe", User: "default",
 		Consumer: bus.StageOf(bus.StageClickHouse).Consumer, Subject: bus.StageOf(bus.StageClickHouse).Subject,
-		BatchSize: chsink.DefaultBatchCalls, BatchBytes: chsink.DefaultBatchBytes, FlushInterval: Duration(time.Second), MaxInFlight: 2, MaxTextBytes: 32 << 10,
+		BatchSize: chsink.DefaultBatchCalls, BatchBytes: chsink.DefaultBatchBytes, FlushInterval: Duration(time.Second), IdleFlush: Duration(chsink.DefaultIdleFlush), MaxInFlight: 2, MaxTextBytes: 32 << 10,
 		AckWait: Duration(2 * time.Minute), RetentionInterval: Duration(time.Hour),
 		Rollup: ClickHouseRollup{Interval: Duration(30 * time.Second), Lease: Duration(30 * time.Second),
 			SliceRows: 4_000_000, Grace: Duration(10 * time.Minute)},
@@ -91,6 +92,7 @@ func (c *Config) validateClickHouse() []error {
 		checkKey(ch.BatchSize >= 1 && ch.BatchSize <= 1000000, "clickhouse.batch_size", ch.BatchSize, "must be 1..1000000"),
 		checkKey(ch.BatchBytes >= 64<<10 && ch.BatchBytes <= 1<<30, "clickhouse.batch_bytes", ch.BatchBytes, "must be 64KiB..1GiB"),
 		checkKey(ch.FlushInterval >= Duration(time.Millisecond), "clickhouse.flush_interval", ch.FlushInterval, "must be at least 1ms"),
+		checkKey(ch.IdleFlush == 0 || ch.IdleFlush >= Duration(time.Millisecond), "clickhouse.idle_flush", ch.IdleFlush, "must be 0 (off) or at least 1ms"),
 		checkKey(ch.MaxInFlight >= 1 && ch.MaxInFlight <= 64, "clickhouse.max_in_flight", ch.MaxInFlight, "must be 1..64"),
 		checkKey(ch.MaxTextBytes >= 0, "clickhouse.max_text_bytes", ch.MaxTextBytes, "must not be negative"),
 		checkKey(ch.AckWait >= Duration(10*time.Second) && ch.AckWait > ch.FlushInterval, "clickhouse.ack_wait", ch.AckWait, "must be at least 10s and more than clickhouse.flush_interval"),

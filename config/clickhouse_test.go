@@ -42,11 +42,37 @@ func TestClickHouseSettings(t *testing.T) {
 		"retention interval": {"CALLPIPE_CLICKHOUSE_RETENTION_INTERVAL=1s", "clickhouse.retention_interval"},
 		"batch":              {"CALLPIPE_CLICKHOUSE_BATCH_SIZE=0", "clickhouse.batch_size"},
 		"ack wait":           {"CALLPIPE_CLICKHOUSE_ACK_WAIT=1s", "clickhouse.ack_wait"},
+		"idle flush":         {"CALLPIPE_CLICKHOUSE_IDLE_FLUSH=-1s", "clickhouse.idle_flush"},
 	} {
 		k, v, _ := strings.Cut(tc.env, "=")
 		_, err := Load(Sources{File: writeFile(t, ""), Getenv: env(map[string]string{k: v})})
 		if err == nil || !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%s: error %v does not name %s", name, err, tc.key)
+		}
+	}
+}
+
+// TestClickHouseIdleFlush: the sink's idle flush is on by default and reaches
+// the runner's batch policy; 0 turns it off.
+func TestClickHouseIdleFlush(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want time.Duration
+	}{
+		{nil, 200 * time.Millisecond},
+		{map[string]string{"CALLPIPE_CLICKHOUSE_IDLE_FLUSH": "50ms"}, 50 * time.Millisecond},
+		{map[string]string{"CALLPIPE_CLICKHOUSE_IDLE_FLUSH": "0"}, 0},
+	} {
+		c, err := Load(Sources{File: writeFile(t, ""), Getenv: env(tc.env)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := c.ClickHouseStage(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.Sink.Batch.Idle; got != tc.want {
+			t.Errorf("%v: batch idle %s, want %s", tc.env, got, tc.want)
 		}
 	}
 }

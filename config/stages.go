@@ -70,7 +70,7 @@ func (c *Config) ClickHouseStage(reg prometheus.Registerer, log *slog.Logger) (*
 	return &chsink.Stage{
 		Output: ch.Output(db),
 		Sink: chsink.SinkConfig{Config: sinks.Config{Consumer: ch.Consumer, FilterSubject: ch.Subject, AckWait: time.Duration(ch.AckWait),
-			Batch: sinks.BatchPolicy{Count: ch.BatchSize, Bytes: int(ch.BatchBytes), Period: time.Duration(ch.FlushInterval)}}},
+			Batch: sinks.BatchPolicy{Count: ch.BatchSize, Bytes: int(ch.BatchBytes), Period: time.Duration(ch.FlushInterval), Idle: time.Duration(ch.IdleFlush)}}},
 		Retention: ch.Retention(), RetentionInterval: time.Duration(ch.RetentionInterval), Rollup: ch.RollupConfig(),
 		LeaseReplicas: c.NATS.Stream.Replicas, Log: log, Registerer: reg,
 	}, nil

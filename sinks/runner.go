@@ -24,10 +24,19 @@ import (
 // values, at Bytes of message bodies, or when the oldest value of the batch
 // is Period old, whichever comes first; MaxInFlight batches are written at
 // once. A field left 0 takes the sink's default (else 1000, 8 MiB, 1s, 1).
+//
+// Idle, when set, also hands over a batch of at least IdleCount values (0:
+// 1) once no message has come for Idle: the last batch of a burst goes out
+// when the stream goes quiet instead of waiting out Period, while a trickle
+// (whose batches stay under IdleCount) and a steady flow (whose messages
+// come closer together than Idle) are batched by Count, Bytes and Period
+// as before, so writes do not get smaller or more frequent. Idle 0 is off.
 type BatchPolicy struct {
 	Count, Bytes int
 	Period       time.Duration
 	MaxInFlight  int
+	Idle         time.Duration
+	IdleCount    int
 }
 
 // Output is a sink's side of the contract (Benthos's BatchOutput): Connect,
@@ -189,6 +198,7 @@ func New[T any](nc *nats.Conn, out Output[T], cfg Config) (*Runner[T], error) {
 	b.Bytes = defaults.IfNotPositive(b.Bytes, 8<<20)
 	b.MaxInFlight = defaults.IfNotPositive(b.MaxInFlight, 1)
 	b.Period = defaults.IfNotPositive(b.Period, time.Second)
+	b.IdleCount = defaults.IfNotPositive(b.IdleCount, 1)
 	cfg.AckWait = defaults.IfNotPositive(cfg.AckWait, 2*time.Minute)
 	cfg.PullBuffer = defaults.IfNotPositive(cfg.PullBuffer, 64)
 	cfg.PullBytes = max(defaults.IfNotPositive(cfg.PullBytes, min(b.Bytes, 8<<20)), int(nc.MaxPayload())+64<<10)
@@ -564,6 +574,12 @@ func (r *Runner[T]) consume(ctx, wctx context.Context, msgs <-chan decoded[T], s
 	if r.fill != nil {
 		age.Reset(max(time.Until(r.fill.opened.Add(r.cfg.Batch.Period)), 0))
 	}
+	// quiet fires Batch.Idle after the last message while the batch being
+	// filled holds IdleCount values (idleArmed); a new message re-arms it
+	quiet := time.NewTimer(time.Hour)
+	quiet.Stop()
+	defer quiet.Stop()
+	idleArmed := false
 	var tick <-chan time.Time
 	if r.holder != nil {
 		t := time.NewTicker(r.cfg.Batch.Period)
@@ -571,9 +587,12 @@ func (r *Runner[T]) consume(ctx, wctx context.Context, msgs <-chan decoded[T], s
 		tick = t.C
 	}
 	for {
-		var due <-chan time.Time
+		var due, idle <-chan time.Time
 		if r.fill != nil {
 			due = age.C
+			if idleArmed {
+				idle = quiet.C
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -594,7 +613,16 @@ func (r *Runner[T]) consume(ctx, wctx context.Context, msgs <-chan decoded[T], s
 					return why, d
 				}
 			}
+			idleArmed = r.cfg.Batch.Idle > 0 && r.fill != nil && len(r.fill.Items) >= r.cfg.Batch.IdleCount
+			if idleArmed {
+				quiet.Reset(r.cfg.Batch.Idle)
+			}
 		case <-due:
+			if why, d, ok := r.dispatch(ctx, wctx, slots, wg); !ok {
+				return why, d
+			}
+		case <-idle:
+			idleArmed = false
 			if why, d, ok := r.dispatch(ctx, wctx, slots, wg); !ok {
 				return why, d
 			}

@@ -318,6 +318,32 @@ func TestRunnerBatchesByAge(t *testing.T) {
 	waitFor(t, 5*time.Second, "acks", func() bool { return e.consumer(t).AckFloor.Stream == 3 })
 }
 
+// TestRunnerBatchesWhenIdle: with Idle set, a batch of IdleCount values or
+// more is written once no message has come for Idle, far before its period;
+// a smaller one waits for its period (here: the drain).
+func TestRunnerBatchesWhenIdle(t *testing.T) {
+	e := newRTEnv(t)
+	out := &fakeOut{}
+	stop := start(t, newRunner(t, e, out, e.config(BatchPolicy{Count: 1000, Period: time.Hour, Idle: 250 * time.Millisecond, IdleCount: 5})))
+	e.publish(t, bodies("i", 7, 10)...)
+	waitFor(t, 10*time.Second, "the batch written once the stream went quiet", func() bool { b, _ := out.written(); return len(b) == 1 })
+	if b, _ := out.written(); len(b[0]) != 7 {
+		t.Fatalf("batch %v, want the 7 values", b[0])
+	}
+	waitFor(t, 5*time.Second, "acks", func() bool { return e.consumer(t).AckFloor.Stream == 7 })
+
+	e.publish(t, "small-1", "small-2", "small-3")
+	waitFor(t, 5*time.Second, "the small batch taken", func() bool { return e.consumer(t).NumAckPending == 3 })
+	time.Sleep(time.Second) // four times Idle
+	if b, _ := out.written(); len(b) != 1 {
+		t.Fatalf("%d batches: one under IdleCount was written when the stream went quiet", len(b))
+	}
+	stop()
+	if b, _ := out.written(); len(b) != 2 || len(b[1]) != 3 {
+		t.Fatalf("batches after the drain: %v, want the 3 small values last", b)
+	}
+}
+
 // TestRunnerNakBackoff: failed writes nak the batch with a growing delay,
 // the runner is unhealthy meanwhile, and the values are written once the
 // output works again.

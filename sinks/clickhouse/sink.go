@@ -30,13 +30,26 @@ const (
 	DefaultBatchBytes = 32 << 20
 )
 
+// A batch of IdleFlushCalls or more is also inserted once no message has
+// come for its Idle (config clickhouse.idle_flush, default DefaultIdleFlush):
+// the end of a burst is inserted without waiting for the flush interval.
+// ClickHouse's guidance is inserts of at least 1,000 rows, so a trickle's
+// batches (fewer calls) still wait for the interval; and normalize publishes
+// every 50 ms at most while calls come, so a steady flow never looks idle.
+const (
+	DefaultIdleFlush = 200 * time.Millisecond
+	IdleFlushCalls   = 1000
+)
+
 // SinkConfig configures the JetStream side of the sink.
 type SinkConfig struct {
 	// Config is the runner's. Stream, Consumer and FilterSubject default to
 	// the clickhouse stage's row of the bus topology (tests use their own);
-	// Batch to DefaultBatchCalls, DefaultBatchBytes, 1s and the output's MaxInFlight; AckWait
-	// to 2m, and an insert taking longer than AckWait/2 is abandoned and its
-	// batch nak'ed; DrainTimeout (30s) bounds the last flush on shutdown.
+	// Batch to DefaultBatchCalls, DefaultBatchBytes, 1s and the output's
+	// MaxInFlight, with IdleCount IdleFlushCalls (Idle is off unless set);
+	// AckWait to 2m, and an insert taking longer than AckWait/2 is abandoned
+	// and its batch nak'ed; DrainTimeout (30s) bounds the last flush on
+	// shutdown.
 	sinks.Config
 	Registerer prometheus.Registerer // nil: metrics are not registered
 
@@ -81,6 +94,7 @@ func NewSink(nc *nats.Conn, out *Output, cfg SinkConfig) (*Sink, error) {
 	b.Count = defaults.IfNotPositive(b.Count, DefaultBatchCalls)
 	b.Bytes = defaults.IfNotPositive(b.Bytes, DefaultBatchBytes)
 	b.MaxInFlight = defaults.IfNotPositive(b.MaxInFlight, out.cfg.MaxInFlight)
+	b.IdleCount = defaults.IfNotPositive(b.IdleCount, IdleFlushCalls)
 	rc.AckWait = defaults.IfNotPositive(rc.AckWait, 2*time.Minute)
 	// every batch in flight, the one being filled and the client's buffer
 	rc.MaxAckPending = b.Count*(b.MaxInFlight+1) + min(max(b.Count, 500), 10000)
