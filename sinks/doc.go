@@ -3,8 +3,8 @@
 // provides an Output (Benthos's BatchOutput: Connect its destination,
 // Decode an item, WriteBatch a batch, Close) and its BatchPolicy; the Runner
 // owns connecting (Connect retried with internal/retry), the consumer,
-// pulling (bus.Pull, again whenever the pull ends), batching
-// (BatchPolicy: count, bytes, age, a quiet stream, in-flight), keep-alive, ack, nak with
+// pulling (bus.Pull, again whenever the pull ends), batching (BatchPolicy:
+// count, bytes, age, a quiet stream, in-flight), keep-alive, ack, nak with
 // backoff, dead letters, health, the drain and closing. A sink's stage is
 // wiring: it builds the output and the runner, hands the runner's health to
 // /readyz and runs what lives beside the sink once Ready. The runner is
