@@ -30,7 +30,8 @@ import (
 // when the stream goes quiet instead of waiting out Period, while a trickle
 // (whose batches stay under IdleCount) and a steady flow (whose messages
 // come closer together than Idle) are batched by Count, Bytes and Period
-// as before, so writes do not get smaller or more frequent. Idle 0 is off.
+// as before: no write made for being idle holds fewer than IdleCount
+// values. Idle 0 is off.
 type BatchPolicy struct {
 	Count, Bytes int
 	Period       time.Duration
