@@ -449,6 +449,9 @@ func TestPricesStoredInKV(t *testing.T) {
 		}
 	}
 
+	// the reprice range starts on the day of the first call: the test may
+	// run across a UTC midnight
+	first := time.Now().UTC()
 	unpriced := call()
 	if c := cost(unpriced); c != nil {
 		t.Fatalf("a call without any price costs %v", *c)
@@ -468,7 +471,7 @@ func TestPricesStoredInKV(t *testing.T) {
 	if c := cost(unpriced); c != nil {
 		t.Fatalf("a stored call was repriced by prices set: %v", *c)
 	}
-	day := time.Now().UTC().Format(time.DateOnly)
+	day := first.Format(time.DateOnly)
 	next := time.Now().UTC().Add(24 * time.Hour).Format(time.DateOnly)
 	if out, err := prices("", "reprice", "--from", day, "--to", next); err != nil || !strings.Contains(out, "with a changed cost") || strings.Contains(out, "; 0 with") {
 		t.Fatalf("prices reprice: %v %s", err, out)
