@@ -139,6 +139,7 @@ func (p *proxyPipeline) stop(t *testing.T) {
 
 func TestProxyBatchHeadersEndToEnd(t *testing.T) {
 	pl := startProxyPipeline(t)
+	firstDay := time.Now().UTC().Format(time.DateOnly) // the range below covers a UTC midnight crossed meanwhile
 	base, serve, lf, up, tag := pl.base, pl.serve, pl.lf, pl.up, pl.tag
 
 	nightly, other := "nightly-"+tag, "reindex-"+tag
@@ -178,10 +179,10 @@ func TestProxyBatchHeadersEndToEnd(t *testing.T) {
 		}
 	}
 
-	day := time.Now().UTC().Format("2006-01-02")
-	rng := url.Values{"from": {day}, "to": {day}}
+	day := time.Now().UTC().Format(time.DateOnly)
+	rng := url.Values{"from": {firstDay}, "to": {day}}
 	with := func(kv ...string) url.Values {
-		v := url.Values{"from": {day}, "to": {day}}
+		v := url.Values{"from": {firstDay}, "to": {day}}
 		for i := 0; i+1 < len(kv); i += 2 {
 			v.Set(kv[i], kv[i+1])
 		}
@@ -282,6 +283,7 @@ func TestProxyBatchHeadersEndToEnd(t *testing.T) {
 // four generations; non-streamed calls have no TTFT.
 func TestProxyTracesEndToEnd(t *testing.T) {
 	pl := startProxyPipeline(t)
+	firstDay := time.Now().UTC().Format(time.DateOnly) // the list below covers a UTC midnight crossed meanwhile
 	trace, trace2, sess := "agent-"+pl.tag, "agent2-"+pl.tag, "sess-"+pl.tag
 	hdr := func(tr string) map[string]string {
 		return map[string]string{"X-Callpipe-Trace-Id": tr, "X-Callpipe-Session-Id": sess, "X-Callpipe-Tags": "agent"}
@@ -362,8 +364,8 @@ func TestProxyTracesEndToEnd(t *testing.T) {
 	}
 
 	var calls usageapi.CallsResponse
-	day := time.Now().UTC().Format("2006-01-02")
-	apiGet(t, pl.serve.base, "/api/v1/calls", url.Values{"from": {day}, "to": {day}}, "", 200, &calls)
+	day := time.Now().UTC().Format(time.DateOnly)
+	apiGet(t, pl.serve.base, "/api/v1/calls", url.Values{"from": {firstDay}, "to": {day}}, "", 200, &calls)
 	for _, c := range calls.Calls {
 		if c.TTFTMS != nil {
 			t.Errorf("non-streamed call %s has TTFT %d ms", c.ID, *c.TTFTMS)
