@@ -407,7 +407,7 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 	handles := map[string]jetstream.Consumer{}
 	lastReport := time.Now()
 	accepted := time.Duration(0)
-	var normalizedLast uint64 // CALLPIPE_NORMALIZED's last sequence once normalize is done
+	lastSeqs := map[string]uint64{} // a stage's stream's last sequence, read once what feeds it is done
 	for len(finished) < len(stageNames) {
 		select {
 		case <-ctx.Done():
@@ -438,14 +438,14 @@ func (b *bench) throughput(ctx context.Context, res *Result) error {
 					progress = append(progress, s+" waiting")
 					continue
 				}
-				if normalizedLast == 0 {
+				if _, ok := lastSeqs[sc.Stream]; !ok {
 					last, err := b.lastSeq(ctx, sc.Stream)
 					if err != nil {
 						return err
 					}
-					normalizedLast = last
+					lastSeqs[sc.Stream] = last
 				}
-				want = normalizedLast
+				want = lastSeqs[sc.Stream]
 			}
 			done, acked := b.consumerDone(ctx, handles, sc.Stream, sc.Name, want)
 			if done && acceptDone == nil {
