@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/callpipe/callpipe/internal/nettest"
 )
 
 // The JetStream operations a call can cost, by way of publishing and
@@ -158,19 +160,7 @@ func benchPayload() []byte {
 // publishing allowed) on the services' nats-server.
 func benchStream(b *testing.B, atomic bool) (jetstream.JetStream, string) {
 	b.Helper()
-	url := os.Getenv("CALLPIPE_NATS_URL")
-	if url == "" {
-		b.Skip("CALLPIPE_NATS_URL is not set: start the local services (deploy/local/services.sh up) and source their env")
-	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		b.Fatalf("nats: %v", err)
-	}
-	b.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, js := nettest.JetStream(b)
 	name := fmt.Sprintf("BENCHACCESS_%d", time.Now().UnixNano())
 	cfg := jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, Storage: jetstream.FileStorage, AllowDirect: true, AllowAtomicPublish: atomic}
 	if _, err := js.CreateStream(context.Background(), cfg); err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,19 +35,7 @@ type rtEnv struct {
 
 func newRTEnv(t *testing.T) *rtEnv {
 	t.Helper()
-	url := os.Getenv("CALLPIPE_NATS_URL")
-	if url == "" {
-		t.Skip("CALLPIPE_NATS_URL is not set: start the local services (deploy/local/services.sh up) and source their env")
-	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatalf("nats: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := nettest.JetStream(t)
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
